@@ -1,0 +1,1 @@
+"""anisearch: which anime, which episode, which second is this screenshot from."""

@@ -1,0 +1,1 @@
+"""Quota, rate, cooldown and concurrency state."""

@@ -1,0 +1,267 @@
+"""The common schema: every provider's answer is normalised into these frozen pydantic models.
+
+Units: times are seconds (float) within the episode, similarity is 0..1, datetimes are timezone-aware
+(UTC unless an upstream said otherwise). Every model keeps the upstream item it was built from in
+``raw`` (left out of ``repr`` and, in the CLI, out of JSON unless ``--raw``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+__all__ = [
+    "ApiKey",
+    "Attempt",
+    "CreatedApiKey",
+    "Credits",
+    "Episode",
+    "Hit",
+    "ProviderInfo",
+    "Quota",
+    "QuotaScope",
+    "QuotaSource",
+    "QuotaWindow",
+    "RankingEntry",
+    "RecentSearch",
+    "SearchResult",
+    "Title",
+]
+
+Episode = int | float | str | list[int | float | str] | None
+"""An episode as the upstream gave it: ``5``, ``16.5``, ``"5|17"`` (alternatives), ``[1, 2]`` (joined), or None."""
+
+QuotaWindow = Literal["rolling-24h", "day", "month", "minute", "hour"]
+QuotaScope = Literal["guest", "api-key", "session"]
+QuotaSource = Literal["upstream", "headers", "ledger"]
+AttemptOutcome = Literal["ok", "skipped", "failed", "cached"]
+
+_TITLE_ORDER = ("english", "romaji", "native", "chinese")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
+
+
+class Title(_Model):
+    """An anime's titles as the upstream gave them (AniList ``title{romaji, english, native}``)."""
+
+    romaji: str | None = None
+    """Romanised Japanese title (AniList ``title.romaji``)."""
+    english: str | None = None
+    """Official English title, when there is one (AniList ``title.english``)."""
+    native: str | None = None
+    """Title in its original script (AniList ``title.native``)."""
+    chinese: str | None = None
+    """Chinese title (trace.moe ``title.chinese``, legacy ``title_chinese``), when known."""
+
+    def preferred(self, order: Sequence[str] = _TITLE_ORDER) -> str | None:
+        """The first non-empty title in ``order`` (field names), or None when all are empty.
+
+        Raises:
+            ValueError: An entry of ``order`` is not a title field.
+        """
+        for name in order:
+            if name not in _TITLE_ORDER:
+                raise ValueError(f"unknown title field {name!r}; use one of {', '.join(_TITLE_ORDER)}")
+            value = getattr(self, name)
+            if value:
+                return str(value)
+        return None
+
+
+class Hit(_Model):
+    """One candidate scene: which anime, which episode, which seconds, how similar."""
+
+    provider: str
+    """Entry-point name of the provider that found it (``"tracemoe"``)."""
+    anilist_id: int | None = None
+    """AniList ID of the anime (trace.moe ``anilist`` or ``anilist.id``; legacy ``anilist_id``)."""
+    mal_id: int | None = None
+    """MyAnimeList ID (AniList ``idMal``; legacy ``mal_id``), when known."""
+    title: Title | None = None
+    """Titles, when the provider sent them (trace.moe with ``anilistInfo``, legacy, whatanimeisthis)."""
+    synonyms: list[str] = Field(default_factory=list)
+    """Alternative titles (AniList ``synonyms``)."""
+    is_adult: bool | None = None
+    """Whether AniList marks the anime adult-only (``isAdult``), when known."""
+    episode: Episode = None
+    """Episode as upstream: ``5``, ``16.5``, ``"5|17"``, ``[1, 2]`` or None (trace.moe ``episode``)."""
+    episode_start: int | None = None
+    """First episode the matched file covers (trace.moe ``episode_start``, 2026-08+)."""
+    episode_end: int | None = None
+    """Last episode the matched file covers (trace.moe ``episode_end``, 2026-08+)."""
+    start_seconds: float | None = None
+    """Start of the matched scene, seconds into the episode (upstream ``from``)."""
+    end_seconds: float | None = None
+    """End of the matched scene, seconds into the episode (upstream ``to``)."""
+    at_seconds: float | None = None
+    """Best-matching frame, seconds into the episode (upstream ``at``), when sent."""
+    episode_duration_seconds: float | None = None
+    """Length of the whole episode file in seconds (trace.moe ``duration``), when sent."""
+    similarity: float = Field(ge=0.0, le=1.0)
+    """How close the frame is, 0..1 (below about 0.9 is usually a wrong match)."""
+    filename: str | None = None
+    """The upstream's file name for the matched video, when sent."""
+    video_url: str | None = None
+    """Preview clip URL; expires (see ``preview_expires_at``)."""
+    image_url: str | None = None
+    """Preview frame URL; expires (see ``preview_expires_at``)."""
+    preview_expires_at: datetime | None = None
+    """Latest time the preview URLs are known to work, when the provider documents it."""
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+    """The upstream item this hit was built from."""
+
+
+class Attempt(_Model):
+    """What happened with one provider during one search."""
+
+    provider: str
+    outcome: AttemptOutcome
+    """``ok`` (it answered), ``skipped`` (not asked), ``failed`` (asked, it failed), ``cached``."""
+    reason: str | None = None
+    """Why it was skipped or failed, one line ("quota exhausted until 2026-11-22T09:14Z")."""
+    error: str | None = None
+    """Exception class name of the failure (``"QuotaExhaustedError"``), or None."""
+    status_code: int | None = None
+    """HTTP status of the last answer, or None when none came."""
+    elapsed_seconds: float = 0.0
+    """Time spent on this provider, seconds (0 for a skip)."""
+
+
+class Quota(_Model):
+    """What one provider allows one caller in one window, and how much of it is used."""
+
+    provider: str
+    scope: QuotaScope = "guest"
+    """Whose allowance: ``guest`` (by address), ``api-key`` or ``session``."""
+    limit: int | None = None
+    """Searches (or requests, for ``minute`` windows) allowed per window, when known."""
+    used: int | None = None
+    """Used in the current window, when known."""
+    remaining: int | None = None
+    """Left in the current window, when known."""
+    window: QuotaWindow = "rolling-24h"
+    """``rolling-24h``, calendar ``day``/``month``, or a ``minute``/``hour`` rate window."""
+    resets_at: datetime | None = None
+    """When the window frees at least one unit, when known (aware datetime)."""
+    concurrency: int | None = None
+    """Searches allowed in flight at once (trace.moe ``/me`` ``concurrency``)."""
+    priority: int | None = None
+    """Queue priority, 0 lowest (trace.moe ``/me`` ``priority``)."""
+    cooldown_until: datetime | None = None
+    """The provider is not asked before this time (after a 429 or a spent quota)."""
+    source: QuotaSource = "upstream"
+    """``upstream`` (a body said so), ``headers`` (rate-limit headers) or ``ledger`` (counted locally)."""
+    observed_at: datetime = Field(default_factory=_utcnow)
+    """When this was learned."""
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
+class SearchResult(_Model):
+    """The answer to one search: hits, who answered, and what every provider attempt did."""
+
+    hits: list[Hit] = Field(default_factory=list)
+    """Candidates, similarity descending."""
+    provider: str | None = None
+    """Who answered (``"fanout"`` results name the first that answered), or None when nobody did."""
+    frames_searched: int | None = None
+    """Frames the upstream compared (trace.moe ``frameCount``; legacy ``RawDocsCount``)."""
+    cached: bool = False
+    """True when the answer came from the local cache and cost no quota."""
+    attempts: list[Attempt] = Field(default_factory=list)
+    """Every provider considered, in order, with what happened."""
+    quota: Quota | None = None
+    """The quota the answer reported (trace.moe body ``quota``/``quotaUsed``), when it did."""
+
+    @property
+    def best(self) -> Hit | None:
+        """The most similar hit, or None when there is none."""
+        return self.hits[0] if self.hits else None
+
+
+class ProviderInfo(_Model):
+    """A registered provider, as ``Client.providers()`` lists it."""
+
+    name: str
+    """Entry-point name (``"tracemoe"``)."""
+    base_url: str
+    """Where it sends requests (configurable; see the ``ANISEARCH_*_URL`` settings)."""
+    enabled: bool
+    """Whether it is in the configured provider order."""
+    authenticated: bool
+    """Whether an API key, token or session is configured for it."""
+    capabilities: list[str] = Field(default_factory=list)
+    """What it can do: ``upload``, ``url``, ``anilist_filter``, ``rankings``, ..."""
+
+
+class RankingEntry(_Model):
+    """One anime in whatanimeisthis.com's most-searched list (``GET /api/anime/rankings``)."""
+
+    rank: int
+    """1-based position."""
+    anilist_id: int | None = None
+    title: Title | None = None
+    searches: int | None = None
+    """How many searches found it in the period (upstream ``count``)."""
+    is_adult: bool | None = None
+    cover_image_url: str | None = None
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
+class RecentSearch(_Model):
+    """A recently confirmed public search (whatanimeisthis.com ``GET /api/anime/recent-searches``)."""
+
+    id: str | None = None
+    searched_at: datetime | None = None
+    anilist_id: int | None = None
+    title: Title | None = None
+    episode: Episode = None
+    at_seconds: float | None = None
+    """Matched time in the episode, seconds."""
+    similarity: float | None = Field(default=None, ge=0.0, le=1.0)
+    image_url: str | None = None
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
+class Credits(_Model):
+    """The signed-in user's search credits (whatanimeisthis.com ``GET /api/user/anime-credits``)."""
+
+    remaining: int
+    """Searches the user can still run now (free + paid)."""
+    free_remaining: int | None = None
+    """Today's free credits left (10 a day, expiring at midnight)."""
+    free_daily: int | None = None
+    """Free credits granted per day."""
+    paid: int | None = None
+    """Purchased credits left."""
+    resets_at: datetime | None = None
+    """When today's free credits are renewed, when the upstream said."""
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
+class ApiKey(_Model):
+    """An API key as listed (``GET /api/apikeys``); the key itself is shown masked, never in full."""
+
+    id: str
+    title: str | None = None
+    masked_key: str | None = None
+    """The key as the upstream shows it in lists (for example ``sk-…abcd``), when it does."""
+    status: str | None = None
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
+class CreatedApiKey(ApiKey):
+    """A newly created API key: the one time the plaintext ``key`` is available (``POST /api/apikeys``)."""
+
+    key: SecretStr
+    """The plaintext key; ``key.get_secret_value()`` reveals it. Never logged or cached."""

@@ -1,0 +1,295 @@
+"""The provider protocol: small, pure request builders and response parsers, found through entry points.
+
+A provider never does I/O of its own for a search: it builds an :class:`httpx.Request`, and parses the
+:class:`httpx.Response` the engine got for it (raising the most specific
+:class:`~anisearch.ProviderError`). The engine (``AsyncClient``) owns the sockets, the retries, the
+ledger and the cache, so one provider implementation serves the sync and the async client, tests use
+``respx`` or an emulator, and a third party adds a provider by registering a class under the entry-point
+group ``anisearch.providers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self, runtime_checkable
+
+from anisearch._exceptions import ConfigurationError, UnknownProviderError
+
+if TYPE_CHECKING:
+    import httpx
+
+    from anisearch._image import PreparedImage
+    from anisearch._models import (
+        ApiKey,
+        CreatedApiKey,
+        Credits,
+        Hit,
+        Quota,
+        QuotaScope,
+        RankingEntry,
+        RecentSearch,
+    )
+
+__all__ = [
+    "AccountProvider",
+    "Capabilities",
+    "Credential",
+    "Page",
+    "Provider",
+    "ProviderAnswer",
+    "ProviderContext",
+    "SearchOptions",
+    "SearchQuery",
+    "UploadLimits",
+    "available_providers",
+    "load_provider",
+]
+
+PROVIDER_GROUP = "anisearch.providers"
+EMULATOR_GROUP = "anisearch.emulators"
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a provider can do. The router skips a provider that lacks what a search needs."""
+
+    upload: bool = True
+    """Accepts the image bytes."""
+    url: bool = False
+    """Accepts an image URL that the upstream fetches itself."""
+    vector: bool = False
+    """Accepts a colour layout descriptor instead of an image (trace.moe ``{"vector": ...}``)."""
+    anilist_filter: bool = False
+    """Can restrict the search to one AniList ID (trace.moe ``anilistID``, legacy ``filter``)."""
+    cut_borders: bool = False
+    """Trims black borders server-side (trace.moe ``cutBorders``); otherwise anisearch crops locally."""
+    anilist_info: bool = False
+    """Can return titles and AniList metadata with each hit."""
+    quota: bool = False
+    """Has a free endpoint reporting the caller's quota (trace.moe ``/me``)."""
+    account: bool = False
+    """Has account features (rankings, recent searches, credits, API keys, sign-in)."""
+
+    def names(self) -> list[str]:
+        """The capabilities that are on, as sorted field names."""
+        return sorted(name for name in self.__dataclass_fields__ if getattr(self, name))
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """How a provider wants the image.
+
+    Attributes:
+        max_bytes: Largest request body the upstream accepts, in bytes (the image after encoding,
+            including base64 inflation where ``encoding`` is ``"base64"``).
+        max_width: Width the image is downscaled to fit, pixels (aspect kept).
+        max_height: Height the image is downscaled to fit, pixels (aspect kept).
+        encoding: ``"multipart"`` (raw bytes in a form part) or ``"base64"`` (a data URL in the body).
+        formats: MIME types the upstream accepts; anything else is re-encoded as JPEG.
+    """
+
+    max_bytes: int = 25 * 1024 * 1024
+    max_width: int = 640
+    max_height: int = 360
+    encoding: Literal["multipart", "base64"] = "multipart"
+    formats: frozenset[str] = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
+
+
+@dataclass(frozen=True, slots=True)
+class SearchOptions:
+    """Per-search options, the same for every provider (DESIGN §2)."""
+
+    anilist_id: int | None = None
+    """Search only this AniList ID."""
+    cut_borders: bool = False
+    """Trim black borders before matching."""
+    anilist_info: bool = False
+    """Ask for titles and AniList metadata with each hit."""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """One search as a provider sees it: exactly one of ``image``, ``url`` or ``vector`` is set."""
+
+    options: SearchOptions = field(default_factory=SearchOptions)
+    image: PreparedImage | None = None
+    url: str | None = None
+    vector: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderAnswer:
+    """What a provider made of a successful search response."""
+
+    hits: list[Hit]
+    """Normalised hits, similarity descending."""
+    frames_searched: int | None = None
+    """Frames compared upstream, when reported."""
+    quota: Quota | None = None
+    """The search quota the answer reported, when it did."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page[T]:
+    """One page of a paginated upstream list."""
+
+    items: list[T]
+    total: int | None = None
+    """Total items upstream, when reported."""
+    has_more: bool | None = None
+    """Whether another page exists, when reported."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """Who the provider speaks as, for the ledger's scope. ``secret`` is hashed, never stored."""
+
+    scope: QuotaScope = "guest"
+    secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderContext:
+    """What the engine hands a provider when it builds one.
+
+    Attributes:
+        config: The provider's settings: its ``[providers.<name>]`` TOML table overlaid by the
+            ``ANISEARCH_<NAME>_*`` environment variables, keys lower-cased (``url``, ``key``, ``token``...).
+        state_dir: A directory the provider may keep state in (a session cookie jar), created on demand.
+        timeout: The request timeout in seconds (``ANISEARCH_TIMEOUT``).
+    """
+
+    config: Mapping[str, Any] = field(default_factory=dict)
+    state_dir: Path | None = None
+    timeout: float = 30.0
+
+
+class Provider(Protocol):
+    """A scene-search service, sans-IO: request builders and response parsers."""
+
+    name: ClassVar[str]
+    """Entry-point name, stamped on every Hit (``"tracemoe"``)."""
+    capabilities: Capabilities
+    limits: UploadLimits
+    base_url: str
+    """Where requests go (configurable through the provider's ``url`` setting)."""
+    default_order: ClassVar[bool]
+    """Whether the provider joins the default order when no ``providers=`` is given."""
+
+    @classmethod
+    def from_context(cls, context: ProviderContext) -> Self:
+        """Build the provider from its settings.
+
+        Raises:
+            ConfigurationError: A setting is invalid (a URL that is not http(s), a bad number).
+        """
+        ...
+
+    @property
+    def credential(self) -> Credential:
+        """Who the requests speak as (guest, API key, session), for the ledger scope."""
+        ...
+
+    def assumed_quotas(self) -> list[Quota]:
+        """The documented limits to assume until the upstream reports its own (source ``ledger``)."""
+        ...
+
+    def search_request(self, query: SearchQuery) -> httpx.Request:
+        """Build the search request. Raises ConfigurationError if the query needs a missing capability."""
+        ...
+
+    def parse_search(self, response: httpx.Response) -> ProviderAnswer:
+        """Parse a search response, or raise the ProviderError subclass its status and body mean."""
+        ...
+
+    def quota_request(self) -> httpx.Request | None:
+        """A free request that reports the caller's quota, or None when the upstream has none."""
+        ...
+
+    def parse_quota(self, response: httpx.Response) -> list[Quota]:
+        """Parse the quota response (one Quota per window), or raise a ProviderError."""
+        ...
+
+    def observe(self, response: httpx.Response) -> list[Quota]:
+        """Quota facts any response carries (rate-limit headers, a 402 body), success or not."""
+        ...
+
+    def auth(self) -> httpx.Auth | None:
+        """An httpx auth flow to send requests with (a session that signs in again on 401), or None."""
+        ...
+
+
+@runtime_checkable
+class AccountProvider(Protocol):
+    """A provider with account features (whatanimeisthis.com): rankings, recent searches, credits, keys."""
+
+    name: ClassVar[str]
+
+    def rankings_request(self, period: str, limit: int, include_adult: bool) -> httpx.Request: ...
+    def parse_rankings(self, response: httpx.Response) -> list[RankingEntry]: ...
+    def recent_searches_request(self, limit: int, offset: int) -> httpx.Request: ...
+    def parse_recent_searches(self, response: httpx.Response) -> Page[RecentSearch]: ...
+    def credits_request(self) -> httpx.Request: ...
+    def parse_credits(self, response: httpx.Response) -> Credits: ...
+    def api_keys_request(self, page: int, page_size: int) -> httpx.Request: ...
+    def parse_api_keys(self, response: httpx.Response) -> Page[ApiKey]: ...
+    def create_api_key_request(self, title: str) -> httpx.Request: ...
+    def parse_created_api_key(self, response: httpx.Response) -> CreatedApiKey: ...
+    def sign_in_request(self, email: str, password: str) -> httpx.Request: ...
+    def parse_sign_in(self, response: httpx.Response) -> None: ...
+    def sign_out_request(self) -> httpx.Request: ...
+    def parse_sign_out(self, response: httpx.Response) -> None: ...
+
+
+@cache
+def _provider_entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=PROVIDER_GROUP)}
+
+
+def available_providers() -> list[str]:
+    """Names registered under the ``anisearch.providers`` entry-point group, sorted."""
+    return sorted(_provider_entry_points())
+
+
+def load_provider(name: str) -> type[Provider]:
+    """The provider class registered as ``name``.
+
+    Raises:
+        UnknownProviderError: No installed package registers ``name``; the message lists the known names.
+        ConfigurationError: The entry point exists but cannot be imported.
+    """
+    eps = _provider_entry_points()
+    if name not in eps:
+        raise UnknownProviderError(name, list(eps))
+    try:
+        cls: type[Provider] = eps[name].load()
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"provider {name!r} is registered but cannot be loaded: {exc}") from exc
+    return cls
+
+
+def load_emulator(name: str) -> Any:
+    """The emulator app factory registered as ``name`` (group ``anisearch.emulators``).
+
+    Raises:
+        UnknownProviderError: No emulator is registered under ``name``.
+        ConfigurationError: It cannot be imported (install the ``emulator`` extra).
+    """
+    eps = {ep.name: ep for ep in entry_points(group=EMULATOR_GROUP)}
+    if name not in eps:
+        raise UnknownProviderError(name, list(eps))
+    try:
+        return eps[name].load()
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the {name} emulator needs the 'emulator' extra: pip install 'anisearch[emulator]' ({exc})"
+        ) from exc
+
+
+def available_emulators() -> list[str]:
+    """Names registered under the ``anisearch.emulators`` entry-point group, sorted."""
+    return sorted(ep.name for ep in entry_points(group=EMULATOR_GROUP))

@@ -1,0 +1,154 @@
+"""Shared fixtures: isolation from the user's environment, the shared samples, live servers on loopback.
+
+No test touches the network: pytest-socket (``--allow-hosts`` in pyproject) refuses every connection
+that is not to loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stamina
+import uvicorn
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("ANISEARCH_SHARED_DIR", REPO.parent / "shared"))
+SAMPLES = SHARED / "upstream-samples"
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    """``../shared/upstream-samples``: real upstream responses and screenshots, read in place."""
+    if not SAMPLES.is_dir():  # pragma: no cover - a broken checkout, not a test outcome
+        pytest.fail(f"the shared samples are missing at {SAMPLES}; set ANISEARCH_SHARED_DIR")
+    return SAMPLES
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every test gets empty config/state/cache dirs and no ANISEARCH_* variables from the caller."""
+    for name in list(os.environ):
+        if name.startswith("ANISEARCH_") and name != "ANISEARCH_SHARED_DIR":
+            monkeypatch.delenv(name)
+    for kind in ("CONFIG", "STATE", "CACHE", "DATA"):
+        path = tmp_path / "xdg" / kind.lower()
+        path.mkdir(parents=True)
+        monkeypatch.setenv(f"XDG_{kind}_HOME", str(path))
+
+
+@pytest.fixture(autouse=True)
+def _stamina_testing() -> Iterator[None]:
+    """Retries happen without waiting in tests (stamina's testing mode keeps the attempt count)."""
+    stamina.set_testing(True, attempts=3)
+    yield
+    stamina.set_testing(False)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class LiveServer:
+    """An ASGI app served by uvicorn on 127.0.0.1 in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def start(self) -> LiveServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():  # pragma: no cover
+                raise RuntimeError("the emulator did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server() -> Iterator[Callable[[Any], LiveServer]]:
+    """Start ASGI apps on free loopback ports; all are stopped after the test."""
+    servers: list[LiveServer] = []
+
+    def start(app: Any) -> LiveServer:
+        server = LiveServer(app).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, with its data in a temporary directory."""
+
+    def __init__(self, binary: str) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._dir = tempfile.mkdtemp(prefix="anisearch-redis-")
+        self._proc = subprocess.Popen(  # noqa: S603 - a fixed binary with fixed arguments
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self._dir],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or self._proc.poll() is not None:  # pragma: no cover
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+
+    def flush(self) -> None:
+        import redis
+
+        with redis.Redis.from_url(self.url) as client:
+            client.flushdb()
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server for the session (``.ci/run`` installs Debian's ``redis-server``)."""
+    binary = shutil.which("redis-server")
+    if binary is None:  # pragma: no cover - .ci/run installs it; a developer machine without it fails loudly
+        pytest.fail("redis-server is not installed: apt-get install redis-server (see .ci/run)")
+    server = RedisServer(binary)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of an empty database on the session's redis-server."""
+    redis_server.flush()
+    return redis_server.url
