@@ -254,7 +254,7 @@ class ProviderTimeoutError(ProviderError, TimeoutError):
     """The provider did not answer within the configured timeout (``ANISEARCH_TIMEOUT``, seconds)."""
 
 
-class AllProvidersFailedError(ExceptionGroup[Exception], AnisearchError):  # type: ignore[misc]
+class AllProvidersFailedError(ExceptionGroup[Exception], AnisearchError):
     """No provider answered. ``exceptions`` holds each provider's error, in the order they were asked.
 
     It is an :class:`ExceptionGroup`, so ``except* QuotaExhaustedError`` picks out the spent ones.
@@ -263,5 +263,5 @@ class AllProvidersFailedError(ExceptionGroup[Exception], AnisearchError):  # typ
     def __new__(cls, message: str, exceptions: Sequence[Exception]) -> Self:
         return super().__new__(cls, message, exceptions)
 
-    def derive(self, excs: Sequence[Exception]) -> AllProvidersFailedError:
+    def derive(self, excs: Sequence[Exception]) -> AllProvidersFailedError:  # type: ignore[override]
         return AllProvidersFailedError(self.message, excs)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar, runtime_checkable
 
 from anisearch._exceptions import ConfigurationError, UnknownProviderError
 
@@ -133,8 +133,11 @@ class ProviderAnswer:
     """The search quota the answer reported, when it did."""
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True, slots=True)
-class Page[T]:
+class Page(Generic[T]):  # noqa: UP046 - PEP 695 syntax needs Python 3.12
     """One page of a paginated upstream list."""
 
     items: list[T]

@@ -1,0 +1,5 @@
+"""``python -m anisearch`` runs the ``anisearch`` command."""
+
+from anisearch.cli import main
+
+main()

@@ -1,0 +1,692 @@
+"""The engine: ``AsyncClient`` (async, the one implementation) and ``Client`` (its sync facade).
+
+``AsyncClient`` owns the HTTP connection pool (httpx), the ledger, the result cache and the providers;
+it prepares the image once, looks in the cache, and hands the search to the router. ``Client`` runs an
+``AsyncClient`` on a private event-loop thread (an anyio blocking portal, as Starlette's TestClient
+does), so the sync API works in scripts, inside Jupyter and inside async applications alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
+from functools import partial
+from importlib.metadata import version
+from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import httpx
+
+from anisearch import _image
+from anisearch._cache import ResultCache, cache_key
+from anisearch._config import Settings
+from anisearch._exceptions import (
+    ConfigurationError,
+    ImageFetchError,
+    ImageTooLargeError,
+    InvalidImageError,
+    ProviderConnectionError,
+    ProviderTimeoutError,
+)
+from anisearch._ledger import open_ledger
+from anisearch._ledger._base import scope_id
+from anisearch._models import (
+    ApiKey,
+    Attempt,
+    CreatedApiKey,
+    Credits,
+    ProviderInfo,
+    Quota,
+    RankingEntry,
+    RecentSearch,
+    SearchResult,
+)
+from anisearch._provider import (
+    AccountProvider,
+    Page,
+    Provider,
+    ProviderContext,
+    SearchOptions,
+    SearchQuery,
+    available_providers,
+    load_provider,
+)
+from anisearch._router import AttemptCallback, Route, Router, Strategy
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from PIL import Image
+
+    from anisearch._image import PreparedImage
+    from anisearch._ledger._base import Ledger
+
+__all__ = ["AsyncApiKeys", "ApiKeys", "AsyncClient", "Client"]
+
+T = TypeVar("T")
+
+MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+"""Largest image anisearch downloads from a URL the caller gave, bytes."""
+
+
+def _user_agent() -> str:
+    return f"anisearch/{version('anisearch')} (+https://pypi.org/project/anisearch/)"
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """The caller's input, resolved to something :func:`_image.prepare` takes."""
+
+    value: Any
+    url: str | None = None
+
+
+class AsyncApiKeys:
+    """API keys of the signed-in account (whatanimeisthis.com ``/api/apikeys``)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self, page: int = 1, page_size: int = 20) -> list[ApiKey]:
+        """One page of the account's keys (masked), 1-based ``page``.
+
+        Raises:
+            AuthenticationError: Not signed in (``anisearch login``).
+            ConfigurationError: No configured provider has API keys.
+        """
+        if page < 1 or page_size < 1:
+            raise ConfigurationError("page and page_size must be at least 1")
+        provider = self._client._account_provider()
+        result: Page[ApiKey] = await self._client._call(
+            provider, provider.api_keys_request(page, page_size), provider.parse_api_keys
+        )
+        return result.items
+
+    async def create(self, title: str) -> CreatedApiKey:
+        """Create a key; the plaintext is in ``.key`` (a SecretStr) this one time only.
+
+        Raises:
+            AuthenticationError: Not signed in.
+            ConfigurationError: An empty title, or no provider with API keys.
+        """
+        if not title.strip():
+            raise ConfigurationError("an API key needs a non-empty title")
+        provider = self._client._account_provider()
+        return await self._client._call(
+            provider, provider.create_api_key_request(title), provider.parse_created_api_key
+        )
+
+
+class AsyncClient:
+    """The anisearch engine. Use it as ``async with AsyncClient() as client: await client.search(...)``.
+
+    Args:
+        settings: Where to send requests and keep state; ``Settings.load()`` (environment + config file)
+            when None.
+        transport: An httpx async transport to send every request through (``respx``, a proxy, an ASGI
+            app), instead of the network.
+        on_attempt: Called with each :class:`Attempt` as it completes (metrics, logging).
+
+    Raises:
+        ConfigurationError: The settings name an unknown provider or an unusable ledger/cache.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        on_attempt: AttemptCallback | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings.load()
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(self.settings.timeout),
+            headers={"User-Agent": _user_agent()},
+            follow_redirects=False,
+        )
+        self._on_attempt = on_attempt
+        self._providers: dict[str, Provider] = {}
+        self._ledger: Ledger | None = None
+        self._cache: ResultCache | None = None
+        self._cache_opened = False
+        self._inflight: dict[str, anyio.Event] = {}
+        self.api_keys = AsyncApiKeys(self)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool and the ledger."""
+        await self._http.aclose()
+        if self._ledger is not None:
+            await self._ledger.aclose()
+            self._ledger = None
+
+    # ------------------------------------------------------------------ providers and state
+
+    def _provider(self, name: str) -> Provider:
+        if name not in self._providers:
+            cls = load_provider(name)
+            context = ProviderContext(
+                config=self.settings.provider_config(name),
+                state_dir=self.settings.state_dir,
+                timeout=self.settings.timeout,
+            )
+            self._providers[name] = cls.from_context(context)
+        return self._providers[name]
+
+    def _order(self, providers: Sequence[str] | None) -> list[str]:
+        names = list(providers) if providers else self.settings.providers
+        if not names:
+            ranked = []
+            for name in available_providers():
+                cls = load_provider(name)
+                if getattr(cls, "default_order", False):
+                    ranked.append((getattr(cls, "default_rank", 100), name))
+            names = [name for _, name in sorted(ranked)]
+        seen: list[str] = []
+        for name in names:
+            if name not in seen:
+                seen.append(name)
+        for name in seen:
+            self._provider(name)  # unknown names fail here, before any work
+        return seen
+
+    async def _get_ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = open_ledger(self.settings.ledger_url, timezone=self.settings.timezone)
+        return self._ledger
+
+    def _get_cache(self) -> ResultCache | None:
+        if not self._cache_opened:
+            path = self.settings.cache_path
+            self._cache = None if path is None else ResultCache(path, ttl_seconds=self.settings.cache_ttl)
+            self._cache_opened = True
+        return self._cache
+
+    def _scope(self, provider: Provider) -> str:
+        credential = provider.credential
+        return scope_id(credential.scope, credential.secret)
+
+    @staticmethod
+    def _slots(provider: Provider) -> int:
+        known = [q.concurrency for q in provider.assumed_quotas() if q.concurrency]
+        return min(known) if known else 1
+
+    # ------------------------------------------------------------------ sending
+
+    async def _send(self, provider: Provider, request: httpx.Request) -> httpx.Response:
+        """Send one provider request; transport failures become ProviderError subclasses."""
+        request.extensions.setdefault("timeout", httpx.Timeout(self.settings.timeout).as_dict())
+        if "user-agent" not in request.headers:
+            request.headers["User-Agent"] = _user_agent()
+        auth = provider.auth()
+        try:
+            if auth is None:
+                response = await self._http.send(request)
+            else:
+                response = await self._http.send(request, auth=auth)
+            await response.aread()
+        except httpx.TimeoutException as exc:
+            raise ProviderTimeoutError(
+                f"no answer within {self.settings.timeout:g} s", provider=provider.name
+            ) from exc
+        except httpx.TransportError as exc:
+            raise ProviderConnectionError(
+                f"cannot reach {request.url.host}: {exc}", provider=provider.name
+            ) from exc
+        return response
+
+    async def _call(self, provider: Any, request: httpx.Request, parse: Callable[[httpx.Response], T]) -> T:
+        response = await self._send(provider, request)
+        observed = provider.observe(response) if hasattr(provider, "observe") else []
+        if observed:
+            await (await self._get_ledger()).observe(self._scope(provider), observed)
+        return parse(response)
+
+    # ------------------------------------------------------------------ search
+
+    async def _resolve(self, image: Any) -> _Source:
+        if isinstance(image, str) and image.startswith(("http://", "https://")):
+            return _Source(await self._download(image), url=image)
+        return _Source(image)
+
+    async def _download(self, url: str) -> bytes:
+        try:
+            async with self._http.stream("GET", url, follow_redirects=True) as response:
+                if response.status_code >= 400:
+                    raise ImageFetchError(
+                        f"cannot download {url}: HTTP {response.status_code}", status_code=response.status_code
+                    )
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_DOWNLOAD_BYTES:
+                        raise ImageTooLargeError(
+                            f"{url} is larger than {MAX_DOWNLOAD_BYTES} bytes",
+                            size_bytes=size,
+                            limit_bytes=MAX_DOWNLOAD_BYTES,
+                        )
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise ImageFetchError(f"cannot download {url}: {exc}") from exc
+        return b"".join(chunks)
+
+    async def search(
+        self,
+        image: str | os.PathLike[str] | bytes | IO[bytes] | Image.Image,
+        *,
+        providers: Sequence[str] | None = None,
+        strategy: Strategy = "fallback",
+        anilist_id: int | None = None,
+        cut_borders: bool = False,
+        anilist_info: bool = False,
+        min_similarity: float | None = None,
+        cache: bool = True,
+    ) -> SearchResult:
+        """Which anime, which episode, which second is ``image`` from.
+
+        Args:
+            image: A path, ``bytes``, a binary file object, a ``PIL.Image.Image`` or an ``http(s)://`` URL
+                (downloaded once by anisearch and uploaded, which is more reliable than letting each
+                upstream fetch it).
+            providers: Provider names in the order to ask; None means the configured order
+                (``ANISEARCH_PROVIDERS``) or the default ``tracemoe``, then ``whatanimeisthis``.
+            strategy: ``"fallback"`` asks one provider at a time until one answers; ``"fanout"`` asks every
+                eligible provider at once and merges their hits.
+            anilist_id: Only hits of this AniList ID.
+            cut_borders: Trim black borders (server-side where the provider can, locally otherwise).
+            anilist_info: Ask for titles and AniList metadata with the hits.
+            min_similarity: 0..1; a weaker best hit also asks the next provider, and the strongest answer
+                seen is returned.
+            cache: Reuse (and store) results in the local cache; a cached answer costs no quota.
+
+        Returns:
+            The hits (similarity descending), who answered, and every attempt.
+
+        Raises:
+            InvalidImageError: The input is empty, not an image, truncated or a decompression bomb.
+            ImageTooLargeError: The input is over the size limit (before any request).
+            ImageFetchError: ``image`` is a URL that could not be downloaded.
+            UnknownProviderError: A name in ``providers`` is not registered.
+            ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy).
+            AllProvidersFailedError: No provider answered; it holds each provider's error.
+        """
+        if strategy not in ("fallback", "fanout"):
+            raise ConfigurationError(f"unknown strategy {strategy!r}; use 'fallback' or 'fanout'")
+        if min_similarity is not None and not 0.0 <= min_similarity <= 1.0:
+            raise ConfigurationError(f"min_similarity must be within 0..1, got {min_similarity}")
+        if anilist_id is not None and anilist_id <= 0:
+            raise ConfigurationError(f"anilist_id must be a positive AniList ID, got {anilist_id}")
+        names = self._order(providers)
+        source = await self._resolve(image)
+        prepared = await anyio.to_thread.run_sync(partial(_image.prepare, source.value))
+        options = SearchOptions(anilist_id=anilist_id, cut_borders=cut_borders, anilist_info=anilist_info)
+        use_cache = cache and self._get_cache() is not None
+        routes = [self._route(name, prepared, options, use_cache=use_cache) for name in names]
+
+        if use_cache:
+            cached = await self._from_cache(routes)
+            if cached is not None:
+                return cached
+        flight = cache_key("|".join(names), prepared.digest, [options, strategy, min_similarity])
+        while flight in self._inflight:  # the same search is running: wait and reuse its answer
+            await self._inflight[flight].wait()
+            if use_cache and (cached := await self._from_cache(routes)) is not None:
+                return cached
+        done = self._inflight[flight] = anyio.Event()
+        try:
+            return await self._route_search(routes, prepared, options, strategy, min_similarity)
+        finally:
+            del self._inflight[flight]
+            done.set()
+
+    def _route(self, name: str, prepared: PreparedImage, options: SearchOptions, *, use_cache: bool) -> Route:
+        provider = self._provider(name)
+        key = None
+        if use_cache:
+            image_key = (
+                "cld:" + ",".join(map(str, prepared.descriptor))
+                if provider.capabilities.vector and prepared.descriptor
+                else "sha256:" + prepared.digest
+            )
+            key = cache_key(name, image_key, [options])
+        return Route(provider=provider, scope=self._scope(provider), slots=self._slots(provider), cache_key=key)
+
+    async def _from_cache(self, routes: Sequence[Route]) -> SearchResult | None:
+        store = self._get_cache()
+        if store is None:
+            return None
+        for route in routes:
+            if route.cache_key is None:
+                continue
+            result = await store.get(route.cache_key)
+            if result is not None:
+                attempt = Attempt(provider=route.provider.name, outcome="cached", reason="answered from the cache")
+                if self._on_attempt is not None:
+                    self._on_attempt(attempt)
+                return result.model_copy(update={"cached": True, "attempts": [attempt]})
+        return None
+
+    async def _route_search(
+        self,
+        routes: Sequence[Route],
+        prepared: PreparedImage,
+        options: SearchOptions,
+        strategy: Strategy,
+        min_similarity: float | None,
+    ) -> SearchResult:
+        cropped: list[PreparedImage] = []
+
+        async def query_for(provider: Provider) -> SearchQuery:
+            image = prepared
+            provider_options = options
+            if options.cut_borders and not provider.capabilities.cut_borders:
+                if not cropped:
+                    cropped.append(
+                        await anyio.to_thread.run_sync(partial(_image.prepare, prepared.data, cut_borders=True))
+                    )
+                image = cropped[0]
+                provider_options = SearchOptions(
+                    anilist_id=options.anilist_id, cut_borders=False, anilist_info=options.anilist_info
+                )
+            fitted = await anyio.to_thread.run_sync(_image.fit, image, provider.limits)
+            return SearchQuery(options=provider_options, image=fitted)
+
+        store = self._get_cache()
+        router = Router(
+            await self._get_ledger(),
+            self._send,
+            wait_seconds=max(self.settings.timeout, 1.0),
+            lease_seconds=self.settings.timeout * 2 + 5,
+            on_attempt=self._on_attempt,
+            remember=store.put if store is not None else None,
+        )
+        return await router.search(
+            routes,
+            query_for,
+            strategy=strategy,
+            min_similarity=min_similarity,
+            anilist_id=options.anilist_id,
+        )
+
+    # ------------------------------------------------------------------ quota and providers
+
+    async def quota(self, provider: str | None = None, *, refresh: bool = False) -> list[Quota]:
+        """What each configured provider (or one) allows and what is left, per window.
+
+        Args:
+            provider: One provider name, or None for every configured provider.
+            refresh: Ask the upstreams' free quota endpoints first (trace.moe ``/me``; costs no quota).
+
+        Raises:
+            UnknownProviderError: ``provider`` is not registered.
+            ProviderError: ``refresh`` and an upstream failed to answer.
+        """
+        names = [provider] if provider else self._order(None)
+        ledger = await self._get_ledger()
+        quotas: list[Quota] = []
+        for name in names:
+            instance = self._provider(name)
+            scope = self._scope(instance)
+            request = instance.quota_request() if refresh else None
+            if request is not None:
+                fresh = await self._call(instance, request, instance.parse_quota)
+                await ledger.observe(scope, fresh)
+            known = await ledger.snapshot(name)
+            quotas.extend(known or instance.assumed_quotas())
+        return quotas
+
+    async def providers(self) -> list[ProviderInfo]:
+        """Every registered provider: where it points, whether it is in the order, its capabilities."""
+        order = self._order(None)
+        infos = []
+        for name in available_providers():
+            try:
+                instance = self._provider(name)
+            except ConfigurationError:
+                continue
+            infos.append(
+                ProviderInfo(
+                    name=name,
+                    base_url=instance.base_url,
+                    enabled=name in order,
+                    authenticated=instance.credential.scope != "guest",
+                    capabilities=instance.capabilities.names(),
+                )
+            )
+        return infos
+
+    # ------------------------------------------------------------------ account features
+
+    def _account_provider(self) -> Any:
+        for name in [*self._order(None), *available_providers()]:
+            try:
+                instance = self._provider(name)
+            except ConfigurationError:
+                continue
+            if isinstance(instance, AccountProvider):
+                return instance
+        raise ConfigurationError("no installed provider has account features (rankings, credits, API keys)")
+
+    async def rankings(self, period: str = "all", limit: int = 50, include_adult: bool = False) -> list[RankingEntry]:
+        """The most-searched anime of ``period`` (``daily``, ``weekly``, ``monthly``, ``yearly``, ``all``).
+
+        Raises:
+            ConfigurationError: An unknown period or a limit below 1.
+            ProviderError: The upstream failed.
+        """
+        if limit < 1:
+            raise ConfigurationError("limit must be at least 1")
+        provider = self._account_provider()
+        request = provider.rankings_request(period, limit, include_adult)
+        entries: list[RankingEntry] = await self._call(provider, request, provider.parse_rankings)
+        return entries
+
+    async def recent_searches(self, limit: int = 20, offset: int = 0) -> list[RecentSearch]:
+        """One page of recently confirmed public searches (newest first).
+
+        Raises:
+            ConfigurationError: A negative offset or a limit below 1.
+            ProviderError: The upstream failed.
+        """
+        page = await self._recent_page(limit, offset)
+        return page.items
+
+    async def _recent_page(self, limit: int, offset: int) -> Page[RecentSearch]:
+        if limit < 1 or offset < 0:
+            raise ConfigurationError("limit must be at least 1 and offset at least 0")
+        provider = self._account_provider()
+        request = provider.recent_searches_request(limit, offset)
+        page: Page[RecentSearch] = await self._call(provider, request, provider.parse_recent_searches)
+        return page
+
+    async def iter_recent_searches(self, page_size: int = 20, max_items: int | None = None) -> AsyncIterator[RecentSearch]:
+        """Every recent public search, page by page; stops on a short page or the reported total.
+
+        Raises:
+            ProviderError: The upstream failed mid-way.
+        """
+        offset = 0
+        while max_items is None or offset < max_items:
+            page = await self._recent_page(page_size, offset)
+            for item in page.items:
+                if max_items is not None and offset >= max_items:
+                    return
+                offset += 1
+                yield item
+            short = len(page.items) < page_size
+            if short or page.has_more is False or (page.total is not None and offset >= page.total):
+                return
+
+    async def credits(self) -> Credits:
+        """The signed-in account's search credits (also recorded in the ledger).
+
+        Raises:
+            AuthenticationError: Not signed in.
+        """
+        provider = self._account_provider()
+        result: Credits = await self._call(provider, provider.credits_request(), provider.parse_credits)
+        return result
+
+    async def sign_in(self, email: str, password: str) -> None:
+        """Sign in (whatanimeisthis.com); the session cookie is kept in the state dir (mode 0600).
+
+        The password is used for this request only and never stored.
+
+        Raises:
+            AuthenticationError: Wrong email or password, or the site refused the Origin.
+        """
+        provider = self._account_provider()
+        await self._call(provider, provider.sign_in_request(email, password), provider.parse_sign_in)
+
+    async def sign_out(self) -> None:
+        """Sign out and delete the stored session.
+
+        Raises:
+            ProviderError: The upstream failed (the local session is deleted anyway).
+        """
+        provider = self._account_provider()
+        await self._call(provider, provider.sign_out_request(), provider.parse_sign_out)
+
+
+class ApiKeys:
+    """Sync view of :class:`AsyncApiKeys`."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self, page: int = 1, page_size: int = 20) -> list[ApiKey]:
+        """See :meth:`AsyncApiKeys.list`."""
+        return self._client._run(self._client._async.api_keys.list, page, page_size)
+
+    def create(self, title: str) -> CreatedApiKey:
+        """See :meth:`AsyncApiKeys.create`."""
+        return self._client._run(self._client._async.api_keys.create, title)
+
+
+class Client(AbstractContextManager["Client"]):
+    """The synchronous client: the same engine as :class:`AsyncClient`, run on a private loop thread.
+
+    Use it as ``with Client() as client: client.search("shot.jpg")``. Arguments as for AsyncClient.
+
+    Raises:
+        ConfigurationError: As AsyncClient.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        on_attempt: AttemptCallback | None = None,
+    ) -> None:
+        self._stack = ExitStack()
+        self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
+        try:
+            self._async = self._portal.call(partial(_make_async, settings, transport, on_attempt))
+        except BaseException:
+            self._stack.close()
+            raise
+        self.settings = self._async.settings
+        self.api_keys = ApiKeys(self)
+
+    def _run(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        return self._portal.call(partial(func, *args, **kwargs))
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the engine and stop its loop thread."""
+        try:
+            self._portal.call(self._async.aclose)
+        finally:
+            self._stack.close()
+
+    def search(
+        self,
+        image: str | os.PathLike[str] | bytes | IO[bytes] | Image.Image,
+        *,
+        providers: Sequence[str] | None = None,
+        strategy: Strategy = "fallback",
+        anilist_id: int | None = None,
+        cut_borders: bool = False,
+        anilist_info: bool = False,
+        min_similarity: float | None = None,
+        cache: bool = True,
+    ) -> SearchResult:
+        """See :meth:`AsyncClient.search` (same arguments, same errors)."""
+        return self._run(
+            self._async.search,
+            image,
+            providers=providers,
+            strategy=strategy,
+            anilist_id=anilist_id,
+            cut_borders=cut_borders,
+            anilist_info=anilist_info,
+            min_similarity=min_similarity,
+            cache=cache,
+        )
+
+    def quota(self, provider: str | None = None, *, refresh: bool = False) -> list[Quota]:
+        """See :meth:`AsyncClient.quota`."""
+        return self._run(self._async.quota, provider, refresh=refresh)
+
+    def providers(self) -> list[ProviderInfo]:
+        """See :meth:`AsyncClient.providers`."""
+        return self._run(self._async.providers)
+
+    def rankings(self, period: str = "all", limit: int = 50, include_adult: bool = False) -> list[RankingEntry]:
+        """See :meth:`AsyncClient.rankings`."""
+        return self._run(self._async.rankings, period, limit, include_adult)
+
+    def recent_searches(self, limit: int = 20, offset: int = 0) -> list[RecentSearch]:
+        """See :meth:`AsyncClient.recent_searches`."""
+        return self._run(self._async.recent_searches, limit, offset)
+
+    def iter_recent_searches(self, page_size: int = 20, max_items: int | None = None) -> Iterator[RecentSearch]:
+        """See :meth:`AsyncClient.iter_recent_searches`; fetches page by page as you iterate."""
+        offset = 0
+        while max_items is None or offset < max_items:
+            page = self._run(self._async._recent_page, page_size, offset)
+            for item in page.items:
+                if max_items is not None and offset >= max_items:
+                    return
+                offset += 1
+                yield item
+            if len(page.items) < page_size or page.has_more is False or (
+                page.total is not None and offset >= page.total
+            ):
+                return
+
+    def credits(self) -> Credits:
+        """See :meth:`AsyncClient.credits`."""
+        return self._run(self._async.credits)
+
+    def sign_in(self, email: str, password: str) -> None:
+        """See :meth:`AsyncClient.sign_in`."""
+        self._run(self._async.sign_in, email, password)
+
+    def sign_out(self) -> None:
+        """See :meth:`AsyncClient.sign_out`."""
+        self._run(self._async.sign_out)
+
+
+async def _make_async(
+    settings: Settings | None, transport: httpx.AsyncBaseTransport | None, on_attempt: AttemptCallback | None
+) -> AsyncClient:
+    return AsyncClient(settings, transport, on_attempt=on_attempt)

@@ -1,0 +1,154 @@
+"""Settings: environment variables (``ANISEARCH_*``) over a TOML file over defaults.
+
+The TOML file lives at ``platformdirs.user_config_path("anisearch") / "config.toml"`` (on Linux
+``$XDG_CONFIG_HOME/anisearch/config.toml``), or wherever ``ANISEARCH_CONFIG`` points::
+
+    providers = ["tracemoe", "whatanimeisthis"]
+    ledger = "redis://127.0.0.1:6379/0"
+    timeout = 60
+
+    [tracemoe]
+    url = "http://127.0.0.1:8000"     # ANISEARCH_TRACEMOE_URL wins over this
+    key = "..."
+
+A provider's own settings are the table named after it, overlaid by the environment variables
+``ANISEARCH_<NAME>_<KEY>`` (``whatanime-ga`` becomes ``WHATANIME_GA``). The core does not know which keys a
+provider takes: the provider validates its own table.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import platformdirs
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from anisearch._exceptions import ConfigurationError
+
+__all__ = ["Settings", "config_path"]
+
+APP = "anisearch"
+
+
+def config_path() -> Path:
+    """The TOML config file: ``ANISEARCH_CONFIG`` or the platform's user config dir + ``config.toml``."""
+    override = os.environ.get("ANISEARCH_CONFIG")
+    return Path(override) if override else platformdirs.user_config_path(APP) / "config.toml"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"cannot read the config file {path}: {exc}") from exc
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """The core keys of the TOML file (provider tables are read by :meth:`Settings.provider_config`)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {name: self._data[name] for name in self.settings_cls.model_fields if name in self._data}
+
+
+class Settings(BaseSettings):
+    """Where anisearch sends requests and keeps its state. Every field has an ``ANISEARCH_*`` variable.
+
+    Raises:
+        ConfigurationError: A value does not parse (through :meth:`load`).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ANISEARCH_", extra="ignore", frozen=True)
+
+    providers: Annotated[list[str] | None, NoDecode] = None
+    """Provider order (``ANISEARCH_PROVIDERS``, a comma list). None means the default order."""
+    ledger: str | None = None
+    """Ledger URL (``ANISEARCH_LEDGER``): ``memory://``, ``sqlite:///path`` (default, in the state dir) or
+    ``redis://host:port/db``."""
+    cache: str | None = None
+    """Result cache (``ANISEARCH_CACHE``): ``off``, or a SQLite file path (default in the cache dir)."""
+    cache_ttl: float = Field(default=7 * 24 * 3600, gt=0)
+    """How long a cached result is reused, seconds (``ANISEARCH_CACHE_TTL``)."""
+    timeout: float = Field(default=30.0, gt=0)
+    """Per-request timeout, seconds (``ANISEARCH_TIMEOUT``)."""
+    timezone: str = "UTC"
+    """Time zone of calendar-day quotas (``ANISEARCH_TIMEZONE``), an IANA name."""
+    state_dir: Path = Field(default_factory=lambda: platformdirs.user_state_path(APP))
+    """Where the ledger and sessions live (``ANISEARCH_STATE_DIR``; default the platform's state dir)."""
+    cache_dir: Path = Field(default_factory=lambda: platformdirs.user_cache_path(APP))
+    """Where the result cache lives (``ANISEARCH_CACHE_DIR``; default the platform's cache dir)."""
+    provider_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per-provider settings given in code; they win over the environment and the file."""
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            names = [part.strip() for part in value.split(",") if part.strip()]
+            return names or None
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlSource(settings_cls, _read_toml(config_path()))
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Settings from the environment and the config file, with ``overrides`` on top.
+
+        Raises:
+            ConfigurationError: A value does not parse; the message names the variable.
+        """
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"ANISEARCH_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigurationError(f"invalid settings: {problems}") from exc
+
+    @property
+    def ledger_url(self) -> str:
+        """The ledger URL in force (the default is a SQLite file in ``state_dir``)."""
+        return self.ledger or f"sqlite:///{self.state_dir / 'ledger.sqlite3'}"
+
+    @property
+    def cache_path(self) -> Path | None:
+        """The result cache's SQLite file, or None when ``cache`` is ``off``."""
+        if self.cache is not None and self.cache.strip().lower() in {"off", "0", "false", "no", "none"}:
+            return None
+        return Path(self.cache) if self.cache else self.cache_dir / "results.sqlite3"
+
+    def provider_config(self, name: str) -> dict[str, Any]:
+        """The settings of provider ``name``: its TOML table, then ``ANISEARCH_<NAME>_*``, then code.
+
+        Keys are lower-cased (``ANISEARCH_TRACEMOE_URL`` gives ``url``).
+        """
+        table = _read_toml(config_path()).get(name, {})
+        config: dict[str, Any] = dict(table) if isinstance(table, dict) else {}
+        prefix = f"ANISEARCH_{name.upper().replace('-', '_')}_"
+        for variable, value in os.environ.items():
+            if variable.startswith(prefix) and value != "":
+                config[variable.removeprefix(prefix).lower()] = value
+        config.update(self.provider_options.get(name, {}))
+        return config

@@ -1,0 +1,68 @@
+"""Settings from the pinned environment variables, the TOML file and code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from anisearch import ConfigurationError, Settings
+
+
+def test_defaults_live_in_the_platform_dirs(tmp_path: Path) -> None:
+    settings = Settings.load()
+    assert settings.providers is None
+    assert settings.ledger_url.startswith("sqlite:///")
+    assert settings.ledger_url.endswith("anisearch/ledger.sqlite3")
+    assert str(tmp_path) in settings.ledger_url  # XDG_STATE_HOME points into the test's tmp dir
+    assert settings.cache_path is not None
+    assert settings.cache_path.name == "results.sqlite3"
+    assert settings.timeout == 30
+
+
+def test_pinned_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "whatanimeisthis, tracemoe")
+    monkeypatch.setenv("ANISEARCH_LEDGER", "redis://127.0.0.1:6379/2")
+    monkeypatch.setenv("ANISEARCH_CACHE", "off")
+    monkeypatch.setenv("ANISEARCH_TIMEOUT", "7.5")
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_KEY", "secret")
+    monkeypatch.setenv("ANISEARCH_WHATANIME_GA_TOKEN", "tok")
+    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_KEY", "wk")
+    settings = Settings.load()
+    assert settings.providers == ["whatanimeisthis", "tracemoe"]
+    assert settings.ledger_url == "redis://127.0.0.1:6379/2"
+    assert settings.cache_path is None
+    assert settings.timeout == 7.5
+    assert settings.provider_config("tracemoe") == {"url": "http://127.0.0.1:9", "key": "secret"}
+    assert settings.provider_config("whatanime-ga") == {"token": "tok"}
+    assert settings.provider_config("whatanimeisthis") == {"key": "wk"}
+
+
+def test_the_toml_file_is_overridden_by_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "xdg" / "config" / "anisearch" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(
+        'providers = ["tracemoe"]\ntimeout = 12\n\n[tracemoe]\nurl = "http://file"\nkey = "from-file"\n'
+    )
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", "http://env")
+    settings = Settings.load()
+    assert settings.providers == ["tracemoe"]
+    assert settings.timeout == 12
+    assert settings.provider_config("tracemoe") == {"url": "http://env", "key": "from-file"}
+    in_code = Settings.load(provider_options={"tracemoe": {"url": "http://code"}})
+    assert in_code.provider_config("tracemoe")["url"] == "http://code"
+
+
+def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANISEARCH_TIMEOUT", "soon")
+    with pytest.raises(ConfigurationError, match="ANISEARCH_TIMEOUT"):
+        Settings.load()
+
+
+def test_a_broken_config_file_is_a_configuration_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("providers = [")
+    monkeypatch.setenv("ANISEARCH_CONFIG", str(bad))
+    with pytest.raises(ConfigurationError, match="cannot read the config file"):
+        Settings.load()

@@ -1,0 +1,262 @@
+"""The router's decisions, with scripted providers and a real in-memory ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Self
+
+import httpx
+import pytest
+
+from anisearch import (
+    AllProvidersFailedError,
+    Attempt,
+    AuthenticationError,
+    Capabilities,
+    ConcurrencyLimitError,
+    Credential,
+    Hit,
+    InvalidImageError,
+    ProviderAnswer,
+    ProviderContext,
+    ProviderError,
+    ProviderServerError,
+    Quota,
+    QuotaExhaustedError,
+    RateLimitedError,
+    SearchQuery,
+    UploadLimits,
+)
+from anisearch._ledger import open_ledger
+from anisearch._ledger._base import Ledger
+from anisearch._router import Route, Router, merge_hits
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+Step = Callable[[], ProviderAnswer]
+
+
+class Scripted:
+    """A provider whose parse_search plays a script of answers and errors, one per request."""
+
+    default_order: ClassVar[bool] = True
+    capabilities = Capabilities(upload=True)
+    limits = UploadLimits()
+
+    def __init__(self, name: str, *steps: Step | ProviderError, quota: Quota | None = None) -> None:
+        self.name = name  # type: ignore[misc]
+        self.base_url = f"https://{name}.example"
+        self.steps = list(steps)
+        self.requests = 0
+        self._quota = quota
+
+    @classmethod
+    def from_context(cls, context: ProviderContext) -> Self:  # pragma: no cover - not used by the router
+        raise NotImplementedError
+
+    @property
+    def credential(self) -> Credential:
+        return Credential()
+
+    def assumed_quotas(self) -> list[Quota]:
+        return []
+
+    def search_request(self, query: SearchQuery) -> httpx.Request:
+        return httpx.Request("POST", f"{self.base_url}/search")
+
+    def parse_search(self, response: httpx.Response) -> ProviderAnswer:
+        self.requests += 1
+        step = self.steps.pop(0)
+        if isinstance(step, ProviderError):
+            raise step
+        return step()
+
+    def quota_request(self) -> httpx.Request | None:
+        return None
+
+    def parse_quota(self, response: httpx.Response) -> list[Quota]:
+        return []
+
+    def observe(self, response: httpx.Response) -> list[Quota]:
+        return []
+
+    def auth(self) -> httpx.Auth | None:
+        return None
+
+
+def answer(provider: str, *similarities: float, quota: Quota | None = None) -> Step:
+    def build() -> ProviderAnswer:
+        hits = [
+            Hit(provider=provider, anilist_id=100 + i, episode=1, start_seconds=10.0, end_seconds=12.0, similarity=s)
+            for i, s in enumerate(similarities)
+        ]
+        return ProviderAnswer(hits=hits, frames_searched=1000, quota=quota)
+
+    return build
+
+
+async def send(provider: Any, request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, request=request)
+
+
+async def query_for(provider: Any) -> SearchQuery:
+    return SearchQuery()
+
+
+@pytest.fixture
+async def ledger() -> Ledger:
+    return open_ledger("memory://")
+
+
+def router(ledger: Ledger, attempts: list[Attempt] | None = None) -> Router:
+    return Router(ledger, send, wait_seconds=1, lease_seconds=5, on_attempt=attempts.append if attempts else None)
+
+
+def routes(*providers: Scripted) -> list[Route]:
+    return [Route(provider=p, scope="guest") for p in providers]  # type: ignore[arg-type]
+
+
+async def test_first_provider_answers_and_the_rest_are_not_asked(ledger: Ledger) -> None:
+    first, second = Scripted("one", answer("one", 0.97)), Scripted("two", answer("two", 0.99))
+    result = await router(ledger).search(routes(first, second), query_for)
+    assert result.provider == "one"
+    assert [a.outcome for a in result.attempts] == ["ok"]
+    assert second.requests == 0
+
+
+async def test_spent_quota_falls_through_and_is_remembered(ledger: Ledger) -> None:
+    spent = QuotaExhaustedError("Search quota depleted", provider="one", status_code=402)
+    first = Scripted("one", spent)
+    second = Scripted("two", answer("two", 0.95), answer("two", 0.95))
+    await ledger.observe("guest", [Quota(provider="one", limit=100, used=99, window="rolling-24h")])
+    result = await router(ledger).search(routes(first, second), query_for)
+    assert result.provider == "two"
+    assert [(a.provider, a.outcome, a.error) for a in result.attempts] == [
+        ("one", "failed", "QuotaExhaustedError"),
+        ("two", "ok", None),
+    ]
+    # The next search does not send to the spent provider at all, and says why.
+    again = await router(ledger).search(routes(first, second), query_for)
+    assert first.requests == 1
+    skipped = again.attempts[0]
+    assert (skipped.provider, skipped.outcome) == ("one", "skipped")
+    assert skipped.reason is not None
+    assert "quota exhausted until" in skipped.reason
+
+
+async def test_rate_limit_sets_a_cooldown_for_retry_after(ledger: Ledger) -> None:
+    limited = RateLimitedError("Too many requests", provider="one", status_code=429, retry_after=120)
+    first = Scripted("one", limited)
+    second = Scripted("two", answer("two", 0.95), answer("two", 0.95))
+    await router(ledger).search(routes(first, second), query_for)
+    admission = await ledger.admit("one", "guest")
+    assert not admission.allowed
+    assert admission.until is not None
+    assert timedelta(seconds=100) < admission.until - datetime.now(UTC) <= timedelta(seconds=121)
+    again = await router(ledger).search(routes(first, second), query_for)
+    assert again.attempts[0].outcome == "skipped"
+    assert first.requests == 1
+
+
+async def test_transient_errors_are_retried_on_the_same_provider(ledger: Ledger) -> None:
+    busy = ConcurrencyLimitError("Concurrency limit exceeded", provider="one", status_code=402)
+    first = Scripted("one", busy, busy, answer("one", 0.93))
+    result = await router(ledger).search(routes(first), query_for)
+    assert result.provider == "one"
+    assert first.requests == 3
+
+
+async def test_server_errors_fall_through_without_retry(ledger: Ledger) -> None:
+    first = Scripted("one", ProviderServerError("Search failed", provider="one", status_code=500))
+    second = Scripted("two", answer("two", 0.9))
+    result = await router(ledger).search(routes(first, second), query_for)
+    assert first.requests == 1
+    assert result.attempts[0].reason == "Search failed"
+    assert result.attempts[0].status_code == 500
+
+
+async def test_every_provider_failing_raises_a_group_of_their_errors(ledger: Ledger) -> None:
+    first = Scripted("one", AuthenticationError("Invalid API key", provider="one", status_code=403))
+    second = Scripted("two", ProviderServerError("down", provider="two", status_code=503))
+    with pytest.raises(AllProvidersFailedError) as caught:
+        await router(ledger).search(routes(first, second), query_for)
+    group = caught.value
+    assert [type(e) for e in group.exceptions] == [AuthenticationError, ProviderServerError]
+    assert [getattr(e, "provider", None) for e in group.exceptions] == ["one", "two"]
+    auth_only = group.subgroup(AuthenticationError)
+    assert auth_only is not None
+    assert isinstance(auth_only, AllProvidersFailedError)
+
+
+async def test_bad_input_stops_at_once(ledger: Ledger) -> None:
+    first, second = Scripted("one"), Scripted("two", answer("two", 0.9))
+
+    async def refuse(provider: Any) -> SearchQuery:
+        raise InvalidImageError("not an image")
+
+    with pytest.raises(InvalidImageError):
+        await router(ledger).search(routes(first, second), refuse)
+    assert second.requests == 0
+
+
+async def test_weak_answer_asks_for_a_second_opinion_and_keeps_the_strongest(ledger: Ledger) -> None:
+    first = Scripted("one", answer("one", 0.70))
+    second = Scripted("two", answer("two", 0.80))
+    result = await router(ledger).search(routes(first, second), query_for, min_similarity=0.9)
+    assert result.provider == "two"
+    assert result.best is not None
+    assert result.best.similarity == 0.80
+    assert [a.provider for a in result.attempts] == ["one", "two"]
+    assert result.attempts[0].reason is not None
+    assert "0.700 < 0.9" in result.attempts[0].reason
+
+
+async def test_body_quota_is_the_truth_and_local_successes_are_counted(ledger: Ledger) -> None:
+    told = Quota(provider="one", limit=3, used=2, remaining=1, window="rolling-24h")
+    first = Scripted("one", answer("one", 0.95, quota=told), answer("one", 0.95))
+    second = Scripted("two", answer("two", 0.9))
+    await router(ledger).search(routes(first, second), query_for)
+    state = [q for q in await ledger.snapshot("one") if q.window == "rolling-24h"]
+    assert state[0].used == 2
+    assert state[0].remaining == 1
+    await router(ledger).search(routes(first, second), query_for)  # a success without a body count
+    third = await router(ledger).search(routes(first, second), query_for)
+    assert third.provider == "two"
+    assert third.attempts[0].outcome == "skipped"
+
+
+async def test_fanout_asks_everyone_and_merges_the_same_scene(ledger: Ledger) -> None:
+    first = Scripted("one", answer("one", 0.95))
+    second = Scripted("two", answer("two", 0.97, 0.5))
+    seen: list[Attempt] = []
+    result = await router(ledger, seen).search(routes(first, second), query_for, strategy="fanout")
+    assert first.requests == second.requests == 1
+    assert [h.similarity for h in result.hits] == [0.97, 0.5]  # 0.95 merged into the 0.97 twin
+    assert sorted(a.provider for a in seen) == ["one", "two"]
+
+
+def test_merge_keeps_distinct_scenes_and_fills_titles() -> None:
+    from anisearch import Title
+
+    a = Hit(provider="x", anilist_id=1, episode=5, start_seconds=100, end_seconds=104, similarity=0.9)
+    b = Hit(provider="y", anilist_id=1, episode=5, start_seconds=103, end_seconds=108, similarity=0.8,
+            title=Title(romaji="Kokoro Connect"))
+    c = Hit(provider="y", anilist_id=1, episode=5, start_seconds=900, end_seconds=905, similarity=0.85)
+    d = Hit(provider="y", anilist_id=1, episode=6, start_seconds=100, end_seconds=104, similarity=0.95)
+    merged = merge_hits([a, b, c, d])
+    assert [(h.episode, h.start_seconds) for h in merged] == [(6, 100), (5, 100), (5, 900)]
+    assert merged[1].title is not None
+    assert merged[1].title.romaji == "Kokoro Connect"
+
+
+async def test_anilist_filter_is_applied_to_every_answer(ledger: Ledger) -> None:
+    first = Scripted("one", answer("one", 0.9, 0.8))
+    result = await router(ledger).search(routes(first), query_for, anilist_id=101)
+    assert [h.anilist_id for h in result.hits] == [101]

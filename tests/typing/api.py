@@ -1,0 +1,50 @@
+"""Never run: mypy checks that the public API types the way users will call it."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image
+
+import anisearch
+
+
+def sync_usage() -> None:
+    result: anisearch.SearchResult = anisearch.search("shot.jpg", providers=["tracemoe", "whatanimeisthis"])
+    best: anisearch.Hit | None = result.best
+    if best is not None:
+        anilist_id: int | None = best.anilist_id
+        start: float | None = best.start_seconds
+        similarity: float = best.similarity
+        title: str | None = best.title.preferred() if best.title else None
+        print(anilist_id, start, similarity, title, best.episode)
+    with anisearch.Client() as client:
+        client.search(Path("shot.png"), min_similarity=0.9, strategy="fanout")
+        client.search(b"\xff\xd8", cut_borders=True, anilist_id=11887, cache=False)
+        client.search(io.BytesIO(b""), anilist_info=True)
+        client.search(Image.new("RGB", (4, 4)))
+        quotas: list[anisearch.Quota] = client.quota("tracemoe", refresh=True)
+        infos: list[anisearch.ProviderInfo] = client.providers()
+        ranks: list[anisearch.RankingEntry] = client.rankings(period="weekly", limit=10, include_adult=False)
+        recent: list[anisearch.RecentSearch] = client.recent_searches(limit=5, offset=0)
+        credits: anisearch.Credits = client.credits()
+        keys: list[anisearch.ApiKey] = client.api_keys.list(page=1, page_size=20)
+        created: anisearch.CreatedApiKey = client.api_keys.create("bot")
+        secret: str = created.key.get_secret_value()
+        client.sign_in("a@b.c", "pw")
+        client.sign_out()
+        print(quotas, infos, ranks, recent, credits, keys, secret)
+
+
+async def async_usage() -> None:
+    result = await anisearch.asearch("https://example.com/a.jpg")
+    print(result.attempts[0].outcome, result.cached, result.frames_searched)
+    async with anisearch.AsyncClient(settings=anisearch.Settings.load(timeout=60)) as client:
+        await client.search("shot.jpg")
+        async for item in client.iter_recent_searches(page_size=10, max_items=30):
+            print(item.anilist_id)
+    try:
+        anisearch.search("x.jpg")
+    except* anisearch.QuotaExhaustedError as group:
+        print(group.exceptions)
