@@ -152,7 +152,7 @@ class Credential:
     """Who the provider speaks as, for the ledger's scope. ``secret`` is hashed, never stored."""
 
     scope: QuotaScope = "guest"
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,162 @@
+"""trace.moe's error table: every status and message of the current API mapped to one exception class.
+
+The 402 and 503 statuses each mean two things, and ``Failed to fetch image`` comes with whatever status
+the image host answered, so the table matches on the message prefix first and uses the status only to
+tell rows apart and as a last resort. The rows follow ``research/tracemoe-contract.md`` §4 and cover
+V1 (2021-2025) wordings as well as the current server's.
+
+Choices worth knowing:
+
+- ``Invalid image url``, ``Failed to process image``, ``Failed to process file``: :class:`BadRequestError`,
+  not :class:`~anisearch.InvalidImageError`. anisearch has already decoded and re-encoded every upload
+  with Pillow, so a server that cannot decode it (or cannot parse or read a URL) is a property of this
+  upstream and this request, not proof that the image is bad: the router should try the next provider
+  (failed trace.moe searches cost no quota) instead of stopping the whole search.
+- An HTML 500 answering a multipart upload is multer refusing the file (over 25 MiB, or several files):
+  :class:`ImageTooLargeError`. An HTML 500 to anything else is an uncaught server exception.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Literal
+
+from anisearch._exceptions import (
+    AuthenticationError,
+    BadRequestError,
+    ConcurrencyLimitError,
+    ImageFetchError,
+    ImageTooLargeError,
+    ProviderBusyError,
+    ProviderError,
+    ProviderServerError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    UpstreamResponseError,
+)
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    import httpx
+
+from ._common import (
+    ErrorRule,
+    as_int,
+    classify_error,
+    error_message,
+    json_body,
+    retry_after_seconds,
+    statuses,
+)
+
+__all__ = ["ERROR_RULES", "MAX_UPLOAD_BYTES", "error_for", "quota_numbers", "quota_window"]
+
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+"""Largest upload the server accepts (raw body and multipart file), bytes."""
+
+_TOO_LARGE_MARKERS = (
+    "PayloadTooLargeError",
+    "Payload Too Large",
+    "request entity too large",
+    "File too large",
+)
+_HTML_MARKERS = ("<!DOCTYPE html", "<html", "<pre>")
+
+ERROR_RULES: tuple[ErrorRule, ...] = (
+    # The image host's own status is mirrored (404, 403, 5xx...); a fetch that threw is a 400.
+    ErrorRule(ImageFetchError, prefix="Failed to fetch image"),
+    # 402 means two things: a spent quota (do not retry) and too many searches in flight (retry).
+    ErrorRule(QuotaExhaustedError, statuses(402), prefix="Search quota depleted"),
+    ErrorRule(ConcurrencyLimitError, statuses(402), prefix="Concurrency limit exceeded"),
+    # 503 also means two things: the priority queue is full (short backoff), or (V1) Solr is down.
+    ErrorRule(ProviderBusyError, statuses(503), prefix="Error: Search queue is full"),
+    ErrorRule(ProviderBusyError, statuses(504), prefix="Database is overloaded"),
+    ErrorRule(ProviderServerError, statuses(503), prefix="Error: Database is not responding"),
+    ErrorRule(ProviderServerError, statuses(500, 502, 503, 504), prefix="Database is offline"),
+    ErrorRule(ProviderServerError, statuses(500), prefix="Search failed. Database temporarily unavailable"),
+    ErrorRule(AuthenticationError, statuses(403), prefix="Invalid API key"),
+    # The HTTP rate limiter answers HTML text, with Retry-After.
+    ErrorRule(RateLimitedError, statuses(429)),
+    # Express's body parser (413) and multer (an HTML 500 to a multipart upload) refuse big bodies.
+    ErrorRule(ImageTooLargeError, statuses(413)),
+    ErrorRule(ImageTooLargeError, statuses(range(400, 600)), contains=_TOO_LARGE_MARKERS),
+    ErrorRule(ImageTooLargeError, statuses(500), contains=_HTML_MARKERS, multipart_only=True),
+    ErrorRule(BadRequestError, statuses(400), prefix="Invalid image url"),
+    ErrorRule(BadRequestError, statuses(400), prefix="Failed to process"),  # image, file, input image
+    ErrorRule(BadRequestError, statuses(400), prefix="Invalid vector format"),
+    ErrorRule(BadRequestError, statuses(400), prefix="Too many vectors"),
+    ErrorRule(BadRequestError, statuses(400), prefix="OpenCV:"),  # V1 cutBorders failure
+    ErrorRule(BadRequestError, statuses(400), prefix="Invalid period"),  # /me?period=
+    ErrorRule(BadRequestError, statuses(405)),  # "Method Not Allowed": no usable input
+    ErrorRule(BadRequestError, statuses(404), prefix="Cannot "),  # Express: unknown route, wrong base URL
+    # Whatever else: by status class. 1xx, 3xx and odd 2xx fall through to UpstreamResponseError.
+    ErrorRule(AuthenticationError, statuses(401)),
+    ErrorRule(BadRequestError, statuses(range(400, 500))),
+    ErrorRule(ProviderServerError, statuses(range(500, 600))),
+)
+"""trace.moe's error table, first match wins (status set, message prefix, body markers -> class)."""
+
+_QUOTA_NUMBERS = re.compile(r"quota per [^:]*:\s*(\d+)\s*,\s*used:\s*(\d+)")
+
+
+def quota_numbers(response: httpx.Response, message: str) -> tuple[int | None, int | None]:
+    """``(limit, used)`` from a 402 quota body: its ``quota``/``quotaUsed`` members (2026-07+), else the
+    numbers in the message (``Search quota depleted (quota per 24 hours: 100, used: 100)``, 2026-02+).
+    """
+    limit = used = None
+    try:
+        body = json_body(response, provider="tracemoe")
+    except UpstreamResponseError:
+        body = None
+    if isinstance(body, dict):
+        limit, used = as_int(body.get("quota")), as_int(body.get("quotaUsed"))
+    match = _QUOTA_NUMBERS.search(message)
+    if match:
+        limit = limit if limit is not None else int(match.group(1))
+        used = used if used is not None else int(match.group(2))
+    return limit, used
+
+
+def quota_window(message: str) -> Literal["rolling-24h", "month"]:
+    """The window a quota-depleted message speaks of.
+
+    The current server says ``quota per 24 hours`` (rolling); the bare ``Search quota depleted`` was
+    sent only by the 2021-2026 servers, whose quota was per calendar month.
+    """
+    return "month" if message.strip() == "Search quota depleted" else "rolling-24h"
+
+
+def error_for(
+    response: httpx.Response, *, provider: str, now: datetime, endpoint: str | None = None
+) -> ProviderError:
+    """The exception an error answer means, per :data:`ERROR_RULES`, with what the answer says attached
+    (``retry_after`` seconds, the quota numbers, the size limit).
+
+    Args:
+        response: A trace.moe answer that is not a usable 200.
+        provider: The provider name to stamp on the error.
+        now: The current time, to turn an HTTP-date ``Retry-After`` into seconds.
+        endpoint: The path asked (``"/search"``), for :class:`UpstreamResponseError`.
+    """
+    error = classify_error(ERROR_RULES, response) or UpstreamResponseError
+    message = error_message(response)
+    status = response.status_code
+    if error is QuotaExhaustedError:
+        limit, used = quota_numbers(response, message)
+        return QuotaExhaustedError(message, provider=provider, status_code=status, limit=limit, used=used)
+    if error is ImageTooLargeError:
+        return ImageTooLargeError(
+            f"the upload is over the server's size limit ({message})",
+            provider=provider,
+            status_code=status,
+            limit_bytes=MAX_UPLOAD_BYTES,
+        )
+    if error is UpstreamResponseError:
+        return UpstreamResponseError(
+            f"unexpected answer: {message}", provider=provider, status_code=status, endpoint=endpoint
+        )
+    retry_after = retry_after_seconds(response.headers, now, fallback_to_reset=error is RateLimitedError)
+    if error is BadRequestError and message.startswith("Cannot "):
+        message = f"{message} (is ANISEARCH_TRACEMOE_URL the trace.moe API?)"
+    return error(message, provider=provider, status_code=status, retry_after=retry_after)

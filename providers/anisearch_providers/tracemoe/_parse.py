@@ -1,0 +1,355 @@
+"""trace.moe bodies and headers -> anisearch models: hits, quotas, rate windows, preview lifetimes.
+
+Pure functions over decoded JSON and headers. Shape problems raise :class:`ShapeError`, which the
+provider translates once into :class:`~anisearch.UpstreamResponseError` with the status and endpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from pydantic import ValidationError
+
+from anisearch._models import Hit, Quota, QuotaScope, QuotaWindow
+
+from ._common import (
+    as_bool,
+    as_float,
+    as_int,
+    as_str,
+    clamp_similarity,
+    episode_value,
+    epoch,
+    error_message,
+    http_date,
+    next_hour,
+    retry_after_seconds,
+    string_list,
+    title_from,
+    without,
+)
+from ._errors import quota_numbers, quota_window
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "PREVIEW_GRACE_SECONDS",
+    "ShapeError",
+    "UsageBucket",
+    "answer_quota",
+    "hit_from_item",
+    "hits_from_items",
+    "me_quota",
+    "observed_quotas",
+    "preview_expiry",
+    "rate_quota",
+    "usage_buckets",
+]
+
+RATE_LIMIT_FALLBACK_SECONDS = 60.0
+"""How long a 429 without any timing header keeps the provider cooling down: one rate window."""
+PREVIEW_GRACE_SECONDS = 300
+"""Preview URLs are honoured until this many seconds after the hour they embed (server ``video.ts``)."""
+
+_OPAQUE_PREVIEW = re.compile(r"/(?:video|image)/[A-Za-z0-9_-]+/?$")
+_POLICY_WINDOW = re.compile(r";\s*w\s*=\s*(\d+)")
+_EPOCH_THRESHOLD = 1_000_000_000  # an X-RateLimit-Reset above this is Unix seconds, below it a delay
+_RATE_HEADERS = (
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "ratelimit-policy",
+    "retry-after",
+)
+
+
+class ShapeError(ValueError):
+    """A body that is JSON but not the shape trace.moe sends."""
+
+
+def _after(base: datetime, seconds: float) -> datetime | None:
+    try:
+        return base + timedelta(seconds=max(seconds, 0.0))
+    except OverflowError:
+        return None
+
+
+# ---------------------------------------------------------------- search
+
+
+def preview_expiry(url: str | None, date: datetime | None) -> datetime | None:
+    """When a preview URL stops working (``/video``, ``/image``), or None when that cannot be told.
+
+    - 2022-05 to 2025-07 URLs carry ``now=<unix seconds>``: valid until ``now`` + 300 s.
+    - 2025-08+ opaque URLs (``/video/{id}``) embed the next full hour after the search, valid 300 s past
+      it: the next full hour after the response ``Date`` + 300 s.
+    - Older URLs (``?t=&token=`` without ``now``) and answers without a ``Date``: None.
+    """
+    if not url:
+        return None
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return None
+    now_param = as_float(parsed.params.get("now"))
+    if now_param is not None:
+        issued = epoch(now_param)
+        return _after(issued, PREVIEW_GRACE_SECONDS) if issued else None
+    if parsed.query or date is None or not _OPAQUE_PREVIEW.search(parsed.path):
+        return None
+    return _after(next_hour(date), PREVIEW_GRACE_SECONDS)
+
+
+def hit_from_item(item: Any, *, provider: str, date: datetime | None) -> Hit:
+    """One ``result[]`` item as a :class:`~anisearch.Hit`.
+
+    ``anilist`` may be an int, an object (``anilistInfo``: ``id``, ``idMal``, ``title{romaji, english,
+    native, chinese}``, ``synonyms``, ``isAdult``) or absent (V1, when AniList lacked the ID). ``from``,
+    ``to``, ``at`` and ``duration`` are seconds; ``similarity`` is clamped to 0..1.
+
+    Raises:
+        ShapeError: The item is not an object or has no numeric ``similarity``.
+    """
+    if not isinstance(item, dict):
+        raise ShapeError(f"a result item is {type(item).__name__}, not an object")
+    similarity = clamp_similarity(item.get("similarity"))
+    if similarity is None:
+        raise ShapeError(f"a result item has no numeric similarity: {item.get('similarity')!r}")
+    anilist = item.get("anilist")
+    info: Mapping[str, Any] = anilist if isinstance(anilist, dict) else {}
+    names = info.get("title")
+    title = None
+    if isinstance(names, dict):
+        title = title_from(
+            names.get("romaji"), names.get("english"), names.get("native"), names.get("chinese")
+        )
+    video, image = as_str(item.get("video")), as_str(item.get("image"))
+    try:
+        return Hit(
+            provider=provider,
+            anilist_id=as_int(info.get("id")) if info else as_int(anilist),
+            mal_id=as_int(info.get("idMal")),
+            title=title,
+            synonyms=string_list(info.get("synonyms")),
+            is_adult=as_bool(info.get("isAdult")),
+            episode=episode_value(item.get("episode")),
+            episode_start=as_int(item.get("episode_start")),
+            episode_end=as_int(item.get("episode_end")),
+            start_seconds=as_float(item.get("from")),
+            end_seconds=as_float(item.get("to")),
+            at_seconds=as_float(item.get("at")),
+            episode_duration_seconds=as_float(item.get("duration")),
+            similarity=similarity,
+            filename=as_str(item.get("filename")),
+            video_url=video,
+            image_url=image,
+            preview_expires_at=preview_expiry(video or image, date),
+            raw=item,
+        )
+    except (
+        ValidationError
+    ) as exc:  # pragma: no cover - every field is coerced above; guards future model rules
+        raise ShapeError(f"a result item does not fit the hit schema: {exc.error_count()} errors") from exc
+
+
+def hits_from_items(items: list[Any], *, provider: str, date: datetime | None) -> list[Hit]:
+    """A ``result`` array as hits, most similar first (a stable sort keeps upstream order on ties).
+
+    Raises:
+        ShapeError: An item is not a hit.
+    """
+    hits = [hit_from_item(item, provider=provider, date=date) for item in items]
+    return sorted(hits, key=lambda hit: hit.similarity, reverse=True)
+
+
+def answer_quota(
+    body: Mapping[str, Any], *, provider: str, scope: QuotaScope, searches: int, now: datetime
+) -> Quota | None:
+    """The quota a search answer reports (``quota``, ``quotaUsed``; 2026-07+), or None when it has none.
+
+    ``quotaUsed`` is counted *before* the request, and a successful search (a batch of N vectors: N
+    searches) counts against it, so ``used`` is ``quotaUsed + searches``.
+    """
+    limit, before = as_int(body.get("quota")), as_int(body.get("quotaUsed"))
+    if limit is None and before is None:
+        return None
+    used = before + searches if before is not None else None
+    remaining = max(limit - used, 0) if limit is not None and used is not None else None
+    return Quota(
+        provider=provider,
+        scope=scope,
+        limit=limit,
+        used=used,
+        remaining=remaining,
+        window="rolling-24h",
+        source="upstream",
+        observed_at=now,
+        raw={"quota": body.get("quota"), "quotaUsed": body.get("quotaUsed")},
+    )
+
+
+# ---------------------------------------------------------------- /me
+
+
+def me_quota(body: Any, *, provider: str, scope: QuotaScope, now: datetime) -> Quota:
+    """The ``/me`` body as a rolling-24h :class:`~anisearch.Quota`.
+
+    Numeric strings are coerced (``"quotaUsed": "18"``, 2025-07 to 2026-07). The caller's ``id`` (an IP
+    address, a network or an email) is dropped, from ``raw`` too. Servers before 2026-07-12 reported a
+    guest who had not searched yet as quota 0 and concurrency 0; that is read as "not known" (None),
+    not as "no quota at all".
+
+    Raises:
+        ShapeError: The body is not an object with a ``quota`` or ``quotaUsed``.
+    """
+    if not isinstance(body, dict):
+        raise ShapeError(f"the /me answer is {type(body).__name__}, not an object")
+    limit, used = as_int(body.get("quota")), as_int(body.get("quotaUsed"))
+    concurrency, priority = as_int(body.get("concurrency")), as_int(body.get("priority"))
+    if limit is None and used is None:
+        raise ShapeError("the /me answer has neither 'quota' nor 'quotaUsed'")
+    if limit == 0 and concurrency == 0:
+        limit = concurrency = priority = None
+    remaining = max(limit - used, 0) if limit is not None and used is not None else None
+    return Quota(
+        provider=provider,
+        scope=scope,
+        limit=limit,
+        used=used,
+        remaining=remaining,
+        window="rolling-24h",
+        concurrency=concurrency,
+        priority=priority,
+        source="upstream",
+        observed_at=now,
+        raw=without(body, "id"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBucket:
+    """One bucket of ``/me?period=``: how many searches ended with which status in one time slot."""
+
+    time: datetime | None
+    """Start of the slot (upstream ``time``, ISO 8601 UTC)."""
+    total: int
+    """All searches in the slot (upstream ``total``)."""
+    statuses: dict[int, int] = field(default_factory=dict)
+    """Searches per HTTP status (upstream ``"200"``, ``"402"``... members)."""
+
+
+def usage_buckets(body: Any) -> list[UsageBucket]:
+    """The ``/me?period=minute|hour|day`` body (a list of slots) as :class:`UsageBucket` values.
+
+    Raises:
+        ShapeError: The body is not an array of objects.
+    """
+    if not isinstance(body, list) or not all(isinstance(row, dict) for row in body):
+        raise ShapeError("the /me usage answer is not an array of objects")
+    buckets = []
+    for row in body:
+        counts = {
+            int(key): count
+            for key, value in row.items()
+            if key.isdigit() and (count := as_int(value)) is not None
+        }
+        stamp = as_str(row.get("time"))
+        try:
+            when = datetime.fromisoformat(stamp) if stamp else None
+        except ValueError:
+            when = None
+        buckets.append(
+            UsageBucket(time=when, total=as_int(row.get("total")) or sum(counts.values()), statuses=counts)
+        )
+    return buckets
+
+
+# ---------------------------------------------------------------- headers
+
+
+def _policy_window(policy: str | None) -> QuotaWindow:
+    match = _POLICY_WINDOW.search(policy or "")
+    return "hour" if match and int(match.group(1)) >= 3600 else "minute"  # noqa: PLR2004 - seconds in an hour
+
+
+def rate_quota(response: httpx.Response, *, provider: str, scope: QuotaScope, now: datetime) -> Quota | None:
+    """The HTTP rate window the headers describe (100 requests per 60 s at trace.moe), or None.
+
+    Limit and remaining come from ``X-RateLimit-*`` or the IETF draft ``RateLimit-*`` headers;
+    ``resets_at`` from ``X-RateLimit-Reset`` (Unix seconds) or ``RateLimit-Reset`` (seconds after the
+    response ``Date``, else after ``now``). Unreadable values are skipped, never raised.
+    """
+    headers = response.headers
+    limit = as_int(headers.get("x-ratelimit-limit"))
+    limit = limit if limit is not None else as_int(headers.get("ratelimit-limit"))
+    remaining = as_int(headers.get("x-ratelimit-remaining"))
+    remaining = remaining if remaining is not None else as_int(headers.get("ratelimit-remaining"))
+    if limit is None and remaining is None:
+        return None
+    resets_at = None
+    reset = as_float(headers.get("x-ratelimit-reset"))
+    if reset is not None:
+        resets_at = epoch(reset) if reset > _EPOCH_THRESHOLD else _after(now, reset)
+    else:
+        delay = as_float(headers.get("ratelimit-reset"))
+        if delay is not None:
+            resets_at = _after(http_date(headers.get("date")) or now, delay)
+    return Quota(
+        provider=provider,
+        scope=scope,
+        limit=limit,
+        used=max(limit - remaining, 0) if limit is not None and remaining is not None else None,
+        remaining=remaining,
+        window=_policy_window(headers.get("ratelimit-policy")),
+        resets_at=resets_at,
+        source="headers",
+        observed_at=now,
+        raw={name: headers[name] for name in _RATE_HEADERS if name in headers},
+    )
+
+
+def observed_quotas(
+    response: httpx.Response, *, provider: str, scope: QuotaScope, now: datetime
+) -> list[Quota]:
+    """What any answer says about the limits, for the ledger; never raises.
+
+    - Rate-limit headers (every route, errors too): the 100-per-minute window (source ``headers``).
+    - A 429: that window with ``remaining`` 0 and ``cooldown_until`` = now + ``Retry-After`` (one
+      window when no header says).
+    - A 402 ``Search quota depleted``: the search quota, spent (``remaining`` 0, ``used`` = the limit
+      unless the body says more).
+    """
+    quotas: list[Quota] = []
+    rate = rate_quota(response, provider=provider, scope=scope, now=now)
+    if response.status_code == httpx.codes.TOO_MANY_REQUESTS:
+        wait = retry_after_seconds(response.headers, now)
+        until = _after(now, RATE_LIMIT_FALLBACK_SECONDS if wait is None else wait)
+        rate = rate or Quota(provider=provider, scope=scope, window="minute", source="headers")
+        rate = rate.model_copy(update={"remaining": 0, "cooldown_until": until, "observed_at": now})
+    if rate is not None:
+        quotas.append(rate)
+    message = error_message(response) if response.status_code == httpx.codes.PAYMENT_REQUIRED else ""
+    if message.startswith("Search quota depleted"):
+        limit, used = quota_numbers(response, message)
+        quotas.append(
+            Quota(
+                provider=provider,
+                scope=scope,
+                limit=limit,
+                used=used if used is not None else limit,
+                remaining=0,
+                window=quota_window(message),
+                source="upstream",
+                observed_at=now,
+                raw={"error": message},
+            )
+        )
+    return quotas

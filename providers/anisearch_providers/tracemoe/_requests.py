@@ -1,0 +1,114 @@
+"""Pieces of trace.moe requests: the base URL setting, headers, query flags, vectors, image URLs."""
+
+from __future__ import annotations
+
+import base64
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+import httpx
+
+from anisearch._exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anisearch._provider import SearchOptions
+
+__all__ = [
+    "MAX_BATCH",
+    "VECTOR_LENGTH",
+    "Params",
+    "http_base_url",
+    "image_url",
+    "search_params",
+    "user_agent",
+    "vector_text",
+]
+
+VECTOR_LENGTH = 33
+"""Numbers in a colour layout descriptor (trace.moe ``vector``), each 0..255."""
+MAX_BATCH = 10
+"""Most vectors one ``/search`` accepts (``Too many vectors (max 10)`` above)."""
+
+Params = list[tuple[str, str | int | float | bool | None]]
+"""Query parameters in order, as httpx takes them."""
+
+
+@cache
+def user_agent() -> str:
+    """``anisearch/<version> (+https://pypi.org/project/anisearch/)``, the version from package metadata."""
+    try:
+        release = version("anisearch")
+    except PackageNotFoundError:  # pragma: no cover - running from a tree that was never installed
+        release = "unknown"
+    return f"anisearch/{release} (+https://pypi.org/project/anisearch/)"
+
+
+def http_base_url(url: str, setting: str) -> str:
+    """``url`` checked to be an absolute http(s) URL without query or fragment, trailing slash dropped.
+
+    Raises:
+        ConfigurationError: It is not; the message names ``setting`` (``"ANISEARCH_TRACEMOE_URL"``).
+    """
+    try:
+        parsed = httpx.URL(url.strip())
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ConfigurationError(f"{setting} is not a URL: {url!r}") from exc
+    if parsed.scheme not in {"http", "https"} or not parsed.host or parsed.query or parsed.fragment:
+        raise ConfigurationError(f"{setting} must be an http(s) URL without query or fragment, got {url!r}")
+    return str(parsed).rstrip("/")
+
+
+def image_url(url: str) -> str:
+    """``url`` if it is an absolute http(s) URL, the only kind trace.moe fetches.
+
+    Raises:
+        ConfigurationError: It is not.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ConfigurationError(f"not an image URL: {url!r}") from exc
+    if parsed.scheme not in {"http", "https"} or not parsed.host:
+        raise ConfigurationError(f"trace.moe fetches only absolute http(s) image URLs, got {url!r}")
+    return url
+
+
+def vector_text(vector: Sequence[int]) -> str:
+    """A colour layout descriptor as trace.moe's ``vector``: base64 of its 33 bytes.
+
+    Raises:
+        ConfigurationError: Not 33 integers 0..255.
+    """
+    values = list(vector)
+    if len(values) != VECTOR_LENGTH or not all(
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255  # noqa: PLR2004 - a byte
+        for value in values
+    ):
+        raise ConfigurationError(f"a trace.moe vector is {VECTOR_LENGTH} integers 0..255, got {values!r}")
+    return base64.b64encode(bytes(values)).decode("ascii")
+
+
+def search_params(options: SearchOptions, *, cut_borders: bool = True) -> Params:
+    """``anilistID``, ``cutBorders`` and ``anilistInfo`` for a ``/search`` query string.
+
+    ``cutBorders`` and ``anilistInfo`` are presence flags: any value, ``0`` and ``false`` included, turns
+    them on, so they are sent (with an empty value) only when on. ``cut_borders=False`` leaves
+    ``cutBorders`` out whatever the options say (a vector search cannot be cropped server-side).
+
+    Raises:
+        ConfigurationError: ``anilist_id`` is not a non-negative int (the server silently ignores those).
+    """
+    params: Params = []
+    anilist_id = options.anilist_id
+    if anilist_id is not None:
+        if isinstance(anilist_id, bool) or not isinstance(anilist_id, int) or anilist_id < 0:
+            raise ConfigurationError(f"anilist_id must be a non-negative int, got {anilist_id!r}")
+        params.append(("anilistID", str(anilist_id)))
+    if options.cut_borders and cut_borders:
+        params.append(("cutBorders", ""))
+    if options.anilist_info:
+        params.append(("anilistInfo", ""))
+    return params
