@@ -116,7 +116,7 @@ async def ledger() -> Ledger:
 
 
 def router(ledger: Ledger, attempts: list[Attempt] | None = None) -> Router:
-    return Router(ledger, send, wait_seconds=1, lease_seconds=5, on_attempt=attempts.append if attempts else None)
+    return Router(ledger, send, wait_seconds=1, lease_seconds=5, on_attempt=attempts.append if attempts is not None else None)
 
 
 def routes(*providers: Scripted) -> list[Route]:

@@ -1,0 +1,216 @@
+"""The engine through its public API (sync and async), with respx in front of the real trace.moe provider."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import respx
+from PIL import Image
+
+import anisearch
+from anisearch import (
+    AllProvidersFailedError,
+    AsyncClient,
+    Attempt,
+    Client,
+    ConfigurationError,
+    ImageFetchError,
+    InvalidImageError,
+    QuotaExhaustedError,
+    Settings,
+    UnknownProviderError,
+)
+
+BASE = "https://trace.test"
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def body(samples: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((samples / "api-v1-search-tinted-good-2021.json").read_text())
+    return data
+
+
+@pytest.fixture
+def mock() -> Iterator[respx.MockRouter]:
+    with respx.MockRouter(assert_all_called=False, assert_all_mocked=True) as router:
+        yield router
+
+
+def settings(**extra: Any) -> Settings:
+    return Settings.load(providers=["tracemoe"], provider_options={"tracemoe": {"url": BASE}}, **extra)
+
+
+def transport(mock: respx.MockRouter) -> httpx.AsyncBaseTransport:
+    return httpx.MockTransport(mock.async_handler)
+
+
+def with_quota(body: dict[str, Any], quota: int, used: int) -> dict[str, Any]:
+    return {"quota": quota, "quotaUsed": used, **body}
+
+
+def test_sync_search_uploads_a_small_jpeg_and_normalises_hits(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    route = mock.post(f"{BASE}/search").respond(200, json=with_quota(body, 100, 7))
+    seen: list[Attempt] = []
+    with Client(settings(), transport(mock), on_attempt=seen.append) as client:
+        result = client.search(samples / "tinted-good.jpg", anilist_info=True)
+    assert result.provider == "tracemoe"
+    assert result.best is not None
+    assert (result.best.anilist_id, result.best.episode) == (11887, 5)
+    assert [h.similarity for h in result.hits] == sorted((h.similarity for h in result.hits), reverse=True)
+    assert result.quota is not None
+    assert (result.quota.limit, result.quota.used) == (100, 8)
+    assert [a.outcome for a in seen] == ["ok"]
+    request = route.calls.last.request
+    assert b'name="image"' in request.content
+    assert b"image/jpeg" in request.content
+    assert "anilistInfo" in request.url.params
+    assert request.headers["user-agent"].startswith("anisearch/")
+
+
+async def test_async_search_from_a_pil_image_and_bytes(mock: respx.MockRouter, body: dict[str, Any]) -> None:
+    mock.post(f"{BASE}/search").respond(200, json=body)
+    picture = Image.new("RGB", (1280, 720), (40, 90, 160))
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    async with AsyncClient(settings(cache="off"), transport(mock)) as client:
+        from_pil = await client.search(picture)
+        from_bytes = await client.search(buffer.getvalue())
+        from_file = await client.search(io.BytesIO(buffer.getvalue()))
+    assert from_pil.best == from_bytes.best == from_file.best
+    assert mock.calls.call_count == 3
+
+
+def test_a_url_is_downloaded_once_and_uploaded(mock: respx.MockRouter, body: dict[str, Any], samples: Path) -> None:
+    image = mock.get("https://img.test/frame.jpg?size=large&x=1").respond(
+        200, content=(samples / "tinted-good.jpg").read_bytes(), headers={"content-type": "image/jpeg"}
+    )
+    search = mock.post(f"{BASE}/search").respond(200, json=body)
+    with Client(settings(), transport(mock)) as client:
+        result = client.search("https://img.test/frame.jpg?size=large&x=1")
+    assert result.best is not None
+    assert image.call_count == search.call_count == 1
+    assert "url" not in search.calls.last.request.url.params
+
+
+def test_a_url_that_fails_to_download_is_an_image_fetch_error(mock: respx.MockRouter) -> None:
+    mock.get("https://img.test/gone.jpg").respond(404)
+    with Client(settings(), transport(mock)) as client, pytest.raises(ImageFetchError, match="HTTP 404"):
+        client.search("https://img.test/gone.jpg")
+
+
+def test_bad_input_raises_before_any_request(mock: respx.MockRouter, tmp_path: Path) -> None:
+    text = tmp_path / "shot.png"
+    text.write_text("hello")
+    with Client(settings(), transport(mock)) as client:
+        with pytest.raises(InvalidImageError):
+            client.search(text)
+        with pytest.raises(InvalidImageError):
+            client.search(b"")
+    assert mock.calls.call_count == 0
+
+
+def test_the_same_image_costs_quota_once(mock: respx.MockRouter, body: dict[str, Any], samples: Path) -> None:
+    route = mock.post(f"{BASE}/search").respond(200, json=body)
+    with Client(settings(), transport(mock)) as client:
+        first = client.search(samples / "tinted-good.jpg")
+        second = client.search(samples / "tinted-good.jpg")
+        fresh = client.search(samples / "tinted-good.jpg", cache=False)
+    assert (first.cached, second.cached, fresh.cached) == (False, True, False)
+    assert second.attempts == [Attempt(provider="tracemoe", outcome="cached", reason="answered from the cache")]
+    assert second.hits == first.hits
+    assert route.call_count == 2
+
+
+async def test_identical_searches_in_flight_are_merged(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(0.2)
+        return httpx.Response(200, json=body)
+
+    route = mock.post(f"{BASE}/search").mock(side_effect=slow)
+    data = (samples / "tinted-good.jpg").read_bytes()
+    results: list[anisearch.SearchResult] = []
+    async with AsyncClient(settings(), transport(mock)) as client:
+
+        async def one() -> None:
+            results.append(await client.search(data))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(one)
+    assert route.call_count == 1
+    assert sorted(r.cached for r in results) == [False, True, True]
+
+
+def test_a_spent_quota_is_known_before_the_next_request(mock: respx.MockRouter, samples: Path) -> None:
+    depleted = {"quota": 100, "quotaUsed": 100, "error": "Search quota depleted (quota per 24 hours: 100, used: 100)"}
+    route = mock.post(f"{BASE}/search").respond(402, json=depleted)
+    with Client(settings(), transport(mock)) as client:
+        with pytest.raises(AllProvidersFailedError) as first:
+            client.search(samples / "tinted-good.jpg")
+        assert [type(e) for e in first.value.exceptions] == [QuotaExhaustedError]
+        with pytest.raises(AllProvidersFailedError) as second:
+            client.search(samples / "flipped-good.webp")
+    assert route.call_count == 1
+    skipped = second.value.exceptions[0]
+    assert isinstance(skipped, QuotaExhaustedError)
+    assert "quota exhausted until" in str(skipped)
+
+
+def test_quota_refresh_reads_me_and_hides_the_caller_id(mock: respx.MockRouter) -> None:
+    mock.get(f"{BASE}/me").respond(
+        200, json={"id": "203.0.113.9", "priority": 0, "concurrency": 1, "quota": 100, "quotaUsed": "18"}
+    )
+    with Client(settings(), transport(mock)) as client:
+        before = client.quota("tracemoe")
+        after = client.quota("tracemoe", refresh=True)
+    assert all(q.source == "ledger" for q in before)  # nothing learned yet: the documented assumptions
+    window = next(q for q in after if q.window == "rolling-24h")
+    assert (window.limit, window.used, window.remaining, window.concurrency) == (100, 18, 82, 1)
+    assert "203.0.113.9" not in repr(after)
+    assert all("203.0.113.9" not in json.dumps(q.model_dump(mode="json")) for q in after)
+
+
+def test_unknown_names_and_bad_arguments_are_usage_errors(mock: respx.MockRouter, samples: Path) -> None:
+    with Client(settings(), transport(mock)) as client:
+        with pytest.raises(UnknownProviderError, match="known providers: .*tracemoe"):
+            client.search(samples / "tinted-good.jpg", providers=["tracemo"])
+        with pytest.raises(ConfigurationError, match="min_similarity"):
+            client.search(samples / "tinted-good.jpg", min_similarity=1.5)
+        with pytest.raises(ConfigurationError, match="strategy"):
+            client.search(samples / "tinted-good.jpg", strategy="shuffle")  # type: ignore[arg-type]
+    assert mock.calls.call_count == 0
+
+
+def test_providers_lists_every_registered_one() -> None:
+    with Client(settings()) as client:
+        infos = {info.name: info for info in client.providers()}
+    assert {"tracemoe", "whatanimeisthis"} <= set(infos)
+    assert infos["tracemoe"].base_url == BASE
+    assert infos["tracemoe"].enabled
+    assert not infos["whatanimeisthis"].enabled
+
+
+def test_module_level_search_uses_the_settings(mock: respx.MockRouter, body: dict[str, Any], samples: Path) -> None:
+    # No transport argument here: respx patches httpx itself for the module-level helper.
+    mock.post(f"{BASE}/search").respond(200, json=body)
+    result = anisearch.search(samples / "tinted-good.jpg", settings=settings())
+    assert result.best is not None
+    assert result.best.anilist_id == 11887
