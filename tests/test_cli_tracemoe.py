@@ -19,16 +19,16 @@ from anisearch_providers.tracemoe.emulator import create_app
 pytestmark = pytest.mark.e2e
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def run_cli(*args: str, env: dict[str, str] | None = None, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
         [sys.executable, "-m", "anisearch", *args],
         env={**os.environ, **(env or {})},
-        input=stdin.decode("latin-1") if stdin is not None else None,
+        input=stdin,
         capture_output=True,
-        text=True,
         timeout=60,
         check=False,
     )
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_a_1080p_png_upscale_gives_the_same_answer_in_a_small_upload(
 ) -> None:
     big = tmp_path / "upscaled.png"
     Image.open(samples / "tinted-good.jpg").convert("RGB").resize((1920, 1080), Image.Resampling.LANCZOS).save(big)
-    assert big.stat().st_size > 1_000_000
+    assert big.stat().st_size > 500_000
     done, result = search_json(tracemoe, big, "-p", "tracemoe")
     assert done.returncode == 0, done.stderr
     assert_kokoro_connect_ep5(result)
