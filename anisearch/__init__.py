@@ -120,6 +120,7 @@ __all__ = [
     "search",
 ]
 
+
 def search(
     image: str | os.PathLike[str] | bytes | IO[bytes] | Image.Image,
     *,

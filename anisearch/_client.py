@@ -28,7 +28,6 @@ from anisearch._exceptions import (
     ConfigurationError,
     ImageFetchError,
     ImageTooLargeError,
-    InvalidImageError,
     ProviderConnectionError,
     ProviderTimeoutError,
 )
@@ -65,7 +64,7 @@ if TYPE_CHECKING:
     from anisearch._image import PreparedImage
     from anisearch._ledger._base import Ledger
 
-__all__ = ["AsyncApiKeys", "ApiKeys", "AsyncClient", "Client"]
+__all__ = ["ApiKeys", "AsyncApiKeys", "AsyncClient", "Client"]
 
 T = TypeVar("T")
 
@@ -264,9 +263,10 @@ class AsyncClient:
     async def _download(self, url: str) -> bytes:
         try:
             async with self._http.stream("GET", url, follow_redirects=True) as response:
-                if response.status_code >= 400:
+                if response.is_error:
                     raise ImageFetchError(
-                        f"cannot download {url}: HTTP {response.status_code}", status_code=response.status_code
+                        f"cannot download {url}: HTTP {response.status_code}",
+                        status_code=response.status_code,
                     )
                 chunks: list[bytes] = []
                 size = 0
@@ -362,7 +362,9 @@ class AsyncClient:
                 else "sha256:" + prepared.digest
             )
             key = cache_key(name, image_key, [options])
-        return Route(provider=provider, scope=self._scope(provider), slots=self._slots(provider), cache_key=key)
+        return Route(
+            provider=provider, scope=self._scope(provider), slots=self._slots(provider), cache_key=key
+        )
 
     async def _from_cache(self, routes: Sequence[Route]) -> SearchResult | None:
         store = self._get_cache()
@@ -373,7 +375,9 @@ class AsyncClient:
                 continue
             result = await store.get(route.cache_key)
             if result is not None:
-                attempt = Attempt(provider=route.provider.name, outcome="cached", reason="answered from the cache")
+                attempt = Attempt(
+                    provider=route.provider.name, outcome="cached", reason="answered from the cache"
+                )
                 if self._on_attempt is not None:
                     self._on_attempt(attempt)
                 return result.model_copy(update={"cached": True, "attempts": [attempt]})
@@ -395,7 +399,9 @@ class AsyncClient:
             if options.cut_borders and not provider.capabilities.cut_borders:
                 if not cropped:
                     cropped.append(
-                        await anyio.to_thread.run_sync(partial(_image.prepare, prepared.data, cut_borders=True))
+                        await anyio.to_thread.run_sync(
+                            partial(_image.prepare, prepared.data, cut_borders=True)
+                        )
                     )
                 image = cropped[0]
                 provider_options = SearchOptions(
@@ -480,7 +486,9 @@ class AsyncClient:
                 return instance
         raise ConfigurationError("no installed provider has account features (rankings, credits, API keys)")
 
-    async def rankings(self, period: str = "all", limit: int = 50, include_adult: bool = False) -> list[RankingEntry]:
+    async def rankings(
+        self, period: str = "all", limit: int = 50, include_adult: bool = False
+    ) -> list[RankingEntry]:
         """The most-searched anime of ``period`` (``daily``, ``weekly``, ``monthly``, ``yearly``, ``all``).
 
         Raises:
@@ -512,7 +520,9 @@ class AsyncClient:
         page: Page[RecentSearch] = await self._call(provider, request, provider.parse_recent_searches)
         return page
 
-    async def iter_recent_searches(self, page_size: int = 20, max_items: int | None = None) -> AsyncIterator[RecentSearch]:
+    async def iter_recent_searches(
+        self, page_size: int = 20, max_items: int | None = None
+    ) -> AsyncIterator[RecentSearch]:
         """Every recent public search, page by page; stops on a short page or the reported total.
 
         Raises:
@@ -650,7 +660,9 @@ class Client(AbstractContextManager["Client"]):
         """See :meth:`AsyncClient.providers`."""
         return self._run(self._async.providers)
 
-    def rankings(self, period: str = "all", limit: int = 50, include_adult: bool = False) -> list[RankingEntry]:
+    def rankings(
+        self, period: str = "all", limit: int = 50, include_adult: bool = False
+    ) -> list[RankingEntry]:
         """See :meth:`AsyncClient.rankings`."""
         return self._run(self._async.rankings, period, limit, include_adult)
 
@@ -658,7 +670,9 @@ class Client(AbstractContextManager["Client"]):
         """See :meth:`AsyncClient.recent_searches`."""
         return self._run(self._async.recent_searches, limit, offset)
 
-    def iter_recent_searches(self, page_size: int = 20, max_items: int | None = None) -> Iterator[RecentSearch]:
+    def iter_recent_searches(
+        self, page_size: int = 20, max_items: int | None = None
+    ) -> Iterator[RecentSearch]:
         """See :meth:`AsyncClient.iter_recent_searches`; fetches page by page as you iterate."""
         offset = 0
         while max_items is None or offset < max_items:
@@ -668,8 +682,10 @@ class Client(AbstractContextManager["Client"]):
                     return
                 offset += 1
                 yield item
-            if len(page.items) < page_size or page.has_more is False or (
-                page.total is not None and offset >= page.total
+            if (
+                len(page.items) < page_size
+                or page.has_more is False
+                or (page.total is not None and offset >= page.total)
             ):
                 return
 

@@ -125,7 +125,7 @@ class ProviderError(AnisearchError):
         )
 
 
-def _rebuild_provider_error(
+def _rebuild_provider_error(  # noqa: PLR0917 - pickle passes the state positionally
     cls: type[ProviderError],
     message: str,
     provider: str | None,
@@ -134,9 +134,7 @@ def _rebuild_provider_error(
     state: dict[str, object],
 ) -> ProviderError:
     exc = cls.__new__(cls)
-    ProviderError.__init__(
-        exc, message, provider=provider, status_code=status_code, retry_after=retry_after
-    )
+    ProviderError.__init__(exc, message, provider=provider, status_code=status_code, retry_after=retry_after)
     exc.__dict__.update(state)
     return exc
 

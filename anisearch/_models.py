@@ -32,7 +32,8 @@ __all__ = [
 ]
 
 Episode = int | float | str | list[int | float | str] | None
-"""An episode as the upstream gave it: ``5``, ``16.5``, ``"5|17"`` (alternatives), ``[1, 2]`` (joined), or None."""
+"""An episode as the upstream gave it: ``5``, ``16.5``, ``"5|17"`` (alternatives), ``[1, 2]`` (joined),
+or None."""
 
 QuotaWindow = Literal["rolling-24h", "day", "month", "minute", "hour"]
 QuotaScope = Literal["guest", "api-key", "session"]

@@ -137,7 +137,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class Page(Generic[T]):  # noqa: UP046 - PEP 695 syntax needs Python 3.12
+class Page(Generic[T]):
     """One page of a paginated upstream list."""
 
     items: list[T]

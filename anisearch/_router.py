@@ -93,11 +93,10 @@ def _reason(exc: ProviderError) -> str:
 
 
 def _overlaps(a: Hit, b: Hit, slack: float = 5.0) -> bool:
-    if None in (a.start_seconds, b.start_seconds, a.end_seconds, b.end_seconds):
+    a_start, a_end, b_start, b_end = a.start_seconds, a.end_seconds, b.start_seconds, b.end_seconds
+    if a_start is None or a_end is None or b_start is None or b_end is None:
         return False
-    assert a.start_seconds is not None and a.end_seconds is not None  # noqa: S101 - narrowed above
-    assert b.start_seconds is not None and b.end_seconds is not None  # noqa: S101
-    return a.start_seconds <= b.end_seconds + slack and b.start_seconds <= a.end_seconds + slack
+    return a_start <= b_end + slack and b_start <= a_end + slack
 
 
 def merge_hits(hits: Sequence[Hit]) -> list[Hit]:

@@ -152,11 +152,15 @@ def search(
     ] = None,
     anilist_id: Annotated[int | None, typer.Option(help="Only hits of this AniList ID.", min=1)] = None,
     cut_borders: Annotated[bool, typer.Option("--cut-borders", help="Trim black borders first.")] = False,
-    anilist_info: Annotated[bool, typer.Option("--anilist-info", help="Ask for titles and metadata.")] = False,
+    anilist_info: Annotated[
+        bool, typer.Option("--anilist-info", help="Ask for titles and metadata.")
+    ] = False,
     min_similarity: Annotated[
         float | None, typer.Option(help="0..1: a weaker best hit also asks the next provider.", min=0, max=1)
     ] = None,
-    strategy: Annotated[str, typer.Option(help="fallback (one at a time) or fanout (all at once).")] = "fallback",
+    strategy: Annotated[
+        str, typer.Option(help="fallback (one at a time) or fanout (all at once).")
+    ] = "fallback",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")] = False,
     as_json: JsonOption = False,
     raw: Annotated[bool, typer.Option("--raw", help="With --json, include each upstream item.")] = False,
@@ -193,7 +197,17 @@ def search(
 
 def _quota_rows(quotas: list[Quota]) -> Table:
     table = Table(title="quota", title_justify="left")
-    for column in ("provider", "scope", "window", "limit", "used", "remaining", "resets at", "cooldown", "source"):
+    for column in (
+        "provider",
+        "scope",
+        "window",
+        "limit",
+        "used",
+        "remaining",
+        "resets at",
+        "cooldown",
+        "source",
+    ):
         table.add_column(column)
     for q in quotas:
         table.add_row(
@@ -212,7 +226,9 @@ def _quota_rows(quotas: list[Quota]) -> Table:
 
 @app.command()
 def quota(
-    provider: Annotated[str | None, typer.Argument(help="One provider; all configured ones by default.")] = None,
+    provider: Annotated[
+        str | None, typer.Argument(help="One provider; all configured ones by default.")
+    ] = None,
     refresh: Annotated[bool, typer.Option("--refresh", help="Ask the free quota endpoints first.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -238,8 +254,11 @@ def providers(as_json: JsonOption = False) -> None:
         table.add_column(column)
     for info in infos:
         table.add_row(
-            info.name, "yes" if info.enabled else "no", "yes" if info.authenticated else "no",
-            info.base_url, ", ".join(info.capabilities),
+            info.name,
+            "yes" if info.enabled else "no",
+            "yes" if info.authenticated else "no",
+            info.base_url,
+            ", ".join(info.capabilities),
         )
     out.print(table)
 
@@ -308,7 +327,9 @@ def credits(as_json: JsonOption = False) -> None:  # noqa: A001 - the pinned com
 
 @app.command()
 def login(
-    email: Annotated[str | None, typer.Option(help="Account email (or ANISEARCH_WHATANIMEISTHIS_EMAIL).")] = None,
+    email: Annotated[
+        str | None, typer.Option(help="Account email (or ANISEARCH_WHATANIMEISTHIS_EMAIL).")
+    ] = None,
 ) -> None:
     """Sign in to whatanimeisthis.com; the session cookie is kept in the state dir (mode 0600)."""
     email = email or os.environ.get("ANISEARCH_WHATANIMEISTHIS_EMAIL")
@@ -351,14 +372,19 @@ def keys_list(
         table.add_column(column)
     for k in items:
         table.add_row(
-            k.id, k.title or "-", k.masked_key or "-", k.status or "-",
+            k.id,
+            k.title or "-",
+            k.masked_key or "-",
+            k.status or "-",
             k.created_at.strftime("%Y-%m-%d %H:%M") if k.created_at else "-",
         )
     out.print(table)
 
 
 @keys_app.command("create")
-def keys_create(title: Annotated[str, typer.Argument(help="A name for the key.")], as_json: JsonOption = False) -> None:
+def keys_create(
+    title: Annotated[str, typer.Argument(help="A name for the key.")], as_json: JsonOption = False
+) -> None:
     """Create an API key; the key is printed this one time only."""
     with _client() as client:
         created = _waiting("creating…", lambda: client.api_keys.create(title))
@@ -381,10 +407,19 @@ def cache_info(as_json: JsonOption = False) -> None:
         _fail("the cache is off (ANISEARCH_CACHE=off)", EXIT_USAGE)
     info = ResultCache(settings.cache_path, ttl_seconds=settings.cache_ttl).info()
     if as_json:
-        _print_json({"path": str(info.path), "entries": info.entries, "expired": info.expired,
-                     "size_bytes": info.size_bytes})
+        _print_json(
+            {
+                "path": str(info.path),
+                "entries": info.entries,
+                "expired": info.expired,
+                "size_bytes": info.size_bytes,
+            }
+        )
         return
-    out.print(f"{info.path}: {info.entries} result(s), {info.expired} expired, {info.size_bytes} bytes", markup=False)
+    out.print(
+        f"{info.path}: {info.entries} result(s), {info.expired} expired, {info.size_bytes} bytes",
+        markup=False,
+    )
 
 
 @cache_app.command("clear")
@@ -412,7 +447,9 @@ def _parse_option(text: str) -> tuple[str, Any]:
 @app.command()
 def emulate(
     name: Annotated[str, typer.Argument(help="tracemoe, whatanimeisthis, whatanime-ga, or all.")] = "all",
-    port: Annotated[int, typer.Option(help="Port (all: consecutive ports from here).", min=1, max=65535)] = 8000,
+    port: Annotated[
+        int, typer.Option(help="Port (all: consecutive ports from here).", min=1, max=65535)
+    ] = 8000,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     quota: Annotated[int | None, typer.Option(help="Searches allowed per window.", min=0)] = None,
     option: Annotated[
@@ -439,7 +476,9 @@ def emulate(
             config = uvicorn.Config(factory(**usable), host=host, port=port + offset, log_level="warning")
             servers.append(uvicorn.Server(config))
             env = f"ANISEARCH_{emulator.upper().replace('-', '_')}_URL"
-            err.print(f"{emulator}: http://{host}:{port + offset}  (export {env}=http://{host}:{port + offset})")
+            err.print(
+                f"{emulator}: http://{host}:{port + offset}  (export {env}=http://{host}:{port + offset})"
+            )
     except AnisearchError as exc:
         _fail(str(exc), _exit_code(exc))
 

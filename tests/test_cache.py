@@ -19,8 +19,15 @@ def anyio_backend() -> str:
 
 
 def result(expires: datetime | None) -> SearchResult:
-    hit = Hit(provider="tracemoe", anilist_id=11887, episode=5, similarity=0.97,
-              video_url="https://x/video/1", image_url="https://x/image/1", preview_expires_at=expires)
+    hit = Hit(
+        provider="tracemoe",
+        anilist_id=11887,
+        episode=5,
+        similarity=0.97,
+        video_url="https://x/video/1",
+        image_url="https://x/image/1",
+        preview_expires_at=expires,
+    )
     return SearchResult(hits=[hit], provider="tracemoe", frames_searched=10)
 
 

@@ -19,7 +19,9 @@ from anisearch_providers.tracemoe.emulator import create_app
 pytestmark = pytest.mark.e2e
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes = b""
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, "-m", "anisearch", *args],
         env={**os.environ, **(env or {})},
@@ -36,7 +38,9 @@ def tracemoe(live_server: Callable[[Any], Any]) -> Any:
     return live_server(create_app())
 
 
-def search_json(server: Any, image: str | Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+def search_json(
+    server: Any, image: str | Path, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     done = run_cli("search", str(image), "--json", *extra, env={"ANISEARCH_TRACEMOE_URL": server.url})
     return done, json.loads(done.stdout) if done.stdout.strip() else {}
 
@@ -65,7 +69,9 @@ def test_a_1080p_png_upscale_gives_the_same_answer_in_a_small_upload(
     tracemoe: Any, samples: Path, tmp_path: Path
 ) -> None:
     big = tmp_path / "upscaled.png"
-    Image.open(samples / "tinted-good.jpg").convert("RGB").resize((1920, 1080), Image.Resampling.LANCZOS).save(big)
+    Image.open(samples / "tinted-good.jpg").convert("RGB").resize(
+        (1920, 1080), Image.Resampling.LANCZOS
+    ).save(big)
     assert big.stat().st_size > 500_000
     done, result = search_json(tracemoe, big, "-p", "tracemoe")
     assert done.returncode == 0, done.stderr
@@ -77,13 +83,20 @@ def test_a_1080p_png_upscale_gives_the_same_answer_in_a_small_upload(
 
 def test_stdin_and_the_cache(tracemoe: Any, samples: Path) -> None:
     data = (samples / "tinted-good.jpg").read_bytes()
-    first = run_cli("search", "-", "--json", "-p", "tracemoe", env={"ANISEARCH_TRACEMOE_URL": tracemoe.url}, stdin=data)
+    first = run_cli(
+        "search", "-", "--json", "-p", "tracemoe", env={"ANISEARCH_TRACEMOE_URL": tracemoe.url}, stdin=data
+    )
     assert first.returncode == 0, first.stderr
     # A re-encode of the same frame is the same search: answered from the cache, no quota spent.
     buffer = io.BytesIO()
     Image.open(io.BytesIO(data)).save(buffer, "PNG")
     again = run_cli(
-        "search", "-", "--json", "-p", "tracemoe", env={"ANISEARCH_TRACEMOE_URL": tracemoe.url},
+        "search",
+        "-",
+        "--json",
+        "-p",
+        "tracemoe",
+        env={"ANISEARCH_TRACEMOE_URL": tracemoe.url},
         stdin=buffer.getvalue(),
     )
     assert again.returncode == 0, again.stderr

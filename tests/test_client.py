@@ -96,7 +96,9 @@ async def test_async_search_from_a_pil_image_and_bytes(mock: respx.MockRouter, b
     assert mock.calls.call_count == 3
 
 
-def test_a_url_is_downloaded_once_and_uploaded(mock: respx.MockRouter, body: dict[str, Any], samples: Path) -> None:
+def test_a_url_is_downloaded_once_and_uploaded(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
     image = mock.get("https://img.test/frame.jpg?size=large&x=1").respond(
         200, content=(samples / "tinted-good.jpg").read_bytes(), headers={"content-type": "image/jpeg"}
     )
@@ -132,7 +134,9 @@ def test_the_same_image_costs_quota_once(mock: respx.MockRouter, body: dict[str,
         second = client.search(samples / "tinted-good.jpg")
         fresh = client.search(samples / "tinted-good.jpg", cache=False)
     assert (first.cached, second.cached, fresh.cached) == (False, True, False)
-    assert second.attempts == [Attempt(provider="tracemoe", outcome="cached", reason="answered from the cache")]
+    assert second.attempts == [
+        Attempt(provider="tracemoe", outcome="cached", reason="answered from the cache")
+    ]
     assert second.hits == first.hits
     assert route.call_count == 2
 
@@ -160,7 +164,11 @@ async def test_identical_searches_in_flight_are_merged(
 
 
 def test_a_spent_quota_is_known_before_the_next_request(mock: respx.MockRouter, samples: Path) -> None:
-    depleted = {"quota": 100, "quotaUsed": 100, "error": "Search quota depleted (quota per 24 hours: 100, used: 100)"}
+    depleted = {
+        "quota": 100,
+        "quotaUsed": 100,
+        "error": "Search quota depleted (quota per 24 hours: 100, used: 100)",
+    }
     route = mock.post(f"{BASE}/search").respond(402, json=depleted)
     with Client(settings(), transport(mock)) as client:
         with pytest.raises(AllProvidersFailedError) as first:
@@ -190,7 +198,7 @@ def test_quota_refresh_reads_me_and_hides_the_caller_id(mock: respx.MockRouter) 
 
 def test_unknown_names_and_bad_arguments_are_usage_errors(mock: respx.MockRouter, samples: Path) -> None:
     with Client(settings(), transport(mock)) as client:
-        with pytest.raises(UnknownProviderError, match="known providers: .*tracemoe"):
+        with pytest.raises(UnknownProviderError, match=r"known providers: .*tracemoe"):
             client.search(samples / "tinted-good.jpg", providers=["tracemo"])
         with pytest.raises(ConfigurationError, match="min_similarity"):
             client.search(samples / "tinted-good.jpg", min_similarity=1.5)
@@ -208,7 +216,9 @@ def test_providers_lists_every_registered_one() -> None:
     assert not infos["whatanimeisthis"].enabled
 
 
-def test_module_level_search_uses_the_settings(mock: respx.MockRouter, body: dict[str, Any], samples: Path) -> None:
+def test_module_level_search_uses_the_settings(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
     # No transport argument here: respx patches httpx itself for the module-level helper.
     mock.post(f"{BASE}/search").respond(200, json=body)
     result = anisearch.search(samples / "tinted-good.jpg", settings=settings())

@@ -39,7 +39,9 @@ def test_pinned_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.provider_config("whatanimeisthis") == {"key": "wk"}
 
 
-def test_the_toml_file_is_overridden_by_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_toml_file_is_overridden_by_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "xdg" / "config" / "anisearch" / "config.toml"
     config.parent.mkdir(parents=True)
     config.write_text(
@@ -60,7 +62,9 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings.load()
 
 
-def test_a_broken_config_file_is_a_configuration_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_broken_config_file_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("providers = [")
     monkeypatch.setenv("ANISEARCH_CONFIG", str(bad))

@@ -53,11 +53,17 @@ def test_unknown_provider_lists_the_known_names() -> None:
 
 
 def test_provider_errors_say_who_and_survive_pickling() -> None:
-    exc = QuotaExhaustedError("Search quota depleted", provider="tracemoe", status_code=402, limit=100, used=100)
+    exc = QuotaExhaustedError(
+        "Search quota depleted", provider="tracemoe", status_code=402, limit=100, used=100
+    )
     assert str(exc) == "tracemoe: Search quota depleted (HTTP 402)"
     clone = pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own object
     assert (type(clone), clone.provider, clone.status_code, clone.limit, clone.used) == (
-        QuotaExhaustedError, "tracemoe", 402, 100, 100
+        QuotaExhaustedError,
+        "tracemoe",
+        402,
+        100,
+        100,
     )
 
 
@@ -70,7 +76,10 @@ def test_a_local_size_refusal_names_no_provider() -> None:
 def test_except_star_picks_out_one_kind() -> None:
     group = AllProvidersFailedError(
         "no provider answered",
-        [QuotaExhaustedError("spent", provider="tracemoe"), ProviderTimeoutError("slow", provider="whatanimeisthis")],
+        [
+            QuotaExhaustedError("spent", provider="tracemoe"),
+            ProviderTimeoutError("slow", provider="whatanimeisthis"),
+        ],
     )
     caught: list[BaseException] = []
     try:

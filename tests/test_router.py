@@ -94,7 +94,14 @@ class Scripted:
 def answer(provider: str, *similarities: float, quota: Quota | None = None) -> Step:
     def build() -> ProviderAnswer:
         hits = [
-            Hit(provider=provider, anilist_id=100 + i, episode=1, start_seconds=10.0, end_seconds=12.0, similarity=s)
+            Hit(
+                provider=provider,
+                anilist_id=100 + i,
+                episode=1,
+                start_seconds=10.0,
+                end_seconds=12.0,
+                similarity=s,
+            )
             for i, s in enumerate(similarities)
         ]
         return ProviderAnswer(hits=hits, frames_searched=1000, quota=quota)
@@ -116,7 +123,13 @@ async def ledger() -> Ledger:
 
 
 def router(ledger: Ledger, attempts: list[Attempt] | None = None) -> Router:
-    return Router(ledger, send, wait_seconds=1, lease_seconds=5, on_attempt=attempts.append if attempts is not None else None)
+    return Router(
+        ledger,
+        send,
+        wait_seconds=1,
+        lease_seconds=5,
+        on_attempt=attempts.append if attempts is not None else None,
+    )
 
 
 def routes(*providers: Scripted) -> list[Route]:
@@ -246,8 +259,15 @@ def test_merge_keeps_distinct_scenes_and_fills_titles() -> None:
     from anisearch import Title
 
     a = Hit(provider="x", anilist_id=1, episode=5, start_seconds=100, end_seconds=104, similarity=0.9)
-    b = Hit(provider="y", anilist_id=1, episode=5, start_seconds=103, end_seconds=108, similarity=0.8,
-            title=Title(romaji="Kokoro Connect"))
+    b = Hit(
+        provider="y",
+        anilist_id=1,
+        episode=5,
+        start_seconds=103,
+        end_seconds=108,
+        similarity=0.8,
+        title=Title(romaji="Kokoro Connect"),
+    )
     c = Hit(provider="y", anilist_id=1, episode=5, start_seconds=900, end_seconds=905, similarity=0.85)
     d = Hit(provider="y", anilist_id=1, episode=6, start_seconds=100, end_seconds=104, similarity=0.95)
     merged = merge_hits([a, b, c, d])

@@ -28,13 +28,13 @@ def sync_usage() -> None:
         infos: list[anisearch.ProviderInfo] = client.providers()
         ranks: list[anisearch.RankingEntry] = client.rankings(period="weekly", limit=10, include_adult=False)
         recent: list[anisearch.RecentSearch] = client.recent_searches(limit=5, offset=0)
-        credits: anisearch.Credits = client.credits()
+        balance: anisearch.Credits = client.credits()
         keys: list[anisearch.ApiKey] = client.api_keys.list(page=1, page_size=20)
         created: anisearch.CreatedApiKey = client.api_keys.create("bot")
         secret: str = created.key.get_secret_value()
         client.sign_in("a@b.c", "pw")
         client.sign_out()
-        print(quotas, infos, ranks, recent, credits, keys, secret)
+        print(quotas, infos, ranks, recent, balance, keys, secret)
 
 
 async def async_usage() -> None:
