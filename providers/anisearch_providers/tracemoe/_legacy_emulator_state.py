@@ -38,12 +38,14 @@ class LegacyEmulatorState:
     Attributes:
         search_requests: Requests that reached ``/api/search`` (any method but OPTIONS, any outcome).
         searches: Searches answered with 200.
+        body_sizes: Bytes of each search body the server accepted under its size limit.
         counters: The limit counters by key (``<caller>_limit``, ``<caller>_quota``).
     """
 
     clock: Callable[[], float]
     search_requests: int = 0
     searches: int = 0
+    body_sizes: list[int] = field(default_factory=list)
     counters: dict[str, _Counter] = field(default_factory=dict)
 
     def _live(self, key: str) -> _Counter | None:

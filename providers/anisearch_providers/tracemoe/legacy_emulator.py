@@ -289,6 +289,7 @@ async def _answer_search(request: Request, state: LegacyEmulatorState, knobs: _K
     body = await read_body(request, knobs.max_body_bytes)
     if body is None:
         return Response(_NGINX_413, status_code=413, media_type="text/html")
+    state.body_sizes.append(len(body))
     found = await parse_input(request, body)
     url = request.query_params.get("url", "")
     # 2017-2018 servers checked the token before anything else; later ones after the input

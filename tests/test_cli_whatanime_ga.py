@@ -1,0 +1,120 @@
+"""End to end: the legacy whatanime.ga provider through the CLI and the engine, against its emulator."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from anisearch import Client, Settings
+from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+from anisearch_providers.tracemoe.legacy_emulator import create_app as legacy_app
+
+pytestmark = pytest.mark.e2e
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "anisearch", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_legacy_api_identifies_the_screenshot(live_server: Callable[[Any], Any], samples: Path) -> None:
+    legacy = live_server(legacy_app())
+    env = {"ANISEARCH_WHATANIME_GA_URL": legacy.url}
+    done = run_cli("search", str(samples / "tinted-good.jpg"), "-p", "whatanime-ga", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    best = json.loads(done.stdout)["hits"][0]
+    assert (best["provider"], best["anilist_id"], best["episode"]) == ("whatanime-ga", 11887, 5)
+    assert best["start_seconds"] <= 1175
+    assert best["end_seconds"] >= 1169
+    assert best["title"]["chinese"]
+
+
+def test_an_8_mb_photo_is_re_encoded_under_the_1_mb_body_limit(
+    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+) -> None:
+    legacy = live_server(legacy_app())
+    # The screenshot, upscaled to 4000 px and sprinkled with noise: a large, hard-to-compress photo.
+    photo = Image.open(samples / "tinted-good.jpg").convert("RGB").resize((4000, 2250))
+    rng = random.Random(7)
+    noise = Image.frombytes("L", photo.size, rng.randbytes(photo.width * photo.height))
+    photo = Image.blend(photo, Image.merge("RGB", (noise, noise, noise)), 0.08)
+    path = tmp_path / "photo.jpg"
+    photo.save(path, quality=100, subsampling=0)
+    assert path.stat().st_size > 8_000_000
+    done = run_cli(
+        "search", str(path), "-p", "whatanime-ga", "--json", env={"ANISEARCH_WHATANIME_GA_URL": legacy.url}
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["hits"][0]["anilist_id"] == 11887
+    sizes = legacy.app.state.emulator.body_sizes
+    assert len(sizes) == 1
+    assert sizes[0] <= 1_000_000
+
+
+def test_the_eleventh_search_in_a_minute_is_not_sent(
+    live_server: Callable[[Any], Any], samples: Path
+) -> None:
+    legacy = live_server(legacy_app())
+    settings = Settings.load(
+        providers=["whatanime-ga"], provider_options={"whatanime-ga": {"url": legacy.url}}
+    )
+    base = Image.open(samples / "tinted-good.jpg").convert("RGB")
+    with Client(settings) as client:
+        for shade in range(10):
+            buffer = io.BytesIO()
+            Image.eval(base, lambda v, s=shade: min(255, v + s)).save(buffer, "PNG")
+            assert client.search(buffer.getvalue(), cache=False).provider == "whatanime-ga"
+    assert legacy.app.state.emulator.search_requests == 10
+    done = run_cli(
+        "search",
+        str(samples / "tinted-good.jpg"),
+        "-p",
+        "whatanime-ga",
+        "--no-cache",
+        env={"ANISEARCH_WHATANIME_GA_URL": legacy.url},
+    )
+    assert done.returncode == 4
+    assert "whatanime-ga skipped: quota exhausted until " in done.stderr
+    assert legacy.app.state.emulator.search_requests == 10
+
+
+def test_a_rate_limited_legacy_server_falls_back_to_tracemoe(
+    live_server: Callable[[Any], Any], samples: Path
+) -> None:
+    from anisearch_providers.tracemoe._legacy_emulator_state import Allowance
+
+    legacy = live_server(legacy_app(guest=Allowance(limit=0)))
+    trace = live_server(tracemoe_app())
+    env = {"ANISEARCH_WHATANIME_GA_URL": legacy.url, "ANISEARCH_TRACEMOE_URL": trace.url}
+    image = str(samples / "tinted-good.jpg")
+    done = run_cli("search", image, "-p", "whatanime-ga", "-p", "tracemoe", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["provider"] == "tracemoe"
+    first = result["attempts"][0]
+    assert (first["provider"], first["outcome"], first["error"], first["status_code"]) == (
+        "whatanime-ga",
+        "failed",
+        "RateLimitedError",
+        429,
+    )
+    # The cooldown is remembered: the next run does not ask the legacy server at all.
+    again = run_cli("search", image, "-p", "whatanime-ga", "-p", "tracemoe", "--json", "--no-cache", env=env)
+    assert json.loads(again.stdout)["attempts"][0]["outcome"] == "skipped"
+    assert legacy.app.state.emulator.search_requests == 1
