@@ -8,7 +8,9 @@ does), so the sync API works in scripts, inside Jupyter and inside async applica
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
@@ -70,6 +72,23 @@ T = TypeVar("T")
 
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 """Largest image anisearch downloads from a URL the caller gave, bytes."""
+
+_SECRET_PARAMS = re.compile(r"(?i)([?&](?:token|key|api_key|apikey)=)[^&\s\"']+")
+
+
+class _RedactSecrets(logging.Filter):
+    """httpx logs each request URL at INFO; a legacy API token travels in ``?token=``. Mask it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.args = tuple(_SECRET_PARAMS.sub(r"\1***", str(a)) if "=" in str(a) else a for a in args)
+        return True
+
+
+_httpx_logger = logging.getLogger("httpx")
+if not any(isinstance(f, _RedactSecrets) for f in _httpx_logger.filters):
+    _httpx_logger.addFilter(_RedactSecrets())
 
 
 def _user_agent() -> str:

@@ -224,3 +224,19 @@ def test_module_level_search_uses_the_settings(
     result = anisearch.search(samples / "tinted-good.jpg", settings=settings())
     assert result.best is not None
     assert result.best.anilist_id == 11887
+
+
+def test_secrets_in_urls_never_reach_the_log(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mock.post("https://legacy.test/api/search").respond(200, json={"RawDocsCount": 1, "docs": []})
+    options = {"whatanime-ga": {"url": "https://legacy.test", "token": "s3cr3t-token"}}
+    with (
+        caplog.at_level("INFO"),
+        Client(
+            Settings.load(providers=["whatanime-ga"], provider_options=options), transport(mock)
+        ) as client,
+    ):
+        client.search(samples / "tinted-good.jpg")
+    assert mock.calls.last.request.url.params["token"] == "s3cr3t-token"
+    assert "s3cr3t-token" not in caplog.text
