@@ -1,1 +1,104 @@
-"""Quota, rate, cooldown and concurrency state."""
+"""Quota, rate, cooldown and concurrency state: :func:`open_ledger` picks a backend from a URL.
+
+- ``memory://``: this process only, forgotten at exit;
+- ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (SQLAlchemy's spelling: the path is
+  what follows ``sqlite:///``): one file shared by the processes of a machine; the default, see
+  :func:`default_ledger_url`;
+- ``redis://[:password@]host:port/db`` (or ``rediss://``): shared by workers on many machines; needs the
+  ``redis`` extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import platformdirs
+
+from anisearch._exceptions import ConfigurationError
+from anisearch._ledger._base import Admission, Lease, Ledger, scope_id
+from anisearch._ledger._memory import MemoryLedger
+from anisearch._ledger._sqlite import SQLiteLedger
+
+if TYPE_CHECKING:
+    from anisearch._ledger._stored import Clock
+
+__all__ = ["Admission", "Lease", "Ledger", "default_ledger_url", "open_ledger", "scope_id"]
+
+SCHEMES = ("memory", "sqlite", "redis", "rediss")
+
+
+def default_ledger_url() -> str:
+    """``sqlite:///`` + ``<user state dir>/anisearch/ledger.sqlite3`` (``platformdirs.user_state_path``).
+
+    On Linux that is ``sqlite:////home/<user>/.local/state/anisearch/ledger.sqlite3`` (``$XDG_STATE_HOME``
+    is honoured).
+    """
+    return "sqlite:///" + str(platformdirs.user_state_path("anisearch") / "ledger.sqlite3")
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigurationError(
+            f"unknown time zone {name!r} for the ledger; use an IANA name such as 'UTC' or 'Asia/Tokyo'"
+        ) from exc
+
+
+def _masked(url: str) -> str:
+    """``url`` with the password (if any) replaced by ``***``."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) -> Ledger:
+    """Open the ledger a URL names. Nothing is connected until first use.
+
+    Args:
+        url: ``memory://``, ``sqlite:///path`` (relative) or ``sqlite:////path`` (absolute), or
+            ``redis://host:port/db``.
+        timezone: IANA zone whose midnight ends the calendar ``day`` and ``month`` windows
+            (whatanimeisthis.com's daily credits).
+        clock: Returns the current aware datetime; the system clock by default (tests inject one).
+
+    Returns:
+        The ledger; close it with ``await ledger.aclose()``.
+
+    Raises:
+        ConfigurationError: An unknown scheme (the message lists the supported ones), a SQLite URL
+            without a path, an unknown time zone, or a Redis URL without the ``redis`` extra installed.
+    """
+    zone = _zone(timezone)
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in SCHEMES:
+        raise ConfigurationError(
+            f"unsupported ledger URL {_masked(url)!r}; use memory://, sqlite:///path or redis://host:port/db"
+        )
+    if scheme == "memory":
+        return MemoryLedger(timezone=zone, clock=clock)
+    if scheme == "sqlite":
+        path = unquote(rest.removeprefix("/")).partition("?")[0]
+        if not path:
+            raise ConfigurationError(f"the ledger URL {url!r} names no file; use sqlite:///path/to/ledger.db")
+        return SQLiteLedger(Path(path), url=url, timezone=zone, clock=clock)
+    try:
+        from redis.asyncio import Redis
+    except ImportError as exc:
+        raise ConfigurationError(
+            "the redis:// ledger needs the redis client: pip install 'anisearch[redis]'"
+        ) from exc
+    from anisearch._ledger._redis import RedisLedger
+
+    try:
+        client = Redis.from_url(url, decode_responses=True)
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid Redis ledger URL {_masked(url)!r}: {exc}") from exc
+    return RedisLedger(client, url=_masked(url), timezone=zone, clock=clock)

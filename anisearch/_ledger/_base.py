@@ -17,11 +17,11 @@ from __future__ import annotations
 import abc
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from datetime import datetime
 
     from anisearch._models import Quota, QuotaScope
 
@@ -78,7 +78,10 @@ class Ledger(abc.ABC):
     async def observe(self, scope: str, quotas: Sequence[Quota]) -> None:
         """Record what the upstream said (a truth per window). Resets the local count of that window.
 
-        A ``Quota`` with ``cooldown_until`` also sets the scope's cooldown.
+        A truth counts the local successes recorded at or after its ``observed_at``, so a count the upstream
+        took *before* the search it answers is observed first and the success recorded after it. A
+        ``Quota`` with ``cooldown_until`` also sets the scope's cooldown; its ``concurrency`` replaces the
+        ``slots`` of :meth:`acquire`; its ``raw`` is never stored.
         """
 
     @abc.abstractmethod
@@ -109,7 +112,8 @@ class Ledger(abc.ABC):
     ) -> Lease | None:
         """Take one of ``slots`` concurrency slots, waiting up to ``wait_seconds``; None if none freed.
 
-        The lease expires after ``lease_seconds`` even if never released.
+        The concurrency last observed from the upstream (``Quota.concurrency``) replaces ``slots``. The
+        lease expires after ``lease_seconds`` even if never released.
         """
 
     @abc.abstractmethod
