@@ -51,7 +51,7 @@ class Scripted:
     limits = UploadLimits()
 
     def __init__(self, name: str, *steps: Step | ProviderError, quota: Quota | None = None) -> None:
-        self.name = name  # type: ignore[misc]
+        self.name = name
         self.base_url = f"https://{name}.example"
         self.steps = list(steps)
         self.requests = 0
