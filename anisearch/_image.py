@@ -1,11 +1,85 @@
 """Image input -> :class:`PreparedImage`: sniff, first frame, flatten, downscale, re-encode, guard limits.
 
-SPEC (to be implemented; the signatures below are the contract the rest of the code relies on).
+:func:`prepare` turns whatever the user passed (a path, bytes, a binary file, a ``PIL.Image``) into a
+small JPEG plus the facts the rest of anisearch keys on (a digest of the source, the colour layout
+descriptor). It is synchronous and CPU-bound, so the async client runs it in a worker thread. Every
+problem with the input is an :class:`~anisearch.InvalidImageError` (or its
+:class:`~anisearch.ImageTooLargeError`) raised before any request, so a bad input never costs quota.
+:func:`fit` then adapts a prepared image to one provider's :class:`~anisearch._provider.UploadLimits`.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
+import io
+import os
 from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
+
+from PIL import Image, ImageCms, UnidentifiedImageError
+
+from anisearch._borders import cut_borders as _cut_borders
+from anisearch._descriptor import search_descriptor
+from anisearch._exceptions import ConfigurationError, ImageTooLargeError, InvalidImageError
+from anisearch._source import BinaryReader, not_an_image, read_source, too_large, video_kind
+
+if TYPE_CHECKING:
+    from anisearch._provider import UploadLimits
+
+__all__ = [
+    "JPEG_QUALITY",
+    "MAX_HEIGHT",
+    "MAX_IMAGE_BYTES",
+    "MAX_PIXELS",
+    "MAX_VIDEO_BYTES",
+    "MAX_WIDTH",
+    "BinaryReader",
+    "ImageSource",
+    "PreparedImage",
+    "fit",
+    "prepare",
+]
+
+MAX_WIDTH = 640
+"""Default upload width, pixels. trace.moe works at 320x320; more only costs upload time."""
+MAX_HEIGHT = 360
+"""Default upload height, pixels."""
+JPEG_QUALITY = 85
+"""JPEG quality of the upload (Pillow's 1..95 scale)."""
+MAX_IMAGE_BYTES = 25 * 1024 * 1024
+"""Default cap on an image source, bytes (25 MiB, trace.moe's own upload limit)."""
+MAX_VIDEO_BYTES = 100 * 1024 * 1024
+"""Default cap on a video source, bytes (100 MiB: only the first frame is decoded)."""
+MAX_PIXELS = 50_000_000
+"""Default cap on the decoded size, pixels (50 MP): larger headers are refused as decompression bombs."""
+
+_FIT_QUALITIES = (85, 75, 65, 55, 45, 40)
+_FIT_SHRINK = 0.75
+_FIT_MIN_WIDTH = 160
+_ORIENTATION_TAG = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_QUARTER_TURNS = {  # counter-clockwise quarter turns
+    1: Image.Transpose.ROTATE_90,
+    2: Image.Transpose.ROTATE_180,
+    3: Image.Transpose.ROTATE_270,
+}
+# Formats with a real magic number (no TGA: random bytes pass its header check) and no external
+# programs (no EPS: Pillow hands it to Ghostscript).
+_WANTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF", "JPEG2000", "ICO", "PPM", "QOI")
+
+ImageSource: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryReader | Image.Image
+"""What :func:`prepare` accepts. A ``str`` is always a path; URLs are fetched by the client first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,11 +94,12 @@ class PreparedImage:
         digest: Hex SHA-256 of the *source* bytes (the exact-match part of the cache key).
         descriptor: The 33-number MPEG-7 colour layout descriptor (the perceptual part of the cache key,
             and trace.moe's ``vector``).
-        source_format: What the sniffed input was (``"jpeg"``, ``"png"``, ``"gif"``, ``"webp"``, ``"mp4"`` ...).
+        source_format: What the sniffed input was (``"jpeg"``, ``"png"``, ``"gif"``, ``"webp"``,
+            ``"mp4"`` ...; ``"pil"`` for a PIL image that was not read from a file).
         source_bytes: Size of the input, in bytes.
     """
 
-    data: bytes
+    data: bytes = field(repr=False)
     mime_type: str
     width: int
     height: int
@@ -32,3 +107,384 @@ class PreparedImage:
     descriptor: tuple[int, ...] = field(default=())
     source_format: str = "jpeg"
     source_bytes: int = 0
+
+    def data_url(self) -> str:
+        """The image as a ``data:<mime>;base64,...`` URL (the legacy whatanime.ga ``image`` field)."""
+        return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+    def body_size(self, encoding: Literal["multipart", "base64"] = "multipart") -> int:
+        """How many bytes the image takes in a request body, in bytes.
+
+        Args:
+            encoding: ``"multipart"`` (the raw bytes in a form part) or ``"base64"`` (a data URL).
+
+        Returns:
+            ``len(data)`` for multipart; the length of :meth:`data_url` for base64.
+        """
+        if encoding == "base64":
+            return len(f"data:{self.mime_type};base64,") + 4 * -(-len(self.data) // 3)
+        return len(self.data)
+
+
+@cache
+def _formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(name for name in _WANTED_FORMATS if name in Image.OPEN)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int, where: str) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise InvalidImageError(f"{where}the image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise InvalidImageError(
+            f"{where}the image is {width}x{height} ({width * height / 1e6:.1f} MP), over the "
+            f"{max_pixels / 1e6:.1f} MP limit (max_pixels); refusing a possible decompression bomb"
+        )
+
+
+def _fit_size(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """``size`` scaled to fit inside ``box``, aspect kept, never enlarged."""
+    width, height = size
+    scale = min(1.0, box[0] / width, box[1] / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _open_image(data: bytes, where: str, max_pixels: int, box: tuple[int, int]) -> Image.Image:
+    """Decode the first frame with Pillow, refusing bombs and truncated files (never globally lenient)."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=_formats())
+    except UnidentifiedImageError:
+        raise not_an_image(data, where) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImageError(
+            f"{where}the image has too many pixels to decode safely; refusing a possible decompression bomb"
+        ) from exc
+    except Exception as exc:
+        raise not_an_image(data, where) from exc
+    name = (image.format or "image").upper()
+    _check_pixels(image.size, max_pixels, where)
+    try:
+        if image.format in {"JPEG", "MPO"}:  # decode at 1/2, 1/4 or 1/8 scale when that is enough
+            width, height = _fit_size(image.size, (max(box), max(box)))
+            image.draft(None, (2 * width, 2 * height))
+        image.load()
+    except (EOFError, OSError) as exc:
+        if isinstance(exc, EOFError) or "truncated" in str(exc):
+            raise InvalidImageError(
+                f"{where}the {name} image is truncated (the file ends too early)"
+            ) from exc
+        raise InvalidImageError(f"{where}the {name} image is corrupt and cannot be decoded") from exc
+    except Exception as exc:
+        raise InvalidImageError(f"{where}the {name} image is corrupt and cannot be decoded") from exc
+    return image
+
+
+def _rotate_for_display(image: Image.Image, degrees: float) -> Image.Image:
+    """Apply a video's display-matrix rotation (counter-clockwise degrees, as PyAV reports it).
+
+    ffmpeg's own command line does the same (``-autorotate``), so a phone's portrait clip stands up.
+    """
+    method = _QUARTER_TURNS.get(round(degrees / 90) % 4)
+    return image if method is None else image.transpose(method)
+
+
+def _open_video(data: bytes, kind: str, where: str, max_pixels: int) -> Image.Image:
+    """The first frame of a video, via PyAV (the ``video`` extra)."""
+    try:
+        import av  # the optional "video" extra, imported only for videos
+    except ImportError:
+        raise InvalidImageError(
+            f"{where}this is a video ({kind}); reading videos needs PyAV: pip install 'anisearch[video]'"
+        ) from None
+    corrupt = f"{where}the {kind} video is corrupt or its codec cannot be decoded"
+    try:
+        container: Any = av.open(io.BytesIO(data), mode="r")
+    except Exception as exc:
+        raise InvalidImageError(corrupt) from exc
+    with container:
+        if not container.streams.video:
+            raise InvalidImageError(f"{where}the {kind} file has no video track")
+        stream = container.streams.video[0]
+        if stream.codec_context is None:  # PyAV has no decoder for this codec
+            raise InvalidImageError(corrupt)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width and height:
+            _check_pixels((width, height), max_pixels, where)
+        try:
+            frame = next(iter(container.decode(stream)), None)
+            image: Image.Image | None = None if frame is None else frame.to_image()
+        except Exception as exc:
+            raise InvalidImageError(corrupt) from exc
+    if frame is None or image is None:
+        raise InvalidImageError(f"{where}the {kind} video has no frame that can be decoded")
+    return _rotate_for_display(image, frame.rotation)
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Map 16-bit, 32-bit and float greys to 0..255 (Pillow would clip them instead)."""
+    grey = image.convert("I") if image.mode.startswith("I;16") else image
+    low, high = cast("tuple[float, float]", grey.getextrema())  # one band: (min, max)
+    if image.mode.startswith("I;16") or 255 < high <= 65535:  # noqa: PLR2004 - 8- and 16-bit ranges
+        scale, offset = 1 / 257, 0.0
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        scale, offset = 255.0, 0.0
+    elif high <= 255:  # noqa: PLR2004
+        scale, offset = 1.0, 0.0
+    else:
+        scale = 255 / (high - low)
+        offset = -low * scale
+    return grey.point(lambda v: v * scale + offset).convert("L")
+
+
+def _to_rgb(image: Image.Image, where: str) -> Image.Image:
+    """Any mode to RGB; alpha (and palette or colour-key transparency) flattened on black."""
+    if image.mode in {"I", "F"} or image.mode.startswith("I;16"):
+        image = _to_8bit(image)
+    try:
+        if image.mode in {"RGBA", "LA", "PA", "RGBa", "La"} or "transparency" in image.info:
+            rgba = image.convert("RGBA") if image.mode != "La" else image.convert("LA").convert("RGBA")
+            flat = Image.new("RGB", rgba.size, (0, 0, 0))
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            return flat
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except ValueError as exc:
+        raise InvalidImageError(f"{where}cannot convert pixel mode {image.mode} to RGB") from exc
+
+
+@cache
+def _srgb() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _to_srgb(rgb: Image.Image, icc: object) -> Image.Image:
+    """Convert from an embedded RGB colour profile (a Mac's Display P3 screenshot) to sRGB, as sharp does.
+
+    A profile that is missing, not RGB or unreadable leaves the pixels as they are.
+    """
+    if not isinstance(icc, bytes) or not icc:
+        return rgb
+    try:
+        embedded = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if embedded.profile.xcolor_space.strip() != "RGB":
+            return rgb
+        converted = ImageCms.profileToProfile(rgb, embedded, _srgb(), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return rgb
+    return converted or rgb
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _first_frame(image: Image.Image, where: str) -> Image.Image:
+    """A caller's PIL image at frame 0, loaded, without moving the caller's frame pointer."""
+    try:
+        if getattr(image, "n_frames", 1) > 1 and image.tell() != 0:
+            position = image.tell()
+            image.seek(0)
+            frame = image.copy()
+            image.seek(position)
+            return frame
+        image.load()
+    except Exception as exc:
+        raise InvalidImageError(f"{where}the image is corrupt or truncated and cannot be decoded") from exc
+    return image
+
+
+def _pil_digest(image: Image.Image) -> tuple[str, int]:
+    pixels = image.tobytes()
+    digest = hashlib.sha256(f"{image.mode} {image.width}x{image.height}\n".encode())
+    if image.mode in {"P", "PA"}:
+        digest.update(bytes(image.getpalette() or ()))
+    digest.update(pixels)
+    return digest.hexdigest(), len(pixels)
+
+
+def _encode(image: Image.Image, mime_type: str, quality: int = JPEG_QUALITY) -> bytes:
+    out = io.BytesIO()
+    if mime_type == "image/png":
+        image.save(out, "PNG", optimize=True)
+    else:
+        image.save(out, "JPEG", quality=quality, optimize=True)
+    return out.getvalue()
+
+
+def _load(
+    source: ImageSource, box: tuple[int, int], max_source_bytes: int | None, max_pixels: int
+) -> tuple[Image.Image, str, str, int, str]:
+    """Decode the source's first frame: (image, message prefix, digest, source bytes, source format)."""
+    if isinstance(source, Image.Image):
+        image = _first_frame(source, "")
+        _check_pixels(image.size, max_pixels, "")
+        digest, source_bytes = _pil_digest(image)
+        return image, "", digest, source_bytes, (source.format or "pil").lower()
+    limit = max_source_bytes if max_source_bytes is not None else max(MAX_IMAGE_BYTES, MAX_VIDEO_BYTES)
+    data, where = read_source(source, limit)
+    if not data:
+        raise InvalidImageError(f"{where}the image is empty")
+    kind = video_kind(data[:512])
+    if kind is None and max_source_bytes is None and len(data) > MAX_IMAGE_BYTES:
+        raise too_large(where, len(data), MAX_IMAGE_BYTES)
+    if kind is not None:
+        image = _open_video(data, kind, where, max_pixels)
+    else:
+        image = _open_image(data, where, max_pixels, box)
+        kind = (image.format or "image").lower()
+    return image, where, hashlib.sha256(data).hexdigest(), len(data), kind
+
+
+# ---------------------------------------------------------------- public
+
+
+def prepare(
+    source: ImageSource,
+    *,
+    max_width: int = MAX_WIDTH,
+    max_height: int = MAX_HEIGHT,
+    max_source_bytes: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    cut_borders: bool = False,
+) -> PreparedImage:
+    """Turn a user's image or video into a small JPEG ready to upload, with its digest and descriptor.
+
+    The content is sniffed from its bytes, never from a file extension. Videos (MP4/MOV, WebM/MKV, AVI,
+    FLV, Ogg, MPEG) give their first frame through PyAV (``pip install 'anisearch[video]'``); animated
+    GIF, APNG and WebP give their first frame. The EXIF orientation is applied; alpha, palette and
+    colour-key transparency are flattened on black (as trace.moe does); 16-bit, CMYK and other modes
+    become 8-bit RGB, and an embedded RGB colour profile is converted to sRGB. The picture is scaled
+    down (never up) to fit ``max_width`` x ``max_height`` and encoded as JPEG quality 85 with no
+    metadata (no EXIF, no location).
+
+    Args:
+        source: A path (``str`` or ``os.PathLike``), ``bytes``/``bytearray``/``memoryview``, a binary
+            file object (read from its current position to the end), or a ``PIL.Image.Image`` (any
+            mode; frame 0 of an animation; the caller's image is not modified).
+        max_width: Largest upload width, pixels.
+        max_height: Largest upload height, pixels.
+        max_source_bytes: Largest input accepted, bytes. None means 25 MiB for images and 100 MiB for
+            videos (:data:`MAX_IMAGE_BYTES`, :data:`MAX_VIDEO_BYTES`).
+        max_pixels: Largest decoded frame accepted, pixels; anything larger is refused as a possible
+            decompression bomb, from its header, before decoding.
+        cut_borders: Trim black borders by trace.moe's ``cutBorders`` rule (see
+            :func:`anisearch._borders.find_borders`) before scaling.
+
+    Returns:
+        The prepared image. ``digest`` is the SHA-256 of the source bytes (for a PIL image: of its mode,
+        size, palette and pixels); ``descriptor`` is trace.moe's 33-number vector of the uploaded picture.
+
+    Raises:
+        ConfigurationError: A limit is not a positive number.
+        ImageTooLargeError: The source is over ``max_source_bytes`` (``provider`` is None).
+        InvalidImageError: The input is missing, empty, not an image or video (text, HTML, JSON, PDF
+            ...), truncated, corrupt, has no pixels, is over ``max_pixels``, or is a video and PyAV is
+            not installed.
+    """
+    for name, value in (("max_width", max_width), ("max_height", max_height), ("max_pixels", max_pixels)):
+        if value < 1:
+            raise ConfigurationError(f"{name} must be at least 1, not {value}")
+    if max_source_bytes is not None and max_source_bytes < 1:
+        raise ConfigurationError(f"max_source_bytes must be at least 1, not {max_source_bytes}")
+    box = (max_width, max_height)
+    image, where, digest, source_bytes, source_format = _load(source, box, max_source_bytes, max_pixels)
+    orientation = _orientation(image)
+    rgb = _to_rgb(image, where)
+    if orientation in _TRANSPOSE:
+        rgb = rgb.transpose(_TRANSPOSE[orientation])
+    if cut_borders:
+        rgb, _ = _cut_borders(rgb)
+    size = _fit_size(rgb.size, box)
+    if size != rgb.size:
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    elif rgb is image:  # detach from the decoder (and from a caller's image) before describing it
+        rgb = rgb.copy()
+    rgb = _to_srgb(rgb, image.info.get("icc_profile"))
+    return PreparedImage(
+        data=_encode(rgb, "image/jpeg"),
+        mime_type="image/jpeg",
+        width=rgb.width,
+        height=rgb.height,
+        digest=digest,
+        descriptor=search_descriptor(rgb),
+        source_format=source_format,
+        source_bytes=source_bytes,
+    )
+
+
+def _fits(prepared: PreparedImage, limits: UploadLimits) -> bool:
+    return (
+        prepared.mime_type in limits.formats
+        and prepared.width <= limits.max_width
+        and prepared.height <= limits.max_height
+        and prepared.body_size(limits.encoding) <= limits.max_bytes
+    )
+
+
+def fit(prepared: PreparedImage, limits: UploadLimits) -> PreparedImage:
+    """Adapt a prepared image to one provider's upload limits.
+
+    When the image already fits it is returned as is (no work). Otherwise it is re-encoded as JPEG
+    (PNG if the provider takes PNG but not JPEG) within ``limits.max_width`` x ``limits.max_height``,
+    lowering the JPEG quality from 85 to 40, then the size by 0.75 per step down to 160 pixels wide,
+    until the body (``limits.encoding``: raw bytes, or the base64 data URL) is within ``limits.max_bytes``.
+    ``digest``, ``descriptor`` and the ``source_*`` fields are kept: they describe the source.
+
+    Args:
+        prepared: The output of :func:`prepare`.
+        limits: The provider's :class:`~anisearch._provider.UploadLimits`.
+
+    Returns:
+        ``prepared`` itself, or a re-encoded copy that satisfies ``limits``.
+
+    Raises:
+        ConfigurationError: ``limits.formats`` holds neither ``image/jpeg`` nor ``image/png``.
+        ImageTooLargeError: Even the smallest attempt is over ``limits.max_bytes`` (``provider`` is
+            None; ``size_bytes`` is that smallest body).
+        InvalidImageError: ``prepared.data`` cannot be decoded.
+    """
+    if _fits(prepared, limits):
+        return prepared
+    qualities: tuple[int, ...]
+    if "image/jpeg" in limits.formats:
+        mime_type, qualities = "image/jpeg", _FIT_QUALITIES
+    elif "image/png" in limits.formats:
+        mime_type, qualities = "image/png", (JPEG_QUALITY,)
+    else:
+        raise ConfigurationError(
+            f"the provider accepts only {sorted(limits.formats)}; anisearch makes JPEG or PNG"
+        )
+    image = _to_rgb(_open_image(prepared.data, "", MAX_PIXELS, (prepared.width, prepared.height)), "")
+    size = _fit_size(image.size, (limits.max_width, limits.max_height))
+    smallest = None
+    while True:
+        scaled = image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+        for quality in qualities:
+            candidate = dataclasses.replace(
+                prepared,
+                data=_encode(scaled, mime_type, quality),
+                mime_type=mime_type,
+                width=size[0],
+                height=size[1],
+            )
+            body = candidate.body_size(limits.encoding)
+            if body <= limits.max_bytes:
+                return candidate
+            smallest = body if smallest is None else min(smallest, body)
+        if size[0] <= _FIT_MIN_WIDTH:
+            break
+        width = max(_FIT_MIN_WIDTH, int(size[0] * _FIT_SHRINK))
+        size = (width, max(1, round(width * image.height / image.width)))
+    raise ImageTooLargeError(
+        f"the image cannot be made small enough: {smallest} bytes at {size[0]}x{size[1]}, over the "
+        f"provider's {limits.max_bytes}-byte limit",
+        size_bytes=smallest,
+        limit_bytes=limits.max_bytes,
+    )

@@ -1,0 +1,193 @@
+"""Reading what the user passed and telling what it is: bounded reads, magic numbers, clear refusals.
+
+Content is recognised from its first bytes, never from a file name: video containers (for PyAV),
+and the things people pass by mistake (an HTML error page saved instead of a picture, JSON, text, a
+PDF, a HEIC photo) so the message says what the input *is*. Messages never quote the input's bytes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from pathlib import Path
+from typing import Protocol
+
+from anisearch._exceptions import ImageTooLargeError, InvalidImageError
+
+__all__ = ["BinaryReader", "not_an_image", "read_source", "too_large", "video_kind"]
+
+_MIB = 1024 * 1024
+_IMAGE_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_NOT_IMAGES = (
+    (b"%PDF-", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"%!PS", "a PostScript file"),
+    (b"ID3", "an MP3 audio file"),
+    (b"fLaC", "a FLAC audio file"),
+)
+
+
+class BinaryReader(Protocol):
+    """Anything with a binary ``read()``: an open file, :class:`io.BytesIO`, a spooled upload."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+# ---------------------------------------------------------------- reading the source
+
+
+def _human(size: int) -> str:
+    if size >= _MIB:
+        return f"{size / _MIB:.1f} MiB"
+    return f"{size / 1024:.1f} KiB" if size >= 1024 else f"{size} bytes"  # noqa: PLR2004 - one KiB
+
+
+def too_large(where: str, size: int | None, limit: int) -> ImageTooLargeError:
+    """The error for a source over ``limit`` bytes (``size`` None when only "more than" is known)."""
+    what = f"is {_human(size)}" if size is not None else f"is larger than {_human(limit)}"
+    return ImageTooLargeError(
+        f"{where}the input {what}, over the {_human(limit)} limit (max_source_bytes)",
+        size_bytes=size,
+        limit_bytes=limit,
+    )
+
+
+def read_bounded(reader: BinaryReader, limit: int, where: str) -> bytes:
+    """Read to the end, but never more than ``limit`` + 1 bytes."""
+    chunks: list[bytes] = []
+    total = 0
+    while total <= limit:
+        chunk: object = reader.read(min(limit + 1 - total, _MIB))
+        if not chunk:
+            break
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            raise InvalidImageError(
+                f"{where}the file object returned text; open the file in binary mode ('rb')"
+            )
+        chunks.append(bytes(chunk))
+        total += len(chunk)
+    if total > limit:
+        raise too_large(where, None, limit)
+    return b"".join(chunks)
+
+
+def _is_url(text: str) -> bool:
+    return text.lower().startswith(("http:/", "https:/"))  # Path() folds "//" into "/"
+
+
+def _read_path(path: Path, limit: int) -> bytes:
+    where = f"{os.fspath(path)}: "
+    try:
+        if path.is_dir():
+            raise InvalidImageError(f"{where}this is a directory, not an image file")
+        size = path.stat().st_size  # 0 for pipes and devices: the bounded read below still applies
+        if size > limit:
+            raise too_large(where, size, limit)
+        with path.open("rb") as file:
+            return read_bounded(file, limit, where)
+    except FileNotFoundError:
+        hint = " (URLs are fetched by search(), not read as paths)" if _is_url(str(path)) else ""
+        raise InvalidImageError(f"{where}no such file{hint}") from None
+    except OSError as exc:
+        raise InvalidImageError(
+            f"{where}cannot read the file ({exc.strerror or type(exc).__name__})"
+        ) from exc
+
+
+def read_source(source: object, limit: int) -> tuple[bytes, str]:
+    """The source's bytes and a ``"name: "`` prefix for messages (empty when it has no name)."""
+    if isinstance(source, str | os.PathLike):
+        path = os.fsdecode(source)
+        return _read_path(Path(path), limit), f"{path}: "
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        if len(data) > limit:
+            raise too_large("", len(data), limit)
+        return data, ""
+    read = getattr(source, "read", None)
+    if callable(read):
+        name = getattr(source, "name", None)
+        where = f"{name}: " if isinstance(name, str) else ""
+        reader: BinaryReader = source  # type: ignore[assignment]  # checked: it has a callable read()
+        return read_bounded(reader, limit, where), where
+    raise InvalidImageError(
+        f"cannot read an image from {type(source).__name__}; pass a path, bytes, a binary file or a PIL image"
+    )
+
+
+# ---------------------------------------------------------------- sniffing
+
+
+def video_kind(head: bytes) -> str | None:  # noqa: PLR0911 - one return per container signature
+    """The video container the bytes start with, or None (images, AVIF and HEIF included, are None)."""
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _AVIF_BRANDS or brand in _HEIF_BRANDS:
+            return None
+        if brand == b"qt  ":
+            return "mov"
+        return "3gp" if brand[:3] in {b"3gp", b"3g2"} else "mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "webm" if b"webm" in head[:64] else "mkv"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
+    if head.startswith(b"FLV"):
+        return "flv"
+    if head.startswith(b"OggS"):
+        return "ogg"
+    if head.startswith(b"\x00\x00\x01\xba"):
+        return "mpeg"
+    if len(head) > 376 and head[0] == head[188] == head[376] == 0x47:  # noqa: PLR2004 - TS packets
+        return "mpeg-ts"
+    return None
+
+
+_TEXT_KINDS = (
+    (("<!doctype html", "<html", "<head", "<body"), "an HTML page"),
+    (("<?xml",), "an XML document"),
+    (("{", "["), "JSON"),
+)
+
+
+def _text_kind(head: bytes) -> str | None:
+    """What a text input looks like ("an HTML page", "JSON" ...), or None if it is not text."""
+    try:
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(head[:4096], final=False)
+    except UnicodeDecodeError:
+        return None
+    if any(ord(c) < 32 and c not in "\t\n\r\f" for c in text):  # noqa: PLR2004 - C0 control characters
+        return None
+    lowered = text.lstrip().lower()
+    if "<svg" in lowered[:1024]:
+        return "an SVG drawing (convert it to PNG first)"
+    return next((kind for prefixes, kind in _TEXT_KINDS if lowered.startswith(prefixes)), "text")
+
+
+def not_an_image(data: bytes, where: str) -> InvalidImageError:
+    """The error for bytes no decoder accepted, saying what they look like instead."""
+    for magic, name in _IMAGE_SIGNATURES:
+        if data.startswith(magic):
+            return InvalidImageError(f"{where}the {name} image is corrupt and cannot be decoded")
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return InvalidImageError(
+            f"{where}HEIC/HEIF photos are not supported; convert it to JPEG or PNG first"
+        )
+    if data.startswith(b"RIFF") and data[8:12] == b"WAVE":
+        return InvalidImageError(f"{where}this is a WAV audio file, not an image")
+    for magic, name in _NOT_IMAGES:
+        if data.startswith(magic):
+            return InvalidImageError(f"{where}this is {name}, not an image")
+    kind = _text_kind(data)
+    if kind is not None:
+        return InvalidImageError(f"{where}this is {kind}, not an image")
+    return InvalidImageError(f"{where}not an image or video format anisearch can read")

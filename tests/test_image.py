@@ -1,0 +1,719 @@
+"""prepare() and fit(): any input becomes a small JPEG with its digest and descriptor, or a clear error."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import io
+import random
+import struct
+import sys
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import av
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw, ImageFile
+
+from anisearch._borders import BorderCut, cut_borders, find_borders
+from anisearch._descriptor import descriptor_distance, search_descriptor
+from anisearch._exceptions import ConfigurationError, ImageTooLargeError, InvalidImageError
+from anisearch._image import (
+    MAX_IMAGE_BYTES,
+    PreparedImage,
+    _rotate_for_display,
+    fit,
+    prepare,
+)
+from anisearch._provider import UploadLimits
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+TINTED_SHA256 = "787e9a16a175d182c5dffb4b8e6ac25cd2c47f5b1625aab965c4836f7d4974c5"
+RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def decoded(prepared: PreparedImage) -> Image.Image:
+    with Image.open(io.BytesIO(prepared.data)) as image:
+        assert image.format == "JPEG"
+        return image.convert("RGB")
+
+
+def close_to(pixel: object, expected: tuple[int, int, int], tolerance: int = 12) -> bool:
+    assert isinstance(pixel, tuple)
+    return all(abs(int(a) - b) <= tolerance for a, b in zip(pixel, expected, strict=True))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (no pixel data needed to read the size)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
+
+
+def video(
+    fmt: str, codec: str, colours: list[tuple[int, int, int]], size: tuple[int, int] = (64, 48)
+) -> bytes:
+    """A tiny video whose frames are solid colours, in order."""
+    out = io.BytesIO()
+    with av.open(out, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=25)  # MPEG-1/2 allow only standard rates
+        assert isinstance(stream, av.VideoStream)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for colour in colours:
+            frame = av.VideoFrame.from_image(Image.new("RGB", size, colour))  # type: ignore[no-untyped-call]
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tinted(samples: Path) -> PreparedImage:
+    return prepare(samples / "tinted-good.jpg")
+
+
+# ---------------------------------------------------------------- the samples
+
+
+def test_the_sample_screenshot_is_reencoded_with_the_digest_of_its_bytes(
+    samples: Path, tinted: PreparedImage
+) -> None:
+    assert tinted.mime_type == "image/jpeg"
+    assert (tinted.width, tinted.height) == (640, 360)
+    assert tinted.digest == TINTED_SHA256
+    assert tinted.source_format == "jpeg"
+    assert tinted.source_bytes == (samples / "tinted-good.jpg").stat().st_size
+    assert len(tinted.descriptor) == 33
+    assert decoded(tinted).size == (640, 360)
+    with Image.open(samples / "tinted-good.jpg") as image:  # already 640x360: described as it is
+        assert tinted.descriptor == search_descriptor(image)
+
+
+def test_every_kind_of_source_gives_the_same_answer(samples: Path, tinted: PreparedImage) -> None:
+    path = samples / "tinted-good.jpg"
+    raw = path.read_bytes()
+    with path.open("rb") as file:
+        from_file = prepare(file)
+    for prepared in (
+        prepare(str(path)),
+        prepare(raw),
+        prepare(bytearray(raw)),
+        prepare(memoryview(raw)),
+        prepare(io.BytesIO(raw)),
+        from_file,
+    ):
+        assert prepared == tinted
+
+
+def test_a_pil_image_gives_the_same_descriptor_and_a_digest_of_its_pixels(
+    samples: Path, tinted: PreparedImage
+) -> None:
+    with Image.open(samples / "tinted-good.jpg") as image:
+        prepared = prepare(image)
+        again = prepare(image.copy())
+        grey = prepare(image.convert("L"))
+    assert prepared.descriptor == tinted.descriptor
+    assert prepared.source_format == "jpeg"
+    assert prepared.digest == again.digest != tinted.digest
+    assert grey.digest != prepared.digest
+    assert prepared.source_bytes == 640 * 360 * 3
+
+
+def test_a_1080p_png_upscale_gives_the_same_answer_and_uploads_at_most_100_kb(
+    samples: Path, tmp_path: Path, tinted: PreparedImage
+) -> None:
+    big = tmp_path / "upscaled.png"
+    with Image.open(samples / "tinted-good.jpg") as image:
+        image.resize((1920, 1080), Image.Resampling.LANCZOS).save(big)
+    prepared = prepare(big)
+    assert prepared.source_format == "png"
+    assert prepared.source_bytes == big.stat().st_size > 500_000
+    assert (prepared.width, prepared.height) == (640, 360)
+    assert len(prepared.data) <= 100_000
+    assert descriptor_distance(prepared.descriptor, tinted.descriptor) <= 1.0
+
+
+def test_the_webp_sample_is_uploaded_as_jpeg(samples: Path) -> None:
+    prepared = prepare(samples / "flipped-good.webp")
+    assert prepared.source_format == "webp"
+    assert prepared.mime_type == "image/jpeg"
+    assert (prepared.width, prepared.height) == (640, 360)
+    assert decoded(prepared).size == (640, 360)
+
+
+def test_the_content_is_sniffed_not_taken_from_the_extension(samples: Path, tmp_path: Path) -> None:
+    misnamed = tmp_path / "screenshot.png"
+    misnamed.write_bytes((samples / "flipped-good.webp").read_bytes())
+    assert prepare(misnamed).source_format == "webp"
+
+
+# ---------------------------------------------------------------- size
+
+
+@pytest.mark.parametrize(
+    ("size", "box", "expected"),
+    [
+        ((100, 50), (640, 360), (100, 50)),  # never upscaled
+        ((4000, 1000), (640, 360), (640, 160)),
+        ((1000, 4000), (640, 360), (90, 360)),
+        ((1920, 1080), (320, 320), (320, 180)),
+    ],
+    ids=["small", "wide", "tall", "custom-box"],
+)
+def test_the_picture_is_scaled_down_to_fit_keeping_its_aspect(
+    size: tuple[int, int], box: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    prepared = prepare(Image.new("RGB", size, GREEN), max_width=box[0], max_height=box[1])
+    assert (prepared.width, prepared.height) == expected
+    assert decoded(prepared).size == expected
+
+
+def test_a_large_jpeg_is_scaled_down(samples: Path) -> None:
+    with Image.open(samples / "tinted-good.jpg") as image:
+        photo = encode(image.resize((4000, 2250)), "JPEG", quality=95)
+    prepared = prepare(photo)
+    assert (prepared.width, prepared.height) == (640, 360)
+    assert prepared.digest == hashlib.sha256(photo).hexdigest()
+
+
+def test_worker_threads_get_the_same_answers(samples: Path, screenshot: Image.Image) -> None:
+    framed = on_black((640, 480), screenshot, (0, 60))
+    sources: list[Path | Image.Image] = [samples / "tinted-good.jpg", framed] * 6
+    expected = [prepare(source, cut_borders=True) for source in sources]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        assert list(pool.map(lambda source: prepare(source, cut_borders=True), sources)) == expected
+
+
+def test_the_callers_pil_image_is_left_alone() -> None:
+    image = Image.new("RGB", (1280, 720), GREEN)
+    prepare(image)
+    assert image.size == (1280, 720)
+    assert image.getpixel((0, 0)) == GREEN
+
+
+# ---------------------------------------------------------------- modes, alpha, orientation
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        (Image.new("RGBA", (64, 32), (255, 255, 255, 0)), (0, 0, 0)),  # transparent: black, not white
+        (Image.new("RGBA", (64, 32), (255, 255, 255, 128)), (128, 128, 128)),
+        (Image.new("LA", (64, 32), (200, 0)), (0, 0, 0)),
+        (Image.new("I;16", (64, 32), 40000), (156, 156, 156)),  # 16-bit scaled, not clipped to white
+        (Image.new("I", (64, 32), 65535), (255, 255, 255)),
+        (Image.new("I", (64, 32), 77), (77, 77, 77)),  # 32-bit, 8-bit values: kept as they are
+        (Image.new("F", (64, 32), 0.5), (128, 128, 128)),
+        (Image.new("CMYK", (64, 32), (0, 255, 255, 0)), RED),
+        (Image.new("1", (64, 32), 1), (255, 255, 255)),
+        (Image.new("L", (64, 32), 77), (77, 77, 77)),
+        (Image.new("YCbCr", (64, 32), (76, 85, 255)), (254, 0, 0)),
+    ],
+    ids=lambda value: value.mode if isinstance(value, Image.Image) else None,
+)
+def test_every_pixel_mode_becomes_rgb_with_alpha_on_black(
+    image: Image.Image, expected: tuple[int, int, int]
+) -> None:
+    assert close_to(decoded(prepare(image)).getpixel((32, 16)), expected)
+
+
+def test_palette_transparency_is_flattened_on_black() -> None:
+    image = Image.new("P", (64, 32), 0)
+    image.putpalette([255, 255, 255, 255, 0, 0] + [0] * 762)
+    image.paste(1, (32, 0, 64, 32))
+    image.info["transparency"] = 0
+    rgb = decoded(prepare(encode(image, "PNG")))
+    assert close_to(rgb.getpixel((8, 16)), (0, 0, 0))
+    assert close_to(rgb.getpixel((56, 16)), RED)
+
+
+def test_the_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (80, 40), BLUE)
+    image.paste(RED, (0, 0, 40, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    prepared = prepare(encode(image, "JPEG", exif=exif.tobytes()))
+    rgb = decoded(prepared)
+    assert rgb.size == (40, 80)
+    assert close_to(rgb.getpixel((20, 10)), RED, 40)
+    assert close_to(rgb.getpixel((20, 70)), BLUE, 40)
+
+
+def rgb_profile(red: tuple[float, float, float], green: tuple[float, float, float]) -> bytes:
+    """A minimal ICC v2 RGB matrix/TRC profile (gamma 2.2, D50) with the given red and green primaries."""
+
+    def xyz(values: tuple[float, float, float]) -> bytes:
+        return b"XYZ \0\0\0\0" + b"".join(struct.pack(">i", round(v * 65536)) for v in values)
+
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, 0x0233) + b"\0\0"
+    text = b"swapped primaries\0"
+    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)
+    tags = [
+        (b"desc", desc),
+        (b"wtpt", xyz((0.9642, 1.0, 0.8249))),
+        (b"rXYZ", xyz(red)),
+        (b"gXYZ", xyz(green)),
+        (b"bXYZ", xyz((0.1431, 0.0606, 0.7141))),
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, data in tags:
+        padded = data + bytes(-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += padded
+    size = offset + len(body)
+    header = struct.pack(">I4sI4s4s4s", size, b"lcms", 0x02100000, b"mntr", b"RGB ", b"XYZ ") + bytes(12)
+    header += b"acsp" + bytes(24) + struct.pack(">I", 0) + xyz((0.9642, 1.0, 0.8249))[8:]
+    header += bytes(128 - len(header))
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def test_an_embedded_colour_profile_is_converted_to_srgb() -> None:
+    srgb_red, srgb_green = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971)
+    image = Image.new("RGB", (64, 32), RED)
+    plain = decoded(prepare(encode(image, "PNG", icc_profile=rgb_profile(srgb_red, srgb_green))))
+    assert close_to(plain.getpixel((32, 16)), RED, 16)
+    swapped = decoded(prepare(encode(image, "PNG", icc_profile=rgb_profile(srgb_green, srgb_red))))
+    assert close_to(swapped.getpixel((32, 16)), GREEN, 16)
+    assert close_to(
+        decoded(prepare(encode(image, "PNG", icc_profile=b"not a profile"))).getpixel((32, 16)), RED
+    )
+
+
+def test_video_rotation_turns_the_frame_the_way_the_display_matrix_says() -> None:
+    image = Image.new("RGB", (40, 20), BLUE)
+    image.paste(RED, (0, 0, 20, 20))
+    assert _rotate_for_display(image, 0) is image
+    clockwise = _rotate_for_display(image, -90)  # a phone's portrait clip
+    assert clockwise.size == (20, 40)
+    assert clockwise.getpixel((10, 5)) == RED
+    assert _rotate_for_display(image, 90).getpixel((10, 35)) == RED
+    assert _rotate_for_display(image, 180).getpixel((35, 10)) == RED
+
+
+# ---------------------------------------------------------------- first frames
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])
+def test_an_animation_gives_its_first_frame(fmt: str) -> None:
+    frames = [Image.new("RGB", (64, 32), RED), Image.new("RGB", (64, 32), BLUE)]
+    data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with Image.open(io.BytesIO(data)) as check:
+        assert getattr(check, "n_frames", 1) == 2
+    assert close_to(decoded(prepare(data)).getpixel((32, 16)), RED, 30)
+
+
+def test_an_animation_opened_at_a_later_frame_still_gives_frame_one() -> None:
+    frames = [Image.new("RGB", (64, 32), RED), Image.new("RGB", (64, 32), BLUE)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    with Image.open(io.BytesIO(data)) as image:
+        image.seek(1)
+        prepared = prepare(image)
+        assert image.tell() == 1
+    assert close_to(decoded(prepared).getpixel((32, 16)), RED, 30)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "codec", "kind"),
+    [
+        ("mp4", "libx264", "mp4"),
+        ("mov", "mpeg4", "mov"),
+        ("webm", "libvpx", "webm"),
+        ("avi", "mpeg4", "avi"),
+        ("matroska", "mpeg4", "mkv"),
+        ("mpegts", "mpeg2video", "mpeg-ts"),
+        ("mpeg", "mpeg1video", "mpeg"),
+    ],
+)
+def test_a_video_gives_its_first_frame(fmt: str, codec: str, kind: str) -> None:
+    data = video(fmt, codec, [RED, GREEN, BLUE] * 4)  # a TS under ~2 KiB is too short to probe
+    prepared = prepare(data)
+    assert prepared.source_format == kind
+    assert prepared.digest == hashlib.sha256(data).hexdigest()
+    assert (prepared.width, prepared.height) == (64, 48)
+    assert close_to(decoded(prepared).getpixel((32, 24)), RED, 40)
+
+
+def test_a_video_without_pyav_asks_for_the_video_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = video("mp4", "libx264", [RED])
+    monkeypatch.setitem(sys.modules, "av", None)
+    with pytest.raises(InvalidImageError, match=r"pip install 'anisearch\[video\]'"):
+        prepare(data)
+
+
+def test_an_audio_only_file_is_refused() -> None:
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=44100)
+        frame = av.AudioFrame(format="fltp", layout="mono", samples=1024)
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        frame.sample_rate = 44100
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    with pytest.raises(InvalidImageError, match="no video track"):
+        prepare(out.getvalue())
+
+
+def test_a_video_over_the_pixel_cap_is_refused_before_decoding() -> None:
+    with pytest.raises(InvalidImageError, match="max_pixels"):
+        prepare(video("mp4", "libx264", [RED]), max_pixels=1000)
+
+
+# ---------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "the image is empty"),
+        (b"my api key is hunter2, please search", "this is text, not an image"),
+        (b"  <!DOCTYPE html><html><body>Not Found</body></html>", "an HTML page, not an image"),
+        (b'{"error": "Failed to fetch image"}', "this is JSON, not an image"),
+        (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "SVG drawing"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "a PDF document, not an image"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00", "a WAV audio file, not an image"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "HEIC/HEIF photos are not supported"),
+        (b"\x00\x01\x02\x03\xfe\xfd\xfc" * 50, "not an image or video format"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "the PNG image is corrupt"),
+    ],
+    ids=["empty", "text", "html", "json", "svg", "pdf", "wav", "heic", "binary", "broken-png"],
+)
+def test_what_is_not_an_image_is_refused_with_a_clear_message(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidImageError, match=message) as caught:
+        prepare(data)
+    assert "hunter2" not in str(caught.value)
+    assert "\\x" not in str(caught.value)
+    assert not isinstance(caught.value, ImageTooLargeError)
+
+
+def test_an_error_names_the_file(tmp_path: Path) -> None:
+    page = tmp_path / "shot.jpg"
+    page.write_text("<html><body>403 Forbidden</body></html>")
+    with pytest.raises(InvalidImageError, match=r"shot\.jpg: this is an HTML page"):
+        prepare(page)
+    with pytest.raises(InvalidImageError, match=r"missing\.png: no such file"):
+        prepare(tmp_path / "missing.png")
+    with pytest.raises(InvalidImageError, match="is a directory"):
+        prepare(tmp_path)
+    with pytest.raises(InvalidImageError, match=r"no such file \(URLs are fetched by search\(\)"):
+        prepare("https://example.com/shot.jpg")
+    with pytest.raises(InvalidImageError, match=r"missing\.png: no such file$"):
+        prepare(FsPath(str(tmp_path / "missing.png").encode()))  # type: ignore[arg-type]  # untyped callers
+    (tmp_path / "empty.jpg").touch()
+    with pytest.raises(InvalidImageError, match=r"empty\.jpg: the image is empty"):
+        prepare(str(tmp_path / "empty.jpg"))
+
+
+class FsPath:
+    """An os.PathLike that gives bytes, as some file-system libraries do."""
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+
+    def __fspath__(self) -> bytes:
+        return self.path
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_truncated_image_is_refused_and_pillow_stays_strict(samples: Path, fmt: str) -> None:
+    with Image.open(samples / "tinted-good.jpg") as image:
+        data = encode(image, fmt)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    with pytest.raises(InvalidImageError, match="truncated"):
+        prepare(data[: len(data) // 2])
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_a_truncated_pil_image_is_refused_when_it_is_decoded(samples: Path) -> None:
+    data = (samples / "tinted-good.jpg").read_bytes()
+    with (
+        Image.open(io.BytesIO(data[: len(data) // 2])) as lazy,
+        pytest.raises(InvalidImageError, match="truncated"),
+    ):
+        prepare(lazy)
+
+
+def test_a_decompression_bomb_is_refused_from_its_header() -> None:
+    with pytest.raises(InvalidImageError, match="decompression bomb"):
+        prepare(png_header(100_000, 100_000))  # Pillow's own DecompressionBombError
+    with pytest.raises(InvalidImageError, match="decompression bomb"):
+        prepare(png_header(10_000, 10_000))  # Pillow's warning, an error under pytest
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pytest.raises(InvalidImageError, match=r"10000x10000 \(100\.0 MP\).*50\.0 MP limit"):
+            prepare(png_header(10_000, 10_000))  # the warning ignored: the pixel cap still holds
+    with pytest.raises(InvalidImageError, match=r"8000x8000 \(64\.0 MP\)"):
+        prepare(png_header(8000, 8000))  # under Pillow's limit, over anisearch's
+    with pytest.raises(InvalidImageError, match="max_pixels"):
+        prepare(Image.new("RGB", (100, 100)), max_pixels=9999)
+
+
+def test_an_image_without_pixels_is_refused() -> None:
+    with pytest.raises(InvalidImageError, match=r"no pixels \(0x0\)"):
+        prepare(Image.new("RGB", (0, 0)))
+
+
+def test_a_source_over_the_byte_limit_is_too_large(samples: Path) -> None:
+    path = samples / "tinted-good.jpg"
+    for source in (path, path.read_bytes()):
+        with pytest.raises(ImageTooLargeError, match=r"48\.3 KiB, over the 1000 bytes limit") as caught:
+            prepare(source, max_source_bytes=1000)
+        assert (caught.value.provider, caught.value.size_bytes, caught.value.limit_bytes) == (
+            None,
+            49480,
+            1000,
+        )
+    with pytest.raises(ImageTooLargeError, match="larger than 1000 bytes") as caught:
+        prepare(io.BytesIO(path.read_bytes()), max_source_bytes=1000)
+    assert caught.value.size_bytes is None
+
+
+def test_images_may_be_25_mib_and_videos_100_mib_by_default() -> None:
+    padding = b"\0" * MAX_IMAGE_BYTES
+    with pytest.raises(ImageTooLargeError, match=r"over the 25\.0 MiB limit"):
+        prepare(b"\x89PNG\r\n\x1a\n" + padding)
+    with pytest.raises(InvalidImageError, match="mp4 video is corrupt") as caught:
+        prepare(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + padding)
+    assert not isinstance(caught.value, ImageTooLargeError)
+
+
+def test_misuse_is_refused_clearly() -> None:
+    with pytest.raises(InvalidImageError, match="cannot read an image from int"):
+        prepare(42)  # type: ignore[arg-type]
+    with pytest.raises(InvalidImageError, match="binary mode"):
+        prepare(io.StringIO("not bytes"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="max_width"):
+        prepare(Image.new("RGB", (8, 8)), max_width=0)
+    with pytest.raises(ConfigurationError, match="max_source_bytes"):
+        prepare(b"x", max_source_bytes=0)
+
+
+MAGIC_PREFIXES = [
+    b"\xff\xd8\xff\xe0",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF89a",
+    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    b"BM",
+    b"II*\x00",
+    b"\x00\x00\x00\x18ftypisom",
+    b"\x00\x00\x00\x18ftypavif",
+    b"\x1a\x45\xdf\xa3",
+    b"OggS",
+    b"FLV\x01",
+    b"RIFF\x00\x00\x00\x00AVI ",
+    b"<html>",
+    b"%PDF-",
+]
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.binary(max_size=2048),
+        st.tuples(st.sampled_from(MAGIC_PREFIXES), st.binary(max_size=2048)).map(b"".join),
+    )
+)
+def test_random_bytes_only_ever_raise_invalid_image_errors(data: bytes) -> None:
+    try:
+        prepared = prepare(data)
+    except InvalidImageError:  # ImageTooLargeError included
+        return
+    assert prepared.mime_type == "image/jpeg"  # some garbage is a valid (tiny) image
+
+
+@functools.cache
+def seed_files() -> tuple[bytes, ...]:
+    """Small valid files of every kind prepare() reads, for the mutation test."""
+    picture = Image.new("RGB", (32, 16), RED)
+    picture.paste(BLUE, (0, 0, 16, 16))
+    files = [encode(picture, fmt) for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "JPEG2000")]
+    files.append(encode(picture.convert("P"), "PNG", transparency=0))
+    files.append(video("mp4", "libx264", [RED, BLUE], (32, 16)))
+    return tuple(files)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(0, 9),
+    st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=8),
+    st.floats(0.05, 1),
+)
+def test_damaged_files_only_ever_raise_invalid_image_errors(
+    which: int, edits: list[tuple[float, int]], keep: float
+) -> None:
+    data = bytearray(seed_files()[which])
+    for where, value in edits:
+        data[int(where * len(data))] = value
+    with contextlib.suppress(InvalidImageError):
+        prepare(bytes(data[: max(1, int(len(data) * keep))]))
+
+
+# ---------------------------------------------------------------- fit
+
+
+def test_an_image_that_already_fits_is_returned_as_is(tinted: PreparedImage) -> None:
+    assert fit(tinted, UploadLimits()) is tinted
+    assert fit(tinted, UploadLimits(max_bytes=100_000, encoding="base64")) is tinted
+
+
+def test_a_format_the_provider_does_not_take_is_reencoded(tinted: PreparedImage) -> None:
+    png = dataclasses.replace(tinted, data=encode(decoded(tinted)), mime_type="image/png")
+    fitted = fit(png, UploadLimits(formats=frozenset({"image/jpeg"})))
+    assert fitted.mime_type == "image/jpeg"
+    assert decoded(fitted).size == (640, 360)
+    as_png = fit(tinted, UploadLimits(formats=frozenset({"image/png"})))
+    assert as_png.mime_type == "image/png"
+    assert as_png.data.startswith(b"\x89PNG")
+    with pytest.raises(ConfigurationError, match="image/gif"):
+        fit(tinted, UploadLimits(formats=frozenset({"image/gif"})))
+
+
+def test_smaller_limits_shrink_the_image(tinted: PreparedImage) -> None:
+    fitted = fit(tinted, UploadLimits(max_width=320, max_height=320))
+    assert (fitted.width, fitted.height) == (320, 180) == decoded(fitted).size
+    assert (fitted.digest, fitted.descriptor) == (tinted.digest, tinted.descriptor)
+
+
+def test_an_8_mb_photo_fits_a_1_mb_base64_body(tmp_path: Path) -> None:
+    noise = random.Random(7).randbytes(1700 * 1600 * 3)
+    photo = tmp_path / "photo.png"
+    Image.frombytes("RGB", (1700, 1600), noise).save(photo, compress_level=1)
+    assert photo.stat().st_size > 8_000_000
+    legacy = UploadLimits(max_bytes=1_000_000, encoding="base64", formats=frozenset({"image/jpeg"}))
+    fitted = fit(prepare(photo), legacy)
+    assert len(fitted.data_url()) == fitted.body_size("base64") <= 1_000_000
+    assert fitted.data_url().startswith("data:image/jpeg;base64,/9j/")
+    assert decoded(fitted).size == (fitted.width, fitted.height)
+
+
+def test_a_tight_body_limit_lowers_quality_then_size(tmp_path: Path) -> None:
+    noise = Image.frombytes(
+        "RGB",
+        (640, 360),
+        random.Random(3).randbytes(640 * 360 * 3),
+    )
+    prepared = prepare(noise)
+    limits = UploadLimits(max_bytes=40_000, encoding="base64")
+    fitted = fit(prepared, limits)
+    assert fitted.body_size("base64") <= 40_000 < prepared.body_size("base64")
+    assert 160 <= fitted.width < 640
+    assert fitted.height == round(fitted.width * 360 / 640)
+    assert fitted.descriptor == prepared.descriptor
+    with pytest.raises(ImageTooLargeError, match="cannot be made small enough") as caught:
+        fit(prepared, UploadLimits(max_bytes=1000))
+    assert caught.value.provider is None
+    assert caught.value.limit_bytes == 1000
+    assert caught.value.size_bytes is not None
+    assert caught.value.size_bytes > 1000
+
+
+def test_body_size_counts_the_base64_data_url(tinted: PreparedImage) -> None:
+    assert tinted.body_size() == tinted.body_size("multipart") == len(tinted.data)
+    assert tinted.body_size("base64") == len(tinted.data_url())
+    assert "data=" not in repr(tinted)
+
+
+# ---------------------------------------------------------------- borders
+
+
+def on_black(size: tuple[int, int], picture: Image.Image, at: tuple[int, int]) -> Image.Image:
+    canvas = Image.new("RGB", size, (0, 0, 0))
+    canvas.paste(picture, at)
+    return canvas
+
+
+@pytest.fixture(scope="module")
+def screenshot(samples: Path) -> Image.Image:
+    with Image.open(samples / "tinted-good.jpg") as image:
+        return image.convert("RGB")
+
+
+def test_the_bad_screenshot_sample_is_left_uncropped(samples: Path) -> None:
+    # border-bad.jpg is a media player window: white title bar, menu and controls around a 640x360
+    # picture, and a black status bar at the bottom. Only that bar is "black border", so the area
+    # found is the whole window above it, about 640x462 (1.385:1). That is neither 16:9 nor within
+    # 0.05 of 4:3 (1.333), so trace.moe's rule leaves the image uncropped, and so does anisearch.
+    with Image.open(samples / "border-bad.jpg") as image:
+        cut = find_borders(image.convert("RGB"))
+    assert cut.action == "keep"
+    assert cut.box is not None
+    assert cut.box[:3] == (0, 0, 640)
+    assert 455 <= cut.box[3] <= 470
+    assert cut.aspect is not None
+    assert abs(cut.aspect - 4 / 3) >= 0.05
+    prepared = prepare(samples / "border-bad.jpg", cut_borders=True)
+    assert (prepared.width, prepared.height) == (468, 360)
+
+
+def test_a_letterboxed_16_9_picture_is_cropped_even_with_player_controls(
+    screenshot: Image.Image, tinted: PreparedImage
+) -> None:
+    framed = on_black((640, 480), screenshot, (0, 60))
+    draw = ImageDraw.Draw(framed)
+    draw.line([(100, 20), (540, 20)], fill=(255, 255, 255), width=2)  # a thin seek bar on the border
+    draw.text((10, 440), "01:38 / 58:06", fill=(255, 255, 255))
+    cut = find_borders(framed)
+    assert cut.action == "crop"
+    assert cut.box == (0, 64, 640, 416)  # 2 px inside the picture at 320 px, as the server crops
+    prepared = prepare(framed, cut_borders=True)
+    assert (prepared.width, prepared.height) == (640, 352)
+    assert descriptor_distance(prepared.descriptor, tinted.descriptor) < 5
+    uncut = prepare(framed)
+    assert descriptor_distance(uncut.descriptor, tinted.descriptor) > 10
+
+
+def test_a_pillarboxed_4_3_picture_is_cropped(screenshot: Image.Image) -> None:
+    cut = find_borders(on_black((640, 360), screenshot.crop((80, 0, 560, 360)), (80, 0)))
+    assert cut.action == "crop"
+    assert cut.aspect is not None
+    assert abs(cut.aspect - 4 / 3) < 0.05
+
+
+def test_a_21_9_picture_is_cropped_and_padded_back_to_16_9(screenshot: Image.Image) -> None:
+    framed = on_black((640, 480), screenshot.crop((0, 43, 640, 317)), (0, 103))
+    trimmed, cut = cut_borders(framed)
+    assert cut.action == "pad"
+    assert trimmed.size == (640, 360)
+    assert trimmed.getpixel((320, 5)) == (0, 0, 0)
+    assert trimmed.getpixel((320, 354)) == (0, 0, 0)
+    alone, cut = cut_borders(screenshot.crop((0, 43, 640, 317)))
+    assert cut.action == "keep"  # already 21:9 without borders: nothing to do
+    assert alone.size == (640, 274)
+
+
+def test_an_unusual_aspect_ratio_or_an_all_black_image_is_left_alone(screenshot: Image.Image) -> None:
+    square = on_black((640, 360), screenshot.crop((140, 0, 500, 360)), (140, 0))
+    trimmed, cut = cut_borders(square)
+    assert (cut.action, trimmed) == ("keep", square)
+    black = Image.new("RGB", (100, 50))
+    assert cut_borders(black) == (black, BorderCut("keep", None, None))
+    assert prepare(black, cut_borders=True).width == 100
+    with pytest.raises(ValueError, match="without pixels"):
+        find_borders(Image.new("RGB", (0, 0)))
