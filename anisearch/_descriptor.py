@@ -17,7 +17,9 @@ import math
 from array import array
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageChops, ImageFilter, ImageOps, ImageStat
+from PIL import Image, ImageStat
+
+from anisearch._borders import cut_borders as trim_borders
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -222,35 +224,6 @@ def _fit_inside(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _near(ratio: float, target: float, tolerance: float) -> bool:
-    return abs(ratio - target) < tolerance
-
-
-def _cut_borders(resized: Image.Image, original_size: tuple[int, int]) -> Image.Image:
-    """Trim dark borders the way trace.moe's ``cutBorders`` does (approximated with Pillow).
-
-    Upstream: normalise brightness, dilate by 2 px (hides thin UI lines), trim pixels within 30 of
-    black; keep the box only if it is within 0.05 of 16:9 or 4:3, and pad a near-21:9 box back to
-    16:9 when it is clearly smaller than the source. Any other box leaves the image untouched.
-    """
-    probe = ImageOps.autocontrast(resized, cutoff=1).filter(ImageFilter.MaxFilter(5))
-    red, green, blue = probe.split()
-    strongest = ImageChops.lighter(ImageChops.lighter(red, green), blue)
-    box = strongest.point(lambda v: 255 if v > 30 else 0).getbbox()  # noqa: PLR2004 - upstream's threshold
-    if box is None:
-        return resized
-    width, height = box[2] - box[0], box[3] - box[1]
-    ratio = width / height
-    if _near(ratio, 16 / 9, 0.05) or _near(ratio, 4 / 3, 0.05):
-        return resized.crop(box)
-    # Upstream compares the trimmed (resized) box with the *original* size here; kept as is.
-    wide, tall = original_size
-    shrunk = (wide - width) / wide > 0.05 or (tall - height) / tall > 0.05  # noqa: PLR2004 - upstream's margin
-    if _near(ratio, 21 / 9, 0.1) and shrunk:
-        return ImageOps.pad(resized.crop(box), (320, 180), method=Image.Resampling.LANCZOS, color=(0, 0, 0))
-    return resized
-
-
 def prepare_search_image(image: Image.Image, *, cut_borders: bool = False) -> Image.Image:
     """Prepare an image the way trace.moe prepares an upload before describing it.
 
@@ -269,11 +242,10 @@ def prepare_search_image(image: Image.Image, *, cut_borders: bool = False) -> Im
     """
     if image.width < 1 or image.height < 1:
         raise ValueError("cannot prepare an image without pixels")
-    original_size = image.size
     flat = _first_frame_rgb(image)
     resized = flat.resize(_fit_inside(flat.size, SEARCH_BOX), Image.Resampling.LANCZOS)
     if cut_borders:
-        resized = _cut_borders(resized, original_size)
+        resized, _ = trim_borders(resized)
     return resized
 
 
