@@ -1,0 +1,131 @@
+"""The session as an :class:`httpx.Auth` flow: cookies and Origin out, Set-Cookie in, sign in again on 401.
+
+One generator serves the sync and the async client. For every request to the site it:
+
+1. sets ``Origin`` (better-auth refuses a cookie-bearing POST without a trusted one);
+2. attaches the jar's cookies, unless the request speaks with an API key (``Authorization: Bearer``),
+   so the key, not the session, decides whose credits a search spends;
+3. signs in first when the account's email and password are configured but the jar holds no session
+   and the request needs one (a search without a key, credits, API keys, get-session);
+4. reads every response's ``Set-Cookie`` into the jar;
+5. when such a request comes back "signed out" (401, or an HTTP-200 envelope saying Unauthorized),
+   forgets the session, signs in again **once** (only with configured credentials) and retries.
+
+If that sign-in fails, its response is the one returned, so the caller learns why (wrong password,
+rate limited, Origin refused). Credentials the site refused (401) are not tried again by this process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httpx
+
+from ._errors import means_signed_out
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Generator
+
+    from ._cookies import CookieJar
+
+__all__ = ["AUTH_PREFIX", "SESSION_PATHS", "SessionAuth"]
+
+AUTH_PREFIX = "/api/auth/"
+SESSION_PATHS = ("/api/anime/search", "/api/user/anime-credits", "/api/apikeys", "/api/auth/get-session")
+"""Paths that act for the signed-in user (so a missing session is worth a sign-in)."""
+
+Credentials = tuple[str, str]
+
+
+def _uses_api_key(request: httpx.Request) -> bool:
+    authorization: str = request.headers.get("authorization", "")
+    return authorization.lower().startswith("bearer ")
+
+
+class SessionAuth(httpx.Auth):
+    """Session cookies for whatanimeisthis.com (better-auth), as an httpx auth flow.
+
+    Args:
+        jar: Where the cookies live.
+        origin: The ``Origin`` header value (the site's own origin unless configured otherwise).
+        host: Cookies are sent to this host only.
+        credentials: Returns ``(email, password)`` to sign in with, or None when there are none.
+        sign_in_request: Builds the sign-in request for an email and a password.
+        refused: Called when the site refuses the credentials (401), so they are not tried again.
+    """
+
+    requires_request_body = True  # the request may be sent twice (after a sign-in)
+    requires_response_body = True  # an HTTP-200 envelope may say "Unauthorized"
+
+    def __init__(
+        self,
+        jar: CookieJar,
+        *,
+        origin: str,
+        host: str,
+        credentials: Callable[[], Credentials | None],
+        sign_in_request: Callable[[str, str], httpx.Request],
+        refused: Callable[[], None],
+    ) -> None:
+        self.jar = jar
+        self.origin = origin
+        self.host = host
+        self._credentials = credentials
+        self._sign_in_request = sign_in_request
+        self._refused = refused
+
+    def __repr__(self) -> str:
+        return f"SessionAuth(origin={self.origin!r}, signed_in={self.jar.has_session()})"
+
+    def _attach(self, request: httpx.Request) -> None:
+        raw = [(key, value) for key, value in request.headers.raw if key.lower() != b"cookie"]
+        cookie = None if _uses_api_key(request) else self.jar.header()
+        if cookie is not None:
+            raw.append((b"Cookie", cookie))
+        request.headers = httpx.Headers(raw)
+        if "origin" not in request.headers:
+            request.headers["Origin"] = self.origin
+
+    def _sign_in(self, credentials: Credentials) -> httpx.Request:
+        request = self._sign_in_request(*credentials)
+        self._attach(request)
+        return request
+
+    def _signed_in(self, response: httpx.Response, credentials: Credentials) -> bool:
+        self.jar.absorb(response)
+        if response.status_code == httpx.codes.UNAUTHORIZED:
+            self._refused()
+        if not response.is_success:
+            return False
+        self.jar.remember_email(credentials[0])
+        return True
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Send ``request`` with the session; see the module docstring for the steps."""
+        if request.url.host != self.host:
+            yield request
+            return
+        path = request.url.path
+        wants_session = not _uses_api_key(request) and path.endswith(SESSION_PATHS)
+        signed_in = False
+        credentials = self._credentials() if wants_session else None
+        if credentials is not None and not self.jar.has_session():
+            response = yield self._sign_in(credentials)
+            if not self._signed_in(response, credentials):
+                return
+            signed_in = True
+        self._attach(request)
+        response = yield request
+        self.jar.absorb(response)
+        if not wants_session or signed_in or not means_signed_out(response):
+            return
+        self.jar.drop_session()
+        credentials = self._credentials()
+        if credentials is None:
+            return
+        sign_in = yield self._sign_in(credentials)
+        if not self._signed_in(sign_in, credentials):
+            return
+        self._attach(request)
+        response = yield request
+        self.jar.absorb(response)

@@ -1,0 +1,260 @@
+"""A persistent cookie jar for the better-auth session, kept byte for byte in a 0600 file.
+
+better-auth's session cookie value is ``<token>.<HMAC base64>`` percent-encoded (``%3D`` for ``=``);
+the site verifies it as sent, so values are stored and sent back exactly as they arrived, never decoded
+or re-encoded (``research/whatanimeisthis-contract.md`` §2.1, §7.1). Every response's ``Set-Cookie``
+headers update the jar; ``Max-Age=0``, a past ``Expires`` or an empty value delete a cookie.
+
+The jar file holds cookies and the account's email, never a password. It is written atomically (a
+temporary file, then a rename) with mode 0600, in a directory created with mode 0700, and re-read
+when another process (``anisearch login``) changed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+import time
+from email.utils import parsedate_to_datetime
+from http.cookies import CookieError, SimpleCookie
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    import httpx
+
+__all__ = ["CookieJar", "is_session_cookie"]
+
+_FORMAT = 1
+_MAX_AGE = re.compile(r";\s*max-age\s*=\s*(-?\d+)", re.IGNORECASE)
+
+
+def is_session_cookie(name: str) -> bool:
+    """Whether ``name`` is better-auth's session cookie, whatever its prefixes
+    (``better-auth.session_token``, ``__Secure-<prefix>.session_token``, ``__Host-...``)."""
+    return name.endswith("session_token")
+
+
+def _session_family(name: str) -> bool:
+    """Cookies that belong to the session (token, cached session data and its chunks, dont_remember)."""
+    return any(part in name for part in ("session_token", "session_data", "dont_remember"))
+
+
+def _parse_set_cookie(header: str, now: float) -> Iterator[tuple[str, str, float | None, bool]]:
+    """(name, raw value, expiry epoch or None, deleted) for one ``Set-Cookie`` header value."""
+    jar: SimpleCookie = SimpleCookie()
+    with contextlib.suppress(CookieError):
+        jar.load(header)
+    if not jar:
+        # A value SimpleCookie refuses (a space, a comma): keep the first pair as it came.
+        name, sep, value = header.split(";", 1)[0].partition("=")
+        if not sep or not name.strip():
+            return
+        match = _MAX_AGE.search(header)
+        max_age = int(match.group(1)) if match else None
+        until = now + max_age if max_age is not None else None
+        yield (
+            name.strip(),
+            value.strip(),
+            until,
+            not value.strip() or (max_age is not None and max_age <= 0),
+        )
+        return
+    for name, morsel in jar.items():
+        value = morsel.coded_value  # exactly as sent: SimpleCookie only unquotes .value
+        expires: float | None = None
+        max_age_text = str(morsel["max-age"]).strip()
+        if max_age_text.lstrip("-").isdigit():
+            expires = now + int(max_age_text)
+        elif morsel["expires"]:
+            with contextlib.suppress(TypeError, ValueError, IndexError):
+                expires = parsedate_to_datetime(str(morsel["expires"])).timestamp()
+        yield name, value, expires, not morsel.value or (expires is not None and expires <= now)
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    """(inode, mtime, size): every atomic rewrite makes a new inode, so a change is seen even within
+    one tick of a coarse file-system clock."""
+    info = path.stat()
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
+class CookieJar:
+    """The site's cookies for one origin, optionally persisted to ``path``.
+
+    Args:
+        path: The jar file, or None to keep cookies in memory only.
+        origin: The site origin the cookies belong to (``https://whatanimeisthis.com``); a file written
+            for another origin is ignored.
+        clock: Seconds since the epoch (``time.time``); injectable for tests.
+    """
+
+    def __init__(self, path: Path | None, origin: str, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.origin = origin
+        self._clock = clock
+        self._cookies: dict[str, tuple[str, float | None]] = {}
+        self._email: str | None = None
+        self._stamp: tuple[int, int, int] | None = None  # the file's identity as last read or written
+        self._loaded = False
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------ reading
+
+    def _refresh(self) -> None:
+        if self.path is None:
+            return
+        try:
+            stamp: tuple[int, int, int] | None = _identity(self.path)
+        except OSError:
+            stamp = None
+        if self._loaded and stamp == self._stamp:
+            return
+        self._loaded = True
+        self._stamp = stamp
+        self._cookies, self._email = {}, None
+        if stamp is None:
+            return
+        try:
+            data: Any = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if not isinstance(data, dict) or data.get("origin") != self.origin or data.get("format") != _FORMAT:
+            return
+        email = data.get("email")
+        self._email = email if isinstance(email, str) else None
+        for entry in data.get("cookies") or []:
+            if (
+                isinstance(entry, dict)
+                and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("value"), str)
+            ):
+                expires = entry.get("expires")
+                self._cookies[entry["name"]] = (
+                    entry["value"],
+                    float(expires) if isinstance(expires, int | float) else None,
+                )
+
+    def _live(self) -> dict[str, str]:
+        now = self._clock()
+        return {
+            name: value
+            for name, (value, expires) in self._cookies.items()
+            if expires is None or expires > now
+        }
+
+    @property
+    def email(self) -> str | None:
+        """The signed-in account's email, when known."""
+        with self._lock:
+            self._refresh()
+            return self._email
+
+    def cookies(self) -> dict[str, str]:
+        """Unexpired cookies, name -> raw value."""
+        with self._lock:
+            self._refresh()
+            return self._live()
+
+    def header(self) -> bytes | None:
+        """The ``Cookie`` header value (raw bytes, exactly as received), or None when the jar is empty."""
+        live = self.cookies()
+        if not live:
+            return None
+        return "; ".join(f"{name}={value}" for name, value in live.items()).encode("latin-1")
+
+    def has_session(self) -> bool:
+        """Whether an unexpired session cookie is in the jar."""
+        return any(is_session_cookie(name) and value for name, value in self.cookies().items())
+
+    # ------------------------------------------------------------ writing
+
+    def absorb(self, response: httpx.Response) -> bool:
+        """Take every ``Set-Cookie`` of a response (one header per cookie, never merged).
+
+        Returns:
+            Whether the jar changed.
+        """
+        headers = [
+            value.decode("latin-1") for key, value in response.headers.raw if key.lower() == b"set-cookie"
+        ]
+        if not headers:
+            return False
+        with self._lock:
+            self._refresh()
+            before = dict(self._cookies)
+            now = self._clock()
+            for header in headers:
+                for name, value, expires, deleted in _parse_set_cookie(header, now):
+                    if deleted:
+                        self._cookies.pop(name, None)
+                    else:
+                        self._cookies[name] = (value, expires)
+            changed = self._cookies != before
+            if changed:
+                self._save()
+            return changed
+
+    def remember_email(self, email: str | None) -> None:
+        """Record which account the session belongs to (shown by ``anisearch credits``; not a secret)."""
+        with self._lock:
+            self._refresh()
+            if email != self._email:
+                self._email = email
+                self._save()
+
+    def drop_session(self) -> None:
+        """Forget the session cookies (the site said the session is gone), keeping any others."""
+        with self._lock:
+            self._refresh()
+            kept = {name: entry for name, entry in self._cookies.items() if not _session_family(name)}
+            if kept != self._cookies:
+                self._cookies = kept
+                self._save()
+
+    def clear(self) -> None:
+        """Forget everything and delete the jar file."""
+        with self._lock:
+            self._cookies, self._email = {}, None
+            self._loaded = True
+            self._stamp = None
+            if self.path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        if not self._cookies and self._email is None:
+            self.clear()
+            return
+        data = {
+            "format": _FORMAT,
+            "origin": self.origin,
+            "email": self._email,
+            "cookies": [
+                {"name": name, "value": value, "expires": expires}
+                for name, (value, expires) in self._cookies.items()
+            ],
+        }
+        directory = self.path.parent
+        if not directory.exists():
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = directory / f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                json.dump(data, handle)
+            os.chmod(temporary, 0o600)  # noqa: PTH101 - the mode must hold whatever the umask
+            os.replace(temporary, self.path)  # noqa: PTH105 - an atomic rename, the same in pathlib
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+        self._stamp = _identity(self.path)
+        self._loaded = True

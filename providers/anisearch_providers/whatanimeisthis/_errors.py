@@ -1,0 +1,425 @@
+"""whatanimeisthis.com's error table: every status, code and message mapped to one exception class.
+
+Errors come in three dialects (``research/whatanimeisthis-contract.md`` §5, §7.3): better-auth's
+``{code, message}`` with a real status on ``/api/auth/*``; the site's own JSON with a real status; and
+the template envelope ``{code: -1, message}`` sent with **HTTP 200**. A 2xx envelope error has no status
+to go by, so the rows below match on the code and the message first, and the status (the HTTP one, or
+a numeric ``code`` in the 400-599 range) tells the rest apart.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from anisearch._exceptions import (
+    AuthenticationError,
+    BadRequestError,
+    ImageFetchError,
+    ImageTooLargeError,
+    ProviderBusyError,
+    ProviderError,
+    ProviderServerError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    UpstreamResponseError,
+)
+
+from ._tolerant import Body, as_float, as_int, pick, read_body
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["ERROR_RULES", "PROVIDER", "Problem", "check", "error_for", "means_signed_out", "retry_after"]
+
+PROVIDER = "whatanimeisthis"
+
+ORIGIN_CODES = frozenset({"MISSING_OR_NULL_ORIGIN", "INVALID_ORIGIN", "CROSS_SITE_NAVIGATION_LOGIN_BLOCKED"})
+AUTH_CODES = frozenset(
+    {
+        "INVALID_EMAIL_OR_PASSWORD", "UNAUTHORIZED", "INVALID_API_KEY", "API_KEY_NOT_FOUND", "KEY_DISABLED",
+        "KEY_EXPIRED", "KEY_NOT_FOUND", "EMAIL_NOT_VERIFIED", "FAILED_TO_CREATE_SESSION",
+        "FAILED_TO_GET_SESSION", "INVALID_REFERENCE_ID_FROM_API_KEY", "SESSION_EXPIRED",
+    }
+)  # fmt: skip
+_QUOTA_WORDS = re.compile(
+    r"credit|quota|daily|per day|a day|today|usage[ _]exceeded|usage limit|out of searches", re.IGNORECASE
+)
+_RATE_WORDS = re.compile(r"too many|rate[ _-]?limit|slow down|per hour|hourly", re.IGNORECASE)
+_AUTH_WORDS = re.compile(
+    r"unauthori[sz]ed|not (?:signed|logged) in|sign[ -]?in required|log[ -]?in required|login required|"
+    r"session (?:expired|required|not found)|invalid api key|api key (?:not found|expired|disabled)",
+    re.IGNORECASE,
+)
+_FETCH_WORDS = re.compile(
+    r"fetch|download|unreachable|could not (?:get|load|retrieve)|failed to (?:get|load|retrieve)",
+    re.IGNORECASE,
+)
+_BUSY_WORDS = re.compile(r"busy|queue|overloaded|try again later", re.IGNORECASE)
+_SERVER_WORDS = re.compile(r"internal|server error|unexpected error|database", re.IGNORECASE)
+_TOO_LARGE_WORDS = re.compile(r"too large|entity too large|payload too large|file size", re.IGNORECASE)
+_UPPER_SNAKE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
+_EPOCH = 1_000_000_000  # a reset value above this is an epoch, not seconds from now
+_EPOCH_MS = 100_000_000_000
+_MAX_MESSAGE = 200
+_NO_STATUS = 600  # envelope codes from 400 up to this are HTTP statuses
+_SESSION_HINT = "sign in again (anisearch login, or set ANISEARCH_WHATANIMEISTHIS_EMAIL and _PASSWORD)"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """An error response, boiled down to what the table matches on.
+
+    Attributes:
+        status: The HTTP status when >= 400; else a numeric envelope ``code`` in 400..599; else None.
+        http_status: The HTTP status as received.
+        code: The upstream's error code (``INVALID_ORIGIN``), or ``HTTP_<status>``.
+        message: The upstream's message (first 200 characters), or the reason phrase.
+        body: The decoded body.
+        response: The response itself.
+    """
+
+    status: int | None
+    http_status: int
+    code: str
+    message: str
+    body: Body
+    response: httpx.Response
+
+    @property
+    def endpoint(self) -> str | None:
+        """The path that was asked, when the response knows its request."""
+        request = _request(self.response)
+        return request.url.path if request is not None else None
+
+    @property
+    def used_api_key(self) -> bool:
+        """Whether the request spoke with an API key (``Authorization: Bearer``)."""
+        request = _request(self.response)
+        return request is not None and request.headers.get("authorization", "").lower().startswith("bearer ")
+
+    @property
+    def url_search(self) -> bool:
+        """Whether the request was a search by URL (multipart ``url`` field, no ``image``)."""
+        request = _request(self.response)
+        if request is None or not request.url.path.endswith("/search"):
+            return False
+        content = request_content(request)
+        return b'name="url"' in content and b'name="image"' not in content
+
+    def matches(self, pattern: re.Pattern[str]) -> bool:
+        """Whether the message or the code matches ``pattern``."""
+        return bool(pattern.search(self.message) or pattern.search(self.code))
+
+
+def _request(response: httpx.Response) -> httpx.Request | None:
+    try:
+        return response.request
+    except RuntimeError:
+        return None
+
+
+def request_content(request: httpx.Request) -> bytes:
+    """The request body (reading a multipart stream if it was not read yet), or ``b""``."""
+    try:
+        return request.content
+    except httpx.RequestNotRead:
+        pass
+    try:
+        return request.read()
+    except (httpx.StreamError, RuntimeError, TypeError):
+        return b""
+
+
+def _is_envelope_error(value: Any) -> bool:
+    """§7.3: ``success: false``, a numeric ``code`` not 0/2xx, ``code: "error"``, or a bare ``error``."""
+    if not isinstance(value, dict):
+        return False
+    if value.get("success") is False:
+        return True
+    code = value.get("code")
+    number = None if isinstance(code, bool) else as_int(code)
+    if number is not None and number != 0 and not HTTPStatus.OK <= number < HTTPStatus.MULTIPLE_CHOICES:
+        return True
+    if isinstance(code, str) and code.strip().lower() == "error":
+        return True
+    error = value.get("error")
+    has_error = (isinstance(error, str) and error.strip()) or (isinstance(error, dict) and error)
+    has_payload = any(value.get(key) is not None for key in ("data", "result", "results", "items"))
+    return bool(has_error) and not has_payload
+
+
+def _message(body: Body, response: httpx.Response) -> str:
+    value = body.json
+    candidates: list[Any] = []
+    if isinstance(value, dict):
+        error = value.get("error")
+        errors = value.get("errors")
+        first = errors[0] if isinstance(errors, list) and errors else None
+        candidates = [
+            value.get("message"),
+            error,
+            pick(error, "message"),
+            value.get("msg"),
+            value.get("detail"),
+            pick(first, "message"),
+            first,
+        ]
+    elif isinstance(value, str):
+        candidates = [value]
+    if not body.is_json:
+        candidates.append(body.text)
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate.strip():
+            return " ".join(candidate.split())[:_MAX_MESSAGE]
+    return response.reason_phrase or f"HTTP {response.status_code}"
+
+
+def _code(body: Body, status: int) -> str:
+    value = body.json
+    if isinstance(value, dict):
+        code = value.get("code")
+        if isinstance(code, str) and code.strip() and as_int(code) is None:
+            return code.strip()
+        nested = pick(value.get("error"), "code")
+        if isinstance(nested, str) and nested.strip():
+            return nested.strip()
+        error = value.get("error")
+        if isinstance(error, str) and _UPPER_SNAKE.fullmatch(error.strip()):
+            return error.strip()
+    return f"HTTP_{status}"
+
+
+def problem_of(response: httpx.Response, body: Body | None = None) -> Problem | None:
+    """The error a response carries, or None when it is a success."""
+    body = read_body(response) if body is None else body
+    http_status = response.status_code
+    if http_status < HTTPStatus.BAD_REQUEST and not (body.is_json and _is_envelope_error(body.json)):
+        return None
+    status: int | None = http_status if http_status >= HTTPStatus.BAD_REQUEST else None
+    if status is None and isinstance(body.json, dict):
+        code = body.json.get("code")
+        number = None if isinstance(code, bool) else as_int(code)
+        in_range = number is not None and HTTPStatus.BAD_REQUEST <= number < _NO_STATUS
+        status = number if in_range else None
+    return Problem(status, http_status, _code(body, http_status), _message(body, response), body, response)
+
+
+def retry_after(
+    response: httpx.Response, body: Body | None = None, *, now: datetime | None = None
+) -> float | None:
+    """Seconds to wait, from the first of these that says: ``X-Retry-After`` (better-auth), ``Retry-After``
+    (seconds or HTTP-date), ``RateLimit-Reset`` / ``X-RateLimit-Reset`` (seconds, or an epoch by
+    magnitude), the body's ``details.tryAgainIn`` (milliseconds).
+
+    Returns None when nothing says; never negative.
+    """
+    now = now or datetime.now(UTC)
+    headers = response.headers
+    seconds = as_float(headers.get("x-retry-after"))
+    if seconds is not None:
+        return max(seconds, 0.0)
+    value = headers.get("retry-after")
+    if value is not None:
+        seconds = as_float(value)
+        if seconds is not None:
+            return max(seconds, 0.0)
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None:
+            when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+            return max((when - now).total_seconds(), 0.0)
+    reset = as_float(headers.get("ratelimit-reset") or headers.get("x-ratelimit-reset"))
+    if reset is not None:
+        if reset > _EPOCH:
+            epoch = reset / 1000 if reset > _EPOCH_MS else reset
+            return max(epoch - now.timestamp(), 0.0)
+        return max(reset, 0.0)
+    body = read_body(response) if body is None else body
+    millis = as_float(pick(pick(body.json, "details"), "tryAgainIn"))
+    if millis is None:
+        millis = as_float(pick(body.json, "tryAgainIn"))
+    return max(millis / 1000, 0.0) if millis is not None else None
+
+
+# ---------------------------------------------------------------- the table
+
+
+def _origin_error(problem: Problem) -> ProviderError:
+    request = _request(problem.response)
+    sent = request.headers.get("origin") if request is not None else None
+    return AuthenticationError(
+        f"the site refused the Origin header {sent!r} ({problem.code}): set the whatanimeisthis 'origin' "
+        "setting (ANISEARCH_WHATANIMEISTHIS_ORIGIN) to an origin the site trusts, normally its own",
+        provider=PROVIDER,
+        status_code=problem.http_status,
+    )
+
+
+def _auth_error(problem: Problem) -> ProviderError:
+    if problem.code == "INVALID_EMAIL_OR_PASSWORD":
+        message = f"sign-in refused: {problem.message}"
+    elif problem.code == "EMAIL_NOT_VERIFIED":
+        message = f"{problem.message}: verify the account's email address first"
+    elif problem.used_api_key:
+        message = f"the API key was refused: {problem.message}"
+    else:
+        message = f"{problem.message}: not signed in or the session expired; {_SESSION_HINT}"
+    return AuthenticationError(message, provider=PROVIDER, status_code=problem.http_status)
+
+
+def _simple(cls: type[ProviderError], prefix: str = "") -> Callable[[Problem], ProviderError]:
+    def build(problem: Problem) -> ProviderError:
+        return cls(
+            f"{prefix}{problem.message}",
+            provider=PROVIDER,
+            status_code=problem.http_status,
+            retry_after=retry_after(problem.response, problem.body),
+        )
+
+    return build
+
+
+def _too_large(problem: Problem) -> ProviderError:
+    request = _request(problem.response)
+    size = len(request_content(request)) or None if request is not None else None
+    return ImageTooLargeError(
+        f"the image is too large for the site ({problem.message}); downscale it or search by URL",
+        provider=PROVIDER,
+        status_code=problem.http_status,
+        size_bytes=size,
+    )
+
+
+def _cdn_blocked(problem: Problem) -> ProviderError:
+    return ProviderServerError(
+        "blocked by the site's CDN (an anti-bot challenge page); try again later or from another network",
+        provider=PROVIDER,
+        status_code=problem.http_status,
+    )
+
+
+def _cdn_page(p: Problem) -> bool:
+    return p.http_status == HTTPStatus.FORBIDDEN and not p.body.is_json and "cf-ray" in p.response.headers
+
+
+def _too_large_status(p: Problem) -> bool:
+    return p.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE or p.matches(_TOO_LARGE_WORDS)
+
+
+def _spent(p: Problem) -> bool:
+    if p.code == "USAGE_EXCEEDED" or p.status == HTTPStatus.PAYMENT_REQUIRED:
+        return True
+    quota_statuses = (HTTPStatus.FORBIDDEN, HTTPStatus.TOO_MANY_REQUESTS, None)
+    return p.status in quota_statuses and p.matches(_QUOTA_WORDS)
+
+
+def _rate_limited(p: Problem) -> bool:
+    if p.code == "RATE_LIMITED" or p.status == HTTPStatus.TOO_MANY_REQUESTS:
+        return True
+    return p.status is None and p.matches(_RATE_WORDS)
+
+
+def _refused_credentials(p: Problem) -> bool:
+    if p.status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN) or p.code in AUTH_CODES:
+        return True
+    return p.status is None and p.matches(_AUTH_WORDS)
+
+
+def _fetch_failed(p: Problem) -> bool:
+    client_side = p.status is None or p.status < HTTPStatus.INTERNAL_SERVER_ERROR
+    return client_side and p.url_search and p.matches(_FETCH_WORDS)
+
+
+def _busy(p: Problem) -> bool:
+    gateway = (HTTPStatus.BAD_GATEWAY, HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.GATEWAY_TIMEOUT)
+    return p.status in gateway and p.matches(_BUSY_WORDS)
+
+
+def _server_failed(p: Problem) -> bool:
+    if p.status is None:
+        return p.matches(_SERVER_WORDS)
+    return p.status >= HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRule:
+    """One row: when ``when`` holds for a problem, ``build`` makes its exception."""
+
+    when: Callable[[Problem], bool]
+    build: Callable[[Problem], ProviderError]
+
+
+ERROR_RULES: tuple[ErrorRule, ...] = (
+    # A CDN challenge is an HTML 403 with Cloudflare's cf-ray header: not the site talking.
+    ErrorRule(_cdn_page, _cdn_blocked),
+    ErrorRule(_too_large_status, _too_large),
+    # better-auth's origin/CSRF check: retrying will not help until the Origin setting is fixed.
+    ErrorRule(lambda p: p.code in ORIGIN_CODES, _origin_error),
+    # Spent credits or the guest's daily searches: 402, or 403/429/HTTP-200 envelope by the message.
+    ErrorRule(_spent, _simple(QuotaExhaustedError)),
+    # 429, the API-key plugin's RATE_LIMITED (sent as 401 up to better-auth 1.6.10), or an envelope.
+    ErrorRule(_rate_limited, _simple(RateLimitedError)),
+    ErrorRule(_refused_credentials, _auth_error),
+    ErrorRule(_fetch_failed, _simple(ImageFetchError)),
+    ErrorRule(_busy, _simple(ProviderBusyError)),
+    ErrorRule(_server_failed, _simple(ProviderServerError)),
+    # Whatever else refuses this request: 400, 404, 405, 409, 415, 422, or an envelope error.
+    ErrorRule(lambda _: True, _simple(BadRequestError)),
+)
+
+
+def error_for(response: httpx.Response, body: Body | None = None) -> ProviderError | None:
+    """The exception an error response means (first matching row of :data:`ERROR_RULES`), or None."""
+    problem = problem_of(response, body)
+    if problem is None:
+        return None
+    for rule in ERROR_RULES:
+        if rule.when(problem):
+            return rule.build(problem)
+    raise AssertionError("the last error rule matches everything")  # pragma: no cover
+
+
+def check(response: httpx.Response) -> Body:
+    """The decoded body of a success response.
+
+    Raises:
+        ProviderError: The most specific subclass the status, code and message mean (see the table).
+    """
+    body = read_body(response)
+    error = error_for(response, body)
+    if error is not None:
+        raise error
+    return body
+
+
+def uninterpretable(response: httpx.Response, what: str) -> UpstreamResponseError:
+    """The error for a 2xx answer without ``what`` (``"a list of results"``)."""
+    request = _request(response)
+    endpoint = request.url.path if request is not None else None
+    return UpstreamResponseError(
+        f"cannot read the answer from {endpoint or 'the site'}: {what}",
+        provider=PROVIDER,
+        status_code=response.status_code,
+        endpoint=endpoint,
+    )
+
+
+def means_signed_out(response: httpx.Response) -> bool:
+    """Whether a response says the session is missing or expired (401, or an HTTP-200 envelope saying so)."""
+    if response.status_code == HTTPStatus.UNAUTHORIZED:
+        return True
+    if response.status_code >= HTTPStatus.BAD_REQUEST:
+        return False
+    problem = problem_of(response)
+    if problem is None or problem.status not in (None, HTTPStatus.UNAUTHORIZED):
+        return False
+    return problem.code == "UNAUTHORIZED" or problem.matches(_AUTH_WORDS)

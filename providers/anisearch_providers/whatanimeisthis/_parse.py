@@ -1,0 +1,487 @@
+"""Parsers for whatanimeisthis.com's site routes: search, rankings, recent searches, credits, API keys.
+
+Every shape here is a guess (``research/whatanimeisthis-contract.md`` §4), so each parser accepts the
+variants §7 lists and raises :class:`~anisearch.UpstreamResponseError` naming what it could not find,
+never anything that is not an :class:`~anisearch.AnisearchError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr, ValidationError
+
+from anisearch._models import ApiKey, CreatedApiKey, Credits, Hit, RankingEntry, RecentSearch
+from anisearch._provider import Page
+
+from ._errors import PROVIDER, check, uninterpretable
+from ._fields import (
+    adult_of,
+    anilist_id_of,
+    episode_of,
+    looks_masked,
+    mal_id_of,
+    mask,
+    pick_in,
+    sources,
+    synonyms_of,
+    text,
+    title_of,
+)
+from ._tolerant import (
+    as_bool,
+    as_datetime,
+    as_int,
+    as_similarity,
+    as_str,
+    find_list,
+    pick,
+    pick_seconds,
+    unwrap,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "MAX_HITS",
+    "Payload",
+    "frames_searched",
+    "parse_api_keys",
+    "parse_created_api_key",
+    "parse_credits",
+    "parse_hits",
+    "parse_rankings",
+    "parse_recent_searches",
+    "payload_of",
+    "query_int",
+    "remaining_credits",
+]
+
+MAX_HITS = 5
+"""The site returns up to 5 candidates per search (api-docs)."""
+
+_KEY_LIST = ("items", "apiKeys", "apikeys", "keys", "data", "results", "list", "records", "rows")
+_REMAINING = (
+    "remainingCredits", "creditsRemaining", "remainingSearches", "searchesRemaining", "remaining",
+    "creditsLeft", "leftCredits", "left", "balance",
+)  # fmt: skip
+_PLAINTEXT = (
+    "key",
+    "apiKey",
+    "plainKey",
+    "plaintextKey",
+    "plainTextKey",
+    "plaintext",
+    "secret",
+    "token",
+    "fullKey",
+)
+_SCENE_TIME_LIMIT = 1_000_000  # seconds; a larger "timestamp" is a date, not a time in an episode
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """A success body with its envelope peeled off.
+
+    Attributes:
+        value: The payload (a list or a dict, or a number for credits).
+        meta: The envelope's other keys (``total``, ``hasMore``, ``remainingCredits``...).
+    """
+
+    value: Any
+    meta: dict[str, Any]
+
+    @property
+    def containers(self) -> list[dict[str, Any]]:
+        """The dicts to look in for metadata: the payload (if a dict), then the envelope."""
+        found = [self.value] if isinstance(self.value, dict) else []
+        found.append(self.meta)
+        return found
+
+
+def payload_of(response: httpx.Response) -> Payload:
+    """Check a response for errors and peel its envelope.
+
+    Raises:
+        ProviderError: The response is an error (see ``_errors.ERROR_RULES``).
+    """
+    body = check(response)
+    value, meta = unwrap(body.json)
+    return Payload(value, meta)
+
+
+def _items(
+    response: httpx.Response, payload: Payload, what: str, keys: tuple[str, ...] | None = None
+) -> list[Any]:
+    found = find_list(payload.value) if keys is None else find_list(payload.value, keys)
+    if found is None:
+        raise uninterpretable(response, f"no list of {what} in the answer")
+    return found
+
+
+def _object(response: httpx.Response, item: Any, index: int, what: str) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise uninterpretable(response, f"{what} {index} is not an object")
+    return item
+
+
+def remaining_credits(containers: list[dict[str, Any]]) -> int | None:
+    """A remaining-credits number anywhere the search answer may put it (also under ``quota``/``credits``)."""
+    for container in containers:
+        value = as_int(pick(container, *_REMAINING))
+        if value is None:
+            value = as_int(pick(container, "credits"))
+        if value is None:
+            for key in ("quota", "credits", "usage"):
+                value = as_int(pick(pick(container, key), *_REMAINING))
+                if value is not None:
+                    break
+        if value is not None:
+            return max(value, 0)
+    return None
+
+
+# ---------------------------------------------------------------- search
+
+
+def _hit(response: httpx.Response, item: Any, index: int) -> Hit:
+    item = _object(response, item, index, "search result")
+    similarity = as_similarity(pick(item, "similarity", "score", "confidence", "matchScore", "match"))
+    if similarity is None:
+        raise uninterpretable(response, f"search result {index} has no similarity in 0..1 (or 0..100 %)")
+    try:
+        return Hit(
+            provider=PROVIDER,
+            anilist_id=anilist_id_of(item),
+            mal_id=mal_id_of(item),
+            title=title_of(item),
+            synonyms=synonyms_of(item),
+            is_adult=adult_of(item),
+            episode=episode_of(item),
+            episode_start=as_int(pick(item, "episodeStart")),
+            episode_end=as_int(pick(item, "episodeEnd")),
+            start_seconds=pick_seconds(item, "from", "start", "startTime", "begin"),
+            end_seconds=pick_seconds(item, "to", "end", "endTime"),
+            at_seconds=pick_seconds(item, "at", "timestamp", "time"),
+            episode_duration_seconds=pick_seconds(item, "duration", "episodeDuration"),
+            similarity=similarity,
+            filename=text(pick(item, "filename", "fileName", "file")),
+            video_url=text(pick(item, "video", "videoUrl", "videoURL", "previewVideo", "clip")),
+            image_url=text(
+                pick(item, "image", "imageUrl", "imageURL", "thumbnail", "thumbnailUrl", "previewImage")
+            ),
+            raw=item,
+        )
+    except ValidationError as exc:
+        raise uninterpretable(
+            response, f"search result {index} does not fit a hit: {exc.errors()[0]['msg']}"
+        ) from exc
+
+
+def parse_hits(response: httpx.Response) -> tuple[list[Hit], Payload]:
+    """Hits of a search answer, similarity descending, at most :data:`MAX_HITS`; and the payload.
+
+    Raises:
+        ProviderError: The answer is an error.
+        UpstreamResponseError: No list of results, or a result without a usable similarity.
+    """
+    payload = payload_of(response)
+    items = _items(response, payload, "search results")
+    hits = [_hit(response, item, index) for index, item in enumerate(items)]
+    hits.sort(key=lambda hit: hit.similarity, reverse=True)
+    return hits[:MAX_HITS], payload
+
+
+def frames_searched(payload: Payload) -> int | None:
+    """Frames the engine compared, when said (``frameCount``, trace.moe's name)."""
+    return as_int(pick_in(payload.containers, "frameCount", "framesSearched"))
+
+
+# ---------------------------------------------------------------- rankings and recent searches
+
+
+def _cover(item: dict[str, Any]) -> str | None:
+    value = pick_in(sources(item), "coverImage", "cover", "coverUrl", "poster", "image", "imageUrl")
+    if isinstance(value, dict):
+        value = pick(value, "large", "extraLarge", "medium", "url")
+    return text(value)
+
+
+def parse_rankings(response: httpx.Response, limit: int | None = None) -> list[RankingEntry]:
+    """The most-searched anime, in rank order, at most ``limit`` entries.
+
+    Raises:
+        ProviderError: The answer is an error.
+        UpstreamResponseError: No list of rankings, or an entry that is not an object.
+    """
+    payload = payload_of(response)
+    entries: list[RankingEntry] = []
+    for index, raw in enumerate(_items(response, payload, "rankings")):
+        item = _object(response, raw, index, "ranking entry")
+        rank = as_int(pick(item, "rank", "position", "place"))
+        entries.append(
+            RankingEntry(
+                rank=rank if rank is not None and rank > 0 else index + 1,
+                anilist_id=anilist_id_of(item),
+                title=title_of(item),
+                searches=as_int(
+                    pick(item, "count", "searches", "searchCount", "searchesCount", "total", "hits")
+                ),
+                is_adult=adult_of(item),
+                cover_image_url=_cover(item),
+                raw=item,
+            )
+        )
+    entries.sort(key=lambda entry: entry.rank)
+    return entries[:limit] if limit else entries
+
+
+def _recent(response: httpx.Response, raw: Any, index: int) -> RecentSearch:
+    item = _object(response, raw, index, "recent search")
+    searched_at = as_datetime(pick(item, "createdAt", "searchedAt", "created", "date", "updatedAt"))
+    at_seconds = pick_seconds(item, "at", "timestamp", "time", "from")
+    if at_seconds is not None and at_seconds > _SCENE_TIME_LIMIT:
+        searched_at = searched_at or as_datetime(pick(item, "timestamp", "time"))
+        at_seconds = None
+    try:
+        return RecentSearch(
+            id=as_str(pick(item, "id", "_id", "uuid", "searchId")),
+            searched_at=searched_at,
+            anilist_id=anilist_id_of(item),
+            title=title_of(item),
+            episode=episode_of(item),
+            at_seconds=at_seconds,
+            similarity=as_similarity(pick(item, "similarity", "score", "confidence")),
+            image_url=text(
+                pick(item, "imageUrl", "image", "thumbnail", "thumbnailUrl", "screenshot", "screenshotUrl")
+            ),
+            raw=item,
+        )
+    except ValidationError as exc:  # pragma: no cover - every field is coerced to its type above
+        raise uninterpretable(
+            response, f"recent search {index} does not fit: {exc.errors()[0]['msg']}"
+        ) from exc
+
+
+def _page_meta(
+    payload: Payload, count: int, *, first: int, size: int | None
+) -> tuple[int | None, bool | None]:
+    """(total, has_more) as §7.4 reads them; ``first`` is the 0-based index of the page's first item."""
+    total: int | None = None
+    has_more: bool | None = None
+    for container in payload.containers:
+        for nested in (container, pick(container, "pagination"), pick(container, "meta")):
+            if total is None:
+                total = as_int(pick(nested, "total", "totalCount", "count", "allCount", "totalItems"))
+            if has_more is None:
+                has_more = as_bool(pick(nested, "hasMore", "hasNextPage", "hasNext", "more"))
+            if has_more is None and isinstance(nested, dict):
+                for key in ("nextOffset", "nextCursor", "nextPage"):
+                    if any(spelling in nested for spelling in (key, _snake(key))):
+                        has_more = pick(nested, key) is not None
+    if has_more is None and total is not None:
+        has_more = first + count < total
+    if has_more is None and (count == 0 or (size is not None and count < size)):
+        has_more = False
+    return total, has_more
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{char.lower()}" if char.isupper() else char for char in name)
+
+
+def query_int(response: httpx.Response, name: str) -> int | None:
+    """An integer query parameter of the request that got ``response``, or None."""
+    try:
+        return as_int(response.request.url.params.get(name))
+    except RuntimeError:  # a response built without its request
+        return None
+
+
+def parse_recent_searches(response: httpx.Response) -> Page[RecentSearch]:
+    """One page of recent public searches, with ``total``/``has_more`` as reported or inferred.
+
+    Raises:
+        ProviderError: The answer is an error.
+        UpstreamResponseError: No list of searches, or an entry that is not an object.
+    """
+    payload = payload_of(response)
+    items = [_recent(response, raw, index) for index, raw in enumerate(_items(response, payload, "searches"))]
+    offset = query_int(response, "offset") or 0
+    total, has_more = _page_meta(payload, len(items), first=offset, size=query_int(response, "limit"))
+    return Page(items=items, total=total, has_more=has_more)
+
+
+# ---------------------------------------------------------------- credits
+
+
+def _credits_containers(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, dict):
+        return []
+    found = [value]
+    for key in ("credits", "data", "balance", "user"):
+        nested = value.get(key)
+        if isinstance(nested, dict):
+            found.append(nested)
+    return found
+
+
+def parse_credits(response: httpx.Response) -> Credits:
+    """The signed-in user's credits: a bare number, or ``{credits|remaining|remainingCredits...}``.
+
+    Raises:
+        ProviderError: The answer is an error (401: not signed in).
+        UpstreamResponseError: No remaining-credits number in the answer.
+    """
+    payload = payload_of(response)
+    bare = as_int(payload.value)
+    if bare is not None:
+        return Credits(remaining=max(bare, 0), raw={"credits": payload.value})
+    containers = _credits_containers(payload.value)
+    free_remaining = as_int(
+        pick_in(containers, "freeCreditsRemaining", "freeRemaining", "remainingFreeCredits", "dailyRemaining",
+                "freeCreditsLeft", "dailyCreditsRemaining")
+    )  # fmt: skip
+    paid = as_int(pick_in(containers, "paidCredits", "purchasedCredits", "paidRemaining", "paid"))
+    remaining = remaining_credits(containers)
+    if remaining is None and (free_remaining is not None or paid is not None):
+        remaining = (free_remaining or 0) + (paid or 0)
+    if remaining is None:
+        raise uninterpretable(
+            response, "no remaining-credits number (credits, remaining, remainingCredits...)"
+        )
+    return Credits(
+        remaining=remaining,
+        free_remaining=free_remaining,
+        free_daily=as_int(
+            pick_in(
+                containers,
+                "freeCredits",
+                "dailyFreeCredits",
+                "freeDaily",
+                "dailyCredits",
+                "freeCreditsPerDay",
+            )
+        ),
+        paid=paid,
+        resets_at=as_datetime(
+            pick_in(
+                containers,
+                "resetsAt",
+                "resetAt",
+                "nextReset",
+                "nextResetAt",
+                "freeCreditsResetAt",
+                "resetTime",
+            )
+        ),
+        raw=payload.value if isinstance(payload.value, dict) else {},
+    )
+
+
+# ---------------------------------------------------------------- API keys
+
+
+def _status(item: dict[str, Any]) -> str | None:
+    status = text(pick(item, "status", "state"))
+    if status is not None:
+        return status
+    if as_bool(pick(item, "revoked")):
+        return "revoked"
+    enabled = as_bool(pick(item, "enabled", "active", "isActive"))
+    return None if enabled is None else ("active" if enabled else "disabled")
+
+
+def _masked(item: dict[str, Any]) -> str | None:
+    for name in ("maskedKey", "keyPreview", "preview", "key", "apiKey", "displayKey"):
+        value = text(pick(item, name))
+        if value is not None:
+            return mask(value)
+    start = text(pick(item, "start", "prefix"))
+    return f"{start}…" if start is not None else None
+
+
+def _api_key(response: httpx.Response, raw: Any, index: int) -> ApiKey:
+    item = _object(response, raw, index, "API key")
+    masked = _masked(item)
+    key_id = as_str(pick(item, "id", "_id", "keyId", "uuid")) or masked
+    if key_id is None:
+        raise uninterpretable(response, f"API key {index} has no id")
+    redacted = {
+        name: mask(value) if isinstance(value, str) and name in _PLAINTEXT else value
+        for name, value in item.items()
+    }
+    return ApiKey(
+        id=key_id,
+        title=text(pick(item, "title", "name", "label", "description")),
+        masked_key=masked,
+        status=_status(item),
+        created_at=as_datetime(pick(item, "createdAt", "created")),
+        last_used_at=as_datetime(pick(item, "lastUsedAt", "lastUsed", "lastRequest", "lastUsedTime")),
+        raw=redacted,
+    )
+
+
+def parse_api_keys(response: httpx.Response) -> Page[ApiKey]:
+    """One page of the account's keys, masked (a full key in a list is masked here).
+
+    Raises:
+        ProviderError: The answer is an error (401: not signed in).
+        UpstreamResponseError: No list of keys, or a key without an id.
+    """
+    payload = payload_of(response)
+    items = [
+        _api_key(response, raw, index)
+        for index, raw in enumerate(_items(response, payload, "API keys", _KEY_LIST))
+    ]
+    page = query_int(response, "page") or 1
+    size = query_int(response, "pageSize")
+    first = (page - 1) * size if size else 0
+    total, has_more = _page_meta(payload, len(items), first=first, size=size)
+    return Page(items=items, total=total, has_more=has_more)
+
+
+def parse_created_api_key(response: httpx.Response) -> CreatedApiKey:
+    """A new key with its plaintext, which the site shows this one time only.
+
+    Raises:
+        ProviderError: The answer is an error.
+        UpstreamResponseError: No plaintext key in the answer (it cannot be recovered later: revoke
+            the key on the site and create another).
+    """
+    payload = payload_of(response)
+    value = payload.value
+    if not isinstance(value, dict):
+        raise uninterpretable(response, "the created API key is not an object")
+    containers = [
+        value,
+        *(
+            nested
+            for key in ("apiKey", "key", "record", "item")
+            if isinstance(nested := value.get(key), dict)
+        ),
+    ]
+    plaintext: str | None = None
+    for container in containers:
+        for name in _PLAINTEXT:
+            candidate = text(pick(container, name))
+            if candidate is not None and not looks_masked(candidate):
+                plaintext = candidate
+                break
+        if plaintext is not None:
+            break
+    base = _api_key(response, containers[-1] if len(containers) > 1 else value, 0)
+    if plaintext is None:
+        raise uninterpretable(
+            response,
+            f"the site created API key {base.id!r} but sent no plaintext key, and it cannot be shown again: "
+            "revoke it on the site and create another",
+        )
+    return CreatedApiKey(
+        **base.model_dump(exclude={"masked_key", "raw"}),
+        masked_key=mask(plaintext),
+        key=SecretStr(plaintext),
+        raw=base.raw,
+    )

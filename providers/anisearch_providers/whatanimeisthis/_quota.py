@@ -1,0 +1,190 @@
+"""whatanimeisthis.com's quota rules and what any response says about them.
+
+Documented (api-docs): guests get 5 searches a day per IP; signed-in users (session or API key) get 10
+free credits a day (expiring at midnight), then 1 purchased credit per search, and at most 100 searches
+an hour. The site never says when "midnight" is, so anisearch does not compute resets: the ledger's
+calendar day (configurable time zone) counts, and whatever the site reports (credits endpoint, a
+remaining-credits number in a search answer, rate-limit headers, a 429) replaces the estimate.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from anisearch._exceptions import AnisearchError, ProviderError, QuotaExhaustedError, RateLimitedError
+from anisearch._models import Quota, QuotaScope, QuotaWindow
+
+from ._errors import PROVIDER, error_for, retry_after
+from ._parse import Payload, parse_credits, remaining_credits
+from ._tolerant import as_float, as_int, read_body, unwrap
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "GUEST_DAILY_SEARCHES",
+    "HOURLY_SEARCHES",
+    "SIGNED_IN_DAILY_CREDITS",
+    "assumed_quotas",
+    "credits_quota",
+    "observe",
+    "scope_of",
+]
+
+GUEST_DAILY_SEARCHES = 5
+"""Searches a guest may run per day, per IP address (api-docs)."""
+SIGNED_IN_DAILY_CREDITS = 10
+"""Free credits a signed-in user gets per day; each search costs one (api-docs)."""
+HOURLY_SEARCHES = 100
+"""Searches a signed-in user may run per hour (api-docs)."""
+
+_AUTH_COOLDOWN = 10.0  # seconds; better-auth's sign-in window when a 429 says nothing
+_SITE_COOLDOWN = 60.0  # seconds; a site 429 without a wait
+_POLICY_WINDOW = re.compile(r"w\s*=\s*(\d+)")
+_HOUR = 3600
+_DAY = 86400
+
+
+def assumed_quotas(scope: QuotaScope) -> list[Quota]:
+    """The documented limits for ``scope`` (source ``ledger``), until the site reports its own."""
+    if scope == "guest":
+        return [
+            Quota(provider=PROVIDER, scope=scope, limit=GUEST_DAILY_SEARCHES, window="day", source="ledger")
+        ]
+    return [
+        Quota(provider=PROVIDER, scope=scope, limit=SIGNED_IN_DAILY_CREDITS, window="day", source="ledger"),
+        Quota(provider=PROVIDER, scope=scope, limit=HOURLY_SEARCHES, window="hour", source="ledger"),
+    ]
+
+
+def scope_of(request: httpx.Request, default: QuotaScope = "guest") -> QuotaScope:
+    """Who a request spoke as: ``api-key`` (Bearer), ``session`` (a session cookie), else ``default``."""
+    if request.headers.get("authorization", "").lower().startswith("bearer "):
+        return "api-key"
+    if "session_token=" in request.headers.get("cookie", ""):
+        return "session"
+    return default
+
+
+def credits_quota(response: httpx.Response, scope: QuotaScope) -> Quota:
+    """The day window the credits endpoint reports: ``remaining`` credits, ``limit`` the free daily ones.
+
+    Raises:
+        ProviderError: The answer is an error.
+        UpstreamResponseError: It has no remaining-credits number.
+    """
+    balance = parse_credits(response)
+    return Quota(
+        provider=PROVIDER,
+        scope=scope,
+        remaining=balance.remaining,
+        window="day",
+        resets_at=balance.resets_at,
+        source="upstream",
+        raw=balance.raw,
+    )
+
+
+def _header_window(headers: httpx.Headers) -> QuotaWindow:
+    policy = headers.get("ratelimit-policy") or headers.get("x-ratelimit-policy") or ""
+    match = _POLICY_WINDOW.search(policy)
+    seconds = as_float(match.group(1)) if match else as_float(headers.get("x-ratelimit-window"))
+    if seconds is None or seconds >= _HOUR:
+        return "day" if seconds is not None and seconds >= _DAY else "hour"
+    return "minute"
+
+
+def _header_quota(response: httpx.Response, scope: QuotaScope, now: datetime) -> Quota | None:
+    headers = response.headers
+    limit = as_int(headers.get("ratelimit-limit") or headers.get("x-ratelimit-limit"))
+    remaining = as_int(headers.get("ratelimit-remaining") or headers.get("x-ratelimit-remaining"))
+    if limit is None and remaining is None:
+        return None
+    has_reset = headers.get("ratelimit-reset") or headers.get("x-ratelimit-reset")
+    wait = retry_after(response, now=now) if has_reset else None
+    return Quota(
+        provider=PROVIDER,
+        scope=scope,
+        limit=limit,
+        remaining=remaining,
+        used=limit - remaining if limit is not None and remaining is not None else None,
+        window=_header_window(headers),
+        resets_at=now + timedelta(seconds=wait) if wait is not None else None,
+        source="headers",
+        observed_at=now,
+    )
+
+
+def _success_quota(response: httpx.Response, scope: QuotaScope, now: datetime) -> Quota | None:
+    path = response.request.url.path
+    if path.endswith("/api/user/anime-credits"):
+        return credits_quota(response, scope).model_copy(update={"observed_at": now})
+    value, meta = unwrap(read_body(response).json)
+    remaining = remaining_credits(Payload(value, meta).containers)
+    if remaining is None:
+        return None
+    return Quota(
+        provider=PROVIDER, scope=scope, remaining=remaining, window="day", source="upstream", observed_at=now
+    )
+
+
+def _error_quota(
+    response: httpx.Response, error: ProviderError, scope: QuotaScope, now: datetime
+) -> Quota | None:
+    if isinstance(error, QuotaExhaustedError):
+        until = now + timedelta(seconds=error.retry_after) if error.retry_after else None
+        return Quota(
+            provider=PROVIDER,
+            scope=scope,
+            remaining=0,
+            window="day",
+            cooldown_until=until,
+            source="upstream",
+            observed_at=now,
+            raw={"message": error.message},
+        )
+    if isinstance(error, RateLimitedError):
+        auth_route = "/api/auth/" in response.request.url.path
+        wait = (
+            error.retry_after
+            if error.retry_after is not None
+            else _AUTH_COOLDOWN
+            if auth_route
+            else _SITE_COOLDOWN
+        )
+        return Quota(
+            provider=PROVIDER,
+            scope=scope,
+            remaining=0,
+            window="minute" if auth_route else "hour",
+            cooldown_until=now + timedelta(seconds=wait),
+            source="headers",
+            observed_at=now,
+            raw={"message": error.message},
+        )
+    return None
+
+
+def observe(
+    response: httpx.Response, default_scope: QuotaScope, *, now: datetime | None = None
+) -> list[Quota]:
+    """Quota facts in any response: credits and remaining-credits numbers in bodies, rate-limit
+    headers, and cooldowns from 429s and spent credits. Never raises; an unreadable body says nothing.
+    """
+    now = now or datetime.now(UTC)
+    scope = scope_of(response.request, default_scope)
+    facts: list[Quota | None] = []
+    try:
+        facts.append(_header_quota(response, scope, now))
+        error = error_for(response)
+        if error is not None:
+            facts.append(_error_quota(response, error, scope, now))
+        else:
+            facts.append(_success_quota(response, scope, now))
+    except (AnisearchError, ValidationError):
+        pass
+    return [fact for fact in facts if fact is not None]

@@ -1,0 +1,448 @@
+"""whatanimeisthis.com sessions: the cookie jar on disk and the httpx auth flow (sync and async).
+
+What a user relies on: signing in once keeps them signed in across runs (a 0600 file without their
+password), the session cookie goes back exactly as the site set it, an expired session is renewed
+with the configured credentials once, an API key never rides along with the cookie, and signing out
+forgets everything.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from anisearch._exceptions import AuthenticationError, ConfigurationError, UpstreamResponseError
+from anisearch._image import PreparedImage
+from anisearch._provider import ProviderContext, SearchQuery
+from anisearch_providers.whatanimeisthis import WhatAnimeIsThis
+
+SITE = "https://whatanimeisthis.com"
+SIGNED = "Xk3mPq7RtY2vB9nL4cW8zF1hJ6dS0aGe.q1w2E3r4T5y6U7i8O9p0A1s2D3f4G5h6J7k8L9z0X1c%3D"
+FRESH = "Nw5bV8cX2zL6kJ9hG3fD7sA1qW4eR0tY.Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp9Oo8Nn7Mm6Ll5Kk%2B%3D"
+SESSION = "__Secure-better-auth.session_token"
+PASSWORD = "correct horse battery staple"
+JPEG = PreparedImage(data=b"\xff\xd8\xff\xe0", mime_type="image/jpeg", width=1, height=1, digest="")
+CREDITS = {"credits": 10, "freeCredits": 10, "freeCreditsRemaining": 10, "paidCredits": 0}
+_HTTP = httpx.Client()
+
+
+def signed_in(value: str = SIGNED, *extra: str) -> httpx.Response:
+    """better-auth's sign-in answer: the user, and one Set-Cookie header per cookie."""
+    cookies = [f"{SESSION}={value}; Max-Age=604800; Path=/; HttpOnly; Secure; SameSite=Lax", *extra]
+    return httpx.Response(
+        200,
+        json={
+            "redirect": False,
+            "token": value.split(".", maxsplit=1)[0],
+            "user": {"id": "u1", "email": "a@b.example"},
+        },
+        headers=[("set-cookie", cookie) for cookie in cookies],
+    )
+
+
+def send(provider: WhatAnimeIsThis, request: httpx.Request) -> httpx.Response:
+    return _HTTP.send(request, auth=provider.auth())
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "anisearch"
+
+
+def jar_file(state: Path) -> Path:
+    return state / "whatanimeisthis-cookies.json"
+
+
+def configured(state: Path, **config: Any) -> WhatAnimeIsThis:
+    return WhatAnimeIsThis.from_context(ProviderContext(config=config, state_dir=state))
+
+
+def sign_in(provider: WhatAnimeIsThis) -> None:
+    provider.parse_sign_in(send(provider, provider.sign_in_request("a@b.example", PASSWORD)))
+
+
+# ---------------------------------------------------------------- the jar
+
+
+@respx.mock
+def test_sign_in_keeps_the_cookie_byte_for_byte_in_a_private_file(state: Path) -> None:
+    route = respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+    provider = configured(state)
+    sign_in(provider)
+    sent = route.calls.last.request
+    assert sent.headers["origin"] == SITE
+    assert json.loads(sent.content) == {"email": "a@b.example", "password": PASSWORD}
+    path = jar_file(state)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    text = path.read_text()
+    assert PASSWORD not in text
+    (cookie,) = json.loads(text)["cookies"]
+    assert (cookie["name"], cookie["value"]) == (SESSION, SIGNED)
+    assert cookie["expires"] == pytest.approx(time.time() + 604800, abs=60)
+    assert "%3D" in text
+    assert provider.credential.scope == "session"
+    assert provider.credential.secret == "a@b.example"
+
+
+@respx.mock
+def test_the_cookie_goes_back_exactly_and_survives_a_restart(state: Path) -> None:
+    respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+    balance = respx.get(f"{SITE}/api/user/anime-credits").respond(json=CREDITS)
+    sign_in(configured(state))
+    later = configured(state)  # a new process: no password configured, the jar is enough
+    assert later.parse_credits(send(later, later.credits_request())).remaining == 10
+    assert balance.calls.last.request.headers["cookie"] == f"{SESSION}={SIGNED}"
+    assert later.credential == later.credential.__class__("session", "a@b.example")
+
+
+@respx.mock
+def test_every_set_cookie_updates_the_jar(state: Path) -> None:
+    respx.post(f"{SITE}/api/auth/sign-in/email").mock(
+        return_value=signed_in(SIGNED, "better-auth.session_data=eyJhIjoxfQ; Max-Age=300; Path=/")
+    )
+    route = respx.get(f"{SITE}/api/anime/rankings")
+    provider = configured(state)
+    sign_in(provider)
+    assert provider.jar.cookies() == {SESSION: SIGNED, "better-auth.session_data": "eyJhIjoxfQ"}
+    route.respond(
+        json=[],
+        headers=[
+            ("set-cookie", f"{SESSION}={FRESH}; Max-Age=604800; Path=/"),
+            ("set-cookie", "better-auth.session_data=; Max-Age=0; Path=/"),
+        ],
+    )
+    send(provider, provider.rankings_request("all", 5, include_adult=False))
+    assert provider.jar.cookies() == {SESSION: FRESH}
+    route.respond(json=[], headers={"set-cookie": f'{SESSION}=""; Path=/'})
+    send(provider, provider.rankings_request("all", 5, include_adult=False))
+    assert provider.jar.cookies() == {}
+    assert not provider.jar.has_session()
+
+
+@pytest.mark.parametrize(
+    ("header", "kept"),
+    [
+        (
+            "k=b c; Path=/; Max-Age=60",
+            {"k": "b c"},
+        ),  # SimpleCookie refuses the space; the value is kept as sent
+        ('k="q v"; Path=/', {"k": '"q v"'}),  # quotes are part of the value
+        ("k=v%2B%3D; Expires=Wed, 21 Oct 2015 07:28:00 GMT", {}),  # already expired
+        ("k=v; Max-Age=-1", {}),
+        ("no-equals-sign", {}),
+    ],
+)
+@respx.mock
+def test_odd_set_cookie_headers(state: Path, header: str, kept: dict[str, str]) -> None:
+    respx.get(f"{SITE}/api/anime/rankings").respond(json=[], headers={"set-cookie": header})
+    provider = configured(state)
+    send(provider, provider.rankings_request("all", 5, include_adult=False))
+    assert provider.jar.cookies() == kept
+
+
+@respx.mock
+def test_a_sign_out_in_another_process_is_seen(state: Path) -> None:
+    respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+    respx.post(f"{SITE}/api/auth/sign-out").respond(json={"success": True})
+    first, second = configured(state), configured(state)
+    sign_in(first)
+    assert second.jar.has_session()
+    second.parse_sign_out(send(second, second.sign_out_request()))
+    assert not first.jar.has_session()
+
+
+def test_a_jar_written_for_another_site_is_ignored(state: Path) -> None:
+    state.mkdir(parents=True)
+    jar_file(state).write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "origin": "https://elsewhere.example",
+                "email": "x@y.example",
+                "cookies": [{"name": SESSION, "value": SIGNED, "expires": None}],
+            }
+        )
+    )
+    provider = configured(state)
+    assert not provider.jar.has_session()
+    assert provider.credential.scope == "guest"
+
+
+def test_a_broken_jar_file_means_signed_out(state: Path) -> None:
+    state.mkdir(parents=True)
+    jar_file(state).write_text("{not json")
+    assert configured(state).credential.scope == "guest"
+
+
+@respx.mock
+def test_expired_cookies_are_not_sent(state: Path) -> None:
+    respx.post(f"{SITE}/api/auth/sign-in/email").respond(
+        200,
+        json={"user": {"email": "a@b.example"}},
+        headers={"set-cookie": f"{SESSION}={SIGNED}; Max-Age=1; Path=/"},
+    )
+    clock = [1_000_000.0]
+    provider = configured(state)
+    provider.jar._clock = lambda: clock[0]
+    sign_in(provider)
+    assert provider.jar.has_session()
+    clock[0] += 5
+    assert provider.jar.header() is None
+
+
+@respx.mock
+def test_a_sign_in_without_a_session_cookie_is_reported(state: Path) -> None:
+    respx.post(f"{SITE}/api/auth/sign-in/email").respond(json={"redirect": False, "token": "abc"})
+    provider = configured(state)
+    with pytest.raises(UpstreamResponseError, match="session cookie"):
+        sign_in(provider)
+
+
+@respx.mock
+def test_wrong_credentials_are_an_authentication_error(state: Path) -> None:
+    respx.post(f"{SITE}/api/auth/sign-in/email").respond(
+        401, json={"code": "INVALID_EMAIL_OR_PASSWORD", "message": "Invalid email or password"}
+    )
+    provider = configured(state)
+    with pytest.raises(AuthenticationError, match="Invalid email or password"):
+        sign_in(provider)
+    assert not jar_file(state).exists()
+
+
+def test_sign_in_needs_an_email_and_a_password(state: Path) -> None:
+    with pytest.raises(ConfigurationError):
+        configured(state).sign_in_request("", PASSWORD)
+
+
+# ---------------------------------------------------------------- the flow
+
+
+@respx.mock
+def test_configured_credentials_sign_in_before_the_first_session_request(state: Path) -> None:
+    login = respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+    balance = respx.get(f"{SITE}/api/user/anime-credits").respond(json=CREDITS)
+    provider = configured(state, email="a@b.example", password=PASSWORD)
+    response = send(provider, provider.credits_request())
+    assert provider.parse_credits(response).remaining == 10
+    assert login.call_count == 1
+    assert balance.calls.last.request.headers["cookie"] == f"{SESSION}={SIGNED}"
+    assert PASSWORD not in jar_file(state).read_text()
+    send(provider, provider.credits_request())
+    assert login.call_count == 1  # the session is reused
+
+
+@respx.mock
+def test_public_routes_never_trigger_a_sign_in(state: Path) -> None:
+    login = respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+    respx.get(f"{SITE}/api/anime/rankings").respond(json=[])
+    provider = configured(state, email="a@b.example", password=PASSWORD)
+    send(provider, provider.rankings_request("all", 5, include_adult=False))
+    assert login.call_count == 0
+
+
+@pytest.mark.parametrize(
+    "expired",
+    [
+        httpx.Response(401, json={"code": "UNAUTHORIZED", "message": "Unauthorized"}),
+        httpx.Response(200, json={"code": -1, "message": "Unauthorized"}),
+    ],
+)
+@respx.mock
+def test_an_expired_session_signs_in_again_once_and_retries(state: Path, expired: httpx.Response) -> None:
+    login = respx.post(f"{SITE}/api/auth/sign-in/email").mock(
+        side_effect=[signed_in(SIGNED), signed_in(FRESH)]
+    )
+    balance = respx.get(f"{SITE}/api/user/anime-credits").mock(
+        side_effect=[expired, httpx.Response(200, json=CREDITS)]
+    )
+    provider = configured(state, email="a@b.example", password=PASSWORD)
+    sign_in(provider)
+    response = send(provider, provider.credits_request())
+    assert provider.parse_credits(response).remaining == 10
+    assert login.call_count == 2
+    first, retry = (call.request.headers["cookie"] for call in balance.calls)
+    assert (first, retry) == (f"{SESSION}={SIGNED}", f"{SESSION}={FRESH}")
+    assert json.loads(jar_file(state).read_text())["cookies"][0]["value"] == FRESH
+
+
+@respx.mock
+def test_it_signs_in_again_only_once(state: Path) -> None:
+    login = respx.post(f"{SITE}/api/auth/sign-in/email").mock(side_effect=lambda _: signed_in())
+    balance = respx.get(f"{SITE}/api/user/anime-credits").respond(
+        401, json={"code": "UNAUTHORIZED", "message": "Unauthorized"}
+    )
+    provider = configured(state, email="a@b.example", password=PASSWORD)
+    sign_in(provider)
+    with pytest.raises(AuthenticationError, match="session expired"):
+        provider.parse_credits(send(provider, provider.credits_request()))
+    assert login.call_count == 2  # the sign-in, then one renewal
+    assert balance.call_count == 2  # the request and one retry
+
+
+@respx.mock
+def test_a_failed_renewal_reports_why(state: Path) -> None:
+    respx.post(f"{SITE}/api/auth/sign-in/email").mock(
+        side_effect=[
+            signed_in(),
+            httpx.Response(
+                429,
+                json={"message": "Too many requests. Please try again later."},
+                headers={"X-Retry-After": "8"},
+            ),
+        ]
+    )
+    respx.get(f"{SITE}/api/apikeys").respond(401)
+    provider = configured(state, email="a@b.example", password=PASSWORD)
+    sign_in(provider)
+    response = send(provider, provider.api_keys_request(1, 20))
+    assert response.request.url.path == "/api/auth/sign-in/email"
+    with pytest.raises(Exception, match="Too many requests") as caught:
+        provider.parse_api_keys(response)
+    assert getattr(caught.value, "retry_after", None) == 8
+
+
+@respx.mock
+def test_refused_credentials_are_not_tried_again(state: Path) -> None:
+    login = respx.post(f"{SITE}/api/auth/sign-in/email").respond(
+        401, json={"code": "INVALID_EMAIL_OR_PASSWORD", "message": "Invalid email or password"}
+    )
+    search = respx.post(f"{SITE}/api/anime/search").respond(json={"results": [], "remainingSearches": 4})
+    provider = configured(state, email="a@b.example", password="wrong")
+    with pytest.raises(AuthenticationError, match="Invalid email or password"):
+        provider.parse_search(send(provider, provider.search_request(SearchQuery(image=JPEG))))
+    assert provider.credential.scope == "guest"
+    assert provider.parse_search(send(provider, provider.search_request(SearchQuery(image=JPEG)))).hits == []
+    assert (login.call_count, search.call_count) == (1, 1)
+
+
+@respx.mock
+def test_without_credentials_a_401_drops_the_session_and_says_how_to_sign_in(state: Path) -> None:
+    login = respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+    respx.get(f"{SITE}/api/user/anime-credits").respond(401)
+    provider = configured(state)
+    sign_in(provider)
+    with pytest.raises(AuthenticationError, match="anisearch login"):
+        provider.parse_credits(send(provider, provider.credits_request()))
+    assert login.call_count == 1
+    assert not provider.jar.has_session()
+    assert provider.credential.scope == "guest"
+
+
+@respx.mock
+def test_an_api_key_search_carries_no_cookie_and_never_signs_in(state: Path) -> None:
+    login = respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+    search = respx.post(f"{SITE}/api/anime/search").respond(401, json={"error": "Invalid API key"})
+    provider = configured(state, key="sk-bad", email="a@b.example", password=PASSWORD)
+    sign_in(provider)
+    response = send(provider, provider.search_request(SearchQuery(image=JPEG)))
+    with pytest.raises(AuthenticationError, match="API key was refused"):
+        provider.parse_search(response)
+    sent = search.calls.last.request
+    assert sent.headers["authorization"] == "Bearer sk-bad"
+    assert "cookie" not in sent.headers
+    assert login.call_count == 1
+    assert provider.jar.has_session()
+
+
+@respx.mock
+def test_cookies_never_go_to_another_host(state: Path) -> None:
+    respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+    other = respx.get("https://elsewhere.example/x").respond(200)
+    provider = configured(state)
+    sign_in(provider)
+    send(provider, httpx.Request("GET", "https://elsewhere.example/x"))
+    assert "cookie" not in other.calls.last.request.headers
+    assert "origin" not in other.calls.last.request.headers
+
+
+@respx.mock
+def test_sign_out_posts_with_the_cookie_and_deletes_the_jar(state: Path) -> None:
+    respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+    out = respx.post(f"{SITE}/api/auth/sign-out").respond(
+        json={"success": True}, headers={"set-cookie": f"{SESSION}=; Max-Age=0; Path=/"}
+    )
+    provider = configured(state, email="a@b.example", password=PASSWORD)
+    sign_in(provider)
+    provider.parse_sign_out(send(provider, provider.sign_out_request()))
+    sent = out.calls.last.request
+    assert (sent.content, sent.headers["origin"], sent.headers["cookie"]) == (
+        b"{}",
+        SITE,
+        f"{SESSION}={SIGNED}",
+    )
+    assert sent.headers["content-type"] == "application/json"
+    assert not jar_file(state).exists()
+    assert provider.credential.scope == "guest"  # configured credentials are not used again after a sign-out
+    assert provider.quota_request() is None
+
+
+@respx.mock
+def test_sign_out_without_a_session_is_fine_but_a_server_failure_is_reported(state: Path) -> None:
+    route = respx.post(f"{SITE}/api/auth/sign-out")
+    provider = configured(state)
+    route.respond(400, json={"code": "FAILED_TO_GET_SESSION", "message": "Failed to get session"})
+    provider.parse_sign_out(send(provider, provider.sign_out_request()))
+    route.respond(500)
+    with pytest.raises(Exception, match="Internal Server Error"):
+        provider.parse_sign_out(send(provider, provider.sign_out_request()))
+
+
+@respx.mock
+def test_get_session_null_means_signed_out(state: Path) -> None:
+    respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+    route = respx.get(f"{SITE}/api/auth/get-session")
+    provider = configured(state)
+    sign_in(provider)
+    route.respond(json={"session": {"id": "s"}, "user": {"email": "a@b.example"}})
+    session = provider.parse_session(send(provider, provider.session_request()))
+    assert session is not None
+    assert session["user"]["email"] == "a@b.example"
+    route.respond(content=b"null", headers={"content-type": "application/json"})
+    assert provider.parse_session(send(provider, provider.session_request())) is None
+    assert not provider.jar.has_session()
+
+
+@pytest.mark.anyio
+@respx.mock
+async def test_the_same_flow_serves_the_async_client(state: Path) -> None:
+    login = respx.post(f"{SITE}/api/auth/sign-in/email").mock(
+        side_effect=[signed_in(SIGNED), signed_in(FRESH)]
+    )
+    balance = respx.get(f"{SITE}/api/user/anime-credits").mock(
+        side_effect=[
+            httpx.Response(200, json=CREDITS),
+            httpx.Response(401),
+            httpx.Response(200, json=CREDITS),
+        ]
+    )
+    provider = configured(state, email="a@b.example", password=PASSWORD)
+    async with httpx.AsyncClient() as client:
+        first = await client.send(provider.credits_request(), auth=provider.auth())  # signs in first
+        second = await client.send(provider.credits_request(), auth=provider.auth())  # renews once
+    assert provider.parse_credits(first).remaining == 10
+    assert provider.parse_credits(second).remaining == 10
+    assert (login.call_count, balance.call_count) == (2, 3)
+    assert provider.jar.cookies() == {SESSION: FRESH}
+
+
+@respx.mock
+def test_a_401_right_after_signing_in_is_not_retried(state: Path) -> None:
+    login = respx.post(f"{SITE}/api/auth/sign-in/email").mock(side_effect=lambda _: signed_in())
+    balance = respx.get(f"{SITE}/api/user/anime-credits").respond(401)
+    provider = configured(state, email="a@b.example", password=PASSWORD)
+    with pytest.raises(AuthenticationError):
+        provider.parse_credits(send(provider, provider.credits_request()))
+    assert (login.call_count, balance.call_count) == (1, 1)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
