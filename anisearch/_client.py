@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from importlib.metadata import version
 from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
@@ -210,7 +210,7 @@ class AsyncClient:
             for name in available_providers():
                 cls = load_provider(name)
                 if getattr(cls, "default_order", False):
-                    ranked.append((getattr(cls, "default_rank", 100), name))
+                    ranked.append((cls.default_rank, name))
             names = [name for _, name in sorted(ranked)]
         seen: list[str] = []
         for name in names:
@@ -415,6 +415,9 @@ class AsyncClient:
         async def query_for(provider: Provider) -> SearchQuery:
             image = prepared
             provider_options = options
+            if options.anilist_id is not None and not provider.capabilities.anilist_filter:
+                # The router filters every answer by AniList ID; this provider gets the plain search.
+                provider_options = replace(options, anilist_id=None)
             if options.cut_borders and not provider.capabilities.cut_borders:
                 if not cropped:
                     cropped.append(
@@ -423,9 +426,7 @@ class AsyncClient:
                         )
                     )
                 image = cropped[0]
-                provider_options = SearchOptions(
-                    anilist_id=options.anilist_id, cut_borders=False, anilist_info=options.anilist_info
-                )
+                provider_options = replace(provider_options, cut_borders=False)
             fitted = await anyio.to_thread.run_sync(_image.fit, image, provider.limits)
             return SearchQuery(options=provider_options, image=fitted)
 

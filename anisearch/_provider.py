@@ -182,6 +182,8 @@ class Provider(Protocol):
     """Where requests go (configurable through the provider's ``url`` setting)."""
     default_order: ClassVar[bool]
     """Whether the provider joins the default order when no ``providers=`` is given."""
+    default_rank: ClassVar[int]
+    """Its place in the default order, lowest first (trace.moe 100, whatanimeisthis.com 200)."""
 
     @classmethod
     def from_context(cls, context: ProviderContext) -> Self:

@@ -240,3 +240,30 @@ def test_secrets_in_urls_never_reach_the_log(
         client.search(samples / "tinted-good.jpg")
     assert mock.calls.last.request.url.params["token"] == "s3cr3t-token"
     assert "s3cr3t-token" not in caplog.text
+
+
+def test_anilist_filter_falls_back_to_a_provider_without_one(mock: respx.MockRouter, samples: Path) -> None:
+    mock.post(f"{BASE}/search").respond(
+        500, json={"error": "Search failed. Database temporarily unavailable."}
+    )
+    site = mock.post("https://site.test/api/anime/search").respond(
+        200,
+        json={
+            "results": [
+                {"anilistId": 21, "episode": 780, "from": 716.1, "to": 716.7, "similarity": 0.91},
+                {"anilistId": 11887, "episode": 5, "from": 1169.2, "to": 1174.9, "similarity": 0.88},
+            ]
+        },
+    )
+    options = {"tracemoe": {"url": BASE}, "whatanimeisthis": {"url": "https://site.test"}}
+    with Client(
+        Settings.load(providers=["tracemoe", "whatanimeisthis"], provider_options=options), transport(mock)
+    ) as client:
+        result = client.search(samples / "tinted-good.jpg", anilist_id=11887)
+    assert result.provider == "whatanimeisthis"
+    assert [h.anilist_id for h in result.hits] == [11887]
+    assert [(a.provider, a.outcome) for a in result.attempts] == [
+        ("tracemoe", "failed"),
+        ("whatanimeisthis", "ok"),
+    ]
+    assert b"11887" not in site.calls.last.request.content  # it cannot filter; anisearch does

@@ -92,6 +92,7 @@ class TraceMoe:
 
     name: ClassVar[str] = "tracemoe"
     default_order: ClassVar[bool] = True
+    default_rank: ClassVar[int] = 100
     capabilities: Capabilities = Capabilities(
         upload=True,
         url=True,

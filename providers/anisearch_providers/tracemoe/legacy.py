@@ -120,6 +120,7 @@ class WhatanimeGa:
 
     name: ClassVar[str] = "whatanime-ga"
     default_order: ClassVar[bool] = False
+    default_rank: ClassVar[int] = 300
     capabilities: Capabilities = Capabilities(
         upload=True,
         url=True,  # ?url= from 2019-09
