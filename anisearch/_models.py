@@ -7,6 +7,7 @@ Units: times are seconds (float) within the episode, similarity is 0..1, datetim
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -29,11 +30,36 @@ __all__ = [
     "RecentSearch",
     "SearchResult",
     "Title",
+    "coerce_episode",
 ]
 
 Episode = int | float | str | list[int | float | str] | None
 """An episode as the upstream gave it: ``5``, ``16.5``, ``"5|17"`` (alternatives), ``[1, 2]`` (joined),
 or None."""
+
+
+def _episode_part(value: Any) -> int | float | str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return None
+
+
+def coerce_episode(value: Any) -> Episode:
+    """An upstream ``episode`` kept as it came when it is a valid :data:`Episode`, else None.
+
+    ``5``, ``16.5``, ``"5|17"`` and ``[1, 2]`` pass through; an object, a boolean, a non-finite number or a
+    list holding any of those becomes None (the hit's ``raw`` still has it).
+    """
+    if isinstance(value, list):
+        parts = [_episode_part(item) for item in value]
+        kept = [part for part in parts if part is not None]
+        return kept if kept and len(kept) == len(value) else None
+    return _episode_part(value)
+
 
 QuotaWindow = Literal["rolling-24h", "day", "month", "minute", "hour"]
 QuotaScope = Literal["guest", "api-key", "session"]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from anisearch._exceptions import ProviderError, UpstreamResponseError
-from anisearch._models import Episode, Title
+from anisearch._models import Episode, Title, coerce_episode
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -113,27 +113,9 @@ def clamp_similarity(value: Any) -> float | None:
     return min(max(number, 0.0), 1.0)
 
 
-def _episode_part(value: Any) -> int | float | str | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return None
-
-
 def episode_value(value: Any) -> Episode:
-    """The upstream ``episode`` kept as it came: ``5``, ``16.5``, ``"5|17"``, ``[1, 2]`` or None.
-
-    Anything of another JSON type (an object, a boolean, an array holding those) becomes None; the
-    hit's ``raw`` still has it.
-    """
-    if isinstance(value, list):
-        parts = [_episode_part(item) for item in value]
-        kept = [part for part in parts if part is not None]
-        return kept if kept and len(kept) == len(value) else None
-    return _episode_part(value)
+    """The upstream ``episode`` kept as it came (see :func:`anisearch._models.coerce_episode`)."""
+    return coerce_episode(value)
 
 
 def title_from(

@@ -7,10 +7,9 @@ Each reader takes one upstream item (a dict) and looks under every alias the con
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from anisearch._models import Episode, Title
+from anisearch._models import Episode, Title, coerce_episode
 
 from ._tolerant import as_bool, as_int, pick
 
@@ -111,24 +110,9 @@ def title_of(item: dict[str, Any]) -> Title | None:
     return Title(**found) if found else None
 
 
-def _episode_part(value: Any) -> int | float | str | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return None
-
-
 def episode_of(item: dict[str, Any]) -> Episode:
     """The episode as sent (``5``, ``16.5``, ``"5|17"``, ``[1, 2]``), or None for anything else."""
-    value = pick(item, "episode", "ep", "episodeNumber")
-    if isinstance(value, list):
-        parts = [_episode_part(part) for part in value]
-        kept = [part for part in parts if part is not None]
-        return kept or None
-    return _episode_part(value)
+    return coerce_episode(pick(item, "episode", "ep", "episodeNumber"))
 
 
 def looks_masked(value: str) -> bool:
