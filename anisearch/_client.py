@@ -556,8 +556,7 @@ class AsyncClient:
                     return
                 offset += 1
                 yield item
-            short = len(page.items) < page_size
-            if short or page.has_more is False or (page.total is not None and offset >= page.total):
+            if _last_page(page, page_size, offset):
                 return
 
     async def credits(self) -> Credits:
@@ -702,11 +701,7 @@ class Client(AbstractContextManager["Client"]):
                     return
                 offset += 1
                 yield item
-            if (
-                len(page.items) < page_size
-                or page.has_more is False
-                or (page.total is not None and offset >= page.total)
-            ):
+            if _last_page(page, page_size, offset):
                 return
 
     def credits(self) -> Credits:
@@ -720,6 +715,12 @@ class Client(AbstractContextManager["Client"]):
     def sign_out(self) -> None:
         """See :meth:`AsyncClient.sign_out`."""
         self._run(self._async.sign_out)
+
+
+def _last_page(page: Page[Any], page_size: int, seen: int) -> bool:
+    """A paginator stops on a short page, an explicit "no more", or once it has seen the reported total."""
+    short = len(page.items) < page_size
+    return short or page.has_more is False or (page.total is not None and seen >= page.total)
 
 
 async def _make_async(

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -163,3 +164,27 @@ def redis_url(redis_server: RedisServer) -> str:
     """The URL of an empty database on the session's redis-server."""
     redis_server.flush()
     return redis_server.url
+
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes = b""
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m anisearch ARGS`` in its own process, with the test's environment plus ``env``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "anisearch", *args],
+        env={**os.environ, **(env or {})},
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+@pytest.fixture
+def cli() -> Cli:
+    """The ``anisearch`` command as a user runs it: ``cli("search", path, env={...}, stdin=b"...")``."""
+    return run_cli

@@ -23,22 +23,14 @@ from anisearch_providers.whatanimeisthis.emulator import create_app as whatanime
 
 pytestmark = pytest.mark.e2e
 
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "anisearch", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+Cli = Callable[..., "subprocess.CompletedProcess[str]"]
+"""The ``cli`` fixture of conftest.py: runs ``python -m anisearch`` in its own process."""
 
 
-def five_searches(image: Path, envs: list[dict[str, str]]) -> list[dict[str, Any]]:
+def five_searches(cli: Cli, image: Path, envs: list[dict[str, str]]) -> list[dict[str, Any]]:
     results = []
     for env in envs:
-        done = run_cli("search", str(image), "--json", "--no-cache", env=env)
+        done = cli("search", str(image), "--json", "--no-cache", env=env)
         assert done.returncode == 0, done.stderr
         results.append(json.loads(done.stdout))
     return results
@@ -54,7 +46,7 @@ def assert_split(results: list[dict[str, Any]], trace: Any) -> None:
 
 
 def test_five_processes_share_the_default_sqlite_ledger(
-    live_server: Callable[[Any], Any], samples: Path
+    cli: Cli, live_server: Callable[[Any], Any], samples: Path
 ) -> None:
     trace = live_server(tracemoe_app(quota=3))
     fallback = live_server(whatanimeisthis_app())
@@ -63,18 +55,18 @@ def test_five_processes_share_the_default_sqlite_ledger(
         "ANISEARCH_WHATANIMEISTHIS_URL": fallback.url,
         "ANISEARCH_PROVIDERS": "tracemoe,whatanimeisthis",
     }
-    results = five_searches(samples / "tinted-good.jpg", [env] * 5)
+    results = five_searches(cli, samples / "tinted-good.jpg", [env] * 5)
     assert_split(results, trace)
     state = Path(os.environ["XDG_STATE_HOME"]) / "anisearch" / "ledger.sqlite3"
     assert state.is_file()
-    quota = run_cli("quota", "tracemoe", "--json", env=env)
+    quota = cli("quota", "tracemoe", "--json", env=env)
     windows = {q["window"]: q for q in json.loads(quota.stdout)}
     assert (windows["rolling-24h"]["limit"], windows["rolling-24h"]["remaining"]) == (3, 0)
 
 
 @pytest.mark.redis
 def test_two_machines_share_one_redis_ledger(
-    live_server: Callable[[Any], Any], samples: Path, redis_url: str, tmp_path: Path
+    cli: Cli, live_server: Callable[[Any], Any], samples: Path, redis_url: str, tmp_path: Path
 ) -> None:
     trace = live_server(tracemoe_app(quota=3))
     fallback = live_server(whatanimeisthis_app())
@@ -89,7 +81,7 @@ def test_two_machines_share_one_redis_ledger(
         }
         for name in ("machine-a", "machine-b")
     ]
-    results = five_searches(samples / "tinted-good.jpg", [machines[i % 2] for i in range(5)])
+    results = five_searches(cli, samples / "tinted-good.jpg", [machines[i % 2] for i in range(5)])
     assert_split(results, trace)
     for name in ("machine-a", "machine-b"):
         assert not (tmp_path / name / "state" / "anisearch" / "ledger.sqlite3").exists()

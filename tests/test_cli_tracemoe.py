@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,19 +16,8 @@ from anisearch_providers.tracemoe.emulator import create_app
 
 pytestmark = pytest.mark.e2e
 
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, stdin: bytes = b""
-) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "anisearch", *args],
-        env={**os.environ, **(env or {})},
-        input=stdin,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
+Cli = Callable[..., "subprocess.CompletedProcess[str]"]
+"""The ``cli`` fixture of conftest.py: runs ``python -m anisearch`` in its own process."""
 
 
 @pytest.fixture
@@ -39,9 +26,9 @@ def tracemoe(live_server: Callable[[Any], Any]) -> Any:
 
 
 def search_json(
-    server: Any, image: str | Path, *extra: str
+    cli: Cli, server: Any, image: str | Path, *extra: str
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    done = run_cli("search", str(image), "--json", *extra, env={"ANISEARCH_TRACEMOE_URL": server.url})
+    done = cli("search", str(image), "--json", *extra, env={"ANISEARCH_TRACEMOE_URL": server.url})
     return done, json.loads(done.stdout) if done.stdout.strip() else {}
 
 
@@ -55,8 +42,8 @@ def assert_kokoro_connect_ep5(result: dict[str, Any]) -> None:
     assert best["similarity"] >= 0.9
 
 
-def test_a_real_screenshot_is_identified(tracemoe: Any, samples: Path) -> None:
-    done, result = search_json(tracemoe, samples / "tinted-good.jpg", "-p", "tracemoe")
+def test_a_real_screenshot_is_identified(cli: Cli, tracemoe: Any, samples: Path) -> None:
+    done, result = search_json(cli, tracemoe, samples / "tinted-good.jpg", "-p", "tracemoe")
     assert done.returncode == 0, done.stderr
     assert_kokoro_connect_ep5(result)
     assert result["provider"] == "tracemoe"
@@ -66,14 +53,14 @@ def test_a_real_screenshot_is_identified(tracemoe: Any, samples: Path) -> None:
 
 
 def test_a_1080p_png_upscale_gives_the_same_answer_in_a_small_upload(
-    tracemoe: Any, samples: Path, tmp_path: Path
+    cli: Cli, tracemoe: Any, samples: Path, tmp_path: Path
 ) -> None:
     big = tmp_path / "upscaled.png"
     Image.open(samples / "tinted-good.jpg").convert("RGB").resize(
         (1920, 1080), Image.Resampling.LANCZOS
     ).save(big)
     assert big.stat().st_size > 500_000
-    done, result = search_json(tracemoe, big, "-p", "tracemoe")
+    done, result = search_json(cli, tracemoe, big, "-p", "tracemoe")
     assert done.returncode == 0, done.stderr
     assert_kokoro_connect_ep5(result)
     uploads = tracemoe.app.state.emulator.upload_sizes
@@ -81,16 +68,16 @@ def test_a_1080p_png_upscale_gives_the_same_answer_in_a_small_upload(
     assert uploads[0] <= 100_000
 
 
-def test_stdin_and_the_cache(tracemoe: Any, samples: Path) -> None:
+def test_stdin_and_the_cache(cli: Cli, tracemoe: Any, samples: Path) -> None:
     data = (samples / "tinted-good.jpg").read_bytes()
-    first = run_cli(
+    first = cli(
         "search", "-", "--json", "-p", "tracemoe", env={"ANISEARCH_TRACEMOE_URL": tracemoe.url}, stdin=data
     )
     assert first.returncode == 0, first.stderr
     # A re-encode of the same frame is the same search: answered from the cache, no quota spent.
     buffer = io.BytesIO()
     Image.open(io.BytesIO(data)).save(buffer, "PNG")
-    again = run_cli(
+    again = cli(
         "search",
         "-",
         "--json",
@@ -106,10 +93,10 @@ def test_stdin_and_the_cache(tracemoe: Any, samples: Path) -> None:
     assert tracemoe.app.state.emulator.search_requests == 1
 
 
-def test_a_text_file_is_bad_input_and_sends_nothing(tracemoe: Any, tmp_path: Path) -> None:
+def test_a_text_file_is_bad_input_and_sends_nothing(cli: Cli, tracemoe: Any, tmp_path: Path) -> None:
     text = tmp_path / "notes.jpg"
     text.write_text("these are my notes, not a screenshot\n")
-    done = run_cli("search", str(text), env={"ANISEARCH_TRACEMOE_URL": tracemoe.url})
+    done = cli("search", str(text), env={"ANISEARCH_TRACEMOE_URL": tracemoe.url})
     assert done.returncode == 3
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -119,25 +106,27 @@ def test_a_text_file_is_bad_input_and_sends_nothing(tracemoe: Any, tmp_path: Pat
     assert tracemoe.app.state.emulator.search_requests == 0
 
 
-def test_missing_file_and_unknown_provider_are_clear(tracemoe: Any, samples: Path, tmp_path: Path) -> None:
-    missing = run_cli("search", str(tmp_path / "nope.png"))
+def test_missing_file_and_unknown_provider_are_clear(
+    cli: Cli, tracemoe: Any, samples: Path, tmp_path: Path
+) -> None:
+    missing = cli("search", str(tmp_path / "nope.png"))
     assert missing.returncode == 3
     assert "no such file" in missing.stderr
-    unknown = run_cli("search", str(samples / "tinted-good.jpg"), "-p", "tracemo")
+    unknown = cli("search", str(samples / "tinted-good.jpg"), "-p", "tracemo")
     assert unknown.returncode == 2
     assert "known providers:" in unknown.stderr
     assert "tracemoe" in unknown.stderr
 
 
-def test_quota_after_a_search_shows_the_upstream_count(tracemoe: Any, samples: Path) -> None:
+def test_quota_after_a_search_shows_the_upstream_count(cli: Cli, tracemoe: Any, samples: Path) -> None:
     env = {"ANISEARCH_TRACEMOE_URL": tracemoe.url, "ANISEARCH_PROVIDERS": "tracemoe"}
-    assert run_cli("search", str(samples / "tinted-good.jpg"), env=env).returncode == 0
-    done = run_cli("quota", "tracemoe", "--json", env=env)
+    assert cli("search", str(samples / "tinted-good.jpg"), env=env).returncode == 0
+    done = cli("quota", "tracemoe", "--json", env=env)
     assert done.returncode == 0, done.stderr
     windows = {q["window"]: q for q in json.loads(done.stdout)}
     assert windows["rolling-24h"]["limit"] == 100
     assert windows["rolling-24h"]["used"] == 1
-    refreshed = run_cli("quota", "tracemoe", "--refresh", "--json", env=env)
+    refreshed = cli("quota", "tracemoe", "--refresh", "--json", env=env)
     assert refreshed.returncode == 0, refreshed.stderr
     body = json.loads(refreshed.stdout)
     day = next(q for q in body if q["window"] == "rolling-24h")
@@ -145,8 +134,8 @@ def test_quota_after_a_search_shows_the_upstream_count(tracemoe: Any, samples: P
     assert "127.0.0.1" not in refreshed.stdout  # the caller's address (/me `id`) is never shown
 
 
-def test_providers_lists_the_registered_ones(tracemoe: Any) -> None:
-    done = run_cli("providers", "--json", env={"ANISEARCH_TRACEMOE_URL": tracemoe.url})
+def test_providers_lists_the_registered_ones(cli: Cli, tracemoe: Any) -> None:
+    done = cli("providers", "--json", env={"ANISEARCH_TRACEMOE_URL": tracemoe.url})
     assert done.returncode == 0, done.stderr
     infos = {p["name"]: p for p in json.loads(done.stdout)}
     assert infos["tracemoe"]["base_url"] == tracemoe.url

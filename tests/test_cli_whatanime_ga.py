@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,22 +19,16 @@ from anisearch_providers.tracemoe.legacy_emulator import create_app as legacy_ap
 
 pytestmark = pytest.mark.e2e
 
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "anisearch", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+Cli = Callable[..., "subprocess.CompletedProcess[str]"]
+"""The ``cli`` fixture of conftest.py: runs ``python -m anisearch`` in its own process."""
 
 
-def test_the_legacy_api_identifies_the_screenshot(live_server: Callable[[Any], Any], samples: Path) -> None:
+def test_the_legacy_api_identifies_the_screenshot(
+    cli: Cli, live_server: Callable[[Any], Any], samples: Path
+) -> None:
     legacy = live_server(legacy_app())
     env = {"ANISEARCH_WHATANIME_GA_URL": legacy.url}
-    done = run_cli("search", str(samples / "tinted-good.jpg"), "-p", "whatanime-ga", "--json", env=env)
+    done = cli("search", str(samples / "tinted-good.jpg"), "-p", "whatanime-ga", "--json", env=env)
     assert done.returncode == 0, done.stderr
     best = json.loads(done.stdout)["hits"][0]
     assert (best["provider"], best["anilist_id"], best["episode"]) == ("whatanime-ga", 11887, 5)
@@ -46,7 +38,7 @@ def test_the_legacy_api_identifies_the_screenshot(live_server: Callable[[Any], A
 
 
 def test_an_8_mb_photo_is_re_encoded_under_the_1_mb_body_limit(
-    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+    cli: Cli, live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
 ) -> None:
     legacy = live_server(legacy_app())
     # The screenshot, upscaled to 4000 px and sprinkled with noise: a large, hard-to-compress photo.
@@ -57,7 +49,7 @@ def test_an_8_mb_photo_is_re_encoded_under_the_1_mb_body_limit(
     path = tmp_path / "photo.jpg"
     photo.save(path, quality=100, subsampling=0)
     assert path.stat().st_size > 8_000_000
-    done = run_cli(
+    done = cli(
         "search", str(path), "-p", "whatanime-ga", "--json", env={"ANISEARCH_WHATANIME_GA_URL": legacy.url}
     )
     assert done.returncode == 0, done.stderr
@@ -68,7 +60,7 @@ def test_an_8_mb_photo_is_re_encoded_under_the_1_mb_body_limit(
 
 
 def test_the_eleventh_search_in_a_minute_is_not_sent(
-    live_server: Callable[[Any], Any], samples: Path
+    cli: Cli, live_server: Callable[[Any], Any], samples: Path
 ) -> None:
     legacy = live_server(legacy_app())
     settings = Settings.load(
@@ -81,7 +73,7 @@ def test_the_eleventh_search_in_a_minute_is_not_sent(
             base.point([min(255, v + shade) for v in range(256)] * 3).save(buffer, "PNG")
             assert client.search(buffer.getvalue(), cache=False).provider == "whatanime-ga"
     assert legacy.app.state.emulator.search_requests == 10
-    done = run_cli(
+    done = cli(
         "search",
         str(samples / "tinted-good.jpg"),
         "-p",
@@ -95,7 +87,7 @@ def test_the_eleventh_search_in_a_minute_is_not_sent(
 
 
 def test_a_rate_limited_legacy_server_falls_back_to_tracemoe(
-    live_server: Callable[[Any], Any], samples: Path
+    cli: Cli, live_server: Callable[[Any], Any], samples: Path
 ) -> None:
     from anisearch_providers.tracemoe._legacy_emulator_state import Allowance
 
@@ -103,7 +95,7 @@ def test_a_rate_limited_legacy_server_falls_back_to_tracemoe(
     trace = live_server(tracemoe_app())
     env = {"ANISEARCH_WHATANIME_GA_URL": legacy.url, "ANISEARCH_TRACEMOE_URL": trace.url}
     image = str(samples / "tinted-good.jpg")
-    done = run_cli("search", image, "-p", "whatanime-ga", "-p", "tracemoe", "--json", env=env)
+    done = cli("search", image, "-p", "whatanime-ga", "-p", "tracemoe", "--json", env=env)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["provider"] == "tracemoe"
@@ -115,6 +107,6 @@ def test_a_rate_limited_legacy_server_falls_back_to_tracemoe(
         429,
     )
     # The cooldown is remembered: the next run does not ask the legacy server at all.
-    again = run_cli("search", image, "-p", "whatanime-ga", "-p", "tracemoe", "--json", "--no-cache", env=env)
+    again = cli("search", image, "-p", "whatanime-ga", "-p", "tracemoe", "--json", "--no-cache", env=env)
     assert json.loads(again.stdout)["attempts"][0]["outcome"] == "skipped"
     assert legacy.app.state.emulator.search_requests == 1

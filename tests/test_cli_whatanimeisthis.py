@@ -6,7 +6,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,10 @@ from anisearch_providers.whatanimeisthis.emulator import create_app
 
 pytestmark = pytest.mark.e2e
 
+Cli = Callable[..., "subprocess.CompletedProcess[str]"]
+"""The ``cli`` fixture of conftest.py: runs ``python -m anisearch`` in its own process."""
+
 EMAIL, PASSWORD = "ann@example.com", "correct horse battery staple"
-
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "anisearch", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.fixture
@@ -37,18 +27,18 @@ def site(live_server: Callable[[Any], Any]) -> Any:
     return live_server(create_app(users={EMAIL: PASSWORD}))
 
 
-def credits_json(env: dict[str, str]) -> dict[str, Any]:
-    done = run_cli("credits", "--json", env=env)
+def credits_json(cli: Cli, env: dict[str, str]) -> dict[str, Any]:
+    done = cli("credits", "--json", env=env)
     assert done.returncode == 0, done.stderr
     payload: dict[str, Any] = json.loads(done.stdout)
     return payload
 
 
-def test_an_account_from_login_to_logout(site: Any, samples: Path) -> None:
+def test_an_account_from_login_to_logout(cli: Cli, site: Any, samples: Path) -> None:
     env = {"ANISEARCH_WHATANIMEISTHIS_URL": site.url, "ANISEARCH_PROVIDERS": "whatanimeisthis"}
     image = str(samples / "tinted-good.jpg")
 
-    signed_in = run_cli(
+    signed_in = cli(
         "login",
         env={**env, "ANISEARCH_WHATANIMEISTHIS_EMAIL": EMAIL, "ANISEARCH_WHATANIMEISTHIS_PASSWORD": PASSWORD},
     )
@@ -61,47 +51,45 @@ def test_an_account_from_login_to_logout(site: Any, samples: Path) -> None:
     assert len(jars) == 1
     assert stat.S_IMODE(jars[0].stat().st_mode) == 0o600
     assert PASSWORD not in jars[0].read_text()
-    assert credits_json(env)["free_remaining"] == 10
+    assert credits_json(cli, env)["free_remaining"] == 10
 
     for _ in range(6):
-        done = run_cli("search", image, "--json", "--no-cache", env=env)
+        done = cli("search", image, "--json", "--no-cache", env=env)
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["provider"] == "whatanimeisthis"
-    assert credits_json(env)["free_remaining"] == 4
+    assert credits_json(cli, env)["free_remaining"] == 4
 
-    created = run_cli("keys", "create", "bot", env=env)
+    created = cli("keys", "create", "bot", env=env)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]
     assert len(key) >= 16
-    listed = run_cli("keys", "list", "--json", env=env)
+    listed = cli("keys", "list", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     keys = json.loads(listed.stdout)
     assert [k["title"] for k in keys] == ["bot"]
     assert key not in listed.stdout  # masked in lists
 
-    with_key = run_cli(
-        "search", image, "--json", "--no-cache", env={**env, "ANISEARCH_WHATANIMEISTHIS_KEY": key}
-    )
+    with_key = cli("search", image, "--json", "--no-cache", env={**env, "ANISEARCH_WHATANIMEISTHIS_KEY": key})
     assert with_key.returncode == 0, with_key.stderr
     assert json.loads(with_key.stdout)["hits"][0]["anilist_id"] == 11887
 
-    recent = run_cli("recent", "--json", "--limit", "3", env=env)
+    recent = cli("recent", "--json", "--limit", "3", env=env)
     assert recent.returncode == 0, recent.stderr
     assert json.loads(recent.stdout)[0]["anilist_id"] == 11887
-    rankings = run_cli("rankings", "--period", "daily", "--json", env=env)
+    rankings = cli("rankings", "--period", "daily", "--json", env=env)
     assert rankings.returncode == 0, rankings.stderr
     assert json.loads(rankings.stdout)[0]["anilist_id"] == 11887
 
-    signed_out = run_cli("logout", env=env)
+    signed_out = cli("logout", env=env)
     assert signed_out.returncode == 0, signed_out.stderr
     assert not jars[0].exists()
-    after = run_cli("credits", env=env)
+    after = cli("credits", env=env)
     assert after.returncode == 5
     assert "Traceback" not in after.stderr
 
 
-def test_a_wrong_password_is_an_authentication_error(site: Any) -> None:
-    done = run_cli(
+def test_a_wrong_password_is_an_authentication_error(cli: Cli, site: Any) -> None:
+    done = cli(
         "login",
         env={
             "ANISEARCH_WHATANIMEISTHIS_URL": site.url,
@@ -114,13 +102,13 @@ def test_a_wrong_password_is_an_authentication_error(site: Any) -> None:
     assert "wrong" not in done.stderr
 
 
-def test_a_guests_sixth_search_of_the_day_is_not_sent(site: Any, samples: Path) -> None:
+def test_a_guests_sixth_search_of_the_day_is_not_sent(cli: Cli, site: Any, samples: Path) -> None:
     env = {"ANISEARCH_WHATANIMEISTHIS_URL": site.url, "ANISEARCH_PROVIDERS": "whatanimeisthis"}
     image = str(samples / "tinted-good.jpg")
     for _ in range(5):
-        done = run_cli("search", image, "--no-cache", env=env)
+        done = cli("search", image, "--no-cache", env=env)
         assert done.returncode == 0, done.stderr
-    sixth = run_cli("search", image, "--no-cache", env=env)
+    sixth = cli("search", image, "--no-cache", env=env)
     assert sixth.returncode == 4
     assert "whatanimeisthis skipped: quota exhausted until " in sixth.stderr
     assert site.app.state.emulator.search_requests == 5

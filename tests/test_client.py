@@ -267,3 +267,34 @@ def test_anilist_filter_falls_back_to_a_provider_without_one(mock: respx.MockRou
         ("whatanimeisthis", "ok"),
     ]
     assert b"11887" not in site.calls.last.request.content  # it cannot filter; anisearch does
+
+
+@pytest.mark.parametrize(
+    ("pages", "expected_calls"),
+    [
+        ([{"items": [1, 2], "total": 5}, {"items": [3, 4], "total": 5}, {"items": [5], "total": 5}], 3),
+        ([{"items": [1, 2]}, {"items": [3]}], 2),  # a short page is the last
+        ([{"items": [1, 2], "total": 4}, {"items": [3, 4], "total": 4}], 2),  # never asks past the total
+        ([{"items": [1, 2], "hasMore": False}], 1),
+    ],
+)
+def test_recent_searches_paginate_until_the_end(
+    mock: respx.MockRouter, pages: list[dict[str, Any]], expected_calls: int
+) -> None:
+    def page(request: httpx.Request) -> httpx.Response:
+        index = int(request.url.params["offset"]) // 2
+        body = pages[index]
+        items = [{"id": str(n), "anilistId": 100 + n, "similarity": 0.9} for n in body["items"]]
+        return httpx.Response(200, json={**body, "items": items})
+
+    route = mock.get("https://site.test/api/anime/recent-searches").mock(side_effect=page)
+    options = {"whatanimeisthis": {"url": "https://site.test"}}
+    with Client(
+        Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)
+    ) as client:
+        seen = [item.anilist_id for item in client.iter_recent_searches(page_size=2)]
+        capped = [item.anilist_id for item in client.iter_recent_searches(page_size=2, max_items=1)]
+    expected = [100 + n for body in pages for n in body["items"]]
+    assert seen == expected
+    assert capped == expected[:1]
+    assert route.call_count == expected_calls + 1
