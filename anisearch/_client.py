@@ -496,6 +496,15 @@ class AsyncClient:
 
     # ------------------------------------------------------------------ account features
 
+    def account_provider(self) -> str:
+        """The name of the provider that serves the account features (rankings, credits, API keys).
+
+        Raises:
+            ConfigurationError: No installed provider has account features.
+        """
+        name: str = self._account_provider().name
+        return name
+
     def _account_provider(self) -> Any:
         for name in [*self._order(None), *available_providers()]:
             try:
@@ -703,6 +712,10 @@ class Client(AbstractContextManager["Client"]):
                 yield item
             if _last_page(page, page_size, offset):
                 return
+
+    def account_provider(self) -> str:
+        """See :meth:`AsyncClient.account_provider`."""
+        return self._async.account_provider()
 
     def credits(self) -> Credits:
         """See :meth:`AsyncClient.credits`."""

@@ -332,18 +332,21 @@ def login(
     ] = None,
 ) -> None:
     """Sign in to whatanimeisthis.com; the session cookie is kept in the state dir (mode 0600)."""
-    email = email or os.environ.get("ANISEARCH_WHATANIMEISTHIS_EMAIL")
-    password = os.environ.get("ANISEARCH_WHATANIMEISTHIS_PASSWORD")
-    if not email:
-        if not sys.stdin.isatty():
-            _fail("no email: pass --email or set ANISEARCH_WHATANIMEISTHIS_EMAIL", EXIT_USAGE)
-        email = typer.prompt("email")
-    if not password:
-        if not sys.stdin.isatty():
-            _fail("no password: set ANISEARCH_WHATANIMEISTHIS_PASSWORD or run on a terminal", EXIT_USAGE)
-        password = getpass.getpass("password: ")
     with _client() as client:
-        _waiting("signing in…", lambda: client.sign_in(email, password))
+        name = client.account_provider()
+        config = client.settings.provider_config(name)
+        variable = f"ANISEARCH_{name.upper().replace('-', '_')}"
+        email = email or config.get("email")
+        password = config.get("password")
+        if not email:
+            if not sys.stdin.isatty():
+                _fail(f"no email: pass --email or set {variable}_EMAIL", EXIT_USAGE)
+            email = typer.prompt("email")
+        if not password:
+            if not sys.stdin.isatty():
+                _fail(f"no password: set {variable}_PASSWORD or run on a terminal", EXIT_USAGE)
+            password = getpass.getpass("password: ")
+        _waiting("signing in…", lambda: client.sign_in(str(email), str(password)))
     out.print(f"signed in as {email}", markup=False)
 
 
@@ -388,13 +391,14 @@ def keys_create(
     """Create an API key; the key is printed this one time only."""
     with _client() as client:
         created = _waiting("creating…", lambda: client.api_keys.create(title))
+        variable = f"ANISEARCH_{client.account_provider().upper().replace('-', '_')}_KEY"
     secret = created.key.get_secret_value()
     if as_json:
         _print_json({**created.model_dump(mode="json", exclude={"raw", "key"}), "key": secret})
         return
     out.print(f"created API key {created.title or title!r} ({created.id})", markup=False)
     out.print(secret, markup=False, highlight=False)
-    err.print("this is the only time the key is shown: store it now (ANISEARCH_WHATANIMEISTHIS_KEY)")
+    err.print(f"this is the only time the key is shown: store it now (for example as {variable})")
 
 
 @cache_app.command("info")
