@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from anisearch._client import AsyncClient, Client
+from anisearch._client import AsyncClient
 from anisearch._config import Settings
 from anisearch._exceptions import (
     AllProvidersFailedError,
@@ -64,6 +64,7 @@ from anisearch._provider import (
     available_providers,
 )
 from anisearch._router import Strategy
+from anisearch._sync import Client
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -1,9 +1,7 @@
-"""The engine: ``AsyncClient`` (async, the one implementation) and ``Client`` (its sync facade).
+"""The engine: ``AsyncClient``, the one implementation (``Client`` in ``_sync.py`` wraps it).
 
 ``AsyncClient`` owns the HTTP connection pool (httpx), the ledger, the result cache and the providers;
-it prepares the image once, looks in the cache, and hands the search to the router. ``Client`` runs an
-``AsyncClient`` on a private event-loop thread (an anyio blocking portal, as Starlette's TestClient
-does), so the sync API works in scripts, inside Jupyter and inside async applications alike.
+it prepares the image once, looks in the cache, and hands the search to the router.
 """
 
 from __future__ import annotations
@@ -11,8 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from importlib.metadata import version
@@ -66,7 +63,7 @@ if TYPE_CHECKING:
     from anisearch._image import PreparedImage
     from anisearch._ledger._base import Ledger
 
-__all__ = ["ApiKeys", "AsyncApiKeys", "AsyncClient", "Client"]
+__all__ = ["AsyncApiKeys", "AsyncClient"]
 
 T = TypeVar("T")
 
@@ -599,144 +596,7 @@ class AsyncClient:
         await self._call(provider, provider.sign_out_request(), provider.parse_sign_out)
 
 
-class ApiKeys:
-    """Sync view of :class:`AsyncApiKeys`."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    def list(self, page: int = 1, page_size: int = 20) -> list[ApiKey]:
-        """See :meth:`AsyncApiKeys.list`."""
-        return self._client._run(self._client._async.api_keys.list, page, page_size)
-
-    def create(self, title: str) -> CreatedApiKey:
-        """See :meth:`AsyncApiKeys.create`."""
-        return self._client._run(self._client._async.api_keys.create, title)
-
-
-class Client(AbstractContextManager["Client"]):
-    """The synchronous client: the same engine as :class:`AsyncClient`, run on a private loop thread.
-
-    Use it as ``with Client() as client: client.search("shot.jpg")``. Arguments as for AsyncClient.
-
-    Raises:
-        ConfigurationError: As AsyncClient.
-    """
-
-    def __init__(
-        self,
-        settings: Settings | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        *,
-        on_attempt: AttemptCallback | None = None,
-    ) -> None:
-        self._stack = ExitStack()
-        self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
-        try:
-            self._async = self._portal.call(partial(_make_async, settings, transport, on_attempt))
-        except BaseException:
-            self._stack.close()
-            raise
-        self.settings = self._async.settings
-        self.api_keys = ApiKeys(self)
-
-    def _run(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        return self._portal.call(partial(func, *args, **kwargs))
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the engine and stop its loop thread."""
-        try:
-            self._portal.call(self._async.aclose)
-        finally:
-            self._stack.close()
-
-    def search(
-        self,
-        image: str | os.PathLike[str] | bytes | IO[bytes] | Image.Image,
-        *,
-        providers: Sequence[str] | None = None,
-        strategy: Strategy = "fallback",
-        anilist_id: int | None = None,
-        cut_borders: bool = False,
-        anilist_info: bool = False,
-        min_similarity: float | None = None,
-        cache: bool = True,
-    ) -> SearchResult:
-        """See :meth:`AsyncClient.search` (same arguments, same errors)."""
-        return self._run(
-            self._async.search,
-            image,
-            providers=providers,
-            strategy=strategy,
-            anilist_id=anilist_id,
-            cut_borders=cut_borders,
-            anilist_info=anilist_info,
-            min_similarity=min_similarity,
-            cache=cache,
-        )
-
-    def quota(self, provider: str | None = None, *, refresh: bool = False) -> list[Quota]:
-        """See :meth:`AsyncClient.quota`."""
-        return self._run(self._async.quota, provider, refresh=refresh)
-
-    def providers(self) -> list[ProviderInfo]:
-        """See :meth:`AsyncClient.providers`."""
-        return self._run(self._async.providers)
-
-    def rankings(
-        self, period: str = "all", limit: int = 50, include_adult: bool = False
-    ) -> list[RankingEntry]:
-        """See :meth:`AsyncClient.rankings`."""
-        return self._run(self._async.rankings, period, limit, include_adult)
-
-    def recent_searches(self, limit: int = 20, offset: int = 0) -> list[RecentSearch]:
-        """See :meth:`AsyncClient.recent_searches`."""
-        return self._run(self._async.recent_searches, limit, offset)
-
-    def iter_recent_searches(
-        self, page_size: int = 20, max_items: int | None = None
-    ) -> Iterator[RecentSearch]:
-        """See :meth:`AsyncClient.iter_recent_searches`; fetches page by page as you iterate."""
-        offset = 0
-        while max_items is None or offset < max_items:
-            page = self._run(self._async._recent_page, page_size, offset)
-            for item in page.items:
-                if max_items is not None and offset >= max_items:
-                    return
-                offset += 1
-                yield item
-            if _last_page(page, page_size, offset):
-                return
-
-    def account_provider(self) -> str:
-        """See :meth:`AsyncClient.account_provider`."""
-        return self._async.account_provider()
-
-    def credits(self) -> Credits:
-        """See :meth:`AsyncClient.credits`."""
-        return self._run(self._async.credits)
-
-    def sign_in(self, email: str, password: str) -> None:
-        """See :meth:`AsyncClient.sign_in`."""
-        self._run(self._async.sign_in, email, password)
-
-    def sign_out(self) -> None:
-        """See :meth:`AsyncClient.sign_out`."""
-        self._run(self._async.sign_out)
-
-
 def _last_page(page: Page[Any], page_size: int, seen: int) -> bool:
     """A paginator stops on a short page, an explicit "no more", or once it has seen the reported total."""
     short = len(page.items) < page_size
     return short or page.has_more is False or (page.total is not None and seen >= page.total)
-
-
-async def _make_async(
-    settings: Settings | None, transport: httpx.AsyncBaseTransport | None, on_attempt: AttemptCallback | None
-) -> AsyncClient:
-    return AsyncClient(settings, transport, on_attempt=on_attempt)

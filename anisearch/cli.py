@@ -19,7 +19,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from anisearch._client import Client
 from anisearch._config import Settings
 from anisearch._exceptions import (
     AllProvidersFailedError,
@@ -33,6 +32,7 @@ from anisearch._exceptions import (
 from anisearch._models import Quota, SearchResult
 from anisearch._provider import available_emulators, load_emulator
 from anisearch._router import Strategy
+from anisearch._sync import Client
 
 __all__ = ["app", "main"]
 
