@@ -10,7 +10,7 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from importlib.metadata import version
 from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
@@ -90,14 +90,6 @@ if not any(isinstance(f, _RedactSecrets) for f in _httpx_logger.filters):
 
 def _user_agent() -> str:
     return f"anisearch/{version('anisearch')} (+https://pypi.org/project/anisearch/)"
-
-
-@dataclass(frozen=True, slots=True)
-class _Source:
-    """The caller's input, resolved to something :func:`_image.prepare` takes."""
-
-    value: Any
-    url: str | None = None
 
 
 class AsyncApiKeys:
@@ -264,17 +256,18 @@ class AsyncClient:
 
     async def _call(self, provider: Any, request: httpx.Request, parse: Callable[[httpx.Response], T]) -> T:
         response = await self._send(provider, request)
-        observed = provider.observe(response) if hasattr(provider, "observe") else []
+        observed = provider.observe(response)
         if observed:
             await (await self._get_ledger()).observe(self._scope(provider), observed)
         return parse(response)
 
     # ------------------------------------------------------------------ search
 
-    async def _resolve(self, image: Any) -> _Source:
+    async def _resolve(self, image: Any) -> Any:
+        """An http(s) URL becomes its downloaded bytes; anything else goes to the image module as is."""
         if isinstance(image, str) and image.startswith(("http://", "https://")):
-            return _Source(await self._download(image), url=image)
-        return _Source(image)
+            return await self._download(image)
+        return image
 
     async def _download(self, url: str) -> bytes:
         try:
@@ -347,7 +340,7 @@ class AsyncClient:
             raise ConfigurationError(f"anilist_id must be a positive AniList ID, got {anilist_id}")
         names = self._order(providers)
         source = await self._resolve(image)
-        prepared = await anyio.to_thread.run_sync(partial(_image.prepare, source.value))
+        prepared = await anyio.to_thread.run_sync(partial(_image.prepare, source))
         options = SearchOptions(anilist_id=anilist_id, cut_borders=cut_borders, anilist_info=anilist_info)
         use_cache = cache and self._get_cache() is not None
         routes = [self._route(name, prepared, options, use_cache=use_cache) for name in names]
