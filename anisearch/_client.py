@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from functools import partial
 from importlib.metadata import version
 from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
@@ -162,6 +163,7 @@ class AsyncClient:
         self._cache: ResultCache | None = None
         self._cache_opened = False
         self._inflight: dict[str, anyio.Event] = {}
+        self._assumed: set[tuple[str, str]] = set()
         self.api_keys = AsyncApiKeys(self)
 
     async def __aenter__(self) -> Self:
@@ -224,6 +226,31 @@ class AsyncClient:
     def _scope(self, provider: Provider) -> str:
         credential = provider.credential
         return scope_id(credential.scope, credential.secret)
+
+    async def _assume(self, provider: Provider, scope: str) -> Ledger:
+        """Seed the ledger with the provider's documented limits for windows the upstream never reported.
+
+        Without this a provider that reports nothing (whatanimeisthis.com's guest 5 a day) would be asked
+        until it refused. An upstream answer replaces an assumption as soon as one arrives.
+        """
+        ledger = await self._get_ledger()
+        if (provider.name, scope) in self._assumed:
+            return ledger
+        self._assumed.add((provider.name, scope))
+        known = {
+            q.window
+            for q in await ledger.snapshot(provider.name)
+            if q.raw.get("scope_id") == scope and q.limit is not None
+        }
+        now = datetime.now(UTC)
+        missing = [
+            q.model_copy(update={"observed_at": now})
+            for q in provider.assumed_quotas()
+            if q.limit is not None and q.window not in known
+        ]
+        if missing:
+            await ledger.observe(scope, missing)
+        return ledger
 
     @staticmethod
     def _slots(provider: Provider) -> int:
@@ -401,6 +428,8 @@ class AsyncClient:
         min_similarity: float | None,
     ) -> SearchResult:
         cropped: list[PreparedImage] = []
+        for route in routes:
+            await self._assume(route.provider, route.scope)
 
         async def query_for(provider: Provider) -> SearchQuery:
             image = prepared
@@ -451,17 +480,16 @@ class AsyncClient:
             ProviderError: ``refresh`` and an upstream failed to answer.
         """
         names = [provider] if provider else self._order(None)
-        ledger = await self._get_ledger()
         quotas: list[Quota] = []
         for name in names:
             instance = self._provider(name)
             scope = self._scope(instance)
+            ledger = await self._assume(instance, scope)
             request = instance.quota_request() if refresh else None
             if request is not None:
                 fresh = await self._call(instance, request, instance.parse_quota)
                 await ledger.observe(scope, fresh)
-            known = await ledger.snapshot(name)
-            quotas.extend(known or instance.assumed_quotas())
+            quotas.extend(await ledger.snapshot(name))
         return quotas
 
     async def providers(self) -> list[ProviderInfo]:

@@ -298,3 +298,24 @@ def test_recent_searches_paginate_until_the_end(
     assert seen == expected
     assert capped == expected[:1]
     assert route.call_count == expected_calls + 1
+
+
+def test_documented_limits_hold_when_the_upstream_reports_none(mock: respx.MockRouter, samples: Path) -> None:
+    # A site that never says how much is left: anisearch still stops at the documented 5 guest searches a day.
+    route = mock.post("https://site.test/api/anime/search").respond(
+        200,
+        json={
+            "results": [{"anilistId": 11887, "episode": 5, "from": 1169.2, "to": 1174.9, "similarity": 0.9}]
+        },
+    )
+    settings = Settings.load(
+        providers=["whatanimeisthis"], provider_options={"whatanimeisthis": {"url": "https://site.test"}}
+    )
+    with Client(settings, transport(mock)) as client:
+        for _ in range(5):
+            assert client.search(samples / "tinted-good.jpg", cache=False).provider == "whatanimeisthis"
+        with pytest.raises(AllProvidersFailedError, match="whatanimeisthis"):
+            client.search(samples / "tinted-good.jpg", cache=False)
+        day = next(q for q in client.quota("whatanimeisthis") if q.window == "day")
+    assert route.call_count == 5
+    assert (day.limit, day.used, day.remaining) == (5, 5, 0)
