@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Self
+from typing import Any, Self
 
 __all__ = [
     "AllProvidersFailedError",
@@ -256,7 +256,13 @@ class AllProvidersFailedError(ExceptionGroup[Exception], AnisearchError):
     """No provider answered. ``exceptions`` holds each provider's error, in the order they were asked.
 
     It is an :class:`ExceptionGroup`, so ``except* QuotaExhaustedError`` picks out the spent ones.
+
+    Attributes:
+        attempts: Every provider considered, in order, with what happened (``anisearch.Attempt``), as a
+            successful ``SearchResult.attempts`` would list them.
     """
+
+    attempts: Sequence[Any] = ()
 
     def __new__(cls, message: str, exceptions: Sequence[Exception]) -> Self:
         return super().__new__(cls, message, exceptions)

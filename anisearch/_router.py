@@ -232,7 +232,7 @@ class Router:
             errors = [ProviderError("no provider was configured for this search")]
         names = ", ".join(f"{o.attempt.provider} ({o.attempt.outcome})" for o in outcomes) or "none"
         group = AllProvidersFailedError(f"no provider answered: {names}", errors)
-        group.attempts = [o.attempt for o in outcomes]  # type: ignore[attr-defined]
+        group.attempts = [o.attempt for o in outcomes]
         return group
 
     def _report(self, attempt: Attempt) -> None:

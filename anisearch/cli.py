@@ -78,8 +78,7 @@ def _exit_code(exc: AnisearchError) -> int:
 
 def _describe(exc: AnisearchError) -> str:
     if isinstance(exc, AllProvidersFailedError):
-        attempts = getattr(exc, "attempts", [])
-        parts = [f"{a.provider} {a.outcome}: {a.reason or a.error}" for a in attempts]
+        parts = [f"{a.provider} {a.outcome}: {a.reason or a.error}" for a in exc.attempts]
         return "every provider failed: " + "; ".join(parts or [str(e) for e in exc.exceptions])
     return str(exc)
 

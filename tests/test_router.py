@@ -280,3 +280,12 @@ async def test_anilist_filter_is_applied_to_every_answer(ledger: Ledger) -> None
     first = Scripted("one", answer("one", 0.9, 0.8))
     result = await router(ledger).search(routes(first), query_for, anilist_id=101)
     assert [h.anilist_id for h in result.hits] == [101]
+
+
+async def test_the_failure_group_lists_every_attempt(ledger: Ledger) -> None:
+    await ledger.set_cooldown("one", "guest", datetime.now(UTC) + timedelta(minutes=5), "HTTP 429")
+    second = Scripted("two", ProviderServerError("down", provider="two", status_code=503))
+    with pytest.raises(AllProvidersFailedError) as caught:
+        await router(ledger).search(routes(Scripted("one"), second), query_for)
+    assert [(a.provider, a.outcome) for a in caught.value.attempts] == [("one", "skipped"), ("two", "failed")]
+    assert caught.value.attempts[0].reason.startswith("cooling down until ")
