@@ -28,6 +28,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from anisearch._exceptions import ConfigurationError
+from anisearch._ledger import default_ledger_url
 
 __all__ = ["Settings", "config_path"]
 
@@ -131,7 +132,7 @@ class Settings(BaseSettings):
     @property
     def ledger_url(self) -> str:
         """The ledger URL in force (the default is a SQLite file in ``state_dir``)."""
-        return self.ledger or f"sqlite:///{self.state_dir / 'ledger.sqlite3'}"
+        return self.ledger or default_ledger_url(self.state_dir)
 
     @property
     def cache_path(self) -> Path | None:

@@ -30,13 +30,15 @@ __all__ = ["Admission", "Lease", "Ledger", "default_ledger_url", "open_ledger", 
 SCHEMES = ("memory", "sqlite", "redis", "rediss")
 
 
-def default_ledger_url() -> str:
-    """``sqlite:///`` + ``<user state dir>/anisearch/ledger.sqlite3`` (``platformdirs.user_state_path``).
+def default_ledger_url(state_dir: Path | None = None) -> str:
+    """``sqlite:///`` + ``<state dir>/ledger.sqlite3``; the state dir defaults to
+    ``platformdirs.user_state_path("anisearch")``.
 
     On Linux that is ``sqlite:////home/<user>/.local/state/anisearch/ledger.sqlite3`` (``$XDG_STATE_HOME``
     is honoured).
     """
-    return "sqlite:///" + str(platformdirs.user_state_path("anisearch") / "ledger.sqlite3")
+    directory = state_dir if state_dir is not None else platformdirs.user_state_path("anisearch")
+    return "sqlite:///" + str(directory / "ledger.sqlite3")
 
 
 def _zone(name: str) -> ZoneInfo:
