@@ -11,6 +11,7 @@ keep working in code that knows nothing about anisearch::
     │   └── UnknownProviderError (LookupError)   a provider name nobody registered
     ├── InvalidImageError (ValueError)           empty, not an image, truncated, a decompression bomb
     │   └── ImageTooLargeError (+ ProviderError) over a size limit, locally or as the upstream's 413
+    ├── LedgerError                              the quota ledger cannot be used (Redis down, a corrupt file)
     ├── ProviderError                            a service answered with an error, or not at all
     │   ├── QuotaExhaustedError                  the search quota or the credits are spent (no retry)
     │   ├── ConcurrencyLimitError                too many searches in flight (wait for a slot, retry)
@@ -45,6 +46,7 @@ __all__ = [
     "ImageFetchError",
     "ImageTooLargeError",
     "InvalidImageError",
+    "LedgerError",
     "ProviderBusyError",
     "ProviderConnectionError",
     "ProviderError",
@@ -87,6 +89,27 @@ class InvalidImageError(AnisearchError, ValueError):
 
     Raised before any request is sent, so no quota is spent.
     """
+
+
+class LedgerError(AnisearchError):
+    """The quota ledger cannot be used: Redis unreachable, a SQLite file unwritable or corrupt, bad values
+    stored in it. The message names the ledger (any password masked) and what to do: run
+    ``anisearch quota --reset``, or remove the file it names.
+
+    Attributes:
+        ledger: The ledger URL (password masked), when known.
+    """
+
+    def __init__(self, message: str, *, ledger: str | None = None) -> None:
+        super().__init__(message)
+        self.ledger = ledger
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_ledger_error, (str(self), self.ledger))
+
+
+def _rebuild_ledger_error(message: str, ledger: str | None) -> LedgerError:
+    return LedgerError(message, ledger=ledger)
 
 
 class ProviderError(AnisearchError):

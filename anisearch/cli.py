@@ -1,7 +1,8 @@
 """The ``anisearch`` command: search, quota, providers, account features, cache and emulators.
 
 Exit codes: 0 ok, 1 no hit, 2 usage or configuration, 3 bad input, 4 every provider failed (or the
-upstream failed), 5 authentication. Errors are one line on stderr, never a traceback.
+upstream failed), 5 authentication, 6 local state unusable (the quota ledger). Errors are one line on
+stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from anisearch._exceptions import (
     ConfigurationError,
     ImageFetchError,
     InvalidImageError,
+    LedgerError,
     ProviderError,
 )
 from anisearch._models import Quota, SearchResult
@@ -36,7 +38,7 @@ from anisearch._sync import Client
 
 __all__ = ["app", "main"]
 
-EXIT_OK, EXIT_NO_HIT, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_ALL_FAILED, EXIT_AUTH = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_NO_HIT, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_ALL_FAILED, EXIT_AUTH, EXIT_STATE = 0, 1, 2, 3, 4, 5, 6
 
 app = typer.Typer(
     name="anisearch",
@@ -63,17 +65,17 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def _exit_code(exc: AnisearchError) -> int:
-    if isinstance(exc, AllProvidersFailedError):
-        return EXIT_ALL_FAILED
-    if isinstance(exc, InvalidImageError) or (isinstance(exc, ImageFetchError) and exc.provider is None):
-        return EXIT_BAD_INPUT
-    if isinstance(exc, AuthenticationError):
-        return EXIT_AUTH
-    if isinstance(exc, ConfigurationError):
-        return EXIT_USAGE
-    if isinstance(exc, ProviderError):
-        return EXIT_ALL_FAILED
-    return EXIT_USAGE
+    local_fetch = isinstance(exc, ImageFetchError) and exc.provider is None
+    bad_input = isinstance(exc, InvalidImageError) or local_fetch
+    ordered: list[tuple[bool, int]] = [
+        (isinstance(exc, AllProvidersFailedError), EXIT_ALL_FAILED),
+        (bad_input, EXIT_BAD_INPUT),
+        (isinstance(exc, AuthenticationError), EXIT_AUTH),
+        (isinstance(exc, LedgerError), EXIT_STATE),
+        (isinstance(exc, ConfigurationError), EXIT_USAGE),
+        (isinstance(exc, ProviderError), EXIT_ALL_FAILED),
+    ]
+    return next((code for matched, code in ordered if matched), EXIT_USAGE)
 
 
 def _describe(exc: AnisearchError) -> str:
