@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from importlib.metadata import version
 from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
@@ -31,7 +31,7 @@ from anisearch._exceptions import (
     ProviderConnectionError,
     ProviderTimeoutError,
 )
-from anisearch._ledger import open_ledger
+from anisearch._ledger import WindowSpec, open_ledger
 from anisearch._ledger._base import scope_id
 from anisearch._models import (
     ApiKey,
@@ -54,7 +54,7 @@ from anisearch._provider import (
     available_providers,
     load_provider,
 )
-from anisearch._router import AttemptCallback, Route, Router, Strategy
+from anisearch._router import AttemptCallback, Route, Router, Strategy, WaitCallback, provider_windows
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -138,6 +138,9 @@ class AsyncClient:
         transport: An httpx async transport to send every request through (``respx``, a proxy, an ASGI
             app), instead of the network.
         on_attempt: Called with each :class:`Attempt` as it completes (metrics, logging).
+        on_wait: Called with one line whenever a search starts waiting (for a slot, or out a provider's
+            short backoff), e.g. ``"waiting for a tracemoe slot (held by pid 1234)"``.
+        clock: The current instant for the ledger (an aware datetime); tests and simulations move it.
 
     Raises:
         ConfigurationError: The settings name an unknown provider or an unusable ledger/cache.
@@ -149,6 +152,8 @@ class AsyncClient:
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         on_attempt: AttemptCallback | None = None,
+        on_wait: WaitCallback | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
         self._http = httpx.AsyncClient(
@@ -158,12 +163,13 @@ class AsyncClient:
             follow_redirects=False,
         )
         self._on_attempt = on_attempt
+        self._on_wait = on_wait
+        self._clock = clock
         self._providers: dict[str, Provider] = {}
         self._ledger: Ledger | None = None
         self._cache: ResultCache | None = None
         self._cache_opened = False
         self._inflight: dict[str, anyio.Event] = {}
-        self._assumed: set[tuple[str, str]] = set()
         self.api_keys = AsyncApiKeys(self)
 
     async def __aenter__(self) -> Self:
@@ -213,7 +219,9 @@ class AsyncClient:
 
     async def _get_ledger(self) -> Ledger:
         if self._ledger is None:
-            self._ledger = open_ledger(self.settings.ledger_url, timezone=self.settings.timezone)
+            self._ledger = open_ledger(
+                self.settings.ledger_url, timezone=self.settings.timezone, clock=self._clock
+            )
         return self._ledger
 
     def _get_cache(self) -> ResultCache | None:
@@ -227,35 +235,16 @@ class AsyncClient:
         credential = provider.credential
         return scope_id(credential.scope, credential.secret)
 
-    async def _assume(self, provider: Provider, scope: str) -> Ledger:
-        """Seed the ledger with the provider's documented limits for windows the upstream never reported.
-
-        Without this a provider that reports nothing (whatanimeisthis.com's guest 5 a day) would be asked
-        until it refused. An upstream answer replaces an assumption as soon as one arrives.
-        """
-        ledger = await self._get_ledger()
-        if (provider.name, scope) in self._assumed:
-            return ledger
-        self._assumed.add((provider.name, scope))
-        known = {
-            q.window
-            for q in await ledger.snapshot(provider.name)
-            if q.raw.get("scope_id") == scope and q.limit is not None
-        }
-        now = datetime.now(UTC)
-        missing = [
-            q.model_copy(update={"observed_at": now})
-            for q in provider.assumed_quotas()
-            if q.limit is not None and q.window not in known
-        ]
-        if missing:
-            await ledger.observe(scope, missing)
-        return ledger
-
     @staticmethod
     def _slots(provider: Provider) -> int:
         known = [q.concurrency for q in provider.assumed_quotas() if q.concurrency]
         return min(known) if known else 1
+
+    def _windows(self, name: str) -> tuple[WindowSpec, ...]:
+        try:
+            return provider_windows(self._provider(name))
+        except ConfigurationError:  # a provider in the ledger that is no longer installed or configured
+            return ()
 
     # ------------------------------------------------------------------ sending
 
@@ -285,7 +274,8 @@ class AsyncClient:
         response = await self._send(provider, request)
         observed = provider.observe(response)
         if observed:
-            await (await self._get_ledger()).observe(self._scope(provider), observed)
+            ledger = await self._get_ledger()
+            await ledger.observe(provider.name, self._scope(provider), provider_windows(provider), observed)
         return parse(response)
 
     # ------------------------------------------------------------------ search
@@ -399,7 +389,11 @@ class AsyncClient:
             )
             key = cache_key(name, image_key, [options])
         return Route(
-            provider=provider, scope=self._scope(provider), slots=self._slots(provider), cache_key=key
+            provider=provider,
+            scope=self._scope(provider),
+            slots=self._slots(provider),
+            cache_key=key,
+            windows=provider_windows(provider),
         )
 
     async def _from_cache(self, routes: Sequence[Route]) -> SearchResult | None:
@@ -428,8 +422,6 @@ class AsyncClient:
         min_similarity: float | None,
     ) -> SearchResult:
         cropped: list[PreparedImage] = []
-        for route in routes:
-            await self._assume(route.provider, route.scope)
 
         async def query_for(provider: Provider) -> SearchQuery:
             image = prepared
@@ -454,8 +446,8 @@ class AsyncClient:
             await self._get_ledger(),
             self._send,
             wait_seconds=max(self.settings.timeout, 1.0),
-            lease_seconds=self.settings.timeout * 2 + 5,
             on_attempt=self._on_attempt,
+            on_wait=self._on_wait,
             remember=store.put if store is not None else None,
         )
         return await router.search(
@@ -471,6 +463,9 @@ class AsyncClient:
     async def quota(self, provider: str | None = None, *, refresh: bool = False) -> list[Quota]:
         """What each configured provider (or one) allows and what is left, per window.
 
+        Each ``Quota`` says where its figures came from (``source``: ``upstream``, ``headers``, ``ledger``
+        estimate, documented ``default``) and when the upstream last confirmed them (``observed_at``).
+
         Args:
             provider: One provider name, or None for every configured provider.
             refresh: Ask the upstreams' free quota endpoints first (trace.moe ``/me``; costs no quota).
@@ -478,19 +473,34 @@ class AsyncClient:
         Raises:
             UnknownProviderError: ``provider`` is not registered.
             ProviderError: ``refresh`` and an upstream failed to answer.
+            LedgerError: The ledger cannot be used.
         """
         names = [provider] if provider else self._order(None)
+        ledger = await self._get_ledger()
         quotas: list[Quota] = []
         for name in names:
             instance = self._provider(name)
             scope = self._scope(instance)
-            ledger = await self._assume(instance, scope)
             request = instance.quota_request() if refresh else None
             if request is not None:
                 fresh = await self._call(instance, request, instance.parse_quota)
-                await ledger.observe(scope, fresh)
-            quotas.extend(await ledger.snapshot(name))
+                await ledger.observe(name, scope, provider_windows(instance), fresh)
+            known = await ledger.snapshot(name, self._windows)
+            mine = [q for q in known if q.raw.get("scope_id") == scope]
+            if not mine:
+                mine = _defaults(name, scope, provider_windows(instance), ledger.now())
+            quotas.extend(mine)
         return quotas
+
+    async def reset_quota(self, provider: str | None = None) -> None:
+        """Forget what the ledger believes about every provider (or one): counts, cooldowns, slots.
+
+        The next search asks the upstream again. ``anisearch quota --reset`` runs this.
+
+        Raises:
+            LedgerError: The ledger cannot be used.
+        """
+        await (await self._get_ledger()).clear(provider)
 
     async def providers(self) -> list[ProviderInfo]:
         """Every registered provider: where it points, whether it is in the order, its capabilities."""
@@ -615,6 +625,26 @@ class AsyncClient:
         """
         provider = self._account_provider()
         await self._call(provider, provider.sign_out_request(), provider.parse_sign_out)
+
+
+def _defaults(name: str, scope: str, windows: Sequence[WindowSpec], now: datetime) -> list[Quota]:
+    """What a provider's declared windows say before anything was counted (source ``default``)."""
+    kind = scope.partition(":")[0]
+    return [
+        Quota(
+            provider=name,
+            scope=kind if kind in ("guest", "api-key", "session") else "guest",
+            window=spec.name,
+            limit=spec.limit,
+            used=0,
+            remaining=spec.limit,
+            source="default",
+            observed_at=now,
+            raw={"scope_id": scope},
+        )
+        for spec in windows
+        if spec.limit is not None
+    ]
 
 
 def _last_page(page: Page[Any], page_size: int, seen: int) -> bool:

@@ -198,6 +198,7 @@ class QuotaExhaustedError(ProviderError):
         limit: The quota the upstream reported, when it did (trace.moe 402 ``quota``).
         used: The searches it counted as used, when it did (trace.moe 402 ``quotaUsed``).
         resets_at: When the window frees at least one search, when known (aware datetime).
+        window: The window that is spent (``"rolling-24h"``, ``"day"``), when known.
     """
 
     def __init__(
@@ -210,11 +211,13 @@ class QuotaExhaustedError(ProviderError):
         limit: int | None = None,
         used: int | None = None,
         resets_at: datetime | None = None,
+        window: str | None = None,
     ) -> None:
         super().__init__(message, provider=provider, status_code=status_code, retry_after=retry_after)
         self.limit = limit
         self.used = used
         self.resets_at = resets_at
+        self.window = window
 
 
 class ConcurrencyLimitError(ProviderError):
@@ -291,4 +294,6 @@ class AllProvidersFailedError(ExceptionGroup[Exception], AnisearchError):
         return super().__new__(cls, message, exceptions)
 
     def derive(self, excs: Sequence[Exception]) -> AllProvidersFailedError:  # type: ignore[override]
-        return AllProvidersFailedError(self.message, excs)
+        derived = AllProvidersFailedError(self.message, excs)
+        derived.attempts = self.attempts
+        return derived

@@ -61,9 +61,11 @@ def coerce_episode(value: Any) -> Episode:
     return _episode_part(value)
 
 
-QuotaWindow = Literal["rolling-24h", "day", "month", "minute", "hour"]
+QuotaWindow = str
+"""A window's name as its provider declares it: ``rolling-24h``, ``day``, ``month``, ``minute``, ``hour``, or
+any other a provider defines (``WindowSpec``)."""
 QuotaScope = Literal["guest", "api-key", "session"]
-QuotaSource = Literal["upstream", "headers", "ledger"]
+QuotaSource = Literal["upstream", "headers", "ledger", "default"]
 AttemptOutcome = Literal["ok", "skipped", "failed", "cached"]
 
 _TITLE_ORDER = ("english", "romaji", "native", "chinese")
@@ -176,9 +178,10 @@ class Quota(_Model):
     remaining: int | None = None
     """Left in the current window, when known."""
     window: QuotaWindow = "rolling-24h"
-    """``rolling-24h``, calendar ``day``/``month``, or a ``minute``/``hour`` rate window."""
+    """The window's name: ``rolling-24h``, calendar ``day``/``month``, a ``minute``/``hour`` rate window, or
+    another window a provider declares."""
     resets_at: datetime | None = None
-    """When the window frees at least one unit, when known (aware datetime)."""
+    """When a spent window admits again, else when it next frees a unit (aware datetime), when known."""
     concurrency: int | None = None
     """Searches allowed in flight at once (trace.moe ``/me`` ``concurrency``)."""
     priority: int | None = None
@@ -186,9 +189,11 @@ class Quota(_Model):
     cooldown_until: datetime | None = None
     """The provider is not asked before this time (after a 429 or a spent quota)."""
     source: QuotaSource = "upstream"
-    """``upstream`` (a body said so), ``headers`` (rate-limit headers) or ``ledger`` (counted locally)."""
+    """``upstream`` (a body said so), ``headers`` (rate-limit headers), ``ledger`` (an estimate counted
+    locally since the upstream last said) or ``default`` (the provider's documented limit, nothing counted
+    yet)."""
     observed_at: datetime = Field(default_factory=_utcnow)
-    """When this was learned."""
+    """When the upstream last confirmed these figures (now, for an estimate or a default)."""
     raw: dict[str, Any] = Field(default_factory=dict, repr=False)
 
 

@@ -1,13 +1,23 @@
 """The router: which provider to ask, in what order, and what to do when one fails.
 
-Per search, for each provider in order: skip it (with a reason in ``attempts``) when the ledger says its
-quota window is spent or it is cooling down; otherwise take a concurrency slot, send (stamina retries only
-the transient errors of that one send: a full queue, a concurrency collision, a dropped connection),
-record what the response says in the ledger, and either return or fall through to the next provider.
+Per search, for each provider in order (``fallback``) or all at once (``fanout``):
 
-Fall-through rules, by error class: a spent quota marks the window exhausted; a rate limit sets a
-cooldown for ``retry_after``; an authentication failure is reported and skipped; bad input
-(:class:`InvalidImageError` raised locally) stops at once because no provider would take it.
+1. **Reserve** in the ledger: one atomic step checks every window of the provider's scope (counting the
+   searches in flight), the cooldown and a concurrency slot. A spent quota, a rate limit or a cooldown
+   skips the provider *without a request*, with the typed error its state means
+   (:class:`QuotaExhaustedError` with ``resets_at``, :class:`RateLimitedError` with ``retry_after``,
+   :class:`ProviderBusyError`); a taken slot is waited for (woken when one frees; a holder known dead
+   frees at once). When the ledger's estimate that a unit freed was never confirmed upstream, the
+   provider's free quota endpoint (trace.moe ``/me``) is asked first.
+2. **Send**, retrying on the same provider only when the request never left (a refused connection).
+   A long search renews its slot's lease.
+3. **Settle** once with everything the answer said: counts, concurrency, priority, a cooldown for
+   ``Retry-After`` (at most 24 h), a spent window, or the backoff that every search sharing the ledger
+   honours after a "queue full" / "concurrency" answer (then this search waits it out and tries again,
+   a few times). A request that was sent but not answered is counted as charged until the upstream's next
+   count says otherwise, and never re-sent.
+4. Return the answer, or fall through to the next provider. Bad input (:class:`InvalidImageError` raised
+   locally) stops at once, because no provider would take it.
 """
 
 from __future__ import annotations
@@ -15,44 +25,85 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+import httpx
 import stamina
 
 from anisearch._exceptions import (
     AllProvidersFailedError,
+    AnisearchError,
     AuthenticationError,
     ConcurrencyLimitError,
+    ConfigurationError,
     ProviderBusyError,
     ProviderConnectionError,
     ProviderError,
     QuotaExhaustedError,
     RateLimitedError,
+    UpstreamResponseError,
 )
-from anisearch._models import Attempt, Hit, SearchResult
+from anisearch._ledger import Refusal, Stale, Ticket, WindowSpec, holder_is_dead
+from anisearch._ledger._windows import STANDARD_WINDOWS, from_us
+from anisearch._models import Attempt, Hit, Quota, SearchResult
 
 if TYPE_CHECKING:
-    import httpx
-
-    from anisearch._ledger._base import Ledger
+    from anisearch._ledger import Ledger
     from anisearch._provider import Provider, ProviderAnswer, SearchQuery
 
-__all__ = ["AttemptCallback", "Route", "Router", "Strategy", "merge_hits"]
+__all__ = [
+    "MAX_COOLDOWN_SECONDS",
+    "AttemptCallback",
+    "Route",
+    "Router",
+    "Strategy",
+    "WaitCallback",
+    "merge_hits",
+    "provider_windows",
+]
 
 logger = logging.getLogger("anisearch")
 
 Strategy = Literal["fallback", "fanout"]
 AttemptCallback = Callable[[Attempt], None]
+WaitCallback = Callable[[str], None]
+"""Called with one line whenever a search starts waiting (``"waiting for a tracemoe slot (held by pid
+1234)"``), for a spinner."""
 Sender = Callable[["Provider", "httpx.Request"], Awaitable["httpx.Response"]]
 QueryBuilder = Callable[["Provider"], Awaitable["SearchQuery"]]
 
-TRANSIENT = (ConcurrencyLimitError, ProviderBusyError, ProviderConnectionError)
-"""Errors retried against the same provider (bounded, jittered) before falling through."""
 DEFAULT_COOLDOWN_SECONDS = 30.0
 """Cooldown after a rate limit that did not say how long to wait."""
+MAX_COOLDOWN_SECONDS = 86400.0
+"""No cooldown an upstream asks for lasts longer than 24 hours."""
+BUSY_RETRIES = 3
+"""Times one search waits out the shared backoff after "queue full" / "concurrency" before moving on."""
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+_MAX_COUNT = 2**31 - 1
+
+
+def provider_windows(provider: Provider) -> tuple[WindowSpec, ...]:
+    """The provider's declared windows (``windows()``), or, for a provider that declares none, the
+    standard windows its ``assumed_quotas()`` name, with their limits."""
+    declare = getattr(provider, "windows", None)
+    if callable(declare):
+        return tuple(declare())
+    specs: dict[str, WindowSpec] = {}
+    for quota in provider.assumed_quotas():
+        standard = STANDARD_WINDOWS.get(quota.window)
+        if standard is not None and quota.window not in specs:
+            specs[quota.window] = WindowSpec(
+                name=standard.name,
+                span_seconds=standard.span_seconds,
+                calendar=standard.calendar,
+                counts=standard.counts,
+                kind=standard.kind,
+                limit=quota.limit,
+            )
+    return tuple(specs.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +121,8 @@ class Route:
     scope: str
     slots: int = 1
     cache_key: str | None = None
+    windows: tuple[WindowSpec, ...] = field(default=())
+    """The provider's quota and rate windows (``provider_windows``)."""
 
 
 @dataclass(slots=True)
@@ -79,15 +132,26 @@ class _Outcome:
     error: ProviderError | None = None
 
 
+@dataclass(slots=True)
+class _Settlement:
+    """What one answer or failure means for the ledger."""
+
+    outcome: Literal["charged", "uncharged", "unsent"]
+    observations: list[Quota] = field(default_factory=list)
+    cooldown: tuple[datetime, str, str] | None = None
+    busy: str | None = None
+    blocks: list[tuple[str, datetime]] = field(default_factory=list)
+
+
 def _iso_minute(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 def _reason(exc: ProviderError) -> str:
     text = exc.message
-    if isinstance(exc, QuotaExhaustedError) and exc.resets_at is not None:
+    if isinstance(exc, QuotaExhaustedError) and exc.resets_at is not None and " until " not in text:
         text = f"{text} (frees at {_iso_minute(exc.resets_at)})"
-    if exc.retry_after is not None and not isinstance(exc, QuotaExhaustedError):
+    if exc.retry_after is not None and not isinstance(exc, QuotaExhaustedError) and " until " not in text:
         text = f"{text} (retry after {exc.retry_after:g} s)"
     return " ".join(text.split())[:200]
 
@@ -134,7 +198,18 @@ def merge_hits(hits: Sequence[Hit]) -> list[Hit]:
 
 
 class Router:
-    """Orders providers, skips spent ones, retries transient errors, falls through, and records it all."""
+    """Orders providers, reserves before sending, settles once, falls through, and records it all.
+
+    Args:
+        ledger: Where quota, rate, cooldown and slot state is kept.
+        send: Sends one provider request (the client's HTTP layer); raises ``ProviderError`` subclasses.
+        wait_seconds: How long one search may wait for a slot or a short backoff, per provider.
+        lease_seconds: A reservation lapses this long after its last renewal (a crashed process frees
+            its slot by then at the latest; on the same host, at once).
+        on_attempt: Called with each finished :class:`Attempt`.
+        on_wait: Called with one line when a search starts waiting.
+        remember: Stores a successful result under a route's cache key.
+    """
 
     def __init__(
         self,
@@ -142,8 +217,9 @@ class Router:
         send: Sender,
         *,
         wait_seconds: float = 30.0,
-        lease_seconds: float = 90.0,
+        lease_seconds: float = 15.0,
         on_attempt: AttemptCallback | None = None,
+        on_wait: WaitCallback | None = None,
         remember: Callable[[str, SearchResult], Awaitable[None]] | None = None,
     ) -> None:
         self._ledger = ledger
@@ -151,6 +227,7 @@ class Router:
         self._wait_seconds = wait_seconds
         self._lease_seconds = lease_seconds
         self._on_attempt = on_attempt
+        self._on_wait = on_wait
         self._remember = remember
 
     async def search(
@@ -166,6 +243,7 @@ class Router:
 
         Raises:
             InvalidImageError: The input cannot be searched by any provider (raised at once).
+            LedgerError: The ledger cannot be used.
             AllProvidersFailedError: No provider answered; holds each provider's error in order.
         """
         if strategy == "fanout":
@@ -253,61 +331,139 @@ class Router:
         if self._on_attempt is not None:
             self._on_attempt(attempt)
 
+    def _waiting(self, line: str) -> None:
+        logger.info("%s", line)
+        if self._on_wait is not None:
+            self._on_wait(line)
+
+    # ------------------------------------------------------------------ one provider
+
+    async def _admit(self, route: Route, give_up_at: float) -> Ticket | ProviderError:
+        """Reserve, waiting for a slot or a short backoff within the budget; or the typed refusal."""
+        name = route.provider.name
+        asked = trust = False
+        dead: frozenset[str] = frozenset()
+        while True:
+            result = await self._ledger.reserve(
+                name,
+                route.scope,
+                route.windows,
+                slots=route.slots,
+                lease_seconds=self._lease_seconds,
+                trust_estimate=trust,
+                dead_holders=dead,
+            )
+            if isinstance(result, Ticket):
+                return result
+            if isinstance(result, Stale):
+                trust = asked or not await self._refresh_quota(route)
+                asked = True
+                continue
+            left = give_up_at - anyio.current_time()
+            wait = (from_us(result.until) - self._ledger.now()).total_seconds()
+            if result.kind == "concurrency":
+                newly_dead = frozenset(h for h in result.holders if holder_is_dead(h)) - dead
+                if newly_dead:
+                    dead |= newly_dead
+                    continue
+                if left > 0:
+                    self._waiting(f"waiting for a {name} slot (held by {_holders(result.holders)})")
+                    await self._ledger.wait(name, route.scope, min(left, max(wait, 0.001)))
+                    continue
+            elif result.kind == "busy" and 0 < wait <= left:
+                self._waiting(f"waiting {wait:.1f} s for {name}: {result.reason}")
+                await anyio.sleep(wait)
+                continue
+            return _refusal_error(name, result, wait)
+
+    async def _refresh_quota(self, route: Route) -> bool:
+        """Ask the provider's free quota endpoint and record the answer; False when it has none or failed."""
+        provider = route.provider
+        request = provider.quota_request()
+        if request is None:
+            return False
+        try:
+            response = await self._send(provider, request)
+            quotas = _guarded(
+                provider, lambda: [*provider.observe(response), *provider.parse_quota(response)]
+            )
+            await self._ledger.observe(
+                provider.name, route.scope, route.windows, _checked(quotas, provider.name)
+            )
+        except ProviderError as exc:
+            logger.info("%s quota check failed: %s", provider.name, exc)
+            return False
+        return True
+
     async def _attempt(self, route: Route, query_for: QueryBuilder, anilist_id: int | None) -> _Outcome:
         name = route.provider.name
-        admission = await self._ledger.admit(name, route.scope)
-        if not admission.allowed:
-            reason = admission.reason or "not admitted by the ledger"
-            error_cls = RateLimitedError if reason.startswith("cooling") else QuotaExhaustedError
-            return _Outcome(
-                Attempt(provider=name, outcome="skipped", reason=reason, error=error_cls.__name__),
-                error=error_cls(reason, provider=name),
-            )
         started = time.monotonic()
-        lease = await self._ledger.acquire(
-            name,
-            route.scope,
-            slots=route.slots,
-            lease_seconds=self._lease_seconds,
-            wait_seconds=self._wait_seconds,
-        )
-        if lease is None:
-            reason = f"no concurrency slot freed within {self._wait_seconds:g} s"
-            return _Outcome(
-                Attempt(
-                    provider=name,
-                    outcome="skipped",
-                    reason=reason,
-                    error=ConcurrencyLimitError.__name__,
-                    elapsed_seconds=time.monotonic() - started,
-                ),
-                error=ConcurrencyLimitError(reason, provider=name),
-            )
-        try:
-            return await self._ask(route, query_for, anilist_id, started)
-        finally:
-            await self._ledger.release(lease)
+        give_up_at = anyio.current_time() + self._wait_seconds
+        busy_left = BUSY_RETRIES
+        while True:
+            admitted = await self._admit(route, give_up_at)
+            if isinstance(admitted, ProviderError):
+                return _Outcome(
+                    Attempt(
+                        provider=name,
+                        outcome="skipped",
+                        reason=_reason(admitted),
+                        error=type(admitted).__name__,
+                        elapsed_seconds=time.monotonic() - started,
+                    ),
+                    error=admitted,
+                )
+            outcome = await self._ask(route, admitted, query_for, anilist_id, started)
+            shared_backoff = isinstance(outcome.error, (ConcurrencyLimitError, ProviderBusyError))
+            if not shared_backoff or busy_left == 0 or anyio.current_time() >= give_up_at:
+                return outcome
+            busy_left -= 1
 
     async def _ask(
-        self, route: Route, query_for: QueryBuilder, anilist_id: int | None, started: float
+        self, route: Route, ticket: Ticket, query_for: QueryBuilder, anilist_id: int | None, started: float
     ) -> _Outcome:
         provider = route.provider
-        last_status: list[int | None] = [None]
+        status: int | None = None
+        answer: ProviderAnswer | None = None
+        error: ProviderError | None = None
+        settlement = _Settlement("unsent")
         try:
             query = await query_for(provider)
-            answer = await self._send_with_retries(route, query, last_status)
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._keep_lease, ticket)
+                try:
+                    response = await self._send_once(provider, query)
+                finally:
+                    group.cancel_scope.cancel()
+            status = response.status_code
+            settlement, answer, error = self._read(route, response)
         except ProviderError as exc:  # plain InvalidImageError is not one: bad input stops everything
-            await self._after_failure(route, exc)
+            error = exc
+            settlement = _Settlement("charged" if _maybe_sent(exc) else "unsent")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._ledger.settle(
+                    ticket,
+                    settlement.outcome,
+                    observations=settlement.observations,
+                    cooldown=settlement.cooldown,
+                    busy=settlement.busy,
+                    blocks=settlement.blocks,
+                )
+        if error is not None or answer is None:
+            failure = error or UpstreamResponseError("no answer", provider=provider.name)
+            if isinstance(failure, AuthenticationError):
+                logger.warning("%s refused the credentials: %s", provider.name, failure.message)
             return _Outcome(
                 Attempt(
                     provider=provider.name,
                     outcome="failed",
-                    reason=_reason(exc),
-                    error=type(exc).__name__,
-                    status_code=exc.status_code if exc.status_code is not None else last_status[0],
+                    reason=_reason(failure),
+                    error=type(failure).__name__,
+                    status_code=failure.status_code if failure.status_code is not None else status,
                     elapsed_seconds=time.monotonic() - started,
                 ),
-                error=exc if exc.provider else _with_provider(exc, provider.name),
+                error=failure if failure.provider else _with_provider(failure, provider.name),
             )
         hits = answer.hits
         if anilist_id is not None:
@@ -323,44 +479,144 @@ class Router:
         attempt = Attempt(
             provider=provider.name,
             outcome="ok",
-            status_code=last_status[0],
+            status_code=status,
             elapsed_seconds=time.monotonic() - started,
         )
         return _Outcome(attempt, result=result)
 
-    async def _send_with_retries(
-        self, route: Route, query: SearchQuery, last_status: list[int | None]
-    ) -> ProviderAnswer:
-        provider = route.provider
+    async def _keep_lease(self, ticket: Ticket) -> None:
+        while True:
+            await anyio.sleep(self._lease_seconds / 3)
+            await self._ledger.renew(ticket, self._lease_seconds)
+
+    async def _send_once(self, provider: Provider, query: SearchQuery) -> httpx.Response:
+        """Send the search; retry only while the request never left this machine."""
         async for attempt in stamina.retry_context(
-            on=TRANSIENT, attempts=4, wait_initial=0.5, wait_max=5.0, wait_jitter=1.0
+            on=_never_sent, attempts=3, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
         ):
             with attempt:
-                response = await self._send(provider, provider.search_request(query))
-                last_status[0] = response.status_code
-                await self._ledger.record_request(provider.name, route.scope)
-                observed = provider.observe(response)
-                if observed:
-                    await self._ledger.observe(route.scope, observed)
-                answer = provider.parse_search(response)
-                if answer.quota is not None:
-                    # The body's count already includes this search: it is the truth, not +1.
-                    await self._ledger.observe(route.scope, [answer.quota])
-                else:
-                    await self._ledger.record_success(provider.name, route.scope)
-                return answer
+                return await self._send(provider, provider.search_request(query))
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
-    async def _after_failure(self, route: Route, exc: ProviderError) -> None:
-        name = route.provider.name
+    def _read(
+        self, route: Route, response: httpx.Response
+    ) -> tuple[_Settlement, ProviderAnswer | None, ProviderError | None]:
+        """One response, classified once: what the ledger records, and the answer or the error."""
+        provider = route.provider
+        ok = response.is_success
+        settlement = _Settlement("charged" if ok else "uncharged")
+        try:
+            observed = _checked(_guarded(provider, lambda: provider.observe(response)), provider.name)
+            answer = _guarded(provider, lambda: provider.parse_search(response))
+            if answer.quota is not None:
+                observed = [*observed, *_checked([answer.quota], provider.name)]
+        except ProviderError as exc:
+            unreadable = isinstance(exc, UpstreamResponseError)
+            settlement.observations = [] if unreadable else _safe_observe(provider, response)
+            self._consequences(route, exc, settlement)
+            return settlement, None, exc
+        settlement.observations = observed
+        return settlement, answer, None
+
+    def _consequences(self, route: Route, exc: ProviderError, settlement: _Settlement) -> None:
+        now = self._ledger.now()
         if isinstance(exc, QuotaExhaustedError):
-            await self._ledger.mark_exhausted(name, route.scope, until=exc.resets_at)
+            told = {
+                quota.window
+                for quota in settlement.observations
+                if quota.remaining == 0
+                or (quota.limit is not None and quota.used is not None and quota.used >= quota.limit)
+            }
+            window = getattr(exc, "window", None) or _first_quota_window(route.windows)
+            if window is not None and window not in told:
+                spec = next((w for w in route.windows if w.name == window), STANDARD_WINDOWS.get(window))
+                natural = spec.leave(now, self._ledger.timezone) if spec else now + timedelta(days=1)
+                until = exc.resets_at or natural
+                settlement.blocks.append((window, min(until, now + timedelta(seconds=MAX_COOLDOWN_SECONDS))))
         elif isinstance(exc, RateLimitedError):
             wait = exc.retry_after if exc.retry_after is not None else DEFAULT_COOLDOWN_SECONDS
-            until = datetime.now(UTC) + timedelta(seconds=wait)
-            await self._ledger.set_cooldown(name, route.scope, until, _reason(exc))
-        elif isinstance(exc, AuthenticationError):
-            logger.warning("%s refused the credentials: %s", name, exc.message)
+            wait = min(max(wait, 0.0), MAX_COOLDOWN_SECONDS)
+            settlement.cooldown = (now + timedelta(seconds=wait), _reason(exc), "rate")
+        elif isinstance(exc, (ConcurrencyLimitError, ProviderBusyError)):
+            settlement.busy = _reason(exc)
+
+
+def _guarded(provider: Provider, call: Callable[[], Any]) -> Any:
+    """Run a provider's parser; anything but an anisearch error means an answer it could not read."""
+    try:
+        return call()
+    except AnisearchError:
+        raise
+    except Exception as exc:
+        raise UpstreamResponseError(
+            f"an answer anisearch cannot read ({type(exc).__name__})", provider=provider.name
+        ) from exc
+
+
+def _safe_observe(provider: Provider, response: httpx.Response) -> list[Quota]:
+    try:
+        return _checked(_guarded(provider, lambda: provider.observe(response)), provider.name)
+    except ProviderError:
+        return []
+
+
+def _checked(quotas: Sequence[Quota], provider: str) -> list[Quota]:
+    """``quotas`` unchanged when every number is sane.
+
+    Raises:
+        UpstreamResponseError: A negative or absurd count, or a naive time.
+    """
+    for quota in quotas:
+        for name in ("limit", "used", "remaining", "concurrency", "priority"):
+            value = getattr(quota, name)
+            if value is not None and not 0 <= value <= _MAX_COUNT:
+                raise UpstreamResponseError(f"the answer says {name} = {value}", provider=provider)
+        for moment in (quota.observed_at, quota.resets_at, quota.cooldown_until):
+            if moment is not None and moment.tzinfo is None:
+                raise UpstreamResponseError("the answer has a time without a zone", provider=provider)
+    return list(quotas)
+
+
+def _never_sent(exc: Exception) -> bool:
+    """Retry only a connection that failed before any byte of the request left."""
+    return isinstance(exc, ProviderConnectionError) and isinstance(exc.__cause__, _NOT_SENT)
+
+
+def _maybe_sent(exc: ProviderError) -> bool:
+    """A transport failure after the request left: the upstream may have run (and charged) the search."""
+    if isinstance(exc, ProviderConnectionError):
+        return not isinstance(exc.__cause__, _NOT_SENT)
+    return exc.status_code is None and not isinstance(exc, ConfigurationError)
+
+
+def _first_quota_window(windows: Sequence[WindowSpec]) -> str | None:
+    return next((w.name for w in windows if w.kind == "quota" and w.counts == "searches"), None)
+
+
+def _holders(holders: Sequence[str]) -> str:
+    pids = [holder.rsplit(":", 2)[-2] if holder.count(":") >= 2 else holder for holder in holders]  # noqa: PLR2004
+    return ", ".join(f"pid {pid}" for pid in pids) or "another search"
+
+
+def _refusal_error(name: str, refusal: Refusal, wait: float) -> ProviderError:
+    """The error a refusal means: the same state always gives the same class."""
+    until = from_us(refusal.until)
+    stamp = _iso_minute(until + timedelta(seconds=59))
+    detail = f" ({refusal.window}: {refusal.reason})" if refusal.window else f": {refusal.reason}"
+    retry = max(wait, 0.0)
+    if refusal.kind == "quota":
+        return QuotaExhaustedError(
+            f"quota exhausted until {stamp}{detail}", provider=name, resets_at=until, retry_after=retry
+        )
+    if refusal.kind == "rate":
+        return RateLimitedError(f"rate limited until {stamp}{detail}", provider=name, retry_after=retry)
+    if refusal.kind == "busy":
+        return ProviderBusyError(f"busy until {stamp}{detail}", provider=name, retry_after=retry)
+    return ConcurrencyLimitError(
+        f"no {name} slot freed in time (held by {_holders(refusal.holders)})",
+        provider=name,
+        retry_after=retry,
+    )
 
 
 def _strength(result: SearchResult) -> float:

@@ -51,8 +51,8 @@ from PIL import Image
 import anisearch
 from anisearch._config import Settings
 from anisearch._image import prepare
-from anisearch._ledger import open_ledger
-from anisearch._provider import SearchQuery
+from anisearch._ledger import Ticket, open_ledger
+from anisearch._provider import ProviderContext, SearchQuery
 from anisearch._router import Route, Router
 from anisearch_providers.tracemoe import TraceMoe
 from anisearch_providers.tracemoe.emulator import create_app
@@ -250,27 +250,19 @@ def client_search(client: anisearch.AsyncClient, data: bytes) -> Callable[[], Aw
 def ledger_calls(
     ledger: Ledger, observed: list[Quota], answer: ProviderAnswer
 ) -> Callable[[], Awaitable[object]]:
-    """The ledger calls of one successful search, in the router's order (see ``Router._attempt``)."""
+    """The ledger steps of one successful search, as the router makes them: one reserve, one settle."""
+    windows = TraceMoe.from_context(ProviderContext()).windows()
 
     async def run() -> object:
+        ticket = await ledger.reserve("tracemoe", "guest", windows, trust_estimate=True)
+        if not isinstance(ticket, Ticket):
+            raise RuntimeError(f"the ledger refused: {ticket}")  # noqa: TRY004 - a refusal, not a bad type
         now = datetime.now(UTC)
-        admission = await ledger.admit("tracemoe", "guest")
-        if not admission.allowed:
-            raise RuntimeError(f"the ledger refused: {admission.reason}")
-        lease = await ledger.acquire("tracemoe", "guest", slots=1, lease_seconds=65.0, wait_seconds=30.0)
-        if lease is None:
-            raise RuntimeError("the ledger gave no concurrency slot")
-        try:
-            await ledger.record_request("tracemoe", "guest")
-            if observed:
-                await ledger.observe("guest", [q.model_copy(update={"observed_at": now}) for q in observed])
-            if answer.quota is not None:
-                await ledger.observe("guest", [answer.quota.model_copy(update={"observed_at": now})])
-            else:
-                await ledger.record_success("tracemoe", "guest")
-        finally:
-            await ledger.release(lease)
-        return admission
+        told = [q.model_copy(update={"observed_at": now}) for q in observed]
+        if answer.quota is not None:
+            told.append(answer.quota.model_copy(update={"observed_at": now}))
+        await ledger.settle(ticket, "charged", observations=told)
+        return ticket
 
     return run
 

@@ -48,6 +48,16 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 
 @pytest.fixture(autouse=True)
+def _fresh_process_ledger() -> Iterator[None]:
+    """The process-wide ``memory://`` ledger starts empty in every test, as in a new process."""
+    from anisearch import _ledger
+
+    _ledger._SHARED_MEMORY.clear()
+    yield
+    _ledger._SHARED_MEMORY.clear()
+
+
+@pytest.fixture(autouse=True)
 def _stamina_testing() -> Iterator[None]:
     """Retries happen without waiting in tests (stamina's testing mode keeps the attempt count)."""
     stamina.set_testing(True, attempts=3)

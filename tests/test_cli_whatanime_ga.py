@@ -82,7 +82,7 @@ def test_the_eleventh_search_in_a_minute_is_not_sent(
         env={"ANISEARCH_WHATANIME_GA_URL": legacy.url},
     )
     assert done.returncode == 4
-    assert "whatanime-ga skipped: quota exhausted until " in done.stderr
+    assert "whatanime-ga skipped: rate limited until " in done.stderr  # a per-minute limit is a rate limit
     assert legacy.app.state.emulator.search_requests == 10
 
 

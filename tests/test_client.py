@@ -189,9 +189,10 @@ def test_quota_refresh_reads_me_and_hides_the_caller_id(mock: respx.MockRouter) 
     with Client(settings(), transport(mock)) as client:
         before = client.quota("tracemoe")
         after = client.quota("tracemoe", refresh=True)
-    assert all(q.source == "ledger" for q in before)  # nothing learned yet: the documented assumptions
+    assert {q.source for q in before} == {"default"}  # nothing learned yet: the documented limits
     window = next(q for q in after if q.window == "rolling-24h")
     assert (window.limit, window.used, window.remaining, window.concurrency) == (100, 18, 82, 1)
+    assert (window.priority, window.source) == (0, "upstream")
     assert "203.0.113.9" not in repr(after)
     assert all("203.0.113.9" not in json.dumps(q.model_dump(mode="json")) for q in after)
 

@@ -15,9 +15,18 @@ import anyio
 import pytest
 import redis
 
-from anisearch._exceptions import ConfigurationError
-from anisearch._ledger import Ledger, default_ledger_url, open_ledger, scope_id
-from anisearch._ledger._windows import period_bounds
+from anisearch._exceptions import ConfigurationError, LedgerError
+from anisearch._ledger import (
+    Ledger,
+    Refusal,
+    Stale,
+    Ticket,
+    WindowSpec,
+    default_ledger_url,
+    open_ledger,
+    scope_id,
+)
+from anisearch._ledger._windows import from_us, period_bounds
 from anisearch._models import Quota
 
 if TYPE_CHECKING:
@@ -96,8 +105,35 @@ def quota(**fields: Any) -> Quota:
     return Quota(**{"provider": "tracemoe", "observed_at": T0, **fields})
 
 
+ROLLING = WindowSpec("rolling-24h", span_seconds=86400, limit=3, reported=True)
+MINUTE = WindowSpec("minute", span_seconds=60, counts="requests", kind="rate", limit=100)
+DAY = WindowSpec("day", calendar="day", limit=5)
+HOUR = WindowSpec("hour", span_seconds=3600, kind="rate", limit=100)
+TRACEMOE = (ROLLING, MINUTE)
+
+
+async def search(
+    ledger: Ledger,
+    windows: tuple[WindowSpec, ...] = TRACEMOE,
+    outcome: str = "charged",
+    scope: str = GUEST,
+    **settle: Any,
+) -> Ticket:
+    """One search that reserves and settles at once (the common case)."""
+    ticket = await ledger.reserve("tracemoe", scope, windows, trust_estimate=True)
+    assert isinstance(ticket, Ticket), ticket
+    await ledger.settle(ticket, outcome, **settle)  # type: ignore[arg-type]
+    return ticket
+
+
+async def refused(ledger: Ledger, windows: tuple[WindowSpec, ...] = TRACEMOE, **kwargs: Any) -> Refusal:
+    result = await ledger.reserve("tracemoe", kwargs.pop("scope", GUEST), windows, **kwargs)
+    assert isinstance(result, Refusal), result
+    return result
+
+
 async def only(ledger: Ledger, window: str) -> Quota:
-    found = [q for q in await ledger.snapshot() if q.window == window]
+    found = [q for q in await ledger.snapshot(windows=lambda _: TRACEMOE) if q.window == window]
     assert len(found) == 1, found
     return found[0]
 
@@ -105,416 +141,320 @@ async def only(ledger: Ledger, window: str) -> Quota:
 # ---------------------------------------------------------------------------------------------- windows
 
 
-async def test_rolling_24h_truth_drains_24h_after_it_was_observed(ledger: Ledger, clock: FakeClock) -> None:
-    await ledger.observe(KEY, [quota(limit=3, used=1)])
-    clock.advance(hours=1)
-    await ledger.record_success("tracemoe", KEY)
-    clock.advance(hours=1)
-    await ledger.record_success("tracemoe", KEY)
-
-    verdict = await ledger.admit("tracemoe", KEY)
-    assert not verdict.allowed
-    assert verdict.until == T0 + timedelta(hours=24)  # the upstream's count can only be assumed gone then
-    assert verdict.reason == "quota exhausted until 2026-11-22T09:00Z"
-    window = await only(ledger, "rolling-24h")
-    assert (window.used, window.remaining, window.source) == (3, 0, "ledger")
-
-    clock.now = T0 + timedelta(hours=24)
-    assert (await ledger.admit("tracemoe", KEY)).allowed
-    assert (await only(ledger, "rolling-24h")).used == 2
-    clock.now = T0 + timedelta(hours=25, seconds=1)  # the first local success aged out
-    assert (await only(ledger, "rolling-24h")).used == 1
-    clock.now = T0 + timedelta(hours=26, seconds=1)
-    assert (await only(ledger, "rolling-24h")).used == 0
+async def test_a_rolling_window_frees_slot_by_slot_by_event_time(ledger: Ledger, clock: FakeClock) -> None:
+    """Quota 3 at T, T+1h, T+2h: at T+23h refused until T+24h; then the T search has aged out."""
+    for _ in range(3):
+        await search(ledger)
+        clock.advance(hours=1)
+    clock.now = T0 + timedelta(hours=23)
+    refusal = await refused(ledger)
+    assert (refusal.kind, refusal.window) == ("quota", "rolling-24h")
+    assert from_us(refusal.until) == T0 + timedelta(hours=24)
+    clock.now = T0 + timedelta(hours=24, minutes=1)
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE, trust_estimate=True), Ticket)
+    assert isinstance(await refused(ledger), Refusal)  # T+1h has not aged out yet
 
 
-async def test_rolling_24h_spent_by_local_successes_frees_when_the_oldest_ages_out(
+async def test_searches_in_flight_count_before_they_are_settled(ledger: Ledger) -> None:
+    tickets = [await ledger.reserve("tracemoe", GUEST, TRACEMOE, take_slot=False) for _ in range(3)]
+    assert all(isinstance(ticket, Ticket) for ticket in tickets)
+    assert (await refused(ledger, take_slot=False)).kind == "quota"
+    for ticket in tickets:
+        assert isinstance(ticket, Ticket)
+        await ledger.settle(ticket, "uncharged")  # answered with an error: the upstream did not count them
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE, take_slot=False), Ticket)
+
+
+async def test_an_upstream_count_reconciles_unknown_searches(ledger: Ledger, clock: FakeClock) -> None:
+    """Searches the ledger never saw (another machine on the address) leave at the count's time + 24 h."""
+    await ledger.observe("tracemoe", GUEST, TRACEMOE, [quota(limit=3, used=3, observed_at=T0)])
+    refusal = await refused(ledger)
+    assert from_us(refusal.until) == T0 + timedelta(hours=24)
+    assert (await only(ledger, "rolling-24h")).source == "upstream"
+
+
+async def test_a_lower_upstream_count_drops_the_oldest_local_searches(
     ledger: Ledger, clock: FakeClock
 ) -> None:
-    await ledger.observe(GUEST, [quota(limit=2, used=0)])
-    await ledger.record_success("tracemoe", GUEST, at=T0 + timedelta(hours=1))
-    await ledger.record_success("tracemoe", GUEST, at=T0 + timedelta(hours=3))
-    clock.advance(hours=4)
-
-    verdict = await ledger.admit("tracemoe", GUEST)
-    assert verdict.until == T0 + timedelta(hours=25)
-    assert verdict.reason == "quota exhausted until 2026-11-22T10:00Z"
-    clock.now = T0 + timedelta(hours=25)
-    assert (await ledger.admit("tracemoe", GUEST)).allowed
+    for _ in range(3):
+        await search(ledger)
+        clock.advance(minutes=10)
+    await ledger.observe("tracemoe", GUEST, TRACEMOE, [quota(limit=3, used=2, observed_at=clock.now)])
+    assert (await only(ledger, "rolling-24h")).used == 2
+    await search(ledger)
+    refusal = await refused(ledger)
+    assert from_us(refusal.until) == T0 + timedelta(hours=24, minutes=10)  # the oldest counted one left
 
 
-async def test_upstream_reset_time_wins_for_a_rolling_truth(ledger: Ledger, clock: FakeClock) -> None:
-    resets = T0 + timedelta(hours=2, minutes=30)
-    await ledger.observe(GUEST, [quota(limit=100, used=100, resets_at=resets)])
-    assert (await ledger.admit("tracemoe", GUEST)).until == resets
-    clock.now = resets
-    assert (await ledger.admit("tracemoe", GUEST)).allowed
+async def test_a_freed_slot_is_confirmed_upstream_before_it_is_trusted(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        await search(ledger)
+    clock.advance(hours=24, minutes=1)
+    stale = await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+    assert stale == Stale("rolling-24h")
+    await ledger.observe("tracemoe", GUEST, TRACEMOE, [quota(limit=3, used=0, observed_at=clock.now)])
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
 
 
-async def test_day_resets_at_local_midnight_of_the_configured_zone(
+async def test_a_day_resets_at_local_midnight_of_its_zone(
     make: Callable[..., Ledger], clock: FakeClock
 ) -> None:
-    tokyo, utc = make(timezone="Asia/Tokyo"), make(timezone="UTC")
-    clock.now = datetime(2026, 11, 22, 14, 30, tzinfo=UTC)  # 23:30 in Tokyo
-    provider = "whatanimeisthis"
-    for ledger in (tokyo, utc):
-        scope = KEY if ledger is tokyo else GUEST
-        await ledger.observe(
-            scope, [quota(provider=provider, window="day", limit=10, used=9, observed_at=clock.now)]
-        )
-        await ledger.record_success(provider, scope)
-
-    # midnight in Tokyo, not in UTC
-    assert (await tokyo.admit(provider, KEY)).reason == "quota exhausted until 2026-11-22T15:00Z"
-    assert (await utc.admit(provider, GUEST)).reason == "quota exhausted until 2026-11-23T00:00Z"
-
-    clock.now = datetime(2026, 11, 22, 15, 0, tzinfo=UTC)
-    assert (await tokyo.admit(provider, KEY)).allowed
-    assert not (await utc.admit(provider, GUEST)).allowed
-    [fresh] = [q for q in await tokyo.snapshot() if q.scope == "api-key"]
-    assert (fresh.limit, fresh.used, fresh.remaining) == (10, 0, 10)  # yesterday's truth is void
-    assert fresh.resets_at == datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
-
-    clock.advance(minutes=10)
-    await tokyo.record_success(provider, KEY)
-    assert [q.used for q in await tokyo.snapshot() if q.scope == "api-key"] == [1]
+    ledger = make("Asia/Tokyo")
+    windows = (DAY,)
+    for _ in range(5):
+        await search(ledger, windows)
+    refusal = await refused(ledger, windows)
+    _, end = period_bounds("day", T0, ZoneInfo("Asia/Tokyo"))
+    assert from_us(refusal.until) == end
+    clock.now = end
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, windows), Ticket)
 
 
-@pytest.mark.parametrize(
-    ("moment", "start", "end"),
-    [
-        (
-            datetime(2026, 3, 29, 5, tzinfo=UTC),
-            datetime(2026, 3, 28, 23, tzinfo=UTC),
-            datetime(2026, 3, 29, 22, tzinfo=UTC),
-        ),
-        (
-            datetime(2026, 10, 25, 5, tzinfo=UTC),
-            datetime(2026, 10, 24, 22, tzinfo=UTC),
-            datetime(2026, 10, 25, 23, tzinfo=UTC),
-        ),
-    ],
-    ids=["23-hour day", "25-hour day"],
-)
-def test_a_day_ends_at_the_next_local_midnight_across_dst(
-    moment: datetime, start: datetime, end: datetime
-) -> None:
-    assert period_bounds("day", moment, ZoneInfo("Europe/Berlin")) == (start, end)
+def test_a_day_ends_at_the_next_local_midnight_across_dst() -> None:
+    zone = ZoneInfo("Europe/Berlin")
+    start, end = period_bounds("day", datetime(2026, 3, 29, 12, tzinfo=UTC), zone)
+    assert (end - start) == timedelta(hours=23)
 
 
-async def test_month_resets_on_the_first(ledger: Ledger, clock: FakeClock) -> None:
-    clock.now = datetime(2026, 1, 31, 23, 59, tzinfo=UTC)
-    await ledger.observe(GUEST, [quota(window="month", limit=1000, used=999, observed_at=clock.now)])
-    await ledger.record_success("tracemoe", GUEST)
-    verdict = await ledger.admit("tracemoe", GUEST)
-    assert verdict.until == datetime(2026, 2, 1, tzinfo=UTC)
-    assert verdict.reason == "quota exhausted until 2026-02-01T00:00Z"
-
-    clock.now = datetime(2026, 2, 1, 0, 0, 1, tzinfo=UTC)
-    assert (await ledger.admit("tracemoe", GUEST)).allowed
-    await ledger.record_success("tracemoe", GUEST)
-    month = await only(ledger, "month")
-    assert (month.limit, month.used, month.resets_at) == (1000, 1, datetime(2026, 3, 1, tzinfo=UTC))
-
-
-async def test_minute_window_honours_the_upstream_reset(ledger: Ledger, clock: FakeClock) -> None:
-    resets = T0 + timedelta(seconds=17)  # X-RateLimit-Reset
-    await ledger.observe(
-        GUEST, [quota(window="minute", limit=100, remaining=0, resets_at=resets, source="headers")]
+async def test_a_window_of_a_new_kind_needs_no_core_change(ledger: Ledger, clock: FakeClock) -> None:
+    thirty = WindowSpec("30s", span_seconds=30, counts="requests", kind="rate", limit=2)
+    await search(ledger, (thirty,))
+    await search(ledger, (thirty,))
+    refusal = await refused(ledger, (thirty,))
+    assert (refusal.kind, refusal.window, from_us(refusal.until)) == (
+        "rate",
+        "30s",
+        T0 + timedelta(seconds=30),
     )
-    window = await only(ledger, "minute")
-    assert (window.used, window.remaining, window.source) == (100, 0, "headers")
-    assert (await ledger.admit("tracemoe", GUEST)).until == resets
-
-    clock.now = resets
-    assert (await ledger.admit("tracemoe", GUEST)).allowed
-    assert (await only(ledger, "minute")).used == 0
-
-
-async def test_minute_window_rolls_without_a_reset_and_counts_requests_only(
-    ledger: Ledger, clock: FakeClock
-) -> None:
-    await ledger.observe(GUEST, [quota(window="minute", limit=2, used=0)])
-    await ledger.record_success("tracemoe", GUEST)
-    assert (await ledger.admit("tracemoe", GUEST)).allowed  # a search is not a request count
-    await ledger.record_request("tracemoe", GUEST)
-    clock.advance(seconds=10)
-    await ledger.record_request("tracemoe", GUEST)
-
-    verdict = await ledger.admit("tracemoe", GUEST)
-    assert verdict.until == T0 + timedelta(seconds=60)
-    clock.now = T0 + timedelta(seconds=60)
-    assert (await ledger.admit("tracemoe", GUEST)).allowed
-
-
-async def test_an_overshoot_waits_for_enough_successes_to_age_out(ledger: Ledger, clock: FakeClock) -> None:
-    await ledger.observe(GUEST, [quota(limit=2, used=0)])
-    for hour in (1, 2, 3):  # a batch can overshoot the quota (trace.moe checks only before the search)
-        await ledger.record_success("tracemoe", GUEST, at=T0 + timedelta(hours=hour))
-    clock.advance(hours=4)
-    assert (await ledger.admit("tracemoe", GUEST)).until == T0 + timedelta(hours=26)  # two must leave
-
-
-async def test_requests_inside_a_fixed_window_leave_with_it(ledger: Ledger, clock: FakeClock) -> None:
-    resets = T0 + timedelta(seconds=30)
-    await ledger.observe(GUEST, [quota(window="minute", limit=2, used=1, resets_at=resets)])
-    clock.advance(seconds=5)
-    await ledger.record_request("tracemoe", GUEST)
-    assert (await ledger.admit("tracemoe", GUEST)).until == resets
-    clock.now = resets
-    assert (await only(ledger, "minute")).used == 0
-
-
-async def test_a_zero_quota_is_believed_only_while_fresh(ledger: Ledger, clock: FakeClock) -> None:
-    # trace.moe before 2026-07-12 told a guest who had never searched "quota": 0
-    await ledger.observe(GUEST, [quota(limit=0, used=0)])
-    assert (await ledger.admit("tracemoe", GUEST)).until == T0 + timedelta(hours=24)
-    clock.advance(hours=24)
-    assert (await ledger.admit("tracemoe", GUEST)).allowed
-
-
-async def test_hour_window_counts_successes_not_requests(ledger: Ledger, clock: FakeClock) -> None:
-    await ledger.observe(KEY, [quota(provider="whatanimeisthis", window="hour", limit=1, used=0)])
-    await ledger.record_request("whatanimeisthis", KEY)
-    assert (await ledger.admit("whatanimeisthis", KEY)).allowed
-    clock.advance(minutes=5)
-    await ledger.record_success("whatanimeisthis", KEY)
-    assert (await ledger.admit("whatanimeisthis", KEY)).until == T0 + timedelta(hours=1, minutes=5)
-
-
-async def test_windows_are_kept_per_provider_and_scope(ledger: Ledger) -> None:
-    await ledger.observe(KEY, [quota(limit=1, used=1)])
-    assert not (await ledger.admit("tracemoe", KEY)).allowed
-    assert (await ledger.admit("tracemoe", GUEST)).allowed
-    assert (await ledger.admit("whatanimeisthis", KEY)).allowed
-
-
-# ---------------------------------------------------------------------------------------------- truths
-
-
-async def test_a_new_truth_replaces_the_old_and_the_local_count_before_it(
-    ledger: Ledger, clock: FakeClock
-) -> None:
-    await ledger.observe(KEY, [quota(limit=10, used=5)])
-    for _ in range(3):
-        clock.advance(minutes=1)
-        await ledger.record_success("tracemoe", KEY)
-    estimate = await only(ledger, "rolling-24h")
-    assert (estimate.used, estimate.source) == (8, "ledger")
-
-    clock.advance(minutes=1)
-    await ledger.observe(KEY, [quota(limit=10, used=6, observed_at=clock.now)])
-    truth = await only(ledger, "rolling-24h")
-    assert (truth.used, truth.remaining, truth.source, truth.observed_at) == (6, 4, "upstream", clock.now)
-
-    # a late answer, older than the stored truth, changes nothing
-    await ledger.observe(KEY, [quota(limit=10, used=1, observed_at=T0)])
-    assert (await only(ledger, "rolling-24h")).used == 6
-
-
-async def test_limits_are_learned_per_window(ledger: Ledger, clock: FakeClock) -> None:
-    await ledger.observe(KEY, [quota(window="month", limit=1000, used=10)])
-    clock.advance(minutes=1)
-    # no limit this time: the learned one is kept
-    await ledger.observe(KEY, [quota(window="month", remaining=900, observed_at=clock.now)])
-    month = await only(ledger, "month")
-    assert (month.limit, month.used, month.remaining) == (1000, 100, 900)
-    assert [q.window for q in await ledger.snapshot()] == ["month"]
-
-
-async def test_remaining_without_used_is_converted(ledger: Ledger) -> None:
-    await ledger.observe(KEY, [quota(limit=100, remaining=40)])
-    window = await only(ledger, "rolling-24h")
-    assert (window.limit, window.used, window.remaining) == (100, 60, 40)
-
-
-async def test_remaining_without_any_limit_still_blocks_at_zero(ledger: Ledger, clock: FakeClock) -> None:
-    resets = T0 + timedelta(hours=3)
-    await ledger.observe(
-        KEY, [quota(provider="whatanimeisthis", window="day", remaining=1, resets_at=resets)]
-    )
-    assert (await ledger.admit("whatanimeisthis", KEY)).allowed
-    await ledger.record_success("whatanimeisthis", KEY)
-    assert (await ledger.admit("whatanimeisthis", KEY)).until == resets
-    clock.now = resets
-    assert (await ledger.admit("whatanimeisthis", KEY)).allowed
-
-
-async def test_reason_rounds_up_to_the_minute(ledger: Ledger) -> None:
-    resets = T0 + timedelta(minutes=13, seconds=30)
-    await ledger.observe(GUEST, [quota(window="minute", limit=10, used=10, resets_at=resets)])
-    verdict = await ledger.admit("tracemoe", GUEST)
-    assert (verdict.allowed, verdict.until) == (False, resets)
-    assert verdict.reason == "quota exhausted until 2026-11-21T09:14Z"
-
-
-async def test_mark_exhausted_spends_every_known_search_window(ledger: Ledger, clock: FakeClock) -> None:
-    await ledger.observe(KEY, [quota(limit=100, used=3), quota(window="minute", limit=100, used=0)])
-    await ledger.mark_exhausted("tracemoe", KEY)
-    verdict = await ledger.admit("tracemoe", KEY)
-    assert verdict.until == T0 + timedelta(hours=24)
-    assert (await only(ledger, "rolling-24h")).used == 100
-    assert (await only(ledger, "minute")).used == 0  # a rate window is not a search quota
-
-    until = T0 + timedelta(hours=5)
-    await ledger.mark_exhausted("tracemoe", KEY, window="rolling-24h", until=until)
-    assert (await ledger.admit("tracemoe", KEY)).reason == "quota exhausted until 2026-11-21T14:00Z"
-
-
-async def test_mark_exhausted_without_a_known_window(ledger: Ledger, clock: FakeClock) -> None:
-    until = T0 + timedelta(hours=6, minutes=14)
-    await ledger.mark_exhausted("whatanime-ga", GUEST, until=until)
-    verdict = await ledger.admit("whatanime-ga", GUEST)
-    assert (verdict.until, verdict.reason) == (until, "quota exhausted until 2026-11-21T15:14Z")
-    window = await only(ledger, "rolling-24h")
-    assert (window.limit, window.remaining) == (None, 0)
-    clock.now = until
-    assert (await ledger.admit("whatanime-ga", GUEST)).allowed
-
-    with pytest.raises(ConfigurationError, match="unknown quota window 'week'"):
-        await ledger.mark_exhausted("whatanime-ga", GUEST, window="week")
-
-
-# ---------------------------------------------------------------------------------------------- cooldowns
-
-
-async def test_cooldowns_keep_the_later_one(ledger: Ledger, clock: FakeClock) -> None:
-    later, earlier = T0 + timedelta(minutes=10), T0 + timedelta(minutes=2)
-    await ledger.set_cooldown("tracemoe", GUEST, later, "HTTP 503 search queue is full")
-    await ledger.set_cooldown("tracemoe", GUEST, earlier, "HTTP 429")
-    verdict = await ledger.admit("tracemoe", GUEST)
-    assert (verdict.allowed, verdict.until) == (False, later)
-    assert verdict.reason == "cooling down until 2026-11-21T09:10Z: HTTP 503 search queue is full"
-
-    latest = T0 + timedelta(minutes=30)
-    await ledger.observe(GUEST, [quota(cooldown_until=latest)])
-    assert (await ledger.admit("tracemoe", GUEST)).until == latest
-    [shown] = await ledger.snapshot("tracemoe")
-    assert (shown.cooldown_until, shown.limit, shown.scope) == (latest, None, "guest")
-
-    clock.now = latest
-    assert (await ledger.admit("tracemoe", GUEST)).allowed
-    assert await ledger.snapshot() == []
-
-
-async def test_the_longer_blocker_is_named(ledger: Ledger) -> None:
-    await ledger.observe(GUEST, [quota(limit=1, used=1)])
-    await ledger.set_cooldown("tracemoe", GUEST, T0 + timedelta(minutes=1), "HTTP 429")
-    assert (await ledger.admit("tracemoe", GUEST)).reason == "quota exhausted until 2026-11-22T09:00Z"
-    await ledger.set_cooldown("tracemoe", GUEST, T0 + timedelta(days=2), "HTTP 429")
-    assert (await ledger.admit("tracemoe", GUEST)).reason == "cooling down until 2026-11-23T09:00Z: HTTP 429"
-
-
-# ---------------------------------------------------------------------------------------------- concurrency
-
-
-async def test_a_second_task_waits_for_the_slot(ledger: Ledger) -> None:
-    first = await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=60, wait_seconds=0)
-    assert first is not None
-    got: list[float] = []
-
-    async def second() -> None:
-        lease = await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=60, wait_seconds=5)
-        assert lease is not None
-        got.append(anyio.current_time())
-        await ledger.release(lease)
-
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(second)
-        await anyio.sleep(0.3)
-        assert got == []  # still waiting
-        released = anyio.current_time()
-        await ledger.release(first)
-    assert 0 <= got[0] - released < 0.5
-    assert await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=60, wait_seconds=0) is not None
-
-
-async def test_waiting_gives_up_after_wait_seconds(ledger: Ledger) -> None:
-    assert await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=60, wait_seconds=0) is not None
-    started = anyio.current_time()
-    assert await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=60, wait_seconds=0.25) is None
-    assert 0.2 <= anyio.current_time() - started < 1
-
-
-async def test_an_expired_lease_frees_the_slot(ledger: Ledger, clock: FakeClock) -> None:
-    dead = await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=30, wait_seconds=0)
-    assert dead is not None  # its holder dies and never releases it
-    assert await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=30, wait_seconds=0) is None
     clock.advance(seconds=30)
-    alive = await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=30, wait_seconds=0)
-    assert alive is not None
-    await ledger.release(dead)  # late and harmless: it must not free the live lease
-    await ledger.release(dead)
-    assert await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=30, wait_seconds=0) is None
-    await ledger.release(alive)
-    assert await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=30, wait_seconds=0) is not None
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, (thirty,)), Ticket)
 
 
-async def test_observed_concurrency_overrides_slots(ledger: Ledger) -> None:
-    await ledger.observe(KEY, [quota(limit=50000, used=0, concurrency=2)])
-    leases = [
-        await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=60, wait_seconds=0) for _ in range(3)
-    ]
-    assert [lease is not None for lease in leases] == [True, True, False]
-    assert (await only(ledger, "rolling-24h")).concurrency == 2
-
-    await ledger.observe(GUEST, [quota(concurrency=1)])
-    leases = [
-        await ledger.acquire("tracemoe", GUEST, slots=4, lease_seconds=60, wait_seconds=0) for _ in range(2)
-    ]
-    assert [lease is not None for lease in leases] == [True, False]
+async def test_a_rate_window_refuses_as_a_rate_limit(ledger: Ledger) -> None:
+    rate = WindowSpec("minute", span_seconds=60, counts="requests", kind="rate", limit=1)
+    await search(ledger, (rate,), outcome="uncharged")  # an error answer is still a request
+    assert (await refused(ledger, (rate,))).kind == "rate"
 
 
-async def test_acquire_rejects_nonsense(ledger: Ledger) -> None:
-    with pytest.raises(ConfigurationError, match="slots >= 1"):
-        await ledger.acquire("tracemoe", KEY, slots=0, lease_seconds=60, wait_seconds=0)
-    with pytest.raises(ConfigurationError, match="lease_seconds > 0"):
-        await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=0, wait_seconds=0)
+async def test_every_window_counts_every_search(ledger: Ledger) -> None:
+    """A count reported for the day window does not stop the hour window from counting."""
+    hour = WindowSpec("hour", span_seconds=3600, kind="rate", limit=2)
+    windows = (WindowSpec("day", calendar="day", limit=100), hour)
+    for left in (99, 98):
+        await search(ledger, windows, observations=[quota(window="day", remaining=left, observed_at=T0)])
+    refusal = await refused(ledger, windows)
+    assert (refusal.kind, refusal.window) == ("rate", "hour")
 
 
-# ---------------------------------------------------------------------------------------------- the rest
+async def test_remaining_without_a_limit_blocks_at_zero(ledger: Ledger, clock: FakeClock) -> None:
+    windows = (WindowSpec("day", calendar="day"),)
+    await ledger.observe("tracemoe", GUEST, windows, [quota(window="day", remaining=0, observed_at=T0)])
+    refusal = await refused(ledger, windows)
+    assert from_us(refusal.until) == period_bounds("day", T0, ZoneInfo("UTC"))[1]
+
+
+async def test_purchased_credits_raise_the_enforced_limit(ledger: Ledger) -> None:
+    windows = (WindowSpec("day", calendar="day", limit=10),)
+    await ledger.observe("tracemoe", GUEST, windows, [quota(window="day", remaining=25, observed_at=T0)])
+    assert (await only(ledger, "day")).remaining == 25
+
+
+# ---------------------------------------------------------------------------------------------- settling
+
+
+async def test_a_search_sent_but_not_answered_stays_counted(ledger: Ledger) -> None:
+    for _ in range(3):
+        await search(ledger, outcome="charged")  # a dropped connection after sending: maybe charged
+    assert (await refused(ledger)).kind == "quota"
+
+
+async def test_an_unsent_request_counts_nowhere(ledger: Ledger) -> None:
+    for _ in range(5):
+        await search(ledger, outcome="unsent")
+    assert (await only(ledger, "minute")).used == 0
+
+
+async def test_a_cooldown_refuses_with_its_own_kind_and_keeps_the_later(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    later, sooner = T0 + timedelta(minutes=5), T0 + timedelta(minutes=1)
+    first = await ledger.reserve("tracemoe", GUEST, TRACEMOE, take_slot=False)
+    second = await ledger.reserve("tracemoe", GUEST, TRACEMOE, take_slot=False)
+    assert isinstance(first, Ticket)
+    assert isinstance(second, Ticket)
+    await ledger.settle(first, "uncharged", cooldown=(later, "HTTP 429", "rate"))
+    await ledger.settle(second, "uncharged", cooldown=(sooner, "HTTP 429", "rate"))
+    refusal = await refused(ledger)
+    assert (refusal.kind, from_us(refusal.until), refusal.reason) == ("rate", later, "HTTP 429")
+    clock.now = later
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
+
+
+async def test_a_spent_block_lasts_until_given_and_a_fresh_count_lifts_it(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    until = T0 + timedelta(hours=3)
+    await search(ledger, outcome="uncharged", blocks=[("rolling-24h", until)])
+    refusal = await refused(ledger)
+    assert (refusal.kind, from_us(refusal.until)) == ("quota", until)
+    await ledger.observe("tracemoe", GUEST, TRACEMOE, [quota(limit=3, used=0, observed_at=clock.now)])
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
+
+
+@pytest.mark.parametrize("backend", SHARED_BACKENDS, indirect=True)
+async def test_busy_answers_grow_one_backoff_for_everyone(
+    make: Callable[..., Ledger], clock: FakeClock
+) -> None:
+    one, two = make(), make()
+    await search(one, outcome="uncharged", busy="queue full")
+    first = await refused(two)
+    assert first.kind == "busy"
+    assert T0 < from_us(first.until) <= T0 + timedelta(seconds=0.5)
+    clock.now = from_us(first.until)
+    await search(two, outcome="uncharged", busy="queue full")
+    second = await refused(one)
+    assert timedelta(seconds=0.5) <= from_us(second.until) - clock.now <= timedelta(seconds=1)
+    clock.now = from_us(second.until)
+    await search(one)  # a success resets the streak
+    await search(one, outcome="uncharged", busy="queue full")
+    assert from_us((await refused(two)).until) - clock.now <= timedelta(seconds=0.5)
+
+
+async def test_concurrency_and_priority_are_kept(ledger: Ledger) -> None:
+    await ledger.observe("tracemoe", GUEST, TRACEMOE, [quota(limit=3, used=0, concurrency=2, priority=5)])
+    found = await only(ledger, "rolling-24h")
+    assert (found.concurrency, found.priority) == (2, 5)
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
+    assert (await refused(ledger)).kind == "concurrency"
+
+
+# ---------------------------------------------------------------------------------------------- slots
+
+
+async def test_one_slot_and_its_holder(ledger: Ledger) -> None:
+    ticket = await ledger.reserve("tracemoe", GUEST, TRACEMOE, slots=1)
+    assert isinstance(ticket, Ticket)
+    refusal = await refused(ledger, slots=1)
+    assert refusal.kind == "concurrency"
+    assert len(refusal.holders) == 1
+    assert refusal.holders[0].split(":")[1] == str(os.getpid())
+    await ledger.settle(ticket, "charged")
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE, slots=1), Ticket)
+
+
+async def test_a_lapsed_lease_frees_the_slot_and_stays_counted(ledger: Ledger, clock: FakeClock) -> None:
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE, lease_seconds=10), Ticket)
+    clock.advance(seconds=11)
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE, lease_seconds=10), Ticket)
+    assert (await only(ledger, "rolling-24h")).used == 2  # the lapsed one may have reached the upstream
+
+
+async def test_a_renewed_lease_keeps_the_slot(ledger: Ledger, clock: FakeClock) -> None:
+    ticket = await ledger.reserve("tracemoe", GUEST, TRACEMOE, lease_seconds=10)
+    assert isinstance(ticket, Ticket)
+    clock.advance(seconds=8)
+    assert await ledger.renew(ticket, 10)
+    clock.advance(seconds=8)
+    assert (await refused(ledger)).kind == "concurrency"
+
+
+async def test_a_dead_holder_frees_its_slot_at_once(ledger: Ledger) -> None:
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
+    holder = (await refused(ledger)).holders[0]
+    assert isinstance(
+        await ledger.reserve("tracemoe", GUEST, TRACEMOE, dead_holders=frozenset({holder})), Ticket
+    )
+
+
+async def test_a_waiter_wakes_when_the_slot_is_released(ledger: Ledger) -> None:
+    ticket = await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+    assert isinstance(ticket, Ticket)
+    woke: list[float] = []
+
+    async def waiter() -> None:
+        start = anyio.current_time()
+        await ledger.wait("tracemoe", GUEST, 5)
+        woke.append(anyio.current_time() - start)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(waiter)
+        await anyio.sleep(0.05)
+        await ledger.settle(ticket, "charged")
+    assert woke
+    assert woke[0] < 2  # woken by the release, not by the 5 s timeout
+
+
+# ---------------------------------------------------------------------------------------------- snapshot
+
+
+async def test_snapshot_shows_defaults_estimates_and_upstream_truths(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await search(ledger)
+    found = await only(ledger, "rolling-24h")
+    assert (found.limit, found.used, found.remaining, found.source) == (3, 1, 2, "ledger")
+    assert found.resets_at == T0 + timedelta(hours=24)
+    clock.advance(minutes=1)
+    await ledger.observe("tracemoe", GUEST, TRACEMOE, [quota(limit=3, used=1, observed_at=clock.now)])
+    found = await only(ledger, "rolling-24h")
+    assert (found.source, found.observed_at) == ("upstream", clock.now)
 
 
 async def test_snapshot_filters_by_provider_and_names_the_scope(ledger: Ledger) -> None:
-    await ledger.observe(KEY, [quota(limit=100, used=1, priority=2)])
-    await ledger.observe(GUEST, [quota(provider="whatanimeisthis", window="day", limit=5, used=2)])
-    [mine] = await ledger.snapshot("tracemoe")
-    assert (mine.provider, mine.scope, mine.raw) == ("tracemoe", "api-key", {"scope_id": KEY})
-    assert [(q.provider, q.scope) for q in await ledger.snapshot()] == [
-        ("tracemoe", "api-key"),
-        ("whatanimeisthis", "guest"),
-    ]
+    await ledger.observe("tracemoe", KEY, TRACEMOE, [quota(limit=3, used=1)])
+    await ledger.observe("other", GUEST, (DAY,), [quota(provider="other", window="day", limit=5, used=1)])
+    mine = await ledger.snapshot("tracemoe")
+    assert {q.provider for q in mine} == {"tracemoe"}
+    assert {q.raw["scope_id"] for q in mine} == {KEY}
+    assert all(q.scope == "api-key" for q in mine)
 
 
-async def test_clear_forgets_everything(ledger: Ledger) -> None:
-    await ledger.observe(KEY, [quota(limit=1, used=1, concurrency=1)])
-    await ledger.set_cooldown("tracemoe", KEY, T0 + timedelta(hours=1), "HTTP 429")
-    assert await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=60, wait_seconds=0) is not None
+async def test_clear_forgets_one_provider_or_everything(ledger: Ledger) -> None:
+    await ledger.observe("tracemoe", GUEST, TRACEMOE, [quota(limit=3, used=3)])
+    await ledger.observe("other", GUEST, (DAY,), [quota(provider="other", window="day", limit=5, used=5)])
+    await ledger.clear("tracemoe")
+    assert {q.provider for q in await ledger.snapshot()} == {"other"}
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
     await ledger.clear()
     assert await ledger.snapshot() == []
-    assert (await ledger.admit("tracemoe", KEY)).allowed
-    assert await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=60, wait_seconds=0) is not None
+    assert isinstance(await ledger.reserve("other", GUEST, (DAY,)), Ticket)
 
 
 async def test_bad_input_is_refused(ledger: Ledger) -> None:
     with pytest.raises(ConfigurationError, match="scope_id"):
-        await ledger.admit("tracemoe", "sk-live-0123456789abcdef")  # a raw key must never be stored
+        await ledger.reserve("tracemoe", "sk-live-0123456789abcdef", TRACEMOE)  # a raw key is never stored
     with pytest.raises(ConfigurationError, match="provider"):
-        await ledger.record_success("trace moe", GUEST)
+        await ledger.reserve("trace moe", GUEST, TRACEMOE)
+    naive = datetime(2026, 1, 1)  # noqa: DTZ001 - the point of the test
     with pytest.raises(ConfigurationError, match="timezone-aware"):
-        await ledger.set_cooldown("tracemoe", GUEST, datetime(2026, 11, 21, 10, 0), "naive")  # noqa: DTZ001
-    with pytest.raises(ConfigurationError, match="negative"):
-        await ledger.observe(GUEST, [quota(limit=10, used=-1)])
+        await ledger.observe("tracemoe", GUEST, TRACEMOE, [quota(limit=3, used=1, observed_at=naive)])
+    with pytest.raises(ConfigurationError, match="within"):
+        await ledger.observe("tracemoe", GUEST, TRACEMOE, [quota(limit=10, used=-1)])
+    with pytest.raises(ConfigurationError, match="exactly one"):
+        WindowSpec("broken")
 
 
 @pytest.mark.parametrize("backend", SHARED_BACKENDS, indirect=True)
 async def test_two_ledgers_on_one_store_share_state(make: Callable[..., Ledger]) -> None:
     writer, reader = make(), make()
-    await writer.observe(KEY, [quota(limit=2, used=1, concurrency=1)])
-    await writer.record_success("tracemoe", KEY)
-    assert not (await reader.admit("tracemoe", KEY)).allowed
-    assert await writer.acquire("tracemoe", KEY, slots=1, lease_seconds=60, wait_seconds=0) is not None
-    assert await reader.acquire("tracemoe", KEY, slots=1, lease_seconds=60, wait_seconds=0) is None
+    await writer.observe("tracemoe", KEY, TRACEMOE, [quota(limit=3, used=2, concurrency=1)])
+    ticket = await writer.reserve("tracemoe", KEY, TRACEMOE)
+    assert isinstance(ticket, Ticket)
+    assert (await refused(reader, scope=KEY)).kind == "quota"  # the pending search counts everywhere
+    await writer.settle(ticket, "unsent")
+    await writer.observe("tracemoe", KEY, TRACEMOE, [quota(limit=3, used=1, observed_at=T0)])
+    ticket = await writer.reserve("tracemoe", KEY, TRACEMOE)
+    assert isinstance(ticket, Ticket)
+    assert (await refused(reader, scope=KEY)).kind == "concurrency"
+    await writer.settle(ticket, "unsent")
+    assert isinstance(await reader.reserve("tracemoe", KEY, TRACEMOE), Ticket)
+
+
+def test_one_memory_ledger_per_process() -> None:
+    assert open_ledger("memory://") is open_ledger("memory://")
 
 
 # ---------------------------------------------------------------------------------------------- privacy
@@ -525,12 +465,16 @@ SECRET_IP = "203.0.113.77"
 
 async def _write_everything(ledger: Ledger) -> None:
     raw = {"key": SECRET_KEY, "ip": SECRET_IP, "cookie": f"session={SECRET_KEY}"}
-    await ledger.observe(KEY, [quota(limit=100, used=5, concurrency=1, raw=raw)])
-    await ledger.observe(KEY, [quota(window="minute", limit=100, remaining=99, raw=raw, source="headers")])
-    await ledger.record_success("tracemoe", KEY)
-    await ledger.record_request("tracemoe", KEY)
-    await ledger.set_cooldown("tracemoe", KEY, T0 + timedelta(minutes=5), "HTTP 429")
-    assert await ledger.acquire("tracemoe", KEY, slots=1, lease_seconds=60, wait_seconds=0) is not None
+    observed = [
+        quota(limit=100, used=5, concurrency=1, raw=raw),
+        quota(window="minute", limit=100, remaining=99, raw=raw, source="headers"),
+    ]
+    await search(ledger, scope=KEY, observations=observed)
+    assert isinstance(await ledger.reserve("tracemoe", KEY, TRACEMOE, take_slot=False), Ticket)  # in flight
+    await search(
+        ledger, scope=KEY, outcome="uncharged", cooldown=(T0 + timedelta(minutes=5), "HTTP 429", "rate")
+    )
+    await ledger.clear("other")
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -563,6 +507,8 @@ async def test_redis_holds_no_secret(ledger: Ledger, redis_url: str) -> None:
                 dump += [f"{member}={score}" for member, score in client.zrange(key, 0, -1, withscores=True)]
             elif kind == "set":
                 dump += list(client.smembers(key))
+            elif kind == "list":
+                dump += list(client.lrange(key, 0, -1))
             else:  # pragma: no cover - the ledger writes no other type
                 pytest.fail(f"unexpected Redis type {kind} at {key}")
     text = "\n".join(dump)
@@ -594,7 +540,7 @@ async def test_sqlite_creates_a_private_directory_and_file(tmp_path: Path) -> No
     path = tmp_path / "deep" / "er" / "ledger.sqlite3"
     ledger = open_ledger(f"sqlite:///{path}")
     assert not path.exists()  # nothing is touched before first use
-    await ledger.observe(GUEST, [quota(limit=1, used=0)])
+    await ledger.observe("tracemoe", GUEST, TRACEMOE, [quota(limit=1, used=0)])
     await ledger.aclose()
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -606,17 +552,53 @@ async def test_sqlite_creates_a_private_directory_and_file(tmp_path: Path) -> No
 async def test_sqlite_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     ledger = open_ledger("sqlite:///relative/ledger.db")
-    await ledger.record_request("tracemoe", GUEST)
+    await ledger.snapshot()
     await ledger.aclose()
     assert (tmp_path / "relative" / "ledger.db").is_file()
 
 
-async def test_sqlite_unwritable_location_is_a_configuration_error(tmp_path: Path) -> None:
+async def test_sqlite_unwritable_location_is_a_ledger_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     ledger = open_ledger(f"sqlite:///{blocker / 'ledger.db'}")
-    with pytest.raises(ConfigurationError, match="cannot open the ledger database"):
-        await ledger.admit("tracemoe", GUEST)
+    with pytest.raises(LedgerError, match="quota --reset") as caught:
+        await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+    assert str(blocker) in str(caught.value)
+
+
+async def test_a_corrupt_sqlite_ledger_is_a_ledger_error(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    ledger = open_ledger(f"sqlite:///{path}")
+    with pytest.raises(LedgerError, match=str(path)):
+        await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+
+
+async def test_bad_values_stored_in_sqlite_are_a_ledger_error(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger = open_ledger(f"sqlite:///{path}")
+    await ledger.snapshot()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO scopes VALUES ('tracemoe', 'guest', '{\"nonsense\": 1}')")
+    conn.close()
+    with pytest.raises(LedgerError):
+        await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+    await ledger.aclose()
+
+
+async def test_unreachable_redis_is_a_ledger_error() -> None:
+    ledger = open_ledger(f"redis://127.0.0.1:{_closed_port()}/0")
+    with pytest.raises(LedgerError, match="Redis"):
+        await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+    await ledger.aclose()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def test_sqlite_from_a_newer_anisearch_is_refused(tmp_path: Path) -> None:
@@ -625,7 +607,7 @@ async def test_sqlite_from_a_newer_anisearch_is_refused(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version = 99")
     conn.close()
     ledger = open_ledger(f"sqlite:///{path}")
-    with pytest.raises(ConfigurationError, match="newer anisearch"):
+    with pytest.raises(LedgerError, match="newer anisearch"):
         await ledger.snapshot()
 
 

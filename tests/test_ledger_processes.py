@@ -23,7 +23,7 @@ WORKER = """
 import sys, time
 from pathlib import Path
 import anyio
-from anisearch._ledger import open_ledger, scope_id
+from anisearch._ledger import Ticket, WindowSpec, open_ledger, scope_id
 
 url, log, rounds, hold = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 
@@ -31,14 +31,17 @@ async def main():
     ledger = open_ledger(url)
     scope = scope_id("api-key", "shared by every worker")
     lines = []
+    windows = [WindowSpec("rolling-24h", span_seconds=86400)]
     for _ in range(rounds):
-        lease = await ledger.acquire("tracemoe", scope, slots=1, lease_seconds=30, wait_seconds=30)
-        if lease is None:
-            raise SystemExit("no slot within 30 s")
+        give_up = time.monotonic() + 30
+        while not isinstance(ticket := await ledger.reserve("tracemoe", scope, windows), Ticket):
+            if time.monotonic() > give_up:
+                raise SystemExit("no slot within 30 s")
+            await ledger.wait("tracemoe", scope, 1)
         start = time.monotonic()
         await anyio.sleep(hold)
         end = time.monotonic()
-        await ledger.release(lease)
+        await ledger.settle(ticket, "charged")
         lines.append(f"{start} {end}")
     log.write_text("\\n".join(lines))
     await ledger.aclose()

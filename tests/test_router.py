@@ -28,8 +28,7 @@ from anisearch import (
     SearchQuery,
     UploadLimits,
 )
-from anisearch._ledger import open_ledger
-from anisearch._ledger._base import Ledger
+from anisearch._ledger import Ledger, Refusal, Ticket, WindowSpec, open_ledger
 from anisearch._router import Route, Router, merge_hits
 
 pytestmark = pytest.mark.anyio
@@ -117,23 +116,26 @@ async def query_for(provider: Any) -> SearchQuery:
     return SearchQuery()
 
 
+WINDOWS = (WindowSpec("rolling-24h", span_seconds=86400),)
+
+
 @pytest.fixture
 async def ledger() -> Ledger:
-    return open_ledger("memory://")
+    return open_ledger("memory://", clock=lambda: datetime.now(UTC))  # a fresh one, not the process's
 
 
-def router(ledger: Ledger, attempts: list[Attempt] | None = None) -> Router:
+def router(ledger: Ledger, attempts: list[Attempt] | None = None, wait_seconds: float = 1) -> Router:
     return Router(
         ledger,
         send,
-        wait_seconds=1,
+        wait_seconds=wait_seconds,
         lease_seconds=5,
         on_attempt=attempts.append if attempts is not None else None,
     )
 
 
 def routes(*providers: Scripted) -> list[Route]:
-    return [Route(provider=p, scope="guest") for p in providers]  # type: ignore[arg-type]
+    return [Route(provider=p, scope="guest", windows=WINDOWS) for p in providers]  # type: ignore[arg-type]
 
 
 async def test_first_provider_answers_and_the_rest_are_not_asked(ledger: Ledger) -> None:
@@ -148,7 +150,9 @@ async def test_spent_quota_falls_through_and_is_remembered(ledger: Ledger) -> No
     spent = QuotaExhaustedError("Search quota depleted", provider="one", status_code=402)
     first = Scripted("one", spent)
     second = Scripted("two", answer("two", 0.95), answer("two", 0.95))
-    await ledger.observe("guest", [Quota(provider="one", limit=100, used=99, window="rolling-24h")])
+    await ledger.observe(
+        "one", "guest", WINDOWS, [Quota(provider="one", limit=100, used=99, window="rolling-24h")]
+    )
     result = await router(ledger).search(routes(first, second), query_for)
     assert result.provider == "two"
     assert [(a.provider, a.outcome, a.error) for a in result.attempts] == [
@@ -169,19 +173,20 @@ async def test_rate_limit_sets_a_cooldown_for_retry_after(ledger: Ledger) -> Non
     first = Scripted("one", limited)
     second = Scripted("two", answer("two", 0.95), answer("two", 0.95))
     await router(ledger).search(routes(first, second), query_for)
-    admission = await ledger.admit("one", "guest")
-    assert not admission.allowed
-    assert admission.until is not None
-    assert timedelta(seconds=100) < admission.until - datetime.now(UTC) <= timedelta(seconds=121)
+    refusal = await ledger.reserve("one", "guest", WINDOWS)
+    assert isinstance(refusal, Refusal)
+    assert refusal.kind == "rate"
+    until = datetime.fromtimestamp(refusal.until / 1e6, UTC)
+    assert timedelta(seconds=100) < until - datetime.now(UTC) <= timedelta(seconds=121)
     again = await router(ledger).search(routes(first, second), query_for)
     assert again.attempts[0].outcome == "skipped"
     assert first.requests == 1
 
 
-async def test_transient_errors_are_retried_on_the_same_provider(ledger: Ledger) -> None:
+async def test_a_busy_provider_is_waited_out_briefly_and_asked_again(ledger: Ledger) -> None:
     busy = ConcurrencyLimitError("Concurrency limit exceeded", provider="one", status_code=402)
     first = Scripted("one", busy, busy, answer("one", 0.93))
-    result = await router(ledger).search(routes(first), query_for)
+    result = await router(ledger, wait_seconds=5).search(routes(first), query_for)
     assert result.provider == "one"
     assert first.requests == 3
 
@@ -283,9 +288,14 @@ async def test_anilist_filter_is_applied_to_every_answer(ledger: Ledger) -> None
 
 
 async def test_the_failure_group_lists_every_attempt(ledger: Ledger) -> None:
-    await ledger.set_cooldown("one", "guest", datetime.now(UTC) + timedelta(minutes=5), "HTTP 429")
+    ticket = await ledger.reserve("one", "guest", WINDOWS)
+    assert isinstance(ticket, Ticket)
+    await ledger.settle(
+        ticket, "uncharged", cooldown=(datetime.now(UTC) + timedelta(minutes=5), "HTTP 429", "rate")
+    )
     second = Scripted("two", ProviderServerError("down", provider="two", status_code=503))
     with pytest.raises(AllProvidersFailedError) as caught:
         await router(ledger).search(routes(Scripted("one"), second), query_for)
     assert [(a.provider, a.outcome) for a in caught.value.attempts] == [("one", "skipped"), ("two", "failed")]
-    assert caught.value.attempts[0].reason.startswith("cooling down until ")
+    assert caught.value.attempts[0].reason.startswith("rate limited until ")
+    assert caught.value.attempts[0].error == "RateLimitedError"

@@ -1,6 +1,6 @@
 """Quota, rate, cooldown and concurrency state: :func:`open_ledger` picks a backend from a URL.
 
-- ``memory://``: this process only, forgotten at exit;
+- ``memory://``: this process only (one ledger shared by every client of the process), forgotten at exit;
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (SQLAlchemy's spelling: the path is
   what follows ``sqlite:///``): one file shared by the processes of a machine; the default, see
   :func:`default_ledger_url`;
@@ -10,22 +10,34 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import platformdirs
 
 from anisearch._exceptions import ConfigurationError
-from anisearch._ledger._base import Admission, Lease, Ledger, scope_id
+from anisearch._ledger._base import Ledger, Refusal, Stale, Ticket, holder_is_dead, scope_id
 from anisearch._ledger._memory import MemoryLedger
 from anisearch._ledger._sqlite import SQLiteLedger
+from anisearch._ledger._windows import STANDARD_WINDOWS, WindowSpec, zone
 
 if TYPE_CHECKING:
-    from anisearch._ledger._stored import Clock
+    from anisearch._ledger._base import Clock
 
-__all__ = ["Admission", "Lease", "Ledger", "default_ledger_url", "open_ledger", "scope_id"]
+__all__ = [
+    "STANDARD_WINDOWS",
+    "Ledger",
+    "Refusal",
+    "Stale",
+    "Ticket",
+    "WindowSpec",
+    "default_ledger_url",
+    "holder_is_dead",
+    "open_ledger",
+    "scope_id",
+]
 
 SCHEMES = ("memory", "sqlite", "redis", "rediss")
 
@@ -41,13 +53,16 @@ def default_ledger_url(state_dir: Path | None = None) -> str:
     return "sqlite:///" + str(directory / "ledger.sqlite3")
 
 
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigurationError(
-            f"unknown time zone {name!r} for the ledger; use an IANA name such as 'UTC' or 'Asia/Tokyo'"
-        ) from exc
+_SHARED_MEMORY: dict[str, MemoryLedger] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_memory(timezone: str) -> MemoryLedger:
+    """The process's one ``memory://`` ledger (per zone), so no two clients of a process collide."""
+    with _SHARED_LOCK:
+        if timezone not in _SHARED_MEMORY:
+            _SHARED_MEMORY[timezone] = MemoryLedger(timezone=zone(timezone))
+        return _SHARED_MEMORY[timezone]
 
 
 def _masked(url: str) -> str:
@@ -66,9 +81,10 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
     Args:
         url: ``memory://``, ``sqlite:///path`` (relative) or ``sqlite:////path`` (absolute), or
             ``redis://host:port/db``.
-        timezone: IANA zone whose midnight ends the calendar ``day`` and ``month`` windows
-            (whatanimeisthis.com's daily credits).
-        clock: Returns the current aware datetime; the system clock by default (tests inject one).
+        timezone: IANA zone whose midnight ends the calendar ``day`` and ``month`` windows that do not
+            name their own zone (whatanimeisthis.com's daily credits).
+        clock: Returns the current aware datetime; the system clock by default (tests inject one). A
+            ``memory://`` ledger without a clock is the process's shared one.
 
     Returns:
         The ledger; close it with ``await ledger.aclose()``.
@@ -77,7 +93,7 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
         ConfigurationError: An unknown scheme (the message lists the supported ones), a SQLite URL
             without a path, an unknown time zone, or a Redis URL without the ``redis`` extra installed.
     """
-    zone = _zone(timezone)
+    tz = zone(timezone)
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in SCHEMES:
@@ -85,12 +101,12 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
             f"unsupported ledger URL {_masked(url)!r}; use memory://, sqlite:///path or redis://host:port/db"
         )
     if scheme == "memory":
-        return MemoryLedger(timezone=zone, clock=clock)
+        return _shared_memory(timezone) if clock is None else MemoryLedger(timezone=tz, clock=clock)
     if scheme == "sqlite":
         path = unquote(rest.removeprefix("/")).partition("?")[0]
         if not path:
             raise ConfigurationError(f"the ledger URL {url!r} names no file; use sqlite:///path/to/ledger.db")
-        return SQLiteLedger(Path(path), url=url, timezone=zone, clock=clock)
+        return SQLiteLedger(Path(path), url=url, timezone=tz, clock=clock)
     try:
         from redis.asyncio import Redis
     except ImportError as exc:
@@ -103,4 +119,4 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
         client = Redis.from_url(url, decode_responses=True)
     except ValueError as exc:
         raise ConfigurationError(f"invalid Redis ledger URL {_masked(url)!r}: {exc}") from exc
-    return RedisLedger(client, url=_masked(url), timezone=zone, clock=clock)
+    return RedisLedger(client, url=_masked(url), timezone=tz, clock=clock)

@@ -1,13 +1,10 @@
-"""The ledger interface: what every backend (memory, SQLite, Redis) must do.
+"""The ledger interface, and what every backend shares: reserve, settle, observe, wait, snapshot.
 
 A *scope* is ``(provider, scope_id)``: ``scope_id`` is ``"guest"`` or ``"<kind>:<keyed hash>"`` (never the
-key itself; see :func:`scope_id`). Per scope the ledger keeps:
-
-- windows: for each window kind (``rolling-24h``, ``day``, ``month``, ``minute``, ``hour``) the limit and
-  the used count as last told by the upstream (a "truth" with its ``observed_at``), plus the local
-  successes since then (timestamps), so the estimate between truths is ``used_at_truth + local``;
-- a cooldown (until, reason);
-- concurrency leases (slot holders with an expiry, so a killed process never holds a slot).
+key itself; see :func:`scope_id`). A backend (memory, SQLite, Redis) makes four steps atomic — reserve,
+settle, renew, inspect (see ``_logic.py``) — and can wake the searches waiting for a slot; everything
+else (argument checks, turning window specs and ``Quota`` observations into numbers, snapshots) lives
+here once.
 
 All datetimes are timezone-aware UTC. All durations are seconds.
 """
@@ -16,18 +13,56 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import os
+import re
+import secrets
+import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import TYPE_CHECKING, Any, get_args
+
+from anisearch._exceptions import ConfigurationError
+from anisearch._ledger._logic import (
+    Refusal,
+    ReserveRequest,
+    ScopeView,
+    SettleRequest,
+    Stale,
+    TruthFact,
+    WindowArgs,
+    WindowView,
+)
+from anisearch._ledger._windows import WindowSpec, aware, from_us, spec_for, to_us
+from anisearch._models import Quota, QuotaScope
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-    from datetime import datetime
+    from zoneinfo import ZoneInfo
 
-    from anisearch._models import Quota, QuotaScope
+    from anisearch._ledger._logic import Outcome
 
-__all__ = ["Admission", "Lease", "Ledger", "scope_id"]
+__all__ = [
+    "Clock",
+    "Ledger",
+    "Refusal",
+    "ScopeView",
+    "Stale",
+    "Ticket",
+    "WindowView",
+    "holder_is_dead",
+    "scope_id",
+    "this_holder",
+]
+
+Clock = Callable[[], datetime]
+"""Returns the current instant as an aware datetime (tests inject a fake one)."""
 
 _SCOPE_KEY = b"anisearch ledger scope v1"
+_PROVIDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SCOPE = re.compile(r"(?:guest|api-key|session)(?::[0-9a-f]{8,64})?")
+_SCOPE_KINDS: tuple[QuotaScope, ...] = get_args(QuotaScope)
+_MAX_COUNT = 2**31 - 1
 
 
 def scope_id(scope: QuotaScope, secret: str | None) -> str:
@@ -42,91 +77,390 @@ def scope_id(scope: QuotaScope, secret: str | None) -> str:
     return f"{scope}:{digest}"
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """The ledger's verdict on sending one more search now.
+def _system_clock() -> datetime:
+    return datetime.now(UTC)
 
-    Attributes:
-        allowed: True when no known window is spent and no cooldown runs.
-        reason: Why not, one line (``"quota exhausted until 2026-11-22T09:14Z"``), or None.
-        until: When it may be allowed again, when known.
+
+@cache
+def this_holder() -> str:
+    """This process as a slot holder: ``host:pid:start`` (start in milliseconds since the epoch)."""
+    import psutil
+
+    started = int(psutil.Process().create_time() * 1000)
+    return f"{socket.gethostname()}:{os.getpid()}:{started}"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True when ``holder`` is a process of this host that no longer runs (or a new one reusing its pid).
+
+    A holder on another host is never known dead here; its short lease lapses instead.
     """
+    import psutil
 
-    allowed: bool
-    reason: str | None = None
-    until: datetime | None = None
+    parts = holder.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname():  # noqa: PLR2004 - host:pid:start
+        return False
+    try:
+        pid, started = int(parts[1]), int(parts[2])
+    except ValueError:
+        return False
+    try:
+        return abs(int(psutil.Process(pid).create_time() * 1000) - started) > 1
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return True
+    except psutil.Error:
+        return False
+
+
+def check_provider(provider: str) -> str:
+    """``provider`` unchanged.
+
+    Raises:
+        ConfigurationError: It is not an entry-point style name (letters, digits, ``.``, ``_``, ``-``).
+    """
+    if not _PROVIDER.fullmatch(provider):
+        raise ConfigurationError(f"invalid provider name for the ledger: {provider!r}")
+    return provider
+
+
+def check_scope(scope: str) -> str:
+    """``scope`` unchanged.
+
+    Raises:
+        ConfigurationError: It is not what :func:`scope_id` makes. The check keeps a raw API key, cookie or
+            address from ever being written to the ledger by mistake.
+    """
+    if not _SCOPE.fullmatch(scope):
+        raise ConfigurationError(
+            "invalid ledger scope: use scope_id() ('guest' or '<kind>:<hash>'), never a raw credential"
+        )
+    return scope
 
 
 @dataclass(frozen=True, slots=True)
-class Lease:
-    """A held concurrency slot. Give it back with :meth:`Ledger.release`; it expires by itself anyway."""
+class Ticket:
+    """An admitted search. Settle it exactly once with :meth:`Ledger.settle`; renew a long one."""
 
     provider: str
     scope: str
     token: str
-    expires_at: datetime
+    lease_until: datetime
+    windows: tuple[WindowSpec, ...]
+
+
+def _count(quota: Quota, name: str) -> int | None:
+    value = getattr(quota, name)
+    if value is None:
+        return None
+    if not 0 <= value <= _MAX_COUNT:
+        raise ConfigurationError(f"Quota.{name} must be within 0..{_MAX_COUNT}, got {value}")
+    return int(value)
 
 
 class Ledger(abc.ABC):
-    """Quota, rate, cooldown and concurrency state per (provider, scope). Safe across processes
-    (SQLite) and machines (Redis) where the backend says so."""
+    """Quota, rate, cooldown and concurrency state per (provider, scope), shared by every process (SQLite)
+    or machine (Redis) that uses the same store.
+
+    Args:
+        url: The URL the ledger was opened from (any password masked).
+        timezone: Zone of calendar windows that do not name their own.
+        clock: The current instant; the system clock by default. Tests inject a fake one.
+    """
 
     url: str
-    """The ledger URL it was opened from (``memory://``, ``sqlite:///path``, ``redis://host:port/db``)."""
+    """The ledger URL (``memory://``, ``sqlite:///path``, ``redis://host:port/db``; password masked)."""
+
+    def __init__(self, url: str, *, timezone: ZoneInfo, clock: Clock | None = None) -> None:
+        self.url = url
+        self.timezone = timezone
+        self._clock = clock or _system_clock
+
+    def now(self) -> datetime:
+        """The ledger's current instant (its clock)."""
+        return aware(self._clock(), "the ledger clock")
+
+    # ------------------------------------------------------------------ backend steps
 
     @abc.abstractmethod
-    async def observe(self, scope: str, quotas: Sequence[Quota]) -> None:
-        """Record what the upstream said (a truth per window). Resets the local count of that window.
-
-        A truth counts the local successes recorded at or after its ``observed_at``, so a count the upstream
-        took *before* the search it answers is observed first and the success recorded after it. A
-        ``Quota`` with ``cooldown_until`` also sets the scope's cooldown; its ``concurrency`` replaces the
-        ``slots`` of :meth:`acquire`; its ``raw`` is never stored.
-        """
+    async def _reserve(self, provider: str, scope: str, request: ReserveRequest) -> Any:
+        """Run :func:`~anisearch._ledger._logic.reserve` atomically; return its result."""
 
     @abc.abstractmethod
-    async def record_success(self, provider: str, scope: str, *, at: datetime | None = None) -> None:
-        """Count one successful search (HTTP 200) against every search-counting window of the scope."""
+    async def _settle(self, provider: str, scope: str, request: SettleRequest) -> None:
+        """Run :func:`~anisearch._ledger._logic.settle` atomically and wake the waiters of the scope."""
 
     @abc.abstractmethod
-    async def record_request(self, provider: str, scope: str, *, at: datetime | None = None) -> None:
-        """Count one request (any outcome) against the scope's ``minute`` rate windows."""
+    async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
+        """Move a reservation's lease; False when it is gone (expired and taken over)."""
 
     @abc.abstractmethod
-    async def admit(self, provider: str, scope: str, *, now: datetime | None = None) -> Admission:
-        """Whether one more search may be sent now, and if not why and until when."""
+    async def _inspect(self, provider: str, scope: str, now: int, windows: Sequence[WindowArgs]) -> ScopeView:
+        """The scope's state at ``now`` (units that left are dropped)."""
 
     @abc.abstractmethod
-    async def set_cooldown(self, provider: str, scope: str, until: datetime, reason: str) -> None:
-        """Do not admit the scope before ``until`` (keeps the later of two cooldowns)."""
+    async def _scopes(self, provider: str | None) -> list[tuple[str, str]]:
+        """Every ``(provider, scope)`` the store holds (of one provider)."""
 
     @abc.abstractmethod
-    async def mark_exhausted(
-        self, provider: str, scope: str, *, window: str | None = None, until: datetime | None = None
-    ) -> None:
-        """The upstream said the quota is spent: set used = limit in ``window`` (or every search window)."""
+    async def _clear(self, provider: str | None) -> None:
+        """Forget everything (of one provider)."""
 
     @abc.abstractmethod
-    async def acquire(
-        self, provider: str, scope: str, *, slots: int, lease_seconds: float, wait_seconds: float
-    ) -> Lease | None:
-        """Take one of ``slots`` concurrency slots, waiting up to ``wait_seconds``; None if none freed.
-
-        The concurrency last observed from the upstream (``Quota.concurrency``) replaces ``slots``. The
-        lease expires after ``lease_seconds`` even if never released.
-        """
-
-    @abc.abstractmethod
-    async def release(self, lease: Lease) -> None:
-        """Give the slot back (a no-op when it already expired)."""
-
-    @abc.abstractmethod
-    async def snapshot(self, provider: str | None = None) -> list[Quota]:
-        """Every known window of every scope (of one provider), as ``Quota`` with the current estimate."""
-
-    @abc.abstractmethod
-    async def clear(self) -> None:
-        """Forget everything (tests, ``anisearch quota --reset``)."""
+    async def wait(self, provider: str, scope: str, seconds: float) -> None:
+        """Return when a reservation of the scope was settled (a slot may have freed), or after
+        ``seconds``, whichever is first. Spurious early returns are allowed."""
 
     async def aclose(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Release connections and files."""
+
+    # ------------------------------------------------------------------ numbers for the steps
+
+    def _args(self, windows: Sequence[WindowSpec], at: datetime) -> tuple[WindowArgs, ...]:
+        return tuple(
+            WindowArgs(
+                name=spec.name,
+                kind=spec.kind,
+                counts=spec.counts,
+                limit=spec.limit,
+                reported=spec.reported,
+                leave=to_us(spec.leave(at, self.timezone)),
+            )
+            for spec in windows
+        )
+
+    def _truth(self, quota: Quota, spec: WindowSpec) -> TruthFact | None:
+        limit, used, remaining = _count(quota, "limit"), _count(quota, "used"), _count(quota, "remaining")
+        if limit is None and used is None and remaining is None:
+            return None
+        observed = aware(quota.observed_at, "Quota.observed_at")
+        resets = aware(quota.resets_at, "Quota.resets_at") if quota.resets_at is not None else None
+        unknown_leave = (
+            resets if resets is not None and resets > observed else spec.leave(observed, self.timezone)
+        )
+        return TruthFact(
+            window=spec.name,
+            observed_at=to_us(observed),
+            limit=limit,
+            used=used,
+            remaining=remaining,
+            unknown_leave=to_us(unknown_leave),
+            resets_at=to_us(resets) if resets is not None else 0,
+            source=quota.source if quota.source in ("upstream", "headers") else "upstream",
+        )
+
+    def _facts(
+        self, windows: Sequence[WindowSpec], quotas: Sequence[Quota]
+    ) -> tuple[tuple[TruthFact, ...], int | None, int | None]:
+        declared = {spec.name: spec for spec in windows}
+        truths: list[TruthFact] = []
+        concurrency = priority = None
+        for quota in quotas:
+            spec = spec_for(quota.window, declared)
+            fact = self._truth(quota, spec) if spec is not None else None
+            if fact is not None:
+                truths.append(fact)
+            value = _count(quota, "concurrency")
+            concurrency = value or concurrency
+            value = _count(quota, "priority")
+            priority = value if value is not None else priority
+        return tuple(truths), concurrency, priority
+
+    # ------------------------------------------------------------------ the interface
+
+    async def reserve(
+        self,
+        provider: str,
+        scope: str,
+        windows: Sequence[WindowSpec],
+        *,
+        slots: int = 1,
+        lease_seconds: float = 15.0,
+        take_slot: bool = True,
+        trust_estimate: bool = False,
+        dead_holders: frozenset[str] = frozenset(),
+    ) -> Ticket | Refusal | Stale:
+        """One atomic step: check every window, the cooldown and the concurrency, and hold a slot.
+
+        Args:
+            provider: Provider name.
+            scope: A :func:`scope_id`.
+            windows: The provider's windows (``WindowSpec``); a search counts one unit in each.
+            slots: Searches allowed in flight at once until the upstream reports its own concurrency.
+            lease_seconds: The reservation lapses after this many seconds unless renewed or settled
+                (a process killed mid-search never holds its slot for longer).
+            take_slot: Take a concurrency slot (False for requests that do not search).
+            trust_estimate: Admit on the ledger's own estimate even where the upstream was not asked
+                since a unit freed (after asking failed).
+            dead_holders: Holders known dead (``holder_is_dead``): their reservations end now.
+
+        Returns:
+            A :class:`Ticket`, a :class:`Refusal` (``kind``: quota, rate, busy, concurrency; ``until`` in
+            microseconds since the epoch) or :class:`Stale` (ask the upstream's quota endpoint first).
+
+        Raises:
+            ConfigurationError: Invalid provider, scope or arguments.
+            LedgerError: The store cannot be used.
+        """
+        check_provider(provider)
+        check_scope(scope)
+        if slots < 1 or not lease_seconds > 0:
+            raise ConfigurationError(
+                f"reserve() needs slots >= 1 and lease_seconds > 0, got {slots}, {lease_seconds}"
+            )
+        now = self.now()
+        token = secrets.token_hex(12)
+        lease_until = now + timedelta(seconds=lease_seconds)
+        request = ReserveRequest(
+            now=to_us(now),
+            token=token,
+            holder=this_holder(),
+            lease_until=to_us(lease_until),
+            slots=slots,
+            windows=self._args(windows, now),
+            take_slot=take_slot,
+            trust_estimate=trust_estimate,
+            dead_holders=dead_holders,
+        )
+        result = await self._reserve(provider, scope, request)
+        if isinstance(result, (Refusal, Stale)):
+            return result
+        return Ticket(provider, scope, token, lease_until, tuple(windows))
+
+    async def settle(
+        self,
+        ticket: Ticket,
+        outcome: Outcome,
+        *,
+        observations: Sequence[Quota] = (),
+        cooldown: tuple[datetime, str, str] | None = None,
+        busy: str | None = None,
+        blocks: Sequence[tuple[str, datetime]] = (),
+    ) -> None:
+        """One atomic step after the answer: count, reconcile, cool down, free the slot, wake a waiter.
+
+        Args:
+            ticket: What :meth:`reserve` gave.
+            outcome: ``charged`` (answered, or sent and maybe run upstream), ``uncharged`` (the upstream
+                answered an error; request windows still count it) or ``unsent`` (nothing left).
+            observations: What the answer said (``Quota`` values: counts, concurrency, priority).
+            cooldown: ``(until, reason, kind)``: ask nothing before ``until`` (kind ``rate`` or ``quota``).
+            busy: A "queue full" / "concurrency" answer's reason: grow the backoff shared by every search
+                on this ledger (0.5 s doubling to 30 s).
+            blocks: ``(window, until)``: the upstream said that window's quota is spent.
+
+        Raises:
+            ConfigurationError: An observation with a naive datetime or a count outside 0..2**31-1.
+            LedgerError: The store cannot be used.
+        """
+        now = self.now()
+        truths, concurrency, priority = self._facts(ticket.windows, observations)
+        request = SettleRequest(
+            now=to_us(now),
+            token=ticket.token,
+            outcome=outcome,
+            windows=self._args(ticket.windows, now),
+            truths=truths,
+            concurrency=concurrency,
+            priority=priority,
+            cooldown=(to_us(aware(cooldown[0], "until")), " ".join(cooldown[1].split()), cooldown[2])
+            if cooldown
+            else None,
+            busy=" ".join(busy.split()) if busy else None,
+            busy_jitter=0.5 + secrets.randbelow(500) / 1000,
+            blocks=tuple((name, to_us(aware(until, "until"))) for name, until in blocks),
+        )
+        await self._settle(ticket.provider, ticket.scope, request)
+
+    async def renew(self, ticket: Ticket, lease_seconds: float) -> bool:
+        """Keep a running search's slot for ``lease_seconds`` more; False when its lease had lapsed.
+
+        Raises:
+            LedgerError: The store cannot be used.
+        """
+        until = to_us(self.now() + timedelta(seconds=lease_seconds))
+        return await self._renew(ticket.provider, ticket.scope, ticket.token, until)
+
+    async def observe(
+        self, provider: str, scope: str, windows: Sequence[WindowSpec], quotas: Sequence[Quota]
+    ) -> None:
+        """Record what an answer that was not a search said (trace.moe ``/me``, credits): one settle step
+        without a reservation.
+
+        Raises:
+            ConfigurationError: Invalid provider or scope, a naive datetime or a count out of range.
+            LedgerError: The store cannot be used.
+        """
+        check_provider(provider)
+        check_scope(scope)
+        ticket = Ticket(provider, scope, "", self.now(), tuple(windows))
+        await self.settle(ticket, "unsent", observations=quotas)
+
+    async def snapshot(
+        self, provider: str | None = None, windows: Callable[[str], Sequence[WindowSpec]] | None = None
+    ) -> list[Quota]:
+        """Every known window of every scope (of ``provider``), as ``Quota`` values estimated now.
+
+        ``windows`` gives each provider's declared windows (their defaults show before the upstream said
+        anything, with source ``default``). ``used`` counts in-flight searches; ``resets_at`` is when a
+        spent window admits again, else when its next unit frees; ``observed_at`` is when the upstream
+        last confirmed the count (or now, for an estimate); ``raw`` holds ``{"scope_id": ...}``.
+
+        Raises:
+            ConfigurationError: An invalid ``provider`` name.
+            LedgerError: The store cannot be used.
+        """
+        if provider is not None:
+            check_provider(provider)
+        now = self.now()
+        quotas: list[Quota] = []
+        for name, scope in sorted(await self._scopes(provider)):
+            specs = list(windows(name)) if windows is not None else []
+            view = await self._inspect(name, scope, to_us(now), self._args(specs, now))
+            quotas.extend(_quotas(name, scope, view, now))
+        return quotas
+
+    async def clear(self, provider: str | None = None) -> None:
+        """Forget everything the ledger believes (of one provider): ``anisearch quota --reset``.
+
+        Raises:
+            ConfigurationError: An invalid ``provider`` name.
+            LedgerError: The store cannot be used.
+        """
+        if provider is not None:
+            check_provider(provider)
+        await self._clear(provider)
+
+
+def _quotas(provider: str, scope: str, view: ScopeView, now: datetime) -> list[Quota]:
+    kind = scope.partition(":")[0]
+    cooldown = from_us(view.cooldown_until) if view.cooldown_until > to_us(now) else None
+    common: dict[str, Any] = {
+        "provider": provider,
+        "scope": kind if kind in _SCOPE_KINDS else "guest",
+        "concurrency": view.concurrency,
+        "priority": view.priority,
+        "cooldown_until": cooldown,
+        "raw": {"scope_id": scope, **({"cooldown_reason": view.cooldown_reason} if cooldown else {})},
+    }
+    quotas = []
+    for window in view.windows:
+        if window.limit is None and window.truth_at is None and not window.used:
+            continue
+        estimate = "default" if window.used == 0 else "ledger"
+        source = estimate if window.truth_at is None else window.source
+        until = window.spent_until or window.next_leave
+        quotas.append(
+            Quota(
+                **common,
+                window=window.name,
+                limit=window.declared if window.declared is not None else window.limit,
+                used=window.used,
+                remaining=max(window.limit - window.used, 0) if window.limit is not None else None,
+                resets_at=from_us(until) if until else None,
+                source=source,
+                observed_at=from_us(window.truth_at) if window.truth_at is not None else now,
+            )
+        )
+    if not quotas and (cooldown or view.concurrency or view.priority is not None):
+        quotas.append(Quota(**common, source="ledger", observed_at=now))
+    return quotas

@@ -1,113 +1,50 @@
 """``redis://host:port/db``: the ledger in Redis, shared by a fleet of workers on many machines.
 
-Needs the ``redis`` extra (``pip install 'anisearch[redis]'``). Every read-modify-write is one Lua script,
-so it is atomic on the server. Keys (all under ``anisearch:ledger:``; ``<s>`` is ``provider|scope``):
-
-- ``scopes``: set of every ``<s>`` with a truth, a cooldown or a concurrency;
-- ``w:<s>``: hash, window name -> JSON truth (counts, times in microseconds, source; never ``raw``);
-- ``s:<s>``: hash with ``cooldown_until`` (microseconds), ``cooldown_reason`` and ``concurrency``;
-- ``e:<s>:search`` / ``e:<s>:request``: sorted sets of events scored by time (microseconds);
-- ``l:<s>``: sorted set of lease tokens scored by expiry (microseconds).
+Needs the ``redis`` extra (``pip install 'anisearch-gateway[redis]'``). Reserve, settle, renew and inspect
+are one Lua script call each (``_redis_scripts.py``): atomic on the server, one round trip. A search
+waiting for a slot blocks on ``BLPOP`` of the scope's wake list, which every settle pushes to, so it
+wakes as soon as a slot frees anywhere in the fleet. Keys live under ``anisearch:ledger:``.
 
 Times come from the workers' clocks (keep them in sync with NTP), so one injected clock drives a test.
 """
 
 from __future__ import annotations
 
-import json
-import secrets
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from anisearch._ledger._stored import ScopeRecord, StoredLedger
-from anisearch._ledger._windows import Truth, from_us, horizon, to_us
+from anisearch._exceptions import LedgerError
+from anisearch._ledger import _redis_scripts
+from anisearch._ledger._base import Ledger
+from anisearch._ledger._logic import Refusal, Reservation, ScopeView, Stale, WindowView
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-    from datetime import datetime
+    from collections.abc import Sequence
     from zoneinfo import ZoneInfo
 
-    from anisearch._ledger._stored import Clock
-    from anisearch._ledger._windows import EventKind
-    from anisearch._models import QuotaSource, QuotaWindow
+    from anisearch._ledger._base import Clock
+    from anisearch._ledger._logic import ReserveRequest, SettleRequest, WindowArgs
 
 __all__ = ["RedisLedger"]
 
 PREFIX = "anisearch:ledger:"
-
-# KEYS: windows hash, scopes set, search events, request events. ARGV: member, then (window, json, observed)*.
-_PUT_TRUTHS = """
-redis.call('SADD', KEYS[2], ARGV[1])
-for i = 2, #ARGV, 3 do
-  local current = redis.call('HGET', KEYS[1], ARGV[i])
-  if (not current) or tonumber(cjson.decode(current)['observed_at']) <= tonumber(ARGV[i + 2]) then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  end
-end
-local oldest = nil
-for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
-  local observed = tonumber(cjson.decode(value)['observed_at'])
-  if (not oldest) or observed < oldest then oldest = observed end
-end
-if oldest then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. string.format('%d', oldest))
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. string.format('%d', oldest))
-end
-"""
-
-# KEYS: settings hash, scopes set. ARGV: member, until, reason.
-_PUT_COOLDOWN = """
-redis.call('SADD', KEYS[2], ARGV[1])
-local current = redis.call('HGET', KEYS[1], 'cooldown_until')
-if (not current) or tonumber(current) < tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'cooldown_until', ARGV[2], 'cooldown_reason', ARGV[3])
-end
-"""
-
-# KEYS: leases zset, settings hash. ARGV: now, expires_at, token, slots.
-_ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local slots = tonumber(redis.call('HGET', KEYS[2], 'concurrency') or ARGV[4])
-if redis.call('ZCARD', KEYS[1]) < slots then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-  return 1
-end
-return 0
-"""
+_VIEW_FIELDS = 9
 
 
-def _truth_json(truth: Truth) -> str:
-    return json.dumps(
-        {
-            "limit": truth.limit,
-            "used": truth.used,
-            "remaining": truth.remaining,
-            "observed_at": to_us(truth.observed_at),
-            "resets_at": to_us(truth.resets_at) if truth.resets_at is not None else None,
-            "source": truth.source,
-        }
-    )
+def _text(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
-def _truth_from_json(window: str, text: str) -> Truth:
-    data: dict[str, Any] = json.loads(text)
-    return Truth(
-        window=cast("QuotaWindow", window),
-        observed_at=from_us(int(data["observed_at"])),
-        limit=data["limit"],
-        used=data["used"],
-        remaining=data["remaining"],
-        resets_at=from_us(int(data["resets_at"])) if data["resets_at"] is not None else None,
-        source=cast("QuotaSource", data["source"]),
-    )
+def _int(value: Any) -> int | None:
+    return None if value in (None, "") else int(value)
 
 
-class RedisLedger(StoredLedger):
+class RedisLedger(Ledger):
     """The ledger in a Redis database (``redis://host:port/db``, ``rediss://`` for TLS).
 
     Args:
         client: A ``redis.asyncio.Redis`` with ``decode_responses=True``; the ledger closes it.
         url: The URL it was opened from (password masked).
-        timezone: Zone of the calendar ``day`` and ``month`` windows.
+        timezone: Zone of calendar windows that do not name their own.
         clock: The current instant (default: the system clock).
     """
 
@@ -116,97 +53,153 @@ class RedisLedger(StoredLedger):
         # Any, not redis.asyncio.Redis: redis-py's own annotations and the separate types-redis stubs
         # disagree (generic or not, aclose, return unions), and either may be what a checker finds.
         self._redis: Any = client
-        self._put_truths_script = client.register_script(_PUT_TRUTHS)
-        self._put_cooldown_script = client.register_script(_PUT_COOLDOWN)
-        self._acquire_script = client.register_script(_ACQUIRE)
+        self._scripts = {
+            name: client.register_script(getattr(_redis_scripts, name))
+            for name in ("RESERVE", "SETTLE", "RENEW", "INSPECT")
+        }
 
-    @staticmethod
-    def _key(kind: str, provider: str, scope: str) -> str:
-        return f"{PREFIX}{kind}:{provider}|{scope}"
+    async def _run(self, script: str, provider: str, scope: str, args: list[Any]) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            return await self._scripts[script](keys=[PREFIX], args=[f"{provider}|{scope}", *args])
+        except (RedisError, OSError) as exc:
+            raise LedgerError(
+                f"the quota ledger {self.url} cannot be used ({type(exc).__name__}: {exc}); check that Redis "
+                "runs there, or set ANISEARCH_LEDGER to another ledger",
+                ledger=self.url,
+            ) from exc
 
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._redis.aclose()
 
-    async def _load(self, provider: str, scope: str) -> ScopeRecord:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self._key("w", provider, scope))
-            pipe.hgetall(self._key("s", provider, scope))
-            windows, settings = await pipe.execute()
-        record = ScopeRecord()
-        for window, text in windows.items():
-            truth = _truth_from_json(window, text)
-            record.truths[truth.window] = truth
-        if "cooldown_until" in settings:
-            record.cooldown_until = from_us(int(settings["cooldown_until"]))
-            record.cooldown_reason = settings.get("cooldown_reason")
-        if "concurrency" in settings:
-            record.concurrency = int(settings["concurrency"])
-        return record
+    async def _reserve(self, provider: str, scope: str, request: ReserveRequest) -> Any:
+        args: list[Any] = [
+            request.now,
+            request.token,
+            request.holder,
+            request.lease_until,
+            request.slots,
+            int(request.take_slot),
+            int(request.trust_estimate),
+            len(request.dead_holders),
+            *sorted(request.dead_holders),
+            len(request.windows),
+        ]
+        for window in request.windows:
+            args += [
+                window.name,
+                window.kind,
+                window.counts,
+                _text(window.limit),
+                int(window.reported),
+                window.leave,
+            ]
+        reply = await self._run("RESERVE", provider, scope, args)
+        if reply[0] == "ok":
+            return Reservation(request.token, request.lease_until)
+        if reply[0] == "stale":
+            return Stale(reply[1])
+        holders = tuple(reply[5].split()) if reply[5] else ()
+        return Refusal(reply[1], int(reply[2]), reply[3], reply[4] or None, holders)
+
+    async def _settle(self, provider: str, scope: str, request: SettleRequest) -> None:
+        until, reason, kind = request.cooldown or (None, "", "")
+        args: list[Any] = [
+            request.now,
+            request.token,
+            request.outcome,
+            request.busy or "",
+            request.busy_jitter,
+            _text(request.concurrency),
+            _text(request.priority),
+            _text(until),
+            reason,
+            kind,
+            len(request.windows),
+        ]
+        for window in request.windows:
+            args += [window.name, window.counts, window.leave]
+        args.append(len(request.truths))
+        for fact in request.truths:
+            args += [
+                fact.window,
+                fact.observed_at,
+                _text(fact.limit),
+                _text(fact.used),
+                _text(fact.remaining),
+                fact.unknown_leave,
+                fact.resets_at,
+                fact.source,
+            ]
+        args.append(len(request.blocks))
+        for name, blocked in request.blocks:
+            args += [name, blocked]
+        await self._run("SETTLE", provider, scope, args)
+
+    async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
+        return bool(await self._run("RENEW", provider, scope, [token, lease_until]))
+
+    async def _inspect(self, provider: str, scope: str, now: int, windows: Sequence[WindowArgs]) -> ScopeView:
+        args: list[Any] = [now, len(windows)]
+        for window in windows:
+            args += [window.name, _text(window.limit)]
+        reply = await self._run("INSPECT", provider, scope, args)
+        head, rows = reply[:5], reply[5:]
+        views = []
+        for start in range(0, len(rows), _VIEW_FIELDS):
+            name, limit, declared, used, nxt, spent, truth_at, source, blocked = rows[
+                start : start + _VIEW_FIELDS
+            ]
+            views.append(
+                WindowView(
+                    name=name,
+                    limit=_int(limit),
+                    declared=_int(declared),
+                    used=int(used),
+                    next_leave=_int(nxt),
+                    spent_until=_int(spent),
+                    truth_at=_int(truth_at),
+                    source=source,
+                    blocked_until=int(blocked or 0),
+                )
+            )
+        return ScopeView(
+            windows=tuple(views),
+            cooldown_until=int(head[0] or 0),
+            cooldown_reason=head[1],
+            concurrency=_int(head[2]),
+            priority=_int(head[3]),
+            held=int(head[4]),
+        )
 
     async def _scopes(self, provider: str | None) -> list[tuple[str, str]]:
-        members: set[str] = await self._redis.smembers(f"{PREFIX}scopes")
-        pairs = [cast("tuple[str, str]", tuple(member.split("|", 1))) for member in members]
-        return [pair for pair in pairs if provider is None or pair[0] == provider]
+        try:
+            members: set[str] = await self._redis.smembers(f"{PREFIX}scopes")
+        except OSError as exc:
+            raise LedgerError(f"the quota ledger {self.url} cannot be used ({exc})", ledger=self.url) from exc
+        pairs = [tuple(member.split("|", 1)) for member in members]
+        return [(p, s) for p, s in pairs if provider is None or p == provider]
 
-    async def _put_truths(self, provider: str, scope: str, truths: Sequence[Truth]) -> None:
-        args: list[str | int] = [f"{provider}|{scope}"]
-        for truth in truths:
-            args += [truth.window, _truth_json(truth), to_us(truth.observed_at)]
-        keys = [
-            self._key("w", provider, scope),
-            f"{PREFIX}scopes",
-            self._key("e", provider, scope) + ":search",
-            self._key("e", provider, scope) + ":request",
-        ]
-        await self._put_truths_script(keys=keys, args=args)
-
-    async def _put_cooldown(self, provider: str, scope: str, until: datetime, reason: str) -> None:
-        keys = [self._key("s", provider, scope), f"{PREFIX}scopes"]
-        await self._put_cooldown_script(keys=keys, args=[f"{provider}|{scope}", to_us(until), reason])
-
-    async def _put_concurrency(self, provider: str, scope: str, concurrency: int) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(f"{PREFIX}scopes", f"{provider}|{scope}")
-            pipe.hset(self._key("s", provider, scope), "concurrency", concurrency)
-            await pipe.execute()
-
-    async def _add_event(
-        self, provider: str, scope: str, kind: EventKind, at: datetime, now: datetime
-    ) -> None:
-        key = f"{self._key('e', provider, scope)}:{kind}"
-        micros = to_us(at)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(key, {f"{micros}-{secrets.token_hex(6)}": micros})
-            pipe.zremrangebyscore(key, "-inf", f"({to_us(now - horizon(kind))}")
-            await pipe.execute()
-
-    async def _events(
-        self, provider: str, scope: str, kind: EventKind, since: datetime, need: Callable[[int], int]
-    ) -> tuple[int, list[datetime]]:
-        key = f"{self._key('e', provider, scope)}:{kind}"
-        low = to_us(since)
-        count: int = await self._redis.zcount(key, low, "+inf")
-        wanted = need(count)
-        if not wanted:
-            return count, []
-        rows: list[tuple[str, float]] = await self._redis.zrangebyscore(
-            key, low, "+inf", start=0, num=wanted, withscores=True
-        )
-        return count, [from_us(int(score)) for _, score in rows]
-
-    async def _try_acquire(
-        self, provider: str, scope: str, *, token: str, slots: int, expires_at: datetime, now: datetime
-    ) -> bool:
-        keys = [self._key("l", provider, scope), self._key("s", provider, scope)]
-        taken = await self._acquire_script(keys=keys, args=[to_us(now), to_us(expires_at), token, slots])
-        return bool(taken)
-
-    async def _release_token(self, provider: str, scope: str, token: str) -> None:
-        await self._redis.zrem(self._key("l", provider, scope), token)
-
-    async def clear(self) -> None:
-        """Delete every ``anisearch:ledger:*`` key of the database."""
-        keys = [key async for key in self._redis.scan_iter(match=f"{PREFIX}*", count=500)]
+    async def _clear(self, provider: str | None) -> None:
+        pattern = f"{PREFIX}*" if provider is None else f"{PREFIX}*:{provider}|*"
+        keys = [key async for key in self._redis.scan_iter(match=pattern, count=500)]
         for start in range(0, len(keys), 500):
             await self._redis.delete(*keys[start : start + 500])
+        if provider is None:
+            await self._redis.delete(f"{PREFIX}scopes")
+        else:
+            for member in [
+                m for m in await self._redis.smembers(f"{PREFIX}scopes") if m.startswith(f"{provider}|")
+            ]:
+                await self._redis.srem(f"{PREFIX}scopes", member)
+
+    async def wait(self, provider: str, scope: str, seconds: float) -> None:
+        """Return when any worker settles a reservation of the scope, or after ``seconds``."""
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.blpop([f"{PREFIX}wake:{provider}|{scope}"], timeout=max(seconds, 0.01))
+        except (RedisError, OSError) as exc:
+            raise LedgerError(f"the quota ledger {self.url} cannot be used ({exc})", ledger=self.url) from exc

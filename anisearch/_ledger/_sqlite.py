@@ -1,58 +1,58 @@
 """``sqlite:///path``: the ledger in one SQLite file, shared by every process of the machine.
 
-The file is opened on first use, in WAL mode with a busy timeout; every change is one ``BEGIN IMMEDIATE``
-transaction, so concurrent processes serialise on SQLite's own lock (no extra file lock). Every call runs
-in a worker thread (``anyio.to_thread``), so waiting for the lock never stalls the event loop. The parent
-directory is created with mode 0700 and the file with 0600. Times are stored as integer microseconds
-since the Unix epoch.
+The file is opened on first use, in WAL mode with a busy timeout. Each step (reserve, settle, renew,
+inspect) is one ``BEGIN IMMEDIATE`` transaction, so concurrent processes serialise on SQLite's own lock:
+it loads the scope's small state (one JSON row: windows, cooldown, reservations in flight), runs the step
+(``_logic.py``) over the scope's units (one indexed row each), and writes the state back. Calls run in a
+worker thread, so waiting for the lock never stalls the event loop. A search waiting for a slot wakes when
+any process commits to the file (``PRAGMA data_version``, checked every few milliseconds on a connection
+of its own) or when this process settles a reservation. The directory is created 0700 and the file 0600.
+Times are integer microseconds since the Unix epoch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import sqlite3
 import threading
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import anyio.to_thread
 
-from anisearch._exceptions import ConfigurationError
-from anisearch._ledger._stored import ScopeRecord, StoredLedger
-from anisearch._ledger._windows import Truth, from_us, horizon, to_us
+from anisearch._exceptions import LedgerError
+from anisearch._ledger import _logic
+from anisearch._ledger._base import Ledger
+from anisearch._ledger._units import WAITERS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from datetime import datetime
     from pathlib import Path
     from zoneinfo import ZoneInfo
 
-    from anisearch._ledger._stored import Clock
-    from anisearch._ledger._windows import EventKind
-    from anisearch._models import QuotaSource, QuotaWindow
+    from anisearch._ledger._base import Clock
+    from anisearch._ledger._logic import ReserveRequest, ScopeView, SettleRequest, WindowArgs
 
 __all__ = ["SQLiteLedger"]
 
 _T = TypeVar("_T")
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 15_000
+_WAKE_CHECK_SECONDS = 0.004
 _SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS windows (
-        provider TEXT NOT NULL, scope TEXT NOT NULL, window_name TEXT NOT NULL,
-        quota_limit INTEGER, used INTEGER, remaining INTEGER,
-        observed_at INTEGER NOT NULL, resets_at INTEGER, source TEXT NOT NULL,
-        PRIMARY KEY (provider, scope, window_name)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS scopes (
-        provider TEXT NOT NULL, scope TEXT NOT NULL,
-        cooldown_until INTEGER, cooldown_reason TEXT, concurrency INTEGER,
+        provider TEXT NOT NULL, scope TEXT NOT NULL, state TEXT NOT NULL,
         PRIMARY KEY (provider, scope)) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS events (
-        provider TEXT NOT NULL, scope TEXT NOT NULL, kind TEXT NOT NULL, at INTEGER NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS events_by_time ON events (provider, scope, kind, at)",
-    """CREATE TABLE IF NOT EXISTS leases (
-        token TEXT PRIMARY KEY, provider TEXT NOT NULL, scope TEXT NOT NULL, expires_at INTEGER NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS leases_by_scope ON leases (provider, scope, expires_at)",
+    """CREATE TABLE IF NOT EXISTS units (
+        provider TEXT NOT NULL, scope TEXT NOT NULL, window_name TEXT NOT NULL, member TEXT NOT NULL,
+        leave INTEGER NOT NULL, pending INTEGER NOT NULL,
+        PRIMARY KEY (provider, scope, window_name, member)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS units_by_leave ON units (provider, scope, window_name, leave)",
 )
+_OLD_TABLES = ("windows", "events", "leases")
 
 
 def _transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -68,13 +68,88 @@ def _transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], 
     return result
 
 
-class SQLiteLedger(StoredLedger):
+class _Units:
+    """:class:`~anisearch._ledger._logic.Units` of one scope, as rows of the ``units`` table."""
+
+    def __init__(self, conn: sqlite3.Connection, provider: str, scope: str) -> None:
+        self._conn = conn
+        self._key = (provider, scope)
+
+    def _one(self, where: str, *args: object) -> int:
+        sql = f"SELECT COUNT(*) FROM units WHERE provider = ? AND scope = ? AND window_name = ? {where}"  # noqa: S608
+        return int(self._conn.execute(sql, (*self._key, *args)).fetchone()[0])
+
+    def purge(self, window: str, now: int) -> int:
+        cursor = self._conn.execute(
+            "DELETE FROM units WHERE provider = ? AND scope = ? AND window_name = ? AND leave <= ?",
+            (*self._key, window, now),
+        )
+        return cursor.rowcount
+
+    def count(self, window: str) -> int:
+        return self._one("", window)
+
+    def count_settled(self, window: str) -> int:
+        return self._one("AND pending = 0", window)
+
+    def count_before(self, window: str, instant: int) -> int:
+        return self._one("AND leave < ?", window, instant)
+
+    def kth_leave(self, window: str, k: int) -> int | None:
+        row = self._conn.execute(
+            "SELECT leave FROM units WHERE provider = ? AND scope = ? AND window_name = ?"
+            " ORDER BY leave LIMIT 1 OFFSET ?",
+            (*self._key, window, k - 1),
+        ).fetchone()
+        return int(row[0]) if row is not None else None
+
+    def add(self, window: str, member: str, leave: int) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?, ?, 1)", (*self._key, window, member, leave)
+        )
+
+    def settle(self, window: str, member: str, leave: int | None) -> None:
+        self._conn.execute(
+            "UPDATE units SET pending = 0, leave = COALESCE(?, leave)"
+            " WHERE provider = ? AND scope = ? AND window_name = ? AND member = ? AND pending = 1",
+            (leave, *self._key, window, member),
+        )
+
+    def remove(self, window: str, member: str) -> None:
+        self._conn.execute(
+            "DELETE FROM units WHERE provider = ? AND scope = ? AND window_name = ? AND member = ?",
+            (*self._key, window, member),
+        )
+
+    def drop_oldest_settled(self, window: str, k: int) -> None:
+        self._conn.execute(
+            "DELETE FROM units WHERE provider = ?1 AND scope = ?2 AND window_name = ?3 AND member IN"
+            " (SELECT member FROM units WHERE provider = ?1 AND scope = ?2 AND window_name = ?3"
+            " AND pending = 0 ORDER BY leave LIMIT ?4)",
+            (*self._key, window, k),
+        )
+
+
+def _state_from_json(text: str) -> _logic.ScopeState:
+    data = json.loads(text)
+    return _logic.ScopeState(
+        **{k: v for k, v in data.items() if k not in ("windows", "held")},
+        windows={name: _logic.WindowState(**value) for name, value in data["windows"].items()},
+        held={token: _logic.Held(**value) for token, value in data["held"].items()},
+    )
+
+
+def _state_to_json(state: _logic.ScopeState) -> str:
+    return json.dumps(dataclasses.asdict(state), separators=(",", ":"))
+
+
+class SQLiteLedger(Ledger):
     """The ledger in a SQLite file (``sqlite:///relative/path`` or ``sqlite:////absolute/path``).
 
     Args:
         path: The database file; its directory is created (mode 0700) on first use.
         url: The URL it was opened from.
-        timezone: Zone of the calendar ``day`` and ``month`` windows.
+        timezone: Zone of calendar windows that do not name their own.
         clock: The current instant (default: the system clock).
     """
 
@@ -83,217 +158,154 @@ class SQLiteLedger(StoredLedger):
         self.path = path
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._watch_lock = threading.Lock()
+        self._watch: sqlite3.Connection | None = None
 
     # ------------------------------------------------------------------ plumbing
 
+    def _error(self, exc: BaseException) -> LedgerError:
+        return LedgerError(
+            f"the quota ledger {self.path} cannot be used ({exc}); run 'anisearch quota --reset' or remove "
+            "that file (it holds only what anisearch learned about quotas)",
+            ledger=self.url,
+        )
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        conn = sqlite3.connect(
+            self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        return conn
+
     def _connect(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-            conn = sqlite3.connect(
-                self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        conn = self._open()
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > _SCHEMA_VERSION:
+            conn.close()
+            raise LedgerError(
+                f"the quota ledger {self.path} was written by a newer anisearch (schema {version}); "
+                "upgrade anisearch or use another ledger URL",
+                ledger=self.url,
             )
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > _SCHEMA_VERSION:
-                conn.close()
-                raise ConfigurationError(
-                    f"the ledger at {self.path} was written by a newer anisearch (schema {version}); "
-                    "upgrade anisearch or use another ledger URL"
-                )
-            _transaction(conn, _create_schema)
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigurationError(f"cannot open the ledger database {self.path}: {exc}") from exc
+        _transaction(conn, _create_schema)
         return conn
 
     def _call(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
         with self._lock:
-            if self._conn is None:
-                self._conn = self._connect()
-            return body(self._conn)
-
-    async def _run(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
-        return await anyio.to_thread.run_sync(self._call, body)
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                return body(self._conn)
+            except (OSError, sqlite3.Error, ValueError, TypeError, KeyError) as exc:
+                raise self._error(exc) from exc
 
     async def _write(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
-        return await self._run(partial(_transaction, body=body))
+        return await anyio.to_thread.run_sync(self._call, partial(_transaction, body=body))
+
+    def _step(
+        self, provider: str, scope: str, run: Callable[[_logic.ScopeState, _Units], _T]
+    ) -> Callable[[sqlite3.Connection], _T]:
+        def body(conn: sqlite3.Connection) -> _T:
+            row = conn.execute(
+                "SELECT state FROM scopes WHERE provider = ? AND scope = ?", (provider, scope)
+            ).fetchone()
+            state = _state_from_json(row[0]) if row is not None else _logic.ScopeState()
+            result = run(state, _Units(conn, provider, scope))
+            conn.execute(
+                "INSERT INTO scopes VALUES (?, ?, ?)"
+                " ON CONFLICT (provider, scope) DO UPDATE SET state = excluded.state",
+                (provider, scope, _state_to_json(state)),
+            )
+            return result
+
+        return body
 
     async def aclose(self) -> None:
-        """Close the database connection (it reopens on the next call)."""
+        """Close the database connections (they reopen on the next call)."""
 
         def close() -> None:
-            with self._lock:
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
+            for lock, name in ((self._lock, "_conn"), (self._watch_lock, "_watch")):
+                with lock:
+                    conn = getattr(self, name)
+                    if conn is not None:
+                        conn.close()
+                        setattr(self, name, None)
 
         await anyio.to_thread.run_sync(close)
 
-    # ------------------------------------------------------------------ primitives
+    # ------------------------------------------------------------------ steps
 
-    async def _load(self, provider: str, scope: str) -> ScopeRecord:
-        def load(conn: sqlite3.Connection) -> ScopeRecord:
-            record = ScopeRecord()
-            for name, limit, used, remaining, observed, resets, source in conn.execute(
-                "SELECT window_name, quota_limit, used, remaining, observed_at, resets_at, source"
-                " FROM windows WHERE provider = ? AND scope = ?",
-                (provider, scope),
-            ):
-                window = cast("QuotaWindow", name)
-                record.truths[window] = Truth(
-                    window=window,
-                    observed_at=from_us(observed),
-                    limit=limit,
-                    used=used,
-                    remaining=remaining,
-                    resets_at=from_us(resets) if resets is not None else None,
-                    source=cast("QuotaSource", source),
-                )
-            row = conn.execute(
-                "SELECT cooldown_until, cooldown_reason, concurrency FROM scopes"
-                " WHERE provider = ? AND scope = ?",
-                (provider, scope),
-            ).fetchone()
-            if row is not None:
-                record.cooldown_until = from_us(row[0]) if row[0] is not None else None
-                record.cooldown_reason, record.concurrency = row[1], row[2]
-            return record
+    async def _reserve(self, provider: str, scope: str, request: ReserveRequest) -> Any:
+        return await self._write(
+            self._step(provider, scope, lambda state, units: _logic.reserve(state, units, request))
+        )
 
-        return await self._run(load)
+    async def _settle(self, provider: str, scope: str, request: SettleRequest) -> None:
+        await self._write(
+            self._step(provider, scope, lambda state, units: _logic.settle(state, units, request))
+        )
+        WAITERS.notify((self.path, provider, scope))
+
+    async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
+        def renew(state: _logic.ScopeState, _units: _Units) -> bool:
+            held = state.held.get(token)
+            if held is not None:
+                held.lease_until = lease_until
+            return held is not None
+
+        return await self._write(self._step(provider, scope, renew))
+
+    async def _inspect(self, provider: str, scope: str, now: int, windows: Sequence[WindowArgs]) -> ScopeView:
+        return await self._write(
+            self._step(
+                provider, scope, lambda state, units: _logic.inspect(state, units, now, tuple(windows))
+            )
+        )
 
     async def _scopes(self, provider: str | None) -> list[tuple[str, str]]:
-        def scopes(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-            rows = conn.execute(
-                "SELECT provider, scope FROM windows UNION SELECT provider, scope FROM scopes"
-            ).fetchall()
-            return [(p, s) for p, s in rows if provider is None or p == provider]
-
-        return await self._run(scopes)
-
-    async def _put_truths(self, provider: str, scope: str, truths: Sequence[Truth]) -> None:
-        rows = [
-            (
-                provider,
-                scope,
-                truth.window,
-                truth.limit,
-                truth.used,
-                truth.remaining,
-                to_us(truth.observed_at),
-                to_us(truth.resets_at) if truth.resets_at is not None else None,
-                truth.source,
-            )
-            for truth in truths
-        ]
-
-        def put(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT INTO windows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (provider, scope, window_name) DO UPDATE SET"
-                " quota_limit = excluded.quota_limit, used = excluded.used, remaining = excluded.remaining,"
-                " observed_at = excluded.observed_at, resets_at = excluded.resets_at,"
-                " source = excluded.source"
-                " WHERE excluded.observed_at >= windows.observed_at",
-                rows,
-            )
-            conn.execute(
-                "DELETE FROM events WHERE provider = ?1 AND scope = ?2 AND at <"
-                " (SELECT MIN(observed_at) FROM windows WHERE provider = ?1 AND scope = ?2)",
-                (provider, scope),
-            )
-
-        await self._write(put)
-
-    async def _put_cooldown(self, provider: str, scope: str, until: datetime, reason: str) -> None:
-        await self._write(
-            lambda conn: conn.execute(
-                "INSERT INTO scopes (provider, scope, cooldown_until, cooldown_reason) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (provider, scope) DO UPDATE SET"
-                " cooldown_until = excluded.cooldown_until, cooldown_reason = excluded.cooldown_reason"
-                " WHERE scopes.cooldown_until IS NULL OR scopes.cooldown_until < excluded.cooldown_until",
-                (provider, scope, to_us(until), reason),
-            )
+        rows = await anyio.to_thread.run_sync(
+            self._call, lambda conn: conn.execute("SELECT provider, scope FROM scopes").fetchall()
         )
+        return [(p, s) for p, s in rows if provider is None or p == provider]
 
-    async def _put_concurrency(self, provider: str, scope: str, concurrency: int) -> None:
-        await self._write(
-            lambda conn: conn.execute(
-                "INSERT INTO scopes (provider, scope, concurrency) VALUES (?, ?, ?)"
-                " ON CONFLICT (provider, scope) DO UPDATE SET concurrency = excluded.concurrency",
-                (provider, scope, concurrency),
-            )
-        )
-
-    async def _add_event(
-        self, provider: str, scope: str, kind: EventKind, at: datetime, now: datetime
-    ) -> None:
-        def add(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (provider, scope, kind, to_us(at)))
-            conn.execute(
-                "DELETE FROM events WHERE provider = ? AND scope = ? AND kind = ? AND at < ?",
-                (provider, scope, kind, to_us(now - horizon(kind))),
-            )
-
-        await self._write(add)
-
-    async def _events(
-        self, provider: str, scope: str, kind: EventKind, since: datetime, need: Callable[[int], int]
-    ) -> tuple[int, list[datetime]]:
-        where = "FROM events WHERE provider = ? AND scope = ? AND kind = ? AND at >= ?"
-        params = (provider, scope, kind, to_us(since))
-
-        def events(conn: sqlite3.Connection) -> tuple[int, list[datetime]]:
-            count: int = conn.execute(f"SELECT COUNT(*) {where}", params).fetchone()[0]
-            wanted = need(count)
-            if not wanted:
-                return count, []
-            rows = conn.execute(f"SELECT at {where} ORDER BY at LIMIT ?", (*params, wanted))
-            return count, [from_us(at) for (at,) in rows]
-
-        return await self._run(events)
-
-    async def _try_acquire(
-        self, provider: str, scope: str, *, token: str, slots: int, expires_at: datetime, now: datetime
-    ) -> bool:
-        def take(conn: sqlite3.Connection) -> bool:
-            key = (provider, scope)
-            conn.execute(
-                "DELETE FROM leases WHERE provider = ? AND scope = ? AND expires_at <= ?", (*key, to_us(now))
-            )
-            row = conn.execute(
-                "SELECT concurrency FROM scopes WHERE provider = ? AND scope = ?", key
-            ).fetchone()
-            limit = row[0] if row is not None and row[0] else slots
-            held = conn.execute(
-                "SELECT COUNT(*) FROM leases WHERE provider = ? AND scope = ?", key
-            ).fetchone()[0]
-            if held >= limit:
-                return False
-            conn.execute("INSERT INTO leases VALUES (?, ?, ?, ?)", (token, *key, to_us(expires_at)))
-            return True
-
-        return await self._write(take)
-
-    async def _release_token(self, provider: str, scope: str, token: str) -> None:
-        await self._write(
-            lambda conn: conn.execute(
-                "DELETE FROM leases WHERE token = ? AND provider = ? AND scope = ?", (token, provider, scope)
-            )
-        )
-
-    async def clear(self) -> None:
-        """Forget every truth, event, cooldown and lease in the file."""
-
+    async def _clear(self, provider: str | None) -> None:
         def clear(conn: sqlite3.Connection) -> None:
-            for table in ("windows", "scopes", "events", "leases"):
-                conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+            for table in ("scopes", "units"):
+                if provider is None:
+                    conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+                else:
+                    conn.execute(f"DELETE FROM {table} WHERE provider = ?", (provider,))  # noqa: S608
 
         await self._write(clear)
 
+    def _data_version(self) -> int:
+        with self._watch_lock:
+            if self._watch is None:
+                self._watch = self._open()
+            return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+
+    async def wait(self, provider: str, scope: str, seconds: float) -> None:
+        """Return when any process commits to the file or this one settles the scope, or after ``seconds``."""
+        try:
+            start = self._data_version()
+        except (OSError, sqlite3.Error) as exc:
+            raise self._error(exc) from exc
+        deadline = anyio.current_time() + seconds
+        while (left := deadline - anyio.current_time()) > 0:
+            await WAITERS.wait((self.path, provider, scope), min(left, _WAKE_CHECK_SECONDS))
+            if self._data_version() != start:
+                return
+
 
 def _create_schema(conn: sqlite3.Connection) -> None:
+    if conn.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+        for table in _OLD_TABLES:  # schema 1 kept counts only; the upstream's next answer restores them
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute("DROP TABLE IF EXISTS scopes")
     for statement in _SCHEMA:
         conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")

@@ -1,76 +1,51 @@
-"""Window arithmetic: what a quota window counts at a given instant, and when it frees up again.
+"""Quota windows as data, and the time arithmetic behind them (no I/O).
 
-Every backend stores the same things per ``(provider, scope, window)``: the last *truth* the upstream told
-(limit, used or remaining, when it was observed, when the upstream said it resets) and, per scope, the
-local events since (``search`` for successful searches, ``request`` for any HTTP request). This module
-turns those into an estimate; it does no I/O.
+A provider declares each of its windows as a :class:`WindowSpec` value: a name, how it ages (a rolling span
+of seconds, or a calendar ``day``/``month`` in a time zone), what it counts (searches or HTTP requests),
+whether running out of it is a *quota* (:class:`~anisearch.QuotaExhaustedError`) or a *rate limit*
+(:class:`~anisearch.RateLimitedError`), the documented default limit, and whether the upstream reports it.
+Adding a window kind (a 30-second window, a weekly one) is one more value in a provider: nothing here
+changes.
 
-How each window kind ages (``T`` = the truth's ``observed_at``, ``R`` = its ``resets_at``):
+The ledger keeps, per window, one *unit* for every search (or request) it counted, each with the instant it
+*leaves* the window:
 
-``rolling-24h`` (trace.moe since 2026-02-22)
-    The upstream counts the successes of the last 24 hours. Its ``used`` at ``T`` covers searches made
-    anywhere in ``(T - 24h, T]``; the ledger cannot tell when each of them ages out, so the whole count is
-    assumed to stay until ``T + 24h`` (the latest any of them can leave), or until ``R`` when the upstream
-    named a reset time. A local success made at ``s`` leaves at ``s + 24h``. Assuming late drain never
-    admits a search the upstream would refuse; the next answer carries a fresh truth anyway.
+- rolling windows: the instant it was counted + the span (trace.moe's rolling 24 h: each search ages out
+  exactly 24 h after it was made, so the next free slot is the oldest counted search + 24 h);
+- calendar windows: the end of the period it was counted in, in the window's zone;
+- with a reset instant the upstream named (``X-RateLimit-Reset``): that instant.
 
-``day`` / ``month`` (whatanimeisthis.com credits, trace.moe before 2026-02-22)
-    Calendar periods in the ledger's time zone: everything resets at local midnight (the 1st, for a
-    month). A truth observed in an earlier period is void. When the upstream named ``R``, it wins over
-    the local calendar for the truth and for the successes counted on top of it.
-
-``minute`` / ``hour`` (HTTP rate limits, whatanimeisthis.com's 100 searches per hour)
-    With ``R`` (``X-RateLimit-Reset``) the window is fixed: the truth and the events since ``T`` all
-    leave at ``R``. Without it the window rolls: the truth leaves at ``T + span``, an event at
-    ``s + span``.
-
-Timestamps are whole microseconds; datetimes are timezone-aware UTC.
+An upstream count (a *truth*) reconciles the units: searches the upstream counted that the ledger does not
+know of are kept as *unknown* units, assumed to leave at the latest instant they could (the truth's time +
+the span, the period's end, or the named reset); local units the upstream did not count are dropped, oldest
+first. Timestamps are whole microseconds since the Unix epoch; datetimes are timezone-aware UTC.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from anisearch._exceptions import ConfigurationError
-from anisearch._models import QuotaWindow
-
-if TYPE_CHECKING:
-    from zoneinfo import ZoneInfo
-
-    from anisearch._models import Quota, QuotaSource
 
 __all__ = [
-    "SEARCH_WINDOWS",
-    "WINDOWS",
-    "Estimate",
-    "EventKind",
-    "Truth",
+    "STANDARD_WINDOWS",
+    "Counts",
+    "WindowKind",
+    "WindowSpec",
     "aware",
-    "estimate",
-    "event_kind",
     "from_us",
-    "horizon",
-    "needed_events",
     "period_bounds",
-    "since",
+    "spec_for",
     "to_us",
-    "truth_from_quota",
+    "zone",
 ]
 
-EventKind = Literal["search", "request"]
+Counts = Literal["searches", "requests"]
+WindowKind = Literal["quota", "rate"]
 
-WINDOWS: tuple[QuotaWindow, ...] = get_args(QuotaWindow)
-SEARCH_WINDOWS: tuple[QuotaWindow, ...] = ("rolling-24h", "day", "month", "hour")
-"""Windows that count successful searches; ``minute`` counts HTTP requests."""
-
-_SPANS: dict[QuotaWindow, timedelta] = {
-    "rolling-24h": timedelta(hours=24),
-    "hour": timedelta(hours=1),
-    "minute": timedelta(minutes=1),
-}
-_CALENDAR = ("day", "month")
 _TICK = timedelta(microseconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -96,22 +71,26 @@ def aware(moment: datetime, what: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-def event_kind(window: QuotaWindow) -> EventKind:
-    """``request`` for ``minute`` windows (HTTP request rates), ``search`` for the others."""
-    return "request" if window == "minute" else "search"
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``.
+
+    Raises:
+        ConfigurationError: No such zone.
+    """
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigurationError(
+            f"unknown time zone {name!r}; use an IANA name such as 'UTC' or 'Asia/Tokyo'"
+        ) from exc
 
 
-def horizon(kind: EventKind) -> timedelta:
-    """How long an event of ``kind`` is kept: the longest any window could still count it."""
-    return timedelta(hours=1) if kind == "request" else timedelta(days=32)
-
-
-def period_bounds(window: QuotaWindow, moment: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
-    """The calendar day (``day``) or else month holding ``moment`` in ``tz``, as UTC ``[start, end)``."""
+def period_bounds(unit: Literal["day", "month"], moment: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """The calendar day or month holding ``moment`` in ``tz``, as UTC ``[start, end)``."""
     # Aware datetimes sharing one tzinfo add in wall-clock time, so "the next midnight" stays a midnight
     # across a DST change; astimezone() then finds that midnight's own offset.
     local = moment.astimezone(tz)
-    if window == "day":
+    if unit == "day":
         start = local.replace(hour=0, minute=0, second=0, microsecond=0)
         after = start + timedelta(days=1)
     else:
@@ -121,156 +100,69 @@ def period_bounds(window: QuotaWindow, moment: datetime, tz: ZoneInfo) -> tuple[
 
 
 @dataclass(frozen=True, slots=True)
-class Truth:
-    """What the upstream last said about one window (never its ``raw`` payload).
+class WindowSpec:
+    """One quota or rate window of a provider, declared as data.
 
-    ``used`` and ``remaining`` are normalised on the way in: with a ``limit``, ``used`` is set and
-    ``remaining`` is None; without one, only what the upstream said is kept.
-    """
-
-    window: QuotaWindow
-    observed_at: datetime
-    limit: int | None = None
-    used: int | None = None
-    remaining: int | None = None
-    resets_at: datetime | None = None
-    source: QuotaSource = "upstream"
-
-
-def truth_from_quota(quota: Quota, previous: Truth | None) -> Truth | None:
-    """The truth a ``Quota`` tells, or None when it names no count (only a cooldown or a concurrency).
-
-    A missing ``limit`` is taken from ``previous`` (limits are learned and kept); ``remaining`` without
-    ``used`` becomes ``used = limit - remaining``.
-
-    Raises:
-        ConfigurationError: A datetime in ``quota`` is naive, or a count is negative.
-    """
-    if quota.limit is None and quota.used is None and quota.remaining is None:
-        return None
-    for name in ("limit", "used", "remaining"):
-        value = getattr(quota, name)
-        if value is not None and value < 0:
-            raise ConfigurationError(f"Quota.{name} must not be negative, got {value}")
-    limit = quota.limit if quota.limit is not None else (previous.limit if previous else None)
-    used, remaining = quota.used, quota.remaining
-    if limit is not None:
-        if used is None:
-            used = max(limit - remaining, 0) if remaining is not None else 0
-        remaining = None
-    resets_at = aware(quota.resets_at, "Quota.resets_at") if quota.resets_at else None
-    return Truth(
-        window=quota.window,
-        observed_at=aware(quota.observed_at, "Quota.observed_at"),
-        limit=limit,
-        used=used,
-        remaining=remaining,
-        resets_at=resets_at,
-        source=quota.source,
-    )
-
-
-def _fixed_reset(truth: Truth) -> datetime | None:
-    # A reset time the upstream named for the whole window (not for a rolling log, where it frees one unit).
-    return truth.resets_at if truth.window != "rolling-24h" else None
-
-
-def truth_end(truth: Truth, tz: ZoneInfo) -> datetime:
-    """When the truth's count stops counting."""
-    if truth.resets_at is not None:
-        return truth.resets_at
-    if truth.window in _CALENDAR:
-        return period_bounds(truth.window, truth.observed_at, tz)[1]
-    return truth.observed_at + _SPANS[truth.window]
-
-
-def _natural_since(window: QuotaWindow, now: datetime, tz: ZoneInfo) -> datetime:
-    if window in _CALENDAR:
-        return period_bounds(window, now, tz)[0]
-    return now - _SPANS[window] + _TICK
-
-
-def since(truth: Truth, now: datetime, tz: ZoneInfo) -> datetime:
-    """The oldest event time (inclusive) that still counts in the truth's window at ``now``."""
-    fixed = _fixed_reset(truth)
-    if fixed is not None:
-        return truth.observed_at if now < fixed else max(fixed, _natural_since(truth.window, now, tz))
-    return max(truth.observed_at, _natural_since(truth.window, now, tz))
-
-
-def _event_end(truth: Truth, at: datetime, tz: ZoneInfo) -> datetime:
-    fixed = _fixed_reset(truth)
-    if fixed is not None and truth.observed_at <= at < fixed:
-        return fixed
-    if truth.window in _CALENDAR:
-        return period_bounds(truth.window, at, tz)[1]
-    return at + _SPANS[truth.window]
-
-
-def _base_used(truth: Truth, now: datetime, tz: ZoneInfo) -> int:
-    return (truth.used or 0) if now < truth_end(truth, tz) else 0
-
-
-def needed_events(truth: Truth, now: datetime, tz: ZoneInfo, count: int) -> int:
-    """How many of the oldest counted events :func:`estimate` needs to date the next free unit."""
-    if truth.limit is None:
-        return 0
-    used = _base_used(truth, now, tz) + count
-    return min(count, max(used - truth.limit + 1, 1))
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """A window's state at one instant.
+    Exactly one of ``span_seconds`` and ``calendar`` is set.
 
     Attributes:
-        used: Units used now (truth still in force + local events), or None when unknown.
-        remaining: Units left now, or None when unknown.
-        spent_until: When the window is spent: the first instant it admits one more; else None.
-        resets_at: When at least one counted unit frees (the period's end for an idle calendar window).
-        source: ``ledger`` when local events or ageing changed the upstream's numbers, else its source.
+        name: The window's name, as in :attr:`anisearch.Quota.window` (``"rolling-24h"``, ``"minute"``).
+        span_seconds: A rolling window's length in seconds (86400 for trace.moe's 24 h).
+        calendar: ``"day"`` or ``"month"``: the window resets at the period's start.
+        timezone: IANA zone of a calendar window's midnight; None uses the ledger's zone
+            (``ANISEARCH_TIMEZONE``).
+        counts: ``"searches"`` (answered searches) or ``"requests"`` (every HTTP request sent).
+        kind: ``"quota"``: running out raises :class:`~anisearch.QuotaExhaustedError`; ``"rate"``:
+            :class:`~anisearch.RateLimitedError` with ``retry_after``.
+        limit: The documented limit, used until the upstream reports its own; None when unknown.
+        reported: The upstream reports this window's count (a free quota endpoint, or every answer), so
+            the ledger asks before trusting its own estimate that a unit has freed.
     """
 
-    used: int | None
-    remaining: int | None
-    spent_until: datetime | None
-    resets_at: datetime | None
-    source: QuotaSource
+    name: str
+    span_seconds: float | None = None
+    calendar: Literal["day", "month"] | None = None
+    timezone: str | None = None
+    counts: Counts = "searches"
+    kind: WindowKind = "quota"
+    limit: int | None = None
+    reported: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.span_seconds is None) == (self.calendar is None):
+            raise ConfigurationError(f"window {self.name!r} needs exactly one of span_seconds and calendar")
+        if self.span_seconds is not None and not self.span_seconds > 0:
+            raise ConfigurationError(f"window {self.name!r}: span_seconds must be positive")
+        if self.limit is not None and self.limit < 0:
+            raise ConfigurationError(f"window {self.name!r}: limit must not be negative")
+        if self.timezone is not None:
+            zone(self.timezone)
+
+    def leave(self, at: datetime, tz: ZoneInfo) -> datetime:
+        """When a unit counted at ``at`` leaves the window."""
+        if self.span_seconds is not None:
+            return at + timedelta(seconds=self.span_seconds)
+        assert self.calendar is not None  # noqa: S101 - __post_init__ guarantees one of the two
+        return period_bounds(self.calendar, at, zone(self.timezone) if self.timezone else tz)[1]
+
+    def horizon(self) -> timedelta:
+        """The longest a unit can stay in this window."""
+        if self.span_seconds is not None:
+            return timedelta(seconds=self.span_seconds)
+        return timedelta(days=32 if self.calendar == "month" else 1, hours=2)
 
 
-def estimate(truth: Truth, now: datetime, tz: ZoneInfo, count: int, oldest: list[datetime]) -> Estimate:
-    """Estimate the window at ``now`` from its truth and the local events counted since :func:`since`.
+STANDARD_WINDOWS: dict[str, WindowSpec] = {
+    "rolling-24h": WindowSpec("rolling-24h", span_seconds=86400),
+    "day": WindowSpec("day", calendar="day"),
+    "month": WindowSpec("month", calendar="month"),
+    "hour": WindowSpec("hour", span_seconds=3600, kind="rate"),
+    "minute": WindowSpec("minute", span_seconds=60, counts="requests", kind="rate"),
+}
+"""How a window a provider did not declare is read, by its name (an observation naming ``minute``
+before the provider declared one)."""
 
-    Args:
-        truth: The window's last truth.
-        now: The instant (aware UTC).
-        tz: The ledger's time zone, for calendar windows.
-        count: Events of the window's kind at or after ``since(truth, now, tz)``.
-        oldest: The oldest ``needed_events(...)`` of those, ascending.
-    """
-    end = truth_end(truth, tz)
-    active = now < end
-    calendar_end = period_bounds(truth.window, now, tz)[1] if truth.window in _CALENDAR else None
-    source: QuotaSource = truth.source if active and count == 0 else "ledger"
-    if truth.limit is None:
-        if truth.remaining is not None and active:
-            left = truth.remaining - count
-            return Estimate(None, max(left, 0), end if left <= 0 else None, end, source)
-        used = None if truth.used is None else (truth.used if active else 0) + count
-        return Estimate(used, None, None, calendar_end, source)
-    if truth.limit == 0 and not active:  # a zero quota (an upstream glitch) is believed only while fresh
-        return Estimate(count, None, None, calendar_end, "ledger")
-    base = _base_used(truth, now, tz)
-    used = base + count
-    points = sorted(([(end, base)] if base else []) + [(_event_end(truth, at, tz), 1) for at in oldest])
-    resets_at = points[0][0] if points else calendar_end
-    spent_until = None
-    if used >= truth.limit:
-        freed = 0
-        spent_until = end if active else (points[-1][0] if points else now)
-        for moment, units in points:
-            freed += units
-            if used - freed < truth.limit:
-                spent_until = moment
-                break
-    return Estimate(used, max(truth.limit - used, 0), spent_until, resets_at, source)
+
+def spec_for(name: str, declared: dict[str, WindowSpec]) -> WindowSpec | None:
+    """The declared spec named ``name``, else the standard one of that name, else None."""
+    return declared.get(name) or STANDARD_WINDOWS.get(name)

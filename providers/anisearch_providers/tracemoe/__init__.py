@@ -21,6 +21,7 @@ from anisearch._exceptions import (
     InvalidImageError,
     UpstreamResponseError,
 )
+from anisearch._ledger import WindowSpec
 from anisearch._models import Quota, QuotaScope
 from anisearch._provider import (
     Capabilities,
@@ -153,6 +154,22 @@ class TraceMoe:
     @property
     def _scope(self) -> QuotaScope:
         return self.credential.scope
+
+    def windows(self) -> list[WindowSpec]:
+        """trace.moe's windows (contract §5, §6).
+
+        - ``rolling-24h``: answered searches in the last 24 hours, each ageing out 24 h after it was made;
+          100 for a guest, the tier's quota for a key (learned from ``/me`` or a search answer). Reported by
+          the free ``/me``, so the ledger asks it before trusting its own estimate that a search aged out.
+        - ``minute``: every HTTP request, 100 per fixed 60 s window per address, a rate limit (429).
+        """
+        guest = self._scope == "guest"
+        return [
+            WindowSpec(
+                "rolling-24h", span_seconds=86400, limit=GUEST_QUOTA if guest else None, reported=True
+            ),
+            WindowSpec("minute", span_seconds=60, counts="requests", kind="rate", limit=RATE_PER_MINUTE),
+        ]
 
     def assumed_quotas(self) -> list[Quota]:
         """What to assume before trace.moe says (source ``ledger``).
