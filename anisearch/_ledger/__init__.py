@@ -108,7 +108,7 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
             raise ConfigurationError(f"the ledger URL {url!r} names no file; use sqlite:///path/to/ledger.db")
         return SQLiteLedger(Path(path), url=url, timezone=tz, clock=clock)
     try:
-        from redis.asyncio import Redis
+        from redis.asyncio import BlockingConnectionPool, Redis
     except ImportError as exc:
         raise ConfigurationError(
             "the redis:// ledger needs the redis client: pip install 'anisearch[redis]'"
@@ -116,7 +116,9 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
     from anisearch._ledger._redis import RedisLedger
 
     try:
-        client = Redis.from_url(url, decode_responses=True)
+        # A blocking pool: a burst of searches waits for a free connection instead of failing.
+        pool = BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=64, timeout=30)
+        client = Redis.from_pool(pool)
     except ValueError as exc:
         raise ConfigurationError(f"invalid Redis ledger URL {_masked(url)!r}: {exc}") from exc
     return RedisLedger(client, url=_masked(url), timezone=tz, clock=clock)

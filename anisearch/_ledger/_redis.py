@@ -16,6 +16,7 @@ from anisearch._exceptions import LedgerError
 from anisearch._ledger import _redis_scripts
 from anisearch._ledger._base import Ledger
 from anisearch._ledger._logic import Refusal, Reservation, ScopeView, Stale, WindowView
+from anisearch._ledger._units import WAITERS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -57,6 +58,7 @@ class RedisLedger(Ledger):
             name: client.register_script(getattr(_redis_scripts, name))
             for name in ("RESERVE", "SETTLE", "RENEW", "INSPECT")
         }
+        self._listening: set[tuple[int, str, str]] = set()
 
     async def _run(self, script: str, provider: str, scope: str, args: list[Any]) -> Any:
         from redis.exceptions import RedisError
@@ -137,6 +139,7 @@ class RedisLedger(Ledger):
         for name, blocked in request.blocks:
             args += [name, blocked]
         await self._run("SETTLE", provider, scope, args)
+        WAITERS.notify((id(self), provider, scope))
 
     async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
         return bool(await self._run("RENEW", provider, scope, [token, lease_until]))
@@ -196,10 +199,22 @@ class RedisLedger(Ledger):
                 await self._redis.srem(f"{PREFIX}scopes", member)
 
     async def wait(self, provider: str, scope: str, seconds: float) -> None:
-        """Return when any worker settles a reservation of the scope, or after ``seconds``."""
+        """Return when any worker settles a reservation of the scope, or after ``seconds``.
+
+        One task per process and scope blocks on the wake list; the others wait for it in memory, so a
+        thousand waiting searches hold one Redis connection, not a thousand.
+        """
         from redis.exceptions import RedisError
 
+        key = (id(self), provider, scope)
+        if key in self._listening:
+            await WAITERS.wait(key, seconds)
+            return
+        self._listening.add(key)
         try:
             await self._redis.blpop([f"{PREFIX}wake:{provider}|{scope}"], timeout=max(seconds, 0.01))
         except (RedisError, OSError) as exc:
             raise LedgerError(f"the quota ledger {self.url} cannot be used ({exc})", ledger=self.url) from exc
+        finally:
+            self._listening.discard(key)
+            WAITERS.notify(key)

@@ -1,0 +1,115 @@
+"""The quota engine's promises, end to end over loopback HTTP against the trace.moe emulator.
+
+- Many concurrent searches against a spent-soon quota send exactly the quota's worth of requests: no 402,
+  no 429, and the rest say when the first slot frees.
+- A search killed with ``kill -9`` mid-request does not keep its slot: the next search on the same ledger
+  answers within seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from PIL import Image
+
+from anisearch import AllProvidersFailedError, AsyncClient, Client, QuotaExhaustedError, Settings
+from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+
+pytestmark = [pytest.mark.e2e]
+
+
+def variants(samples: Path, count: int) -> list[bytes]:
+    """``count`` different encodings of the demo frame (so no search is merged or cached)."""
+    base = Image.open(samples / "tinted-good.jpg").convert("RGB")
+    out = []
+    for index in range(count):
+        buffer = io.BytesIO()
+        base.save(buffer, "JPEG", quality=60 + index % 35, comment=str(index).encode())
+        out.append(buffer.getvalue())
+    return out
+
+
+def settings(url: str, ledger: str) -> Settings:
+    return Settings.load(providers=["tracemoe"], provider_options={"tracemoe": {"url": url}}, ledger=ledger)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    return str(request.getfixturevalue("redis_url"))
+
+
+def test_concurrent_searches_send_exactly_the_quota(
+    live_server: Callable[[Any], Any], samples: Path, ledger_url: str
+) -> None:
+    trace = live_server(tracemoe_app(quota=40, latency=0.05, rate_limit=1_000_000, queue_size=1000))
+    images = variants(samples, 120)
+    outcomes: list[object] = []
+
+    async def one(client: AsyncClient, data: bytes) -> None:
+        try:
+            outcomes.append(await client.search(data, cache=False))
+        except AllProvidersFailedError as exc:
+            outcomes.append(exc)
+
+    async def main() -> None:
+        async with AsyncClient(settings(trace.url, ledger_url)) as client, anyio.create_task_group() as group:
+            for data in images:
+                group.start_soon(one, client, data)
+
+    started = datetime.now(UTC)
+    anyio.run(main)
+    log = trace.app.state.emulator.log
+    assert [row.code for row in log].count(200) == 40
+    assert [row.code for row in log if row.code != 200] == []  # not one 402 or 429
+    failures = [o for o in outcomes if isinstance(o, AllProvidersFailedError)]
+    assert len(failures) == len(images) - 40
+    for failure in failures:
+        spent = failure.exceptions[0]
+        assert isinstance(spent, QuotaExhaustedError)
+        assert spent.resets_at is not None  # the first counted search + 24 h
+        assert started + timedelta(hours=24) <= spent.resets_at <= datetime.now(UTC) + timedelta(hours=24)
+
+
+def test_a_search_killed_mid_request_frees_its_slot(
+    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+) -> None:
+    trace = live_server(tracemoe_app(latency=2.0))
+    env = {
+        **os.environ,
+        "ANISEARCH_TRACEMOE_URL": trace.url,
+        "ANISEARCH_PROVIDERS": "tracemoe",
+        "ANISEARCH_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+    }
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "anisearch", "search", str(samples / "tinted-good.jpg"), "--no-cache"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not any(trace.app.state.emulator.concurrent.values()):  # the request is at the upstream
+        assert time.monotonic() < deadline, "the search never reached the emulator"
+        assert victim.poll() is None
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed = time.monotonic()
+    with Client(settings(trace.url, env["ANISEARCH_LEDGER"])) as client:
+        result = client.search(samples / "tinted-good.jpg", cache=False)
+    assert result.provider == "tracemoe"
+    assert time.monotonic() - killed < 7
