@@ -34,7 +34,7 @@ from anisearch._exceptions import (
 )
 from anisearch._ledger import open_ledger
 from anisearch._ledger._base import scope_id
-from anisearch._limits import MAX_RESPONSE_BYTES, MAX_SOURCE_BYTES, remaining_seconds, search_deadline
+from anisearch._limits import MAX_DOWNLOAD_BYTES, MAX_RESPONSE_BYTES, remaining_seconds, search_deadline
 from anisearch._models import (
     ApiKey,
     Attempt,
@@ -344,7 +344,7 @@ class AsyncClient:
                     url,
                     allow_private=self.settings.allow_private_urls,
                     pin=self._pin_downloads,
-                    limit=MAX_SOURCE_BYTES,
+                    limit=MAX_DOWNLOAD_BYTES,
                 )
         except TimeoutError as exc:
             if isinstance(exc, ProviderError):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import zlib
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,7 @@ from anisearch._limits import MAX_REDIRECTS, MAX_SOURCE_BYTES, MAX_URL_LENGTH
 from anisearch._redact import display_url
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Awaitable, Callable
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 
 __all__ = [
     "BodyTooLargeError",
@@ -81,23 +82,76 @@ def no_cookies() -> CookieJar:
     return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
-async def read_capped(response: httpx.Response, limit: int) -> bytes:
-    """Read a streamed response's decoded body, at most ``limit`` bytes, then close it.
+_PIECE = 256 * 1024
+"""Most bytes one decompression step may produce (a bomb never inflates beyond this at once)."""
 
-    The body is kept on the response (``response.content`` works afterwards).
+
+class _Inflater:
+    """Decodes ``gzip``/``deflate`` (or nothing) in pieces of at most :data:`_PIECE` bytes."""
+
+    def __init__(self, encoding: str, request: httpx.Request) -> None:
+        self._request = request
+        codings = [part.strip().lower() for part in encoding.split(",") if part.strip()]
+        codings = [coding for coding in codings if coding != "identity"]
+        if len(codings) > 1 or (codings and codings[0] not in {"gzip", "x-gzip", "deflate"}):
+            raise httpx.DecodingError(f"unsupported content encoding {encoding!r}", request=request)
+        self._coding = codings[0] if codings else None
+        wbits = zlib.MAX_WBITS | 16 if self._coding in {"gzip", "x-gzip"} else zlib.MAX_WBITS
+        self._zlib = zlib.decompressobj(wbits) if self._coding else None
+        self._started = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if self._zlib is None:
+            yield data
+            return
+        if not self._started and self._coding == "deflate":  # some servers send raw deflate
+            self._started = True
+            try:
+                zlib.decompressobj().decompress(data[:2])
+            except zlib.error:
+                self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            while data:
+                piece = self._zlib.decompress(data, _PIECE)
+                data = self._zlib.unconsumed_tail
+                if piece:
+                    yield piece
+        except zlib.error as exc:
+            raise httpx.DecodingError(f"broken {self._coding} data", request=self._request) from exc
+
+    def flush(self) -> bytes:
+        return self._zlib.flush(_PIECE) if self._zlib is not None else b""
+
+
+async def read_capped(response: httpx.Response, limit: int) -> bytes:
+    """Read a streamed response's body, at most ``limit`` bytes after decompression, then close it.
+
+    The body is decompressed here in small pieces (``gzip``, ``deflate``), so a compression bomb costs
+    no more than ``limit`` plus a few hundred KiB. The decoded body is kept on the response
+    (``response.content`` and ``response.json()`` work afterwards).
 
     Raises:
         BodyTooLargeError: The decoded body is longer than ``limit`` (reading stops there).
-        httpx.HTTPError: The transfer or the decoding failed.
+        httpx.HTTPError: The transfer failed, or the body's encoding is broken or unsupported.
     """
+    try:
+        return response.content  # already read (by an auth flow)
+    except httpx.ResponseNotRead:
+        pass
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLargeError(limit)
-            chunks.append(chunk)
+        inflater = _Inflater(response.headers.get("content-encoding", ""), response.request)
+        async for raw in response.aiter_raw():
+            for piece in inflater.feed(raw):
+                size += len(piece)
+                if size > limit:
+                    raise BodyTooLargeError(limit)
+                chunks.append(piece)
+        tail = inflater.flush()
+        if size + len(tail) > limit:
+            raise BodyTooLargeError(limit)
+        chunks.append(tail)
     finally:
         await response.aclose()
     content = b"".join(chunks)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from anisearch._models import Hit
 
 __all__ = [
+    "MAX_DOWNLOAD_BYTES",
     "MAX_HITS",
     "MAX_REDIRECTS",
     "MAX_RESPONSE_BYTES",
@@ -31,6 +32,9 @@ MAX_SOURCE_BYTES = 100 * 1024 * 1024
 """Largest input anisearch reads from a file, stdin, a file object or a URL, bytes (100 MiB). Anything
 larger is refused after reading at most this many bytes plus one; anything smaller is decoded and scaled
 down to the upload size, however large it is compared with a provider's upload limit."""
+MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+"""Largest image anisearch downloads from a URL the caller gave, bytes (50 MiB, counted after
+decompression)."""
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 """Largest upstream answer anisearch reads, bytes after decompression (4 MiB; a search answer is a few
 KiB). A provider may declare its own ``max_response_bytes``. A larger answer is an
