@@ -134,6 +134,7 @@ def search(
     anilist_info: bool = False,
     min_similarity: float | None = None,
     cache: bool = True,
+    deadline: float | None = None,
     settings: Settings | None = None,
     on_attempt: AttemptCallback | None = None,
 ) -> SearchResult:
@@ -155,6 +156,7 @@ def search(
             anilist_info=anilist_info,
             min_similarity=min_similarity,
             cache=cache,
+            deadline=deadline,
         )
 
 
@@ -168,6 +170,7 @@ async def asearch(
     anilist_info: bool = False,
     min_similarity: float | None = None,
     cache: bool = True,
+    deadline: float | None = None,
     settings: Settings | None = None,
     on_attempt: AttemptCallback | None = None,
 ) -> SearchResult:
@@ -187,6 +190,7 @@ async def asearch(
             anilist_info=anilist_info,
             min_similarity=min_similarity,
             cache=cache,
+            deadline=deadline,
         )
 
 

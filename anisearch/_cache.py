@@ -5,14 +5,22 @@ says otherwise) maps (provider, image key, options) to the provider's :class:`Se
 The image key is the colour layout descriptor for providers that search by it (the answer is a function
 of those 33 numbers, so a re-encode or an upscale of the same frame hits the cache) and the SHA-256 of
 the source bytes otherwise. Failures are never cached. Preview URLs that have expired are dropped on read.
+
+The cache is disposable: a file that cannot be opened, is corrupt, was written with another schema or is
+read-only gives one logged warning, and searches go on without it (a corrupt or foreign file is deleted
+and rebuilt when its directory allows). :meth:`ResultCache.clear` always succeeds, deleting the files if
+it must. The file is created 0600 and its directory 0700: search history is nobody else's business.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import os
 import sqlite3
-from contextlib import closing
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +28,6 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
-from anisearch._exceptions import ConfigurationError
 from anisearch._models import SearchResult
 
 if TYPE_CHECKING:
@@ -28,6 +35,11 @@ if TYPE_CHECKING:
 
 __all__ = ["CacheInfo", "ResultCache", "cache_key"]
 
+logger = logging.getLogger("anisearch")
+
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` of a cache this version writes; any other version is rebuilt."""
+_COLUMNS = ["key", "provider", "stored_at", "expires_at", "result"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     key TEXT PRIMARY KEY,
@@ -58,42 +70,137 @@ class CacheInfo:
     """Size of the SQLite file, bytes."""
 
 
+def _set_up(db: sqlite3.Connection) -> None:
+    """Check the schema of an opened file (refusing another one) and create what is missing."""
+    db.execute("PRAGMA busy_timeout=10000")
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    columns = [row[1] for row in db.execute("PRAGMA table_info(results)")]
+    if columns and (columns != _COLUMNS or version not in {0, SCHEMA_VERSION}):
+        raise sqlite3.DatabaseError(f"another schema (version {version})")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(_SCHEMA)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    db.execute("SELECT COUNT(*) FROM results").fetchone()
+
+
 class ResultCache:
-    """A TTL cache of :class:`SearchResult` in one SQLite file, safe across processes (WAL)."""
+    """A TTL cache of :class:`SearchResult` in one SQLite file, safe across processes (WAL).
+
+    It never raises for a broken cache: see the module docstring. ``usable`` says whether it works.
+
+    Args:
+        path: The SQLite file.
+        ttl_seconds: How long an answer is reused, seconds.
+    """
 
     def __init__(self, path: Path, *, ttl_seconds: float) -> None:
         self.path = path
         self.ttl_seconds = ttl_seconds
+        self._lock = threading.Lock()
+        self._warned = False
+        self._db: sqlite3.Connection | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with closing(self._connect()) as db, db:
-                db.execute(_SCHEMA)
+            self._db = self._open()
         except (OSError, sqlite3.Error) as exc:
-            raise ConfigurationError(f"cannot open the result cache {path}: {exc}") from exc
+            self._db = self._rebuild(exc)
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA busy_timeout=10000")
+    # ------------------------------------------------------------ opening
+
+    @property
+    def usable(self) -> bool:
+        """Whether the cache file is open (False: searches run without a cache)."""
+        return self._db is not None
+
+    def _files(self) -> list[Path]:
+        return [
+            self.path,
+            *(self.path.with_name(self.path.name + tail) for tail in ("-wal", "-shm", "-journal")),
+        ]
+
+    def _open(self) -> sqlite3.Connection:
+        directory = self.path.parent
+        if not directory.exists():
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)  # noqa: PTH101 - whatever the umask
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(descriptor)
+        with contextlib.suppress(OSError):  # another user's file: leave its mode alone
+            os.chmod(self.path, 0o600)  # noqa: PTH101
+        db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        try:
+            _set_up(db)
+        except BaseException:
+            db.close()
+            raise
+        for file in self._files():  # WAL and shared-memory files take the database's mode; make sure
+            with contextlib.suppress(OSError):
+                os.chmod(file, 0o600)  # noqa: PTH101
         return db
 
+    def _delete_files(self) -> None:
+        for file in self._files():
+            with contextlib.suppress(FileNotFoundError):
+                file.unlink()
+
+    def _rebuild(self, problem: BaseException) -> sqlite3.Connection | None:
+        """Delete a broken cache and start an empty one; None (after one warning) when that fails too."""
+        try:
+            self._delete_files()
+            return self._open()
+        except (OSError, sqlite3.Error) as exc:
+            self._warn(f"{problem}; rebuilding it failed too: {exc}")
+            return None
+
+    def _warn(self, problem: object) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning("the result cache %s is unusable (%s); searching without it", self.path, problem)
+
+    def _disable(self, problem: BaseException) -> None:
+        self._warn(problem)
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+
+    def close(self) -> None:
+        """Close the file (the cache is unusable afterwards)."""
+        with self._lock:
+            db, self._db = self._db, None
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+
+    # ------------------------------------------------------------ reading and writing
+
     def _get(self, key: str, now: float) -> str | None:
-        with closing(self._connect()) as db:
-            row = db.execute(
-                "SELECT result FROM results WHERE key = ? AND expires_at > ?", (key, now)
-            ).fetchone()
+        with self._lock:
+            if self._db is None:
+                return None
+            try:
+                row = self._db.execute(
+                    "SELECT result FROM results WHERE key = ? AND expires_at > ?", (key, now)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                self._disable(exc)
+                return None
         return None if row is None else str(row[0])
 
     def _put(self, key: str, provider: str, payload: str, now: float) -> None:
-        with closing(self._connect()) as db:
-            db.execute(
-                "INSERT OR REPLACE INTO results (key, provider, stored_at, expires_at, result) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (key, provider, now, now + self.ttl_seconds, payload),
-            )
+        with self._lock:
+            if self._db is None:
+                return
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO results (key, provider, stored_at, expires_at, result) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (key, provider, now, now + self.ttl_seconds, payload),
+                )
+            except sqlite3.Error as exc:
+                self._disable(exc)
 
     async def get(self, key: str) -> SearchResult | None:
-        """The cached result for ``key``, with expired preview URLs removed, or None."""
+        """The cached result for ``key``, with expired preview URLs removed, or None (also when unusable)."""
         now = datetime.now(UTC)
         payload = await anyio.to_thread.run_sync(self._get, key, now.timestamp())
         if payload is None:
@@ -111,24 +218,49 @@ class ResultCache:
         return result.model_copy(update={"hits": hits})
 
     async def put(self, key: str, result: SearchResult) -> None:
-        """Store a successful provider answer. Callers never store failures."""
+        """Store a successful provider answer (nothing when unusable). Callers never store failures."""
         payload = result.model_dump_json()
         now = datetime.now(UTC).timestamp()
         await anyio.to_thread.run_sync(self._put, key, result.provider or "", payload, now)
 
     def info(self) -> CacheInfo:
-        """Counts and size of the cache file."""
+        """Counts and size of the cache file (zero entries when unusable)."""
         now = datetime.now(UTC).timestamp()
-        with closing(self._connect()) as db:
-            live = db.execute("SELECT COUNT(*) FROM results WHERE expires_at > ?", (now,)).fetchone()[0]
-            expired = db.execute("SELECT COUNT(*) FROM results WHERE expires_at <= ?", (now,)).fetchone()[0]
-        size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+        live = expired = 0
+        with self._lock:
+            if self._db is not None:
+                try:
+                    live = self._db.execute(
+                        "SELECT COUNT(*) FROM results WHERE expires_at > ?", (now,)
+                    ).fetchone()[0]
+                    expired = self._db.execute(
+                        "SELECT COUNT(*) FROM results WHERE expires_at <= ?", (now,)
+                    ).fetchone()[0]
+                except sqlite3.Error as exc:
+                    self._disable(exc)
+        size = sum(file.stat().st_size for file in self._files() if file.is_file())
         return CacheInfo(path=self.path, entries=int(live), expired=int(expired), size_bytes=size)
 
     def clear(self) -> int:
-        """Delete every entry; returns how many there were."""
-        with closing(self._connect()) as db:
-            count = int(db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
-            db.execute("DELETE FROM results")
-            db.execute("VACUUM")
-        return count
+        """Delete every entry; returns how many there were. Never fails: a cache that cannot be emptied
+        is deleted (and rebuilt empty when possible); then the count is 0."""
+        with self._lock:
+            if self._db is not None:
+                try:
+                    count = int(self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+                    self._db.execute("DELETE FROM results")
+                    self._db.execute("VACUUM")
+                except sqlite3.Error:
+                    pass
+                else:
+                    return count
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = None
+            with contextlib.suppress(OSError):
+                self._delete_files()
+            try:
+                self._db = self._open()
+            except (OSError, sqlite3.Error):
+                self._db = None
+            return 0

@@ -6,9 +6,8 @@ it prepares the image once, looks in the cache, and hands the search to the rout
 
 from __future__ import annotations
 
-import logging
+import math
 import os
-import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -21,18 +20,21 @@ import anyio.from_thread
 import anyio.to_thread
 import httpx
 
-from anisearch import _image
+from anisearch import _fetch, _image, _redact
 from anisearch._cache import ResultCache, cache_key
 from anisearch._config import Settings
 from anisearch._exceptions import (
+    AnisearchError,
     ConfigurationError,
     ImageFetchError,
-    ImageTooLargeError,
     ProviderConnectionError,
+    ProviderError,
     ProviderTimeoutError,
+    UpstreamResponseError,
 )
 from anisearch._ledger import WindowSpec, open_ledger
 from anisearch._ledger._base import scope_id
+from anisearch._limits import MAX_DOWNLOAD_BYTES, MAX_RESPONSE_BYTES, remaining_seconds, search_deadline
 from anisearch._models import (
     ApiKey,
     Attempt,
@@ -68,25 +70,10 @@ __all__ = ["AsyncApiKeys", "AsyncClient"]
 
 T = TypeVar("T")
 
-MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
-"""Largest image anisearch downloads from a URL the caller gave, bytes."""
+_ACCEPT_ENCODING = "gzip, deflate"
+"""Only decoders whose output httpx hands over chunk by chunk (a brotli or zstd bomb is refused unasked)."""
 
-_SECRET_PARAMS = re.compile(r"(?i)([?&](?:token|key|api_key|apikey)=)[^&\s\"']+")
-
-
-class _RedactSecrets(logging.Filter):
-    """httpx logs each request URL at INFO; a legacy API token travels in ``?token=``. Mask it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            args = record.args if isinstance(record.args, tuple) else (record.args,)
-            record.args = tuple(_SECRET_PARAMS.sub(r"\1***", str(a)) if "=" in str(a) else a for a in args)
-        return True
-
-
-_httpx_logger = logging.getLogger("httpx")
-if not any(isinstance(f, _RedactSecrets) for f in _httpx_logger.filters):
-    _httpx_logger.addFilter(_RedactSecrets())
+_redact.install()
 
 
 def _user_agent() -> str:
@@ -156,12 +143,25 @@ class AsyncClient:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
+        headers = {"User-Agent": _user_agent(), "Accept-Encoding": _ACCEPT_ENCODING}
+        # Providers that keep a session keep their own jar (an auth flow); the engine stores no cookie.
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(self.settings.timeout),
-            headers={"User-Agent": _user_agent()},
+            headers=headers,
             follow_redirects=False,
+            cookies=_fetch.no_cookies(),
         )
+        # User URLs: a client of their own, with no cookie jar and no provider credential.
+        self._downloads = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(self.settings.timeout),
+            headers=headers,
+            follow_redirects=False,
+            cookies=_fetch.no_cookies(),
+            trust_env=False,
+        )
+        self._pin_downloads = transport is None
         self._on_attempt = on_attempt
         self._on_wait = on_wait
         self._clock = clock
@@ -183,6 +183,9 @@ class AsyncClient:
     async def aclose(self) -> None:
         """Close the connection pool and the ledger."""
         await self._http.aclose()
+        await self._downloads.aclose()
+        if self._cache is not None:
+            self._cache.close()
         if self._ledger is not None:
             await self._ledger.aclose()
             self._ledger = None
@@ -227,7 +230,8 @@ class AsyncClient:
     def _get_cache(self) -> ResultCache | None:
         if not self._cache_opened:
             path = self.settings.cache_path
-            self._cache = None if path is None else ResultCache(path, ttl_seconds=self.settings.cache_ttl)
+            store = None if path is None else ResultCache(path, ttl_seconds=self.settings.cache_ttl)
+            self._cache = store if store is not None and store.usable else None  # disposable: warned
             self._cache_opened = True
         return self._cache
 
@@ -249,25 +253,51 @@ class AsyncClient:
     # ------------------------------------------------------------------ sending
 
     async def _send(self, provider: Provider, request: httpx.Request) -> httpx.Response:
-        """Send one provider request; transport failures become ProviderError subclasses."""
+        """Send one provider request and read its whole answer within one attempt's time and size.
+
+        ``ANISEARCH_TIMEOUT`` (or what is left of the search's ``deadline``, if less) bounds the attempt as
+        a whole: connecting, sending, any sign-in the provider's auth flow makes, and reading the entire
+        body. The body is read up to the provider's ``max_response_bytes`` (default
+        :data:`~anisearch._limits.MAX_RESPONSE_BYTES`), counted after decompression.
+
+        Raises:
+            ProviderTimeoutError: The attempt did not complete in time (or the deadline had passed).
+            ProviderConnectionError: The request could not be sent or the connection failed.
+            UpstreamResponseError: The answer is over the size limit or its encoding is broken.
+        """
+        budget = remaining_seconds(self.settings.timeout)
+        if budget <= 0:
+            raise ProviderTimeoutError(
+                "the search's deadline passed before this attempt", provider=provider.name
+            )
         request.extensions.setdefault("timeout", httpx.Timeout(self.settings.timeout).as_dict())
         if "user-agent" not in request.headers:
             request.headers["User-Agent"] = _user_agent()
+        limit = getattr(provider, "max_response_bytes", None) or MAX_RESPONSE_BYTES
         auth = provider.auth()
+        status: int | None = None
         try:
-            if auth is None:
-                response = await self._http.send(request)
-            else:
-                response = await self._http.send(request, auth=auth)
-            await response.aread()
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeoutError(
-                f"no answer within {self.settings.timeout:g} s", provider=provider.name
-            ) from exc
-        except httpx.TransportError as exc:
-            raise ProviderConnectionError(
-                f"cannot reach {request.url.host}: {exc}", provider=provider.name
-            ) from exc
+            with anyio.fail_after(budget):
+                if auth is None:
+                    response = await self._http.send(request, stream=True)
+                else:
+                    bounded = _fetch.BoundedAuth(auth, limit)
+                    response = await self._http.send(request, auth=bounded, stream=True)
+                status = response.status_code
+                await _fetch.read_capped(response, limit)
+        except AnisearchError:
+            raise
+        except (
+            TimeoutError,
+            _fetch.BodyTooLargeError,
+            httpx.HTTPError,
+            OSError,
+            ValueError,
+            OverflowError,
+        ) as exc:
+            error = _transfer_error(exc, provider.name, request, budget, status)
+            quotes_header = isinstance(exc, httpx.LocalProtocolError | UnicodeError)
+            raise error from (None if quotes_header else exc)
         return response
 
     async def _call(self, provider: Any, request: httpx.Request, parse: Callable[[httpx.Response], T]) -> T:
@@ -281,33 +311,35 @@ class AsyncClient:
     # ------------------------------------------------------------------ search
 
     async def _resolve(self, image: Any) -> Any:
-        """An http(s) URL becomes its downloaded bytes; anything else goes to the image module as is."""
-        if isinstance(image, str) and image.startswith(("http://", "https://")):
+        """An http(s) URL (any case) becomes its downloaded bytes; anything else goes to the image module."""
+        if isinstance(image, str) and image[:8].lower().startswith(("http://", "https://")):
             return await self._download(image)
         return image
 
     async def _download(self, url: str) -> bytes:
+        """Download a user's URL to public addresses only, within one attempt's time (see ``_fetch``).
+
+        Raises:
+            ImageFetchError: Refused, unreachable, an HTTP error, too many redirects, or too slow.
+            ImageTooLargeError: Over the input limit.
+        """
+        budget = remaining_seconds(self.settings.timeout)
+        shown = _redact.display_url(url)
+        if budget <= 0:
+            raise ImageFetchError(f"cannot download {shown}: the search's deadline passed")
         try:
-            async with self._http.stream("GET", url, follow_redirects=True) as response:
-                if response.is_error:
-                    raise ImageFetchError(
-                        f"cannot download {url}: HTTP {response.status_code}",
-                        status_code=response.status_code,
-                    )
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_DOWNLOAD_BYTES:
-                        raise ImageTooLargeError(
-                            f"{url} is larger than {MAX_DOWNLOAD_BYTES} bytes",
-                            size_bytes=size,
-                            limit_bytes=MAX_DOWNLOAD_BYTES,
-                        )
-                    chunks.append(chunk)
-        except httpx.HTTPError as exc:
-            raise ImageFetchError(f"cannot download {url}: {exc}") from exc
-        return b"".join(chunks)
+            with anyio.fail_after(budget):
+                return await _fetch.download(
+                    self._downloads,
+                    url,
+                    allow_private=self.settings.allow_private_urls,
+                    pin=self._pin_downloads,
+                    limit=MAX_DOWNLOAD_BYTES,
+                )
+        except TimeoutError as exc:
+            if isinstance(exc, ProviderError):
+                raise
+            raise ImageFetchError(f"cannot download {shown}: no complete answer within {budget:g} s") from exc
 
     async def search(
         self,
@@ -320,6 +352,7 @@ class AsyncClient:
         anilist_info: bool = False,
         min_similarity: float | None = None,
         cache: bool = True,
+        deadline: float | None = None,
     ) -> SearchResult:
         """Which anime, which episode, which second is ``image`` from.
 
@@ -337,6 +370,12 @@ class AsyncClient:
             min_similarity: 0..1; a weaker best hit also asks the next provider, and the strongest answer
                 seen is returned.
             cache: Reuse (and store) results in the local cache; a cached answer costs no quota.
+            deadline: Seconds for the whole search (reading the input, downloading a URL, every attempt
+                and every wait), or None. Without it a search is bounded by its attempts: each takes at
+                most ``ANISEARCH_TIMEOUT`` seconds as a whole (connect, send, read the entire answer), up to
+                four per provider, plus the waits between them. An attempt that would outlive the deadline
+                is cut short as a :class:`ProviderTimeoutError`, and with ``strategy="fanout"`` the
+                providers that answered in time are returned.
 
         Returns:
             The hits (similarity descending), who answered, and every attempt.
@@ -346,9 +385,31 @@ class AsyncClient:
             ImageTooLargeError: The input is over the size limit (before any request).
             ImageFetchError: ``image`` is a URL that could not be downloaded.
             UnknownProviderError: A name in ``providers`` is not registered.
-            ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy).
+            ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy, a
+                ``deadline`` that is not a positive number of seconds).
             AllProvidersFailedError: No provider answered; it holds each provider's error.
         """
+        if deadline is not None and not (isinstance(deadline, int | float) and 0 < deadline < math.inf):
+            raise ConfigurationError(f"deadline must be a positive number of seconds, got {deadline!r}")
+        token = search_deadline.set(None if deadline is None else anyio.current_time() + deadline)
+        try:
+            return await self._search(
+                image, providers, strategy, anilist_id, cut_borders, anilist_info, min_similarity, cache
+            )
+        finally:
+            search_deadline.reset(token)
+
+    async def _search(  # noqa: PLR0917 - the arguments of search(), passed on as they came
+        self,
+        image: Any,
+        providers: Sequence[str] | None,
+        strategy: Strategy,
+        anilist_id: int | None,
+        cut_borders: bool,
+        anilist_info: bool,
+        min_similarity: float | None,
+        cache: bool,
+    ) -> SearchResult:
         if strategy not in ("fallback", "fanout"):
             raise ConfigurationError(f"unknown strategy {strategy!r}; use 'fallback' or 'fanout'")
         if min_similarity is not None and not 0.0 <= min_similarity <= 1.0:
@@ -357,7 +418,10 @@ class AsyncClient:
             raise ConfigurationError(f"anilist_id must be a positive AniList ID, got {anilist_id}")
         names = self._order(providers)
         source = await self._resolve(image)
-        prepared = await anyio.to_thread.run_sync(partial(_image.prepare, source))
+        wait = remaining_seconds(self.settings.timeout)
+        prepared = await anyio.to_thread.run_sync(
+            partial(_image.prepare, source, wait_seconds=max(wait, 0.0))
+        )
         options = SearchOptions(anilist_id=anilist_id, cut_borders=cut_borders, anilist_info=anilist_info)
         use_cache = cache and self._get_cache() is not None
         routes = [self._route(name, prepared, options, use_cache=use_cache) for name in names]
@@ -445,7 +509,7 @@ class AsyncClient:
         router = Router(
             await self._get_ledger(),
             self._send,
-            wait_seconds=max(self.settings.timeout, 1.0),
+            wait_seconds=max(remaining_seconds(max(self.settings.timeout, 1.0)), 0.0),
             on_attempt=self._on_attempt,
             on_wait=self._on_wait,
             remember=store.put if store is not None else None,
@@ -645,6 +709,34 @@ def _defaults(name: str, scope: str, windows: Sequence[WindowSpec], now: datetim
         for spec in windows
         if spec.limit is not None
     ]
+
+
+def _transfer_error(
+    exc: BaseException, name: str, request: httpx.Request, budget: float, status: int | None
+) -> ProviderError:
+    """The attempt's typed error for what went wrong while sending or reading (messages hold no secret)."""
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return ProviderTimeoutError(
+            f"no complete answer within {budget:g} s", provider=name, status_code=status
+        )
+    if isinstance(exc, _fetch.BodyTooLargeError):
+        return UpstreamResponseError(
+            f"the answer is larger than {exc.limit} bytes (decoded); refused",
+            provider=name,
+            status_code=status,
+            endpoint=request.url.path,
+        )
+    if isinstance(exc, httpx.DecodingError):
+        return UpstreamResponseError(
+            "the answer's content encoding is broken", provider=name, status_code=status
+        )
+    if isinstance(exc, httpx.LocalProtocolError | UnicodeError):  # the message may quote a header: a key
+        return ProviderConnectionError(
+            "the request could not be sent (a header value is not valid HTTP)", provider=name
+        )
+    detail = _redact.printable(_redact.redact(str(exc)), 160)
+    host = _redact.display_url(request.url.host, 80)
+    return ProviderConnectionError(f"cannot reach {host}: {detail}", provider=name)
 
 
 def _last_page(page: Page[Any], page_size: int, seen: int) -> bool:

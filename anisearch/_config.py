@@ -19,12 +19,13 @@ provider takes: the provider validates its own table.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
 import platformdirs
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_serializer, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from anisearch._exceptions import ConfigurationError
@@ -33,6 +34,35 @@ from anisearch._ledger import default_ledger_url
 __all__ = ["Settings", "config_path"]
 
 APP = "anisearch"
+
+_SECRET_KEY = re.compile(r"(?i)(^|_)(key|token|password|passwd|secret|cookie|credential|api_?key)s?$")
+"""Provider settings held as :class:`SecretStr` (masked in repr, str and dumps)."""
+_HEADER_SECRET = re.compile(r"(?i)(^|_)(key|token|api_?key)s?$")
+"""Secrets that travel in an HTTP header: printable ASCII only."""
+
+
+def is_secret_setting(name: str) -> bool:
+    """Whether a provider setting named ``name`` holds a credential (``key``, ``token``, ``password`` ...)."""
+    return bool(_SECRET_KEY.search(name))
+
+
+def _check_secret(provider: str, name: str, value: str) -> None:
+    """Refuse a credential that cannot be sent as is, without echoing it."""
+    where = f"ANISEARCH_{provider.upper().replace('-', '_')}_{name.upper()}"
+    if _HEADER_SECRET.search(name):
+        bad = any(not 0x20 < ord(char) < 0x7F for char in value.strip())  # noqa: PLR2004 - printable ASCII
+        what = "control, space or non-ASCII characters"
+    else:
+        bad = any(ord(char) < 0x20 or ord(char) == 0x7F for char in value)  # noqa: PLR2004 - C0 and DEL
+        what = "control characters"
+    if bad:
+        raise ConfigurationError(
+            f"{where} contains {what}; it cannot be sent (the value is not shown). Copy it again."
+        )
+
+
+def _reveal(value: Any) -> Any:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
 def config_path() -> Path:
@@ -92,7 +122,33 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=lambda: platformdirs.user_cache_path(APP))
     """Where the result cache lives (``ANISEARCH_CACHE_DIR``; default the platform's cache dir)."""
     provider_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    """Per-provider settings given in code; they win over the environment and the file."""
+    """Per-provider settings given in code; they win over the environment and the file. Credentials
+    (``key``, ``token``, ``password`` ...) are kept as :class:`~pydantic.SecretStr`."""
+    allow_private_urls: bool = False
+    """Download image URLs that resolve to loopback, private, link-local or other non-public addresses
+    (``ANISEARCH_ALLOW_PRIVATE_URLS``): for self-hosted setups and tests. Off by default, so a bot that
+    searches URLs from strangers cannot be pointed into its own network."""
+
+    @field_validator("provider_options", mode="after")
+    @classmethod
+    def _hide_credentials(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        hidden: dict[str, dict[str, Any]] = {}
+        for provider, table in value.items():
+            hidden[provider] = {}
+            for name, setting in table.items():
+                if is_secret_setting(name) and isinstance(setting, str):
+                    _check_secret(provider, name, setting)
+                    hidden[provider][name] = SecretStr(setting)
+                else:
+                    hidden[provider][name] = setting
+        return hidden
+
+    @field_serializer("provider_options")
+    def _dump_options(self, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {
+            provider: {name: "**********" if isinstance(v, SecretStr) else v for name, v in table.items()}
+            for provider, table in value.items()
+        }
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -121,13 +177,23 @@ class Settings(BaseSettings):
             ConfigurationError: A value does not parse; the message names the variable.
         """
         try:
-            return cls(**overrides)
+            settings = cls(**overrides)
         except ValidationError as exc:
+            for err in exc.errors():
+                cause = (err.get("ctx") or {}).get("error")
+                if isinstance(cause, ConfigurationError):
+                    raise ConfigurationError(str(cause)) from None
             problems = "; ".join(
                 f"ANISEARCH_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
                 for err in exc.errors()
             )
-            raise ConfigurationError(f"invalid settings: {problems}") from exc
+            # from None: pydantic's own message quotes the input, which may hold a credential
+            raise ConfigurationError(f"invalid settings: {problems}") from None
+        for variable, value in os.environ.items():
+            provider, _, name = variable.removeprefix("ANISEARCH_").partition("_")
+            if variable.startswith("ANISEARCH_") and name and is_secret_setting(name.lower()):
+                _check_secret(provider.lower(), name.lower(), value)
+        return settings
 
     @property
     def ledger_url(self) -> str:
@@ -144,7 +210,13 @@ class Settings(BaseSettings):
     def provider_config(self, name: str) -> dict[str, Any]:
         """The settings of provider ``name``: its TOML table, then ``ANISEARCH_<NAME>_*``, then code.
 
-        Keys are lower-cased (``ANISEARCH_TRACEMOE_URL`` gives ``url``).
+        Keys are lower-cased (``ANISEARCH_TRACEMOE_URL`` gives ``url``); credentials are handed over in
+        plain text (the provider keeps them from its repr).
+
+        Raises:
+            ConfigurationError: A credential holds characters it cannot be sent with (control characters;
+                for keys and tokens, which travel in headers, also spaces and non-ASCII). The message
+                names the setting, never the value.
         """
         table = _read_toml(config_path()).get(name, {})
         config: dict[str, Any] = dict(table) if isinstance(table, dict) else {}
@@ -153,4 +225,8 @@ class Settings(BaseSettings):
             if variable.startswith(prefix) and value != "":
                 config[variable.removeprefix(prefix).lower()] = value
         config.update(self.provider_options.get(name, {}))
-        return config
+        revealed = {key: _reveal(value) for key, value in config.items()}
+        for key, value in revealed.items():
+            if is_secret_setting(key) and isinstance(value, str):
+                _check_secret(name, key, value)
+        return revealed

@@ -24,7 +24,8 @@ from PIL import Image, ImageCms, UnidentifiedImageError
 from anisearch._borders import cut_borders as _cut_borders
 from anisearch._descriptor import search_descriptor
 from anisearch._exceptions import ConfigurationError, ImageTooLargeError, InvalidImageError
-from anisearch._source import BinaryReader, not_an_image, read_source, too_large, video_kind
+from anisearch._limits import MAX_SOURCE_BYTES
+from anisearch._source import BinaryReader, not_an_image, read_source, video_kind
 
 if TYPE_CHECKING:
     from anisearch._provider import UploadLimits
@@ -49,10 +50,11 @@ MAX_HEIGHT = 360
 """Default upload height, pixels."""
 JPEG_QUALITY = 85
 """JPEG quality of the upload (Pillow's 1..95 scale)."""
-MAX_IMAGE_BYTES = 25 * 1024 * 1024
-"""Default cap on an image source, bytes (25 MiB, trace.moe's own upload limit)."""
-MAX_VIDEO_BYTES = 100 * 1024 * 1024
-"""Default cap on a video source, bytes (100 MiB: only the first frame is decoded)."""
+MAX_VIDEO_BYTES = MAX_SOURCE_BYTES
+"""Default cap on any source, image or video, bytes (100 MiB: only the first frame is decoded)."""
+MAX_IMAGE_BYTES = MAX_SOURCE_BYTES
+"""The same cap for images: an image over a provider's upload limit (trace.moe's 25 MiB) is decoded and
+scaled down, not refused; only :data:`MAX_PIXELS` limits what is decoded."""
 MAX_PIXELS = 50_000_000
 """Default cap on the decoded size, pixels (50 MP): larger headers are refused as decompression bombs."""
 
@@ -319,7 +321,11 @@ def _encode(image: Image.Image, mime_type: str, quality: int = JPEG_QUALITY) -> 
 
 
 def _load(
-    source: ImageSource, box: tuple[int, int], max_source_bytes: int | None, max_pixels: int
+    source: ImageSource,
+    box: tuple[int, int],
+    max_source_bytes: int | None,
+    max_pixels: int,
+    wait_seconds: float | None = None,
 ) -> tuple[Image.Image, str, str, int, str]:
     """Decode the source's first frame: (image, message prefix, digest, source bytes, source format)."""
     if isinstance(source, Image.Image):
@@ -327,13 +333,11 @@ def _load(
         _check_pixels(image.size, max_pixels, "")
         digest, source_bytes = _pil_digest(image)
         return image, "", digest, source_bytes, (source.format or "pil").lower()
-    limit = max_source_bytes if max_source_bytes is not None else max(MAX_IMAGE_BYTES, MAX_VIDEO_BYTES)
-    data, where = read_source(source, limit)
+    limit = max_source_bytes if max_source_bytes is not None else MAX_SOURCE_BYTES
+    data, where = read_source(source, limit, wait_seconds)
     if not data:
         raise InvalidImageError(f"{where}the image is empty")
     kind = video_kind(data[:512])
-    if kind is None and max_source_bytes is None and len(data) > MAX_IMAGE_BYTES:
-        raise too_large(where, len(data), MAX_IMAGE_BYTES)
     if kind is not None:
         image = _open_video(data, kind, where, max_pixels)
     else:
@@ -353,6 +357,7 @@ def prepare(
     max_source_bytes: int | None = None,
     max_pixels: int = MAX_PIXELS,
     cut_borders: bool = False,
+    wait_seconds: float | None = None,
 ) -> PreparedImage:
     """Turn a user's image or video into a small JPEG ready to upload, with its digest and descriptor.
 
@@ -370,12 +375,14 @@ def prepare(
             mode; frame 0 of an animation; the caller's image is not modified).
         max_width: Largest upload width, pixels.
         max_height: Largest upload height, pixels.
-        max_source_bytes: Largest input accepted, bytes. None means 25 MiB for images and 100 MiB for
-            videos (:data:`MAX_IMAGE_BYTES`, :data:`MAX_VIDEO_BYTES`).
+        max_source_bytes: Largest input accepted, bytes; at most this plus one byte is read. None means
+            :data:`~anisearch._limits.MAX_SOURCE_BYTES` (100 MiB) for images and videos alike: an image
+            larger than a provider's upload limit is scaled down, not refused.
         max_pixels: Largest decoded frame accepted, pixels; anything larger is refused as a possible
             decompression bomb, from its header, before decoding.
         cut_borders: Trim black borders by trace.moe's ``cutBorders`` rule (see
             :func:`anisearch._borders.find_borders`) before scaling.
+        wait_seconds: How long a named pipe may take to deliver the input, seconds (None: no bound).
 
     Returns:
         The prepared image. ``digest`` is the SHA-256 of the source bytes (for a PIL image: of its mode,
@@ -394,7 +401,9 @@ def prepare(
     if max_source_bytes is not None and max_source_bytes < 1:
         raise ConfigurationError(f"max_source_bytes must be at least 1, not {max_source_bytes}")
     box = (max_width, max_height)
-    image, where, digest, source_bytes, source_format = _load(source, box, max_source_bytes, max_pixels)
+    image, where, digest, source_bytes, source_format = _load(
+        source, box, max_source_bytes, max_pixels, wait_seconds
+    )
     orientation = _orientation(image)
     rgb = _to_rgb(image, where)
     if orientation in _TRANSPOSE:

@@ -429,12 +429,7 @@ class Router:
         settlement = _Settlement("unsent")
         try:
             query = await query_for(provider)
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._keep_lease, ticket)
-                try:
-                    response = await self._send_once(provider, query)
-                finally:
-                    group.cancel_scope.cancel()
+            response = await self._send_leased(ticket, provider, query)
             status = response.status_code
             settlement, answer, error = self._read(route, response)
         except ProviderError as exc:  # plain InvalidImageError is not one: bad input stops everything
@@ -483,6 +478,21 @@ class Router:
             elapsed_seconds=time.monotonic() - started,
         )
         return _Outcome(attempt, result=result)
+
+    async def _send_leased(self, ticket: Ticket, provider: Provider, query: SearchQuery) -> httpx.Response:
+        """Send while a background task renews the slot's lease; errors come out as they are."""
+        outcome: list[httpx.Response | Exception] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._keep_lease, ticket)
+            try:
+                outcome.append(await self._send_once(provider, query))
+            except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
+                outcome.append(exc)
+            finally:
+                group.cancel_scope.cancel()
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        return outcome[0]
 
     async def _keep_lease(self, ticket: Ticket) -> None:
         while True:
@@ -584,8 +594,8 @@ def _never_sent(exc: Exception) -> bool:
 
 def _maybe_sent(exc: ProviderError) -> bool:
     """A transport failure after the request left: the upstream may have run (and charged) the search."""
-    if isinstance(exc, ProviderConnectionError):
-        return not isinstance(exc.__cause__, _NOT_SENT)
+    if isinstance(exc, ProviderConnectionError):  # no cause: refused before sending (a bad header)
+        return exc.__cause__ is not None and not isinstance(exc.__cause__, _NOT_SENT)
     return exc.status_code is None and not isinstance(exc, ConfigurationError)
 
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import codecs
 import os
+import select
+import stat
+import time
 from pathlib import Path
 from typing import Protocol
 
 from anisearch._exceptions import ImageTooLargeError, InvalidImageError
+from anisearch._redact import printable
 
 __all__ = ["BinaryReader", "not_an_image", "read_source", "too_large", "video_kind"]
 
@@ -63,11 +67,19 @@ def too_large(where: str, size: int | None, limit: int) -> ImageTooLargeError:
 
 
 def read_bounded(reader: BinaryReader, limit: int, where: str) -> bytes:
-    """Read to the end, but never more than ``limit`` + 1 bytes."""
+    """Read to the end, but never more than ``limit`` + 1 bytes.
+
+    Raises:
+        ImageTooLargeError: There is more than ``limit`` bytes (the rest is not read).
+        InvalidImageError: The reader gives text, or fails.
+    """
     chunks: list[bytes] = []
     total = 0
     while total <= limit:
-        chunk: object = reader.read(min(limit + 1 - total, _MIB))
+        try:
+            chunk: object = reader.read(min(limit + 1 - total, _MIB))
+        except (OSError, ValueError) as exc:  # a closed file, an I/O error, a non-blocking empty pipe
+            raise InvalidImageError(f"{where}cannot read the input ({type(exc).__name__})") from exc
         if not chunk:
             break
         if not isinstance(chunk, bytes | bytearray | memoryview):
@@ -85,16 +97,51 @@ def _is_url(text: str) -> bool:
     return text.lower().startswith(("http:/", "https:/"))  # Path() folds "//" into "/"
 
 
-def _read_path(path: Path, limit: int) -> bytes:
-    where = f"{os.fspath(path)}: "
+def _read_pipe(path: Path, limit: int, where: str, wait_seconds: float | None) -> bytes:
+    """Read a named pipe (FIFO) without blocking past ``wait_seconds`` for a writer or for data."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO with no writer would block
+    ends = None if wait_seconds is None else time.monotonic() + wait_seconds
+    chunks: list[bytes] = []
+    total = 0
     try:
-        if path.is_dir():
-            raise InvalidImageError(f"{where}this is a directory, not an image file")
-        size = path.stat().st_size  # 0 for pipes and devices: the bounded read below still applies
-        if size > limit:
-            raise too_large(where, size, limit)
-        with path.open("rb") as file:
-            return read_bounded(file, limit, where)
+        while True:
+            left = None if ends is None else max(0.0, ends - time.monotonic())
+            ready, _, _ = select.select([descriptor], [], [], left)
+            if not ready:
+                raise InvalidImageError(
+                    f"{where}nothing arrived within {wait_seconds:g} s (a named pipe with no writer?)"
+                )
+            try:
+                chunk = os.read(descriptor, min(limit + 1 - total, _MIB))
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise too_large(where, None, limit)
+    finally:
+        os.close(descriptor)
+
+
+def _read_file(path: Path, limit: int, where: str, wait_seconds: float | None) -> bytes:
+    info = path.stat()
+    if stat.S_ISDIR(info.st_mode):
+        raise InvalidImageError(f"{where}this is a directory, not an image file")
+    if stat.S_ISFIFO(info.st_mode):
+        return _read_pipe(path, limit, where, wait_seconds)
+    if info.st_size > limit:  # 0 for devices: the bounded read below still applies
+        raise too_large(where, info.st_size, limit)
+    with path.open("rb") as file:
+        return read_bounded(file, limit, where)
+
+
+def _read_path(path: Path, limit: int, where: str, wait_seconds: float | None) -> bytes:
+    try:
+        return _read_file(path, limit, where, wait_seconds)
+    except InvalidImageError:
+        raise
     except FileNotFoundError:
         hint = " (URLs are fetched by search(), not read as paths)" if _is_url(str(path)) else ""
         raise InvalidImageError(f"{where}no such file{hint}") from None
@@ -102,13 +149,26 @@ def _read_path(path: Path, limit: int) -> bytes:
         raise InvalidImageError(
             f"{where}cannot read the file ({exc.strerror or type(exc).__name__})"
         ) from exc
+    except ValueError as exc:  # a NUL byte in the path
+        raise InvalidImageError(f"{where}not a valid file name") from exc
 
 
-def read_source(source: object, limit: int) -> tuple[bytes, str]:
-    """The source's bytes and a ``"name: "`` prefix for messages (empty when it has no name)."""
+def read_source(source: object, limit: int, wait_seconds: float | None = None) -> tuple[bytes, str]:
+    """The source's bytes and a ``"name: "`` prefix for messages (empty when it has no name).
+
+    Args:
+        source: A path, bytes, or an object with a binary ``read()``.
+        limit: Largest input accepted, bytes; at most ``limit`` + 1 bytes are read.
+        wait_seconds: How long a named pipe may take to deliver its data (None: no bound).
+
+    Raises:
+        ImageTooLargeError: Over ``limit``.
+        InvalidImageError: Missing, unreadable, a directory, a pipe with no writer, text mode, a bad name.
+    """
     if isinstance(source, str | os.PathLike):
         path = os.fsdecode(source)
-        return _read_path(Path(path), limit), f"{path}: "
+        where = f"{printable(path)}: "
+        return _read_path(Path(path), limit, where, wait_seconds), where
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
         if len(data) > limit:
@@ -117,7 +177,7 @@ def read_source(source: object, limit: int) -> tuple[bytes, str]:
     read = getattr(source, "read", None)
     if callable(read):
         name = getattr(source, "name", None)
-        where = f"{name}: " if isinstance(name, str) else ""
+        where = f"{printable(name)}: " if isinstance(name, str) else ""
         reader: BinaryReader = source  # type: ignore[assignment]  # checked: it has a callable read()
         return read_bounded(reader, limit, where), where
     raise InvalidImageError(

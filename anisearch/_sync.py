@@ -107,6 +107,7 @@ class Client(AbstractContextManager["Client"]):
         anilist_info: bool = False,
         min_similarity: float | None = None,
         cache: bool = True,
+        deadline: float | None = None,
     ) -> SearchResult:
         """See :meth:`AsyncClient.search` (same arguments, same errors)."""
         return self._run(
@@ -119,6 +120,7 @@ class Client(AbstractContextManager["Client"]):
             anilist_info=anilist_info,
             min_similarity=min_similarity,
             cache=cache,
+            deadline=deadline,
         )
 
     def quota(self, provider: str | None = None, *, refresh: bool = False) -> list[Quota]:

@@ -26,6 +26,7 @@ from anisearch import (
     QuotaExhaustedError,
     Settings,
     UnknownProviderError,
+    _fetch,
 )
 
 BASE = "https://trace.test"
@@ -48,6 +49,20 @@ def body(samples: Path) -> dict[str, Any]:
 def mock() -> Iterator[respx.MockRouter]:
     with respx.MockRouter(assert_all_called=False, assert_all_mocked=True) as router:
         yield router
+
+
+@pytest.fixture
+def public_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Name lookups answered from a table (no query leaves the machine); edit it per test."""
+    table = {"img.test": ["93.184.215.14"]}
+
+    async def resolve(host: str, port: int) -> list[str]:
+        if host not in table:
+            raise OSError(f"{host} is not in the test's DNS table")
+        return table[host]
+
+    monkeypatch.setattr(_fetch, "resolve", resolve)
+    return table
 
 
 def settings(**extra: Any) -> Settings:
@@ -97,7 +112,7 @@ async def test_async_search_from_a_pil_image_and_bytes(mock: respx.MockRouter, b
 
 
 def test_a_url_is_downloaded_once_and_uploaded(
-    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, public_dns: dict[str, list[str]]
 ) -> None:
     image = mock.get("https://img.test/frame.jpg?size=large&x=1").respond(
         200, content=(samples / "tinted-good.jpg").read_bytes(), headers={"content-type": "image/jpeg"}
@@ -110,7 +125,9 @@ def test_a_url_is_downloaded_once_and_uploaded(
     assert "url" not in search.calls.last.request.url.params
 
 
-def test_a_url_that_fails_to_download_is_an_image_fetch_error(mock: respx.MockRouter) -> None:
+def test_a_url_that_fails_to_download_is_an_image_fetch_error(
+    mock: respx.MockRouter, public_dns: dict[str, list[str]]
+) -> None:
     mock.get("https://img.test/gone.jpg").respond(404)
     with Client(settings(), transport(mock)) as client, pytest.raises(ImageFetchError, match="HTTP 404"):
         client.search("https://img.test/gone.jpg")

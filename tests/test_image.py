@@ -495,10 +495,37 @@ def test_a_source_over_the_byte_limit_is_too_large(samples: Path) -> None:
     assert caught.value.size_bytes is None
 
 
-def test_images_may_be_25_mib_and_videos_100_mib_by_default() -> None:
-    padding = b"\0" * MAX_IMAGE_BYTES
-    with pytest.raises(ImageTooLargeError, match=r"over the 25\.0 MiB limit"):
-        prepare(b"\x89PNG\r\n\x1a\n" + padding)
+def test_an_image_over_the_upload_limit_is_scaled_down_not_refused() -> None:
+    # A 27 MB screenshot: over trace.moe's 25 MiB upload limit, well within the input limit.
+    big = Image.new("RGB", (3000, 3000), (200, 40, 90))
+    out = io.BytesIO()
+    big.save(out, "BMP")
+    data = out.getvalue()
+    assert 25 * 1024 * 1024 < len(data) < MAX_IMAGE_BYTES
+    prepared = prepare(data)
+    assert (prepared.width, prepared.height) == (360, 360)
+    assert len(prepared.data) < 100_000
+    assert prepared.source_bytes == len(data)
+
+
+def test_inputs_over_the_input_limit_are_refused_without_reading_the_rest() -> None:
+    class Endless(io.RawIOBase):
+        served = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+            size = len(buffer)
+            buffer[:size] = b"\0" * size
+            self.served += size
+            return size
+
+    source = Endless()
+    with pytest.raises(ImageTooLargeError, match=r"over the 100\.0 MiB limit"):
+        prepare(source)
+    assert source.served == MAX_IMAGE_BYTES + 1
+    padding = b"\0" * (MAX_IMAGE_BYTES - 64)
     with pytest.raises(InvalidImageError, match="mp4 video is corrupt") as caught:
         prepare(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + padding)
     assert not isinstance(caught.value, ImageTooLargeError)

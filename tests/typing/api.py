@@ -23,7 +23,7 @@ def sync_usage() -> None:
         client.search(Path("shot.png"), min_similarity=0.9, strategy="fanout")
         client.search(b"\xff\xd8", cut_borders=True, anilist_id=11887, cache=False)
         client.search(io.BytesIO(b""), anilist_info=True)
-        client.search(Image.new("RGB", (4, 4)))
+        client.search(Image.new("RGB", (4, 4)), deadline=20.0)
         quotas: list[anisearch.Quota] = client.quota("tracemoe", refresh=True)
         infos: list[anisearch.ProviderInfo] = client.providers()
         ranks: list[anisearch.RankingEntry] = client.rankings(period="weekly", limit=10, include_adult=False)
@@ -38,7 +38,8 @@ def sync_usage() -> None:
 
 
 async def async_usage() -> None:
-    result = await anisearch.asearch("https://example.com/a.jpg")
+    result = await anisearch.asearch("https://example.com/a.jpg", deadline=30)
+    anisearch.search(b"...", strategy="fanout", deadline=12.5)
     print(result.attempts[0].outcome, result.cached, result.frames_searched)
     async with anisearch.AsyncClient(settings=anisearch.Settings.load(timeout=60)) as client:
         await client.search("shot.jpg")

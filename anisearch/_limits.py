@@ -1,0 +1,69 @@
+"""The documented bounds on everything anisearch reads, in one place.
+
+Every byte anisearch reads comes from somewhere it does not control: a file or a pipe the user named, a URL
+a stranger pasted into a chat, an upstream answer. Each has a bound here, so a stalled, lying or hostile
+source ends in a typed error within a known time and a known amount of memory.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+from typing import TYPE_CHECKING
+
+import anyio
+
+if TYPE_CHECKING:
+    from anisearch._models import Hit
+
+__all__ = [
+    "MAX_DOWNLOAD_BYTES",
+    "MAX_HITS",
+    "MAX_REDIRECTS",
+    "MAX_RESPONSE_BYTES",
+    "MAX_SOURCE_BYTES",
+    "MAX_URL_LENGTH",
+    "keep_best_hits",
+    "remaining_seconds",
+    "search_deadline",
+]
+
+MAX_SOURCE_BYTES = 100 * 1024 * 1024
+"""Largest input anisearch reads from a file, stdin, a file object or a URL, bytes (100 MiB). Anything
+larger is refused after reading at most this many bytes plus one; anything smaller is decoded and scaled
+down to the upload size, however large it is compared with a provider's upload limit."""
+MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+"""Largest image anisearch downloads from a URL the caller gave, bytes (50 MiB, counted after
+decompression)."""
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+"""Largest upstream answer anisearch reads, bytes after decompression (4 MiB; a search answer is a few
+KiB). A provider may declare its own ``max_response_bytes``. A larger answer is an
+:class:`~anisearch.UpstreamResponseError` for that attempt, and the router falls through."""
+MAX_HITS = 100
+"""Most hits kept from one answer (the most similar ones)."""
+MAX_REDIRECTS = 5
+"""Most redirects followed when downloading a user's URL."""
+MAX_URL_LENGTH = 8192
+"""Longest URL anisearch downloads, characters."""
+
+search_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "anisearch_search_deadline", default=None
+)
+"""When the current search must end, on anyio's clock (``anyio.current_time()``), or None for no bound.
+Set by ``AsyncClient.search(deadline=...)``; every send and wait of that search reads it."""
+
+
+def remaining_seconds(cap: float = math.inf) -> float:
+    """Seconds left before the current search's deadline, at most ``cap`` (``cap`` when there is none).
+
+    Must be called inside an event loop. The result may be zero or negative once the deadline passed.
+    """
+    deadline = search_deadline.get()
+    if deadline is None:
+        return cap
+    return min(cap, deadline - anyio.current_time())
+
+
+def keep_best_hits(hits: list[Hit], limit: int = MAX_HITS) -> list[Hit]:
+    """The ``limit`` most similar hits, similarity descending (the order ``SearchResult.hits`` promises)."""
+    return sorted(hits, key=lambda hit: hit.similarity, reverse=True)[:limit]

@@ -1,0 +1,89 @@
+"""Secrets out of every log record and message: URL passwords, secret query values, auth headers, cookies.
+
+:func:`redact` masks a text; :class:`RedactSecrets` applies it to every record of the loggers that see
+requests (httpx at INFO, httpcore's connection and protocol loggers at DEBUG, anisearch itself), whatever
+the level, so a configured ``user:pass@`` URL, a ``?token=``, an ``Authorization``/``x-trace-key`` header
+or a sign-in ``Set-Cookie`` never reaches a handler. :func:`display_url` is the short, masked form of a
+URL for error messages, with control characters escaped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+__all__ = ["LOGGERS", "RedactSecrets", "display_url", "install", "printable", "redact"]
+
+MASK = "***"
+LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+    "anisearch",
+    "stamina",
+)
+"""Loggers whose records are masked (a filter on a parent logger does not see its children's records)."""
+
+_SECRET_NAMES = (
+    r"(?:token|key|api_?key|apikey|access_token|password|passwd|secret|signature|sig|auth|session)"  # noqa: S105 - names of secret parameters
+)
+_QUERY = re.compile(rf"(?i)([?&;](?:[\w.-]*[_-])?{_SECRET_NAMES}=)[^&#\s\"'<>]+")
+_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/\s@\"'<>]+@")
+_HEADER_PAIR = re.compile(
+    r"(?i)(\(b?['\"](?:authorization|proxy-authorization|cookie|set-cookie|x-trace-key|x-api-key)['\"],\s*b?)"
+    r"(['\"]).*?(?<!\\)\2"
+)
+_HEADER_LINE = re.compile(
+    r"(?im)^(\s*(?:authorization|proxy-authorization|cookie|set-cookie|x-trace-key|x-api-key)\s*:\s*).+$"
+)
+_KEYED_VALUE = re.compile(rf"(?i)(['\"]?(?:\w*[_-])?{_SECRET_NAMES}['\"]?\s*[:=]\s*)(['\"])[^'\"]*\2")
+
+
+def redact(text: str) -> str:
+    """``text`` with URL userinfo, secret query values, secret headers and ``key='...'`` pairs masked."""
+    if not text:
+        return text
+    text = _USERINFO.sub(rf"\1{MASK}@", text)
+    text = _QUERY.sub(rf"\1{MASK}", text)
+    text = _HEADER_PAIR.sub(rf"\1\2{MASK}\2", text)
+    text = _HEADER_LINE.sub(rf"\1{MASK}", text)
+    return _KEYED_VALUE.sub(rf"\1\2{MASK}\2", text)
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` with control and other non-printable characters escaped (``\\x1b``), cut to ``limit``."""
+    escaped = "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text
+    )
+    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
+
+
+def display_url(url: str, limit: int = 120) -> str:
+    """A URL as error messages show it: secrets masked, control characters escaped, at most ``limit``."""
+    return printable(redact(url), limit)
+
+
+class RedactSecrets(logging.Filter):
+    """Mask secrets in a record's final message (httpcore pre-formats its messages; httpx uses args)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a broken format string: mask the template and keep the record
+            message = str(record.msg)
+        masked = redact(message)
+        if masked != message or record.args:
+            record.msg, record.args = masked, None
+        return True
+
+
+def install() -> None:
+    """Attach one :class:`RedactSecrets` to each of :data:`LOGGERS` (idempotent)."""
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, RedactSecrets) for existing in logger.filters):
+            logger.addFilter(RedactSecrets())

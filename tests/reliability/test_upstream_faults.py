@@ -1,0 +1,205 @@
+"""Upstreams that stall, flood or lie: each attempt ends in time and in bounded memory, and the next
+provider answers.
+
+trace.moe is pointed at a raw fault server; whatanimeisthis's emulator is the next provider. Every
+scenario asserts the typed failure of the first attempt, the fall-through, the elapsed time against
+``ANISEARCH_TIMEOUT`` (or the deadline), and a bound on the memory Python allocated meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anisearch import AllProvidersFailedError, AsyncClient, ProviderTimeoutError, Settings
+from anisearch_providers.whatanimeisthis.emulator import create_app as whatanimeisthis_app
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+TIMEOUT = 2.0
+MIB = 1024 * 1024
+SMALL_PEAK = 64 * MIB
+"""What a search may allocate with a capped answer (the image, one 4 MiB body, parsing): far below 200 MB."""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def send_head(connection: socket.socket, *headers: str) -> None:
+    connection.sendall(("HTTP/1.1 200 OK\r\n" + "".join(f"{h}\r\n" for h in headers) + "\r\n").encode())
+
+
+def trickle(connection: socket.socket, server: Any) -> None:
+    send_head(connection, "Content-Type: application/json", "Content-Length: 100000")
+    while server.sleep(0.2):
+        connection.sendall(b" ")
+
+
+def slow_headers(connection: socket.socket, server: Any) -> None:
+    connection.sendall(b"HTTP/1.1 200 OK\r\n")
+    while server.sleep(0.2):
+        connection.sendall(b"X-Slow: 1\r\n")
+
+
+def endless(connection: socket.socket, server: Any) -> None:
+    send_head(connection, "Content-Type: application/json", "Transfer-Encoding: chunked")
+    chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"
+    while not server.stopping.is_set():
+        connection.sendall(chunk)
+
+
+def answer_of(size: int) -> Callable[[socket.socket, Any], None]:
+    def huge(connection: socket.socket, server: Any) -> None:
+        send_head(connection, "Content-Type: application/json", f"Content-Length: {size}")
+        block = b" " * 0x10000
+        for _ in range(size // len(block)):
+            if server.stopping.is_set():
+                return
+            connection.sendall(block)
+
+    return huge
+
+
+def gzip_bomb(blocks: tuple[bytes, bytes]) -> Callable[[socket.socket, Any], None]:
+    first, following = blocks
+
+    def bomb(connection: socket.socket, server: Any) -> None:  # 1 GiB of zeros in about 1 MB
+        send_head(
+            connection, "Content-Type: application/json", "Content-Encoding: gzip", "Content-Length: 1100000"
+        )
+        connection.sendall(first)
+        for _ in range(1023):
+            if server.stopping.is_set():
+                return
+            connection.sendall(following)
+
+    return bomb
+
+
+def many_hits(samples: Path, count: int) -> Callable[[socket.socket, Any], None]:
+    body = json.loads((samples / "api-v1-search-tinted-good-2021.json").read_text())
+    body["result"] = body["result"][:1] * count
+    payload = json.dumps(body).encode()
+
+    def flood(connection: socket.socket, server: Any) -> None:
+        send_head(connection, "Content-Type: application/json", f"Content-Length: {len(payload)}")
+        connection.sendall(payload)
+
+    return flood
+
+
+def reset(connection: socket.socket, server: Any) -> None:
+    connection.close()
+
+
+def absurd_header(connection: socket.socket, server: Any) -> None:
+    connection.sendall(b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * (1 * MIB) + b"\r\n\r\n")
+
+
+def settings(trace_url: str, fallback_url: str, **extra: Any) -> Settings:
+    return Settings.load(
+        providers=["tracemoe", "whatanimeisthis"],
+        provider_options={"tracemoe": {"url": trace_url}, "whatanimeisthis": {"url": fallback_url}},
+        timeout=TIMEOUT,
+        cache="off",
+        **extra,
+    )
+
+
+SCENARIOS = {
+    "trickling body": ("trickle", "ProviderTimeoutError"),
+    "slow headers": ("slow_headers", "ProviderTimeoutError"),
+    "endless body": ("endless", "UpstreamResponseError"),
+    "200 MB answer": ("huge", "UpstreamResponseError"),
+    "gzip bomb": ("bomb", "UpstreamResponseError"),
+    "100 000 hits": ("hits", "UpstreamResponseError"),
+    "reset after the request": ("reset", "ProviderConnectionError"),
+    "1 MB header": ("absurd_header", "ProviderConnectionError"),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+async def test_a_misbehaving_provider_falls_through_in_time_and_memory(  # noqa: PLR0917 - fixtures
+    scenario: str,
+    fault_server: Callable[..., Any],
+    live_server: Callable[[Any], Any],
+    samples: Path,
+    gauge: Callable[[], Any],
+    gzip_blocks: tuple[bytes, bytes],
+) -> None:
+    kind, error = SCENARIOS[scenario]
+    behaviours: dict[str, Any] = {
+        "trickle": trickle,
+        "slow_headers": slow_headers,
+        "endless": endless,
+        "huge": answer_of(200 * 1000 * 1000),
+        "bomb": gzip_bomb(gzip_blocks),
+        "hits": many_hits(samples, 100_000) if kind == "hits" else None,
+        "reset": reset,
+        "absurd_header": absurd_header,
+    }
+    faulty = fault_server(behaviours[kind])
+    fallback = live_server(whatanimeisthis_app())
+    image = (samples / "tinted-good.jpg").read_bytes()
+    async with AsyncClient(settings(faulty.url, fallback.url)) as client:
+        with gauge() as used:
+            result = await client.search(image)
+    assert result.provider == "whatanimeisthis"
+    first = result.attempts[0]
+    assert (first.provider, first.outcome, first.error) == ("tracemoe", "failed", error)
+    assert faulty.requests >= 1
+    assert first.elapsed_seconds is not None
+    assert first.elapsed_seconds < TIMEOUT + 1
+    assert used.elapsed < TIMEOUT + 1 + (result.attempts[1].elapsed_seconds or 0) + 1
+    assert used.peak_bytes < SMALL_PEAK, f"{used.peak_bytes / MIB:.0f} MiB"
+
+
+async def test_a_deadline_bounds_the_whole_search(
+    fault_server: Callable[..., Any], samples: Path, gauge: Callable[[], Any]
+) -> None:
+    faulty = fault_server(trickle)
+    options = {"tracemoe": {"url": faulty.url}}
+    config = Settings.load(providers=["tracemoe"], provider_options=options, timeout=30, cache="off")
+    image = (samples / "tinted-good.jpg").read_bytes()
+    async with AsyncClient(config) as client:
+        with gauge() as used, pytest.raises(AllProvidersFailedError) as caught:
+            await client.search(image, deadline=1.5)
+    assert used.elapsed < 1.5 + 1
+    assert caught.group_contains(ProviderTimeoutError)
+
+
+async def test_fanout_returns_what_answered_when_one_provider_stalls(
+    fault_server: Callable[..., Any],
+    live_server: Callable[[Any], Any],
+    samples: Path,
+    gauge: Callable[[], Any],
+) -> None:
+    faulty = fault_server(trickle)
+    fallback = live_server(whatanimeisthis_app())
+    image = (samples / "tinted-good.jpg").read_bytes()
+    async with AsyncClient(settings(faulty.url, fallback.url)) as client:
+        with gauge() as used:
+            result = await client.search(image, strategy="fanout")
+    assert used.elapsed < TIMEOUT + 1 + 1
+    assert result.provider == "whatanimeisthis"
+    assert result.best is not None
+    outcomes = {a.provider: (a.outcome, a.error) for a in result.attempts}
+    assert outcomes["tracemoe"] == ("failed", "ProviderTimeoutError")
+
+
+async def test_a_refused_connection_falls_through(live_server: Callable[[Any], Any], samples: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    fallback = live_server(whatanimeisthis_app())
+    image = (samples / "tinted-good.jpg").read_bytes()
+    async with AsyncClient(settings(f"http://127.0.0.1:{port}", fallback.url)) as client:
+        result = await client.search(image)
+    assert result.provider == "whatanimeisthis"
+    assert result.attempts[0].error == "ProviderConnectionError"
