@@ -544,6 +544,9 @@ class Router:
                 until = exc.resets_at or natural
                 settlement.blocks.append((window, min(until, now + timedelta(seconds=MAX_COOLDOWN_SECONDS))))
         elif isinstance(exc, RateLimitedError):
+            # The server's own wait (Retry-After, X-Retry-After) is the whole truth of a 429: a count of 0
+            # left in some window would only guess at when it frees.
+            settlement.observations = [q for q in settlement.observations if q.cooldown_until is None]
             wait = exc.retry_after if exc.retry_after is not None else DEFAULT_COOLDOWN_SECONDS
             wait = min(max(wait, 0.0), MAX_COOLDOWN_SECONDS)
             settlement.cooldown = (now + timedelta(seconds=wait), _reason(exc), "rate")

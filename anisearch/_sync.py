@@ -28,9 +28,10 @@ from anisearch._models import (
     RecentSearch,
     SearchResult,
 )
-from anisearch._router import AttemptCallback, Strategy
+from anisearch._router import AttemptCallback, Strategy, WaitCallback
 
 if TYPE_CHECKING:
+    from datetime import datetime
     from types import TracebackType
 
     from PIL import Image
@@ -70,11 +71,14 @@ class Client(AbstractContextManager["Client"]):
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         on_attempt: AttemptCallback | None = None,
+        on_wait: WaitCallback | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._stack = ExitStack()
         self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
+        make = partial(AsyncClient, settings, transport, on_attempt=on_attempt, on_wait=on_wait, clock=clock)
         try:
-            self._async = self._portal.call(partial(_make_async, settings, transport, on_attempt))
+            self._async = self._portal.call(partial(_make_async, make))
         except BaseException:
             self._stack.close()
             raise
@@ -127,6 +131,16 @@ class Client(AbstractContextManager["Client"]):
         """See :meth:`AsyncClient.quota`."""
         return self._run(self._async.quota, provider, refresh=refresh)
 
+    def reset_quota(self, provider: str | None = None) -> None:
+        """Forget what the ledger believes about every provider (or one): counts, cooldowns, slots.
+
+        The next search asks the upstream again (``anisearch quota --reset``).
+
+        Raises:
+            LedgerError: The ledger cannot be used.
+        """
+        self._run(self._async.reset_quota, provider)
+
     def providers(self) -> list[ProviderInfo]:
         """See :meth:`AsyncClient.providers`."""
         return self._run(self._async.providers)
@@ -173,7 +187,5 @@ class Client(AbstractContextManager["Client"]):
         self._run(self._async.sign_out)
 
 
-async def _make_async(
-    settings: Settings | None, transport: httpx.AsyncBaseTransport | None, on_attempt: AttemptCallback | None
-) -> AsyncClient:
-    return AsyncClient(settings, transport, on_attempt=on_attempt)
+async def _make_async(make: Callable[[], AsyncClient]) -> AsyncClient:
+    return make()  # inside the portal's loop: the engine's HTTP pool belongs to it

@@ -19,6 +19,7 @@ from anisearch import (
     Hit,
     InvalidImageError,
     ProviderAnswer,
+    ProviderConnectionError,
     ProviderContext,
     ProviderError,
     ProviderServerError,
@@ -299,3 +300,120 @@ async def test_the_failure_group_lists_every_attempt(ledger: Ledger) -> None:
     assert [(a.provider, a.outcome) for a in caught.value.attempts] == [("one", "skipped"), ("two", "failed")]
     assert caught.value.attempts[0].reason.startswith("rate limited until ")
     assert caught.value.attempts[0].error == "RateLimitedError"
+
+
+# ---------------------------------------------------------------------------------------------- quota engine
+
+DAY_AND_HOUR = (
+    WindowSpec("day", calendar="day", limit=10),
+    WindowSpec("hour", span_seconds=3600, kind="rate", limit=100),
+)
+
+
+def windowed(*providers: Scripted, windows: tuple[WindowSpec, ...] = DAY_AND_HOUR) -> list[Route]:
+    return [Route(provider=p, scope="guest", windows=windows) for p in providers]  # type: ignore[arg-type]
+
+
+class Observing(Scripted):
+    """A scripted provider whose every response also says something about its windows."""
+
+    def __init__(self, name: str, *steps: Step | ProviderError, observed: list[Quota]) -> None:
+        super().__init__(name, *steps)
+        self.observed = observed
+
+    def observe(self, response: httpx.Response) -> list[Quota]:
+        return self.observed
+
+
+async def test_every_window_counts_a_search_whatever_window_the_answer_reported(ledger: Ledger) -> None:
+    day = Quota(provider="one", window="day", remaining=500)  # purchased credits: the day is far from spent
+    steps = [answer("one", 0.95, quota=day) for _ in range(100)]
+    first = Scripted("one", *steps)
+    for _ in range(100):
+        assert (
+            await router(ledger).search(windowed(first), query_for, strategy="fallback")
+        ).provider == "one"
+    with pytest.raises(AllProvidersFailedError) as caught:
+        await router(ledger).search(windowed(first), query_for)
+    assert first.requests == 100  # the 101st was not sent
+    assert isinstance(caught.value.exceptions[0], RateLimitedError)
+    assert caught.value.attempts[0].outcome == "skipped"
+
+
+async def test_retry_after_sets_the_cooldown_exactly(ledger: Ledger) -> None:
+    told = Quota(
+        provider="one", window="hour", remaining=0, cooldown_until=datetime.now(UTC), source="headers"
+    )
+    limited = RateLimitedError("Too many requests", provider="one", status_code=429, retry_after=42)
+    first = Observing("one", limited, observed=[told])
+    await router(ledger).search(windowed(first, Scripted("two", answer("two", 0.9))), query_for)
+    refusal = await ledger.reserve("one", "guest", DAY_AND_HOUR)
+    assert isinstance(refusal, Refusal)
+    left = datetime.fromtimestamp(refusal.until / 1e6, UTC) - datetime.now(UTC)
+    assert (refusal.kind, round(left.total_seconds())) == ("rate", 42)
+
+
+async def test_spent_credits_mark_only_the_credit_window_and_keep_their_class(ledger: Ledger) -> None:
+    spent = QuotaExhaustedError("Insufficient credits", provider="one", status_code=402, window="day")
+    told = Quota(provider="one", window="day", remaining=0)
+    first = Observing("one", spent, observed=[told])
+    second = Scripted("two", answer("two", 0.9), answer("two", 0.9))
+    result = await router(ledger).search(windowed(first, second), query_for)
+    assert result.attempts[0].error == "QuotaExhaustedError"
+    again = await router(ledger).search(windowed(first, second), query_for)
+    assert (again.attempts[0].outcome, again.attempts[0].error) == ("skipped", "QuotaExhaustedError")
+    assert first.requests == 1
+    hour = next(q for q in await ledger.snapshot("one", lambda _: DAY_AND_HOUR) if q.window == "hour")
+    assert (hour.limit, hour.used, hour.remaining) == (100, 1, 99)  # counted, not marked spent
+
+
+async def test_a_request_that_was_sent_is_counted_and_never_resent(ledger: Ledger) -> None:
+    calls: list[str] = []
+
+    def dropping(cause: Exception) -> Callable[[Any, httpx.Request], Any]:
+        async def sender(provider: Any, request: httpx.Request) -> httpx.Response:
+            calls.append(provider.name)
+            raise ProviderConnectionError("connection dropped", provider=provider.name) from cause
+
+        return sender
+
+    windows = (WindowSpec("rolling-24h", span_seconds=86400, limit=5),)
+    sent = Router(ledger, dropping(httpx.ReadError("reset")), wait_seconds=1)
+    with pytest.raises(AllProvidersFailedError):
+        await sent.search(windowed(Scripted("one"), windows=windows), query_for)
+    assert calls == ["one"]  # after the request left: no retry
+    assert (await ledger.snapshot("one", lambda _: windows))[0].used == 1  # possibly charged: counted
+    calls.clear()
+    unsent = Router(ledger, dropping(httpx.ConnectError("refused")), wait_seconds=1)
+    with pytest.raises(AllProvidersFailedError):
+        await unsent.search(windowed(Scripted("two"), windows=windows), query_for)
+    assert calls == ["two", "two", "two"]  # never left: retried, and counted nowhere
+    assert (await ledger.snapshot("two", lambda _: windows))[0].used == 0
+
+
+async def test_absurd_numbers_and_parser_crashes_fall_through(ledger: Ledger) -> None:
+    negative = Quota(provider="one", window="rolling-24h", limit=-5)
+    first = Scripted("one", answer("one", 0.99, quota=negative))
+
+    def deep() -> ProviderAnswer:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    second = Scripted("two", deep)
+    third = Scripted("three", answer("three", 0.9))
+    result = await router(ledger).search(routes(first, second, third), query_for)
+    assert result.provider == "three"
+    assert [(a.provider, a.error) for a in result.attempts[:2]] == [
+        ("one", "UpstreamResponseError"),
+        ("two", "UpstreamResponseError"),
+    ]
+
+
+async def test_except_star_keeps_the_attempts(ledger: Ledger) -> None:
+    first = Scripted("one", QuotaExhaustedError("Search quota depleted", provider="one", status_code=402))
+    caught: list[BaseExceptionGroup[QuotaExhaustedError]] = []
+    try:
+        await router(ledger).search(routes(first), query_for)
+    except* QuotaExhaustedError as spent:
+        caught.append(spent)
+    assert isinstance(caught[0], AllProvidersFailedError)
+    assert [a.provider for a in caught[0].attempts] == ["one"]

@@ -232,7 +232,9 @@ class Ledger(abc.ABC):
         limit, used, remaining = _count(quota, "limit"), _count(quota, "used"), _count(quota, "remaining")
         if limit is None and used is None and remaining is None:
             return None
-        observed = aware(quota.observed_at, "Quota.observed_at")
+        # Never later than the ledger's own clock: a count cannot come from the future (and a provider
+        # stamps it with the system clock, which an injected ledger clock may trail).
+        observed = min(aware(quota.observed_at, "Quota.observed_at"), self.now())
         resets = aware(quota.resets_at, "Quota.resets_at") if quota.resets_at is not None else None
         unknown_leave = (
             resets if resets is not None and resets > observed else spec.leave(observed, self.timezone)

@@ -113,3 +113,42 @@ def test_a_search_killed_mid_request_frees_its_slot(
         result = client.search(samples / "tinted-good.jpg", cache=False)
     assert result.provider == "tracemoe"
     assert time.monotonic() - killed < 7
+
+
+class MovingClock:
+    """One fake clock for the client's ledger and the emulator, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def epoch(self) -> float:
+        return self.now.timestamp()
+
+
+def test_a_rolling_window_frees_a_day_after_each_search_without_a_refresh(
+    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+) -> None:
+    """Quota 3; searches at T, T+1h, T+2h; at T+23h skipped until T+24h; at T+24h01 sent and answered."""
+    clock = MovingClock()
+    start = clock.now
+    trace = live_server(tracemoe_app(quota=3, clock=clock.epoch))
+    images = variants(samples, 5)
+    with Client(settings(trace.url, f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), clock=clock) as client:
+        for index in range(3):
+            clock.now = start + timedelta(hours=index)
+            assert client.search(images[index], cache=False).provider == "tracemoe"
+        clock.now = start + timedelta(hours=23)
+        with pytest.raises(AllProvidersFailedError) as caught:
+            client.search(images[3], cache=False)
+        spent = caught.value.exceptions[0]
+        assert isinstance(spent, QuotaExhaustedError)
+        assert spent.resets_at == start + timedelta(hours=24)
+        assert caught.value.attempts[0].outcome == "skipped"
+        assert trace.app.state.emulator.search_requests == 3  # skipped without a request
+        clock.now = start + timedelta(hours=24, minutes=1)
+        assert client.search(images[4], cache=False).provider == "tracemoe"
+    assert trace.app.state.emulator.requests["/me"] == 1  # the freed slot was confirmed for free first
+    assert [row.code for row in trace.app.state.emulator.log] == [200, 200, 200, 200]

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from anisearch._exceptions import ConfigurationError, UpstreamResponseError
+from anisearch._ledger import WindowSpec
 from anisearch._models import Quota
 from anisearch._provider import Capabilities, Credential, Page, ProviderAnswer, UploadLimits
 from anisearch._version import __version__
@@ -160,6 +161,10 @@ class WhatAnimeIsThis:
     def auth(self) -> httpx.Auth:
         """The session flow (cookies, Origin, sign in again once on 401); see ``_auth``."""
         return self._auth
+
+    def windows(self) -> list[WindowSpec]:
+        """The day window (a quota) and, signed in, the 100-an-hour rate window; see ``_quota.windows``."""
+        return _quota.windows(self.credential.scope)
 
     def assumed_quotas(self) -> list[Quota]:
         """Guests: 5 a day; signed in (session or key): 10 free credits a day and 100 searches an hour."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from anisearch._exceptions import AnisearchError, ProviderError, QuotaExhaustedError, RateLimitedError
+from anisearch._ledger import WindowSpec
 from anisearch._models import Quota, QuotaScope, QuotaWindow
 
 from ._errors import PROVIDER, error_for, retry_after
@@ -30,6 +31,7 @@ __all__ = [
     "HOURLY_SEARCHES",
     "SIGNED_IN_DAILY_CREDITS",
     "assumed_quotas",
+    "windows",
     "credits_quota",
     "observe",
     "scope_of",
@@ -58,6 +60,22 @@ def assumed_quotas(scope: QuotaScope) -> list[Quota]:
     return [
         Quota(provider=PROVIDER, scope=scope, limit=SIGNED_IN_DAILY_CREDITS, window="day", source="ledger"),
         Quota(provider=PROVIDER, scope=scope, limit=HOURLY_SEARCHES, window="hour", source="ledger"),
+    ]
+
+
+def windows(scope: QuotaScope) -> list[WindowSpec]:
+    """The site's windows for ``scope`` (api-docs):
+
+    - ``day``: a calendar day (the ledger's zone: the site never says which midnight), a quota; 5 searches
+      for a guest, 10 free credits for a signed-in user (purchased credits raise it: the remaining count
+      the site reports wins). Signed in, the credits endpoint reports it.
+    - ``hour``: 100 searches an hour when signed in, a rate limit (429 with ``Retry-After``).
+    """
+    if scope == "guest":
+        return [WindowSpec("day", calendar="day", limit=GUEST_DAILY_SEARCHES)]
+    return [
+        WindowSpec("day", calendar="day", limit=SIGNED_IN_DAILY_CREDITS, reported=True),
+        WindowSpec("hour", span_seconds=_HOUR, kind="rate", limit=HOURLY_SEARCHES),
     ]
 
 
