@@ -31,10 +31,10 @@ __all__ = [
     "HOURLY_SEARCHES",
     "SIGNED_IN_DAILY_CREDITS",
     "assumed_quotas",
-    "windows",
     "credits_quota",
     "observe",
     "scope_of",
+    "windows",
 ]
 
 GUEST_DAILY_SEARCHES = 5
