@@ -22,7 +22,9 @@ Per search, for each provider in order (``fallback``) or all at once (``fanout``
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +83,8 @@ MAX_COOLDOWN_SECONDS = 86400.0
 """No cooldown an upstream asks for lasts longer than 24 hours."""
 BUSY_RETRIES = 3
 """Times one search waits out the shared backoff after "queue full" / "concurrency" before moving on."""
+_GATES: dict[tuple[int, str, str, int], anyio.Lock] = {}
+_GATES_LOCK = threading.Lock()
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 _MAX_COUNT = 2**31 - 1
 
@@ -339,10 +343,36 @@ class Router:
     # ------------------------------------------------------------------ one provider
 
     async def _admit(self, route: Route, give_up_at: float) -> Ticket | ProviderError:
-        """Reserve, waiting for a slot or a short backoff within the budget; or the typed refusal."""
+        """Reserve, waiting for a slot or a short backoff within the budget; or the typed refusal.
+
+        The searches of one event loop that wait for the same scope queue up in order behind one gate:
+        only the first asks the ledger again when woken, so a hand-over costs one reserve, not one per
+        waiting search.
+        """
+        result = await self._reserve(route, give_up_at, frozenset())
+        if not (isinstance(result, Refusal) and result.kind == "concurrency"):
+            return result if isinstance(result, Ticket | ProviderError) else self._error(route, result)
+        async with self._gate(route):
+            result = await self._reserve(route, give_up_at, frozenset(), waiting=True)
+        return result if isinstance(result, Ticket | ProviderError) else self._error(route, result)
+
+    def _gate(self, route: Route) -> anyio.Lock:
+        key = (id(self._ledger), route.provider.name, route.scope, id(asyncio.get_running_loop()))
+        with _GATES_LOCK:
+            gate = _GATES.get(key)
+            if gate is None:
+                gate = _GATES[key] = anyio.Lock()
+            return gate
+
+    def _error(self, route: Route, refusal: Refusal) -> ProviderError:
+        wait = (from_us(refusal.until) - self._ledger.now()).total_seconds()
+        return _refusal_error(route.provider.name, refusal, wait)
+
+    async def _reserve(
+        self, route: Route, give_up_at: float, dead: frozenset[str], *, waiting: bool = False
+    ) -> Ticket | ProviderError | Refusal:
         name = route.provider.name
         asked = trust = False
-        dead: frozenset[str] = frozenset()
         while True:
             result = await self._ledger.reserve(
                 name,
@@ -366,15 +396,16 @@ class Router:
                 if newly_dead:
                     dead |= newly_dead
                     continue
-                if left > 0:
-                    self._waiting(f"waiting for a {name} slot (held by {_holders(result.holders)})")
-                    await self._ledger.wait(name, route.scope, min(left, max(wait, 0.001)))
-                    continue
-            elif result.kind == "busy" and 0 < wait <= left:
+                if not waiting or left <= 0:
+                    return result
+                self._waiting(f"waiting for a {name} slot (held by {_holders(result.holders)})")
+                await self._ledger.wait(name, route.scope, min(left, max(wait, 0.001)))
+                continue
+            if result.kind == "busy" and 0 < wait <= left:
                 self._waiting(f"waiting {wait:.1f} s for {name}: {result.reason}")
                 await anyio.sleep(wait)
                 continue
-            return _refusal_error(name, result, wait)
+            return result
 
     async def _refresh_quota(self, route: Route) -> bool:
         """Ask the provider's free quota endpoint and record the answer; False when it has none or failed."""
@@ -400,6 +431,7 @@ class Router:
         started = time.monotonic()
         give_up_at = anyio.current_time() + self._wait_seconds
         busy_left = BUSY_RETRIES
+        query = await query_for(route.provider)  # the image work is done before a slot is held
         while True:
             admitted = await self._admit(route, give_up_at)
             if isinstance(admitted, ProviderError):
@@ -413,14 +445,14 @@ class Router:
                     ),
                     error=admitted,
                 )
-            outcome = await self._ask(route, admitted, query_for, anilist_id, started)
+            outcome = await self._ask(route, admitted, query, anilist_id, started)
             shared_backoff = isinstance(outcome.error, (ConcurrencyLimitError, ProviderBusyError))
             if not shared_backoff or busy_left == 0 or anyio.current_time() >= give_up_at:
                 return outcome
             busy_left -= 1
 
     async def _ask(
-        self, route: Route, ticket: Ticket, query_for: QueryBuilder, anilist_id: int | None, started: float
+        self, route: Route, ticket: Ticket, query: SearchQuery, anilist_id: int | None, started: float
     ) -> _Outcome:
         provider = route.provider
         status: int | None = None
@@ -428,7 +460,6 @@ class Router:
         error: ProviderError | None = None
         settlement = _Settlement("unsent")
         try:
-            query = await query_for(provider)
             response = await self._send_leased(ticket, provider, query)
             status = response.status_code
             settlement, answer, error = self._read(route, response)

@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import httpx
@@ -53,7 +53,7 @@ from anisearch._config import Settings
 from anisearch._image import prepare
 from anisearch._ledger import Ticket, open_ledger
 from anisearch._provider import ProviderContext, SearchQuery
-from anisearch._router import Route, Router
+from anisearch._router import Route, Router, provider_windows
 from anisearch_providers.tracemoe import TraceMoe
 from anisearch_providers.tracemoe.emulator import create_app
 
@@ -87,8 +87,9 @@ def free_port() -> int:
 class Emulator:
     """The trace.moe emulator under uvicorn on 127.0.0.1, in a daemon thread."""
 
-    def __init__(self) -> None:
-        app = create_app(quota=10**9, rate_limit=10**9, concurrency=8, queue_size=8)
+    def __init__(self, app: Any = None) -> None:
+        app = app or create_app(quota=10**9, rate_limit=10**9, concurrency=8, queue_size=8)
+        self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
@@ -228,7 +229,7 @@ def router_search(
         return response
 
     router = Router(ledger, send)
-    routes = [Route(provider=provider, scope="guest", slots=1)]
+    routes = [Route(provider=provider, scope="guest", slots=1, windows=provider_windows(provider))]
     query = SearchQuery(image=image)
 
     async def query_for(_provider: Provider) -> SearchQuery:
