@@ -146,10 +146,13 @@ class ResultCache:
         """Delete a broken cache and start an empty one; None (after one warning) when that fails too."""
         try:
             self._delete_files()
-            return self._open()
+            db = self._open()
         except (OSError, sqlite3.Error) as exc:
             self._warn(f"{problem}; rebuilding it failed too: {exc}")
             return None
+        self._warned = True
+        logger.warning("the result cache %s was unusable (%s); started an empty one", self.path, problem)
+        return db
 
     def _warn(self, problem: object) -> None:
         if not self._warned:

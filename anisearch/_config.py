@@ -41,6 +41,9 @@ _HEADER_SECRET = re.compile(r"(?i)(^|_)(key|token|api_?key)s?$")
 """Secrets that travel in an HTTP header: printable ASCII only."""
 
 
+_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,30}://[^/@]*@")
+
+
 def is_secret_setting(name: str) -> bool:
     """Whether a provider setting named ``name`` holds a credential (``key``, ``token``, ``password`` ...)."""
     return bool(_SECRET_KEY.search(name))
@@ -138,6 +141,8 @@ class Settings(BaseSettings):
             for name, setting in table.items():
                 if is_secret_setting(name) and isinstance(setting, str):
                     _check_secret(provider, name, setting)
+                    hidden[provider][name] = SecretStr(setting)
+                elif isinstance(setting, str) and _USERINFO.search(setting):  # a URL with a password
                     hidden[provider][name] = SecretStr(setting)
                 else:
                     hidden[provider][name] = setting

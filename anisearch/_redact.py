@@ -31,8 +31,9 @@ LOGGERS = (
 _SECRET_NAMES = (
     r"(?:token|key|api_?key|apikey|access_token|password|passwd|secret|signature|sig|auth|session)"  # noqa: S105 - names of secret parameters
 )
-_QUERY = re.compile(rf"(?i)([?&;](?:[\w.-]*[_-])?{_SECRET_NAMES}=)[^&#\s\"'<>]+")
-_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/\s@\"'<>]+@")
+# Every repetition before a fixed anchor is bounded, so masking stays linear on a 100 KB hostile URL.
+_QUERY = re.compile(rf"(?i)([?&;](?:[\w.-]{{0,40}}[_.-])?{_SECRET_NAMES}=)[^&#\s\"'<>]+")
+_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]{0,30}://)[^/\s@\"'<>]+@")
 _HEADER_PAIR = re.compile(
     r"(?i)(\(b?['\"](?:authorization|proxy-authorization|cookie|set-cookie|x-trace-key|x-api-key)['\"],\s*b?)"
     r"(['\"]).*?(?<!\\)\2"
@@ -40,7 +41,9 @@ _HEADER_PAIR = re.compile(
 _HEADER_LINE = re.compile(
     r"(?im)^(\s*(?:authorization|proxy-authorization|cookie|set-cookie|x-trace-key|x-api-key)\s*:\s*).+$"
 )
-_KEYED_VALUE = re.compile(rf"(?i)(['\"]?(?:\w*[_-])?{_SECRET_NAMES}['\"]?\s*[:=]\s*)(['\"])[^'\"]*\2")
+_KEYED_VALUE = re.compile(
+    rf"(?i)(['\"]?\b(?:\w{{0,40}}[_-])?{_SECRET_NAMES}['\"]?\s{{0,5}}[:=]\s{{0,5}})(['\"])[^'\"]*\2"
+)
 
 
 def redact(text: str) -> str:

@@ -1,13 +1,20 @@
-"""The result cache: stores answers, expires them, drops expired previews."""
+"""The result cache: stores answers, expires them, drops expired previews, and is disposable."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import sqlite3
+import stat
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
-from anisearch import Hit, SearchResult
+from anisearch import Client, Hit, SearchResult, Settings
 from anisearch._cache import ResultCache, cache_key
 
 pytestmark = pytest.mark.anyio
@@ -72,3 +79,107 @@ def test_keys_differ_by_provider_image_and_options() -> None:
         cache_key("tracemoe", "sha256:a", ["y"]),
     }
     assert len(keys) == 4
+
+
+# ---------------------------------------------------------------- the cache is disposable
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "anisearch"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda path: path.write_bytes(b"this is not a database" * 100), id="corrupt"),
+        pytest.param(lambda path: path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000), id="truncated"),
+        pytest.param(
+            lambda path: sqlite3.connect(path).executescript(
+                "CREATE TABLE results (key TEXT, value BLOB); PRAGMA user_version=7;"
+            ),
+            id="another schema",
+        ),
+    ],
+)
+async def test_a_broken_cache_is_rebuilt_and_works(
+    tmp_path: Path, damage: Callable[[Path], object], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.sqlite3"
+    damage(path)
+    cache = ResultCache(path, ttl_seconds=60)
+    assert cache.usable
+    await cache.put("k", result(None))
+    assert await cache.get("k") is not None
+    assert len(warnings_of(caplog)) == 1
+    assert "started an empty one" in warnings_of(caplog)[0]
+
+
+async def test_a_cache_that_cannot_be_opened_warns_once_and_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.sqlite3"
+    path.mkdir()  # a directory where the file should be
+    cache = ResultCache(path, ttl_seconds=60)
+    assert not cache.usable
+    await cache.put("k", result(None))
+    assert await cache.get("k") is None
+    assert cache.info().entries == 0
+    assert len(warnings_of(caplog)) == 1
+    assert "searching without it" in warnings_of(caplog)[0]
+
+
+async def test_a_cache_that_turns_read_only_warns_once_and_stops(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.sqlite3"
+    cache = ResultCache(path, ttl_seconds=60)
+    cache.close()
+    cache._db = sqlite3.connect(
+        f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+    )
+    await cache.put("a", result(None))
+    await cache.put("b", result(None))
+    assert not cache.usable
+    assert await cache.get("a") is None
+    assert len(warnings_of(caplog)) == 1
+    assert "readonly" in warnings_of(caplog)[0]
+
+
+def test_clear_always_succeeds(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    cache = ResultCache(path, ttl_seconds=60)
+    cache.close()
+    path.write_bytes(b"garbage" * 1000)  # corrupted under an open cache
+    assert cache.clear() == 0
+    assert cache.usable
+    assert cache.info().entries == 0
+    unusable = ResultCache(tmp_path, ttl_seconds=60)  # a directory: nothing to open, nothing to clear
+    assert unusable.clear() == 0
+
+
+def test_the_cache_file_and_its_directory_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dir" / "c.sqlite3"
+    os.umask(0o022)
+    cache = ResultCache(path, ttl_seconds=60)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    for extra in path.parent.glob("c.sqlite3-*"):
+        assert stat.S_IMODE(extra.stat().st_mode) == 0o600
+    cache.close()
+
+
+def test_a_search_answers_with_a_corrupt_cache(
+    tmp_path: Path, samples: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "results.sqlite3"
+    path.write_bytes(b"not a database" * 500)
+    body = json.loads((samples / "api-v1-search-tinted-good-2021.json").read_text())
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
+    settings = Settings.load(
+        providers=["tracemoe"], provider_options={"tracemoe": {"url": "https://trace.test"}}, cache=str(path)
+    )
+    image = (samples / "tinted-good.jpg").read_bytes()
+    with Client(settings, transport) as client:
+        assert client.search(image).best is not None
+        assert client.search(image).cached
+    assert len(warnings_of(caplog)) == 1

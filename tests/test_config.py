@@ -70,3 +70,24 @@ def test_a_broken_config_file_is_a_configuration_error(
     monkeypatch.setenv("ANISEARCH_CONFIG", str(bad))
     with pytest.raises(ConfigurationError, match="cannot read the config file"):
         Settings.load()
+
+
+def test_credentials_given_in_code_are_masked_everywhere_but_in_the_provider_config() -> None:
+    options = {
+        "tracemoe": {"url": "http://user:url-pass@127.0.0.1:9", "key": "trace-key"},
+        "whatanimeisthis": {"email": "a@b.c", "password": "pass word", "key": "site-key"},
+        "whatanime-ga": {"token": "legacy-token"},
+    }
+    settings = Settings.load(provider_options=options)
+    for shown in (repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())):
+        for secret in ("url-pass", "trace-key", "pass word", "site-key", "legacy-token"):
+            assert secret not in shown
+    assert "a@b.c" in repr(settings)  # an email is not a credential
+    assert settings.provider_config("tracemoe") == options["tracemoe"]
+    assert settings.provider_config("whatanimeisthis") == options["whatanimeisthis"]
+
+
+def test_private_urls_are_refused_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.load().allow_private_urls is False
+    monkeypatch.setenv("ANISEARCH_ALLOW_PRIVATE_URLS", "1")
+    assert Settings.load().allow_private_urls is True

@@ -1,7 +1,7 @@
 """The reliability suite's tools: an off-machine tripwire, raw fault servers, a memory gauge.
 
 Nothing here can reach another machine. pytest-socket (``--allow-hosts`` in pyproject) refuses
-non-loopback connections, and :func:`_no_traffic_off_machine` adds an audit hook that refuses every
+non-loopback connections, and :func:`tripwire` adds an audit hook that refuses every
 name lookup and connection to anything but loopback, and records it, so a regression in the code
 under test fails the test instead of sending a packet.
 """
@@ -34,6 +34,8 @@ class Tripwire:
 
     armed: bool = False
     refused: list[str] = field(default_factory=list)
+    connects: list[str] = field(default_factory=list)
+    """Every connection attempted while armed, loopback included."""
 
 
 TRIPWIRE = Tripwire()
@@ -63,6 +65,7 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         if isinstance(address, str | bytes):  # a Unix socket path: local by definition
             return
         target = address[0] if isinstance(address, tuple) else address
+        TRIPWIRE.connects.append(f"{target}")
     else:
         return
     if target is None or _is_loopback(target):
@@ -75,9 +78,10 @@ sys.addaudithook(_audit)  # hooks cannot be removed; the fixture arms and disarm
 
 
 @pytest.fixture(autouse=True)
-def _no_traffic_off_machine() -> Iterator[Tripwire]:
+def tripwire() -> Iterator[Tripwire]:
     """Arm the tripwire for the test; fail it if anything tried to leave the machine."""
     TRIPWIRE.refused.clear()
+    TRIPWIRE.connects.clear()
     TRIPWIRE.armed = True
     try:
         yield TRIPWIRE

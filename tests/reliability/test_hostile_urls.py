@@ -1,0 +1,265 @@
+"""URLs a stranger might paste into a chat: anisearch downloads only from public addresses, itself.
+
+Every test here runs with the tripwire of ``conftest.py`` armed: a lookup or a connection to anything
+but loopback fails the test, and ``connects`` lists every connection attempted.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from anisearch import (
+    AsyncClient,
+    Client,
+    ImageFetchError,
+    ImageTooLargeError,
+    InvalidImageError,
+    Settings,
+    _fetch,
+)
+
+pytestmark = pytest.mark.anyio
+
+PUBLIC = "93.184.215.14"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Name lookups answered from a table; a name not in it does not resolve. No query is sent."""
+    table: dict[str, list[str]] = {"public.test": [PUBLIC]}
+    asked: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        asked.append(host)
+        if host not in table:
+            raise OSError(f"{host}: not in the table")
+        return table[host]
+
+    monkeypatch.setattr(_fetch, "resolve", resolve)
+    return table
+
+
+def offline_settings(**extra: Any) -> Settings:
+    return Settings.load(**{"providers": ["tracemoe"], "cache": "off", "timeout": 2, **extra})
+
+
+HOSTILE = [
+    "http://169.254.169.254/latest/meta-data/",
+    "HTTP://169.254.169.254/latest/meta-data/",
+    "http://[::ffff:169.254.169.254]/latest/meta-data/",
+    "http://[::ffff:a9fe:a9fe]/",
+    "http://2852039166/latest/meta-data/",
+    "http://0xa9fea9fe/",
+    "http://169.254.43518/",
+    "http://[64:ff9b::a9fe:a9fe]/",
+    "http://[2002:a9fe:a9fe::1]/",
+    "http://[fd00:ec2::254]/latest/meta-data/",
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://metadata.google.internal./computeMetadata/v1/",
+    "http://10.0.0.1/a.jpg",
+    "http://172.16.3.4/a.jpg",
+    "http://192.168.1.1/a.jpg",
+    "http://100.64.0.1/a.jpg",
+    "http://127.0.0.1:6379/",
+    "http://127.1/",
+    "http://localhost:8000/a.jpg",
+    "http://[::1]/a.jpg",
+    "http://[fe80::1%25eth0]/a.jpg",
+    "http://[fd12:3456::1]/a.jpg",
+    "http://224.0.0.1/a.jpg",
+    "http://0.0.0.0/a.jpg",
+    "http://255.255.255.255/a.jpg",
+    "https://user:pass@10.1.2.3/a.jpg?token=abc",
+]
+
+
+@pytest.mark.parametrize("url", HOSTILE)
+def test_a_private_or_metadata_url_is_refused_before_any_connection(
+    url: str, tripwire: Any, dns: dict[str, list[str]]
+) -> None:
+    with Client(offline_settings()) as client, pytest.raises(ImageFetchError, match="refusing") as caught:
+        client.search(url)
+    assert caught.value.provider is None  # anisearch refused it (the CLI exits 3)
+    assert tripwire.connects == []
+    assert "pass" not in str(caught.value)
+    assert "abc" not in str(caught.value)
+
+
+def test_a_name_is_refused_when_any_of_its_addresses_is_private(
+    tripwire: Any, dns: dict[str, list[str]]
+) -> None:
+    dns["mixed.test"] = [PUBLIC, "10.0.0.5"]
+    with Client(offline_settings()) as client, pytest.raises(ImageFetchError, match=r"private.*10\.0\.0\.5"):
+        client.search("https://mixed.test/a.jpg")
+    assert tripwire.connects == []
+
+
+def test_the_checked_address_is_the_one_connected_to() -> None:
+    async def build() -> httpx.Request:
+        async def resolve(host: str, port: int) -> list[str]:
+            return [PUBLIC]
+
+        original, _fetch.resolve = _fetch.resolve, resolve
+        try:
+            async with httpx.AsyncClient() as client:
+                url = httpx.URL("https://img.example:8443/a.jpg")
+                return await _fetch._request(url, client, allow_private=False, pin=True)
+        finally:
+            _fetch.resolve = original
+
+    import anyio
+
+    request = anyio.run(build)
+    assert request.url.host == PUBLIC
+    assert request.headers["host"] == "img.example:8443"
+    assert request.extensions["sni_hostname"] == "img.example"
+
+
+class Recorder:
+    """A transport that answers from a function and remembers every request."""
+
+    def __init__(self, answer: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.requests: list[httpx.Request] = []
+        self._answer = answer
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self._answer(request)
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http://169.254.169.254/latest/meta-data/", "http://[::1]:8000/", "http://metadata.google.internal/"],
+)
+def test_a_redirect_into_a_private_range_is_refused(target: str, dns: dict[str, list[str]]) -> None:
+    site = Recorder(lambda request: httpx.Response(302, headers={"Location": target}))
+    with (
+        Client(offline_settings(), site.transport()) as client,
+        pytest.raises(ImageFetchError, match="refusing"),
+    ):
+        client.search("http://public.test/a.jpg")
+    assert [str(r.url) for r in site.requests] == ["http://public.test/a.jpg"]
+
+
+def test_at_most_five_redirects_are_followed(dns: dict[str, list[str]]) -> None:
+    site = Recorder(lambda request: httpx.Response(302, headers={"Location": f"{request.url}x"}))
+    with (
+        Client(offline_settings(), site.transport()) as client,
+        pytest.raises(ImageFetchError, match="redirects"),
+    ):
+        client.search("http://public.test/a")
+    assert len(site.requests) == 6
+
+
+BAD_URLS = [
+    ("http://public.test:99999/a.jpg", ImageFetchError, "port"),
+    ("http://public.test:0/a.jpg", ImageFetchError, "port"),
+    ("http://public.test/" + "a" * 100_000, ImageFetchError, "over the 8192 limit"),
+    ("http://public.test/a\x00b.jpg", ImageFetchError, "not a valid URL"),
+    ("http:///a.jpg", ImageFetchError, "no host"),
+    ("http://public.test/\x1b[31mred.jpg", ImageFetchError, "not a valid URL"),
+    ("https://[::1/a.jpg", ImageFetchError, "not a valid URL"),
+    ("ftp://public.test/a.jpg", InvalidImageError, "no such file"),
+    ("file:///etc/passwd", InvalidImageError, "no such file"),
+]
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "message"), BAD_URLS, ids=[f"{i}-{m}" for i, (_, _, m) in enumerate(BAD_URLS)]
+)
+def test_a_malformed_url_is_a_typed_error_without_a_request(
+    url: str, error: type[Exception], message: str, dns: dict[str, list[str]], tripwire: Any
+) -> None:
+    site = Recorder(lambda request: httpx.Response(200))
+    with (
+        Client(offline_settings(), site.transport()) as client,
+        pytest.raises(error, match=message) as caught,
+    ):
+        client.search(url)
+    assert site.requests == []
+    assert tripwire.connects == []
+    assert "\x1b" not in str(caught.value)
+    assert len(str(caught.value)) < 400
+
+
+def test_downloads_carry_no_cookie_and_no_credential(samples: Path, dns: dict[str, list[str]]) -> None:
+    jpeg = (samples / "tinted-good.jpg").read_bytes()
+    body = {"frameCount": 1, "error": "", "result": []}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, content=jpeg, headers={"Set-Cookie": "tracker=1; Path=/"})
+        return httpx.Response(200, json=body, headers={"Set-Cookie": "third=party; Path=/"})
+
+    everything = Recorder(answer)
+    options = {"tracemoe": {"url": "https://public.test", "key": "trace-key-123"}}
+    config = Settings.load(providers=["tracemoe"], provider_options=options, cache="off")
+    with Client(config, everything.transport()) as client:
+        client.search("https://public.test/a.jpg")
+        client.search("https://public.test/b.jpg")
+    downloads = [r for r in everything.requests if r.method == "GET"]
+    searches = [r for r in everything.requests if r.method == "POST"]
+    assert len(downloads) == len(searches) == 2
+    for request in downloads:
+        assert {"cookie", "authorization", "x-trace-key"}.isdisjoint(request.headers)
+    for request in searches:
+        assert "cookie" not in request.headers  # no third-party cookie stored and replayed
+        assert request.headers["x-trace-key"] == "trace-key-123"
+
+
+async def test_a_trickling_url_ends_within_the_timeout(fault_server: Callable[..., Any]) -> None:
+    def trickle(connection: socket.socket, server: Any) -> None:
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        while server.sleep(0.2):
+            connection.sendall(b" ")
+
+    server = fault_server(trickle)
+    async with AsyncClient(offline_settings(allow_private_urls=True)) as client:
+        started = time.monotonic()
+        with pytest.raises(ImageFetchError, match="within 2 s"):
+            await client.search(f"{server.url}/a.jpg")
+    assert time.monotonic() - started < 2 + 1
+    assert server.requests == 1
+
+
+async def test_an_endless_url_is_cut_at_the_download_limit(
+    fault_server: Callable[..., Any], gauge: Callable[[], Any]
+) -> None:
+    def endless(connection: socket.socket, server: Any) -> None:
+        connection.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"40000\r\n" + bytes(0x40000) + b"\r\n"
+        while not server.stopping.is_set():
+            connection.sendall(chunk)
+
+    server = fault_server(endless)
+    async with AsyncClient(offline_settings(allow_private_urls=True, timeout=20)) as client:
+        with gauge() as used, pytest.raises(ImageTooLargeError, match="larger than 52428800 bytes"):
+            await client.search(f"{server.url}/a.jpg")
+    assert used.peak_bytes < 200 * 1024 * 1024
+
+
+async def test_a_fifo_without_a_writer_ends_at_the_deadline(tmp_path: Path, gauge: Callable[[], Any]) -> None:
+    fifo = tmp_path / "shot.jpg"
+    os.mkfifo(fifo)
+    site = Recorder(lambda request: httpx.Response(200))
+    async with AsyncClient(offline_settings(timeout=30), site.transport()) as client:
+        with gauge() as used, pytest.raises(InvalidImageError, match="nothing arrived within"):
+            await client.search(fifo, deadline=1.0)
+    assert used.elapsed < 1.0 + 1
+    assert site.requests == []
