@@ -69,6 +69,8 @@ _EPOCH = 1_000_000_000  # a reset value above this is an epoch, not seconds from
 _EPOCH_MS = 100_000_000_000
 _MAX_MESSAGE = 200
 _NO_STATUS = 600  # envelope codes from 400 up to this are HTTP statuses
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+"""Longest wait an answer is believed (24 h), so a confused server cannot switch the provider off."""
 _SESSION_HINT = "sign in again (anisearch login, or set ANISEARCH_WHATANIMEISTHIS_EMAIL and _PASSWORD)"
 
 
@@ -218,36 +220,41 @@ def retry_after(
     (seconds or HTTP-date), ``RateLimit-Reset`` / ``X-RateLimit-Reset`` (seconds, or an epoch by
     magnitude), the body's ``details.tryAgainIn`` (milliseconds).
 
-    Returns None when nothing says; never negative.
+    Returns None when nothing says; never negative, and never more than :data:`MAX_RETRY_AFTER_SECONDS`
+    (24 h): a date in 2099 or ``99999999999999999999`` seconds is read as one day.
     """
-    now = now or datetime.now(UTC)
+    seconds = _retry_after(response, body, now or datetime.now(UTC))
+    return None if seconds is None else min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def _retry_after(response: httpx.Response, body: Body | None, now: datetime) -> float | None:
     headers = response.headers
     seconds = as_float(headers.get("x-retry-after"))
     if seconds is not None:
-        return max(seconds, 0.0)
+        return seconds
     value = headers.get("retry-after")
     if value is not None:
         seconds = as_float(value)
         if seconds is not None:
-            return max(seconds, 0.0)
+            return seconds
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             when = None
         if when is not None:
             when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-            return max((when - now).total_seconds(), 0.0)
+            return (when - now).total_seconds()
     reset = as_float(headers.get("ratelimit-reset") or headers.get("x-ratelimit-reset"))
     if reset is not None:
         if reset > _EPOCH:
             epoch = reset / 1000 if reset > _EPOCH_MS else reset
-            return max(epoch - now.timestamp(), 0.0)
-        return max(reset, 0.0)
+            return epoch - now.timestamp()
+        return reset
     body = read_body(response) if body is None else body
     millis = as_float(pick(pick(body.json, "details"), "tryAgainIn"))
     if millis is None:
         millis = as_float(pick(body.json, "tryAgainIn"))
-    return max(millis / 1000, 0.0) if millis is not None else None
+    return millis / 1000 if millis is not None else None
 
 
 # ---------------------------------------------------------------- the table
