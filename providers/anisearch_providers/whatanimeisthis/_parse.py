@@ -128,6 +128,16 @@ def _object(response: httpx.Response, item: Any, index: int, what: str) -> dict[
     return item
 
 
+_GUEST_REMAINING = ("remainingSearches", "searchesRemaining")
+_CREDIT_KEYS = ("remainingCredits", "creditsRemaining", "credits", "creditsLeft", "leftCredits")
+
+
+def guest_answer(containers: list[dict[str, Any]]) -> bool:
+    """Whether a search answer reports a guest's allowance (remaining searches) and no credits."""
+    guest = any(pick(container, *_GUEST_REMAINING) is not None for container in containers)
+    return guest and not any(pick(container, *_CREDIT_KEYS) is not None for container in containers)
+
+
 def remaining_credits(containers: list[dict[str, Any]]) -> int | None:
     """A remaining-credits number anywhere the search answer may put it (also under ``quota``/``credits``)."""
     for container in containers:
