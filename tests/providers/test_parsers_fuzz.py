@@ -217,3 +217,74 @@ def test_tracemoe_caps_a_far_retry_after_at_a_day(value: str) -> None:
     (rate,) = provider.observe(answer)
     assert rate.cooldown_until is not None
     assert (rate.cooldown_until - NOW).total_seconds() == 86_400
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "Thu, 01 Jan 2099 00:00:00 GMT"}, 86_400),
+        ({"x-retry-after": "99999999999999999999"}, 86_400),
+        ({"retry-after": "-30"}, 0),
+        ({"x-retry-after": "7"}, 7),
+    ],
+)
+def test_whatanimeisthis_caps_retry_after_at_a_day(headers: dict[str, str], expected: float) -> None:
+    from anisearch import RateLimitedError
+
+    provider = WhatAnimeIsThis()
+    answer = httpx.Response(
+        429,
+        headers=headers,
+        json={"message": "Too many requests. Please try again later."},
+        request=provider.sign_in_request("user@example.com", "pw"),
+    )
+    with pytest.raises(RateLimitedError) as caught:
+        provider.parse_sign_in(answer)
+    assert caught.value.retry_after == expected
+    (cooldown,) = [quota for quota in provider.observe(answer) if quota.cooldown_until is not None]
+    assert cooldown.cooldown_until is not None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"quota": -5, "quotaUsed": 1, "frameCount": 1, "error": "", "result": []},
+        {"quota": 100, "quotaUsed": 1.5, "frameCount": 1, "error": "", "result": []},
+        {"quota": 10**40, "quotaUsed": 1, "frameCount": 1, "error": "", "result": []},
+    ],
+)
+def test_tracemoe_impossible_counts_are_an_upstream_response_error(body: dict[str, Any]) -> None:
+    from anisearch import UpstreamResponseError
+
+    provider = TraceMoe(clock=lambda: NOW)
+    search = provider.search_request(SearchQuery(image=_image()))
+    with pytest.raises(UpstreamResponseError, match="not a count"):
+        provider.parse_search(httpx.Response(200, json=body, request=search))
+    with pytest.raises(UpstreamResponseError, match="not a count"):
+        provider.parse_quota(httpx.Response(200, json=body, request=provider.quota_request()))
+    spent = httpx.Response(402, json={**body, "error": "Search quota depleted"}, request=search)
+    with pytest.raises(UpstreamResponseError, match="impossible numbers"):
+        provider.parse_search(spent)
+    assert all(quota.window != "rolling-24h" for quota in provider.observe(spent))
+
+
+def test_json_nested_100000_deep_is_an_upstream_response_error() -> None:
+    from anisearch import UpstreamResponseError
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    tracemoe = TraceMoe(clock=lambda: NOW)
+    search = tracemoe.search_request(SearchQuery(image=_image()))
+    with pytest.raises(UpstreamResponseError):
+        tracemoe.parse_search(httpx.Response(200, content=deep, request=search))
+    with pytest.raises(AnisearchError):
+        tracemoe.parse_search(httpx.Response(500, content=deep, request=search))
+    legacy = WhatanimeGa(base_url="https://whatanime.example", token="t")
+    with pytest.raises(UpstreamResponseError):
+        legacy.parse_search(
+            httpx.Response(200, content=deep, request=legacy.search_request(SearchQuery(image=_image())))
+        )
+    site = WhatAnimeIsThis()
+    with pytest.raises(AnisearchError):
+        site.parse_search(
+            httpx.Response(200, content=deep, request=site.search_request(SearchQuery(image=_image())))
+        )

@@ -322,7 +322,7 @@ def create_app(
     """
     if era not in {"v1", "v2", "v3"}:
         raise ValueError(f"unknown era {era!r}; expected 'v1', 'v2' or 'v3'")
-    if not quota_window > 0:
+    if isinstance(quota_window, bool) or not isinstance(quota_window, int | float) or not quota_window > 0:
         raise ValueError(f"quota_window must be a positive number of seconds, not {quota_window!r}")
     accounts = {
         key: user
