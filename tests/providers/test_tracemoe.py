@@ -550,6 +550,11 @@ def test_answers_of_the_wrong_shape_are_upstream_errors(response: httpx.Response
 UPLOAD = httpx.Request(
     "POST", "https://api.trace.moe/search", files={"image": ("image.jpg", b"x", "image/jpeg")}
 )
+BIG_UPLOAD = httpx.Request(  # a multipart body just over 25 MiB (its bytes are not needed to classify)
+    "POST",
+    "https://api.trace.moe/search",
+    headers={"content-type": "multipart/form-data; boundary=b", "content-length": str(26_214_400 + 300)},
+)
 ERROR_ROWS: list[tuple[str, httpx.Response, type[ProviderError]]] = [
     (
         "quota-2026-07",
@@ -604,8 +609,13 @@ ERROR_ROWS: list[tuple[str, httpx.Response, type[ProviderError]]] = [
     ),
     (
         "multer-500",
-        answer(500, text=express_page("Internal Server Error"), request=UPLOAD),
+        answer(500, text=express_page("Internal Server Error"), request=BIG_UPLOAD),
         ImageTooLargeError,
+    ),
+    (  # the same page to a small upload: the database is down, or any uncaught failure
+        "crash-500-small-upload",
+        answer(500, text=express_page("Internal Server Error"), request=UPLOAD),
+        ProviderServerError,
     ),
     (
         "multer-500-dev",

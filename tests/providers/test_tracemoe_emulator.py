@@ -449,13 +449,13 @@ async def test_me_for_a_guest_and_its_usage_buckets(tinted: bytes) -> None:
         await client.post("/search", content=tinted, headers=JPEG)
         await client.get("/search")
         after = (await client.get("/me")).json()
-        assert (after["id"], after["quotaUsed"]) == ("127.0.0.1/32", 1)
+        assert (after["id"], after["quotaUsed"]) == ("127.0.0.1", 1)  # PostgreSQL prints a /32 bare
         minutes = (await client.get("/me?period=minute")).json()
-        assert len(minutes) == 60
-        assert minutes[-1] == {"time": "2026-05-28T20:27:00.000Z", "200": 1, "400": 0, "402": 0, "405": 1,
-                               "500": 0, "503": 0, "total": 2}  # fmt: skip
-        assert len((await client.get("/me?period=hour")).json()) == 72
-        assert len((await client.get("/me?period=day")).json()) == 60
+        assert minutes == [{"200": 1, "400": 0, "402": 0, "405": 1, "500": 0, "503": 0,
+                            "time": "2026-05-28T20:27:00.000Z", "total": 2}]  # fmt: skip
+        assert list(minutes[0]) == ["200", "400", "402", "405", "500", "503", "time", "total"]
+        assert len((await client.get("/me?period=hour")).json()) == 1  # quiet slots are left out
+        assert len((await client.get("/me?period=day")).json()) == 1
         bad = await client.get("/me?period=week")
         assert (bad.status_code, error_of(bad)) == (400, "Invalid period")
 

@@ -33,10 +33,9 @@ from anisearch._provider import (
     UploadLimits,
 )
 
-from ._common import as_int, json_body, response_date
+from ._common import ShapeError, as_int, json_body, response_date
 from ._errors import MAX_UPLOAD_BYTES, error_for
 from ._parse import (
-    ShapeError,
     UsageBucket,
     answer_quota,
     hits_from_items,
@@ -339,13 +338,12 @@ class TraceMoe:
     ) -> ProviderAnswer:
         with self._shape(response, "/search"):
             hits = hits_from_items(items, provider=self.name, date=response_date(response))
-        return ProviderAnswer(
-            hits=hits,
-            frames_searched=as_int(body.get("frameCount")),
-            quota=answer_quota(
+            quota = answer_quota(
                 body, provider=self.name, scope=self._scope, searches=searches, now=self._clock()
-            ),
-        )
+            )
+        frames = as_int(body.get("frameCount"))  # can pass 2**31 (Milvus counts every frame)
+        frames = frames if frames is not None and frames >= 0 else None
+        return ProviderAnswer(hits=hits, frames_searched=frames, quota=quota)
 
     def parse_search(self, response: httpx.Response) -> ProviderAnswer:
         """Hits (similarity descending), ``frameCount`` and the reported quota of a ``/search`` answer.

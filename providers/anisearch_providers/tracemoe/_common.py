@@ -25,11 +25,17 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 __all__ = [
+    "MAX_COUNT",
+    "MAX_JSON_DEPTH",
+    "MAX_RETRY_AFTER_SECONDS",
     "ErrorRule",
+    "ShapeError",
     "as_bool",
+    "as_count",
     "as_float",
     "as_int",
     "as_str",
+    "capped_seconds",
     "clamp_similarity",
     "classify_error",
     "episode_value",
@@ -38,7 +44,9 @@ __all__ = [
     "http_date",
     "is_multipart_request",
     "json_body",
+    "loads",
     "next_hour",
+    "request_bytes",
     "response_date",
     "retry_after_seconds",
     "statuses",
@@ -47,10 +55,15 @@ __all__ = [
     "without",
 ]
 
-_INT_TEXT = re.compile(r"[+-]?\d+")
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
 _HTML_PRE = re.compile(r"<pre>(.*?)</pre>", re.DOTALL | re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^>]+>")
 _MAX_MESSAGE = 300
+MAX_JSON_DEPTH = 64
+"""Deepest nesting accepted in an upstream JSON body; trace.moe's deepest (``anilistInfo``) is about 6."""
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+"""Longest wait any upstream header is believed (24 h): a ``Retry-After`` in 2099 or of 10**20 seconds
+is read as one day, so a confused server cannot switch a provider off for good."""
 
 
 # ---------------------------------------------------------------- coercion
@@ -68,8 +81,33 @@ def as_int(value: Any) -> int | None:
     if isinstance(value, float):
         return int(value) if math.isfinite(value) and value.is_integer() else None
     if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
-        return int(value.strip())
+        try:
+            return int(value.strip())
+        except ValueError:  # more digits than Python converts (4300): no count is that large
+            return None
     return None
+
+
+MAX_COUNT = 2**31 - 1
+"""Largest count trace.moe can send (a PostgreSQL ``integer``: the system tier's quota)."""
+
+
+class ShapeError(ValueError):
+    """A body that is JSON but not the shape trace.moe sends."""
+
+
+def as_count(value: Any, name: str) -> int | None:
+    """A quota-like count (0..2**31-1) from a loose value; None when absent or not a number.
+
+    Raises:
+        ShapeError: The value is a number out of that range (``"quota": -5``).
+    """
+    number = as_int(value)
+    if number is None and as_float(value) is not None:
+        number = -1  # a fraction or an exponent: not a count
+    if number is not None and not 0 <= number <= MAX_COUNT:
+        raise ShapeError(f"{name} is not a count: {str(value)[:40]!r}")
+    return number
 
 
 def as_float(value: Any) -> float | None:
@@ -137,15 +175,44 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def json_body(response: httpx.Response, *, provider: str, endpoint: str | None = None) -> Any:
-    """The response body decoded as strict JSON (``NaN``/``Infinity`` refused).
+def _too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a decoded JSON value nests deeper than ``limit`` (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
+def loads(content: bytes | str) -> Any:
+    """Strict JSON (``NaN``/``Infinity`` refused), nested at most :data:`MAX_JSON_DEPTH` deep.
 
     Raises:
-        UpstreamResponseError: The body is not JSON, or not UTF-8.
+        ValueError: Not JSON, not UTF-8, or nested too deep (a ``RecursionError`` included).
     """
     try:
-        return json.loads(response.content, parse_constant=_no_constants)
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = json.loads(content, parse_constant=_no_constants)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deep") from exc
+    if _too_deep(value):
+        raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} deep")
+    return value
+
+
+def json_body(response: httpx.Response, *, provider: str, endpoint: str | None = None) -> Any:
+    """The response body decoded as strict JSON (``NaN``/``Infinity`` refused, at most 64 levels deep).
+
+    Raises:
+        UpstreamResponseError: The body is not JSON, not UTF-8, or nested absurdly deep.
+    """
+    try:
+        return loads(response.content)
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError
         kind = response.headers.get("content-type", "no content type")
         raise UpstreamResponseError(
             f"expected a JSON body, got {kind} ({len(response.content)} bytes)",
@@ -173,7 +240,7 @@ def error_message(response: httpx.Response) -> str:
     message = ""
     if text[:1] in '{"':
         try:
-            decoded = json.loads(text)
+            decoded = loads(text)
         except ValueError:
             decoded = None
         if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
@@ -199,6 +266,22 @@ def is_multipart_request(response: httpx.Response) -> bool:
         return False
     content_type: str = request.headers.get("content-type", "")
     return content_type.lower().startswith("multipart/form-data")
+
+
+def request_bytes(response: httpx.Response) -> int | None:
+    """How many body bytes the request behind ``response`` sent: its ``Content-Length``, else the length
+    of a body already read; None when that cannot be told."""
+    try:
+        request = response.request
+    except RuntimeError:
+        return None
+    declared = as_int(request.headers.get("content-length"))
+    if declared is not None and declared >= 0:
+        return declared
+    try:
+        return len(request.content)
+    except httpx.RequestNotRead:
+        return None
 
 
 # ---------------------------------------------------------------- time
@@ -235,7 +318,7 @@ def retry_after_seconds(
 ) -> float | None:
     """Seconds to wait, from ``Retry-After`` (seconds or an HTTP-date), else (when ``fallback_to_reset``)
     ``RateLimit-Reset`` (seconds) or ``X-RateLimit-Reset`` (Unix seconds). None when no header says;
-    never negative.
+    never negative, and never more than :data:`MAX_RETRY_AFTER_SECONDS` (24 h).
     """
     raw = headers.get("retry-after", "").strip()
     seconds = as_float(raw)
@@ -248,7 +331,12 @@ def retry_after_seconds(
         reset = as_float(headers.get("x-ratelimit-reset"))
         when = epoch(reset) if reset is not None else None
         seconds = (when - now).total_seconds() if when else None
-    return None if seconds is None else max(seconds, 0.0)
+    return None if seconds is None else capped_seconds(seconds)
+
+
+def capped_seconds(seconds: float) -> float:
+    """A wait clamped to 0..:data:`MAX_RETRY_AFTER_SECONDS`."""
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 def next_hour(moment: datetime) -> datetime:
@@ -266,33 +354,38 @@ class ErrorRule:
 
     A rule matches when the status is in ``statuses`` (None: any status) and the upstream message
     starts with ``prefix`` (when given) and the raw body contains one of ``contains`` (when given) and,
-    if ``multipart_only``, the request was a multipart upload.
+    when ``min_upload_bytes`` is set, the request was a multipart upload of at least that many bytes.
     """
 
     error: type[ProviderError]
     statuses: frozenset[int] | None = None
     prefix: str | None = None
     contains: tuple[str, ...] = ()
-    multipart_only: bool = False
+    min_upload_bytes: int | None = None
 
-    def matches(self, status: int, message: str, body: str, *, multipart: bool) -> bool:
-        """Whether an answer with this status, message and raw body falls under this rule."""
+    def matches(self, status: int, message: str, body: str, *, upload_bytes: int | None) -> bool:
+        """Whether an answer with this status, message and raw body falls under this rule.
+
+        ``upload_bytes`` is the size of the multipart upload that was sent (None: not one, or unknown).
+        """
         if self.statuses is not None and status not in self.statuses:
             return False
         if self.prefix is not None and not message.startswith(self.prefix):
             return False
         if self.contains and not any(marker in body for marker in self.contains):
             return False
-        return multipart or not self.multipart_only
+        if self.min_upload_bytes is None:
+            return True
+        return upload_bytes is not None and upload_bytes >= self.min_upload_bytes
 
 
 def classify_error(rules: Sequence[ErrorRule], response: httpx.Response) -> type[ProviderError] | None:
     """The error class of the first rule in ``rules`` that matches ``response``, or None."""
     message = error_message(response)
     body = _body_text(response)
-    multipart = is_multipart_request(response)
+    upload = request_bytes(response) if is_multipart_request(response) else None
     for rule in rules:
-        if rule.matches(response.status_code, message, body, multipart=multipart):
+        if rule.matches(response.status_code, message, body, upload_bytes=upload):
             return rule.error
     return None
 

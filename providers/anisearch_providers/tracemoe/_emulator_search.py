@@ -81,11 +81,48 @@ def _parse_vectors(value: Any) -> tuple[list[list[float]], bool] | str:
     return "Invalid vector format" if single is None else ([single], False)
 
 
-def _describe(data: bytes, cut_borders: bool) -> tuple[int, ...] | None:
+def _sharp(data: bytes) -> Image.Image | None:
+    """The primary decoder (sharp/libvips upstream): a complete image, or None."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return color_layout(prepare_search_image(image, cut_borders=cut_borders))
-    except Exception:  # noqa: BLE001 - every decoder failure is "Failed to process image" upstream
+            image.load()
+            return image.copy()
+    except Exception:  # noqa: BLE001 - any refusal hands the bytes to the fallback, as upstream
+        return None
+
+
+def _ffmpeg_first_frame(data: bytes) -> Image.Image | None:
+    """The fallback (ffmpeg's first frame upstream): what is left of a truncated image, or the first
+    frame of a video (PyAV, the ``video`` extra); None when it cannot decode either."""
+    if data.startswith(b"\xff\xd8"):  # a JPEG cut short: decode what arrived (the rest stays grey)
+        repaired = _sharp(data + b"\xff\xd9")
+        if repaired is not None:
+            return repaired
+    try:
+        import av  # the optional "video" extra
+    except ImportError:  # pragma: no cover - the dev install has it
+        return None
+    try:
+        container: Any = av.open(io.BytesIO(data), mode="r")  # PyAV's types are partial
+        with container:
+            if not container.streams.video:
+                return None
+            frame = next(iter(container.decode(container.streams.video[0])), None)
+            image: Image.Image | None = None if frame is None else frame.to_image()
+            return image
+    except Exception:  # noqa: BLE001 - ffmpeg refuses it too: "Failed to process image"
+        return None
+
+
+def _describe(data: bytes, cut_borders: bool) -> tuple[int, ...] | None:
+    """The upload's descriptor, decoded as the server does: sharp first, ffmpeg's first frame when sharp
+    refuses (a truncated JPEG, a video); None when both fail."""
+    image = _sharp(data) or _ffmpeg_first_frame(data)
+    if image is None:
+        return None
+    try:
+        return color_layout(prepare_search_image(image, cut_borders=cut_borders))
+    except Exception:  # noqa: BLE001 - a frame that cannot be prepared is "Failed to process image"
         return None
 
 

@@ -175,11 +175,30 @@ class _Config:
     fetch_loopback: bool
     index: Sequence[IndexedScene]
     salt: bytes
+    quota_window: float = DAY
+
+
+def js_numbers(value: Any) -> Any:
+    """``value`` with every whole float turned into an int, as JavaScript's ``JSON.stringify`` writes it
+    (``611.0`` -> ``611``, ``0.0`` -> ``0``)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: js_numbers(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [js_numbers(item) for item in value]
+    return value
+
+
+def weak_etag(body: bytes) -> str:
+    """Express's default ETag (the ``etag`` package, weak): ``W/"<length hex>-<sha1 base64, 27 chars>"``."""
+    digest = base64.b64encode(hashlib.sha1(body).digest()).decode()[:27]  # noqa: S324 - Express's cache tag
+    return f'W/"{len(body):x}-{digest}"'
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    return Response(text, status, headers=headers, media_type=JSON_TYPE)
+    text = json.dumps(js_numbers(body), ensure_ascii=False, separators=(",", ":")).encode()
+    return Response(text, status, headers={"ETag": weak_etag(text), **(headers or {})}, media_type=JSON_TYPE)
 
 
 def _error(status: int, message: str) -> Response:
@@ -241,6 +260,11 @@ class Server:
             return ip
         return str(ipaddress.ip_network(f"{ip}/{64 if address.version == 6 else 32}", strict=False))  # noqa: PLR2004
 
+    @staticmethod
+    def network_text(network: str) -> str:
+        """A network as PostgreSQL prints it: an IPv4 /32 without its mask (``127.0.0.1``)."""
+        return network.removesuffix("/32")
+
     def rate_limit(self, ip: str, now: float) -> tuple[dict[str, str], int | None]:
         """express-rate-limit: a fixed window per client (IPv6 /64) from its first request."""
         key = self.network(ip) if ":" in ip else ip
@@ -286,8 +310,9 @@ class Server:
         )
 
     def window_start(self, now: float) -> float:
+        """Searches after this instant count: a rolling ``quota_window`` (v3) or the calendar month."""
         if self.era == "v3":
-            return now - DAY
+            return now - self.config.quota_window
         moment = datetime.fromtimestamp(now, UTC)
         return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp() - 1e-6
 

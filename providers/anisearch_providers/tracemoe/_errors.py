@@ -12,8 +12,13 @@ Choices worth knowing:
   with Pillow, so a server that cannot decode it (or cannot parse or read a URL) is a property of this
   upstream and this request, not proof that the image is bad: the router should try the next provider
   (failed trace.moe searches cost no quota) instead of stopping the whole search.
-- An HTML 500 answering a multipart upload is multer refusing the file (over 25 MiB, or several files):
-  :class:`ImageTooLargeError`. An HTML 500 to anything else is an uncaught server exception.
+- An HTML 500 is Express's page for *any* uncaught failure: multer refusing a file over 25 MiB, but also
+  a database that is down or a repeated ``anilistID`` (all verified). So it means "too large"
+  (:class:`ImageTooLargeError`) only when what was sent was a multipart upload within 1 MiB of the limit
+  (:data:`NEAR_LIMIT_BYTES`, keyed on the request's own body size: multer counts the file alone, the
+  client sees the whole body). Any other HTML 500 is :class:`ProviderServerError`; it can leave this
+  caller's concurrency slot taken on the server for up to 15 minutes (its counters leak until
+  housekeeping), so its message says so.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ if TYPE_CHECKING:
 
 from ._common import (
     ErrorRule,
-    as_int,
+    ShapeError,
+    as_count,
     classify_error,
     error_message,
     json_body,
@@ -50,10 +56,22 @@ from ._common import (
     statuses,
 )
 
-__all__ = ["ERROR_RULES", "MAX_UPLOAD_BYTES", "error_for", "quota_numbers", "quota_window"]
+__all__ = [
+    "ERROR_RULES",
+    "LEAK_HOUSEKEEPING_SECONDS",
+    "MAX_UPLOAD_BYTES",
+    "NEAR_LIMIT_BYTES",
+    "error_for",
+    "quota_numbers",
+    "quota_window",
+]
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 """Largest upload the server accepts (raw body and multipart file), bytes."""
+NEAR_LIMIT_BYTES = MAX_UPLOAD_BYTES - 1024 * 1024
+"""A multipart body this large (bytes) answered by an HTML 500 is read as an upload over the limit."""
+LEAK_HOUSEKEEPING_SECONDS = 900
+"""After an uncaught server error the server may hold the caller's slot until its 15-minute sweep."""
 
 _TOO_LARGE_MARKERS = (
     "PayloadTooLargeError",
@@ -81,7 +99,9 @@ ERROR_RULES: tuple[ErrorRule, ...] = (
     # Express's body parser (413) and multer (an HTML 500 to a multipart upload) refuse big bodies.
     ErrorRule(ImageTooLargeError, statuses(413)),
     ErrorRule(ImageTooLargeError, statuses(range(400, 600)), contains=_TOO_LARGE_MARKERS),
-    ErrorRule(ImageTooLargeError, statuses(500), contains=_HTML_MARKERS, multipart_only=True),
+    ErrorRule(ImageTooLargeError, statuses(500), contains=_HTML_MARKERS, min_upload_bytes=NEAR_LIMIT_BYTES),
+    # Any other HTML 500 is an uncaught exception (database down, a repeated anilistID...).
+    ErrorRule(ProviderServerError, statuses(500), contains=_HTML_MARKERS),
     ErrorRule(BadRequestError, statuses(400), prefix="Invalid image url"),
     ErrorRule(BadRequestError, statuses(400), prefix="Failed to process"),  # image, file, input image
     ErrorRule(BadRequestError, statuses(400), prefix="Invalid vector format"),
@@ -103,6 +123,9 @@ _QUOTA_NUMBERS = re.compile(r"quota per [^:]*:\s*(\d+)\s*,\s*used:\s*(\d+)")
 def quota_numbers(response: httpx.Response, message: str) -> tuple[int | None, int | None]:
     """``(limit, used)`` from a 402 quota body: its ``quota``/``quotaUsed`` members (2026-07+), else the
     numbers in the message (``Search quota depleted (quota per 24 hours: 100, used: 100)``, 2026-02+).
+
+    Raises:
+        ShapeError: A number that is not a count (negative, fractional, over 2**31-1).
     """
     limit = used = None
     try:
@@ -110,11 +133,11 @@ def quota_numbers(response: httpx.Response, message: str) -> tuple[int | None, i
     except UpstreamResponseError:
         body = None
     if isinstance(body, dict):
-        limit, used = as_int(body.get("quota")), as_int(body.get("quotaUsed"))
+        limit, used = as_count(body.get("quota"), "quota"), as_count(body.get("quotaUsed"), "quotaUsed")
     match = _QUOTA_NUMBERS.search(message)
     if match:
-        limit = limit if limit is not None else int(match.group(1))
-        used = used if used is not None else int(match.group(2))
+        limit = limit if limit is not None else as_count(match.group(1), "quota")
+        used = used if used is not None else as_count(match.group(2), "used")
     return limit, used
 
 
@@ -143,7 +166,15 @@ def error_for(
     message = error_message(response)
     status = response.status_code
     if error is QuotaExhaustedError:
-        limit, used = quota_numbers(response, message)
+        try:
+            limit, used = quota_numbers(response, message)
+        except ShapeError as exc:
+            return UpstreamResponseError(
+                f"a quota answer with impossible numbers: {exc}",
+                provider=provider,
+                status_code=status,
+                endpoint=endpoint,
+            )
         return QuotaExhaustedError(message, provider=provider, status_code=status, limit=limit, used=used)
     if error is ImageTooLargeError:
         return ImageTooLargeError(
@@ -157,6 +188,11 @@ def error_for(
             f"unexpected answer: {message}", provider=provider, status_code=status, endpoint=endpoint
         )
     retry_after = retry_after_seconds(response.headers, now, fallback_to_reset=error is RateLimitedError)
+    if error is ProviderServerError and status == 500 and message == "Internal Server Error":  # noqa: PLR2004
+        message = (
+            "Internal Server Error (an uncaught failure on trace.moe; it may hold this caller's search "
+            f"slot for up to {LEAK_HOUSEKEEPING_SECONDS // 60} minutes)"
+        )
     if error is BadRequestError and message.startswith("Cannot "):
         message = f"{message} (is ANISEARCH_TRACEMOE_URL the trace.moe API?)"
     return error(message, provider=provider, status_code=status, retry_after=retry_after)

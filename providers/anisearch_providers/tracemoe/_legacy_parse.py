@@ -32,7 +32,7 @@ from anisearch._exceptions import (
 )
 from anisearch._models import Episode, Hit, Quota, QuotaScope, QuotaSource, QuotaWindow
 
-from ._common import as_float, as_int, as_str, clamp_similarity, string_list, title_from
+from ._common import as_float, as_int, as_str, capped_seconds, clamp_similarity, string_list, title_from
 from ._common import error_message as _common_error_message
 
 if TYPE_CHECKING:
@@ -272,7 +272,7 @@ def _header_seconds(headers: httpx.Headers, *names: str) -> float | None:
     for name in names:
         seconds = as_float(headers.get(name))
         if seconds is not None and seconds >= 0:
-            return seconds
+            return capped_seconds(seconds)
     return None
 
 
@@ -281,7 +281,7 @@ def _wait_seconds(message: str, headers: httpx.Headers, ttl_header: str) -> floa
     header (the 2019-2021 body carries no number at all)."""
     match = _WAIT.search(message)
     if match is not None:
-        return float(match.group(1))
+        return capped_seconds(float(match.group(1)))
     return _header_seconds(headers, "retry-after", ttl_header)
 
 

@@ -17,10 +17,13 @@ from pydantic import ValidationError
 from anisearch._models import Hit, Quota, QuotaScope, QuotaWindow
 
 from ._common import (
+    ShapeError,
     as_bool,
+    as_count,
     as_float,
     as_int,
     as_str,
+    capped_seconds,
     clamp_similarity,
     episode_value,
     epoch,
@@ -69,10 +72,6 @@ _RATE_HEADERS = (
     "ratelimit-policy",
     "retry-after",
 )
-
-
-class ShapeError(ValueError):
-    """A body that is JSON but not the shape trace.moe sends."""
 
 
 def _after(base: datetime, seconds: float) -> datetime | None:
@@ -177,8 +176,11 @@ def answer_quota(
 
     ``quotaUsed`` is counted *before* the request, and a successful search (a batch of N vectors: N
     searches) counts against it, so ``used`` is ``quotaUsed + searches``.
+
+    Raises:
+        ShapeError: ``quota`` or ``quotaUsed`` is a number but not a count (negative, fractional, huge).
     """
-    limit, before = as_int(body.get("quota")), as_int(body.get("quotaUsed"))
+    limit, before = as_count(body.get("quota"), "quota"), as_count(body.get("quotaUsed"), "quotaUsed")
     if limit is None and before is None:
         return None
     used = before + searches if before is not None else None
@@ -208,12 +210,14 @@ def me_quota(body: Any, *, provider: str, scope: QuotaScope, now: datetime) -> Q
     not as "no quota at all".
 
     Raises:
-        ShapeError: The body is not an object with a ``quota`` or ``quotaUsed``.
+        ShapeError: The body is not an object with a ``quota`` or ``quotaUsed``, or a number in it is not
+            a count (negative, fractional, huge).
     """
     if not isinstance(body, dict):
         raise ShapeError(f"the /me answer is {type(body).__name__}, not an object")
-    limit, used = as_int(body.get("quota")), as_int(body.get("quotaUsed"))
-    concurrency, priority = as_int(body.get("concurrency")), as_int(body.get("priority"))
+    limit, used = as_count(body.get("quota"), "quota"), as_count(body.get("quotaUsed"), "quotaUsed")
+    concurrency = as_count(body.get("concurrency"), "concurrency")
+    priority = as_count(body.get("priority"), "priority")
     if limit is None and used is None:
         raise ShapeError("the /me answer has neither 'quota' nor 'quotaUsed'")
     if limit == 0 and concurrency == 0:
@@ -259,7 +263,7 @@ def usage_buckets(body: Any) -> list[UsageBucket]:
         counts = {
             int(key): count
             for key, value in row.items()
-            if key.isdigit() and (count := as_int(value)) is not None
+            if len(key) == 3 and key.isascii() and key.isdigit() and (count := as_int(value)) is not None  # noqa: PLR2004 - an HTTP status
         }
         stamp = as_str(row.get("time"))
         try:
@@ -280,28 +284,40 @@ def _policy_window(policy: str | None) -> QuotaWindow:
     return "hour" if match and int(match.group(1)) >= 3600 else "minute"  # noqa: PLR2004 - seconds in an hour
 
 
+def _header_count(headers: httpx.Headers, *names: str) -> int | None:
+    """The first of ``names`` that holds a count (0..2**31-1); absurd values are skipped."""
+    for name in names:
+        try:
+            number = as_count(headers.get(name), name)
+        except ShapeError:
+            continue
+        if number is not None:
+            return number
+    return None
+
+
 def rate_quota(response: httpx.Response, *, provider: str, scope: QuotaScope, now: datetime) -> Quota | None:
     """The HTTP rate window the headers describe (100 requests per 60 s at trace.moe), or None.
 
     Limit and remaining come from ``X-RateLimit-*`` or the IETF draft ``RateLimit-*`` headers;
     ``resets_at`` from ``X-RateLimit-Reset`` (Unix seconds) or ``RateLimit-Reset`` (seconds after the
-    response ``Date``, else after ``now``). Unreadable values are skipped, never raised.
+    response ``Date``, else after ``now``), at most 24 h ahead. Unreadable or negative values are
+    skipped, never raised.
     """
     headers = response.headers
-    limit = as_int(headers.get("x-ratelimit-limit"))
-    limit = limit if limit is not None else as_int(headers.get("ratelimit-limit"))
-    remaining = as_int(headers.get("x-ratelimit-remaining"))
-    remaining = remaining if remaining is not None else as_int(headers.get("ratelimit-remaining"))
+    limit = _header_count(headers, "x-ratelimit-limit", "ratelimit-limit")
+    remaining = _header_count(headers, "x-ratelimit-remaining", "ratelimit-remaining")
     if limit is None and remaining is None:
         return None
     resets_at = None
     reset = as_float(headers.get("x-ratelimit-reset"))
     if reset is not None:
-        resets_at = epoch(reset) if reset > _EPOCH_THRESHOLD else _after(now, reset)
+        delay = reset - now.timestamp() if reset > _EPOCH_THRESHOLD else reset
+        resets_at = _after(now, capped_seconds(delay))
     else:
-        delay = as_float(headers.get("ratelimit-reset"))
-        if delay is not None:
-            resets_at = _after(http_date(headers.get("date")) or now, delay)
+        seconds = as_float(headers.get("ratelimit-reset"))
+        if seconds is not None:
+            resets_at = _after(http_date(headers.get("date")) or now, capped_seconds(seconds))
     return Quota(
         provider=provider,
         scope=scope,
@@ -338,7 +354,10 @@ def observed_quotas(
         quotas.append(rate)
     message = error_message(response) if response.status_code == httpx.codes.PAYMENT_REQUIRED else ""
     if message.startswith("Search quota depleted"):
-        limit, used = quota_numbers(response, message)
+        try:
+            limit, used = quota_numbers(response, message)
+        except ShapeError:  # absurd numbers: the error says so; nothing to record
+            return quotas
         quotas.append(
             Quota(
                 provider=provider,

@@ -18,8 +18,10 @@ never searched; v1 has no ``at``/``duration``, V1 preview URLs, the small AniLis
 ``anilist`` from items whose anime AniList does not know.
 
 Deliberate differences: the index is tiny, so an unrelated image scores 0 rather than a random 0.5-0.9;
-``?url=`` cannot reach the internet (see ``remote_images`` and ``fetch_loopback``); videos are not
-decoded (ffmpeg is not at hand), they answer ``Failed to process image``.
+``?url=`` cannot reach the internet (see ``remote_images`` and ``fetch_loopback``). Uploads are decoded
+as the server does, a primary decoder (Pillow for sharp) and a fallback for what it refuses (the first
+frame through PyAV for ffmpeg; a truncated JPEG decodes to what arrived): only bytes both refuse get
+``Failed to process image``. Without PyAV (the ``video`` extra) videos get that 400 too.
 
 Run it with ``anisearch emulate tracemoe`` or any ASGI server (``uvicorn --factory
 anisearch_providers.tracemoe.emulator:create_app``). Tests read ``app.state.emulator``
@@ -57,6 +59,7 @@ from ._emulator_state import (
     _error,
     _json,
     _not_found,
+    weak_etag,
 )
 from ._index import SCENES, IndexedScene
 
@@ -94,23 +97,31 @@ class _Gate:
         ip = emulator.client_ip(scope, headers)
         limit_headers, retry_after = emulator.rate_limit(ip, now)
         origin = headers.get("origin")
+        # app.ts: a first middleware sets these on everything, the rate limiter runs next, and only
+        # then the cors package (credentials, origin reflected) answers preflights and decorates the rest.
         extra = {
-            "Access-Control-Allow-Origin": origin or "*",
+            "Access-Control-Allow-Origin": "*",
             "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
             "Access-Control-Allow-Headers": "Content-Type, x-trace-secret",
-            "Access-Control-Allow-Credentials": "true",
-            "Vary": "Origin",
             **limit_headers,
         }
         response: Response | None = None
         if retry_after is not None:
             extra["Retry-After"] = str(retry_after)
-            response = Response("Too many requests, please try again later.", 429, media_type=HTML_TYPE)
-        elif scope["method"] == "OPTIONS":
+            body = b"Too many requests, please try again later."
+            extra["ETag"] = weak_etag(body)
+            response = Response(body, 429, media_type=HTML_TYPE)
+        else:
+            if origin:
+                extra["Access-Control-Allow-Origin"] = origin
+            extra |= {"Vary": "Origin", "Access-Control-Allow-Credentials": "true"}
+        if response is None and scope["method"] == "OPTIONS":
+            extra["Access-Control-Allow-Methods"] = "GET,HEAD,PUT,PATCH,POST,DELETE"
             requested = headers.get("access-control-request-headers")
             if requested:
                 extra["Access-Control-Allow-Headers"] = requested
-            response = Response(status_code=204)
+                extra["Vary"] = "Origin, Access-Control-Request-Headers"
+            response = Response(status_code=204, headers={"Content-Length": "0"})
         if response is not None:
             response.headers.update(extra)
             await response(scope, receive, send)
@@ -142,7 +153,7 @@ class _Emulator(SearchRoutes):
     """Every route of the server."""
 
     async def root(self, _request: Request) -> Response:
-        return Response("ok", media_type=HTML_TYPE)
+        return Response("ok", headers={"ETag": weak_etag(b"ok")}, media_type=HTML_TYPE)
 
     async def me(self, request: Request) -> Response:
         if request.method not in {"GET", "HEAD"}:
@@ -163,8 +174,9 @@ class _Emulator(SearchRoutes):
             "quota": caller.quota,
             "quotaUsed": used,
         }
-        if caller.user is None and self.era != "v1" and self.state.successes(caller.scope, now - DAY):
-            body["id"] = caller.network
+        recent = self.state.successes(caller.scope, now - self.config.quota_window)
+        if caller.user is None and self.era != "v1" and recent:
+            body["id"] = self.network_text(caller.network)
         if caller.user is None and self.era == "v2" and not self.state.successes(caller.scope, 0):
             body |= {"priority": 0, "concurrency": 0, "quota": 0}
         if self.era == "v2":
@@ -172,24 +184,25 @@ class _Emulator(SearchRoutes):
         return _json(body)
 
     def usage(self, caller: _Caller, period: str, now: float) -> Response:
+        """``/me?period=``: one entry per slot in which the caller searched, oldest first; quiet slots
+        are left out. Keys in the server's order: the six logged statuses, ``time``, ``total``."""
         if period not in PERIODS:
             return _error(400, "Invalid period")
         size, count = PERIODS[period]
         first = (now // size - count + 1) * size
-        buckets: list[dict[str, Any]] = [
-            {"time": "", **dict.fromkeys(LOGGED_CODES, 0), "total": 0} for _ in range(count)
-        ]
+        buckets: dict[int, dict[str, Any]] = {}
         for row in self.state.log:
             index = int((row.time - first) // size)
-            if row.scope == caller.scope and 0 <= index < count:
-                bucket = buckets[index]
-                if str(row.code) in bucket:
-                    bucket[str(row.code)] += 1
-                bucket["total"] += 1
-        for n, bucket in enumerate(buckets):
-            moment = datetime.fromtimestamp(first + n * size, UTC)
+            if row.scope != caller.scope or not 0 <= index < count:
+                continue
+            bucket = buckets.setdefault(index, {**dict.fromkeys(LOGGED_CODES, 0), "time": "", "total": 0})
+            if str(row.code) in bucket:
+                bucket[str(row.code)] += 1
+            bucket["total"] += 1
+        for index, bucket in buckets.items():
+            moment = datetime.fromtimestamp(first + index * size, UTC)
             bucket["time"] = moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        return _json(buckets)
+        return _json([buckets[index] for index in sorted(buckets)])
 
     async def media(self, request: Request) -> Response:
         if request.method not in {"GET", "HEAD"}:
@@ -259,6 +272,7 @@ def create_app(
     *,
     era: Era = "v3",
     quota: int | None = None,
+    quota_window: float = DAY,
     concurrency: int = 1,
     queue_size: int = 4,
     rate_limit: int = 100,
@@ -281,6 +295,9 @@ def create_app(
             2025-07); see the module docstring for what changes.
         quota: Guest searches per window (rolling 24 h in v3, calendar month before). Default: 100 in
             v3, 1000 before.
+        quota_window: The rolling window of v3, seconds (86400): each successful search counts against
+            the quota (and in ``/me``'s ``quotaUsed``) until exactly this long after it was made. Shorten
+            it to watch slots free one by one in tests.
         concurrency: Parallel ``/search`` requests per guest.
         queue_size: The priority queue's maximum (upstream ``SEARCH_QUEUE``, the CPU count by default).
         rate_limit: HTTP requests per client per 60 s window, on every route.
@@ -301,10 +318,12 @@ def create_app(
 
     Raises:
         KeyError: A key maps to an unknown tier.
-        ValueError: ``era`` is not one of ``"v1"``, ``"v2"``, ``"v3"``.
+        ValueError: ``era`` is not one of ``"v1"``, ``"v2"``, ``"v3"``, or ``quota_window`` is not positive.
     """
     if era not in {"v1", "v2", "v3"}:
         raise ValueError(f"unknown era {era!r}; expected 'v1', 'v2' or 'v3'")
+    if isinstance(quota_window, bool) or not isinstance(quota_window, int | float) or not quota_window > 0:
+        raise ValueError(f"quota_window must be a positive number of seconds, not {quota_window!r}")
     accounts = {
         key: user
         if isinstance(user, EmulatedUser)
@@ -326,6 +345,7 @@ def create_app(
         fetch_loopback=fetch_loopback,
         index=tuple(index),
         salt=salt,
+        quota_window=quota_window,
     )
     state = EmulatorState(clock, failures)
     emulator = _Emulator(config, state)

@@ -47,6 +47,7 @@ from anisearch._provider import (
     UploadLimits,
 )
 
+from ._common import loads
 from ._legacy_parse import (
     classify_error,
     frames_searched,
@@ -299,7 +300,7 @@ class WhatanimeGa:
 
     def _json(self, response: httpx.Response, endpoint: str) -> dict[str, Any]:
         try:
-            body = response.json()
+            body = loads(response.content)  # strict, and at most 64 levels deep
         except ValueError as exc:
             raise UpstreamResponseError(
                 f"the answer is not JSON: {response.text[:120]!r}",

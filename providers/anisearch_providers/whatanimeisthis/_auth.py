@@ -5,33 +5,44 @@ One generator serves the sync and the async client. For every request to the sit
 1. sets ``Origin`` (better-auth refuses a cookie-bearing POST without a trusted one);
 2. attaches the jar's cookies, unless the request speaks with an API key (``Authorization: Bearer``),
    so the key, not the session, decides whose credits a search spends;
-3. signs in first when the account's email and password are configured but the jar holds no session
+3. before an explicit sign-in while a session is held, signs that session out first (better-auth
+   leaves every earlier session alive otherwise) and forgets it;
+4. keeps a sliding session alive: when the session is due for a check (:meth:`CookieJar.refresh_due`:
+   a quarter of its cookie's lifetime, at most a day, without news), asks ``get-session`` first; the
+   answer's ``Set-Cookie`` carries the extended cookie and expiry (better-auth re-issues it only
+   there), a user confirms the session, and ``null`` means it was revoked or expired: it is forgotten;
+5. signs in first when the account's email and password are configured but the jar holds no session
    and the request needs one (a search without a key, credits, API keys, get-session);
-4. reads every response's ``Set-Cookie`` into the jar;
-5. when such a request comes back "signed out" (401, or an HTTP-200 envelope saying Unauthorized),
+6. reads every response's ``Set-Cookie`` into the jar;
+7. when such a request comes back "signed out" (401, or an HTTP-200 envelope saying Unauthorized),
    forgets the session, signs in again **once** (only with configured credentials) and retries.
 
-If that sign-in fails, its response is the one returned, so the caller learns why (wrong password,
-rate limited, Origin refused). Credentials the site refused (401) are not tried again by this process.
+Without credentials a dead session is not replaced: the request goes without it, so a search runs (and
+is reported) as a guest's, and an account route answers 401 (:class:`~anisearch.AuthenticationError`).
+If a sign-in fails, its response is the one returned, so the caller learns why (wrong password, rate
+limited, Origin refused). Credentials the site refused (401) are not tried again by this process.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 
 from ._errors import means_signed_out
+from ._tolerant import read_body
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
 
     from ._cookies import CookieJar
 
-__all__ = ["AUTH_PREFIX", "SESSION_PATHS", "SessionAuth"]
+__all__ = ["AUTH_PREFIX", "SESSION_PATHS", "SessionAuth", "session_state"]
 
 AUTH_PREFIX = "/api/auth/"
-SESSION_PATHS = ("/api/anime/search", "/api/user/anime-credits", "/api/apikeys", "/api/auth/get-session")
+GET_SESSION_PATH = "/api/auth/get-session"
+SIGN_IN_PATH = "/api/auth/sign-in/email"
+SESSION_PATHS = ("/api/anime/search", "/api/user/anime-credits", "/api/apikeys", GET_SESSION_PATH)
 """Paths that act for the signed-in user (so a missing session is worth a sign-in)."""
 
 Credentials = tuple[str, str]
@@ -40,6 +51,19 @@ Credentials = tuple[str, str]
 def _uses_api_key(request: httpx.Request) -> bool:
     authorization: str = request.headers.get("authorization", "")
     return authorization.lower().startswith("bearer ")
+
+
+def session_state(response: httpx.Response) -> Literal["alive", "gone", "unknown"]:
+    """What a ``get-session`` answer says: a user (``alive``), ``null`` (``gone``: expired, revoked, or a
+    cookie whose signature the site no longer accepts), or anything else (``unknown``: an error)."""
+    if response.status_code != httpx.codes.OK:
+        return "unknown"
+    body = read_body(response)
+    if body.is_json and body.json is None:
+        return "gone"
+    if isinstance(body.json, dict) and isinstance(body.json.get("user"), dict):
+        return "alive"
+    return "unknown"
 
 
 class SessionAuth(httpx.Auth):
@@ -52,6 +76,8 @@ class SessionAuth(httpx.Auth):
         credentials: Returns ``(email, password)`` to sign in with, or None when there are none.
         sign_in_request: Builds the sign-in request for an email and a password.
         refused: Called when the site refuses the credentials (401), so they are not tried again.
+        session_request: Builds the ``get-session`` request (to confirm and slide the session).
+        sign_out_request: Builds the sign-out request (before a new sign-in replaces the session).
     """
 
     requires_request_body = True  # the request may be sent twice (after a sign-in)
@@ -66,6 +92,8 @@ class SessionAuth(httpx.Auth):
         credentials: Callable[[], Credentials | None],
         sign_in_request: Callable[[str, str], httpx.Request],
         refused: Callable[[], None],
+        session_request: Callable[[], httpx.Request] | None = None,
+        sign_out_request: Callable[[], httpx.Request] | None = None,
     ) -> None:
         self.jar = jar
         self.origin = origin
@@ -73,6 +101,8 @@ class SessionAuth(httpx.Auth):
         self._credentials = credentials
         self._sign_in_request = sign_in_request
         self._refused = refused
+        self._session_request = session_request
+        self._sign_out_request = sign_out_request
 
     def __repr__(self) -> str:
         return f"SessionAuth(origin={self.origin!r}, signed_in={self.jar.has_session()})"
@@ -98,7 +128,32 @@ class SessionAuth(httpx.Auth):
         if not response.is_success:
             return False
         self.jar.remember_email(credentials[0])
+        self.jar.mark_checked()
         return True
+
+    def _sign_out_first(self) -> Generator[httpx.Request, httpx.Response, None]:
+        """Step 3: end the session held before a new sign-in replaces it."""
+        if self._sign_out_request is None:
+            return
+        request = self._sign_out_request()
+        self._attach(request)
+        response = yield request
+        self.jar.absorb(response)
+        self.jar.drop_session()
+
+    def _confirm(self) -> Generator[httpx.Request, httpx.Response, None]:
+        """Step 4: ask ``get-session``; keep the slid cookie, or forget a session that is gone."""
+        if self._session_request is None:
+            return
+        request = self._session_request()
+        self._attach(request)
+        response = yield request
+        self.jar.absorb(response)
+        state = session_state(response)
+        if state == "alive":
+            self.jar.mark_checked()
+        elif state == "gone":
+            self.jar.drop_session()
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Send ``request`` with the session; see the module docstring for the steps."""
@@ -106,7 +161,11 @@ class SessionAuth(httpx.Auth):
             yield request
             return
         path = request.url.path
+        if path.endswith(SIGN_IN_PATH) and self.jar.has_session():
+            yield from self._sign_out_first()
         wants_session = not _uses_api_key(request) and path.endswith(SESSION_PATHS)
+        if wants_session and not path.endswith(GET_SESSION_PATH) and self.jar.refresh_due():
+            yield from self._confirm()
         signed_in = False
         credentials = self._credentials() if wants_session else None
         if credentials is not None and not self.jar.has_session():

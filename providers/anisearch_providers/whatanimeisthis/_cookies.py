@@ -5,6 +5,11 @@ the site verifies it as sent, so values are stored and sent back exactly as they
 or re-encoded (``research/whatanimeisthis-contract.md`` §2.1, §7.1). Every response's ``Set-Cookie``
 headers update the jar; ``Max-Age=0``, a past ``Expires`` or an empty value delete a cookie.
 
+Sessions slide (better-auth's ``updateAge``): the server extends a session it looks up and re-issues the
+cookie only from ``get-session``. The jar therefore remembers when each cookie was last set and when
+the session was last confirmed, so the session flow can ask ``get-session`` before the cookie runs out
+(:meth:`CookieJar.refresh_due`) and take the extended cookie and expiry from the answer.
+
 The jar file holds cookies and the account's email, never a password. It is written atomically (a
 temporary file, then a rename) with mode 0600, in a directory created with mode 0700, and re-read
 when another process (``anisearch login``) changed it.
@@ -31,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["CookieJar", "is_session_cookie"]
 
 _FORMAT = 1
+REFRESH_EVERY_SECONDS = 86_400.0
+"""Ask ``get-session`` at most about once a day (contract §2.4), or every quarter of a shorter lifetime."""
 _MAX_AGE = re.compile(r";\s*max-age\s*=\s*(-?\d+)", re.IGNORECASE)
 
 
@@ -99,6 +106,8 @@ class CookieJar:
         self.origin = origin
         self._clock = clock
         self._cookies: dict[str, tuple[str, float | None]] = {}
+        self._set_at: dict[str, float] = {}
+        self._checked_at: float | None = None
         self._email: str | None = None
         self._stamp: tuple[int, int, int] | None = None  # the file's identity as last read or written
         self._loaded = False
@@ -117,7 +126,7 @@ class CookieJar:
             return
         self._loaded = True
         self._stamp = stamp
-        self._cookies, self._email = {}, None
+        self._cookies, self._email, self._set_at, self._checked_at = {}, None, {}, None
         if stamp is None:
             return
         try:
@@ -128,6 +137,8 @@ class CookieJar:
             return
         email = data.get("email")
         self._email = email if isinstance(email, str) else None
+        checked = data.get("checked_at")
+        self._checked_at = float(checked) if isinstance(checked, int | float) else None
         for entry in data.get("cookies") or []:
             if (
                 isinstance(entry, dict)
@@ -139,6 +150,9 @@ class CookieJar:
                     entry["value"],
                     float(expires) if isinstance(expires, int | float) else None,
                 )
+                set_at = entry.get("set_at")
+                if isinstance(set_at, int | float):
+                    self._set_at[entry["name"]] = float(set_at)
 
     def _live(self) -> dict[str, str]:
         now = self._clock()
@@ -172,6 +186,43 @@ class CookieJar:
         """Whether an unexpired session cookie is in the jar."""
         return any(is_session_cookie(name) and value for name, value in self.cookies().items())
 
+    def session_expires(self) -> float | None:
+        """When the session cookie runs out (epoch seconds), as its latest ``Set-Cookie`` said; None when
+        there is no session or it is a browser-session cookie."""
+        with self._lock:
+            self._refresh()
+            live = self._live()
+            return next(
+                (self._cookies[name][1] for name in live if is_session_cookie(name) and live[name]), None
+            )
+
+    def refresh_due(self) -> bool:
+        """Whether the session should be confirmed through ``get-session`` before it is used.
+
+        True when the session cookie has an expiry and neither a ``Set-Cookie`` nor a confirmation came
+        for a quarter of its lifetime (at most a day): enough to catch better-auth's sliding refresh
+        (``updateAge``, 1 day of 7 by default) long before the cookie runs out, and rare enough to cost
+        nothing. A browser-session cookie (``rememberMe: false``) never slides, so it is never due.
+        """
+        with self._lock:
+            self._refresh()
+            now = self._clock()
+            for name, value in self._live().items():
+                expires = self._cookies[name][1]
+                set_at = self._set_at.get(name)
+                if not is_session_cookie(name) or not value or expires is None or set_at is None:
+                    continue
+                last = max(set_at, self._checked_at or set_at)
+                return now - last >= min((expires - set_at) / 4, REFRESH_EVERY_SECONDS)
+            return False
+
+    def mark_checked(self) -> None:
+        """Record that the site just confirmed the session (``get-session`` answered a user)."""
+        with self._lock:
+            self._refresh()
+            self._checked_at = self._clock()
+            self._save()
+
     # ------------------------------------------------------------ writing
 
     def absorb(self, response: httpx.Response) -> bool:
@@ -187,16 +238,18 @@ class CookieJar:
             return False
         with self._lock:
             self._refresh()
-            before = dict(self._cookies)
+            before, set_before = dict(self._cookies), dict(self._set_at)
             now = self._clock()
             for header in headers:
                 for name, value, expires, deleted in _parse_set_cookie(header, now):
                     if deleted:
                         self._cookies.pop(name, None)
+                        self._set_at.pop(name, None)
                     else:
                         self._cookies[name] = (value, expires)
+                        self._set_at[name] = now
             changed = self._cookies != before
-            if changed:
+            if changed or self._set_at != set_before:
                 self._save()
             return changed
 
@@ -215,12 +268,14 @@ class CookieJar:
             kept = {name: entry for name, entry in self._cookies.items() if not _session_family(name)}
             if kept != self._cookies:
                 self._cookies = kept
+                self._set_at = {name: when for name, when in self._set_at.items() if name in kept}
+                self._checked_at = None
                 self._save()
 
     def clear(self) -> None:
         """Forget everything and delete the jar file."""
         with self._lock:
-            self._cookies, self._email = {}, None
+            self._cookies, self._email, self._set_at, self._checked_at = {}, None, {}, None
             self._loaded = True
             self._stamp = None
             if self.path is not None:
@@ -237,8 +292,9 @@ class CookieJar:
             "format": _FORMAT,
             "origin": self.origin,
             "email": self._email,
+            "checked_at": self._checked_at,
             "cookies": [
-                {"name": name, "value": value, "expires": expires}
+                {"name": name, "value": value, "expires": expires, "set_at": self._set_at.get(name)}
                 for name, (value, expires) in self._cookies.items()
             ],
         }

@@ -111,7 +111,7 @@ class User:
             "id": self.id,
             "name": self.name,
             "email": self.email,
-            "emailVerified": True,
+            "emailVerified": False,
             "image": None,
             "createdAt": stamp,
             "updatedAt": stamp,
@@ -181,8 +181,7 @@ class EmulatorState:
         now = knobs.clock()
         self.users: dict[str, User] = {}
         for email, password in knobs.users.items():
-            user = User(_token(24), email.lower(), email.split("@")[0], password, now, knobs.paid_credits)
-            self.users[user.email] = user
+            self.add_user(email, password)
         self.sessions: dict[str, SessionRecord] = {}
         self.api_keys: list[ApiKeyRecord] = []
         self.searches: list[SearchRecord] = [self._seed(entry, now) for entry in knobs.history]
@@ -210,6 +209,19 @@ class EmulatorState:
             similarity=float(entry.get("similarity", 0.95)),
             is_adult=bool(entry.get("is_adult", False)),
         )
+
+    def add_user(self, email: str, password: str, *, name: str | None = None) -> User:
+        """A new account (better-auth ids are 32 characters); sign-up and the ``users`` knob use it."""
+        user = User(
+            _token(32),
+            email.lower(),
+            name or email.split("@", maxsplit=1)[0],
+            password,
+            self.now(),
+            self.knobs.paid_credits,
+        )
+        self.users[user.email] = user
+        return user
 
     # ------------------------------------------------------------ time
 
@@ -283,6 +295,16 @@ class EmulatorState:
             return None
         return record
 
+    def slide(self, record: SessionRecord) -> bool:
+        """better-auth's sliding refresh: a session last extended at least the update age ago (and not a
+        ``rememberMe: false`` one) is extended to now + the lifetime. Returns whether it moved."""
+        now = self.now()
+        if not record.remember or now - record.updated_at < self.knobs.session_update_age:
+            return False
+        record.updated_at = now
+        record.expires_at = now + self.knobs.session_expires_in
+        return True
+
     def user_by_id(self, user_id: str) -> User | None:
         """The account with this id, or None."""
         return next((user for user in self.users.values() if user.id == user_id), None)
@@ -290,8 +312,10 @@ class EmulatorState:
     # ------------------------------------------------------------ API keys
 
     def create_key(self, user: User, title: str) -> ApiKeyRecord:
-        """A new key for ``user`` (``sk-`` and 43 URL-safe characters)."""
-        record = ApiKeyRecord(_token(16), title, f"sk-{secrets.token_urlsafe(32)}", user.id, self.now())
+        """A new key for ``user``: 64 random letters, as better-auth's API-key plugin makes them."""
+        letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+        key = "".join(secrets.choice(letters) for _ in range(64))
+        record = ApiKeyRecord(_token(32), title, key, user.id, self.now())
         self.api_keys.append(record)
         return record
 

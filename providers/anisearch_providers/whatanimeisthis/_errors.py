@@ -1,10 +1,14 @@
 """whatanimeisthis.com's error table: every status, code and message mapped to one exception class.
 
 Errors come in three dialects (``research/whatanimeisthis-contract.md`` §5, §7.3): better-auth's
-``{code, message}`` with a real status on ``/api/auth/*``; the site's own JSON with a real status; and
-the template envelope ``{code: -1, message}`` sent with **HTTP 200**. A 2xx envelope error has no status
-to go by, so the rows below match on the code and the message first, and the status (the HTTP one, or
-a numeric ``code`` in the 400-599 range) tells the rest apart.
+``{message, code}`` with a real status on ``/api/auth/*`` (and from its API-key plugin); the site's own
+JSON with a real status; and the template envelope ``{code: -1, message}`` sent with **HTTP 200**.
+
+Classification is by status and code (§7.3): the message text is read only when the answer carries no
+code of its own. Substring rules misfire on better-auth's real wording: ``INVALID_NAME_LENGTH`` says
+"The name length is either too large or too small." (a key-name validation error, not an oversized
+image: that is status 413), and ``RATE_LIMITED`` says "Rate limit exceeded." (a rate limit, not a
+quota). A 2xx envelope error has no status to go by, so there the message decides.
 """
 
 from __future__ import annotations
@@ -64,11 +68,16 @@ _FETCH_WORDS = re.compile(
 _BUSY_WORDS = re.compile(r"busy|queue|overloaded|try again later", re.IGNORECASE)
 _SERVER_WORDS = re.compile(r"internal|server error|unexpected error|database", re.IGNORECASE)
 _TOO_LARGE_WORDS = re.compile(r"too large|entity too large|payload too large|file size", re.IGNORECASE)
+QUOTA_CODES = frozenset({"USAGE_EXCEEDED"})
+KEY_NAME_LIMITS = "1 to 32"
+"""better-auth's API-key plugin's default name length, characters (``INVALID_NAME_LENGTH`` outside)."""
 _UPPER_SNAKE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
 _EPOCH = 1_000_000_000  # a reset value above this is an epoch, not seconds from now
 _EPOCH_MS = 100_000_000_000
 _MAX_MESSAGE = 200
 _NO_STATUS = 600  # envelope codes from 400 up to this are HTTP statuses
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+"""Longest wait an answer is believed (24 h), so a confused server cannot switch the provider off."""
 _SESSION_HINT = "sign in again (anisearch login, or set ANISEARCH_WHATANIMEISTHIS_EMAIL and _PASSWORD)"
 
 
@@ -113,9 +122,15 @@ class Problem:
         content = request_content(request)
         return b'name="url"' in content and b'name="image"' not in content
 
+    @property
+    def has_code(self) -> bool:
+        """Whether the answer named its error (better-auth's ``code``), rather than a synthetic
+        ``HTTP_<status>``."""
+        return not self.code.startswith("HTTP_")
+
     def matches(self, pattern: re.Pattern[str]) -> bool:
-        """Whether the message or the code matches ``pattern``."""
-        return bool(pattern.search(self.message) or pattern.search(self.code))
+        """Whether the message matches ``pattern``, for answers without a code of their own only."""
+        return not self.has_code and bool(pattern.search(self.message))
 
 
 def _request(response: httpx.Response) -> httpx.Request | None:
@@ -218,36 +233,41 @@ def retry_after(
     (seconds or HTTP-date), ``RateLimit-Reset`` / ``X-RateLimit-Reset`` (seconds, or an epoch by
     magnitude), the body's ``details.tryAgainIn`` (milliseconds).
 
-    Returns None when nothing says; never negative.
+    Returns None when nothing says; never negative, and never more than :data:`MAX_RETRY_AFTER_SECONDS`
+    (24 h): a date in 2099 or ``99999999999999999999`` seconds is read as one day.
     """
-    now = now or datetime.now(UTC)
+    seconds = _retry_after(response, body, now or datetime.now(UTC))
+    return None if seconds is None else min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def _retry_after(response: httpx.Response, body: Body | None, now: datetime) -> float | None:
     headers = response.headers
     seconds = as_float(headers.get("x-retry-after"))
     if seconds is not None:
-        return max(seconds, 0.0)
+        return seconds
     value = headers.get("retry-after")
     if value is not None:
         seconds = as_float(value)
         if seconds is not None:
-            return max(seconds, 0.0)
+            return seconds
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             when = None
         if when is not None:
             when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-            return max((when - now).total_seconds(), 0.0)
+            return (when - now).total_seconds()
     reset = as_float(headers.get("ratelimit-reset") or headers.get("x-ratelimit-reset"))
     if reset is not None:
         if reset > _EPOCH:
             epoch = reset / 1000 if reset > _EPOCH_MS else reset
-            return max(epoch - now.timestamp(), 0.0)
-        return max(reset, 0.0)
+            return epoch - now.timestamp()
+        return reset
     body = read_body(response) if body is None else body
     millis = as_float(pick(pick(body.json, "details"), "tryAgainIn"))
     if millis is None:
         millis = as_float(pick(body.json, "tryAgainIn"))
-    return max(millis / 1000, 0.0) if millis is not None else None
+    return millis / 1000 if millis is not None else None
 
 
 # ---------------------------------------------------------------- the table
@@ -299,6 +319,14 @@ def _too_large(problem: Problem) -> ProviderError:
     )
 
 
+def _key_name(problem: Problem) -> ProviderError:
+    return BadRequestError(
+        f"the API key name was refused: {problem.message} (names are {KEY_NAME_LIMITS} characters)",
+        provider=PROVIDER,
+        status_code=problem.http_status,
+    )
+
+
 def _cdn_blocked(problem: Problem) -> ProviderError:
     return ProviderServerError(
         "blocked by the site's CDN (an anti-bot challenge page); try again later or from another network",
@@ -312,11 +340,13 @@ def _cdn_page(p: Problem) -> bool:
 
 
 def _too_large_status(p: Problem) -> bool:
-    return p.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE or p.matches(_TOO_LARGE_WORDS)
+    return p.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE or (
+        p.status is None and p.matches(_TOO_LARGE_WORDS)
+    )
 
 
 def _spent(p: Problem) -> bool:
-    if p.code == "USAGE_EXCEEDED" or p.status == HTTPStatus.PAYMENT_REQUIRED:
+    if p.code in QUOTA_CODES or p.status == HTTPStatus.PAYMENT_REQUIRED:
         return True
     quota_statuses = (HTTPStatus.FORBIDDEN, HTTPStatus.TOO_MANY_REQUESTS, None)
     return p.status in quota_statuses and p.matches(_QUOTA_WORDS)
@@ -361,12 +391,16 @@ class ErrorRule:
 ERROR_RULES: tuple[ErrorRule, ...] = (
     # A CDN challenge is an HTML 403 with Cloudflare's cf-ray header: not the site talking.
     ErrorRule(_cdn_page, _cdn_blocked),
+    # better-auth's API-key plugin: a key name outside 1-32 characters ("too large or too small").
+    ErrorRule(lambda p: p.code == "INVALID_NAME_LENGTH", _key_name),
+    # 413 (the platform's body limit), or, with no status or code to go by, an envelope saying so.
     ErrorRule(_too_large_status, _too_large),
     # better-auth's origin/CSRF check: retrying will not help until the Origin setting is fixed.
     ErrorRule(lambda p: p.code in ORIGIN_CODES, _origin_error),
-    # Spent credits or the guest's daily searches: 402, or 403/429/HTTP-200 envelope by the message.
+    # Spent credits or the guest's daily searches: 402, USAGE_EXCEEDED, or (no code) a 403/429/HTTP-200
+    # envelope whose message speaks of credits or a daily quota.
     ErrorRule(_spent, _simple(QuotaExhaustedError)),
-    # 429, the API-key plugin's RATE_LIMITED (sent as 401 up to better-auth 1.6.10), or an envelope.
+    # 429 and RATE_LIMITED (sent as 401 up to better-auth 1.6.10): a rate limit, never a quota.
     ErrorRule(_rate_limited, _simple(RateLimitedError)),
     ErrorRule(_refused_credentials, _auth_error),
     ErrorRule(_fetch_failed, _simple(ImageFetchError)),

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr, ValidationError
 
+from anisearch._exceptions import ConfigurationError
 from anisearch._models import ApiKey, CreatedApiKey, Credits, Hit, RankingEntry, RecentSearch
 from anisearch._provider import Page
 
-from ._errors import PROVIDER, check, uninterpretable
+from ._errors import KEY_NAME_LIMITS, PROVIDER, check, error_for, problem_of, uninterpretable
 from ._fields import (
     adult_of,
     anilist_id_of,
@@ -125,6 +126,16 @@ def _object(response: httpx.Response, item: Any, index: int, what: str) -> dict[
     if not isinstance(item, dict):
         raise uninterpretable(response, f"{what} {index} is not an object")
     return item
+
+
+_GUEST_REMAINING = ("remainingSearches", "searchesRemaining")
+_CREDIT_KEYS = ("remainingCredits", "creditsRemaining", "credits", "creditsLeft", "leftCredits")
+
+
+def guest_answer(containers: list[dict[str, Any]]) -> bool:
+    """Whether a search answer reports a guest's allowance (remaining searches) and no credits."""
+    guest = any(pick(container, *_GUEST_REMAINING) is not None for container in containers)
+    return guest and not any(pick(container, *_CREDIT_KEYS) is not None for container in containers)
 
 
 def remaining_credits(containers: list[dict[str, Any]]) -> int | None:
@@ -447,10 +458,18 @@ def parse_created_api_key(response: httpx.Response) -> CreatedApiKey:
     """A new key with its plaintext, which the site shows this one time only.
 
     Raises:
-        ProviderError: The answer is an error.
+        ConfigurationError: The site refused the title (``INVALID_NAME_LENGTH``: titles are 1 to 32
+            characters); nothing was created. It is the caller's argument that is wrong, so it is a
+            usage error (``anisearch keys create`` exits 2), never an image-size error.
+        ProviderError: The answer is another error.
         UpstreamResponseError: No plaintext key in the answer (it cannot be recovered later: revoke
             the key on the site and create another).
     """
+    problem = problem_of(response)
+    if problem is not None and problem.code == "INVALID_NAME_LENGTH":
+        raise ConfigurationError(
+            f"the API key title was refused: {problem.message} (titles are {KEY_NAME_LIMITS} characters)"
+        ) from error_for(response)
     payload = payload_of(response)
     value = payload.value
     if not isinstance(value, dict):

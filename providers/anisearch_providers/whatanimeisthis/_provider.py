@@ -13,6 +13,7 @@ key; nothing (a guest: 5 searches a day per IP).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import urlsplit
@@ -32,6 +33,8 @@ from ._errors import PROVIDER, check, error_for, uninterpretable
 from ._tolerant import pick, unwrap
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from anisearch._models import ApiKey, CreatedApiKey, Credits, RankingEntry, RecentSearch
     from anisearch._provider import ProviderContext, SearchQuery
 
@@ -72,6 +75,7 @@ class WhatAnimeIsThis:
         origin: The ``Origin`` header (setting ``origin``); default the base URL's origin.
         state_dir: Where the session cookie jar is kept (``whatanimeisthis-cookies.json``, mode 0600);
             None keeps the session in memory.
+        clock: Seconds since the epoch, for cookie expiry and session refresh (``time.time``); for tests.
 
     Raises:
         ConfigurationError: The URL or the origin is not http(s).
@@ -94,6 +98,7 @@ class WhatAnimeIsThis:
         password: str | None = None,
         origin: str | None = None,
         state_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         site_origin = _origin_of(base_url, "url")
         self.base_url = base_url.rstrip("/")
@@ -103,7 +108,8 @@ class WhatAnimeIsThis:
         self._password = password or None
         self._signed_out = False
         self._pending_email: str | None = None
-        self.jar = CookieJar(Path(state_dir) / JAR_NAME if state_dir is not None else None, site_origin)
+        jar_path = Path(state_dir) / JAR_NAME if state_dir is not None else None
+        self.jar = CookieJar(jar_path, site_origin, clock)
         self._auth = SessionAuth(
             self.jar,
             origin=self.origin,
@@ -111,6 +117,8 @@ class WhatAnimeIsThis:
             credentials=self._credentials,
             sign_in_request=self.sign_in_request,
             refused=self._forget_password,
+            session_request=self.session_request,
+            sign_out_request=self.sign_out_request,
         )
 
     @classmethod
@@ -218,6 +226,9 @@ class WhatAnimeIsThis:
     def parse_search(self, response: httpx.Response) -> ProviderAnswer:
         """Up to 5 hits, similarity descending, and the remaining credits when the answer says.
 
+        The quota's ``scope`` is who the site served: ``api-key`` or ``session`` as sent, except that a
+        session search answered with a guest's allowance (remaining searches, no credits) is ``guest``.
+
         Raises:
             ProviderError: The subclass the status and message mean (see ``_errors.ERROR_RULES``).
             UpstreamResponseError: No list of results, or a result without a similarity.
@@ -227,6 +238,8 @@ class WhatAnimeIsThis:
         quota = None
         if remaining is not None:
             scope = _quota.scope_of(response.request, self.credential.scope)
+            if scope == "session" and _parse.guest_answer(payload.containers):
+                scope = "guest"  # the session died on the way: the site served a guest's search
             quota = Quota(provider=PROVIDER, scope=scope, remaining=remaining, window="day")
         return ProviderAnswer(hits=hits, frames_searched=_parse.frames_searched(payload), quota=quota)
 
@@ -375,19 +388,32 @@ class WhatAnimeIsThis:
         return self._json_request("/api/auth/sign-out", {})
 
     def parse_sign_out(self, response: httpx.Response) -> None:
-        """Delete the local session whatever the site said, then report a real failure.
+        """Delete the local session once the site has accepted the sign-out.
 
-        Configured credentials are not used again by this instance until :meth:`parse_sign_in`.
+        A 2xx, or an answer saying there was no session any more (401, or better-auth 1.3's 400
+        ``FAILED_TO_GET_SESSION``), ends it: the jar is cleared and configured credentials are not used
+        again by this instance until :meth:`parse_sign_in`. Any other answer (an untrusted Origin, a
+        server error) leaves the session alive on the site, so the jar is kept and the error says so.
 
         Raises:
-            ProviderError: The site failed to sign out (the local session is deleted anyway). An
-                already-missing session (400 ``FAILED_TO_GET_SESSION``, 401) is not an error.
+            ProviderError: The site refused or failed to sign out; the session is still signed in and
+                still stored (the message names the jar file).
         """
-        self.jar.clear()
-        self._signed_out = True
+        self.jar.absorb(response)
         error = error_for(response)
-        if error is None or error.status_code == 401 or "FAILED_TO_GET_SESSION" in response.text:  # noqa: PLR2004
+        gone = error is not None and (
+            error.status_code == 401 or "FAILED_TO_GET_SESSION" in response.text  # noqa: PLR2004
+        )
+        if error is None or gone:
+            self.jar.clear()
+            self._signed_out = True
             return
+        where = str(self.jar.path) if self.jar.path is not None else "memory"
+        error.message = (
+            f"the site did not sign out ({error.message}); the session is still signed in there and is "
+            f"kept in {where}: fix the cause and sign out again"
+        )
+        error.args = (error.message,)
         raise error
 
     def session_request(self) -> httpx.Request:

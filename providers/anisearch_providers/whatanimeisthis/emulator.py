@@ -10,6 +10,11 @@ hour. Searches are scored against a small built-in index (``_emulator_index``) w
 layout descriptor. Knobs are the fields of :class:`~._emulator_state.Knobs`; the state and its counters
 are ``app.state.emulator``.
 
+API keys are modelled on better-auth's API-key plugin behind the site's documented routes: 64 random
+letters, listed only by their 6-letter ``start``, titles of 1 to 32 characters (a longer one is 400
+``INVALID_NAME_LENGTH``, the plugin's answer). Sessions slide when the site's routes look them up, but
+only ``get-session`` sends the refreshed cookie.
+
 One account exists unless the ``users`` knob says otherwise: ``user@example.com`` with the password
 ``correct horse battery staple``.
 """
@@ -40,6 +45,9 @@ __all__ = ["EmulatorState", "Knobs", "create_app"]
 PERIODS = {"daily": 86400, "weekly": 7 * 86400, "monthly": 30 * 86400, "yearly": 365 * 86400, "all": None}
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 _UNAUTHORIZED = "Unauthorized"
+KEY_NAME_MAX = 32
+"""Longest API key title: the site's keys are taken as better-auth's plugin keys, whose names are 1-32."""
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class _Refused(Exception):  # noqa: N818 - a control-flow signal carrying the answer, not an error
@@ -107,9 +115,14 @@ def _caller(request: Request) -> User | None:
 
 
 def _session_user(request: Request) -> User | None:
+    """The signed-in user. Looking the session up slides it server-side, as better-auth's session lookup
+    does for the site's own routes, but no refreshed cookie is sent (only ``get-session`` sends one)."""
     state = _state(request)
     record = state.session_from_cookies(request.cookies)
-    return state.user_by_id(record.user_id) if record is not None else None
+    if record is None:
+        return None
+    state.slide(record)
+    return state.user_by_id(record.user_id)
 
 
 # ---------------------------------------------------------------- search
@@ -358,7 +371,7 @@ async def anime_credits(request: Request) -> Response:
     return ok(state, payload)
 
 
-async def api_keys(request: Request) -> Response:
+async def api_keys(request: Request) -> Response:  # noqa: PLR0911 - one exit per refusal
     """``GET /api/apikeys?page=&pageSize=`` (masked keys); ``POST /api/apikeys`` ``{title}`` (plaintext)."""
     state = _state(request)
     user = _session_user(request)
@@ -370,8 +383,11 @@ async def api_keys(request: Request) -> Response:
         except ValueError:
             return fail(state, 400, "Invalid JSON body")
         title = body.get("title") if isinstance(body, dict) else None
-        if not isinstance(title, str) or not title.strip() or len(title) > 100:  # noqa: PLR2004
-            return fail(state, 400, "title is required (1 to 100 characters)")
+        if not isinstance(title, str) or not title.strip():
+            return fail(state, 400, "title is required")
+        if not 1 <= len(title.strip()) <= KEY_NAME_MAX:  # better-auth's API-key plugin, passed through
+            message = "The name length is either too large or too small."
+            return JSONResponse({"message": message, "code": "INVALID_NAME_LENGTH"}, status_code=400)
         record = state.create_key(user, title.strip())
         return ok(
             state,
@@ -390,7 +406,7 @@ async def api_keys(request: Request) -> Response:
         {
             "id": key.id,
             "title": key.title,
-            "key": f"{key.key[:3]}…{key.key[-4:]}",
+            "start": key.key[:6],
             "status": "active",
             "createdAt": iso(key.created_at),
             "lastUsedAt": iso(key.last_used_at) if key.last_used_at is not None else None,
@@ -413,9 +429,7 @@ def create_app(**knobs: Any) -> Starlette:
     if settings.style not in get_args(Style):
         raise ValueError(f"style must be one of {get_args(Style)}, not {settings.style!r}")
     routes = [
-        Route("/api/auth/sign-in/email", auth.sign_in, methods=["POST"]),
-        Route("/api/auth/get-session", auth.get_session, methods=["GET", "POST"]),
-        Route("/api/auth/sign-out", auth.sign_out, methods=["POST"]),
+        Route("/api/auth/{rest:path}", auth.dispatch, methods=list(_METHODS)),
         Route("/api/anime/search", search, methods=["POST"]),
         Route("/api/anime/rankings", rankings, methods=["GET"]),
         Route("/api/anime/recent-searches", recent_searches, methods=["GET"]),
