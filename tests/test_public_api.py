@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 
@@ -19,6 +19,8 @@ from anisearch import (
     QuotaExhaustedError,
     UnknownProviderError,
 )
+from anisearch._version import DISTRIBUTION
+from anisearch._version import __version__ as source_version
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -31,7 +33,11 @@ def test_all_is_sorted_and_complete() -> None:
 
 
 def test_version_comes_from_the_package_metadata() -> None:
-    assert anisearch.__version__ == version("anisearch")
+    try:
+        installed = version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that is not installed under the new name
+        installed = source_version
+    assert anisearch.__version__ == installed == source_version
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         anisearch.nope  # noqa: B018 - the attribute access is the test
 
