@@ -89,7 +89,7 @@ def providers(as_json: JsonOption = False, verbose: VerboseOption = False) -> No
             "name": info.name,
             "enabled": "yes" if info.enabled else "no",
             "signed in": "yes" if info.authenticated else "no",
-            "url": info.base_url,
+            "url": info.base_url or "(not configured)",
             "capabilities": ", ".join(info.capabilities),
         }
         for info in infos

@@ -279,7 +279,7 @@ def clock(seconds: float | None) -> str:
 
 
 def _span(delta_seconds: float) -> str:
-    total = round(abs(delta_seconds) / 60)
+    total = int(abs(delta_seconds) // 60)
     days, rest = divmod(total, 24 * 60)
     hours, minutes = divmod(rest, 60)
     parts = [f"{days} d"] if days else []
@@ -290,18 +290,17 @@ def _span(delta_seconds: float) -> str:
     return " ".join(parts[:2])  # "2 d 3 h", "3 h 12 min": two units are enough
 
 
+_DAY = 24 * 3600
+
+
 def when(moment: datetime | None, now: datetime | None = None) -> str:
     """A time as the user reads it: local time with its zone plus how far away (``in 3 h 12 min``)."""
     if moment is None:
         return "-"
     now = now or datetime.now(UTC)
     local = moment.astimezone()
-    stamp = (
-        local.strftime("%Y-%m-%d %H:%M %Z")
-        if local.date() != now.astimezone().date()
-        else local.strftime("%H:%M %Z")
-    )
     delta = (moment - now).total_seconds()
+    stamp = local.strftime("%H:%M %Z" if abs(delta) < _DAY else "%Y-%m-%d %H:%M %Z")
     if abs(delta) < 60:  # noqa: PLR2004 - under a minute reads as now
         return f"{stamp} (now)"
     return f"{stamp} (in {_span(delta)})" if delta > 0 else f"{stamp} ({_span(delta)} ago)"
@@ -325,7 +324,9 @@ def records(
     if not rows:
         err.print(empty, markup=False, highlight=False)
         return
-    columns = list(rows[0])
+    columns = [
+        c for c in rows[0] if c == key or any(row[c] not in {"-", ""} for row in rows)
+    ]  # no empty column
     widths = [max(len(column), *(len(row[column]) for row in rows)) for column in columns]
     natural = sum(widths) + 3 * len(columns) + 1
     if natural <= out.width:
