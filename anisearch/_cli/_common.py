@@ -18,6 +18,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -170,7 +171,7 @@ def with_host_port(message: str, urls: dict[str, str]) -> str:
         host = where.rsplit(":", 1)[0]
         if where:
             message = re.sub(
-                rf"({re.escape(name)} failed: cannot reach ){re.escape(host)}(?![:\w])",
+                rf"({re.escape(name)} failed: cannot reach ){re.escape(host)}(?!:\d|[\w.])",
                 rf"\g<1>{where}",
                 message,
             )
@@ -341,13 +342,16 @@ def records(
         return
     out.print(Text(title, style="bold"))
     head = key or columns[0]
-    label = max(len(c) for c in columns if c != head)
     for index, row in enumerate(rows):
         style = styles[index] if index < len(styles) else ""
         out.print(Text(row[head], style=f"bold {style}".strip()))
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(no_wrap=True)
+        grid.add_column(overflow="fold")  # a long value wraps under itself, never cut short
         for column in columns:
             if column != head:
-                out.print(Text(f"  {column.ljust(label)}  {row[column]}", style=style))
+                grid.add_row(column, Text(row[column]), style=style or None)
+        out.print(Padding(grid, (0, 0, 0, 2)))
 
 
 class Command(typer.core.TyperCommand):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import re
@@ -37,6 +38,7 @@ from anisearch._cli._common import (
     out,
     print_json,
     say_error,
+    with_host_port,
 )
 from anisearch._config import Settings
 from anisearch._exceptions import AnisearchError, InvalidImageError
@@ -99,6 +101,8 @@ class Tally:
     total: int
     threshold: float
     done: list[Outcome] = field(default_factory=list)
+    urls: dict[str, str] = field(default_factory=dict)
+    """Each provider's base URL, read when something failed (messages name host:port)."""
 
     def count(self, code: int) -> int:
         return sum(1 for o in self.done if o.code == code)
@@ -256,6 +260,8 @@ async def _search_all(
     fatal: list[AnisearchError] = []
     async with AsyncClient(settings, on_attempt=log_attempt if verbose else None) as client:
         limiter = anyio.CapacityLimiter(jobs)
+        with contextlib.suppress(AnisearchError):  # for messages only (no request is sent)
+            tally.urls = {info.name: info.base_url for info in await client.providers()}
 
         async def one(item: Input, group: anyio.abc.TaskGroup) -> None:
             async with limiter:
@@ -301,10 +307,12 @@ def _print_result(result: SearchResult, *, limit: int, show_all: bool, threshold
 
 
 def _report_single(
-    outcome: Outcome, *, as_json: bool, raw: bool, limit: int, show_all: bool, threshold: float
+    outcome: Outcome, tally: Tally, *, as_json: bool, raw: bool, limit: int, show_all: bool
 ) -> None:
+    threshold = tally.threshold
     if outcome.error is not None:
-        fail(describe(outcome.error), outcome.code, hint_for(outcome.error))
+        message = with_host_port(describe(outcome.error), tally.urls)
+        fail(message, outcome.code, hint_for(outcome.error, tally.urls))
     if outcome.result is None:  # a missing file: reported before any search
         raise typer.Exit(outcome.code)
     if as_json:
@@ -315,7 +323,9 @@ def _report_single(
         raise typer.Exit(outcome.code)
 
 
-def _batch_line(outcome: Outcome, *, as_json: bool, raw: bool, threshold: float) -> None:
+def _batch_line(
+    outcome: Outcome, *, as_json: bool, raw: bool, threshold: float, urls: dict[str, str]
+) -> None:
     label = outcome.input.label
     if as_json:
         if outcome.result is not None:
@@ -326,7 +336,7 @@ def _batch_line(outcome: Outcome, *, as_json: bool, raw: bool, threshold: float)
                 "input": label,
                 "error": {
                     "type": type(error).__name__,
-                    "message": describe(error) if error else "",
+                    "message": with_host_port(describe(error), urls) if error else "",
                     "exit_code": outcome.code,
                 },
             }
@@ -337,7 +347,7 @@ def _batch_line(outcome: Outcome, *, as_json: bool, raw: bool, threshold: float)
         text = headline(match) if match is not None else no_match_text(outcome.result, threshold)
         out.print(Text(f"{label}: ") + Text(text, style="" if match else "dim"), soft_wrap=True)
     else:
-        message = describe(outcome.error) if outcome.error else "failed"
+        message = with_host_port(describe(outcome.error), urls) if outcome.error else "failed"
         out.print(Text(f"{label}: error: {message}", style="red"), soft_wrap=True)
 
 
@@ -484,9 +494,7 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
     if fatal is not None:
         fail(describe(fatal), exit_code(fatal), hint_for(fatal))
     if not batch and not interrupted:
-        _report_single(
-            tally.done[0], as_json=as_json, raw=raw, limit=limit, show_all=show_all, threshold=threshold
-        )
+        _report_single(tally.done[0], tally, as_json=as_json, raw=raw, limit=limit, show_all=show_all)
         return
     _summary(tally, time.monotonic() - started, interrupted=interrupted)
     if interrupted:
@@ -526,7 +534,7 @@ def _runner(
             return go(lambda _: None)
 
         def printed(outcome: Outcome) -> None:
-            _batch_line(outcome, as_json=as_json, raw=raw, threshold=tally.threshold)
+            _batch_line(outcome, as_json=as_json, raw=raw, threshold=tally.threshold, urls=tally.urls)
 
         if not err.is_terminal:
             return go(printed)
