@@ -31,7 +31,7 @@ else
 fi
 
 image="${1:-examples/tinted-good.jpg}"
-port="${ANISEARCH_QUICKSTART_PORT:-18765}"
+port="${ANISEARCH_QUICKSTART_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 state="$(mktemp -d)"
 emulator=""
 cleanup() {
@@ -40,6 +40,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if ! python -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$port" 2>/dev/null; then
+    echo "port $port is taken: set ANISEARCH_QUICKSTART_PORT to a free port" >&2  # search nothing else
+    exit 2
+fi
 say "starting the trace.moe emulator on 127.0.0.1:$port"
 anisearch emulate tracemoe --port "$port" >/dev/null &
 emulator=$!
