@@ -21,7 +21,7 @@ from PIL import Image, ImageEnhance
 from tests.cli_runner import run_in_process as cli
 
 import anisearch
-from anisearch._cli import _common, _emulate, _search
+from anisearch._cli import _common, _emulate, _render, _search
 from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
 from anisearch_providers.whatanimeisthis.emulator import create_app as whatanimeisthis_app
 
@@ -280,12 +280,12 @@ def test_titles_prefer_names_over_release_files() -> None:
     hit = anisearch.Hit(
         provider="tracemoe", similarity=0.9, filename="[Ohys-Raws] Fune o Amu - 05 (CX 1280x720 x264 AAC).mp4"
     )
-    assert _search.title_of(hit) == "Fune o Amu - 05"
+    assert _render.title_of(hit) == "Fune o Amu - 05"
     named = hit.model_copy(
         update={"title": anisearch.Title(romaji="Fune wo Amu", english="The Great Passage")}
     )
-    assert _search.title_of(named) == "Fune wo Amu"
-    assert _search.title_of(anisearch.Hit(provider="x", similarity=0.5, anilist_id=21)) == "AniList 21"
+    assert _render.title_of(named) == "Fune wo Amu"
+    assert _render.title_of(anisearch.Hit(provider="x", similarity=0.5, anilist_id=21)) == "AniList 21"
 
 
 # ---------------------------------------------------------------------------------------------- batch
@@ -432,3 +432,16 @@ def test_knobs_of_a_keyword_factory_are_unlisted_not_refused() -> None:
         return knobs
 
     assert _emulate.knobs_of(factory) is None
+
+
+def test_a_keyword_factory_takes_its_knobs_and_refuses_others_in_one_line() -> None:
+    app = _emulate._build("whatanimeisthis", {"guest_daily_limit": 2}, strict=True)
+    assert app.state.emulator.knobs.guest_daily_limit == 2
+    assert (
+        _emulate._build("whatanimeisthis", {"quota": 3}, strict=False).state.emulator.knobs.guest_daily_limit
+        == 5
+    )
+    done = cli("emulate", "whatanimeisthis", "-o", "colour=1")
+    assert done.returncode == 2
+    assert done.stderr.startswith("anisearch: error: the whatanimeisthis emulator refused its knobs:")
+    assert "colour" in done.stderr

@@ -111,6 +111,17 @@ def _build(emulator: str, knobs: dict[str, Any], *, strict: bool) -> Any:
         factory = load_emulator(emulator)
     except AnisearchError as exc:
         fail(str(exc), exit_code(exc), "'anisearch emulate -h' lists the emulators")
+    try:
+        return _call(emulator, factory, knobs, strict=strict)
+    except TypeError as exc:  # a factory taking **knobs refused one
+        fail(
+            f"the {emulator} emulator refused its knobs: {exc}",
+            EXIT_USAGE,
+            "'anisearch emulate -h' lists them",
+        )
+
+
+def _call(emulator: str, factory: Any, knobs: dict[str, Any], *, strict: bool) -> Any:
     known = knobs_of(factory)
     if known is not None and not _takes_any(factory):
         accepted = set(inspect.signature(factory).parameters)
@@ -125,7 +136,11 @@ def _build(emulator: str, knobs: dict[str, Any], *, strict: bool) -> Any:
         knobs = {k: v for k, v in knobs.items() if k in accepted}
     try:
         return factory(**knobs)
-    except (TypeError, ValueError) as exc:
+    except TypeError:
+        if strict or not knobs:
+            raise
+        return factory()  # "all": a knob is for the emulators that take it; this one takes none of them
+    except ValueError as exc:
         fail(
             f"the {emulator} emulator refused its knobs: {exc}",
             EXIT_USAGE,
