@@ -24,7 +24,10 @@ from anisearch._version import __version__ as source_version
 
 
 def test_all_is_sorted_and_complete() -> None:
-    assert anisearch.__all__ == sorted(anisearch.__all__)
+    # ruff's RUF022 order: CONSTANTS, then Classes, then functions, each alphabetical
+    assert anisearch.__all__ == sorted(
+        anisearch.__all__, key=lambda name: (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
+    )
     public = {name for name in vars(anisearch) if not name.startswith("_")}
     modules = {"annotations", "os", "Sequence", "IO", "TYPE_CHECKING", "Any", "cli"}
     assert public - modules - set(anisearch.__all__) == set()
