@@ -39,6 +39,7 @@ from anisearch._exceptions import (
     UpstreamResponseError,
 )
 from anisearch._models import (
+    DEFAULT_MIN_SIMILARITY,
     ApiKey,
     Attempt,
     CreatedApiKey,
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     from anisearch._router import AttemptCallback
 
 __all__ = [
+    "DEFAULT_MIN_SIMILARITY",
     "AccountProvider",
     "AllProvidersFailedError",
     "AnisearchError",
@@ -196,7 +198,13 @@ async def asearch(
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        from importlib.metadata import version
+        from importlib.metadata import PackageNotFoundError, version
 
-        return version("anisearch")
+        from anisearch._version import DISTRIBUTION
+        from anisearch._version import __version__ as source_version
+
+        try:
+            return version(DISTRIBUTION)
+        except PackageNotFoundError:  # a source tree on sys.path that was never installed
+            return source_version
     raise AttributeError(f"module 'anisearch' has no attribute {name!r}")

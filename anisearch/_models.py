@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 __all__ = [
+    "DEFAULT_MIN_SIMILARITY",
     "ApiKey",
     "Attempt",
     "CreatedApiKey",
@@ -60,6 +61,13 @@ def coerce_episode(value: Any) -> Episode:
         return kept if kept and len(kept) == len(value) else None
     return _episode_part(value)
 
+
+DEFAULT_MIN_SIMILARITY = 0.9
+"""The similarity (0..1) a hit needs to count as a match: :attr:`SearchResult.match` and the CLI's exit code.
+
+Source: trace.moe's API documentation (https://soruly.github.io/trace.moe-api/) warns that results under
+90 % similarity are usually wrong; the legacy whatanime.ga documentation put the line at 85 %. Pass
+``min_similarity`` to :meth:`SearchResult.match_at`, or ``--min-similarity`` to the CLI, to choose another."""
 
 QuotaWindow = str
 """A window's name as its provider declares it: ``rolling-24h``, ``day``, ``month``, ``minute``, ``hour``, or
@@ -215,8 +223,28 @@ class SearchResult(_Model):
 
     @property
     def best(self) -> Hit | None:
-        """The most similar hit, or None when there is none."""
+        """The most similar hit, or None when there is none (however weak it is; see :attr:`match`)."""
         return self.hits[0] if self.hits else None
+
+    @property
+    def match(self) -> Hit | None:
+        """The most similar hit when it reaches :data:`DEFAULT_MIN_SIMILARITY` (0.9), else None.
+
+        A search always returns candidates, even for a frame no provider has indexed; only a hit at or above
+        the threshold is an answer.
+        """
+        return self.match_at(DEFAULT_MIN_SIMILARITY)
+
+    def match_at(self, min_similarity: float) -> Hit | None:
+        """The most similar hit when its similarity is at least ``min_similarity`` (0..1), else None.
+
+        Raises:
+            ValueError: ``min_similarity`` is outside 0..1.
+        """
+        if not 0.0 <= min_similarity <= 1.0:
+            raise ValueError(f"min_similarity must be within 0..1, got {min_similarity}")
+        best = max(self.hits, key=lambda hit: hit.similarity, default=None)
+        return best if best is not None and best.similarity >= min_similarity else None
 
 
 class ProviderInfo(_Model):

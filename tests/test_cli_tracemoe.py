@@ -11,13 +11,19 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from tests.cli_runner import run_in_process
 
 from anisearch_providers.tracemoe.emulator import create_app
 
 pytestmark = pytest.mark.e2e
 
 Cli = Callable[..., "subprocess.CompletedProcess[str]"]
-"""The ``cli`` fixture of conftest.py: runs ``python -m anisearch`` in its own process."""
+"""Runs ``anisearch ARGS``: in process here (see ``cli_runner``); conftest's ``cli`` starts a process."""
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return run_in_process
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from tests.cli_runner import run_in_process
 
 from anisearch import Client, Settings
 from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
@@ -20,7 +21,12 @@ from anisearch_providers.tracemoe.legacy_emulator import create_app as legacy_ap
 pytestmark = pytest.mark.e2e
 
 Cli = Callable[..., "subprocess.CompletedProcess[str]"]
-"""The ``cli`` fixture of conftest.py: runs ``python -m anisearch`` in its own process."""
+"""Runs ``anisearch ARGS``: in process here (see ``cli_runner``); conftest's ``cli`` starts a process."""
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return run_in_process
 
 
 def test_the_legacy_api_identifies_the_screenshot(

@@ -11,13 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.cli_runner import run_in_process
 
 from anisearch_providers.whatanimeisthis.emulator import create_app
 
 pytestmark = pytest.mark.e2e
 
 Cli = Callable[..., "subprocess.CompletedProcess[str]"]
-"""The ``cli`` fixture of conftest.py: runs ``python -m anisearch`` in its own process."""
+"""Runs ``anisearch ARGS``: in process here (see ``cli_runner``); conftest's ``cli`` starts a process."""
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return run_in_process
+
 
 EMAIL, PASSWORD = "ann@example.com", "correct horse battery staple"
 
@@ -98,7 +105,9 @@ def test_a_wrong_password_is_an_authentication_error(cli: Cli, site: Any) -> Non
         },
     )
     assert done.returncode == 5
-    assert len(done.stderr.strip().splitlines()) == 1
+    error, hint = done.stderr.strip().splitlines()
+    assert error.startswith("anisearch: error: ")
+    assert hint.startswith("hint: ")
     assert "wrong" not in done.stderr
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 
@@ -19,10 +19,15 @@ from anisearch import (
     QuotaExhaustedError,
     UnknownProviderError,
 )
+from anisearch._version import DISTRIBUTION
+from anisearch._version import __version__ as source_version
 
 
 def test_all_is_sorted_and_complete() -> None:
-    assert anisearch.__all__ == sorted(anisearch.__all__)
+    # ruff's RUF022 order: CONSTANTS, then Classes, then functions, each alphabetical
+    assert anisearch.__all__ == sorted(
+        anisearch.__all__, key=lambda name: (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
+    )
     public = {name for name in vars(anisearch) if not name.startswith("_")}
     modules = {"annotations", "os", "Sequence", "IO", "TYPE_CHECKING", "Any", "cli"}
     assert public - modules - set(anisearch.__all__) == set()
@@ -31,7 +36,11 @@ def test_all_is_sorted_and_complete() -> None:
 
 
 def test_version_comes_from_the_package_metadata() -> None:
-    assert anisearch.__version__ == version("anisearch")
+    try:
+        installed = version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that is not installed under the new name
+        installed = source_version
+    assert anisearch.__version__ == installed == source_version
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         anisearch.nope  # noqa: B018 - the attribute access is the test
 

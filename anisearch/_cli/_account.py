@@ -1,0 +1,265 @@
+"""``quota``, ``providers`` and the account commands (``rankings``, ``recent``, ``credits``, ``login``,
+``logout``, ``keys``)."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from typing import Annotated
+
+import typer
+
+from anisearch._cli._common import (
+    EXIT_USAGE,
+    Command,
+    JsonOption,
+    VerboseOption,
+    clock,
+    configure_logging,
+    err,
+    examples,
+    fail,
+    open_client,
+    out,
+    print_json,
+    records,
+    waiting,
+    when,
+)
+from anisearch._models import Quota
+
+PERIODS = ("daily", "weekly", "monthly", "yearly", "all")
+
+
+def _number(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _allowance(q: Quota) -> str:
+    if q.limit is None:
+        return f"{_number(q.used)} used" if q.used is not None else "-"
+    left = q.remaining if q.remaining is not None else (q.limit - q.used if q.used is not None else None)
+    return f"{_number(left)} of {q.limit} left"
+
+
+def quota(
+    provider: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="PROVIDER",
+            help="tracemoe, whatanimeisthis or whatanime-ga; all configured ones by default.",
+        ),
+    ] = None,
+    refresh: Annotated[bool, typer.Option("--refresh", help="Ask the free quota endpoints first.")] = False,
+    as_json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """What each provider allows, what is used and when it frees."""
+    configure_logging(verbose)
+    with open_client(verbose) as client:
+        quotas = waiting("asking…", lambda: client.quota(provider, refresh=refresh))
+    if as_json:
+        print_json([q.model_dump(mode="json", exclude={"raw"}) for q in quotas])
+        return
+    rows = [
+        {
+            "provider": q.provider,
+            "window": q.window,
+            "allowance": _allowance(q),
+            "frees": when(q.resets_at),
+            "cooldown until": when(q.cooldown_until) if q.cooldown_until else "-",
+            "scope": q.scope,
+            "source": q.source,
+        }
+        for q in quotas
+    ]
+    records(rows, title="quota", empty="no quota known yet: search once, or run 'anisearch quota --refresh'")
+
+
+def providers(as_json: JsonOption = False, verbose: VerboseOption = False) -> None:
+    """The providers: where they point, whether they are used, what they can do."""
+    configure_logging(verbose)
+    with open_client(verbose) as client:
+        infos = client.providers()
+    if as_json:
+        print_json([info.model_dump(mode="json") for info in infos])
+        return
+    rows = [
+        {
+            "name": info.name,
+            "enabled": "yes" if info.enabled else "no",
+            "signed in": "yes" if info.authenticated else "no",
+            "url": info.base_url or "(not configured)",
+            "capabilities": ", ".join(info.capabilities),
+        }
+        for info in infos
+    ]
+    records(rows, title="providers", empty="no provider is installed")
+
+
+def rankings(
+    period: Annotated[str, typer.Option(metavar="|".join(PERIODS), help="Which period.")] = "all",
+    limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", min=1, help="How many entries.")] = 50,
+    include_adult: Annotated[bool, typer.Option("--include-adult", help="Include adult titles.")] = False,
+    as_json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """The most-searched anime on whatanimeisthis.com."""
+    configure_logging(verbose)
+    if period not in PERIODS:
+        fail(f"--period must be one of {', '.join(PERIODS)}, not {period!r}", EXIT_USAGE)
+    with open_client(verbose) as client:
+        entries = waiting("asking…", lambda: client.rankings(period, limit, include_adult))
+    if as_json:
+        print_json([e.model_dump(mode="json", exclude={"raw"}) for e in entries])
+        return
+    rows = [
+        {
+            "rank": str(e.rank),
+            "title": (e.title.preferred(("romaji", "english", "native")) if e.title else None) or "-",
+            "anilist": _number(e.anilist_id),
+            "searches": _number(e.searches),
+        }
+        for e in entries
+    ]
+    records(
+        rows,
+        title=f"most searched ({period})",
+        empty=f"no rankings for the period {period!r} yet",
+        key="title",
+    )
+
+
+def recent(
+    limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", min=1, help="How many searches.")] = 20,
+    offset: Annotated[int, typer.Option(metavar="N", min=0, help="Skip this many.")] = 0,
+    as_json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Recently confirmed public searches on whatanimeisthis.com."""
+    configure_logging(verbose)
+    with open_client(verbose) as client:
+        items = waiting("asking…", lambda: client.recent_searches(limit, offset))
+    if as_json:
+        print_json([i.model_dump(mode="json", exclude={"raw"}) for i in items])
+        return
+    rows = [
+        {
+            "title": (i.title.preferred(("romaji", "english", "native")) if i.title else None) or "-",
+            "episode": "-" if i.episode is None else str(i.episode),
+            "at": clock(i.at_seconds),
+            "similar": "-" if i.similarity is None else f"{i.similarity * 100:.1f} %",
+            "when": when(i.searched_at),
+        }
+        for i in items
+    ]
+    records(rows, title="recent searches", empty="no recent public searches", key="title")
+
+
+def credits(as_json: JsonOption = False, verbose: VerboseOption = False) -> None:  # noqa: A001 - the command's name
+    """The signed-in account's search credits (whatanimeisthis.com)."""
+    configure_logging(verbose)
+    with open_client(verbose) as client:
+        result = waiting("asking…", client.credits)
+    if as_json:
+        print_json(result.model_dump(mode="json", exclude={"raw"}))
+        return
+    free = f" ({result.free_remaining} free today)" if result.free_remaining is not None else ""
+    resets = f", renewed {when(result.resets_at)}" if result.resets_at else ""
+    out.print(f"{result.remaining} credits left{free}{resets}", markup=False, highlight=False)
+
+
+def login(
+    email: Annotated[
+        str | None,
+        typer.Option(
+            metavar="EMAIL", help="Account email (or ANISEARCH_WHATANIMEISTHIS_EMAIL).", show_default=False
+        ),
+    ] = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Sign in to whatanimeisthis.com (the session is kept in the state dir).
+
+    The session cookie file is readable by you only (mode 0600).
+    """
+    configure_logging(verbose)
+    with open_client(verbose) as client:
+        name = client.account_provider()
+        config = client.settings.provider_config(name)
+        variable = f"ANISEARCH_{name.upper().replace('-', '_')}"
+        email = email or config.get("email")
+        password = config.get("password")
+        if not email:
+            if not sys.stdin.isatty():
+                fail("no email given", EXIT_USAGE, f"pass --email or set {variable}_EMAIL")
+            email = typer.prompt("email")
+        if not password:
+            if not sys.stdin.isatty():
+                fail("no password given", EXIT_USAGE, f"set {variable}_PASSWORD or run on a terminal")
+            password = getpass.getpass("password: ")
+        waiting("signing in…", lambda: client.sign_in(str(email), str(password)))
+    out.print(f"signed in as {email}", markup=False, highlight=False)
+
+
+def logout(verbose: VerboseOption = False) -> None:
+    """Sign out of whatanimeisthis.com and delete the session."""
+    configure_logging(verbose)
+    with open_client(verbose) as client:
+        waiting("signing out…", client.sign_out)
+    out.print("signed out")
+
+
+keys_app = typer.Typer(
+    help="API keys of the signed-in whatanimeisthis.com account.",
+    no_args_is_help=True,
+    epilog=examples("anisearch keys list", "anisearch keys create 'my bot'"),
+)
+
+
+@keys_app.command("list", cls=Command, epilog=examples("anisearch keys list", "anisearch keys list --json"))
+def keys_list(
+    page: Annotated[int, typer.Option(metavar="N", min=1, help="Page number.")] = 1,
+    page_size: Annotated[int, typer.Option(metavar="N", min=1, help="Keys per page.")] = 20,
+    as_json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """List the account's API keys (masked)."""
+    configure_logging(verbose)
+    with open_client(verbose) as client:
+        items = waiting("asking…", lambda: client.api_keys.list(page, page_size))
+    if as_json:
+        print_json([k.model_dump(mode="json", exclude={"raw"}) for k in items])
+        return
+    rows = [
+        {
+            "title": k.title or "-",
+            "id": k.id,
+            "key": k.masked_key or "-",
+            "status": k.status or "-",
+            "created": when(k.created_at),
+        }
+        for k in items
+    ]
+    records(rows, title="API keys", empty="no API keys yet: 'anisearch keys create TITLE' makes one")
+
+
+@keys_app.command("create", cls=Command, epilog=examples("anisearch keys create 'my bot'"))
+def keys_create(
+    title: Annotated[str, typer.Argument(metavar="TITLE", help="A name for the key.")],
+    as_json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Create an API key; the key is printed this one time only."""
+    configure_logging(verbose)
+    with open_client(verbose) as client:
+        created = waiting("creating…", lambda: client.api_keys.create(title))
+        variable = f"ANISEARCH_{client.account_provider().upper().replace('-', '_')}_KEY"
+    secret = created.key.get_secret_value()
+    if as_json:
+        print_json({**created.model_dump(mode="json", exclude={"raw", "key"}), "key": secret})
+        return
+    out.print(f"created API key {created.title or title!r} ({created.id})", markup=False, highlight=False)
+    out.print(secret, markup=False, highlight=False)
+    err.print(
+        f"this is the only time the key is shown: store it now (for example as {variable})", highlight=False
+    )

@@ -1,0 +1,372 @@
+"""What every command shares: the consoles, one error style, exit codes, logging, times and layouts.
+
+Exit codes (the same cause gives the same code in every command):
+0 ok, 1 no confident match, 2 usage or configuration, 3 bad input, 4 every provider failed (or the upstream
+failed), 5 authentication, 6 local state unusable (the quota ledger), 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from anisearch._config import Settings
+from anisearch._exceptions import (
+    AllProvidersFailedError,
+    AnisearchError,
+    AuthenticationError,
+    ConfigurationError,
+    ImageFetchError,
+    InvalidImageError,
+    LedgerError,
+    ProviderConnectionError,
+    ProviderError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    UnknownProviderError,
+)
+from anisearch._sync import Client
+
+EXIT_OK, EXIT_NO_MATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_ALL_FAILED, EXIT_AUTH, EXIT_STATE = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
+EXIT_INTERRUPTED = 130
+
+out = Console(soft_wrap=True)
+"""Results: stdout."""
+err = Console(stderr=True, soft_wrap=True)
+"""Progress, spinners, notes and errors: stderr."""
+
+T = TypeVar("T")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show each request, attempt, its time and any retry.")
+]
+
+
+def examples(*lines: str) -> str:
+    """An epilog of one-line examples for a command's ``--help``."""
+    return "Examples:\n\n" + "\n\n".join(f"  $ {line}" for line in lines)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def say_error(message: str, hint: str | None = None) -> None:
+    """Print ``anisearch: error: MESSAGE`` (one line) and an optional ``hint:`` line on stderr."""
+    err.print(f"anisearch: error: {' '.join(message.split())}", markup=False, highlight=False)
+    if hint:
+        err.print(f"hint: {hint}", markup=False, highlight=False, style="dim")
+
+
+def fail(message: str, code: int, hint: str | None = None) -> NoReturn:
+    """Print the error in the one style and leave with ``code``."""
+    say_error(message, hint)
+    raise typer.Exit(code)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _single_code(exc: BaseException) -> int:
+    local_fetch = isinstance(exc, ImageFetchError) and exc.provider is None
+    ordered: list[tuple[bool, int]] = [
+        (isinstance(exc, InvalidImageError) or local_fetch, EXIT_BAD_INPUT),
+        (isinstance(exc, AuthenticationError), EXIT_AUTH),
+        (isinstance(exc, LedgerError), EXIT_STATE),
+        (isinstance(exc, ConfigurationError), EXIT_USAGE),
+        (isinstance(exc, ProviderError), EXIT_ALL_FAILED),
+    ]
+    return next((code for matched, code in ordered if matched), EXIT_USAGE)
+
+
+def exit_code(exc: AnisearchError) -> int:
+    """The exit code of an error; a group whose every provider failed for the same cause keeps that cause's
+    code (a bad key everywhere is 5, as it is from ``quota``), otherwise 4."""
+    if isinstance(exc, AllProvidersFailedError):
+        codes = {_single_code(leaf) for leaf in _leaves(exc)}
+        return codes.pop() if len(codes) == 1 else EXIT_ALL_FAILED
+    return _single_code(exc)
+
+
+def describe(exc: AnisearchError) -> str:
+    """One line for an error; a failed search names each provider and why."""
+    if isinstance(exc, AllProvidersFailedError):
+        parts = [f"{a.provider} {a.outcome}: {a.reason or a.error}" for a in exc.attempts]
+        return "every provider failed: " + "; ".join(parts or [str(e) for e in exc.exceptions])
+    return str(exc)
+
+
+def hint_for(exc: AnisearchError, urls: dict[str, str] | None = None) -> str | None:
+    """What to do next, for the most telling error inside ``exc``."""
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, AuthenticationError):
+            name = getattr(leaf, "provider", None) or "the provider"
+            return f"check the credentials for {name}: its API key or token, or 'anisearch login'"
+    for leaf in leaves:
+        if isinstance(leaf, ProviderConnectionError):
+            name = leaf.provider or ""
+            where = host_port((urls or {}).get(name, ""))
+            target = f" at {where}" if where else ""
+            return f"is {name or 'the service'}{target} running? 'anisearch emulate' serves one offline"
+    for leaf in leaves:
+        if isinstance(leaf, QuotaExhaustedError | RateLimitedError):
+            return "'anisearch quota' shows what is left and when it frees"
+    if isinstance(exc, UnknownProviderError):
+        return "'anisearch providers' lists the providers"
+    if isinstance(exc, LedgerError):
+        return "check ANISEARCH_LEDGER, or use 'memory://' for a throwaway ledger"
+    return None
+
+
+def host_port(url: str) -> str:
+    """``host:port`` of a URL (the scheme's default port when none is written), or ''."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return ""
+    if not parsed.host:
+        return ""
+    port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme)
+    return f"{parsed.host}:{port}" if port else parsed.host
+
+
+def provider_urls(client: Client) -> dict[str, str]:
+    """Each provider's base URL, for messages; empty when even that cannot be read."""
+    try:
+        return {info.name: info.base_url for info in client.providers()}
+    except AnisearchError:
+        return {}
+
+
+def with_host_port(message: str, urls: dict[str, str]) -> str:
+    """Name ``host:port`` where a message says a provider cannot be reached at a bare host."""
+    for name, url in urls.items():
+        where = host_port(url)
+        host = where.rsplit(":", 1)[0]
+        if where:
+            message = re.sub(
+                rf"({re.escape(name)} failed: cannot reach ){re.escape(host)}(?!:\d|[\w.])",
+                rf"\g<1>{where}",
+                message,
+            )
+    return message
+
+
+@contextlib.contextmanager
+def open_client(verbose: bool = False) -> Iterator[Client]:
+    """A sync client from the environment; anisearch errors become one line and the right exit code."""
+    try:
+        client = Client(Settings.load(), on_attempt=log_attempt if verbose else None)
+    except AnisearchError as exc:
+        fail(describe(exc), exit_code(exc), hint_for(exc))
+    try:
+        with client:
+            try:
+                yield client
+            except AnisearchError as exc:
+                urls = provider_urls(client)
+                fail(with_host_port(describe(exc), urls), exit_code(exc), hint_for(exc, urls))
+    except AnisearchError as exc:  # closing: the ledger or the cache could not be written
+        fail(describe(exc), exit_code(exc), hint_for(exc))
+
+
+def waiting(message: str, func: Callable[[], T]) -> T:
+    """Run ``func`` with a spinner on a terminal (stderr), plainly elsewhere."""
+    if err.is_terminal:
+        with err.status(message, spinner="dots"):
+            return func()
+    return func()
+
+
+def print_json(payload: Any) -> None:
+    """Pretty JSON on stdout (ISO 8601 times, UTF-8)."""
+    out.print_json(json.dumps(payload, ensure_ascii=False), indent=2)
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+_LOGGERS = ("anisearch", "anisearch_providers", "stamina", "httpx")
+
+
+class _RetryText(logging.Filter):
+    """stamina logs ``stamina.retry_scheduled`` with the facts in ``extra``: say them in words."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() == "stamina.retry_scheduled":
+            facts = record.__dict__
+            record.msg = "retry %s of %s in %.2f s after %s"
+            record.args = (
+                facts.get("stamina.retry_num"),
+                facts.get("stamina.callable"),
+                facts.get("stamina.wait_for") or 0.0,
+                facts.get("stamina.caused_by"),
+            )
+        return True
+
+
+_INSTALLED: list[tuple[logging.Logger, logging.Handler]] = []
+"""The handlers this module added, so a second command in one process replaces them."""
+
+
+def configure_logging(verbose: bool) -> None:
+    """``-v``: requests, attempts and retries on stderr with times. Otherwise nothing reaches stderr."""
+    while _INSTALLED:
+        logger, old = _INSTALLED.pop()
+        logger.removeHandler(old)
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        handler: logging.Handler
+        if verbose:
+            from rich.logging import RichHandler
+
+            handler = RichHandler(console=err, show_path=False, log_time_format="%H:%M:%S.%f")
+            handler.addFilter(_RetryText())
+            logger.setLevel(logging.INFO)
+        else:
+            handler = logging.NullHandler()  # found before logging's last resort, which prints to stderr
+            logger.setLevel(logging.NOTSET)
+        logger.addHandler(handler)
+        _INSTALLED.append((logger, handler))
+
+
+def log_attempt(attempt: Any) -> None:
+    """``-v``: one stderr line per provider attempt with its outcome and time."""
+    reason = f": {attempt.reason}" if attempt.reason else ""
+    err.print(
+        f"{attempt.provider} {attempt.outcome} in {attempt.elapsed_seconds:.2f} s{reason}",
+        markup=False,
+        highlight=False,
+        style="dim",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- times
+
+
+def clock(seconds: float | None) -> str:
+    """Seconds into an episode as ``mm:ss`` (``h:mm:ss`` past an hour), or ``-``."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def _span(delta_seconds: float) -> str:
+    total = int(abs(delta_seconds) // 60)
+    days, rest = divmod(total, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    parts = [f"{days} d"] if days else []
+    if hours:
+        parts.append(f"{hours} h")
+    if minutes or not parts:
+        parts.append(f"{minutes} min")
+    return " ".join(parts[:2])  # "2 d 3 h", "3 h 12 min": two units are enough
+
+
+_DAY = 24 * 3600
+
+
+def when(moment: datetime | None, now: datetime | None = None) -> str:
+    """A time as the user reads it: local time with its zone plus how far away (``in 3 h 12 min``)."""
+    if moment is None:
+        return "-"
+    now = now or datetime.now(UTC)
+    local = moment.astimezone()
+    delta = (moment - now).total_seconds()
+    stamp = local.strftime("%H:%M %Z" if abs(delta) < _DAY else "%Y-%m-%d %H:%M %Z")
+    if abs(delta) < 60:  # noqa: PLR2004 - under a minute reads as now
+        return f"{stamp} (now)"
+    return f"{stamp} (in {_span(delta)})" if delta > 0 else f"{stamp} ({_span(delta)} ago)"
+
+
+# ---------------------------------------------------------------------------------------------- layouts
+
+
+def records(
+    rows: Sequence[dict[str, str]],
+    *,
+    title: str,
+    empty: str,
+    key: str | None = None,
+    styles: Sequence[str] = (),
+) -> None:
+    """Print rows as a table when it fits the terminal, else one block per row; never cut a value.
+
+    ``key`` names the column that heads each block in the vertical layout.
+    """
+    if not rows:
+        err.print(empty, markup=False, highlight=False)
+        return
+    columns = [
+        c for c in rows[0] if c == key or any(row[c] not in {"-", ""} for row in rows)
+    ]  # no empty column
+    widths = [max(len(column), *(len(row[column]) for row in rows)) for column in columns]
+    natural = sum(widths) + 3 * len(columns) + 1
+    if natural <= out.width:
+        table = Table(title=title, title_justify="left", expand=False)
+        for column in columns:
+            table.add_column(column, no_wrap=True, overflow="fold")
+        for index, row in enumerate(rows):
+            table.add_row(
+                *(Text(row[c]) for c in columns), style=styles[index] if index < len(styles) else None
+            )
+        out.print(table)
+        return
+    out.print(Text(title, style="bold"))
+    head = key or columns[0]
+    for index, row in enumerate(rows):
+        style = styles[index] if index < len(styles) else ""
+        out.print(Text(row[head], style=f"bold {style}".strip()))
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(no_wrap=True)
+        grid.add_column(overflow="fold")  # a long value wraps under itself, never cut short
+        for column in columns:
+            if column != head:
+                grid.add_row(column, Text(row[column]), style=style or None)
+        out.print(Padding(grid, (0, 0, 0, 2)))
+
+
+class Command(typer.core.TyperCommand):
+    """A command whose arguments show their metavar alone (``IMAGE...``, not ``{inputs}... <list[str]>``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, typer.core.TyperArgument) and param.metavar:
+                suffix = "..." if param.nargs != 1 else ""
+                usage = (param.metavar if param.required else f"[{param.metavar}]") + suffix
+                param.display_type_rich = _no_type  # type: ignore[method-assign]  # the metavar says it
+                # typer's hook for the usage line (``{inputs}...`` otherwise)
+                param._usage_display_name = functools.partial(str, usage)  # type: ignore[method-assign]  # noqa: SLF001
+
+
+def _no_type(ctx: Any) -> None:  # noqa: ARG001 - typer's display_type_rich(ctx) signature
+    return None

@@ -1,0 +1,103 @@
+"""How a search answer reads: titles, episodes, scenes, the one-line headline and the hits table."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+from anisearch._cli._common import clock
+from anisearch._models import Hit, SearchResult
+
+_RELEASE_TAGS = re.compile(r"\[[^\]]*\]|\([^)]*\)|\.(mp4|mkv|webm|avi|m4v|mov)$", re.IGNORECASE)
+
+
+def title_of(hit: Hit) -> str:
+    """Romaji/English title when known, then the AniList ID, the release file name only as a last resort."""
+    title = hit.title.preferred(("romaji", "english", "native", "chinese")) if hit.title else None
+    if title:
+        return title
+    if hit.filename:
+        cleaned = " ".join(_RELEASE_TAGS.sub(" ", hit.filename).replace("_", " ").split())
+        if cleaned:
+            return cleaned
+    return f"AniList {hit.anilist_id}" if hit.anilist_id else "-"
+
+
+def episode_of(hit: Hit) -> str:
+    """The episode as written by the upstream: ``5``, ``16.5``, ``5|17``, ``1-2``, or ``-``."""
+    episode = hit.episode
+    if episode is None or episode == "":
+        return "-"
+    if isinstance(episode, list):
+        return "-".join(str(part) for part in episode)
+    return f"{episode:g}" if isinstance(episode, float) else str(episode)
+
+
+def span_of(hit: Hit) -> str:
+    """``mm:ss`` to ``mm:ss`` (en dash) of the matched scene; one time when both ends are the same second."""
+    start, end = clock(hit.start_seconds), clock(hit.end_seconds)
+    return start if end in {start, "-"} else f"{start}\u2013{end}"
+
+
+def percent(similarity: float) -> str:
+    return f"{similarity * 100:.1f} %"
+
+
+def headline(hit: Hit) -> str:
+    """One line: title, episode, scene, similarity, provider."""
+    episode = episode_of(hit)
+    parts = [title_of(hit)]
+    if episode != "-":
+        parts.append(f"episode {episode}")
+    parts.append(span_of(hit))
+    return f"{', '.join(parts)} ({percent(hit.similarity)}, {hit.provider})"
+
+
+def no_match_text(result: SearchResult, threshold: float) -> str:
+    """``no confident match (best 83.9 %: Title, episode 5, 08:07 from tracemoe; a match needs 90 %)``."""
+    best = result.best
+    needs = f"a match needs {threshold * 100:g} %"
+    if best is None:
+        return f"no confident match (no hits; {needs})"
+    episode = episode_of(best)
+    where = ", ".join([title_of(best), *([f"episode {episode}"] if episode != "-" else []), span_of(best)])
+    return f"no confident match (best {percent(best.similarity)}: {where} from {best.provider}; {needs})"
+
+
+def hits_table(result: SearchResult, *, threshold: float, limit: int, show_all: bool) -> tuple[Table, int]:
+    """The best ``limit`` hits; weaker than ``threshold`` only with ``show_all`` (dimmed). And how many
+    were left out."""
+    table = Table(
+        title=headline(match) if (match := result.match_at(threshold)) is not None else None,
+        caption=None,
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    table.add_column("similar", justify="right", no_wrap=True)
+    table.add_column("title", overflow="fold", ratio=1)
+    table.add_column("ep", no_wrap=True)
+    table.add_column("scene", no_wrap=True)
+    table.add_column("provider", no_wrap=True)
+    shown = [h for h in result.hits if show_all or h.similarity >= threshold][:limit]
+    for hit in shown:
+        style = None if hit.similarity >= threshold else "dim"
+        table.add_row(
+            percent(hit.similarity),
+            Text(title_of(hit)),
+            episode_of(hit),
+            span_of(hit),
+            hit.provider,
+            style=style,
+        )
+    return table, len(result.hits) - len(shown)
+
+
+def dump(result: SearchResult, raw: bool) -> dict[str, Any]:
+    return result.model_dump(mode="json", exclude=None if raw else {"hits": {"__all__": {"raw"}}})

@@ -1,0 +1,460 @@
+"""``anisearch search``: one image or many (files, folders, URLs, stdin) through one client, concurrently."""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from anisearch._cli._common import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_NO_MATCH,
+    EXIT_OK,
+    EXIT_STATE,
+    EXIT_USAGE,
+    JsonOption,
+    VerboseOption,
+    describe,
+    err,
+    examples,
+    exit_code,
+    fail,
+    hint_for,
+    log_attempt,
+    out,
+    print_json,
+    say_error,
+    with_host_port,
+)
+from anisearch._cli._render import dump, headline, hits_table, no_match_text
+from anisearch._config import Settings
+from anisearch._exceptions import AnisearchError, InvalidImageError
+from anisearch._models import DEFAULT_MIN_SIMILARITY, SearchResult
+from anisearch._router import Strategy
+
+MEDIA_SUFFIXES = frozenset(
+    [
+        ".jpg",
+        ".jpeg",
+        ".jfif",
+        ".png",
+        ".gif",
+        ".webp",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".avif",
+        ".heic",
+        ".mp4",
+        ".mkv",
+        ".webm",
+        ".mov",
+        ".avi",
+        ".m4v",
+    ]
+)
+"""What a folder search picks up when no ``--glob`` is given (the content is sniffed before upload)."""
+
+EPILOG = examples(
+    "anisearch search shot.jpg",
+    "anisearch search shot.jpg -p tracemoe --min-similarity 0.85",
+    "anisearch search screenshots/ --glob '*.png' --json > tags.jsonl",
+    "curl -s https://example.com/frame.jpg | anisearch search -",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """One thing to search: what the user typed (or the file found in a folder), and what is sent."""
+
+    label: str
+    source: str | bytes
+
+
+@dataclass
+class Outcome:
+    """What became of one input."""
+
+    input: Input
+    result: SearchResult | None = None
+    error: AnisearchError | None = None
+    code: int = EXIT_OK
+
+
+@dataclass
+class Tally:
+    """Outcomes as they arrive, so Ctrl-C can still summarise what was done."""
+
+    total: int
+    threshold: float
+    done: list[Outcome] = field(default_factory=list)
+    urls: dict[str, str] = field(default_factory=dict)
+    """Each provider's base URL, read when something failed (messages name host:port)."""
+
+    def count(self, code: int) -> int:
+        return sum(1 for o in self.done if o.code == code)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _walk(folder: Path, pattern: str | None) -> list[Path]:
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if pattern is not None:
+            if fnmatch.fnmatch(path.name, pattern) or fnmatch.fnmatch(str(path.relative_to(folder)), pattern):
+                found.append(path)
+        elif path.suffix.lower() in MEDIA_SUFFIXES:
+            found.append(path)
+    return found
+
+
+def collect(arguments: Sequence[str], pattern: str | None) -> tuple[list[Input], list[str]]:
+    """The inputs named on the command line, folders expanded; and the names that do not exist."""
+    inputs: list[Input] = []
+    missing: list[str] = []
+    for argument in arguments:
+        if argument == "-":
+            data = sys.stdin.buffer.read()
+            if not data:
+                fail("standard input is empty", EXIT_BAD_INPUT, "pipe an image into 'anisearch search -'")
+            inputs.append(Input("-", data))
+        elif argument.startswith(("http://", "https://")):
+            inputs.append(Input(argument, argument))
+        elif (path := Path(argument)).is_dir():
+            inputs.extend(Input(str(found), str(found)) for found in _walk(path, pattern))
+        elif path.exists():
+            inputs.append(Input(argument, argument))
+        else:
+            missing.append(argument)
+    return inputs, missing
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+async def _search_all(
+    inputs: Sequence[Input],
+    settings: Settings,
+    options: dict[str, Any],
+    *,
+    jobs: int,
+    verbose: bool,
+    tally: Tally,
+    on_done: Callable[[Outcome], None],
+) -> AnisearchError | None:
+    """Search every input through one ``AsyncClient``; return an error that stops the whole batch."""
+    import anyio
+
+    from anisearch._client import AsyncClient
+
+    fatal: list[AnisearchError] = []
+    async with AsyncClient(settings, on_attempt=log_attempt if verbose else None) as client:
+        limiter = anyio.CapacityLimiter(jobs)
+        with contextlib.suppress(AnisearchError):  # for messages only (no request is sent)
+            tally.urls = {info.name: info.base_url for info in await client.providers()}
+
+        async def one(item: Input, group: anyio.abc.TaskGroup) -> None:
+            async with limiter:
+                try:
+                    result = await client.search(item.source, **options)
+                except AnisearchError as exc:
+                    code = exit_code(exc)
+                    if code in (EXIT_USAGE, EXIT_STATE) and not isinstance(exc, InvalidImageError):
+                        fatal.append(exc)  # the same for every input: stop at once
+                        group.cancel_scope.cancel()
+                        return
+                    outcome = Outcome(item, error=exc, code=code)
+                else:
+                    matched = result.match_at(tally.threshold) is not None
+                    outcome = Outcome(item, result=result, code=EXIT_OK if matched else EXIT_NO_MATCH)
+                tally.done.append(outcome)
+                on_done(outcome)
+
+        async with anyio.create_task_group() as group:
+            for item in inputs:
+                group.start_soon(one, item, group)
+    return fatal[0] if fatal else None
+
+
+def _print_result(result: SearchResult, *, limit: int, show_all: bool, threshold: float) -> None:
+    """The table of one search (stdout) and its notes (stderr)."""
+    matched = result.match_at(threshold) is not None
+    if matched or (show_all and result.hits):
+        table, hidden = hits_table(result, threshold=threshold, limit=limit, show_all=show_all)
+        out.print(table)
+        if hidden:
+            what = "more hit(s) not shown (--limit N" if show_all else "weaker hit(s) hidden (--all"
+            err.print(f"{hidden} {what} shows them)", style="dim", highlight=False)
+    if not matched:
+        out.print(no_match_text(result, threshold), markup=False, highlight=False)
+        if result.hits and not show_all:
+            err.print("hint: --all shows the weaker hits", style="dim", highlight=False)
+    if result.cached:
+        err.print("answered from the cache (no quota spent)", style="dim", highlight=False)
+    for attempt in result.attempts:
+        if attempt.outcome in {"skipped", "failed"}:
+            err.print(f"{attempt.provider} {attempt.outcome}: {attempt.reason}", markup=False, style="dim")
+
+
+def _report_single(
+    outcome: Outcome, tally: Tally, *, as_json: bool, raw: bool, limit: int, show_all: bool
+) -> None:
+    threshold = tally.threshold
+    if outcome.error is not None:
+        message = with_host_port(describe(outcome.error), tally.urls)
+        fail(message, outcome.code, hint_for(outcome.error, tally.urls))
+    if outcome.result is None:  # a missing file: reported before any search
+        raise typer.Exit(outcome.code)
+    if as_json:
+        print_json(dump(outcome.result, raw))
+    else:
+        _print_result(outcome.result, limit=limit, show_all=show_all, threshold=threshold)
+    if outcome.code:
+        raise typer.Exit(outcome.code)
+
+
+def _batch_line(
+    outcome: Outcome, *, as_json: bool, raw: bool, threshold: float, urls: dict[str, str]
+) -> None:
+    label = outcome.input.label
+    if as_json:
+        if outcome.result is not None:
+            payload: dict[str, Any] = {"input": label, **dump(outcome.result, raw)}
+        else:
+            error = outcome.error
+            payload = {
+                "input": label,
+                "error": {
+                    "type": type(error).__name__,
+                    "message": with_host_port(describe(error), urls) if error else "",
+                    "exit_code": outcome.code,
+                },
+            }
+        out.print(json.dumps(payload, ensure_ascii=False), markup=False, highlight=False, soft_wrap=True)
+        return
+    if outcome.result is not None:
+        match = outcome.result.match_at(threshold)
+        text = headline(match) if match is not None else no_match_text(outcome.result, threshold)
+        out.print(Text(f"{label}: ") + Text(text, style="" if match else "dim"), soft_wrap=True)
+    else:
+        message = with_host_port(describe(outcome.error), urls) if outcome.error else "failed"
+        out.print(Text(f"{label}: error: {message}", style="red"), soft_wrap=True)
+
+
+def _summary(tally: Tally, seconds: float, *, interrupted: bool) -> None:
+    matched = tally.count(EXIT_OK)
+    weak = tally.count(EXIT_NO_MATCH)
+    failed = len(tally.done) - matched - weak
+    cached = sum(1 for o in tally.done if o.result is not None and o.result.cached)
+    head = (
+        f"interrupted after {len(tally.done)} of {tally.total}" if interrupted else f"{tally.total} input(s)"
+    )
+    err.print(
+        f"{head} in {seconds:.1f} s: {matched} matched, {weak} no confident match, {failed} failed"
+        f" ({cached} from the cache)",
+        highlight=False,
+    )
+
+
+def search(  # noqa: C901 - one command's options and its single/batch outputs
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="IMAGE|URL|DIR|-",
+            help="Images or videos, folders (searched recursively), http(s) URLs, or - for stdin.",
+            show_default=False,
+        ),
+    ],
+    provider: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--provider",
+            "-p",
+            metavar="NAME",
+            help="Provider to ask: tracemoe, whatanimeisthis, whatanime-ga (repeat for an order).",
+            show_default=False,
+        ),
+    ] = None,
+    min_similarity: Annotated[
+        float | None,
+        typer.Option(
+            metavar="0..1",
+            min=0,
+            max=1,
+            help=f"The similarity a hit needs to count as a match [default: {DEFAULT_MIN_SIMILARITY}]; a "
+            "weaker best hit also asks the next provider.",
+            show_default=False,
+        ),
+    ] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", "-a", help="Also show hits below the threshold, dimmed.")
+    ] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", min=1, help="Hits to show.")] = 5,
+    anilist_id: Annotated[
+        int | None,
+        typer.Option(metavar="ID", min=1, help="Only hits of this AniList ID.", show_default=False),
+    ] = None,
+    anilist_info: Annotated[
+        bool, typer.Option("--anilist-info/--no-anilist-info", help="Ask for titles with the hits.")
+    ] = True,
+    cut_borders: Annotated[bool, typer.Option("--cut-borders", help="Trim black borders first.")] = False,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            metavar="fallback|fanout", help="fallback asks one provider at a time; fanout all at once."
+        ),
+    ] = "fallback",
+    glob: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATTERN", help="In folders, only files matching this (e.g. '*.png').", show_default=False
+        ),
+    ] = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", metavar="N", min=1, help="Searches in flight at once.")
+    ] = 4,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Neither read nor write the result cache.")
+    ] = False,
+    as_json: JsonOption = False,
+    raw: Annotated[bool, typer.Option("--raw", help="With --json, include each upstream item.")] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Find which anime, episode and second an image comes from.
+
+    One input prints its best hits; many inputs (or a folder) print one line each, or JSON Lines with
+    --json, with a progress bar on stderr and a summary at the end. Exit 1 when no hit reaches the
+    threshold (trace.moe's documentation: under 90 % is usually wrong).
+    """
+    from anisearch._cli._common import configure_logging
+
+    configure_logging(verbose)
+    if strategy not in ("fallback", "fanout"):
+        fail(f"--strategy must be fallback or fanout, not {strategy!r}", EXIT_USAGE)
+    chosen: Strategy = "fanout" if strategy == "fanout" else "fallback"
+    threshold = DEFAULT_MIN_SIMILARITY if min_similarity is None else min_similarity
+    items, missing = collect(inputs, glob)
+    batch = len(inputs) > 1 or any(Path(i).is_dir() for i in inputs if i != "-")
+    if missing and not batch:
+        fail(f"no such file: {missing[0]}", EXIT_BAD_INPUT, "give an image, a folder, an http(s) URL or -")
+    for name in missing:
+        say_error(f"no such file: {name}")
+    if batch and not items:
+        fail(
+            "no images to search",
+            EXIT_BAD_INPUT,
+            "a folder search takes common image and video suffixes, or --glob",
+        )
+    try:
+        settings = Settings.load()
+    except AnisearchError as exc:
+        fail(describe(exc), exit_code(exc), hint_for(exc))
+    options: dict[str, Any] = {
+        "providers": provider or None,
+        "strategy": chosen,
+        "anilist_id": anilist_id,
+        "cut_borders": cut_borders,
+        "anilist_info": anilist_info,
+        "min_similarity": min_similarity,
+        "cache": not no_cache,
+    }
+    tally = Tally(total=len(items) + len(missing), threshold=threshold)
+    for name in missing:
+        tally.done.append(Outcome(Input(name, name), code=EXIT_BAD_INPUT))
+    started = time.monotonic()
+    run = _runner(
+        items,
+        settings,
+        options,
+        jobs=jobs,
+        verbose=verbose,
+        tally=tally,
+        batch=batch,
+        as_json=as_json,
+        raw=raw,
+    )
+    interrupted = False
+    fatal: AnisearchError | None = None
+    try:
+        fatal = run()
+    except KeyboardInterrupt:
+        interrupted = True
+    except AnisearchError as exc:  # opening the client: an unusable ledger or cache
+        fatal = exc
+    if fatal is not None:
+        fail(describe(fatal), exit_code(fatal), hint_for(fatal))
+    if not batch and not interrupted:
+        _report_single(tally.done[0], tally, as_json=as_json, raw=raw, limit=limit, show_all=show_all)
+        return
+    _summary(tally, time.monotonic() - started, interrupted=interrupted)
+    if interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    codes = {o.code for o in tally.done} - {EXIT_OK}
+    raise typer.Exit(max(codes, default=EXIT_OK))
+
+
+def _runner(
+    items: list[Input],
+    settings: Settings,
+    options: dict[str, Any],
+    *,
+    jobs: int,
+    verbose: bool,
+    tally: Tally,
+    batch: bool,
+    as_json: bool,
+    raw: bool,
+) -> Callable[[], AnisearchError | None]:
+    """The search run, with a progress bar (many inputs) or a spinner (one) on a terminal's stderr."""
+    import anyio
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    def go(on_done: Callable[[Outcome], None]) -> AnisearchError | None:
+        return anyio.run(
+            lambda: _search_all(
+                items, settings, options, jobs=jobs, verbose=verbose, tally=tally, on_done=on_done
+            )
+        )
+
+    def run() -> AnisearchError | None:
+        if not batch:
+            if err.is_terminal and not verbose:
+                with err.status("searching…", spinner="dots"):
+                    return go(lambda _: None)
+            return go(lambda _: None)
+
+        def printed(outcome: Outcome) -> None:
+            _batch_line(outcome, as_json=as_json, raw=raw, threshold=tally.threshold, urls=tally.urls)
+
+        if not err.is_terminal:
+            return go(printed)
+        columns = (
+            TextColumn("searching"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task("search", total=len(items))
+
+            def advance(outcome: Outcome) -> None:
+                printed(outcome)
+                progress.advance(task)
+
+            return go(advance)
+
+    return run

@@ -1,0 +1,24 @@
+"""The ``anisearch`` command in the test's own process (typer's CliRunner): no interpreter start-up per call.
+
+Same arguments and result shape as conftest's ``run_cli`` (a ``CompletedProcess`` with text stdout/stderr),
+so a test reads the same either way; a few smoke tests keep running the real console script.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from typer.testing import CliRunner
+
+from anisearch.cli import app
+
+
+def run_in_process(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes = b""
+) -> subprocess.CompletedProcess[str]:
+    """Run ``anisearch ARGS`` in process with ``env`` added to the environment and ``stdin`` as input."""
+    runner = CliRunner()
+    done = runner.invoke(app, list(args), env=env, input=stdin, prog_name="anisearch")
+    if done.exception is not None and not isinstance(done.exception, SystemExit):
+        raise done.exception
+    return subprocess.CompletedProcess(["anisearch", *args], done.exit_code, done.stdout, done.stderr)

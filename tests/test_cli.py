@@ -1,0 +1,447 @@
+"""The `anisearch` command as a person meets it: help, errors, confident answers, layouts, batch, emulate.
+
+In process (typer's CliRunner, see ``cli_runner``) against the emulators over loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, ImageEnhance
+from tests.cli_runner import run_in_process as cli
+
+import anisearch
+from anisearch._cli import _common, _emulate, _render, _search
+from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+from anisearch_providers.whatanimeisthis.emulator import create_app as whatanimeisthis_app
+
+pytestmark = pytest.mark.e2e
+
+COMMANDS = [
+    ["search"],
+    ["quota"],
+    ["providers"],
+    ["rankings"],
+    ["recent"],
+    ["credits"],
+    ["login"],
+    ["logout"],
+    ["emulate"],
+    ["keys"],
+    ["keys", "list"],
+    ["keys", "create"],
+    ["cache"],
+    ["cache", "info"],
+    ["cache", "clear"],
+    [],
+]
+
+
+@pytest.fixture
+def tracemoe(live_server: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    server = live_server(tracemoe_app())
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", server.url)
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
+    return server
+
+
+def frames(folder: Path, samples: Path, count: int) -> list[Path]:
+    """``count`` different screenshots of the same scene (brightness and crop vary), half JPEG, half PNG."""
+    image = Image.open(samples / "tinted-good.jpg").convert("RGB")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        variant = ImageEnhance.Brightness(image).enhance(0.95 + i * 0.005).crop((i, i, 640 - i, 360 - i))
+        path = folder / f"frame{i:02d}.{'png' if i % 2 else 'jpg'}"
+        variant.save(path)
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- help
+
+
+def test_version() -> None:
+    done = cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"anisearch {anisearch.__version__} (distribution anisearch-gateway)"
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "anisearch")
+def test_every_help_has_examples_and_plain_flags(command: list[str]) -> None:
+    done = cli(*command, "-h")
+    assert done.returncode == 0, done.stderr
+    assert "Examples:" in done.stdout
+    assert "$ anisearch" in done.stdout
+    assert "<bool>" not in done.stdout
+    assert "list[str]" not in done.stdout
+    assert all(len(line) <= 80 for line in done.stdout.splitlines())
+
+
+def test_search_help_lists_the_providers_and_the_threshold() -> None:
+    text = " ".join(cli("search", "-h").stdout.split())
+    assert "tracemoe, whatanimeisthis, whatanime-ga" in text
+    assert "[default: 0.9]" in text
+    assert "IMAGE|URL|DIR|-..." in text
+
+
+def test_a_bad_flag_is_one_error_line_and_a_hint() -> None:
+    done = cli("search", "x.jpg", "--jsn")
+    assert done.returncode == 2
+    error, hint = done.stderr.strip().splitlines()
+    assert error.startswith("anisearch: error: No such option: --jsn")
+    assert hint == "hint: 'anisearch search -h' shows the options and examples"
+
+
+def test_json_is_a_flag(tracemoe: Any) -> None:
+    done = cli("quota", "--json", "true")
+    assert done.returncode == 2
+    assert "unknown provider 'true'" in done.stderr
+    quotas = json.loads(cli("quota", "--json").stdout)
+    assert {q["provider"] for q in quotas} == {"tracemoe"}
+
+
+def test_an_unreachable_provider_is_named_with_host_and_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = _common_free_port()
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", f"http://127.0.0.1:{port}")
+    done = cli("search", str(Path("examples/tinted-good.jpg").resolve()), "-p", "tracemoe")
+    assert done.returncode == 4
+    error, hint = done.stderr.strip().splitlines()
+    assert f"tracemoe failed: cannot reach 127.0.0.1:{port}" in error
+    assert hint.startswith(f"hint: is tracemoe at 127.0.0.1:{port} running?")
+
+
+def _common_free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_a_bad_key_is_exit_5_in_search_as_in_quota(
+    tracemoe: Any, samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_KEY", "not-a-key")
+    searched = cli("search", str(samples / "tinted-good.jpg"), "--no-cache")
+    refreshed = cli("quota", "--refresh")
+    assert (searched.returncode, refreshed.returncode) == (5, 5), searched.stderr + refreshed.stderr
+    for done in (searched, refreshed):
+        assert done.stderr.startswith("anisearch: error: ")
+        assert "hint: check the credentials for tracemoe" in done.stderr
+
+
+def test_retry_chatter_only_with_verbose(
+    live_server: Callable[[Any], Any],
+    samples: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from anisearch_providers.tracemoe._emulator_state import InjectedFailure
+
+    busy = InjectedFailure(503, {"error": "Error: Search queue is full"})
+    for verbose in (False, True):
+        server = live_server(tracemoe_app(failures=[busy]))
+        monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", server.url)
+        args = ["search", str(samples / "tinted-good.jpg"), "-p", "tracemoe", "--no-cache"]
+        done = cli(*args, *(["-v"] if verbose else []))
+        assert done.returncode == 0, done.stderr
+        if verbose:
+            assert re.search(r"retry 1 of .* in [\d.]+ s after", done.stderr)
+            assert re.search(r"tracemoe ok in \d+\.\d\d s", done.stderr)
+            assert "HTTP Request: POST" in done.stderr
+        else:
+            assert "retry" not in done.stderr
+            assert "stamina" not in done.stderr
+    logging.getLogger("stamina").handlers.clear()
+
+
+# ---------------------------------------------------------------------------------------------- answers
+
+
+def test_a_confident_match_fits_twelve_lines_at_80_columns(tracemoe: Any, samples: Path) -> None:
+    done = cli("search", str(samples / "tinted-good.jpg"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "Kokoro Connect, episode 5, 19:29\u201319:34 (96.9 %, tracemoe)"
+    assert len(lines) <= 12
+    assert all(len(line) <= 80 for line in lines)
+    assert "\u2026" not in done.stdout
+    assert re.search(r"^ *96\.9 % +Kokoro Connect +5 +19:29\u201319:34 +tracemoe$", done.stdout, re.MULTILINE)
+    assert "weaker hit(s) hidden (--all shows them)" in done.stderr
+
+
+def test_a_bad_screenshot_is_an_honest_no(tracemoe: Any, samples: Path) -> None:
+    done = cli("search", str(samples / "border-bad.jpg"))
+    assert done.returncode == 1
+    assert done.stdout.startswith("no confident match (best ")
+    assert "a match needs 90 %" in done.stdout
+    assert "hint: --all shows the weaker hits" in done.stderr
+    shown = cli("search", str(samples / "border-bad.jpg"), "--all", "-n", "3")
+    assert shown.returncode == 1
+    rows = [line for line in shown.stdout.splitlines() if line.strip().endswith("tracemoe") and "%" in line]
+    assert len(rows) == 3
+    assert json.loads(cli("search", str(samples / "border-bad.jpg"), "--json").stdout)["hits"]
+
+
+def test_min_similarity_moves_the_threshold(tracemoe: Any, samples: Path) -> None:
+    strict = cli("search", str(samples / "tinted-good.jpg"), "--min-similarity", "0.99")
+    assert strict.returncode == 1
+    assert "a match needs 99 %" in strict.stdout
+    assert cli("search", str(samples / "border-bad.jpg"), "--min-similarity", "0").returncode == 0
+
+
+def test_fanout_says_which_provider_found_each_hit(
+    live_server: Callable[[Any], Any], samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", live_server(tracemoe_app()).url)
+    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", live_server(whatanimeisthis_app()).url)
+    done = cli(
+        "search",
+        str(samples / "tinted-good.jpg"),
+        "--strategy",
+        "fanout",
+        "--all",
+        "-n",
+        "20",
+        "--json",
+        "--no-cache",
+    )
+    assert done.returncode == 0, done.stderr
+    providers = {hit["provider"] for hit in json.loads(done.stdout)["hits"]}
+    assert providers == {"tracemoe", "whatanimeisthis"}
+    table = cli(
+        "search", str(samples / "tinted-good.jpg"), "--strategy", "fanout", "--all", "-n", "20"
+    ).stdout
+    assert re.search(r"tracemoe *$", table, re.MULTILINE)
+    assert re.search(r"whatanimeisthis *$", table, re.MULTILINE)
+
+
+def test_match_in_the_library(tracemoe: Any, samples: Path) -> None:
+    good = anisearch.search(samples / "tinted-good.jpg")
+    bad = anisearch.search(samples / "border-bad.jpg")
+    assert good.match is not None
+    assert good.match == good.best
+    assert good.match.anilist_id == 11887
+    assert bad.best is not None
+    assert bad.match is None
+    assert bad.match_at(0.0) == bad.best
+    with pytest.raises(ValueError, match=r"within 0\.\.1"):
+        bad.match_at(1.5)
+
+
+# ---------------------------------------------------------------------------------------------- layouts
+
+
+def test_quota_and_providers_never_cut_a_value_at_80_columns(tracemoe: Any, samples: Path) -> None:
+    assert cli("search", str(samples / "tinted-good.jpg")).returncode == 0
+    quota = cli("quota", "--refresh")
+    providers = cli("providers")
+    for done in (quota, providers):
+        assert done.returncode == 0, done.stderr
+        assert "\u2026" not in done.stdout
+        assert all(len(line) <= 80 for line in done.stdout.splitlines())
+    assert tracemoe.url in providers.stdout
+    assert "99 of 100 left" in quota.stdout
+    assert re.search(r"\d\d:\d\d \w+ \(in \d+ h( \d+ min)?\)", quota.stdout)
+
+
+def test_empty_lists_say_so(live_server: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", live_server(whatanimeisthis_app()).url)
+    done = cli("recent")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.strip() == "no recent public searches"
+
+
+def test_times_read_the_same_everywhere() -> None:
+    now = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    soon = _common.when(now + timedelta(hours=3, minutes=12), now)
+    assert soon.endswith("(in 3 h 12 min)")
+    assert re.match(r"^\d\d:\d\d \S+ \(", soon)
+    assert _common.when(now - timedelta(minutes=5), now).endswith("(5 min ago)")
+    assert re.match(
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d \S+ \(in 2 d 3 h\)$", _common.when(now + timedelta(days=2, hours=3), now)
+    )
+    assert _common.when(None) == "-"
+    assert [_common.clock(s) for s in (1169.17, 59.9, 3725.0, None)] == ["19:29", "00:59", "1:02:05", "-"]
+
+
+def test_titles_prefer_names_over_release_files() -> None:
+    hit = anisearch.Hit(
+        provider="tracemoe", similarity=0.9, filename="[Ohys-Raws] Fune o Amu - 05 (CX 1280x720 x264 AAC).mp4"
+    )
+    assert _render.title_of(hit) == "Fune o Amu - 05"
+    named = hit.model_copy(
+        update={"title": anisearch.Title(romaji="Fune wo Amu", english="The Great Passage")}
+    )
+    assert _render.title_of(named) == "Fune wo Amu"
+    assert _render.title_of(anisearch.Hit(provider="x", similarity=0.5, anilist_id=21)) == "AniList 21"
+
+
+# ---------------------------------------------------------------------------------------------- batch
+
+
+def test_a_folder_gives_one_json_line_per_image_with_its_path(
+    tracemoe: Any, samples: Path, tmp_path: Path
+) -> None:
+    paths = frames(tmp_path / "shots" / "nested", samples, 6)
+    (tmp_path / "shots" / "notes.txt").write_text("not an image")
+    done = cli("search", str(tmp_path / "shots"), "--json")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(line["input"] for line in lines) == sorted(map(str, paths))
+    assert all(line["hits"][0]["anilist_id"] == 11887 for line in lines)
+    assert done.stderr.strip().startswith("6 input(s) in ")
+    assert "6 matched, 0 no confident match, 0 failed (0 from the cache)" in done.stderr
+    again = cli("search", str(tmp_path / "shots"), "--json")
+    assert "(6 from the cache)" in again.stderr
+    assert tracemoe.app.state.emulator.search_requests == 6
+
+
+def test_many_inputs_mix_files_globs_and_failures(tracemoe: Any, samples: Path, tmp_path: Path) -> None:
+    frames(tmp_path / "shots", samples, 4)
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not a picture")
+    done = cli(
+        "search",
+        str(tmp_path / "shots"),
+        str(samples / "border-bad.jpg"),
+        str(bad),
+        str(tmp_path / "gone.png"),
+        "--glob",
+        "*.png",
+    )
+    assert done.returncode == 3
+    out = done.stdout.splitlines()
+    assert len([line for line in out if "Kokoro Connect, episode 5" in line]) == 2  # the two PNGs
+    assert any(line.startswith(f"{samples / 'border-bad.jpg'}: no confident match") for line in out)
+    assert any(line.startswith(f"{bad}: error:") for line in out)
+    assert f"anisearch: error: no such file: {tmp_path / 'gone.png'}" in done.stderr
+    assert "5 input(s) in" in done.stderr
+    assert "2 matched, 1 no confident match, 2 failed" in done.stderr
+
+
+def test_ctrl_c_finishes_with_a_summary(
+    tracemoe: Any, samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames(tmp_path / "shots", samples, 3)
+    real = _search._search_all
+
+    async def interrupted(*args: Any, **kwargs: Any) -> Any:
+        tally: _search.Tally = kwargs["tally"]
+        await real(*args, **kwargs)
+        del tally.done[1:]  # as if Ctrl-C came after the first answer
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_search, "_search_all", interrupted)
+    done = cli("search", str(tmp_path / "shots"))
+    assert done.returncode == 130
+    assert "interrupted after 1 of 3 in" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_twenty_images_in_one_process_and_one_client(tracemoe: Any, samples: Path, tmp_path: Path) -> None:
+    frames(tmp_path / "shots", samples, 20)
+    done = cli("search", str(tmp_path / "shots"), "--json", "--no-cache")
+    assert done.returncode in {0, 1}, done.stderr
+    assert len(done.stdout.splitlines()) == 20
+    assert tracemoe.app.state.emulator.search_requests == 20
+    assert "20 input(s)" in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------- emulate
+
+
+def test_emulate_help_lists_every_knob_with_its_default() -> None:
+    text = cli("emulate", "-h").stdout
+    flat = " ".join(text.split())
+    assert 'tracemoe: era="v3", quota=null, concurrency=1' in flat
+    assert "whatanime-ga: max_body_bytes=1048576" in flat
+    assert "whatanimeisthis:" in flat
+
+
+def test_emulate_refuses_a_busy_port_in_one_line() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        done = cli("emulate", "tracemoe", "--port", str(port))
+    assert done.returncode == 2
+    error, hint = done.stderr.strip().splitlines()
+    assert error == f"anisearch: error: port {port} on 127.0.0.1 is in use"
+    assert hint.startswith("hint: choose another with --port")
+
+
+def test_emulate_refuses_an_unknown_knob_and_names_the_known_ones() -> None:
+    done = cli("emulate", "tracemoe", "-o", "colour=blue")
+    assert done.returncode == 2
+    assert "the tracemoe emulator has no knob colour" in done.stderr
+    assert "hint: its knobs: concurrency, era, " in done.stderr
+
+
+def test_emulate_without_the_extra_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_uvicorn(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "uvicorn":
+            raise ModuleNotFoundError("No module named 'uvicorn'", name="uvicorn")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_uvicorn)
+    done = cli("emulate", "tracemoe")
+    assert done.returncode == 2
+    assert "uvicorn is missing" in done.stderr
+    assert "hint: pip install 'anisearch-gateway[emulator]'" in done.stderr
+
+
+def test_emulate_serves_and_prints_the_url_to_export() -> None:
+    """A real process: the URL line comes first, the emulator answers, Ctrl-C stops it."""
+    port = _common_free_port()
+    anisearch_bin = shutil.which("anisearch")
+    command = [anisearch_bin] if anisearch_bin else ["python", "-m", "anisearch"]
+    with subprocess.Popen(
+        [*command, "emulate", "tracemoe", "--port", str(port), "--quota", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            line = process.stdout.readline() if process.stdout else ""
+            assert line.strip() == (
+                f"tracemoe: http://127.0.0.1:{port}   export ANISEARCH_TRACEMOE_URL=http://127.0.0.1:{port}"
+            )
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def test_knobs_of_a_keyword_factory_are_unlisted_not_refused() -> None:
+    def factory(**knobs: Any) -> Any:
+        return knobs
+
+    assert _emulate.knobs_of(factory) is None
+
+
+def test_a_keyword_factory_takes_its_knobs_and_refuses_others_in_one_line() -> None:
+    app = _emulate._build("whatanimeisthis", {"guest_daily_limit": 2}, strict=True)
+    assert app.state.emulator.knobs.guest_daily_limit == 2
+    assert (
+        _emulate._build("whatanimeisthis", {"quota": 3}, strict=False).state.emulator.knobs.guest_daily_limit
+        == 5
+    )
+    done = cli("emulate", "whatanimeisthis", "-o", "colour=1")
+    assert done.returncode == 2
+    assert done.stderr.startswith("anisearch: error: the whatanimeisthis emulator refused its knobs:")
+    assert "colour" in done.stderr

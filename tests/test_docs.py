@@ -1,0 +1,133 @@
+"""The documentation site: every example on it runs, and the site builds with ``mkdocs build --strict``.
+
+Python blocks run as programs (a ``text`` block after one is its promised output), ``console`` blocks run
+their ``anisearch`` commands, ``toml`` blocks must load as settings, and ``bash`` blocks may only install
+this distribution, export documented variables or run the README's two commands.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import REPO
+from tests.snippets import Block, blocks, run_console, run_python
+
+import anisearch
+from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+from anisearch_providers.whatanimeisthis.emulator import create_app as whatanimeisthis_app
+
+pytestmark = pytest.mark.e2e
+
+DOCS = REPO / "docs"
+PAGES = sorted(DOCS.rglob("*.md"))
+ALL = [block for page in PAGES for block in blocks(page)]
+RUNNABLE = {"python", "console", "bash", "toml", "mermaid", "text"}
+CONFIG_FILE = re.compile(r"ANISEARCH_[A-Z_]+")
+
+
+@pytest.fixture
+def emulated(live_server: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The docs' world: the repository as working directory, the upstreams on loopback; port 8000 in an
+    example means the local trace.moe."""
+    tracemoe = live_server(tracemoe_app())
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", tracemoe.url)
+    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", live_server(whatanimeisthis_app()).url)
+    monkeypatch.chdir(REPO)
+    return tracemoe
+
+
+def test_every_page_is_in_the_navigation_and_every_block_is_checked() -> None:
+    nav = (REPO / "mkdocs.yml").read_text()
+    for page in PAGES:
+        assert str(page.relative_to(DOCS)) in nav
+    assert {block.lang for block in ALL} <= RUNNABLE
+    assert sum(block.lang == "python" for block in ALL) >= 7
+
+
+PYTHON = [b for b in ALL if b.lang == "python"]
+
+
+@pytest.mark.parametrize("block", PYTHON, ids=[b.where for b in PYTHON])
+def test_python_example(block: Block, emulated: Any, request: pytest.FixtureRequest) -> None:
+    if "ANISEARCH_LEDGER" in block.code or "shared Redis" in block.code or "SceneBot" in block.code:
+        request.getfixturevalue("monkeypatch").setenv(
+            "ANISEARCH_LEDGER", request.getfixturevalue("redis_url")
+        )
+    code = block.code.replace("http://127.0.0.1:8000", emulated.url)
+    run_python(Block(block.lang, code, block.where, block.output))
+
+
+CONSOLE = [b for b in ALL if b.lang == "console"]
+
+
+@pytest.mark.parametrize("block", CONSOLE, ids=[b.where for b in CONSOLE])
+def test_console_example(block: Block, emulated: Any) -> None:
+    run_console(block)
+
+
+TOML = [b for b in ALL if b.lang == "toml"]
+
+
+@pytest.mark.parametrize("block", TOML, ids=[b.where for b in TOML])
+def test_toml_example_is_a_valid_config_file(
+    block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(block.code)
+    monkeypatch.setenv("ANISEARCH_CONFIG", str(path))
+    data = tomllib.loads(block.code)
+    settings = anisearch.Settings.load()
+    for key, value in data.items():
+        if isinstance(value, dict):
+            assert key in anisearch.available_providers()
+            assert settings.provider_config(key) == value
+            with anisearch.Client(settings) as client:  # the provider accepts its table
+                assert key in [info.name for info in client.providers()]
+        else:
+            assert key in anisearch.Settings.model_fields, key
+
+
+BASH = [b for b in ALL if b.lang == "bash"]
+DOCUMENTED = set(CONFIG_FILE.findall((DOCS / "configuration.md").read_text()))
+
+
+@pytest.mark.parametrize("block", BASH, ids=[b.where for b in BASH])
+def test_bash_example_only_does_what_is_checked(block: Block) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for line in filter(None, (raw.split("#")[0].strip() for raw in block.code.splitlines())):
+        words = line.split()
+        if words[:2] == ["pip", "install"]:
+            name, _, extras = words[2].strip("'").partition("[")
+            assert name == project["name"]
+            assert set(filter(None, extras.rstrip("]").split(","))) <= set(project["optional-dependencies"])
+        elif words[0] == "export":
+            variable = words[1].split("=")[0]
+            assert variable in DOCUMENTED, f"{block.where}: {variable} is not in the configuration reference"
+        else:
+            readme = blocks(REPO / "README.md")[0].code
+            assert line in [part.split("#")[0].strip() for part in readme.splitlines()], line
+
+
+def test_the_site_builds_strictly(tmp_path: Path) -> None:
+    """``mkdocs build --strict`` (the ``docs`` extra, part of ``dev``): a broken link or reference fails."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    assert "match_at" in api
+    assert "QuotaExhaustedError" in api

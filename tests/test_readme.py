@@ -1,0 +1,153 @@
+"""The README as a user follows it: its commands and every snippet, against the emulators over loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import REPO, free_port
+from tests.snippets import Block, blocks, run_console, run_python
+
+from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+from anisearch_providers.whatanimeisthis.emulator import create_app as whatanimeisthis_app
+
+pytestmark = pytest.mark.e2e
+
+README = blocks(REPO / "README.md")
+PYTHON = [b for b in README if b.lang == "python"]
+CONSOLE = [b for b in README if b.lang == "console"]
+BASH = [b for b in README if b.lang == "bash"]
+
+
+@pytest.fixture
+def emulated(live_server: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The README's world: the repository as the working directory, the upstreams on loopback."""
+    tracemoe = live_server(tracemoe_app())
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", tracemoe.url)
+    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", live_server(whatanimeisthis_app()).url)
+    monkeypatch.chdir(REPO)
+    return tracemoe
+
+
+def test_the_readme_has_its_snippets() -> None:
+    assert len(PYTHON) >= 4
+    assert CONSOLE
+    assert BASH[0].code.splitlines()[0].startswith("bash scripts/quickstart.sh")
+
+
+@pytest.mark.parametrize("block", PYTHON, ids=[b.where for b in PYTHON])
+def test_python_snippet(block: Block, emulated: Any) -> None:
+    run_python(block)
+
+
+def test_the_except_star_snippet_reports_a_spent_quota(
+    live_server: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    block = next(b for b in PYTHON if "except*" in b.code)
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", live_server(tracemoe_app(quota=0)).url)
+    monkeypatch.chdir(REPO)
+    printed = run_python(block)
+    assert printed.startswith("tracemoe: quota spent, frees at ")
+
+
+def test_the_except_star_snippet_names_an_unreachable_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    block = next(b for b in PYTHON if "except*" in b.code)
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.chdir(REPO)
+    assert run_python(block) == "cannot reach: tracemoe\n"
+
+
+@pytest.mark.parametrize("block", CONSOLE, ids=[b.where for b in CONSOLE])
+def test_console_snippet(block: Block, emulated: Any) -> None:
+    run_console(block)
+
+
+def test_the_no_match_example_exits_1(emulated: Any) -> None:
+    block = next(b for b in CONSOLE if "no confident match" in b.code)
+    assert run_console(block) == [1]
+
+
+def test_the_install_lines_name_this_distribution_and_its_extras() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    install = next(b for b in BASH if "pip install" in b.code)
+    for line in install.code.splitlines():
+        name, _, extras = line.split()[2].strip("'").partition("[")
+        assert name == project["name"] == "anisearch-gateway"
+        assert set(filter(None, extras.rstrip("]").split(","))) <= set(project["optional-dependencies"])
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    """The test's environment with this checkout first on the import path and its scripts on PATH."""
+    path = os.pathsep.join([str(REPO), str(REPO / "providers"), os.environ.get("PYTHONPATH", "")])
+    scripts = str(Path(sys.executable).parent)
+    return {**os.environ, "PYTHONPATH": path, "PATH": f"{scripts}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
+def test_the_first_command_identifies_the_demo_frame() -> None:
+    """``bash scripts/quickstart.sh`` (minus the pip install, which the test run already has)."""
+    first = BASH[0].code.splitlines()[0].split("#")[0].split()
+    done = subprocess.run(
+        first,
+        cwd=REPO,
+        env=_environment(ANISEARCH_QUICKSTART_NO_INSTALL="1", ANISEARCH_QUICKSTART_PORT=str(free_port())),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    headline = done.stdout.splitlines()[0]
+    assert headline.startswith("Kokoro Connect, episode 5, 19:29")
+    assert "tracemoe" in headline
+
+
+def test_the_second_command_is_what_ci_runs() -> None:
+    second = BASH[0].code.splitlines()[1].split("#")[0].strip()
+    assert second == "python -m pytest"
+    assert re.search(rf"^{re.escape(second)}$", (REPO / ".ci" / "run").read_text(), re.MULTILINE)
+
+
+def test_developing_offline_runs_as_pasted() -> None:
+    """The emulators in the background, a search against them, and the job stopped."""
+    block = next(b for b in BASH if "anisearch emulate all" in b.code)
+    base = free_port()
+    while any(not _free(base + offset) for offset in range(3)):  # pragma: no cover - a busy neighbour
+        base = free_port()
+    script = re.sub(r"\b800([0-2])\b", lambda m: str(base + int(m[1])), block.code)
+    wait = (  # the emulators start in the background; a loaded machine may need more than the sleep
+        f"python -c 'import socket, time\n"
+        f"for _ in range(300):\n"
+        f'    try: socket.create_connection(("127.0.0.1", {base}), 0.2).close(); break\n'
+        f"    except OSError: time.sleep(0.1)'"
+    )
+    lines = script.splitlines()
+    script = "set -e\n" + "\n".join([lines[0], wait, *lines[1:]])
+    done = subprocess.run(
+        ["bash", "-c", script],
+        cwd=REPO,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Kokoro Connect, episode 5, 19:29" in done.stdout
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
