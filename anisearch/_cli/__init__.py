@@ -114,7 +114,12 @@ def _root(
 app.command(cls=Command, epilog=_search.EPILOG)(_search.search)
 app.command(
     cls=Command,
-    epilog=examples("anisearch quota", "anisearch quota tracemoe --refresh", "anisearch quota --json | jq ."),
+    epilog=examples(
+        "anisearch quota",
+        "anisearch quota tracemoe --refresh",
+        "anisearch quota tracemoe --reset",
+        "anisearch quota --json | jq .",
+    ),
 )(_account.quota)
 app.command(cls=Command, epilog=examples("anisearch providers", "anisearch providers --json"))(
     _account.providers

@@ -51,13 +51,34 @@ def quota(
         ),
     ] = None,
     refresh: Annotated[bool, typer.Option("--refresh", help="Ask the free quota endpoints first.")] = False,
+    reset: Annotated[
+        bool,
+        typer.Option(
+            "--reset",
+            help="Forget what the ledger believes (counts, cooldowns, slots) for PROVIDER or all; "
+            "the next search asks the upstream again.",
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --reset.")] = False,
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """What each provider allows, what is used and when it frees."""
     configure_logging(verbose)
     with open_client(verbose) as client:
+        ledger = client.settings.ledger_url
+        if reset:
+            what = provider or "every provider"
+            if (
+                sys.stdin.isatty()
+                and not yes
+                and not typer.confirm(f"Forget what {ledger} holds about {what}?")
+            ):
+                raise typer.Exit(EXIT_USAGE)
+            client.reset_quota(provider)
+            err.print(f"anisearch: the ledger forgot {what} ({ledger})", markup=False, highlight=False)
         quotas = waiting("asking…", lambda: client.quota(provider, refresh=refresh))
+    err.print(f"ledger: {ledger}", markup=False, highlight=False)
     if as_json:
         print_json([q.model_dump(mode="json", exclude={"raw"}) for q in quotas])
         return
@@ -70,6 +91,9 @@ def quota(
             "cooldown until": when(q.cooldown_until) if q.cooldown_until else "-",
             "scope": q.scope,
             "source": q.source,
+            "confirmed": when(q.observed_at) if q.source in ("upstream", "headers") else "-",
+            "priority": "-" if q.priority is None else str(q.priority),
+            "concurrency": "-" if q.concurrency is None else str(q.concurrency),
         }
         for q in quotas
     ]

@@ -182,7 +182,7 @@ def with_host_port(message: str, urls: dict[str, str]) -> str:
 def open_client(verbose: bool = False) -> Iterator[Client]:
     """A sync client from the environment; anisearch errors become one line and the right exit code."""
     try:
-        client = Client(Settings.load(), on_attempt=log_attempt if verbose else None)
+        client = Client(Settings.load(), on_attempt=log_attempt if verbose else None, on_wait=_show_wait)
     except AnisearchError as exc:
         fail(describe(exc), exit_code(exc), hint_for(exc))
     try:
@@ -196,11 +196,25 @@ def open_client(verbose: bool = False) -> Iterator[Client]:
         fail(describe(exc), exit_code(exc), hint_for(exc))
 
 
+_SPINNERS: list[Any] = []
+
+
+def _show_wait(line: str) -> None:
+    """The engine started waiting (for a slot, a short backoff): say so on the spinner."""
+    if _SPINNERS:
+        _SPINNERS[-1].update(line)
+
+
 def waiting(message: str, func: Callable[[], T]) -> T:
-    """Run ``func`` with a spinner on a terminal (stderr), plainly elsewhere."""
+    """Run ``func`` with a spinner on a terminal (stderr), plainly elsewhere. While the engine waits, the
+    spinner says for what (``waiting for a tracemoe slot (held by pid 1234)``)."""
     if err.is_terminal:
-        with err.status(message, spinner="dots"):
-            return func()
+        with err.status(message, spinner="dots") as status:
+            _SPINNERS.append(status)
+            try:
+                return func()
+            finally:
+                _SPINNERS.pop()
     return func()
 
 

@@ -1,0 +1,65 @@
+"""``anisearch quota`` and the ledger: where it is, what it believes, forgetting it, and failing cleanly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+from cli_runner import run_in_process
+
+
+@pytest.fixture
+def spent(live_server: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """A trace.moe emulator whose guest quota of 1 is spent by one search on a SQLite ledger."""
+    trace = live_server(tracemoe_app(quota=1))
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", trace.url)
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
+    monkeypatch.setenv("ANISEARCH_LEDGER", f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    return trace
+
+
+def test_quota_shows_where_the_ledger_is_and_what_upstream_confirmed(spent: Any, samples: Path) -> None:
+    assert run_in_process("search", str(samples / "tinted-good.jpg"), "--no-cache").returncode == 0
+    done = run_in_process("quota", "tracemoe", "--json")
+    rolling = next(q for q in json.loads(done.stdout) if q["window"] == "rolling-24h")
+    assert (rolling["limit"], rolling["used"], rolling["remaining"], rolling["source"]) == (
+        1,
+        1,
+        0,
+        "upstream",
+    )
+    assert "ledger: sqlite:///" in done.stderr
+
+
+def test_reset_forgets_what_the_ledger_believes(spent: Any, samples: Path, tmp_path: Path) -> None:
+    image = str(samples / "tinted-good.jpg")
+    assert run_in_process("search", image, "--no-cache").returncode == 0
+    skipped = run_in_process("search", image, "--no-cache")
+    assert skipped.returncode == 4
+    assert "quota exhausted until" in skipped.stderr
+    assert spent.app.state.emulator.search_requests == 1  # the second was not sent
+    done = run_in_process("quota", "tracemoe", "--reset", "--yes")
+    assert done.returncode == 0
+    assert "forgot tracemoe" in done.stderr
+    again = run_in_process("search", image, "--no-cache")
+    assert spent.app.state.emulator.search_requests == 2  # asked again; the upstream's own 402 is the truth
+    assert again.returncode == 4
+    assert "Search quota depleted" in again.stderr or "quota exhausted" in again.stderr
+
+
+def test_an_unusable_ledger_is_one_line_and_exit_6(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    broken = tmp_path / "ledger.sqlite3"
+    broken.write_bytes(b"not a database at all" * 64)
+    monkeypatch.setenv("ANISEARCH_LEDGER", f"sqlite:///{broken}")
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
+    done = run_in_process("quota")
+    assert done.returncode == 6
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("anisearch: error:")
+    assert str(broken) in done.stderr
+    assert "Traceback" not in done.stderr
