@@ -41,7 +41,7 @@ __all__ = ["SQLiteLedger"]
 _T = TypeVar("_T")
 _SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 15_000
-_WAKE_CHECK_SECONDS = 0.004
+_WAKE_CHECK_SECONDS = 0.002
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS scopes (
         provider TEXT NOT NULL, scope TEXT NOT NULL, state TEXT NOT NULL,

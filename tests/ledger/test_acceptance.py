@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from anisearch import AllProvidersFailedError, AsyncClient, Client, QuotaExhaustedError, Settings
+from anisearch_providers.tracemoe.emulator import InjectedFailure
 from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
 
 pytestmark = [pytest.mark.e2e]
@@ -85,15 +86,22 @@ def test_concurrent_searches_send_exactly_the_quota(
         assert started + timedelta(hours=24) <= spent.resets_at <= datetime.now(UTC) + timedelta(hours=24)
 
 
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def shared_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    return str(request.getfixturevalue("redis_url"))
+
+
 def test_a_search_killed_mid_request_frees_its_slot(
-    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+    live_server: Callable[[Any], Any], samples: Path, shared_ledger: str
 ) -> None:
     trace = live_server(tracemoe_app(latency=2.0))
     env = {
         **os.environ,
         "ANISEARCH_TRACEMOE_URL": trace.url,
         "ANISEARCH_PROVIDERS": "tracemoe",
-        "ANISEARCH_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+        "ANISEARCH_LEDGER": shared_ledger,
     }
     victim = subprocess.Popen(
         [sys.executable, "-m", "anisearch", "search", str(samples / "tinted-good.jpg"), "--no-cache"],
@@ -152,3 +160,31 @@ def test_a_rolling_window_frees_a_day_after_each_search_without_a_refresh(
         assert client.search(images[4], cache=False).provider == "tracemoe"
     assert trace.app.state.emulator.requests["/me"] == 1  # the freed slot was confirmed for free first
     assert [row.code for row in trace.app.state.emulator.log] == [200, 200, 200, 200]
+
+
+def test_a_queue_full_storm_is_one_backoff_for_every_search(
+    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+) -> None:
+    """Five searches while every answer is 503 "queue full": the fleet probes on one growing backoff."""
+    storm = [InjectedFailure(503, {"error": "Error: Search queue is full"})] * 100
+    trace = live_server(tracemoe_app(failures=storm))
+    images = variants(samples, 5)
+    config = settings(trace.url, f"sqlite:///{tmp_path / 'ledger.sqlite3'}").model_copy(
+        update={"timeout": 4.0}
+    )
+    failed: list[AllProvidersFailedError] = []
+
+    async def one(client: AsyncClient, data: bytes) -> None:
+        try:
+            await client.search(data, cache=False)
+        except AllProvidersFailedError as exc:
+            failed.append(exc)
+
+    async def main() -> None:
+        async with AsyncClient(config) as client, anyio.create_task_group() as group:
+            for data in images:
+                group.start_soon(one, client, data)
+
+    anyio.run(main)
+    assert len(failed) == 5
+    assert trace.app.state.emulator.search_requests <= 8  # not 5 searches x 4 tries
