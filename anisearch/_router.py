@@ -26,6 +26,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ from anisearch._exceptions import (
     AuthenticationError,
     ConcurrencyLimitError,
     ConfigurationError,
+    LedgerError,
     ProviderBusyError,
     ProviderConnectionError,
     ProviderError,
@@ -83,7 +85,8 @@ MAX_COOLDOWN_SECONDS = 86400.0
 """No cooldown an upstream asks for lasts longer than 24 hours."""
 BUSY_RETRIES = 3
 """Times one search waits out the shared backoff after "queue full" / "concurrency" before moving on."""
-_GATES: dict[tuple[int, str, str, int], anyio.Lock] = {}
+_GATES: weakref.WeakValueDictionary[tuple[int, str, str, int], anyio.Lock] = weakref.WeakValueDictionary()
+"""One gate per (ledger, provider, scope, event loop), alive while a search holds or awaits it."""
 _GATES_LOCK = threading.Lock()
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 _MAX_COUNT = 2**31 - 1
@@ -528,7 +531,10 @@ class Router:
     async def _keep_lease(self, ticket: Ticket) -> None:
         while True:
             await anyio.sleep(self._lease_seconds / 3)
-            await self._ledger.renew(ticket, self._lease_seconds)
+            try:
+                await self._ledger.renew(ticket, self._lease_seconds)
+            except LedgerError as exc:  # the search goes on; settling will say whether the ledger is back
+                logger.warning("%s: could not renew the slot's lease: %s", ticket.provider, exc)
 
     async def _send_once(self, provider: Provider, query: SearchQuery) -> httpx.Response:
         """Send the search; retry only while the request never left this machine."""
