@@ -56,7 +56,8 @@ from anisearch._provider import (
     available_providers,
     load_provider,
 )
-from anisearch._router import AttemptCallback, Route, Router, Strategy, WaitCallback, provider_windows
+from anisearch._router import AttemptCallback, Route, Router, Strategy, WaitCallback
+from anisearch._verdict import provider_windows
 
 if TYPE_CHECKING:
     from types import TracebackType

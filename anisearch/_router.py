@@ -29,8 +29,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import httpx
@@ -38,35 +37,39 @@ import stamina
 
 from anisearch._exceptions import (
     AllProvidersFailedError,
-    AnisearchError,
     AuthenticationError,
     ConcurrencyLimitError,
-    ConfigurationError,
     LedgerError,
     ProviderBusyError,
-    ProviderConnectionError,
     ProviderError,
-    QuotaExhaustedError,
-    RateLimitedError,
     UpstreamResponseError,
 )
 from anisearch._ledger import Refusal, Stale, Ticket, WindowSpec, holder_is_dead
-from anisearch._ledger._windows import STANDARD_WINDOWS, from_us
-from anisearch._models import Attempt, Hit, Quota, SearchResult
+from anisearch._ledger._windows import from_us
+from anisearch._models import Attempt, Hit, SearchResult
+from anisearch._verdict import (
+    Settlement,
+    checked,
+    guarded,
+    holders_text,
+    maybe_sent,
+    never_sent,
+    read,
+    reason,
+    refusal_error,
+)
 
 if TYPE_CHECKING:
     from anisearch._ledger import Ledger
     from anisearch._provider import Provider, ProviderAnswer, SearchQuery
 
 __all__ = [
-    "MAX_COOLDOWN_SECONDS",
     "AttemptCallback",
     "Route",
     "Router",
     "Strategy",
     "WaitCallback",
     "merge_hits",
-    "provider_windows",
 ]
 
 logger = logging.getLogger("anisearch")
@@ -79,38 +82,11 @@ WaitCallback = Callable[[str], None]
 Sender = Callable[["Provider", "httpx.Request"], Awaitable["httpx.Response"]]
 QueryBuilder = Callable[["Provider"], Awaitable["SearchQuery"]]
 
-DEFAULT_COOLDOWN_SECONDS = 30.0
-"""Cooldown after a rate limit that did not say how long to wait."""
-MAX_COOLDOWN_SECONDS = 86400.0
-"""No cooldown an upstream asks for lasts longer than 24 hours."""
 BUSY_RETRIES = 3
 """Times one search waits out the shared backoff after "queue full" / "concurrency" before moving on."""
 _GATES: weakref.WeakValueDictionary[tuple[int, str, str, int], anyio.Lock] = weakref.WeakValueDictionary()
 """One gate per (ledger, provider, scope, event loop), alive while a search holds or awaits it."""
 _GATES_LOCK = threading.Lock()
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
-_MAX_COUNT = 2**31 - 1
-
-
-def provider_windows(provider: Provider) -> tuple[WindowSpec, ...]:
-    """The provider's declared windows (``windows()``), or, for a provider that declares none, the
-    standard windows its ``assumed_quotas()`` name, with their limits."""
-    declare = getattr(provider, "windows", None)
-    if callable(declare):
-        return tuple(declare())
-    specs: dict[str, WindowSpec] = {}
-    for quota in provider.assumed_quotas():
-        standard = STANDARD_WINDOWS.get(quota.window)
-        if standard is not None and quota.window not in specs:
-            specs[quota.window] = WindowSpec(
-                name=standard.name,
-                span_seconds=standard.span_seconds,
-                calendar=standard.calendar,
-                counts=standard.counts,
-                kind=standard.kind,
-                limit=quota.limit,
-            )
-    return tuple(specs.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,30 +113,6 @@ class _Outcome:
     attempt: Attempt
     result: SearchResult | None = None
     error: ProviderError | None = None
-
-
-@dataclass(slots=True)
-class _Settlement:
-    """What one answer or failure means for the ledger."""
-
-    outcome: Literal["charged", "uncharged", "unsent"]
-    observations: list[Quota] = field(default_factory=list)
-    cooldown: tuple[datetime, str, str] | None = None
-    busy: str | None = None
-    blocks: list[tuple[str, datetime]] = field(default_factory=list)
-
-
-def _iso_minute(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
-
-
-def _reason(exc: ProviderError) -> str:
-    text = exc.message
-    if isinstance(exc, QuotaExhaustedError) and exc.resets_at is not None and " until " not in text:
-        text = f"{text} (frees at {_iso_minute(exc.resets_at)})"
-    if exc.retry_after is not None and not isinstance(exc, QuotaExhaustedError) and " until " not in text:
-        text = f"{text} (retry after {exc.retry_after:g} s)"
-    return " ".join(text.split())[:200]
 
 
 def _overlaps(a: Hit, b: Hit, slack: float = 5.0) -> bool:
@@ -369,7 +321,7 @@ class Router:
 
     def _error(self, route: Route, refusal: Refusal) -> ProviderError:
         wait = (from_us(refusal.until) - self._ledger.now()).total_seconds()
-        return _refusal_error(route.provider.name, refusal, wait)
+        return refusal_error(route.provider.name, refusal, wait)
 
     async def _reserve(
         self, route: Route, give_up_at: float, dead: frozenset[str], *, waiting: bool = False
@@ -401,7 +353,7 @@ class Router:
                     continue
                 if not waiting or left <= 0:
                     return result
-                self._waiting(f"waiting for a {name} slot (held by {_holders(result.holders)})")
+                self._waiting(f"waiting for a {name} slot (held by {holders_text(result.holders)})")
                 await self._ledger.wait(name, route.scope, min(left, max(wait, 0.001)))
                 continue
             if result.kind == "busy" and 0 < wait <= left:
@@ -418,11 +370,9 @@ class Router:
             return False
         try:
             response = await self._send(provider, request)
-            quotas = _guarded(
-                provider, lambda: [*provider.observe(response), *provider.parse_quota(response)]
-            )
+            quotas = guarded(provider, lambda: [*provider.observe(response), *provider.parse_quota(response)])
             await self._ledger.observe(
-                provider.name, route.scope, route.windows, _checked(quotas, provider.name)
+                provider.name, route.scope, route.windows, checked(quotas, provider.name)
             )
         except ProviderError as exc:
             logger.info("%s quota check failed: %s", provider.name, exc)
@@ -442,7 +392,7 @@ class Router:
                     Attempt(
                         provider=name,
                         outcome="skipped",
-                        reason=_reason(admitted),
+                        reason=reason(admitted),
                         error=type(admitted).__name__,
                         elapsed_seconds=time.monotonic() - started,
                     ),
@@ -461,14 +411,16 @@ class Router:
         status: int | None = None
         answer: ProviderAnswer | None = None
         error: ProviderError | None = None
-        settlement = _Settlement("unsent")
+        settlement = Settlement("unsent")
         try:
             response = await self._send_leased(ticket, provider, query)
             status = response.status_code
-            settlement, answer, error = self._read(route, response)
+            settlement, answer, error = read(
+                provider, route.windows, response, self._ledger.now(), self._ledger.timezone
+            )
         except ProviderError as exc:  # plain InvalidImageError is not one: bad input stops everything
             error = exc
-            settlement = _Settlement("charged" if _maybe_sent(exc) else "unsent")
+            settlement = Settlement("charged" if maybe_sent(exc) else "unsent")
         finally:
             with anyio.CancelScope(shield=True):
                 await self._ledger.settle(
@@ -487,7 +439,7 @@ class Router:
                 Attempt(
                     provider=provider.name,
                     outcome="failed",
-                    reason=_reason(failure),
+                    reason=reason(failure),
                     error=type(failure).__name__,
                     status_code=failure.status_code if failure.status_code is not None else status,
                     elapsed_seconds=time.monotonic() - started,
@@ -539,134 +491,11 @@ class Router:
     async def _send_once(self, provider: Provider, query: SearchQuery) -> httpx.Response:
         """Send the search; retry only while the request never left this machine."""
         async for attempt in stamina.retry_context(
-            on=_never_sent, attempts=3, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
+            on=never_sent, attempts=3, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
         ):
             with attempt:
                 return await self._send(provider, provider.search_request(query))
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
-
-    def _read(
-        self, route: Route, response: httpx.Response
-    ) -> tuple[_Settlement, ProviderAnswer | None, ProviderError | None]:
-        """One response, classified once: what the ledger records, and the answer or the error."""
-        provider = route.provider
-        ok = response.is_success
-        settlement = _Settlement("charged" if ok else "uncharged")
-        try:
-            observed = _checked(_guarded(provider, lambda: provider.observe(response)), provider.name)
-            answer = _guarded(provider, lambda: provider.parse_search(response))
-            if answer.quota is not None:
-                observed = [*observed, *_checked([answer.quota], provider.name)]
-        except ProviderError as exc:
-            unreadable = isinstance(exc, UpstreamResponseError)
-            settlement.observations = [] if unreadable else _safe_observe(provider, response)
-            self._consequences(route, exc, settlement)
-            return settlement, None, exc
-        settlement.observations = observed
-        return settlement, answer, None
-
-    def _consequences(self, route: Route, exc: ProviderError, settlement: _Settlement) -> None:
-        now = self._ledger.now()
-        if isinstance(exc, QuotaExhaustedError):
-            told = {
-                quota.window
-                for quota in settlement.observations
-                if quota.remaining == 0
-                or (quota.limit is not None and quota.used is not None and quota.used >= quota.limit)
-            }
-            window = getattr(exc, "window", None) or _first_quota_window(route.windows)
-            if window is not None and window not in told:
-                spec = next((w for w in route.windows if w.name == window), STANDARD_WINDOWS.get(window))
-                natural = spec.leave(now, self._ledger.timezone) if spec else now + timedelta(days=1)
-                until = exc.resets_at or natural
-                settlement.blocks.append((window, min(until, now + timedelta(seconds=MAX_COOLDOWN_SECONDS))))
-        elif isinstance(exc, RateLimitedError):
-            # The server's own wait (Retry-After, X-Retry-After) is the whole truth of a 429: a count of 0
-            # left in some window would only guess at when it frees.
-            settlement.observations = [q for q in settlement.observations if q.cooldown_until is None]
-            wait = exc.retry_after if exc.retry_after is not None else DEFAULT_COOLDOWN_SECONDS
-            wait = min(max(wait, 0.0), MAX_COOLDOWN_SECONDS)
-            settlement.cooldown = (now + timedelta(seconds=wait), _reason(exc), "rate")
-        elif isinstance(exc, (ConcurrencyLimitError, ProviderBusyError)):
-            settlement.busy = _reason(exc)
-
-
-def _guarded(provider: Provider, call: Callable[[], Any]) -> Any:
-    """Run a provider's parser; anything but an anisearch error means an answer it could not read."""
-    try:
-        return call()
-    except AnisearchError:
-        raise
-    except Exception as exc:
-        raise UpstreamResponseError(
-            f"an answer anisearch cannot read ({type(exc).__name__})", provider=provider.name
-        ) from exc
-
-
-def _safe_observe(provider: Provider, response: httpx.Response) -> list[Quota]:
-    try:
-        return _checked(_guarded(provider, lambda: provider.observe(response)), provider.name)
-    except ProviderError:
-        return []
-
-
-def _checked(quotas: Sequence[Quota], provider: str) -> list[Quota]:
-    """``quotas`` unchanged when every number is sane.
-
-    Raises:
-        UpstreamResponseError: A negative or absurd count, or a naive time.
-    """
-    for quota in quotas:
-        for name in ("limit", "used", "remaining", "concurrency", "priority"):
-            value = getattr(quota, name)
-            if value is not None and not 0 <= value <= _MAX_COUNT:
-                raise UpstreamResponseError(f"the answer says {name} = {value}", provider=provider)
-        for moment in (quota.observed_at, quota.resets_at, quota.cooldown_until):
-            if moment is not None and moment.tzinfo is None:
-                raise UpstreamResponseError("the answer has a time without a zone", provider=provider)
-    return list(quotas)
-
-
-def _never_sent(exc: Exception) -> bool:
-    """Retry only a connection that failed before any byte of the request left."""
-    return isinstance(exc, ProviderConnectionError) and isinstance(exc.__cause__, _NOT_SENT)
-
-
-def _maybe_sent(exc: ProviderError) -> bool:
-    """A transport failure after the request left: the upstream may have run (and charged) the search."""
-    if isinstance(exc, ProviderConnectionError):  # no cause: refused before sending (a bad header)
-        return exc.__cause__ is not None and not isinstance(exc.__cause__, _NOT_SENT)
-    return exc.status_code is None and not isinstance(exc, ConfigurationError)
-
-
-def _first_quota_window(windows: Sequence[WindowSpec]) -> str | None:
-    return next((w.name for w in windows if w.kind == "quota" and w.counts == "searches"), None)
-
-
-def _holders(holders: Sequence[str]) -> str:
-    pids = [holder.rsplit(":", 2)[-2] if holder.count(":") >= 2 else holder for holder in holders]  # noqa: PLR2004
-    return ", ".join(f"pid {pid}" for pid in pids) or "another search"
-
-
-def _refusal_error(name: str, refusal: Refusal, wait: float) -> ProviderError:
-    """The error a refusal means: the same state always gives the same class."""
-    until = from_us(refusal.until)
-    stamp = _iso_minute(until + timedelta(seconds=59))
-    detail = f" ({refusal.window}: {refusal.reason})" if refusal.window else f": {refusal.reason}"
-    retry = max(wait, 0.0)
-    if refusal.kind == "quota":
-        return QuotaExhaustedError(
-            f"quota exhausted until {stamp}{detail}", provider=name, resets_at=until, retry_after=retry
-        )
-    if refusal.kind == "rate":
-        return RateLimitedError(f"rate limited until {stamp}{detail}", provider=name, retry_after=retry)
-    if refusal.kind == "busy":
-        return ProviderBusyError(f"busy until {stamp}{detail}", provider=name, retry_after=retry)
-    return ConcurrencyLimitError(
-        f"no {name} slot freed in time (held by {_holders(refusal.holders)})",
-        provider=name,
-        retry_after=retry,
-    )
 
 
 def _strength(result: SearchResult) -> float:

@@ -53,7 +53,8 @@ from anisearch._config import Settings
 from anisearch._image import prepare
 from anisearch._ledger import Ticket, open_ledger
 from anisearch._provider import ProviderContext, SearchQuery
-from anisearch._router import Route, Router, provider_windows
+from anisearch._router import Route, Router
+from anisearch._verdict import provider_windows
 from anisearch_providers.tracemoe import TraceMoe
 from anisearch_providers.tracemoe.emulator import create_app
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.cli_runner import run_in_process
 
 from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
-from cli_runner import run_in_process
 
 
 @pytest.fixture

@@ -1,0 +1,230 @@
+"""What an answer, a failure or a refusal means: one response decoded once and classified once.
+
+The router asks; this module decides what the ledger records (a :class:`Settlement`) and which error a
+caller sees, so the same state always gives the same class (spent quota :class:`QuotaExhaustedError`, a rate
+limit :class:`RateLimitedError`, a busy upstream :class:`ProviderBusyError`). A provider parser that raises
+anything but an anisearch error, or an answer with an absurd number, is an :class:`UpstreamResponseError`
+for that one attempt, and the router falls through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+import httpx
+
+from anisearch._exceptions import (
+    AnisearchError,
+    ConcurrencyLimitError,
+    ConfigurationError,
+    ProviderBusyError,
+    ProviderConnectionError,
+    ProviderError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    UpstreamResponseError,
+)
+from anisearch._ledger import Refusal, WindowSpec
+from anisearch._ledger._windows import STANDARD_WINDOWS, from_us
+from anisearch._models import Quota
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from anisearch._provider import Provider, ProviderAnswer
+
+__all__ = [
+    "DEFAULT_COOLDOWN_SECONDS",
+    "MAX_COOLDOWN_SECONDS",
+    "Settlement",
+    "checked",
+    "guarded",
+    "holders_text",
+    "iso_minute",
+    "maybe_sent",
+    "never_sent",
+    "provider_windows",
+    "read",
+    "reason",
+    "refusal_error",
+]
+
+DEFAULT_COOLDOWN_SECONDS = 30.0
+"""Cooldown after a rate limit that did not say how long to wait."""
+MAX_COOLDOWN_SECONDS = 86400.0
+"""No cooldown an upstream asks for lasts longer than 24 hours."""
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+_MAX_COUNT = 2**31 - 1
+
+
+@dataclass(slots=True)
+class Settlement:
+    """What one answer or failure means for the ledger."""
+
+    outcome: Literal["charged", "uncharged", "unsent"]
+    observations: list[Quota] = field(default_factory=list)
+    cooldown: tuple[datetime, str, str] | None = None
+    busy: str | None = None
+    blocks: list[tuple[str, datetime]] = field(default_factory=list)
+
+
+def iso_minute(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def reason(exc: ProviderError) -> str:
+    text = exc.message
+    if isinstance(exc, QuotaExhaustedError) and exc.resets_at is not None and " until " not in text:
+        text = f"{text} (frees at {iso_minute(exc.resets_at)})"
+    if exc.retry_after is not None and not isinstance(exc, QuotaExhaustedError) and " until " not in text:
+        text = f"{text} (retry after {exc.retry_after:g} s)"
+    return " ".join(text.split())[:200]
+
+
+def provider_windows(provider: Provider) -> tuple[WindowSpec, ...]:
+    """The provider's declared windows (``windows()``), or, for a provider that declares none, the
+    standard windows its ``assumed_quotas()`` name, with their limits."""
+    declare = getattr(provider, "windows", None)
+    if callable(declare):
+        return tuple(declare())
+    specs: dict[str, WindowSpec] = {}
+    for quota in provider.assumed_quotas():
+        standard = STANDARD_WINDOWS.get(quota.window)
+        if standard is not None and quota.window not in specs:
+            specs[quota.window] = WindowSpec(
+                name=standard.name,
+                span_seconds=standard.span_seconds,
+                calendar=standard.calendar,
+                counts=standard.counts,
+                kind=standard.kind,
+                limit=quota.limit,
+            )
+    return tuple(specs.values())
+
+
+def read(
+    provider: Provider, windows: Sequence[WindowSpec], response: httpx.Response, now: datetime, tz: ZoneInfo
+) -> tuple[Settlement, ProviderAnswer | None, ProviderError | None]:
+    """One response, classified once: what the ledger records, and the answer or the error."""
+    ok = response.is_success
+    settlement = Settlement("charged" if ok else "uncharged")
+    try:
+        observed = checked(guarded(provider, lambda: provider.observe(response)), provider.name)
+        answer = guarded(provider, lambda: provider.parse_search(response))
+        if answer.quota is not None:
+            observed = [*observed, *checked([answer.quota], provider.name)]
+    except ProviderError as exc:
+        unreadable = isinstance(exc, UpstreamResponseError)
+        settlement.observations = [] if unreadable else safe_observe(provider, response)
+        _consequences(windows, exc, settlement, now, tz)
+        return settlement, None, exc
+    settlement.observations = observed
+    return settlement, answer, None
+
+
+def _consequences(
+    windows: Sequence[WindowSpec], exc: ProviderError, settlement: Settlement, now: datetime, tz: ZoneInfo
+) -> None:
+    if isinstance(exc, QuotaExhaustedError):
+        told = {
+            quota.window
+            for quota in settlement.observations
+            if quota.remaining == 0
+            or (quota.limit is not None and quota.used is not None and quota.used >= quota.limit)
+        }
+        window = getattr(exc, "window", None) or first_quota_window(windows)
+        if window is not None and window not in told:
+            spec = next((w for w in windows if w.name == window), STANDARD_WINDOWS.get(window))
+            natural = spec.leave(now, tz) if spec else now + timedelta(days=1)
+            until = exc.resets_at or natural
+            settlement.blocks.append((window, min(until, now + timedelta(seconds=MAX_COOLDOWN_SECONDS))))
+    elif isinstance(exc, RateLimitedError):
+        # The server's own wait (Retry-After, X-Retry-After) is the whole truth of a 429: a count of 0
+        # left in some window would only guess at when it frees.
+        settlement.observations = [q for q in settlement.observations if q.cooldown_until is None]
+        wait = exc.retry_after if exc.retry_after is not None else DEFAULT_COOLDOWN_SECONDS
+        wait = min(max(wait, 0.0), MAX_COOLDOWN_SECONDS)
+        settlement.cooldown = (now + timedelta(seconds=wait), reason(exc), "rate")
+    elif isinstance(exc, (ConcurrencyLimitError, ProviderBusyError)):
+        settlement.busy = reason(exc)
+
+
+def guarded(provider: Provider, call: Callable[[], Any]) -> Any:
+    """Run a provider's parser; anything but an anisearch error means an answer it could not read."""
+    try:
+        return call()
+    except AnisearchError:
+        raise
+    except Exception as exc:
+        raise UpstreamResponseError(
+            f"an answer anisearch cannot read ({type(exc).__name__})", provider=provider.name
+        ) from exc
+
+
+def safe_observe(provider: Provider, response: httpx.Response) -> list[Quota]:
+    try:
+        return checked(guarded(provider, lambda: provider.observe(response)), provider.name)
+    except ProviderError:
+        return []
+
+
+def checked(quotas: Sequence[Quota], provider: str) -> list[Quota]:
+    """``quotas`` unchanged when every number is sane.
+
+    Raises:
+        UpstreamResponseError: A negative or absurd count, or a naive time.
+    """
+    for quota in quotas:
+        for name in ("limit", "used", "remaining", "concurrency", "priority"):
+            value = getattr(quota, name)
+            if value is not None and not 0 <= value <= _MAX_COUNT:
+                raise UpstreamResponseError(f"the answer says {name} = {value}", provider=provider)
+        for moment in (quota.observed_at, quota.resets_at, quota.cooldown_until):
+            if moment is not None and moment.tzinfo is None:
+                raise UpstreamResponseError("the answer has a time without a zone", provider=provider)
+    return list(quotas)
+
+
+def never_sent(exc: Exception) -> bool:
+    """Retry only a connection that failed before any byte of the request left."""
+    return isinstance(exc, ProviderConnectionError) and isinstance(exc.__cause__, _NOT_SENT)
+
+
+def maybe_sent(exc: ProviderError) -> bool:
+    """A transport failure after the request left: the upstream may have run (and charged) the search."""
+    if isinstance(exc, ProviderConnectionError):  # no cause: refused before sending (a bad header)
+        return exc.__cause__ is not None and not isinstance(exc.__cause__, _NOT_SENT)
+    return exc.status_code is None and not isinstance(exc, ConfigurationError)
+
+
+def first_quota_window(windows: Sequence[WindowSpec]) -> str | None:
+    return next((w.name for w in windows if w.kind == "quota" and w.counts == "searches"), None)
+
+
+def holders_text(holders: Sequence[str]) -> str:
+    pids = [holder.rsplit(":", 2)[-2] if holder.count(":") >= 2 else holder for holder in holders]  # noqa: PLR2004
+    return ", ".join(f"pid {pid}" for pid in pids) or "another search"
+
+
+def refusal_error(name: str, refusal: Refusal, wait: float) -> ProviderError:
+    """The error a refusal means: the same state always gives the same class."""
+    until = from_us(refusal.until)
+    stamp = iso_minute(until + timedelta(seconds=59))
+    detail = f" ({refusal.window}: {refusal.reason})" if refusal.window else f": {refusal.reason}"
+    retry = max(wait, 0.0)
+    if refusal.kind == "quota":
+        return QuotaExhaustedError(
+            f"quota exhausted until {stamp}{detail}", provider=name, resets_at=until, retry_after=retry
+        )
+    if refusal.kind == "rate":
+        return RateLimitedError(f"rate limited until {stamp}{detail}", provider=name, retry_after=retry)
+    if refusal.kind == "busy":
+        return ProviderBusyError(f"busy until {stamp}{detail}", provider=name, retry_after=retry)
+    return ConcurrencyLimitError(
+        f"no {name} slot freed in time (held by {holders_text(refusal.holders)})",
+        provider=name,
+        retry_after=retry,
+    )
