@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,3 +189,30 @@ def test_a_queue_full_storm_is_one_backoff_for_every_search(
     anyio.run(main)
     assert len(failed) == 5
     assert trace.app.state.emulator.search_requests <= 8  # not 5 searches x 4 tries
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs Debian's faketime (installed by .ci/run)")
+def test_the_cli_a_day_later_under_faketime_finds_the_slot_free(
+    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+) -> None:
+    """The real command, its clock moved a day on by libfaketime; the emulator's window shortened to match."""
+    trace = live_server(tracemoe_app(quota=1, quota_window=2.0))
+    env = {
+        **os.environ,
+        "ANISEARCH_TRACEMOE_URL": trace.url,
+        "ANISEARCH_PROVIDERS": "tracemoe",
+        "ANISEARCH_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+        "ANISEARCH_CACHE": "off",
+    }
+    command = [sys.executable, "-m", "anisearch", "search", str(samples / "tinted-good.jpg")]
+    assert subprocess.run(command, env=env, capture_output=True, check=False).returncode == 0
+    skipped = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    assert skipped.returncode == 4
+    assert "quota exhausted until" in skipped.stderr
+    time.sleep(2.5)  # the emulator's 2-second window has passed; the ledger still counts a day
+    later = subprocess.run(
+        ["faketime", "-f", "+1d", *command], env=env, capture_output=True, text=True, check=False
+    )
+    assert later.returncode == 0, later.stderr
+    assert trace.app.state.emulator.requests["/me"] == 1  # the freed slot was confirmed first
+    assert [row.code for row in trace.app.state.emulator.log] == [200, 200]
