@@ -212,7 +212,11 @@ class RedisLedger(Ledger):
             return
         self._listening.add(key)
         try:
-            await self._redis.blpop([f"{PREFIX}wake:{provider}|{scope}"], timeout=max(seconds, 0.01))
+            # At most a second per call: redis-py gives up reading a socket after a few seconds, and an
+            # early return only costs the waiter one more reserve.
+            await self._redis.blpop(
+                [f"{PREFIX}wake:{provider}|{scope}"], timeout=min(max(seconds, 0.01), 1.0)
+            )
         except (RedisError, OSError) as exc:
             raise LedgerError(f"the quota ledger {self.url} cannot be used ({exc})", ledger=self.url) from exc
         finally:

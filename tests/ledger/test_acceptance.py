@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -216,3 +217,57 @@ def test_the_cli_a_day_later_under_faketime_finds_the_slot_free(
     assert later.returncode == 0, later.stderr
     assert trace.app.state.emulator.requests["/me"] == 1  # the freed slot was confirmed first
     assert [row.code for row in trace.app.state.emulator.log] == [200, 200]
+
+
+WORKER = """
+import io, json, sys
+import anyio
+import anisearch
+from PIL import Image
+
+url, ledger, count, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+options = {"tracemoe": {"url": url}}
+settings = anisearch.Settings.load(providers=["tracemoe"], provider_options=options, ledger=ledger)
+
+def image(n):
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 36), (seed * 31 % 256, n * 17 % 256, 7)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+async def main():
+    outcomes = []
+    async with anisearch.AsyncClient(settings) as client:
+        for n in range(count):
+            try:
+                await client.search(image(n), cache=False)
+                outcomes.append("ok")
+            except anisearch.AllProvidersFailedError as exc:
+                outcomes.append(type(exc.exceptions[0]).__name__)
+    print(json.dumps(outcomes))
+
+anyio.run(main)
+"""
+
+
+def test_eight_processes_share_one_quota_exactly(
+    live_server: Callable[[Any], Any], shared_ledger: str
+) -> None:
+    trace = live_server(tracemoe_app(quota=12, latency=0.02, rate_limit=1_000_000, queue_size=1000))
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, trace.url, shared_ledger, "5", str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(8)
+    ]
+    outcomes: list[str] = []
+    for worker in workers:
+        out, errors = worker.communicate(timeout=180)
+        assert worker.returncode == 0, errors
+        outcomes += json.loads(out)
+    codes = [row.code for row in trace.app.state.emulator.log]
+    assert codes == [200] * 12  # exactly the quota, not one 402 or 429
+    assert outcomes.count("ok") == 12
+    assert outcomes.count("QuotaExhaustedError") == 40 - 12
