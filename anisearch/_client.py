@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
-from importlib.metadata import version
 from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
@@ -58,6 +57,7 @@ from anisearch._provider import (
 )
 from anisearch._router import AttemptCallback, Route, Router, Strategy, WaitCallback
 from anisearch._verdict import provider_windows
+from anisearch._version import DISTRIBUTION, __version__
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -78,7 +78,7 @@ _redact.install()
 
 
 def _user_agent() -> str:
-    return f"anisearch/{version('anisearch')} (+https://pypi.org/project/anisearch/)"
+    return f"anisearch/{__version__} (+https://pypi.org/project/{DISTRIBUTION}/)"
 
 
 class AsyncApiKeys:

@@ -231,7 +231,7 @@ def test_upload_keeps_the_prepared_mime_type() -> None:
 def test_every_request_says_who_it_is_and_wants_json() -> None:
     for request in (tracemoe().search_request(SearchQuery(image=JPEG)), tracemoe().quota_request()):
         assert request.headers["accept"] == "application/json"
-        assert request.headers["user-agent"].startswith(f"anisearch/{version('anisearch')}")
+        assert request.headers["user-agent"].startswith(f"anisearch/{version('anisearch-gateway')}")
 
 
 def test_url_mode_percent_encodes_the_image_url() -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 from functools import cache
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 import httpx
 
+import anisearch
 from anisearch._exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -38,12 +38,8 @@ Params = list[tuple[str, str | int | float | bool | None]]
 
 @cache
 def user_agent() -> str:
-    """``anisearch/<version> (+https://pypi.org/project/anisearch/)``, the version from package metadata."""
-    try:
-        release = version("anisearch")
-    except PackageNotFoundError:  # pragma: no cover - running from a tree that was never installed
-        release = "unknown"
-    return f"anisearch/{release} (+https://pypi.org/project/anisearch/)"
+    """``anisearch/<version> (+https://pypi.org/project/anisearch-gateway/)``."""
+    return f"anisearch/{anisearch.__version__} (+https://pypi.org/project/anisearch-gateway/)"
 
 
 def http_base_url(url: str, setting: str) -> str:

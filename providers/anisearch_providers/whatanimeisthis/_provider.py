@@ -48,7 +48,7 @@ UPLOAD_FORMATS = frozenset({"image/jpeg", "image/png"})
 """The only image types the api-docs list for uploads; anything else is re-encoded first."""
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
 """Upload cap, bytes: serverless hosts refuse request bodies over about 4.5 MB (§1, a guess)."""
-_USER_AGENT = f"anisearch/{__version__} (+https://pypi.org/project/anisearch/)"
+_USER_AGENT = f"anisearch/{__version__} (+https://pypi.org/project/anisearch-gateway/)"
 
 
 def _origin_of(url: str, setting: str) -> str:
