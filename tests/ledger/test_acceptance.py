@@ -1,7 +1,7 @@
 """The quota engine's promises, end to end over loopback HTTP against the trace.moe emulator.
 
-- Many concurrent searches against a spent-soon quota send exactly the quota's worth of requests: no 402,
-  no 429, and the rest say when the first slot frees.
+- 200 concurrent searches in one process, or 8 processes x 25, against a quota of 40 send exactly 40
+  requests: no 402, no 429, and the rest say when the first slot frees.
 - A search killed with ``kill -9`` mid-request does not keep its slot: the next search on the same ledger
   answers within seconds.
 """
@@ -60,7 +60,7 @@ def test_concurrent_searches_send_exactly_the_quota(
     live_server: Callable[[Any], Any], samples: Path, ledger_url: str
 ) -> None:
     trace = live_server(tracemoe_app(quota=40, latency=0.05, rate_limit=1_000_000, queue_size=1000))
-    images = variants(samples, 120)
+    images = variants(samples, 200)
     outcomes: list[object] = []
 
     async def one(client: AsyncClient, data: bytes) -> None:
@@ -252,10 +252,10 @@ anyio.run(main)
 def test_eight_processes_share_one_quota_exactly(
     live_server: Callable[[Any], Any], shared_ledger: str
 ) -> None:
-    trace = live_server(tracemoe_app(quota=12, latency=0.02, rate_limit=1_000_000, queue_size=1000))
+    trace = live_server(tracemoe_app(quota=40, latency=0.02, rate_limit=1_000_000, queue_size=1000))
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, trace.url, shared_ledger, "5", str(seed)],
+            [sys.executable, "-c", WORKER, trace.url, shared_ledger, "25", str(seed)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -268,6 +268,6 @@ def test_eight_processes_share_one_quota_exactly(
         assert worker.returncode == 0, errors
         outcomes += json.loads(out)
     codes = [row.code for row in trace.app.state.emulator.log]
-    assert codes == [200] * 12  # exactly the quota, not one 402 or 429
-    assert outcomes.count("ok") == 12
-    assert outcomes.count("QuotaExhaustedError") == 40 - 12
+    assert codes == [200] * 40  # exactly the quota, not one 402 or 429
+    assert outcomes.count("ok") == 40
+    assert outcomes.count("QuotaExhaustedError") == 8 * 25 - 40
