@@ -108,20 +108,22 @@ def provider_windows(provider: Provider) -> tuple[WindowSpec, ...]:
 def read(
     provider: Provider, windows: Sequence[WindowSpec], response: httpx.Response, now: datetime, tz: ZoneInfo
 ) -> tuple[Settlement, ProviderAnswer | None, ProviderError | None]:
-    """One response, classified once: what the ledger records, and the answer or the error."""
-    ok = response.is_success
-    settlement = Settlement("charged" if ok else "uncharged")
+    """One response, read once and classified once: what the ledger records, and the answer or the error.
+
+    The upstream counts only answered searches: a success is ``charged``, an error answer ``uncharged``
+    (request-counting windows still count it).
+    """
+    settlement = Settlement("charged" if response.is_success else "uncharged")
     try:
-        observed = checked(guarded(provider, lambda: provider.observe(response)), provider.name)
-        answer = guarded(provider, lambda: provider.parse_search(response))
+        settlement.observations = checked(
+            guarded(provider, lambda: provider.observe(response)), provider.name
+        )
+        answer: ProviderAnswer = guarded(provider, lambda: provider.parse_search(response))
         if answer.quota is not None:
-            observed = [*observed, *checked([answer.quota], provider.name)]
+            settlement.observations.extend(checked([answer.quota], provider.name))
     except ProviderError as exc:
-        unreadable = isinstance(exc, UpstreamResponseError)
-        settlement.observations = [] if unreadable else safe_observe(provider, response)
         _consequences(windows, exc, settlement, now, tz)
         return settlement, None, exc
-    settlement.observations = observed
     return settlement, answer, None
 
 
@@ -162,13 +164,6 @@ def guarded(provider: Provider, call: Callable[[], Any]) -> Any:
         raise UpstreamResponseError(
             f"an answer anisearch cannot read ({type(exc).__name__})", provider=provider.name
         ) from exc
-
-
-def safe_observe(provider: Provider, response: httpx.Response) -> list[Quota]:
-    try:
-        return checked(guarded(provider, lambda: provider.observe(response)), provider.name)
-    except ProviderError:
-        return []
 
 
 def checked(quotas: Sequence[Quota], provider: str) -> list[Quota]:
