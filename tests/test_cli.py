@@ -446,3 +446,13 @@ def test_a_keyword_factory_takes_its_knobs_and_refuses_others_in_one_line() -> N
     assert done.returncode == 2
     assert done.stderr.startswith("anisearch: error: the whatanimeisthis emulator refused its knobs:")
     assert "colour" in done.stderr
+
+
+def test_a_deadline_bounds_each_search(
+    live_server: Callable[[Any], Any], samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", live_server(tracemoe_app(latency=5.0)).url)
+    done = cli("search", str(samples / "tinted-good.jpg"), "-p", "tracemoe", "--deadline", "0.5")
+    assert done.returncode == 4
+    assert done.stderr.startswith("anisearch: error: every provider failed: tracemoe failed")
+    assert cli("search", "x.jpg", "--deadline", "0").returncode == 2

@@ -326,6 +326,15 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", metavar="N", min=1, help="Searches in flight at once.")
     ] = 4,
+    deadline: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            min=0.001,
+            help="Give up on an input after this long (reading, downloading, every attempt and wait).",
+            show_default=False,
+        ),
+    ] = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Neither read nor write the result cache.")
     ] = False,
@@ -370,6 +379,7 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
         "anilist_info": anilist_info,
         "min_similarity": min_similarity,
         "cache": not no_cache,
+        "deadline": deadline,
     }
     tally = Tally(total=len(items) + len(missing), threshold=threshold)
     for name in missing:
