@@ -88,6 +88,12 @@ def test_every_help_has_examples_and_plain_flags(command: list[str]) -> None:
     assert all(len(line) <= 80 for line in done.stdout.splitlines())
 
 
+def test_the_command_list_cuts_no_summary() -> None:
+    listing = cli("-h").stdout.split("Commands:")[1].split("Examples:")[0]
+    assert "..." not in listing
+    assert len(listing.strip().splitlines()) == 11
+
+
 def test_search_help_lists_the_providers_and_the_threshold() -> None:
     text = " ".join(cli("search", "-h").stdout.split())
     assert "tracemoe, whatanimeisthis, whatanime-ga" in text

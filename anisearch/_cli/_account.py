@@ -101,7 +101,10 @@ def quota(
 
 
 def providers(as_json: JsonOption = False, verbose: VerboseOption = False) -> None:
-    """The providers: where they point, whether they are used, what they can do."""
+    """Where each provider points and whether it is used.
+
+    Also whether you are signed in to it and what it can do.
+    """
     configure_logging(verbose)
     with open_client(verbose) as client:
         infos = client.providers()
@@ -202,9 +205,9 @@ def login(
     ] = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Sign in to whatanimeisthis.com (the session is kept in the state dir).
+    """Sign in to whatanimeisthis.com and keep the session.
 
-    The session cookie file is readable by you only (mode 0600).
+    The session cookie is kept in the state dir, readable by you only (mode 0600).
     """
     configure_logging(verbose)
     with open_client(verbose) as client:
