@@ -52,6 +52,13 @@ def test_every_page_is_in_the_navigation_and_every_block_is_checked() -> None:
     assert sum(block.lang == "python" for block in ALL) >= 7
 
 
+def test_the_configuration_reference_lists_every_setting() -> None:
+    reference = (DOCS / "configuration.md").read_text()
+    for name in anisearch.Settings.model_fields:
+        if name != "provider_options":  # given in code only; shown in its own section
+            assert f"| `{name}` | `ANISEARCH_{name.upper()}` |" in reference, name
+
+
 PYTHON = [b for b in ALL if b.lang == "python"]
 
 
