@@ -462,3 +462,19 @@ def test_a_deadline_bounds_each_search(
     assert done.returncode == 4
     assert done.stderr.startswith("anisearch: error: every provider failed: tracemoe failed")
     assert cli("search", "x.jpg", "--deadline", "0").returncode == 2
+
+
+def test_a_wait_for_a_slot_is_shown_in_the_spinner(
+    tracemoe: Any, samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines: list[str] = []
+    real = _search._search_all
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        kwargs["on_wait"] = lines.append
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(_search, "_search_all", spy)
+    done = cli("search", str(samples / "tinted-good.jpg"), str(samples / "border-bad.jpg"), "--jobs", "2")
+    assert done.returncode == 1, done.stderr  # border-bad is no match
+    assert any(line.startswith("waiting for a tracemoe slot") for line in lines), lines

@@ -154,14 +154,18 @@ async def _search_all(
     verbose: bool,
     tally: Tally,
     on_done: Callable[[Outcome], None],
+    on_wait: Callable[[str], None] | None = None,
 ) -> AnisearchError | None:
-    """Search every input through one ``AsyncClient``; return an error that stops the whole batch."""
+    """Search every input through one ``AsyncClient``; return an error that stops the whole batch.
+
+    ``on_wait`` gets the engine's one-line notices ("waiting for a tracemoe slot ...").
+    """
     import anyio
 
     from anisearch._client import AsyncClient
 
     fatal: list[AnisearchError] = []
-    async with AsyncClient(settings, on_attempt=log_attempt if verbose else None) as client:
+    async with AsyncClient(settings, on_attempt=log_attempt if verbose else None, on_wait=on_wait) as client:
         limiter = anyio.CapacityLimiter(jobs)
         with contextlib.suppress(AnisearchError):  # for messages only (no request is sent)
             tally.urls = {info.name: info.base_url for info in await client.providers()}
@@ -432,18 +436,27 @@ def _runner(
     import anyio
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def go(on_done: Callable[[Outcome], None]) -> AnisearchError | None:
+    def go(
+        on_done: Callable[[Outcome], None], on_wait: Callable[[str], None] | None = None
+    ) -> AnisearchError | None:
         return anyio.run(
             lambda: _search_all(
-                items, settings, options, jobs=jobs, verbose=verbose, tally=tally, on_done=on_done
+                items,
+                settings,
+                options,
+                jobs=jobs,
+                verbose=verbose,
+                tally=tally,
+                on_done=on_done,
+                on_wait=on_wait,
             )
         )
 
     def run() -> AnisearchError | None:
         if not batch:
-            if err.is_terminal and not verbose:
-                with err.status("searching…", spinner="dots"):
-                    return go(lambda _: None)
+            if err.is_terminal and not verbose:  # -v logs the waits instead
+                with err.status("searching…", spinner="dots") as status:
+                    return go(lambda _: None, lambda line: status.update(f"{line}…"))
             return go(lambda _: None)
 
         def printed(outcome: Outcome) -> None:
@@ -452,19 +465,22 @@ def _runner(
         if not err.is_terminal:
             return go(printed)
         columns = (
-            TextColumn("searching"),
+            TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
         )
         with Progress(*columns, console=err, transient=True) as progress:
-            task = progress.add_task("search", total=len(items))
+            task = progress.add_task("searching", total=len(items))
 
             def advance(outcome: Outcome) -> None:
                 printed(outcome)
-                progress.advance(task)
+                progress.update(task, advance=1, description="searching")
 
-            return go(advance)
+            def waiting(line: str) -> None:
+                progress.update(task, description=line)
+
+            return go(advance, None if verbose else waiting)
 
     return run
