@@ -13,6 +13,10 @@ import anisearch
 def sync_usage() -> None:
     result: anisearch.SearchResult = anisearch.search("shot.jpg", providers=["tracemoe", "whatanimeisthis"])
     best: anisearch.Hit | None = result.best
+    match: anisearch.Hit | None = result.match
+    lenient: anisearch.Hit | None = result.match_at(0.85)
+    threshold: float = anisearch.DEFAULT_MIN_SIMILARITY
+    print(match, lenient, threshold)
     if best is not None:
         anilist_id: int | None = best.anilist_id
         start: float | None = best.start_seconds
