@@ -159,7 +159,7 @@ def test_retry_chatter_only_with_verbose(
         server = live_server(tracemoe_app(failures=[busy]))
         monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", server.url)
         args = ["search", str(samples / "tinted-good.jpg"), "-p", "tracemoe", "--no-cache"]
-        done = cli(*args, *(["-v"] if verbose else []))
+        done = cli(*(["-v"] if verbose else []), *args)  # -v before the command counts too
         assert done.returncode == 0, done.stderr
         if verbose:  # a full queue is one backoff shared by every search: this one waits it out, says so
             assert re.search(r"waiting [\d.]+ s for tracemoe: Error: Search queue is full", done.stderr)

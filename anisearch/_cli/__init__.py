@@ -24,6 +24,7 @@ from anisearch._cli._common import (
     describe,
     examples,
     exit_code,
+    root_verbose,
     say_error,
 )
 from anisearch._exceptions import AnisearchError
@@ -108,6 +109,7 @@ def _root(
     5 authentication, 6 the quota ledger is unusable, 130 interrupted.
     """
     del version
+    root_verbose(verbose)
     configure_logging(verbose)
 
 

@@ -64,7 +64,7 @@ def quota(
     verbose: VerboseOption = False,
 ) -> None:
     """What each provider allows, what is used and when it frees."""
-    configure_logging(verbose)
+    verbose = configure_logging(verbose)
     with open_client(verbose) as client:
         ledger = client.settings.ledger_url
         if reset:
@@ -105,7 +105,7 @@ def providers(as_json: JsonOption = False, verbose: VerboseOption = False) -> No
 
     Also whether you are signed in to it and what it can do.
     """
-    configure_logging(verbose)
+    verbose = configure_logging(verbose)
     with open_client(verbose) as client:
         infos = client.providers()
     if as_json:
@@ -132,7 +132,7 @@ def rankings(
     verbose: VerboseOption = False,
 ) -> None:
     """The most-searched anime on whatanimeisthis.com."""
-    configure_logging(verbose)
+    verbose = configure_logging(verbose)
     if period not in PERIODS:
         fail(f"--period must be one of {', '.join(PERIODS)}, not {period!r}", EXIT_USAGE)
     with open_client(verbose) as client:
@@ -164,7 +164,7 @@ def recent(
     verbose: VerboseOption = False,
 ) -> None:
     """Recently confirmed public searches on whatanimeisthis.com."""
-    configure_logging(verbose)
+    verbose = configure_logging(verbose)
     with open_client(verbose) as client:
         items = waiting("asking…", lambda: client.recent_searches(limit, offset))
     if as_json:
@@ -185,7 +185,7 @@ def recent(
 
 def credits(as_json: JsonOption = False, verbose: VerboseOption = False) -> None:  # noqa: A001 - the command's name
     """The signed-in account's search credits (whatanimeisthis.com)."""
-    configure_logging(verbose)
+    verbose = configure_logging(verbose)
     with open_client(verbose) as client:
         result = waiting("asking…", client.credits)
     if as_json:
@@ -209,7 +209,7 @@ def login(
 
     The session cookie is kept in the state dir, readable by you only (mode 0600).
     """
-    configure_logging(verbose)
+    verbose = configure_logging(verbose)
     with open_client(verbose) as client:
         name = client.account_provider()
         config = client.settings.provider_config(name)
@@ -230,7 +230,7 @@ def login(
 
 def logout(verbose: VerboseOption = False) -> None:
     """Sign out of whatanimeisthis.com and delete the session."""
-    configure_logging(verbose)
+    verbose = configure_logging(verbose)
     with open_client(verbose) as client:
         waiting("signing out…", client.sign_out)
     out.print("signed out")
@@ -251,7 +251,7 @@ def keys_list(
     verbose: VerboseOption = False,
 ) -> None:
     """List the account's API keys (masked)."""
-    configure_logging(verbose)
+    verbose = configure_logging(verbose)
     with open_client(verbose) as client:
         items = waiting("asking…", lambda: client.api_keys.list(page, page_size))
     if as_json:
@@ -277,7 +277,7 @@ def keys_create(
     verbose: VerboseOption = False,
 ) -> None:
     """Create an API key; the key is printed this one time only."""
-    configure_logging(verbose)
+    verbose = configure_logging(verbose)
     with open_client(verbose) as client:
         created = waiting("creating…", lambda: client.api_keys.create(title))
         variable = f"ANISEARCH_{client.account_provider().upper().replace('-', '_')}_KEY"

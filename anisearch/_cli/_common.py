@@ -248,8 +248,21 @@ _INSTALLED: list[tuple[logging.Logger, logging.Handler]] = []
 """The handlers this module added, so a second command in one process replaces them."""
 
 
-def configure_logging(verbose: bool) -> None:
-    """``-v``: requests, attempts and retries on stderr with times. Otherwise nothing reaches stderr."""
+_ROOT = {"verbose": False}
+"""``anisearch -v COMMAND``: the flag given before the command, for the command to honour."""
+
+
+def root_verbose(value: bool) -> None:
+    """Remember ``-v`` given before the command (``anisearch -v search ...``)."""
+    _ROOT["verbose"] = value
+
+
+def configure_logging(verbose: bool) -> bool:
+    """``-v``: requests, attempts and retries on stderr with times. Otherwise nothing reaches stderr.
+
+    Returns whether verbose output is on (``-v`` after the command, or before it).
+    """
+    verbose = verbose or _ROOT["verbose"]
     while _INSTALLED:
         logger, old = _INSTALLED.pop()
         logger.removeHandler(old)
@@ -267,6 +280,7 @@ def configure_logging(verbose: bool) -> None:
             logger.setLevel(logging.NOTSET)
         logger.addHandler(handler)
         _INSTALLED.append((logger, handler))
+    return verbose
 
 
 def log_attempt(attempt: Any) -> None:

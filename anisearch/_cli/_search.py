@@ -354,7 +354,7 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
     """
     from anisearch._cli._common import configure_logging
 
-    configure_logging(verbose)
+    verbose = configure_logging(verbose)
     if strategy not in ("fallback", "fanout"):
         fail(f"--strategy must be fallback or fanout, not {strategy!r}", EXIT_USAGE)
     chosen: Strategy = "fanout" if strategy == "fanout" else "fallback"
