@@ -33,6 +33,11 @@ _STRUCTURED = ("Mapping", "Sequence", "Iterable", "Callable", "Transport", "dict
 EXTRA_HINT = "pip install 'anisearch-gateway[emulator]'"
 
 
+def _emulators() -> list[str]:
+    """Installed emulator names, each once (two installed distributions may register the same ones)."""
+    return sorted(set(available_emulators()))
+
+
 def knobs_of(factory: Any) -> dict[str, Any] | None:
     """The knobs an emulator factory takes that can be given on the command line, with their defaults.
 
@@ -59,7 +64,7 @@ def _takes_any(factory: Any) -> bool:
 def knobs_help() -> str:
     """The knobs of every installed emulator, for ``emulate --help`` (computed when help is asked for)."""
     lines = []
-    for name in available_emulators():
+    for name in _emulators():
         try:
             knobs = knobs_of(load_emulator(name))
         except AnisearchError:
@@ -182,7 +187,7 @@ def emulate(
         import uvicorn
     except ImportError as exc:
         fail(f"the emulators need the 'emulator' extra ({exc.name} is missing)", EXIT_USAGE, EXTRA_HINT)
-    names = available_emulators() if name == "all" else [name]
+    names = _emulators() if name == "all" else [name]
     if not names:
         fail("no emulator is installed", EXIT_USAGE, EXTRA_HINT)
     knobs = dict(_parse_option(o) for o in option or [])
