@@ -128,7 +128,10 @@ def test_developing_offline_runs_as_pasted() -> None:
         f"    except OSError: time.sleep(0.1)'"
     )
     lines = script.splitlines()
-    script = "set -e\n" + "\n".join([lines[0], wait, *lines[1:]])
+    # set -e stops at a failing line: the trap still stops the background emulators
+    script = "set -e\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + "\n".join(
+        [lines[0], wait, *lines[1:]]
+    )
     done = subprocess.run(
         ["bash", "-c", script],
         cwd=REPO,
