@@ -210,7 +210,9 @@ class AsyncClient:
             ranked = []
             for name in available_providers():
                 cls = load_provider(name)
-                if getattr(cls, "default_order", False):
+                # A provider left out of the default order (the legacy whatanime.ga API) joins it once
+                # its base URL is configured.
+                if getattr(cls, "default_order", False) or self.settings.provider_config(name).get("url"):
                     ranked.append((cls.default_rank, name))
             names = [name for _, name in sorted(ranked)]
         seen: list[str] = []

@@ -200,7 +200,8 @@ def _open_video(data: bytes, kind: str, where: str, max_pixels: int) -> Image.Im
         import av  # the optional "video" extra, imported only for videos
     except ImportError:
         raise InvalidImageError(
-            f"{where}this is a video ({kind}); reading videos needs PyAV: pip install 'anisearch[video]'"
+            f"{where}this is a video ({kind}); reading videos needs PyAV: "
+            "pip install 'anisearch-gateway[video]'"
         ) from None
     corrupt = f"{where}the {kind} video is corrupt or its codec cannot be decoded"
     try:
@@ -362,7 +363,7 @@ def prepare(
     """Turn a user's image or video into a small JPEG ready to upload, with its digest and descriptor.
 
     The content is sniffed from its bytes, never from a file extension. Videos (MP4/MOV, WebM/MKV, AVI,
-    FLV, Ogg, MPEG) give their first frame through PyAV (``pip install 'anisearch[video]'``); animated
+    FLV, Ogg, MPEG) give their first frame through PyAV (``pip install 'anisearch-gateway[video]'``); animated
     GIF, APNG and WebP give their first frame. The EXIF orientation is applied; alpha, palette and
     colour-key transparency are flattened on black (as trace.moe does); 16-bit, CMYK and other modes
     become 8-bit RGB, and an embedded RGB colour profile is converted to sRGB. The picture is scaled

@@ -291,10 +291,11 @@ def load_emulator(name: str) -> Any:
         return eps[name].load()
     except ImportError as exc:
         raise ConfigurationError(
-            f"the {name} emulator needs the 'emulator' extra: pip install 'anisearch[emulator]' ({exc})"
+            f"the {name} emulator needs the 'emulator' extra: "
+            f"pip install 'anisearch-gateway[emulator]' ({exc})"
         ) from exc
 
 
 def available_emulators() -> list[str]:
     """Names registered under the ``anisearch.emulators`` entry-point group, sorted."""
-    return sorted(ep.name for ep in entry_points(group=EMULATOR_GROUP))
+    return sorted({ep.name for ep in entry_points(group=EMULATOR_GROUP)})

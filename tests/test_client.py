@@ -337,3 +337,13 @@ def test_documented_limits_hold_when_the_upstream_reports_none(mock: respx.MockR
         day = next(q for q in client.quota("whatanimeisthis") if q.window == "day")
     assert route.call_count == 5
     assert (day.limit, day.used, day.remaining) == (5, 5, 0)
+
+
+def test_a_configured_legacy_api_joins_the_default_order() -> None:
+    plain = Settings.load()
+    configured = Settings.load(provider_options={"whatanime-ga": {"url": "http://127.0.0.1:9"}})
+    with Client(plain) as client:
+        assert "whatanime-ga" not in [p.name for p in client.providers() if p.enabled]
+    with Client(configured) as client:
+        enabled = [p.name for p in client.providers() if p.enabled]
+    assert sorted(enabled) == ["tracemoe", "whatanime-ga", "whatanimeisthis"]

@@ -363,7 +363,7 @@ def test_a_video_gives_its_first_frame(fmt: str, codec: str, kind: str) -> None:
 def test_a_video_without_pyav_asks_for_the_video_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     data = video("mp4", "libx264", [RED])
     monkeypatch.setitem(sys.modules, "av", None)
-    with pytest.raises(InvalidImageError, match=r"pip install 'anisearch\[video\]'"):
+    with pytest.raises(InvalidImageError, match=r"pip install 'anisearch-gateway\[video\]'"):
         prepare(data)
 
 

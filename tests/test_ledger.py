@@ -613,7 +613,7 @@ async def test_sqlite_from_a_newer_anisearch_is_refused(tmp_path: Path) -> None:
 
 def test_redis_needs_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
-    with pytest.raises(ConfigurationError, match=r"pip install 'anisearch\[redis\]'"):
+    with pytest.raises(ConfigurationError, match=r"pip install 'anisearch-gateway\[redis\]'"):
         open_ledger("redis://127.0.0.1:6379/0")
 
 

@@ -111,7 +111,7 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
         from redis.asyncio import BlockingConnectionPool, Redis
     except ImportError as exc:
         raise ConfigurationError(
-            "the redis:// ledger needs the redis client: pip install 'anisearch[redis]'"
+            "the redis:// ledger needs the redis client: pip install 'anisearch-gateway[redis]'"
         ) from exc
     from anisearch._ledger._redis import RedisLedger
 
