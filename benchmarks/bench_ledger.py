@@ -53,7 +53,6 @@ WORKER = textwrap.dedent(
     """
     import sys, time, io, json
     import anyio
-import httpx
     import anisearch
     from PIL import Image
 
