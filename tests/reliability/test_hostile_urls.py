@@ -263,3 +263,41 @@ async def test_a_fifo_without_a_writer_ends_at_the_deadline(tmp_path: Path, gaug
             await client.search(fifo, deadline=1.0)
     assert used.elapsed < 1.0 + 1
     assert site.requests == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://2852039166/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://[fd00:ec2::254]/",
+    ],
+)
+def test_metadata_stays_refused_when_private_urls_are_allowed(url: str, tripwire: Any) -> None:
+    with (
+        Client(offline_settings(allow_private_urls=True)) as client,
+        pytest.raises(ImageFetchError, match="metadata"),
+    ):
+        client.search(url)
+    assert tripwire.connects == []
+
+
+def test_a_loopback_redirect_to_metadata_is_refused_when_private_urls_are_allowed(
+    fault_server: Callable[..., Any], tripwire: Any
+) -> None:
+    def redirect(connection: socket.socket, server: Any) -> None:
+        connection.sendall(
+            b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/latest/meta-data/\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+
+    server = fault_server(redirect)
+    with (
+        Client(offline_settings(allow_private_urls=True)) as client,
+        pytest.raises(ImageFetchError, match="metadata"),
+    ):
+        client.search(f"{server.url}/a.jpg")
+    assert server.requests == 1
+    assert set(tripwire.connects) == {"127.0.0.1"}
