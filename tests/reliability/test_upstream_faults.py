@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from anisearch import AllProvidersFailedError, AsyncClient, ProviderTimeoutError, Settings
@@ -22,6 +23,8 @@ from anisearch_providers.whatanimeisthis.emulator import create_app as whatanime
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 TIMEOUT = 2.0
+SCENARIO_BOUND = 20.0
+"""No scenario may take longer, whatever breaks: a regression fails the test instead of hanging the run."""
 MIB = 1024 * 1024
 SMALL_PEAK = 64 * MIB
 """What a search may allocate with a capped answer (the image, one 4 MiB body, parsing): far below 200 MB."""
@@ -149,7 +152,7 @@ async def test_a_misbehaving_provider_falls_through_in_time_and_memory(  # noqa:
     fallback = live_server(whatanimeisthis_app())
     image = (samples / "tinted-good.jpg").read_bytes()
     async with AsyncClient(settings(faulty.url, fallback.url)) as client:
-        with gauge() as used:
+        with gauge() as used, anyio.fail_after(SCENARIO_BOUND):
             result = await client.search(image)
     assert result.provider == "whatanimeisthis"
     first = result.attempts[0]
@@ -169,7 +172,11 @@ async def test_a_deadline_bounds_the_whole_search(
     config = Settings.load(providers=["tracemoe"], provider_options=options, timeout=30, cache="off")
     image = (samples / "tinted-good.jpg").read_bytes()
     async with AsyncClient(config) as client:
-        with gauge() as used, pytest.raises(AllProvidersFailedError) as caught:
+        with (
+            gauge() as used,
+            pytest.raises(AllProvidersFailedError) as caught,
+            anyio.fail_after(SCENARIO_BOUND),
+        ):
             await client.search(image, deadline=1.5)
     assert used.elapsed < 1.5 + 1
     assert caught.group_contains(ProviderTimeoutError)
@@ -185,7 +192,7 @@ async def test_fanout_returns_what_answered_when_one_provider_stalls(
     fallback = live_server(whatanimeisthis_app())
     image = (samples / "tinted-good.jpg").read_bytes()
     async with AsyncClient(settings(faulty.url, fallback.url)) as client:
-        with gauge() as used:
+        with gauge() as used, anyio.fail_after(SCENARIO_BOUND):
             result = await client.search(image, strategy="fanout")
     assert used.elapsed < TIMEOUT + 1 + 1
     assert result.provider == "whatanimeisthis"
