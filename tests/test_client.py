@@ -23,6 +23,7 @@ from anisearch import (
     ConfigurationError,
     ImageFetchError,
     InvalidImageError,
+    ProviderTimeoutError,
     QuotaExhaustedError,
     Settings,
     UnknownProviderError,
@@ -222,7 +223,23 @@ def test_unknown_names_and_bad_arguments_are_usage_errors(mock: respx.MockRouter
             client.search(samples / "tinted-good.jpg", min_similarity=1.5)
         with pytest.raises(ConfigurationError, match="strategy"):
             client.search(samples / "tinted-good.jpg", strategy="shuffle")  # type: ignore[arg-type]
+        for deadline in (0, -1.0, float("nan"), float("inf"), "5"):
+            with pytest.raises(ConfigurationError, match="deadline must be a positive number of seconds"):
+                client.search(samples / "tinted-good.jpg", deadline=deadline)  # type: ignore[arg-type]
     assert mock.calls.call_count == 0
+
+
+def test_a_search_that_outlives_its_deadline_fails_without_asking(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    search = mock.post(f"{BASE}/search").respond(200, json=body)
+    with Client(settings(), transport(mock)) as client:
+        result = client.search(samples / "tinted-good.jpg", deadline=30)
+        assert result.best is not None
+        with pytest.raises(AllProvidersFailedError) as caught:
+            client.search(samples / "tinted-good.jpg", deadline=1e-9, cache=False)
+    assert caught.group_contains(ProviderTimeoutError, match="deadline passed")
+    assert search.call_count == 1
 
 
 def test_providers_lists_every_registered_one() -> None:
