@@ -1,5 +1,5 @@
-"""Upstreams that stall, flood or lie: each attempt ends in time and in bounded memory, and the next
-provider answers.
+"""Upstreams that stall, flood or lie: each attempt ends in time and in bounded memory with a typed
+error, and the next provider answers.
 
 trace.moe is pointed at a raw fault server; whatanimeisthis's emulator is the next provider. Every
 scenario asserts the typed failure of the first attempt, the fall-through, the elapsed time against
@@ -106,6 +106,21 @@ def absurd_header(connection: socket.socket, server: Any) -> None:
     connection.sendall(b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * (1 * MIB) + b"\r\n\r\n")
 
 
+def canned(status: str, headers: list[str], body: bytes) -> Callable[[socket.socket, Any], None]:
+    def answer(connection: socket.socket, server: Any) -> None:
+        head = "".join(f"{h}\r\n" for h in [*headers, f"Content-Length: {len(body)}"])
+        connection.sendall(f"HTTP/1.1 {status}\r\n{head}\r\n".encode() + body)
+
+    return answer
+
+
+NGINX_500 = (
+    b"<html>\r\n<head><title>500 Internal Server Error</title></head>\r\n<body>\r\n"
+    b"<center><h1>500 Internal Server Error</h1></center>\r\n"
+    b"<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+
+
 def settings(trace_url: str, fallback_url: str, **extra: Any) -> Settings:
     return Settings.load(
         providers=["tracemoe", "whatanimeisthis"],
@@ -125,6 +140,10 @@ SCENARIOS = {
     "100 000 hits": ("hits", "UpstreamResponseError"),
     "reset after the request": ("reset", "ProviderConnectionError"),
     "1 MB header": ("absurd_header", "ProviderConnectionError"),
+    "JSON nested 100 000 deep": ("deep", "UpstreamResponseError"),
+    "Retry-After: 99999999999999999999": ("retry_after", "RateLimitedError"),
+    "nginx HTML 500": ("nginx", "ProviderServerError"),
+    "a negative quota": ("negative", "UpstreamResponseError"),
 }
 
 
@@ -147,6 +166,18 @@ async def test_a_misbehaving_provider_falls_through_in_time_and_memory(  # noqa:
         "hits": many_hits(samples, 100_000) if kind == "hits" else None,
         "reset": reset,
         "absurd_header": absurd_header,
+        "deep": canned("200 OK", ["Content-Type: application/json"], b"[" * 100_000 + b"]" * 100_000),
+        "retry_after": canned(
+            "429 Too Many Requests",
+            ["Content-Type: text/html", "Retry-After: 99999999999999999999"],
+            b"<html/>",
+        ),
+        "nginx": canned("500 Internal Server Error", ["Content-Type: text/html", "Server: nginx"], NGINX_500),
+        "negative": canned(
+            "200 OK",
+            ["Content-Type: application/json"],
+            json.dumps({"frameCount": 1, "error": "", "result": [], "quota": -5, "quotaUsed": -9}).encode(),
+        ),
     }
     faulty = fault_server(behaviours[kind])
     fallback = live_server(whatanimeisthis_app())
