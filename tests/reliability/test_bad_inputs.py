@@ -7,6 +7,9 @@ import io
 import json
 import os
 import struct
+import subprocess
+import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -194,3 +197,30 @@ async def test_a_huge_stream_is_refused_at_the_input_limit_in_bounded_memory(
 async def test_a_device_is_read_only_up_to_the_limit(samples: Path) -> None:
     outcome, counter, _ = await search("/dev/zero", samples)
     assert isinstance(assert_refused(outcome, counter), ImageTooLargeError)
+
+
+def test_stdin_as_dev_stdin_is_bounded_by_the_deadline_when_nothing_arrives() -> None:
+    script = (
+        "import pathlib, time, anisearch\n"
+        "settings = anisearch.Settings.load(cache='off')\n"
+        "started = time.monotonic()\n"
+        "try:\n"
+        "    anisearch.search(pathlib.Path('/dev/stdin'), deadline=1.0, settings=settings)\n"
+        "except anisearch.InvalidImageError as exc:\n"
+        "    print(f'{time.monotonic() - started:.2f}', exc, flush=True)\n"
+    )
+    # stdin stays open and empty, as with `sleep 1000 | anisearch search -`
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as process:
+        killer = threading.Timer(60, process.kill)  # a regression blocks: fail instead of hanging
+        killer.start()
+        try:
+            assert process.stdout is not None
+            output = process.stdout.readline()
+        finally:
+            killer.cancel()
+            process.kill()
+    elapsed, _, message = output.partition(" ")
+    assert "nothing arrived within" in message
+    assert float(elapsed) < 1.0 + 1

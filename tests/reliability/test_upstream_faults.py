@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -239,5 +240,22 @@ async def test_a_refused_connection_falls_through(live_server: Callable[[Any], A
     image = (samples / "tinted-good.jpg").read_bytes()
     async with AsyncClient(settings(f"http://127.0.0.1:{port}", fallback.url)) as client:
         result = await client.search(image)
+    assert result.provider == "whatanimeisthis"
+    assert result.attempts[0].error == "ProviderConnectionError"
+
+
+async def test_a_reset_before_the_request_is_read_falls_through(
+    fault_server: Callable[..., Any], live_server: Callable[[Any], Any], samples: Path
+) -> None:
+    def slam(connection: socket.socket, server: Any) -> None:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+        connection.close()
+
+    faulty = fault_server(slam, read_request=False)
+    fallback = live_server(whatanimeisthis_app())
+    image = (samples / "tinted-good.jpg").read_bytes()
+    async with AsyncClient(settings(faulty.url, fallback.url)) as client:
+        with anyio.fail_after(SCENARIO_BOUND):
+            result = await client.search(image)
     assert result.provider == "whatanimeisthis"
     assert result.attempts[0].error == "ProviderConnectionError"
