@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from anisearch._exceptions import ConfigurationError
 from anisearch._ledger import default_ledger_url
+from anisearch._redact import redact
 
 __all__ = ["Settings", "config_path"]
 
@@ -111,7 +112,7 @@ class Settings(BaseSettings):
     """Provider order (``ANISEARCH_PROVIDERS``, a comma list). None means the default order."""
     ledger: str | None = None
     """Ledger URL (``ANISEARCH_LEDGER``): ``memory://``, ``sqlite:///path`` (default, in the state dir) or
-    ``redis://host:port/db``."""
+    ``redis://host:port/db``. A password in it (``redis://:pw@host``) is masked in repr, str and dumps."""
     cache: str | None = None
     """Result cache (``ANISEARCH_CACHE``): ``off``, or a SQLite file path (default in the cache dir)."""
     cache_ttl: float = Field(default=7 * 24 * 3600, gt=0)
@@ -154,6 +155,14 @@ class Settings(BaseSettings):
             provider: {name: "**********" if isinstance(v, SecretStr) else v for name, v in table.items()}
             for provider, table in value.items()
         }
+
+    @field_serializer("ledger")
+    def _dump_ledger(self, value: str | None) -> str | None:
+        return None if value is None else redact(value)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if name == "ledger" and isinstance(value, str) else value
 
     @field_validator("providers", mode="before")
     @classmethod
