@@ -199,13 +199,16 @@ async def test_a_device_is_read_only_up_to_the_limit(samples: Path) -> None:
     assert isinstance(assert_refused(outcome, counter), ImageTooLargeError)
 
 
-def test_stdin_as_dev_stdin_is_bounded_by_the_deadline_when_nothing_arrives() -> None:
+@pytest.mark.parametrize(
+    "stdin", ["sys.stdin.buffer", "pathlib.Path('/dev/stdin')", "open(0, 'rb', buffering=0)"]
+)
+def test_stdin_in_a_pipeline_is_bounded_by_the_deadline_when_nothing_arrives(stdin: str) -> None:
     script = (
-        "import pathlib, time, anisearch\n"
+        "import pathlib, sys, time, anisearch\n"
         "settings = anisearch.Settings.load(cache='off')\n"
         "started = time.monotonic()\n"
         "try:\n"
-        "    anisearch.search(pathlib.Path('/dev/stdin'), deadline=1.0, settings=settings)\n"
+        f"    anisearch.search({stdin}, deadline=1.0, settings=settings)\n"
         "except anisearch.InvalidImageError as exc:\n"
         "    print(f'{time.monotonic() - started:.2f}', exc, flush=True)\n"
     )
