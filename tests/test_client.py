@@ -29,6 +29,7 @@ from anisearch import (
     UnknownProviderError,
     _fetch,
 )
+from anisearch._limits import MAX_HITS
 
 BASE = "https://trace.test"
 
@@ -364,3 +365,19 @@ def test_a_configured_legacy_api_joins_the_default_order() -> None:
     with Client(configured) as client:
         enabled = [p.name for p in client.providers() if p.enabled]
     assert sorted(enabled) == ["tracemoe", "whatanime-ga", "whatanimeisthis"]
+
+
+def test_at_most_max_hits_are_kept_the_most_similar(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    item = body["result"][0]
+    many = {**body, "result": [{**item, "similarity": (i % 997) / 1000} for i in range(1500)]}
+    mock.post(f"{BASE}/search").respond(200, json=many)
+    with Client(settings(), transport(mock)) as client:
+        fresh = client.search(samples / "tinted-good.jpg")
+        cached = client.search(samples / "tinted-good.jpg")
+    assert cached.cached
+    for result in (fresh, cached):
+        assert len(result.hits) == MAX_HITS
+        expected = sorted((item["similarity"] for item in many["result"]), reverse=True)[:MAX_HITS]
+        assert [hit.similarity for hit in result.hits] == expected
