@@ -118,7 +118,9 @@ class Settings(BaseSettings):
     cache_ttl: float = Field(default=7 * 24 * 3600, gt=0)
     """How long a cached result is reused, seconds (``ANISEARCH_CACHE_TTL``)."""
     timeout: float = Field(default=30.0, gt=0)
-    """Per-request timeout, seconds (``ANISEARCH_TIMEOUT``)."""
+    """How long one attempt may take as a whole, seconds (``ANISEARCH_TIMEOUT``): connecting, sending, any
+    sign-in, and reading the entire answer; the same bound applies to downloading an image URL and to
+    waiting for a pipe to deliver the input. ``search(deadline=...)`` bounds a whole search."""
     timezone: str = "UTC"
     """Time zone of calendar-day quotas (``ANISEARCH_TIMEZONE``), an IANA name."""
     state_dir: Path = Field(default_factory=lambda: platformdirs.user_state_path(APP))
