@@ -8,7 +8,8 @@ the source bytes otherwise. Failures are never cached. Preview URLs that have ex
 
 The cache is disposable: a file that cannot be opened, is corrupt, was written with another schema or is
 read-only gives one logged warning, and searches go on without it (a corrupt or foreign file is deleted
-and rebuilt when its directory allows). :meth:`ResultCache.clear` always succeeds, deleting the files if
+and rebuilt when its directory allows; a locked or read-only one is left alone, since another process
+may be using it). :meth:`ResultCache.clear` always succeeds, deleting the files if
 it must. The file is created 0600 and its directory 0700: search history is nobody else's business.
 """
 
@@ -101,8 +102,12 @@ class ResultCache:
         self._db: sqlite3.Connection | None = None
         try:
             self._db = self._open()
-        except (OSError, sqlite3.Error) as exc:
+        except sqlite3.OperationalError as exc:  # locked, read-only, cannot open: another process may use it
+            self._warn(exc)
+        except sqlite3.DatabaseError as exc:  # corrupt, not a database, another schema: ours to replace
             self._db = self._rebuild(exc)
+        except OSError as exc:
+            self._warn(exc)
 
     # ------------------------------------------------------------ opening
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
@@ -33,7 +33,14 @@ from anisearch._exceptions import (
 )
 from anisearch._ledger import WindowSpec, open_ledger
 from anisearch._ledger._base import scope_id
-from anisearch._limits import MAX_DOWNLOAD_BYTES, MAX_RESPONSE_BYTES, remaining_seconds, search_deadline
+from anisearch._limits import (
+    MAX_DOWNLOAD_BYTES,
+    MAX_HITS,
+    MAX_RESPONSE_BYTES,
+    keep_best_hits,
+    remaining_seconds,
+    search_deadline,
+)
 from anisearch._models import (
     ApiKey,
     Attempt,
@@ -515,15 +522,16 @@ class AsyncClient:
             wait_seconds=max(remaining_seconds(max(self.settings.timeout, 1.0)), 0.0),
             on_attempt=self._on_attempt,
             on_wait=self._on_wait,
-            remember=store.put if store is not None else None,
+            remember=_remember_best(store) if store is not None else None,
         )
-        return await router.search(
+        result = await router.search(
             routes,
             query_for,
             strategy=strategy,
             min_similarity=min_similarity,
             anilist_id=options.anilist_id,
         )
+        return _best_hits(result)
 
     # ------------------------------------------------------------------ quota and providers
 
@@ -712,6 +720,20 @@ def _defaults(name: str, scope: str, windows: Sequence[WindowSpec], now: datetim
         for spec in windows
         if spec.limit is not None
     ]
+
+
+def _best_hits(result: SearchResult) -> SearchResult:
+    """At most :data:`~anisearch._limits.MAX_HITS` hits (the most similar) of an answer."""
+    if len(result.hits) <= MAX_HITS:
+        return result
+    return result.model_copy(update={"hits": keep_best_hits(result.hits)})
+
+
+def _remember_best(store: ResultCache) -> Callable[[str, SearchResult], Awaitable[None]]:
+    async def remember(key: str, result: SearchResult) -> None:
+        await store.put(key, _best_hits(result))
+
+    return remember
 
 
 def _transfer_error(

@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from anisearch._exceptions import ConfigurationError
 from anisearch._ledger import default_ledger_url
+from anisearch._redact import redact
 
 __all__ = ["Settings", "config_path"]
 
@@ -111,13 +112,15 @@ class Settings(BaseSettings):
     """Provider order (``ANISEARCH_PROVIDERS``, a comma list). None means the default order."""
     ledger: str | None = None
     """Ledger URL (``ANISEARCH_LEDGER``): ``memory://``, ``sqlite:///path`` (default, in the state dir) or
-    ``redis://host:port/db``."""
+    ``redis://host:port/db``. A password in it (``redis://:pw@host``) is masked in repr, str and dumps."""
     cache: str | None = None
     """Result cache (``ANISEARCH_CACHE``): ``off``, or a SQLite file path (default in the cache dir)."""
     cache_ttl: float = Field(default=7 * 24 * 3600, gt=0)
     """How long a cached result is reused, seconds (``ANISEARCH_CACHE_TTL``)."""
     timeout: float = Field(default=30.0, gt=0)
-    """Per-request timeout, seconds (``ANISEARCH_TIMEOUT``)."""
+    """How long one attempt may take as a whole, seconds (``ANISEARCH_TIMEOUT``): connecting, sending, any
+    sign-in, and reading the entire answer; the same bound applies to downloading an image URL and to
+    waiting for a pipe to deliver the input. ``search(deadline=...)`` bounds a whole search."""
     timezone: str = "UTC"
     """Time zone of calendar-day quotas (``ANISEARCH_TIMEZONE``), an IANA name."""
     state_dir: Path = Field(default_factory=lambda: platformdirs.user_state_path(APP))
@@ -154,6 +157,14 @@ class Settings(BaseSettings):
             provider: {name: "**********" if isinstance(v, SecretStr) else v for name, v in table.items()}
             for provider, table in value.items()
         }
+
+    @field_serializer("ledger")
+    def _dump_ledger(self, value: str | None) -> str | None:
+        return None if value is None else redact(value)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if name == "ledger" and isinstance(value, str) else value
 
     @field_validator("providers", mode="before")
     @classmethod

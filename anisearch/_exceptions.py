@@ -239,8 +239,14 @@ class AuthenticationError(ProviderError):
 class ImageFetchError(ProviderError):
     """The provider could not download the image URL it was given (trace.moe ``Failed to fetch image``).
 
-    Uploading the bytes instead usually works.
+    Uploading the bytes instead usually works. ``provider`` is None when anisearch itself could not (or
+    would not) download a URL the caller gave.
     """
+
+    def __str__(self) -> str:
+        if self.provider is None:
+            return self.message
+        return ProviderError.__str__(self)
 
 
 class BadRequestError(ProviderError):

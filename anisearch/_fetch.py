@@ -14,7 +14,8 @@ not become a proxy into its own network. :func:`download`:
 5. reads at most :data:`~anisearch._limits.MAX_SOURCE_BYTES`.
 
 Its client has no cookie jar and no provider credential. ``allow_private`` (``ANISEARCH_ALLOW_PRIVATE_URLS``)
-skips step 2 and 3 for self-hosted setups and tests.
+skips steps 2 and 3 for self-hosted setups and tests, except that cloud metadata addresses and names are
+still refused when the URL names them (a literal address or a well-known name: no lookup is made).
 """
 
 from __future__ import annotations
@@ -336,10 +337,26 @@ def _host_header(url: httpx.URL) -> str:
     return host if url.port is None else f"{host}:{url.port}"
 
 
+def refuse_metadata(host: str) -> None:
+    """Refuse a cloud metadata service named by address or by a well-known name (no lookup).
+
+    Raises:
+        ImageFetchError: ``host`` is one.
+    """
+    literal = literal_address(host)
+    embedded = _embedded_ipv4(literal) if isinstance(literal, ipaddress.IPv6Address) else None
+    named = host.lower().rstrip(".") in _METADATA_NAMES
+    if named or literal in _METADATA_ADDRESSES or embedded in _METADATA_ADDRESSES:
+        raise ImageFetchError(
+            f"refusing to download from {display_url(host, 80)}: it is a cloud metadata service"
+        )
+
+
 async def _request(
     url: httpx.URL, client: httpx.AsyncClient, *, allow_private: bool, pin: bool
 ) -> httpx.Request:
     if allow_private:
+        refuse_metadata(url.host)
         return client.build_request("GET", url)
     address = await public_address(url.host, url.port or (443 if url.scheme == "https" else 80))
     if not pin:

@@ -8,10 +8,13 @@ PDF, a HEIC photo) so the message says what the input *is*. Messages never quote
 from __future__ import annotations
 
 import codecs
+import io
 import os
 import select
 import stat
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -97,32 +100,80 @@ def _is_url(text: str) -> bool:
     return text.lower().startswith(("http:/", "https:/"))  # Path() folds "//" into "/"
 
 
-def _read_pipe(path: Path, limit: int, where: str, wait_seconds: float | None) -> bytes:
-    """Read a named pipe (FIFO) without blocking past ``wait_seconds`` for a writer or for data."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO with no writer would block
+def _read_waiting(
+    read_some: Callable[[int], bytes | None],
+    descriptor: int,
+    limit: int,
+    where: str,
+    wait_seconds: float | None,
+) -> bytes:
+    """Read a pipe or socket to its end without blocking past ``wait_seconds`` for a writer or for data.
+
+    ``read_some(n)`` must never block: it returns what is there now, or None/empty when nothing is (an
+    empty answer right after the descriptor was reported readable is the end).
+    """
     ends = None if wait_seconds is None else time.monotonic() + wait_seconds
     chunks: list[bytes] = []
     total = 0
-    try:
-        while True:
+    while True:
+        chunk = read_some(min(limit + 1 - total, _MIB))  # a buffered reader may hold data already
+        if not chunk:
             left = None if ends is None else max(0.0, ends - time.monotonic())
             ready, _, _ = select.select([descriptor], [], [], left)
             if not ready:
                 raise InvalidImageError(
-                    f"{where}nothing arrived within {wait_seconds:g} s (a named pipe with no writer?)"
+                    f"{where}nothing arrived within {wait_seconds:.1f} s (a pipe with no writer?)"
                 )
-            try:
-                chunk = os.read(descriptor, min(limit + 1 - total, _MIB))
-            except BlockingIOError:
-                continue
+            chunk = read_some(min(limit + 1 - total, _MIB))
             if not chunk:
                 return b"".join(chunks)
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                raise too_large(where, None, limit)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise too_large(where, None, limit)
+
+
+def _read_pipe(path: Path, limit: int, where: str, wait_seconds: float | None) -> bytes:
+    """Read a named pipe (FIFO): opened without blocking, since opening one with no writer would block."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+
+    def read_some(size: int) -> bytes | None:
+        try:
+            return os.read(descriptor, size)
+        except BlockingIOError:
+            return None
+
+    try:
+        return _read_waiting(read_some, descriptor, limit, where, wait_seconds)
     finally:
         os.close(descriptor)
+
+
+def _pipe_descriptor(source: object) -> int | None:
+    """The descriptor of a binary file object reading a pipe or a socket (stdin in a pipeline), else None."""
+    if sys.platform == "win32" or not isinstance(source, io.BufferedReader | io.FileIO):
+        return None
+    try:
+        descriptor = source.fileno()
+        mode = os.fstat(descriptor).st_mode
+    except (OSError, ValueError):
+        return None
+    return descriptor if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else None
+
+
+def _read_stream(
+    source: io.BufferedReader | io.FileIO, descriptor: int, limit: int, where: str, wait_seconds: float | None
+) -> bytes:
+    """Read a pipe-backed file object within ``wait_seconds`` (its descriptor is non-blocking meanwhile)."""
+    read = source.read1 if isinstance(source, io.BufferedReader) else source.read
+    blocking = os.get_blocking(descriptor)
+    os.set_blocking(descriptor, False)
+    try:
+        return _read_waiting(read, descriptor, limit, where, wait_seconds)
+    except OSError as exc:
+        raise InvalidImageError(f"{where}cannot read the input ({type(exc).__name__})") from exc
+    finally:
+        os.set_blocking(descriptor, blocking)
 
 
 def _read_file(path: Path, limit: int, where: str, wait_seconds: float | None) -> bytes:
@@ -159,7 +210,8 @@ def read_source(source: object, limit: int, wait_seconds: float | None = None) -
     Args:
         source: A path, bytes, or an object with a binary ``read()``.
         limit: Largest input accepted, bytes; at most ``limit`` + 1 bytes are read.
-        wait_seconds: How long a named pipe may take to deliver its data (None: no bound).
+        wait_seconds: How long a pipe (a named one, or stdin in a pipeline) may take to deliver its data,
+            seconds (None: no bound).
 
     Raises:
         ImageTooLargeError: Over ``limit``.
@@ -178,6 +230,9 @@ def read_source(source: object, limit: int, wait_seconds: float | None = None) -
     if callable(read):
         name = getattr(source, "name", None)
         where = f"{printable(name)}: " if isinstance(name, str) else ""
+        descriptor = _pipe_descriptor(source)
+        if descriptor is not None and isinstance(source, io.BufferedReader | io.FileIO):
+            return _read_stream(source, descriptor, limit, where, wait_seconds), where
         reader: BinaryReader = source  # type: ignore[assignment]  # checked: it has a callable read()
         return read_bounded(reader, limit, where), where
     raise InvalidImageError(

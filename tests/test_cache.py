@@ -7,6 +7,8 @@ import logging
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -183,3 +185,29 @@ def test_a_search_answers_with_a_corrupt_cache(
         assert client.search(image).best is not None
         assert client.search(image).cached
     assert len(warnings_of(caplog)) == 1
+
+
+def test_processes_opening_a_new_cache_at_once_never_delete_each_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.sqlite3"
+    script = (
+        "import sys, anyio\n"
+        "from pathlib import Path\n"
+        "from anisearch import SearchResult\n"
+        "from anisearch._cache import ResultCache\n"
+        "cache = ResultCache(Path(sys.argv[1]), ttl_seconds=60)\n"
+        "anyio.run(cache.put, sys.argv[2], SearchResult(hits=[], provider='tracemoe'))\n"
+        "print(cache.usable)\n"
+    )
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(path), f"k{i}"], stdout=subprocess.PIPE, text=True
+        )
+        for i in range(4)
+    ]
+    outputs = [worker.communicate(timeout=120)[0].strip() for worker in workers]
+    assert outputs == ["True"] * 4
+    cache = ResultCache(path, ttl_seconds=60)
+    assert cache.info().entries == 4
+    assert warnings_of(caplog) == []

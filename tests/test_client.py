@@ -23,11 +23,13 @@ from anisearch import (
     ConfigurationError,
     ImageFetchError,
     InvalidImageError,
+    ProviderTimeoutError,
     QuotaExhaustedError,
     Settings,
     UnknownProviderError,
     _fetch,
 )
+from anisearch._limits import MAX_HITS
 
 BASE = "https://trace.test"
 
@@ -222,7 +224,23 @@ def test_unknown_names_and_bad_arguments_are_usage_errors(mock: respx.MockRouter
             client.search(samples / "tinted-good.jpg", min_similarity=1.5)
         with pytest.raises(ConfigurationError, match="strategy"):
             client.search(samples / "tinted-good.jpg", strategy="shuffle")  # type: ignore[arg-type]
+        for deadline in (0, -1.0, float("nan"), float("inf"), "5"):
+            with pytest.raises(ConfigurationError, match="deadline must be a positive number of seconds"):
+                client.search(samples / "tinted-good.jpg", deadline=deadline)  # type: ignore[arg-type]
     assert mock.calls.call_count == 0
+
+
+def test_a_search_that_outlives_its_deadline_fails_without_asking(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    search = mock.post(f"{BASE}/search").respond(200, json=body)
+    with Client(settings(), transport(mock)) as client:
+        result = client.search(samples / "tinted-good.jpg", deadline=30)
+        assert result.best is not None
+        with pytest.raises(AllProvidersFailedError) as caught:
+            client.search(samples / "tinted-good.jpg", deadline=1e-9, cache=False)
+    assert caught.group_contains(ProviderTimeoutError, match="deadline passed")
+    assert search.call_count == 1
 
 
 def test_providers_lists_every_registered_one() -> None:
@@ -347,3 +365,19 @@ def test_a_configured_legacy_api_joins_the_default_order() -> None:
     with Client(configured) as client:
         enabled = [p.name for p in client.providers() if p.enabled]
     assert sorted(enabled) == ["tracemoe", "whatanime-ga", "whatanimeisthis"]
+
+
+def test_at_most_max_hits_are_kept_the_most_similar(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    item = body["result"][0]
+    many = {**body, "result": [{**item, "similarity": (i % 997) / 1000} for i in range(1500)]}
+    mock.post(f"{BASE}/search").respond(200, json=many)
+    with Client(settings(), transport(mock)) as client:
+        fresh = client.search(samples / "tinted-good.jpg")
+        cached = client.search(samples / "tinted-good.jpg")
+    assert cached.cached
+    for result in (fresh, cached):
+        assert len(result.hits) == MAX_HITS
+        expected = sorted((item["similarity"] for item in many["result"]), reverse=True)[:MAX_HITS]
+        assert [hit.similarity for hit in result.hits] == expected

@@ -91,3 +91,11 @@ def test_private_urls_are_refused_unless_allowed(monkeypatch: pytest.MonkeyPatch
     assert Settings.load().allow_private_urls is False
     monkeypatch.setenv("ANISEARCH_ALLOW_PRIVATE_URLS", "1")
     assert Settings.load().allow_private_urls is True
+
+
+def test_a_ledger_password_is_masked_but_kept() -> None:
+    settings = Settings.load(ledger="redis://:hunter2@127.0.0.1:6379/0")
+    for shown in (repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())):
+        assert "hunter2" not in shown
+        assert "127.0.0.1:6379" in shown
+    assert settings.ledger_url == "redis://:hunter2@127.0.0.1:6379/0"

@@ -98,8 +98,9 @@ Behaviour = Callable[[socket.socket, "FaultServer"], None]
 class FaultServer:
     """A raw HTTP/1.1 server on 127.0.0.1 that reads each request, then behaves as told (one thread each)."""
 
-    def __init__(self, behaviour: Behaviour) -> None:
+    def __init__(self, behaviour: Behaviour, *, read_request: bool = True) -> None:
         self.behaviour = behaviour
+        self.read_request = read_request
         self.requests = 0
         self.stopping = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -118,6 +119,9 @@ class FaultServer:
     def _serve(self, connection: socket.socket) -> None:
         with connection:
             connection.settimeout(30)
+            if not self.read_request:  # e.g. a reset before the request is read
+                self.behaviour(connection, self)
+                return
             try:
                 head = b""
                 while b"\r\n\r\n" not in head:
@@ -155,8 +159,8 @@ def fault_server() -> Iterator[Callable[[Behaviour], FaultServer]]:
     """Start fault servers; all are stopped after the test."""
     servers: list[FaultServer] = []
 
-    def start(behaviour: Behaviour) -> FaultServer:
-        server = FaultServer(behaviour)
+    def start(behaviour: Behaviour, *, read_request: bool = True) -> FaultServer:
+        server = FaultServer(behaviour, read_request=read_request)
         servers.append(server)
         return server
 

@@ -6,13 +6,16 @@ but loopback fails the test, and ``connects`` lists every connection attempted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -119,8 +122,6 @@ def test_the_checked_address_is_the_one_connected_to() -> None:
                 return await _fetch._request(url, client, allow_private=False, pin=True)
         finally:
             _fetch.resolve = original
-
-    import anyio
 
     request = anyio.run(build)
     assert request.url.host == PUBLIC
@@ -232,7 +233,7 @@ async def test_a_trickling_url_ends_within_the_timeout(fault_server: Callable[..
     server = fault_server(trickle)
     async with AsyncClient(offline_settings(allow_private_urls=True)) as client:
         started = time.monotonic()
-        with pytest.raises(ImageFetchError, match="within 2 s"):
+        with pytest.raises(ImageFetchError, match="within 2 s"), anyio.fail_after(20):
             await client.search(f"{server.url}/a.jpg")
     assert time.monotonic() - started < 2 + 1
     assert server.requests == 1
@@ -257,9 +258,56 @@ async def test_an_endless_url_is_cut_at_the_download_limit(
 async def test_a_fifo_without_a_writer_ends_at_the_deadline(tmp_path: Path, gauge: Callable[[], Any]) -> None:
     fifo = tmp_path / "shot.jpg"
     os.mkfifo(fifo)
+    done = threading.Event()
+
+    def rescue() -> None:  # if the read blocks (a regression), unblock it after 5 s so the test fails
+        if not done.wait(5):
+            with contextlib.suppress(OSError), fifo.open("wb"):
+                pass
+
+    threading.Thread(target=rescue, daemon=True).start()
     site = Recorder(lambda request: httpx.Response(200))
     async with AsyncClient(offline_settings(timeout=30), site.transport()) as client:
         with gauge() as used, pytest.raises(InvalidImageError, match="nothing arrived within"):
             await client.search(fifo, deadline=1.0)
+    done.set()
     assert used.elapsed < 1.0 + 1
     assert site.requests == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://2852039166/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://[fd00:ec2::254]/",
+    ],
+)
+def test_metadata_stays_refused_when_private_urls_are_allowed(url: str, tripwire: Any) -> None:
+    with (
+        Client(offline_settings(allow_private_urls=True)) as client,
+        pytest.raises(ImageFetchError, match="metadata"),
+    ):
+        client.search(url)
+    assert tripwire.connects == []
+
+
+def test_a_loopback_redirect_to_metadata_is_refused_when_private_urls_are_allowed(
+    fault_server: Callable[..., Any], tripwire: Any
+) -> None:
+    def redirect(connection: socket.socket, server: Any) -> None:
+        connection.sendall(
+            b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/latest/meta-data/\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+
+    server = fault_server(redirect)
+    with (
+        Client(offline_settings(allow_private_urls=True)) as client,
+        pytest.raises(ImageFetchError, match="metadata"),
+    ):
+        client.search(f"{server.url}/a.jpg")
+    assert server.requests == 1
+    assert set(tripwire.connects) == {"127.0.0.1"}

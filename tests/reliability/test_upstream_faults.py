@@ -1,5 +1,5 @@
-"""Upstreams that stall, flood or lie: each attempt ends in time and in bounded memory, and the next
-provider answers.
+"""Upstreams that stall, flood or lie: each attempt ends in time and in bounded memory with a typed
+error, and the next provider answers.
 
 trace.moe is pointed at a raw fault server; whatanimeisthis's emulator is the next provider. Every
 scenario asserts the typed failure of the first attempt, the fall-through, the elapsed time against
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from anisearch import AllProvidersFailedError, AsyncClient, ProviderTimeoutError, Settings
@@ -22,6 +24,8 @@ from anisearch_providers.whatanimeisthis.emulator import create_app as whatanime
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 TIMEOUT = 2.0
+SCENARIO_BOUND = 20.0
+"""No scenario may take longer, whatever breaks: a regression fails the test instead of hanging the run."""
 MIB = 1024 * 1024
 SMALL_PEAK = 64 * MIB
 """What a search may allocate with a capped answer (the image, one 4 MiB body, parsing): far below 200 MB."""
@@ -103,6 +107,21 @@ def absurd_header(connection: socket.socket, server: Any) -> None:
     connection.sendall(b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * (1 * MIB) + b"\r\n\r\n")
 
 
+def canned(status: str, headers: list[str], body: bytes) -> Callable[[socket.socket, Any], None]:
+    def answer(connection: socket.socket, server: Any) -> None:
+        head = "".join(f"{h}\r\n" for h in [*headers, f"Content-Length: {len(body)}"])
+        connection.sendall(f"HTTP/1.1 {status}\r\n{head}\r\n".encode() + body)
+
+    return answer
+
+
+NGINX_500 = (
+    b"<html>\r\n<head><title>500 Internal Server Error</title></head>\r\n<body>\r\n"
+    b"<center><h1>500 Internal Server Error</h1></center>\r\n"
+    b"<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+
+
 def settings(trace_url: str, fallback_url: str, **extra: Any) -> Settings:
     return Settings.load(
         providers=["tracemoe", "whatanimeisthis"],
@@ -122,6 +141,10 @@ SCENARIOS = {
     "100 000 hits": ("hits", "UpstreamResponseError"),
     "reset after the request": ("reset", "ProviderConnectionError"),
     "1 MB header": ("absurd_header", "ProviderConnectionError"),
+    "JSON nested 100 000 deep": ("deep", "UpstreamResponseError"),
+    "Retry-After: 99999999999999999999": ("retry_after", "RateLimitedError"),
+    "nginx HTML 500": ("nginx", "ProviderServerError"),
+    "a negative quota": ("negative", "UpstreamResponseError"),
 }
 
 
@@ -144,12 +167,24 @@ async def test_a_misbehaving_provider_falls_through_in_time_and_memory(  # noqa:
         "hits": many_hits(samples, 100_000) if kind == "hits" else None,
         "reset": reset,
         "absurd_header": absurd_header,
+        "deep": canned("200 OK", ["Content-Type: application/json"], b"[" * 100_000 + b"]" * 100_000),
+        "retry_after": canned(
+            "429 Too Many Requests",
+            ["Content-Type: text/html", "Retry-After: 99999999999999999999"],
+            b"<html/>",
+        ),
+        "nginx": canned("500 Internal Server Error", ["Content-Type: text/html", "Server: nginx"], NGINX_500),
+        "negative": canned(
+            "200 OK",
+            ["Content-Type: application/json"],
+            json.dumps({"frameCount": 1, "error": "", "result": [], "quota": -5, "quotaUsed": -9}).encode(),
+        ),
     }
     faulty = fault_server(behaviours[kind])
     fallback = live_server(whatanimeisthis_app())
     image = (samples / "tinted-good.jpg").read_bytes()
     async with AsyncClient(settings(faulty.url, fallback.url)) as client:
-        with gauge() as used:
+        with gauge() as used, anyio.fail_after(SCENARIO_BOUND):
             result = await client.search(image)
     assert result.provider == "whatanimeisthis"
     first = result.attempts[0]
@@ -169,7 +204,11 @@ async def test_a_deadline_bounds_the_whole_search(
     config = Settings.load(providers=["tracemoe"], provider_options=options, timeout=30, cache="off")
     image = (samples / "tinted-good.jpg").read_bytes()
     async with AsyncClient(config) as client:
-        with gauge() as used, pytest.raises(AllProvidersFailedError) as caught:
+        with (
+            gauge() as used,
+            pytest.raises(AllProvidersFailedError) as caught,
+            anyio.fail_after(SCENARIO_BOUND),
+        ):
             await client.search(image, deadline=1.5)
     assert used.elapsed < 1.5 + 1
     assert caught.group_contains(ProviderTimeoutError)
@@ -185,7 +224,7 @@ async def test_fanout_returns_what_answered_when_one_provider_stalls(
     fallback = live_server(whatanimeisthis_app())
     image = (samples / "tinted-good.jpg").read_bytes()
     async with AsyncClient(settings(faulty.url, fallback.url)) as client:
-        with gauge() as used:
+        with gauge() as used, anyio.fail_after(SCENARIO_BOUND):
             result = await client.search(image, strategy="fanout")
     assert used.elapsed < TIMEOUT + 1 + 1
     assert result.provider == "whatanimeisthis"
@@ -201,5 +240,22 @@ async def test_a_refused_connection_falls_through(live_server: Callable[[Any], A
     image = (samples / "tinted-good.jpg").read_bytes()
     async with AsyncClient(settings(f"http://127.0.0.1:{port}", fallback.url)) as client:
         result = await client.search(image)
+    assert result.provider == "whatanimeisthis"
+    assert result.attempts[0].error == "ProviderConnectionError"
+
+
+async def test_a_reset_before_the_request_is_read_falls_through(
+    fault_server: Callable[..., Any], live_server: Callable[[Any], Any], samples: Path
+) -> None:
+    def slam(connection: socket.socket, server: Any) -> None:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+        connection.close()
+
+    faulty = fault_server(slam, read_request=False)
+    fallback = live_server(whatanimeisthis_app())
+    image = (samples / "tinted-good.jpg").read_bytes()
+    async with AsyncClient(settings(faulty.url, fallback.url)) as client:
+        with anyio.fail_after(SCENARIO_BOUND):
+            result = await client.search(image)
     assert result.provider == "whatanimeisthis"
     assert result.attempts[0].error == "ProviderConnectionError"
