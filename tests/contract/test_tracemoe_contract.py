@@ -460,3 +460,80 @@ async def test_json_answers_carry_a_weak_etag(client: httpx.AsyncClient, tinted:
         tag = answer.headers["etag"]
         assert tag.startswith('W/"')
         assert tag[3:].split("-")[0] == f"{len(answer.content):x}"
+
+
+# ---------------------------------------------------------------- more of §2-§4
+
+
+async def test_a_database_outage_is_a_server_error_never_too_large(tinted: bytes) -> None:
+    """§2.2, §4 (verified): with PostgreSQL down a multipart search gets the HTML 500 page; with the
+    vector store down, 500 ``{"error":"Search failed. Database temporarily unavailable."}``. The
+    provider reads both as :class:`ProviderServerError` (the upload was small), not too large."""
+    app = create_app()
+    async with client_for(app) as client:
+        app.state.emulator.outage = "postgres"
+        postgres = await search(client, tinted)
+        app.state.emulator.outage = "vector"
+        vector = await search(client, tinted)
+        app.state.emulator.outage = None
+        assert (await search(client, tinted)).status_code == 200
+    assert (postgres.status_code, postgres.headers["content-type"]) == (500, "text/html; charset=utf-8")
+    assert vector.json() == {"error": "Search failed. Database temporarily unavailable."}
+    for answer in (postgres, vector):
+        with pytest.raises(ProviderServerError) as caught:
+            provider().parse_search(answer)
+        assert not isinstance(caught.value, ImageTooLargeError)
+
+
+async def test_a_url_the_server_cannot_fetch_is_400_failed_to_fetch(client: httpx.AsyncClient) -> None:
+    """§4 (verified with an unreachable host): a fetch that throws gets 400 ``{"error":"Failed to fetch
+    image <url>"}``; the provider reads :class:`ImageFetchError` (upload the bytes instead)."""
+    from anisearch import ImageFetchError
+
+    url = "http://unreachable.invalid/a.jpg"
+    answer = await client.send(provider().search_request(SearchQuery(url=url)))
+    assert (answer.status_code, answer.json()) == (400, {"error": f"Failed to fetch image {url}"})
+    with pytest.raises(ImageFetchError):
+        provider().parse_search(answer)
+
+
+async def test_a_vector_search_finds_what_the_upload_finds(client: httpx.AsyncClient, tinted: bytes) -> None:
+    """§2.4 (verified): the colour layout descriptor computed locally is the server's own, so a search by
+    ``{"vector": ...}`` (33 bytes) answers like the upload."""
+    prepared = prepare(tinted)
+    by_vector = provider().parse_search(
+        await client.send(provider().search_request(SearchQuery(vector=prepared.descriptor)))
+    )
+    by_upload = provider().parse_search(await search(client, tinted))
+    assert (by_vector.hits[0].anilist_id, by_vector.hits[0].similarity) == (
+        by_upload.hits[0].anilist_id, by_upload.hits[0].similarity,
+    )  # fmt: skip
+
+
+async def test_anilist_info_falls_back_to_the_id_where_the_table_lacks_it() -> None:
+    """§3.1 ``anilist`` (verified): with ``anilistInfo`` an item gets the stored AniList record, or the
+    bare int when the server's own table lacks the ID, so one body can mix both; the parser reads the
+    ID either way."""
+    known = SCENES[0]
+    unknown = IndexedScene(
+        77, 99_999_999, "Unknown - 01.mp4", 1, 1, 1, 10.0, 11.0, 12.0, 1300.0, known.vector
+    )
+    async with client_for(create_app(index=[known, unknown])) as client:
+        answer = await client.post("/search?anilistInfo", content=_solid((90, 90, 90)), headers=JPEG)
+    kinds = {type(item["anilist"]).__name__ for item in answer.json()["result"]}
+    assert kinds == {"dict", "int"}
+    assert {hit.anilist_id for hit in provider().parse_search(answer).hits} == {known.anilist_id, 99_999_999}
+
+
+async def test_cut_borders_without_a_16_9_or_4_3_box_searches_the_whole_image(
+    client: httpx.AsyncClient, samples: Path
+) -> None:
+    """§2.3 ``cutBorders`` (verified on ``border-bad.jpg``): when the trim finds no box close to 16:9 or
+    4:3, the box is dropped without an error and the uncropped picture is searched."""
+    data = (samples / "border-bad.jpg").read_bytes()
+    plain = await client.post("/search", content=data, headers=JPEG)
+    trimmed = await client.post("/search?cutBorders", content=data, headers=JPEG)
+    assert trimmed.status_code == 200
+    assert [item["similarity"] for item in trimmed.json()["result"]] == [
+        item["similarity"] for item in plain.json()["result"]
+    ]

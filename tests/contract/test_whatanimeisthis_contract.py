@@ -432,3 +432,41 @@ def test_keys_create_with_a_40_character_title_prints_the_name_error(
     assert "title was refused" in done.stderr
     assert "The name length is either too large or too small." in done.stderr
     assert "image" not in done.stderr.lower()
+
+
+async def test_a_refused_api_key_is_the_plugins_invalid_api_key(site: Site) -> None:
+    """§2.6, §5 (RUN): an unknown key gets 401 and a key shorter than 64 characters 403, both
+    ``{"message":"Invalid API key.","code":"INVALID_API_KEY"}``; the provider says the key was refused."""
+    for key, status in (("A" * 64, 401), ("short", 403)):
+        provider = site.provider(api_key=key)
+        query = SearchQuery(image=prepare(_png()))
+        answer = await site.send(provider.search_request(query), provider)
+        assert (answer.status_code, body_of(answer)) == (
+            status, {"message": "Invalid API key.", "code": "INVALID_API_KEY"},
+        )  # fmt: skip
+        with pytest.raises(AuthenticationError, match="API key was refused"):
+            provider.parse_search(answer)
+
+
+async def test_a_keys_rate_limit_is_rate_limited_with_try_again_in(clock: Clock, tmp_path: Path) -> None:
+    """§2.6 (RUN: the per-key limit set to the site's hourly cap): the use past the limit gets 429
+    ``RATE_LIMITED`` with ``details.tryAgainIn`` (ms); the provider waits that long and calls it a rate
+    limit, not spent credits."""
+    site = Site(clock, tmp_path, hourly_limit=2)
+    await site.login()
+    owner = site.provider()
+    created = owner.parse_created_api_key(await site.send(owner.create_api_key_request("bot"), owner))
+    keyed = site.provider(api_key=created.key.get_secret_value())
+    await site.search(keyed)
+    clock.now += 600
+    await site.search(keyed)
+    query = SearchQuery(image=prepare(_png()))
+    answer = await site.send(keyed.search_request(query), keyed)
+    await site.http.aclose()
+    assert (answer.status_code, body_of(answer)["code"], body_of(answer)["details"]) == (
+        429, "RATE_LIMITED", {"tryAgainIn": 3_000_000},
+    )  # fmt: skip
+    with pytest.raises(RateLimitedError) as caught:
+        keyed.parse_search(answer)
+    assert not isinstance(caught.value, QuotaExhaustedError)
+    assert caught.value.retry_after == 3000

@@ -288,3 +288,17 @@ def test_json_nested_100000_deep_is_an_upstream_response_error() -> None:
         site.parse_search(
             httpx.Response(200, content=deep, request=site.search_request(SearchQuery(image=_image())))
         )
+
+
+@pytest.mark.parametrize("value", ["-5", "99999999999999999999", "1e999"])
+def test_absurd_rate_limit_counts_are_never_recorded(value: str) -> None:
+    headers = {"ratelimit-limit": value, "ratelimit-remaining": value, "x-ratelimit-limit": value}
+    tracemoe = TraceMoe(clock=lambda: NOW)
+    site = WhatAnimeIsThis()
+    for provider, request in (
+        (tracemoe, tracemoe.quota_request()),
+        (site, site.rankings_request("all", 5, include_adult=False)),
+    ):
+        observed = provider.observe(httpx.Response(200, headers=headers, json={}, request=request))
+        assert all((quota.limit or 0) >= 0 and (quota.remaining or 0) >= 0 for quota in observed)
+        assert all(quota.limit is None or quota.limit < 2**31 for quota in observed)

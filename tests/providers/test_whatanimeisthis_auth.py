@@ -446,3 +446,44 @@ def test_a_401_right_after_signing_in_is_not_retried(state: Path) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def _jar_with(set_cookie: str, now: list[float], path: Path | None = None) -> Any:
+    from anisearch_providers.whatanimeisthis._cookies import CookieJar
+
+    jar = CookieJar(path, "https://whatanimeisthis.com", clock=lambda: now[0])
+    jar.absorb(httpx.Response(200, headers=[("set-cookie", set_cookie)]))
+    return jar
+
+
+def test_a_session_is_due_for_a_check_after_a_quarter_of_its_lifetime_at_most_a_day() -> None:
+    now = [1_000.0]
+    short = _jar_with("better-auth.session_token=t.s%3D; Max-Age=60; Path=/", now)
+    week = _jar_with("better-auth.session_token=t.s%3D; Max-Age=604800; Path=/", now)
+    now[0] += 14.9
+    assert (short.refresh_due(), week.refresh_due()) == (False, False)
+    now[0] += 0.1
+    assert short.refresh_due()
+    short.mark_checked()
+    assert not short.refresh_due()
+    now[0] = 1_000.0 + 86_400
+    assert week.refresh_due()  # a day, not a quarter of the week
+
+
+def test_a_browser_session_cookie_is_never_due_and_the_check_time_persists(tmp_path: Path) -> None:
+    from anisearch_providers.whatanimeisthis._cookies import CookieJar
+
+    now = [1_000.0]
+    browser = _jar_with("better-auth.session_token=t.s%3D; Path=/", now)
+    now[0] += 10 * 86_400
+    assert browser.has_session()
+    assert not browser.refresh_due()
+    path = tmp_path / "jar.json"
+    stored = _jar_with("better-auth.session_token=t.s%3D; Max-Age=100; Path=/", now, path)
+    now[0] += 30
+    stored.mark_checked()
+    reread = CookieJar(path, "https://whatanimeisthis.com", clock=lambda: now[0])
+    assert not reread.refresh_due()
+    now[0] += 25
+    assert reread.refresh_due()
+    assert reread.session_expires() == 1_000.0 + 10 * 86_400 + 100

@@ -167,20 +167,26 @@ def _is_loopback(host: str) -> bool:
 class SearchRoutes(Server):
     """``/search``, in the upstream handler's order of checks."""
 
+    def injected(self) -> Response:
+        """The next answer queued by :meth:`EmulatorState.fail_next` (logged, never a success)."""
+        failure = self.state.failures.popleft()
+        self.state.log.append(LoggedSearch(self.state.clock(), "injected", failure.status))
+        if isinstance(failure.body, str):
+            media = failure.content_type or HTML_TYPE
+            return Response(failure.body, failure.status, headers=dict(failure.headers), media_type=media)
+        answer = _json(dict(failure.body), failure.status, dict(failure.headers))
+        if failure.content_type:
+            answer.headers["content-type"] = failure.content_type
+        return answer
+
     async def search(self, request: Request) -> Response:
         if self.state.failures:
-            failure = self.state.failures.popleft()
-            self.state.log.append(LoggedSearch(self.state.clock(), "injected", failure.status))
-            if isinstance(failure.body, str):
-                media = failure.content_type or HTML_TYPE
-                return Response(failure.body, failure.status, headers=dict(failure.headers), media_type=media)
-            answer = _json(dict(failure.body), failure.status, dict(failure.headers))
-            if failure.content_type:
-                answer.headers["content-type"] = failure.content_type
-            return answer
+            return self.injected()
         parsed = await self.read_body(request)
         if isinstance(parsed, Response):
             return parsed
+        if self.state.outage == "postgres":  # the first query throws, before any counter moves
+            return _express_page(500, "Internal Server Error")
         caller = self.caller(request, self.api_key(request))
         if caller is None:
             return _error(403, "Invalid API key")
@@ -270,16 +276,13 @@ class SearchRoutes(Server):
         if isinstance(vectors, Response):
             return vectors, 0
         vector_list, batch = vectors
-        scenes = list(config.index)
-        wanted = request.query_params.getlist("anilistID")
-        if len(wanted) > 1:
-            raise _Crash  # upstream calls .match() on an array and throws
-        if wanted and (re.fullmatch(r"\d+", wanted[0]) if self.era != "v1" else _js_number(wanted[0])):
-            scenes = [scene for scene in scenes if scene.anilist_id == int(float(wanted[0]))]
-            if not scenes:
-                return _json({"frameCount": 0, "error": "", "result": []}), 1
+        scenes = self.filtered_scenes(request)
+        if scenes is None:  # an anilistID without indexed files: a counted success, without quota
+            return _json({"frameCount": 0, "error": "", "result": []}), 1
         if config.latency:
             await anyio.sleep(config.latency)
+        if state.outage == "vector":
+            return _error(500, "Search failed. Database temporarily unavailable."), 0
         lists = [self.rank(vector, scenes, request) for vector in vector_list]
         body_out: dict[str, Any] = {"quota": caller.quota, "quotaUsed": used} if self.era == "v3" else {}
         body_out |= {
@@ -288,6 +291,22 @@ class SearchRoutes(Server):
             "result": lists if batch else lists[0],
         }
         return _json(body_out), len(vector_list)
+
+    def filtered_scenes(self, request: Request) -> list[IndexedScene] | None:
+        """The scenes ``anilistID`` allows (all when it is absent or not digits), None when it names an
+        anime without indexed files.
+
+        Raises:
+            _Crash: The parameter is repeated: upstream calls ``.match()`` on an array and throws.
+        """
+        scenes = list(self.config.index)
+        wanted = request.query_params.getlist("anilistID")
+        if len(wanted) > 1:
+            raise _Crash
+        if wanted and (re.fullmatch(r"\d+", wanted[0]) if self.era != "v1" else _js_number(wanted[0])):
+            scenes = [scene for scene in scenes if scene.anilist_id == int(float(wanted[0]))]
+            return scenes or None
+        return scenes
 
     async def input_vectors(self, request: Request, body: _Body) -> tuple[list[list[float]], bool] | Response:
         """§2.1: vector, ``?url=``, the first uploaded file, the raw body; else 405."""

@@ -127,6 +127,9 @@ class EmulatorState:
         concurrent: In-flight ``/search`` requests per caller.
         queue: In-flight ``/search`` requests per priority.
         failures: Answers queued by :meth:`fail_next`.
+        outage: A database that is down, as the server meets it: ``"postgres"`` (every search query
+            throws: Express's HTML 500 page), ``"vector"`` (the vector store: 500
+            ``Search failed. Database temporarily unavailable.``), or None (default).
     """
 
     def __init__(self, clock: Callable[[], float], failures: Iterable[InjectedFailure]) -> None:
@@ -139,6 +142,7 @@ class EmulatorState:
         self.queue: dict[int, int] = {}
         self.rate: dict[str, tuple[int, float]] = {}
         self.failures: deque[InjectedFailure] = deque(failures)
+        self.outage: Literal["postgres", "vector"] | None = None
         self.next_housekeeping = clock() + HOUSEKEEPING
 
     def fail_next(

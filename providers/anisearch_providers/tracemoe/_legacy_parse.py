@@ -32,7 +32,16 @@ from anisearch._exceptions import (
 )
 from anisearch._models import Episode, Hit, Quota, QuotaScope, QuotaSource, QuotaWindow
 
-from ._common import as_float, as_int, as_str, capped_seconds, clamp_similarity, string_list, title_from
+from ._common import (
+    MAX_COUNT,
+    as_float,
+    as_int,
+    as_str,
+    capped_seconds,
+    clamp_similarity,
+    string_list,
+    title_from,
+)
 from ._common import error_message as _common_error_message
 
 if TYPE_CHECKING:
@@ -88,7 +97,8 @@ def _quota(
     cooldown: bool,
 ) -> Quota:
     remaining = max(fact.remaining, 0)  # the server decrements past zero on every refused request
-    resets_at = now + timedelta(seconds=fact.ttl) if fact.ttl is not None and fact.ttl >= 0 else None
+    ttl = capped_seconds(fact.ttl) if fact.ttl is not None and fact.ttl >= 0 else None  # at most a day
+    resets_at = now + timedelta(seconds=ttl) if ttl is not None else None
     used = max(fact.limit - remaining, 0) if fact.limit is not None else None
     return Quota(
         provider=provider,
@@ -105,6 +115,12 @@ def _quota(
     )
 
 
+def _bounded(value: Any) -> int | None:
+    """A header count or TTL; None when absent or beyond any real value (more than 2**31-1 either way)."""
+    number = as_int(value)
+    return number if number is not None and abs(number) <= MAX_COUNT else None
+
+
 def quotas_from_headers(
     headers: httpx.Headers, *, provider: str, scope: QuotaScope, now: datetime, refused: bool
 ) -> list[Quota]:
@@ -116,15 +132,15 @@ def quotas_from_headers(
     also carries ``cooldown_until`` = its reset time.
     """
     facts: list[_Fact] = []
-    limit = as_int(headers.get("x-whatanime-limit"))
+    limit = _bounded(headers.get("x-whatanime-limit"))
     if limit is not None:
-        facts.append(_Fact("minute", limit, as_int(headers.get("x-whatanime-limit-ttl"))))
-    quota = as_int(headers.get("x-whatanime-quota"))
+        facts.append(_Fact("minute", limit, _bounded(headers.get("x-whatanime-limit-ttl"))))
+    quota = _bounded(headers.get("x-whatanime-quota"))
     if quota is not None:
         if "x-whatanime-quota-ttl" in headers:
-            facts.append(_Fact("day", quota, as_int(headers.get("x-whatanime-quota-ttl"))))
+            facts.append(_Fact("day", quota, _bounded(headers.get("x-whatanime-quota-ttl"))))
         else:
-            facts.append(_Fact("minute", quota, as_int(headers.get("x-whatanime-expire"))))
+            facts.append(_Fact("minute", quota, _bounded(headers.get("x-whatanime-expire"))))
     raw = {key: value for key, value in headers.items() if key.lower().startswith("x-whatanime-")}
     return [
         _quota(fact, provider=provider, scope=scope, source="headers", now=now, raw=raw, cooldown=refused)
@@ -143,16 +159,18 @@ def quotas_from_body(
     ``quota`` with ``expire`` (or only ``quota_ttl``), a per-minute quota.
     """
     facts: list[_Fact] = []
-    remaining = as_int(body.get("limit"))
+    remaining = _bounded(body.get("limit"))
     if remaining is not None:
-        window = window_for(as_int(body.get("user_limit_ttl")), "minute")
-        facts.append(_Fact(window, remaining, as_int(body.get("limit_ttl")), as_int(body.get("user_limit"))))
-    remaining = as_int(body.get("quota"))
+        window = window_for(_bounded(body.get("user_limit_ttl")), "minute")
+        facts.append(
+            _Fact(window, remaining, _bounded(body.get("limit_ttl")), _bounded(body.get("user_limit")))
+        )
+    remaining = _bounded(body.get("quota"))
     if remaining is not None:
         modern = "limit" in body or "user_quota" in body
-        ttl = as_int(body.get("quota_ttl")) if "quota_ttl" in body else as_int(body.get("expire"))
-        window = window_for(as_int(body.get("user_quota_ttl")), "day" if modern else "minute")
-        facts.append(_Fact(window, remaining, ttl, as_int(body.get("user_quota"))))
+        ttl = _bounded(body.get("quota_ttl")) if "quota_ttl" in body else _bounded(body.get("expire"))
+        window = window_for(_bounded(body.get("user_quota_ttl")), "day" if modern else "minute")
+        facts.append(_Fact(window, remaining, ttl, _bounded(body.get("user_quota"))))
     raw = {key: value for key, value in body.items() if key != "docs"}
     return [
         _quota(fact, provider=provider, scope=scope, source="upstream", now=now, raw=raw, cooldown=False)

@@ -25,7 +25,8 @@ frame through PyAV for ffmpeg; a truncated JPEG decodes to what arrived): only b
 
 Run it with ``anisearch emulate tracemoe`` or any ASGI server (``uvicorn --factory
 anisearch_providers.tracemoe.emulator:create_app``). Tests read ``app.state.emulator``
-(:class:`EmulatorState`): counters, the search log, and :meth:`EmulatorState.fail_next`.
+(:class:`EmulatorState`): counters, the search log, :meth:`EmulatorState.fail_next`, and
+``outage`` (a database that is down: PostgreSQL or the vector store, each answered as the server does).
 """
 
 from __future__ import annotations

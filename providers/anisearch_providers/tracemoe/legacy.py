@@ -391,8 +391,8 @@ class WhatanimeGa:
         )
         if response.status_code == 200:  # noqa: PLR2004 - only a success carries a body with quota fields
             try:
-                body = response.json()
-            except ValueError:
+                body = loads(response.content)
+            except ValueError:  # not JSON, or nested absurdly deep: nothing to learn
                 body = None
             if isinstance(body, dict):
                 seen = {quota.window for quota in quotas}

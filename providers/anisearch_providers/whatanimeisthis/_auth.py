@@ -149,11 +149,10 @@ class SessionAuth(httpx.Auth):
         self._attach(request)
         response = yield request
         self.jar.absorb(response)
-        state = session_state(response)
-        if state == "alive":
-            self.jar.mark_checked()
-        elif state == "gone":
+        if session_state(response) == "gone":
             self.jar.drop_session()
+        else:  # alive; or the site failed to say, and asking again on every request would not help
+            self.jar.mark_checked()
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Send ``request`` with the session; see the module docstring for the steps."""

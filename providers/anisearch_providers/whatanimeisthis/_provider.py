@@ -442,4 +442,5 @@ class WhatAnimeIsThis:
         email = value["user"].get("email")
         if isinstance(email, str):
             self.jar.remember_email(email)
+        self.jar.mark_checked()
         return value

@@ -116,10 +116,21 @@ def _header_window(headers: httpx.Headers) -> QuotaWindow:
     return "minute"
 
 
+_MAX_COUNT = 2**31 - 1
+
+
+def _count(value: str | None) -> int | None:
+    """A rate-limit header count, or None when absent, negative or absurd (never raised)."""
+    number = as_int(value)
+    return number if number is not None and 0 <= number <= _MAX_COUNT else None
+
+
 def _header_quota(response: httpx.Response, scope: QuotaScope, now: datetime) -> Quota | None:
     headers = response.headers
-    limit = as_int(headers.get("ratelimit-limit") or headers.get("x-ratelimit-limit"))
-    remaining = as_int(headers.get("ratelimit-remaining") or headers.get("x-ratelimit-remaining"))
+    limit = _count(headers.get("ratelimit-limit") or headers.get("x-ratelimit-limit"))
+    remaining = _count(headers.get("ratelimit-remaining") or headers.get("x-ratelimit-remaining"))
+    if limit is not None and remaining is not None and remaining > limit:
+        remaining = None  # an impossible pair says nothing
     if limit is None and remaining is None:
         return None
     has_reset = headers.get("ratelimit-reset") or headers.get("x-ratelimit-reset")

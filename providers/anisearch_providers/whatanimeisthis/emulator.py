@@ -45,6 +45,8 @@ __all__ = ["EmulatorState", "Knobs", "create_app"]
 PERIODS = {"daily": 86400, "weekly": 7 * 86400, "monthly": 30 * 86400, "yearly": 365 * 86400, "all": None}
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 _UNAUTHORIZED = "Unauthorized"
+KEY_LENGTH = 64
+"""Characters of an API key (better-auth's plugin default); a shorter one is refused with 403."""
 KEY_NAME_MAX = 32
 """Longest API key title: the site's keys are taken as better-auth's plugin keys, whose names are 1-32."""
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -102,16 +104,24 @@ def _caller(request: Request) -> User | None:
     """The API key's owner, else the session's user, else None (a guest).
 
     Raises:
-        _Refused: An unknown API key (401).
+        _Refused: A refused API key, as better-auth's API-key plugin answers: 403 for a key shorter than
+            64 characters, 401 for an unknown one, both ``{"message":"Invalid API key.",
+            "code":"INVALID_API_KEY"}``.
     """
     state = _state(request)
     authorization = request.headers.get("authorization", "")
     if authorization.lower().startswith("bearer "):
-        user = state.user_by_key(authorization[7:].strip())
+        key = authorization[7:].strip()
+        user = state.user_by_key(key)
         if user is None:
-            raise _Refused(fail(state, 401, "Invalid API key"))
+            body = {"message": "Invalid API key.", "code": "INVALID_API_KEY"}
+            raise _Refused(JSONResponse(body, status_code=403 if len(key) < KEY_LENGTH else 401))
         return user
     return _session_user(request)
+
+
+def _keyed(request: Request) -> bool:
+    return request.headers.get("authorization", "").lower().startswith("bearer ")
 
 
 def _session_user(request: Request) -> User | None:
@@ -163,11 +173,12 @@ def _hit_json(style: Style, similarity: float, entry: IndexEntry) -> dict[str, A
     }
 
 
-def _check_quota(state: EmulatorState, user: User | None, address: str) -> None:
+def _check_quota(state: EmulatorState, user: User | None, address: str, *, keyed: bool = False) -> None:
     """Refuse a search over the guest's day, the user's hour, or the user's credits.
 
     Raises:
-        _Refused: 429 for the guest day and the hour (with ``Retry-After``), 402 for spent credits.
+        _Refused: 429 for the guest day and the hour (with ``Retry-After``; through an API key the
+            plugin's ``RATE_LIMITED`` with ``details.tryAgainIn`` in milliseconds), 402 for spent credits.
     """
     if user is None:
         if state.guest_left(address) > 0:
@@ -179,6 +190,13 @@ def _check_quota(state: EmulatorState, user: User | None, address: str) -> None:
         midnight = int(state.next_midnight() - state.now()) + 1
         raise _Refused(fail(state, 429, message, {"Retry-After": str(midnight)}))
     hour_wait = state.hourly_wait(user)
+    if hour_wait is not None and keyed:  # better-auth's per-key limit, set to the site's 100 an hour
+        body = {
+            "message": "Rate limit exceeded.",
+            "code": "RATE_LIMITED",
+            "details": {"tryAgainIn": int(hour_wait * 1000)},
+        }
+        raise _Refused(JSONResponse(body, status_code=429))
     if hour_wait is not None:
         message = f"Too many searches: at most {state.knobs.hourly_limit} per hour"
         raise _Refused(fail(state, 429, message, {"Retry-After": str(int(hour_wait) + 1)}))
@@ -267,7 +285,7 @@ async def search(request: Request) -> Response:
         upload, url = await _form(request)
         user = _caller(request)
         address = auth.client_address(request)
-        _check_quota(state, user, address)
+        _check_quota(state, user, address, keyed=_keyed(request))
         descriptor = await _descriptor(request, upload, url)
     except _Refused as refused:
         return refused.response
