@@ -46,6 +46,7 @@ from anisearch._exceptions import (
 )
 from anisearch._ledger import Refusal, Stale, Ticket, WindowSpec, holder_is_dead
 from anisearch._ledger._windows import from_us
+from anisearch._limits import remaining_seconds
 from anisearch._models import Attempt, Hit, SearchResult
 from anisearch._verdict import (
     Settlement,
@@ -490,8 +491,9 @@ class Router:
 
     async def _send_once(self, provider: Provider, query: SearchQuery) -> httpx.Response:
         """Send the search; retry only while the request never left this machine."""
+        budget = max(remaining_seconds(45.0), 0.001)  # never retry past the search's deadline
         async for attempt in stamina.retry_context(
-            on=never_sent, attempts=3, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
+            on=never_sent, attempts=3, timeout=budget, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
         ):
             with attempt:
                 return await self._send(provider, provider.search_request(query))

@@ -23,6 +23,7 @@ from anisearch._exceptions import (
     ProviderBusyError,
     ProviderConnectionError,
     ProviderError,
+    ProviderServerError,
     QuotaExhaustedError,
     RateLimitedError,
     UpstreamResponseError,
@@ -150,7 +151,9 @@ def _consequences(
         wait = exc.retry_after if exc.retry_after is not None else DEFAULT_COOLDOWN_SECONDS
         wait = min(max(wait, 0.0), MAX_COOLDOWN_SECONDS)
         settlement.cooldown = (now + timedelta(seconds=wait), reason(exc), "rate")
-    elif isinstance(exc, (ConcurrencyLimitError, ProviderBusyError)):
+    elif isinstance(exc, (ConcurrencyLimitError, ProviderBusyError, ProviderServerError)):
+        # A full queue, a concurrency collision, or a server failure that may have kept the caller's slot
+        # (trace.moe's HTML 500): every search sharing the ledger backs off together.
         settlement.busy = reason(exc)
 
 

@@ -479,3 +479,10 @@ def test_a_wait_for_a_slot_is_shown_in_the_spinner(
     done = cli("search", str(samples / "tinted-good.jpg"), str(samples / "border-bad.jpg"), "--jobs", "2")
     assert done.returncode == 1, done.stderr  # border-bad is no match
     assert any(line.startswith("waiting for a tracemoe slot") for line in lines), lines
+
+
+def test_an_upper_case_url_is_a_url_and_a_private_one_is_refused() -> None:
+    done = cli("search", "HTTP://10.0.0.1/a.jpg")
+    assert done.returncode == 3
+    assert "no such file" not in done.stderr
+    assert done.stderr.startswith("anisearch: error:")

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.text import Text
@@ -78,7 +78,7 @@ class Input:
     """One thing to search: what the user typed (or the file found in a folder), and what is sent."""
 
     label: str
-    source: str | bytes
+    source: str | bytes | BinaryIO
 
 
 @dataclass
@@ -126,12 +126,9 @@ def collect(arguments: Sequence[str], pattern: str | None) -> tuple[list[Input],
     inputs: list[Input] = []
     missing: list[str] = []
     for argument in arguments:
-        if argument == "-":
-            data = sys.stdin.buffer.read()
-            if not data:
-                fail("standard input is empty", EXIT_BAD_INPUT, "pipe an image into 'anisearch search -'")
-            inputs.append(Input("-", data))
-        elif argument.startswith(("http://", "https://")):
+        if argument == "-":  # read by the engine: up to its input limit, within the search's deadline
+            inputs.append(Input("-", sys.stdin.buffer))
+        elif argument[:8].lower().startswith(("http://", "https://")):
             inputs.append(Input(argument, argument))
         elif (path := Path(argument)).is_dir():
             inputs.extend(Input(str(found), str(found)) for found in _walk(path, pattern))

@@ -32,6 +32,7 @@ from anisearch._provider import (
     SearchQuery,
     UploadLimits,
 )
+from anisearch._redact import redact
 
 from ._common import ShapeError, as_int, json_body, response_date
 from ._errors import MAX_UPLOAD_BYTES, error_for
@@ -118,7 +119,7 @@ class TraceMoe:
         self._clock = clock or (lambda: datetime.now(UTC))
 
     def __repr__(self) -> str:
-        return f"TraceMoe(base_url={self.base_url!r}, scope={self.credential.scope!r})"
+        return f"TraceMoe(base_url={redact(self.base_url)!r}, scope={self.credential.scope!r})"
 
     @classmethod
     def from_context(cls, context: ProviderContext) -> Self:

@@ -46,6 +46,7 @@ from anisearch._provider import (
     SearchQuery,
     UploadLimits,
 )
+from anisearch._redact import redact
 
 from ._common import loads
 from ._legacy_parse import (
@@ -198,7 +199,8 @@ class WhatanimeGa:
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self.base_url!r}, token={'***' if self._token else None})"
+        token = "***" if self._token else None
+        return f"{type(self).__name__}(base_url={redact(self.base_url)!r}, token={token})"
 
     # ------------------------------------------------------------ identity and assumptions
 

@@ -24,6 +24,7 @@ from anisearch._exceptions import ConfigurationError, UpstreamResponseError
 from anisearch._ledger import WindowSpec
 from anisearch._models import Quota
 from anisearch._provider import Capabilities, Credential, Page, ProviderAnswer, UploadLimits
+from anisearch._redact import redact
 from anisearch._version import __version__
 
 from . import _parse, _quota
@@ -145,7 +146,7 @@ class WhatAnimeIsThis:
         )
 
     def __repr__(self) -> str:
-        return f"WhatAnimeIsThis(base_url={self.base_url!r}, credential={self.credential.scope!r})"
+        return f"WhatAnimeIsThis(base_url={redact(self.base_url)!r}, credential={self.credential.scope!r})"
 
     # ------------------------------------------------------------ who we are
 
