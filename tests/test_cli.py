@@ -486,3 +486,26 @@ def test_an_upper_case_url_is_a_url_and_a_private_one_is_refused() -> None:
     assert done.returncode == 3
     assert "no such file" not in done.stderr
     assert done.stderr.startswith("anisearch: error:")
+
+
+@pytest.mark.filterwarnings("always")  # the point is what the CLI does with a warning, not pytest
+def test_library_warnings_reach_stderr_only_with_verbose(
+    tracemoe: Any, samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    from anisearch import _image
+
+    real = _image.prepare
+
+    def warning_prepare(*args: Any, **kwargs: Any) -> Any:
+        warnings.warn("a library has something to say", UserWarning, stacklevel=1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_image, "prepare", warning_prepare)
+    image = str(samples / "tinted-good.jpg")
+    quiet = cli("search", image, "--no-cache")
+    loud = cli("search", image, "--no-cache", "-v")
+    assert quiet.returncode == loud.returncode == 0
+    assert "something to say" not in quiet.stderr
+    assert "something to say" in loud.stderr

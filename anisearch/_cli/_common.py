@@ -225,7 +225,8 @@ def print_json(payload: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------- logging
 
-_LOGGERS = ("anisearch", "anisearch_providers", "stamina", "httpx")
+_LOGGERS = ("anisearch", "anisearch_providers", "stamina", "httpx", "py.warnings")
+"""Library warnings (Pillow's, among others) are logged through ``py.warnings``: shown with ``-v`` only."""
 
 
 class _RetryText(logging.Filter):
@@ -263,6 +264,7 @@ def configure_logging(verbose: bool) -> bool:
     Returns whether verbose output is on (``-v`` after the command, or before it).
     """
     verbose = verbose or _ROOT["verbose"]
+    logging.captureWarnings(True)  # warnings become log records, so they obey -v like everything else
     while _INSTALLED:
         logger, old = _INSTALLED.pop()
         logger.removeHandler(old)
