@@ -264,7 +264,7 @@ def configure_logging(verbose: bool) -> bool:
     Returns whether verbose output is on (``-v`` after the command, or before it).
     """
     verbose = verbose or _ROOT["verbose"]
-    logging.captureWarnings(True)  # warnings become log records, so they obey -v like everything else
+    logging.captureWarnings(True)  # noqa: FBT003 - stdlib API; warnings obey -v like every log record
     while _INSTALLED:
         logger, old = _INSTALLED.pop()
         logger.removeHandler(old)
