@@ -171,6 +171,9 @@ class Attempt(_Model):
     """HTTP status of the last answer, or None when none came."""
     elapsed_seconds: float = 0.0
     """Time spent on this provider, seconds (0 for a skip)."""
+    scope: QuotaScope | None = None
+    """Who the provider answered as (``guest``, ``api-key``, ``session``), when it answered: a session
+    that died mid-way shows here as ``guest`` (the answer's own quota says whose it was)."""
 
 
 class Quota(_Model):

@@ -47,7 +47,7 @@ from anisearch._exceptions import (
 from anisearch._ledger import Refusal, Stale, Ticket, WindowSpec, holder_is_dead
 from anisearch._ledger._windows import from_us
 from anisearch._limits import remaining_seconds
-from anisearch._models import Attempt, Hit, SearchResult
+from anisearch._models import Attempt, Hit, QuotaScope, SearchResult
 from anisearch._verdict import (
     Settlement,
     checked,
@@ -463,6 +463,7 @@ class Router:
             outcome="ok",
             status_code=status,
             elapsed_seconds=time.monotonic() - started,
+            scope=answer.quota.scope if answer.quota is not None else _scope_kind(route.scope),
         )
         return _Outcome(attempt, result=result)
 
@@ -498,6 +499,12 @@ class Router:
             with attempt:
                 return await self._send(provider, provider.search_request(query))
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+
+def _scope_kind(scope: str) -> QuotaScope:
+    """``guest``, ``api-key`` or ``session``: the kind a ledger scope id starts with."""
+    kind = scope.partition(":")[0]
+    return "api-key" if kind == "api-key" else "session" if kind == "session" else "guest"
 
 
 def _strength(result: SearchResult) -> float:

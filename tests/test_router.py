@@ -417,3 +417,13 @@ async def test_except_star_keeps_the_attempts(ledger: Ledger) -> None:
         caught.append(spent)
     assert isinstance(caught[0], AllProvidersFailedError)
     assert [a.provider for a in caught[0].attempts] == ["one"]
+
+
+async def test_an_answer_served_as_a_guest_says_so_in_its_attempt(ledger: Ledger) -> None:
+    as_guest = Quota(provider="one", scope="guest", window="day", remaining=4)
+    first = Scripted("one", answer("one", 0.95, quota=as_guest), answer("one", 0.95))
+    session = [Route(provider=first, scope="session:0123456789abcdef", windows=DAY_AND_HOUR)]  # type: ignore[arg-type]
+    dead = await router(ledger).search(session, query_for)
+    assert dead.attempts[0].scope == "guest"  # the session had died: the site answered a guest
+    alive = await router(ledger).search(session, query_for)
+    assert alive.attempts[0].scope == "session"
