@@ -589,7 +589,7 @@ class AsyncClient:
             infos.append(
                 ProviderInfo(
                     name=name,
-                    base_url=instance.base_url,
+                    base_url=_redact.redact(instance.base_url),  # a password in the URL stays secret
                     enabled=name in order,
                     authenticated=instance.credential.scope != "guest",
                     capabilities=instance.capabilities.names(),

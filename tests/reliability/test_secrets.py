@@ -64,6 +64,7 @@ async def test_no_credential_reaches_a_log_a_message_the_ledger_or_the_cache(
             "whatanimeisthis"
         )
         await client.credits()
+        texts += [repr(provider) for provider in client._providers.values()]
         dead = f"http://me:{DOWNLOAD_PASSWORD}@127.0.0.1:1/shot.jpg?token={DOWNLOAD_TOKEN}"
         with pytest.raises(ImageFetchError) as caught:
             await client.search(dead)
@@ -82,6 +83,45 @@ async def test_no_credential_reaches_a_log_a_message_the_ledger_or_the_cache(
             assert secret not in text
         for blob in blobs:
             assert secret.encode() not in blob
+
+
+def test_no_command_prints_a_credential(
+    live_server: Callable[[Any], Any], samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every command's stdout and stderr, with every credential configured (with -v: logs included)."""
+    from tests.cli_runner import run_in_process
+
+    trace = live_server(tracemoe_app(keys={TRACE_KEY: EmulatedUser(email="bot@example.com")}))
+    site = live_server(whatanimeisthis_app(users={EMAIL: PASSWORD}))
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", trace.url.replace("http://", f"http://user:{URL_PASSWORD}@"))
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_KEY", TRACE_KEY)
+    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", site.url)
+    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_EMAIL", EMAIL)
+    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_PASSWORD", PASSWORD)
+    image = str(samples / "tinted-good.jpg")
+    commands = [
+        ["login"],
+        ["search", image, "-v"],
+        ["search", image, "--json", "--raw", "-p", "whatanimeisthis", "--no-cache", "-v"],
+        ["quota", "--refresh", "-v"],
+        ["quota", "--json"],
+        ["providers"],
+        ["providers", "--json"],
+        ["credits"],
+        ["keys", "list"],
+        ["recent"],
+        ["rankings"],
+        ["cache", "info"],
+        ["logout"],
+    ]
+    outputs = []
+    for command in commands:
+        done = run_in_process(*command)
+        outputs.append(f"{command}: {done.returncode}\n{done.stdout}\n{done.stderr}")
+    text = "\n".join(outputs)
+    assert "Kokoro Connect" in text or "11887" in text  # the searches ran
+    for secret in [TRACE_KEY, URL_PASSWORD, PASSWORD]:
+        assert secret not in text
 
 
 @pytest.mark.parametrize("key", ["abc\ndef", "abc\x1b[2Jdef", "clé-secrète", "abc def", "\x00abc"])
