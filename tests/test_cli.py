@@ -504,8 +504,13 @@ def test_library_warnings_reach_stderr_only_with_verbose(
 
     monkeypatch.setattr(_image, "prepare", warning_prepare)
     image = str(samples / "tinted-good.jpg")
-    quiet = cli("search", image, "--no-cache")
-    loud = cli("search", image, "--no-cache", "-v")
+    # pytest swaps warnings.showwarning for each test: let the CLI install its capture in this one.
+    logging.captureWarnings(False)  # noqa: FBT003 - the stdlib API
+    try:
+        quiet = cli("search", image, "--no-cache")
+        loud = cli("search", image, "--no-cache", "-v")
+    finally:
+        logging.captureWarnings(False)  # noqa: FBT003 - the stdlib API
     assert quiet.returncode == loud.returncode == 0
     assert "something to say" not in quiet.stderr
     assert "something to say" in loud.stderr

@@ -215,11 +215,15 @@ class SQLiteLedger(Ledger):
             ).fetchone()
             state = _state_from_json(row[0]) if row is not None else _logic.ScopeState()
             result = run(state, _Units(conn, provider, scope))
-            conn.execute(
-                "INSERT INTO scopes VALUES (?, ?, ?)"
-                " ON CONFLICT (provider, scope) DO UPDATE SET state = excluded.state",
-                (provider, scope, _state_to_json(state)),
-            )
+            text = _state_to_json(state)
+            # A step that changed nothing writes nothing: a refused reserve then does not wake every other
+            # waiting process (they watch the file's commits), which would refuse again, and so on.
+            if row is None or text != row[0]:
+                conn.execute(
+                    "INSERT INTO scopes VALUES (?, ?, ?)"
+                    " ON CONFLICT (provider, scope) DO UPDATE SET state = excluded.state",
+                    (provider, scope, text),
+                )
             return result
 
         return body
