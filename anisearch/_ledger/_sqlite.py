@@ -76,7 +76,7 @@ class _Units:
         self._key = (provider, scope)
 
     def _one(self, where: str, *args: object) -> int:
-        sql = f"SELECT COUNT(*) FROM units WHERE provider = ? AND scope = ? AND window_name = ? {where}"  # noqa: S608
+        sql = f"SELECT COUNT(*) FROM units WHERE provider = ? AND scope = ? AND window_name = ? {where}"  # noqa: S608 - fixed fragments, values bound
         return int(self._conn.execute(sql, (*self._key, *args)).fetchone()[0])
 
     def purge(self, window: str, now: int) -> int:
