@@ -159,8 +159,9 @@ STANDARD_WINDOWS: dict[str, WindowSpec] = {
     "hour": WindowSpec("hour", span_seconds=3600, kind="rate"),
     "minute": WindowSpec("minute", span_seconds=60, counts="requests", kind="rate"),
 }
-"""How a window a provider did not declare is read, by its name (an observation naming ``minute``
-before the provider declared one)."""
+"""How a window a provider did not declare is read, by its name: the fallback for a third-party provider
+that has no ``windows()`` yet, or an answer naming a window its provider never declared. Every provider
+shipped with anisearch declares its own windows."""
 
 
 def spec_for(name: str, declared: dict[str, WindowSpec]) -> WindowSpec | None:

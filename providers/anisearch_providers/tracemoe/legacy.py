@@ -37,6 +37,7 @@ from anisearch._exceptions import (
     InvalidImageError,
     UpstreamResponseError,
 )
+from anisearch._ledger import WindowSpec
 from anisearch._models import Hit, Quota, QuotaScope
 from anisearch._provider import (
     Capabilities,
@@ -212,6 +213,15 @@ class WhatanimeGa:
     @property
     def _scope(self) -> QuotaScope:
         return self.credential.scope
+
+    def windows(self) -> list[WindowSpec]:
+        """The legacy API's windows (contract §7 Limits): a rate limit of 10 search requests a minute, and
+        a daily quota of 150 searches (1000 with a token) that resets at the ledger's midnight."""
+        daily = 1000 if self._token else 150
+        return [
+            WindowSpec("minute", span_seconds=60, counts="requests", kind="rate", limit=10),
+            WindowSpec("day", calendar="day", limit=daily),
+        ]
 
     def assumed_quotas(self) -> list[Quota]:
         """The documented allowance: 10 searches per minute, and 150 per day (1000 with a token)."""
