@@ -1,130 +1,54 @@
 """The engine: ``AsyncClient``, the one implementation (``Client`` in ``_sync.py`` wraps it).
 
-``AsyncClient`` owns the HTTP connection pool (httpx), the ledger, the result cache and the providers;
-it prepares the image once, looks in the cache, and hands the search to the router.
+``AsyncClient`` owns the lifecycle (the provider instances, the ledger, the result cache, the HTTP layers) and
+orchestrates a search: resolve the input, prepare the image once, plan a ready route per provider
+(``_plan``), answer from the cache or a search already in flight, and hand the routes to the router.
+Account features are in ``_account``, provider HTTP in ``_transport``, user URLs in ``_download``.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 import httpx
 
-from anisearch import _fetch, _image, _redact
+from anisearch import _image
+from anisearch._account import AccountFeatures, AsyncApiKeys
 from anisearch._cache import ResultCache, cache_key
 from anisearch._config import Settings
-from anisearch._exceptions import (
-    AnisearchError,
-    ConfigurationError,
-    ImageFetchError,
-    ProviderConnectionError,
-    ProviderError,
-    ProviderTimeoutError,
-    UpstreamResponseError,
-)
+from anisearch._download import Downloader
+from anisearch._exceptions import ConfigurationError
 from anisearch._ledger import WindowSpec, open_ledger
 from anisearch._ledger._base import scope_id
-from anisearch._limits import (
-    MAX_DOWNLOAD_BYTES,
-    MAX_HITS,
-    MAX_RESPONSE_BYTES,
-    keep_best_hits,
-    remaining_seconds,
-    search_deadline,
-)
-from anisearch._models import (
-    ApiKey,
-    Attempt,
-    CreatedApiKey,
-    Credits,
-    ProviderInfo,
-    Quota,
-    RankingEntry,
-    RecentSearch,
-    SearchResult,
-)
-from anisearch._provider import (
-    AccountProvider,
-    Page,
-    Provider,
-    ProviderContext,
-    SearchOptions,
-    SearchQuery,
-    available_providers,
-    load_provider,
-)
-from anisearch._router import AttemptCallback, Route, Router, Strategy, WaitCallback
+from anisearch._limits import MAX_HITS, keep_best_hits, remaining_seconds, search_deadline
+from anisearch._models import Attempt, ProviderInfo, Quota, SearchResult
+from anisearch._plan import Route, plan_routes
+from anisearch._provider import Provider, ProviderContext, SearchOptions, available_providers, load_provider
+from anisearch._redact import redact
+from anisearch._router import AttemptCallback, Router, Strategy, WaitCallback
+from anisearch._transport import ProviderTransport
 from anisearch._verdict import provider_windows
-from anisearch._version import DISTRIBUTION, __version__
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from PIL import Image
 
-    from anisearch._image import PreparedImage
     from anisearch._ledger._base import Ledger
 
 __all__ = ["AsyncApiKeys", "AsyncClient"]
 
 T = TypeVar("T")
 
-_ACCEPT_ENCODING = "gzip, deflate"
-"""Only decoders whose output httpx hands over chunk by chunk (a brotli or zstd bomb is refused unasked)."""
 
-_redact.install()
-
-
-def _user_agent() -> str:
-    return f"anisearch/{__version__} (+https://pypi.org/project/{DISTRIBUTION}/)"
-
-
-class AsyncApiKeys:
-    """API keys of the signed-in account (whatanimeisthis.com ``/api/apikeys``)."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
-
-    async def list(self, page: int = 1, page_size: int = 20) -> list[ApiKey]:
-        """One page of the account's keys (masked), 1-based ``page``.
-
-        Raises:
-            AuthenticationError: Not signed in (``anisearch login``).
-            ConfigurationError: No configured provider has API keys.
-        """
-        if page < 1 or page_size < 1:
-            raise ConfigurationError("page and page_size must be at least 1")
-        provider = self._client._account_provider()
-        result: Page[ApiKey] = await self._client._call(
-            provider, provider.api_keys_request(page, page_size), provider.parse_api_keys
-        )
-        return result.items
-
-    async def create(self, title: str) -> CreatedApiKey:
-        """Create a key; the plaintext is in ``.key`` (a SecretStr) this one time only.
-
-        Raises:
-            AuthenticationError: Not signed in.
-            ConfigurationError: An empty title, or no provider with API keys.
-        """
-        if not title.strip():
-            raise ConfigurationError("an API key needs a non-empty title")
-        provider = self._client._account_provider()
-        return await self._client._call(
-            provider, provider.create_api_key_request(title), provider.parse_created_api_key
-        )
-
-
-class AsyncClient:
+class AsyncClient(AccountFeatures):
     """The anisearch engine. Use it as ``async with AsyncClient() as client: await client.search(...)``.
 
     Args:
@@ -151,25 +75,10 @@ class AsyncClient:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
-        headers = {"User-Agent": _user_agent(), "Accept-Encoding": _ACCEPT_ENCODING}
-        # Providers that keep a session keep their own jar (an auth flow); the engine stores no cookie.
-        self._http = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(self.settings.timeout),
-            headers=headers,
-            follow_redirects=False,
-            cookies=_fetch.no_cookies(),
+        self._transport = ProviderTransport(self.settings.timeout, transport)
+        self._downloader = Downloader(
+            self.settings.timeout, allow_private=self.settings.allow_private_urls, transport=transport
         )
-        # User URLs: a client of their own, with no cookie jar and no provider credential.
-        self._downloads = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(self.settings.timeout),
-            headers=headers,
-            follow_redirects=False,
-            cookies=_fetch.no_cookies(),
-            trust_env=False,
-        )
-        self._pin_downloads = transport is None
         self._on_attempt = on_attempt
         self._on_wait = on_wait
         self._clock = clock
@@ -178,7 +87,7 @@ class AsyncClient:
         self._cache: ResultCache | None = None
         self._cache_opened = False
         self._inflight: dict[str, anyio.Event] = {}
-        self.api_keys = AsyncApiKeys(self)
+        self.api_keys = AsyncApiKeys(self._account_provider, self._call)
 
     async def __aenter__(self) -> Self:
         return self
@@ -189,9 +98,9 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool and the ledger."""
-        await self._http.aclose()
-        await self._downloads.aclose()
+        """Close the connection pools, the cache and the ledger."""
+        await self._transport.aclose()
+        await self._downloader.aclose()
         if self._cache is not None:
             self._cache.close()
         if self._ledger is not None:
@@ -260,58 +169,8 @@ class AsyncClient:
         except ConfigurationError:  # a provider in the ledger that is no longer installed or configured
             return ()
 
-    # ------------------------------------------------------------------ sending
-
-    async def _send(self, provider: Provider, request: httpx.Request) -> httpx.Response:
-        """Send one provider request and read its whole answer within one attempt's time and size.
-
-        ``ANISEARCH_TIMEOUT`` (or what is left of the search's ``deadline``, if less) bounds the attempt as
-        a whole: connecting, sending, any sign-in the provider's auth flow makes, and reading the entire
-        body. The body is read up to the provider's ``max_response_bytes`` (default
-        :data:`~anisearch._limits.MAX_RESPONSE_BYTES`), counted after decompression.
-
-        Raises:
-            ProviderTimeoutError: The attempt did not complete in time (or the deadline had passed).
-            ProviderConnectionError: The request could not be sent or the connection failed.
-            UpstreamResponseError: The answer is over the size limit or its encoding is broken.
-        """
-        budget = remaining_seconds(self.settings.timeout)
-        if budget <= 0:
-            raise ProviderTimeoutError(
-                "the search's deadline passed before this attempt", provider=provider.name
-            )
-        request.extensions.setdefault("timeout", httpx.Timeout(self.settings.timeout).as_dict())
-        if "user-agent" not in request.headers:
-            request.headers["User-Agent"] = _user_agent()
-        limit = getattr(provider, "max_response_bytes", None) or MAX_RESPONSE_BYTES
-        auth = provider.auth()
-        status: int | None = None
-        try:
-            with anyio.fail_after(budget):
-                if auth is None:
-                    response = await self._http.send(request, stream=True)
-                else:
-                    bounded = _fetch.BoundedAuth(auth, limit)
-                    response = await self._http.send(request, auth=bounded, stream=True)
-                status = response.status_code
-                await _fetch.read_capped(response, limit)
-        except AnisearchError:
-            raise
-        except (
-            TimeoutError,
-            _fetch.BodyTooLargeError,
-            httpx.HTTPError,
-            OSError,
-            ValueError,
-            OverflowError,
-        ) as exc:
-            error = _transfer_error(exc, provider.name, request, budget, status)
-            quotes_header = isinstance(exc, httpx.LocalProtocolError | UnicodeError)
-            raise error from (None if quotes_header else exc)
-        return response
-
     async def _call(self, provider: Any, request: httpx.Request, parse: Callable[[httpx.Response], T]) -> T:
-        response = await self._send(provider, request)
+        response = await self._transport.send(provider, request)
         observed = provider.observe(response)
         if observed:
             ledger = await self._get_ledger()
@@ -319,37 +178,6 @@ class AsyncClient:
         return parse(response)
 
     # ------------------------------------------------------------------ search
-
-    async def _resolve(self, image: Any) -> Any:
-        """An http(s) URL (any case) becomes its downloaded bytes; anything else goes to the image module."""
-        if isinstance(image, str) and image[:8].lower().startswith(("http://", "https://")):
-            return await self._download(image)
-        return image
-
-    async def _download(self, url: str) -> bytes:
-        """Download a user's URL to public addresses only, within one attempt's time (see ``_fetch``).
-
-        Raises:
-            ImageFetchError: Refused, unreachable, an HTTP error, too many redirects, or too slow.
-            ImageTooLargeError: Over the input limit.
-        """
-        budget = remaining_seconds(self.settings.timeout)
-        shown = _redact.display_url(url)
-        if budget <= 0:
-            raise ImageFetchError(f"cannot download {shown}: the search's deadline passed")
-        try:
-            with anyio.fail_after(budget):
-                return await _fetch.download(
-                    self._downloads,
-                    url,
-                    allow_private=self.settings.allow_private_urls,
-                    pin=self._pin_downloads,
-                    limit=MAX_DOWNLOAD_BYTES,
-                )
-        except TimeoutError as exc:
-            if isinstance(exc, ProviderError):
-                raise
-            raise ImageFetchError(f"cannot download {shown}: no complete answer within {budget:g} s") from exc
 
     async def search(
         self,
@@ -427,19 +255,21 @@ class AsyncClient:
         if anilist_id is not None and anilist_id <= 0:
             raise ConfigurationError(f"anilist_id must be a positive AniList ID, got {anilist_id}")
         names = self._order(providers)
-        source = await self._resolve(image)
+        source = await self._downloader.resolve(image)
         wait = remaining_seconds(self.settings.timeout)
         prepared = await anyio.to_thread.run_sync(
             partial(_image.prepare, source, wait_seconds=max(wait, 0.0))
         )
         options = SearchOptions(anilist_id=anilist_id, cut_borders=cut_borders, anilist_info=anilist_info)
         use_cache = cache and self._get_cache() is not None
-        routes = [self._route(name, prepared, options, use_cache=use_cache) for name in names]
-
-        if use_cache:
-            cached = await self._from_cache(routes)
-            if cached is not None:
-                return cached
+        routes = plan_routes(
+            [(p, self._scope(p), self._slots(p), provider_windows(p)) for p in map(self._provider, names)],
+            prepared,
+            options,
+            use_cache=use_cache,
+        )
+        if use_cache and (cached := await self._from_cache(routes)) is not None:
+            return cached
         flight = cache_key("|".join(names), prepared.digest, [options, strategy, min_similarity])
         while flight in self._inflight:  # the same search is running: wait and reuse its answer
             await self._inflight[flight].wait()
@@ -447,28 +277,20 @@ class AsyncClient:
                 return cached
         done = self._inflight[flight] = anyio.Event()
         try:
-            return await self._route_search(routes, prepared, options, strategy, min_similarity)
+            store = self._get_cache()
+            router = Router(
+                await self._get_ledger(),
+                self._transport.send,
+                wait_seconds=max(remaining_seconds(max(self.settings.timeout, 1.0)), 0.0),
+                on_attempt=self._on_attempt,
+                on_wait=self._on_wait,
+                remember=_remember_best(store) if store is not None else None,
+            )
+            result = await router.search(routes, strategy=strategy, min_similarity=min_similarity)
+            return _best_hits(result)
         finally:
             del self._inflight[flight]
             done.set()
-
-    def _route(self, name: str, prepared: PreparedImage, options: SearchOptions, *, use_cache: bool) -> Route:
-        provider = self._provider(name)
-        key = None
-        if use_cache:
-            image_key = (
-                "cld:" + ",".join(map(str, prepared.descriptor))
-                if provider.capabilities.vector and prepared.descriptor
-                else "sha256:" + prepared.digest
-            )
-            key = cache_key(name, image_key, [options])
-        return Route(
-            provider=provider,
-            scope=self._scope(provider),
-            slots=self._slots(provider),
-            cache_key=key,
-            windows=provider_windows(provider),
-        )
 
     async def _from_cache(self, routes: Sequence[Route]) -> SearchResult | None:
         store = self._get_cache()
@@ -486,52 +308,6 @@ class AsyncClient:
                     self._on_attempt(attempt)
                 return result.model_copy(update={"cached": True, "attempts": [attempt]})
         return None
-
-    async def _route_search(
-        self,
-        routes: Sequence[Route],
-        prepared: PreparedImage,
-        options: SearchOptions,
-        strategy: Strategy,
-        min_similarity: float | None,
-    ) -> SearchResult:
-        cropped: list[PreparedImage] = []
-
-        async def query_for(provider: Provider) -> SearchQuery:
-            image = prepared
-            provider_options = options
-            if options.anilist_id is not None and not provider.capabilities.anilist_filter:
-                # The router filters every answer by AniList ID; this provider gets the plain search.
-                provider_options = replace(options, anilist_id=None)
-            if options.cut_borders and not provider.capabilities.cut_borders:
-                if not cropped:
-                    cropped.append(
-                        await anyio.to_thread.run_sync(
-                            partial(_image.prepare, prepared.data, cut_borders=True)
-                        )
-                    )
-                image = cropped[0]
-                provider_options = replace(provider_options, cut_borders=False)
-            fitted = await anyio.to_thread.run_sync(_image.fit, image, provider.limits)
-            return SearchQuery(options=provider_options, image=fitted)
-
-        store = self._get_cache()
-        router = Router(
-            await self._get_ledger(),
-            self._send,
-            wait_seconds=max(remaining_seconds(max(self.settings.timeout, 1.0)), 0.0),
-            on_attempt=self._on_attempt,
-            on_wait=self._on_wait,
-            remember=_remember_best(store) if store is not None else None,
-        )
-        result = await router.search(
-            routes,
-            query_for,
-            strategy=strategy,
-            min_similarity=min_similarity,
-            anilist_id=options.anilist_id,
-        )
-        return _best_hits(result)
 
     # ------------------------------------------------------------------ quota and providers
 
@@ -589,117 +365,13 @@ class AsyncClient:
             infos.append(
                 ProviderInfo(
                     name=name,
-                    base_url=_redact.redact(instance.base_url),  # a password in the URL stays secret
+                    base_url=redact(instance.base_url),  # a password in the URL stays secret
                     enabled=name in order,
                     authenticated=instance.credential.scope != "guest",
                     capabilities=instance.capabilities.names(),
                 )
             )
         return infos
-
-    # ------------------------------------------------------------------ account features
-
-    def account_provider(self) -> str:
-        """The name of the provider that serves the account features (rankings, credits, API keys).
-
-        Raises:
-            ConfigurationError: No installed provider has account features.
-        """
-        name: str = self._account_provider().name
-        return name
-
-    def _account_provider(self) -> Any:
-        for name in [*self._order(None), *available_providers()]:
-            try:
-                instance = self._provider(name)
-            except ConfigurationError:
-                continue
-            if isinstance(instance, AccountProvider):
-                return instance
-        raise ConfigurationError("no installed provider has account features (rankings, credits, API keys)")
-
-    async def rankings(
-        self, period: str = "all", limit: int = 50, include_adult: bool = False
-    ) -> list[RankingEntry]:
-        """The most-searched anime of ``period`` (``daily``, ``weekly``, ``monthly``, ``yearly``, ``all``).
-
-        Raises:
-            ConfigurationError: An unknown period or a limit below 1.
-            ProviderError: The upstream failed.
-        """
-        if limit < 1:
-            raise ConfigurationError("limit must be at least 1")
-        provider = self._account_provider()
-        request = provider.rankings_request(period, limit, include_adult)
-        entries: list[RankingEntry] = await self._call(provider, request, provider.parse_rankings)
-        return entries
-
-    async def recent_searches(self, limit: int = 20, offset: int = 0) -> list[RecentSearch]:
-        """One page of recently confirmed public searches (newest first).
-
-        Raises:
-            ConfigurationError: A negative offset or a limit below 1.
-            ProviderError: The upstream failed.
-        """
-        page = await self._recent_page(limit, offset)
-        return page.items
-
-    async def _recent_page(self, limit: int, offset: int) -> Page[RecentSearch]:
-        if limit < 1 or offset < 0:
-            raise ConfigurationError("limit must be at least 1 and offset at least 0")
-        provider = self._account_provider()
-        request = provider.recent_searches_request(limit, offset)
-        page: Page[RecentSearch] = await self._call(provider, request, provider.parse_recent_searches)
-        return page
-
-    async def iter_recent_searches(
-        self, page_size: int = 20, max_items: int | None = None
-    ) -> AsyncIterator[RecentSearch]:
-        """Every recent public search, page by page; stops on a short page or the reported total.
-
-        Raises:
-            ProviderError: The upstream failed mid-way.
-        """
-        offset = 0
-        while max_items is None or offset < max_items:
-            page = await self._recent_page(page_size, offset)
-            for item in page.items:
-                if max_items is not None and offset >= max_items:
-                    return
-                offset += 1
-                yield item
-            if _last_page(page, page_size, offset):
-                return
-
-    async def credits(self) -> Credits:
-        """The signed-in account's search credits (also recorded in the ledger).
-
-        Raises:
-            AuthenticationError: Not signed in.
-        """
-        provider = self._account_provider()
-        result: Credits = await self._call(provider, provider.credits_request(), provider.parse_credits)
-        return result
-
-    async def sign_in(self, email: str, password: str) -> None:
-        """Sign in (whatanimeisthis.com); the session cookie is kept in the state dir (mode 0600).
-
-        The password is used for this request only and never stored.
-
-        Raises:
-            AuthenticationError: Wrong email or password, or the site refused the Origin.
-        """
-        provider = self._account_provider()
-        await self._call(provider, provider.sign_in_request(email, password), provider.parse_sign_in)
-
-    async def sign_out(self) -> None:
-        """Sign out and delete the stored session.
-
-        Raises:
-            ProviderError: The upstream failed (the local session is deleted anyway).
-        """
-        provider = self._account_provider()
-        await self._call(provider, provider.sign_out_request(), provider.parse_sign_out)
 
 
 def _defaults(name: str, scope: str, windows: Sequence[WindowSpec], now: datetime) -> list[Quota]:
@@ -734,37 +406,3 @@ def _remember_best(store: ResultCache) -> Callable[[str, SearchResult], Awaitabl
         await store.put(key, _best_hits(result))
 
     return remember
-
-
-def _transfer_error(
-    exc: BaseException, name: str, request: httpx.Request, budget: float, status: int | None
-) -> ProviderError:
-    """The attempt's typed error for what went wrong while sending or reading (messages hold no secret)."""
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
-        return ProviderTimeoutError(
-            f"no complete answer within {budget:g} s", provider=name, status_code=status
-        )
-    if isinstance(exc, _fetch.BodyTooLargeError):
-        return UpstreamResponseError(
-            f"the answer is larger than {exc.limit} bytes (decoded); refused",
-            provider=name,
-            status_code=status,
-            endpoint=request.url.path,
-        )
-    if isinstance(exc, httpx.DecodingError):
-        return UpstreamResponseError(
-            "the answer's content encoding is broken", provider=name, status_code=status
-        )
-    if isinstance(exc, httpx.LocalProtocolError | UnicodeError):  # the message may quote a header: a key
-        return ProviderConnectionError(
-            "the request could not be sent (a header value is not valid HTTP)", provider=name
-        )
-    detail = _redact.printable(_redact.redact(str(exc)), 160)
-    host = _redact.display_url(request.url.host, 80)
-    return ProviderConnectionError(f"cannot reach {host}: {detail}", provider=name)
-
-
-def _last_page(page: Page[Any], page_size: int, seen: int) -> bool:
-    """A paginator stops on a short page, an explicit "no more", or once it has seen the reported total."""
-    short = len(page.items) < page_size
-    return short or page.has_more is False or (page.total is not None and seen >= page.total)

@@ -28,7 +28,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import anyio
@@ -44,10 +44,11 @@ from anisearch._exceptions import (
     ProviderError,
     UpstreamResponseError,
 )
-from anisearch._ledger import Refusal, Stale, Ticket, WindowSpec, holder_is_dead
+from anisearch._ledger import Refusal, Stale, Ticket, holder_is_dead
 from anisearch._ledger._windows import from_us
 from anisearch._limits import remaining_seconds
 from anisearch._models import Attempt, Hit, QuotaScope, SearchResult
+from anisearch._plan import Route
 from anisearch._verdict import (
     Settlement,
     checked,
@@ -81,32 +82,12 @@ WaitCallback = Callable[[str], None]
 """Called with one line whenever a search starts waiting (``"waiting for a tracemoe slot (held by pid
 1234)"``), for a spinner."""
 Sender = Callable[["Provider", "httpx.Request"], Awaitable["httpx.Response"]]
-QueryBuilder = Callable[["Provider"], Awaitable["SearchQuery"]]
 
 BUSY_RETRIES = 3
 """Times one search waits out the shared backoff after "queue full" / "concurrency" before moving on."""
 _GATES: weakref.WeakValueDictionary[tuple[int, str, str, int], anyio.Lock] = weakref.WeakValueDictionary()
 """One gate per (ledger, provider, scope, event loop), alive while a search holds or awaits it."""
 _GATES_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One provider as the router sees it.
-
-    Attributes:
-        provider: The provider instance.
-        scope: The ledger scope id of its credential (see ``scope_id``).
-        slots: Concurrency assumed until the upstream reports its own (trace.moe guest: 1).
-        cache_key: The result-cache key of this search for this provider, or None when not caching.
-    """
-
-    provider: Provider
-    scope: str
-    slots: int = 1
-    cache_key: str | None = None
-    windows: tuple[WindowSpec, ...] = field(default=())
-    """The provider's quota and rate windows (``provider_windows``)."""
 
 
 @dataclass(slots=True)
@@ -193,13 +174,14 @@ class Router:
     async def search(
         self,
         routes: Sequence[Route],
-        query_for: QueryBuilder,
         *,
         strategy: Strategy = "fallback",
         min_similarity: float | None = None,
-        anilist_id: int | None = None,
     ) -> SearchResult:
         """Ask the routes' providers and return the answer (see the module docstring for the rules).
+
+        Each route comes ready from the search's plan: the query it sends (built on first use, before a
+        slot is held) and which of its hits the search keeps.
 
         Raises:
             InvalidImageError: The input cannot be searched by any provider (raised at once).
@@ -207,12 +189,12 @@ class Router:
             AllProvidersFailedError: No provider answered; holds each provider's error in order.
         """
         if strategy == "fanout":
-            outcomes = await self._fanout(routes, query_for, anilist_id)
+            outcomes = await self._fanout(routes)
             return self._merge_fanout(outcomes)
         outcomes = []
         best: SearchResult | None = None
         for route in routes:
-            outcome = await self._attempt(route, query_for, anilist_id)
+            outcome = await self._attempt(route)
             weak = False
             if outcome.result is not None:
                 weak = min_similarity is not None and (
@@ -234,13 +216,11 @@ class Router:
             return best.model_copy(update={"attempts": attempts})
         raise self._all_failed(outcomes)
 
-    async def _fanout(
-        self, routes: Sequence[Route], query_for: QueryBuilder, anilist_id: int | None
-    ) -> list[_Outcome]:
+    async def _fanout(self, routes: Sequence[Route]) -> list[_Outcome]:
         outcomes: list[_Outcome | None] = [None] * len(routes)
 
         async def run(index: int, route: Route) -> None:
-            outcome = await self._attempt(route, query_for, anilist_id)
+            outcome = await self._attempt(route)
             outcomes[index] = outcome
             self._report(outcome.attempt)
 
@@ -380,12 +360,12 @@ class Router:
             return False
         return True
 
-    async def _attempt(self, route: Route, query_for: QueryBuilder, anilist_id: int | None) -> _Outcome:
+    async def _attempt(self, route: Route) -> _Outcome:
         name = route.provider.name
         started = time.monotonic()
         give_up_at = anyio.current_time() + self._wait_seconds
         busy_left = BUSY_RETRIES
-        query = await query_for(route.provider)  # the image work is done before a slot is held
+        query = await route.ready()  # the image work is done before a slot is held
         while True:
             admitted = await self._admit(route, give_up_at)
             if isinstance(admitted, ProviderError):
@@ -399,15 +379,13 @@ class Router:
                     ),
                     error=admitted,
                 )
-            outcome = await self._ask(route, admitted, query, anilist_id, started)
+            outcome = await self._ask(route, admitted, query, started)
             shared_backoff = isinstance(outcome.error, (ConcurrencyLimitError, ProviderBusyError))
             if not shared_backoff or busy_left == 0 or anyio.current_time() >= give_up_at:
                 return outcome
             busy_left -= 1
 
-    async def _ask(
-        self, route: Route, ticket: Ticket, query: SearchQuery, anilist_id: int | None, started: float
-    ) -> _Outcome:
+    async def _ask(self, route: Route, ticket: Ticket, query: SearchQuery, started: float) -> _Outcome:
         provider = route.provider
         status: int | None = None
         answer: ProviderAnswer | None = None
@@ -447,9 +425,7 @@ class Router:
                 ),
                 error=failure if failure.provider else _with_provider(failure, provider.name),
             )
-        hits = answer.hits
-        if anilist_id is not None:
-            hits = [hit for hit in hits if hit.anilist_id == anilist_id]
+        hits = route.accept(answer.hits)
         result = SearchResult(
             hits=sorted(hits, key=lambda h: h.similarity, reverse=True),
             provider=provider.name,

@@ -16,7 +16,8 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import anyio.from_thread
 import httpx
 
-from anisearch._client import AsyncClient, _last_page
+from anisearch._account import _last_page
+from anisearch._client import AsyncClient
 from anisearch._config import Settings
 from anisearch._models import (
     ApiKey,

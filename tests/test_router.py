@@ -26,11 +26,14 @@ from anisearch import (
     Quota,
     QuotaExhaustedError,
     RateLimitedError,
+    SearchOptions,
     SearchQuery,
     UploadLimits,
 )
+from anisearch._image import PreparedImage
 from anisearch._ledger import Ledger, Refusal, Ticket, WindowSpec, open_ledger
-from anisearch._router import Route, Router, merge_hits
+from anisearch._plan import PlannedQuery, Route
+from anisearch._router import Router, merge_hits
 
 pytestmark = pytest.mark.anyio
 
@@ -113,11 +116,9 @@ async def send(provider: Any, request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, request=request)
 
 
-async def query_for(provider: Any) -> SearchQuery:
-    return SearchQuery()
-
-
 WINDOWS = (WindowSpec("rolling-24h", span_seconds=86400),)
+FITS = PreparedImage(data=b"\xff\xd8", mime_type="image/jpeg", width=1, height=1, digest="0")
+"""A prepared image within every upload limit: sent as it is."""
 
 
 @pytest.fixture
@@ -141,7 +142,7 @@ def routes(*providers: Scripted) -> list[Route]:
 
 async def test_first_provider_answers_and_the_rest_are_not_asked(ledger: Ledger) -> None:
     first, second = Scripted("one", answer("one", 0.97)), Scripted("two", answer("two", 0.99))
-    result = await router(ledger).search(routes(first, second), query_for)
+    result = await router(ledger).search(routes(first, second))
     assert result.provider == "one"
     assert [a.outcome for a in result.attempts] == ["ok"]
     assert second.requests == 0
@@ -154,14 +155,14 @@ async def test_spent_quota_falls_through_and_is_remembered(ledger: Ledger) -> No
     await ledger.observe(
         "one", "guest", WINDOWS, [Quota(provider="one", limit=100, used=99, window="rolling-24h")]
     )
-    result = await router(ledger).search(routes(first, second), query_for)
+    result = await router(ledger).search(routes(first, second))
     assert result.provider == "two"
     assert [(a.provider, a.outcome, a.error) for a in result.attempts] == [
         ("one", "failed", "QuotaExhaustedError"),
         ("two", "ok", None),
     ]
     # The next search does not send to the spent provider at all, and says why.
-    again = await router(ledger).search(routes(first, second), query_for)
+    again = await router(ledger).search(routes(first, second))
     assert first.requests == 1
     skipped = again.attempts[0]
     assert (skipped.provider, skipped.outcome) == ("one", "skipped")
@@ -173,13 +174,13 @@ async def test_rate_limit_sets_a_cooldown_for_retry_after(ledger: Ledger) -> Non
     limited = RateLimitedError("Too many requests", provider="one", status_code=429, retry_after=120)
     first = Scripted("one", limited)
     second = Scripted("two", answer("two", 0.95), answer("two", 0.95))
-    await router(ledger).search(routes(first, second), query_for)
+    await router(ledger).search(routes(first, second))
     refusal = await ledger.reserve("one", "guest", WINDOWS)
     assert isinstance(refusal, Refusal)
     assert refusal.kind == "rate"
     until = datetime.fromtimestamp(refusal.until / 1e6, UTC)
     assert timedelta(seconds=100) < until - datetime.now(UTC) <= timedelta(seconds=121)
-    again = await router(ledger).search(routes(first, second), query_for)
+    again = await router(ledger).search(routes(first, second))
     assert again.attempts[0].outcome == "skipped"
     assert first.requests == 1
 
@@ -187,7 +188,7 @@ async def test_rate_limit_sets_a_cooldown_for_retry_after(ledger: Ledger) -> Non
 async def test_a_busy_provider_is_waited_out_briefly_and_asked_again(ledger: Ledger) -> None:
     busy = ConcurrencyLimitError("Concurrency limit exceeded", provider="one", status_code=402)
     first = Scripted("one", busy, busy, answer("one", 0.93))
-    result = await router(ledger, wait_seconds=5).search(routes(first), query_for)
+    result = await router(ledger, wait_seconds=5).search(routes(first))
     assert result.provider == "one"
     assert first.requests == 3
 
@@ -195,7 +196,7 @@ async def test_a_busy_provider_is_waited_out_briefly_and_asked_again(ledger: Led
 async def test_server_errors_fall_through_without_retry(ledger: Ledger) -> None:
     first = Scripted("one", ProviderServerError("Search failed", provider="one", status_code=500))
     second = Scripted("two", answer("two", 0.9))
-    result = await router(ledger).search(routes(first, second), query_for)
+    result = await router(ledger).search(routes(first, second))
     assert first.requests == 1
     assert result.attempts[0].reason == "Search failed"
     assert result.attempts[0].status_code == 500
@@ -205,7 +206,7 @@ async def test_every_provider_failing_raises_a_group_of_their_errors(ledger: Led
     first = Scripted("one", AuthenticationError("Invalid API key", provider="one", status_code=403))
     second = Scripted("two", ProviderServerError("down", provider="two", status_code=503))
     with pytest.raises(AllProvidersFailedError) as caught:
-        await router(ledger).search(routes(first, second), query_for)
+        await router(ledger).search(routes(first, second))
     group = caught.value
     assert [type(e) for e in group.exceptions] == [AuthenticationError, ProviderServerError]
     assert [getattr(e, "provider", None) for e in group.exceptions] == ["one", "two"]
@@ -217,18 +218,21 @@ async def test_every_provider_failing_raises_a_group_of_their_errors(ledger: Led
 async def test_bad_input_stops_at_once(ledger: Ledger) -> None:
     first, second = Scripted("one"), Scripted("two", answer("two", 0.9))
 
-    async def refuse(provider: Any) -> SearchQuery:
-        raise InvalidImageError("not an image")
-
+    # A prepared image the upload limits make anisearch decode again, and it does not decode.
+    broken = PreparedImage(data=b"not an image", mime_type="image/bmp", width=1, height=1, digest="0")
+    planned = [
+        Route(provider=p, scope="guest", windows=WINDOWS, query=PlannedQuery(p, broken, SearchOptions()))  # type: ignore[arg-type]
+        for p in (first, second)
+    ]
     with pytest.raises(InvalidImageError):
-        await router(ledger).search(routes(first, second), refuse)
+        await router(ledger).search(planned)
     assert second.requests == 0
 
 
 async def test_weak_answer_asks_for_a_second_opinion_and_keeps_the_strongest(ledger: Ledger) -> None:
     first = Scripted("one", answer("one", 0.70))
     second = Scripted("two", answer("two", 0.80))
-    result = await router(ledger).search(routes(first, second), query_for, min_similarity=0.9)
+    result = await router(ledger).search(routes(first, second), min_similarity=0.9)
     assert result.provider == "two"
     assert result.best is not None
     assert result.best.similarity == 0.80
@@ -241,12 +245,12 @@ async def test_body_quota_is_the_truth_and_local_successes_are_counted(ledger: L
     told = Quota(provider="one", limit=3, used=2, remaining=1, window="rolling-24h")
     first = Scripted("one", answer("one", 0.95, quota=told), answer("one", 0.95))
     second = Scripted("two", answer("two", 0.9))
-    await router(ledger).search(routes(first, second), query_for)
+    await router(ledger).search(routes(first, second))
     state = [q for q in await ledger.snapshot("one") if q.window == "rolling-24h"]
     assert state[0].used == 2
     assert state[0].remaining == 1
-    await router(ledger).search(routes(first, second), query_for)  # a success without a body count
-    third = await router(ledger).search(routes(first, second), query_for)
+    await router(ledger).search(routes(first, second))  # a success without a body count
+    third = await router(ledger).search(routes(first, second))
     assert third.provider == "two"
     assert third.attempts[0].outcome == "skipped"
 
@@ -255,7 +259,7 @@ async def test_fanout_asks_everyone_and_merges_the_same_scene(ledger: Ledger) ->
     first = Scripted("one", answer("one", 0.95))
     second = Scripted("two", answer("two", 0.97, 0.5))
     seen: list[Attempt] = []
-    result = await router(ledger, seen).search(routes(first, second), query_for, strategy="fanout")
+    result = await router(ledger, seen).search(routes(first, second), strategy="fanout")
     assert first.requests == second.requests == 1
     assert [h.similarity for h in result.hits] == [0.97, 0.5]  # 0.95 merged into the 0.97 twin
     assert sorted(a.provider for a in seen) == ["one", "two"]
@@ -284,7 +288,13 @@ def test_merge_keeps_distinct_scenes_and_fills_titles() -> None:
 
 async def test_anilist_filter_is_applied_to_every_answer(ledger: Ledger) -> None:
     first = Scripted("one", answer("one", 0.9, 0.8))
-    result = await router(ledger).search(routes(first), query_for, anilist_id=101)
+    route = Route(
+        provider=first,  # type: ignore[arg-type]
+        scope="guest",
+        windows=WINDOWS,
+        query=PlannedQuery(first, FITS, SearchOptions(anilist_id=101)),  # type: ignore[arg-type]
+    )
+    result = await router(ledger).search([route])
     assert [h.anilist_id for h in result.hits] == [101]
 
 
@@ -296,7 +306,7 @@ async def test_the_failure_group_lists_every_attempt(ledger: Ledger) -> None:
     )
     second = Scripted("two", ProviderServerError("down", provider="two", status_code=503))
     with pytest.raises(AllProvidersFailedError) as caught:
-        await router(ledger).search(routes(Scripted("one"), second), query_for)
+        await router(ledger).search(routes(Scripted("one"), second))
     assert [(a.provider, a.outcome) for a in caught.value.attempts] == [("one", "skipped"), ("two", "failed")]
     assert caught.value.attempts[0].reason.startswith("rate limited until ")
     assert caught.value.attempts[0].error == "RateLimitedError"
@@ -330,11 +340,9 @@ async def test_every_window_counts_a_search_whatever_window_the_answer_reported(
     steps = [answer("one", 0.95, quota=day) for _ in range(100)]
     first = Scripted("one", *steps)
     for _ in range(100):
-        assert (
-            await router(ledger).search(windowed(first), query_for, strategy="fallback")
-        ).provider == "one"
+        assert (await router(ledger).search(windowed(first), strategy="fallback")).provider == "one"
     with pytest.raises(AllProvidersFailedError) as caught:
-        await router(ledger).search(windowed(first), query_for)
+        await router(ledger).search(windowed(first))
     assert first.requests == 100  # the 101st was not sent
     assert isinstance(caught.value.exceptions[0], RateLimitedError)
     assert caught.value.attempts[0].outcome == "skipped"
@@ -346,7 +354,7 @@ async def test_retry_after_sets_the_cooldown_exactly(ledger: Ledger) -> None:
     )
     limited = RateLimitedError("Too many requests", provider="one", status_code=429, retry_after=42)
     first = Observing("one", limited, observed=[told])
-    await router(ledger).search(windowed(first, Scripted("two", answer("two", 0.9))), query_for)
+    await router(ledger).search(windowed(first, Scripted("two", answer("two", 0.9))))
     refusal = await ledger.reserve("one", "guest", DAY_AND_HOUR)
     assert isinstance(refusal, Refusal)
     left = datetime.fromtimestamp(refusal.until / 1e6, UTC) - datetime.now(UTC)
@@ -358,9 +366,9 @@ async def test_spent_credits_mark_only_the_credit_window_and_keep_their_class(le
     told = Quota(provider="one", window="day", remaining=0)
     first = Observing("one", spent, observed=[told])
     second = Scripted("two", answer("two", 0.9), answer("two", 0.9))
-    result = await router(ledger).search(windowed(first, second), query_for)
+    result = await router(ledger).search(windowed(first, second))
     assert result.attempts[0].error == "QuotaExhaustedError"
-    again = await router(ledger).search(windowed(first, second), query_for)
+    again = await router(ledger).search(windowed(first, second))
     assert (again.attempts[0].outcome, again.attempts[0].error) == ("skipped", "QuotaExhaustedError")
     assert first.requests == 1
     hour = next(q for q in await ledger.snapshot("one", lambda _: DAY_AND_HOUR) if q.window == "hour")
@@ -380,13 +388,13 @@ async def test_a_request_that_was_sent_is_counted_and_never_resent(ledger: Ledge
     windows = (WindowSpec("rolling-24h", span_seconds=86400, limit=5),)
     sent = Router(ledger, dropping(httpx.ReadError("reset")), wait_seconds=1)
     with pytest.raises(AllProvidersFailedError):
-        await sent.search(windowed(Scripted("one"), windows=windows), query_for)
+        await sent.search(windowed(Scripted("one"), windows=windows))
     assert calls == ["one"]  # after the request left: no retry
     assert (await ledger.snapshot("one", lambda _: windows))[0].used == 1  # possibly charged: counted
     calls.clear()
     unsent = Router(ledger, dropping(httpx.ConnectError("refused")), wait_seconds=1)
     with pytest.raises(AllProvidersFailedError):
-        await unsent.search(windowed(Scripted("two"), windows=windows), query_for)
+        await unsent.search(windowed(Scripted("two"), windows=windows))
     assert calls == ["two", "two", "two"]  # never left: retried, and counted nowhere
     assert (await ledger.snapshot("two", lambda _: windows))[0].used == 0
 
@@ -400,7 +408,7 @@ async def test_absurd_numbers_and_parser_crashes_fall_through(ledger: Ledger) ->
 
     second = Scripted("two", deep)
     third = Scripted("three", answer("three", 0.9))
-    result = await router(ledger).search(routes(first, second, third), query_for)
+    result = await router(ledger).search(routes(first, second, third))
     assert result.provider == "three"
     assert [(a.provider, a.error) for a in result.attempts[:2]] == [
         ("one", "UpstreamResponseError"),
@@ -412,7 +420,7 @@ async def test_except_star_keeps_the_attempts(ledger: Ledger) -> None:
     first = Scripted("one", QuotaExhaustedError("Search quota depleted", provider="one", status_code=402))
     caught: list[BaseExceptionGroup[QuotaExhaustedError]] = []
     try:
-        await router(ledger).search(routes(first), query_for)
+        await router(ledger).search(routes(first))
     except* QuotaExhaustedError as spent:
         caught.append(spent)
     assert isinstance(caught[0], AllProvidersFailedError)
@@ -423,7 +431,7 @@ async def test_an_answer_served_as_a_guest_says_so_in_its_attempt(ledger: Ledger
     as_guest = Quota(provider="one", scope="guest", window="day", remaining=4)
     first = Scripted("one", answer("one", 0.95, quota=as_guest), answer("one", 0.95))
     session = [Route(provider=first, scope="session:0123456789abcdef", windows=DAY_AND_HOUR)]  # type: ignore[arg-type]
-    dead = await router(ledger).search(session, query_for)
+    dead = await router(ledger).search(session)
     assert dead.attempts[0].scope == "guest"  # the session had died: the site answered a guest
-    alive = await router(ledger).search(session, query_for)
+    alive = await router(ledger).search(session)
     assert alive.attempts[0].scope == "session"

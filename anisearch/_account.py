@@ -1,0 +1,183 @@
+"""Account features (whatanimeisthis.com): rankings, recent searches, credits, API keys, sign-in.
+
+They are served by whichever configured provider implements :class:`~anisearch._provider.AccountProvider`;
+:class:`AccountFeatures` is the part of ``AsyncClient`` that finds it and asks it.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from anisearch._exceptions import ConfigurationError
+from anisearch._provider import AccountProvider, Page, Provider, available_providers
+
+if TYPE_CHECKING:
+    import httpx
+
+    from anisearch._models import ApiKey, CreatedApiKey, Credits, RankingEntry, RecentSearch
+
+__all__ = ["AccountFeatures", "AsyncApiKeys"]
+
+T = TypeVar("T")
+
+
+class AccountFeatures:
+    """The account half of ``AsyncClient`` (it supplies the three abstract members)."""
+
+    @abstractmethod
+    def _provider(self, name: str) -> Provider: ...
+
+    @abstractmethod
+    def _order(self, providers: Sequence[str] | None) -> list[str]: ...
+
+    @abstractmethod
+    async def _call(self, provider: Any, request: httpx.Request, parse: Callable[[httpx.Response], T]) -> T:
+        """Send, record the quota facts the answer carries, and parse."""
+
+    def account_provider(self) -> str:
+        """The name of the provider that serves the account features (rankings, credits, API keys).
+
+        Raises:
+            ConfigurationError: No installed provider has account features.
+        """
+        name: str = self._account_provider().name
+        return name
+
+    def _account_provider(self) -> Any:
+        for name in [*self._order(None), *available_providers()]:
+            try:
+                instance = self._provider(name)
+            except ConfigurationError:
+                continue
+            if isinstance(instance, AccountProvider):
+                return instance
+        raise ConfigurationError("no installed provider has account features (rankings, credits, API keys)")
+
+    async def rankings(
+        self, period: str = "all", limit: int = 50, include_adult: bool = False
+    ) -> list[RankingEntry]:
+        """The most-searched anime of ``period`` (``daily``, ``weekly``, ``monthly``, ``yearly``, ``all``).
+
+        Raises:
+            ConfigurationError: An unknown period or a limit below 1.
+            ProviderError: The upstream failed.
+        """
+        if limit < 1:
+            raise ConfigurationError("limit must be at least 1")
+        provider = self._account_provider()
+        request = provider.rankings_request(period, limit, include_adult)
+        entries: list[RankingEntry] = await self._call(provider, request, provider.parse_rankings)
+        return entries
+
+    async def recent_searches(self, limit: int = 20, offset: int = 0) -> list[RecentSearch]:
+        """One page of recently confirmed public searches (newest first).
+
+        Raises:
+            ConfigurationError: A negative offset or a limit below 1.
+            ProviderError: The upstream failed.
+        """
+        page = await self._recent_page(limit, offset)
+        return page.items
+
+    async def _recent_page(self, limit: int, offset: int) -> Page[RecentSearch]:
+        if limit < 1 or offset < 0:
+            raise ConfigurationError("limit must be at least 1 and offset at least 0")
+        provider = self._account_provider()
+        request = provider.recent_searches_request(limit, offset)
+        page: Page[RecentSearch] = await self._call(provider, request, provider.parse_recent_searches)
+        return page
+
+    async def iter_recent_searches(
+        self, page_size: int = 20, max_items: int | None = None
+    ) -> AsyncIterator[RecentSearch]:
+        """Every recent public search, page by page; stops on a short page or the reported total.
+
+        Raises:
+            ProviderError: The upstream failed mid-way.
+        """
+        offset = 0
+        while max_items is None or offset < max_items:
+            page = await self._recent_page(page_size, offset)
+            for item in page.items:
+                if max_items is not None and offset >= max_items:
+                    return
+                offset += 1
+                yield item
+            if _last_page(page, page_size, offset):
+                return
+
+    async def credits(self) -> Credits:
+        """The signed-in account's search credits (also recorded in the ledger).
+
+        Raises:
+            AuthenticationError: Not signed in.
+        """
+        provider = self._account_provider()
+        result: Credits = await self._call(provider, provider.credits_request(), provider.parse_credits)
+        return result
+
+    async def sign_in(self, email: str, password: str) -> None:
+        """Sign in (whatanimeisthis.com); the session cookie is kept in the state dir (mode 0600).
+
+        The password is used for this request only and never stored.
+
+        Raises:
+            AuthenticationError: Wrong email or password, or the site refused the Origin.
+        """
+        provider = self._account_provider()
+        await self._call(provider, provider.sign_in_request(email, password), provider.parse_sign_in)
+
+    async def sign_out(self) -> None:
+        """Sign out and delete the stored session.
+
+        Raises:
+            ProviderError: The upstream failed (the local session is deleted anyway).
+        """
+        provider = self._account_provider()
+        await self._call(provider, provider.sign_out_request(), provider.parse_sign_out)
+
+
+class AsyncApiKeys:
+    """API keys of the signed-in account (whatanimeisthis.com ``/api/apikeys``)."""
+
+    def __init__(self, find: Callable[[], Any], call: Callable[..., Awaitable[Any]]) -> None:
+        self._find = find
+        self._call = call
+
+    async def list(self, page: int = 1, page_size: int = 20) -> list[ApiKey]:
+        """One page of the account's keys (masked), 1-based ``page``.
+
+        Raises:
+            AuthenticationError: Not signed in (``anisearch login``).
+            ConfigurationError: No configured provider has API keys.
+        """
+        if page < 1 or page_size < 1:
+            raise ConfigurationError("page and page_size must be at least 1")
+        provider = self._find()
+        result: Page[ApiKey] = await self._call(
+            provider, provider.api_keys_request(page, page_size), provider.parse_api_keys
+        )
+        return result.items
+
+    async def create(self, title: str) -> CreatedApiKey:
+        """Create a key; the plaintext is in ``.key`` (a SecretStr) this one time only.
+
+        Raises:
+            AuthenticationError: Not signed in.
+            ConfigurationError: An empty title, or no provider with API keys.
+        """
+        if not title.strip():
+            raise ConfigurationError("an API key needs a non-empty title")
+        provider = self._find()
+        created: CreatedApiKey = await self._call(
+            provider, provider.create_api_key_request(title), provider.parse_created_api_key
+        )
+        return created
+
+
+def _last_page(page: Page[Any], page_size: int, seen: int) -> bool:
+    """A paginator stops on a short page, an explicit "no more", or once it has seen the reported total."""
+    short = len(page.items) < page_size
+    return short or page.has_more is False or (page.total is not None and seen >= page.total)

@@ -1,0 +1,82 @@
+"""User URLs: downloaded once by anisearch, to public addresses only, then searched like any upload."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import httpx
+
+from anisearch import _fetch, _redact
+from anisearch._exceptions import ImageFetchError, ProviderError
+from anisearch._limits import MAX_DOWNLOAD_BYTES, remaining_seconds
+from anisearch._transport import ACCEPT_ENCODING, user_agent
+
+__all__ = ["Downloader", "is_url"]
+
+
+def is_url(image: object) -> bool:
+    """Whether a search input is an ``http(s)://`` URL (scheme in any case)."""
+    return isinstance(image, str) and image[:8].lower().startswith(("http://", "https://"))
+
+
+class Downloader:
+    """Downloads users' URLs with a client of its own: no cookie jar, no provider credential, no proxy env.
+
+    Args:
+        timeout: One download's time as a whole, seconds (bounded further by a search's deadline).
+        allow_private: Allow private, loopback and link-local addresses (``ANISEARCH_ALLOW_PRIVATE_URLS``).
+        transport: An httpx async transport to send through instead of the network; with one, addresses
+            are checked but connections are not pinned to them (the transport decides where bytes go).
+    """
+
+    def __init__(
+        self, timeout: float, *, allow_private: bool, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self._timeout = timeout
+        self._allow_private = allow_private
+        self._pin = transport is None
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(timeout),
+            headers={"User-Agent": user_agent(), "Accept-Encoding": ACCEPT_ENCODING},
+            follow_redirects=False,
+            cookies=_fetch.no_cookies(),
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        """Close the download client (idempotent)."""
+        await self._http.aclose()
+
+    async def resolve(self, image: Any) -> Any:
+        """An http(s) URL becomes its downloaded bytes; anything else is returned as it came."""
+        return await self.download(image) if is_url(image) else image
+
+    async def download(self, url: str) -> bytes:
+        """Download a user's URL to public addresses only, within one attempt's time (see ``_fetch``).
+
+        Returns:
+            The body, at most :data:`~anisearch._limits.MAX_DOWNLOAD_BYTES` bytes.
+
+        Raises:
+            ImageFetchError: Refused, unreachable, an HTTP error, too many redirects, or too slow.
+            ImageTooLargeError: Over the input limit.
+        """
+        budget = remaining_seconds(self._timeout)
+        shown = _redact.display_url(url)
+        if budget <= 0:
+            raise ImageFetchError(f"cannot download {shown}: the search's deadline passed")
+        try:
+            with anyio.fail_after(budget):
+                return await _fetch.download(
+                    self._http,
+                    url,
+                    allow_private=self._allow_private,
+                    pin=self._pin,
+                    limit=MAX_DOWNLOAD_BYTES,
+                )
+        except TimeoutError as exc:
+            if isinstance(exc, ProviderError):
+                raise
+            raise ImageFetchError(f"cannot download {shown}: no complete answer within {budget:g} s") from exc

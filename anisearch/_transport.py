@@ -1,0 +1,138 @@
+"""The engine's HTTP layer for provider requests: one pool, one attempt's time and size, typed failures.
+
+The router and the account features send through :class:`ProviderTransport`; neither knows about sockets,
+and nothing here knows about quota or routing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+import httpx
+
+from anisearch import _fetch, _redact
+from anisearch._exceptions import (
+    AnisearchError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeoutError,
+    UpstreamResponseError,
+)
+from anisearch._limits import MAX_RESPONSE_BYTES, remaining_seconds
+from anisearch._version import DISTRIBUTION, __version__
+
+if TYPE_CHECKING:
+    from anisearch._provider import Provider
+
+__all__ = ["ACCEPT_ENCODING", "ProviderTransport", "user_agent"]
+
+ACCEPT_ENCODING = "gzip, deflate"
+"""Only decoders whose output httpx hands over chunk by chunk (a brotli or zstd bomb is refused unasked)."""
+
+_redact.install()
+
+
+def user_agent() -> str:
+    """The ``User-Agent`` every anisearch request carries (``anisearch/<version> (+<project page>)``)."""
+    return f"anisearch/{__version__} (+https://pypi.org/project/{DISTRIBUTION}/)"
+
+
+class ProviderTransport:
+    """Sends provider requests through one connection pool, with no cookie jar of its own.
+
+    Args:
+        timeout: One attempt's time as a whole (connect, send, any sign-in, read the whole body), seconds.
+        transport: An httpx async transport to send through instead of the network (respx, an ASGI app).
+    """
+
+    def __init__(self, timeout: float, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._timeout = timeout
+        # Providers that keep a session keep their own jar (an auth flow); the engine stores no cookie.
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(timeout),
+            headers={"User-Agent": user_agent(), "Accept-Encoding": ACCEPT_ENCODING},
+            follow_redirects=False,
+            cookies=_fetch.no_cookies(),
+        )
+
+    async def aclose(self) -> None:
+        """Close the pool (idempotent)."""
+        await self._http.aclose()
+
+    async def send(self, provider: Provider, request: httpx.Request) -> httpx.Response:
+        """Send one provider request and read its whole answer within one attempt's time and size.
+
+        ``ANISEARCH_TIMEOUT`` (or what is left of the search's ``deadline``, if less) bounds the attempt as
+        a whole: connecting, sending, any sign-in the provider's auth flow makes, and reading the entire
+        body. The body is read up to the provider's ``max_response_bytes`` (default
+        :data:`~anisearch._limits.MAX_RESPONSE_BYTES`), counted after decompression.
+
+        Raises:
+            ProviderTimeoutError: The attempt did not complete in time (or the deadline had passed).
+            ProviderConnectionError: The request could not be sent or the connection failed.
+            UpstreamResponseError: The answer is over the size limit or its encoding is broken.
+        """
+        budget = remaining_seconds(self._timeout)
+        if budget <= 0:
+            raise ProviderTimeoutError(
+                "the search's deadline passed before this attempt", provider=provider.name
+            )
+        request.extensions.setdefault("timeout", httpx.Timeout(self._timeout).as_dict())
+        if "user-agent" not in request.headers:
+            request.headers["User-Agent"] = user_agent()
+        limit = getattr(provider, "max_response_bytes", None) or MAX_RESPONSE_BYTES
+        auth = provider.auth()
+        status: int | None = None
+        try:
+            with anyio.fail_after(budget):
+                if auth is None:
+                    response = await self._http.send(request, stream=True)
+                else:
+                    bounded = _fetch.BoundedAuth(auth, limit)
+                    response = await self._http.send(request, auth=bounded, stream=True)
+                status = response.status_code
+                await _fetch.read_capped(response, limit)
+        except AnisearchError:
+            raise
+        except (
+            TimeoutError,
+            _fetch.BodyTooLargeError,
+            httpx.HTTPError,
+            OSError,
+            ValueError,
+            OverflowError,
+        ) as exc:
+            error = _transfer_error(exc, provider.name, request, budget, status)
+            quotes_header = isinstance(exc, httpx.LocalProtocolError | UnicodeError)
+            raise error from (None if quotes_header else exc)
+        return response
+
+
+def _transfer_error(
+    exc: BaseException, name: str, request: httpx.Request, budget: float, status: int | None
+) -> ProviderError:
+    """The attempt's typed error for what went wrong while sending or reading (messages hold no secret)."""
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return ProviderTimeoutError(
+            f"no complete answer within {budget:g} s", provider=name, status_code=status
+        )
+    if isinstance(exc, _fetch.BodyTooLargeError):
+        return UpstreamResponseError(
+            f"the answer is larger than {exc.limit} bytes (decoded); refused",
+            provider=name,
+            status_code=status,
+            endpoint=request.url.path,
+        )
+    if isinstance(exc, httpx.DecodingError):
+        return UpstreamResponseError(
+            "the answer's content encoding is broken", provider=name, status_code=status
+        )
+    if isinstance(exc, httpx.LocalProtocolError | UnicodeError):  # the message may quote a header: a key
+        return ProviderConnectionError(
+            "the request could not be sent (a header value is not valid HTTP)", provider=name
+        )
+    detail = _redact.printable(_redact.redact(str(exc)), 160)
+    host = _redact.display_url(request.url.host, 80)
+    return ProviderConnectionError(f"cannot reach {host}: {detail}", provider=name)
