@@ -25,13 +25,22 @@ import uvicorn
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ANISEARCH_SHARED_DIR", REPO.parent / "shared"))
 SAMPLES = SHARED / "upstream-samples"
+REQUIRE_SAMPLES = os.environ.get("ANISEARCH_REQUIRE_SAMPLES") == "1"
+"""Set by ``.ci/run``: there, missing recordings fail the run instead of skipping their tests."""
 
 
 @pytest.fixture(scope="session")
 def samples() -> Path:
-    """``../shared/upstream-samples``: real upstream responses and screenshots, read in place."""
-    if not SAMPLES.is_dir():  # pragma: no cover - a broken checkout, not a test outcome
-        pytest.fail(f"the shared samples are missing at {SAMPLES}; set ANISEARCH_SHARED_DIR")
+    """``../shared/upstream-samples``: real upstream responses and screenshots, read in place.
+
+    A plain clone has no ``../shared`` beside it: the tests that read the recordings are skipped there,
+    each saying so. CI sets ``ANISEARCH_REQUIRE_SAMPLES=1``, and there their absence fails the run.
+    """
+    if not SAMPLES.is_dir():  # pragma: no cover - depends on the checkout, not on the code
+        message = f"the shared recordings are not at {SAMPLES} (set ANISEARCH_SHARED_DIR)"
+        if REQUIRE_SAMPLES:
+            pytest.fail(message)
+        pytest.skip(message)
     return SAMPLES
 
 
