@@ -42,8 +42,8 @@ from anisearch._ledger import Ledger, Ticket, open_ledger
 from anisearch._ledger import _sqlite as sqlite_backend
 from anisearch._ledger._redis import RedisLedger
 from anisearch._models import Quota
+from anisearch_emulators.tracemoe import create_app
 from anisearch_providers.tracemoe import TraceMoe
-from anisearch_providers.tracemoe.emulator import create_app
 from bench_router import Emulator, RedisServer
 
 LATENCY = 0.05

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_router.py [--searches N] [--redis-url URL]
 
-A trace.moe emulator (``anisearch_providers.tracemoe.emulator``, quota and rate limit out of reach) is
+A trace.moe emulator (``anisearch_emulators.tracemoe``, quota and rate limit out of reach) is
 served by uvicorn on a free 127.0.0.1 port in a background thread. Every search uploads the same small
 prepared JPEG, one search at a time. Rows, each timed ``N`` times (interleaved in blocks so that drift
 hits every row alike, after warm-up searches):
@@ -55,8 +55,8 @@ from anisearch._ledger import Ticket, open_ledger
 from anisearch._provider import ProviderContext, SearchQuery
 from anisearch._router import Route, Router
 from anisearch._verdict import provider_windows
+from anisearch_emulators.tracemoe import create_app
 from anisearch_providers.tracemoe import TraceMoe
-from anisearch_providers.tracemoe.emulator import create_app
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

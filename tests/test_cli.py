@@ -22,8 +22,8 @@ from tests.cli_runner import run_in_process as cli
 
 import anisearch
 from anisearch._cli import _common, _emulate, _render, _search
-from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
-from anisearch_providers.whatanimeisthis.emulator import create_app as whatanimeisthis_app
+from anisearch_emulators.tracemoe import create_app as tracemoe_app
+from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
 
 pytestmark = pytest.mark.e2e
 
@@ -152,7 +152,7 @@ def test_retry_chatter_only_with_verbose(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from anisearch_providers.tracemoe._emulator_state import InjectedFailure
+    from anisearch_emulators.tracemoe import InjectedFailure
 
     busy = InjectedFailure(503, {"error": "Error: Search queue is full"})
     for verbose in (False, True):

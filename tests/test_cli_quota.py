@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from tests.cli_runner import run_in_process
 
-from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+from anisearch_emulators.tracemoe import create_app as tracemoe_app
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from tests.cli_runner import run_in_process
 
-from anisearch_providers.tracemoe.emulator import create_app
+from anisearch_emulators.tracemoe import create_app
 
 pytestmark = pytest.mark.e2e
 

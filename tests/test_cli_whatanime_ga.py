@@ -15,8 +15,8 @@ from PIL import Image
 from tests.cli_runner import run_in_process
 
 from anisearch import Client, Settings
-from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
-from anisearch_providers.tracemoe.legacy_emulator import create_app as legacy_app
+from anisearch_emulators.tracemoe import create_app as tracemoe_app
+from anisearch_emulators.whatanime_ga import create_app as legacy_app
 
 pytestmark = pytest.mark.e2e
 
@@ -95,7 +95,7 @@ def test_the_eleventh_search_in_a_minute_is_not_sent(
 def test_a_rate_limited_legacy_server_falls_back_to_tracemoe(
     cli: Cli, live_server: Callable[[Any], Any], samples: Path
 ) -> None:
-    from anisearch_providers.tracemoe._legacy_emulator_state import Allowance
+    from anisearch_emulators.whatanime_ga import Allowance
 
     legacy = live_server(legacy_app(guest=Allowance(limit=0)))
     trace = live_server(tracemoe_app())

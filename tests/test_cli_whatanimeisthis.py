@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from tests.cli_runner import run_in_process
 
-from anisearch_providers.whatanimeisthis.emulator import create_app
+from anisearch_emulators.whatanimeisthis import create_app
 
 pytestmark = pytest.mark.e2e
 

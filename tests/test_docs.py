@@ -21,8 +21,8 @@ from tests.conftest import REPO
 from tests.snippets import Block, blocks, run_console, run_python
 
 import anisearch
-from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
-from anisearch_providers.whatanimeisthis.emulator import create_app as whatanimeisthis_app
+from anisearch_emulators.tracemoe import create_app as tracemoe_app
+from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import REPO, free_port
 from tests.snippets import Block, blocks, run_console, run_python
 
-from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
-from anisearch_providers.whatanimeisthis.emulator import create_app as whatanimeisthis_app
+from anisearch_emulators.tracemoe import create_app as tracemoe_app
+from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
 
 pytestmark = pytest.mark.e2e
 

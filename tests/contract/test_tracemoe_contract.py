@@ -30,9 +30,9 @@ from anisearch import (
 )
 from anisearch._image import prepare
 from anisearch._provider import SearchOptions, SearchQuery
+from anisearch_emulators.tracemoe import create_app
+from anisearch_emulators.tracemoe._index import SCENES, IndexedScene
 from anisearch_providers.tracemoe import TraceMoe
-from anisearch_providers.tracemoe._index import SCENES, IndexedScene
-from anisearch_providers.tracemoe.emulator import create_app
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -26,14 +26,14 @@ from anisearch import (
 )
 from anisearch._image import prepare
 from anisearch._provider import SearchQuery
+from anisearch_emulators.whatanimeisthis import create_app
 from anisearch_providers.whatanimeisthis import WhatAnimeIsThis
-from anisearch_providers.whatanimeisthis.emulator import create_app
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from anisearch_providers.whatanimeisthis.emulator import EmulatorState
+    from anisearch_emulators.whatanimeisthis import EmulatorState
 
 pytestmark = pytest.mark.anyio
 

@@ -26,8 +26,8 @@ import pytest
 from PIL import Image
 
 from anisearch import AllProvidersFailedError, AsyncClient, Client, QuotaExhaustedError, Settings
-from anisearch_providers.tracemoe.emulator import InjectedFailure
-from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+from anisearch_emulators.tracemoe import InjectedFailure
+from anisearch_emulators.tracemoe import create_app as tracemoe_app
 
 pytestmark = [pytest.mark.e2e]
 

@@ -28,8 +28,8 @@ from anisearch._provider import (
     load_emulator,
     load_provider,
 )
+from anisearch_emulators.whatanimeisthis import create_app
 from anisearch_providers.whatanimeisthis import WhatAnimeIsThis
-from anisearch_providers.whatanimeisthis.emulator import create_app
 
 SITE = "https://whatanimeisthis.com"
 JPEG = PreparedImage(data=b"\xff\xd8\xff\xe0fake", mime_type="image/jpeg", width=1, height=1, digest="0" * 64)

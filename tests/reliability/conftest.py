@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
-from anisearch_providers.whatanimeisthis.emulator import create_app as whatanimeisthis_app
+from anisearch_emulators.tracemoe import create_app as tracemoe_app
+from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
 
 _LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
 

@@ -19,9 +19,9 @@ from anisearch import (
     ImageFetchError,
     Settings,
 )
-from anisearch_providers.tracemoe._emulator_state import EmulatedUser
-from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
-from anisearch_providers.whatanimeisthis.emulator import create_app as whatanimeisthis_app
+from anisearch_emulators.tracemoe import EmulatedUser
+from anisearch_emulators.tracemoe import create_app as tracemoe_app
+from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 

@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from anisearch import AllProvidersFailedError, AsyncClient, ProviderTimeoutError, Settings
-from anisearch_providers.whatanimeisthis.emulator import create_app as whatanimeisthis_app
+from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 

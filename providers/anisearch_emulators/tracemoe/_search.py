@@ -1,6 +1,6 @@
 """The trace.moe emulator's ``/search``: body parsing, the checks in upstream order, input, scoring.
 
-Private to :mod:`anisearch_providers.tracemoe.emulator`, which documents the behaviour.
+Private to :mod:`anisearch_emulators.tracemoe`, which documents the behaviour.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from starlette.responses import Response
 
 from anisearch._descriptor import DESCRIPTOR_LENGTH, color_layout, prepare_search_image
 
-from ._emulator_state import HTML_TYPE, LoggedSearch, Server, _Caller, _error, _express_page, _json
 from ._index import ANILIST
+from ._state import HTML_TYPE, LoggedSearch, Server, _Caller, _error, _express_page, _json
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -29,8 +29,8 @@ from anisearch._exceptions import (
 )
 from anisearch._image import PreparedImage
 from anisearch._provider import ProviderAnswer, SearchQuery
+from anisearch_emulators.whatanimeisthis import EmulatorState, create_app
 from anisearch_providers.whatanimeisthis import WhatAnimeIsThis
-from anisearch_providers.whatanimeisthis.emulator import EmulatorState, create_app
 
 pytestmark = pytest.mark.anyio
 T = TypeVar("T")

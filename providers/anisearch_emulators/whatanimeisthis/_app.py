@@ -2,12 +2,12 @@
 
 ``create_app(**knobs)`` returns a Starlette app (serve it with ``anisearch emulate whatanimeisthis`` or
 any ASGI server). It follows ``research/whatanimeisthis-contract.md``: better-auth's sign-in, session
-and sign-out exactly (``_emulator_auth``), and for the site's own routes, whose response shapes are not
+and sign-out exactly (``_auth``), and for the site's own routes, whose response shapes are not
 public, the plausible shapes of §4 in the envelope the ``envelope`` knob picks (bare, ``{data}``, or
 ``{code, message, data}`` with errors as HTTP 200 ``code: -1``). Quotas are the documented ones: guests
 5 searches a day per address, accounts 10 free credits a day then purchased credits, 100 searches an
-hour. Searches are scored against a small built-in index (``_emulator_index``) with trace.moe's colour
-layout descriptor. Knobs are the fields of :class:`~._emulator_state.Knobs`; the state and its counters
+hour. Searches are scored against a small built-in index (``_index``) with trace.moe's colour
+layout descriptor. Knobs are the fields of :class:`~._state.Knobs`; the state and its counters
 are ``app.state.emulator``.
 
 API keys are modelled on better-auth's API-key plugin behind the site's documented routes: 64 random
@@ -30,17 +30,20 @@ from starlette.formparsers import MultiPartException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from . import _emulator_auth as auth
-from ._emulator_index import INDEX, describe, match
-from ._emulator_state import EmulatorState, Envelope, Knobs, SearchRecord, Style, iso
+from . import _auth as auth
+from ._index import INDEX, describe, match
+from ._state import EmulatorState, Envelope, Knobs, SearchRecord, Style, iso
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from ._emulator_index import IndexEntry
-    from ._emulator_state import User
+    from ._index import IndexEntry
+    from ._state import User
 
-__all__ = ["EmulatorState", "Knobs", "create_app"]
+__all__ = ["DEFAULT_PORT", "EmulatorState", "Knobs", "create_app"]
+
+DEFAULT_PORT = 8002
+"""The port ``anisearch emulate`` serves this emulator on by default (fixed; docs/cli.md lists it)."""
 
 PERIODS = {"daily": 86400, "weekly": 7 * 86400, "monthly": 30 * 86400, "yearly": 365 * 86400, "all": None}
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")

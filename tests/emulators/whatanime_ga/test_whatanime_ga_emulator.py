@@ -25,10 +25,10 @@ from anisearch._exceptions import (
 )
 from anisearch._image import PreparedImage, fit, prepare
 from anisearch._provider import SearchOptions, SearchQuery, load_emulator
-from anisearch_providers.tracemoe._index import SCENES
-from anisearch_providers.tracemoe._legacy_index import default_frames, legacy_frame
+from anisearch_emulators.tracemoe._index import SCENES
+from anisearch_emulators.whatanime_ga import BODY_LIMIT_2019, Allowance, create_app
+from anisearch_emulators.whatanime_ga._index import default_frames, legacy_frame
 from anisearch_providers.tracemoe.legacy import WhatanimeGa
-from anisearch_providers.tracemoe.legacy_emulator import BODY_LIMIT_2019, Allowance, create_app
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

@@ -24,7 +24,7 @@ frame through PyAV for ffmpeg; a truncated JPEG decodes to what arrived): only b
 ``Failed to process image``. Without PyAV (the ``video`` extra) videos get that 400 too.
 
 Run it with ``anisearch emulate tracemoe`` or any ASGI server (``uvicorn --factory
-anisearch_providers.tracemoe.emulator:create_app``). Tests read ``app.state.emulator``
+anisearch_emulators.tracemoe:create_app``). Tests read ``app.state.emulator``
 (:class:`EmulatorState`): counters, the search log, :meth:`EmulatorState.fail_next`, and
 ``outage`` (a database that is down: PostgreSQL or the vector store, each answered as the server does).
 """
@@ -44,8 +44,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ._emulator_search import SearchRoutes
-from ._emulator_state import (
+from ._index import SCENES, IndexedScene
+from ._search import SearchRoutes
+from ._state import (
     DAY,
     HTML_TYPE,
     TEXT_TYPE,
@@ -62,14 +63,25 @@ from ._emulator_state import (
     _not_found,
     weak_etag,
 )
-from ._index import SCENES, IndexedScene
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["TIERS", "EmulatedUser", "EmulatorState", "Era", "InjectedFailure", "LoggedSearch", "create_app"]
+__all__ = [
+    "DEFAULT_PORT",
+    "TIERS",
+    "EmulatedUser",
+    "EmulatorState",
+    "Era",
+    "InjectedFailure",
+    "LoggedSearch",
+    "create_app",
+]
+
+DEFAULT_PORT = 8000
+"""The port ``anisearch emulate`` serves this emulator on by default (fixed; docs/cli.md lists it)."""
 
 MIB = 1024 * 1024
 PERIODS = {"minute": (60, 60), "hour": (3600, 72), "day": (86_400, 60)}  # bucket seconds, bucket count

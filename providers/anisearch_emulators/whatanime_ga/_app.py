@@ -42,9 +42,9 @@ from starlette.routing import Route
 
 from anisearch._descriptor import search_descriptor, similarity
 
-from ._legacy_emulator_input import SearchInput, anilist_filter, parse_input, read_body
-from ._legacy_emulator_state import Allowance, LegacyEmulatorState
-from ._legacy_index import LegacyFrame, default_frames
+from ._index import LegacyFrame, default_frames
+from ._input import SearchInput, anilist_filter, parse_input, read_body
+from ._state import Allowance, LegacyEmulatorState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -54,10 +54,14 @@ if TYPE_CHECKING:
 __all__ = [
     "BODY_LIMIT_2017",
     "BODY_LIMIT_2019",
+    "DEFAULT_PORT",
     "Allowance",
     "LegacyEmulatorState",
     "create_app",
 ]
+
+DEFAULT_PORT = 8001
+"""The port ``anisearch emulate`` serves this emulator on by default (fixed; docs/cli.md lists it)."""
 
 BODY_LIMIT_2017: Final = 1024 * 1024
 """The web server's "1M" body limit (1 MiB) the docs called "1MB", until 2019-09."""

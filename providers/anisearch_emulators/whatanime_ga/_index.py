@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final
 
-from ._common import as_float, as_int, as_str, string_list
-from ._index import ANILIST, SCENES
+from anisearch_emulators.tracemoe._index import ANILIST, SCENES
+from anisearch_providers.tracemoe._common import as_float, as_int, as_str, string_list
 
 if TYPE_CHECKING:
-    from ._index import IndexedScene
+    from anisearch_emulators.tracemoe._index import IndexedScene
 
 __all__ = ["LegacyFrame", "default_frames", "legacy_frame"]
 

@@ -16,8 +16,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from anisearch._descriptor import search_descriptor
-from anisearch_providers.tracemoe._index import QUERIES
-from anisearch_providers.tracemoe.emulator import EmulatedUser, InjectedFailure, create_app
+from anisearch_emulators.tracemoe import EmulatedUser, InjectedFailure, create_app
+from anisearch_emulators.tracemoe._index import QUERIES
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from starlette.requests import Request
 
-    from ._emulator_state import EmulatorState, SessionRecord, User
+    from ._state import EmulatorState, SessionRecord, User
 
 __all__ = ["client_address", "dispatch", "get_session", "origin_problem", "sign_in", "sign_out", "sign_up"]
 

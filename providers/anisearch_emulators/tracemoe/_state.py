@@ -1,6 +1,6 @@
 """The trace.moe emulator's accounts, counters and bookkeeping: who is asking, and what they have left.
 
-Private to :mod:`anisearch_providers.tracemoe.emulator`, which documents the behaviour.
+Private to :mod:`anisearch_emulators.tracemoe`, which documents the behaviour.
 """
 
 from __future__ import annotations
