@@ -1,8 +1,9 @@
-"""The legacy emulator's view of the index it shares with the trace.moe emulator.
+"""The legacy emulator's view of the shared scenes table (``data/scenes.json``).
 
-The scenes and their descriptors are :data:`._index.SCENES` (so ``tinted-good.jpg`` finds the same
-Kokoro Connect scene through either API); the legacy answer also carries the titles, MAL ID, synonyms
-and season that the legacy server looked up for every result, taken from :data:`._index.ANILIST`.
+The scenes and their descriptors are the table's (so ``tinted-good.jpg`` finds the same Kokoro Connect
+scene through every emulator); the legacy answer also carries the titles, MAL ID, synonyms and season
+that the legacy server looked up for every result, from the record trace.moe's AniList table keeps
+(:func:`anisearch_emulators._scenes.tracemoe_record`: the legacy server shared that table).
 Scenes of anime without a record get what the server sent then: null titles and MAL ID, empty lists,
 an empty ``season``.
 """
@@ -13,11 +14,10 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final
 
-from anisearch_emulators.tracemoe._index import ANILIST, SCENES
-from anisearch_providers.tracemoe._common import as_float, as_int, as_str, string_list
+from anisearch_emulators._scenes import load_table, tracemoe_record
 
 if TYPE_CHECKING:
-    from anisearch_emulators.tracemoe._index import IndexedScene
+    from anisearch_emulators._scenes import Scene
 
 __all__ = ["LegacyFrame", "default_frames", "legacy_frame"]
 
@@ -57,8 +57,9 @@ def _episode(value: Any) -> LegacyEpisode:
     if isinstance(value, list):
         value = value[0] if value else None
     if isinstance(value, str) and "|" in value:
-        number = as_float(value.split("|", 1)[0])
-        if number is None:
+        try:
+            number = float(value.split("|", 1)[0])
+        except ValueError:
             return ""
         return int(number) if number.is_integer() else number
     if isinstance(value, int | float | str) and not isinstance(value, bool):
@@ -67,17 +68,26 @@ def _episode(value: Any) -> LegacyEpisode:
 
 
 def _season(record: dict[str, Any]) -> str:
-    year = as_int(record.get("seasonYear"))
+    year = record.get("seasonYear")
+    year = year if isinstance(year, int) and not isinstance(year, bool) else None
     month = _SEASON_MONTH.get(str(record.get("season", "")).upper())
     return f"{year:04d}-{month:02d}" if year is not None and month is not None else ""
 
 
-def legacy_frame(scene: IndexedScene, record: dict[str, Any] | None) -> LegacyFrame:
-    """A shared-index scene with the AniList ``record`` (``ANILIST[id]``, or None) in legacy terms."""
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _texts(value: Any) -> tuple[str, ...]:
+    return tuple(item for item in value if isinstance(item, str) and item) if isinstance(value, list) else ()
+
+
+def legacy_frame(scene: Scene, record: dict[str, Any] | None) -> LegacyFrame:
+    """A shared-table scene with trace.moe's AniList ``record`` (or None) in legacy terms."""
     record = record or {}
     title = record.get("title")
     titles: dict[str, Any] = title if isinstance(title, dict) else {}
-    is_adult = record.get("isAdult")
+    is_adult, mal_id = record.get("isAdult"), record.get("idMal")
     return LegacyFrame(
         descriptor=scene.vector,
         anilist_id=scene.anilist_id,
@@ -87,13 +97,13 @@ def legacy_frame(scene: IndexedScene, record: dict[str, Any] | None) -> LegacyFr
         at=scene.at,
         end=scene.end,
         season=_season(record),
-        title_native=as_str(titles.get("native")),
-        title_romaji=as_str(titles.get("romaji")),
-        title_english=as_str(titles.get("english")),
-        title_chinese=as_str(titles.get("chinese")),
-        mal_id=as_int(record.get("idMal")),
-        synonyms=tuple(string_list(record.get("synonyms"))),
-        synonyms_chinese=tuple(string_list(record.get("synonyms_chinese"))),
+        title_native=_text(titles.get("native")),
+        title_romaji=_text(titles.get("romaji")),
+        title_english=_text(titles.get("english")),
+        title_chinese=_text(titles.get("chinese")),
+        mal_id=mal_id if isinstance(mal_id, int) and not isinstance(mal_id, bool) else None,
+        synonyms=_texts(record.get("synonyms")),
+        synonyms_chinese=_texts(record.get("synonyms_chinese")),
         is_adult=is_adult if isinstance(is_adult, bool) else False,
         frames=scene.frames,
     )
@@ -102,4 +112,9 @@ def legacy_frame(scene: IndexedScene, record: dict[str, Any] | None) -> LegacyFr
 @cache
 def default_frames() -> tuple[LegacyFrame, ...]:
     """Every scene of the shared index, in legacy terms."""
-    return tuple(legacy_frame(scene, ANILIST.get(scene.anilist_id)) for scene in SCENES)
+    table = load_table()
+    titles = table.titles
+    return tuple(
+        legacy_frame(scene, tracemoe_record(titles[scene.anilist_id]) if scene.anilist_id in titles else None)
+        for scene in table.scenes
+    )

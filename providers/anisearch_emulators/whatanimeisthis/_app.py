@@ -21,6 +21,8 @@ One account exists unless the ``users`` knob says otherwise: ``user@example.com`
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import TYPE_CHECKING, Any, get_args
 
 from starlette.applications import Starlette
@@ -440,6 +442,10 @@ async def api_keys(request: Request) -> Response:  # noqa: PLR0911 - one exit pe
 def create_app(**knobs: Any) -> Starlette:
     """The emulator app. Knobs are the fields of :class:`Knobs` (``envelope="code"``, ``clock=...``).
 
+    The accounts that exist (the ``users`` knob, by default ``user@example.com`` with the password
+    ``correct horse battery staple``) are ``app.state.demo_accounts`` (email -> password), which
+    ``anisearch emulate`` prints at start.
+
     Raises:
         TypeError: An unknown knob.
         ValueError: A knob with a value outside its choices.
@@ -459,4 +465,33 @@ def create_app(**knobs: Any) -> Starlette:
     ]
     app = Starlette(routes=routes)
     app.state.emulator = EmulatorState(settings)
+    app.state.demo_accounts = dict(settings.users)
     return app
+
+
+class _Fresh:
+    """The default of a knob made fresh for every app (``secret``), shown as such in the signature."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"<{self.what}>"
+
+
+def _knob_signature() -> inspect.Signature:
+    """``create_app``'s keywords as :class:`Knobs` declares them, so tools (and ``anisearch emulate -h``)
+    can list each knob with its default."""
+    parameters = []
+    for knob in dataclasses.fields(Knobs):
+        default: Any = knob.default
+        if knob.name == "secret":
+            default = _Fresh("32 random bytes")
+        elif callable(knob.default_factory):
+            default = knob.default_factory()
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        parameters.append(inspect.Parameter(knob.name, keyword, default=default, annotation=knob.type))
+    return inspect.Signature(parameters, return_annotation="Starlette")
+
+
+create_app.__signature__ = _knob_signature()  # type: ignore[attr-defined]  # read by inspect.signature

@@ -1,11 +1,9 @@
-"""The whatanimeisthis emulator's scene index: a few frames, each a colour layout descriptor plus metadata.
+"""The whatanimeisthis emulator's scene index: the shared scenes table (``data/scenes.json``) in its terms.
 
-The first entry is trace.moe's sample screenshot ``tinted-good.jpg`` (in ``../shared/upstream-samples``):
-its 33 numbers are what :func:`anisearch._descriptor.search_descriptor` computes for it, and its
-metadata is trace.moe's own answer for it (AniList 11887, Kokoro Connect episode 5, 1169.17-1174.92 s).
-The other entries are the runners-up of that same answer (and of the legacy API's), each placed at a
-small distance from the sample so that they score about as they did upstream (0.83-0.97); their
-descriptors are derived numbers, not real frames. Scoring is trace.moe's:
+The site looks every hit up on AniList, so the index holds the table's scenes whose anime has an AniList
+record there, each with the record's titles, MAL ID, synonyms and adult flag. ``tinted-good.jpg`` (in
+``../shared/upstream-samples``) finds its own scene, AniList 11887, Kokoro Connect episode 5,
+1169.17-1174.92 s, as through every emulator. Scoring is trace.moe's:
 ``clamp((255 - squared L2 distance) / 255, 0, 1)``.
 """
 
@@ -14,20 +12,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from io import BytesIO
+from typing import TYPE_CHECKING
 
-__all__ = ["INDEX", "TINTED_GOOD", "IndexEntry", "describe", "match", "score"]
+from anisearch_emulators._scenes import load_table
 
-TINTED_GOOD: tuple[int, ...] = (
-    17, 15, 9, 8, 13, 5, 11, 18, 15, 16, 17, 19, 20, 14, 24, 16, 9, 18, 12, 16, 15,
-    31, 17, 17, 18, 15, 16,
-    28, 15, 13, 14, 16, 14,
-)  # fmt: skip
-"""``search_descriptor(Image.open("tinted-good.jpg"))``: 21 Y, 6 Cb, 6 Cr coefficients."""
+if TYPE_CHECKING:
+    from anisearch_emulators._scenes import Episode, Scene, Title
 
-
-def _near(deltas: dict[int, int]) -> tuple[int, ...]:
-    """The sample's descriptor moved by ``deltas`` (position -> change): a look-alike frame."""
-    return tuple(value + deltas.get(position, 0) for position, value in enumerate(TINTED_GOOD))
+__all__ = ["INDEX", "IndexEntry", "describe", "match", "score"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +28,8 @@ class IndexEntry:
 
     descriptor: tuple[int, ...]
     anilist_id: int
-    title: dict[str, str]
-    episode: int
+    title: dict[str, str | None]
+    episode: int | float | None
     start: float
     end: float
     at: float
@@ -47,28 +39,50 @@ class IndexEntry:
     synonyms: tuple[str, ...] = field(default=())
 
 
-_KOKORO = {"romaji": "Kokoro Connect", "english": "Kokoro Connect", "native": "ココロコネクト"}
+def _episode(value: Episode) -> int | float | None:
+    """One episode number: the first of several alternatives (``"5|17"``, ``[5, 6]``), None for none."""
+    first = value[0] if isinstance(value, list) and value else value
+    if isinstance(first, str):
+        try:
+            number = float(first.split("|", 1)[0])
+        except ValueError:
+            return None
+        return int(number) if number.is_integer() else number
+    return first if isinstance(first, int | float) else None
 
-_FUNE = {"romaji": "Fune wo Amu", "english": "The Great Passage", "native": "舟を編む"}
-_ONE_PIECE = {"romaji": "ONE PIECE", "english": "ONE PIECE", "native": "ONE PIECE"}
-_ALICE = {"romaji": "Alice to Zouroku", "english": "Alice & Zoroku", "native": "アリスと蔵六"}
-_UCHUU = {"romaji": "Uchuu Kyoudai", "english": "Space Brothers", "native": "宇宙兄弟"}
 
-INDEX: tuple[IndexEntry, ...] = (
-    IndexEntry(TINTED_GOOD, 11887, _KOKORO, 5, 1169.17, 1174.92, 1172.05,
-               "Kokoro Connect - 05 (BD 1280x720 x264 AACx2).mp4", mal_id=11887, synonyms=("Kokoroco",)),
-    IndexEntry(_near({6: 2, 21: -2}), 11887, _KOKORO, 5, 1173.83, 1174.67, 1174.5,
-               "[ANK-Raws&NatsuYuki] Kokoro Connect - 05 (BDrip 1280x720 x264 AAC).mp4", mal_id=11887,
-               synonyms=("Kokoroco",)),
-    IndexEntry(_near({1: 4, 8: -4, 27: 3}), 21703, _FUNE, 5, 487.67, 487.83, 487.75,
-               "[Ohys-Raws] Fune o Amu - 05 (CX 1280x720 x264 AAC).mp4"),
-    IndexEntry(_near({0: 5, 13: -4, 30: 1}), 21, _ONE_PIECE, 780, 716.08, 716.75, 716.42,
-               "[OPFansMaplesnow][One_Piece][780][MP4].mp4"),
-    IndexEntry(_near({2: -5, 20: 3, 25: -3}), 97821, _ALICE, 3, 663.17, 663.25, 663.21,
-               "Alice to Zouroku - 03 (BD 1280x720 x264 AACx2).mp4"),
-    IndexEntry(_near({3: 6, 10: -2, 32: 2}), 12431, _UCHUU, 16, 1259.67, 1260.92, 1260.3,
-               "[EMD][Uchuu Kyoudai][16][BIG5][X264_AAC][1280X720][9022A07D].mp4"),
-)  # fmt: skip
+def _entry(scene: Scene, title: Title) -> IndexEntry | None:
+    record = title.anilist
+    if record is None:
+        return None
+    names = record["title"]
+    return IndexEntry(
+        descriptor=scene.vector,
+        anilist_id=scene.anilist_id,
+        title={key: names.get(key) for key in ("romaji", "english", "native")},
+        episode=_episode(scene.episode),
+        start=scene.start,
+        end=scene.end,
+        at=scene.at,
+        filename=scene.filename,
+        mal_id=record.get("idMal"),
+        is_adult=bool(record.get("isAdult")),
+        synonyms=tuple(record.get("synonyms") or ()),
+    )
+
+
+def _index() -> tuple[IndexEntry, ...]:
+    table = load_table()
+    entries = (
+        _entry(scene, table.titles[scene.anilist_id])
+        for scene in table.scenes
+        if scene.anilist_id in table.titles
+    )
+    return tuple(entry for entry in entries if entry is not None)
+
+
+INDEX: tuple[IndexEntry, ...] = _index()
+"""The scenes the site can answer with, in table order."""
 
 
 def score(a: tuple[int, ...], b: tuple[int, ...]) -> float:

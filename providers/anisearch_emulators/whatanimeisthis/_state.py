@@ -161,8 +161,8 @@ class SearchRecord:
     id: str
     created_at: float
     anilist_id: int
-    title: dict[str, str]
-    episode: int | None
+    title: dict[str, str | None]
+    episode: int | float | None
     at: float | None
     similarity: float
     is_adult: bool = False
