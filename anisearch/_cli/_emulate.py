@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import re
 import socket
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -28,9 +30,11 @@ from anisearch._exceptions import AnisearchError
 from anisearch._provider import available_emulators, load_emulator
 
 _SCALARS = (bool, int, float, str, type(None))
-_STRUCTURED = ("Mapping", "Sequence", "Iterable", "Callable", "Transport", "dict", "list", "tuple")
-"""Annotations of knobs that only code can give (a None default does not make them command-line knobs)."""
+_SCALAR_NAMES = frozenset({"bool", "int", "float", "str", "None", "NoneType"})
 EXTRA_HINT = "pip install 'anisearch-gateway[emulator]'"
+MAX_PORT = 65535
+FIRST_PORT = 8000
+"""Where emulators without a ``DEFAULT_PORT`` start counting (after the highest declared one)."""
 
 
 def _emulators() -> list[str]:
@@ -38,10 +42,23 @@ def _emulators() -> list[str]:
     return sorted(set(available_emulators()))
 
 
+def _is_scalar(annotation: Any) -> bool:
+    """Whether a knob's annotation admits only JSON scalars (``int | None``, ``Literal["a", "b"]``...).
+
+    Annotations come as strings (``from __future__ import annotations``) or as types.
+    """
+    if annotation is inspect.Parameter.empty:
+        return True
+    text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+    text = re.sub(r"(typing\.)?Literal\[[^\]]*\]", "str", text)
+    return all(part.strip() in _SCALAR_NAMES for part in text.split("|"))
+
+
 def knobs_of(factory: Any) -> dict[str, Any] | None:
     """The knobs an emulator factory takes that can be given on the command line, with their defaults.
 
-    None when the factory takes arbitrary keywords (``**knobs``) without declaring them.
+    A knob whose value only code can give (a mapping, a callable, an object) is not listed, even with
+    a None default. None when the factory takes arbitrary keywords (``**knobs``) without declaring them.
     """
     parameters = inspect.signature(factory).parameters.values()
     named = {
@@ -50,7 +67,7 @@ def knobs_of(factory: Any) -> dict[str, Any] | None:
         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         and p.default is not p.empty
         and isinstance(p.default, _SCALARS)
-        and not (p.default is None and any(word in str(p.annotation) for word in _STRUCTURED))
+        and (p.default is not None or _is_scalar(p.annotation))
     }
     if not named and any(p.kind is p.VAR_KEYWORD for p in parameters):
         return None
@@ -64,9 +81,10 @@ def _takes_any(factory: Any) -> bool:
 def knobs_help() -> str:
     """The knobs of every installed emulator, for ``emulate --help`` (computed when help is asked for)."""
     lines = []
+    factories: dict[str, Any] = {}
     for name in _emulators():
         try:
-            knobs = knobs_of(load_emulator(name))
+            knobs = knobs_of(factories.setdefault(name, load_emulator(name)))
         except AnisearchError:
             lines.append(f"  {name}: needs the emulator extra ({EXTRA_HINT})")
             continue
@@ -75,7 +93,34 @@ def knobs_help() -> str:
         else:
             listed = ", ".join(f"{k}={json.dumps(v)}" for k, v in knobs.items()) or "none"
             lines.append(f"  {name}: {listed}")
-    return "Knobs (-o KEY=VALUE, VALUE as JSON; defaults shown):\n\n" + "\n\n".join(lines)
+    ports = ", ".join(f"{name} {where}" for name, where in plan_ports(factories, None).items())
+    return (
+        f"Default ports: {ports or 'none'}\n\n"
+        "Knobs (-o KEY=VALUE, VALUE as JSON; defaults shown):\n\n" + "\n\n".join(lines)
+    )
+
+
+def default_port(factory: Any) -> int | None:
+    """The port an emulator declares (``DEFAULT_PORT`` in its factory's module), or None."""
+    module = sys.modules.get(getattr(factory, "__module__", "") or "")
+    port = getattr(module, "DEFAULT_PORT", None)
+    return port if isinstance(port, int) and not isinstance(port, bool) and 0 < port <= MAX_PORT else None
+
+
+def plan_ports(factories: dict[str, Any], base: int | None) -> dict[str, int]:
+    """Each emulator's port: its own ``DEFAULT_PORT`` (so adding an emulator moves no other), then the
+    ones that declare none after the highest, by name. ``base`` moves them all by the same offset so
+    that the lowest lands on it (one emulator: exactly ``base``).
+    """
+    declared = {name: default_port(factory) for name, factory in factories.items()}
+    ports = {name: port for name, port in declared.items() if port is not None}
+    after = max(ports.values(), default=FIRST_PORT - 1) + 1
+    for name in sorted(name for name, port in declared.items() if port is None):
+        ports[name], after = after, after + 1
+    if base is not None and ports:
+        shift = base - min(ports.values())
+        ports = {name: port + shift for name, port in ports.items()}
+    return dict(sorted(ports.items(), key=lambda item: item[1]))
 
 
 class EmulateCommand(Command):
@@ -99,6 +144,24 @@ def _parse_option(text: str) -> tuple[str, Any]:
         return key.replace("-", "_"), value
 
 
+def _check_extra() -> None:
+    """Import what the emulators need at request time too (Starlette; python-multipart for uploads).
+
+    Raises:
+        ImportError: One is missing (``name`` says which).
+    """
+    import importlib
+
+    importlib.import_module("starlette")
+    try:
+        importlib.import_module("python_multipart")
+    except ImportError:  # python-multipart before 0.0.13 has only the old module name
+        try:
+            importlib.import_module("multipart")
+        except ImportError:
+            raise ModuleNotFoundError("python_multipart", name="python_multipart") from None
+
+
 def _port_is_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -110,12 +173,16 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _build(emulator: str, knobs: dict[str, Any], *, strict: bool) -> Any:
-    """The emulator's app with the knobs it takes; with ``strict``, an unknown knob is an error."""
+def _load(emulator: str) -> Any:
     try:
-        factory = load_emulator(emulator)
+        return load_emulator(emulator)
     except AnisearchError as exc:
         fail(str(exc), exit_code(exc), "'anisearch emulate -h' lists the emulators")
+
+
+def _build(emulator: str, knobs: dict[str, Any], *, strict: bool, factory: Any = None) -> Any:
+    """The emulator's app with the knobs it takes; with ``strict``, an unknown knob is an error."""
+    factory = factory if factory is not None else _load(emulator)
     try:
         return _call(emulator, factory, knobs, strict=strict)
     except TypeError as exc:  # a factory taking **knobs refused one
@@ -153,14 +220,41 @@ def _call(emulator: str, factory: Any, knobs: dict[str, Any], *, strict: bool) -
         )
 
 
+def _plan(names: list[str], knobs: dict[str, Any], host: str, port: int | None) -> list[tuple[str, int, Any]]:
+    """(name, port, app) per emulator, in port order; a busy or impossible port ends the command."""
+    factories = {emulator: _load(emulator) for emulator in names}
+    ports = plan_ports(factories, port)
+    if max(ports.values()) > MAX_PORT:
+        fail(f"--port {port} moves a port past {MAX_PORT}", EXIT_USAGE, "choose a lower --port")
+    planned = []
+    for emulator, where in ports.items():
+        if not _port_is_free(host, where):
+            fail(
+                f"port {where} on {host} is in use",
+                EXIT_USAGE,
+                f"choose another with --port (e.g. --port {where + 100})",
+            )
+        app = _build(emulator, knobs, strict=len(names) == 1, factory=factories[emulator])
+        planned.append((emulator, where, app))
+    return planned
+
+
 def emulate(
     name: Annotated[
         str,
         typer.Argument(metavar="NAME", help="tracemoe, whatanimeisthis, whatanime-ga, or all."),
     ] = "all",
     port: Annotated[
-        int, typer.Option(metavar="N", help="Port (all: consecutive ports from here).", min=1, max=65535)
-    ] = 8000,
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Port (default: the emulator's own, listed below; with all, every port moves by the same "
+            "offset so that the lowest is N).",
+            min=1,
+            max=65535,
+            show_default=False,
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(metavar="HOST", help="Address to listen on.")] = "127.0.0.1",
     quota: Annotated[
         int | None,
@@ -185,26 +279,18 @@ def emulate(
     try:
         import anyio
         import uvicorn
+
+        _check_extra()
     except ImportError as exc:
         fail(f"the emulators need the 'emulator' extra ({exc.name} is missing)", EXIT_USAGE, EXTRA_HINT)
+
     names = _emulators() if name == "all" else [name]
     if not names:
         fail("no emulator is installed", EXIT_USAGE, EXTRA_HINT)
     knobs = dict(_parse_option(o) for o in option or [])
     if quota is not None:
         knobs["quota"] = quota
-    single = len(names) == 1
-    planned = []
-    for offset, emulator in enumerate(names):
-        where = port + offset
-        if not _port_is_free(host, where):
-            fail(
-                f"port {where} on {host} is in use",
-                EXIT_USAGE,
-                f"choose another with --port (e.g. --port {port + 100})",
-            )
-        app = _build(emulator, knobs, strict=single)
-        planned.append((emulator, where, app))
+    planned = _plan(names, knobs, host, port)
     servers = []
     for emulator, where, app in planned:
         config = uvicorn.Config(app, host=host, port=where, log_level="warning", lifespan="off")

@@ -1,0 +1,168 @@
+"""`anisearch emulate`: every knob listed and taken, fixed ports, the URL and demo account at start."""
+
+from __future__ import annotations
+
+import builtins
+import socket
+from typing import Any
+
+import pytest
+import uvicorn
+from tests.cli_runner import run_in_process as cli
+
+from anisearch._cli import _emulate
+from anisearch_emulators import tracemoe, whatanime_ga, whatanimeisthis
+
+SHIPPED = {"tracemoe": tracemoe, "whatanime-ga": whatanime_ga, "whatanimeisthis": whatanimeisthis}
+
+
+@pytest.fixture
+def shipped(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The CLI sees exactly the shipped emulators, whatever the installed metadata says."""
+    factories: dict[str, Any] = {name: module.create_app for name, module in SHIPPED.items()}
+    monkeypatch.setattr(_emulate, "available_emulators", lambda: list(factories))
+    monkeypatch.setattr(_emulate, "load_emulator", lambda name: factories[name])
+    return factories
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[uvicorn.Config]:
+    """What ``emulate`` would serve: each server's config; serving itself returns at once."""
+    configs: list[uvicorn.Config] = []
+
+    async def serve(self: uvicorn.Server, sockets: Any = None) -> None:
+        configs.append(self.config)
+
+    monkeypatch.setattr(uvicorn.Server, "serve", serve)
+    return configs
+
+
+def _free_base(count: int) -> int:
+    """A port with ``count`` free ports from it on."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base: int = sock.getsockname()[1]
+        if base + count <= 65535 and all(_emulate._port_is_free("127.0.0.1", base + n) for n in range(count)):
+            return base
+    pytest.fail("no run of free ports on loopback")  # pragma: no cover - a machine out of ports
+
+
+def test_help_lists_every_emulators_knobs_and_default_port(shipped: dict[str, Any]) -> None:
+    flat = " ".join(cli("emulate", "-h").stdout.split())
+    assert "Default ports: tracemoe 8000, whatanime-ga 8001, whatanimeisthis 8002" in flat
+    assert 'whatanimeisthis: envelope="bare", style="camel", https=false' in flat
+    assert "guest_daily_limit=5" in flat
+    assert "takes knobs its factory does not list" not in flat
+    assert "guest=null" not in flat  # an Allowance only code can give is not offered as a knob
+    assert "secret" not in flat  # nor bytes made fresh per app
+
+
+def test_a_whatanimeisthis_knob_reaches_the_app_and_an_unknown_one_names_the_known(
+    shipped: dict[str, Any],
+) -> None:
+    app = _emulate._build("whatanimeisthis", {"guest_daily_limit": 2, "envelope": "code"}, strict=True)
+    assert (app.state.emulator.knobs.guest_daily_limit, app.state.emulator.knobs.envelope) == (2, "code")
+    done = cli("emulate", "whatanimeisthis", "-o", "colour=1")
+    assert done.returncode == 2
+    error, hint = done.stderr.strip().splitlines()
+    assert error == "anisearch: error: the whatanimeisthis emulator has no knob colour"
+    assert "guest_daily_limit" in hint
+
+
+def test_a_knob_value_the_emulator_refuses_is_one_line(shipped: dict[str, Any]) -> None:
+    done = cli("emulate", "whatanimeisthis", "-o", "envelope=xml")
+    assert done.returncode == 2
+    assert done.stderr.startswith(
+        "anisearch: error: the whatanimeisthis emulator refused its knobs: envelope"
+    )
+
+
+def test_default_ports_stay_put_when_another_emulator_is_installed() -> None:
+    shipped = {name: module.create_app for name, module in SHIPPED.items()}
+    before = _emulate.plan_ports(shipped, None)
+    assert before == {"tracemoe": 8000, "whatanime-ga": 8001, "whatanimeisthis": 8002}
+
+    def undeclared(**knobs: Any) -> Any:  # a third party's emulator without DEFAULT_PORT
+        return knobs
+
+    after = _emulate.plan_ports({**shipped, "aaa-first-by-name": undeclared}, None)
+    assert {name: after[name] for name in shipped} == before
+    assert after["aaa-first-by-name"] == 8003
+
+
+def test_port_moves_every_default_port_by_one_offset() -> None:
+    shipped = {name: module.create_app for name, module in SHIPPED.items()}
+    assert _emulate.plan_ports(shipped, 9100) == {
+        "tracemoe": 9100,
+        "whatanime-ga": 9101,
+        "whatanimeisthis": 9102,
+    }
+    assert _emulate.plan_ports({"whatanimeisthis": whatanimeisthis.create_app}, 9100) == {
+        "whatanimeisthis": 9100
+    }
+
+
+def test_emulate_all_prints_each_url_and_the_demo_account(
+    shipped: dict[str, Any], served: list[uvicorn.Config]
+) -> None:
+    base = _free_base(3)
+    done = cli("emulate", "all", "--port", str(base), "-o", "latency=0")
+    assert done.returncode == 0, done.stderr
+    assert sorted(config.port for config in served) == [base, base + 1, base + 2]
+    lines = done.stdout.splitlines()
+    url = f"http://127.0.0.1:{base + 2}"
+    assert f"whatanimeisthis: {url}   export ANISEARCH_WHATANIMEISTHIS_URL={url}" in lines
+    assert "  demo account: user@example.com / correct horse battery staple" in lines
+    assert lines[0].startswith(f"tracemoe: http://127.0.0.1:{base}")
+
+
+def test_one_emulator_serves_on_its_own_default_port(
+    shipped: dict[str, Any], served: list[uvicorn.Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_emulate, "_port_is_free", lambda host, port: True)
+    done = cli("emulate", "whatanime-ga")
+    assert done.returncode == 0, done.stderr
+    assert [config.port for config in served] == [whatanime_ga.DEFAULT_PORT] == [8001]
+
+
+def test_a_busy_default_port_is_one_line_and_exit_2(
+    shipped: dict[str, Any], served: list[uvicorn.Config]
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        busy = sock.getsockname()[1]
+        done = cli("emulate", "all", "--port", str(busy))
+    assert done.returncode == 2
+    error, hint = done.stderr.strip().splitlines()
+    assert error == f"anisearch: error: port {busy} on 127.0.0.1 is in use"
+    assert hint.startswith("hint: choose another with --port")
+    assert served == []
+
+
+def test_a_port_pushed_past_the_last_is_refused(
+    shipped: dict[str, Any], served: list[uvicorn.Config]
+) -> None:
+    done = cli("emulate", "all", "--port", "65535")
+    assert done.returncode == 2
+    assert "moves a port past 65535" in done.stderr
+
+
+@pytest.mark.parametrize("module", ["starlette", "python_multipart"])
+def test_a_missing_piece_of_the_extra_names_the_pip_install(
+    module: str, shipped: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_import = builtins.__import__
+
+    def without(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name in {module, "multipart"}:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without)
+    monkeypatch.setattr("importlib.import_module", lambda name, package=None: without(name))
+    done = cli("emulate", "tracemoe")
+    assert done.returncode == 2
+    assert f"{module} is missing" in done.stderr
+    assert "hint: pip install 'anisearch-gateway[emulator]'" in done.stderr
