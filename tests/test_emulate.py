@@ -37,15 +37,30 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[uvicorn.Config]:
     return configs
 
 
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _free_base(count: int) -> int:
     """A port with ``count`` free ports from it on."""
     for _ in range(50):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             base: int = sock.getsockname()[1]
-        if base + count <= 65535 and all(_emulate._port_is_free("127.0.0.1", base + n) for n in range(count)):
+        if base + count <= 65535 and all(_is_free(base + n) for n in range(count)):
             return base
     pytest.fail("no run of free ports on loopback")  # pragma: no cover - a machine out of ports
+
+
+@pytest.fixture
+def any_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every port counts as free (the default ports may be taken on this machine)."""
+    monkeypatch.setattr(_emulate, "_bind", lambda host, port: socket.socket())
 
 
 def test_help_lists_every_emulators_knobs_and_default_port(shipped: dict[str, Any]) -> None:
@@ -53,6 +68,7 @@ def test_help_lists_every_emulators_knobs_and_default_port(shipped: dict[str, An
     assert "Default ports: tracemoe 8000, whatanime-ga 8001, whatanimeisthis 8002" in flat
     assert 'whatanimeisthis: envelope="bare", style="camel", https=false' in flat
     assert "guest_daily_limit=5" in flat
+    assert "trusted_origins=[]" in flat  # a list JSON can give is a knob too
     assert "takes knobs its factory does not list" not in flat
     assert "guest=null" not in flat  # an Allowance only code can give is not offered as a knob
     assert "secret" not in flat  # nor bytes made fresh per app
@@ -118,9 +134,8 @@ def test_emulate_all_prints_each_url_and_the_demo_account(
 
 
 def test_one_emulator_serves_on_its_own_default_port(
-    shipped: dict[str, Any], served: list[uvicorn.Config], monkeypatch: pytest.MonkeyPatch
+    shipped: dict[str, Any], served: list[uvicorn.Config], any_port: None
 ) -> None:
-    monkeypatch.setattr(_emulate, "_port_is_free", lambda host, port: True)
     done = cli("emulate", "whatanime-ga")
     assert done.returncode == 0, done.stderr
     assert [config.port for config in served] == [whatanime_ga.DEFAULT_PORT] == [8001]
@@ -139,6 +154,20 @@ def test_a_busy_default_port_is_one_line_and_exit_2(
     assert error == f"anisearch: error: port {busy} on 127.0.0.1 is in use"
     assert hint.startswith("hint: choose another with --port")
     assert served == []
+
+
+def test_a_busy_port_after_a_free_one_releases_the_free_one(
+    shipped: dict[str, Any], served: list[uvicorn.Config]
+) -> None:
+    base = _free_base(3)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", base + 1))
+        sock.listen()
+        done = cli("emulate", "all", "--port", str(base))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"anisearch: error: port {base + 1} on 127.0.0.1 is in use")
+    assert served == []
+    assert _is_free(base)  # the socket bound for tracemoe was closed
 
 
 def test_a_port_pushed_past_the_last_is_refused(
@@ -166,3 +195,12 @@ def test_a_missing_piece_of_the_extra_names_the_pip_install(
     assert done.returncode == 2
     assert f"{module} is missing" in done.stderr
     assert "hint: pip install 'anisearch-gateway[emulator]'" in done.stderr
+
+
+def test_the_accounts_knob_takes_json_and_its_accounts_are_printed(
+    shipped: dict[str, Any], served: list[uvicorn.Config], any_port: None
+) -> None:
+    done = cli("emulate", "whatanimeisthis", "-o", 'users={"ann@example.com": "hunter2 hunter2"}')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == ["  demo account: ann@example.com / hunter2 hunter2"]
+    assert [config.port for config in served] == [8002]

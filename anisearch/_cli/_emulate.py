@@ -29,8 +29,10 @@ from anisearch._config import Settings
 from anisearch._exceptions import AnisearchError
 from anisearch._provider import available_emulators, load_emulator
 
-_SCALARS = (bool, int, float, str, type(None))
-_SCALAR_NAMES = frozenset({"bool", "int", "float", "str", "None", "NoneType"})
+_JSON_NAMES = frozenset(
+    {"bool", "int", "float", "str", "None", "NoneType", "Any", "Mapping", "Sequence", "dict", "list", "tuple"}
+)
+"""Names an annotation may use for its knob to be given as JSON on the command line."""
 EXTRA_HINT = "pip install 'anisearch-gateway[emulator]'"
 MAX_PORT = 65535
 FIRST_PORT = 8000
@@ -42,8 +44,9 @@ def _emulators() -> list[str]:
     return sorted(set(available_emulators()))
 
 
-def _is_scalar(annotation: Any) -> bool:
-    """Whether a knob's annotation admits only JSON scalars (``int | None``, ``Literal["a", "b"]``...).
+def _takes_json(annotation: Any) -> bool:
+    """Whether JSON can give a knob of this annotation (``int | None``, ``Literal["a", "b"]``,
+    ``Mapping[str, str]``...), not an object only code makes (a callable, a transport, a dataclass).
 
     Annotations come as strings (``from __future__ import annotations``) or as types.
     """
@@ -51,14 +54,23 @@ def _is_scalar(annotation: Any) -> bool:
         return True
     text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
     text = re.sub(r"(typing\.)?Literal\[[^\]]*\]", "str", text)
-    return all(part.strip() in _SCALAR_NAMES for part in text.split("|"))
+    return all(name in _JSON_NAMES for name in re.findall(r"[A-Za-z_][\w.]*", text.replace("typing.", "")))
+
+
+def _json_default(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def knobs_of(factory: Any) -> dict[str, Any] | None:
     """The knobs an emulator factory takes that can be given on the command line, with their defaults.
 
-    A knob whose value only code can give (a mapping, a callable, an object) is not listed, even with
-    a None default. None when the factory takes arbitrary keywords (``**knobs``) without declaring them.
+    Only knobs JSON can give are listed (numbers, strings, flags, lists and mappings of them); one only
+    code can give (a callable, an object, bytes) is not, even with a None default. None when the
+    factory takes arbitrary keywords (``**knobs``) without declaring them.
     """
     parameters = inspect.signature(factory).parameters.values()
     named = {
@@ -66,8 +78,8 @@ def knobs_of(factory: Any) -> dict[str, Any] | None:
         for p in parameters
         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         and p.default is not p.empty
-        and isinstance(p.default, _SCALARS)
-        and (p.default is not None or _is_scalar(p.annotation))
+        and _json_default(p.default)
+        and (isinstance(p.default, bool | int | float | str) or _takes_json(p.annotation))
     }
     if not named and any(p.kind is p.VAR_KEYWORD for p in parameters):
         return None
@@ -162,15 +174,38 @@ def _check_extra() -> None:
             raise ModuleNotFoundError("python_multipart", name="python_multipart") from None
 
 
-def _port_is_free(host: str, port: int) -> bool:
+def _bind(host: str, port: int) -> socket.socket | None:
+    """A socket bound to ``host:port`` for the server to listen on, or None when the port is taken.
+
+    Binding before serving (rather than checking, then letting the server bind) leaves no moment in
+    which another process can take the port and turn a one-line refusal into a server's traceback.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _bind_all(host: str, ports: list[int]) -> list[socket.socket]:
+    """One bound socket per port; a taken port closes the others and ends the command in one line."""
+    bound: list[socket.socket] = []
+    for port in ports:
+        sock = _bind(host, port)
+        if sock is None:
+            for other in bound:
+                other.close()
+            fail(
+                f"port {port} on {host} is in use",
+                EXIT_USAGE,
+                f"choose another with --port (e.g. --port {port + 100})",
+            )
+        bound.append(sock)
+    return bound
 
 
 def _load(emulator: str) -> Any:
@@ -220,23 +255,16 @@ def _call(emulator: str, factory: Any, knobs: dict[str, Any], *, strict: bool) -
         )
 
 
-def _plan(names: list[str], knobs: dict[str, Any], host: str, port: int | None) -> list[tuple[str, int, Any]]:
-    """(name, port, app) per emulator, in port order; a busy or impossible port ends the command."""
+def _plan(names: list[str], knobs: dict[str, Any], port: int | None) -> list[tuple[str, int, Any]]:
+    """(name, port, app) per emulator, in port order; an impossible port or a bad knob ends the command."""
     factories = {emulator: _load(emulator) for emulator in names}
     ports = plan_ports(factories, port)
     if max(ports.values()) > MAX_PORT:
         fail(f"--port {port} moves a port past {MAX_PORT}", EXIT_USAGE, "choose a lower --port")
-    planned = []
-    for emulator, where in ports.items():
-        if not _port_is_free(host, where):
-            fail(
-                f"port {where} on {host} is in use",
-                EXIT_USAGE,
-                f"choose another with --port (e.g. --port {where + 100})",
-            )
-        app = _build(emulator, knobs, strict=len(names) == 1, factory=factories[emulator])
-        planned.append((emulator, where, app))
-    return planned
+    return [
+        (emulator, where, _build(emulator, knobs, strict=len(names) == 1, factory=factories[emulator]))
+        for emulator, where in ports.items()
+    ]
 
 
 def emulate(
@@ -290,7 +318,8 @@ def emulate(
     knobs = dict(_parse_option(o) for o in option or [])
     if quota is not None:
         knobs["quota"] = quota
-    planned = _plan(names, knobs, host, port)
+    planned = _plan(names, knobs, port)
+    sockets = _bind_all(host, [where for _, where, _ in planned])
     servers = []
     for emulator, where, app in planned:
         config = uvicorn.Config(app, host=host, port=where, log_level="warning", lifespan="off")
@@ -305,11 +334,15 @@ def emulate(
 
     async def serve() -> None:
         async with anyio.create_task_group() as group:
-            for server in servers:
-                group.start_soon(server.serve)
+            for server, sock in zip(servers, sockets, strict=True):
+                group.start_soon(server.serve, [sock])
 
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(serve)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            anyio.run(serve)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 cache_app = typer.Typer(
