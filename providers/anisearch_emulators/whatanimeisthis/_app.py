@@ -6,9 +6,9 @@ and sign-out exactly (``_auth``), and for the site's own routes, whose response 
 public, the plausible shapes of §4 in the envelope the ``envelope`` knob picks (bare, ``{data}``, or
 ``{code, message, data}`` with errors as HTTP 200 ``code: -1``). Quotas are the documented ones: guests
 5 searches a day per address, accounts 10 free credits a day then purchased credits, 100 searches an
-hour. Searches are scored against a small built-in index (``_index``) with trace.moe's colour
-layout descriptor. Knobs are the fields of :class:`~._state.Knobs`; the state and its counters
-are ``app.state.emulator``.
+hour. Searches are scored with trace.moe's colour layout descriptor against the scenes every emulator
+shares (``data/scenes.json``, seen through ``_index``). Knobs are the fields of
+:class:`~._state.Knobs`; the state and its counters are ``app.state.emulator``.
 
 API keys are modelled on better-auth's API-key plugin behind the site's documented routes: 64 random
 letters, listed only by their 6-letter ``start``, titles of 1 to 32 characters (a longer one is 400
