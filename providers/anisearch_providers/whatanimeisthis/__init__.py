@@ -1,7 +1,7 @@
 """whatanimeisthis.com: anime scene search by upload or URL, with rankings, recent searches, credits,
 API keys and a better-auth session.
 
-The emulator (``anisearch_providers.whatanimeisthis.emulator``) needs the ``emulator`` extra and is
+Its emulator lives apart, in ``anisearch_emulators.whatanimeisthis`` (the ``emulator`` extra), and is
 imported only on demand.
 """
 
