@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import json
 import socket
 from typing import Any
 
@@ -204,3 +205,23 @@ def test_the_accounts_knob_takes_json_and_its_accounts_are_printed(
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1:] == ["  demo account: ann@example.com / hunter2 hunter2"]
     assert [config.port for config in served] == [8002]
+
+
+def test_each_printed_export_enables_its_provider(
+    shipped: dict[str, Any], served: list[uvicorn.Config]
+) -> None:
+    """The variables `emulate` prints, once exported, show every provider enabled at those URLs."""
+    base = _free_base(3)
+    printed = cli("emulate", "all", "--port", str(base)).stdout
+    exports = dict(
+        line.split("export ", 1)[1].split("=", 1) for line in printed.splitlines() if "export " in line
+    )
+    assert set(exports) == {
+        "ANISEARCH_TRACEMOE_URL", "ANISEARCH_WHATANIME_GA_URL", "ANISEARCH_WHATANIMEISTHIS_URL",
+    }  # fmt: skip
+    without = {p["name"]: p for p in json.loads(cli("providers", "--json").stdout)}
+    assert without["whatanime-ga"]["enabled"] is False  # the legacy API has no public default URL
+    listed = {p["name"]: p for p in json.loads(cli("providers", "--json", env=exports).stdout)}
+    for name in SHIPPED:
+        assert listed[name]["enabled"] is True, name
+        assert listed[name]["base_url"] == exports[f"ANISEARCH_{name.upper().replace('-', '_')}_URL"]
