@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import builtins
+import importlib
 import json
 import socket
+import tomllib
 from typing import Any
 
 import pytest
 import uvicorn
 from tests.cli_runner import run_in_process as cli
+from tests.conftest import REPO
 
 from anisearch._cli import _emulate
 from anisearch_emulators import tracemoe, whatanime_ga, whatanimeisthis
@@ -225,3 +228,17 @@ def test_each_printed_export_enables_its_provider(
     for name in SHIPPED:
         assert listed[name]["enabled"] is True, name
         assert listed[name]["base_url"] == exports[f"ANISEARCH_{name.upper().replace('-', '_')}_URL"]
+
+
+def test_the_declared_entry_points_load_factories_with_distinct_default_ports() -> None:
+    """What pyproject registers (names unchanged) resolves to the emulator packages and their ports."""
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
+    emulators = declared["anisearch.emulators"]
+    assert set(emulators) == set(SHIPPED)
+    ports = {}
+    for name, target in emulators.items():
+        module_name, _, attribute = target.partition(":")
+        module = importlib.import_module(module_name)
+        assert getattr(module, attribute) is SHIPPED[name].create_app
+        ports[name] = _emulate.default_port(getattr(module, attribute))
+    assert ports == {"tracemoe": 8000, "whatanime-ga": 8001, "whatanimeisthis": 8002}
