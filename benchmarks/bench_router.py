@@ -52,8 +52,9 @@ import anisearch
 from anisearch._config import Settings
 from anisearch._image import prepare
 from anisearch._ledger import Ticket, open_ledger
-from anisearch._provider import ProviderContext, SearchQuery
-from anisearch._router import Route, Router
+from anisearch._plan import PlannedQuery, Route
+from anisearch._provider import ProviderContext, SearchOptions
+from anisearch._router import Router
 from anisearch._verdict import provider_windows
 from anisearch_emulators.tracemoe import create_app
 from anisearch_providers.tracemoe import TraceMoe
@@ -230,14 +231,13 @@ def router_search(
         return response
 
     router = Router(ledger, send)
-    routes = [Route(provider=provider, scope="guest", slots=1, windows=provider_windows(provider))]
-    query = SearchQuery(image=image)
-
-    async def query_for(_provider: Provider) -> SearchQuery:
-        return query
+    planned = PlannedQuery(provider, image, SearchOptions())  # the image already fits: sent as it is
+    routes = [
+        Route(provider=provider, scope="guest", slots=1, windows=provider_windows(provider), query=planned)
+    ]
 
     async def run() -> object:
-        return checked(await router.search(routes, query_for))
+        return checked(await router.search(routes))
 
     return run
 
