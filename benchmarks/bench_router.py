@@ -53,7 +53,7 @@ from anisearch._config import Settings
 from anisearch._image import prepare
 from anisearch._ledger import Ticket, open_ledger
 from anisearch._plan import PlannedQuery, Route
-from anisearch._provider import ProviderContext, SearchOptions
+from anisearch._provider import ProviderContext, SearchOptions, SearchQuery
 from anisearch._router import Router
 from anisearch._verdict import provider_windows
 from anisearch_emulators.tracemoe import create_app
