@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from PIL import Image, ImageCms, ImageFilter, ImageMath
 
+from anisearch._sdk._common import fit_inside
+
 __all__ = ["BorderCut", "cut_borders", "find_borders"]
 
 DETECTION_BOX = 320
@@ -148,12 +150,6 @@ def _content_box(small: Image.Image) -> tuple[int, int, int, int] | None:
     return majority.getbbox()
 
 
-def _fit_inside(size: tuple[int, int], box: int) -> tuple[int, int]:
-    width, height = size
-    scale = min(box / width, box / height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def find_borders(image: Image.Image) -> BorderCut:
     """Decide, as trace.moe's ``cutBorders`` would, whether and how to trim an image's black borders.
 
@@ -169,7 +165,11 @@ def find_borders(image: Image.Image) -> BorderCut:
     if image.width < 1 or image.height < 1:
         raise ValueError("cannot look for borders in an image without pixels")
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    small = rgb.resize(_fit_inside(rgb.size, DETECTION_BOX), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    small = rgb.resize(
+        fit_inside(rgb.size, (DETECTION_BOX, DETECTION_BOX), enlarge=True),
+        Image.Resampling.LANCZOS,
+        reducing_gap=3.0,
+    )
     found = _content_box(small)
     if found is None:
         return BorderCut("keep", None, None)

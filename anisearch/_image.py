@@ -1,28 +1,26 @@
 """Image input -> :class:`PreparedImage`: sniff, first frame, flatten, downscale, re-encode, guard limits.
 
 :func:`prepare` turns whatever the user passed (a path, bytes, a binary file, a ``PIL.Image``) into a
-small JPEG plus the facts the rest of anisearch keys on (a digest of the source, the colour layout
-descriptor). It is synchronous and CPU-bound, so the async client runs it in a worker thread. Every
-problem with the input is an :class:`~anisearch.InvalidImageError` (or its
-:class:`~anisearch.ImageTooLargeError`) raised before any request, so a bad input never costs quota.
+small JPEG plus the fact the rest of anisearch keys on (a digest of the source). It is synchronous and
+CPU-bound, so the async client runs it in a worker thread. Every problem with the input is an
+:class:`~anisearch.InvalidImageError` (or its :class:`~anisearch.ImageTooLargeError`) raised before
+any request, so a bad input never costs quota.
 :func:`fit` then adapts a prepared image to one provider's :class:`~anisearch._provider.UploadLimits`.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import io
 import os
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from PIL import Image, ImageCms, UnidentifiedImageError
 
 from anisearch._borders import cut_borders as _cut_borders
-from anisearch._descriptor import search_descriptor
 from anisearch._exceptions import ConfigurationError, ImageTooLargeError, InvalidImageError
 from anisearch._limits import MAX_SOURCE_BYTES
 from anisearch._source import BinaryReader, not_an_image, read_source, video_kind
@@ -86,7 +84,7 @@ ImageSource: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview
 
 @dataclass(frozen=True, slots=True)
 class PreparedImage:
-    """An image ready to upload: re-encoded, small, with its digest and colour layout descriptor.
+    """An image ready to upload: re-encoded, small, with the digest of its source.
 
     Attributes:
         data: The encoded bytes to upload.
@@ -94,8 +92,6 @@ class PreparedImage:
         width: Pixels.
         height: Pixels.
         digest: Hex SHA-256 of the *source* bytes (the exact-match part of the cache key).
-        descriptor: The 33-number MPEG-7 colour layout descriptor (the perceptual part of the cache key,
-            and trace.moe's ``vector``).
         source_format: What the sniffed input was (``"jpeg"``, ``"png"``, ``"gif"``, ``"webp"``,
             ``"mp4"`` ...; ``"pil"`` for a PIL image that was not read from a file).
         source_bytes: Size of the input, in bytes.
@@ -106,25 +102,11 @@ class PreparedImage:
     width: int
     height: int
     digest: str
-    descriptor: tuple[int, ...] = field(default=())
     source_format: str = "jpeg"
     source_bytes: int = 0
 
-    def data_url(self) -> str:
-        """The image as a ``data:<mime>;base64,...`` URL (the legacy whatanime.ga ``image`` field)."""
-        return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode('ascii')}"
-
-    def body_size(self, encoding: Literal["multipart", "base64"] = "multipart") -> int:
-        """How many bytes the image takes in a request body, in bytes.
-
-        Args:
-            encoding: ``"multipart"`` (the raw bytes in a form part) or ``"base64"`` (a data URL).
-
-        Returns:
-            ``len(data)`` for multipart; the length of :meth:`data_url` for base64.
-        """
-        if encoding == "base64":
-            return len(f"data:{self.mime_type};base64,") + 4 * -(-len(self.data) // 3)
+    def body_size(self) -> int:
+        """How many bytes the image takes, in bytes."""
         return len(self.data)
 
 
@@ -360,7 +342,7 @@ def prepare(
     cut_borders: bool = False,
     wait_seconds: float | None = None,
 ) -> PreparedImage:
-    """Turn a user's image or video into a small JPEG ready to upload, with its digest and descriptor.
+    """Turn a user's image or video into a small JPEG ready to upload, with the digest of its source.
 
     The content is sniffed from its bytes, never from a file extension. Videos (MP4/MOV, WebM/MKV, AVI,
     FLV, Ogg, MPEG) give their first frame through PyAV (``pip install 'anisearch-gateway[video]'``); animated
@@ -387,7 +369,7 @@ def prepare(
 
     Returns:
         The prepared image. ``digest`` is the SHA-256 of the source bytes (for a PIL image: of its mode,
-        size, palette and pixels); ``descriptor`` is trace.moe's 33-number vector of the uploaded picture.
+        size, palette and pixels).
 
     Raises:
         ConfigurationError: A limit is not a positive number.
@@ -423,7 +405,6 @@ def prepare(
         width=rgb.width,
         height=rgb.height,
         digest=digest,
-        descriptor=search_descriptor(rgb),
         source_format=source_format,
         source_bytes=source_bytes,
     )
@@ -434,7 +415,7 @@ def _fits(prepared: PreparedImage, limits: UploadLimits) -> bool:
         prepared.mime_type in limits.formats
         and prepared.width <= limits.max_width
         and prepared.height <= limits.max_height
-        and prepared.body_size(limits.encoding) <= limits.max_bytes
+        and prepared.body_size() <= limits.max_bytes
     )
 
 
@@ -444,8 +425,8 @@ def fit(prepared: PreparedImage, limits: UploadLimits) -> PreparedImage:
     When the image already fits it is returned as is (no work). Otherwise it is re-encoded as JPEG
     (PNG if the provider takes PNG but not JPEG) within ``limits.max_width`` x ``limits.max_height``,
     lowering the JPEG quality from 85 to 40, then the size by 0.75 per step down to 160 pixels wide,
-    until the body (``limits.encoding``: raw bytes, or the base64 data URL) is within ``limits.max_bytes``.
-    ``digest``, ``descriptor`` and the ``source_*`` fields are kept: they describe the source.
+    until the image is within ``limits.max_bytes``. ``digest`` and the ``source_*`` fields are kept: they
+    describe the source.
 
     Args:
         prepared: The output of :func:`prepare`.
@@ -484,7 +465,7 @@ def fit(prepared: PreparedImage, limits: UploadLimits) -> PreparedImage:
                 width=size[0],
                 height=size[1],
             )
-            body = candidate.body_size(limits.encoding)
+            body = candidate.body_size()
             if body <= limits.max_bytes:
                 return candidate
             smallest = body if smallest is None else min(smallest, body)

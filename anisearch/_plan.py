@@ -104,8 +104,8 @@ class Route:
         slots: Concurrency assumed until the upstream reports its own (trace.moe guest: 1).
         cache_key: The result-cache key of this search for this provider, or None when not caching.
         windows: The provider's quota and rate windows (``provider_windows``).
-        query: What the provider is sent, and which of its hits are kept; None only in router tests
-            that never build a request (an empty query).
+        query: What the provider is sent, and which of its hits are kept; None only in tests that never
+            ask the provider.
     """
 
     provider: Provider
@@ -116,19 +116,18 @@ class Route:
     query: PlannedQuery | None = None
 
     async def ready(self) -> SearchQuery:
-        """The provider's query (see :meth:`PlannedQuery.ready`)."""
-        return await self.query.ready() if self.query is not None else SearchQuery()
+        """The provider's query (see :meth:`PlannedQuery.ready`).
+
+        Raises:
+            ValueError: The route was built without a query.
+        """
+        if self.query is None:
+            raise ValueError(f"the route to {self.provider.name} has no query to send")
+        return await self.query.ready()
 
     def accept(self, hits: Sequence[Hit]) -> list[Hit]:
         """The hits this search keeps (see :meth:`PlannedQuery.accept`)."""
         return self.query.accept(hits) if self.query is not None else list(hits)
-
-
-def _image_key(provider: Provider, prepared: PreparedImage) -> str:
-    """The part of the cache key that names the picture: what the provider's answer depends on."""
-    if provider.capabilities.vector and prepared.descriptor:
-        return "cld:" + ",".join(map(str, prepared.descriptor))
-    return "sha256:" + prepared.digest
 
 
 def plan_routes(
@@ -150,7 +149,7 @@ def plan_routes(
     routes = []
     for provider, scope, slots, windows in providers:
         planned = PlannedQuery(provider, prepared, options, cropped)
-        key = cache_key(provider.name, _image_key(provider, prepared), [options]) if use_cache else None
+        key = cache_key(provider.name, provider.cache_key(prepared), [options]) if use_cache else None
         routes.append(
             Route(provider=provider, scope=scope, slots=slots, cache_key=key, windows=windows, query=planned)
         )

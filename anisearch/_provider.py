@@ -10,12 +10,13 @@ group ``anisearch.providers``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVar, runtime_checkable
 
 from anisearch._exceptions import ConfigurationError, UnknownProviderError
 
@@ -59,10 +60,6 @@ class Capabilities:
 
     upload: bool = True
     """Accepts the image bytes."""
-    url: bool = False
-    """Accepts an image URL that the upstream fetches itself."""
-    vector: bool = False
-    """Accepts a colour layout descriptor instead of an image (trace.moe ``{"vector": ...}``)."""
     anilist_filter: bool = False
     """Can restrict the search to one AniList ID (trace.moe ``anilistID``, legacy ``filter``)."""
     cut_borders: bool = False
@@ -84,18 +81,16 @@ class UploadLimits:
     """How a provider wants the image.
 
     Attributes:
-        max_bytes: Largest request body the upstream accepts, in bytes (the image after encoding,
-            including base64 inflation where ``encoding`` is ``"base64"``).
+        max_bytes: Largest image the upstream accepts, in bytes (a provider that inflates the image on
+            the way, base64 for instance, sets the budget of the raw bytes).
         max_width: Width the image is downscaled to fit, pixels (aspect kept).
         max_height: Height the image is downscaled to fit, pixels (aspect kept).
-        encoding: ``"multipart"`` (raw bytes in a form part) or ``"base64"`` (a data URL in the body).
         formats: MIME types the upstream accepts; anything else is re-encoded as JPEG.
     """
 
     max_bytes: int = 25 * 1024 * 1024
     max_width: int = 640
     max_height: int = 360
-    encoding: Literal["multipart", "base64"] = "multipart"
     formats: frozenset[str] = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
 
 
@@ -113,12 +108,15 @@ class SearchOptions:
 
 @dataclass(frozen=True, slots=True)
 class SearchQuery:
-    """One search as a provider sees it: exactly one of ``image``, ``url`` or ``vector`` is set."""
+    """One search as a provider sees it: the prepared image and the search's options.
 
+    Attributes:
+        image: The image, already prepared and fitted to the provider's :class:`UploadLimits`.
+        options: The options, the same for every provider.
+    """
+
+    image: PreparedImage
     options: SearchOptions = field(default_factory=SearchOptions)
-    image: PreparedImage | None = None
-    url: str | None = None
-    vector: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +225,12 @@ class Provider(Protocol):
         """An httpx auth flow to send requests with (a session that signs in again on 401), or None."""
         ...
 
+    def cache_key(self, image: PreparedImage) -> str:
+        """The image part of the result-cache key for this provider (its answer depends on nothing else
+        of the image): the source digest by default, a perceptual descriptor where the upstream matches
+        by one."""
+        ...
+
 
 @runtime_checkable
 class AccountProvider(Protocol):
@@ -260,21 +264,84 @@ def available_providers() -> list[str]:
     return sorted(_provider_entry_points())
 
 
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+_REQUIRED = (
+    "capabilities",
+    "limits",
+    "default_order",
+    "default_rank",
+    "from_context",
+    "credential",
+    "assumed_quotas",
+    "search_request",
+    "parse_search",
+    "quota_request",
+    "parse_quota",
+    "observe",
+    "auth",
+    "cache_key",
+)
+"""What a provider class must have, besides its ``name`` (see :class:`Provider`)."""
+
+
+def _origin(entry: Any) -> str:
+    dist = getattr(entry, "dist", None)
+    where = (
+        f"distribution {dist.name!r}"
+        if dist is not None and getattr(dist, "name", None)
+        else "an unknown distribution"
+    )
+    return f"entry point {entry.name!r} = {entry.value!r} (group {PROVIDER_GROUP}, from {where})"
+
+
+def check_provider(cls: Any, entry: Any) -> type[Provider]:
+    """``cls`` if it is a provider class conforming to :class:`Provider`, registered under its own name.
+
+    Args:
+        cls: What the entry point loaded.
+        entry: The entry point (``name``, ``value``, ``dist``), for the message.
+
+    Raises:
+        ConfigurationError: It is not a class, its ``name`` is not a lower-case name (letters, digits,
+            dashes) equal to the entry point's, or it lacks members of the protocol (listed). The
+            message names the entry point and the distribution that registered it.
+    """
+    if not isinstance(cls, type):
+        raise ConfigurationError(f"{_origin(entry)} loads {type(cls).__name__} {cls!r}, not a provider class")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"{_origin(entry)}: {cls.__qualname__}.name must be a lower-case name (letters, digits, dashes), "
+            f"got {name!r}"
+        )
+    if name != entry.name:
+        raise ConfigurationError(f"{_origin(entry)}: {cls.__qualname__}.name is {name!r}, not {entry.name!r}")
+    missing = [member for member in _REQUIRED if not hasattr(cls, member)]
+    if missing:
+        raise ConfigurationError(
+            f"{_origin(entry)}: {cls.__qualname__} is not a provider; it lacks {', '.join(missing)} "
+            "(derive it from anisearch.provider.BaseProvider)"
+        )
+    provider: type[Provider] = cls
+    return provider
+
+
 def load_provider(name: str) -> type[Provider]:
-    """The provider class registered as ``name``.
+    """The provider class registered as ``name``, checked to conform to :class:`Provider`.
 
     Raises:
         UnknownProviderError: No installed package registers ``name``; the message lists the known names.
-        ConfigurationError: The entry point exists but cannot be imported.
+        ConfigurationError: The entry point exists but cannot be imported, or what it loads is not a
+            conforming provider class; the message names the entry point and its distribution.
     """
     eps = _provider_entry_points()
     if name not in eps:
         raise UnknownProviderError(name, list(eps))
     try:
-        cls: type[Provider] = eps[name].load()
+        loaded = eps[name].load()
     except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(f"provider {name!r} is registered but cannot be loaded: {exc}") from exc
-    return cls
+        raise ConfigurationError(f"{_origin(eps[name])} cannot be loaded: {exc}") from exc
+    return check_provider(loaded, eps[name])
 
 
 def load_emulator(name: str) -> Any:

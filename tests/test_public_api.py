@@ -29,7 +29,7 @@ def test_all_is_sorted_and_complete() -> None:
         anisearch.__all__, key=lambda name: (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
     )
     public = {name for name in vars(anisearch) if not name.startswith("_")}
-    modules = {"annotations", "os", "Sequence", "IO", "TYPE_CHECKING", "Any", "cli"}
+    modules = {"annotations", "os", "Sequence", "IO", "TYPE_CHECKING", "Any", "cli", "provider"}
     assert public - modules - set(anisearch.__all__) == set()
     for name in anisearch.__all__:
         assert getattr(anisearch, name) is not None

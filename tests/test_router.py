@@ -137,7 +137,10 @@ def router(ledger: Ledger, attempts: list[Attempt] | None = None, wait_seconds: 
 
 
 def routes(*providers: Scripted) -> list[Route]:
-    return [Route(provider=p, scope="guest", windows=WINDOWS) for p in providers]  # type: ignore[arg-type]
+    return [
+        Route(provider=p, scope="guest", windows=WINDOWS, query=PlannedQuery(p, FITS, SearchOptions()))
+        for p in providers
+    ]  # type: ignore[arg-type]
 
 
 async def test_first_provider_answers_and_the_rest_are_not_asked(ledger: Ledger) -> None:
@@ -321,7 +324,10 @@ DAY_AND_HOUR = (
 
 
 def windowed(*providers: Scripted, windows: tuple[WindowSpec, ...] = DAY_AND_HOUR) -> list[Route]:
-    return [Route(provider=p, scope="guest", windows=windows) for p in providers]  # type: ignore[arg-type]
+    return [
+        Route(provider=p, scope="guest", windows=windows, query=PlannedQuery(p, FITS, SearchOptions()))
+        for p in providers
+    ]  # type: ignore[arg-type]
 
 
 class Observing(Scripted):
@@ -430,7 +436,14 @@ async def test_except_star_keeps_the_attempts(ledger: Ledger) -> None:
 async def test_an_answer_served_as_a_guest_says_so_in_its_attempt(ledger: Ledger) -> None:
     as_guest = Quota(provider="one", scope="guest", window="day", remaining=4)
     first = Scripted("one", answer("one", 0.95, quota=as_guest), answer("one", 0.95))
-    session = [Route(provider=first, scope="session:0123456789abcdef", windows=DAY_AND_HOUR)]  # type: ignore[arg-type]
+    session = [
+        Route(
+            provider=first,  # type: ignore[arg-type]
+            scope="session:0123456789abcdef",
+            windows=DAY_AND_HOUR,
+            query=PlannedQuery(first, FITS, SearchOptions()),  # type: ignore[arg-type]
+        )
+    ]
     dead = await router(ledger).search(session)
     assert dead.attempts[0].scope == "guest"  # the session had died: the site answered a guest
     alive = await router(ledger).search(session)

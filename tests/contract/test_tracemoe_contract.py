@@ -33,6 +33,7 @@ from anisearch._provider import SearchOptions, SearchQuery
 from anisearch_emulators.tracemoe import create_app
 from anisearch_emulators.tracemoe._index import SCENES, IndexedScene
 from anisearch_providers.tracemoe import TraceMoe
+from anisearch_providers.tracemoe.descriptor import search_descriptor
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -491,7 +492,7 @@ async def test_a_url_the_server_cannot_fetch_is_400_failed_to_fetch(client: http
     from anisearch import ImageFetchError
 
     url = "http://unreachable.invalid/a.jpg"
-    answer = await client.send(provider().search_request(SearchQuery(url=url)))
+    answer = await client.send(provider().url_search_request(url))
     assert (answer.status_code, answer.json()) == (400, {"error": f"Failed to fetch image {url}"})
     with pytest.raises(ImageFetchError):
         provider().parse_search(answer)
@@ -500,10 +501,9 @@ async def test_a_url_the_server_cannot_fetch_is_400_failed_to_fetch(client: http
 async def test_a_vector_search_finds_what_the_upload_finds(client: httpx.AsyncClient, tinted: bytes) -> None:
     """§2.4 (verified): the colour layout descriptor computed locally is the server's own, so a search by
     ``{"vector": ...}`` (33 bytes) answers like the upload."""
-    prepared = prepare(tinted)
-    by_vector = provider().parse_search(
-        await client.send(provider().search_request(SearchQuery(vector=prepared.descriptor)))
-    )
+    with Image.open(io.BytesIO(prepare(tinted).data)) as uploaded:
+        vector = search_descriptor(uploaded)
+    by_vector = provider().parse_search(await client.send(provider().vector_search_request(vector)))
     by_upload = provider().parse_search(await search(client, tinted))
     assert (by_vector.hits[0].anilist_id, by_vector.hits[0].similarity) == (
         by_upload.hits[0].anilist_id, by_upload.hits[0].similarity,

@@ -241,7 +241,7 @@ def test_rate_limited_is_a_rate_limit_and_usage_exceeded_a_quota() -> None:
     """§2.6, §5 (RUN for the 429): the API-key plugin's ``RATE_LIMITED`` ("Rate limit exceeded.") is a
     rate limit with ``details.tryAgainIn`` milliseconds, never a quota; ``USAGE_EXCEEDED`` is a quota."""
     provider = WhatAnimeIsThis(base_url=BASE, api_key="k" * 64)
-    request = provider.search_request(SearchQuery(url="https://img.example/a.jpg"))
+    request = provider.url_search_request("https://img.example/a.jpg")
     limited = httpx.Response(
         429,
         json={"message": "Rate limit exceeded.", "code": "RATE_LIMITED", "details": {"tryAgainIn": 4500}},
@@ -402,7 +402,7 @@ def test_a_coded_error_is_never_read_by_its_message() -> None:
     """§7.3 (RUN): classification is by status and ``code``; "too large" in ``INVALID_NAME_LENGTH``'s
     message does not make it an image-size error, whichever route it comes from."""
     provider = WhatAnimeIsThis(base_url=BASE)
-    request = provider.search_request(SearchQuery(url="https://img.example/a.jpg"))
+    request = provider.url_search_request("https://img.example/a.jpg")
     answer = httpx.Response(
         400,
         json={"message": "The name length is either too large or too small.", "code": "INVALID_NAME_LENGTH"},

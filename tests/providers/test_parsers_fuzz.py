@@ -23,7 +23,7 @@ from anisearch import AnisearchError
 from anisearch._image import PreparedImage
 from anisearch._provider import SearchQuery
 from anisearch_providers.tracemoe import TraceMoe
-from anisearch_providers.tracemoe.legacy import WhatanimeGa
+from anisearch_providers.whatanime_ga import WhatanimeGa
 from anisearch_providers.whatanimeisthis import WhatAnimeIsThis
 
 if TYPE_CHECKING:

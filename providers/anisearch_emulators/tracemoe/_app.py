@@ -7,8 +7,8 @@ exact error bodies and content types (JSON, or Express's HTML pages for 404/413/
 429), rate-limit and CORS headers, the rolling 24-hour quota per client network or API key, the
 concurrency counter, the priority queue, vector search, ``/me`` with usage buckets, and expiring preview
 URLs. Searches are scored like the real server: the upload is prepared and described with
-:mod:`anisearch._descriptor` and compared with the scenes every emulator shares (``data/scenes.json``,
-seen through :mod:`._index`) by ``(255 - squared L2) / 255``.
+:mod:`anisearch_providers.tracemoe.descriptor` and compared with the scenes every emulator shares
+(``data/scenes.json``, seen through :mod:`._index`) by ``(255 - squared L2) / 255``.
 
 ``era="v2"`` (2025-08 to 2026-02) and ``era="v1"`` (2021-05 to 2025-07) switch on the quirks of older
 servers that a client must survive: a calendar-month quota (1000 for guests) with the bare

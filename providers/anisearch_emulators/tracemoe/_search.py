@@ -24,7 +24,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from anisearch._descriptor import DESCRIPTOR_LENGTH, color_layout, prepare_search_image
+from anisearch_providers.tracemoe.descriptor import DESCRIPTOR_LENGTH, color_layout, prepare_search_image
 
 from ._index import ANILIST
 from ._state import HTML_TYPE, LoggedSearch, Server, _Caller, _error, _express_page, _json

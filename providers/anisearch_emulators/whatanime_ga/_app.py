@@ -40,7 +40,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from anisearch._descriptor import search_descriptor, similarity
+from anisearch_providers.tracemoe.descriptor import search_descriptor, similarity
 
 from ._index import LegacyFrame, default_frames
 from ._input import SearchInput, anilist_filter, parse_input, read_body

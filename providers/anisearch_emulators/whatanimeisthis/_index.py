@@ -108,7 +108,7 @@ def describe(image_bytes: bytes) -> tuple[int, ...]:
     # Imported on the first search: the app starts without Pillow's decoders or the descriptor code.
     from PIL import Image, UnidentifiedImageError
 
-    from anisearch._descriptor import search_descriptor
+    from anisearch_providers.tracemoe.descriptor import search_descriptor
 
     try:
         with Image.open(BytesIO(image_bytes)) as image:

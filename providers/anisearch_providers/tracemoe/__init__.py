@@ -9,32 +9,29 @@ of the contract's §4 table, each translated once to its own exception class.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from io import BytesIO
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import httpx
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
-from anisearch._exceptions import (
+from anisearch.provider import (
+    BaseProvider,
+    Capabilities,
     ConfigurationError,
     ImageTooLargeError,
     InvalidImageError,
-    UpstreamResponseError,
-)
-from anisearch._ledger import WindowSpec
-from anisearch._models import Quota, QuotaScope
-from anisearch._provider import (
-    Capabilities,
-    Credential,
     ProviderAnswer,
-    ProviderContext,
+    Quota,
     SearchOptions,
     SearchQuery,
+    ShapeError,
     UploadLimits,
+    UpstreamResponseError,
+    WindowSpec,
+    as_int,
+    response_date,
 )
-from anisearch._redact import redact
 
-from ._common import ShapeError, as_int, json_body, response_date
 from ._errors import MAX_UPLOAD_BYTES, error_for
 from ._parse import (
     UsageBucket,
@@ -44,12 +41,12 @@ from ._parse import (
     observed_quotas,
     usage_buckets,
 )
-from ._requests import MAX_BATCH, Params, http_base_url, image_url, search_params, user_agent, vector_text
+from ._requests import MAX_BATCH, Params, image_url, search_params, vector_text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Iterator, Sequence
 
-    from anisearch._image import PreparedImage
+    from anisearch.provider import PreparedImage, ProviderContext
 
 __all__ = ["DEFAULT_URL", "TraceMoe", "UsageBucket"]
 
@@ -64,16 +61,7 @@ _USAGE_PERIODS = frozenset({"minute", "hour", "day"})
 _IMAGE_FILENAMES = {"image/png": "image.png", "image/webp": "image.webp", "image/gif": "image.gif"}
 
 
-class _Settings(BaseModel):
-    """The ``[providers.tracemoe]`` settings (env ``ANISEARCH_TRACEMOE_URL``, ``ANISEARCH_TRACEMOE_KEY``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    url: str | None = None
-    key: SecretStr | None = None
-
-
-class TraceMoe:
+class TraceMoe(BaseProvider):
     """The current trace.moe API as an anisearch provider (entry point ``tracemoe``).
 
     Guests get 100 searches per rolling 24 h and one search in flight; an API key (sent only as the
@@ -94,32 +82,11 @@ class TraceMoe:
     name: ClassVar[str] = "tracemoe"
     default_order: ClassVar[bool] = True
     default_rank: ClassVar[int] = 100
+    default_url: ClassVar[str] = DEFAULT_URL
     capabilities: Capabilities = Capabilities(
-        upload=True,
-        url=True,
-        vector=True,
-        anilist_filter=True,
-        cut_borders=True,
-        anilist_info=True,
-        quota=True,
+        upload=True, anilist_filter=True, cut_borders=True, anilist_info=True, quota=True
     )
-    limits: UploadLimits = UploadLimits(
-        max_bytes=MAX_UPLOAD_BYTES, max_width=640, max_height=360, encoding="multipart"
-    )
-
-    def __init__(
-        self,
-        base_url: str = DEFAULT_URL,
-        key: str | None = None,
-        *,
-        clock: Callable[[], datetime] | None = None,
-    ) -> None:
-        self.base_url = http_base_url(base_url, "ANISEARCH_TRACEMOE_URL")
-        self._key = key.strip() if key and key.strip() else None
-        self._clock = clock or (lambda: datetime.now(UTC))
-
-    def __repr__(self) -> str:
-        return f"TraceMoe(base_url={redact(self.base_url)!r}, scope={self.credential.scope!r})"
+    limits: UploadLimits = UploadLimits(max_bytes=MAX_UPLOAD_BYTES, max_width=640, max_height=360)
 
     @classmethod
     def from_context(cls, context: ProviderContext) -> Self:
@@ -129,31 +96,9 @@ class TraceMoe:
             ConfigurationError: An unknown setting (named in the message), a value of the wrong type, or a
                 ``url`` that is not http(s).
         """
-        config = dict(context.config)
-        unknown = sorted(set(config) - set(_Settings.model_fields))
-        if unknown:
-            raise ConfigurationError(
-                f"unknown tracemoe setting(s): {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(_Settings.model_fields))}"
-            )
-        try:
-            settings = _Settings.model_validate(config)
-        except ValidationError as exc:  # the message names the setting, never its value (it may be a key)
-            fields = ", ".join(".".join(str(part) for part in error["loc"]) for error in exc.errors())
-            raise ConfigurationError(f"invalid tracemoe setting(s): {fields} (expected text)") from None
-        key = settings.key.get_secret_value() if settings.key else None
-        return cls(settings.url or DEFAULT_URL, key)
+        return super().from_context(context)
 
     # ------------------------------------------------------------ identity and limits
-
-    @property
-    def credential(self) -> Credential:
-        """``Credential("api-key", key)`` with a key, else ``Credential("guest")``."""
-        return Credential("api-key", self._key) if self._key else Credential("guest")
-
-    @property
-    def _scope(self) -> QuotaScope:
-        return self.credential.scope
 
     def windows(self) -> list[WindowSpec]:
         """trace.moe's windows (contract §5, §6).
@@ -163,7 +108,7 @@ class TraceMoe:
           the free ``/me``, so the ledger asks it before trusting its own estimate that a search aged out.
         - ``minute``: every HTTP request, 100 per fixed 60 s window per address, a rate limit (429).
         """
-        guest = self._scope == "guest"
+        guest = self.scope == "guest"
         return [
             WindowSpec(
                 "rolling-24h", span_seconds=86400, limit=GUEST_QUOTA if guest else None, reported=True
@@ -177,22 +122,20 @@ class TraceMoe:
         A guest: 100 searches per rolling 24 h, one in flight. A key: one in flight, the rest unknown
         until ``/me`` answers. Both: 100 HTTP requests per minute.
         """
-        now = self._clock()
-        guest = self._scope == "guest"
+        now, guest = self.now(), self.scope == "guest"
+        search = {"limit": GUEST_QUOTA if guest else None, "concurrency": 1, "priority": 0 if guest else None}
         return [
             Quota(
                 provider=self.name,
-                scope=self._scope,
-                limit=GUEST_QUOTA if guest else None,
+                scope=self.scope,
                 window="rolling-24h",
-                concurrency=1,
-                priority=0 if guest else None,
                 source="ledger",
                 observed_at=now,
+                **search,
             ),
             Quota(
                 provider=self.name,
-                scope=self._scope,
+                scope=self.scope,
                 limit=RATE_PER_MINUTE,
                 window="minute",
                 source="ledger",
@@ -200,60 +143,66 @@ class TraceMoe:
             ),
         ]
 
-    def auth(self) -> httpx.Auth | None:
-        """None: the key travels in a header, there is no session to keep."""
-        return None
+    def cache_key(self, image: PreparedImage) -> str:
+        """``cld:`` and the colour layout descriptor trace.moe computes for the upload: its answer depends
+        on nothing else of the image, so the same picture re-encoded or resized finds the same answer."""
+        from PIL import Image
+
+        from .descriptor import search_descriptor
+
+        with Image.open(BytesIO(image.data)) as picture:
+            return "cld:" + ",".join(map(str, search_descriptor(picture)))
 
     # ------------------------------------------------------------ requests
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": user_agent()}
-        if self._key:
-            headers["x-trace-key"] = self._key
+    def headers(self) -> dict[str, str]:
+        """JSON, anisearch's User-Agent, and the key in ``x-trace-key`` (never ``?key=``)."""
+        headers = super().headers()
+        if self.key:
+            headers["x-trace-key"] = self.key
         return headers
 
     def search_request(self, query: SearchQuery) -> httpx.Request:
-        """The ``/search`` request for one image, image URL or colour layout vector.
-
-        - image: ``POST`` multipart, the file in the field ``image``.
-        - url: ``GET ?url=<percent-encoded URL>``; trace.moe downloads it.
-        - vector: ``POST`` JSON ``{"vector": "<base64 of 33 bytes>"}``. ``cutBorders`` is not sent: the
-          server cannot crop a descriptor, so it must describe the already cropped image.
+        """``POST /search``, multipart, the image in the field ``image``.
 
         ``anilistID``, ``cutBorders`` and ``anilistInfo`` go in the query string; the key in ``x-trace-key``.
 
         Raises:
-            ConfigurationError: Not exactly one of image, url, vector; a URL that is not http(s); a vector
-                that is not 33 bytes; a negative ``anilist_id``.
+            ConfigurationError: A negative ``anilist_id``.
             InvalidImageError: The image is empty.
             ImageTooLargeError: The image is over 25 MiB (checked before sending; ``provider`` is None).
         """
-        inputs = [value for value in (query.image, query.url, query.vector) if value is not None]
-        if len(inputs) > 1:
-            raise ConfigurationError("a search needs exactly one of image, url or vector")
-        url = f"{self.base_url}/search"
-        if query.image is not None:
-            image = self._checked_image(query.image)
-            filename = _IMAGE_FILENAMES.get(image.mime_type, "image.jpg")
-            return httpx.Request(
-                "POST",
-                url,
-                params=search_params(query.options),
-                headers=self._headers(),
-                files={"image": (filename, image.data, image.mime_type)},
-            )
-        if query.url is not None:
-            params: Params = [("url", image_url(query.url)), *search_params(query.options)]
-            return httpx.Request("GET", url, params=params, headers=self._headers())
-        if query.vector is not None:
-            return httpx.Request(
-                "POST",
-                url,
-                params=search_params(query.options, cut_borders=False),
-                headers=self._headers(),
-                json={"vector": vector_text(query.vector)},
-            )
-        raise ConfigurationError("a search needs exactly one of image, url or vector")
+        image = self._checked_image(query.image)
+        filename = _IMAGE_FILENAMES.get(image.mime_type, "image.jpg")
+        files = {"image": (filename, image.data, image.mime_type)}
+        return self.request("POST", "/search", params=search_params(query.options), files=files)
+
+    def url_search_request(self, url: str, options: SearchOptions | None = None) -> httpx.Request:
+        """``GET /search?url=<percent-encoded URL>``: trace.moe downloads the image itself.
+
+        Not used by the engine (it downloads URLs itself, within its own limits, so the cache and the
+        other providers see the same bytes); for callers who want trace.moe to fetch.
+
+        Raises:
+            ConfigurationError: A URL that is not absolute http(s); a negative ``anilist_id``.
+        """
+        params: Params = [("url", image_url(url)), *search_params(options or SearchOptions())]
+        return self.request("GET", "/search", params=params)
+
+    def vector_search_request(
+        self, vector: Sequence[int], options: SearchOptions | None = None
+    ) -> httpx.Request:
+        """``POST /search`` with JSON ``{"vector": "<base64 of 33 bytes>"}``: 44 bytes instead of an image.
+
+        ``cutBorders`` is not sent: the server cannot crop a descriptor, so it must describe the already
+        cropped image (see :func:`~anisearch_providers.tracemoe.descriptor.search_descriptor`). Parse the
+        answer with :meth:`parse_search`.
+
+        Raises:
+            ConfigurationError: A vector that is not 33 integers 0..255; a negative ``anilist_id``.
+        """
+        params = search_params(options or SearchOptions(), cut_borders=False)
+        return self.request("POST", "/search", params=params, json={"vector": vector_text(vector)})
 
     def search_batch_request(
         self, vectors: Sequence[Sequence[int]], options: SearchOptions | None = None
@@ -269,12 +218,9 @@ class TraceMoe:
             raise ConfigurationError(
                 f"a trace.moe vector batch holds 1 to {MAX_BATCH} vectors, got {len(vectors)}"
             )
-        return httpx.Request(
-            "POST",
-            f"{self.base_url}/search",
-            params=search_params(options or SearchOptions(), cut_borders=False),
-            headers=self._headers(),
-            json={"vector": [vector_text(vector) for vector in vectors]},
+        params = search_params(options or SearchOptions(), cut_borders=False)
+        return self.request(
+            "POST", "/search", params=params, json={"vector": [vector_text(v) for v in vectors]}
         )
 
     def _checked_image(self, image: PreparedImage) -> PreparedImage:
@@ -290,7 +236,7 @@ class TraceMoe:
 
     def quota_request(self) -> httpx.Request:
         """``GET /me``: the caller's quota, usage, concurrency and priority. Costs no search."""
-        return httpx.Request("GET", f"{self.base_url}/me", headers=self._headers())
+        return self.request("GET", "/me")
 
     def usage_request(self, period: str) -> httpx.Request:
         """``GET /me?period=minute|hour|day``: searches per status over the last 60 min, 72 h or 60 days.
@@ -302,7 +248,7 @@ class TraceMoe:
             raise ConfigurationError(
                 f"period must be one of {', '.join(sorted(_USAGE_PERIODS))}, got {period!r}"
             )
-        return httpx.Request("GET", f"{self.base_url}/me", params={"period": period}, headers=self._headers())
+        return self.request("GET", "/me", params={"period": period})
 
     # ------------------------------------------------------------ responses
 
@@ -317,10 +263,10 @@ class TraceMoe:
 
     def _ok_body(self, response: httpx.Response, endpoint: str) -> Any:
         if response.status_code != httpx.codes.OK:
-            raise error_for(response, provider=self.name, now=self._clock(), endpoint=endpoint)
-        body = json_body(response, provider=self.name, endpoint=endpoint)
+            raise error_for(response, provider=self.name, now=self.now(), endpoint=endpoint)
+        body = self.json(response, endpoint)
         if isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"]:
-            raise error_for(response, provider=self.name, now=self._clock(), endpoint=endpoint)
+            raise error_for(response, provider=self.name, now=self.now(), endpoint=endpoint)
         return body
 
     def _search_body(self, response: httpx.Response) -> tuple[dict[str, Any], list[Any]]:
@@ -340,7 +286,7 @@ class TraceMoe:
         with self._shape(response, "/search"):
             hits = hits_from_items(items, provider=self.name, date=response_date(response))
             quota = answer_quota(
-                body, provider=self.name, scope=self._scope, searches=searches, now=self._clock()
+                body, provider=self.name, scope=self.scope, searches=searches, now=self.now()
             )
         frames = as_int(body.get("frameCount"))  # can pass 2**31 (Milvus counts every frame)
         frames = frames if frames is not None and frames >= 0 else None
@@ -400,7 +346,7 @@ class TraceMoe:
         """
         body = self._ok_body(response, "/me")
         with self._shape(response, "/me"):
-            return [me_quota(body, provider=self.name, scope=self._scope, now=self._clock())]
+            return [me_quota(body, provider=self.name, scope=self.scope, now=self.now())]
 
     def parse_usage(self, response: httpx.Response) -> list[UsageBucket]:
         """The ``/me?period=`` answer: searches per HTTP status, one bucket per minute, hour or day.
@@ -421,4 +367,4 @@ class TraceMoe:
         - A 429: that window with ``remaining`` 0 and ``cooldown_until`` = now + ``Retry-After``.
         - A 402 ``Search quota depleted``: the search quota, spent (``remaining`` 0).
         """
-        return observed_quotas(response, provider=self.name, scope=self._scope, now=self._clock())
+        return observed_quotas(response, provider=self.name, scope=self.scope, now=self.now())

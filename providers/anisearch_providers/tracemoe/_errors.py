@@ -26,10 +26,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Literal
 
-from anisearch._exceptions import (
+from anisearch.provider import (
     AuthenticationError,
     BadRequestError,
     ConcurrencyLimitError,
+    ErrorAnswer,
+    ErrorRule,
     ImageFetchError,
     ImageTooLargeError,
     ProviderBusyError,
@@ -37,24 +39,19 @@ from anisearch._exceptions import (
     ProviderServerError,
     QuotaExhaustedError,
     RateLimitedError,
+    ShapeError,
     UpstreamResponseError,
+    as_count,
+    classify_error,
+    json_body,
+    retry_after_seconds,
+    statuses,
 )
 
 if TYPE_CHECKING:
     from datetime import datetime
 
     import httpx
-
-from ._common import (
-    ErrorRule,
-    ShapeError,
-    as_count,
-    classify_error,
-    error_message,
-    json_body,
-    retry_after_seconds,
-    statuses,
-)
 
 __all__ = [
     "ERROR_RULES",
@@ -81,7 +78,13 @@ _TOO_LARGE_MARKERS = (
 )
 _HTML_MARKERS = ("<!DOCTYPE html", "<html", "<pre>")
 
-ERROR_RULES: tuple[ErrorRule, ...] = (
+
+def _near_the_limit(answer: ErrorAnswer) -> bool:
+    """Whether what was sent was a multipart upload of at least :data:`NEAR_LIMIT_BYTES`."""
+    return answer.upload_bytes is not None and answer.upload_bytes >= NEAR_LIMIT_BYTES
+
+
+ERROR_RULES: tuple[ErrorRule[ErrorAnswer], ...] = (
     # The image host's own status is mirrored (404, 403, 5xx...); a fetch that threw is a 400.
     ErrorRule(ImageFetchError, prefix="Failed to fetch image"),
     # 402 means two things: a spent quota (do not retry) and too many searches in flight (retry).
@@ -99,7 +102,7 @@ ERROR_RULES: tuple[ErrorRule, ...] = (
     # Express's body parser (413) and multer (an HTML 500 to a multipart upload) refuse big bodies.
     ErrorRule(ImageTooLargeError, statuses(413)),
     ErrorRule(ImageTooLargeError, statuses(range(400, 600)), contains=_TOO_LARGE_MARKERS),
-    ErrorRule(ImageTooLargeError, statuses(500), contains=_HTML_MARKERS, min_upload_bytes=NEAR_LIMIT_BYTES),
+    ErrorRule(ImageTooLargeError, statuses(500), contains=_HTML_MARKERS, when=_near_the_limit),
     # Any other HTML 500 is an uncaught exception (database down, a repeated anilistID...).
     ErrorRule(ProviderServerError, statuses(500), contains=_HTML_MARKERS),
     ErrorRule(BadRequestError, statuses(400), prefix="Invalid image url"),
@@ -162,9 +165,9 @@ def error_for(
         now: The current time, to turn an HTTP-date ``Retry-After`` into seconds.
         endpoint: The path asked (``"/search"``), for :class:`UpstreamResponseError`.
     """
-    error = classify_error(ERROR_RULES, response) or UpstreamResponseError
-    message = error_message(response)
-    status = response.status_code
+    rule, answer = classify_error(ERROR_RULES, response)
+    error = rule.error if rule is not None else UpstreamResponseError
+    message, status = answer.message, answer.status
     if error is QuotaExhaustedError:
         try:
             limit, used = quota_numbers(response, message)

@@ -1,4 +1,4 @@
-"""trace.moe bodies and headers -> anisearch models: hits, quotas, rate windows, preview lifetimes.
+"""trace.moe bodies and headers -> anisearch models: hits, quotas, preview lifetimes.
 
 Pure functions over decoded JSON and headers. Shape problems raise :class:`ShapeError`, which the
 provider translates once into :class:`~anisearch.UpstreamResponseError` with the status and endpoint.
@@ -14,27 +14,28 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import ValidationError
 
-from anisearch._models import Hit, Quota, QuotaScope, QuotaWindow
-
-from ._common import (
+from anisearch.provider import (
+    Hit,
+    Quota,
+    QuotaScope,
     ShapeError,
     as_bool,
     as_count,
+    as_episode,
     as_float,
     as_int,
     as_str,
-    capped_seconds,
     clamp_similarity,
-    episode_value,
     epoch,
     error_message,
-    http_date,
     next_hour,
+    rate_limit_quota,
     retry_after_seconds,
     string_list,
     title_from,
     without,
 )
+
 from ._errors import quota_numbers, quota_window
 
 if TYPE_CHECKING:
@@ -50,7 +51,6 @@ __all__ = [
     "me_quota",
     "observed_quotas",
     "preview_expiry",
-    "rate_quota",
     "usage_buckets",
 ]
 
@@ -60,18 +60,6 @@ PREVIEW_GRACE_SECONDS = 300
 """Preview URLs are honoured until this many seconds after the hour they embed (server ``video.ts``)."""
 
 _OPAQUE_PREVIEW = re.compile(r"/(?:video|image)/[A-Za-z0-9_-]+/?$")
-_POLICY_WINDOW = re.compile(r";\s*w\s*=\s*(\d+)")
-_EPOCH_THRESHOLD = 1_000_000_000  # an X-RateLimit-Reset above this is Unix seconds, below it a delay
-_RATE_HEADERS = (
-    "x-ratelimit-limit",
-    "x-ratelimit-remaining",
-    "x-ratelimit-reset",
-    "ratelimit-limit",
-    "ratelimit-remaining",
-    "ratelimit-reset",
-    "ratelimit-policy",
-    "retry-after",
-)
 
 
 def _after(base: datetime, seconds: float) -> datetime | None:
@@ -139,7 +127,7 @@ def hit_from_item(item: Any, *, provider: str, date: datetime | None) -> Hit:
             title=title,
             synonyms=string_list(info.get("synonyms")),
             is_adult=as_bool(info.get("isAdult")),
-            episode=episode_value(item.get("episode")),
+            episode=as_episode(item.get("episode")),
             episode_start=as_int(item.get("episode_start")),
             episode_end=as_int(item.get("episode_end")),
             start_seconds=as_float(item.get("from")),
@@ -279,59 +267,6 @@ def usage_buckets(body: Any) -> list[UsageBucket]:
 # ---------------------------------------------------------------- headers
 
 
-def _policy_window(policy: str | None) -> QuotaWindow:
-    match = _POLICY_WINDOW.search(policy or "")
-    return "hour" if match and int(match.group(1)) >= 3600 else "minute"  # noqa: PLR2004 - seconds in an hour
-
-
-def _header_count(headers: httpx.Headers, *names: str) -> int | None:
-    """The first of ``names`` that holds a count (0..2**31-1); absurd values are skipped."""
-    for name in names:
-        try:
-            number = as_count(headers.get(name), name)
-        except ShapeError:
-            continue
-        if number is not None:
-            return number
-    return None
-
-
-def rate_quota(response: httpx.Response, *, provider: str, scope: QuotaScope, now: datetime) -> Quota | None:
-    """The HTTP rate window the headers describe (100 requests per 60 s at trace.moe), or None.
-
-    Limit and remaining come from ``X-RateLimit-*`` or the IETF draft ``RateLimit-*`` headers;
-    ``resets_at`` from ``X-RateLimit-Reset`` (Unix seconds) or ``RateLimit-Reset`` (seconds after the
-    response ``Date``, else after ``now``), at most 24 h ahead. Unreadable or negative values are
-    skipped, never raised.
-    """
-    headers = response.headers
-    limit = _header_count(headers, "x-ratelimit-limit", "ratelimit-limit")
-    remaining = _header_count(headers, "x-ratelimit-remaining", "ratelimit-remaining")
-    if limit is None and remaining is None:
-        return None
-    resets_at = None
-    reset = as_float(headers.get("x-ratelimit-reset"))
-    if reset is not None:
-        delay = reset - now.timestamp() if reset > _EPOCH_THRESHOLD else reset
-        resets_at = _after(now, capped_seconds(delay))
-    else:
-        seconds = as_float(headers.get("ratelimit-reset"))
-        if seconds is not None:
-            resets_at = _after(http_date(headers.get("date")) or now, capped_seconds(seconds))
-    return Quota(
-        provider=provider,
-        scope=scope,
-        limit=limit,
-        used=max(limit - remaining, 0) if limit is not None and remaining is not None else None,
-        remaining=remaining,
-        window=_policy_window(headers.get("ratelimit-policy")),
-        resets_at=resets_at,
-        source="headers",
-        observed_at=now,
-        raw={name: headers[name] for name in _RATE_HEADERS if name in headers},
-    )
-
-
 def observed_quotas(
     response: httpx.Response, *, provider: str, scope: QuotaScope, now: datetime
 ) -> list[Quota]:
@@ -344,7 +279,7 @@ def observed_quotas(
       unless the body says more).
     """
     quotas: list[Quota] = []
-    rate = rate_quota(response, provider=provider, scope=scope, now=now)
+    rate = rate_limit_quota(response, provider=provider, scope=scope, now=now)
     if response.status_code == httpx.codes.TOO_MANY_REQUESTS:
         wait = retry_after_seconds(response.headers, now)
         until = _after(now, RATE_LIMIT_FALLBACK_SECONDS if wait is None else wait)

@@ -1,29 +1,25 @@
-"""Pieces of trace.moe requests: the base URL setting, headers, query flags, vectors, image URLs."""
+"""Pieces of trace.moe requests: query flags, vectors, image URLs."""
 
 from __future__ import annotations
 
 import base64
-from functools import cache
 from typing import TYPE_CHECKING
 
 import httpx
 
-import anisearch
-from anisearch._exceptions import ConfigurationError
+from anisearch.provider import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from anisearch._provider import SearchOptions
+    from anisearch.provider import SearchOptions
 
 __all__ = [
     "MAX_BATCH",
     "VECTOR_LENGTH",
     "Params",
-    "http_base_url",
     "image_url",
     "search_params",
-    "user_agent",
     "vector_text",
 ]
 
@@ -34,27 +30,6 @@ MAX_BATCH = 10
 
 Params = list[tuple[str, str | int | float | bool | None]]
 """Query parameters in order, as httpx takes them."""
-
-
-@cache
-def user_agent() -> str:
-    """``anisearch/<version> (+https://pypi.org/project/anisearch-gateway/)``."""
-    return f"anisearch/{anisearch.__version__} (+https://pypi.org/project/anisearch-gateway/)"
-
-
-def http_base_url(url: str, setting: str) -> str:
-    """``url`` checked to be an absolute http(s) URL without query or fragment, trailing slash dropped.
-
-    Raises:
-        ConfigurationError: It is not; the message names ``setting`` (``"ANISEARCH_TRACEMOE_URL"``).
-    """
-    try:
-        parsed = httpx.URL(url.strip())
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise ConfigurationError(f"{setting} is not a URL: {url!r}") from exc
-    if parsed.scheme not in {"http", "https"} or not parsed.host or parsed.query or parsed.fragment:
-        raise ConfigurationError(f"{setting} must be an http(s) URL without query or fragment, got {url!r}")
-    return str(parsed).rstrip("/")
 
 
 def image_url(url: str) -> str:

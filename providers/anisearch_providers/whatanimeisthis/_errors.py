@@ -16,15 +16,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from anisearch._exceptions import (
+from anisearch.provider import (
     AuthenticationError,
     BadRequestError,
+    ErrorRule,
     ImageFetchError,
     ImageTooLargeError,
     ProviderBusyError,
@@ -33,9 +33,15 @@ from anisearch._exceptions import (
     QuotaExhaustedError,
     RateLimitedError,
     UpstreamResponseError,
+    as_float,
+    as_int,
+    capped_seconds,
+    first_rule,
+    request_of,
+    retry_after_seconds,
 )
 
-from ._tolerant import Body, as_float, as_int, pick, read_body
+from ._tolerant import Body, pick, read_body
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -72,12 +78,8 @@ QUOTA_CODES = frozenset({"USAGE_EXCEEDED"})
 KEY_NAME_LIMITS = "1 to 32"
 """better-auth's API-key plugin's default name length, characters (``INVALID_NAME_LENGTH`` outside)."""
 _UPPER_SNAKE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
-_EPOCH = 1_000_000_000  # a reset value above this is an epoch, not seconds from now
-_EPOCH_MS = 100_000_000_000
 _MAX_MESSAGE = 200
 _NO_STATUS = 600  # envelope codes from 400 up to this are HTTP statuses
-MAX_RETRY_AFTER_SECONDS = 86_400.0
-"""Longest wait an answer is believed (24 h), so a confused server cannot switch the provider off."""
 _SESSION_HINT = "sign in again (anisearch login, or set ANISEARCH_WHATANIMEISTHIS_EMAIL and _PASSWORD)"
 
 
@@ -104,19 +106,19 @@ class Problem:
     @property
     def endpoint(self) -> str | None:
         """The path that was asked, when the response knows its request."""
-        request = _request(self.response)
+        request = request_of(self.response)
         return request.url.path if request is not None else None
 
     @property
     def used_api_key(self) -> bool:
         """Whether the request spoke with an API key (``Authorization: Bearer``)."""
-        request = _request(self.response)
+        request = request_of(self.response)
         return request is not None and request.headers.get("authorization", "").lower().startswith("bearer ")
 
     @property
     def url_search(self) -> bool:
         """Whether the request was a search by URL (multipart ``url`` field, no ``image``)."""
-        request = _request(self.response)
+        request = request_of(self.response)
         if request is None or not request.url.path.endswith("/search"):
             return False
         content = request_content(request)
@@ -131,13 +133,6 @@ class Problem:
     def matches(self, pattern: re.Pattern[str]) -> bool:
         """Whether the message matches ``pattern``, for answers without a code of their own only."""
         return not self.has_code and bool(pattern.search(self.message))
-
-
-def _request(response: httpx.Response) -> httpx.Request | None:
-    try:
-        return response.request
-    except RuntimeError:
-        return None
 
 
 def request_content(request: httpx.Request) -> bytes:
@@ -229,52 +224,25 @@ def problem_of(response: httpx.Response, body: Body | None = None) -> Problem | 
 def retry_after(
     response: httpx.Response, body: Body | None = None, *, now: datetime | None = None
 ) -> float | None:
-    """Seconds to wait, from the first of these that says: ``X-Retry-After`` (better-auth), ``Retry-After``
-    (seconds or HTTP-date), ``RateLimit-Reset`` / ``X-RateLimit-Reset`` (seconds, or an epoch by
-    magnitude), the body's ``details.tryAgainIn`` (milliseconds).
-
-    Returns None when nothing says; never negative, and never more than :data:`MAX_RETRY_AFTER_SECONDS`
-    (24 h): a date in 2099 or ``99999999999999999999`` seconds is read as one day.
+    """Seconds to wait: what the headers say (:func:`~anisearch.provider.retry_after_seconds`:
+    ``X-Retry-After`` from better-auth, ``Retry-After``, the rate-limit reset headers), else the body's
+    ``details.tryAgainIn`` (milliseconds). None when nothing says; at most 24 h.
     """
-    seconds = _retry_after(response, body, now or datetime.now(UTC))
-    return None if seconds is None else min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
-
-
-def _retry_after(response: httpx.Response, body: Body | None, now: datetime) -> float | None:
-    headers = response.headers
-    seconds = as_float(headers.get("x-retry-after"))
+    seconds = retry_after_seconds(response.headers, now or datetime.now(UTC))
     if seconds is not None:
         return seconds
-    value = headers.get("retry-after")
-    if value is not None:
-        seconds = as_float(value)
-        if seconds is not None:
-            return seconds
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            when = None
-        if when is not None:
-            when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-            return (when - now).total_seconds()
-    reset = as_float(headers.get("ratelimit-reset") or headers.get("x-ratelimit-reset"))
-    if reset is not None:
-        if reset > _EPOCH:
-            epoch = reset / 1000 if reset > _EPOCH_MS else reset
-            return epoch - now.timestamp()
-        return reset
     body = read_body(response) if body is None else body
     millis = as_float(pick(pick(body.json, "details"), "tryAgainIn"))
     if millis is None:
         millis = as_float(pick(body.json, "tryAgainIn"))
-    return millis / 1000 if millis is not None else None
+    return capped_seconds(millis / 1000) if millis is not None else None
 
 
 # ---------------------------------------------------------------- the table
 
 
 def _origin_error(problem: Problem) -> ProviderError:
-    request = _request(problem.response)
+    request = request_of(problem.response)
     sent = request.headers.get("origin") if request is not None else None
     return AuthenticationError(
         f"the site refused the Origin header {sent!r} ({problem.code}): set the whatanimeisthis 'origin' "
@@ -309,7 +277,7 @@ def _simple(cls: type[ProviderError], prefix: str = "") -> Callable[[Problem], P
 
 
 def _too_large(problem: Problem) -> ProviderError:
-    request = _request(problem.response)
+    request = request_of(problem.response)
     size = len(request_content(request)) or None if request is not None else None
     return ImageTooLargeError(
         f"the image is too large for the site ({problem.message}); downscale it or search by URL",
@@ -380,34 +348,26 @@ def _server_failed(p: Problem) -> bool:
     return p.status >= HTTPStatus.INTERNAL_SERVER_ERROR
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorRule:
-    """One row: when ``when`` holds for a problem, ``build`` makes its exception."""
-
-    when: Callable[[Problem], bool]
-    build: Callable[[Problem], ProviderError]
-
-
-ERROR_RULES: tuple[ErrorRule, ...] = (
+ERROR_RULES: tuple[ErrorRule[Problem], ...] = (
     # A CDN challenge is an HTML 403 with Cloudflare's cf-ray header: not the site talking.
-    ErrorRule(_cdn_page, _cdn_blocked),
+    ErrorRule(ProviderServerError, when=_cdn_page, build=_cdn_blocked),
     # better-auth's API-key plugin: a key name outside 1-32 characters ("too large or too small").
-    ErrorRule(lambda p: p.code == "INVALID_NAME_LENGTH", _key_name),
+    ErrorRule(BadRequestError, codes=frozenset({"INVALID_NAME_LENGTH"}), build=_key_name),
     # 413 (the platform's body limit), or, with no status or code to go by, an envelope saying so.
-    ErrorRule(_too_large_status, _too_large),
+    ErrorRule(ImageTooLargeError, when=_too_large_status, build=_too_large),
     # better-auth's origin/CSRF check: retrying will not help until the Origin setting is fixed.
-    ErrorRule(lambda p: p.code in ORIGIN_CODES, _origin_error),
+    ErrorRule(AuthenticationError, codes=ORIGIN_CODES, build=_origin_error),
     # Spent credits or the guest's daily searches: 402, USAGE_EXCEEDED, or (no code) a 403/429/HTTP-200
     # envelope whose message speaks of credits or a daily quota.
-    ErrorRule(_spent, _simple(QuotaExhaustedError)),
+    ErrorRule(QuotaExhaustedError, when=_spent),
     # 429 and RATE_LIMITED (sent as 401 up to better-auth 1.6.10): a rate limit, never a quota.
-    ErrorRule(_rate_limited, _simple(RateLimitedError)),
-    ErrorRule(_refused_credentials, _auth_error),
-    ErrorRule(_fetch_failed, _simple(ImageFetchError)),
-    ErrorRule(_busy, _simple(ProviderBusyError)),
-    ErrorRule(_server_failed, _simple(ProviderServerError)),
+    ErrorRule(RateLimitedError, when=_rate_limited),
+    ErrorRule(AuthenticationError, when=_refused_credentials, build=_auth_error),
+    ErrorRule(ImageFetchError, when=_fetch_failed),
+    ErrorRule(ProviderBusyError, when=_busy),
+    ErrorRule(ProviderServerError, when=_server_failed),
     # Whatever else refuses this request: 400, 404, 405, 409, 415, 422, or an envelope error.
-    ErrorRule(lambda _: True, _simple(BadRequestError)),
+    ErrorRule(BadRequestError),
 )
 
 
@@ -416,10 +376,10 @@ def error_for(response: httpx.Response, body: Body | None = None) -> ProviderErr
     problem = problem_of(response, body)
     if problem is None:
         return None
-    for rule in ERROR_RULES:
-        if rule.when(problem):
-            return rule.build(problem)
-    raise AssertionError("the last error rule matches everything")  # pragma: no cover
+    rule = first_rule(ERROR_RULES, problem, status=problem.status, message=problem.message, code=problem.code)
+    if rule is None:  # pragma: no cover - the last row matches everything
+        raise AssertionError("the last error rule matches everything")
+    return (rule.build or _simple(rule.error))(problem)
 
 
 def check(response: httpx.Response) -> Body:
@@ -437,7 +397,7 @@ def check(response: httpx.Response) -> Body:
 
 def uninterpretable(response: httpx.Response, what: str) -> UpstreamResponseError:
     """The error for a 2xx answer without ``what`` (``"a list of results"``)."""
-    request = _request(response)
+    request = request_of(response)
     endpoint = request.url.path if request is not None else None
     return UpstreamResponseError(
         f"cannot read the answer from {endpoint or 'the site'}: {what}",

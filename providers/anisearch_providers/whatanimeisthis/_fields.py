@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from anisearch._models import Episode, Title, coerce_episode
+from anisearch.provider import Episode, Title, as_bool, as_episode, as_int
 
-from ._tolerant import as_bool, as_int, pick
+from ._tolerant import pick
 
 __all__ = [
     "adult_of",
@@ -73,7 +73,7 @@ def mal_id_of(item: dict[str, Any]) -> int | None:
 
 def adult_of(item: dict[str, Any]) -> bool | None:
     """Adult flag: ``isAdult``/``is_adult``/``adult``/``nsfw`` as any boolean spelling."""
-    return as_bool(pick_in(sources(item), "isAdult", "adult", "nsfw"))
+    return as_bool(pick_in(sources(item), "isAdult", "adult", "nsfw"), loose=True)
 
 
 def synonyms_of(item: dict[str, Any]) -> list[str]:
@@ -112,7 +112,7 @@ def title_of(item: dict[str, Any]) -> Title | None:
 
 def episode_of(item: dict[str, Any]) -> Episode:
     """The episode as sent (``5``, ``16.5``, ``"5|17"``, ``[1, 2]``), or None for anything else."""
-    return coerce_episode(pick(item, "episode", "ep", "episodeNumber"))
+    return as_episode(pick(item, "episode", "ep", "episodeNumber"))
 
 
 def looks_masked(value: str) -> bool:

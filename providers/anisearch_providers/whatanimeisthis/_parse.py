@@ -12,9 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr, ValidationError
 
-from anisearch._exceptions import ConfigurationError
-from anisearch._models import ApiKey, CreatedApiKey, Credits, Hit, RankingEntry, RecentSearch
-from anisearch._provider import Page
+from anisearch.provider import (
+    ApiKey,
+    ConfigurationError,
+    CreatedApiKey,
+    Credits,
+    Hit,
+    Page,
+    RankingEntry,
+    RecentSearch,
+    as_bool,
+    as_int,
+    as_str,
+    page_of,
+)
 
 from ._errors import KEY_NAME_LIMITS, PROVIDER, check, error_for, problem_of, uninterpretable
 from ._fields import (
@@ -31,11 +42,8 @@ from ._fields import (
     title_of,
 )
 from ._tolerant import (
-    as_bool,
     as_datetime,
-    as_int,
     as_similarity,
-    as_str,
     find_list,
     pick,
     pick_seconds,
@@ -258,7 +266,7 @@ def _recent(response: httpx.Response, raw: Any, index: int) -> RecentSearch:
         at_seconds = None
     try:
         return RecentSearch(
-            id=as_str(pick(item, "id", "_id", "uuid", "searchId")),
+            id=as_str(pick(item, "id", "_id", "uuid", "searchId"), ids=True),
             searched_at=searched_at,
             anilist_id=anilist_id_of(item),
             title=title_of(item),
@@ -276,10 +284,8 @@ def _recent(response: httpx.Response, raw: Any, index: int) -> RecentSearch:
         ) from exc
 
 
-def _page_meta(
-    payload: Payload, count: int, *, first: int, size: int | None
-) -> tuple[int | None, bool | None]:
-    """(total, has_more) as §7.4 reads them; ``first`` is the 0-based index of the page's first item."""
+def _page_meta(payload: Payload) -> tuple[int | None, bool | None]:
+    """(total, has_more) as §7.4 reads them, None where the answer does not say."""
     total: int | None = None
     has_more: bool | None = None
     for container in payload.containers:
@@ -287,15 +293,11 @@ def _page_meta(
             if total is None:
                 total = as_int(pick(nested, "total", "totalCount", "count", "allCount", "totalItems"))
             if has_more is None:
-                has_more = as_bool(pick(nested, "hasMore", "hasNextPage", "hasNext", "more"))
+                has_more = as_bool(pick(nested, "hasMore", "hasNextPage", "hasNext", "more"), loose=True)
             if has_more is None and isinstance(nested, dict):
                 for key in ("nextOffset", "nextCursor", "nextPage"):
                     if any(spelling in nested for spelling in (key, _snake(key))):
                         has_more = pick(nested, key) is not None
-    if has_more is None and total is not None:
-        has_more = first + count < total
-    if has_more is None and (count == 0 or (size is not None and count < size)):
-        has_more = False
     return total, has_more
 
 
@@ -321,8 +323,8 @@ def parse_recent_searches(response: httpx.Response) -> Page[RecentSearch]:
     payload = payload_of(response)
     items = [_recent(response, raw, index) for index, raw in enumerate(_items(response, payload, "searches"))]
     offset = query_int(response, "offset") or 0
-    total, has_more = _page_meta(payload, len(items), first=offset, size=query_int(response, "limit"))
-    return Page(items=items, total=total, has_more=has_more)
+    total, has_more = _page_meta(payload)
+    return page_of(items, total=total, has_more=has_more, first=offset, size=query_int(response, "limit"))
 
 
 # ---------------------------------------------------------------- credits
@@ -399,9 +401,9 @@ def _status(item: dict[str, Any]) -> str | None:
     status = text(pick(item, "status", "state"))
     if status is not None:
         return status
-    if as_bool(pick(item, "revoked")):
+    if as_bool(pick(item, "revoked"), loose=True):
         return "revoked"
-    enabled = as_bool(pick(item, "enabled", "active", "isActive"))
+    enabled = as_bool(pick(item, "enabled", "active", "isActive"), loose=True)
     return None if enabled is None else ("active" if enabled else "disabled")
 
 
@@ -417,7 +419,7 @@ def _masked(item: dict[str, Any]) -> str | None:
 def _api_key(response: httpx.Response, raw: Any, index: int) -> ApiKey:
     item = _object(response, raw, index, "API key")
     masked = _masked(item)
-    key_id = as_str(pick(item, "id", "_id", "keyId", "uuid")) or masked
+    key_id = as_str(pick(item, "id", "_id", "keyId", "uuid"), ids=True) or masked
     if key_id is None:
         raise uninterpretable(response, f"API key {index} has no id")
     redacted = {
@@ -450,8 +452,8 @@ def parse_api_keys(response: httpx.Response) -> Page[ApiKey]:
     page = query_int(response, "page") or 1
     size = query_int(response, "pageSize")
     first = (page - 1) * size if size else 0
-    total, has_more = _page_meta(payload, len(items), first=first, size=size)
-    return Page(items=items, total=total, has_more=has_more)
+    total, has_more = _page_meta(payload)
+    return page_of(items, total=total, has_more=has_more, first=first, size=size)
 
 
 def parse_created_api_key(response: httpx.Response) -> CreatedApiKey:

@@ -19,13 +19,23 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import BaseModel, ConfigDict, SecretStr
 
-from anisearch._exceptions import ConfigurationError, UpstreamResponseError
-from anisearch._ledger import WindowSpec
-from anisearch._models import Quota
-from anisearch._provider import Capabilities, Credential, Page, ProviderAnswer, UploadLimits
-from anisearch._redact import redact
-from anisearch._version import __version__
+from anisearch.provider import (
+    BaseProvider,
+    Capabilities,
+    ConfigurationError,
+    Credential,
+    Page,
+    ProviderAnswer,
+    Quota,
+    SearchOptions,
+    UploadLimits,
+    UpstreamResponseError,
+    WindowSpec,
+    http_base_url,
+    redact,
+)
 
 from . import _parse, _quota
 from ._auth import SessionAuth
@@ -36,8 +46,15 @@ from ._tolerant import pick, unwrap
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from anisearch._models import ApiKey, CreatedApiKey, Credits, RankingEntry, RecentSearch
-    from anisearch._provider import ProviderContext, SearchQuery
+    from anisearch.provider import (
+        ApiKey,
+        CreatedApiKey,
+        Credits,
+        ProviderContext,
+        RankingEntry,
+        RecentSearch,
+        SearchQuery,
+    )
 
 __all__ = ["DEFAULT_URL", "PERIODS", "WhatAnimeIsThis"]
 
@@ -49,13 +66,22 @@ UPLOAD_FORMATS = frozenset({"image/jpeg", "image/png"})
 """The only image types the api-docs list for uploads; anything else is re-encoded first."""
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
 """Upload cap, bytes: serverless hosts refuse request bodies over about 4.5 MB (§1, a guess)."""
-_USER_AGENT = f"anisearch/{__version__} (+https://pypi.org/project/anisearch-gateway/)"
+
+
+class _Settings(BaseModel):
+    """The ``[providers.whatanimeisthis]`` settings (env ``ANISEARCH_WHATANIMEISTHIS_*``); all optional."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    url: str | None = None
+    key: SecretStr | None = None
+    email: str | None = None
+    password: SecretStr | None = None
+    origin: str | None = None
 
 
 def _origin_of(url: str, setting: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"whatanimeisthis {setting} must be an http(s) URL, not {url!r}")
+    parts = urlsplit(http_base_url(url, f"whatanimeisthis {setting}"))
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -65,7 +91,7 @@ def _positive(value: Any, name: str, *, minimum: int = 1) -> int:
     return value
 
 
-class WhatAnimeIsThis:
+class WhatAnimeIsThis(BaseProvider):
     """The whatanimeisthis.com provider (search, rankings, recent searches, credits, API keys, sign-in).
 
     Args:
@@ -87,7 +113,9 @@ class WhatAnimeIsThis:
     default_rank: ClassVar[int] = 200
     """Place in the default order, lower first: after trace.moe (the engine's default rank is 100), as the
     fallback when trace.moe's quota is spent."""
-    capabilities = Capabilities(upload=True, url=True, account=True)
+    default_url: ClassVar[str] = DEFAULT_URL
+    Settings: ClassVar[type[BaseModel]] = _Settings
+    capabilities = Capabilities(upload=True, account=True)
     limits = UploadLimits(max_bytes=MAX_UPLOAD_BYTES, formats=UPLOAD_FORMATS)
 
     def __init__(
@@ -101,10 +129,9 @@ class WhatAnimeIsThis:
         state_dir: Path | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        site_origin = _origin_of(base_url, "url")
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, api_key)
+        site_origin = _origin_of(self.base_url, "url")
         self.origin = _origin_of(origin, "origin") if origin else site_origin
-        self._api_key = api_key or None
         self._email = email or None
         self._password = password or None
         self._signed_out = False
@@ -127,21 +154,28 @@ class WhatAnimeIsThis:
         """Build from settings: ``url``, ``key``, ``email``, ``password``, ``origin`` (all optional).
 
         Raises:
-            ConfigurationError: A setting is not a string, or a URL is not http(s).
+            ConfigurationError: An unknown setting (named in the message), a setting that is not a
+                string, or a URL that is not http(s).
         """
-        config = context.config
-        values: dict[str, str | None] = {}
-        for setting in ("url", "key", "email", "password", "origin"):
-            value = config.get(setting)
-            if value is not None and not isinstance(value, str):
-                raise ConfigurationError(f"whatanimeisthis setting {setting!r} must be a string")
-            values[setting] = value.strip() if value else None
+        return super().from_context(context)
+
+    @classmethod
+    def from_settings(cls, settings: Any, context: ProviderContext) -> Self:
+        """Build from validated settings, keeping the session jar in ``context.state_dir``.
+
+        Raises:
+            ConfigurationError: A URL is not http(s).
+        """
+        secret = {
+            name: getattr(settings, name).get_secret_value() if getattr(settings, name) else None
+            for name in ("key", "password")
+        }
         return cls(
-            base_url=values["url"] or DEFAULT_URL,
-            api_key=values["key"],
-            email=values["email"],
-            password=values["password"],
-            origin=values["origin"],
+            base_url=settings.url or DEFAULT_URL,
+            api_key=secret["key"] or None,
+            email=settings.email or None,
+            password=secret["password"] or None,
+            origin=settings.origin or None,
             state_dir=context.state_dir,
         )
 
@@ -161,8 +195,8 @@ class WhatAnimeIsThis:
     @property
     def credential(self) -> Credential:
         """``api-key`` when a key is configured, else ``session`` when signed in or able to, else guest."""
-        if self._api_key is not None:
-            return Credential("api-key", self._api_key)
+        if self.key is not None:
+            return Credential("api-key", self.key)
         if self._credentials() is not None or self.jar.has_session():
             return Credential("session", self._email or self.jar.email)
         return Credential("guest")
@@ -186,43 +220,45 @@ class WhatAnimeIsThis:
     # ------------------------------------------------------------ requests
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Request:
-        headers = {"Accept": "application/json", "Origin": self.origin, "User-Agent": _USER_AGENT}
-        headers.update(kwargs.pop("headers", {}))
-        return httpx.Request(method, f"{self.base_url}{path}", headers=headers, **kwargs)
+        return self.request(
+            method, path, headers={"Origin": self.origin, **kwargs.pop("headers", {})}, **kwargs
+        )
 
     def _json_request(self, path: str, body: dict[str, Any]) -> httpx.Request:
         content = json.dumps(body, separators=(",", ":")).encode()
         return self._request("POST", path, content=content, headers={"Content-Type": "application/json"})
 
+    def _search_headers(self, options: SearchOptions) -> dict[str, str]:
+        if options.anilist_id is not None:
+            raise ConfigurationError("whatanimeisthis cannot restrict a search to one AniList ID")
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
     def search_request(self, query: SearchQuery) -> httpx.Request:
-        """``POST /api/anime/search``, multipart ``image`` (JPEG/PNG) or ``url``, with the key if configured.
+        """``POST /api/anime/search``, multipart ``image`` (JPEG/PNG), with the key if configured.
 
         Raises:
-            ConfigurationError: Both or neither of image and URL, a descriptor-only query, an AniList
-                filter (unsupported), or an image type the site does not take.
+            ConfigurationError: An AniList filter (unsupported), or an image type the site does not take.
         """
-        if query.image is not None and query.url is not None:
-            raise ConfigurationError("whatanimeisthis searches by an image or by a URL, not both")
-        if query.options.anilist_id is not None:
-            raise ConfigurationError("whatanimeisthis cannot restrict a search to one AniList ID")
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        if query.image is not None:
-            if query.image.mime_type not in UPLOAD_FORMATS:
-                raise ConfigurationError(
-                    f"whatanimeisthis takes JPEG or PNG uploads, not {query.image.mime_type}"
-                )
-            filename = "image.png" if query.image.mime_type == "image/png" else "image.jpg"
-            files = {"image": (filename, query.image.data, query.image.mime_type)}
-            return self._request("POST", "/api/anime/search", files=files, headers=headers)
-        if query.url is not None:
-            if not query.url.startswith(("http://", "https://")):
-                raise ConfigurationError(f"whatanimeisthis needs an http(s) image URL, not {query.url!r}")
-            return self._request(
-                "POST", "/api/anime/search", files={"url": (None, query.url)}, headers=headers
+        headers = self._search_headers(query.options)
+        if query.image.mime_type not in UPLOAD_FORMATS:
+            raise ConfigurationError(
+                f"whatanimeisthis takes JPEG or PNG uploads, not {query.image.mime_type}"
             )
-        raise ConfigurationError(
-            "whatanimeisthis needs an image or an image URL (it cannot search by descriptor)"
-        )
+        filename = "image.png" if query.image.mime_type == "image/png" else "image.jpg"
+        files = {"image": (filename, query.image.data, query.image.mime_type)}
+        return self._request("POST", "/api/anime/search", files=files, headers=headers)
+
+    def url_search_request(self, url: str, options: SearchOptions | None = None) -> httpx.Request:
+        """``POST /api/anime/search``, multipart ``url``: the site fetches the image. Not used by the
+        engine, which downloads URLs itself.
+
+        Raises:
+            ConfigurationError: Not an http(s) URL, or an AniList filter (unsupported).
+        """
+        headers = self._search_headers(options or SearchOptions())
+        if not url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"whatanimeisthis needs an http(s) image URL, not {url!r}")
+        return self._request("POST", "/api/anime/search", files={"url": (None, url)}, headers=headers)
 
     def parse_search(self, response: httpx.Response) -> ProviderAnswer:
         """Up to 5 hits, similarity descending, and the remaining credits when the answer says.

@@ -9,19 +9,25 @@ remaining-credits number in a search answer, rate-limit headers, a 429) replaces
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from anisearch._exceptions import AnisearchError, ProviderError, QuotaExhaustedError, RateLimitedError
-from anisearch._ledger import WindowSpec
-from anisearch._models import Quota, QuotaScope, QuotaWindow
+from anisearch.provider import (
+    AnisearchError,
+    ProviderError,
+    Quota,
+    QuotaExhaustedError,
+    QuotaScope,
+    RateLimitedError,
+    WindowSpec,
+    rate_limit_quota,
+)
 
-from ._errors import PROVIDER, error_for, retry_after
+from ._errors import PROVIDER, error_for
 from ._parse import Payload, parse_credits, remaining_credits
-from ._tolerant import as_float, as_int, read_body, unwrap
+from ._tolerant import read_body, unwrap
 
 if TYPE_CHECKING:
     import httpx
@@ -46,9 +52,7 @@ HOURLY_SEARCHES = 100
 
 _AUTH_COOLDOWN = 10.0  # seconds; better-auth's sign-in window when a 429 says nothing
 _SITE_COOLDOWN = 60.0  # seconds; a site 429 without a wait
-_POLICY_WINDOW = re.compile(r"w\s*=\s*(\d+)")
 _HOUR = 3600
-_DAY = 86400
 
 
 def assumed_quotas(scope: QuotaScope) -> list[Quota]:
@@ -107,45 +111,10 @@ def credits_quota(response: httpx.Response, scope: QuotaScope) -> Quota:
     )
 
 
-def _header_window(headers: httpx.Headers) -> QuotaWindow:
-    policy = headers.get("ratelimit-policy") or headers.get("x-ratelimit-policy") or ""
-    match = _POLICY_WINDOW.search(policy)
-    seconds = as_float(match.group(1)) if match else as_float(headers.get("x-ratelimit-window"))
-    if seconds is None or seconds >= _HOUR:
-        return "day" if seconds is not None and seconds >= _DAY else "hour"
-    return "minute"
-
-
-_MAX_COUNT = 2**31 - 1
-
-
-def _count(value: str | None) -> int | None:
-    """A rate-limit header count, or None when absent, negative or absurd (never raised)."""
-    number = as_int(value)
-    return number if number is not None and 0 <= number <= _MAX_COUNT else None
-
-
 def _header_quota(response: httpx.Response, scope: QuotaScope, now: datetime) -> Quota | None:
-    headers = response.headers
-    limit = _count(headers.get("ratelimit-limit") or headers.get("x-ratelimit-limit"))
-    remaining = _count(headers.get("ratelimit-remaining") or headers.get("x-ratelimit-remaining"))
-    if limit is not None and remaining is not None and remaining > limit:
-        remaining = None  # an impossible pair says nothing
-    if limit is None and remaining is None:
-        return None
-    has_reset = headers.get("ratelimit-reset") or headers.get("x-ratelimit-reset")
-    wait = retry_after(response, now=now) if has_reset else None
-    return Quota(
-        provider=PROVIDER,
-        scope=scope,
-        limit=limit,
-        remaining=remaining,
-        used=limit - remaining if limit is not None and remaining is not None else None,
-        window=_header_window(headers),
-        resets_at=now + timedelta(seconds=wait) if wait is not None else None,
-        source="headers",
-        observed_at=now,
-    )
+    """The rate window of the standard rate-limit headers (an hour unless they say), raw headers not kept."""
+    quota = rate_limit_quota(response, provider=PROVIDER, scope=scope, now=now, default_window="hour")
+    return quota.model_copy(update={"raw": {}}) if quota is not None else None
 
 
 def _success_quota(response: httpx.Response, scope: QuotaScope, now: datetime) -> Quota | None:

@@ -7,18 +7,20 @@ fraction or a percentage; times as seconds, milliseconds (``*Ms`` fields) or ``"
 ISO-8601 or epoch seconds/milliseconds; booleans as ``true``, ``1`` or ``"true"``.
 
 The coercions return None rather than raise: the callers decide what is required and raise
-:class:`~anisearch.UpstreamResponseError` naming it.
+:class:`~anisearch.UpstreamResponseError` naming it. Numbers, strings and booleans are read with the SDK's
+coercions (``as_str(..., ids=True)``, ``as_bool(..., loose=True)``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from anisearch.provider import as_float
 
 if TYPE_CHECKING:
     import httpx
@@ -27,13 +29,9 @@ __all__ = [
     "ENVELOPE_KEYS",
     "LIST_KEYS",
     "Body",
-    "as_bool",
     "as_datetime",
-    "as_float",
-    "as_int",
     "as_seconds",
     "as_similarity",
-    "as_str",
     "find_list",
     "pick",
     "pick_seconds",
@@ -59,10 +57,7 @@ LIST_KEYS = (
 
 _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])([A-Z])")
 _CLOCK = re.compile(r"(?:(\d+):)?(\d+):(\d{1,2}(?:\.\d+)?)")
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _EPOCH_MS = 100_000_000_000  # epoch values above this are milliseconds (1973 in ms, year 5138 in s)
-_TRUE = frozenset({"true", "1", "yes", "on", "y", "t"})
-_FALSE = frozenset({"false", "0", "no", "off", "n", "f"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,60 +117,6 @@ def pick(mapping: Any, *names: str) -> Any:
             value = mapping.get(key)
             if value is not None:
                 return value
-    return None
-
-
-def as_int(value: Any) -> int | None:
-    """An int from an int, an integral float or a numeric string; None otherwise (booleans too)."""
-    number = as_float(value)
-    if number is None or not number.is_integer():
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return int(number)
-
-
-def as_float(value: Any) -> float | None:
-    """A finite float from a number or a numeric string (``"9.5"``); None otherwise (booleans too)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if not _NUMBER.fullmatch(text):
-            return None
-        value = text
-    elif not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except (OverflowError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def as_str(value: Any) -> str | None:
-    """A non-empty string from a string or an integer (IDs are sent both ways); None otherwise."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and value.strip():
-        return value
-    return None
-
-
-def as_bool(value: Any) -> bool | None:
-    """A boolean from ``true``/``false``, ``1``/``0`` or such strings (``"yes"``, ``"off"``); else None."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
     return None
 
 

@@ -15,9 +15,9 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from anisearch._descriptor import search_descriptor
 from anisearch_emulators.tracemoe import EmulatedUser, InjectedFailure, create_app
 from anisearch_emulators.tracemoe._index import QUERIES
+from anisearch_providers.tracemoe.descriptor import search_descriptor
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

@@ -28,7 +28,7 @@ from anisearch._provider import SearchOptions, SearchQuery, load_emulator
 from anisearch_emulators.tracemoe._index import SCENES
 from anisearch_emulators.whatanime_ga import BODY_LIMIT_2019, Allowance, create_app
 from anisearch_emulators.whatanime_ga._index import default_frames, legacy_frame
-from anisearch_providers.tracemoe.legacy import WhatanimeGa
+from anisearch_providers.whatanime_ga import WhatanimeGa, data_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -83,7 +83,12 @@ async def send(
         return await http.send(request)
 
 
-async def search(app: Starlette, legacy: WhatanimeGa, query: SearchQuery | None = None) -> httpx.Response:
+async def search(
+    app: Starlette, legacy: WhatanimeGa, query: SearchQuery | str | None = None
+) -> httpx.Response:
+    """Search ``app`` with an image query, or by URL when ``query`` is one."""
+    if isinstance(query, str):
+        return await send(app, legacy.url_search_request(query))
     return await send(app, legacy.search_request(query or SearchQuery(image=jpeg())))
 
 
@@ -166,10 +171,10 @@ async def test_url_mode_fetches_loopback_images_only(tinted_good: PreparedImage)
 
     app = create_app(fetch_transport=httpx.MockTransport(serve))
     legacy = WhatanimeGa(BASE)
-    found = legacy.parse_search(await search(app, legacy, SearchQuery(url="http://127.0.0.1:8/tinted.jpg")))
+    found = legacy.parse_search(await search(app, legacy, "http://127.0.0.1:8/tinted.jpg"))
     assert found.hits[0].anilist_id == 11887
     for url in ("https://example.org/tinted.jpg", "http://127.0.0.1:8/missing.jpg", "http://[::1"):
-        response = await search(app, legacy, SearchQuery(url=url))
+        response = await search(app, legacy, url)
         assert response.text == json.dumps(f"Failed to fetch image {url}")
         with pytest.raises(ImageFetchError):
             legacy.parse_search(response)
@@ -392,7 +397,7 @@ async def test_an_image_fitted_to_the_provider_limits_is_accepted_by_a_server_wi
     noise = Image.frombytes("RGB", (640, 360), os.urandom(640 * 360 * 3))  # incompressible: ~200 KB
     legacy = WhatanimeGa(BASE, body=body, max_body_bytes=40_000)  # type: ignore[arg-type]
     prepared = prepare(noise)
-    assert prepared.body_size("base64") > legacy.max_body_bytes
+    assert len(data_url(prepared)) > legacy.max_body_bytes
     fitted = fit(prepared, legacy.limits)
     request = legacy.search_request(SearchQuery(image=fitted, options=SearchOptions(anilist_id=11887)))
     assert len(request.content) <= 40_000
@@ -451,7 +456,7 @@ async def test_a_base64_string_in_a_multipart_field(tinted_good: PreparedImage) 
     request = httpx.Request(
         "POST",
         f"{BASE}/api/search",
-        data={"image": tinted_good.data_url(), "filter": "11887"},
+        data={"image": data_url(tinted_good), "filter": "11887"},
         files={"x": b"1"},
     )
     response = await send(create_app(), request)
@@ -463,7 +468,7 @@ async def test_an_unreachable_image_url_is_a_fetch_error() -> None:
         raise httpx.ConnectError("refused", request=request)
 
     app = create_app(fetch_transport=httpx.MockTransport(refuse))
-    response = await search(app, WhatanimeGa(BASE), SearchQuery(url="http://localhost:1/a.jpg"))
+    response = await search(app, WhatanimeGa(BASE), "http://localhost:1/a.jpg")
     assert (response.status_code, response.text) == (400, '"Failed to fetch image http://localhost:1/a.jpg"')
 
 

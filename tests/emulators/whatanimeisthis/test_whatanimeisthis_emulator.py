@@ -433,9 +433,9 @@ async def test_search_input_errors(site_factory: Callable[..., Site], tinted: Pr
             site.provider.parse_search(response)
     with pytest.raises(ImageTooLargeError):
         await site.search(tinted)  # 49 480 bytes
-    by_url = site.provider.search_request(SearchQuery(url="https://img.example/frame.jpg"))
+    by_url = site.provider.url_search_request("https://img.example/frame.jpg")
     assert await site.call(by_url, site.provider.parse_search) is not None
-    missing = site.provider.search_request(SearchQuery(url="https://img.example/gone.jpg"))
+    missing = site.provider.url_search_request("https://img.example/gone.jpg")
     with pytest.raises(ImageFetchError):
         await site.call(missing, site.provider.parse_search)
     bad_key = WhatAnimeIsThis(base_url=BASE, api_key="sk-nope")

@@ -1,8 +1,8 @@
-"""Helpers shared by the trace.moe providers (current API and legacy): coercion, JSON, HTTP dates, errors.
+"""Pure helpers every provider needs: loose JSON coercion, strict JSON, error text, HTTP dates and waits.
 
-Everything here is pure: values in, values out. Upstream JSON is loose (numbers sent as strings,
-episodes of four types, missing keys), so the coercions return None rather than raise, and the callers
-decide which fields are required.
+Upstream JSON is loose (numbers sent as strings, episodes of four types, missing keys), so the coercions
+return None rather than raise, and the callers decide which fields are required. Re-exported by
+:mod:`anisearch.provider`; import them from there.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ import html
 import json
 import math
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from anisearch._exceptions import ProviderError, UpstreamResponseError
-from anisearch._models import Episode, Title, coerce_episode
+from anisearch._exceptions import UpstreamResponseError
+from anisearch._models import Episode, QuotaWindow, Title, coerce_episode
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -28,37 +27,46 @@ __all__ = [
     "MAX_COUNT",
     "MAX_JSON_DEPTH",
     "MAX_RETRY_AFTER_SECONDS",
-    "ErrorRule",
     "ShapeError",
     "as_bool",
     "as_count",
+    "as_episode",
     "as_float",
     "as_int",
     "as_str",
+    "body_text",
     "capped_seconds",
     "clamp_similarity",
-    "classify_error",
-    "episode_value",
     "epoch",
     "error_message",
+    "fit_inside",
     "http_date",
     "is_multipart_request",
     "json_body",
     "loads",
     "next_hour",
     "request_bytes",
+    "request_of",
     "response_date",
     "retry_after_seconds",
-    "statuses",
     "string_list",
     "title_from",
+    "window_for",
     "without",
 ]
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_TRUE = frozenset({"true", "1", "yes", "on", "y", "t"})
+_FALSE = frozenset({"false", "0", "no", "off", "n", "f"})
 _HTML_PRE = re.compile(r"<pre>(.*?)</pre>", re.DOTALL | re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^>]+>")
 _MAX_MESSAGE = 300
+_HOUR = 3600
+_SAID_NOW = frozenset({"retry-after", "x-retry-after"})  # a wait in the past there means "now"
+_DAY = 86400
+_EPOCH_SECONDS = 1_000_000_000  # a reset above this is a Unix time (2001+), below it a delay
+_EPOCH_MILLISECONDS = 100_000_000_000  # an epoch above this is in milliseconds (1973+ in ms, 5138 in s)
 MAX_JSON_DEPTH = 64
 """Deepest nesting accepted in an upstream JSON body; trace.moe's deepest (``anilistInfo``) is about 6."""
 MAX_RETRY_AFTER_SECONDS = 86_400.0
@@ -69,71 +77,101 @@ is read as one day, so a confused server cannot switch a provider off for good."
 # ---------------------------------------------------------------- coercion
 
 
-def as_int(value: Any) -> int | None:
-    """An int from an int, an integral finite float or a decimal string (``"18"``), else None.
+def as_float(value: Any) -> float | None:
+    """A finite float from a number or a numeric string (``"1169.17"``, ``" 9.5 "``, ``"1e3"``), else None.
 
-    Booleans are not numbers here (``True`` is None), whatever Python thinks.
+    Booleans are not numbers here (``True`` is None), whatever Python thinks; nor are ``"nan"``,
+    ``"inf"``, ``"1_000"`` or ``"0x10"``.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not _NUMBER_TEXT.fullmatch(text):
+            return None
+        value = text
+    elif not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, ValueError):  # an int too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def as_int(value: Any) -> int | None:
+    """An int from an int, an integral finite float or a numeric string (``"18"``, ``"18.0"``), else None.
+
+    Booleans are not numbers here (``True`` is None). Integer text keeps every digit (no float rounding).
     """
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value.is_integer() else None
     if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
         try:
             return int(value.strip())
         except ValueError:  # more digits than Python converts (4300): no count is that large
             return None
-    return None
+    number = as_float(value)
+    return int(number) if number is not None and number.is_integer() else None
 
 
 MAX_COUNT = 2**31 - 1
-"""Largest count trace.moe can send (a PostgreSQL ``integer``: the system tier's quota)."""
+"""Largest count an upstream is believed to send (a PostgreSQL ``integer``)."""
 
 
 class ShapeError(ValueError):
-    """A body that is JSON but not the shape trace.moe sends."""
+    """A body that is JSON but not the shape the upstream sends."""
 
 
 def as_count(value: Any, name: str) -> int | None:
     """A quota-like count (0..2**31-1) from a loose value; None when absent or not a number.
 
     Raises:
-        ShapeError: The value is a number out of that range (``"quota": -5``).
+        ShapeError: The value is a number out of that range (``"quota": -5``) or not whole (``1.5``).
     """
     number = as_int(value)
     if number is None and as_float(value) is not None:
-        number = -1  # a fraction or an exponent: not a count
+        number = -1  # a fraction: not a count
     if number is not None and not 0 <= number <= MAX_COUNT:
         raise ShapeError(f"{name} is not a count: {str(value)[:40]!r}")
     return number
 
 
-def as_float(value: Any) -> float | None:
-    """A finite float from a number or a numeric string (``"1169.17"``), else None (booleans too)."""
+def as_str(value: Any, *, ids: bool = False) -> str | None:
+    """The value if it is a non-blank string, else None.
+
+    Args:
+        value: Anything decoded from JSON.
+        ids: Also accept an integer, as its decimal text (IDs are sent both ways by some upstreams).
+    """
+    if ids and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def as_bool(value: Any, *, loose: bool = False) -> bool | None:
+    """The value if it is a JSON boolean, else None.
+
+    Args:
+        value: Anything decoded from JSON.
+        loose: Also read ``1``/``0`` and the strings ``true``/``false``, ``yes``/``no``, ``on``/``off``,
+            ``y``/``n``, ``t``/``f``, ``1``/``0`` (any case).
+    """
     if isinstance(value, bool):
+        return value
+    if not loose:
         return None
-    if isinstance(value, int | float):
-        result = float(value)
-    elif isinstance(value, str):
-        try:
-            result = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return result if math.isfinite(result) else None
-
-
-def as_str(value: Any) -> str | None:
-    """The value if it is a non-empty string, else None."""
-    return value if isinstance(value, str) and value else None
-
-
-def as_bool(value: Any) -> bool | None:
-    """The value if it is a JSON boolean, else None."""
-    return value if isinstance(value, bool) else None
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    return None
 
 
 def string_list(value: Any) -> list[str]:
@@ -151,9 +189,24 @@ def clamp_similarity(value: Any) -> float | None:
     return min(max(number, 0.0), 1.0)
 
 
-def episode_value(value: Any) -> Episode:
-    """The upstream ``episode`` kept as it came (see :func:`anisearch._models.coerce_episode`)."""
-    return coerce_episode(value)
+def _episode_part(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # PHP's floatval() and JSON encoders send 5 as 5.0
+    if isinstance(value, str):
+        return value.strip() or None  # "" is "no episode found"
+    return value
+
+
+def as_episode(value: Any) -> Episode:
+    """An upstream ``episode`` kept as it came when it is a valid :data:`~anisearch.Episode`, else None.
+
+    ``5``, ``16.5``, ``"5|17"``, ``"OVA/OAD"`` and ``[1, 2]`` pass through; ``5.0`` becomes ``5``; a string is
+    stripped and ``""`` becomes None; an object, a boolean, a non-finite number, or a list holding any of
+    those becomes None (the hit's ``raw`` still has it).
+    """
+    if isinstance(value, list):
+        return coerce_episode([_episode_part(item) for item in value])
+    return coerce_episode(_episode_part(value))
 
 
 def title_from(
@@ -222,7 +275,8 @@ def json_body(response: httpx.Response, *, provider: str, endpoint: str | None =
         ) from exc
 
 
-def _body_text(response: httpx.Response) -> str:
+def body_text(response: httpx.Response) -> str:
+    """The response body as text (undecodable bytes replaced), ``""`` when it was not read."""
     try:
         return response.content.decode("utf-8", errors="replace")
     except httpx.ResponseNotRead:
@@ -236,7 +290,7 @@ def error_message(response: httpx.Response) -> str:
     (the legacy API's ``"Image is empty"``), an Express HTML error page (the text of its ``<pre>``), and
     plain text. An empty body gives the HTTP reason phrase.
     """
-    text = _body_text(response).strip()
+    text = body_text(response).strip()
     message = ""
     if text[:1] in '{"':
         try:
@@ -258,22 +312,26 @@ def error_message(response: httpx.Response) -> str:
     return first_line[:_MAX_MESSAGE]
 
 
+def request_of(response: httpx.Response) -> httpx.Request | None:
+    """The request behind ``response``, or None for a response built by hand (tests, a transport)."""
+    try:
+        return response.request
+    except RuntimeError:
+        return None
+
+
 def is_multipart_request(response: httpx.Response) -> bool:
     """Whether the request behind ``response`` was a multipart upload (False when it is unknown)."""
-    try:
-        request = response.request
-    except RuntimeError:  # a Response built without its Request
-        return False
-    content_type: str = request.headers.get("content-type", "")
+    request = request_of(response)
+    content_type: str = request.headers.get("content-type", "") if request is not None else ""
     return content_type.lower().startswith("multipart/form-data")
 
 
 def request_bytes(response: httpx.Response) -> int | None:
     """How many body bytes the request behind ``response`` sent: its ``Content-Length``, else the length
     of a body already read; None when that cannot be told."""
-    try:
-        request = response.request
-    except RuntimeError:
+    request = request_of(response)
+    if request is None:
         return None
     declared = as_int(request.headers.get("content-length"))
     if declared is not None and declared >= 0:
@@ -313,25 +371,51 @@ def epoch(value: float) -> datetime | None:
         return None
 
 
+def _reset_delay(value: float, now: datetime) -> float:
+    """A reset header's value as seconds from ``now``: an epoch (seconds, or milliseconds past 1973) when
+    it is that large, else already a delay."""
+    if value > _EPOCH_SECONDS:
+        return (value / 1000 if value > _EPOCH_MILLISECONDS else value) - now.timestamp()
+    return value
+
+
 def retry_after_seconds(
-    headers: httpx.Headers, now: datetime, *, fallback_to_reset: bool = True
+    headers: httpx.Headers,
+    now: datetime,
+    *,
+    fallback_to_reset: bool = True,
+    also: Sequence[str] = (),
 ) -> float | None:
-    """Seconds to wait, from ``Retry-After`` (seconds or an HTTP-date), else (when ``fallback_to_reset``)
-    ``RateLimit-Reset`` (seconds) or ``X-RateLimit-Reset`` (Unix seconds). None when no header says;
-    never negative, and never more than :data:`MAX_RETRY_AFTER_SECONDS` (24 h).
+    """Seconds to wait, from the first header that says.
+
+    The order: ``X-Retry-After`` (better-auth, seconds), ``Retry-After`` (seconds or an HTTP-date), the
+    headers named in ``also`` (seconds, in order: an upstream's own TTL headers), then, when
+    ``fallback_to_reset``, ``RateLimit-Reset`` and ``X-RateLimit-Reset`` (seconds, or a Unix epoch in
+    seconds or milliseconds when the number is that large). A negative or unreadable value is skipped.
+
+    Args:
+        headers: The response headers.
+        now: The current aware time, to turn a date or an epoch into seconds.
+        fallback_to_reset: Also read the rate-limit reset headers.
+        also: More headers holding seconds, tried after ``Retry-After``.
+
+    Returns:
+        Seconds (0..:data:`MAX_RETRY_AFTER_SECONDS`, 24 h), or None when no header says.
     """
-    raw = headers.get("retry-after", "").strip()
-    seconds = as_float(raw)
-    if seconds is None and raw:
-        when = http_date(raw)
-        seconds = (when - now).total_seconds() if when else None
-    if seconds is None and fallback_to_reset:
-        seconds = as_float(headers.get("ratelimit-reset"))
-    if seconds is None and fallback_to_reset:
-        reset = as_float(headers.get("x-ratelimit-reset"))
-        when = epoch(reset) if reset is not None else None
-        seconds = (when - now).total_seconds() if when else None
-    return None if seconds is None else capped_seconds(seconds)
+    for name in ("x-retry-after", "retry-after", *also):
+        raw = headers.get(name, "").strip()
+        seconds = as_float(raw)
+        if seconds is None and raw and name == "retry-after":
+            when = http_date(raw)
+            seconds = (when - now).total_seconds() if when else None
+        if seconds is not None and (seconds >= 0 or name in _SAID_NOW):
+            return capped_seconds(seconds)
+    if fallback_to_reset:
+        for name in ("ratelimit-reset", "x-ratelimit-reset"):
+            reset = as_float(headers.get(name))
+            if reset is not None:
+                return capped_seconds(_reset_delay(reset, now))
+    return None
 
 
 def capped_seconds(seconds: float) -> float:
@@ -345,59 +429,32 @@ def next_hour(moment: datetime) -> datetime:
     return floor + timedelta(hours=1)
 
 
-# ---------------------------------------------------------------- errors
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorRule:
-    """One row of a provider's error table: which answers mean which exception class.
-
-    A rule matches when the status is in ``statuses`` (None: any status) and the upstream message
-    starts with ``prefix`` (when given) and the raw body contains one of ``contains`` (when given) and,
-    when ``min_upload_bytes`` is set, the request was a multipart upload of at least that many bytes.
-    """
-
-    error: type[ProviderError]
-    statuses: frozenset[int] | None = None
-    prefix: str | None = None
-    contains: tuple[str, ...] = ()
-    min_upload_bytes: int | None = None
-
-    def matches(self, status: int, message: str, body: str, *, upload_bytes: int | None) -> bool:
-        """Whether an answer with this status, message and raw body falls under this rule.
-
-        ``upload_bytes`` is the size of the multipart upload that was sent (None: not one, or unknown).
-        """
-        if self.statuses is not None and status not in self.statuses:
-            return False
-        if self.prefix is not None and not message.startswith(self.prefix):
-            return False
-        if self.contains and not any(marker in body for marker in self.contains):
-            return False
-        if self.min_upload_bytes is None:
-            return True
-        return upload_bytes is not None and upload_bytes >= self.min_upload_bytes
-
-
-def classify_error(rules: Sequence[ErrorRule], response: httpx.Response) -> type[ProviderError] | None:
-    """The error class of the first rule in ``rules`` that matches ``response``, or None."""
-    message = error_message(response)
-    body = _body_text(response)
-    upload = request_bytes(response) if is_multipart_request(response) else None
-    for rule in rules:
-        if rule.matches(response.status_code, message, body, upload_bytes=upload):
-            return rule.error
-    return None
-
-
-def statuses(*codes: int | range) -> frozenset[int]:
-    """A status set for an :class:`ErrorRule` from codes and ranges (``statuses(401, range(500, 600))``)."""
-    result: set[int] = set()
-    for code in codes:
-        result.update(code if isinstance(code, range) else (code,))
-    return frozenset(result)
+def window_for(seconds: float | None, default: QuotaWindow = "minute") -> QuotaWindow:
+    """The standard window name for a window length in seconds: ``day`` from 86400, ``hour`` from 3600,
+    ``minute`` below; ``default`` when the length is unknown (None)."""
+    if seconds is None:
+        return default
+    if seconds >= _DAY:
+        return "day"
+    return "hour" if seconds >= _HOUR else "minute"
 
 
 def without(mapping: Mapping[str, Any], *keys: str) -> dict[str, Any]:
     """A copy of ``mapping`` without ``keys`` (to keep an upstream body in ``raw`` minus personal data)."""
     return {key: value for key, value in mapping.items() if key not in keys}
+
+
+def fit_inside(size: tuple[int, int], box: tuple[int, int], *, enlarge: bool = False) -> tuple[int, int]:
+    """``size`` scaled to fit inside ``box`` (pixels), aspect kept, each side at least 1.
+
+    Args:
+        size: ``(width, height)``, pixels.
+        box: ``(width, height)`` to fit inside, pixels.
+        enlarge: Scale a smaller image up to touch the box (trace.moe's 320x320 search image); by default
+            an image is only ever scaled down.
+    """
+    width, height = size
+    scale = min(box[0] / width, box[1] / height)
+    if not enlarge:
+        scale = min(scale, 1.0)
+    return max(1, round(width * scale)), max(1, round(height * scale))

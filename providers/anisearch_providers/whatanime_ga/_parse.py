@@ -17,32 +17,40 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
-from anisearch._exceptions import (
+from anisearch.provider import (
+    MAX_COUNT,
     AuthenticationError,
     BadRequestError,
     ConcurrencyLimitError,
+    ErrorRule,
+    Hit,
     ImageFetchError,
     ImageTooLargeError,
     ProviderBusyError,
     ProviderError,
     ProviderServerError,
+    Quota,
     QuotaExhaustedError,
+    QuotaScope,
+    QuotaSource,
+    QuotaWindow,
     RateLimitedError,
     UpstreamResponseError,
-)
-from anisearch._models import Episode, Hit, Quota, QuotaScope, QuotaSource, QuotaWindow
-
-from ._common import (
-    MAX_COUNT,
+    as_episode,
     as_float,
     as_int,
     as_str,
     capped_seconds,
     clamp_similarity,
+    first_rule,
+    request_of,
+    retry_after_seconds,
+    statuses,
     string_list,
     title_from,
+    window_for,
 )
-from ._common import error_message as _common_error_message
+from anisearch.provider import error_message as standard_error_message
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -54,7 +62,6 @@ __all__ = [
     "parse_hit",
     "quotas_from_body",
     "quotas_from_headers",
-    "window_for",
 ]
 
 _WAIT = re.compile(r"wait\s+(\d+(?:\.\d+)?)\s+seconds", re.IGNORECASE)
@@ -62,17 +69,6 @@ _PHP_PLACEHOLDER = re.compile(r'"\s*\.\s*\$\w+\s*\.\s*"')
 """The unexpanded ``".$limit_ttl."`` the 2019-2021 server left in its 429 text."""
 _HTML_TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _SNIPPET = 200
-_WINDOWS: Final[Mapping[int, QuotaWindow]] = {60: "minute", 3600: "hour", 86400: "day"}
-
-
-# ---------------------------------------------------------------- windows
-
-
-def window_for(window_seconds: int | None, default: QuotaWindow) -> QuotaWindow:
-    """The ledger window kind for a window size in seconds (60, 3600, 86400), else ``default``."""
-    if window_seconds is None:
-        return default
-    return _WINDOWS.get(window_seconds, default)
 
 
 # ---------------------------------------------------------------- quota facts
@@ -181,20 +177,6 @@ def quotas_from_body(
 # ---------------------------------------------------------------- hits
 
 
-def _episode(value: Any) -> Episode:
-    """``episode`` as the server's filename parser gave it: a number, ``"OVA/OAD"``, ``"Special"``, or
-    ``""`` (nothing found, which becomes None)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return int(value)  # PHP's floatval() serialises 5 as 5.0 in some versions
-    if isinstance(value, int | float):
-        return value
-    if isinstance(value, str):
-        return value.strip() or None
-    return None
-
-
 def _js_number(value: float) -> str:
     """A number as JavaScript's template strings print it (``1174.5``, ``1174`` not ``1174.0``)."""
     return str(int(value)) if value.is_integer() else repr(value)
@@ -247,7 +229,7 @@ def parse_hit(doc: Mapping[str, Any], *, provider: str, base_url: str) -> Hit:
         ),
         synonyms=string_list(doc.get("synonyms")),
         is_adult=doc.get("is_adult") if isinstance(doc.get("is_adult"), bool) else None,
-        episode=_episode(doc.get("episode")),
+        episode=as_episode(doc.get("episode")),
         start_seconds=as_float(doc.get("from")),
         end_seconds=as_float(doc.get("to")),
         at_seconds=as_float(doc.get("at")),
@@ -283,24 +265,16 @@ def error_message(response: httpx.Response) -> str:
             return " ".join(text.strip('"').split())[:_SNIPPET]
     if text.lstrip().lower().startswith(("<html", "<!doctype")) and (title := _HTML_TITLE.search(text)):
         return " ".join(title.group(1).split())[:_SNIPPET]
-    return _common_error_message(response)[:_SNIPPET]
+    return standard_error_message(response)[:_SNIPPET]
 
 
-def _header_seconds(headers: httpx.Headers, *names: str) -> float | None:
-    for name in names:
-        seconds = as_float(headers.get(name))
-        if seconds is not None and seconds >= 0:
-            return capped_seconds(seconds)
-    return None
-
-
-def _wait_seconds(message: str, headers: httpx.Headers, ttl_header: str) -> float | None:
+def _wait_seconds(message: str, headers: httpx.Headers, now: datetime, ttl_header: str) -> float | None:
     """The wait a 429 asks for: the number in the message, else ``Retry-After``, else the window's TTL
     header (the 2019-2021 body carries no number at all)."""
     match = _WAIT.search(message)
     if match is not None:
         return capped_seconds(float(match.group(1)))
-    return _header_seconds(headers, "retry-after", ttl_header)
+    return retry_after_seconds(headers, now, fallback_to_reset=False, also=(ttl_header,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +293,7 @@ def _with_wait(message: str, wait: float | None) -> str:
 
 
 def _rate_limited(ctx: _Context) -> ProviderError:
-    wait = _wait_seconds(ctx.message, ctx.response.headers, "x-whatanime-limit-ttl")
+    wait = _wait_seconds(ctx.message, ctx.response.headers, ctx.now, "x-whatanime-limit-ttl")
     return RateLimitedError(
         _with_wait(ctx.message, wait),
         provider=ctx.provider,
@@ -330,9 +304,9 @@ def _rate_limited(ctx: _Context) -> ProviderError:
 
 def _quota_exceeded(ctx: _Context) -> ProviderError:
     headers = ctx.response.headers
-    wait = _wait_seconds(ctx.message, headers, "x-whatanime-quota-ttl")
+    wait = _wait_seconds(ctx.message, headers, ctx.now, "x-whatanime-quota-ttl")
     if wait is None:
-        wait = _header_seconds(headers, "x-whatanime-expire")
+        wait = retry_after_seconds(headers, ctx.now, fallback_to_reset=False, also=("x-whatanime-expire",))
     return QuotaExhaustedError(
         _with_wait(ctx.message, wait),
         provider=ctx.provider,
@@ -342,15 +316,8 @@ def _quota_exceeded(ctx: _Context) -> ProviderError:
     )
 
 
-def _request_of(response: httpx.Response) -> httpx.Request | None:
-    try:
-        return response.request
-    except RuntimeError:  # a response built by hand (tests, a transport) has no request
-        return None
-
-
 def _sent_bytes(response: httpx.Response) -> int | None:
-    request = _request_of(response)
+    request = request_of(response)
     if request is None:
         return None
     try:
@@ -382,37 +349,51 @@ def _simple(cls: type[ProviderError], hint: str = "") -> Callable[[_Context], Pr
 
 _TOKEN_HINT = " (set ANISEARCH_WHATANIME_GA_TOKEN to a valid API token)"  # noqa: S105 - a hint, not a secret
 
-# Message prefixes (case-insensitive), in the order they are tried: the upstream's own words decide.
-_BY_PREFIX: Final[tuple[tuple[str, Callable[[_Context], ProviderError]], ...]] = (
-    ("Search limit exceeded", _rate_limited),  # 429, per-minute rate (any of the three body forms)
-    ("Search quota exceeded", _quota_exceeded),  # 429, daily quota (2017-2018: the per-minute quota)
-    ("Missing API token", _simple(AuthenticationError, _TOKEN_HINT)),  # 401, 2017-2018 servers
-    ("Invalid API token", _simple(AuthenticationError, _TOKEN_HINT)),  # 403
-    ("Invalid API key", _simple(AuthenticationError, _TOKEN_HINT)),  # 500 behind the 2021 proxy
-    ("No image received", _simple(BadRequestError)),  # 400: the body carried no image field
-    ("Image is empty", _simple(BadRequestError)),  # 400: the image field was empty after the comma
-    ("Failed to fetch image", _simple(ImageFetchError)),  # 400 (URL mode): upload the bytes instead
-    ("Failed to process image", _simple(ProviderServerError)),  # 500: anisearch always sends a clean JPEG
-    ("Error reading image from URL", _simple(ProviderServerError)),  # 500: the Solr backend's error
-    ("Failed to connect to database", _simple(ProviderServerError)),  # 503: an outage, not a queue
-    ("Search quota depleted", _quota_exceeded),  # 500 behind the 2021 proxy (the new API's 402)
-    ("Concurrency limit exceeded", _simple(ConcurrencyLimitError)),  # 500 behind the 2021 proxy
-    ("Error: Search queue is full", _simple(ProviderBusyError)),  # 500 behind the 2021 proxy
-)
 
-# When no message matched: what the status alone can say.
-_BY_STATUS: Final[Mapping[int, Callable[[_Context], ProviderError]]] = {
-    401: _simple(AuthenticationError, _TOKEN_HINT),
-    403: _simple(AuthenticationError, _TOKEN_HINT),
-    413: _too_large,  # the web server's HTML page: the body was over its limit
-    429: _rate_limited,
-}
+def _said(
+    error: type[ProviderError], prefix: str, build: Callable[[_Context], ProviderError] | None = None
+) -> ErrorRule[_Context]:
+    """A row matching the message's start, in any case (the server's capitalisation changed over time)."""
+    return ErrorRule(error, prefix=prefix, build=build, ignore_case=True)
+
+
+ERROR_RULES: Final[tuple[ErrorRule[_Context], ...]] = (
+    # Message prefixes (case-insensitive) first: the upstream's own words decide.
+    # 429, the per-minute rate (any of the three body forms).
+    _said(RateLimitedError, "Search limit exceeded", build=_rate_limited),
+    # 429, the daily quota (2017-2018: the per-minute quota).
+    _said(QuotaExhaustedError, "Search quota exceeded", build=_quota_exceeded),
+    _said(
+        AuthenticationError, "Missing API token", build=_simple(AuthenticationError, _TOKEN_HINT)
+    ),  # 401, 2017-2018
+    _said(AuthenticationError, "Invalid API token", build=_simple(AuthenticationError, _TOKEN_HINT)),  # 403
+    # A 500 behind the 2021 proxy carries the new API's message.
+    _said(AuthenticationError, "Invalid API key", build=_simple(AuthenticationError, _TOKEN_HINT)),
+    _said(BadRequestError, "No image received"),  # 400: the body carried no image field
+    _said(BadRequestError, "Image is empty"),  # 400: the image field was empty after the comma
+    _said(ImageFetchError, "Failed to fetch image"),  # 400 (URL mode): upload the bytes instead
+    _said(ProviderServerError, "Failed to process image"),  # 500: anisearch always sends a clean JPEG
+    _said(ProviderServerError, "Error reading image from URL"),  # 500: the Solr backend's error
+    _said(ProviderServerError, "Failed to connect to database"),  # 503: an outage, not a queue
+    _said(QuotaExhaustedError, "Search quota depleted", build=_quota_exceeded),  # 500 behind the proxy
+    _said(ConcurrencyLimitError, "Concurrency limit exceeded"),  # 500 behind the 2021 proxy
+    _said(ProviderBusyError, "Error: Search queue is full"),  # 500 behind the 2021 proxy
+    # When no message matched: what the status alone can say.
+    ErrorRule(AuthenticationError, statuses(401, 403), build=_simple(AuthenticationError, _TOKEN_HINT)),
+    ErrorRule(
+        ImageTooLargeError, statuses(413), build=_too_large
+    ),  # the web server's page: body over its limit
+    ErrorRule(RateLimitedError, statuses(429), build=_rate_limited),
+    ErrorRule(ProviderServerError, statuses(range(500, 600))),
+    ErrorRule(BadRequestError, statuses(range(400, 500))),
+)
+"""The legacy API's error table, first match wins."""
 
 
 def classify_error(
     response: httpx.Response, *, provider: str, now: datetime, max_body_bytes: int | None = None
 ) -> ProviderError:
-    """The exception a non-200 legacy response means: by message prefix first, then by status.
+    """The exception a non-200 legacy response means, per :data:`ERROR_RULES`.
 
     Args:
         response: The error response.
@@ -425,18 +406,11 @@ def classify_error(
     """
     message = error_message(response)
     ctx = _Context(message, response, provider, now, max_body_bytes)
-    folded = message.casefold()
-    for prefix, build in _BY_PREFIX:
-        if folded.startswith(prefix.casefold()):
-            return build(ctx)
     status = response.status_code
-    if status in _BY_STATUS:
-        return _BY_STATUS[status](ctx)
-    if status >= 500:  # noqa: PLR2004 - the 5xx class
-        return _simple(ProviderServerError)(ctx)
-    if 400 <= status < 500:  # noqa: PLR2004 - the 4xx class
-        return _simple(BadRequestError)(ctx)
-    request = _request_of(response)
+    rule = first_rule(ERROR_RULES, ctx, status=status, message=message)
+    if rule is not None:
+        return (rule.build or _simple(rule.error))(ctx)
+    request = request_of(response)
     return UpstreamResponseError(
         f"unexpected HTTP {status}: {message or '(empty body)'}",
         provider=provider,

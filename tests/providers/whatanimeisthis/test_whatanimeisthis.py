@@ -74,7 +74,7 @@ def test_it_is_a_provider_with_account_features(provider: WhatAnimeIsThis) -> No
     assert isinstance(as_account, AccountProvider)
     assert provider.name == "whatanimeisthis"
     assert provider.default_order is True
-    assert provider.capabilities.names() == ["account", "upload", "url"]
+    assert provider.capabilities.names() == ["account", "upload"]
     assert provider.limits.formats == frozenset({"image/jpeg", "image/png"})
 
 
@@ -159,7 +159,7 @@ def test_search_by_upload_is_a_multipart_image_part(provider: WhatAnimeIsThis) -
 
 def test_search_by_url_is_a_multipart_text_field_and_a_key_is_a_bearer() -> None:
     provider = WhatAnimeIsThis(api_key="sk-secret")
-    request = provider.search_request(SearchQuery(url="https://example.com/frame.png"))
+    request = provider.url_search_request("https://example.com/frame.png")
     body = request.read()
     assert request.headers["content-type"].startswith("multipart/form-data")
     assert b'name="url"\r\n\r\nhttps://example.com/frame.png' in body
@@ -170,10 +170,6 @@ def test_search_by_url_is_a_multipart_text_field_and_a_key_is_a_bearer() -> None
 @pytest.mark.parametrize(
     ("query", "words"),
     [
-        (SearchQuery(image=JPEG, url="https://example.com/a.png"), "not both"),
-        (SearchQuery(), "needs an image"),
-        (SearchQuery(vector=(1,) * 33), "descriptor"),
-        (SearchQuery(url="file:///etc/passwd"), r"http\(s\) image URL"),
         (SearchQuery(image=JPEG, options=SearchOptions(anilist_id=21)), "AniList"),
         (
             SearchQuery(
@@ -188,6 +184,13 @@ def test_searches_it_cannot_send_are_refused(
 ) -> None:
     with pytest.raises(ConfigurationError, match=words):
         provider.search_request(query)
+
+
+def test_a_url_search_needs_an_http_url_and_no_anilist_filter(provider: WhatAnimeIsThis) -> None:
+    with pytest.raises(ConfigurationError, match=r"http\(s\) image URL"):
+        provider.url_search_request("file:///etc/passwd")
+    with pytest.raises(ConfigurationError, match="AniList"):
+        provider.url_search_request("https://example.com/a.png", SearchOptions(anilist_id=21))
 
 
 def test_rankings_request_validates_and_omits_include_adult_when_false(provider: WhatAnimeIsThis) -> None:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageStat
 
-from anisearch._borders import cut_borders as trim_borders
+from anisearch.provider import cut_borders as trim_borders
+from anisearch.provider import fit_inside
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -218,12 +219,6 @@ def _first_frame_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _fit_inside(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
-    width, height = size
-    scale = min(box[0] / width, box[1] / height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def prepare_search_image(image: Image.Image, *, cut_borders: bool = False) -> Image.Image:
     """Prepare an image the way trace.moe prepares an upload before describing it.
 
@@ -243,7 +238,7 @@ def prepare_search_image(image: Image.Image, *, cut_borders: bool = False) -> Im
     if image.width < 1 or image.height < 1:
         raise ValueError("cannot prepare an image without pixels")
     flat = _first_frame_rgb(image)
-    resized = flat.resize(_fit_inside(flat.size, SEARCH_BOX), Image.Resampling.LANCZOS)
+    resized = flat.resize(fit_inside(flat.size, SEARCH_BOX, enlarge=True), Image.Resampling.LANCZOS)
     if cut_borders:
         resized, _ = trim_borders(resized)
     return resized

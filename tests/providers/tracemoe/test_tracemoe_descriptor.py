@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 from PIL import Image
 
-from anisearch._descriptor import (
+from anisearch_providers.tracemoe.descriptor import (
     color_layout,
     descriptor_distance,
     prepare_search_image,

@@ -29,10 +29,10 @@ from anisearch._exceptions import (
 )
 from anisearch._image import PreparedImage
 from anisearch._provider import SearchQuery
+from anisearch.provider import as_bool
 from anisearch_providers.whatanimeisthis import WhatAnimeIsThis
 from anisearch_providers.whatanimeisthis._errors import error_for, retry_after
 from anisearch_providers.whatanimeisthis._tolerant import (
-    as_bool,
     as_datetime,
     as_seconds,
     as_similarity,
@@ -64,7 +64,7 @@ def answer(
 
 
 SEARCH = PROVIDER.search_request(SearchQuery(image=JPEG))
-URL_SEARCH = PROVIDER.search_request(SearchQuery(url="https://example.com/a.png"))
+URL_SEARCH = PROVIDER.url_search_request("https://example.com/a.png")
 KEY_SEARCH = KEYED.search_request(SearchQuery(image=JPEG))
 SIGN_IN = PROVIDER.sign_in_request("a@b.example", "pw")
 
@@ -360,7 +360,7 @@ def test_dates_iso_or_epoch_by_magnitude(value: Any, expected: datetime | None) 
     ],
 )
 def test_booleans_in_several_forms(value: Any, expected: bool | None) -> None:
-    assert as_bool(value) is expected
+    assert as_bool(value, loose=True) is expected
 
 
 def test_envelopes_are_peeled_and_lists_found() -> None:

@@ -70,7 +70,7 @@ def recording_paths(samples_dir: Path) -> list[Path]:
 
 def shared_samples() -> Path:
     """Where the ``samples`` fixture points (tests/conftest.py), known before fixtures exist."""
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     return Path(os.environ.get("ANISEARCH_SHARED_DIR", repo.parent / "shared")) / "upstream-samples"
 
 

@@ -30,7 +30,7 @@ from anisearch._exceptions import (
 )
 from anisearch._image import PreparedImage
 from anisearch._provider import ProviderContext, SearchOptions, SearchQuery, load_provider
-from anisearch_providers.tracemoe.legacy import DEFAULT_MAX_BODY_BYTES, WhatanimeGa
+from anisearch_providers.whatanime_ga import DEFAULT_MAX_BODY_BYTES, WhatanimeGa
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -82,8 +82,7 @@ def test_is_the_registered_legacy_provider() -> None:
     assert cls is WhatanimeGa
     assert cls.name == "whatanime-ga"
     assert cls.default_order is False  # shut down upstream in 2021: used only when configured or named
-    assert {"upload", "url", "anilist_filter", "quota"} <= set(WhatanimeGa.capabilities.names())
-    assert "vector" not in WhatanimeGa.capabilities.names()
+    assert {"upload", "anilist_filter", "quota"} <= set(WhatanimeGa.capabilities.names())
 
 
 def test_without_a_url_it_builds_but_every_request_names_the_setting() -> None:
@@ -114,9 +113,8 @@ def test_defaults_are_a_form_body_and_a_one_megabyte_limit() -> None:
     assert legacy.body == "form"
     assert legacy.max_body_bytes == DEFAULT_MAX_BODY_BYTES == 1_000_000
     assert legacy.credential.scope == "guest"
-    assert legacy.limits.encoding == "base64"
     assert legacy.limits.formats == frozenset({"image/jpeg"})
-    assert legacy.limits.max_bytes < legacy.max_body_bytes
+    assert legacy.limits.max_bytes < legacy.max_body_bytes * 3 / 4  # the image, before base64
 
 
 @pytest.mark.parametrize(
@@ -196,20 +194,11 @@ def test_anilist_id_is_sent_as_filter_and_the_token_in_the_query() -> None:
 
 def test_url_mode_puts_the_image_url_in_the_query() -> None:
     image_url = "https://example.org/a b.jpg?x=1&y=2"
-    request = provider().search_request(SearchQuery(url=image_url, options=SearchOptions(anilist_id=5)))
+    request = provider().url_search_request(image_url, SearchOptions(anilist_id=5))
     assert request.url.params["url"] == image_url
     assert form_fields(request) == {"filter": "5"}
-    bare = provider().search_request(SearchQuery(url=image_url))
+    bare = provider().url_search_request(image_url)
     assert bare.content == b""
-
-
-@pytest.mark.parametrize(
-    "query",
-    [SearchQuery(vector=(16,) * 33), SearchQuery(), SearchQuery(image=JPEG, url="http://x/y.jpg")],
-)
-def test_a_search_needs_one_image_or_url(query: SearchQuery) -> None:
-    with pytest.raises(ConfigurationError):
-        provider().search_request(query)
 
 
 def test_an_empty_image_is_refused_before_sending() -> None:

@@ -23,34 +23,34 @@ Settings (all optional but ``url``):
 
 from __future__ import annotations
 
+import base64
 import json
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, Self
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from anisearch._exceptions import (
+from anisearch.provider import (
+    BaseProvider,
+    Capabilities,
     ConfigurationError,
+    Credential,
+    Hit,
     ImageTooLargeError,
     InvalidImageError,
-    UpstreamResponseError,
-)
-from anisearch._ledger import WindowSpec
-from anisearch._models import Hit, Quota, QuotaScope
-from anisearch._provider import (
-    Capabilities,
-    Credential,
     ProviderAnswer,
-    ProviderContext,
+    Quota,
+    SearchOptions,
     SearchQuery,
     UploadLimits,
+    UpstreamResponseError,
+    WindowSpec,
+    loads,
+    redact,
 )
-from anisearch._redact import redact
 
-from ._common import loads
-from ._legacy_parse import (
+from ._parse import (
     classify_error,
     frames_searched,
     parse_hit,
@@ -60,6 +60,9 @@ from ._legacy_parse import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
+
+    from anisearch.provider import PreparedImage, ProviderContext
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "WhatanimeGa"]
 
@@ -78,10 +81,6 @@ _FORM_SAFE: Final = "/:;,="
 """Data URL characters a form value may carry unescaped (WHATWG and PHP split a pair at the first ``=``)."""
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class _Settings(BaseModel):
     """The ``[whatanime-ga]`` settings (env ``ANISEARCH_WHATANIME_GA_URL``, ``..._TOKEN``, ``..._BODY``,
     ``..._MAX_BODY_BYTES``)."""
@@ -94,22 +93,20 @@ class _Settings(BaseModel):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=_MIN_BODY_BYTES)
 
 
-def _base_url(value: str) -> str:
-    url = value.strip()
-    if not url:
-        return ""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise ConfigurationError(f"{_URL_SETTING} is not a URL: {url!r}") from exc
-    if parsed.scheme not in {"http", "https"} or not parsed.host or parsed.query or parsed.fragment:
-        raise ConfigurationError(
-            f"{_URL_SETTING} must be an http(s) URL without query or fragment, got {url!r}"
-        )
-    return str(parsed).rstrip("/")
+_DATA_URL_PREFIX: Final = len("data:image/jpeg;base64,")
 
 
-class WhatanimeGa:
+def data_url(image: PreparedImage) -> str:
+    """The image as a ``data:<mime>;base64,...`` URL, the legacy API's ``image`` field."""
+    return f"data:{image.mime_type};base64,{base64.b64encode(image.data).decode('ascii')}"
+
+
+def image_budget(data_url_bytes: int) -> int:
+    """The largest image, in bytes, whose data URL fits in ``data_url_bytes`` (base64: 4 bytes per 3)."""
+    return max((data_url_bytes - _DATA_URL_PREFIX) // 4 * 3, 0)
+
+
+class WhatanimeGa(BaseProvider):
     """The legacy whatanime.ga search API (``POST /api/search``, ``GET /api/me``), 2017-2021 contract.
 
     Attributes:
@@ -117,16 +114,16 @@ class WhatanimeGa:
         body: ``"form"`` or ``"json"``: how the base64 image is posted.
         max_body_bytes: The server's request body limit, in bytes.
         limits: How the image must arrive: JPEG only (2017 servers strip only a JPEG data-URL prefix),
-            base64, with ``max_bytes`` the data-URL budget that keeps the whole body within
+            with ``max_bytes`` the image budget whose base64 data URL keeps the whole body within
             ``max_body_bytes``.
     """
 
     name: ClassVar[str] = "whatanime-ga"
     default_order: ClassVar[bool] = False
     default_rank: ClassVar[int] = 300
+    Settings: ClassVar[type[BaseModel]] = _Settings
     capabilities: Capabilities = Capabilities(
         upload=True,
-        url=True,  # ?url= from 2019-09
         anilist_filter=True,  # filter=<AniList ID>
         cut_borders=True,  # the server crops black borders of every image, always
         anilist_info=True,  # titles, MAL ID, synonyms and is_adult come with every result
@@ -140,7 +137,7 @@ class WhatanimeGa:
         token: str | None = None,
         body: Literal["form", "json"] = "form",
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         """Build the provider.
 
@@ -158,17 +155,12 @@ class WhatanimeGa:
             raise ConfigurationError(f"whatanime-ga body must be 'form' or 'json', got {body!r}")
         if max_body_bytes < _MIN_BODY_BYTES:
             raise ConfigurationError(f"whatanime-ga max_body_bytes must be at least {_MIN_BODY_BYTES}")
-        self.base_url = _base_url(base_url)
-        self._token = token.strip() if token and token.strip() else None
+        super().__init__(base_url, token, clock=clock)
         self.body: Literal["form", "json"] = body
         self.max_body_bytes = max_body_bytes
-        self._clock = clock
         budget = self.max_body_bytes - _BODY_OVERHEAD
-        self.limits = UploadLimits(
-            max_bytes=int(budget / _FORM_INFLATION) if self.body == "form" else budget,
-            encoding="base64",
-            formats=frozenset({"image/jpeg"}),
-        )
+        url_budget = int(budget / _FORM_INFLATION) if self.body == "form" else budget
+        self.limits = UploadLimits(max_bytes=image_budget(url_budget), formats=frozenset({"image/jpeg"}))
 
     @classmethod
     def from_context(cls, context: ProviderContext) -> Self:
@@ -178,20 +170,16 @@ class WhatanimeGa:
             ConfigurationError: An unknown setting (named in the message) or an invalid value. A missing
                 ``url`` is not an error here; building a request is.
         """
-        config = {key: value for key, value in context.config.items() if value is not None}
-        unknown = sorted(set(config) - set(_Settings.model_fields))
-        if unknown:
-            raise ConfigurationError(
-                f"unknown whatanime-ga setting(s): {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(_Settings.model_fields))}"
-            )
-        try:
-            settings = _Settings.model_validate(config)
-        except ValidationError as exc:  # names the setting and the rule, never the value (it may be a token)
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
-            )
-            raise ConfigurationError(f"invalid whatanime-ga setting(s): {problems}") from None
+        return super().from_context(context)
+
+    @classmethod
+    def from_settings(cls, settings: Any, context: ProviderContext) -> Self:
+        """Build from validated :class:`_Settings`.
+
+        Raises:
+            ConfigurationError: A value the constructor refuses.
+        """
+        del context
         return cls(
             settings.url or "",
             token=settings.token.get_secret_value() if settings.token else None,
@@ -200,7 +188,7 @@ class WhatanimeGa:
         )
 
     def __repr__(self) -> str:
-        token = "***" if self._token else None
+        token = "***" if self.key else None
         return f"{type(self).__name__}(base_url={redact(self.base_url)!r}, token={token})"
 
     # ------------------------------------------------------------ identity and assumptions
@@ -208,32 +196,16 @@ class WhatanimeGa:
     @property
     def credential(self) -> Credential:
         """``api-key`` scope with the token when one is set, else ``guest`` (limited by address)."""
-        return Credential(scope="api-key", secret=self._token) if self._token else Credential()
-
-    @property
-    def _scope(self) -> QuotaScope:
-        return self.credential.scope
+        return Credential(scope="api-key", secret=self.key) if self.key else Credential()
 
     def windows(self) -> list[WindowSpec]:
         """The legacy API's windows (contract §7 Limits): a rate limit of 10 search requests a minute, and
         a daily quota of 150 searches (1000 with a token) that resets at the ledger's midnight."""
-        daily = 1000 if self._token else 150
+        daily = 1000 if self.key else 150
         return [
             WindowSpec("minute", span_seconds=60, counts="requests", kind="rate", limit=10),
             WindowSpec("day", calendar="day", limit=daily),
         ]
-
-    def assumed_quotas(self) -> list[Quota]:
-        """The documented allowance: 10 searches per minute, and 150 per day (1000 with a token)."""
-        daily = 1000 if self._token else 150
-        return [
-            Quota(provider=self.name, scope=self._scope, limit=10, window="minute", source="ledger"),
-            Quota(provider=self.name, scope=self._scope, limit=daily, window="day", source="ledger"),
-        ]
-
-    def auth(self) -> httpx.Auth | None:
-        """None: the token travels in the query string."""
-        return None
 
     # ------------------------------------------------------------ requests
 
@@ -243,8 +215,8 @@ class WhatanimeGa:
                 f"set {_URL_SETTING} (or url in the [whatanime-ga] config table) to a legacy whatanime.ga "
                 "server: the public one was shut down in 2021 (`anisearch emulate whatanime-ga` runs one)"
             )
-        if self._token:
-            params["token"] = self._token
+        if self.key:
+            params["token"] = self.key
         return httpx.URL(f"{self.base_url}{path}", params=params)
 
     def _encode(self, fields: dict[str, str | int]) -> tuple[bytes, str]:
@@ -254,39 +226,36 @@ class WhatanimeGa:
         return "&".join(pairs).encode("ascii"), "application/x-www-form-urlencoded"
 
     def search_request(self, query: SearchQuery) -> httpx.Request:
-        """``POST {url}/api/search[?token=][&url=]`` with the image as a base64 data URL.
+        """``POST {url}/api/search[?token=]`` with the image as a base64 data URL.
 
         The body is ``image=data:image/jpeg;base64,...[&filter=<AniList ID>]`` (form) or
-        ``{"image": ..., "filter": ...}`` (JSON). With ``query.url`` the server fetches the image itself
-        (``?url=``) and the body carries only ``filter``.
+        ``{"image": ..., "filter": ...}`` (JSON).
 
         Raises:
-            ConfigurationError: No server URL is configured, or the query is not exactly one image or
-                URL (a descriptor vector cannot be searched here).
+            ConfigurationError: No server URL is configured.
             InvalidImageError: The image is empty.
             ImageTooLargeError: The encoded body is over ``max_body_bytes`` (``provider`` None: nothing
                 was sent).
         """
-        given = [name for name in ("image", "url", "vector") if getattr(query, name) is not None]
-        if len(given) != 1:
-            raise ConfigurationError(
-                f"a search needs exactly one of image, url or vector, got {given or 'none'}"
-            )
-        if query.vector is not None:
-            raise ConfigurationError(
-                "whatanime-ga searches an image or an image URL, not a descriptor vector"
-            )
-        fields: dict[str, str | int] = {}
-        params: dict[str, str] = {}
-        if query.image is not None:
-            if not query.image.data:
-                raise InvalidImageError("the image is empty (0 bytes)")
-            fields["image"] = query.image.data_url()
-        elif query.url is not None:
-            params["url"] = query.url
+        if not query.image.data:
+            raise InvalidImageError("the image is empty (0 bytes)")
+        return self._search({"image": data_url(query.image)}, {}, query.options)
+
+    def url_search_request(self, url: str, options: SearchOptions | None = None) -> httpx.Request:
+        """``POST {url}/api/search?url=<image URL>[&token=]``: the server fetches the image (2019-09+);
+        the body carries only ``filter``. Not used by the engine, which downloads URLs itself.
+
+        Raises:
+            ConfigurationError: No server URL is configured.
+        """
+        return self._search({}, {"url": url}, options or SearchOptions())
+
+    def _search(
+        self, fields: dict[str, str | int], params: dict[str, str], options: SearchOptions
+    ) -> httpx.Request:
         url = self._url("/api/search", **params)
-        if query.options.anilist_id is not None:
-            fields["filter"] = int(query.options.anilist_id)
+        if options.anilist_id is not None:
+            fields["filter"] = int(options.anilist_id)
         content, content_type = self._encode(fields) if fields else (b"", "")
         if len(content) > self.max_body_bytes:
             raise ImageTooLargeError(
@@ -332,7 +301,7 @@ class WhatanimeGa:
     def _raise_for_status(self, response: httpx.Response) -> None:
         if response.status_code != 200:  # noqa: PLR2004 - the only success the server sends
             raise classify_error(
-                response, provider=self.name, now=self._clock(), max_body_bytes=self.max_body_bytes
+                response, provider=self.name, now=self.now(), max_body_bytes=self.max_body_bytes
             )
 
     def parse_search(self, response: httpx.Response) -> ProviderAnswer:
@@ -366,7 +335,7 @@ class WhatanimeGa:
             if isinstance(doc, dict)
         ]
         hits.sort(key=lambda hit: hit.similarity, reverse=True)
-        quotas = quotas_from_body(body, provider=self.name, scope=self._scope, now=self._clock())
+        quotas = quotas_from_body(body, provider=self.name, scope=self.scope, now=self.now())
         reported = next((q for q in quotas if q.window == "day"), quotas[0] if quotas else None)
         return ProviderAnswer(
             hits=hits, frames_searched=frames_searched(body.get("RawDocsCount")), quota=reported
@@ -382,7 +351,7 @@ class WhatanimeGa:
         """
         self._raise_for_status(response)
         body = self._json(response, "/api/me")
-        quotas = quotas_from_body(body, provider=self.name, scope=self._scope, now=self._clock())
+        quotas = quotas_from_body(body, provider=self.name, scope=self.scope, now=self.now())
         if not quotas:
             raise UpstreamResponseError(
                 "the /api/me answer has neither limit nor quota",
@@ -396,10 +365,10 @@ class WhatanimeGa:
         """Quota facts any response carries: the ``x-whatanime-*`` headers (on success, and the spent
         pair on a 429, which then also sets ``cooldown_until``), and the ``limit``/``quota`` fields of a
         JSON object body for windows the headers did not cover. One Quota per window."""
-        now = self._clock()
+        now = self.now()
         refused = response.status_code == 429  # noqa: PLR2004 - Too Many Requests
         quotas = quotas_from_headers(
-            response.headers, provider=self.name, scope=self._scope, now=now, refused=refused
+            response.headers, provider=self.name, scope=self.scope, now=now, refused=refused
         )
         if response.status_code == 200:  # noqa: PLR2004 - only a success carries a body with quota fields
             try:
@@ -410,7 +379,7 @@ class WhatanimeGa:
                 seen = {quota.window for quota in quotas}
                 quotas += [
                     quota
-                    for quota in quotas_from_body(body, provider=self.name, scope=self._scope, now=now)
+                    for quota in quotas_from_body(body, provider=self.name, scope=self.scope, now=now)
                     if quota.window not in seen
                 ]
         return quotas

@@ -1,0 +1,67 @@
+"""The guide's example provider (examples/provider_example) searches through the engine, on loopback."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import anisearch
+from anisearch import AllProvidersFailedError, QuotaExhaustedError, Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+from provider_example.emulator import KEY, create_app
+from provider_example.scenedb import SceneDB
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "provider_example" / "scenedb.py"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Entry:
+    name, value, dist = "scenedb", "provider_example.scenedb:SceneDB", None
+
+    def load(self) -> type[SceneDB]:
+        return SceneDB
+
+
+def test_the_example_is_under_100_lines_and_the_guide_shows_it_as_it_is() -> None:
+    assert len(EXAMPLE.read_text(encoding="utf-8").splitlines()) < 100
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "providers" / "writing.md").read_text(
+        encoding="utf-8"
+    )
+    for name in ("scenedb.py", "emulator.py"):
+        assert f"```python\n{(EXAMPLE.parent / name).read_text(encoding='utf-8')}```" in guide, name
+
+
+async def test_the_example_provider_searches_until_its_credits_run_out(
+    live_server: Callable[[Any], Any], samples: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr("anisearch._provider._provider_entry_points", lambda: {"scenedb": Entry()})
+    server = live_server(create_app(allowance=1))
+    settings = Settings.load(
+        providers=["scenedb"],
+        provider_options={"scenedb": {"url": server.url, "key": KEY}},
+        ledger="memory://",
+        cache="off",
+        state_dir=tmp_path,
+    )
+    async with anisearch.AsyncClient(settings) as client:
+        result = await client.search(samples / "tinted-good.jpg")
+        assert result.best is not None
+        assert (result.best.provider, result.best.anilist_id, result.best.episode) == ("scenedb", 11887, 5)
+        assert result.best.at_seconds == 1169.5
+        with pytest.raises(AllProvidersFailedError) as caught:
+            await client.search(samples / "flipped-good.webp")
+    assert caught.group_contains(QuotaExhaustedError)
