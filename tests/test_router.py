@@ -138,9 +138,9 @@ def router(ledger: Ledger, attempts: list[Attempt] | None = None, wait_seconds: 
 
 def routes(*providers: Scripted) -> list[Route]:
     return [
-        Route(provider=p, scope="guest", windows=WINDOWS, query=PlannedQuery(p, FITS, SearchOptions()))
+        Route(provider=p, scope="guest", windows=WINDOWS, query=PlannedQuery(p, FITS, SearchOptions()))  # type: ignore[arg-type]
         for p in providers
-    ]  # type: ignore[arg-type]
+    ]
 
 
 async def test_first_provider_answers_and_the_rest_are_not_asked(ledger: Ledger) -> None:
@@ -325,9 +325,9 @@ DAY_AND_HOUR = (
 
 def windowed(*providers: Scripted, windows: tuple[WindowSpec, ...] = DAY_AND_HOUR) -> list[Route]:
     return [
-        Route(provider=p, scope="guest", windows=windows, query=PlannedQuery(p, FITS, SearchOptions()))
+        Route(provider=p, scope="guest", windows=windows, query=PlannedQuery(p, FITS, SearchOptions()))  # type: ignore[arg-type]
         for p in providers
-    ]  # type: ignore[arg-type]
+    ]
 
 
 class Observing(Scripted):
