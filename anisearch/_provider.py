@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVar, runtime_checkable
 
 from anisearch._exceptions import ConfigurationError, UnknownProviderError
+from anisearch._redact import add_secret_headers
 
 if TYPE_CHECKING:
     import httpx
@@ -182,6 +183,9 @@ class Provider(Protocol):
     """Whether the provider joins the default order when no ``providers=`` is given."""
     default_rank: ClassVar[int]
     """Its place in the default order, lowest first (trace.moe 100, whatanimeisthis.com 200)."""
+    secret_headers: ClassVar[frozenset[str]]
+    """Request headers carrying its credential, masked in every log record (optional; see
+    :class:`~anisearch.provider.BaseProvider`)."""
 
     @classmethod
     def from_context(cls, context: ProviderContext) -> Self:
@@ -341,7 +345,9 @@ def load_provider(name: str) -> type[Provider]:
         loaded = eps[name].load()
     except (ImportError, AttributeError) as exc:
         raise ConfigurationError(f"{_origin(eps[name])} cannot be loaded: {exc}") from exc
-    return check_provider(loaded, eps[name])
+    provider = check_provider(loaded, eps[name])
+    add_secret_headers(getattr(provider, "secret_headers", ()))
+    return provider
 
 
 def load_emulator(name: str) -> Any:

@@ -2,8 +2,9 @@
 
 :func:`redact` masks a text; :class:`RedactSecrets` applies it to every record of the loggers that see
 requests (httpx at INFO, httpcore's connection and protocol loggers at DEBUG, anisearch itself), whatever
-the level, so a configured ``user:pass@`` URL, a ``?token=``, an ``Authorization``/``x-trace-key`` header
-or a sign-in ``Set-Cookie`` never reaches a handler. :func:`display_url` is the short, masked form of a
+the level, so a configured ``user:pass@`` URL, a ``?token=``, an ``Authorization`` header, a provider's
+own credential header (registered with :func:`add_secret_headers`) or a sign-in ``Set-Cookie`` never
+reaches a handler. :func:`display_url` is the short, masked form of a
 URL for error messages, with control characters escaped.
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 
-__all__ = ["LOGGERS", "RedactSecrets", "display_url", "install", "printable", "redact"]
+__all__ = ["LOGGERS", "RedactSecrets", "add_secret_headers", "display_url", "install", "printable", "redact"]
 
 MASK = "***"
 LOGGERS = (
@@ -34,13 +36,30 @@ _SECRET_NAMES = (
 # Every repetition before a fixed anchor is bounded, so masking stays linear on a 100 KB hostile URL.
 _QUERY = re.compile(rf"(?i)([?&;](?:[\w.-]{{0,40}}[_.-])?{_SECRET_NAMES}=)[^&#\s\"'<>]+")
 _USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]{0,30}://)[^/\s@\"'<>]+@")
-_HEADER_PAIR = re.compile(
-    r"(?i)(\(b?['\"](?:authorization|proxy-authorization|cookie|set-cookie|x-trace-key|x-api-key)['\"],\s*b?)"
-    r"(['\"]).*?(?<!\\)\2"
-)
-_HEADER_LINE = re.compile(
-    r"(?im)^(\s*(?:authorization|proxy-authorization|cookie|set-cookie|x-trace-key|x-api-key)\s*:\s*).+$"
-)
+_SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
+"""Headers masked for everyone; a provider adds its own credential header (:func:`add_secret_headers`)."""
+
+
+def _header_patterns(names: Iterable[str]) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The ``("name", "value")`` pair (httpcore's debug records) and ``Name: value`` line patterns."""
+    alternatives = "|".join(sorted(re.escape(name) for name in names))
+    pair = re.compile(rf"(?i)(\(b?['\"](?:{alternatives})['\"],\s*b?)(['\"]).*?(?<!\\)\2")
+    line = re.compile(rf"(?im)^(\s*(?:{alternatives})\s*:\s*).+$")
+    return pair, line
+
+
+_HEADERS = dict(zip(("pair", "line"), _header_patterns(_SECRET_HEADERS), strict=True))
+
+
+def add_secret_headers(names: Iterable[str]) -> None:
+    """Mask these headers too, in every record from now on (a provider's credential header, such as
+    trace.moe's ``x-trace-key``); names are case-insensitive, adding one twice changes nothing."""
+    new = {name.lower() for name in names} - _SECRET_HEADERS
+    if new:
+        _SECRET_HEADERS.update(new)
+        _HEADERS.update(zip(("pair", "line"), _header_patterns(_SECRET_HEADERS), strict=True))
+
+
 _KEYED_VALUE = re.compile(
     rf"(?i)(['\"]?\b(?:\w{{0,40}}[_-])?{_SECRET_NAMES}['\"]?\s{{0,5}}[:=]\s{{0,5}})(['\"])[^'\"]*\2"
 )
@@ -52,8 +71,8 @@ def redact(text: str) -> str:
         return text
     text = _USERINFO.sub(rf"\1{MASK}@", text)
     text = _QUERY.sub(rf"\1{MASK}", text)
-    text = _HEADER_PAIR.sub(rf"\1\2{MASK}\2", text)
-    text = _HEADER_LINE.sub(rf"\1{MASK}", text)
+    text = _HEADERS["pair"].sub(rf"\1\2{MASK}\2", text)
+    text = _HEADERS["line"].sub(rf"\1{MASK}", text)
     return _KEYED_VALUE.sub(rf"\1\2{MASK}\2", text)
 
 

@@ -18,7 +18,7 @@ from anisearch._provider import (
     SearchQuery,
     UploadLimits,
 )
-from anisearch._redact import redact
+from anisearch._redact import add_secret_headers, redact
 from anisearch._sdk._common import json_body
 from anisearch._sdk._http import (
     ProviderSettings,
@@ -76,6 +76,13 @@ class BaseProvider:
     limits: UploadLimits = UploadLimits()
     Settings: ClassVar[type[BaseModel]] = ProviderSettings
     """The settings model :meth:`from_context` validates against."""
+    secret_headers: ClassVar[frozenset[str]] = frozenset()
+    """Request headers that carry this provider's credential (``x-trace-key``), masked in every log
+    record like ``Authorization`` (``Authorization``, ``Cookie`` and ``X-Api-Key`` always are)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        add_secret_headers(cls.secret_headers)
 
     def __init__(
         self,

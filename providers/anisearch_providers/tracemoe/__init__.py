@@ -87,6 +87,7 @@ class TraceMoe(BaseProvider):
         upload=True, anilist_filter=True, cut_borders=True, anilist_info=True, quota=True
     )
     limits: UploadLimits = UploadLimits(max_bytes=MAX_UPLOAD_BYTES, max_width=640, max_height=360)
+    secret_headers: ClassVar[frozenset[str]] = frozenset({"x-trace-key"})
 
     @classmethod
     def from_context(cls, context: ProviderContext) -> Self:
