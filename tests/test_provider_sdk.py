@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 import anisearch.provider as sdk
+from anisearch._redact import redact
 from anisearch.provider import (
     BaseProvider,
     ConfigurationError,
@@ -33,6 +34,7 @@ from anisearch.provider import (
     user_agent,
     validate_settings,
 )
+from anisearch_providers.tracemoe import TraceMoe
 from anisearch_providers.whatanimeisthis import WhatAnimeIsThis
 
 NOW = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC)
@@ -230,3 +232,16 @@ def test_a_provider_without_a_default_server_says_which_setting_to_set() -> None
     with pytest.raises(NotImplementedError):
         provider.search_request(sdk.SearchQuery(image=PreparedImage(b"", "image/jpeg", 0, 0, "")))
     assert "secret" not in repr(Unset("https://user:secret@unset.example"))
+
+
+def test_a_providers_credential_header_is_masked_in_logs() -> None:
+    line = "(b'X-Scene-Key', b'sk-live-1')\nX-Scene-Key: sk-live-1"
+    assert redact(line) == line  # not a secret until a provider says so
+
+    class Keyed(BaseProvider):
+        name: ClassVar[str] = "keyed"
+        secret_headers: ClassVar[frozenset[str]] = frozenset({"X-Scene-Key"})
+
+    assert "sk-live-1" not in redact(line)
+    assert TraceMoe.secret_headers == {"x-trace-key"}  # declared by trace.moe's provider, not the core
+    assert "sk-trace" not in redact("x-trace-key: sk-trace")
