@@ -263,6 +263,7 @@ class SearchRoutes(Server):
     ) -> tuple[Response, int]:
         """The search handler after its counters went up: (response, successes to log)."""
         state, config = self.state, self.config
+        started = anyio.current_time()
         if used >= caller.quota:
             if self.era == "v3":
                 message = f"Search quota depleted (quota per 24 hours: {caller.quota}, used: {used})"
@@ -279,8 +280,8 @@ class SearchRoutes(Server):
         scenes = self.filtered_scenes(request)
         if scenes is None:  # an anilistID without indexed files: a counted success, without quota
             return _json({"frameCount": 0, "error": "", "result": []}), 1
-        if config.latency:
-            await anyio.sleep(config.latency)
+        if config.latency:  # the search takes `latency` in all, the image work included
+            await anyio.sleep(max(0.0, config.latency - (anyio.current_time() - started)))
         if state.outage == "vector":
             return _error(500, "Search failed. Database temporarily unavailable."), 0
         lists = [self.rank(vector, scenes, request) for vector in vector_list]
