@@ -30,7 +30,14 @@ from anisearch._ledger._base import scope_id
 from anisearch._limits import MAX_HITS, keep_best_hits, remaining_seconds, search_deadline
 from anisearch._models import Attempt, ProviderInfo, Quota, SearchResult
 from anisearch._plan import Route, plan_routes
-from anisearch._provider import Provider, ProviderContext, SearchOptions, available_providers, load_provider
+from anisearch._provider import (
+    Provider,
+    ProviderContext,
+    SearchMode,
+    SearchOptions,
+    available_providers,
+    load_provider,
+)
 from anisearch._redact import redact
 from anisearch._router import AttemptCallback, Router, Strategy, WaitCallback
 from anisearch._transport import ProviderTransport
@@ -191,6 +198,7 @@ class AsyncClient(AccountFeatures):
         min_similarity: float | None = None,
         cache: bool = True,
         deadline: float | None = None,
+        mode: SearchMode = "image",
     ) -> SearchResult:
         """Which anime, which episode, which second is ``image`` from.
 
@@ -214,6 +222,10 @@ class AsyncClient(AccountFeatures):
                 four per provider, plus the waits between them. An attempt that would outlive the deadline
                 is cut short as a :class:`ProviderTimeoutError`, and with ``strategy="fanout"`` the
                 providers that answered in time are returned.
+            mode: ``"image"`` uploads the image (fitted to each provider's limits); ``"vector"`` sends the
+                providers that can search by a descriptor computed here (trace.moe: its colour layout
+                vector, a 57-byte request) that descriptor instead, and uploads to the others. Borders are
+                then cut locally. The answer is the same; only the bytes sent differ.
 
         Returns:
             The hits (similarity descending), who answered, and every attempt.
@@ -223,16 +235,25 @@ class AsyncClient(AccountFeatures):
             ImageTooLargeError: The input is over the size limit (before any request).
             ImageFetchError: ``image`` is a URL that could not be downloaded.
             UnknownProviderError: A name in ``providers`` is not registered.
-            ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy, a
-                ``deadline`` that is not a positive number of seconds).
+            ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy or
+                mode, a ``deadline`` that is not a positive number of seconds).
             AllProvidersFailedError: No provider answered; it holds each provider's error.
         """
         if deadline is not None and not (isinstance(deadline, int | float) and 0 < deadline < math.inf):
             raise ConfigurationError(f"deadline must be a positive number of seconds, got {deadline!r}")
+        if mode not in ("image", "vector"):
+            raise ConfigurationError(f"unknown mode {mode!r}; use 'image' or 'vector'")
         token = search_deadline.set(None if deadline is None else anyio.current_time() + deadline)
         try:
             return await self._search(
-                image, providers, strategy, anilist_id, cut_borders, anilist_info, min_similarity, cache
+                image,
+                providers,
+                strategy,
+                SearchOptions(
+                    anilist_id=anilist_id, cut_borders=cut_borders, anilist_info=anilist_info, mode=mode
+                ),
+                min_similarity,
+                cache,
             )
         finally:
             search_deadline.reset(token)
@@ -242,9 +263,7 @@ class AsyncClient(AccountFeatures):
         image: Any,
         providers: Sequence[str] | None,
         strategy: Strategy,
-        anilist_id: int | None,
-        cut_borders: bool,
-        anilist_info: bool,
+        options: SearchOptions,
         min_similarity: float | None,
         cache: bool,
     ) -> SearchResult:
@@ -252,15 +271,14 @@ class AsyncClient(AccountFeatures):
             raise ConfigurationError(f"unknown strategy {strategy!r}; use 'fallback' or 'fanout'")
         if min_similarity is not None and not 0.0 <= min_similarity <= 1.0:
             raise ConfigurationError(f"min_similarity must be within 0..1, got {min_similarity}")
-        if anilist_id is not None and anilist_id <= 0:
-            raise ConfigurationError(f"anilist_id must be a positive AniList ID, got {anilist_id}")
+        if options.anilist_id is not None and options.anilist_id <= 0:
+            raise ConfigurationError(f"anilist_id must be a positive AniList ID, got {options.anilist_id}")
         names = self._order(providers)
         source = await self._downloader.resolve(image)
         wait = remaining_seconds(self.settings.timeout)
         prepared = await anyio.to_thread.run_sync(
             partial(_image.prepare, source, wait_seconds=max(wait, 0.0))
         )
-        options = SearchOptions(anilist_id=anilist_id, cut_borders=cut_borders, anilist_info=anilist_info)
         use_cache = cache and self._get_cache() is not None
         routes = plan_routes(
             [(p, self._scope(p), self._slots(p), provider_windows(p)) for p in map(self._provider, names)],

@@ -63,14 +63,25 @@ class PlannedQuery:
     _query: SearchQuery | None = field(default=None, init=False)
 
     @property
+    def by_vector(self) -> bool:
+        """Whether this provider is sent a descriptor instead of the image (``mode="vector"``)."""
+        return self.options.mode == "vector" and self.provider.capabilities.vector
+
+    @property
+    def crops_locally(self) -> bool:
+        """Whether anisearch cuts the borders itself: the provider cannot, or is sent a descriptor."""
+        return self.options.cut_borders and (not self.provider.capabilities.cut_borders or self.by_vector)
+
+    @property
     def sent_options(self) -> SearchOptions:
         """The options as this provider receives them (what it cannot do server-side is done locally)."""
         options = self.options
-        capabilities = self.provider.capabilities
-        if options.anilist_id is not None and not capabilities.anilist_filter:
+        if options.anilist_id is not None and not self.provider.capabilities.anilist_filter:
             options = replace(options, anilist_id=None)
-        if options.cut_borders and not capabilities.cut_borders:
+        if self.crops_locally:
             options = replace(options, cut_borders=False)
+        if options.mode == "vector" and not self.by_vector:
+            options = replace(options, mode="image")
         return options
 
     async def ready(self) -> SearchQuery:
@@ -82,7 +93,7 @@ class PlannedQuery:
         """
         if self._query is None:
             image = self.prepared
-            if self.options.cut_borders and not self.provider.capabilities.cut_borders and self._cropped:
+            if self.crops_locally and self._cropped is not None:
                 image = await self._cropped.image()
             fitted = await anyio.to_thread.run_sync(_image.fit, image, self.provider.limits)
             self._query = SearchQuery(options=self.sent_options, image=fitted)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar, runtime_checkable
 
 from anisearch._exceptions import ConfigurationError, UnknownProviderError
 from anisearch._redact import add_secret_headers
@@ -44,6 +44,7 @@ __all__ = [
     "Provider",
     "ProviderAnswer",
     "ProviderContext",
+    "SearchMode",
     "SearchOptions",
     "SearchQuery",
     "UploadLimits",
@@ -61,6 +62,9 @@ class Capabilities:
 
     upload: bool = True
     """Accepts the image bytes."""
+    vector: bool = False
+    """Can search by a compact descriptor it computes locally from the prepared image, instead of the
+    image (trace.moe's colour layout vector: 57 bytes of JSON). Used with ``mode="vector"``."""
     anilist_filter: bool = False
     """Can restrict the search to one AniList ID (trace.moe ``anilistID``, legacy ``filter``)."""
     cut_borders: bool = False
@@ -95,6 +99,10 @@ class UploadLimits:
     formats: frozenset[str] = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
 
 
+SearchMode = Literal["image", "vector"]
+"""How a search is sent: the image itself, or a descriptor of it where the provider takes one."""
+
+
 @dataclass(frozen=True, slots=True)
 class SearchOptions:
     """Per-search options, the same for every provider (DESIGN §2)."""
@@ -105,6 +113,9 @@ class SearchOptions:
     """Trim black borders before matching."""
     anilist_info: bool = False
     """Ask for titles and AniList metadata with each hit."""
+    mode: SearchMode = "image"
+    """``"image"`` uploads the image; ``"vector"`` sends a provider that has the ``vector`` capability a
+    descriptor of it instead (any borders are cut locally first), and uploads to the others."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,7 +84,7 @@ class TraceMoe(BaseProvider):
     default_rank: ClassVar[int] = 100
     default_url: ClassVar[str] = DEFAULT_URL
     capabilities: Capabilities = Capabilities(
-        upload=True, anilist_filter=True, cut_borders=True, anilist_info=True, quota=True
+        upload=True, vector=True, anilist_filter=True, cut_borders=True, anilist_info=True, quota=True
     )
     limits: UploadLimits = UploadLimits(max_bytes=MAX_UPLOAD_BYTES, max_width=640, max_height=360)
     secret_headers: ClassVar[frozenset[str]] = frozenset({"x-trace-key"})
@@ -147,12 +147,17 @@ class TraceMoe(BaseProvider):
     def cache_key(self, image: PreparedImage) -> str:
         """``cld:`` and the colour layout descriptor trace.moe computes for the upload: its answer depends
         on nothing else of the image, so the same picture re-encoded or resized finds the same answer."""
+        return "cld:" + ",".join(map(str, self._descriptor(image)))
+
+    @staticmethod
+    def _descriptor(image: PreparedImage) -> tuple[int, ...]:
+        """The colour layout descriptor trace.moe's server computes for this upload."""
         from PIL import Image
 
         from .descriptor import search_descriptor
 
         with Image.open(BytesIO(image.data)) as picture:
-            return "cld:" + ",".join(map(str, search_descriptor(picture)))
+            return search_descriptor(picture)
 
     # ------------------------------------------------------------ requests
 
@@ -164,7 +169,8 @@ class TraceMoe(BaseProvider):
         return headers
 
     def search_request(self, query: SearchQuery) -> httpx.Request:
-        """``POST /search``, multipart, the image in the field ``image``.
+        """``POST /search``, multipart, the image in the field ``image``; with ``mode="vector"``, JSON
+        ``{"vector": ...}``, the image's colour layout descriptor (see :meth:`vector_search_request`).
 
         ``anilistID``, ``cutBorders`` and ``anilistInfo`` go in the query string; the key in ``x-trace-key``.
 
@@ -174,6 +180,8 @@ class TraceMoe(BaseProvider):
             ImageTooLargeError: The image is over 25 MiB (checked before sending; ``provider`` is None).
         """
         image = self._checked_image(query.image)
+        if query.options.mode == "vector":
+            return self.vector_search_request(self._descriptor(image), query.options)
         filename = _IMAGE_FILENAMES.get(image.mime_type, "image.jpg")
         files = {"image": (filename, image.data, image.mime_type)}
         return self.request("POST", "/search", params=search_params(query.options), files=files)
