@@ -129,6 +129,7 @@ def test_is_the_registered_provider() -> None:
         "cut_borders",
         "quota",
         "upload",
+        "vector",
     ]
     assert (provider.limits.max_bytes, provider.limits.max_width, provider.limits.max_height) == (
         25 * 1024 * 1024,
