@@ -21,7 +21,8 @@ import httpx
 
 from anisearch import _image
 from anisearch._account import AccountFeatures, AsyncApiKeys
-from anisearch._cache import ResultCache, cache_key
+from anisearch._cache import cache_key
+from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_cache
 from anisearch._config import Settings
 from anisearch._download import Downloader
 from anisearch._exceptions import ConfigurationError
@@ -91,9 +92,9 @@ class AsyncClient(AccountFeatures):
         self._clock = clock
         self._providers: dict[str, Provider] = {}
         self._ledger: Ledger | None = None
-        self._cache: ResultCache | None = None
+        self._cache: CacheStore | None = None
         self._cache_opened = False
-        self._inflight: dict[str, anyio.Event] = {}
+        self._flights = Flights()
         self.api_keys = AsyncApiKeys(self._account_provider, self._call)
 
     async def __aenter__(self) -> Self:
@@ -108,7 +109,9 @@ class AsyncClient(AccountFeatures):
         """Close the connection pools, the cache and the ledger."""
         await self._transport.aclose()
         await self._downloader.aclose()
-        if self._cache is not None:
+        if isinstance(self._cache, RedisResultCache):
+            await self._cache.aclose()
+        elif self._cache is not None:
             self._cache.close()
         if self._ledger is not None:
             await self._ledger.aclose()
@@ -153,11 +156,9 @@ class AsyncClient(AccountFeatures):
             )
         return self._ledger
 
-    def _get_cache(self) -> ResultCache | None:
+    def _get_cache(self) -> CacheStore | None:
         if not self._cache_opened:
-            path = self.settings.cache_path
-            store = None if path is None else ResultCache(path, ttl_seconds=self.settings.cache_ttl)
-            self._cache = store if store is not None and store.usable else None  # disposable: warned
+            self._cache = open_cache(self.settings)  # SQLite or Redis; disposable: warned, never raised
             self._cache_opened = True
         return self._cache
 
@@ -289,13 +290,9 @@ class AsyncClient(AccountFeatures):
         if use_cache and (cached := await self._from_cache(routes)) is not None:
             return cached
         flight = cache_key("|".join(names), prepared.digest, [options, strategy, min_similarity])
-        while flight in self._inflight:  # the same search is running: wait and reuse its answer
-            await self._inflight[flight].wait()
-            if use_cache and (cached := await self._from_cache(routes)) is not None:
-                return cached
-        done = self._inflight[flight] = anyio.Event()
-        try:
-            store = self._get_cache()
+        store = self._get_cache()
+
+        async def route_search() -> SearchResult:
             router = Router(
                 await self._get_ledger(),
                 self._transport.send,
@@ -306,9 +303,10 @@ class AsyncClient(AccountFeatures):
             )
             result = await router.search(routes, strategy=strategy, min_similarity=min_similarity)
             return _best_hits(result)
-        finally:
-            del self._inflight[flight]
-            done.set()
+
+        # The same search already running (here, or anywhere on a shared Redis cache) answers this one.
+        cached_answer = partial(self._from_cache, routes) if use_cache else None
+        return await self._flights.run(flight, route_search, cached_answer, store if use_cache else None)
 
     async def _from_cache(self, routes: Sequence[Route]) -> SearchResult | None:
         store = self._get_cache()
@@ -419,7 +417,7 @@ def _best_hits(result: SearchResult) -> SearchResult:
     return result.model_copy(update={"hits": keep_best_hits(result.hits)})
 
 
-def _remember_best(store: ResultCache) -> Callable[[str, SearchResult], Awaitable[None]]:
+def _remember_best(store: CacheStore) -> Callable[[str, SearchResult], Awaitable[None]]:
     async def remember(key: str, result: SearchResult) -> None:
         await store.put(key, _best_hits(result))
 

@@ -14,7 +14,7 @@ import typer._click.core
 import typer._click.exceptions as click  # typer's own copy of click: the exceptions it raises
 import typer.core
 
-from anisearch._cli import _account, _emulate, _search
+from anisearch._cli import _account, _emulate, _search, _serve
 from anisearch._cli._common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -141,6 +141,14 @@ app.command(
         "anisearch emulate tracemoe --quota 5 -o latency=0.5",
     ),
 )(_emulate.emulate)
+app.command(
+    cls=Command,
+    epilog=examples(
+        "ANISEARCH_SERVER_CLIENTS=bot=s3cret-token anisearch serve --port 8080",
+        "anisearch serve --host 0.0.0.0 --workers 4   # with ANISEARCH_LEDGER=redis://...",
+        "anisearch serve --open   # guests by address, a small allowance each",
+    ),
+)(_serve.serve)
 
 
 def main() -> None:

@@ -1,0 +1,300 @@
+"""A result cache in Redis (``ANISEARCH_CACHE=redis://host:port/db``), and identical searches merged
+across the processes and machines that share it.
+
+A fleet of gateway replicas (or any processes) pointed at one Redis share their answers: a search one of
+them paid for is free for all of them for ``ANISEARCH_CACHE_TTL`` seconds. Keys live under
+``anisearch:cache:``; values are :class:`SearchResult` JSON with Redis's own expiry.
+
+Merging (:class:`Flights`): identical searches in one process wait for the first (an ``anyio.Event``);
+with a Redis cache, the first of the fleet also takes a lease ``anisearch:flight:<key>`` (``SET NX PX``,
+renewed while it runs), and the others subscribe to ``anisearch:flight-done:<key>``, so they are woken
+when it finishes and read its answer from the cache. A leader that fails or dies (its lease lapses)
+lets the next waiter search. Like the cache, merging is disposable: when Redis fails, a search simply
+runs on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+
+from anisearch._models import SearchResult
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from anisearch._config import Settings
+
+__all__ = ["CacheStore", "Flights", "RedisResultCache", "merged_searches", "open_cache"]
+
+logger = logging.getLogger("anisearch")
+
+CACHE_PREFIX = "anisearch:cache:"
+FLIGHT_PREFIX = "anisearch:flight:"
+DONE_PREFIX = "anisearch:flight-done:"
+LEASE_SECONDS = 15.0
+"""A leader's lease; renewed every third of it while its search runs."""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    redis.call('PUBLISH', KEYS[2], '1')
+    return 1
+end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_MERGED = [0]
+
+
+def merged_searches() -> int:
+    """How many searches of this process were answered by an identical search in flight (any replica)."""
+    return _MERGED[0]
+
+
+class CacheStore(Protocol):
+    """What the engine needs of a result cache (SQLite file or Redis)."""
+
+    @property
+    def usable(self) -> bool: ...
+
+    async def get(self, key: str) -> SearchResult | None: ...
+
+    async def put(self, key: str, result: SearchResult) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def is_redis_url(value: str | None) -> bool:
+    """Whether a cache setting names Redis."""
+    return value is not None and value.strip().lower().startswith(("redis://", "rediss://"))
+
+
+def fresh_previews(result: SearchResult, now: datetime) -> SearchResult:
+    """``result`` without the preview URLs that have expired."""
+    hits = [
+        hit
+        if hit.preview_expires_at is None or hit.preview_expires_at > now
+        else hit.model_copy(update={"video_url": None, "image_url": None, "preview_expires_at": None})
+        for hit in result.hits
+    ]
+    return result.model_copy(update={"hits": hits})
+
+
+class RedisResultCache:
+    """A TTL cache of :class:`SearchResult` in Redis, shared by every process that points at it.
+
+    It never raises: a Redis that cannot be reached gives one logged warning per outage and a miss.
+
+    Args:
+        url: ``redis://[:password@]host:port/db`` (or ``rediss://``).
+        ttl_seconds: How long an answer is reused, seconds.
+    """
+
+    def __init__(self, url: str, *, ttl_seconds: float) -> None:
+        from redis.asyncio import Redis
+
+        from anisearch._redact import redact
+
+        self.url = redact(url)
+        self.ttl_seconds = ttl_seconds
+        self.redis: Any = Redis.from_url(url, decode_responses=True)
+        self._warned = False
+
+    @property
+    def usable(self) -> bool:
+        """Always True: an outage is a miss, not a reason to stop asking."""
+        return True
+
+    def _warn(self, exc: BaseException) -> None:
+        if not self._warned:
+            logger.warning("the result cache %s cannot be used (%s); searching without it", self.url, exc)
+            self._warned = True
+
+    async def get(self, key: str) -> SearchResult | None:
+        """The cached result for ``key`` (expired previews removed), or None."""
+        from redis.exceptions import RedisError
+
+        try:
+            payload = await self.redis.get(CACHE_PREFIX + key)
+        except (RedisError, OSError) as exc:
+            self._warn(exc)
+            return None
+        self._warned = False
+        if payload is None:
+            return None
+        try:
+            result = SearchResult.model_validate_json(payload)
+        except ValueError:  # written by an incompatible version: a miss
+            return None
+        return fresh_previews(result, datetime.now(UTC))
+
+    async def put(self, key: str, result: SearchResult) -> None:
+        """Store a successful answer for ``ttl_seconds``."""
+        from redis.exceptions import RedisError
+
+        try:
+            await self.redis.set(
+                CACHE_PREFIX + key, result.model_dump_json(), px=int(self.ttl_seconds * 1000)
+            )
+        except (RedisError, OSError) as exc:
+            self._warn(exc)
+
+    async def ping(self) -> bool:
+        """Whether Redis answers."""
+        from redis.exceptions import RedisError
+
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    def close(self) -> None:
+        """Nothing to do: the connections close with the event loop (``aclose`` closes them now)."""
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self.redis.aclose()
+
+
+def open_cache(settings: Settings) -> CacheStore | None:
+    """The result cache the settings name: None (``off``), Redis, or the SQLite file."""
+    from anisearch._cache import ResultCache
+
+    if is_redis_url(settings.cache):
+        assert settings.cache is not None  # noqa: S101 - is_redis_url checked it
+        try:
+            return RedisResultCache(settings.cache, ttl_seconds=settings.cache_ttl)
+        except ImportError:
+            logger.warning("ANISEARCH_CACHE names Redis but the redis extra is missing; no cache")
+            return None
+    path = settings.cache_path
+    store = None if path is None else ResultCache(path, ttl_seconds=settings.cache_ttl)
+    return store if store is not None and store.usable else None  # disposable: warned
+
+
+class Flights:
+    """Identical searches in flight, merged: in this process always, across a fleet with a Redis cache."""
+
+    def __init__(self) -> None:
+        self._local: dict[str, anyio.Event] = {}
+
+    async def run(
+        self,
+        key: str,
+        search: Callable[[], Awaitable[SearchResult]],
+        cached: Callable[[], Awaitable[SearchResult | None]] | None,
+        store: CacheStore | None,
+    ) -> SearchResult:
+        """``search()``, unless an identical one in flight answers first (its answer read by ``cached``).
+
+        Args:
+            key: What makes two searches identical.
+            search: Runs the search.
+            cached: Reads the answer the first search left in the cache (None: no cache, so a waiter
+                runs its own search once the first is done).
+            store: The cache; a :class:`RedisResultCache` extends merging to every process using it.
+        """
+        while key in self._local:  # the same search is running here: wait and reuse its answer
+            await self._local[key].wait()
+            if cached is not None and (result := await cached()) is not None:
+                _MERGED[0] += 1
+                return result
+        done = self._local[key] = anyio.Event()
+        try:
+            if cached is not None and isinstance(store, RedisResultCache):
+                return await self._fleet(store.redis, key, search, cached)
+            return await search()
+        finally:
+            del self._local[key]
+            done.set()
+
+    async def _fleet(
+        self,
+        redis: Any,
+        key: str,
+        search: Callable[[], Awaitable[SearchResult]],
+        cached: Callable[[], Awaitable[SearchResult | None]],
+    ) -> SearchResult:
+        from redis.exceptions import RedisError
+
+        lease, channel = FLIGHT_PREFIX + key, DONE_PREFIX + key
+        token = secrets.token_hex(12)
+        try:
+            while True:
+                if await redis.set(lease, token, nx=True, px=int(LEASE_SECONDS * 1000)):
+                    break
+                if await self._wait(redis, lease, channel):
+                    result = await cached()
+                    if result is not None:
+                        _MERGED[0] += 1
+                        return result
+        except (RedisError, OSError) as exc:
+            logger.warning("identical searches cannot be merged across processes (%s)", exc)
+            return await search()
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._renew, redis, lease, token)
+                try:
+                    answer = await search()
+                finally:
+                    tasks.cancel_scope.cancel()
+            return answer
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(RedisError, OSError):
+                await redis.eval(_RELEASE, 2, lease, channel, token)
+
+    @staticmethod
+    async def _wait(redis: Any, lease: str, channel: str) -> bool:
+        """Wait until the leader of ``lease`` is done (or its lease lapsed); True when it was released."""
+        pubsub = redis.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            while True:
+                remaining = await redis.pttl(lease)
+                if remaining < 0:  # released (or lapsed) before or while subscribing
+                    return True
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=min(remaining / 1000 + 0.05, LEASE_SECONDS)
+                )
+                if message is not None:
+                    return True
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pubsub.aclose()
+
+    @staticmethod
+    async def _renew(redis: Any, lease: str, token: str) -> None:
+        from redis.exceptions import RedisError
+
+        while True:
+            await anyio.sleep(LEASE_SECONDS / 3)
+            with contextlib.suppress(RedisError, OSError):
+                await redis.eval(_RENEW, 1, lease, token, int(LEASE_SECONDS * 1000))
+
+
+async def cache_ready(settings: Settings) -> bool:
+    """Whether the configured cache can be used now (True when the cache is off)."""
+    store = open_cache(settings)
+    if store is None:
+        return settings.cache_path is None and not is_redis_url(settings.cache)
+    try:
+        if isinstance(store, RedisResultCache):
+            return await store.ping()
+        return store.usable
+    finally:
+        if isinstance(store, RedisResultCache):
+            await store.aclose()
+        else:
+            store.close()

@@ -1,0 +1,340 @@
+"""The gateway's ASGI app: trace.moe's API and the native ``/v1`` API over one :class:`AsyncClient`.
+
+One :class:`~anisearch.AsyncClient` per app (opened at start-up, closed at shutdown) does every search:
+routing, fallback, the ledger, the cache and merged identical searches are the library's. The gateway
+adds who is calling (:mod:`._callers`), each caller's allowance (one more ledger scope), and the two
+wire formats (:mod:`._tracemoe`, :mod:`._native`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.routing import Route
+
+from anisearch._client import AsyncClient
+from anisearch._config import Settings
+from anisearch._exceptions import AnisearchError
+from anisearch._ledger import Ticket, open_ledger
+from anisearch._server import _native, _tracemoe
+from anisearch._server._callers import Caller, Denied, Gate, Refused, identify
+from anisearch._server._errors import tracemoe_error
+from anisearch._server._metrics import Metrics
+from anisearch._server._settings import ServerSettings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    import httpx
+    from starlette.requests import Request
+
+    from anisearch._models import Attempt, SearchResult
+
+__all__ = ["Gateway", "create_app"]
+
+logger = logging.getLogger("anisearch.server")
+access = logging.getLogger("anisearch.server.access")
+_ANILIST_MEMORY = 4096
+"""AniList records remembered from answers, for ``/anilist`` (PicImageSearch asks it for titles)."""
+
+
+class Gateway:
+    """The state of one gateway process: the engine, the callers' gate, metrics, remembered titles.
+
+    Args:
+        settings: The library's settings (providers, ledger, cache). Downloads of user URLs are always
+            restricted to public addresses, whatever ``allow_private_urls`` says.
+        server: The gateway's settings.
+        transport: An httpx transport for every upstream request (tests).
+    """
+
+    def __init__(
+        self, settings: Settings, server: ServerSettings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.settings = settings.model_copy(update={"allow_private_urls": False})
+        self.server = server
+        self.transport = transport
+        self.metrics = Metrics()
+        self._client: AsyncClient | None = None
+        self._gate: Gate | None = None
+        self.anilist: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self.recent: list[Attempt] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        """Open the engine and the ledger; at shutdown, after in-flight requests finished, close them."""
+        ledger = open_ledger(self.settings.ledger_url, timezone=self.settings.timezone)
+        self._gate = Gate(
+            ledger,
+            slot_wait=self.server.slot_wait,
+            lease_seconds=self.server.deadline + self.server.slot_wait,
+        )
+        async with AsyncClient(self.settings, self.transport, on_attempt=self._on_attempt) as client:
+            self._client = client
+            try:
+                yield
+            finally:
+                self._client = None
+                with anyio.CancelScope(shield=True):
+                    await ledger.aclose()
+
+    @property
+    def client(self) -> AsyncClient:
+        if self._client is None:
+            raise RuntimeError("the gateway is not running (its lifespan has not started)")
+        return self._client
+
+    @property
+    def gate(self) -> Gate:
+        if self._gate is None:
+            raise RuntimeError("the gateway is not running (its lifespan has not started)")
+        return self._gate
+
+    def _on_attempt(self, attempt: Attempt) -> None:
+        self.metrics.attempt(attempt)
+        self.recent.append(attempt)
+        del self.recent[:-50]
+
+    def remember(self, result: SearchResult) -> None:
+        """Keep the AniList records of an answer's hits for ``/anilist``."""
+        for hit in result.hits:
+            if hit.anilist_id:
+                self.anilist[hit.anilist_id] = _tracemoe.anilist_record(hit)
+                self.anilist.move_to_end(hit.anilist_id)
+        while len(self.anilist) > _ANILIST_MEMORY:
+            self.anilist.popitem(last=False)
+
+    # ------------------------------------------------------------------ one search for a caller
+
+    async def run_search(
+        self,
+        caller: Caller,
+        image: Any,
+        call: Callable[[Any], Awaitable[SearchResult]],
+    ) -> tuple[SearchResult | Refused | AnisearchError, int]:
+        """Admit the caller, search, settle. Returns the result (or why not) and the caller's count of
+        searches before this one."""
+        with self.metrics.waiting():
+            admitted = await self.gate.admit(caller)
+        if isinstance(admitted, Refused):
+            self.metrics.refusal(admitted.kind)
+            return admitted, admitted.used
+        ticket: Ticket = admitted
+        answered = False
+        try:
+            used = max(await self.gate.used(caller) - 1, 0)
+            with self.metrics.searching():
+                try:
+                    result = await call(image)
+                except AnisearchError as exc:
+                    self.metrics.failures.inc()
+                    return exc, used
+            answered = True
+            self.remember(result)
+            self.metrics.answered(result)
+            return result, used
+        finally:
+            await self.gate.settle(ticket, answered=answered)
+
+    # ------------------------------------------------------------------ trace.moe API
+
+    async def search(self, request: Request) -> Response:
+        """``/search`` (any method), as trace.moe answers it."""
+        caller = identify(request.headers, _peer(request), self.server, native=False)
+        if isinstance(caller, Denied):
+            return _tracemoe.error(caller.status, caller.message)
+        try:
+            with anyio.fail_after(self.server.deadline):
+                parsed = await _tracemoe.read_input(request, self.server.max_body_bytes)
+        except TimeoutError:
+            return _tracemoe.error(408, "Request Timeout")
+        if isinstance(parsed, Response):
+            return parsed
+
+        async def call(image: Any) -> SearchResult:
+            return await self.client.search(
+                image,
+                anilist_id=parsed.anilist_id,
+                cut_borders=parsed.cut_borders,
+                anilist_info=True,  # free upstream; keeps /anilist able to answer, and the cache key one
+                deadline=self.server.deadline,
+            )
+
+        outcome, used = await self.run_search(caller, parsed.url or parsed.data, call)
+        if isinstance(outcome, Refused):
+            return _tracemoe.refused(outcome.kind, outcome.quota, outcome.used)
+        if isinstance(outcome, AnisearchError):
+            response = tracemoe_error(outcome, parsed.url)
+            response.headers.update(_tracemoe.attempt_headers(None, list(getattr(outcome, "attempts", ()))))
+            return response
+        body = _tracemoe.search_body(
+            outcome, anilist_info=parsed.anilist_info, quota=caller.quota, quota_used=used
+        )
+        return _tracemoe.json_response(body, headers=_tracemoe.attempt_headers(outcome, outcome.attempts))
+
+    async def me(self, request: Request) -> Response:
+        """``/me``: the caller's own allowance at the gateway, in trace.moe's shape."""
+        if request.method not in {"GET", "HEAD"}:
+            return _not_found(request)
+        caller = identify(request.headers, _peer(request), self.server, native=False)
+        if isinstance(caller, Denied):
+            return _tracemoe.error(caller.status, caller.message)
+        period = request.query_params.get("period")
+        if period is not None:
+            if period not in {"minute", "hour", "day"}:
+                return _tracemoe.error(400, "Invalid period")
+            return _tracemoe.json_response([])  # the gateway keeps no per-minute history
+        used = await self.gate.used(caller)
+        return _tracemoe.json_response(
+            {
+                "id": caller.name,
+                "priority": 0,
+                "concurrency": caller.concurrency,
+                "quota": caller.quota,
+                "quotaUsed": used,
+            }
+        )
+
+    async def anilist_graphql(self, request: Request) -> Response:
+        """``/anilist``: AniList's ``Media(id)`` for titles the gateway has answered (as trace.moe's web
+        app proxies AniList); costs no quota and asks no upstream."""
+        try:
+            document = await _tracemoe.read_json(request, 64 * 1024)
+            media_id = int(document["variables"]["id"])
+        except (ValueError, KeyError, TypeError, TimeoutError):
+            return _tracemoe.json_response(
+                {"data": None, "errors": [{"message": "Invalid query", "status": 400}]}, 400
+            )
+        record = self.anilist.get(media_id)
+        if record is None:
+            return _tracemoe.json_response(
+                {"data": {"Media": None}, "errors": [{"message": "Not Found.", "status": 404}]}, 404
+            )
+        media = {
+            "type": "ANIME",
+            "format": None,
+            "startDate": {"year": None, "month": None, "day": None},
+            "endDate": {"year": None, "month": None, "day": None},
+            "synonyms": [],
+            "isAdult": False,
+            **record,
+        }
+        media["coverImage"] = media.get("coverImage") or {"large": None}
+        return _tracemoe.json_response({"data": {"Media": media}})
+
+
+class _AccessLog:
+    """One log line per request: peer, method, path (never the query string or a header), status, time."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = [0]
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            access.info(
+                "%s %s %s %d %.3fs",
+                client[0],
+                scope["method"],
+                _tracemoe.header_text(scope["path"], 200),
+                status[0],
+                time.monotonic() - started,
+            )
+
+
+def _peer(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _not_found(request: Request) -> Response:
+    return _tracemoe.express_page(404, f"Cannot {request.method} {request.url.path}")
+
+
+class _AnyMethod:
+    """An endpoint that answers every method (trace.moe's ``app.all``)."""
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from starlette.requests import Request
+
+        response = await self.handler(Request(scope, receive))
+        await response(scope, receive, send)
+
+
+def create_app(
+    settings: Settings | None = None,
+    server: ServerSettings | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    """The gateway as an ASGI app (``anisearch serve`` runs it under uvicorn).
+
+    Args:
+        settings: The library's settings; ``Settings.load()`` when None.
+        server: The gateway's settings; ``ServerSettings.load()`` when None.
+        transport: An httpx transport for every upstream request (tests, proxies).
+
+    Returns:
+        The Starlette app; ``app.state.gateway`` is its :class:`Gateway`.
+
+    Raises:
+        ConfigurationError: The settings do not parse.
+    """
+    gateway = Gateway(settings or Settings.load(), server or ServerSettings.load(), transport)
+    native = _native.NativeApi(gateway)
+    from anisearch._server import _status
+
+    routes = [
+        Route("/", _status.page_endpoint(gateway), methods=["GET", "HEAD", "POST"]),
+        Route("/search", _AnyMethod(gateway.search)),
+        Route("/search/", _AnyMethod(gateway.search)),
+        Route("/me", _AnyMethod(gateway.me)),
+        Route("/me/", _AnyMethod(gateway.me)),
+        Route("/anilist", gateway.anilist_graphql, methods=["POST"]),
+        *native.routes(),
+        Route("/metrics", gateway.metrics.endpoint, methods=["GET"]),
+        Route("/{path:path}", _AnyMethod(_not_found_endpoint)),
+    ]
+    middleware = [
+        Middleware(_AccessLog),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=["*"],
+            allow_methods=["GET", "HEAD", "POST", "PUT", "OPTIONS"],
+            allow_headers=["content-type", "x-trace-key", "authorization"],
+            expose_headers=["X-Anisearch-Provider", "X-Anisearch-Cached", "X-Anisearch-Attempts"],
+        ),
+    ]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=gateway.lifespan)
+    app.state.gateway = gateway
+    return app
+
+
+async def _not_found_endpoint(request: Request) -> Response:
+    return _not_found(request)

@@ -1,0 +1,107 @@
+"""A failed search, answered in trace.moe's words (trace.moe API) or as a typed error (native API)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from anisearch._exceptions import (
+    AllProvidersFailedError,
+    AnisearchError,
+    ConcurrencyLimitError,
+    ConfigurationError,
+    ImageFetchError,
+    ImageTooLargeError,
+    InvalidImageError,
+    LedgerError,
+    ProviderBusyError,
+    ProviderError,
+    QuotaExhaustedError,
+    RateLimitedError,
+)
+from anisearch._server import _tracemoe
+
+if TYPE_CHECKING:
+    from starlette.responses import Response
+
+__all__ = ["native_error", "tracemoe_error"]
+
+_WAITABLE = (RateLimitedError, ConcurrencyLimitError, ProviderBusyError)
+
+
+def _retry_after(errors: list[Exception]) -> int | None:
+    waits = [e.retry_after for e in errors if isinstance(e, ProviderError) and e.retry_after]
+    return math.ceil(min(waits)) if waits else None
+
+
+def _summary(errors: list[Exception]) -> str:
+    parts = []
+    for exc in errors:
+        provider = getattr(exc, "provider", None)
+        parts.append(f"{provider}: {exc}" if provider else str(exc))
+    return "; ".join(parts)[:500]
+
+
+def tracemoe_error(exc: AnisearchError, url: str | None) -> Response:  # noqa: PLR0911 - one answer per class
+    """trace.moe's answer for what went wrong (contract §4)."""
+    if isinstance(exc, ImageTooLargeError):
+        return _tracemoe.express_page(413, "Payload Too Large")
+    if isinstance(exc, InvalidImageError):
+        return _tracemoe.error(400, "Failed to process image")
+    if isinstance(exc, ImageFetchError) and url is not None:
+        return _tracemoe.error(400, f"Failed to fetch image {url}")
+    if isinstance(exc, LedgerError):
+        return _tracemoe.error(500, "Search failed. Database temporarily unavailable.")
+    if isinstance(exc, ConfigurationError):
+        return _tracemoe.error(400, str(exc))
+    errors: list[Exception] = list(exc.exceptions) if isinstance(exc, AllProvidersFailedError) else [exc]
+    wait = _retry_after(errors)
+    headers = {"Retry-After": str(wait)} if wait else None
+    if url is not None and all(isinstance(e, ImageFetchError) for e in errors):
+        return _tracemoe.error(400, f"Failed to fetch image {url}")
+    if all(isinstance(e, QuotaExhaustedError) for e in errors):
+        return _tracemoe.error(
+            402, "Search quota depleted (every provider behind this gateway is spent)", headers
+        )
+    if all(isinstance(e, _WAITABLE | QuotaExhaustedError) for e in errors):
+        return _tracemoe.error(503, "Error: Search queue is full", headers)
+    return _tracemoe.error(502, f"Search failed. {_summary(errors)}", headers)
+
+
+def native_status(exc: AnisearchError) -> int:  # noqa: PLR0911 - one status per class
+    """The native API's HTTP status for a failed search."""
+    if isinstance(exc, ImageTooLargeError):
+        return 413
+    if isinstance(exc, InvalidImageError | ConfigurationError):
+        return 422 if isinstance(exc, ConfigurationError) else 400
+    if isinstance(exc, LedgerError):
+        return 500
+    errors: list[Exception] = list(exc.exceptions) if isinstance(exc, AllProvidersFailedError) else [exc]
+    if all(isinstance(e, ImageFetchError) for e in errors):
+        return 400
+    if all(isinstance(e, QuotaExhaustedError) for e in errors):
+        return 402
+    if all(isinstance(e, _WAITABLE | QuotaExhaustedError) for e in errors):
+        return 503
+    return 502
+
+
+def native_error(exc: AnisearchError) -> tuple[int, dict[str, Any]]:
+    """The native API's status and body: ``{"error": {"type", "message", "errors", "attempts"}}``."""
+    errors = list(exc.exceptions) if isinstance(exc, AllProvidersFailedError) else []
+    body: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "message": str(exc.message if isinstance(exc, AllProvidersFailedError) else exc),
+        "errors": [
+            {
+                "type": type(e).__name__,
+                "provider": getattr(e, "provider", None),
+                "status_code": getattr(e, "status_code", None),
+                "retry_after": getattr(e, "retry_after", None),
+                "message": str(e),
+            }
+            for e in errors
+        ],
+        "attempts": [a.model_dump(mode="json") for a in getattr(exc, "attempts", ())],
+    }
+    return native_status(exc), {"error": body}

@@ -1,0 +1,70 @@
+"""Who is calling: tokens, guests by address, trusted proxies, and the settings that declare clients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from anisearch import ConfigurationError
+from anisearch._server import ServerSettings
+from anisearch._server._callers import Caller, Denied, client_address, identify
+
+
+def test_clients_come_from_the_environment_and_the_server_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[server]\nport = 9000\nclient_quota = 7\n[server.clients]\n"
+        'discord = "discord-token-1"\ntelegram = { token = "telegram-token", quota = 3, concurrency = 2 }\n'
+    )
+    monkeypatch.setenv("ANISEARCH_CONFIG", str(config))
+    monkeypatch.setenv("ANISEARCH_SERVER_CLIENTS", "discord=discord-token-2,slack=slack-token-9")
+    settings = ServerSettings.load()
+    assert settings.port == 9000
+    assert {spec.name for spec in settings.clients} == {"discord", "telegram", "slack"}
+    discord = identify({"x-trace-key": "discord-token-2"}, "127.0.0.1", settings, native=False)
+    assert isinstance(discord, Caller)
+    assert (discord.name, discord.quota, discord.concurrency) == ("discord", 7, 4)
+    assert isinstance(identify({"x-trace-key": "discord-token-1"}, None, settings, native=False), Denied)
+    telegram = identify({"authorization": "Bearer telegram-token"}, None, settings, native=True)
+    assert isinstance(telegram, Caller)
+    assert (telegram.quota, telegram.concurrency) == (3, 2)
+    assert "telegram-token" not in repr(settings) + str(settings.model_dump())
+
+
+@pytest.mark.parametrize(
+    "clients", ["bot", "bot=", "bot=short", "bad name=long-enough-token", "a=same-token-1,b=same-token-1"]
+)
+def test_bad_client_declarations_are_refused_without_echoing_the_token(clients: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        ServerSettings.load(clients=clients)
+    assert "same-token-1" not in str(caught.value)
+    assert "long-enough-token" not in str(caught.value)
+
+
+def test_no_token_is_401_on_a_closed_gateway_and_a_guest_on_an_open_one() -> None:
+    closed = ServerSettings.load()
+    denied = identify({}, "203.0.113.9", closed, native=True)
+    assert isinstance(denied, Denied)
+    assert denied.status == 401
+    guest = identify({}, "203.0.113.9", ServerSettings.load(open=True, guest_quota=9), native=False)
+    assert isinstance(guest, Caller)
+    assert (guest.name, guest.quota, guest.guest) == ("203.0.113.9", 9, True)
+    assert "203.0.113.9" not in guest.scope  # the ledger holds a keyed hash, not the address
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
+    trusted = ["10.0.0.0/8"]
+    # a stranger cannot pick its own address
+    assert client_address("198.51.100.7", "1.2.3.4", trusted) == "198.51.100.7"
+    # behind our proxy, the right-most address that is not one of our proxies
+    assert client_address("10.0.0.2", "1.2.3.4, 198.51.100.7, 10.0.0.3", trusted) == "198.51.100.7"
+    # garbage in the header stops the walk at the last good hop
+    assert client_address("10.0.0.2", "nonsense, 10.0.0.5", trusted) == "10.0.0.5"
+    # IPv6 guests are counted per /64, as trace.moe counts them
+    assert client_address("2001:db8:1:2::5", None, trusted) == "2001:db8:1:2::/64"
+    assert client_address("::ffff:198.51.100.7", None, trusted) == "198.51.100.7"
+    with pytest.raises(ConfigurationError):
+        ServerSettings.load(trusted_proxies="10.0.0.0/8,not-a-network")

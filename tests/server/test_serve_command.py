@@ -1,0 +1,112 @@
+"""``anisearch serve`` as a user runs it: a process that answers, and stops gracefully on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from tests.conftest import free_port
+from tests.server.conftest import TOKEN
+
+from anisearch._ledger import open_ledger
+from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the gateway exited"
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail("the gateway did not start")
+
+
+def test_serve_answers_and_finishes_inflight_searches_on_sigterm(
+    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+) -> None:
+    trace = live_server(tracemoe_app(latency=1.5))
+    port = free_port()
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    env = {
+        **os.environ,
+        "ANISEARCH_PROVIDERS": "tracemoe",
+        "ANISEARCH_TRACEMOE_URL": trace.url,
+        "ANISEARCH_LEDGER": ledger,
+        "ANISEARCH_CACHE": "off",
+        "ANISEARCH_SERVER_CLIENTS": f"bot={TOKEN}",
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "anisearch", "serve", "--port", str(port)],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, proc)
+        answers: list[httpx.Response] = []
+
+        def search() -> None:
+            image = (samples / "tinted-good.jpg").read_bytes()
+            answers.append(
+                httpx.post(
+                    url + "/search", files={"image": image}, headers={"x-trace-key": TOKEN}, timeout=60
+                )
+            )
+
+        worker = threading.Thread(target=search)
+        worker.start()
+        deadline = time.monotonic() + 10
+        while trace.app.state.emulator.search_requests == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)  # while the search waits on the upstream
+        worker.join(timeout=60)
+        # uvicorn re-raises the signal once it has shut down gracefully
+        assert proc.wait(timeout=60) in {0, -signal.SIGTERM}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert [a.status_code for a in answers] == [200], log.read_text()
+    assert "anisearch gateway on http://127.0.0.1" in log.read_text()
+    assert answers[0].json()["result"][0]["anilist"] == 11887
+
+    async def gateway_scopes() -> list[Any]:
+        store = open_ledger(ledger)
+        try:
+            return [q for q in await store.snapshot("gateway") if q.window == "rolling-24h"]
+        finally:
+            await store.aclose()
+
+    (window,) = anyio.run(gateway_scopes)
+    assert window.used == 1  # counted once, and its slot released (a held slot would count as well)
+
+
+def test_serve_refuses_bad_settings_with_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "anisearch", "serve"],
+        env={**os.environ, "ANISEARCH_SERVER_CLIENTS": "bot=short"},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "at least 8 printable" in done.stderr.decode()
+    assert "Traceback" not in done.stderr.decode()

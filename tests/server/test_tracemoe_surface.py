@@ -1,0 +1,141 @@
+"""The gateway's trace.moe API answers with trace.moe's statuses, content types and error bodies."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.server.conftest import TOKEN, GatewayFactory, Upstreams
+
+pytestmark = pytest.mark.e2e
+
+AUTH = {"x-trace-key": TOKEN}
+JSON = "application/json; charset=utf-8"
+
+
+def test_a_closed_gateway_answers_401_without_a_token_and_403_for_an_unknown_one(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams
+) -> None:
+    served = gateway()
+    image = (samples / "tinted-good.jpg").read_bytes()
+    for path in ("/search", "/me"):
+        answer = httpx.post(served.url + path, files={"image": image}) if path == "/search" else None
+        answer = answer or httpx.get(served.url + path)
+        assert answer.status_code == 401
+        assert answer.headers["content-type"] == JSON
+        assert answer.json()["error"].startswith("Missing API key")
+    native = httpx.post(served.url + "/v1/search", files={"image": image})
+    assert native.status_code == 401
+    assert native.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = httpx.post(
+        served.url + "/search", files={"image": image}, headers={"x-trace-key": "not-a-client"}
+    )
+    assert (wrong.status_code, wrong.json()) == (403, {"error": "Invalid API key"})
+    assert upstreams.trace_state.search_requests == 0
+
+
+def test_request_forms_and_their_errors_match_tracemoe(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams
+) -> None:
+    served = gateway(max_body_bytes=64 * 1024)
+    url = served.url + "/search"
+    no_input = httpx.get(url, headers=AUTH)
+    assert (no_input.status_code, no_input.json()) == (405, {"error": "Method Not Allowed"})
+    assert no_input.headers["content-type"] == JSON
+    empty = httpx.post(url, files={"image": ("a.jpg", b"")}, headers=AUTH)
+    assert (empty.status_code, empty.json()) == (400, {"error": "Failed to process file"})
+    garbage = httpx.post(url, content=b"not an image at all", headers={**AUTH, "Content-Type": "image/jpeg"})
+    assert (garbage.status_code, garbage.json()) == (400, {"error": "Failed to process image"})
+    big = httpx.post(url, content=b"\xff" * (65 * 1024), headers={**AUTH, "Content-Type": "image/jpeg"})
+    assert big.status_code == 413
+    assert big.headers["content-type"].startswith("text/html")
+    assert "Payload Too Large" in big.text
+    big_form = httpx.post(url, files={"image": ("a.jpg", b"\xff" * (200 * 1024))}, headers=AUTH)
+    assert big_form.status_code == 500  # multer's error: trace.moe answers its HTML 500 page
+    assert big_form.headers["content-type"].startswith("text/html")
+    post_me = httpx.post(served.url + "/me", headers=AUTH)
+    assert post_me.status_code == 404
+    assert "Cannot POST /me" in post_me.text
+    unknown = httpx.get(served.url + "/nothing-here", headers=AUTH)
+    assert (unknown.status_code, "Cannot GET /nothing-here" in unknown.text) == (404, True)
+    period = httpx.get(served.url + "/me?period=week", headers=AUTH)
+    assert (period.status_code, period.json()) == (400, {"error": "Invalid period"})
+    assert upstreams.trace_state.search_requests == 0  # nothing reached an upstream
+
+
+def test_raw_body_and_options_reach_the_provider(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams
+) -> None:
+    served = gateway()
+    answer = httpx.post(
+        served.url + "/search?anilistID=11887&cutBorders&anilistInfo",
+        content=(samples / "tinted-good.jpg").read_bytes(),
+        headers={**AUTH, "Content-Type": "application/octet-stream"},
+        timeout=60,
+    )
+    assert answer.status_code == 200
+    body = answer.json()
+    assert {item["anilist"]["id"] for item in body["result"]} == {11887}
+    assert body["result"][0]["anilist"]["title"]["romaji"] == "Kokoro Connect"
+    assert answer.headers["X-Anisearch-Provider"] == "tracemoe"
+    assert answer.headers["X-Anisearch-Cached"] == "false"
+
+
+def test_urls_that_point_inside_the_network_are_refused_without_a_request(
+    gateway: GatewayFactory, upstreams: Upstreams
+) -> None:
+    served = gateway()
+    for target in (
+        upstreams.tracemoe.url + "/image/x",  # loopback
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+        "http://10.0.0.1/a.jpg",
+        "http://[::1]:80/a.jpg",
+    ):
+        answer = httpx.get(served.url + "/search", params={"url": target}, headers=AUTH, timeout=30)
+        assert answer.status_code == 400, target
+        assert answer.json() == {"error": f"Failed to fetch image {target}"}
+    assert upstreams.tracemoe.app.state.emulator.requests["/image/x"] == 0
+    assert upstreams.trace_state.search_requests == 0
+
+
+@pytest.mark.tracemoe_knobs(keys={"upstream-secret-key-123": 3})
+def test_upstream_keys_never_appear_in_responses_headers_or_logs(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "upstream-secret-key-123"
+    served = gateway(
+        settings={
+            "provider_options": {
+                "tracemoe": {"url": upstreams.tracemoe.url, "key": secret},
+                "whatanimeisthis": {"url": upstreams.whatanimeisthis.url, "key": "wait-secret-key-456"},
+            }
+        }
+    )
+    caplog.set_level(logging.DEBUG)
+    image = (samples / "tinted-good.jpg").read_bytes()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    answers = [
+        httpx.post(served.url + "/search", files={"image": image}, headers=AUTH, timeout=60),
+        httpx.get(served.url + "/me", headers=AUTH),
+        httpx.get(served.url + "/me?key=" + TOKEN),
+        httpx.post(served.url + "/v1/search", files={"image": image}, headers=bearer, timeout=60),
+        httpx.get(served.url + "/v1/quota", headers=bearer),
+        httpx.get(served.url + "/v1/providers", headers=bearer),
+        httpx.get(served.url + "/"),
+        httpx.get(served.url + "/metrics"),
+        httpx.get(served.url + "/openapi.json"),
+        httpx.get(served.url + "/readyz"),
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 401, 200, 200, 200, 200, 200, 200, 200]
+    assert upstreams.trace_state.log[-1].scope != "127.0.0.1"  # the key was used upstream...
+    for answer in answers:  # ...and never shown
+        shown = answer.text + str(answer.headers)
+        for needle in (secret, "wait-secret-key-456"):
+            assert needle not in shown, answer.url
+    assert TOKEN not in "".join(a.text + str(a.headers) for a in answers)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert any("/search" in record.getMessage() for record in caplog.records)
+    for needle in (secret, "wait-secret-key-456", TOKEN):
+        assert needle not in logged
