@@ -79,7 +79,11 @@ def upstreams(live_server: Callable[[Any], LiveServer], request: pytest.FixtureR
     """trace.moe's emulator (knobs from ``@pytest.mark.tracemoe(...)``) and whatanimeisthis's."""
     marker = request.node.get_closest_marker("tracemoe_knobs")
     knobs = dict(marker.kwargs) if marker else {}
-    return Upstreams(live_server(tracemoe_app(**knobs)), live_server(whatanimeisthis_app()))
+    other = request.node.get_closest_marker("whatanimeisthis_knobs")
+    return Upstreams(
+        live_server(tracemoe_app(**knobs)),
+        live_server(whatanimeisthis_app(**(other.kwargs if other else {}))),
+    )
 
 
 @pytest.fixture

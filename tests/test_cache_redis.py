@@ -1,0 +1,79 @@
+"""``ANISEARCH_CACHE=redis://``: answers shared by every process on one Redis; an outage is a miss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from tests.conftest import free_port
+
+from anisearch import AsyncClient, Settings
+from anisearch._cache_redis import RedisResultCache, cache_ready
+from anisearch._models import SearchResult
+from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+
+pytestmark = pytest.mark.redis
+
+
+def settings_for(url: str, cache: str) -> Settings:
+    return Settings.load(
+        providers=["tracemoe"], provider_options={"tracemoe": {"url": url}}, ledger="memory://", cache=cache
+    )
+
+
+def test_two_clients_share_answers_through_redis(
+    live_server: Callable[[Any], Any], samples: Path, redis_url: str
+) -> None:
+    trace = live_server(tracemoe_app())
+    image = samples / "tinted-good.jpg"
+
+    async def run() -> tuple[SearchResult, SearchResult]:
+        async with AsyncClient(settings_for(trace.url, redis_url)) as first:
+            paid = await first.search(image)
+        async with AsyncClient(settings_for(trace.url, redis_url)) as second:
+            free = await second.search(image)
+        return paid, free
+
+    paid, free = anyio.run(run)
+    assert (paid.cached, free.cached) == (False, True)
+    assert free.best is not None
+    assert free.best.anilist_id == 11887
+    assert trace.app.state.emulator.search_requests == 1
+    assert anyio.run(cache_ready, settings_for(trace.url, redis_url)) is True
+
+
+def test_a_redis_outage_is_a_miss_never_an_error(
+    live_server: Callable[[Any], Any], samples: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trace = live_server(tracemoe_app())
+    gone = f"redis://127.0.0.1:{free_port()}/0"
+
+    async def run() -> list[SearchResult]:
+        async with AsyncClient(settings_for(trace.url, gone)) as client:
+            return [await client.search(samples / "tinted-good.jpg") for _ in range(2)]
+
+    results = anyio.run(run)
+    assert [r.provider for r in results] == ["tracemoe", "tracemoe"]
+    assert trace.app.state.emulator.search_requests == 2
+    assert sum("cannot be used" in r.getMessage() for r in caplog.records) == 1  # one warning per outage
+    assert anyio.run(cache_ready, settings_for(trace.url, gone)) is False
+
+
+def test_entries_expire_with_the_ttl(redis_url: str) -> None:
+    async def run() -> tuple[SearchResult | None, SearchResult | None]:
+        store = RedisResultCache(redis_url, ttl_seconds=0.2)
+        try:
+            await store.put("k", SearchResult(hits=[], provider="tracemoe"))
+            first = await store.get("k")
+            await anyio.sleep(0.4)
+            return first, await store.get("k")
+        finally:
+            await store.aclose()
+
+    first, later = anyio.run(run)
+    assert first is not None
+    assert first.provider == "tracemoe"
+    assert later is None
