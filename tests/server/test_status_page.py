@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
 from tests.server.conftest import TOKEN, GatewayFactory
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +26,7 @@ def browser() -> Iterator[Any]:
     from selenium.webdriver.chrome.service import Service
 
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):  # pragma: no cover - a broken setup
-        pytest.fail("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+        pytest.fail("chromium is not installed: apt-get install chromium chromium-driver (see .ci/run)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
@@ -82,7 +81,9 @@ def test_metrics_parse_and_count_searches_by_provider(gateway: GatewayFactory, s
     for _ in range(2):  # the second is refused by the client's own quota
         httpx.post(served.url + "/search", files={"image": image}, headers={"x-trace-key": TOKEN}, timeout=60)
     families = {f.name: f for f in text_string_to_metric_families(httpx.get(served.url + "/metrics").text)}
-    values = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples
+    }
     assert values[("anisearch_searches_total", (("provider", "tracemoe"),))] == 1
     assert values[("anisearch_attempts_total", (("outcome", "ok"), ("provider", "tracemoe")))] == 1
     assert values[("anisearch_refused_total", (("kind", "quota"),))] == 1
