@@ -93,7 +93,12 @@ def test_toml_example_is_a_valid_config_file(
     data = tomllib.loads(block.code)
     settings = anisearch.Settings.load()
     for key, value in data.items():
-        if isinstance(value, dict):
+        if key == "server":  # the gateway's own table (anisearch serve)
+            from anisearch._server import ServerSettings
+
+            assert set(value) <= set(ServerSettings.model_fields)
+            ServerSettings.load()
+        elif isinstance(value, dict):
             assert key in anisearch.available_providers()
             assert settings.provider_config(key) == value
             with anisearch.Client(settings) as client:  # the provider accepts its table
