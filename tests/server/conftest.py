@@ -28,7 +28,11 @@ class Served:
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        # As `anisearch serve` runs it: X-Forwarded-For is the gateway's business (trusted_proxies), never
+        # uvicorn's (which would otherwise believe it from 127.0.0.1, the tests' own address).
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", proxy_headers=False
+        )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, daemon=True)
 
