@@ -42,6 +42,8 @@ def serve(
     gets 401, unless --open.
     """
     configure_logging(verbose)
+    from anisearch._config import Settings
+
     try:
         import uvicorn
 
@@ -56,12 +58,18 @@ def serve(
         os.environ["ANISEARCH_SERVER_OPEN"] = "true"
     try:
         server = ServerSettings.load()
-        from anisearch._config import Settings
         from anisearch._server import create_app
 
         create_app(Settings.load(), server)  # every setting is checked once, before any worker starts
     except AnisearchError as exc:
         fail(describe(exc), exit_code(exc))
+    ledger = Settings.load().ledger_url
+    if server.workers > 1 and ledger.startswith("memory:"):
+        typer.echo(
+            f"anisearch serve: {server.workers} workers with a memory:// ledger do not share quotas; "
+            "use the default SQLite ledger or a redis:// one",
+            err=True,
+        )
     if not server.clients and not server.open:
         typer.echo(
             "anisearch serve: no client is configured and the gateway is closed: every request gets 401 "
