@@ -91,7 +91,7 @@ def test_every_help_has_examples_and_plain_flags(command: list[str]) -> None:
 def test_the_command_list_cuts_no_summary() -> None:
     listing = cli("-h").stdout.split("Commands:")[1].split("Examples:")[0]
     assert "..." not in listing
-    assert len(listing.strip().splitlines()) == 11
+    assert len(listing.strip().splitlines()) == 12  # with serve
 
 
 def test_search_help_lists_the_providers_and_the_threshold() -> None:

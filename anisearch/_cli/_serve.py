@@ -35,7 +35,9 @@ def serve(
     ] = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Serve trace.moe's API (and a native /v1 API) with quota-aware fallback, for bots in any language.
+    """Serve trace.moe's API with fallback, for bots in any language.
+
+    trace.moe's /search and /me, and a native /v1 API, over one quota-aware engine.
 
     Clients: ANISEARCH_SERVER_CLIENTS="name=token,..." or a [server.clients] table; trace.moe clients
     send their token as x-trace-key, native ones as Authorization: Bearer. Without a token a request
