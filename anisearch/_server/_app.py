@@ -82,12 +82,23 @@ class Gateway:
         )
         async with AsyncClient(self.settings, self.transport, on_attempt=self._on_attempt) as client:
             self._client = client
+            await self._learn_quotas(client)
             try:
                 yield
             finally:
                 self._client = None
                 with anyio.CancelScope(shield=True):
                     await ledger.aclose()
+
+    async def _learn_quotas(self, client: AsyncClient) -> None:
+        """Ask the upstreams' free quota endpoints once (trace.moe ``/me``), so the ledger knows each
+        account's real quota and concurrency before the first search; an upstream that does not answer
+        within a few seconds is learned from its first search instead."""
+        with anyio.move_on_after(min(self.settings.timeout, 10.0)):
+            try:
+                await client.quota(refresh=True)
+            except AnisearchError as exc:
+                logger.warning("could not ask the upstreams for their quotas at start-up: %s", exc)
 
     @property
     def client(self) -> AsyncClient:
