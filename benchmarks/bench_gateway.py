@@ -40,7 +40,7 @@ from PIL import Image
 import anisearch
 from anisearch import Settings
 from anisearch._server import ServerSettings, create_app
-from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+from anisearch_emulators.tracemoe import create_app as tracemoe_app
 from bench_router import Emulator, RedisServer, Row, free_port, line, measure, upload_image, warmup_for
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from tests.conftest import free_port
 from anisearch import AsyncClient, Settings
 from anisearch._cache_redis import RedisResultCache, cache_ready
 from anisearch._models import SearchResult
-from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+from anisearch_emulators.tracemoe import create_app as tracemoe_app
 
 pytestmark = pytest.mark.redis
 

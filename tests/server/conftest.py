@@ -14,8 +14,8 @@ from tests.conftest import LiveServer, free_port
 
 from anisearch import Settings
 from anisearch._server import ServerSettings, create_app
-from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
-from anisearch_providers.whatanimeisthis.emulator import create_app as whatanimeisthis_app
+from anisearch_emulators.tracemoe import create_app as tracemoe_app
+from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
 
 TOKEN = "bot-token-0123456789"
 """The token of the client ``bot`` on every test gateway."""

@@ -19,7 +19,7 @@ from tests.conftest import free_port
 from tests.server.conftest import TOKEN
 
 from anisearch._ledger import open_ledger
-from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+from anisearch_emulators.tracemoe import create_app as tracemoe_app
 
 pytestmark = pytest.mark.e2e
 
