@@ -398,9 +398,14 @@ class Ledger(abc.ABC):
         await self.settle(ticket, "unsent", observations=quotas)
 
     async def snapshot(
-        self, provider: str | None = None, windows: Callable[[str], Sequence[WindowSpec]] | None = None
+        self,
+        provider: str | None = None,
+        windows: Callable[[str], Sequence[WindowSpec]] | None = None,
+        *,
+        scope: str | None = None,
     ) -> list[Quota]:
-        """Every known window of every scope (of ``provider``), as ``Quota`` values estimated now.
+        """Every known window of every scope (of ``provider``; of one ``scope`` of it, which needs a
+        ``provider`` and reads only that scope), as ``Quota`` values estimated now.
 
         ``windows`` gives each provider's declared windows (their defaults show before the upstream said
         anything, with source ``default``). ``used`` counts in-flight searches; ``resets_at`` is when a
@@ -408,17 +413,23 @@ class Ledger(abc.ABC):
         last confirmed the count (or now, for an estimate); ``raw`` holds ``{"scope_id": ...}``.
 
         Raises:
-            ConfigurationError: An invalid ``provider`` name.
+            ConfigurationError: An invalid ``provider`` or ``scope``, or a ``scope`` without ``provider``.
             LedgerError: The store cannot be used.
         """
         if provider is not None:
             check_provider(provider)
+        if scope is not None and provider is None:
+            raise ConfigurationError("snapshot(scope=...) needs the provider too")
         now = self.now()
         quotas: list[Quota] = []
-        for name, scope in sorted(await self._scopes(provider)):
+        if provider is not None and scope is not None:
+            pairs = [(provider, check_scope(scope))]
+        else:
+            pairs = sorted(await self._scopes(provider))
+        for name, one in pairs:
             specs = list(windows(name)) if windows is not None else []
-            view = await self._inspect(name, scope, to_us(now), self._args(specs, now))
-            quotas.extend(_quotas(name, scope, view, now))
+            view = await self._inspect(name, one, to_us(now), self._args(specs, now))
+            quotas.extend(_quotas(name, one, view, now))
         return quotas
 
     async def clear(self, provider: str | None = None) -> None:

@@ -170,8 +170,8 @@ class Gate:
     async def used(self, caller: Caller) -> int:
         """Searches the caller made in the last 24 h (counting those in flight)."""
         windows = caller.windows
-        for quota in await self.ledger.snapshot(GATEWAY, lambda _name: windows):
-            if quota.raw.get("scope_id") == caller.scope and quota.window == WINDOW:
+        for quota in await self.ledger.snapshot(GATEWAY, lambda _name: windows, scope=caller.scope):
+            if quota.window == WINDOW:
                 return quota.used or 0
         return 0
 

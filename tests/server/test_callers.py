@@ -68,3 +68,34 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     assert client_address("::ffff:198.51.100.7", None, trusted) == "198.51.100.7"
     with pytest.raises(ConfigurationError):
         ServerSettings.load(trusted_proxies="10.0.0.0/8,not-a-network")
+
+
+def test_a_callers_count_reads_its_own_scope_only() -> None:
+    from datetime import UTC, datetime
+
+    import anyio
+
+    from anisearch._ledger import Ticket, open_ledger
+    from anisearch._server._callers import GATEWAY, Gate
+
+    settings = ServerSettings.load(open=True, guest_quota=5)
+    one = identify({}, "198.51.100.1", settings, native=False)
+    two = identify({}, "198.51.100.2", settings, native=False)
+    assert isinstance(one, Caller)
+    assert isinstance(two, Caller)
+
+    async def run() -> tuple[int, int, int]:
+        ledger = open_ledger("memory://", clock=lambda: datetime.now(UTC))
+        gate = Gate(ledger, slot_wait=0.1, lease_seconds=10)
+        for caller, searches in ((one, 2), (two, 1)):
+            for _ in range(searches):
+                ticket = await gate.admit(caller)
+                assert isinstance(ticket, Ticket)
+                await gate.settle(ticket, answered=True)
+        only = await ledger.snapshot(GATEWAY, lambda _: one.windows, scope=one.scope)
+        assert {q.raw["scope_id"] for q in only} == {one.scope}
+        with pytest.raises(ConfigurationError):
+            await ledger.snapshot(scope=one.scope)
+        return await gate.used(one), await gate.used(two), len(await ledger.snapshot(GATEWAY))
+
+    assert anyio.run(run) == (2, 1, 2)
