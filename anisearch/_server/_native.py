@@ -5,7 +5,7 @@
 ``application/octet-stream``), or as JSON ``{"url": "https://..."}``; the options of
 :meth:`anisearch.AsyncClient.search` are query parameters (``providers`` repeated or comma-separated,
 ``strategy``, ``anilist_id``, ``cut_borders``, ``anilist_info``, ``min_similarity``, ``cache``,
-``deadline``). It answers a :class:`~anisearch.SearchResult` as JSON (hits without ``raw``), or
+``deadline``, ``mode``). It answers a :class:`~anisearch.SearchResult` as JSON (hits without ``raw``), or
 ``{"error": {"type", "message", "errors", "attempts"}}``.
 """
 
@@ -52,6 +52,7 @@ class SearchParams(BaseModel):
     min_similarity: float | None = Field(default=None, ge=0, le=1)
     cache: bool = True
     deadline: float | None = Field(default=None, gt=0)
+    mode: Literal["image", "vector"] = "image"
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -187,6 +188,7 @@ class NativeApi:
                 min_similarity=params.min_similarity,
                 cache=params.cache,
                 deadline=deadline,
+                mode=params.mode,
             )
 
         outcome, _used = await self.gateway.run_search(caller, image, call)

@@ -34,6 +34,18 @@ def test_v1_search_answers_a_search_result(
     assert upstreams.trace_state.search_requests == 0  # providers= was honoured
     assert answer.headers["X-Anisearch-Provider"] == "whatanimeisthis"
 
+    vector = httpx.post(
+        served.url + "/v1/search?providers=tracemoe&mode=vector&cache=false",
+        content=image,
+        headers={**BEARER, "Content-Type": "image/jpeg"},
+        timeout=60,
+    )
+    assert vector.status_code == 200, vector.text
+    best = SearchResult.model_validate(vector.json()).best
+    assert best is not None
+    assert best.anilist_id == 11887
+    assert upstreams.trace_state.search_requests == 1  # the descriptor, sent instead of the image
+
     by_url = httpx.post(served.url + "/v1/search", json={"url": "http://127.0.0.1:9/x.jpg"}, headers=BEARER)
     assert by_url.status_code == 400
     assert by_url.json()["error"]["type"] == "ImageFetchError"
