@@ -7,123 +7,187 @@ One call asks every public anime scene-search service, in a quota-aware order, a
     result = anisearch.search("shot.jpg", providers=["tracemoe", "whatanimeisthis"])
     hit = result.best
     hit.anilist_id, hit.episode, hit.start_seconds
+
+Importing the package is cheap: each name is loaded from its module the first time it is used.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from anisearch._client import AsyncClient
-from anisearch._config import Settings
-from anisearch._exceptions import (
-    AllProvidersFailedError,
-    AnisearchError,
-    AuthenticationError,
-    BadRequestError,
-    ConcurrencyLimitError,
-    ConfigurationError,
-    ImageFetchError,
-    ImageTooLargeError,
-    InvalidImageError,
-    LedgerError,
-    ProviderBusyError,
-    ProviderConnectionError,
-    ProviderError,
-    ProviderServerError,
-    ProviderTimeoutError,
-    QuotaExhaustedError,
-    RateLimitedError,
-    UnknownProviderError,
-    UpstreamResponseError,
-)
-from anisearch._models import (
-    DEFAULT_MIN_SIMILARITY,
-    ApiKey,
-    Attempt,
-    CreatedApiKey,
-    Credits,
-    Hit,
-    ProviderInfo,
-    Quota,
-    RankingEntry,
-    RecentSearch,
-    SearchResult,
-    Title,
-)
-from anisearch._provider import (
-    AccountProvider,
-    Capabilities,
-    Credential,
-    Page,
-    Provider,
-    ProviderAnswer,
-    ProviderContext,
-    SearchOptions,
-    SearchQuery,
-    UploadLimits,
-    available_providers,
-)
-from anisearch._router import Strategy
-from anisearch._sync import Client
-
 if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
+
     from PIL import Image
 
-    from anisearch._router import AttemptCallback
+    from anisearch._client import AsyncApiKeys, AsyncClient
+    from anisearch._config import Settings
+    from anisearch._exceptions import (
+        AllProvidersFailedError,
+        AnisearchError,
+        AuthenticationError,
+        BadRequestError,
+        ConcurrencyLimitError,
+        ConfigurationError,
+        ImageFetchError,
+        ImageTooLargeError,
+        InvalidImageError,
+        LedgerError,
+        ProviderBusyError,
+        ProviderConnectionError,
+        ProviderError,
+        ProviderServerError,
+        ProviderTimeoutError,
+        QuotaExhaustedError,
+        RateLimitedError,
+        UnknownProviderError,
+        UpstreamResponseError,
+    )
+    from anisearch._models import (
+        DEFAULT_MIN_SIMILARITY,
+        ApiKey,
+        Attempt,
+        AttemptOutcome,
+        CreatedApiKey,
+        Credits,
+        Episode,
+        Hit,
+        ProviderInfo,
+        Quota,
+        QuotaScope,
+        QuotaSource,
+        QuotaWindow,
+        RankingEntry,
+        RecentSearch,
+        SearchResult,
+        Title,
+    )
+    from anisearch._provider import available_providers
+    from anisearch._router import AttemptCallback, Strategy, WaitCallback
+    from anisearch._sync import ApiKeys, Client
 
 __all__ = [
     "DEFAULT_MIN_SIMILARITY",
-    "AccountProvider",
     "AllProvidersFailedError",
     "AnisearchError",
     "ApiKey",
+    "ApiKeys",
+    "AsyncApiKeys",
     "AsyncClient",
     "Attempt",
+    "AttemptCallback",
+    "AttemptOutcome",
     "AuthenticationError",
     "BadRequestError",
-    "Capabilities",
     "Client",
     "ConcurrencyLimitError",
     "ConfigurationError",
     "CreatedApiKey",
-    "Credential",
     "Credits",
+    "Episode",
     "Hit",
     "ImageFetchError",
     "ImageTooLargeError",
     "InvalidImageError",
     "LedgerError",
-    "Page",
-    "Provider",
-    "ProviderAnswer",
     "ProviderBusyError",
     "ProviderConnectionError",
-    "ProviderContext",
     "ProviderError",
     "ProviderInfo",
     "ProviderServerError",
     "ProviderTimeoutError",
     "Quota",
     "QuotaExhaustedError",
+    "QuotaScope",
+    "QuotaSource",
+    "QuotaWindow",
     "RankingEntry",
     "RateLimitedError",
     "RecentSearch",
-    "SearchOptions",
-    "SearchQuery",
     "SearchResult",
     "Settings",
     "Strategy",
     "Title",
     "UnknownProviderError",
-    "UploadLimits",
     "UpstreamResponseError",
+    "WaitCallback",
     "__version__",
     "asearch",
     "available_providers",
     "search",
 ]
+
+_EXCEPTIONS = (
+    "AllProvidersFailedError",
+    "AnisearchError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConcurrencyLimitError",
+    "ConfigurationError",
+    "ImageFetchError",
+    "ImageTooLargeError",
+    "InvalidImageError",
+    "LedgerError",
+    "ProviderBusyError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderServerError",
+    "ProviderTimeoutError",
+    "QuotaExhaustedError",
+    "RateLimitedError",
+    "UnknownProviderError",
+    "UpstreamResponseError",
+)
+_MODELS = (
+    "DEFAULT_MIN_SIMILARITY",
+    "ApiKey",
+    "Attempt",
+    "AttemptOutcome",
+    "CreatedApiKey",
+    "Credits",
+    "Episode",
+    "Hit",
+    "ProviderInfo",
+    "Quota",
+    "QuotaScope",
+    "QuotaSource",
+    "QuotaWindow",
+    "RankingEntry",
+    "RecentSearch",
+    "SearchResult",
+    "Title",
+)
+_PROVIDER_TYPES = (
+    "AccountProvider",
+    "Capabilities",
+    "Credential",
+    "Page",
+    "Provider",
+    "ProviderAnswer",
+    "ProviderContext",
+    "SearchOptions",
+    "SearchQuery",
+    "UploadLimits",
+)
+"""For provider authors, not in ``__all__``: they live in :mod:`anisearch.provider`; still importable from
+here, for code written before that module."""
+
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(_EXCEPTIONS, "anisearch._exceptions"),
+    **dict.fromkeys(_MODELS, "anisearch._models"),
+    **dict.fromkeys(_PROVIDER_TYPES, "anisearch.provider"),
+    "available_providers": "anisearch._provider",
+    "AsyncApiKeys": "anisearch._client",
+    "AsyncClient": "anisearch._client",
+    "ApiKeys": "anisearch._sync",
+    "Client": "anisearch._sync",
+    "Settings": "anisearch._config",
+    "AttemptCallback": "anisearch._router",
+    "Strategy": "anisearch._router",
+    "WaitCallback": "anisearch._router",
+}
+"""Where each public name lives; the module is imported the first time the name is used."""
 
 
 def search(
@@ -148,6 +212,8 @@ def search(
         InvalidImageError: Bad input (before any request).
         AllProvidersFailedError: No provider answered.
     """
+    from anisearch._sync import Client
+
     with Client(settings, on_attempt=on_attempt) as client:
         return client.search(
             image,
@@ -182,6 +248,8 @@ async def asearch(
         InvalidImageError: Bad input (before any request).
         AllProvidersFailedError: No provider answered.
     """
+    from anisearch._client import AsyncClient
+
     async with AsyncClient(settings, on_attempt=on_attempt) as client:
         return await client.search(
             image,
@@ -197,6 +265,14 @@ async def asearch(
 
 
 def __getattr__(name: str) -> Any:
+    """Load a public name from its module on first use (PEP 562), so ``import anisearch`` stays cheap."""
+    module = _LAZY.get(name)
+    if module is not None:
+        from importlib import import_module
+
+        value = getattr(import_module(module), name)
+        globals()[name] = value  # the next use is a plain attribute read
+        return value
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 
@@ -208,3 +284,7 @@ def __getattr__(name: str) -> Any:
         except PackageNotFoundError:  # a source tree on sys.path that was never installed
             return source_version
     raise AttributeError(f"module 'anisearch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, "__version__"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from functools import partial
@@ -95,7 +96,17 @@ class AsyncClient(AccountFeatures):
         self._cache: CacheStore | None = None
         self._cache_opened = False
         self._flights = Flights()
+        self._closed = False
         self.api_keys = AsyncApiKeys(self._account_provider, self._call)
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):  # as httpx warns: the pool and the ledger were never closed
+            warnings.warn(
+                f"unclosed {type(self).__name__}; close it with 'await client.aclose()' or use "
+                "'async with AsyncClient() as client:'",
+                ResourceWarning,
+                stacklevel=1,
+            )
 
     async def __aenter__(self) -> Self:
         return self
@@ -106,7 +117,10 @@ class AsyncClient(AccountFeatures):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pools, the cache and the ledger."""
+        """Close the connection pools, the cache and the ledger; closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
         await self._transport.aclose()
         await self._downloader.aclose()
         if isinstance(self._cache, RedisResultCache):

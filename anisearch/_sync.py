@@ -2,17 +2,27 @@
 
 It uses an anyio blocking portal, as Starlette's TestClient does, so the sync API works in scripts,
 inside Jupyter and inside async applications alike. Every method is the engine's, called through the
-portal: there is one implementation of each behaviour.
+portal: there is one implementation of each behaviour (the docstrings are repeated here so that sync users
+read them where they call).
+
+A ``Client`` that is never closed does not keep the interpreter alive: its loop runs on a daemon thread,
+and a finalizer closes the engine (with a :class:`ResourceWarning`) when the client is garbage collected
+or the interpreter exits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from concurrent.futures import Future
 from functools import partial
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 
+import anyio
 import anyio.from_thread
 import httpx
 
@@ -41,29 +51,139 @@ __all__ = ["ApiKeys", "Client"]
 
 T = TypeVar("T")
 
+_CLOSE_SECONDS = 10.0
+"""How long closing an abandoned client may take at garbage collection or interpreter exit."""
+
+
+class _Loop:
+    """An event loop on a daemon thread, reached through an anyio blocking portal.
+
+    A daemon thread never holds the interpreter open; :meth:`stop` ends the loop and joins the thread.
+    """
+
+    def __init__(self) -> None:
+        started: Future[anyio.from_thread.BlockingPortal] = Future()
+
+        async def serve() -> None:
+            async with anyio.from_thread.BlockingPortal() as portal:
+                started.set_result(portal)
+                await portal.sleep_until_stopped()
+
+        def run() -> None:
+            try:
+                anyio.run(serve)
+            except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for the loop
+                if not started.done():
+                    started.set_exception(exc)
+
+        self._thread = threading.Thread(target=run, name="anisearch-client", daemon=True)
+        self._thread.start()
+        self.portal = started.result()
+
+    def call(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run ``func(*args, **kwargs)`` on the loop and wait for its result."""
+        return self.portal.call(partial(func, *args, **kwargs))
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self._thread.ident
+
+    def stop(self) -> None:
+        """End the loop (cancelling what still runs on it) and wait for its thread."""
+        with contextlib.suppress(RuntimeError):  # already stopped
+            self.portal.call(self.portal.stop, True)  # noqa: FBT003 - anyio's cancel_remaining flag
+        if not self.on_loop_thread():
+            self._thread.join(_CLOSE_SECONDS)
+
+
+def _close(loop: _Loop, engine: AsyncClient) -> None:
+    """Close the engine on its loop, then stop the loop (also when closing fails)."""
+    try:
+        loop.call(engine.aclose)
+    finally:
+        loop.stop()
+
+
+def _close_abandoned(loop: _Loop, engine: AsyncClient, shown: str) -> None:
+    """The finalizer of a client nobody closed: warn as httpx does, and close it within a bound."""
+    warnings.warn(
+        f"unclosed {shown}; close it with client.close() or use 'with Client() as client:'",
+        ResourceWarning,
+        stacklevel=1,
+    )
+    if loop.on_loop_thread():  # dropped by code running on its own loop: it cannot wait for itself
+        return
+
+    async def bounded() -> None:
+        with anyio.move_on_after(_CLOSE_SECONDS):
+            await engine.aclose()
+
+    try:
+        loop.call(bounded)
+    finally:
+        loop.stop()
+
 
 class ApiKeys:
-    """Sync view of :class:`AsyncApiKeys`."""
+    """API keys of the signed-in account (whatanimeisthis.com ``/api/apikeys``): ``client.api_keys``."""
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
+    def __init__(self, loop: _Loop, engine: AsyncClient) -> None:
+        self._loop = loop
+        self._engine = engine
 
     def list(self, page: int = 1, page_size: int = 20) -> list[ApiKey]:
-        """See :meth:`AsyncApiKeys.list`."""
-        return self._client._run(self._client._async.api_keys.list, page, page_size)
+        """One page of the account's keys (masked).
+
+        Args:
+            page: Which page, from 1.
+            page_size: Keys per page, at least 1.
+
+        Returns:
+            The keys on that page; each shows only a masked form of its secret.
+
+        Raises:
+            AuthenticationError: Not signed in (``anisearch login``).
+            ConfigurationError: ``page`` or ``page_size`` below 1, or no configured provider has API keys.
+            ProviderError: The upstream failed.
+        """
+        return self._loop.call(self._engine.api_keys.list, page, page_size)
 
     def create(self, title: str) -> CreatedApiKey:
-        """See :meth:`AsyncApiKeys.create`."""
-        return self._client._run(self._client._async.api_keys.create, title)
+        """Create a key; its plaintext is in ``.key`` (a SecretStr) this one time only.
+
+        Args:
+            title: A name for the key (not empty).
+
+        Returns:
+            The new key with its secret.
+
+        Raises:
+            AuthenticationError: Not signed in.
+            ConfigurationError: An empty title, or no provider with API keys.
+            ProviderError: The upstream failed.
+        """
+        return self._loop.call(self._engine.api_keys.create, title)
 
 
-class Client(AbstractContextManager["Client"]):
+class Client:
     """The synchronous client: the same engine as :class:`AsyncClient`, run on a private loop thread.
 
-    Use it as ``with Client() as client: client.search("shot.jpg")``. Arguments as for AsyncClient.
+    Use it as ``with Client() as client: client.search("shot.jpg")``, or call :meth:`close` when done. A
+    client that is never closed is closed when it is garbage collected or the interpreter exits, with a
+    :class:`ResourceWarning`.
+
+    Args:
+        settings: Where to send requests and keep state; ``Settings.load()`` (environment + config file)
+            when None.
+        transport: An httpx async transport to send every request through (``respx``, a proxy, an ASGI
+            app), instead of the network.
+        on_attempt: Called with each :class:`Attempt` as it completes (metrics, logging); it runs on the
+            client's loop thread.
+        on_wait: Called with one line whenever a search starts waiting (for a slot, or out a provider's
+            short backoff), e.g. ``"waiting for a tracemoe slot (held by pid 1234)"``.
+        clock: The current instant for the ledger (an aware datetime); tests and simulations move it.
 
     Raises:
-        ConfigurationError: As AsyncClient.
+        ConfigurationError: The settings name an unknown provider or an unusable ledger/cache.
     """
 
     def __init__(
@@ -75,31 +195,47 @@ class Client(AbstractContextManager["Client"]):
         on_wait: WaitCallback | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        self._stack = ExitStack()
-        self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
+        loop = _Loop()
         make = partial(AsyncClient, settings, transport, on_attempt=on_attempt, on_wait=on_wait, clock=clock)
         try:
-            self._async = self._portal.call(partial(_make_async, make))
+            engine = loop.call(_make_async, make)
         except BaseException:
-            self._stack.close()
+            loop.stop()
             raise
-        self.settings = self._async.settings
-        self.api_keys = ApiKeys(self)
+        self._loop = loop
+        self._async = engine
+        self._finalizer = weakref.finalize(self, _close_abandoned, loop, engine, f"<{type(self).__name__}>")
+        self.settings = engine.settings
+        self.api_keys = ApiKeys(loop, engine)
 
     def _run(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        return self._portal.call(partial(func, *args, **kwargs))
+        if self.closed:
+            raise RuntimeError("the client is closed; open a new Client")
+        return self._loop.call(func, *args, **kwargs)
+
+    def __enter__(self) -> Self:
+        return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run (a closed client sends nothing more)."""
+        return not self._finalizer.alive
+
     def close(self) -> None:
-        """Close the engine and stop its loop thread."""
-        try:
-            self._portal.call(self._async.aclose)
-        finally:
-            self._stack.close()
+        """Close the connection pool, the ledger and the cache, and stop the loop thread.
+
+        Closing twice is harmless: the second call does nothing.
+
+        Raises:
+            LedgerError: The ledger could not be closed cleanly (the loop thread is stopped anyway).
+        """
+        if self._finalizer.detach() is not None:
+            _close(self._loop, self._async)
 
     def search(
         self,
@@ -114,7 +250,39 @@ class Client(AbstractContextManager["Client"]):
         cache: bool = True,
         deadline: float | None = None,
     ) -> SearchResult:
-        """See :meth:`AsyncClient.search` (same arguments, same errors)."""
+        """Which anime, which episode, which second is ``image`` from.
+
+        Args:
+            image: A path, ``bytes``, a binary file object, a ``PIL.Image.Image`` or an ``http(s)://`` URL
+                (downloaded once by anisearch and uploaded, which is more reliable than letting each
+                upstream fetch it).
+            providers: Provider names in the order to ask; None means the configured order
+                (``ANISEARCH_PROVIDERS``) or the default ``tracemoe``, then ``whatanimeisthis``.
+            strategy: ``"fallback"`` asks one provider at a time until one answers; ``"fanout"`` asks every
+                eligible provider at once and merges their hits.
+            anilist_id: Only hits of this AniList ID.
+            cut_borders: Trim black borders (server-side where the provider can, locally otherwise).
+            anilist_info: Ask for titles and AniList metadata with the hits.
+            min_similarity: 0..1; a weaker best hit also asks the next provider, and the strongest answer
+                seen is returned.
+            cache: Reuse (and store) results in the local cache; a cached answer costs no quota.
+            deadline: Seconds for the whole search (reading the input, downloading a URL, every attempt
+                and every wait), or None. Without it a search is bounded by its attempts: each takes at
+                most ``ANISEARCH_TIMEOUT`` seconds as a whole (connect, send, read the entire answer), up to
+                four per provider, plus the waits between them.
+
+        Returns:
+            The hits (similarity descending), who answered, and every attempt.
+
+        Raises:
+            InvalidImageError: The input is empty, not an image, truncated or a decompression bomb.
+            ImageTooLargeError: The input is over the size limit (before any request).
+            ImageFetchError: ``image`` is a URL that could not be downloaded.
+            UnknownProviderError: A name in ``providers`` is not registered.
+            ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy, a
+                ``deadline`` that is not a positive number of seconds).
+            AllProvidersFailedError: No provider answered; it holds each provider's error.
+        """
         return self._run(
             self._async.search,
             image,
@@ -129,7 +297,23 @@ class Client(AbstractContextManager["Client"]):
         )
 
     def quota(self, provider: str | None = None, *, refresh: bool = False) -> list[Quota]:
-        """See :meth:`AsyncClient.quota`."""
+        """What each configured provider (or one) allows and what is left, per window.
+
+        Each ``Quota`` says where its figures came from (``source``: ``upstream``, ``headers``, ``ledger``
+        estimate, documented ``default``) and when the upstream last confirmed them (``observed_at``).
+
+        Args:
+            provider: One provider name, or None for every configured provider.
+            refresh: Ask the upstreams' free quota endpoints first (trace.moe ``/me``; costs no quota).
+
+        Returns:
+            One ``Quota`` per provider, scope and window.
+
+        Raises:
+            UnknownProviderError: ``provider`` is not registered.
+            ProviderError: ``refresh`` and an upstream failed to answer.
+            LedgerError: The ledger cannot be used.
+        """
         return self._run(self._async.quota, provider, refresh=refresh)
 
     def reset_quota(self, provider: str | None = None) -> None:
@@ -137,29 +321,78 @@ class Client(AbstractContextManager["Client"]):
 
         The next search asks the upstream again (``anisearch quota --reset``).
 
+        Args:
+            provider: One provider name, or None for every provider.
+
         Raises:
             LedgerError: The ledger cannot be used.
         """
         self._run(self._async.reset_quota, provider)
 
     def providers(self) -> list[ProviderInfo]:
-        """See :meth:`AsyncClient.providers`."""
+        """Every registered provider: where it points, whether it is in the order, its capabilities.
+
+        Returns:
+            One ``ProviderInfo`` per installed provider that can be set up (base URLs without passwords).
+
+        Raises:
+            ConfigurationError: The configured order names a provider that cannot be set up.
+        """
         return self._run(self._async.providers)
 
     def rankings(
         self, period: str = "all", limit: int = 50, include_adult: bool = False
     ) -> list[RankingEntry]:
-        """See :meth:`AsyncClient.rankings`."""
+        """The most-searched anime of a period, from the provider with account features.
+
+        Args:
+            period: ``daily``, ``weekly``, ``monthly``, ``yearly`` or ``all``.
+            limit: How many entries, at least 1.
+            include_adult: Also list adult titles.
+
+        Returns:
+            The entries, most searched first.
+
+        Raises:
+            ConfigurationError: An unknown period, a limit below 1, or no provider with account features.
+            ProviderError: The upstream failed.
+        """
         return self._run(self._async.rankings, period, limit, include_adult)
 
     def recent_searches(self, limit: int = 20, offset: int = 0) -> list[RecentSearch]:
-        """See :meth:`AsyncClient.recent_searches`."""
+        """One page of recently confirmed public searches (newest first).
+
+        Args:
+            limit: How many searches, at least 1.
+            offset: How many of the newest to skip, at least 0.
+
+        Returns:
+            At most ``limit`` searches.
+
+        Raises:
+            ConfigurationError: A negative offset, a limit below 1, or no provider with account features.
+            ProviderError: The upstream failed.
+        """
         return self._run(self._async.recent_searches, limit, offset)
 
     def iter_recent_searches(
         self, page_size: int = 20, max_items: int | None = None
     ) -> Iterator[RecentSearch]:
-        """See :meth:`AsyncClient.iter_recent_searches`; fetches page by page as you iterate."""
+        """Every recent public search, fetched page by page as you iterate.
+
+        Stops on a short page, an explicit "no more", the reported total, or ``max_items``.
+
+        Args:
+            page_size: Searches asked per request, at least 1.
+            max_items: Stop after this many searches; None for all of them.
+
+        Returns:
+            An iterator of searches, newest first.
+
+        Raises:
+            ConfigurationError: ``page_size`` below 1, or no provider with account features.
+            ProviderError: The upstream failed mid-way (the searches already yielded stay yours).
+        """
         offset = 0
         while max_items is None or offset < max_items:
             page = self._run(self._async._recent_page, page_size, offset)
@@ -172,19 +405,52 @@ class Client(AbstractContextManager["Client"]):
                 return
 
     def account_provider(self) -> str:
-        """See :meth:`AsyncClient.account_provider`."""
+        """The name of the provider that serves the account features (rankings, credits, API keys).
+
+        Returns:
+            A provider name, such as ``"whatanimeisthis"``.
+
+        Raises:
+            ConfigurationError: No installed provider has account features.
+        """
         return self._async.account_provider()
 
     def credits(self) -> Credits:
-        """See :meth:`AsyncClient.credits`."""
+        """The signed-in account's search credits (also recorded in the ledger).
+
+        Returns:
+            The credits left, the free searches left today and when they renew.
+
+        Raises:
+            AuthenticationError: Not signed in.
+            ConfigurationError: No provider with account features.
+            ProviderError: The upstream failed.
+        """
         return self._run(self._async.credits)
 
     def sign_in(self, email: str, password: str) -> None:
-        """See :meth:`AsyncClient.sign_in`."""
+        """Sign in (whatanimeisthis.com); the session cookie is kept in the state dir (mode 0600).
+
+        The password is used for this request only and never stored.
+
+        Args:
+            email: The account's email address.
+            password: The account's password.
+
+        Raises:
+            AuthenticationError: Wrong email or password, or the site refused the Origin.
+            ConfigurationError: No provider with account features.
+            ProviderError: The upstream failed.
+        """
         self._run(self._async.sign_in, email, password)
 
     def sign_out(self) -> None:
-        """See :meth:`AsyncClient.sign_out`."""
+        """Sign out and delete the stored session.
+
+        Raises:
+            ConfigurationError: No provider with account features.
+            ProviderError: The upstream failed (the local session is deleted anyway).
+        """
         self._run(self._async.sign_out)
 
 

@@ -1,8 +1,11 @@
-"""The public surface: one sorted __all__, every public name exported, version from metadata."""
+"""The public surface: one sorted __all__ of the users' names, loaded lazily; version from metadata."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from importlib.metadata import PackageNotFoundError, version
 
 import pytest
@@ -22,17 +25,77 @@ from anisearch import (
 from anisearch._version import DISTRIBUTION
 from anisearch._version import __version__ as source_version
 
+PROVIDER_AUTHOR_TYPES = {
+    "AccountProvider",
+    "Capabilities",
+    "Credential",
+    "Page",
+    "Provider",
+    "ProviderAnswer",
+    "ProviderContext",
+    "SearchOptions",
+    "SearchQuery",
+    "UploadLimits",
+}
+"""What only someone writing a provider meets (``anisearch.provider``), not the users' API."""
+
 
 def test_all_is_sorted_and_complete() -> None:
     # ruff's RUF022 order: CONSTANTS, then Classes, then functions, each alphabetical
     assert anisearch.__all__ == sorted(
         anisearch.__all__, key=lambda name: (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
     )
-    public = {name for name in vars(anisearch) if not name.startswith("_")}
-    modules = {"annotations", "os", "Sequence", "IO", "TYPE_CHECKING", "Any", "cli", "provider"}
-    assert public - modules - set(anisearch.__all__) == set()
     for name in anisearch.__all__:
         assert getattr(anisearch, name) is not None
+    public = {name for name in vars(anisearch) if not name.startswith("_")}
+    typing_names = {"annotations", "IO", "TYPE_CHECKING", "Any", "cli", "provider"}  # and submodules
+    assert public - typing_names - PROVIDER_AUTHOR_TYPES - set(anisearch.__all__) == set()
+    assert set(anisearch.__all__) <= set(dir(anisearch))
+
+
+def test_the_users_api_has_the_types_they_meet_and_no_provider_plumbing() -> None:
+    users = {"AttemptCallback", "WaitCallback", "ApiKeys", "AsyncApiKeys", "QuotaWindow", "Strategy"}
+    assert users <= set(anisearch.__all__)
+    assert PROVIDER_AUTHOR_TYPES.isdisjoint(anisearch.__all__)
+    from anisearch.provider import Provider
+
+    assert anisearch.Provider is Provider  # provider authors' old imports keep working
+    client = anisearch.Client(anisearch.Settings.load(cache="off", ledger="memory://"))
+    with client:
+        assert isinstance(client.api_keys, anisearch.ApiKeys)
+
+
+def _modules_after(code: str) -> set[str]:
+    """The top-level packages a fresh interpreter has loaded after running ``code``."""
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    return set(done.stdout.split())
+
+
+HEAVY = {"PIL", "pydantic", "pydantic_settings", "httpx", "rich", "anyio"}
+
+
+def test_import_anisearch_loads_no_engine() -> None:
+    assert _modules_after("import anisearch") & HEAVY == set()
+    assert {"pydantic", "httpx"} <= _modules_after("import anisearch; anisearch.Client")
+
+
+def test_help_loads_neither_pillow_nor_settings_nor_httpx() -> None:
+    code = (
+        "import contextlib, io, sys\n"
+        "sys.argv = ['anisearch', '--help']\n"
+        "from anisearch.cli import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main()"
+    )
+    assert _modules_after(code) & HEAVY == set()
 
 
 def test_version_comes_from_the_package_metadata() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import getpass
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,7 +26,9 @@ from anisearch._cli._common import (
     waiting,
     when,
 )
-from anisearch._models import Quota
+
+if TYPE_CHECKING:
+    from anisearch._models import Quota
 
 PERIODS = ("daily", "weekly", "monthly", "yearly", "all")
 
@@ -76,9 +78,9 @@ def quota(
             ):
                 raise typer.Exit(EXIT_USAGE)
             client.reset_quota(provider)
-            err.print(f"anisearch: the ledger forgot {what} ({ledger})", markup=False, highlight=False)
+            err().print(f"anisearch: the ledger forgot {what} ({ledger})", markup=False, highlight=False)
         quotas = waiting("asking…", lambda: client.quota(provider, refresh=refresh))
-    err.print(f"ledger: {ledger}", markup=False, highlight=False)
+    err().print(f"ledger: {ledger}", markup=False, highlight=False)
     if as_json:
         print_json([q.model_dump(mode="json", exclude={"raw"}) for q in quotas])
         return
@@ -193,7 +195,7 @@ def credits(as_json: JsonOption = False, verbose: VerboseOption = False) -> None
         return
     free = f" ({result.free_remaining} free today)" if result.free_remaining is not None else ""
     resets = f", renewed {when(result.resets_at)}" if result.resets_at else ""
-    out.print(f"{result.remaining} credits left{free}{resets}", markup=False, highlight=False)
+    out().print(f"{result.remaining} credits left{free}{resets}", markup=False, highlight=False)
 
 
 def login(
@@ -225,7 +227,7 @@ def login(
                 fail("no password given", EXIT_USAGE, f"set {variable}_PASSWORD or run on a terminal")
             password = getpass.getpass("password: ")
         waiting("signing in…", lambda: client.sign_in(str(email), str(password)))
-    out.print(f"signed in as {email}", markup=False, highlight=False)
+    out().print(f"signed in as {email}", markup=False, highlight=False)
 
 
 def logout(verbose: VerboseOption = False) -> None:
@@ -233,7 +235,7 @@ def logout(verbose: VerboseOption = False) -> None:
     verbose = configure_logging(verbose)
     with open_client(verbose) as client:
         waiting("signing out…", client.sign_out)
-    out.print("signed out")
+    out().print("signed out")
 
 
 keys_app = typer.Typer(
@@ -285,8 +287,8 @@ def keys_create(
     if as_json:
         print_json({**created.model_dump(mode="json", exclude={"raw", "key"}), "key": secret})
         return
-    out.print(f"created API key {created.title or title!r} ({created.id})", markup=False, highlight=False)
-    out.print(secret, markup=False, highlight=False)
-    err.print(
+    out().print(f"created API key {created.title or title!r} ({created.id})", markup=False, highlight=False)
+    out().print(secret, markup=False, highlight=False)
+    err().print(
         f"this is the only time the key is shown: store it now (for example as {variable})", highlight=False
     )

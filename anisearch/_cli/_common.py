@@ -14,15 +14,10 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
-from rich.padding import Padding
-from rich.table import Table
-from rich.text import Text
 
-from anisearch._config import Settings
 from anisearch._exceptions import (
     AllProvidersFailedError,
     AnisearchError,
@@ -37,7 +32,12 @@ from anisearch._exceptions import (
     RateLimitedError,
     UnknownProviderError,
 )
-from anisearch._sync import Client
+
+if TYPE_CHECKING:
+    import httpx
+    from rich.console import Console
+
+    from anisearch._sync import Client
 
 EXIT_OK, EXIT_NO_MATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_ALL_FAILED, EXIT_AUTH, EXIT_STATE = (
     0,
@@ -50,10 +50,22 @@ EXIT_OK, EXIT_NO_MATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_ALL_FAILED, EXIT_AUTH, 
 )
 EXIT_INTERRUPTED = 130
 
-out = Console(soft_wrap=True)
-"""Results: stdout."""
-err = Console(stderr=True, soft_wrap=True)
-"""Progress, spinners, notes and errors: stderr."""
+
+@functools.cache
+def out() -> Console:
+    """Results: stdout (made on first use: ``--help`` loads no rich)."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True)
+
+
+@functools.cache
+def err() -> Console:
+    """Progress, spinners, notes and errors: stderr."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
 
 T = TypeVar("T")
 
@@ -73,9 +85,9 @@ def examples(*lines: str) -> str:
 
 def say_error(message: str, hint: str | None = None) -> None:
     """Print ``anisearch: error: MESSAGE`` (one line) and an optional ``hint:`` line on stderr."""
-    err.print(f"anisearch: error: {' '.join(message.split())}", markup=False, highlight=False)
+    err().print(f"anisearch: error: {' '.join(message.split())}", markup=False, highlight=False)
     if hint:
-        err.print(f"hint: {hint}", markup=False, highlight=False, style="dim")
+        err().print(f"hint: {hint}", markup=False, highlight=False, style="dim")
 
 
 def fail(message: str, code: int, hint: str | None = None) -> NoReturn:
@@ -181,8 +193,13 @@ def with_host_port(message: str, urls: dict[str, str]) -> str:
 @contextlib.contextmanager
 def open_client(verbose: bool = False) -> Iterator[Client]:
     """A sync client from the environment; anisearch errors become one line and the right exit code."""
+    from anisearch._config import Settings
+    from anisearch._sync import Client
+
     try:
-        client = Client(Settings.load(), on_attempt=log_attempt if verbose else None, on_wait=_show_wait)
+        client = Client(
+            Settings.load(), _transport(), on_attempt=log_attempt if verbose else None, on_wait=_show_wait
+        )
     except AnisearchError as exc:
         fail(describe(exc), exit_code(exc), hint_for(exc))
     try:
@@ -194,6 +211,15 @@ def open_client(verbose: bool = False) -> Iterator[Client]:
                 fail(with_host_port(describe(exc), urls), exit_code(exc), hint_for(exc, urls))
     except AnisearchError as exc:  # closing: the ledger or the cache could not be written
         fail(describe(exc), exit_code(exc), hint_for(exc))
+
+
+_transport_factory: Callable[[], httpx.AsyncBaseTransport] | None = None
+"""Where every command's client sends: None is the network. Tests set an in-process transport here
+(``httpx.ASGITransport`` around the emulators), so the whole command runs in the test's process."""
+
+
+def _transport() -> httpx.AsyncBaseTransport | None:
+    return None if _transport_factory is None else _transport_factory()
 
 
 _SPINNERS: list[Any] = []
@@ -208,8 +234,8 @@ def _show_wait(line: str) -> None:
 def waiting(message: str, func: Callable[[], T]) -> T:
     """Run ``func`` with a spinner on a terminal (stderr), plainly elsewhere. While the engine waits, the
     spinner says for what (``waiting for a tracemoe slot (held by pid 1234)``)."""
-    if err.is_terminal:
-        with err.status(message, spinner="dots") as status:
+    if err().is_terminal:
+        with err().status(message, spinner="dots") as status:
             _SPINNERS.append(status)
             try:
                 return func()
@@ -220,7 +246,7 @@ def waiting(message: str, func: Callable[[], T]) -> T:
 
 def print_json(payload: Any) -> None:
     """Pretty JSON on stdout (ISO 8601 times, UTF-8)."""
-    out.print_json(json.dumps(payload, ensure_ascii=False), indent=2)
+    out().print_json(json.dumps(payload, ensure_ascii=False), indent=2)
 
 
 # ---------------------------------------------------------------------------------------------- logging
@@ -274,7 +300,7 @@ def configure_logging(verbose: bool) -> bool:
         if verbose:
             from rich.logging import RichHandler
 
-            handler = RichHandler(console=err, show_path=False, log_time_format="%H:%M:%S.%f")
+            handler = RichHandler(console=err(), show_path=False, log_time_format="%H:%M:%S.%f")
             handler.addFilter(_RetryText())
             logger.setLevel(logging.INFO)
         else:
@@ -288,7 +314,7 @@ def configure_logging(verbose: bool) -> bool:
 def log_attempt(attempt: Any) -> None:
     """``-v``: one stderr line per provider attempt with its outcome and time."""
     reason = f": {attempt.reason}" if attempt.reason else ""
-    err.print(
+    err().print(
         f"{attempt.provider} {attempt.outcome} in {attempt.elapsed_seconds:.2f} s{reason}",
         markup=False,
         highlight=False,
@@ -353,14 +379,18 @@ def records(
     ``key`` names the column that heads each block in the vertical layout.
     """
     if not rows:
-        err.print(empty, markup=False, highlight=False)
+        err().print(empty, markup=False, highlight=False)
         return
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
     columns = [
         c for c in rows[0] if c == key or any(row[c] not in {"-", ""} for row in rows)
     ]  # no empty column
     widths = [max(len(column), *(len(row[column]) for row in rows)) for column in columns]
     natural = sum(widths) + 3 * len(columns) + 1
-    if natural <= out.width:
+    if natural <= out().width:
         table = Table(title=title, title_justify="left", expand=False)
         for column in columns:
             table.add_column(column, no_wrap=True, overflow="fold")
@@ -368,20 +398,20 @@ def records(
             table.add_row(
                 *(Text(row[c]) for c in columns), style=styles[index] if index < len(styles) else None
             )
-        out.print(table)
+        out().print(table)
         return
-    out.print(Text(title, style="bold"))
+    out().print(Text(title, style="bold"))
     head = key or columns[0]
     for index, row in enumerate(rows):
         style = styles[index] if index < len(styles) else ""
-        out.print(Text(row[head], style=f"bold {style}".strip()))
+        out().print(Text(row[head], style=f"bold {style}".strip()))
         grid = Table.grid(padding=(0, 2))
         grid.add_column(no_wrap=True)
         grid.add_column(overflow="fold")  # a long value wraps under itself, never cut short
         for column in columns:
             if column != head:
                 grid.add_row(column, Text(row[column]), style=style or None)
-        out.print(Padding(grid, (0, 0, 0, 2)))
+        out().print(Padding(grid, (0, 0, 0, 2)))
 
 
 class Command(typer.core.TyperCommand):

@@ -25,9 +25,7 @@ from anisearch._cli._common import (
     out,
     print_json,
 )
-from anisearch._config import Settings
 from anisearch._exceptions import AnisearchError
-from anisearch._provider import available_emulators, load_emulator
 
 _JSON_NAMES = frozenset(
     {"bool", "int", "float", "str", "None", "NoneType", "Any", "Mapping", "Sequence", "dict", "list", "tuple"}
@@ -41,6 +39,8 @@ FIRST_PORT = 8000
 
 def _emulators() -> list[str]:
     """Installed emulator names, each once (two installed distributions may register the same ones)."""
+    from anisearch._provider import available_emulators
+
     return sorted(set(available_emulators()))
 
 
@@ -92,6 +92,8 @@ def _takes_any(factory: Any) -> bool:
 
 def knobs_help() -> str:
     """The knobs of every installed emulator, for ``emulate --help`` (computed when help is asked for)."""
+    from anisearch._provider import load_emulator
+
     lines = []
     factories: dict[str, Any] = {}
     for name in _emulators():
@@ -209,6 +211,8 @@ def _bind_all(host: str, ports: list[int]) -> list[socket.socket]:
 
 
 def _load(emulator: str) -> Any:
+    from anisearch._provider import load_emulator
+
     try:
         return load_emulator(emulator)
     except AnisearchError as exc:
@@ -326,11 +330,11 @@ def emulate(
         servers.append(uvicorn.Server(config))
         url = f"http://{host}:{where}"
         env = f"ANISEARCH_{emulator.upper().replace('-', '_')}_URL"
-        out.print(f"{emulator}: {url}   export {env}={url}", markup=False, highlight=False)
+        out().print(f"{emulator}: {url}   export {env}={url}", markup=False, highlight=False)
         demo = getattr(app.state, "demo_accounts", None)
         for email, password in dict(demo or {}).items():
-            out.print(f"  demo account: {email} / {password}", markup=False, highlight=False)
-    err.print("serving; Ctrl-C stops", style="dim", highlight=False)
+            out().print(f"  demo account: {email} / {password}", markup=False, highlight=False)
+    err().print("serving; Ctrl-C stops", style="dim", highlight=False)
 
     async def serve() -> None:
         async with anyio.create_task_group() as group:
@@ -354,6 +358,7 @@ cache_app = typer.Typer(
 
 def _cache() -> Any:
     from anisearch._cache import ResultCache
+    from anisearch._config import Settings
 
     try:
         settings = Settings.load()
@@ -380,7 +385,7 @@ def cache_info(as_json: JsonOption = False) -> None:
             }
         )
         return
-    out.print(
+    out().print(
         f"{info.path}: {info.entries} result(s), {info.expired} expired, {info.size_bytes} bytes",
         markup=False,
         highlight=False,
@@ -391,4 +396,4 @@ def cache_info(as_json: JsonOption = False) -> None:
 def cache_clear() -> None:
     """Delete every cached result."""
     removed = _cache().clear()
-    out.print(f"removed {removed} cached result(s)")
+    out().print(f"removed {removed} cached result(s)")

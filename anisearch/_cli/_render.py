@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Any
-
-from rich import box
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from anisearch._cli._common import clock
-from anisearch._models import Hit, SearchResult
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from anisearch._models import Hit, SearchResult
 
 _RELEASE_TAGS = re.compile(r"\[[^\]]*\]|\([^)]*\)|\.(mp4|mkv|webm|avi|m4v|mov)$", re.IGNORECASE)
 
@@ -71,6 +71,10 @@ def no_match_text(result: SearchResult, threshold: float) -> str:
 def hits_table(result: SearchResult, *, threshold: float, limit: int, show_all: bool) -> tuple[Table, int]:
     """The best ``limit`` hits; weaker than ``threshold`` only with ``show_all`` (dimmed). And how many
     were left out."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(
         title=headline(match) if (match := result.match_at(threshold)) is not None else None,
         caption=None,

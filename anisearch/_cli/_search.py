@@ -10,10 +10,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import typer
-from rich.text import Text
 
 from anisearch._cli._common import (
     EXIT_BAD_INPUT,
@@ -24,6 +23,7 @@ from anisearch._cli._common import (
     EXIT_USAGE,
     JsonOption,
     VerboseOption,
+    _transport,
     describe,
     err,
     examples,
@@ -37,10 +37,16 @@ from anisearch._cli._common import (
     with_host_port,
 )
 from anisearch._cli._render import dump, headline, hits_table, no_match_text
-from anisearch._config import Settings
 from anisearch._exceptions import AnisearchError, InvalidImageError
-from anisearch._models import DEFAULT_MIN_SIMILARITY, SearchResult
-from anisearch._router import Strategy
+
+if TYPE_CHECKING:
+    from anisearch._config import Settings
+    from anisearch._models import SearchResult
+    from anisearch._router import Strategy
+
+DEFAULT_MIN_SIMILARITY = 0.9
+"""``anisearch.DEFAULT_MIN_SIMILARITY``, repeated so that ``--help`` loads no model (a test keeps them
+equal)."""
 
 MEDIA_SUFFIXES = frozenset(
     [
@@ -162,7 +168,9 @@ async def _search_all(
     from anisearch._client import AsyncClient
 
     fatal: list[AnisearchError] = []
-    async with AsyncClient(settings, on_attempt=log_attempt if verbose else None, on_wait=on_wait) as client:
+    async with AsyncClient(
+        settings, _transport(), on_attempt=log_attempt if verbose else None, on_wait=on_wait
+    ) as client:
         limiter = anyio.CapacityLimiter(jobs)
         with contextlib.suppress(AnisearchError):  # for messages only (no request is sent)
             tally.urls = {info.name: info.base_url for info in await client.providers()}
@@ -195,19 +203,19 @@ def _print_result(result: SearchResult, *, limit: int, show_all: bool, threshold
     matched = result.match_at(threshold) is not None
     if matched or (show_all and result.hits):
         table, hidden = hits_table(result, threshold=threshold, limit=limit, show_all=show_all)
-        out.print(table)
+        out().print(table)
         if hidden:
             what = "more hit(s) not shown (--limit N" if show_all else "weaker hit(s) hidden (--all"
-            err.print(f"{hidden} {what} shows them)", style="dim", highlight=False)
+            err().print(f"{hidden} {what} shows them)", style="dim", highlight=False)
     if not matched:
-        out.print(no_match_text(result, threshold), markup=False, highlight=False)
+        out().print(no_match_text(result, threshold), markup=False, highlight=False)
         if result.hits and not show_all:
-            err.print("hint: --all shows the weaker hits", style="dim", highlight=False)
+            err().print("hint: --all shows the weaker hits", style="dim", highlight=False)
     if result.cached:
-        err.print("answered from the cache (no quota spent)", style="dim", highlight=False)
+        err().print("answered from the cache (no quota spent)", style="dim", highlight=False)
     for attempt in result.attempts:
         if attempt.outcome in {"skipped", "failed"}:
-            err.print(f"{attempt.provider} {attempt.outcome}: {attempt.reason}", markup=False, style="dim")
+            err().print(f"{attempt.provider} {attempt.outcome}: {attempt.reason}", markup=False, style="dim")
 
 
 def _report_single(
@@ -230,6 +238,8 @@ def _report_single(
 def _batch_line(
     outcome: Outcome, *, as_json: bool, raw: bool, threshold: float, urls: dict[str, str]
 ) -> None:
+    from rich.text import Text
+
     label = outcome.input.label
     if as_json:
         if outcome.result is not None:
@@ -244,15 +254,15 @@ def _batch_line(
                     "exit_code": outcome.code,
                 },
             }
-        out.print(json.dumps(payload, ensure_ascii=False), markup=False, highlight=False, soft_wrap=True)
+        out().print(json.dumps(payload, ensure_ascii=False), markup=False, highlight=False, soft_wrap=True)
         return
     if outcome.result is not None:
         match = outcome.result.match_at(threshold)
         text = headline(match) if match is not None else no_match_text(outcome.result, threshold)
-        out.print(Text(f"{label}: ") + Text(text, style="" if match else "dim"), soft_wrap=True)
+        out().print(Text(f"{label}: ") + Text(text, style="" if match else "dim"), soft_wrap=True)
     else:
         message = with_host_port(describe(outcome.error), urls) if outcome.error else "failed"
-        out.print(Text(f"{label}: error: {message}", style="red"), soft_wrap=True)
+        out().print(Text(f"{label}: error: {message}", style="red"), soft_wrap=True)
 
 
 def _summary(tally: Tally, seconds: float, *, interrupted: bool) -> None:
@@ -263,7 +273,7 @@ def _summary(tally: Tally, seconds: float, *, interrupted: bool) -> None:
     head = (
         f"interrupted after {len(tally.done)} of {tally.total}" if interrupted else f"{tally.total} input(s)"
     )
-    err.print(
+    err().print(
         f"{head} in {seconds:.1f} s: {matched} matched, {weak} no confident match, {failed} failed"
         f" ({cached} from the cache)",
         highlight=False,
@@ -368,6 +378,8 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
             EXIT_BAD_INPUT,
             "a folder search takes common image and video suffixes, or --glob",
         )
+    from anisearch._config import Settings
+
     try:
         settings = Settings.load()
     except AnisearchError as exc:
@@ -451,15 +463,15 @@ def _runner(
 
     def run() -> AnisearchError | None:
         if not batch:
-            if err.is_terminal and not verbose:  # -v logs the waits instead
-                with err.status("searching…", spinner="dots") as status:
+            if err().is_terminal and not verbose:  # -v logs the waits instead
+                with err().status("searching…", spinner="dots") as status:
                     return go(lambda _: None, lambda line: status.update(f"{line}…"))
             return go(lambda _: None)
 
         def printed(outcome: Outcome) -> None:
             _batch_line(outcome, as_json=as_json, raw=raw, threshold=tally.threshold, urls=tally.urls)
 
-        if not err.is_terminal:
+        if not err().is_terminal:
             return go(printed)
         columns = (
             TextColumn("{task.description}"),
@@ -468,7 +480,7 @@ def _runner(
             TextColumn("ETA"),
             TimeRemainingColumn(),
         )
-        with Progress(*columns, console=err, transient=True) as progress:
+        with Progress(*columns, console=err(), transient=True) as progress:
             task = progress.add_task("searching", total=len(items))
 
             def advance(outcome: Outcome) -> None:

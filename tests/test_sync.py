@@ -1,0 +1,168 @@
+"""The sync facade: ``Client`` is the engine on a private loop thread, and it never holds a process open.
+
+A client left unclosed is closed by a finalizer with a ``ResourceWarning`` (as httpx warns); closing is
+idempotent; every sync method takes the async one's arguments and documents them itself.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import os
+import re
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import httpx
+import pytest
+
+import anisearch
+from anisearch import ApiKeys, AsyncApiKeys, AsyncClient, Client, Settings
+
+SETTINGS = {"cache": "off", "ledger": "memory://"}
+
+
+def _loop_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "anisearch-client"]
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-W", "always::ResourceWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "ANISEARCH_CACHE": "off"},
+    )
+
+
+def test_an_unclosed_client_lets_the_interpreter_exit_and_says_so() -> None:
+    done = _run("import anisearch\nc = anisearch.Client()\nprint('made')")
+    assert (done.returncode, done.stdout.strip()) == (0, "made"), done.stderr
+    assert "ResourceWarning: unclosed <Client>" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_closed_client_exits_silently() -> None:
+    done = _run("import anisearch\nwith anisearch.Client() as c:\n    pass\nc.close()")
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_a_dropped_client_is_closed_with_a_resource_warning() -> None:
+    before = len(_loop_threads())
+    client = Client(Settings.load(**SETTINGS))
+    engine = client._async
+    assert len(_loop_threads()) == before + 1
+    with pytest.warns(ResourceWarning, match="unclosed <Client>"):
+        del client  # the last reference: the finalizer runs here
+    assert engine._closed
+    assert len(_loop_threads()) == before  # the loop thread is gone too
+
+
+def test_close_is_idempotent_and_a_closed_client_sends_nothing() -> None:
+    calls: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(500)
+
+    client = Client(Settings.load(**SETTINGS), httpx.MockTransport(record))
+    client.close()
+    client.close()
+    with client:  # leaving the block closes a third time
+        pass
+    assert client.closed
+    with pytest.raises(RuntimeError, match="the client is closed"):
+        client.quota("tracemoe", refresh=True)
+    assert calls == []
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_aclose_is_idempotent() -> None:
+    client = AsyncClient(Settings.load(**SETTINGS))
+    await client.aclose()
+    await client.aclose()
+    async with client:
+        pass
+
+
+@pytest.mark.anyio
+async def test_an_unclosed_async_client_warns_when_collected() -> None:
+    client = AsyncClient(Settings.load(**SETTINGS))
+    del client
+    with pytest.warns(ResourceWarning, match="unclosed AsyncClient"):
+        gc.collect()
+
+
+def test_an_engine_that_cannot_start_leaves_no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> AsyncClient:
+        raise anisearch.ConfigurationError("no such ledger")
+
+    monkeypatch.setattr("anisearch._sync.AsyncClient", refuse)
+    before = len(_loop_threads())
+    with pytest.raises(anisearch.ConfigurationError, match="no such ledger"):
+        Client()
+    assert len(_loop_threads()) == before
+
+
+# ---------------------------------------------------------------------------------------------- mirror
+
+PAIRS: list[tuple[type[Any], type[Any]]] = [(Client, AsyncClient), (ApiKeys, AsyncApiKeys)]
+SYNC_ONLY = {"close", "closed"}
+ASYNC_ONLY = {"aclose"}
+
+
+def _public(cls: type[Any]) -> set[str]:
+    return {name for name in vars(cls) if not name.startswith("_")}
+
+
+def _section(doc: str, title: str) -> str:
+    match = re.search(rf"^\s*{title}:\n(.*?)(?:\n\s*\n|\Z)", doc, re.MULTILINE | re.DOTALL)
+    return match.group(1) if match else ""
+
+
+def _raised(doc: str) -> set[str]:
+    return set(re.findall(r"^\s+(\w+Error):", _section(doc, "Raises"), re.MULTILINE))
+
+
+@pytest.mark.parametrize(("sync", "engine"), PAIRS, ids=lambda c: c.__name__)
+def test_the_sync_api_has_every_async_method(sync: type[Any], engine: type[Any]) -> None:
+    assert _public(sync) - SYNC_ONLY == _public(engine) - ASYNC_ONLY - {"api_keys", "settings"}
+
+
+METHODS = [
+    (sync, engine, name)
+    for sync, engine in PAIRS
+    for name in sorted(_public(sync) - SYNC_ONLY)
+    if callable(getattr(sync, name))
+]
+
+
+@pytest.mark.parametrize(
+    ("sync", "engine", "name"), METHODS, ids=lambda v: v if isinstance(v, str) else v.__name__
+)
+def test_each_sync_method_mirrors_the_async_one(sync: type[Any], engine: type[Any], name: str) -> None:
+    ours, theirs = inspect.signature(getattr(sync, name)), inspect.signature(getattr(engine, name))
+    assert list(ours.parameters.values()) == list(theirs.parameters.values())
+    sync_return = str(ours.return_annotation).replace("Iterator", "AsyncIterator")
+    assert sync_return == str(theirs.return_annotation)
+
+    doc = inspect.getdoc(getattr(sync, name)) or ""
+    assert "See " not in doc.split("\n")[0], f"{sync.__name__}.{name} documents itself"
+    arguments = [p for p in ours.parameters if p != "self"]
+    args_section = _section(doc, "Args")
+    for argument in arguments:
+        assert re.search(rf"^\s+{argument}:", args_section, re.MULTILINE), f"{name}: Args lists {argument}"
+    if ours.return_annotation not in ("None", None):
+        assert _section(doc, "Returns"), f"{name}: a Returns section"
+    assert _raised(inspect.getdoc(getattr(engine, name)) or "") <= _raised(doc), f"{name}: same Raises"
+    if name != "iter_recent_searches":  # a generator raises as it is iterated; documented all the same
+        assert _raised(doc), f"{name}: a Raises section"
