@@ -3,37 +3,40 @@
 trace.moe's emulator allows 3 searches; whatanimeisthis's emulator is the fallback. Five `anisearch search`
 processes share one ledger (the default SQLite file, or one Redis for two "machines" with their own
 state directories): three go to trace.moe, two to whatanimeisthis, and trace.moe receives exactly three.
+
+The processes are forked from one parent that imported anisearch once (``tests/forked.py``): each is its own
+OS process with its own ledger connection, without paying the interpreter's start-up again.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.cli_runner import run_in_process
+from tests.forked import Job, run_forked
 
 from anisearch_emulators.tracemoe import create_app as tracemoe_app
 from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
 
 pytestmark = pytest.mark.e2e
 
-Cli = Callable[..., "subprocess.CompletedProcess[str]"]
-"""The ``cli`` fixture of conftest.py: runs ``python -m anisearch`` in its own process."""
+COMMAND = "from anisearch.cli import main\nmain()\n"
+"""``anisearch ARGS`` as its console script runs it."""
 
 
-def five_searches(cli: Cli, image: Path, envs: list[dict[str, str]]) -> list[dict[str, Any]]:
-    results = []
-    for env in envs:
-        done = cli("search", str(image), "--json", "--no-cache", env=env)
-        assert done.returncode == 0, done.stderr
-        results.append(json.loads(done.stdout))
-    return results
+def five_searches(image: Path, envs: list[dict[str, str]], workdir: Path) -> list[dict[str, Any]]:
+    """``anisearch search IMAGE --json --no-cache`` in five processes, one after the other."""
+    argv = ["search", str(image), "--json", "--no-cache"]
+    done = run_forked(COMMAND, [Job(argv, env) for env in envs], workdir, together=False)
+    for process in done:
+        assert process.returncode == 0, process.stderr
+    return [json.loads(process.stdout) for process in done]
 
 
 def assert_split(results: list[dict[str, Any]], trace: Any) -> None:
@@ -46,7 +49,7 @@ def assert_split(results: list[dict[str, Any]], trace: Any) -> None:
 
 
 def test_five_processes_share_the_default_sqlite_ledger(
-    cli: Cli, live_server: Callable[[Any], Any], samples: Path
+    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
 ) -> None:
     trace = live_server(tracemoe_app(quota=3))
     fallback = live_server(whatanimeisthis_app())
@@ -55,18 +58,18 @@ def test_five_processes_share_the_default_sqlite_ledger(
         "ANISEARCH_WHATANIMEISTHIS_URL": fallback.url,
         "ANISEARCH_PROVIDERS": "tracemoe,whatanimeisthis",
     }
-    results = five_searches(cli, samples / "tinted-good.jpg", [env] * 5)
+    results = five_searches(samples / "tinted-good.jpg", [env] * 5, tmp_path / "processes")
     assert_split(results, trace)
     state = Path(os.environ["XDG_STATE_HOME"]) / "anisearch" / "ledger.sqlite3"
     assert state.is_file()
-    quota = cli("quota", "tracemoe", "--json", env=env)
+    quota = run_in_process("quota", "tracemoe", "--json", env=env)
     windows = {q["window"]: q for q in json.loads(quota.stdout)}
     assert (windows["rolling-24h"]["limit"], windows["rolling-24h"]["remaining"]) == (3, 0)
 
 
 @pytest.mark.redis
 def test_two_machines_share_one_redis_ledger(
-    cli: Cli, live_server: Callable[[Any], Any], samples: Path, redis_url: str, tmp_path: Path
+    live_server: Callable[[Any], Any], samples: Path, redis_url: str, tmp_path: Path
 ) -> None:
     trace = live_server(tracemoe_app(quota=3))
     fallback = live_server(whatanimeisthis_app())
@@ -81,7 +84,8 @@ def test_two_machines_share_one_redis_ledger(
         }
         for name in ("machine-a", "machine-b")
     ]
-    results = five_searches(cli, samples / "tinted-good.jpg", [machines[i % 2] for i in range(5)])
+    envs = [machines[i % 2] for i in range(5)]
+    results = five_searches(samples / "tinted-good.jpg", envs, tmp_path / "processes")
     assert_split(results, trace)
     for name in ("machine-a", "machine-b"):
         assert not (tmp_path / name / "state" / "anisearch" / "ledger.sqlite3").exists()
@@ -101,25 +105,20 @@ WORKER = textwrap.dedent(
 
 @pytest.mark.parametrize("ledger", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def test_eight_processes_never_collide_on_a_concurrency_one_account(
-    live_server: Callable[[Any], Any], samples: Path, request: pytest.FixtureRequest, ledger: str
+    live_server: Callable[[Any], Any],
+    samples: Path,
+    request: pytest.FixtureRequest,
+    ledger: str,
+    tmp_path: Path,
 ) -> None:
     trace = live_server(tracemoe_app(quota=1000, latency=0.05))
-    env = {**os.environ, "ANISEARCH_TRACEMOE_URL": trace.url}
+    env = {"ANISEARCH_TRACEMOE_URL": trace.url}
     if ledger == "redis":
         env["ANISEARCH_LEDGER"] = request.getfixturevalue("redis_url")
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(samples / "tinted-good.jpg"), "5"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(8)
-    ]
+    job = Job([str(samples / "tinted-good.jpg"), "5"])
+    workers = run_forked(WORKER, [job] * 8, tmp_path / "processes", together=True, env=env)
     for worker in workers:
-        _, stderr = worker.communicate(timeout=120)
-        assert worker.returncode == 0, stderr
+        assert worker.returncode == 0, worker.stderr
     log = trace.app.state.emulator.log
     refused = [row for row in log if row.code == 402]
     assert refused == []

@@ -1,14 +1,16 @@
-"""The concurrency gate across processes: several Python processes share one slot through the ledger."""
+"""The concurrency gate across processes: several Python processes share one slot through the ledger.
+
+The processes are forked from one parent that imported anisearch once (``tests/forked.py``) and released
+together, for the most contention.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import subprocess
-import sys
 from typing import TYPE_CHECKING
 
 import pytest
+from tests.forked import Job, run_forked
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -17,8 +19,8 @@ PROCESSES = 4
 ROUNDS = 5
 HOLD_SECONDS = 0.02
 
-# Each process says "ready", waits for "go" on stdin, then takes the slot, holds it, and logs "start end"
-# (monotonic, which on Linux is one clock for every process) before giving it back.
+# Each process takes the slot, holds it, and logs "start end" (monotonic, which on Linux is one clock for
+# every process) before giving it back.
 WORKER = """
 import sys, time
 from pathlib import Path
@@ -46,16 +48,8 @@ async def main():
     log.write_text("\\n".join(lines))
     await ledger.aclose()
 
-print("ready", flush=True)
-sys.stdin.readline()
 anyio.run(main)
 """
-
-
-def _kill_survivors(workers: list[subprocess.Popen[str]]) -> None:
-    for worker in workers:
-        if worker.poll() is None:  # pragma: no cover - only after a failure
-            worker.kill()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
@@ -67,30 +61,9 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def test_one_slot_is_held_by_one_process_at_a_time(shared_url: str, tmp_path: Path) -> None:
     logs = [tmp_path / f"worker-{n}.log" for n in range(PROCESSES)]
-    with contextlib.ExitStack() as stack:
-        workers = [
-            stack.enter_context(
-                subprocess.Popen(
-                    [sys.executable, "-c", WORKER, shared_url, str(log), str(ROUNDS), str(HOLD_SECONDS)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-            )
-            for log in logs
-        ]
-        stack.callback(_kill_survivors, workers)  # runs first: a failed test leaves no process behind
-        for worker in workers:  # everyone has imported anisearch: start together, for the most contention
-            assert worker.stdout is not None
-            assert worker.stdout.readline() == "ready\n", worker.communicate(timeout=60)[1]
-        for worker in workers:  # go, all at once
-            assert worker.stdin is not None
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
-        for worker in workers:
-            _, errors = worker.communicate(timeout=60)
-            assert worker.returncode == 0, errors
+    jobs = [Job([shared_url, str(log), str(ROUNDS), str(HOLD_SECONDS)]) for log in logs]
+    for worker in run_forked(WORKER, jobs, tmp_path / "processes", together=True, timeout=120):
+        assert worker.returncode == 0, worker.stderr
 
     intervals = sorted(
         (float(start), float(end), log.name)

@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import pytest
 from PIL import Image
+from tests.forked import Job, run_forked
 
 from anisearch import AllProvidersFailedError, AsyncClient, Client, QuotaExhaustedError, Settings
 from anisearch_emulators.tracemoe import InjectedFailure
@@ -33,8 +34,9 @@ pytestmark = [pytest.mark.e2e]
 
 
 def variants(samples: Path, count: int) -> list[bytes]:
-    """``count`` different encodings of the demo frame (so no search is merged or cached)."""
-    base = Image.open(samples / "tinted-good.jpg").convert("RGB")
+    """``count`` different encodings of the demo frame (so no search is merged or cached), small so that
+    preparing them costs little: these tests count requests."""
+    base = Image.open(samples / "tinted-good.jpg").convert("RGB").resize((160, 90))
     out = []
     for index in range(count):
         buffer = io.BytesIO()
@@ -250,23 +252,15 @@ anyio.run(main)
 
 
 def test_eight_processes_share_one_quota_exactly(
-    live_server: Callable[[Any], Any], shared_ledger: str
+    live_server: Callable[[Any], Any], shared_ledger: str, tmp_path: Path
 ) -> None:
+    """Eight processes (forked from one parent that imported anisearch once: see ``tests/forked.py``)."""
     trace = live_server(tracemoe_app(quota=40, latency=0.02, rate_limit=1_000_000, queue_size=1000))
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, trace.url, shared_ledger, "25", str(seed)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for seed in range(8)
-    ]
+    jobs = [Job([trace.url, shared_ledger, "25", str(seed)]) for seed in range(8)]
     outcomes: list[str] = []
-    for worker in workers:
-        out, errors = worker.communicate(timeout=180)
-        assert worker.returncode == 0, errors
-        outcomes += json.loads(out)
+    for worker in run_forked(WORKER, jobs, tmp_path / "processes", together=True):
+        assert worker.returncode == 0, worker.stderr
+        outcomes += json.loads(worker.stdout)
     codes = [row.code for row in trace.app.state.emulator.log]
     assert codes == [200] * 40  # exactly the quota, not one 402 or 429
     assert outcomes.count("ok") == 40
