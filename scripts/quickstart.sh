@@ -65,4 +65,4 @@ say "anisearch search $image -p tracemoe"
 export ANISEARCH_TRACEMOE_URL="http://127.0.0.1:$port" ANISEARCH_STATE_DIR="$state/state" \
     ANISEARCH_CACHE_DIR="$state/cache"
 anisearch search "$image" -p tracemoe
-say "done: 'python -m pytest' runs the tests; 'anisearch -h' lists the commands"
+say "done: 'python -m pytest -n auto --cov' runs the tests; 'anisearch -h' lists the commands"

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import stamina
 import uvicorn
@@ -119,6 +120,47 @@ def live_server() -> Iterator[Callable[[Any], LiveServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+class EmulatedHost:
+    """An ASGI app reached in process (``httpx.ASGITransport``) at ``url``: no socket, no server thread."""
+
+    def __init__(self, app: Any, host: str) -> None:
+        self.app = app
+        self.url = f"http://{host}"
+
+
+class HostRouter(httpx.AsyncBaseTransport):
+    """Sends each request to the app of its host; any other host cannot be reached."""
+
+    def __init__(self, apps: dict[str, Any]) -> None:
+        self._routes = {host: httpx.ASGITransport(app) for host, app in apps.items()}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        route = self._routes.get(request.url.host)
+        if route is None:
+            raise httpx.ConnectError(f"nothing is emulated at {request.url.host}", request=request)
+        return await route.handle_async_request(request)
+
+
+@pytest.fixture
+def emulated(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], EmulatedHost]:
+    """Serve ASGI apps (the emulators) to every ``anisearch`` command run in this process, in process.
+
+    ``emulated(app).url`` is the base URL to configure; the commands' clients send through one
+    ``httpx.ASGITransport`` per app (the command line's private transport hook), so no port is opened.
+    """
+    from anisearch._cli import _common
+
+    apps: dict[str, Any] = {}
+    monkeypatch.setattr(_common, "_transport_factory", lambda: HostRouter(apps))
+
+    def add(app: Any) -> EmulatedHost:
+        host = f"emulator-{len(apps) + 1}.test"
+        apps[host] = app
+        return EmulatedHost(app, host)
+
+    return add
 
 
 class RedisServer:

@@ -1,6 +1,7 @@
 """The `anisearch` command as a person meets it: help, errors, confident answers, layouts, batch, emulate.
 
-In process (typer's CliRunner, see ``cli_runner``) against the emulators over loopback.
+In process (typer's CliRunner, see ``cli_runner``) against the emulators, reached in process through
+``httpx.ASGITransport`` (the ``emulated`` fixture); a few tests keep a real process or a loopback server.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ COMMANDS = [
 
 
 @pytest.fixture
-def tracemoe(live_server: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch) -> Any:
-    server = live_server(tracemoe_app())
+def tracemoe(emulated: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    server = emulated(tracemoe_app())
     monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", server.url)
     monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
     return server
@@ -101,6 +102,10 @@ def test_search_help_lists_the_providers_and_the_threshold() -> None:
     assert "IMAGE|URL|DIR|-..." in text
 
 
+def test_the_threshold_in_the_help_is_the_librarys() -> None:
+    assert _search.DEFAULT_MIN_SIMILARITY == anisearch.DEFAULT_MIN_SIMILARITY
+
+
 def test_a_bad_flag_is_one_error_line_and_a_hint() -> None:
     done = cli("search", "x.jpg", "--jsn")
     assert done.returncode == 2
@@ -147,7 +152,7 @@ def test_a_bad_key_is_exit_5_in_search_as_in_quota(
 
 
 def test_retry_chatter_only_with_verbose(
-    live_server: Callable[[Any], Any],
+    emulated: Callable[[Any], Any],
     samples: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -156,7 +161,7 @@ def test_retry_chatter_only_with_verbose(
 
     busy = InjectedFailure(503, {"error": "Error: Search queue is full"})
     for verbose in (False, True):
-        server = live_server(tracemoe_app(failures=[busy]))
+        server = emulated(tracemoe_app(failures=[busy]))
         monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", server.url)
         args = ["search", str(samples / "tinted-good.jpg"), "-p", "tracemoe", "--no-cache"]
         done = cli(*(["-v"] if verbose else []), *args)  # -v before the command counts too
@@ -208,10 +213,10 @@ def test_min_similarity_moves_the_threshold(tracemoe: Any, samples: Path) -> Non
 
 
 def test_fanout_says_which_provider_found_each_hit(
-    live_server: Callable[[Any], Any], samples: Path, monkeypatch: pytest.MonkeyPatch
+    emulated: Callable[[Any], Any], samples: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", live_server(tracemoe_app()).url)
-    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", live_server(whatanimeisthis_app()).url)
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", emulated(tracemoe_app()).url)
+    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", emulated(whatanimeisthis_app()).url)
     done = cli(
         "search",
         str(samples / "tinted-good.jpg"),
@@ -233,7 +238,11 @@ def test_fanout_says_which_provider_found_each_hit(
     assert re.search(r"whatanimeisthis *$", table, re.MULTILINE)
 
 
-def test_match_in_the_library(tracemoe: Any, samples: Path) -> None:
+def test_match_in_the_library(
+    live_server: Callable[[Any], Any], samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", live_server(tracemoe_app()).url)
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
     good = anisearch.search(samples / "tinted-good.jpg")
     bad = anisearch.search(samples / "border-bad.jpg")
     assert good.match is not None
@@ -262,8 +271,8 @@ def test_quota_and_providers_never_cut_a_value_at_80_columns(tracemoe: Any, samp
     assert re.search(r"\d\d:\d\d \w+ \(in \d+ h( \d+ min)?\)", quota.stdout)
 
 
-def test_empty_lists_say_so(live_server: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", live_server(whatanimeisthis_app()).url)
+def test_empty_lists_say_so(emulated: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", emulated(whatanimeisthis_app()).url)
     done = cli("recent")
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
@@ -456,9 +465,9 @@ def test_a_keyword_factory_takes_its_knobs_and_refuses_others_in_one_line() -> N
 
 
 def test_a_deadline_bounds_each_search(
-    live_server: Callable[[Any], Any], samples: Path, monkeypatch: pytest.MonkeyPatch
+    emulated: Callable[[Any], Any], samples: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", live_server(tracemoe_app(latency=5.0)).url)
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", emulated(tracemoe_app(latency=5.0)).url)
     done = cli("search", str(samples / "tinted-good.jpg"), "-p", "tracemoe", "--deadline", "0.5")
     assert done.returncode == 4
     assert done.stderr.startswith("anisearch: error: every provider failed: tracemoe failed")

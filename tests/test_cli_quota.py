@@ -14,9 +14,9 @@ from anisearch_emulators.tracemoe import create_app as tracemoe_app
 
 
 @pytest.fixture
-def spent(live_server: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+def spent(emulated: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     """A trace.moe emulator whose guest quota of 1 is spent by one search on a SQLite ledger."""
-    trace = live_server(tracemoe_app(quota=1))
+    trace = emulated(tracemoe_app(quota=1))
     monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", trace.url)
     monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
     monkeypatch.setenv("ANISEARCH_LEDGER", f"sqlite:///{tmp_path / 'ledger.sqlite3'}")

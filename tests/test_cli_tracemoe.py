@@ -27,8 +27,8 @@ def cli() -> Cli:
 
 
 @pytest.fixture
-def tracemoe(live_server: Callable[[Any], Any]) -> Any:
-    return live_server(create_app())
+def tracemoe(emulated: Callable[[Any], Any]) -> Any:
+    return emulated(create_app())
 
 
 def search_json(

@@ -15,6 +15,7 @@ from PIL import Image
 from tests.cli_runner import run_in_process
 
 from anisearch import Client, Settings
+from anisearch._cli import _common
 from anisearch_emulators.tracemoe import create_app as tracemoe_app
 from anisearch_emulators.whatanime_ga import create_app as legacy_app
 
@@ -30,9 +31,9 @@ def cli() -> Cli:
 
 
 def test_the_legacy_api_identifies_the_screenshot(
-    cli: Cli, live_server: Callable[[Any], Any], samples: Path
+    cli: Cli, emulated: Callable[[Any], Any], samples: Path
 ) -> None:
-    legacy = live_server(legacy_app())
+    legacy = emulated(legacy_app())
     env = {"ANISEARCH_WHATANIME_GA_URL": legacy.url}
     done = cli("search", str(samples / "tinted-good.jpg"), "-p", "whatanime-ga", "--json", env=env)
     assert done.returncode == 0, done.stderr
@@ -44,9 +45,9 @@ def test_the_legacy_api_identifies_the_screenshot(
 
 
 def test_an_8_mb_photo_is_re_encoded_under_the_1_mb_body_limit(
-    cli: Cli, live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+    cli: Cli, emulated: Callable[[Any], Any], samples: Path, tmp_path: Path
 ) -> None:
-    legacy = live_server(legacy_app())
+    legacy = emulated(legacy_app())
     # The screenshot, upscaled to 4000 px and sprinkled with noise: a large, hard-to-compress photo.
     photo = Image.open(samples / "tinted-good.jpg").convert("RGB").resize((4000, 2250))
     rng = random.Random(7)
@@ -66,14 +67,14 @@ def test_an_8_mb_photo_is_re_encoded_under_the_1_mb_body_limit(
 
 
 def test_the_eleventh_search_in_a_minute_is_not_sent(
-    cli: Cli, live_server: Callable[[Any], Any], samples: Path
+    cli: Cli, emulated: Callable[[Any], Any], samples: Path
 ) -> None:
-    legacy = live_server(legacy_app())
+    legacy = emulated(legacy_app())
     settings = Settings.load(
         providers=["whatanime-ga"], provider_options={"whatanime-ga": {"url": legacy.url}}
     )
     base = Image.open(samples / "tinted-good.jpg").convert("RGB")
-    with Client(settings) as client:
+    with Client(settings, _common._transport()) as client:  # where the commands send: the emulator
         for shade in range(10):
             buffer = io.BytesIO()
             base.point([min(255, v + shade) for v in range(256)] * 3).save(buffer, "PNG")
@@ -93,12 +94,12 @@ def test_the_eleventh_search_in_a_minute_is_not_sent(
 
 
 def test_a_rate_limited_legacy_server_falls_back_to_tracemoe(
-    cli: Cli, live_server: Callable[[Any], Any], samples: Path
+    cli: Cli, emulated: Callable[[Any], Any], samples: Path
 ) -> None:
     from anisearch_emulators.whatanime_ga import Allowance
 
-    legacy = live_server(legacy_app(guest=Allowance(limit=0)))
-    trace = live_server(tracemoe_app())
+    legacy = emulated(legacy_app(guest=Allowance(limit=0)))
+    trace = emulated(tracemoe_app())
     env = {"ANISEARCH_WHATANIME_GA_URL": legacy.url, "ANISEARCH_TRACEMOE_URL": trace.url}
     image = str(samples / "tinted-good.jpg")
     done = cli("search", image, "-p", "whatanime-ga", "-p", "tracemoe", "--json", env=env)

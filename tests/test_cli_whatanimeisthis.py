@@ -30,8 +30,8 @@ EMAIL, PASSWORD = "ann@example.com", "correct horse battery staple"
 
 
 @pytest.fixture
-def site(live_server: Callable[[Any], Any]) -> Any:
-    return live_server(create_app(users={EMAIL: PASSWORD}))
+def site(emulated: Callable[[Any], Any]) -> Any:
+    return emulated(create_app(users={EMAIL: PASSWORD}))
 
 
 def credits_json(cli: Cli, env: dict[str, str]) -> dict[str, Any]:

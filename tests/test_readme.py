@@ -110,7 +110,7 @@ def test_the_first_command_identifies_the_demo_frame() -> None:
 
 def test_the_second_command_is_what_ci_runs() -> None:
     second = BASH[0].code.splitlines()[1].split("#")[0].strip()
-    assert second == "python -m pytest"
+    assert second == "python -m pytest -n auto --cov"
     # CI may set variables for the run (it requires the shared recordings), never change the command.
     ci = (REPO / ".ci" / "run").read_text()
     assert re.search(rf"^(?:[A-Z_]+=\S+ )*{re.escape(second)}$", ci, re.MULTILINE)
