@@ -41,6 +41,21 @@ def sync_usage() -> None:
         print(quotas, infos, ranks, recent, balance, keys, secret)
 
 
+def callbacks_and_lifecycle() -> None:
+    attempts: list[anisearch.Attempt] = []
+    on_attempt: anisearch.AttemptCallback = attempts.append
+    on_wait: anisearch.WaitCallback = print
+    strategy: anisearch.Strategy = "fanout"
+    client = anisearch.Client(on_attempt=on_attempt, on_wait=on_wait)
+    keys: anisearch.ApiKeys = client.api_keys
+    window: anisearch.QuotaWindow = client.quota()[0].window
+    client.search("shot.jpg", strategy=strategy)
+    client.close()
+    client.close()  # closing twice is harmless
+    closed: bool = client.closed
+    print(keys, window, closed)
+
+
 async def async_usage() -> None:
     result = await anisearch.asearch("https://example.com/a.jpg", deadline=30)
     anisearch.search(b"...", strategy="fanout", deadline=12.5)
@@ -49,6 +64,9 @@ async def async_usage() -> None:
         await client.search("shot.jpg")
         async for item in client.iter_recent_searches(page_size=10, max_items=30):
             print(item.anilist_id)
+        api_keys: anisearch.AsyncApiKeys = client.api_keys
+        print(await api_keys.list())
+    await client.aclose()  # closing twice is harmless
     try:
         anisearch.search("x.jpg")
     except* anisearch.QuotaExhaustedError as group:
