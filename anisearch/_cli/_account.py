@@ -1,7 +1,8 @@
 """``quota``, ``providers`` and the account commands (``rankings``, ``recent``, ``credits``, ``login``,
 ``logout``, ``keys``)."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: typer reads every command's annotations when it builds the
+# command line (even for --help); evaluated once here they cost less than strings evaluated then.
 
 import getpass
 import sys
@@ -37,7 +38,7 @@ def _number(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-def _allowance(q: Quota) -> str:
+def _allowance(q: "Quota") -> str:
     if q.limit is None:
         return f"{_number(q.used)} used" if q.used is not None else "-"
     left = q.remaining if q.remaining is not None else (q.limit - q.used if q.used is not None else None)

@@ -1,6 +1,7 @@
 """``anisearch search``: one image or many (files, folders, URLs, stdin) through one client, concurrently."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: typer reads every command's annotations when it builds the
+# command line (even for --help); evaluated once here they cost less than strings evaluated then.
 
 import contextlib
 import fnmatch
@@ -92,7 +93,7 @@ class Outcome:
     """What became of one input."""
 
     input: Input
-    result: SearchResult | None = None
+    result: "SearchResult | None" = None
     error: AnisearchError | None = None
     code: int = EXIT_OK
 
@@ -150,7 +151,7 @@ def collect(arguments: Sequence[str], pattern: str | None) -> tuple[list[Input],
 
 async def _search_all(
     inputs: Sequence[Input],
-    settings: Settings,
+    settings: "Settings",
     options: dict[str, Any],
     *,
     jobs: int,
@@ -198,7 +199,7 @@ async def _search_all(
     return fatal[0] if fatal else None
 
 
-def _print_result(result: SearchResult, *, limit: int, show_all: bool, threshold: float) -> None:
+def _print_result(result: "SearchResult", *, limit: int, show_all: bool, threshold: float) -> None:
     """The table of one search (stdout) and its notes (stderr)."""
     matched = result.match_at(threshold) is not None
     if matched or (show_all and result.hits):
@@ -431,7 +432,7 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
 
 def _runner(
     items: list[Input],
-    settings: Settings,
+    settings: "Settings",
     options: dict[str, Any],
     *,
     jobs: int,
