@@ -38,10 +38,27 @@ FIRST_PORT = 8000
 """Where emulators without a ``DEFAULT_PORT`` start counting (after the highest declared one)."""
 
 
+def available_emulators() -> list[str]:
+    """The registry's emulator names (loaded on use: ``anisearch --help`` reads no entry point)."""
+    from anisearch._provider import available_emulators as registered
+
+    return registered()
+
+
+def load_emulator(name: str) -> Any:
+    """The registry's emulator factory ``name``.
+
+    Raises:
+        UnknownProviderError: No emulator is registered under ``name``.
+        ConfigurationError: It cannot be imported (install the ``emulator`` extra).
+    """
+    from anisearch._provider import load_emulator as registered
+
+    return registered(name)
+
+
 def _emulators() -> list[str]:
     """Installed emulator names, each once (two installed distributions may register the same ones)."""
-    from anisearch._provider import available_emulators
-
     return sorted(set(available_emulators()))
 
 
@@ -93,8 +110,6 @@ def _takes_any(factory: Any) -> bool:
 
 def knobs_help() -> str:
     """The knobs of every installed emulator, for ``emulate --help`` (computed when help is asked for)."""
-    from anisearch._provider import load_emulator
-
     lines = []
     factories: dict[str, Any] = {}
     for name in _emulators():
@@ -212,8 +227,6 @@ def _bind_all(host: str, ports: list[int]) -> list[socket.socket]:
 
 
 def _load(emulator: str) -> Any:
-    from anisearch._provider import load_emulator
-
     try:
         return load_emulator(emulator)
     except AnisearchError as exc:
