@@ -121,7 +121,7 @@ ASYNC_ONLY = {"aclose"}
 
 
 def _public(cls: type[Any]) -> set[str]:
-    return {name for name in vars(cls) if not name.startswith("_")}
+    return {name for name in dir(cls) if not name.startswith("_")}  # inherited ones too
 
 
 def _section(doc: str, title: str) -> str:
