@@ -63,7 +63,7 @@ if TYPE_CHECKING:
         SearchResult,
         Title,
     )
-    from anisearch._provider import available_providers
+    from anisearch._provider import SearchMode, available_providers
     from anisearch._router import AttemptCallback, Strategy, WaitCallback
     from anisearch._sync import ApiKeys, Client
 
@@ -105,6 +105,7 @@ __all__ = [
     "RankingEntry",
     "RateLimitedError",
     "RecentSearch",
+    "SearchMode",
     "SearchResult",
     "Settings",
     "Strategy",
@@ -178,6 +179,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(_MODELS, "anisearch._models"),
     **dict.fromkeys(_PROVIDER_TYPES, "anisearch.provider"),
     "available_providers": "anisearch._provider",
+    "SearchMode": "anisearch._provider",
     "AsyncApiKeys": "anisearch._client",
     "AsyncClient": "anisearch._client",
     "ApiKeys": "anisearch._sync",
@@ -201,6 +203,7 @@ def search(
     min_similarity: float | None = None,
     cache: bool = True,
     deadline: float | None = None,
+    mode: SearchMode = "image",
     settings: Settings | None = None,
     on_attempt: AttemptCallback | None = None,
 ) -> SearchResult:
@@ -225,6 +228,7 @@ def search(
             min_similarity=min_similarity,
             cache=cache,
             deadline=deadline,
+            mode=mode,
         )
 
 
@@ -239,6 +243,7 @@ async def asearch(
     min_similarity: float | None = None,
     cache: bool = True,
     deadline: float | None = None,
+    mode: SearchMode = "image",
     settings: Settings | None = None,
     on_attempt: AttemptCallback | None = None,
 ) -> SearchResult:
@@ -261,6 +266,7 @@ async def asearch(
             min_similarity=min_similarity,
             cache=cache,
             deadline=deadline,
+            mode=mode,
         )
 
 

@@ -39,6 +39,7 @@ from anisearch._models import (
     RecentSearch,
     SearchResult,
 )
+from anisearch._provider import SearchMode
 from anisearch._router import AttemptCallback, Strategy, WaitCallback
 
 if TYPE_CHECKING:
@@ -249,6 +250,7 @@ class Client:
         min_similarity: float | None = None,
         cache: bool = True,
         deadline: float | None = None,
+        mode: SearchMode = "image",
     ) -> SearchResult:
         """Which anime, which episode, which second is ``image`` from.
 
@@ -270,6 +272,10 @@ class Client:
                 and every wait), or None. Without it a search is bounded by its attempts: each takes at
                 most ``ANISEARCH_TIMEOUT`` seconds as a whole (connect, send, read the entire answer), up to
                 four per provider, plus the waits between them.
+            mode: ``"image"`` uploads the image (fitted to each provider's limits); ``"vector"`` sends the
+                providers that can search by a descriptor computed here (trace.moe: its colour layout
+                vector, a 57-byte request) that descriptor instead, and uploads to the others. Borders are
+                then cut locally. The answer is the same; only the bytes sent differ.
 
         Returns:
             The hits (similarity descending), who answered, and every attempt.
@@ -279,8 +285,8 @@ class Client:
             ImageTooLargeError: The input is over the size limit (before any request).
             ImageFetchError: ``image`` is a URL that could not be downloaded.
             UnknownProviderError: A name in ``providers`` is not registered.
-            ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy, a
-                ``deadline`` that is not a positive number of seconds).
+            ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy or
+                mode, a ``deadline`` that is not a positive number of seconds).
             AllProvidersFailedError: No provider answered; it holds each provider's error.
         """
         return self._run(
@@ -294,6 +300,7 @@ class Client:
             min_similarity=min_similarity,
             cache=cache,
             deadline=deadline,
+            mode=mode,
         )
 
     def quota(self, provider: str | None = None, *, refresh: bool = False) -> list[Quota]:
