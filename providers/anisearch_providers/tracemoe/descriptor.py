@@ -14,16 +14,18 @@ which Pillow reproduces closely but not bit for bit (libvips resamples slightly 
 from __future__ import annotations
 
 import math
-from array import array
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageStat
+from PIL import Image
 
 from anisearch.provider import cut_borders as trim_borders
 from anisearch.provider import fit_inside
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    import numpy as np
+    from numpy.typing import NDArray
 
 __all__ = [
     "DESCRIPTOR_LENGTH",
@@ -63,75 +65,82 @@ _ZIGZAG = (
     45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
 )  # fmt: skip
 
-_FLOAT32_EXACT = 1 << 24  # integers below this are exact in a float32
+_FLOAT32_EXACT = 1 << 24  # integers up to this are exact in a float32
+_COSINE_ROWS: tuple[tuple[float, ...], ...] = tuple(zip(*_COSINE, strict=True))  # [k][j] = _COSINE[j][k]
 
 
-def _float32(value: float) -> float:
-    """Round a double to the nearest float32, as storing into a ``Float32Array`` does."""
-    return array("f", [value])[0]
+def _band_starts(bounds: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The grid cells that have pixels along one axis, and where each starts (for ``reduceat``)."""
+    used = [i for i in range(8) if bounds[i + 1] > bounds[i]]
+    return used, [bounds[i] for i in used]
 
 
-def _block_sums(image: Image.Image, box: tuple[int, int, int, int]) -> list[float]:
-    """Per-band pixel sums of one grid cell, as upstream's float32 accumulators hold them.
+def _cell_sums(pixels: NDArray[np.uint8], xs: Sequence[int], ys: Sequence[int]) -> NDArray[np.float64]:
+    """Per-band sums of the 8x8 grid cells, shape (8, 8, 3), as upstream's float32 accumulators hold them.
 
-    Upstream adds a row segment in double precision and stores the running sum into a ``Float32Array``
-    after each row. Below 2**24 that is exact; above (cells of more than ~65 000 pixels, so images far
-    larger than the 320x320 the server describes) the per-row rounding is reproduced.
+    Upstream adds a cell's row segment in double precision and stores the running sum into a
+    ``Float32Array`` after each row. While a sum stays within 2**24 that is exact; above (cells of more
+    than ~65 000 pixels, so images far larger than the 320x320 the server describes) the per-row
+    rounding is reproduced, row by row. Cells without pixels (images narrower than 8 pixels) stay 0.
     """
-    width = box[2] - box[0]
-    height = box[3] - box[1]
-    if width * height * 255 < _FLOAT32_EXACT:
-        return [float(total) for total in ImageStat.Stat(image.crop(box)).sum[:3]]
-    sums = [0.0, 0.0, 0.0]
-    for y in range(box[1], box[3]):
-        row = ImageStat.Stat(image.crop((box[0], y, box[2], y + 1))).sum
-        sums = [_float32(sums[band] + row[band]) for band in range(3)]
+    import numpy as np  # loaded on first use: importing anisearch stays quick
+
+    used_x, start_x = _band_starts(xs)
+    used_y, start_y = _band_starts(ys)
+    rows = np.add.reduceat(pixels, start_x, axis=1, dtype=np.int64)  # (height, used columns, 3)
+    exact = np.add.reduceat(rows, start_y, axis=0)  # (used rows, used columns, 3)
+    if int(exact.max()) > _FLOAT32_EXACT:
+        exact = np.empty_like(exact, dtype=np.float64)
+        for band, by in enumerate(used_y):
+            running = np.zeros(rows.shape[1:], dtype=np.float32)
+            for y in range(ys[by], ys[by + 1]):
+                running = (running.astype(np.float64) + rows[y]).astype(np.float32)
+            exact[band] = running
+    sums = np.zeros((8, 8, 3), dtype=np.float64)
+    sums[np.ix_(used_y, used_x)] = exact
     return sums
 
 
-def _block_averages(image: Image.Image) -> tuple[list[int], list[int], list[int]]:
-    """Y, Cb and Cr of each cell of upstream's 8x8 grid (row-major), from the cell's mean RGB."""
+def _block_averages(image: Image.Image) -> NDArray[np.int64]:
+    """Y, Cb and Cr of each cell of upstream's 8x8 grid, shape (3, 8, 8), from the cell's mean RGB."""
+    import numpy as np  # loaded on first use: importing anisearch stays quick
+
     width, height = image.size
     xs = [-(-i * width // 8) for i in range(9)]  # ceil(i * width / 8)
     ys = [-(-i * height // 8) for i in range(9)]
-    shapes: tuple[list[int], list[int], list[int]] = ([0] * 64, [0] * 64, [0] * 64)
-    for by in range(8):
-        for bx in range(8):
-            box = (xs[bx], ys[by], xs[bx + 1], ys[by + 1])
-            count = (box[2] - box[0]) * (box[3] - box[1])
-            if count <= 0:
-                continue  # an image narrower than 8 pixels leaves empty cells at 0, as upstream
-            inverse = 1 / (count * 256)
-            red, green, blue = (total * inverse for total in _block_sums(image, box))
-            luma = 0.299 * red + 0.587 * green + 0.114 * blue
-            index = by * 8 + bx
-            shapes[0][index] = math.floor(219 * luma + 16.5)
-            shapes[1][index] = math.floor(126.336 * (blue - luma) + 128.5)
-            shapes[2][index] = math.floor(159.712 * (red - luma) + 128.5)
-    return shapes
+    sums = _cell_sums(np.asarray(image, dtype=np.uint8), xs, ys)
+    counts = np.outer(np.diff(ys), np.diff(xs)).astype(np.float64)
+    filled = counts > 0
+    inverse = np.divide(1.0, counts * 256, out=np.zeros_like(counts), where=filled)
+    red, green, blue = (sums[:, :, band] * inverse for band in range(3))
+    luma = 0.299 * red + 0.587 * green + 0.114 * blue
+    shapes = np.stack(
+        [
+            np.floor(219 * luma + 16.5),
+            np.floor(126.336 * (blue - luma) + 128.5),
+            np.floor(159.712 * (red - luma) + 128.5),
+        ]
+    )
+    return np.where(filled, shapes, 0.0).astype(np.int64)  # an empty cell is 0, as upstream
 
 
-def _fdct(shape: list[int]) -> list[int]:
-    """The 8x8 forward DCT, the first pass stored as float32 like upstream's ``Float32Array``."""
-    rows = array("f", [0.0] * 64)
-    for i in range(8):
-        line = shape[8 * i : 8 * i + 8]
-        for j in range(8):
-            cosine = _COSINE[j]
-            total = 0.0
-            for k in range(8):
-                total += cosine[k] * line[k]
-            rows[8 * i + j] = total
-    out = [0] * 64
-    for j in range(8):
-        column = [rows[8 * k + j] for k in range(8)]
-        for i in range(8):
-            cosine = _COSINE[i]
-            total = 0.0
-            for k in range(8):
-                total += cosine[k] * column[k]
-            out[8 * i + j] = math.floor(total + 0.499999)
-    return out
+def _fdct(shapes: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The 8x8 forward DCT of each shape, the first pass stored as float32 like upstream's ``Float32Array``.
+
+    Each sum runs over k in upstream's order, one multiply and one add at a time (no matrix product,
+    whose summation order and fused multiply-adds would change the last bits).
+    """
+    import numpy as np  # loaded on first use: importing anisearch stays quick
+
+    values = shapes.astype(np.float64)  # (3, 8 rows i, 8 k)
+    rows = np.zeros((3, 8, 8), dtype=np.float64)  # [s][i][j]
+    for k in range(8):
+        rows += np.asarray(_COSINE_ROWS[k]) * values[:, :, k : k + 1]
+    first = rows.astype(np.float32).astype(np.float64)
+    out = np.zeros((3, 8, 8), dtype=np.float64)  # [s][i][j]
+    for k in range(8):
+        out += np.asarray(_COSINE_ROWS[k])[:, None] * first[:, k : k + 1, :]
+    return np.floor(out + 0.499999).astype(np.int64)
 
 
 def _quant_ydc(i: int) -> int:
@@ -194,7 +203,7 @@ def color_layout(image: Image.Image) -> tuple[int, ...]:
     if image.width < 1 or image.height < 1:
         raise ValueError("cannot describe an image without pixels")
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    luma, blue, red = (_fdct(shape) for shape in _block_averages(rgb))
+    luma, blue, red = (shape.ravel().tolist() for shape in _fdct(_block_averages(rgb)))
     y_coeff = [_quant_ydc(luma[0] >> 3) >> 1]
     cb_coeff = [_quant_cdc(blue[0] >> 3)]
     cr_coeff = [_quant_cdc(red[0] >> 3)]
@@ -216,7 +225,7 @@ def _first_frame_rgb(image: Image.Image) -> Image.Image:
         flat = Image.new("RGB", rgba.size, (0, 0, 0))
         flat.paste(rgba, mask=rgba.getchannel("A"))
         return flat
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # resize() makes the new image
 
 
 def prepare_search_image(image: Image.Image, *, cut_borders: bool = False) -> Image.Image:

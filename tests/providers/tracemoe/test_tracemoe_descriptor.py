@@ -41,6 +41,26 @@ def test_port_check_black_and_white() -> None:
     assert color_layout(Image.new("RGB", (320, 180), (255, 255, 255))) == WHITE
 
 
+# trace.moe-api's color-layout.ts (HEAD b9106a5) run by Node on the same byte ramp at other sizes: cells
+# narrower than a pixel, a 1-pixel-high grid, and cells so large that its float32 running sums round.
+RAMP_VECTORS = {
+    (5, 3): (1, 16, 16, 15, 16, 15, 16, 15, 15, 17, 13, 16, 16, 16, 16, 16, 16, 15, 15, 15, 16,
+             0, 24, 27, 18, 19, 14, 0, 24, 26, 18, 19, 14),
+    (2, 200): (3, 24, 15, 14, 15, 16, 27, 16, 15, 15, 15, 15, 15, 15, 27, 13, 15, 14, 15, 15, 15,
+               0, 28, 16, 16, 16, 16, 0, 28, 16, 16, 16, 15),
+    (9999, 7): (22, 15, 25, 6, 16, 16, 16, 15, 16, 24, 8, 15, 15, 16, 16, 15, 16, 15, 16, 16, 22,
+                16, 16, 29, 2, 16, 16, 16, 16, 29, 2, 16, 16),
+    (4000, 3000): (30, *([16] * 20), 32, *([16] * 5), 32, *([16] * 5)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("size", sorted(RAMP_VECTORS))
+def test_byte_ramps_of_every_shape_match_the_server_code(size: tuple[int, int]) -> None:
+    width, height = size
+    data = bytes(i % 256 for i in range(256)) * (width * height * 3 // 256 + 1)
+    assert color_layout(raw_image(data[: width * height * 3], size)) == RAMP_VECTORS[size]
+
+
 def test_descriptor_is_33_small_numbers_even_for_tiny_images() -> None:
     vector = color_layout(Image.new("RGB", (3, 2), (200, 30, 90)))
     assert len(vector) == 33
