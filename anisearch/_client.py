@@ -291,8 +291,9 @@ class AsyncClient(AccountFeatures):
         names = self._order(providers)
         source = await self._downloader.resolve(image)
         wait = remaining_seconds(self.settings.timeout)
+        width, height = _image.upload_box(self._provider(name).limits for name in names)
         prepared = await anyio.to_thread.run_sync(
-            partial(_image.prepare, source, wait_seconds=max(wait, 0.0))
+            partial(_image.prepare, source, max_width=width, max_height=height, wait_seconds=max(wait, 0.0))
         )
         use_cache = cache and self._get_cache() is not None
         routes = plan_routes(

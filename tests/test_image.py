@@ -19,7 +19,7 @@ import av
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageDraw, ImageFile
+from PIL import Image, ImageCms, ImageDraw, ImageFile
 
 from anisearch._borders import BorderCut, cut_borders, find_borders
 from anisearch._exceptions import ConfigurationError, ImageTooLargeError, InvalidImageError
@@ -216,6 +216,51 @@ def test_the_callers_pil_image_is_left_alone() -> None:
     prepare(image)
     assert image.size == (1280, 720)
     assert image.getpixel((0, 0)) == GREEN
+
+
+def srgb_profile() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def scenery(size: tuple[int, int]) -> Image.Image:
+    """A smooth picture that JPEG compresses like a screenshot (well under 2 bits per pixel)."""
+    image = Image.linear_gradient("L").resize(size).convert("RGB")
+    ImageDraw.Draw(image).ellipse((size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2), fill=RED)
+    return image
+
+
+def test_a_plain_jpeg_that_fits_is_uploaded_byte_for_byte() -> None:
+    data = encode(scenery((640, 360)), "JPEG", quality=85)
+    prepared = prepare(data)
+    assert prepared.data == data
+    assert (prepared.width, prepared.height, prepared.mime_type) == (640, 360, "image/jpeg")
+    assert prepared.digest == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("size", "options"),
+    [
+        ((1280, 720), {"quality": 85}),  # larger than the box, even though a draft decode fits it
+        ((640, 360), {"quality": 100, "subsampling": 0, "noise": True}),  # heavier than re-encoded
+        ((640, 360), {"quality": 85, "comment": b"taken at home"}),  # metadata never leaves
+        ((640, 360), {"quality": 85, "icc_profile": srgb_profile()}),
+    ],
+)
+def test_a_jpeg_that_does_not_qualify_is_reencoded(size: tuple[int, int], options: dict[str, object]) -> None:
+    picture = scenery(size)
+    if options.pop("noise", False):
+        picture = Image.merge("RGB", [Image.effect_noise(size, 60)] * 3)
+    data = encode(picture, "JPEG", **options)
+    prepared = prepare(data)
+    assert prepared.data != data
+    assert decoded(prepared).size == (640, 360)
+    with Image.open(io.BytesIO(prepared.data)) as image:
+        assert not {"comment", "icc_profile", "exif", "xmp"} & set(image.info)
+
+
+def test_cutting_borders_never_sends_the_source_as_it_is() -> None:
+    data = encode(scenery((640, 360)), "JPEG", quality=85)
+    assert prepare(data, cut_borders=True).data != data
 
 
 # ---------------------------------------------------------------- modes, alpha, orientation

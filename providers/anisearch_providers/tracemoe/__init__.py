@@ -86,7 +86,9 @@ class TraceMoe(BaseProvider):
     capabilities: Capabilities = Capabilities(
         upload=True, vector=True, anilist_filter=True, cut_borders=True, anilist_info=True, quota=True
     )
-    limits: UploadLimits = UploadLimits(max_bytes=MAX_UPLOAD_BYTES, max_width=640, max_height=360)
+    limits: UploadLimits = UploadLimits(  # the server describes every image at 320x320 at most
+        max_bytes=MAX_UPLOAD_BYTES, max_width=320, max_height=320
+    )
     secret_headers: ClassVar[frozenset[str]] = frozenset({"x-trace-key"})
 
     @classmethod

@@ -133,8 +133,8 @@ def test_is_the_registered_provider() -> None:
     ]
     assert (provider.limits.max_bytes, provider.limits.max_width, provider.limits.max_height) == (
         25 * 1024 * 1024,
-        640,
-        360,
+        320,
+        320,
     )
     assert provider.auth() is None
 
