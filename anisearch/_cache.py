@@ -50,6 +50,13 @@ CREATE TABLE IF NOT EXISTS results (
     result TEXT NOT NULL
 )
 """
+_SOURCES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sources (
+    source TEXT PRIMARY KEY,
+    image_key TEXT NOT NULL,  -- the result key this raw source was stored under for one provider
+    expires_at REAL NOT NULL
+)
+"""
 
 
 def cache_key(provider: str, image_key: str, options: Sequence[object]) -> str:
@@ -80,6 +87,7 @@ def _set_up(db: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError(f"another schema (version {version})")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(_SCHEMA)
+    db.execute(_SOURCES_SCHEMA)  # which raw source maps to which result key (added in place: no bump)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     db.execute("SELECT COUNT(*) FROM results").fetchone()
 
@@ -194,7 +202,9 @@ class ResultCache:
                 return None
         return None if row is None else str(row[0])
 
-    def _put(self, key: str, provider: str, payload: str, now: float) -> None:
+    def _put(
+        self, key: str, provider: str, payload: str, now: float, sources: Sequence[tuple[str, str]]
+    ) -> None:
         with self._lock:
             if self._db is None:
                 return
@@ -204,19 +214,59 @@ class ResultCache:
                     "VALUES (?, ?, ?, ?, ?)",
                     (key, provider, now, now + self.ttl_seconds, payload),
                 )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO sources (source, image_key, expires_at) VALUES (?, ?, ?)",
+                    [(*source, now + self.ttl_seconds) for source in sources],
+                )
             except sqlite3.Error as exc:
                 self._disable(exc)
 
-    async def get(self, key: str) -> SearchResult | None:
-        """The cached result for ``key``, with expired preview URLs removed, or None (also when unusable)."""
-        now = datetime.now(UTC)
-        payload = await anyio.to_thread.run_sync(self._get, key, now.timestamp())
-        if payload is None:
-            return None
+    def find(self, sources: Sequence[str]) -> tuple[int, str] | None:
+        """The first live answer for a raw source, found without decoding it.
+
+        ``sources`` are the source's aliases, one per provider in the order asked (see :meth:`put`). Under
+        one lock, on the open connection, each alias gives the result key it was stored under, and that key
+        its answer.
+
+        Returns:
+            ``(index in sources, stored JSON)`` of the first hit; ``(-1, "")`` when every alias is known and
+            none has an answer; None when an alias is unknown before any hit (the source must be prepared
+            to tell), or the cache is unusable.
+        """
+        now = datetime.now(UTC).timestamp()
+        with self._lock:
+            if self._db is None:
+                return None
+            try:
+                for index, source in enumerate(sources):
+                    row = self._db.execute(
+                        "SELECT image_key FROM sources WHERE source = ? AND expires_at > ?", (source, now)
+                    ).fetchone()
+                    if row is None:
+                        return None
+                    found = self._db.execute(
+                        "SELECT result FROM results WHERE key = ? AND expires_at > ?", (row[0], now)
+                    ).fetchone()
+                    if found is not None:
+                        return index, str(found[0])
+            except sqlite3.Error as exc:
+                self._disable(exc)
+                return None
+        return -1, ""
+
+    @staticmethod
+    def decode(payload: str) -> SearchResult | None:
+        """A stored answer as a :class:`SearchResult`, expired preview URLs removed; None if unreadable.
+
+        The JSON is parsed once by pydantic-core; hits whose previews are still valid are kept as parsed.
+        """
         try:
             result = SearchResult.model_validate_json(payload)
         except ValueError:  # written by an incompatible version: treat as a miss
             return None
+        now = datetime.now(UTC)
+        if all(hit.preview_expires_at is None or hit.preview_expires_at > now for hit in result.hits):
+            return result
         hits = [
             hit
             if hit.preview_expires_at is None or hit.preview_expires_at > now
@@ -225,11 +275,23 @@ class ResultCache:
         ]
         return result.model_copy(update={"hits": hits})
 
-    async def put(self, key: str, result: SearchResult) -> None:
-        """Store a successful provider answer (nothing when unusable). Callers never store failures."""
+    async def get(self, key: str) -> SearchResult | None:
+        """The cached result for ``key``, with expired preview URLs removed, or None (also when unusable)."""
+        payload = await anyio.to_thread.run_sync(self._get, key, datetime.now(UTC).timestamp())
+        return None if payload is None else self.decode(payload)
+
+    async def put(self, key: str, result: SearchResult, *, sources: Sequence[tuple[str, str]] = ()) -> None:
+        """Store a successful provider answer (nothing when unusable). Callers never store failures.
+
+        Args:
+            key: The result key.
+            result: The answer.
+            sources: ``(source alias, result key)`` pairs to remember with it, one per provider asked, so
+                that :meth:`find` goes from the raw source to each provider's result key next time.
+        """
         payload = result.model_dump_json()
         now = datetime.now(UTC).timestamp()
-        await anyio.to_thread.run_sync(self._put, key, result.provider or "", payload, now)
+        await anyio.to_thread.run_sync(self._put, key, result.provider or "", payload, now, sources)
 
     def info(self) -> CacheInfo:
         """Counts and size of the cache file (zero entries when unusable)."""
@@ -257,6 +319,7 @@ class ResultCache:
                 try:
                     count = int(self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
                     self._db.execute("DELETE FROM results")
+                    self._db.execute("DELETE FROM sources")
                     self._db.execute("VACUUM")
                 except sqlite3.Error:
                     pass

@@ -22,7 +22,8 @@ import httpx
 
 from anisearch import _image
 from anisearch._account import AccountFeatures, AsyncApiKeys
-from anisearch._cache import cache_key
+from anisearch._cache import ResultCache, cache_key
+from anisearch._cache_first import find_by_source, source_keys
 from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_cache
 from anisearch._config import Settings
 from anisearch._download import Downloader
@@ -291,18 +292,27 @@ class AsyncClient(AccountFeatures):
         names = self._order(providers)
         source = await self._downloader.resolve(image)
         wait = remaining_seconds(self.settings.timeout)
-        width, height = _image.upload_box(self._provider(name).limits for name in names)
+        asked = [self._provider(name) for name in names]
+        box = _image.upload_box(provider.limits for provider in asked)
+        store = self._get_cache() if cache else None
+        use_cache = store is not None
+        looked_up = False
+        if isinstance(store, ResultCache):  # a repeated source is answered before any decoding
+            source, (early, looked_up) = await anyio.to_thread.run_sync(
+                partial(_read_and_find, store, source, asked, options, box=box, wait_seconds=max(wait, 0.0))
+            )
+            if early is not None:
+                return self._cached(*early)
         prepared = await anyio.to_thread.run_sync(
-            partial(_image.prepare, source, max_width=width, max_height=height, wait_seconds=max(wait, 0.0))
+            partial(_image.prepare, source, max_width=box[0], max_height=box[1], wait_seconds=max(wait, 0.0))
         )
-        use_cache = cache and self._get_cache() is not None
         routes = plan_routes(
             [(p, self._scope(p), self._slots(p), provider_windows(p)) for p in map(self._provider, names)],
             prepared,
             options,
             use_cache=use_cache,
         )
-        if use_cache and (cached := await self._from_cache(routes)) is not None:
+        if use_cache and not looked_up and (cached := await self._from_cache(routes)) is not None:
             return cached
         flight = cache_key("|".join(names), prepared.digest, [options, strategy, min_similarity])
         store = self._get_cache()
@@ -314,7 +324,9 @@ class AsyncClient(AccountFeatures):
                 wait_seconds=max(remaining_seconds(max(self.settings.timeout, 1.0)), 0.0),
                 on_attempt=self._on_attempt,
                 on_wait=self._on_wait,
-                remember=_remember_best(store) if store is not None else None,
+                remember=_remember_best(store, source_keys(routes, prepared.digest, box, options))
+                if store is not None
+                else None,
             )
             result = await router.search(routes, strategy=strategy, min_similarity=min_similarity)
             return _best_hits(result)
@@ -332,13 +344,14 @@ class AsyncClient(AccountFeatures):
                 continue
             result = await store.get(route.cache_key)
             if result is not None:
-                attempt = Attempt(
-                    provider=route.provider.name, outcome="cached", reason="answered from the cache"
-                )
-                if self._on_attempt is not None:
-                    self._on_attempt(attempt)
-                return result.model_copy(update={"cached": True, "attempts": [attempt]})
+                return self._cached(route.provider, result)
         return None
+
+    def _cached(self, provider: Provider, result: SearchResult) -> SearchResult:
+        attempt = Attempt(provider=provider.name, outcome="cached", reason="answered from the cache")
+        if self._on_attempt is not None:
+            self._on_attempt(attempt)
+        return result.model_copy(update={"cached": True, "attempts": [attempt]})
 
     # ------------------------------------------------------------------ quota and providers
 
@@ -432,8 +445,29 @@ def _best_hits(result: SearchResult) -> SearchResult:
     return result.model_copy(update={"hits": keep_best_hits(result.hits)})
 
 
-def _remember_best(store: CacheStore) -> Callable[[str, SearchResult], Awaitable[None]]:
+def _read_and_find(
+    store: ResultCache,
+    source: Any,
+    providers: Sequence[Provider],
+    options: SearchOptions,
+    *,
+    box: tuple[int, int],
+    wait_seconds: float,
+) -> tuple[Any, tuple[tuple[Provider, SearchResult] | None, bool]]:
+    """Read and hash the source, then look its answer up, in one worker thread (see ``find_by_source``)."""
+    read = _image.read(source, wait_seconds=wait_seconds)
+    if isinstance(read, _image.SourceBytes):
+        return read, find_by_source(store, read, providers, options, box)
+    return read, (None, False)
+
+
+def _remember_best(
+    store: CacheStore, sources: Sequence[tuple[str, str]]
+) -> Callable[[str, SearchResult], Awaitable[None]]:
     async def remember(key: str, result: SearchResult) -> None:
-        await store.put(key, _best_hits(result))
+        if isinstance(store, ResultCache):  # the SQLite cache also maps the raw source to the key
+            await store.put(key, _best_hits(result), sources=sources)
+        else:
+            await store.put(key, _best_hits(result))
 
     return remember

@@ -40,8 +40,10 @@ __all__ = [
     "BinaryReader",
     "ImageSource",
     "PreparedImage",
+    "SourceBytes",
     "fit",
     "prepare",
+    "read",
     "upload_box",
 ]
 
@@ -330,8 +332,59 @@ def _sent_as_is(image: Image.Image, data: bytes, box: tuple[int, int]) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SourceBytes:
+    """A source read into memory, before any decoding (see :func:`read`).
+
+    Attributes:
+        data: The bytes as read.
+        where: The ``"name: "`` prefix of messages about this source (empty when it has no name).
+        digest: Hex SHA-256 of ``data`` (what :attr:`PreparedImage.digest` will be).
+    """
+
+    data: bytes = field(repr=False)
+    where: str
+    digest: str
+
+
+def read(
+    source: ImageSource | SourceBytes,
+    *,
+    max_source_bytes: int | None = None,
+    wait_seconds: float | None = None,
+) -> SourceBytes | Image.Image:
+    """Read a source into memory and hash it, without decoding it (a PIL image is returned as is).
+
+    The digest is enough to find a cached answer; :func:`prepare` then takes the result as its source.
+
+    Args:
+        source: What :func:`prepare` accepts.
+        max_source_bytes: Largest input accepted, bytes (None: 100 MiB).
+        wait_seconds: How long a named pipe may take to deliver the input, seconds (None: no bound).
+
+    Raises:
+        ImageTooLargeError: The source is over ``max_source_bytes``.
+        InvalidImageError: The source is missing, unreadable or empty.
+    """
+    if isinstance(source, Image.Image):
+        return source
+    return _read_bytes(source, max_source_bytes, wait_seconds)
+
+
+def _read_bytes(
+    source: ImageSource | SourceBytes, max_source_bytes: int | None, wait_seconds: float | None
+) -> SourceBytes:
+    if isinstance(source, SourceBytes):
+        return source
+    limit = max_source_bytes if max_source_bytes is not None else MAX_SOURCE_BYTES
+    data, where = read_source(source, limit, wait_seconds)
+    if not data:
+        raise InvalidImageError(f"{where}the image is empty")
+    return SourceBytes(data, where, hashlib.sha256(data).hexdigest())
+
+
 def _load(
-    source: ImageSource,
+    source: ImageSource | SourceBytes,
     box: tuple[int, int],
     max_source_bytes: int | None,
     max_pixels: int,
@@ -344,10 +397,8 @@ def _load(
         _check_pixels(image.size, max_pixels, "")
         digest, source_bytes = _pil_digest(image)
         return image, "", digest, source_bytes, (source.format or "pil").lower(), None
-    limit = max_source_bytes if max_source_bytes is not None else MAX_SOURCE_BYTES
-    data, where = read_source(source, limit, wait_seconds)
-    if not data:
-        raise InvalidImageError(f"{where}the image is empty")
+    raw = _read_bytes(source, max_source_bytes, wait_seconds)
+    data, where = raw.data, raw.where
     kind = video_kind(data[:512])
     still: bytes | None = None
     if kind is not None:
@@ -356,14 +407,14 @@ def _load(
         image = _open_image(data, where, max_pixels, box)
         kind = (image.format or "image").lower()
         still = data
-    return image, where, hashlib.sha256(data).hexdigest(), len(data), kind, still
+    return image, where, raw.digest, len(data), kind, still
 
 
 # ---------------------------------------------------------------- public
 
 
 def prepare(
-    source: ImageSource,
+    source: ImageSource | SourceBytes,
     *,
     max_width: int = MAX_WIDTH,
     max_height: int = MAX_HEIGHT,
@@ -386,7 +437,8 @@ def prepare(
     Args:
         source: A path (``str`` or ``os.PathLike``), ``bytes``/``bytearray``/``memoryview``, a binary
             file object (read from its current position to the end), or a ``PIL.Image.Image`` (any
-            mode; frame 0 of an animation; the caller's image is not modified).
+            mode; frame 0 of an animation; the caller's image is not modified), or what :func:`read`
+            returned for one.
         max_width: Largest upload width, pixels.
         max_height: Largest upload height, pixels.
         max_source_bytes: Largest input accepted, bytes; at most this plus one byte is read. None means
