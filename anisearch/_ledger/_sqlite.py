@@ -3,7 +3,8 @@
 The file is opened on first use, in WAL mode with a busy timeout. Each step (reserve, settle, renew,
 inspect) is one ``BEGIN IMMEDIATE`` transaction, so concurrent processes serialise on SQLite's own lock:
 it loads the scope's small state (one JSON row: windows, cooldown, reservations in flight), runs the step
-(``_logic.py``) over the scope's units (one indexed row each), and writes the state back. Calls run in a
+(``_logic.py``) over the scope's units (one indexed row each; per-window counts are kept by triggers, so
+a step costs the same with 100 000 units as with none), and writes the state back. Calls run in a
 worker thread, so waiting for the lock never stalls the event loop. A search waiting for a slot wakes when
 any process commits to the file (``PRAGMA data_version``, checked every few milliseconds on a connection
 of its own) or when this process settles a reservation. The directory is created 0700 and the file 0600.
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["SQLiteLedger"]
 
 _T = TypeVar("_T")
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _BUSY_TIMEOUT_MS = 15_000
 _WAKE_CHECK_SECONDS = 0.002
 _SCHEMA = (
@@ -51,6 +52,25 @@ _SCHEMA = (
         leave INTEGER NOT NULL, pending INTEGER NOT NULL,
         PRIMARY KEY (provider, scope, window_name, member)) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS units_by_leave ON units (provider, scope, window_name, leave)",
+    # Per-window counts kept by triggers, so counting costs one lookup however many units a window holds.
+    """CREATE TABLE IF NOT EXISTS unit_counts (
+        provider TEXT NOT NULL, scope TEXT NOT NULL, window_name TEXT NOT NULL,
+        total INTEGER NOT NULL, settled INTEGER NOT NULL,
+        PRIMARY KEY (provider, scope, window_name)) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS units_added AFTER INSERT ON units BEGIN
+        INSERT INTO unit_counts VALUES (new.provider, new.scope, new.window_name, 1, new.pending = 0)
+        ON CONFLICT (provider, scope, window_name)
+        DO UPDATE SET total = total + 1, settled = settled + (new.pending = 0);
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS units_removed AFTER DELETE ON units BEGIN
+        UPDATE unit_counts SET total = total - 1, settled = settled - (old.pending = 0)
+        WHERE provider = old.provider AND scope = old.scope AND window_name = old.window_name;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS units_settled AFTER UPDATE OF pending ON units
+    WHEN old.pending != new.pending BEGIN
+        UPDATE unit_counts SET settled = settled + (new.pending = 0) - (old.pending = 0)
+        WHERE provider = new.provider AND scope = new.scope AND window_name = new.window_name;
+    END""",
 )
 _OLD_TABLES = ("windows", "events", "leases")
 
@@ -75,9 +95,12 @@ class _Units:
         self._conn = conn
         self._key = (provider, scope)
 
-    def _one(self, where: str, *args: object) -> int:
-        sql = f"SELECT COUNT(*) FROM units WHERE provider = ? AND scope = ? AND window_name = ? {where}"  # noqa: S608 - fixed fragments, values bound
-        return int(self._conn.execute(sql, (*self._key, *args)).fetchone()[0])
+    def _counts(self, window: str) -> tuple[int, int]:
+        row = self._conn.execute(
+            "SELECT total, settled FROM unit_counts WHERE provider = ? AND scope = ? AND window_name = ?",
+            (*self._key, window),
+        ).fetchone()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
     def purge(self, window: str, now: int) -> int:
         cursor = self._conn.execute(
@@ -87,13 +110,17 @@ class _Units:
         return cursor.rowcount
 
     def count(self, window: str) -> int:
-        return self._one("", window)
+        return self._counts(window)[0]
 
     def count_settled(self, window: str) -> int:
-        return self._one("AND pending = 0", window)
+        return self._counts(window)[1]
 
     def count_before(self, window: str, instant: int) -> int:
-        return self._one("AND leave < ?", window, instant)
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM units WHERE provider = ? AND scope = ? AND window_name = ? AND leave < ?",
+            (*self._key, window, instant),
+        ).fetchone()
+        return int(row[0])
 
     def kth_leave(self, window: str, k: int) -> int | None:
         row = self._conn.execute(
@@ -104,9 +131,8 @@ class _Units:
         return int(row[0]) if row is not None else None
 
     def add(self, window: str, member: str, leave: int) -> None:
-        self._conn.execute(
-            "INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?, ?, 1)", (*self._key, window, member, leave)
-        )
+        self.remove(window, member)  # not INSERT OR REPLACE: its implicit delete fires no trigger
+        self._conn.execute("INSERT INTO units VALUES (?, ?, ?, ?, ?, 1)", (*self._key, window, member, leave))
 
     def settle(self, window: str, member: str, leave: int | None) -> None:
         self._conn.execute(
@@ -278,7 +304,7 @@ class SQLiteLedger(Ledger):
 
     async def _clear(self, provider: str | None) -> None:
         def clear(conn: sqlite3.Connection) -> None:
-            for table in ("scopes", "units"):
+            for table in ("scopes", "units", "unit_counts"):
                 if provider is None:
                     conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
                 else:
@@ -306,10 +332,16 @@ class SQLiteLedger(Ledger):
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
-    if conn.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+    if conn.execute("PRAGMA user_version").fetchone()[0] < 2:  # noqa: PLR2004 - the schema of units
         for table in _OLD_TABLES:  # schema 1 kept counts only; the upstream's next answer restores them
             conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute("DROP TABLE IF EXISTS scopes")
+    counted = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'unit_counts'").fetchone() is not None
     for statement in _SCHEMA:
         conn.execute(statement)
+    if not counted:  # schema 2 had units but no counts: count what is there once
+        conn.execute(
+            "INSERT INTO unit_counts SELECT provider, scope, window_name, COUNT(*), SUM(pending = 0)"
+            " FROM units GROUP BY provider, scope, window_name"
+        )
     conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
