@@ -76,7 +76,7 @@ def read_bounded(reader: BinaryReader, limit: int, where: str) -> bytes:
         ImageTooLargeError: There is more than ``limit`` bytes (the rest is not read).
         InvalidImageError: The reader gives text, or fails.
     """
-    chunks: list[bytes] = []
+    buffer = io.BytesIO()  # grows in place; getvalue() hands its bytes over without a second copy
     total = 0
     while total <= limit:
         try:
@@ -89,11 +89,10 @@ def read_bounded(reader: BinaryReader, limit: int, where: str) -> bytes:
             raise InvalidImageError(
                 f"{where}the file object returned text; open the file in binary mode ('rb')"
             )
-        chunks.append(bytes(chunk))
-        total += len(chunk)
+        total += buffer.write(chunk)
     if total > limit:
         raise too_large(where, None, limit)
-    return b"".join(chunks)
+    return buffer.getvalue()
 
 
 def _is_url(text: str) -> bool:
@@ -113,7 +112,7 @@ def _read_waiting(
     empty answer right after the descriptor was reported readable is the end).
     """
     ends = None if wait_seconds is None else time.monotonic() + wait_seconds
-    chunks: list[bytes] = []
+    buffer = io.BytesIO()  # one growing buffer, not a list of chunks joined at the end (two copies)
     total = 0
     while True:
         chunk = read_some(min(limit + 1 - total, _MIB))  # a buffered reader may hold data already
@@ -126,9 +125,8 @@ def _read_waiting(
                 )
             chunk = read_some(min(limit + 1 - total, _MIB))
             if not chunk:
-                return b"".join(chunks)
-        chunks.append(chunk)
-        total += len(chunk)
+                return buffer.getvalue()
+        total += buffer.write(chunk)
         if total > limit:
             raise too_large(where, None, limit)
 
