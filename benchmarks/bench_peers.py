@@ -1,0 +1,276 @@
+"""Per-search cost against the peers, cache hits, and the command line, against one trace.moe emulator.
+
+The emulator runs in a process of its own (so the client's CPU time per search is the client's alone),
+with its quota and rate limit out of reach and a fixed latency per search. Every client is handed the same
+sample screenshot; the baseline is a bare ``httpx.AsyncClient`` that posts the JPEG anisearch would send
+(already prepared) and decodes the JSON answer: the least any client does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+import httpx
+from PIL import Image
+
+import anisearch
+from anisearch._image import fit, prepare, upload_box
+from anisearch_providers.tracemoe import TraceMoe
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+SERVER = textwrap.dedent(
+    """
+    import sys, uvicorn
+    from anisearch_providers.tracemoe.emulator import create_app
+    app = create_app(quota=10**9, rate_limit=10**9, concurrency=64, queue_size=64, latency=float(sys.argv[2]))
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmulatorProcess:
+    """The trace.moe emulator under uvicorn in a child process, answering after ``latency`` seconds."""
+
+    def __init__(self, latency: float) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._proc = subprocess.Popen([sys.executable, "-c", SERVER, str(self.port), str(latency)])
+
+    def __enter__(self) -> Self:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(self.url + "/", timeout=1)
+            except httpx.HTTPError:
+                time.sleep(0.05)  # noqa: TID251 - a script waiting for its child process
+                continue
+            return self
+        self._proc.kill()
+        raise RuntimeError("the trace.moe emulator did not start")
+
+    def __exit__(self, *_: object) -> None:
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+
+
+@dataclass
+class Timed:
+    """One client's searches: wall milliseconds per search, and process CPU milliseconds per search."""
+
+    label: str
+    run: Callable[[], Awaitable[object]]
+    wall: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.wall)
+
+
+async def interleave(rows: list[Timed], count: int, blocks: int = 10) -> None:
+    """Run each row ``count`` times after a warm-up, in turns (``blocks``), so load hits every row alike."""
+    for row in rows:
+        for _ in range(3):
+            await row.run()
+    per_block = max(1, count // blocks)
+    for _ in range(blocks):
+        for row in rows:
+            cpu = time.process_time()
+            for _ in range(per_block):
+                start = time.perf_counter()
+                await row.run()
+                row.wall.append((time.perf_counter() - start) * 1000)
+            row.cpu += (time.process_time() - cpu) * 1000
+    for row in rows:
+        row.cpu /= len(row.wall)
+
+
+def tracemoe_upload(sample: Path) -> bytes:
+    """The JPEG anisearch sends trace.moe for ``sample``."""
+    limits = TraceMoe().limits
+    width, height = upload_box([limits])
+    return fit(prepare(sample, max_width=width, max_height=height), limits).data
+
+
+def settings(url: str, ledger: str, cache: str = "off") -> anisearch.Settings:
+    return anisearch.Settings.load(
+        providers=["tracemoe"], provider_options={"tracemoe": {"url": url}}, ledger=ledger, cache=cache
+    )
+
+
+async def per_search(
+    source: bytes, upload: bytes, ledgers: dict[str, str], *, latency: float, count: int
+) -> list[Timed]:
+    """Medians per search of the baseline, the peers and anisearch (one row per ledger), cache off."""
+    from aiotracemoeapi import TraceMoe as AioTraceMoe  # the "bench" extra
+    from PicImageSearch import TraceMoe as PicTraceMoe  # type: ignore[import-untyped]  # no py.typed
+
+    with EmulatorProcess(latency) as server:
+        async with (
+            httpx.AsyncClient() as bare,
+            httpx.AsyncClient() as shared,
+            AioTraceMoe(base_url=server.url) as aio,
+        ):
+            pic = PicTraceMoe(base_url_api=server.url, client=shared)
+
+            async def no_anilist(*_: object) -> None:  # it asks AniList once per hit: another service
+                return None
+
+            pic.update_anime_info = no_anilist
+
+            async def bare_post() -> object:
+                response = await bare.post(
+                    f"{server.url}/search", files={"image": ("image.jpg", upload, "image/jpeg")}
+                )
+                return response.json()
+
+            rows = [
+                Timed("bare httpx POST", bare_post),
+                Timed("aiotracemoeapi", lambda: aio.search(source, cut_borders=False, anilist_info=False)),
+                Timed("PicImageSearch (shared client)", lambda: pic.search(file=source, cut_borders=False)),
+            ]
+            clients = []
+            for name, url in ledgers.items():
+                client = anisearch.AsyncClient(settings(server.url, url))
+                clients.append(client)
+                rows.append(Timed(f"anisearch, {name} ledger", partial(client.search, source, cache=False)))
+            try:
+                await interleave(rows, count)
+            finally:
+                for client in clients:
+                    await client.aclose()
+    return rows
+
+
+def variants(sample: Path, count: int) -> list[bytes]:
+    """``count`` different JPEGs of the same screenshot (each one a cache miss)."""
+    with Image.open(sample) as image:
+        rgb = image.convert("RGB")
+    out = []
+    for n in range(count):
+        copy = rgb.copy()
+        copy.putpixel((n % copy.width, 0), (n % 256, 0, 0))
+        buffer = io.BytesIO()
+        copy.save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+async def cache_in_process(sample: Path, misses: list[bytes], root: Path, count: int) -> dict[str, float]:
+    """Median ms of a cache hit, a cache miss (50 ms emulator), and the floor of a hit (hash + SELECT)."""
+    data = await anyio.Path(sample).read_bytes()
+    cache = root / "cache.sqlite3"
+    with EmulatorProcess(0.05) as server:
+        async with anisearch.AsyncClient(
+            settings(server.url, f"sqlite:///{root / 'cache-ledger.sqlite3'}", cache=str(cache))
+        ) as client:
+            await client.search(data)
+            hit, miss = [], []
+            for n in range(count):
+                start = time.perf_counter()
+                await client.search(misses[n])
+                miss.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                result = await client.search(data)
+                hit.append(time.perf_counter() - start)
+                if not result.cached:
+                    raise SystemExit("the repeated search was not answered from the cache")
+    conn = sqlite3.connect(cache)
+    floor = []
+    for _ in range(count * 5):
+        start = time.perf_counter()
+        with open(sample, "rb") as file:  # noqa: ASYNC230, PTH123 - the floor: a plain blocking read
+            digest = hashlib.sha256(file.read()).hexdigest()
+        row = conn.execute("SELECT result FROM results WHERE key != ? LIMIT 1", (digest,)).fetchone()
+        json.loads(row[0])
+        floor.append(time.perf_counter() - start)
+    conn.close()
+    return {
+        "hit": statistics.median(hit) * 1000,
+        "miss": statistics.median(miss) * 1000,
+        "floor": statistics.median(floor) * 1000,
+    }
+
+
+PEER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from aiotracemoeapi import TraceMoe
+    async def main():
+        async with TraceMoe(base_url=sys.argv[1]) as api:
+            print(await api.search(sys.argv[2], cut_borders=False, anilist_info=False))
+    asyncio.run(main())
+    """
+)
+
+
+def _timed_runs(command: list[str], env: dict[str, str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def command_line(sample: Path, root: Path, runs: int) -> dict[str, float]:
+    """Median ms of start-up and of one CLI search (cache miss and hit) against a 50 ms emulator."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANISEARCH_")}
+    env.update(ANISEARCH_STATE_DIR=str(root / "cli-state"), ANISEARCH_CACHE_DIR=str(root / "cli-cache"))
+    cli = [sys.executable, "-m", "anisearch"]
+    figures = {
+        "python -c pass": _timed_runs([sys.executable, "-c", "pass"], env, runs),
+        "import anisearch": _timed_runs([sys.executable, "-c", "import anisearch"], env, runs),
+        "anisearch --help": _timed_runs([*cli, "--help"], env, runs),
+    }
+    with EmulatorProcess(0.05) as server:
+        env["ANISEARCH_TRACEMOE_URL"] = server.url
+        env["ANISEARCH_PROVIDERS"] = "tracemoe"
+        search = [*cli, "search", str(sample)]
+        figures["one CLI search (cache miss)"] = _timed_runs([*search, "--no-cache"], env, runs)
+        subprocess.run(search, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        figures["one CLI search (cache hit)"] = _timed_runs(search, env, runs)
+        figures["peer one-search script (aiotracemoeapi)"] = _timed_runs(
+            [sys.executable, "-c", PEER_SCRIPT, server.url, str(sample)], env, runs
+        )
+    return figures
+
+
+def upload_sizes(samples: list[Path]) -> list[tuple[str, int, int, int, int]]:
+    """Per sample: (name, source bytes, anisearch's trace.moe upload, a 640x360 upload, a vector body)."""
+    from anisearch_providers.tracemoe._requests import vector_text
+
+    out = []
+    for sample in samples:
+        prepared = prepare(sample, max_width=640, max_height=360)
+        body = json.dumps({"vector": vector_text(prepared.descriptor)}, separators=(",", ":"))
+        sizes = (sample.stat().st_size, len(tracemoe_upload(sample)), len(prepared.data), len(body))
+        out.append((sample.name, *sizes))
+    return out
+
+
+def run_async(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    return anyio.run(function, *args)
