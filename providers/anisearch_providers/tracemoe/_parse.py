@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -82,15 +83,16 @@ def preview_expiry(url: str | None, date: datetime | None) -> datetime | None:
     """
     if not url:
         return None
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
+    try:  # the standard library's parser: httpx.URL costs ~80 us a URL, two URLs a hit, ten hits a search
+        parsed = urlsplit(url)
+        pairs = parse_qsl(parsed.query, keep_blank_values=True)
+    except (ValueError, TypeError):
         return None
-    now_param = as_float(parsed.params.get("now"))
+    now_param = as_float(next((value for name, value in pairs if name == "now"), None))
     if now_param is not None:
         issued = epoch(now_param)
         return _after(issued, PREVIEW_GRACE_SECONDS) if issued else None
-    if parsed.query or date is None or not _OPAQUE_PREVIEW.search(parsed.path):
+    if parsed.query or date is None or not _OPAQUE_PREVIEW.search(unquote(parsed.path)):
         return None
     return _after(next_hour(date), PREVIEW_GRACE_SECONDS)
 
