@@ -147,6 +147,23 @@ def _fit_size(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def _draft_request(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """The size to ask a JPEG decoder for: the smallest DCT scale (1/8, 1/4, 1/2) still at least as large
+    as the upload in ``box`` (either way round: the EXIF orientation is applied later) and giving exactly
+    the same upload size. Decoding at scale skips most of the decoding and the resampling."""
+    turned = (box[1], box[0])
+    for scale in (8, 4, 2):
+        scaled = (-(-size[0] // scale), -(-size[1] // scale))
+        if all(
+            _fit_size(scaled, fit) == _fit_size(size, fit)
+            and scaled[0] >= _fit_size(size, fit)[0]
+            and scaled[1] >= _fit_size(size, fit)[1]
+            for fit in (box, turned)
+        ):
+            return size[0] // scale, size[1] // scale  # Pillow picks this scale (or a finer one) from it
+    return size
+
+
 def _open_image(data: bytes, where: str, max_pixels: int, box: tuple[int, int]) -> Image.Image:
     """Decode the first frame with Pillow, refusing bombs and truncated files (never globally lenient)."""
     try:
@@ -163,8 +180,7 @@ def _open_image(data: bytes, where: str, max_pixels: int, box: tuple[int, int]) 
     _check_pixels(image.size, max_pixels, where)
     try:
         if image.format in {"JPEG", "MPO"}:  # decode at 1/2, 1/4 or 1/8 scale when that is enough
-            width, height = _fit_size(image.size, (max(box), max(box)))
-            image.draft(None, (2 * width, 2 * height))
+            image.draft(None, _draft_request(image.size, box))
         image.load()
     except (EOFError, OSError) as exc:
         if isinstance(exc, EOFError) or "truncated" in str(exc):
@@ -492,8 +508,9 @@ def prepare(
     elif rgb is image:  # detach from the decoder (and from a caller's image) before describing it
         rgb = rgb.copy()
     rgb = _to_srgb(rgb, image.info.get("icc_profile"))
+    data = _encode(rgb, "image/jpeg")
     return PreparedImage(
-        data=_encode(rgb, "image/jpeg"),
+        data=data,
         mime_type="image/jpeg",
         width=rgb.width,
         height=rgb.height,

@@ -43,3 +43,13 @@ def test_the_smaller_upload_gets_the_same_descriptor_as_a_640x360_one(
     assert server_descriptor(small.data, cut_borders=cut_borders) == server_descriptor(
         large.data, cut_borders=cut_borders
     )
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_the_cache_key_of_the_upload_is_the_descriptor_of_the_original(samples: Path, name: str) -> None:
+    provider = TraceMoe()
+    limits = provider.limits
+    prepared = prepare(samples / name, max_width=limits.max_width, max_height=limits.max_height)
+    with Image.open(samples / name) as original:  # what the server computes for the file itself
+        expected = search_descriptor(original)
+    assert provider.cache_key(prepared) == "cld:" + ",".join(map(str, expected))
