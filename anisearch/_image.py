@@ -42,6 +42,7 @@ __all__ = [
     "PreparedImage",
     "SourceBytes",
     "fit",
+    "fits",
     "prepare",
     "read",
     "upload_box",
@@ -538,7 +539,8 @@ def upload_box(limits: Iterable[UploadLimits]) -> tuple[int, int]:
     return max(width for width, _ in boxes), max(height for _, height in boxes)
 
 
-def _fits(prepared: PreparedImage, limits: UploadLimits) -> bool:
+def fits(prepared: PreparedImage, limits: UploadLimits) -> bool:
+    """Whether ``prepared`` already meets ``limits`` (format, size, body bytes): nothing for :func:`fit`."""
     return (
         prepared.mime_type in limits.formats
         and prepared.width <= limits.max_width
@@ -569,7 +571,7 @@ def fit(prepared: PreparedImage, limits: UploadLimits) -> PreparedImage:
             None; ``size_bytes`` is that smallest body).
         InvalidImageError: ``prepared.data`` cannot be decoded.
     """
-    if _fits(prepared, limits):
+    if fits(prepared, limits):
         return prepared
     qualities: tuple[int, ...]
     if "image/jpeg" in limits.formats:

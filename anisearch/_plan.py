@@ -95,7 +95,12 @@ class PlannedQuery:
             image = self.prepared
             if self.crops_locally and self._cropped is not None:
                 image = await self._cropped.image()
-            fitted = await anyio.to_thread.run_sync(_image.fit, image, self.provider.limits)
+            limits = self.provider.limits
+            fitted = (
+                image
+                if _image.fits(image, limits)
+                else await anyio.to_thread.run_sync(_image.fit, image, limits)
+            )
             self._query = SearchQuery(options=self.sent_options, image=fitted)
         return self._query
 
