@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 SERVER = textwrap.dedent(
     """
     import sys, uvicorn
-    from anisearch_providers.tracemoe.emulator import create_app
+    from anisearch_emulators.tracemoe import create_app
     app = create_app(quota=10**9, rate_limit=10**9, concurrency=64, queue_size=64, latency=float(sys.argv[2]))
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
     """
