@@ -261,13 +261,20 @@ def command_line(sample: Path, root: Path, runs: int) -> dict[str, float]:
 
 def upload_sizes(samples: list[Path]) -> list[tuple[str, int, int, int, int]]:
     """Per sample: (name, source bytes, anisearch's trace.moe upload, a 640x360 upload, a vector body)."""
-    from anisearch_providers.tracemoe._requests import vector_text
+    from anisearch_providers.tracemoe.descriptor import search_descriptor
 
+    provider = TraceMoe()
     out = []
     for sample in samples:
         prepared = prepare(sample, max_width=640, max_height=360)
-        body = json.dumps({"vector": vector_text(prepared.descriptor)}, separators=(",", ":"))
-        sizes = (sample.stat().st_size, len(tracemoe_upload(sample)), len(prepared.data), len(body))
+        with Image.open(sample) as image:
+            request = provider.vector_search_request(search_descriptor(image))  # what mode="vector" sends
+        sizes = (
+            sample.stat().st_size,
+            len(tracemoe_upload(sample)),
+            len(prepared.data),
+            len(request.content),
+        )
         out.append((sample.name, *sizes))
     return out
 
