@@ -126,7 +126,7 @@ async def per_search(
 ) -> list[Timed]:
     """Medians per search of the baseline, the peers and anisearch (one row per ledger), cache off."""
     from aiotracemoeapi import TraceMoe as AioTraceMoe  # the "bench" extra
-    from PicImageSearch import TraceMoe as PicTraceMoe  # type: ignore[import-untyped]  # no py.typed
+    from PicImageSearch import TraceMoe as PicTraceMoe
 
     with EmulatorProcess(latency) as server:
         async with (
