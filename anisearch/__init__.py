@@ -204,6 +204,7 @@ def search(
     cache: bool = True,
     deadline: float | None = None,
     mode: SearchMode = "image",
+    include_adult: bool | None = None,
     settings: Settings | None = None,
     on_attempt: AttemptCallback | None = None,
 ) -> SearchResult:
@@ -229,6 +230,7 @@ def search(
             cache=cache,
             deadline=deadline,
             mode=mode,
+            include_adult=include_adult,
         )
 
 
@@ -244,6 +246,7 @@ async def asearch(
     cache: bool = True,
     deadline: float | None = None,
     mode: SearchMode = "image",
+    include_adult: bool | None = None,
     settings: Settings | None = None,
     on_attempt: AttemptCallback | None = None,
 ) -> SearchResult:
@@ -267,6 +270,7 @@ async def asearch(
             cache=cache,
             deadline=deadline,
             mode=mode,
+            include_adult=include_adult,
         )
 
 

@@ -27,6 +27,7 @@ from anisearch._cache_first import find_by_source, source_keys
 from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_cache
 from anisearch._config import Settings
 from anisearch._download import Downloader
+from anisearch._enrich import Enricher, metadata_infos, open_enricher
 from anisearch._exceptions import ConfigurationError
 from anisearch._ledger import WindowSpec, open_ledger
 from anisearch._ledger._base import scope_id
@@ -98,6 +99,7 @@ class AsyncClient(AccountFeatures):
         self._cache_opened = False
         self._flights = Flights()
         self._closed = False
+        self._enricher: Enricher | None = None
         self.api_keys = AsyncApiKeys(self._account_provider, self._call)
 
     def __del__(self) -> None:
@@ -128,6 +130,8 @@ class AsyncClient(AccountFeatures):
             await self._cache.aclose()
         elif self._cache is not None:
             self._cache.close()
+        if self._enricher is not None:
+            self._enricher.close()
         if self._ledger is not None:
             await self._ledger.aclose()
             self._ledger = None
@@ -215,6 +219,7 @@ class AsyncClient(AccountFeatures):
         cache: bool = True,
         deadline: float | None = None,
         mode: SearchMode = "image",
+        include_adult: bool | None = None,
     ) -> SearchResult:
         """Which anime, which episode, which second is ``image`` from.
 
@@ -228,7 +233,10 @@ class AsyncClient(AccountFeatures):
                 eligible provider at once and merges their hits.
             anilist_id: Only hits of this AniList ID.
             cut_borders: Trim black borders (server-side where the provider can, locally otherwise).
-            anilist_info: Ask for titles and AniList metadata with the hits.
+            anilist_info: Fill every hit's titles, MAL ID, adult flag, format and cover from the metadata
+                provider (AniList; one request for all hits, cached per AniList ID for 7 days), whichever
+                provider answered; titles an upstream gave are kept. Never fatal: a failed lookup leaves
+                the hits as they came, with an ``attempts`` entry saying why.
             min_similarity: 0..1; a weaker best hit also asks the next provider, and the strongest answer
                 seen is returned.
             cache: Reuse (and store) results in the local cache; a cached answer costs no quota.
@@ -242,6 +250,9 @@ class AsyncClient(AccountFeatures):
                 providers that can search by a descriptor computed here (trace.moe: its colour layout
                 vector, a 57-byte request) that descriptor instead, and uploads to the others. Borders are
                 then cut locally. The answer is the same; only the bytes sent differ.
+            include_adult: False drops hits of adult-only anime (looked up like ``anilist_info``) and
+                counts them in ``adult_hits_dropped``; None uses the setting ``include_adult``
+                (``ANISEARCH_INCLUDE_ADULT``, default True).
 
         Returns:
             The hits (similarity descending), who answered, and every attempt.
@@ -250,7 +261,7 @@ class AsyncClient(AccountFeatures):
             InvalidImageError: The input is empty, not an image, truncated or a decompression bomb.
             ImageTooLargeError: The input is over the size limit (before any request).
             ImageFetchError: ``image`` is a URL that could not be downloaded.
-            UnknownProviderError: A name in ``providers`` is not registered.
+            UnknownProviderError: A name in ``providers`` (or the ``metadata`` setting) is not registered.
             ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy or
                 mode, a ``deadline`` that is not a positive number of seconds).
             AllProvidersFailedError: No provider answered; it holds each provider's error.
@@ -259,18 +270,26 @@ class AsyncClient(AccountFeatures):
             raise ConfigurationError(f"deadline must be a positive number of seconds, got {deadline!r}")
         if mode not in ("image", "vector"):
             raise ConfigurationError(f"unknown mode {mode!r}; use 'image' or 'vector'")
+        enrich = self._enrichment(fill=anilist_info, include_adult=include_adult)  # bad settings fail first
+        # Titles come from the metadata provider for every provider alike; trace.moe's own anilistInfo
+        # only when asked for (upstream_anilist_info) or when there is no metadata provider.
+        upstream_info = self.settings.upstream_anilist_info or self.settings.metadata_provider is None
         token = search_deadline.set(None if deadline is None else anyio.current_time() + deadline)
         try:
-            return await self._search(
+            result = await self._search(
                 image,
                 providers,
                 strategy,
                 SearchOptions(
-                    anilist_id=anilist_id, cut_borders=cut_borders, anilist_info=anilist_info, mode=mode
+                    anilist_id=anilist_id,
+                    cut_borders=cut_borders,
+                    anilist_info=anilist_info and upstream_info,
+                    mode=mode,
                 ),
                 min_similarity,
                 cache,
             )
+            return await enrich(result)
         finally:
             search_deadline.reset(token)
 
@@ -335,6 +354,20 @@ class AsyncClient(AccountFeatures):
         cached_answer = partial(self._from_cache, routes) if use_cache else None
         return await self._flights.run(flight, route_search, cached_answer, store if use_cache else None)
 
+    def _enrichment(
+        self, *, fill: bool, include_adult: bool | None
+    ) -> Callable[[SearchResult], Awaitable[SearchResult]]:
+        """What a search's answer goes through: titles and adult flags from the metadata provider (see
+        ``_enrich``, never fatal), or nothing when neither ``anilist_info`` nor the adult filter asks."""
+        include = self.settings.include_adult if include_adult is None else include_adult
+        if not fill and include:
+            return _unchanged
+        if self._enricher is None:
+            self._enricher = open_enricher(
+                self.settings, self._get_ledger, self._transport.send, self._on_attempt
+            )
+        return partial(self._enricher, fill=fill, include_adult=include)
+
     async def _from_cache(self, routes: Sequence[Route]) -> SearchResult | None:
         store = self._get_cache()
         if store is None:
@@ -398,7 +431,9 @@ class AsyncClient(AccountFeatures):
         await (await self._get_ledger()).clear(provider)
 
     async def providers(self) -> list[ProviderInfo]:
-        """Every registered provider: where it points, whether it is in the order, its capabilities."""
+        """Every registered provider: where it points, whether it is in the order, its capabilities; then
+        the metadata providers (capability ``metadata``; ``enabled`` when the ``metadata`` setting names
+        it)."""
         order = self._order(None)
         infos = []
         for name in available_providers():
@@ -415,7 +450,7 @@ class AsyncClient(AccountFeatures):
                     capabilities=instance.capabilities.names(),
                 )
             )
-        return infos
+        return infos + metadata_infos(self.settings)  # AniList: titles for every provider's hits
 
 
 def _defaults(name: str, scope: str, windows: Sequence[WindowSpec], now: datetime) -> list[Quota]:
@@ -436,6 +471,10 @@ def _defaults(name: str, scope: str, windows: Sequence[WindowSpec], now: datetim
         for spec in windows
         if spec.limit is not None
     ]
+
+
+async def _unchanged(result: SearchResult) -> SearchResult:
+    return result
 
 
 def _best_hits(result: SearchResult) -> SearchResult:

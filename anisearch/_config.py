@@ -130,6 +130,17 @@ class Settings(BaseSettings):
     provider_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per-provider settings given in code; they win over the environment and the file. Credentials
     (``key``, ``token``, ``password`` ...) are kept as :class:`~pydantic.SecretStr`."""
+    metadata: str = "anilist"
+    """Metadata provider that fills every hit's titles, MAL ID and adult flag (``ANISEARCH_METADATA``): a
+    name in the ``anisearch.metadata`` entry-point group, or ``off``. Its own settings are its table
+    (``ANISEARCH_ANILIST_URL``, ``ANISEARCH_ANILIST_TTL``)."""
+    include_adult: bool = True
+    """Default of ``search(include_adult=...)`` (``ANISEARCH_INCLUDE_ADULT``): ``false`` drops hits of
+    adult-only anime from every search, for a bot in a channel that must stay safe for work."""
+    upstream_anilist_info: bool = False
+    """With ``anilist_info``, also send trace.moe's own ``anilistInfo`` flag
+    (``ANISEARCH_UPSTREAM_ANILIST_INFO``). Off by default: titles come from the metadata provider, which
+    serves every provider alike, and trace.moe's slot is not kept busy longer."""
     allow_private_urls: bool = False
     """Download image URLs that resolve to loopback, private, link-local or other non-public addresses
     (``ANISEARCH_ALLOW_PRIVATE_URLS``): for self-hosted setups and tests. Off by default, so a bot that
@@ -222,6 +233,12 @@ class Settings(BaseSettings):
         if self.cache is not None and self.cache.strip().lower() in {"off", "0", "false", "no", "none"}:
             return None
         return Path(self.cache) if self.cache else self.cache_dir / "results.sqlite3"
+
+    @property
+    def metadata_provider(self) -> str | None:
+        """The metadata provider's name, or None when ``metadata`` is ``off``."""
+        name = self.metadata.strip()
+        return None if name.lower() in {"off", "0", "false", "no", "none", ""} else name
 
     def provider_config(self, name: str) -> dict[str, Any]:
         """The settings of provider ``name``: its TOML table, then ``ANISEARCH_<NAME>_*``, then code.

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 __all__ = [
     "DEFAULT_MIN_SIMILARITY",
+    "Anime",
     "ApiKey",
     "Attempt",
     "CreatedApiKey",
@@ -153,8 +154,57 @@ class Hit(_Model):
     """Preview frame URL; expires (see ``preview_expires_at``)."""
     preview_expires_at: datetime | None = None
     """Latest time the preview URLs are known to work, when the provider documents it."""
+    format: str | None = None
+    """The anime's format: ``TV``, ``TV_SHORT``, ``MOVIE``, ``SPECIAL``, ``OVA``, ``ONA``, ``MUSIC`` (AniList
+    ``format``), when known."""
+    episode_count: int | None = None
+    """How many episodes the anime has (AniList ``episodes``), when known."""
+    episode_minutes: int | None = None
+    """Usual length of one episode, minutes (AniList ``duration``), when known."""
+    season: str | None = None
+    """Season it began airing: ``WINTER``, ``SPRING``, ``SUMMER``, ``FALL`` (AniList ``season``)."""
+    season_year: int | None = None
+    """Year of that season (AniList ``seasonYear``)."""
+    cover_image_url: str | None = None
+    """The anime's cover image (AniList ``coverImage.large``, else ``medium``)."""
+    site_url: str | None = None
+    """The anime's AniList page (AniList ``siteUrl``)."""
     raw: dict[str, Any] = Field(default_factory=dict, repr=False)
     """The upstream item this hit was built from."""
+
+
+class Anime(_Model):
+    """What a metadata provider knows of one anime (AniList ``Media``), to fill :class:`Hit` fields.
+
+    Field names are the :class:`Hit` fields they fill.
+    """
+
+    anilist_id: int
+    """AniList ID (``id``)."""
+    mal_id: int | None = None
+    """MyAnimeList ID (``idMal``)."""
+    title: Title | None = None
+    """``title{romaji, english, native}``."""
+    synonyms: list[str] = Field(default_factory=list)
+    """Alternative titles (``synonyms``)."""
+    is_adult: bool | None = None
+    """Adult-only (``isAdult``)."""
+    episode_count: int | None = None
+    """Episodes (``episodes``)."""
+    episode_minutes: int | None = None
+    """Usual episode length, minutes (``duration``)."""
+    format: str | None = None
+    """``TV``, ``MOVIE``, ``OVA`` ... (``format``)."""
+    season: str | None = None
+    """``WINTER``, ``SPRING``, ``SUMMER``, ``FALL`` (``season``)."""
+    season_year: int | None = None
+    """Year of ``season`` (``seasonYear``)."""
+    cover_image_url: str | None = None
+    """Cover image URL (``coverImage.large``, else ``medium``)."""
+    site_url: str | None = None
+    """AniList page (``siteUrl``)."""
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+    """The upstream ``Media`` object."""
 
 
 class Attempt(_Model):
@@ -223,6 +273,8 @@ class SearchResult(_Model):
     """Every provider considered, in order, with what happened."""
     quota: Quota | None = None
     """The quota the answer reported (trace.moe body ``quota``/``quotaUsed``), when it did."""
+    adult_hits_dropped: int = 0
+    """Hits left out because their anime is adult-only (``include_adult=False``, CLI ``--no-adult``)."""
 
     @property
     def best(self) -> Hit | None:

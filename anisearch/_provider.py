@@ -11,7 +11,7 @@ group ``anisearch.providers``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from anisearch._image import PreparedImage
     from anisearch._models import (
+        Anime,
         ApiKey,
         CreatedApiKey,
         Credits,
@@ -40,6 +41,7 @@ __all__ = [
     "AccountProvider",
     "Capabilities",
     "Credential",
+    "MetadataProvider",
     "Page",
     "Provider",
     "ProviderAnswer",
@@ -48,12 +50,17 @@ __all__ = [
     "SearchOptions",
     "SearchQuery",
     "UploadLimits",
+    "available_metadata_providers",
     "available_providers",
+    "load_metadata_provider",
     "load_provider",
 ]
 
 PROVIDER_GROUP = "anisearch.providers"
 EMULATOR_GROUP = "anisearch.emulators"
+METADATA_GROUP = "anisearch.metadata"
+"""Entry-point group of metadata providers (``anilist``): they describe anime by ID and search nothing, so
+they have a group of their own and never join a search order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,8 @@ class Capabilities:
     """Has a free endpoint reporting the caller's quota (trace.moe ``/me``)."""
     account: bool = False
     """Has account features (rankings, recent searches, credits, API keys, sign-in)."""
+    metadata: bool = False
+    """Describes anime by AniList ID (titles, MAL ID, adult flag, format, cover): a metadata provider."""
 
     def names(self) -> list[str]:
         """The capabilities that are on, as sorted field names."""
@@ -247,6 +256,62 @@ class Provider(Protocol):
         ...
 
 
+class MetadataProvider(Protocol):
+    """A service that describes anime by AniList ID (AniList's GraphQL API), sans-IO.
+
+    The engine looks every AniList ID of a result up in as few requests as :attr:`max_batch` allows,
+    through the ledger (:meth:`windows`), and fills the hits' missing fields from the answers.
+    """
+
+    name: ClassVar[str]
+    """Entry-point name in the ``anisearch.metadata`` group (``"anilist"``)."""
+    capabilities: Capabilities
+    base_url: str
+    max_batch: int
+    """Most IDs one request may ask for."""
+    ttl_seconds: float
+    """How long an answer stays good in the local metadata cache, seconds."""
+
+    @classmethod
+    def from_context(cls, context: ProviderContext) -> Self:
+        """Build the provider from its settings.
+
+        Raises:
+            ConfigurationError: An unknown setting, or one with a bad value.
+        """
+        ...
+
+    @property
+    def credential(self) -> Credential:
+        """Who the requests speak as, for the ledger scope."""
+        ...
+
+    def windows(self) -> Sequence[Any]:
+        """The upstream's rate and quota windows (``WindowSpec`` values; typed loosely here because the
+        registry sits below the ledger)."""
+        ...
+
+    def lookup_request(self, anilist_ids: Sequence[int]) -> httpx.Request:
+        """One request for 1 to :attr:`max_batch` AniList IDs.
+
+        Raises:
+            ConfigurationError: No ID, too many, or one that is not a positive integer.
+        """
+        ...
+
+    def parse_lookup(self, response: httpx.Response) -> list[Anime]:
+        """The anime the answer describes (IDs it does not know are absent), or the error it means."""
+        ...
+
+    def auth(self) -> httpx.Auth | None:
+        """An httpx auth flow to send requests with, or None."""
+        ...
+
+    def observe(self, response: httpx.Response) -> list[Quota]:
+        """Quota facts any response carries (rate-limit headers, a 429), success or not."""
+        ...
+
+
 @runtime_checkable
 class AccountProvider(Protocol):
     """A provider with account features (whatanimeisthis.com): rankings, recent searches, credits, keys."""
@@ -378,6 +443,35 @@ def load_emulator(name: str) -> Any:
             f"the {name} emulator needs the 'emulator' extra: "
             f"pip install 'anisearch-gateway[emulator]' ({exc})"
         ) from exc
+
+
+@cache
+def _metadata_entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=METADATA_GROUP)}
+
+
+def available_metadata_providers() -> list[str]:
+    """Names registered under the ``anisearch.metadata`` entry-point group, sorted."""
+    return sorted(_metadata_entry_points())
+
+
+def load_metadata_provider(name: str) -> type[MetadataProvider]:
+    """The metadata provider class registered as ``name`` (group ``anisearch.metadata``).
+
+    Raises:
+        UnknownProviderError: No installed package registers ``name``; the message lists the known names.
+        ConfigurationError: The entry point exists but cannot be imported.
+    """
+    eps = _metadata_entry_points()
+    if name not in eps:
+        raise UnknownProviderError(name, list(eps))
+    try:
+        cls: type[MetadataProvider] = eps[name].load()
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(
+            f"metadata provider {name!r} is registered but cannot be loaded: {exc}"
+        ) from exc
+    return cls
 
 
 def available_emulators() -> list[str]:

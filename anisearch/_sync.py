@@ -251,6 +251,7 @@ class Client:
         cache: bool = True,
         deadline: float | None = None,
         mode: SearchMode = "image",
+        include_adult: bool | None = None,
     ) -> SearchResult:
         """Which anime, which episode, which second is ``image`` from.
 
@@ -301,6 +302,7 @@ class Client:
             cache=cache,
             deadline=deadline,
             mode=mode,
+            include_adult=include_adult,
         )
 
     def quota(self, provider: str | None = None, *, refresh: bool = False) -> list[Quota]:

@@ -288,7 +288,7 @@ def _plan(names: list[str], knobs: dict[str, Any], port: int | None) -> list[tup
 def emulate(
     name: Annotated[
         str,
-        typer.Argument(metavar="NAME", help="tracemoe, whatanimeisthis, whatanime-ga, or all."),
+        typer.Argument(metavar="NAME", help="tracemoe, whatanimeisthis, whatanime-ga, anilist, or all."),
     ] = "all",
     port: Annotated[
         int | None,

@@ -320,8 +320,20 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
         typer.Option(metavar="ID", min=1, help="Only hits of this AniList ID.", show_default=False),
     ] = None,
     anilist_info: Annotated[
-        bool, typer.Option("--anilist-info/--no-anilist-info", help="Ask for titles with the hits.")
+        bool,
+        typer.Option(
+            "--anilist-info/--no-anilist-info",
+            help="Fill titles, MAL ID and adult flag from AniList (ANISEARCH_ANILIST_URL).",
+        ),
     ] = True,
+    include_adult: Annotated[
+        bool | None,
+        typer.Option(
+            "--adult/--no-adult",
+            help="Keep or drop hits of adult-only anime [default: ANISEARCH_INCLUDE_ADULT, else keep].",
+            show_default=False,
+        ),
+    ] = None,
     cut_borders: Annotated[bool, typer.Option("--cut-borders", help="Trim black borders first.")] = False,
     strategy: Annotated[
         str,
@@ -391,6 +403,7 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
         "anilist_id": anilist_id,
         "cut_borders": cut_borders,
         "anilist_info": anilist_info,
+        "include_adult": include_adult,
         "min_similarity": min_similarity,
         "cache": not no_cache,
         "deadline": deadline,

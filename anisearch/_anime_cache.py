@@ -1,0 +1,140 @@
+"""The metadata cache: what a metadata provider said about each AniList ID, kept for a TTL.
+
+One SQLite file (``<cache dir>/anime.sqlite3``) holds one row per AniList ID: the :class:`Anime` as JSON,
+or nothing for an ID the provider does not know (so it is not asked again either), and when the row
+expires (7 days by default, the provider's ``ttl`` setting). An ID in the cache costs no request.
+
+Like the result cache it is disposable: a file that cannot be opened or read gives one logged warning and
+lookups go on without it. The file is created 0600 in a 0700 directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import anyio.to_thread
+from pydantic import ValidationError
+
+from anisearch._models import Anime
+
+__all__ = ["AnimeCache"]
+
+logger = logging.getLogger("anisearch")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS anime (
+    provider TEXT NOT NULL,
+    anilist_id INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    anime TEXT,
+    PRIMARY KEY (provider, anilist_id)
+)
+"""
+_CHUNK = 500
+"""IDs per ``IN (...)`` query (SQLite allows 999 parameters in old builds)."""
+
+
+class AnimeCache:
+    """Per-AniList-ID answers of a metadata provider, with a TTL; never raises for a broken file.
+
+    Args:
+        path: The SQLite file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._warned = False
+        try:
+            self._db = self._open()
+        except (OSError, sqlite3.Error) as exc:
+            self._warn(exc)
+
+    def _open(self) -> sqlite3.Connection:
+        directory = self.path.parent
+        if not directory.exists():
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(descriptor)
+        db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout=10000")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _warn(self, problem: object) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "the metadata cache %s is unusable (%s); looking up without it", self.path, problem
+            )
+
+    @property
+    def usable(self) -> bool:
+        """Whether the file is open."""
+        return self._db is not None
+
+    def close(self) -> None:
+        """Close the file (the cache is unusable afterwards)."""
+        with self._lock:
+            db, self._db = self._db, None
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+
+    def _get(self, provider: str, ids: list[int], now: float) -> dict[int, Anime | None]:
+        found: dict[int, Anime | None] = {}
+        with self._lock:
+            if self._db is None:
+                return found
+            try:
+                for start in range(0, len(ids), _CHUNK):
+                    chunk = ids[start : start + _CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    rows = self._db.execute(
+                        f"SELECT anilist_id, anime FROM anime WHERE provider = ? AND expires_at > ? "  # noqa: S608 - only '?' marks are interpolated
+                        f"AND anilist_id IN ({marks})",
+                        (provider, now, *chunk),
+                    ).fetchall()
+                    for anilist_id, payload in rows:
+                        found[int(anilist_id)] = (
+                            None if payload is None else Anime.model_validate_json(payload)
+                        )
+            except (sqlite3.Error, ValidationError) as exc:
+                self._warn(exc)
+                return {}
+        return found
+
+    def _put(self, provider: str, answers: Mapping[int, Anime | None], expires_at: float) -> None:
+        rows = [
+            (provider, anilist_id, expires_at, None if anime is None else anime.model_dump_json())
+            for anilist_id, anime in answers.items()
+        ]
+        with self._lock:
+            if self._db is None:
+                return
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO anime VALUES (?, ?, ?, ?)", rows)
+            except sqlite3.Error as exc:
+                self._warn(exc)
+
+    async def get(self, provider: str, anilist_ids: Iterable[int]) -> dict[int, Anime | None]:
+        """The unexpired answers for ``anilist_ids``: an :class:`Anime`, or None for an ID the provider
+        does not know. IDs not in the result are not cached (or expired)."""
+        return await anyio.to_thread.run_sync(self._get, provider, list(anilist_ids), time.time())
+
+    async def put(self, provider: str, answers: Mapping[int, Anime | None], *, ttl_seconds: float) -> None:
+        """Store ``answers`` (None: the provider does not know the ID) for ``ttl_seconds``."""
+        await anyio.to_thread.run_sync(self._put, provider, dict(answers), time.time() + ttl_seconds)

@@ -1,0 +1,289 @@
+"""Enrichment: every hit, whichever provider found it, gets its anime's titles, MAL ID, adult flag, format
+and cover from a metadata provider (``anilist``), in one request per 50 AniList IDs, cached per ID.
+
+The steps, after the search has answered:
+
+1. Collect the result's AniList IDs (the ones whose adult flag is unknown, when only the adult filter
+   needs them); take what the metadata cache (:class:`AnimeCache`) knows.
+2. Ask the provider for the rest, 50 IDs a request: each request is reserved in the ledger like any
+   provider's (its windows are data: AniList's 90 requests a minute), sent through the engine, and settled
+   with what the answer said (``X-RateLimit-*``, a 429's ``Retry-After`` cool-down).
+3. Fill each hit's missing fields. What an upstream already gave is kept (a trace.moe ``chinese`` title, a
+   legacy ``mal_id``); only empty fields are filled.
+4. With ``include_adult=False``, drop the hits whose anime is adult-only and count them in
+   :attr:`SearchResult.adult_hits_dropped` (a hit whose flag stayed unknown is kept).
+
+It is never fatal: a refusal, a failed or unreadable answer leaves the hits as they came and adds an
+:class:`Attempt` for the metadata provider saying why. The core knows no provider: the metadata provider
+comes from the ``anisearch.metadata`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from anisearch._anime_cache import AnimeCache
+from anisearch._exceptions import AnisearchError, ProviderError, UpstreamResponseError
+from anisearch._ledger import Refusal, Stale, Ticket, scope_id
+from anisearch._ledger._windows import from_us
+from anisearch._models import Anime, Attempt, Hit, SearchResult, Title
+from anisearch._provider import ProviderContext, load_metadata_provider
+from anisearch._verdict import (
+    DEFAULT_COOLDOWN_SECONDS,
+    MAX_COOLDOWN_SECONDS,
+    checked,
+    maybe_sent,
+    refusal_error,
+)
+from anisearch._verdict import reason as one_line
+
+if TYPE_CHECKING:
+    from anisearch._config import Settings
+    from anisearch._ledger import Ledger
+    from anisearch._provider import MetadataProvider
+
+__all__ = ["Enricher", "fill_hit", "open_enricher"]
+
+logger = logging.getLogger("anisearch")
+
+Sender = Callable[[Any, httpx.Request], Awaitable[httpx.Response]]
+
+_FILLED = (
+    "mal_id",
+    "is_adult",
+    "format",
+    "episode_count",
+    "episode_minutes",
+    "season",
+    "season_year",
+    "cover_image_url",
+    "site_url",
+)
+
+
+def _merged_title(have: Title | None, found: Title | None) -> Title | None:
+    if found is None:
+        return have
+    if have is None:
+        return found
+    missing = {
+        name: getattr(found, name)
+        for name in ("romaji", "english", "native")
+        if not getattr(have, name) and getattr(found, name)
+    }
+    return have.model_copy(update=missing) if missing else have
+
+
+def fill_hit(hit: Hit, anime: Anime) -> Hit:
+    """``hit`` with its empty fields filled from ``anime``; what the hit already had is kept."""
+    update: dict[str, Any] = {
+        name: getattr(anime, name)
+        for name in _FILLED
+        if getattr(hit, name) is None and getattr(anime, name) is not None
+    }
+    title = _merged_title(hit.title, anime.title)
+    if title is not hit.title:
+        update["title"] = title
+    if not hit.synonyms and anime.synonyms:
+        update["synonyms"] = list(anime.synonyms)
+    return hit.model_copy(update=update) if update else hit
+
+
+def open_enricher(
+    settings: Settings,
+    ledger: Callable[[], Awaitable[Ledger]],
+    send: Sender,
+    on_attempt: Callable[[Attempt], None] | None = None,
+) -> Enricher:
+    """The enricher the settings describe: their metadata provider (None when ``metadata`` is ``off``:
+    only hits already flagged adult can be dropped) and a metadata cache next to the result cache (none
+    when the cache is ``off``).
+
+    Raises:
+        UnknownProviderError: ``metadata`` names no installed metadata provider.
+        ConfigurationError: The provider's settings are invalid (``ANISEARCH_ANILIST_URL`` ...).
+    """
+    name = settings.metadata_provider
+    provider = None
+    if name is not None:
+        context = ProviderContext(
+            config=settings.provider_config(name), state_dir=settings.state_dir, timeout=settings.timeout
+        )
+        provider = load_metadata_provider(name).from_context(context)
+    path = settings.cache_path
+    cache = AnimeCache(path.with_name("anime.sqlite3")) if path is not None and provider is not None else None
+    return Enricher(provider, ledger, send, cache if cache is not None and cache.usable else None, on_attempt)
+
+
+class Enricher:
+    """Fills a result's hits from a metadata provider, through the ledger and the metadata cache.
+
+    Args:
+        provider: The metadata provider (``anilist``), or None to fill nothing (the adult filter then
+            drops only hits an upstream flagged).
+        ledger: Returns the engine's ledger (opened on first use).
+        send: The engine's sender (one attempt's time and size limits; raises ``ProviderError``).
+        cache: The metadata cache, or None to ask every time.
+        on_attempt: Called with the metadata provider's :class:`Attempt`.
+    """
+
+    def __init__(
+        self,
+        provider: MetadataProvider | None,
+        ledger: Callable[[], Awaitable[Ledger]],
+        send: Sender,
+        cache: AnimeCache | None,
+        on_attempt: Callable[[Attempt], None] | None = None,
+    ) -> None:
+        self.provider = provider
+        self._ledger = ledger
+        self._send = send
+        self._cache = cache
+        self._on_attempt = on_attempt
+
+    async def __call__(self, result: SearchResult, *, fill: bool, include_adult: bool) -> SearchResult:
+        """``result`` with its hits filled (``fill``) and adult-only hits dropped (not ``include_adult``).
+
+        Never raises a ``ProviderError``: a failed lookup is an :class:`Attempt` of the result.
+
+        Raises:
+            LedgerError: The ledger cannot be used (as for any search).
+        """
+        wanted = [
+            hit.anilist_id
+            for hit in result.hits
+            if hit.anilist_id is not None and (fill or hit.is_adult is None)
+        ]
+        ids = list(dict.fromkeys(wanted))
+        if not ids or (not fill and include_adult):
+            return result
+        known, attempt = await self.lookup(ids)
+        hits = [
+            fill_hit(hit, known[hit.anilist_id]) if hit.anilist_id in known else hit for hit in result.hits
+        ]
+        kept = hits if include_adult else [hit for hit in hits if hit.is_adult is not True]
+        update: dict[str, Any] = {
+            "hits": kept,
+            "adult_hits_dropped": result.adult_hits_dropped + len(hits) - len(kept),
+        }
+        if attempt is not None:
+            update["attempts"] = [*result.attempts, attempt]
+        return result.model_copy(update=update)
+
+    async def lookup(self, anilist_ids: Sequence[int]) -> tuple[dict[int, Anime], Attempt | None]:
+        """What the cache and the provider know of ``anilist_ids``, and the provider's attempt (None when
+        the cache knew everything, so nothing was asked)."""
+        if self.provider is None:
+            return {}, None
+        name = self.provider.name
+        cached = await self._cache.get(name, anilist_ids) if self._cache is not None else {}
+        known = {anilist_id: anime for anilist_id, anime in cached.items() if anime is not None}
+        missing = [anilist_id for anilist_id in anilist_ids if anilist_id not in cached]
+        if not missing:
+            return known, None
+        started = time.monotonic()
+        status: int | None = None
+        for start in range(0, len(missing), self.provider.max_batch):
+            batch = missing[start : start + self.provider.max_batch]
+            try:
+                answered, status = await self._ask(batch)
+            except ProviderError as exc:
+                asked = "skipped" if getattr(exc, "refused_by_ledger", False) else "failed"
+                attempt = Attempt(
+                    provider=name,
+                    outcome=asked,
+                    reason=f"{one_line(exc)}; hits left without its titles",
+                    error=type(exc).__name__,
+                    status_code=exc.status_code,
+                    elapsed_seconds=time.monotonic() - started,
+                )
+                logger.info("%s %s: %s", name, asked, attempt.reason)
+                return known, self._report(attempt)
+            found = {anime.anilist_id: anime for anime in answered}
+            known.update(found)
+            if self._cache is not None:
+                answers: dict[int, Anime | None] = {anilist_id: found.get(anilist_id) for anilist_id in batch}
+                await self._cache.put(name, answers, ttl_seconds=self.provider.ttl_seconds)
+        attempt = Attempt(
+            provider=name,
+            outcome="ok",
+            status_code=status,
+            elapsed_seconds=time.monotonic() - started,
+            scope="guest",
+        )
+        return known, self._report(attempt)
+
+    def close(self) -> None:
+        """Close the metadata cache."""
+        if self._cache is not None:
+            self._cache.close()
+
+    def _report(self, attempt: Attempt) -> Attempt:
+        if self._on_attempt is not None:
+            self._on_attempt(attempt)
+        return attempt
+
+    async def _ask(self, batch: list[int]) -> tuple[list[Anime], int]:
+        """One lookup request, reserved and settled in the ledger.
+
+        Raises:
+            ProviderError: Refused by the ledger, not answered, or an error answer.
+        """
+        provider = self.provider
+        if provider is None:  # pragma: no cover - lookup() asks nothing without a provider
+            raise UpstreamResponseError("no metadata provider")
+        ledger = await self._ledger()
+        credential = provider.credential
+        scope = scope_id(credential.scope, credential.secret)
+        windows = tuple(provider.windows())
+        reserved = await ledger.reserve(provider.name, scope, windows, take_slot=False)
+        if isinstance(reserved, Stale):  # a window the upstream reports but cannot be asked about
+            reserved = await ledger.reserve(
+                provider.name, scope, windows, take_slot=False, trust_estimate=True
+            )
+        if isinstance(reserved, Refusal):
+            wait = (from_us(reserved.until) - ledger.now()).total_seconds()
+            refused = refusal_error(provider.name, reserved, wait)
+            refused.refused_by_ledger = True  # type: ignore[attr-defined]  # no request was sent: "skipped"
+            raise refused
+        if not isinstance(reserved, Ticket):  # pragma: no cover - a trusted estimate is never stale
+            raise UpstreamResponseError("the ledger could not decide", provider=provider.name)
+        try:
+            request = _guarded(provider.name, lambda: provider.lookup_request(batch))
+            response = await self._send(provider, request)
+        except ProviderError as exc:
+            await ledger.settle(reserved, "charged" if maybe_sent(exc) else "unsent")
+            raise
+        observations: list[Any] = []
+        try:
+            observations = checked(_guarded(provider.name, lambda: provider.observe(response)), provider.name)
+            answer: list[Anime] = _guarded(provider.name, lambda: provider.parse_lookup(response))
+        except ProviderError as exc:
+            cooldown = None
+            if exc.status_code == httpx.codes.TOO_MANY_REQUESTS:
+                wait = exc.retry_after if exc.retry_after is not None else DEFAULT_COOLDOWN_SECONDS
+                until = ledger.now() + timedelta(seconds=min(max(wait, 0.0), MAX_COOLDOWN_SECONDS))
+                cooldown = (until, one_line(exc), "rate")
+                observations = [quota for quota in observations if quota.cooldown_until is None]
+            await ledger.settle(reserved, "uncharged", observations=observations, cooldown=cooldown)
+            raise
+        await ledger.settle(reserved, "charged", observations=observations)
+        return answer, response.status_code
+
+
+def _guarded(name: str, call: Callable[[], Any]) -> Any:
+    """Run a provider's parser; anything but an anisearch error means an answer it could not read."""
+    try:
+        return call()
+    except AnisearchError:
+        raise
+    except Exception as exc:
+        raise UpstreamResponseError(
+            f"an answer anisearch cannot read ({type(exc).__name__})", provider=name
+        ) from exc
