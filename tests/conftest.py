@@ -47,10 +47,13 @@ def samples() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Every test gets empty config/state/cache dirs and no ANISEARCH_* variables from the caller."""
+    """Every test gets empty config/state/cache dirs and no ANISEARCH_* variables from the caller (metadata
+    lookups off)."""
     for name in list(os.environ):
         if name.startswith("ANISEARCH_") and name != "ANISEARCH_SHARED_DIR":
             monkeypatch.delenv(name)
+    # No AniList lookups unless a test starts the AniList emulator and turns them on (ANISEARCH_METADATA).
+    monkeypatch.setenv("ANISEARCH_METADATA", "off")
     for kind in ("CONFIG", "STATE", "CACHE", "DATA"):
         path = tmp_path / "xdg" / kind.lower()
         path.mkdir(parents=True)

@@ -55,7 +55,15 @@ def test_a_real_screenshot_is_identified(cli: Cli, tracemoe: Any, samples: Path)
     assert result["provider"] == "tracemoe"
     assert result["attempts"][0]["outcome"] == "ok"
     assert "raw" not in result["hits"][0]
-    assert set(result) == {"hits", "provider", "frames_searched", "cached", "attempts", "quota"}
+    assert set(result) == {
+        "hits",
+        "provider",
+        "frames_searched",
+        "cached",
+        "attempts",
+        "quota",
+        "adult_hits_dropped",
+    }
 
 
 def test_a_1080p_png_upscale_gives_the_same_answer_in_a_small_upload(

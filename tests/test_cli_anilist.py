@@ -1,0 +1,152 @@
+"""End to end: the `anisearch` command against the trace.moe and AniList emulators over loopback.
+
+The acceptance of AniList enrichment: the best hit of ``tinted-good.jpg`` is titled "Kokoro Connect" (MAL
+11887, not adult) although trace.moe was never sent ``anilistInfo``; AniList gets one request for every
+hit; a second identical run sends it none; with AniList stopped the search still answers, untitled, with
+an attempt saying AniList failed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import run_cli
+
+from anisearch_emulators.anilist import create_app as anilist_app
+from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+
+pytestmark = pytest.mark.e2e
+
+Cli = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+class Recorder:
+    """ASGI middleware that remembers the query string of every request the wrapped app receives."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.queries: list[str] = []
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.queries.append(scope["query_string"].decode())
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture
+def tracemoe(live_server: Callable[[Any], Any]) -> tuple[Any, Recorder]:
+    recorder = Recorder(tracemoe_app())
+    return live_server(recorder), recorder
+
+
+@pytest.fixture
+def anilist(live_server: Callable[[Any], Any]) -> Any:
+    return live_server(anilist_app())
+
+
+def search(
+    cli: Cli, tracemoe: Any, anilist_url: str, image: Path, *extra: str
+) -> tuple[int, dict[str, Any], str]:
+    env = {
+        "ANISEARCH_TRACEMOE_URL": tracemoe.url,
+        "ANISEARCH_ANILIST_URL": anilist_url,
+        "ANISEARCH_METADATA": "anilist",
+    }
+    done = cli("search", str(image), "--json", "-p", "tracemoe", *extra, env=env)
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else {}, done.stderr
+
+
+def test_kokoro_connect_is_titled_from_anilist_in_one_request_then_from_the_cache(
+    tracemoe: tuple[Any, Recorder], anilist: Any, samples: Path
+) -> None:
+    server, recorder = tracemoe
+    code, result, stderr = search(run_cli, server, anilist.url, samples / "tinted-good.jpg")
+    assert code == 0, stderr
+    best = result["hits"][0]
+    assert best["anilist_id"] == 11887
+    assert best["title"]["romaji"] == "Kokoro Connect"
+    assert best["mal_id"] == 11887
+    assert best["is_adult"] is False
+    assert best["site_url"] == "https://anilist.co/anime/11887"
+    assert recorder.queries
+    assert not any("anilistInfo" in query for query in recorder.queries)
+    state = anilist.app.state.emulator
+    assert len(state.requests) == 1
+    distinct = list(dict.fromkeys(hit["anilist_id"] for hit in result["hits"]))
+    assert state.lookups == [distinct]
+    assert [(a["provider"], a["outcome"]) for a in result["attempts"]] == [
+        ("tracemoe", "ok"),
+        ("anilist", "ok"),
+    ]
+
+    code, again, stderr = search(run_cli, server, anilist.url, samples / "tinted-good.jpg")
+    assert code == 0, stderr
+    assert again["hits"][0]["title"]["romaji"] == "Kokoro Connect"
+    assert len(state.requests) == 1  # every ID came from the metadata cache
+
+
+def test_the_table_shows_the_title(tracemoe: tuple[Any, Recorder], anilist: Any, samples: Path) -> None:
+    server, _ = tracemoe
+    env = {
+        "ANISEARCH_TRACEMOE_URL": server.url,
+        "ANISEARCH_ANILIST_URL": anilist.url,
+        "ANISEARCH_METADATA": "anilist",
+    }
+    from tests.cli_runner import run_in_process
+
+    done = run_in_process("search", str(samples / "tinted-good.jpg"), "-p", "tracemoe", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Kokoro Connect, episode 5" in done.stdout
+
+
+def test_with_anilist_stopped_the_search_answers_untitled_and_says_anilist_failed(
+    tracemoe: tuple[Any, Recorder], live_server: Callable[[Any], Any], samples: Path
+) -> None:
+    stopped = live_server(anilist_app())
+    stopped.stop()
+    server, _ = tracemoe
+    code, result, stderr = search(run_cli, server, stopped.url, samples / "tinted-good.jpg")
+    assert code == 0, stderr
+    best = result["hits"][0]
+    assert best["anilist_id"] == 11887
+    assert best["title"] is None
+    failed = result["attempts"][-1]
+    assert (failed["provider"], failed["outcome"], failed["error"]) == (
+        "anilist",
+        "failed",
+        "ProviderConnectionError",
+    )
+    assert "hits left without its titles" in failed["reason"]
+
+
+def test_no_adult_drops_nothing_here_and_says_so(
+    tracemoe: tuple[Any, Recorder], anilist: Any, samples: Path
+) -> None:
+    server, _ = tracemoe
+    from tests.cli_runner import run_in_process
+
+    code, result, stderr = search(
+        run_in_process, server, anilist.url, samples / "tinted-good.jpg", "--no-adult"
+    )
+    assert code == 0, stderr
+    assert result["adult_hits_dropped"] == 0
+    assert all(hit["is_adult"] is not True for hit in result["hits"])
+
+
+def test_no_anilist_info_turns_the_lookup_off(
+    tracemoe: tuple[Any, Recorder], anilist: Any, samples: Path
+) -> None:
+    server, _ = tracemoe
+    from tests.cli_runner import run_in_process
+
+    code, result, stderr = search(
+        run_in_process, server, anilist.url, samples / "tinted-good.jpg", "--no-anilist-info"
+    )
+    assert code == 0, stderr
+    assert anilist.app.state.emulator.requests == []
+    assert result["hits"][0]["title"] is None

@@ -1,0 +1,287 @@
+"""Enrichment through the engine: every hit gets its anime's titles, MAL ID and adult flag from AniList, in
+one request, cached per AniList ID, never fatally; the adult filter; respx in front of both upstreams."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from anisearch import Client, Settings
+from anisearch._enrich import fill_hit
+from anisearch._models import Anime, Hit, Title
+
+TRACEMOE = "http://tracemoe.test"
+ANILIST = "http://anilist.test"
+
+
+@pytest.fixture
+def body(samples: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((samples / "api-v1-search-tinted-good-2021.json").read_text())
+    return data
+
+
+@pytest.fixture
+def mock() -> Iterator[respx.MockRouter]:
+    with respx.MockRouter(assert_all_called=False, assert_all_mocked=True) as router:
+        yield router
+
+
+def settings(**extra: Any) -> Settings:
+    options = {"tracemoe": {"url": TRACEMOE}, "anilist": {"url": ANILIST}}
+    return Settings.load(providers=["tracemoe"], provider_options=options, **{"metadata": "anilist", **extra})
+
+
+def client(mock: respx.MockRouter, **extra: Any) -> Client:
+    return Client(settings(**extra), httpx.MockTransport(mock.async_handler))
+
+
+def media(anilist_id: int, romaji: str, *, adult: bool = False, mal: int | None = None) -> dict[str, Any]:
+    return {
+        "id": anilist_id,
+        "idMal": mal,
+        "title": {"romaji": romaji, "english": None, "native": None},
+        "synonyms": [],
+        "isAdult": adult,
+        "format": "TV",
+        "coverImage": {"large": f"https://img.test/{anilist_id}.jpg"},
+        "siteUrl": f"https://anilist.co/anime/{anilist_id}",
+    }
+
+
+def page(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"data": {"Page": {"media": list(items)}}}
+
+
+KNOWN = page(
+    media(11887, "Kokoro Connect", mal=11887),
+    media(21703, "Fune o Amu", adult=True),
+    media(21, "ONE PIECE", mal=21),
+)
+
+
+def asked_ids(route: respx.Route) -> list[list[int]]:
+    return [json.loads(call.request.content)["variables"]["ids"] for call in route.calls]
+
+
+def test_every_hit_is_titled_from_one_request_without_asking_tracemoe_for_anilist_info(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    search = mock.post(f"{TRACEMOE}/search").respond(200, json=body)
+    lookup = mock.post(ANILIST).respond(200, json=KNOWN, headers={"X-RateLimit-Limit": "90"})
+    with client(mock) as engine:
+        result = engine.search(samples / "tinted-good.jpg", anilist_info=True)
+    assert "anilistInfo" not in search.calls.last.request.url.params
+    assert lookup.call_count == 1
+    assert asked_ids(lookup) == [[11887, 21703, 21, 4562, 97821, 12431]]
+    best = result.best
+    assert best is not None
+    assert best.title is not None
+    assert best.title.romaji == "Kokoro Connect"
+    assert (best.mal_id, best.is_adult, best.format) == (11887, False, "TV")
+    assert best.cover_image_url == "https://img.test/11887.jpg"
+    assert all(hit.title is not None for hit in result.hits if hit.anilist_id in (11887, 21703, 21))
+    assert all(hit.title is None for hit in result.hits if hit.anilist_id == 12431)  # AniList left it out
+    assert [(a.provider, a.outcome) for a in result.attempts] == [("tracemoe", "ok"), ("anilist", "ok")]
+
+
+def test_ids_in_the_cache_are_not_asked_again_even_by_another_client(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    mock.post(f"{TRACEMOE}/search").respond(200, json=body)
+    lookup = mock.post(ANILIST).respond(200, json=KNOWN)
+    with client(mock) as engine:
+        engine.search(samples / "tinted-good.jpg", anilist_info=True)
+        again = engine.search(samples / "tinted-good.jpg", anilist_info=True, cache=False)
+    with client(mock) as engine:
+        third = engine.search(samples / "tinted-good.jpg", anilist_info=True, cache=False)
+    assert lookup.call_count == 1  # unknown IDs were remembered too
+    for result in (again, third):
+        assert result.best is not None
+        assert result.best.title is not None
+        assert result.best.title.romaji == "Kokoro Connect"
+        assert [a.provider for a in result.attempts] == ["tracemoe"]
+
+
+def test_an_expired_entry_is_asked_again(mock: respx.MockRouter, body: dict[str, Any], samples: Path) -> None:
+    mock.post(f"{TRACEMOE}/search").respond(200, json=body)
+    lookup = mock.post(ANILIST).respond(200, json=KNOWN)
+    options = {"tracemoe": {"url": TRACEMOE}, "anilist": {"url": ANILIST, "ttl": 0.001}}
+    with Client(
+        Settings.load(providers=["tracemoe"], provider_options=options, metadata="anilist"),
+        httpx.MockTransport(mock.async_handler),
+    ) as engine:
+        engine.search(samples / "tinted-good.jpg", anilist_info=True)
+        engine.search(samples / "tinted-good.jpg", anilist_info=True, cache=False)
+    assert lookup.call_count == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (
+            httpx.Response(
+                429,
+                json={"data": None, "errors": [{"message": "Too Many Requests.", "status": 429}]},
+                headers={"Retry-After": "30"},
+            ),
+            "RateLimitedError",
+        ),
+        (
+            httpx.Response(
+                500, json={"data": None, "errors": [{"message": "Internal Server Error", "status": 500}]}
+            ),
+            "ProviderServerError",
+        ),
+        (httpx.Response(200, text="<html>"), "UpstreamResponseError"),
+        (httpx.ConnectError("refused"), "ProviderConnectionError"),
+    ],
+)
+def test_an_anilist_failure_leaves_the_hits_untitled_and_says_why(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, answer: Any, error: str
+) -> None:
+    mock.post(f"{TRACEMOE}/search").respond(200, json=body)
+    if isinstance(answer, Exception):
+        mock.post(ANILIST).mock(side_effect=answer)
+    else:
+        mock.post(ANILIST).mock(return_value=answer)
+    with client(mock) as engine:
+        result = engine.search(samples / "tinted-good.jpg", anilist_info=True)
+    assert result.provider == "tracemoe"
+    assert result.best is not None
+    assert result.best.anilist_id == 11887
+    assert result.best.title is None
+    failed = result.attempts[-1]
+    assert (failed.provider, failed.outcome, failed.error) == ("anilist", "failed", error)
+    assert failed.reason is not None
+    assert "without its titles" in failed.reason
+
+
+def test_after_a_429_anilist_is_not_asked_until_its_retry_after(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    mock.post(f"{TRACEMOE}/search").respond(200, json=body)
+    limited = {"data": None, "errors": [{"message": "Too Many Requests.", "status": 429}]}
+    lookup = mock.post(ANILIST).respond(429, json=limited, headers={"Retry-After": "30"})
+    with client(mock) as engine:
+        engine.search(samples / "tinted-good.jpg", anilist_info=True)
+        second = engine.search(samples / "tinted-good.jpg", anilist_info=True, cache=False)
+    assert lookup.call_count == 1
+    skipped = second.attempts[-1]
+    assert (skipped.provider, skipped.outcome, skipped.error) == ("anilist", "skipped", "RateLimitedError")
+
+
+def test_more_than_50_ids_take_one_request_per_50(mock: respx.MockRouter) -> None:
+    from anisearch._models import SearchResult
+
+    lookup = mock.post(ANILIST).mock(
+        side_effect=lambda request: httpx.Response(
+            200, json=page(*(media(i, f"anime {i}") for i in json.loads(request.content)["variables"]["ids"]))
+        )
+    )
+    hits = [Hit(provider="tracemoe", anilist_id=i, similarity=0.5) for i in range(1, 121)]
+    with client(mock) as engine:
+        engine._run(
+            engine._async._enrich, SearchResult(hits=hits, provider="tracemoe"), fill=True, include_adult=None
+        )
+        enriched = engine._run(
+            engine._async._enrich, SearchResult(hits=hits, provider="tracemoe"), fill=True, include_adult=None
+        )
+    assert [len(ids) for ids in asked_ids(lookup)] == [50, 50, 20]
+    assert all(
+        hit.title is not None and hit.title.romaji == f"anime {hit.anilist_id}" for hit in enriched.hits
+    )
+
+
+def test_no_adult_drops_adult_hits_and_counts_them(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    mock.post(f"{TRACEMOE}/search").respond(200, json=body)
+    mock.post(ANILIST).respond(200, json=KNOWN)
+    with client(mock) as engine:
+        everything = engine.search(samples / "tinted-good.jpg")
+        safe = engine.search(samples / "tinted-good.jpg", include_adult=False)
+    adult = [hit for hit in everything.hits if hit.anilist_id == 21703]
+    assert len(adult) == 2
+    assert safe.adult_hits_dropped == 2
+    assert [hit.anilist_id for hit in safe.hits] == [
+        h.anilist_id for h in everything.hits if h.anilist_id != 21703
+    ]
+    assert everything.adult_hits_dropped == 0
+    assert everything.best is not None
+    assert everything.best.title is None  # anilist_info=False: the library asked nothing
+
+
+def test_a_bot_makes_no_adult_the_default_in_its_settings(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANISEARCH_INCLUDE_ADULT", "false")
+    mock.post(f"{TRACEMOE}/search").respond(200, json=body)
+    mock.post(ANILIST).respond(200, json=KNOWN)
+    with client(mock) as engine:
+        assert engine.search(samples / "tinted-good.jpg").adult_hits_dropped == 2
+        assert engine.search(samples / "tinted-good.jpg", include_adult=True).adult_hits_dropped == 0
+
+
+def test_a_setting_restores_tracemoes_own_anilist_info(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    search = mock.post(f"{TRACEMOE}/search").respond(200, json=body)
+    mock.post(ANILIST).respond(200, json=KNOWN)
+    with client(mock, upstream_anilist_info=True) as engine:
+        engine.search(samples / "tinted-good.jpg", anilist_info=True)
+    assert "anilistInfo" in search.calls.last.request.url.params
+
+
+def test_with_metadata_off_tracemoe_is_asked_for_titles_as_before(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    search = mock.post(f"{TRACEMOE}/search").respond(200, json=body)
+    lookup = mock.post(ANILIST).respond(200, json=KNOWN)
+    with client(mock, metadata="off") as engine:
+        result = engine.search(samples / "tinted-good.jpg", anilist_info=True)
+    assert "anilistInfo" in search.calls.last.request.url.params
+    assert lookup.call_count == 0
+    assert [a.provider for a in result.attempts] == ["tracemoe"]
+
+
+# ---------------------------------------------------------------------------------------------- filling
+
+
+def test_titles_an_upstream_gave_are_kept_and_missing_ones_filled() -> None:
+    hit = Hit(
+        provider="whatanime-ga",
+        anilist_id=11887,
+        similarity=0.97,
+        title=Title(english="Kokoro Connect (legacy)", chinese="心連·情結"),
+        mal_id=11887,
+        synonyms=["Kokoroco"],
+    )
+    anime = Anime(
+        anilist_id=11887,
+        mal_id=99,
+        title=Title(romaji="Kokoro Connect", english="Kokoro Connect", native="ココロコネクト"),
+        synonyms=["other"],
+        is_adult=False,
+        episode_count=13,
+        site_url="https://anilist.co/anime/11887",
+    )
+    filled = fill_hit(hit, anime)
+    assert filled.title == Title(
+        romaji="Kokoro Connect",
+        english="Kokoro Connect (legacy)",
+        native="ココロコネクト",
+        chinese="心連·情結",
+    )
+    assert (filled.mal_id, filled.synonyms) == (11887, ["Kokoroco"])
+    assert (filled.is_adult, filled.episode_count, filled.site_url) == (
+        False,
+        13,
+        "https://anilist.co/anime/11887",
+    )
+    assert fill_hit(filled, anime) == filled
