@@ -6,8 +6,9 @@
 # 1. installs anisearch with every extra and the test tools (pip, into the active Python environment);
 # 2. installs redis-server (the tests of the shared Redis ledger need it) when missing and allowed (root
 #    with apt-get), or says what to run;
-# 3. starts the trace.moe emulator on loopback and searches IMAGE (default: trace.moe's demo frame in
-#    examples/), printing Kokoro Connect, episode 5, 19:29. Nothing leaves this machine.
+# 3. starts the trace.moe and AniList emulators on loopback and searches IMAGE (default: trace.moe's demo
+#    frame in examples/), printing Kokoro Connect, episode 5, 19:29 (the title from the AniList emulator).
+#    Nothing leaves this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,8 +35,10 @@ image="${1:-examples/tinted-good.jpg}"
 port="${ANISEARCH_QUICKSTART_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 state="$(mktemp -d)"
 emulator=""
+titles=""
 cleanup() {
     if [ -n "$emulator" ]; then kill "$emulator" 2>/dev/null || true; fi
+    if [ -n "$titles" ]; then kill "$titles" 2>/dev/null || true; fi
     rm -rf "$state"
 }
 trap cleanup EXIT
@@ -44,25 +47,30 @@ if ! python -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.a
     echo "port $port is taken: set ANISEARCH_QUICKSTART_PORT to a free port" >&2  # search nothing else
     exit 2
 fi
-say "starting the trace.moe emulator on 127.0.0.1:$port"
+anilist_port="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+say "starting the trace.moe emulator on 127.0.0.1:$port and the AniList emulator on 127.0.0.1:$anilist_port"
 anisearch emulate tracemoe --port "$port" >/dev/null &
 emulator=$!
-python - "$port" <<'PY'
+anisearch emulate anilist --port "$anilist_port" >/dev/null &
+titles=$!
+python - "$port" "$anilist_port" <<'PY'
 import socket, sys, time
 deadline = time.monotonic() + 30
-while time.monotonic() < deadline:
-    try:
-        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close()
-        break
-    except OSError:
-        time.sleep(0.1)
-else:
-    sys.exit("the trace.moe emulator did not start")
+for port in sys.argv[1:]:
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", int(port)), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        sys.exit(f"the emulator on port {port} did not start")
 PY
 
 say "anisearch search $image -p tracemoe"
 # A throwaway state and cache directory: the demo spends no quota of yours and leaves nothing behind.
 export ANISEARCH_TRACEMOE_URL="http://127.0.0.1:$port" ANISEARCH_STATE_DIR="$state/state" \
-    ANISEARCH_CACHE_DIR="$state/cache"
+    ANISEARCH_CACHE_DIR="$state/cache" ANISEARCH_ANILIST_URL="http://127.0.0.1:$anilist_port" \
+    ANISEARCH_METADATA=anilist
 anisearch search "$image" -p tracemoe
 say "done: 'python -m pytest -n auto --cov' runs the tests; 'anisearch -h' lists the commands"

@@ -21,6 +21,7 @@ from tests.conftest import REPO
 from tests.snippets import Block, blocks, run_console, run_python
 
 import anisearch
+from anisearch_emulators.anilist import create_app as anilist_app
 from anisearch_emulators.tracemoe import create_app as tracemoe_app
 from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
 
@@ -40,6 +41,8 @@ def emulated(live_server: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch)
     tracemoe = live_server(tracemoe_app())
     monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", tracemoe.url)
     monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", live_server(whatanimeisthis_app()).url)
+    monkeypatch.setenv("ANISEARCH_ANILIST_URL", live_server(anilist_app()).url)  # titles, on loopback
+    monkeypatch.delenv("ANISEARCH_METADATA")
     monkeypatch.chdir(REPO)
     return tracemoe
 

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import REPO, free_port
 from tests.snippets import Block, blocks, run_console, run_python
 
+from anisearch_emulators.anilist import create_app as anilist_app
 from anisearch_emulators.tracemoe import create_app as tracemoe_app
 from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
 
@@ -32,6 +33,8 @@ def emulated(live_server: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch)
     tracemoe = live_server(tracemoe_app())
     monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", tracemoe.url)
     monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", live_server(whatanimeisthis_app()).url)
+    monkeypatch.setenv("ANISEARCH_ANILIST_URL", live_server(anilist_app()).url)  # titles, on loopback
+    monkeypatch.delenv("ANISEARCH_METADATA")
     monkeypatch.chdir(REPO)
     return tracemoe
 
@@ -120,9 +123,9 @@ def test_developing_offline_runs_as_pasted() -> None:
     """The emulators in the background, a search against them, and the job stopped."""
     block = next(b for b in BASH if "anisearch emulate all" in b.code)
     base = free_port()
-    while any(not _free(base + offset) for offset in range(3)):  # pragma: no cover - a busy neighbour
+    while any(not _free(base + offset) for offset in range(4)):  # pragma: no cover - a busy neighbour
         base = free_port()
-    script = re.sub(r"\b800([0-2])\b", lambda m: str(base + int(m[1])), block.code)
+    script = re.sub(r"\b800([0-3])\b", lambda m: str(base + int(m[1])), block.code)
     wait = (  # the emulators start in the background; a loaded machine may need more than the sleep
         f"python -c 'import socket, time\n"
         f"for _ in range(300):\n"
