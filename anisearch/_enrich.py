@@ -121,6 +121,14 @@ def open_enricher(
     return Enricher(provider, ledger, send, cache if cache is not None and cache.usable else None, on_attempt)
 
 
+class _RefusedError(Exception):
+    """The ledger refused a lookup, so no request was sent (the attempt is ``skipped``)."""
+
+    def __init__(self, error: ProviderError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Enricher:
     """Fills a result's hits from a metadata provider, through the ledger and the metadata cache.
 
@@ -161,9 +169,9 @@ class Enricher:
             if hit.anilist_id is not None and (fill or hit.is_adult is None)
         ]
         ids = list(dict.fromkeys(wanted))
-        if not ids or (not fill and include_adult):
+        if not fill and include_adult:
             return result
-        known, attempt = await self.lookup(ids)
+        known, attempt = await self.lookup(ids) if ids else ({}, None)
         hits = [
             fill_hit(hit, known[hit.anilist_id]) if hit.anilist_id in known else hit for hit in result.hits
         ]
@@ -193,8 +201,9 @@ class Enricher:
             batch = missing[start : start + self.provider.max_batch]
             try:
                 answered, status = await self._ask(batch)
-            except ProviderError as exc:
-                asked = "skipped" if getattr(exc, "refused_by_ledger", False) else "failed"
+            except (ProviderError, _RefusedError) as failure:
+                exc = failure.error if isinstance(failure, _RefusedError) else failure
+                asked = "skipped" if isinstance(failure, _RefusedError) else "failed"
                 attempt = Attempt(
                     provider=name,
                     outcome=asked,
@@ -233,7 +242,8 @@ class Enricher:
         """One lookup request, reserved and settled in the ledger.
 
         Raises:
-            ProviderError: Refused by the ledger, not answered, or an error answer.
+            _RefusedError: The ledger refused it (nothing was sent).
+            ProviderError: Not answered, or an error answer.
         """
         provider = self.provider
         if provider is None:  # pragma: no cover - lookup() asks nothing without a provider
@@ -249,9 +259,7 @@ class Enricher:
             )
         if isinstance(reserved, Refusal):
             wait = (from_us(reserved.until) - ledger.now()).total_seconds()
-            refused = refusal_error(provider.name, reserved, wait)
-            refused.refused_by_ledger = True  # type: ignore[attr-defined]  # no request was sent: "skipped"
-            raise refused
+            raise _RefusedError(refusal_error(provider.name, reserved, wait))
         if not isinstance(reserved, Ticket):  # pragma: no cover - a trusted estimate is never stale
             raise UpstreamResponseError("the ledger could not decide", provider=provider.name)
         try:

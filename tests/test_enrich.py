@@ -185,13 +185,11 @@ def test_more_than_50_ids_take_one_request_per_50(mock: respx.MockRouter) -> Non
         )
     )
     hits = [Hit(provider="tracemoe", anilist_id=i, similarity=0.5) for i in range(1, 121)]
+    result = SearchResult(hits=hits, provider="tracemoe")
     with client(mock) as engine:
-        engine._run(
-            engine._async._enrich, SearchResult(hits=hits, provider="tracemoe"), fill=True, include_adult=None
-        )
-        enriched = engine._run(
-            engine._async._enrich, SearchResult(hits=hits, provider="tracemoe"), fill=True, include_adult=None
-        )
+        enrich = engine._async._enrichment(fill=True, include_adult=None)
+        engine._run(enrich, result)
+        enriched = engine._run(enrich, result)
     assert [len(ids) for ids in asked_ids(lookup)] == [50, 50, 20]
     assert all(
         hit.title is not None and hit.title.romaji == f"anime {hit.anilist_id}" for hit in enriched.hits
@@ -248,6 +246,37 @@ def test_with_metadata_off_tracemoe_is_asked_for_titles_as_before(
     assert "anilistInfo" in search.calls.last.request.url.params
     assert lookup.call_count == 0
     assert [a.provider for a in result.attempts] == ["tracemoe"]
+
+
+def test_hits_an_upstream_flagged_adult_are_dropped_without_a_lookup(mock: respx.MockRouter) -> None:
+    from anisearch._models import SearchResult
+
+    lookup = mock.post(ANILIST).respond(200, json=KNOWN)
+    hits = [
+        Hit(provider="whatanime-ga", anilist_id=1, similarity=0.9, is_adult=True),
+        Hit(provider="whatanime-ga", anilist_id=2, similarity=0.8, is_adult=False),
+    ]
+    for metadata in ("anilist", "off"):
+        with client(mock, metadata=metadata) as engine:
+            kept = engine._run(
+                engine._async._enrichment(fill=False, include_adult=False), SearchResult(hits=hits)
+            )
+        assert [hit.anilist_id for hit in kept.hits] == [2]
+        assert kept.adult_hits_dropped == 1
+    assert lookup.call_count == 0
+
+
+def test_a_bad_anilist_setting_fails_before_any_request(mock: respx.MockRouter, samples: Path) -> None:
+    from anisearch import ConfigurationError
+
+    search = mock.post(f"{TRACEMOE}/search").respond(200, json={"frameCount": 1, "error": "", "result": []})
+    options = {"tracemoe": {"url": TRACEMOE}, "anilist": {"url": "graphql.anilist.co"}}
+    settings = Settings.load(providers=["tracemoe"], provider_options=options, metadata="anilist")
+    with Client(settings, httpx.MockTransport(mock.async_handler)) as engine:
+        with pytest.raises(ConfigurationError, match="ANISEARCH_ANILIST_URL"):
+            engine.search(samples / "tinted-good.jpg", anilist_info=True)
+        engine.search(samples / "tinted-good.jpg", anilist_info=False, include_adult=True)
+    assert search.call_count == 1
 
 
 # ---------------------------------------------------------------------------------------------- filling
