@@ -27,6 +27,11 @@ def sync_usage() -> None:
         client.search(Path("shot.png"), min_similarity=0.9, strategy="fanout")
         client.search(b"\xff\xd8", cut_borders=True, anilist_id=11887, cache=False)
         client.search(io.BytesIO(b""), anilist_info=True)
+        safe = client.search(b"...", anilist_info=True, include_adult=False)
+        dropped: int = safe.adult_hits_dropped
+        mal_id: int | None = safe.best.mal_id if safe.best else None
+        cover: str | None = safe.best.cover_image_url if safe.best else None
+        print(dropped, mal_id, cover)
         client.search(Image.new("RGB", (4, 4)), deadline=20.0)
         quotas: list[anisearch.Quota] = client.quota("tracemoe", refresh=True)
         infos: list[anisearch.ProviderInfo] = client.providers()
