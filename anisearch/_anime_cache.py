@@ -4,8 +4,9 @@ One SQLite file (``<cache dir>/anime.sqlite3``) holds one row per AniList ID: th
 or nothing for an ID the provider does not know (so it is not asked again either), and when the row
 expires (7 days by default, the provider's ``ttl`` setting). An ID in the cache costs no request.
 
-Like the result cache it is disposable: a file that cannot be opened or read gives one logged warning and
-lookups go on without it. The file is created 0600 in a 0700 directory.
+Like the result cache it is disposable: a corrupt file is replaced by an empty one, and a file that cannot
+be opened or read gives one logged warning and lookups go on without it. The file is created 0600 in a
+0700 directory.
 """
 
 from __future__ import annotations
@@ -55,8 +56,23 @@ class AnimeCache:
         self._warned = False
         try:
             self._db = self._open()
-        except (OSError, sqlite3.Error) as exc:
+        except sqlite3.OperationalError as exc:  # locked, read-only: another process may be using it
             self._warn(exc)
+        except sqlite3.DatabaseError as exc:  # corrupt or not a database: ours to replace
+            self._db = self._rebuild(exc)
+        except OSError as exc:
+            self._warn(exc)
+
+    def _rebuild(self, problem: BaseException) -> sqlite3.Connection | None:
+        try:
+            for tail in ("", "-wal", "-shm", "-journal"):
+                self.path.with_name(self.path.name + tail).unlink(missing_ok=True)
+            db = self._open()
+        except (OSError, sqlite3.Error) as exc:
+            self._warn(f"{problem}; rebuilding it failed too: {exc}")
+            return None
+        logger.warning("the metadata cache %s was unusable (%s); started an empty one", self.path, problem)
+        return db
 
     def _open(self) -> sqlite3.Connection:
         directory = self.path.parent

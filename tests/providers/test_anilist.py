@@ -241,3 +241,19 @@ def test_its_window_is_a_request_rate_of_90_a_minute() -> None:
         "rate",
         90,
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("Wed, 02 Dec 2026 01:00:45 GMT", 45), ("Wed, 02 Dec 2026 00:59:00 GMT", 0), ("soon", 60), ("nan", 60)],
+)
+def test_retry_after_may_be_an_http_date(value: str, seconds: float) -> None:
+    with pytest.raises(RateLimitedError) as caught:
+        provider().parse_lookup(graphql_error("Too Many Requests.", 429, {"Retry-After": value}))
+    assert caught.value.retry_after == seconds
+
+
+@pytest.mark.parametrize(("status", "error"), [(418, BadRequestError), (302, UpstreamResponseError)])
+def test_an_unlisted_status_is_classified_by_its_class(status: int, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        provider().parse_lookup(httpx.Response(status, text=""))

@@ -1,0 +1,54 @@
+"""The metadata cache: per-AniList-ID answers with a TTL, unknown IDs remembered, disposable when broken."""
+
+from __future__ import annotations
+
+import logging
+import stat
+from functools import partial
+from pathlib import Path
+
+import anyio
+import pytest
+
+from anisearch._anime_cache import AnimeCache
+from anisearch._models import Anime, Title
+
+KOKORO = Anime(anilist_id=11887, mal_id=11887, title=Title(romaji="Kokoro Connect"), is_adult=False)
+
+
+def test_answers_and_unknown_ids_come_back_until_they_expire(tmp_path: Path) -> None:
+    cache = AnimeCache(tmp_path / "anime.sqlite3")
+
+    async def scenario() -> None:
+        await cache.put("anilist", {11887: KOKORO, 5: None}, ttl_seconds=3600)
+        await cache.put("anilist", {21: KOKORO.model_copy(update={"anilist_id": 21})}, ttl_seconds=-1)
+        assert await cache.get("anilist", [11887, 5, 21, 99]) == {11887: KOKORO, 5: None}
+        assert await cache.get("other", [11887]) == {}
+
+    anyio.run(scenario)
+    cache.close()
+    assert stat.S_IMODE((tmp_path / "anime.sqlite3").stat().st_mode) == 0o600
+
+
+def test_a_corrupt_file_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "anime.sqlite3"
+    path.write_bytes(b"not a database, not at all" * 100)
+    with caplog.at_level(logging.WARNING, logger="anisearch"):
+        cache = AnimeCache(path)
+    assert cache.usable
+    assert "started an empty one" in caplog.text
+    anyio.run(partial(cache.put, "anilist", {11887: KOKORO}, ttl_seconds=60.0))
+    assert anyio.run(cache.get, "anilist", [11887]) == {11887: KOKORO}
+
+
+def test_an_unusable_place_warns_once_and_caches_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the directory should be")
+    with caplog.at_level(logging.WARNING, logger="anisearch"):
+        cache = AnimeCache(blocker / "anime.sqlite3")
+        anyio.run(partial(cache.put, "anilist", {11887: KOKORO}, ttl_seconds=60.0))
+        assert anyio.run(cache.get, "anilist", [11887]) == {}
+    assert not cache.usable
+    assert caplog.text.count("metadata cache") == 1
