@@ -314,3 +314,22 @@ def test_titles_an_upstream_gave_are_kept_and_missing_ones_filled() -> None:
         "https://anilist.co/anime/11887",
     )
     assert fill_hit(filled, anime) == filled
+
+
+def test_the_limit_anilist_reports_goes_through_the_ledger(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    mock.post(f"{TRACEMOE}/search").respond(200, json=body)
+    degraded = {"X-RateLimit-Limit": "1", "X-RateLimit-Remaining": "0"}
+    lookup = mock.post(ANILIST).respond(200, json=KNOWN, headers=degraded)
+    with client(mock, cache="off") as engine:  # no metadata cache either: every search needs a lookup
+        first = engine.search(samples / "tinted-good.jpg", anilist_info=True)
+        second = engine.search(samples / "tinted-good.jpg", anilist_info=True)
+    assert lookup.call_count == 1
+    assert first.attempts[-1].outcome == "ok"
+    skipped = second.attempts[-1]
+    assert (skipped.provider, skipped.outcome, skipped.error) == ("anilist", "skipped", "RateLimitedError")
+    assert skipped.reason is not None
+    assert "rate limited until" in skipped.reason
+    assert second.best is not None
+    assert second.best.title is None
