@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from anisearch._anime_cache import AnimeCache
-from anisearch._exceptions import AnisearchError, ProviderError, UpstreamResponseError
+from anisearch._exceptions import AnisearchError, ConfigurationError, ProviderError, UpstreamResponseError
 from anisearch._ledger import Refusal, Stale, Ticket, scope_id
 from anisearch._ledger._windows import from_us
-from anisearch._models import Anime, Attempt, Hit, SearchResult, Title
-from anisearch._provider import ProviderContext, load_metadata_provider
+from anisearch._models import Anime, Attempt, Hit, ProviderInfo, SearchResult, Title
+from anisearch._provider import ProviderContext, available_metadata_providers, load_metadata_provider
+from anisearch._redact import redact
 from anisearch._verdict import (
     DEFAULT_COOLDOWN_SECONDS,
     MAX_COOLDOWN_SECONDS,
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from anisearch._ledger import Ledger
     from anisearch._provider import MetadataProvider
 
-__all__ = ["Enricher", "fill_hit", "open_enricher"]
+__all__ = ["Enricher", "fill_hit", "metadata_infos", "open_enricher"]
 
 logger = logging.getLogger("anisearch")
 
@@ -95,6 +96,34 @@ def fill_hit(hit: Hit, anime: Anime) -> Hit:
     return hit.model_copy(update=update) if update else hit
 
 
+def _metadata_provider(settings: Settings, name: str) -> MetadataProvider:
+    context = ProviderContext(
+        config=settings.provider_config(name), state_dir=settings.state_dir, timeout=settings.timeout
+    )
+    return load_metadata_provider(name).from_context(context)
+
+
+def metadata_infos(settings: Settings) -> list[ProviderInfo]:
+    """Every registered metadata provider as ``providers()`` lists it (``enabled``: the ``metadata``
+    setting names it); one whose settings are invalid is left out, as for scene-search providers."""
+    infos = []
+    for name in available_metadata_providers():
+        try:
+            provider = _metadata_provider(settings, name)
+        except ConfigurationError:
+            continue
+        infos.append(
+            ProviderInfo(
+                name=name,
+                base_url=redact(provider.base_url),
+                enabled=settings.metadata_provider == name,
+                authenticated=provider.credential.scope != "guest",
+                capabilities=provider.capabilities.names(),
+            )
+        )
+    return infos
+
+
 def open_enricher(
     settings: Settings,
     ledger: Callable[[], Awaitable[Ledger]],
@@ -110,12 +139,7 @@ def open_enricher(
         ConfigurationError: The provider's settings are invalid (``ANISEARCH_ANILIST_URL`` ...).
     """
     name = settings.metadata_provider
-    provider = None
-    if name is not None:
-        context = ProviderContext(
-            config=settings.provider_config(name), state_dir=settings.state_dir, timeout=settings.timeout
-        )
-        provider = load_metadata_provider(name).from_context(context)
+    provider = _metadata_provider(settings, name) if name is not None else None
     path = settings.cache_path
     cache = AnimeCache(path.with_name("anime.sqlite3")) if path is not None and provider is not None else None
     return Enricher(provider, ledger, send, cache if cache is not None and cache.usable else None, on_attempt)

@@ -333,3 +333,15 @@ def test_the_limit_anilist_reports_goes_through_the_ledger(
     assert "rate limited until" in skipped.reason
     assert second.best is not None
     assert second.best.title is None
+
+
+def test_providers_lists_anilist_as_the_metadata_provider(mock: respx.MockRouter) -> None:
+    with client(mock) as engine:
+        infos = {info.name: info for info in engine.providers()}
+    with client(mock, metadata="off") as engine:
+        off = {info.name: info for info in engine.providers()}
+    assert infos["anilist"].capabilities == ["metadata"]
+    assert infos["anilist"].base_url == ANILIST
+    assert infos["anilist"].enabled
+    assert not off["anilist"].enabled
+    assert "metadata" not in infos["tracemoe"].capabilities
