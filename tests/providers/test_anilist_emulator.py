@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Self
 
 import anyio
@@ -161,3 +163,24 @@ def test_its_data_holds_kokoro_connect_as_the_samples_describe_it() -> None:
     assert media[11887]["title"]["romaji"] == "Kokoro Connect"
     assert media[11887]["idMal"] == 11887  # the legacy 2020 body's mal_id
     assert DEFAULT_PORT == 8003
+
+
+def test_the_shared_scenes_table_is_read_when_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import anisearch_emulators.anilist as emulator
+
+    table = tmp_path / "scenes.json"
+    record = {"id": 3551, "idMal": 3551, "type": "ANIME", "title": {"romaji": "R"}, "isAdult": True}
+    table.write_text(
+        json.dumps({"format": 1, "titles": {"3551": {"anilist": record}, "21": {"anilist": None}}})
+    )
+    monkeypatch.setattr(emulator, "SHARED_TABLE", table)
+    assert emulator.load_media() == {3551: record}
+    (anime,) = AniList(URL).parse_lookup(
+        post(
+            emulator.create_app(),
+            {"query": "{ Page(perPage: 5) { media(id_in: [3551, 21]) { id isAdult } } }"},
+        )
+    )
+    assert (anime.anilist_id, anime.is_adult) == (3551, True)

@@ -3,8 +3,10 @@
 ``anisearch emulate anilist`` (entry point ``anisearch.emulators``: ``anilist``) serves it on loopback.
 It answers the query shape anisearch sends,
 ``Page(perPage: N) { media(id_in: [...], type: ANIME) { <fields> } }`` (IDs as a ``$variable`` or inline),
-with the fields the selection names, over ``data/anime.json`` (AniList records derived from the shared
-upstream samples; an ID it has no record of is left out of the page, as AniList leaves out unknown IDs).
+with the fields the selection names, over the AniList records of the scenes table every emulator shares
+(``../data/scenes.json``, ``titles[*].anilist``; until that table is installed, ``data/anime.json``, the
+same facts derived from the shared upstream samples). An ID it has no record of is left out of the page,
+as AniList leaves out unknown IDs.
 Everything else gets AniList's own error shapes, status mirrored in ``errors[].status``:
 
 - a body that is not JSON, or no ``query``: 400 ``Syntax Error`` / ``Must provide query string.``;
@@ -26,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -34,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["DEFAULT_PORT", "AniListState", "create_app", "load_media"]
+__all__ = ["DEFAULT_PORT", "SHARED_TABLE", "AniListState", "create_app", "load_media"]
 
 DEFAULT_PORT = 8003
 """The documented port: ``anisearch emulate all`` serves AniList after the scene searches (8000-8002)."""
@@ -59,8 +62,16 @@ _FIELDS = (
 _NESTED = {"title": ("romaji", "english", "native"), "coverImage": ("extraLarge", "large", "medium", "color")}
 
 
+SHARED_TABLE = Path(__file__).resolve().parent.parent / "data" / "scenes.json"
+"""The scenes table every emulator shares; its ``titles[id].anilist`` are AniList ``Media`` records."""
+
+
 def load_media() -> dict[int, dict[str, Any]]:
-    """The emulator's AniList records (``data/anime.json``), by AniList ID."""
+    """The emulator's AniList records by AniList ID: the shared scenes table's ``titles[*].anilist`` when it
+    is installed, else this emulator's own ``data/anime.json`` (the same facts, derived from the samples)."""
+    if SHARED_TABLE.is_file():
+        titles = json.loads(SHARED_TABLE.read_text(encoding="utf-8"))["titles"]
+        return {int(key): dict(value["anilist"]) for key, value in titles.items() if value.get("anilist")}
     text = resources.files(__name__).joinpath("data/anime.json").read_text(encoding="utf-8")
     return {int(key): value for key, value in json.loads(text)["media"].items()}
 
