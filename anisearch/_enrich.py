@@ -231,7 +231,7 @@ class Enricher:
                 attempt = Attempt(
                     provider=name,
                     outcome=asked,
-                    reason=f"{one_line(exc)}; hits left without its titles",
+                    reason=f"{one_line(exc)}; hits left as their provider gave them",
                     error=type(exc).__name__,
                     status_code=exc.status_code,
                     elapsed_seconds=time.monotonic() - started,

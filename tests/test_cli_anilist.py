@@ -121,7 +121,7 @@ def test_with_anilist_stopped_the_search_answers_untitled_and_says_anilist_faile
         "failed",
         "ProviderConnectionError",
     )
-    assert "hits left without its titles" in failed["reason"]
+    assert "hits left as their provider gave them" in failed["reason"]
 
 
 def test_no_adult_drops_nothing_here_and_says_so(

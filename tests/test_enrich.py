@@ -159,7 +159,7 @@ def test_an_anilist_failure_leaves_the_hits_untitled_and_says_why(
     failed = result.attempts[-1]
     assert (failed.provider, failed.outcome, failed.error) == ("anilist", "failed", error)
     assert failed.reason is not None
-    assert "without its titles" in failed.reason
+    assert "hits left as their provider gave them" in failed.reason
 
 
 def test_after_a_429_anilist_is_not_asked_until_its_retry_after(
