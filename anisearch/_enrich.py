@@ -29,7 +29,14 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from anisearch._anime_cache import AnimeCache
-from anisearch._exceptions import AnisearchError, ConfigurationError, ProviderError, UpstreamResponseError
+from anisearch._exceptions import (
+    AnisearchError,
+    ConfigurationError,
+    LedgerError,
+    ProviderError,
+    RateLimitedError,
+    UpstreamResponseError,
+)
 from anisearch._ledger import Refusal, Stale, Ticket, scope_id
 from anisearch._ledger._windows import from_us
 from anisearch._models import Anime, Attempt, Hit, ProviderInfo, SearchResult, Title
@@ -182,15 +189,13 @@ class Enricher:
     async def __call__(self, result: SearchResult, *, fill: bool, include_adult: bool) -> SearchResult:
         """``result`` with its hits filled (``fill``) and adult-only hits dropped (not ``include_adult``).
 
-        Never raises a ``ProviderError``: a failed lookup is an :class:`Attempt` of the result.
-
-        Raises:
-            LedgerError: The ledger cannot be used (as for any search).
+        Never raises for the lookup: a refused or failed one (the upstream, its answer, the ledger) is an
+        :class:`Attempt` of the result, whose hits stay as their provider gave them.
         """
         wanted = [
             hit.anilist_id
             for hit in result.hits
-            if hit.anilist_id is not None and (fill or hit.is_adult is None)
+            if hit.anilist_id is not None and hit.anilist_id > 0 and (fill or hit.is_adult is None)
         ]
         ids = list(dict.fromkeys(wanted))
         if not fill and include_adult:
@@ -225,15 +230,16 @@ class Enricher:
             batch = missing[start : start + self.provider.max_batch]
             try:
                 answered, status = await self._ask(batch)
-            except (ProviderError, _RefusedError) as failure:
+            except (ProviderError, LedgerError, _RefusedError) as failure:
                 exc = failure.error if isinstance(failure, _RefusedError) else failure
                 asked = "skipped" if isinstance(failure, _RefusedError) else "failed"
+                text = one_line(exc) if isinstance(exc, ProviderError) else f"{name}: {exc}"
                 attempt = Attempt(
                     provider=name,
                     outcome=asked,
-                    reason=f"{one_line(exc)}; hits left as their provider gave them",
+                    reason=f"{text}; hits left as their provider gave them",
                     error=type(exc).__name__,
-                    status_code=exc.status_code,
+                    status_code=exc.status_code if isinstance(exc, ProviderError) else None,
                     elapsed_seconds=time.monotonic() - started,
                 )
                 logger.info("%s %s: %s", name, asked, attempt.reason)
@@ -272,6 +278,12 @@ class Enricher:
         provider = self.provider
         if provider is None:  # pragma: no cover - lookup() asks nothing without a provider
             raise UpstreamResponseError("no metadata provider")
+        try:
+            request = _guarded(provider.name, lambda: provider.lookup_request(batch))
+        except AnisearchError as exc:  # a provider that refuses its own IDs: its failure, not the search's
+            if isinstance(exc, ProviderError):
+                raise
+            raise UpstreamResponseError(str(exc), provider=provider.name) from exc
         ledger = await self._ledger()
         credential = provider.credential
         scope = scope_id(credential.scope, credential.secret)
@@ -287,7 +299,6 @@ class Enricher:
         if not isinstance(reserved, Ticket):  # pragma: no cover - a trusted estimate is never stale
             raise UpstreamResponseError("the ledger could not decide", provider=provider.name)
         try:
-            request = _guarded(provider.name, lambda: provider.lookup_request(batch))
             response = await self._send(provider, request)
         except ProviderError as exc:
             await ledger.settle(reserved, "charged" if maybe_sent(exc) else "unsent")
@@ -298,7 +309,7 @@ class Enricher:
             answer: list[Anime] = _guarded(provider.name, lambda: provider.parse_lookup(response))
         except ProviderError as exc:
             cooldown = None
-            if exc.status_code == httpx.codes.TOO_MANY_REQUESTS:
+            if isinstance(exc, RateLimitedError):
                 wait = exc.retry_after if exc.retry_after is not None else DEFAULT_COOLDOWN_SECONDS
                 until = ledger.now() + timedelta(seconds=min(max(wait, 0.0), MAX_COOLDOWN_SECONDS))
                 cooldown = (until, one_line(exc), "rate")

@@ -345,3 +345,48 @@ def test_providers_lists_anilist_as_the_metadata_provider(mock: respx.MockRouter
     assert infos["anilist"].enabled
     assert not off["anilist"].enabled
     assert "metadata" not in infos["tracemoe"].capabilities
+
+
+def test_a_ledger_failure_during_the_lookup_leaves_the_answer_as_it_came(mock: respx.MockRouter) -> None:
+    import anyio
+
+    from anisearch import LedgerError
+    from anisearch._enrich import Enricher
+    from anisearch._models import SearchResult
+    from anisearch_providers.anilist import AniList
+
+    lookup = mock.post(ANILIST).respond(200, json=KNOWN)
+
+    async def broken_ledger() -> Any:
+        raise LedgerError("the ledger file is locked", ledger="sqlite:///x")
+
+    async def send(provider: Any, request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing is sent without a reservation")
+
+    hits = [
+        Hit(provider="tracemoe", anilist_id=11887, similarity=0.97),
+        Hit(provider="x", anilist_id=0, similarity=0.5),
+    ]
+    enricher = Enricher(AniList(ANILIST), broken_ledger, send, cache=None)
+    result = anyio.run(lambda: enricher(SearchResult(hits=hits), fill=True, include_adult=True))
+    assert result.hits == hits
+    failed = result.attempts[-1]
+    assert (failed.provider, failed.outcome, failed.error) == ("anilist", "failed", "LedgerError")
+    assert lookup.call_count == 0
+
+
+def test_only_positive_anilist_ids_are_asked(mock: respx.MockRouter) -> None:
+    from anisearch._models import SearchResult
+
+    lookup = mock.post(ANILIST).respond(200, json=KNOWN)
+    hits = [
+        Hit(provider="x", anilist_id=0, similarity=0.9),
+        Hit(provider="x", anilist_id=11887, similarity=0.8),
+    ]
+    with client(mock) as engine:
+        result = engine._run(
+            engine._async._enrichment(fill=True, include_adult=None), SearchResult(hits=hits)
+        )
+    assert asked_ids(lookup) == [[11887]]
+    assert result.hits[0].title is None
+    assert result.hits[1].title is not None
