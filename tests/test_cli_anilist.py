@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import run_cli
 
 from anisearch_emulators.anilist import create_app as anilist_app
-from anisearch_providers.tracemoe.emulator import create_app as tracemoe_app
+from anisearch_emulators.tracemoe import create_app as tracemoe_app
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from tests.cli_runner import run_in_process as cli
 from tests.conftest import REPO
 
 from anisearch._cli import _emulate
-from anisearch_emulators import tracemoe, whatanime_ga, whatanimeisthis
+from anisearch_emulators import anilist, tracemoe, whatanime_ga, whatanimeisthis
 
 SHIPPED = {"tracemoe": tracemoe, "whatanime-ga": whatanime_ga, "whatanimeisthis": whatanimeisthis}
 
@@ -234,11 +234,12 @@ def test_the_declared_entry_points_load_factories_with_distinct_default_ports() 
     """What pyproject registers (names unchanged) resolves to the emulator packages and their ports."""
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
     emulators = declared["anisearch.emulators"]
-    assert set(emulators) == set(SHIPPED)
+    packages = {**SHIPPED, "anilist": anilist}  # AniList: the metadata emulator, after the scene searches
+    assert set(emulators) == set(packages)
     ports = {}
     for name, target in emulators.items():
         module_name, _, attribute = target.partition(":")
         module = importlib.import_module(module_name)
-        assert getattr(module, attribute) is SHIPPED[name].create_app
+        assert getattr(module, attribute) is packages[name].create_app
         ports[name] = _emulate.default_port(getattr(module, attribute))
-    assert ports == {"tracemoe": 8000, "whatanime-ga": 8001, "whatanimeisthis": 8002}
+    assert ports == {"tracemoe": 8000, "whatanime-ga": 8001, "whatanimeisthis": 8002, "anilist": 8003}

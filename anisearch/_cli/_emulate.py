@@ -104,13 +104,6 @@ def knobs_of(factory: Any) -> dict[str, Any] | None:
     return named
 
 
-def _own_port(name: str) -> bool:
-    """Whether an emulator documents a port of its own (AniList): ``all`` serves it after the others."""
-    with contextlib.suppress(AnisearchError):
-        return hasattr(load_emulator(name), "default_port")
-    return False
-
-
 def _takes_any(factory: Any) -> bool:
     return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
 

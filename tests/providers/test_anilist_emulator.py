@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Self
 
 import anyio
@@ -158,29 +156,20 @@ def test_bad_knobs_are_refused(knobs: dict[str, Any]) -> None:
         create_app(**knobs)
 
 
-def test_its_data_holds_kokoro_connect_as_the_samples_describe_it() -> None:
+def test_its_records_are_the_shared_scenes_tables() -> None:
     media = load_media()
     assert media[11887]["title"]["romaji"] == "Kokoro Connect"
     assert media[11887]["idMal"] == 11887  # the legacy 2020 body's mal_id
+    adult = [anilist_id for anilist_id, record in media.items() if record["isAdult"]]
+    assert adult
     assert DEFAULT_PORT == 8003
 
 
-def test_the_shared_scenes_table_is_read_when_installed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import anisearch_emulators.anilist as emulator
-
-    table = tmp_path / "scenes.json"
-    record = {"id": 3551, "idMal": 3551, "type": "ANIME", "title": {"romaji": "R"}, "isAdult": True}
-    table.write_text(
-        json.dumps({"format": 1, "titles": {"3551": {"anilist": record}, "21": {"anilist": None}}})
-    )
-    monkeypatch.setattr(emulator, "SHARED_TABLE", table)
-    assert emulator.load_media() == {3551: record}
-    (anime,) = AniList(URL).parse_lookup(
-        post(
-            emulator.create_app(),
-            {"query": "{ Page(perPage: 5) { media(id_in: [3551, 21]) { id isAdult } } }"},
-        )
-    )
-    assert (anime.anilist_id, anime.is_adult) == (3551, True)
+def test_an_adult_title_is_flagged() -> None:
+    adult = next(anilist_id for anilist_id, record in load_media().items() if record["isAdult"])
+    query = f"{{ Page(perPage: 5) {{ media(id_in: [{adult}, 11887]) {{ id isAdult }} }} }}"
+    flags = {
+        anime.anilist_id: anime.is_adult
+        for anime in AniList(URL).parse_lookup(post(create_app(), {"query": query}))
+    }
+    assert flags == {adult: True, 11887: False}

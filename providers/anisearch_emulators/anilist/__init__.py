@@ -4,9 +4,8 @@
 It answers the query shape anisearch sends,
 ``Page(perPage: N) { media(id_in: [...], type: ANIME) { <fields> } }`` (IDs as a ``$variable`` or inline),
 with the fields the selection names, over the AniList records of the scenes table every emulator shares
-(``../data/scenes.json``, ``titles[*].anilist``; until that table is installed, ``data/anime.json``, the
-same facts derived from the shared upstream samples). An ID it has no record of is left out of the page,
-as AniList leaves out unknown IDs.
+(``data/scenes.json``, ``titles[*].anilist``). An ID it has no record of is left out of the page, as AniList
+leaves out unknown IDs.
 Everything else gets AniList's own error shapes, status mirrored in ``errors[].status``:
 
 - a body that is not JSON, or no ``query``: 400 ``Syntax Error`` / ``Must provide query string.``;
@@ -27,8 +26,6 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -37,10 +34,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["DEFAULT_PORT", "SHARED_TABLE", "AniListState", "create_app", "load_media"]
+from anisearch_emulators._scenes import load_table
+
+__all__ = ["DEFAULT_PORT", "AniListState", "create_app", "load_media"]
 
 DEFAULT_PORT = 8003
-"""The documented port: ``anisearch emulate all`` serves AniList after the scene searches (8000-8002)."""
+"""The emulator's own port (``anisearch emulate`` reads it): after the scene searches' 8000-8002."""
 WINDOW_SECONDS = 60
 _SERVER_ERROR = 500
 _PAGE = re.compile(r"\bPage\s*\(\s*perPage\s*:\s*(\d+|\$\w+)\s*\)\s*\{\s*media\s*\(([^)]*)\)\s*\{", re.DOTALL)
@@ -62,18 +61,12 @@ _FIELDS = (
 _NESTED = {"title": ("romaji", "english", "native"), "coverImage": ("extraLarge", "large", "medium", "color")}
 
 
-SHARED_TABLE = Path(__file__).resolve().parent.parent / "data" / "scenes.json"
-"""The scenes table every emulator shares; its ``titles[id].anilist`` are AniList ``Media`` records."""
-
-
 def load_media() -> dict[int, dict[str, Any]]:
-    """The emulator's AniList records by AniList ID: the shared scenes table's ``titles[*].anilist`` when it
-    is installed, else this emulator's own ``data/anime.json`` (the same facts, derived from the samples)."""
-    if SHARED_TABLE.is_file():
-        titles = json.loads(SHARED_TABLE.read_text(encoding="utf-8"))["titles"]
-        return {int(key): dict(value["anilist"]) for key, value in titles.items() if value.get("anilist")}
-    text = resources.files(__name__).joinpath("data/anime.json").read_text(encoding="utf-8")
-    return {int(key): value for key, value in json.loads(text)["media"].items()}
+    """The AniList ``Media`` records of the shared scenes table (``titles[*].anilist``), by AniList ID; the
+    IDs the table has no facts about are left out."""
+    return {
+        anilist_id: dict(title.anilist) for anilist_id, title in load_table().titles.items() if title.anilist
+    }
 
 
 @dataclass
@@ -270,6 +263,3 @@ def _single_answer(
         selection = _selection(query, query.index("{", single.end()) + 1)
         return JSONResponse({"data": {"Media": _project(media[wanted_id], selection)}}, headers=dict(headers))
     return _error("Not Found.", 404, headers, data={"Media": None})
-
-
-create_app.default_port = DEFAULT_PORT  # type: ignore[attr-defined]  # read by `anisearch emulate`
