@@ -9,7 +9,9 @@ Providers import only ``anisearch`` and this module (never ``anisearch._*``). It
 
 - the protocols :class:`Provider` and :class:`AccountProvider`, and :class:`BaseProvider`, which gives
   every member a default so a provider writes only what its upstream needs (at least
-  :meth:`~BaseProvider.search_request` and :meth:`~BaseProvider.parse_search`);
+  :meth:`~BaseProvider.search_request` and :meth:`~BaseProvider.parse_search`); and
+  :class:`MetadataProvider`, for a service that describes anime by AniList ID (group
+  ``anisearch.metadata``; it returns :class:`Anime` values);
 - the value types a provider takes and returns: :class:`SearchQuery`, :class:`SearchOptions`,
   :class:`ProviderAnswer`, :class:`Capabilities`, :class:`UploadLimits`, :class:`PreparedImage`,
   :class:`WindowSpec` (quota and rate windows as data), :class:`ProviderContext`, :class:`Credential`,
@@ -47,6 +49,7 @@ from anisearch._exceptions import (
 )
 from anisearch._ledger._windows import WindowSpec
 from anisearch._models import (
+    Anime,
     ApiKey,
     CreatedApiKey,
     Credits,
@@ -64,6 +67,7 @@ from anisearch._provider import (
     AccountProvider,
     Capabilities,
     Credential,
+    MetadataProvider,
     Page,
     Provider,
     ProviderAnswer,
@@ -125,6 +129,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_RETRY_AFTER_SECONDS",
     "AccountProvider",
+    "Anime",
     "AnisearchError",
     "ApiKey",
     "AuthenticationError",
@@ -143,6 +148,7 @@ __all__ = [
     "ImageFetchError",
     "ImageTooLargeError",
     "InvalidImageError",
+    "MetadataProvider",
     "Page",
     "PreparedImage",
     "Provider",

@@ -16,20 +16,28 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import ClassVar, Self
-from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from anisearch._exceptions import ConfigurationError, UpstreamResponseError
-from anisearch._ledger import WindowSpec
-from anisearch._models import Anime, Quota
-from anisearch._provider import Capabilities, Credential, ProviderContext
-from anisearch._redact import redact
-from anisearch._version import __version__
+from anisearch.provider import (
+    Anime,
+    Capabilities,
+    ConfigurationError,
+    Credential,
+    ProviderContext,
+    Quota,
+    ShapeError,
+    UpstreamResponseError,
+    WindowSpec,
+    http_base_url,
+    redact,
+    user_agent,
+    validate_settings,
+)
 
-from ._errors import error_for, graphql_errors, json_body, observed_quotas
-from ._parse import MEDIA_FIELDS, ShapeError, anime_from_media
+from ._errors import error_for, graphql_errors, json_or_none, observed_quotas
+from ._parse import MEDIA_FIELDS, anime_from_media
 
 __all__ = ["DEFAULT_TTL_SECONDS", "DEFAULT_URL", "MAX_BATCH", "QUERY", "RATE_PER_MINUTE", "AniList"]
 
@@ -56,15 +64,6 @@ class _Settings(BaseModel):
 
     url: str | None = None
     ttl: float = Field(default=DEFAULT_TTL_SECONDS, gt=0)
-
-
-def _base_url(value: str) -> str:
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(
-            f"ANISEARCH_ANILIST_URL must be an http(s) URL such as {DEFAULT_URL}, got {redact(value)!r}"
-        )
-    return value.strip().rstrip("/")
 
 
 class AniList:
@@ -96,7 +95,7 @@ class AniList:
             raise ConfigurationError(
                 f"ANISEARCH_ANILIST_TTL must be a positive number of seconds, got {ttl_seconds}"
             )
-        self.base_url = _base_url(base_url)
+        self.base_url = http_base_url(base_url, "ANISEARCH_ANILIST_URL")
         self.ttl_seconds = float(ttl_seconds)
         self._clock = clock or (lambda: datetime.now(UTC))
 
@@ -111,20 +110,7 @@ class AniList:
             ConfigurationError: An unknown setting (named in the message), a ``ttl`` that is not a positive
                 number, or a ``url`` that is not http(s).
         """
-        config = dict(context.config)
-        unknown = sorted(set(config) - set(_Settings.model_fields))
-        if unknown:
-            raise ConfigurationError(
-                f"unknown anilist setting(s): {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(_Settings.model_fields))}"
-            )
-        try:
-            settings = _Settings.model_validate(config)
-        except ValidationError as exc:
-            fields = ", ".join(".".join(str(part) for part in error["loc"]) for error in exc.errors())
-            raise ConfigurationError(
-                f"invalid anilist setting(s): {fields} (url: an http(s) URL; ttl: seconds > 0)"
-            ) from None
+        settings = validate_settings(cls.name, _Settings, context.config)
         return cls(settings.url or DEFAULT_URL, ttl_seconds=settings.ttl)
 
     @property
@@ -162,7 +148,7 @@ class AniList:
             headers={
                 "Accept": "application/json",
                 "Content-Type": "application/json",
-                "User-Agent": f"anisearch/{__version__}",
+                "User-Agent": user_agent(),
             },
             json={"query": QUERY, "variables": {"ids": ids}},
         )
@@ -178,7 +164,7 @@ class AniList:
             UpstreamResponseError: A 200 that is not JSON, carries ``errors``, or lacks
                 ``data.Page.media``.
         """
-        body = json_body(response)
+        body = json_or_none(response)
         if response.status_code != httpx.codes.OK or graphql_errors(body):
             raise error_for(response, provider=self.name, now=self._clock())
         page = (

@@ -19,37 +19,35 @@ every answer in ``X-RateLimit-Limit`` / ``X-RateLimit-Remaining``; a 429 says ho
 
 from __future__ import annotations
 
-import json
-import math
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
-from anisearch._exceptions import (
+from anisearch.provider import (
     AuthenticationError,
     BadRequestError,
     ProviderError,
     ProviderServerError,
+    Quota,
     RateLimitedError,
     UpstreamResponseError,
+    loads,
+    rate_limit_quota,
+    retry_after_seconds,
 )
-from anisearch._models import Quota
 
 __all__ = [
     "ERROR_STATUSES",
     "RATE_LIMIT_FALLBACK_SECONDS",
     "error_for",
     "graphql_errors",
-    "json_body",
+    "json_or_none",
     "observed_quotas",
-    "retry_after_seconds",
 ]
 
 RATE_LIMIT_FALLBACK_SECONDS = 60.0
 """How long a 429 without a usable ``Retry-After`` keeps AniList cooled down: its one-minute window."""
-_MAX_WAIT_SECONDS = 86400.0
 
 ERROR_STATUSES: dict[int, type[ProviderError]] = {
     400: BadRequestError,  # a query AniList cannot validate (a field it does not have)
@@ -64,12 +62,15 @@ ERROR_STATUSES: dict[int, type[ProviderError]] = {
 }
 """The exception for the HTTP status an error names (its ``errors[].status``, else the response's)."""
 
+_SERVER_ERRORS = 500
+_CLIENT_ERRORS = 400
 
-def json_body(response: httpx.Response) -> Any:
-    """The decoded JSON body, or None when it is not JSON."""
+
+def json_or_none(response: httpx.Response) -> Any:
+    """The decoded JSON body (strict: no ``NaN``, bounded depth), or None when it is not JSON."""
     try:
-        return json.loads(response.content)
-    except (ValueError, RecursionError):
+        return loads(response.content)
+    except ValueError:
         return None
 
 
@@ -80,24 +81,10 @@ def graphql_errors(body: Any) -> list[dict[str, Any]]:
     return [item for item in body["errors"] if isinstance(item, dict)]
 
 
-def retry_after_seconds(headers: httpx.Headers, now: datetime) -> float | None:
-    """``Retry-After`` in seconds (a number or an HTTP date), capped at 24 h; None when absent or unusable."""
-    value = headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            moment = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        seconds = (moment - now).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), _MAX_WAIT_SECONDS)
+def _retry_after(response: httpx.Response, now: datetime) -> float | None:
+    """``Retry-After`` (seconds or an HTTP date), capped at 24 h; AniList's ``X-RateLimit-Reset`` is an
+    epoch, read by :func:`observed_quotas` as ``resets_at``, not as a wait."""
+    return retry_after_seconds(response.headers, now, fallback_to_reset=False)
 
 
 def _status_of(item: dict[str, Any], fallback: int) -> int:
@@ -108,33 +95,25 @@ def _status_of(item: dict[str, Any], fallback: int) -> int:
 def error_for(response: httpx.Response, *, provider: str, now: datetime) -> ProviderError:
     """The exception an AniList error answer means: the first ``errors[]`` item's status (else the HTTP
     status) through :data:`ERROR_STATUSES`, its message, and ``retry_after`` from ``Retry-After``."""
-    items = graphql_errors(json_body(response))
+    items = graphql_errors(json_or_none(response))
     status = _status_of(items[0], response.status_code) if items else response.status_code
     message = ""
     if items and isinstance(items[0].get("message"), str):
         message = " ".join(items[0]["message"].split())[:200]
     error = ERROR_STATUSES.get(status)
-    if error is None:
-        error = ProviderServerError if status >= 500 else BadRequestError if status >= 400 else None  # noqa: PLR2004
+    if error is None and status >= _CLIENT_ERRORS:
+        error = ProviderServerError if status >= _SERVER_ERRORS else BadRequestError
     if error is None:
         return UpstreamResponseError(
             f"unexpected answer: {message or f'HTTP {response.status_code}'}",
             provider=provider,
             status_code=response.status_code,
         )
-    retry_after = retry_after_seconds(response.headers, now)
+    retry_after = _retry_after(response, now)
     if error is RateLimitedError and retry_after is None:
         retry_after = RATE_LIMIT_FALLBACK_SECONDS
     text = message or httpx.codes.get_reason_phrase(status) or f"HTTP {status}"
     return error(text, provider=provider, status_code=response.status_code, retry_after=retry_after)
-
-
-def _header_count(headers: httpx.Headers, name: str) -> int | None:
-    value = headers.get(name, "").strip()
-    if not value.isdigit():
-        return None
-    number = int(value)
-    return number if number <= 2**31 - 1 else None
 
 
 def observed_quotas(response: httpx.Response, *, provider: str, now: datetime) -> list[Quota]:
@@ -144,31 +123,12 @@ def observed_quotas(response: httpx.Response, *, provider: str, now: datetime) -
     limit reaches the ledger with the first answer. A 429 also sets ``remaining`` 0 and
     ``cooldown_until`` = now + ``Retry-After``.
     """
-    limit = _header_count(response.headers, "x-ratelimit-limit")
-    remaining = _header_count(response.headers, "x-ratelimit-remaining")
-    reset = _header_count(response.headers, "x-ratelimit-reset")
-    limited = response.status_code == httpx.codes.TOO_MANY_REQUESTS
-    if limit is None and remaining is None and not limited:
-        return []
-    resets_at = datetime.fromtimestamp(reset, UTC) if reset is not None and reset > now.timestamp() else None
-    cooldown = None
-    if limited:
-        wait = retry_after_seconds(response.headers, now)
-        cooldown = now + timedelta(seconds=RATE_LIMIT_FALLBACK_SECONDS if wait is None else wait)
-        remaining = 0
-    return [
-        Quota(
-            provider=provider,
-            scope="guest",
-            limit=limit,
-            remaining=remaining,
-            used=limit - remaining
-            if limit is not None and remaining is not None and remaining <= limit
-            else None,
-            window="minute",
-            resets_at=resets_at,
-            cooldown_until=cooldown,
-            source="headers",
-            observed_at=now,
-        )
-    ]
+    quota = rate_limit_quota(response, provider=provider, scope="guest", now=now)
+    if response.status_code != httpx.codes.TOO_MANY_REQUESTS:
+        return [quota] if quota is not None else []
+    wait = _retry_after(response, now)
+    cooldown = now + timedelta(seconds=RATE_LIMIT_FALLBACK_SECONDS if wait is None else wait)
+    quota = quota or Quota(
+        provider=provider, scope="guest", window="minute", source="headers", observed_at=now
+    )
+    return [quota.model_copy(update={"remaining": 0, "cooldown_until": cooldown})]

@@ -1,12 +1,12 @@
-"""AniList ``Media`` objects as :class:`~anisearch._models.Anime` values (pure, no I/O)."""
+"""AniList ``Media`` objects as :class:`~anisearch.provider.Anime` values (pure, no I/O)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from anisearch._models import Anime, Title
+from anisearch.provider import Anime, ShapeError, as_bool, as_int, as_str, string_list, title_from
 
-__all__ = ["MEDIA_FIELDS", "ShapeError", "anime_from_media"]
+__all__ = ["MEDIA_FIELDS", "anime_from_media"]
 
 MEDIA_FIELDS = (
     "id idMal title { romaji english native } synonyms isAdult episodes duration format season seasonYear "
@@ -14,23 +14,19 @@ MEDIA_FIELDS = (
 )
 """The ``Media`` fields anisearch asks for (GraphQL selection)."""
 
-
-class ShapeError(ValueError):
-    """A ``Media`` object that is not the shape AniList documents."""
-
-
-def _text(value: Any) -> str | None:
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
-def _count(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value if 0 <= value <= 2**31 - 1 else None
+_MAX_COUNT = 2**31 - 1
 
 
 def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _count(value: Any) -> int | None:
+    """A whole number 0..2**31-1 sent as a JSON integer, else None (a string or a fraction is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    number = as_int(value)
+    return number if number is not None and 0 <= number <= _MAX_COUNT else None
 
 
 def anime_from_media(media: Any) -> Anime:
@@ -45,26 +41,19 @@ def anime_from_media(media: Any) -> Anime:
     if not anilist_id:
         raise ShapeError("a media item has no positive integer 'id'")
     titles = _object(media.get("title"))
-    title = Title(
-        romaji=_text(titles.get("romaji")),
-        english=_text(titles.get("english")),
-        native=_text(titles.get("native")),
-    )
     cover = _object(media.get("coverImage"))
-    synonyms: list[Any] = media["synonyms"] if isinstance(media.get("synonyms"), list) else []
-    adult = media.get("isAdult")
     return Anime(
         anilist_id=anilist_id,
         mal_id=_count(media.get("idMal")) or None,
-        title=title if any((title.romaji, title.english, title.native)) else None,
-        synonyms=[text for text in map(_text, synonyms) if text],
-        is_adult=adult if isinstance(adult, bool) else None,
+        title=title_from(titles.get("romaji"), titles.get("english"), titles.get("native")),
+        synonyms=[text.strip() for text in string_list(media.get("synonyms")) if text.strip()],
+        is_adult=as_bool(media.get("isAdult")),
         episode_count=_count(media.get("episodes")),
         episode_minutes=_count(media.get("duration")),
-        format=_text(media.get("format")),
-        season=_text(media.get("season")),
+        format=as_str(media.get("format")),
+        season=as_str(media.get("season")),
         season_year=_count(media.get("seasonYear")),
-        cover_image_url=_text(cover.get("large")) or _text(cover.get("medium")),
-        site_url=_text(media.get("siteUrl")),
+        cover_image_url=as_str(cover.get("large")) or as_str(cover.get("medium")),
+        site_url=as_str(media.get("siteUrl")),
         raw=media,
     )
