@@ -138,8 +138,8 @@ def open_enricher(
     on_attempt: Callable[[Attempt], None] | None = None,
 ) -> Enricher:
     """The enricher the settings describe: their metadata provider (None when ``metadata`` is ``off``:
-    only hits already flagged adult can be dropped) and a metadata cache next to the result cache (none
-    when the cache is ``off``).
+    only hits already flagged adult can be dropped) and a metadata cache next to the result cache (in the
+    cache dir when the result cache is on Redis; none when the cache is ``off``).
 
     Raises:
         UnknownProviderError: ``metadata`` names no installed metadata provider.
@@ -148,6 +148,8 @@ def open_enricher(
     name = settings.metadata_provider
     provider = _metadata_provider(settings, name) if name is not None else None
     path = settings.cache_path
+    if path is not None and "://" in str(settings.cache or ""):  # a shared (Redis) result cache: this one
+        path = settings.cache_dir / "results.sqlite3"  # stays a local file in the cache dir
     cache = AnimeCache(path.with_name("anime.sqlite3")) if path is not None and provider is not None else None
     return Enricher(provider, ledger, send, cache if cache is not None and cache.usable else None, on_attempt)
 

@@ -6,6 +6,7 @@ import logging
 import stat
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -52,3 +53,17 @@ def test_an_unusable_place_warns_once_and_caches_nothing(
         assert anyio.run(cache.get, "anilist", [11887]) == {}
     assert not cache.usable
     assert caplog.text.count("metadata cache") == 1
+
+
+def test_with_a_redis_result_cache_the_metadata_cache_stays_a_local_file(tmp_path: Path) -> None:
+    from anisearch import Settings
+    from anisearch._enrich import open_enricher
+
+    async def never(*args: Any) -> Any:
+        raise AssertionError
+
+    settings = Settings.load(cache="redis://127.0.0.1:1/0", cache_dir=tmp_path / "cache", metadata="anilist")
+    enricher = open_enricher(settings, never, never)
+    enricher.close()
+    assert (tmp_path / "cache" / "anime.sqlite3").is_file()
+    assert not Path("redis:").exists()
