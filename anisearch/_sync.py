@@ -277,6 +277,9 @@ class Client:
                 providers that can search by a descriptor computed here (trace.moe: its colour layout
                 vector, a 57-byte request) that descriptor instead, and uploads to the others. Borders are
                 then cut locally. The answer is the same; only the bytes sent differ.
+            include_adult: False drops hits of adult-only anime (looked up like ``anilist_info``) and
+                counts them in ``adult_hits_dropped``; None uses the setting ``include_adult``
+                (``ANISEARCH_INCLUDE_ADULT``, default True).
 
         Returns:
             The hits (similarity descending), who answered, and every attempt.
