@@ -265,7 +265,9 @@ class Client:
                 eligible provider at once and merges their hits.
             anilist_id: Only hits of this AniList ID.
             cut_borders: Trim black borders (server-side where the provider can, locally otherwise).
-            anilist_info: Ask for titles and AniList metadata with the hits.
+            anilist_info: Fill every hit's titles, MAL ID, adult flag, format and cover from the metadata
+                provider (AniList; one request for all hits, cached per AniList ID), whichever provider
+                answered. Never fatal: a failed lookup is an ``attempts`` entry.
             min_similarity: 0..1; a weaker best hit also asks the next provider, and the strongest answer
                 seen is returned.
             cache: Reuse (and store) results in the local cache; a cached answer costs no quota.
