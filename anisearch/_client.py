@@ -326,7 +326,7 @@ class AsyncClient(AccountFeatures):
             partial(_image.prepare, source, max_width=box[0], max_height=box[1], wait_seconds=max(wait, 0.0))
         )
         routes = plan_routes(
-            [(p, self._scope(p), self._slots(p), provider_windows(p)) for p in map(self._provider, names)],
+            [(p, self._scope(p), self._slots(p), provider_windows(p)) for p in asked],
             prepared,
             options,
             use_cache=use_cache,
@@ -334,7 +334,6 @@ class AsyncClient(AccountFeatures):
         if use_cache and not looked_up and (cached := await self._from_cache(routes)) is not None:
             return cached
         flight = cache_key("|".join(names), prepared.digest, [options, strategy, min_similarity])
-        store = self._get_cache()
 
         async def route_search() -> SearchResult:
             router = Router(
