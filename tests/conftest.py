@@ -30,6 +30,27 @@ REQUIRE_SAMPLES = os.environ.get("ANISEARCH_REQUIRE_SAMPLES") == "1"
 """Set by ``.ci/run``: there, missing recordings fail the run instead of skipping their tests."""
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Without the recordings (a plain clone) the coverage floor is not applied: the replay tests that
+    cover the parsers are skipped there, so the figure would measure the checkout, not the code. CI has the
+    recordings (``ANISEARCH_REQUIRE_SAMPLES=1``) and holds the floor."""
+    coverage = config.pluginmanager.get_plugin("_cov")  # pytest-cov, when --cov is given
+    options = getattr(coverage, "options", None)
+    if not SAMPLES.is_dir() and not REQUIRE_SAMPLES and getattr(options, "cov_fail_under", None):
+        options.cov_fail_under = 0  # type: ignore[union-attr]
+        config.stash[_NO_FLOOR] = True
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if config.stash.get(_NO_FLOOR, False):
+        terminalreporter.write_line(
+            f"coverage floor not applied: the shared recordings are not at {SAMPLES} (a plain clone)"
+        )
+
+
+_NO_FLOOR = pytest.StashKey[bool]()
+
+
 @pytest.fixture(scope="session")
 def samples() -> Path:
     """``../shared/upstream-samples``: real upstream responses and screenshots, read in place.
