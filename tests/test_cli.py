@@ -475,8 +475,12 @@ def test_a_deadline_bounds_each_search(
 
 
 def test_a_wait_for_a_slot_is_shown_in_the_spinner(
-    tracemoe: Any, samples: Path, monkeypatch: pytest.MonkeyPatch
+    emulated: Callable[[Any], Any], samples: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Each search holds trace.moe's one slot for a second: the other input's search waits for it.
+    slow = emulated(tracemoe_app(latency=1.0))
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", slow.url)
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
     lines: list[str] = []
     real = _search._search_all
 
