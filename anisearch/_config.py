@@ -99,6 +99,19 @@ class _TomlSource(PydanticBaseSettingsSource):
         return {name: self._data[name] for name in self.settings_cls.model_fields if name in self._data}
 
 
+def settings_error(exc: ValidationError, prefix: str, headline: str) -> ConfigurationError:
+    """One :class:`ConfigurationError` for a settings validation failure, naming each variable
+    (``prefix`` + the field) and never quoting the value; a ConfigurationError a validator raised is kept."""
+    for err in exc.errors():
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigurationError):
+            return ConfigurationError(str(cause))
+    problems = "; ".join(
+        f"{prefix}{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+    )
+    return ConfigurationError(f"{headline}: {problems}")
+
+
 class Settings(BaseSettings):
     """Where anisearch sends requests and keeps its state. Every field has an ``ANISEARCH_*`` variable.
 
@@ -206,16 +219,8 @@ class Settings(BaseSettings):
         try:
             settings = cls(**overrides)
         except ValidationError as exc:
-            for err in exc.errors():
-                cause = (err.get("ctx") or {}).get("error")
-                if isinstance(cause, ConfigurationError):
-                    raise ConfigurationError(str(cause)) from None
-            problems = "; ".join(
-                f"ANISEARCH_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-                for err in exc.errors()
-            )
             # from None: pydantic's own message quotes the input, which may hold a credential
-            raise ConfigurationError(f"invalid settings: {problems}") from None
+            raise settings_error(exc, "ANISEARCH_", "invalid settings") from None
         for variable, value in os.environ.items():
             provider, _, name = variable.removeprefix("ANISEARCH_").partition("_")
             if variable.startswith("ANISEARCH_") and name and is_secret_setting(name.lower()):

@@ -29,7 +29,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from anisearch._config import _read_toml, config_path
+from anisearch._config import _read_toml, config_path, settings_error
 from anisearch._exceptions import ConfigurationError
 
 __all__ = ["ClientSpec", "ServerSettings"]
@@ -204,15 +204,7 @@ class ServerSettings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            for err in exc.errors():
-                cause = (err.get("ctx") or {}).get("error")
-                if isinstance(cause, ConfigurationError):
-                    raise ConfigurationError(str(cause)) from None
-            problems = "; ".join(
-                f"ANISEARCH_SERVER_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise ConfigurationError(f"invalid server settings: {problems}") from None
+            raise settings_error(exc, "ANISEARCH_SERVER_", "invalid server settings") from None
 
     def client_for(self, token: str) -> ClientSpec | None:
         """The client whose token is ``token`` (compared in constant time), or None."""
