@@ -46,6 +46,7 @@ from anisearch._verdict import (
     DEFAULT_COOLDOWN_SECONDS,
     MAX_COOLDOWN_SECONDS,
     checked,
+    guarded,
     maybe_sent,
     refusal_error,
 )
@@ -281,7 +282,7 @@ class Enricher:
         if provider is None:  # pragma: no cover - lookup() asks nothing without a provider
             raise UpstreamResponseError("no metadata provider")
         try:
-            request = _guarded(provider.name, lambda: provider.lookup_request(batch))
+            request = guarded(provider.name, lambda: provider.lookup_request(batch))
         except AnisearchError as exc:  # a provider that refuses its own IDs: its failure, not the search's
             if isinstance(exc, ProviderError):
                 raise
@@ -307,8 +308,8 @@ class Enricher:
             raise
         observations: list[Any] = []
         try:
-            observations = checked(_guarded(provider.name, lambda: provider.observe(response)), provider.name)
-            answer: list[Anime] = _guarded(provider.name, lambda: provider.parse_lookup(response))
+            observations = checked(guarded(provider.name, lambda: provider.observe(response)), provider.name)
+            answer: list[Anime] = guarded(provider.name, lambda: provider.parse_lookup(response))
         except ProviderError as exc:
             cooldown = None
             if isinstance(exc, RateLimitedError):
@@ -320,15 +321,3 @@ class Enricher:
             raise
         await ledger.settle(reserved, "charged", observations=observations)
         return answer, response.status_code
-
-
-def _guarded(name: str, call: Callable[[], Any]) -> Any:
-    """Run a provider's parser; anything but an anisearch error means an answer it could not read."""
-    try:
-        return call()
-    except AnisearchError:
-        raise
-    except Exception as exc:
-        raise UpstreamResponseError(
-            f"an answer anisearch cannot read ({type(exc).__name__})", provider=name
-        ) from exc

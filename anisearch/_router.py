@@ -351,7 +351,9 @@ class Router:
             return False
         try:
             response = await self._send(provider, request)
-            quotas = guarded(provider, lambda: [*provider.observe(response), *provider.parse_quota(response)])
+            quotas = guarded(
+                provider.name, lambda: [*provider.observe(response), *provider.parse_quota(response)]
+            )
             await self._ledger.observe(
                 provider.name, route.scope, route.windows, checked(quotas, provider.name)
             )

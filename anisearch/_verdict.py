@@ -117,9 +117,9 @@ def read(
     settlement = Settlement("charged" if response.is_success else "uncharged")
     try:
         settlement.observations = checked(
-            guarded(provider, lambda: provider.observe(response)), provider.name
+            guarded(provider.name, lambda: provider.observe(response)), provider.name
         )
-        answer: ProviderAnswer = guarded(provider, lambda: provider.parse_search(response))
+        answer: ProviderAnswer = guarded(provider.name, lambda: provider.parse_search(response))
         if answer.quota is not None:
             settlement.observations.extend(checked([answer.quota], provider.name))
     except ProviderError as exc:
@@ -157,15 +157,15 @@ def _consequences(
         settlement.busy = reason(exc)
 
 
-def guarded(provider: Provider, call: Callable[[], Any]) -> Any:
-    """Run a provider's parser; anything but an anisearch error means an answer it could not read."""
+def guarded(name: str, call: Callable[[], Any]) -> Any:
+    """Run provider ``name``'s parser; anything but an anisearch error means an answer it could not read."""
     try:
         return call()
     except AnisearchError:
         raise
     except Exception as exc:
         raise UpstreamResponseError(
-            f"an answer anisearch cannot read ({type(exc).__name__})", provider=provider.name
+            f"an answer anisearch cannot read ({type(exc).__name__})", provider=name
         ) from exc
 
 
