@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
-from anisearch._models import SearchResult
+from anisearch._models import SearchResult, fresh_previews
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -267,13 +267,7 @@ class ResultCache:
         now = datetime.now(UTC)
         if all(hit.preview_expires_at is None or hit.preview_expires_at > now for hit in result.hits):
             return result
-        hits = [
-            hit
-            if hit.preview_expires_at is None or hit.preview_expires_at > now
-            else hit.model_copy(update={"video_url": None, "image_url": None, "preview_expires_at": None})
-            for hit in result.hits
-        ]
-        return result.model_copy(update={"hits": hits})
+        return fresh_previews(result, now)
 
     async def get(self, key: str) -> SearchResult | None:
         """The cached result for ``key``, with expired preview URLs removed, or None (also when unusable)."""

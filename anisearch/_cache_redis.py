@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from anisearch._models import SearchResult
+from anisearch._models import SearchResult, fresh_previews
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -79,17 +79,6 @@ class CacheStore(Protocol):
 def is_redis_url(value: str | None) -> bool:
     """Whether a cache setting names Redis."""
     return value is not None and value.strip().lower().startswith(("redis://", "rediss://"))
-
-
-def fresh_previews(result: SearchResult, now: datetime) -> SearchResult:
-    """``result`` without the preview URLs that have expired."""
-    hits = [
-        hit
-        if hit.preview_expires_at is None or hit.preview_expires_at > now
-        else hit.model_copy(update={"video_url": None, "image_url": None, "preview_expires_at": None})
-        for hit in result.hits
-    ]
-    return result.model_copy(update={"hits": hits})
 
 
 class RedisResultCache:

@@ -380,3 +380,14 @@ class CreatedApiKey(ApiKey):
 
     key: SecretStr
     """The plaintext key; ``key.get_secret_value()`` reveals it. Never logged or cached."""
+
+
+def fresh_previews(result: SearchResult, now: datetime) -> SearchResult:
+    """``result`` without the preview URLs that have expired."""
+    hits = [
+        hit
+        if hit.preview_expires_at is None or hit.preview_expires_at > now
+        else hit.model_copy(update={"video_url": None, "image_url": None, "preview_expires_at": None})
+        for hit in result.hits
+    ]
+    return result.model_copy(update={"hits": hits})
