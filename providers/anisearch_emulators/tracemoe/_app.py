@@ -315,8 +315,9 @@ def create_app(
         queue_size: The priority queue's maximum (upstream ``SEARCH_QUEUE``, the CPU count by default).
         rate_limit: HTTP requests per client per 60 s window, on every route.
         keys: API key -> account; an int is a tier of :data:`TIERS` (email ``tier<N>@example.com``).
-        latency: Seconds each search takes at least, its own image work included (the rest is an
-            ``anyio.sleep``), to provoke concurrency collisions and to model an upstream's answer time.
+        latency: Seconds each search takes at least, from its arrival to its answer: reading the
+            upload, the image work and the ranking included (the rest is an ``anyio.sleep``), to provoke
+            concurrency collisions and to model an upstream's answer time.
         failures: Canned answers for the first ``/search`` requests (see :meth:`EmulatorState.fail_next`).
         max_upload_bytes: Raw and multipart upload limit, bytes (25 MiB upstream).
         max_json_bytes: JSON body limit, bytes (100 kB upstream).

@@ -182,6 +182,7 @@ class SearchRoutes(Server):
     async def search(self, request: Request) -> Response:
         if self.state.failures:
             return self.injected()
+        arrived = anyio.current_time()  # `latency` is the whole answer time, from the request's arrival
         parsed = await self.read_body(request)
         if isinstance(parsed, Response):
             return parsed
@@ -196,7 +197,7 @@ class SearchRoutes(Server):
         state.queue[caller.priority] = state.queue.get(caller.priority, 0) + 1
         crashed = False
         try:
-            response, successes = await self.run_search(request, caller, used, parsed)
+            response, successes = await self.run_search(request, caller, used, parsed, arrived)
         except _Crash:
             crashed = True  # the server's counters leak until the 15-minute housekeeping
             return _express_page(500, "Internal Server Error")
@@ -259,11 +260,10 @@ class SearchRoutes(Server):
         return _Body(file=data)
 
     async def run_search(  # noqa: PLR0911 - one exit per upstream check, in upstream order
-        self, request: Request, caller: _Caller, used: int, body: _Body
+        self, request: Request, caller: _Caller, used: int, body: _Body, arrived: float
     ) -> tuple[Response, int]:
         """The search handler after its counters went up: (response, successes to log)."""
         state, config = self.state, self.config
-        started = anyio.current_time()
         if used >= caller.quota:
             if self.era == "v3":
                 message = f"Search quota depleted (quota per 24 hours: {caller.quota}, used: {used})"
@@ -280,11 +280,11 @@ class SearchRoutes(Server):
         scenes = self.filtered_scenes(request)
         if scenes is None:  # an anilistID without indexed files: a counted success, without quota
             return _json({"frameCount": 0, "error": "", "result": []}), 1
-        if config.latency:  # the search takes `latency` in all, the image work included
-            await anyio.sleep(max(0.0, config.latency - (anyio.current_time() - started)))
+        lists = [self.rank(vector, scenes, request) for vector in vector_list]
+        if config.latency:  # the answer takes `latency` in all: reading, image work and ranking included
+            await anyio.sleep(max(0.0, config.latency - (anyio.current_time() - arrived)))
         if state.outage == "vector":
             return _error(500, "Search failed. Database temporarily unavailable."), 0
-        lists = [self.rank(vector, scenes, request) for vector in vector_list]
         body_out: dict[str, Any] = {"quota": caller.quota, "quotaUsed": used} if self.era == "v3" else {}
         body_out |= {
             "frameCount": sum(scene.frames for scene in scenes),
