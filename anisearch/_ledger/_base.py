@@ -12,12 +12,13 @@ All datetimes are timezone-aware UTC. All durations are seconds.
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import os
 import re
 import secrets
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Clock",
     "Ledger",
+    "Nap",
     "Refusal",
     "ScopeView",
     "Stale",
@@ -56,6 +58,8 @@ __all__ = [
 ]
 
 Clock = Callable[[], datetime]
+Nap = Callable[[float], Awaitable[None]]
+"""``await nap(seconds)``: wait for a freed slot of the scope listened to (see :meth:`Ledger.listening`)."""
 """Returns the current instant as an aware datetime (tests inject a fake one)."""
 
 _SCOPE_KEY = b"anisearch ledger scope v1"
@@ -190,6 +194,10 @@ class Ledger(abc.ABC):
         """Run :func:`~anisearch._ledger._logic.settle` atomically and wake the waiters of the scope."""
 
     @abc.abstractmethod
+    async def _free_slot(self, provider: str, scope: str, token: str) -> None:
+        """Run :func:`~anisearch._ledger._logic.free_slot` atomically and wake the waiters of the scope."""
+
+    @abc.abstractmethod
     async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
         """Move a reservation's lease; False when it is gone (expired and taken over)."""
 
@@ -209,6 +217,23 @@ class Ledger(abc.ABC):
     async def wait(self, provider: str, scope: str, seconds: float) -> None:
         """Return when a reservation of the scope was settled (a slot may have freed), or after
         ``seconds``, whichever is first. Spurious early returns are allowed."""
+
+    @contextlib.asynccontextmanager
+    async def listening(self, provider: str, scope: str) -> AsyncIterator[Nap]:
+        """Listen for freed slots of the scope from now on, for a search that waits for one.
+
+        Enter it *before* asking for the slot that may be refused: a slot freed between the refusal and
+        the nap is then not missed. The context gives ``nap(seconds)``, which returns when a slot of the
+        scope was freed (spurious early returns are allowed) or after ``seconds``.
+
+        Raises:
+            LedgerError: The store cannot be used.
+        """
+
+        async def nap(seconds: float) -> None:
+            await self.wait(provider, scope, seconds)
+
+        yield nap
 
     async def aclose(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Release connections and files."""
@@ -372,6 +397,19 @@ class Ledger(abc.ABC):
             blocks=tuple((name, to_us(aware(until, "until"))) for name, until in blocks),
         )
         await self._settle(ticket.provider, ticket.scope, request)
+
+    async def free_slot(self, ticket: Ticket) -> None:
+        """Hand the reservation's concurrency slot to the next search before it is settled.
+
+        Call it once the upstream's answer has arrived (the upstream stopped counting the search as in
+        flight when it answered), while the answer is still being read; the units stay pending until
+        :meth:`settle`, which then frees nothing more. It costs one more step than a plain settle, so the
+        router uses it only when other searches wait for the slot.
+
+        Raises:
+            LedgerError: The store cannot be used.
+        """
+        await self._free_slot(ticket.provider, ticket.scope, ticket.token)
 
     async def renew(self, ticket: Ticket, lease_seconds: float) -> bool:
         """Keep a running search's slot for ``lease_seconds`` more; False when its lease had lapsed.

@@ -8,18 +8,21 @@ never awaits inside it, so it is safe for tasks and threads alike; waiters are w
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from anisearch._ledger import _logic
 from anisearch._ledger._base import Ledger
 from anisearch._ledger._units import WAITERS, MemoryUnits
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
     from zoneinfo import ZoneInfo
 
-    from anisearch._ledger._base import Clock
+    from anisearch._ledger._base import Clock, Nap
     from anisearch._ledger._logic import ReserveRequest, ScopeView, SettleRequest, WindowArgs
 
 __all__ = ["MemoryLedger"]
@@ -52,6 +55,12 @@ class MemoryLedger(Ledger):
             _logic.settle(*self._scope(provider, scope), request)
         WAITERS.notify((id(self), provider, scope))
 
+    async def _free_slot(self, provider: str, scope: str, token: str) -> None:
+        with self._lock:
+            freed = _logic.free_slot(self._scope(provider, scope)[0], token)
+        if freed:
+            WAITERS.notify((id(self), provider, scope))
+
     async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
         with self._lock:
             held = self._scope(provider, scope)[0].held.get(token)
@@ -72,6 +81,18 @@ class MemoryLedger(Ledger):
         with self._lock:
             for key in [key for key in self._states if provider is None or key[0] == provider]:
                 del self._states[key]
+
+    @contextlib.asynccontextmanager
+    async def listening(self, provider: str, scope: str) -> AsyncIterator[Nap]:
+        """Listen for slots freed in this process from now on (see :meth:`Ledger.listening`)."""
+        with WAITERS.watching((id(self), provider, scope)) as woken:
+
+            async def nap(seconds: float) -> None:
+                with anyio.move_on_after(seconds):
+                    await woken.wait()
+                woken.clear()
+
+            yield nap
 
     async def wait(self, provider: str, scope: str, seconds: float) -> None:
         """Return when a reservation of the scope is settled in this process, or after ``seconds``."""

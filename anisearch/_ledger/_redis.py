@@ -1,7 +1,7 @@
 """``redis://host:port/db``: the ledger in Redis, shared by a fleet of workers on many machines.
 
-Needs the ``redis`` extra (``pip install 'anisearch-gateway[redis]'``). Reserve, settle, renew and inspect
-are one Lua script call each (``_redis_scripts.py``): atomic on the server, one round trip. A search
+Needs the ``redis`` extra (``pip install 'anisearch-gateway[redis]'``). Reserve, settle, free, renew and
+inspect are one Lua script call each (``_redis_scripts.py``): atomic on the server, one round trip. A search
 waiting for a slot blocks on ``BLPOP`` of the scope's wake list, which every settle pushes to, so it
 wakes as soon as a slot frees anywhere in the fleet. Keys live under ``anisearch:ledger:``.
 
@@ -56,7 +56,7 @@ class RedisLedger(Ledger):
         self._redis: Any = client
         self._scripts = {
             name: client.register_script(getattr(_redis_scripts, name))
-            for name in ("RESERVE", "SETTLE", "RENEW", "INSPECT")
+            for name in ("RESERVE", "SETTLE", "FREE", "RENEW", "INSPECT")
         }
         self._listening: set[tuple[int, str, str]] = set()
 
@@ -140,6 +140,10 @@ class RedisLedger(Ledger):
             args += [name, blocked]
         await self._run("SETTLE", provider, scope, args)
         WAITERS.notify((id(self), provider, scope))
+
+    async def _free_slot(self, provider: str, scope: str, token: str) -> None:
+        if await self._run("FREE", provider, scope, [token]):
+            WAITERS.notify((id(self), provider, scope))
 
     async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
         return bool(await self._run("RENEW", provider, scope, [token, lease_until]))

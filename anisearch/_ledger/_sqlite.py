@@ -4,15 +4,17 @@ The file is opened on first use, in WAL mode with a busy timeout. Each step (res
 inspect) is one ``BEGIN IMMEDIATE`` transaction, so concurrent processes serialise on SQLite's own lock:
 it loads the scope's small state (one JSON row: windows, cooldown, reservations in flight), runs the step
 (``_logic.py``) over the scope's units (one indexed row each; per-window counts are kept by triggers, so
-a step costs the same with 100 000 units as with none), and writes the state back. Calls run in a
-worker thread, so waiting for the lock never stalls the event loop. A search waiting for a slot wakes when
-any process commits to the file (``PRAGMA data_version``, checked every few milliseconds on a connection
-of its own) or when this process settles a reservation. The directory is created 0700 and the file 0600.
-Times are integer microseconds since the Unix epoch.
+a step costs the same with 100 000 units as with none), and writes the state back. A step runs on the
+event loop when SQLite's write lock is free, else in a worker thread, so waiting for the lock never
+stalls the event loop. A search waiting for a slot sleeps on a socket of the file's doorbell
+(``_doorbell.py``): whoever frees a slot rings the longest-waiting search of the scope, in any process of
+the machine, so hand-over is immediate and nothing polls. The directory is created 0700 and the file
+0600. Times are integer microseconds since the Unix epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -27,14 +29,15 @@ import anyio.to_thread
 from anisearch._exceptions import LedgerError
 from anisearch._ledger import _logic
 from anisearch._ledger._base import Ledger
+from anisearch._ledger._doorbell import Doorbell
 from anisearch._ledger._units import WAITERS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
     from pathlib import Path
     from zoneinfo import ZoneInfo
 
-    from anisearch._ledger._base import Clock
+    from anisearch._ledger._base import Clock, Nap
     from anisearch._ledger._logic import ReserveRequest, ScopeView, SettleRequest, WindowArgs
 
 __all__ = ["SQLiteLedger"]
@@ -42,7 +45,6 @@ __all__ = ["SQLiteLedger"]
 _T = TypeVar("_T")
 _SCHEMA_VERSION = 3
 _BUSY_TIMEOUT_MS = 15_000
-_WAKE_CHECK_SECONDS = 0.002
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS scopes (
         provider TEXT NOT NULL, scope TEXT NOT NULL, state TEXT NOT NULL,
@@ -186,8 +188,7 @@ class SQLiteLedger(Ledger):
         self.path = path
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        self._watch_lock = threading.Lock()
-        self._watch: sqlite3.Connection | None = None
+        self._bell = Doorbell(path)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -295,12 +296,10 @@ class SQLiteLedger(Ledger):
         """Close the database connections (they reopen on the next call)."""
 
         def close() -> None:
-            for lock, name in ((self._lock, "_conn"), (self._watch_lock, "_watch")):
-                with lock:
-                    conn = getattr(self, name)
-                    if conn is not None:
-                        conn.close()
-                        setattr(self, name, None)
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
 
         await anyio.to_thread.run_sync(close)
 
@@ -312,10 +311,20 @@ class SQLiteLedger(Ledger):
         )
 
     async def _settle(self, provider: str, scope: str, request: SettleRequest) -> None:
-        await self._write(
+        freed = await self._write(
             self._step(provider, scope, lambda state, units: _logic.settle(state, units, request))
         )
-        WAITERS.notify((self.path, provider, scope))
+        if freed:
+            WAITERS.notify((self.path, provider, scope))
+            self._bell.ring(provider, scope)
+
+    async def _free_slot(self, provider: str, scope: str, token: str) -> None:
+        freed = await self._write(
+            self._step(provider, scope, lambda state, _units: _logic.free_slot(state, token))
+        )
+        if freed:
+            WAITERS.notify((self.path, provider, scope))
+            self._bell.ring(provider, scope)
 
     async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
         def renew(state: _logic.ScopeState, _units: _Units) -> bool:
@@ -349,23 +358,23 @@ class SQLiteLedger(Ledger):
 
         await self._write(clear)
 
-    def _data_version(self) -> int:
-        with self._watch_lock:
-            if self._watch is None:
-                self._watch = self._open()
-            return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+    @contextlib.asynccontextmanager
+    async def listening(self, provider: str, scope: str) -> AsyncIterator[Nap]:
+        """Listen on a doorbell socket of the scope: a slot freed anywhere on the machine rings it."""
+        key = (self.path, provider, scope)
+        with self._bell.listening(provider, scope) as sock, WAITERS.watching(key) as nearby:
+
+            async def nap(seconds: float) -> None:
+                await Doorbell.nap(sock, seconds, nearby)
+                nearby.clear()  # the next nap waits for the next freed slot
+
+            yield nap
 
     async def wait(self, provider: str, scope: str, seconds: float) -> None:
-        """Return when any process commits to the file or this one settles the scope, or after ``seconds``."""
-        try:
-            start = self._data_version()
-        except (OSError, sqlite3.Error) as exc:
-            raise self._error(exc) from exc
-        deadline = anyio.current_time() + seconds
-        while (left := deadline - anyio.current_time()) > 0:
-            await WAITERS.wait((self.path, provider, scope), min(left, _WAKE_CHECK_SECONDS))
-            if self._data_version() != start:
-                return
+        """Return when a slot of the scope is freed by any process of the machine, or after ``seconds``
+        (at most a second: a holder that was killed rings nothing, so the caller looks again)."""
+        async with self.listening(provider, scope) as nap:
+            await nap(seconds)
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:

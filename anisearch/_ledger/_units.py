@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 
 import anyio
 
@@ -90,12 +91,17 @@ class Waiters:
 
     async def wait(self, key: Hashable, seconds: float) -> None:
         """Return on :meth:`notify` of ``key`` or after ``seconds``."""
+        with self.watching(key) as event, anyio.move_on_after(seconds):
+            await event.wait()
+
+    @contextlib.contextmanager
+    def watching(self, key: Hashable) -> Iterator[asyncio.Event]:
+        """An event of the running loop that :meth:`notify` of ``key`` sets while the context lasts."""
         entry = (asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
             self._waiting.setdefault(key, set()).add(entry)
         try:
-            with anyio.move_on_after(seconds):
-                await entry[1].wait()
+            yield entry[1]
         finally:
             with self._lock:
                 waiting = self._waiting.get(key)
@@ -105,10 +111,18 @@ class Waiters:
                         del self._waiting[key]
 
     def notify(self, key: Hashable) -> None:
-        """Wake every task waiting on ``key``."""
+        """Wake every task waiting on ``key``: at once on the calling task's own loop (so a task that
+        yields right after runs behind the woken ones), and through ``call_soon_threadsafe`` elsewhere."""
         with self._lock:
             entries = list(self._waiting.get(key, ()))
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # called from a worker thread
+            running = None
         for loop, event in entries:
+            if loop is running:
+                event.set()
+                continue
             try:
                 loop.call_soon_threadsafe(event.set)
             except RuntimeError:  # that loop has closed; its waiter is gone

@@ -1,0 +1,159 @@
+"""Wake a process waiting for a SQLite ledger's slot as soon as another process frees one.
+
+Every search that waits for a slot binds a Unix datagram socket in a directory beside the ledger file
+(``<ledger>.wake/``, mode 0700), named after the scope and the instant it started waiting (where that path
+is too long for a socket address, the file is an empty marker and the socket is bound in Linux's abstract
+namespace under a name derived from the path). Whoever frees a
+slot (early hand-over or settle) sends one byte to the longest-waiting socket of the scope, so waiters are
+woken one at a time, in the order they came, across every process of the machine; none polls and no
+herd of waiters races for the freed slot. A socket whose process died refuses the byte and is removed,
+and the next one is rung. A waiter never depends on the bell alone: it also wakes after at most
+:data:`MAX_NAP_SECONDS` and looks again (a holder that was killed rings nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import socket
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+__all__ = ["MAX_NAP_SECONDS", "Doorbell"]
+
+logger = logging.getLogger("anisearch")
+
+MAX_NAP_SECONDS = 1.0
+"""The longest a waiter sleeps without looking again, bell or not (a killed holder rings nothing)."""
+
+_SOCKET_PATH_BYTES = 100
+"""Longest socket path used as is: ``sun_path`` holds 108 bytes on Linux, 104 on macOS."""
+_ABSTRACT = sys.platform.startswith("linux")
+"""Linux binds sockets by name, without a file, in its abstract namespace."""
+
+
+def _address(path: str) -> str | bytes | None:
+    """Where the waiter of the file ``path`` listens: the path, an abstract name, or None (nowhere)."""
+    if len(os.fsencode(path)) <= _SOCKET_PATH_BYTES:
+        return path
+    if _ABSTRACT:
+        return b"\0anisearch-" + hashlib.blake2b(os.fsencode(path), digest_size=16).hexdigest().encode()
+    return None
+
+
+class Doorbell:
+    """The wake-up sockets of one SQLite ledger file.
+
+    Args:
+        ledger: The ledger file; the sockets live in ``<ledger>.wake/``. Where no Unix socket can be bound
+            (no ``AF_UNIX``, or a path too long outside Linux), waiters just nap and look again.
+    """
+
+    def __init__(self, ledger: Path) -> None:
+        self.directory = ledger.with_name(ledger.name + ".wake")
+        self._usable = hasattr(socket, "AF_UNIX")
+
+    @staticmethod
+    def _prefix(provider: str, scope: str) -> str:
+        return hashlib.blake2b(f"{provider}|{scope}".encode(), digest_size=8).hexdigest()
+
+    @contextlib.contextmanager
+    def listening(self, provider: str, scope: str) -> Iterator[socket.socket | None]:
+        """A bound, non-blocking socket the next freed slot of the scope may ring; None where none can be
+        bound (the waiter then just naps and looks again)."""
+        sock: socket.socket | None = None
+        path = ""
+        if self._usable:
+            name = f"{self._prefix(provider, scope)}-{time.time_ns():020d}-{secrets.token_hex(4)}"
+            path = os.path.join(self.directory, name)  # noqa: PTH118 - a str for the socket calls
+            sock = self._bind(path)
+        try:
+            yield sock
+        finally:
+            if sock is not None:
+                sock.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # noqa: PTH108 - the path is a str already
+
+    def _bind(self, path: str) -> socket.socket | None:
+        address = _address(path)
+        if address is None:
+            return None
+        sock: socket.socket | None = None
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            sock.settimeout(0.0)  # non-blocking
+            sock.bind(address)
+            if isinstance(address, bytes):  # an abstract socket: the file is the marker the bell finds
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            logger.debug("no doorbell socket at %s (%s): the waiting search naps instead", path, exc)
+            return None
+        return sock
+
+    @staticmethod
+    async def nap(sock: socket.socket | None, seconds: float, woken: asyncio.Event) -> None:
+        """Return when ``sock`` is rung or ``woken`` is set (a slot freed in this process), or after
+        ``seconds`` (at most :data:`MAX_NAP_SECONDS`). ``woken`` is set on return by a ring."""
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            loop.add_reader(sock.fileno(), _drain, sock, woken)
+        try:
+            with anyio.move_on_after(min(seconds, MAX_NAP_SECONDS)):
+                await woken.wait()
+        finally:
+            if sock is not None:
+                loop.remove_reader(sock.fileno())
+
+    def ring(self, provider: str, scope: str, times: int = 1) -> None:
+        """Wake the ``times`` longest-waiting searches of the scope (dead waiters are skipped and removed).
+
+        Never raises: a bell that cannot ring leaves the waiters to their next look.
+        """
+        if not self._usable or times < 1:
+            return
+        prefix = self._prefix(provider, scope) + "-"
+        try:
+            names = sorted(entry.name for entry in self.directory.iterdir() if entry.name.startswith(prefix))
+        except OSError:
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as bell:
+            bell.settimeout(0.0)  # non-blocking
+            for name in names:
+                if times == 0:
+                    return
+                path = os.path.join(self.directory, name)  # noqa: PTH118 - a str for the socket calls
+                address = _address(path)
+                try:
+                    if address is None:
+                        raise ConnectionRefusedError(path)  # a marker this platform cannot reach
+                    bell.sendto(b"1", address)
+                except BlockingIOError:
+                    times -= 1  # its queue is full: it was rung already and will look
+                except OSError:  # refused or gone: a waiter that died or left; not a waiter any more
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)  # noqa: PTH108 - the path is a str already
+                else:
+                    times -= 1
+
+
+def _drain(sock: socket.socket, woken: asyncio.Event) -> None:
+    """Read every ring waiting on ``sock`` (so it is readable again only on a new one), then wake."""
+    with contextlib.suppress(OSError):
+        while sock.recv(16):
+            pass
+    woken.set()
