@@ -32,12 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import anisearch
 from anisearch._ledger import Ledger, Ticket, open_ledger
 from anisearch._ledger import _sqlite as sqlite_backend
 from anisearch._ledger._redis import RedisLedger
@@ -56,7 +54,8 @@ WORKER = textwrap.dedent(
     import anisearch
     from PIL import Image
 
-    url, ledger, count, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    url, ledger = sys.argv[1], sys.argv[2]
+    count, seed, tasks = (int(arg) for arg in sys.argv[3:6])
     settings = anisearch.Settings.load(
         providers=["tracemoe"], provider_options={"tracemoe": {"url": url}}, ledger=ledger, cache="off"
     )
@@ -68,12 +67,19 @@ WORKER = textwrap.dedent(
 
     async def main():
         async with anisearch.AsyncClient(settings) as client:
+            await client.search(image(10**6), cache=False)  # warm, like the baseline: imports, connection
             print("ready", flush=True)
             sys.stdin.readline()
             stamps = []
-            for n in range(count):
-                await client.search(image(n), cache=False)
-                stamps.append(time.monotonic())
+
+            async def run(task):
+                for n in range(count):
+                    await client.search(image(task * count + n), cache=False)
+                    stamps.append(time.monotonic())
+
+            async with anyio.create_task_group() as group:
+                for task in range(tasks):
+                    group.start_soon(run, task)
             print(json.dumps(stamps), flush=True)
 
     anyio.run(main)
@@ -145,77 +151,76 @@ def image_variants(count: int) -> list[bytes]:
 
 def utilisation_processes(ledger_url: str, processes: int, per_process: int) -> tuple[float, int]:
     with Emulator(_single_slot()) as server:
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER, server.url, ledger_url, str(per_process), str(seed)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
+        commands = [
+            [sys.executable, "-c", WORKER, server.url, ledger_url, str(per_process), str(seed), "1"]
             for seed in range(processes)
         ]
-        for worker in workers:
-            assert worker.stdout is not None
-            if worker.stdout.readline() != "ready\n":
-                raise SystemExit("a worker did not start")
-        start = time.monotonic()
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
-        ends = []
-        for worker in workers:
-            out, _ = worker.communicate(timeout=600)
-            ends.append(max(float(stamp) for stamp in out.strip().strip("[]").split(",")))
-        wall = max(ends) - start
+        wall = _feed(commands)
         refused = sum(1 for row in server.app.state.emulator.log if row.code == 402)
     return (processes * per_process / wall) / (1 / LATENCY), refused
 
 
+BARE_WORKER = textwrap.dedent(
+    """
+    import sys, time, io, json
+    import anyio, httpx
+    from PIL import Image
+
+    url, count = sys.argv[1], int(sys.argv[2])
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 36), (1, 2, 99)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+
+    async def main():
+        async with httpx.AsyncClient() as http:
+            await http.post(f"{url}/search", files={"image": ("a.jpg", data, "image/jpeg")})  # warm
+            print("ready", flush=True)
+            sys.stdin.readline()
+            stamps = []
+            for _ in range(count):
+                response = await http.post(f"{url}/search", files={"image": ("a.jpg", data, "image/jpeg")})
+                response.json()
+                stamps.append(time.monotonic())
+            print(json.dumps(stamps), flush=True)
+
+    anyio.run(main)
+    """
+)
+
+
+def _feed(commands: list[list[str]]) -> float:
+    """Start the worker processes, release them at once; seconds until the last one's last search."""
+    workers = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for command in commands
+    ]
+    for worker in workers:
+        assert worker.stdout is not None
+        if worker.stdout.readline() != "ready\n":
+            raise SystemExit("a worker did not start")
+    start = time.monotonic()
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    ends = []
+    for worker in workers:
+        out, _ = worker.communicate(timeout=600)
+        ends.append(max(float(stamp) for stamp in out.strip().strip("[]").split(",")))
+    return max(ends) - start
+
+
 def bare_rate(searches: int) -> float:
-    """Searches per second one bare httpx client gets back to back from the same kind of emulator."""
-    data = image_variants(1)[0]
+    """Searches per second one bare httpx client (a process of its own, like the anisearch workers) gets
+    back to back from the same kind of emulator."""
     with Emulator(_single_slot()) as server:
-
-        async def main() -> float:
-            async with httpx.AsyncClient() as http:
-                await http.post(f"{server.url}/search", files={"image": ("a.jpg", data, "image/jpeg")})
-                start = time.monotonic()
-                for _ in range(searches):
-                    response = await http.post(
-                        f"{server.url}/search", files={"image": ("a.jpg", data, "image/jpeg")}
-                    )
-                    response.json()
-                return time.monotonic() - start
-
-        return searches / anyio.run(main)
+        return searches / _feed([[sys.executable, "-c", BARE_WORKER, server.url, str(searches)]])
 
 
 def utilisation_tasks(ledger_url: str, tasks: int, per_task: int) -> tuple[float, int]:
-    images = image_variants(tasks * per_task)
+    """Like :func:`utilisation_processes`, with ``tasks`` concurrent searches in one worker process."""
     with Emulator(_single_slot()) as server:
-        settings = anisearch.Settings.load(
-            providers=["tracemoe"],
-            provider_options={"tracemoe": {"url": server.url}},
-            ledger=ledger_url,
-            cache="off",
-        )
-
-        async def main() -> float:
-            async with anisearch.AsyncClient(settings) as client:
-                await client.search(images[0], cache=False)  # warm: connection, first /search
-
-                async def run(offset: int) -> None:
-                    for n in range(per_task):
-                        await client.search(images[offset * per_task + n], cache=False)
-
-                start = time.monotonic()
-                async with anyio.create_task_group() as group:
-                    for offset in range(tasks):
-                        group.start_soon(run, offset)
-                return time.monotonic() - start
-
-        wall = anyio.run(main)
+        wall = _feed([[sys.executable, "-c", WORKER, server.url, ledger_url, str(per_task), "0", str(tasks)]])
         refused = sum(1 for row in server.app.state.emulator.log if row.code == 402)
     return (tasks * per_task / wall) / (1 / LATENCY), refused
 
