@@ -138,8 +138,8 @@ class RedisLedger(Ledger):
         args.append(len(request.blocks))
         for name, blocked in request.blocks:
             args += [name, blocked]
-        await self._run("SETTLE", provider, scope, args)
-        WAITERS.notify((id(self), provider, scope))
+        if await self._run("SETTLE", provider, scope, args):  # it freed a slot
+            WAITERS.notify((id(self), provider, scope))
 
     async def _free_slot(self, provider: str, scope: str, token: str) -> None:
         if await self._run("FREE", provider, scope, [token]):

@@ -182,7 +182,9 @@ SETTLE = (
 local now, token, outcome, busy = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local busy_jitter = tonumber(ARGV[6])
 redis.call('SADD', P .. 'scopes', PS)
+local held_raw = redis.call('HGET', HK, token)
 local was_held = redis.call('HDEL', HK, token) == 1
+local freed_slot = was_held and split(held_raw)[3] == '1'
 local i = 13
 for _ = 1, tonumber(ARGV[12]) do
   local name, counts, leave = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
@@ -250,6 +252,7 @@ for _ = 1, tonumber(ARGV[i]) do
   save_window(name, w)
   i = i + 2
 end
+if not freed_slot then return 0 end  -- no slot freed (handed over already): wake nobody
 redis.call('LPUSH', P .. 'wake:' .. PS, '1')
 redis.call('LTRIM', P .. 'wake:' .. PS, 0, 63)
 redis.call('PEXPIRE', P .. 'wake:' .. PS, 60000)
