@@ -291,6 +291,7 @@ def create_app(
     rate_limit: int = 100,
     keys: Mapping[str, EmulatedUser | int] | None = None,
     latency: float = 0.0,
+    log_seconds: float = 0.0,
     failures: Iterable[InjectedFailure] = (),
     max_upload_bytes: int = 25 * MIB,
     max_json_bytes: int = 100 * 1024,
@@ -318,6 +319,9 @@ def create_app(
         latency: Seconds each search takes at least, from its arrival to its answer: reading the
             upload, the image work and the ranking included (the rest is an ``anyio.sleep``), to provoke
             concurrency collisions and to model an upstream's answer time.
+        log_seconds: Seconds the server takes to log a search after it answered; only then does the
+            search stop counting against the caller's concurrency (as upstream, where the count goes
+            down after an awaited database insert that runs once the answer is sent).
         failures: Canned answers for the first ``/search`` requests (see :meth:`EmulatorState.fail_next`).
         max_upload_bytes: Raw and multipart upload limit, bytes (25 MiB upstream).
         max_json_bytes: JSON body limit, bytes (100 kB upstream).
@@ -353,6 +357,7 @@ def create_app(
         rate_limit=rate_limit,
         keys=accounts,
         latency=latency,
+        log_seconds=log_seconds,
         max_upload_bytes=max_upload_bytes,
         max_json_bytes=max_json_bytes,
         trust_forwarded_for=trust_forwarded_for,

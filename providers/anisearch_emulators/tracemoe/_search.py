@@ -20,6 +20,7 @@ import anyio
 import anyio.to_thread
 import httpx
 from PIL import Image
+from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -195,18 +196,24 @@ class SearchRoutes(Server):
         used = self.quota_used(caller, now)
         state.concurrent[caller.concurrency_id] = state.concurrent.get(caller.concurrency_id, 0) + 1
         state.queue[caller.priority] = state.queue.get(caller.priority, 0) + 1
-        crashed = False
         try:
             response, successes = await self.run_search(request, caller, used, parsed, arrived)
-        except _Crash:
-            crashed = True  # the server's counters leak until the 15-minute housekeeping
+        except _Crash:  # the server's counters leak until the 15-minute housekeeping
             return _express_page(500, "Internal Server Error")
-        finally:
-            if not crashed:
-                self.dequeue(caller)
+        except BaseException:
+            self.dequeue(caller)
+            raise
         for _ in range(successes or 1):
             state.log.append(LoggedSearch(state.clock(), caller.scope, response.status_code))
+        # The server answers, then counts the search down once its log row is written
+        # (`logAndDequeue` is not awaited before `res.json`): a moment after the answer left.
+        response.background = BackgroundTask(self.dequeue_after_logging, caller)
         return response
+
+    async def dequeue_after_logging(self, caller: _Caller) -> None:
+        if self.config.log_seconds:
+            await anyio.sleep(self.config.log_seconds)
+        self.dequeue(caller)
 
     def dequeue(self, caller: _Caller) -> None:
         concurrent = self.state.concurrent.get(caller.concurrency_id, 0)

@@ -172,6 +172,7 @@ class _Config:
     rate_limit: int
     keys: Mapping[str, EmulatedUser]
     latency: float
+    log_seconds: float
     max_upload_bytes: int
     max_json_bytes: int
     trust_forwarded_for: bool

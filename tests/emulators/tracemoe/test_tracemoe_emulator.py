@@ -378,6 +378,22 @@ async def test_concurrency_is_refused_at_once_per_caller(tinted: bytes) -> None:
     assert app.state.emulator.concurrent == {}
 
 
+async def test_a_search_counts_down_only_once_logged_after_its_answer(
+    tinted: bytes, live_server: Callable[[Any], LiveServer]
+) -> None:
+    app = create_app(log_seconds=0.5)
+    server = live_server(app)
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        first = await client.post("/search", content=tinted, headers=JPEG)
+        assert first.status_code == 200
+        assert app.state.emulator.concurrent != {}  # answered, not yet logged: still in flight upstream
+        too_soon = await client.post("/search", content=tinted, headers=JPEG)
+        assert (too_soon.status_code, error_of(too_soon)) == (402, "Concurrency limit exceeded")
+        await anyio.sleep(0.7)
+        assert app.state.emulator.concurrent == {}
+        assert (await client.post("/search", content=tinted, headers=JPEG)).status_code == 200
+
+
 async def test_a_full_queue_is_503_but_higher_priorities_pass(tinted: bytes) -> None:
     app = create_app(latency=0.2, queue_size=1, trust_forwarded_for=True, keys={"sponsor": 3})
     statuses: list[tuple[str, int, str]] = []
