@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import anyio
+import anyio.lowlevel
 import httpx
 import stamina
 
@@ -416,6 +417,8 @@ class Router:
                     busy=settlement.busy,
                     blocks=settlement.blocks,
                 )
+        # A search of this process woken by the freed slot sends before this one builds its result.
+        await anyio.lowlevel.checkpoint()
         if error is not None or answer is None:
             failure = error or UpstreamResponseError("no answer", provider=provider.name)
             if isinstance(failure, AuthenticationError):
