@@ -5,9 +5,10 @@ Every search that waits for a slot binds a Unix datagram socket in a directory b
 is too long for a socket address, the file is an empty marker and the socket is bound in Linux's abstract
 namespace under a name derived from the path). The settle that frees a slot sends one byte to the
 longest-waiting socket of the scope, so waiters are woken one at a time, in the order they came, across
-every process of the machine; none polls and no herd of waiters races for the freed slot. A socket whose process died refuses the byte and is removed,
-and the next one is rung. A waiter never depends on the bell alone: it also wakes after at most
-:data:`MAX_NAP_SECONDS` and looks again (a holder that was killed rings nothing).
+every process of the machine; none polls and no herd of waiters races for the freed slot. A socket whose
+process died refuses the byte and is removed, and the next one is rung. A waiter never depends on the bell
+alone: it also wakes after at most :data:`MAX_NAP_SECONDS` and looks again (a holder that was killed rings
+nothing).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ the machine, so hand-over is immediate and nothing polls. The directory is creat
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import sqlite3
@@ -169,8 +168,16 @@ def _state_from_json(text: str) -> _logic.ScopeState:
     )
 
 
+def _fields(value: Any) -> dict[str, Any]:
+    """A flat dataclass's fields (``dataclasses.asdict`` without its deep copies: a step is hot)."""
+    return {name: getattr(value, name) for name in value.__dataclass_fields__}
+
+
 def _state_to_json(state: _logic.ScopeState) -> str:
-    return json.dumps(dataclasses.asdict(state), separators=(",", ":"))
+    data = _fields(state)
+    data["windows"] = {name: _fields(window) for name, window in state.windows.items()}
+    data["held"] = {token: _fields(held) for token, held in state.held.items()}
+    return json.dumps(data, separators=(",", ":"))
 
 
 class SQLiteLedger(Ledger):
