@@ -453,27 +453,29 @@ class Router:
         return _Outcome(attempt, result=result)
 
     async def _send_leased(self, ticket: Ticket, provider: Provider, query: SearchQuery) -> httpx.Response:
-        """Send while a background task renews the slot's lease; errors come out as they are."""
-        outcome: list[httpx.Response | Exception] = []
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._keep_lease, ticket)
-            try:
-                outcome.append(await self._send_once(provider, query))
-            except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
-                outcome.append(exc)
-            finally:
-                group.cancel_scope.cancel()
-        if isinstance(outcome[0], Exception):
-            raise outcome[0]
-        return outcome[0]
+        """Send; a search still running after a third of its lease gets a task renewing the lease.
+
+        Most searches answer well before that, so they start no task at all: a timer costs less.
+        """
+        loop = asyncio.get_running_loop()
+        renewing: list[asyncio.Task[None]] = []
+        timer = loop.call_later(
+            self._lease_seconds / 3, lambda: renewing.append(loop.create_task(self._keep_lease(ticket)))
+        )
+        try:
+            return await self._send_once(provider, query)
+        finally:
+            timer.cancel()
+            for task in renewing:
+                task.cancel()  # it only renews; nothing to wait for
 
     async def _keep_lease(self, ticket: Ticket) -> None:
         while True:
-            await anyio.sleep(self._lease_seconds / 3)
             try:
                 await self._ledger.renew(ticket, self._lease_seconds)
             except LedgerError as exc:  # the search goes on; settling will say whether the ledger is back
                 logger.warning("%s: could not renew the slot's lease: %s", ticket.provider, exc)
+            await anyio.sleep(self._lease_seconds / 3)
 
     async def _send_once(self, provider: Provider, query: SearchQuery) -> httpx.Response:
         """Send the search; retry only while the request never left this machine."""

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Self
 
+import anyio
 import httpx
 import pytest
 
@@ -448,3 +449,39 @@ async def test_an_answer_served_as_a_guest_says_so_in_its_attempt(ledger: Ledger
     assert dead.attempts[0].scope == "guest"  # the session had died: the site answered a guest
     alive = await router(ledger).search(session)
     assert alive.attempts[0].scope == "session"
+
+
+async def test_a_search_outliving_a_third_of_its_lease_keeps_renewing_its_slot(ledger: Ledger) -> None:
+    renewed: list[datetime] = []
+    original = ledger.renew
+
+    async def counting(ticket: Ticket, lease_seconds: float) -> bool:
+        renewed.append(datetime.now(UTC))
+        return await original(ticket, lease_seconds)
+
+    ledger.renew = counting  # type: ignore[method-assign]
+    held: list[object] = []
+
+    async def slow(_provider: Any, request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(0.35)  # past the 0.3 s lease: only renewals keep the slot
+        held.append(await ledger.reserve("one", "guest", WINDOWS))
+        return httpx.Response(200, request=request)
+
+    slow_router = Router(ledger, slow, wait_seconds=1, lease_seconds=0.3)
+    result = await slow_router.search(routes(Scripted("one", answer("one", 0.9))))
+    assert result.provider == "one"
+    assert len(renewed) >= 2  # at 0.1 s, then every 0.1 s
+    assert isinstance(held[0], Refusal)  # the slot was still this search's
+    assert held[0].kind == "concurrency"
+
+
+async def test_a_quick_search_starts_no_renewal(ledger: Ledger) -> None:
+    renewed: list[Ticket] = []
+
+    async def counting(ticket: Ticket, lease_seconds: float) -> bool:
+        renewed.append(ticket)
+        return lease_seconds > 0
+
+    ledger.renew = counting  # type: ignore[method-assign]
+    await router(ledger).search(routes(Scripted("one", answer("one", 0.9))))
+    assert renewed == []
