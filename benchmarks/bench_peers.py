@@ -185,37 +185,47 @@ def variants(sample: Path, count: int) -> list[bytes]:
     return out
 
 
+def _floor_lookup(conn: sqlite3.Connection, sample: Path) -> float:
+    """Seconds for the least a cache hit does: hash the file, one ``SELECT`` on an open connection,
+    ``json.loads``."""
+    start = time.perf_counter()
+    with open(sample, "rb") as file:  # noqa: PTH123 - the floor: a plain blocking read
+        digest = hashlib.sha256(file.read()).hexdigest()
+    row = conn.execute("SELECT result FROM results WHERE key != ? LIMIT 1", (digest,)).fetchone()
+    json.loads(row[0])
+    return time.perf_counter() - start
+
+
 async def cache_in_process(sample: Path, misses: list[bytes], root: Path, count: int) -> dict[str, float]:
-    """Median ms of a cache hit, a cache miss (50 ms emulator), and the floor of a hit (hash + SELECT)."""
+    """Median ms of a cache hit, a cache miss (50 ms emulator), and the floor of a hit (hash + SELECT).
+
+    Each round is a miss, then a hit, then the floor, so the hit and its floor run in the same conditions
+    (right after a search that waited 50 ms for the emulator, with whatever else the machine is doing).
+    """
     data = await anyio.Path(sample).read_bytes()
     cache = root / "cache.sqlite3"
+    hit, miss, floor = [], [], []
     with EmulatorProcess(0.05) as server:
         async with anisearch.AsyncClient(
             settings(server.url, f"sqlite:///{root / 'cache-ledger.sqlite3'}", cache=str(cache))
         ) as client:
             await client.search(data)
-            hit, miss = [], []
-            for n in range(count):
-                start = time.perf_counter()
-                fresh = await client.search(misses[n])
-                miss.append(time.perf_counter() - start)
-                if fresh.cached:
-                    raise SystemExit("a new picture was answered from the cache")
-                start = time.perf_counter()
-                result = await client.search(data)
-                hit.append(time.perf_counter() - start)
-                if not result.cached:
-                    raise SystemExit("the repeated search was not answered from the cache")
-    conn = sqlite3.connect(cache)
-    floor = []
-    for _ in range(count * 5):
-        start = time.perf_counter()
-        with open(sample, "rb") as file:  # noqa: ASYNC230, PTH123 - the floor: a plain blocking read
-            digest = hashlib.sha256(file.read()).hexdigest()
-        row = conn.execute("SELECT result FROM results WHERE key != ? LIMIT 1", (digest,)).fetchone()
-        json.loads(row[0])
-        floor.append(time.perf_counter() - start)
-    conn.close()
+            conn = sqlite3.connect(cache)
+            try:
+                for n in range(count):
+                    start = time.perf_counter()
+                    fresh = await client.search(misses[n])
+                    miss.append(time.perf_counter() - start)
+                    if fresh.cached:
+                        raise SystemExit("a new picture was answered from the cache")
+                    start = time.perf_counter()
+                    result = await client.search(data)
+                    hit.append(time.perf_counter() - start)
+                    if not result.cached:
+                        raise SystemExit("the repeated search was not answered from the cache")
+                    floor.append(_floor_lookup(conn, sample))
+            finally:
+                conn.close()
     return {
         "hit": statistics.median(hit) * 1000,
         "miss": statistics.median(miss) * 1000,
