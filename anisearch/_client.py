@@ -328,12 +328,11 @@ class AsyncClient(AccountFeatures):
                 )
             if early is not None:
                 return self._cached(*early)
-        if prepared is None:
-            prepared = await anyio.to_thread.run_sync(
-                partial(
-                    _image.prepare, source, max_width=box[0], max_height=box[1], wait_seconds=max(wait, 0.0)
-                )
+        if prepared is None:  # a small picture in memory is prepared in place: a thread hop costs more
+            preparing = partial(
+                _image.prepare, source, max_width=box[0], max_height=box[1], wait_seconds=max(wait, 0.0)
             )
+            prepared = preparing() if _image.quick(source) else await anyio.to_thread.run_sync(preparing)
         routes = plan_routes(
             [(p, self._scope(p), self._slots(p), provider_windows(p)) for p in asked],
             prepared,

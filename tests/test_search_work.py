@@ -6,12 +6,14 @@ import io
 import json
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.to_thread
 import httpx
 import pytest
 import respx
 from PIL import Image, ImageDraw
 
-from anisearch import Client, Settings
+from anisearch import Client, Settings, _image
 from anisearch_providers.tracemoe import descriptor
 
 if TYPE_CHECKING:
@@ -95,3 +97,59 @@ def test_a_plain_jpeg_that_fits_the_box_is_uploaded_byte_for_byte(
     sent = route.calls.last.request
     assert sent.content.count(source) == 1  # the multipart body carries the very bytes given
     assert described == []
+
+
+def jpeg(size: tuple[int, int]) -> bytes:
+    picture = Image.linear_gradient("L").resize(size).convert("RGB")
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def test_only_a_small_still_picture_in_memory_is_quick_to_prepare(samples: Path) -> None:
+    screenshot = samples / "tinted-good.jpg"  # 640x360
+    assert _image.quick(screenshot.read_bytes())
+    assert _image.quick(bytearray(jpeg((320, 180))))
+    assert _image.quick(_image.read(screenshot))  # the bytes read (and hashed) already
+    assert not _image.quick(screenshot)  # a file is read in a worker thread
+    assert not _image.quick(io.BytesIO(screenshot.read_bytes()))
+    assert not _image.quick(jpeg((1280, 720)))  # decoding it takes several milliseconds
+    assert not _image.quick(b"")
+    assert not _image.quick(b"<html>not an image</html>")
+    assert not _image.quick(b"\x00\x00\x00\x18ftypmp42" + bytes(64))  # a video
+    assert not _image.quick(jpeg((64, 64)) + bytes(_image.QUICK_BYTES))
+
+
+@pytest.mark.parametrize(("size", "in_thread"), [((640, 360), False), ((1280, 720), True)])
+def test_a_small_picture_is_prepared_in_place_and_a_larger_one_in_a_worker_thread(
+    mock: respx.MockRouter,
+    body: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    size: tuple[int, int],
+    in_thread: bool,
+) -> None:
+    threaded: list[str] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counted(function: Any, *args: Any, **kwargs: Any) -> Any:
+        threaded.append(getattr(getattr(function, "func", function), "__name__", ""))
+        return await real_run_sync(function, *args, **kwargs)
+
+    route = mock.post(f"{BASE}/search").respond(200, json=body)
+    with client(mock, "off") as searcher:
+        monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+        result = searcher.search(jpeg(size))
+        monkeypatch.undo()
+    assert result.hits
+    assert route.call_count == 1
+    uploaded = Image.open(io.BytesIO(multipart_image(route.calls.last.request)))
+    assert max(uploaded.size) == 320  # fitted to trace.moe's box either way
+    assert ("prepare" in threaded) is in_thread
+
+
+def multipart_image(request: httpx.Request) -> bytes:
+    """The bytes of the ``image`` field of a multipart upload."""
+    content = request.content
+    start = content.index(b"\r\n\r\n", content.index(b'name="image"')) + 4
+    boundary = request.headers["content-type"].split("boundary=")[1].encode()
+    return content[start : content.index(b"\r\n--" + boundary, start)]
