@@ -2,7 +2,8 @@
 
 :func:`prepare` turns whatever the user passed (a path, bytes, a binary file, a ``PIL.Image``) into a
 small JPEG plus the fact the rest of anisearch keys on (a digest of the source). It is synchronous and
-CPU-bound, so the async client runs it in a worker thread. Every problem with the input is an
+CPU-bound, so the async client runs it in a worker thread, unless it is :func:`quick` (a small picture
+already in memory, which takes less time than the thread hop). Every problem with the input is an
 :class:`~anisearch.InvalidImageError` (or its :class:`~anisearch.ImageTooLargeError`) raised before
 any request, so a bad input never costs quota.
 :func:`fit` then adapts a prepared image to one provider's :class:`~anisearch._provider.UploadLimits`.
