@@ -93,6 +93,7 @@ def _set_up(db: sqlite3.Connection) -> None:
     if columns and (columns != _COLUMNS or version not in {0, SCHEMA_VERSION}):
         raise sqlite3.DatabaseError(f"another schema (version {version})")
     db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # a disposable cache: no sync on every commit (WAL stays intact)
     db.execute(_SCHEMA)
     db.execute(_SOURCES_SCHEMA)  # which raw source maps to which result key (added in place: no bump)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -196,9 +197,9 @@ class ResultCache:
 
     # ------------------------------------------------------------ reading and writing
 
-    def _read(self, query: Callable[[sqlite3.Connection], T], *, block: bool) -> T | None:
-        """``query`` on the open connection, under the lock; None when unusable or when it fails (a failed
-        read disables the cache).
+    def _run(self, query: Callable[[sqlite3.Connection], T], *, block: bool) -> T | None:
+        """``query`` (reads, or one write transaction) on the open connection, under the lock; None when
+        unusable or when it fails (a failure disables the cache).
 
         With ``block=False`` nothing waits: a lock held by another thread, or a file locked by another
         process (SQLite's busy timeout is 0 for the read), raises :class:`WouldBlock` instead.
@@ -234,26 +235,36 @@ class ResultCache:
             ).fetchone()
             return None if row is None else str(row[0])
 
-        return self._read(query, block=block)
+        return self._run(query, block=block)
 
     def _put(
-        self, key: str, provider: str, payload: str, now: float, sources: Sequence[tuple[str, str]]
+        self,
+        key: str,
+        provider: str,
+        payload: str,
+        now: float,
+        sources: Sequence[tuple[str, str]],
+        *,
+        block: bool = True,
     ) -> None:
-        with self._lock:
-            if self._db is None:
-                return
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")  # with block=False, a file locked by another process: WouldBlock
             try:
-                self._db.execute(
+                db.execute(
                     "INSERT OR REPLACE INTO results (key, provider, stored_at, expires_at, result) "
                     "VALUES (?, ?, ?, ?, ?)",
                     (key, provider, now, now + self.ttl_seconds, payload),
                 )
-                self._db.executemany(
+                db.executemany(
                     "INSERT OR REPLACE INTO sources (source, image_key, expires_at) VALUES (?, ?, ?)",
                     [(*source, now + self.ttl_seconds) for source in sources],
                 )
-            except sqlite3.Error as exc:
-                self._disable(exc)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+        self._run(write, block=block)
 
     def find(self, sources: Sequence[str], *, block: bool = True) -> tuple[int, str] | None:
         """The first live answer for a raw source, found without decoding it.
@@ -291,7 +302,7 @@ class ResultCache:
                     return index, str(found[0])
             return -1, ""
 
-        return self._read(query, block=block)
+        return self._run(query, block=block)
 
     @staticmethod
     def decode(payload: str) -> SearchResult | None:
@@ -332,7 +343,11 @@ class ResultCache:
         """
         payload = result.model_dump_json()
         now = datetime.now(UTC).timestamp()
-        await anyio.to_thread.run_sync(self._put, key, result.provider or "", payload, now, sources)
+        row = (key, result.provider or "", payload, now, sources)
+        try:  # on the event loop when nothing holds the cache (WAL, no sync on commit), else in a thread
+            self._put(*row, block=False)
+        except WouldBlock:
+            await anyio.to_thread.run_sync(self._put, *row)
 
     def info(self) -> CacheInfo:
         """Counts and size of the cache file (zero entries when unusable)."""

@@ -44,7 +44,7 @@ def count_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     async def counted(function: Any, *args: Any, **kwargs: Any) -> Any:
         name = getattr(getattr(function, "func", function), "__name__", "")
-        if name in {"_read_find_prepare", "prepare", "_get"}:
+        if name in {"_read_find_prepare", "prepare", "_get", "_put"}:
             hops.append(name)
         return await real_run_sync(function, *args, **kwargs)
 
@@ -178,4 +178,21 @@ def test_a_miss_is_prepared_in_the_same_worker_thread_as_the_lookup(
         result = searcher.search(samples / "tinted-good.jpg")
     assert not result.cached
     assert route.call_count == 1
-    assert hops == ["_read_find_prepare"]  # no second hop to prepare the image, none to read the cache
+    assert hops == ["_read_find_prepare"]  # no second hop to prepare the image, none to use the cache
+
+
+def test_an_answer_is_stored_in_a_worker_thread_while_another_thread_holds_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = ResultCache(tmp_path / "c.sqlite3", ttl_seconds=60)
+    hops = count_hops(monkeypatch)
+    stored = SearchResult(hits=[Hit(provider="b", anilist_id=1, similarity=0.9)], provider="b")
+    cache._lock.acquire()
+    release = threading.Timer(0.3, cache._lock.release)
+    release.start()
+    anyio.run(partial(cache.put, "key-b", stored, sources=[("source-b", "key-b")]))
+    release.join()
+    assert hops == ["_put"]  # the event loop did not wait for the lock
+    found = cache.find(["source-b"], block=False)
+    assert found is not None
+    assert SearchResult.model_validate_json(found[1]) == stored
