@@ -25,18 +25,20 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio.to_thread
 
 from anisearch._models import SearchResult, fresh_previews
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
-__all__ = ["CacheInfo", "ResultCache", "cache_key"]
+__all__ = ["CacheInfo", "ResultCache", "WouldBlock", "cache_key"]
 
 logger = logging.getLogger("anisearch")
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 """``PRAGMA user_version`` of a cache this version writes; any other version is rebuilt."""
@@ -50,6 +52,7 @@ CREATE TABLE IF NOT EXISTS results (
     result TEXT NOT NULL
 )
 """
+_BUSY_TIMEOUT_MS = 10_000
 _SOURCES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
     source TEXT PRIMARY KEY,
@@ -57,6 +60,10 @@ CREATE TABLE IF NOT EXISTS sources (
     expires_at REAL NOT NULL
 )
 """
+
+
+class WouldBlock(Exception):  # noqa: N818 - a signal, like BlockingIOError, not an error
+    """A lookup with ``block=False`` would have waited: for another thread's write, or for a file lock."""
 
 
 def cache_key(provider: str, image_key: str, options: Sequence[object]) -> str:
@@ -80,12 +87,13 @@ class CacheInfo:
 
 def _set_up(db: sqlite3.Connection) -> None:
     """Check the schema of an opened file (refusing another one) and create what is missing."""
-    db.execute("PRAGMA busy_timeout=10000")
+    db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     columns = [row[1] for row in db.execute("PRAGMA table_info(results)")]
     if columns and (columns != _COLUMNS or version not in {0, SCHEMA_VERSION}):
         raise sqlite3.DatabaseError(f"another schema (version {version})")
     db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # a disposable cache: no sync on every commit (WAL stays intact)
     db.execute(_SCHEMA)
     db.execute(_SOURCES_SCHEMA)  # which raw source maps to which result key (added in place: no bump)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -189,70 +197,112 @@ class ResultCache:
 
     # ------------------------------------------------------------ reading and writing
 
-    def _get(self, key: str, now: float) -> str | None:
-        with self._lock:
-            if self._db is None:
+    def _run(self, query: Callable[[sqlite3.Connection], T], *, block: bool) -> T | None:
+        """``query`` (reads, or one write transaction) on the open connection, under the lock; None when
+        unusable or when it fails (a failure disables the cache).
+
+        With ``block=False`` nothing waits: a lock held by another thread, or a file locked by another
+        process (SQLite's busy timeout is 0 for the read), raises :class:`WouldBlock` instead.
+        """
+        if not self._lock.acquire(blocking=block):
+            raise WouldBlock
+        try:
+            db = self._db
+            if db is None:
                 return None
             try:
-                row = self._db.execute(
-                    "SELECT result FROM results WHERE key = ? AND expires_at > ?", (key, now)
-                ).fetchone()
+                if not block:
+                    db.execute("PRAGMA busy_timeout=0")
+                return query(db)
+            except sqlite3.OperationalError as exc:
+                if not block and exc.sqlite_errorcode in {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}:
+                    raise WouldBlock from exc
+                self._disable(exc)
             except sqlite3.Error as exc:
                 self._disable(exc)
-                return None
-        return None if row is None else str(row[0])
+            finally:
+                if not block and self._db is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            return None
+        finally:
+            self._lock.release()
+
+    def _get(self, key: str, now: float, *, block: bool = True) -> str | None:
+        def query(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT result FROM results WHERE key = ? AND expires_at > ?", (key, now)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return self._run(query, block=block)
 
     def _put(
-        self, key: str, provider: str, payload: str, now: float, sources: Sequence[tuple[str, str]]
+        self,
+        key: str,
+        provider: str,
+        payload: str,
+        now: float,
+        sources: Sequence[tuple[str, str]],
+        *,
+        block: bool = True,
     ) -> None:
-        with self._lock:
-            if self._db is None:
-                return
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")  # with block=False, a file locked by another process: WouldBlock
             try:
-                self._db.execute(
+                db.execute(
                     "INSERT OR REPLACE INTO results (key, provider, stored_at, expires_at, result) "
                     "VALUES (?, ?, ?, ?, ?)",
                     (key, provider, now, now + self.ttl_seconds, payload),
                 )
-                self._db.executemany(
+                db.executemany(
                     "INSERT OR REPLACE INTO sources (source, image_key, expires_at) VALUES (?, ?, ?)",
                     [(*source, now + self.ttl_seconds) for source in sources],
                 )
-            except sqlite3.Error as exc:
-                self._disable(exc)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
-    def find(self, sources: Sequence[str]) -> tuple[int, str] | None:
+        self._run(write, block=block)
+
+    def find(self, sources: Sequence[str], *, block: bool = True) -> tuple[int, str] | None:
         """The first live answer for a raw source, found without decoding it.
 
         ``sources`` are the source's aliases, one per provider in the order asked (see :meth:`put`). Under
         one lock, on the open connection, each alias gives the result key it was stored under, and that key
         its answer.
 
+        Args:
+            sources: The aliases, in the order the providers are asked.
+            block: False to raise :class:`WouldBlock` rather than wait for a lock (so that the event loop
+                can look up without a worker thread, and fall back to one).
+
         Returns:
             ``(index in sources, stored JSON)`` of the first hit; ``(-1, "")`` when every alias is known and
             none has an answer; None when an alias is unknown before any hit (the source must be prepared
             to tell), or the cache is unusable.
+
+        Raises:
+            WouldBlock: ``block`` is False and the lookup would have had to wait.
         """
         now = datetime.now(UTC).timestamp()
-        with self._lock:
-            if self._db is None:
-                return None
-            try:
-                for index, source in enumerate(sources):
-                    row = self._db.execute(
-                        "SELECT image_key FROM sources WHERE source = ? AND expires_at > ?", (source, now)
-                    ).fetchone()
-                    if row is None:
-                        return None
-                    found = self._db.execute(
-                        "SELECT result FROM results WHERE key = ? AND expires_at > ?", (row[0], now)
-                    ).fetchone()
-                    if found is not None:
-                        return index, str(found[0])
-            except sqlite3.Error as exc:
-                self._disable(exc)
-                return None
-        return -1, ""
+
+        def query(db: sqlite3.Connection) -> tuple[int, str] | None:
+            for index, source in enumerate(sources):
+                row = db.execute(
+                    "SELECT image_key FROM sources WHERE source = ? AND expires_at > ?", (source, now)
+                ).fetchone()
+                if row is None:
+                    return None
+                found = db.execute(
+                    "SELECT result FROM results WHERE key = ? AND expires_at > ?", (row[0], now)
+                ).fetchone()
+                if found is not None:
+                    return index, str(found[0])
+            return -1, ""
+
+        return self._run(query, block=block)
 
     @staticmethod
     def decode(payload: str) -> SearchResult | None:
@@ -270,8 +320,16 @@ class ResultCache:
         return fresh_previews(result, now)
 
     async def get(self, key: str) -> SearchResult | None:
-        """The cached result for ``key``, with expired preview URLs removed, or None (also when unusable)."""
-        payload = await anyio.to_thread.run_sync(self._get, key, datetime.now(UTC).timestamp())
+        """The cached result for ``key``, with expired preview URLs removed, or None (also when unusable).
+
+        Read on the event loop when nothing holds the cache (a primary-key lookup on the open connection),
+        else in a worker thread.
+        """
+        now = datetime.now(UTC).timestamp()
+        try:
+            payload = self._get(key, now, block=False)
+        except WouldBlock:
+            payload = await anyio.to_thread.run_sync(self._get, key, now)
         return None if payload is None else self.decode(payload)
 
     async def put(self, key: str, result: SearchResult, *, sources: Sequence[tuple[str, str]] = ()) -> None:
@@ -285,7 +343,11 @@ class ResultCache:
         """
         payload = result.model_dump_json()
         now = datetime.now(UTC).timestamp()
-        await anyio.to_thread.run_sync(self._put, key, result.provider or "", payload, now, sources)
+        row = (key, result.provider or "", payload, now, sources)
+        try:  # on the event loop when nothing holds the cache (WAL, no sync on commit), else in a thread
+            self._put(*row, block=False)
+        except WouldBlock:
+            await anyio.to_thread.run_sync(self._put, *row)
 
     def info(self) -> CacheInfo:
         """Counts and size of the cache file (zero entries when unusable)."""

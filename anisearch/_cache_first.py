@@ -4,7 +4,9 @@ A repeated search passes the same bytes. The result key of a provider that keys 
 descriptor (trace.moe) needs the decoded picture; so whenever an answer is stored, the cache also records,
 for each provider asked, which result key this raw source (by its SHA-256, in this upload box, with these
 options) mapped to. The next search of the same bytes reads and hashes them in one worker thread and
-looks the answer up on the cache's open connection: no decoding, no resizing, no descriptor.
+looks the answer up on the cache's open connection: no decoding, no resizing, no descriptor. Bytes already
+in memory are hashed and looked up on the event loop itself, without a worker thread, unless the cache is
+busy.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def find_by_source(
     providers: Sequence[Provider],
     options: SearchOptions,
     box: tuple[int, int],
+    *,
+    block: bool = True,
 ) -> tuple[tuple[Provider, SearchResult] | None, bool]:
     """The first provider, in order, with a cached answer for this source, and whether that is sure.
 
@@ -47,8 +51,13 @@ def find_by_source(
         providers: The providers to ask, in order.
         options: The search's options (part of every key).
         box: The upload box the source is prepared in (a descriptor depends on it).
+        block: False to raise :class:`~anisearch._cache.WouldBlock` rather than wait for the cache.
+
+    Raises:
+        WouldBlock: ``block`` is False and the lookup would have had to wait.
     """
-    found = store.find([_alias(provider.name, source.digest, box, options) for provider in providers])
+    aliases = [_alias(provider.name, source.digest, box, options) for provider in providers]
+    found = store.find(aliases, block=block)
     if found is None:
         return None, False
     index, payload = found

@@ -22,7 +22,7 @@ import httpx
 
 from anisearch import _image
 from anisearch._account import AccountFeatures, AsyncApiKeys
-from anisearch._cache import ResultCache, cache_key
+from anisearch._cache import ResultCache, WouldBlock, cache_key
 from anisearch._cache_first import find_by_source, source_keys
 from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_cache
 from anisearch._config import Settings
@@ -316,15 +316,23 @@ class AsyncClient(AccountFeatures):
         store = self._get_cache() if cache else None
         use_cache = store is not None
         looked_up = False
+        prepared: _image.PreparedImage | None = None
         if isinstance(store, ResultCache):  # a repeated source is answered before any decoding
-            source, (early, looked_up) = await anyio.to_thread.run_sync(
-                partial(_read_and_find, store, source, asked, options, box=box, wait_seconds=max(wait, 0.0))
-            )
+            in_memory = _find_in_memory(store, source, asked, options, box)
+            if in_memory is not None:
+                source, (early, looked_up) = in_memory
+            else:  # a file, a stream, large bytes or a busy cache: a worker thread, which also prepares
+                # the image when there is no answer (one thread hop either way)
+                source, (early, looked_up), prepared = await anyio.to_thread.run_sync(
+                    partial(_read_find_prepare, store, source, asked, options, box, max(wait, 0.0))
+                )
             if early is not None:
                 return self._cached(*early)
-        prepared = await anyio.to_thread.run_sync(
-            partial(_image.prepare, source, max_width=box[0], max_height=box[1], wait_seconds=max(wait, 0.0))
-        )
+        if prepared is None:  # a small picture in memory is prepared in place: a thread hop costs more
+            preparing = partial(
+                _image.prepare, source, max_width=box[0], max_height=box[1], wait_seconds=max(wait, 0.0)
+            )
+            prepared = preparing() if _image.quick(source) else await anyio.to_thread.run_sync(preparing)
         routes = plan_routes(
             [(p, self._scope(p), self._slots(p), provider_windows(p)) for p in asked],
             prepared,
@@ -483,20 +491,55 @@ def _best_hits(result: SearchResult) -> SearchResult:
     return result.model_copy(update={"hits": keep_best_hits(result.hits)})
 
 
-def _read_and_find(
+_Found = tuple[tuple[Provider, SearchResult] | None, bool]
+
+IN_MEMORY_LOOKUP_BYTES = 4 * 1024 * 1024
+"""Largest in-memory source (bytes) hashed and looked up in the cache on the event loop itself, without a
+worker thread: SHA-256 of 4 MiB takes a few milliseconds."""
+
+
+def _find_in_memory(
     store: ResultCache,
     source: Any,
     providers: Sequence[Provider],
     options: SearchOptions,
-    *,
+    box: tuple[int, int],
+) -> tuple[_image.SourceBytes, _Found] | None:
+    """Hash bytes already in memory and look their answer up without waiting (see ``find_by_source``).
+
+    Returns None when that takes a worker thread: the source must be read, is large, or the cache is busy.
+    """
+    if not isinstance(source, bytes | bytearray | memoryview | _image.SourceBytes):
+        return None
+    if not isinstance(source, _image.SourceBytes) and not 0 < len(source) <= IN_MEMORY_LOOKUP_BYTES:
+        return None
+    read = _image.read(source)
+    if not isinstance(read, _image.SourceBytes):  # pragma: no cover - bytes are never a PIL image
+        return None
+    try:
+        return read, find_by_source(store, read, providers, options, box, block=False)
+    except WouldBlock:
+        return None
+
+
+def _read_find_prepare(  # noqa: PLR0917 - one worker-thread call: the arguments of both steps
+    store: ResultCache,
+    source: Any,
+    providers: Sequence[Provider],
+    options: SearchOptions,
     box: tuple[int, int],
     wait_seconds: float,
-) -> tuple[Any, tuple[tuple[Provider, SearchResult] | None, bool]]:
-    """Read and hash the source, then look its answer up, in one worker thread (see ``find_by_source``)."""
+) -> tuple[Any, _Found, _image.PreparedImage | None]:
+    """Read and hash the source, look its answer up, and prepare the image when there is none, in one
+    worker thread (see ``find_by_source``)."""
     read = _image.read(source, wait_seconds=wait_seconds)
+    found: _Found = (None, False)
     if isinstance(read, _image.SourceBytes):
-        return read, find_by_source(store, read, providers, options, box)
-    return read, (None, False)
+        found = find_by_source(store, read, providers, options, box)
+    if found[0] is not None:
+        return read, found, None
+    prepared = _image.prepare(read, max_width=box[0], max_height=box[1], wait_seconds=wait_seconds)
+    return read, found, prepared
 
 
 def _remember_best(

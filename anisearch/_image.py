@@ -2,7 +2,8 @@
 
 :func:`prepare` turns whatever the user passed (a path, bytes, a binary file, a ``PIL.Image``) into a
 small JPEG plus the fact the rest of anisearch keys on (a digest of the source). It is synchronous and
-CPU-bound, so the async client runs it in a worker thread. Every problem with the input is an
+CPU-bound, so the async client runs it in a worker thread, unless it is :func:`quick` (a small picture
+already in memory, which takes less time than the thread hop). Every problem with the input is an
 :class:`~anisearch.InvalidImageError` (or its :class:`~anisearch.ImageTooLargeError`) raised before
 any request, so a bad input never costs quota.
 :func:`fit` then adapts a prepared image to one provider's :class:`~anisearch._provider.UploadLimits`.
@@ -44,6 +45,7 @@ __all__ = [
     "fit",
     "fits",
     "prepare",
+    "quick",
     "read",
     "upload_box",
 ]
@@ -61,6 +63,10 @@ MAX_IMAGE_BYTES = MAX_SOURCE_BYTES
 scaled down, not refused; only :data:`MAX_PIXELS` limits what is decoded."""
 MAX_PIXELS = 50_000_000
 """Default cap on the decoded size, pixels (50 MP): larger headers are refused as decompression bombs."""
+QUICK_PIXELS = 640 * 360
+"""Largest still image, pixels (from its header), that :func:`quick` deems quick to prepare."""
+QUICK_BYTES = 1024 * 1024
+"""Largest input in memory, bytes, that :func:`quick` deems quick to prepare."""
 
 _PLAIN_JPEG_INFO = frozenset({
     "jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "progressive", "progression", "adobe",
@@ -519,6 +525,31 @@ def prepare(
         source_format=source_format,
         source_bytes=source_bytes,
     )
+
+
+def quick(source: ImageSource | SourceBytes) -> bool:
+    """Whether preparing ``source`` takes only a millisecond or two (so an event loop may do it in place).
+
+    A worker thread costs about as much as that, and far more on a busy machine. Quick means: bytes
+    already in memory, at most :data:`QUICK_BYTES`, holding a still image of at most :data:`QUICK_PIXELS`
+    pixels by its header (which is all that is read here). Never raises: a file, a stream, a video, a
+    larger picture, or anything that is not an image is simply not quick, and :func:`prepare` reports what
+    is wrong with it.
+    """
+    if isinstance(source, SourceBytes):
+        data: bytes | bytearray | memoryview = source.data
+    elif isinstance(source, bytes | bytearray | memoryview):
+        data = source
+    else:
+        return False
+    if not 0 < len(data) <= QUICK_BYTES or video_kind(bytes(data[:512])) is not None:
+        return False
+    try:
+        with Image.open(io.BytesIO(data), formats=_formats()) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - not an image Pillow opens: prepare() will say why, in a thread
+        return False
+    return width * height <= QUICK_PIXELS
 
 
 def upload_box(limits: Iterable[UploadLimits]) -> tuple[int, int]:

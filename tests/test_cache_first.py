@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
+import threading
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +16,7 @@ import respx
 from PIL import Image
 
 from anisearch import Client, Hit, SearchResult, Settings, _image
-from anisearch._cache import ResultCache
+from anisearch._cache import ResultCache, WouldBlock
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -33,6 +35,21 @@ def mock() -> Iterator[respx.MockRouter]:
 def body(samples: Path) -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads((samples / "api-v1-search-tinted-good-2021.json").read_text())
     return loaded
+
+
+def count_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the functions run in worker threads from now on (SQLite ledger calls left out)."""
+    hops: list[str] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counted(function: Any, *args: Any, **kwargs: Any) -> Any:
+        name = getattr(getattr(function, "func", function), "__name__", "")
+        if name in {"_read_find_prepare", "prepare", "_get", "_put"}:
+            hops.append(name)
+        return await real_run_sync(function, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    return hops
 
 
 def client(mock: respx.MockRouter) -> Client:
@@ -84,3 +101,98 @@ def test_find_stops_at_an_unknown_source_and_reports_a_sure_miss(tmp_path: Path)
     assert SearchResult.model_validate_json(found[1]) == stored
     assert cache.find(["source-unknown", "source-b"]) is None  # the first provider cannot be ruled out
     assert cache.find(["source-a"]) == (-1, "")
+
+
+def test_repeated_bytes_are_answered_on_the_event_loop_without_a_worker_thread(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker thread costs more than the lookup (a hash, two indexed SELECTs on the open file)."""
+    data = (samples / "tinted-good.jpg").read_bytes()
+    route = mock.post(f"{BASE}/search").respond(200, json=body)
+    with client(mock) as searcher:
+        first = searcher.search(data)
+
+        async def no_thread(*_: object, **__: object) -> None:
+            raise AssertionError("a worker thread was used")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(anyio.to_thread, "run_sync", no_thread)
+            again = searcher.search(data)
+    assert (first.cached, again.cached) == (False, True)
+    assert again.hits == first.hits
+    assert route.call_count == 1
+
+
+def test_a_busy_cache_is_read_in_a_worker_thread_instead(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another thread holds the cache (writing an answer), the event loop does not wait for it."""
+    data = (samples / "tinted-good.jpg").read_bytes()
+    route = mock.post(f"{BASE}/search").respond(200, json=body)
+    with client(mock) as searcher:
+        searcher.search(data)
+        hops = count_hops(monkeypatch)
+        cache = searcher._async._cache  # the open cache, to hold its lock
+        assert isinstance(cache, ResultCache)
+        release = threading.Timer(0.3, cache._lock.release)
+        cache._lock.acquire()
+        release.start()
+        again = searcher.search(data)
+        release.join()
+    assert again.cached
+    assert route.call_count == 1
+    assert hops == ["_read_find_prepare"]  # looked up in a worker thread, which waited for the lock
+
+
+def test_find_without_blocking_raises_would_block_and_keeps_the_cache(tmp_path: Path) -> None:
+    cache = ResultCache(tmp_path / "c.sqlite3", ttl_seconds=60)
+    holder = threading.Thread(target=cache._lock.acquire)  # another thread writing
+    holder.start()
+    holder.join()
+    with pytest.raises(WouldBlock):
+        cache.find(["source-a"], block=False)
+    cache._lock.release()
+
+    class Locked:  # the file locked by another process: SQLite answers SQLITE_BUSY at once
+        def execute(self, sql: str, *_: object) -> Any:
+            if sql.startswith("PRAGMA"):
+                return None
+            error = sqlite3.OperationalError("database is locked")
+            error.sqlite_errorcode = sqlite3.SQLITE_BUSY
+            raise error
+
+    real, cache._db = cache._db, Locked()  # type: ignore[assignment]
+    with pytest.raises(WouldBlock):
+        cache.find(["source-a"], block=False)
+    assert cache.usable  # a busy file is not a broken one
+    cache._db = real
+    assert cache.find(["source-a"], block=False) is None  # unknown source
+
+
+def test_a_miss_is_prepared_in_the_same_worker_thread_as_the_lookup(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    route = mock.post(f"{BASE}/search").respond(200, json=body)
+    hops = count_hops(monkeypatch)
+    with client(mock) as searcher:
+        result = searcher.search(samples / "tinted-good.jpg")
+    assert not result.cached
+    assert route.call_count == 1
+    assert hops == ["_read_find_prepare"]  # no second hop to prepare the image, none to use the cache
+
+
+def test_an_answer_is_stored_in_a_worker_thread_while_another_thread_holds_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = ResultCache(tmp_path / "c.sqlite3", ttl_seconds=60)
+    hops = count_hops(monkeypatch)
+    stored = SearchResult(hits=[Hit(provider="b", anilist_id=1, similarity=0.9)], provider="b")
+    cache._lock.acquire()
+    release = threading.Timer(0.3, cache._lock.release)
+    release.start()
+    anyio.run(partial(cache.put, "key-b", stored, sources=[("source-b", "key-b")]))
+    release.join()
+    assert hops == ["_put"]  # the event loop did not wait for the lock
+    found = cache.find(["source-b"], block=False)
+    assert found is not None
+    assert SearchResult.model_validate_json(found[1]) == stored

@@ -81,20 +81,39 @@ def preview_expiry(url: str | None, date: datetime | None) -> datetime | None:
       it: the next full hour after the response ``Date`` + 300 s.
     - Older URLs (``?t=&token=`` without ``now``) and answers without a ``Date``: None.
     """
-    if not url:
-        return None
-    try:  # the standard library's parser: httpx.URL costs ~80 us a URL, two URLs a hit, ten hits a search
-        parsed = urlsplit(url)
-        pairs = parse_qsl(parsed.query, keep_blank_values=True)
-    except (ValueError, TypeError):
-        return None
-    now_param = as_float(next((value for name, value in pairs if name == "now"), None))
-    if now_param is not None:
-        issued = epoch(now_param)
-        return _after(issued, PREVIEW_GRACE_SECONDS) if issued else None
-    if parsed.query or date is None or not _OPAQUE_PREVIEW.search(unquote(parsed.path)):
-        return None
-    return _after(next_hour(date), PREVIEW_GRACE_SECONDS)
+    return _PreviewClock(date).expiry(url)
+
+
+class _PreviewClock:
+    """:func:`preview_expiry` for the hits of one answer: the opaque URLs' expiry is worked out once."""
+
+    def __init__(self, date: datetime | None) -> None:
+        self._date = date
+        self._opaque: datetime | None = None
+        self._opaque_known = False
+
+    def _opaque_expiry(self, date: datetime) -> datetime | None:
+        if not self._opaque_known:
+            self._opaque = _after(next_hour(date), PREVIEW_GRACE_SECONDS)
+            self._opaque_known = True
+        return self._opaque
+
+    def expiry(self, url: str | None) -> datetime | None:
+        if not url:
+            return None
+        try:  # the standard library's parser: httpx.URL costs ~80 us a URL, two URLs a hit, ten hits a search
+            parsed = urlsplit(url)
+            pairs = parse_qsl(parsed.query, keep_blank_values=True) if parsed.query else []
+        except (ValueError, TypeError):
+            return None
+        now_param = as_float(next((value for name, value in pairs if name == "now"), None))
+        if now_param is not None:
+            issued = epoch(now_param)
+            return _after(issued, PREVIEW_GRACE_SECONDS) if issued else None
+        date = self._date
+        if parsed.query or date is None or not _OPAQUE_PREVIEW.search(unquote(parsed.path)):
+            return None
+        return self._opaque_expiry(date)
 
 
 def hit_from_item(item: Any, *, provider: str, date: datetime | None) -> Hit:
@@ -107,6 +126,11 @@ def hit_from_item(item: Any, *, provider: str, date: datetime | None) -> Hit:
     Raises:
         ShapeError: The item is not an object or has no numeric ``similarity``.
     """
+    return _hit(item, provider, _PreviewClock(date))
+
+
+def _hit(item: Any, provider: str, previews: _PreviewClock) -> Hit:
+    """:func:`hit_from_item`, with the preview clock of the whole answer."""
     if not isinstance(item, dict):
         raise ShapeError(f"a result item is {type(item).__name__}, not an object")
     similarity = clamp_similarity(item.get("similarity"))
@@ -140,7 +164,7 @@ def hit_from_item(item: Any, *, provider: str, date: datetime | None) -> Hit:
             filename=as_str(item.get("filename")),
             video_url=video,
             image_url=image,
-            preview_expires_at=preview_expiry(video or image, date),
+            preview_expires_at=previews.expiry(video or image),
             raw=item,
         )
     except (
@@ -155,7 +179,8 @@ def hits_from_items(items: list[Any], *, provider: str, date: datetime | None) -
     Raises:
         ShapeError: An item is not a hit.
     """
-    hits = [hit_from_item(item, provider=provider, date=date) for item in items]
+    previews = _PreviewClock(date)
+    hits = [_hit(item, provider, previews) for item in items]
     return sorted(hits, key=lambda hit: hit.similarity, reverse=True)
 
 

@@ -1,0 +1,155 @@
+"""A search does the image work its providers need, and nothing more."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import httpx
+import pytest
+import respx
+from PIL import Image, ImageDraw
+
+from anisearch import Client, Settings, _image
+from anisearch_providers.tracemoe import descriptor
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+BASE = "https://trace.test"
+
+
+@pytest.fixture
+def mock() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+def body(samples: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((samples / "api-v1-search-tinted-good-2021.json").read_text())
+    return loaded
+
+
+@pytest.fixture
+def described(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The sizes of the pictures whose colour layout descriptor was computed."""
+    sizes: list[tuple[int, int]] = []
+    real = descriptor.search_descriptor
+
+    def counted(image: Image.Image, **options: Any) -> tuple[int, ...]:
+        sizes.append(image.size)
+        return real(image, **options)
+
+    monkeypatch.setattr(descriptor, "search_descriptor", counted)
+    return sizes
+
+
+def client(mock: respx.MockRouter, cache: str) -> Client:
+    settings = Settings.load(
+        providers=["tracemoe"], provider_options={"tracemoe": {"url": BASE}}, cache=cache, metadata="off"
+    )
+    return Client(settings, httpx.MockTransport(mock.async_handler))
+
+
+def test_the_descriptor_is_not_computed_when_the_cache_is_off(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, described: list[tuple[int, int]]
+) -> None:
+    route = mock.post(f"{BASE}/search").respond(200, json=body)
+    with client(mock, "off") as searcher:
+        searcher.search(samples / "tinted-good.jpg")
+        searcher.search(samples / "tinted-good.jpg", cache=True)  # no cache configured: nothing to key
+    assert route.call_count == 2
+    assert described == []
+
+
+def test_the_descriptor_keys_the_cache_once_per_new_picture(
+    mock: respx.MockRouter,
+    body: dict[str, Any],
+    samples: Path,
+    described: list[tuple[int, int]],
+    tmp_path: Path,
+) -> None:
+    route = mock.post(f"{BASE}/search").respond(200, json=body)
+    with client(mock, str(tmp_path / "cache.sqlite3")) as searcher:
+        searcher.search(samples / "tinted-good.jpg")
+        searcher.search(samples / "tinted-good.jpg")  # the same bytes: found by their digest
+        searcher.search(samples / "tinted-good.jpg", cache=False)
+    assert route.call_count == 2
+    assert described == [(320, 180)]  # the upload, as trace.moe describes it
+
+
+def test_a_plain_jpeg_that_fits_the_box_is_uploaded_byte_for_byte(
+    mock: respx.MockRouter, body: dict[str, Any], described: list[tuple[int, int]]
+) -> None:
+    picture = Image.linear_gradient("L").resize((320, 180)).convert("RGB")
+    ImageDraw.Draw(picture).ellipse((80, 45, 160, 90), fill=(200, 30, 30))
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=85)
+    source = buffer.getvalue()
+    route = mock.post(f"{BASE}/search").respond(200, json=body)
+    with client(mock, "off") as searcher:
+        searcher.search(source)
+    sent = route.calls.last.request
+    assert sent.content.count(source) == 1  # the multipart body carries the very bytes given
+    assert described == []
+
+
+def jpeg(size: tuple[int, int]) -> bytes:
+    picture = Image.linear_gradient("L").resize(size).convert("RGB")
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def test_only_a_small_still_picture_in_memory_is_quick_to_prepare(samples: Path) -> None:
+    screenshot = samples / "tinted-good.jpg"  # 640x360
+    assert _image.quick(screenshot.read_bytes())
+    assert _image.quick(bytearray(jpeg((320, 180))))
+    assert _image.quick(_image.read(screenshot))  # the bytes read (and hashed) already
+    assert not _image.quick(screenshot)  # a file is read in a worker thread
+    assert not _image.quick(io.BytesIO(screenshot.read_bytes()))
+    assert not _image.quick(jpeg((1280, 720)))  # decoding it takes several milliseconds
+    assert not _image.quick(b"")
+    assert not _image.quick(b"<html>not an image</html>")
+    assert not _image.quick(b"\x00\x00\x00\x18ftypmp42" + bytes(64))  # a video
+    assert not _image.quick(jpeg((64, 64)) + bytes(_image.QUICK_BYTES))
+
+
+@pytest.mark.parametrize(("size", "in_thread"), [((640, 360), False), ((1280, 720), True)])
+def test_a_small_picture_is_prepared_in_place_and_a_larger_one_in_a_worker_thread(
+    mock: respx.MockRouter,
+    body: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    size: tuple[int, int],
+    in_thread: bool,
+) -> None:
+    threaded: list[str] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counted(function: Any, *args: Any, **kwargs: Any) -> Any:
+        threaded.append(getattr(getattr(function, "func", function), "__name__", ""))
+        return await real_run_sync(function, *args, **kwargs)
+
+    route = mock.post(f"{BASE}/search").respond(200, json=body)
+    with client(mock, "off") as searcher:
+        monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+        result = searcher.search(jpeg(size))
+        monkeypatch.undo()
+    assert result.hits
+    assert route.call_count == 1
+    uploaded = Image.open(io.BytesIO(multipart_image(route.calls.last.request)))
+    assert max(uploaded.size) == 320  # fitted to trace.moe's box either way
+    assert ("prepare" in threaded) is in_thread
+
+
+def multipart_image(request: httpx.Request) -> bytes:
+    """The bytes of the ``image`` field of a multipart upload."""
+    content = request.content
+    start = content.index(b"\r\n\r\n", content.index(b'name="image"')) + 4
+    boundary = request.headers["content-type"].split("boundary=")[1].encode()
+    return content[start : content.index(b"\r\n--" + boundary, start)]
