@@ -10,7 +10,9 @@ Per search, for each provider in order (``fallback``) or all at once (``fanout``
    frees at once). When the ledger's estimate that a unit freed was never confirmed upstream, the
    provider's free quota endpoint (trace.moe ``/me``) is asked first.
 2. **Send**, retrying on the same provider only when the request never left (a refused connection).
-   A long search renews its slot's lease.
+   A long search renews its slot's lease. When other searches wait for the slot, it is handed to the
+   next one as soon as the answer has arrived (the upstream stopped counting this search then), before
+   the answer is parsed and settled.
 3. **Settle** once with everything the answer said: counts, concurrency, priority, a cooldown for
    ``Retry-After`` (at most 24 h), a spent window, or the backoff that every search sharing the ledger
    honours after a "queue full" / "concurrency" answer (then this search waits it out and tries again,
@@ -171,6 +173,8 @@ class Router:
         self._lease_seconds = lease_seconds
         self._on_attempt = on_attempt
         self._on_wait = on_wait
+        self._contended: set[str] = set()
+        """Tokens of this router's reservations that had to wait for their slot."""
         self._remember = remember
 
     async def search(
@@ -294,15 +298,41 @@ class Router:
                 return result if isinstance(result, Ticket | ProviderError) else self._error(route, result)
         async with gate, self._ledger.listening(route.provider.name, route.scope) as nap:
             result = await self._reserve(route, give_up_at, frozenset(), nap=nap)
-        return result if isinstance(result, Ticket | ProviderError) else self._error(route, result)
+        if isinstance(result, Ticket):
+            self._contended.add(result.token)
+            return result
+        return result if isinstance(result, ProviderError) else self._error(route, result)
+
+    def _gate_key(self, route: Route) -> tuple[int, str, str, int]:
+        return (id(self._ledger), route.provider.name, route.scope, id(asyncio.get_running_loop()))
 
     def _gate(self, route: Route) -> anyio.Lock:
-        key = (id(self._ledger), route.provider.name, route.scope, id(asyncio.get_running_loop()))
+        key = self._gate_key(route)
         with _GATES_LOCK:
             gate = _GATES.get(key)
             if gate is None:
                 gate = _GATES[key] = anyio.Lock()
             return gate
+
+    def _others_wait(self, route: Route, ticket: Ticket) -> bool:
+        """Whether other searches likely wait for this slot: this one had to wait for it (so the slot is
+        contended, in this process or another), or a search of this process waits for the scope now."""
+        if ticket.token in self._contended:
+            return True
+        with _GATES_LOCK:
+            gate = _GATES.get(self._gate_key(route))
+        return gate is not None and gate.locked()
+
+    async def _hand_over(self, route: Route, ticket: Ticket) -> None:
+        """Free the slot as soon as the answer is in, when others wait for it (one more ledger step)."""
+        if not self._others_wait(route, ticket):
+            return
+        try:
+            await self._ledger.free_slot(ticket)
+        except LedgerError as exc:  # settling frees it anyway, and says whether the ledger is back
+            logger.warning("%s: could not hand the slot over early: %s", ticket.provider, exc)
+            return
+        await anyio.lowlevel.checkpoint()  # a search of this process woken for the slot sends first
 
     def _error(self, route: Route, refusal: Refusal) -> ProviderError:
         wait = (from_us(refusal.until) - self._ledger.now()).total_seconds()
@@ -400,6 +430,7 @@ class Router:
         settlement = Settlement("unsent")
         try:
             response = await self._send_leased(ticket, provider, query)
+            await self._hand_over(route, ticket)
             status = response.status_code
             settlement, answer, error = read(
                 provider, route.windows, response, self._ledger.now(), self._ledger.timezone
@@ -408,6 +439,7 @@ class Router:
             error = exc
             settlement = Settlement("charged" if maybe_sent(exc) else "unsent")
         finally:
+            self._contended.discard(ticket.token)
             with anyio.CancelScope(shield=True):
                 await self._ledger.settle(
                     ticket,

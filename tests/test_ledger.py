@@ -388,6 +388,21 @@ async def test_a_waiter_wakes_when_the_slot_is_released(ledger: Ledger) -> None:
     assert woke[0] < 2  # woken by the release, not by the 5 s timeout
 
 
+async def test_a_freed_slot_goes_to_the_next_search_while_the_first_stays_counted(ledger: Ledger) -> None:
+    first = await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+    assert isinstance(first, Ticket)
+    await ledger.free_slot(first)  # its answer arrived; it is still being read
+    second = await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+    assert isinstance(second, Ticket)
+    assert (await refused(ledger)).kind == "concurrency"  # the second holds the one slot now
+    await ledger.settle(first, "charged")  # frees nothing more
+    assert (await refused(ledger)).kind == "concurrency"
+    assert (await only(ledger, "rolling-24h")).used == 2  # both counted: one settled, one in flight
+    await ledger.settle(second, "charged")
+    assert (await only(ledger, "rolling-24h")).used == 2
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
+
+
 async def test_a_waiter_listening_before_it_asks_misses_no_freed_slot(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -397,7 +412,7 @@ async def test_a_waiter_listening_before_it_asks_misses_no_freed_slot(
     other = await ledger.reserve("tracemoe", GUEST, TRACEMOE)
     async with ledger.listening("tracemoe", GUEST) as nap:
         assert isinstance(other, Refusal)
-        await ledger.settle(ticket, "charged")  # freed after the refusal, before the nap
+        await ledger.free_slot(ticket)  # freed after the refusal, before the nap
         start = anyio.current_time()
         await nap(30)
         assert anyio.current_time() - start < 10  # woken by the hand-over, not by the nap's end

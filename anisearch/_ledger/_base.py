@@ -194,6 +194,10 @@ class Ledger(abc.ABC):
         """Run :func:`~anisearch._ledger._logic.settle` atomically and wake the waiters of the scope."""
 
     @abc.abstractmethod
+    async def _free_slot(self, provider: str, scope: str, token: str) -> None:
+        """Run :func:`~anisearch._ledger._logic.free_slot` atomically and wake the waiters of the scope."""
+
+    @abc.abstractmethod
     async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
         """Move a reservation's lease; False when it is gone (expired and taken over)."""
 
@@ -393,6 +397,19 @@ class Ledger(abc.ABC):
             blocks=tuple((name, to_us(aware(until, "until"))) for name, until in blocks),
         )
         await self._settle(ticket.provider, ticket.scope, request)
+
+    async def free_slot(self, ticket: Ticket) -> None:
+        """Hand the reservation's concurrency slot to the next search before it is settled.
+
+        Call it once the upstream's answer has arrived (the upstream stopped counting the search as in
+        flight when it answered), while the answer is still being read; the units stay pending until
+        :meth:`settle`, which then frees nothing more. It costs one more step than a plain settle, so the
+        router uses it only when other searches wait for the slot.
+
+        Raises:
+            LedgerError: The store cannot be used.
+        """
+        await self._free_slot(ticket.provider, ticket.scope, ticket.token)
 
     async def renew(self, ticket: Ticket, lease_seconds: float) -> bool:
         """Keep a running search's slot for ``lease_seconds`` more; False when its lease had lapsed.

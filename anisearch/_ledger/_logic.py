@@ -22,6 +22,11 @@ settle (per search, after the answer or the failure):
     only in request-counting windows (``uncharged``: it answered an error), or go (``unsent``). Then every
     upstream count reconciles its window, concurrency and priority are stored, a cooldown or a spent-quota
     block is set, and the busy backoff grows or resets. The slot frees.
+
+free_slot (optional, between the two, when others wait):
+    The reservation gives up its concurrency slot and keeps its units pending until it is settled. The
+    upstream counts a search as in flight until it answers, so once the answer has arrived the slot can go
+    to the next search while this one still reads and settles the answer.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ __all__ = [
     "WindowState",
     "WindowView",
     "busy_backoff_seconds",
+    "free_slot",
     "inspect",
     "reserve",
     "settle",
@@ -399,6 +405,15 @@ def reserve(state: ScopeState, units: Units, request: ReserveRequest) -> Reserva
     return Reservation(request.token, request.lease_until)
 
 
+def free_slot(state: ScopeState, token: str) -> bool:
+    """Give up the reservation's concurrency slot, keeping its units pending. False when it held none."""
+    held = state.held.get(token)
+    if held is None or not held.slot:
+        return False
+    held.slot = False
+    return True
+
+
 def _reconcile(units: Units, ws: WindowState, fact: TruthFact) -> None:
     if ws.truth_at is not None and fact.observed_at < ws.truth_at:
         return  # an older count arriving late
@@ -439,7 +454,7 @@ def _release(state: ScopeState, units: Units, request: SettleRequest) -> bool:
 
 def settle(state: ScopeState, units: Units, request: SettleRequest) -> bool:
     """One settle step (see the module docstring). Mutates ``state`` and ``units``; True when it freed a
-    concurrency slot (a reservation that took none, or whose lease lapsed, frees none)."""
+    concurrency slot (one that was not handed over already)."""
     freed = _release(state, units, request)
     for fact in request.truths:
         _reconcile(units, state.windows.setdefault(fact.window, WindowState()), fact)

@@ -55,6 +55,12 @@ class MemoryLedger(Ledger):
             _logic.settle(*self._scope(provider, scope), request)
         WAITERS.notify((id(self), provider, scope))
 
+    async def _free_slot(self, provider: str, scope: str, token: str) -> None:
+        with self._lock:
+            freed = _logic.free_slot(self._scope(provider, scope)[0], token)
+        if freed:
+            WAITERS.notify((id(self), provider, scope))
+
     async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
         with self._lock:
             held = self._scope(provider, scope)[0].held.get(token)

@@ -1,9 +1,9 @@
 """``redis://host:port/db``: the ledger in Redis, shared by a fleet of workers on many machines.
 
-Needs the ``redis`` extra (``pip install 'anisearch-gateway[redis]'``). Reserve, settle, renew and inspect
-are one Lua script call each (``_redis_scripts.py``): atomic on the server, one round trip. A search
-waiting for a slot blocks on ``BLPOP`` of the scope's wake list, which every settle that frees a slot
-pushes to, so it wakes as soon as a slot frees anywhere in the fleet. Keys live under ``anisearch:ledger:``.
+Needs the ``redis`` extra (``pip install 'anisearch-gateway[redis]'``). Reserve, settle, free, renew and
+inspect are one Lua script call each (``_redis_scripts.py``): atomic on the server, one round trip. A search
+waiting for a slot blocks on ``BLPOP`` of the scope's wake list, which every settle pushes to, so it
+wakes as soon as a slot frees anywhere in the fleet. Keys live under ``anisearch:ledger:``.
 
 Times come from the workers' clocks (keep them in sync with NTP), so one injected clock drives a test.
 """
@@ -56,7 +56,7 @@ class RedisLedger(Ledger):
         self._redis: Any = client
         self._scripts = {
             name: client.register_script(getattr(_redis_scripts, name))
-            for name in ("RESERVE", "SETTLE", "RENEW", "INSPECT")
+            for name in ("RESERVE", "SETTLE", "FREE", "RENEW", "INSPECT")
         }
         self._listening: set[tuple[int, str, str]] = set()
 
@@ -139,6 +139,10 @@ class RedisLedger(Ledger):
         for name, blocked in request.blocks:
             args += [name, blocked]
         if await self._run("SETTLE", provider, scope, args):  # it freed a slot
+            WAITERS.notify((id(self), provider, scope))
+
+    async def _free_slot(self, provider: str, scope: str, token: str) -> None:
+        if await self._run("FREE", provider, scope, [token]):
             WAITERS.notify((id(self), provider, scope))
 
     async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:

@@ -14,7 +14,7 @@ and ``scopes`` (set of every ``<ps>``).
 
 from __future__ import annotations
 
-__all__ = ["INSPECT", "RENEW", "RESERVE", "SETTLE"]
+__all__ = ["FREE", "INSPECT", "RENEW", "RESERVE", "SETTLE"]
 
 _COMMON = r"""
 local P = KEYS[1]
@@ -252,7 +252,23 @@ for _ = 1, tonumber(ARGV[i]) do
   save_window(name, w)
   i = i + 2
 end
-if not freed_slot then return 0 end  -- no slot freed (none taken, or its lease lapsed): wake nobody
+if not freed_slot then return 0 end  -- no slot freed (handed over already): wake nobody
+redis.call('LPUSH', P .. 'wake:' .. PS, '1')
+redis.call('LTRIM', P .. 'wake:' .. PS, 0, 63)
+redis.call('PEXPIRE', P .. 'wake:' .. PS, 60000)
+return 1
+"""
+)
+
+FREE = (
+    _COMMON
+    + r"""
+-- ARGV: ps, token. _logic.free_slot: the reservation gives up its slot, its units stay pending.
+local raw = redis.call('HGET', HK, ARGV[2])
+if not raw then return 0 end
+local f = split(raw)
+if f[3] ~= '1' then return 0 end
+redis.call('HSET', HK, ARGV[2], f[1] .. '|' .. f[2] .. '|0|' .. f[4])
 redis.call('LPUSH', P .. 'wake:' .. PS, '1')
 redis.call('LTRIM', P .. 'wake:' .. PS, 0, 63)
 redis.call('PEXPIRE', P .. 'wake:' .. PS, 60000)

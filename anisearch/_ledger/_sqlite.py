@@ -325,6 +325,14 @@ class SQLiteLedger(Ledger):
             WAITERS.notify((self.path, provider, scope))
             self._bell.ring(provider, scope)
 
+    async def _free_slot(self, provider: str, scope: str, token: str) -> None:
+        freed = await self._write(
+            self._step(provider, scope, lambda state, _units: _logic.free_slot(state, token))
+        )
+        if freed:
+            WAITERS.notify((self.path, provider, scope))
+            self._bell.ring(provider, scope)
+
     async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
         def renew(state: _logic.ScopeState, _units: _Units) -> bool:
             held = state.held.get(token)
