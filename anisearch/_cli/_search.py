@@ -173,8 +173,16 @@ async def _search_all(
         settings, _transport(), on_attempt=log_attempt if verbose else None, on_wait=on_wait
     ) as client:
         limiter = anyio.CapacityLimiter(jobs)
-        with contextlib.suppress(AnisearchError):  # for messages only (no request is sent)
-            tally.urls = {info.name: info.base_url for info in await client.providers()}
+        urls_read = False
+
+        async def read_urls() -> None:
+            """Every provider's base URL, for the messages of a failed input; read on the first failure
+            only, since it loads every installed provider (no request is sent)."""
+            nonlocal urls_read
+            if not urls_read:
+                urls_read = True
+                with contextlib.suppress(AnisearchError):
+                    tally.urls = {info.name: info.base_url for info in await client.providers()}
 
         async def one(item: Input, group: anyio.abc.TaskGroup) -> None:
             async with limiter:
@@ -186,6 +194,7 @@ async def _search_all(
                         fatal.append(exc)  # the same for every input: stop at once
                         group.cancel_scope.cancel()
                         return
+                    await read_urls()
                     outcome = Outcome(item, error=exc, code=code)
                 else:
                     matched = result.match_at(tally.threshold) is not None
