@@ -2,7 +2,8 @@
 
     python benchmarks/bench_startup.py [--repeat N]
 
-Each row starts a fresh interpreter (the one running this script, with its environment) ``N`` times,
+Each row starts a fresh interpreter (the one running this script, with its environment; bytecode is
+written once to a temporary directory and read from there, as from an installed wheel) ``N`` times,
 20 by default, after one warm-up run each; the rows take turns, so a burst of load from elsewhere hits
 every row alike. It prints the median and p90 wall time of each row, the median minus the ``python -c
 pass`` baseline, the target, and the machine (cores, load average) it ran on.
@@ -20,6 +21,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,21 +74,35 @@ def commands() -> dict[str, tuple[str, ...]]:
     }
 
 
-def _once(command: tuple[str, ...]) -> float:
+def _once(command: tuple[str, ...], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env)
     return time.perf_counter() - started
+
+
+def bytecode_env(cache: Path) -> dict[str, str]:
+    """The environment with bytecode written once under ``cache`` and read from there afterwards.
+
+    As from an installed wheel: an editable install run with ``PYTHONDONTWRITEBYTECODE`` would otherwise
+    compile anisearch's sources again in every process.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(cache)
+    return env
 
 
 def measure(repeat: int = 20) -> Startup:
     """Time every row ``repeat`` times (taking turns) after one warm-up run each."""
     rows = commands()
     times: dict[str, list[float]] = {name: [] for name in rows}
-    for command in rows.values():
-        _once(command)
-    for _ in range(repeat):
-        for name, command in rows.items():
-            times[name].append(_once(command))
+    with tempfile.TemporaryDirectory() as cache:
+        env = bytecode_env(Path(cache))
+        for command in rows.values():
+            _once(command, env)
+        for _ in range(repeat):
+            for name, command in rows.items():
+                times[name].append(_once(command, env))
     return Startup(
         rows={
             name: Row(
