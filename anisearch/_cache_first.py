@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from anisearch._plan import Route
     from anisearch._provider import Provider, SearchOptions
 
-__all__ = ["find_by_source", "source_keys"]
+__all__ = ["find_by_digest", "find_by_source", "source_keys"]
 
 
 def _alias(provider: str, digest: str, box: tuple[int, int], options: SearchOptions) -> str:
@@ -74,3 +74,18 @@ def source_keys(
         for route in routes
         if route.cache_key is not None
     ]
+
+
+def find_by_digest(
+    store: ResultCache, digest: str, names: Sequence[str], options: SearchOptions, box: tuple[int, int]
+) -> tuple[tuple[int, SearchResult] | None, bool]:
+    """:func:`find_by_source` by the source's digest and the providers' names alone (no provider loaded).
+
+    Returns ``((index in names, result), True)`` on a hit; otherwise as :func:`find_by_source`.
+    """
+    found = store.find([_alias(name, digest, box, options) for name in names])
+    if found is None:
+        return None, False
+    index, payload = found
+    result = None if index < 0 else store.decode(payload)
+    return (None, index < 0) if result is None else ((index, result), True)
