@@ -29,7 +29,6 @@ from pydantic import Field, SecretStr, ValidationError, field_serializer, field_
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from anisearch._exceptions import ConfigurationError
-from anisearch._ledger import default_ledger_url
 from anisearch._redact import redact
 
 __all__ = ["Settings", "config_path"]
@@ -230,6 +229,8 @@ class Settings(BaseSettings):
     @property
     def ledger_url(self) -> str:
         """The ledger URL in force (the default is a SQLite file in ``state_dir``)."""
+        from anisearch._ledger import default_ledger_url  # the ledger package, only when a ledger is used
+
         return self.ledger or default_ledger_url(self.state_dir)
 
     @property
