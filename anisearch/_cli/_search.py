@@ -228,6 +228,23 @@ def _print_result(result: "SearchResult", *, limit: int, show_all: bool, thresho
             err().print(f"{attempt.provider} {attempt.outcome}: {attempt.reason}", markup=False, style="dim")
 
 
+def _from_cache(
+    item: Input, settings: "Settings", options: dict[str, Any], tally: Tally, *, verbose: bool
+) -> Outcome | None:
+    """One file's outcome answered from the cache before the engine starts (see ``_cached``), or None."""
+    if not isinstance(item.source, str) or not options["cache"]:
+        return None
+    from anisearch._cli._cached import cached_answer
+
+    result = cached_answer(settings, item.source, options, log_attempt if verbose else None)
+    if result is None:
+        return None
+    matched = result.match_at(tally.threshold) is not None
+    outcome = Outcome(item, result=result, code=EXIT_OK if matched else EXIT_NO_MATCH)
+    tally.done.append(outcome)
+    return outcome
+
+
 def _report_single(
     outcome: Outcome, tally: Tally, *, as_json: bool, raw: bool, limit: int, show_all: bool
 ) -> None:
@@ -420,6 +437,9 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
     tally = Tally(total=len(items) + len(missing), threshold=threshold)
     for name in missing:
         tally.done.append(Outcome(Input(name, name), code=EXIT_BAD_INPUT))
+    if not batch and (cached := _from_cache(items[0], settings, options, tally, verbose=verbose)):
+        _report_single(cached, tally, as_json=as_json, raw=raw, limit=limit, show_all=show_all)
+        return
     started = time.monotonic()
     run = _runner(
         items,

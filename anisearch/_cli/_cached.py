@@ -1,0 +1,217 @@
+"""``anisearch search FILE`` answered from the result cache before the engine starts.
+
+Starting the engine (httpx, Pillow, the ledger, every provider's module) costs a new process far more than
+the cache hit itself. So for one local file this path reads and hashes it and looks its answer up in the
+SQLite result cache by the raw-digest keys the engine stores with every answer
+(:func:`anisearch._cache_first.find_by_digest`), on the main thread, without an event loop.
+
+Those keys name each provider and the upload box. Both come from what the providers' classes said the last
+time they were loaded here (their default order and upload limits), kept in ``provider-facts.json`` next to
+the cache file and keyed by the installed provider distributions and their versions. Anything this path
+cannot answer exactly as the engine would goes to the engine: a URL, stdin or a folder; a Redis cache or no
+cache; titles or adult flags to look up; an unknown provider, or one whose limits depend on its settings; a
+source that was never answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anisearch._exceptions import AnisearchError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from anisearch._config import Settings
+    from anisearch._models import Attempt, SearchResult
+
+__all__ = ["cached_answer"]
+
+FACTS_FILE = "provider-facts.json"
+"""Next to the result cache file: what each installed provider class says about ordering and limits."""
+_FACTS_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fact:
+    """What a provider class says that the cache keys and the default order depend on."""
+
+    default_order: bool
+    default_rank: int
+    box: tuple[int, int] | None
+    """``(max_width, max_height)`` of its class-level upload limits; None when they are set per instance."""
+
+
+def cached_answer(
+    settings: Settings,
+    source: str,
+    options: dict[str, Any],
+    on_attempt: Callable[[Attempt], None] | None = None,
+) -> SearchResult | None:
+    """The engine's answer to ``search(source, **options)`` when it would come from the cache, else None.
+
+    Args:
+        settings: The settings in force.
+        source: What the user typed: a path (anything else gives None).
+        options: The keyword arguments the command passes to ``AsyncClient.search``.
+        on_attempt: Called with the ``cached`` attempt, as the engine would.
+
+    Returns:
+        The cached result, marked ``cached`` with its one ``cached`` attempt; None when the engine must run
+        (it then answers, or fails, as it always did).
+    """
+    if not _answerable(settings, options) or not Path(source).is_file():
+        return None
+    try:
+        return _lookup(settings, source, options, on_attempt)
+    except (AnisearchError, OSError, ValueError, sqlite3.Error):  # the engine says what is wrong
+        return None
+
+
+def _answerable(settings: Settings, options: dict[str, Any]) -> bool:
+    """Whether the engine would answer a cache hit straight from the SQLite cache, hits unchanged."""
+    from anisearch._cache_redis import is_redis_url
+
+    if not options.get("cache", True) or settings.cache_path is None or is_redis_url(settings.cache):
+        return False
+    include = settings.include_adult if options.get("include_adult") is None else options["include_adult"]
+    fill = bool(options.get("anilist_info"))
+    # As AsyncClient._enrichment: hits change only when titles are filled from a metadata provider or
+    # adult hits are dropped.
+    return bool(include) and (not fill or settings.metadata_provider is None)
+
+
+def _lookup(
+    settings: Settings,
+    source: str,
+    options: dict[str, Any],
+    on_attempt: Callable[[Attempt], None] | None,
+) -> SearchResult | None:
+    from anisearch._cache import ResultCache
+    from anisearch._cache_first import find_by_digest
+    from anisearch._limits import MAX_SOURCE_BYTES
+    from anisearch._models import Attempt
+    from anisearch._provider import SearchOptions
+    from anisearch._source import read_source
+
+    path = settings.cache_path
+    assert path is not None  # noqa: S101 - _answerable checked it
+    facts = _facts(path.with_name(FACTS_FILE))
+    names = _order(settings, options.get("providers"), facts)
+    if names is None:
+        return None
+    for name in names:
+        settings.provider_config(name)  # a credential that cannot be sent: the engine reports it
+    boxes = [fact.box for name in names if (fact := facts[name]) is not None and fact.box is not None]
+    box = (max(width for width, _ in boxes), max(height for _, height in boxes))
+    data, _ = read_source(source, MAX_SOURCE_BYTES)
+    if not data:
+        return None
+    upstream_info = settings.upstream_anilist_info or settings.metadata_provider is None
+    search_options = SearchOptions(
+        anilist_id=options.get("anilist_id"),
+        cut_borders=bool(options.get("cut_borders")),
+        anilist_info=bool(options.get("anilist_info")) and upstream_info,
+    )
+    store = ResultCache(path, ttl_seconds=settings.cache_ttl)
+    try:
+        if not store.usable:
+            return None
+        found, _ = find_by_digest(store, hashlib.sha256(data).hexdigest(), names, search_options, box)
+    finally:
+        store.close()
+    if found is None:
+        return None
+    index, result = found
+    attempt = Attempt(provider=names[index], outcome="cached", reason="answered from the cache")
+    if on_attempt is not None:
+        on_attempt(attempt)
+    return result.model_copy(update={"cached": True, "attempts": [attempt]})
+
+
+def _order(
+    settings: Settings, requested: Sequence[str] | None, facts: dict[str, Fact | None]
+) -> list[str] | None:
+    """The providers the engine would ask, in order (as ``AsyncClient._order``); None when one of them is
+    unknown, cannot be loaded or has no class-level upload box."""
+    names = list(requested) if requested else settings.providers
+    if not names:
+        ranked = []
+        for name in sorted(facts):
+            fact = facts[name]
+            if fact is None:
+                return None
+            if fact.default_order or settings.provider_config(name).get("url"):
+                ranked.append((fact.default_rank, name))
+        names = [name for _, name in sorted(ranked)]
+    seen = list(dict.fromkeys(names))
+    if not seen or any((fact := facts.get(name)) is None or fact.box is None for name in seen):
+        return None
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------- facts
+
+
+def _installed() -> list[list[str]]:
+    """Each registered provider's entry point and the distribution (name, version) that registers it."""
+    from importlib.metadata import entry_points
+
+    from anisearch._provider import PROVIDER_GROUP
+
+    rows = []
+    for point in entry_points(group=PROVIDER_GROUP):
+        dist = point.dist
+        rows.append([point.name, point.value, dist.name if dist else "", dist.version if dist else ""])
+    return sorted(rows)
+
+
+def _facts(file: Path) -> dict[str, Fact | None]:
+    """Every installed provider's facts (None: it cannot be loaded): from ``file`` while the installed
+    providers are the ones it was written for, otherwise from the classes (then written to ``file``)."""
+    installed = _installed()
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        stored = json.loads(file.read_text(encoding="utf-8"))
+        if stored["version"] == _FACTS_VERSION and stored["installed"] == installed:
+            return {name: _from_json(fact) for name, fact in stored["providers"].items()}
+    facts = {row[0]: _read_class(row[0]) for row in installed}
+    payload = {
+        "version": _FACTS_VERSION,
+        "installed": installed,
+        "providers": {
+            name: None if fact is None else dataclasses.asdict(fact) for name, fact in facts.items()
+        },
+    }
+    temporary = file.with_name(f".{file.name}.{os.getpid()}")
+    with contextlib.suppress(OSError):  # without it, the next hit reads the classes again
+        temporary.write_text(json.dumps(payload), encoding="utf-8")
+        temporary.replace(file)
+    return facts
+
+
+def _from_json(fact: dict[str, Any] | None) -> Fact | None:
+    if fact is None:
+        return None
+    box = fact["box"]
+    return Fact(
+        bool(fact["default_order"]), int(fact["default_rank"]), (int(box[0]), int(box[1])) if box else None
+    )
+
+
+def _read_class(name: str) -> Fact | None:
+    from anisearch._provider import UploadLimits, load_provider
+
+    try:
+        cls = load_provider(name)
+    except AnisearchError:
+        return None
+    limits = getattr(cls, "limits", None)
+    box = (limits.max_width, limits.max_height) if isinstance(limits, UploadLimits) else None
+    return Fact(bool(getattr(cls, "default_order", False)), int(getattr(cls, "default_rank", 0)), box)

@@ -1,0 +1,179 @@
+"""``anisearch search FILE`` answered from the result cache before the engine starts (``_cli/_cached``).
+
+The answer, the output and the exit code are the engine's; only the work differs: no client, no provider
+module, no httpx, Pillow or ledger. Whatever the shortcut cannot answer exactly goes to the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.cli_runner import run_in_process as cli
+
+from anisearch._cli import _cached, _search
+from anisearch._client import AsyncClient
+from anisearch_emulators.tracemoe import create_app as tracemoe_app
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def tracemoe(emulated: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    server = emulated(tracemoe_app())
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", server.url)
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
+    return server
+
+
+@pytest.fixture
+def engine_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times the command built an ``AsyncClient`` (the engine)."""
+    started: list[int] = []
+    original = AsyncClient.__init__
+
+    def counted(self: AsyncClient, *args: Any, **kwargs: Any) -> None:
+        started.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncClient, "__init__", counted)
+    return started
+
+
+def test_a_repeated_file_is_answered_without_the_engine(
+    tracemoe: Any, samples: Path, engine_starts: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shot = str(samples / "tinted-good.jpg")
+    first = cli("search", shot)
+    assert first.returncode == 0
+    assert "Kokoro Connect" in first.stdout
+    assert len(engine_starts) == 1
+
+    again = cli("search", shot)  # the first hit also records the providers' facts
+    assert (again.returncode, again.stdout) == (0, first.stdout)
+    assert "answered from the cache (no quota spent)" in again.stderr
+    assert len(engine_starts) == 1
+
+    def no_provider(name: str) -> Any:
+        raise AssertionError(f"provider {name} loaded for a cache hit")
+
+    monkeypatch.setattr("anisearch._provider.load_provider", no_provider)
+    third = cli("search", shot, "-v")
+    assert (third.returncode, third.stdout) == (0, first.stdout)
+    assert "tracemoe cached in 0.00 s: answered from the cache" in third.stderr
+    assert len(engine_starts) == 1
+
+
+def test_a_hit_prints_what_the_engine_prints(
+    tracemoe: Any, samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shot = str(samples / "tinted-good.jpg")
+    assert cli("search", shot).returncode == 0
+    shortcut = [cli("search", shot, *flags) for flags in ([], ["--json", "--raw"], ["--all", "-n", "3"])]
+    monkeypatch.setattr(_cached, "cached_answer", lambda *_, **__: None)  # the engine answers every one
+    engine = [cli("search", shot, *flags) for flags in ([], ["--json", "--raw"], ["--all", "-n", "3"])]
+    for fast, slow in zip(shortcut, engine, strict=True):
+        assert (fast.returncode, fast.stdout, fast.stderr) == (slow.returncode, slow.stdout, slow.stderr)
+    assert json.loads(shortcut[1].stdout)["cached"] is True
+
+
+def test_no_match_from_the_cache_keeps_exit_code_1(tracemoe: Any, samples: Path) -> None:
+    shot = str(samples / "tinted-good.jpg")
+    assert cli("search", shot, "--min-similarity", "0.99").returncode == 1
+    again = cli("search", shot, "--min-similarity", "0.99")
+    assert again.returncode == 1
+    assert "answered from the cache" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "env"),
+    [
+        (["--no-cache"], {}),
+        (["-p", "whatanimeisthis"], {}),  # never answered by that provider
+        (["--cut-borders"], {}),  # other options, another key
+        ([], {"ANISEARCH_INCLUDE_ADULT": "false"}),  # the engine drops adult hits
+        ([], {"ANISEARCH_METADATA": "anilist"}),  # the engine fills titles
+        ([], {"ANISEARCH_CACHE": "redis://127.0.0.1:1/0"}),
+    ],
+)
+def test_what_the_shortcut_cannot_answer_goes_to_the_engine(
+    tracemoe: Any,
+    samples: Path,
+    engine_starts: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    flags: list[str],
+    env: dict[str, str],
+) -> None:
+    shot = str(samples / "tinted-good.jpg")
+    assert cli("search", shot).returncode == 0
+    assert cli("search", shot).returncode == 0
+    assert len(engine_starts) == 1
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(_search, "_from_cache", _only_none(_search._from_cache))
+    cli("search", shot, *flags)
+    assert len(engine_starts) == 1 + 1  # the first search, then this one
+
+
+def _only_none(from_cache: Any) -> Any:
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        outcome = from_cache(*args, **kwargs)
+        assert outcome is None, "the shortcut answered"
+        return outcome
+
+    return checked
+
+
+def test_stale_provider_facts_are_read_again(tracemoe: Any, samples: Path, tmp_path: Path) -> None:
+    shot = str(samples / "tinted-good.jpg")
+    assert cli("search", shot).returncode == 0
+    assert cli("search", shot).returncode == 0
+    facts = tmp_path / "xdg" / "cache" / "anisearch" / _cached.FACTS_FILE
+    recorded = json.loads(facts.read_text())
+    assert recorded["providers"]["tracemoe"]["box"] == [320, 320]
+    recorded["installed"] = [["tracemoe", "elsewhere:TraceMoe", "another-dist", "9"]]
+    recorded["providers"]["tracemoe"]["box"] = [1, 1]  # would miss every key
+    facts.write_text(json.dumps(recorded))
+    again = cli("search", shot)
+    assert "answered from the cache" in again.stderr
+    assert json.loads(facts.read_text())["providers"]["tracemoe"]["box"] == [320, 320]
+
+
+def test_a_hit_in_a_new_process_loads_neither_the_engine_nor_httpx_nor_pillow(
+    tracemoe: Any, samples: Path
+) -> None:
+    shot = str(samples / "tinted-good.jpg")
+    assert cli("search", shot).returncode == 0
+    assert cli("search", shot).returncode == 0  # records the providers' facts
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from anisearch.cli import main
+        sys.argv = ["anisearch", "search", sys.argv[1]]
+        try:
+            main()
+        except SystemExit as exit:
+            code = exit.code
+        heavy = ["httpx", "PIL", "anisearch._client", "anisearch._ledger", "anisearch._router",
+                 "anisearch._image", "anisearch.provider", "anisearch_providers.tracemoe"]
+        print(json.dumps({"code": code, "loaded": [m for m in heavy if m in sys.modules]}), file=sys.stderr)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, shot],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    assert report == {"code": 0, "loaded": []}
+    assert "Kokoro Connect" in done.stdout
