@@ -791,3 +791,16 @@ def test_an_unusual_aspect_ratio_or_an_all_black_image_is_left_alone(screenshot:
     assert prepare(black, cut_borders=True).width == 100
     with pytest.raises(ValueError, match="without pixels"):
         find_borders(Image.new("RGB", (0, 0)))
+
+
+def test_reading_formats_loads_only_their_plugins() -> None:
+    """The formats read are those Pillow's full registry has, without loading every plugin (PDF, EPS...)."""
+    import subprocess
+
+    script = (
+        "import sys; from anisearch import _image; from PIL import Image;"
+        "mine = _image._formats(); pdf = 'PIL.PdfImagePlugin' in sys.modules; Image.init();"
+        "print(mine == tuple(f for f in _image._WANTED_FORMATS if f in Image.OPEN), pdf)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "False"]
