@@ -307,3 +307,29 @@ def upload_sizes(samples: list[Path]) -> list[tuple[str, int, int, int, int]]:
 
 def run_async(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     return anyio.run(function, *args)
+
+
+def main() -> None:
+    """``python benchmarks/bench_peers.py --cli``: the start-up and CLI rows of ``benchmarks/run.py``."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--cli", action="store_true", required=True, help="the start-up and CLI rows")
+    parser.add_argument("--runs", type=int, default=5, help="fresh processes per row (default 5)")
+    default = Path(__file__).resolve().parents[2] / "shared" / "upstream-samples" / "tinted-good.jpg"
+    parser.add_argument("--sample", type=Path, default=default, help="the screenshot searched")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = command_line(args.sample, Path(tmp), args.runs)
+    for name, value in figures.items():
+        print(f"{name:<42} {value:>8.0f} ms")
+    peer = figures["peer one-search script (aiotracemoeapi)"]
+    miss, hit = figures["one CLI search (cache miss)"], figures["one CLI search (cache hit)"]
+    print(f"CLI search / peer script: {miss / peer:.2f}x (target <= 1.1x)")
+    print(f"CLI cache hit / CLI search: {hit / miss:.2f}x (target <= 0.5x)")
+    print(f"{os.cpu_count()} cores, load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
