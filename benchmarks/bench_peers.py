@@ -245,15 +245,24 @@ PEER_SCRIPT = textwrap.dedent(
 )
 
 
-def _timed_runs(command: list[str], env: dict[str, str], runs: int) -> float:
-    """Median wall ms of ``runs`` fresh processes, after one untimed run (it writes the bytecode)."""
+def _run_once(command: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    times = []
+    return (time.perf_counter() - start) * 1000
+
+
+def _interleaved(commands: dict[str, list[str]], env: dict[str, str], runs: int) -> dict[str, float]:
+    """Median wall ms of each command over ``runs`` fresh processes, the commands taking turns (so a
+    burst of load from elsewhere hits every row alike), after two untimed runs each (they write the
+    bytecode; the cache-hit row's first search stores the answer the others find)."""
+    for command in commands.values():
+        _run_once(command, env)
+        _run_once(command, env)
+    times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        for name, command in commands.items():
+            times[name].append(_run_once(command, env))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def command_line(sample: Path, root: Path, runs: int) -> dict[str, float]:
@@ -267,22 +276,25 @@ def command_line(sample: Path, root: Path, runs: int) -> dict[str, float]:
     env["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
     env["ANISEARCH_METADATA"] = "off"  # the peers look up no titles; and nothing may leave the machine
     cli = [sys.executable, "-m", "anisearch"]
-    figures = {
-        "python -c pass": _timed_runs([sys.executable, "-c", "pass"], env, runs),
-        "import anisearch": _timed_runs([sys.executable, "-c", "import anisearch"], env, runs),
-        "anisearch --help": _timed_runs([*cli, "--help"], env, runs),
-    }
     with EmulatorProcess(0.05) as server:
         env["ANISEARCH_TRACEMOE_URL"] = server.url
         env["ANISEARCH_PROVIDERS"] = "tracemoe"
         search = [*cli, "search", str(sample)]
-        figures["one CLI search (cache miss)"] = _timed_runs([*search, "--no-cache"], env, runs)
-        subprocess.run(search, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        figures["one CLI search (cache hit)"] = _timed_runs(search, env, runs)
-        figures["peer one-search script (aiotracemoeapi)"] = _timed_runs(
-            [sys.executable, "-c", PEER_SCRIPT, server.url, str(sample)], env, runs
-        )
-    return figures
+        commands = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "import anisearch": [sys.executable, "-c", "import anisearch"],
+            "anisearch --help": [*cli, "--help"],
+            "one CLI search (cache miss)": [*search, "--no-cache"],
+            "one CLI search (cache hit)": search,
+            "peer one-search script (aiotracemoeapi)": [
+                sys.executable,
+                "-c",
+                PEER_SCRIPT,
+                server.url,
+                str(sample),
+            ],
+        }
+        return _interleaved(commands, env, runs)
 
 
 def upload_sizes(samples: list[Path]) -> list[tuple[str, int, int, int, int]]:
