@@ -132,19 +132,60 @@ def _only_none(from_cache: Any) -> Any:
     return checked
 
 
-def test_stale_provider_facts_are_read_again(tracemoe: Any, samples: Path, tmp_path: Path) -> None:
+def _facts_file(tmp_path: Path) -> Path:
+    return tmp_path / "xdg" / "cache" / "anisearch" / _cached.FACTS_FILE
+
+
+def test_provider_facts_from_another_installation_are_read_again(
+    tracemoe: Any, samples: Path, tmp_path: Path
+) -> None:
     shot = str(samples / "tinted-good.jpg")
     assert cli("search", shot).returncode == 0
     assert cli("search", shot).returncode == 0
-    facts = tmp_path / "xdg" / "cache" / "anisearch" / _cached.FACTS_FILE
+    facts = _facts_file(tmp_path)
     recorded = json.loads(facts.read_text())
     assert recorded["providers"]["tracemoe"]["box"] == [320, 320]
+    recorded["paths"] = [["/elsewhere", 1]]  # packages were installed or removed since
     recorded["installed"] = [["tracemoe", "elsewhere:TraceMoe", "another-dist", "9"]]
     recorded["providers"]["tracemoe"]["box"] = [1, 1]  # would miss every key
     facts.write_text(json.dumps(recorded))
     again = cli("search", shot)
     assert "answered from the cache" in again.stderr
     assert json.loads(facts.read_text())["providers"]["tracemoe"]["box"] == [320, 320]
+
+
+def test_the_same_providers_on_another_search_path_keep_their_facts(
+    tracemoe: Any, samples: Path, tmp_path: Path, engine_starts: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shot = str(samples / "tinted-good.jpg")
+    assert cli("search", shot).returncode == 0
+    assert cli("search", shot).returncode == 0
+    facts = _facts_file(tmp_path)
+    recorded = json.loads(facts.read_text())
+    recorded["paths"] = [["/elsewhere", 1]]
+    facts.write_text(json.dumps(recorded))
+
+    def no_provider(name: str) -> Any:
+        raise AssertionError(f"provider {name} loaded though the same providers are installed")
+
+    monkeypatch.setattr("anisearch._provider.load_provider", no_provider)
+    again = cli("search", shot)
+    assert "answered from the cache" in again.stderr
+    assert len(engine_starts) == 1
+    assert json.loads(facts.read_text())["paths"] == _cached._search_path()
+
+
+def test_an_unreadable_facts_file_is_written_again(tracemoe: Any, samples: Path, tmp_path: Path) -> None:
+    shot = str(samples / "tinted-good.jpg")
+    assert cli("search", shot).returncode == 0
+    assert cli("search", shot).returncode == 0
+    facts = _facts_file(tmp_path)
+    current = {"version": 1, "paths": _cached._search_path(), "providers": {"tracemoe": 5}}
+    for broken in ("{", '{"version": 1, "paths": 3}', json.dumps({"version": 1}), json.dumps(current)):
+        facts.write_text(broken)
+        again = cli("search", shot)
+        assert "answered from the cache" in again.stderr
+        assert json.loads(facts.read_text())["providers"]["tracemoe"]["box"] == [320, 320]
 
 
 def test_a_hit_in_a_new_process_loads_neither_the_engine_nor_httpx_nor_pillow(

@@ -7,10 +7,11 @@ SQLite result cache by the raw-digest keys the engine stores with every answer
 
 Those keys name each provider and the upload box. Both come from what the providers' classes said the last
 time they were loaded here (their default order and upload limits), kept in ``provider-facts.json`` next to
-the cache file and keyed by the installed provider distributions and their versions. Anything this path
-cannot answer exactly as the engine would goes to the engine: a URL, stdin or a folder; a Redis cache or no
-cache; titles or adult flags to look up; an unknown provider, or one whose limits depend on its settings; a
-source that was never answered.
+the cache file, and trusted while Python's search path is unchanged (its directories' modification times) or
+the registered providers are the same distributions and versions. Anything this path cannot answer
+exactly as the engine would goes to the engine: a URL, stdin or a folder; a Redis cache or no cache; titles
+or adult flags to look up; an unknown provider, or one whose limits depend on its settings; a source that
+was never answered.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,24 +175,63 @@ def _installed() -> list[list[str]]:
     return sorted(rows)
 
 
-def _facts(file: Path) -> dict[str, Fact | None]:
-    """Every installed provider's facts (None: it cannot be loaded): from ``file`` while the installed
-    providers are the ones it was written for, otherwise from the classes (then written to ``file``)."""
-    installed = _installed()
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+def _search_path() -> list[list[Any]]:
+    """Each directory Python imports from, with its modification time (ns; None when missing).
+
+    Installing, upgrading or removing a distribution adds or removes its ``.dist-info`` there, so an
+    unchanged list means the same providers are installed, for the cost of a few ``stat`` calls (reading
+    every distribution's entry points costs tens of milliseconds). The current directory (``python -m``,
+    ``python -c``) is left out: it changes as the user works.
+    """
+    here = str(Path.cwd())
+    paths = []
+    for index, entry in enumerate(sys.path):
+        if index == 0 and entry in {"", here}:
+            continue
+        try:
+            paths.append([entry, Path(entry).stat().st_mtime_ns])
+        except OSError:
+            paths.append([entry, None])
+    return paths
+
+
+def _stored(file: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
         stored = json.loads(file.read_text(encoding="utf-8"))
-        if stored["version"] == _FACTS_VERSION and stored["installed"] == installed:
+        if isinstance(stored, dict) and stored.get("version") == _FACTS_VERSION:
+            return stored
+    return {}
+
+
+def _facts(file: Path) -> dict[str, Fact | None]:
+    """Every installed provider's facts (None: it cannot be loaded).
+
+    From ``file`` while Python's search path is unchanged, or while the registered providers are the ones
+    it was written for; otherwise from the classes. ``file`` is rewritten whenever it was not current.
+    """
+    paths = _search_path()
+    stored = _stored(file)
+    try:
+        if stored.get("paths") == paths:
             return {name: _from_json(fact) for name, fact in stored["providers"].items()}
-    facts = {row[0]: _read_class(row[0]) for row in installed}
+        installed = _installed()
+        if stored.get("installed") == installed:
+            facts = {name: _from_json(fact) for name, fact in stored["providers"].items()}
+        else:
+            facts = {row[0]: _read_class(row[0]) for row in installed}
+    except (KeyError, TypeError, ValueError, IndexError):  # a file written by hand or by another version
+        installed = _installed()
+        facts = {row[0]: _read_class(row[0]) for row in installed}
     payload = {
         "version": _FACTS_VERSION,
+        "paths": paths,
         "installed": installed,
         "providers": {
             name: None if fact is None else dataclasses.asdict(fact) for name, fact in facts.items()
         },
     }
     temporary = file.with_name(f".{file.name}.{os.getpid()}")
-    with contextlib.suppress(OSError):  # without it, the next hit reads the classes again
+    with contextlib.suppress(OSError):  # without it, the next hit reads the entry points again
         temporary.write_text(json.dumps(payload), encoding="utf-8")
         temporary.replace(file)
     return facts
