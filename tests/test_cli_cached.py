@@ -20,6 +20,7 @@ from tests.cli_runner import run_in_process as cli
 
 from anisearch._cli import _cached, _search
 from anisearch._client import AsyncClient
+from anisearch_emulators.anilist import create_app as anilist_app
 from anisearch_emulators.tracemoe import create_app as tracemoe_app
 
 pytestmark = pytest.mark.e2e
@@ -71,9 +72,12 @@ def test_a_repeated_file_is_answered_without_the_engine(
     assert len(engine_starts) == 1
 
 
+@pytest.mark.parametrize("env", [{}, {"ANISEARCH_INCLUDE_ADULT": "false"}])
 def test_a_hit_prints_what_the_engine_prints(
-    tracemoe: Any, samples: Path, monkeypatch: pytest.MonkeyPatch
+    tracemoe: Any, samples: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
 ) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     shot = str(samples / "tinted-good.jpg")
     assert cli("search", shot).returncode == 0
     shortcut = [cli("search", shot, *flags) for flags in ([], ["--json", "--raw"], ["--all", "-n", "3"])]
@@ -98,8 +102,7 @@ def test_no_match_from_the_cache_keeps_exit_code_1(tracemoe: Any, samples: Path)
         (["--no-cache"], {}),
         (["-p", "whatanimeisthis"], {}),  # never answered by that provider
         (["--cut-borders"], {}),  # other options, another key
-        ([], {"ANISEARCH_INCLUDE_ADULT": "false"}),  # the engine drops adult hits
-        ([], {"ANISEARCH_METADATA": "anilist"}),  # the engine fills titles
+        ([], {"ANISEARCH_METADATA": "anilist"}),  # another key: trace.moe is no longer asked for titles
         ([], {"ANISEARCH_CACHE": "redis://127.0.0.1:1/0"}),
     ],
 )
@@ -121,6 +124,53 @@ def test_what_the_shortcut_cannot_answer_goes_to_the_engine(
     monkeypatch.setattr(_search, "_from_cache", _only_none(_search._from_cache))
     cli("search", shot, *flags)
     assert len(engine_starts) == 1 + 1  # the first search, then this one
+
+
+def test_titles_the_metadata_cache_knows_are_filled_without_the_engine(
+    emulated: Callable[[Any], Any],
+    tracemoe: Any,
+    samples: Path,
+    *,
+    tmp_path: Path,
+    engine_starts: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    anilist = Recorder(anilist_app())
+    monkeypatch.setenv("ANISEARCH_ANILIST_URL", emulated(anilist).url)
+    monkeypatch.setenv("ANISEARCH_METADATA", "anilist")
+    shot = str(samples / "tinted-good.jpg")
+    first = cli("search", shot, "--json")
+    assert first.returncode == 0
+    assert json.loads(first.stdout)["hits"][0]["title"]["romaji"] == "Kokoro Connect"
+    assert (len(engine_starts), anilist.requests) == (1, 1)
+
+    again = cli("search", shot, "--json")  # every title in the metadata cache: no engine, no request
+    assert (len(engine_starts), anilist.requests) == (1, 1)
+    shortcut = _cached.cached_answer
+    monkeypatch.setattr(_cached, "cached_answer", lambda *_, **__: None)
+    engine = cli("search", shot, "--json")
+    assert (again.returncode, again.stdout, again.stderr) == (engine.returncode, engine.stdout, engine.stderr)
+    assert len(engine_starts) == 1 + 1
+    monkeypatch.setattr(_cached, "cached_answer", shortcut)
+
+    for file in (tmp_path / "xdg" / "cache" / "anisearch").glob("anime.sqlite3*"):
+        file.unlink()  # the titles are forgotten: only the engine may ask AniList again
+    third = cli("search", shot, "--json")
+    assert json.loads(third.stdout)["hits"][0]["title"]["romaji"] == "Kokoro Connect"
+    assert (len(engine_starts), anilist.requests) == (3, 2)
+
+
+class Recorder:
+    """ASGI middleware counting the HTTP requests the wrapped app receives."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.requests = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.requests += 1
+        await self.app(scope, receive, send)
 
 
 def _only_none(from_cache: Any) -> Any:

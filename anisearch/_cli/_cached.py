@@ -9,9 +9,10 @@ Those keys name each provider and the upload box. Both come from what the provid
 time they were loaded here (their default order and upload limits), kept in ``provider-facts.json`` next to
 the cache file, and trusted while Python's search path is unchanged (its directories' modification times) or
 the registered providers are the same distributions and versions. Anything this path cannot answer
-exactly as the engine would goes to the engine: a URL, stdin or a folder; a Redis cache or no cache; titles
-or adult flags to look up; an unknown provider, or one whose limits depend on its settings; a source that
-was never answered.
+exactly as the engine would goes to the engine: a URL, stdin or a folder; a Redis cache or no cache; a
+title or adult flag the metadata cache does not know (the engine's enricher fills the rest from that cache,
+as in the engine); an unknown provider, or one whose limits depend on its settings; a source that was never
+answered.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import os
 import sqlite3
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,16 +80,52 @@ def cached_answer(
 
 
 def _answerable(settings: Settings, options: dict[str, Any]) -> bool:
-    """Whether the engine would answer a cache hit straight from the SQLite cache, hits unchanged."""
+    """Whether the engine would answer a cache hit straight from the SQLite cache."""
     from anisearch._cache_redis import is_redis_url
 
-    if not options.get("cache", True) or settings.cache_path is None or is_redis_url(settings.cache):
-        return False
+    return (
+        bool(options.get("cache", True))
+        and settings.cache_path is not None
+        and not is_redis_url(settings.cache)
+    )
+
+
+def _enrichment(settings: Settings, options: dict[str, Any]) -> tuple[bool, bool] | None:
+    """``(fill, include_adult)`` when the engine would pass a hit through its enricher, as
+    ``AsyncClient._enrichment`` decides; None when it returns it unchanged."""
     include = settings.include_adult if options.get("include_adult") is None else options["include_adult"]
     fill = bool(options.get("anilist_info"))
-    # As AsyncClient._enrichment: hits change only when titles are filled from a metadata provider or
-    # adult hits are dropped.
-    return bool(include) and (not fill or settings.metadata_provider is None)
+    # Without a metadata provider there is nothing to fill: the enricher only drops adult hits.
+    unchanged = (not fill or settings.metadata_provider is None) and include
+    return None if unchanged else (fill, bool(include))
+
+
+class _NeedsEngineError(Exception):
+    """The enricher would ask the metadata provider: only the engine (its ledger and transport) may."""
+
+
+def _enriched(
+    settings: Settings, result: SearchResult, *, fill: bool, include_adult: bool
+) -> SearchResult | None:
+    """``result`` through the engine's enricher, when the metadata cache knows every title it needs;
+    None when a request would be needed (the engine then answers the whole search)."""
+    import anyio
+
+    from anisearch._enrich import open_enricher
+
+    async def no_ledger() -> Any:
+        raise _NeedsEngineError
+
+    async def no_send(*_: Any) -> Any:
+        raise _NeedsEngineError
+
+    enricher = open_enricher(settings, no_ledger, no_send)
+    try:
+        return anyio.run(partial(enricher, result, fill=fill, include_adult=include_adult))
+    except _NeedsEngineError:
+        return None
+    finally:
+        enricher.close()
 
 
 def _lookup(
@@ -133,9 +171,15 @@ def _lookup(
         return None
     index, result = found
     attempt = Attempt(provider=names[index], outcome="cached", reason="answered from the cache")
+    answer = result.model_copy(update={"cached": True, "attempts": [attempt]})
+    if (enrich := _enrichment(settings, options)) is not None:
+        enriched = _enriched(settings, answer, fill=enrich[0], include_adult=enrich[1])
+        if enriched is None:
+            return None
+        answer = enriched
     if on_attempt is not None:
         on_attempt(attempt)
-    return result.model_copy(update={"cached": True, "attempts": [attempt]})
+    return answer
 
 
 def _order(
