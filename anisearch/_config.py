@@ -1,8 +1,5 @@
 """Settings: environment variables (``ANISEARCH_*``) over a TOML file over defaults.
 
-Read here rather than through pydantic-settings: every command and every new process loads them, and
-three sources (code, the environment, one TOML file) do not need that library's import cost.
-
 The TOML file lives at ``platformdirs.user_config_path("anisearch") / "config.toml"`` (on Linux
 ``$XDG_CONFIG_HOME/anisearch/config.toml``), or wherever ``ANISEARCH_CONFIG`` points::
 
@@ -21,23 +18,15 @@ provider takes: the provider validates its own table.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import platformdirs
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_serializer,
-    field_validator,
-)
+from pydantic import Field, SecretStr, ValidationError, field_serializer, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from anisearch._exceptions import ConfigurationError
 from anisearch._redact import redact
@@ -95,38 +84,18 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"cannot read the config file {path}: {exc}") from exc
 
 
-_PREFIX = "ANISEARCH_"
-_JSON_FIELDS = frozenset({"provider_options"})
-"""Fields whose environment variable holds JSON (a table); every other variable is taken as written."""
+class _TomlSource(PydanticBaseSettingsSource):
+    """The core keys of the TOML file (provider tables are read by :meth:`Settings.provider_config`)."""
 
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
 
-def _merged(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
-    """``high`` over ``low``, tables merged key by key."""
-    out = dict(low)
-    for key, value in high.items():
-        below = out.get(key)
-        out[key] = _merged(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
-    return out
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # noqa: ARG002  # pragma: no cover
+        return self._data.get(field_name), field_name, False
 
-
-def _sources(fields: Any, given: dict[str, Any]) -> dict[str, Any]:
-    """The values of ``fields``: ``given`` (code) over ``ANISEARCH_<FIELD>`` (any case) over the TOML file."""
-    toml = _read_toml(config_path())
-    from_file = {name: toml[name] for name in fields if name in toml}
-    environment = {name.lower(): value for name, value in os.environ.items()}
-    from_env: dict[str, Any] = {}
-    for name in fields:
-        variable = f"{_PREFIX}{name}".lower()
-        if variable not in environment:
-            continue
-        value = environment[variable]
-        if name in _JSON_FIELDS:
-            try:
-                value = json.loads(value)
-            except ValueError:
-                raise ConfigurationError(f"{_PREFIX}{name.upper()} must be JSON (a table)") from None
-        from_env[name] = value
-    return _merged(_merged(from_file, from_env), given)
+    def __call__(self) -> dict[str, Any]:
+        return {name: self._data[name] for name in self.settings_cls.model_fields if name in self._data}
 
 
 def settings_error(exc: ValidationError, prefix: str, headline: str) -> ConfigurationError:
@@ -142,16 +111,16 @@ def settings_error(exc: ValidationError, prefix: str, headline: str) -> Configur
     return ConfigurationError(f"{headline}: {problems}")
 
 
-class Settings(BaseModel):
+class Settings(BaseSettings):
     """Where anisearch sends requests and keeps its state. Every field has an ``ANISEARCH_*`` variable.
 
     Raises:
         ConfigurationError: A value does not parse (through :meth:`load`).
     """
 
-    model_config = ConfigDict(extra="ignore", frozen=True, validate_default=True)
+    model_config = SettingsConfigDict(env_prefix="ANISEARCH_", extra="ignore", frozen=True)
 
-    providers: list[str] | None = None
+    providers: Annotated[list[str] | None, NoDecode] = None
     """Provider order (``ANISEARCH_PROVIDERS``, a comma list). None means the default order."""
     ledger: str | None = None
     """Ledger URL (``ANISEARCH_LEDGER``): ``memory://``, ``sqlite:///path`` (default, in the state dir) or
@@ -228,15 +197,16 @@ class Settings(BaseModel):
             return names or None
         return value
 
-    def __init__(self, **values: Any) -> None:
-        """Settings from ``values`` (code), over the ``ANISEARCH_*`` environment, over the TOML file.
-
-        Raises:
-            pydantic.ValidationError: A value does not parse (:meth:`load` names the variable instead).
-            ConfigurationError: The config file cannot be read, or ``ANISEARCH_PROVIDER_OPTIONS`` is not
-                JSON.
-        """
-        super().__init__(**_sources(type(self).model_fields, values))
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - pydantic-settings' hook signature
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlSource(settings_cls, _read_toml(config_path()))
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

@@ -99,22 +99,3 @@ def test_a_ledger_password_is_masked_but_kept() -> None:
         assert "hunter2" not in shown
         assert "127.0.0.1:6379" in shown
     assert settings.ledger_url == "redis://:hunter2@127.0.0.1:6379/0"
-
-
-def test_settings_made_in_code_still_read_the_environment_and_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text("timeout = 12\ncache_ttl = 99\n")
-    monkeypatch.setenv("ANISEARCH_CONFIG", str(config))
-    monkeypatch.setenv("anisearch_providers", "tracemoe")  # any case, as the shell allows
-    monkeypatch.setenv("ANISEARCH_PROVIDER_OPTIONS", '{"tracemoe": {"url": "http://env", "key": "k"}}')
-    settings = Settings(timeout=3, provider_options={"tracemoe": {"url": "http://code"}})
-    assert (settings.providers, settings.timeout, settings.cache_ttl) == (["tracemoe"], 3, 99)
-    assert settings.provider_config("tracemoe") == {"url": "http://code", "key": "k"}
-
-
-def test_provider_options_in_the_environment_must_be_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ANISEARCH_PROVIDER_OPTIONS", "tracemoe.url=http://x")
-    with pytest.raises(ConfigurationError, match="ANISEARCH_PROVIDER_OPTIONS must be JSON"):
-        Settings.load()
