@@ -11,8 +11,10 @@ Per search, for each provider in order (``fallback``) or all at once (``fanout``
    provider's free quota endpoint (trace.moe ``/me``) is asked first.
 2. **Send**, retrying on the same provider only when the request never left (a refused connection).
    A long search renews its slot's lease. When other searches wait for the slot, it is handed to the
-   next one as soon as the answer has arrived (the upstream stopped counting this search then), before
-   the answer is parsed and settled.
+   next one as soon as the answer has arrived, before the answer is parsed and settled. (trace.moe counts
+   a search down a moment after answering, once it has logged it; over a network the next search cannot
+   arrive sooner. An upstream on the same host may answer that search "concurrency": the shared backoff
+   below absorbs it, and nothing is miscounted.)
 3. **Settle** once with everything the answer said: counts, concurrency, priority, a cooldown for
    ``Retry-After`` (at most 24 h), a spent window, or the backoff that every search sharing the ledger
    honours after a "queue full" / "concurrency" answer (then this search waits it out and tries again,

@@ -401,8 +401,8 @@ class Ledger(abc.ABC):
     async def free_slot(self, ticket: Ticket) -> None:
         """Hand the reservation's concurrency slot to the next search before it is settled.
 
-        Call it once the upstream's answer has arrived (the upstream stopped counting the search as in
-        flight when it answered), while the answer is still being read; the units stay pending until
+        Call it once the upstream's answer has arrived (the upstream counts the search as in flight until
+        it answers, or a moment after), while the answer is still being read; the units stay pending until
         :meth:`settle`, which then frees nothing more. It costs one more step than a plain settle, so the
         router uses it only when other searches wait for the slot.
 

@@ -25,8 +25,8 @@ settle (per search, after the answer or the failure):
 
 free_slot (optional, between the two, when others wait):
     The reservation gives up its concurrency slot and keeps its units pending until it is settled. The
-    upstream counts a search as in flight until it answers, so once the answer has arrived the slot can go
-    to the next search while this one still reads and settles the answer.
+    upstream counts a search as in flight until it answers (or a moment after), so once the answer has
+    arrived the slot can go to the next search while this one still reads and settles the answer.
 """
 
 from __future__ import annotations
