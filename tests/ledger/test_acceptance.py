@@ -198,8 +198,9 @@ def test_a_queue_full_storm_is_one_backoff_for_every_search(
 def test_the_cli_a_day_later_under_faketime_finds_the_slot_free(
     live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
 ) -> None:
-    """The real command, its clock moved a day on by libfaketime; the emulator's window shortened to match."""
-    trace = live_server(tracemoe_app(quota=1, quota_window=2.0))
+    """The real command, its clock moved a day on by libfaketime; the emulator's clock moved to match."""
+    shift = [0.0]
+    trace = live_server(tracemoe_app(quota=1, clock=lambda: time.time() + shift[0]))  # a 24 h window
     env = {
         **os.environ,
         "ANISEARCH_TRACEMOE_URL": trace.url,
@@ -212,7 +213,7 @@ def test_the_cli_a_day_later_under_faketime_finds_the_slot_free(
     skipped = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     assert skipped.returncode == 4
     assert "quota exhausted until" in skipped.stderr
-    time.sleep(2.5)  # the emulator's 2-second window has passed; the ledger still counts a day
+    shift[0] = 86_400.0  # a day later for trace.moe too: its rolling window has freed the slot
     later = subprocess.run(
         ["faketime", "-f", "+1d", *command], env=env, capture_output=True, text=True, check=False
     )
