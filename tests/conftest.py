@@ -23,6 +23,12 @@ import pytest
 import stamina
 import uvicorn
 
+# Compiled modules are cached even where PYTHONDONTWRITEBYTECODE is set (some containers set it): without
+# the cache every xdist worker rewrites and compiles every test module anew (about 6 s of CPU each, most of
+# collection), and every `anisearch` process a test starts compiles the package again. Git ignores
+# __pycache__.
+sys.dont_write_bytecode = False
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ANISEARCH_SHARED_DIR", REPO.parent / "shared"))
 SAMPLES = SHARED / "upstream-samples"
@@ -49,6 +55,25 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 _NO_FLOOR = pytest.StashKey[bool]()
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: two workers per core on a small machine (at most four more workers than cores).
+
+    Much of the suite waits rather than computes (emulated latency, processes starting, windows and
+    deadlines running out), so a second worker per core fills those waits with other tests.
+    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still decides when set (pytest-xdist's own override).
+    """
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or config.option.numprocesses != "auto":
+        return None  # pytest-xdist's own answer
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(2 * cores, cores + 4)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end tests first: they are the long ones, so the many short tests fill the workers' ends
+    instead of one long test running alone at the end (pytest-xdist hands tests out in this order)."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
 
 
 @pytest.fixture(scope="session")
