@@ -70,10 +70,18 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return min(2 * cores, cores + 4)
 
 
+def _hand_out_order(item: pytest.Item) -> int:
+    if item.get_closest_marker("e2e") is not None:
+        return 0
+    function = getattr(item, "function", None)
+    return 1 if hasattr(function, "hypothesis") else 2  # property tests run hundreds of examples
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """End-to-end tests first: they are the long ones, so the many short tests fill the workers' ends
-    instead of one long test running alone at the end (pytest-xdist hands tests out in this order)."""
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+    """End-to-end and property tests first: they are the long ones, so the many short tests fill the
+    workers' ends instead of one long test running alone at the end (pytest-xdist hands tests out in this
+    order). The sort is stable: within each group, the collection order."""
+    items.sort(key=_hand_out_order)
 
 
 @pytest.fixture(scope="session")
