@@ -10,7 +10,7 @@ import httpx
 from anisearch import _fetch, _redact
 from anisearch._exceptions import ImageFetchError, ProviderError
 from anisearch._limits import MAX_DOWNLOAD_BYTES, remaining_seconds
-from anisearch._transport import ACCEPT_ENCODING, user_agent
+from anisearch._transport import ACCEPT_ENCODING, tls_context, user_agent
 
 __all__ = ["Downloader", "is_url"]
 
@@ -38,6 +38,7 @@ class Downloader:
         self._pin = transport is None
         self._http = httpx.AsyncClient(
             transport=transport,
+            verify=tls_context(trust_env=False),
             timeout=httpx.Timeout(timeout),
             headers={"User-Agent": user_agent(), "Accept-Encoding": ACCEPT_ENCODING},
             follow_redirects=False,

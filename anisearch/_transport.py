@@ -6,6 +6,8 @@ and nothing here knows about quota or routing.
 
 from __future__ import annotations
 
+import functools
+import ssl
 from typing import TYPE_CHECKING
 
 import anyio
@@ -25,12 +27,26 @@ from anisearch._version import DISTRIBUTION, __version__
 if TYPE_CHECKING:
     from anisearch._provider import Provider
 
-__all__ = ["ACCEPT_ENCODING", "ProviderTransport", "user_agent"]
+__all__ = ["ACCEPT_ENCODING", "ProviderTransport", "tls_context", "user_agent"]
 
 ACCEPT_ENCODING = "gzip, deflate"
 """Only decoders whose output httpx hands over chunk by chunk (a brotli or zstd bomb is refused unasked)."""
 
 _redact.install()
+
+
+@functools.cache
+def tls_context(*, trust_env: bool = True) -> ssl.SSLContext:
+    """The one verifying TLS context of the process, shared by every anisearch HTTP client.
+
+    httpx would load the CA bundle (certifi's, or ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when ``trust_env``)
+    for each client it builds, tens of milliseconds each; a context holds no per-connection state, so one
+    serves every client and every thread.
+
+    Args:
+        trust_env: Honour ``SSL_CERT_FILE``/``SSL_CERT_DIR`` (read on the first call).
+    """
+    return httpx.create_ssl_context(trust_env=trust_env)
 
 
 def user_agent() -> str:
@@ -51,6 +67,7 @@ class ProviderTransport:
         # Providers that keep a session keep their own jar (an auth flow); the engine stores no cookie.
         self._http = httpx.AsyncClient(
             transport=transport,
+            verify=tls_context(),
             timeout=httpx.Timeout(timeout),
             headers={"User-Agent": user_agent(), "Accept-Encoding": ACCEPT_ENCODING},
             follow_redirects=False,

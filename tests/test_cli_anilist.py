@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.cli_runner import run_in_process
 from tests.conftest import run_cli
 
 from anisearch_emulators.anilist import create_app as anilist_app
@@ -65,7 +66,7 @@ def test_kokoro_connect_is_titled_from_anilist_in_one_request_then_from_the_cach
     tracemoe: tuple[Any, Recorder], anilist: Any, samples: Path
 ) -> None:
     server, recorder = tracemoe
-    code, result, stderr = search(run_cli, server, anilist.url, samples / "tinted-good.jpg")
+    code, result, stderr = search(run_in_process, server, anilist.url, samples / "tinted-good.jpg")
     assert code == 0, stderr
     best = result["hits"][0]
     assert best["anilist_id"] == 11887
@@ -84,6 +85,7 @@ def test_kokoro_connect_is_titled_from_anilist_in_one_request_then_from_the_cach
         ("anilist", "ok"),
     ]
 
+    # The second run is a process of its own: the titles come from the metadata cache on disk.
     code, again, stderr = search(run_cli, server, anilist.url, samples / "tinted-good.jpg")
     assert code == 0, stderr
     assert again["hits"][0]["title"]["romaji"] == "Kokoro Connect"
@@ -97,7 +99,6 @@ def test_the_table_shows_the_title(tracemoe: tuple[Any, Recorder], anilist: Any,
         "ANISEARCH_ANILIST_URL": anilist.url,
         "ANISEARCH_METADATA": "anilist",
     }
-    from tests.cli_runner import run_in_process
 
     done = run_in_process("search", str(samples / "tinted-good.jpg"), "-p", "tracemoe", env=env)
     assert done.returncode == 0, done.stderr
@@ -110,7 +111,7 @@ def test_with_anilist_stopped_the_search_answers_untitled_and_says_anilist_faile
     stopped = live_server(anilist_app())
     stopped.stop()
     server, _ = tracemoe
-    code, result, stderr = search(run_cli, server, stopped.url, samples / "tinted-good.jpg")
+    code, result, stderr = search(run_in_process, server, stopped.url, samples / "tinted-good.jpg")
     assert code == 0, stderr
     best = result["hits"][0]
     assert best["anilist_id"] == 11887
@@ -128,7 +129,6 @@ def test_no_adult_drops_nothing_here_and_says_so(
     tracemoe: tuple[Any, Recorder], anilist: Any, samples: Path
 ) -> None:
     server, _ = tracemoe
-    from tests.cli_runner import run_in_process
 
     code, result, stderr = search(
         run_in_process, server, anilist.url, samples / "tinted-good.jpg", "--no-adult"
@@ -142,7 +142,6 @@ def test_no_anilist_info_turns_the_lookup_off(
     tracemoe: tuple[Any, Recorder], anilist: Any, samples: Path
 ) -> None:
     server, _ = tracemoe
-    from tests.cli_runner import run_in_process
 
     code, result, stderr = search(
         run_in_process, server, anilist.url, samples / "tinted-good.jpg", "--no-anilist-info"

@@ -381,3 +381,27 @@ def test_at_most_max_hits_are_kept_the_most_similar(
         assert len(result.hits) == MAX_HITS
         expected = sorted((item["similarity"] for item in many["result"]), reverse=True)[:MAX_HITS]
         assert [hit.similarity for hit in result.hits] == expected
+
+
+def test_clients_after_the_first_load_no_ca_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every client of the process verifies TLS with one context: a new Client reads no certificate file."""
+    import ssl
+
+    from anisearch._transport import tls_context
+
+    loads: list[object] = []
+    real = ssl.SSLContext.load_verify_locations
+
+    def counted(context: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        loads.append(args or kwargs)
+        real(context, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    tls_context.cache_clear()
+    with Client(settings()):
+        first_loads = len(loads)
+    assert first_loads >= 1  # the first client of the process loads the bundle
+    for _ in range(3):
+        with Client(settings()):
+            pass
+    assert len(loads) == first_loads

@@ -74,8 +74,10 @@ def test_as_int_reads_whole_numbers_only(value: Any, expected: int | None) -> No
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("1169.17", 1169.17), (3, 3.0), ("inf", None), (float("nan"), None), (False, None), ("", None)],
-)
+    [("1169.17", 1169.17), (3, 3.0), ("inf", None), (float("nan"), None), (False, None), ("", None),
+     ("1.", 1.0), (".5", 0.5), ("-2.5e-1", -0.25), ("1..5", None),
+     ("9" * 5000 + ", 100;w=60", None)],  # a header sent twice, joined: refused, and in linear time
+)  # fmt: skip
 def test_as_float_reads_finite_numbers(value: Any, expected: float | None) -> None:
     assert as_float(value) == expected
 

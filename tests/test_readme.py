@@ -133,10 +133,12 @@ def test_developing_offline_runs_as_pasted() -> None:
         f"    except OSError: time.sleep(0.1)'"
     )
     lines = script.splitlines()
+    # The README gives the emulators a moment to start (a sleep); here the port is polled instead, which
+    # is what the sleep waits for, without its fixed seconds.
+    (pause,) = (index for index, line in enumerate(lines) if re.match(r"sleep \d", line))
+    lines[pause] = wait
     # set -e stops at a failing line: the trap still stops the background emulators
-    script = "set -e\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + "\n".join(
-        [lines[0], wait, *lines[1:]]
-    )
+    script = "set -e\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + "\n".join(lines)
     done = subprocess.run(
         ["bash", "-c", script],
         cwd=REPO,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from PIL import Image
+from tests.cli_runner import run_in_process
 
 from anisearch import (
     AuthenticationError,
@@ -415,13 +416,14 @@ def test_a_coded_error_is_never_read_by_its_message() -> None:
 
 @pytest.mark.e2e
 def test_keys_create_with_a_40_character_title_prints_the_name_error(
-    cli: Any, live_server: Any, tmp_path: Path
+    live_server: Any, tmp_path: Path
 ) -> None:
     """§2.6, §7.3 (RUN), end to end: ``anisearch keys create`` with a 40-character title against the
     emulator prints the key-name error and exits 2 (a usage error: the title is the caller's argument),
     never mentioning the image size."""
     site = live_server(create_app(users={EMAIL: PASSWORD}))
     env = {"ANISEARCH_WHATANIMEISTHIS_URL": site.url, "ANISEARCH_PROVIDERS": "whatanimeisthis"}
+    cli = run_in_process  # the command in process; the upstream on loopback
     login = cli(
         "login",
         env={**env, "ANISEARCH_WHATANIMEISTHIS_EMAIL": EMAIL, "ANISEARCH_WHATANIMEISTHIS_PASSWORD": PASSWORD},

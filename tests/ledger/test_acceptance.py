@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import pytest
 from PIL import Image
+from tests.cli_runner import run_in_process
 from tests.forked import Job, run_forked
 
 from anisearch import AllProvidersFailedError, AsyncClient, Client, QuotaExhaustedError, Settings
@@ -198,23 +199,32 @@ def test_a_queue_full_storm_is_one_backoff_for_every_search(
 def test_the_cli_a_day_later_under_faketime_finds_the_slot_free(
     live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
 ) -> None:
-    """The real command, its clock moved a day on by libfaketime; the emulator's window shortened to match."""
-    trace = live_server(tracemoe_app(quota=1, quota_window=2.0))
-    env = {
-        **os.environ,
+    """The real command, its clock moved a day on by libfaketime; the emulator's clock moved to match.
+
+    Today's two searches run in process (the first spends the slot, the second is skipped); the one a day
+    later is a process of its own under faketime, sharing the SQLite ledger file."""
+    shift = [0.0]
+    trace = live_server(tracemoe_app(quota=1, clock=lambda: time.time() + shift[0]))  # a 24 h window
+    settings = {
         "ANISEARCH_TRACEMOE_URL": trace.url,
         "ANISEARCH_PROVIDERS": "tracemoe",
         "ANISEARCH_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
         "ANISEARCH_CACHE": "off",
     }
-    command = [sys.executable, "-m", "anisearch", "search", str(samples / "tinted-good.jpg")]
-    assert subprocess.run(command, env=env, capture_output=True, check=False).returncode == 0
-    skipped = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    image = str(samples / "tinted-good.jpg")
+    first = run_in_process("search", image, env=settings)
+    assert first.returncode == 0, first.stderr
+    skipped = run_in_process("search", image, env=settings)
     assert skipped.returncode == 4
     assert "quota exhausted until" in skipped.stderr
-    time.sleep(2.5)  # the emulator's 2-second window has passed; the ledger still counts a day
+    shift[0] = 86_400.0  # a day later for trace.moe too: its rolling window has freed the slot
+    command = [sys.executable, "-m", "anisearch", "search", image]
     later = subprocess.run(
-        ["faketime", "-f", "+1d", *command], env=env, capture_output=True, text=True, check=False
+        ["faketime", "-f", "+1d", *command],
+        env={**os.environ, **settings},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert later.returncode == 0, later.stderr
     assert trace.app.state.emulator.requests["/me"] == 1  # the freed slot was confirmed first

@@ -45,8 +45,12 @@ class Served:
             time.sleep(0.01)
         return self
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Tell the gateway to shut down (it finishes on its own thread; :meth:`stop` waits for it)."""
         self.server.should_exit = True
+
+    def stop(self) -> None:
+        self.request_stop()
         self._thread.join(timeout=30)
 
 
@@ -103,5 +107,7 @@ def gateway(upstreams: Upstreams) -> Iterator[GatewayFactory]:
         return served
 
     yield start
+    for served in started:  # shutdowns overlap (each takes uvicorn a tick or two)
+        served.request_stop()
     for served in started:
         served.stop()
