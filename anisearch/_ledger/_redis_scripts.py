@@ -75,6 +75,11 @@ local function settle_unit(name, member, leave)
     redis.call('ZADD', uk(name), 'XX', leave, member)
   end
 end
+local function wake_one()  -- a slot freed: one search blocked on the scope's wake list goes on
+  redis.call('LPUSH', P .. 'wake:' .. PS, '1')
+  redis.call('LTRIM', P .. 'wake:' .. PS, 0, 63)
+  redis.call('PEXPIRE', P .. 'wake:' .. PS, 60000)
+end
 local function remove_unit(name, member)
   redis.call('ZREM', uk(name), member)
   redis.call('SREM', pk(name), member)
@@ -253,9 +258,7 @@ for _ = 1, tonumber(ARGV[i]) do
   i = i + 2
 end
 if not freed_slot then return 0 end  -- no slot freed (handed over already): wake nobody
-redis.call('LPUSH', P .. 'wake:' .. PS, '1')
-redis.call('LTRIM', P .. 'wake:' .. PS, 0, 63)
-redis.call('PEXPIRE', P .. 'wake:' .. PS, 60000)
+wake_one()
 return 1
 """
 )
@@ -269,9 +272,7 @@ if not raw then return 0 end
 local f = split(raw)
 if f[3] ~= '1' then return 0 end
 redis.call('HSET', HK, ARGV[2], f[1] .. '|' .. f[2] .. '|0|' .. f[4])
-redis.call('LPUSH', P .. 'wake:' .. PS, '1')
-redis.call('LTRIM', P .. 'wake:' .. PS, 0, 63)
-redis.call('PEXPIRE', P .. 'wake:' .. PS, 60000)
+wake_one()
 return 1
 """
 )
