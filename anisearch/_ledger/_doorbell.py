@@ -131,16 +131,22 @@ class Doorbell:
             names = sorted(entry.name for entry in self.directory.iterdir() if entry.name.startswith(prefix))
         except OSError:
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as bell:
+        if not names:
+            return
+        try:
+            bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        except OSError:
+            return
+        with bell:
             bell.settimeout(0.0)  # non-blocking
             for name in names:
                 if times == 0:
                     return
                 path = os.path.join(self.directory, name)  # noqa: PTH118 - a str for the socket calls
                 address = _address(path)
+                if address is None:
+                    continue  # a waiter this platform cannot reach; it looks again on its own
                 try:
-                    if address is None:
-                        raise ConnectionRefusedError(path)  # a marker this platform cannot reach
                     bell.sendto(b"1", address)
                 except BlockingIOError:
                     times -= 1  # its queue is full: it was rung already and will look
