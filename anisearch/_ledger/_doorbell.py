@@ -124,13 +124,7 @@ class Doorbell:
 
         Never raises: a bell that cannot ring leaves the waiters to their next look.
         """
-        if not self._usable or times < 1:
-            return
-        prefix = self._prefix(provider, scope) + "-"
-        try:
-            names = sorted(entry.name for entry in self.directory.iterdir() if entry.name.startswith(prefix))
-        except OSError:
-            return
+        names = self._waiting(provider, scope) if self._usable and times > 0 else []
         if not names:
             return
         try:
@@ -140,21 +134,33 @@ class Doorbell:
         with bell:
             bell.settimeout(0.0)  # non-blocking
             for name in names:
+                times -= _rang(bell, os.path.join(self.directory, name))  # noqa: PTH118 - a str for sockets
                 if times == 0:
                     return
-                path = os.path.join(self.directory, name)  # noqa: PTH118 - a str for the socket calls
-                address = _address(path)
-                if address is None:
-                    continue  # a waiter this platform cannot reach; it looks again on its own
-                try:
-                    bell.sendto(b"1", address)
-                except BlockingIOError:
-                    times -= 1  # its queue is full: it was rung already and will look
-                except OSError:  # refused or gone: a waiter that died or left; not a waiter any more
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)  # noqa: PTH108 - the path is a str already
-                else:
-                    times -= 1
+
+    def _waiting(self, provider: str, scope: str) -> list[str]:
+        """The scope's waiters' file names, longest-waiting first (none when the directory is missing)."""
+        prefix = self._prefix(provider, scope) + "-"
+        try:
+            return sorted(entry.name for entry in self.directory.iterdir() if entry.name.startswith(prefix))
+        except OSError:
+            return []
+
+
+def _rang(bell: socket.socket, path: str) -> int:
+    """Ring the waiter of ``path``: 1 when it will wake, 0 when it cannot (a dead one is removed)."""
+    address = _address(path)
+    if address is None:
+        return 0  # a waiter this platform cannot reach; it looks again on its own
+    try:
+        bell.sendto(b"1", address)
+    except BlockingIOError:
+        return 1  # its queue is full: it was rung already and will look
+    except OSError:  # refused or gone: a waiter that died or left; not a waiter any more
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # noqa: PTH108 - the path is a str already
+        return 0
+    return 1
 
 
 def _drain(sock: socket.socket, woken: asyncio.Event) -> None:
