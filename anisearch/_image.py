@@ -95,7 +95,21 @@ _QUARTER_TURNS = {  # counter-clockwise quarter turns
 }
 # Formats with a real magic number (no TGA: random bytes pass its header check) and no external
 # programs (no EPS: Pillow hands it to Ghostscript).
-_WANTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF", "JPEG2000", "ICO", "PPM", "QOI")
+_PLUGINS = {
+    "JPEG": "JpegImagePlugin",
+    "PNG": "PngImagePlugin",
+    "GIF": "GifImagePlugin",
+    "WEBP": "WebPImagePlugin",
+    "AVIF": "AvifImagePlugin",
+    "BMP": "BmpImagePlugin",
+    "TIFF": "TiffImagePlugin",
+    "JPEG2000": "Jpeg2KImagePlugin",
+    "ICO": "IcoImagePlugin",
+    "PPM": "PpmImagePlugin",
+    "QOI": "QoiImagePlugin",
+}
+"""Each wanted format, and Pillow's plugin module that reads it."""
+_WANTED_FORMATS = tuple(_PLUGINS)
 
 ImageSource: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryReader | Image.Image
 """What :func:`prepare` accepts. A ``str`` is always a path; URLs are fetched by the client first."""
@@ -127,22 +141,6 @@ class PreparedImage:
     def body_size(self) -> int:
         """How many bytes the image takes, in bytes."""
         return len(self.data)
-
-
-_PLUGINS = {
-    "JPEG": "JpegImagePlugin",
-    "PNG": "PngImagePlugin",
-    "GIF": "GifImagePlugin",
-    "WEBP": "WebPImagePlugin",
-    "AVIF": "AvifImagePlugin",
-    "BMP": "BmpImagePlugin",
-    "TIFF": "TiffImagePlugin",
-    "JPEG2000": "Jpeg2KImagePlugin",
-    "ICO": "IcoImagePlugin",
-    "PPM": "PpmImagePlugin",
-    "QOI": "QoiImagePlugin",
-}
-"""Pillow's plugin module of each wanted format."""
 
 
 @cache

@@ -44,7 +44,11 @@ def tls_context(*, trust_env: bool = True) -> ssl.SSLContext:
     serves every client and every thread.
 
     Args:
-        trust_env: Honour ``SSL_CERT_FILE``/``SSL_CERT_DIR`` (read on the first call).
+        trust_env: Honour ``SSL_CERT_FILE``/``SSL_CERT_DIR``, as they are at the first call: the context is
+            made once per process, so a later change of those variables is not seen.
+
+    Returns:
+        The shared ``ssl.SSLContext``, verifying certificates and host names.
     """
     return httpx.create_ssl_context(trust_env=trust_env)
 

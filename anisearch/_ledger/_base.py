@@ -58,9 +58,10 @@ __all__ = [
 ]
 
 Clock = Callable[[], datetime]
-Nap = Callable[[float], Awaitable[None]]
-"""``await nap(seconds)``: wait for a freed slot of the scope listened to (see :meth:`Ledger.listening`)."""
 """Returns the current instant as an aware datetime (tests inject a fake one)."""
+Nap = Callable[[float], Awaitable[None]]
+"""``await nap(seconds)``: wait up to ``seconds`` for a freed slot of the scope listened to (see
+:meth:`Ledger.listening`)."""
 
 _SCOPE_KEY = b"anisearch ledger scope v1"
 _PROVIDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

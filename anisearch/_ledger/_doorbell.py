@@ -75,7 +75,8 @@ class Doorbell:
         sock: socket.socket | None = None
         path = ""
         if self._usable:
-            name = f"{self._prefix(provider, scope)}-{time.time_ns():020d}-{secrets.token_hex(4)}"
+            # The system-wide monotonic clock orders waiters across processes, whatever the wall clock does.
+            name = f"{self._prefix(provider, scope)}-{time.monotonic_ns():020d}-{secrets.token_hex(4)}"
             path = os.path.join(self.directory, name)  # noqa: PTH118 - a str for the socket calls
             sock = self._bind(path)
         try:
@@ -108,7 +109,7 @@ class Doorbell:
     @staticmethod
     async def nap(sock: socket.socket | None, seconds: float, woken: asyncio.Event) -> None:
         """Return when ``sock`` is rung or ``woken`` is set (a slot freed in this process), or after
-        ``seconds`` (at most :data:`MAX_NAP_SECONDS`). ``woken`` is set on return by a ring."""
+        ``seconds`` seconds (at most :data:`MAX_NAP_SECONDS`). ``woken`` is set on return by a ring."""
         loop = asyncio.get_running_loop()
         if sock is not None:
             loop.add_reader(sock.fileno(), _drain, sock, woken)

@@ -52,8 +52,9 @@ class MemoryLedger(Ledger):
 
     async def _settle(self, provider: str, scope: str, request: SettleRequest) -> None:
         with self._lock:
-            _logic.settle(*self._scope(provider, scope), request)
-        WAITERS.notify((id(self), provider, scope))
+            freed = _logic.settle(*self._scope(provider, scope), request)
+        if freed:
+            WAITERS.notify((id(self), provider, scope))
 
     async def _free_slot(self, provider: str, scope: str, token: str) -> None:
         with self._lock:

@@ -287,8 +287,7 @@ class SQLiteLedger(Ledger):
             state = _state_from_json(row[0]) if row is not None else _logic.ScopeState()
             result = run(state, _Units(conn, provider, scope))
             text = _state_to_json(state)
-            # A step that changed nothing writes nothing: a refused reserve then does not wake every other
-            # waiting process (they watch the file's commits), which would refuse again, and so on.
+            # A step that changed nothing writes nothing: a refused reserve costs no write to the file.
             if row is None or text != row[0]:
                 conn.execute(
                     "INSERT INTO scopes VALUES (?, ?, ?)"
