@@ -69,23 +69,26 @@ class Doorbell:
         return hashlib.blake2b(f"{provider}|{scope}".encode(), digest_size=8).hexdigest()
 
     @contextlib.contextmanager
-    def listening(self, provider: str, scope: str) -> Iterator[socket.socket | None]:
-        """A bound, non-blocking socket the next freed slot of the scope may ring; None where none can be
-        bound (the waiter then just naps and looks again)."""
-        sock: socket.socket | None = None
+    def listening(self, provider: str, scope: str) -> Iterator[Listener]:
+        """A waiter of the scope: its socket (None where none can be bound: it then just naps and looks
+        again) is rung by the next freed slot. Rings it received but did not use, because it left or two
+        came at once, are passed to the next waiter when it leaves, so no freed slot waits for a nap's end."""
+        listener = Listener(None)
         path = ""
         if self._usable:
             # The system-wide monotonic clock orders waiters across processes, whatever the wall clock does.
             name = f"{self._prefix(provider, scope)}-{time.monotonic_ns():020d}-{secrets.token_hex(4)}"
             path = os.path.join(self.directory, name)  # noqa: PTH118 - a str for the socket calls
-            sock = self._bind(path)
+            listener = Listener(self._bind(path))
         try:
-            yield sock
+            yield listener
         finally:
-            if sock is not None:
-                sock.close()
+            if listener.sock is not None:
+                unused = listener.unused + _read_rings(listener.sock)
+                listener.sock.close()
                 with contextlib.suppress(OSError):
                     os.unlink(path)  # noqa: PTH108 - the path is a str already
+                self.ring(provider, scope, times=unused)
 
     def _bind(self, path: str) -> socket.socket | None:
         address = _address(path)
@@ -105,20 +108,6 @@ class Doorbell:
             logger.debug("no doorbell socket at %s (%s): the waiting search naps instead", path, exc)
             return None
         return sock
-
-    @staticmethod
-    async def nap(sock: socket.socket | None, seconds: float, woken: asyncio.Event) -> None:
-        """Return when ``sock`` is rung or ``woken`` is set (a slot freed in this process), or after
-        ``seconds`` seconds (at most :data:`MAX_NAP_SECONDS`). ``woken`` is set on return by a ring."""
-        loop = asyncio.get_running_loop()
-        if sock is not None:
-            loop.add_reader(sock.fileno(), _drain, sock, woken)
-        try:
-            with anyio.move_on_after(min(seconds, MAX_NAP_SECONDS)):
-                await woken.wait()
-        finally:
-            if sock is not None:
-                loop.remove_reader(sock.fileno())
 
     def ring(self, provider: str, scope: str, times: int = 1) -> None:
         """Wake the ``times`` longest-waiting searches of the scope (dead waiters are skipped and removed).
@@ -164,9 +153,43 @@ def _rang(bell: socket.socket, path: str) -> int:
     return 1
 
 
-def _drain(sock: socket.socket, woken: asyncio.Event) -> None:
-    """Read every ring waiting on ``sock`` (so it is readable again only on a new one), then wake."""
-    with contextlib.suppress(OSError):
+class Listener:
+    """One waiting search's end of the doorbell (see :meth:`Doorbell.listening`).
+
+    Args:
+        sock: Its bound, non-blocking datagram socket; None where none could be bound.
+    """
+
+    def __init__(self, sock: socket.socket | None) -> None:
+        self.sock = sock
+        self.unused = 0
+        """Rings received beyond the one each wake-up uses (passed on when the waiter leaves)."""
+
+    async def nap(self, seconds: float, woken: asyncio.Event) -> None:
+        """Return when the socket is rung or ``woken`` is set (a slot freed in this process), or after
+        ``seconds`` seconds (at most :data:`MAX_NAP_SECONDS`). A ring sets ``woken``."""
+        loop = asyncio.get_running_loop()
+        if self.sock is not None:
+            loop.add_reader(self.sock.fileno(), self._rung, woken)
+        try:
+            with anyio.move_on_after(min(seconds, MAX_NAP_SECONDS)):
+                await woken.wait()
+        finally:
+            if self.sock is not None:
+                loop.remove_reader(self.sock.fileno())
+
+    def _rung(self, woken: asyncio.Event) -> None:
+        assert self.sock is not None  # noqa: S101 - only registered with a socket
+        rings = _read_rings(self.sock)
+        if rings:
+            self.unused += rings - (0 if woken.is_set() else 1)
+            woken.set()
+
+
+def _read_rings(sock: socket.socket) -> int:
+    """Read every ring waiting on ``sock``; how many there were."""
+    rings = 0
+    with contextlib.suppress(OSError):  # BlockingIOError: none left
         while sock.recv(16):
-            pass
-    woken.set()
+            rings += 1
+    return rings

@@ -368,10 +368,10 @@ class SQLiteLedger(Ledger):
     async def listening(self, provider: str, scope: str) -> AsyncIterator[Nap]:
         """Listen on a doorbell socket of the scope: a slot freed anywhere on the machine rings it."""
         key = (self.path, provider, scope)
-        with self._bell.listening(provider, scope) as sock, WAITERS.watching(key) as nearby:
+        with self._bell.listening(provider, scope) as listener, WAITERS.watching(key) as nearby:
 
             async def nap(seconds: float) -> None:
-                await Doorbell.nap(sock, seconds, nearby)
+                await listener.nap(seconds, nearby)
                 nearby.clear()  # the next nap waits for the next freed slot
 
             yield nap
