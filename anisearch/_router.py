@@ -14,7 +14,7 @@ Per search, for each provider in order (``fallback``) or all at once (``fanout``
    next one as soon as the answer has arrived, before the answer is parsed and settled. (trace.moe counts
    a search down a moment after answering, once it has logged it; over a network the next search cannot
    arrive sooner. An upstream on the same host may answer that search "concurrency": the shared backoff
-   below absorbs it, and nothing is miscounted.)
+   below absorbs it, nothing is miscounted, and from then on that provider's slot is freed at settle.)
 3. **Settle** once with everything the answer said: counts, concurrency, priority, a cooldown for
    ``Retry-After`` (at most 24 h), a spent window, or the backoff that every search sharing the ledger
    honours after a "queue full" / "concurrency" answer (then this search waits it out and tries again,
@@ -177,6 +177,9 @@ class Router:
         self._on_wait = on_wait
         self._contended: set[str] = set()
         """Tokens of this router's reservations that had to wait for their slot."""
+        self._settle_first: set[str] = set()
+        """Providers whose slot is freed at settle only: a search handed it early met a concurrency refusal
+        (an upstream on the same host, still logging the last search when the next one arrived)."""
         self._remember = remember
 
     async def search(
@@ -319,6 +322,8 @@ class Router:
     def _others_wait(self, route: Route, ticket: Ticket) -> bool:
         """Whether other searches likely wait for this slot: this one had to wait for it (so the slot is
         contended, in this process or another), or a search of this process waits for the scope now."""
+        if route.provider.name in self._settle_first:
+            return False
         if ticket.token in self._contended:
             return True
         with _GATES_LOCK:
@@ -430,6 +435,7 @@ class Router:
         answer: ProviderAnswer | None = None
         error: ProviderError | None = None
         settlement = Settlement("unsent")
+        waited = ticket.token in self._contended
         try:
             response = await self._send_leased(ticket, provider, query)
             await self._hand_over(route, ticket)
@@ -453,6 +459,11 @@ class Router:
                 )
         # A search of this process woken by the freed slot sends before this one builds its result.
         await anyio.lowlevel.checkpoint()
+        if waited and isinstance(error, ConcurrencyLimitError) and provider.name not in self._settle_first:
+            logger.info(
+                "%s refused a slot handed over early: freeing it at settle from now on", provider.name
+            )
+            self._settle_first.add(provider.name)
         if error is not None or answer is None:
             failure = error or UpstreamResponseError("no answer", provider=provider.name)
             if isinstance(failure, AuthenticationError):

@@ -485,3 +485,51 @@ async def test_a_quick_search_starts_no_renewal(ledger: Ledger) -> None:
     ledger.renew = counting  # type: ignore[method-assign]
     await router(ledger).search(routes(Scripted("one", answer("one", 0.9))))
     assert renewed == []
+
+
+async def test_a_slot_handed_over_too_early_is_handed_over_at_settle_from_then_on(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    freed: list[Ticket] = []
+    original = ledger.free_slot
+
+    async def counting(ticket: Ticket) -> None:
+        freed.append(ticket)
+        await original(ticket)
+
+    monkeypatch.setattr(ledger, "free_slot", counting)
+    monkeypatch.setattr("anisearch._ledger._logic.busy_backoff_seconds", lambda streak, jitter: 0.05)
+    too_soon = ConcurrencyLimitError("Concurrency limit exceeded", provider="one", status_code=402)
+    provider = Scripted("one", *[answer("one", 0.9)] * 2, too_soon, *[answer("one", 0.9)] * 3)
+
+    async def slow(_provider: Any, request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(0.02)  # long enough that the others queue for the slot
+        return httpx.Response(200, request=request)
+
+    the_router = Router(ledger, slow, wait_seconds=5, lease_seconds=5)
+    results: list[object] = []
+
+    async def one() -> None:
+        results.append(await the_router.search(routes(provider)))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(5):
+            group.start_soon(one)
+    assert len(results) == 5  # every search answered, the refused one after the backoff
+    assert provider.requests == 6
+    assert len(freed) == 3  # handed over early up to the refused third request, never after it
+
+
+async def test_a_slot_nobody_waits_for_is_freed_at_settle_only(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    freed: list[Ticket] = []
+
+    async def counting(ticket: Ticket) -> None:
+        freed.append(ticket)
+
+    monkeypatch.setattr(ledger, "free_slot", counting)
+    for _ in range(3):
+        await router(ledger).search(routes(Scripted("one", answer("one", 0.9))))
+    assert freed == []  # one step per search less than a hand-over
+    assert isinstance(await ledger.reserve("one", "guest", WINDOWS), Ticket)  # and the slot is free
