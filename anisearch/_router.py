@@ -504,9 +504,13 @@ class Router:
         """
         loop = asyncio.get_running_loop()
         renewing: list[asyncio.Task[None]] = []
-        timer = loop.call_later(
-            self._lease_seconds / 3, lambda: renewing.append(loop.create_task(self._keep_lease(ticket)))
-        )
+
+        def start() -> None:
+            task = loop.create_task(self._keep_lease(ticket))
+            task.add_done_callback(_report_failure)
+            renewing.append(task)
+
+        timer = loop.call_later(self._lease_seconds / 3, start)
         try:
             return await self._send_once(provider, query)
         finally:
@@ -531,6 +535,12 @@ class Router:
             with attempt:
                 return await self._send(provider, provider.search_request(query))
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    """Log what ended a lease-renewing task other than its cancellation (it never goes unread)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.error("renewing a slot's lease failed", exc_info=exc)
 
 
 def _scope_kind(scope: str) -> QuotaScope:
