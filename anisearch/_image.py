@@ -550,10 +550,10 @@ def quick(source: ImageSource | SourceBytes) -> bool:
     """Whether preparing ``source`` takes only a millisecond or two (so an event loop may do it in place).
 
     A worker thread costs about as much as that, and far more on a busy machine. Quick means: bytes
-    already in memory, at most :data:`QUICK_BYTES`, holding a still image of at most :data:`QUICK_PIXELS`
-    pixels by its header (which is all that is read here). Never raises: a file, a stream, a video, a
-    larger picture, or anything that is not an image is simply not quick, and :func:`prepare` reports what
-    is wrong with it.
+    already in memory, at most :data:`QUICK_BYTES`, holding an image of at most :data:`QUICK_PIXELS`
+    pixels by its header (which is all that is read here; only a first frame is ever prepared). Never
+    raises: a file, a stream, a video, a larger picture, or anything that is not an image is simply not
+    quick, and :func:`prepare` reports what is wrong with it.
     """
     if isinstance(source, SourceBytes):
         data: bytes | bytearray | memoryview = source.data
