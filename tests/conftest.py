@@ -6,6 +6,7 @@ that is not to loopback.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+import respx
 import stamina
 import uvicorn
 
@@ -98,6 +100,20 @@ def samples() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return SAMPLES
+
+
+@pytest.fixture
+def body(samples: Path) -> dict[str, Any]:
+    """trace.moe's answer to the demo frame (``api-v1-search-tinted-good-2021.json``), as JSON."""
+    data: dict[str, Any] = json.loads((samples / "api-v1-search-tinted-good-2021.json").read_text())
+    return data
+
+
+@pytest.fixture
+def mock() -> Iterator[respx.MockRouter]:
+    """respx over the test's requests: a request no route matches fails the test."""
+    with respx.MockRouter(assert_all_called=False, assert_all_mocked=True) as router:
+        yield router
 
 
 @pytest.fixture(autouse=True)

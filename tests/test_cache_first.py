@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import sqlite3
 import threading
 from functools import partial
@@ -19,22 +18,9 @@ from anisearch import Client, Hit, SearchResult, Settings, _image
 from anisearch._cache import ResultCache, WouldBlock
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 BASE = "https://trace.test"
-
-
-@pytest.fixture
-def mock() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as router:
-        yield router
-
-
-@pytest.fixture
-def body(samples: Path) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((samples / "api-v1-search-tinted-good-2021.json").read_text())
-    return loaded
 
 
 def count_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +38,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def body(samples: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((samples / "api-v1-search-tinted-good-2021.json").read_text())
-    return data
-
-
-@pytest.fixture
-def mock() -> Iterator[respx.MockRouter]:
-    with respx.MockRouter(assert_all_called=False, assert_all_mocked=True) as router:
-        yield router
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ one request, cached per AniList ID, never fatally; the adult filter; respx in fr
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +17,6 @@ from anisearch._models import Anime, Hit, Title
 
 TRACEMOE = "http://tracemoe.test"
 ANILIST = "http://anilist.test"
-
-
-@pytest.fixture
-def body(samples: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((samples / "api-v1-search-tinted-good-2021.json").read_text())
-    return data
-
-
-@pytest.fixture
-def mock() -> Iterator[respx.MockRouter]:
-    with respx.MockRouter(assert_all_called=False, assert_all_mocked=True) as router:
-        yield router
 
 
 def settings(**extra: Any) -> Settings:
