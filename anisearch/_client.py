@@ -41,6 +41,7 @@ from anisearch._provider import (
     SearchOptions,
     available_providers,
     load_provider,
+    provider_order,
 )
 from anisearch._redact import redact
 from anisearch._router import AttemptCallback, Router, Strategy, WaitCallback
@@ -150,20 +151,17 @@ class AsyncClient(AccountFeatures):
         return self._providers[name]
 
     def _order(self, providers: Sequence[str] | None) -> list[str]:
-        names = list(providers) if providers else self.settings.providers
-        if not names:
-            ranked = []
-            for name in available_providers():
-                cls = load_provider(name)
-                # A provider left out of the default order (the legacy whatanime.ga API) joins it once
-                # its base URL is configured.
-                if getattr(cls, "default_order", False) or self.settings.provider_config(name).get("url"):
-                    ranked.append((cls.default_rank, name))
-            names = [name for _, name in sorted(ranked)]
-        seen: list[str] = []
-        for name in names:
-            if name not in seen:
-                seen.append(name)
+        candidates = (
+            (name, bool(getattr(cls, "default_order", False)), cls.default_rank)
+            for name in available_providers()
+            for cls in [load_provider(name)]
+        )
+        seen = provider_order(
+            providers,
+            self.settings.providers,
+            candidates,
+            lambda name: bool(self.settings.provider_config(name).get("url")),
+        )
         for name in seen:
             self._provider(name)  # unknown names fail here, before any work
         return seen

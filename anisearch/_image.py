@@ -25,7 +25,7 @@ from PIL import Image, ImageCms, UnidentifiedImageError
 
 from anisearch._borders import cut_borders as _cut_borders
 from anisearch._exceptions import ConfigurationError, ImageTooLargeError, InvalidImageError
-from anisearch._limits import MAX_SOURCE_BYTES
+from anisearch._limits import MAX_SOURCE_BYTES, largest_box
 from anisearch._source import BinaryReader, not_an_image, read_source, video_kind
 
 if TYPE_CHECKING:
@@ -583,10 +583,7 @@ def upload_box(limits: Iterable[UploadLimits]) -> tuple[int, int]:
     Returns:
         ``(width, height)``; :data:`MAX_WIDTH` x :data:`MAX_HEIGHT` when ``limits`` is empty.
     """
-    boxes = [(limit.max_width, limit.max_height) for limit in limits]
-    if not boxes:
-        return MAX_WIDTH, MAX_HEIGHT
-    return max(width for width, _ in boxes), max(height for _, height in boxes)
+    return largest_box((limit.max_width, limit.max_height) for limit in limits) or (MAX_WIDTH, MAX_HEIGHT)
 
 
 def fits(prepared: PreparedImage, limits: UploadLimits) -> bool:

@@ -11,7 +11,7 @@ group ``anisearch.providers``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
@@ -54,6 +54,7 @@ __all__ = [
     "available_providers",
     "load_metadata_provider",
     "load_provider",
+    "provider_order",
 ]
 
 PROVIDER_GROUP = "anisearch.providers"
@@ -337,6 +338,32 @@ class AccountProvider(Protocol):
 @cache
 def _provider_entry_points() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=PROVIDER_GROUP)}
+
+
+def provider_order(
+    requested: Sequence[str] | None,
+    configured: Sequence[str] | None,
+    candidates: Iterable[tuple[str, bool, int]],
+    has_url: Callable[[str], bool],
+) -> list[str]:
+    """The providers a search asks, in order, each once.
+
+    Args:
+        requested: The search's own ``providers``, first if given.
+        configured: ``Settings.providers`` (``ANISEARCH_PROVIDERS``), next.
+        candidates: Else every installed provider as ``(name, default_order, default_rank)``: those in the
+            default order, and those left out of it (the legacy whatanime.ga API) whose base URL is
+            configured, by rank. Read only when neither list is given.
+        has_url: Whether a provider's base URL is configured.
+
+    Returns:
+        Provider names, duplicates dropped.
+    """
+    names = list(requested) if requested else list(configured or ())
+    if not names:
+        ranked = sorted((rank, name) for name, default, rank in candidates if default or has_url(name))
+        names = [name for _, name in ranked]
+    return list(dict.fromkeys(names))
 
 
 def available_providers() -> list[str]:

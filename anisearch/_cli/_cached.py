@@ -136,7 +136,7 @@ def _lookup(
 ) -> SearchResult | None:
     from anisearch._cache import ResultCache
     from anisearch._cache_first import find_by_digest
-    from anisearch._limits import MAX_SOURCE_BYTES
+    from anisearch._limits import MAX_SOURCE_BYTES, largest_box
     from anisearch._models import Attempt
     from anisearch._provider import SearchOptions
     from anisearch._source import read_source
@@ -149,8 +149,10 @@ def _lookup(
         return None
     for name in names:
         settings.provider_config(name)  # a credential that cannot be sent: the engine reports it
-    boxes = [fact.box for name in names if (fact := facts[name]) is not None and fact.box is not None]
-    box = (max(width for width, _ in boxes), max(height for _, height in boxes))
+    box = largest_box(
+        fact.box for name in names if (fact := facts[name]) is not None and fact.box is not None
+    )
+    assert box is not None  # noqa: S101 - _order returned names whose facts all have a box
     data, _ = read_source(source, MAX_SOURCE_BYTES)
     if not data:
         return None
@@ -187,17 +189,17 @@ def _order(
 ) -> list[str] | None:
     """The providers the engine would ask, in order (as ``AsyncClient._order``); None when one of them is
     unknown, cannot be loaded or has no class-level upload box."""
-    names = list(requested) if requested else settings.providers
-    if not names:
-        ranked = []
-        for name in sorted(facts):
-            fact = facts[name]
-            if fact is None:
-                return None
-            if fact.default_order or settings.provider_config(name).get("url"):
-                ranked.append((fact.default_rank, name))
-        names = [name for _, name in sorted(ranked)]
-    seen = list(dict.fromkeys(names))
+    from anisearch._provider import provider_order
+
+    if not (requested or settings.providers) and any(fact is None for fact in facts.values()):
+        return None  # the default order needs every provider's facts
+    candidates = ((name, fact.default_order, fact.default_rank) for name, fact in facts.items() if fact)
+    seen = provider_order(
+        requested,
+        settings.providers,
+        candidates,
+        lambda name: bool(settings.provider_config(name).get("url")),
+    )
     if not seen or any((fact := facts.get(name)) is None or fact.box is None for name in seen):
         return None
     return seen
