@@ -134,8 +134,14 @@ class _Units:
         return int(row[0]) if row is not None else None
 
     def add(self, window: str, member: str, leave: int) -> None:
-        self.remove(window, member)  # not INSERT OR REPLACE: its implicit delete fires no trigger
-        self._conn.execute("INSERT INTO units VALUES (?, ?, ?, ?, ?, 1)", (*self._key, window, member, leave))
+        # An upsert, not INSERT OR REPLACE (its implicit delete fires no trigger): a member added again is
+        # pending again, which the update trigger counts.
+        self._conn.execute(
+            "INSERT INTO units VALUES (?, ?, ?, ?, ?, 1)"
+            " ON CONFLICT (provider, scope, window_name, member) DO UPDATE SET leave = excluded.leave,"
+            " pending = 1",
+            (*self._key, window, member, leave),
+        )
 
     def settle(self, window: str, member: str, leave: int | None) -> None:
         self._conn.execute(
@@ -228,14 +234,21 @@ class SQLiteLedger(Ledger):
                 ledger=self.url,
             )
         _transaction(conn, _create_schema)
+        conn.execute("PRAGMA busy_timeout = 0")  # the steps on the event loop never wait (_try_inline)
         return conn
 
     def _call(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``body`` in this (worker) thread, waiting up to the busy timeout for SQLite's lock."""
         with self._lock:
             try:
                 if self._conn is None:
                     self._conn = self._connect()
-                return body(self._conn)
+                conn = self._conn
+                conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                try:
+                    return body(conn)
+                finally:
+                    conn.execute("PRAGMA busy_timeout = 0")
             except (OSError, sqlite3.Error, ValueError, TypeError, KeyError) as exc:
                 raise self._error(exc) from exc
 
@@ -252,18 +265,17 @@ class SQLiteLedger(Ledger):
         more on a loaded machine. So the write lock is tried without waiting (busy timeout 0): free, the
         step runs here; taken by another process, or our connection in use by another thread, the step
         goes to a worker thread, which waits for the lock as before. The event loop never waits for a lock.
+        The connection's busy timeout is 0 but while a worker thread uses it (``_call``), so this costs no
+        statement of its own.
         """
         if self._conn is None or not self._lock.acquire(blocking=False):
             return _BUSY
         try:
             conn = self._conn
-            conn.execute("PRAGMA busy_timeout = 0")
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError:
                 return _BUSY  # locked by another process
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             try:
                 result = body(conn)
             except BaseException:
