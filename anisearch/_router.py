@@ -11,7 +11,9 @@ Per search, for each provider in order (``fallback``) or all at once (``fanout``
    provider's free quota endpoint (trace.moe ``/me``) is asked first.
 2. **Send**, retrying on the same provider only when the request never left (a refused connection).
    A long search renews its slot's lease. When other searches wait for the slot, it is handed to the
-   next one as soon as the answer has arrived, before the answer is parsed and settled. (trace.moe counts
+   next one as soon as the answer has arrived, before the answer is parsed and settled; when the next one
+   is a search of this event loop, this one lets it send first (up to ``HAND_OVER_SECONDS``), so the
+   upstream's slot idles no longer than a request takes to write. (trace.moe counts
    a search down a moment after answering, once it has logged it; over a network the next search cannot
    arrive sooner. An upstream on the same host may answer that search "concurrency": the shared backoff
    below absorbs it, nothing is miscounted, and from then on that provider's slot is freed at settle.)
@@ -33,6 +35,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 import anyio
@@ -91,7 +94,27 @@ Sender = Callable[["Provider", "httpx.Request"], Awaitable["httpx.Response"]]
 
 BUSY_RETRIES = 3
 """Times one search waits out the shared backoff after "queue full" / "concurrency" before moving on."""
-_GATES: weakref.WeakValueDictionary[tuple[int, str, str, int], anyio.Lock] = weakref.WeakValueDictionary()
+HAND_OVER_SECONDS = 0.05
+"""Longest a search that handed its slot to one of the same event loop waits for that one to send."""
+_SENT_EVENT = "http11.send_request_body.complete"
+"""httpcore's trace event: the request is written. Transports that trace nothing (ASGI, mocks) hand over
+without waiting."""
+
+
+class _Gate:
+    """The queue of one event loop's searches waiting for a slot of one scope, and its baton: set when the
+    search a slot was handed to has written its request (the one handing over waits for it)."""
+
+    __slots__ = ("__weakref__", "baton", "lock", "traced")
+
+    def __init__(self) -> None:
+        self.lock = anyio.Lock()
+        self.baton: anyio.Event | None = None
+        self.traced = False
+        """Whether this loop's requests to the scope report when they are written (httpcore's trace)."""
+
+
+_GATES: weakref.WeakValueDictionary[tuple[int, str, str, int], _Gate] = weakref.WeakValueDictionary()
 """One gate per (ledger, provider, scope, event loop), alive while a search holds or awaits it."""
 _GATES_LOCK = threading.Lock()
 
@@ -175,8 +198,8 @@ class Router:
         self._lease_seconds = lease_seconds
         self._on_attempt = on_attempt
         self._on_wait = on_wait
-        self._contended: set[str] = set()
-        """Tokens of this router's reservations that had to wait for their slot."""
+        self._contended: dict[str, _Gate] = {}
+        """This router's reservations that had to wait for their slot (token: the gate they queued at)."""
         self._settle_first: set[str] = set()
         """Providers whose slot is freed at settle only: a search handed it early met a concurrency refusal
         (an upstream on the same host, still logging the last search when the next one arrived)."""
@@ -297,26 +320,40 @@ class Router:
         waiting search.
         """
         gate = self._gate(route)
-        if not gate.locked():  # else a search of this process waits for a slot already: queue behind it
+        if not gate.lock.locked():  # else a search of this loop waits for a slot already: queue behind it
             result = await self._reserve(route, give_up_at, frozenset())
             if not (isinstance(result, Refusal) and result.kind == "concurrency"):
                 return result if isinstance(result, Ticket | ProviderError) else self._error(route, result)
-        async with gate, self._ledger.listening(route.provider.name, route.scope) as nap:
-            result = await self._reserve(route, give_up_at, frozenset(), nap=nap)
+        async with gate.lock, self._ledger.listening(route.provider.name, route.scope) as listen:
+            napped = False
+
+            async def nap(seconds: float) -> None:
+                nonlocal napped
+                if napped:  # woken, and the slot went to another process: the one handing over goes on
+                    _pass(gate)
+                napped = True
+                await listen(seconds)
+
+            try:
+                result = await self._reserve(route, give_up_at, frozenset(), nap=nap)
+            except BaseException:
+                _pass(gate)
+                raise
         if isinstance(result, Ticket):
-            self._contended.add(result.token)
+            self._contended[result.token] = gate
             return result
+        _pass(gate)
         return result if isinstance(result, ProviderError) else self._error(route, result)
 
     def _gate_key(self, route: Route) -> tuple[int, str, str, int]:
         return (id(self._ledger), route.provider.name, route.scope, id(asyncio.get_running_loop()))
 
-    def _gate(self, route: Route) -> anyio.Lock:
+    def _gate(self, route: Route) -> _Gate:
         key = self._gate_key(route)
         with _GATES_LOCK:
             gate = _GATES.get(key)
             if gate is None:
-                gate = _GATES[key] = anyio.Lock()
+                gate = _GATES[key] = _Gate()
             return gate
 
     def _others_wait(self, route: Route, ticket: Ticket) -> bool:
@@ -328,18 +365,36 @@ class Router:
             return True
         with _GATES_LOCK:
             gate = _GATES.get(self._gate_key(route))
-        return gate is not None and gate.locked()
+        return gate is not None and gate.lock.locked()
 
     async def _hand_over(self, route: Route, ticket: Ticket) -> None:
-        """Free the slot as soon as the answer is in, when others wait for it (one more ledger step)."""
+        """Free the slot as soon as the answer is in, when others wait for it (one more ledger step).
+
+        A search of this event loop woken for the slot sends first: this one waits until that request is
+        written (at most ``HAND_OVER_SECONDS``) before parsing its own answer, which would otherwise run
+        between the steps of the other's send and hold the upstream's slot idle.
+        """
         if not self._others_wait(route, ticket):
             return
+        with _GATES_LOCK:
+            gate = _GATES.get(self._gate_key(route))
+        baton = None
+        if gate is not None and gate.traced and gate.lock.locked() and gate.baton is None:
+            baton = gate.baton = anyio.Event()
         try:
             await self._ledger.free_slot(ticket)
         except LedgerError as exc:  # settling frees it anyway, and says whether the ledger is back
             logger.warning("%s: could not hand the slot over early: %s", ticket.provider, exc)
+            if gate is not None:
+                _pass(gate)
             return
-        await anyio.lowlevel.checkpoint()  # a search of this process woken for the slot sends first
+        if baton is None:
+            await anyio.lowlevel.checkpoint()  # a search of this loop woken for the slot sends first
+            return
+        with anyio.move_on_after(HAND_OVER_SECONDS):
+            await baton.wait()
+        if gate is not None and gate.baton is baton:
+            gate.baton = None
 
     def _error(self, route: Route, refusal: Refusal) -> ProviderError:
         wait = (from_us(refusal.until) - self._ledger.now()).total_seconds()
@@ -437,7 +492,7 @@ class Router:
         settlement = Settlement("unsent")
         waited = ticket.token in self._contended
         try:
-            response = await self._send_leased(ticket, provider, query)
+            response = await self._send_leased(ticket, provider, query, self._contended.get(ticket.token))
             await self._hand_over(route, ticket)
             status = response.status_code
             settlement, answer, error = read(
@@ -447,7 +502,9 @@ class Router:
             error = exc
             settlement = Settlement("charged" if maybe_sent(exc) else "unsent")
         finally:
-            self._contended.discard(ticket.token)
+            gate = self._contended.pop(ticket.token, None)
+            if gate is not None:
+                _pass(gate)  # whatever happened to the request, the search handing over goes on
             with anyio.CancelScope(shield=True):
                 await self._ledger.settle(
                     ticket,
@@ -497,7 +554,9 @@ class Router:
         )
         return _Outcome(attempt, result=result)
 
-    async def _send_leased(self, ticket: Ticket, provider: Provider, query: SearchQuery) -> httpx.Response:
+    async def _send_leased(
+        self, ticket: Ticket, provider: Provider, query: SearchQuery, gate: _Gate | None
+    ) -> httpx.Response:
         """Send; a search still running after a third of its lease gets a task renewing the lease.
 
         Most searches answer well before that, so they start no task at all: a timer costs less.
@@ -512,7 +571,7 @@ class Router:
 
         timer = loop.call_later(self._lease_seconds / 3, start)
         try:
-            return await self._send_once(provider, query)
+            return await self._send_once(provider, query, gate)
         finally:
             timer.cancel()
             for task in renewing:
@@ -526,15 +585,34 @@ class Router:
                 logger.warning("%s: could not renew the slot's lease: %s", ticket.provider, exc)
             await anyio.sleep(self._lease_seconds / 3)
 
-    async def _send_once(self, provider: Provider, query: SearchQuery) -> httpx.Response:
-        """Send the search; retry only while the request never left this machine."""
+    async def _send_once(self, provider: Provider, query: SearchQuery, gate: _Gate | None) -> httpx.Response:
+        """Send the search; retry only while the request never left this machine.
+
+        A search that was handed its slot says when its request is written (``gate``'s baton)."""
         budget = max(remaining_seconds(45.0), 0.001)  # never retry past the search's deadline
         async for attempt in stamina.retry_context(
             on=never_sent, attempts=3, timeout=budget, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
         ):
             with attempt:
-                return await self._send(provider, provider.search_request(query))
+                request = provider.search_request(query)
+                if gate is not None:
+                    request.extensions["trace"] = partial(_trace, gate)
+                return await self._send(provider, request)
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+
+async def _trace(gate: _Gate, event: str, _info: object) -> None:
+    """httpcore's trace callback for a search that was handed its slot: written, pass the baton on."""
+    gate.traced = True
+    if event == _SENT_EVENT:
+        _pass(gate)
+
+
+def _pass(gate: _Gate) -> None:
+    """Let the search that handed its slot over go on (idempotent)."""
+    baton, gate.baton = gate.baton, None
+    if baton is not None:
+        baton.set()
 
 
 def _report_failure(task: asyncio.Task[None]) -> None:

@@ -533,3 +533,35 @@ async def test_a_slot_nobody_waits_for_is_freed_at_settle_only(
         await router(ledger).search(routes(Scripted("one", answer("one", 0.9))))
     assert freed == []  # one step per search less than a hand-over
     assert isinstance(await ledger.reserve("one", "guest", WINDOWS), Ticket)  # and the slot is free
+
+
+async def test_a_slot_handed_within_the_loop_is_used_before_the_holder_goes_on(ledger: Ledger) -> None:
+    events: list[str] = []
+
+    async def network(_provider: Any, request: httpx.Request) -> httpx.Response:
+        number = len([e for e in events if e.startswith("sent")]) + 1
+        events.append(f"sent {number}")
+        await anyio.sleep(0.005)  # the connection pool and the socket take a few steps to write it
+        trace = request.extensions.get("trace")
+        if trace is not None:  # what httpcore reports once the request is written
+            await trace("http11.send_request_body.started", {})
+            await trace("http11.send_request_body.complete", {})
+        events.append(f"written {number}")
+        await anyio.sleep(0.03)  # the upstream's answer time: the others queue for the slot
+        return httpx.Response(200, request=request)
+
+    the_router = Router(ledger, network, wait_seconds=5, lease_seconds=5)
+    provider = Scripted("one", *[answer("one", 0.9)] * 3)
+
+    async def one(number: int) -> None:
+        await anyio.sleep(0.001 * number)  # in this order
+        await the_router.search(routes(provider))
+        events.append(f"returned {number}")
+
+    async with anyio.create_task_group() as group:
+        for number in (1, 2, 3):
+            group.start_soon(one, number)
+    # The second search learned that its requests report when they are written; so when it hands the
+    # slot to the third, it goes on only once the third request is written.
+    assert events.index("written 3") < events.index("returned 2")
+    assert events.count("returned 1") == events.count("returned 3") == 1
