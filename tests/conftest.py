@@ -6,6 +6,7 @@ that is not to loopback.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -116,17 +117,29 @@ def mock() -> Iterator[respx.MockRouter]:
         yield router
 
 
+@pytest.fixture(scope="session")
+def _homes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One numbered home per test, under one directory per worker: made without pytest's numbered-directory
+    scan (``tmp_path`` lists its parent on every call), which cost every test a few milliseconds."""
+    root = tmp_path_factory.mktemp("homes")
+    return (root / str(number) for number in itertools.count())
+
+
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _isolated_environment(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _homes: Iterator[Path]
+) -> None:
     """Every test gets empty config/state/cache dirs and no ANISEARCH_* variables from the caller (metadata
-    lookups off)."""
+    lookups off). The dirs are under ``tmp_path/xdg`` when the test asks for ``tmp_path``, else in a home of
+    their own."""
+    home = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else next(_homes)
     for name in list(os.environ):
         if name.startswith("ANISEARCH_") and name != "ANISEARCH_SHARED_DIR":
             monkeypatch.delenv(name)
     # No AniList lookups unless a test starts the AniList emulator and turns them on (ANISEARCH_METADATA).
     monkeypatch.setenv("ANISEARCH_METADATA", "off")
     for kind in ("CONFIG", "STATE", "CACHE", "DATA"):
-        path = tmp_path / "xdg" / kind.lower()
+        path = home / "xdg" / kind.lower()
         path.mkdir(parents=True)
         monkeypatch.setenv(f"XDG_{kind}_HOME", str(path))
 

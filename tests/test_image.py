@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageCms, ImageDraw, ImageFile
+from tests.properties import examples
 
 from anisearch._borders import BorderCut, cut_borders, find_borders
 from anisearch._exceptions import ConfigurationError, ImageTooLargeError, InvalidImageError
@@ -609,7 +610,7 @@ MAGIC_PREFIXES = [
 ]
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.one_of(
         st.binary(max_size=2048),
@@ -635,7 +636,7 @@ def seed_files() -> tuple[bytes, ...]:
     return tuple(files)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.integers(0, 9),
     st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=8),

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.properties import examples
 
 from anisearch import AnisearchError
 from anisearch._image import PreparedImage
@@ -143,7 +144,9 @@ def _check(call: Callable[[], Any]) -> None:
         call()
 
 
-FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=examples(150), deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @FUZZ
@@ -178,7 +181,7 @@ def test_whatanime_ga_readers_raise_only_anisearch_errors(
     provider.observe(answer)
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=examples(60))
 @given(status=statuses, header_list=headers, body=bodies)
 def test_whatanimeisthis_readers_raise_only_anisearch_errors(
     status: int, header_list: list[tuple[str, str]], body: bytes

@@ -17,6 +17,7 @@ import pytest
 import respx
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.properties import examples
 
 from anisearch._exceptions import (
     AuthenticationError,
@@ -852,7 +853,7 @@ _HEADER_VALUES = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     status=st.sampled_from([200, 402, 403, 429, 500, 503]),
     headers=st.dictionaries(_HEADER_NAMES, _HEADER_VALUES, max_size=9),

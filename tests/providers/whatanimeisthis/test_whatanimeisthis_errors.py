@@ -14,6 +14,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.properties import examples
 
 from anisearch._exceptions import (
     AnisearchError,
@@ -446,7 +447,7 @@ _REQUESTS = [
 ]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     body=_JSON,
     status=st.sampled_from([200, 201, 204, 400, 401, 402, 403, 404, 413, 415, 422, 429, 500, 502, 503]),
@@ -466,7 +467,7 @@ def test_no_body_makes_a_parser_raise_anything_but_an_anisearch_error(
         parse(response)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     content=st.binary(max_size=64),
     status=st.sampled_from([200, 401, 429, 500]),
