@@ -26,9 +26,11 @@ _PARENT = r"""
 import json, os, sys, traceback
 
 spec = json.loads(open(sys.argv[1], encoding="utf-8").read())
-# The expensive part, once: what every worker would otherwise import in its own interpreter.
-import anyio, httpx, pydantic, PIL.Image
-import anisearch, anisearch.cli, anisearch._client, anisearch._sync, anisearch._ledger
+# The expensive part, once: what every worker would otherwise import in its own interpreter. httpcore
+# (with the trio and h11 it imports), anyio's asyncio backend and psutil are imported by the first client
+# a process opens (about 0.3 s of CPU in each child).
+import anyio, anyio._backends._asyncio, httpcore, httpx, psutil, pydantic, PIL.Image
+import anisearch, anisearch.cli, anisearch.provider, anisearch._client, anisearch._sync, anisearch._ledger
 for name in spec["preload"]:
     __import__(name)
 
