@@ -7,14 +7,13 @@ import logging
 import os
 import sqlite3
 import stat
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.forked import Job, run_forked
 
 from anisearch import Client, Hit, SearchResult, Settings
 from anisearch._cache import ResultCache, cache_key
@@ -200,14 +199,9 @@ def test_processes_opening_a_new_cache_at_once_never_delete_each_others(
         "anyio.run(cache.put, sys.argv[2], SearchResult(hits=[], provider='tracemoe'))\n"
         "print(cache.usable)\n"
     )
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, str(path), f"k{i}"], stdout=subprocess.PIPE, text=True
-        )
-        for i in range(4)
-    ]
-    outputs = [worker.communicate(timeout=120)[0].strip() for worker in workers]
-    assert outputs == ["True"] * 4
+    jobs = [Job([str(path), f"k{i}"]) for i in range(4)]  # four processes, released at once
+    workers = run_forked(script, jobs, tmp_path / "processes", together=True, preload=["anisearch._cache"])
+    assert [(worker.returncode, worker.stdout.strip()) for worker in workers] == [(0, "True")] * 4
     cache = ResultCache(path, ttl_seconds=60)
     assert cache.info().entries == 4
     assert warnings_of(caplog) == []
