@@ -36,19 +36,32 @@ class Downloader:
         self._timeout = timeout
         self._allow_private = allow_private
         self._pin = transport is None
-        self._http = httpx.AsyncClient(
-            transport=transport,
-            verify=tls_context(trust_env=False),
-            timeout=httpx.Timeout(timeout),
-            headers={"User-Agent": user_agent(), "Accept-Encoding": ACCEPT_ENCODING},
-            follow_redirects=False,
-            cookies=_fetch.no_cookies(),
-            trust_env=False,
-        )
+        self._transport = transport
+        # Made at the first download: most searches are of files, and the client's TLS context (a CA
+        # bundle of its own, trust_env=False) takes tens of milliseconds to load.
+        self._http: httpx.AsyncClient | None = None
+        self._closed = False
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                transport=self._transport,
+                verify=tls_context(trust_env=False),
+                timeout=httpx.Timeout(self._timeout),
+                headers={"User-Agent": user_agent(), "Accept-Encoding": ACCEPT_ENCODING},
+                follow_redirects=False,
+                cookies=_fetch.no_cookies(),
+                trust_env=False,
+            )
+        return self._http
 
     async def aclose(self) -> None:
         """Close the download client (idempotent)."""
-        await self._http.aclose()
+        self._closed = True
+        if self._http is not None:
+            await self._http.aclose()
 
     async def resolve(self, image: Any) -> Any:
         """An http(s) URL becomes its downloaded bytes; anything else is returned as it came."""
@@ -71,7 +84,7 @@ class Downloader:
         try:
             with anyio.fail_after(budget):
                 return await _fetch.download(
-                    self._http,
+                    self._client(),
                     url,
                     allow_private=self._allow_private,
                     pin=self._pin,

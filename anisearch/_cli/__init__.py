@@ -8,14 +8,14 @@ traceback; exit codes are listed in :mod:`anisearch._cli._common`.
 # command line (even for --help); evaluated once here they cost less than strings evaluated then.
 
 import sys
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import typer._click.core
 import typer._click.exceptions as click  # typer's own copy of click: the exceptions it raises
 import typer.core
 
-from anisearch._cli import _account, _emulate, _search, _serve
 from anisearch._cli._common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -30,7 +30,10 @@ from anisearch._cli._common import (
 )
 from anisearch._exceptions import AnisearchError
 
-__all__ = ["app", "main"]
+__all__ = ["COMMANDS", "app", "build_app", "command_named", "main"]
+
+if TYPE_CHECKING:
+    app: typer.Typer
 
 
 def _usage_hint(ctx: typer._click.core.Context | None) -> str:
@@ -78,25 +81,6 @@ def _version(value: bool) -> None:
         raise typer.Exit
 
 
-app = typer.Typer(
-    name="anisearch",
-    cls=_Group,
-    help="Which anime, which episode, which second is this screenshot from?",
-    epilog=examples(
-        "anisearch search shot.jpg",
-        "anisearch search screenshots/ --json > tags.jsonl",
-        "anisearch quota",
-        "anisearch emulate tracemoe --port 8000",
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # plain help: readable at 80 columns and when piped
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-@app.callback()
 def _root(
     version: Annotated[
         bool,
@@ -114,44 +98,130 @@ def _root(
     configure_logging(verbose)
 
 
-app.command(cls=Command, epilog=_search.EPILOG)(_search.search)
-app.command(
-    cls=Command,
-    epilog=examples(
+COMMANDS = (
+    "search",
+    "quota",
+    "providers",
+    "rankings",
+    "recent",
+    "credits",
+    "login",
+    "logout",
+    "keys",
+    "cache",
+    "emulate",
+    "serve",
+)
+"""Every command and command group, in the order ``--help`` lists them."""
+
+_ACCOUNT_EXAMPLES = {
+    "quota": (
         "anisearch quota",
         "anisearch quota tracemoe --refresh",
         "anisearch quota tracemoe --reset",
         "anisearch quota --json | jq .",
     ),
-)(_account.quota)
-app.command(cls=Command, epilog=examples("anisearch providers", "anisearch providers --json"))(
-    _account.providers
-)
-app.command(cls=Command, epilog=examples("anisearch rankings --period weekly -n 10"))(_account.rankings)
-app.command(cls=Command, epilog=examples("anisearch recent -n 5"))(_account.recent)
-app.command(cls=Command, epilog=examples("anisearch credits"))(_account.credits)
-app.command(cls=Command, epilog=examples("anisearch login --email me@example.com"))(_account.login)
-app.command(cls=Command, epilog=examples("anisearch logout"))(_account.logout)
-app.add_typer(_account.keys_app, name="keys")
-app.add_typer(_emulate.cache_app, name="cache")
-app.command(
-    cls=_emulate.EmulateCommand,
-    epilog=examples(
-        "anisearch emulate tracemoe --port 8000",
-        "anisearch emulate all --port 8000   # tracemoe :8000, whatanime-ga :8001, whatanimeisthis :8002",
-        "anisearch emulate tracemoe --quota 5 -o latency=0.5",
-    ),
-)(_emulate.emulate)
-app.command(
-    cls=Command,
-    epilog=examples(
-        "ANISEARCH_SERVER_CLIENTS=bot=s3cret-token anisearch serve --port 8080",
-        "anisearch serve --host 0.0.0.0 --workers 4   # with ANISEARCH_LEDGER=redis://...",
-        "anisearch serve --open   # guests by address, a small allowance each",
-    ),
-)(_serve.serve)
+    "providers": ("anisearch providers", "anisearch providers --json"),
+    "rankings": ("anisearch rankings --period weekly -n 10",),
+    "recent": ("anisearch recent -n 5",),
+    "credits": ("anisearch credits",),
+    "login": ("anisearch login --email me@example.com",),
+    "logout": ("anisearch logout",),
+}
+
+_ROOT_FLAGS = frozenset(["-v", "--verbose", "-V", "--version"])
+"""The root options that may stand before a command name (all flags: none takes a value)."""
+
+
+def _add(app: typer.Typer, name: str) -> None:
+    """Register command (or group) ``name`` on ``app``, importing its module only now."""
+    if name == "search":
+        from anisearch._cli import _search
+
+        app.command(cls=Command, epilog=_search.EPILOG)(_search.search)
+    elif name in _ACCOUNT_EXAMPLES:
+        from anisearch._cli import _account
+
+        app.command(cls=Command, epilog=examples(*_ACCOUNT_EXAMPLES[name]))(getattr(_account, name))
+    elif name == "keys":
+        from anisearch._cli import _account
+
+        app.add_typer(_account.keys_app, name="keys")
+    elif name == "cache":
+        from anisearch._cli import _emulate
+
+        app.add_typer(_emulate.cache_app, name="cache")
+    elif name == "emulate":
+        from anisearch._cli import _emulate
+
+        app.command(
+            cls=_emulate.EmulateCommand,
+            epilog=examples(
+                "anisearch emulate tracemoe --port 8000",
+                "anisearch emulate all --port 8000"
+                "   # tracemoe :8000, whatanime-ga :8001, whatanimeisthis :8002",
+                "anisearch emulate tracemoe --quota 5 -o latency=0.5",
+            ),
+        )(_emulate.emulate)
+    elif name == "serve":
+        from anisearch._cli import _serve
+
+        app.command(
+            cls=Command,
+            epilog=examples(
+                "ANISEARCH_SERVER_CLIENTS=bot=s3cret-token anisearch serve --port 8080",
+                "anisearch serve --host 0.0.0.0 --workers 4   # with ANISEARCH_LEDGER=redis://...",
+                "anisearch serve --open   # guests by address, a small allowance each",
+            ),
+        )(_serve.serve)
+
+
+def build_app(command: str | None = None) -> typer.Typer:
+    """The ``anisearch`` command line: every command, or only ``command`` (one of :data:`COMMANDS`).
+
+    With one command, the modules of the others are not imported and their options are not built, so a
+    search starts sooner; it parses, prints and exits exactly as it does in the whole command line.
+    """
+    app = typer.Typer(
+        name="anisearch",
+        cls=_Group,
+        help="Which anime, which episode, which second is this screenshot from?",
+        epilog=examples(
+            "anisearch search shot.jpg",
+            "anisearch search screenshots/ --json > tags.jsonl",
+            "anisearch quota",
+            "anisearch emulate tracemoe --port 8000",
+        ),
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,  # plain help: readable at 80 columns and when piped
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)
+    for name in COMMANDS if command is None else (command,):
+        _add(app, name)
+    return app
+
+
+def command_named(args: Sequence[str]) -> str | None:
+    """The command that ``anisearch ARGS`` runs, when nothing else on the line needs the whole command
+    line (root help, an unknown option or command: those get it, with its listings and suggestions)."""
+    for arg in args:
+        if arg in _ROOT_FLAGS:
+            continue
+        return arg if arg in COMMANDS else None
+    return None
+
+
+def __getattr__(name: str) -> Any:
+    """``app``: the whole command line, built on first use (``main`` builds only the command it runs)."""
+    if name == "app":
+        app = globals()["app"] = build_app()
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
     """Entry point of the ``anisearch`` console script."""
-    app(prog_name="anisearch")
+    build_app(command_named(sys.argv[1:]))(prog_name="anisearch")

@@ -486,7 +486,6 @@ def _runner(
 ) -> Callable[[], AnisearchError | None]:
     """The search run, with a progress bar (many inputs) or a spinner (one) on a terminal's stderr."""
     import anyio
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     def go(
         on_done: Callable[[Outcome], None], on_wait: Callable[[str], None] | None = None
@@ -516,6 +515,8 @@ def _runner(
 
         if not err().is_terminal:
             return go(printed)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
