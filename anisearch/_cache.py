@@ -27,8 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-import anyio.to_thread
-
 from anisearch._models import SearchResult, fresh_previews
 
 if TYPE_CHECKING:
@@ -329,6 +327,8 @@ class ResultCache:
         try:
             payload = self._get(key, now, block=False)
         except WouldBlock:
+            import anyio.to_thread  # here: the CLI's cache hit reads the cache with no event loop
+
             payload = await anyio.to_thread.run_sync(self._get, key, now)
         return None if payload is None else self.decode(payload)
 
@@ -347,6 +347,8 @@ class ResultCache:
         try:  # on the event loop when nothing holds the cache (WAL, no sync on commit), else in a thread
             self._put(*row, block=False)
         except WouldBlock:
+            import anyio.to_thread  # here: the CLI's cache hit reads the cache with no event loop
+
             await anyio.to_thread.run_sync(self._put, *row)
 
     def info(self) -> CacheInfo:

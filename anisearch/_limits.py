@@ -11,8 +11,6 @@ import contextvars
 import math
 from typing import TYPE_CHECKING
 
-import anyio
-
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -73,6 +71,8 @@ def remaining_seconds(cap: float = math.inf) -> float:
     deadline = search_deadline.get()
     if deadline is None:
         return cap
+    import anyio  # here: the CLI's cache hit uses this module's limits with no event loop
+
     return min(cap, deadline - anyio.current_time())
 
 

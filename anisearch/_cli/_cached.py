@@ -81,13 +81,13 @@ def cached_answer(
 
 def _answerable(settings: Settings, options: dict[str, Any]) -> bool:
     """Whether the engine would answer a cache hit straight from the SQLite cache."""
+    if not options.get("cache", True) or settings.cache_path is None:
+        return False
+    if settings.cache is None:  # the default SQLite file: the Redis cache module (anyio) stays unloaded
+        return True
     from anisearch._cache_redis import is_redis_url
 
-    return (
-        bool(options.get("cache", True))
-        and settings.cache_path is not None
-        and not is_redis_url(settings.cache)
-    )
+    return not is_redis_url(settings.cache)
 
 
 def _enrichment(settings: Settings, options: dict[str, Any]) -> tuple[bool, bool] | None:
