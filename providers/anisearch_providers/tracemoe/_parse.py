@@ -103,15 +103,15 @@ class _PreviewClock:
             return None
         try:  # the standard library's parser: httpx.URL costs ~80 us a URL, two URLs a hit, ten hits a search
             parsed = urlsplit(url)
-            pairs = parse_qsl(parsed.query, keep_blank_values=True) if parsed.query else []
+            pairs = parse_qsl(parsed.query, keep_blank_values=True) if parsed.query else None
         except (ValueError, TypeError):
             return None
-        now_param = as_float(next((value for name, value in pairs if name == "now"), None))
-        if now_param is not None:
-            issued = epoch(now_param)
+        if pairs is not None:  # a 2022-2025 URL says when it was issued; an older one cannot be told
+            now_param = as_float(next((value for name, value in pairs if name == "now"), None))
+            issued = epoch(now_param) if now_param is not None else None
             return _after(issued, PREVIEW_GRACE_SECONDS) if issued else None
         date = self._date
-        if parsed.query or date is None or not _OPAQUE_PREVIEW.search(unquote(parsed.path)):
+        if date is None or not _OPAQUE_PREVIEW.search(unquote(parsed.path)):
             return None
         return self._opaque_expiry(date)
 
