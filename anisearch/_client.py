@@ -330,7 +330,8 @@ class AsyncClient(AccountFeatures):
             preparing = partial(
                 _image.prepare, source, max_width=box[0], max_height=box[1], wait_seconds=max(wait, 0.0)
             )
-            prepared = preparing() if _image.quick(source) else await anyio.to_thread.run_sync(preparing)
+            quick = _image.prepare_quick(source, max_width=box[0], max_height=box[1])
+            prepared = quick if quick is not None else await anyio.to_thread.run_sync(preparing)
         routes = plan_routes(
             [(p, self._scope(p), self._slots(p), provider_windows(p)) for p in asked],
             prepared,

@@ -18,7 +18,7 @@ import importlib
 import io
 import os
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from PIL import Image, ImageCms, UnidentifiedImageError
@@ -47,6 +47,7 @@ __all__ = [
     "fit",
     "fits",
     "prepare",
+    "prepare_quick",
     "quick",
     "read",
     "upload_box",
@@ -173,6 +174,7 @@ def _fit_size(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+@lru_cache(maxsize=64)  # pure, and the same few sizes and boxes come again and again
 def _draft_request(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
     """The size to ask a JPEG decoder for: the smallest DCT scale (1/8, 1/4, 1/2) still at least as large
     as the upload in ``box`` (either way round: the EXIF orientation is applied later) and giving exactly
@@ -190,10 +192,15 @@ def _draft_request(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, in
     return size
 
 
-def _open_image(data: bytes, where: str, max_pixels: int, box: tuple[int, int]) -> Image.Image:
-    """Decode the first frame with Pillow, refusing bombs and truncated files (never globally lenient)."""
+def _open_image(
+    data: bytes, where: str, max_pixels: int, box: tuple[int, int], opened: Image.Image | None = None
+) -> Image.Image:
+    """Decode the first frame with Pillow, refusing bombs and truncated files (never globally lenient).
+
+    ``opened`` is ``data`` already opened (its header read) by :func:`_quick_image`.
+    """
     try:
-        image = Image.open(io.BytesIO(data), formats=_formats())
+        image = opened if opened is not None else Image.open(io.BytesIO(data), formats=_formats())
     except UnidentifiedImageError:
         raise not_an_image(data, where) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -431,6 +438,8 @@ def _load(
     max_source_bytes: int | None,
     max_pixels: int,
     wait_seconds: float | None = None,
+    *,
+    opened: Image.Image | None = None,
 ) -> tuple[Image.Image, str, str, int, str, bytes | None]:
     """Decode the source's first frame: (image, message prefix, digest, source bytes, source format,
     the source's bytes when it was a still image read from bytes or a file)."""
@@ -446,7 +455,7 @@ def _load(
     if kind is not None:
         image = _open_video(data, kind, where, max_pixels)
     else:
-        image = _open_image(data, where, max_pixels, box)
+        image = _open_image(data, where, max_pixels, box, opened)
         kind = (image.format or "image").lower()
         still = data
     return image, where, raw.digest, len(data), kind, still
@@ -508,9 +517,30 @@ def prepare(
             raise ConfigurationError(f"{name} must be at least 1, not {value}")
     if max_source_bytes is not None and max_source_bytes < 1:
         raise ConfigurationError(f"max_source_bytes must be at least 1, not {max_source_bytes}")
-    box = (max_width, max_height)
+    return _prepare(
+        source,
+        (max_width, max_height),
+        max_source_bytes=max_source_bytes,
+        max_pixels=max_pixels,
+        cut_borders=cut_borders,
+        wait_seconds=wait_seconds,
+    )
+
+
+def _prepare(
+    source: ImageSource | SourceBytes,
+    box: tuple[int, int],
+    *,
+    max_source_bytes: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    cut_borders: bool = False,
+    wait_seconds: float | None = None,
+    opened: Image.Image | None = None,
+) -> PreparedImage:
+    """:func:`prepare` with checked arguments; ``opened`` is the source already opened by
+    :func:`_quick_image`."""
     image, where, digest, source_bytes, source_format, still = _load(
-        source, box, max_source_bytes, max_pixels, wait_seconds
+        source, box, max_source_bytes, max_pixels, wait_seconds, opened=opened
     )
     if still is not None and not cut_borders and _sent_as_is(image, still, box):
         return PreparedImage(
@@ -531,8 +561,8 @@ def prepare(
     size = _fit_size(rgb.size, box)
     if size != rgb.size:
         rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    elif rgb is image:  # detach from the decoder (and from a caller's image) before describing it
-        rgb = rgb.copy()
+    elif rgb is image and isinstance(source, Image.Image):  # saving sets attributes on the image
+        rgb = rgb.copy()  # a picture decoded here is nobody else's: it is encoded as it is
     rgb = _to_srgb(rgb, image.info.get("icc_profile"))
     data = _encode(rgb, "image/jpeg")
     return PreparedImage(
@@ -555,20 +585,53 @@ def quick(source: ImageSource | SourceBytes) -> bool:
     raises: a file, a stream, a video, a larger picture, or anything that is not an image is simply not
     quick, and :func:`prepare` reports what is wrong with it.
     """
+    image = _quick_image(source)
+    if image is None:
+        return False
+    image.close()
+    return True
+
+
+def prepare_quick(
+    source: ImageSource | SourceBytes, *, max_width: int = MAX_WIDTH, max_height: int = MAX_HEIGHT
+) -> PreparedImage | None:
+    """:func:`prepare` ``source`` when it is :func:`quick`, reading its header once for both; else None.
+
+    Args:
+        source: What :func:`prepare` accepts.
+        max_width: Largest upload width, pixels.
+        max_height: Largest upload height, pixels.
+
+    Returns:
+        The prepared image, or None when ``source`` is not quick (prepare it in a worker thread).
+
+    Raises:
+        ConfigurationError, InvalidImageError: As :func:`prepare`.
+    """
+    if max_width < 1 or max_height < 1:
+        return prepare(source, max_width=max_width, max_height=max_height)  # which says what is wrong
+    image = _quick_image(source)
+    return None if image is None else _prepare(source, (max_width, max_height), opened=image)
+
+
+def _quick_image(source: ImageSource | SourceBytes) -> Image.Image | None:
+    """``source`` opened (header read, nothing decoded) when it is :func:`quick`, else None."""
     if isinstance(source, SourceBytes):
         data: bytes | bytearray | memoryview = source.data
     elif isinstance(source, bytes | bytearray | memoryview):
         data = source
     else:
-        return False
+        return None
     if not 0 < len(data) <= QUICK_BYTES or video_kind(bytes(data[:512])) is not None:
-        return False
+        return None
     try:
-        with Image.open(io.BytesIO(data), formats=_formats()) as image:
-            width, height = image.size
+        image = Image.open(io.BytesIO(data), formats=_formats())
     except Exception:  # noqa: BLE001 - not an image Pillow opens: prepare() will say why, in a thread
-        return False
-    return width * height <= QUICK_PIXELS
+        return None
+    if image.width * image.height > QUICK_PIXELS:
+        image.close()
+        return None
+    return image
 
 
 def upload_box(limits: Iterable[UploadLimits]) -> tuple[int, int]:

@@ -247,3 +247,32 @@ def test_a_providers_credential_header_is_masked_in_logs() -> None:
     assert "sk-live-1" not in redact(line)
     assert TraceMoe.secret_headers == {"x-trace-key"}  # declared by trace.moe's provider, not the core
     assert "sk-trace" not in redact("x-trace-key: sk-trace")
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_json_depth_limit_holds_however_many_brackets_the_body_has(text: bool) -> None:
+    def nested(depth: int, padding: int = 0) -> bytes:  # ``padding`` more brackets, in a string
+        return b"[" * depth + b'"' + b"[{" * padding + b'"' + b"]" * depth
+
+    for body, deep in [
+        (nested(sdk.MAX_JSON_DEPTH), False),
+        (nested(sdk.MAX_JSON_DEPTH + 1), True),
+        (nested(3, padding=sdk.MAX_JSON_DEPTH), False),  # more brackets than the limit, in a string
+        (b'{"a": [' + b"{}," * 200 + b"{}]}", False),  # many objects, shallow
+    ]:
+        source = body.decode() if text else body
+        if deep:
+            with pytest.raises(ValueError, match="nested"):
+                sdk.loads(source)
+        else:
+            assert sdk.loads(source) is not None
+
+
+def test_http_dates_parse_alike_however_often_they_repeat() -> None:
+    stamp = "Thu, 07 May 2026 11:15:01 GMT"
+    first = sdk.http_date(stamp)
+    assert first == datetime(2026, 5, 7, 11, 15, 1, tzinfo=UTC)
+    assert sdk.http_date(stamp) == first
+    assert sdk.http_date("Thu, 07 May 2026 11:15:02 GMT") == first + timedelta(seconds=1)
+    assert sdk.http_date("not a date") is None
+    assert sdk.http_date("") is None

@@ -12,7 +12,7 @@ import pytest
 import respx
 from PIL import Image, ImageDraw
 
-from anisearch import Client, Settings, _image
+from anisearch import Client, ConfigurationError, InvalidImageError, Settings, _image
 from anisearch_providers.tracemoe import descriptor
 
 if TYPE_CHECKING:
@@ -104,6 +104,21 @@ def test_only_a_small_still_picture_in_memory_is_quick_to_prepare(samples: Path)
     assert not _image.quick(b"<html>not an image</html>")
     assert not _image.quick(b"\x00\x00\x00\x18ftypmp42" + bytes(64))  # a video
     assert not _image.quick(jpeg((64, 64)) + bytes(_image.QUICK_BYTES))
+
+
+def test_a_quick_picture_is_prepared_in_place_exactly_as_prepare_does(samples: Path) -> None:
+    screenshot = samples / "tinted-good.jpg"  # 640x360
+    for source in (screenshot.read_bytes(), _image.read(screenshot), bytearray(jpeg((320, 180)))):
+        for box in ((320, 320), (640, 360), (100, 100)):
+            expected = _image.prepare(source, max_width=box[0], max_height=box[1])
+            assert _image.prepare_quick(source, max_width=box[0], max_height=box[1]) == expected
+    assert _image.prepare_quick(screenshot) is None  # a file: for a worker thread
+    assert _image.prepare_quick(jpeg((1280, 720))) is None
+    assert _image.prepare_quick(b"<html>not an image</html>") is None  # prepare() says why, in a thread
+    with pytest.raises(InvalidImageError, match="truncated"):
+        _image.prepare_quick(screenshot.read_bytes()[:20_000])
+    with pytest.raises(ConfigurationError, match="max_width"):
+        _image.prepare_quick(screenshot.read_bytes(), max_width=0)
 
 
 @pytest.mark.parametrize(("size", "in_thread"), [((640, 360), False), ((1280, 720), True)])

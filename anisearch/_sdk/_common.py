@@ -13,6 +13,7 @@ import math
 import re
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -83,6 +84,8 @@ def as_float(value: Any) -> float | None:
     Booleans are not numbers here (``True`` is None), whatever Python thinks; nor are ``"nan"``,
     ``"inf"``, ``"1_000"`` or ``"0x10"``.
     """
+    if type(value) is float:  # the common case first: JSON numbers with a fraction
+        return value if math.isfinite(value) else None
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
@@ -104,7 +107,9 @@ def as_int(value: Any) -> int | None:
 
     Booleans are not numbers here (``True`` is None). Integer text keeps every digit (no float rounding).
     """
-    if isinstance(value, bool):
+    if type(value) is int:  # the common case first (bool, an int subclass, is not a number here)
+        return value
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
@@ -228,6 +233,17 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _containers(content: bytes | str) -> int:
+    """How many arrays and objects a JSON text can hold at most: its ``[`` and ``{``, strings included.
+
+    No value nests deeper than that, so a body with at most :data:`MAX_JSON_DEPTH` of them (a search
+    answer of a few dozen hits) needs no walk in :func:`_too_deep`.
+    """
+    if isinstance(content, str):
+        return content.count("[") + content.count("{")
+    return content.count(b"[") + content.count(b"{")
+
+
 def _too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether a decoded JSON value nests deeper than ``limit`` (checked without recursion)."""
     stack: list[tuple[Any, int]] = [(value, 0)]
@@ -252,7 +268,7 @@ def loads(content: bytes | str) -> Any:
         value = json.loads(content, parse_constant=_no_constants)
     except RecursionError as exc:
         raise ValueError("JSON nested too deep") from exc
-    if _too_deep(value):
+    if _containers(content) > MAX_JSON_DEPTH and _too_deep(value):
         raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} deep")
     return value
 
@@ -349,6 +365,11 @@ def http_date(value: str | None) -> datetime | None:
     """An aware UTC datetime from an HTTP-date (``Thu, 07 May 2026 11:15:01 GMT``), or None."""
     if not value:
         return None
+    return _http_date(value)
+
+
+@lru_cache(maxsize=16)  # answers within one second share their Date; the stdlib parser costs ~25 us
+def _http_date(value: str) -> datetime | None:
     try:
         parsed = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):

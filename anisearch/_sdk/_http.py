@@ -119,7 +119,7 @@ def validate_settings(provider: str, model: type[M], config: Mapping[str, Any]) 
         raise ConfigurationError(f"invalid {provider} setting(s): {problems}") from None
 
 
-def _header_count(headers: httpx.Headers, *names: str) -> int | None:
+def _header_count(headers: Mapping[str, str], *names: str) -> int | None:
     """The first of ``names`` holding a count (0..2**31-1); absurd or negative values are skipped."""
     for name in names:
         number = as_int(headers.get(name))
@@ -128,14 +128,14 @@ def _header_count(headers: httpx.Headers, *names: str) -> int | None:
     return None
 
 
-def _header_window(headers: httpx.Headers, default: QuotaWindow) -> QuotaWindow:
+def _header_window(headers: Mapping[str, str], default: QuotaWindow) -> QuotaWindow:
     policy = headers.get("ratelimit-policy") or headers.get("x-ratelimit-policy") or ""
     match = _POLICY_WINDOW.search(policy)
     seconds = as_float(match.group(1)) if match else as_float(headers.get("x-ratelimit-window"))
     return window_for(seconds, default)
 
 
-def _reset_at(headers: httpx.Headers, now: datetime) -> datetime | None:
+def _reset_at(headers: Mapping[str, str], now: datetime) -> datetime | None:
     reset = as_float(headers.get("x-ratelimit-reset"))
     base = now
     if reset is None:
@@ -175,7 +175,7 @@ def rate_limit_quota(
         now: The current aware time.
         default_window: The window when the headers do not say its length.
     """
-    headers = response.headers
+    headers = dict(response.headers.items())  # one pass: each httpx lookup scans every header
     limit = _header_count(headers, "x-ratelimit-limit", "ratelimit-limit")
     remaining = _header_count(headers, "x-ratelimit-remaining", "ratelimit-remaining")
     if limit is not None and remaining is not None and remaining > limit:

@@ -103,15 +103,15 @@ class _PreviewClock:
             return None
         try:  # the standard library's parser: httpx.URL costs ~80 us a URL, two URLs a hit, ten hits a search
             parsed = urlsplit(url)
-            pairs = parse_qsl(parsed.query, keep_blank_values=True) if parsed.query else []
+            pairs = parse_qsl(parsed.query, keep_blank_values=True) if parsed.query else None
         except (ValueError, TypeError):
             return None
-        now_param = as_float(next((value for name, value in pairs if name == "now"), None))
-        if now_param is not None:
-            issued = epoch(now_param)
+        if pairs is not None:  # a 2022-2025 URL says when it was issued; an older one cannot be told
+            now_param = as_float(next((value for name, value in pairs if name == "now"), None))
+            issued = epoch(now_param) if now_param is not None else None
             return _after(issued, PREVIEW_GRACE_SECONDS) if issued else None
         date = self._date
-        if parsed.query or date is None or not _OPAQUE_PREVIEW.search(unquote(parsed.path)):
+        if date is None or not _OPAQUE_PREVIEW.search(unquote(parsed.path)):
             return None
         return self._opaque_expiry(date)
 
@@ -130,47 +130,57 @@ def hit_from_item(item: Any, *, provider: str, date: datetime | None) -> Hit:
 
 
 def _hit(item: Any, provider: str, previews: _PreviewClock) -> Hit:
-    """:func:`hit_from_item`, with the preview clock of the whole answer."""
+    """:func:`hit_from_item`, with the preview clock of the whole answer.
+
+    Only the fields the item has are passed (a model validates each one it is given, None included).
+    """
     if not isinstance(item, dict):
         raise ShapeError(f"a result item is {type(item).__name__}, not an object")
     similarity = clamp_similarity(item.get("similarity"))
     if similarity is None:
         raise ShapeError(f"a result item has no numeric similarity: {item.get('similarity')!r}")
     anilist = item.get("anilist")
-    info: Mapping[str, Any] = anilist if isinstance(anilist, dict) else {}
+    fields: dict[str, Any] = (
+        _anilist_fields(anilist) if isinstance(anilist, dict) else {"anilist_id": as_int(anilist)}
+    )
+    video, image = as_str(item.get("video")), as_str(item.get("image"))
+    fields.update(
+        episode=as_episode(item.get("episode")),
+        episode_start=as_int(item.get("episode_start")),
+        episode_end=as_int(item.get("episode_end")),
+        start_seconds=as_float(item.get("from")),
+        end_seconds=as_float(item.get("to")),
+        at_seconds=as_float(item.get("at")),
+        episode_duration_seconds=as_float(item.get("duration")),
+        filename=as_str(item.get("filename")),
+        video_url=video,
+        image_url=image,
+        preview_expires_at=previews.expiry(video or image),
+    )
+    known = {name: value for name, value in fields.items() if value is not None}
+    try:
+        return Hit.model_validate({"provider": provider, "similarity": similarity, "raw": item, **known})
+    except (
+        ValidationError
+    ) as exc:  # pragma: no cover - every field is coerced above; guards future model rules
+        raise ShapeError(f"a result item does not fit the hit schema: {exc.error_count()} errors") from exc
+
+
+def _anilist_fields(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The hit fields of ``anilistInfo``: ``id``, ``idMal``, ``title``, ``synonyms``, ``isAdult``."""
     names = info.get("title")
     title = None
     if isinstance(names, dict):
         title = title_from(
             names.get("romaji"), names.get("english"), names.get("native"), names.get("chinese")
         )
-    video, image = as_str(item.get("video")), as_str(item.get("image"))
-    try:
-        return Hit(
-            provider=provider,
-            anilist_id=as_int(info.get("id")) if info else as_int(anilist),
-            mal_id=as_int(info.get("idMal")),
-            title=title,
-            synonyms=string_list(info.get("synonyms")),
-            is_adult=as_bool(info.get("isAdult")),
-            episode=as_episode(item.get("episode")),
-            episode_start=as_int(item.get("episode_start")),
-            episode_end=as_int(item.get("episode_end")),
-            start_seconds=as_float(item.get("from")),
-            end_seconds=as_float(item.get("to")),
-            at_seconds=as_float(item.get("at")),
-            episode_duration_seconds=as_float(item.get("duration")),
-            similarity=similarity,
-            filename=as_str(item.get("filename")),
-            video_url=video,
-            image_url=image,
-            preview_expires_at=previews.expiry(video or image),
-            raw=item,
-        )
-    except (
-        ValidationError
-    ) as exc:  # pragma: no cover - every field is coerced above; guards future model rules
-        raise ShapeError(f"a result item does not fit the hit schema: {exc.error_count()} errors") from exc
+    return {
+        "anilist_id": as_int(info.get("id")),
+        "mal_id": as_int(info.get("idMal")),
+        "title": title,
+        "synonyms": string_list(info.get("synonyms")),
+        "is_adult": as_bool(info.get("isAdult")),
+    }
 
 
 def hits_from_items(items: list[Any], *, provider: str, date: datetime | None) -> list[Hit]:
