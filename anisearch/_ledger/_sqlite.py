@@ -84,11 +84,18 @@ def _transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], 
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = body(conn)
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _roll_back(conn)
         raise
-    conn.execute("COMMIT")
     return result
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """End a failed step's transaction (a failed COMMIT leaves it open), so the next step can begin."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 class _Units:
@@ -201,6 +208,8 @@ class SQLiteLedger(Ledger):
         self.path = path
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._inline = False
+        """Steps may run on the event loop: the file is in WAL mode, where writers never wait for readers."""
         self._bell = Doorbell(path)
 
     # ------------------------------------------------------------------ plumbing
@@ -223,7 +232,8 @@ class SQLiteLedger(Ledger):
 
     def _connect(self) -> sqlite3.Connection:
         conn = self._open()
-        conn.execute("PRAGMA journal_mode = WAL")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        self._inline = str(mode).lower() == "wal"  # else (no shared memory) every step waits in a thread
         conn.execute("PRAGMA synchronous = NORMAL")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > _SCHEMA_VERSION:
@@ -248,7 +258,8 @@ class SQLiteLedger(Ledger):
                 try:
                     return body(conn)
                 finally:
-                    conn.execute("PRAGMA busy_timeout = 0")
+                    with contextlib.suppress(sqlite3.Error):  # never hide the step's own error
+                        conn.execute("PRAGMA busy_timeout = 0")
             except (OSError, sqlite3.Error, ValueError, TypeError, KeyError) as exc:
                 raise self._error(exc) from exc
 
@@ -268,7 +279,7 @@ class SQLiteLedger(Ledger):
         The connection's busy timeout is 0 but while a worker thread uses it (``_call``), so this costs no
         statement of its own.
         """
-        if self._conn is None or not self._lock.acquire(blocking=False):
+        if self._conn is None or not self._inline or not self._lock.acquire(blocking=False):
             return _BUSY
         try:
             conn = self._conn
@@ -278,10 +289,10 @@ class SQLiteLedger(Ledger):
                 return _BUSY  # locked by another process
             try:
                 result = body(conn)
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _roll_back(conn)
                 raise
-            conn.execute("COMMIT")
         except (OSError, sqlite3.Error, ValueError, TypeError, KeyError) as exc:
             raise self._error(exc) from exc
         else:

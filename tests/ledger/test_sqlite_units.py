@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
+from anisearch._exceptions import LedgerError
 from anisearch._ledger import Ticket, WindowSpec, open_ledger
-from anisearch._ledger._sqlite import _create_schema, _transaction, _Units
+from anisearch._ledger._sqlite import SQLiteLedger, _create_schema, _transaction, _Units
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -56,16 +57,17 @@ async def test_a_step_waits_for_another_process_lock_off_the_event_loop(tmp_path
     other = sqlite3.connect(path, isolation_level=None)  # another process's writer holds the lock
     other.execute("BEGIN IMMEDIATE")
     ticks = 0
-    done = anyio.Event()
+    order: list[str] = []
 
     async def tick() -> None:
         nonlocal ticks
-        while not done.is_set():
+        while "settled" not in order:
             ticks += 1
             await anyio.sleep(0.01)
 
     async def release() -> None:
         await anyio.sleep(0.3)
+        order.append(f"committed after {ticks} ticks")
         other.execute("COMMIT")
 
     try:
@@ -73,8 +75,11 @@ async def test_a_step_waits_for_another_process_lock_off_the_event_loop(tmp_path
             group.start_soon(tick)
             group.start_soon(release)
             await ledger.settle(first, "charged")  # waits for the lock in a worker thread
-            done.set()
-        assert ticks >= 10  # the event loop ran on while the step waited
+            order.append("settled")
+        # The settle waited for the other writer while the event loop ran on (a step waiting on the
+        # event loop would have settled before the others ran, or failed).
+        assert order[1] == "settled"
+        assert int(order[0].split()[2]) >= 10
         second = await ledger.reserve("tracemoe", "guest", windows, trust_estimate=True)  # inline again
         assert isinstance(second, Ticket)
         await ledger.settle(second, "charged")
@@ -83,3 +88,33 @@ async def test_a_step_waits_for_another_process_lock_off_the_event_loop(tmp_path
     finally:
         other.close()
         await ledger.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_step_whose_commit_fails_leaves_the_ledger_usable(tmp_path: Path) -> None:
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    windows = (WindowSpec("day", limit=100, span_seconds=86_400),)
+    first = await ledger.reserve("tracemoe", "guest", windows, trust_estimate=True)
+    assert isinstance(first, Ticket)
+    assert isinstance(ledger, SQLiteLedger)
+    conn = ledger._conn  # the backend's own connection, to make one COMMIT fail
+    assert conn is not None
+
+    def refuse_commit(action: int, operation: str | None, *_: object) -> int:
+        commit = action == sqlite3.SQLITE_TRANSACTION and operation == "COMMIT"
+        return sqlite3.SQLITE_DENY if commit else sqlite3.SQLITE_OK
+
+    conn.set_authorizer(refuse_commit)
+    try:
+        with pytest.raises(LedgerError):
+            await ledger.settle(first, "charged")
+    finally:
+        conn.set_authorizer(None)
+    assert not conn.in_transaction  # rolled back: the next step begins as usual
+    await ledger.settle(first, "charged")  # the settle that failed, again: nothing of it was kept
+    second = await ledger.reserve("tracemoe", "guest", windows, trust_estimate=True)
+    assert isinstance(second, Ticket)
+    await ledger.settle(second, "charged")
+    (day,) = await ledger.snapshot("tracemoe", lambda _name: windows)
+    assert day.used == 2
+    await ledger.aclose()
