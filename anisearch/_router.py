@@ -96,14 +96,15 @@ BUSY_RETRIES = 3
 """Times one search waits out the shared backoff after "queue full" / "concurrency" before moving on."""
 HAND_OVER_SECONDS = 0.05
 """Longest a search that handed its slot to one of the same event loop waits for that one to send."""
-_SENT_EVENT = "http11.send_request_body.complete"
-"""httpcore's trace event: the request is written. Transports that trace nothing (ASGI, mocks) hand over
-without waiting."""
+_WRITTEN = "send_request_body.complete"
+"""How httpcore's trace events saying the request is written end (``http11.``, ``http2.``). A loop whose
+transport never reports it (ASGI, mocks, another naming) hands over without waiting."""
 
 
 class _Gate:
-    """The queue of one event loop's searches waiting for a slot of one scope, and its baton: set when the
-    search a slot was handed to has written its request (the one handing over waits for it)."""
+    """The queue of one event loop's searches waiting for a slot of one scope, and its baton: the event of
+    the hand-over under way, which the search handed the slot sets once its request is written (the one
+    handing over waits for it). The search that gets the slot takes the baton off the gate."""
 
     __slots__ = ("__weakref__", "baton", "lock", "traced")
 
@@ -112,6 +113,21 @@ class _Gate:
         self.baton: anyio.Event | None = None
         self.traced = False
         """Whether this loop's requests to the scope report when they are written (httpcore's trace)."""
+
+
+@dataclass(slots=True)
+class _Handed:
+    """A reservation that waited for its slot: the gate it queued at, and the baton of the search that
+    handed it the slot (None: nobody waits for this one to send)."""
+
+    gate: _Gate
+    baton: anyio.Event | None
+
+    def written(self) -> None:
+        """The request is written (or will not be): the search that handed the slot over goes on."""
+        if self.baton is not None:
+            self.baton.set()
+            self.baton = None
 
 
 _GATES: weakref.WeakValueDictionary[tuple[int, str, str, int], _Gate] = weakref.WeakValueDictionary()
@@ -198,8 +214,8 @@ class Router:
         self._lease_seconds = lease_seconds
         self._on_attempt = on_attempt
         self._on_wait = on_wait
-        self._contended: dict[str, _Gate] = {}
-        """This router's reservations that had to wait for their slot (token: the gate they queued at)."""
+        self._contended: dict[str, _Handed] = {}
+        """This router's reservations that had to wait for their slot, by token."""
         self._settle_first: set[str] = set()
         """Providers whose slot is freed at settle only: a search handed it early met a concurrency refusal
         (an upstream on the same host, still logging the last search when the next one arrived)."""
@@ -340,7 +356,8 @@ class Router:
                 _pass(gate)
                 raise
         if isinstance(result, Ticket):
-            self._contended[result.token] = gate
+            baton, gate.baton = gate.baton, None  # this hand-over's baton is this search's to pass on
+            self._contended[result.token] = _Handed(gate, baton)
             return result
         _pass(gate)
         return result if isinstance(result, ProviderError) else self._error(route, result)
@@ -382,19 +399,19 @@ class Router:
         if gate is not None and gate.traced and gate.lock.locked() and gate.baton is None:
             baton = gate.baton = anyio.Event()
         try:
-            await self._ledger.free_slot(ticket)
-        except LedgerError as exc:  # settling frees it anyway, and says whether the ledger is back
-            logger.warning("%s: could not hand the slot over early: %s", ticket.provider, exc)
-            if gate is not None:
-                _pass(gate)
-            return
-        if baton is None:
-            await anyio.lowlevel.checkpoint()  # a search of this loop woken for the slot sends first
-            return
-        with anyio.move_on_after(HAND_OVER_SECONDS):
-            await baton.wait()
-        if gate is not None and gate.baton is baton:
-            gate.baton = None
+            try:
+                await self._ledger.free_slot(ticket)
+            except LedgerError as exc:  # settling frees it anyway, and says whether the ledger is back
+                logger.warning("%s: could not hand the slot over early: %s", ticket.provider, exc)
+                return
+            if baton is None:
+                await anyio.lowlevel.checkpoint()  # a search of this loop woken for the slot sends first
+                return
+            with anyio.move_on_after(HAND_OVER_SECONDS):
+                await baton.wait()
+        finally:
+            if gate is not None and gate.baton is baton:  # not taken by a search: no longer offered
+                gate.baton = None
 
     def _error(self, route: Route, refusal: Refusal) -> ProviderError:
         wait = (from_us(refusal.until) - self._ledger.now()).total_seconds()
@@ -502,9 +519,9 @@ class Router:
             error = exc
             settlement = Settlement("charged" if maybe_sent(exc) else "unsent")
         finally:
-            gate = self._contended.pop(ticket.token, None)
-            if gate is not None:
-                _pass(gate)  # whatever happened to the request, the search handing over goes on
+            handed = self._contended.pop(ticket.token, None)
+            if handed is not None:
+                handed.written()  # whatever happened to the request, the search handing over goes on
             with anyio.CancelScope(shield=True):
                 await self._ledger.settle(
                     ticket,
@@ -555,7 +572,7 @@ class Router:
         return _Outcome(attempt, result=result)
 
     async def _send_leased(
-        self, ticket: Ticket, provider: Provider, query: SearchQuery, gate: _Gate | None
+        self, ticket: Ticket, provider: Provider, query: SearchQuery, handed: _Handed | None
     ) -> httpx.Response:
         """Send; a search still running after a third of its lease gets a task renewing the lease.
 
@@ -571,7 +588,7 @@ class Router:
 
         timer = loop.call_later(self._lease_seconds / 3, start)
         try:
-            return await self._send_once(provider, query, gate)
+            return await self._send_once(provider, query, handed)
         finally:
             timer.cancel()
             for task in renewing:
@@ -585,27 +602,29 @@ class Router:
                 logger.warning("%s: could not renew the slot's lease: %s", ticket.provider, exc)
             await anyio.sleep(self._lease_seconds / 3)
 
-    async def _send_once(self, provider: Provider, query: SearchQuery, gate: _Gate | None) -> httpx.Response:
+    async def _send_once(
+        self, provider: Provider, query: SearchQuery, handed: _Handed | None
+    ) -> httpx.Response:
         """Send the search; retry only while the request never left this machine.
 
-        A search that was handed its slot says when its request is written (``gate``'s baton)."""
+        A search that was handed its slot says when its request is written (``handed``)."""
         budget = max(remaining_seconds(45.0), 0.001)  # never retry past the search's deadline
         async for attempt in stamina.retry_context(
             on=never_sent, attempts=3, timeout=budget, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
         ):
             with attempt:
                 request = provider.search_request(query)
-                if gate is not None:
-                    request.extensions["trace"] = partial(_trace, gate)
+                if handed is not None:
+                    request.extensions["trace"] = partial(_trace, handed)
                 return await self._send(provider, request)
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
-async def _trace(gate: _Gate, event: str, _info: object) -> None:
+async def _trace(handed: _Handed, event: str, _info: object) -> None:
     """httpcore's trace callback for a search that was handed its slot: written, pass the baton on."""
-    gate.traced = True
-    if event == _SENT_EVENT:
-        _pass(gate)
+    if event.endswith(_WRITTEN):
+        handed.gate.traced = True
+        handed.written()
 
 
 def _pass(gate: _Gate) -> None:

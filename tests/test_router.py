@@ -535,33 +535,70 @@ async def test_a_slot_nobody_waits_for_is_freed_at_settle_only(
     assert isinstance(await ledger.reserve("one", "guest", WINDOWS), Ticket)  # and the slot is free
 
 
-async def test_a_slot_handed_within_the_loop_is_used_before_the_holder_goes_on(ledger: Ledger) -> None:
-    events: list[str] = []
+def handing_network(events: list[str], written: Callable[[int], str | None]) -> Any:
+    """A send that takes a few steps to write each request and reports it as httpcore's trace does
+    (``written(n)``: the event name that says request ``n`` is written, or None for none), then answers
+    after 30 ms."""
 
     async def network(_provider: Any, request: httpx.Request) -> httpx.Response:
         number = len([e for e in events if e.startswith("sent")]) + 1
         events.append(f"sent {number}")
-        await anyio.sleep(0.005)  # the connection pool and the socket take a few steps to write it
         trace = request.extensions.get("trace")
-        if trace is not None:  # what httpcore reports once the request is written
-            await trace("http11.send_request_body.started", {})
-            await trace("http11.send_request_body.complete", {})
+        if trace is not None:
+            await trace("connection.connect_tcp.started", {})
+        await anyio.sleep(0.005)  # the connection pool and the socket take a few steps to write it
+        name = written(number)
+        if trace is not None and name is not None:
+            await trace(name.replace("complete", "started"), {})
+            await anyio.sleep(0.002)
+            await trace(name, {})
         events.append(f"written {number}")
         await anyio.sleep(0.03)  # the upstream's answer time: the others queue for the slot
+        events.append(f"answered {number}")
         return httpx.Response(200, request=request)
 
-    the_router = Router(ledger, network, wait_seconds=5, lease_seconds=5)
+    return network
+
+
+async def three_searches(router: Router, events: list[str]) -> None:
     provider = Scripted("one", *[answer("one", 0.9)] * 3)
 
     async def one(number: int) -> None:
         await anyio.sleep(0.001 * number)  # in this order
-        await the_router.search(routes(provider))
+        await router.search(routes(provider))
         events.append(f"returned {number}")
 
     async with anyio.create_task_group() as group:
         for number in (1, 2, 3):
             group.start_soon(one, number)
+    assert sorted(e for e in events if e.startswith("returned")) == ["returned 1", "returned 2", "returned 3"]
+
+
+@pytest.mark.parametrize("protocol", ["http11", "http2"])
+async def test_a_slot_handed_within_the_loop_is_used_before_the_holder_goes_on(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, protocol: str
+) -> None:
+    monkeypatch.setattr("anisearch._router.HAND_OVER_SECONDS", 5.0)  # only the written request ends it
+    events: list[str] = []
+    network = handing_network(events, lambda _n: f"{protocol}.send_request_body.complete")
+    await three_searches(Router(ledger, network, wait_seconds=10, lease_seconds=5), events)
     # The second search learned that its requests report when they are written; so when it hands the
     # slot to the third, it goes on only once the third request is written.
-    assert events.index("written 3") < events.index("returned 2")
-    assert events.count("returned 1") == events.count("returned 3") == 1
+    assert events.index("written 3") < events.index("returned 2") < events.index("answered 3")
+
+
+async def test_a_holder_waits_at_most_a_moment_for_a_request_never_reported_written(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("anisearch._router.HAND_OVER_SECONDS", 0.001)
+    events: list[str] = []
+    network = handing_network(events, lambda n: "http11.send_request_body.complete" if n < 3 else None)
+    await three_searches(Router(ledger, network, wait_seconds=10, lease_seconds=5), events)
+    assert events.index("returned 2") < events.index("written 3")  # it went on without the report
+
+
+async def test_a_transport_that_reports_nothing_hands_over_without_waiting(ledger: Ledger) -> None:
+    events: list[str] = []
+    network = handing_network(events, lambda _n: None)  # an ASGI app or a mock: no trace events
+    await three_searches(Router(ledger, network, wait_seconds=10, lease_seconds=5), events)
+    assert events.index("returned 2") < events.index("written 3")
