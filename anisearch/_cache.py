@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from anisearch._models import SearchResult, fresh_previews
+from anisearch._sqlite_busy import open_waiting
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -115,7 +116,7 @@ class ResultCache:
         self._warned = False
         self._db: sqlite3.Connection | None = None
         try:
-            self._db = self._open()
+            self._db = open_waiting(self._open, _BUSY_TIMEOUT_MS / 1000)
         except sqlite3.OperationalError as exc:  # locked, read-only, cannot open: another process may use it
             self._warn(exc)
         except sqlite3.DatabaseError as exc:  # corrupt, not a database, another schema: ours to replace

@@ -30,6 +30,7 @@ from anisearch._ledger import _logic
 from anisearch._ledger._base import Ledger
 from anisearch._ledger._doorbell import Doorbell
 from anisearch._ledger._units import WAITERS
+from anisearch._sqlite_busy import open_waiting
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -232,27 +233,33 @@ class SQLiteLedger(Ledger):
 
     def _connect(self) -> sqlite3.Connection:
         conn = self._open()
+        try:
+            self._set_up(conn)
+        except BaseException:
+            conn.close()  # opened again on the next try
+            raise
+        conn.execute("PRAGMA busy_timeout = 0")  # the steps on the event loop never wait (_try_inline)
+        return conn
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         self._inline = str(mode).lower() == "wal"  # else (no shared memory) every step waits in a thread
         conn.execute("PRAGMA synchronous = NORMAL")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > _SCHEMA_VERSION:
-            conn.close()
             raise LedgerError(
                 f"the quota ledger {self.path} was written by a newer anisearch (schema {version}); "
                 "upgrade anisearch or use another ledger URL",
                 ledger=self.url,
             )
         _transaction(conn, _create_schema)
-        conn.execute("PRAGMA busy_timeout = 0")  # the steps on the event loop never wait (_try_inline)
-        return conn
 
     def _call(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``body`` in this (worker) thread, waiting up to the busy timeout for SQLite's lock."""
         with self._lock:
             try:
                 if self._conn is None:
-                    self._conn = self._connect()
+                    self._conn = open_waiting(self._connect, _BUSY_TIMEOUT_MS / 1000)
                 conn = self._conn
                 conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
                 try:

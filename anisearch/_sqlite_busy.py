@@ -1,0 +1,44 @@
+"""Opening a SQLite file that other processes create at the same moment (the result cache, the ledger)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["locked", "open_waiting"]
+
+_T = TypeVar("_T")
+
+
+def locked(exc: Exception) -> bool:
+    """Whether SQLite refused because another connection holds the file (busy or locked)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and code in {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+
+
+def open_waiting(open_file: Callable[[], _T], timeout: float) -> _T:
+    """``open_file()``, tried again a few times within ``timeout`` seconds while the file is locked.
+
+    While another process turns a new file to WAL mode or creates its tables, SQLite can answer "database
+    is locked" at once instead of waiting out the busy timeout (it does so where waiting could deadlock).
+    Processes started together on a fresh machine (a bot fleet, a batch) meet that on their first step.
+
+    Raises:
+        sqlite3.Error: What ``open_file`` raised, when it is not a lock or the lock outlasted ``timeout``.
+    """
+    try:
+        return open_file()
+    except sqlite3.OperationalError as exc:
+        if not locked(exc):
+            raise
+    import stamina  # only when processes create one file at once: a cache hit never imports it
+
+    for attempt in stamina.retry_context(
+        on=locked, attempts=8, timeout=timeout, wait_initial=0.01, wait_max=0.25
+    ):
+        with attempt:
+            return open_file()
+    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
