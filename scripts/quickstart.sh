@@ -49,22 +49,39 @@ if ! python -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.a
 fi
 anilist_port="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 say "starting the trace.moe emulator on 127.0.0.1:$port and the AniList emulator on 127.0.0.1:$anilist_port"
-anisearch emulate tracemoe --port "$port" >/dev/null &
+anisearch emulate tracemoe --port "$port" >"$state/tracemoe.out" &
 emulator=$!
-anisearch emulate anilist --port "$anilist_port" >/dev/null &
+anisearch emulate anilist --port "$anilist_port" >"$state/anilist.out" &
 titles=$!
-python - "$port" "$anilist_port" <<'PY'
-import socket, sys, time
+# Each emulator prints its URL once it holds its port: wait for that (another program that took the port
+# meanwhile would answer a connection too, but not print it), or stop if an emulator could not start.
+python - "$emulator" "$state/tracemoe.out" "$port" "$titles" "$state/anilist.out" "$anilist_port" <<'PY'
+import os, socket, sys, time
+from pathlib import Path
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "\nState:\tZ" in status.read_text())  # exited, not yet reaped
+
 deadline = time.monotonic() + 30
-for port in sys.argv[1:]:
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", int(port)), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        sys.exit(f"the emulator on port {port} did not start")
+args = sys.argv[1:]
+for pid, out, port in zip(args[::3], args[1::3], args[2::3]):
+    while True:
+        if "http://" in Path(out).read_text():  # the port is this emulator's: is it serving yet?
+            try:
+                socket.create_connection(("127.0.0.1", int(port)), timeout=0.2).close()
+                break
+            except OSError:
+                pass
+        if not alive(int(pid)):
+            sys.exit("an emulator could not start (see above)")
+        if time.monotonic() > deadline:
+            sys.exit(f"the emulator on port {port} did not start within 30 s")
+        time.sleep(0.05)
 PY
 
 say "anisearch search $image -p tracemoe"
