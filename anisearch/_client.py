@@ -271,7 +271,6 @@ class AsyncClient(AccountFeatures):
         enrich = self._enrichment(fill=anilist_info, include_adult=include_adult)  # bad settings fail first
         # Titles come from the metadata provider for every provider alike; trace.moe's own anilistInfo
         # only when asked for (upstream_anilist_info) or when there is no metadata provider.
-        upstream_info = self.settings.upstream_anilist_info or self.settings.metadata_provider is None
         token = search_deadline.set(None if deadline is None else anyio.current_time() + deadline)
         try:
             result = await self._search(
@@ -281,7 +280,7 @@ class AsyncClient(AccountFeatures):
                 SearchOptions(
                     anilist_id=anilist_id,
                     cut_borders=cut_borders,
-                    anilist_info=anilist_info and upstream_info,
+                    anilist_info=anilist_info and self.settings.upstream_titles,
                     mode=mode,
                 ),
                 min_similarity,
@@ -365,14 +364,14 @@ class AsyncClient(AccountFeatures):
     ) -> Callable[[SearchResult], Awaitable[SearchResult]]:
         """What a search's answer goes through: titles and adult flags from the metadata provider (see
         ``_enrich``, never fatal), or nothing when neither ``anilist_info`` nor the adult filter asks."""
-        include = self.settings.include_adult if include_adult is None else include_adult
-        if not fill and include:
+        wanted = self.settings.enrichment(fill=fill, include_adult=include_adult)
+        if wanted is None:
             return _unchanged
         if self._enricher is None:
             self._enricher = open_enricher(
                 self.settings, self._get_ledger, self._transport.send, self._on_attempt
             )
-        return partial(self._enricher, fill=fill, include_adult=include)
+        return partial(self._enricher, fill=wanted[0], include_adult=wanted[1])
 
     async def _from_cache(self, routes: Sequence[Route]) -> SearchResult | None:
         store = self._get_cache()

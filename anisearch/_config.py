@@ -246,6 +246,21 @@ class Settings(BaseSettings):
         name = self.metadata.strip()
         return None if name.lower() in {"off", "0", "false", "no", "none", ""} else name
 
+    @property
+    def upstream_titles(self) -> bool:
+        """Whether trace.moe is asked for its own ``anilistInfo`` when a search wants titles: when
+        ``upstream_anilist_info`` says so, or when there is no metadata provider to ask instead."""
+        return self.upstream_anilist_info or self.metadata_provider is None
+
+    def enrichment(self, *, fill: bool, include_adult: bool | None) -> tuple[bool, bool] | None:
+        """``(fill, include_adult)`` for a search's hits to go through the metadata enricher, or None when
+        it would return them unchanged. ``include_adult`` None means this setting's ``include_adult``;
+        without a metadata provider there is nothing to fill, so only the adult filter remains."""
+        include = self.include_adult if include_adult is None else include_adult
+        if (not fill or self.metadata_provider is None) and include:
+            return None
+        return fill, include
+
     def provider_config(self, name: str) -> dict[str, Any]:
         """The settings of provider ``name``: its TOML table, then ``ANISEARCH_<NAME>_*``, then code.
 

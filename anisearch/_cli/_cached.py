@@ -93,11 +93,9 @@ def _answerable(settings: Settings, options: dict[str, Any]) -> bool:
 def _enrichment(settings: Settings, options: dict[str, Any]) -> tuple[bool, bool] | None:
     """``(fill, include_adult)`` when the engine would pass a hit through its enricher, as
     ``AsyncClient._enrichment`` decides; None when it returns it unchanged."""
-    include = settings.include_adult if options.get("include_adult") is None else options["include_adult"]
-    fill = bool(options.get("anilist_info"))
-    # Without a metadata provider there is nothing to fill: the enricher only drops adult hits.
-    unchanged = (not fill or settings.metadata_provider is None) and include
-    return None if unchanged else (fill, bool(include))
+    return settings.enrichment(
+        fill=bool(options.get("anilist_info")), include_adult=options.get("include_adult")
+    )
 
 
 class _NeedsEngineError(Exception):
@@ -156,11 +154,10 @@ def _lookup(
     data, _ = read_source(source, MAX_SOURCE_BYTES)
     if not data:
         return None
-    upstream_info = settings.upstream_anilist_info or settings.metadata_provider is None
     search_options = SearchOptions(
         anilist_id=options.get("anilist_id"),
         cut_borders=bool(options.get("cut_borders")),
-        anilist_info=bool(options.get("anilist_info")) and upstream_info,
+        anilist_info=bool(options.get("anilist_info")) and settings.upstream_titles,
     )
     store = ResultCache(path, ttl_seconds=settings.cache_ttl)
     try:
