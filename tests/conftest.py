@@ -261,6 +261,17 @@ def emulated(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], EmulatedHost]:
     return add
 
 
+@pytest.fixture
+def tracemoe(emulated: Callable[[Any], EmulatedHost], monkeypatch: pytest.MonkeyPatch) -> EmulatedHost:
+    """The trace.moe emulator, in process, as the only provider of every ``anisearch`` command run here."""
+    from anisearch_emulators.tracemoe import create_app
+
+    server = emulated(create_app())
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", server.url)
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
+    return server
+
+
 class RedisServer:
     """A real redis-server on a free loopback port, with its data in a temporary directory."""
 

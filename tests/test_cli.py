@@ -48,14 +48,6 @@ COMMANDS = [
 ]
 
 
-@pytest.fixture
-def tracemoe(emulated: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch) -> Any:
-    server = emulated(tracemoe_app())
-    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", server.url)
-    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
-    return server
-
-
 def frames(folder: Path, samples: Path, count: int) -> list[Path]:
     """``count`` different screenshots of the same scene (brightness and crop vary), half JPEG, half PNG."""
     image = Image.open(samples / "tinted-good.jpg").convert("RGB")

@@ -21,17 +21,8 @@ from tests.cli_runner import run_in_process as cli
 from anisearch._cli import _cached, _search
 from anisearch._client import AsyncClient
 from anisearch_emulators.anilist import create_app as anilist_app
-from anisearch_emulators.tracemoe import create_app as tracemoe_app
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def tracemoe(emulated: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch) -> Any:
-    server = emulated(tracemoe_app())
-    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", server.url)
-    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
-    return server
 
 
 @pytest.fixture
