@@ -83,8 +83,10 @@ def _hand_out_order(item: pytest.Item) -> int:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """End-to-end and property tests first: they are the long ones, so the many short tests fill the
-    workers' ends instead of one long test running alone at the end (pytest-xdist hands tests out in this
-    order). The sort is stable: within each group, the collection order."""
+    workers' ends instead of one long test running alone at the end. pytest-xdist's ``worksteal`` (pyproject's
+    ``addopts``) gives each worker a run of this order and lets an idle worker take the back half of a busy
+    worker's queue, so the long tests spread over every worker. The sort is stable: within each group, the
+    collection order."""
     items.sort(key=_hand_out_order)
 
 
