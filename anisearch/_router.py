@@ -11,9 +11,7 @@ Per search, for each provider in order (``fallback``) or all at once (``fanout``
    provider's free quota endpoint (trace.moe ``/me``) is asked first.
 2. **Send**, retrying on the same provider only when the request never left (a refused connection).
    A long search renews its slot's lease. When other searches wait for the slot, it is handed to the
-   next one as soon as the answer has arrived, before the answer is parsed and settled; when the next one
-   is a search of this event loop, this one lets it send first (up to ``HAND_OVER_SECONDS``), so the
-   upstream's slot idles no longer than a request takes to write. (trace.moe counts
+   next one as soon as the answer has arrived, before the answer is parsed and settled. (trace.moe counts
    a search down a moment after answering, once it has logged it; over a network the next search cannot
    arrive sooner. An upstream on the same host may answer that search "concurrency": the shared backoff
    below absorbs it, nothing is miscounted, and from then on that provider's slot is freed at settle.)
@@ -35,7 +33,6 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 import anyio
@@ -94,43 +91,7 @@ Sender = Callable[["Provider", "httpx.Request"], Awaitable["httpx.Response"]]
 
 BUSY_RETRIES = 3
 """Times one search waits out the shared backoff after "queue full" / "concurrency" before moving on."""
-HAND_OVER_SECONDS = 0.05
-"""Longest a search that handed its slot to one of the same event loop waits for that one to send."""
-_WRITTEN = "send_request_body.complete"
-"""How httpcore's trace events saying the request is written end (``http11.``, ``http2.``). A loop whose
-transport never reports it (ASGI, mocks, another naming) hands over without waiting."""
-
-
-class _Gate:
-    """The queue of one event loop's searches waiting for a slot of one scope, and its baton: the event of
-    the hand-over under way, which the search handed the slot sets once its request is written (the one
-    handing over waits for it). The search that gets the slot takes the baton off the gate."""
-
-    __slots__ = ("__weakref__", "baton", "lock", "traced")
-
-    def __init__(self) -> None:
-        self.lock = anyio.Lock()
-        self.baton: anyio.Event | None = None
-        self.traced = False
-        """Whether this loop's requests to the scope report when they are written (httpcore's trace)."""
-
-
-@dataclass(slots=True)
-class _Handed:
-    """A reservation that waited for its slot: the gate it queued at, and the baton of the search that
-    handed it the slot (None: nobody waits for this one to send)."""
-
-    gate: _Gate
-    baton: anyio.Event | None
-
-    def written(self) -> None:
-        """The request is written (or will not be): the search that handed the slot over goes on."""
-        if self.baton is not None:
-            self.baton.set()
-            self.baton = None
-
-
-_GATES: weakref.WeakValueDictionary[tuple[int, str, str, int], _Gate] = weakref.WeakValueDictionary()
+_GATES: weakref.WeakValueDictionary[tuple[int, str, str, int], anyio.Lock] = weakref.WeakValueDictionary()
 """One gate per (ledger, provider, scope, event loop), alive while a search holds or awaits it."""
 _GATES_LOCK = threading.Lock()
 
@@ -214,8 +175,8 @@ class Router:
         self._lease_seconds = lease_seconds
         self._on_attempt = on_attempt
         self._on_wait = on_wait
-        self._contended: dict[str, _Handed] = {}
-        """This router's reservations that had to wait for their slot, by token."""
+        self._contended: set[str] = set()
+        """Tokens of this router's reservations that had to wait for their slot."""
         self._settle_first: set[str] = set()
         """Providers whose slot is freed at settle only: a search handed it early met a concurrency refusal
         (an upstream on the same host, still logging the last search when the next one arrived)."""
@@ -336,41 +297,26 @@ class Router:
         waiting search.
         """
         gate = self._gate(route)
-        if not gate.lock.locked():  # else a search of this loop waits for a slot already: queue behind it
+        if not gate.locked():  # else a search of this process waits for a slot already: queue behind it
             result = await self._reserve(route, give_up_at, frozenset())
             if not (isinstance(result, Refusal) and result.kind == "concurrency"):
                 return result if isinstance(result, Ticket | ProviderError) else self._error(route, result)
-        async with gate.lock, self._ledger.listening(route.provider.name, route.scope) as listen:
-            napped = False
-
-            async def nap(seconds: float) -> None:
-                nonlocal napped
-                if napped:  # woken, and the slot went to another process: the one handing over goes on
-                    _pass(gate)
-                napped = True
-                await listen(seconds)
-
-            try:
-                result = await self._reserve(route, give_up_at, frozenset(), nap=nap)
-            except BaseException:
-                _pass(gate)
-                raise
+        async with gate, self._ledger.listening(route.provider.name, route.scope) as nap:
+            result = await self._reserve(route, give_up_at, frozenset(), nap=nap)
         if isinstance(result, Ticket):
-            baton, gate.baton = gate.baton, None  # this hand-over's baton is this search's to pass on
-            self._contended[result.token] = _Handed(gate, baton)
+            self._contended.add(result.token)
             return result
-        _pass(gate)
         return result if isinstance(result, ProviderError) else self._error(route, result)
 
     def _gate_key(self, route: Route) -> tuple[int, str, str, int]:
         return (id(self._ledger), route.provider.name, route.scope, id(asyncio.get_running_loop()))
 
-    def _gate(self, route: Route) -> _Gate:
+    def _gate(self, route: Route) -> anyio.Lock:
         key = self._gate_key(route)
         with _GATES_LOCK:
             gate = _GATES.get(key)
             if gate is None:
-                gate = _GATES[key] = _Gate()
+                gate = _GATES[key] = anyio.Lock()
             return gate
 
     def _others_wait(self, route: Route, ticket: Ticket) -> bool:
@@ -382,36 +328,18 @@ class Router:
             return True
         with _GATES_LOCK:
             gate = _GATES.get(self._gate_key(route))
-        return gate is not None and gate.lock.locked()
+        return gate is not None and gate.locked()
 
     async def _hand_over(self, route: Route, ticket: Ticket) -> None:
-        """Free the slot as soon as the answer is in, when others wait for it (one more ledger step).
-
-        A search of this event loop woken for the slot sends first: this one waits until that request is
-        written (at most ``HAND_OVER_SECONDS``) before parsing its own answer, which would otherwise run
-        between the steps of the other's send and hold the upstream's slot idle.
-        """
+        """Free the slot as soon as the answer is in, when others wait for it (one more ledger step)."""
         if not self._others_wait(route, ticket):
             return
-        with _GATES_LOCK:
-            gate = _GATES.get(self._gate_key(route))
-        baton = None
-        if gate is not None and gate.traced and gate.lock.locked() and gate.baton is None:
-            baton = gate.baton = anyio.Event()
         try:
-            try:
-                await self._ledger.free_slot(ticket)
-            except LedgerError as exc:  # settling frees it anyway, and says whether the ledger is back
-                logger.warning("%s: could not hand the slot over early: %s", ticket.provider, exc)
-                return
-            if baton is None:
-                await anyio.lowlevel.checkpoint()  # a search of this loop woken for the slot sends first
-                return
-            with anyio.move_on_after(HAND_OVER_SECONDS):
-                await baton.wait()
-        finally:
-            if gate is not None and gate.baton is baton:  # not taken by a search: no longer offered
-                gate.baton = None
+            await self._ledger.free_slot(ticket)
+        except LedgerError as exc:  # settling frees it anyway, and says whether the ledger is back
+            logger.warning("%s: could not hand the slot over early: %s", ticket.provider, exc)
+            return
+        await anyio.lowlevel.checkpoint()  # a search of this process woken for the slot sends first
 
     def _error(self, route: Route, refusal: Refusal) -> ProviderError:
         wait = (from_us(refusal.until) - self._ledger.now()).total_seconds()
@@ -509,7 +437,7 @@ class Router:
         settlement = Settlement("unsent")
         waited = ticket.token in self._contended
         try:
-            response = await self._send_leased(ticket, provider, query, self._contended.get(ticket.token))
+            response = await self._send_leased(ticket, provider, query)
             await self._hand_over(route, ticket)
             status = response.status_code
             settlement, answer, error = read(
@@ -519,9 +447,7 @@ class Router:
             error = exc
             settlement = Settlement("charged" if maybe_sent(exc) else "unsent")
         finally:
-            handed = self._contended.pop(ticket.token, None)
-            if handed is not None:
-                handed.written()  # whatever happened to the request, the search handing over goes on
+            self._contended.discard(ticket.token)
             with anyio.CancelScope(shield=True):
                 await self._ledger.settle(
                     ticket,
@@ -571,9 +497,7 @@ class Router:
         )
         return _Outcome(attempt, result=result)
 
-    async def _send_leased(
-        self, ticket: Ticket, provider: Provider, query: SearchQuery, handed: _Handed | None
-    ) -> httpx.Response:
+    async def _send_leased(self, ticket: Ticket, provider: Provider, query: SearchQuery) -> httpx.Response:
         """Send; a search still running after a third of its lease gets a task renewing the lease.
 
         Most searches answer well before that, so they start no task at all: a timer costs less.
@@ -588,7 +512,7 @@ class Router:
 
         timer = loop.call_later(self._lease_seconds / 3, start)
         try:
-            return await self._send_once(provider, query, handed)
+            return await self._send_once(provider, query)
         finally:
             timer.cancel()
             for task in renewing:
@@ -602,36 +526,15 @@ class Router:
                 logger.warning("%s: could not renew the slot's lease: %s", ticket.provider, exc)
             await anyio.sleep(self._lease_seconds / 3)
 
-    async def _send_once(
-        self, provider: Provider, query: SearchQuery, handed: _Handed | None
-    ) -> httpx.Response:
-        """Send the search; retry only while the request never left this machine.
-
-        A search that was handed its slot says when its request is written (``handed``)."""
+    async def _send_once(self, provider: Provider, query: SearchQuery) -> httpx.Response:
+        """Send the search; retry only while the request never left this machine."""
         budget = max(remaining_seconds(45.0), 0.001)  # never retry past the search's deadline
         async for attempt in stamina.retry_context(
             on=never_sent, attempts=3, timeout=budget, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
         ):
             with attempt:
-                request = provider.search_request(query)
-                if handed is not None:
-                    request.extensions["trace"] = partial(_trace, handed)
-                return await self._send(provider, request)
+                return await self._send(provider, provider.search_request(query))
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
-
-
-async def _trace(handed: _Handed, event: str, _info: object) -> None:
-    """httpcore's trace callback for a search that was handed its slot: written, pass the baton on."""
-    if event.endswith(_WRITTEN):
-        handed.gate.traced = True
-        handed.written()
-
-
-def _pass(gate: _Gate) -> None:
-    """Let the search that handed its slot over go on (idempotent)."""
-    baton, gate.baton = gate.baton, None
-    if baton is not None:
-        baton.set()
 
 
 def _report_failure(task: asyncio.Task[None]) -> None:
