@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from anisearch._models import SearchResult, fresh_previews
-from anisearch._sqlite_busy import open_waiting
+from anisearch._sqlite_busy import locked, open_waiting
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -63,6 +63,16 @@ CREATE TABLE IF NOT EXISTS sources (
 
 class WouldBlock(Exception):  # noqa: N818 - a signal, like BlockingIOError, not an error
     """A lookup with ``block=False`` would have waited: for another thread's write, or for a file lock."""
+
+
+async def _in_thread(function: Callable[..., T], *args: object) -> T:
+    """``function(*args)`` in a worker thread, for a step that would wait for a lock on the event loop.
+
+    anyio is imported here, not with the module: the CLI's cache hit reads the cache with no event loop.
+    """
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(function, *args)
 
 
 def cache_key(provider: str, image_key: str, options: Sequence[object]) -> str:
@@ -214,7 +224,7 @@ class ResultCache:
                     db.execute("PRAGMA busy_timeout=0")
                 return query(db)
             except sqlite3.OperationalError as exc:
-                if not block and exc.sqlite_errorcode in {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}:
+                if not block and locked(exc):
                     raise WouldBlock from exc
                 self._disable(exc)
             except sqlite3.Error as exc:
@@ -328,9 +338,7 @@ class ResultCache:
         try:
             payload = self._get(key, now, block=False)
         except WouldBlock:
-            import anyio.to_thread  # here: the CLI's cache hit reads the cache with no event loop
-
-            payload = await anyio.to_thread.run_sync(self._get, key, now)
+            payload = await _in_thread(self._get, key, now)
         return None if payload is None else self.decode(payload)
 
     async def put(self, key: str, result: SearchResult, *, sources: Sequence[tuple[str, str]] = ()) -> None:
@@ -348,9 +356,7 @@ class ResultCache:
         try:  # on the event loop when nothing holds the cache (WAL, no sync on commit), else in a thread
             self._put(*row, block=False)
         except WouldBlock:
-            import anyio.to_thread  # here: the CLI's cache hit reads the cache with no event loop
-
-            await anyio.to_thread.run_sync(self._put, *row)
+            await _in_thread(self._put, *row)
 
     def info(self) -> CacheInfo:
         """Counts and size of the cache file (zero entries when unusable)."""
