@@ -29,6 +29,7 @@ import binascii
 import hashlib
 import io
 import json
+import re
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -62,6 +63,8 @@ __all__ = [
 
 DEFAULT_PORT = 8001
 """The port ``anisearch emulate`` serves this emulator on by default (fixed; docs/cli.md lists it)."""
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
+"""What PHP's ``base64_decode`` skips in its input (everything outside the alphabet, ``=`` included)."""
 
 BODY_LIMIT_2017: Final = 1024 * 1024
 """The web server's "1M" body limit (1 MiB) the docs called "1MB", until 2019-09."""
@@ -181,7 +184,7 @@ def _decode_base64(image: str, knobs: _Knobs) -> bytes:
     data = data.replace(" ", "+")
     if data == "":
         raise _php_text(knobs, 400, "Image is empty")
-    cleaned = "".join(ch for ch in data if ch.isalnum() or ch in "+/")  # PHP's base64_decode skips junk
+    cleaned = _NOT_BASE64.sub("", data)  # PHP's base64_decode skips every character outside the alphabet
     try:
         return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4))
     except binascii.Error:

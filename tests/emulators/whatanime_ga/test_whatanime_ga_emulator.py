@@ -154,6 +154,17 @@ async def test_form_decoded_base64_is_repaired_and_any_data_url_prefix_is_droppe
     assert response.json()["docs"][0]["anilist_id"] == 11887
 
 
+async def test_base64_skips_every_character_outside_the_alphabet_as_php_does(
+    tinted_good: PreparedImage,
+) -> None:
+    encoded = base64.b64encode(tinted_good.data).decode()
+    # PHP's non-strict base64_decode skips line breaks, '=', '%' and letters of other scripts alike
+    junk = "\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + "==é٣%"
+    response = await send(create_app(), raw_post(json.dumps({"image": junk}).encode(), "application/json"))
+    assert response.status_code == 200
+    assert response.json()["docs"][0]["anilist_id"] == 11887
+
+
 async def test_multipart_upload_in_the_field_image(tinted_good: PreparedImage) -> None:
     request = httpx.Request(
         "POST", f"{BASE}/api/search", files={"image": ("a.jpg", tinted_good.data, "image/jpeg")}
