@@ -316,9 +316,10 @@ def create_app(
         queue_size: The priority queue's maximum (upstream ``SEARCH_QUEUE``, the CPU count by default).
         rate_limit: HTTP requests per client per 60 s window, on every route.
         keys: API key -> account; an int is a tier of :data:`TIERS` (email ``tier<N>@example.com``).
-        latency: Seconds each search takes at least, from its arrival to its answer: reading the
-            upload, the image work and the ranking included (the rest is an ``anyio.sleep``), to provoke
-            concurrency collisions and to model an upstream's answer time.
+        latency: Seconds each search takes, from its arrival to its answer (to a tenth of a millisecond,
+            or longer when the work takes longer): reading the upload, the image work, the ranking and
+            encoding the answer included (the rest is a wait), to provoke concurrency collisions and to
+            model an upstream's answer time.
         log_seconds: Seconds the server takes to log a search after it answered; only then does the
             search stop counting against the caller's concurrency (as upstream, where the count goes
             down after an awaited database insert that runs once the answer is sent).

@@ -11,12 +11,15 @@ import io
 import ipaddress
 import json
 import math
+import operator
 import re
 from dataclasses import dataclass
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import httpx
 from PIL import Image
@@ -42,6 +45,22 @@ RAW_TYPES = re.compile(
 )
 MAX_BATCH = 10
 HTTP_ERROR = 400
+
+
+TIMER_SLACK_SECONDS = 0.0015
+"""How late an event loop's timer can fire: asyncio waits in whole milliseconds, rounded up."""
+
+
+async def answer_at(deadline: float) -> None:
+    """Return at ``deadline`` (``anyio.current_time()``), give or take a tenth of a millisecond.
+
+    ``anyio.sleep`` alone returns about a millisecond late on average, which would make a 50 ms upstream a
+    52 ms one; so the search sleeps until just before and yields to the event loop for the rest.
+    """
+    if (left := deadline - anyio.current_time()) > TIMER_SLACK_SECONDS:
+        await anyio.sleep(left - TIMER_SLACK_SECONDS)
+    while anyio.current_time() < deadline:
+        await anyio.lowlevel.checkpoint()
 
 
 def _truthy(value: Any) -> bool:
@@ -288,17 +307,18 @@ class SearchRoutes(Server):
         if scenes is None:  # an anilistID without indexed files: a counted success, without quota
             return _json({"frameCount": 0, "error": "", "result": []}), 1
         lists = [self.rank(vector, scenes, request) for vector in vector_list]
-        if config.latency:  # the answer takes `latency` in all: reading, image work and ranking included
-            await anyio.sleep(max(0.0, config.latency - (anyio.current_time() - arrived)))
-        if state.outage == "vector":
-            return _error(500, "Search failed. Database temporarily unavailable."), 0
         body_out: dict[str, Any] = {"quota": caller.quota, "quotaUsed": used} if self.era == "v3" else {}
         body_out |= {
             "frameCount": sum(scene.frames for scene in scenes),
             "error": "",
             "result": lists if batch else lists[0],
         }
-        return _json(body_out), len(vector_list)
+        answer = _json(body_out)
+        if config.latency:  # the answer takes `latency` in all: reading, image work, ranking and encoding
+            await answer_at(arrived + config.latency)
+        if state.outage == "vector":
+            return _error(500, "Search failed. Database temporarily unavailable."), 0
+        return answer, len(vector_list)
 
     def filtered_scenes(self, request: Request) -> list[IndexedScene] | None:
         """The scenes ``anilistID`` allows (all when it is absent or not digits), None when it names an
@@ -366,7 +386,8 @@ class SearchRoutes(Server):
         return answer.content
 
     def rank(self, vector: Sequence[float], scenes: Sequence[IndexedScene], request: Request) -> list[Any]:
-        scores = [sum((a - b) ** 2 for a, b in zip(vector, scene.vector, strict=True)) for scene in scenes]
+        # squared distances, summed in order as before, but in C (map): no Python step per component
+        scores = [sum(map(pow, map(operator.sub, vector, scene.vector), repeat(2))) for scene in scenes]
         scored = sorted(zip(scores, range(len(scenes)), scenes, strict=True))[:10]
         info = "anilistInfo" in request.query_params
         base = f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"

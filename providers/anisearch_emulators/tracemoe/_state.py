@@ -350,4 +350,5 @@ class Server:
 
     def _mask(self, tag: bytes, data: bytes) -> bytes:
         stream = hashlib.sha256(self.config.salt + tag).digest()
-        return bytes(a ^ b for a, b in zip(data, stream, strict=False))
+        size = len(data)  # at most the 32 bytes of the stream, XORed as one number
+        return (int.from_bytes(data, "big") ^ int.from_bytes(stream[:size], "big")).to_bytes(size, "big")

@@ -560,3 +560,13 @@ def test_served_over_loopback_http(tinted: bytes, live_server: Callable[[Any], L
         assert best["anilist"] == 11887
         assert best["image"].startswith(f"{server.url}/image/")
         assert http.get(best["image"]).headers["content-type"] == "image/jpeg"
+
+
+async def test_a_search_takes_its_latency_and_never_less(tinted: bytes) -> None:
+    # `latency` models the upstream's whole answer time: the answer may not leave before it has passed
+    async with client_for(create_app(latency=0.03)) as http:
+        for _ in range(5):
+            started = anyio.current_time()
+            response = await http.post("/search", files={"image": ("a.jpg", tinted)})
+            assert response.status_code == 200
+            assert anyio.current_time() - started >= 0.03
