@@ -65,7 +65,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 
     About a third of a worker's time is spent waiting rather than computing (emulated latency, processes
     starting, windows and deadlines running out), so extra workers fill those waits with other tests: on
-    2 cores the suite took 91-92 s with 4 workers against 95-97 s with 3 (same machine, same hour).
+    2 cores the suite took 91-95 s with 4 workers against 95-97 s with 3 (same machine, same hour).
     ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still decides when set (pytest-xdist's own override).
     """
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or config.option.numprocesses != "auto":

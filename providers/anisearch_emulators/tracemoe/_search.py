@@ -54,8 +54,8 @@ TIMER_SLACK_SECONDS = 0.0015
 async def answer_at(deadline: float) -> None:
     """Return at ``deadline`` (``anyio.current_time()``), give or take a tenth of a millisecond.
 
-    ``anyio.sleep`` alone returns about a millisecond late on average, which would make a 50 ms upstream a
-    52 ms one; so the search sleeps until just before and yields to the event loop for the rest.
+    ``anyio.sleep`` alone returns about a millisecond late on average, which made a 50 ms upstream a
+    51-52 ms one; so the search sleeps until just before and yields to the event loop for the rest.
     """
     if (left := deadline - anyio.current_time()) > TIMER_SLACK_SECONDS:
         await anyio.sleep(left - TIMER_SLACK_SECONDS)
