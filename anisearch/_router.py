@@ -411,6 +411,10 @@ class Router:
         busy_left = BUSY_RETRIES
         query = await route.ready()  # the image work is done before a slot is held
         while True:
+            try:  # and the request is built before it too: a handed-over slot waits for nothing else
+                request = route.provider.search_request(query)
+            except ProviderError as exc:  # refused before anything was reserved (an image too large)
+                return self._failed(name, exc, None, started)
             admitted = await self._admit(route, give_up_at)
             if isinstance(admitted, ProviderError):
                 return _Outcome(
@@ -423,13 +427,15 @@ class Router:
                     ),
                     error=admitted,
                 )
-            outcome = await self._ask(route, admitted, query, started)
+            outcome = await self._ask(route, admitted, query, request, started)
             shared_backoff = isinstance(outcome.error, (ConcurrencyLimitError, ProviderBusyError))
             if not shared_backoff or busy_left == 0 or anyio.current_time() >= give_up_at:
                 return outcome
             busy_left -= 1
 
-    async def _ask(self, route: Route, ticket: Ticket, query: SearchQuery, started: float) -> _Outcome:
+    async def _ask(
+        self, route: Route, ticket: Ticket, query: SearchQuery, request: httpx.Request, started: float
+    ) -> _Outcome:
         provider = route.provider
         status: int | None = None
         answer: ProviderAnswer | None = None
@@ -437,7 +443,7 @@ class Router:
         settlement = Settlement("unsent")
         waited = ticket.token in self._contended
         try:
-            response = await self._send_leased(ticket, provider, query)
+            response = await self._send_leased(ticket, provider, query, request)
             await self._hand_over(route, ticket)
             status = response.status_code
             settlement, answer, error = read(
@@ -466,19 +472,7 @@ class Router:
             self._settle_first.add(provider.name)
         if error is not None or answer is None:
             failure = error or UpstreamResponseError("no answer", provider=provider.name)
-            if isinstance(failure, AuthenticationError):
-                logger.warning("%s refused the credentials: %s", provider.name, failure.message)
-            return _Outcome(
-                Attempt(
-                    provider=provider.name,
-                    outcome="failed",
-                    reason=reason(failure),
-                    error=type(failure).__name__,
-                    status_code=failure.status_code if failure.status_code is not None else status,
-                    elapsed_seconds=time.monotonic() - started,
-                ),
-                error=failure if failure.provider else _with_provider(failure, provider.name),
-            )
+            return self._failed(provider.name, failure, status, started)
         hits = route.accept(answer.hits)
         result = SearchResult(
             hits=sorted(hits, key=lambda h: h.similarity, reverse=True),
@@ -497,7 +491,24 @@ class Router:
         )
         return _Outcome(attempt, result=result)
 
-    async def _send_leased(self, ticket: Ticket, provider: Provider, query: SearchQuery) -> httpx.Response:
+    def _failed(self, name: str, failure: ProviderError, status: int | None, started: float) -> _Outcome:
+        if isinstance(failure, AuthenticationError):
+            logger.warning("%s refused the credentials: %s", name, failure.message)
+        return _Outcome(
+            Attempt(
+                provider=name,
+                outcome="failed",
+                reason=reason(failure),
+                error=type(failure).__name__,
+                status_code=failure.status_code if failure.status_code is not None else status,
+                elapsed_seconds=time.monotonic() - started,
+            ),
+            error=failure if failure.provider else _with_provider(failure, name),
+        )
+
+    async def _send_leased(
+        self, ticket: Ticket, provider: Provider, query: SearchQuery, request: httpx.Request
+    ) -> httpx.Response:
         """Send; a search still running after a third of its lease gets a task renewing the lease.
 
         Most searches answer well before that, so they start no task at all: a timer costs less.
@@ -512,7 +523,7 @@ class Router:
 
         timer = loop.call_later(self._lease_seconds / 3, start)
         try:
-            return await self._send_once(provider, query)
+            return await self._send_once(provider, query, request)
         finally:
             timer.cancel()
             for task in renewing:
@@ -526,14 +537,18 @@ class Router:
                 logger.warning("%s: could not renew the slot's lease: %s", ticket.provider, exc)
             await anyio.sleep(self._lease_seconds / 3)
 
-    async def _send_once(self, provider: Provider, query: SearchQuery) -> httpx.Response:
-        """Send the search; retry only while the request never left this machine."""
+    async def _send_once(
+        self, provider: Provider, query: SearchQuery, request: httpx.Request
+    ) -> httpx.Response:
+        """Send the search (``request`` first, then a fresh one for each retry); retry only while the
+        request never left this machine."""
         budget = max(remaining_seconds(45.0), 0.001)  # never retry past the search's deadline
+        unsent = [request]
         async for attempt in stamina.retry_context(
             on=never_sent, attempts=3, timeout=budget, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
         ):
             with attempt:
-                return await self._send(provider, provider.search_request(query))
+                return await self._send(provider, unsent.pop() if unsent else provider.search_request(query))
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 

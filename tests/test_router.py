@@ -18,6 +18,7 @@ from anisearch import (
     ConcurrencyLimitError,
     Credential,
     Hit,
+    ImageTooLargeError,
     InvalidImageError,
     ProviderAnswer,
     ProviderConnectionError,
@@ -404,6 +405,31 @@ async def test_a_request_that_was_sent_is_counted_and_never_resent(ledger: Ledge
         await unsent.search(windowed(Scripted("two"), windows=windows))
     assert calls == ["two", "two", "two"]  # never left: retried, and counted nowhere
     assert (await ledger.snapshot("two", lambda _: windows))[0].used == 0
+
+
+class RefusesLocally(Scripted):
+    """A provider whose own size guard refuses the image while building the request."""
+
+    def search_request(self, query: SearchQuery) -> httpx.Request:
+        raise ImageTooLargeError("the image is over 25 MiB", size_bytes=26 << 20, limit_bytes=25 << 20)
+
+
+async def test_a_request_refused_while_being_built_reserves_nothing_and_falls_through(
+    ledger: Ledger,
+) -> None:
+    windows = (WindowSpec("rolling-24h", span_seconds=86400, limit=5),)
+    attempts: list[Attempt] = []
+    result = await router(ledger, attempts).search(
+        windowed(RefusesLocally("one"), Scripted("two", answer("two", 0.9)), windows=windows)
+    )
+    assert result.provider == "two"
+    assert [(a.provider, a.outcome, a.error) for a in attempts] == [
+        ("one", "failed", "ImageTooLargeError"),
+        ("two", "ok", None),
+    ]
+    counted = [quota.used for quota in await ledger.snapshot("one", lambda _: windows)]
+    assert counted in ([], [0])  # never sent: never counted
+    assert isinstance(await ledger.reserve("one", "guest", windows), Ticket)  # and its one slot is free
 
 
 async def test_absurd_numbers_and_parser_crashes_fall_through(ledger: Ledger) -> None:
