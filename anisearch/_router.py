@@ -416,17 +416,8 @@ class Router:
             except ProviderError as exc:  # refused before anything was reserved (an image too large)
                 return self._failed(name, exc, None, started)
             admitted = await self._admit(route, give_up_at)
-            if isinstance(admitted, ProviderError):
-                return _Outcome(
-                    Attempt(
-                        provider=name,
-                        outcome="skipped",
-                        reason=reason(admitted),
-                        error=type(admitted).__name__,
-                        elapsed_seconds=time.monotonic() - started,
-                    ),
-                    error=admitted,
-                )
+            if isinstance(admitted, ProviderError):  # refused by the ledger: no request was made
+                return self._failed(name, admitted, None, started, outcome="skipped")
             outcome = await self._ask(route, admitted, query, request, started)
             shared_backoff = isinstance(outcome.error, (ConcurrencyLimitError, ProviderBusyError))
             if not shared_backoff or busy_left == 0 or anyio.current_time() >= give_up_at:
@@ -491,13 +482,22 @@ class Router:
         )
         return _Outcome(attempt, result=result)
 
-    def _failed(self, name: str, failure: ProviderError, status: int | None, started: float) -> _Outcome:
+    def _failed(
+        self,
+        name: str,
+        failure: ProviderError,
+        status: int | None,
+        started: float,
+        *,
+        outcome: Literal["failed", "skipped"] = "failed",
+    ) -> _Outcome:
+        """The outcome of an attempt that ended in ``failure`` (``skipped``: without a request)."""
         if isinstance(failure, AuthenticationError):
             logger.warning("%s refused the credentials: %s", name, failure.message)
         return _Outcome(
             Attempt(
                 provider=name,
-                outcome="failed",
+                outcome=outcome,
                 reason=reason(failure),
                 error=type(failure).__name__,
                 status_code=failure.status_code if failure.status_code is not None else status,
