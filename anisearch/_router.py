@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 import anyio.lowlevel
 import httpx
-import stamina
 
 from anisearch._exceptions import (
     AllProvidersFailedError,
@@ -541,14 +540,29 @@ class Router:
         self, provider: Provider, query: SearchQuery, request: httpx.Request
     ) -> httpx.Response:
         """Send the search (``request`` first, then a fresh one for each retry); retry only while the
-        request never left this machine."""
+        request never left this machine: three attempts in all, with stamina's backoff between them,
+        never past the search's deadline.
+
+        The first attempt is made directly: stamina is imported and set up only once it failed, so a
+        search that is answered (nearly all of them) costs no retry machinery.
+        """
+        try:
+            return await self._send(provider, request)
+        except ProviderError as exc:
+            if not never_sent(exc):
+                raise
+            first: ProviderError | None = exc
+        import stamina  # only after a connection failed before sending
+
         budget = max(remaining_seconds(45.0), 0.001)  # never retry past the search's deadline
-        unsent = [request]
         async for attempt in stamina.retry_context(
             on=never_sent, attempts=3, timeout=budget, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
         ):
             with attempt:
-                return await self._send(provider, unsent.pop() if unsent else provider.search_request(query))
+                if first is not None:  # the attempt made above: stamina counts it and backs off
+                    failed, first = first, None
+                    raise failed
+                return await self._send(provider, provider.search_request(query))
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
