@@ -75,6 +75,18 @@ class ProviderTransport:
         self._http: httpx.AsyncClient | None = None
         self._closed = False
 
+    def open(self) -> None:
+        """Make the connection pool now if it is not made yet (it is made at the first request otherwise).
+
+        A search calls it before it reserves a concurrency slot, so that no slot is held while the first
+        request of a process loads httpcore and the TLS context.
+
+        Raises:
+            ConfigurationError: The CA certificates cannot be loaded.
+            RuntimeError: The transport was closed.
+        """
+        self._client()
+
     def _client(self) -> httpx.AsyncClient:
         if self._closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")

@@ -419,3 +419,30 @@ def test_an_unreadable_ca_bundle_is_a_configuration_error_at_the_first_request(
     finally:
         tls_context.cache_clear()  # the next client of the process loads the real bundle again
     assert not route.called
+
+
+async def test_the_first_search_makes_its_connection_pool_before_it_holds_a_slot(
+    monkeypatch: pytest.MonkeyPatch, mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    """Loading httpcore and the TLS context takes tens of milliseconds: never while a slot is held."""
+    from anisearch._ledger import Ledger
+    from anisearch._transport import ProviderTransport
+
+    mock.post(f"{BASE}/search").respond(200, json=body)
+    events: list[str] = []
+    make_pool, reserve = ProviderTransport._client, Ledger.reserve
+
+    def pool(transport: ProviderTransport) -> httpx.AsyncClient:
+        if transport._http is None:
+            events.append("pool made")
+        return make_pool(transport)
+
+    async def reserving(ledger: Ledger, *args: Any, **kwargs: Any) -> Any:
+        events.append("slot reserved")
+        return await reserve(ledger, *args, **kwargs)
+
+    monkeypatch.setattr(ProviderTransport, "_client", pool)
+    monkeypatch.setattr(Ledger, "reserve", reserving)
+    async with AsyncClient(settings(cache="off"), transport(mock)) as client:
+        await client.search(samples / "tinted-good.jpg")
+    assert events == ["pool made", "slot reserved"]
