@@ -342,7 +342,6 @@ class AsyncClient(AccountFeatures):
         flight = cache_key("|".join(names), prepared.digest, [options, strategy, min_similarity])
 
         async def route_search() -> SearchResult:
-            self._transport.open()  # the pool is made before a slot is held, not while holding it
             router = Router(
                 await self._get_ledger(),
                 self._transport.send,

@@ -16,7 +16,6 @@ import httpx
 from anisearch import _fetch, _redact
 from anisearch._exceptions import (
     AnisearchError,
-    ConfigurationError,
     ProviderConnectionError,
     ProviderError,
     ProviderTimeoutError,
@@ -69,50 +68,19 @@ class ProviderTransport:
 
     def __init__(self, timeout: float, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._timeout = timeout
-        self._transport = transport
-        # Made at the first request: a client that answers from the cache, or only reads the ledger,
-        # never pays for the pool (httpcore's import and the TLS context: tens of milliseconds).
-        self._http: httpx.AsyncClient | None = None
-        self._closed = False
-
-    def open(self) -> None:
-        """Make the connection pool now if it is not made yet (it is made at the first request otherwise).
-
-        A search calls it before it reserves a concurrency slot, so that no slot is held while the first
-        request of a process loads httpcore and the TLS context.
-
-        Raises:
-            ConfigurationError: The CA certificates cannot be loaded.
-            RuntimeError: The transport was closed.
-        """
-        self._client()
-
-    def _client(self) -> httpx.AsyncClient:
-        if self._closed:
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
-        if self._http is None:
-            try:
-                verify = tls_context()
-            except OSError as exc:  # ssl.SSLError is one: a file that holds no certificate
-                raise ConfigurationError(
-                    f"the CA certificates cannot be loaded ({exc}); check SSL_CERT_FILE and SSL_CERT_DIR"
-                ) from exc
-            # Providers that keep a session keep their own jar (an auth flow); the engine stores no cookie.
-            self._http = httpx.AsyncClient(
-                transport=self._transport,
-                verify=verify,
-                timeout=httpx.Timeout(self._timeout),
-                headers={"User-Agent": user_agent(), "Accept-Encoding": ACCEPT_ENCODING},
-                follow_redirects=False,
-                cookies=_fetch.no_cookies(),
-            )
-        return self._http
+        # Providers that keep a session keep their own jar (an auth flow); the engine stores no cookie.
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            verify=tls_context(),
+            timeout=httpx.Timeout(timeout),
+            headers={"User-Agent": user_agent(), "Accept-Encoding": ACCEPT_ENCODING},
+            follow_redirects=False,
+            cookies=_fetch.no_cookies(),
+        )
 
     async def aclose(self) -> None:
         """Close the pool (idempotent)."""
-        self._closed = True
-        if self._http is not None:
-            await self._http.aclose()
+        await self._http.aclose()
 
     async def send(self, provider: Provider, request: httpx.Request) -> httpx.Response:
         """Send one provider request and read its whole answer within one attempt's time and size.
@@ -126,9 +94,6 @@ class ProviderTransport:
             ProviderTimeoutError: The attempt did not complete in time (or the deadline had passed).
             ProviderConnectionError: The request could not be sent or the connection failed.
             UpstreamResponseError: The answer is over the size limit or its encoding is broken.
-            ConfigurationError: The CA certificates (``SSL_CERT_FILE``, ``SSL_CERT_DIR``) cannot be loaded
-                (checked at the first request).
-            RuntimeError: The transport was closed.
         """
         budget = remaining_seconds(self._timeout)
         if budget <= 0:
@@ -140,15 +105,14 @@ class ProviderTransport:
             request.headers["User-Agent"] = user_agent()
         limit = getattr(provider, "max_response_bytes", None) or MAX_RESPONSE_BYTES
         auth = provider.auth()
-        http = self._client()
         status: int | None = None
         try:
             with anyio.fail_after(budget):
                 if auth is None:
-                    response = await http.send(request, stream=True)
+                    response = await self._http.send(request, stream=True)
                 else:
                     bounded = _fetch.BoundedAuth(auth, limit)
-                    response = await http.send(request, auth=bounded, stream=True)
+                    response = await self._http.send(request, auth=bounded, stream=True)
                 status = response.status_code
                 await _fetch.read_capped(response, limit)
         except AnisearchError:

@@ -370,16 +370,12 @@ def test_at_most_max_hits_are_kept_the_most_similar(
         assert [hit.similarity for hit in result.hits] == expected
 
 
-def test_clients_after_the_first_load_no_ca_bundle(
-    monkeypatch: pytest.MonkeyPatch, mock: respx.MockRouter, body: dict[str, Any], samples: Path
-) -> None:
-    """Every client of the process verifies TLS with one context, loaded at the first request: a client
-    that sends nothing reads no certificate file, and a later client's search reads none either."""
+def test_clients_after_the_first_load_no_ca_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every client of the process verifies TLS with one context: a new Client reads no certificate file."""
     import ssl
 
     from anisearch._transport import tls_context
 
-    mock.post(f"{BASE}/search").respond(200, json=body)
     loads: list[object] = []
     real = ssl.SSLContext.load_verify_locations
 
@@ -389,60 +385,10 @@ def test_clients_after_the_first_load_no_ca_bundle(
 
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
     tls_context.cache_clear()
-    with Client(settings(cache="off"), transport(mock)):
-        pass
-    assert loads == []  # no request, no TLS context
-    with Client(settings(cache="off"), transport(mock)) as client:
-        client.search(samples / "tinted-good.jpg")
+    with Client(settings()):
         first_loads = len(loads)
-    assert first_loads >= 1  # the first request of the process loads the bundle
+    assert first_loads >= 1  # the first client of the process loads the bundle
     for _ in range(3):
-        with Client(settings(cache="off"), transport(mock)) as client:
-            client.search(samples / "tinted-good.jpg")
+        with Client(settings()):
+            pass
     assert len(loads) == first_loads
-
-
-def test_an_unreadable_ca_bundle_is_a_configuration_error_at_the_first_request(
-    monkeypatch: pytest.MonkeyPatch, mock: respx.MockRouter, tmp_path: Path, samples: Path
-) -> None:
-    from anisearch._transport import tls_context
-
-    route = mock.post(f"{BASE}/search").respond(200, json={"result": []})
-    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
-    tls_context.cache_clear()
-    try:
-        with (
-            Client(settings(cache="off"), transport(mock)) as client,  # nothing is loaded yet
-            pytest.raises(ConfigurationError, match="SSL_CERT_FILE"),
-        ):
-            client.search(samples / "tinted-good.jpg")
-    finally:
-        tls_context.cache_clear()  # the next client of the process loads the real bundle again
-    assert not route.called
-
-
-async def test_the_first_search_makes_its_connection_pool_before_it_holds_a_slot(
-    monkeypatch: pytest.MonkeyPatch, mock: respx.MockRouter, body: dict[str, Any], samples: Path
-) -> None:
-    """Loading httpcore and the TLS context takes tens of milliseconds: never while a slot is held."""
-    from anisearch._ledger import Ledger
-    from anisearch._transport import ProviderTransport
-
-    mock.post(f"{BASE}/search").respond(200, json=body)
-    events: list[str] = []
-    make_pool, reserve = ProviderTransport._client, Ledger.reserve
-
-    def pool(transport: ProviderTransport) -> httpx.AsyncClient:
-        if transport._http is None:
-            events.append("pool made")
-        return make_pool(transport)
-
-    async def reserving(ledger: Ledger, *args: Any, **kwargs: Any) -> Any:
-        events.append("slot reserved")
-        return await reserve(ledger, *args, **kwargs)
-
-    monkeypatch.setattr(ProviderTransport, "_client", pool)
-    monkeypatch.setattr(Ledger, "reserve", reserving)
-    async with AsyncClient(settings(cache="off"), transport(mock)) as client:
-        await client.search(samples / "tinted-good.jpg")
-    assert events == ["pool made", "slot reserved"]
