@@ -229,10 +229,11 @@ class Provider(Protocol):
     def search_request(self, query: SearchQuery) -> httpx.Request:
         """Build the search request. Raises ConfigurationError if the query needs a missing capability.
 
-        Called before the search waits for a concurrency slot, and again for each retry of a request
-        that never left the machine: what depends on the moment of sending (a sign-in, a session
-        cookie) belongs in :meth:`auth`. A :class:`ProviderError` raised here (an image over the upload
-        limit) reserves nothing: the router moves on to the next provider.
+        Called before the search waits for a concurrency slot (again after a shared backoff, when the
+        search asks once more), and again for each retry of a request that never left the machine: what
+        depends on the moment of sending (a sign-in, a session cookie) belongs in :meth:`auth`. A
+        :class:`ProviderError` raised before the slot (an image over the upload limit) reserves nothing:
+        the router moves on to the next provider.
         """
         ...
 

@@ -490,7 +490,7 @@ class Router:
         *,
         outcome: Literal["failed", "skipped"] = "failed",
     ) -> _Outcome:
-        """The outcome of an attempt that ended in ``failure`` (``skipped``: without a request)."""
+        """The outcome of an attempt that ended in ``failure`` (``skipped``: the ledger refused it)."""
         if isinstance(failure, AuthenticationError):
             logger.warning("%s refused the credentials: %s", name, failure.message)
         return _Outcome(

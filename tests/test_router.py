@@ -407,6 +407,42 @@ async def test_a_request_that_was_sent_is_counted_and_never_resent(ledger: Ledge
     assert (await ledger.snapshot("two", lambda _: windows))[0].used == 0
 
 
+class Numbered(Scripted):
+    """A provider whose every request says which build of it this is, and which notes each build."""
+
+    def __init__(self, name: str, *steps: Step | ProviderError, events: list[str]) -> None:
+        super().__init__(name, *steps)
+        self.events = events
+
+    def search_request(self, query: SearchQuery) -> httpx.Request:
+        self.events.append("built")
+        build = str(self.events.count("built"))
+        return httpx.Request("POST", f"{self.base_url}/search", headers={"x-build": build})
+
+
+async def test_the_first_attempt_sends_the_request_built_before_the_slot_and_each_retry_a_fresh_one(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    reserve = type(ledger).reserve
+
+    async def reserving(self: Ledger, *args: Any, **kwargs: Any) -> Any:
+        events.append("reserved")
+        return await reserve(self, *args, **kwargs)
+
+    async def refused_twice(provider: Any, request: httpx.Request) -> httpx.Response:
+        events.append(f"sent {request.headers['x-build']}")
+        if events.count("built") < 3:  # a refused connection: the request never left
+            raise ProviderConnectionError("refused", provider=provider.name) from httpx.ConnectError("no")
+        return httpx.Response(200, request=request)
+
+    monkeypatch.setattr(type(ledger), "reserve", reserving)
+    provider = Numbered("one", answer("one", 0.9), events=events)
+    result = await Router(ledger, refused_twice, wait_seconds=1).search(windowed(provider))
+    assert result.provider == "one"
+    assert events == ["built", "reserved", "sent 1", "built", "sent 2", "built", "sent 3"]
+
+
 class RefusesLocally(Scripted):
     """A provider whose own size guard refuses the image while building the request."""
 

@@ -197,8 +197,9 @@ class BaseProvider:
     def search_request(self, query: SearchQuery) -> httpx.Request:
         """Build the search request; every provider writes its own.
 
-        The router calls it before the search waits for a slot, and again for each retry of a request
-        that never left, so it depends on nothing but ``query`` (a sign-in belongs in :meth:`auth`).
+        The router calls it before the search waits for a slot, again after a shared backoff and for
+        each retry of a request that never left, so it depends on nothing but ``query`` (a sign-in
+        belongs in :meth:`auth`).
 
         Raises:
             NotImplementedError: Always, here.
