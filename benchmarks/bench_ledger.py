@@ -10,8 +10,10 @@ Prints:
   script calls, each one round trip);
 - **slot utilisation**: a concurrency-1 trace.moe emulator answering in 50 ms can serve 20 searches a
   second; ``P`` processes (each one ``AsyncClient``, ``K`` searches, cache off) share one SQLite or Redis
-  ledger, and 32 tasks share one client: achieved searches per second ÷ 20, and the 402s the emulator
-  had to send (0 means no search collided with another).
+  ledger, and 32 tasks share one client: achieved searches per second ÷ 20, the 402s the emulator
+  had to send (0 means no search collided with another), and the slot's idle time between searches
+  (median and p90, ms from an answer leaving the emulator to the next search arriving), next to one bare
+  httpx client's.
 
 Redis: a private ``redis-server`` from ``PATH`` on a free port, persistence off.
 """
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +111,11 @@ async def ledger_cost(url: str, searches: int) -> list[float]:
 
 async def _ledger_cost(ledger: Ledger, searches: int) -> list[float]:
     await ledger.clear()
+    return await _timed_steps(ledger, searches)
+
+
+async def _timed_steps(ledger: Ledger, searches: int) -> list[float]:
+    """Seconds per reserve + settle after 20 untimed ones; every tenth settle brings upstream counts."""
     told = [
         Quota(provider="tracemoe", limit=10**9, used=0, window="rolling-24h"),
         Quota(provider="tracemoe", limit=10**9, used=0, window="minute", source="headers"),
@@ -125,19 +133,34 @@ async def _ledger_cost(ledger: Ledger, searches: int) -> list[float]:
 
 
 def counted_sqlite_transactions(path: Path, searches: int) -> float:
-    original = sqlite_backend._transaction  # noqa: SLF001 - counting the backend's own transactions
-    count = [0]
+    """SQLite transactions (``BEGIN`` statements, on the event loop or in a worker thread) per search of
+    one reserve and one settle, read from the connection's own statement trace."""
+    opened = sqlite_backend.SQLiteLedger._open  # noqa: SLF001 - tracing the backend's own connection
+    begins: list[str] = []
 
-    def counting(conn: Any, body: Any) -> Any:
-        count[0] += 1
-        return original(conn, body)
+    def traced(self: sqlite_backend.SQLiteLedger) -> Any:
+        conn = opened(self)
+        conn.set_trace_callback(
+            lambda statement: begins.append(statement) if statement.startswith("BEGIN") else None
+        )
+        return conn
 
-    sqlite_backend._transaction = counting  # noqa: SLF001
+    async def count() -> int:
+        ledger = open_ledger(f"sqlite:///{path}")
+        try:
+            await ledger.clear()  # opens the file and makes its tables: not a search's work
+            begins.clear()
+            await _timed_steps(ledger, searches)
+            return len(begins)
+        finally:
+            await ledger.aclose()
+
+    sqlite_backend.SQLiteLedger._open = traced  # type: ignore[method-assign]  # noqa: SLF001
     try:
-        anyio.run(ledger_cost, f"sqlite:///{path}", searches)
+        transactions = anyio.run(count)
     finally:
-        sqlite_backend._transaction = original  # noqa: SLF001
-    return (count[0] - 3) / (searches + 20)  # the schema, and clear() before and after
+        sqlite_backend.SQLiteLedger._open = opened  # type: ignore[method-assign]  # noqa: SLF001
+    return transactions / (searches + 20)
 
 
 def image_variants(count: int) -> list[bytes]:
@@ -149,13 +172,64 @@ def image_variants(count: int) -> list[bytes]:
     return out
 
 
-def utilisation_processes(ledger_url: str, processes: int, per_process: int) -> tuple[float, int]:
-    with Emulator(_single_slot()) as server:
+class ArrivalTap:
+    """ASGI middleware around the emulator: when each ``/search`` arrived and when the last byte of its
+    answer went to the server (``time.monotonic()``, one clock for every process of the machine)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state = app.state
+        self.stamps: list[tuple[float, str]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/search":
+            await self.app(scope, receive, send)
+            return
+        self.stamps.append((time.monotonic(), "arrived"))
+
+        async def stamped(message: Any) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.stamps.append((time.monotonic(), "answered"))
+
+        await self.app(scope, receive, stamped)
+
+    def gaps_ms(self) -> list[float]:
+        """Milliseconds from each answer to the arrival of the next search: the slot's idle time."""
+        gaps, answered = [], None
+        for at, kind in sorted(self.stamps):
+            if kind == "answered":
+                answered = at
+            elif answered is not None:
+                gaps.append((at - answered) * 1000)
+                answered = None
+        return gaps
+
+
+def _serving(gaps: list[float] | None) -> Any:
+    """The concurrency-1 emulator, stamped when ``gaps`` is to receive its idle times."""
+    return _single_slot() if gaps is None else ArrivalTap(_single_slot())
+
+
+def _feed_tapped(server: Emulator, commands: list[list[str]], gaps: list[float] | None) -> float:
+    tap = server.app if isinstance(server.app, ArrivalTap) else None
+    wall = _feed(commands, on_start=tap.stamps.clear if tap is not None else None)
+    if tap is not None and gaps is not None:
+        gaps.extend(tap.gaps_ms())
+    return wall
+
+
+def utilisation_processes(
+    ledger_url: str, processes: int, per_process: int, gaps: list[float] | None = None
+) -> tuple[float, int]:
+    """Searches per second ÷ 20 of ``processes`` workers sharing a concurrency-1 emulator, and its 402s;
+    with ``gaps``, the slot's idle times (ms from an answer to the next search's arrival) are added to it."""
+    with Emulator(_serving(gaps)) as server:
         commands = [
             [sys.executable, "-c", WORKER, server.url, ledger_url, str(per_process), str(seed), "1"]
             for seed in range(processes)
         ]
-        wall = _feed(commands)
+        wall = _feed_tapped(server, commands, gaps)
         refused = sum(1 for row in server.app.state.emulator.log if row.code == 402)
     return (processes * per_process / wall) / (1 / LATENCY), refused
 
@@ -188,8 +262,9 @@ BARE_WORKER = textwrap.dedent(
 )
 
 
-def _feed(commands: list[list[str]]) -> float:
-    """Start the worker processes, release them at once; seconds until the last one's last search."""
+def _feed(commands: list[list[str]], on_start: Callable[[], None] | None = None) -> float:
+    """Start the worker processes, release them at once (``on_start`` is called first, once every worker
+    is warm); seconds until the last one's last search."""
     workers = [
         subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for command in commands
@@ -198,6 +273,8 @@ def _feed(commands: list[list[str]]) -> float:
         assert worker.stdout is not None
         if worker.stdout.readline() != "ready\n":
             raise SystemExit("a worker did not start")
+    if on_start is not None:
+        on_start()
     start = time.monotonic()
     for worker in workers:
         assert worker.stdin is not None
@@ -210,17 +287,21 @@ def _feed(commands: list[list[str]]) -> float:
     return max(ends) - start
 
 
-def bare_rate(searches: int) -> float:
+def bare_rate(searches: int, gaps: list[float] | None = None) -> float:
     """Searches per second one bare httpx client (a process of its own, like the anisearch workers) gets
-    back to back from the same kind of emulator."""
-    with Emulator(_single_slot()) as server:
-        return searches / _feed([[sys.executable, "-c", BARE_WORKER, server.url, str(searches)]])
+    back to back from the same kind of emulator (``gaps``: as :func:`utilisation_processes`)."""
+    with Emulator(_serving(gaps)) as server:
+        command = [sys.executable, "-c", BARE_WORKER, server.url, str(searches)]
+        return searches / _feed_tapped(server, [command], gaps)
 
 
-def utilisation_tasks(ledger_url: str, tasks: int, per_task: int) -> tuple[float, int]:
+def utilisation_tasks(
+    ledger_url: str, tasks: int, per_task: int, gaps: list[float] | None = None
+) -> tuple[float, int]:
     """Like :func:`utilisation_processes`, with ``tasks`` concurrent searches in one worker process."""
-    with Emulator(_single_slot()) as server:
-        wall = _feed([[sys.executable, "-c", WORKER, server.url, ledger_url, str(per_task), "0", str(tasks)]])
+    with Emulator(_serving(gaps)) as server:
+        command = [sys.executable, "-c", WORKER, server.url, ledger_url, str(per_task), "0", str(tasks)]
+        wall = _feed_tapped(server, [command], gaps)
         refused = sum(1 for row in server.app.state.emulator.log if row.code == 402)
     return (tasks * per_task / wall) / (1 / LATENCY), refused
 
@@ -259,24 +340,33 @@ def report_costs(ledgers: dict[str, str], root: Path, searches: int) -> None:
 
 
 def report_utilisation(ledgers: dict[str, str], root: Path, processes: int, per_process: int) -> None:
-    bare = bare_rate(processes * per_process) / (1 / LATENCY)
+    bare_gaps: list[float] = []
+    bare = bare_rate(processes * per_process, bare_gaps) / (1 / LATENCY)
     print(f"\nslot utilisation, a concurrency-1 emulator answering in {LATENCY * 1000:.0f} ms (20/s)")
-    print("share of 20/s, then of what one bare httpx client gets back to back from it")
-    print(f"{'bare httpx, back to back':<34}: {bare:6.1%}")
+    print("share of 20/s, then of what one bare httpx client gets back to back from it; the slot's idle")
+    print("time between searches (from an answer leaving the emulator to the next search arriving), ms")
+    print(f"{'bare httpx, back to back':<34}: {bare:6.1%} {'':<16} idle {_spread(bare_gaps)}")
     runs = []
     for kind in ("sqlite", "redis"):
         if kind in ledgers:
             url = ledgers[kind] if kind == "redis" else f"sqlite:///{root / 'util.sqlite3'}"
-            runs.append(
-                (
-                    f"{processes} processes x {per_process}, {kind}",
-                    *utilisation_processes(url, processes, per_process),
-                )
-            )
+            gaps: list[float] = []
+            share, refused = utilisation_processes(url, processes, per_process, gaps)
+            runs.append((f"{processes} processes x {per_process}, {kind}", share, refused, gaps))
     tasks_url = f"sqlite:///{root / 'util-tasks.sqlite3'}"
-    runs.append(("32 tasks x 3 in one client, sqlite", *utilisation_tasks(tasks_url, 32, 3)))
-    for label, share, refused in runs:
-        print(f"{label:<34}: {share:6.1%} {share / bare:6.1%} of bare ({refused} x 402)")
+    task_gaps: list[float] = []
+    share, refused = utilisation_tasks(tasks_url, 32, 3, task_gaps)
+    runs.append(("32 tasks x 3 in one client, sqlite", share, refused, task_gaps))
+    for label, share, refused, gaps in runs:
+        print(
+            f"{label:<34}: {share:6.1%} {share / bare:6.1%} of bare  idle {_spread(gaps)}  ({refused} x 402)"
+        )
+
+
+def _spread(gaps: list[float]) -> str:
+    if not gaps:
+        return "-"
+    return f"median {statistics.median(gaps):.2f}, p90 {percentile(gaps, 0.9):.2f}"
 
 
 def main() -> None:

@@ -154,7 +154,7 @@ def utilisation_lines(ledgers: dict[str, str], per_process: int, rounds: int = 3
     return lines
 
 
-def ledger_lines(ledgers: dict[str, str], count: int) -> list[Line]:
+def ledger_lines(ledgers: dict[str, str], count: int, root: Path) -> list[Line]:
     # The SQLite sizes take turns, three rounds, each figure the median of its rounds: a drift in the
     # machine's speed during the run then moves every size alike instead of one of them.
     rounds: dict[int, list[float]] = {0: [], 10_000: [], 100_000: []}
@@ -165,7 +165,20 @@ def ledger_lines(ledgers: dict[str, str], count: int) -> list[Line]:
     lines = []
     for name, url in ledgers.items():
         value = empty if name == "SQLite" else bench_memory.ledger_cost(url, count)
-        lines.append(Line("ledger per search (reserve + settle)", f"{name}, empty", f"{value:.2f} ms"))
+        # The quota engine's limits: time on the two local stores; steps, counted, on the shared ones.
+        if name == "SQLite":
+            steps = bench_ledger.counted_sqlite_transactions(root / "count.sqlite3", count)
+            shown, target = f"{value:.2f} ms, {steps:.2f} transactions", "<= 2 ms, <= 2 transactions"
+            verdict = judged(max(value, steps), 2.0)  # both limits are 2
+        elif name == "Redis":
+            steps = bench_ledger.counted_redis_round_trips(url, count)[1]
+            shown, target = f"{value:.2f} ms, {steps:.2f} round trips", "<= 2 round trips"
+            verdict = judged(steps, 2.0)
+        else:
+            shown, target = f"{value:.2f} ms", "<= 0.5 ms"
+            verdict = judged(value, 0.5)
+        lines.append(Line("ledger per search (reserve + settle)", f"{name}, empty", shown, target=target,
+                          verdict=verdict))  # fmt: skip
     for events in (10_000, 100_000):
         value = statistics.median(rounds[events])
         lines.append(Line("ledger per search (reserve + settle)", f"SQLite, {events:,} recorded searches",
@@ -231,7 +244,7 @@ def main() -> None:
                 *cache_lines(samples / SAMPLES[0], root, int(30 * scale)),
                 *command_line_lines(samples / SAMPLES[0], root, max(2, int(3 * scale))),
                 *utilisation_lines(ledgers, max(4, int(10 * scale))),
-                *ledger_lines(ledgers, int(150 * scale)),
+                *ledger_lines(ledgers, int(150 * scale), root),
                 *memory_lines(root),
                 *upload_lines([samples / name for name in SAMPLES]),
             ]
