@@ -39,30 +39,38 @@ async def _searches(ledger: Ledger, count: int) -> None:
         await ledger.settle(ticket, "charged", observations=[told])
 
 
+def _per_search(url: str, counted: list[Any]) -> float:
+    """What ``counted`` gathers per search over ``SEARCHES`` searches on the ledger at ``url``, after three
+    that open the store, make its tables or load its scripts."""
+
+    async def run() -> int:
+        ledger = open_ledger(url)
+        try:
+            await _searches(ledger, 3)
+            counted.clear()
+            await _searches(ledger, SEARCHES)
+            return len(counted)
+        finally:
+            await ledger.aclose()
+
+    return anyio.run(run) / SEARCHES
+
+
 def test_a_search_is_two_sqlite_transactions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     begun: list[str] = []
     opened = SQLiteLedger._open
 
+    def note(statement: str) -> None:
+        if statement.startswith("BEGIN"):
+            begun.append(statement)
+
     def traced(ledger: SQLiteLedger) -> sqlite3.Connection:
         conn = opened(ledger)
-        conn.set_trace_callback(
-            lambda statement: begun.append(statement) if statement.startswith("BEGIN") else None
-        )
+        conn.set_trace_callback(note)  # every statement, on the event loop or in a worker thread
         return conn
 
     monkeypatch.setattr(SQLiteLedger, "_open", traced)
-
-    async def run() -> int:
-        ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
-        try:
-            await _searches(ledger, 3)  # the file, its tables and the first counts
-            begun.clear()
-            await _searches(ledger, SEARCHES)
-            return len(begun)
-        finally:
-            await ledger.aclose()
-
-    assert anyio.run(run) == 2 * SEARCHES
+    assert _per_search(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", begun) == 2
 
 
 @pytest.mark.redis
@@ -77,15 +85,4 @@ def test_a_search_is_two_redis_round_trips(redis_url: str, monkeypatch: pytest.M
         await send(connection, command, check_health)
 
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
-
-    async def run() -> int:
-        ledger = open_ledger(redis_url)
-        try:
-            await _searches(ledger, 3)  # the connection's handshake; the scripts loaded on first use
-            sent.clear()
-            await _searches(ledger, SEARCHES)
-            return len(sent)
-        finally:
-            await ledger.aclose()
-
-    assert anyio.run(run) == 2 * SEARCHES
+    assert _per_search(redis_url, sent) == 2
