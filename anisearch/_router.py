@@ -546,6 +546,8 @@ class Router:
         The first attempt is made directly: stamina is imported and set up only once it failed, so a
         search that is answered (nearly all of them) costs no retry machinery.
         """
+        budget = remaining_seconds(45.0)  # for every attempt: never past the search's deadline
+        started = time.monotonic()
         try:
             return await self._send(provider, request)
         except ProviderError as exc:
@@ -554,9 +556,9 @@ class Router:
             first: ProviderError | None = exc
         import stamina  # only after a connection failed before sending
 
-        budget = max(remaining_seconds(45.0), 0.001)  # never retry past the search's deadline
+        left = max(budget - (time.monotonic() - started), 0.001)
         async for attempt in stamina.retry_context(
-            on=never_sent, attempts=3, timeout=budget, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
+            on=never_sent, attempts=3, timeout=left, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
         ):
             with attempt:
                 if first is not None:  # the attempt made above: stamina counts it and backs off
