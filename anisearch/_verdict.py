@@ -20,6 +20,7 @@ from anisearch._exceptions import (
     AnisearchError,
     ConcurrencyLimitError,
     ConfigurationError,
+    InvalidImageError,
     ProviderBusyError,
     ProviderConnectionError,
     ProviderError,
@@ -195,7 +196,9 @@ def maybe_sent(exc: ProviderError) -> bool:
     """A transport failure after the request left: the upstream may have run (and charged) the search."""
     if isinstance(exc, ProviderConnectionError):  # no cause: refused before sending (a bad header)
         return exc.__cause__ is not None and not isinstance(exc.__cause__, _NOT_SENT)
-    return exc.status_code is None and not isinstance(exc, ConfigurationError)
+    # An image refused locally (a size guard while the request was built) never left; an upstream's
+    # 413 carries its status.
+    return exc.status_code is None and not isinstance(exc, ConfigurationError | InvalidImageError)
 
 
 def first_quota_window(windows: Sequence[WindowSpec]) -> str | None:

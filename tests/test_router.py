@@ -468,6 +468,31 @@ async def test_a_request_refused_while_being_built_reserves_nothing_and_falls_th
     assert isinstance(await ledger.reserve("one", "guest", windows), Ticket)  # and its one slot is free
 
 
+class ShrinksLimitOnRetry(Scripted):
+    """A provider whose size guard refuses the image the second time the request is built."""
+
+    built = 0
+
+    def search_request(self, query: SearchQuery) -> httpx.Request:
+        self.built += 1
+        if self.built > 1:
+            raise ImageTooLargeError("the image is over the upload limit", size_bytes=2, limit_bytes=1)
+        return httpx.Request("POST", f"{self.base_url}/search")
+
+
+async def test_a_retry_refused_while_being_built_is_not_counted_as_charged(ledger: Ledger) -> None:
+    async def refused(provider: Any, request: httpx.Request) -> httpx.Response:
+        raise ProviderConnectionError("refused", provider=provider.name) from httpx.ConnectError("no")
+
+    windows = (WindowSpec("rolling-24h", span_seconds=86400, limit=5),)
+    with pytest.raises(AllProvidersFailedError) as caught:
+        await Router(ledger, refused, wait_seconds=1).search(
+            windowed(ShrinksLimitOnRetry("one"), windows=windows)
+        )
+    assert [type(e).__name__ for e in caught.value.exceptions] == ["ImageTooLargeError"]
+    assert (await ledger.snapshot("one", lambda _: windows))[0].used == 0  # nothing left: nothing charged
+
+
 async def test_absurd_numbers_and_parser_crashes_fall_through(ledger: Ledger) -> None:
     negative = Quota(provider="one", window="rolling-24h", limit=-5)
     first = Scripted("one", answer("one", 0.99, quota=negative))
