@@ -178,7 +178,6 @@ class ArrivalTap:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.state = app.state
         self.stamps: list[tuple[float, str]] = []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -206,31 +205,31 @@ class ArrivalTap:
         return gaps
 
 
-def _serving(gaps: list[float] | None) -> Any:
-    """The concurrency-1 emulator, stamped when ``gaps`` is to receive its idle times."""
-    return _single_slot() if gaps is None else ArrivalTap(_single_slot())
-
-
-def _feed_tapped(server: Emulator, commands: list[list[str]], gaps: list[float] | None) -> float:
-    tap = server.app if isinstance(server.app, ArrivalTap) else None
-    wall = _feed(commands, on_start=tap.stamps.clear if tap is not None else None)
+def _fed(commands: Callable[[str], list[list[str]]], gaps: list[float] | None) -> tuple[float, int]:
+    """Feed a fresh concurrency-1 emulator with the workers ``commands(url)`` starts: seconds until the last
+    one's last search, and the 402s the emulator sent. With ``gaps``, the slot's idle times (ms from an
+    answer leaving to the next search's arrival, once every worker is warm) are added to it."""
+    app = _single_slot()
+    tap = ArrivalTap(app) if gaps is not None else None
+    with Emulator(tap or app) as server:
+        wall = _feed(commands(server.url), on_start=tap.stamps.clear if tap is not None else None)
     if tap is not None and gaps is not None:
         gaps.extend(tap.gaps_ms())
-    return wall
+    return wall, sum(1 for row in app.state.emulator.log if row.code == 402)
 
 
 def utilisation_processes(
     ledger_url: str, processes: int, per_process: int, gaps: list[float] | None = None
 ) -> tuple[float, int]:
-    """Searches per second ÷ 20 of ``processes`` workers sharing a concurrency-1 emulator, and its 402s;
-    with ``gaps``, the slot's idle times (ms from an answer to the next search's arrival) are added to it."""
-    with Emulator(_serving(gaps)) as server:
-        commands = [
-            [sys.executable, "-c", WORKER, server.url, ledger_url, str(per_process), str(seed), "1"]
+    """Searches per second ÷ 20 of ``processes`` workers sharing a concurrency-1 emulator, and its 402s
+    (``gaps``: as :func:`_fed`)."""
+    wall, refused = _fed(
+        lambda url: [
+            [sys.executable, "-c", WORKER, url, ledger_url, str(per_process), str(seed), "1"]
             for seed in range(processes)
-        ]
-        wall = _feed_tapped(server, commands, gaps)
-        refused = sum(1 for row in server.app.state.emulator.log if row.code == 402)
+        ],
+        gaps,
+    )
     return (processes * per_process / wall) / (1 / LATENCY), refused
 
 
@@ -289,20 +288,18 @@ def _feed(commands: list[list[str]], on_start: Callable[[], None] | None = None)
 
 def bare_rate(searches: int, gaps: list[float] | None = None) -> float:
     """Searches per second one bare httpx client (a process of its own, like the anisearch workers) gets
-    back to back from the same kind of emulator (``gaps``: as :func:`utilisation_processes`)."""
-    with Emulator(_serving(gaps)) as server:
-        command = [sys.executable, "-c", BARE_WORKER, server.url, str(searches)]
-        return searches / _feed_tapped(server, [command], gaps)
+    back to back from the same kind of emulator (``gaps``: as :func:`_fed`)."""
+    wall, _ = _fed(lambda url: [[sys.executable, "-c", BARE_WORKER, url, str(searches)]], gaps)
+    return searches / wall
 
 
 def utilisation_tasks(
     ledger_url: str, tasks: int, per_task: int, gaps: list[float] | None = None
 ) -> tuple[float, int]:
     """Like :func:`utilisation_processes`, with ``tasks`` concurrent searches in one worker process."""
-    with Emulator(_serving(gaps)) as server:
-        command = [sys.executable, "-c", WORKER, server.url, ledger_url, str(per_task), "0", str(tasks)]
-        wall = _feed_tapped(server, [command], gaps)
-        refused = sum(1 for row in server.app.state.emulator.log if row.code == 402)
+    wall, refused = _fed(
+        lambda url: [[sys.executable, "-c", WORKER, url, ledger_url, str(per_task), "0", str(tasks)]], gaps
+    )
     return (tasks * per_task / wall) / (1 / LATENCY), refused
 
 
