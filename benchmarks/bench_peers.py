@@ -29,7 +29,9 @@ import httpx
 from PIL import Image, ImageDraw
 
 import anisearch
-from anisearch._image import fit, prepare, upload_box
+from anisearch._image import fit, prepare, prepare_quick, upload_box
+from anisearch._ledger import Ledger, Ticket, open_ledger
+from anisearch._models import Quota
 from anisearch_providers.tracemoe import TraceMoe
 
 if TYPE_CHECKING:
@@ -121,13 +123,54 @@ def settings(url: str, ledger: str, cache: str = "off") -> anisearch.Settings:
     )
 
 
+FLOOR = "floor: prepare + SQLite ledger + bare POST"
+
+
+def floor_search(
+    source: bytes, url: str, ledger: Ledger, bare: httpx.AsyncClient
+) -> Callable[[], Awaitable[object]]:
+    """The least any quota-keeping client of trace.moe does per search, without routing or parsing:
+    prepare ``source`` as anisearch does, reserve a slot on ``ledger``, post the upload (as the
+    baseline does), settle. What anisearch adds over the baseline beyond this is its own."""
+    windows = TraceMoe().windows()
+    box = upload_box([TraceMoe().limits])
+
+    async def run() -> object:
+        prepared = prepare_quick(source, max_width=box[0], max_height=box[1])
+        assert prepared is not None  # a small still in memory: prepared in place, as the client does
+        ticket = await ledger.reserve("tracemoe", "guest", windows, trust_estimate=True)
+        if not isinstance(ticket, Ticket):
+            raise SystemExit(f"the ledger refused: {ticket}")
+        response = await bare.post(
+            f"{url}/search", files={"image": ("image.jpg", prepared.data, "image/jpeg")}
+        )
+        await ledger.settle(ticket, "charged")
+        return response.json()
+
+    return run
+
+
+async def out_of_reach(ledger: Ledger) -> None:
+    """Empty ``ledger`` and record trace.moe's quota and rate limit as the emulator's: out of reach."""
+    await ledger.clear()
+    ticket = await ledger.reserve("tracemoe", "guest", TraceMoe().windows(), trust_estimate=True)
+    assert isinstance(ticket, Ticket)
+    told = [
+        Quota(provider="tracemoe", limit=10**9, used=0, window="rolling-24h"),
+        Quota(provider="tracemoe", limit=10**9, used=0, window="minute", source="headers"),
+    ]
+    await ledger.settle(ticket, "charged", observations=told)
+
+
 async def per_search(
     source: bytes, upload: bytes, ledgers: dict[str, str], *, latency: float, count: int
 ) -> list[Timed]:
-    """Medians per search of the baseline, the peers and anisearch (one row per ledger), cache off."""
+    """Medians per search of the baseline, the peers, anisearch (one row per ledger, cache off) and the
+    floor under anisearch (:func:`floor_search`, on a SQLite ledger of its own)."""
     from aiotracemoeapi import TraceMoe as AioTraceMoe  # the "bench" extra
     from PicImageSearch import TraceMoe as PicTraceMoe
 
+    floor_ledger = open_ledger(ledgers["SQLite"] + "-floor") if "SQLite" in ledgers else None
     with EmulatorProcess(latency) as server:
         async with (
             httpx.AsyncClient() as bare,
@@ -157,11 +200,17 @@ async def per_search(
                 client = anisearch.AsyncClient(settings(server.url, url))
                 clients.append(client)
                 rows.append(Timed(f"anisearch, {name} ledger", partial(client.search, source, cache=False)))
+            if floor_ledger is not None:
+                await out_of_reach(floor_ledger)
+                rows.append(Timed(FLOOR, floor_search(source, server.url, floor_ledger, bare)))
             try:
                 await interleave(rows, count)
             finally:
                 for client in clients:
                     await client.aclose()
+                if floor_ledger is not None:
+                    await floor_ledger.clear()
+                    await floor_ledger.aclose()
     return rows
 
 
