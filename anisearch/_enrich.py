@@ -46,8 +46,8 @@ from anisearch._verdict import (
     DEFAULT_COOLDOWN_SECONDS,
     MAX_COOLDOWN_SECONDS,
     checked,
+    failure_outcome,
     guarded,
-    maybe_sent,
     refusal_error,
 )
 from anisearch._verdict import reason as one_line
@@ -304,7 +304,7 @@ class Enricher:
         try:
             response = await self._send(provider, request)
         except ProviderError as exc:
-            await ledger.settle(reserved, "charged" if maybe_sent(exc) else "unsent")
+            await ledger.settle(reserved, failure_outcome(exc))
             raise
         observations: list[Any] = []
         try:

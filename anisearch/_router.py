@@ -41,6 +41,7 @@ import httpx
 
 from anisearch._exceptions import (
     AllProvidersFailedError,
+    AnisearchError,
     AuthenticationError,
     ConcurrencyLimitError,
     LedgerError,
@@ -57,9 +58,9 @@ from anisearch._plan import Route
 from anisearch._verdict import (
     Settlement,
     checked,
+    failure_outcome,
     guarded,
     holders_text,
-    maybe_sent,
     never_sent,
     read,
     reason,
@@ -234,9 +235,15 @@ class Router:
             outcomes[index] = outcome
             self._report(outcome.attempt)
 
-        async with anyio.create_task_group() as group:
-            for index, route in enumerate(routes):
-                group.start_soon(run, index, route)
+        try:
+            async with anyio.create_task_group() as group:
+                for index, route in enumerate(routes):
+                    group.start_soon(run, index, route)
+        except BaseExceptionGroup as group:  # bad input or a broken ledger: the error fallback raises
+            typed = _first_typed(group)
+            if typed is None:
+                raise
+            raise typed from None
         return [o for o in outcomes if o is not None]
 
     def _merge_fanout(self, outcomes: list[_Outcome]) -> SearchResult:
@@ -408,7 +415,10 @@ class Router:
         started = time.monotonic()
         give_up_at = anyio.current_time() + self._wait_seconds
         busy_left = BUSY_RETRIES
-        query = await route.ready()  # the image work is done before a slot is held
+        try:
+            query = await route.ready()  # the image work is done before a slot is held
+        except ProviderError as exc:  # too large for this provider's limits alone: the next may take it
+            return self._failed(name, exc, None, started)
         while True:
             try:  # and the request is built before it too: a handed-over slot waits for nothing else
                 request = route.provider.search_request(query)
@@ -441,7 +451,7 @@ class Router:
             )
         except ProviderError as exc:  # plain InvalidImageError is not one: bad input stops everything
             error = exc
-            settlement = Settlement("charged" if maybe_sent(exc) else "unsent")
+            settlement = Settlement(failure_outcome(exc))
         finally:
             self._contended.discard(ticket.token)
             with anyio.CancelScope(shield=True):
@@ -554,18 +564,35 @@ class Router:
             if not never_sent(exc):
                 raise
             first: ProviderError | None = exc
+            last = exc
         import stamina  # only after a connection failed before sending
 
         left = max(budget - (time.monotonic() - started), 0.001)
         async for attempt in stamina.retry_context(
             on=never_sent, attempts=3, timeout=left, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
         ):
+            if first is None and time.monotonic() - started >= budget:
+                break  # the backoff reached the deadline: the last failure stands (nothing was sent)
             with attempt:
                 if first is not None:  # the attempt made above: stamina counts it and backs off
                     failed, first = first, None
                     raise failed
-                return await self._send(provider, provider.search_request(query))
-        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+                try:
+                    return await self._send(provider, provider.search_request(query))
+                except ProviderError as again:
+                    last = again
+                    raise
+        raise last
+
+
+def _first_typed(group: BaseExceptionGroup[BaseException]) -> AnisearchError | None:
+    """The first anisearch error in ``group`` (searched depth first), or None."""
+    for exc in group.exceptions:
+        if isinstance(exc, AnisearchError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (typed := _first_typed(exc)) is not None:
+            return typed
+    return None
 
 
 def _report_failure(task: asyncio.Task[None]) -> None:

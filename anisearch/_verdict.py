@@ -25,6 +25,7 @@ from anisearch._exceptions import (
     ProviderConnectionError,
     ProviderError,
     ProviderServerError,
+    ProviderTimeoutError,
     QuotaExhaustedError,
     RateLimitedError,
     UpstreamResponseError,
@@ -43,6 +44,7 @@ __all__ = [
     "MAX_COOLDOWN_SECONDS",
     "Settlement",
     "checked",
+    "failure_outcome",
     "guarded",
     "holders_text",
     "iso_minute",
@@ -196,9 +198,25 @@ def maybe_sent(exc: ProviderError) -> bool:
     """A transport failure after the request left: the upstream may have run (and charged) the search."""
     if isinstance(exc, ProviderConnectionError):  # no cause: refused before sending (a bad header)
         return exc.__cause__ is not None and not isinstance(exc.__cause__, _NOT_SENT)
+    if isinstance(exc, ProviderTimeoutError) and exc.__cause__ is None:  # the deadline passed before it
+        return False
     # An image refused locally (a size guard while the request was built) never left; an upstream's
     # 413 carries its status.
     return exc.status_code is None and not isinstance(exc, ConfigurationError | InvalidImageError)
+
+
+def failure_outcome(exc: ProviderError) -> Literal["charged", "uncharged", "unsent"]:
+    """What an attempt that failed in transport means for the ledger.
+
+    An answer's status came back, then its body failed (a stall, over the size limit, a broken encoding):
+    the upstream counted a 2xx as a search (``charged``) and an error status as a request only
+    (``uncharged``). Without a status, ``charged`` when the request may have left (:func:`maybe_sent`),
+    else ``unsent``.
+    """
+    status = exc.status_code
+    if status is not None:
+        return "charged" if 200 <= status < 300 else "uncharged"  # noqa: PLR2004 - the 2xx range
+    return "charged" if maybe_sent(exc) else "unsent"
 
 
 def first_quota_window(windows: Sequence[WindowSpec]) -> str | None:

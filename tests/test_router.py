@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Self
@@ -9,6 +10,7 @@ from typing import Any, ClassVar, Self
 import anyio
 import httpx
 import pytest
+from PIL import Image
 
 from anisearch import (
     AllProvidersFailedError,
@@ -25,6 +27,7 @@ from anisearch import (
     ProviderContext,
     ProviderError,
     ProviderServerError,
+    ProviderTimeoutError,
     Quota,
     QuotaExhaustedError,
     RateLimitedError,
@@ -34,6 +37,7 @@ from anisearch import (
 )
 from anisearch._image import PreparedImage
 from anisearch._ledger import Ledger, Refusal, Ticket, WindowSpec, open_ledger
+from anisearch._limits import search_deadline
 from anisearch._plan import PlannedQuery, Route
 from anisearch._router import Router, merge_hits
 
@@ -620,3 +624,90 @@ async def test_a_slot_nobody_waits_for_is_freed_at_settle_only(
         await router(ledger).search(routes(Scripted("one", answer("one", 0.9))))
     assert freed == []  # one step per search less than a hand-over
     assert isinstance(await ledger.reserve("one", "guest", WINDOWS), Ticket)  # and the slot is free
+
+
+async def test_an_answer_whose_body_failed_is_counted_by_its_status(ledger: Ledger) -> None:
+    def failing_body(status: int) -> Callable[[Any, httpx.Request], Any]:
+        async def sender(provider: Any, request: httpx.Request) -> httpx.Response:
+            raise ProviderTimeoutError(
+                "no complete answer within 0.5 s", provider=provider.name, status_code=status
+            ) from TimeoutError()
+
+        return sender
+
+    windows = (WindowSpec("rolling-24h", span_seconds=86400, limit=5),)
+    for name, status, counted in (("one", 200, 1), ("two", 503, 0)):
+        with pytest.raises(AllProvidersFailedError):
+            await Router(ledger, failing_body(status), wait_seconds=1).search(
+                windowed(Scripted(name), windows=windows)
+            )
+        # a 200 is a search the upstream counted, even when its body then stalled; an error status is not
+        assert (await ledger.snapshot(name, lambda _: windows))[0].used == counted
+
+
+async def test_an_attempt_the_deadline_stopped_before_sending_is_not_counted(ledger: Ledger) -> None:
+    async def late(provider: Any, request: httpx.Request) -> httpx.Response:
+        raise ProviderTimeoutError("the search's deadline passed before this attempt", provider=provider.name)
+
+    windows = (WindowSpec("rolling-24h", span_seconds=86400, limit=5),)
+    with pytest.raises(AllProvidersFailedError):
+        await Router(ledger, late, wait_seconds=1).search(windowed(Scripted("one"), windows=windows))
+    assert (await ledger.snapshot("one", lambda _: windows))[0].used == 0
+
+
+async def test_no_retry_starts_past_the_deadline_and_the_connection_error_stands(ledger: Ledger) -> None:
+    calls: list[str] = []
+
+    async def refused(provider: Any, request: httpx.Request) -> httpx.Response:
+        calls.append(provider.name)
+        await anyio.sleep(0.06)  # the connection attempt outlives what is left of the search
+        raise ProviderConnectionError("connection refused", provider=provider.name) from httpx.ConnectError(
+            "no"
+        )
+
+    windows = (WindowSpec("rolling-24h", span_seconds=86400, limit=5),)
+    token = search_deadline.set(anyio.current_time() + 0.05)
+    try:
+        with pytest.raises(AllProvidersFailedError) as caught:
+            await Router(ledger, refused, wait_seconds=1).search(windowed(Scripted("one"), windows=windows))
+    finally:
+        search_deadline.reset(token)
+    assert calls == ["one"]
+    assert [type(e).__name__ for e in caught.value.exceptions] == ["ProviderConnectionError"]
+    assert (await ledger.snapshot("one", lambda _: windows))[0].used == 0
+
+
+async def test_fanout_raises_bad_input_as_the_typed_error_fallback_raises(ledger: Ledger) -> None:
+    broken = PreparedImage(data=b"not an image", mime_type="image/bmp", width=1, height=1, digest="0")
+    planned = [
+        Route(provider=p, scope="guest", windows=WINDOWS, query=PlannedQuery(p, broken, SearchOptions()))  # type: ignore[arg-type]
+        for p in (Scripted("one"), Scripted("two"))
+    ]
+    for strategy in ("fallback", "fanout"):
+        with pytest.raises(InvalidImageError):
+            await router(ledger).search(planned, strategy=strategy)
+
+
+async def test_an_image_too_large_for_one_provider_falls_through_to_the_next(ledger: Ledger) -> None:
+    tiny = Scripted("tiny", answer("tiny", 0.9))
+    tiny.limits = UploadLimits(max_bytes=10)  # no JPEG of any size fits in 10 bytes
+    big = Scripted("big", answer("big", 0.9))
+    image = PreparedImage(data=_jpeg(), mime_type="image/jpeg", width=64, height=36, digest="0")
+    planned = [
+        Route(provider=p, scope="guest", windows=WINDOWS, query=PlannedQuery(p, image, SearchOptions()))  # type: ignore[arg-type]
+        for p in (tiny, big)
+    ]
+    attempts: list[Attempt] = []
+    result = await router(ledger, attempts).search(planned)
+    assert result.provider == "big"
+    assert [(a.provider, a.outcome, a.error) for a in attempts] == [
+        ("tiny", "failed", "ImageTooLargeError"),
+        ("big", "ok", None),
+    ]
+    assert tiny.requests == 0
+
+
+def _jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 36), (200, 30, 30)).save(buffer, "JPEG")
+    return buffer.getvalue()
