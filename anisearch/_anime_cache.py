@@ -24,6 +24,7 @@ import anyio.to_thread
 from pydantic import ValidationError
 
 from anisearch._models import Anime
+from anisearch._sqlite_busy import replaceable
 
 __all__ = ["AnimeCache"]
 
@@ -58,8 +59,11 @@ class AnimeCache:
             self._db = self._open()
         except sqlite3.OperationalError as exc:  # locked, read-only: another process may be using it
             self._warn(exc)
-        except sqlite3.DatabaseError as exc:  # corrupt or not a database: ours to replace
-            self._db = self._rebuild(exc)
+        except sqlite3.DatabaseError as exc:  # corrupt or another schema: ours to replace
+            if replaceable(path):
+                self._db = self._rebuild(exc)
+            else:
+                self._warn(f"{exc}; it is not a SQLite file, so it is left as it is")
         except OSError as exc:
             self._warn(exc)
 

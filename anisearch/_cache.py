@@ -7,9 +7,10 @@ of those 33 numbers, so a re-encode or an upscale of the same frame hits the cac
 the source bytes otherwise. Failures are never cached. Preview URLs that have expired are dropped on read.
 
 The cache is disposable: a file that cannot be opened, is corrupt, was written with another schema or is
-read-only gives one logged warning, and searches go on without it (a corrupt or foreign file is deleted
-and rebuilt when its directory allows; a locked or read-only one is left alone, since another process
-may be using it). :meth:`ResultCache.clear` always succeeds, deleting the files if
+read-only gives one logged warning, and searches go on without it (a corrupt SQLite file or one of another
+schema is deleted and rebuilt when its directory allows; a locked or read-only one is left alone, since
+another process may be using it, and so is a file that is not SQLite at all: somebody's file the setting
+points at by mistake). :meth:`ResultCache.clear` always succeeds, deleting the files if
 it must. The file is created 0600 and its directory 0700: search history is nobody else's business.
 """
 
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from anisearch._models import SearchResult, fresh_previews
-from anisearch._sqlite_busy import locked, open_waiting
+from anisearch._sqlite_busy import locked, open_waiting, replaceable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -129,8 +130,11 @@ class ResultCache:
             self._db = open_waiting(self._open, _BUSY_TIMEOUT_MS / 1000)
         except sqlite3.OperationalError as exc:  # locked, read-only, cannot open: another process may use it
             self._warn(exc)
-        except sqlite3.DatabaseError as exc:  # corrupt, not a database, another schema: ours to replace
-            self._db = self._rebuild(exc)
+        except sqlite3.DatabaseError as exc:  # corrupt or another schema: ours to replace
+            if replaceable(path):
+                self._db = self._rebuild(exc)
+            else:
+                self._warn(f"{exc}; it is not a SQLite file, so it is left as it is")
         except OSError as exc:
             self._warn(exc)
 

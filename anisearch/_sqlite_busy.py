@@ -1,14 +1,16 @@
-"""Opening a SQLite file that other processes create at the same moment (the result cache, the ledger)."""
+"""Opening a SQLite file that other processes create at the same moment (the result cache, the ledger), and
+telling a damaged one of ours from somebody's file."""
 
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["locked", "open_waiting"]
+__all__ = ["locked", "open_waiting", "replaceable"]
 
 _T = TypeVar("_T")
 
@@ -42,3 +44,19 @@ def open_waiting(open_file: Callable[[], _T], timeout: float) -> _T:
         with attempt:
             return open_file()
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+"""The first 16 bytes of every SQLite database file."""
+
+
+def replaceable(path: Path) -> bool:
+    """Whether a cache file that failed to open may be deleted and started again: an empty file or a SQLite
+    database (a damaged cache, or one of another schema version). Anything else is somebody's file that a
+    setting points at by mistake, and is left as it is."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except OSError:
+        return False
+    return head in {b"", SQLITE_HEADER}

@@ -33,7 +33,7 @@ def test_answers_and_unknown_ids_come_back_until_they_expire(tmp_path: Path) -> 
 
 def test_a_corrupt_file_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "anime.sqlite3"
-    path.write_bytes(b"not a database, not at all" * 100)
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)  # a cache file the disk damaged
     with caplog.at_level(logging.WARNING, logger="anisearch"):
         cache = AnimeCache(path)
     assert cache.usable

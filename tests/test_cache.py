@@ -92,8 +92,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 @pytest.mark.parametrize(
     "damage",
     [
-        pytest.param(lambda path: path.write_bytes(b"this is not a database" * 100), id="corrupt"),
-        pytest.param(lambda path: path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000), id="truncated"),
+        pytest.param(lambda path: path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000), id="corrupt"),
         pytest.param(
             lambda path: sqlite3.connect(path).executescript(
                 "CREATE TABLE results (key TEXT, value BLOB); PRAGMA user_version=7;"
@@ -113,6 +112,20 @@ async def test_a_broken_cache_is_rebuilt_and_works(
     assert await cache.get("k") is not None
     assert len(warnings_of(caplog)) == 1
     assert "started an empty one" in warnings_of(caplog)[0]
+
+
+async def test_a_file_that_is_not_sqlite_is_never_deleted_and_the_cache_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "notes.txt"  # the cache setting pointed at somebody's file by mistake
+    path.write_bytes(b"my notes\n" * 600)
+    cache = ResultCache(path, ttl_seconds=60)
+    assert not cache.usable
+    await cache.put("k", result(None))
+    assert await cache.get("k") is None
+    assert path.read_bytes() == b"my notes\n" * 600
+    assert len(warnings_of(caplog)) == 1
+    assert "not a SQLite file" in warnings_of(caplog)[0]
 
 
 async def test_a_cache_that_cannot_be_opened_warns_once_and_is_skipped(
@@ -173,7 +186,7 @@ def test_a_search_answers_with_a_corrupt_cache(
     tmp_path: Path, samples: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "results.sqlite3"
-    path.write_bytes(b"not a database" * 500)
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 7000)  # a cache file the disk damaged
     body = json.loads((samples / "api-v1-search-tinted-good-2021.json").read_text())
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
     settings = Settings.load(
