@@ -442,16 +442,22 @@ class Router:
         error: ProviderError | None = None
         settlement = Settlement("unsent")
         waited = ticket.token in self._contended
+        sending = _Sending()
         try:
-            response = await self._send_leased(ticket, provider, query, request)
-            await self._hand_over(route, ticket)
+            response = await self._send_leased(ticket, provider, query, request, sending)
             status = response.status_code
+            settlement = Settlement("charged" if response.is_success else "uncharged")  # until read says more
+            await self._hand_over(route, ticket)
             settlement, answer, error = read(
                 provider, route.windows, response, self._ledger.now(), self._ledger.timezone
             )
         except ProviderError as exc:  # plain InvalidImageError is not one: bad input stops everything
             error = exc
             settlement = Settlement(failure_outcome(exc))
+        except BaseException:  # cancelled (the caller's timeout, a failed fanout sibling) while in flight
+            if settlement.outcome == "unsent" and sending.may_have_left:
+                settlement = Settlement("charged")  # the upstream may run the search to its end
+            raise
         finally:
             self._contended.discard(ticket.token)
             with anyio.CancelScope(shield=True):
@@ -516,7 +522,12 @@ class Router:
         )
 
     async def _send_leased(
-        self, ticket: Ticket, provider: Provider, query: SearchQuery, request: httpx.Request
+        self,
+        ticket: Ticket,
+        provider: Provider,
+        query: SearchQuery,
+        request: httpx.Request,
+        sending: _Sending,
     ) -> httpx.Response:
         """Send; a search still running after a third of its lease gets a task renewing the lease.
 
@@ -532,7 +543,7 @@ class Router:
 
         timer = loop.call_later(self._lease_seconds / 3, start)
         try:
-            return await self._send_once(provider, query, request)
+            return await self._send_once(provider, query, request, sending)
         finally:
             timer.cancel()
             for task in renewing:
@@ -547,7 +558,7 @@ class Router:
             await anyio.sleep(self._lease_seconds / 3)
 
     async def _send_once(
-        self, provider: Provider, query: SearchQuery, request: httpx.Request
+        self, provider: Provider, query: SearchQuery, request: httpx.Request, sending: _Sending
     ) -> httpx.Response:
         """Send the search (``request`` first, then a fresh one for each retry); retry only while the
         request never left this machine: three attempts in all, with stamina's backoff between them,
@@ -559,7 +570,7 @@ class Router:
         budget = remaining_seconds(45.0)  # for every attempt: never past the search's deadline
         started = time.monotonic()
         try:
-            return await self._send(provider, request)
+            return await self._send(provider, sending.traced_request(request))
         except ProviderError as exc:
             if not never_sent(exc):
                 raise
@@ -578,11 +589,40 @@ class Router:
                     failed, first = first, None
                     raise failed
                 try:
-                    return await self._send(provider, provider.search_request(query))
+                    return await self._send(provider, sending.traced_request(provider.search_request(query)))
                 except ProviderError as again:
                     last = again
                     raise
         raise last
+
+
+class _Sending:
+    """Whether an attempt's request may have left this machine.
+
+    Once a request is handed to the transport it may leave, unless httpcore's trace events (which its own
+    transports emit) show that no request headers were being written yet: a search cancelled while
+    connecting spent nothing, while one cancelled after that may be run to its end and counted upstream.
+    """
+
+    __slots__ = ("handed", "traced", "writing")
+
+    def __init__(self) -> None:
+        self.handed = self.traced = self.writing = False
+
+    @property
+    def may_have_left(self) -> bool:
+        return self.handed and (self.writing or not self.traced)
+
+    def traced_request(self, request: httpx.Request) -> httpx.Request:
+        """``request``, reporting its transport's progress here; marks it handed over."""
+        request.extensions["trace"] = self._event
+        self.handed = True
+        return request
+
+    async def _event(self, name: str, _info: object) -> None:
+        self.traced = True
+        if name.endswith("send_request_headers.started"):
+            self.writing = True
 
 
 def _first_typed(group: BaseExceptionGroup[BaseException]) -> AnisearchError | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Self
@@ -40,6 +41,7 @@ from anisearch._ledger import Ledger, Refusal, Ticket, WindowSpec, open_ledger
 from anisearch._limits import search_deadline
 from anisearch._plan import PlannedQuery, Route
 from anisearch._router import Router, merge_hits
+from anisearch._transport import ProviderTransport
 
 pytestmark = pytest.mark.anyio
 
@@ -711,3 +713,61 @@ def _jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 36), (200, 30, 30)).save(buffer, "JPEG")
     return buffer.getvalue()
+
+
+def stalled_after(event: str | None) -> Callable[[Any, httpx.Request], Any]:
+    """A transport that reports ``event`` through httpcore's trace extension, then never answers."""
+
+    async def sender(provider: Any, request: httpx.Request) -> httpx.Response:
+        trace = request.extensions["trace"]
+        if event is not None:
+            await trace(event, {})
+        await anyio.sleep(30)
+        raise AssertionError("cancelled before")  # pragma: no cover
+
+    return sender
+
+
+@pytest.mark.parametrize(
+    ("event", "counted"),
+    [
+        ("connection.connect_tcp.started", 0),  # still connecting: nothing left this machine
+        ("http11.send_request_headers.started", 1),  # the upstream may run it to its end
+        (None, 1),  # a transport that reports nothing: it may have left
+    ],
+)
+async def test_a_search_cancelled_by_its_caller_is_counted_once_its_request_may_have_left(
+    ledger: Ledger, event: str | None, counted: int
+) -> None:
+    windows = (WindowSpec("rolling-24h", span_seconds=86400, limit=5),)
+    with anyio.move_on_after(0.1) as scope:  # the caller's own timeout
+        await Router(ledger, stalled_after(event), wait_seconds=1).search(
+            windowed(Scripted("one"), windows=windows)
+        )
+    assert scope.cancelled_caught
+    assert (await ledger.snapshot("one", lambda _: windows))[0].used == counted
+    assert isinstance(await ledger.reserve("one", "guest", windows), Ticket)  # the slot is free again
+
+
+async def test_a_caller_timeout_after_the_request_reached_a_real_server_is_counted(
+    ledger: Ledger, live_server: Callable[[Any], Any]
+) -> None:
+    arrived = threading.Event()
+
+    async def slow_upstream(scope: Any, receive: Any, send: Any) -> None:
+        arrived.set()
+        await anyio.sleep(1)  # the caller gives up first
+
+    server = live_server(slow_upstream)
+    provider = Scripted("one")
+    provider.base_url = server.url
+    transport = ProviderTransport(30.0)
+    windows = (WindowSpec("rolling-24h", span_seconds=86400, limit=5),)
+    try:
+        with anyio.move_on_after(0.5) as scope:
+            await Router(ledger, transport.send, wait_seconds=1).search(windowed(provider, windows=windows))
+    finally:
+        await transport.aclose()
+    assert scope.cancelled_caught
+    assert arrived.is_set()
+    assert (await ledger.snapshot("one", lambda _: windows))[0].used == 1
