@@ -27,6 +27,7 @@ from anisearch._ledger import (
     scope_id,
 )
 from anisearch._ledger import _doorbell as doorbell
+from anisearch._ledger._base import this_holder
 from anisearch._ledger._windows import from_us, period_bounds
 from anisearch._models import Quota
 
@@ -606,23 +607,45 @@ async def test_a_corrupt_sqlite_ledger_is_a_ledger_error(tmp_path: Path) -> None
         await ledger.reserve("tracemoe", GUEST, TRACEMOE)
 
 
-async def test_bad_values_stored_in_sqlite_are_a_ledger_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("state", ['{"nonsense": 1}', "null", "[]", '{"windows": [], "held": {}}'])
+async def test_bad_values_stored_in_sqlite_are_a_ledger_error(tmp_path: Path, state: str) -> None:
     path = tmp_path / "ledger.sqlite3"
     ledger = open_ledger(f"sqlite:///{path}")
     await ledger.snapshot()
     with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO scopes VALUES ('tracemoe', 'guest', '{\"nonsense\": 1}')")
+        conn.execute("INSERT INTO scopes VALUES ('tracemoe', 'guest', ?)", (state,))
     conn.close()
     with pytest.raises(LedgerError):
         await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+    with pytest.raises(LedgerError):
+        await ledger.snapshot()
     await ledger.aclose()
 
 
-async def test_unreachable_redis_is_a_ledger_error() -> None:
+async def test_unreachable_redis_is_a_ledger_error_for_every_step() -> None:
     ledger = open_ledger(f"redis://127.0.0.1:{_closed_port()}/0")
     with pytest.raises(LedgerError, match="Redis"):
         await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+    with pytest.raises(LedgerError, match="Redis"):  # what `anisearch quota` shows
+        await ledger.snapshot()
+    with pytest.raises(LedgerError, match="Redis"):  # what `anisearch quota --reset` does
+        await ledger.clear()
     await ledger.aclose()
+
+
+def test_a_forked_child_holds_slots_as_itself() -> None:
+    parent = this_holder()
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports and leaves at once
+        os.write(writer, this_holder().encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        child = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert child.split(":")[1] == str(pid)
+    assert child != parent
 
 
 def _closed_port() -> int:

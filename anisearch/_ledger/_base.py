@@ -95,6 +95,9 @@ def this_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{started}"
 
 
+os.register_at_fork(after_in_child=this_holder.cache_clear)  # a forked child is a holder of its own
+
+
 def holder_is_dead(holder: str) -> bool:
     """True when ``holder`` is a process of this host that no longer runs (or a new one reusing its pid).
 

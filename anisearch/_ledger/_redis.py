@@ -10,6 +10,7 @@ Times come from the workers' clocks (keep them in sync with NTP), so one injecte
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from anisearch._exceptions import LedgerError
@@ -19,7 +20,7 @@ from anisearch._ledger._logic import Refusal, Reservation, ScopeView, Stale, Win
 from anisearch._ledger._units import WAITERS
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
     from zoneinfo import ZoneInfo
 
     from anisearch._ledger._base import Clock
@@ -61,10 +62,16 @@ class RedisLedger(Ledger):
         self._listening: set[tuple[int, str, str]] = set()
 
     async def _run(self, script: str, provider: str, scope: str, args: list[Any]) -> Any:
+        with self._unusable():
+            return await self._scripts[script](keys=[PREFIX], args=[f"{provider}|{scope}", *args])
+
+    @contextlib.contextmanager
+    def _unusable(self) -> Iterator[None]:
+        """Redis failing (down, refusing, a full memory) as :class:`LedgerError`."""
         from redis.exceptions import RedisError
 
         try:
-            return await self._scripts[script](keys=[PREFIX], args=[f"{provider}|{scope}", *args])
+            yield
         except (RedisError, OSError) as exc:
             raise LedgerError(
                 f"the quota ledger {self.url} cannot be used ({type(exc).__name__}: {exc}); check that Redis "
@@ -182,14 +189,16 @@ class RedisLedger(Ledger):
         )
 
     async def _scopes(self, provider: str | None) -> list[tuple[str, str]]:
-        try:
+        with self._unusable():
             members: set[str] = await self._redis.smembers(f"{PREFIX}scopes")
-        except OSError as exc:
-            raise LedgerError(f"the quota ledger {self.url} cannot be used ({exc})", ledger=self.url) from exc
         pairs = [tuple(member.split("|", 1)) for member in members]
         return [(p, s) for p, s in pairs if provider is None or p == provider]
 
     async def _clear(self, provider: str | None) -> None:
+        with self._unusable():
+            await self._delete(provider)
+
+    async def _delete(self, provider: str | None) -> None:
         pattern = f"{PREFIX}*" if provider is None else f"{PREFIX}*:{provider}|*"
         keys = [key async for key in self._redis.scan_iter(match=pattern, count=500)]
         for start in range(0, len(keys), 500):

@@ -175,6 +175,12 @@ class _Units:
 
 def _state_from_json(text: str) -> _logic.ScopeState:
     data = json.loads(text)
+    if not (
+        isinstance(data, dict)
+        and isinstance(data.get("windows"), dict)
+        and isinstance(data.get("held"), dict)
+    ):
+        raise TypeError("a scope's stored state is not the ledger's")  # damaged, or written by hand
     return _logic.ScopeState(
         **{k: v for k, v in data.items() if k not in ("windows", "held")},
         windows={name: _logic.WindowState(**value) for name, value in data["windows"].items()},
