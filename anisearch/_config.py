@@ -26,7 +26,13 @@ from typing import Annotated, Any
 
 import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_serializer, field_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from anisearch._exceptions import ConfigurationError
 from anisearch._redact import redact
@@ -79,6 +85,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as file:
             return tomllib.load(file)
     except FileNotFoundError:
+        if os.environ.get("ANISEARCH_CONFIG"):  # named on purpose: a typo must not mean the defaults
+            raise ConfigurationError(f"the config file {path} (ANISEARCH_CONFIG) does not exist") from None
         return {}
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigurationError(f"cannot read the config file {path}: {exc}") from exc
@@ -95,7 +103,15 @@ class _TomlSource(PydanticBaseSettingsSource):
         return self._data.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return {name: self._data[name] for name in self.settings_cls.model_fields if name in self._data}
+        known = self.settings_cls.model_fields
+        # A table is a provider's (checked when that provider is set up); any other key must be a setting.
+        unknown = sorted(k for k, v in self._data.items() if k not in known and not isinstance(v, dict))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting(s) in the config file {config_path()}: {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        return {name: self._data[name] for name in known if name in self._data}
 
 
 def settings_error(exc: ValidationError, prefix: str, headline: str) -> ConfigurationError:
@@ -220,6 +236,10 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             # from None: pydantic's own message quotes the input, which may hold a credential
             raise settings_error(exc, "ANISEARCH_", "invalid settings") from None
+        except SettingsError as exc:  # a variable pydantic-settings reads as JSON does not parse
+            field = re.search(r'field "(\w+)"', str(exc))
+            name = f"ANISEARCH_{field.group(1).upper()}" if field else "a setting"
+            raise ConfigurationError(f"invalid settings: {name} is not valid JSON") from None
         for variable, value in os.environ.items():
             provider, _, name = variable.removeprefix("ANISEARCH_").partition("_")
             if variable.startswith("ANISEARCH_") and name and is_secret_setting(name.lower()):

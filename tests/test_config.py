@@ -72,6 +72,32 @@ def test_a_broken_config_file_is_a_configuration_error(
         Settings.load()
 
 
+def test_a_config_file_named_but_missing_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANISEARCH_CONFIG", str(tmp_path / "typo.toml"))  # not the defaults, silently
+    with pytest.raises(ConfigurationError, match=r"typo\.toml \(ANISEARCH_CONFIG\) does not exist"):
+        Settings.load()
+
+
+def test_an_unknown_setting_in_the_config_file_is_refused_and_provider_tables_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('tmeout = 5\n\n[tracemoe]\nurl = "http://file"\n')
+    monkeypatch.setenv("ANISEARCH_CONFIG", str(config))
+    with pytest.raises(ConfigurationError, match=r"unknown setting.*: tmeout; known: .*timeout"):
+        Settings.load()
+    config.write_text('timeout = 5\n\n[tracemoe]\nurl = "http://file"\n\n[server]\nport = 8001\n')
+    assert Settings.load().timeout == 5
+
+
+def test_provider_options_that_are_not_json_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANISEARCH_PROVIDER_OPTIONS", "{bad")
+    with pytest.raises(ConfigurationError, match="ANISEARCH_PROVIDER_OPTIONS is not valid JSON"):
+        Settings.load()
+
+
 def test_credentials_given_in_code_are_masked_everywhere_but_in_the_provider_config() -> None:
     options = {
         "tracemoe": {"url": "http://user:url-pass@127.0.0.1:9", "key": "trace-key"},
