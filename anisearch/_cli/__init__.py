@@ -18,8 +18,10 @@ import typer.core
 
 from anisearch._cli._common import (
     EXIT_INTERRUPTED,
+    EXIT_OUTPUT_CLOSED,
     EXIT_USAGE,
     Command,
+    OutputClosedError,
     VerboseOption,
     configure_logging,
     describe,
@@ -65,6 +67,13 @@ class _Group(typer.core.TyperGroup):
             code = exc.exit_code
         except typer.Abort:
             code = EXIT_INTERRUPTED
+        except OutputClosedError:
+            code = EXIT_OUTPUT_CLOSED
+        except BaseExceptionGroup as group:  # a closed pipe met while the searches of a batch ran
+            rest = group.split(OutputClosedError)[1]
+            if rest is not None:
+                raise
+            code = EXIT_OUTPUT_CLOSED
         except AnisearchError as exc:  # every command catches its own; a last line of defence
             say_error(describe(exc))
             code = exit_code(exc)

@@ -11,7 +11,9 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -49,22 +51,41 @@ EXIT_OK, EXIT_NO_MATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_ALL_FAILED, EXIT_AUTH, 
     6,
 )
 EXIT_INTERRUPTED = 130
+EXIT_OUTPUT_CLOSED = 141
+"""The reader of the output went away (``anisearch search shots/ | head -1``): 128 + SIGPIPE, as a shell
+reports a command that a closed pipe stopped."""
+
+
+class OutputClosedError(Exception):
+    """Whoever read stdout or stderr closed it: the command stops quietly (:data:`EXIT_OUTPUT_CLOSED`)."""
+
+
+def _console(*, stderr: bool) -> Console:
+    from rich.console import Console
+
+    class PipedConsole(Console):
+        def on_broken_pipe(self) -> None:
+            # What rich does (write nothing more; the interpreter's last flush goes to /dev/null), then an
+            # exception of ours rather than SystemExit(1): 1 means "no confident match" here, and a
+            # SystemExit inside the event loop is printed as an unhandled error.
+            self.quiet = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, (sys.stderr if stderr else sys.stdout).fileno())
+            raise OutputClosedError
+
+    return PipedConsole(stderr=stderr, soft_wrap=True)
 
 
 @functools.cache
 def out() -> Console:
     """Results: stdout (made on first use: ``--help`` loads no rich)."""
-    from rich.console import Console
-
-    return Console(soft_wrap=True)
+    return _console(stderr=False)
 
 
 @functools.cache
 def err() -> Console:
     """Progress, spinners, notes and errors: stderr."""
-    from rich.console import Console
-
-    return Console(stderr=True, soft_wrap=True)
+    return _console(stderr=True)
 
 
 T = TypeVar("T")
