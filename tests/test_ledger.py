@@ -294,6 +294,25 @@ async def test_a_cooldown_refuses_with_its_own_kind_and_keeps_the_later(
     assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
 
 
+async def test_a_short_cooldown_on_a_spent_window_refuses_until_the_window_frees(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    day = WindowSpec("rolling-24h", span_seconds=86400, limit=2)
+    for _ in range(2):
+        ticket = await ledger.reserve("tracemoe", GUEST, (day,))
+        assert isinstance(ticket, Ticket)
+        await ledger.settle(ticket, "charged")
+    probe = await ledger.reserve("tracemoe", GUEST, (), take_slot=False)
+    assert isinstance(probe, Ticket)
+    await ledger.settle(probe, "uncharged", cooldown=(T0 + timedelta(seconds=30), "HTTP 429", "rate"))
+    refusal = await ledger.reserve("tracemoe", GUEST, (day,))
+    assert isinstance(refusal, Refusal)
+    # the 30 s cooldown is not the wait: the spent day is, so a bot retrying at `until` is admitted
+    assert (refusal.kind, from_us(refusal.until)) == ("quota", T0 + timedelta(days=1))
+    clock.now = from_us(refusal.until)
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, (day,)), Ticket)
+
+
 async def test_a_spent_block_lasts_until_given_and_a_fresh_count_lifts_it(
     ledger: Ledger, clock: FakeClock
 ) -> None:

@@ -384,12 +384,13 @@ def reserve(state: ScopeState, units: Units, request: ReserveRequest) -> Reserva
     """One reserve step (see the module docstring). Mutates ``state`` and ``units``."""
     now = request.now
     _expire(state, units, request)
-    if state.cooldown_until > now:
+    refusal = _windows_refusal(state, units, request)
+    if state.cooldown_until > now:  # unless a spent window frees later: that is the longer wait
         kind: RefusalKind = (
             "busy" if state.cooldown_kind == "busy" else "quota" if state.cooldown_kind == "quota" else "rate"
         )
-        return Refusal(kind, state.cooldown_until, state.cooldown_reason)
-    refusal = _windows_refusal(state, units, request)
+        if not (isinstance(refusal, Refusal) and refusal.until > state.cooldown_until):
+            return Refusal(kind, state.cooldown_until, state.cooldown_reason)
     if refusal is not None:
         return refusal
     if request.take_slot:

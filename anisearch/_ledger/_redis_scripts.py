@@ -115,13 +115,14 @@ for j = 1, #held, 2 do
     holding[#holding + 1] = {holder = f[1], lease_until = tonumber(f[2])}
   end
 end
--- 2. cooldown
+-- 2. cooldown (told after the windows: a spent window that frees later is the longer wait)
 local scope = redis.call('HMGET', SK, 'cooldown_until', 'cooldown_reason', 'cooldown_kind', 'concurrency')
 local cooldown = num(scope[1]) or 0
+local cooling = nil
 if cooldown > now then
   local kind = scope[3]
   if kind ~= 'busy' and kind ~= 'quota' then kind = 'rate' end
-  return {'refused', kind, cooldown, scope[2] or '', '', ''}
+  cooling = {'refused', kind, cooldown, scope[2] or '', '', ''}
 end
 -- 3, 4. windows
 local best, stale = nil, nil
@@ -150,6 +151,7 @@ for _, win in ipairs(windows) do
     end
   end
 end
+if cooling and not (best and best[3] > cooldown) then return cooling end
 if best then return best end
 if stale then return {'stale', stale} end
 -- 5. concurrency
