@@ -299,21 +299,45 @@ class ResultCache:
         Raises:
             WouldBlock: ``block`` is False and the lookup would have had to wait.
         """
+        found = self.find_each(sources, lambda _: True, block=block)
+        if found is None:
+            return None
+        answers, complete = found
+        for index, payload in enumerate(answers):
+            if payload is not None:
+                return index, payload
+        return (-1, "") if complete else None
+
+    def find_each(
+        self, sources: Sequence[str], enough: Callable[[str], bool], *, block: bool = True
+    ) -> tuple[list[str | None], bool] | None:
+        """The live answer (stored JSON, or None) of each alias in order, up to the first one ``enough``
+        accepts, and whether every alias up to there was known.
+
+        The list stops early at an unknown alias (the source must be prepared to tell what its key is;
+        ``complete`` is then False). None when the cache is unusable.
+
+        Raises:
+            WouldBlock: ``block`` is False and the lookup would have had to wait.
+        """
         now = datetime.now(UTC).timestamp()
 
-        def query(db: sqlite3.Connection) -> tuple[int, str] | None:
-            for index, source in enumerate(sources):
+        def query(db: sqlite3.Connection) -> tuple[list[str | None], bool]:
+            answers: list[str | None] = []
+            for source in sources:
                 row = db.execute(
                     "SELECT image_key FROM sources WHERE source = ? AND expires_at > ?", (source, now)
                 ).fetchone()
                 if row is None:
-                    return None
+                    return answers, False
                 found = db.execute(
                     "SELECT result FROM results WHERE key = ? AND expires_at > ?", (row[0], now)
                 ).fetchone()
-                if found is not None:
-                    return index, str(found[0])
-            return -1, ""
+                payload = None if found is None else str(found[0])
+                answers.append(payload)
+                if payload is not None and enough(payload):
+                    break
+            return answers, True
 
         return self._run(query, block=block)
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from anisearch._plan import Route
     from anisearch._provider import Provider, SearchOptions
 
-__all__ = ["find_by_digest", "find_by_source", "source_keys"]
+__all__ = ["choose", "confident", "find_by_digest", "find_by_source", "source_keys"]
 
 
 def _alias(provider: str, digest: str, box: tuple[int, int], options: SearchOptions) -> str:
@@ -39,11 +39,14 @@ def find_by_source(
     box: tuple[int, int],
     *,
     block: bool = True,
+    min_similarity: float | None = None,
+    strategy: str = "fallback",
 ) -> tuple[tuple[Provider, SearchResult] | None, bool]:
-    """The first provider, in order, with a cached answer for this source, and whether that is sure.
+    """The cached answer the search would give for this source (see :func:`choose`), and whether that is
+    sure.
 
-    Returns ``(hit, True)`` on a hit, ``(None, True)`` when no provider has an answer, and
-    ``(None, False)`` when that cannot be told without preparing the image.
+    Returns ``(hit, True)`` on a hit, ``(None, True)`` when the cache cannot answer (the providers must be
+    asked), and ``(None, False)`` when that cannot be told without preparing the image.
 
     Args:
         store: The result cache.
@@ -52,17 +55,15 @@ def find_by_source(
         options: The search's options (part of every key).
         box: The upload box the source is prepared in (a descriptor depends on it).
         block: False to raise :class:`~anisearch._cache.WouldBlock` rather than wait for the cache.
+        min_similarity: The search's threshold, 0..1 (None: any answer is enough).
+        strategy: The search's strategy, ``fallback`` or ``fanout``.
 
     Raises:
         WouldBlock: ``block`` is False and the lookup would have had to wait.
     """
     aliases = [_alias(provider.name, source.digest, box, options) for provider in providers]
-    found = store.find(aliases, block=block)
-    if found is None:
-        return None, False
-    index, payload = found
-    result = None if index < 0 else store.decode(payload)
-    return (None, index < 0) if result is None else ((providers[index], result), True)
+    found, sure = _find(store, aliases, min_similarity, strategy, block=block)
+    return ((providers[found[0]], found[1]) if found is not None else None), sure
 
 
 def source_keys(
@@ -77,15 +78,103 @@ def source_keys(
 
 
 def find_by_digest(
-    store: ResultCache, digest: str, names: Sequence[str], options: SearchOptions, box: tuple[int, int]
+    store: ResultCache,
+    digest: str,
+    names: Sequence[str],
+    options: SearchOptions,
+    box: tuple[int, int],
+    *,
+    min_similarity: float | None = None,
+    strategy: str = "fallback",
 ) -> tuple[tuple[int, SearchResult] | None, bool]:
     """:func:`find_by_source` by the source's digest and the providers' names alone (no provider loaded).
 
     Returns ``((index in names, result), True)`` on a hit; otherwise as :func:`find_by_source`.
     """
-    found = store.find([_alias(name, digest, box, options) for name in names])
+    aliases = [_alias(name, digest, box, options) for name in names]
+    return _find(store, aliases, min_similarity, strategy, block=True)
+
+
+def _find(
+    store: ResultCache, aliases: list[str], min_similarity: float | None, strategy: str, *, block: bool
+) -> tuple[tuple[int, SearchResult] | None, bool]:
+    def enough(payload: str) -> bool:  # the lookup may stop here: what a fallback search stops at
+        if strategy == "fanout":
+            return False
+        result = store.decode(payload) if min_similarity is not None else None
+        return min_similarity is None or (result is not None and confident(result, min_similarity))
+
+    found = store.find_each(aliases, enough, block=block)
     if found is None:
         return None, False
-    index, payload = found
-    result = None if index < 0 else store.decode(payload)
-    return (None, index < 0) if result is None else ((index, result), True)
+    payloads, complete = found
+    results = [None if payload is None else store.decode(payload) for payload in payloads]
+    return choose(results, complete=complete, min_similarity=min_similarity, strategy=strategy)
+
+
+def confident(result: SearchResult, min_similarity: float | None) -> bool:
+    """Whether ``result`` ends a fallback search: its best hit reaches ``min_similarity`` (any answer does
+    without one)."""
+    return min_similarity is None or (result.best is not None and result.best.similarity >= min_similarity)
+
+
+def choose(
+    results: Sequence[SearchResult | None],
+    *,
+    complete: bool,
+    min_similarity: float | None,
+    strategy: str,
+) -> tuple[tuple[int, SearchResult] | None, bool]:
+    """The answer a search would give from the providers' cached answers, as the router would give it.
+
+    ``results`` holds each provider's cached answer in the search's order (None: none cached), up to the
+    first provider whose key is not known yet when ``complete`` is False.
+
+    - ``fallback``: the first confident answer (:func:`confident`); when every provider's answer is cached
+      and none is confident, the strongest (the router keeps the strongest of the answers it got). A
+      provider without a cached answer is passed over, as a provider that cannot answer now would be.
+    - ``fanout``: every provider's answer merged, only when every one is cached.
+
+    Returns:
+        ``((index, result), True)`` on a hit, ``(None, True)`` when the providers must be asked, and
+        ``(None, False)`` when that cannot be told before the image is prepared.
+    """
+    if strategy == "fanout":
+        return _fanout_choice(results, complete=complete)
+    weak: list[tuple[int, SearchResult]] = []
+    for index, result in enumerate(results):
+        if result is None:
+            continue
+        if confident(result, min_similarity):
+            return (index, result), True
+        weak.append((index, result))
+    if not complete:
+        return None, False
+    if not weak:
+        return None, True
+    return max(weak, key=lambda found: found[1].best.similarity if found[1].best else 0.0), True
+
+
+def _fanout_choice(
+    results: Sequence[SearchResult | None], *, complete: bool
+) -> tuple[tuple[int, SearchResult] | None, bool]:
+    if not complete:
+        return None, False
+    answered = [result for result in results if result is not None]
+    if not answered or len(answered) < len(results):
+        return None, True
+    return (0, _merged(answered)), True
+
+
+def _merged(answered: Sequence[SearchResult]) -> SearchResult:
+    """Several providers' answers as one, as the router merges a fanout search."""
+    from anisearch._router import merge_hits  # only a cached fanout search needs the router's merge
+
+    frames = [result.frames_searched for result in answered if result.frames_searched is not None]
+    return answered[0].model_copy(
+        update={
+            "hits": merge_hits([hit for result in answered for hit in result.hits]),
+            "frames_searched": sum(frames) if frames else None,
+            "quota": next((r.quota for r in answered if r.quota is not None), None),
+        }
+    )

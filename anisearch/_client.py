@@ -12,6 +12,7 @@ import math
 import os
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
@@ -23,7 +24,7 @@ import httpx
 from anisearch import _image
 from anisearch._account import AccountFeatures, AsyncApiKeys
 from anisearch._cache import ResultCache, WouldBlock, cache_key
-from anisearch._cache_first import find_by_source, source_keys
+from anisearch._cache_first import choose, confident, find_by_source, source_keys
 from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_cache
 from anisearch._config import Settings
 from anisearch._download import Downloader
@@ -315,13 +316,14 @@ class AsyncClient(AccountFeatures):
         looked_up = False
         prepared: _image.PreparedImage | None = None
         if isinstance(store, ResultCache):  # a repeated source is answered before any decoding
-            in_memory = _find_in_memory(store, source, asked, options, box)
+            lookup = _Lookup(store, asked, options, box, min_similarity, strategy)
+            in_memory = lookup.in_memory(source)
             if in_memory is not None:
                 source, (early, looked_up) = in_memory
             else:  # a file, a stream, large bytes or a busy cache: a worker thread, which also prepares
                 # the image when there is no answer (one thread hop either way)
                 source, (early, looked_up), prepared = await anyio.to_thread.run_sync(
-                    partial(_read_find_prepare, store, source, asked, options, box, max(wait, 0.0))
+                    lookup.read_find_prepare, source, max(wait, 0.0)
                 )
             if early is not None:
                 return self._cached(*early)
@@ -337,7 +339,8 @@ class AsyncClient(AccountFeatures):
             options,
             use_cache=use_cache,
         )
-        if use_cache and not looked_up and (cached := await self._from_cache(routes)) is not None:
+        from_cache = partial(self._from_cache, routes, min_similarity, strategy)
+        if use_cache and not looked_up and (cached := await from_cache()) is not None:
             return cached
         flight = cache_key("|".join(names), prepared.digest, [options, strategy, min_similarity])
 
@@ -356,7 +359,7 @@ class AsyncClient(AccountFeatures):
             return _best_hits(result)
 
         # The same search already running (here, or anywhere on a shared Redis cache) answers this one.
-        cached_answer = partial(self._from_cache, routes) if use_cache else None
+        cached_answer = from_cache if use_cache else None
         return await self._flights.run(flight, route_search, cached_answer, store if use_cache else None)
 
     def _enrichment(
@@ -373,17 +376,22 @@ class AsyncClient(AccountFeatures):
             )
         return partial(self._enricher, fill=wanted[0], include_adult=wanted[1])
 
-    async def _from_cache(self, routes: Sequence[Route]) -> SearchResult | None:
+    async def _from_cache(
+        self, routes: Sequence[Route], min_similarity: float | None, strategy: Strategy
+    ) -> SearchResult | None:
+        """The answer the search would give from its providers' cached answers (see
+        :func:`~anisearch._cache_first.choose`), or None when its providers must be asked."""
         store = self._get_cache()
         if store is None:
             return None
+        results: list[SearchResult | None] = []
         for route in routes:
-            if route.cache_key is None:
-                continue
-            result = await store.get(route.cache_key)
-            if result is not None:
-                return self._cached(route.provider, result)
-        return None
+            result = None if route.cache_key is None else await store.get(route.cache_key)
+            results.append(result)
+            if result is not None and strategy != "fanout" and confident(result, min_similarity):
+                break  # what a fallback search stops at: the rest need not be read
+        found, _ = choose(results, complete=True, min_similarity=min_similarity, strategy=strategy)
+        return None if found is None else self._cached(routes[found[0]].provider, found[1])
 
     def _cached(self, provider: Provider, result: SearchResult) -> SearchResult:
         attempt = Attempt(provider=provider.name, outcome="cached", reason="answered from the cache")
@@ -496,48 +504,64 @@ IN_MEMORY_LOOKUP_BYTES = 4 * 1024 * 1024
 worker thread: SHA-256 of 4 MiB takes a few milliseconds."""
 
 
-def _find_in_memory(
-    store: ResultCache,
-    source: Any,
-    providers: Sequence[Provider],
-    options: SearchOptions,
-    box: tuple[int, int],
-) -> tuple[_image.SourceBytes, _Found] | None:
-    """Hash bytes already in memory and look their answer up without waiting (see ``find_by_source``).
+@dataclass(frozen=True)
+class _Lookup:
+    """One search's lookup of its source in the SQLite result cache, before any decoding (see
+    ``find_by_source``): the providers in order, the options and box that key the answers, and the
+    threshold and strategy that choose among them."""
 
-    Returns None when that takes a worker thread: the source must be read, is large, or the cache is busy.
-    """
-    if not isinstance(source, bytes | bytearray | memoryview | _image.SourceBytes):
-        return None
-    if not isinstance(source, _image.SourceBytes) and not 0 < len(source) <= IN_MEMORY_LOOKUP_BYTES:
-        return None
-    read = _image.read(source)
-    if not isinstance(read, _image.SourceBytes):  # pragma: no cover - bytes are never a PIL image
-        return None
-    try:
-        return read, find_by_source(store, read, providers, options, box, block=False)
-    except WouldBlock:
-        return None
+    store: ResultCache
+    providers: Sequence[Provider]
+    options: SearchOptions
+    box: tuple[int, int]
+    min_similarity: float | None
+    strategy: str
 
+    def _find(self, source: _image.SourceBytes, *, block: bool) -> _Found:
+        return find_by_source(
+            self.store,
+            source,
+            self.providers,
+            self.options,
+            self.box,
+            block=block,
+            min_similarity=self.min_similarity,
+            strategy=self.strategy,
+        )
 
-def _read_find_prepare(  # noqa: PLR0917 - one worker-thread call: the arguments of both steps
-    store: ResultCache,
-    source: Any,
-    providers: Sequence[Provider],
-    options: SearchOptions,
-    box: tuple[int, int],
-    wait_seconds: float,
-) -> tuple[Any, _Found, _image.PreparedImage | None]:
-    """Read and hash the source, look its answer up, and prepare the image when there is none, in one
-    worker thread (see ``find_by_source``)."""
-    read = _image.read(source, wait_seconds=wait_seconds)
-    found: _Found = (None, False)
-    if isinstance(read, _image.SourceBytes):
-        found = find_by_source(store, read, providers, options, box)
-    if found[0] is not None:
-        return read, found, None
-    prepared = _image.prepare(read, max_width=box[0], max_height=box[1], wait_seconds=wait_seconds)
-    return read, found, prepared
+    def in_memory(self, source: Any) -> tuple[_image.SourceBytes, _Found] | None:
+        """Hash bytes already in memory and look their answer up without waiting.
+
+        Returns None when that takes a worker thread: the source must be read, is large, or the cache is
+        busy.
+        """
+        if not isinstance(source, bytes | bytearray | memoryview | _image.SourceBytes):
+            return None
+        if not isinstance(source, _image.SourceBytes) and not 0 < len(source) <= IN_MEMORY_LOOKUP_BYTES:
+            return None
+        read = _image.read(source)
+        if not isinstance(read, _image.SourceBytes):  # pragma: no cover - bytes are never a PIL image
+            return None
+        try:
+            return read, self._find(read, block=False)
+        except WouldBlock:
+            return None
+
+    def read_find_prepare(
+        self, source: Any, wait_seconds: float
+    ) -> tuple[Any, _Found, _image.PreparedImage | None]:
+        """Read and hash the source, look its answer up, and prepare the image when there is none, in one
+        worker thread."""
+        read = _image.read(source, wait_seconds=wait_seconds)
+        found: _Found = (None, False)
+        if isinstance(read, _image.SourceBytes):
+            found = self._find(read, block=True)
+        if found[0] is not None:
+            return read, found, None
+        prepared = _image.prepare(
+            read, max_width=self.box[0], max_height=self.box[1], wait_seconds=wait_seconds
+        )
+        return read, found, prepared
 
 
 def _remember_best(

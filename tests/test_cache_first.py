@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 import threading
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 import pytest
 import respx
 from PIL import Image
+from tests.conftest import HostRouter
 
-from anisearch import Client, Hit, SearchResult, Settings, _image
+from anisearch import AsyncClient, Client, Hit, SearchResult, Settings, _image
 from anisearch._cache import ResultCache, WouldBlock
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from anisearch._cache_first import choose
 
 BASE = "https://trace.test"
 
@@ -30,7 +31,7 @@ def count_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     async def counted(function: Any, *args: Any, **kwargs: Any) -> Any:
         name = getattr(getattr(function, "func", function), "__name__", "")
-        if name in {"_read_find_prepare", "prepare", "_get", "_put"}:
+        if name in {"read_find_prepare", "prepare", "_get", "_put"}:
             hops.append(name)
         return await real_run_sync(function, *args, **kwargs)
 
@@ -127,7 +128,7 @@ def test_a_busy_cache_is_read_in_a_worker_thread_instead(
         release.join()
     assert again.cached
     assert route.call_count == 1
-    assert hops == ["_read_find_prepare"]  # looked up in a worker thread, which waited for the lock
+    assert hops == ["read_find_prepare"]  # looked up in a worker thread, which waited for the lock
 
 
 def test_find_without_blocking_raises_would_block_and_keeps_the_cache(tmp_path: Path) -> None:
@@ -164,7 +165,7 @@ def test_a_miss_is_prepared_in_the_same_worker_thread_as_the_lookup(
         result = searcher.search(samples / "tinted-good.jpg")
     assert not result.cached
     assert route.call_count == 1
-    assert hops == ["_read_find_prepare"]  # no second hop to prepare the image, none to use the cache
+    assert hops == ["read_find_prepare"]  # no second hop to prepare the image, none to use the cache
 
 
 def test_an_answer_is_stored_in_a_worker_thread_while_another_thread_holds_the_cache(
@@ -182,3 +183,84 @@ def test_an_answer_is_stored_in_a_worker_thread_while_another_thread_holds_the_c
     found = cache.find(["source-b"], block=False)
     assert found is not None
     assert SearchResult.model_validate_json(found[1]) == stored
+
+
+# ---------------------------------------------------------------- the answer a search would give
+
+
+class WeakerWhatAnimeIsThis(HostRouter):
+    """Both emulators in process; whatanimeisthis's similarities scaled by 0.8 (below a 0.9 threshold)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if request.url.host != "wait.test" or not request.url.path.endswith("search"):
+            return response
+
+        def scaled(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {
+                    k: v * 0.8 if k == "similarity" and isinstance(v, float) else scaled(v)
+                    for k, v in value.items()
+                }
+            return [scaled(item) for item in value] if isinstance(value, list) else value
+
+        body = scaled(json.loads(await response.aread()))
+        return httpx.Response(response.status_code, json=body)
+
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("strategy", ["fallback", "fanout"])
+@pytest.mark.anyio
+async def test_a_repeated_search_is_answered_from_the_cache_as_it_was_answered_the_first_time(
+    tmp_path: Path, strategy: str
+) -> None:
+    from anisearch_emulators.tracemoe import create_app as tracemoe_app
+    from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
+
+    transport = WeakerWhatAnimeIsThis({"trace.test": tracemoe_app(), "wait.test": whatanimeisthis_app()})
+    settings = Settings.load(
+        providers=["whatanimeisthis", "tracemoe"],  # the weaker is asked first
+        provider_options={
+            "tracemoe": {"url": "http://trace.test"},
+            "whatanimeisthis": {"url": "http://wait.test"},
+        },
+        ledger="memory://",
+        cache=str(tmp_path / "cache.sqlite3"),
+        metadata="off",
+    )
+    async with AsyncClient(settings, transport) as searcher:
+        first = await searcher.search(DEMO, min_similarity=0.9, strategy=strategy)  # type: ignore[arg-type]
+        again = await searcher.search(DEMO, min_similarity=0.9, strategy=strategy)  # type: ignore[arg-type]
+        as_bytes = await searcher.search(DEMO.read_bytes(), min_similarity=0.9, strategy=strategy)  # type: ignore[arg-type]
+    assert first.best is not None
+    assert first.best.similarity > 0.9  # tracemoe's answer: whatanimeisthis's was below the threshold
+    assert (again.cached, as_bytes.cached) == (True, True)
+    for repeat in (again, as_bytes):
+        assert repeat.best == first.best  # not whatanimeisthis's weaker answer, cached first in order
+        assert [hit.provider for hit in repeat.hits] == [hit.provider for hit in first.hits]
+
+
+def test_choose_gives_the_answer_the_router_would_give() -> None:
+    weak, strong, other = (
+        SearchResult(hits=[Hit(provider=name, similarity=s)], provider=name)
+        for name, s in (("one", 0.7), ("two", 0.95), ("three", 0.8))
+    )
+
+    def fallback(results: list[SearchResult | None], limit: float | None, *, complete: bool = True) -> Any:
+        return choose(results, complete=complete, min_similarity=limit, strategy="fallback")
+
+    assert fallback([weak, strong], None) == ((0, weak), True)  # no threshold: the first answer in order
+    assert fallback([weak, strong], 0.9) == ((1, strong), True)  # a weak one is passed over
+    assert fallback([weak, other], 0.9) == ((1, other), True)  # none confident, all known: the strongest
+    assert fallback([weak], 0.9, complete=False) == (None, False)  # one not known yet: prepare to tell
+    assert fallback([None, strong], 0.9) == ((1, strong), True)  # no cached answer: passed over
+    assert fallback([None, None], None) == (None, True)
+    # fanout: every provider's answer merged, only when every one is cached
+    assert choose([weak, None], complete=True, min_similarity=None, strategy="fanout") == (None, True)
+    found, sure = choose([weak, strong], complete=True, min_similarity=None, strategy="fanout")
+    assert found is not None
+    assert (found[0], sure) == (0, True)
+    assert sorted(hit.similarity for hit in found[1].hits) == [0.7, 0.95]

@@ -163,7 +163,15 @@ def _lookup(
     try:
         if not store.usable:
             return None
-        found, _ = find_by_digest(store, hashlib.sha256(data).hexdigest(), names, search_options, box)
+        found, _ = find_by_digest(
+            store,
+            hashlib.sha256(data).hexdigest(),
+            names,
+            search_options,
+            box,
+            min_similarity=options.get("min_similarity"),
+            strategy=options.get("strategy") or "fallback",
+        )
     finally:
         store.close()
     if found is None:
