@@ -168,7 +168,7 @@ def _fanout_choice(
 
 def _merged(answered: Sequence[SearchResult]) -> SearchResult:
     """Several providers' answers as one, as the router merges a fanout search."""
-    from anisearch._router import merge_hits  # only a cached fanout search needs the router's merge
+    from anisearch._plan import merge_hits  # only here: the CLI's cache hit loads no image or HTTP module
 
     frames = [result.frames_searched for result in answered if result.frames_searched is not None]
     return answered[0].model_copy(
