@@ -519,3 +519,16 @@ def test_library_warnings_reach_stderr_only_with_verbose(
     assert quiet.returncode == loud.returncode == 0
     assert "something to say" not in quiet.stderr
     assert "something to say" in loud.stderr
+
+
+def test_a_slot_another_search_holds_says_so_in_the_hint(
+    emulated: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = emulated(tracemoe_app(concurrency=0))  # every search finds the caller's one slot taken
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", server.url)
+    monkeypatch.setattr("anisearch._ledger._logic.busy_backoff_seconds", lambda streak, jitter: 0.01)
+    done = cli("search", str(Path("examples/tinted-good.jpg").resolve()), "-p", "tracemoe", "--no-cache")
+    assert done.returncode == 4
+    error, hint = done.stderr.strip().splitlines()
+    assert "Concurrency limit exceeded" in error
+    assert hint.startswith("hint: another search holds tracemoe's slot")

@@ -24,6 +24,7 @@ from anisearch._exceptions import (
     AllProvidersFailedError,
     AnisearchError,
     AuthenticationError,
+    ConcurrencyLimitError,
     ConfigurationError,
     ImageFetchError,
     InvalidImageError,
@@ -165,13 +166,26 @@ def hint_for(exc: AnisearchError, urls: dict[str, str] | None = None) -> str | N
             where = host_port((urls or {}).get(name, ""))
             target = f" at {where}" if where else ""
             return f"is {name or 'the service'}{target} running? 'anisearch emulate' serves one offline"
-    for leaf in leaves:
-        if isinstance(leaf, QuotaExhaustedError | RateLimitedError):
-            return "'anisearch quota' shows what is left and when it frees"
+    if (waiting := _wait_hint(leaves)) is not None:
+        return waiting
     if isinstance(exc, UnknownProviderError):
         return "'anisearch providers' lists the providers"
     if isinstance(exc, LedgerError):
         return "check ANISEARCH_LEDGER, or use 'memory://' for a throwaway ledger"
+    return None
+
+
+def _wait_hint(leaves: Sequence[BaseException]) -> str | None:
+    """What to do about a provider that is spent, rate limited, or whose one slot another search holds."""
+    for leaf in leaves:
+        if isinstance(leaf, QuotaExhaustedError | RateLimitedError):
+            return "'anisearch quota' shows what is left and when it frees"
+    for leaf in leaves:
+        if isinstance(leaf, ConcurrencyLimitError):
+            return (
+                f"another search holds {leaf.provider or 'the provider'}'s slot (a search given up by its "
+                "caller may still run upstream until it answers): try again in a minute"
+            )
     return None
 
 
