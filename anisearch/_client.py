@@ -102,6 +102,7 @@ class AsyncClient(AccountFeatures):
         self._flights = Flights()
         self._closed = False
         self._enricher: Enricher | None = None
+        self._settle_first: set[str] = set()  # providers whose slot is handed over at settle (the router)
         self.api_keys = AsyncApiKeys(self._account_provider, self._call)
 
     def __del__(self) -> None:
@@ -354,6 +355,7 @@ class AsyncClient(AccountFeatures):
                 remember=_remember_best(store, source_keys(routes, prepared.digest, box, options))
                 if store is not None
                 else None,
+                settle_first=self._settle_first,
             )
             result = await router.search(routes, strategy=strategy, min_similarity=min_similarity)
             return _best_hits(result)

@@ -115,6 +115,8 @@ class Router:
         on_attempt: Called with each finished :class:`Attempt`.
         on_wait: Called with one line when a search starts waiting.
         remember: Stores a successful result under a route's cache key.
+        settle_first: The providers whose slot is freed at settle only (see :meth:`_hand_over`), shared by
+            the routers of one client; a router of its own when None.
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class Router:
         on_attempt: AttemptCallback | None = None,
         on_wait: WaitCallback | None = None,
         remember: Callable[[str, SearchResult], Awaitable[None]] | None = None,
+        settle_first: set[str] | None = None,
     ) -> None:
         self._ledger = ledger
         self._send = send
@@ -136,9 +139,10 @@ class Router:
         self._on_wait = on_wait
         self._contended: set[str] = set()
         """Tokens of this router's reservations that had to wait for their slot."""
-        self._settle_first: set[str] = set()
+        self._settle_first: set[str] = settle_first if settle_first is not None else set()
         """Providers whose slot is freed at settle only: a search handed it early met a concurrency refusal
-        (an upstream on the same host, still logging the last search when the next one arrived)."""
+        (an upstream on the same host, still logging the last search when the next one arrived). Shared by
+        the routers of one client, so it lasts beyond the search that learnt it."""
         self._remember = remember
 
     async def search(

@@ -599,18 +599,27 @@ async def test_a_slot_handed_over_too_early_is_handed_over_at_settle_from_then_o
         await anyio.sleep(0.02)  # long enough that the others queue for the slot
         return httpx.Response(200, request=request)
 
-    the_router = Router(ledger, slow, wait_seconds=5, lease_seconds=5)
+    learnt: set[str] = set()  # what one client's routers share
+    the_router = Router(ledger, slow, wait_seconds=5, lease_seconds=5, settle_first=learnt)
     results: list[object] = []
 
-    async def one() -> None:
-        results.append(await the_router.search(routes(provider)))
+    async def one(router: Router) -> None:
+        results.append(await router.search(routes(provider)))
 
     async with anyio.create_task_group() as group:
         for _ in range(5):
-            group.start_soon(one)
+            group.start_soon(one, the_router)
     assert len(results) == 5  # every search answered, the refused one after the backoff
     assert provider.requests == 6
     assert len(freed) == 3  # handed over early up to the refused third request, never after it
+    assert learnt == {"one"}
+    provider.steps = [answer("one", 0.9)] * 3
+    next_router = Router(ledger, slow, wait_seconds=5, lease_seconds=5, settle_first=learnt)
+    async with anyio.create_task_group() as group:  # the client's next searches, with routers of their own
+        for _ in range(3):
+            group.start_soon(one, next_router)
+    assert len(results) == 8
+    assert len(freed) == 3  # still handed over at settle only
 
 
 async def test_a_slot_nobody_waits_for_is_freed_at_settle_only(
