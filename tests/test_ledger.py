@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import stat
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +29,7 @@ from anisearch._ledger import (
     scope_id,
 )
 from anisearch._ledger import _doorbell as doorbell
-from anisearch._ledger._base import this_holder
+from anisearch._ledger._base import holder_is_dead, this_holder
 from anisearch._ledger._windows import from_us, period_bounds
 from anisearch._models import Quota
 
@@ -702,3 +704,33 @@ async def test_redis_url_password_is_masked() -> None:
     with pytest.raises(ConfigurationError, match="invalid Redis ledger URL") as caught:
         open_ledger("redis://:hunter2@127.0.0.1:port/0")
     assert "hunter2" not in str(caught.value)
+
+
+def test_a_holder_is_judged_dead_only_by_a_process_that_sees_its_pids() -> None:
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    gone = int(finished.stdout)
+    machine = this_holder().rsplit(":", 2)[0]
+    assert holder_is_dead(f"{machine}:{gone}:0")  # this host, this PID namespace: it is gone
+    assert not holder_is_dead(this_holder())
+    # The same host name in another PID namespace (a pod's sidecar, a container with --network host) numbers
+    # its own processes: its holder is left to its lease.
+    assert not holder_is_dead(f"{socket.gethostname()}/pid-ns-1:{gone}:0")
+    assert not holder_is_dead(f"elsewhere:{gone}:0")
+
+
+def test_a_holder_in_another_pid_namespace_of_this_host_is_left_to_its_lease() -> None:
+    show = "from anisearch._ledger._base import this_holder; print(this_holder())"
+    inside = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", show],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if inside.returncode != 0:  # pragma: no cover - depends on the machine: unshare needs privileges
+        pytest.skip(f"cannot make a PID namespace here: {inside.stderr.strip()[:120]}")
+    holder = inside.stdout.strip()
+    assert holder.split(":")[1] == "1"  # the first process of its namespace, alive as it printed
+    assert holder != this_holder()
+    assert not holder_is_dead(holder)  # pid 1 here is another process: it says nothing about that one

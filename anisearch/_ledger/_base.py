@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
 from anisearch._exceptions import ConfigurationError
@@ -86,13 +87,25 @@ def _system_clock() -> datetime:
     return datetime.now(UTC)
 
 
+def _machine() -> str:
+    """Where this process's PIDs mean something: the host name, and on Linux the PID namespace (containers
+    sharing a host name, such as a pod's sidecars or ``--network host``, each number their own processes).
+    """
+    try:
+        namespace = Path("/proc/self/ns/pid").stat().st_ino
+    except OSError:  # not Linux, or no /proc: the host name alone
+        return socket.gethostname()
+    return f"{socket.gethostname()}/pid-ns-{namespace}"
+
+
 @cache
 def this_holder() -> str:
-    """This process as a slot holder: ``host:pid:start`` (start in milliseconds since the epoch)."""
+    """This process as a slot holder: ``machine:pid:start`` (see :func:`_machine`; start in milliseconds
+    since the epoch)."""
     import psutil
 
     started = int(psutil.Process().create_time() * 1000)
-    return f"{socket.gethostname()}:{os.getpid()}:{started}"
+    return f"{_machine()}:{os.getpid()}:{started}"
 
 
 os.register_at_fork(after_in_child=this_holder.cache_clear)  # a forked child is a holder of its own
@@ -106,7 +119,7 @@ def holder_is_dead(holder: str) -> bool:
     import psutil
 
     parts = holder.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != socket.gethostname():  # noqa: PLR2004 - host:pid:start
+    if len(parts) != 3 or parts[0] != _machine():  # noqa: PLR2004 - machine:pid:start
         return False
     try:
         pid, started = int(parts[1]), int(parts[2])
