@@ -734,3 +734,13 @@ def test_a_holder_in_another_pid_namespace_of_this_host_is_left_to_its_lease() -
     assert holder.split(":")[1] == "1"  # the first process of its namespace, alive as it printed
     assert holder != this_holder()
     assert not holder_is_dead(holder)  # pid 1 here is another process: it says nothing about that one
+
+
+def test_a_live_holder_stays_alive_when_the_clock_is_stepped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    holder = this_holder()
+    real = psutil._psplatform.boot_time  # type: ignore[attr-defined]
+    # what NTP stepping the clock 30 s does: the boot time read from the system moves with it
+    monkeypatch.setattr(psutil._psplatform, "boot_time", lambda: real() + 30.0)  # type: ignore[attr-defined]
+    assert not holder_is_dead(holder)

@@ -98,14 +98,26 @@ def _machine() -> str:
     return f"{socket.gethostname()}/pid-ns-{namespace}"
 
 
+def _started_ms(pid: int) -> int:
+    """When process ``pid`` started, in milliseconds since the machine booted.
+
+    psutil gives the start as wall-clock time: the boot time it reads now plus the start's offset from
+    boot. The offset alone does not move when the clock is stepped (NTP, a resumed VM), which would make a
+    live holder look like another process.
+
+    Raises:
+        psutil.Error: No such process, or it cannot be read.
+    """
+    import psutil
+
+    return round((psutil.Process(pid).create_time() - psutil.boot_time()) * 1000)
+
+
 @cache
 def this_holder() -> str:
     """This process as a slot holder: ``machine:pid:start`` (see :func:`_machine`; start in milliseconds
-    since the epoch)."""
-    import psutil
-
-    started = int(psutil.Process().create_time() * 1000)
-    return f"{_machine()}:{os.getpid()}:{started}"
+    since boot)."""
+    return f"{_machine()}:{os.getpid()}:{_started_ms(os.getpid())}"
 
 
 os.register_at_fork(after_in_child=this_holder.cache_clear)  # a forked child is a holder of its own
@@ -126,7 +138,7 @@ def holder_is_dead(holder: str) -> bool:
     except ValueError:
         return False
     try:
-        return abs(int(psutil.Process(pid).create_time() * 1000) - started) > 1
+        return abs(_started_ms(pid) - started) > 1
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return True
     except psutil.Error:
