@@ -8,11 +8,13 @@ failed), 5 authentication, 6 local state unusable (the quota ledger), 130 interr
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
 import os
 import re
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -173,6 +175,31 @@ def hint_for(exc: AnisearchError, urls: dict[str, str] | None = None) -> str | N
     if isinstance(exc, LedgerError):
         return "check ANISEARCH_LEDGER, or use 'memory://' for a throwaway ledger"
     return None
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for a server to listen on; a port that is taken or a host that cannot
+    be listened on ends the command in one line (exit 2).
+
+    Binding before serving (rather than checking, then letting the server bind) leaves no moment in which
+    another process can take the port and turn a one-line refusal into a server's traceback.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            fail(
+                f"port {port} on {host} is in use",
+                EXIT_USAGE,
+                f"choose another with --port (e.g. --port {port + 100})",
+            )
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        fail(f"cannot listen on {host} port {port}: {reason}", EXIT_USAGE, "check --host and --port")
+    return sock
 
 
 def _wait_hint(leaves: Sequence[BaseException]) -> str | None:

@@ -23,6 +23,7 @@ from anisearch._cli._common import (
     examples,
     exit_code,
     fail,
+    listening_socket,
     out,
     print_json,
 )
@@ -192,37 +193,21 @@ def _check_extra() -> None:
             raise ModuleNotFoundError("python_multipart", name="python_multipart") from None
 
 
-def _bind(host: str, port: int) -> socket.socket | None:
-    """A socket bound to ``host:port`` for the server to listen on, or None when the port is taken.
-
-    Binding before serving (rather than checking, then letting the server bind) leaves no moment in
-    which another process can take the port and turn a one-line refusal into a server's traceback.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        return None
-    return sock
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for the server to listen on (see :func:`listening_socket`)."""
+    return listening_socket(host, port)
 
 
 def _bind_all(host: str, ports: list[int]) -> list[socket.socket]:
-    """One bound socket per port; a taken port closes the others and ends the command in one line."""
+    """One bound socket per port; a port that cannot be had closes the others and ends the command in one
+    line."""
     bound: list[socket.socket] = []
-    for port in ports:
-        sock = _bind(host, port)
-        if sock is None:
-            for other in bound:
-                other.close()
-            fail(
-                f"port {port} on {host} is in use",
-                EXIT_USAGE,
-                f"choose another with --port (e.g. --port {port + 100})",
-            )
-        bound.append(sock)
+    try:
+        bound.extend(_bind(host, port) for port in ports)
+    except BaseException:
+        for other in bound:
+            other.close()
+        raise
     return bound
 
 

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from anisearch._cli._common import EXIT_USAGE, VerboseOption, configure_logging, describe, exit_code, fail
+from anisearch._cli._common import (
+    EXIT_USAGE,
+    VerboseOption,
+    configure_logging,
+    describe,
+    exit_code,
+    fail,
+    listening_socket,
+)
 from anisearch._exceptions import AnisearchError
 
 SERVER_HINT = "pip install 'anisearch-gateway[server]'"
@@ -78,6 +86,8 @@ def serve(
             "(set ANISEARCH_SERVER_CLIENTS or pass --open)",
             err=True,
         )
+    if server.port:  # a taken port or a host nobody listens on: one line, before claiming to serve
+        listening_socket(server.host, server.port).close()
     typer.echo(
         f"anisearch gateway on http://{server.host}:{server.port} ({server.workers} worker(s)); Ctrl-C stops",
         err=True,

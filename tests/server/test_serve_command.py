@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -107,3 +108,19 @@ def test_serve_refuses_bad_settings_with_one_line(tmp_path: Path) -> None:
     assert "at least 8 printable" in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_serve_refuses_a_taken_port_or_a_bad_host_before_claiming_to_serve() -> None:
+    clients = {"ANISEARCH_SERVER_CLIENTS": f"bot={TOKEN}"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_in_process("serve", "--port", str(port), env=clients)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == f"anisearch: error: port {port} on 127.0.0.1 is in use"
+    assert "gateway on" not in done.stderr
+    bad_host = run_in_process("serve", "--host", "999.1.1.1", "--port", str(free_port()), env=clients)
+    assert bad_host.returncode == 2
+    assert bad_host.stderr.startswith("anisearch: error: cannot listen on 999.1.1.1 port ")
+    assert "Traceback" not in bad_host.stderr
