@@ -603,6 +603,16 @@ async def test_sqlite_creates_a_private_directory_and_file(tmp_path: Path) -> No
     await reopened.aclose()
 
 
+async def test_a_bare_absolute_path_is_a_sqlite_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "bare" / "ledger.sqlite3"
+    ledger = open_ledger(str(path))
+    await ledger.observe("tracemoe", GUEST, TRACEMOE, [quota(limit=1, used=0)])
+    await ledger.aclose()
+    assert path.is_file()
+    with pytest.raises(ConfigurationError, match="unsupported ledger URL"):
+        open_ledger("relative/ledger.sqlite3")  # a relative one says which file only as sqlite:///
+
+
 async def test_sqlite_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     ledger = open_ledger("sqlite:///relative/ledger.db")

@@ -79,8 +79,8 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
     """Open the ledger a URL names. Nothing is connected until first use.
 
     Args:
-        url: ``memory://``, ``sqlite:///path`` (relative) or ``sqlite:////path`` (absolute), or
-            ``redis://host:port/db``.
+        url: ``memory://``, ``sqlite:///path`` (relative) or ``sqlite:////path`` (absolute) or a bare
+            absolute path, or ``redis://host:port/db``.
         timezone: IANA zone whose midnight ends the calendar ``day`` and ``month`` windows that do not
             name their own zone (whatanimeisthis.com's daily credits).
         clock: Returns the current aware datetime; the system clock by default (tests inject one). A
@@ -94,6 +94,8 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
             without a path, an unknown time zone, or a Redis URL without the ``redis`` extra installed.
     """
     tz = zone(timezone)
+    if "://" not in url and Path(url).is_absolute():  # a bare absolute path: a SQLite file
+        url = f"sqlite:///{url}"
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in SCHEMES:
