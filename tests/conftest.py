@@ -243,6 +243,26 @@ class HostRouter(httpx.AsyncBaseTransport):
         return await route.handle_async_request(request)
 
 
+class WeakerWhatAnimeIsThis(HostRouter):
+    """Both emulators in process; whatanimeisthis's similarities scaled by 0.8 (below a 0.9 threshold)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if request.url.host != "wait.test" or not request.url.path.endswith("search"):
+            return response
+
+        def scaled(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {
+                    k: v * 0.8 if k == "similarity" and isinstance(v, float) else scaled(v)
+                    for k, v in value.items()
+                }
+            return [scaled(item) for item in value] if isinstance(value, list) else value
+
+        body = scaled(json.loads(await response.aread()))
+        return httpx.Response(response.status_code, json=body)
+
+
 @pytest.fixture
 def emulated(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], EmulatedHost]:
     """Serve ASGI apps (the emulators) to every ``anisearch`` command run in this process, in process.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import sqlite3
 import threading
 from functools import partial
@@ -15,7 +14,7 @@ import httpx
 import pytest
 import respx
 from PIL import Image
-from tests.conftest import HostRouter
+from tests.conftest import WeakerWhatAnimeIsThis
 
 from anisearch import AsyncClient, Client, Hit, SearchResult, Settings, _image
 from anisearch._cache import ResultCache, WouldBlock
@@ -186,26 +185,6 @@ def test_an_answer_is_stored_in_a_worker_thread_while_another_thread_holds_the_c
 
 
 # ---------------------------------------------------------------- the answer a search would give
-
-
-class WeakerWhatAnimeIsThis(HostRouter):
-    """Both emulators in process; whatanimeisthis's similarities scaled by 0.8 (below a 0.9 threshold)."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await super().handle_async_request(request)
-        if request.url.host != "wait.test" or not request.url.path.endswith("search"):
-            return response
-
-        def scaled(value: Any) -> Any:
-            if isinstance(value, dict):
-                return {
-                    k: v * 0.8 if k == "similarity" and isinstance(v, float) else scaled(v)
-                    for k, v in value.items()
-                }
-            return [scaled(item) for item in value] if isinstance(value, list) else value
-
-        body = scaled(json.loads(await response.aread()))
-        return httpx.Response(response.status_code, json=body)
 
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"

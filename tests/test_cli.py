@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageEnhance
 from tests.cli_runner import run_in_process as cli
+from tests.conftest import WeakerWhatAnimeIsThis
 
 import anisearch
 from anisearch._cli import _common, _emulate, _render, _search
@@ -532,3 +533,22 @@ def test_a_slot_another_search_holds_says_so_in_the_hint(
     error, hint = done.stderr.strip().splitlines()
     assert "Concurrency limit exceeded" in error
     assert hint.startswith("hint: another search holds tracemoe's slot")
+
+
+def test_a_weak_first_answer_asks_the_next_provider_at_the_default_threshold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    apps = {"trace.test": tracemoe_app(), "wait.test": whatanimeisthis_app()}
+    monkeypatch.setattr(_common, "_transport_factory", lambda: WeakerWhatAnimeIsThis(apps))
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", "http://trace.test")
+    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", "http://wait.test")
+    shot = str(Path("examples/tinted-good.jpg").resolve())
+    done = cli("search", shot, "-p", "whatanimeisthis", "-p", "tracemoe", "--no-cache", "--json")
+    assert done.returncode == 0
+    answer = json.loads(done.stdout)
+    # whatanimeisthis's best is under the 0.9 the help names as the default: tracemoe is asked too
+    assert [(a["provider"], a["outcome"]) for a in answer["attempts"]] == [
+        ("whatanimeisthis", "ok"),
+        ("tracemoe", "ok"),
+    ]
+    assert answer["provider"] == "tracemoe"

@@ -430,7 +430,7 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
         "cut_borders": cut_borders,
         "anilist_info": anilist_info,
         "include_adult": include_adult,
-        "min_similarity": min_similarity,
+        "min_similarity": threshold,  # the help's promise: a weaker best hit also asks the next provider
         "cache": not no_cache,
         "deadline": deadline,
     }
