@@ -168,7 +168,7 @@ def _add(app: typer.Typer, name: str) -> None:
             epilog=examples(
                 "anisearch emulate tracemoe --port 8000",
                 "anisearch emulate all --port 8000"
-                "   # tracemoe :8000, whatanime-ga :8001, whatanimeisthis :8002",
+                "   # tracemoe :8000, whatanime-ga :8001, whatanimeisthis :8002, anilist :8003",
                 "anisearch emulate tracemoe --quota 5 -o latency=0.5",
             ),
         )(_emulate.emulate)
