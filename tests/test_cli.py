@@ -399,6 +399,23 @@ def test_emulate_refuses_an_unknown_knob_and_names_the_known_ones() -> None:
     assert "hint: its knobs: concurrency, era, " in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("knob", "says"),
+    [
+        ("quota=lots", 'knob quota takes a whole number or null, not "lots"'),
+        ("latency=soon", 'knob latency takes a number, not "soon"'),
+        ("concurrency=1.5", "knob concurrency takes a whole number, not 1.5"),
+        ("trust_forwarded_for=1", "knob trust_forwarded_for takes true or false, not 1"),
+    ],
+)
+def test_emulate_refuses_a_knob_of_the_wrong_kind_before_serving(knob: str, says: str) -> None:
+    port = str(_common_free_port())
+    done = cli("emulate", "tracemoe", "--port", port, "-o", knob)  # it would answer every search with a 500
+    assert done.returncode == 2
+    assert says in done.stderr
+    assert "serving" not in done.stderr
+
+
 def test_emulate_without_the_extra_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 

@@ -244,6 +244,18 @@ def _call(emulator: str, factory: Any, knobs: dict[str, Any], *, strict: bool) -
                 f"its knobs: {listed}",
             )
         knobs = {k: v for k, v in knobs.items() if k in accepted}
+        parameters = inspect.signature(factory).parameters
+        for name, value in knobs.items():
+            annotation = parameters[name].annotation
+            if name in known and (wanted := _kind_mismatch(known[name], annotation, value)) is not None:
+                example = known[name]
+                fail(
+                    f"the {emulator} emulator's knob {name} takes {wanted}, not {json.dumps(value)}",
+                    EXIT_USAGE,
+                    "'anisearch emulate -h' lists its knobs"
+                    if example is None
+                    else f"for example -o {name}={json.dumps(example)}",
+                )
     try:
         return factory(**knobs)
     except TypeError:
@@ -256,6 +268,36 @@ def _call(emulator: str, factory: Any, knobs: dict[str, Any], *, strict: bool) -
             EXIT_USAGE,
             "'anisearch emulate -h' lists them",
         )
+
+
+_KINDS = {
+    frozenset({"bool"}): "true or false",
+    frozenset({"int"}): "a whole number",
+    frozenset({"float"}): "a number",
+    frozenset({"int", "float"}): "a number",
+    frozenset({"str"}): "a string",
+}
+
+
+def _kind_mismatch(default: Any, annotation: Any, value: Any) -> str | None:
+    """What a knob of a plain kind (a flag, a number, a string, or None) takes when ``value`` is something
+    else (``-o quota=lots`` arrives as the string "lots"); None when it fits or the kind is not plain."""
+    if annotation is inspect.Parameter.empty:
+        names = {type(default).__name__}
+    else:
+        text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+        names = set(re.findall(r"[A-Za-z_]\w*", text.replace("typing.", "")))
+    optional = "None" in names
+    wanted = _KINDS.get(frozenset(names - {"None"}))
+    if wanted is None or (value is None and optional):
+        return None
+    fits = {
+        "true or false": isinstance(value, bool),
+        "a whole number": isinstance(value, int) and not isinstance(value, bool),
+        "a number": isinstance(value, int | float) and not isinstance(value, bool),
+        "a string": isinstance(value, str),
+    }[wanted]
+    return None if fits else wanted + (" or null" if optional else "")
 
 
 def _plan(names: list[str], knobs: dict[str, Any], port: int | None) -> list[tuple[str, int, Any]]:
