@@ -141,7 +141,8 @@ def test_a_bad_key_is_exit_5_in_search_as_in_quota(
     assert (searched.returncode, refreshed.returncode) == (5, 5), searched.stderr + refreshed.stderr
     for done in (searched, refreshed):
         assert done.stderr.startswith("anisearch: error: ")
-        assert "hint: check the credentials for tracemoe" in done.stderr
+        assert "hint: check the credentials for tracemoe: its API key or token\n" in done.stderr
+        assert "anisearch login" not in done.stderr  # trace.moe has no sign-in
 
 
 def test_retry_chatter_only_with_verbose(
@@ -537,6 +538,13 @@ def test_library_warnings_reach_stderr_only_with_verbose(
     assert quiet.returncode == loud.returncode == 0
     assert "something to say" not in quiet.stderr
     assert "something to say" in loud.stderr
+
+
+def test_a_refused_sign_in_points_at_anisearch_login() -> None:
+    refused = anisearch.AuthenticationError("Invalid API key", provider="whatanimeisthis")
+    assert _common.hint_for(refused) == (
+        "check the credentials for whatanimeisthis: its API key or token, or 'anisearch login'"
+    )
 
 
 def test_a_slot_another_search_holds_says_so_in_the_hint(

@@ -161,7 +161,8 @@ def hint_for(exc: AnisearchError, urls: dict[str, str] | None = None) -> str | N
     for leaf in leaves:
         if isinstance(leaf, AuthenticationError):
             name = getattr(leaf, "provider", None) or "the provider"
-            return f"check the credentials for {name}: its API key or token, or 'anisearch login'"
+            login = ", or 'anisearch login'" if _signs_in(name) else ""
+            return f"check the credentials for {name}: its API key or token{login}"
     for leaf in leaves:
         if isinstance(leaf, ProviderConnectionError):
             name = leaf.provider or ""
@@ -200,6 +201,16 @@ def listening_socket(host: str, port: int) -> socket.socket:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         fail(f"cannot listen on {host} port {port}: {reason}", EXIT_USAGE, "check --host and --port")
     return sock
+
+
+def _signs_in(provider: str) -> bool:
+    """Whether ``provider`` has account features, sign-in among them (``anisearch login``)."""
+    from anisearch._provider import load_provider
+
+    try:
+        return bool(load_provider(provider).capabilities.account)
+    except (AnisearchError, AttributeError):
+        return False
 
 
 def _wait_hint(leaves: Sequence[BaseException]) -> str | None:
