@@ -370,6 +370,21 @@ async def _request(
     )
 
 
+_WHY = (
+    (httpx.ConnectTimeout, "connecting timed out"),
+    (httpx.ConnectError, "the connection was refused, or the host cannot be reached"),
+    (httpx.TimeoutException, "the server stopped answering"),
+    (httpx.RemoteProtocolError, "the server broke off the answer"),
+    (httpx.DecodingError, "the answer's content encoding is broken"),
+    (httpx.TransportError, "the connection failed"),
+)
+
+
+def _why(exc: httpx.HTTPError) -> str:
+    """A transfer failure in words (the exception's own text may hold a URL's secrets or say nothing)."""
+    return next((why for kind, why in _WHY if isinstance(exc, kind)), type(exc).__name__)
+
+
 async def download(
     client: httpx.AsyncClient,
     text: str,
@@ -399,7 +414,7 @@ async def download(
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            raise ImageFetchError(f"cannot download {shown}: {type(exc).__name__}") from exc
+            raise ImageFetchError(f"cannot download {shown}: {_why(exc)}") from exc
         try:
             if response.is_redirect:
                 location = response.headers.get("location", "")
@@ -417,7 +432,7 @@ async def download(
             except BodyTooLargeError:
                 raise ImageTooLargeError(f"{shown} is larger than {limit} bytes", limit_bytes=limit) from None
             except httpx.HTTPError as exc:
-                raise ImageFetchError(f"cannot download {shown}: {type(exc).__name__}") from exc
+                raise ImageFetchError(f"cannot download {shown}: {_why(exc)}") from exc
         finally:
             await response.aclose()
     raise ImageFetchError(f"cannot download {display_url(text)}: more than {MAX_REDIRECTS} redirects")

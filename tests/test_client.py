@@ -122,6 +122,20 @@ def test_a_url_that_fails_to_download_is_an_image_fetch_error(
         client.search("https://img.test/gone.jpg")
 
 
+def test_a_url_that_cannot_be_reached_says_so_in_words(
+    mock: respx.MockRouter, public_dns: dict[str, list[str]]
+) -> None:
+    mock.get("https://img.test/frame.jpg").mock(
+        side_effect=httpx.ConnectError("All connection attempts failed")
+    )
+    with Client(settings(), transport(mock)) as client, pytest.raises(ImageFetchError) as caught:
+        client.search("https://img.test/frame.jpg")
+    assert str(caught.value) == (
+        "cannot download https://img.test/frame.jpg: "
+        "the connection was refused, or the host cannot be reached"
+    )
+
+
 def test_bad_input_raises_before_any_request(mock: respx.MockRouter, tmp_path: Path) -> None:
     text = tmp_path / "shot.png"
     text.write_text("hello")
