@@ -577,3 +577,33 @@ def test_a_weak_first_answer_asks_the_next_provider_at_the_default_threshold(
         ("tracemoe", "ok"),
     ]
     assert answer["provider"] == "tracemoe"
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (anisearch.AllProvidersFailedError("no provider answered", [anisearch.ProviderError("x")]), 4),
+        (anisearch.LedgerError("the ledger is broken"), 6),
+    ],
+    ids=["a group of provider errors", "a ledger error"],
+)
+def test_an_error_a_command_lets_through_is_one_line_with_its_exit_code(
+    error: anisearch.AnisearchError, code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typer
+
+    from anisearch._cli import _Group
+
+    app = typer.Typer(cls=_Group)
+
+    @app.command()
+    def boom() -> None:
+        raise error
+
+    @app.command()
+    def other() -> None: ...
+
+    with pytest.raises(SystemExit) as exited:
+        app(["boom"], prog_name="anisearch")
+    assert exited.value.code == code
+    assert capsys.readouterr().err.splitlines()[0].startswith("anisearch: error: ")

@@ -69,14 +69,14 @@ class _Group(typer.core.TyperGroup):
             code = EXIT_INTERRUPTED
         except OutputClosedError:
             code = EXIT_OUTPUT_CLOSED
+        except AnisearchError as exc:  # every command catches its own; a last line of defence
+            say_error(describe(exc))
+            code = exit_code(exc)
         except BaseExceptionGroup as group:  # a closed pipe met while the searches of a batch ran
             rest = group.split(OutputClosedError)[1]
             if rest is not None:
                 raise
             code = EXIT_OUTPUT_CLOSED
-        except AnisearchError as exc:  # every command catches its own; a last line of defence
-            say_error(describe(exc))
-            code = exit_code(exc)
         if not standalone_mode:
             return code
         sys.exit(code or 0)
