@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from anisearch._cache import cache_key
+from anisearch._merge import merge_answers
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -98,17 +99,26 @@ def find_by_digest(
 def _find(
     store: ResultCache, aliases: list[str], min_similarity: float | None, strategy: str, *, block: bool
 ) -> tuple[tuple[int, SearchResult] | None, bool]:
+    decoded: dict[int, SearchResult | None] = {}  # by id of the stored JSON: each answer decoded once
+
+    def read(payload: str) -> SearchResult | None:
+        if id(payload) not in decoded:
+            decoded[id(payload)] = store.decode(payload)
+        return decoded[id(payload)]
+
     def enough(payload: str) -> bool:  # the lookup may stop here: what a fallback search stops at
         if strategy == "fanout":
             return False
-        result = store.decode(payload) if min_similarity is not None else None
-        return min_similarity is None or (result is not None and confident(result, min_similarity))
+        if min_similarity is None:
+            return True
+        result = read(payload)
+        return result is not None and confident(result, min_similarity)
 
     found = store.find_each(aliases, enough, block=block)
     if found is None:
         return None, False
     payloads, complete = found
-    results = [None if payload is None else store.decode(payload) for payload in payloads]
+    results = [None if payload is None else read(payload) for payload in payloads]
     return choose(results, complete=complete, min_similarity=min_similarity, strategy=strategy)
 
 
@@ -130,9 +140,10 @@ def choose(
     ``results`` holds each provider's cached answer in the search's order (None: none cached), up to the
     first provider whose key is not known yet when ``complete`` is False.
 
-    - ``fallback``: the first confident answer (:func:`confident`); when every provider's answer is cached
-      and none is confident, the strongest (the router keeps the strongest of the answers it got). A
-      provider without a cached answer is passed over, as a provider that cannot answer now would be.
+    - ``fallback``: the first confident answer (:func:`confident`), passing over a provider with no cached
+      answer as the cache always has (it failed or was not asked; failures are never cached). When none is
+      confident, the strongest, but only when every provider's answer is cached: the router keeps the
+      strongest of the answers it got, after asking every provider.
     - ``fanout``: every provider's answer merged, only when every one is cached.
 
     Returns:
@@ -150,7 +161,7 @@ def choose(
         weak.append((index, result))
     if not complete:
         return None, False
-    if not weak:
+    if not weak or len(weak) < len(results):  # a provider to ask could still give a confident answer
         return None, True
     return max(weak, key=lambda found: found[1].best.similarity if found[1].best else 0.0), True
 
@@ -163,18 +174,4 @@ def _fanout_choice(
     answered = [result for result in results if result is not None]
     if not answered or len(answered) < len(results):
         return None, True
-    return (0, _merged(answered)), True
-
-
-def _merged(answered: Sequence[SearchResult]) -> SearchResult:
-    """Several providers' answers as one, as the router merges a fanout search."""
-    from anisearch._plan import merge_hits  # only here: the CLI's cache hit loads no image or HTTP module
-
-    frames = [result.frames_searched for result in answered if result.frames_searched is not None]
-    return answered[0].model_copy(
-        update={
-            "hits": merge_hits([hit for result in answered for hit in result.hits]),
-            "frames_searched": sum(frames) if frames else None,
-            "quota": next((r.quota for r in answered if r.quota is not None), None),
-        }
-    )
+    return (0, merge_answers(answered)), True

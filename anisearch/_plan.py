@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from anisearch._models import Hit
     from anisearch._provider import Provider
 
-__all__ = ["PlannedQuery", "Route", "merge_hits", "plan_routes"]
+__all__ = ["PlannedQuery", "Route", "plan_routes"]
 
 
 class _Cropped:
@@ -170,44 +170,3 @@ def plan_routes(
             Route(provider=provider, scope=scope, slots=slots, cache_key=key, windows=windows, query=planned)
         )
     return routes
-
-
-def _overlaps(a: Hit, b: Hit, slack: float = 5.0) -> bool:
-    a_start, a_end, b_start, b_end = a.start_seconds, a.end_seconds, b.start_seconds, b.end_seconds
-    if a_start is None or a_end is None or b_start is None or b_end is None:
-        return False
-    return a_start <= b_end + slack and b_start <= a_end + slack
-
-
-def merge_hits(hits: Sequence[Hit]) -> list[Hit]:
-    """Merge hits of the same AniList ID, episode and overlapping time window (within 5 s).
-
-    The most similar hit of each group is kept; titles, MAL ID and synonyms missing from it are filled
-    from the others. Returns similarity descending.
-    """
-    kept: list[Hit] = []
-    for hit in sorted(hits, key=lambda h: h.similarity, reverse=True):
-        twin = next(
-            (
-                k
-                for k in kept
-                if hit.anilist_id is not None
-                and k.anilist_id == hit.anilist_id
-                and str(k.episode) == str(hit.episode)
-                and _overlaps(k, hit)
-            ),
-            None,
-        )
-        if twin is None:
-            kept.append(hit)
-            continue
-        fill = {
-            name: getattr(hit, name)
-            for name in ("title", "mal_id", "is_adult", "episode_duration_seconds")
-            if getattr(twin, name) is None and getattr(hit, name) is not None
-        }
-        if not twin.synonyms and hit.synonyms:
-            fill["synonyms"] = hit.synonyms
-        if fill:
-            kept[kept.index(twin)] = twin.model_copy(update=fill)
-    return kept

@@ -53,8 +53,9 @@ from anisearch._ledger import Refusal, Stale, Ticket, holder_is_dead
 from anisearch._ledger._base import Nap
 from anisearch._ledger._windows import from_us
 from anisearch._limits import remaining_seconds
+from anisearch._merge import merge_answers, merge_hits
 from anisearch._models import Attempt, QuotaScope, SearchResult
-from anisearch._plan import Route, merge_hits
+from anisearch._plan import Route
 from anisearch._verdict import (
     Settlement,
     checked,
@@ -213,16 +214,7 @@ class Router:
         answered = [o.result for o in outcomes if o.result is not None]
         if not answered:
             raise self._all_failed(outcomes)
-        hits = merge_hits([hit for result in answered for hit in result.hits])
-        frames = [r.frames_searched for r in answered if r.frames_searched is not None]
-        return SearchResult(
-            hits=hits,
-            provider=answered[0].provider,
-            frames_searched=sum(frames) if frames else None,
-            cached=all(r.cached for r in answered),
-            attempts=[o.attempt for o in outcomes],
-            quota=next((r.quota for r in answered if r.quota is not None), None),
-        )
+        return merge_answers(answered, [o.attempt for o in outcomes])
 
     def _all_failed(self, outcomes: list[_Outcome]) -> AllProvidersFailedError:
         errors: list[Exception] = [o.error for o in outcomes if o.error is not None]

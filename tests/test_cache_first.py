@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import subprocess
+import sys
 import threading
 from functools import partial
 from pathlib import Path
@@ -236,6 +238,7 @@ def test_choose_gives_the_answer_the_router_would_give() -> None:
     assert fallback([weak, other], 0.9) == ((1, other), True)  # none confident, all known: the strongest
     assert fallback([weak], 0.9, complete=False) == (None, False)  # one not known yet: prepare to tell
     assert fallback([None, strong], 0.9) == ((1, strong), True)  # no cached answer: passed over
+    assert fallback([weak, None], 0.9) == (None, True)  # ...but it might be confident: ask the providers
     assert fallback([None, None], None) == (None, True)
     # fanout: every provider's answer merged, only when every one is cached
     assert choose([weak, None], complete=True, min_similarity=None, strategy="fanout") == (None, True)
@@ -243,3 +246,34 @@ def test_choose_gives_the_answer_the_router_would_give() -> None:
     assert found is not None
     assert (found[0], sure) == (0, True)
     assert sorted(hit.similarity for hit in found[1].hits) == [0.7, 0.95]
+
+
+def test_a_cached_fanout_answer_is_merged_without_loading_the_engine(tmp_path: Path) -> None:
+    script = f"""
+import asyncio, sys
+from anisearch._cache import ResultCache
+from anisearch._cache_first import find_by_digest, source_keys
+from anisearch._models import Hit, SearchResult
+from anisearch._provider import SearchOptions
+
+class Named:
+    def __init__(self, name): self.name = name
+
+class Routed:
+    def __init__(self, name): self.provider, self.cache_key = Named(name), "key-" + name
+
+store = ResultCache(__import__("pathlib").Path({str(tmp_path / "c.sqlite3")!r}), ttl_seconds=3600)
+keys = source_keys([Routed("a"), Routed("b")], "digest", (320, 320), SearchOptions())
+async def fill():
+    for name, similarity in (("a", 0.95), ("b", 0.5)):
+        hits = [Hit(provider=name, similarity=similarity, anilist_id=1 if name == "a" else 2)]
+        await store.put("key-" + name, SearchResult(hits=hits, provider=name), sources=keys)
+asyncio.run(fill())  # storing loads anyio; the lookup must load nothing of the engine
+loaded = set(sys.modules)
+found, sure = find_by_digest(store, "digest", ["a", "b"], SearchOptions(), (320, 320), strategy="fanout")
+engine = ("httpx", "PIL", "anisearch._image", "anisearch._plan", "anisearch._router")
+heavy = [m for m in engine if m in sys.modules and m not in loaded]
+print(found[0], sorted(hit.provider for hit in found[1].hits), sure, heavy)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "0 ['a', 'b'] True []"
