@@ -156,4 +156,5 @@ def _transfer_error(
         )
     detail = _redact.printable(_redact.redact(str(exc)), 160)
     host = _redact.display_url(request.url.host, 80)
-    return ProviderConnectionError(f"cannot reach {host}: {detail}", provider=name)
+    # With a status, the answer had begun (a connection dropped mid-body): counted by that status.
+    return ProviderConnectionError(f"cannot reach {host}: {detail}", provider=name, status_code=status)

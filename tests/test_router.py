@@ -780,3 +780,30 @@ async def test_a_caller_timeout_after_the_request_reached_a_real_server_is_count
     assert scope.cancelled_caught
     assert arrived.is_set()
     assert (await ledger.snapshot("one", lambda _: windows))[0].used == 1
+
+
+class _BrokenBody(httpx.AsyncByteStream):
+    """An answer's body that breaks off after its first bytes (the connection dropped)."""
+
+    async def __aiter__(self) -> Any:
+        yield b'{"error": "'
+        raise httpx.ReadError("connection reset")
+
+
+@pytest.mark.parametrize(("status", "counted"), [(200, 1), (503, 0)])
+async def test_an_answer_whose_connection_drops_mid_body_is_counted_by_its_status(
+    ledger: Ledger, status: int, counted: int
+) -> None:
+    transport = ProviderTransport(
+        5.0, httpx.MockTransport(lambda _: httpx.Response(status, stream=_BrokenBody()))
+    )
+    windows = (WindowSpec("rolling-24h", span_seconds=86400, limit=5),)
+    try:
+        with pytest.raises(AllProvidersFailedError) as caught:
+            await Router(ledger, transport.send, wait_seconds=1).search(
+                windowed(Scripted("one"), windows=windows)
+            )
+    finally:
+        await transport.aclose()
+    assert [getattr(e, "status_code", None) for e in caught.value.exceptions] == [status]
+    assert (await ledger.snapshot("one", lambda _: windows))[0].used == counted

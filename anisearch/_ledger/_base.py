@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -99,18 +100,23 @@ def _machine() -> str:
 
 
 def _started_ms(pid: int) -> int:
-    """When process ``pid`` started, in milliseconds since the machine booted.
+    """When process ``pid`` started, in milliseconds: since the machine booted on Linux, since the epoch
+    elsewhere.
 
-    psutil gives the start as wall-clock time: the boot time it reads now plus the start's offset from
-    boot. The offset alone does not move when the clock is stepped (NTP, a resumed VM), which would make a
-    live holder look like another process.
+    On Linux psutil gives the start as the boot time read now plus the start's offset from boot, so a clock
+    step (NTP, a resumed VM) would move it and make a live holder look like another process: the offset
+    alone does not move. Elsewhere psutil's boot time is recomputed from the clock in each process (it may
+    differ by a second between two), while the start it gives is stamped once: that is kept as it is.
 
     Raises:
         psutil.Error: No such process, or it cannot be read.
     """
     import psutil
 
-    return round((psutil.Process(pid).create_time() - psutil.boot_time()) * 1000)
+    started = psutil.Process(pid).create_time()
+    if sys.platform.startswith("linux"):
+        started -= psutil.boot_time()
+    return round(started * 1000)
 
 
 @cache
