@@ -134,7 +134,10 @@ class ResultCache:
             if replaceable(path):
                 self._db = self._rebuild(exc)
             else:
-                self._warn(f"{exc}; it is not a SQLite file, so it is left as it is")
+                self._warn(
+                    f"{exc}; it is not a SQLite file, so it is left as it is "
+                    "(point ANISEARCH_CACHE elsewhere, or delete it)"
+                )
         except OSError as exc:
             self._warn(exc)
 

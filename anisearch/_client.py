@@ -259,7 +259,8 @@ class AsyncClient(AccountFeatures):
 
         Raises:
             InvalidImageError: The input is empty, not an image, truncated or a decompression bomb.
-            ImageTooLargeError: The input is over the size limit (before any request).
+            ImageTooLargeError: The input is over the size limit (before any request). An image too large
+                for one provider's upload limit alone is that provider's failed attempt: the next is asked.
             ImageFetchError: ``image`` is a URL that could not be downloaded.
             UnknownProviderError: A name in ``providers`` (or the ``metadata`` setting) is not registered.
             ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy or

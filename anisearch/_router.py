@@ -205,8 +205,8 @@ class Router:
                     group.start_soon(run, index, route)
         except BaseExceptionGroup as group:  # bad input or a broken ledger: the error fallback raises
             typed = _first_typed(group)
-            if typed is None:
-                raise
+            if typed is None or group.split(AnisearchError)[1] is not None:
+                raise  # anything else (a bug in a task) is not hidden behind it
             raise typed from None
         return [o for o in outcomes if o is not None]
 

@@ -51,12 +51,12 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def replaceable(path: Path) -> bool:
-    """Whether a cache file that failed to open may be deleted and started again: an empty file or a SQLite
-    database (a damaged cache, or one of another schema version). Anything else is somebody's file that a
-    setting points at by mistake, and is left as it is."""
+    """Whether a cache file that failed to open may be deleted and started again: an empty file, a SQLite
+    database (a damaged cache, or one of another schema version), or one whose first bytes a crash zeroed.
+    Anything else is somebody's file that a setting points at by mistake, and is left as it is."""
     try:
         with path.open("rb") as file:
             head = file.read(len(SQLITE_HEADER))
     except OSError:
         return False
-    return head in {b"", SQLITE_HEADER}
+    return head in {b"", SQLITE_HEADER} or head == bytes(len(head))  # zeroed by a crash: ours, damaged

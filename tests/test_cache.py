@@ -93,6 +93,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     "damage",
     [
         pytest.param(lambda path: path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000), id="corrupt"),
+        pytest.param(lambda path: path.write_bytes(bytes(8192)), id="zeroed by a crash"),
         pytest.param(
             lambda path: sqlite3.connect(path).executescript(
                 "CREATE TABLE results (key TEXT, value BLOB); PRAGMA user_version=7;"

@@ -87,6 +87,7 @@ def serve(
             err=True,
         )
     if server.port:  # a taken port or a host nobody listens on: one line, before claiming to serve
+        # (uvicorn binds again, with its workers: a port taken in between is then its error, not ours)
         listening_socket(server.host, server.port).close()
     typer.echo(
         f"anisearch gateway on http://{server.host}:{server.port} ({server.workers} worker(s)); Ctrl-C stops",
