@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import anyio
@@ -18,6 +19,10 @@ __all__ = ["Downloader", "is_url"]
 def is_url(image: object) -> bool:
     """Whether a search input is an ``http(s)://`` URL (scheme in any case)."""
     return isinstance(image, str) and image[:8].lower().startswith(("http://", "https://"))
+
+
+_HASH_IN_PLACE_BYTES = 4 * 1024 * 1024
+"""Largest download hashed on the event loop itself (a few milliseconds); a larger one in a worker thread."""
 
 
 class Downloader:
@@ -64,8 +69,21 @@ class Downloader:
             await self._http.aclose()
 
     async def resolve(self, image: Any) -> Any:
-        """An http(s) URL becomes its downloaded bytes; anything else is returned as it came."""
-        return await self.download(image) if is_url(image) else image
+        """An http(s) URL becomes its downloaded bytes, named by the URL in messages about them
+        (:class:`~anisearch._image.SourceBytes`); anything else is returned as it came."""
+        if not is_url(image):
+            return image
+        data = await self.download(image)
+        if not data:
+            return data  # preparing it says it is empty
+        from anisearch._image import SourceBytes  # Pillow: only once there is an image to prepare
+
+        digest = (
+            hashlib.sha256(data).hexdigest()
+            if len(data) <= _HASH_IN_PLACE_BYTES
+            else await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+        )
+        return SourceBytes(data, f"{_redact.display_url(image)}: ", digest)
 
     async def download(self, url: str) -> bytes:
         """Download a user's URL to public addresses only, within one attempt's time (see ``_fetch``).

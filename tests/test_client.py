@@ -136,6 +136,15 @@ def test_a_url_that_cannot_be_reached_says_so_in_words(
     )
 
 
+def test_a_url_that_serves_no_image_is_named_in_the_error(
+    mock: respx.MockRouter, public_dns: dict[str, list[str]]
+) -> None:
+    mock.get("https://img.test/notes.txt").respond(200, text="just some notes\n" * 20)
+    with Client(settings(), transport(mock)) as client, pytest.raises(InvalidImageError) as caught:
+        client.search("https://img.test/notes.txt")
+    assert str(caught.value) == "https://img.test/notes.txt: this is text, not an image"
+
+
 def test_bad_input_raises_before_any_request(mock: respx.MockRouter, tmp_path: Path) -> None:
     text = tmp_path / "shot.png"
     text.write_text("hello")
