@@ -163,7 +163,7 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, where: str) -> None:
     if width * height > max_pixels:
         raise InvalidImageError(
             f"{where}the image is {width}x{height} ({width * height / 1e6:.1f} MP), over the "
-            f"{max_pixels / 1e6:.1f} MP limit (max_pixels); refusing a possible decompression bomb"
+            f"{max_pixels / 1e6:.1f} MP limit; refusing a possible decompression bomb"
         )
 
 

@@ -63,7 +63,7 @@ def too_large(where: str, size: int | None, limit: int) -> ImageTooLargeError:
     """The error for a source over ``limit`` bytes (``size`` None when only "more than" is known)."""
     what = f"is {_human(size)}" if size is not None else f"is larger than {_human(limit)}"
     return ImageTooLargeError(
-        f"{where}the input {what}, over the {_human(limit)} limit (max_source_bytes)",
+        f"{where}the input {what}, over the {_human(limit)} limit",
         size_bytes=size,
         limit_bytes=limit,
     )
