@@ -32,7 +32,13 @@ from anisearch._enrich import Enricher, metadata_infos, open_enricher
 from anisearch._exceptions import ConfigurationError
 from anisearch._ledger import WindowSpec, open_ledger
 from anisearch._ledger._base import scope_id
-from anisearch._limits import MAX_HITS, keep_best_hits, remaining_seconds, search_deadline
+from anisearch._limits import (
+    HASH_IN_PLACE_BYTES,
+    MAX_HITS,
+    keep_best_hits,
+    remaining_seconds,
+    search_deadline,
+)
 from anisearch._models import Attempt, ProviderInfo, Quota, SearchResult
 from anisearch._plan import Route, plan_routes
 from anisearch._provider import (
@@ -502,10 +508,6 @@ def _best_hits(result: SearchResult) -> SearchResult:
 
 _Found = tuple[tuple[Provider, SearchResult] | None, bool]
 
-IN_MEMORY_LOOKUP_BYTES = 4 * 1024 * 1024
-"""Largest in-memory source (bytes) hashed and looked up in the cache on the event loop itself, without a
-worker thread: SHA-256 of 4 MiB takes a few milliseconds."""
-
 
 @dataclass(frozen=True)
 class _Lookup:
@@ -540,7 +542,7 @@ class _Lookup:
         """
         if not isinstance(source, bytes | bytearray | memoryview | _image.SourceBytes):
             return None
-        if not isinstance(source, _image.SourceBytes) and not 0 < len(source) <= IN_MEMORY_LOOKUP_BYTES:
+        if not isinstance(source, _image.SourceBytes) and not 0 < len(source) <= HASH_IN_PLACE_BYTES:
             return None
         read = _image.read(source)
         if not isinstance(read, _image.SourceBytes):  # pragma: no cover - bytes are never a PIL image

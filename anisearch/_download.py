@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+from functools import partial
 from typing import Any
 
 import anyio
@@ -10,7 +11,7 @@ import httpx
 
 from anisearch import _fetch, _redact
 from anisearch._exceptions import ImageFetchError, ProviderError
-from anisearch._limits import MAX_DOWNLOAD_BYTES, remaining_seconds
+from anisearch._limits import HASH_IN_PLACE_BYTES, MAX_DOWNLOAD_BYTES, remaining_seconds
 from anisearch._transport import ACCEPT_ENCODING, tls_context, user_agent
 
 __all__ = ["Downloader", "is_url"]
@@ -19,10 +20,6 @@ __all__ = ["Downloader", "is_url"]
 def is_url(image: object) -> bool:
     """Whether a search input is an ``http(s)://`` URL (scheme in any case)."""
     return isinstance(image, str) and image[:8].lower().startswith(("http://", "https://"))
-
-
-_HASH_IN_PLACE_BYTES = 4 * 1024 * 1024
-"""Largest download hashed on the event loop itself (a few milliseconds); a larger one in a worker thread."""
 
 
 class Downloader:
@@ -69,21 +66,19 @@ class Downloader:
             await self._http.aclose()
 
     async def resolve(self, image: Any) -> Any:
-        """An http(s) URL becomes its downloaded bytes, named by the URL in messages about them
-        (:class:`~anisearch._image.SourceBytes`); anything else is returned as it came."""
+        """An http(s) URL becomes its downloaded bytes, read and hashed as :func:`anisearch._image.read`
+        does and named by the URL in messages about them; anything else is returned as it came."""
         if not is_url(image):
             return image
         data = await self.download(image)
         if not data:
             return data  # preparing it says it is empty
-        from anisearch._image import SourceBytes  # Pillow: only once there is an image to prepare
+        from anisearch import _image  # Pillow: only once there is an image to prepare
 
-        digest = (
-            hashlib.sha256(data).hexdigest()
-            if len(data) <= _HASH_IN_PLACE_BYTES
-            else await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
-        )
-        return SourceBytes(data, f"{_redact.display_url(image)}: ", digest)
+        read = partial(_image.read, data)
+        source = read() if len(data) <= HASH_IN_PLACE_BYTES else await anyio.to_thread.run_sync(read)
+        assert isinstance(source, _image.SourceBytes)  # noqa: S101 - bytes are never a PIL image
+        return dataclasses.replace(source, where=f"{_redact.display_url(image)}: ")
 
     async def download(self, url: str) -> bytes:
         """Download a user's URL to public addresses only, within one attempt's time (see ``_fetch``).

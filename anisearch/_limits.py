@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from anisearch._models import Hit
 
 __all__ = [
+    "HASH_IN_PLACE_BYTES",
     "MAX_DOWNLOAD_BYTES",
     "MAX_HITS",
     "MAX_REDIRECTS",
@@ -33,6 +34,9 @@ MAX_SOURCE_BYTES = 100 * 1024 * 1024
 """Largest input anisearch reads from a file, stdin, a file object or a URL, bytes (100 MiB). Anything
 larger is refused after reading at most this many bytes plus one; anything smaller is decoded and scaled
 down to the upload size, however large it is compared with a provider's upload limit."""
+HASH_IN_PLACE_BYTES = 4 * 1024 * 1024
+"""Largest source (bytes) hashed on the event loop itself, without a worker thread: SHA-256 of 4 MiB takes a
+few milliseconds."""
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 """Largest image anisearch downloads from a URL the caller gave, bytes (50 MiB, counted after
 decompression)."""

@@ -58,6 +58,7 @@ from anisearch._models import Attempt, QuotaScope, SearchResult
 from anisearch._plan import Route
 from anisearch._verdict import (
     Settlement,
+    answered,
     checked,
     failure_outcome,
     guarded,
@@ -401,7 +402,7 @@ class Router:
         try:
             response = await self._send_leased(ticket, provider, query, request, sending)
             status = response.status_code
-            settlement = Settlement("charged" if response.is_success else "uncharged")  # until read says more
+            settlement = answered(response)  # until its body is read
             await self._hand_over(route, ticket)
             settlement, answer, error = read(
                 provider, route.windows, response, self._ledger.now(), self._ledger.timezone

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_COOLDOWN_SECONDS",
     "MAX_COOLDOWN_SECONDS",
     "Settlement",
+    "answered",
     "checked",
     "failure_outcome",
     "guarded",
@@ -109,6 +110,12 @@ def provider_windows(provider: Provider) -> tuple[WindowSpec, ...]:
     return tuple(specs.values())
 
 
+def answered(response: httpx.Response) -> Settlement:
+    """What an answer counts as before its body is read: a success is ``charged``, an error answer
+    ``uncharged`` (request-counting windows still count it)."""
+    return Settlement("charged" if response.is_success else "uncharged")
+
+
 def read(
     provider: Provider, windows: Sequence[WindowSpec], response: httpx.Response, now: datetime, tz: ZoneInfo
 ) -> tuple[Settlement, ProviderAnswer | None, ProviderError | None]:
@@ -117,7 +124,7 @@ def read(
     The upstream counts only answered searches: a success is ``charged``, an error answer ``uncharged``
     (request-counting windows still count it).
     """
-    settlement = Settlement("charged" if response.is_success else "uncharged")
+    settlement = answered(response)
     try:
         settlement.observations = checked(
             guarded(provider.name, lambda: provider.observe(response)), provider.name

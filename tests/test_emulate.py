@@ -64,7 +64,7 @@ def _free_base(count: int) -> int:
 @pytest.fixture
 def any_port(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every port counts as free (the default ports may be taken on this machine)."""
-    monkeypatch.setattr(_emulate, "_bind", lambda host, port: socket.socket())
+    monkeypatch.setattr(_emulate, "listening_socket", lambda host, port: socket.socket())
 
 
 def test_help_lists_every_emulators_knobs_and_default_port(shipped: dict[str, Any]) -> None:

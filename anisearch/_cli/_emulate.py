@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -193,17 +194,12 @@ def _check_extra() -> None:
             raise ModuleNotFoundError("python_multipart", name="python_multipart") from None
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` for the server to listen on (see :func:`listening_socket`)."""
-    return listening_socket(host, port)
-
-
 def _bind_all(host: str, ports: list[int]) -> list[socket.socket]:
     """One bound socket per port; a port that cannot be had closes the others and ends the command in one
     line."""
     bound: list[socket.socket] = []
     try:
-        bound.extend(_bind(host, port) for port in ports)
+        bound.extend(listening_socket(host, port) for port in ports)
     except BaseException:
         for other in bound:
             other.close()
@@ -270,13 +266,18 @@ def _call(emulator: str, factory: Any, knobs: dict[str, Any], *, strict: bool) -
         )
 
 
-_KINDS = {
-    frozenset({"bool"}): "true or false",
-    frozenset({"int"}): "a whole number",
-    frozenset({"float"}): "a number",
-    frozenset({"int", "float"}): "a number",
-    frozenset({"str"}): "a string",
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_KINDS: dict[frozenset[str], tuple[str, Callable[[Any], bool]]] = {
+    frozenset({"bool"}): ("true or false", lambda v: isinstance(v, bool)),
+    frozenset({"int"}): ("a whole number", lambda v: _number(v) and isinstance(v, int)),
+    frozenset({"float"}): ("a number", _number),
+    frozenset({"int", "float"}): ("a number", _number),
+    frozenset({"str"}): ("a string", lambda v: isinstance(v, str)),
 }
+"""The plain kinds of knob, by the type names of their annotation: what each takes, and the test."""
 
 
 def _kind_mismatch(default: Any, annotation: Any, value: Any) -> str | None:
@@ -288,16 +289,10 @@ def _kind_mismatch(default: Any, annotation: Any, value: Any) -> str | None:
         text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
         names = set(re.findall(r"[A-Za-z_]\w*", text.replace("typing.", "")))
     optional = "None" in names
-    wanted = _KINDS.get(frozenset(names - {"None"}))
-    if wanted is None or (value is None and optional):
+    kind = _KINDS.get(frozenset(names - {"None"}))
+    if kind is None or (value is None and optional) or kind[1](value):
         return None
-    fits = {
-        "true or false": isinstance(value, bool),
-        "a whole number": isinstance(value, int) and not isinstance(value, bool),
-        "a number": isinstance(value, int | float) and not isinstance(value, bool),
-        "a string": isinstance(value, str),
-    }[wanted]
-    return None if fits else wanted + (" or null" if optional else "")
+    return kind[0] + (" or null" if optional else "")
 
 
 def _plan(names: list[str], knobs: dict[str, Any], port: int | None) -> list[tuple[str, int, Any]]:

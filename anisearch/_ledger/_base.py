@@ -121,8 +121,7 @@ def _started_ms(pid: int) -> int:
 
 @cache
 def this_holder() -> str:
-    """This process as a slot holder: ``machine:pid:start`` (see :func:`_machine`; start in milliseconds
-    since boot)."""
+    """This process as a slot holder: ``machine:pid:start`` (see :func:`_machine` and :func:`_started_ms`)."""
     return f"{_machine()}:{os.getpid()}:{_started_ms(os.getpid())}"
 
 
