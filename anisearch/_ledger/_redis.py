@@ -196,20 +196,17 @@ class RedisLedger(Ledger):
 
     async def _clear(self, provider: str | None) -> None:
         with self._unusable():
-            await self._delete(provider)
-
-    async def _delete(self, provider: str | None) -> None:
-        pattern = f"{PREFIX}*" if provider is None else f"{PREFIX}*:{provider}|*"
-        keys = [key async for key in self._redis.scan_iter(match=pattern, count=500)]
-        for start in range(0, len(keys), 500):
-            await self._redis.delete(*keys[start : start + 500])
-        if provider is None:
-            await self._redis.delete(f"{PREFIX}scopes")
-        else:
-            for member in [
-                m for m in await self._redis.smembers(f"{PREFIX}scopes") if m.startswith(f"{provider}|")
-            ]:
-                await self._redis.srem(f"{PREFIX}scopes", member)
+            pattern = f"{PREFIX}*" if provider is None else f"{PREFIX}*:{provider}|*"
+            keys = [key async for key in self._redis.scan_iter(match=pattern, count=500)]
+            for start in range(0, len(keys), 500):
+                await self._redis.delete(*keys[start : start + 500])
+            if provider is None:
+                await self._redis.delete(f"{PREFIX}scopes")
+            else:
+                for member in [
+                    m for m in await self._redis.smembers(f"{PREFIX}scopes") if m.startswith(f"{provider}|")
+                ]:
+                    await self._redis.srem(f"{PREFIX}scopes", member)
 
     async def wait(self, provider: str, scope: str, seconds: float) -> None:
         """Return when any worker settles a reservation of the scope, or after ``seconds``.
