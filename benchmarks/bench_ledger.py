@@ -376,7 +376,8 @@ def main() -> None:
         del os.environ[name]
     with tempfile.TemporaryDirectory(prefix="anisearch-bench-ledger-") as scratch:
         root = Path(scratch)
-        os.environ["ANISEARCH_CONFIG"] = str(root / "no-config.toml")
+        (root / "empty-config.toml").write_text("")  # the caller's config file must not apply
+        os.environ["ANISEARCH_CONFIG"] = str(root / "empty-config.toml")
         os.environ["ANISEARCH_STATE_DIR"] = str(root / "state")
         binary = shutil.which("redis-server")
         redis_server = RedisServer(binary, root) if binary else None

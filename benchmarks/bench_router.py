@@ -438,7 +438,8 @@ def main() -> None:
         # The caller's ANISEARCH_* variables and config file must not redirect or re-key the searches.
         for name in [name for name in os.environ if name.startswith("ANISEARCH_")]:
             del os.environ[name]
-        os.environ["ANISEARCH_CONFIG"] = str(root / "no-config.toml")
+        (root / "empty-config.toml").write_text("")  # the caller's config file must not apply
+        os.environ["ANISEARCH_CONFIG"] = str(root / "empty-config.toml")
         ledgers = {"memory://": "memory://", "sqlite:///": f"sqlite:///{root / 'ledger.sqlite3'}"}
         redis: RedisServer | None = None
         if args.redis_url:
