@@ -96,6 +96,32 @@ BUSY_RETRIES = 3
 _GATES: weakref.WeakValueDictionary[tuple[int, str, str, int], anyio.Lock] = weakref.WeakValueDictionary()
 """One gate per (ledger, provider, scope, event loop), alive while a search holds or awaits it."""
 _GATES_LOCK = threading.Lock()
+_BATONS: dict[tuple[int, str, str, int], _Baton] = {}
+"""Per gate key: the slot a search of this event loop hands over early, until the next search takes it."""
+_HOLDERS: dict[tuple[int, str, str, int], _Baton] = {}
+"""Per gate key: the baton of the search that last took the slot through the gate. The next search in the
+gate asks the ledger once that one's request is sent: sooner it would be refused, and hold up that send."""
+_BATON_SECONDS = 0.05
+"""The longest a search waits for another search of its event loop (see :class:`_Baton`)."""
+
+
+class _Baton:
+    """A concurrency slot passed from one search to the next within one event loop.
+
+    The search that hands the slot over reads and settles its own answer once the next one's request is
+    sent (``sent``), so the slot does not stand idle while the event loop and the ledger are busy with it.
+    The next search decides whether to hand the slot on early only once the first has settled
+    (``settled``): its answer may have said the slot was handed over too early. Each waits for the other
+    for at most :data:`_BATON_SECONDS`.
+    """
+
+    __slots__ = ("sent", "settled")
+
+    def __init__(self, *, handed: bool) -> None:
+        self.sent = anyio.Event()
+        self.settled = anyio.Event()
+        if not handed:  # a slot taken when freed at settle: nobody is left to wait for
+            self.settled.set()
 
 
 @dataclass(slots=True)
@@ -141,6 +167,8 @@ class Router:
         self._on_wait = on_wait
         self._contended: set[str] = set()
         """Tokens of this router's reservations that had to wait for their slot."""
+        self._batons: dict[str, _Baton] = {}
+        """Per token of a reservation taken through the gate: its baton, until it is asked."""
         self._settle_first: set[str] = settle_first if settle_first is not None else set()
         """Providers whose slot is freed at settle only: a search handed it early met a concurrency refusal
         (an upstream on the same host, still logging the last search when the next one arrived). Shared by
@@ -263,11 +291,24 @@ class Router:
             result = await self._reserve(route, give_up_at, frozenset())
             if not (isinstance(result, Refusal) and result.kind == "concurrency"):
                 return result if isinstance(result, Ticket | ProviderError) else self._error(route, result)
+        key = self._gate_key(route)
         async with gate, self._ledger.listening(route.provider.name, route.scope) as nap:
+            with _GATES_LOCK:
+                holder = _HOLDERS.get(key)
+            if holder is not None:
+                with anyio.move_on_after(_BATON_SECONDS):
+                    await holder.sent.wait()
             result = await self._reserve(route, give_up_at, frozenset(), nap=nap)
+            with _GATES_LOCK:
+                baton = _BATONS.pop(key, None)
+                if isinstance(result, Ticket):  # before the gate opens for the next search
+                    baton = _HOLDERS[key] = baton or _Baton(handed=False)
+                    self._batons[result.token] = baton
         if isinstance(result, Ticket):
             self._contended.add(result.token)
             return result
+        if baton is not None:
+            baton.sent.set()  # nothing to send: the search that handed the slot over goes on at once
         return result if isinstance(result, ProviderError) else self._error(route, result)
 
     def _gate_key(self, route: Route) -> tuple[int, str, str, int]:
@@ -292,16 +333,61 @@ class Router:
             gate = _GATES.get(self._gate_key(route))
         return gate is not None and gate.locked()
 
-    async def _hand_over(self, route: Route, ticket: Ticket) -> None:
-        """Free the slot as soon as the answer is in, when others wait for it (one more ledger step)."""
+    async def _hand_over(self, route: Route, ticket: Ticket) -> _Baton | None:
+        """Free the slot as soon as the answer is in, when others wait for it (one more ledger step).
+
+        When the next search waits in this event loop, this one lets it reserve and send first (see
+        :class:`_Baton`) and returns the baton, to be marked settled. Reading and settling this answer,
+        and whatever the caller does next, would otherwise hold up the loop and the ledger while the slot
+        stands idle.
+        """
         if not self._others_wait(route, ticket):
-            return
+            return None
+        key = self._gate_key(route)
+        baton: _Baton | None = None
+        with _GATES_LOCK:
+            gate = _GATES.get(key)
+            if gate is not None and gate.locked():  # a search of this loop waits for it
+                baton = _BATONS[key] = _Baton(handed=True)
         try:
             await self._ledger.free_slot(ticket)
         except LedgerError as exc:  # settling frees it anyway, and says whether the ledger is back
             logger.warning("%s: could not hand the slot over early: %s", ticket.provider, exc)
-            return
+            with _GATES_LOCK:
+                if baton is not None and _BATONS.get(key) is baton:
+                    del _BATONS[key]
+            return None
         await anyio.lowlevel.checkpoint()  # a search of this process woken for the slot sends first
+        if baton is not None:
+            with anyio.move_on_after(_BATON_SECONDS):
+                await baton.sent.wait()
+            with _GATES_LOCK:
+                if _BATONS.get(key) is baton:  # nobody took it
+                    del _BATONS[key]
+        return baton
+
+    async def _sent(self, route: Route, taken: _Baton) -> None:
+        """This search's request was sent and answered: the search that handed it the slot may go on, and
+        this one waits for that one to settle before handing the slot on in turn (see :class:`_Baton`)."""
+        taken.sent.set()  # a transport that traces nothing says so only now
+        if route.provider.name not in self._settle_first:
+            with anyio.move_on_after(_BATON_SECONDS):
+                await taken.settled.wait()
+
+    def _let_go(self, route: Route, taken: _Baton) -> None:
+        """This search is done with the baton it took: nobody waits for its request any more."""
+        taken.sent.set()
+        key = self._gate_key(route)
+        with _GATES_LOCK:
+            if _HOLDERS.get(key) is taken:
+                del _HOLDERS[key]
+
+    def _handed_too_early(self, name: str) -> None:
+        """A search that waited for its slot was refused "concurrency": from now on this client frees the
+        provider's slot at settle only (see :meth:`_hand_over`)."""
+        if name not in self._settle_first:
+            logger.info("%s refused a slot handed over early: freeing it at settle from now on", name)
+            self._settle_first.add(name)
 
     def _error(self, route: Route, refusal: Refusal) -> ProviderError:
         wait = (from_us(refusal.until) - self._ledger.now()).total_seconds()
@@ -398,12 +484,16 @@ class Router:
         error: ProviderError | None = None
         settlement = Settlement("unsent")
         waited = ticket.token in self._contended
-        sending = _Sending()
+        taken = self._batons.pop(ticket.token, None)
+        given: _Baton | None = None
+        sending = _Sending(taken.sent if taken is not None else None)
         try:
             response = await self._send_leased(ticket, provider, query, request, sending)
             status = response.status_code
             settlement = answered(response)  # until its body is read
-            await self._hand_over(route, ticket)
+            if taken is not None:
+                await self._sent(route, taken)
+            given = await self._hand_over(route, ticket)
             settlement, answer, error = read(
                 provider, route.windows, response, self._ledger.now(), self._ledger.timezone
             )
@@ -416,6 +506,8 @@ class Router:
             raise
         finally:
             self._contended.discard(ticket.token)
+            if taken is not None:
+                self._let_go(route, taken)
             with anyio.CancelScope(shield=True):
                 await self._ledger.settle(
                     ticket,
@@ -425,13 +517,12 @@ class Router:
                     busy=settlement.busy,
                     blocks=settlement.blocks,
                 )
+            if waited and isinstance(error, ConcurrencyLimitError):
+                self._handed_too_early(provider.name)
+            if given is not None:
+                given.settled.set()
         # A search of this process woken by the freed slot sends before this one builds its result.
         await anyio.lowlevel.checkpoint()
-        if waited and isinstance(error, ConcurrencyLimitError) and provider.name not in self._settle_first:
-            logger.info(
-                "%s refused a slot handed over early: freeing it at settle from now on", provider.name
-            )
-            self._settle_first.add(provider.name)
         if error is not None or answer is None:
             failure = error or UpstreamResponseError("no answer", provider=provider.name)
             return self._failed(provider.name, failure, status, started)
@@ -560,10 +651,12 @@ class _Sending:
     connecting spent nothing, while one cancelled after that may be run to its end and counted upstream.
     """
 
-    __slots__ = ("handed", "traced", "writing")
+    __slots__ = ("handed", "sent", "traced", "writing")
 
-    def __init__(self) -> None:
+    def __init__(self, sent: anyio.Event | None = None) -> None:
         self.handed = self.traced = self.writing = False
+        self.sent = sent
+        """Set once the request's body has been written (see :class:`_Baton`)."""
 
     @property
     def may_have_left(self) -> bool:
@@ -579,6 +672,8 @@ class _Sending:
         self.traced = True
         if name.endswith("send_request_headers.started"):
             self.writing = True
+        elif name.endswith("send_request_body.complete") and self.sent is not None:
+            self.sent.set()
 
 
 def _first_typed(group: BaseExceptionGroup[BaseException]) -> AnisearchError | None:

@@ -6,9 +6,11 @@ import io
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from PIL import Image
@@ -620,6 +622,56 @@ async def test_a_slot_handed_over_too_early_is_handed_over_at_settle_from_then_o
             group.start_soon(one, next_router)
     assert len(results) == 8
     assert len(freed) == 3  # still handed over at settle only
+
+
+@pytest.mark.parametrize("traced", [True, False], ids=["traced", "untraced"])
+async def test_a_search_handing_its_slot_over_settles_once_the_next_request_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traced: bool
+) -> None:
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")  # its steps take a worker thread
+    events: list[str] = []
+    original = ledger.settle
+
+    async def recording(ticket: Ticket, *args: Any, **kwargs: Any) -> None:
+        await original(ticket, *args, **kwargs)
+        events.append("settled")
+
+    monkeypatch.setattr(ledger, "settle", recording)
+    reserve = ledger.reserve
+
+    async def reserving(*args: Any, **kwargs: Any) -> Any:
+        result = await reserve(*args, **kwargs)
+        events.append("ticket" if isinstance(result, Ticket) else "refused")
+        return result
+
+    monkeypatch.setattr(ledger, "reserve", reserving)
+
+    async def upstream(_provider: Any, request: httpx.Request) -> httpx.Response:
+        await anyio.lowlevel.checkpoint()  # as a transport takes a connection from its pool
+        if traced:  # as httpcore's transports report a request's progress
+            await request.extensions["trace"]("http11.send_request_headers.started", {})
+            await request.extensions["trace"]("http11.send_request_body.complete", {})
+        events.append("sent")
+        await anyio.sleep(0.02)  # long enough that the others queue for the slot
+        return httpx.Response(200, request=request)
+
+    provider = Scripted("one", *[answer("one", 0.9)] * 3)
+    the_router = Router(ledger, upstream, wait_seconds=5, lease_seconds=5)
+
+    async def one() -> None:
+        await the_router.search(routes(provider))
+        events.append("returned")
+
+    async with anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(one)
+    await ledger.aclose()
+    # A search that took a slot handed over sent its request before anything else reached the ledger:
+    # the search that handed the slot over settled after that, and the next one in line asked after it.
+    taken = [i for i, event in enumerate(events) if event == "ticket"]
+    assert len(taken) == 3
+    assert [events[i + 1] for i in taken[1:]] == ["sent"] * 2, events
+    assert events.count("settled") == events.count("returned") == 3
 
 
 async def test_a_slot_nobody_waits_for_is_freed_at_settle_only(
