@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 
@@ -202,12 +202,18 @@ class AsyncClient(AccountFeatures):
         except ConfigurationError:  # a provider in the ledger that is no longer installed or configured
             return ()
 
+    def _now(self) -> datetime:
+        """The ledger's clock, without opening the ledger."""
+        return self._clock() if self._clock is not None else datetime.now(UTC)
+
     async def _call(self, provider: Any, request: httpx.Request, parse: Callable[[httpx.Response], T]) -> T:
+        sent_at = self._now()
         response = await self._transport.send(provider, request)
         observed = provider.observe(response)
         if observed:
             ledger = await self._get_ledger()
-            await ledger.observe(provider.name, self._scope(provider), provider_windows(provider), observed)
+            windows = provider_windows(provider)
+            await ledger.observe(provider.name, self._scope(provider), windows, observed, sent_at=sent_at)
         return parse(response)
 
     # ------------------------------------------------------------------ search
@@ -433,8 +439,9 @@ class AsyncClient(AccountFeatures):
             scope = self._scope(instance)
             request = instance.quota_request() if refresh else None
             if request is not None:
+                sent_at = ledger.now()
                 fresh = await self._call(instance, request, instance.parse_quota)
-                await ledger.observe(name, scope, provider_windows(instance), fresh)
+                await ledger.observe(name, scope, provider_windows(instance), fresh, sent_at=sent_at)
             known = await ledger.snapshot(name, self._windows)
             mine = [q for q in known if q.raw.get("scope_id") == scope]
             if not mine:

@@ -440,12 +440,13 @@ class Router:
         if request is None:
             return False
         try:
+            sent_at = self._ledger.now()
             response = await self._send(provider, request)
             quotas = guarded(
                 provider.name, lambda: [*provider.observe(response), *provider.parse_quota(response)]
             )
             await self._ledger.observe(
-                provider.name, route.scope, route.windows, checked(quotas, provider.name)
+                provider.name, route.scope, route.windows, checked(quotas, provider.name), sent_at=sent_at
             )
         except ProviderError as exc:
             logger.info("%s quota check failed: %s", provider.name, exc)

@@ -190,6 +190,44 @@ async def test_a_lower_upstream_count_drops_the_oldest_local_searches(
     assert from_us(refusal.until) == T0 + timedelta(hours=24, minutes=10)  # the oldest counted one left
 
 
+async def test_a_count_in_an_answer_keeps_the_searches_answered_while_it_was_in_flight(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """The upstream counted the first search before the second reached it; the second answered first."""
+    first = await ledger.reserve("tracemoe", GUEST, TRACEMOE, take_slot=False)
+    clock.advance(seconds=1)
+    second = await ledger.reserve("tracemoe", GUEST, TRACEMOE, take_slot=False)
+    assert isinstance(first, Ticket)
+    assert isinstance(second, Ticket)
+    clock.advance(seconds=1)
+    await ledger.settle(second, "charged")
+    clock.advance(seconds=1)
+    await ledger.settle(first, "charged", observations=[quota(limit=3, used=1, observed_at=clock.now)])
+    assert (await only(ledger, "rolling-24h")).used == 2  # the second search still counts
+
+
+async def test_a_count_in_an_answer_still_drops_earlier_searches_missing_upstream(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    for _ in range(2):
+        await search(ledger)  # say, two timeouts counted as maybe charged that the upstream never ran
+        clock.advance(minutes=10)
+    await search(ledger, observations=[quota(limit=3, used=1, observed_at=clock.now)])
+    assert (await only(ledger, "rolling-24h")).used == 1
+
+
+async def test_a_quota_check_keeps_the_searches_answered_while_it_was_in_flight(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    sent_at = clock.now
+    clock.advance(seconds=1)
+    await search(ledger)  # answered while the quota check was on its way back
+    clock.advance(seconds=1)
+    told = [quota(limit=3, used=0, observed_at=clock.now)]
+    await ledger.observe("tracemoe", GUEST, TRACEMOE, told, sent_at=sent_at)
+    assert (await only(ledger, "rolling-24h")).used == 1
+
+
 async def test_a_freed_slot_is_confirmed_upstream_before_it_is_trusted(
     ledger: Ledger, clock: FakeClock
 ) -> None:

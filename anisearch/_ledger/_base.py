@@ -184,6 +184,17 @@ class Ticket:
     token: str
     lease_until: datetime
     windows: tuple[WindowSpec, ...]
+    reserved_at: datetime | None = None
+    """When the search was admitted (an upstream count in its answer may miss the searches settled after)."""
+
+
+def _since_leave(spec: WindowSpec, since: datetime | None, now: datetime, tz: ZoneInfo) -> int:
+    """``TruthFact.since_leave``: when a unit settled at ``since`` leaves ``spec``, if before one settled
+    ``now`` does (a rolling window), else 0 (a calendar window: the units give no order to go by)."""
+    if since is None:
+        return 0
+    earlier, later = spec.leave(min(since, now), tz), spec.leave(now, tz)
+    return to_us(earlier) if earlier < later else 0
 
 
 def _count(quota: Quota, name: str) -> int | None:
@@ -287,13 +298,15 @@ class Ledger(abc.ABC):
             for spec in windows
         )
 
-    def _truth(self, quota: Quota, spec: WindowSpec) -> TruthFact | None:
+    def _truth(
+        self, quota: Quota, spec: WindowSpec, now: datetime, since: datetime | None
+    ) -> TruthFact | None:
         limit, used, remaining = _count(quota, "limit"), _count(quota, "used"), _count(quota, "remaining")
         if limit is None and used is None and remaining is None:
             return None
         # Never later than the ledger's own clock: a count cannot come from the future (and a provider
         # stamps it with the system clock, which an injected ledger clock may trail).
-        observed = min(aware(quota.observed_at, "Quota.observed_at"), self.now())
+        observed = min(aware(quota.observed_at, "Quota.observed_at"), now)
         resets = aware(quota.resets_at, "Quota.resets_at") if quota.resets_at is not None else None
         unknown_leave = (
             resets if resets is not None and resets > observed else spec.leave(observed, self.timezone)
@@ -307,17 +320,18 @@ class Ledger(abc.ABC):
             unknown_leave=to_us(unknown_leave),
             resets_at=to_us(resets) if resets is not None else 0,
             source=quota.source if quota.source in ("upstream", "headers") else "upstream",
+            since_leave=_since_leave(spec, since, now, self.timezone),
         )
 
     def _facts(
-        self, windows: Sequence[WindowSpec], quotas: Sequence[Quota]
+        self, windows: Sequence[WindowSpec], quotas: Sequence[Quota], now: datetime, since: datetime | None
     ) -> tuple[tuple[TruthFact, ...], int | None, int | None]:
         declared = {spec.name: spec for spec in windows}
         truths: list[TruthFact] = []
         concurrency = priority = None
         for quota in quotas:
             spec = spec_for(quota.window, declared)
-            fact = self._truth(quota, spec) if spec is not None else None
+            fact = self._truth(quota, spec, now, since) if spec is not None else None
             if fact is not None:
                 truths.append(fact)
             value = _count(quota, "concurrency")
@@ -385,7 +399,7 @@ class Ledger(abc.ABC):
         result = await self._reserve(provider, scope, request)
         if isinstance(result, (Refusal, Stale)):
             return result
-        return Ticket(provider, scope, token, lease_until, tuple(windows))
+        return Ticket(provider, scope, token, lease_until, tuple(windows), reserved_at=now)
 
     async def settle(
         self,
@@ -414,7 +428,7 @@ class Ledger(abc.ABC):
             LedgerError: The store cannot be used.
         """
         now = self.now()
-        truths, concurrency, priority = self._facts(ticket.windows, observations)
+        truths, concurrency, priority = self._facts(ticket.windows, observations, now, ticket.reserved_at)
         request = SettleRequest(
             now=to_us(now),
             token=ticket.token,
@@ -455,10 +469,17 @@ class Ledger(abc.ABC):
         return await self._renew(ticket.provider, ticket.scope, ticket.token, until)
 
     async def observe(
-        self, provider: str, scope: str, windows: Sequence[WindowSpec], quotas: Sequence[Quota]
+        self,
+        provider: str,
+        scope: str,
+        windows: Sequence[WindowSpec],
+        quotas: Sequence[Quota],
+        *,
+        sent_at: datetime | None = None,
     ) -> None:
         """Record what an answer that was not a search said (trace.moe ``/me``, credits): one settle step
-        without a reservation.
+        without a reservation. ``sent_at``: when its request was sent (a count in it may miss the searches
+        settled after; without it the count is taken to cover every search settled before it).
 
         Raises:
             ConfigurationError: Invalid provider or scope, a naive datetime or a count out of range.
@@ -466,7 +487,7 @@ class Ledger(abc.ABC):
         """
         check_provider(provider)
         check_scope(scope)
-        ticket = Ticket(provider, scope, "", self.now(), tuple(windows))
+        ticket = Ticket(provider, scope, "", self.now(), tuple(windows), reserved_at=sent_at)
         await self.settle(ticket, "unsent", observations=quotas)
 
     async def snapshot(

@@ -88,6 +88,9 @@ class Units(Protocol):
     def count_before(self, window: str, instant: int) -> int:
         """Units leaving strictly before ``instant``."""
 
+    def count_settled_before(self, window: str, instant: int) -> int:
+        """Settled units leaving strictly before ``instant``."""
+
     def kth_leave(self, window: str, k: int) -> int | None:
         """The ``k``-th earliest leave instant (1-based), or None when there are fewer units."""
 
@@ -229,6 +232,10 @@ class TruthFact:
         unknown_leave: When units the ledger did not know of leave (microseconds).
         resets_at: The reset instant the upstream named, or 0.
         source: ``upstream`` or ``headers``.
+        since_leave: When a unit settled at the instant the counted search was reserved would leave, where
+            that is earlier than for one settled now (a rolling window); else 0. The searches settled after
+            that instant ran alongside the counted one, and the upstream may have counted it before they
+            reached it: a count lower than the ledger's can then only prove the earlier units missing.
     """
 
     window: str
@@ -239,6 +246,7 @@ class TruthFact:
     unknown_leave: int
     resets_at: int = 0
     source: str = "upstream"
+    since_leave: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +423,7 @@ def free_slot(state: ScopeState, token: str) -> bool:
     return True
 
 
-def _reconcile(units: Units, ws: WindowState, fact: TruthFact) -> None:
+def _reconcile(units: Units, ws: WindowState, fact: TruthFact, counted: bool) -> None:
     if ws.truth_at is not None and fact.observed_at < ws.truth_at:
         return  # an older count arriving late
     units.purge(fact.window, fact.observed_at)
@@ -434,19 +442,31 @@ def _reconcile(units: Units, ws: WindowState, fact: TruthFact) -> None:
     if used >= settled:
         ws.unknown, ws.unknown_leave = used - settled, fact.unknown_leave
     else:
-        units.drop_oldest_settled(fact.window, settled - used)
+        units.drop_oldest_settled(fact.window, _missing(units, fact, settled - used, used - int(counted)))
         ws.unknown = 0
     ws.truth_at, ws.source, ws.freed, ws.blocked_until = fact.observed_at, fact.source, 0, 0
     ws.resets_at = fact.resets_at
 
 
+def _missing(units: Units, fact: TruthFact, excess: int, before: int) -> int:
+    """How many of the oldest settled units an upstream count (``excess`` below the ledger's) proves
+    missing upstream. Only those settled before the counted search was reserved can be judged: the count
+    holds ``before`` units of the searches that came before it."""
+    if not fact.since_leave:
+        return excess
+    earlier = units.count_settled_before(fact.window, fact.since_leave)
+    return min(excess, max(earlier - before, 0))
+
+
+def _kept(outcome: Outcome, window: WindowArgs) -> bool:
+    """Whether a search settled with ``outcome`` counts in ``window`` (the upstream counted it there)."""
+    return outcome == "charged" or (outcome == "uncharged" and window.counts == "requests")
+
+
 def _release(state: ScopeState, units: Units, request: SettleRequest) -> bool:
     held = state.held.pop(request.token, None)
     for window in request.windows:
-        keep = request.outcome == "charged" or (
-            request.outcome == "uncharged" and window.counts == "requests"
-        )
-        if not keep:
+        if not _kept(request.outcome, window):
             units.remove(window.name, request.token)
         elif held is not None:
             units.settle(window.name, request.token, window.leave)
@@ -457,8 +477,10 @@ def settle(state: ScopeState, units: Units, request: SettleRequest) -> bool:
     """One settle step (see the module docstring). Mutates ``state`` and ``units``; True when it freed a
     concurrency slot (one that was not handed over already)."""
     freed = _release(state, units, request)
+    counted = {window.name for window in request.windows if _kept(request.outcome, window)}
     for fact in request.truths:
-        _reconcile(units, state.windows.setdefault(fact.window, WindowState()), fact)
+        ws = state.windows.setdefault(fact.window, WindowState())
+        _reconcile(units, ws, fact, fact.window in counted)
     if request.concurrency is not None:
         state.concurrency = request.concurrency
     if request.priority is not None:

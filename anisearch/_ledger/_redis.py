@@ -141,6 +141,7 @@ class RedisLedger(Ledger):
                 fact.unknown_leave,
                 fact.resets_at,
                 fact.source,
+                fact.since_leave,
             ]
         args.append(len(request.blocks))
         for name, blocked in request.blocks:

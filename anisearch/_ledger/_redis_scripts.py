@@ -184,7 +184,8 @@ SETTLE = (
     + r"""
 -- ARGV: ps, now, token, outcome, busy, busy_jitter, concurrency, priority, cooldown_until, cooldown_reason,
 --       cooldown_kind, n_windows, (name, counts, leave)..., n_truths,
---       (window, observed_at, limit, used, remaining, unknown_leave, resets_at, source)..., n_blocks,
+--       (window, observed_at, limit, used, remaining, unknown_leave, resets_at, source, since_leave)...,
+--       n_blocks,
 --       (window, until)...
 local now, token, outcome, busy = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local busy_jitter = tonumber(ARGV[6])
@@ -193,9 +194,11 @@ local held_raw = redis.call('HGET', HK, token)
 local was_held = redis.call('HDEL', HK, token) == 1
 local freed_slot = was_held and split(held_raw)[3] == '1'
 local i = 13
+local counted = {}  -- _logic._kept: the windows where the upstream counted this search
 for _ = 1, tonumber(ARGV[12]) do
   local name, counts, leave = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local keep = outcome == 'charged' or (outcome == 'uncharged' and counts == 'requests')
+  counted[name] = keep
   if not keep then remove_unit(name, token) elseif was_held then settle_unit(name, token, leave) end
   i = i + 3
 end
@@ -203,7 +206,8 @@ for _ = 1, tonumber(ARGV[i]) do
   local name, observed = ARGV[i + 1], tonumber(ARGV[i + 2])
   local limit, used, remaining = num(ARGV[i + 3]), num(ARGV[i + 4]), num(ARGV[i + 5])
   local unknown_leave, resets_at, source = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7]), ARGV[i + 8]
-  i = i + 8
+  local since_leave = ARGV[i + 9]
+  i = i + 9
   local w = load_window(name)
   if not (w.truth_at and observed < w.truth_at) then
     purge_units(name, observed)
@@ -222,6 +226,16 @@ for _ = 1, tonumber(ARGV[i]) do
         w.unknown, w.unknown_leave = used - settled, unknown_leave
       else
         local drop, members = settled - used, redis.call('ZRANGE', uk(name), 0, -1)
+        if since_leave ~= '0' then  -- _logic._missing: only units settled before the search set out
+          local earlier = redis.call('ZCOUNT', uk(name), '-inf', '(' .. since_leave)
+          for _, member in ipairs(redis.call('SMEMBERS', pk(name))) do
+            local score = redis.call('ZSCORE', uk(name), member)
+            if score and tonumber(score) < tonumber(since_leave) then earlier = earlier - 1 end
+          end
+          local before = used
+          if counted[name] then before = used - 1 end
+          drop = math.min(drop, math.max(earlier - before, 0))
+        end
         for _, member in ipairs(members) do
           if drop == 0 then break end
           if redis.call('SISMEMBER', pk(name), member) == 0 then

@@ -133,6 +133,14 @@ class _Units:
         ).fetchone()
         return int(row[0])
 
+    def count_settled_before(self, window: str, instant: int) -> int:
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM units WHERE provider = ? AND scope = ? AND window_name = ? AND leave < ?"
+            " AND pending = 0",
+            (*self._key, window, instant),
+        ).fetchone()
+        return int(row[0])
+
     def kth_leave(self, window: str, k: int) -> int | None:
         row = self._conn.execute(
             "SELECT leave FROM units WHERE provider = ? AND scope = ? AND window_name = ?"

@@ -47,6 +47,10 @@ class MemoryUnits:
     def count_before(self, window: str, instant: int) -> int:
         return bisect.bisect_left(self._lists(window)[0], (instant, ""))
 
+    def count_settled_before(self, window: str, instant: int) -> int:
+        _, leaves, pending = self._lists(window)
+        return self.count_before(window, instant) - sum(1 for member in pending if leaves[member] < instant)
+
     def kth_leave(self, window: str, k: int) -> int | None:
         rows = self._lists(window)[0]
         return rows[k - 1][0] if 0 < k <= len(rows) else None
