@@ -294,6 +294,15 @@ PEER_SCRIPT = textwrap.dedent(
 )
 
 
+CLI_FLOOR = "floor: peer script + the CLI's libraries"
+CLI_LIBRARIES = (
+    "import PIL.Image, platformdirs, psutil, pydantic_settings, rich.console, rich.table, sqlite3, tomllib,"
+    " typer"
+)
+"""What a command-line search loads that the peer's script does not, besides anisearch itself: the floor of
+any CLI built on the libraries anisearch chose (typer and rich, pydantic-settings, Pillow, psutil)."""
+
+
 def _run_once(command: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -342,6 +351,7 @@ def command_line(sample: Path, root: Path, runs: int) -> dict[str, float]:
                 server.url,
                 str(sample),
             ],
+            CLI_FLOOR: [sys.executable, "-c", CLI_LIBRARIES + "\n" + PEER_SCRIPT, server.url, str(sample)],
         }
         return _interleaved(commands, env, runs)
 
@@ -388,6 +398,7 @@ def main() -> None:
     peer = figures["peer one-search script (aiotracemoeapi)"]
     miss, hit = figures["one CLI search (cache miss)"], figures["one CLI search (cache hit)"]
     print(f"CLI search / peer script: {miss / peer:.2f}x (target <= 1.1x)")
+    print(f"floor / peer script: {figures[CLI_FLOOR] / peer:.2f}x")
     print(f"CLI cache hit / CLI search: {hit / miss:.2f}x (target <= 0.5x)")
     print(f"{os.cpu_count()} cores, load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
