@@ -117,11 +117,9 @@ class _Baton:
 
     __slots__ = ("sent", "settled")
 
-    def __init__(self, *, handed: bool) -> None:
+    def __init__(self) -> None:
         self.sent = anyio.Event()
         self.settled = anyio.Event()
-        if not handed:  # a slot taken when freed at settle: nobody is left to wait for
-            self.settled.set()
 
 
 @dataclass(slots=True)
@@ -168,7 +166,9 @@ class Router:
         self._contended: set[str] = set()
         """Tokens of this router's reservations that had to wait for their slot."""
         self._batons: dict[str, _Baton] = {}
-        """Per token of a reservation taken through the gate: its baton, until it is asked."""
+        """Per token of a reservation that took a slot handed over: its baton, until it is asked."""
+        self._given: dict[str, _Baton] = {}
+        """Per token of a reservation that handed its slot over: the baton, until it is settled."""
         self._settle_first: set[str] = settle_first if settle_first is not None else set()
         """Providers whose slot is freed at settle only: a search handed it early met a concurrency refusal
         (an upstream on the same host, still logging the last search when the next one arrived). Shared by
@@ -298,18 +298,28 @@ class Router:
             if holder is not None:
                 with anyio.move_on_after(_BATON_SECONDS):
                     await holder.sent.wait()
-            result = await self._reserve(route, give_up_at, frozenset(), nap=nap)
-            with _GATES_LOCK:
-                baton = _BATONS.pop(key, None)
-                if isinstance(result, Ticket):  # before the gate opens for the next search
-                    baton = _HOLDERS[key] = baton or _Baton(handed=False)
-                    self._batons[result.token] = baton
-        if isinstance(result, Ticket):
-            self._contended.add(result.token)
-            return result
+            reserved: Ticket | ProviderError | Refusal | None = None
+            try:
+                reserved = await self._reserve(route, give_up_at, frozenset(), nap=nap)
+            finally:
+                self._take_baton(key, reserved)  # before the gate opens for the next search
+        if isinstance(reserved, Ticket):
+            self._contended.add(reserved.token)
+            return reserved
+        return reserved if isinstance(reserved, ProviderError) else self._error(route, reserved)
+
+    def _take_baton(
+        self, key: tuple[int, str, str, int], result: Ticket | ProviderError | Refusal | None
+    ) -> None:
+        """A slot handed over in this event loop goes with its baton to the search that reserved it; a
+        search that reserved nothing lets the one that handed it over go on at once."""
+        with _GATES_LOCK:
+            baton = _BATONS.pop(key, None)
+            if baton is not None and isinstance(result, Ticket):
+                _HOLDERS[key] = self._batons[result.token] = baton
+                return
         if baton is not None:
-            baton.sent.set()  # nothing to send: the search that handed the slot over goes on at once
-        return result if isinstance(result, ProviderError) else self._error(route, result)
+            baton.sent.set()
 
     def _gate_key(self, route: Route) -> tuple[int, str, str, int]:
         return (id(self._ledger), route.provider.name, route.scope, id(asyncio.get_running_loop()))
@@ -333,38 +343,56 @@ class Router:
             gate = _GATES.get(self._gate_key(route))
         return gate is not None and gate.locked()
 
-    async def _hand_over(self, route: Route, ticket: Ticket) -> _Baton | None:
+    async def _hand_over(self, route: Route, ticket: Ticket, *, traced: bool) -> None:
         """Free the slot as soon as the answer is in, when others wait for it (one more ledger step).
 
-        When the next search waits in this event loop, this one lets it reserve and send first (see
-        :class:`_Baton`) and returns the baton, to be marked settled. Reading and settling this answer,
-        and whatever the caller does next, would otherwise hold up the loop and the ledger while the slot
-        stands idle.
+        When the next search waits for a single slot in this event loop, and the transport reports when a
+        request is sent (``traced``, as httpcore's do), this one lets it reserve and send first (see
+        :class:`_Baton`). Reading and settling this answer, and whatever the caller does next, would
+        otherwise hold up the loop and the ledger while the slot stands idle.
         """
         if not self._others_wait(route, ticket):
-            return None
+            return
         key = self._gate_key(route)
         baton: _Baton | None = None
-        with _GATES_LOCK:
-            gate = _GATES.get(key)
-            if gate is not None and gate.locked():  # a search of this loop waits for it
-                baton = _BATONS[key] = _Baton(handed=True)
+        if traced and route.slots == 1:
+            with _GATES_LOCK:
+                gate = _GATES.get(key)
+                if gate is not None and gate.locked():  # a search of this loop waits for it
+                    baton = _BATONS[key] = self._given[ticket.token] = _Baton()
         try:
-            await self._ledger.free_slot(ticket)
-        except LedgerError as exc:  # settling frees it anyway, and says whether the ledger is back
-            logger.warning("%s: could not hand the slot over early: %s", ticket.provider, exc)
+            try:
+                await self._ledger.free_slot(ticket)
+            except LedgerError as exc:  # settling frees it anyway, and says whether the ledger is back
+                logger.warning("%s: could not hand the slot over early: %s", ticket.provider, exc)
+                return
+            await anyio.lowlevel.checkpoint()  # a search of this process woken for the slot sends first
+            if baton is not None:
+                with anyio.move_on_after(_BATON_SECONDS):
+                    await baton.sent.wait()
+        finally:
             with _GATES_LOCK:
-                if baton is not None and _BATONS.get(key) is baton:
+                if baton is not None and _BATONS.get(key) is baton:  # nobody took it
                     del _BATONS[key]
-            return None
-        await anyio.lowlevel.checkpoint()  # a search of this process woken for the slot sends first
-        if baton is not None:
-            with anyio.move_on_after(_BATON_SECONDS):
-                await baton.sent.wait()
-            with _GATES_LOCK:
-                if _BATONS.get(key) is baton:  # nobody took it
-                    del _BATONS[key]
-        return baton
+
+    async def _settle(self, ticket: Ticket, settlement: Settlement, *, handed_too_early: bool) -> None:
+        """Settle (shielded from cancellation); then a search this one handed its slot to may go on."""
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._ledger.settle(
+                    ticket,
+                    settlement.outcome,
+                    observations=settlement.observations,
+                    cooldown=settlement.cooldown,
+                    busy=settlement.busy,
+                    blocks=settlement.blocks,
+                )
+            if handed_too_early:
+                self._handed_too_early(ticket.provider)
+        finally:
+            given = self._given.pop(ticket.token, None)
+            if given is not None:
+                given.settled.set()
 
     async def _sent(self, route: Route, taken: _Baton) -> None:
         """This search's request was sent and answered: the search that handed it the slot may go on, and
@@ -486,7 +514,6 @@ class Router:
         settlement = Settlement("unsent")
         waited = ticket.token in self._contended
         taken = self._batons.pop(ticket.token, None)
-        given: _Baton | None = None
         sending = _Sending(taken.sent if taken is not None else None)
         try:
             response = await self._send_leased(ticket, provider, query, request, sending)
@@ -494,7 +521,7 @@ class Router:
             settlement = answered(response)  # until its body is read
             if taken is not None:
                 await self._sent(route, taken)
-            given = await self._hand_over(route, ticket)
+            await self._hand_over(route, ticket, traced=sending.traced)
             settlement, answer, error = read(
                 provider, route.windows, response, self._ledger.now(), self._ledger.timezone
             )
@@ -509,19 +536,9 @@ class Router:
             self._contended.discard(ticket.token)
             if taken is not None:
                 self._let_go(route, taken)
-            with anyio.CancelScope(shield=True):
-                await self._ledger.settle(
-                    ticket,
-                    settlement.outcome,
-                    observations=settlement.observations,
-                    cooldown=settlement.cooldown,
-                    busy=settlement.busy,
-                    blocks=settlement.blocks,
-                )
-            if waited and isinstance(error, ConcurrencyLimitError):
-                self._handed_too_early(provider.name)
-            if given is not None:
-                given.settled.set()
+            await self._settle(
+                ticket, settlement, handed_too_early=waited and isinstance(error, ConcurrencyLimitError)
+            )
         # A search of this process woken by the freed slot sends before this one builds its result.
         await anyio.lowlevel.checkpoint()
         if error is not None or answer is None:

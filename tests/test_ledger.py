@@ -228,6 +228,40 @@ async def test_a_quota_check_keeps_the_searches_answered_while_it_was_in_flight(
     assert (await only(ledger, "rolling-24h")).used == 1
 
 
+async def test_a_count_of_zero_in_an_answer_keeps_the_searches_answered_while_it_was_in_flight(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await search(ledger)  # counted by the upstream, which now says 0: it is dropped
+    clock.advance(minutes=10)
+    first = await ledger.reserve("tracemoe", GUEST, TRACEMOE, take_slot=False)
+    assert isinstance(first, Ticket)
+    clock.advance(seconds=2)
+    await search(ledger)
+    clock.advance(seconds=1)
+    await ledger.settle(first, "charged", observations=[quota(limit=3, used=0, observed_at=clock.now)])
+    assert (await only(ledger, "rolling-24h")).used == 2  # the first and the one answered during it
+
+
+async def test_a_count_in_a_calendar_window_drops_the_oldest_searches_across_midnight(
+    make: Callable[..., Ledger], clock: FakeClock
+) -> None:
+    """A calendar window's units all leave at midnight, so no order tells the searches apart: the count
+    drops the oldest, whether the counted search set out the day before or not."""
+    ledger = make()
+    clock.now = datetime(2026, 11, 21, 23, 59, 59, tzinfo=UTC)
+    first = await ledger.reserve("tracemoe", GUEST, (DAY,), take_slot=False)
+    assert isinstance(first, Ticket)
+    clock.now = datetime(2026, 11, 22, 0, 0, 1, tzinfo=UTC)
+    for _ in range(2):
+        await search(ledger, (DAY,))
+    clock.advance(seconds=1)
+    await ledger.settle(
+        first, "charged", observations=[quota(window="day", limit=5, used=1, observed_at=clock.now)]
+    )
+    day = [q for q in await ledger.snapshot(windows=lambda _: (DAY,)) if q.window == "day"]
+    assert [q.used for q in day] == [1]
+
+
 async def test_a_freed_slot_is_confirmed_upstream_before_it_is_trusted(
     ledger: Ledger, clock: FakeClock
 ) -> None:

@@ -37,6 +37,7 @@ from anisearch import (
     SearchOptions,
     SearchQuery,
     UploadLimits,
+    _router,
 )
 from anisearch._image import PreparedImage
 from anisearch._ledger import Ledger, Refusal, Ticket, WindowSpec, open_ledger
@@ -624,9 +625,15 @@ async def test_a_slot_handed_over_too_early_is_handed_over_at_settle_from_then_o
     assert len(freed) == 3  # still handed over at settle only
 
 
-@pytest.mark.parametrize("traced", [True, False], ids=["traced", "untraced"])
+async def traced_upstream(request: httpx.Request) -> None:
+    """Report a request's progress as httpcore's transports do (the router hands a slot over by it)."""
+    await anyio.lowlevel.checkpoint()  # as a transport takes a connection from its pool
+    await request.extensions["trace"]("http11.send_request_headers.started", {})
+    await request.extensions["trace"]("http11.send_request_body.complete", {})
+
+
 async def test_a_search_handing_its_slot_over_settles_once_the_next_request_is_sent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traced: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")  # its steps take a worker thread
     events: list[str] = []
@@ -647,10 +654,7 @@ async def test_a_search_handing_its_slot_over_settles_once_the_next_request_is_s
     monkeypatch.setattr(ledger, "reserve", reserving)
 
     async def upstream(_provider: Any, request: httpx.Request) -> httpx.Response:
-        await anyio.lowlevel.checkpoint()  # as a transport takes a connection from its pool
-        if traced:  # as httpcore's transports report a request's progress
-            await request.extensions["trace"]("http11.send_request_headers.started", {})
-            await request.extensions["trace"]("http11.send_request_body.complete", {})
+        await traced_upstream(request)
         events.append("sent")
         await anyio.sleep(0.02)  # long enough that the others queue for the slot
         return httpx.Response(200, request=request)
@@ -672,6 +676,30 @@ async def test_a_search_handing_its_slot_over_settles_once_the_next_request_is_s
     assert len(taken) == 3
     assert [events[i + 1] for i in taken[1:]] == ["sent"] * 2, events
     assert events.count("settled") == events.count("returned") == 3
+
+
+async def test_a_search_cancelled_while_handing_its_slot_over_leaves_no_baton_behind(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def upstream(_provider: Any, request: httpx.Request) -> httpx.Response:
+        await traced_upstream(request)
+        await anyio.sleep(0.02)
+        return httpx.Response(200, request=request)
+
+    provider = Scripted("one", *[answer("one", 0.9)] * 2)
+    the_router = Router(ledger, upstream, wait_seconds=5, lease_seconds=5)
+    free_slot = ledger.free_slot
+    with anyio.move_on_after(5):
+        async with anyio.create_task_group() as group:
+
+            async def cancelling(ticket: Ticket) -> None:
+                group.cancel_scope.cancel()  # say, the caller's timeout around both searches
+                await free_slot(ticket)
+
+            monkeypatch.setattr(ledger, "free_slot", cancelling)
+            for _ in range(2):
+                group.start_soon(the_router.search, routes(provider))
+    assert (_router._BATONS, _router._HOLDERS) == ({}, {})  # no baton outlives its searches
 
 
 async def test_a_slot_nobody_waits_for_is_freed_at_settle_only(

@@ -70,6 +70,10 @@ _PROVIDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SCOPE = re.compile(r"(?:guest|api-key|session)(?::[0-9a-f]{8,64})?")
 _SCOPE_KINDS: tuple[QuotaScope, ...] = get_args(QuotaScope)
 _MAX_COUNT = 2**31 - 1
+_COUNT_LAG = timedelta(seconds=1)
+"""How long after answering a search an upstream may take to count it (trace.moe writes the log row its
+counts read once the answer has left): a search answered this shortly before another was reserved may be
+missing from the count in the other's answer."""
 
 
 def scope_id(scope: QuotaScope, secret: str | None) -> str:
@@ -189,12 +193,12 @@ class Ticket:
 
 
 def _since_leave(spec: WindowSpec, since: datetime | None, now: datetime, tz: ZoneInfo) -> int:
-    """``TruthFact.since_leave``: when a unit settled at ``since`` leaves ``spec``, if before one settled
-    ``now`` does (a rolling window), else 0 (a calendar window: the units give no order to go by)."""
-    if since is None:
+    """``TruthFact.since_leave``: in a rolling window, when a unit settled at ``since`` (less the upstream's
+    counting lag) leaves; 0 without ``since`` or in a calendar window, whose units all leave at once and
+    give no order to go by."""
+    if since is None or spec.span_seconds is None:
         return 0
-    earlier, later = spec.leave(min(since, now), tz), spec.leave(now, tz)
-    return to_us(earlier) if earlier < later else 0
+    return to_us(spec.leave(min(aware(since, "sent_at"), now) - _COUNT_LAG, tz))
 
 
 def _count(quota: Quota, name: str) -> int | None:

@@ -232,10 +232,10 @@ class TruthFact:
         unknown_leave: When units the ledger did not know of leave (microseconds).
         resets_at: The reset instant the upstream named, or 0.
         source: ``upstream`` or ``headers``.
-        since_leave: When a unit settled at the instant the counted search was reserved would leave, where
-            that is earlier than for one settled now (a rolling window); else 0. The searches settled after
-            that instant ran alongside the counted one, and the upstream may have counted it before they
-            reached it: a count lower than the ledger's can then only prove the earlier units missing.
+        since_leave: In a rolling window, when a unit settled as the counted search was reserved (less the
+            upstream's counting lag) would leave; else 0. The searches settled after that instant ran
+            alongside the counted one, and the upstream may have counted it before they reached it: a count
+            lower than the ledger's can then only prove the earlier units missing.
     """
 
     window: str
@@ -442,7 +442,8 @@ def _reconcile(units: Units, ws: WindowState, fact: TruthFact, counted: bool) ->
     if used >= settled:
         ws.unknown, ws.unknown_leave = used - settled, fact.unknown_leave
     else:
-        units.drop_oldest_settled(fact.window, _missing(units, fact, settled - used, used - int(counted)))
+        before = max(used - int(counted), 0)
+        units.drop_oldest_settled(fact.window, _missing(units, fact, settled - used, before))
         ws.unknown = 0
     ws.truth_at, ws.source, ws.freed, ws.blocked_until = fact.observed_at, fact.source, 0, 0
     ws.resets_at = fact.resets_at

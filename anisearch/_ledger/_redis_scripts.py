@@ -233,7 +233,7 @@ for _ = 1, tonumber(ARGV[i]) do
             if score and tonumber(score) < tonumber(since_leave) then earlier = earlier - 1 end
           end
           local before = used
-          if counted[name] then before = used - 1 end
+          if counted[name] then before = math.max(used - 1, 0) end
           drop = math.min(drop, math.max(earlier - before, 0))
         end
         for _, member in ipairs(members) do
