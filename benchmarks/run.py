@@ -253,7 +253,7 @@ def main() -> None:
             lines = [
                 *per_search_lines(samples / SAMPLES[0], ledgers, int(50 * scale)),
                 *cache_lines(samples / SAMPLES[0], root, int(30 * scale)),
-                *command_line_lines(samples / SAMPLES[0], root, max(2, int(3 * scale))),
+                *command_line_lines(samples / SAMPLES[0], root, max(2, int(7 * scale))),
                 *utilisation_lines(ledgers, max(4, int(10 * scale))),
                 *ledger_lines(ledgers, int(150 * scale), root),
                 *memory_lines(root),
