@@ -358,7 +358,7 @@ class Router:
         if traced and route.slots == 1:
             with _GATES_LOCK:
                 gate = _GATES.get(key)
-                if gate is not None and gate.locked():  # a search of this loop waits for it
+                if gate is not None and gate.locked() and key not in _BATONS:  # a search of this loop waits
                     baton = _BATONS[key] = self._given[ticket.token] = _Baton()
         try:
             try:
@@ -452,6 +452,7 @@ class Router:
                     continue
                 if nap is None or left <= 0:
                     return result
+                self._take_baton(self._gate_key(route), result)  # another process took the slot handed over
                 self._waiting(f"waiting for a {name} slot (held by {holders_text(result.holders)})")
                 await nap(min(left, max(wait, 0.001)))
                 continue

@@ -228,6 +228,45 @@ async def test_a_quota_check_keeps_the_searches_answered_while_it_was_in_flight(
     assert (await only(ledger, "rolling-24h")).used == 1
 
 
+WIDE = (WindowSpec("rolling-24h", span_seconds=86400, limit=10, reported=True),)
+
+
+async def used_of(ledger: Ledger, windows: tuple[WindowSpec, ...]) -> int | None:
+    return next(q.used for q in await ledger.snapshot(windows=lambda _: windows) if q.window == "rolling-24h")
+
+
+async def test_a_count_in_an_answer_judges_only_answered_searches_not_those_still_in_flight(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await search(ledger, WIDE)  # answered long before: the upstream no longer counts it
+    clock.advance(minutes=1)
+    in_flight = await ledger.reserve(
+        "tracemoe", GUEST, WIDE, take_slot=False, lease_seconds=3600
+    )  # no answer yet
+    clock.advance(minutes=10)
+    counted = await ledger.reserve("tracemoe", GUEST, WIDE, take_slot=False, lease_seconds=3600)
+    assert isinstance(in_flight, Ticket)
+    assert isinstance(counted, Ticket)
+    clock.advance(seconds=2)
+    await search(ledger, WIDE)  # answered while the counted search was in flight
+    clock.advance(seconds=1)
+    await ledger.settle(counted, "charged", observations=[quota(limit=10, used=1, observed_at=clock.now)])
+    assert await used_of(ledger, WIDE) == 3  # the one in flight, the counted one, the one answered during it
+
+
+async def test_a_count_in_an_answer_keeps_a_search_answered_a_moment_before_it_set_out(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """trace.moe counts a search a moment after answering it (once its log row is written)."""
+    await search(ledger, WIDE)
+    clock.advance(seconds=0.5)
+    counted = await ledger.reserve("tracemoe", GUEST, WIDE, take_slot=False)
+    assert isinstance(counted, Ticket)
+    clock.advance(seconds=1)
+    await ledger.settle(counted, "charged", observations=[quota(limit=10, used=1, observed_at=clock.now)])
+    assert await used_of(ledger, WIDE) == 2
+
+
 async def test_a_count_of_zero_in_an_answer_keeps_the_searches_answered_while_it_was_in_flight(
     ledger: Ledger, clock: FakeClock
 ) -> None:

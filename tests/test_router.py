@@ -632,31 +632,55 @@ async def traced_upstream(request: httpx.Request) -> None:
     await request.extensions["trace"]("http11.send_request_body.complete", {})
 
 
-async def test_a_search_handing_its_slot_over_settles_once_the_next_request_is_sent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")  # its steps take a worker thread
+def recording(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What reaches ``ledger``: ``ticket`` / ``refused`` per reserve, ``settled`` per settle."""
     events: list[str] = []
-    original = ledger.settle
+    settle, reserve = ledger.settle, ledger.reserve
 
-    async def recording(ticket: Ticket, *args: Any, **kwargs: Any) -> None:
-        await original(ticket, *args, **kwargs)
+    async def settling(ticket: Ticket, *args: Any, **kwargs: Any) -> None:
+        await settle(ticket, *args, **kwargs)
         events.append("settled")
-
-    monkeypatch.setattr(ledger, "settle", recording)
-    reserve = ledger.reserve
 
     async def reserving(*args: Any, **kwargs: Any) -> Any:
         result = await reserve(*args, **kwargs)
         events.append("ticket" if isinstance(result, Ticket) else "refused")
         return result
 
+    monkeypatch.setattr(ledger, "settle", settling)
     monkeypatch.setattr(ledger, "reserve", reserving)
+    return events
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(5):
+        while not condition():
+            await anyio.sleep(0.001)
+
+
+def queued(ledger: Ledger) -> bool:
+    """Both other searches queue for the slot: one is in the gate, the other waits at it."""
+    gates = [gate for key, gate in list(_router._GATES.items()) if key[0] == id(ledger)]
+    return any(gate.locked() and gate.statistics().tasks_waiting >= 1 for gate in gates)
+
+
+async def test_a_search_handing_its_slot_over_settles_once_the_next_request_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_router, "_BATON_SECONDS", 5.0)  # only what the searches do ends their waits
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")  # its steps take a worker thread
+    events = recording(ledger, monkeypatch)
+    calls = 0
 
     async def upstream(_provider: Any, request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        call = calls
+        if call == 1:
+            await until(lambda: queued(ledger))
         await traced_upstream(request)
         events.append("sent")
-        await anyio.sleep(0.02)  # long enough that the others queue for the slot
+        if call == 2:  # the search the slot was handed to answers once the one before it settled
+            await until(lambda: events.count("settled") >= 1)
         return httpx.Response(200, request=request)
 
     provider = Scripted("one", *[answer("one", 0.9)] * 3)
@@ -671,11 +695,16 @@ async def test_a_search_handing_its_slot_over_settles_once_the_next_request_is_s
             group.start_soon(one)
     await ledger.aclose()
     # A search that took a slot handed over sent its request before anything else reached the ledger:
-    # the search that handed the slot over settled after that, and the next one in line asked after it.
+    # the search that handed the slot over settled after that (before that request was answered), and
+    # the next one in line asked after it.
     taken = [i for i, event in enumerate(events) if event == "ticket"]
     assert len(taken) == 3
     assert [events[i + 1] for i in taken[1:]] == ["sent"] * 2, events
     assert events.count("settled") == events.count("returned") == 3
+
+
+def batons_of(ledger: Ledger) -> list[object]:
+    return [key for key in (*_router._BATONS, *_router._HOLDERS) if key[0] == id(ledger)]
 
 
 async def test_a_search_cancelled_while_handing_its_slot_over_leaves_no_baton_behind(
@@ -699,7 +728,35 @@ async def test_a_search_cancelled_while_handing_its_slot_over_leaves_no_baton_be
             monkeypatch.setattr(ledger, "free_slot", cancelling)
             for _ in range(2):
                 group.start_soon(the_router.search, routes(provider))
-    assert (_router._BATONS, _router._HOLDERS) == ({}, {})  # no baton outlives its searches
+    assert batons_of(ledger) == []  # no baton outlives its searches
+
+
+async def test_a_search_cancelled_while_sending_on_a_slot_handed_over_leaves_no_baton_behind(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = recording(ledger, monkeypatch)
+    calls = 0
+
+    async def upstream(_provider: Any, request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        call = calls
+        if call == 1:
+            await until(lambda: queued(ledger))
+        await traced_upstream(request)
+        if call == 2:  # the caller gives up while the search that took the slot is in flight
+            group.cancel_scope.cancel()
+        await anyio.sleep(0.02)
+        return httpx.Response(200, request=request)
+
+    provider = Scripted("one", *[answer("one", 0.9)] * 3)
+    the_router = Router(ledger, upstream, wait_seconds=5, lease_seconds=5)
+    with anyio.move_on_after(5):
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(the_router.search, routes(provider))
+    assert calls == 2, events
+    assert batons_of(ledger) == []  # no baton outlives its searches
 
 
 async def test_a_slot_nobody_waits_for_is_freed_at_settle_only(

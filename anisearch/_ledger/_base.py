@@ -198,7 +198,7 @@ def _since_leave(spec: WindowSpec, since: datetime | None, now: datetime, tz: Zo
     give no order to go by."""
     if since is None or spec.span_seconds is None:
         return 0
-    return to_us(spec.leave(min(aware(since, "sent_at"), now) - _COUNT_LAG, tz))
+    return to_us(spec.leave(min(aware(since, "the counted request's start"), now) - _COUNT_LAG, tz))
 
 
 def _count(quota: Quota, name: str) -> int | None:
