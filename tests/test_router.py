@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -663,25 +663,35 @@ def queued(ledger: Ledger) -> bool:
     return any(gate.locked() and gate.statistics().tasks_waiting >= 1 for gate in gates)
 
 
+def handed_over(
+    ledger: Ledger, events: list[str], second: Callable[[], Awaitable[None]]
+) -> tuple[Callable[[Any, httpx.Request], Awaitable[httpx.Response]], list[int]]:
+    """An upstream for three searches on one slot, and the calls it took. The first answers once the other
+    two queue for the slot; the second, on the slot handed over, runs ``second`` once its request is sent."""
+    calls: list[int] = []
+
+    async def upstream(_provider: Any, request: httpx.Request) -> httpx.Response:
+        calls.append(len(calls) + 1)
+        call = len(calls)
+        if call == 1:
+            await until(lambda: queued(ledger))
+        await traced_upstream(request)
+        events.append("sent")
+        if call == 2:
+            await second()
+        return httpx.Response(200, request=request)
+
+    return upstream, calls
+
+
 async def test_a_search_handing_its_slot_over_settles_once_the_next_request_is_sent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_router, "_BATON_SECONDS", 5.0)  # only what the searches do ends their waits
     ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")  # its steps take a worker thread
     events = recording(ledger, monkeypatch)
-    calls = 0
-
-    async def upstream(_provider: Any, request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        call = calls
-        if call == 1:
-            await until(lambda: queued(ledger))
-        await traced_upstream(request)
-        events.append("sent")
-        if call == 2:  # the search the slot was handed to answers once the one before it settled
-            await until(lambda: events.count("settled") >= 1)
-        return httpx.Response(200, request=request)
+    # the search the slot was handed to answers once the one before it settled
+    upstream, _ = handed_over(ledger, events, lambda: until(lambda: events.count("settled") >= 1))
 
     provider = Scripted("one", *[answer("one", 0.9)] * 3)
     the_router = Router(ledger, upstream, wait_seconds=5, lease_seconds=5)
@@ -735,19 +745,11 @@ async def test_a_search_cancelled_while_sending_on_a_slot_handed_over_leaves_no_
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events = recording(ledger, monkeypatch)
-    calls = 0
 
-    async def upstream(_provider: Any, request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        call = calls
-        if call == 1:
-            await until(lambda: queued(ledger))
-        await traced_upstream(request)
-        if call == 2:  # the caller gives up while the search that took the slot is in flight
-            group.cancel_scope.cancel()
-        await anyio.sleep(0.02)
-        return httpx.Response(200, request=request)
+    async def give_up() -> None:  # the caller gives up while the search that took the slot is in flight
+        group.cancel_scope.cancel()
+
+    upstream, calls = handed_over(ledger, events, give_up)
 
     provider = Scripted("one", *[answer("one", 0.9)] * 3)
     the_router = Router(ledger, upstream, wait_seconds=5, lease_seconds=5)
@@ -755,7 +757,7 @@ async def test_a_search_cancelled_while_sending_on_a_slot_handed_over_leaves_no_
         async with anyio.create_task_group() as group:
             for _ in range(3):
                 group.start_soon(the_router.search, routes(provider))
-    assert calls == 2, events
+    assert len(calls) == 2, events
     assert batons_of(ledger) == []  # no baton outlives its searches
 
 
