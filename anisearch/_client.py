@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 
@@ -31,7 +31,7 @@ from anisearch._download import Downloader
 from anisearch._enrich import Enricher, metadata_infos, open_enricher
 from anisearch._exceptions import ConfigurationError
 from anisearch._ledger import WindowSpec, open_ledger
-from anisearch._ledger._base import scope_id
+from anisearch._ledger._base import scope_id, system_clock
 from anisearch._limits import (
     HASH_IN_PLACE_BYTES,
     MAX_HITS,
@@ -202,12 +202,8 @@ class AsyncClient(AccountFeatures):
         except ConfigurationError:  # a provider in the ledger that is no longer installed or configured
             return ()
 
-    def _now(self) -> datetime:
-        """The ledger's clock, without opening the ledger."""
-        return self._clock() if self._clock is not None else datetime.now(UTC)
-
     async def _call(self, provider: Any, request: httpx.Request, parse: Callable[[httpx.Response], T]) -> T:
-        sent_at = self._now()
+        sent_at = (self._clock or system_clock)()  # the ledger's clock, without opening the ledger
         response = await self._transport.send(provider, request)
         observed = provider.observe(response)
         if observed:

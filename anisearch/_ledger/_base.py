@@ -56,6 +56,7 @@ __all__ = [
     "WindowView",
     "holder_is_dead",
     "scope_id",
+    "system_clock",
     "this_holder",
 ]
 
@@ -88,7 +89,8 @@ def scope_id(scope: QuotaScope, secret: str | None) -> str:
     return f"{scope}:{digest}"
 
 
-def _system_clock() -> datetime:
+def system_clock() -> datetime:
+    """A ledger's clock unless one is given: the system's, in UTC."""
     return datetime.now(UTC)
 
 
@@ -226,7 +228,7 @@ class Ledger(abc.ABC):
     def __init__(self, url: str, *, timezone: ZoneInfo, clock: Clock | None = None) -> None:
         self.url = url
         self.timezone = timezone
-        self._clock = clock or _system_clock
+        self._clock = clock or system_clock
 
     def now(self) -> datetime:
         """The ledger's current instant (its clock)."""
