@@ -115,9 +115,11 @@ class _Baton:
     for at most :data:`_BATON_SECONDS`.
     """
 
-    __slots__ = ("sent", "settled")
+    __slots__ = ("freed", "sent", "settled")
 
     def __init__(self) -> None:
+        self.freed = False
+        """The slot is free in the ledger: a search refused from now on lost it to another process."""
         self.sent = anyio.Event()
         self.settled = anyio.Event()
 
@@ -311,15 +313,17 @@ class Router:
     def _take_baton(
         self, key: tuple[int, str, str, int], result: Ticket | ProviderError | Refusal | None
     ) -> None:
-        """A slot handed over in this event loop goes with its baton to the search that reserved it; a
-        search that reserved nothing lets the one that handed it over go on at once."""
+        """A slot handed over in this event loop goes with its baton to the search that reserved it; when
+        another process took the freed slot, the search that handed it over goes on at once."""
         with _GATES_LOCK:
-            baton = _BATONS.pop(key, None)
-            if baton is not None and isinstance(result, Ticket):
+            baton = _BATONS.get(key)
+            if baton is None or not (isinstance(result, Ticket) or baton.freed):
+                return  # refused before the slot was freed: the hand-over is still to come
+            del _BATONS[key]
+            if isinstance(result, Ticket):
                 _HOLDERS[key] = self._batons[result.token] = baton
                 return
-        if baton is not None:
-            baton.sent.set()
+        baton.sent.set()
 
     def _gate_key(self, route: Route) -> tuple[int, str, str, int]:
         return (id(self._ledger), route.provider.name, route.scope, id(asyncio.get_running_loop()))
@@ -366,6 +370,8 @@ class Router:
             except LedgerError as exc:  # settling frees it anyway, and says whether the ledger is back
                 logger.warning("%s: could not hand the slot over early: %s", ticket.provider, exc)
                 return
+            if baton is not None:
+                baton.freed = True
             await anyio.lowlevel.checkpoint()  # a search of this process woken for the slot sends first
             if baton is not None:
                 with anyio.move_on_after(_BATON_SECONDS):

@@ -633,7 +633,8 @@ async def traced_upstream(request: httpx.Request) -> None:
 
 
 def recording(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """What reaches ``ledger``: ``ticket`` / ``refused`` per reserve, ``settled`` per settle."""
+    """What reaches ``ledger``: ``asking``, then ``ticket`` or ``refused``, per reserve; ``settled`` per
+    settle."""
     events: list[str] = []
     settle, reserve = ledger.settle, ledger.reserve
 
@@ -642,6 +643,7 @@ def recording(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         events.append("settled")
 
     async def reserving(*args: Any, **kwargs: Any) -> Any:
+        events.append("asking")
         result = await reserve(*args, **kwargs)
         events.append("ticket" if isinstance(result, Ticket) else "refused")
         return result
@@ -657,10 +659,12 @@ async def until(condition: Callable[[], bool]) -> None:
             await anyio.sleep(0.001)
 
 
-def queued(ledger: Ledger) -> bool:
-    """Both other searches queue for the slot: one is in the gate, the other waits at it."""
+def queued(ledger: Ledger, events: list[str]) -> bool:
+    """Both other searches queue for the slot, one in the gate, the other at it, and none is asking."""
     gates = [gate for key, gate in list(_router._GATES.items()) if key[0] == id(ledger)]
-    return any(gate.locked() and gate.statistics().tasks_waiting >= 1 for gate in gates)
+    answered = events.count("ticket") + events.count("refused")
+    waiting = any(gate.locked() and gate.statistics().tasks_waiting >= 1 for gate in gates)
+    return waiting and events.count("asking") == answered
 
 
 def handed_over(
@@ -674,7 +678,7 @@ def handed_over(
         calls.append(len(calls) + 1)
         call = len(calls)
         if call == 1:
-            await until(lambda: queued(ledger))
+            await until(lambda: queued(ledger, events))
         await traced_upstream(request)
         events.append("sent")
         if call == 2:
