@@ -129,14 +129,20 @@ class AccountFeatures:
         provider = self._account_provider()
         await self._call(provider, provider.sign_in_request(email, password), provider.parse_sign_in)
 
-    async def sign_out(self) -> None:
+    async def sign_out(self) -> bool:
         """Sign out and delete the stored session.
 
+        Returns:
+            True when the site ended a session; False when there was none to end (never signed in, or it
+            had already ended). Either way no session is stored afterwards.
+
         Raises:
-            ProviderError: The upstream failed (the local session is deleted anyway).
+            ProviderError: The site failed to sign out: the session is still signed in there and still
+                stored (the message says where).
         """
         provider = self._account_provider()
-        await self._call(provider, provider.sign_out_request(), provider.parse_sign_out)
+        ended: bool = await self._call(provider, provider.sign_out_request(), provider.parse_sign_out)
+        return ended
 
 
 class AsyncApiKeys:

@@ -458,14 +458,19 @@ class Client:
         """
         self._run(self._async.sign_in, email, password)
 
-    def sign_out(self) -> None:
+    def sign_out(self) -> bool:
         """Sign out and delete the stored session.
+
+        Returns:
+            True when the site ended a session; False when there was none to end (never signed in, or it
+            had already ended). Either way no session is stored afterwards.
 
         Raises:
             ConfigurationError: No provider with account features.
-            ProviderError: The upstream failed (the local session is deleted anyway).
+            ProviderError: The site failed to sign out: the session is still signed in there and still
+                stored (the message says where).
         """
-        self._run(self._async.sign_out)
+        return self._run(self._async.sign_out)
 
 
 async def _make_async(make: Callable[[], AsyncClient]) -> AsyncClient:

@@ -89,10 +89,17 @@ def test_an_account_from_login_to_logout(cli: Cli, site: Any, samples: Path) -> 
 
     signed_out = cli("logout", env=env)
     assert signed_out.returncode == 0, signed_out.stderr
+    assert signed_out.stdout.strip() == "signed out"
     assert not jars[0].exists()
     after = cli("credits", env=env)
     assert after.returncode == 5
     assert "Traceback" not in after.stderr
+
+
+def test_logout_when_not_signed_in_says_so(cli: Cli, site: Any) -> None:
+    done = cli("logout", env={"ANISEARCH_WHATANIMEISTHIS_URL": site.url})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "not signed in: there was no session to end"
 
 
 def test_a_wrong_password_is_an_authentication_error(cli: Cli, site: Any) -> None:

@@ -235,8 +235,8 @@ def logout(verbose: VerboseOption = False) -> None:
     """Sign out of whatanimeisthis.com and delete the session."""
     verbose = configure_logging(verbose)
     with open_client(verbose) as client:
-        waiting("signing out…", client.sign_out)
-    out().print("signed out")
+        ended = waiting("signing out…", client.sign_out)
+    out().print("signed out" if ended else "not signed in: there was no session to end")
 
 
 keys_app = typer.Typer(

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     import httpx
 
-__all__ = ["CookieJar", "is_session_cookie"]
+__all__ = ["CookieJar", "carries_session", "is_session_cookie"]
 
 _FORMAT = 1
 REFRESH_EVERY_SECONDS = 86_400.0
@@ -45,6 +45,16 @@ def is_session_cookie(name: str) -> bool:
     """Whether ``name`` is better-auth's session cookie, whatever its prefixes
     (``better-auth.session_token``, ``__Secure-<prefix>.session_token``, ``__Host-...``)."""
     return name.endswith("session_token")
+
+
+def carries_session(request: httpx.Request) -> bool:
+    """Whether ``request`` was sent with a session cookie (its ``Cookie`` header, as the session flow set it).
+
+    The header is ``name=value`` pairs joined by ``; `` (RFC 6265 §4.2.1), values exactly as the site sent
+    them, some of which ``SimpleCookie`` refuses: so it is split, not parsed.
+    """
+    pairs = (pair.partition("=") for pair in request.headers.get("cookie", "").split(";"))
+    return any(is_session_cookie(name.strip()) and value for name, _, value in pairs)
 
 
 def _session_family(name: str) -> bool:

@@ -39,7 +39,7 @@ from anisearch.provider import (
 
 from . import _parse, _quota
 from ._auth import SessionAuth
-from ._cookies import CookieJar
+from ._cookies import CookieJar, carries_session
 from ._errors import PROVIDER, check, error_for, uninterpretable
 from ._tolerant import pick, unwrap
 
@@ -424,13 +424,17 @@ class WhatAnimeIsThis(BaseProvider):
         """better-auth ``POST /api/auth/sign-out`` with ``{}``; :meth:`auth` adds the cookie and Origin."""
         return self._json_request("/api/auth/sign-out", {})
 
-    def parse_sign_out(self, response: httpx.Response) -> None:
+    def parse_sign_out(self, response: httpx.Response) -> bool:
         """Delete the local session once the site has accepted the sign-out.
 
         A 2xx, or an answer saying there was no session any more (401, or better-auth 1.3's 400
         ``FAILED_TO_GET_SESSION``), ends it: the jar is cleared and configured credentials are not used
         again by this instance until :meth:`parse_sign_in`. Any other answer (an untrusted Origin, a
         server error) leaves the session alive on the site, so the jar is kept and the error says so.
+
+        Returns:
+            True when a session was sent and the site accepted the sign-out; False when none was sent
+            (better-auth 1.4 and later answer that with 200 too) or the site said it was gone.
 
         Raises:
             ProviderError: The site refused or failed to sign out; the session is still signed in and
@@ -444,7 +448,7 @@ class WhatAnimeIsThis(BaseProvider):
         if error is None or gone:
             self.jar.clear()
             self._signed_out = True
-            return
+            return error is None and carries_session(response.request)
         where = str(self.jar.path) if self.jar.path is not None else "memory"
         error.message = (
             f"the site did not sign out ({error.message}); the session is still signed in there and is "
