@@ -25,6 +25,7 @@ from anisearch import (
     Hit,
     ImageTooLargeError,
     InvalidImageError,
+    LedgerError,
     ProviderAnswer,
     ProviderConnectionError,
     ProviderContext,
@@ -715,6 +716,43 @@ async def test_a_search_handing_its_slot_over_settles_once_the_next_request_is_s
     assert len(taken) == 3
     assert [events[i + 1] for i in taken[1:]] == ["sent"] * 2, events
     assert events.count("settled") == events.count("returned") == 3
+
+
+async def test_a_search_handed_a_slot_does_not_wait_for_a_giver_whose_settle_failed(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_router, "_BATON_SECONDS", 60.0)  # only what the searches do ends their waits
+    events = recording(ledger, monkeypatch)
+    settle = ledger.settle
+    failed: list[Ticket] = []
+
+    async def failing_once(ticket: Ticket, *args: Any, **kwargs: Any) -> None:
+        if not failed:  # the first search, which handed its slot over, cannot record its answer
+            failed.append(ticket)
+            raise LedgerError("the quota ledger cannot be used (gone)", ledger=ledger.url)
+        await settle(ticket, *args, **kwargs)
+
+    monkeypatch.setattr(ledger, "settle", failing_once)
+    upstream, calls = handed_over(ledger, events, anyio.lowlevel.checkpoint)
+    provider = Scripted("one", *[answer("one", 0.9)] * 3)
+    the_router = Router(ledger, upstream, wait_seconds=5, lease_seconds=5)
+    outcomes: list[str] = []
+
+    async def one() -> None:
+        try:
+            await the_router.search(routes(provider))
+        except LedgerError:
+            outcomes.append("ledger failed")
+        else:
+            outcomes.append("answered")
+
+    with anyio.fail_after(10):  # the search the slot was handed to would wait out the baton's 60 s
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(one)
+    assert sorted(outcomes) == ["answered", "answered", "ledger failed"]
+    assert len(calls) == 3
+    assert batons_of(ledger) == []
 
 
 def batons_of(ledger: Ledger) -> list[object]:
