@@ -21,15 +21,16 @@ from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
-from PIL import Image, ImageCms, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from anisearch._borders import cut_borders as _cut_borders
 from anisearch._exceptions import ConfigurationError, ImageTooLargeError, InvalidImageError
 from anisearch._limits import MAX_SOURCE_BYTES, largest_box
 from anisearch._source import BinaryReader, not_an_image, read_source, video_kind
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+    from PIL import ImageCms
 
     from anisearch._provider import UploadLimits
 
@@ -301,16 +302,21 @@ def _to_rgb(image: Image.Image, where: str) -> Image.Image:
 
 @cache
 def _srgb() -> ImageCms.ImageCmsProfile:
+    from PIL import ImageCms
+
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def _to_srgb(rgb: Image.Image, icc: object) -> Image.Image:
     """Convert from an embedded RGB colour profile (a Mac's Display P3 screenshot) to sRGB, as sharp does.
 
-    A profile that is missing, not RGB or unreadable leaves the pixels as they are.
+    A profile that is missing, not RGB or unreadable leaves the pixels as they are. Pillow's colour
+    management is loaded only for a picture that has a profile.
     """
     if not isinstance(icc, bytes) or not icc:
         return rgb
+    from PIL import ImageCms
+
     try:
         embedded = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if embedded.profile.xcolor_space.strip() != "RGB":
@@ -557,7 +563,9 @@ def _prepare(
     if orientation in _TRANSPOSE:
         rgb = rgb.transpose(_TRANSPOSE[orientation])
     if cut_borders:
-        rgb, _ = _cut_borders(rgb)
+        from anisearch._borders import cut_borders as cut  # and its image operations, only when asked
+
+        rgb, _ = cut(rgb)
     size = _fit_size(rgb.size, box)
     if size != rgb.size:
         rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)

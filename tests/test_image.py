@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import hashlib
 import io
+import json
 import random
 import struct
 import sys
@@ -805,3 +806,19 @@ def test_reading_formats_loads_only_their_plugins() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["True", "False"]
+
+
+def test_a_plain_picture_loads_no_border_cutting_or_colour_management() -> None:
+    """Border cutting and colour profiles load their code when a picture needs them, not on every search."""
+    import subprocess
+
+    script = (
+        "import io, json, sys; from PIL import Image; from anisearch._image import prepare;"
+        "out = io.BytesIO(); Image.new('RGB', (800, 450), 'teal').save(out, 'JPEG');"
+        "plain = prepare(out.getvalue(), max_width=320, max_height=320);"
+        "loaded = [m for m in ('anisearch._borders', 'PIL.ImageCms') if m in sys.modules];"
+        "prepare(out.getvalue(), cut_borders=True);"
+        "print(json.dumps([plain.width, loaded, 'anisearch._borders' in sys.modules]))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == [320, [], True]

@@ -7,7 +7,6 @@ return None rather than raise, and the callers decide which fields are required.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import re
@@ -318,6 +317,8 @@ def error_message(response: httpx.Response) -> str:
         elif isinstance(decoded, str):
             message = decoded
     if not message and text:
+        import html  # an error page: only a failed request pays for the import
+
         pre = _HTML_PRE.search(text)
         fragment = pre.group(1) if pre else text
         fragment = fragment.replace("<br>", "\n")
