@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
+from anisearch._limits import remaining_seconds
 from anisearch._models import SearchResult, fresh_previews
 
 if TYPE_CHECKING:
@@ -188,6 +189,10 @@ class Flights:
     ) -> SearchResult:
         """``search()``, unless an identical one in flight answers first (its answer read by ``cached``).
 
+        Waiting for the identical search ends at this search's deadline (``search(deadline=...)``): it
+        then runs on its own, and fails as a search past its deadline does, instead of waiting for the
+        other's whole request.
+
         Args:
             key: What makes two searches identical.
             search: Runs the search.
@@ -196,7 +201,10 @@ class Flights:
             store: The cache; a :class:`RedisResultCache` extends merging to every process using it.
         """
         while key in self._local:  # the same search is running here: wait and reuse its answer
-            await self._local[key].wait()
+            with anyio.move_on_after(remaining_seconds()) as waiting:
+                await self._local[key].wait()
+            if waiting.cancelled_caught:  # the deadline came first: the search says so on its own
+                return await search()
             if cached is not None and (result := await cached()) is not None:
                 _MERGED[0] += 1
                 return result
@@ -221,16 +229,21 @@ class Flights:
         lease, channel = FLIGHT_PREFIX + key, DONE_PREFIX + key
         token = secrets.token_hex(12)
         try:
-            while True:
-                if await redis.set(lease, token, nx=True, px=int(LEASE_SECONDS * 1000)):
-                    break
-                if await self._wait(redis, lease, channel):
-                    result = await cached()
-                    if result is not None:
-                        _MERGED[0] += 1
-                        return result
+            with anyio.move_on_after(remaining_seconds()) as waiting:
+                while True:
+                    if await redis.set(lease, token, nx=True, px=int(LEASE_SECONDS * 1000)):
+                        break
+                    if await self._wait(redis, lease, channel):
+                        result = await cached()
+                        if result is not None:
+                            _MERGED[0] += 1
+                            return result
         except (RedisError, OSError) as exc:
             logger.warning("identical searches cannot be merged across processes (%s)", exc)
+            return await search()
+        if waiting.cancelled_caught:  # the deadline came first: the search says so on its own
+            with contextlib.suppress(RedisError, OSError):  # a lease taken as the deadline came is let go
+                await redis.eval(_RELEASE, 2, lease, channel, token)
             return await search()
         try:
             async with anyio.create_task_group() as tasks:

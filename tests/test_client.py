@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from anisearch import (
     AsyncClient,
     Attempt,
     Client,
+    ConcurrencyLimitError,
     ConfigurationError,
     ImageFetchError,
     InvalidImageError,
@@ -190,6 +192,30 @@ async def test_identical_searches_in_flight_are_merged(
                 group.start_soon(one)
     assert route.call_count == 1
     assert sorted(r.cached for r in results) == [False, True, True]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+async def test_a_search_waiting_for_an_identical_one_stops_at_its_deadline(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, cache: bool
+) -> None:
+    asked, answer = anyio.Event(), anyio.Event()
+
+    async def held(request: httpx.Request) -> httpx.Response:
+        asked.set()
+        await answer.wait()  # the first search holds trace.moe's only slot until the second is done
+        return httpx.Response(200, json=body)
+
+    route = mock.post(f"{BASE}/search").mock(side_effect=held)
+    data = (samples / "tinted-good.jpg").read_bytes()
+    async with AsyncClient(settings(), transport(mock)) as client, anyio.create_task_group() as group:
+        group.start_soon(partial(client.search, data, cache=cache))
+        with anyio.fail_after(10):
+            await asked.wait()
+            with pytest.raises(AllProvidersFailedError) as caught:
+                await client.search(data, cache=cache, deadline=0.3)  # would wait for the first's answer
+        answer.set()
+    assert caught.group_contains(ConcurrencyLimitError)  # refused at its deadline, while the slot was held
+    assert route.call_count == 1
 
 
 def test_a_spent_quota_is_known_before_the_next_request(mock: respx.MockRouter, samples: Path) -> None:
