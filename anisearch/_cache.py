@@ -125,6 +125,8 @@ class ResultCache:
         self.ttl_seconds = ttl_seconds
         self._lock = threading.Lock()
         self._warned = False
+        self.problem: str | None = None
+        """Why the cache is unusable, in words (None while it works)."""
         self._db: sqlite3.Connection | None = None
         try:
             self._db = open_waiting(self._open, _BUSY_TIMEOUT_MS / 1000)
@@ -155,6 +157,8 @@ class ResultCache:
         ]
 
     def _open(self) -> sqlite3.Connection:
+        if self.path.exists() and not replaceable(self.path):  # somebody's file: not even its mode changes
+            raise sqlite3.DatabaseError("file is not a database")
         directory = self.path.parent
         if not directory.exists():
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -192,6 +196,7 @@ class ResultCache:
         return db
 
     def _warn(self, problem: object) -> None:
+        self.problem = str(problem)
         if not self._warned:
             self._warned = True
             logger.warning("the result cache %s is unusable (%s); searching without it", self.path, problem)
@@ -409,7 +414,8 @@ class ResultCache:
 
     def clear(self) -> int:
         """Delete every entry; returns how many there were. Never fails: a cache that cannot be emptied
-        is deleted (and rebuilt empty when possible); then the count is 0."""
+        is deleted (and rebuilt empty when possible); then the count is 0. A file that is not a SQLite
+        database (a setting pointing at somebody's file) is left as it is: ``usable`` stays False."""
         with self._lock:
             if self._db is not None:
                 try:
@@ -424,10 +430,15 @@ class ResultCache:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.close()
                 self._db = None
+            if self.path.exists() and not replaceable(self.path):
+                return 0
             with contextlib.suppress(OSError):
                 self._delete_files()
             try:
                 self._db = self._open()
-            except (OSError, sqlite3.Error):
+            except (OSError, sqlite3.Error) as exc:
                 self._db = None
+                self._warn(exc)
+            else:
+                self.problem = None
             return 0

@@ -120,11 +120,15 @@ async def test_a_file_that_is_not_sqlite_is_never_deleted_and_the_cache_is_skipp
 ) -> None:
     path = tmp_path / "notes.txt"  # the cache setting pointed at somebody's file by mistake
     path.write_bytes(b"my notes\n" * 600)
+    path.chmod(0o644)
     cache = ResultCache(path, ttl_seconds=60)
     assert not cache.usable
     await cache.put("k", result(None))
     assert await cache.get("k") is None
+    assert cache.clear() == 0  # "anisearch cache clear" too
+    assert not cache.usable
     assert path.read_bytes() == b"my notes\n" * 600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert len(warnings_of(caplog)) == 1
     assert "not a SQLite file" in warnings_of(caplog)[0]
 
@@ -164,7 +168,7 @@ def test_clear_always_succeeds(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
     cache = ResultCache(path, ttl_seconds=60)
     cache.close()
-    path.write_bytes(b"garbage" * 1000)  # corrupted under an open cache
+    path.write_bytes(b"SQLite format 3\x00" + b"garbage" * 1000)  # corrupted under an open cache
     assert cache.clear() == 0
     assert cache.usable
     assert cache.info().entries == 0

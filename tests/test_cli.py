@@ -607,3 +607,15 @@ def test_an_error_a_command_lets_through_is_one_line_with_its_exit_code(
         app(["boom"], prog_name="anisearch")
     assert exited.value.code == code
     assert capsys.readouterr().err.splitlines()[0].startswith("anisearch: error: ")
+
+
+def test_cache_commands_leave_a_file_that_is_not_a_cache_alone(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"  # ANISEARCH_CACHE pointed at somebody's file by mistake
+    notes.write_text("my precious notes\n")
+    for command in ("info", "clear"):
+        done = cli("cache", command, env={"ANISEARCH_CACHE": str(notes)})
+        assert done.returncode == 2
+        error, hint = done.stderr.strip().splitlines()
+        assert error.startswith(f"anisearch: error: the result cache {notes} cannot be used (")
+        assert hint == "hint: point ANISEARCH_CACHE at a file of its own, or set it to off"
+    assert notes.read_text() == "my precious notes\n"

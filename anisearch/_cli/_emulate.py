@@ -405,12 +405,24 @@ def _cache() -> Any:
     return ResultCache(settings.cache_path, ttl_seconds=settings.cache_ttl)
 
 
+def _unusable(store: Any) -> None:
+    """Stop with what is wrong when the cache cannot be used (searches then run without it)."""
+    if not store.usable:
+        fail(
+            f"the result cache {store.path} cannot be used ({store.problem}); searches run without it",
+            EXIT_USAGE,
+            "point ANISEARCH_CACHE at a file of its own, or set it to off",
+        )
+
+
 @cache_app.command(
     "info", cls=Command, epilog=examples("anisearch cache info", "anisearch cache info --json")
 )
 def cache_info(as_json: JsonOption = False) -> None:
     """Where the cache is, how many results it holds and its size."""
-    info = _cache().info()
+    store = _cache()
+    _unusable(store)
+    info = store.info()
     if as_json:
         print_json(
             {
@@ -431,5 +443,7 @@ def cache_info(as_json: JsonOption = False) -> None:
 @cache_app.command("clear", cls=Command, epilog=examples("anisearch cache clear"))
 def cache_clear() -> None:
     """Delete every cached result."""
-    removed = _cache().clear()
+    store = _cache()
+    removed = store.clear()
+    _unusable(store)
     out().print(f"removed {removed} cached result(s)")
