@@ -63,3 +63,15 @@ def test_an_unusable_ledger_is_one_line_and_exit_6(monkeypatch: pytest.MonkeyPat
     assert lines[0].startswith("anisearch: error:")
     assert str(broken) in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_reset_starts_a_damaged_ledger_afresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    damaged = tmp_path / "ledger.sqlite3"
+    damaged.write_bytes(b"SQLite format 3\x00" + b"\xa5" * 8192)
+    monkeypatch.setenv("ANISEARCH_LEDGER", f"sqlite:///{damaged}")
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
+    broken = run_in_process("quota")
+    assert broken.returncode == 6
+    assert "run 'anisearch quota --reset' to start it afresh" in broken.stderr
+    assert run_in_process("quota", "--reset", "--yes").returncode == 0
+    assert run_in_process("quota").returncode == 0

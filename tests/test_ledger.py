@@ -736,17 +736,34 @@ async def test_sqlite_unwritable_location_is_a_ledger_error(tmp_path: Path) -> N
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     ledger = open_ledger(f"sqlite:///{blocker / 'ledger.db'}")
-    with pytest.raises(LedgerError, match="quota --reset") as caught:
+    with pytest.raises(LedgerError, match="check that its directory can be written") as caught:
         await ledger.reserve("tracemoe", GUEST, TRACEMOE)
     assert str(blocker) in str(caught.value)
 
 
-async def test_a_corrupt_sqlite_ledger_is_a_ledger_error(tmp_path: Path) -> None:
+async def test_a_damaged_sqlite_ledger_is_started_afresh_by_a_reset(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
-    path.write_bytes(b"this is not a database" * 100)
+    path.write_bytes(b"SQLite format 3\x00" + b"\xa5" * 8192)  # a ledger of ours, its pages damaged
     ledger = open_ledger(f"sqlite:///{path}")
-    with pytest.raises(LedgerError, match=str(path)):
+    with pytest.raises(LedgerError, match=f"{path}.*run 'anisearch quota --reset' to start it afresh"):
         await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+    await ledger.clear("tracemoe")  # whichever provider is named: nothing in the file can be read
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
+    await ledger.aclose()
+
+
+async def test_a_file_that_is_not_a_ledger_is_never_offered_for_deletion(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"  # ANISEARCH_LEDGER pointed at somebody's file by mistake
+    path.write_bytes(b"this is not a database" * 100)
+    path.chmod(0o644)
+    ledger = open_ledger(f"sqlite:///{path}")
+    for step in (ledger.reserve("tracemoe", GUEST, TRACEMOE), ledger.clear()):
+        with pytest.raises(LedgerError, match=f"{path}.*not a SQLite file, so it is left as it is") as caught:
+            await step
+        assert "reset" not in str(caught.value)
+        assert "remove" not in str(caught.value)
+    assert path.read_bytes() == b"this is not a database" * 100
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 @pytest.mark.parametrize("state", ['{"nonsense": 1}', "null", "[]", '{"windows": [], "held": {}}'])

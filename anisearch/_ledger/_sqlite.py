@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -30,7 +31,7 @@ from anisearch._ledger import _logic
 from anisearch._ledger._base import Ledger
 from anisearch._ledger._doorbell import Doorbell
 from anisearch._ledger._units import WAITERS
-from anisearch._sqlite_busy import open_waiting
+from anisearch._sqlite_busy import open_waiting, replaceable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from anisearch._ledger._logic import ReserveRequest, ScopeView, SettleRequest, WindowArgs
 
 __all__ = ["SQLiteLedger"]
+
+logger = logging.getLogger("anisearch")
 
 _T = TypeVar("_T")
 _SCHEMA_VERSION = 3
@@ -233,13 +236,41 @@ class SQLiteLedger(Ledger):
     # ------------------------------------------------------------------ plumbing
 
     def _error(self, exc: BaseException) -> LedgerError:
-        return LedgerError(
-            f"the quota ledger {self.path} cannot be used ({exc}); run 'anisearch quota --reset' or remove "
-            "that file (it holds only what anisearch learned about quotas)",
-            ledger=self.url,
+        """What is wrong, and the way out: a damaged ledger of ours is started afresh by ``anisearch quota
+        --reset``; somebody's file is never offered for deletion."""
+        if self._damaged(exc):
+            advice = "run 'anisearch quota --reset' to start it afresh (it holds only what anisearch learned"
+            advice += " about quotas)"
+        elif isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+            advice = (
+                "it is not a SQLite file, so it is left as it is: set ANISEARCH_LEDGER to a file of its own"
+            )
+        else:
+            advice = "check that its directory can be written, or set ANISEARCH_LEDGER to another ledger"
+        return LedgerError(f"the quota ledger {self.path} cannot be used ({exc}); {advice}", ledger=self.url)
+
+    def _damaged(self, exc: BaseException | None) -> bool:
+        """Whether ``exc`` says the file is a damaged ledger of ours (not somebody's file, not a lock)."""
+        return (
+            isinstance(exc, sqlite3.DatabaseError)
+            and not isinstance(exc, sqlite3.OperationalError)
+            and replaceable(self.path)
         )
 
+    def _start_afresh(self) -> None:
+        """Delete a damaged ledger file (and its WAL): the next step creates an empty one."""
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+                self._conn = None
+            for tail in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.with_name(self.path.name + tail).unlink()
+
     def _open(self) -> sqlite3.Connection:
+        if self.path.exists() and not replaceable(self.path):  # somebody's file: never written to
+            raise sqlite3.DatabaseError("file is not a database")
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = sqlite3.connect(
@@ -402,6 +433,9 @@ class SQLiteLedger(Ledger):
         return [(p, s) for p, s in rows if provider is None or p == provider]
 
     async def _clear(self, provider: str | None) -> None:
+        """Forget (one provider's) rows; a damaged file is deleted and started afresh, whatever
+        ``provider`` is (nothing in it can be read any more)."""
+
         def clear(conn: sqlite3.Connection) -> None:
             for table in ("scopes", "units", "unit_counts"):
                 if provider is None:
@@ -409,7 +443,16 @@ class SQLiteLedger(Ledger):
                 else:
                     conn.execute(f"DELETE FROM {table} WHERE provider = ?", (provider,))  # noqa: S608
 
-        await self._write(clear)
+        try:
+            await self._write(clear)
+        except LedgerError as exc:
+            if not self._damaged(exc.__cause__):
+                raise
+            logger.warning(
+                "the quota ledger %s was damaged (%s): starting it afresh", self.path, exc.__cause__
+            )
+            await anyio.to_thread.run_sync(self._start_afresh)
+            await self._write(clear)  # creates the new file (an empty ledger)
 
     @contextlib.asynccontextmanager
     async def listening(self, provider: str, scope: str) -> AsyncIterator[Nap]:
