@@ -29,7 +29,7 @@ from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_c
 from anisearch._config import Settings
 from anisearch._download import Downloader
 from anisearch._enrich import Enricher, metadata_infos, open_enricher
-from anisearch._exceptions import ConfigurationError
+from anisearch._exceptions import ClientClosedError, ConfigurationError
 from anisearch._ledger import WindowSpec, open_ledger
 from anisearch._ledger._base import scope_id, system_clock
 from anisearch._limits import (
@@ -174,7 +174,13 @@ class AsyncClient(AccountFeatures):
             self._provider(name)  # unknown names fail here, before any work
         return seen
 
+    def _check_open(self) -> None:
+        """Refuse to work once closed: a closed pool sends nothing, and a reopened ledger leaks."""
+        if self._closed:
+            raise ClientClosedError(f"the client is closed; open a new {type(self).__name__}")
+
     async def _get_ledger(self) -> Ledger:
+        self._check_open()
         if self._ledger is None:
             self._ledger = open_ledger(
                 self.settings.ledger_url, timezone=self.settings.timezone, clock=self._clock
@@ -203,6 +209,7 @@ class AsyncClient(AccountFeatures):
             return ()
 
     async def _call(self, provider: Any, request: httpx.Request, parse: Callable[[httpx.Response], T]) -> T:
+        self._check_open()
         sent_at = (self._clock or system_clock)()  # the ledger's clock, without opening the ledger
         response = await self._transport.send(provider, request)
         observed = provider.observe(response)
@@ -274,7 +281,9 @@ class AsyncClient(AccountFeatures):
             ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy or
                 mode, a ``deadline`` that is not a positive number of seconds).
             AllProvidersFailedError: No provider answered; it holds each provider's error.
+            ClientClosedError: The client was closed.
         """
+        self._check_open()
         if deadline is not None and not (isinstance(deadline, int | float) and 0 < deadline < math.inf):
             raise ConfigurationError(f"deadline must be a positive number of seconds, got {deadline!r}")
         if mode not in ("image", "vector"):

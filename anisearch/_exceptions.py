@@ -84,6 +84,13 @@ class UnknownProviderError(ConfigurationError, LookupError):
         return str(self.args[0])
 
 
+class ClientClosedError(AnisearchError, RuntimeError):
+    """The client was closed (``aclose()``, ``close()`` or its ``with`` block ended): open a new one.
+
+    Raised before anything is sent or recorded, so no quota is spent.
+    """
+
+
 class InvalidImageError(AnisearchError, ValueError):
     """The input is not a usable image: empty, not an image, truncated, or a decompression bomb.
 

@@ -29,6 +29,7 @@ import httpx
 from anisearch._account import _last_page
 from anisearch._client import AsyncClient
 from anisearch._config import Settings
+from anisearch._exceptions import ClientClosedError
 from anisearch._models import (
     ApiKey,
     CreatedApiKey,
@@ -211,7 +212,7 @@ class Client:
 
     def _run(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         if self.closed:
-            raise RuntimeError("the client is closed; open a new Client")
+            raise ClientClosedError("the client is closed; open a new Client")
         return self._loop.call(func, *args, **kwargs)
 
     def __enter__(self) -> Self:

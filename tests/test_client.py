@@ -20,6 +20,7 @@ from anisearch import (
     AsyncClient,
     Attempt,
     Client,
+    ClientClosedError,
     ConcurrencyLimitError,
     ConfigurationError,
     ImageFetchError,
@@ -216,6 +217,23 @@ async def test_a_search_waiting_for_an_identical_one_stops_at_its_deadline(
         answer.set()
     assert caught.group_contains(ConcurrencyLimitError)  # refused at its deadline, while the slot was held
     assert route.call_count == 1
+
+
+async def test_a_closed_client_sends_and_records_nothing(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, tmp_path: Path
+) -> None:
+    route = mock.post(f"{BASE}/search").respond(json=body)
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    client = AsyncClient(settings(ledger=ledger, cache="off"), transport(mock))
+    await client.aclose()
+    data = (samples / "tinted-good.jpg").read_bytes()
+    for call in (partial(client.search, data), partial(client.quota, "tracemoe"), client.reset_quota):
+        with pytest.raises(ClientClosedError, match="the client is closed; open a new AsyncClient"):
+            await call()
+    assert route.call_count == 0
+    async with AsyncClient(settings(ledger=ledger, cache="off"), transport(mock)) as fresh:
+        (window,) = [q for q in await fresh.quota("tracemoe") if q.window == "rolling-24h"]
+    assert window.used == 0  # nothing was charged for the searches never sent
 
 
 def test_a_spent_quota_is_known_before_the_next_request(mock: respx.MockRouter, samples: Path) -> None:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 import anisearch
-from anisearch import ApiKeys, AsyncApiKeys, AsyncClient, Client, Settings
+from anisearch import ApiKeys, AsyncApiKeys, AsyncClient, Client, ClientClosedError, Settings
 
 SETTINGS = {"cache": "off", "ledger": "memory://"}
 
@@ -75,7 +75,7 @@ def test_close_is_idempotent_and_a_closed_client_sends_nothing() -> None:
     with client:  # leaving the block closes a third time
         pass
     assert client.closed
-    with pytest.raises(RuntimeError, match="the client is closed"):
+    with pytest.raises(ClientClosedError, match="the client is closed; open a new Client"):
         client.quota("tracemoe", refresh=True)
     assert calls == []
 
