@@ -295,6 +295,7 @@ class Client:
             ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy or
                 mode, a ``deadline`` that is not a positive number of seconds).
             AllProvidersFailedError: No provider answered; it holds each provider's error.
+            ClientClosedError: The client was closed.
         """
         return self._run(
             self._async.search,
