@@ -159,6 +159,8 @@ class AsyncClient(AccountFeatures):
         return self._providers[name]
 
     def _order(self, providers: Sequence[str] | None) -> list[str]:
+        if isinstance(providers, str):  # a str is a Sequence[str] too: each letter would be a name
+            raise ConfigurationError(f"providers takes a list of names, not a string: use [{providers!r}]")
         candidates = (
             (name, bool(getattr(cls, "default_order", False)), cls.default_rank)
             for name in available_providers()

@@ -131,8 +131,17 @@ class Settings(BaseSettings):
     """Where anisearch sends requests and keeps its state. Every field has an ``ANISEARCH_*`` variable.
 
     Raises:
-        ConfigurationError: A value does not parse (through :meth:`load`).
+        ConfigurationError: A value does not parse (through :meth:`load`), or a keyword names no setting.
     """
+
+    def __init__(self, **values: Any) -> None:
+        # The environment may hold any ANISEARCH_* variable (a provider's own), but a keyword given in code
+        # that names no setting is a typo, refused as the config file refuses one.
+        known = sorted(type(self).model_fields)
+        unknown = sorted(name for name in values if not name.startswith("_") and name not in known)
+        if unknown:
+            raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(known)}")
+        super().__init__(**values)
 
     model_config = SettingsConfigDict(env_prefix="ANISEARCH_", extra="ignore", frozen=True)
 

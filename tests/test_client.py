@@ -278,6 +278,10 @@ def test_unknown_names_and_bad_arguments_are_usage_errors(mock: respx.MockRouter
             client.search(samples / "tinted-good.jpg", min_similarity=1.5)
         with pytest.raises(ConfigurationError, match="strategy"):
             client.search(samples / "tinted-good.jpg", strategy="shuffle")  # type: ignore[arg-type]
+        with pytest.raises(
+            ConfigurationError, match=r"providers takes a list of names, not a string: use \['tracemoe'\]"
+        ):
+            client.search(samples / "tinted-good.jpg", providers="tracemoe")
         for deadline in (0, -1.0, float("nan"), float("inf"), "5"):
             with pytest.raises(ConfigurationError, match="deadline must be a positive number of seconds"):
                 client.search(samples / "tinted-good.jpg", deadline=deadline)  # type: ignore[arg-type]

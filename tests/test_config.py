@@ -62,6 +62,14 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings.load()
 
 
+def test_a_keyword_that_is_not_a_setting_is_refused_in_code_as_in_the_file() -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown setting\(s\): timout; known: .*timeout"):
+        Settings.load(timout=5)
+    with pytest.raises(ConfigurationError, match=r"unknown setting\(s\): timout; known: .*timeout"):
+        Settings(timout=5)
+    assert Settings.load(timeout=5).timeout == 5
+
+
 @pytest.mark.parametrize(
     ("text", "says"),
     [

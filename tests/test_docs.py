@@ -146,3 +146,19 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert "match_at" in api
     assert "QuotaExhaustedError" in api
+
+
+def test_every_python_example_passes_strict_type_checking(tmp_path: Path) -> None:
+    """What a user copies from the README or the docs passes their ``mypy --strict`` as it stands."""
+    from mypy import api
+
+    examples = [
+        block for page in [REPO / "README.md", *PAGES] for block in blocks(page) if block.lang == "python"
+    ]
+    files = []
+    for number, block in enumerate(examples):
+        path = tmp_path / f"example_{number}.py"
+        path.write_text(block.code)
+        files.append(str(path))
+    report, errors, status = api.run(["--strict", "--cache-dir", str(REPO / ".mypy_cache"), *files])
+    assert status == 0, report + errors
