@@ -8,6 +8,7 @@ Account features are in ``_account``, provider HTTP in ``_transport``, user URLs
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -65,6 +66,23 @@ if TYPE_CHECKING:
 __all__ = ["AsyncApiKeys", "AsyncClient"]
 
 T = TypeVar("T")
+V = TypeVar("V")
+
+logger = logging.getLogger("anisearch")
+
+
+def _guarded(callback: Callable[[V], None] | None, name: str) -> Callable[[V], None] | None:
+    """``callback``, its exceptions logged instead of raised (see :class:`AsyncClient`)."""
+    if callback is None:
+        return None
+
+    def call(value: V) -> None:
+        try:
+            callback(value)
+        except Exception:
+            logger.exception("the %s callback raised; the search goes on", name)
+
+    return call
 
 
 class AsyncClient(AccountFeatures):
@@ -77,7 +95,9 @@ class AsyncClient(AccountFeatures):
             app), instead of the network.
         on_attempt: Called with each :class:`Attempt` as it completes (metrics, logging).
         on_wait: Called with one line whenever a search starts waiting (for a slot, or out a provider's
-            short backoff), e.g. ``"waiting for a tracemoe slot (held by pid 1234)"``.
+            short backoff), e.g. ``"waiting for a tracemoe slot (held by pid 1234)"``. An exception
+            either callback raises is logged (logger ``anisearch``, with its traceback) and the search
+            goes on: an answer already paid for is never lost to it.
         clock: The current instant for the ledger (an aware datetime); tests and simulations move it.
 
     Raises:
@@ -98,8 +118,8 @@ class AsyncClient(AccountFeatures):
         self._downloader = Downloader(
             self.settings.timeout, allow_private=self.settings.allow_private_urls, transport=transport
         )
-        self._on_attempt = on_attempt
-        self._on_wait = on_wait
+        self._on_attempt = _guarded(on_attempt, "on_attempt")
+        self._on_wait = _guarded(on_wait, "on_wait")
         self._clock = clock
         self._providers: dict[str, Provider] = {}
         self._ledger: Ledger | None = None

@@ -181,7 +181,8 @@ class Client:
         on_attempt: Called with each :class:`Attempt` as it completes (metrics, logging); it runs on the
             client's loop thread.
         on_wait: Called with one line whenever a search starts waiting (for a slot, or out a provider's
-            short backoff), e.g. ``"waiting for a tracemoe slot (held by pid 1234)"``.
+            short backoff), e.g. ``"waiting for a tracemoe slot (held by pid 1234)"``. An exception
+            either callback raises is logged (logger ``anisearch``) and the search goes on.
         clock: The current instant for the ledger (an aware datetime); tests and simulations move it.
 
     Raises:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,25 @@ def test_sync_search_uploads_a_small_jpeg_and_normalises_hits(
     assert b"image/jpeg" in request.content
     assert "anilistInfo" in request.url.params
     assert request.headers["user-agent"].startswith("anisearch/")
+
+
+def test_a_callback_that_raises_costs_no_answer(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    route = mock.post(f"{BASE}/search").respond(200, json=body)
+
+    def broken(_attempt: Attempt) -> None:
+        raise ZeroDivisionError("a bug in the caller's metrics")
+
+    with (
+        caplog.at_level(logging.ERROR, logger="anisearch"),
+        Client(settings(cache="off"), transport(mock), on_attempt=broken) as client,
+    ):
+        result = client.search(samples / "tinted-good.jpg")
+    assert route.call_count == 1
+    assert result.best is not None  # the answer the search paid for
+    assert "the on_attempt callback raised; the search goes on" in caplog.text
+    assert "ZeroDivisionError: a bug in the caller's metrics" in caplog.text
 
 
 async def test_async_search_from_a_pil_image_and_bytes(mock: respx.MockRouter, body: dict[str, Any]) -> None:
