@@ -341,6 +341,54 @@ def test_many_inputs_mix_files_globs_and_failures(tracemoe: Any, samples: Path, 
     assert "2 matched, 1 no confident match, 2 failed" in done.stderr
 
 
+def test_json_lines_account_for_every_input(tracemoe: Any, samples: Path, tmp_path: Path) -> None:
+    gone = str(tmp_path / "gone.png")
+    done = cli("search", str(samples / "tinted-good.jpg"), gone, "--json")
+    assert done.returncode == 3
+    lines = {line["input"]: line for line in map(json.loads, done.stdout.splitlines())}
+    assert set(lines) == {str(samples / "tinted-good.jpg"), gone}
+    assert lines[gone]["error"] == {
+        "type": "InvalidImageError",
+        "message": f"{gone}: no such file",
+        "exit_code": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["search", "x.jpg", "--raw"], "--raw adds the upstream items to --json output"),
+        (["search", "-", "-"], "- (standard input) can be searched once"),
+    ],
+)
+def test_arguments_that_cannot_work_are_usage_errors(args: list[str], says: str) -> None:
+    done = cli(*args, stdin=b"\xff\xd8")
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"anisearch: error: {says}")
+
+
+def test_stdin_from_a_terminal_is_refused_instead_of_waited_for() -> None:
+    import os
+    import pty
+    import sys
+
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "anisearch", "search", "-"],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert done.returncode == 2
+    assert "- reads the image from standard input, which is this terminal" in done.stderr
+
+
 def test_ctrl_c_finishes_with_a_summary(
     tracemoe: Any, samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

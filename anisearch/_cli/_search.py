@@ -307,6 +307,39 @@ def _summary(tally: Tally, seconds: float, *, interrupted: bool) -> None:
     )
 
 
+def _check_arguments(inputs: Sequence[str], *, raw: bool, as_json: bool) -> None:
+    """Refuse what cannot work, before anything is read: --raw alone, stdin twice or from a terminal."""
+    if raw and not as_json:
+        fail("--raw adds the upstream items to --json output", EXIT_USAGE, "add --json, or drop --raw")
+    if inputs.count("-") > 1:
+        fail(
+            "- (standard input) can be searched once",
+            EXIT_USAGE,
+            "save the input to a file to search it again",
+        )
+    if "-" in inputs and sys.stdin.isatty():
+        fail(
+            "- reads the image from standard input, which is this terminal",
+            EXIT_USAGE,
+            "pipe an image in: anisearch search - < shot.jpg",
+        )
+
+
+def _report_missing(missing: Sequence[str], *, as_json: bool) -> None:
+    """Each name that does not exist, on stderr; with --json also one line on stdout, as for any input."""
+    for name in missing:
+        say_error(f"no such file: {name}")
+        if as_json:
+            error = {
+                "type": "InvalidImageError",
+                "message": f"{name}: no such file",
+                "exit_code": EXIT_BAD_INPUT,
+            }
+            out().print(
+                json.dumps({"input": name, "error": error}), markup=False, highlight=False, soft_wrap=True
+            )
+
+
 def search(  # noqa: C901 - one command's options and its single/batch outputs
     inputs: Annotated[
         list[str],
@@ -405,12 +438,12 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
         fail(f"--strategy must be fallback or fanout, not {strategy!r}", EXIT_USAGE)
     chosen: Strategy = "fanout" if strategy == "fanout" else "fallback"
     threshold = DEFAULT_MIN_SIMILARITY if min_similarity is None else min_similarity
+    _check_arguments(inputs, raw=raw, as_json=as_json)
     items, missing = collect(inputs, glob)
     batch = len(inputs) > 1 or any(Path(i).is_dir() for i in inputs if i != "-")
     if missing and not batch:
         fail(f"no such file: {missing[0]}", EXIT_BAD_INPUT, "give an image, a folder, an http(s) URL or -")
-    for name in missing:
-        say_error(f"no such file: {name}")
+    _report_missing(missing, as_json=as_json)
     if batch and not items:
         fail(
             "no images to search",
