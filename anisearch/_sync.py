@@ -342,6 +342,8 @@ class Client:
             provider: One provider name, or None for every provider.
 
         Raises:
+            UnknownProviderError: ``provider`` is neither a provider nor a metadata provider (checked
+                before anything is forgotten).
             LedgerError: The ledger cannot be used.
         """
         self._run(self._async.reset_quota, provider)

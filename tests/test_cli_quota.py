@@ -65,6 +65,14 @@ def test_an_unusable_ledger_is_one_line_and_exit_6(monkeypatch: pytest.MonkeyPat
     assert "Traceback" not in done.stderr
 
 
+def test_a_reset_of_an_unknown_provider_forgets_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
+    done = run_in_process("quota", "nope", "--reset", "--yes")
+    assert done.returncode == 2
+    assert done.stderr.startswith("anisearch: error: unknown provider 'nope'")
+    assert "forgot" not in done.stderr
+
+
 def test_a_reset_starts_a_damaged_ledger_afresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     damaged = tmp_path / "ledger.sqlite3"
     damaged.write_bytes(b"SQLite format 3\x00" + b"\xa5" * 8192)
