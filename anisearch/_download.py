@@ -11,7 +11,7 @@ import httpx
 
 from anisearch import _fetch, _redact
 from anisearch._exceptions import ImageFetchError, ProviderError
-from anisearch._limits import HASH_IN_PLACE_BYTES, MAX_DOWNLOAD_BYTES, remaining_seconds
+from anisearch._limits import HASH_IN_PLACE_BYTES, MAX_DOWNLOAD_BYTES, remaining_seconds, timed_out
 from anisearch._transport import ACCEPT_ENCODING, tls_context, user_agent
 
 __all__ = ["Downloader", "is_url"]
@@ -106,4 +106,4 @@ class Downloader:
         except TimeoutError as exc:
             if isinstance(exc, ProviderError):
                 raise
-            raise ImageFetchError(f"cannot download {shown}: no complete answer within {budget:g} s") from exc
+            raise ImageFetchError(f"cannot download {shown}: {timed_out(budget, self._timeout)}") from exc

@@ -28,6 +28,7 @@ __all__ = [
     "largest_box",
     "remaining_seconds",
     "search_deadline",
+    "timed_out",
 ]
 
 MAX_SOURCE_BYTES = 100 * 1024 * 1024
@@ -78,6 +79,15 @@ def remaining_seconds(cap: float = math.inf) -> float:
     import anyio  # here: the CLI's cache hit uses this module's limits with no event loop
 
     return min(cap, deadline - anyio.current_time())
+
+
+def timed_out(budget: float, cap: float) -> str:
+    """How a step that ran out of time says so: ``no complete answer within 30 s`` (``cap``, the
+    timeout), or ``... before the search's deadline`` when the deadline left less (``budget``) than that:
+    the user set the deadline, not the odd remainder."""
+    if budget >= cap:
+        return f"no complete answer within {cap:g} s"
+    return "no complete answer before the search's deadline"
 
 
 def keep_best_hits(hits: list[Hit], limit: int = MAX_HITS) -> list[Hit]:

@@ -21,7 +21,7 @@ from anisearch._exceptions import (
     ProviderTimeoutError,
     UpstreamResponseError,
 )
-from anisearch._limits import MAX_RESPONSE_BYTES, remaining_seconds
+from anisearch._limits import MAX_RESPONSE_BYTES, remaining_seconds, timed_out
 from anisearch._version import DISTRIBUTION, __version__
 
 if TYPE_CHECKING:
@@ -125,20 +125,18 @@ class ProviderTransport:
             ValueError,
             OverflowError,
         ) as exc:
-            error = _transfer_error(exc, provider.name, request, budget, status)
+            error = _transfer_error(exc, provider.name, request, timed_out(budget, self._timeout), status)
             quotes_header = isinstance(exc, httpx.LocalProtocolError | UnicodeError)
             raise error from (None if quotes_header else exc)
         return response
 
 
 def _transfer_error(
-    exc: BaseException, name: str, request: httpx.Request, budget: float, status: int | None
+    exc: BaseException, name: str, request: httpx.Request, too_slow: str, status: int | None
 ) -> ProviderError:
     """The attempt's typed error for what went wrong while sending or reading (messages hold no secret)."""
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
-        return ProviderTimeoutError(
-            f"no complete answer within {budget:g} s", provider=name, status_code=status
-        )
+        return ProviderTimeoutError(too_slow, provider=name, status_code=status)
     if isinstance(exc, _fetch.BodyTooLargeError):
         return UpstreamResponseError(
             f"the answer is larger than {exc.limit} bytes (decoded); refused",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,27 @@ async def test_a_closed_client_sends_and_records_nothing(
     async with AsyncClient(settings(ledger=ledger, cache="off"), transport(mock)) as fresh:
         (window,) = [q for q in await fresh.quota("tracemoe") if q.window == "rolling-24h"]
     assert window.used == 0  # nothing was charged for the searches never sent
+
+
+@pytest.mark.parametrize(
+    ("timeout", "deadline", "says"),
+    [
+        (0.3, None, "no complete answer within 0.3 s"),
+        (30.0, 0.3, "no complete answer before the search's deadline"),
+    ],
+)
+async def test_a_slow_answer_says_which_limit_it_met(
+    mock: respx.MockRouter, samples: Path, timeout: float, deadline: float | None, says: str
+) -> None:
+    async def stalled(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(30)
+        raise AssertionError("never answered")
+
+    mock.post(f"{BASE}/search").mock(side_effect=stalled)
+    async with AsyncClient(settings(timeout=timeout, cache="off"), transport(mock)) as client:
+        with pytest.raises(AllProvidersFailedError) as caught:
+            await client.search((samples / "tinted-good.jpg").read_bytes(), deadline=deadline)
+    assert caught.group_contains(ProviderTimeoutError, match=re.escape(says))
 
 
 def test_a_spent_quota_is_known_before_the_next_request(mock: respx.MockRouter, samples: Path) -> None:
