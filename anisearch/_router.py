@@ -47,6 +47,7 @@ from anisearch._exceptions import (
     LedgerError,
     ProviderBusyError,
     ProviderError,
+    QuotaExhaustedError,
     UpstreamResponseError,
 )
 from anisearch._ledger import Refusal, Stale, Ticket, holder_is_dead
@@ -548,6 +549,8 @@ class Router:
             )
         # A search of this process woken by the freed slot sends before this one builds its result.
         await anyio.lowlevel.checkpoint()
+        if isinstance(error, QuotaExhaustedError) and error.resets_at is None:
+            await self._when_it_frees(route, error)
         if error is not None or answer is None:
             failure = error or UpstreamResponseError("no answer", provider=provider.name)
             return self._failed(provider.name, failure, status, started)
@@ -568,6 +571,23 @@ class Router:
             scope=answer.quota.scope if answer.quota is not None else _scope_kind(route.scope),
         )
         return _Outcome(attempt, result=result)
+
+    async def _when_it_frees(self, route: Route, error: QuotaExhaustedError) -> None:
+        """An upstream's "quota spent" that said no time gets the ledger's: when the spent window admits
+        again, as the ledger's own refusal of the next search would say."""
+        try:
+            quotas = await self._ledger.snapshot(
+                route.provider.name, lambda _: route.windows, scope=route.scope
+            )
+        except LedgerError:
+            return  # the error stands as the upstream gave it
+        spent = [
+            (q.resets_at, q.window)
+            for q in quotas
+            if q.remaining == 0 and q.resets_at is not None and error.window in (None, q.window)
+        ]
+        if spent:  # the latest: every spent window must admit again
+            error.resets_at, error.window = max(spent, key=lambda pair: pair[0])
 
     def _failed(
         self,

@@ -243,7 +243,11 @@ def refusal_error(name: str, refusal: Refusal, wait: float) -> ProviderError:
     retry = max(wait, 0.0)
     if refusal.kind == "quota":
         return QuotaExhaustedError(
-            f"quota exhausted until {stamp}{detail}", provider=name, resets_at=until, retry_after=retry
+            f"quota exhausted until {stamp}{detail}",
+            provider=name,
+            resets_at=until,
+            retry_after=retry,
+            window=refusal.window,
         )
     if refusal.kind == "rate":
         return RateLimitedError(f"rate limited until {stamp}{detail}", provider=name, retry_after=retry)

@@ -292,9 +292,13 @@ def test_a_spent_quota_is_known_before_the_next_request(mock: respx.MockRouter, 
         with pytest.raises(AllProvidersFailedError) as second:
             client.search(samples / "flipped-good.webp")
     assert route.call_count == 1
-    skipped = second.value.exceptions[0]
+    spent, skipped = first.value.exceptions[0], second.value.exceptions[0]
+    assert isinstance(spent, QuotaExhaustedError)
     assert isinstance(skipped, QuotaExhaustedError)
     assert "quota exhausted until" in str(skipped)
+    # the upstream's 402 names no time: the ledger's, the same the refusal of the next search gives
+    assert spent.resets_at is not None
+    assert (spent.resets_at, spent.window) == (skipped.resets_at, skipped.window)
 
 
 def test_quota_refresh_reads_me_and_hides_the_caller_id(mock: respx.MockRouter) -> None:
