@@ -163,6 +163,7 @@ def test_retry_chatter_only_with_verbose(
         if verbose:  # a full queue is one backoff shared by every search: this one waits it out, says so
             assert re.search(r"waiting [\d.]+ s for tracemoe: Error: Search queue is full", done.stderr)
             assert re.search(r"tracemoe ok in \d+\.\d\d s", done.stderr)
+            assert done.stderr.count("tracemoe ok") == 1  # each attempt once, with its time
             assert "HTTP Request: POST" in done.stderr
         else:
             assert "waiting" not in done.stderr

@@ -329,9 +329,12 @@ _LOGGERS = ("anisearch", "anisearch_providers", "stamina", "httpx", "py.warnings
 
 
 class _RetryText(logging.Filter):
-    """stamina logs ``stamina.retry_scheduled`` with the facts in ``extra``: say them in words."""
+    """stamina logs ``stamina.retry_scheduled`` with the facts in ``extra``: say them in words. An
+    attempt's record is left out: :func:`log_attempt` prints each attempt once, with its time."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if hasattr(record, "anisearch_outcome"):  # an attempt: log_attempt prints it, with its time
+            return False
         if record.getMessage() == "stamina.retry_scheduled":
             facts = record.__dict__
             record.msg = "retry %s of %s in %.2f s after %s"
