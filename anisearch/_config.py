@@ -22,7 +22,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_serializer, field_validator
@@ -36,6 +36,9 @@ from pydantic_settings import (
 
 from anisearch._exceptions import ConfigurationError
 from anisearch._redact import redact
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["Settings", "config_path"]
 
@@ -114,17 +117,32 @@ class _TomlSource(PydanticBaseSettingsSource):
         return {name: self._data[name] for name in known if name in self._data}
 
 
-def settings_error(exc: ValidationError, prefix: str, headline: str) -> ConfigurationError:
+def settings_error(
+    exc: ValidationError, prefix: str, headline: str, named: Callable[[str], str] | None = None
+) -> ConfigurationError:
     """One :class:`ConfigurationError` for a settings validation failure, naming each variable
-    (``prefix`` + the field) and never quoting the value; a ConfigurationError a validator raised is kept."""
+    (``prefix`` + the field, or what ``named`` calls the field) and never quoting the value; a
+    ConfigurationError a validator raised is kept."""
     for err in exc.errors():
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, ConfigurationError):
             return ConfigurationError(str(cause))
-    problems = "; ".join(
-        f"{prefix}{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
-    )
+
+    def name(loc: tuple[int | str, ...]) -> str:
+        variable = f"{prefix}{'_'.join(str(p) for p in loc).upper()}"
+        return named(str(loc[0])) if named is not None and len(loc) == 1 else variable
+
+    problems = "; ".join(f"{name(err['loc'])}: {err['msg']}" for err in exc.errors())
     return ConfigurationError(f"{headline}: {problems}")
+
+
+def _where(field: str) -> str:
+    """Where the value of setting ``field`` came from: its variable when set, else the config file's key
+    (else the variable: a value given in code names it too)."""
+    variable = f"ANISEARCH_{field.upper()}"
+    if variable not in os.environ and field in _read_toml(config_path()):
+        return f"{field} in the config file {config_path()}"
+    return variable
 
 
 class Settings(BaseSettings):
@@ -244,7 +262,7 @@ class Settings(BaseSettings):
             settings = cls(**overrides)
         except ValidationError as exc:
             # from None: pydantic's own message quotes the input, which may hold a credential
-            raise settings_error(exc, "ANISEARCH_", "invalid settings") from None
+            raise settings_error(exc, "ANISEARCH_", "invalid settings", _where) from None
         except SettingsError as exc:  # a variable pydantic-settings reads as JSON does not parse
             field = re.search(r'field "(\w+)"', str(exc))
             name = f"ANISEARCH_{field.group(1).upper()}" if field else "a setting"

@@ -75,8 +75,12 @@ def test_a_keyword_that_is_not_a_setting_is_refused_in_code_as_in_the_file() -> 
     [
         ("providers = [", "cannot read the config file"),
         ('tmeout = 5\n\n[tracemoe]\nurl = "http://file"\n', r"unknown setting.*: tmeout; known: .*timeout"),
+        (
+            'timeout = "soon"\n',
+            r"invalid settings: timeout in the config file .*bad\.toml: Input should be a valid",
+        ),
     ],
-    ids=["broken TOML", "a key that is not a setting"],
+    ids=["broken TOML", "a key that is not a setting", "a value that does not parse, named where it is"],
 )
 def test_a_config_file_that_cannot_be_used_is_a_configuration_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, says: str

@@ -92,7 +92,8 @@ class BaseProvider:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         url = base_url or self.default_url
-        self.base_url = http_base_url(url, self.url_setting, allow_empty=not self.default_url)
+        where = f"{self.url_setting} (or url in the [{self.name}] config table)"
+        self.base_url = http_base_url(url, where, allow_empty=not self.default_url)
         self.key = key.strip() if key and key.strip() else None
         self._clock = clock or _utcnow
 

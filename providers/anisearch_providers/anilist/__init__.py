@@ -95,7 +95,9 @@ class AniList:
             raise ConfigurationError(
                 f"ANISEARCH_ANILIST_TTL must be a positive number of seconds, got {ttl_seconds}"
             )
-        self.base_url = http_base_url(base_url, "ANISEARCH_ANILIST_URL")
+        self.base_url = http_base_url(
+            base_url, "ANISEARCH_ANILIST_URL (or url in the [anilist] config table)"
+        )
         self.ttl_seconds = float(ttl_seconds)
         self._clock = clock or (lambda: datetime.now(UTC))
 
