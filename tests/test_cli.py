@@ -125,6 +125,19 @@ def test_an_unreachable_provider_is_named_with_host_and_port(monkeypatch: pytest
     assert hint.startswith(f"hint: is tracemoe at 127.0.0.1:{port} running?")
 
 
+def test_a_name_that_does_not_resolve_points_at_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_dns(host: Any, *_: Any, **__: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)  # no lookup leaves the machine
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", "http://trace.example:8080")
+    done = cli("search", str(Path("examples/tinted-good.jpg").resolve()), "-p", "tracemoe", "--no-cache")
+    assert done.returncode == 4
+    error, hint = done.stderr.strip().splitlines()
+    assert "tracemoe failed: cannot reach trace.example:8080" in error
+    assert hint == "hint: trace.example:8080 is not a name this machine resolves: check the network and DNS"
+
+
 def _common_free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

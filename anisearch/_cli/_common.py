@@ -155,6 +155,29 @@ def describe(exc: AnisearchError) -> str:
     return str(exc)
 
 
+def _unresolved(exc: BaseException) -> bool:
+    """Whether ``exc`` came from a failed name lookup (``socket.gaierror`` somewhere in its chain)."""
+    import socket
+
+    seen: BaseException | None = exc
+    for _ in range(8):  # the transport's error, httpx's, httpcore's, the socket's
+        if seen is None:
+            return False
+        if isinstance(seen, socket.gaierror):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _connection_hint(leaf: ProviderConnectionError, urls: dict[str, str]) -> str:
+    name = leaf.provider or ""
+    where = host_port(urls.get(name, ""))
+    if _unresolved(leaf):
+        return f"{where or 'the host'} is not a name this machine resolves: check the network and DNS"
+    target = f" at {where}" if where else ""
+    return f"is {name or 'the service'}{target} running? 'anisearch emulate' serves one offline"
+
+
 def hint_for(exc: AnisearchError, urls: dict[str, str] | None = None) -> str | None:
     """What to do next, for the most telling error inside ``exc``."""
     leaves = _leaves(exc)
@@ -165,10 +188,7 @@ def hint_for(exc: AnisearchError, urls: dict[str, str] | None = None) -> str | N
             return f"check the credentials for {name}: its API key or token{login}"
     for leaf in leaves:
         if isinstance(leaf, ProviderConnectionError):
-            name = leaf.provider or ""
-            where = host_port((urls or {}).get(name, ""))
-            target = f" at {where}" if where else ""
-            return f"is {name or 'the service'}{target} running? 'anisearch emulate' serves one offline"
+            return _connection_hint(leaf, urls or {})
     if (waiting := _wait_hint(leaves)) is not None:
         return waiting
     if isinstance(exc, UnknownProviderError):
