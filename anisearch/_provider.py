@@ -454,7 +454,12 @@ def load_provider(name: str) -> type[Provider]:
     """
     eps = _provider_entry_points()
     if name not in eps:
-        raise UnknownProviderError(name, list(eps))
+        note = (
+            "a metadata provider: it fills titles, it does not search scenes"
+            if name in _metadata_entry_points()
+            else ""
+        )
+        raise UnknownProviderError(name, list(eps), note=note)
     try:
         loaded = eps[name].load()
     except (ImportError, AttributeError) as exc:

@@ -85,6 +85,13 @@ def test_an_unknown_name_lists_the_known_ones(registered: dict[str, Entry]) -> N
         load_provider("nope")
 
 
+def test_a_metadata_provider_named_as_a_search_provider_is_told_apart() -> None:
+    with pytest.raises(
+        UnknownProviderError, match=r"'anilist' \(a metadata provider: it fills titles, it does"
+    ):
+        load_provider("anilist")
+
+
 @pytest.mark.parametrize(
     ("target", "words"),
     [
