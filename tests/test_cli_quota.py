@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,18 @@ def test_an_unusable_ledger_is_one_line_and_exit_6(monkeypatch: pytest.MonkeyPat
     assert lines[0].startswith("anisearch: error:")
     assert str(broken) in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_refresh_that_fails_still_shows_what_the_ledger_knows(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", f"http://127.0.0.1:{port}")
+    done = run_in_process("quota", "--refresh", "--json")
+    assert done.returncode == 4
+    assert done.stderr.startswith("anisearch: error: could not refresh: tracemoe: cannot reach")
+    assert {q["window"] for q in json.loads(done.stdout)} == {"rolling-24h", "minute"}
 
 
 def test_a_reset_of_an_unknown_provider_forgets_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

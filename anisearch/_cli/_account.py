@@ -17,16 +17,21 @@ from anisearch._cli._common import (
     VerboseOption,
     clock,
     configure_logging,
+    describe,
     err,
     examples,
+    exit_code,
     fail,
+    hint_for,
     open_client,
     out,
     print_json,
     records,
+    say_error,
     waiting,
     when,
 )
+from anisearch._exceptions import ProviderError
 
 if TYPE_CHECKING:
     from anisearch._models import Quota
@@ -80,8 +85,23 @@ def quota(
                 raise typer.Exit(EXIT_USAGE)
             client.reset_quota(provider)
             err().print(f"anisearch: the ledger forgot {what} ({ledger})", markup=False, highlight=False)
-        quotas = waiting("asking…", lambda: client.quota(provider, refresh=refresh))
+        failed = 0
+        try:
+            quotas = waiting("asking…", lambda: client.quota(provider, refresh=refresh))
+        except ProviderError as exc:
+            if not refresh:
+                raise
+            # What the ledger knows still shows, after the one line saying the upstream did not answer.
+            say_error(f"could not refresh: {describe(exc)}", hint_for(exc))
+            failed = exit_code(exc)
+            quotas = client.quota(provider)
     err().print(f"ledger: {ledger}", markup=False, highlight=False)
+    _show_quotas(quotas, as_json=as_json)
+    if failed:
+        raise typer.Exit(failed)
+
+
+def _show_quotas(quotas: "list[Quota]", *, as_json: bool) -> None:
     if as_json:
         print_json([q.model_dump(mode="json", exclude={"raw"}) for q in quotas])
         return
