@@ -213,10 +213,13 @@ def read_source(source: object, limit: int, wait_seconds: float | None = None) -
 
     Raises:
         ImageTooLargeError: Over ``limit``.
-        InvalidImageError: Missing, unreadable, a directory, a pipe with no writer, text mode, a bad name.
+        InvalidImageError: Missing, unreadable, a directory, a pipe with no writer, text mode, a bad or
+            empty name.
     """
     if isinstance(source, str | os.PathLike):
         path = os.fsdecode(source)
+        if not path.strip():  # Path("") is the working directory
+            raise InvalidImageError("an empty path names no image")
         where = f"{printable(path)}: "
         return _read_path(Path(path), limit, where, wait_seconds), where
     if isinstance(source, bytes | bytearray | memoryview):
