@@ -177,7 +177,7 @@ def test_bad_input_raises_before_any_request(mock: respx.MockRouter, tmp_path: P
             client.search(text)
         with pytest.raises(InvalidImageError):
             client.search(b"")
-        with pytest.raises(InvalidImageError, match="^an empty path names no image$"):
+        with pytest.raises(InvalidImageError, match=r"^an empty path names no image$"):
             client.search("")  # not the working directory
         with pytest.raises(InvalidImageError, match="this is a directory, not an image file"):
             client.search(tmp_path)
