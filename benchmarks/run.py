@@ -166,10 +166,10 @@ def utilisation_lines(ledgers: dict[str, str], per_process: int, rounds: int = 3
 
 
 def ledger_lines(ledgers: dict[str, str], count: int, root: Path) -> list[Line]:
-    # The SQLite sizes take turns, three rounds, each figure the median of its rounds: a drift in the
+    # The SQLite sizes take turns, five rounds, each figure the median of its rounds: a drift in the
     # machine's speed during the run then moves every size alike instead of one of them.
     rounds: dict[int, list[float]] = {0: [], 10_000: [], 100_000: []}
-    for _ in range(3):
+    for _ in range(5):
         for events, values in rounds.items():
             values.append(bench_memory.ledger_cost(ledgers["SQLite"], count, events))
     empty = statistics.median(rounds[0])
