@@ -141,8 +141,8 @@ class AccountFeatures:
                 stored (the message says where).
         """
         provider = self._account_provider()
-        ended: bool = await self._call(provider, provider.sign_out_request(), provider.parse_sign_out)
-        return ended
+        ended: bool | None = await self._call(provider, provider.sign_out_request(), provider.parse_sign_out)
+        return ended is not False  # a provider that says nothing (None) signed a session out
 
 
 class AsyncApiKeys:

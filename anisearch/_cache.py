@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from anisearch._models import SearchResult, fresh_previews
-from anisearch._sqlite_busy import locked, open_waiting, replaceable
+from anisearch._sqlite_busy import foreign, locked, open_waiting, replaceable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -157,7 +157,7 @@ class ResultCache:
         ]
 
     def _open(self) -> sqlite3.Connection:
-        if self.path.exists() and not replaceable(self.path):  # somebody's file: not even its mode changes
+        if foreign(self.path, zeroed_ours=True):  # somebody's file: not even its mode changes
             raise sqlite3.DatabaseError("file is not a database")
         directory = self.path.parent
         if not directory.exists():
@@ -179,12 +179,17 @@ class ResultCache:
         return db
 
     def _delete_files(self) -> None:
-        for file in self._files():
+        """Move the damaged file aside (``<name>.damaged``: a file misjudged as ours is not lost) and
+        delete its WAL and shared memory."""
+        main, *derived = self._files()
+        with contextlib.suppress(FileNotFoundError):
+            main.replace(main.with_name(main.name + ".damaged"))
+        for file in derived:
             with contextlib.suppress(FileNotFoundError):
                 file.unlink()
 
     def _rebuild(self, problem: BaseException) -> sqlite3.Connection | None:
-        """Delete a broken cache and start an empty one; None (after one warning) when that fails too."""
+        """Move a broken cache aside and start an empty one; None (after one warning) when that fails too."""
         try:
             self._delete_files()
             db = self._open()
@@ -192,7 +197,12 @@ class ResultCache:
             self._warn(f"{problem}; rebuilding it failed too: {exc}")
             return None
         self._warned = True
-        logger.warning("the result cache %s was unusable (%s); started an empty one", self.path, problem)
+        logger.warning(
+            "the result cache %s was unusable (%s); started an empty one (the old one is kept as %s.damaged)",
+            self.path,
+            problem,
+            self.path.name,
+        )
         return db
 
     def _warn(self, problem: object) -> None:
@@ -430,7 +440,7 @@ class ResultCache:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.close()
                 self._db = None
-            if self.path.exists() and not replaceable(self.path):
+            if foreign(self.path, zeroed_ours=True):
                 return 0
             with contextlib.suppress(OSError):
                 self._delete_files()

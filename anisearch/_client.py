@@ -30,7 +30,7 @@ from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_c
 from anisearch._config import Settings
 from anisearch._download import Downloader
 from anisearch._enrich import Enricher, metadata_infos, open_enricher
-from anisearch._exceptions import ClientClosedError, ConfigurationError, UnknownProviderError
+from anisearch._exceptions import ClientClosedError, ConfigurationError
 from anisearch._ledger import WindowSpec, open_ledger
 from anisearch._ledger._base import scope_id, system_clock
 from anisearch._limits import (
@@ -47,8 +47,8 @@ from anisearch._provider import (
     ProviderContext,
     SearchMode,
     SearchOptions,
-    available_metadata_providers,
     available_providers,
+    check_registered,
     load_provider,
     provider_order,
 )
@@ -487,8 +487,8 @@ class AsyncClient(AccountFeatures):
                 before anything is forgotten).
             LedgerError: The ledger cannot be used.
         """
-        if provider is not None and provider not in {*available_providers(), *available_metadata_providers()}:
-            raise UnknownProviderError(provider, available_providers())
+        if provider is not None:
+            check_registered(provider)
         await (await self._get_ledger()).clear(provider)
 
     async def providers(self) -> list[ProviderInfo]:

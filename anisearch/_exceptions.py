@@ -9,6 +9,7 @@ keep working in code that knows nothing about anisearch::
     AnisearchError
     ├── ConfigurationError (ValueError)          a setting or argument is wrong
     │   └── UnknownProviderError (LookupError)   a provider name nobody registered
+    ├── ClientClosedError (RuntimeError)         the client was closed: open a new one
     ├── InvalidImageError (ValueError)           empty, not an image, truncated, a decompression bomb
     │   └── ImageTooLargeError (+ ProviderError) over a size limit, locally or as the upstream's 413
     ├── LedgerError                              the quota ledger cannot be used (Redis down, a corrupt file)
@@ -41,6 +42,7 @@ __all__ = [
     "AnisearchError",
     "AuthenticationError",
     "BadRequestError",
+    "ClientClosedError",
     "ConcurrencyLimitError",
     "ConfigurationError",
     "ImageFetchError",

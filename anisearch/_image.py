@@ -315,8 +315,10 @@ def _to_srgb(rgb: Image.Image, icc: object) -> Image.Image:
     """
     if not isinstance(icc, bytes) or not icc:
         return rgb
-    from PIL import ImageCms
-
+    try:
+        from PIL import ImageCms
+    except ImportError:  # a Pillow built without littlecms converts nothing
+        return rgb
     try:
         embedded = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if embedded.profile.xcolor_space.strip() != "RGB":

@@ -498,6 +498,17 @@ def available_metadata_providers() -> list[str]:
     return sorted(_metadata_entry_points())
 
 
+def check_registered(name: str) -> str:
+    """``name`` unchanged when a provider or a metadata provider is registered under it.
+
+    Raises:
+        UnknownProviderError: Neither is; the message lists the providers.
+    """
+    if name not in _provider_entry_points() and name not in _metadata_entry_points():
+        raise UnknownProviderError(name, list(_provider_entry_points()))
+    return name
+
+
 def load_metadata_provider(name: str) -> type[MetadataProvider]:
     """The metadata provider class registered as ``name`` (group ``anisearch.metadata``).
 

@@ -218,7 +218,7 @@ def read_source(source: object, limit: int, wait_seconds: float | None = None) -
     """
     if isinstance(source, str | os.PathLike):
         path = os.fsdecode(source)
-        if not path.strip():  # Path("") is the working directory
+        if not path:  # Path("") is the working directory
             raise InvalidImageError("an empty path names no image")
         where = f"{printable(path)}: "
         return _read_path(Path(path), limit, where, wait_seconds), where

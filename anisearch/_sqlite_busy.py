@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["locked", "open_waiting", "replaceable"]
+__all__ = ["foreign", "locked", "open_waiting", "replaceable"]
 
 _T = TypeVar("_T")
 
@@ -60,3 +60,15 @@ def replaceable(path: Path) -> bool:
     except OSError:
         return False
     return head in {b"", SQLITE_HEADER} or head == bytes(len(head))  # zeroed by a crash: ours, damaged
+
+
+def foreign(path: Path, *, zeroed_ours: bool = False) -> bool:
+    """Whether ``path`` is somebody's file, never to be written to: it exists and is neither empty nor a
+    SQLite database (by its first 16 bytes), nor, with ``zeroed_ours``, zeroed as a crash leaves a file.
+    One that cannot be read is not judged here: opening it says why."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except OSError:
+        return False
+    return not (head in {b"", SQLITE_HEADER} or (zeroed_ours and head == bytes(len(head))))

@@ -107,12 +107,15 @@ async def test_a_broken_cache_is_rebuilt_and_works(
 ) -> None:
     path = tmp_path / "c.sqlite3"
     damage(path)
+    before = path.read_bytes() if path.exists() else None
     cache = ResultCache(path, ttl_seconds=60)
     assert cache.usable
     await cache.put("k", result(None))
     assert await cache.get("k") is not None
     assert len(warnings_of(caplog)) == 1
     assert "started an empty one" in warnings_of(caplog)[0]
+    if before:  # moved aside, not deleted: a file misjudged as a damaged cache is not lost
+        assert path.with_name("c.sqlite3.damaged").read_bytes() == before
 
 
 async def test_a_file_that_is_not_sqlite_is_never_deleted_and_the_cache_is_skipped(

@@ -11,7 +11,8 @@ import pytest
 from tests.conftest import free_port
 
 from anisearch import AsyncClient, Settings
-from anisearch._cache_redis import RedisResultCache, cache_ready
+from anisearch._cache_redis import FLIGHT_PREFIX, Flights, RedisResultCache, cache_ready
+from anisearch._limits import search_deadline
 from anisearch._models import SearchResult
 from anisearch_emulators.tracemoe import create_app as tracemoe_app
 
@@ -77,3 +78,38 @@ def test_entries_expire_with_the_ttl(redis_url: str) -> None:
     assert first is not None
     assert first.provider == "tracemoe"
     assert later is None
+
+
+def test_a_search_waiting_for_another_process_stops_at_its_deadline(redis_url: str) -> None:
+    """An identical search in flight in another process (its lease in Redis) is waited for only until this
+    search's deadline; then this one runs on its own, and the other's lease stays as it was."""
+    key = "the same search"
+
+    async def main() -> tuple[str, str | None, float]:
+        store = RedisResultCache(redis_url, ttl_seconds=60)
+        try:
+            await store.redis.set(FLIGHT_PREFIX + key, "another process", px=60_000)
+
+            async def alone() -> SearchResult:
+                return SearchResult(provider="tracemoe")
+
+            async def nothing_cached() -> SearchResult | None:
+                return None
+
+            token = search_deadline.set(anyio.current_time() + 0.3)
+            try:
+                with anyio.fail_after(10):  # without the deadline it waits for the other's 60 s lease
+                    result = await Flights().run(key, alone, nothing_cached, store)
+            finally:
+                search_deadline.reset(token)
+            held = await store.redis.get(FLIGHT_PREFIX + key)
+            ttl = await store.redis.pttl(FLIGHT_PREFIX + key)
+            await store.redis.delete(FLIGHT_PREFIX + key)
+            return str(result.provider), held, ttl
+        finally:
+            await store.aclose()
+
+    provider, held, ttl = anyio.run(main)
+    assert provider == "tracemoe"  # this search's own answer
+    assert held == "another process"
+    assert ttl > 50_000

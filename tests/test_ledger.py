@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -736,34 +737,64 @@ async def test_sqlite_unwritable_location_is_a_ledger_error(tmp_path: Path) -> N
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     ledger = open_ledger(f"sqlite:///{blocker / 'ledger.db'}")
-    with pytest.raises(LedgerError, match="check that its directory can be written") as caught:
+    with pytest.raises(
+        LedgerError, match="check that the file and its directory can be read and written"
+    ) as caught:
         await ledger.reserve("tracemoe", GUEST, TRACEMOE)
     assert str(blocker) in str(caught.value)
 
 
 async def test_a_damaged_sqlite_ledger_is_started_afresh_by_a_reset(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
-    path.write_bytes(b"SQLite format 3\x00" + b"\xa5" * 8192)  # a ledger of ours, its pages damaged
+    damaged = b"SQLite format 3\x00" + b"\xa5" * 8192  # a ledger of ours, its pages damaged
+    path.write_bytes(damaged)
     ledger = open_ledger(f"sqlite:///{path}")
     with pytest.raises(LedgerError, match=f"{path}.*run 'anisearch quota --reset' to start it afresh"):
         await ledger.reserve("tracemoe", GUEST, TRACEMOE)
     await ledger.clear("tracemoe")  # whichever provider is named: nothing in the file can be read
     assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
     await ledger.aclose()
+    assert path.with_name("ledger.sqlite3.damaged").read_bytes() == damaged  # moved aside, not lost
+
+
+async def test_every_process_reconnects_to_a_ledger_started_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    running, resetting = open_ledger(f"sqlite:///{path}"), open_ledger(f"sqlite:///{path}")
+    first = await running.reserve("tracemoe", GUEST, TRACEMOE)  # connected, as a long-lived bot is
+    assert isinstance(first, Ticket)
+    await running.settle(first, "charged")
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # every page in the file, none in the WAL
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with path.open("r+b") as file:  # damaged under it
+        file.seek(100)
+        file.write(b"\xa5" * (path.stat().st_size - 100))
+    await resetting.clear()  # "anisearch quota --reset" in another process: a new file at the path
+    assert path.with_name("ledger.sqlite3.damaged").exists()
+    ticket = await running.reserve("tracemoe", GUEST, TRACEMOE)
+    assert isinstance(ticket, Ticket)
+    await running.settle(ticket, "charged")
+    (window,) = [q for q in await resetting.snapshot("tracemoe") if q.window == "rolling-24h"]
+    assert window.used == 1  # both on the new file: the running one's search counts there
+    await running.aclose()
+    await resetting.aclose()
 
 
 async def test_a_file_that_is_not_a_ledger_is_never_offered_for_deletion(tmp_path: Path) -> None:
-    path = tmp_path / "notes.txt"  # ANISEARCH_LEDGER pointed at somebody's file by mistake
-    path.write_bytes(b"this is not a database" * 100)
-    path.chmod(0o644)
-    ledger = open_ledger(f"sqlite:///{path}")
-    for step in (ledger.reserve("tracemoe", GUEST, TRACEMOE), ledger.clear()):
-        with pytest.raises(LedgerError, match=f"{path}.*not a SQLite file, so it is left as it is") as caught:
-            await step
-        assert "reset" not in str(caught.value)
-        assert "remove" not in str(caught.value)
-    assert path.read_bytes() == b"this is not a database" * 100
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    for name, content in (("notes.txt", b"this is not a database" * 100), ("disk.iso", bytes(32768))):
+        path = tmp_path / name  # ANISEARCH_LEDGER pointed at somebody's file by mistake
+        path.write_bytes(content)
+        path.chmod(0o644)
+        ledger = open_ledger(f"sqlite:///{path}")
+        for step in (ledger.reserve("tracemoe", GUEST, TRACEMOE), ledger.clear()):
+            with pytest.raises(
+                LedgerError, match=f"{path}.*not a SQLite file, so it is left as it is"
+            ) as caught:
+                await step
+            assert "reset" not in str(caught.value)
+            assert "remove" not in str(caught.value)
+        assert path.read_bytes() == content
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(name)] == [name]
 
 
 @pytest.mark.parametrize("state", ['{"nonsense": 1}', "null", "[]", '{"windows": [], "held": {}}'])
@@ -774,10 +805,12 @@ async def test_bad_values_stored_in_sqlite_are_a_ledger_error(tmp_path: Path, st
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO scopes VALUES ('tracemoe', 'guest', ?)", (state,))
     conn.close()
-    with pytest.raises(LedgerError):
+    with pytest.raises(LedgerError, match="run 'anisearch quota --reset'"):
         await ledger.reserve("tracemoe", GUEST, TRACEMOE)
     with pytest.raises(LedgerError):
         await ledger.snapshot()
+    await ledger.clear()  # which the reset does: the values are forgotten
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
     await ledger.aclose()
 
 

@@ -31,7 +31,7 @@ from anisearch._cli._common import (
     waiting,
     when,
 )
-from anisearch._exceptions import ProviderError
+from anisearch._exceptions import AnisearchError, ProviderError
 
 if TYPE_CHECKING:
     from anisearch._models import Quota
@@ -76,6 +76,13 @@ def quota(
     with open_client(verbose) as client:
         ledger = client.settings.ledger_url
         if reset:
+            if provider is not None:
+                from anisearch._provider import check_registered
+
+                try:
+                    check_registered(provider)  # before asking whether to forget it
+                except AnisearchError as exc:
+                    fail(describe(exc), exit_code(exc), hint_for(exc))
             what = provider or "every provider"
             if (
                 sys.stdin.isatty()

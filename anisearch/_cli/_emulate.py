@@ -407,11 +407,18 @@ def _cache() -> Any:
 
 def _unusable(store: Any) -> None:
     """Stop with what is wrong when the cache cannot be used (searches then run without it)."""
+    from anisearch._sqlite_busy import foreign
+
     if not store.usable:
+        hint = (
+            "point ANISEARCH_CACHE at a file of its own, or set it to off"
+            if foreign(store.path, zeroed_ours=True)
+            else "check that the file and its directory can be read and written (or set ANISEARCH_CACHE=off)"
+        )
         fail(
             f"the result cache {store.path} cannot be used ({store.problem}); searches run without it",
             EXIT_USAGE,
-            "point ANISEARCH_CACHE at a file of its own, or set it to off",
+            hint,
         )
 
 

@@ -31,7 +31,7 @@ from anisearch._ledger import _logic
 from anisearch._ledger._base import Ledger
 from anisearch._ledger._doorbell import Doorbell
 from anisearch._ledger._units import WAITERS
-from anisearch._sqlite_busy import open_waiting, replaceable
+from anisearch._sqlite_busy import foreign, locked, open_waiting
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -231,45 +231,78 @@ class SQLiteLedger(Ledger):
         self._conn: sqlite3.Connection | None = None
         self._inline = False
         """Steps may run on the event loop: the file is in WAL mode, where writers never wait for readers."""
+        self._inode = 0
+        """The open file's inode: another number at the path means the ledger was started afresh."""
         self._bell = Doorbell(path)
 
     # ------------------------------------------------------------------ plumbing
 
     def _error(self, exc: BaseException) -> LedgerError:
-        """What is wrong, and the way out: a damaged ledger of ours is started afresh by ``anisearch quota
-        --reset``; somebody's file is never offered for deletion."""
+        """What is wrong, and the way out: a damaged ledger, or values it cannot read, are for ``anisearch
+        quota --reset``; somebody's file is never offered for it."""
+        reset = "run 'anisearch quota --reset' to start it afresh (it holds only what anisearch learned"
         if self._damaged(exc):
-            advice = "run 'anisearch quota --reset' to start it afresh (it holds only what anisearch learned"
-            advice += " about quotas)"
-        elif isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
-            advice = (
-                "it is not a SQLite file, so it is left as it is: set ANISEARCH_LEDGER to a file of its own"
-            )
+            advice = f"{reset} about quotas; the damaged file is kept as {self._aside.name})"
+        elif isinstance(exc, ValueError | TypeError | KeyError):  # values no version of anisearch wrote
+            advice = f"{reset} about quotas)"
+        elif isinstance(exc, sqlite3.DatabaseError) and foreign(self.path):
+            advice = "it is not a SQLite file, so it is left as it is: point ANISEARCH_LEDGER elsewhere"
+        elif isinstance(exc, Exception) and locked(exc):
+            advice = "another process has held it for too long; try again, or set ANISEARCH_LEDGER elsewhere"
         else:
-            advice = "check that its directory can be written, or set ANISEARCH_LEDGER to another ledger"
+            advice = "check that the file and its directory can be read and written, or set ANISEARCH_LEDGER"
+            advice += " to another ledger"
         return LedgerError(f"the quota ledger {self.path} cannot be used ({exc}); {advice}", ledger=self.url)
 
+    @property
+    def _aside(self) -> Path:
+        """Where a damaged ledger file is moved when it is started afresh."""
+        return self.path.with_name(self.path.name + ".damaged")
+
     def _damaged(self, exc: BaseException | None) -> bool:
-        """Whether ``exc`` says the file is a damaged ledger of ours (not somebody's file, not a lock)."""
-        return (
-            isinstance(exc, sqlite3.DatabaseError)
-            and not isinstance(exc, sqlite3.OperationalError)
-            and replaceable(self.path)
-        )
+        """Whether ``exc`` is SQLite saying the file is damaged (corrupt, or no database), and the file is
+        one of ours (empty, or a SQLite header): not somebody's file, not a lock."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code in {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB} and not foreign(self.path)
 
     def _start_afresh(self) -> None:
-        """Delete a damaged ledger file (and its WAL): the next step creates an empty one."""
+        """Move a damaged ledger file aside (:attr:`_aside`) and drop its WAL: the next step creates an
+        empty one, and every other process reconnects to it (see :meth:`_replaced`).
+
+        Raises:
+            LedgerError: The file cannot be moved (its directory is not writable).
+        """
         with self._lock:
             if self._conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.close()
                 self._conn = None
-            for tail in ("", "-wal", "-shm", "-journal"):
+            try:
                 with contextlib.suppress(FileNotFoundError):
-                    self.path.with_name(self.path.name + tail).unlink()
+                    self.path.replace(self._aside)
+                for tail in ("-wal", "-shm", "-journal"):
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.with_name(self.path.name + tail).unlink()
+            except OSError as exc:
+                raise self._error(exc) from exc
+
+    def _replaced(self) -> bool:
+        """Whether the open connection's file is no longer the one at the path: another process started
+        the ledger afresh (one ``stat`` per step)."""
+        try:
+            return os.stat(self.path).st_ino != self._inode  # noqa: PTH116 - the cheapest call
+        except OSError:
+            return True
+
+    def _drop(self) -> None:
+        """Close the connection (called holding the lock): the next step opens the file again."""
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
 
     def _open(self) -> sqlite3.Connection:
-        if self.path.exists() and not replaceable(self.path):  # somebody's file: never written to
+        if foreign(self.path):  # somebody's file: never written to, its mode never changed
             raise sqlite3.DatabaseError("file is not a database")
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -287,6 +320,7 @@ class SQLiteLedger(Ledger):
             conn.close()  # opened again on the next try
             raise
         conn.execute("PRAGMA busy_timeout = 0")  # the steps on the event loop never wait (_try_inline)
+        self._inode = os.stat(self.path).st_ino  # noqa: PTH116
         return conn
 
     def _set_up(self, conn: sqlite3.Connection) -> None:
@@ -306,6 +340,8 @@ class SQLiteLedger(Ledger):
         """Run ``body`` in this (worker) thread, waiting up to the busy timeout for SQLite's lock."""
         with self._lock:
             try:
+                if self._conn is not None and self._replaced():
+                    self._drop()
                 if self._conn is None:
                     self._conn = open_waiting(self._connect, _BUSY_TIMEOUT_MS / 1000)
                 conn = self._conn
@@ -316,6 +352,8 @@ class SQLiteLedger(Ledger):
                     with contextlib.suppress(sqlite3.Error):  # never hide the step's own error
                         conn.execute("PRAGMA busy_timeout = 0")
             except (OSError, sqlite3.Error, ValueError, TypeError, KeyError) as exc:
+                if self._damaged(exc):
+                    self._drop()  # the next step opens the file again: a reset may have replaced it
                 raise self._error(exc) from exc
 
     async def _write(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -337,6 +375,9 @@ class SQLiteLedger(Ledger):
         if self._conn is None or not self._inline or not self._lock.acquire(blocking=False):
             return _BUSY
         try:
+            if self._replaced():  # started afresh by another process: reopened in the worker thread
+                self._drop()
+                return _BUSY
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -349,6 +390,8 @@ class SQLiteLedger(Ledger):
                 _roll_back(conn)
                 raise
         except (OSError, sqlite3.Error, ValueError, TypeError, KeyError) as exc:
+            if self._damaged(exc):
+                self._drop()
             raise self._error(exc) from exc
         else:
             return result
