@@ -167,15 +167,16 @@ def utilisation_lines(ledgers: dict[str, str], per_process: int, rounds: int = 3
 
 def ledger_lines(ledgers: dict[str, str], count: int, root: Path) -> list[Line]:
     # The SQLite sizes take turns, five rounds, each figure the median of its rounds: a drift in the
-    # machine's speed during the run then moves every size alike instead of one of them.
+    # machine's speed during the run then moves every size alike instead of one of them. Each size has a
+    # file of its own, so none runs on the free pages and the WAL another size left behind.
     rounds: dict[int, list[float]] = {0: [], 10_000: [], 100_000: []}
     for _ in range(5):
         for events, values in rounds.items():
-            values.append(bench_memory.ledger_cost(ledgers["SQLite"], count, events))
+            values.append(bench_memory.ledger_cost(f"{ledgers['SQLite']}-{events}", count, events))
     empty = statistics.median(rounds[0])
     lines = []
     for name, url in ledgers.items():
-        value = empty if name == "SQLite" else bench_memory.ledger_cost(url, count)
+        value = empty if name == "SQLite" else bench_memory.ledger_cost(url, count)  # memory, Redis
         # The quota engine's limits: time on the two local stores; steps, counted, on the shared ones.
         if name == "SQLite":
             steps = bench_ledger.counted_sqlite_transactions(root / "count.sqlite3", count)
