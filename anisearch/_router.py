@@ -463,9 +463,10 @@ class Router:
                 self._waiting(f"waiting for a {name} slot (held by {holders_text(result.holders)})")
                 await nap(min(left, max(wait, 0.001)))
                 continue
-            if result.kind == "busy" and 0 < wait <= left:
-                self._waiting(f"waiting {wait:.1f} s for {name}: {result.reason}")
-                await anyio.sleep(wait)
+            if result.kind == "busy" and left > 0 and wait <= left:
+                if wait > 0:  # else the backoff ran out between the ledger's look and this one: ask again
+                    self._waiting(f"waiting {wait:.1f} s for {name}: {result.reason}")
+                    await anyio.sleep(wait)
                 continue
             return result
 

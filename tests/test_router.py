@@ -42,6 +42,7 @@ from anisearch import (
 )
 from anisearch._image import PreparedImage
 from anisearch._ledger import Ledger, Refusal, Ticket, WindowSpec, open_ledger
+from anisearch._ledger._windows import to_us
 from anisearch._limits import search_deadline
 from anisearch._plan import PlannedQuery, Route
 from anisearch._router import Router, merge_hits
@@ -801,6 +802,26 @@ async def test_a_search_cancelled_while_sending_on_a_slot_handed_over_leaves_no_
                 group.start_soon(the_router.search, routes(provider))
     assert len(calls) == 2, events
     assert batons_of(ledger) == []  # no baton outlives its searches
+
+
+async def test_a_backoff_that_ran_out_while_refusing_is_asked_again_not_failed(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reserve = ledger.reserve
+    refused: list[Refusal] = []
+
+    async def late(*args: Any, **kwargs: Any) -> Any:
+        if (
+            not refused
+        ):  # the shared backoff ended between the ledger's look and the router's (a busy machine)
+            refused.append(Refusal("busy", to_us(ledger.now() - timedelta(milliseconds=5)), "queue full"))
+            return refused[0]
+        return await reserve(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "reserve", late)
+    result = await router(ledger).search(routes(Scripted("one", answer("one", 0.9))))
+    assert result.provider == "one"
+    assert len(refused) == 1
 
 
 async def test_a_slot_nobody_waits_for_is_freed_at_settle_only(
