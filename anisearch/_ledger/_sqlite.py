@@ -242,7 +242,7 @@ class SQLiteLedger(Ledger):
         quota --reset``; somebody's file is never offered for it."""
         reset = "run 'anisearch quota --reset' to start it afresh (it holds only what anisearch learned"
         if self._damaged(exc):
-            advice = f"{reset} about quotas; the damaged file is kept as {self._aside.name})"
+            advice = f"{reset} about quotas; the reset keeps the damaged file as {self._aside.name})"
         elif isinstance(exc, ValueError | TypeError | KeyError):  # values no version of anisearch wrote
             advice = f"{reset} about quotas)"
         elif isinstance(exc, sqlite3.DatabaseError) and foreign(self.path):
@@ -476,7 +476,7 @@ class SQLiteLedger(Ledger):
         return [(p, s) for p, s in rows if provider is None or p == provider]
 
     async def _clear(self, provider: str | None) -> None:
-        """Forget (one provider's) rows; a damaged file is deleted and started afresh, whatever
+        """Forget (one provider's) rows; a damaged file is moved aside and started afresh, whatever
         ``provider`` is (nothing in it can be read any more)."""
 
         def clear(conn: sqlite3.Connection) -> None:
