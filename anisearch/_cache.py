@@ -424,8 +424,9 @@ class ResultCache:
 
     def clear(self) -> int:
         """Delete every entry; returns how many there were. Never fails: a cache that cannot be emptied
-        is deleted (and rebuilt empty when possible); then the count is 0. A file that is not a SQLite
-        database (a setting pointing at somebody's file) is left as it is: ``usable`` stays False."""
+        is moved aside as ``<name>.damaged`` (and rebuilt empty when possible); then the count is 0. A
+        file that is not a SQLite database (a setting pointing at somebody's file) is left as it is:
+        ``usable`` stays False."""
         with self._lock:
             if self._db is not None:
                 try:

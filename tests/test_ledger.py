@@ -733,6 +733,23 @@ async def test_sqlite_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert (tmp_path / "relative" / "ledger.db").is_file()
 
 
+async def test_a_relative_sqlite_path_stays_on_its_file_after_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    ledger = open_ledger("sqlite:///ledger.db")
+    for _ in range(2):
+        ticket = await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+        assert isinstance(ticket, Ticket)
+        await ledger.settle(ticket, "charged")
+        monkeypatch.chdir(tmp_path / "elsewhere")  # a long-lived process changing directory
+    (window,) = [q for q in await ledger.snapshot("tracemoe") if q.window == "rolling-24h"]
+    await ledger.aclose()
+    assert window.used == 2
+    assert not (tmp_path / "elsewhere" / "ledger.db").exists()
+
+
 async def test_sqlite_unwritable_location_is_a_ledger_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -226,7 +226,7 @@ class SQLiteLedger(Ledger):
 
     def __init__(self, path: Path, *, url: str, timezone: ZoneInfo, clock: Clock | None = None) -> None:
         super().__init__(url, timezone=timezone, clock=clock)
-        self.path = path
+        self.path = path.absolute()  # the same file whatever the working directory becomes
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._inline = False
@@ -256,14 +256,20 @@ class SQLiteLedger(Ledger):
 
     @property
     def _aside(self) -> Path:
-        """Where a damaged ledger file is moved when it is started afresh."""
-        return self.path.with_name(self.path.name + ".damaged")
+        """Where a damaged ledger file is moved when it is started afresh (an earlier one is kept)."""
+        aside = self.path.with_name(self.path.name + ".damaged")
+        number = 1
+        while aside.exists():
+            number += 1
+            aside = self.path.with_name(f"{self.path.name}.damaged-{number}")
+        return aside
 
     def _damaged(self, exc: BaseException | None) -> bool:
         """Whether ``exc`` is SQLite saying the file is damaged (corrupt, or no database), and the file is
         one of ours (empty, or a SQLite header): not somebody's file, not a lock."""
-        code = getattr(exc, "sqlite_errorcode", None)
-        return code in {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB} and not foreign(self.path)
+        code = getattr(exc, "sqlite_errorcode", None)  # an extended code: its low byte is the primary one
+        damage = isinstance(code, int) and code & 0xFF in {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+        return damage and not foreign(self.path)
 
     def _start_afresh(self) -> None:
         """Move a damaged ledger file aside (:attr:`_aside`) and drop its WAL: the next step creates an
@@ -277,6 +283,8 @@ class SQLiteLedger(Ledger):
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.close()
                 self._conn = None
+            if not self._still_damaged():  # another process started it afresh meanwhile: keep theirs
+                return
             try:
                 with contextlib.suppress(FileNotFoundError):
                     self.path.replace(self._aside)
@@ -285,6 +293,18 @@ class SQLiteLedger(Ledger):
                         self.path.with_name(self.path.name + tail).unlink()
             except OSError as exc:
                 raise self._error(exc) from exc
+
+    def _still_damaged(self) -> bool:
+        """Whether the file at the path is still damaged, by SQLite's quick check on a connection of its
+        own (the file may be another process's fresh ledger by now)."""
+        if not self.path.exists():
+            return False
+        try:
+            with contextlib.closing(sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000)) as conn:
+                rows = conn.execute("PRAGMA quick_check(1)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return self._damaged(exc)
+        return rows != [("ok",)]
 
     def _replaced(self) -> bool:
         """Whether the open connection's file is no longer the one at the path: another process started
@@ -305,7 +325,11 @@ class SQLiteLedger(Ledger):
         if foreign(self.path):  # somebody's file: never written to, its mode never changed
             raise sqlite3.DatabaseError("file is not a database")
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:  # the file about to be opened: replaced in between, the next step just opens it again
+            self._inode = os.fstat(descriptor).st_ino
+        finally:
+            os.close(descriptor)
         conn = sqlite3.connect(
             self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
@@ -320,7 +344,6 @@ class SQLiteLedger(Ledger):
             conn.close()  # opened again on the next try
             raise
         conn.execute("PRAGMA busy_timeout = 0")  # the steps on the event loop never wait (_try_inline)
-        self._inode = os.stat(self.path).st_ino  # noqa: PTH116
         return conn
 
     def _set_up(self, conn: sqlite3.Connection) -> None:
