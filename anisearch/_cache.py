@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from anisearch._models import SearchResult, fresh_previews
-from anisearch._sqlite_busy import foreign, locked, open_waiting, replaceable
+from anisearch._sqlite_busy import foreign, locked, open_waiting, replaceable, set_aside
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -178,30 +178,20 @@ class ResultCache:
                 os.chmod(file, 0o600)  # noqa: PTH101
         return db
 
-    def _delete_files(self) -> None:
-        """Move the damaged file aside (``<name>.damaged``: a file misjudged as ours is not lost) and
-        delete its WAL and shared memory."""
-        main, *derived = self._files()
-        with contextlib.suppress(FileNotFoundError):
-            main.replace(main.with_name(main.name + ".damaged"))
-        for file in derived:
-            with contextlib.suppress(FileNotFoundError):
-                file.unlink()
-
     def _rebuild(self, problem: BaseException) -> sqlite3.Connection | None:
         """Move a broken cache aside and start an empty one; None (after one warning) when that fails too."""
         try:
-            self._delete_files()
+            aside = set_aside(self.path)
             db = self._open()
         except (OSError, sqlite3.Error) as exc:
             self._warn(f"{problem}; rebuilding it failed too: {exc}")
             return None
         self._warned = True
         logger.warning(
-            "the result cache %s was unusable (%s); started an empty one (the old one is kept as %s.damaged)",
+            "the result cache %s was unusable (%s); started an empty one (the old one is kept as %s)",
             self.path,
             problem,
-            self.path.name,
+            aside.name,
         )
         return db
 
@@ -444,7 +434,7 @@ class ResultCache:
             if foreign(self.path, zeroed_ours=True):
                 return 0
             with contextlib.suppress(OSError):
-                self._delete_files()
+                set_aside(self.path)
             try:
                 self._db = self._open()
             except (OSError, sqlite3.Error) as exc:

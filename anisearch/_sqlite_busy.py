@@ -3,6 +3,7 @@ telling a damaged one of ours from somebody's file."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["foreign", "locked", "open_waiting", "replaceable"]
+__all__ = ["aside_name", "foreign", "locked", "open_waiting", "replaceable", "set_aside"]
 
 _T = TypeVar("_T")
 
@@ -50,25 +51,57 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 """The first 16 bytes of every SQLite database file."""
 
 
+def _head(path: Path) -> bytes | None:
+    """The file's first 16 bytes (fewer for a shorter file); None when it cannot be read."""
+    try:
+        with path.open("rb") as file:
+            return file.read(len(SQLITE_HEADER))
+    except OSError:
+        return None
+
+
+def _ours(head: bytes, *, zeroed_ours: bool) -> bool:
+    return head in {b"", SQLITE_HEADER} or (zeroed_ours and head == bytes(len(head)))
+
+
 def replaceable(path: Path) -> bool:
     """Whether a cache file that failed to open may be deleted and started again: an empty file, a SQLite
     database (a damaged cache, or one of another schema version), or one whose first bytes a crash zeroed.
     Anything else is somebody's file that a setting points at by mistake, and is left as it is."""
-    try:
-        with path.open("rb") as file:
-            head = file.read(len(SQLITE_HEADER))
-    except OSError:
-        return False
-    return head in {b"", SQLITE_HEADER} or head == bytes(len(head))  # zeroed by a crash: ours, damaged
+    head = _head(path)
+    return head is not None and _ours(head, zeroed_ours=True)
 
 
 def foreign(path: Path, *, zeroed_ours: bool = False) -> bool:
     """Whether ``path`` is somebody's file, never to be written to: it exists and is neither empty nor a
     SQLite database (by its first 16 bytes), nor, with ``zeroed_ours``, zeroed as a crash leaves a file.
     One that cannot be read is not judged here: opening it says why."""
-    try:
-        with path.open("rb") as file:
-            head = file.read(len(SQLITE_HEADER))
-    except OSError:
-        return False
-    return not (head in {b"", SQLITE_HEADER} or (zeroed_ours and head == bytes(len(head))))
+    head = _head(path)
+    return head is not None and not _ours(head, zeroed_ours=zeroed_ours)
+
+
+def aside_name(path: Path) -> Path:
+    """Where :func:`set_aside` moves the damaged database ``path``: ``<name>.damaged``, or
+    ``<name>.damaged-2`` and so on when an earlier one is kept there."""
+    aside = path.with_name(path.name + ".damaged")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}.damaged-{number}")
+    return aside
+
+
+def set_aside(path: Path) -> Path:
+    """Move a damaged database of ours aside (a file misjudged as ours is not lost), and delete its WAL,
+    shared memory and journal; the next open starts an empty one. Returns where it went.
+
+    Raises:
+        OSError: The directory cannot be written.
+    """
+    aside = aside_name(path)
+    with contextlib.suppress(FileNotFoundError):
+        path.replace(aside)
+    for tail in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(path.name + tail).unlink()
+    return aside

@@ -31,7 +31,7 @@ from anisearch._ledger import _logic
 from anisearch._ledger._base import Ledger
 from anisearch._ledger._doorbell import Doorbell
 from anisearch._ledger._units import WAITERS
-from anisearch._sqlite_busy import foreign, locked, open_waiting
+from anisearch._sqlite_busy import aside_name, foreign, locked, open_waiting, set_aside
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -242,7 +242,9 @@ class SQLiteLedger(Ledger):
         quota --reset``; somebody's file is never offered for it."""
         reset = "run 'anisearch quota --reset' to start it afresh (it holds only what anisearch learned"
         if self._damaged(exc):
-            advice = f"{reset} about quotas; the reset keeps the damaged file as {self._aside.name})"
+            advice = (
+                f"{reset} about quotas; the reset keeps the damaged file as {aside_name(self.path).name})"
+            )
         elif isinstance(exc, ValueError | TypeError | KeyError):  # values no version of anisearch wrote
             advice = f"{reset} about quotas)"
         elif isinstance(exc, sqlite3.DatabaseError) and foreign(self.path):
@@ -254,16 +256,6 @@ class SQLiteLedger(Ledger):
             advice += " to another ledger"
         return LedgerError(f"the quota ledger {self.path} cannot be used ({exc}); {advice}", ledger=self.url)
 
-    @property
-    def _aside(self) -> Path:
-        """Where a damaged ledger file is moved when it is started afresh (an earlier one is kept)."""
-        aside = self.path.with_name(self.path.name + ".damaged")
-        number = 1
-        while aside.exists():
-            number += 1
-            aside = self.path.with_name(f"{self.path.name}.damaged-{number}")
-        return aside
-
     def _damaged(self, exc: BaseException | None) -> bool:
         """Whether ``exc`` is SQLite saying the file is damaged (corrupt, or no database), and the file is
         one of ours (empty, or a SQLite header): not somebody's file, not a lock."""
@@ -272,25 +264,18 @@ class SQLiteLedger(Ledger):
         return damage and not foreign(self.path)
 
     def _start_afresh(self) -> None:
-        """Move a damaged ledger file aside (:attr:`_aside`) and drop its WAL: the next step creates an
-        empty one, and every other process reconnects to it (see :meth:`_replaced`).
+        """Move a damaged ledger file aside (``set_aside``): the next step creates an empty one, and every
+        other process reconnects to it (see :meth:`_replaced`).
 
         Raises:
             LedgerError: The file cannot be moved (its directory is not writable).
         """
         with self._lock:
-            if self._conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.close()
-                self._conn = None
+            self._drop()
             if not self._still_damaged():  # another process started it afresh meanwhile: keep theirs
                 return
             try:
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.replace(self._aside)
-                for tail in ("-wal", "-shm", "-journal"):
-                    with contextlib.suppress(FileNotFoundError):
-                        self.path.with_name(self.path.name + tail).unlink()
+                set_aside(self.path)
             except OSError as exc:
                 raise self._error(exc) from exc
 
