@@ -401,6 +401,21 @@ class Router:
             if given is not None:
                 given.settled.set()
 
+    def _sending(self, route: Route, ticket: Ticket, taken: _Baton | None) -> _Sending:
+        """How this attempt's request goes: it tells the baton it took once it is sent, and hands the slot
+        over once its answer is in. With no auth flow, the response whose headers arrive is the answer,
+        and the slot is handed over then, while its body is still being read; an auth flow may send
+        another request after a 401, so its slot is handed over once the final answer is read."""
+        sending = _Sending(taken.sent if taken is not None else None, early=route.provider.auth() is None)
+
+        async def hand_over() -> None:
+            if taken is not None:
+                await self._sent(route, taken)
+            await self._hand_over(route, ticket, traced=sending.traced)
+
+        sending.on_answer = hand_over
+        return sending
+
     async def _sent(self, route: Route, taken: _Baton) -> None:
         """This search's request was sent and answered: the search that handed it the slot may go on, and
         this one waits for that one to settle before handing the slot on in turn (see :class:`_Baton`)."""
@@ -523,14 +538,12 @@ class Router:
         settlement = Settlement("unsent")
         waited = ticket.token in self._contended
         taken = self._batons.pop(ticket.token, None)
-        sending = _Sending(taken.sent if taken is not None else None)
+        sending = self._sending(route, ticket, taken)
         try:
             response = await self._send_leased(ticket, provider, query, request, sending)
             status = response.status_code
             settlement = answered(response)  # until its body is read
-            if taken is not None:
-                await self._sent(route, taken)
-            await self._hand_over(route, ticket, traced=sending.traced)
+            await sending.answered()  # unless the transport reported the answer's headers already
             settlement, answer, error = read(
                 provider, route.windows, response, self._ledger.now(), self._ledger.timezone
             )
@@ -697,12 +710,22 @@ class _Sending:
     connecting spent nothing, while one cancelled after that may be run to its end and counted upstream.
     """
 
-    __slots__ = ("handed", "sent", "traced", "writing")
+    __slots__ = ("early", "handed", "on_answer", "sent", "traced", "writing")
 
-    def __init__(self, sent: anyio.Event | None = None) -> None:
+    def __init__(self, sent: anyio.Event | None = None, *, early: bool = False) -> None:
         self.handed = self.traced = self.writing = False
         self.sent = sent
         """Set once the request's body has been written (see :class:`_Baton`)."""
+        self.on_answer: Callable[[], Awaitable[None]] | None = None
+        """Awaited once the answer is in (see :meth:`answered`)."""
+        self.early = early
+        """Call ``on_answer`` as soon as the answer's headers arrive, before its body is read."""
+
+    async def answered(self) -> None:
+        """Call ``on_answer``, unless it was called already."""
+        if self.on_answer is not None:
+            on_answer, self.on_answer = self.on_answer, None
+            await on_answer()
 
     @property
     def may_have_left(self) -> bool:
@@ -720,6 +743,8 @@ class _Sending:
             self.writing = True
         elif name.endswith("send_request_body.complete") and self.sent is not None:
             self.sent.set()
+        elif name.endswith("receive_response_headers.complete") and self.early:
+            await self.answered()
 
 
 def _first_typed(group: BaseExceptionGroup[BaseException]) -> AnisearchError | None:

@@ -1009,3 +1009,57 @@ async def test_an_answer_whose_connection_drops_mid_body_is_counted_by_its_statu
         await transport.aclose()
     assert [getattr(e, "status_code", None) for e in caught.value.exceptions] == [status]
     assert (await ledger.snapshot("one", lambda _: windows))[0].used == counted
+
+
+class SignsIn(Scripted):
+    """A provider with an auth flow: another request may follow a response (a 401, then a sign-in)."""
+
+    def auth(self) -> httpx.Auth | None:
+        return httpx.BasicAuth("user", "secret")
+
+
+@pytest.mark.parametrize(("provider", "freed_at_headers"), [(Scripted, True), (SignsIn, False)])
+async def test_a_waited_for_slot_is_handed_over_when_the_answers_headers_arrive(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, provider: type[Scripted], freed_at_headers: bool
+) -> None:
+    """The slot goes to the next search before the answer's body is read, unless an auth flow may send
+    another request after the response (then once the whole answer is in)."""
+    events: list[str] = []
+    free_slot = ledger.free_slot
+
+    async def freeing(ticket: Ticket) -> None:
+        events.append("freed")
+        await free_slot(ticket)
+
+    monkeypatch.setattr(ledger, "free_slot", freeing)
+    first = anyio.Event()
+
+    async def upstream(_provider: Any, request: httpx.Request) -> httpx.Response:
+        trace = request.extensions["trace"]
+        await trace("http11.send_request_headers.started", {})
+        await trace("http11.send_request_body.complete", {})
+        if not first.is_set():
+            first.set()
+            await until(lambda: events.count("asking") == 2)  # the second search waits in the gate
+        await trace("http11.receive_response_headers.complete", {})
+        events.append("body read")
+        return httpx.Response(200, request=request)
+
+    reserve = ledger.reserve
+
+    async def reserving(*args: Any, **kwargs: Any) -> Any:
+        result = await reserve(*args, **kwargs)
+        if isinstance(result, Refusal):
+            events.append("asking")
+        return result
+
+    monkeypatch.setattr(ledger, "reserve", reserving)
+    scripted = provider("one", *[answer("one", 0.9)] * 2)
+    the_router = Router(ledger, upstream, wait_seconds=5, lease_seconds=5)
+    async with anyio.create_task_group() as group:
+        for _ in range(2):
+            group.start_soon(the_router.search, routes(scripted))
+    handed = events.index("freed")
+    assert (events[handed - 1 : handed + 1] == ["asking", "freed"]) is freed_at_headers, events
+    assert (events[handed - 1 : handed + 1] == ["body read", "freed"]) is not freed_at_headers, events
+    assert scripted.requests == 2
