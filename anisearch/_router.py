@@ -458,6 +458,7 @@ class Router:
                 lease_seconds=self._lease_seconds,
                 trust_estimate=trust,
                 dead_holders=dead,
+                waiting=nap,
             )
             if isinstance(result, Ticket):
                 return result
@@ -476,7 +477,9 @@ class Router:
                     return result
                 self._take_baton(self._gate_key(route), result)  # another process took the slot handed over
                 self._waiting(f"waiting for a {name} slot (held by {holders_text(result.holders)})")
-                await nap(min(left, max(wait, 0.001)))
+                handed = await nap(min(left, max(wait, 0.001)))
+                if handed is not None:  # the ledger reserved the freed slot for this search
+                    return handed
                 continue
             if result.kind == "busy" and left > 0 and wait <= left:
                 if wait > 0:  # else the backoff ran out between the ledger's look and this one: ask again

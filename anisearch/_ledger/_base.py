@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from anisearch._ledger._logic import Outcome
 
 __all__ = [
+    "QUEUE_SECONDS",
     "Clock",
     "Ledger",
     "Nap",
@@ -62,9 +63,9 @@ __all__ = [
 
 Clock = Callable[[], datetime]
 """Returns the current instant as an aware datetime (tests inject a fake one)."""
-Nap = Callable[[float], Awaitable[None]]
-"""``await nap(seconds)``: wait up to ``seconds`` for a freed slot of the scope listened to (see
-:meth:`Ledger.listening`)."""
+QUEUE_SECONDS = 2.0
+"""How long a search refused a slot stays queued for one handed over directly, unless it asks again (which
+queues it anew, in the same place) or stops waiting. A queued search naps for at most a second."""
 
 _SCOPE_KEY = b"anisearch ledger scope v1"
 _PROVIDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -194,6 +195,50 @@ class Ticket:
     """When the search was admitted (an upstream count in its answer may miss the searches settled after)."""
 
 
+class Nap:
+    """What :meth:`Ledger.listening` gives a search waiting for a slot of one scope.
+
+    ``await nap(seconds)`` returns when a slot of the scope was freed (spurious early returns are allowed)
+    or after ``seconds``, with None: then ask again. Passed to :meth:`Ledger.reserve` as ``waiting=``, it
+    also lets a ledger that hands freed slots over directly (Redis) queue the search when it is refused a
+    slot: the nap then returns the search's :class:`Ticket` once a freed slot was reserved for it, which
+    saves the search one more step after the wake-up. Leaving :meth:`Ledger.listening` takes a search that
+    stopped waiting out of the queue (and gives up a slot reserved for it that it never took).
+    """
+
+    __slots__ = ("_wait", "lease_seconds", "provider", "scope", "token", "windows")
+
+    def __init__(self, provider: str, scope: str, wait: Callable[[float], Awaitable[None]]) -> None:
+        self.provider = provider
+        self.scope = scope
+        self._wait = wait
+        self.token: str | None = None
+        """The queued search's reservation token, until it is handed its ticket or stops being queued."""
+        self.lease_seconds = 0.0
+        self.windows: tuple[WindowSpec, ...] = ()
+
+    async def __call__(self, seconds: float) -> Ticket | None:
+        await self._wait(seconds)
+        return None
+
+    def _queued(self, token: str, lease_seconds: float, windows: tuple[WindowSpec, ...]) -> None:
+        self.token, self.lease_seconds, self.windows = token, lease_seconds, windows
+
+    def _ticket(self, reserved_at: int) -> Ticket:
+        """The queued search's ticket, for the slot reserved for it at ``reserved_at`` (microseconds)."""
+        assert self.token is not None  # noqa: S101 - called for a queued search only
+        at = from_us(reserved_at)
+        token, self.token = self.token, None
+        return Ticket(
+            self.provider,
+            self.scope,
+            token,
+            at + timedelta(seconds=self.lease_seconds),
+            self.windows,
+            reserved_at=at,
+        )
+
+
 def _since_leave(spec: WindowSpec, since: datetime | None, now: datetime, tz: ZoneInfo) -> int:
     """``TruthFact.since_leave``: in a rolling window, when a unit settled at ``since`` (less the upstream's
     counting lag) leaves; 0 without ``since`` or in a calendar window, whose units all leave at once and
@@ -224,6 +269,8 @@ class Ledger(abc.ABC):
 
     url: str
     """The ledger URL (``memory://``, ``sqlite:///path``, ``redis://host:port/db``; password masked)."""
+    hands_over: bool = False
+    """A freed slot is reserved for the search queued first; its nap returns the ticket (see :class:`Nap`)."""
 
     def __init__(self, url: str, *, timezone: ZoneInfo, clock: Clock | None = None) -> None:
         self.url = url
@@ -284,7 +331,7 @@ class Ledger(abc.ABC):
         async def nap(seconds: float) -> None:
             await self.wait(provider, scope, seconds)
 
-        yield nap
+        yield Nap(provider, scope, nap)
 
     async def aclose(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Release connections and files."""
@@ -300,6 +347,7 @@ class Ledger(abc.ABC):
                 limit=spec.limit,
                 reported=spec.reported,
                 leave=to_us(spec.leave(at, self.timezone)),
+                span=round(spec.span_seconds * 1_000_000) if spec.span_seconds is not None else 0,
             )
             for spec in windows
         )
@@ -359,6 +407,7 @@ class Ledger(abc.ABC):
         take_slot: bool = True,
         trust_estimate: bool = False,
         dead_holders: frozenset[str] = frozenset(),
+        waiting: Nap | None = None,
     ) -> Ticket | Refusal | Stale:
         """One atomic step: check every window, the cooldown and the concurrency, and hold a slot.
 
@@ -373,6 +422,8 @@ class Ledger(abc.ABC):
             trust_estimate: Admit on the ledger's own estimate even where the upstream was not asked
                 since a unit freed (after asking failed).
             dead_holders: Holders known dead (``holder_is_dead``): their reservations end now.
+            waiting: The nap of :meth:`listening` the search waits with when refused a slot: a ledger that
+                hands freed slots over directly queues it then (see :class:`Nap`).
 
         Returns:
             A :class:`Ticket`, a :class:`Refusal` (``kind``: quota, rate, busy, concurrency; ``until`` in
@@ -389,22 +440,38 @@ class Ledger(abc.ABC):
                 f"reserve() needs slots >= 1 and lease_seconds > 0, got {slots}, {lease_seconds}"
             )
         now = self.now()
-        token = secrets.token_hex(12)
+        queue = waiting is not None and self.hands_over and take_slot
+        token = waiting.token if queue and waiting is not None and waiting.token else secrets.token_hex(12)
         lease_until = now + timedelta(seconds=lease_seconds)
+        args = self._args(windows, now)
         request = ReserveRequest(
             now=to_us(now),
             token=token,
             holder=this_holder(),
             lease_until=to_us(lease_until),
             slots=slots,
-            windows=self._args(windows, now),
+            windows=args,
             take_slot=take_slot,
             trust_estimate=trust_estimate,
             dead_holders=dead_holders,
+            # never past the end of a calendar period: a slot handed over later would count in the next one
+            queue_until=min(
+                [to_us(now) + round(QUEUE_SECONDS * 1_000_000)] + [a.leave for a in args if not a.span]
+            )
+            if queue
+            else 0,
         )
         result = await self._reserve(provider, scope, request)
+        if waiting is not None and queue:
+            if isinstance(result, Refusal) and result.queued:
+                waiting._queued(token, lease_seconds, tuple(windows))  # noqa: SLF001 - the nap's own state
+            else:  # admitted, or refused for another reason: no longer in the queue
+                waiting.token = None
         if isinstance(result, (Refusal, Stale)):
             return result
+        if result.reserved_at:  # a slot handed over to this queued search while it asked again
+            at = from_us(result.reserved_at)
+            return Ticket(provider, scope, token, from_us(result.lease_until), tuple(windows), reserved_at=at)
         return Ticket(provider, scope, token, lease_until, tuple(windows), reserved_at=now)
 
     async def settle(

@@ -170,6 +170,8 @@ class WindowArgs:
         limit: The declared default limit, or None.
         reported: The upstream reports the window (see ``WindowSpec.reported``).
         leave: When a unit counted now leaves (microseconds).
+        span: A rolling window's span (microseconds: a unit counted at ``t`` leaves at ``t + span``); 0 for
+            a calendar window.
     """
 
     name: str
@@ -178,6 +180,7 @@ class WindowArgs:
     limit: int | None
     reported: bool
     leave: int
+    span: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +196,9 @@ class ReserveRequest:
     take_slot: bool = True
     trust_estimate: bool = False
     dead_holders: frozenset[str] = frozenset()
+    queue_until: int = 0
+    """Refused a slot, the search waits for one: until this instant a ledger that hands freed slots over
+    directly may reserve one for it (0: it does not wait)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +207,8 @@ class Reservation:
 
     token: str
     lease_until: int
+    reserved_at: int = 0
+    """When a freed slot was reserved for a queued search (0: now)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +220,8 @@ class Refusal:
     reason: str
     window: str | None = None
     holders: tuple[str, ...] = ()
+    queued: bool = False
+    """Refused a slot, the search was queued for the next one to free (see ``ReserveRequest.queue_until``)."""
 
 
 @dataclass(frozen=True, slots=True)

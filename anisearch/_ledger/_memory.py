@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from anisearch._ledger import _logic
-from anisearch._ledger._base import Ledger
+from anisearch._ledger._base import Ledger, Nap
 from anisearch._ledger._units import WAITERS, MemoryUnits
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
     from zoneinfo import ZoneInfo
 
-    from anisearch._ledger._base import Clock, Nap
+    from anisearch._ledger._base import Clock
     from anisearch._ledger._logic import ReserveRequest, ScopeView, SettleRequest, WindowArgs
 
 __all__ = ["MemoryLedger"]
@@ -93,7 +93,7 @@ class MemoryLedger(Ledger):
                     await woken.wait()
                 woken.clear()
 
-            yield nap
+            yield Nap(provider, scope, nap)
 
     async def wait(self, provider: str, scope: str, seconds: float) -> None:
         """Return when a reservation of the scope is settled in this process, or after ``seconds``."""

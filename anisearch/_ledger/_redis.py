@@ -2,8 +2,10 @@
 
 Needs the ``redis`` extra (``pip install 'anisearch-gateway[redis]'``). Reserve, settle, free, renew and
 inspect are one Lua script call each (``_redis_scripts.py``): atomic on the server, one round trip. A search
-waiting for a slot blocks on ``BLPOP`` of the scope's wake list, which every settle pushes to, so it
-wakes as soon as a slot frees anywhere in the fleet. Keys live under ``anisearch:ledger:``.
+refused a slot is queued (``reserve(waiting=nap)``): the settle or free that frees a slot anywhere in the
+fleet reserves it for the search queued first, in the same script, and announces it on that search's own
+list, where its nap blocks (``BLPOP``); the search then sends at once, without a reserve of its own. A search
+not queued blocks on the scope's wake list instead. Keys live under ``anisearch:ledger:``.
 
 Times come from the workers' clocks (keep them in sync with NTP), so one injected clock drives a test.
 """
@@ -11,22 +13,29 @@ Times come from the workers' clocks (keep them in sync with NTP), so one injecte
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from anisearch._exceptions import LedgerError
 from anisearch._ledger import _redis_scripts
-from anisearch._ledger._base import Ledger
+from anisearch._ledger._base import QUEUE_SECONDS, Ledger, Nap
 from anisearch._ledger._logic import Refusal, Reservation, ScopeView, Stale, WindowView
 from anisearch._ledger._units import WAITERS
+from anisearch._ledger._windows import to_us
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
     from zoneinfo import ZoneInfo
 
-    from anisearch._ledger._base import Clock
+    from anisearch._ledger._base import Clock, Ticket
     from anisearch._ledger._logic import ReserveRequest, SettleRequest, WindowArgs
 
 __all__ = ["RedisLedger"]
+
+logger = logging.getLogger("anisearch")
 
 PREFIX = "anisearch:ledger:"
 _VIEW_FIELDS = 9
@@ -38,6 +47,69 @@ def _text(value: int | None) -> str:
 
 def _int(value: Any) -> int | None:
     return None if value in (None, "") else int(value)
+
+
+def _queued(request: ReserveRequest) -> str:
+    """The RESERVE script's last argument: '' or the search as the script reserves a freed slot for it
+    (``grant_or_wake``): its lease and windows relative to that instant, and how long it stays queued."""
+    if not request.queue_until:
+        return ""
+    return json.dumps(
+        {
+            "holder": request.holder,
+            "lease": request.lease_until - request.now,
+            "slots": request.slots,
+            "trust": request.trust_estimate,
+            "valid_until": request.queue_until,
+            "windows": [
+                {
+                    "name": w.name,
+                    "kind": w.kind,
+                    "counts": w.counts,
+                    "limit": _text(w.limit),
+                    "reported": w.reported,
+                    "leave": w.leave,
+                    "span": w.span,
+                }
+                for w in request.windows
+            ],
+        },
+        separators=(",", ":"),
+    )
+
+
+class _QueuedNap(Nap):
+    """:class:`Nap` for the Redis ledger: a queued search blocks on ``g:<ps>:<token>`` too, where the
+    script that freed a slot announces the instant it reserved it for the search (or '' to ask again)."""
+
+    __slots__ = ("_ledger",)
+
+    def __init__(
+        self, ledger: RedisLedger, provider: str, scope: str, wait: Callable[[float], Awaitable[None]]
+    ) -> None:
+        super().__init__(provider, scope, wait)
+        self._ledger = ledger
+
+    async def __call__(self, seconds: float) -> Ticket | None:
+        if self.token is None:
+            return await super().__call__(seconds)
+        from redis.exceptions import RedisError
+
+        ps = f"{self.provider}|{self.scope}"
+        handed = f"{PREFIX}g:{ps}:{self.token}"
+        try:  # at most a second, as RedisLedger.wait
+            reply = await self._ledger._redis.blpop(  # noqa: SLF001 - the nap of this ledger
+                [handed, f"{PREFIX}wake:{ps}"], timeout=min(max(seconds, 0.01), 1.0)
+            )
+        except (RedisError, OSError) as exc:
+            url = self._ledger.url
+            raise LedgerError(f"the quota ledger {url} cannot be used ({exc})", ledger=url) from exc
+        if reply is None:
+            return None
+        if reply[0] != handed:  # a slot freed for the searches not queued: they may go on too
+            WAITERS.notify((id(self._ledger), self.provider, self.scope))
+            return None
+        return self._ticket(int(reply[1])) if reply[1] else None
 
 
 class RedisLedger(Ledger):
@@ -57,9 +129,11 @@ class RedisLedger(Ledger):
         self._redis: Any = client
         self._scripts = {
             name: client.register_script(getattr(_redis_scripts, name))
-            for name in ("RESERVE", "SETTLE", "FREE", "RENEW", "INSPECT")
+            for name in ("RESERVE", "SETTLE", "FREE", "RENEW", "INSPECT", "WITHDRAW")
         }
         self._listening: set[tuple[int, str, str]] = set()
+
+    hands_over = True
 
     async def _run(self, script: str, provider: str, scope: str, args: list[Any]) -> Any:
         with self._unusable():
@@ -105,13 +179,17 @@ class RedisLedger(Ledger):
                 int(window.reported),
                 window.leave,
             ]
+        args.append(_queued(request))
         reply = await self._run("RESERVE", provider, scope, args)
         if reply[0] == "ok":
+            if len(reply) > 2:  # noqa: PLR2004 - handed over to this queued search: its lease and instant
+                return Reservation(request.token, int(reply[2]), reserved_at=int(reply[3]))
             return Reservation(request.token, request.lease_until)
         if reply[0] == "stale":
             return Stale(reply[1])
         holders = tuple(reply[5].split()) if reply[5] else ()
-        return Refusal(reply[1], int(reply[2]), reply[3], reply[4] or None, holders)
+        queued = len(reply) > 6  # noqa: PLR2004 - the seventh field says "queued"
+        return Refusal(reply[1], int(reply[2]), reply[3], reply[4] or None, holders, queued=queued)
 
     async def _settle(self, provider: str, scope: str, request: SettleRequest) -> None:
         until, reason, kind = request.cooldown or (None, "", "")
@@ -150,7 +228,7 @@ class RedisLedger(Ledger):
             WAITERS.notify((id(self), provider, scope))
 
     async def _free_slot(self, provider: str, scope: str, token: str) -> None:
-        if await self._run("FREE", provider, scope, [token]):
+        if await self._run("FREE", provider, scope, [token, to_us(self.now())]):
             WAITERS.notify((id(self), provider, scope))
 
     async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
@@ -208,6 +286,32 @@ class RedisLedger(Ledger):
                     m for m in await self._redis.smembers(f"{PREFIX}scopes") if m.startswith(f"{provider}|")
                 ]:
                     await self._redis.srem(f"{PREFIX}scopes", member)
+
+    @contextlib.asynccontextmanager
+    async def listening(self, provider: str, scope: str) -> AsyncIterator[Nap]:
+        """A nap that, for a search queued by :meth:`reserve` (``waiting=``), blocks on both the list its
+        handed-over slot is announced on and the scope's wake list; on leaving, a search still queued is
+        taken out of the queue, and a slot reserved for it that it never took is given up."""
+
+        async def wait(seconds: float) -> None:
+            await self.wait(provider, scope, seconds)
+
+        nap = _QueuedNap(self, provider, scope, wait)
+        try:
+            yield nap
+        finally:
+            if nap.token is not None:
+                token, nap.token = nap.token, None
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._run("WITHDRAW", provider, scope, [token, to_us(self.now())])
+                    except LedgerError as exc:  # what ended the wait (a refusal, a cancellation) stands
+                        logger.warning(
+                            "%s: a search that stopped waiting stays queued for %g s more: %s",
+                            provider,
+                            QUEUE_SECONDS,
+                            exc,
+                        )
 
     async def wait(self, provider: str, scope: str, seconds: float) -> None:
         """Return when any worker settles a reservation of the scope, or after ``seconds``.

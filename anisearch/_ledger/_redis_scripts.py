@@ -9,12 +9,14 @@ Keys, all derived from ``KEYS[1]`` = ``anisearch:ledger:`` (the prefix) and ``AR
 ``s:<ps>`` (hash: cooldown, concurrency, priority, busy streak), ``w:<ps>`` (hash: window -> ``|``-joined
 numbers), ``h:<ps>`` (hash: reservation token -> ``holder|lease_until|slot|at``), ``u:<ps>:<window>`` (sorted
 set: unit -> leave instant), ``p:<ps>:<window>`` (set: pending units), ``wake:<ps>`` (list a waiter BLPOPs),
-and ``scopes`` (set of every ``<ps>``).
+``q:<ps>`` (list: tokens of the searches queued for a slot, first refused first) with ``qr:<ps>`` (hash:
+token -> the queued search as JSON), ``g:<ps>:<token>`` (list: the instant a freed slot was reserved for
+that queued search, or '' to ask again), and ``scopes`` (set of every ``<ps>``).
 """
 
 from __future__ import annotations
 
-__all__ = ["FREE", "INSPECT", "RENEW", "RESERVE", "SETTLE"]
+__all__ = ["FREE", "INSPECT", "RENEW", "RESERVE", "SETTLE", "WITHDRAW"]
 
 _COMMON = r"""
 local P = KEYS[1]
@@ -84,13 +86,126 @@ local function remove_unit(name, member)
   redis.call('ZREM', uk(name), member)
   redis.call('SREM', pk(name), member)
 end
+local function reserve_now(now, token, holder, lease_until, slots, take_slot, trust, dead, windows)
+  -- _logic.reserve; returns the reply: {'ok', token}, {'stale', window} or
+  -- {'refused', kind, until, reason, window, holders}
+  redis.call('SADD', P .. 'scopes', PS)
+  -- 1. expire lapsed or dead reservations: their units stay counted, their slot frees
+  local held = redis.call('HGETALL', HK)
+  local holding = {}
+  for j = 1, #held, 2 do
+    local f = split(held[j + 1])
+    if tonumber(f[2]) <= now or dead[f[1]] then
+      redis.call('HDEL', HK, held[j])
+      for _, w in ipairs(windows) do settle_unit(w.name, held[j], nil) end
+    elseif f[3] == '1' then
+      holding[#holding + 1] = {holder = f[1], lease_until = tonumber(f[2])}
+    end
+  end
+  -- 2. cooldown (told after the windows: a spent window that frees later is the longer wait)
+  local scope = redis.call('HMGET', SK, 'cooldown_until', 'cooldown_reason', 'cooldown_kind', 'concurrency')
+  local cooldown = num(scope[1]) or 0
+  local cooling = nil
+  if cooldown > now then
+    local kind = scope[3]
+    if kind ~= 'busy' and kind ~= 'quota' then kind = 'rate' end
+    cooling = {'refused', kind, cooldown, scope[2] or '', '', ''}
+  end
+  -- 3, 4. windows
+  local best, stale = nil, nil
+  for _, win in ipairs(windows) do
+    local w = load_window(win.name)
+    purge(win.name, w, now)
+    save_window(win.name, w)
+    local kind = 'quota'
+    if win.kind == 'rate' then kind = 'rate' end
+    if w.blocked_until > now then
+      if not best or w.blocked_until > best[3] then
+        best = {'refused', kind, w.blocked_until, 'spent', win.name, ''}
+      end
+    else
+      local limit = w.limit or win.limit
+      if limit then
+        local used = redis.call('ZCARD', uk(win.name)) + w.unknown
+        if used + 1 > limit then
+          local untill = kth(win.name, w, used - limit + 1)
+          if not best or untill > best[3] then
+            best = {'refused', kind, untill, used .. ' of ' .. limit .. ' used', win.name, ''}
+          end
+        elseif win.reported and not trust and w.freed > 0 and used + 1 + w.freed > limit then
+          stale = win.name
+        end
+      end
+    end
+  end
+  if cooling and not (best and best[3] > cooldown) then return cooling end
+  if best then return best end
+  if stale then return {'stale', stale} end
+  -- 5. concurrency
+  if take_slot then
+    local limit = num(scope[4]) or slots
+    if #holding >= limit then
+      local first, names = nil, {}
+      for _, h in ipairs(holding) do
+        if not first or h.lease_until < first then first = h.lease_until end
+        names[#names + 1] = h.holder
+      end
+      local reason = #holding .. ' of ' .. limit .. ' slots held'
+      return {'refused', 'concurrency', first, reason, '', table.concat(names, ' ')}
+    end
+  end
+  -- 6. admitted
+  local slot = '0'
+  if take_slot then slot = '1' end
+  redis.call('HSET', HK, token, holder .. '|' .. fmt(lease_until) .. '|' .. slot .. '|' .. fmt(now))
+  for _, win in ipairs(windows) do
+    redis.call('ZADD', uk(win.name), win.leave, token)
+    redis.call('SADD', pk(win.name), token)
+  end
+  return {'ok', token}
+end
+local QK, QR = P .. 'q:' .. PS, P .. 'qr:' .. PS
+local function unqueue(token)  -- the search no longer waits in the queue
+  if redis.call('HDEL', QR, token) == 1 then redis.call('LREM', QK, 1, token) end
+end
+local function grant_or_wake(now)
+  -- A slot freed: reserve it for the search queued first (its nap then returns the ticket without
+  -- asking again), else wake one search blocked on the scope's wake list. A queued search refused for
+  -- another reason (a window spent meanwhile, a cooldown, an estimate to confirm) is woken to ask itself.
+  for _ = 1, 64 do
+    local token = redis.call('LPOP', QK)
+    if not token then break end
+    local raw = redis.call('HGET', QR, token)
+    redis.call('HDEL', QR, token)
+    if raw then
+      local r = cjson.decode(raw)
+      if r.valid_until > now then
+        local windows = {}
+        for _, w in ipairs(r.windows) do
+          local leave = w.leave
+          if w.span > 0 then leave = now + w.span end
+          windows[#windows + 1] = {name = w.name, kind = w.kind, counts = w.counts, limit = num(w.limit),
+            reported = w.reported, leave = leave}
+        end
+        local reply = reserve_now(now, token, r.holder, now + r.lease, r.slots, true, r.trust, {}, windows)
+        local GK = P .. 'g:' .. PS .. ':' .. token
+        if reply[1] == 'ok' then redis.call('RPUSH', GK, fmt(now)) else redis.call('RPUSH', GK, '') end
+        redis.call('PEXPIRE', GK, 60000)
+        if reply[1] == 'ok' then return end
+        break
+      end
+    end
+  end
+  wake_one()
+end
 """
 
 RESERVE = (
     _COMMON
     + r"""
 -- ARGV: ps, now, token, holder, lease_until, slots, take_slot, trust, n_dead, dead..., n_windows,
---       (name, kind, counts, limit, reported, leave)...
+--       (name, kind, counts, limit, reported, leave)..., queue
+-- queue: '' or the search as JSON, to queue it for a slot handed over directly when one is refused
 local now, token, holder = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local lease_until, slots = tonumber(ARGV[5]), tonumber(ARGV[6])
 local take_slot, trust = ARGV[7] == '1', ARGV[8] == '1'
@@ -102,80 +217,23 @@ for _ = 1, tonumber(ARGV[i]) do
     limit = num(ARGV[i + 4]), reported = ARGV[i + 5] == '1', leave = tonumber(ARGV[i + 6])}
   i = i + 6
 end
-redis.call('SADD', P .. 'scopes', PS)
--- 1. expire lapsed or dead reservations: their units stay counted, their slot frees
-local held = redis.call('HGETALL', HK)
-local holding = {}
-for j = 1, #held, 2 do
-  local f = split(held[j + 1])
-  if tonumber(f[2]) <= now or dead[f[1]] then
-    redis.call('HDEL', HK, held[j])
-    for _, w in ipairs(windows) do settle_unit(w.name, held[j], nil) end
-  elseif f[3] == '1' then
-    holding[#holding + 1] = {holder = f[1], lease_until = tonumber(f[2])}
-  end
+local queue = ARGV[i + 1] or ''
+local granted = redis.call('HGET', HK, token)
+if granted then  -- a queued search handed a freed slot: its reservation, as made then
+  unqueue(token)
+  local f = split(granted)
+  return {'ok', token, f[2], f[4]}
 end
--- 2. cooldown (told after the windows: a spent window that frees later is the longer wait)
-local scope = redis.call('HMGET', SK, 'cooldown_until', 'cooldown_reason', 'cooldown_kind', 'concurrency')
-local cooldown = num(scope[1]) or 0
-local cooling = nil
-if cooldown > now then
-  local kind = scope[3]
-  if kind ~= 'busy' and kind ~= 'quota' then kind = 'rate' end
-  cooling = {'refused', kind, cooldown, scope[2] or '', '', ''}
+local reply = reserve_now(now, token, holder, lease_until, slots, take_slot, trust, dead, windows)
+if reply[1] == 'refused' and reply[2] == 'concurrency' and queue ~= '' then
+  if redis.call('HSET', QR, token, queue) == 1 then redis.call('RPUSH', QK, token) end
+  redis.call('PEXPIRE', QK, 60000)
+  redis.call('PEXPIRE', QR, 60000)
+  reply[7] = 'queued'
+else
+  unqueue(token)
 end
--- 3, 4. windows
-local best, stale = nil, nil
-for _, win in ipairs(windows) do
-  local w = load_window(win.name)
-  purge(win.name, w, now)
-  save_window(win.name, w)
-  local kind = 'quota'
-  if win.kind == 'rate' then kind = 'rate' end
-  if w.blocked_until > now then
-    if not best or w.blocked_until > best[3] then
-      best = {'refused', kind, w.blocked_until, 'spent', win.name, ''}
-    end
-  else
-    local limit = w.limit or win.limit
-    if limit then
-      local used = redis.call('ZCARD', uk(win.name)) + w.unknown
-      if used + 1 > limit then
-        local untill = kth(win.name, w, used - limit + 1)
-        if not best or untill > best[3] then
-          best = {'refused', kind, untill, used .. ' of ' .. limit .. ' used', win.name, ''}
-        end
-      elseif win.reported and not trust and w.freed > 0 and used + 1 + w.freed > limit then
-        stale = win.name
-      end
-    end
-  end
-end
-if cooling and not (best and best[3] > cooldown) then return cooling end
-if best then return best end
-if stale then return {'stale', stale} end
--- 5. concurrency
-if take_slot then
-  local limit = num(scope[4]) or slots
-  if #holding >= limit then
-    local first, names = nil, {}
-    for _, h in ipairs(holding) do
-      if not first or h.lease_until < first then first = h.lease_until end
-      names[#names + 1] = h.holder
-    end
-    local reason = #holding .. ' of ' .. limit .. ' slots held'
-    return {'refused', 'concurrency', first, reason, '', table.concat(names, ' ')}
-  end
-end
--- 6. admitted
-local slot = '0'
-if take_slot then slot = '1' end
-redis.call('HSET', HK, token, holder .. '|' .. fmt(lease_until) .. '|' .. slot .. '|' .. fmt(now))
-for _, win in ipairs(windows) do
-  redis.call('ZADD', uk(win.name), win.leave, token)
-  redis.call('SADD', pk(win.name), token)
-end
-return {'ok', token}
+return reply
 """
 )
 
@@ -274,7 +332,7 @@ for _ = 1, tonumber(ARGV[i]) do
   i = i + 2
 end
 if not freed_slot then return 0 end  -- no slot freed (handed over already): wake nobody
-wake_one()
+grant_or_wake(now)
 return 1
 """
 )
@@ -282,13 +340,30 @@ return 1
 FREE = (
     _COMMON
     + r"""
--- ARGV: ps, token. _logic.free_slot: the reservation gives up its slot, its units stay pending.
+-- ARGV: ps, token, now. _logic.free_slot: the reservation gives up its slot, its units stay pending.
 local raw = redis.call('HGET', HK, ARGV[2])
 if not raw then return 0 end
 local f = split(raw)
 if f[3] ~= '1' then return 0 end
 redis.call('HSET', HK, ARGV[2], f[1] .. '|' .. f[2] .. '|0|' .. f[4])
-wake_one()
+grant_or_wake(tonumber(ARGV[3]))
+return 1
+"""
+)
+
+WITHDRAW = (
+    _COMMON
+    + r"""
+-- ARGV: ps, token, now. A queued search stops waiting: out of the queue, and a slot reserved for it that
+-- it never took is given up as unsent (its units go, the slot goes to the next search). 1 if it had one.
+local token, now = ARGV[2], tonumber(ARGV[3])
+unqueue(token)
+redis.call('DEL', P .. 'g:' .. PS .. ':' .. token)
+local raw = redis.call('HGET', HK, token)
+if not raw then return 0 end
+redis.call('HDEL', HK, token)
+for _, name in ipairs(redis.call('HKEYS', WK)) do remove_unit(name, token) end
+if split(raw)[3] == '1' then grant_or_wake(now) end
 return 1
 """
 )

@@ -28,7 +28,7 @@ import anyio.to_thread
 
 from anisearch._exceptions import LedgerError
 from anisearch._ledger import _logic
-from anisearch._ledger._base import Ledger
+from anisearch._ledger._base import Ledger, Nap
 from anisearch._ledger._doorbell import Doorbell
 from anisearch._ledger._units import WAITERS
 from anisearch._sqlite_busy import aside_name, foreign, locked, open_waiting, set_aside
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from zoneinfo import ZoneInfo
 
-    from anisearch._ledger._base import Clock, Nap
+    from anisearch._ledger._base import Clock
     from anisearch._ledger._logic import ReserveRequest, ScopeView, SettleRequest, WindowArgs
 
 __all__ = ["SQLiteLedger"]
@@ -515,7 +515,7 @@ class SQLiteLedger(Ledger):
                 await listener.nap(seconds, nearby)
                 nearby.clear()  # the next nap waits for the next freed slot
 
-            yield nap
+            yield Nap(provider, scope, nap)
 
     async def wait(self, provider: str, scope: str, seconds: float) -> None:
         """Return when a slot of the scope is freed by any process of the machine, or after ``seconds``
