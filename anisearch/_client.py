@@ -30,7 +30,7 @@ from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_c
 from anisearch._config import Settings
 from anisearch._download import Downloader
 from anisearch._enrich import Enricher, metadata_infos, open_enricher
-from anisearch._exceptions import ClientClosedError, ConfigurationError
+from anisearch._exceptions import ClientClosedError, ConfigurationError, ProviderError
 from anisearch._ledger import WindowSpec, open_ledger
 from anisearch._ledger._base import scope_id, system_clock
 from anisearch._limits import (
@@ -456,25 +456,34 @@ class AsyncClient(AccountFeatures):
 
         Raises:
             UnknownProviderError: ``provider`` is not registered.
-            ProviderError: ``refresh`` and an upstream failed to answer.
+            ProviderError: ``refresh`` and an upstream failed to answer: the first such failure, raised once
+                every other provider was asked (what they said is in the ledger; call again without
+                ``refresh`` to read it).
             LedgerError: The ledger cannot be used.
         """
         names = [provider] if provider else self._order(None)
         ledger = await self._get_ledger()
         quotas: list[Quota] = []
+        failure: ProviderError | None = None
         for name in names:
             instance = self._provider(name)
             scope = self._scope(instance)
             request = instance.quota_request() if refresh else None
             if request is not None:
                 sent_at = ledger.now()
-                fresh = await self._call(instance, request, instance.parse_quota)
-                await ledger.observe(name, scope, provider_windows(instance), fresh, sent_at=sent_at)
+                try:
+                    fresh = await self._call(instance, request, instance.parse_quota)
+                except ProviderError as exc:  # the other providers are still asked
+                    failure = failure or exc
+                else:
+                    await ledger.observe(name, scope, provider_windows(instance), fresh, sent_at=sent_at)
             known = await ledger.snapshot(name, self._windows)
             mine = [q for q in known if q.raw.get("scope_id") == scope]
             if not mine:
                 mine = _defaults(name, scope, provider_windows(instance), ledger.now())
             quotas.extend(mine)
+        if failure is not None:
+            raise failure
         return quotas
 
     async def reset_quota(self, provider: str | None = None) -> None:

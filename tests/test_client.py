@@ -27,6 +27,7 @@ from anisearch import (
     ConfigurationError,
     ImageFetchError,
     InvalidImageError,
+    ProviderError,
     ProviderTimeoutError,
     QuotaExhaustedError,
     Settings,
@@ -318,6 +319,25 @@ def test_quota_refresh_reads_me_and_hides_the_caller_id(mock: respx.MockRouter) 
     assert (window.priority, window.source) == (0, "upstream")
     assert "203.0.113.9" not in repr(after)
     assert all("203.0.113.9" not in json.dumps(q.model_dump(mode="json")) for q in after)
+
+
+def test_a_quota_refresh_asks_every_provider_before_it_reports_the_one_that_failed(
+    mock: respx.MockRouter,
+) -> None:
+    mock.get(f"{BASE}/me").respond(503, text="Service Unavailable")
+    legacy = mock.get("https://legacy.test/api/me").respond(
+        200, json={"limit": 9, "limit_ttl": 42, "user_limit": 10, "user_limit_ttl": 60}
+    )
+    options = {"tracemoe": {"url": BASE}, "whatanime-ga": {"url": "https://legacy.test"}}
+    configured = Settings.load(providers=["tracemoe", "whatanime-ga"], provider_options=options)
+    with Client(configured, transport(mock)) as client:
+        with pytest.raises(ProviderError) as failed:
+            client.quota(refresh=True)
+        known = client.quota()
+    assert failed.value.provider == "tracemoe"
+    assert legacy.call_count == 1  # asked although the first provider failed
+    minute = next(q for q in known if q.provider == "whatanime-ga" and q.window == "minute")
+    assert (minute.limit, minute.remaining, minute.source) == (10, 9, "upstream")
 
 
 def test_unknown_names_and_bad_arguments_are_usage_errors(mock: respx.MockRouter, samples: Path) -> None:
