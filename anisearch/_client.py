@@ -29,7 +29,7 @@ from anisearch._cache_first import choose, confident, find_by_source, source_key
 from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_cache
 from anisearch._config import Settings
 from anisearch._download import Downloader
-from anisearch._enrich import Enricher, metadata_infos, open_enricher
+from anisearch._enrich import Enricher, metadata_infos, metadata_provider, open_enricher
 from anisearch._exceptions import ClientClosedError, ConfigurationError, ProviderError
 from anisearch._ledger import WindowSpec, open_ledger
 from anisearch._ledger._base import scope_id, system_clock
@@ -451,7 +451,8 @@ class AsyncClient(AccountFeatures):
         estimate, documented ``default``) and when the upstream last confirmed them (``observed_at``).
 
         Args:
-            provider: One provider name, or None for every configured provider.
+            provider: One provider name (a metadata provider too: ``anilist``, whose requests the ledger
+                counts in its rate window), or None for every configured provider.
             refresh: Ask the upstreams' free quota endpoints first (trace.moe ``/me``; costs no quota).
 
         Raises:
@@ -461,6 +462,9 @@ class AsyncClient(AccountFeatures):
                 ``refresh`` to read it).
             LedgerError: The ledger cannot be used.
         """
+        if provider is not None and provider not in available_providers():
+            check_registered(provider)
+            return await self._metadata_quota(provider)
         names = [provider] if provider else self._order(None)
         ledger = await self._get_ledger()
         quotas: list[Quota] = []
@@ -485,6 +489,17 @@ class AsyncClient(AccountFeatures):
         if failure is not None:
             raise failure
         return quotas
+
+    async def _metadata_quota(self, name: str) -> list[Quota]:
+        """The windows of the metadata provider ``name`` (it has no quota endpoint to refresh from)."""
+        instance = metadata_provider(self.settings, name)
+        scope = scope_id(instance.credential.scope, instance.credential.secret)
+        windows = tuple(instance.windows())
+        ledger = await self._get_ledger()
+        known = await ledger.snapshot(name, lambda _: windows)
+        return [q for q in known if q.raw.get("scope_id") == scope] or _defaults(
+            name, scope, windows, ledger.now()
+        )
 
     async def reset_quota(self, provider: str | None = None) -> None:
         """Forget what the ledger believes about every provider (or one): counts, cooldowns, slots.

@@ -104,7 +104,13 @@ def fill_hit(hit: Hit, anime: Anime) -> Hit:
     return hit.model_copy(update=update) if update else hit
 
 
-def _metadata_provider(settings: Settings, name: str) -> MetadataProvider:
+def metadata_provider(settings: Settings, name: str) -> MetadataProvider:
+    """The metadata provider registered as ``name``, configured from ``settings``.
+
+    Raises:
+        UnknownProviderError: No metadata provider is registered as ``name``.
+        ConfigurationError: Its settings are invalid.
+    """
     context = ProviderContext(
         config=settings.provider_config(name), state_dir=settings.state_dir, timeout=settings.timeout
     )
@@ -117,7 +123,7 @@ def metadata_infos(settings: Settings) -> list[ProviderInfo]:
     infos = []
     for name in available_metadata_providers():
         try:
-            provider = _metadata_provider(settings, name)
+            provider = metadata_provider(settings, name)
         except ConfigurationError:
             continue
         infos.append(
@@ -147,7 +153,7 @@ def open_enricher(
         ConfigurationError: The provider's settings are invalid (``ANISEARCH_ANILIST_URL`` ...).
     """
     name = settings.metadata_provider
-    provider = _metadata_provider(settings, name) if name is not None else None
+    provider = metadata_provider(settings, name) if name is not None else None
     path = settings.cache_path
     if path is not None and "://" in str(settings.cache or ""):  # a shared (Redis) result cache: this one
         path = settings.cache_dir / "results.sqlite3"  # stays a local file in the cache dir

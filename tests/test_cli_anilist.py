@@ -149,3 +149,18 @@ def test_no_anilist_info_turns_the_lookup_off(
     assert code == 0, stderr
     assert anilist.app.state.emulator.requests == []
     assert result["hits"][0]["title"] is None
+
+
+def test_quota_anilist_shows_the_lookups_the_ledger_counted(
+    tracemoe: tuple[Any, Recorder], anilist: Any, samples: Path
+) -> None:
+    server, _ = tracemoe
+    code, _, stderr = search(run_in_process, server, anilist.url, samples / "tinted-good.jpg")
+    assert code == 0, stderr
+    done = run_in_process("quota", "anilist", "--json", env={"ANISEARCH_ANILIST_URL": anilist.url})
+    assert done.returncode == 0, done.stderr
+    (minute,) = json.loads(done.stdout)
+    assert (minute["provider"], minute["window"]) == ("anilist", "minute")
+    assert minute["limit"] == 90
+    assert minute["used"] == 1  # the one lookup of the search, confirmed by AniList's headers
+    assert minute["source"] == "headers"

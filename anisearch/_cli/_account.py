@@ -55,7 +55,8 @@ def quota(
         str | None,
         typer.Argument(
             metavar="PROVIDER",
-            help="tracemoe, whatanimeisthis or whatanime-ga; all configured ones by default.",
+            help="tracemoe, whatanimeisthis, whatanime-ga, or anilist (the metadata provider); all "
+            "configured ones by default.",
         ),
     ] = None,
     refresh: Annotated[bool, typer.Option("--refresh", help="Ask the free quota endpoints first.")] = False,
