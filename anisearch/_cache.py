@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from anisearch._models import SearchResult, fresh_previews
-from anisearch._sqlite_busy import foreign, locked, open_waiting, replaceable, set_aside
+from anisearch._sqlite_busy import foreign, locked, open_waiting, replaceable, resetting, set_aside
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -179,10 +179,19 @@ class ResultCache:
         return db
 
     def _rebuild(self, problem: BaseException) -> sqlite3.Connection | None:
-        """Move a broken cache aside and start an empty one; None (after one warning) when that fails too."""
+        """Move a broken cache aside and start an empty one; None (after one warning) when that fails too.
+
+        Another process may have done so already: the cache is opened once more under the reset lock first.
+        """
         try:
-            aside = set_aside(self.path)
-            db = self._open()
+            with resetting(self.path):
+                try:
+                    return self._open()
+                except sqlite3.OperationalError:
+                    raise  # locked or unreadable: nothing to move aside
+                except sqlite3.DatabaseError:
+                    aside = set_aside(self.path)
+                db = self._open()
         except (OSError, sqlite3.Error) as exc:
             self._warn(f"{problem}; rebuilding it failed too: {exc}")
             return None

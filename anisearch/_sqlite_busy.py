@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
-__all__ = ["aside_name", "foreign", "locked", "open_waiting", "replaceable", "set_aside"]
+__all__ = ["aside_name", "foreign", "locked", "open_waiting", "replaceable", "resetting", "set_aside"]
 
 _T = TypeVar("_T")
 
@@ -105,3 +105,19 @@ def set_aside(path: Path) -> Path:
         with contextlib.suppress(FileNotFoundError):
             path.with_name(path.name + tail).unlink()
     return aside
+
+
+@contextlib.contextmanager
+def resetting(path: Path, timeout: float = 30.0) -> Iterator[None]:
+    """Hold the lock that every process takes to start the database ``path`` afresh: ``<name>.reset-lock``
+    beside it (filelock). Under it, check that the file still needs starting afresh, then move it aside:
+    two processes doing so at once never move each other's fresh file aside.
+
+    Raises:
+        OSError: The lock file cannot be made, or another process held the lock for ``timeout`` seconds
+            (``filelock.Timeout``, a ``TimeoutError``).
+    """
+    from filelock import FileLock
+
+    with FileLock(path.with_name(path.name + ".reset-lock"), timeout=timeout):
+        yield

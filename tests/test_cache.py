@@ -7,6 +7,7 @@ import logging
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from tests.forked import Job, run_forked
 
 from anisearch import Client, Hit, SearchResult, Settings
 from anisearch._cache import ResultCache, cache_key
+from anisearch._sqlite_busy import resetting, set_aside
 
 pytestmark = pytest.mark.anyio
 
@@ -116,6 +118,29 @@ async def test_a_broken_cache_is_rebuilt_and_works(
     assert "started an empty one" in warnings_of(caplog)[0]
     if before:  # moved aside, not deleted: a file misjudged as a damaged cache is not lost
         assert path.with_name("c.sqlite3.damaged").read_bytes() == before
+
+
+async def test_a_cache_rebuilt_by_another_process_meanwhile_is_used_as_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.sqlite3"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    elsewhere = ResultCache(tmp_path / "fresh.sqlite3", ttl_seconds=60)
+    await elsewhere.put("k", result(None))
+    elsewhere.close()
+    with resetting(path):  # another process is rebuilding it
+        opening = threading.Thread(target=lambda: opened.append(ResultCache(path, ttl_seconds=60)))
+        opened: list[ResultCache] = []
+        opening.start()
+        opening.join(0.3)
+        assert opening.is_alive()  # waits for the other's rebuild
+        set_aside(path)
+        (tmp_path / "fresh.sqlite3").replace(path)  # the other process's new cache, with an answer in it
+    opening.join(10)
+    (cache,) = opened
+    assert await cache.get("k") is not None  # opened as it is, not moved aside again
+    assert not path.with_name("c.sqlite3.damaged-2").exists()
+    assert warnings_of(caplog) == []
 
 
 async def test_a_file_that_is_not_sqlite_is_never_deleted_and_the_cache_is_skipped(

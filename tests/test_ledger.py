@@ -33,6 +33,7 @@ from anisearch._ledger import _doorbell as doorbell
 from anisearch._ledger._base import holder_is_dead, this_holder
 from anisearch._ledger._windows import from_us, period_bounds
 from anisearch._models import Quota
+from anisearch._sqlite_busy import resetting, set_aside
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -794,6 +795,30 @@ async def test_every_process_reconnects_to_a_ledger_started_afresh(tmp_path: Pat
     assert window.used == 1  # both on the new file: the running one's search counts there
     await running.aclose()
     await resetting.aclose()
+
+
+async def test_two_resets_at_once_never_move_the_fresh_ledger_aside(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    damaged = b"SQLite format 3\x00" + b"\xa5" * 8192
+    path.write_bytes(damaged)
+    first, second = open_ledger(f"sqlite:///{path}"), open_ledger(f"sqlite:///{path}")
+    for ledger in (first, second):  # both processes met the damage
+        with pytest.raises(LedgerError):
+            await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+    async with anyio.create_task_group() as group:
+        with resetting(path):  # the first reset, under its lock: the damaged file aside, a fresh ledger
+            group.start_soon(second.clear)  # the second reset waits for the lock
+            await anyio.sleep(0.3)
+            assert not path.with_name("ledger.sqlite3.damaged").exists()
+            set_aside(path)
+            assert isinstance(await first.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
+    # the second found a sound ledger: it forgot what it holds, as a reset does, and moved nothing aside
+    assert path.with_name("ledger.sqlite3.damaged").read_bytes() == damaged
+    assert not path.with_name("ledger.sqlite3.damaged-2").exists()
+    assert isinstance(await first.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
+    assert isinstance(await second.reserve("tracemoe", "api-key:0123456789abcdef", TRACEMOE), Ticket)
+    await first.aclose()
+    await second.aclose()
 
 
 async def test_a_file_that_is_not_a_ledger_is_never_offered_for_deletion(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from anisearch._ledger import _logic
 from anisearch._ledger._base import Ledger, Nap
 from anisearch._ledger._doorbell import Doorbell
 from anisearch._ledger._units import WAITERS
-from anisearch._sqlite_busy import aside_name, foreign, locked, open_waiting, set_aside
+from anisearch._sqlite_busy import aside_name, foreign, locked, open_waiting, resetting, set_aside
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -272,10 +272,11 @@ class SQLiteLedger(Ledger):
         """
         with self._lock:
             self._drop()
-            if not self._still_damaged():  # another process started it afresh meanwhile: keep theirs
-                return
             try:
-                set_aside(self.path)
+                with resetting(self.path):
+                    if not self._still_damaged():  # another process started it afresh meanwhile: keep theirs
+                        return
+                    set_aside(self.path)
             except OSError as exc:
                 raise self._error(exc) from exc
 
