@@ -711,12 +711,14 @@ class _Sending:
     Once a request is handed to the transport it may leave, unless httpcore's trace events (which its own
     transports emit) show that no request headers were being written yet: a search cancelled while
     connecting spent nothing, while one cancelled after that may be run to its end and counted upstream.
+    Through an HTTPS proxy, the tunnel's ``CONNECT`` comes first, with the same trace: its steps are not
+    the search's (``tunnel``).
     """
 
-    __slots__ = ("early", "handed", "on_answer", "sent", "traced", "writing")
+    __slots__ = ("early", "handed", "on_answer", "sent", "traced", "tunnel", "writing")
 
     def __init__(self, sent: anyio.Event | None = None, *, early: bool = False) -> None:
-        self.handed = self.traced = self.writing = False
+        self.handed = self.traced = self.writing = self.tunnel = False
         self.sent = sent
         """Set once the request's body has been written (see :class:`_Baton`)."""
         self.on_answer: Callable[[], Awaitable[None]] | None = None
@@ -740,8 +742,13 @@ class _Sending:
         self.handed = True
         return request
 
-    async def _event(self, name: str, _info: object) -> None:
+    async def _event(self, name: str, info: object) -> None:
         self.traced = True
+        request = info.get("request") if isinstance(info, dict) else None
+        if request is not None:  # each step of a request names it; a proxy's tunnel comes first (CONNECT)
+            self.tunnel = getattr(request, "method", b"") == b"CONNECT"
+        if self.tunnel:  # the tunnel's own request and answer: the search is still to be sent
+            return
         if name.endswith("send_request_headers.started"):
             self.writing = True
         elif name.endswith("send_request_body.complete") and self.sent is not None:

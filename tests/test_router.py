@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Self
 
 import anyio
 import anyio.lowlevel
+import httpcore
 import httpx
 import pytest
 from PIL import Image
@@ -1018,12 +1019,32 @@ class SignsIn(Scripted):
         return httpx.BasicAuth("user", "secret")
 
 
-@pytest.mark.parametrize(("provider", "freed_at_headers"), [(Scripted, True), (SignsIn, False)])
+async def through_a_tunnel(request: httpx.Request) -> None:
+    """The steps httpcore reports for an HTTPS proxy's tunnel, with the request's own trace: the proxy's
+    ``CONNECT`` and its answer, then the TLS handshake through it."""
+    trace = request.extensions["trace"]
+    tunnel = {"request": httpcore.Request(b"CONNECT", "http://proxy.example:3128/")}
+    for step in ("send_request_headers", "send_request_body", "receive_response_headers"):
+        await trace(f"http11.{step}.started", tunnel)
+        await trace(f"http11.{step}.complete", {"return_value": None})
+    await trace("connection.start_tls.started", {"server_hostname": "one.example", "timeout": None})
+    await trace("connection.start_tls.complete", {"return_value": None})
+
+
+@pytest.mark.parametrize(
+    ("provider", "proxied", "freed_at_headers"),
+    [(Scripted, False, True), (Scripted, True, True), (SignsIn, False, False)],
+)
 async def test_a_waited_for_slot_is_handed_over_when_the_answers_headers_arrive(
-    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, provider: type[Scripted], freed_at_headers: bool
+    ledger: Ledger,
+    monkeypatch: pytest.MonkeyPatch,
+    provider: type[Scripted],
+    proxied: bool,
+    freed_at_headers: bool,
 ) -> None:
-    """The slot goes to the next search before the answer's body is read, unless an auth flow may send
-    another request after the response (then once the whole answer is in)."""
+    """The slot goes to the next search before the answer's body is read (the answer of an HTTPS proxy's
+    tunnel is not the search's), unless an auth flow may send another request after the response (then
+    once the whole answer is in)."""
     events: list[str] = []
     free_slot = ledger.free_slot
 
@@ -1036,12 +1057,16 @@ async def test_a_waited_for_slot_is_handed_over_when_the_answers_headers_arrive(
 
     async def upstream(_provider: Any, request: httpx.Request) -> httpx.Response:
         trace = request.extensions["trace"]
-        await trace("http11.send_request_headers.started", {})
-        await trace("http11.send_request_body.complete", {})
+        if proxied:
+            await through_a_tunnel(request)
+        sent = {"request": httpcore.Request(b"POST", "https://one.example/search")}
+        await trace("http11.send_request_headers.started", sent)
+        await trace("http11.send_request_body.complete", {"return_value": None})
         if not first.is_set():
             first.set()
             await until(lambda: events.count("asking") == 2)  # the second search waits in the gate
-        await trace("http11.receive_response_headers.complete", {})
+        await trace("http11.receive_response_headers.started", sent)
+        await trace("http11.receive_response_headers.complete", {"return_value": None})
         events.append("body read")
         return httpx.Response(200, request=request)
 
@@ -1063,3 +1088,15 @@ async def test_a_waited_for_slot_is_handed_over_when_the_answers_headers_arrive(
     assert (events[handed - 1 : handed + 1] == ["asking", "freed"]) is freed_at_headers, events
     assert (events[handed - 1 : handed + 1] == ["body read", "freed"]) is not freed_at_headers, events
     assert scripted.requests == 2
+
+
+async def test_a_search_cancelled_while_its_proxy_tunnel_opens_spent_nothing(ledger: Ledger) -> None:
+    async def upstream(_provider: Any, request: httpx.Request) -> httpx.Response:
+        await through_a_tunnel(request)  # the CONNECT's own headers were written: not the search's
+        await anyio.sleep(30)  # the TLS handshake through the tunnel hangs
+        raise AssertionError("cancelled before")
+
+    windows = (WindowSpec("rolling-24h", span_seconds=86400, limit=5),)
+    with anyio.move_on_after(0.2):
+        await Router(ledger, upstream, wait_seconds=1).search(windowed(Scripted("one"), windows=windows))
+    assert (await ledger.snapshot("one", lambda _: windows))[0].used == 0  # never sent: not counted

@@ -461,12 +461,11 @@ class Ledger(abc.ABC):
             if queue
             else 0,
         )
+        if waiting is not None and queue:  # before the step: a search cancelled during it is withdrawn
+            waiting._queued(token, lease_seconds, tuple(windows))  # noqa: SLF001 - the nap's own state
         result = await self._reserve(provider, scope, request)
-        if waiting is not None and queue:
-            if isinstance(result, Refusal) and result.queued:
-                waiting._queued(token, lease_seconds, tuple(windows))  # noqa: SLF001 - the nap's own state
-            else:  # admitted, or refused for another reason: no longer in the queue
-                waiting.token = None
+        if waiting is not None and queue and not (isinstance(result, Refusal) and result.queued):
+            waiting.token = None  # admitted, or refused for another reason: no longer in the queue
         if isinstance(result, (Refusal, Stale)):
             return result
         if result.reserved_at:  # a slot handed over to this queued search while it asked again

@@ -189,9 +189,15 @@ local function grant_or_wake(now)
         end
         local reply = reserve_now(now, token, r.holder, now + r.lease, r.slots, true, r.trust, {}, windows)
         local GK = P .. 'g:' .. PS .. ':' .. token
-        if reply[1] == 'ok' then redis.call('RPUSH', GK, fmt(now)) else redis.call('RPUSH', GK, '') end
+        if reply[1] == 'ok' then
+          redis.call('RPUSH', GK, fmt(now))
+          redis.call('PEXPIRE', GK, 60000)
+          return
+        end
+        redis.call('LPUSH', QK, token)  -- it keeps its place, and is woken to ask itself
+        redis.call('HSET', QR, token, raw)
+        redis.call('RPUSH', GK, '')
         redis.call('PEXPIRE', GK, 60000)
-        if reply[1] == 'ok' then return end
         break
       end
     end
@@ -219,7 +225,7 @@ for _ = 1, tonumber(ARGV[i]) do
 end
 local queue = ARGV[i + 1] or ''
 local granted = redis.call('HGET', HK, token)
-if granted then  -- a queued search handed a freed slot: its reservation, as made then
+if granted and tonumber(split(granted)[2]) > now then  -- a queued search handed a freed slot: as made then
   unqueue(token)
   local f = split(granted)
   return {'ok', token, f[2], f[4]}

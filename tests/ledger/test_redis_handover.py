@@ -143,7 +143,7 @@ async def test_a_search_that_stops_waiting_gives_up_the_slot_reserved_for_it(
     assert await used(third) == 2  # the first search and the third: the second never sent anything
 
 
-async def test_a_cancelled_nap_gives_up_the_slot_reserved_for_it(make: Callable[[], RedisLedger]) -> None:
+async def test_a_cancelled_nap_takes_the_search_out_of_the_queue(make: Callable[[], RedisLedger]) -> None:
     first, second, third = make(), make(), make()
     ticket = await held(first)
     with anyio.move_on_after(0.3):
@@ -152,6 +152,53 @@ async def test_a_cancelled_nap_gives_up_the_slot_reserved_for_it(make: Callable[
             await nap(30)  # cancelled while queued
     await first.free_slot(ticket)
     assert isinstance(await third.reserve("tracemoe", "guest", WINDOWS), Ticket)  # it was not queued any more
+
+
+async def test_a_search_cancelled_while_it_is_being_queued_is_taken_out_of_the_queue(
+    make: Callable[[], RedisLedger],
+) -> None:
+    """Its reserve ran on the server but the answer never reached it (a deadline, a failed sibling)."""
+    first, second, third = make(), make(), make()
+    ticket = await held(first)
+    run = second._run
+
+    async def answer_lost(script: str, *args: Any) -> Any:
+        reply = await run(script, *args)
+        if script == "RESERVE":
+            await anyio.sleep(30)  # cancelled before the answer is read
+        return reply
+
+    second._run = answer_lost  # type: ignore[method-assign,assignment]
+    with anyio.move_on_after(0.3):
+        async with second.listening("tracemoe", "guest") as nap:
+            await second.reserve("tracemoe", "guest", WINDOWS, waiting=nap)
+    await first.free_slot(ticket)
+    assert isinstance(await third.reserve("tracemoe", "guest", WINDOWS), Ticket)  # nobody holds it
+    assert await used(third) == 2
+
+
+async def test_a_queued_search_refused_when_a_slot_frees_keeps_its_place(
+    make: Callable[[], RedisLedger], clock: Clock
+) -> None:
+    """The slot freed inside a busy backoff: the first queued search is woken to ask itself (and is told
+    to wait), and stays first in the queue for the next slot."""
+    first, second, third = make(), make(), make()
+    ticket = await held(first)
+    async with (
+        second.listening("tracemoe", "guest") as second_nap,
+        third.listening("tracemoe", "guest") as third_nap,
+    ):
+        assert isinstance(await second.reserve("tracemoe", "guest", WINDOWS, waiting=second_nap), Refusal)
+        assert isinstance(await third.reserve("tracemoe", "guest", WINDOWS, waiting=third_nap), Refusal)
+        await first.settle(ticket, "uncharged", busy="Concurrency limit exceeded")  # a backoff of 0.25-0.5 s
+        with anyio.fail_after(5):
+            assert await second_nap(0.9) is None  # woken, not handed the slot
+        clock.now += timedelta(seconds=1)  # the backoff is over
+        other = await held(first)
+        assert isinstance(await second.reserve("tracemoe", "guest", WINDOWS, waiting=second_nap), Refusal)
+        await first.free_slot(other)
+        with anyio.fail_after(5):
+            assert isinstance(await second_nap(0.9), Ticket)  # still first in the queue
 
 
 async def test_a_queued_search_that_no_longer_naps_is_passed_over(
