@@ -3,6 +3,7 @@ it sends without asking the ledger again (one round trip less between two search
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ import pytest
 from tests.test_router import Scripted, answer, routes
 
 from anisearch._ledger import Ledger, Refusal, Ticket, WindowSpec, open_ledger
+from anisearch._ledger._base import Nap
 from anisearch._ledger._redis import RedisLedger
 from anisearch._models import Quota, SearchResult
 from anisearch._router import Router
@@ -76,6 +78,20 @@ def counting_reserves(ledger: RedisLedger) -> list[str]:
     return calls
 
 
+@contextlib.asynccontextmanager
+async def queued(*ledgers: RedisLedger) -> AsyncIterator[list[Nap]]:
+    """Each ledger's search refused the slot held and queued for it, in this order; their naps."""
+    async with contextlib.AsyncExitStack() as stack:
+        naps = []
+        for ledger in ledgers:
+            nap = await stack.enter_async_context(ledger.listening("tracemoe", "guest"))
+            refusal = await ledger.reserve("tracemoe", "guest", WINDOWS, waiting=nap)
+            assert isinstance(refusal, Refusal)
+            assert refusal.queued
+            naps.append(nap)
+        yield naps
+
+
 async def held(ledger: Ledger) -> Ticket:
     ticket = await ledger.reserve("tracemoe", "guest", WINDOWS)
     assert isinstance(ticket, Ticket), ticket
@@ -119,8 +135,7 @@ async def test_a_slot_handed_over_after_the_nap_ended_is_taken_on_asking_again(
 ) -> None:
     first, second, third = make(), make(), make()
     ticket = await held(first)
-    async with second.listening("tracemoe", "guest") as nap:
-        assert isinstance(await second.reserve("tracemoe", "guest", WINDOWS, waiting=nap), Refusal)
+    async with queued(second) as (nap,):
         assert await nap(0.01) is None  # nothing freed yet
         clock.now += timedelta(seconds=1)
         await first.free_slot(ticket)  # reserved for the queued search, which is not napping
@@ -136,8 +151,7 @@ async def test_a_search_that_stops_waiting_gives_up_the_slot_reserved_for_it(
 ) -> None:
     first, second, third = make(), make(), make()
     ticket = await held(first)
-    async with second.listening("tracemoe", "guest") as nap:
-        assert isinstance(await second.reserve("tracemoe", "guest", WINDOWS, waiting=nap), Refusal)
+    async with queued(second):
         await first.free_slot(ticket)  # reserved for the second search, which then gives up (a deadline)
     assert isinstance(await third.reserve("tracemoe", "guest", WINDOWS), Ticket)  # the slot is free again
     assert await used(third) == 2  # the first search and the third: the second never sent anything
@@ -184,12 +198,7 @@ async def test_a_queued_search_refused_when_a_slot_frees_keeps_its_place(
     to wait), and stays first in the queue for the next slot."""
     first, second, third = make(), make(), make()
     ticket = await held(first)
-    async with (
-        second.listening("tracemoe", "guest") as second_nap,
-        third.listening("tracemoe", "guest") as third_nap,
-    ):
-        assert isinstance(await second.reserve("tracemoe", "guest", WINDOWS, waiting=second_nap), Refusal)
-        assert isinstance(await third.reserve("tracemoe", "guest", WINDOWS, waiting=third_nap), Refusal)
+    async with queued(second, third) as (second_nap, _):  # the third, queued behind the second
         await first.settle(ticket, "uncharged", busy="Concurrency limit exceeded")  # a backoff of 0.25-0.5 s
         with anyio.fail_after(5):
             assert await second_nap(0.9) is None  # woken, not handed the slot
@@ -207,8 +216,7 @@ async def test_a_queued_search_that_no_longer_naps_is_passed_over(
     """A queued search stays queued for two seconds unless it asks again (a process that died)."""
     first, second, third = make(), make(), make()
     ticket = await held(first)
-    async with second.listening("tracemoe", "guest") as nap:
-        assert isinstance(await second.reserve("tracemoe", "guest", WINDOWS, waiting=nap), Refusal)
+    async with queued(second) as (nap,):
         clock.now += timedelta(seconds=3)
         await first.free_slot(ticket)
         assert isinstance(await third.reserve("tracemoe", "guest", WINDOWS), Ticket)
@@ -222,8 +230,7 @@ async def test_a_queued_search_is_handed_no_slot_once_its_quota_is_spent(
 ) -> None:
     first, second = make(), make()
     ticket = await held(first)
-    async with second.listening("tracemoe", "guest") as nap:
-        assert isinstance(await second.reserve("tracemoe", "guest", WINDOWS, waiting=nap), Refusal)
+    async with queued(second) as (nap,):
         spent = Quota(provider="tracemoe", limit=3, used=3, observed_at=T0)
         async with anyio.create_task_group() as group:
             group.start_soon(partial(first.settle, ticket, "charged", observations=[spent]))
@@ -253,12 +260,7 @@ async def test_a_slot_freed_in_the_next_calendar_period_is_not_handed_to_a_searc
 async def test_searches_queue_in_the_order_they_were_refused(make: Callable[[], RedisLedger]) -> None:
     first, second, third = make(), make(), make()
     ticket = await held(first)
-    async with (
-        second.listening("tracemoe", "guest") as second_nap,
-        third.listening("tracemoe", "guest") as third_nap,
-    ):
-        assert isinstance(await second.reserve("tracemoe", "guest", WINDOWS, waiting=second_nap), Refusal)
-        assert isinstance(await third.reserve("tracemoe", "guest", WINDOWS, waiting=third_nap), Refusal)
+    async with queued(second, third) as (second_nap, third_nap):
         # the third asks again (its nap ended): it keeps its place behind the second
         assert isinstance(await third.reserve("tracemoe", "guest", WINDOWS, waiting=third_nap), Refusal)
         await first.free_slot(ticket)
