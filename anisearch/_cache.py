@@ -184,9 +184,9 @@ class ResultCache:
         Another process may have done so already: the cache is opened once more under the reset lock first.
         """
         try:
-            with resetting(self.path):
+            with resetting(self.path, timeout=_BUSY_TIMEOUT_MS / 1000):
                 try:
-                    return self._open()
+                    return open_waiting(self._open, _BUSY_TIMEOUT_MS / 1000)
                 except sqlite3.OperationalError:
                     raise  # locked or unreadable: nothing to move aside
                 except sqlite3.DatabaseError:

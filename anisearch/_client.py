@@ -457,9 +457,10 @@ class AsyncClient(AccountFeatures):
 
         Raises:
             UnknownProviderError: ``provider`` is not registered.
-            ProviderError: ``refresh`` and an upstream failed to answer: the first such failure, raised once
-                every other provider was asked (what they said is in the ledger; call again without
-                ``refresh`` to read it).
+            ProviderError: ``refresh`` and an upstream failed to answer; or ConfigurationError: its quota
+                request cannot be made (no URL). The first such failure, raised once every other provider
+                was asked (what they said is in the ledger: call again without ``refresh`` to read it; each
+                failure is logged, logger ``anisearch``).
             LedgerError: The ledger cannot be used.
         """
         if provider is not None and provider not in available_providers():
@@ -468,19 +469,16 @@ class AsyncClient(AccountFeatures):
         names = [provider] if provider else self._order(None)
         ledger = await self._get_ledger()
         quotas: list[Quota] = []
-        failure: ProviderError | None = None
+        failure: ProviderError | ConfigurationError | None = None
         for name in names:
             instance = self._provider(name)
             scope = self._scope(instance)
-            request = instance.quota_request() if refresh else None
-            if request is not None:
-                sent_at = ledger.now()
+            if refresh:
                 try:
-                    fresh = await self._call(instance, request, instance.parse_quota)
-                except ProviderError as exc:  # the other providers are still asked
+                    await self._refresh(instance, scope, ledger)
+                except (ProviderError, ConfigurationError) as exc:  # the other providers are still asked
+                    logger.info("%s: could not refresh the quota: %s", name, exc)
                     failure = failure or exc
-                else:
-                    await ledger.observe(name, scope, provider_windows(instance), fresh, sent_at=sent_at)
             known = await ledger.snapshot(name, self._windows)
             mine = [q for q in known if q.raw.get("scope_id") == scope]
             if not mine:
@@ -489,6 +487,14 @@ class AsyncClient(AccountFeatures):
         if failure is not None:
             raise failure
         return quotas
+
+    async def _refresh(self, provider: Provider, scope: str, ledger: Ledger) -> None:
+        """Ask ``provider``'s free quota endpoint, if it has one, and record the answer in ``ledger``."""
+        request = provider.quota_request()
+        if request is not None:
+            sent_at = ledger.now()
+            fresh = await self._call(provider, request, provider.parse_quota)
+            await ledger.observe(provider.name, scope, provider_windows(provider), fresh, sent_at=sent_at)
 
     async def _metadata_quota(self, name: str) -> list[Quota]:
         """The windows of the metadata provider ``name`` (it has no quota endpoint to refresh from)."""

@@ -114,10 +114,13 @@ def resetting(path: Path, timeout: float = 30.0) -> Iterator[None]:
     two processes doing so at once never move each other's fresh file aside.
 
     Raises:
-        OSError: The lock file cannot be made, or another process held the lock for ``timeout`` seconds
-            (``filelock.Timeout``, a ``TimeoutError``).
+        TimeoutError: Another process held the lock for ``timeout`` seconds (``filelock.Timeout``).
+        OSError: The lock file cannot be made.
     """
-    from filelock import FileLock
-
-    with FileLock(path.with_name(path.name + ".reset-lock"), timeout=timeout):
+    try:
+        from filelock import FileLock
+    except ImportError:  # an install that predates the dependency: as before it, without the lock
+        yield
+        return
+    with FileLock(path.with_name(path.name + ".reset-lock"), timeout=timeout, mode=0o600):
         yield

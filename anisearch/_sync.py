@@ -320,7 +320,8 @@ class Client:
         estimate, documented ``default``) and when the upstream last confirmed them (``observed_at``).
 
         Args:
-            provider: One provider name, or None for every configured provider.
+            provider: One provider name (a metadata provider too: ``anilist``, whose requests the ledger
+                counts in its rate window), or None for every configured provider.
             refresh: Ask the upstreams' free quota endpoints first (trace.moe ``/me``; costs no quota).
 
         Returns:
@@ -328,7 +329,9 @@ class Client:
 
         Raises:
             UnknownProviderError: ``provider`` is not registered.
-            ProviderError: ``refresh`` and an upstream failed to answer.
+            ProviderError: ``refresh`` and an upstream failed to answer; or ConfigurationError: its quota
+                request cannot be made (no URL). The first such failure, raised once every other provider
+                was asked (what they said is in the ledger: call again without ``refresh`` to read it).
             LedgerError: The ledger cannot be used.
         """
         return self._run(self._async.quota, provider, refresh=refresh)

@@ -7,6 +7,7 @@ import logging
 import os
 import sqlite3
 import stat
+import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -141,6 +142,18 @@ async def test_a_cache_rebuilt_by_another_process_meanwhile_is_used_as_it_is(
     assert await cache.get("k") is not None  # opened as it is, not moved aside again
     assert not path.with_name("c.sqlite3.damaged-2").exists()
     assert warnings_of(caplog) == []
+
+
+async def test_a_broken_cache_is_rebuilt_without_filelock_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "filelock", None)  # an install that predates the dependency
+    path = tmp_path / "c.sqlite3"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    cache = ResultCache(path, ttl_seconds=60)
+    assert cache.usable
+    await cache.put("k", result(None))
+    assert await cache.get("k") is not None
 
 
 async def test_a_file_that_is_not_sqlite_is_never_deleted_and_the_cache_is_skipped(

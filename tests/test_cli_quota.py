@@ -78,6 +78,23 @@ def test_a_refresh_that_fails_still_shows_what_the_ledger_knows(monkeypatch: pyt
     assert {q["window"] for q in json.loads(done.stdout)} == {"rolling-24h", "minute"}
 
 
+def test_a_refresh_says_which_providers_could_not_be_asked_and_shows_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe,whatanime-ga")  # whatanime-ga without a URL
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", f"http://127.0.0.1:{port}")
+    done = run_in_process("quota", "--refresh", "--json")
+    assert done.returncode == 4  # the first failure's: tracemoe cannot be reached
+    errors = [line for line in done.stderr.splitlines() if line.startswith("anisearch: error:")]
+    assert len(errors) == 2
+    assert errors[0].startswith("anisearch: error: could not refresh: tracemoe: cannot reach")
+    assert "whatanime-ga" in errors[1]
+    assert {q["provider"] for q in json.loads(done.stdout)} == {"tracemoe", "whatanime-ga"}
+
+
 def test_a_reset_of_an_unknown_provider_forgets_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
     done = run_in_process("quota", "nope", "--reset", "--yes")

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -30,6 +31,7 @@ from anisearch._ledger import (
     scope_id,
 )
 from anisearch._ledger import _doorbell as doorbell
+from anisearch._ledger import _sqlite as sqlite_backend
 from anisearch._ledger._base import holder_is_dead, this_holder
 from anisearch._ledger._windows import from_us, period_bounds
 from anisearch._models import Quota
@@ -819,6 +821,35 @@ async def test_two_resets_at_once_never_move_the_fresh_ledger_aside(tmp_path: Pa
     assert isinstance(await second.reserve("tracemoe", "api-key:0123456789abcdef", TRACEMOE), Ticket)
     await first.aclose()
     await second.aclose()
+
+
+async def test_a_reset_waiting_for_another_process_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xa5" * 8192)
+    ledger = open_ledger(f"sqlite:///{path}")
+    monkeypatch.setattr(sqlite_backend, "resetting", partial(resetting, timeout=0.2))
+    with resetting(path), pytest.raises(LedgerError, match="being started afresh by another process"):
+        await ledger.clear()  # the other process holds the lock past the timeout
+    await ledger.clear()  # once it let go
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
+    assert stat.S_IMODE(path.with_name("ledger.sqlite3.reset-lock").stat().st_mode) == 0o600
+    await ledger.aclose()
+
+
+async def test_a_reset_without_filelock_installed_still_starts_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An environment upgraded without reinstalling lacks the new dependency: the reset works as before."""
+    monkeypatch.setitem(sys.modules, "filelock", None)  # import filelock fails
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xa5" * 8192)
+    ledger = open_ledger(f"sqlite:///{path}")
+    await ledger.clear()
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
+    assert path.with_name("ledger.sqlite3.damaged").exists()
+    await ledger.aclose()
 
 
 async def test_a_file_that_is_not_a_ledger_is_never_offered_for_deletion(tmp_path: Path) -> None:

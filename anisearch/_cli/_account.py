@@ -6,6 +6,7 @@
 
 import getpass
 import sys
+from functools import partial
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -31,10 +32,11 @@ from anisearch._cli._common import (
     waiting,
     when,
 )
-from anisearch._exceptions import AnisearchError, ProviderError
+from anisearch._exceptions import AnisearchError, ConfigurationError, ProviderError
 
 if TYPE_CHECKING:
     from anisearch._models import Quota
+    from anisearch._sync import Client
 
 PERIODS = ("daily", "weekly", "monthly", "yearly", "all")
 
@@ -93,20 +95,29 @@ def quota(
                 raise typer.Exit(EXIT_USAGE)
             client.reset_quota(provider)
             err().print(f"anisearch: the ledger forgot {what} ({ledger})", markup=False, highlight=False)
-        failed = 0
-        try:
-            quotas = waiting("asking…", lambda: client.quota(provider, refresh=refresh))
-        except ProviderError as exc:
-            if not refresh:
-                raise
-            # What the ledger knows still shows, after the one line saying the upstream did not answer.
-            say_error(f"could not refresh: {describe(exc)}", hint_for(exc))
-            failed = exit_code(exc)
-            quotas = client.quota(provider)
+        failed = _refresh(client, provider) if refresh else 0
+        quotas = client.quota(provider)
     err().print(f"ledger: {ledger}", markup=False, highlight=False)
     _show_quotas(quotas, as_json=as_json)
     if failed:
         raise typer.Exit(failed)
+
+
+def _refresh(client: "Client", provider: str | None) -> int:
+    """Ask each provider's free quota endpoint (or ``provider``'s); one error line per provider that could
+    not be asked, and the exit code of the first (0 when none failed). What the ledger knows still shows."""
+    if provider is None:
+        names = [i.name for i in client.providers() if i.enabled and "metadata" not in i.capabilities]
+    else:
+        names = [provider]
+    failed = 0
+    for name in names:
+        try:
+            waiting(f"asking {name}…", partial(client.quota, name, refresh=True))
+        except (ProviderError, ConfigurationError) as exc:
+            say_error(f"could not refresh: {describe(exc)}", hint_for(exc))
+            failed = failed or exit_code(exc)
+    return failed
 
 
 def _show_quotas(quotas: "list[Quota]", *, as_json: bool) -> None:

@@ -26,7 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
-from anisearch._exceptions import ConfigurationError
+from anisearch._exceptions import ConfigurationError, LedgerError
 from anisearch._ledger._logic import (
     Refusal,
     ReserveRequest,
@@ -463,7 +463,12 @@ class Ledger(abc.ABC):
         )
         if waiting is not None and queue:  # before the step: a search cancelled during it is withdrawn
             waiting._queued(token, lease_seconds, tuple(windows))  # noqa: SLF001 - the nap's own state
-        result = await self._reserve(provider, scope, request)
+        try:
+            result = await self._reserve(provider, scope, request)
+        except LedgerError:
+            if waiting is not None and queue:
+                waiting.token = None  # the store failed: there is no queue to leave
+            raise
         if waiting is not None and queue and not (isinstance(result, Refusal) and result.queued):
             waiting.token = None  # admitted, or refused for another reason: no longer in the queue
         if isinstance(result, (Refusal, Stale)):

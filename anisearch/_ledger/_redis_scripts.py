@@ -196,6 +196,8 @@ local function grant_or_wake(now)
         end
         redis.call('LPUSH', QK, token)  -- it keeps its place, and is woken to ask itself
         redis.call('HSET', QR, token, raw)
+        redis.call('PEXPIRE', QK, 60000)
+        redis.call('PEXPIRE', QR, 60000)
         redis.call('RPUSH', GK, '')
         redis.call('PEXPIRE', GK, 60000)
         break

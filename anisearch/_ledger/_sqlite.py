@@ -277,6 +277,12 @@ class SQLiteLedger(Ledger):
                     if not self._still_damaged():  # another process started it afresh meanwhile: keep theirs
                         return
                     set_aside(self.path)
+            except TimeoutError as exc:
+                raise LedgerError(
+                    f"the quota ledger {self.path} is being started afresh by another process, which has not "
+                    "finished; try again",
+                    ledger=self.url,
+                ) from exc
             except OSError as exc:
                 raise self._error(exc) from exc
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from tests.test_router import Scripted, answer, routes
 
+from anisearch._exceptions import LedgerError
 from anisearch._ledger import Ledger, Refusal, Ticket, WindowSpec, open_ledger
 from anisearch._ledger._base import Nap
 from anisearch._ledger._redis import RedisLedger
@@ -312,3 +313,22 @@ async def test_a_search_waiting_in_another_process_sends_on_the_slot_handed_to_i
     assert [r.provider for r in results] == ["one", "one"]
     # refused once without waiting, once queued; then handed the slot, with no reserve of its own
     assert reserves == ["RESERVE", "RESERVE"]
+
+
+async def test_a_search_whose_queueing_failed_has_nothing_to_withdraw(
+    make: Callable[[], RedisLedger], caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = make(), make()
+    await held(first)
+    calls: list[str] = []
+
+    async def down(script: str, *args: Any) -> Any:
+        calls.append(script)
+        raise LedgerError("the quota ledger cannot be used (ConnectionError)", ledger=second.url)
+
+    second._run = down  # type: ignore[method-assign,assignment]
+    async with second.listening("tracemoe", "guest") as nap:
+        with pytest.raises(LedgerError):
+            await second.reserve("tracemoe", "guest", WINDOWS, waiting=nap)
+    assert calls == ["RESERVE"]  # nothing sent to withdraw it: it was never queued
+    assert "stays queued" not in caplog.text
