@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -14,6 +17,7 @@ import anyio.lowlevel
 import httpcore
 import httpx
 import pytest
+import trustme
 from PIL import Image
 
 from anisearch import (
@@ -1100,3 +1104,79 @@ async def test_a_search_cancelled_while_its_proxy_tunnel_opens_spent_nothing(led
     with anyio.move_on_after(0.2):
         await Router(ledger, upstream, wait_seconds=1).search(windowed(Scripted("one"), windows=windows))
     assert (await ledger.snapshot("one", lambda _: windows))[0].used == 0  # never sent: not counted
+
+
+class SlowUpstream:
+    """An HTTP/1.1 server taking 0.2 s per request; ``most``: the most requests it worked on at once."""
+
+    def __init__(self) -> None:
+        self.in_flight = self.most = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).lower()
+                length = head.partition(b"content-length:")[2].split(b"\r\n")[0]
+                await reader.readexactly(int(length or 0))
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+                await asyncio.sleep(0.2)
+                self.in_flight -= 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+
+
+async def connect_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An HTTPS proxy: answers a ``CONNECT 127.0.0.1:port``, then pipes bytes both ways."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    port = int(head.split(b" ")[1].rsplit(b":", 1)[1])
+    upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    await writer.drain()
+
+    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        sink.close()
+
+    await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+
+async def test_through_a_real_https_proxy_one_slot_means_one_search_at_the_upstream(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """End to end over loopback: an HTTPS upstream that takes 200 ms per search, reached through a CONNECT
+    proxy (``HTTPS_PROXY``) by the real transport. The proxy's "Connection established" is not the answer:
+    the slot is handed over only at the upstream's, so three searches on one slot never overlap there."""
+    authority = trustme.CA()
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(served)
+    slow = SlowUpstream()
+    upstream = await asyncio.start_server(slow, "127.0.0.1", 0, ssl=served)
+    proxy = await asyncio.start_server(connect_proxy, "127.0.0.1", 0)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    provider = Scripted("one", *[answer("one", 0.9)] * 3)
+    provider.base_url = f"https://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
+    transport = ProviderTransport(10.0)
+    the_router = Router(ledger, transport.send, wait_seconds=10, lease_seconds=10)
+    answered: list[str | None] = []
+
+    async def one() -> None:
+        answered.append((await the_router.search(routes(provider))).provider)
+
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(one)
+    finally:
+        await transport.aclose()
+        proxy.close()
+        upstream.close()
+    assert answered == ["one"] * 3
+    assert slow.most == 1
