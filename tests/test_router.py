@@ -51,7 +51,7 @@ from anisearch._ledger._windows import to_us
 from anisearch._limits import search_deadline
 from anisearch._plan import PlannedQuery, Route
 from anisearch._router import Router, merge_hits
-from anisearch._transport import ProviderTransport
+from anisearch._transport import ProviderTransport, tls_context
 
 pytestmark = pytest.mark.anyio
 
@@ -1126,6 +1126,32 @@ class SlowUpstream:
                 await writer.drain()
 
 
+class Connections:
+    """The connections of a test's asyncio servers: each closed when its handler ends, and the test waits
+    for every handler before its event loop closes."""
+
+    def __init__(self) -> None:
+        self.handlers: set[asyncio.Task[object]] = set()
+
+    def __call__(
+        self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self.handlers.add(task)
+            try:
+                await handler(reader, writer)
+            finally:
+                writer.close()
+
+        return tracked
+
+    async def closed(self) -> None:
+        if self.handlers:
+            await asyncio.wait(self.handlers, timeout=5)
+
+
 async def connect_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """An HTTPS proxy: answers a ``CONNECT 127.0.0.1:port``, then pipes bytes both ways."""
     head = await reader.readuntil(b"\r\n\r\n")
@@ -1154,15 +1180,16 @@ async def test_through_a_real_https_proxy_one_slot_means_one_search_at_the_upstr
     authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     authority.issue_cert("127.0.0.1").configure_cert(served)
-    slow = SlowUpstream()
-    upstream = await asyncio.start_server(slow, "127.0.0.1", 0, ssl=served)
-    proxy = await asyncio.start_server(connect_proxy, "127.0.0.1", 0)
+    slow, connections = SlowUpstream(), Connections()
+    upstream = await asyncio.start_server(connections(slow), "127.0.0.1", 0, ssl=served)
+    proxy = await asyncio.start_server(connections(connect_proxy), "127.0.0.1", 0)
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     provider = Scripted("one", *[answer("one", 0.9)] * 3)
     provider.base_url = f"https://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
+    tls_context.cache_clear()  # the process's one TLS context, made again with the test CA
     transport = ProviderTransport(10.0)
     the_router = Router(ledger, transport.send, wait_seconds=10, lease_seconds=10)
     answered: list[str | None] = []
@@ -1178,5 +1205,7 @@ async def test_through_a_real_https_proxy_one_slot_means_one_search_at_the_upstr
         await transport.aclose()
         proxy.close()
         upstream.close()
+        await connections.closed()
+        tls_context.cache_clear()  # the next test's is made from the usual certificates
     assert answered == ["one"] * 3
     assert slow.most == 1
