@@ -57,8 +57,8 @@ def quota(
         str | None,
         typer.Argument(
             metavar="PROVIDER",
-            help="tracemoe, whatanimeisthis, whatanime-ga, or anilist (the metadata provider); all "
-            "configured ones by default.",
+            help="tracemoe, whatanimeisthis, whatanime-ga, or anilist (the metadata provider); every "
+            "configured search provider by default.",
         ),
     ] = None,
     refresh: Annotated[bool, typer.Option("--refresh", help="Ask the free quota endpoints first.")] = False,
