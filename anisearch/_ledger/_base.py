@@ -440,8 +440,8 @@ class Ledger(abc.ABC):
                 f"reserve() needs slots >= 1 and lease_seconds > 0, got {slots}, {lease_seconds}"
             )
         now = self.now()
-        queue = waiting is not None and self.hands_over and take_slot
-        token = waiting.token if queue and waiting is not None and waiting.token else secrets.token_hex(12)
+        queued = waiting if waiting is not None and self.hands_over and take_slot else None
+        token = queued.token if queued is not None and queued.token else secrets.token_hex(12)
         lease_until = now + timedelta(seconds=lease_seconds)
         args = self._args(windows, now)
         request = ReserveRequest(
@@ -458,19 +458,19 @@ class Ledger(abc.ABC):
             queue_until=min(
                 [to_us(now) + round(QUEUE_SECONDS * 1_000_000)] + [a.leave for a in args if not a.span]
             )
-            if queue
+            if queued is not None
             else 0,
         )
-        if waiting is not None and queue:  # before the step: a search cancelled during it is withdrawn
-            waiting._queued(token, lease_seconds, tuple(windows))  # noqa: SLF001 - the nap's own state
+        if queued is not None:  # before the step: a search cancelled during it is withdrawn
+            queued._queued(token, lease_seconds, tuple(windows))  # noqa: SLF001 - the nap's own state
         try:
             result = await self._reserve(provider, scope, request)
         except LedgerError:
-            if waiting is not None and queue:
-                waiting.token = None  # the store failed: there is no queue to leave
+            if queued is not None:
+                queued.token = None  # the store failed: there is no queue to leave
             raise
-        if waiting is not None and queue and not (isinstance(result, Refusal) and result.queued):
-            waiting.token = None  # admitted, or refused for another reason: no longer in the queue
+        if queued is not None and not (isinstance(result, Refusal) and result.queued):
+            queued.token = None  # admitted, or refused for another reason: no longer in the queue
         if isinstance(result, (Refusal, Stale)):
             return result
         if result.reserved_at:  # a slot handed over to this queued search while it asked again

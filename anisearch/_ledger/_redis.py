@@ -93,17 +93,12 @@ class _QueuedNap(Nap):
     async def __call__(self, seconds: float) -> Ticket | None:
         if self.token is None:
             return await super().__call__(seconds)
-        from redis.exceptions import RedisError
-
         ps = f"{self.provider}|{self.scope}"
         handed = f"{PREFIX}g:{ps}:{self.token}"
-        try:  # at most a second, as RedisLedger.wait
-            reply = await self._ledger._redis.blpop(  # noqa: SLF001 - the nap of this ledger
+        with self._ledger._unusable():  # noqa: SLF001 - the nap of this ledger
+            reply = await self._ledger._redis.blpop(  # noqa: SLF001 - at most a second, as RedisLedger.wait
                 [handed, f"{PREFIX}wake:{ps}"], timeout=min(max(seconds, 0.01), 1.0)
             )
-        except (RedisError, OSError) as exc:
-            url = self._ledger.url
-            raise LedgerError(f"the quota ledger {url} cannot be used ({exc})", ledger=url) from exc
         if reply is None:
             return None
         if reply[0] != handed:  # a slot freed for the searches not queued: they may go on too

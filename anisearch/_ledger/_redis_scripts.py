@@ -189,17 +189,14 @@ local function grant_or_wake(now)
         end
         local reply = reserve_now(now, token, r.holder, now + r.lease, r.slots, true, r.trust, {}, windows)
         local GK = P .. 'g:' .. PS .. ':' .. token
-        if reply[1] == 'ok' then
-          redis.call('RPUSH', GK, fmt(now))
-          redis.call('PEXPIRE', GK, 60000)
-          return
-        end
-        redis.call('LPUSH', QK, token)  -- it keeps its place, and is woken to ask itself
+        local ok = reply[1] == 'ok'
+        redis.call('RPUSH', GK, ok and fmt(now) or '')  -- the instant reserved, or '' to ask itself
+        redis.call('PEXPIRE', GK, 60000)
+        if ok then return end
+        redis.call('LPUSH', QK, token)  -- refused: it keeps its place
         redis.call('HSET', QR, token, raw)
         redis.call('PEXPIRE', QK, 60000)
         redis.call('PEXPIRE', QR, 60000)
-        redis.call('RPUSH', GK, '')
-        redis.call('PEXPIRE', GK, 60000)
         break
       end
     end
