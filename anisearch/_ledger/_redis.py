@@ -4,8 +4,9 @@ Needs the ``redis`` extra (``pip install 'anisearch-gateway[redis]'``). Reserve,
 inspect are one Lua script call each (``_redis_scripts.py``): atomic on the server, one round trip. A search
 refused a slot is queued (``reserve(waiting=nap)``): the settle or free that frees a slot anywhere in the
 fleet reserves it for the search queued first, in the same script, and announces it on that search's own
-list, where its nap blocks (``BLPOP``); the search then sends at once, without a reserve of its own. A search
-not queued blocks on the scope's wake list instead. Keys live under ``anisearch:ledger:``.
+list, where its nap blocks (``BLPOP``); the search then sends at once, without a reserve of its own. A
+reserve that finds slots freed without such a step (a lapsed lease, a dead holder) hands them to the queue
+first. A search not queued blocks on the scope's wake list instead. Keys live under ``anisearch:ledger:``.
 
 Times come from the workers' clocks (keep them in sync with NTP), so one injected clock drives a test.
 """

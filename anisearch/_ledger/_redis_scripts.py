@@ -86,11 +86,9 @@ local function remove_unit(name, member)
   redis.call('ZREM', uk(name), member)
   redis.call('SREM', pk(name), member)
 end
-local function reserve_now(now, token, holder, lease_until, slots, take_slot, trust, dead, windows)
-  -- _logic.reserve; returns the reply: {'ok', token}, {'stale', window} or
-  -- {'refused', kind, until, reason, window, holders}
-  redis.call('SADD', P .. 'scopes', PS)
-  -- 1. expire lapsed or dead reservations: their units stay counted, their slot frees
+local function expire(now, dead, windows)
+  -- _logic.reserve step 1: reservations whose lease lapsed or whose holder is dead end (their units stay
+  -- counted); returns the live ones that hold a slot, as {holder, lease_until}
   local held = redis.call('HGETALL', HK)
   local holding = {}
   for j = 1, #held, 2 do
@@ -102,6 +100,14 @@ local function reserve_now(now, token, holder, lease_until, slots, take_slot, tr
       holding[#holding + 1] = {holder = f[1], lease_until = tonumber(f[2])}
     end
   end
+  return holding
+end
+local function reserve_now(now, token, holder, lease_until, slots, take_slot, trust, dead, windows)
+  -- _logic.reserve; returns the reply: {'ok', token}, {'stale', window} or
+  -- {'refused', kind, until, reason, window, holders}
+  redis.call('SADD', P .. 'scopes', PS)
+  -- 1. expire lapsed or dead reservations: their units stay counted, their slot frees
+  local holding = expire(now, dead, windows)
   -- 2. cooldown (told after the windows: a spent window that frees later is the longer wait)
   local scope = redis.call('HMGET', SK, 'cooldown_until', 'cooldown_reason', 'cooldown_kind', 'concurrency')
   local cooldown = num(scope[1]) or 0
@@ -168,10 +174,10 @@ local QK, QR = P .. 'q:' .. PS, P .. 'qr:' .. PS
 local function unqueue(token)  -- the search no longer waits in the queue
   if redis.call('HDEL', QR, token) == 1 then redis.call('LREM', QK, 1, token) end
 end
-local function grant_or_wake(now)
-  -- A slot freed: reserve it for the search queued first (its nap then returns the ticket without
-  -- asking again), else wake one search blocked on the scope's wake list. A queued search refused for
-  -- another reason (a window spent meanwhile, a cooldown, an estimate to confirm) is woken to ask itself.
+local function grant_first(now)
+  -- A slot is free: reserve it for the search queued first (its nap then returns the ticket without
+  -- asking again); true if one was handed it. A queued search refused for another reason (a window spent
+  -- meanwhile, a cooldown, an estimate to confirm) is woken to ask itself, and keeps its place.
   for _ = 1, 64 do
     local token = redis.call('LPOP', QK)
     if not token then break end
@@ -192,16 +198,20 @@ local function grant_or_wake(now)
         local ok = reply[1] == 'ok'
         redis.call('RPUSH', GK, ok and fmt(now) or '')  -- the instant reserved, or '' to ask itself
         redis.call('PEXPIRE', GK, 60000)
-        if ok then return end
+        if ok then return true end
         redis.call('LPUSH', QK, token)  -- refused: it keeps its place
         redis.call('HSET', QR, token, raw)
         redis.call('PEXPIRE', QK, 60000)
         redis.call('PEXPIRE', QR, 60000)
-        break
+        return false
       end
     end
   end
-  wake_one()
+  return false
+end
+local function grant_or_wake(now)
+  -- A slot freed: to the search queued first, else wake one search blocked on the scope's wake list.
+  if not grant_first(now) then wake_one() end
 end
 """
 
@@ -223,11 +233,23 @@ for _ = 1, tonumber(ARGV[i]) do
   i = i + 6
 end
 local queue = ARGV[i + 1] or ''
-local granted = redis.call('HGET', HK, token)
-if granted and tonumber(split(granted)[2]) > now then  -- a queued search handed a freed slot: as made then
+local function granted()  -- a queued search handed a freed slot: the reservation as made then
+  local raw = redis.call('HGET', HK, token)
+  if not raw or tonumber(split(raw)[2]) <= now then return nil end
   unqueue(token)
-  local f = split(granted)
+  redis.call('DEL', P .. 'g:' .. PS .. ':' .. token)
+  local f = split(raw)
   return {'ok', token, f[2], f[4]}
+end
+local handed = granted()
+if handed then return handed end
+if take_slot and redis.call('LLEN', QK) > 0 then
+  -- Slots freed without a settle or free (a lapsed lease, a holder known dead) go to the searches queued
+  -- first, as a settle would have handed them: a search asking now does not overtake the queue.
+  local free = (num(redis.call('HGET', SK, 'concurrency')) or slots) - #expire(now, dead, windows)
+  while free > 0 and grant_first(now) do free = free - 1 end
+  handed = granted()  -- this search may have been the first in the queue
+  if handed then return handed end
 end
 local reply = reserve_now(now, token, holder, lease_until, slots, take_slot, trust, dead, windows)
 if reply[1] == 'refused' and reply[2] == 'concurrency' and queue ~= '' then

@@ -204,11 +204,59 @@ async def test_a_queued_search_refused_when_a_slot_frees_keeps_its_place(
         with anyio.fail_after(5):
             assert await second_nap(0.9) is None  # woken, not handed the slot
         clock.now += timedelta(seconds=1)  # the backoff is over
-        other = await held(first)
-        assert isinstance(await second.reserve("tracemoe", "guest", WINDOWS, waiting=second_nap), Refusal)
-        await first.free_slot(other)
+        assert isinstance(await first.reserve("tracemoe", "guest", WINDOWS), Refusal)  # no overtaking
         with anyio.fail_after(5):
             assert isinstance(await second_nap(0.9), Ticket)  # still first in the queue
+
+
+async def test_a_slot_whose_lease_lapsed_goes_to_the_search_queued_first(
+    make: Callable[[], RedisLedger], clock: Clock
+) -> None:
+    """The holder never settles (its process hangs): once its lease lapses, the next search to ask does not
+    take the slot ahead of the queue; the search queued first is handed it."""
+    first, second, third = make(), make(), make()
+    stuck = await first.reserve("tracemoe", "guest", WINDOWS, lease_seconds=1)
+    assert isinstance(stuck, Ticket)
+    async with queued(second) as (nap,):
+        clock.now += timedelta(seconds=1.5)  # the lease lapsed; the second is still queued (for 2 s)
+        refusal = await third.reserve("tracemoe", "guest", WINDOWS)
+        assert isinstance(refusal, Refusal)
+        assert refusal.kind == "concurrency"
+        with anyio.fail_after(5):
+            handed = await nap(0.9)
+        assert isinstance(handed, Ticket)
+        assert handed.reserved_at == clock.now
+    assert await used(third) == 2  # the lapsed search still counts; the third was never counted
+
+
+async def test_a_slot_of_a_dead_holder_goes_to_the_search_queued_first(
+    make: Callable[[], RedisLedger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second, third = make(), make(), make()
+    monkeypatch.setattr("anisearch._ledger._base.this_holder", lambda: "host:1:1")  # a process that died
+    await held(first)
+    monkeypatch.undo()
+    async with queued(second) as (nap,):
+        refusal = await third.reserve("tracemoe", "guest", WINDOWS, dead_holders=frozenset({"host:1:1"}))
+        assert isinstance(refusal, Refusal)
+        assert refusal.kind == "concurrency"
+        with anyio.fail_after(5):
+            assert isinstance(await nap(0.9), Ticket)
+
+
+async def test_the_search_queued_first_is_handed_a_lapsed_slot_when_it_asks_again(
+    make: Callable[[], RedisLedger], clock: Clock
+) -> None:
+    first, second, third = make(), make(), make()
+    stuck = await first.reserve("tracemoe", "guest", WINDOWS, lease_seconds=1)
+    assert isinstance(stuck, Ticket)
+    async with queued(second, third) as (second_nap, third_nap):
+        clock.now += timedelta(seconds=1.5)
+        assert isinstance(await third.reserve("tracemoe", "guest", WINDOWS, waiting=third_nap), Refusal)
+        ticket = await second.reserve("tracemoe", "guest", WINDOWS, waiting=second_nap)
+        assert isinstance(ticket, Ticket)
+        assert ticket.reserved_at == clock.now
+        assert await second_nap(0.01) is None  # nothing left announced for it
 
 
 async def test_a_queued_search_that_no_longer_naps_is_passed_over(
