@@ -24,7 +24,7 @@ import anyio.to_thread
 from pydantic import ValidationError
 
 from anisearch._models import Anime
-from anisearch._sqlite_busy import replaceable
+from anisearch._sqlite_busy import replaceable, resetting
 
 __all__ = ["AnimeCache"]
 
@@ -68,11 +68,20 @@ class AnimeCache:
             self._warn(exc)
 
     def _rebuild(self, problem: BaseException) -> sqlite3.Connection | None:
+        """Delete a broken metadata cache and start an empty one, under the reset lock: another process may
+        have started it afresh already (its fresh file is kept); None (after one warning) when that fails."""
         try:
-            for tail in ("", "-wal", "-shm", "-journal"):
-                self.path.with_name(self.path.name + tail).unlink(missing_ok=True)
-            db = self._open()
-        except (OSError, sqlite3.Error) as exc:
+            with resetting(self.path, timeout=10):
+                try:
+                    return self._open()
+                except sqlite3.OperationalError:
+                    raise  # locked or unreadable: nothing to delete
+                except sqlite3.DatabaseError:
+                    pass
+                for tail in ("", "-wal", "-shm", "-journal"):
+                    self.path.with_name(self.path.name + tail).unlink(missing_ok=True)
+                db = self._open()
+        except (OSError, sqlite3.Error) as exc:  # TimeoutError (the reset lock) is an OSError
             self._warn(f"{problem}; rebuilding it failed too: {exc}")
             return None
         logger.warning("the metadata cache %s was unusable (%s); started an empty one", self.path, problem)

@@ -442,13 +442,34 @@ class ResultCache:
                 self._db = None
             if foreign(self.path, zeroed_ours=True):
                 return 0
-            with contextlib.suppress(OSError):
-                set_aside(self.path)
             try:
-                self._db = self._open()
-            except (OSError, sqlite3.Error) as exc:
+                self._db = self._started_afresh()
+            except (OSError, sqlite3.Error) as exc:  # TimeoutError (the reset lock) is an OSError
                 self._db = None
                 self._warn(exc)
             else:
                 self.problem = None
             return 0
+
+    def _started_afresh(self) -> sqlite3.Connection:
+        """An empty cache in place of one that could not be emptied, under the reset lock: the file is opened
+        and emptied once more first, in case another process started it afresh meanwhile (its fresh file is
+        not moved aside), else moved aside as ``<name>.damaged``."""
+        with resetting(self.path, timeout=_BUSY_TIMEOUT_MS / 1000):
+            try:
+                db = self._open()
+            except sqlite3.OperationalError:
+                raise  # locked or unreadable: nothing to move aside
+            except sqlite3.DatabaseError:
+                pass
+            else:
+                try:
+                    db.execute("DELETE FROM results")
+                    db.execute("DELETE FROM sources")
+                except sqlite3.Error:
+                    db.close()
+                else:
+                    return db
+            with contextlib.suppress(OSError):
+                set_aside(self.path)
+            return self._open()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import stat
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from anisearch._anime_cache import AnimeCache
 from anisearch._models import Anime, Title
+from anisearch._sqlite_busy import resetting
 
 KOKORO = Anime(anilist_id=11887, mal_id=11887, title=Title(romaji="Kokoro Connect"), is_adult=False)
 
@@ -40,6 +42,29 @@ def test_a_corrupt_file_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert "started an empty one" in caplog.text
     anyio.run(partial(cache.put, "anilist", {11887: KOKORO}, ttl_seconds=60.0))
     assert anyio.run(cache.get, "anilist", [11887]) == {11887: KOKORO}
+
+
+def test_a_cache_another_process_started_afresh_meanwhile_is_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "anime.sqlite3"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    fresh = AnimeCache(tmp_path / "fresh.sqlite3")  # the other process's new cache, with an answer in it
+    anyio.run(partial(fresh.put, "anilist", {11887: KOKORO}, ttl_seconds=60.0))
+    fresh.close()
+    opened: list[AnimeCache] = []
+    with resetting(path):  # the other process is starting it afresh
+        opening = threading.Thread(target=lambda: opened.append(AnimeCache(path)))
+        opening.start()
+        opening.join(0.3)
+        assert opening.is_alive()  # waits for the other's reset
+        (tmp_path / "fresh.sqlite3").replace(path)
+    opening.join(10)
+    (cache,) = opened
+    assert cache.usable
+    assert anyio.run(cache.get, "anilist", [11887]) == {11887: KOKORO}  # kept, not deleted again
+    assert "started an empty one" not in caplog.text
+    cache.close()
 
 
 def test_an_unusable_place_warns_once_and_caches_nothing(

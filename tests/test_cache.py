@@ -217,6 +217,33 @@ def test_clear_always_succeeds(tmp_path: Path) -> None:
     assert unusable.clear() == 0
 
 
+async def test_clear_keeps_a_cache_another_process_started_afresh_meanwhile(tmp_path: Path) -> None:
+    """Two "anisearch cache clear" of a damaged cache at once: the second clears the fresh cache the first
+    made, and does not move it aside (the first's open connection would write into the moved file)."""
+    path = tmp_path / "c.sqlite3"
+    cache = ResultCache(path, ttl_seconds=60)
+    cache.close()
+    path.write_bytes(b"SQLite format 3\x00" + b"garbage" * 1000)
+    fresh = ResultCache(tmp_path / "fresh.sqlite3", ttl_seconds=60)  # the other process's fresh cache
+    await fresh.put("k", result(None))
+    fresh.close()
+    with resetting(path):  # the other process is starting it afresh
+        clearing = threading.Thread(target=lambda: cleared.append(cache.clear()))
+        cleared: list[int] = []
+        clearing.start()
+        clearing.join(0.3)
+        assert clearing.is_alive()  # waits for the other's reset
+        set_aside(path)
+        (tmp_path / "fresh.sqlite3").replace(path)
+    clearing.join(10)
+    assert cleared == [0]
+    assert cache.usable
+    assert not path.with_name("c.sqlite3.damaged-2").exists()  # the fresh file stayed in place
+    first = ResultCache(path, ttl_seconds=60)
+    assert first.info().entries == 0  # and was emptied: the other process sees it cleared
+    first.close()
+
+
 def test_the_cache_file_and_its_directory_are_private(tmp_path: Path) -> None:
     path = tmp_path / "new" / "dir" / "c.sqlite3"
     os.umask(0o022)
