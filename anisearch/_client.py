@@ -8,11 +8,12 @@ Account features are in ``_account``, provider HTTP in ``_transport``, user URLs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -71,6 +72,9 @@ V = TypeVar("V")
 
 logger = logging.getLogger("anisearch")
 
+_CLOSE_WAIT_SECONDS = 5.0
+"""How long :meth:`AsyncClient.aclose` waits for the searches it ended to record what they had sent."""
+
 
 def _guarded(callback: Callable[[V], None] | None, name: str) -> Callable[[V], None] | None:
     """``callback``, its exceptions logged instead of raised (see :class:`AsyncClient`)."""
@@ -128,6 +132,8 @@ class AsyncClient(AccountFeatures):
         self._cache_opened = False
         self._flights = Flights()
         self._closed = False
+        self._working: dict[anyio.CancelScope, int] = {}  # the searches and calls in flight: their task
+        self._drained: anyio.Event | None = None  # set once aclose() no longer waits for any of them
         self._enricher: Enricher | None = None
         self._settle_first: set[str] = set()  # providers whose slot is handed over at settle (the router)
         self.api_keys = AsyncApiKeys(self._account_provider, self._call)
@@ -150,10 +156,16 @@ class AsyncClient(AccountFeatures):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pools, the cache and the ledger; closing twice is harmless."""
+        """Close the connection pools, the cache and the ledger; closing twice is harmless.
+
+        Searches and calls still running on the client end first, each with :class:`ClientClosedError`
+        (what a search had already sent stays counted in the ledger, as the upstream counts it); closing
+        waits for them to record that, at most :data:`_CLOSE_WAIT_SECONDS`.
+        """
         if self._closed:
             return
         self._closed = True
+        await self._end_work()
         await self._transport.aclose()
         await self._downloader.aclose()
         if isinstance(self._cache, RedisResultCache):
@@ -165,6 +177,39 @@ class AsyncClient(AccountFeatures):
         if self._ledger is not None:
             await self._ledger.aclose()
             self._ledger = None
+
+    @contextlib.contextmanager
+    def _work(self) -> Iterator[None]:
+        """Run a search or call as work in flight, which :meth:`aclose` ends with :class:`ClientClosedError`.
+
+        Raises:
+            ClientClosedError: The client is closed, or was closed while the work ran.
+        """
+        self._check_open()
+        with anyio.CancelScope() as scope:
+            self._working[scope] = id(anyio.get_current_task())
+            try:
+                yield
+            finally:
+                del self._working[scope]
+                if not self._working and self._drained is not None:
+                    self._drained.set()
+        if scope.cancelled_caught:  # only aclose() cancels this scope
+            raise ClientClosedError("the client was closed while this search or call was running")
+
+    async def _end_work(self) -> None:
+        """Cancel the work in flight of other tasks and wait (shielded, bounded) until each settled."""
+        this = id(anyio.get_current_task())
+        others = [scope for scope, task in self._working.items() if task != this]
+        if not others:
+            return
+        self._drained = anyio.Event()
+        for scope in others:
+            scope.cancel()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WAIT_SECONDS):
+            while any(task != this for task in self._working.values()):
+                await self._drained.wait()
+                self._drained = anyio.Event()
 
     # ------------------------------------------------------------------ providers and state
 
@@ -232,7 +277,13 @@ class AsyncClient(AccountFeatures):
             return ()
 
     async def _call(self, provider: Any, request: httpx.Request, parse: Callable[[httpx.Response], T]) -> T:
-        self._check_open()
+        with self._work():
+            return await self._call_open(provider, request, parse)
+        raise AssertionError("unreachable: _work() raises when it ends the call")  # pragma: no cover
+
+    async def _call_open(
+        self, provider: Any, request: httpx.Request, parse: Callable[[httpx.Response], T]
+    ) -> T:
         sent_at = (self._clock or system_clock)()  # the ledger's clock, without opening the ledger
         response = await self._transport.send(provider, request)
         observed = provider.observe(response)
@@ -304,34 +355,36 @@ class AsyncClient(AccountFeatures):
             ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy or
                 mode, a ``deadline`` that is not a positive number of seconds).
             AllProvidersFailedError: No provider answered; it holds each provider's error.
-            ClientClosedError: The client was closed.
+            ClientClosedError: The client was closed, before or during the search.
         """
-        self._check_open()
-        if deadline is not None and not (isinstance(deadline, int | float) and 0 < deadline < math.inf):
-            raise ConfigurationError(f"deadline must be a positive number of seconds, got {deadline!r}")
-        if mode not in ("image", "vector"):
-            raise ConfigurationError(f"unknown mode {mode!r}; use 'image' or 'vector'")
-        enrich = self._enrichment(fill=anilist_info, include_adult=include_adult)  # bad settings fail first
-        # Titles come from the metadata provider for every provider alike; trace.moe's own anilistInfo
-        # only when asked for (upstream_anilist_info) or when there is no metadata provider.
-        token = search_deadline.set(None if deadline is None else anyio.current_time() + deadline)
-        try:
-            result = await self._search(
-                image,
-                providers,
-                strategy,
-                SearchOptions(
-                    anilist_id=anilist_id,
-                    cut_borders=cut_borders,
-                    anilist_info=anilist_info and self.settings.upstream_titles,
-                    mode=mode,
-                ),
-                min_similarity,
-                cache,
-            )
-            return await enrich(result)
-        finally:
-            search_deadline.reset(token)
+        with self._work():
+            if deadline is not None and not (isinstance(deadline, int | float) and 0 < deadline < math.inf):
+                raise ConfigurationError(f"deadline must be a positive number of seconds, got {deadline!r}")
+            if mode not in ("image", "vector"):
+                raise ConfigurationError(f"unknown mode {mode!r}; use 'image' or 'vector'")
+            # bad settings fail first
+            enrich = self._enrichment(fill=anilist_info, include_adult=include_adult)
+            # Titles come from the metadata provider for every provider alike; trace.moe's own anilistInfo
+            # only when asked for (upstream_anilist_info) or when there is no metadata provider.
+            token = search_deadline.set(None if deadline is None else anyio.current_time() + deadline)
+            try:
+                result = await self._search(
+                    image,
+                    providers,
+                    strategy,
+                    SearchOptions(
+                        anilist_id=anilist_id,
+                        cut_borders=cut_borders,
+                        anilist_info=anilist_info and self.settings.upstream_titles,
+                        mode=mode,
+                    ),
+                    min_similarity,
+                    cache,
+                )
+                return await enrich(result)
+            finally:
+                search_deadline.reset(token)
+        raise AssertionError("unreachable: _work() raises when it ends the search")  # pragma: no cover
 
     async def _search(  # noqa: PLR0917 - the arguments of search(), passed on as they came
         self,
@@ -344,10 +397,17 @@ class AsyncClient(AccountFeatures):
     ) -> SearchResult:
         if strategy not in ("fallback", "fanout"):
             raise ConfigurationError(f"unknown strategy {strategy!r}; use 'fallback' or 'fanout'")
-        if min_similarity is not None and not 0.0 <= min_similarity <= 1.0:
-            raise ConfigurationError(f"min_similarity must be within 0..1, got {min_similarity}")
-        if options.anilist_id is not None and options.anilist_id <= 0:
-            raise ConfigurationError(f"anilist_id must be a positive AniList ID, got {options.anilist_id}")
+        if min_similarity is not None and not (
+            isinstance(min_similarity, int | float)
+            and not isinstance(min_similarity, bool)
+            and 0.0 <= min_similarity <= 1.0
+        ):
+            raise ConfigurationError(f"min_similarity must be a number within 0..1, got {min_similarity!r}")
+        anilist_id = options.anilist_id
+        if anilist_id is not None and (
+            not isinstance(anilist_id, int) or isinstance(anilist_id, bool) or anilist_id <= 0
+        ):
+            raise ConfigurationError(f"anilist_id must be a positive AniList ID (an int), got {anilist_id!r}")
         names = self._order(providers)
         source = await self._downloader.resolve(image)
         wait = remaining_seconds(self.settings.timeout)

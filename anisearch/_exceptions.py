@@ -92,7 +92,8 @@ class UnknownProviderError(ConfigurationError, LookupError):
 class ClientClosedError(AnisearchError, RuntimeError):
     """The client was closed (``aclose()``, ``close()`` or its ``with`` block ended): open a new one.
 
-    Raised before anything is sent or recorded, so no quota is spent.
+    A closed client sends and records nothing, so no quota is spent. A search or call still running when the
+    client closes ends with it too; a request it had already sent stays counted, as the upstream counts it.
     """
 
 

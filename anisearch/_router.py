@@ -43,6 +43,7 @@ from anisearch._exceptions import (
     AllProvidersFailedError,
     AnisearchError,
     AuthenticationError,
+    ClientClosedError,
     ConcurrencyLimitError,
     LedgerError,
     ProviderBusyError,
@@ -553,6 +554,8 @@ class Router:
         except ProviderError as exc:  # plain InvalidImageError is not one: bad input stops everything
             error = exc
             settlement = Settlement(failure_outcome(exc))
+        except ClientClosedError:  # the transport refused before sending: "unsent" stands
+            raise
         except BaseException:  # cancelled (the caller's timeout, a failed fanout sibling) while in flight
             if settlement.outcome == "unsent" and sending.may_have_left:
                 settlement = Settlement("charged")  # the upstream may run the search to its end

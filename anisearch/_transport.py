@@ -16,6 +16,7 @@ import httpx
 from anisearch import _fetch, _redact
 from anisearch._exceptions import (
     AnisearchError,
+    ClientClosedError,
     ProviderConnectionError,
     ProviderError,
     ProviderTimeoutError,
@@ -91,10 +92,13 @@ class ProviderTransport:
         :data:`~anisearch._limits.MAX_RESPONSE_BYTES`), counted after decompression.
 
         Raises:
+            ClientClosedError: The pool was closed (nothing was sent).
             ProviderTimeoutError: The attempt did not complete in time (or the deadline had passed).
             ProviderConnectionError: The request could not be sent or the connection failed.
             UpstreamResponseError: The answer is over the size limit or its encoding is broken.
         """
+        if self._http.is_closed:  # httpx would raise a RuntimeError; nothing was sent
+            raise ClientClosedError("the client is closed; open a new one")
         budget = remaining_seconds(self._timeout)
         if budget <= 0:
             raise ProviderTimeoutError(

@@ -8,7 +8,7 @@ import logging
 import re
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -35,6 +35,11 @@ from anisearch import (
     _fetch,
 )
 from anisearch._limits import MAX_HITS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.conftest import LiveServer
 
 BASE = "https://trace.test"
 
@@ -260,6 +265,62 @@ async def test_a_closed_client_sends_and_records_nothing(
     async with AsyncClient(settings(ledger=ledger, cache="off"), transport(mock)) as fresh:
         (window,) = [q for q in await fresh.quota("tracemoe") if q.window == "rolling-24h"]
     assert window.used == 0  # nothing was charged for the searches never sent
+
+
+async def test_closing_ends_the_searches_in_flight_and_counts_what_was_sent(
+    live_server: Callable[[Any], LiveServer], samples: Path, tmp_path: Path
+) -> None:
+    """A bot shutting down closes its client while one search waits for the upstream's answer and another
+    waits for the slot: both end with ClientClosedError, and the ledger counts the one request sent, as the
+    upstream does (it runs that search to its end)."""
+    from anisearch_emulators.tracemoe import create_app
+
+    app = create_app(latency=1.0)
+    server = live_server(app)
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    configured = Settings.load(
+        providers=["tracemoe"], provider_options={"tracemoe": {"url": server.url}}, ledger=ledger, cache="off"
+    )
+    data = (samples / "tinted-good.jpg").read_bytes()
+    client = AsyncClient(configured)
+    ended: list[BaseException] = []
+
+    async def search() -> None:
+        try:
+            await client.search(data)
+        except Exception as exc:  # noqa: BLE001 - what each search ended with is the test
+            ended.append(exc)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(search)
+        group.start_soon(search)
+        with anyio.fail_after(10):
+            while app.state.emulator.search_requests < 1:  # one is in flight, the other waits for the slot
+                await anyio.sleep(0.01)
+        await client.aclose()
+    assert [type(exc) for exc in ended] == [ClientClosedError, ClientClosedError]
+    assert "closed while this search" in str(ended[0])
+    with anyio.fail_after(10):
+        while len(app.state.emulator.log) < 1:  # the upstream finishes the search it was sent
+            await anyio.sleep(0.05)
+    assert app.state.emulator.search_requests == 1
+    async with AsyncClient(configured) as fresh:
+        (window,) = [q for q in await fresh.quota("tracemoe") if q.window == "rolling-24h"]
+    assert window.used == 1
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("anilist_id", "11887"), ("anilist_id", True), ("min_similarity", "0.9"), ("min_similarity", True)],
+)
+async def test_an_argument_of_the_wrong_type_is_a_configuration_error(
+    mock: respx.MockRouter, samples: Path, argument: str, value: Any
+) -> None:
+    route = mock.post(f"{BASE}/search")
+    async with AsyncClient(settings(cache="off"), transport(mock)) as client:
+        with pytest.raises(ConfigurationError, match=argument):
+            await client.search((samples / "tinted-good.jpg").read_bytes(), **{argument: value})
+    assert route.call_count == 0
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,20 @@ import re
 import subprocess
 import sys
 import threading
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 import anisearch
 from anisearch import ApiKeys, AsyncApiKeys, AsyncClient, Client, ClientClosedError, Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from tests.conftest import LiveServer
 
 SETTINGS = {"cache": "off", "ledger": "memory://"}
 
@@ -78,6 +85,34 @@ def test_close_is_idempotent_and_a_closed_client_sends_nothing() -> None:
     with pytest.raises(ClientClosedError, match="the client is closed; open a new Client"):
         client.quota("tracemoe", refresh=True)
     assert calls == []
+
+
+def test_closing_from_another_thread_ends_a_search_with_client_closed_error(
+    live_server: Callable[[Any], LiveServer], samples: Path
+) -> None:
+    from anisearch_emulators.tracemoe import create_app
+
+    app = create_app(latency=2.0)
+    server = live_server(app)
+    client = Client(
+        Settings.load(providers=["tracemoe"], provider_options={"tracemoe": {"url": server.url}}, **SETTINGS)
+    )
+    ended: list[BaseException] = []
+
+    def search() -> None:
+        try:
+            client.search((samples / "tinted-good.jpg").read_bytes())
+        except BaseException as exc:  # noqa: BLE001 - what the search ended with is the test
+            ended.append(exc)
+
+    searching = threading.Thread(target=search)
+    searching.start()
+    deadline = time.monotonic() + 10
+    while app.state.emulator.search_requests < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # a plain thread waits until the upstream has the request
+    client.close()
+    searching.join(10)
+    assert [type(exc) for exc in ended] == [ClientClosedError]
 
 
 @pytest.fixture
