@@ -63,7 +63,7 @@ def tracemoe_error(exc: AnisearchError, url: str | None) -> Response:  # noqa: P
         return _tracemoe.error(
             402, "Search quota depleted (every provider behind this gateway is spent)", headers
         )
-    if all(isinstance(e, _WAITABLE | QuotaExhaustedError) for e in errors):
+    if all(isinstance(e, (*_WAITABLE, QuotaExhaustedError)) for e in errors):
         return _tracemoe.error(503, "Error: Search queue is full", headers)
     return _tracemoe.error(502, f"Search failed. {_summary(errors)}", headers)
 
@@ -81,7 +81,7 @@ def native_status(exc: AnisearchError) -> int:  # noqa: PLR0911 - one status per
         return 400
     if all(isinstance(e, QuotaExhaustedError) for e in errors):
         return 402
-    if all(isinstance(e, _WAITABLE | QuotaExhaustedError) for e in errors):
+    if all(isinstance(e, (*_WAITABLE, QuotaExhaustedError)) for e in errors):
         return 503
     return 502
 

@@ -83,6 +83,40 @@ def test_raw_body_and_options_reach_the_provider(
     assert answer.headers["X-Anisearch-Cached"] == "false"
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        (500, "<!DOCTYPE html><pre>Internal Server Error</pre>", 502, "Search failed."),
+        (429, {"error": "Too many requests"}, 503, "Error: Search queue is full"),
+        (403, {"error": "Invalid API key"}, 502, "Search failed."),
+    ],
+    ids=["500 page", "429", "403 key refused"],
+)
+def test_an_upstream_failure_is_answered_in_each_apis_shape(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams, case: tuple[int, object, int, str]
+) -> None:
+    """The upstream fails (status, body): the gateway answers trace.moe's status and error, and the native
+    API the same status with the typed error of each provider."""
+    status, body, trace_status, trace_error = case
+    served = gateway(settings={"providers": ["tracemoe"]})
+    upstreams.trace_state.fail_next(status, body, times=20)
+    image = (samples / "tinted-good.jpg").read_bytes()
+    trace = httpx.post(served.url + "/search", files={"image": image}, headers=AUTH, timeout=60)
+    assert trace.status_code == trace_status
+    assert trace.headers["content-type"] == JSON
+    assert trace.json()["error"].startswith(trace_error)
+    native = httpx.post(
+        served.url + "/v1/search",
+        files={"image": image},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=60,
+    )
+    assert native.status_code == trace_status
+    error = native.json()["error"]
+    assert error["type"] == "AllProvidersFailedError"
+    assert [e["provider"] for e in error["errors"]] == ["tracemoe"]
+
+
 def test_urls_that_point_inside_the_network_are_refused_without_a_request(
     gateway: GatewayFactory, upstreams: Upstreams
 ) -> None:
