@@ -23,7 +23,8 @@ from starlette.routing import Route
 
 from anisearch._client import AsyncClient
 from anisearch._config import Settings
-from anisearch._exceptions import AnisearchError
+from anisearch._download import is_url
+from anisearch._exceptions import AnisearchError, ImageFetchError
 from anisearch._ledger import Ticket, open_ledger
 from anisearch._server import _native, _tracemoe
 from anisearch._server._callers import Caller, Denied, Gate, Refused, identify
@@ -135,7 +136,10 @@ class Gateway:
         call: Callable[[Any], Awaitable[SearchResult]],
     ) -> tuple[SearchResult | Refused | AnisearchError, int]:
         """Admit the caller, search, settle. Returns the result (or why not) and the caller's count of
-        searches before this one."""
+        searches before this one. A caller's string is only ever a URL to download: the library would read
+        any other string as a path on this machine's disk."""
+        if isinstance(image, str) and not is_url(image):
+            return ImageFetchError("only http:// and https:// URLs are fetched"), 0
         with self.metrics.waiting():
             admitted = await self.gate.admit(caller)
         if isinstance(admitted, Refused):

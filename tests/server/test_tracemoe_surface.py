@@ -134,6 +134,26 @@ def test_urls_that_point_inside_the_network_are_refused_without_a_request(
     assert upstreams.trace_state.search_requests == 0
 
 
+def test_a_url_that_is_a_path_on_the_gateway_is_never_read(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams
+) -> None:
+    """Only http(s) URLs are downloaded: a path (or any other scheme) would be read from the gateway's own
+    disk, uploaded to a provider, and its kind told back."""
+    served = gateway()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    for target in (str(samples / "tinted-good.jpg"), "/etc/passwd", "file:///etc/passwd", "ftp://a/b.jpg"):
+        answer = httpx.get(served.url + "/search", params={"url": target}, headers=AUTH, timeout=30)
+        assert (answer.status_code, answer.json()) == (400, {"error": f"Failed to fetch image {target}"})
+        for native in (
+            httpx.post(served.url + "/v1/search", json={"url": target}, headers=bearer, timeout=30),
+            httpx.post(served.url + "/v1/search", data={"url": target}, files={"x": b""}, headers=bearer),
+        ):
+            assert native.status_code == 400, target
+            error = native.json()["error"]
+            assert error["message"] == "only http:// and https:// URLs are fetched"
+    assert upstreams.trace_state.search_requests == 0
+
+
 @pytest.mark.tracemoe_knobs(keys={"upstream-secret-key-123": 3})
 def test_upstream_keys_never_appear_in_responses_headers_or_logs(
     gateway: GatewayFactory, samples: Path, upstreams: Upstreams, caplog: pytest.LogCaptureFixture
