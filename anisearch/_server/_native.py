@@ -63,12 +63,11 @@ class SearchParams(BaseModel):
         return value
 
 
-async def _form_image(request: Request) -> bytes | str | Response:
-    """The multipart ``image`` file (or a ``url`` field)."""
-    try:
-        form = await request.form(max_files=1, max_fields=16)
-    except (ValueError, KeyError, AssertionError) as exc:
-        return _problem(400, "InvalidImageError", f"the multipart body does not parse: {exc}")
+async def _form_image(request: Request, raw: bytes) -> bytes | str | Response:
+    """The multipart ``image`` file (or a ``url`` field) of ``raw``, the body."""
+    form = await _tracemoe.parse_form(request, raw, max_files=1, max_fields=16)
+    if isinstance(form, str):
+        return _problem(400, "InvalidImageError", f"the multipart body does not parse: {form}")
     upload, url = form.get("image"), form.get("url")
     data = await upload.read() if isinstance(upload, UploadFile) else None
     await form.close()
@@ -156,8 +155,7 @@ class NativeApi:
         if raw is None:
             return _problem(413, "ImageTooLargeError", f"the body is larger than {limit} bytes")
         if media == "multipart/form-data":
-            request._body = raw  # noqa: SLF001 - Starlette parses the form from the body already read
-            return await _form_image(request)
+            return await _form_image(request, raw)
         if media == "application/json":
             return _json_url(raw)
         if not raw:

@@ -6,11 +6,13 @@ from __future__ import annotations
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from starlette.datastructures import UploadFile
+import anyio
+from starlette.datastructures import FormData, UploadFile
 from starlette.responses import HTMLResponse, Response
 
 from anisearch._exceptions import AnisearchError
 from anisearch._server._callers import Denied, Refused, identify
+from anisearch._server._tracemoe import parse_form, read_body
 from anisearch._version import __version__
 
 if TYPE_CHECKING:
@@ -106,8 +108,28 @@ def _result(result: SearchResult) -> str:
     return answered + _table(["title", "AniList", "episode", "at", "similarity"], rows, "hits")
 
 
+async def _form(gateway: Gateway, request: Request) -> FormData | str:
+    """The form of the screenshot dropped on the page, or the outcome to show when it cannot be read. Its
+    body is bounded (``max_body_bytes``, the deadline) as every search's is: a closed gateway learns the
+    caller's token only from it."""
+    limit = gateway.server.max_body_bytes
+    try:
+        with anyio.fail_after(gateway.server.deadline):
+            raw = await read_body(request, limit + 64 * 1024)
+    except TimeoutError:
+        return '<p class="bad" id="outcome">The upload did not arrive in time.</p>'
+    if raw is None:
+        return f'<p class="bad" id="outcome">The upload is larger than {limit} bytes.</p>'
+    form = await parse_form(request, raw, max_files=1, max_fields=8)
+    if isinstance(form, str):
+        return f'<p class="bad" id="outcome">The form could not be read: {_e(form)}</p>'
+    return form
+
+
 async def _search(gateway: Gateway, request: Request) -> str:
-    form = await request.form(max_files=1, max_fields=8)
+    form = await _form(gateway, request)
+    if isinstance(form, str):
+        return form
     token, upload = form.get("token"), form.get("image")
     headers = dict(request.headers)
     headers.pop("x-trace-key", None)

@@ -16,7 +16,9 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.responses import Response
 
 if TYPE_CHECKING:
@@ -117,15 +119,25 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+async def parse_form(request: Request, raw: bytes, *, max_files: int, max_fields: int) -> FormData | str:
+    """The form in ``raw``, the body already read (and bounded); or why it does not parse (too many parts,
+    a part over 1 MiB that is not a file, no boundary, garbage)."""
+    request._body = raw  # noqa: SLF001 - Starlette parses the form from the body already read
+    try:
+        return await request.form(max_files=max_files, max_fields=max_fields)
+    except HTTPException as exc:  # what Starlette makes of a MultiPartException inside an app
+        return str(exc.detail)
+    except (MultiPartException, ValueError, KeyError, AssertionError) as exc:
+        return str(exc) or type(exc).__name__
+
+
 async def _multipart_file(request: Request, limit: int) -> bytes | Response | None:
     """The first file part of a multipart body (multer's rules: one file, ``limit`` bytes; else 500)."""
     raw = await read_body(request, limit + 64 * 1024)
     if raw is None:
         return express_page(500, "Internal Server Error")
-    request._body = raw  # noqa: SLF001 - Starlette parses the form from the body already read
-    try:
-        form = await request.form(max_files=8, max_fields=64)
-    except (ValueError, KeyError, AssertionError):
+    form = await parse_form(request, raw, max_files=8, max_fields=64)
+    if isinstance(form, str):
         return express_page(500, "Internal Server Error")
     files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
     data = await files[0].read() if len(files) == 1 else None

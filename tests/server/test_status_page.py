@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,28 @@ def test_the_status_page_refuses_a_search_without_a_token(gateway: GatewayFactor
     answer = httpx.post(served.url + "/", files={"image": (samples / "tinted-good.jpg").read_bytes()})
     assert answer.status_code == 200
     assert "Missing API key" in answer.text
+
+
+def test_the_status_page_reads_no_more_than_max_body_bytes(gateway: GatewayFactory) -> None:
+    """Without a token too: a closed gateway learns the token only from the form, so the form is bounded
+    as every search body is (here a chunked body, with no length announced)."""
+    served = gateway(max_body_bytes=64 * 1024)
+
+    def body() -> Iterator[bytes]:
+        yield b"--b\r\nContent-Disposition: form-data; name=image; filename=a.jpg\r\n\r\n"
+        for _ in range(128):  # 8 MiB
+            yield b"\xff" * (64 * 1024)
+
+    with contextlib.suppress(httpx.TransportError):  # the gateway may close before the whole body is sent
+        answer = httpx.post(
+            served.url + "/", content=body(), headers={"Content-Type": "multipart/form-data; boundary=b"}
+        )
+        assert "The upload is larger than 65536 bytes" in answer.text
+    garbage = httpx.post(
+        served.url + "/", content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    assert garbage.status_code == 200
+    assert "The form could not be read" in garbage.text
 
 
 def test_metrics_parse_and_count_searches_by_provider(gateway: GatewayFactory, samples: Path) -> None:

@@ -65,6 +65,27 @@ def test_request_forms_and_their_errors_match_tracemoe(
     assert upstreams.trace_state.search_requests == 0  # nothing reached an upstream
 
 
+def test_a_malformed_multipart_body_is_answered_in_each_apis_shape(
+    gateway: GatewayFactory, upstreams: Upstreams
+) -> None:
+    served = gateway()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    garbage = {"Content-Type": "multipart/form-data; boundary=b"}
+    for form in (
+        {"content": b"garbage"},
+        {"data": {f"f{n}": "x" for n in range(5000)}, "files": {"image": b"x"}},  # too many fields
+        {"data": {"big": "x" * (2 * 1024 * 1024)}, "files": {"image": b"x"}},  # a field over 1 MiB
+    ):
+        extra = garbage if "content" in form else {}
+        trace = httpx.post(served.url + "/search", headers=AUTH | extra, timeout=30, **form)
+        assert trace.status_code == 500  # multer's error: trace.moe's HTML 500 page
+        assert trace.headers["content-type"].startswith("text/html")
+        native = httpx.post(served.url + "/v1/search", headers=bearer | extra, timeout=30, **form)
+        assert native.status_code == 400
+        assert native.json()["error"]["message"].startswith("the multipart body does not parse")
+    assert upstreams.trace_state.search_requests == 0
+
+
 def test_raw_body_and_options_reach_the_provider(
     gateway: GatewayFactory, samples: Path, upstreams: Upstreams
 ) -> None:
