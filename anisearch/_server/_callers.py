@@ -181,8 +181,9 @@ class Gate:
         Raises:
             LedgerError: The ledger cannot be used.
         """
-        with anyio.move_on_after(self.slot_wait):
-            while True:
+        give_up_at = anyio.current_time() + self.slot_wait
+        while True:
+            with anyio.CancelScope(shield=True):  # a reserve cut short could hold a slot nobody settles
                 result = await self.ledger.reserve(
                     GATEWAY,
                     caller.scope,
@@ -191,12 +192,14 @@ class Gate:
                     lease_seconds=self.lease_seconds,
                     trust_estimate=True,
                 )
-                if isinstance(result, Ticket):
-                    return result
-                if isinstance(result, Stale) or result.kind != "concurrency":
-                    return await self._refused(caller, result)
-                await self.ledger.wait(GATEWAY, caller.scope, max(self.slot_wait, 0.05))
-        return Refused("concurrency", caller.quota, await self.used(caller), None)
+            if isinstance(result, Ticket):
+                return result
+            if isinstance(result, Stale) or result.kind != "concurrency":
+                return await self._refused(caller, result)
+            left = give_up_at - anyio.current_time()
+            if left <= 0:  # slot_wait 0: one try
+                return Refused("concurrency", caller.quota, await self.used(caller), None)
+            await self.ledger.wait(GATEWAY, caller.scope, left)
 
     async def _refused(self, caller: Caller, result: Refusal | Stale) -> Refused:
         until = None

@@ -99,3 +99,38 @@ def test_a_callers_count_reads_its_own_scope_only() -> None:
         return await gate.used(one), await gate.used(two), len(await ledger.snapshot(GATEWAY))
 
     assert anyio.run(run) == (2, 1, 2)
+
+
+@pytest.mark.parametrize("ledger_url", ["memory://", "sqlite"])
+def test_slot_wait_zero_admits_a_free_slot_and_refuses_a_held_one_at_once(
+    ledger_url: str, tmp_path: Path
+) -> None:
+    import anyio
+
+    from anisearch._ledger import Ticket, open_ledger
+    from anisearch._server._callers import Gate, Refused
+
+    settings = ServerSettings.load(open=True, guest_quota=10, guest_concurrency=1)
+    caller = identify({}, "198.51.100.7", settings, native=False)
+    assert isinstance(caller, Caller)
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}" if ledger_url == "sqlite" else ledger_url
+
+    async def run() -> None:
+        ledger = open_ledger(url)
+        gate = Gate(ledger, slot_wait=0, lease_seconds=10)
+        try:
+            for _ in range(3):  # one after another: each finds the slot free
+                ticket = await gate.admit(caller)
+                assert isinstance(ticket, Ticket)
+                await gate.settle(ticket, answered=True)
+            held = await gate.admit(caller)
+            assert isinstance(held, Ticket)
+            refused = await gate.admit(caller)
+            assert isinstance(refused, Refused)
+            assert refused.kind == "concurrency"
+            await gate.settle(held, answered=True)
+        finally:
+            await ledger.clear()
+            await ledger.aclose()
+
+    anyio.run(run)
