@@ -318,12 +318,12 @@ def parse_url(text: str) -> httpx.URL:
         raise ImageFetchError(f"the URL is {len(text)} characters long, over the {MAX_URL_LENGTH} limit")
     try:
         url = httpx.URL(text)
-        port = url.port
+        port, host = url.port, url.host  # the host decodes IDNA: a malformed A-label raises here
     except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
         raise ImageFetchError(f"not a valid URL: {shown}") from exc
     if url.scheme not in {"http", "https"}:
         raise ImageFetchError(f"only http and https URLs are downloaded, not {shown}")
-    if not url.host:
+    if not host:
         raise ImageFetchError(f"the URL has no host: {shown}")
     if port is not None and not 0 < port < 65536:  # noqa: PLR2004 - TCP ports
         raise ImageFetchError(f"the URL's port {port} is not a TCP port (1-65535): {shown}")

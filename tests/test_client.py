@@ -152,6 +152,16 @@ def test_a_url_that_fails_to_download_is_an_image_fetch_error(
         client.search("https://img.test/gone.jpg")
 
 
+@pytest.mark.parametrize("url", ["http://xn--/", "http://xn--a.test/a.jpg"])
+def test_a_url_with_a_malformed_host_is_an_image_fetch_error(mock: respx.MockRouter, url: str) -> None:
+    with (
+        Client(settings(), transport(mock)) as client,
+        pytest.raises(ImageFetchError, match="not a valid URL"),
+    ):
+        client.search(url)
+    assert not mock.calls
+
+
 def test_a_url_that_cannot_be_reached_says_so_in_words(
     mock: respx.MockRouter, public_dns: dict[str, list[str]]
 ) -> None:
