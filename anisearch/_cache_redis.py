@@ -27,7 +27,7 @@ from anisearch._limits import remaining_seconds
 from anisearch._models import SearchResult, fresh_previews
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from anisearch._config import Settings
 
@@ -149,6 +149,43 @@ class RedisResultCache:
             return bool(await self.redis.ping())
         except (RedisError, OSError):
             return False
+
+    async def info(self) -> tuple[int, int]:
+        """``(entries, bytes)``: the answers stored (Redis drops expired ones itself) and their size.
+
+        Raises:
+            redis.exceptions.RedisError, OSError: Redis cannot be reached.
+        """
+        entries = size = 0
+        async for batch in self._batches():
+            entries += len(batch)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in batch:
+                    pipe.strlen(key)
+                size += sum(int(n) for n in await pipe.execute())
+        return entries, size
+
+    async def clear(self) -> int:
+        """Delete every stored answer of every process sharing this cache; returns how many there were.
+
+        Raises:
+            redis.exceptions.RedisError, OSError: Redis cannot be reached.
+        """
+        removed = 0
+        async for batch in self._batches():
+            removed += int(await self.redis.unlink(*batch))
+        return removed
+
+    async def _batches(self) -> AsyncIterator[list[str]]:
+        """The cache's keys (``anisearch:cache:*``), a few hundred at a time (``SCAN``, never ``KEYS``)."""
+        batch: list[str] = []
+        async for key in self.redis.scan_iter(match=CACHE_PREFIX + "*", count=500):
+            batch.append(key)
+            if len(batch) >= 500:  # noqa: PLR2004 - one pipeline's worth
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     def close(self) -> None:
         """Nothing to do: the connections close with the event loop (``aclose`` closes them now)."""

@@ -282,8 +282,10 @@ class Settings(BaseSettings):
 
     @property
     def cache_path(self) -> Path | None:
-        """The result cache's SQLite file, or None when ``cache`` is ``off``."""
+        """The result cache's SQLite file, or None when ``cache`` is ``off`` or names Redis."""
         if self.cache is not None and self.cache.strip().lower() in {"off", "0", "false", "no", "none"}:
+            return None
+        if self.cache is not None and self.cache.strip().lower().startswith(("redis://", "rediss://")):
             return None
         return Path(self.cache) if self.cache else self.cache_dir / "results.sqlite3"
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from anisearch._anime_cache import AnimeCache
+from anisearch._cache_redis import is_redis_url
 from anisearch._exceptions import (
     AnisearchError,
     ConfigurationError,
@@ -155,8 +156,8 @@ def open_enricher(
     name = settings.metadata_provider
     provider = metadata_provider(settings, name) if name is not None else None
     path = settings.cache_path
-    if path is not None and "://" in str(settings.cache or ""):  # a shared (Redis) result cache: this one
-        path = settings.cache_dir / "results.sqlite3"  # stays a local file in the cache dir
+    if is_redis_url(settings.cache):  # a shared (Redis) result cache: this one stays a local file
+        path = settings.cache_dir / "results.sqlite3"
     cache = AnimeCache(path.with_name("anime.sqlite3")) if path is not None and provider is not None else None
     return Enricher(provider, ledger, send, cache if cache is not None and cache.usable else None, on_attempt)
 

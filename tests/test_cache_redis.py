@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,31 @@ def test_a_search_waiting_for_another_process_stops_at_its_deadline(redis_url: s
     assert provider == "tracemoe"  # this search's own answer
     assert held == "another process"
     assert ttl > 50_000
+
+
+def test_cache_info_and_clear_work_on_the_redis_cache(
+    redis_url: str, cli: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def fill() -> None:
+        store = RedisResultCache(redis_url, ttl_seconds=60)
+        try:
+            for key in ("a", "b", "c"):
+                await store.put(key, SearchResult(hits=[], provider="tracemoe"))
+        finally:
+            await store.aclose()
+
+    anyio.run(fill)
+    monkeypatch.chdir(tmp_path)  # where a Redis URL taken for a path made a "redis:" folder
+    env = {"ANISEARCH_CACHE": redis_url}
+    info = cli("cache", "info", "--json", env=env)
+    assert info.returncode == 0, info.stderr
+    shown = json.loads(info.stdout)
+    assert (shown["path"], shown["entries"], shown["expired"]) == (redis_url, 3, 0)
+    assert shown["size_bytes"] > 0
+    cleared = cli("cache", "clear", env=env)
+    assert (cleared.returncode, cleared.stdout.strip()) == (0, "removed 3 cached result(s)")
+    assert json.loads(cli("cache", "info", "--json", env=env).stdout)["entries"] == 0
+    assert not (tmp_path / "redis:").exists()
+    gone = cli("cache", "clear", env={"ANISEARCH_CACHE": f"redis://127.0.0.1:{free_port()}/0"})
+    assert gone.returncode == 2
+    assert "cannot be reached" in gone.stderr

@@ -9,8 +9,8 @@ import json
 import re
 import socket
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 import typer._click.core
@@ -29,6 +29,8 @@ from anisearch._cli._common import (
     print_json,
 )
 from anisearch._exceptions import AnisearchError
+
+T = TypeVar("T")
 
 _JSON_NAMES = frozenset(
     {"bool", "int", "float", "str", "None", "NoneType", "Any", "Mapping", "Sequence", "dict", "list", "tuple"}
@@ -393,16 +395,48 @@ cache_app = typer.Typer(
 
 
 def _cache() -> Any:
+    """The configured result cache: a ``ResultCache`` (SQLite) or a ``RedisResultCache``."""
     from anisearch._cache import ResultCache
+    from anisearch._cache_redis import RedisResultCache, is_redis_url
     from anisearch._config import Settings
 
     try:
         settings = Settings.load()
     except AnisearchError as exc:
         fail(str(exc), exit_code(exc))
+    if is_redis_url(settings.cache):
+        try:
+            return RedisResultCache(str(settings.cache), ttl_seconds=settings.cache_ttl)
+        except ImportError:
+            fail(
+                "ANISEARCH_CACHE names Redis but the redis client is not installed",
+                EXIT_USAGE,
+                "pip install 'anisearch-gateway[redis]'",
+            )
     if settings.cache_path is None:
         fail("the cache is off (ANISEARCH_CACHE=off)", EXIT_USAGE, "unset ANISEARCH_CACHE to use it")
     return ResultCache(settings.cache_path, ttl_seconds=settings.cache_ttl)
+
+
+def _on_redis(store: Any, step: Callable[[], Awaitable[T]]) -> T:
+    """``step()`` on the Redis cache ``store``; Redis out of reach is one line and exit 2."""
+    import anyio
+    from redis.exceptions import RedisError
+
+    async def run() -> T:
+        try:
+            return await step()
+        finally:
+            await store.aclose()
+
+    try:
+        return anyio.run(run)
+    except (RedisError, OSError) as exc:
+        fail(
+            f"the result cache {store.url} cannot be reached ({exc}); searches run without it",
+            EXIT_USAGE,
+            "check that Redis runs there (or set ANISEARCH_CACHE=off)",
+        )
 
 
 def _unusable(store: Any) -> None:
@@ -428,29 +462,28 @@ def _unusable(store: Any) -> None:
 def cache_info(as_json: JsonOption = False) -> None:
     """Where the cache is, how many results it holds and its size."""
     store = _cache()
-    _unusable(store)
-    info = store.info()
+    if hasattr(store, "redis"):  # shared in Redis: it drops expired answers itself
+        where, (entries, size) = store.url, _on_redis(store, store.info)
+        expired = 0
+    else:
+        _unusable(store)
+        info = store.info()
+        where, entries, expired, size = str(info.path), info.entries, info.expired, info.size_bytes
     if as_json:
-        print_json(
-            {
-                "path": str(info.path),
-                "entries": info.entries,
-                "expired": info.expired,
-                "size_bytes": info.size_bytes,
-            }
-        )
+        print_json({"path": where, "entries": entries, "expired": expired, "size_bytes": size})
         return
     out().print(
-        f"{info.path}: {info.entries} result(s), {info.expired} expired, {info.size_bytes} bytes",
-        markup=False,
-        highlight=False,
+        f"{where}: {entries} result(s), {expired} expired, {size} bytes", markup=False, highlight=False
     )
 
 
 @cache_app.command("clear", cls=Command, epilog=examples("anisearch cache clear"))
 def cache_clear() -> None:
-    """Delete every cached result."""
+    """Delete every cached result (in a shared Redis cache, every process's)."""
     store = _cache()
-    removed = store.clear()
-    _unusable(store)
+    if hasattr(store, "redis"):
+        removed = _on_redis(store, store.clear)
+    else:
+        removed = store.clear()
+        _unusable(store)
     out().print(f"removed {removed} cached result(s)")
