@@ -620,7 +620,9 @@ class Router:
     ) -> _Outcome:
         """The outcome of an attempt that ended in ``failure`` (``skipped``: the ledger refused it)."""
         if isinstance(failure, AuthenticationError):
-            logger.warning("%s refused the credentials: %s", name, failure.message)
+            logger.warning(  # an attempt's record too: its outcome says the same
+                "%s refused the credentials: %s", name, failure.message, extra={"anisearch_outcome": outcome}
+            )
         return _Outcome(
             Attempt(
                 provider=name,

@@ -671,6 +671,22 @@ def test_an_error_a_command_lets_through_is_one_line_with_its_exit_code(
     assert capsys.readouterr().err.splitlines()[0].startswith("anisearch: error: ")
 
 
+def test_a_cache_that_cannot_be_used_is_said_once_without_verbose(
+    tracemoe: Any, samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every repeated search then costs quota: the user is told, not only with -v."""
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a cache\n")
+    monkeypatch.setenv("ANISEARCH_CACHE", str(notes))
+    image = str(samples / "tinted-good.jpg")
+    done = cli("search", image, image)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1
+    assert f"the result cache {notes} is unusable" in warnings[0]
+    assert tracemoe.app.state.emulator.search_requests == 2
+
+
 def test_cache_commands_leave_a_file_that_is_not_a_cache_alone(tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"  # ANISEARCH_CACHE pointed at somebody's file by mistake
     notes.write_text("my precious notes\n")

@@ -367,6 +367,31 @@ class _RetryText(logging.Filter):
         return True
 
 
+class _Warnings(logging.Handler):
+    """Without ``-v``: anisearch's own warnings (a cache it cannot use, a ledger it had to start afresh),
+    one line each on stderr, since they mean searches may cost quota the user expects to keep."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "anisearch_outcome"):  # an attempt: the command reports its outcome itself
+            return
+        err().print(f"warning: {record.getMessage()}", markup=False, highlight=False, style="yellow")
+
+
+@contextlib.contextmanager
+def own_warnings() -> Iterator[None]:
+    """For a command that says itself what is wrong (``cache info``): anisearch's warnings stay off stderr
+    meanwhile, so the problem is told once."""
+    logger = logging.getLogger("anisearch")
+    previous, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = previous
+
+
 _INSTALLED: list[tuple[logging.Logger, logging.Handler]] = []
 """The handlers this module added, so a second command in one process replaces them."""
 
@@ -381,7 +406,8 @@ def root_verbose(value: bool) -> None:
 
 
 def configure_logging(verbose: bool) -> bool:
-    """``-v``: requests, attempts and retries on stderr with times. Otherwise nothing reaches stderr.
+    """``-v``: requests, attempts and retries on stderr with times. Otherwise only anisearch's warnings
+    reach stderr, one line each (a cache it cannot use, a damaged file it started afresh).
 
     Returns whether verbose output is on (``-v`` after the command, or before it).
     """
@@ -399,8 +425,8 @@ def configure_logging(verbose: bool) -> bool:
             handler = RichHandler(console=err(), show_path=False, log_time_format="%H:%M:%S.%f")
             handler.addFilter(_RetryText())
             logger.setLevel(logging.INFO)
-        else:
-            handler = logging.NullHandler()  # found before logging's last resort, which prints to stderr
+        else:  # a handler is found before logging's last resort, which would print every warning
+            handler = _Warnings() if name == "anisearch" else logging.NullHandler()
             logger.setLevel(logging.NOTSET)
         logger.addHandler(handler)
         _INSTALLED.append((logger, handler))

@@ -26,6 +26,7 @@ from anisearch._cli._common import (
     fail,
     listening_socket,
     out,
+    own_warnings,
     print_json,
 )
 from anisearch._exceptions import AnisearchError
@@ -415,7 +416,8 @@ def _cache() -> Any:
             )
     if settings.cache_path is None:
         fail("the cache is off (ANISEARCH_CACHE=off)", EXIT_USAGE, "unset ANISEARCH_CACHE to use it")
-    return ResultCache(settings.cache_path, ttl_seconds=settings.cache_ttl)
+    with own_warnings():  # _unusable() says what is wrong with it
+        return ResultCache(settings.cache_path, ttl_seconds=settings.cache_ttl)
 
 
 def _on_redis(store: Any, step: Callable[[], Awaitable[T]]) -> T:
@@ -484,6 +486,7 @@ def cache_clear() -> None:
     if hasattr(store, "redis"):
         removed = _on_redis(store, store.clear)
     else:
-        removed = store.clear()
+        with own_warnings():
+            removed = store.clear()
         _unusable(store)
     out().print(f"removed {removed} cached result(s)")
