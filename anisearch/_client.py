@@ -50,6 +50,7 @@ from anisearch._provider import (
     SearchOptions,
     available_providers,
     check_registered,
+    load_metadata_provider,
     load_provider,
     provider_order,
 )
@@ -106,7 +107,12 @@ class AsyncClient(AccountFeatures):
         clock: The current instant for the ledger (an aware datetime); tests and simulations move it.
 
     Raises:
-        ConfigurationError: The settings name an unknown provider or an unusable ledger/cache.
+        UnknownProviderError: ``providers`` or ``metadata`` in the settings names a provider that is not
+            installed (the message lists those that are).
+        ConfigurationError: The ledger URL has an unknown scheme, names Redis without the ``redis``
+            extra, or the time zone is unknown. Nothing is connected yet: an unreachable ledger is a
+            :class:`LedgerError` at first use, and a result cache that cannot be used is warned about
+            (logger ``anisearch``), never raised.
     """
 
     def __init__(
@@ -119,6 +125,12 @@ class AsyncClient(AccountFeatures):
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
+        # Bad settings fail here, where a bot starts, not at its first search; nothing is connected yet.
+        for name in self.settings.providers or ():
+            load_provider(name)
+        if self.settings.metadata_provider is not None:
+            load_metadata_provider(self.settings.metadata_provider)
+        ledger = open_ledger(self.settings.ledger_url, timezone=self.settings.timezone, clock=clock)
         self._transport = ProviderTransport(self.settings.timeout, transport)
         self._downloader = Downloader(
             self.settings.timeout, allow_private=self.settings.allow_private_urls, transport=transport
@@ -127,7 +139,7 @@ class AsyncClient(AccountFeatures):
         self._on_wait = _guarded(on_wait, "on_wait")
         self._clock = clock
         self._providers: dict[str, Provider] = {}
-        self._ledger: Ledger | None = None
+        self._ledger: Ledger = ledger  # closed by aclose()
         self._cache: CacheStore | None = None
         self._cache_opened = False
         self._flights = Flights()
@@ -174,9 +186,7 @@ class AsyncClient(AccountFeatures):
             self._cache.close()
         if self._enricher is not None:
             self._enricher.close()
-        if self._ledger is not None:
-            await self._ledger.aclose()
-            self._ledger = None
+        await self._ledger.aclose()
 
     @contextlib.contextmanager
     def _work(self) -> Iterator[None]:
@@ -249,10 +259,6 @@ class AsyncClient(AccountFeatures):
 
     async def _get_ledger(self) -> Ledger:
         self._check_open()
-        if self._ledger is None:
-            self._ledger = open_ledger(
-                self.settings.ledger_url, timezone=self.settings.timezone, clock=self._clock
-            )
         return self._ledger
 
     def _get_cache(self) -> CacheStore | None:

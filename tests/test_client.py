@@ -277,6 +277,22 @@ async def test_a_closed_client_sends_and_records_nothing(
     assert window.used == 0  # nothing was charged for the searches never sent
 
 
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ({"providers": ["tracemo"]}, "tracemo"),
+        ({"metadata": "anilst"}, "anilst"),
+        ({"ledger": "bogus://x"}, "unsupported ledger URL"),
+        ({"timezone": "Mars/Base"}, "Mars/Base"),
+    ],
+)
+@pytest.mark.filterwarnings("error::ResourceWarning")  # nothing is left open by a client never made
+def test_bad_settings_fail_when_the_client_is_made(setting: dict[str, Any], says: str) -> None:
+    for make in (AsyncClient, Client):
+        with pytest.raises(ConfigurationError, match=says):
+            make(Settings.load(cache="off", **setting))
+
+
 async def test_closing_ends_the_searches_in_flight_and_counts_what_was_sent(
     live_server: Callable[[Any], LiveServer], samples: Path, tmp_path: Path
 ) -> None:
