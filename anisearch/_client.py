@@ -109,10 +109,11 @@ class AsyncClient(AccountFeatures):
     Raises:
         UnknownProviderError: ``providers`` or ``metadata`` in the settings names a provider that is not
             installed (the message lists those that are).
-        ConfigurationError: The ledger URL has an unknown scheme, names Redis without the ``redis``
-            extra, or the time zone is unknown. Nothing is connected yet: an unreachable ledger is a
-            :class:`LedgerError` at first use, and a result cache that cannot be used is warned about
-            (logger ``anisearch``), never raised.
+        ConfigurationError: Provider settings (a table of the config file, a key of
+            ``provider_options``) name a provider that is not installed; the ledger URL has an unknown
+            scheme or names Redis without the ``redis`` extra; or the time zone is unknown. Nothing is
+            connected yet: an unreachable ledger is a :class:`LedgerError` at first use, and a result
+            cache that cannot be used is warned about (logger ``anisearch``), never raised.
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class AsyncClient(AccountFeatures):
             load_provider(name)
         if self.settings.metadata_provider is not None:
             load_metadata_provider(self.settings.metadata_provider)
+        self.settings.check_provider_tables()
         ledger = open_ledger(self.settings.ledger_url, timezone=self.settings.timezone, clock=clock)
         self._transport = ProviderTransport(self.settings.timeout, transport)
         self._downloader = Downloader(

@@ -310,6 +310,28 @@ class Settings(BaseSettings):
             return None
         return fill, include
 
+    def check_provider_tables(self) -> None:
+        """Refuse provider settings for a provider that is not installed: a misspelt table of the config file
+        (``[tracemo]``) or key of ``provider_options`` would otherwise be ignored without a word.
+
+        Raises:
+            ConfigurationError: A table or key names no installed provider; the message lists those that are.
+        """
+        from anisearch._provider import available_metadata_providers, available_providers
+
+        tables = {name for name, value in _read_toml(config_path()).items() if isinstance(value, dict)}
+        named = (tables - {"server"}) | set(self.provider_options)  # [server]: the gateway's own settings
+        if not named:
+            return
+        known = set(available_providers()) | set(available_metadata_providers())
+        unknown = sorted(named - known)
+        if unknown:
+            raise ConfigurationError(
+                f"settings for a provider that is not installed: {', '.join(unknown)} (a table of the config "
+                f"file {config_path()} or a key of ANISEARCH_PROVIDER_OPTIONS); installed: "
+                f"{', '.join(sorted(known))}"
+            )
+
     def provider_config(self, name: str) -> dict[str, Any]:
         """The settings of provider ``name``: its TOML table, then ``ANISEARCH_<NAME>_*``, then code.
 

@@ -284,6 +284,7 @@ async def test_a_closed_client_sends_and_records_nothing(
         ({"metadata": "anilst"}, "anilst"),
         ({"ledger": "bogus://x"}, "unsupported ledger URL"),
         ({"timezone": "Mars/Base"}, "Mars/Base"),
+        ({"provider_options": {"tracemo": {"url": "http://x.test"}}}, "not installed: tracemo"),
     ],
 )
 @pytest.mark.filterwarnings("error::ResourceWarning")  # nothing is left open by a client never made
@@ -291,6 +292,22 @@ def test_bad_settings_fail_when_the_client_is_made(setting: dict[str, Any], says
     for make in (AsyncClient, Client):
         with pytest.raises(ConfigurationError, match=says):
             make(Settings.load(cache="off", **setting))
+
+
+def test_a_misspelt_provider_table_in_the_config_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[tracemo]\nurl = "http://x.test"\n[server]\nport = 9000\n[anilist]\nurl = "http://a.test"\n'
+    )
+    monkeypatch.setenv("ANISEARCH_CONFIG", str(config))
+    with pytest.raises(ConfigurationError, match=r"not installed: tracemo \(a table of the config file"):
+        AsyncClient(Settings.load(cache="off"))
+    config.write_text(
+        '[tracemoe]\nurl = "http://x.test"\n[server]\nport = 9000\n[anilist]\nurl = "http://a.test"\n'
+    )
+    Client(Settings.load(cache="off")).close()  # the installed providers' tables and [server] are fine
 
 
 async def test_closing_ends_the_searches_in_flight_and_counts_what_was_sent(
