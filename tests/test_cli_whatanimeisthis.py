@@ -128,3 +128,20 @@ def test_a_guests_sixth_search_of_the_day_is_not_sent(cli: Cli, site: Any, sampl
     assert sixth.returncode == 4
     assert "whatanimeisthis skipped: quota exhausted until " in sixth.stderr
     assert site.app.state.emulator.search_requests == 5
+
+
+def test_a_spent_guest_day_shows_its_limit_after_the_ledger_was_reset(
+    cli: Cli, site: Any, samples: Path
+) -> None:
+    """The ledger forgot the day's searches (``quota --reset``), the site did not: its refusal says the day
+    is spent, and quota shows 0 of the guest's 5 left, not 0 of the searches counted since the reset."""
+    env = {"ANISEARCH_WHATANIMEISTHIS_URL": site.url, "ANISEARCH_PROVIDERS": "whatanimeisthis"}
+    image = str(samples / "tinted-good.jpg")
+    for _ in range(5):
+        assert cli("search", image, "--no-cache", env=env).returncode == 0
+    assert cli("quota", "whatanimeisthis", "--reset", "--yes", env=env).returncode == 0
+    refused = cli("search", image, "--no-cache", env=env)
+    assert refused.returncode == 4
+    shown = cli("quota", "whatanimeisthis", "--json", env=env)
+    (day,) = [q for q in json.loads(shown.stdout) if q["window"] == "day"]
+    assert (day["limit"], day["used"], day["remaining"]) == (5, 5, 0)

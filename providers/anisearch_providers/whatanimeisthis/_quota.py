@@ -9,6 +9,7 @@ remaining-credits number in a search answer, rate-limit headers, a 429) replaces
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,8 @@ HOURLY_SEARCHES = 100
 _AUTH_COOLDOWN = 10.0  # seconds; better-auth's sign-in window when a 429 says nothing
 _SITE_COOLDOWN = 60.0  # seconds; a site 429 without a wait
 _HOUR = 3600
+_PER_DAY = re.compile(r"(\d{1,6}) searches per day")
+"""The guest limit a "Daily search limit reached" message names (the documented 5 otherwise)."""
 
 
 def assumed_quotas(scope: QuotaScope) -> list[Quota]:
@@ -135,9 +138,14 @@ def _error_quota(
 ) -> Quota | None:
     if isinstance(error, QuotaExhaustedError):
         until = now + timedelta(seconds=error.retry_after) if error.retry_after else None
+        named = _PER_DAY.search(error.message)
+        # A guest's day is spent at its known limit: without it the ledger would take the searches it
+        # counted itself for the limit (a ledger reset the same day counts only the last one).
+        limit = int(named.group(1)) if named else GUEST_DAILY_SEARCHES if scope == "guest" else None
         return Quota(
             provider=PROVIDER,
             scope=scope,
+            limit=limit,
             remaining=0,
             window="day",
             cooldown_until=until,
