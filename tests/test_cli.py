@@ -200,6 +200,17 @@ def test_a_confident_match_fits_twelve_lines_at_80_columns(tracemoe: Any, sample
     assert "weaker hit(s) hidden (--all shows them)" in done.stderr
 
 
+def test_the_notes_name_what_left_each_hit_out(tracemoe: Any, samples: Path) -> None:
+    """Hits over the threshold cut by -n are the limit's; only those under it are "weaker"."""
+    done = cli("search", str(samples / "tinted-good.jpg"), "--min-similarity", "0", "-n", "2")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^\d+ more hit\(s\) not shown \(--limit N shows them\)$", done.stderr, re.MULTILINE)
+    assert "weaker" not in done.stderr  # every hit reaches a threshold of 0
+    default = cli("search", str(samples / "tinted-good.jpg"))  # the 90 % threshold: one hit reaches it
+    assert "not shown" not in default.stderr
+    assert re.search(r"^\d+ weaker hit\(s\) hidden \(--all shows them\)$", default.stderr, re.MULTILINE)
+
+
 def test_a_bad_screenshot_is_an_honest_no(tracemoe: Any, samples: Path) -> None:
     done = cli("search", str(samples / "border-bad.jpg"))
     assert done.returncode == 1

@@ -212,11 +212,16 @@ def _print_result(result: "SearchResult", *, limit: int, show_all: bool, thresho
     """The table of one search (stdout) and its notes (stderr)."""
     matched = result.match_at(threshold) is not None
     if matched or (show_all and result.hits):
-        table, hidden = hits_table(result, threshold=threshold, limit=limit, show_all=show_all)
+        table, _ = hits_table(result, threshold=threshold, limit=limit, show_all=show_all)
         out().print(table)
-        if hidden:
-            what = "more hit(s) not shown (--limit N" if show_all else "weaker hit(s) hidden (--all"
-            err().print(f"{hidden} {what} shows them)", style="dim", highlight=False)
+        listed = sum(1 for hit in result.hits if show_all or hit.similarity >= threshold)
+        # Each note names what left its hits out: the limit, or the similarity threshold.
+        for count, what in (
+            (listed - limit, "more hit(s) not shown (--limit N shows them)"),
+            (len(result.hits) - listed, "weaker hit(s) hidden (--all shows them)"),
+        ):
+            if count > 0:
+                err().print(f"{count} {what}", style="dim", highlight=False)
     if not matched:
         out().print(no_match_text(result, threshold), markup=False, highlight=False)
         if result.hits and not show_all:
