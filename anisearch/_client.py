@@ -8,6 +8,7 @@ Account features are in ``_account``, provider HTTP in ``_transport``, user URLs
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -93,6 +94,9 @@ def _guarded(callback: Callable[[V], None] | None, name: str) -> Callable[[V], N
 
 class AsyncClient(AccountFeatures):
     """The anisearch engine. Use it as ``async with AsyncClient() as client: await client.search(...)``.
+
+    It runs on asyncio (anyio code on its asyncio backend too); under trio, use the sync :class:`Client`
+    from ``trio.to_thread.run_sync``. One client serves many tasks at once.
 
     Args:
         settings: Where to send requests and keep state; ``Settings.load()`` (environment + config file)
@@ -196,8 +200,16 @@ class AsyncClient(AccountFeatures):
 
         Raises:
             ClientClosedError: The client is closed, or was closed while the work ran.
+            ConfigurationError: The event loop is not asyncio's (trio).
         """
         self._check_open()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # trio (through anyio): the ledgers and the Redis client are asyncio's
+            raise ConfigurationError(
+                "AsyncClient runs on asyncio; under trio, call the sync anisearch.Client from "
+                "trio.to_thread.run_sync"
+            ) from None
         with anyio.CancelScope() as scope:
             self._working[scope] = id(anyio.get_current_task())
             try:

@@ -310,6 +310,18 @@ def test_a_misspelt_provider_table_in_the_config_file_is_refused(
     Client(Settings.load(cache="off")).close()  # the installed providers' tables and [server] are fine
 
 
+def test_under_trio_a_search_says_to_use_the_sync_client(mock: respx.MockRouter, samples: Path) -> None:
+    route = mock.post(f"{BASE}/search")
+
+    async def run() -> None:
+        async with AsyncClient(settings(cache="off"), transport(mock)) as client:
+            with pytest.raises(ConfigurationError, match=r"under trio, call the sync anisearch\.Client"):
+                await client.search((samples / "tinted-good.jpg").read_bytes())
+
+    anyio.run(run, backend="trio")
+    assert route.call_count == 0
+
+
 async def test_closing_ends_the_searches_in_flight_and_counts_what_was_sent(
     live_server: Callable[[Any], LiveServer], samples: Path, tmp_path: Path
 ) -> None:
