@@ -35,7 +35,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Self
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from anisearch._models import Attempt
 
 __all__ = [
     "AllProvidersFailedError",
@@ -297,7 +300,7 @@ class ProviderTimeoutError(ProviderError, TimeoutError):
     """The provider did not answer within the configured timeout (``ANISEARCH_TIMEOUT``, seconds)."""
 
 
-class AllProvidersFailedError(ExceptionGroup[Exception], AnisearchError):
+class AllProvidersFailedError(ExceptionGroup[ProviderError], AnisearchError):
     """No provider answered. ``exceptions`` holds each provider's error, in the order they were asked.
 
     It is an :class:`ExceptionGroup`, so ``except* QuotaExhaustedError`` picks out the spent ones.
@@ -307,12 +310,18 @@ class AllProvidersFailedError(ExceptionGroup[Exception], AnisearchError):
             successful ``SearchResult.attempts`` would list them.
     """
 
-    attempts: Sequence[Any] = ()
+    attempts: Sequence[Attempt] = ()
 
-    def __new__(cls, message: str, exceptions: Sequence[Exception]) -> Self:
+    def __new__(cls, message: str, exceptions: Sequence[ProviderError]) -> Self:
         return super().__new__(cls, message, exceptions)
 
-    def derive(self, excs: Sequence[Exception]) -> AllProvidersFailedError:  # type: ignore[override]
+    @property
+    def errors(self) -> tuple[ProviderError, ...]:
+        """Each provider's error, in the order they were asked: ``exceptions`` typed as what they are
+        (``error.provider``, ``error.status_code`` ... without an ``isinstance`` check)."""
+        return tuple(error for error in self.exceptions if isinstance(error, ProviderError))
+
+    def derive(self, excs: Sequence[ProviderError]) -> AllProvidersFailedError:  # type: ignore[override]
         derived = AllProvidersFailedError(self.message, excs)
         derived.attempts = self.attempts
         return derived

@@ -250,7 +250,7 @@ class Router:
         return merge_answers(answered, [o.attempt for o in outcomes])
 
     def _all_failed(self, outcomes: list[_Outcome]) -> AllProvidersFailedError:
-        errors: list[Exception] = [o.error for o in outcomes if o.error is not None]
+        errors: list[ProviderError] = [o.error for o in outcomes if o.error is not None]
         if not errors:
             errors = [ProviderError("no provider was configured for this search")]
         names = ", ".join(f"{o.attempt.provider} ({o.attempt.outcome})" for o in outcomes) or "none"

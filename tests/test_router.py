@@ -329,8 +329,17 @@ async def test_the_failure_group_lists_every_attempt(ledger: Ledger) -> None:
     with pytest.raises(AllProvidersFailedError) as caught:
         await router(ledger).search(routes(Scripted("one"), second))
     assert [(a.provider, a.outcome) for a in caught.value.attempts] == [("one", "skipped"), ("two", "failed")]
-    assert caught.value.attempts[0].reason.startswith("rate limited until ")
+    assert (caught.value.attempts[0].reason or "").startswith("rate limited until ")
     assert caught.value.attempts[0].error == "RateLimitedError"
+    errors = caught.value.errors  # the group's exceptions, typed
+    assert [(type(e).__name__, e.provider) for e in errors] == [
+        ("RateLimitedError", "one"),
+        ("ProviderServerError", "two"),
+    ]
+    spent = caught.value.subgroup(ProviderServerError)
+    assert isinstance(spent, AllProvidersFailedError)  # split and subgroup keep the class and its attempts
+    assert [e.status_code for e in spent.errors] == [503]
+    assert spent.attempts == caught.value.attempts
 
 
 # ---------------------------------------------------------------------------------------------- quota engine

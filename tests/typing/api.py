@@ -76,3 +76,13 @@ async def async_usage() -> None:
         anisearch.search("x.jpg")
     except* anisearch.QuotaExhaustedError as group:
         print(group.exceptions)
+    try:
+        anisearch.search("x.jpg")
+    except anisearch.AllProvidersFailedError as failed:
+        for error in failed.errors:  # each provider's error, typed
+            name: str | None = error.provider
+            status: int | None = error.status_code
+            print(name, status)
+        for attempt in failed.attempts:
+            outcome: str = attempt.outcome
+            print(outcome, attempt.reason)
