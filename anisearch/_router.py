@@ -383,8 +383,16 @@ class Router:
                 if baton is not None and _BATONS.get(key) is baton:  # nobody took it
                     del _BATONS[key]
 
-    async def _settle(self, ticket: Ticket, settlement: Settlement, *, handed_too_early: bool) -> None:
-        """Settle (shielded from cancellation); then a search this one handed its slot to may go on."""
+    async def _settle(
+        self, ticket: Ticket, settlement: Settlement, *, handed_too_early: bool, answered: bool = False
+    ) -> None:
+        """Settle (shielded from cancellation); then a search this one handed its slot to may go on.
+
+        Raises:
+            LedgerError: The ledger could not record it, unless the search was ``answered``: an answer paid
+                for is never lost to the ledger (its reservation stays counted there until the lease
+                lapses, as a settle would have left it), and the failure is logged.
+        """
         try:
             with anyio.CancelScope(shield=True):
                 await self._ledger.settle(
@@ -395,6 +403,11 @@ class Router:
                     busy=settlement.busy,
                     blocks=settlement.blocks,
                 )
+        except LedgerError as exc:
+            if not answered:
+                raise
+            logger.warning("%s: answered, but the ledger could not record it: %s", ticket.provider, exc)
+        else:
             if handed_too_early:
                 self._handed_too_early(ticket.provider)
         finally:
@@ -565,7 +578,10 @@ class Router:
             if taken is not None:
                 self._let_go(route, taken)
             await self._settle(
-                ticket, settlement, handed_too_early=waited and isinstance(error, ConcurrencyLimitError)
+                ticket,
+                settlement,
+                handed_too_early=waited and isinstance(error, ConcurrencyLimitError),
+                answered=answer is not None,
             )
         # A search of this process woken by the freed slot sends before this one builds its result.
         await anyio.lowlevel.checkpoint()

@@ -765,9 +765,27 @@ async def test_a_search_handed_a_slot_does_not_wait_for_a_giver_whose_settle_fai
         async with anyio.create_task_group() as group:
             for _ in range(3):
                 group.start_soon(one)
-    assert sorted(outcomes) == ["answered", "answered", "ledger failed"]
+    assert outcomes == ["answered"] * 3  # the first keeps its answer too: it was paid for
     assert len(calls) == 3
     assert batons_of(ledger) == []
+
+
+async def test_an_answer_is_kept_when_the_ledger_cannot_record_it(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ledger fails after the upstream answered (Redis went down mid-search): the answer, paid for, is
+    returned and the failure logged. After a failed attempt there is nothing to keep: the error says the
+    ledger cannot be used."""
+
+    async def gone(*_: Any, **__: Any) -> None:
+        raise LedgerError("the quota ledger cannot be used (gone)", ledger=ledger.url)
+
+    monkeypatch.setattr(ledger, "settle", gone)
+    result = await router(ledger).search(routes(Scripted("one", answer("one", 0.9))))
+    assert result.provider == "one"
+    assert "one: answered, but the ledger could not record it" in caplog.text
+    with pytest.raises(LedgerError):
+        await router(ledger).search(routes(Scripted("two", ProviderServerError("down", provider="two"))))
 
 
 def batons_of(ledger: Ledger) -> list[object]:
