@@ -51,6 +51,8 @@ _HEADER_SECRET = re.compile(r"(?i)(^|_)(key|token|api_?key)s?$")
 
 
 _USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,30}://[^/@]*@")
+_LEDGER_SCHEMES = ("memory", "sqlite", "redis", "rediss")
+"""What ``open_ledger`` opens (``anisearch._ledger.SCHEMES``; not imported: a cache hit loads no ledger)."""
 
 
 def is_secret_setting(name: str) -> bool:
@@ -231,6 +233,35 @@ class Settings(BaseSettings):
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
             yield name, redact(value) if name == "ledger" and isinstance(value, str) else value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigurationError(
+                f"unknown time zone {value!r} ({_where('timezone')}); use an IANA name such as 'UTC' or "
+                "'Asia/Tokyo'"
+            ) from exc
+        return value
+
+    @field_validator("ledger")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        """Checked here so that every command refuses it, also one the cache answers without the ledger
+        (``open_ledger`` checks the rest when the ledger is opened)."""
+        if value is None or ("://" not in value and Path(value).is_absolute()):
+            return value
+        scheme = value.partition("://")[0].lower() if "://" in value else ""
+        if scheme not in _LEDGER_SCHEMES:
+            raise ConfigurationError(
+                f"unsupported ledger URL {redact(value)!r} ({_where('ledger')}); use memory://, "
+                "sqlite:///path or redis://host:port/db"
+            )
+        return value
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -63,6 +63,28 @@ def test_a_repeated_file_is_answered_without_the_engine(
     assert len(engine_starts) == 1
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("ANISEARCH_LEDGER", "foo://x", "unsupported ledger URL 'foo://x' (ANISEARCH_LEDGER)"),
+        ("ANISEARCH_TIMEZONE", "Mars/Olympus", "unknown time zone 'Mars/Olympus' (ANISEARCH_TIMEZONE)"),
+    ],
+    ids=["ledger", "timezone"],
+)
+def test_a_bad_setting_fails_a_hit_as_it_fails_a_miss(
+    tracemoe: Any, samples: Path, monkeypatch: pytest.MonkeyPatch, case: tuple[str, str, str]
+) -> None:
+    """A broken setup shows on the first run, not on the first cache miss in production."""
+    variable, value, says = case
+    shot = str(samples / "tinted-good.jpg")
+    assert cli("search", shot).returncode == 0  # the answer is cached
+    monkeypatch.setenv(variable, value)
+    for args in (("search", shot), ("search", shot, "--no-cache")):
+        done = cli(*args)
+        assert done.returncode == 2, done.stderr
+        assert says in done.stderr
+
+
 @pytest.mark.parametrize("env", [{}, {"ANISEARCH_INCLUDE_ADULT": "false"}])
 def test_a_hit_prints_what_the_engine_prints(
     tracemoe: Any, samples: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]

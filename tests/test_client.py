@@ -326,8 +326,8 @@ async def test_closing_ends_the_searches_in_flight_and_counts_what_was_sent(
     live_server: Callable[[Any], LiveServer], samples: Path, tmp_path: Path
 ) -> None:
     """A bot shutting down closes its client while one search waits for the upstream's answer and another
-    waits for the slot: both end with ClientClosedError, and the ledger counts the one request sent, as the
-    upstream does (it runs that search to its end)."""
+    waits for the slot: both end with ClientClosedError, and the ledger counts the one request that left
+    (the upstream may run that search to its end), not the one that never did."""
     from anisearch_emulators.tracemoe import create_app
 
     app = create_app(latency=1.0)
@@ -355,9 +355,6 @@ async def test_closing_ends_the_searches_in_flight_and_counts_what_was_sent(
         await client.aclose()
     assert [type(exc) for exc in ended] == [ClientClosedError, ClientClosedError]
     assert "closed while this search" in str(ended[0])
-    with anyio.fail_after(10):
-        while len(app.state.emulator.log) < 1:  # the upstream finishes the search it was sent
-            await anyio.sleep(0.05)
     assert app.state.emulator.search_requests == 1
     async with AsyncClient(configured) as fresh:
         (window,) = [q for q in await fresh.quota("tracemoe") if q.window == "rolling-24h"]
