@@ -151,7 +151,7 @@ class AsyncClient(AccountFeatures):
         self._flights = Flights()
         self._closed = False
         self._working: dict[anyio.CancelScope, int] = {}  # the searches and calls in flight: their task
-        self._drained: anyio.Event | None = None  # set once aclose() no longer waits for any of them
+        self._drained: anyio.Event | None = None  # set for aclose() each time some work has ended
         self._enricher: Enricher | None = None
         self._settle_first: set[str] = set()  # providers whose slot is handed over at settle (the router)
         self.api_keys = AsyncApiKeys(self._account_provider, self._call)
@@ -216,7 +216,7 @@ class AsyncClient(AccountFeatures):
                 yield
             finally:
                 del self._working[scope]
-                if not self._working and self._drained is not None:
+                if self._drained is not None:  # aclose() counts what is left
                     self._drained.set()
         if scope.cancelled_caught:  # only aclose() cancels this scope
             raise ClientClosedError("the client was closed while this search or call was running")
