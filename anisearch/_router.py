@@ -27,6 +27,7 @@ Per search, for each provider in order (``fallback``) or all at once (``fanout``
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
@@ -105,6 +106,21 @@ _HOLDERS: dict[tuple[int, str, str, int], _Baton] = {}
 gate asks the ledger once that one's request is sent: sooner it would be refused, and hold up that send."""
 _BATON_SECONDS = 0.05
 """The longest a search waits for another search of its event loop (see :class:`_Baton`)."""
+_ANSWER_SECONDS: dict[tuple[str, str], collections.deque[float]] = {}
+"""Per provider and address: how long its last answers took, seconds from sending to the whole answer."""
+_UNANSWERED_SECONDS = 2.0
+"""How long a provider is taken to need for an answer before any was timed in this process."""
+_HOLD_MARGIN_SECONDS = 0.2
+"""Beyond that, before a slot left by a search given up in flight goes to the next search."""
+
+
+def _upstream(provider: Provider) -> tuple[str, str]:
+    """Whose answer times are pooled: one provider at one address."""
+    return provider.name, str(getattr(provider, "base_url", ""))
+
+
+def _answered_in(upstream: tuple[str, str], seconds: float) -> None:
+    _ANSWER_SECONDS.setdefault(upstream, collections.deque(maxlen=16)).append(seconds)
 
 
 class _Baton:
@@ -383,10 +399,35 @@ class Router:
                 if baton is not None and _BATONS.get(key) is baton:  # nobody took it
                     del _BATONS[key]
 
+    def _still_working(self, provider: Provider, sending: _Sending, sent_at: float) -> float | None:
+        """Seconds the upstream is likely still at a search given up before its answer came (cancelled,
+        timed out): the longest of its recent answer times, less the time already spent, plus a margin; at
+        most a lease. None when its request never left or its answer's headers came.
+
+        The upstream runs such a search to its end and counts it against the caller's concurrency until
+        then (trace.moe answers a request arriving meanwhile with 402 "Concurrency limit exceeded").
+        """
+        if not sending.writing or sending.headers_in:
+            return None
+        recent = _ANSWER_SECONDS.get(_upstream(provider))
+        longest = max(recent) if recent else _UNANSWERED_SECONDS
+        in_flight = time.monotonic() - sent_at
+        return min(max(longest - in_flight, 0.0) + _HOLD_MARGIN_SECONDS, self._lease_seconds)
+
     async def _settle(
-        self, ticket: Ticket, settlement: Settlement, *, handed_too_early: bool, answered: bool = False
+        self,
+        ticket: Ticket,
+        settlement: Settlement,
+        *,
+        handed_too_early: bool,
+        answered: bool = False,
+        upstream_busy: float | None = None,
     ) -> None:
         """Settle (shielded from cancellation); then a search this one handed its slot to may go on.
+
+        A search given up while the upstream still works on it (``upstream_busy``: for about that many
+        seconds) keeps its slot until then instead: its lease is cut to that, and when it lapses the ledger
+        frees the slot and keeps the search counted, as a ``charged`` settle would.
 
         Raises:
             LedgerError: The ledger could not record it, unless the search was ``answered``: an answer paid
@@ -395,14 +436,19 @@ class Router:
         """
         try:
             with anyio.CancelScope(shield=True):
-                await self._ledger.settle(
-                    ticket,
-                    settlement.outcome,
-                    observations=settlement.observations,
-                    cooldown=settlement.cooldown,
-                    busy=settlement.busy,
-                    blocks=settlement.blocks,
-                )
+                if not (
+                    upstream_busy is not None
+                    and settlement == Settlement("charged")  # nothing told but that it may have left
+                    and await self._ledger.renew(ticket, upstream_busy)
+                ):
+                    await self._ledger.settle(
+                        ticket,
+                        settlement.outcome,
+                        observations=settlement.observations,
+                        cooldown=settlement.cooldown,
+                        busy=settlement.busy,
+                        blocks=settlement.blocks,
+                    )
         except LedgerError as exc:
             if not answered:
                 raise
@@ -556,8 +602,10 @@ class Router:
         waited = ticket.token in self._contended
         taken = self._batons.pop(ticket.token, None)
         sending = self._sending(route, ticket, taken)
+        sent_at = time.monotonic()
         try:
             response = await self._send_leased(ticket, provider, query, request, sending)
+            _answered_in(_upstream(provider), time.monotonic() - sent_at)
             status = response.status_code
             settlement = answered(response)  # until its body is read
             await sending.answered()  # unless the transport reported the answer's headers already
@@ -582,6 +630,7 @@ class Router:
                 settlement,
                 handed_too_early=waited and isinstance(error, ConcurrencyLimitError),
                 answered=answer is not None,
+                upstream_busy=None if status is not None else self._still_working(provider, sending, sent_at),
             )
         # A search of this process woken by the freed slot sends before this one builds its result.
         await anyio.lowlevel.checkpoint()
@@ -736,10 +785,10 @@ class _Sending:
     the search's (``tunnel``).
     """
 
-    __slots__ = ("early", "handed", "on_answer", "sent", "traced", "tunnel", "writing")
+    __slots__ = ("early", "handed", "headers_in", "on_answer", "sent", "traced", "tunnel", "writing")
 
     def __init__(self, sent: anyio.Event | None = None, *, early: bool = False) -> None:
-        self.handed = self.traced = self.writing = self.tunnel = False
+        self.handed = self.traced = self.writing = self.tunnel = self.headers_in = False
         self.sent = sent
         """Set once the request's body has been written (see :class:`_Baton`)."""
         self.on_answer: Callable[[], Awaitable[None]] | None = None
@@ -774,8 +823,10 @@ class _Sending:
             self.writing = True
         elif name.endswith("send_request_body.complete") and self.sent is not None:
             self.sent.set()
-        elif name.endswith("receive_response_headers.complete") and self.early:
-            await self.answered()
+        elif name.endswith("receive_response_headers.complete"):
+            self.headers_in = True  # the upstream is done with it
+            if self.early:
+                await self.answered()
 
 
 def _first_typed(group: BaseExceptionGroup[BaseException]) -> AnisearchError | None:

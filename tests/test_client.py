@@ -361,6 +361,37 @@ async def test_closing_ends_the_searches_in_flight_and_counts_what_was_sent(
     assert window.used == 1
 
 
+@pytest.mark.parametrize("give_up", ["cancel", "deadline"])
+async def test_a_search_given_up_in_flight_keeps_the_slot_while_the_upstream_works_on_it(
+    live_server: Callable[[Any], LiveServer], samples: Path, tmp_path: Path, give_up: str
+) -> None:
+    """A bot's timeout ends a search whose request trace.moe is still working on: the next search waits for
+    that one to end upstream instead of meeting "Concurrency limit exceeded" (402) and backing off."""
+    from anisearch_emulators.tracemoe import create_app
+
+    app = create_app(latency=1.0)
+    server = live_server(app)
+    configured = Settings.load(
+        providers=["tracemoe"],
+        provider_options={"tracemoe": {"url": server.url}},
+        ledger=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+        cache="off",
+    )
+    data = (samples / "tinted-good.jpg").read_bytes()
+    async with AsyncClient(configured) as client:
+        await client.search(data)  # how long trace.moe takes to answer, as the client sees it
+        if give_up == "cancel":
+            with anyio.move_on_after(0.3):
+                await client.search(data)
+        else:
+            with pytest.raises(AllProvidersFailedError):
+                await client.search(data, deadline=0.3)
+        result = await client.search(data)
+    assert result.provider == "tracemoe"
+    assert [a.outcome for a in result.attempts] == ["ok"]
+    assert app.state.emulator.search_requests == 3  # no request refused with 402 and sent again
+
+
 @pytest.mark.parametrize(
     ("argument", "value"),
     [("anilist_id", "11887"), ("anilist_id", True), ("min_similarity", "0.9"), ("min_similarity", True)],

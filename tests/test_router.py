@@ -47,7 +47,7 @@ from anisearch import (
 )
 from anisearch._image import PreparedImage
 from anisearch._ledger import Ledger, Refusal, Ticket, WindowSpec, open_ledger
-from anisearch._ledger._windows import to_us
+from anisearch._ledger._windows import from_us, to_us
 from anisearch._limits import search_deadline
 from anisearch._plan import PlannedQuery, Route
 from anisearch._router import Router, merge_hits
@@ -980,8 +980,9 @@ def stalled_after(event: str | None) -> Callable[[Any, httpx.Request], Any]:
     ],
 )
 async def test_a_search_cancelled_by_its_caller_is_counted_once_its_request_may_have_left(
-    ledger: Ledger, event: str | None, counted: int
+    ledger: Ledger, event: str | None, counted: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(_router, "_UNANSWERED_SECONDS", 0.5)  # how long the upstream is taken to need
     windows = (WindowSpec("rolling-24h", span_seconds=86400, limit=5),)
     with anyio.move_on_after(0.1) as scope:  # the caller's own timeout
         await Router(ledger, stalled_after(event), wait_seconds=1).search(
@@ -989,7 +990,15 @@ async def test_a_search_cancelled_by_its_caller_is_counted_once_its_request_may_
         )
     assert scope.cancelled_caught
     assert (await ledger.snapshot("one", lambda _: windows))[0].used == counted
-    assert isinstance(await ledger.reserve("one", "guest", windows), Ticket)  # the slot is free again
+    free = await ledger.reserve("one", "guest", windows)
+    if event == "http11.send_request_headers.started":  # the upstream is still at it: its slot stays taken
+        assert isinstance(free, Refusal)
+        assert free.kind == "concurrency"
+        assert from_us(free.until) - ledger.now() <= timedelta(seconds=0.5 + 0.2)  # about what is left of it
+        await anyio.sleep((from_us(free.until) - ledger.now()).total_seconds())
+        free = await ledger.reserve("one", "guest", windows)
+        assert (await ledger.snapshot("one", lambda _: windows))[0].used == 2  # it stayed counted
+    assert isinstance(free, Ticket)  # the slot is free again
 
 
 async def test_a_caller_timeout_after_the_request_reached_a_real_server_is_counted(
