@@ -35,10 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Self
-
-if TYPE_CHECKING:
-    from anisearch._models import Attempt
+from typing import Any, Self
 
 __all__ = [
     "AllProvidersFailedError",
@@ -310,7 +307,7 @@ class AllProvidersFailedError(ExceptionGroup[ProviderError], AnisearchError):
             successful ``SearchResult.attempts`` would list them.
     """
 
-    attempts: Sequence[Attempt] = ()
+    attempts: Sequence[Any] = ()  # anisearch.Attempt: the exceptions sit below the models' layer
 
     def __new__(cls, message: str, exceptions: Sequence[ProviderError]) -> Self:
         return super().__new__(cls, message, exceptions)
