@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
+import numbers
 import os
 import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -211,7 +213,7 @@ class AsyncClient(AccountFeatures):
                 "trio.to_thread.run_sync"
             ) from None
         with anyio.CancelScope() as scope:
-            self._working[scope] = id(anyio.get_current_task())
+            self._working[scope] = anyio.get_current_task().id
             try:
                 yield
             finally:
@@ -223,7 +225,7 @@ class AsyncClient(AccountFeatures):
 
     async def _end_work(self) -> None:
         """Cancel the work in flight of other tasks and wait (shielded, bounded) until each settled."""
-        this = id(anyio.get_current_task())
+        this = anyio.get_current_task().id
         others = [scope for scope, task in self._working.items() if task != this]
         if not others:
             return
@@ -417,17 +419,7 @@ class AsyncClient(AccountFeatures):
     ) -> SearchResult:
         if strategy not in ("fallback", "fanout"):
             raise ConfigurationError(f"unknown strategy {strategy!r}; use 'fallback' or 'fanout'")
-        if min_similarity is not None and not (
-            isinstance(min_similarity, int | float)
-            and not isinstance(min_similarity, bool)
-            and 0.0 <= min_similarity <= 1.0
-        ):
-            raise ConfigurationError(f"min_similarity must be a number within 0..1, got {min_similarity!r}")
-        anilist_id = options.anilist_id
-        if anilist_id is not None and (
-            not isinstance(anilist_id, int) or isinstance(anilist_id, bool) or anilist_id <= 0
-        ):
-            raise ConfigurationError(f"anilist_id must be a positive AniList ID (an int), got {anilist_id!r}")
+        min_similarity, options = _checked(min_similarity, options)
         names = self._order(providers)
         source = await self._downloader.resolve(image)
         wait = remaining_seconds(self.settings.timeout)
@@ -642,6 +634,28 @@ def _defaults(name: str, scope: str, windows: Sequence[WindowSpec], now: datetim
         for spec in windows
         if spec.limit is not None
     ]
+
+
+def _checked(min_similarity: object, options: SearchOptions) -> tuple[float | None, SearchOptions]:
+    """``min_similarity`` and ``options.anilist_id`` as plain numbers (a numpy scalar is one too).
+
+    Raises:
+        ConfigurationError: ``min_similarity`` is not a number within 0..1, or ``anilist_id`` not a
+            positive whole number (a bool or a string is neither).
+    """
+    similarity: float | None = None
+    if min_similarity is not None:
+        if isinstance(min_similarity, bool) or not isinstance(min_similarity, numbers.Real):
+            raise ConfigurationError(f"min_similarity must be a number within 0..1, got {min_similarity!r}")
+        similarity = float(min_similarity)
+        if not 0.0 <= similarity <= 1.0:
+            raise ConfigurationError(f"min_similarity must be within 0..1, got {similarity}")
+    anilist_id: object = options.anilist_id
+    if anilist_id is not None:
+        if isinstance(anilist_id, bool) or not isinstance(anilist_id, numbers.Integral) or anilist_id <= 0:
+            raise ConfigurationError(f"anilist_id must be a positive AniList ID, got {anilist_id!r}")
+        options = dataclasses.replace(options, anilist_id=int(anilist_id))
+    return similarity, options
 
 
 async def _unchanged(result: SearchResult) -> SearchResult:

@@ -351,7 +351,8 @@ class Settings(BaseSettings):
         from anisearch._provider import available_metadata_providers, available_providers
 
         tables = {name for name, value in _read_toml(config_path()).items() if isinstance(value, dict)}
-        named = (tables - {"server"}) | set(self.provider_options)  # [server]: the gateway's own settings
+        # [server]: the gateway's settings; [provider_options...]: a setting written as a table
+        named = (tables - {"server"} - set(type(self).model_fields)) | set(self.provider_options)
         if not named:
             return
         known = set(available_providers()) | set(available_metadata_providers())

@@ -306,8 +306,9 @@ def test_a_misspelt_provider_table_in_the_config_file_is_refused(
         AsyncClient(Settings.load(cache="off"))
     config.write_text(
         '[tracemoe]\nurl = "http://x.test"\n[server]\nport = 9000\n[anilist]\nurl = "http://a.test"\n'
+        '[provider_options.whatanimeisthis]\nurl = "http://w.test"\n'
     )
-    Client(Settings.load(cache="off")).close()  # the installed providers' tables and [server] are fine
+    Client(Settings.load(cache="off")).close()  # installed providers' tables, [server], a setting's table
 
 
 def test_under_trio_a_search_says_to_use_the_sync_client(mock: respx.MockRouter, samples: Path) -> None:
@@ -390,6 +391,22 @@ async def test_a_search_given_up_in_flight_keeps_the_slot_while_the_upstream_wor
     assert result.provider == "tracemoe"
     assert [a.outcome for a in result.attempts] == ["ok"]
     assert app.state.emulator.search_requests == 3  # no request refused with 402 and sent again
+
+
+async def test_numbers_from_numpy_are_numbers(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    import numpy as np
+
+    route = mock.post(f"{BASE}/search").respond(json=body)
+    similarity: Any = np.float32(0.5)  # what a bot computing thresholds with numpy passes
+    anilist_id: Any = np.int64(11887)
+    async with AsyncClient(settings(cache="off"), transport(mock)) as client:
+        image = (samples / "tinted-good.jpg").read_bytes()
+        result = await client.search(image, min_similarity=similarity, anilist_id=anilist_id)
+    assert result.best is not None
+    assert result.best.anilist_id == 11887
+    assert route.calls.last.request.url.params["anilistID"] == "11887"
 
 
 @pytest.mark.parametrize(
