@@ -426,8 +426,7 @@ class Router:
         """Settle (shielded from cancellation); then a search this one handed its slot to may go on.
 
         A search given up while the upstream still works on it (``upstream_busy``: for about that many
-        seconds) keeps its slot until then instead: its lease is cut to that, and when it lapses the ledger
-        frees the slot and keeps the search counted, as a ``charged`` settle would.
+        seconds) keeps its slot until then instead (:meth:`Ledger.hold`).
 
         Raises:
             LedgerError: The ledger could not record it, unless the search was ``answered``: an answer paid
@@ -439,7 +438,7 @@ class Router:
                 if not (
                     upstream_busy is not None
                     and settlement == Settlement("charged")  # nothing told but that it may have left
-                    and await self._ledger.renew(ticket, upstream_busy)
+                    and await self._ledger.hold(ticket, upstream_busy)
                 ):
                     await self._ledger.settle(
                         ticket,

@@ -983,6 +983,7 @@ async def test_a_search_cancelled_by_its_caller_is_counted_once_its_request_may_
     ledger: Ledger, event: str | None, counted: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_router, "_UNANSWERED_SECONDS", 0.5)  # how long the upstream is taken to need
+    monkeypatch.setattr(_router, "_ANSWER_SECONDS", {})  # no answer timed yet (other tests' are quick)
     windows = (WindowSpec("rolling-24h", span_seconds=86400, limit=5),)
     with anyio.move_on_after(0.1) as scope:  # the caller's own timeout
         await Router(ledger, stalled_after(event), wait_seconds=1).search(
@@ -999,6 +1000,51 @@ async def test_a_search_cancelled_by_its_caller_is_counted_once_its_request_may_
         free = await ledger.reserve("one", "guest", windows)
         assert (await ledger.snapshot("one", lambda _: windows))[0].used == 2  # it stayed counted
     assert isinstance(free, Ticket)  # the slot is free again
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_search_waiting_for_a_held_slot_goes_on_when_the_hold_ends(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first search is given up while the upstream works on it: the search waiting for its slot is
+    told how long the hold lasts, and sends once it ends, not once the old 15-second lease would have."""
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url")
+    else:
+        url = "memory://" if backend == "memory" else f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ledger = open_ledger(url, clock=lambda: datetime.now(UTC))
+    monkeypatch.setattr(_router, "_UNANSWERED_SECONDS", 0.5)  # how long the upstream is taken to need
+    monkeypatch.setattr(_router, "_ANSWER_SECONDS", {})  # no answer timed yet (other tests' are quick)
+    sent: list[float] = []
+    first_sent = anyio.Event()
+
+    async def upstream(provider: Any, request: httpx.Request) -> httpx.Response:
+        sent.append(anyio.current_time())
+        await request.extensions["trace"]("http11.send_request_headers.started", {})
+        if len(sent) == 1:
+            first_sent.set()
+            await anyio.sleep(30)  # given up by its caller long before
+        return httpx.Response(200, request=request)
+
+    searching = Router(ledger, upstream, wait_seconds=30, lease_seconds=15)
+    provider = Scripted("one", answer("one", 0.9), answer("one", 0.9))
+    try:
+        with anyio.fail_after(10):  # the waiting search would sleep out the first one's 15 s lease
+            async with anyio.create_task_group() as group:
+
+                async def given_up() -> None:
+                    with anyio.move_on_after(0.1):
+                        await searching.search(routes(provider))
+
+                group.start_soon(given_up)
+                await first_sent.wait()
+                result = await searching.search(routes(provider))
+    finally:
+        await ledger.clear()
+        await ledger.aclose()
+    assert result.provider == "one"
+    assert len(sent) == 2
+    assert sent[1] - sent[0] >= 0.5  # not before the hold (0.5 s less the 0.1 s spent, plus 0.2 s) ended
 
 
 async def test_a_caller_timeout_after_the_request_reached_a_real_server_is_counted(

@@ -536,6 +536,23 @@ class Ledger(abc.ABC):
         """
         await self._free_slot(ticket.provider, ticket.scope, ticket.token)
 
+    async def hold(self, ticket: Ticket, seconds: float) -> bool:
+        """Give a search up but keep its slot ``seconds`` more: the upstream still works on it (its caller
+        stopped waiting). Its lease is cut to that; when it lapses the slot frees and its units stay counted,
+        as a ``charged`` settle leaves them. Searches waiting for the slot are told, to wait exactly that
+        long. False when its lease had lapsed already (then settle it).
+
+        Raises:
+            LedgerError: The store cannot be used.
+        """
+        if not await self.renew(ticket, seconds):
+            return False
+        await self._wake(ticket.provider, ticket.scope)
+        return True
+
+    async def _wake(self, provider: str, scope: str) -> None:  # noqa: B027 - a hook, not abstract
+        """Wake a search waiting for a slot of the scope, to look again (a lease was cut short)."""
+
     async def renew(self, ticket: Ticket, lease_seconds: float) -> bool:
         """Keep a running search's slot for ``lease_seconds`` more; False when its lease had lapsed.
 

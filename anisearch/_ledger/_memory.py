@@ -62,6 +62,9 @@ class MemoryLedger(Ledger):
         if freed:
             WAITERS.notify((id(self), provider, scope))
 
+    async def _wake(self, provider: str, scope: str) -> None:
+        WAITERS.notify((id(self), provider, scope))
+
     async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
         with self._lock:
             held = self._scope(provider, scope)[0].held.get(token)

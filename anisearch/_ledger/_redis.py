@@ -227,6 +227,13 @@ class RedisLedger(Ledger):
         if await self._run("FREE", provider, scope, [token, to_us(self.now())]):
             WAITERS.notify((id(self), provider, scope))
 
+    async def _wake(self, provider: str, scope: str) -> None:
+        WAITERS.notify((id(self), provider, scope))
+        key = f"{PREFIX}wake:{provider}|{scope}"
+        with self._unusable():  # as the scripts' wake_one()
+            async with self._redis.pipeline(transaction=True) as pipe:
+                await pipe.lpush(key, "1").ltrim(key, 0, 63).pexpire(key, 60000).execute()
+
     async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
         return bool(await self._run("RENEW", provider, scope, [token, lease_until]))
 

@@ -468,6 +468,10 @@ class SQLiteLedger(Ledger):
             WAITERS.notify((self.path, provider, scope))
             self._bell.ring(provider, scope)
 
+    async def _wake(self, provider: str, scope: str) -> None:
+        WAITERS.notify((self.path, provider, scope))
+        self._bell.ring(provider, scope)
+
     async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
         def renew(state: _logic.ScopeState, _units: _Units) -> bool:
             held = state.held.get(token)
