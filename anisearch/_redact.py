@@ -31,7 +31,8 @@ LOGGERS = (
 """Loggers whose records are masked (a filter on a parent logger does not see its children's records)."""
 
 _SECRET_NAMES = (
-    r"(?:token|key|api_?key|apikey|access_token|password|passwd|secret|signature|sig|auth|session)"  # noqa: S105 - names of secret parameters
+    r"(?:token|key|api_?key|apikey|access_token|password|passwd|secret|signature|sig|auth|session"  # noqa: S105 - names of secret parameters
+    r"|credential|hm)"  # an S3 presigned URL's key id; a Discord attachment URL's signature (hm)
 )
 # Every repetition before a fixed anchor is bounded, so masking stays linear on a 100 KB hostile URL.
 _QUERY = re.compile(rf"(?i)([?&;](?:[\w.-]{{0,40}}[_.-])?{_SECRET_NAMES}=)[^&#\s\"'<>]+")

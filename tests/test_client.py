@@ -567,6 +567,36 @@ def test_secrets_in_urls_never_reach_the_log(
     assert "s3cr3t-token" not in caplog.text
 
 
+DISCORD = "https://img.test/attachments/1/2/a.jpg?ex=65f1a2b3&is=65e07f33&hm=4f2a9c0d1e2f&"
+S3 = "https://img.test/a.jpg?X-Amz-Credential=AKIAEXAMPLE%2F20261203&X-Amz-Signature=abcdef012345"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [(DISCORD, ["4f2a9c0d1e2f"]), (S3, ["AKIAEXAMPLE", "abcdef012345"])],
+    ids=["discord attachment", "s3 presigned"],
+)
+def test_a_signed_image_url_keeps_its_signature_out_of_the_log(
+    mock: respx.MockRouter,
+    samples: Path,
+    public_dns: dict[str, list[str]],
+    caplog: pytest.LogCaptureFixture,
+    case: tuple[str, list[str]],
+) -> None:
+    """A bot searches the signed URL of a chat attachment: the signature is a credential to that file."""
+    url, secrets = case
+    body = json.loads((samples / "api-v1-search-tinted-good-2021.json").read_text())
+    mock.get(url).respond(
+        200, content=(samples / "tinted-good.jpg").read_bytes(), headers={"content-type": "image/jpeg"}
+    )
+    mock.post(f"{BASE}/search").respond(200, json=body)
+    with caplog.at_level("DEBUG"), Client(settings(cache="off"), transport(mock)) as client:
+        client.search(url)
+    assert "img.test" in caplog.text  # the download was logged
+    for secret in secrets:
+        assert secret not in caplog.text
+
+
 def test_anilist_filter_falls_back_to_a_provider_without_one(mock: respx.MockRouter, samples: Path) -> None:
     mock.post(f"{BASE}/search").respond(
         500, json={"error": "Search failed. Database temporarily unavailable."}
