@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
+from anisearch._config import is_redis_url
 from anisearch._limits import remaining_seconds
 from anisearch._models import SearchResult, fresh_previews
 
@@ -75,11 +76,6 @@ class CacheStore(Protocol):
     async def put(self, key: str, result: SearchResult) -> None: ...
 
     def close(self) -> None: ...
-
-
-def is_redis_url(value: str | None) -> bool:
-    """Whether a cache setting names Redis."""
-    return value is not None and value.strip().lower().startswith(("redis://", "rediss://"))
 
 
 class RedisResultCache:

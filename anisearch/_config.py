@@ -119,6 +119,11 @@ class _TomlSource(PydanticBaseSettingsSource):
         return {name: self._data[name] for name in known if name in self._data}
 
 
+def is_redis_url(value: str | None) -> bool:
+    """Whether a cache setting names Redis."""
+    return value is not None and value.strip().lower().startswith(("redis://", "rediss://"))
+
+
 def settings_error(
     exc: ValidationError, prefix: str, headline: str, named: Callable[[str], str] | None = None
 ) -> ConfigurationError:
@@ -316,7 +321,7 @@ class Settings(BaseSettings):
         """The result cache's SQLite file, or None when ``cache`` is ``off`` or names Redis."""
         if self.cache is not None and self.cache.strip().lower() in {"off", "0", "false", "no", "none"}:
             return None
-        if self.cache is not None and self.cache.strip().lower().startswith(("redis://", "rediss://")):
+        if is_redis_url(self.cache):
             return None
         return Path(self.cache) if self.cache else self.cache_dir / "results.sqlite3"
 

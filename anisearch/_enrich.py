@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from anisearch._anime_cache import AnimeCache
-from anisearch._cache_redis import is_redis_url
+from anisearch._config import is_redis_url
 from anisearch._exceptions import (
     AnisearchError,
     ConfigurationError,

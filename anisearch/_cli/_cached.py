@@ -85,7 +85,7 @@ def _answerable(settings: Settings, options: dict[str, Any]) -> bool:
         return False
     if settings.cache is None:  # the default SQLite file: the Redis cache module (anyio) stays unloaded
         return True
-    from anisearch._cache_redis import is_redis_url
+    from anisearch._config import is_redis_url
 
     return not is_redis_url(settings.cache)
 

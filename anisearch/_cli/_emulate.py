@@ -398,8 +398,8 @@ cache_app = typer.Typer(
 def _cache() -> Any:
     """The configured result cache: a ``ResultCache`` (SQLite) or a ``RedisResultCache``."""
     from anisearch._cache import ResultCache
-    from anisearch._cache_redis import RedisResultCache, is_redis_url
-    from anisearch._config import Settings
+    from anisearch._cache_redis import RedisResultCache
+    from anisearch._config import Settings, is_redis_url
 
     try:
         settings = Settings.load()
@@ -463,8 +463,10 @@ def _unusable(store: Any) -> None:
 )
 def cache_info(as_json: JsonOption = False) -> None:
     """Where the cache is, how many results it holds and its size."""
+    from anisearch._cache_redis import RedisResultCache
+
     store = _cache()
-    if hasattr(store, "redis"):  # shared in Redis: it drops expired answers itself
+    if isinstance(store, RedisResultCache):  # shared in Redis: it drops expired answers itself
         where, (entries, size) = store.url, _on_redis(store, store.info)
         expired = 0
     else:
@@ -482,8 +484,10 @@ def cache_info(as_json: JsonOption = False) -> None:
 @cache_app.command("clear", cls=Command, epilog=examples("anisearch cache clear"))
 def cache_clear() -> None:
     """Delete every cached result (in a shared Redis cache, every process's)."""
+    from anisearch._cache_redis import RedisResultCache
+
     store = _cache()
-    if hasattr(store, "redis"):
+    if isinstance(store, RedisResultCache):
         removed = _on_redis(store, store.clear)
     else:
         with own_warnings():
