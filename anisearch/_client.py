@@ -470,7 +470,12 @@ class AsyncClient(AccountFeatures):
                 else None,
                 settle_first=self._settle_first,
             )
-            result = await router.search(routes, strategy=strategy, min_similarity=min_similarity)
+            # a provider whose answer is cached is not asked again when another must be (the answer
+            # was not confident and the next provider failed last time, or was added since)
+            answered = await self._answered(routes) if use_cache and len(routes) > 1 else []
+            result = await router.search(
+                routes, strategy=strategy, min_similarity=min_similarity, answered=answered
+            )
             return _best_hits(result)
 
         # The same search already running (here, or anywhere on a shared Redis cache) answers this one.
@@ -507,6 +512,13 @@ class AsyncClient(AccountFeatures):
                 break  # what a fallback search stops at: the rest need not be read
         found, _ = choose(results, complete=True, min_similarity=min_similarity, strategy=strategy)
         return None if found is None else self._cached(routes[found[0]].provider, found[1])
+
+    async def _answered(self, routes: Sequence[Route]) -> list[SearchResult | None]:
+        """Each route's provider's answer in the result cache (None: none cached)."""
+        store = self._get_cache()
+        if store is None:
+            return []
+        return [None if route.cache_key is None else await store.get(route.cache_key) for route in routes]
 
     def _cached(self, provider: Provider, result: SearchResult) -> SearchResult:
         attempt = Attempt(provider=provider.name, outcome="cached", reason="answered from the cache")

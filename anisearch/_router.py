@@ -149,6 +149,15 @@ class _Outcome:
     error: ProviderError | None = None
 
 
+def _from_cache(route: Route, answered: Sequence[SearchResult | None], index: int) -> _Outcome | None:
+    """The outcome of a route whose provider's answer came from the result cache, or None."""
+    result = answered[index] if index < len(answered) else None
+    if result is None:
+        return None
+    attempt = Attempt(provider=route.provider.name, outcome="cached", reason="answered from the cache")
+    return _Outcome(attempt, result.model_copy(update={"cached": True}))
+
+
 class Router:
     """Orders providers, reserves before sending, settles once, falls through, and records it all.
 
@@ -201,11 +210,20 @@ class Router:
         *,
         strategy: Strategy = "fallback",
         min_similarity: float | None = None,
+        answered: Sequence[SearchResult | None] = (),
     ) -> SearchResult:
         """Ask the routes' providers and return the answer (see the module docstring for the rules).
 
         Each route comes ready from the search's plan: the query it sends (built on first use, before a
         slot is held) and which of its hits the search keeps.
+
+        Args:
+            routes: The providers to ask, in order.
+            strategy: ``fallback`` (one at a time, until a confident answer) or ``fanout`` (all at once).
+            min_similarity: What a confident answer reaches, 0..1 (None: any answer is enough).
+            answered: Per route (in the same order; missing at the end: none), the provider's answer from
+                the result cache. That provider is not asked again: its answer counts as if it had just
+                come, with an attempt whose outcome is ``cached``, and costs no quota.
 
         Raises:
             InvalidImageError: The input cannot be searched by any provider (raised at once).
@@ -213,12 +231,12 @@ class Router:
             AllProvidersFailedError: No provider answered; holds each provider's error in order.
         """
         if strategy == "fanout":
-            outcomes = await self._fanout(routes)
+            outcomes = await self._fanout(routes, answered)
             return self._merge_fanout(outcomes)
         outcomes = []
         best: SearchResult | None = None
-        for route in routes:
-            outcome = await self._attempt(route)
+        for index, route in enumerate(routes):
+            outcome = _from_cache(route, answered, index) or await self._attempt(route)
             weak = False
             if outcome.result is not None:
                 weak = min_similarity is not None and (
@@ -228,9 +246,10 @@ class Router:
                     best = outcome.result
                 if weak:
                     top = outcome.result.best.similarity if outcome.result.best else 0.0
-                    outcome.attempt = outcome.attempt.model_copy(
-                        update={"reason": f"best similarity {top:.3f} < {min_similarity:g}: asked the next"}
-                    )
+                    said = f"best similarity {top:.3f} < {min_similarity:g}: asked the next"
+                    if outcome.attempt.outcome == "cached":
+                        said = f"{outcome.attempt.reason}; {said}"
+                    outcome.attempt = outcome.attempt.model_copy(update={"reason": said})
             outcomes.append(outcome)
             self._report(outcome.attempt)
             if outcome.result is not None and not weak:
@@ -240,11 +259,13 @@ class Router:
             return best.model_copy(update={"attempts": attempts})
         raise self._all_failed(outcomes)
 
-    async def _fanout(self, routes: Sequence[Route]) -> list[_Outcome]:
+    async def _fanout(
+        self, routes: Sequence[Route], answered: Sequence[SearchResult | None]
+    ) -> list[_Outcome]:
         outcomes: list[_Outcome | None] = [None] * len(routes)
 
         async def run(index: int, route: Route) -> None:
-            outcome = await self._attempt(route)
+            outcome = _from_cache(route, answered, index) or await self._attempt(route)
             outcomes[index] = outcome
             self._report(outcome.attempt)
 

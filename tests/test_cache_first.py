@@ -224,6 +224,70 @@ async def test_a_repeated_search_is_answered_from_the_cache_as_it_was_answered_t
         assert [hit.provider for hit in repeat.hits] == [hit.provider for hit in first.hits]
 
 
+class _TraceMoeDown(WeakerWhatAnimeIsThis):
+    """As :class:`WeakerWhatAnimeIsThis`; trace.moe answers 503 while ``down``; searches counted by host."""
+
+    down = True
+
+    def __init__(self, apps: dict[str, Any]) -> None:
+        super().__init__(apps)
+        self.searches: dict[str, int] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("search"):
+            self.searches[request.url.host] = self.searches.get(request.url.host, 0) + 1
+            if self.down and request.url.host == "trace.test":
+                return httpx.Response(503, text="<html>Service Unavailable</html>")
+        return await super().handle_async_request(request)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("strategy", ["fallback", "fanout"])
+@pytest.mark.anyio
+async def test_a_provider_whose_answer_is_cached_is_not_asked_again_when_another_must_be(
+    tmp_path: Path, strategy: str
+) -> None:
+    from anisearch_emulators.tracemoe import create_app as tracemoe_app
+    from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
+
+    transport = _TraceMoeDown({"trace.test": tracemoe_app(), "wait.test": whatanimeisthis_app()})
+    settings = Settings.load(
+        providers=["whatanimeisthis", "tracemoe"],
+        provider_options={
+            "tracemoe": {"url": "http://trace.test"},
+            "whatanimeisthis": {"url": "http://wait.test"},
+        },
+        ledger="memory://",
+        cache=str(tmp_path / "cache.sqlite3"),
+        metadata="off",
+        timeout=5,
+    )
+    async with AsyncClient(settings, transport) as searcher:
+        # whatanimeisthis answers weakly, trace.moe is down: the weak answer is all there is
+        first = await searcher.search(DEMO, min_similarity=0.9, strategy=strategy)  # type: ignore[arg-type]
+        transport.down = False
+        again = await searcher.search(DEMO, min_similarity=0.9, strategy=strategy)  # type: ignore[arg-type]
+        third = await searcher.search(DEMO, min_similarity=0.9, strategy=strategy)  # type: ignore[arg-type]
+    assert [(a.provider, a.outcome) for a in first.attempts] == [
+        ("whatanimeisthis", "ok"),
+        ("tracemoe", "failed"),
+    ]
+    assert first.best is not None
+    assert first.best.similarity < 0.9
+    # the re-run asks only trace.moe: whatanimeisthis's weak answer comes from the cache, at no quota
+    assert [(a.provider, a.outcome) for a in again.attempts] == [
+        ("whatanimeisthis", "cached"),
+        ("tracemoe", "ok"),
+    ]
+    assert again.best is not None
+    assert again.best.similarity > 0.9
+    assert again.best.provider == "tracemoe"
+    assert transport.searches == {"wait.test": 1, "trace.test": 2}  # one refused, one answered
+    assert third.cached  # now every answer is cached: nobody is asked
+    assert transport.searches == {"wait.test": 1, "trace.test": 2}
+    assert third.best == again.best
+
+
 def test_choose_gives_the_answer_the_router_would_give() -> None:
     weak, strong, other = (
         SearchResult(hits=[Hit(provider=name, similarity=s)], provider=name)
