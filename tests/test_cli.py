@@ -366,6 +366,27 @@ def test_many_inputs_mix_files_globs_and_failures(tracemoe: Any, samples: Path, 
     assert "2 matched, 1 no confident match, 2 failed" in done.stderr
 
 
+def test_a_file_name_that_is_not_utf8_is_written_so_every_line_stays_valid(
+    tracemoe: Any, samples: Path, tmp_path: Path
+) -> None:
+    import os
+
+    shots = tmp_path / "shots"
+    frames(shots, samples, 2)
+    odd = shots / os.fsdecode(b"caf\xe9.jpg")  # Latin-1 bytes: not UTF-8
+    shutil.copy(samples / "tinted-good.jpg", odd)
+    done = cli("search", str(shots), "--json")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.encode("utf-8").splitlines()]  # strict UTF-8
+    assert len(lines) == 3
+    assert all(line["hits"][0]["anilist_id"] == 11887 for line in lines)
+    assert os.fsencode(str(odd)) in {os.fsencode(line["input"]) for line in lines}  # the bytes come back
+    text = cli("search", str(shots))
+    assert text.returncode == 0, text.stderr
+    assert f"{shots}/caf\\xe9.jpg: Kokoro Connect, episode 5" in text.stdout
+    assert "3 matched" in text.stderr
+
+
 def test_json_lines_account_for_every_input(tracemoe: Any, samples: Path, tmp_path: Path) -> None:
     gone = str(tmp_path / "gone.png")
     done = cli("search", str(samples / "tinted-good.jpg"), gone, "--json")

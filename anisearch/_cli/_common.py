@@ -338,8 +338,34 @@ def waiting(message: str, func: Callable[[], T]) -> T:
 
 
 def print_json(payload: Any) -> None:
-    """Pretty JSON on stdout (ISO 8601 times, UTF-8)."""
-    out().print_json(json.dumps(payload, ensure_ascii=False), indent=2)
+    """Pretty JSON on stdout (ISO 8601 times, UTF-8; see :func:`json_line` for names that are not)."""
+    text = json.dumps(payload, ensure_ascii=False)
+    out().print_json(text, indent=2, ensure_ascii=not _utf8(text))
+
+
+def json_line(payload: Any) -> str:
+    """``payload`` as one line of JSON: UTF-8 text, except where it holds a name that is not valid UTF-8
+    (a file name's raw bytes, which Python keeps as lone surrogates): the line is then written in ASCII
+    with ``\\u`` escapes, still valid JSON, from which ``json.loads`` and ``os.fsencode`` give the bytes
+    back."""
+    text = json.dumps(payload, ensure_ascii=False)
+    return text if _utf8(text) else json.dumps(payload)
+
+
+def shown(name: str) -> str:
+    """A file name as text a terminal can show: bytes that are not valid UTF-8 as ``\\xNN``."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- logging

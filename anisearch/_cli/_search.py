@@ -5,7 +5,6 @@
 
 import contextlib
 import fnmatch
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,10 +30,12 @@ from anisearch._cli._common import (
     exit_code,
     fail,
     hint_for,
+    json_line,
     log_attempt,
     out,
     print_json,
     say_error,
+    shown,
     with_host_port,
 )
 from anisearch._cli._render import dump, headline, hits_table, no_match_text
@@ -286,14 +287,15 @@ def _batch_line(
                     "exit_code": outcome.code,
                 },
             }
-        out().print(json.dumps(payload, ensure_ascii=False), markup=False, highlight=False, soft_wrap=True)
+        out().print(json_line(payload), markup=False, highlight=False, soft_wrap=True)
         return
+    label = shown(label)
     if outcome.result is not None:
         match = outcome.result.match_at(threshold)
         text = headline(match) if match is not None else no_match_text(outcome.result, threshold)
         out().print(Text(f"{label}: ") + Text(text, style="" if match else "dim"), soft_wrap=True)
     else:
-        message = with_host_port(describe(outcome.error), urls) if outcome.error else "failed"
+        message = with_host_port(shown(describe(outcome.error)), urls) if outcome.error else "failed"
         out().print(Text(f"{label}: error: {message}", style="red"), soft_wrap=True)
 
 
@@ -333,7 +335,7 @@ def _check_arguments(inputs: Sequence[str], *, raw: bool, as_json: bool) -> None
 def _report_missing(missing: Sequence[str], *, as_json: bool) -> None:
     """Each name that does not exist, on stderr; with --json also one line on stdout, as for any input."""
     for name in missing:
-        say_error(f"no such file: {name}")
+        say_error(f"no such file: {shown(name)}")
         if as_json:
             error = {
                 "type": "InvalidImageError",
@@ -341,7 +343,7 @@ def _report_missing(missing: Sequence[str], *, as_json: bool) -> None:
                 "exit_code": EXIT_BAD_INPUT,
             }
             out().print(
-                json.dumps({"input": name, "error": error}), markup=False, highlight=False, soft_wrap=True
+                json_line({"input": name, "error": error}), markup=False, highlight=False, soft_wrap=True
             )
 
 
