@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from anisearch._config import is_redis_url
-from anisearch._limits import remaining_seconds
+from anisearch._limits import REDIS_SECONDS, remaining_seconds
 from anisearch._models import SearchResult, fresh_previews
 
 if TYPE_CHECKING:
@@ -95,7 +95,9 @@ class RedisResultCache:
 
         self.url = redact(url)
         self.ttl_seconds = ttl_seconds
-        self.redis: Any = Redis.from_url(url, decode_responses=True)
+        self.redis: Any = Redis.from_url(
+            url, decode_responses=True, socket_timeout=REDIS_SECONDS, socket_connect_timeout=REDIS_SECONDS
+        )
         self._warned = False
 
     @property

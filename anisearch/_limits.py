@@ -24,6 +24,7 @@ __all__ = [
     "MAX_RESPONSE_BYTES",
     "MAX_SOURCE_BYTES",
     "MAX_URL_LENGTH",
+    "REDIS_SECONDS",
     "keep_best_hits",
     "largest_box",
     "remaining_seconds",
@@ -47,6 +48,13 @@ KiB). A provider may declare its own ``max_response_bytes``. A larger answer is 
 :class:`~anisearch.UpstreamResponseError` for that attempt, and the router falls through."""
 MAX_HITS = 100
 """Most hits kept from one answer (the most similar ones)."""
+
+REDIS_SECONDS = 5.0
+"""The longest one Redis command (ledger or result cache) or connection attempt may take, seconds: a Redis
+that stops answering without closing the connection (paused, or a network path dropped) is then a
+``LedgerError`` or a cache miss, not a search that waits forever. A ``socket_timeout`` or
+``socket_connect_timeout`` in the Redis URL's query takes precedence."""
+
 MAX_REDIRECTS = 5
 """Most redirects followed when downloading a user's URL."""
 MAX_URL_LENGTH = 8192

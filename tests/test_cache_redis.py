@@ -142,3 +142,70 @@ def test_cache_info_and_clear_work_on_the_redis_cache(
     gone = cli("cache", "clear", env={"ANISEARCH_CACHE": f"redis://127.0.0.1:{free_port()}/0"})
     assert gone.returncode == 2
     assert "cannot be reached" in gone.stderr
+
+
+class _SilentRedis:
+    """A loopback server that accepts connections and never answers: a paused Redis, or a dropped path."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self._sock.getsockname()[1]}/0"
+        self._accepted: list[Any] = []
+
+    def accept_forever(self) -> None:
+        import threading
+
+        def loop() -> None:
+            while True:
+                try:
+                    self._accepted.append(self._sock.accept()[0])  # and never a byte back
+                except OSError:
+                    return
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    def close(self) -> None:
+        self._sock.close()
+        for conn in self._accepted:
+            conn.close()
+
+
+def test_a_redis_that_stops_answering_fails_each_command_in_bounded_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    import anisearch._cache_redis
+    import anisearch._ledger
+    from anisearch import LedgerError
+    from anisearch._ledger import open_ledger
+    from anisearch_providers.tracemoe import TraceMoe
+
+    monkeypatch.setattr(anisearch._ledger, "REDIS_SECONDS", 0.5)
+    monkeypatch.setattr(anisearch._cache_redis, "REDIS_SECONDS", 0.5)
+    silent = _SilentRedis()
+    silent.accept_forever()
+
+    async def run() -> tuple[float, float, SearchResult | None]:
+        ledger = open_ledger(silent.url)
+        started = time.monotonic()
+        with pytest.raises(LedgerError):
+            await ledger.reserve("tracemoe", "guest", TraceMoe().windows())
+        ledger_seconds = time.monotonic() - started
+        cache = RedisResultCache(silent.url, ttl_seconds=60)
+        started = time.monotonic()
+        found = await cache.get("some-key")  # an outage is a miss
+        cache_seconds = time.monotonic() - started
+        await cache.aclose()
+        return ledger_seconds, cache_seconds, found
+
+    try:
+        ledger_seconds, cache_seconds, found = anyio.run(run)
+    finally:
+        silent.close()
+    assert found is None
+    # redis-py's own default would wait 5 s (6.x and later) or forever (5.x)
+    assert ledger_seconds < 3
+    assert cache_seconds < 3

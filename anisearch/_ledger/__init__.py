@@ -22,6 +22,7 @@ from anisearch._ledger._base import Ledger, Refusal, Stale, Ticket, holder_is_de
 from anisearch._ledger._memory import MemoryLedger
 from anisearch._ledger._sqlite import SQLiteLedger
 from anisearch._ledger._windows import STANDARD_WINDOWS, WindowSpec, zone
+from anisearch._limits import REDIS_SECONDS
 
 if TYPE_CHECKING:
     from anisearch._ledger._base import Clock
@@ -119,7 +120,14 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
 
     try:
         # A blocking pool: a burst of searches waits for a free connection instead of failing.
-        pool = BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=64, timeout=30)
+        pool = BlockingConnectionPool.from_url(
+            url,
+            decode_responses=True,
+            max_connections=64,
+            timeout=30,
+            socket_timeout=REDIS_SECONDS,
+            socket_connect_timeout=REDIS_SECONDS,
+        )
         client = Redis.from_pool(pool)
     except ValueError as exc:
         raise ConfigurationError(f"invalid Redis ledger URL {_masked(url)!r}: {exc}") from exc
