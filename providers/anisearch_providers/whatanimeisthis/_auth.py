@@ -6,7 +6,8 @@ One generator serves the sync and the async client. For every request to the sit
 2. attaches the jar's cookies, unless the request speaks with an API key (``Authorization: Bearer``),
    so the key, not the session, decides whose credits a search spends;
 3. before an explicit sign-in while a session is held, signs that session out first (better-auth
-   leaves every earlier session alive otherwise) and forgets it;
+   leaves every earlier session alive otherwise) and forgets it; when the site refuses to (an untrusted
+   Origin, a server error), the session is kept and the sign-in is not sent: the refusal is its answer;
 4. keeps a sliding session alive: when the session is due for a check (:meth:`CookieJar.refresh_due`:
    a quarter of its cookie's lifetime, at most a day, without news), asks ``get-session`` first; the
    answer's ``Set-Cookie`` carries the extended cookie and expiry (better-auth re-issues it only
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from ._cookies import CookieJar
 
-__all__ = ["AUTH_PREFIX", "SESSION_PATHS", "SessionAuth", "session_state"]
+__all__ = ["AUTH_PREFIX", "SESSION_PATHS", "SessionAuth", "session_state", "signed_out_already"]
 
 AUTH_PREFIX = "/api/auth/"
 GET_SESSION_PATH = "/api/auth/get-session"
@@ -51,6 +52,15 @@ Credentials = tuple[str, str]
 def _uses_api_key(request: httpx.Request) -> bool:
     authorization: str = request.headers.get("authorization", "")
     return authorization.lower().startswith("bearer ")
+
+
+def signed_out_already(response: httpx.Response) -> bool:
+    """Whether a sign-out answer says there was no session to end any more (401, or better-auth 1.3's 400
+    ``FAILED_TO_GET_SESSION``)."""
+    return response.status_code == httpx.codes.UNAUTHORIZED or (
+        response.status_code == httpx.codes.BAD_REQUEST
+        and "FAILED_TO_GET_SESSION" in read_body(response).text
+    )
 
 
 def session_state(response: httpx.Response) -> Literal["alive", "gone", "unknown"]:
@@ -131,15 +141,23 @@ class SessionAuth(httpx.Auth):
         self.jar.mark_checked()
         return True
 
-    def _sign_out_first(self) -> Generator[httpx.Request, httpx.Response, None]:
-        """Step 3: end the session held before a new sign-in replaces it."""
+    def _sign_out_first(self) -> Generator[httpx.Request, httpx.Response, bool]:
+        """Step 3: end the session held before a new sign-in replaces it.
+
+        Returns:
+            Whether the site ended it (or said it was gone already). When it did not (an untrusted Origin,
+            a server error), the session is still alive there and is kept; the sign-in is not sent.
+        """
         if self._sign_out_request is None:
-            return
+            return True
         request = self._sign_out_request()
         self._attach(request)
         response = yield request
         self.jar.absorb(response)
+        if not (response.is_success or signed_out_already(response)):
+            return False
         self.jar.drop_session()
+        return True
 
     def _confirm(self) -> Generator[httpx.Request, httpx.Response, None]:
         """Step 4: ask ``get-session``; keep the slid cookie, or forget a session that is gone."""
@@ -160,8 +178,8 @@ class SessionAuth(httpx.Auth):
             yield request
             return
         path = request.url.path
-        if path.endswith(SIGN_IN_PATH) and self.jar.has_session():
-            yield from self._sign_out_first()
+        if path.endswith(SIGN_IN_PATH) and self.jar.has_session() and not (yield from self._sign_out_first()):
+            return  # the sign-out's answer is the sign-in's: it says why, and the old session is kept
         wants_session = not _uses_api_key(request) and path.endswith(SESSION_PATHS)
         if wants_session and not path.endswith(GET_SESSION_PATH) and self.jar.refresh_due():
             yield from self._confirm()

@@ -13,6 +13,7 @@ key; nothing (a guest: 5 searches a day per IP).
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -62,6 +63,20 @@ DEFAULT_URL = "https://whatanimeisthis.com"
 PERIODS = ("daily", "weekly", "monthly", "yearly", "all")
 """Ranking periods the site accepts (``GET /api/anime/rankings?period=``)."""
 JAR_NAME = "whatanimeisthis-cookies.json"
+"""The session cookie jar of the site at its own address; another address (an emulator, a mirror) gets a
+jar of its own (:func:`jar_name`)."""
+
+
+def jar_name(site_origin: str) -> str:
+    """The jar file's name for the site at ``site_origin``: :data:`JAR_NAME` for whatanimeisthis.com, and
+    ``whatanimeisthis-cookies-<host>-<port>.json`` for any other address, so that signing in or out at one
+    address never touches the session kept for another."""
+    if site_origin == _origin_of(DEFAULT_URL, "url"):
+        return JAR_NAME
+    where = re.sub(r"[^A-Za-z0-9.]+", "-", site_origin.split("://", 1)[-1]).strip("-")
+    return f"whatanimeisthis-cookies-{where}.json"
+
+
 UPLOAD_FORMATS = frozenset({"image/jpeg", "image/png"})
 """The only image types the api-docs list for uploads; anything else is re-encoded first."""
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
@@ -100,7 +115,8 @@ class WhatAnimeIsThis(BaseProvider):
         email: The account to sign in as when needed (setting ``email``).
         password: Its password (setting ``password``); held in memory only, never written anywhere.
         origin: The ``Origin`` header (setting ``origin``); default the base URL's origin.
-        state_dir: Where the session cookie jar is kept (``whatanimeisthis-cookies.json``, mode 0600);
+        state_dir: Where the session cookie jar is kept (``whatanimeisthis-cookies.json``, or one per
+            other site address: :func:`jar_name`; mode 0600);
             None keeps the session in memory.
         clock: Seconds since the epoch, for cookie expiry and session refresh (``time.time``); for tests.
 
@@ -136,7 +152,7 @@ class WhatAnimeIsThis(BaseProvider):
         self._password = password or None
         self._signed_out = False
         self._pending_email: str | None = None
-        jar_path = Path(state_dir) / JAR_NAME if state_dir is not None else None
+        jar_path = Path(state_dir) / jar_name(site_origin) if state_dir is not None else None
         self.jar = CookieJar(jar_path, site_origin, clock)
         self._auth = SessionAuth(
             self.jar,

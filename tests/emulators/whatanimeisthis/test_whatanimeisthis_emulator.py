@@ -198,7 +198,9 @@ async def test_sign_in_key_search_recent_rankings_sign_out(
     assert [entry.anilist_id for entry in weekly] == [21, 11887]
 
     await site.call(provider.sign_out_request(), provider.parse_sign_out)
-    assert not (tmp_path / "state" / "whatanimeisthis-cookies.json").exists()
+    assert provider.jar.path is not None
+    assert provider.jar.path.parent == tmp_path / "state"
+    assert not provider.jar.path.exists()
     with pytest.raises(AuthenticationError, match="anisearch login"):
         await site.call(provider.credits_request(), provider.parse_credits)
 
@@ -259,7 +261,8 @@ async def test_an_expired_session_is_renewed_with_configured_credentials(
     clock.now += 8 * 86400  # past the 7-day session
     assert (await site.call(provider.credits_request(), provider.parse_credits)).remaining == 10
     assert site.state.sign_in_requests == 2
-    assert PASSWORD not in (tmp_path / "s" / "whatanimeisthis-cookies.json").read_text()
+    assert provider.jar.path is not None
+    assert PASSWORD not in provider.jar.path.read_text()
 
 
 # ---------------------------------------------------------------- better-auth, faithfully

@@ -491,3 +491,43 @@ def test_a_browser_session_cookie_is_never_due_and_the_check_time_persists(tmp_p
     now[0] += 25
     assert reread.refresh_due()
     assert reread.session_expires() == 1_000.0 + 10 * 86_400 + 100
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    ("refusal", "says"),
+    [
+        (httpx.Response(403, json={"code": "INVALID_ORIGIN", "message": "Invalid origin"}), "origin"),
+        (httpx.Response(503, text="<html>Service Unavailable</html>"), "503"),
+    ],
+)
+def test_a_sign_in_whose_sign_out_of_the_old_session_is_refused_keeps_that_session(
+    state: Path, refusal: httpx.Response, says: str
+) -> None:
+    sign_in_route = respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+    provider = configured(state)
+    sign_in(provider)
+    respx.post(f"{SITE}/api/auth/sign-out").mock(return_value=refusal)
+    with pytest.raises(Exception, match=f"(?i){says}"):
+        sign_in(provider)  # signing in again while signed in: the old session is signed out first
+    assert sign_in_route.call_count == 1  # the second sign-in was not sent
+    # the session is still alive on the site: it stays in the jar, so `logout` can still end it
+    assert provider.jar.has_session()
+    assert json.loads(jar_file(state).read_text())["cookies"][0]["value"] == SIGNED
+
+
+@respx.mock
+def test_each_site_address_keeps_its_own_session(state: Path) -> None:
+    other = "http://127.0.0.1:18402"
+    respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+    respx.post(f"{other}/api/auth/sign-in/email").mock(return_value=signed_in(FRESH))
+    respx.post(f"{other}/api/auth/sign-out").respond(json={"success": True})
+    site = configured(state)
+    sign_in(site)
+    mirror = configured(state, url=other)
+    assert not mirror.jar.has_session()  # the site's session is not the mirror's
+    sign_in(mirror)
+    assert mirror.parse_sign_out(send(mirror, mirror.sign_out_request())) is True
+    assert configured(state).jar.header() == f"{SESSION}={SIGNED}".encode()  # the site's is untouched
+    assert jar_file(state).exists()
+    assert not (state / "whatanimeisthis-cookies-127.0.0.1-18402.json").exists()
