@@ -36,7 +36,7 @@ from anisearch._download import Downloader
 from anisearch._enrich import Enricher, metadata_infos, metadata_provider, open_enricher
 from anisearch._exceptions import ClientClosedError, ConfigurationError, ProviderError
 from anisearch._ledger import WindowSpec, open_ledger
-from anisearch._ledger._base import scope_id, system_clock
+from anisearch._ledger._base import provider_scope, system_clock
 from anisearch._limits import (
     HASH_IN_PLACE_BYTES,
     MAX_HITS,
@@ -284,8 +284,7 @@ class AsyncClient(AccountFeatures):
         return self._cache
 
     def _scope(self, provider: Provider) -> str:
-        credential = provider.credential
-        return scope_id(credential.scope, credential.secret)
+        return provider_scope(provider)
 
     @staticmethod
     def _slots(provider: Provider) -> int:
@@ -583,7 +582,7 @@ class AsyncClient(AccountFeatures):
     async def _metadata_quota(self, name: str) -> list[Quota]:
         """The windows of the metadata provider ``name`` (it has no quota endpoint to refresh from)."""
         instance = metadata_provider(self.settings, name)
-        scope = scope_id(instance.credential.scope, instance.credential.secret)
+        scope = provider_scope(instance)
         windows = tuple(instance.windows())
         ledger = await self._get_ledger()
         known = await ledger.snapshot(name, lambda _: windows)

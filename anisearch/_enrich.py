@@ -38,7 +38,7 @@ from anisearch._exceptions import (
     RateLimitedError,
     UpstreamResponseError,
 )
-from anisearch._ledger import Refusal, Stale, Ticket, scope_id
+from anisearch._ledger import Refusal, Stale, Ticket, provider_scope
 from anisearch._ledger._windows import from_us
 from anisearch._models import Anime, Attempt, Hit, ProviderInfo, SearchResult, Title
 from anisearch._provider import ProviderContext, available_metadata_providers, load_metadata_provider
@@ -295,8 +295,7 @@ class Enricher:
                 raise
             raise UpstreamResponseError(str(exc), provider=provider.name) from exc
         ledger = await self._ledger()
-        credential = provider.credential
-        scope = scope_id(credential.scope, credential.secret)
+        scope = provider_scope(provider)
         windows = tuple(provider.windows())
         reserved = await ledger.reserve(provider.name, scope, windows, take_slot=False)
         if isinstance(reserved, Stale):  # a window the upstream reports but cannot be asked about

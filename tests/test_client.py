@@ -724,3 +724,33 @@ def test_clients_after_the_first_load_no_ca_bundle(monkeypatch: pytest.MonkeyPat
         with Client(settings()):
             pass
     assert len(loads) == first_loads
+
+
+def test_each_upstream_address_keeps_its_own_quota(tmp_path: Path) -> None:
+    """A quota spent at the public service does not refuse searches at a self-hosted instance."""
+    from tests.conftest import HostRouter
+
+    from anisearch_emulators.tracemoe import create_app as tracemoe_app
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
+    public, own = tracemoe_app(quota=1), tracemoe_app(quota=100)
+    transport = HostRouter({"public.test": public, "own.test": own})
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+
+    def at(url: str) -> Settings:
+        options = {"tracemoe": {"url": url}}
+        return Settings.load(
+            providers=["tracemoe"], provider_options=options, ledger=ledger, cache="off", metadata="off"
+        )
+
+    with Client(at("http://public.test"), transport) as client:
+        client.search(demo)
+        with pytest.raises(AllProvidersFailedError) as spent:
+            client.search(demo)
+    assert isinstance(spent.value.exceptions[0], QuotaExhaustedError)
+    with Client(at("http://own.test"), transport) as client:
+        result = client.search(demo)  # the same ledger file, another address: its own quota
+        (own_quota,) = [q for q in client.quota() if q.window == "rolling-24h"]
+    assert result.provider == "tracemoe"
+    assert own.state.emulator.search_requests == 1
+    assert (own_quota.limit, own_quota.used) == (100, 1)

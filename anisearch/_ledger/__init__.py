@@ -18,7 +18,15 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import platformdirs
 
 from anisearch._exceptions import ConfigurationError
-from anisearch._ledger._base import Ledger, Refusal, Stale, Ticket, holder_is_dead, scope_id
+from anisearch._ledger._base import (
+    Ledger,
+    Refusal,
+    Stale,
+    Ticket,
+    holder_is_dead,
+    provider_scope,
+    scope_id,
+)
 from anisearch._ledger._memory import MemoryLedger
 from anisearch._ledger._sqlite import SQLiteLedger
 from anisearch._ledger._windows import STANDARD_WINDOWS, WindowSpec, zone
@@ -37,6 +45,7 @@ __all__ = [
     "default_ledger_url",
     "holder_is_dead",
     "open_ledger",
+    "provider_scope",
     "scope_id",
 ]
 

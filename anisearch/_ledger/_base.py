@@ -90,6 +90,22 @@ def scope_id(scope: QuotaScope, secret: str | None) -> str:
     return f"{scope}:{digest}"
 
 
+def provider_scope(provider: Any) -> str:
+    """The ledger scope of a provider's requests: its credential (:func:`scope_id`), and its address when
+    that is not the provider's own (``base_url`` other than ``default_url``).
+
+    A self-hosted instance, a mirror or an emulator keeps quota of its own: a spent quota at the public
+    service does not refuse searches at another address, nor the reverse. At the provider's own address
+    the scope is the credential's alone, as ledgers written before kept it.
+    """
+    credential = provider.credential
+    base = str(getattr(provider, "base_url", "") or "").rstrip("/")
+    default = str(getattr(type(provider), "default_url", "") or "").rstrip("/")
+    if not base or base == default:
+        return scope_id(credential.scope, credential.secret)
+    return scope_id(credential.scope, f"{base}\n{credential.secret or ''}")
+
+
 def system_clock() -> datetime:
     """A ledger's clock unless one is given: the system's, in UTC."""
     return datetime.now(UTC)
