@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -47,3 +48,49 @@ def test_a_batch_whose_reader_stops_after_one_line_exits_141_without_a_traceback
     assert code == 141  # 128 + SIGPIPE, as a shell reports it; never 1, which means "no confident match"
     assert "Traceback" not in errors
     assert "Exception" not in errors
+
+
+@pytest.mark.parametrize(
+    ("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["Ctrl-C", "SIGTERM"]
+)
+def test_a_signal_while_the_reader_lags_stops_the_batch_between_whole_lines(
+    tmp_path: Path, live_server: Callable[[Any], Any], stop: signal.Signals, code: int
+) -> None:
+    import fcntl
+    import json
+    import time
+
+    server = live_server(create_app(quota=10**6, rate_limit=10**6, latency=0.05))
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for n in range(12):
+        shutil.copy(DEMO, shots / f"shot-{n:02}.jpg")
+    env = os.environ | {
+        "ANISEARCH_TRACEMOE_URL": server.url,
+        "ANISEARCH_PROVIDERS": "tracemoe",
+        "ANISEARCH_METADATA": "off",
+        "ANISEARCH_LEDGER": "memory://",
+    }
+    reading, writing = os.pipe()
+    fcntl.fcntl(writing, 1031, 4096)  # F_SETPIPE_SZ: a one-page pipe, which one --raw line overfills
+    command = [sys.executable, "-m", "anisearch", "search", str(shots), "--no-cache", "--json", "--raw"]
+    with subprocess.Popen(command, env=env, stdout=writing, stderr=subprocess.PIPE) as process:
+        os.close(writing)
+        deadline = time.monotonic() + 60
+        while server.app.state.emulator.search_requests < 1:  # a line is on its way into the full pipe
+            assert time.monotonic() < deadline, "no search reached the emulator"
+            time.sleep(0.02)
+        time.sleep(0.5)  # the command waits in its write: nobody reads yet
+        process.send_signal(stop)
+        with os.fdopen(reading, "rb") as output:
+            written = output.read()
+        assert process.stderr is not None
+        errors = process.stderr.read().decode()
+        returned = process.wait(timeout=60)
+    lines = written.splitlines()
+    assert lines
+    assert written.endswith(b"\n")
+    assert all(json.loads(line)["input"].startswith(str(shots)) for line in lines)  # every line whole
+    assert returned == code
+    assert f"interrupted after {len(lines)} of 12" in errors
+    assert "Traceback" not in errors

@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -54,6 +56,8 @@ EXIT_OK, EXIT_NO_MATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_ALL_FAILED, EXIT_AUTH, 
     6,
 )
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+"""Stopped by SIGTERM (``timeout``, systemd, ``docker stop``), after summarising as Ctrl-C does: 128 + 15."""
 EXIT_OUTPUT_CLOSED = 141
 """The reader of the output went away (``anisearch search shots/ | head -1``): 128 + SIGPIPE, as a shell
 reports a command that a closed pipe stopped."""
@@ -341,6 +345,78 @@ def print_json(payload: Any) -> None:
     """Pretty JSON on stdout (ISO 8601 times, UTF-8; see :func:`json_line` for names that are not)."""
     text = json.dumps(payload, ensure_ascii=False)
     out().print_json(text, indent=2, ensure_ascii=not _utf8(text))
+
+
+@contextlib.contextmanager
+def whole_lines() -> Iterator[None]:
+    """Write a line of output whole: Ctrl-C or SIGTERM arriving while it is written (a reader that lags
+    fills the pipe, and the write waits) takes effect once the line is out, not halfway through it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+
+    def later(signum: int, _frame: object) -> None:
+        came.append(signum)
+
+    previous = {number: signal.signal(number, later) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if came:
+            signal.raise_signal(came[0])
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[list[int]]:
+    """SIGTERM stops the command as Ctrl-C does (the searches end, what was done is summarised); the list
+    given holds the signal once one came (exit :data:`EXIT_TERMINATED`)."""
+    came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield came
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        came.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):  # Python's (raises KeyboardInterrupt) or the event loop's (cancels the run)
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def print_line(text: str) -> None:
+    """One line of machine-readable output on stdout, written whole (see :func:`whole_lines`).
+
+    The UTF-8 bytes go to the file descriptor in a loop of ``os.write``: a signal that interrupts a write
+    to a full pipe leaves a short write, and Python's buffered stdout (and rich over it) can lose the rest.
+
+    Raises:
+        OutputClosedError: The reader of stdout went away.
+    """
+    data = (text + "\n").encode("utf-8")
+    with whole_lines():
+        try:
+            sys.stdout.flush()  # what rich wrote before goes first
+            try:
+                descriptor = sys.stdout.fileno()
+            except (AttributeError, OSError, ValueError):  # not a file (captured output): write it there
+                sys.stdout.write(data.decode("utf-8"))
+                sys.stdout.flush()
+                return
+            left = memoryview(data)
+            while left:
+                left = left[os.write(descriptor, left) :]
+        except BrokenPipeError:
+            out().on_broken_pipe()
 
 
 def json_line(payload: Any) -> str:

@@ -20,6 +20,7 @@ from anisearch._cli._common import (
     EXIT_NO_MATCH,
     EXIT_OK,
     EXIT_STATE,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     JsonOption,
     VerboseOption,
@@ -34,8 +35,11 @@ from anisearch._cli._common import (
     log_attempt,
     out,
     print_json,
+    print_line,
     say_error,
     shown,
+    terminate_as_interrupt,
+    whole_lines,
     with_host_port,
 )
 from anisearch._cli._render import dump, headline, hits_table, no_match_text
@@ -287,16 +291,18 @@ def _batch_line(
                     "exit_code": outcome.code,
                 },
             }
-        out().print(json_line(payload), markup=False, highlight=False, soft_wrap=True)
+        print_line(json_line(payload))
         return
     label = shown(label)
     if outcome.result is not None:
         match = outcome.result.match_at(threshold)
         text = headline(match) if match is not None else no_match_text(outcome.result, threshold)
-        out().print(Text(f"{label}: ") + Text(text, style="" if match else "dim"), soft_wrap=True)
+        line = Text(f"{label}: ") + Text(text, style="" if match else "dim")
     else:
         message = with_host_port(shown(describe(outcome.error)), urls) if outcome.error else "failed"
-        out().print(Text(f"{label}: error: {message}", style="red"), soft_wrap=True)
+        line = Text(f"{label}: error: {message}", style="red")
+    with whole_lines():
+        out().print(line, soft_wrap=True)
 
 
 def _summary(tally: Tally, seconds: float, *, interrupted: bool) -> None:
@@ -342,9 +348,7 @@ def _report_missing(missing: Sequence[str], *, as_json: bool) -> None:
                 "message": f"{name}: no such file",
                 "exit_code": EXIT_BAD_INPUT,
             }
-            out().print(
-                json_line({"input": name, "error": error}), markup=False, highlight=False, soft_wrap=True
-            )
+            print_line(json_line({"input": name, "error": error}))
 
 
 def search(  # noqa: C901 - one command's options and its single/batch outputs
@@ -495,7 +499,8 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
     interrupted = False
     fatal: AnisearchError | None = None
     try:
-        fatal = run()
+        with terminate_as_interrupt() as terminated:
+            fatal = run()
     except KeyboardInterrupt:
         interrupted = True
     except AnisearchError as exc:  # opening the client: an unusable ledger or cache
@@ -507,7 +512,7 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
         return
     _summary(tally, time.monotonic() - started, interrupted=interrupted)
     if interrupted:
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     codes = {o.code for o in tally.done} - {EXIT_OK}
     raise typer.Exit(max(codes, default=EXIT_OK))
 
