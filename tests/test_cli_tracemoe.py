@@ -55,6 +55,8 @@ def test_a_real_screenshot_is_identified(cli: Cli, tracemoe: Any, samples: Path)
     assert result["provider"] == "tracemoe"
     assert result["attempts"][0]["outcome"] == "ok"
     assert "raw" not in result["hits"][0]
+    assert result["quota"]["limit"] == 100  # what trace.moe said of the quota, without its own item
+    assert "raw" not in result["quota"]
     assert set(result) == {
         "hits",
         "provider",
@@ -64,6 +66,13 @@ def test_a_real_screenshot_is_identified(cli: Cli, tracemoe: Any, samples: Path)
         "quota",
         "adult_hits_dropped",
     }
+
+
+def test_raw_adds_the_upstream_items(cli: Cli, tracemoe: Any, samples: Path) -> None:
+    done, result = search_json(cli, tracemoe, samples / "tinted-good.jpg", "-p", "tracemoe", "--raw")
+    assert done.returncode == 0, done.stderr
+    assert result["hits"][0]["raw"]["anilist"]["id"] == 11887  # trace.moe's own item
+    assert result["quota"]["raw"]
 
 
 def test_a_1080p_png_upscale_gives_the_same_answer_in_a_small_upload(

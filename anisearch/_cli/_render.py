@@ -103,5 +103,11 @@ def hits_table(result: SearchResult, *, threshold: float, limit: int, show_all: 
     return table, len(result.hits) - len(shown)
 
 
+_UPSTREAM_ITEMS: dict[str, Any] = {"hits": {"__all__": {"raw"}}, "quota": {"raw"}}
+"""What ``--raw`` adds to a result's JSON: each hit's upstream item, and what the quota was read from."""
+
+
 def dump(result: SearchResult, raw: bool) -> dict[str, Any]:
-    return result.model_dump(mode="json", exclude=None if raw else {"hits": {"__all__": {"raw"}}})
+    """``result`` as JSON data: ``SearchResult.model_dump(mode="json")``, minus the upstream's own items
+    unless ``raw``."""
+    return result.model_dump(mode="json", exclude=None if raw else _UPSTREAM_ITEMS)
