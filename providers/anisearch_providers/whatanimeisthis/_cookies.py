@@ -21,15 +21,16 @@ import contextlib
 import json
 import os
 import re
+import tempfile
 import threading
 import time
 from email.utils import parsedate_to_datetime
 from http.cookies import CookieError, SimpleCookie
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from pathlib import Path
 
     import httpx
 
@@ -311,12 +312,12 @@ class CookieJar:
         directory = self.path.parent
         if not directory.exists():
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = directory / f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # a new file of its own (O_EXCL, mode 0600, an unpredictable name): never one planted there before
+        descriptor, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+        temporary = Path(name)
         try:
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
                 json.dump(data, handle)
-            os.chmod(temporary, 0o600)  # noqa: PTH101 - the mode must hold whatever the umask
             os.replace(temporary, self.path)  # noqa: PTH105 - an atomic rename, the same in pathlib
         except BaseException:
             with contextlib.suppress(OSError):

@@ -531,3 +531,21 @@ def test_each_site_address_keeps_its_own_session(state: Path) -> None:
     assert configured(state).jar.header() == f"{SESSION}={SIGNED}".encode()  # the site's is untouched
     assert jar_file(state).exists()
     assert not (state / "whatanimeisthis-cookies-127.0.0.1-18402.json").exists()
+
+
+@respx.mock
+def test_the_jar_is_never_written_through_a_file_planted_beside_it(state: Path, tmp_path: Path) -> None:
+    import os
+    import threading
+
+    respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+    state.mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    # where the jar's temporary file used to go: a name anyone could guess and plant a link at
+    planted = state / f".{jar_file(state).name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    planted.symlink_to(victim)
+    sign_in(configured(state))
+    assert victim.read_text() == "keep me"
+    assert json.loads(jar_file(state).read_text())["cookies"][0]["value"] == SIGNED
+    assert stat.S_IMODE(jar_file(state).stat().st_mode) == 0o600
