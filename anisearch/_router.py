@@ -775,10 +775,10 @@ class Router:
                 raise
             first: ProviderError | None = exc
             last = exc
-        import stamina  # only after a connection failed before sending
+        from anisearch._retry import stamina  # only after a connection failed before sending
 
         left = max(budget - (time.monotonic() - started), 0.001)
-        async for attempt in stamina.retry_context(
+        async for attempt in stamina().retry_context(
             on=never_sent, attempts=3, timeout=left, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
         ):
             if first is None and time.monotonic() - started >= budget:

@@ -37,9 +37,9 @@ def open_waiting(open_file: Callable[[], _T], timeout: float) -> _T:
     except sqlite3.OperationalError as exc:
         if not locked(exc):
             raise
-    import stamina  # only when processes create one file at once: a cache hit never imports it
+    from anisearch._retry import stamina  # only when processes create one file at once: not on a cache hit
 
-    for attempt in stamina.retry_context(
+    for attempt in stamina().retry_context(
         on=locked, attempts=8, timeout=timeout, wait_initial=0.01, wait_max=0.25
     ):
         with attempt:

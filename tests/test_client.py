@@ -754,3 +754,40 @@ def test_each_upstream_address_keeps_its_own_quota(tmp_path: Path) -> None:
     assert result.provider == "tracemoe"
     assert own.state.emulator.search_requests == 1
     assert (own_quota.limit, own_quota.used) == (100, 1)
+
+
+@pytest.mark.parametrize("logging_configured", [False, True], ids=["no logging set up", "logging set up"])
+def test_retries_are_logged_only_where_the_program_set_up_logging(logging_configured: bool) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
+    script = (
+        "import logging, sys, anisearch\n"
+        "if sys.argv[1] == 'yes':\n"
+        "    logging.basicConfig(level=logging.INFO)\n"
+        "try:\n"
+        "    anisearch.search(sys.argv[2])\n"
+        "except anisearch.AllProvidersFailedError:\n"
+        "    print('failed')\n"
+    )
+    env = os.environ | {
+        "ANISEARCH_TRACEMOE_URL": f"http://127.0.0.1:{free_port()}",  # refused: retried, never sent
+        "ANISEARCH_PROVIDERS": "tracemoe",
+        "ANISEARCH_LEDGER": "memory://",
+        "ANISEARCH_CACHE": "off",
+        "ANISEARCH_METADATA": "off",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script, "yes" if logging_configured else "no", str(demo)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.stdout == "failed\n"
+    assert ("stamina.retry_scheduled" in done.stderr) is logging_configured, done.stderr
