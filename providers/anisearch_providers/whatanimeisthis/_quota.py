@@ -96,17 +96,24 @@ def scope_of(request: httpx.Request, default: QuotaScope = "guest") -> QuotaScop
 
 
 def credits_quota(response: httpx.Response, scope: QuotaScope) -> Quota:
-    """The day window the credits endpoint reports: ``remaining`` credits, ``limit`` the free daily ones.
+    """The day window the credits endpoint reports: ``remaining`` credits (free and paid), ``limit`` the
+    free daily ones plus the paid ones left (so ``used`` is what today's free credits lost), when the
+    site says how many are free a day.
 
     Raises:
         ProviderError: The answer is an error.
         UpstreamResponseError: It has no remaining-credits number.
     """
     balance = parse_credits(response)
+    limit = balance.free_daily + (balance.paid or 0) if balance.free_daily is not None else None
+    if limit is not None and limit < balance.remaining:  # purchased credits it did not count: unknown
+        limit = None
     return Quota(
         provider=PROVIDER,
         scope=scope,
         remaining=balance.remaining,
+        limit=limit,
+        used=limit - balance.remaining if limit is not None else None,
         window="day",
         resets_at=balance.resets_at,
         source="upstream",

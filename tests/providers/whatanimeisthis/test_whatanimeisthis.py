@@ -660,3 +660,15 @@ def test_quota_request_needs_a_session(tmp_path: Path) -> None:
     assert request.url.path == "/api/user/anime-credits"
     quotas = signed.parse_quota(response_for(request, json_body={"credits": 4}))
     assert [(q.remaining, q.window) for q in quotas] == [(4, "day")]
+
+
+@pytest.mark.parametrize(("paid", "remaining", "limit"), [(0, 9, 10), (5, 14, 15)])
+def test_the_credits_day_window_knows_its_limit_so_it_knows_what_was_used(
+    provider: WhatAnimeIsThis, paid: int, remaining: int, limit: int
+) -> None:
+    balance = response_for(
+        provider.credits_request(),
+        json_body={"credits": remaining, "freeCredits": 10, "freeCreditsRemaining": 9, "paidCredits": paid},
+    )
+    (quota,) = provider.observe(balance)
+    assert (quota.limit, quota.remaining, quota.used) == (limit, remaining, 1)  # one free credit spent
