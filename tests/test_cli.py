@@ -387,6 +387,26 @@ def test_a_file_name_that_is_not_utf8_is_written_so_every_line_stays_valid(
     assert "3 matched" in text.stderr
 
 
+def test_json_lines_say_why_each_provider_failed(
+    emulated: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch, samples: Path, tmp_path: Path
+) -> None:
+    server = emulated(tracemoe_app(quota=1))
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", server.url)
+    shots = frames(tmp_path / "shots", samples, 2)
+    spent = cli("search", *map(str, shots), "--json", "--no-cache")
+    lines = {line["input"]: line for line in map(json.loads, spent.stdout.splitlines())}
+    (failed,) = [line["error"] for line in lines.values() if "error" in line]
+    (why,) = failed["providers"]
+    assert (why["provider"], why["type"]) == ("tracemoe", "QuotaExhaustedError")
+    assert datetime.fromisoformat(why["resets_at"]) > datetime.now(UTC) + timedelta(hours=23)
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", "http://127.0.0.1:9")  # nothing listens there
+    down = cli("search", *map(str, shots), "--json", "--no-cache")
+    for line in map(json.loads, down.stdout.splitlines()):
+        (why,) = line["error"]["providers"]
+        assert (why["type"], why["resets_at"]) == ("ProviderConnectionError", None)
+
+
 def test_json_lines_account_for_every_input(tracemoe: Any, samples: Path, tmp_path: Path) -> None:
     gone = str(tmp_path / "gone.png")
     done = cli("search", str(samples / "tinted-good.jpg"), gone, "--json")

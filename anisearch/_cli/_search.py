@@ -289,6 +289,7 @@ def _batch_line(
                     "type": type(error).__name__,
                     "message": with_host_port(describe(error), urls) if error else "",
                     "exit_code": outcome.code,
+                    **_provider_errors(error, urls),
                 },
             }
         print_line(json_line(payload))
@@ -303,6 +304,30 @@ def _batch_line(
         line = Text(f"{label}: error: {message}", style="red")
     with whole_lines():
         out().print(line, soft_wrap=True)
+
+
+def _provider_errors(error: AnisearchError | None, urls: dict[str, str]) -> dict[str, Any]:
+    """``{"providers": [...]}``: each provider's failure when every provider failed (type, message, HTTP
+    status, and when to try again: ``retry_after`` seconds, ``resets_at``), so that a script can tell a
+    spent quota from a server that is down; nothing for any other error."""
+    from anisearch._exceptions import AllProvidersFailedError, QuotaExhaustedError
+
+    if not isinstance(error, AllProvidersFailedError):
+        return {}
+    failures = []
+    for failure in error.errors:
+        resets_at = failure.resets_at if isinstance(failure, QuotaExhaustedError) else None
+        failures.append(
+            {
+                "provider": failure.provider,
+                "type": type(failure).__name__,
+                "message": with_host_port(describe(failure), urls),
+                "status_code": failure.status_code,
+                "retry_after": failure.retry_after,
+                "resets_at": resets_at.isoformat() if resets_at is not None else None,
+            }
+        )
+    return {"providers": failures}
 
 
 def _summary(tally: Tally, seconds: float, *, interrupted: bool) -> None:
