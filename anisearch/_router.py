@@ -112,6 +112,11 @@ _UNANSWERED_SECONDS = 2.0
 """How long a provider is taken to need for an answer before any was timed in this process."""
 _HOLD_MARGIN_SECONDS = 0.2
 """Beyond that, before a slot left by a search given up in flight goes to the next search."""
+_UNSETTLED: weakref.WeakKeyDictionary[Ledger, dict[str, tuple[Ticket, Settlement]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per ledger: answered searches whose settle failed (the ledger was down, the disk full), by token.
+The next search on that ledger settles them first, so their slots do not stay held until the lease lapses."""
 
 
 def _upstream(provider: Provider) -> tuple[str, str]:
@@ -473,6 +478,7 @@ class Router:
             if not answered:
                 raise
             logger.warning("%s: answered, but the ledger could not record it: %s", ticket.provider, exc)
+            _UNSETTLED.setdefault(self._ledger, {})[ticket.token] = (ticket, settlement)
         else:
             if handed_too_early:
                 self._handed_too_early(ticket.provider)
@@ -480,6 +486,28 @@ class Router:
             given = self._given.pop(ticket.token, None)
             if given is not None:
                 given.settled.set()
+
+    async def _settle_left_over(self) -> None:
+        """Settle the answered searches whose settle failed on this ledger (see :data:`_UNSETTLED`); those
+        that fail again wait for the next search."""
+        waiting = _UNSETTLED.get(self._ledger)
+        while waiting:
+            token, (ticket, settlement) = next(iter(waiting.items()))
+            del waiting[token]  # taken by this search: another one running now does not settle it twice
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._ledger.settle(
+                        ticket,
+                        settlement.outcome,
+                        observations=settlement.observations,
+                        cooldown=settlement.cooldown,
+                        busy=settlement.busy,
+                        blocks=settlement.blocks,
+                    )
+            except LedgerError:
+                waiting[token] = (ticket, settlement)  # still down: the reserve says so
+                return
+            logger.info("%s: recorded an answer the ledger could not record before", ticket.provider)
 
     def _sending(self, route: Route, ticket: Ticket, taken: _Baton | None) -> _Sending:
         """How this attempt's request goes: it tells the baton it took once it is sent, and hands the slot
@@ -602,6 +630,7 @@ class Router:
                 request = route.provider.search_request(query)
             except ProviderError as exc:  # refused before anything was reserved (an image too large)
                 return self._failed(name, exc, None, started)
+            await self._settle_left_over()
             admitted = await self._admit(route, give_up_at)
             if isinstance(admitted, ProviderError):  # refused by the ledger: no request was made
                 return self._failed(name, admitted, None, started, outcome="skipped")

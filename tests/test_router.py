@@ -770,6 +770,31 @@ async def test_a_search_handed_a_slot_does_not_wait_for_a_giver_whose_settle_fai
     assert batons_of(ledger) == []
 
 
+async def test_an_answer_the_ledger_could_not_record_is_recorded_by_the_next_search(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk was full (or Redis down) only while the first search recorded its answer: its slot, still
+    held in the ledger, is freed by the next search of the process instead of when its lease lapses."""
+    settle = ledger.settle
+    failures: list[Ticket] = []
+
+    async def failing_once(ticket: Ticket, *args: Any, **kwargs: Any) -> None:
+        if not failures:
+            failures.append(ticket)
+            raise LedgerError("the quota ledger cannot be used (disk full)", ledger=ledger.url)
+        await settle(ticket, *args, **kwargs)
+
+    monkeypatch.setattr(ledger, "settle", failing_once)
+    provider = Scripted("one", answer("one", 0.9), answer("one", 0.9))
+    first = await router(ledger, wait_seconds=1).search(routes(provider))
+    with anyio.fail_after(3):  # the held slot's 5-second lease would have outlasted the 1 s wait
+        second = await router(ledger, wait_seconds=1).search(routes(provider))
+    assert (first.provider, second.provider) == ("one", "one")
+    assert [a.outcome for a in second.attempts] == ["ok"]
+    (day,) = await ledger.snapshot("one", lambda _: WINDOWS)
+    assert day.used == 2  # both searches counted, the first one once
+
+
 async def test_an_answer_is_kept_when_the_ledger_cannot_record_it(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
