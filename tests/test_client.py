@@ -791,3 +791,38 @@ def test_retries_are_logged_only_where_the_program_set_up_logging(logging_config
     )
     assert done.stdout == "failed\n"
     assert ("stamina.retry_scheduled" in done.stderr) is logging_configured, done.stderr
+
+
+def test_a_locked_sqlite_ledger_fails_a_search_by_its_deadline(tmp_path: Path) -> None:
+    """Another process holds the ledger file's lock (a long transaction, a stuck tool): a search with a
+    deadline gets a LedgerError by then, not after the 15-second busy timeout."""
+    import sqlite3
+    import time
+
+    from tests.conftest import HostRouter
+
+    from anisearch_emulators.tracemoe import create_app as tracemoe_app
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
+    path = tmp_path / "ledger.sqlite3"
+    settings = Settings.load(
+        providers=["tracemoe"],
+        provider_options={"tracemoe": {"url": "http://trace.test"}},
+        ledger=f"sqlite:///{path}",
+        cache="off",
+        metadata="off",
+    )
+    with Client(settings, HostRouter({"trace.test": tracemoe_app()})) as client:
+        client.search(demo)  # the ledger file exists, its connection open
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            started = time.monotonic()
+            with pytest.raises(anisearch.LedgerError):
+                client.search(demo, deadline=1.0)
+            took = time.monotonic() - started
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert client.search(demo).provider == "tracemoe"  # the lock gone, searches go on
+    assert took < 5

@@ -31,6 +31,7 @@ from anisearch._ledger import _logic
 from anisearch._ledger._base import Ledger, Nap
 from anisearch._ledger._doorbell import Doorbell
 from anisearch._ledger._units import WAITERS
+from anisearch._limits import remaining_seconds
 from anisearch._sqlite_busy import aside_name, foreign, locked, open_waiting, resetting, set_aside
 
 if TYPE_CHECKING:
@@ -351,16 +352,17 @@ class SQLiteLedger(Ledger):
             )
         _transaction(conn, _create_schema)
 
-    def _call(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``body`` in this (worker) thread, waiting up to the busy timeout for SQLite's lock."""
+    def _call(self, body: Callable[[sqlite3.Connection], _T], busy_ms: int = _BUSY_TIMEOUT_MS) -> _T:
+        """Run ``body`` in this (worker) thread, waiting up to ``busy_ms`` (the busy timeout, or what is
+        left of the search's deadline) for SQLite's lock."""
         with self._lock:
             try:
                 if self._conn is not None and self._replaced():
                     self._drop()
                 if self._conn is None:
-                    self._conn = open_waiting(self._connect, _BUSY_TIMEOUT_MS / 1000)
+                    self._conn = open_waiting(self._connect, busy_ms / 1000)
                 conn = self._conn
-                conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
                 try:
                     return body(conn)
                 finally:
@@ -371,11 +373,17 @@ class SQLiteLedger(Ledger):
                     self._drop()  # the next step opens the file again: a reset may have replaced it
                 raise self._error(exc) from exc
 
-    async def _write(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def _write(self, body: Callable[[sqlite3.Connection], _T], *, by_deadline: bool = False) -> _T:
+        """Run ``body`` in one transaction: on the event loop when the lock is free, else in a worker thread
+        waiting for it up to the busy timeout, or (``by_deadline``) no longer than the search's deadline:
+        a search that asks for a slot then fails with a LedgerError in time, not late. What records an
+        answer already given always waits the whole timeout."""
         inline = self._try_inline(body)
         if inline is not _BUSY:
             return inline  # type: ignore[return-value]  # not _BUSY, so the body's own result
-        return await anyio.to_thread.run_sync(self._call, partial(_transaction, body=body))
+        cap = _BUSY_TIMEOUT_MS / 1000
+        busy_ms = max(0, round((remaining_seconds(cap) if by_deadline else cap) * 1000))
+        return await anyio.to_thread.run_sync(self._call, partial(_transaction, body=body), busy_ms)
 
     def _try_inline(self, body: Callable[[sqlite3.Connection], _T]) -> _T | object:
         """Run the step on the event loop when nothing makes it wait, else return ``_BUSY``.
@@ -449,7 +457,8 @@ class SQLiteLedger(Ledger):
 
     async def _reserve(self, provider: str, scope: str, request: ReserveRequest) -> Any:
         return await self._write(
-            self._step(provider, scope, lambda state, units: _logic.reserve(state, units, request))
+            self._step(provider, scope, lambda state, units: _logic.reserve(state, units, request)),
+            by_deadline=True,
         )
 
     async def _settle(self, provider: str, scope: str, request: SettleRequest) -> None:
