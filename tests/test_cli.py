@@ -407,6 +407,28 @@ def test_json_lines_say_why_each_provider_failed(
         assert (why["type"], why["resets_at"]) == ("ProviderConnectionError", None)
 
 
+def test_links_that_lead_nowhere_are_named_not_skipped_in_silence(
+    tracemoe: Any, samples: Path, tmp_path: Path
+) -> None:
+    shots = tmp_path / "shots"
+    (good,) = frames(shots, samples, 1)
+    (shots / "gone.jpg").symlink_to(shots / "deleted.jpg")
+    (shots / "loop1.jpg").symlink_to(shots / "loop2.jpg")
+    (shots / "loop2.jpg").symlink_to(shots / "loop1.jpg")
+    done = cli("search", str(shots))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{good}: Kokoro Connect")
+    assert f"warning: skipped the link {shots / 'gone.jpg'}: no such file" in done.stderr
+    assert (
+        f"warning: skipped the link {shots / 'loop1.jpg'}: too many levels of symbolic links" in done.stderr
+    )
+    named = cli("search", str(shots / "loop1.jpg"))
+    assert named.returncode == 3
+    assert named.stderr.startswith(
+        f"anisearch: error: too many levels of symbolic links: {shots / 'loop1.jpg'}"
+    )
+
+
 def test_json_lines_account_for_every_input(tracemoe: Any, samples: Path, tmp_path: Path) -> None:
     gone = str(tmp_path / "gone.png")
     done = cli("search", str(samples / "tinted-good.jpg"), gone, "--json")

@@ -5,6 +5,7 @@
 
 import contextlib
 import fnmatch
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -121,9 +122,15 @@ class Tally:
 
 
 def _walk(folder: Path, pattern: str | None) -> list[Path]:
+    """The media files under ``folder`` (hidden ones left out; ``pattern`` filters by name or relative
+    path). A folder that cannot be read and a link that leads nowhere are skipped with a warning line
+    each, so a tagger learns which files it did not see."""
     found = []
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if not path.is_file():
+            _warn_unreadable(path)
             continue
         if pattern is not None:
             if fnmatch.fnmatch(path.name, pattern) or fnmatch.fnmatch(str(path.relative_to(folder)), pattern):
@@ -131,6 +138,42 @@ def _walk(folder: Path, pattern: str | None) -> list[Path]:
         elif path.suffix.lower() in MEDIA_SUFFIXES:
             found.append(path)
     return found
+
+
+def _warn_unreadable(path: Path) -> None:
+    """A warning line for a folder entry that is not a file: a folder that cannot be listed, or a link to
+    nothing (or to itself); nothing for a folder that can be listed or anything else."""
+    try:
+        if path.is_dir():
+            with os.scandir(path):
+                return
+        elif not path.is_symlink():
+            return
+        path.stat()
+    except OSError as exc:
+        what = "folder" if path.is_dir() else "link"
+        err().print(
+            f"warning: skipped the {what} {shown(str(path))}: {_why_missing(exc)}",
+            markup=False,
+            highlight=False,
+            style="yellow",
+        )
+
+
+def _why_missing(exc: OSError) -> str:
+    """What made a path unusable, in the words of the error messages: ``no such file``, ``permission
+    denied``, ``too many levels of symbolic links``."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def _missing_reason(name: str) -> str:
+    try:
+        Path(name).stat()
+    except OSError as exc:
+        return _why_missing(exc)
+    return "no such file"  # it appeared since: still not searched in this run
 
 
 def collect(arguments: Sequence[str], pattern: str | None) -> tuple[list[Input], list[str]]:
@@ -366,11 +409,12 @@ def _check_arguments(inputs: Sequence[str], *, raw: bool, as_json: bool) -> None
 def _report_missing(missing: Sequence[str], *, as_json: bool) -> None:
     """Each name that does not exist, on stderr; with --json also one line on stdout, as for any input."""
     for name in missing:
-        say_error(f"no such file: {shown(name)}")
+        reason = _missing_reason(name)
+        say_error(f"{reason}: {shown(name)}")
         if as_json:
             error = {
                 "type": "InvalidImageError",
-                "message": f"{name}: no such file",
+                "message": f"{name}: {reason}",
                 "exit_code": EXIT_BAD_INPUT,
             }
             print_line(json_line({"input": name, "error": error}))
@@ -478,7 +522,11 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
     items, missing = collect(inputs, glob)
     batch = len(inputs) > 1 or any(Path(i).is_dir() for i in inputs if i != "-")
     if missing and not batch:
-        fail(f"no such file: {missing[0]}", EXIT_BAD_INPUT, "give an image, a folder, an http(s) URL or -")
+        fail(
+            f"{_missing_reason(missing[0])}: {shown(missing[0])}",
+            EXIT_BAD_INPUT,
+            "give an image, a folder, an http(s) URL or -",
+        )
     _report_missing(missing, as_json=as_json)
     if batch and not items:
         fail(
