@@ -108,6 +108,12 @@ _BATON_SECONDS = 0.05
 """The longest a search waits for another search of its event loop (see :class:`_Baton`)."""
 _ANSWER_SECONDS: dict[tuple[str, str], collections.deque[float]] = {}
 """Per provider and address: how long its last answers took, seconds from sending to the whole answer."""
+_COUNTDOWN_SECONDS: dict[tuple[str, str], float] = {}
+"""Per provider and address: how long a search that waited for its slot waits before sending, learnt from
+the concurrency refusals such searches met. An upstream may count a search down a moment after answering
+it (trace.moe: after an awaited database insert); a search sent sooner meets "Concurrency limit exceeded"."""
+_COUNTDOWN_FIRST_SECONDS = 0.05
+_COUNTDOWN_MAX_SECONDS = 1.0
 _UNANSWERED_SECONDS = 2.0
 """How long a provider is taken to need for an answer before any was timed in this process."""
 _HOLD_MARGIN_SECONDS = 0.2
@@ -122,6 +128,26 @@ The next search on that ledger settles them first, so their slots do not stay he
 def _upstream(provider: Provider) -> tuple[str, str]:
     """Whose answer times are pooled: one provider at one address."""
     return provider.name, str(getattr(provider, "base_url", ""))
+
+
+async def _counted_down(provider: Provider) -> None:
+    """Before a search that waited for its slot sends: wait for the upstream to count the last search down
+    (see :data:`_COUNTDOWN_SECONDS`; nothing until a refusal taught it)."""
+    countdown = _COUNTDOWN_SECONDS.get(_upstream(provider))
+    if countdown:
+        await anyio.sleep(countdown)
+
+
+def _counted_down_later(provider: Provider, *, refused: bool) -> None:
+    """When a search that waited for its slot met a concurrency refusal (``refused``): wait longer before
+    the next such send, from 50 ms doubling to at most a second."""
+    if not refused:
+        return
+    upstream = _upstream(provider)
+    known = _COUNTDOWN_SECONDS.get(upstream)
+    _COUNTDOWN_SECONDS[upstream] = (
+        _COUNTDOWN_FIRST_SECONDS if known is None else min(known * 2, _COUNTDOWN_MAX_SECONDS)
+    )
 
 
 def _answered_in(upstream: tuple[str, str], seconds: float) -> None:
@@ -651,6 +677,8 @@ class Router:
         waited = ticket.token in self._contended
         taken = self._batons.pop(ticket.token, None)
         sending = self._sending(route, ticket, taken)
+        if waited:
+            await _counted_down(provider)
         sent_at = time.monotonic()
         try:
             response = await self._send_leased(ticket, provider, query, request, sending)
@@ -672,6 +700,7 @@ class Router:
             raise
         finally:
             self._contended.discard(ticket.token)
+            _counted_down_later(provider, refused=waited and isinstance(error, ConcurrencyLimitError))
             if taken is not None:
                 self._let_go(route, taken)
             await self._settle(

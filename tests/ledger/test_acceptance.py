@@ -275,3 +275,24 @@ def test_eight_processes_share_one_quota_exactly(
     assert codes == [200] * 40  # exactly the quota, not one 402 or 429
     assert outcomes.count("ok") == 40
     assert outcomes.count("QuotaExhaustedError") == 8 * 25 - 40
+
+
+def test_an_upstream_that_counts_a_search_down_late_refuses_few_searches(
+    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+) -> None:
+    """trace.moe counts a search down only after an awaited database insert that follows its answer: a
+    search sent the moment the slot is handed over meets "Concurrency limit exceeded". The client learns
+    how long to wait from the first refusals, instead of meeting one (and backing off) at every hand-over."""
+    trace = live_server(tracemoe_app(latency=0.05, log_seconds=0.1, quota=10**6, rate_limit=10**6))
+    images = variants(samples, 16)
+
+    async def main() -> None:
+        ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+        async with AsyncClient(settings(trace.url, ledger)) as client, anyio.create_task_group() as group:
+            for data in images:
+                group.start_soon(lambda data=data: client.search(data, cache=False))
+
+    anyio.run(main)
+    codes = [row.code for row in trace.app.state.emulator.log]
+    assert codes.count(200) == len(images)
+    assert codes.count(402) <= 3, codes  # 50 ms, then 100 ms: the insert's 100 ms is learnt
