@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +291,7 @@ def test_an_upstream_that_counts_a_search_down_late_refuses_few_searches(
         ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
         async with AsyncClient(settings(trace.url, ledger)) as client, anyio.create_task_group() as group:
             for data in images:
-                group.start_soon(lambda data=data: client.search(data, cache=False))
+                group.start_soon(partial(client.search, data, cache=False))
 
     anyio.run(main)
     codes = [row.code for row in trace.app.state.emulator.log]
