@@ -683,6 +683,17 @@ def test_a_refused_sign_in_points_at_anisearch_login() -> None:
     )
 
 
+def test_hints_name_the_wait_and_leave_a_named_remedy_alone() -> None:
+    limited = anisearch.RateLimitedError("Too many requests", provider="whatanimeisthis", retry_after=9.2)
+    assert _common.hint_for(limited) == "try again in 10 s (whatanimeisthis said so)"
+    origin = anisearch.AuthenticationError(
+        "the site refused the Origin header 'https://evil.example' (INVALID_ORIGIN): set the whatanimeisthis "
+        "'origin' setting (ANISEARCH_WHATANIMEISTHIS_ORIGIN) to an origin the site trusts",
+        provider="whatanimeisthis",
+    )
+    assert _common.hint_for(origin) is None  # not "check the credentials": the message says what to set
+
+
 def test_a_slot_another_search_holds_says_so_in_the_hint(
     emulated: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,6 +12,7 @@ import errno
 import functools
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -173,6 +174,14 @@ def _unresolved(exc: BaseException) -> bool:
     return False
 
 
+def _credentials_hint(leaf: AuthenticationError) -> str | None:
+    if "ANISEARCH_" in leaf.message:  # it names the setting to fix (an Origin the site refused)
+        return None
+    name = getattr(leaf, "provider", None) or "the provider"
+    login = ", or 'anisearch login'" if _signs_in(name) else ""
+    return f"check the credentials for {name}: its API key or token{login}"
+
+
 def _connection_hint(leaf: ProviderConnectionError, urls: dict[str, str]) -> str:
     name = leaf.provider or ""
     where = host_port(urls.get(name, ""))
@@ -187,9 +196,7 @@ def hint_for(exc: AnisearchError, urls: dict[str, str] | None = None) -> str | N
     leaves = _leaves(exc)
     for leaf in leaves:
         if isinstance(leaf, AuthenticationError):
-            name = getattr(leaf, "provider", None) or "the provider"
-            login = ", or 'anisearch login'" if _signs_in(name) else ""
-            return f"check the credentials for {name}: its API key or token{login}"
+            return _credentials_hint(leaf)
     for leaf in leaves:
         if isinstance(leaf, ProviderConnectionError):
             return _connection_hint(leaf, urls or {})
@@ -240,6 +247,8 @@ def _signs_in(provider: str) -> bool:
 def _wait_hint(leaves: Sequence[BaseException]) -> str | None:
     """What to do about a provider that is spent, rate limited, or whose one slot another search holds."""
     for leaf in leaves:
+        if isinstance(leaf, RateLimitedError) and leaf.retry_after:
+            return f"try again in {math.ceil(leaf.retry_after)} s ({leaf.provider or 'the provider'} said so)"
         if isinstance(leaf, QuotaExhaustedError | RateLimitedError):
             return "'anisearch quota' shows what is left and when it frees"
     for leaf in leaves:
