@@ -209,6 +209,11 @@ def open_cache(settings: Settings) -> CacheStore | None:
     return store if store is not None and store.usable else None  # disposable: warned
 
 
+FOLLOW_SECONDS = 120.0
+"""The longest a search waits for an identical one of this process without a deadline of its own, seconds;
+then it runs on its own. Every step of a search is bounded, so this only matters if one ever was not."""
+
+
 class Flights:
     """Identical searches in flight, merged: in this process always, across a fleet with a Redis cache."""
 
@@ -224,9 +229,9 @@ class Flights:
     ) -> SearchResult:
         """``search()``, unless an identical one in flight answers first (its answer read by ``cached``).
 
-        Waiting for the identical search ends at this search's deadline (``search(deadline=...)``): it
-        then runs on its own, and fails as a search past its deadline does, instead of waiting for the
-        other's whole request.
+        Waiting for the identical search ends at this search's deadline (``search(deadline=...)``), or
+        after :data:`FOLLOW_SECONDS` without one: it then runs on its own (and fails as a search past its
+        deadline does), instead of waiting for the other's whole request.
 
         Args:
             key: What makes two searches identical.
@@ -236,7 +241,7 @@ class Flights:
             store: The cache; a :class:`RedisResultCache` extends merging to every process using it.
         """
         while key in self._local:  # the same search is running here: wait and reuse its answer
-            with anyio.move_on_after(remaining_seconds()) as waiting:
+            with anyio.move_on_after(remaining_seconds(FOLLOW_SECONDS)) as waiting:
                 await self._local[key].wait()
             if waiting.cancelled_caught:  # the deadline came first: the search says so on its own
                 return await search()

@@ -209,3 +209,30 @@ def test_a_redis_that_stops_answering_fails_each_command_in_bounded_time(
     # redis-py's own default would wait 5 s (6.x and later) or forever (5.x)
     assert ledger_seconds < 3
     assert cache_seconds < 3
+
+
+def test_a_search_waits_for_a_stuck_identical_one_only_so_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anisearch._cache_redis
+
+    monkeypatch.setattr(anisearch._cache_redis, "FOLLOW_SECONDS", 0.2)
+    flights = Flights()
+    stuck = anyio.Event()  # never set: the first search never ends
+    own = SearchResult(provider="own")
+
+    async def first() -> SearchResult:
+        await stuck.wait()
+        raise AssertionError("unreachable")
+
+    async def second() -> SearchResult:
+        return own
+
+    async def run() -> SearchResult:
+        async with anyio.create_task_group() as group:
+            group.start_soon(flights.run, "key", first, None, None)
+            await anyio.sleep(0.01)  # the first is in flight
+            with anyio.fail_after(5):
+                answer = await flights.run("key", second, None, None)
+            group.cancel_scope.cancel()
+        return answer
+
+    assert anyio.run(run) is own  # it ran on its own instead of waiting forever
