@@ -267,7 +267,9 @@ class Flights:
         from redis.exceptions import RedisError
 
         lease, channel = FLIGHT_PREFIX + key, DONE_PREFIX + key
-        token = secrets.token_hex(12)
+        from anisearch._ledger._base import this_holder
+
+        token = f"{secrets.token_hex(12)} {this_holder()}"  # the holder: a dead one's lease is taken over
         try:
             with anyio.move_on_after(remaining_seconds()) as waiting:
                 while True:
@@ -299,7 +301,10 @@ class Flights:
 
     @staticmethod
     async def _wait(redis: Any, lease: str, channel: str) -> bool:
-        """Wait until the leader of ``lease`` is done (or its lease lapsed); True when it was released."""
+        """Wait until the leader of ``lease`` is done (or its lease lapsed, or it died on this host: its
+        lease is let go at once); True when it was released."""
+        from anisearch._ledger._base import holder_is_dead
+
         pubsub = redis.pubsub()
         try:
             await pubsub.subscribe(channel)
@@ -307,8 +312,12 @@ class Flights:
                 remaining = await redis.pttl(lease)
                 if remaining < 0:  # released (or lapsed) before or while subscribing
                     return True
+                held = await redis.get(lease)
+                if held is not None and holder_is_dead(held.partition(" ")[2]):
+                    await redis.eval(_RELEASE, 2, lease, channel, held)  # killed mid-search: nothing comes
+                    return True
                 message = await pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=min(remaining / 1000 + 0.05, LEASE_SECONDS)
+                    ignore_subscribe_messages=True, timeout=min(remaining / 1000 + 0.05, 1.0)
                 )
                 if message is not None:
                     return True

@@ -236,3 +236,38 @@ def test_a_search_waits_for_a_stuck_identical_one_only_so_long(monkeypatch: pyte
         return answer
 
     assert anyio.run(run) is own  # it ran on its own instead of waiting forever
+
+
+def test_an_identical_search_of_a_process_that_died_is_not_waited_for(redis_url: str) -> None:
+    """The process running the identical search was killed (its lease in Redis still runs for up to 15 s):
+    a search on the same host sees its holder is dead and runs at once."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "from anisearch._ledger._base import this_holder; print(this_holder())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()  # a holder of this host whose process has ended
+    key = "the same search"
+
+    async def main() -> str:
+        store = RedisResultCache(redis_url, ttl_seconds=60)
+        try:
+            await store.redis.set(FLIGHT_PREFIX + key, f"0123abcd {dead}", px=60_000)
+
+            async def alone() -> SearchResult:
+                return SearchResult(provider="tracemoe")
+
+            async def nothing_cached() -> SearchResult | None:
+                return None
+
+            with anyio.fail_after(5):  # not the 60 s left on the dead one's lease
+                result = await Flights().run(key, alone, nothing_cached, store)
+            return str(result.provider)
+        finally:
+            await store.redis.delete(FLIGHT_PREFIX + key)
+            await store.aclose()
+
+    assert anyio.run(main) == "tracemoe"
