@@ -114,6 +114,8 @@ the concurrency refusals such searches met. An upstream may count a search down 
 it (trace.moe: after an awaited database insert); a search sent sooner meets "Concurrency limit exceeded"."""
 _COUNTDOWN_FIRST_SECONDS = 0.05
 _COUNTDOWN_MAX_SECONDS = 1.0
+_COUNTDOWN_FLOOR_SECONDS = 0.01
+_COUNTDOWN_FADE = 0.98
 _UNANSWERED_SECONDS = 2.0
 """How long a provider is taken to need for an answer before any was timed in this process."""
 _HOLD_MARGIN_SECONDS = 0.2
@@ -130,24 +132,33 @@ def _upstream(provider: Provider) -> tuple[str, str]:
     return provider.name, str(getattr(provider, "base_url", ""))
 
 
-async def _counted_down(provider: Provider) -> None:
-    """Before a search that waited for its slot sends: wait for the upstream to count the last search down
-    (see :data:`_COUNTDOWN_SECONDS`; nothing until a refusal taught it)."""
-    countdown = _COUNTDOWN_SECONDS.get(_upstream(provider))
+async def _counted_down(provider: Provider, *, waited: bool) -> float:
+    """Before a search that ``waited`` for its slot sends: wait for the upstream to count the last search
+    down (see :data:`_COUNTDOWN_SECONDS`; nothing until a refusal taught it; never past the search's
+    deadline). The time to send at (``time.monotonic()``)."""
+    countdown = _COUNTDOWN_SECONDS.get(_upstream(provider)) if waited else None
     if countdown:
-        await anyio.sleep(countdown)
+        await anyio.sleep(max(remaining_seconds(countdown), 0.0))
+    return time.monotonic()
 
 
-def _counted_down_later(provider: Provider, *, refused: bool) -> None:
-    """When a search that waited for its slot met a concurrency refusal (``refused``): wait longer before
-    the next such send, from 50 ms doubling to at most a second."""
-    if not refused:
+def _counted_down_later(provider: Provider, *, waited: bool, refused: bool) -> None:
+    """After a search that waited for its slot was answered: a concurrency refusal (``refused``) makes the
+    next such search wait longer (from 50 ms, doubling, at most a second); any other answer a fiftieth
+    less, so a wait learnt from a passing cause fades (below 10 ms it is dropped). Nothing unless it
+    ``waited``."""
+    if not waited:
         return
     upstream = _upstream(provider)
     known = _COUNTDOWN_SECONDS.get(upstream)
-    _COUNTDOWN_SECONDS[upstream] = (
-        _COUNTDOWN_FIRST_SECONDS if known is None else min(known * 2, _COUNTDOWN_MAX_SECONDS)
-    )
+    if refused:
+        grown = _COUNTDOWN_FIRST_SECONDS if known is None else known * 2
+        _COUNTDOWN_SECONDS[upstream] = min(grown, _COUNTDOWN_MAX_SECONDS)
+    elif known is not None:
+        if known * _COUNTDOWN_FADE < _COUNTDOWN_FLOOR_SECONDS:
+            del _COUNTDOWN_SECONDS[upstream]
+        else:
+            _COUNTDOWN_SECONDS[upstream] = known * _COUNTDOWN_FADE
 
 
 def _answered_in(upstream: tuple[str, str], seconds: float) -> None:
@@ -513,10 +524,21 @@ class Router:
             if given is not None:
                 given.settled.set()
 
-    async def _settle_left_over(self) -> None:
-        """Settle the answered searches whose settle failed on this ledger (see :data:`_UNSETTLED`); those
-        that fail again wait for the next search."""
+    async def _freed_here(self, refusal: Refusal, dead: frozenset[str]) -> frozenset[str] | None:
+        """After a concurrency refusal: the holders known dead, grown by those of ``refusal`` that died on
+        this host, or the same set when a slot this process held for an answer given could be settled
+        now; None when nothing was freed here."""
+        newly_dead = frozenset(h for h in refusal.holders if holder_is_dead(h)) - dead
+        if newly_dead:
+            return dead | newly_dead
+        return dead if await self._settle_left_over() else None
+
+    async def _settle_left_over(self) -> bool:
+        """Settle the answered searches whose settle failed on this ledger (see :data:`_UNSETTLED`), when
+        a reserve was just refused a slot: the ledger answers again, and the slot may be one of theirs.
+        Those that fail again wait for the next refusal. True when one was settled."""
         waiting = _UNSETTLED.get(self._ledger)
+        settled = False
         while waiting:
             token, (ticket, settlement) = next(iter(waiting.items()))
             del waiting[token]  # taken by this search: another one running now does not settle it twice
@@ -531,9 +553,14 @@ class Router:
                         blocks=settlement.blocks,
                     )
             except LedgerError:
-                waiting[token] = (ticket, settlement)  # still down: the reserve says so
-                return
+                waiting[token] = (ticket, settlement)  # still unusable: the next refusal tries again
+                return settled
+            except AnisearchError as exc:  # it can never be recorded: its lease ends the reservation
+                logger.warning("%s: an answer given earlier cannot be recorded: %s", ticket.provider, exc)
+                continue
             logger.info("%s: recorded an answer the ledger could not record before", ticket.provider)
+            settled = True
+        return settled
 
     def _sending(self, route: Route, ticket: Ticket, taken: _Baton | None) -> _Sending:
         """How this attempt's request goes: it tells the baton it took once it is sent, and hands the slot
@@ -603,9 +630,9 @@ class Router:
             left = give_up_at - anyio.current_time()
             wait = (from_us(result.until) - self._ledger.now()).total_seconds()
             if result.kind == "concurrency":
-                newly_dead = frozenset(h for h in result.holders if holder_is_dead(h)) - dead
-                if newly_dead:
-                    dead |= newly_dead
+                freed = await self._freed_here(result, dead)
+                if freed is not None:  # ask again
+                    dead = freed
                     continue
                 if nap is None or left <= 0:
                     return result
@@ -656,7 +683,6 @@ class Router:
                 request = route.provider.search_request(query)
             except ProviderError as exc:  # refused before anything was reserved (an image too large)
                 return self._failed(name, exc, None, started)
-            await self._settle_left_over()
             admitted = await self._admit(route, give_up_at)
             if isinstance(admitted, ProviderError):  # refused by the ledger: no request was made
                 return self._failed(name, admitted, None, started, outcome="skipped")
@@ -677,10 +703,9 @@ class Router:
         waited = ticket.token in self._contended
         taken = self._batons.pop(ticket.token, None)
         sending = self._sending(route, ticket, taken)
-        if waited:
-            await _counted_down(provider)
         sent_at = time.monotonic()
         try:
+            sent_at = await _counted_down(provider, waited=waited)  # inside: cancelled, it still settles
             response = await self._send_leased(ticket, provider, query, request, sending)
             _answered_in(_upstream(provider), time.monotonic() - sent_at)
             status = response.status_code
@@ -700,7 +725,7 @@ class Router:
             raise
         finally:
             self._contended.discard(ticket.token)
-            _counted_down_later(provider, refused=waited and isinstance(error, ConcurrencyLimitError))
+            _counted_down_later(provider, waited=waited, refused=isinstance(error, ConcurrencyLimitError))
             if taken is not None:
                 self._let_go(route, taken)
             await self._settle(

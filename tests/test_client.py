@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -826,3 +827,56 @@ def test_a_locked_sqlite_ledger_fails_a_search_by_its_deadline(tmp_path: Path) -
             holder.close()
         assert client.search(demo).provider == "tracemoe"  # the lock gone, searches go on
     assert took < 5
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_reserve_waits_behind_another_step_of_its_process_no_longer_than_its_deadline(
+    tmp_path: Path,
+) -> None:
+    """An answered search records its answer (it may wait 15 s for a lock another process holds) while a
+    search with a 1-second deadline asks for a slot: that one fails by its deadline, not behind it."""
+    import sqlite3
+    import time
+
+    from anisearch._ledger import Ticket, open_ledger
+    from anisearch._ledger._windows import WindowSpec
+    from anisearch._limits import search_deadline
+
+    windows = (WindowSpec("rolling-24h", span_seconds=86400),)
+    path = tmp_path / "ledger.sqlite3"
+    ledger = open_ledger(f"sqlite:///{path}")
+    ticket = await ledger.reserve("one", "guest", windows, slots=4)
+    assert isinstance(ticket, Ticket)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    took: list[float] = []
+
+    async def settle() -> None:
+        with contextlib.suppress(anisearch.LedgerError):
+            await ledger.settle(ticket, "charged")
+
+    async def reserve() -> None:
+        await anyio.sleep(0.2)  # the settle holds the ledger's own lock by now
+        token = search_deadline.set(anyio.current_time() + 1.0)
+        started = time.monotonic()
+        try:
+            with pytest.raises(anisearch.LedgerError):
+                await ledger.reserve("one", "guest", windows, slots=4)
+        finally:
+            search_deadline.reset(token)
+        took.append(time.monotonic() - started)
+
+    async def release() -> None:
+        await anyio.sleep(6)
+        holder.execute("ROLLBACK")
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(settle)
+            group.start_soon(reserve)
+            group.start_soon(release)
+    finally:
+        holder.close()
+        await ledger.aclose()
+    assert took[0] < 3

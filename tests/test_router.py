@@ -1316,3 +1316,34 @@ async def test_through_a_real_https_proxy_one_slot_means_one_search_at_the_upstr
         tls_context.cache_clear()  # the next test's is made from the usual certificates
     assert answered == ["one"] * 3
     assert slow.most == 1
+
+
+async def test_a_search_cancelled_while_it_waits_for_the_count_down_leaves_no_slot_held(
+    ledger: Ledger,
+) -> None:
+    """A search that waited for its slot waits a learnt moment before sending (the upstream counts searches
+    down late); cancelled then (the caller's timeout, a fanout sibling, the client closing), it sent
+    nothing, and its slot is free at once."""
+    from anisearch import _router
+
+    provider = Scripted("one", answer("one", 0.9), answer("one", 0.9))
+    upstream = _router._upstream(provider)  # type: ignore[arg-type]
+    _router._COUNTDOWN_SECONDS[upstream] = 1.0
+    try:
+        the_router = router(ledger, wait_seconds=5)
+        other = await ledger.reserve("one", "guest", WINDOWS)  # another holder has the only slot a moment
+        assert isinstance(other, Ticket)
+
+        async def free_soon() -> None:
+            await anyio.sleep(0.1)
+            await ledger.settle(other, "charged")
+
+        with anyio.move_on_after(0.5):  # while the search waits out the count-down
+            async with anyio.create_task_group() as group:
+                group.start_soon(free_soon)
+                await the_router.search(routes(provider))
+        again = await ledger.reserve("one", "guest", WINDOWS)
+        assert isinstance(again, Ticket)  # not refused: the cancelled search's slot was settled
+        await ledger.settle(again, "unsent")
+    finally:
+        _router._COUNTDOWN_SECONDS.pop(upstream, None)

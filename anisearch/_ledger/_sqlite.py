@@ -352,15 +352,28 @@ class SQLiteLedger(Ledger):
             )
         _transaction(conn, _create_schema)
 
-    def _call(self, body: Callable[[sqlite3.Connection], _T], busy_ms: int = _BUSY_TIMEOUT_MS) -> _T:
+    def _call(
+        self,
+        body: Callable[[sqlite3.Connection], _T],
+        busy_ms: int = _BUSY_TIMEOUT_MS,
+        *,
+        bounded: bool = False,
+    ) -> _T:
         """Run ``body`` in this (worker) thread, waiting up to ``busy_ms`` (the busy timeout, or what is
-        left of the search's deadline) for SQLite's lock."""
-        with self._lock:
+        left of the search's deadline) for SQLite's lock; ``bounded``, also for this process's own (another
+        step holds it while it waits for SQLite's)."""
+        if not self._lock.acquire(timeout=busy_ms / 1000 if bounded else -1):
+            raise LedgerError(
+                f"the quota ledger {self.path} is busy: another step of this process held it past the "
+                "search's deadline",
+                ledger=self.url,
+            )
+        try:
             try:
                 if self._conn is not None and self._replaced():
                     self._drop()
-                if self._conn is None:
-                    self._conn = open_waiting(self._connect, busy_ms / 1000)
+                if self._conn is None:  # stamina wants a timeout to retry within: at least 10 ms
+                    self._conn = open_waiting(self._connect, max(busy_ms, 10) / 1000)
                 conn = self._conn
                 conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
                 try:
@@ -372,6 +385,8 @@ class SQLiteLedger(Ledger):
                 if self._damaged(exc):
                     self._drop()  # the next step opens the file again: a reset may have replaced it
                 raise self._error(exc) from exc
+        finally:
+            self._lock.release()
 
     async def _write(self, body: Callable[[sqlite3.Connection], _T], *, by_deadline: bool = False) -> _T:
         """Run ``body`` in one transaction: on the event loop when the lock is free, else in a worker thread
@@ -383,7 +398,8 @@ class SQLiteLedger(Ledger):
             return inline  # type: ignore[return-value]  # not _BUSY, so the body's own result
         cap = _BUSY_TIMEOUT_MS / 1000
         busy_ms = max(0, round((remaining_seconds(cap) if by_deadline else cap) * 1000))
-        return await anyio.to_thread.run_sync(self._call, partial(_transaction, body=body), busy_ms)
+        step = partial(self._call, partial(_transaction, body=body), busy_ms, bounded=by_deadline)
+        return await anyio.to_thread.run_sync(step)
 
     def _try_inline(self, body: Callable[[sqlite3.Connection], _T]) -> _T | object:
         """Run the step on the event loop when nothing makes it wait, else return ``_BUSY``.
