@@ -94,3 +94,24 @@ def test_a_signal_while_the_reader_lags_stops_the_batch_between_whole_lines(
     assert returned == code
     assert f"interrupted after {len(lines)} of 12" in errors
     assert "Traceback" not in errors
+
+
+def test_a_second_signal_stops_a_line_that_no_reader_takes() -> None:
+    """A line waits for its reader to finish (the first signal takes effect after it); a reader that never
+    reads again must not keep the command alive: the second signal stops the write."""
+    import time
+
+    reading, writing = os.pipe()
+    line = "from anisearch._cli._common import print_line\nprint_line('x' * 1_000_000)"
+    with subprocess.Popen([sys.executable, "-c", line], stdout=writing, stderr=subprocess.PIPE) as process:
+        os.close(writing)
+        time.sleep(1.0)  # the pipe is full: the write waits
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert process.poll() is None  # the first one waits for the line
+        process.send_signal(signal.SIGTERM)
+        try:
+            returned = process.wait(timeout=10)
+        finally:
+            os.close(reading)
+    assert returned != 0

@@ -356,39 +356,55 @@ def print_json(payload: Any) -> None:
     out().print_json(text, indent=2, ensure_ascii=not _utf8(text))
 
 
+_STOPPED_BY: list[int] = []
+"""The signals that stopped the command (SIGINT, SIGTERM), in order: what its exit code says."""
+
+
 @contextlib.contextmanager
 def whole_lines() -> Iterator[None]:
     """Write a line of output whole: Ctrl-C or SIGTERM arriving while it is written (a reader that lags
-    fills the pipe, and the write waits) takes effect once the line is out, not halfway through it."""
-    if threading.current_thread() is not threading.main_thread():
+    fills the pipe, and the write waits) takes effect once the line is out, not halfway through it. A
+    second one stops the write at once: a reader that never reads again must not keep the command alive."""
+    numbers = [signal.SIGINT, signal.SIGTERM]
+    if threading.current_thread() is not threading.main_thread() or any(
+        signal.getsignal(number) is None
+        for number in numbers  # a handler set outside Python: left alone
+    ):
         yield
         return
     came: list[int] = []
+    previous: dict[int, Any] = {}
 
     def later(signum: int, _frame: object) -> None:
         came.append(signum)
+        if len(came) > 1:  # the user insists
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+            previous.clear()
+            _STOPPED_BY.append(signum)
+            raise KeyboardInterrupt
 
-    previous = {number: signal.signal(number, later) for number in (signal.SIGINT, signal.SIGTERM)}
+    previous.update((number, signal.signal(number, later)) for number in numbers)
     try:
         yield
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        if came:
+        if came and previous:
             signal.raise_signal(came[0])
 
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[list[int]]:
     """SIGTERM stops the command as Ctrl-C does (the searches end, what was done is summarised); the list
-    given holds the signal once one came (exit :data:`EXIT_TERMINATED`)."""
-    came: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield came
+    given holds the signals that stopped it (SIGTERM there: exit :data:`EXIT_TERMINATED`)."""
+    _STOPPED_BY.clear()
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is None:
+        yield _STOPPED_BY
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        came.append(signum)
+        _STOPPED_BY.append(signum)
         handler = signal.getsignal(signal.SIGINT)
         if callable(handler):  # Python's (raises KeyboardInterrupt) or the event loop's (cancels the run)
             handler(signal.SIGINT, frame)
@@ -397,7 +413,7 @@ def terminate_as_interrupt() -> Iterator[list[int]]:
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        yield came
+        yield _STOPPED_BY
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -425,7 +441,9 @@ def print_line(text: str) -> None:
             while left:
                 left = left[os.write(descriptor, left) :]
         except BrokenPipeError:
-            out().on_broken_pipe()
+            with contextlib.suppress(AttributeError, OSError, ValueError):  # stdout is not a file: no fd
+                out().on_broken_pipe()  # raises OutputClosedError
+            raise OutputClosedError from None
 
 
 def json_line(payload: Any) -> str:

@@ -6,6 +6,7 @@
 import contextlib
 import fnmatch
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -585,7 +586,7 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
         return
     _summary(tally, time.monotonic() - started, interrupted=interrupted)
     if interrupted:
-        raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_TERMINATED if signal.SIGTERM in terminated else EXIT_INTERRUPTED)
     codes = {o.code for o in tally.done} - {EXIT_OK}
     raise typer.Exit(max(codes, default=EXIT_OK))
 
