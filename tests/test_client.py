@@ -880,3 +880,18 @@ async def test_a_reserve_waits_behind_another_step_of_its_process_no_longer_than
         holder.close()
         await ledger.aclose()
     assert took[0] < 3
+
+
+def test_the_ledger_scope_of_a_provider_at_its_own_address_is_as_it_always_was() -> None:
+    from anisearch._ledger import provider_scope, scope_id
+    from anisearch_providers.anilist import AniList
+    from anisearch_providers.tracemoe import TraceMoe
+
+    assert provider_scope(TraceMoe()) == "guest"  # ledgers written before keep their counts
+    assert provider_scope(TraceMoe(base_url="https://api.trace.moe/")) == "guest"
+    assert provider_scope(TraceMoe(base_url="http://127.0.0.1:8000")).startswith("guest:")
+    assert provider_scope(TraceMoe(base_url="http://127.0.0.1:8000")) != provider_scope(
+        TraceMoe(base_url="http://127.0.0.1:8001")
+    )
+    anilist = AniList()  # declares no default address: its scope is its credential's alone
+    assert provider_scope(anilist) == scope_id(anilist.credential.scope, anilist.credential.secret)

@@ -95,13 +95,14 @@ def provider_scope(provider: Any) -> str:
     that is not the provider's own (``base_url`` other than ``default_url``).
 
     A self-hosted instance, a mirror or an emulator keeps quota of its own: a spent quota at the public
-    service does not refuse searches at another address, nor the reverse. At the provider's own address
-    the scope is the credential's alone, as ledgers written before kept it.
+    service does not refuse searches at another address, nor the reverse. At the provider's own address,
+    and for a provider that declares none (``default_url``), the scope is the credential's alone, as
+    ledgers written before kept it.
     """
     credential = provider.credential
     base = str(getattr(provider, "base_url", "") or "").rstrip("/")
     default = str(getattr(type(provider), "default_url", "") or "").rstrip("/")
-    if not base or base == default:
+    if not base or not default or base == default:  # no address of its own to tell apart: as before
         return scope_id(credential.scope, credential.secret)
     return scope_id(credential.scope, f"{base}\n{credential.secret or ''}")
 
