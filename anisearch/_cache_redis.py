@@ -210,8 +210,9 @@ def open_cache(settings: Settings) -> CacheStore | None:
 
 
 FOLLOW_SECONDS = 120.0
-"""The longest a search waits for an identical one of this process without a deadline of its own, seconds;
-then it runs on its own. Every step of a search is bounded, so this only matters if one ever was not."""
+"""The longest a search waits for an identical one (of this process, or of another on a shared Redis cache)
+without a deadline of its own, seconds; then it runs on its own. Every step of a search is bounded, so this
+only matters if one ever was not."""
 
 
 class Flights:
@@ -271,7 +272,7 @@ class Flights:
 
         token = f"{secrets.token_hex(12)} {this_holder()}"  # the holder: a dead one's lease is taken over
         try:
-            with anyio.move_on_after(remaining_seconds()) as waiting:
+            with anyio.move_on_after(remaining_seconds(FOLLOW_SECONDS)) as waiting:
                 while True:
                     if await redis.set(lease, token, nx=True, px=int(LEASE_SECONDS * 1000)):
                         break

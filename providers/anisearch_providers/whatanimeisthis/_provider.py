@@ -69,12 +69,13 @@ jar of its own (:func:`jar_name`)."""
 
 def jar_name(site_origin: str) -> str:
     """The jar file's name for the site at ``site_origin``: :data:`JAR_NAME` for whatanimeisthis.com, and
-    ``whatanimeisthis-cookies-<host>-<port>.json`` for any other address, so that signing in or out at one
-    address never touches the session kept for another."""
+    ``whatanimeisthis-cookies-<scheme>-<host>-<port>.json`` for any other address, so that signing in or
+    out at one address never touches the session kept for another."""
     if site_origin == _origin_of(DEFAULT_URL, "url"):
         return JAR_NAME
-    where = re.sub(r"[^A-Za-z0-9.]+", "-", site_origin.split("://", 1)[-1]).strip("-")
-    return f"whatanimeisthis-cookies-{where}.json"
+    parts = urlsplit(site_origin)
+    where = re.sub(r"[^A-Za-z0-9.]+", "-", f"{parts.scheme}-{parts.hostname}-{parts.port or ''}").strip("-")
+    return f"whatanimeisthis-cookies-{where}.json"  # never a password of the URL in a file name
 
 
 UPLOAD_FORMATS = frozenset({"image/jpeg", "image/png"})

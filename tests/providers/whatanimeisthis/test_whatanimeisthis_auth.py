@@ -530,7 +530,7 @@ def test_each_site_address_keeps_its_own_session(state: Path) -> None:
     assert mirror.parse_sign_out(send(mirror, mirror.sign_out_request())) is True
     assert configured(state).jar.header() == f"{SESSION}={SIGNED}".encode()  # the site's is untouched
     assert jar_file(state).exists()
-    assert not (state / "whatanimeisthis-cookies-127.0.0.1-18402.json").exists()
+    assert not (state / "whatanimeisthis-cookies-http-127.0.0.1-18402.json").exists()
 
 
 @respx.mock
@@ -549,3 +549,11 @@ def test_the_jar_is_never_written_through_a_file_planted_beside_it(state: Path, 
     assert victim.read_text() == "keep me"
     assert json.loads(jar_file(state).read_text())["cookies"][0]["value"] == SIGNED
     assert stat.S_IMODE(jar_file(state).stat().st_mode) == 0o600
+
+
+def test_jar_names_tell_addresses_apart_and_hold_no_password() -> None:
+    from anisearch_providers.whatanimeisthis._provider import jar_name
+
+    assert jar_name(SITE) == "whatanimeisthis-cookies.json"
+    assert jar_name("http://host:8080") != jar_name("https://host:8080")
+    assert "secret" not in jar_name("https://user:secret@host:8080")
