@@ -503,14 +503,7 @@ class Router:
                     and settlement == Settlement("charged")  # nothing told but that it may have left
                     and await self._ledger.hold(ticket, upstream_busy)
                 ):
-                    await self._ledger.settle(
-                        ticket,
-                        settlement.outcome,
-                        observations=settlement.observations,
-                        cooldown=settlement.cooldown,
-                        busy=settlement.busy,
-                        blocks=settlement.blocks,
-                    )
+                    await self._record(ticket, settlement)
         except LedgerError as exc:
             if not answered:
                 raise
@@ -523,6 +516,17 @@ class Router:
             given = self._given.pop(ticket.token, None)
             if given is not None:
                 given.settled.set()
+
+    async def _record(self, ticket: Ticket, settlement: Settlement) -> None:
+        """Settle ``ticket`` in the ledger with what ``settlement`` says."""
+        await self._ledger.settle(
+            ticket,
+            settlement.outcome,
+            observations=settlement.observations,
+            cooldown=settlement.cooldown,
+            busy=settlement.busy,
+            blocks=settlement.blocks,
+        )
 
     async def _freed_here(self, refusal: Refusal, dead: frozenset[str]) -> frozenset[str] | None:
         """After a concurrency refusal: the holders known dead, grown by those of ``refusal`` that died on
@@ -544,14 +548,7 @@ class Router:
             del waiting[token]  # taken by this search: another one running now does not settle it twice
             try:
                 with anyio.CancelScope(shield=True):
-                    await self._ledger.settle(
-                        ticket,
-                        settlement.outcome,
-                        observations=settlement.observations,
-                        cooldown=settlement.cooldown,
-                        busy=settlement.busy,
-                        blocks=settlement.blocks,
-                    )
+                    await self._record(ticket, settlement)
             except LedgerError:
                 waiting[token] = (ticket, settlement)  # still unusable: the next refusal tries again
                 return settled

@@ -192,6 +192,21 @@ def test_an_answer_is_stored_in_a_worker_thread_while_another_thread_holds_the_c
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
 
 
+def both_emulated(tmp_path: Path) -> Settings:
+    """whatanimeisthis first, then trace.moe, at the emulated hosts ``wait.test`` and ``trace.test``, with a
+    result cache of the test's own."""
+    return Settings.load(
+        providers=["whatanimeisthis", "tracemoe"],
+        provider_options={
+            "tracemoe": {"url": "http://trace.test"},
+            "whatanimeisthis": {"url": "http://wait.test"},
+        },
+        ledger="memory://",
+        cache=str(tmp_path / "cache.sqlite3"),
+        metadata="off",
+    )
+
+
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize("strategy", ["fallback", "fanout"])
 @pytest.mark.anyio
@@ -202,16 +217,7 @@ async def test_a_repeated_search_is_answered_from_the_cache_as_it_was_answered_t
     from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
 
     transport = WeakerWhatAnimeIsThis({"trace.test": tracemoe_app(), "wait.test": whatanimeisthis_app()})
-    settings = Settings.load(
-        providers=["whatanimeisthis", "tracemoe"],  # the weaker is asked first
-        provider_options={
-            "tracemoe": {"url": "http://trace.test"},
-            "whatanimeisthis": {"url": "http://wait.test"},
-        },
-        ledger="memory://",
-        cache=str(tmp_path / "cache.sqlite3"),
-        metadata="off",
-    )
+    settings = both_emulated(tmp_path)  # the weaker is asked first
     async with AsyncClient(settings, transport) as searcher:
         first = await searcher.search(DEMO, min_similarity=0.9, strategy=strategy)  # type: ignore[arg-type]
         again = await searcher.search(DEMO, min_similarity=0.9, strategy=strategy)  # type: ignore[arg-type]
@@ -251,17 +257,7 @@ async def test_a_provider_whose_answer_is_cached_is_not_asked_again_when_another
     from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
 
     transport = _TraceMoeDown({"trace.test": tracemoe_app(), "wait.test": whatanimeisthis_app()})
-    settings = Settings.load(
-        providers=["whatanimeisthis", "tracemoe"],
-        provider_options={
-            "tracemoe": {"url": "http://trace.test"},
-            "whatanimeisthis": {"url": "http://wait.test"},
-        },
-        ledger="memory://",
-        cache=str(tmp_path / "cache.sqlite3"),
-        metadata="off",
-        timeout=5,
-    )
+    settings = both_emulated(tmp_path)
     async with AsyncClient(settings, transport) as searcher:
         # whatanimeisthis answers weakly, trace.moe is down: the weak answer is all there is
         first = await searcher.search(DEMO, min_similarity=0.9, strategy=strategy)  # type: ignore[arg-type]

@@ -20,20 +20,31 @@ pytestmark = pytest.mark.e2e
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
 
 
+def twelve_shots(tmp_path: Path) -> Path:
+    """A folder of twelve copies of the demo frame."""
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for n in range(12):
+        shutil.copy(DEMO, shots / f"shot-{n:02}.jpg")
+    return shots
+
+
+def searching_at(url: str) -> dict[str, str]:
+    """The environment of a command that searches the trace.moe emulator at ``url`` only."""
+    return os.environ | {
+        "ANISEARCH_TRACEMOE_URL": url,
+        "ANISEARCH_PROVIDERS": "tracemoe",
+        "ANISEARCH_METADATA": "off",
+        "ANISEARCH_LEDGER": "memory://",
+    }
+
+
 @pytest.mark.parametrize("flags", [["--json"], []], ids=["json lines", "one line per input"])
 def test_a_batch_whose_reader_stops_after_one_line_exits_141_without_a_traceback(
     tmp_path: Path, live_server: Callable[[Any], Any], flags: list[str]
 ) -> None:
     server = live_server(create_app(quota=10**6, rate_limit=10**6))
-    shots = tmp_path / "shots"
-    shots.mkdir()
-    for n in range(12):
-        shutil.copy(DEMO, shots / f"shot-{n:02}.jpg")
-    env = os.environ | {
-        "ANISEARCH_TRACEMOE_URL": server.url,
-        "ANISEARCH_PROVIDERS": "tracemoe",
-        "ANISEARCH_METADATA": "off",
-    }
+    shots, env = twelve_shots(tmp_path), searching_at(server.url)
     command = [sys.executable, "-m", "anisearch", "search", str(shots), "--no-cache", *flags]
     with subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -61,16 +72,7 @@ def test_a_signal_while_the_reader_lags_stops_the_batch_between_whole_lines(
     import time
 
     server = live_server(create_app(quota=10**6, rate_limit=10**6, latency=0.05))
-    shots = tmp_path / "shots"
-    shots.mkdir()
-    for n in range(12):
-        shutil.copy(DEMO, shots / f"shot-{n:02}.jpg")
-    env = os.environ | {
-        "ANISEARCH_TRACEMOE_URL": server.url,
-        "ANISEARCH_PROVIDERS": "tracemoe",
-        "ANISEARCH_METADATA": "off",
-        "ANISEARCH_LEDGER": "memory://",
-    }
+    shots, env = twelve_shots(tmp_path), searching_at(server.url)
     reading, writing = os.pipe()
     fcntl.fcntl(writing, 1031, 4096)  # F_SETPIPE_SZ: a one-page pipe, which one --raw line overfills
     command = [sys.executable, "-m", "anisearch", "search", str(shots), "--no-cache", "--json", "--raw"]
