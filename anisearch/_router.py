@@ -142,11 +142,11 @@ async def _counted_down(provider: Provider, *, waited: bool) -> float:
     return time.monotonic()
 
 
-def _counted_down_later(provider: Provider, *, waited: bool, refused: bool) -> None:
-    """After a search that waited for its slot was answered: a concurrency refusal (``refused``) makes the
-    next such search wait longer (from 50 ms, doubling, at most a second); any other answer a fiftieth
-    less, so a wait learnt from a passing cause fades (below 10 ms it is dropped). Nothing unless it
-    ``waited``."""
+def _counted_down_later(provider: Provider, *, waited: bool, refused: bool, answered: bool) -> None:
+    """After a search that ``waited`` for its slot: a concurrency refusal (``refused``) makes the next such
+    search wait longer (from 50 ms, doubling, at most a second); an answer (``answered``) a fiftieth less,
+    so a wait learnt from a passing cause fades (below 10 ms it is dropped); anything else (cancelled, a
+    failure) leaves it."""
     if not waited:
         return
     upstream = _upstream(provider)
@@ -154,7 +154,7 @@ def _counted_down_later(provider: Provider, *, waited: bool, refused: bool) -> N
     if refused:
         grown = _COUNTDOWN_FIRST_SECONDS if known is None else known * 2
         _COUNTDOWN_SECONDS[upstream] = min(grown, _COUNTDOWN_MAX_SECONDS)
-    elif known is not None:
+    elif answered and known is not None:
         if known * _COUNTDOWN_FADE < _COUNTDOWN_FLOOR_SECONDS:
             del _COUNTDOWN_SECONDS[upstream]
         else:
@@ -722,7 +722,12 @@ class Router:
             raise
         finally:
             self._contended.discard(ticket.token)
-            _counted_down_later(provider, waited=waited, refused=isinstance(error, ConcurrencyLimitError))
+            _counted_down_later(
+                provider,
+                waited=waited,
+                refused=isinstance(error, ConcurrencyLimitError),
+                answered=answer is not None,
+            )
             if taken is not None:
                 self._let_go(route, taken)
             await self._settle(
