@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -78,10 +79,8 @@ def test_a_signal_while_the_reader_lags_stops_the_batch_between_whole_lines(
     command = [sys.executable, "-m", "anisearch", "search", str(shots), "--no-cache", "--json", "--raw"]
     with subprocess.Popen(command, env=env, stdout=writing, stderr=subprocess.PIPE) as process:
         os.close(writing)
-        deadline = time.monotonic() + 60
-        while server.app.state.emulator.search_requests < 1:  # a line is on its way into the full pipe
-            assert time.monotonic() < deadline, "no search reached the emulator"
-            time.sleep(0.02)
+        ready, _, _ = select.select([reading], [], [], 60)  # the first line is on its way into the pipe
+        assert ready, "the command wrote nothing"
         time.sleep(0.5)  # the command waits in its write: nobody reads yet
         process.send_signal(stop)
         with os.fdopen(reading, "rb") as output:
@@ -107,7 +106,9 @@ def test_a_second_signal_stops_a_line_that_no_reader_takes() -> None:
     line = "from anisearch._cli._common import print_line\nprint_line('x' * 1_000_000)"
     with subprocess.Popen([sys.executable, "-c", line], stdout=writing, stderr=subprocess.PIPE) as process:
         os.close(writing)
-        time.sleep(1.0)  # the pipe is full: the write waits
+        ready, _, _ = select.select([reading], [], [], 60)  # the line started: the write waits for a reader
+        assert ready, "nothing was written"
+        time.sleep(0.3)
         process.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         assert process.poll() is None  # the first one waits for the line
