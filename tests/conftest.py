@@ -42,7 +42,14 @@ REQUIRE_SAMPLES = os.environ.get("ANISEARCH_REQUIRE_SAMPLES") == "1"
 def pytest_configure(config: pytest.Config) -> None:
     """Without the recordings (a plain clone) the coverage floor is not applied: the replay tests that
     cover the parsers are skipped there, so the figure would measure the checkout, not the code. CI has the
-    recordings (``ANISEARCH_REQUIRE_SAMPLES=1``) and holds the floor."""
+    recordings (``ANISEARCH_REQUIRE_SAMPLES=1``) and holds the floor.
+
+    Also keeps the real stderr (pytest captures file descriptor 2 around each test) for :func:`_dump_stuck`.
+    """
+    capturing = getattr(config.pluginmanager.get_plugin("capturemanager"), "_global_capturing", None)
+    saved = getattr(getattr(capturing, "err", None), "targetfd_save", None)
+    if isinstance(saved, int):
+        _REAL_STDERR.append(os.fdopen(os.dup(saved), "w", closefd=True))
     coverage = config.pluginmanager.get_plugin("_cov")  # pytest-cov, when --cov is given
     options = getattr(coverage, "options", None)
     if not SAMPLES.is_dir() and not REQUIRE_SAMPLES and getattr(options, "cov_fail_under", None):
@@ -88,6 +95,44 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     worker's queue, so the long tests spread over every worker. The sort is stable: within each group, the
     collection order."""
     items.sort(key=_hand_out_order)
+
+
+STUCK_SECONDS = 300.0
+"""A test still running after this long is taken to be stuck: every thread's stack and every pending
+asyncio task's are written to stderr (the test goes on; nothing is killed), so a hang says where it is."""
+
+
+_REAL_STDERR: list[Any] = []
+"""The stderr of the pytest process, past pytest's capture, when it could be had."""
+
+
+def _dump_stuck(name: str) -> None:  # pragma: no cover - only when a test hangs
+    import asyncio
+    import faulthandler
+    import gc
+
+    out = _REAL_STDERR[0] if _REAL_STDERR else sys.__stderr__
+    if out is None:
+        return
+    out.write(f"\n=== {name} has run for {STUCK_SECONDS:.0f} s: thread stacks, then pending asyncio tasks\n")
+    out.flush()  # before faulthandler writes to the descriptor itself
+    faulthandler.dump_traceback(out, all_threads=True)
+    for task in [o for o in gc.get_objects() if isinstance(o, asyncio.Task) and not o.done()]:
+        out.write(f"--- {task!r}\n")
+        task.print_stack(file=out)
+    out.flush()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Watch each test for :data:`STUCK_SECONDS` (see :func:`_dump_stuck`)."""
+    watchdog = threading.Timer(STUCK_SECONDS, _dump_stuck, (item.nodeid,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return (yield)
+    finally:
+        watchdog.cancel()
 
 
 @pytest.fixture(scope="session")
