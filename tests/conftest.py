@@ -57,6 +57,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_NO_FLOOR] = True
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _REAL_STDERR:
+        _REAL_STDERR.pop().close()
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if config.stash.get(_NO_FLOOR, False):
         terminalreporter.write_line(
