@@ -124,7 +124,8 @@ _UNSETTLED: weakref.WeakKeyDictionary[Ledger, dict[str, tuple[Ticket, Settlement
     weakref.WeakKeyDictionary()
 )
 """Per ledger: answered searches whose settle failed (the ledger was down, the disk full), by token.
-The next search on that ledger settles them first, so their slots do not stay held until the lease lapses."""
+The next search on that ledger refused a slot settles them, so their slots do not stay held until the
+lease lapses."""
 
 
 def _upstream(provider: Provider) -> tuple[str, str]:

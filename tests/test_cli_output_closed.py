@@ -97,24 +97,67 @@ def test_a_signal_while_the_reader_lags_stops_the_batch_between_whole_lines(
     assert "Traceback" not in errors
 
 
-def test_a_second_signal_stops_a_line_that_no_reader_takes() -> None:
-    """A line waits for its reader to finish (the first signal takes effect after it); a reader that never
-    reads again must not keep the command alive: the second signal stops the write."""
+@pytest.mark.parametrize(
+    ("first", "second", "code"),
+    [(signal.SIGINT, signal.SIGINT, 130), (signal.SIGTERM, signal.SIGINT, 143)],
+    ids=["Ctrl-C twice", "SIGTERM then Ctrl-C"],
+)
+def test_a_second_signal_stops_a_batch_whose_reader_never_reads(
+    tmp_path: Path,
+    live_server: Callable[[Any], Any],
+    first: signal.Signals,
+    second: signal.Signals,
+    code: int,
+) -> None:
+    """The first signal waits for the line in the pipe; a reader that never reads again must not keep the
+    command alive: the second ends it, with its summary and the exit code of the first, and no traceback."""
+    import fcntl
+    import time
+
+    server = live_server(create_app(quota=10**6, rate_limit=10**6, latency=0.05))
+    shots, env = twelve_shots(tmp_path), searching_at(server.url)
+    reading, writing = os.pipe()
+    fcntl.fcntl(writing, 1031, 4096)  # F_SETPIPE_SZ: one page
+    command = [sys.executable, "-m", "anisearch", "search", str(shots), "--no-cache", "--json", "--raw"]
+    with subprocess.Popen(command, env=env, stdout=writing, stderr=subprocess.PIPE) as process:
+        os.close(writing)
+        ready, _, _ = select.select([reading], [], [], 60)
+        assert ready, "the command wrote nothing"
+        time.sleep(0.5)  # the command waits in its write
+        process.send_signal(first)
+        time.sleep(0.5)
+        assert process.poll() is None  # the first waits for the line to be read
+        process.send_signal(second)
+        assert process.stderr is not None
+        try:
+            errors = process.stderr.read().decode()  # to its end: the command ended without a reader
+            returned = process.wait(timeout=30)
+        finally:
+            os.close(reading)
+    assert returned == code
+    assert "interrupted after" in errors
+    assert "Traceback" not in errors
+
+
+def test_an_ignored_ctrl_c_stays_ignored_while_a_line_waits() -> None:
+    """A command started with Ctrl-C ignored (``cmd &`` in a script) keeps ignoring it, even twice."""
     import time
 
     reading, writing = os.pipe()
     line = "from anisearch._cli._common import print_line\nprint_line('x' * 1_000_000)"
-    with subprocess.Popen([sys.executable, "-c", line], stdout=writing, stderr=subprocess.PIPE) as process:
+    with subprocess.Popen(
+        [sys.executable, "-c", line],
+        stdout=writing,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509 - no threads here
+    ) as process:
         os.close(writing)
-        ready, _, _ = select.select([reading], [], [], 60)  # the line started: the write waits for a reader
+        ready, _, _ = select.select([reading], [], [], 60)
         assert ready, "nothing was written"
-        time.sleep(0.3)
-        process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        assert process.poll() is None  # the first one waits for the line
-        process.send_signal(signal.SIGTERM)
-        try:
-            returned = process.wait(timeout=10)
-        finally:
-            os.close(reading)
-    assert returned != 0
+        for _ in range(2):
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+        alive = process.poll() is None
+        os.close(reading)  # the reader goes: the write fails and the command ends
+        process.wait(timeout=30)
+    assert alive

@@ -360,37 +360,49 @@ _STOPPED_BY: list[int] = []
 """The signals that stopped the command (SIGINT, SIGTERM), in order: what its exit code says."""
 
 
+class _Insisted(Exception):  # noqa: N818 - a signal, not an error
+    """A second Ctrl-C or SIGTERM while a line waited for its reader."""
+
+
 @contextlib.contextmanager
 def whole_lines() -> Iterator[None]:
     """Write a line of output whole: Ctrl-C or SIGTERM arriving while it is written (a reader that lags
-    fills the pipe, and the write waits) takes effect once the line is out, not halfway through it. A
-    second one stops the write at once: a reader that never reads again must not keep the command alive."""
-    numbers = [signal.SIGINT, signal.SIGTERM]
-    if threading.current_thread() is not threading.main_thread() or any(
-        signal.getsignal(number) is None
-        for number in numbers  # a handler set outside Python: left alone
-    ):
+    fills the pipe, and the write waits) takes effect once the line is out, not halfway through it.
+
+    A second one stops the write at once (a reader that never reads again must not keep the command
+    alive): the rest of the output goes to ``/dev/null``, and the first signal takes effect as it would
+    have. A signal that is ignored, or handled outside Python, is left as it is.
+    """
+    numbers = [
+        number
+        for number in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(number) not in (None, signal.SIG_IGN)
+    ]
+    if threading.current_thread() is not threading.main_thread() or not numbers:
         yield
         return
     came: list[int] = []
-    previous: dict[int, Any] = {}
+    previous = {number: signal.getsignal(number) for number in numbers}
 
     def later(signum: int, _frame: object) -> None:
         came.append(signum)
         if len(came) > 1:  # the user insists
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-            previous.clear()
-            _STOPPED_BY.append(signum)
-            raise KeyboardInterrupt
+            raise _Insisted
 
-    previous.update((number, signal.signal(number, later)) for number in numbers)
     try:
+        for number in numbers:
+            signal.signal(number, later)
         yield
+    except _Insisted:
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # nothing more blocks on the reader
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        if came and previous:
+        _STOPPED_BY.extend(came)
+        if came:
             signal.raise_signal(came[0])
 
 

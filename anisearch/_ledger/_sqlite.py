@@ -20,6 +20,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -362,12 +363,15 @@ class SQLiteLedger(Ledger):
         """Run ``body`` in this (worker) thread, waiting up to ``busy_ms`` (the busy timeout, or what is
         left of the search's deadline) for SQLite's lock; ``bounded``, also for this process's own (another
         step holds it while it waits for SQLite's)."""
+        asked = time.monotonic()
         if not self._lock.acquire(timeout=busy_ms / 1000 if bounded else -1):
             raise LedgerError(
                 f"the quota ledger {self.path} is busy: another step of this process held it past the "
                 "search's deadline",
                 ledger=self.url,
             )
+        if bounded:  # what is left of the deadline after waiting for this process's lock
+            busy_ms = max(0, busy_ms - round((time.monotonic() - asked) * 1000))
         try:
             try:
                 if self._conn is not None and self._replaced():
