@@ -283,9 +283,6 @@ class AsyncClient(AccountFeatures):
             self._cache_opened = True
         return self._cache
 
-    def _scope(self, provider: Provider) -> str:
-        return provider_scope(provider)
-
     @staticmethod
     def _slots(provider: Provider) -> int:
         known = [q.concurrency for q in provider.assumed_quotas() if q.concurrency]
@@ -311,7 +308,7 @@ class AsyncClient(AccountFeatures):
         if observed:
             ledger = await self._get_ledger()
             windows = provider_windows(provider)
-            await ledger.observe(provider.name, self._scope(provider), windows, observed, sent_at=sent_at)
+            await ledger.observe(provider.name, provider_scope(provider), windows, observed, sent_at=sent_at)
         return parse(response)
 
     # ------------------------------------------------------------------ search
@@ -447,7 +444,7 @@ class AsyncClient(AccountFeatures):
             quick = _image.prepare_quick(source, max_width=box[0], max_height=box[1])
             prepared = quick if quick is not None else await anyio.to_thread.run_sync(preparing)
         routes = plan_routes(
-            [(p, self._scope(p), self._slots(p), provider_windows(p)) for p in asked],
+            [(p, provider_scope(p), self._slots(p), provider_windows(p)) for p in asked],
             prepared,
             options,
             use_cache=use_cache,
@@ -555,7 +552,7 @@ class AsyncClient(AccountFeatures):
         failure: ProviderError | ConfigurationError | None = None
         for name in names:
             instance = self._provider(name)
-            scope = self._scope(instance)
+            scope = provider_scope(instance)
             if refresh:
                 try:
                     await self._refresh(instance, scope, ledger)

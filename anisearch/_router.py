@@ -494,8 +494,8 @@ class Router:
 
         Raises:
             LedgerError: The ledger could not record it, unless the search was ``answered``: an answer paid
-                for is never lost to the ledger (its reservation stays counted there until the lease
-                lapses, as a settle would have left it), and the failure is logged.
+                for is never lost to the ledger (the failure is logged, and the settle is kept in
+                :data:`_UNSETTLED` for a later search refused its slot).
         """
         try:
             with anyio.CancelScope(shield=True):

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Literal
 
 import httpx
 
-from ._errors import means_signed_out
+from ._errors import means_signed_out, no_session_to_end
 from ._tolerant import read_body
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from ._cookies import CookieJar
 
-__all__ = ["AUTH_PREFIX", "SESSION_PATHS", "SessionAuth", "session_state", "signed_out_already"]
+__all__ = ["AUTH_PREFIX", "SESSION_PATHS", "SessionAuth", "session_state"]
 
 AUTH_PREFIX = "/api/auth/"
 GET_SESSION_PATH = "/api/auth/get-session"
@@ -52,15 +52,6 @@ Credentials = tuple[str, str]
 def _uses_api_key(request: httpx.Request) -> bool:
     authorization: str = request.headers.get("authorization", "")
     return authorization.lower().startswith("bearer ")
-
-
-def signed_out_already(response: httpx.Response) -> bool:
-    """Whether a sign-out answer says there was no session to end any more (401, or better-auth 1.3's 400
-    ``FAILED_TO_GET_SESSION``)."""
-    return response.status_code == httpx.codes.UNAUTHORIZED or (
-        response.status_code == httpx.codes.BAD_REQUEST
-        and "FAILED_TO_GET_SESSION" in read_body(response).text
-    )
 
 
 def session_state(response: httpx.Response) -> Literal["alive", "gone", "unknown"]:
@@ -154,7 +145,7 @@ class SessionAuth(httpx.Auth):
         self._attach(request)
         response = yield request
         self.jar.absorb(response)
-        if not (response.is_success or signed_out_already(response)):
+        if not (response.is_success or no_session_to_end(response.status_code, read_body(response).text)):
             return False
         self.jar.drop_session()
         return True

@@ -46,7 +46,16 @@ from ._tolerant import Body, pick, read_body
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["ERROR_RULES", "PROVIDER", "Problem", "check", "error_for", "means_signed_out", "retry_after"]
+__all__ = [
+    "ERROR_RULES",
+    "PROVIDER",
+    "Problem",
+    "check",
+    "error_for",
+    "means_signed_out",
+    "no_session_to_end",
+    "retry_after",
+]
 
 PROVIDER = "whatanimeisthis"
 
@@ -405,6 +414,12 @@ def uninterpretable(response: httpx.Response, what: str) -> UpstreamResponseErro
         status_code=response.status_code,
         endpoint=endpoint,
     )
+
+
+def no_session_to_end(status: int | None, text: str) -> bool:
+    """Whether a sign-out answer (its ``status``, its body's ``text``) says there was no session to end
+    any more: 401, or better-auth 1.3's ``FAILED_TO_GET_SESSION``."""
+    return status == HTTPStatus.UNAUTHORIZED or "FAILED_TO_GET_SESSION" in text
 
 
 def means_signed_out(response: httpx.Response) -> bool:

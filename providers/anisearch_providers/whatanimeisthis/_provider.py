@@ -41,7 +41,7 @@ from anisearch.provider import (
 from . import _parse, _quota
 from ._auth import SessionAuth
 from ._cookies import CookieJar, carries_session
-from ._errors import PROVIDER, check, error_for, uninterpretable
+from ._errors import PROVIDER, check, error_for, no_session_to_end, uninterpretable
 from ._tolerant import pick, unwrap
 
 if TYPE_CHECKING:
@@ -459,9 +459,7 @@ class WhatAnimeIsThis(BaseProvider):
         """
         self.jar.absorb(response)
         error = error_for(response)
-        gone = error is not None and (
-            error.status_code == 401 or "FAILED_TO_GET_SESSION" in response.text  # noqa: PLR2004
-        )
+        gone = error is not None and no_session_to_end(error.status_code, response.text)
         if error is None or gone:
             self.jar.clear()
             self._signed_out = True
