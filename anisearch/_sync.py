@@ -294,7 +294,8 @@ class Client:
             ImageFetchError: ``image`` is a URL that could not be downloaded.
             UnknownProviderError: A name in ``providers`` is not registered.
             ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy or
-                mode, a ``deadline`` that is not a positive number of seconds).
+                mode, a ``deadline`` that is not a positive number of seconds), or CA certificates that
+                ``SSL_CERT_FILE``/``SSL_CERT_DIR`` name and that cannot be read (at the first HTTPS request).
             AllProvidersFailedError: No provider answered; it holds each provider's error.
             ClientClosedError: The client was closed.
         """

@@ -7,8 +7,11 @@ and nothing here knows about quota or routing.
 from __future__ import annotations
 
 import functools
+import os
 import ssl
-from typing import TYPE_CHECKING
+import sys
+import threading
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import httpx
@@ -17,6 +20,7 @@ from anisearch import _fetch, _redact
 from anisearch._exceptions import (
     AnisearchError,
     ClientClosedError,
+    ConfigurationError,
     ProviderConnectionError,
     ProviderError,
     ProviderTimeoutError,
@@ -40,18 +44,75 @@ _redact.install()
 def tls_context(*, trust_env: bool = True) -> ssl.SSLContext:
     """The one verifying TLS context of the process, shared by every anisearch HTTP client.
 
-    httpx would load the CA bundle (certifi's, or ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when ``trust_env``)
-    for each client it builds, tens of milliseconds each; a context holds no per-connection state, so one
-    serves every client and every thread.
+    It verifies certificates and host names as ``httpx.create_ssl_context()`` does, against certifi's CA
+    bundle, or ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when ``trust_env``. httpx would load the bundle for each
+    client it builds; a context holds no per-connection state, so one serves every client and every
+    thread. The bundle (tens of milliseconds to load) is read at the first TLS connection, so a process
+    that only talks plain HTTP (an emulator, a self-hosted server on a LAN) never reads it.
 
     Args:
         trust_env: Honour ``SSL_CERT_FILE``/``SSL_CERT_DIR``, as they are at the first call: the context is
             made once per process, so a later change of those variables is not seen.
 
     Returns:
-        The shared ``ssl.SSLContext``, verifying certificates and host names.
+        The shared ``ssl.SSLContext``.
     """
-    return httpx.create_ssl_context(trust_env=trust_env)
+    if trust_env and os.environ.get("SSL_CERT_FILE"):
+        return _TrustLoadedOnFirstUse(os.environ["SSL_CERT_FILE"], None, "SSL_CERT_FILE")
+    if trust_env and os.environ.get("SSL_CERT_DIR"):
+        return _TrustLoadedOnFirstUse(None, os.environ["SSL_CERT_DIR"], "SSL_CERT_DIR")
+    return _TrustLoadedOnFirstUse(None, None, "certifi's CA bundle")
+
+
+class _TrustLoadedOnFirstUse(ssl.SSLContext):
+    """``ssl.create_default_context(cafile=..., capath=...)`` (certifi's bundle when both are None),
+    reading the CA certificates at the first connection it wraps instead of when it is made.
+
+    The first TLS connection pays the load. When the certificates cannot be read (``SSL_CERT_FILE`` names
+    no file), that connection fails with a :class:`ConfigurationError` naming the variable, and the next
+    one tries again. anyio wraps connections of a context subclass in a worker thread, so the load never
+    blocks an event loop.
+    """
+
+    def __new__(cls, cafile: str | None, capath: str | None, named: str) -> Self:  # noqa: ARG004 - __init__
+        return super().__new__(cls, ssl.PROTOCOL_TLS_CLIENT)  # verify_mode CERT_REQUIRED, check_hostname
+
+    def __init__(self, cafile: str | None, capath: str | None, named: str) -> None:
+        self._trust = (cafile, capath)
+        self._named = named
+        self._trusted = False
+        self._lock = threading.Lock()
+        keylog = os.environ.get("SSLKEYLOGFILE")  # as ssl.create_default_context() does
+        if keylog and not sys.flags.ignore_environment:
+            self.keylog_filename = keylog
+
+    def _load_trust(self) -> None:
+        if self._trusted:
+            return
+        with self._lock:
+            if not self._trusted:
+                cafile, capath = self._trust
+                if cafile is None and capath is None:
+                    import certifi  # httpx's own dependency, and its default bundle
+
+                    cafile = certifi.where()
+                try:
+                    self.load_verify_locations(cafile, capath)
+                except OSError as exc:  # ssl.SSLError too: a file that holds no certificate
+                    where = cafile if cafile is not None else capath
+                    raise ConfigurationError(
+                        f"cannot read the CA certificates of {self._named} ({where}):"
+                        f" {exc.strerror or exc}; TLS connections need them"
+                    ) from exc
+                self._trusted = True
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self._load_trust()
+        return super().wrap_socket(*args, **kwargs)
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        self._load_trust()
+        return super().wrap_bio(*args, **kwargs)
 
 
 def user_agent() -> str:
@@ -93,6 +154,8 @@ class ProviderTransport:
 
         Raises:
             ClientClosedError: The pool was closed (nothing was sent).
+            ConfigurationError: The CA certificates (``SSL_CERT_FILE``, ``SSL_CERT_DIR``) cannot be read; they
+                are read at the first TLS connection (nothing was sent).
             ProviderTimeoutError: The attempt did not complete in time (or the deadline had passed).
             ProviderConnectionError: The request could not be sent or the connection failed.
             UpstreamResponseError: The answer is over the size limit or its encoding is broken.

@@ -36,9 +36,10 @@ from anisearch import (
     _fetch,
 )
 from anisearch._limits import MAX_HITS
+from anisearch._provider import load_provider
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from tests.conftest import LiveServer
 
@@ -704,11 +705,49 @@ def test_at_most_max_hits_are_kept_the_most_similar(
         assert [hit.similarity for hit in result.hits] == expected
 
 
-def test_clients_after_the_first_load_no_ca_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every client of the process verifies TLS with one context: a new Client reads no certificate file."""
+@contextlib.contextmanager
+def _tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An HTTPS server on loopback answering ``{}`` to any request, trusted through ``SSL_CERT_FILE``;
+    yields its base URL. The process's TLS context is made again before and after."""
+    import http.server
     import ssl
+    import threading
+
+    import trustme
 
     from anisearch._transport import tls_context
+
+    authority = trustme.CA()
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(served)
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    server.socket = served.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    tls_context.cache_clear()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        tls_context.cache_clear()  # the next test's is made from the usual certificates
+
+
+def _count_ca_loads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    import ssl
 
     loads: list[object] = []
     real = ssl.SSLContext.load_verify_locations
@@ -718,14 +757,51 @@ def test_clients_after_the_first_load_no_ca_bundle(monkeypatch: pytest.MonkeyPat
         real(context, *args, **kwargs)
 
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
-    tls_context.cache_clear()
-    with Client(settings()):
-        first_loads = len(loads)
-    assert first_loads >= 1  # the first client of the process loads the bundle
-    for _ in range(3):
+    return loads
+
+
+async def test_the_ca_bundle_is_read_once_at_the_first_tls_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making clients reads no certificate (a process that talks plain HTTP never pays for it); the first
+    TLS connection reads the bundle, verifies against it, and no later client or connection reads it again."""
+    from anisearch._transport import ProviderTransport
+
+    loads = _count_ca_loads(monkeypatch)
+    with _tls_server(tmp_path, monkeypatch) as url:
         with Client(settings()):
             pass
-    assert len(loads) == first_loads
+        assert loads == []
+        provider = load_provider("tracemoe")()
+        for _ in range(3):
+            transport = ProviderTransport(10.0)
+            try:
+                response = await transport.send(provider, httpx.Request("GET", url + "/me"))
+            finally:
+                await transport.aclose()
+            assert response.json() == {}
+        assert loads == [(str(tmp_path / "ca.pem"), None)]
+
+
+async def test_a_certificate_file_that_is_missing_fails_the_first_tls_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SSL_CERT_FILE`` naming no file is a typed error naming the variable and the file at the first TLS
+    connection, not at the making of the client; once the file is there, the next connection succeeds."""
+    from anisearch._transport import ProviderTransport
+
+    with _tls_server(tmp_path, monkeypatch) as url:
+        (tmp_path / "ca.pem").rename(tmp_path / "later.pem")
+        transport = ProviderTransport(10.0)  # no certificate read yet: nothing to fail
+        provider = load_provider("tracemoe")()
+        try:
+            with pytest.raises(ConfigurationError, match=r"SSL_CERT_FILE \(.*ca\.pem\): No such file"):
+                await transport.send(provider, httpx.Request("GET", url + "/me"))
+            (tmp_path / "later.pem").rename(tmp_path / "ca.pem")
+            response = await transport.send(provider, httpx.Request("GET", url + "/me"))
+        finally:
+            await transport.aclose()
+        assert response.status_code == 200
 
 
 def test_each_upstream_address_keeps_its_own_quota(tmp_path: Path) -> None:
