@@ -368,7 +368,7 @@ class Router:
 
         The searches of one event loop that wait for the same scope queue up in order behind one gate:
         only the first asks the ledger again when woken, so a hand-over costs one reserve, not one per
-        waiting search.
+        waiting search. A search waits at the gate no longer than its budget (its deadline).
         """
         gate = self._gate(route)
         if not gate.locked():  # else a search of this process waits for a slot already: queue behind it
@@ -376,7 +376,27 @@ class Router:
             if not (isinstance(result, Refusal) and result.kind == "concurrency"):
                 return result if isinstance(result, Ticket | ProviderError) else self._error(route, result)
         key = self._gate_key(route)
-        async with gate, self._ledger.listening(route.provider.name, route.scope) as nap:
+        with anyio.move_on_after(give_up_at - anyio.current_time()) as queued:
+            await gate.acquire()
+        if queued.cancelled_caught:  # the searches ahead of it held the gate past its budget
+            name = route.provider.name
+            return ConcurrencyLimitError(
+                f"no {name} slot freed in time (queued behind other searches of this process)", provider=name
+            )
+        try:
+            reserved = await self._reserve_at_gate(route, give_up_at, key)
+        finally:
+            gate.release()
+        if isinstance(reserved, Ticket):
+            self._contended.add(reserved.token)
+            return reserved
+        return reserved if isinstance(reserved, ProviderError) else self._error(route, reserved)
+
+    async def _reserve_at_gate(
+        self, route: Route, give_up_at: float, key: tuple[int, str, str, int]
+    ) -> Ticket | ProviderError | Refusal:
+        """The first search of the queue: reserve, listening for the slot to be freed."""
+        async with self._ledger.listening(route.provider.name, route.scope) as nap:
             with _GATES_LOCK:
                 holder = _HOLDERS.get(key)
             if holder is not None:
@@ -387,10 +407,7 @@ class Router:
                 reserved = await self._reserve(route, give_up_at, frozenset(), nap=nap)
             finally:
                 self._take_baton(key, reserved)  # before the gate opens for the next search
-        if isinstance(reserved, Ticket):
-            self._contended.add(reserved.token)
             return reserved
-        return reserved if isinstance(reserved, ProviderError) else self._error(route, reserved)
 
     def _take_baton(
         self, key: tuple[int, str, str, int], result: Ticket | ProviderError | Refusal | None

@@ -262,6 +262,36 @@ async def test_a_search_waiting_for_an_identical_one_stops_at_its_deadline(
     assert route.call_count == 1
 
 
+async def test_a_deadline_holds_behind_searches_of_this_process_queued_for_the_slot(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    """A search with a deadline, queued behind another search of the process that waits for trace.moe's
+    one slot (with no deadline of its own), is refused at its deadline, not when the slot comes free."""
+    asked, answer, queued = anyio.Event(), anyio.Event(), anyio.Event()
+
+    async def held(request: httpx.Request) -> httpx.Response:
+        asked.set()
+        await answer.wait()  # the first search holds trace.moe's only slot until the third is done
+        return httpx.Response(200, json=body)
+
+    route = mock.post(f"{BASE}/search").mock(side_effect=held)
+    first, second, third = (
+        (samples / name).read_bytes() for name in ("tinted-good.jpg", "flipped-good.webp", "border-bad.jpg")
+    )
+    client = AsyncClient(settings(), transport(mock), on_wait=lambda _: queued.set())
+    async with client, anyio.create_task_group() as group:
+        group.start_soon(partial(client.search, first, cache=False))
+        with anyio.fail_after(10):
+            await asked.wait()
+            group.start_soon(partial(client.search, second, cache=False))  # waits for the slot, unbounded
+            await queued.wait()
+            with pytest.raises(AllProvidersFailedError) as caught:
+                await client.search(third, cache=False, deadline=0.3)  # queued behind the second
+        answer.set()
+    assert caught.group_contains(ConcurrencyLimitError, match="queued behind other searches")
+    assert route.call_count == 2  # the first and the second; the third never sent
+
+
 async def test_a_closed_client_sends_and_records_nothing(
     mock: respx.MockRouter, body: dict[str, Any], samples: Path, tmp_path: Path
 ) -> None:
