@@ -218,6 +218,7 @@ def search(
     Raises:
         InvalidImageError: Bad input (before any request).
         AllProvidersFailedError: No provider answered.
+        LedgerError: The quota ledger cannot be used (no search is sent without it).
     """
     from anisearch._sync import Client
 
@@ -258,6 +259,7 @@ async def asearch(
     Raises:
         InvalidImageError: Bad input (before any request).
         AllProvidersFailedError: No provider answered.
+        LedgerError: The quota ledger cannot be used (no search is sent without it).
     """
     from anisearch._client import AsyncClient
 

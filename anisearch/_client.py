@@ -375,6 +375,9 @@ class AsyncClient(AccountFeatures):
                 ``SSL_CERT_FILE``/``SSL_CERT_DIR`` name and that cannot be read (at the first HTTPS request).
             AllProvidersFailedError: No provider answered; it holds each provider's error.
             ClientClosedError: The client was closed, before or during the search.
+            LedgerError: The quota ledger cannot be used (Redis unreachable, a SQLite file unwritable or
+                corrupt): no search is sent without it. An answer already received is returned even when
+                the ledger could not record it.
         """
         with self._work():
             if deadline is not None and not (isinstance(deadline, int | float) and 0 < deadline < math.inf):

@@ -298,6 +298,9 @@ class Client:
                 ``SSL_CERT_FILE``/``SSL_CERT_DIR`` name and that cannot be read (at the first HTTPS request).
             AllProvidersFailedError: No provider answered; it holds each provider's error.
             ClientClosedError: The client was closed.
+            LedgerError: The quota ledger cannot be used (Redis unreachable, a SQLite file unwritable or
+                corrupt): no search is sent without it. An answer already received is returned even when
+                the ledger could not record it.
         """
         return self._run(
             self._async.search,
