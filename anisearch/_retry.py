@@ -1,17 +1,39 @@
-"""stamina, imported only when a retry is first needed.
+"""stamina, imported only when a retry is first needed, and how anisearch's own retries are logged.
 
-stamina logs each retry it schedules as a warning (logger ``stamina``). A program that configured no logging
-would get those lines on stderr from logging's last resort, unasked: a ``NullHandler`` keeps them out of it,
-as a library's own logger does. A program that configured logging still gets them through its handlers, and
-``anisearch -v`` shows them.
+stamina logs each retry it schedules as a warning (logger ``stamina``) whose facts are in ``extra``: a
+program logging with a plain format gets ``WARNING:stamina:stamina.retry_scheduled`` and nothing more. The
+retries anisearch schedules (:func:`retrying`) are told instead on anisearch's own logger, in words, at
+INFO: a request retried never left this machine and costs nothing. stamina's record of them is dropped;
+the retries of the program's own stamina calls are left as they are. A ``NullHandler`` on the ``stamina``
+logger keeps those off stderr in a program that configured no logging, as a library's own logger does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from types import ModuleType
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
-__all__ = ["stamina"]
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from types import ModuleType
+
+__all__ = ["retrying", "stamina"]
+
+_TELL: ContextVar[Callable[[int, float], None] | None] = ContextVar("anisearch_retrying", default=None)
+
+
+class _Retold(logging.Filter):
+    """Drops stamina's record of a retry that :func:`retrying` tells itself, and has it told."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        tell = _TELL.get()
+        if tell is None or record.msg != "stamina.retry_scheduled":
+            return True
+        facts = record.__dict__
+        tell(int(facts.get("stamina.retry_num") or 0), float(facts.get("stamina.wait_for") or 0.0))
+        return False
 
 
 def stamina() -> ModuleType:
@@ -21,4 +43,17 @@ def stamina() -> ModuleType:
     logger = logging.getLogger("stamina")
     if not any(isinstance(handler, logging.NullHandler) for handler in logger.handlers):
         logger.addHandler(logging.NullHandler())
+    if not any(isinstance(found, _Retold) for found in logger.filters):
+        logger.addFilter(_Retold())
     return module
+
+
+@contextlib.contextmanager
+def retrying(tell: Callable[[int, float], None]) -> Iterator[None]:
+    """Within this block, each retry stamina schedules calls ``tell(retry, wait_seconds)`` (``retry`` counts
+    from 1) instead of logging its own record."""
+    token = _TELL.set(tell)
+    try:
+        yield
+    finally:
+        _TELL.reset(token)

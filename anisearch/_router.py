@@ -878,23 +878,28 @@ class Router:
                 raise
             first: ProviderError | None = exc
             last = exc
-        from anisearch._retry import stamina  # only after a connection failed before sending
+        from anisearch._retry import retrying, stamina  # only after a connection failed before sending
+
+        def tell(retry: int, wait: float) -> None:
+            logger.info("%s; sending again in %.1f s (retry %d of 2; nothing was sent)", last, wait, retry)
 
         left = max(budget - (time.monotonic() - started), 0.001)
-        async for attempt in stamina().retry_context(
-            on=never_sent, attempts=3, timeout=left, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
-        ):
-            if first is None and time.monotonic() - started >= budget:
-                break  # the backoff reached the deadline: the last failure stands (nothing was sent)
-            with attempt:
-                if first is not None:  # the attempt made above: stamina counts it and backs off
-                    failed, first = first, None
-                    raise failed
-                try:
-                    return await self._send(provider, sending.traced_request(provider.search_request(query)))
-                except ProviderError as again:
-                    last = again
-                    raise
+        with retrying(tell):
+            async for attempt in stamina().retry_context(
+                on=never_sent, attempts=3, timeout=left, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
+            ):
+                if first is None and time.monotonic() - started >= budget:
+                    break  # the backoff reached the deadline: the last failure stands (nothing was sent)
+                with attempt:
+                    if first is not None:  # the attempt made above: stamina counts it and backs off
+                        failed, first = first, None
+                        raise failed
+                    try:
+                        request = sending.traced_request(provider.search_request(query))
+                        return await self._send(provider, request)
+                    except ProviderError as again:
+                        last = again
+                        raise
         raise last
 
 

@@ -4,6 +4,7 @@ telling a damaged one of ours from somebody's file."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -12,6 +13,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 __all__ = ["aside_name", "foreign", "locked", "open_waiting", "replaceable", "resetting", "set_aside"]
+
+logger = logging.getLogger("anisearch")
 
 _T = TypeVar("_T")
 
@@ -37,13 +40,21 @@ def open_waiting(open_file: Callable[[], _T], timeout: float) -> _T:
     except sqlite3.OperationalError as exc:
         if not locked(exc):
             raise
-    from anisearch._retry import stamina  # only when processes create one file at once: not on a cache hit
+    from anisearch._retry import retrying, stamina  # only when processes create one file at once
 
-    for attempt in stamina().retry_context(
-        on=locked, attempts=8, timeout=timeout, wait_initial=0.01, wait_max=0.25
-    ):
-        with attempt:
-            return open_file()
+    def tell(retry: int, wait: float) -> None:
+        logger.info(
+            "a SQLite file is locked while another process creates it; again in %.2f s (retry %d of 7)",
+            wait,
+            retry,
+        )
+
+    with retrying(tell):
+        for attempt in stamina().retry_context(
+            on=locked, attempts=8, timeout=timeout, wait_initial=0.01, wait_max=0.25
+        ):
+            with attempt:
+                return open_file()
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 

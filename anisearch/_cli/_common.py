@@ -489,23 +489,11 @@ _LOGGERS = ("anisearch", "anisearch_providers", "stamina", "httpx", "py.warnings
 """Library warnings (Pillow's, among others) are logged through ``py.warnings``: shown with ``-v`` only."""
 
 
-class _RetryText(logging.Filter):
-    """stamina logs ``stamina.retry_scheduled`` with the facts in ``extra``: say them in words. An
-    attempt's record is left out: :func:`log_attempt` prints each attempt once, with its time."""
+class _AttemptsApart(logging.Filter):
+    """An attempt's record is left out: :func:`log_attempt` prints each attempt once, with its time."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if hasattr(record, "anisearch_outcome"):  # an attempt: log_attempt prints it, with its time
-            return False
-        if record.getMessage() == "stamina.retry_scheduled":
-            facts = record.__dict__
-            record.msg = "retry %s of %s in %.2f s after %s"
-            record.args = (
-                facts.get("stamina.retry_num"),
-                facts.get("stamina.callable"),
-                facts.get("stamina.wait_for") or 0.0,
-                facts.get("stamina.caused_by"),
-            )
-        return True
+        return not hasattr(record, "anisearch_outcome")
 
 
 class _Warnings(logging.Handler):
@@ -564,7 +552,7 @@ def configure_logging(verbose: bool) -> bool:
             from rich.logging import RichHandler
 
             handler = RichHandler(console=err(), show_path=False, log_time_format="%H:%M:%S.%f")
-            handler.addFilter(_RetryText())
+            handler.addFilter(_AttemptsApart())
             logger.setLevel(logging.INFO)
         else:  # a handler is found before logging's last resort, which would print every warning
             handler = _Warnings() if name == "anisearch" else logging.NullHandler()
