@@ -232,6 +232,22 @@ async def test_a_quota_check_keeps_the_searches_answered_while_it_was_in_flight(
     assert (await only(ledger, "rolling-24h")).used == 1
 
 
+async def test_a_quota_check_after_a_given_up_search_ran_to_its_end_counts_it_once(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """A search given up while the upstream ran it (its slot held a while, then its lease lapsed) is in
+    the upstream's next count: a quota check then counts it once, not once more as a search unknown here."""
+    ticket = await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+    assert isinstance(ticket, Ticket)
+    assert await ledger.hold(ticket, 2.0)  # given up; the upstream works on it about 2 s more
+    clock.advance(seconds=3)  # it ran to its end upstream, and was counted there; nothing reserved since
+    told = [quota(limit=100, used=1, observed_at=clock.now)]
+    await ledger.observe("tracemoe", GUEST, TRACEMOE, told, sent_at=clock.now)
+    assert (await only(ledger, "rolling-24h")).used == 1
+    await ledger.observe("tracemoe", GUEST, TRACEMOE, told, sent_at=clock.now)  # asked again: the same
+    assert (await only(ledger, "rolling-24h")).used == 1
+
+
 WIDE = (WindowSpec("rolling-24h", span_seconds=86400, limit=10, reported=True),)
 
 

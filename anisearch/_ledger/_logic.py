@@ -345,11 +345,20 @@ def inspect(state: ScopeState, units: Units, now: int, windows: tuple[WindowArgs
     )
 
 
-def _expire(state: ScopeState, units: Units, request: ReserveRequest) -> None:
+def _expire(
+    state: ScopeState,
+    units: Units,
+    windows: tuple[WindowArgs, ...],
+    now: int,
+    *,
+    dead_holders: frozenset[str] = frozenset(),
+    but: str = "",
+) -> None:
+    """End the reservations (other than ``but``) whose lease lapsed or whose holder is dead."""
     for token, held in list(state.held.items()):
-        if held.lease_until <= request.now or held.holder in request.dead_holders:
+        if token != but and (held.lease_until <= now or held.holder in dead_holders):
             del state.held[token]
-            for window in request.windows:  # possibly charged: it stays counted from when it was sent
+            for window in windows:  # possibly charged: it stays counted from when it was sent
                 units.settle(window.name, token, None)
 
 
@@ -401,7 +410,7 @@ def _windows_refusal(state: ScopeState, units: Units, request: ReserveRequest) -
 def reserve(state: ScopeState, units: Units, request: ReserveRequest) -> Reservation | Refusal | Stale:
     """One reserve step (see the module docstring). Mutates ``state`` and ``units``."""
     now = request.now
-    _expire(state, units, request)
+    _expire(state, units, request.windows, now, dead_holders=request.dead_holders)
     refusal = _windows_refusal(state, units, request)
     if state.cooldown_until > now:  # unless a spent window frees later: that is the longer wait
         kind: RefusalKind = (
@@ -487,6 +496,9 @@ def _release(state: ScopeState, units: Units, request: SettleRequest) -> bool:
 def settle(state: ScopeState, units: Units, request: SettleRequest) -> bool:
     """One settle step (see the module docstring). Mutates ``state`` and ``units``; True when it freed a
     concurrency slot (one that was not handed over already)."""
+    # Searches whose lease lapsed (given up while the upstream ran them to their end) are counted as
+    # settled before a count is taken as the truth: the upstream's count holds them.
+    _expire(state, units, request.windows, request.now, but=request.token)
     freed = _release(state, units, request)
     counted = {window.name for window in request.windows if _kept(request.outcome, window)}
     for fact in request.truths:

@@ -278,6 +278,11 @@ redis.call('SADD', P .. 'scopes', PS)
 local held_raw = redis.call('HGET', HK, token)
 local was_held = redis.call('HDEL', HK, token) == 1
 local freed_slot = was_held and split(held_raw)[3] == '1'
+do  -- _logic.settle: the other reservations whose lease lapsed end first, counted as settled
+  local windows = {}
+  for j = 13, 12 + 3 * tonumber(ARGV[12]), 3 do windows[#windows + 1] = {name = ARGV[j]} end
+  expire(now, {}, windows)
+end
 local i = 13
 local counted = {}  -- _logic._kept: the windows where the upstream counted this search
 for _ = 1, tonumber(ARGV[12]) do
