@@ -30,7 +30,7 @@ from anisearch._exceptions import (
     RateLimitedError,
     UpstreamResponseError,
 )
-from anisearch._ledger import Refusal, WindowSpec
+from anisearch._ledger import UPSTREAM_HOLDER, Refusal, WindowSpec, this_holder
 from anisearch._ledger._windows import STANDARD_WINDOWS, from_us
 from anisearch._models import Quota
 
@@ -231,8 +231,20 @@ def first_quota_window(windows: Sequence[WindowSpec]) -> str | None:
 
 
 def holders_text(holders: Sequence[str]) -> str:
-    pids = [holder.rsplit(":", 2)[-2] if holder.count(":") >= 2 else holder for holder in holders]  # noqa: PLR2004
-    return ", ".join(f"pid {pid}" for pid in pids) or "another search"
+    """Who holds a scope's slots, for people: ``pid 1234``, ``another search of this process``, and for
+    a search given up while the upstream still runs it, ``(given up; the upstream still runs it)``."""
+    me = this_holder()
+    said = []
+    for holder in holders:
+        process = holder.removeprefix(UPSTREAM_HOLDER)
+        if process == me:
+            who = "another search of this process"
+        elif process.count(":") >= 2:  # noqa: PLR2004 - machine:pid:start
+            who = f"pid {process.rsplit(':', 2)[-2]}"
+        else:
+            who = process
+        said.append(f"{who} (given up; the upstream still runs it)" if holder != process else who)
+    return ", ".join(said) or "another search"
 
 
 def refusal_error(name: str, refusal: Refusal, wait: float) -> ProviderError:

@@ -161,3 +161,38 @@ def test_an_ignored_ctrl_c_stays_ignored_while_a_line_waits() -> None:
         os.close(reading)  # the reader goes: the write fails and the command ends
         process.wait(timeout=30)
     assert alive
+
+
+def test_a_search_stopped_by_sigterm_keeps_its_slot_while_the_upstream_runs_it(
+    tmp_path: Path, live_server: Callable[[Any], Any]
+) -> None:
+    """trace.moe runs a search to its end whatever its caller does, and refuses the caller's next search
+    meanwhile ("Concurrency limit exceeded", a 402). A command stopped mid-search (SIGTERM, Ctrl-C) leaves
+    its slot held for that time in the shared ledger: the next command waits for it and meets no 402,
+    although the process that held the slot has ended."""
+    import time
+
+    app = create_app(quota=10**6, rate_limit=10**6, latency=1.5)  # one search at a time
+    server = live_server(app)
+    env = searching_at(server.url) | {
+        "ANISEARCH_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+        "ANISEARCH_STATE_DIR": str(tmp_path / "state"),
+        "ANISEARCH_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    search = [sys.executable, "-m", "anisearch", "search", str(DEMO), "--no-cache"]
+    emulator = app.state.emulator
+    with subprocess.Popen(search, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as first:
+        deadline = time.monotonic() + 60
+        while not any(emulator.concurrent.values()):  # the upstream works on its search
+            assert time.monotonic() < deadline, "the first search never reached the emulator"
+            assert first.poll() is None, first.stderr.read() if first.stderr else ""
+            time.sleep(0.01)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 143
+    second = subprocess.run(
+        [*search, "-v"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert second.returncode == 0, second.stderr
+    assert [row.code for row in emulator.log] == [200, 200]  # the stopped one ran to its end; no 402
+    told = " ".join(second.stderr.split())  # -v lines are wrapped to the terminal's width
+    assert "(given up; the upstream still runs it)" in told  # what the second search waited for

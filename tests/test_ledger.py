@@ -21,6 +21,7 @@ import redis
 
 from anisearch._exceptions import ConfigurationError, LedgerError
 from anisearch._ledger import (
+    UPSTREAM_HOLDER,
     Ledger,
     Refusal,
     Stale,
@@ -523,6 +524,26 @@ async def test_a_dead_holder_frees_its_slot_at_once(ledger: Ledger) -> None:
     )
 
 
+async def test_a_search_held_for_the_upstream_outlives_the_process_that_gave_it_up(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """A search given up while the upstream runs it keeps its slot until the hold ends, even when the
+    process that gave it up has ended since (stopped by SIGTERM): the upstream holds it, not the process."""
+    ticket = await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+    assert isinstance(ticket, Ticket)
+    assert await ledger.hold(ticket, 2.0)
+    (holder,) = (await refused(ledger)).holders
+    assert holder.startswith(UPSTREAM_HOLDER)
+    assert not holder_is_dead(holder)
+    dead = frozenset({this_holder()})  # say this process had ended: its own searches' slots free
+    refusal = await ledger.reserve("tracemoe", GUEST, TRACEMOE, dead_holders=dead)
+    assert isinstance(refusal, Refusal)
+    assert refusal.kind == "concurrency"
+    clock.advance(seconds=3)  # the hold ends: the upstream is done with it
+    assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE, dead_holders=dead), Ticket)
+    assert (await only(ledger, "rolling-24h")).used == 2  # the given-up one stays counted
+
+
 async def test_a_waiter_wakes_when_the_slot_is_released(ledger: Ledger) -> None:
     ticket = await ledger.reserve("tracemoe", GUEST, TRACEMOE)
     assert isinstance(ticket, Ticket)
@@ -1005,3 +1026,16 @@ def test_a_live_holder_stays_alive_when_the_clock_is_stepped(monkeypatch: pytest
     # what NTP stepping the clock 30 s does: the boot time read from the system moves with it
     monkeypatch.setattr(psutil._psplatform, "boot_time", lambda: real() + 30.0)  # type: ignore[attr-defined]
     assert not holder_is_dead(holder)
+
+
+def test_who_holds_a_slot_is_said_in_words() -> None:
+    """A wait names the process holding the slot, but never blames this process's own pid on another."""
+    from anisearch._verdict import holders_text
+
+    assert holders_text([this_holder()]) == "another search of this process"
+    assert holders_text(["elsewhere:4321:99"]) == "pid 4321"
+    assert (
+        holders_text([UPSTREAM_HOLDER + "elsewhere:4321:99"])
+        == "pid 4321 (given up; the upstream still runs it)"
+    )
+    assert holders_text([]) == "another search"

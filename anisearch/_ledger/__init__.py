@@ -19,6 +19,7 @@ import platformdirs
 
 from anisearch._exceptions import ConfigurationError
 from anisearch._ledger._base import (
+    UPSTREAM_HOLDER,
     Ledger,
     Refusal,
     Stale,
@@ -26,6 +27,7 @@ from anisearch._ledger._base import (
     holder_is_dead,
     provider_scope,
     scope_id,
+    this_holder,
 )
 from anisearch._ledger._memory import MemoryLedger
 from anisearch._ledger._sqlite import SQLiteLedger
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STANDARD_WINDOWS",
+    "UPSTREAM_HOLDER",
     "Ledger",
     "Refusal",
     "Stale",
@@ -47,6 +50,7 @@ __all__ = [
     "open_ledger",
     "provider_scope",
     "scope_id",
+    "this_holder",
 ]
 
 SCHEMES = ("memory", "sqlite", "redis", "rediss")

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "QUEUE_SECONDS",
+    "UPSTREAM_HOLDER",
     "Clock",
     "Ledger",
     "Nap",
@@ -59,6 +60,7 @@ __all__ = [
     "scope_id",
     "system_clock",
     "this_holder",
+    "upstream_holder",
 ]
 
 Clock = Callable[[], datetime]
@@ -152,10 +154,22 @@ def this_holder() -> str:
 os.register_at_fork(after_in_child=this_holder.cache_clear)  # a forked child is a holder of its own
 
 
+UPSTREAM_HOLDER = "upstream-runs:"
+"""What a held search's holder starts with (see :meth:`Ledger.hold`): the process that gave it up, which
+may have ended since, while the upstream still runs the search until the hold's end."""
+
+
+def upstream_holder() -> str:
+    """This process's searches, once given up and held until the upstream is done with them: never dead
+    (:func:`holder_is_dead`), so a search held past this process's end keeps its slot until then."""
+    return UPSTREAM_HOLDER + this_holder()
+
+
 def holder_is_dead(holder: str) -> bool:
     """True when ``holder`` is a process of this host that no longer runs (or a new one reusing its pid).
 
-    A holder on another host is never known dead here; its short lease lapses instead.
+    A holder on another host is never known dead here, nor a search held for the upstream
+    (:func:`upstream_holder`): their short lease lapses instead.
     """
     import psutil
 
@@ -313,8 +327,11 @@ class Ledger(abc.ABC):
         """Run :func:`~anisearch._ledger._logic.free_slot` atomically and wake the waiters of the scope."""
 
     @abc.abstractmethod
-    async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
-        """Move a reservation's lease; False when it is gone (expired and taken over)."""
+    async def _renew(
+        self, provider: str, scope: str, token: str, lease_until: int, holder: str | None = None
+    ) -> bool:
+        """Move a reservation's lease (and give it to ``holder``, when given); False when it is gone
+        (expired and taken over)."""
 
     @abc.abstractmethod
     async def _inspect(self, provider: str, scope: str, now: int, windows: Sequence[WindowArgs]) -> ScopeView:
@@ -562,7 +579,9 @@ class Ledger(abc.ABC):
         Raises:
             LedgerError: The store cannot be used.
         """
-        if not await self.renew(ticket, seconds):
+        until = to_us(self.now() + timedelta(seconds=seconds))
+        # held by the upstream now: this process may end (Ctrl-C, SIGTERM) while the upstream still runs it
+        if not await self._renew(ticket.provider, ticket.scope, ticket.token, until, upstream_holder()):
             return False
         await self._wake(ticket.provider, ticket.scope)
         return True

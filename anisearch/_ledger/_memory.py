@@ -65,12 +65,16 @@ class MemoryLedger(Ledger):
     async def _wake(self, provider: str, scope: str) -> None:
         WAITERS.notify((id(self), provider, scope))
 
-    async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
+    async def _renew(
+        self, provider: str, scope: str, token: str, lease_until: int, holder: str | None = None
+    ) -> bool:
         with self._lock:
             held = self._scope(provider, scope)[0].held.get(token)
             if held is None:
                 return False
             held.lease_until = lease_until
+            if holder is not None:
+                held.holder = holder
             return True
 
     async def _inspect(self, provider: str, scope: str, now: int, windows: Sequence[WindowArgs]) -> ScopeView:

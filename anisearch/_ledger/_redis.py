@@ -234,8 +234,10 @@ class RedisLedger(Ledger):
             async with self._redis.pipeline(transaction=True) as pipe:
                 await pipe.lpush(key, "1").ltrim(key, 0, 63).pexpire(key, 60000).execute()
 
-    async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
-        return bool(await self._run("RENEW", provider, scope, [token, lease_until]))
+    async def _renew(
+        self, provider: str, scope: str, token: str, lease_until: int, holder: str | None = None
+    ) -> bool:
+        return bool(await self._run("RENEW", provider, scope, [token, lease_until, holder or ""]))
 
     async def _inspect(self, provider: str, scope: str, now: int, windows: Sequence[WindowArgs]) -> ScopeView:
         args: list[Any] = [now, len(windows)]

@@ -403,11 +403,13 @@ return 1
 RENEW = (
     _COMMON
     + r"""
--- ARGV: ps, token, lease_until
+-- ARGV: ps, token, lease_until, holder (empty: keep it)
 local raw = redis.call('HGET', HK, ARGV[2])
 if not raw then return 0 end
 local f = split(raw)
-redis.call('HSET', HK, ARGV[2], f[1] .. '|' .. ARGV[3] .. '|' .. f[3] .. '|' .. f[4])
+local holder = f[1]
+if ARGV[4] and ARGV[4] ~= '' then holder = ARGV[4] end
+redis.call('HSET', HK, ARGV[2], holder .. '|' .. ARGV[3] .. '|' .. f[3] .. '|' .. f[4])
 return 1
 """
 )

@@ -501,11 +501,15 @@ class SQLiteLedger(Ledger):
         WAITERS.notify((self.path, provider, scope))
         self._bell.ring(provider, scope)
 
-    async def _renew(self, provider: str, scope: str, token: str, lease_until: int) -> bool:
+    async def _renew(
+        self, provider: str, scope: str, token: str, lease_until: int, holder: str | None = None
+    ) -> bool:
         def renew(state: _logic.ScopeState, _units: _Units) -> bool:
             held = state.held.get(token)
             if held is not None:
                 held.lease_until = lease_until
+                if holder is not None:
+                    held.holder = holder
             return held is not None
 
         return await self._write(self._step(provider, scope, renew))
