@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from anisearch._address import cache_name
 from anisearch._cache import cache_key
 from anisearch._merge import merge_answers
 
@@ -62,7 +63,7 @@ def find_by_source(
     Raises:
         WouldBlock: ``block`` is False and the lookup would have had to wait.
     """
-    aliases = [_alias(provider.name, source.digest, box, options) for provider in providers]
+    aliases = [_alias(cache_name(provider), source.digest, box, options) for provider in providers]
     found, sure = _find(store, aliases, min_similarity, strategy, block=block)
     return ((providers[found[0]], found[1]) if found is not None else None), sure
 
@@ -72,7 +73,7 @@ def source_keys(
 ) -> list[tuple[str, str]]:
     """``(source alias, result key)`` of every route that has a result key, to store with an answer."""
     return [
-        (_alias(route.provider.name, digest, box, options), route.cache_key)
+        (_alias(cache_name(route.provider), digest, box, options), route.cache_key)
         for route in routes
         if route.cache_key is not None
     ]

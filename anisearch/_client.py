@@ -28,6 +28,7 @@ import httpx
 
 from anisearch import _image
 from anisearch._account import AccountFeatures, AsyncApiKeys
+from anisearch._address import cache_name
 from anisearch._cache import ResultCache, WouldBlock, cache_key
 from anisearch._cache_first import choose, confident, find_by_source, source_keys
 from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_cache
@@ -456,7 +457,8 @@ class AsyncClient(AccountFeatures):
         from_cache = partial(self._from_cache, routes, min_similarity, strategy)
         if use_cache and not looked_up and (cached := await from_cache()) is not None:
             return cached
-        flight = cache_key("|".join(names), prepared.digest, [options, strategy, min_similarity])
+        asking = "|".join(cache_name(provider) for provider in asked)  # the same servers, the same search
+        flight = cache_key(asking, prepared.digest, [options, strategy, min_similarity])
 
         async def route_search() -> SearchResult:
             router = Router(

@@ -17,6 +17,7 @@ import anyio
 import anyio.to_thread
 
 from anisearch import _image
+from anisearch._address import cache_name
 from anisearch._cache import cache_key
 from anisearch._provider import SearchOptions, SearchQuery
 
@@ -165,7 +166,7 @@ def plan_routes(
     routes = []
     for provider, scope, slots, windows in providers:
         planned = PlannedQuery(provider, prepared, options, cropped)
-        key = cache_key(provider.name, provider.cache_key(prepared), [options]) if use_cache else None
+        key = cache_key(cache_name(provider), provider.cache_key(prepared), [options]) if use_cache else None
         routes.append(
             Route(provider=provider, scope=scope, slots=slots, cache_key=key, windows=windows, query=planned)
         )

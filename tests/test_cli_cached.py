@@ -63,6 +63,36 @@ def test_a_repeated_file_is_answered_without_the_engine(
     assert len(engine_starts) == 1
 
 
+def test_an_answer_is_cached_for_the_server_that_gave_it(
+    tracemoe: Any,
+    emulated: Callable[[Any], Any],
+    samples: Path,
+    engine_starts: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An emulator's answer is never given for another server's (the public service's, after a newcomer's
+    first day on the emulator): a search at another address asks that server, and each address's answer
+    is then found again, without the engine."""
+    from anisearch_emulators.tracemoe import create_app
+
+    shot = str(samples / "tinted-good.jpg")
+    assert cli("search", shot).returncode == 0
+    assert cli("search", shot).returncode == 0  # a hit: the providers' facts are recorded
+    other = emulated(create_app())
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", other.url)
+    asked = cli("search", shot, "-v")
+    assert asked.returncode == 0, asked.stderr
+    assert "tracemoe ok" in asked.stderr  # asked, not answered from the first server's cache
+    assert other.app.state.emulator.search_requests == 1
+    starts = len(engine_starts)
+    for url in (tracemoe.url, other.url):
+        monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", url)
+        again = cli("search", shot, "-v")
+        assert "tracemoe cached in" in again.stderr
+    assert len(engine_starts) == starts  # both found before the engine starts
+    assert tracemoe.app.state.emulator.search_requests == 1
+
+
 @pytest.mark.parametrize(
     "case",
     [

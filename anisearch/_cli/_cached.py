@@ -40,7 +40,7 @@ __all__ = ["cached_answer"]
 
 FACTS_FILE = "provider-facts.json"
 """Next to the result cache file: what each installed provider class says about ordering and limits."""
-_FACTS_VERSION = 1
+_FACTS_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,6 +51,8 @@ class Fact:
     default_rank: int
     box: tuple[int, int] | None
     """``(max_width, max_height)`` of its class-level upload limits; None when they are set per instance."""
+    default_url: str = ""
+    """Its own address (``default_url``): answers from another address are cached under that address."""
 
 
 def cached_answer(
@@ -145,8 +147,13 @@ def _lookup(
     names = _order(settings, options.get("providers"), facts)
     if names is None:
         return None
+    cached_as = []  # the names the engine caches their answers under (anisearch._address.cache_name)
     for name in names:
-        settings.provider_config(name)  # a credential that cannot be sent: the engine reports it
+        url = str(settings.provider_config(name).get("url") or "").strip().rstrip("/")  # a bad credential:
+        fact = facts[name]  # the engine reports it
+        default = fact.default_url.rstrip("/") if fact is not None else ""
+        # a URL typed otherwise than httpx writes it finds nothing here: the engine answers then
+        cached_as.append(name if not url or not default or url == default else f"{name}@{url}")
     box = largest_box(
         fact.box for name in names if (fact := facts[name]) is not None and fact.box is not None
     )
@@ -166,7 +173,7 @@ def _lookup(
         found, _ = find_by_digest(
             store,
             hashlib.sha256(data).hexdigest(),
-            names,
+            cached_as,
             search_options,
             box,
             min_similarity=options.get("min_similarity"),
@@ -293,7 +300,10 @@ def _from_json(fact: dict[str, Any] | None) -> Fact | None:
         return None
     box = fact["box"]
     return Fact(
-        bool(fact["default_order"]), int(fact["default_rank"]), (int(box[0]), int(box[1])) if box else None
+        bool(fact["default_order"]),
+        int(fact["default_rank"]),
+        (int(box[0]), int(box[1])) if box else None,
+        str(fact["default_url"]),
     )
 
 
@@ -306,4 +316,9 @@ def _read_class(name: str) -> Fact | None:
         return None
     limits = getattr(cls, "limits", None)
     box = (limits.max_width, limits.max_height) if isinstance(limits, UploadLimits) else None
-    return Fact(bool(getattr(cls, "default_order", False)), int(getattr(cls, "default_rank", 0)), box)
+    return Fact(
+        bool(getattr(cls, "default_order", False)),
+        int(getattr(cls, "default_rank", 0)),
+        box,
+        str(getattr(cls, "default_url", "") or ""),
+    )

@@ -26,6 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
+from anisearch._address import provider_address
 from anisearch._exceptions import ConfigurationError, LedgerError
 from anisearch._ledger._logic import (
     Refusal,
@@ -102,9 +103,8 @@ def provider_scope(provider: Any) -> str:
     ledgers written before kept it.
     """
     credential = provider.credential
-    base = str(getattr(provider, "base_url", "") or "").rstrip("/")
-    default = str(getattr(type(provider), "default_url", "") or "").rstrip("/")
-    if not base or not default or base == default:  # no address of its own to tell apart: as before
+    base = provider_address(provider)
+    if base is None:  # no address of its own to tell apart: as before
         return scope_id(credential.scope, credential.secret)
     return scope_id(credential.scope, f"{base}\n{credential.secret or ''}")
 
