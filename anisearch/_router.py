@@ -128,6 +128,23 @@ The next search on that ledger refused a slot settles them, so their slots do no
 lease lapses."""
 
 
+class _Asking:
+    """A provider being asked for one cache key in one event loop: an identical ask (the same picture
+    re-encoded, resized, or sent again; the same options and server) waits for its answer instead of
+    spending quota on the same question."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.result: SearchResult | None = None
+
+
+_ASKING: dict[tuple[int, str], _Asking] = {}
+"""Per event loop and result-cache key: the ask in flight (see :class:`_Asking`). Only searches that use the
+result cache merge: with the cache off, each search asks on its own."""
+
+
 def _upstream(provider: Provider) -> tuple[str, str]:
     """Whose answer times are pooled: one provider at one address."""
     return provider.name, str(getattr(provider, "base_url", ""))
@@ -685,6 +702,37 @@ class Router:
         return True
 
     async def _attempt(self, route: Route) -> _Outcome:
+        """Ask ``route``'s provider; or, when the same question (its cache key) is being asked in this event
+        loop, wait for that answer (within this search's budget) and take it as a cached one."""
+        if route.cache_key is None:
+            return await self._attempt_now(route)
+        key = (id(asyncio.get_running_loop()), route.cache_key)
+        asking = _ASKING.get(key)
+        if asking is not None:  # the first to ask answers the others
+            started = time.monotonic()
+            with anyio.move_on_after(remaining_seconds(self._wait_seconds)):  # never past the deadline
+                await asking.done.wait()
+            if asking.result is not None:
+                attempt = Attempt(
+                    provider=route.provider.name,
+                    outcome="cached",
+                    reason="answered by an identical search in flight",
+                    elapsed_seconds=time.monotonic() - started,
+                )
+                return _Outcome(attempt, asking.result.model_copy(update={"cached": True}))
+            if _ASKING.get(key) is asking:  # still asking past this one's budget: ask alongside
+                return await self._attempt_now(route)
+            return await self._attempt(route)  # it failed: ask (or wait for whoever asks now)
+        asking = _ASKING[key] = _Asking()
+        try:
+            outcome = await self._attempt_now(route)
+            asking.result = outcome.result
+            return outcome
+        finally:
+            del _ASKING[key]
+            asking.done.set()
+
+    async def _attempt_now(self, route: Route) -> _Outcome:
         name = route.provider.name
         started = time.monotonic()
         give_up_at = anyio.current_time() + self._wait_seconds

@@ -292,6 +292,50 @@ async def test_a_deadline_holds_behind_searches_of_this_process_queued_for_the_s
     assert route.call_count == 2  # the first and the second; the third never sent
 
 
+async def test_the_same_picture_re_encoded_and_searched_at_once_costs_one_search(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, tmp_path: Path
+) -> None:
+    """A picture posted by several users at once, re-encoded by each one's app: other bytes, the same
+    question to trace.moe (its result-cache key). It is asked once; the others take that answer."""
+    asked, answer = anyio.Event(), anyio.Event()
+
+    async def held(request: httpx.Request) -> httpx.Response:
+        asked.set()
+        await answer.wait()  # every copy is searched while the first is in flight
+        return httpx.Response(200, json=body)
+
+    route = mock.post(f"{BASE}/search").mock(side_effect=held)
+    with Image.open(samples / "tinted-good.jpg") as picture:
+        rgb = picture.convert("RGB")
+    copies = []
+    for n in range(6):  # each app changes the picture a little: a pixel, and the encoding
+        copy = rgb.copy()
+        copy.putpixel((n, n), (255, 0, 0))
+        out = io.BytesIO()
+        copy.save(out, "JPEG", quality=90)
+        copies.append(out.getvalue())
+    assert len(set(copies)) == len(copies)
+    results: list[anisearch.SearchResult] = []
+    cache = str(tmp_path / "results.sqlite3")
+
+    async def search(data: bytes) -> None:
+        results.append(await client.search(data))
+
+    client = AsyncClient(settings(cache=cache), transport(mock))
+    async with client, anyio.create_task_group() as group:
+        for copy in copies:
+            group.start_soon(search, copy)
+        with anyio.fail_after(10):
+            await asked.wait()
+            await anyio.sleep(0.05)  # let every copy reach the provider
+        answer.set()
+    assert route.call_count == 1
+    assert sorted(result.cached for result in results) == [False] + [True] * 5
+    merged = [result.attempts[0] for result in results if result.cached]
+    assert {attempt.reason for attempt in merged} == {"answered by an identical search in flight"}
+    assert {result.best.anilist_id for result in results if result.best} == {11887}  # Kokoro Connect
+
+
 async def test_a_closed_client_sends_and_records_nothing(
     mock: respx.MockRouter, body: dict[str, Any], samples: Path, tmp_path: Path
 ) -> None:
