@@ -309,10 +309,10 @@ async def test_the_same_picture_re_encoded_and_searched_at_once_costs_one_search
         rgb = picture.convert("RGB")
     copies = []
     for n in range(6):  # each app changes the picture a little: a pixel, and the encoding
-        copy = rgb.copy()
-        copy.putpixel((n, n), (255, 0, 0))
+        changed = rgb.copy()
+        changed.putpixel((n, n), (255, 0, 0))
         out = io.BytesIO()
-        copy.save(out, "JPEG", quality=90)
+        changed.save(out, "JPEG", quality=90)
         copies.append(out.getvalue())
     assert len(set(copies)) == len(copies)
     results: list[anisearch.SearchResult] = []
