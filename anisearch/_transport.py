@@ -221,5 +221,7 @@ def _transfer_error(
         )
     detail = _redact.printable(_redact.redact(str(exc)), 160)
     host = _redact.display_url(request.url.host, 80)
+    if request.url.port is not None:  # a port of its own: two emulators on one host are told apart
+        host = f"{host}:{request.url.port}"
     # With a status, the answer had begun (a connection dropped mid-body): counted by that status.
     return ProviderConnectionError(f"cannot reach {host}: {detail}", provider=name, status_code=status)

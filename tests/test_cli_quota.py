@@ -74,7 +74,9 @@ def test_a_refresh_that_fails_still_shows_what_the_ledger_knows(monkeypatch: pyt
     monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", f"http://127.0.0.1:{port}")
     done = run_in_process("quota", "--refresh", "--json")
     assert done.returncode == 4
-    assert done.stderr.startswith("anisearch: error: could not refresh: tracemoe: cannot reach")
+    assert done.stderr.startswith(
+        f"anisearch: error: could not refresh: tracemoe: cannot reach 127.0.0.1:{port}:"
+    )
     assert {q["window"] for q in json.loads(done.stdout)} == {"rolling-24h", "minute"}
 
 

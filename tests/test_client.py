@@ -974,7 +974,7 @@ def test_retries_are_told_in_words_at_info(level: str) -> None:
     assert done.stdout == "failed\n"
     assert "stamina" not in done.stderr
     told = re.findall(
-        r"INFO:anisearch:tracemoe: cannot reach 127\.0\.0\.1: .*; sending again in \d\.\d s"
+        r"INFO:anisearch:tracemoe: cannot reach 127\.0\.0\.1:\d+: .*; sending again in \d\.\d s"
         r" \(retry (\d) of 2; nothing was sent\)",
         done.stderr,
     )
