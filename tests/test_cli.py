@@ -407,6 +407,27 @@ def test_json_lines_say_why_each_provider_failed(
         assert (why["type"], why["resets_at"]) == ("ProviderConnectionError", None)
 
 
+def test_one_input_that_failed_gives_its_error_as_json_on_stdout(
+    monkeypatch: pytest.MonkeyPatch, samples: Path, tmp_path: Path
+) -> None:
+    """``anisearch search shot.jpg --json | jq`` reads why it failed, as a many-input run gives it."""
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", "http://127.0.0.1:9")  # nothing listens there
+    shot = str(samples / "tinted-good.jpg")
+    down = cli("search", shot, "--json", "--no-cache")
+    assert down.returncode == 4
+    (line,) = map(json.loads, down.stdout.splitlines())
+    assert line["input"] == shot
+    assert (line["error"]["type"], line["error"]["exit_code"]) == ("AllProvidersFailedError", 4)
+    (why,) = line["error"]["providers"]
+    assert why["type"] == "ProviderConnectionError"
+    assert "anisearch: error:" in down.stderr  # and the error as always on stderr
+    (tmp_path / "notes.txt").write_text("not a picture")
+    bad = cli("search", str(tmp_path / "notes.txt"), "--json", "--no-cache")
+    assert bad.returncode == 3
+    assert json.loads(bad.stdout)["error"]["type"] == "InvalidImageError"
+
+
 def test_links_that_lead_nowhere_are_named_not_skipped_in_silence(
     tracemoe: Any, samples: Path, tmp_path: Path
 ) -> None:

@@ -304,6 +304,8 @@ def _report_single(
 ) -> None:
     threshold = tally.threshold
     if outcome.error is not None:
+        if as_json:  # a script reads the error as a many-input run gives it, and its exit code
+            print_line(json_line(_error_payload(outcome, tally.urls)))
         message = with_host_port(describe(outcome.error), tally.urls)
         fail(message, outcome.code, hint_for(outcome.error, tally.urls))
     if outcome.result is None:  # a missing file: reported before any search
@@ -326,16 +328,7 @@ def _batch_line(
         if outcome.result is not None:
             payload: dict[str, Any] = {"input": label, **dump(outcome.result, raw)}
         else:
-            error = outcome.error
-            payload = {
-                "input": label,
-                "error": {
-                    "type": type(error).__name__,
-                    "message": with_host_port(describe(error), urls) if error else "",
-                    "exit_code": outcome.code,
-                    **_provider_errors(error, urls),
-                },
-            }
+            payload = _error_payload(outcome, urls)
         print_line(json_line(payload))
         return
     label = shown(label)
@@ -348,6 +341,20 @@ def _batch_line(
         line = Text(f"{label}: error: {message}", style="red")
     with whole_lines():
         out().print(line, soft_wrap=True)
+
+
+def _error_payload(outcome: Outcome, urls: dict[str, str]) -> dict[str, Any]:
+    """``{"input", "error": {"type", "message", "exit_code", "providers"?}}`` of an input that failed."""
+    error = outcome.error
+    return {
+        "input": outcome.input.label,
+        "error": {
+            "type": type(error).__name__,
+            "message": with_host_port(describe(error), urls) if error else "",
+            "exit_code": outcome.code,
+            **_provider_errors(error, urls),
+        },
+    }
 
 
 def _provider_errors(error: AnisearchError | None, urls: dict[str, str]) -> dict[str, Any]:
