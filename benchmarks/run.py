@@ -12,6 +12,7 @@ the same run, interleaved with it.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -50,10 +51,13 @@ def judged(ratio: float, limit: float, *, at_least: bool = False) -> str:
 
 
 def samples_dir() -> Path:
-    for candidate in (ROOT.parent.parent / "shared" / "upstream-samples", ROOT.parent / "tests" / "samples"):
+    """``../shared/upstream-samples`` (or ``$ANISEARCH_SHARED_DIR/upstream-samples``) when it is there;
+    else ``examples/``, which holds the first sample (trace.moe's demo frame) in every clone."""
+    shared = Path(os.environ.get("ANISEARCH_SHARED_DIR", ROOT.parent.parent / "shared")) / "upstream-samples"
+    for candidate in (shared, ROOT.parent / "examples"):
         if (candidate / SAMPLES[0]).is_file():
             return candidate
-    raise SystemExit("the sample screenshots were not found (../shared/upstream-samples)")
+    raise SystemExit(f"the sample screenshot {SAMPLES[0]} was found neither in {shared} nor in examples/")
 
 
 def per_search_lines(sample: Path, ledgers: dict[str, str], count: int) -> list[Line]:
@@ -242,6 +246,7 @@ def main() -> None:
     started = time.monotonic()
     before = bench_memory.machine()
     samples = samples_dir()
+    present = [samples / name for name in SAMPLES if (samples / name).is_file()]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ledgers = {"memory": "memory://", "SQLite": f"sqlite:///{root / 'ledger.sqlite3'}"}
@@ -258,7 +263,7 @@ def main() -> None:
                 *utilisation_lines(ledgers, max(4, int(10 * scale))),
                 *ledger_lines(ledgers, int(150 * scale), root),
                 *memory_lines(root),
-                *upload_lines([samples / name for name in SAMPLES]),
+                *upload_lines(present),
             ]
         finally:
             if redis is not None:
@@ -267,6 +272,11 @@ def main() -> None:
         f"anisearch benchmarks: {before} (at start); load at end {bench_memory.machine().split('load ')[1]}"
         f"; took {time.monotonic() - started:.0f} s"
         + ("" if "Redis" in ledgers else "; no redis-server on PATH: Redis rows skipped")
+        + (
+            ""
+            if len(present) == len(SAMPLES)
+            else f"; only {SAMPLES[0]} found (no ../shared/upstream-samples): one upload row"
+        )
     )
     print(render(lines, header))
     startup = ROOT / "bench_startup.py"

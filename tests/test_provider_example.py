@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "provider_example" / "scenedb.py"
 
 
@@ -46,8 +47,9 @@ def test_the_example_is_under_100_lines_and_the_guide_shows_it_as_it_is() -> Non
 
 
 async def test_the_example_provider_searches_until_its_credits_run_out(
-    live_server: Callable[[Any], Any], samples: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    live_server: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """Runs in every clone: it searches trace.moe's demo frame from ``examples/``."""
     monkeypatch.setattr("anisearch._provider._provider_entry_points", lambda: {"scenedb": Entry()})
     server = live_server(create_app(allowance=1))
     settings = Settings.load(
@@ -58,10 +60,10 @@ async def test_the_example_provider_searches_until_its_credits_run_out(
         state_dir=tmp_path,
     )
     async with anisearch.AsyncClient(settings) as client:
-        result = await client.search(samples / "tinted-good.jpg")
+        result = await client.search(DEMO)
         assert result.best is not None
         assert (result.best.provider, result.best.anilist_id, result.best.episode) == ("scenedb", 11887, 5)
         assert result.best.at_seconds == 1169.5
         with pytest.raises(AllProvidersFailedError) as caught:
-            await client.search(samples / "flipped-good.webp")
+            await client.search(DEMO)  # the cache is off: asked again, and refused
     assert caught.group_contains(QuotaExhaustedError)
