@@ -118,10 +118,35 @@ class _ServerTomlSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        table = _read_toml(config_path()).get("server", {})
-        if not isinstance(table, dict):
-            raise ConfigurationError("[server] in the config file must be a table")
-        return {name: table[name] for name in self.settings_cls.model_fields if name in table}
+        table = _server_table()
+        known = self.settings_cls.model_fields
+        unknown = sorted(name for name in table if name not in known)
+        if unknown:  # a typo would otherwise leave the default in force, unsaid
+            raise ConfigurationError(
+                f"unknown setting(s) in [server] of the config file {config_path()}: {', '.join(unknown)};"
+                f" known: {', '.join(sorted(known))}"
+            )
+        return {name: table[name] for name in known if name in table}
+
+
+def _server_table() -> dict[str, Any]:
+    """The ``[server]`` table of the config file (empty when it has none).
+
+    Raises:
+        ConfigurationError: ``server`` in the file is not a table.
+    """
+    table = _read_toml(config_path()).get("server", {})
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"[server] in the config file {config_path()} must be a table")
+    return table
+
+
+def _where(field: str) -> str:
+    """Where gateway setting ``field`` came from: its variable when set, else the ``[server]`` table's key."""
+    variable = f"ANISEARCH_SERVER_{field.upper()}"
+    if variable not in os.environ and field in _server_table():
+        return f"{field} in [server] of the config file {config_path()}"
+    return variable
 
 
 class ServerSettings(BaseSettings):
@@ -204,7 +229,7 @@ class ServerSettings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            raise settings_error(exc, "ANISEARCH_SERVER_", "invalid server settings") from None
+            raise settings_error(exc, "ANISEARCH_SERVER_", "invalid server settings", _where) from None
 
     def client_for(self, token: str) -> ClientSpec | None:
         """The client whose token is ``token`` (compared in constant time), or None."""

@@ -34,6 +34,28 @@ def test_clients_come_from_the_environment_and_the_server_table(
     assert "telegram-token" not in repr(settings) + str(settings.model_dump())
 
 
+def test_a_typo_in_the_server_table_is_refused_and_a_bad_value_names_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped key would leave the default in force (the port, the client list); a bad value is
+    named where it was written, not as a variable nobody set."""
+    config = tmp_path / "config.toml"
+    monkeypatch.setenv("ANISEARCH_CONFIG", str(config))
+    config.write_text('[server]\nprot = 8090\nopen = true\n[server.clinets]\nbot = "long-enough-token"\n')
+    with pytest.raises(
+        ConfigurationError, match=r"unknown setting\(s\) in \[server\].*: clinets, prot; known"
+    ):
+        ServerSettings.load()
+    config.write_text('[server]\nopen = "yes please"\n')
+    with pytest.raises(ConfigurationError) as caught:
+        ServerSettings.load()
+    assert f"open in [server] of the config file {config}" in str(caught.value)
+    assert "ANISEARCH_SERVER_OPEN" not in str(caught.value)
+    monkeypatch.setenv("ANISEARCH_SERVER_OPEN", "maybe")  # the variable wins, and is named
+    with pytest.raises(ConfigurationError, match="ANISEARCH_SERVER_OPEN"):
+        ServerSettings.load()
+
+
 @pytest.mark.parametrize(
     "clients", ["bot", "bot=", "bot=short", "bad name=long-enough-token", "a=same-token-1,b=same-token-1"]
 )
