@@ -115,6 +115,42 @@ def test_a_bad_setting_fails_a_hit_as_it_fails_a_miss(
         assert says in done.stderr
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        ('[tracemo]\nkey = "x"\n', "settings for a provider that is not installed: tracemo"),
+        ('[tracemoe]\nkye = "x"\n', "kye"),
+    ],
+    ids=["misspelt table", "misspelt setting"],
+)
+@pytest.mark.usefixtures("tracemoe")
+def test_a_typo_in_the_config_file_fails_a_hit_as_it_fails_a_miss(
+    samples: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    engine_starts: list[int],
+    case: tuple[str, str],
+) -> None:
+    """A misspelt table or setting (a key that would silently not be sent) shows on the first run, not
+    days later on the first new picture."""
+    written, says = case
+    shot = str(samples / "tinted-good.jpg")
+    assert cli("search", shot).returncode == 0
+    assert cli("search", shot).returncode == 0  # a hit without the engine: the facts are recorded
+    assert len(engine_starts) == 1
+    config = tmp_path / "config.toml"
+    config.write_text(written)
+    monkeypatch.setenv("ANISEARCH_CONFIG", str(config))
+    for args in (("search", shot), ("search", shot, "--no-cache")):
+        done = cli(*args)
+        assert done.returncode == 2, done.stderr
+        assert says in done.stderr
+    config.write_text('[tracemoe]\nkey = "a-key"\n')  # a setting it takes: answered without the engine
+    starts = len(engine_starts)
+    assert cli("search", shot).returncode == 0
+    assert len(engine_starts) == starts
+
+
 @pytest.mark.parametrize("env", [{}, {"ANISEARCH_INCLUDE_ADULT": "false"}])
 def test_a_hit_prints_what_the_engine_prints(
     tracemoe: Any, samples: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]

@@ -40,7 +40,7 @@ __all__ = ["cached_answer"]
 
 FACTS_FILE = "provider-facts.json"
 """Next to the result cache file: what each installed provider class says about ordering and limits."""
-_FACTS_VERSION = 2
+_FACTS_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,6 +53,8 @@ class Fact:
     """``(max_width, max_height)`` of its class-level upload limits; None when they are set per instance."""
     default_url: str = ""
     """Its own address (``default_url``): answers from another address are cached under that address."""
+    settings: tuple[str, ...] | None = None
+    """The setting names it takes (its ``Settings`` model's fields); None when it does not say."""
 
 
 def cached_answer(
@@ -145,8 +147,8 @@ def _lookup(
     assert path is not None  # noqa: S101 - _answerable checked it
     facts = _facts(path.with_name(FACTS_FILE))
     names = _order(settings, options.get("providers"), facts)
-    if names is None:
-        return None
+    if names is None or not _settings_known(settings, names, facts):
+        return None  # the engine refuses what is wrong (a misspelt table or setting) or uses it
     cached_as = []  # the names the engine caches their answers under (anisearch._address.cache_name)
     for name in names:
         url = str(settings.provider_config(name).get("url") or "").strip().rstrip("/")  # a bad credential:
@@ -194,6 +196,24 @@ def _lookup(
     if on_attempt is not None:
         on_attempt(attempt)
     return answer
+
+
+def _settings_known(settings: Settings, names: Sequence[str], facts: dict[str, Fact | None]) -> bool:
+    """Whether every provider setting in force is one the engine would take as it is: each table of the
+    config file (and key of ``provider_options``) names an installed provider, and each setting of the
+    providers asked is one of theirs. A typo must fail a cache hit as it fails a search."""
+    from anisearch._config import _read_toml, config_path
+
+    tables = {name for name, value in _read_toml(config_path()).items() if isinstance(value, dict)}
+    named = (tables - {"server"} - set(type(settings).model_fields)) | set(settings.provider_options)
+    if named - set(facts):
+        return False
+    for name in names:
+        fact = facts[name]
+        taken = fact.settings if fact is not None else None
+        if taken is None or not set(settings.provider_config(name)) <= set(taken):
+            return False
+    return True
 
 
 def _order(
@@ -304,6 +324,7 @@ def _from_json(fact: dict[str, Any] | None) -> Fact | None:
         int(fact["default_rank"]),
         (int(box[0]), int(box[1])) if box else None,
         str(fact["default_url"]),
+        None if fact["settings"] is None else tuple(str(name) for name in fact["settings"]),
     )
 
 
@@ -316,9 +337,12 @@ def _read_class(name: str) -> Fact | None:
         return None
     limits = getattr(cls, "limits", None)
     box = (limits.max_width, limits.max_height) if isinstance(limits, UploadLimits) else None
+    model = getattr(cls, "Settings", None)
+    fields = getattr(model, "model_fields", None)
     return Fact(
         bool(getattr(cls, "default_order", False)),
         int(getattr(cls, "default_rank", 0)),
         box,
         str(getattr(cls, "default_url", "") or ""),
+        tuple(sorted(fields)) if isinstance(fields, dict) else None,
     )
