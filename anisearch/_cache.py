@@ -110,6 +110,10 @@ def _set_up(db: sqlite3.Connection) -> None:
     db.execute("SELECT COUNT(*) FROM results").fetchone()
 
 
+_SAID: set[tuple[str, str]] = set()
+"""The ``(path, problem)`` of every unusable cache warned about in this process."""
+
+
 class ResultCache:
     """A TTL cache of :class:`SearchResult` in one SQLite file, safe across processes (WAL).
 
@@ -137,8 +141,8 @@ class ResultCache:
                 self._db = self._rebuild(exc)
             else:
                 self._warn(
-                    f"{exc}; it is not a SQLite file, so it is left as it is "
-                    "(point ANISEARCH_CACHE elsewhere, or delete it)"
+                    f"{exc}; it is not a SQLite file, so it is left as it is: "
+                    "point ANISEARCH_CACHE elsewhere, or delete it"
                 )
         except OSError as exc:
             self._warn(exc)
@@ -206,8 +210,10 @@ class ResultCache:
 
     def _warn(self, problem: object) -> None:
         self.problem = str(problem)
-        if not self._warned:
+        said = (str(self.path), self.problem)
+        if not self._warned and said not in _SAID:  # once per process, however often the file is opened
             self._warned = True
+            _SAID.add(said)
             logger.warning("the result cache %s is unusable (%s); searching without it", self.path, problem)
 
     def _disable(self, problem: BaseException) -> None:

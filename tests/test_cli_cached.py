@@ -347,3 +347,21 @@ def test_a_hit_in_a_new_process_loads_neither_the_engine_nor_httpx_nor_pillow(
     report = json.loads(done.stderr.strip().splitlines()[-1])
     assert report == {"code": 0, "loaded": []}
     assert "Kokoro Connect" in done.stdout
+
+
+def test_a_cache_file_that_is_not_sqlite_is_warned_about_once(
+    tracemoe: Any, samples: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The shortcut and the engine each open the cache: the user reads the warning once, as one line."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("somebody's notes")
+    monkeypatch.setenv("ANISEARCH_CACHE", str(notes))
+    done = cli("search", str(samples / "tinted-good.jpg"))
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    said = (
+        f"warning: the result cache {notes} is unusable (file is not a database; it is not a SQLite file,"
+        " so it is left as it is: point ANISEARCH_CACHE elsewhere, or delete it); searching without it"
+    )
+    assert warnings == [said]
+    assert notes.read_text() == "somebody's notes"

@@ -452,7 +452,7 @@ def _unusable(store: Any) -> None:
             else "check that the file and its directory can be read and written (or set ANISEARCH_CACHE=off)"
         )
         fail(
-            f"the result cache {store.path} cannot be used ({store.problem}); searches run without it",
+            f"the result cache {store.path} cannot be used ({store.problem})",
             EXIT_USAGE,
             hint,
         )
