@@ -285,6 +285,7 @@ def test_quota_and_providers_never_cut_a_value_at_80_columns(tracemoe: Any, samp
         assert done.returncode == 0, done.stderr
         assert "\u2026" not in done.stdout
         assert all(len(line) <= 80 for line in done.stdout.splitlines())
+        assert not [line for line in done.stdout.splitlines() if line.endswith(" ")]  # grep, diff
     assert tracemoe.url in providers.stdout
     assert "99 of 100 left" in quota.stdout
     assert re.search(r"\d\d:\d\d \w+ \(in \d+ h( \d+ min)?\)", quota.stdout)

@@ -662,7 +662,14 @@ def records(
         for column in columns:
             if column != head:
                 grid.add_row(column, Text(row[column]), style=style or None)
-        out().print(Padding(grid, (0, 0, 0, 2)))
+        block = Padding(grid, (0, 0, 0, 2), expand=False)
+        if out().is_terminal:
+            out().print(block)
+        else:  # a pipe gets no trailing spaces (grep, diff)
+            with out().capture() as captured:
+                out().print(block)
+            lines = "\n".join(line.rstrip() for line in captured.get().splitlines())
+            out().print(Text.from_ansi(lines), soft_wrap=True)  # colours kept when forced
 
 
 class Command(typer.core.TyperCommand):
