@@ -40,7 +40,7 @@ from anisearch._redact import redact
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Settings", "config_path"]
+__all__ = ["Settings", "config_path", "setting_source"]
 
 APP = "anisearch"
 
@@ -143,7 +143,7 @@ def settings_error(
     return ConfigurationError(f"{headline}: {problems}")
 
 
-def _where(field: str) -> str:
+def setting_source(field: str) -> str:
     """Where the value of setting ``field`` came from: its variable when set, else the config file's key
     (else the variable: a value given in code names it too)."""
     variable = f"ANISEARCH_{field.upper()}"
@@ -248,8 +248,8 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ConfigurationError(
-                f"unknown time zone {value!r} ({_where('timezone')}); use an IANA name such as 'UTC' or "
-                "'Asia/Tokyo'"
+                f"unknown time zone {value!r} ({setting_source('timezone')}); use an IANA name such as "
+                "'UTC' or 'Asia/Tokyo'"
             ) from exc
         return value
 
@@ -263,7 +263,7 @@ class Settings(BaseSettings):
         scheme = value.partition("://")[0].lower() if "://" in value else ""
         if scheme not in _LEDGER_SCHEMES:
             raise ConfigurationError(
-                f"unsupported ledger URL {redact(value)!r} ({_where('ledger')}); use memory://, "
+                f"unsupported ledger URL {redact(value)!r} ({setting_source('ledger')}); use memory://, "
                 "sqlite:///path or redis://host:port/db"
             )
         return value
@@ -298,7 +298,7 @@ class Settings(BaseSettings):
             settings = cls(**overrides)
         except ValidationError as exc:
             # from None: pydantic's own message quotes the input, which may hold a credential
-            raise settings_error(exc, "ANISEARCH_", "invalid settings", _where) from None
+            raise settings_error(exc, "ANISEARCH_", "invalid settings", setting_source) from None
         except SettingsError as exc:  # a variable pydantic-settings reads as JSON does not parse
             field = re.search(r'field "(\w+)"', str(exc))
             name = f"ANISEARCH_{field.group(1).upper()}" if field else "a setting"

@@ -383,8 +383,8 @@ async def test_a_closed_client_sends_and_records_nothing(
 @pytest.mark.parametrize(
     ("setting", "says"),
     [
-        ({"providers": ["tracemo"]}, "tracemo"),
-        ({"metadata": "anilst"}, "anilst"),
+        ({"providers": ["tracemo"]}, r"unknown provider 'tracemo' \(ANISEARCH_PROVIDERS\)"),
+        ({"metadata": "anilst"}, r"unknown provider 'anilst' \(ANISEARCH_METADATA\)"),
         ({"ledger": "bogus://x"}, "unsupported ledger URL"),
         ({"timezone": "Mars/Base"}, "Mars/Base"),
         ({"provider_options": {"tracemo": {"url": "http://x.test"}}}, "not installed: tracemo"),
