@@ -460,6 +460,7 @@ class AsyncClient(AccountFeatures):
             use_cache=use_cache,
             source=_image.held(source) if len({p.limits for p in asked}) > 1 else None,
         )
+        del source  # the plan keeps the bytes read when a provider needs them again; nothing else does
         from_cache = partial(self._from_cache, routes, min_similarity, strategy)
         if use_cache and not looked_up and (cached := await from_cache()) is not None:
             return cached
