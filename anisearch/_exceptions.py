@@ -77,13 +77,11 @@ class UnknownProviderError(ConfigurationError, LookupError):
         known: The names that are registered (entry-point group ``anisearch.providers``), sorted.
     """
 
-    def __init__(self, name: str, known: Sequence[str], *, note: str = "") -> None:
+    def __init__(self, name: str, known: Sequence[str], *, note: str = "", kind: str = "provider") -> None:
         self.name = name
         self.known = sorted(known)
         what = f" ({note})" if note else ""
-        super().__init__(
-            f"unknown provider {name!r}{what}; known providers: {', '.join(self.known) or '(none)'}"
-        )
+        super().__init__(f"unknown {kind} {name!r}{what}; known {kind}s: {', '.join(self.known) or '(none)'}")
 
     def __str__(self) -> str:  # LookupError would repr() the message otherwise
         return str(self.args[0])

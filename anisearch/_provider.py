@@ -478,7 +478,7 @@ def load_emulator(name: str) -> Any:
     """
     eps = {ep.name: ep for ep in entry_points(group=EMULATOR_GROUP)}
     if name not in eps:
-        raise UnknownProviderError(name, list(eps))
+        raise UnknownProviderError(name, list(eps), kind="emulator")
     try:
         return eps[name].load()
     except ImportError as exc:

@@ -429,6 +429,19 @@ def test_one_input_that_failed_gives_its_error_as_json_on_stdout(
     assert json.loads(bad.stdout)["error"]["type"] == "InvalidImageError"
 
 
+def test_a_folder_with_nothing_to_search_names_the_folder_and_the_pattern(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = cli("search", str(empty))
+    assert done.returncode == 3
+    assert f"no images to search in {empty}" in done.stderr
+    (empty / "shot.jpg").write_bytes(b"")
+    pattern = cli("search", str(empty), "--glob", "*.png")
+    assert pattern.returncode == 3
+    assert f"no file in {empty} matches --glob '*.png'" in pattern.stderr
+    assert "hint: check the pattern" in pattern.stderr
+
+
 def test_links_that_lead_nowhere_are_named_not_skipped_in_silence(
     tracemoe: Any, samples: Path, tmp_path: Path
 ) -> None:

@@ -243,3 +243,10 @@ def test_the_declared_entry_points_load_factories_with_distinct_default_ports() 
         assert getattr(module, attribute) is packages[name].create_app
         ports[name] = _emulate.default_port(getattr(module, attribute))
     assert ports == {"tracemoe": 8000, "whatanime-ga": 8001, "whatanimeisthis": 8002, "anilist": 8003}
+
+
+def test_a_misspelt_emulator_is_called_an_emulator() -> None:
+    done = cli("emulate", "tracemo")
+    assert done.returncode == 2
+    assert "unknown emulator 'tracemo'; known emulators: " in done.stderr
+    assert "tracemoe" in done.stderr

@@ -537,10 +537,13 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
         )
     _report_missing(missing, as_json=as_json)
     if batch and not items:
+        folders = ", ".join(shown(i) for i in inputs if i != "-" and Path(i).is_dir())
+        if glob is not None:
+            fail(f"no file in {folders} matches --glob {glob!r}", EXIT_BAD_INPUT, "check the pattern")
         fail(
-            "no images to search",
+            f"no images to search in {folders}" if folders else "no images to search",
             EXIT_BAD_INPUT,
-            "a folder search takes common image and video suffixes, or --glob",
+            "a folder search takes common image and video suffixes; --glob takes others",
         )
     from anisearch._config import Settings
 
