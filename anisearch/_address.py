@@ -22,6 +22,8 @@ def provider_address(provider: Any) -> str | None:
 
 def cache_name(provider: Any) -> str:
     """The name a provider's answers are cached under: its name, and its address when that is not its own
-    (:func:`provider_address`)."""
+    (:func:`provider_address`), or when it declares no address of its own (any server may answer)."""
     address = provider_address(provider)
+    if address is None and not getattr(type(provider), "default_url", ""):
+        address = str(getattr(provider, "base_url", "") or "").rstrip("/") or None
     return str(provider.name) if address is None else f"{provider.name}@{address}"

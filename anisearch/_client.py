@@ -32,7 +32,7 @@ from anisearch._address import cache_name
 from anisearch._cache import ResultCache, WouldBlock, cache_key
 from anisearch._cache_first import choose, confident, find_by_source, source_keys
 from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_cache
-from anisearch._config import Settings, setting_source
+from anisearch._config import Settings, setting_named
 from anisearch._download import Downloader
 from anisearch._enrich import Enricher, metadata_infos, metadata_provider, open_enricher
 from anisearch._exceptions import ClientClosedError, ConfigurationError, ProviderError, UnknownProviderError
@@ -138,12 +138,16 @@ class AsyncClient(AccountFeatures):
             for name in self.settings.providers or ():
                 load_provider(name)
         except UnknownProviderError as exc:  # which setting named it: a variable, or the config file
-            raise UnknownProviderError(exc.name, exc.known, note=setting_source("providers")) from None
+            raise UnknownProviderError(
+                exc.name, exc.known, note=setting_named("providers", exc.name) or ""
+            ) from None
         try:
             if self.settings.metadata_provider is not None:
                 load_metadata_provider(self.settings.metadata_provider)
         except UnknownProviderError as exc:
-            raise UnknownProviderError(exc.name, exc.known, note=setting_source("metadata")) from None
+            raise UnknownProviderError(
+                exc.name, exc.known, note=setting_named("metadata", exc.name) or ""
+            ) from None
         self.settings.check_provider_tables()
         ledger = open_ledger(self.settings.ledger_url, timezone=self.settings.timezone, clock=clock)
         self._transport = ProviderTransport(self.settings.timeout, transport)

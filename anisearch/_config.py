@@ -40,7 +40,7 @@ from anisearch._redact import redact
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Settings", "config_path", "setting_source"]
+__all__ = ["Settings", "config_path", "setting_named", "setting_source"]
 
 APP = "anisearch"
 
@@ -141,6 +141,18 @@ def settings_error(
 
     problems = "; ".join(f"{name(err['loc'])}: {err['msg']}" for err in exc.errors())
     return ConfigurationError(f"{headline}: {problems}")
+
+
+def setting_named(field: str, item: str) -> str | None:
+    """Where ``item`` of setting ``field`` was written: its variable when the variable holds it, else the
+    config file's key when that does; None when neither does (it was given in code)."""
+    variable = f"ANISEARCH_{field.upper()}"
+    if item in (part.strip() for part in os.environ.get(variable, "").split(",")):
+        return variable
+    written = _read_toml(config_path()).get(field)
+    if item == written or (isinstance(written, list) and item in written):
+        return f"{field} in the config file {config_path()}"
+    return None
 
 
 def setting_source(field: str) -> str:

@@ -735,7 +735,7 @@ class Router:
     async def _attempt_now(self, route: Route) -> _Outcome:
         name = route.provider.name
         started = time.monotonic()
-        give_up_at = anyio.current_time() + self._wait_seconds
+        give_up_at = anyio.current_time() + max(remaining_seconds(self._wait_seconds), 0.0)  # the deadline
         busy_left = BUSY_RETRIES
         try:
             query = await route.ready()  # the image work is done before a slot is held

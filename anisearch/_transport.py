@@ -80,6 +80,8 @@ class _TrustLoadedOnFirstUse(ssl.SSLContext):
     def __init__(self, cafile: str | None, capath: str | None, named: str) -> None:
         self._trust = (cafile, capath)
         self._named = named
+        if sys.version_info >= (3, 13):  # as ssl.create_default_context() sets them there
+            self.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
         self._trusted = False
         self._lock = threading.Lock()
         keylog = os.environ.get("SSLKEYLOGFILE")  # as ssl.create_default_context() does
@@ -222,6 +224,6 @@ def _transfer_error(
     detail = _redact.printable(_redact.redact(str(exc)), 160)
     host = _redact.display_url(request.url.host, 80)
     if request.url.port is not None:  # a port of its own: two emulators on one host are told apart
-        host = f"{host}:{request.url.port}"
+        host = f"[{host}]:{request.url.port}" if ":" in host else f"{host}:{request.url.port}"
     # With a status, the answer had begun (a connection dropped mid-body): counted by that status.
     return ProviderConnectionError(f"cannot reach {host}: {detail}", provider=name, status_code=status)

@@ -427,6 +427,16 @@ def test_one_input_that_failed_gives_its_error_as_json_on_stdout(
     bad = cli("search", str(tmp_path / "notes.txt"), "--json", "--no-cache")
     assert bad.returncode == 3
     assert json.loads(bad.stdout)["error"]["type"] == "InvalidImageError"
+    gone = cli("search", str(tmp_path / "gone.jpg"), "--json")
+    assert gone.returncode == 3
+    assert json.loads(gone.stdout) == {
+        "input": str(tmp_path / "gone.jpg"),
+        "error": {
+            "type": "InvalidImageError",
+            "message": f"{tmp_path / 'gone.jpg'}: no such file",
+            "exit_code": 3,
+        },
+    }
 
 
 def test_a_folder_with_nothing_to_search_names_the_folder_and_the_pattern(tmp_path: Path) -> None:

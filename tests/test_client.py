@@ -383,8 +383,8 @@ async def test_a_closed_client_sends_and_records_nothing(
 @pytest.mark.parametrize(
     ("setting", "says"),
     [
-        ({"providers": ["tracemo"]}, r"unknown provider 'tracemo' \(ANISEARCH_PROVIDERS\)"),
-        ({"metadata": "anilst"}, r"unknown provider 'anilst' \(ANISEARCH_METADATA\)"),
+        ({"providers": ["tracemo"]}, r"unknown provider 'tracemo'; known"),  # given in code: no variable
+        ({"metadata": "anilst"}, r"unknown provider 'anilst'; known"),
         ({"ledger": "bogus://x"}, "unsupported ledger URL"),
         ({"timezone": "Mars/Base"}, "Mars/Base"),
         ({"provider_options": {"tracemo": {"url": "http://x.test"}}}, "not installed: tracemo"),
@@ -395,6 +395,37 @@ def test_bad_settings_fail_when_the_client_is_made(setting: dict[str, Any], says
     for make in (AsyncClient, Client):
         with pytest.raises(ConfigurationError, match=says):
             make(Settings.load(cache="off", **setting))
+
+
+def test_an_unknown_provider_names_the_variable_that_named_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemo")
+    with pytest.raises(ConfigurationError, match=r"unknown provider 'tracemo' \(ANISEARCH_PROVIDERS\)"):
+        AsyncClient(Settings.load(cache="off"))
+
+
+def test_an_unreachable_ipv6_address_is_named_in_brackets() -> None:
+    from anisearch._transport import _transfer_error
+
+    request = httpx.Request("GET", "http://[::1]:8080/search")
+    error = _transfer_error(httpx.ConnectError("refused"), "tracemoe", request, "too slow", None)
+    assert str(error) == "tracemoe: cannot reach [::1]:8080: refused"
+
+
+def test_the_tls_context_verifies_as_httpx_would() -> None:
+    """The context that reads its certificates late sets what the standard library's default one sets on
+    this Python (verify flags, options, minimum version, host names)."""
+    import ssl
+
+    from anisearch._transport import tls_context
+
+    tls_context.cache_clear()
+    try:
+        ours, theirs = tls_context(trust_env=False), httpx.create_ssl_context(trust_env=False)
+        for name in ("verify_mode", "check_hostname", "verify_flags", "options", "minimum_version"):
+            assert getattr(ours, name) == getattr(theirs, name), name
+        assert ours.verify_mode == ssl.CERT_REQUIRED
+    finally:
+        tls_context.cache_clear()
 
 
 def test_a_misspelt_provider_table_in_the_config_file_is_refused(

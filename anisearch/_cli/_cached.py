@@ -155,7 +155,7 @@ def _lookup(
         fact = facts[name]  # the engine reports it
         default = fact.default_url.rstrip("/") if fact is not None else ""
         # a URL typed otherwise than httpx writes it finds nothing here: the engine answers then
-        cached_as.append(name if not url or not default or url == default else f"{name}@{url}")
+        cached_as.append(name if not url or url == default else f"{name}@{url}")
     box = largest_box(
         fact.box for name in names if (fact := facts[name]) is not None and fact.box is not None
     )

@@ -417,18 +417,53 @@ def _check_arguments(inputs: Sequence[str], *, raw: bool, as_json: bool) -> None
 def _report_missing(missing: Sequence[str], *, as_json: bool) -> None:
     """Each name that does not exist, on stderr; with --json also one line on stdout, as for any input."""
     for name in missing:
-        reason = _missing_reason(name)
-        say_error(f"{reason}: {shown(name)}")
+        say_error(f"{_missing_reason(name)}: {shown(name)}")
         if as_json:
-            error = {
-                "type": "InvalidImageError",
-                "message": f"{name}: {reason}",
-                "exit_code": EXIT_BAD_INPUT,
-            }
-            print_line(json_line({"input": name, "error": error}))
+            print_line(json_line(_missing_line(name)))
 
 
-def search(  # noqa: C901 - one command's options and its single/batch outputs
+def _stop_early(
+    inputs: Sequence[str],
+    glob: str | None,
+    items: Sequence[Input],
+    missing: Sequence[str],
+    *,
+    batch: bool,
+    as_json: bool,
+) -> None:
+    """Stop before any search: one input that does not exist, or folders with nothing to search; name
+    every input that does not exist among many."""
+    if missing and not batch:
+        if as_json:  # a script reads why, as for any input
+            print_line(json_line(_missing_line(missing[0])))
+        fail(
+            f"{_missing_reason(missing[0])}: {shown(missing[0])}",
+            EXIT_BAD_INPUT,
+            "give an image, a folder, an http(s) URL or -",
+        )
+    _report_missing(missing, as_json=as_json)
+    if batch and not items:
+        folders = ", ".join(shown(i) for i in inputs if i != "-" and Path(i).is_dir())
+        if glob is not None:
+            fail(f"no file in {folders} matches --glob {glob!r}", EXIT_BAD_INPUT, "check the pattern")
+        fail(
+            f"no images to search in {folders}" if folders else "no images to search",
+            EXIT_BAD_INPUT,
+            "a folder search takes common image and video suffixes; --glob takes others",
+        )
+
+
+def _missing_line(name: str) -> dict[str, Any]:
+    """The ``--json`` line of an input that does not exist."""
+    error = {
+        "type": "InvalidImageError",
+        "message": f"{name}: {_missing_reason(name)}",
+        "exit_code": EXIT_BAD_INPUT,
+    }
+    return {"input": name, "error": error}
+
+
+def search(
     inputs: Annotated[
         list[str],
         typer.Argument(
@@ -529,22 +564,7 @@ def search(  # noqa: C901 - one command's options and its single/batch outputs
     _check_arguments(inputs, raw=raw, as_json=as_json)
     items, missing = collect(inputs, glob)
     batch = len(inputs) > 1 or any(Path(i).is_dir() for i in inputs if i != "-")
-    if missing and not batch:
-        fail(
-            f"{_missing_reason(missing[0])}: {shown(missing[0])}",
-            EXIT_BAD_INPUT,
-            "give an image, a folder, an http(s) URL or -",
-        )
-    _report_missing(missing, as_json=as_json)
-    if batch and not items:
-        folders = ", ".join(shown(i) for i in inputs if i != "-" and Path(i).is_dir())
-        if glob is not None:
-            fail(f"no file in {folders} matches --glob {glob!r}", EXIT_BAD_INPUT, "check the pattern")
-        fail(
-            f"no images to search in {folders}" if folders else "no images to search",
-            EXIT_BAD_INPUT,
-            "a folder search takes common image and video suffixes; --glob takes others",
-        )
+    _stop_early(inputs, glob, items, missing, batch=batch, as_json=as_json)
     from anisearch._config import Settings
 
     try:
