@@ -363,6 +363,63 @@ async def test_a_provider_gets_the_same_upload_whichever_providers_are_asked(
     assert together == alone
 
 
+async def test_a_search_that_waited_for_an_identical_one_keeps_its_deadline(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, tmp_path: Path
+) -> None:
+    """The same picture re-encoded waits for the first search's answer, then for the slot that search
+    holds: within its one deadline, not a deadline for each wait."""
+    import time
+
+    asked, answer = anyio.Event(), anyio.Event()
+
+    async def held(request: httpx.Request) -> httpx.Response:
+        asked.set()
+        await answer.wait()  # the first search holds trace.moe's only slot
+        return httpx.Response(200, json=body)
+
+    mock.post(f"{BASE}/search").mock(side_effect=held)
+    with Image.open(samples / "tinted-good.jpg") as picture:
+        rgb = picture.convert("RGB")
+    copies = []
+    for n in (1, 2):
+        changed = rgb.copy()
+        changed.putpixel((n, n), (255, 0, 0))
+        out = io.BytesIO()
+        changed.save(out, "JPEG", quality=90)
+        copies.append(out.getvalue())
+    client = AsyncClient(settings(cache=str(tmp_path / "results.sqlite3")), transport(mock))
+    async with client, anyio.create_task_group() as group:
+        group.start_soon(client.search, copies[0])  # no deadline of its own
+        with anyio.fail_after(10):
+            await asked.wait()
+            started = time.monotonic()
+            with pytest.raises(AllProvidersFailedError):
+                await client.search(copies[1], deadline=1.0)
+            waited = time.monotonic() - started
+        answer.set()
+    assert waited < 1.8  # one deadline (two would be 2 s)
+
+
+def test_a_provider_without_an_address_of_its_own_caches_per_server(
+    mock: respx.MockRouter, samples: Path, tmp_path: Path
+) -> None:
+    """whatanime-ga has no public server: an emulator's answer is never given for another server's."""
+    legacy = json.loads((samples / "legacy-api-search-tinted-good-2020.json").read_text())
+    emulator = mock.post("http://127.0.0.1:8301/api/search").respond(200, json=legacy)
+    server = mock.post("https://legacy.example/api/search").respond(200, json=legacy)
+    cache = str(tmp_path / "results.sqlite3")
+    for url in ("http://127.0.0.1:8301", "https://legacy.example", "http://127.0.0.1:8301"):
+        chosen = Settings.load(
+            providers=["whatanime-ga"],
+            provider_options={"whatanime-ga": {"url": url}},
+            cache=cache,
+            metadata="off",
+        )
+        with Client(chosen, transport(mock)) as client:
+            client.search(samples / "tinted-good.jpg")
+    assert (emulator.call_count, server.call_count) == (1, 1)  # each asked once; the third search cached
+
+
 async def test_a_closed_client_sends_and_records_nothing(
     mock: respx.MockRouter, body: dict[str, Any], samples: Path, tmp_path: Path
 ) -> None:
