@@ -453,18 +453,17 @@ class AsyncClient(AccountFeatures):
             if early is not None:
                 return self._cached(*early)
         if prepared is None:  # a small picture in memory is prepared in place: a thread hop costs more
-            prepared = _image.prepare_quick(source, max_width=box[0], max_height=box[1])
-            if prepared is None:
-                read = await anyio.to_thread.run_sync(_image.read_and_prepare, source, box, max(wait, 0.0))
-                source, prepared = read[0], read[1]
+            preparing = partial(
+                _image.prepare, source, max_width=box[0], max_height=box[1], wait_seconds=max(wait, 0.0)
+            )
+            quick = _image.prepare_quick(source, max_width=box[0], max_height=box[1])
+            prepared = quick if quick is not None else await anyio.to_thread.run_sync(preparing)
         routes = plan_routes(
             [(p, provider_scope(p), self._slots(p), provider_windows(p)) for p in asked],
             prepared,
             options,
             use_cache=use_cache,
-            source=_image.held(source) if len({p.limits for p in asked}) > 1 else None,
         )
-        del source  # the plan keeps the bytes read when a provider needs them again; nothing else does
         from_cache = partial(self._from_cache, routes, min_similarity, strategy)
         if use_cache and not looked_up and (cached := await from_cache()) is not None:
             return cached

@@ -47,14 +47,10 @@ __all__ = [
     "SourceBytes",
     "fit",
     "fits",
-    "held",
-    "over_box",
     "prepare",
-    "prepare_for",
     "prepare_quick",
     "quick",
     "read",
-    "read_and_prepare",
     "upload_box",
 ]
 
@@ -671,44 +667,6 @@ def fits(prepared: PreparedImage, limits: UploadLimits) -> bool:
         and prepared.height <= limits.max_height
         and prepared.body_size() <= limits.max_bytes
     )
-
-
-def held(source: object) -> SourceBytes | Image.Image | None:
-    """``source`` when it is already in memory and can be prepared again (bytes as read, a picture), else
-    None (a path or a stream: :func:`read` it first)."""
-    if isinstance(source, SourceBytes | Image.Image):
-        return source
-    if isinstance(source, bytes | bytearray | memoryview):
-        return SourceBytes(bytes(source), "", hashlib.sha256(source).hexdigest())
-    return None
-
-
-def read_and_prepare(
-    source: ImageSource | SourceBytes, box: tuple[int, int], wait_seconds: float | None = None
-) -> tuple[SourceBytes | Image.Image, PreparedImage]:
-    """:func:`read` then :func:`prepare` in ``box``: the source in memory (to prepare again for another
-    box) and the prepared image.
-
-    Raises:
-        ImageTooLargeError, InvalidImageError: As :func:`prepare`.
-    """
-    in_memory = read(source, wait_seconds=wait_seconds)
-    return in_memory, prepare(in_memory, max_width=box[0], max_height=box[1])
-
-
-def over_box(prepared: PreparedImage, limits: UploadLimits) -> bool:
-    """Whether ``prepared`` is larger than ``limits``' box (it must be scaled down for that provider)."""
-    return prepared.width > limits.max_width or prepared.height > limits.max_height
-
-
-def prepare_for(source: SourceBytes | Image.Image, limits: UploadLimits) -> PreparedImage:
-    """``source`` prepared in ``limits``' box, then :func:`fit` to them: what a search asking only that
-    provider uploads.
-
-    Raises:
-        ImageTooLargeError, InvalidImageError: As :func:`prepare` and :func:`fit`.
-    """
-    return fit(prepare(source, max_width=limits.max_width, max_height=limits.max_height), limits)
 
 
 def fit(prepared: PreparedImage, limits: UploadLimits) -> PreparedImage:

@@ -22,8 +22,6 @@ from anisearch._cache import cache_key
 from anisearch._provider import SearchOptions, SearchQuery
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from anisearch._image import PreparedImage
     from anisearch._ledger import WindowSpec
     from anisearch._models import Hit
@@ -57,16 +55,12 @@ class PlannedQuery:
         provider: The provider asked.
         prepared: The image prepared once for the whole search.
         options: The search's options as the caller gave them.
-        source: The search's source in memory (bytes as read, or a picture), or None. A provider whose
-            upload box is smaller than ``prepared`` gets the source prepared again in its box: the upload
-            it would get if it were asked alone, not ``prepared`` scaled down a second time.
     """
 
     provider: Provider
     prepared: PreparedImage
     options: SearchOptions
     _cropped: _Cropped | None = None
-    source: _image.SourceBytes | Image.Image | None = None
     _query: SearchQuery | None = field(default=None, init=False)
 
     @property
@@ -103,12 +97,11 @@ class PlannedQuery:
             if self.crops_locally and self._cropped is not None:
                 image = await self._cropped.image()
             limits = self.provider.limits
-            if _image.fits(image, limits):
-                fitted = image
-            elif image is self.prepared and self.source is not None and _image.over_box(image, limits):
-                fitted = await anyio.to_thread.run_sync(_image.prepare_for, self.source, limits)
-            else:
-                fitted = await anyio.to_thread.run_sync(_image.fit, image, limits)
+            fitted = (
+                image
+                if _image.fits(image, limits)
+                else await anyio.to_thread.run_sync(_image.fit, image, limits)
+            )
             self._query = SearchQuery(options=self.sent_options, image=fitted)
         return self._query
 
@@ -160,7 +153,6 @@ def plan_routes(
     options: SearchOptions,
     *,
     use_cache: bool,
-    source: _image.SourceBytes | Image.Image | None = None,
 ) -> list[Route]:
     """A ready route per provider, in the order given.
 
@@ -169,13 +161,11 @@ def plan_routes(
         prepared: The image, prepared once.
         options: The caller's options.
         use_cache: Whether to give each route its result-cache key.
-        source: The source in memory, to prepare again for a provider with a smaller upload box (see
-            :class:`PlannedQuery`); None: ``prepared`` is scaled down for it.
     """
     cropped = _Cropped(prepared) if options.cut_borders else None
     routes = []
     for provider, scope, slots, windows in providers:
-        planned = PlannedQuery(provider, prepared, options, cropped, source)
+        planned = PlannedQuery(provider, prepared, options, cropped)
         key = cache_key(cache_name(provider), provider.cache_key(prepared), [options]) if use_cache else None
         routes.append(
             Route(provider=provider, scope=scope, slots=slots, cache_key=key, windows=windows, query=planned)

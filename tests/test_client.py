@@ -336,33 +336,6 @@ async def test_the_same_picture_re_encoded_and_searched_at_once_costs_one_search
     assert {result.best.anilist_id for result in results if result.best} == {11887}  # Kokoro Connect
 
 
-@pytest.mark.parametrize("given", ["bytes", "path"])
-@pytest.mark.parametrize("cache", [False, True], ids=["cache off", "cache on"])
-async def test_a_provider_gets_the_same_upload_whichever_providers_are_asked(
-    mock: respx.MockRouter, samples: Path, tmp_path: Path, given: str, cache: bool
-) -> None:
-    """Asked with a provider that takes larger pictures, trace.moe is sent what it is sent alone, not the
-    larger picture scaled down again (a second resize and JPEG loss moved its similarity)."""
-    uploads: list[bytes] = []
-
-    def searched(request: httpx.Request) -> httpx.Response:
-        uploads.append(request.content.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0])
-        return httpx.Response(200, json={"frameCount": 1, "error": "", "result": []})
-
-    mock.post(f"{BASE}/search").mock(side_effect=searched)
-    with Image.open(samples / "tinted-good.jpg") as picture:
-        picture.rotate(3, expand=True).save(tmp_path / "turned.png")  # a PNG, prepared in every box
-    source: Any = (tmp_path / "turned.png").read_bytes() if given == "bytes" else tmp_path / "turned.png"
-    for number, providers in enumerate((["tracemoe"], ["tracemoe", "whatanimeisthis"])):
-        chosen = settings(cache=str(tmp_path / f"results-{number}.sqlite3"), metadata="off")
-        async with AsyncClient(chosen, transport(mock)) as client:
-            await client.search(source, providers=providers, cache=cache)
-    alone, together = uploads
-    with Image.open(io.BytesIO(alone)) as sent:
-        assert max(sent.size) <= 320  # trace.moe's box
-    assert together == alone
-
-
 async def test_a_search_that_waited_for_an_identical_one_keeps_its_deadline(
     mock: respx.MockRouter, body: dict[str, Any], samples: Path, tmp_path: Path
 ) -> None:
