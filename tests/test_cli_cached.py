@@ -145,10 +145,11 @@ def test_a_typo_in_the_config_file_fails_a_hit_as_it_fails_a_miss(
         done = cli(*args)
         assert done.returncode == 2, done.stderr
         assert says in done.stderr
-    config.write_text('[tracemoe]\nkey = "a-key"\n')  # a setting it takes: answered without the engine
-    starts = len(engine_starts)
-    assert cli("search", shot).returncode == 0
-    assert len(engine_starts) == starts
+    for fine in ('[tracemoe]\nkey = "a-key"\n', '[anilist]\nurl = "https://graphql.anilist.co"\n'):
+        config.write_text(fine)  # settings the providers take: answered without the engine
+        starts = len(engine_starts)
+        assert cli("search", shot).returncode == 0
+        assert len(engine_starts) == starts, fine
 
 
 @pytest.mark.parametrize("env", [{}, {"ANISEARCH_INCLUDE_ADULT": "false"}])

@@ -206,8 +206,11 @@ def _settings_known(settings: Settings, names: Sequence[str], facts: dict[str, F
 
     tables = {name for name, value in _read_toml(config_path()).items() if isinstance(value, dict)}
     named = (tables - {"server"} - set(type(settings).model_fields)) | set(settings.provider_options)
-    if named - set(facts):
-        return False
+    if named - set(facts):  # not a search provider's: a metadata provider's ([anilist]), or a typo
+        from anisearch._provider import available_metadata_providers
+
+        if named - set(facts) - set(available_metadata_providers()):
+            return False
     for name in names:
         fact = facts[name]
         taken = fact.settings if fact is not None else None
