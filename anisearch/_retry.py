@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from types import ModuleType
 
-__all__ = ["retrying", "stamina"]
+__all__ = ["log_retries_with_logging", "retrying", "stamina"]
 
 _TELL: ContextVar[Callable[[int, float], None] | None] = ContextVar("anisearch_retrying", default=None)
 
@@ -36,10 +36,29 @@ class _Retold(logging.Filter):
         return False
 
 
+_STANDARD_LOGGING_ONLY = False
+
+
+def log_retries_with_logging() -> None:
+    """For the ``anisearch`` command, which owns its process: stamina logs its retries through the standard
+    library's logging even when structlog is installed (structlog would print them on stdout, into the
+    command's output), so that they are told as :func:`retrying` says, on stderr."""
+    global _STANDARD_LOGGING_ONLY  # noqa: PLW0603 - one switch for the process
+    _STANDARD_LOGGING_ONLY = True
+
+
 def stamina() -> ModuleType:
-    """The ``stamina`` module, its logger quiet unless the program configured logging."""
+    """The ``stamina`` module, its logger quiet unless the program configured logging.
+
+    A program with structlog installed gets stamina's retry lines through structlog, as stamina does by
+    itself; only the ``anisearch`` command sends them through logging (:func:`log_retries_with_logging`).
+    """
     import stamina as module
 
+    if _STANDARD_LOGGING_ONLY:
+        from stamina.instrumentation import LoggingOnRetryHook, set_on_retry_hooks
+
+        set_on_retry_hooks([LoggingOnRetryHook])
     logger = logging.getLogger("stamina")
     if not any(isinstance(handler, logging.NullHandler) for handler in logger.handlers):
         logger.addHandler(logging.NullHandler())

@@ -827,3 +827,22 @@ def test_cache_commands_leave_a_file_that_is_not_a_cache_alone(tmp_path: Path) -
         assert error.startswith(f"anisearch: error: the result cache {notes} cannot be used (")
         assert hint == "hint: point ANISEARCH_CACHE at a file of its own, or set it to off"
     assert notes.read_text() == "my precious notes\n"
+
+
+def test_the_command_tells_retries_through_logging_even_with_structlog_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """stamina would log through structlog when it is installed, and structlog prints on stdout: into
+    ``--json`` output. The command makes stamina use logging, which it sends to stderr."""
+    import stamina.instrumentation
+
+    from anisearch import _retry
+
+    monkeypatch.setattr(_retry, "_STANDARD_LOGGING_ONLY", False)
+    chosen: list[object] = []
+    monkeypatch.setattr(stamina.instrumentation, "set_on_retry_hooks", chosen.append)
+    _retry.stamina()
+    assert chosen == []  # a library leaves the program's stamina set-up alone
+    cli("search", "-h")  # any command sets up its logging
+    _retry.stamina()
+    assert chosen == [[stamina.instrumentation.LoggingOnRetryHook]]

@@ -541,6 +541,9 @@ def configure_logging(verbose: bool) -> bool:
     Returns whether verbose output is on (``-v`` after the command, or before it).
     """
     verbose = verbose or _ROOT["verbose"]
+    from anisearch._retry import log_retries_with_logging
+
+    log_retries_with_logging()  # never through structlog onto stdout: told on stderr, as -v shows
     logging.captureWarnings(True)  # noqa: FBT003 - stdlib API; warnings obey -v like every log record
     while _INSTALLED:
         logger, old = _INSTALLED.pop()
