@@ -562,16 +562,26 @@ def test_emulate_help_lists_every_knob_with_its_default() -> None:
     assert "whatanimeisthis:" in flat
 
 
-def test_emulate_refuses_a_busy_port_in_one_line() -> None:
-    with socket.socket() as sock:
+def test_emulate_refuses_a_busy_port_in_one_line_and_suggests_a_free_one() -> None:
+    with socket.socket() as sock, socket.socket() as next_one:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
+        try:
+            next_one.bind(("127.0.0.1", port + 100))  # the first port the hint would try is taken too
+            next_one.listen()
+        except OSError:
+            pass
         done = cli("emulate", "tracemoe", "--port", str(port))
+        error, hint = done.stderr.strip().splitlines()
+        said = re.fullmatch(r"hint: choose another with --port \(--port (\d+) is free now\)", hint)
+        assert said is not None, hint
+        suggested = int(said[1])
+        assert suggested != port + 100
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", suggested))  # free indeed
     assert done.returncode == 2
-    error, hint = done.stderr.strip().splitlines()
     assert error == f"anisearch: error: port {port} on 127.0.0.1 is in use"
-    assert hint.startswith("hint: choose another with --port")
 
 
 def test_emulate_refuses_an_unknown_knob_and_names_the_known_ones() -> None:

@@ -224,14 +224,30 @@ def listening_socket(host: str, port: int) -> socket.socket:
     except (OSError, OverflowError) as exc:
         sock.close()
         if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            free = _free_port_near(host, family, port)
             fail(
                 f"port {port} on {host} is in use",
                 EXIT_USAGE,
-                f"choose another with --port (e.g. --port {port + 100})",
+                f"choose another with --port (--port {free} is free now)"
+                if free
+                else "choose another with --port",
             )
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         fail(f"cannot listen on {host} port {port}: {reason}", EXIT_USAGE, "check --host and --port")
     return sock
+
+
+def _free_port_near(host: str, family: socket.AddressFamily, port: int) -> int | None:
+    """A port that ``host`` can listen on now, from ``port + 100`` up (20 tried), or None."""
+    for candidate in range(port + 100, min(port + 120, 65536)):
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, candidate))
+            except OSError:
+                continue
+            return candidate
+    return None
 
 
 def _signs_in(provider: str) -> bool:
