@@ -32,7 +32,7 @@ from anisearch._cli._common import (
     waiting,
     when,
 )
-from anisearch._exceptions import AnisearchError, ConfigurationError, ProviderError
+from anisearch._exceptions import AnisearchError, AuthenticationError, ConfigurationError, ProviderError
 
 if TYPE_CHECKING:
     from anisearch._models import Quota
@@ -266,7 +266,12 @@ def login(
             if not sys.stdin.isatty():
                 fail("no password given", EXIT_USAGE, f"set {variable}_PASSWORD or run on a terminal")
             password = getpass.getpass("password: ")
-        waiting("signing in…", lambda: client.sign_in(str(email), str(password)))
+        try:
+            waiting("signing in…", lambda: client.sign_in(str(email), str(password)))
+        except AuthenticationError as exc:
+            named = "ANISEARCH_" in exc.message  # it names the setting to fix (an Origin the site refused)
+            hint = None if named else f"check the email and password ({variable}_EMAIL, {variable}_PASSWORD)"
+            fail(describe(exc), exit_code(exc), hint)
     out().print(f"signed in as {email}", markup=False, highlight=False)
 
 
