@@ -170,29 +170,38 @@ def test_a_search_stopped_by_sigterm_keeps_its_slot_while_the_upstream_runs_it(
     meanwhile ("Concurrency limit exceeded", a 402). A command stopped mid-search (SIGTERM, Ctrl-C) leaves
     its slot held for that time in the shared ledger: the next command waits for it and meets no 402,
     although the process that held the slot has ended."""
+    import shutil
     import time
 
-    app = create_app(quota=10**6, rate_limit=10**6, latency=1.5)  # one search at a time
+    # Each search takes 4 s upstream, one at a time: the first command learns that from its first input,
+    # and holds the slot of its second, stopped, for about that long: time for the next command to start.
+    app = create_app(quota=10**6, rate_limit=10**6, latency=4.0)
     server = live_server(app)
     env = searching_at(server.url) | {
         "ANISEARCH_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
         "ANISEARCH_STATE_DIR": str(tmp_path / "state"),
         "ANISEARCH_CACHE_DIR": str(tmp_path / "cache"),
     }
-    search = [sys.executable, "-m", "anisearch", "search", str(DEMO), "--no-cache"]
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(DEMO, shots / name)
+    command = [sys.executable, "-m", "anisearch", "search", "--no-cache"]
     emulator = app.state.emulator
-    with subprocess.Popen(search, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as first:
+    with subprocess.Popen(
+        [*command, str(shots), "-j", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    ) as first:
         deadline = time.monotonic() + 60
-        while not any(emulator.concurrent.values()):  # the upstream works on its search
-            assert time.monotonic() < deadline, "the first search never reached the emulator"
+        while not (emulator.log and any(emulator.concurrent.values())):  # its second search is upstream
+            assert time.monotonic() < deadline, "the first command's second search never reached the emulator"
             assert first.poll() is None, first.stderr.read() if first.stderr else ""
             time.sleep(0.01)
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 143
     second = subprocess.run(
-        [*search, "-v"], env=env, capture_output=True, text=True, timeout=120, check=False
+        [*command, str(DEMO), "-v"], env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert second.returncode == 0, second.stderr
-    assert [row.code for row in emulator.log] == [200, 200]  # the stopped one ran to its end; no 402
+    assert [row.code for row in emulator.log] == [200, 200, 200]  # the stopped one ran to its end; no 402
     told = " ".join(second.stderr.split())  # -v lines are wrapped to the terminal's width
     assert "(given up; the upstream still runs it)" in told  # what the second search waited for
