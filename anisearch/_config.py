@@ -358,6 +358,12 @@ class Settings(BaseSettings):
             return None
         return fill, include
 
+    def provider_tables(self) -> set[str]:
+        """The provider names that settings are given for: the config file's tables (not ``[server]``, the
+        gateway's, nor a core setting written as a table) and the keys of ``provider_options``."""
+        tables = {name for name, value in _read_toml(config_path()).items() if isinstance(value, dict)}
+        return (tables - {"server"} - set(type(self).model_fields)) | set(self.provider_options)
+
     def check_provider_tables(self) -> None:
         """Refuse provider settings for a provider that is not installed: a misspelt table of the config file
         (``[tracemo]``) or key of ``provider_options`` would otherwise be ignored without a word.
@@ -367,9 +373,7 @@ class Settings(BaseSettings):
         """
         from anisearch._provider import available_metadata_providers, available_providers
 
-        tables = {name for name, value in _read_toml(config_path()).items() if isinstance(value, dict)}
-        # [server]: the gateway's settings; [provider_options...]: a setting written as a table
-        named = (tables - {"server"} - set(type(self).model_fields)) | set(self.provider_options)
+        named = self.provider_tables()
         if not named:
             return
         known = set(available_providers()) | set(available_metadata_providers())

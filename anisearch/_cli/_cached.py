@@ -202,10 +202,7 @@ def _settings_known(settings: Settings, names: Sequence[str], facts: dict[str, F
     """Whether every provider setting in force is one the engine would take as it is: each table of the
     config file (and key of ``provider_options``) names an installed provider, and each setting of the
     providers asked is one of theirs. A typo must fail a cache hit as it fails a search."""
-    from anisearch._config import _read_toml, config_path
-
-    tables = {name for name, value in _read_toml(config_path()).items() if isinstance(value, dict)}
-    named = (tables - {"server"} - set(type(settings).model_fields)) | set(settings.provider_options)
+    named = settings.provider_tables()
     if named - set(facts):  # not a search provider's: a metadata provider's ([anilist]), or a typo
         from anisearch._provider import available_metadata_providers
 
