@@ -155,12 +155,15 @@ def setting_named(field: str, item: str) -> str | None:
     return None
 
 
-def setting_source(field: str) -> str:
+def setting_source(field: str, *, table: str | None = None) -> str:
     """Where the value of setting ``field`` came from: its variable when set, else the config file's key
-    (else the variable: a value given in code names it too)."""
-    variable = f"ANISEARCH_{field.upper()}"
-    if variable not in os.environ and field in _read_toml(config_path()):
-        return f"{field} in the config file {config_path()}"
+    (else the variable: a value given in code names it too). ``table``: a setting of that table of the file
+    (``server``: ``ANISEARCH_SERVER_<FIELD>`` or ``[server]``'s key)."""
+    variable = f"ANISEARCH_{f'{table}_' if table else ''}{field}".upper()
+    written = _read_toml(config_path())
+    section = written.get(table, {}) if table else written
+    if variable not in os.environ and isinstance(section, dict) and field in section:
+        return f"{field} in {f'[{table}] of ' if table else ''}the config file {config_path()}"
     return variable
 
 

@@ -24,12 +24,13 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from anisearch._config import _read_toml, config_path, settings_error
+from anisearch._config import _read_toml, config_path, setting_source, settings_error
 from anisearch._exceptions import ConfigurationError
 
 __all__ = ["ClientSpec", "ServerSettings"]
@@ -141,14 +142,6 @@ def _server_table() -> dict[str, Any]:
     return table
 
 
-def _where(field: str) -> str:
-    """Where gateway setting ``field`` came from: its variable when set, else the ``[server]`` table's key."""
-    variable = f"ANISEARCH_SERVER_{field.upper()}"
-    if variable not in os.environ and field in _server_table():
-        return f"{field} in [server] of the config file {config_path()}"
-    return variable
-
-
 class ServerSettings(BaseSettings):
     """How ``anisearch serve`` listens, who may call it, and what each caller may spend.
 
@@ -229,7 +222,8 @@ class ServerSettings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            raise settings_error(exc, "ANISEARCH_SERVER_", "invalid server settings", _where) from None
+            named = partial(setting_source, table="server")
+            raise settings_error(exc, "ANISEARCH_SERVER_", "invalid server settings", named) from None
 
     def client_for(self, token: str) -> ClientSpec | None:
         """The client whose token is ``token`` (compared in constant time), or None."""
