@@ -2,11 +2,11 @@
 
 A repeated search passes the same bytes. The result key of a provider that keys by a perceptual
 descriptor (trace.moe) needs the decoded picture; so whenever an answer is stored, the cache also records,
-for each provider asked, which result key this raw source (by its SHA-256, in this upload box, with these
-options) mapped to. The next search of the same bytes reads and hashes them in one worker thread and
-looks the answer up on the cache's open connection: no decoding, no resizing, no descriptor. Bytes already
-in memory are hashed and looked up on the event loop itself, without a worker thread, unless the cache is
-busy.
+for each provider whose upload was made, which result key this raw source (by its SHA-256, in that
+provider's upload box, with these options) mapped to. The next search of the same bytes reads and hashes
+them in one worker thread and looks the answer up on the cache's open connection: no decoding, no
+resizing, no descriptor. Bytes already in memory are hashed and looked up on the event loop itself,
+without a worker thread, unless the cache is busy.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ def find_by_source(
     source: SourceBytes,
     providers: Sequence[Provider],
     options: SearchOptions,
-    box: tuple[int, int],
     *,
     block: bool = True,
     min_similarity: float | None = None,
@@ -55,7 +54,6 @@ def find_by_source(
         source: The source read and hashed (:func:`anisearch._image.read`).
         providers: The providers to ask, in order.
         options: The search's options (part of every key).
-        box: The upload box the source is prepared in (a descriptor depends on it).
         block: False to raise :class:`~anisearch._cache.WouldBlock` rather than wait for the cache.
         min_similarity: The search's threshold, 0..1 (None: any answer is enough).
         strategy: The search's strategy, ``fallback`` or ``fanout``.
@@ -63,19 +61,19 @@ def find_by_source(
     Raises:
         WouldBlock: ``block`` is False and the lookup would have had to wait.
     """
-    aliases = [_alias(cache_name(provider), source.digest, box, options) for provider in providers]
+    aliases = [_alias(cache_name(p), source.digest, p.limits.box, options) for p in providers]
     found, sure = _find(store, aliases, min_similarity, strategy, block=block)
     return ((providers[found[0]], found[1]) if found is not None else None), sure
 
 
-def source_keys(
-    routes: Sequence[Route], digest: str, box: tuple[int, int], options: SearchOptions
-) -> list[tuple[str, str]]:
-    """``(source alias, result key)`` of every route that has a result key, to store with an answer."""
+def source_keys(routes: Sequence[Route], digest: str, options: SearchOptions) -> list[tuple[str, str]]:
+    """``(source alias, result key)`` of every route whose result key is known (its provider's upload was
+    made), to store with an answer. An alias is per provider and its upload box: a descriptor depends on
+    the box."""
     return [
-        (_alias(cache_name(route.provider), digest, box, options), route.cache_key)
+        (_alias(cache_name(route.provider), digest, route.provider.limits.box, options), key)
         for route in routes
-        if route.cache_key is not None
+        if (key := route.known_key()) is not None
     ]
 
 
@@ -84,16 +82,17 @@ def find_by_digest(
     digest: str,
     names: Sequence[str],
     options: SearchOptions,
-    box: tuple[int, int],
+    boxes: Sequence[tuple[int, int]],
     *,
     min_similarity: float | None = None,
     strategy: str = "fallback",
 ) -> tuple[tuple[int, SearchResult] | None, bool]:
-    """:func:`find_by_source` by the source's digest and the providers' names alone (no provider loaded).
+    """:func:`find_by_source` by the source's digest and the providers' names alone (no provider loaded),
+    with each provider's upload box in ``boxes``.
 
     Returns ``((index in names, result), True)`` on a hit; otherwise as :func:`find_by_source`.
     """
-    aliases = [_alias(name, digest, box, options) for name in names]
+    aliases = [_alias(name, digest, box, options) for name, box in zip(names, boxes, strict=True)]
     return _find(store, aliases, min_similarity, strategy, block=True)
 
 

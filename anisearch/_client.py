@@ -46,7 +46,7 @@ from anisearch._limits import (
     search_deadline,
 )
 from anisearch._models import Attempt, ProviderInfo, Quota, SearchResult
-from anisearch._plan import Route, plan_routes
+from anisearch._plan import Route, SearchImages, plan_routes
 from anisearch._provider import (
     Provider,
     ProviderContext,
@@ -435,32 +435,34 @@ class AsyncClient(AccountFeatures):
         source = await self._downloader.resolve(image)
         wait = remaining_seconds(self.settings.timeout)
         asked = [self._provider(name) for name in names]
-        box = _image.upload_box(provider.limits for provider in asked)
+        boxes = list(dict.fromkeys(provider.limits.box for provider in asked))
+        # the first provider's upload is made first, another's when that provider is asked (a fanout asks
+        # them all: every upload is made at once, decoding the source once where that is exact)
+        wanted = boxes if strategy == "fanout" else boxes[:1]
         store = self._get_cache() if cache else None
         use_cache = store is not None
         looked_up = False
-        prepared: _image.PreparedImage | None = None
+        made: _Made | None = None
         if isinstance(store, ResultCache):  # a repeated source is answered before any decoding
-            lookup = _Lookup(store, asked, options, box, min_similarity, strategy)
+            lookup = _Lookup(store, asked, options, wanted, min_similarity, strategy)
             in_memory = lookup.in_memory(source)
             if in_memory is not None:
                 source, (early, looked_up) = in_memory
             else:  # a file, a stream, large bytes or a busy cache: a worker thread, which also prepares
                 # the image when there is no answer (one thread hop either way)
-                source, (early, looked_up), prepared = await anyio.to_thread.run_sync(
+                source, (early, looked_up), made = await anyio.to_thread.run_sync(
                     lookup.read_find_prepare, source, max(wait, 0.0)
                 )
             if early is not None:
                 return self._cached(*early)
-        if prepared is None:  # a small picture in memory is prepared in place: a thread hop costs more
-            preparing = partial(
-                _image.prepare, source, max_width=box[0], max_height=box[1], wait_seconds=max(wait, 0.0)
-            )
-            quick = _image.prepare_quick(source, max_width=box[0], max_height=box[1])
-            prepared = quick if quick is not None else await anyio.to_thread.run_sync(preparing)
+        if made is None:
+            made = await _prepared(source, wanted, max(wait, 0.0))
+            source = made.source
+        images = SearchImages(source, made.images, boxes, together=strategy == "fanout")
+        prepared = made.images[wanted[0]]
         routes = plan_routes(
             [(p, provider_scope(p), self._slots(p), provider_windows(p)) for p in asked],
-            prepared,
+            images,
             options,
             use_cache=use_cache,
         )
@@ -469,6 +471,7 @@ class AsyncClient(AccountFeatures):
             return cached
         asking = "|".join(cache_name(provider) for provider in asked)  # the same servers, the same search
         flight = cache_key(asking, prepared.digest, [options, strategy, min_similarity])
+        digest = prepared.digest
 
         async def route_search() -> SearchResult:
             router = Router(
@@ -477,14 +480,14 @@ class AsyncClient(AccountFeatures):
                 wait_seconds=max(remaining_seconds(max(self.settings.timeout, 1.0)), 0.0),
                 on_attempt=self._on_attempt,
                 on_wait=self._on_wait,
-                remember=_remember_best(store, source_keys(routes, prepared.digest, box, options))
+                remember=_remember_best(store, partial(source_keys, routes, digest, options))
                 if store is not None
                 else None,
                 settle_first=self._settle_first,
             )
             # a provider whose answer is cached is not asked again when another must be (the answer
             # was not confident and the next provider failed last time, or was added since)
-            answered = await self._answered(routes) if use_cache and len(routes) > 1 else []
+            answered = self._answered if use_cache and len(routes) > 1 else None
             result = await router.search(
                 routes, strategy=strategy, min_similarity=min_similarity, answered=answered
             )
@@ -518,19 +521,19 @@ class AsyncClient(AccountFeatures):
             return None
         results: list[SearchResult | None] = []
         for route in routes:
-            result = None if route.cache_key is None else await store.get(route.cache_key)
+            key = await route.key()
+            result = None if key is None else await store.get(key)
             results.append(result)
             if result is not None and strategy != "fanout" and confident(result, min_similarity):
                 break  # what a fallback search stops at: the rest need not be read
         found, _ = choose(results, complete=True, min_similarity=min_similarity, strategy=strategy)
         return None if found is None else self._cached(routes[found[0]].provider, found[1])
 
-    async def _answered(self, routes: Sequence[Route]) -> list[SearchResult | None]:
-        """Each route's provider's answer in the result cache (None: none cached)."""
+    async def _answered(self, route: Route) -> SearchResult | None:
+        """The route's provider's answer in the result cache (None: none cached)."""
         store = self._get_cache()
-        if store is None:
-            return []
-        return [None if route.cache_key is None else await store.get(route.cache_key) for route in routes]
+        key = None if store is None else await route.key()
+        return None if store is None or key is None else await store.get(key)
 
     def _cached(self, provider: Provider, result: SearchResult) -> SearchResult:
         attempt = Attempt(provider=provider.name, outcome="cached", reason="answered from the cache")
@@ -699,13 +702,14 @@ _Found = tuple[tuple[Provider, SearchResult] | None, bool]
 @dataclass(frozen=True)
 class _Lookup:
     """One search's lookup of its source in the SQLite result cache, before any decoding (see
-    ``find_by_source``): the providers in order, the options and box that key the answers, and the
+    ``find_by_source``): the providers in order, the options that key the answers, the upload boxes to
+    prepare when there is no answer, and the
     threshold and strategy that choose among them."""
 
     store: ResultCache
     providers: Sequence[Provider]
     options: SearchOptions
-    box: tuple[int, int]
+    boxes: Sequence[tuple[int, int]]
     min_similarity: float | None
     strategy: str
 
@@ -715,7 +719,6 @@ class _Lookup:
             source,
             self.providers,
             self.options,
-            self.box,
             block=block,
             min_similarity=self.min_similarity,
             strategy=self.strategy,
@@ -739,9 +742,7 @@ class _Lookup:
         except WouldBlock:
             return None
 
-    def read_find_prepare(
-        self, source: Any, wait_seconds: float
-    ) -> tuple[Any, _Found, _image.PreparedImage | None]:
+    def read_find_prepare(self, source: Any, wait_seconds: float) -> tuple[Any, _Found, _Made | None]:
         """Read and hash the source, look its answer up, and prepare the image when there is none, in one
         worker thread."""
         read = _image.read(source, wait_seconds=wait_seconds)
@@ -750,18 +751,47 @@ class _Lookup:
             found = self._find(read, block=True)
         if found[0] is not None:
             return read, found, None
-        prepared = _image.prepare(
-            read, max_width=self.box[0], max_height=self.box[1], wait_seconds=wait_seconds
+        return (
+            read,
+            found,
+            _Made(read, dict(zip(self.boxes, _image.prepare_boxes(read, self.boxes), strict=True))),
         )
-        return read, found, prepared
+
+
+@dataclass(frozen=True)
+class _Made:
+    """The source as it is kept for the search (read into memory, or the caller's PIL image), and the
+    uploads made from it so far, by box."""
+
+    source: Any
+    images: dict[tuple[int, int], _image.PreparedImage]
+
+
+async def _prepared(source: Any, boxes: Sequence[tuple[int, int]], wait_seconds: float) -> _Made:
+    """``source`` prepared for each box: in place when it is a small picture in memory (a thread hop costs
+    more), else read and prepared in a worker thread, read once (another provider's upload may be made
+    from it later)."""
+    if len(boxes) == 1:
+        box = boxes[0]
+        quick = _image.prepare_quick(source, max_width=box[0], max_height=box[1])
+        if quick is not None:
+            return _Made(source, {box: quick})
+    elif _image.quick(source):
+        return _Made(source, dict(zip(boxes, _image.prepare_boxes(source, boxes), strict=True)))
+
+    def read_prepare() -> _Made:
+        read = _image.read(source, wait_seconds=wait_seconds)
+        return _Made(read, dict(zip(boxes, _image.prepare_boxes(read, boxes), strict=True)))
+
+    return await anyio.to_thread.run_sync(read_prepare)
 
 
 def _remember_best(
-    store: CacheStore, sources: Sequence[tuple[str, str]]
+    store: CacheStore, sources: Callable[[], Sequence[tuple[str, str]]]
 ) -> Callable[[str, SearchResult], Awaitable[None]]:
     async def remember(key: str, result: SearchResult) -> None:
         if isinstance(store, ResultCache):  # the SQLite cache also maps the raw source to the key
-            await store.put(key, _best_hits(result), sources=sources)
+            await store.put(key, _best_hits(result), sources=sources())
         else:
             await store.put(key, _best_hits(result))
 

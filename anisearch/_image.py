@@ -28,7 +28,7 @@ from anisearch._limits import MAX_SOURCE_BYTES, largest_box
 from anisearch._source import BinaryReader, not_an_image, read_source, video_kind
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     from PIL import ImageCms
 
@@ -48,6 +48,7 @@ __all__ = [
     "fit",
     "fits",
     "prepare",
+    "prepare_boxes",
     "prepare_quick",
     "quick",
     "read",
@@ -200,6 +201,14 @@ def _open_image(
 
     ``opened`` is ``data`` already opened (its header read) by :func:`_quick_image`.
     """
+    return _decode_image(data, where, max_pixels, box, opened)[0]
+
+
+def _decode_image(
+    data: bytes, where: str, max_pixels: int, box: tuple[int, int], opened: Image.Image | None = None
+) -> tuple[Image.Image, tuple[int, int], tuple[int, int] | None]:
+    """:func:`_open_image`, the frame's size by its header, and the size a JPEG was asked to decode at
+    (None: not a JPEG)."""
     try:
         image = opened if opened is not None else Image.open(io.BytesIO(data), formats=_formats())
     except UnidentifiedImageError:
@@ -212,9 +221,11 @@ def _open_image(
         raise not_an_image(data, where) from exc
     name = (image.format or "image").upper()
     _check_pixels(image.size, max_pixels, where)
+    header_size, draft = image.size, None
     try:
         if image.format in {"JPEG", "MPO"}:  # decode at 1/2, 1/4 or 1/8 scale when that is enough
-            image.draft(None, _draft_request(image.size, box))
+            draft = _draft_request(image.size, box)
+            image.draft(None, draft)
         image.load()
     except (EOFError, OSError) as exc:
         if isinstance(exc, EOFError) or "truncated" in str(exc):
@@ -224,7 +235,7 @@ def _open_image(
         raise InvalidImageError(f"{where}the {name} image is corrupt and cannot be decoded") from exc
     except Exception as exc:
         raise InvalidImageError(f"{where}the {name} image is corrupt and cannot be decoded") from exc
-    return image
+    return image, header_size, draft
 
 
 def _rotate_for_display(image: Image.Image, degrees: float) -> Image.Image:
@@ -440,6 +451,27 @@ def _read_bytes(
     return SourceBytes(data, where, hashlib.sha256(data).hexdigest())
 
 
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    """A source's first frame, decoded, with what is known of the source."""
+
+    image: Image.Image
+    where: str
+    digest: str
+    source_bytes: int
+    source_format: str
+    still: bytes | None
+    """The source's bytes when it was a still image read from bytes or a file."""
+    header_size: tuple[int, int]
+    """The frame's size by its header, before any reduced decoding."""
+    draft: tuple[int, int] | None
+    """The size a JPEG was asked to decode at (see :func:`_draft_request`); None: decoded whole."""
+
+    def serves(self, box: tuple[int, int]) -> bool:
+        """Whether preparing for ``box`` would decode exactly this frame (the same JPEG scale)."""
+        return self.draft is None or _draft_request(self.header_size, box) == self.draft
+
+
 def _load(
     source: ImageSource | SourceBytes,
     box: tuple[int, int],
@@ -448,25 +480,23 @@ def _load(
     wait_seconds: float | None = None,
     *,
     opened: Image.Image | None = None,
-) -> tuple[Image.Image, str, str, int, str, bytes | None]:
-    """Decode the source's first frame: (image, message prefix, digest, source bytes, source format,
-    the source's bytes when it was a still image read from bytes or a file)."""
+) -> _Decoded:
+    """Decode the source's first frame (a JPEG at the smallest scale enough for ``box``)."""
     if isinstance(source, Image.Image):
         image = _first_frame(source, "")
         _check_pixels(image.size, max_pixels, "")
         digest, source_bytes = _pil_digest(image)
-        return image, "", digest, source_bytes, (source.format or "pil").lower(), None
+        pil_format = (source.format or "pil").lower()
+        return _Decoded(image, "", digest, source_bytes, pil_format, None, image.size, None)
     raw = _read_bytes(source, max_source_bytes, wait_seconds)
     data, where = raw.data, raw.where
     kind = video_kind(data[:512])
-    still: bytes | None = None
     if kind is not None:
         image = _open_video(data, kind, where, max_pixels)
-    else:
-        image = _open_image(data, where, max_pixels, box, opened)
-        kind = (image.format or "image").lower()
-        still = data
-    return image, where, raw.digest, len(data), kind, still
+        return _Decoded(image, where, raw.digest, len(data), kind, None, image.size, None)
+    image, header_size, draft = _decode_image(data, where, max_pixels, box, opened)
+    kind = (image.format or "image").lower()
+    return _Decoded(image, where, raw.digest, len(data), kind, data, header_size, draft)
 
 
 # ---------------------------------------------------------------- public
@@ -547,21 +577,26 @@ def _prepare(
 ) -> PreparedImage:
     """:func:`prepare` with checked arguments; ``opened`` is the source already opened by
     :func:`_quick_image`."""
-    image, where, digest, source_bytes, source_format, still = _load(
-        source, box, max_source_bytes, max_pixels, wait_seconds, opened=opened
-    )
-    if still is not None and not cut_borders and _sent_as_is(image, still, box):
+    decoded = _load(source, box, max_source_bytes, max_pixels, wait_seconds, opened=opened)
+    return _finish(decoded, box, cut_borders=cut_borders, keep=isinstance(source, Image.Image))
+
+
+def _finish(decoded: _Decoded, box: tuple[int, int], *, cut_borders: bool, keep: bool) -> PreparedImage:
+    """The upload for ``box`` from a decoded frame; ``keep``: leave ``decoded.image`` as it was (it is the
+    caller's, or serves another box)."""
+    image = decoded.image
+    if decoded.still is not None and not cut_borders and _sent_as_is(image, decoded.still, box):
         return PreparedImage(
-            data=still,
+            data=decoded.still,
             mime_type="image/jpeg",
             width=image.width,
             height=image.height,
-            digest=digest,
-            source_format=source_format,
-            source_bytes=source_bytes,
+            digest=decoded.digest,
+            source_format=decoded.source_format,
+            source_bytes=decoded.source_bytes,
         )
     orientation = _orientation(image)
-    rgb = _to_rgb(image, where)
+    rgb = _to_rgb(image, decoded.where)
     if orientation in _TRANSPOSE:
         rgb = rgb.transpose(_TRANSPOSE[orientation])
     if cut_borders:
@@ -571,19 +606,56 @@ def _prepare(
     size = _fit_size(rgb.size, box)
     if size != rgb.size:
         rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    elif rgb is image and isinstance(source, Image.Image):  # saving sets attributes on the image
-        rgb = rgb.copy()  # a picture decoded here is nobody else's: it is encoded as it is
+    elif rgb is image and keep:  # saving sets attributes on the image
+        rgb = rgb.copy()  # a picture decoded here for one box is nobody else's: it is encoded as it is
     rgb = _to_srgb(rgb, image.info.get("icc_profile"))
-    data = _encode(rgb, "image/jpeg")
     return PreparedImage(
-        data=data,
+        data=_encode(rgb, "image/jpeg"),
         mime_type="image/jpeg",
         width=rgb.width,
         height=rgb.height,
-        digest=digest,
-        source_format=source_format,
-        source_bytes=source_bytes,
+        digest=decoded.digest,
+        source_format=decoded.source_format,
+        source_bytes=decoded.source_bytes,
     )
+
+
+def prepare_boxes(
+    source: ImageSource | SourceBytes,
+    boxes: Sequence[tuple[int, int]],
+    *,
+    wait_seconds: float | None = None,
+) -> list[PreparedImage]:
+    """:func:`prepare` ``source`` for each upload box, decoding it once for every box it may serve.
+
+    Each upload is exactly what :func:`prepare` gives for its box alone, whichever other boxes are asked
+    with it: a provider's upload (and so its answer and similarity) never depends on the other providers
+    of the search. A still image or video is decoded once for all boxes; a JPEG once per scale its boxes
+    decode it at (see :func:`_draft_request`).
+
+    Args:
+        source: What :func:`prepare` accepts (read once, here, when it is a path or a stream).
+        boxes: ``(max_width, max_height)`` per upload, pixels.
+        wait_seconds: How long a named pipe may take to deliver the input, seconds (None: no bound).
+
+    Returns:
+        One prepared image per box, in the order of ``boxes``.
+
+    Raises:
+        ImageTooLargeError, InvalidImageError: As :func:`prepare`.
+    """
+    if not isinstance(source, Image.Image):
+        source = _read_bytes(source, None, wait_seconds)
+    made: dict[tuple[int, int], PreparedImage] = {}
+    for box in boxes:
+        if box in made:
+            continue
+        decoded = _load(source, box, None, MAX_PIXELS)
+        served = [other for other in dict.fromkeys(boxes) if other not in made and decoded.serves(other)]
+        keep = isinstance(source, Image.Image) or len(served) > 1
+        for other in served:
+            made[other] = _finish(decoded, other, cut_borders=False, keep=keep)
+    return [made[box] for box in boxes]
 
 
 def quick(source: ImageSource | SourceBytes) -> bool:

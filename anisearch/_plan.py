@@ -27,24 +27,78 @@ if TYPE_CHECKING:
     from anisearch._models import Hit
     from anisearch._provider import Provider
 
-__all__ = ["PlannedQuery", "Route", "plan_routes"]
+__all__ = ["PlannedQuery", "Route", "SearchImages", "plan_routes"]
+
+
+class SearchImages:
+    """The search's source, prepared for each upload box its providers take, each box at most once.
+
+    A provider's upload is made for its own box from the source, never from another provider's upload, so
+    its answer (and similarity) is the same whichever providers are asked with it. A box is prepared when
+    its first provider needs it (a provider never asked costs no image work), or, for a fanout search,
+    together with every other box still missing, decoding the source once where that is exact (see
+    :func:`anisearch._image.prepare_boxes`).
+
+    Args:
+        source: The source read into memory (or the caller's PIL image), or bytes.
+        made: The images already prepared, by box (pixels): at least the first provider's.
+        boxes: Every box the search's providers take.
+        together: Prepare every missing box at once (all providers are asked).
+    """
+
+    def __init__(
+        self,
+        source: _image.SourceBytes | _image.ImageSource,
+        made: dict[tuple[int, int], PreparedImage],
+        boxes: Sequence[tuple[int, int]] = (),
+        *,
+        together: bool = False,
+    ) -> None:
+        self._source = source
+        self._made = dict(made)
+        self._boxes = list(dict.fromkeys(boxes))
+        self._together = together
+        self._lock = anyio.Lock()
+
+    def made(self, box: tuple[int, int]) -> PreparedImage | None:
+        """The image for ``box`` if it was prepared already (no work)."""
+        return self._made.get(box)
+
+    async def image(self, box: tuple[int, int]) -> PreparedImage:
+        """The image for ``box``, prepared on first use (in place when quick, else in a worker thread).
+
+        Raises:
+            InvalidImageError: The source cannot be prepared for this box.
+        """
+        made = self._made.get(box)
+        if made is not None:
+            return made
+        async with self._lock:
+            if box not in self._made:
+                others = self._boxes if self._together else []
+                missing = [box, *(other for other in others if other != box and other not in self._made)]
+                work = partial(_image.prepare_boxes, self._source, missing)
+                images = work() if _image.quick(self._source) else await anyio.to_thread.run_sync(work)
+                self._made.update(zip(missing, images, strict=True))
+        return self._made[box]
 
 
 class _Cropped:
-    """The borderless picture, cut at most once per search and shared by the providers that need it."""
+    """The borderless picture of each upload, cut at most once per search and shared by the providers that
+    need it."""
 
-    def __init__(self, prepared: PreparedImage) -> None:
-        self._prepared = prepared
-        self._image: PreparedImage | None = None
+    def __init__(self) -> None:
+        self._images: dict[tuple[int, int], PreparedImage] = {}
         self._lock = anyio.Lock()
 
-    async def image(self) -> PreparedImage:
+    async def image(self, prepared: PreparedImage) -> PreparedImage:
         async with self._lock:
-            if self._image is None:
-                self._image = await anyio.to_thread.run_sync(
-                    partial(_image.prepare, self._prepared.data, cut_borders=True)
+            size = (prepared.width, prepared.height)
+            if size not in self._images:
+                self._images[size] = await anyio.to_thread.run_sync(
+                    partial(_image.prepare, prepared.data, cut_borders=True)
                 )
-            return self._image
+            return self._images[size]
 
 
 @dataclass(slots=True, eq=False)
@@ -53,15 +107,50 @@ class PlannedQuery:
 
     Attributes:
         provider: The provider asked.
-        prepared: The image prepared once for the whole search.
+        prepared: The image prepared for the search's first provider (this provider's own when ``images``
+            is None).
         options: The search's options as the caller gave them.
+        images: The search's images by upload box; this provider's is made for its own box.
+        keyed: Whether the search uses the result cache (see :meth:`cache_key`).
     """
 
     provider: Provider
     prepared: PreparedImage
     options: SearchOptions
-    _cropped: _Cropped | None = None
+    cropped: _Cropped | None = None
+    images: SearchImages | None = None
+    keyed: bool = False
     _query: SearchQuery | None = field(default=None, init=False)
+    _key: str | None = field(default=None, init=False)
+
+    async def image(self) -> PreparedImage:
+        """The image prepared for this provider's upload box (see :class:`SearchImages`).
+
+        Raises:
+            InvalidImageError: The source cannot be prepared for this box.
+        """
+        return self.prepared if self.images is None else await self.images.image(self.provider.limits.box)
+
+    def known_key(self) -> str | None:
+        """The result-cache key, when the search caches and this provider's image is made (no work)."""
+        if self._key is None and self.keyed:
+            made = self.prepared if self.images is None else self.images.made(self.provider.limits.box)
+            if made is not None:
+                self._key = cache_key(
+                    cache_name(self.provider), self.provider.cache_key(made), [self.options]
+                )
+        return self._key
+
+    async def cache_key(self) -> str | None:
+        """The result-cache key of this provider's answer (None when the search does not cache); it may
+        prepare this provider's image.
+
+        Raises:
+            InvalidImageError: The source cannot be prepared for this box.
+        """
+        if self.keyed and self.known_key() is None:
+            await self.image()
+        return self.known_key()
 
     @property
     def by_vector(self) -> bool:
@@ -93,9 +182,9 @@ class PlannedQuery:
             InvalidImageError: The prepared image cannot be decoded again.
         """
         if self._query is None:
-            image = self.prepared
-            if self.crops_locally and self._cropped is not None:
-                image = await self._cropped.image()
+            image = await self.image()
+            if self.crops_locally and self.cropped is not None:
+                image = await self.cropped.image(image)
             limits = self.provider.limits
             fitted = (
                 image
@@ -119,7 +208,8 @@ class Route:
         provider: The provider instance.
         scope: The ledger scope id of its credential (see ``scope_id``).
         slots: Concurrency assumed until the upstream reports its own (trace.moe guest: 1).
-        cache_key: The result-cache key of this search for this provider, or None when not caching.
+        cache_key: The result-cache key of this search for this provider when it is known in advance
+            (else :meth:`key` finds it, or None when not caching).
         windows: The provider's quota and rate windows (``provider_windows``).
         query: What the provider is sent, and which of its hits are kept; None only in tests that never
             ask the provider.
@@ -131,6 +221,23 @@ class Route:
     cache_key: str | None = None
     windows: tuple[WindowSpec, ...] = field(default=())
     query: PlannedQuery | None = None
+
+    async def key(self) -> str | None:
+        """The result-cache key of this route's answer, None when not caching (see
+        :meth:`PlannedQuery.cache_key`).
+
+        Raises:
+            InvalidImageError: The source cannot be prepared for this provider.
+        """
+        if self.cache_key is not None or self.query is None:
+            return self.cache_key
+        return await self.query.cache_key()
+
+    def known_key(self) -> str | None:
+        """:meth:`key` when it takes no image work, else None."""
+        if self.cache_key is not None or self.query is None:
+            return self.cache_key
+        return self.query.known_key()
 
     async def ready(self) -> SearchQuery:
         """The provider's query (see :meth:`PlannedQuery.ready`).
@@ -149,7 +256,7 @@ class Route:
 
 def plan_routes(
     providers: Sequence[tuple[Provider, str, int, tuple[WindowSpec, ...]]],
-    prepared: PreparedImage,
+    images: SearchImages,
     options: SearchOptions,
     *,
     use_cache: bool,
@@ -158,16 +265,23 @@ def plan_routes(
 
     Args:
         providers: ``(provider, scope id, assumed slots, windows)`` in the order to ask.
-        prepared: The image, prepared once.
+        images: The search's images by upload box (the first provider's already made).
         options: The caller's options.
         use_cache: Whether to give each route its result-cache key.
     """
-    cropped = _Cropped(prepared) if options.cut_borders else None
+    cropped = _Cropped() if options.cut_borders else None
+    first = next(made for p, *_ in providers if (made := images.made(p.limits.box)) is not None)
     routes = []
     for provider, scope, slots, windows in providers:
-        planned = PlannedQuery(provider, prepared, options, cropped)
-        key = cache_key(cache_name(provider), provider.cache_key(prepared), [options]) if use_cache else None
+        planned = PlannedQuery(provider, first, options, cropped, images, keyed=use_cache)
         routes.append(
-            Route(provider=provider, scope=scope, slots=slots, cache_key=key, windows=windows, query=planned)
+            Route(
+                provider=provider,
+                scope=scope,
+                slots=slots,
+                cache_key=planned.known_key(),
+                windows=windows,
+                query=planned,
+            )
         )
     return routes

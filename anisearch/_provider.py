@@ -108,6 +108,11 @@ class UploadLimits:
     max_height: int = 360
     formats: frozenset[str] = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
 
+    @property
+    def box(self) -> tuple[int, int]:
+        """``(max_width, max_height)``, pixels: the box the upload is prepared in, from the source."""
+        return self.max_width, self.max_height
+
 
 SearchMode = Literal["image", "vector"]
 """How a search is sent: the image itself, or a descriptor of it where the provider takes one."""

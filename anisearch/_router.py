@@ -88,6 +88,8 @@ __all__ = [
 logger = logging.getLogger("anisearch")
 
 Strategy = Literal["fallback", "fanout"]
+Answered = Callable[["Route"], Awaitable["SearchResult | None"]]
+"""Gives a route's provider's answer from the result cache, or None (see :meth:`Router.search`)."""
 AttemptCallback = Callable[[Attempt], None]
 WaitCallback = Callable[[str], None]
 """Called with one line whenever a search starts waiting (``"waiting for a tracemoe slot (held by pid
@@ -209,9 +211,9 @@ class _Outcome:
     error: ProviderError | None = None
 
 
-def _from_cache(route: Route, answered: Sequence[SearchResult | None], index: int) -> _Outcome | None:
+async def _from_cache(route: Route, answered: Answered | None) -> _Outcome | None:
     """The outcome of a route whose provider's answer came from the result cache, or None."""
-    result = answered[index] if index < len(answered) else None
+    result = None if answered is None else await answered(route)
     if result is None:
         return None
     attempt = Attempt(provider=route.provider.name, outcome="cached", reason="answered from the cache")
@@ -270,7 +272,7 @@ class Router:
         *,
         strategy: Strategy = "fallback",
         min_similarity: float | None = None,
-        answered: Sequence[SearchResult | None] = (),
+        answered: Answered | None = None,
     ) -> SearchResult:
         """Ask the routes' providers and return the answer (see the module docstring for the rules).
 
@@ -281,9 +283,9 @@ class Router:
             routes: The providers to ask, in order.
             strategy: ``fallback`` (one at a time, until a confident answer) or ``fanout`` (all at once).
             min_similarity: What a confident answer reaches, 0..1 (None: any answer is enough).
-            answered: Per route (in the same order; missing at the end: none), the provider's answer from
-                the result cache. That provider is not asked again: its answer counts as if it had just
-                come, with an attempt whose outcome is ``cached``, and costs no quota.
+            answered: Gives a route's provider's answer from the result cache (None: none), asked just
+                before that provider would be. That provider is not asked again: its answer counts as if
+                it had just come, with an attempt whose outcome is ``cached``, and costs no quota.
 
         Raises:
             InvalidImageError: The input cannot be searched by any provider (raised at once).
@@ -295,8 +297,8 @@ class Router:
             return self._merge_fanout(outcomes)
         outcomes = []
         best: SearchResult | None = None
-        for index, route in enumerate(routes):
-            outcome = _from_cache(route, answered, index) or await self._attempt(route)
+        for route in routes:
+            outcome = await _from_cache(route, answered) or await self._attempt(route)
             weak = False
             if outcome.result is not None:
                 weak = min_similarity is not None and (
@@ -319,13 +321,11 @@ class Router:
             return best.model_copy(update={"attempts": attempts})
         raise self._all_failed(outcomes)
 
-    async def _fanout(
-        self, routes: Sequence[Route], answered: Sequence[SearchResult | None]
-    ) -> list[_Outcome]:
+    async def _fanout(self, routes: Sequence[Route], answered: Answered | None) -> list[_Outcome]:
         outcomes: list[_Outcome | None] = [None] * len(routes)
 
         async def run(index: int, route: Route) -> None:
-            outcome = _from_cache(route, answered, index) or await self._attempt(route)
+            outcome = await _from_cache(route, answered) or await self._attempt(route)
             outcomes[index] = outcome
             self._report(outcome.attempt)
 
@@ -704,9 +704,13 @@ class Router:
     async def _attempt(self, route: Route) -> _Outcome:
         """Ask ``route``'s provider; or, when the same question (its cache key) is being asked in this event
         loop, wait for that answer (within this search's budget) and take it as a cached one."""
-        if route.cache_key is None:
+        try:
+            cache_key = await route.key()  # made from the provider's upload, which asking needs anyway
+        except ProviderError:  # the upload cannot be made for this provider: asking it says so
+            cache_key = None
+        if cache_key is None:
             return await self._attempt_now(route)
-        key = (id(asyncio.get_running_loop()), route.cache_key)
+        key = (id(asyncio.get_running_loop()), cache_key)
         asking = _ASKING.get(key)
         if asking is not None:  # the first to ask answers the others
             started = time.monotonic()
@@ -817,8 +821,8 @@ class Router:
             frames_searched=answer.frames_searched,
             quota=answer.quota,
         )
-        if self._remember is not None and route.cache_key is not None:
-            await self._remember(route.cache_key, result)
+        if self._remember is not None and (key := route.known_key()) is not None:
+            await self._remember(key, result)
         attempt = Attempt(
             provider=provider.name,
             outcome="ok",

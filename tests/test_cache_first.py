@@ -316,21 +316,25 @@ from anisearch._cache_first import find_by_digest, source_keys
 from anisearch._models import Hit, SearchResult
 from anisearch._provider import SearchOptions
 
+from anisearch._provider import UploadLimits
+
 class Named:
-    def __init__(self, name): self.name = name
+    def __init__(self, name): self.name, self.limits = name, UploadLimits(max_width=320, max_height=320)
 
 class Routed:
-    def __init__(self, name): self.provider, self.cache_key = Named(name), "key-" + name
+    def __init__(self, name): self.provider, self.key = Named(name), "key-" + name
+    def known_key(self): return self.key
 
 store = ResultCache(__import__("pathlib").Path({str(tmp_path / "c.sqlite3")!r}), ttl_seconds=3600)
-keys = source_keys([Routed("a"), Routed("b")], "digest", (320, 320), SearchOptions())
+keys = source_keys([Routed("a"), Routed("b")], "digest", SearchOptions())
 async def fill():
     for name, similarity in (("a", 0.95), ("b", 0.5)):
         hits = [Hit(provider=name, similarity=similarity, anilist_id=1 if name == "a" else 2)]
         await store.put("key-" + name, SearchResult(hits=hits, provider=name), sources=keys)
 asyncio.run(fill())  # storing loads anyio; the lookup must load nothing of the engine
 loaded = set(sys.modules)
-found, sure = find_by_digest(store, "digest", ["a", "b"], SearchOptions(), (320, 320), strategy="fanout")
+boxes = [(320, 320)] * 2
+found, sure = find_by_digest(store, "digest", ["a", "b"], SearchOptions(), boxes, strategy="fanout")
 engine = ("httpx", "PIL", "anisearch._image", "anisearch._plan", "anisearch._router")
 heavy = [m for m in engine if m in sys.modules and m not in loaded]
 print(found[0], sorted(hit.provider for hit in found[1].hits), sure, heavy)

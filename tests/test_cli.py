@@ -711,13 +711,13 @@ def test_library_warnings_reach_stderr_only_with_verbose(
 
     from anisearch import _image
 
-    real = _image.prepare
+    real = _image.prepare_boxes
 
     def warning_prepare(*args: Any, **kwargs: Any) -> Any:
         warnings.warn("a library has something to say", UserWarning, stacklevel=1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_image, "prepare", warning_prepare)
+    monkeypatch.setattr(_image, "prepare_boxes", warning_prepare)
     image = str(samples / "tinted-good.jpg")
     # pytest swaps warnings.showwarning for each test: let the CLI install its capture in this one.
     logging.captureWarnings(False)  # noqa: FBT003 - the stdlib API

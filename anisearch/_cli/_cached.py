@@ -138,7 +138,7 @@ def _lookup(
 ) -> SearchResult | None:
     from anisearch._cache import ResultCache
     from anisearch._cache_first import find_by_digest
-    from anisearch._limits import MAX_SOURCE_BYTES, largest_box
+    from anisearch._limits import MAX_SOURCE_BYTES
     from anisearch._models import Attempt
     from anisearch._provider import SearchOptions
     from anisearch._source import read_source
@@ -150,16 +150,15 @@ def _lookup(
     if names is None or not _settings_known(settings, names, facts):
         return None  # the engine refuses what is wrong (a misspelt table or setting) or uses it
     cached_as = []  # the names the engine caches their answers under (anisearch._address.cache_name)
+    boxes = []  # and each one's upload box, which its answer's alias names
     for name in names:
         url = str(settings.provider_config(name).get("url") or "").strip().rstrip("/")  # a bad credential:
         fact = facts[name]  # the engine reports it
         default = fact.default_url.rstrip("/") if fact is not None else ""
         # a URL typed otherwise than httpx writes it finds nothing here: the engine answers then
         cached_as.append(name if not url or url == default else f"{name}@{url}")
-    box = largest_box(
-        fact.box for name in names if (fact := facts[name]) is not None and fact.box is not None
-    )
-    assert box is not None  # noqa: S101 - _order returned names whose facts all have a box
+        assert fact is not None and fact.box is not None  # noqa: PT018, S101 - _order checked the facts
+        boxes.append(fact.box)
     data, _ = read_source(source, MAX_SOURCE_BYTES)
     if not data:
         return None
@@ -177,7 +176,7 @@ def _lookup(
             hashlib.sha256(data).hexdigest(),
             cached_as,
             search_options,
-            box,
+            boxes,
             min_similarity=options.get("min_similarity"),
             strategy=options.get("strategy") or "fallback",
         )

@@ -1,0 +1,177 @@
+"""Each provider's upload is made for its own box from the source, so what it is sent (and the similarity
+it answers) never depends on the other providers of the search; and a provider never asked costs no
+image work."""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+import respx
+from PIL import Image, ImageEnhance
+
+from anisearch import Client, Settings, _image
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+TRACE = "https://trace.test"
+SITE = "https://site.test"
+TRACE_BOX = (320, 320)
+SITE_BOX = (640, 360)
+SITE_BODY = {
+    "results": [{"anilistId": 11887, "episode": 5, "from": 1169.2, "to": 1174.9, "similarity": 0.88}]
+}
+
+
+def multipart_image(request: httpx.Request) -> bytes:
+    """The bytes of the ``image`` field of a multipart upload."""
+    content = request.content
+    start = content.index(b"\r\n\r\n", content.index(b'name="image"')) + 4
+    boundary = request.headers["content-type"].split("boundary=")[1].encode()
+    return content[start : content.index(b"\r\n--" + boundary, start)]
+
+
+def png_screenshot(samples: Path, brightness: float = 1.0) -> bytes:
+    """A 640x360 screenshot saved losslessly, as a screenshot tool saves it (``brightness``: as a player
+    brightened it, 1.0 unchanged)."""
+    buffer = io.BytesIO()
+    picture = Image.open(samples / "tinted-good.jpg").convert("RGB")
+    ImageEnhance.Brightness(picture).enhance(brightness).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def large_jpeg(samples: Path) -> bytes:
+    """A 1920x1080 JPEG: trace.moe's box decodes it at 1/4 scale, whatanimeisthis's at 1/2."""
+    buffer = io.BytesIO()
+    picture = (
+        Image.open(samples / "tinted-good.jpg").convert("RGB").resize((1920, 1080), Image.Resampling.LANCZOS)
+    )
+    picture.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
+
+
+SOURCES: dict[str, Callable[[Path], bytes]] = {"png": png_screenshot, "large-jpeg": large_jpeg}
+
+
+def searching(mock: respx.MockRouter, cache: str = "off") -> Callable[..., Any]:
+    options = {"tracemoe": {"url": TRACE}, "whatanimeisthis": {"url": SITE}}
+
+    def search(source: bytes, providers: list[str], **kwargs: Any) -> Any:
+        settings = Settings.load(providers=providers, provider_options=options, cache=cache, metadata="off")
+        with Client(settings, httpx.MockTransport(mock.async_handler)) as client:
+            return client.search(source, **kwargs)
+
+    return search
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The upload box each decoding of a source was made for."""
+    boxes: list[tuple[int, int]] = []
+    real = _image._load
+
+    def counted(source: Any, box: tuple[int, int], *args: Any, **kwargs: Any) -> Any:
+        boxes.append(box)
+        return real(source, box, *args, **kwargs)
+
+    monkeypatch.setattr(_image, "_load", counted)
+    return boxes
+
+
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+def test_each_provider_is_sent_the_upload_it_gets_alone_whichever_providers_are_asked(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, kind: str
+) -> None:
+    source = SOURCES[kind](samples)
+    trace = mock.post(f"{TRACE}/search").respond(200, json=body)
+    site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    search = searching(mock)
+    alone_trace = _image.prepare(source, max_width=TRACE_BOX[0], max_height=TRACE_BOX[1]).data
+    alone_site = _image.prepare(source, max_width=SITE_BOX[0], max_height=SITE_BOX[1]).data
+    assert alone_trace != alone_site
+
+    search(source, ["tracemoe"])
+    search(source, ["tracemoe", "whatanimeisthis"], strategy="fanout")
+    search(source, ["whatanimeisthis", "tracemoe"], min_similarity=0.95)  # its 0.88 is not enough
+    search(source, ["whatanimeisthis"])
+
+    assert [multipart_image(call.request) for call in trace.calls] == [alone_trace] * 3
+    assert [multipart_image(call.request) for call in site.calls] == [alone_site] * 3
+
+
+def test_trace_moe_finds_the_same_similarity_with_or_without_another_provider(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    """What a user saw: a lossless screenshot matched 0.9569 alone and 0.9529 beside whatanimeisthis,
+    because trace.moe was sent the other provider's JPEG made smaller and encoded again."""
+    source = png_screenshot(samples, brightness=1.1)  # a picture whose descriptor the second JPEG moved
+    described = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        from anisearch_providers.tracemoe.descriptor import search_descriptor
+
+        described.append(search_descriptor(Image.open(io.BytesIO(multipart_image(request))).convert("RGB")))
+        return httpx.Response(200, json=body)
+
+    mock.post(f"{TRACE}/search").mock(side_effect=answer)
+    mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    search = searching(mock)
+    search(source, ["tracemoe"])
+    search(source, ["tracemoe", "whatanimeisthis"], strategy="fanout")
+    assert len(described) == 2
+    assert described[0] == described[1]  # the server describes the same picture either way
+
+
+def test_a_confident_first_answer_costs_no_image_work_for_the_next_provider(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, decodes: list[tuple[int, int]]
+) -> None:
+    source = large_jpeg(samples)
+    mock.post(f"{TRACE}/search").respond(200, json=body)
+    site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    result = searching(mock)(source, ["tracemoe", "whatanimeisthis"])
+    assert result.provider == "tracemoe"
+    assert site.call_count == 0
+    assert decodes == [TRACE_BOX]  # decoded once, at the scale trace.moe's upload needs
+
+
+@pytest.mark.parametrize(("kind", "expected"), [("png", [TRACE_BOX]), ("large-jpeg", [TRACE_BOX, SITE_BOX])])
+def test_a_fanout_decodes_the_source_once_unless_a_jpeg_needs_two_scales(  # noqa: PLR0917 - fixtures
+    mock: respx.MockRouter,
+    body: dict[str, Any],
+    samples: Path,
+    decodes: list[tuple[int, int]],
+    kind: str,
+    expected: list[tuple[int, int]],
+) -> None:
+    mock.post(f"{TRACE}/search").respond(200, json=body)
+    mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    searching(mock)(SOURCES[kind](samples), ["tracemoe", "whatanimeisthis"], strategy="fanout")
+    assert decodes == expected
+
+
+def test_an_answer_cached_by_one_provider_alone_serves_a_search_that_asks_it_first(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, tmp_path: Path
+) -> None:
+    source = png_screenshot(samples)
+    trace = mock.post(f"{TRACE}/search").respond(200, json=body)
+    site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    search = searching(mock, cache=str(tmp_path / "cache.sqlite3"))
+    first = search(source, ["tracemoe"])
+    again = search(source, ["tracemoe", "whatanimeisthis"])
+    assert (trace.call_count, site.call_count) == (1, 0)
+    assert again.cached
+    assert [hit.similarity for hit in again.hits] == [hit.similarity for hit in first.hits]
+
+
+@pytest.mark.parametrize("kind", ["png", "large-jpeg", "pil"])
+def test_prepare_boxes_gives_what_prepare_gives_for_each_box_alone(samples: Path, kind: str) -> None:
+    source: Any = Image.open(io.BytesIO(png_screenshot(samples))) if kind == "pil" else SOURCES[kind](samples)
+    boxes = [TRACE_BOX, SITE_BOX, (160, 90), TRACE_BOX]
+    made = _image.prepare_boxes(source, boxes)
+    alone = [_image.prepare(source, max_width=width, max_height=height) for width, height in boxes]
+    assert made == alone
+    assert [(image.width, image.height) for image in made] == [(320, 180), (640, 360), (160, 90), (320, 180)]
