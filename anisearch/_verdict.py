@@ -77,7 +77,9 @@ class Settlement:
 
 
 def iso_minute(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+    """``2026-12-04T12:04Z``: the UTC minute by which ``moment`` has passed (rounded up), as every message
+    and the ``quota`` table give a moment to come."""
+    return (moment + timedelta(seconds=59)).astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 def reason(exc: ProviderError) -> str:
@@ -250,7 +252,7 @@ def holders_text(holders: Sequence[str]) -> str:
 def refusal_error(name: str, refusal: Refusal, wait: float) -> ProviderError:
     """The error a refusal means: the same state always gives the same class."""
     until = from_us(refusal.until)
-    stamp = iso_minute(until + timedelta(seconds=59))
+    stamp = iso_minute(until)
     detail = f" ({refusal.window}: {refusal.reason})" if refusal.window else f": {refusal.reason}"
     retry = max(wait, 0.0)
     if refusal.kind == "quota":

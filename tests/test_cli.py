@@ -23,7 +23,9 @@ from tests.cli_runner import run_in_process as cli
 from tests.conftest import WeakerWhatAnimeIsThis
 
 import anisearch
+from anisearch import QuotaExhaustedError
 from anisearch._cli import _common, _emulate, _render, _search
+from anisearch._verdict import reason
 from anisearch_emulators.tracemoe import create_app as tracemoe_app
 from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
 
@@ -309,6 +311,11 @@ def test_times_read_the_same_everywhere() -> None:
         r"^\d{4}-\d\d-\d\d \d\d:\d\d \S+ \(in 2 d 3 h\)$", _common.when(now + timedelta(days=2, hours=3), now)
     )
     assert _common.when(None) == "-"
+    frees = datetime(2026, 12, 1, 12, 3, 20, tzinfo=UTC)  # what a refusal says, the quota table says too
+    said = QuotaExhaustedError("x", provider="tracemoe", resets_at=frees)
+    assert "(frees at 2026-12-01T12:04Z)" in reason(said)
+    local = (frees + timedelta(seconds=40)).astimezone().strftime("%H:%M")
+    assert _common.when(frees, now).startswith(f"{local} ")
     assert [_common.clock(s) for s in (1169.17, 59.9, 3725.0, None)] == ["19:29", "00:59", "1:02:05", "-"]
 
 

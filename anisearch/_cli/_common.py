@@ -20,7 +20,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -621,12 +621,16 @@ _DAY = 24 * 3600
 
 
 def when(moment: datetime | None, now: datetime | None = None) -> str:
-    """A time as the user reads it: local time with its zone plus how far away (``in 3 h 12 min``)."""
+    """A time as the user reads it: local time with its zone plus how far away (``in 3 h 12 min``).
+
+    A moment to come is shown at the minute by which it has passed (rounded up), as the errors give it
+    ("quota exhausted until 2026-12-04T12:04Z"): a quota that frees at 12:03:20 reads 12:04 in both.
+    """
     if moment is None:
         return "-"
     now = now or datetime.now(UTC)
-    local = moment.astimezone()
     delta = (moment - now).total_seconds()
+    local = (moment + timedelta(seconds=59) if delta > 0 else moment).astimezone()
     stamp = local.strftime("%H:%M %Z" if abs(delta) < _DAY else "%Y-%m-%d %H:%M %Z")
     if abs(delta) < 60:  # noqa: PLR2004 - under a minute reads as now
         return f"{stamp} (now)"
