@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import sqlite3
 import stat
@@ -734,6 +735,30 @@ def test_unknown_scheme_lists_the_supported_ones() -> None:
         open_ledger("sqlite:///")
     with pytest.raises(ConfigurationError, match="unknown time zone 'Mars/Olympus'"):
         open_ledger("memory://", timezone="Mars/Olympus")
+
+
+async def test_a_relative_sqlite_path_surely_meant_as_absolute_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sqlite:///tmp/x.db`` is ``./tmp/x.db``: started elsewhere, a second process would keep a second
+    ledger and spend the quota twice. When ``./tmp`` is missing and ``/tmp`` is not, that is a typo."""
+    absolute = tmp_path / "ledger.db"
+    here = tmp_path / "work"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    misread = "sqlite:///" + str(absolute).lstrip("/")
+    with pytest.raises(ConfigurationError, match=re.escape(f"write sqlite:///{absolute} for {absolute}")):
+        open_ledger(misread)
+    assert not (here / absolute.parts[1]).exists()  # nothing was created here
+    for meant in (
+        "sqlite:///./" + str(absolute).lstrip("/"),
+        "sqlite:///no-such-dir-anywhere/x.db",
+        "sqlite:///x.db",
+    ):
+        ledger = open_ledger(meant)  # said to be relative, or no other reading
+        await ledger.aclose()
+    (here / absolute.parts[1]).mkdir()  # the relative directory exists: it is what is meant
+    await open_ledger(misread).aclose()
 
 
 def test_default_url_is_in_the_user_state_dir(tmp_path: Path) -> None:

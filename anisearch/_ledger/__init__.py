@@ -89,6 +89,28 @@ def _masked(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+def _refuse_a_misread_path(url: str, path: str) -> None:
+    """Refuse ``sqlite:///tmp/ledger.db`` when it was surely meant as ``/tmp/ledger.db``: the relative path
+    would create a directory here (``./tmp``) while the absolute one's directory exists. Two processes
+    started in different directories would then keep two ledgers, and spend the quota twice.
+    ``sqlite:///./tmp/ledger.db`` says the relative path is meant.
+
+    Raises:
+        ConfigurationError: The path reads both ways, as described.
+    """
+    relative = Path(path)
+    if relative.is_absolute() or path.startswith(("./", "../")) or len(relative.parts) < 2:  # noqa: PLR2004
+        return
+    here = Path.cwd()
+    if (here / relative.parts[0]).exists() or not (Path("/") / relative).parent.is_dir():
+        return
+    raise ConfigurationError(
+        f"the ledger URL {url!r} names {path} relative to the current directory ({here}), where "
+        f"{relative.parts[0]} does not exist, while /{relative.parent} does: write sqlite:////{path} for "
+        f"/{path}, or sqlite:///./{path} for the relative path"
+    )
+
+
 def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) -> Ledger:
     """Open the ledger a URL names. Nothing is connected until first use.
 
@@ -105,7 +127,9 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
 
     Raises:
         ConfigurationError: An unknown scheme (the message lists the supported ones), a SQLite URL
-            without a path, an unknown time zone, or a Redis URL without the ``redis`` extra installed.
+            without a path or with a relative path surely meant as absolute (``sqlite:///tmp/x.db`` where
+            ``./tmp`` does not exist and ``/tmp`` does), an unknown time zone, or a Redis URL without the
+            ``redis`` extra installed.
     """
     tz = zone(timezone)
     if "://" not in url and Path(url).is_absolute():  # a bare absolute path: a SQLite file
@@ -122,6 +146,7 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
         path = unquote(rest.removeprefix("/")).partition("?")[0]
         if not path:
             raise ConfigurationError(f"the ledger URL {url!r} names no file; use sqlite:///path/to/ledger.db")
+        _refuse_a_misread_path(url, path)
         return SQLiteLedger(Path(path), url=url, timezone=tz, clock=clock)
     try:
         from redis.asyncio import BlockingConnectionPool, Redis
