@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -120,6 +121,12 @@ _COUNTDOWN_FLOOR_SECONDS = 0.01
 _COUNTDOWN_FADE = 0.98
 _UNANSWERED_SECONDS = 2.0
 """How long a provider is taken to need for an answer before any was timed in this process."""
+_UNREACHED: dict[tuple[str, str], float] = {}
+"""Per provider and address: when (``time.monotonic()``) a search last failed to reach it in all its
+attempts. For :data:`_UNREACHED_SECONDS` after that, a search tries it once, without retries: a batch or a
+bot does not pay every input's backoff (and, at concurrency 1, every input's wait behind it) for a server
+that is down, and the first answer ends the mark."""
+_UNREACHED_SECONDS = 30.0
 _HOLD_MARGIN_SECONDS = 0.2
 """Beyond that, before a slot left by a search given up in flight goes to the next search."""
 _UNSETTLED: weakref.WeakKeyDictionary[Ledger, dict[str, tuple[Ticket, Settlement]]] = (
@@ -919,14 +926,20 @@ class Router:
         never past the search's deadline.
 
         The first attempt is made directly: stamina is imported and set up only once it failed, so a
-        search that is answered (nearly all of them) costs no retry machinery.
+        search that is answered (nearly all of them) costs no retry machinery. A provider that no search
+        could reach in the last :data:`_UNREACHED_SECONDS` is tried once.
         """
         budget = remaining_seconds(45.0)  # for every attempt: never past the search's deadline
         started = time.monotonic()
+        upstream = _upstream(provider)
         try:
-            return await self._send(provider, sending.traced_request(request))
+            return await self._reach(provider, sending.traced_request(request))
         except ProviderError as exc:
             if not never_sent(exc):
+                raise
+            unreached = _UNREACHED.get(upstream)
+            if unreached is not None and started - unreached < _UNREACHED_SECONDS:
+                logger.info("%s; not retried: it could not be reached %.0f s ago", exc, started - unreached)
                 raise
             first: ProviderError | None = exc
             last = exc
@@ -936,7 +949,7 @@ class Router:
             logger.info("%s; sending again in %.1f s (retry %d of 2; nothing was sent)", last, wait, retry)
 
         left = max(budget - (time.monotonic() - started), 0.001)
-        with retrying(tell):
+        with retrying(tell), _marking_unreached(upstream):
             async for attempt in stamina().retry_context(
                 on=never_sent, attempts=3, timeout=left, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
             ):
@@ -948,11 +961,33 @@ class Router:
                         raise failed
                     try:
                         request = sending.traced_request(provider.search_request(query))
-                        return await self._send(provider, request)
+                        return await self._reach(provider, request)
                     except ProviderError as again:
                         last = again
                         raise
-        raise last
+            raise last
+
+    async def _reach(self, provider: Provider, request: httpx.Request) -> httpx.Response:
+        """:meth:`_send`; whatever reached the provider ends its mark as unreachable (:data:`_UNREACHED`)."""
+        try:
+            response = await self._send(provider, request)
+        except ProviderError as exc:
+            if not never_sent(exc):
+                _UNREACHED.pop(_upstream(provider), None)
+            raise
+        _UNREACHED.pop(_upstream(provider), None)
+        return response
+
+
+@contextlib.contextmanager
+def _marking_unreached(upstream: tuple[str, str]) -> Iterator[None]:
+    """Mark ``upstream`` unreachable (:data:`_UNREACHED`) when the block ends in a failure to reach it."""
+    try:
+        yield
+    except ProviderError as exc:
+        if never_sent(exc):
+            _UNREACHED[upstream] = time.monotonic()
+        raise
 
 
 class _Sending:

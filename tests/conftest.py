@@ -198,12 +198,15 @@ def _isolated_environment(
 
 @pytest.fixture(autouse=True)
 def _fresh_process_ledger() -> Iterator[None]:
-    """The process-wide ``memory://`` ledger starts empty in every test, as in a new process."""
-    from anisearch import _ledger
+    """The process-wide ``memory://`` ledger starts empty in every test, as in a new process, and no
+    provider is remembered as unreachable."""
+    from anisearch import _ledger, _router
 
     _ledger._SHARED_MEMORY.clear()
+    _router._UNREACHED.clear()
     yield
     _ledger._SHARED_MEMORY.clear()
+    _router._UNREACHED.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -1143,3 +1143,46 @@ def test_the_ledger_scope_of_a_provider_at_its_own_address_is_as_it_always_was()
     )
     anilist = AniList()  # declares no default address: its scope is its credential's alone
     assert provider_scope(anilist) == scope_id(anilist.credential.scope, anilist.credential.secret)
+
+
+def test_a_provider_no_search_could_reach_is_tried_once_until_it_answers(
+    body: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch or a bot whose provider is down pays its three attempts (and their backoff) once, not for
+    every input: for 30 s after that, a search tries it once; whatever reaches it ends that."""
+    from tests.conftest import free_port
+
+    from anisearch import _router
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
+    down = f"http://127.0.0.1:{free_port()}"  # refused: never sent
+    settings = Settings.load(
+        providers=["tracemoe"], provider_options={"tracemoe": {"url": down}}, cache="off", metadata="off"
+    )
+
+    def attempts() -> tuple[int, int]:
+        """(retries told, searches not retried) since the last call."""
+        records = [r.getMessage() for r in caplog.records if r.name == "anisearch"]
+        caplog.clear()
+        return sum("sending again" in m for m in records), sum("not retried" in m for m in records)
+
+    caplog.set_level(logging.INFO, logger="anisearch")
+    with Client(settings) as client:
+        for _ in range(3):
+            with pytest.raises(AllProvidersFailedError) as raised:
+                client.search(demo)
+            assert "cannot reach" in str(raised.value.exceptions[0])
+            if _ == 0:
+                assert attempts() == (2, 0)  # the first search retries twice
+        assert attempts() == (0, 2)  # the next ones try once
+        unreached = _router._UNREACHED[("tracemoe", down)]
+        monkeypatch.setitem(_router._UNREACHED, ("tracemoe", down), unreached - 30.0)
+        with pytest.raises(AllProvidersFailedError):
+            client.search(demo)
+        assert attempts() == (2, 0)  # 30 s later, it is retried again
+    answer = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
+    with Client(settings, answer) as client:  # the same address, reached at last
+        assert client.search(demo).hits
+    assert ("tracemoe", down) not in _router._UNREACHED
