@@ -771,6 +771,8 @@ async def _prepared(source: Any, boxes: Sequence[tuple[int, int]], wait_seconds:
     """``source`` prepared for each box: in place when it is a small picture in memory (a thread hop costs
     more), else read and prepared in a worker thread, read once (another provider's upload may be made
     from it later)."""
+    if isinstance(source, bytes | bytearray | memoryview) and 0 < len(source) <= _image.QUICK_BYTES:
+        source = _image.read(source)  # a copy, hashed once: the caller may reuse a bytearray meanwhile
     if len(boxes) == 1:
         box = boxes[0]
         quick = _image.prepare_quick(source, max_width=box[0], max_height=box[1])

@@ -175,3 +175,20 @@ def test_prepare_boxes_gives_what_prepare_gives_for_each_box_alone(samples: Path
     alone = [_image.prepare(source, max_width=width, max_height=height) for width, height in boxes]
     assert made == alone
     assert [(image.width, image.height) for image in made] == [(320, 180), (640, 360), (160, 90), (320, 180)]
+
+
+def test_a_bytearray_reused_by_the_caller_during_the_search_changes_no_upload(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    source = bytearray(png_screenshot(samples))
+    original = bytes(source)
+
+    def answer_and_scribble(request: httpx.Request) -> httpx.Response:
+        source[:] = large_jpeg(samples)  # the caller's buffer holds the next picture now
+        return httpx.Response(200, json=body)
+
+    mock.post(f"{TRACE}/search").mock(side_effect=answer_and_scribble)
+    site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    searching(mock)(source, ["tracemoe", "whatanimeisthis"], min_similarity=0.999)  # both are asked
+    alone = _image.prepare(original, max_width=SITE_BOX[0], max_height=SITE_BOX[1]).data
+    assert multipart_image(site.calls.last.request) == alone
