@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from PIL import Image, UnidentifiedImageError
 
 from anisearch._exceptions import ConfigurationError, ImageTooLargeError, InvalidImageError
-from anisearch._limits import MAX_SOURCE_BYTES, largest_box
+from anisearch._limits import MAX_SOURCE_BYTES
 from anisearch._source import BinaryReader, not_an_image, read_source, video_kind
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Sequence
 
     from PIL import ImageCms
 
@@ -52,7 +52,6 @@ __all__ = [
     "prepare_quick",
     "quick",
     "read",
-    "upload_box",
 ]
 
 MAX_WIDTH = 640
@@ -714,21 +713,6 @@ def _quick_image(source: ImageSource | SourceBytes) -> Image.Image | None:
         image.close()
         return None
     return image
-
-
-def upload_box(limits: Iterable[UploadLimits]) -> tuple[int, int]:
-    """The box to prepare an image in, pixels: the largest any of these providers takes.
-
-    Preparing straight to the size a provider uses (trace.moe: 320x320) saves a second decode, resize
-    and encode in :func:`fit`, and the second round of JPEG loss with them.
-
-    Args:
-        limits: The upload limits of the providers a search may ask.
-
-    Returns:
-        ``(width, height)``; :data:`MAX_WIDTH` x :data:`MAX_HEIGHT` when ``limits`` is empty.
-    """
-    return largest_box((limit.max_width, limit.max_height) for limit in limits) or (MAX_WIDTH, MAX_HEIGHT)
 
 
 def fits(prepared: PreparedImage, limits: UploadLimits) -> bool:

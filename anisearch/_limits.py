@@ -12,8 +12,6 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from anisearch._models import Hit
 
 __all__ = [
@@ -26,7 +24,6 @@ __all__ = [
     "MAX_URL_LENGTH",
     "REDIS_SECONDS",
     "keep_best_hits",
-    "largest_box",
     "remaining_seconds",
     "search_deadline",
     "timed_out",
@@ -65,15 +62,6 @@ search_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 )
 """When the current search must end, on anyio's clock (``anyio.current_time()``), or None for no bound.
 Set by ``AsyncClient.search(deadline=...)``; every send and wait of that search reads it."""
-
-
-def largest_box(boxes: Iterable[tuple[int, int]]) -> tuple[int, int] | None:
-    """The box that holds each of ``boxes`` (``(width, height)``, pixels): the largest width and the
-    largest height; None for no box."""
-    listed = list(boxes)
-    if not listed:
-        return None
-    return max(width for width, _ in listed), max(height for _, height in listed)
 
 
 def remaining_seconds(cap: float = math.inf) -> float:

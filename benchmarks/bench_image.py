@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from anisearch._image import prepare, upload_box
+from anisearch._image import prepare
 from anisearch_providers.tracemoe import TraceMoe
 
 if TYPE_CHECKING:
@@ -78,9 +78,7 @@ def inputs() -> list[tuple[str, bytes]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7, help="timed runs per input (the best is reported)")
-    parser.add_argument(
-        "--box", type=box_size, default=upload_box([TraceMoe().limits]), help="upload box, WxH pixels"
-    )
+    parser.add_argument("--box", type=box_size, default=TraceMoe().limits.box, help="upload box, WxH pixels")
     arguments = parser.parse_args()
     repeat, box = arguments.repeat, arguments.box
     fitted = partial(prepare, max_width=box[0], max_height=box[1])

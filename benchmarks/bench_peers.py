@@ -29,7 +29,7 @@ import httpx
 from PIL import Image, ImageDraw
 
 import anisearch
-from anisearch._image import fit, prepare, prepare_quick, upload_box
+from anisearch._image import fit, prepare, prepare_quick
 from anisearch._ledger import Ledger, Ticket, open_ledger
 from anisearch._models import Quota
 from anisearch_providers.tracemoe import TraceMoe
@@ -113,7 +113,7 @@ async def interleave(rows: list[Timed], count: int, blocks: int = 10) -> None:
 def tracemoe_upload(sample: Path) -> bytes:
     """The JPEG anisearch sends trace.moe for ``sample``."""
     limits = TraceMoe().limits
-    width, height = upload_box([limits])
+    width, height = limits.box
     return fit(prepare(sample, max_width=width, max_height=height), limits).data
 
 
@@ -133,7 +133,7 @@ def floor_search(
     prepare ``source`` as anisearch does, reserve a slot on ``ledger``, post the upload (as the
     baseline does), settle. What anisearch adds over the baseline beyond this is its own."""
     windows = TraceMoe().windows()
-    box = upload_box([TraceMoe().limits])
+    box = TraceMoe().limits.box
 
     async def run() -> object:
         prepared = prepare_quick(source, max_width=box[0], max_height=box[1])
