@@ -409,6 +409,33 @@ class ResultCache:
         except WouldBlock:
             await _in_thread(self._put, *row)
 
+    async def alias(self, sources: Sequence[tuple[str, str]]) -> None:
+        """Remember ``(source alias, result key)`` pairs (see :meth:`put`) without storing an answer: for an
+        answer found by its result key, so that :meth:`find` finds it from the raw source next time.
+        Nothing when unusable."""
+        if not sources:
+            return
+        now = datetime.now(UTC).timestamp()
+        try:  # as put(): on the event loop when nothing holds the cache, else in a thread
+            self._alias(sources, now, block=False)
+        except WouldBlock:
+            await _in_thread(self._alias, sources, now)
+
+    def _alias(self, sources: Sequence[tuple[str, str]], now: float, *, block: bool = True) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")  # with block=False, a file locked by another process: WouldBlock
+            try:
+                db.executemany(
+                    "INSERT OR REPLACE INTO sources (source, image_key, expires_at) VALUES (?, ?, ?)",
+                    [(*source, now + self.ttl_seconds) for source in sources],
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+        self._run(write, block=block)
+
     def info(self) -> CacheInfo:
         """Counts and size of the cache file (zero entries when unusable)."""
         now = datetime.now(UTC).timestamp()

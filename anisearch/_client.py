@@ -35,7 +35,13 @@ from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_c
 from anisearch._config import Settings, setting_named
 from anisearch._download import Downloader
 from anisearch._enrich import Enricher, metadata_infos, metadata_provider, open_enricher
-from anisearch._exceptions import ClientClosedError, ConfigurationError, ProviderError, UnknownProviderError
+from anisearch._exceptions import (
+    ClientClosedError,
+    ConfigurationError,
+    InvalidImageError,
+    ProviderError,
+    UnknownProviderError,
+)
 from anisearch._ledger import WindowSpec, open_ledger
 from anisearch._ledger._base import provider_scope, system_clock
 from anisearch._limits import (
@@ -457,16 +463,17 @@ class AsyncClient(AccountFeatures):
                 return self._cached(*early)
         if made is None:
             made = await _prepared(source, wanted, max(wait, 0.0))
-            source = made.source
-        images = SearchImages(source, made.images, boxes, together=strategy == "fanout")
+        images = SearchImages(made.source, made.images, boxes, together=strategy == "fanout")
         prepared = made.images[wanted[0]]
+        source = made = None  # the search keeps the source only while an upload is still to be made
         routes = plan_routes(
             [(p, provider_scope(p), self._slots(p), provider_windows(p)) for p in asked],
             images,
             options,
             use_cache=use_cache,
         )
-        from_cache = partial(self._from_cache, routes, min_similarity, strategy)
+        found_by_key = partial(_alias_found, store, routes, prepared.digest, options)
+        from_cache = partial(self._from_cache, routes, min_similarity, strategy, found_by_key)
         if use_cache and not looked_up and (cached := await from_cache()) is not None:
             return cached
         asking = "|".join(cache_name(provider) for provider in asked)  # the same servers, the same search
@@ -487,7 +494,7 @@ class AsyncClient(AccountFeatures):
             )
             # a provider whose answer is cached is not asked again when another must be (the answer
             # was not confident and the next provider failed last time, or was added since)
-            answered = self._answered if use_cache and len(routes) > 1 else None
+            answered = partial(self._answered, found_by_key) if use_cache and len(routes) > 1 else None
             result = await router.search(
                 routes, strategy=strategy, min_similarity=min_similarity, answered=answered
             )
@@ -512,28 +519,51 @@ class AsyncClient(AccountFeatures):
         return partial(self._enricher, fill=wanted[0], include_adult=wanted[1])
 
     async def _from_cache(
-        self, routes: Sequence[Route], min_similarity: float | None, strategy: Strategy
+        self,
+        routes: Sequence[Route],
+        min_similarity: float | None,
+        strategy: Strategy,
+        found_by_key: Callable[[], Awaitable[None]],
     ) -> SearchResult | None:
         """The answer the search would give from its providers' cached answers (see
-        :func:`~anisearch._cache_first.choose`), or None when its providers must be asked."""
+        :func:`~anisearch._cache_first.choose`), or None when its providers must be asked (or the answer
+        of a provider whose upload is not made yet is needed: the router looks that up when it comes to
+        it, so a provider never asked costs no image work)."""
         store = self._get_cache()
         if store is None:
             return None
         results: list[SearchResult | None] = []
         for route in routes:
-            key = await route.key()
-            result = None if key is None else await store.get(key)
+            key = route.known_key()
+            if key is None:
+                break
+            result = await store.get(key)
             results.append(result)
             if result is not None and strategy != "fanout" and confident(result, min_similarity):
                 break  # what a fallback search stops at: the rest need not be read
-        found, _ = choose(results, complete=True, min_similarity=min_similarity, strategy=strategy)
-        return None if found is None else self._cached(routes[found[0]].provider, found[1])
+        complete = len(results) == len(routes)  # else up to a provider whose upload is not made yet
+        found, _ = choose(results, complete=complete, min_similarity=min_similarity, strategy=strategy)
+        if found is None:
+            return None
+        await found_by_key()
+        return self._cached(routes[found[0]].provider, found[1])
 
-    async def _answered(self, route: Route) -> SearchResult | None:
-        """The route's provider's answer in the result cache (None: none cached)."""
+    async def _answered(
+        self, found_by_key: Callable[[], Awaitable[None]], route: Route
+    ) -> SearchResult | None:
+        """The route's provider's answer in the result cache (None: none cached, or its upload cannot be
+        made: asking it says why)."""
         store = self._get_cache()
-        key = None if store is None else await route.key()
-        return None if store is None or key is None else await store.get(key)
+        if store is None:
+            return None
+        try:
+            key = await route.key()
+        except InvalidImageError:
+            return None
+        result = None if key is None else await store.get(key)
+        if result is not None:
+            await found_by_key()
+        return result
 
     def _cached(self, provider: Provider, result: SearchResult) -> SearchResult:
         attempt = Attempt(provider=provider.name, outcome="cached", reason="answered from the cache")
@@ -786,6 +816,16 @@ async def _prepared(source: Any, boxes: Sequence[tuple[int, int]], wait_seconds:
         return _Made(read, dict(zip(boxes, _image.prepare_boxes(read, boxes), strict=True)))
 
     return await anyio.to_thread.run_sync(read_prepare)
+
+
+async def _alias_found(
+    store: CacheStore | None, routes: Sequence[Route], digest: str, options: SearchOptions
+) -> None:
+    """An answer was found by its result key, after preparing the picture: remember the source's aliases
+    (see :func:`~anisearch._cache_first.source_keys`), so that the next search of these bytes finds it by
+    their digest alone (an answer cached by an older version, under other aliases, is found so once)."""
+    if isinstance(store, ResultCache):
+        await store.alias(source_keys(routes, digest, options))
 
 
 def _remember_best(

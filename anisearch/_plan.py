@@ -54,11 +54,16 @@ class SearchImages:
         *,
         together: bool = False,
     ) -> None:
-        self._source = source
         self._made = dict(made)
         self._boxes = list(dict.fromkeys(boxes))
+        self._source: _image.SourceBytes | _image.ImageSource | None = (
+            None if self._complete() else source  # kept only while an upload is still to be made
+        )
         self._together = together
         self._lock = anyio.Lock()
+
+    def _complete(self) -> bool:
+        return all(box in self._made for box in self._boxes)
 
     def made(self, box: tuple[int, int]) -> PreparedImage | None:
         """The image for ``box`` if it was prepared already (no work)."""
@@ -77,9 +82,14 @@ class SearchImages:
             if box not in self._made:
                 others = self._boxes if self._together else []
                 missing = [box, *(other for other in others if other != box and other not in self._made)]
-                work = partial(_image.prepare_boxes, self._source, missing)
-                images = work() if _image.quick(self._source) else await anyio.to_thread.run_sync(work)
+                source = self._source
+                if source is None:  # pragma: no cover - only a box of the search's providers is asked for
+                    raise ValueError(f"no upload box {box} was planned for this search")
+                work = partial(_image.prepare_boxes, source, missing)
+                images = work() if _image.quick(source) else await anyio.to_thread.run_sync(work)
                 self._made.update(zip(missing, images, strict=True))
+                if self._complete():
+                    self._source = None  # every upload is made: the source's memory is freed
         return self._made[box]
 
 

@@ -47,6 +47,7 @@ from anisearch._exceptions import (
     AuthenticationError,
     ClientClosedError,
     ConcurrencyLimitError,
+    InvalidImageError,
     LedgerError,
     ProviderBusyError,
     ProviderError,
@@ -305,7 +306,7 @@ class Router:
         outcomes = []
         best: SearchResult | None = None
         for route in routes:
-            outcome = await _from_cache(route, answered) or await self._attempt(route)
+            outcome = await self._next(route, answered, first=not outcomes)
             weak = False
             if outcome.result is not None:
                 weak = min_similarity is not None and (
@@ -327,6 +328,21 @@ class Router:
         if best is not None:
             return best.model_copy(update={"attempts": attempts})
         raise self._all_failed(outcomes)
+
+    async def _next(self, route: Route, answered: Answered | None, *, first: bool) -> _Outcome:
+        """The outcome of the next route of a fallback search. Its upload is made when it is asked: when
+        that fails for a provider after the first (whose upload was made), only that provider fails.
+
+        Raises:
+            InvalidImageError: The first provider's upload cannot be made.
+        """
+        try:
+            return await _from_cache(route, answered) or await self._attempt(route)
+        except InvalidImageError as exc:
+            if isinstance(exc, ProviderError) or first:
+                raise
+            failed = Attempt(provider=route.provider.name, outcome="failed", reason=f"its upload: {exc}")
+            return _Outcome(failed)
 
     async def _fanout(self, routes: Sequence[Route], answered: Answered | None) -> list[_Outcome]:
         outcomes: list[_Outcome | None] = [None] * len(routes)
@@ -713,7 +729,7 @@ class Router:
         loop, wait for that answer (within this search's budget) and take it as a cached one."""
         try:
             cache_key = await route.key()  # made from the provider's upload, which asking needs anyway
-        except ProviderError:  # the upload cannot be made for this provider: asking it says so
+        except (ProviderError, InvalidImageError):  # the upload cannot be made: asking it says so
             cache_key = None
         if cache_key is None:
             return await self._attempt_now(route)
@@ -949,7 +965,8 @@ class Router:
             logger.info("%s; sending again in %.1f s (retry %d of 2; nothing was sent)", last, wait, retry)
 
         left = max(budget - (time.monotonic() - started), 0.001)
-        with retrying(tell), _marking_unreached(upstream):
+        tries = [first]  # each attempt made: only all three failing marks the provider unreachable
+        with retrying(tell), _marking_unreached(upstream, tries):
             async for attempt in stamina().retry_context(
                 on=never_sent, attempts=3, timeout=left, wait_initial=0.2, wait_max=2.0, wait_jitter=0.5
             ):
@@ -960,6 +977,7 @@ class Router:
                         failed, first = first, None
                         raise failed
                     try:
+                        tries.append(None)
                         request = sending.traced_request(provider.search_request(query))
                         return await self._reach(provider, request)
                     except ProviderError as again:
@@ -980,12 +998,13 @@ class Router:
 
 
 @contextlib.contextmanager
-def _marking_unreached(upstream: tuple[str, str]) -> Iterator[None]:
-    """Mark ``upstream`` unreachable (:data:`_UNREACHED`) when the block ends in a failure to reach it."""
+def _marking_unreached(upstream: tuple[str, str], tries: Sequence[object]) -> Iterator[None]:
+    """Mark ``upstream`` unreachable (:data:`_UNREACHED`) when the block ends in a failure to reach it after
+    three attempts (``tries``: one item per attempt made; a deadline may end the block sooner)."""
     try:
         yield
     except ProviderError as exc:
-        if never_sent(exc):
+        if never_sent(exc) and len(tries) >= 3:  # noqa: PLR2004 - the attempts _send_once makes
             _UNREACHED[upstream] = time.monotonic()
         raise
 

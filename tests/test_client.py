@@ -1186,3 +1186,22 @@ def test_a_provider_no_search_could_reach_is_tried_once_until_it_answers(
     with Client(settings, answer) as client:  # the same address, reached at last
         assert client.search(demo).hits
     assert ("tracemoe", down) not in _router._UNREACHED
+
+
+def test_a_deadline_that_cut_the_retries_short_marks_no_provider_unreachable() -> None:
+    """One refused connection and a deadline too short to retry say nothing about the server: the next
+    search still gets its three attempts."""
+    import stamina
+    from tests.conftest import free_port
+
+    from anisearch import _router
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
+    down = f"http://127.0.0.1:{free_port()}"
+    settings = Settings.load(
+        providers=["tracemoe"], provider_options={"tracemoe": {"url": down}}, cache="off", metadata="off"
+    )
+    stamina.set_testing(False)  # the real backoff: its first wait outlasts the deadline
+    with Client(settings) as client, pytest.raises(AllProvidersFailedError):
+        client.search(demo, deadline=0.15)
+    assert ("tracemoe", down) not in _router._UNREACHED

@@ -12,7 +12,7 @@ import pytest
 import respx
 from PIL import Image, ImageEnhance
 
-from anisearch import Client, Settings, _image
+from anisearch import Client, InvalidImageError, Settings, _image
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -126,13 +126,20 @@ def test_trace_moe_finds_the_same_similarity_with_or_without_another_provider(
     assert described[0] == described[1]  # the server describes the same picture either way
 
 
-def test_a_confident_first_answer_costs_no_image_work_for_the_next_provider(
-    mock: respx.MockRouter, body: dict[str, Any], samples: Path, decodes: list[tuple[int, int]]
+@pytest.mark.parametrize("cache", ["off", "sqlite"])
+def test_a_confident_first_answer_costs_no_image_work_for_the_next_provider(  # noqa: PLR0917 - fixtures
+    mock: respx.MockRouter,
+    body: dict[str, Any],
+    samples: Path,
+    decodes: list[tuple[int, int]],
+    tmp_path: Path,
+    cache: str,
 ) -> None:
     source = large_jpeg(samples)
     mock.post(f"{TRACE}/search").respond(200, json=body)
     site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
-    result = searching(mock)(source, ["tracemoe", "whatanimeisthis"])
+    where = "off" if cache == "off" else str(tmp_path / "cache.sqlite3")
+    result = searching(mock, cache=where)(source, ["tracemoe", "whatanimeisthis"])
     assert result.provider == "tracemoe"
     assert site.call_count == 0
     assert decodes == [TRACE_BOX]  # decoded once, at the scale trace.moe's upload needs
@@ -192,3 +199,78 @@ def test_a_bytearray_reused_by_the_caller_during_the_search_changes_no_upload(
     searching(mock)(source, ["tracemoe", "whatanimeisthis"], min_similarity=0.999)  # both are asked
     alone = _image.prepare(original, max_width=SITE_BOX[0], max_height=SITE_BOX[1]).data
     assert multipart_image(site.calls.last.request) == alone
+
+
+def test_an_answer_found_by_its_key_is_found_by_the_source_digest_next_time(
+    mock: respx.MockRouter,
+    body: dict[str, Any],
+    samples: Path,
+    decodes: list[tuple[int, int]],
+    tmp_path: Path,
+) -> None:
+    """An answer cached under other source aliases (by an older version, which keyed trace.moe's by the
+    largest box asked) is found once by preparing the picture, and by the bytes' digest alone after."""
+    import sqlite3
+
+    source = png_screenshot(samples)
+    trace = mock.post(f"{TRACE}/search").respond(200, json=body)
+    path = tmp_path / "cache.sqlite3"
+    search = searching(mock, cache=str(path))
+    search(source, ["tracemoe", "whatanimeisthis"])
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM sources")  # the raw source's aliases, as an older version wrote them
+    decodes.clear()
+    assert search(source, ["tracemoe", "whatanimeisthis"]).cached
+    assert decodes == [TRACE_BOX]  # found by its result key: the picture was prepared
+    decodes.clear()
+    assert search(source, ["tracemoe", "whatanimeisthis"]).cached
+    assert decodes == []  # and now by the digest of its bytes
+    assert trace.call_count == 1
+
+
+def test_the_source_is_not_held_while_the_only_provider_is_asked(
+    mock: respx.MockRouter, body: dict[str, Any], tmp_path: Path
+) -> None:
+    """A 12 MB picture named by its path is read, prepared and let go before the request: a gateway or a
+    batch queued behind trace.moe's single slot does not hold every waiting input in memory."""
+    import tracemalloc
+
+    picture = tmp_path / "large.bmp"
+    Image.effect_noise((2000, 2000), 64).convert("RGB").save(picture)
+    held: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        held.append(tracemalloc.get_traced_memory()[0])
+        return httpx.Response(200, json=body)
+
+    mock.post(f"{TRACE}/search").mock(side_effect=answer)
+    tracemalloc.start()
+    try:
+        searching(mock)(picture, ["tracemoe"])
+    finally:
+        tracemalloc.stop()
+    assert picture.stat().st_size > 10_000_000
+    assert held[0] < picture.stat().st_size / 4
+
+
+def test_a_later_providers_upload_that_cannot_be_made_fails_that_provider_only(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = _image.prepare_boxes
+
+    def refusing(source: Any, boxes: Any, **kwargs: Any) -> Any:
+        if SITE_BOX in boxes:
+            raise InvalidImageError("the PNG is corrupt and cannot be decoded")
+        return real(source, boxes, **kwargs)
+
+    monkeypatch.setattr(_image, "prepare_boxes", refusing)
+    mock.post(f"{TRACE}/search").respond(200, json=body)
+    site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    result = searching(mock)(png_screenshot(samples), ["tracemoe", "whatanimeisthis"], min_similarity=0.999)
+    assert result.provider == "tracemoe"  # its answer (asked and charged) is not lost
+    assert [(a.provider, a.outcome) for a in result.attempts] == [
+        ("tracemoe", "ok"),
+        ("whatanimeisthis", "failed"),
+    ]
+    assert "corrupt" in (result.attempts[1].reason or "")
+    assert site.call_count == 0
