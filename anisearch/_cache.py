@@ -275,22 +275,24 @@ class ResultCache:
 
     def _put(
         self,
-        key: str,
-        provider: str,
-        payload: str,
+        answer: tuple[str, str, str] | None,
         now: float,
         sources: Sequence[tuple[str, str]],
         *,
         block: bool = True,
     ) -> None:
+        """Store ``(key, provider, stored JSON)`` (None: only the aliases) and the ``sources`` aliases, in
+        one transaction."""
+
         def write(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")  # with block=False, a file locked by another process: WouldBlock
             try:
-                db.execute(
-                    "INSERT OR REPLACE INTO results (key, provider, stored_at, expires_at, result) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (key, provider, now, now + self.ttl_seconds, payload),
-                )
+                if answer is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO results (key, provider, stored_at, expires_at, result) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (*answer[:2], now, now + self.ttl_seconds, answer[2]),
+                    )
                 db.executemany(
                     "INSERT OR REPLACE INTO sources (source, image_key, expires_at) VALUES (?, ?, ?)",
                     [(*source, now + self.ttl_seconds) for source in sources],
@@ -401,40 +403,21 @@ class ResultCache:
             sources: ``(source alias, result key)`` pairs to remember with it, one per provider asked, so
                 that :meth:`find` goes from the raw source to each provider's result key next time.
         """
-        payload = result.model_dump_json()
+        await self._store((key, result.provider or "", result.model_dump_json()), sources)
+
+    async def _store(self, answer: tuple[str, str, str] | None, sources: Sequence[tuple[str, str]]) -> None:
         now = datetime.now(UTC).timestamp()
-        row = (key, result.provider or "", payload, now, sources)
         try:  # on the event loop when nothing holds the cache (WAL, no sync on commit), else in a thread
-            self._put(*row, block=False)
+            self._put(answer, now, sources, block=False)
         except WouldBlock:
-            await _in_thread(self._put, *row)
+            await _in_thread(self._put, answer, now, sources)
 
     async def alias(self, sources: Sequence[tuple[str, str]]) -> None:
         """Remember ``(source alias, result key)`` pairs (see :meth:`put`) without storing an answer: for an
         answer found by its result key, so that :meth:`find` finds it from the raw source next time.
         Nothing when unusable."""
-        if not sources:
-            return
-        now = datetime.now(UTC).timestamp()
-        try:  # as put(): on the event loop when nothing holds the cache, else in a thread
-            self._alias(sources, now, block=False)
-        except WouldBlock:
-            await _in_thread(self._alias, sources, now)
-
-    def _alias(self, sources: Sequence[tuple[str, str]], now: float, *, block: bool = True) -> None:
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")  # with block=False, a file locked by another process: WouldBlock
-            try:
-                db.executemany(
-                    "INSERT OR REPLACE INTO sources (source, image_key, expires_at) VALUES (?, ?, ?)",
-                    [(*source, now + self.ttl_seconds) for source in sources],
-                )
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-
-        self._run(write, block=block)
+        if sources:
+            await self._store(None, sources)
 
     def info(self) -> CacheInfo:
         """Counts and size of the cache file (zero entries when unusable)."""

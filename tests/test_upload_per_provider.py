@@ -69,6 +69,13 @@ def searching(mock: respx.MockRouter, cache: str = "off") -> Callable[..., Any]:
 
 
 @pytest.fixture
+def answered(mock: respx.MockRouter, body: dict[str, Any]) -> tuple[respx.Route, respx.Route]:
+    """trace.moe's route (its recorded, confident answer) and whatanimeisthis's (0.88)."""
+    trace = mock.post(f"{TRACE}/search").respond(200, json=body)
+    return trace, mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+
+
+@pytest.fixture
 def decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """The upload box each decoding of a source was made for."""
     boxes: list[tuple[int, int]] = []
@@ -84,11 +91,10 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("kind", sorted(SOURCES))
 def test_each_provider_is_sent_the_upload_it_gets_alone_whichever_providers_are_asked(
-    mock: respx.MockRouter, body: dict[str, Any], samples: Path, kind: str
+    mock: respx.MockRouter, answered: tuple[respx.Route, respx.Route], samples: Path, kind: str
 ) -> None:
     source = SOURCES[kind](samples)
-    trace = mock.post(f"{TRACE}/search").respond(200, json=body)
-    site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    trace, site = answered
     search = searching(mock)
     alone_trace = _image.prepare(source, max_width=TRACE_BOX[0], max_height=TRACE_BOX[1]).data
     alone_site = _image.prepare(source, max_width=SITE_BOX[0], max_height=SITE_BOX[1]).data
@@ -129,15 +135,14 @@ def test_trace_moe_finds_the_same_similarity_with_or_without_another_provider(
 @pytest.mark.parametrize("cache", ["off", "sqlite"])
 def test_a_confident_first_answer_costs_no_image_work_for_the_next_provider(  # noqa: PLR0917 - fixtures
     mock: respx.MockRouter,
-    body: dict[str, Any],
+    answered: tuple[respx.Route, respx.Route],
     samples: Path,
     decodes: list[tuple[int, int]],
     tmp_path: Path,
     cache: str,
 ) -> None:
     source = large_jpeg(samples)
-    mock.post(f"{TRACE}/search").respond(200, json=body)
-    site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    _, site = answered
     where = "off" if cache == "off" else str(tmp_path / "cache.sqlite3")
     result = searching(mock, cache=where)(source, ["tracemoe", "whatanimeisthis"])
     assert result.provider == "tracemoe"
@@ -148,24 +153,21 @@ def test_a_confident_first_answer_costs_no_image_work_for_the_next_provider(  # 
 @pytest.mark.parametrize(("kind", "expected"), [("png", [TRACE_BOX]), ("large-jpeg", [TRACE_BOX, SITE_BOX])])
 def test_a_fanout_decodes_the_source_once_unless_a_jpeg_needs_two_scales(  # noqa: PLR0917 - fixtures
     mock: respx.MockRouter,
-    body: dict[str, Any],
+    answered: tuple[respx.Route, respx.Route],
     samples: Path,
     decodes: list[tuple[int, int]],
     kind: str,
     expected: list[tuple[int, int]],
 ) -> None:
-    mock.post(f"{TRACE}/search").respond(200, json=body)
-    mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
     searching(mock)(SOURCES[kind](samples), ["tracemoe", "whatanimeisthis"], strategy="fanout")
     assert decodes == expected
 
 
 def test_an_answer_cached_by_one_provider_alone_serves_a_search_that_asks_it_first(
-    mock: respx.MockRouter, body: dict[str, Any], samples: Path, tmp_path: Path
+    mock: respx.MockRouter, answered: tuple[respx.Route, respx.Route], samples: Path, tmp_path: Path
 ) -> None:
     source = png_screenshot(samples)
-    trace = mock.post(f"{TRACE}/search").respond(200, json=body)
-    site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    trace, site = answered
     search = searching(mock, cache=str(tmp_path / "cache.sqlite3"))
     first = search(source, ["tracemoe"])
     again = search(source, ["tracemoe", "whatanimeisthis"])
@@ -254,7 +256,10 @@ def test_the_source_is_not_held_while_the_only_provider_is_asked(
 
 
 def test_a_later_providers_upload_that_cannot_be_made_fails_that_provider_only(
-    mock: respx.MockRouter, body: dict[str, Any], samples: Path, monkeypatch: pytest.MonkeyPatch
+    mock: respx.MockRouter,
+    answered: tuple[respx.Route, respx.Route],
+    samples: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real = _image.prepare_boxes
 
@@ -264,8 +269,7 @@ def test_a_later_providers_upload_that_cannot_be_made_fails_that_provider_only(
         return real(source, boxes, **kwargs)
 
     monkeypatch.setattr(_image, "prepare_boxes", refusing)
-    mock.post(f"{TRACE}/search").respond(200, json=body)
-    site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    _, site = answered
     result = searching(mock)(png_screenshot(samples), ["tracemoe", "whatanimeisthis"], min_similarity=0.999)
     assert result.provider == "tracemoe"  # its answer (asked and charged) is not lost
     assert [(a.provider, a.outcome) for a in result.attempts] == [
