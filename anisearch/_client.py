@@ -444,7 +444,8 @@ class AsyncClient(AccountFeatures):
         boxes = list(dict.fromkeys(provider.limits.box for provider in asked))
         # the first provider's upload is made first, another's when that provider is asked (a fanout asks
         # them all: every upload is made at once, decoding the source once where that is exact)
-        wanted = boxes if strategy == "fanout" else boxes[:1]
+        # (and a caller's PIL image, which the caller may change meanwhile, is prepared for all at once)
+        wanted = boxes if strategy == "fanout" or _image.is_picture(source) else boxes[:1]
         store = self._get_cache() if cache else None
         use_cache = store is not None
         looked_up = False
@@ -454,6 +455,7 @@ class AsyncClient(AccountFeatures):
             in_memory = lookup.in_memory(source)
             if in_memory is not None:
                 source, (early, looked_up) = in_memory
+                in_memory = None  # the search keeps the source only as long as it needs it
             else:  # a file, a stream, large bytes or a busy cache: a worker thread, which also prepares
                 # the image when there is no answer (one thread hop either way)
                 source, (early, looked_up), made = await anyio.to_thread.run_sync(
@@ -472,7 +474,8 @@ class AsyncClient(AccountFeatures):
             options,
             use_cache=use_cache,
         )
-        found_by_key = partial(_alias_found, store, routes, prepared.digest, options)
+        # an answer found by its key whose source aliases were missing: they are written then
+        found_by_key = partial(_alias_found, None if looked_up else store, routes, prepared.digest, options)
         from_cache = partial(self._from_cache, routes, min_similarity, strategy, found_by_key)
         if use_cache and not looked_up and (cached := await from_cache()) is not None:
             return cached

@@ -47,6 +47,7 @@ __all__ = [
     "SourceBytes",
     "fit",
     "fits",
+    "is_picture",
     "prepare",
     "prepare_boxes",
     "prepare_quick",
@@ -713,6 +714,11 @@ def _quick_image(source: ImageSource | SourceBytes) -> Image.Image | None:
         image.close()
         return None
     return image
+
+
+def is_picture(source: object) -> bool:
+    """Whether ``source`` is a caller's ``PIL.Image.Image`` (read as it is, never from bytes)."""
+    return isinstance(source, Image.Image)
 
 
 def fits(prepared: PreparedImage, limits: UploadLimits) -> bool:

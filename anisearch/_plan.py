@@ -19,7 +19,9 @@ import anyio.to_thread
 from anisearch import _image
 from anisearch._address import cache_name
 from anisearch._cache import cache_key
+from anisearch._exceptions import InvalidImageError
 from anisearch._provider import SearchOptions, SearchQuery
+from anisearch._sdk._base import BaseProvider
 
 if TYPE_CHECKING:
     from anisearch._image import PreparedImage
@@ -61,6 +63,7 @@ class SearchImages:
         )
         self._together = together
         self._lock = anyio.Lock()
+        self._failed: dict[tuple[int, int], InvalidImageError] = {}
 
     def _complete(self) -> bool:
         return all(box in self._made for box in self._boxes)
@@ -79,6 +82,8 @@ class SearchImages:
         if made is not None:
             return made
         async with self._lock:
+            if box in self._failed:  # told once: the same source fails the same way again
+                raise self._failed[box]
             if box not in self._made:
                 others = self._boxes if self._together else []
                 missing = [box, *(other for other in others if other != box and other not in self._made)]
@@ -86,7 +91,11 @@ class SearchImages:
                 if source is None:  # pragma: no cover - only a box of the search's providers is asked for
                     raise ValueError(f"no upload box {box} was planned for this search")
                 work = partial(_image.prepare_boxes, source, missing)
-                images = work() if _image.quick(source) else await anyio.to_thread.run_sync(work)
+                try:
+                    images = work() if _image.quick(source) else await anyio.to_thread.run_sync(work)
+                except InvalidImageError as exc:
+                    self._failed[box] = exc
+                    raise
                 self._made.update(zip(missing, images, strict=True))
                 if self._complete():
                     self._source = None  # every upload is made: the source's memory is freed
@@ -142,9 +151,13 @@ class PlannedQuery:
         return self.prepared if self.images is None else await self.images.image(self.provider.limits.box)
 
     def known_key(self) -> str | None:
-        """The result-cache key, when the search caches and this provider's image is made (no work)."""
+        """The result-cache key, when the search caches and it takes no image work: this provider's image
+        is made, or its key is the SDK's, which reads only the source's digest (the same for every
+        upload)."""
         if self._key is None and self.keyed:
             made = self.prepared if self.images is None else self.images.made(self.provider.limits.box)
+            if made is None and type(self.provider).cache_key is BaseProvider.cache_key:
+                made = self.prepared
             if made is not None:
                 self._key = cache_key(
                     cache_name(self.provider), self.provider.cache_key(made), [self.options]

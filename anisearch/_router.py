@@ -341,8 +341,9 @@ class Router:
         except InvalidImageError as exc:
             if isinstance(exc, ProviderError) or first:
                 raise
-            failed = Attempt(provider=route.provider.name, outcome="failed", reason=f"its upload: {exc}")
-            return _Outcome(failed)
+            failure = ProviderError(f"its upload could not be made: {exc}", provider=route.provider.name)
+            failure.__cause__ = exc
+            return self._failed(route.provider.name, failure, None, time.monotonic())
 
     async def _fanout(self, routes: Sequence[Route], answered: Answered | None) -> list[_Outcome]:
         outcomes: list[_Outcome | None] = [None] * len(routes)

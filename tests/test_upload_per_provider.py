@@ -278,3 +278,37 @@ def test_a_later_providers_upload_that_cannot_be_made_fails_that_provider_only(
     ]
     assert "corrupt" in (result.attempts[1].reason or "")
     assert site.call_count == 0
+
+
+@pytest.mark.parametrize("cache", ["sqlite", "redis"])
+def test_a_provider_that_failed_is_not_asked_again_for_an_answer_the_next_one_cached(
+    mock: respx.MockRouter, samples: Path, tmp_path: Path, request: pytest.FixtureRequest, cache: str
+) -> None:
+    """trace.moe failed; whatanimeisthis answered, and its answer was cached. The same picture again is
+    answered from the cache, without trying trace.moe once more (its quota, its single slot): on a Redis
+    cache too, which keeps no digest aliases."""
+    trace = mock.post(f"{TRACE}/search").respond(500, json={"error": "Search failed."})
+    site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    where = str(tmp_path / "cache.sqlite3") if cache == "sqlite" else request.getfixturevalue("redis_url")
+    search = searching(mock, cache=where)
+    source = png_screenshot(samples)
+    assert search(source, ["tracemoe", "whatanimeisthis"]).provider == "whatanimeisthis"
+    again = search(source, ["tracemoe", "whatanimeisthis"])
+    assert again.cached
+    assert (trace.call_count, site.call_count) == (1, 1)
+
+
+def test_a_pil_image_the_caller_changes_during_the_search_changes_no_upload(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    picture = Image.open(io.BytesIO(png_screenshot(samples))).convert("RGB")
+    alone = _image.prepare(picture, max_width=SITE_BOX[0], max_height=SITE_BOX[1]).data
+
+    def answer_and_draw(request: httpx.Request) -> httpx.Response:
+        picture.paste((255, 0, 0), (0, 0, 640, 360))  # the caller reuses its frame buffer meanwhile
+        return httpx.Response(200, json=body)
+
+    mock.post(f"{TRACE}/search").mock(side_effect=answer_and_draw)
+    site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    searching(mock)(picture, ["tracemoe", "whatanimeisthis"], min_similarity=0.999)  # both are asked
+    assert multipart_image(site.calls.last.request) == alone
