@@ -438,7 +438,7 @@ class AsyncClient(AccountFeatures):
             raise ConfigurationError(f"unknown strategy {strategy!r}; use 'fallback' or 'fanout'")
         min_similarity, options = _checked(min_similarity, options)
         names = self._order(providers)
-        source = await self._downloader.resolve(image)
+        source = named = await self._downloader.resolve(image)
         wait = remaining_seconds(self.settings.timeout)
         asked = [self._provider(name) for name in names]
         boxes = list(dict.fromkeys(provider.limits.box for provider in asked))
@@ -465,9 +465,16 @@ class AsyncClient(AccountFeatures):
                 return self._cached(*early)
         if made is None:
             made = await _prepared(source, wanted, max(wait, 0.0))
-        images = SearchImages(made.source, made.images, boxes, together=strategy == "fanout")
         prepared = made.images[wanted[0]]
-        source = made = None  # the search keeps the source only while an upload is still to be made
+        kept, digest = made.source, None
+        if (
+            len(made.images) < len(boxes)
+            and isinstance(named, str | os.PathLike)
+            and await anyio.Path(named).is_file()  # not a pipe, which cannot be read twice
+        ):
+            kept, digest = named, prepared.digest  # a file is read again if another upload is needed
+        images = SearchImages(kept, made.images, boxes, together=strategy == "fanout", digest=digest)
+        source = made = kept = None  # the search keeps the source only while an upload is still to be made
         routes = plan_routes(
             [(p, provider_scope(p), self._slots(p), provider_windows(p)) for p in asked],
             images,

@@ -625,6 +625,7 @@ def prepare_boxes(
     boxes: Sequence[tuple[int, int]],
     *,
     wait_seconds: float | None = None,
+    digest: str | None = None,
 ) -> list[PreparedImage]:
     """:func:`prepare` ``source`` for each upload box, decoding it once for every box it may serve.
 
@@ -637,15 +638,19 @@ def prepare_boxes(
         source: What :func:`prepare` accepts (read once, here, when it is a path or a stream).
         boxes: ``(max_width, max_height)`` per upload, pixels.
         wait_seconds: How long a named pipe may take to deliver the input, seconds (None: no bound).
+        digest: The source's digest when it was read before (a file read again): it must not have changed.
 
     Returns:
         One prepared image per box, in the order of ``boxes``.
 
     Raises:
-        ImageTooLargeError, InvalidImageError: As :func:`prepare`.
+        ImageTooLargeError, InvalidImageError: As :func:`prepare`; InvalidImageError also when the source's
+            bytes are no longer those of ``digest``.
     """
     if not isinstance(source, Image.Image):
         source = _read_bytes(source, None, wait_seconds)
+        if digest is not None and source.digest != digest:
+            raise InvalidImageError(f"{source.where}the file changed while it was searched")
     made: dict[tuple[int, int], PreparedImage] = {}
     for box in boxes:
         if box in made:

@@ -46,6 +46,8 @@ class SearchImages:
         made: The images already prepared, by box (pixels): at least the first provider's.
         boxes: Every box the search's providers take.
         together: Prepare every missing box at once (all providers are asked).
+        digest: The source's digest, when ``source`` is a file read again for a later box: its bytes
+            must not have changed.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class SearchImages:
         boxes: Sequence[tuple[int, int]] = (),
         *,
         together: bool = False,
+        digest: str | None = None,
     ) -> None:
         self._made = dict(made)
         self._boxes = list(dict.fromkeys(boxes))
@@ -64,6 +67,7 @@ class SearchImages:
         self._together = together
         self._lock = anyio.Lock()
         self._failed: dict[tuple[int, int], InvalidImageError] = {}
+        self._digest = digest
 
     def _complete(self) -> bool:
         return all(box in self._made for box in self._boxes)
@@ -90,7 +94,7 @@ class SearchImages:
                 source = self._source
                 if source is None:  # pragma: no cover - only a box of the search's providers is asked for
                     raise ValueError(f"no upload box {box} was planned for this search")
-                work = partial(_image.prepare_boxes, source, missing)
+                work = partial(_image.prepare_boxes, source, missing, digest=self._digest)
                 try:
                     images = work() if _image.quick(source) else await anyio.to_thread.run_sync(work)
                 except InvalidImageError as exc:

@@ -230,11 +230,13 @@ def test_an_answer_found_by_its_key_is_found_by_the_source_digest_next_time(
     assert trace.call_count == 1
 
 
-def test_the_source_is_not_held_while_the_only_provider_is_asked(
-    mock: respx.MockRouter, body: dict[str, Any], tmp_path: Path
+@pytest.mark.parametrize("providers", [["tracemoe"], ["tracemoe", "whatanimeisthis"]])
+def test_the_source_is_not_held_while_trace_moe_is_asked(
+    mock: respx.MockRouter, body: dict[str, Any], tmp_path: Path, providers: list[str]
 ) -> None:
-    """A 12 MB picture named by its path is read, prepared and let go before the request: a gateway or a
-    batch queued behind trace.moe's single slot does not hold every waiting input in memory."""
+    """A 12 MB picture named by its path is read, prepared and let go before the request (the file is read
+    again if whatanimeisthis must be asked): a batch queued behind trace.moe's single slot does not hold
+    every waiting input in memory."""
     import tracemalloc
 
     picture = tmp_path / "large.bmp"
@@ -248,7 +250,7 @@ def test_the_source_is_not_held_while_the_only_provider_is_asked(
     mock.post(f"{TRACE}/search").mock(side_effect=answer)
     tracemalloc.start()
     try:
-        searching(mock)(picture, ["tracemoe"])
+        searching(mock)(picture, providers)
     finally:
         tracemalloc.stop()
     assert picture.stat().st_size > 10_000_000
@@ -312,3 +314,25 @@ def test_a_pil_image_the_caller_changes_during_the_search_changes_no_upload(
     site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
     searching(mock)(picture, ["tracemoe", "whatanimeisthis"], min_similarity=0.999)  # both are asked
     assert multipart_image(site.calls.last.request) == alone
+
+
+def test_a_file_changed_before_the_next_provider_is_asked_fails_that_provider_only(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path, tmp_path: Path
+) -> None:
+    picture = tmp_path / "shot.png"
+    picture.write_bytes(png_screenshot(samples))
+
+    def answer_and_overwrite(request: httpx.Request) -> httpx.Response:
+        picture.write_bytes(large_jpeg(samples))  # the next screenshot lands under the same name
+        return httpx.Response(200, json=body)
+
+    mock.post(f"{TRACE}/search").mock(side_effect=answer_and_overwrite)
+    site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    result = searching(mock)(picture, ["tracemoe", "whatanimeisthis"], min_similarity=0.999)
+    assert result.provider == "tracemoe"
+    assert [(a.provider, a.outcome) for a in result.attempts] == [
+        ("tracemoe", "ok"),
+        ("whatanimeisthis", "failed"),
+    ]
+    assert "changed while it was searched" in (result.attempts[1].reason or "")
+    assert site.call_count == 0  # never sent another picture's upload
