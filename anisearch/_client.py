@@ -438,7 +438,8 @@ class AsyncClient(AccountFeatures):
             raise ConfigurationError(f"unknown strategy {strategy!r}; use 'fallback' or 'fanout'")
         min_similarity, options = _checked(min_similarity, options)
         names = self._order(providers)
-        source = named = await self._downloader.resolve(image)
+        source = await self._downloader.resolve(image)
+        named = _file_name(source)  # a file can be read again (and nothing else is kept by this name)
         wait = remaining_seconds(self.settings.timeout)
         asked = [self._provider(name) for name in names]
         boxes = list(dict.fromkeys(provider.limits.box for provider in asked))
@@ -469,7 +470,7 @@ class AsyncClient(AccountFeatures):
         kept, digest = made.source, None
         if (
             len(made.images) < len(boxes)
-            and isinstance(named, str | os.PathLike)
+            and named is not None
             and await anyio.Path(named).is_file()  # not a pipe, which cannot be read twice
         ):
             kept, digest = named, prepared.digest  # a file is read again if another upload is needed
@@ -796,6 +797,17 @@ class _Lookup:
             found,
             _Made(read, dict(zip(self.boxes, _image.prepare_boxes(read, self.boxes), strict=True))),
         )
+
+
+def _file_name(source: Any) -> str | None:
+    """The absolute name of a source given as a path (the working directory may change during the
+    search), or None."""
+    if not isinstance(source, str | os.PathLike):
+        return None
+    try:
+        return os.path.abspath(os.fsdecode(source))  # noqa: PTH100 - a str for anyio.Path, from bytes too
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -647,8 +647,8 @@ def prepare_boxes(
         ImageTooLargeError, InvalidImageError: As :func:`prepare`; InvalidImageError also when the source's
             bytes are no longer those of ``digest``.
     """
-    if not isinstance(source, Image.Image):
-        source = _read_bytes(source, None, wait_seconds)
+    if not isinstance(source, Image.Image):  # a file read again is not waited for (it was a file)
+        source = _read_bytes(source, None, 0.0 if digest is not None else wait_seconds)
         if digest is not None and source.digest != digest:
             raise InvalidImageError(f"{source.where}the file changed while it was searched")
     made: dict[tuple[int, int], PreparedImage] = {}

@@ -336,3 +336,39 @@ def test_a_file_changed_before_the_next_provider_is_asked_fails_that_provider_on
     ]
     assert "changed while it was searched" in (result.attempts[1].reason or "")
     assert site.call_count == 0  # never sent another picture's upload
+
+
+def test_a_file_named_relatively_or_by_bytes_is_read_again_as_the_same_file(
+    mock: respx.MockRouter,
+    body: dict[str, Any],
+    samples: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The program changes directory while trace.moe is asked; a path object may give bytes
+    (``os.scandir(b"...")``): whatanimeisthis still gets the picture that was named."""
+    import os
+
+    (tmp_path / "shot.png").write_bytes(png_screenshot(samples))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "shot.png").write_bytes(large_jpeg(samples))  # another picture under the same name
+    monkeypatch.chdir(tmp_path)
+
+    def answer_and_move(request: httpx.Request) -> httpx.Response:
+        os.chdir(elsewhere)
+        return httpx.Response(200, json=body)
+
+    mock.post(f"{TRACE}/search").mock(side_effect=answer_and_move)
+    site = mock.post(f"{SITE}/api/anime/search").respond(200, json=SITE_BODY)
+    alone = _image.prepare(tmp_path / "shot.png", max_width=SITE_BOX[0], max_height=SITE_BOX[1]).data
+    with os.scandir(os.fsencode(tmp_path)) as entries:
+        by_bytes = next(entry for entry in entries if entry.name == b"shot.png")
+    for source in ("shot.png", by_bytes):
+        os.chdir(tmp_path)
+        result = searching(mock)(source, ["tracemoe", "whatanimeisthis"], min_similarity=0.999)
+        assert [(a.provider, a.outcome) for a in result.attempts] == [
+            ("tracemoe", "ok"),
+            ("whatanimeisthis", "ok"),
+        ]
+        assert multipart_image(site.calls.last.request) == alone
