@@ -792,11 +792,7 @@ class _Lookup:
             found = self._find(read, block=True)
         if found[0] is not None:
             return read, found, None
-        return (
-            read,
-            found,
-            _Made(read, dict(zip(self.boxes, _image.prepare_boxes(read, self.boxes), strict=True))),
-        )
+        return read, found, _Made.of(read, self.boxes)
 
 
 def _file_name(source: Any) -> str | None:
@@ -818,6 +814,11 @@ class _Made:
     source: Any
     images: dict[tuple[int, int], _image.PreparedImage]
 
+    @classmethod
+    def of(cls, source: Any, boxes: Sequence[tuple[int, int]]) -> _Made:
+        """``source`` (read already, or small bytes) prepared for each box (:func:`_image.prepare_boxes`)."""
+        return cls(source, dict(zip(boxes, _image.prepare_boxes(source, boxes), strict=True)))
+
 
 async def _prepared(source: Any, boxes: Sequence[tuple[int, int]], wait_seconds: float) -> _Made:
     """``source`` prepared for each box: in place when it is a small picture in memory (a thread hop costs
@@ -831,11 +832,10 @@ async def _prepared(source: Any, boxes: Sequence[tuple[int, int]], wait_seconds:
         if quick is not None:
             return _Made(source, {box: quick})
     elif _image.quick(source):
-        return _Made(source, dict(zip(boxes, _image.prepare_boxes(source, boxes), strict=True)))
+        return _Made.of(source, boxes)
 
     def read_prepare() -> _Made:
-        read = _image.read(source, wait_seconds=wait_seconds)
-        return _Made(read, dict(zip(boxes, _image.prepare_boxes(read, boxes), strict=True)))
+        return _Made.of(_image.read(source, wait_seconds=wait_seconds), boxes)
 
     return await anyio.to_thread.run_sync(read_prepare)
 
