@@ -30,6 +30,7 @@ from anisearch._cli._common import (
     root_verbose,
     say_error,
 )
+from anisearch._cli._startup import hide_unused_imports
 from anisearch._exceptions import AnisearchError
 
 __all__ = ["COMMANDS", "app", "build_app", "command_named", "main"]
@@ -233,4 +234,5 @@ def __getattr__(name: str) -> Any:
 
 def main() -> None:
     """Entry point of the ``anisearch`` console script."""
+    hide_unused_imports()
     build_app(command_named(sys.argv[1:]))(prog_name="anisearch")
