@@ -173,9 +173,10 @@ def test_a_search_stopped_by_sigterm_keeps_its_slot_while_the_upstream_runs_it(
     import shutil
     import time
 
-    # Each search takes 4 s upstream, one at a time: the first command learns that from its first input,
-    # and holds the slot of its second, stopped, for about that long: time for the next command to start.
-    app = create_app(quota=10**6, rate_limit=10**6, latency=4.0)
+    # Each search takes 6 s upstream, one at a time: the first command learns that from its first input,
+    # and holds the slot of its second, stopped, for about that long: time for the next command to start,
+    # which a loaded machine (the whole suite on every core) has taken up to 4 s to do.
+    app = create_app(quota=10**6, rate_limit=10**6, latency=6.0)
     server = live_server(app)
     env = searching_at(server.url) | {
         "ANISEARCH_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
