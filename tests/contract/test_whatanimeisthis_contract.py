@@ -379,6 +379,18 @@ async def test_login_signs_the_old_session_out_first(site: Site) -> None:
     assert site.state.sign_out_requests == 1
 
 
+async def test_a_mistyped_password_while_signed_in_keeps_the_session_alive(site: Site) -> None:
+    """§2.1: a failed sign-in leaves the session it would have replaced signed in, there and here."""
+    await site.login()
+    provider = site.provider()
+    answer = await site.send(provider.sign_in_request(EMAIL, "wrong"), provider)
+    with pytest.raises(AuthenticationError):
+        provider.parse_sign_in(answer)
+    assert site.state.sign_out_requests == 0
+    assert len(site.state.sessions) == 1
+    assert (await site.search(site.provider())).quota.scope == "session"
+
+
 async def test_logout_refused_keeps_the_session_and_says_so(site: Site) -> None:
     """§2.3 (RUN): a sign-out from an untrusted Origin gets 403 and the session stays alive on the
     server, so the provider keeps the local session and reports the refusal; a sign-out the server

@@ -5,9 +5,12 @@ One generator serves the sync and the async client. For every request to the sit
 1. sets ``Origin`` (better-auth refuses a cookie-bearing POST without a trusted one);
 2. attaches the jar's cookies, unless the request speaks with an API key (``Authorization: Bearer``),
    so the key, not the session, decides whose credits a search spends;
-3. before an explicit sign-in while a session is held, signs that session out first (better-auth
-   leaves every earlier session alive otherwise) and forgets it; when the site refuses to (an untrusted
-   Origin, a server error), the session is kept and the sign-in is not sent: the refusal is its answer;
+3. replaces a session held during an explicit sign-in only once the new one exists: the sign-in goes
+   without the old cookie, and when it fails (a mistyped password, a rate limit, a refused Origin) its
+   answer is the caller's and the old session is kept, still signed in. When it succeeds, the old session
+   is signed out with its own cookie (better-auth leaves every earlier session alive otherwise; a refusal
+   is logged and the old session then runs out on the site by itself), and ``get-session`` confirms the
+   new one: that answer, naming the signed-in user, is the sign-in's;
 4. keeps a sliding session alive: when the session is due for a check (:meth:`CookieJar.refresh_due`:
    a quarter of its cookie's lifetime, at most a day, without news), asks ``get-session`` first; the
    answer's ``Set-Cookie`` carries the extended cookie and expiry (better-auth re-issues it only
@@ -26,11 +29,13 @@ limited, Origin refused). Credentials the site refused (401) are not tried again
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Literal
 
 import httpx
 
-from ._errors import means_signed_out, no_session_to_end
+from ._cookies import is_session_cookie
+from ._errors import PROVIDER, means_signed_out, no_session_to_end, uninterpretable
 from ._tolerant import read_body
 
 if TYPE_CHECKING:
@@ -47,6 +52,8 @@ SESSION_PATHS = ("/api/anime/search", "/api/user/anime-credits", "/api/apikeys",
 """Paths that act for the signed-in user (so a missing session is worth a sign-in)."""
 
 Credentials = tuple[str, str]
+
+logger = logging.getLogger("anisearch")
 
 
 def _uses_api_key(request: httpx.Request) -> bool:
@@ -78,7 +85,7 @@ class SessionAuth(httpx.Auth):
         sign_in_request: Builds the sign-in request for an email and a password.
         refused: Called when the site refuses the credentials (401), so they are not tried again.
         session_request: Builds the ``get-session`` request (to confirm and slide the session).
-        sign_out_request: Builds the sign-out request (before a new sign-in replaces the session).
+        sign_out_request: Builds the sign-out request (for the session a new sign-in replaced).
     """
 
     requires_request_body = True  # the request may be sent twice (after a sign-in)
@@ -132,23 +139,43 @@ class SessionAuth(httpx.Auth):
         self.jar.mark_checked()
         return True
 
-    def _sign_out_first(self) -> Generator[httpx.Request, httpx.Response, bool]:
-        """Step 3: end the session held before a new sign-in replaces it.
+    def _session(self) -> dict[str, str]:
+        return {
+            name: value for name, value in self.jar.cookies().items() if is_session_cookie(name) and value
+        }
 
-        Returns:
-            Whether the site ended it (or said it was gone already). When it did not (an untrusted Origin,
-            a server error), the session is still alive there and is kept; the sign-in is not sent.
-        """
-        if self._sign_out_request is None:
-            return True
-        request = self._sign_out_request()
-        self._attach(request)
-        response = yield request
+    def _replace(self, sign_in: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Step 3: an explicit sign-in while a session is held; see the module docstring."""
+        old = self.jar.header()
+        sign_in.headers = httpx.Headers([(k, v) for k, v in sign_in.headers.raw if k.lower() != b"cookie"])
+        sign_in.headers["Origin"] = self.origin
+        response = yield sign_in
+        if not response.is_success or self._sign_out_request is None or self._session_request is None:
+            return  # a refusal says why, and the old session is kept
+        before = self._session()
         self.jar.absorb(response)
-        if not (response.is_success or no_session_to_end(response.status_code, read_body(response).text)):
-            return False
-        self.jar.drop_session()
-        return True
+        if self._session() in ({}, before):  # the old session is kept
+            raise uninterpretable(
+                response, "the sign-in succeeded but set no session cookie (*.session_token)"
+            )
+        sign_out = self._sign_out_request()
+        sign_out.headers["Origin"] = self.origin
+        if old is not None:
+            sign_out.headers["Cookie"] = old.decode("latin-1")
+        ended = yield sign_out  # never read into the jar: its Set-Cookie deletes the session cookie
+        if not (ended.is_success or no_session_to_end(ended.status_code, read_body(ended).text)):
+            logger.warning(
+                "%s: the previous session could not be signed out (HTTP %s); it stays valid on the site "
+                "until it runs out",
+                PROVIDER,
+                ended.status_code,
+            )
+        confirm = self._session_request()
+        self._attach(confirm)
+        confirmed = yield confirm
+        self.jar.absorb(confirmed)
+        if session_state(confirmed) == "alive":
+            self.jar.mark_checked()
 
     def _confirm(self) -> Generator[httpx.Request, httpx.Response, None]:
         """Step 4: ask ``get-session``; keep the slid cookie, or forget a session that is gone."""
@@ -169,8 +196,9 @@ class SessionAuth(httpx.Auth):
             yield request
             return
         path = request.url.path
-        if path.endswith(SIGN_IN_PATH) and self.jar.has_session() and not (yield from self._sign_out_first()):
-            return  # the sign-out's answer is the sign-in's: it says why, and the old session is kept
+        if path.endswith(SIGN_IN_PATH) and self.jar.has_session():
+            yield from self._replace(request)
+            return
         wants_session = not _uses_api_key(request) and path.endswith(SESSION_PATHS)
         if wants_session and not path.endswith(GET_SESSION_PATH) and self.jar.refresh_due():
             yield from self._confirm()

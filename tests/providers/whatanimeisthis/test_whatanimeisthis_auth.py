@@ -493,27 +493,84 @@ def test_a_browser_session_cookie_is_never_due_and_the_check_time_persists(tmp_p
     assert reread.session_expires() == 1_000.0 + 10 * 86_400 + 100
 
 
+GET_SESSION_ANSWER = {"session": {"id": "s2"}, "user": {"id": "u2", "email": "new@b.example"}}
+
+
+WRONG = "Invalid email or password"
+
+
 @respx.mock
-@pytest.mark.parametrize(
-    ("refusal", "says"),
-    [
-        (httpx.Response(403, json={"code": "INVALID_ORIGIN", "message": "Invalid origin"}), "origin"),
-        (httpx.Response(503, text="<html>Service Unavailable</html>"), "503"),
-    ],
-)
-def test_a_sign_in_whose_sign_out_of_the_old_session_is_refused_keeps_that_session(
-    state: Path, refusal: httpx.Response, says: str
-) -> None:
-    sign_in_route = respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+def test_a_mistyped_password_while_signed_in_keeps_the_session(state: Path) -> None:
+    routes = respx.post(f"{SITE}/api/auth/sign-in/email")
+    routes.side_effect = [
+        signed_in(),
+        httpx.Response(
+            401, json={"code": "INVALID_EMAIL_OR_PASSWORD", "message": "Invalid email or password"}
+        ),
+    ]
+    sign_out = respx.post(f"{SITE}/api/auth/sign-out").respond(json={"success": True})
     provider = configured(state)
     sign_in(provider)
+    with pytest.raises(AuthenticationError, match=WRONG):
+        sign_in(provider)
+    assert "cookie" not in routes.calls.last.request.headers  # a new session, whatever the old one
+    assert not sign_out.called
+    assert configured(state).jar.header() == f"{SESSION}={SIGNED}".encode()  # still signed in
+
+
+@respx.mock
+def test_a_sign_in_while_signed_in_ends_the_old_session_with_its_own_cookie(state: Path) -> None:
+    respx.post(f"{SITE}/api/auth/sign-in/email").side_effect = [signed_in(), signed_in(FRESH)]
+    gone = f"{SESSION}=; Max-Age=0; Path=/; HttpOnly; Secure; SameSite=Lax"
+    sign_out = respx.post(f"{SITE}/api/auth/sign-out").respond(
+        json={"success": True}, headers=[("set-cookie", gone)]
+    )
+    confirm = respx.get(f"{SITE}/api/auth/get-session").respond(json=GET_SESSION_ANSWER)
+    provider = configured(state)
+    sign_in(provider)
+    sign_in(provider)
+    assert sign_out.call_count == 1
+    assert sign_out.calls.last.request.headers["cookie"] == f"{SESSION}={SIGNED}"
+    assert confirm.calls.last.request.headers["cookie"] == f"{SESSION}={FRESH}"
+    reread = configured(state)
+    assert reread.jar.header() == f"{SESSION}={FRESH}".encode()  # the sign-out's Set-Cookie was not taken
+    assert reread.jar.email == "new@b.example"  # who get-session says is signed in
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        httpx.Response(403, json={"code": "INVALID_ORIGIN", "message": "Invalid origin"}),
+        httpx.Response(503, text="<html>Service Unavailable</html>"),
+    ],
+)
+def test_a_refused_sign_out_of_the_replaced_session_keeps_the_new_one_and_says_so(
+    state: Path, refusal: httpx.Response, caplog: pytest.LogCaptureFixture
+) -> None:
+    respx.post(f"{SITE}/api/auth/sign-in/email").side_effect = [signed_in(), signed_in(FRESH)]
     respx.post(f"{SITE}/api/auth/sign-out").mock(return_value=refusal)
-    with pytest.raises(Exception, match=f"(?i){says}"):
-        sign_in(provider)  # signing in again while signed in: the old session is signed out first
-    assert sign_in_route.call_count == 1  # the second sign-in was not sent
-    # the session is still alive on the site: it stays in the jar, so `logout` can still end it
-    assert provider.jar.has_session()
-    assert json.loads(jar_file(state).read_text())["cookies"][0]["value"] == SIGNED
+    respx.get(f"{SITE}/api/auth/get-session").respond(json=GET_SESSION_ANSWER)
+    provider = configured(state)
+    sign_in(provider)
+    sign_in(provider)
+    assert configured(state).jar.header() == f"{SESSION}={FRESH}".encode()
+    assert f"could not be signed out (HTTP {refusal.status_code})" in caplog.text
+
+
+@respx.mock
+def test_a_sign_in_that_sets_no_new_session_keeps_the_old_one(state: Path) -> None:
+    respx.post(f"{SITE}/api/auth/sign-in/email").side_effect = [
+        signed_in(),
+        httpx.Response(200, json={"redirect": False, "user": {"email": "a@b.example"}}),
+    ]
+    sign_out = respx.post(f"{SITE}/api/auth/sign-out").respond(json={"success": True})
+    provider = configured(state)
+    sign_in(provider)
+    with pytest.raises(UpstreamResponseError, match="set no session cookie"):
+        sign_in(provider)
+    assert not sign_out.called
+    assert configured(state).jar.header() == f"{SESSION}={SIGNED}".encode()
 
 
 @respx.mock
