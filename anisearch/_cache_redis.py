@@ -114,10 +114,15 @@ class RedisResultCache:
         """The cached result for ``key`` (expired previews removed), or None."""
         from redis.exceptions import RedisError
 
+        payload = None
         try:
-            payload = await self.redis.get(CACHE_PREFIX + key)
+            with anyio.move_on_after(max(remaining_seconds(), 0.0)) as waiting:  # a miss at the deadline
+                payload = await self.redis.get(CACHE_PREFIX + key)
         except (RedisError, OSError) as exc:
             self._warn(exc)
+            return None
+        if waiting.cancelled_caught:
+            self._warn(TimeoutError("no answer before the search's deadline"))
             return None
         self._warned = False
         if payload is None:
@@ -215,6 +220,20 @@ without a deadline of its own, seconds; then it runs on its own. Every step of a
 only matters if one ever was not."""
 
 
+LET_GO_SECONDS = 0.25
+"""The longest letting go of a flight's lease may take past the search's deadline, seconds: a Redis that
+answers does so in a millisecond, and a lease not let go lapses by itself (:data:`LEASE_SECONDS`)."""
+
+
+async def _let_go(redis: Any, lease: str, channel: str, token: str) -> None:
+    """Release ``lease`` (and wake its followers), never waiting long past the search's deadline."""
+    from redis.exceptions import RedisError
+
+    with anyio.move_on_after(max(remaining_seconds(REDIS_SECONDS), LET_GO_SECONDS)):
+        with contextlib.suppress(RedisError, OSError):
+            await redis.eval(_RELEASE, 2, lease, channel, token)
+
+
 class Flights:
     """Identical searches in flight, merged: in this process always, across a fleet with a Redis cache."""
 
@@ -285,8 +304,7 @@ class Flights:
             logger.warning("identical searches cannot be merged across processes (%s)", exc)
             return await search()
         if waiting.cancelled_caught:  # the deadline came first: the search says so on its own
-            with contextlib.suppress(RedisError, OSError):  # a lease taken as the deadline came is let go
-                await redis.eval(_RELEASE, 2, lease, channel, token)
+            await _let_go(redis, lease, channel, token)  # a lease taken as the deadline came
             return await search()
         try:
             async with anyio.create_task_group() as tasks:
@@ -297,8 +315,8 @@ class Flights:
                     tasks.cancel_scope.cancel()
             return answer
         finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(RedisError, OSError):
-                await redis.eval(_RELEASE, 2, lease, channel, token)
+            with anyio.CancelScope(shield=True):
+                await _let_go(redis, lease, channel, token)
 
     @staticmethod
     async def _wait(redis: Any, lease: str, channel: str) -> bool:

@@ -6,10 +6,12 @@ that is not to loopback.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -386,6 +388,15 @@ class RedisServer:
 
         with redis.Redis.from_url(self.url) as client:
             client.flushdb()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Redis stops answering (SIGSTOP) without closing a connection, as a hung server does."""
+        self._proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         self._proc.terminate()

@@ -26,6 +26,7 @@ from anisearch._ledger._base import QUEUE_SECONDS, Ledger, Nap
 from anisearch._ledger._logic import Refusal, Reservation, ScopeView, Stale, WindowView
 from anisearch._ledger._units import WAITERS
 from anisearch._ledger._windows import to_us
+from anisearch._limits import remaining_seconds
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -135,6 +136,17 @@ class RedisLedger(Ledger):
         with self._unusable():
             return await self._scripts[script](keys=[PREFIX], args=[f"{provider}|{scope}", *args])
 
+    async def _before_deadline(self, run: Awaitable[Any]) -> Any:
+        """``await run``, giving up when the current search's deadline passes (:class:`LedgerError`), not
+        only after :data:`~anisearch._limits.REDIS_SECONDS`."""
+        with anyio.move_on_after(max(remaining_seconds(), 0.0)):
+            return await run
+        raise LedgerError(
+            f"the quota ledger {self.url} did not answer before the search's deadline; check that Redis "
+            "runs there and answers, or set ANISEARCH_LEDGER to another ledger",
+            ledger=self.url,
+        )
+
     @contextlib.contextmanager
     def _unusable(self) -> Iterator[None]:
         """Redis failing (down, refusing, a full memory) as :class:`LedgerError`."""
@@ -176,7 +188,7 @@ class RedisLedger(Ledger):
                 window.leave,
             ]
         args.append(_queued(request))
-        reply = await self._run("RESERVE", provider, scope, args)
+        reply = await self._before_deadline(self._run("RESERVE", provider, scope, args))  # nothing sent yet
         if reply[0] == "ok":
             if len(reply) > 2:  # noqa: PLR2004 - handed over to this queued search: its lease and instant
                 return Reservation(request.token, int(reply[2]), reserved_at=int(reply[3]))
