@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from anisearch import _image
+from anisearch import _image, _worker
 from anisearch._account import AccountFeatures, AsyncApiKeys
 from anisearch._address import cache_name
 from anisearch._cache import ResultCache, WouldBlock, cache_key
@@ -459,7 +459,7 @@ class AsyncClient(AccountFeatures):
                 in_memory = None  # the search keeps the source only as long as it needs it
             else:  # a file, a stream, large bytes or a busy cache: a worker thread, which also prepares
                 # the image when there is no answer (one thread hop either way)
-                source, (early, looked_up), made = await anyio.to_thread.run_sync(
+                source, (early, looked_up), made = await _worker.run_sync(
                     lookup.read_find_prepare, source, max(wait, 0.0)
                 )
             if early is not None:
@@ -834,10 +834,11 @@ async def _prepared(source: Any, boxes: Sequence[tuple[int, int]], wait_seconds:
     elif _image.quick(source):
         return _Made.of(source, boxes)
 
-    def read_prepare() -> _Made:
-        return _Made.of(_image.read(source, wait_seconds=wait_seconds), boxes)
+    return await _worker.run_sync(_read_prepare, source, boxes, wait_seconds)
 
-    return await anyio.to_thread.run_sync(read_prepare)
+
+def _read_prepare(source: Any, boxes: Sequence[tuple[int, int]], wait_seconds: float) -> _Made:
+    return _Made.of(_image.read(source, wait_seconds=wait_seconds), boxes)
 
 
 async def _alias_found(

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from typing import Any
 
 import anyio
 import httpx
 
-from anisearch import _fetch, _redact
+from anisearch import _fetch, _redact, _worker
 from anisearch._exceptions import ImageFetchError, ProviderError
 from anisearch._limits import HASH_IN_PLACE_BYTES, MAX_DOWNLOAD_BYTES, remaining_seconds, timed_out
 from anisearch._transport import ACCEPT_ENCODING, tls_context, user_agent
@@ -75,8 +74,8 @@ class Downloader:
             return data  # preparing it says it is empty
         from anisearch import _image  # Pillow: only once there is an image to prepare
 
-        read = partial(_image.read, data)
-        source = read() if len(data) <= HASH_IN_PLACE_BYTES else await anyio.to_thread.run_sync(read)
+        small = len(data) <= HASH_IN_PLACE_BYTES
+        source = _image.read(data) if small else await _worker.run_sync(_image.read, data)
         assert isinstance(source, _image.SourceBytes)  # noqa: S101 - bytes are never a PIL image
         return dataclasses.replace(source, where=f"{_redact.display_url(image)}: ")
 

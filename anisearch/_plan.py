@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 
-from anisearch import _image
+from anisearch import _image, _worker
 from anisearch._address import cache_name
 from anisearch._cache import cache_key
 from anisearch._exceptions import InvalidImageError
@@ -94,9 +94,10 @@ class SearchImages:
                 source = self._source
                 if source is None:  # pragma: no cover - only a box of the search's providers is asked for
                     raise ValueError(f"no upload box {box} was planned for this search")
-                work = partial(_image.prepare_boxes, source, missing, digest=self._digest)
+                work = partial(_image.prepare_boxes, digest=self._digest)  # the source goes as an argument
                 try:
-                    images = work() if _image.quick(source) else await anyio.to_thread.run_sync(work)
+                    quick = _image.quick(source)
+                    images = work(source, missing) if quick else await _worker.run_sync(work, source, missing)
                 except InvalidImageError as exc:
                     self._failed[box] = exc
                     raise

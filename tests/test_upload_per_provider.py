@@ -372,3 +372,66 @@ def test_a_file_named_relatively_or_by_bytes_is_read_again_as_the_same_file(
             ("whatanimeisthis", "ok"),
         ]
         assert multipart_image(site.calls.last.request) == alone
+
+
+DOWNLOAD_HELD = """
+import json, sys, tracemalloc
+from pathlib import Path
+import httpx
+from PIL import Image
+from anisearch import Client, Settings
+
+picture = Path(sys.argv[1]).read_bytes()
+body = json.loads(Path(sys.argv[2]).read_text())
+held = []
+
+async def chunks():  # as a socket gives them: nothing else holds the whole picture
+    for at in range(0, len(picture), 65536):
+        yield picture[at : at + 65536]
+
+def handler(request):
+    if request.url.host == "127.0.0.1":  # the picture's address
+        return httpx.Response(200, content=chunks(), headers={"content-type": "image/bmp"})
+    held.append(tracemalloc.get_traced_memory()[0])  # trace.moe is asked
+    return httpx.Response(200, json=body)
+
+options = {"tracemoe": {"url": "https://trace.test"}}
+settings = Settings.load(
+    providers=["tracemoe"], provider_options=options, cache=sys.argv[3], metadata="off",
+    allow_private_urls=True,
+)
+with Client(settings, httpx.MockTransport(handler)) as client:
+    client.search(Image.new("RGB", (64, 36), "purple"))  # modules a first search imports are not held
+    held.clear()
+    tracemalloc.start()
+    client.search("http://127.0.0.1:9/large.bmp")
+    tracemalloc.stop()
+print(held[0])
+"""
+
+
+@pytest.mark.parametrize("cache", ["off", "sqlite"])
+def test_a_downloaded_picture_is_not_held_while_trace_moe_is_asked(
+    body: dict[str, Any], tmp_path: Path, cache: str
+) -> None:
+    """A 12 MB picture downloaded from a URL, with trace.moe alone, is let go once its upload is made. Run in
+    a process of its own: the suite's other threads would count in its traced memory."""
+    import json
+    import subprocess
+    import sys
+
+    picture = tmp_path / "large.bmp"
+    Image.effect_noise((2000, 2000), 64).convert("RGB").save(picture)
+    answer = tmp_path / "answer.json"
+    answer.write_text(json.dumps(body))
+    store = "off" if cache == "off" else str(tmp_path / "results.sqlite3")
+    done = subprocess.run(
+        [sys.executable, "-c", DOWNLOAD_HELD, str(picture), str(answer), store],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert picture.stat().st_size > 10_000_000
+    assert int(done.stdout.split()[-1]) < picture.stat().st_size / 4  # it was 17.7 MB with the cache on
