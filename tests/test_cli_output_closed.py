@@ -193,10 +193,15 @@ def test_a_search_stopped_by_sigterm_keeps_its_slot_while_the_upstream_runs_it(
         [*command, str(shots), "-j", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     ) as first:
         deadline = time.monotonic() + 60
-        while not (emulator.log and any(emulator.concurrent.values())):  # its second search is upstream
+        while emulator.search_requests < 2:  # its second search has reached the emulator
             assert time.monotonic() < deadline, "the first command's second search never reached the emulator"
             assert first.poll() is None, first.stderr.read() if first.stderr else ""
             time.sleep(0.01)
+        # ... and is read and running there. Not "a search logged and one running": the first search is
+        # counted down a moment after its log row, so that also held before the second was sent.
+        time.sleep(0.5)
+        assert len(emulator.log) == 1
+        assert any(emulator.concurrent.values())
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 143
     second = subprocess.run(
