@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -24,7 +23,7 @@ import anyio.to_thread
 from pydantic import ValidationError
 
 from anisearch._models import Anime
-from anisearch._sqlite_busy import replaceable, resetting
+from anisearch._sqlite_busy import connect, replaceable, resetting
 
 __all__ = ["AnimeCache"]
 
@@ -91,9 +90,8 @@ class AnimeCache:
         directory = self.path.parent
         if not directory.exists():
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(descriptor)
-        db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        # created with mode 0600, and kept open by this process while it is used (see _sqlite_busy.hold)
+        db = connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA busy_timeout=10000")
             db.execute("PRAGMA journal_mode=WAL")

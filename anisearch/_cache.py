@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from anisearch._models import SearchResult, fresh_previews
-from anisearch._sqlite_busy import foreign, locked, open_waiting, replaceable, resetting, set_aside
+from anisearch._sqlite_busy import connect, foreign, locked, open_waiting, replaceable, resetting, set_aside
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -167,11 +167,10 @@ class ResultCache:
         if not directory.exists():
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(directory, 0o700)  # noqa: PTH101 - whatever the umask
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(descriptor)
+        # created with mode 0600, and kept open by this process while it is used (see _sqlite_busy.hold)
+        db = connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
         with contextlib.suppress(OSError):  # another user's file: leave its mode alone
             os.chmod(self.path, 0o600)  # noqa: PTH101
-        db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
         try:
             _set_up(db)
         except BaseException:

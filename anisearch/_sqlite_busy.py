@@ -5,14 +5,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
+import threading
+import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-__all__ = ["aside_name", "foreign", "locked", "open_waiting", "replaceable", "resetting", "set_aside"]
+__all__ = [
+    "HeldConnection",
+    "aside_name",
+    "connect",
+    "foreign",
+    "hold",
+    "let_go",
+    "locked",
+    "open_waiting",
+    "replaceable",
+    "resetting",
+    "set_aside",
+]
 
 logger = logging.getLogger("anisearch")
 
@@ -62,13 +77,131 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 """The first 16 bytes of every SQLite database file."""
 
 
-def _head(path: Path) -> bytes | None:
-    """The file's first 16 bytes (fewer for a shorter file); None when it cannot be read."""
+class _Kept:
+    """The descriptors this process keeps open on one database file, and how many users it has."""
+
+    __slots__ = ("descriptors", "users")
+
+    def __init__(self, descriptor: int) -> None:
+        self.descriptors = [descriptor]
+        self.users = 0
+
+
+_KEPT: dict[tuple[int, int], _Kept] = {}
+"""By ``(device, inode)``: the database files this process has open (see :func:`hold`)."""
+_KEPT_LOCK = threading.RLock()  # re-entered when a collected connection lets go of its file mid-step
+_KEEP = os.name == "posix"
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    info = os.stat(path)  # noqa: PTH116 - no descriptor is opened, so none is closed
+    return info.st_dev, info.st_ino
+
+
+def hold(path: Path) -> tuple[int, int]:
+    """Open the database file ``path`` (created with mode 0600 when missing) before SQLite opens it, and keep
+    it open until :func:`let_go`; returns its ``(device, inode)``.
+
+    Closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's included. A
+    WAL database whose shared lock was dropped so looks unused to another process closing its own last
+    connection, which then deletes the WAL and shared-memory files that this process goes on writing: the
+    ledger splits in two, each half unaware of the other's slots. So this process opens a database file of
+    ours at most once while it uses it, and the header reads that tell ours from somebody's file go through
+    that descriptor.
+
+    Raises:
+        OSError: The file cannot be opened or created.
+    """
+    if not _KEEP:  # Windows: no POSIX locks to drop, and a file kept open could not be set aside
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            info = os.fstat(descriptor)
+        finally:
+            os.close(descriptor)
+        return info.st_dev, info.st_ino
+    with _KEPT_LOCK:
+        with contextlib.suppress(FileNotFoundError):
+            identity = _identity(path)
+            kept = _KEPT.get(identity)
+            if kept is not None:
+                kept.users += 1
+                return identity
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        info = os.fstat(descriptor)
+        identity = info.st_dev, info.st_ino
+        kept = _KEPT.get(identity)
+        if kept is None:
+            kept = _KEPT[identity] = _Kept(descriptor)
+        else:  # created by another process between the two looks: the same file, now opened twice
+            kept.descriptors.append(descriptor)
+        kept.users += 1
+        return identity
+
+
+def let_go(identity: tuple[int, int]) -> None:
+    """One user of the file :func:`hold` returned ``identity`` for has closed its connection; the last one
+    closes the file."""
+    with _KEPT_LOCK:
+        kept = _KEPT.get(identity)
+        if kept is None:
+            return
+        kept.users -= 1
+        if kept.users <= 0:
+            del _KEPT[identity]
+            for descriptor in kept.descriptors:
+                with contextlib.suppress(OSError):
+                    os.close(descriptor)
+
+
+class HeldConnection(sqlite3.Connection):
+    """A connection whose file this process keeps open until it is closed (see :func:`connect`)."""
+
+    identity: tuple[int, int]
+    """The file's ``(device, inode)`` when it was opened."""
+    _release: weakref.finalize[[tuple[int, int]], HeldConnection]
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            release = getattr(self, "_release", None)
+            if release is not None:
+                release()  # once: a finalizer runs at most once
+
+
+def connect(path: Path, **options: Any) -> HeldConnection:
+    """``sqlite3.connect(path, **options)`` of a database file of ours, held (:func:`hold`: created with mode
+    0600 when missing) until the connection is closed or collected.
+
+    Raises:
+        OSError: The file cannot be opened or created.
+        sqlite3.Error: SQLite cannot open it.
+    """
+    identity = hold(path)
     try:
-        with path.open("rb") as file:
-            return file.read(len(SQLITE_HEADER))
-    except OSError:
-        return None
+        conn = sqlite3.connect(path, factory=HeldConnection, **options)
+    except BaseException:
+        let_go(identity)
+        raise
+    conn.identity = identity
+    conn._release = weakref.finalize(conn, let_go, identity)  # noqa: SLF001 - its own attribute
+    return conn
+
+
+def _head(path: Path) -> bytes | None:
+    """The file's first 16 bytes (fewer for a shorter file); None when it cannot be read.
+
+    A file this process holds (:func:`hold`) is read through its descriptor, never opened and closed again.
+    """
+    with _KEPT_LOCK:
+        try:
+            kept = _KEPT.get(_identity(path))
+            if kept is not None:
+                return os.pread(kept.descriptors[0], len(SQLITE_HEADER), 0)
+            with path.open("rb") as file:  # no connection of this process has it open
+                return file.read(len(SQLITE_HEADER))
+        except OSError:
+            return None
 
 
 def _ours(head: bytes, *, zeroed_ours: bool) -> bool:

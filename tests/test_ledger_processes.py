@@ -75,3 +75,64 @@ def test_one_slot_is_held_by_one_process_at_a_time(shared_url: str, tmp_path: Pa
     overlaps = [(a, b) for a, b in itertools.pairwise(intervals) if b[0] < a[1]]
     assert overlaps == []
     assert len({name for *_, name in intervals}) == PROCESSES
+
+
+ASK_FOR_THE_SLOT = """
+import sys
+import anyio
+from anisearch._ledger import Ticket, WindowSpec, open_ledger, scope_id
+
+async def main():
+    ledger = open_ledger(sys.argv[1])
+    windows = [WindowSpec("rolling-24h", span_seconds=86400)]
+    answer = await ledger.reserve("tracemoe", scope_id("api-key", "one"), windows)
+    print("slot" if isinstance(answer, Ticket) else "refused")
+    await ledger.aclose()
+
+anyio.run(main)
+"""
+
+
+def test_a_second_ledger_on_the_same_file_leaves_it_shared_with_other_processes(tmp_path: Path) -> None:
+    """Two ledgers of one process on one SQLite file (a bot with two clients), then another process that
+    opens and closes the file: the WAL is not deleted from under this process (it was: closing any
+    descriptor of a file drops the process's locks on it, SQLite's shared lock included), and a slot this
+    process holds keeps the other process out."""
+    import subprocess
+    import sys
+
+    import anyio
+
+    from anisearch._ledger import Ticket, WindowSpec, open_ledger, scope_id
+
+    path = tmp_path / "ledger.sqlite3"
+    url = f"sqlite:///{path}"
+    windows = [WindowSpec("rolling-24h", span_seconds=86400)]
+    scope = scope_id("api-key", "one")
+
+    def run(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-c", *args], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    async def main() -> None:
+        first = open_ledger(url)
+        ticket = await first.reserve("tracemoe", scope, windows)
+        assert isinstance(ticket, Ticket)
+        await first.settle(ticket, "charged")
+        second = open_ledger(url)
+        ticket = await second.reserve("tracemoe", scope, windows)
+        assert isinstance(ticket, Ticket)
+        await second.settle(ticket, "charged")
+        await second.aclose()
+        run("import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA schema_version')", str(path))
+        assert path.with_name(path.name + "-wal").exists()
+        assert path.with_name(path.name + "-shm").exists()
+        held = await first.reserve("tracemoe", scope, windows)
+        assert isinstance(held, Ticket)
+        assert run(ASK_FOR_THE_SLOT, url) == "refused"
+        await first.settle(held, "charged")
+        assert run(ASK_FOR_THE_SLOT, url) == "slot"
+        await first.aclose()
+
+    anyio.run(main)

@@ -33,7 +33,7 @@ from anisearch._ledger._base import Ledger, Nap
 from anisearch._ledger._doorbell import Doorbell
 from anisearch._ledger._units import WAITERS
 from anisearch._limits import remaining_seconds
-from anisearch._sqlite_busy import aside_name, foreign, locked, open_waiting, resetting, set_aside
+from anisearch._sqlite_busy import aside_name, connect, foreign, locked, open_waiting, resetting, set_aside
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -319,15 +319,16 @@ class SQLiteLedger(Ledger):
         if foreign(self.path):  # somebody's file: never written to, its mode never changed
             raise sqlite3.DatabaseError("file is not a database")
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:  # the file about to be opened: replaced in between, the next step just opens it again
-            self._inode = os.fstat(descriptor).st_ino
-        finally:
-            os.close(descriptor)
-        conn = sqlite3.connect(
+        # created with mode 0600, and kept open by this process while it is used (see _sqlite_busy.hold)
+        conn = connect(
             self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        self._inode = conn.identity[1]  # replaced after this, the next step just opens it again
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _connect(self) -> sqlite3.Connection:
