@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -99,30 +101,46 @@ class RedisResultCache:
             url, decode_responses=True, socket_timeout=REDIS_SECONDS, socket_connect_timeout=REDIS_SECONDS
         )
         self._warned = False
+        self._down_until = -math.inf
+        """Until when (``time.monotonic()``) searches go without the cache: it failed or was too slow."""
 
     @property
     def usable(self) -> bool:
         """Always True: an outage is a miss, not a reason to stop asking."""
         return True
 
+    @property
+    def down(self) -> bool:
+        """Whether the cache failed or was too slow in the last :data:`DOWN_SECONDS`: searches skip it."""
+        return time.monotonic() < self._down_until
+
     def _warn(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + DOWN_SECONDS
         if not self._warned:
-            logger.warning("the result cache %s cannot be used (%s); searching without it", self.url, exc)
+            logger.warning(
+                "the result cache %s cannot be used (%s); searching without it for %g s",
+                self.url,
+                exc,
+                DOWN_SECONDS,
+            )
             self._warned = True
 
     async def get(self, key: str) -> SearchResult | None:
-        """The cached result for ``key`` (expired previews removed), or None."""
+        """The cached result for ``key`` (expired previews removed), or None: a miss also when the cache
+        is :attr:`down`, or does not answer within :data:`WAIT_SECONDS` (or the search's deadline)."""
         from redis.exceptions import RedisError
 
+        if self.down:
+            return None
         payload = None
         try:
-            with anyio.move_on_after(max(remaining_seconds(), 0.0)) as waiting:  # a miss at the deadline
+            with anyio.move_on_after(max(remaining_seconds(WAIT_SECONDS), 0.0)) as waiting:
                 payload = await self.redis.get(CACHE_PREFIX + key)
         except (RedisError, OSError) as exc:
             self._warn(exc)
             return None
         if waiting.cancelled_caught:
-            self._warn(TimeoutError("no answer before the search's deadline"))
+            self._warn(TimeoutError(f"no answer within {WAIT_SECONDS:g} s"))
             return None
         self._warned = False
         if payload is None:
@@ -137,12 +155,18 @@ class RedisResultCache:
         """Store a successful answer for ``ttl_seconds``."""
         from redis.exceptions import RedisError
 
+        if self.down:
+            return
         try:
-            await self.redis.set(
-                CACHE_PREFIX + key, result.model_dump_json(), px=int(self.ttl_seconds * 1000)
-            )
+            with anyio.move_on_after(WAIT_SECONDS) as waiting:  # the answer is in hand: never held up long
+                await self.redis.set(
+                    CACHE_PREFIX + key, result.model_dump_json(), px=int(self.ttl_seconds * 1000)
+                )
         except (RedisError, OSError) as exc:
             self._warn(exc)
+            return
+        if waiting.cancelled_caught:
+            self._warn(TimeoutError(f"no answer within {WAIT_SECONDS:g} s"))
 
     async def ping(self) -> bool:
         """Whether Redis answers."""
@@ -220,6 +244,12 @@ without a deadline of its own, seconds; then it runs on its own. Every step of a
 only matters if one ever was not."""
 
 
+WAIT_SECONDS = 1.0
+"""The longest a search waits for the Redis result cache to read or store one answer, or to start merging
+identical searches, seconds: a Redis that answers does so in milliseconds, and the cache is only a way to
+save a search. Past it, the cache is a miss and is skipped for :data:`DOWN_SECONDS`."""
+DOWN_SECONDS = 30.0
+"""How long searches go without a Redis result cache that failed or did not answer in time, seconds."""
 LET_GO_SECONDS = 0.25
 """The longest letting go of a flight's lease may take past the search's deadline, seconds: a Redis that
 answers does so in a millisecond, and a lease not let go lapses by itself (:data:`LEASE_SECONDS`)."""
@@ -270,8 +300,8 @@ class Flights:
                 return result
         done = self._local[key] = anyio.Event()
         try:
-            if cached is not None and isinstance(store, RedisResultCache):
-                return await self._fleet(store.redis, key, search, cached)
+            if cached is not None and isinstance(store, RedisResultCache) and not store.down:
+                return await self._fleet(store, key, search, cached)
             return await search()
         finally:
             del self._local[key]
@@ -279,13 +309,14 @@ class Flights:
 
     async def _fleet(
         self,
-        redis: Any,
+        store: RedisResultCache,
         key: str,
         search: Callable[[], Awaitable[SearchResult]],
         cached: Callable[[], Awaitable[SearchResult | None]],
     ) -> SearchResult:
         from redis.exceptions import RedisError
 
+        redis = store.redis
         lease, channel = FLIGHT_PREFIX + key, DONE_PREFIX + key
         from anisearch._ledger._base import this_holder
 
@@ -293,15 +324,19 @@ class Flights:
         try:
             with anyio.move_on_after(remaining_seconds(FOLLOW_SECONDS)) as waiting:
                 while True:
-                    if await redis.set(lease, token, nx=True, px=int(LEASE_SECONDS * 1000)):
+                    with anyio.move_on_after(WAIT_SECONDS) as asking:
+                        taken = await redis.set(lease, token, nx=True, px=int(LEASE_SECONDS * 1000))
+                    if asking.cancelled_caught:
+                        raise TimeoutError(f"no answer within {WAIT_SECONDS:g} s")
+                    if taken:
                         break
                     if await self._wait(redis, lease, channel):
                         result = await cached()
                         if result is not None:
                             _MERGED[0] += 1
                             return result
-        except (RedisError, OSError) as exc:
-            logger.warning("identical searches cannot be merged across processes (%s)", exc)
+        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+            store._warn(exc)  # noqa: SLF001 - the cache and its flights are one Redis
             return await search()
         if waiting.cancelled_caught:  # the deadline came first: the search says so on its own
             await _let_go(redis, lease, channel, token)  # a lease taken as the deadline came

@@ -12,7 +12,7 @@ import anyio
 import pytest
 from tests.conftest import RedisServer
 
-from anisearch import AllProvidersFailedError, AsyncClient, LedgerError, Settings
+from anisearch import AsyncClient, LedgerError, Settings
 from anisearch._limits import REDIS_SECONDS
 from anisearch_emulators.tracemoe import create_app as tracemoe_app
 
@@ -59,19 +59,77 @@ def test_a_paused_redis_ledger_ends_the_search_at_its_deadline(
     assert trace.app.state.emulator.search_requests == 1  # nothing sent without the ledger's word
 
 
-def test_a_paused_redis_cache_costs_the_search_no_more_than_its_deadline(
+def test_a_paused_redis_cache_is_a_quick_miss_then_skipped(
     live_server: Callable[[Any], Any],
     samples: Path,
     redis_server: RedisServer,
     redis_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The cache only saves searches: a paused one costs the first search a second (it took the search's
+    whole deadline, which then failed without asking trace.moe; 15 s without a deadline), and the next
+    searches nothing, until it has been skipped for 30 s."""
     trace = live_server(tracemoe_app())
     chosen = settings(trace.url, ledger="memory://", cache=redis_url)
-    outcome, took = searched_while_paused(
-        redis_server, chosen, samples / "tinted-good.jpg", samples / "flipped-good.webp"
-    )
-    assert took < REDIS_SECONDS - 1  # it was 6.0 s: the flight's lease let go with Redis's own timeout
-    assert "cannot be used (no answer before the search's deadline)" in caplog.text
-    assert isinstance(outcome, AllProvidersFailedError)  # the deadline passed waiting for the cache
-    assert "deadline passed" in str(outcome.exceptions[0])
+
+    async def run() -> tuple[Any, float, Any, float]:
+        async with AsyncClient(chosen) as client:
+            assert (await client.search(samples / "tinted-good.jpg")).best is not None
+            with redis_server.paused():
+                start = time.monotonic()
+                first = await client.search(samples / "flipped-good.webp", deadline=3.0)
+                middle = time.monotonic()
+                second = await client.search(samples / "tinted-good.jpg", cache=True)
+                return first, middle - start, second, time.monotonic() - middle
+
+    first, first_took, second, second_took = anyio.run(run)
+    assert first.best is not None  # answered by trace.moe, within its deadline
+    assert first_took < 2.5
+    assert second.best is not None
+    assert not second.cached  # the cache was skipped, not waited for
+    assert second_took < 1.0
+    assert sum("cannot be used (no answer within 1 s)" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_searches_ending_at_their_deadline_leave_no_slot_held(
+    live_server: Callable[[Any], Any], samples: Path, redis_url: str
+) -> None:
+    """Ten searches at once on a concurrency-1 trace.moe, each with a deadline most of them reach waiting
+    for the slot. One reservation cut off at its deadline with Redis answering held the slot for its whole
+    15-second lease (the next search waited that long) and ended as a LedgerError blaming Redis."""
+    import io
+
+    from PIL import Image
+
+    trace = live_server(tracemoe_app(quota=10**6, rate_limit=10**6, latency=0.4))
+    chosen = settings(trace.url, ledger=redis_url, cache="off")
+
+    def picture(n: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (320, 180), (n * 20, 255 - n * 20, 90)).save(buffer, "JPEG")
+        return buffer.getvalue()
+
+    async def run() -> tuple[list[BaseException | None], float]:
+        async with AsyncClient(chosen) as client:
+            await client.search(samples / "tinted-good.jpg")
+            errors: list[BaseException | None] = []
+            for _ in range(3):
+
+                async def one(n: int) -> None:
+                    try:
+                        await client.search(picture(n), deadline=1.0)
+                    except Exception as exc:  # noqa: BLE001 - which error each ended with is the finding
+                        errors.append(exc)
+                    else:
+                        errors.append(None)
+
+                async with anyio.create_task_group() as tasks:
+                    for n in range(10):
+                        tasks.start_soon(one, n)
+            start = time.monotonic()
+            await client.search(samples / "flipped-good.webp")
+            return errors, time.monotonic() - start
+
+    errors, next_took = anyio.run(run)
+    assert not any(isinstance(error, LedgerError) for error in errors)
+    assert next_took < 5.0

@@ -109,6 +109,12 @@ class _QueuedNap(Nap):
         return self._ticket(int(reply[1])) if reply[1] else None
 
 
+GRACE_SECONDS = 0.25
+"""The least a reservation is given to be answered, seconds, even when the search's deadline has passed or
+is about to: a Redis that answers does so in a millisecond, and a reservation whose answer is cut off is
+given up rather than left to hold its slot until its lease lapses."""
+
+
 class RedisLedger(Ledger):
     """The ledger in a Redis database (``redis://host:port/db``, ``rediss://`` for TLS).
 
@@ -136,11 +142,20 @@ class RedisLedger(Ledger):
         with self._unusable():
             return await self._scripts[script](keys=[PREFIX], args=[f"{provider}|{scope}", *args])
 
-    async def _before_deadline(self, run: Awaitable[Any]) -> Any:
-        """``await run``, giving up when the current search's deadline passes (:class:`LedgerError`), not
-        only after :data:`~anisearch._limits.REDIS_SECONDS`."""
-        with anyio.move_on_after(max(remaining_seconds(), 0.0)):
-            return await run
+    async def _reserve_by_deadline(self, provider: str, scope: str, token: str, args: list[Any]) -> Any:
+        """The RESERVE script, given up when the current search's deadline passes (:class:`LedgerError`),
+        not only after :data:`~anisearch._limits.REDIS_SECONDS`; at least :data:`GRACE_SECONDS` however
+        little is left, so that a Redis that answers is never cut off. A reservation Redis may have made
+        after all (the script was sent) is then given up, within the same grace."""
+        with anyio.move_on_after(max(remaining_seconds(), GRACE_SECONDS)):
+            return await self._run("RESERVE", provider, scope, args)
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(GRACE_SECONDS),
+            contextlib.suppress(LedgerError),
+        ):
+            await self._free_slot(provider, scope, token)
+            await self._run("WITHDRAW", provider, scope, [token, to_us(self.now())])
         raise LedgerError(
             f"the quota ledger {self.url} did not answer before the search's deadline; check that Redis "
             "runs there and answers, or set ANISEARCH_LEDGER to another ledger",
@@ -188,7 +203,7 @@ class RedisLedger(Ledger):
                 window.leave,
             ]
         args.append(_queued(request))
-        reply = await self._before_deadline(self._run("RESERVE", provider, scope, args))  # nothing sent yet
+        reply = await self._reserve_by_deadline(provider, scope, request.token, args)  # nothing sent yet
         if reply[0] == "ok":
             if len(reply) > 2:  # noqa: PLR2004 - handed over to this queued search: its lease and instant
                 return Reservation(request.token, int(reply[2]), reserved_at=int(reply[3]))
