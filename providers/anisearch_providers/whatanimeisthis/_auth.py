@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from ._cookies import CookieJar
 
-__all__ = ["AUTH_PREFIX", "SESSION_PATHS", "SessionAuth", "session_state"]
+__all__ = ["AUTH_PREFIX", "GET_SESSION_PATH", "SESSION_PATHS", "SessionAuth", "session_state"]
 
 AUTH_PREFIX = "/api/auth/"
 GET_SESSION_PATH = "/api/auth/get-session"

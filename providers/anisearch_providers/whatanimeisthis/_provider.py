@@ -36,13 +36,14 @@ from anisearch.provider import (
     WindowSpec,
     http_base_url,
     redact,
+    request_of,
 )
 
 from . import _parse, _quota
-from ._auth import SessionAuth
+from ._auth import GET_SESSION_PATH, SessionAuth
 from ._cookies import CookieJar, carries_session
 from ._errors import PROVIDER, check, error_for, no_session_to_end, uninterpretable
-from ._tolerant import pick, unwrap
+from ._tolerant import pick, read_body, unwrap
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -428,6 +429,15 @@ class WhatAnimeIsThis(BaseProvider):
             UpstreamResponseError: The site answered 200 but set no session cookie.
         """
         self.jar.absorb(response)
+        request = request_of(response)
+        if request is not None and request.url.path.endswith(GET_SESSION_PATH) and self.jar.has_session():
+            # a sign-in that replaced a session succeeded before this confirmation (see _auth): a failed or
+            # empty confirmation does not undo it, and only names the user when it can
+            user = pick(read_body(response).json, "user") if response.is_success else None
+            email = pick(user, "email")
+            self.jar.remember_email(email if isinstance(email, str) else self._pending_email)
+            self._signed_out = False
+            return
         body = check(response)
         if not self.jar.has_session():
             raise uninterpretable(

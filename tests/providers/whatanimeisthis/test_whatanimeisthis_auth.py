@@ -559,6 +559,21 @@ def test_a_refused_sign_out_of_the_replaced_session_keeps_the_new_one_and_says_s
 
 
 @respx.mock
+def test_a_replacing_sign_in_stands_when_its_confirmation_fails(state: Path) -> None:
+    """The new session exists and the old one is signed out before ``get-session`` confirms it: a
+    confirmation the site fails to give does not make the sign-in fail."""
+    respx.post(f"{SITE}/api/auth/sign-in/email").side_effect = [signed_in(), signed_in(FRESH)]
+    respx.post(f"{SITE}/api/auth/sign-out").respond(json={"success": True})
+    respx.get(f"{SITE}/api/auth/get-session").respond(503, text="<html>Service Unavailable</html>")
+    provider = configured(state)
+    sign_in(provider)
+    sign_in(provider)
+    reread = configured(state)
+    assert reread.jar.header() == f"{SESSION}={FRESH}".encode()
+    assert reread.jar.email == "a@b.example"  # the address signed in with
+
+
+@respx.mock
 def test_a_sign_in_that_sets_no_new_session_keeps_the_old_one(state: Path) -> None:
     respx.post(f"{SITE}/api/auth/sign-in/email").side_effect = [
         signed_in(),
