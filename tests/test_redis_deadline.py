@@ -133,3 +133,41 @@ def test_searches_ending_at_their_deadline_leave_no_slot_held(
     errors, next_took = anyio.run(run)
     assert not any(isinstance(error, LedgerError) for error in errors)
     assert next_took < 5.0
+
+
+def test_a_reservation_cut_off_by_a_short_stall_is_given_up_when_redis_answers_again(
+    live_server: Callable[[Any], Any], samples: Path, redis_server: RedisServer, redis_url: str
+) -> None:
+    """Redis stalls 2 s, past a 1 s deadline but short of its own 5 s timeout: the reservation written
+    before the search gave up runs when Redis answers again. It held trace.moe's only slot for its 15 s
+    lease (the next search waited 12.4 s); it is now given up as soon as Redis answers."""
+    import threading
+
+    trace = live_server(tracemoe_app(quota=10**6, rate_limit=10**6))
+    chosen = settings(trace.url, ledger=redis_url, cache="off")
+    stalled = threading.Event()
+
+    def stall() -> None:
+        with redis_server.paused():
+            stalled.set()
+            time.sleep(2.0)
+
+    async def run() -> tuple[BaseException | None, float]:
+        async with AsyncClient(chosen) as client:
+            await client.search(samples / "tinted-good.jpg")
+            threading.Thread(target=stall, daemon=True).start()
+            stalled.wait()
+            cut_off: BaseException | None = None
+            try:
+                await client.search(samples / "flipped-good.webp", deadline=1.0)
+            except LedgerError as exc:
+                cut_off = exc
+            await anyio.sleep(1.5)  # Redis answers again
+            start = time.monotonic()
+            await client.search(samples / "tinted-good.jpg", cache=False)
+            return cut_off, time.monotonic() - start
+
+    cut_off, next_took = anyio.run(run)
+    assert cut_off is not None
+    assert next_took < 5.0
+    assert trace.app.state.emulator.search_requests == 2  # the cut-off search sent nothing

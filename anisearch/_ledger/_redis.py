@@ -13,6 +13,7 @@ Times come from the workers' clocks (keep them in sync with NTP), so one injecte
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -135,6 +136,8 @@ class RedisLedger(Ledger):
             for name in ("RESERVE", "SETTLE", "FREE", "RENEW", "INSPECT", "WITHDRAW")
         }
         self._listening: set[tuple[int, str, str]] = set()
+        self._giving_up: set[asyncio.Task[None]] = set()
+        """Tasks giving up reservations cut off at a deadline (see :meth:`_reserve_by_deadline`)."""
 
     hands_over = True
 
@@ -142,25 +145,57 @@ class RedisLedger(Ledger):
         with self._unusable():
             return await self._scripts[script](keys=[PREFIX], args=[f"{provider}|{scope}", *args])
 
-    async def _reserve_by_deadline(self, provider: str, scope: str, token: str, args: list[Any]) -> Any:
+    async def _reserve_by_deadline(
+        self, provider: str, scope: str, request: ReserveRequest, args: list[Any]
+    ) -> Any:
         """The RESERVE script, given up when the current search's deadline passes (:class:`LedgerError`),
         not only after :data:`~anisearch._limits.REDIS_SECONDS`; at least :data:`GRACE_SECONDS` however
-        little is left, so that a Redis that answers is never cut off. A reservation Redis may have made
-        after all (the script was sent) is then given up, within the same grace."""
+        little is left, so that a Redis that answers is never cut off.
+
+        The script was sent: Redis may run it when it answers again, reserving a slot nobody settles. It is
+        given up as soon as Redis answers (at once, or later by a task of its own, until its lease ends)."""
         with anyio.move_on_after(max(remaining_seconds(), GRACE_SECONDS)):
             return await self._run("RESERVE", provider, scope, args)
-        with (
-            anyio.CancelScope(shield=True),
-            anyio.move_on_after(GRACE_SECONDS),
-            contextlib.suppress(LedgerError),
-        ):
-            await self._free_slot(provider, scope, token)
-            await self._run("WITHDRAW", provider, scope, [token, to_us(self.now())])
-        raise LedgerError(
+        with anyio.CancelScope(shield=True), anyio.move_on_after(GRACE_SECONDS):
+            if await self._give_up(provider, scope, request.token):
+                raise self._past_deadline()
+        lease_left = (request.lease_until - to_us(self.now())) / 1_000_000
+        task = asyncio.get_running_loop().create_task(
+            self._give_up_later(provider, scope, request.token, lease_left)
+        )
+        self._giving_up.add(task)
+        task.add_done_callback(self._giving_up.discard)
+        raise self._past_deadline()
+
+    def _past_deadline(self) -> LedgerError:
+        return LedgerError(
             f"the quota ledger {self.url} did not answer before the search's deadline; check that Redis "
             "runs there and answers, or set ANISEARCH_LEDGER to another ledger",
             ledger=self.url,
         )
+
+    async def _give_up(self, provider: str, scope: str, token: str) -> bool:
+        """Free the slot and leave the queue of the reservation ``token``, once Redis answers (a ping
+        first: the cut-off script, written before, has run by the time the answer comes); whether it
+        did."""
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.ping()
+            await self._free_slot(provider, scope, token)
+            await self._run("WITHDRAW", provider, scope, [token, to_us(self.now())])
+        except (LedgerError, RedisError, OSError):
+            return False
+        return True
+
+    async def _give_up_later(self, provider: str, scope: str, token: str, seconds: float) -> None:
+        """:meth:`_give_up` every second or so while the reservation's lease lasts."""
+        give_up_by = anyio.current_time() + seconds
+        while anyio.current_time() < give_up_by:
+            with anyio.move_on_after(1.0):
+                if await self._give_up(provider, scope, token):
+                    return
+            await anyio.sleep(0.25)
 
     @contextlib.contextmanager
     def _unusable(self) -> Iterator[None]:
@@ -177,7 +212,9 @@ class RedisLedger(Ledger):
             ) from exc
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool (reservations still to give up lapse with their lease)."""
+        for task in list(self._giving_up):
+            task.cancel()
         await self._redis.aclose()
 
     async def _reserve(self, provider: str, scope: str, request: ReserveRequest) -> Any:
@@ -203,7 +240,7 @@ class RedisLedger(Ledger):
                 window.leave,
             ]
         args.append(_queued(request))
-        reply = await self._reserve_by_deadline(provider, scope, request.token, args)  # nothing sent yet
+        reply = await self._reserve_by_deadline(provider, scope, request, args)  # nothing sent yet
         if reply[0] == "ok":
             if len(reply) > 2:  # noqa: PLR2004 - handed over to this queued search: its lease and instant
                 return Reservation(request.token, int(reply[2]), reserved_at=int(reply[3]))
