@@ -110,10 +110,14 @@ class _QueuedNap(Nap):
         return self._ticket(int(reply[1])) if reply[1] else None
 
 
-GRACE_SECONDS = 0.25
+GRACE_SECONDS = 1.0
 """The least a reservation is given to be answered, seconds, even when the search's deadline has passed or
-is about to: a Redis that answers does so in a millisecond, and a reservation whose answer is cut off is
-given up rather than left to hold its slot until its lease lapses."""
+is about to: a Redis that answers does so in a millisecond, or a few hundred on a loaded machine whose event
+loop runs many searches, and a reservation cut off ends the search with a LedgerError. One cut off is given
+up (within :data:`GIVE_UP_SECONDS`, or later by a task of its own) rather than left to hold its slot until
+its lease lapses."""
+GIVE_UP_SECONDS = 0.25
+"""How long a search cut off waits for its reservation to be given up before it leaves that to a task."""
 
 
 class RedisLedger(Ledger):
@@ -156,7 +160,7 @@ class RedisLedger(Ledger):
         given up as soon as Redis answers (at once, or later by a task of its own, until its lease ends)."""
         with anyio.move_on_after(max(remaining_seconds(), GRACE_SECONDS)):
             return await self._run("RESERVE", provider, scope, args)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(GRACE_SECONDS):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(GIVE_UP_SECONDS):
             if await self._give_up(provider, scope, request.token):
                 raise self._past_deadline()
         lease_left = (request.lease_until - to_us(self.now())) / 1_000_000
