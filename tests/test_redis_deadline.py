@@ -171,3 +171,24 @@ def test_a_reservation_cut_off_by_a_short_stall_is_given_up_when_redis_answers_a
     assert cut_off is not None
     assert next_took < 5.0
     assert trace.app.state.emulator.search_requests == 2  # the cut-off search sent nothing
+
+
+def test_a_search_out_of_time_at_the_cache_does_not_turn_it_off(redis_url: str) -> None:
+    """A search whose deadline ran out before it read the cache (a slow download, a first provider that
+    took its time) gets a miss; the cache stays on for the others, and says nothing."""
+    from anisearch._cache_redis import RedisResultCache
+    from anisearch._limits import search_deadline
+
+    async def run() -> tuple[bool, bool]:
+        store = RedisResultCache(redis_url, ttl_seconds=60)
+        try:
+            token = search_deadline.set(anyio.current_time())
+            try:
+                assert await store.get("a key") is None
+            finally:
+                search_deadline.reset(token)
+            return store.down, await store.redis.ping()
+        finally:
+            await store.aclose()
+
+    assert anyio.run(run) == (False, True)
