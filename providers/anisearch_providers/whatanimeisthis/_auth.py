@@ -170,12 +170,7 @@ class SessionAuth(httpx.Auth):
                 PROVIDER,
                 ended.status_code,
             )
-        confirm = self._session_request()
-        self._attach(confirm)
-        confirmed = yield confirm
-        self.jar.absorb(confirmed)
-        if session_state(confirmed) == "alive":
-            self.jar.mark_checked()
+        yield from self._confirm()  # its answer, naming the signed-in user, is the sign-in's
 
     def _confirm(self) -> Generator[httpx.Request, httpx.Response, None]:
         """Step 4: ask ``get-session``; keep the slid cookie, or forget a session that is gone."""
