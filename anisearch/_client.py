@@ -23,7 +23,6 @@ from functools import partial
 from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
-import anyio.to_thread
 import httpx
 
 from anisearch import _image, _worker

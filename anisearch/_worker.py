@@ -1,9 +1,10 @@
 """Work handed to anyio's worker threads without the worker keeping it afterwards.
 
-An anyio worker thread keeps its last job (the function, its arguments, its result or error) in its locals
-until it is given the next one, or until it has been idle for 10 s. A 25 MB picture read or prepared in a
-thread would stay in memory while the search waits for trace.moe's answer, or its single slot. Whoever
-calls :func:`run_sync` gets the result, and the worker keeps nothing of it.
+An anyio worker thread lets go of its job (the function, its arguments, its result or error) only when it
+runs again after reporting the result. The event loop, which gets the result first, may carry on with the
+search meanwhile (fitting the upload, building and sending the request) before that thread gets the
+interpreter back: a 12 MB picture was still held in full when trace.moe's request was built. Whoever
+calls :func:`run_sync` gets the result, and the worker holds nothing of it by then.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def test_the_worker_keeps_neither_the_arguments_nor_the_result() -> None:
         assert result is made
         given = made = result = None  # type: ignore[assignment]
         gc.collect()
-        assert seen[0]() is None  # anyio.to_thread.run_sync keeps both until the worker's next job
+        assert seen[0]() is None  # anyio's worker holds both until it runs again
         assert seen[1]() is None
 
     anyio.run(run)
