@@ -140,27 +140,40 @@ class Gateway:
         any other string as a path on this machine's disk."""
         if isinstance(image, str) and not is_url(image):
             return ImageFetchError("only http:// and https:// URLs are fetched"), 0
-        with self.metrics.waiting():
-            admitted = await self.gate.admit(caller)
+        try:
+            with self.metrics.waiting():
+                admitted = await self.gate.admit(caller)
+        except AnisearchError as exc:  # the ledger cannot be used (Redis down): nothing was reserved
+            self.metrics.failures.inc()
+            return exc, 0
         if isinstance(admitted, Refused):
             self.metrics.refusal(admitted.kind)
             return admitted, admitted.used
         ticket: Ticket = admitted
         answered = False
+        used = 0
         try:
-            used = max(await self.gate.used(caller) - 1, 0)
-            with self.metrics.searching():
-                try:
+            try:
+                used = max(await self.gate.used(caller) - 1, 0)
+                with self.metrics.searching():
                     result = await call(image)
-                except AnisearchError as exc:
-                    self.metrics.failures.inc()
-                    return exc, used
+            except AnisearchError as exc:
+                self.metrics.failures.inc()
+                return exc, used
             answered = True
             self.remember(result)
             self.metrics.answered(result)
             return result, used
         finally:
+            await self._settle(ticket, answered=answered)
+
+    async def _settle(self, ticket: Ticket, *, answered: bool) -> None:
+        """Settle the caller's reservation; a ledger gone meanwhile is logged, not raised: the answer (or
+        the error) still goes to the caller, and the reservation ends with its lease."""
+        try:
             await self.gate.settle(ticket, answered=answered)
+        except AnisearchError as exc:
+            logger.warning("the gateway's ledger could not record a search of %s: %s", ticket.scope, exc)
 
     # ------------------------------------------------------------------ trace.moe API
 
@@ -210,7 +223,10 @@ class Gateway:
             if period not in {"minute", "hour", "day"}:
                 return _tracemoe.error(400, "Invalid period")
             return _tracemoe.json_response([])  # the gateway keeps no per-minute history
-        used = await self.gate.used(caller)
+        try:
+            used = await self.gate.used(caller)
+        except AnisearchError as exc:  # the ledger cannot be used: trace.moe's words for it
+            return tracemoe_error(exc, None)
         return _tracemoe.json_response(
             {
                 "id": caller.name,

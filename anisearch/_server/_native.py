@@ -205,8 +205,12 @@ class NativeApi:
         caller = self._caller(request)
         if isinstance(caller, Response):
             return caller
-        used = await self.gateway.gate.used(caller)
-        quotas = await self.gateway.client.quota()
+        try:
+            used = await self.gateway.gate.used(caller)
+            quotas = await self.gateway.client.quota()
+        except AnisearchError as exc:  # the ledger cannot be used (Redis down)
+            status, body = native_error(exc)
+            return JSONResponse(body, status)
         return JSONResponse(
             {
                 "client": {

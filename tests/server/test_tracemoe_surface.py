@@ -214,3 +214,29 @@ def test_upstream_keys_never_appear_in_responses_headers_or_logs(
     assert any("/search" in record.getMessage() for record in caplog.records)
     for needle in (secret, "wait-secret-key-456", TOKEN):
         assert needle not in logged
+
+
+def test_a_ledger_that_cannot_be_reached_is_answered_in_each_apis_shape(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams
+) -> None:
+    """Redis down: every endpoint that needs the ledger answers its API's JSON error (trace.moe's 500
+    "Database temporarily unavailable", the native typed LedgerError), never a bare text 500, and no
+    search reaches the upstream."""
+    from tests.conftest import free_port
+
+    served = gateway(settings={"providers": ["tracemoe"], "ledger": f"redis://127.0.0.1:{free_port()}/0"})
+    image = (samples / "tinted-good.jpg").read_bytes()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    for answer in (
+        httpx.post(served.url + "/search", files={"image": image}, headers=AUTH, timeout=60),
+        httpx.get(served.url + "/me", headers=AUTH, timeout=60),
+    ):
+        assert (answer.status_code, answer.headers["content-type"]) == (500, JSON)
+        assert answer.json() == {"error": "Search failed. Database temporarily unavailable."}
+    for answer in (
+        httpx.post(served.url + "/v1/search", files={"image": image}, headers=bearer, timeout=60),
+        httpx.get(served.url + "/v1/quota", headers=bearer, timeout=60),
+    ):
+        assert answer.status_code == 500
+        assert answer.json()["error"]["type"] == "LedgerError"
+    assert upstreams.trace_state.search_requests == 0
