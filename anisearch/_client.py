@@ -104,7 +104,9 @@ class AsyncClient(AccountFeatures):
     """The anisearch engine. Use it as ``async with AsyncClient() as client: await client.search(...)``.
 
     It runs on asyncio (anyio code on its asyncio backend too); under trio, use the sync :class:`Client`
-    from ``trio.to_thread.run_sync``. One client serves many tasks at once.
+    from ``trio.to_thread.run_sync``. One client serves many tasks at once, all on the event loop it is
+    first used on (its connections belong to that loop: on another one it raises ConfigurationError before
+    sending anything).
 
     Args:
         settings: Where to send requests and keep state; ``Settings.load()`` (environment + config file)
@@ -168,6 +170,7 @@ class AsyncClient(AccountFeatures):
         self._cache_opened = False
         self._flights = Flights()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the event loop of its first work
         self._working: dict[anyio.CancelScope, int] = {}  # the searches and calls in flight: their task
         self._drained: anyio.Event | None = None  # set for aclose() each time some work has ended
         self._enricher: Enricher | None = None
@@ -218,16 +221,25 @@ class AsyncClient(AccountFeatures):
 
         Raises:
             ClientClosedError: The client is closed, or was closed while the work ran.
-            ConfigurationError: The event loop is not asyncio's (trio).
+            ConfigurationError: The event loop is not asyncio's (trio), or not the one the client was first
+                used on.
         """
         self._check_open()
         try:
-            asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # trio (through anyio): the ledgers and the Redis client are asyncio's
             raise ConfigurationError(
                 "AsyncClient runs on asyncio; under trio, call the sync anisearch.Client from "
                 "trio.to_thread.run_sync"
             ) from None
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:  # its connections (HTTP, Redis) belong to the first loop: fail unsent
+            raise ConfigurationError(
+                "this AsyncClient was first used on another event loop (each asyncio.run() starts a new "
+                "one), and its connections belong to that loop; open one AsyncClient per event loop "
+                "('async with AsyncClient()' inside the coroutine you run), or use the sync anisearch.Client"
+            )
         with anyio.CancelScope() as scope:
             self._working[scope] = anyio.get_current_task().id
             try:

@@ -83,8 +83,18 @@ class _Loop:
         self.portal = started.result()
 
     def call(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Run ``func(*args, **kwargs)`` on the loop and wait for its result."""
-        return self.portal.call(partial(func, *args, **kwargs))
+        """Run ``func(*args, **kwargs)`` on the loop and wait for its result.
+
+        A caller that stops waiting (Ctrl-C, a Jupyter kernel interrupt: a ``KeyboardInterrupt`` raised in
+        its thread) cancels the work on the loop too, as cancelling an ``await`` would: a search given up
+        while it waits for a slot is never sent, and costs no quota.
+        """
+        future = self.portal.start_task_soon(partial(func, *args, **kwargs))
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # the task's cancel scope is cancelled on the loop (nothing if it has ended)
+            raise
 
     def on_loop_thread(self) -> bool:
         return threading.get_ident() == self._thread.ident

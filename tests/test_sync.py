@@ -16,11 +16,21 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.to_thread
 import httpx
 import pytest
 
 import anisearch
-from anisearch import ApiKeys, AsyncApiKeys, AsyncClient, Client, ClientClosedError, Settings
+from anisearch import (
+    ApiKeys,
+    AsyncApiKeys,
+    AsyncClient,
+    Client,
+    ClientClosedError,
+    ConfigurationError,
+    Settings,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -201,3 +211,91 @@ def test_each_sync_method_mirrors_the_async_one(sync: type[Any], engine: type[An
     assert _raised(inspect.getdoc(getattr(engine, name)) or "") <= _raised(doc), f"{name}: same Raises"
     if name != "iter_recent_searches":  # a generator raises as it is iterated; documented all the same
         assert _raised(doc), f"{name}: a Raises section"
+
+
+_INTERRUPTED = r"""
+import os, signal, sys, threading, time
+import anisearch
+
+url, held, given_up = sys.argv[1:4]
+settings = anisearch.Settings.load(
+    providers=["tracemoe"], provider_options={"tracemoe": {"url": url}}, cache="off", ledger="memory://",
+    metadata="off",
+)
+waiting = threading.Event()
+with anisearch.Client(settings, on_wait=lambda _line: waiting.set()) as client:
+    holder = threading.Thread(target=client.search, args=(open(held, "rb").read(),))
+    holder.start()
+
+    def interrupt() -> None:
+        waiting.wait(10)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the search waits for the slot
+
+    threading.Thread(target=interrupt).start()
+    try:
+        client.search(open(given_up, "rb").read())
+    except KeyboardInterrupt:
+        print("interrupted")
+    holder.join()
+    time.sleep(0.5)  # a search left running on the client's loop would be sent now, on the freed slot
+"""
+
+
+def test_an_interrupted_sync_search_is_not_sent_later(
+    live_server: Callable[[Any], LiveServer], samples: Path
+) -> None:
+    """Ctrl-C (or a Jupyter kernel interrupt) while a sync search waits for a slot gives the search up:
+    it is not sent once the slot frees, so it costs no quota."""
+    from anisearch_emulators.tracemoe import create_app
+
+    app = create_app(latency=1.0, concurrency=1)
+    server = live_server(app)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _INTERRUPTED,
+            server.url,
+            str(samples / "tinted-good.jpg"),
+            str(samples / "border-bad.jpg"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "interrupted"), done.stderr
+    assert app.state.emulator.search_requests == 1  # the holder's search only
+
+
+@pytest.mark.anyio
+async def test_an_async_client_used_on_a_second_event_loop_fails_before_sending(
+    live_server: Callable[[Any], LiveServer], samples: Path
+) -> None:
+    """Its connections belong to the loop it first ran on: on another loop (a second asyncio.run) a
+    search is a ConfigurationError saying so, raised before anything is sent or charged."""
+    import asyncio
+
+    from anisearch_emulators.tracemoe import create_app
+
+    app = create_app()
+    server = live_server(app)
+    client = AsyncClient(
+        Settings.load(providers=["tracemoe"], provider_options={"tracemoe": {"url": server.url}}, **SETTINGS)
+    )
+    image = (samples / "tinted-good.jpg").read_bytes()
+    assert (await client.search(image)).provider == "tracemoe"
+
+    def on_another_loop() -> BaseException | None:
+        try:
+            asyncio.run(client.search(image))
+        except BaseException as exc:  # noqa: BLE001 - what the search ended with is the test
+            return exc
+        return None
+
+    error = await anyio.to_thread.run_sync(on_another_loop)
+    assert isinstance(error, ConfigurationError)
+    assert "another event loop" in str(error)
+    assert app.state.emulator.search_requests == 1
+    assert (await client.search(image)).provider == "tracemoe"  # on its own loop it goes on working
+    await client.aclose()
