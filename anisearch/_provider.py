@@ -507,10 +507,10 @@ def check_registered(name: str) -> str:
     """``name`` unchanged when a provider or a metadata provider is registered under it.
 
     Raises:
-        UnknownProviderError: Neither is; the message lists the providers.
+        UnknownProviderError: Neither is; the message lists both kinds.
     """
     if name not in _provider_entry_points() and name not in _metadata_entry_points():
-        raise UnknownProviderError(name, list(_provider_entry_points()))
+        raise UnknownProviderError(name, [*_provider_entry_points(), *_metadata_entry_points()])
     return name
 
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,39 @@ def test_reset_forgets_what_the_ledger_believes(spent: Any, samples: Path, tmp_p
     assert spent.app.state.emulator.search_requests == 2  # asked again; the upstream's own 402 is the truth
     assert again.returncode == 4
     assert "Search quota depleted" in again.stderr or "quota exhausted" in again.stderr
+
+
+@pytest.mark.parametrize(("answer", "forgets"), [(b"y\n", True), (b"n\n", False)])
+def test_the_reset_question_is_asked_on_stderr_and_a_no_forgets_nothing(
+    spent: Any, samples: Path, answer: bytes, *, forgets: bool
+) -> None:
+    """At a terminal, `quota --reset --json | jq .` asks on stderr, so stdout stays JSON; declining is no
+    error and leaves the ledger as it was."""
+    assert run_in_process("search", str(samples / "tinted-good.jpg"), "--no-cache").returncode == 0
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, answer)  # typed ahead: the question reads it from the terminal
+        done = subprocess.run(
+            [sys.executable, "-m", "anisearch", "quota", "tracemoe", "--reset", "--json"],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert done.returncode == 0, done.stderr
+    assert "Forget what sqlite:///" in done.stderr
+    if forgets:
+        assert "forgot tracemoe" in done.stderr
+        json.loads(done.stdout)  # nothing but the JSON
+    else:
+        assert "nothing forgotten" in done.stderr
+        assert done.stdout.strip() == ""  # click's input() leaves one space after the question there
+        kept = json.loads(run_in_process("quota", "tracemoe", "--json").stdout)
+        assert next(q for q in kept if q["window"] == "rolling-24h")["used"] == 1
 
 
 def test_an_unusable_ledger_is_one_line_and_exit_6(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -103,6 +140,9 @@ def test_a_reset_of_an_unknown_provider_forgets_nothing(monkeypatch: pytest.Monk
     assert done.returncode == 2
     assert done.stderr.startswith("anisearch: error: unknown provider 'nope'")
     assert "forgot" not in done.stderr
+    typo = run_in_process("quota", "anilst")  # the metadata provider is a name quota takes too
+    assert typo.returncode == 2
+    assert "known providers: anilist, tracemoe, whatanime-ga, whatanimeisthis" in typo.stderr
 
 
 def test_a_reset_starts_a_damaged_ledger_afresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -113,5 +153,6 @@ def test_a_reset_starts_a_damaged_ledger_afresh(monkeypatch: pytest.MonkeyPatch,
     broken = run_in_process("quota")
     assert broken.returncode == 6
     assert "run 'anisearch quota --reset' to start it afresh" in broken.stderr
+    assert "hint:" not in broken.stderr  # the error names its own way out, and only that one
     assert run_in_process("quota", "--reset", "--yes").returncode == 0
     assert run_in_process("quota").returncode == 0

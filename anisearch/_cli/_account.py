@@ -87,12 +87,14 @@ def quota(
                 except AnisearchError as exc:
                     fail(describe(exc), exit_code(exc), hint_for(exc))
             what = provider or "every provider"
+            # asked on stderr: stdout carries only the answer (`quota --reset --json | jq .` at a terminal)
             if (
                 sys.stdin.isatty()
                 and not yes
-                and not typer.confirm(f"Forget what {ledger} holds about {what}?")
+                and not typer.confirm(f"Forget what {ledger} holds about {what}?", err=True)
             ):
-                raise typer.Exit(EXIT_USAGE)
+                err().print(f"anisearch: nothing forgotten ({ledger})", markup=False, highlight=False)
+                return  # declined: not an error
             client.reset_quota(provider)
             err().print(f"anisearch: the ledger forgot {what} ({ledger})", markup=False, highlight=False)
         failed = _refresh(client, provider) if refresh else 0

@@ -204,9 +204,7 @@ def hint_for(exc: AnisearchError, urls: dict[str, str] | None = None) -> str | N
         return waiting
     if isinstance(exc, UnknownProviderError):
         return "'anisearch providers' lists the providers"
-    if isinstance(exc, LedgerError):
-        return "check ANISEARCH_LEDGER, or use 'memory://' for a throwaway ledger"
-    return None
+    return None  # a LedgerError's message names its own way out (a reset, another ANISEARCH_LEDGER)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -550,6 +548,19 @@ def root_verbose(value: bool) -> None:
     _ROOT["verbose"] = value
 
 
+def _verbose_handler() -> logging.Handler:
+    """``-v`` records: rich's columns on a terminal; one plain line per record into a file or a pipe, never
+    wrapped at a width (``grep`` finds a whole URL)."""
+    console = err()
+    if console.is_terminal:
+        from rich.logging import RichHandler
+
+        return RichHandler(console=console, show_path=False, log_time_format="%H:%M:%S.%f")
+    handler = logging.StreamHandler(console.file)
+    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s", "%H:%M:%S"))
+    return handler
+
+
 def configure_logging(verbose: bool) -> bool:
     """``-v``: requests, attempts and retries on stderr with times. Otherwise only anisearch's warnings
     reach stderr, one line each (a cache it cannot use, a damaged file it started afresh).
@@ -568,9 +579,7 @@ def configure_logging(verbose: bool) -> bool:
         logger = logging.getLogger(name)
         handler: logging.Handler
         if verbose:
-            from rich.logging import RichHandler
-
-            handler = RichHandler(console=err(), show_path=False, log_time_format="%H:%M:%S.%f")
+            handler = _verbose_handler()
             handler.addFilter(_AttemptsApart())
             logger.setLevel(logging.INFO)
         else:  # a handler is found before logging's last resort, which would print every warning
@@ -624,7 +633,9 @@ def when(moment: datetime | None, now: datetime | None = None) -> str:
     """A time as the user reads it: local time with its zone plus how far away (``in 3 h 12 min``).
 
     A moment to come is shown at the minute by which it has passed (rounded up), as the errors give it
-    ("quota exhausted until 2026-12-04T12:04Z"): a quota that frees at 12:03:20 reads 12:04 in both.
+    ("quota exhausted until 2026-12-04T12:04Z"): a quota that frees at 12:03:20 reads 12:04 in both, and
+    how far away is rounded up too, so a moment to come never reads "now" (12:03:20 at 12:02:40: "in
+    1 min"). A moment past under a minute ago reads "now".
     """
     if moment is None:
         return "-"
@@ -632,9 +643,11 @@ def when(moment: datetime | None, now: datetime | None = None) -> str:
     delta = (moment - now).total_seconds()
     local = (moment + timedelta(seconds=59) if delta > 0 else moment).astimezone()
     stamp = local.strftime("%H:%M %Z" if abs(delta) < _DAY else "%Y-%m-%d %H:%M %Z")
-    if abs(delta) < 60:  # noqa: PLR2004 - under a minute reads as now
+    if delta > 0:
+        return f"{stamp} (in {_span(math.ceil(delta / 60) * 60)})"
+    if delta > -60:  # noqa: PLR2004 - under a minute ago reads as now
         return f"{stamp} (now)"
-    return f"{stamp} (in {_span(delta)})" if delta > 0 else f"{stamp} ({_span(delta)} ago)"
+    return f"{stamp} ({_span(delta)} ago)"
 
 
 # ---------------------------------------------------------------------------------------------- layouts

@@ -496,7 +496,12 @@ def search(
     show_all: Annotated[
         bool, typer.Option("--all", "-a", help="Also show hits below the threshold, dimmed.")
     ] = False,
-    limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", min=1, help="Hits to show.")] = 5,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit", "-n", metavar="N", min=1, help="Hits to show in the table (--json gives every hit)."
+        ),
+    ] = 5,
     anilist_id: Annotated[
         int | None,
         typer.Option(metavar="ID", min=1, help="Only hits of this AniList ID.", show_default=False),

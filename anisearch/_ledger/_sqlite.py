@@ -368,7 +368,7 @@ class SQLiteLedger(Ledger):
         if not self._lock.acquire(timeout=busy_ms / 1000 if bounded else -1):
             raise LedgerError(
                 f"the quota ledger {self.path} is busy: another step of this process held it past the "
-                "search's deadline",
+                "search's deadline; give the search a longer deadline, or try again",
                 ledger=self.url,
             )
         if bounded:  # what is left of the deadline after waiting for this process's lock
