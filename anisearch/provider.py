@@ -20,7 +20,8 @@ Providers import only ``anisearch`` and this module (never ``anisearch._*``). It
 - the shared helpers: one error-rule engine (:class:`ErrorRule`, :func:`classify_error`,
   :func:`first_rule`, :func:`statuses`), one ``Retry-After`` reader (:func:`retry_after_seconds`),
   rate-limit headers as a quota (:func:`rate_limit_quota`), coercions of loose upstream JSON
-  (:func:`as_int`, :func:`as_float`, :func:`as_episode`...), base-URL and settings validation that
+  (:func:`as_int`, :func:`as_float`, :func:`as_episode`...), an AniList ``Media`` object as hit fields
+  (:func:`anilist_media_fields`), base-URL and settings validation that
   refuses unknown keys (:func:`http_base_url`, :class:`ProviderSettings`, :func:`validate_settings`),
   the :func:`user_agent`, and :func:`page_of` for paginated lists.
 
@@ -84,6 +85,7 @@ from anisearch._sdk._common import (
     MAX_JSON_DEPTH,
     MAX_RETRY_AFTER_SECONDS,
     ShapeError,
+    anilist_media_fields,
     as_bool,
     as_count,
     as_episode,
@@ -174,6 +176,7 @@ __all__ = [
     "UploadLimits",
     "UpstreamResponseError",
     "WindowSpec",
+    "anilist_media_fields",
     "as_bool",
     "as_count",
     "as_episode",

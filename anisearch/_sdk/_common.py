@@ -28,6 +28,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_RETRY_AFTER_SECONDS",
     "ShapeError",
+    "anilist_media_fields",
     "as_bool",
     "as_count",
     "as_episode",
@@ -223,6 +224,46 @@ def title_from(
     if title.preferred() is None:
         return None
     return title
+
+
+def _whole(value: Any) -> int | None:
+    """A count sent as a JSON integer 0..:data:`MAX_COUNT`, else None (a string or a fraction is not one)."""
+    if type(value) is not int:  # bool, float, str: not a count AniList sends
+        return None
+    return value if 0 <= value <= MAX_COUNT else None
+
+
+def anilist_media_fields(media: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`~anisearch.Hit` fields (the same names as :class:`~anisearch.Anime`'s) of an AniList
+    ``Media`` object, as AniList's API sends it and as upstreams embed it (trace.moe's ``anilistInfo``).
+
+    ``id`` → ``anilist_id``, ``idMal`` → ``mal_id`` (0 is None), ``title{romaji, english, native,
+    chinese}`` → ``title``, ``synonyms`` (its strings, as sent), ``isAdult`` → ``is_adult``,
+    ``episodes`` → ``episode_count``, ``duration`` (minutes per episode) → ``episode_minutes``,
+    ``format``, ``season``, ``seasonYear`` → ``season_year``, ``coverImage{large, medium}`` →
+    ``cover_image_url`` (large first), ``siteUrl`` → ``site_url``. Every key is present; a value missing
+    or of the wrong type is None (counts and IDs must be JSON integers 0..2**31-1, as AniList sends them).
+    """
+    titles = media.get("title")
+    titles = titles if isinstance(titles, dict) else {}
+    cover = media.get("coverImage")
+    cover = cover if isinstance(cover, dict) else {}
+    return {
+        "anilist_id": _whole(media.get("id")),
+        "mal_id": _whole(media.get("idMal")) or None,
+        "title": title_from(
+            titles.get("romaji"), titles.get("english"), titles.get("native"), titles.get("chinese")
+        ),
+        "synonyms": string_list(media.get("synonyms")),
+        "is_adult": as_bool(media.get("isAdult")),
+        "episode_count": _whole(media.get("episodes")),
+        "episode_minutes": _whole(media.get("duration")),
+        "format": as_str(media.get("format")),
+        "season": as_str(media.get("season")),
+        "season_year": _whole(media.get("seasonYear")),
+        "cover_image_url": as_str(cover.get("large")) or as_str(cover.get("medium")),
+        "site_url": as_str(media.get("siteUrl")),
+    }
 
 
 # ---------------------------------------------------------------- bodies

@@ -20,7 +20,7 @@ from anisearch.provider import (
     Quota,
     QuotaScope,
     ShapeError,
-    as_bool,
+    anilist_media_fields,
     as_count,
     as_episode,
     as_float,
@@ -32,8 +32,6 @@ from anisearch.provider import (
     next_hour,
     rate_limit_quota,
     retry_after_seconds,
-    string_list,
-    title_from,
     without,
 )
 
@@ -119,8 +117,8 @@ class _PreviewClock:
 def hit_from_item(item: Any, *, provider: str, date: datetime | None) -> Hit:
     """One ``result[]`` item as a :class:`~anisearch.Hit`.
 
-    ``anilist`` may be an int, an object (``anilistInfo``: ``id``, ``idMal``, ``title{romaji, english,
-    native, chinese}``, ``synonyms``, ``isAdult``) or absent (V1, when AniList lacked the ID). ``from``,
+    ``anilist`` may be an int, an object (``anilistInfo``: AniList's ``Media`` record, whole since V2, read by
+    :func:`~anisearch.provider.anilist_media_fields`) or absent (V1, when AniList lacked the ID). ``from``,
     ``to``, ``at`` and ``duration`` are seconds; ``similarity`` is clamped to 0..1.
 
     Raises:
@@ -167,19 +165,13 @@ def _hit(item: Any, provider: str, previews: _PreviewClock) -> Hit:
 
 
 def _anilist_fields(info: Mapping[str, Any]) -> dict[str, Any]:
-    """The hit fields of ``anilistInfo``: ``id``, ``idMal``, ``title``, ``synonyms``, ``isAdult``."""
-    names = info.get("title")
-    title = None
-    if isinstance(names, dict):
-        title = title_from(
-            names.get("romaji"), names.get("english"), names.get("native"), names.get("chinese")
-        )
+    """The hit fields of ``anilistInfo``, AniList's record (:func:`~anisearch.provider.anilist_media_fields`:
+    titles, adult flag, format, episodes and their length, season, cover, page), its IDs read as loosely as
+    every other trace.moe number (``"849"`` is 849)."""
     return {
+        **anilist_media_fields(info),
         "anilist_id": as_int(info.get("id")),
         "mal_id": as_int(info.get("idMal")),
-        "title": title,
-        "synonyms": string_list(info.get("synonyms")),
-        "is_adult": as_bool(info.get("isAdult")),
     }
 
 

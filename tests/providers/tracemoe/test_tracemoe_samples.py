@@ -162,6 +162,15 @@ def test_recording(recording: Path) -> None:
             assert hit.title.english == info["title"]["english"]
             assert hit.synonyms == info["synonyms"]
             assert hit.is_adult is info["isAdult"]
+            # the whole AniList record comes back (V2+): what it says is kept, not looked up again
+            assert (hit.format, hit.season, hit.season_year, hit.site_url) == (
+                info["format"],
+                info["season"],
+                info["seasonYear"],
+                info["siteUrl"],
+            )
+            assert (hit.episode_count, hit.episode_minutes) == (info["episodes"], info["duration"])
+            assert hit.cover_image_url == info["coverImage"]["large"]
             assert hit.at_seconds == hit.raw["at"]
             assert hit.episode_duration_seconds == pytest.approx(hit.raw["duration"])
             assert hit.preview_expires_at == expiry
