@@ -29,6 +29,8 @@ from anisearch.provider import (
     UpstreamResponseError,
     WindowSpec,
     as_int,
+    loads,
+    request_of,
     response_date,
 )
 
@@ -329,13 +331,18 @@ class TraceMoe(BaseProvider):
     def parse_search_batch(self, response: httpx.Response) -> list[ProviderAnswer]:
         """One answer per vector of a :meth:`search_batch_request`, in request order.
 
-        Each answer carries the same ``frames_searched`` and quota (``used`` counts every vector).
+        Each answer carries the same ``frames_searched`` and quota (``used`` counts every vector). An
+        ``anilistID`` with no indexed files is answered at once with one flat empty ``result`` whatever was
+        sent (contract §2.3): that is an empty answer for each vector of the request (read from
+        ``response.request``; one when the request is not known).
 
         Raises:
             ProviderError: As :meth:`parse_search`.
             UpstreamResponseError: ``result`` is not a list of lists.
         """
         body, items = self._search_body(response)
+        if not items:
+            return [self._answer(body, [], response, searches=1)] * _vectors_sent(response)
         if not all(isinstance(item, list) for item in items):
             raise UpstreamResponseError(
                 "a vector batch answer holds one result list per vector",
@@ -379,3 +386,13 @@ class TraceMoe(BaseProvider):
         - A 402 ``Search quota depleted``: the search quota, spent (``remaining`` 0).
         """
         return observed_quotas(response, provider=self.name, scope=self.scope, now=self.now())
+
+
+def _vectors_sent(response: httpx.Response) -> int:
+    """How many vectors the batch request of ``response`` held (1 when that cannot be read)."""
+    request = request_of(response)
+    try:
+        vectors = loads(request.content)["vector"] if request is not None else None
+    except (httpx.RequestNotRead, ValueError, TypeError, KeyError):
+        return 1
+    return len(vectors) if isinstance(vectors, list) and vectors else 1

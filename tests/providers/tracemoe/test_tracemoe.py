@@ -355,6 +355,15 @@ def test_batch_request_and_answers() -> None:
         tracemoe().parse_search_batch(answer(200, search_body(item())))
 
 
+def test_a_batch_answered_by_an_anilist_id_without_files_is_an_empty_answer_per_vector() -> None:
+    """An anilistID with no indexed files answers a batch with one flat ``result: []`` (contract §2.3)."""
+    request = tracemoe().search_batch_request([VECTOR, VECTOR, VECTOR], SearchOptions(anilist_id=999999))
+    answers = tracemoe().parse_search_batch(
+        answer(200, {"frameCount": 0, "error": "", "result": []}, request=request)
+    )
+    assert [(a.hits, a.frames_searched, a.quota) for a in answers] == [([], 0, None)] * 3
+
+
 @pytest.mark.parametrize("count", [0, 11])
 def test_batch_holds_one_to_ten_vectors(count: int) -> None:
     with pytest.raises(ConfigurationError, match="1 to 10"):
