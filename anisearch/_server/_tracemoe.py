@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,15 @@ __all__ = [
 JSON_TYPE = "application/json; charset=utf-8"
 HTML_TYPE = "text/html; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
+_DECIMAL = re.compile(r"[0-9]{1,18}")  # ASCII digits only, as JavaScript's \d: "²" or "١١٨٨٧" is no number
+_MAX_ANILIST_ID = 2**31 - 1
+
+
+def _decimal(text: str) -> int | None:
+    """``text`` as a whole number written in ASCII digits (at most 18 of them), else None."""
+    return int(text) if _DECIMAL.fullmatch(text) else None
+
+
 _RAW_TYPES = ("image/", "video/", "application/octet-stream", "application/x-www-form-urlencoded")
 MAX_ITEMS = 10
 """trace.moe answers at most 10 items."""
@@ -107,8 +117,8 @@ class SearchInput:
 
 async def read_body(request: Request, limit: int) -> bytes | None:
     """The body, or None when it is over ``limit`` bytes (announced or streamed)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    declared = _decimal(request.headers.get("content-length", ""))
+    if declared is not None and declared > limit:
         return None
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -168,7 +178,9 @@ async def read_input(request: Request, limit: int) -> SearchInput | Response:
     body; else 405. Bodies over ``limit`` bytes get trace.moe's 413 (raw) or 500 (multipart) page."""
     query = request.query_params
     ids = query.getlist("anilistID")
-    anilist_id = int(ids[0]) if len(ids) == 1 and ids[0].isdigit() and int(ids[0]) > 0 else None
+    # trace.moe uses it when it matches ^\d+$, else ignores it; no AniList ID is above 2**31-1
+    anilist_id = _decimal(ids[0]) if len(ids) == 1 else None
+    anilist_id = anilist_id if anilist_id is not None and 0 < anilist_id <= _MAX_ANILIST_ID else None
     options = (anilist_id, "cutBorders" in query, "anilistInfo" in query)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     url = query.get("url", "")

@@ -104,6 +104,24 @@ def test_raw_body_and_options_reach_the_provider(
     assert answer.headers["X-Anisearch-Cached"] == "false"
 
 
+@pytest.mark.parametrize("value", ["\u00b2", "1" * 5000, "\u0661\u0661\u0668\u0668\u0667", "0", "2147483648"])
+def test_an_anilist_id_trace_moe_would_ignore_is_ignored(
+    gateway: GatewayFactory, samples: Path, value: str
+) -> None:
+    """trace.moe uses anilistID only when it matches ^\\d+$ (ASCII digits): anything else is ignored, never
+    an error page; nor is any ID outside AniList's range."""
+    served = gateway(settings={"providers": ["tracemoe"]})
+    answer = httpx.post(
+        served.url + "/search",
+        params={"anilistID": value},
+        content=(samples / "tinted-good.jpg").read_bytes(),
+        headers={**AUTH, "Content-Type": "image/jpeg"},
+        timeout=60,
+    )
+    assert (answer.status_code, answer.headers["content-type"]) == (200, JSON)
+    assert len({item["anilist"] for item in answer.json()["result"]}) > 1  # not filtered
+
+
 @pytest.mark.parametrize(
     "case",
     [
