@@ -24,14 +24,29 @@ from anisearch._server import _tracemoe
 if TYPE_CHECKING:
     from starlette.responses import Response
 
-__all__ = ["native_error", "tracemoe_error"]
+__all__ = ["BUSY_RETRY_SECONDS", "native_error", "retry_after_header", "tracemoe_error"]
 
 _WAITABLE = (RateLimitedError, ConcurrencyLimitError, ProviderBusyError)
+BUSY_RETRY_SECONDS = 5
+"""``Retry-After`` of a busy 503 when no provider said how long to wait (a slot not freed in time): what
+trace.moe's own web app waits between retries of its 503."""
 
 
 def _retry_after(errors: list[Exception]) -> int | None:
     waits = [e.retry_after for e in errors if isinstance(e, ProviderError) and e.retry_after]
     return math.ceil(min(waits)) if waits else None
+
+
+def retry_after_header(exc: AnisearchError) -> dict[str, str]:
+    """The ``Retry-After`` header of a failed search: the shortest wait a provider gave, when every
+    provider is spent or busy; for busy ones always, :data:`BUSY_RETRY_SECONDS` when none gave a wait."""
+    errors: list[Exception] = list(exc.exceptions) if isinstance(exc, AllProvidersFailedError) else [exc]
+    if not errors or not all(isinstance(e, (*_WAITABLE, QuotaExhaustedError)) for e in errors):
+        return {}
+    wait = _retry_after(errors)
+    if wait is None and not all(isinstance(e, QuotaExhaustedError) for e in errors):
+        wait = BUSY_RETRY_SECONDS
+    return {"Retry-After": str(wait)} if wait else {}
 
 
 def _summary(errors: list[Exception]) -> str:
@@ -56,7 +71,7 @@ def tracemoe_error(exc: AnisearchError, url: str | None) -> Response:  # noqa: P
         return _tracemoe.error(400, str(exc))
     errors: list[Exception] = list(exc.exceptions) if isinstance(exc, AllProvidersFailedError) else [exc]
     wait = _retry_after(errors)
-    headers = {"Retry-After": str(wait)} if wait else None
+    headers = retry_after_header(exc) or ({"Retry-After": str(wait)} if wait else None)
     if url is not None and all(isinstance(e, ImageFetchError) for e in errors):
         return _tracemoe.error(400, f"Failed to fetch image {url}")
     if all(isinstance(e, QuotaExhaustedError) for e in errors):

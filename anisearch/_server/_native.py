@@ -27,7 +27,7 @@ from anisearch._exceptions import AnisearchError
 from anisearch._models import ProviderInfo, Quota, SearchResult
 from anisearch._server import _tracemoe
 from anisearch._server._callers import Caller, Denied, Refused, identify
-from anisearch._server._errors import native_error
+from anisearch._server._errors import native_error, retry_after_header
 from anisearch._server._tracemoe import read_body as _read_body
 from anisearch._version import __version__
 
@@ -194,9 +194,8 @@ class NativeApi:
             return _refused(outcome, caller, self.gateway.gate.ledger.now())
         if isinstance(outcome, AnisearchError):
             status, body = native_error(outcome)
-            return JSONResponse(
-                body, status, _tracemoe.attempt_headers(None, list(getattr(outcome, "attempts", ())))
-            )
+            headers = _tracemoe.attempt_headers(None, list(getattr(outcome, "attempts", ())))
+            return JSONResponse(body, status, {**headers, **retry_after_header(outcome)})
         body = outcome.model_dump(mode="json", exclude={"hits": {"__all__": {"raw"}}, "quota": {"raw"}})
         return JSONResponse(body, headers=_tracemoe.attempt_headers(outcome, outcome.attempts))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import httpx
@@ -258,3 +259,57 @@ def test_a_ledger_that_cannot_be_reached_is_answered_in_each_apis_shape(
         assert answer.status_code == 500
         assert answer.json()["error"]["type"] == "LedgerError"
     assert upstreams.trace_state.search_requests == 0
+
+
+@pytest.mark.tracemoe_knobs(latency=2.0, concurrency=1)
+def test_a_search_refused_for_a_busy_slot_says_when_to_retry(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams
+) -> None:
+    """trace.moe's one slot is busy past the search's deadline: the 503 (and the native API's) carries a
+    Retry-After, as docs/gateway.md promises, whether or not the refusal knew how long to wait."""
+    import concurrent.futures
+
+    served = gateway(settings={"providers": ["tracemoe"]}, deadline=1.0)
+    first = (samples / "tinted-good.jpg").read_bytes()
+    second = (samples / "border-bad.jpg").read_bytes()
+
+    def holder() -> httpx.Response:
+        return httpx.post(
+            served.url + "/search", content=first, headers={**AUTH, "Content-Type": "image/jpeg"}, timeout=60
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        holding = pool.submit(holder)
+        while upstreams.trace_state.search_requests < 1:
+            time.sleep(0.01)  # the slot is taken
+        busy = httpx.post(
+            served.url + "/search", content=second, headers={**AUTH, "Content-Type": "image/jpeg"}, timeout=60
+        )
+        native = httpx.post(
+            served.url + "/v1/search",
+            content=second,
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "image/jpeg"},
+            timeout=60,
+        )
+        holding.result()
+    assert (busy.status_code, busy.json()) == (503, {"error": "Error: Search queue is full"})
+    assert native.status_code == 503
+    for refused in (busy, native):  # the wait the slot's holder leaves, else a short one
+        assert 1 <= int(refused.headers["Retry-After"]) <= 5
+
+
+def test_a_busy_refusal_without_a_known_wait_still_says_when_to_retry() -> None:
+    from anisearch import AllProvidersFailedError, ConcurrencyLimitError, QuotaExhaustedError
+    from anisearch._server._errors import BUSY_RETRY_SECONDS, retry_after_header, tracemoe_error
+
+    busy = AllProvidersFailedError(
+        "no provider answered", [ConcurrencyLimitError("no tracemoe slot freed in time", provider="tracemoe")]
+    )
+    answer = tracemoe_error(busy, None)
+    assert (answer.status_code, answer.headers["Retry-After"]) == (503, str(BUSY_RETRY_SECONDS))
+    assert retry_after_header(busy) == {"Retry-After": str(BUSY_RETRY_SECONDS)}
+    spent = AllProvidersFailedError(
+        "no provider answered", [QuotaExhaustedError("spent", provider="tracemoe")]
+    )
+    assert tracemoe_error(spent, None).status_code == 402
+    assert retry_after_header(spent) == {}  # nobody said when it frees: no guess
