@@ -208,6 +208,16 @@ def _seconds(value: float | None, fallback: float | None = None) -> float:
     return round(chosen, 4) if chosen is not None else 0
 
 
+def _duration(hit: Hit) -> float:
+    """trace.moe's ``duration`` (a number of seconds, always): the episode file's length when the provider
+    gave it, else AniList's length of an episode, else the end of the scene (it lasts at least that)."""
+    if hit.episode_duration_seconds is not None:
+        return round(hit.episode_duration_seconds, 4)
+    if hit.episode_minutes:
+        return float(hit.episode_minutes * 60)
+    return float(_seconds(hit.end_seconds, hit.at_seconds))
+
+
 def anilist_record(hit: Hit) -> dict[str, Any]:
     """The AniList object of a hit, as trace.moe's ``anilistInfo`` gives it.
 
@@ -244,7 +254,7 @@ def item(hit: Hit, *, anilist_info: bool) -> dict[str, Any]:
         "from": _seconds(hit.start_seconds, hit.at_seconds),
         "at": _seconds(hit.at_seconds, hit.start_seconds),
         "to": _seconds(hit.end_seconds, hit.at_seconds),
-        "duration": hit.episode_duration_seconds,
+        "duration": _duration(hit),
         "similarity": round(hit.similarity, 4),
         "video": str(hit.video_url) if hit.video_url else "",
         "image": str(hit.image_url) if hit.image_url else "",

@@ -99,6 +99,10 @@ def test_with_tracemoes_quota_spent_both_clients_get_whatanimeisthis_in_tracemoe
         "from", "at", "to", "duration", "similarity", "video", "image",
     ]  # fmt: skip
     assert item["anilist"] == KOKORO_CONNECT
+    # trace.moe's types whoever answered: strictly typed clients (serde's f64) decode every item
+    assert isinstance(item["duration"], float)
+    assert item["duration"] >= item["to"] > 0
+    assert isinstance(item["video"], str)
 
 
 def test_a_clients_own_quota_ends_in_tracemoes_402_body(gateway: GatewayFactory, samples: Path) -> None:
