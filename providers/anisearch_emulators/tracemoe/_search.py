@@ -325,12 +325,15 @@ class SearchRoutes(Server):
         anime without indexed files.
 
         Raises:
-            _Crash: The parameter is repeated: upstream calls ``.match()`` on an array and throws.
+            _Crash: The parameter is repeated (V2 and later): upstream calls ``.match()`` on an array and
+                throws. V1 passed ``Number(array)``, NaN, and so searched without the filter.
         """
         scenes = list(self.config.index)
         wanted = request.query_params.getlist("anilistID")
         if len(wanted) > 1:
-            raise _Crash
+            if self.era != "v1":
+                raise _Crash
+            wanted = []
         if wanted and (re.fullmatch(r"\d+", wanted[0]) if self.era != "v1" else _js_number(wanted[0])):
             scenes = [scene for scene in scenes if scene.anilist_id == int(float(wanted[0]))]
             return scenes or None

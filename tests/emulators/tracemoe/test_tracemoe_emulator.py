@@ -176,6 +176,15 @@ async def test_a_repeated_anilist_id_crashes_and_leaks_the_concurrency_slot(tint
         assert (await client.post("/search", content=tinted, headers=JPEG)).status_code == 200
 
 
+async def test_v1_ignored_a_repeated_anilist_id(tinted: bytes) -> None:
+    """V1 read it with ``Number(req.query.anilistID)``: an array is NaN, so it searched unfiltered."""
+    async with client_for(create_app(era="v1")) as client:
+        for _ in range(2):  # and nothing leaked: the next search answers too
+            answer = await client.post("/search?anilistID=11887&anilistID=1", content=tinted, headers=JPEG)
+            assert answer.status_code == 200
+            assert len({item["anilist"] for item in answer.json()["result"]}) > 1
+
+
 # ---------------------------------------------------------------- inputs and their errors
 
 
