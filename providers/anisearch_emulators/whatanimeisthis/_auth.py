@@ -207,7 +207,7 @@ def _check_credentials(state: EmulatorState, body: dict[str, Any]) -> User | JSO
 async def _login_gate(request: Request, allowed: tuple[str, ...]) -> dict[str, Any] | Response:
     """What sign-in and sign-up check first: the rate limit, the origin, the body, the callback URLs."""
     state = _state(request)
-    wait = state.sign_in_wait(client_address(request))
+    wait = state.sign_in_wait(client_address(request), request.url.path)
     if wait is not None:
         return error(429, None, "Too many requests. Please try again later.", {"X-Retry-After": str(wait)})
     problem = origin_problem(request, login=True)

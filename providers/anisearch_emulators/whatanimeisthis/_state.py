@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
@@ -52,7 +53,8 @@ class Knobs:
         guest_daily_limit: Searches per UTC day per guest address.
         free_daily_credits: Free credits per account per UTC day.
         hourly_limit: Searches per account per rolling hour.
-        sign_in_limit: Sign-ins per ``sign_in_window`` seconds per address (better-auth: 3 per 10 s);
+        sign_in_limit: Sign-ins (and sign-ups) per ``sign_in_window`` seconds per address and path
+            (better-auth: 3 per 10 s);
             0 turns the limit off.
         sign_in_window: See ``sign_in_limit``, seconds.
         trust_forwarded: Take the guest's address from ``X-Forwarded-For``.
@@ -188,7 +190,7 @@ class EmulatorState:
         self.guest_usage: dict[tuple[str, str], int] = {}
         self.free_used: dict[tuple[str, str], int] = {}
         self.hourly: dict[str, deque[float]] = {}
-        self.sign_in_hits: dict[str, tuple[float, int]] = {}
+        self.sign_in_hits: dict[str, tuple[int, float]] = {}  # address + path: (count, last let through)
         # counters
         self.search_requests = 0
         self.searches_served = 0
@@ -360,18 +362,24 @@ class EmulatorState:
         else:
             user.paid_credits -= 1
 
-    def sign_in_wait(self, address: str) -> int | None:
-        """better-auth's fixed-window limit on sign-in: seconds to wait, or None (and count the attempt)."""
+    def sign_in_wait(self, address: str, path: str) -> int | None:
+        """better-auth's limit on sign-in and sign-up: seconds to wait, or None (and count the attempt).
+
+        As its ``rate-limiter/index.ts`` keeps it, per address and path: each request let through counts
+        and moves ``lastRequest`` to now; one is refused while the last let through is under a window old
+        and ``limit`` have been counted (the wait runs from that last one); a window after it, counting
+        starts again.
+        """
         limit, window = self.knobs.sign_in_limit, self.knobs.sign_in_window
         if limit <= 0:
             return None
         now = self.now()
-        started, count = self.sign_in_hits.get(address, (now, 0))
-        if now - started > window:
-            started, count = now, 0
-        if count >= limit:
-            return max(int(started + window - now + 0.999), 1)
-        self.sign_in_hits[address] = (started, count + 1)
+        key = f"{address}{path}"
+        count, last = self.sign_in_hits.get(key, (0, now))
+        since = now - last
+        if since < window and count >= limit:
+            return math.ceil(last + window - now)
+        self.sign_in_hits[key] = (1 if since > window else count + 1, now)
         return None
 
     def record_search(self, best: SearchRecord) -> None:

@@ -331,6 +331,33 @@ async def test_sign_in_is_rate_limited_three_per_ten_seconds(
     await site.sign_in()
 
 
+async def test_the_sign_in_limit_runs_from_the_last_attempt_let_through_and_per_path(
+    site_factory: Callable[..., Site], clock: Clock
+) -> None:
+    """better-auth keeps ``lastRequest``: attempts at 0, 5 and 9 s block a fourth until 19 s, and its
+    X-Retry-After counts from the one at 9 s; sign-up, another path, counts apart."""
+    site = site_factory()
+    url = f"{BASE}/api/auth/sign-in/email"
+    wrong = {"email": EMAIL, "password": "not it"}
+    origin = {"origin": BASE}
+    for step in (0, 5, 4):
+        clock.now += step
+        assert (await site.http.post(url, json=wrong, headers=origin)).status_code == 401
+    clock.now += 0.5  # 9.5 s
+    refused = await site.http.post(url, json=wrong, headers=origin)
+    assert (refused.status_code, refused.headers["x-retry-after"]) == (429, "10")
+    clock.now += 1.0  # 10.5 s: a window after the first, not after the last
+    assert (await site.http.post(url, json=wrong, headers=origin)).status_code == 429
+    sign_up = await site.http.post(
+        f"{BASE}/api/auth/sign-up/email",
+        json={"email": "new@example.com", "password": "long enough 123", "name": "n"},
+        headers=origin,
+    )
+    assert sign_up.status_code != 429
+    clock.now += 8.6  # 19.1 s
+    assert (await site.http.post(url, json=wrong, headers=origin)).status_code == 401
+
+
 @pytest.mark.parametrize(
     ("https", "name", "secure"),
     [(False, "better-auth.session_token", False), (True, "__Secure-better-auth.session_token", True)],
