@@ -229,7 +229,8 @@ def _why_not_public(address: IPAddress) -> str | None:  # noqa: PLR0911 - one re
         return "an unspecified address"
     if isinstance(address, ipaddress.IPv4Address) and address in _SHARED:
         return "a carrier-grade NAT address"
-    if address.is_private or address.is_reserved or not address.is_global:
+    site_local = getattr(address, "is_site_local", False)  # IPv6 fec0::/10, which is_global calls global
+    if address.is_private or address.is_reserved or not address.is_global or site_local:
         return "a private or reserved address"
     return None
 

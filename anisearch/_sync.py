@@ -292,8 +292,9 @@ class Client:
                 vector, a 57-byte request) that descriptor instead, and uploads to the others. Borders are
                 then cut locally. The answer is the same; only the bytes sent differ.
             include_adult: False drops hits of adult-only anime (looked up like ``anilist_info``) and
-                counts them in ``adult_hits_dropped``; None uses the setting ``include_adult``
-                (``ANISEARCH_INCLUDE_ADULT``, default True).
+                counts them in ``adult_hits_dropped``; a hit whose flag could not be learned (the lookup
+                failed: see the ``anilist`` attempt) is kept with ``is_adult`` None. None uses the setting
+                ``include_adult`` (``ANISEARCH_INCLUDE_ADULT``, default True).
 
         Returns:
             The hits (similarity descending), who answered, and every attempt.

@@ -82,6 +82,7 @@ HOSTILE = [
     "http://[::1]/a.jpg",
     "http://[fe80::1%25eth0]/a.jpg",
     "http://[fd12:3456::1]/a.jpg",
+    "http://[fec0::1]/a.jpg",  # deprecated site-local: Python's is_global calls it global
     "http://224.0.0.1/a.jpg",
     "http://0.0.0.0/a.jpg",
     "http://255.255.255.255/a.jpg",
