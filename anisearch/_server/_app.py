@@ -26,6 +26,7 @@ from anisearch._config import Settings
 from anisearch._download import is_url
 from anisearch._exceptions import AnisearchError, ImageFetchError
 from anisearch._ledger import Ticket, open_ledger
+from anisearch._models import Attempt, Hit, SearchResult
 from anisearch._server import _native, _tracemoe
 from anisearch._server._callers import Caller, Denied, Gate, Refused, identify
 from anisearch._server._errors import tracemoe_error
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     import httpx
     from starlette.requests import Request
 
-    from anisearch._models import Attempt, SearchResult
+    from anisearch._cache_redis import CacheStore
 
 __all__ = ["Gateway", "create_app"]
 
@@ -118,14 +119,36 @@ class Gateway:
         self.recent.append(attempt)
         del self.recent[:-50]
 
-    def remember(self, result: SearchResult) -> None:
-        """Keep the AniList records of an answer's hits for ``/anilist``."""
+    async def remember(self, result: SearchResult) -> None:
+        """Keep the AniList records of an answer's hits for ``/anilist``: in this process, and in the result
+        cache (every worker and replica sharing it finds them there), once per anime this process has not
+        kept yet."""
+        fresh: dict[int, Hit] = {}
         for hit in result.hits:
             if hit.anilist_id:
+                if hit.anilist_id not in self.anilist:
+                    fresh.setdefault(hit.anilist_id, hit)
                 self.anilist[hit.anilist_id] = _tracemoe.anilist_record(hit)
                 self.anilist.move_to_end(hit.anilist_id)
         while len(self.anilist) > _ANILIST_MEMORY:
             self.anilist.popitem(last=False)
+        store = self._cache()
+        if store is not None:  # a disposable cache: it warns, never raises
+            for anilist_id, hit in fresh.items():
+                await store.put(_record_key(anilist_id), SearchResult(hits=[hit], provider=hit.provider))
+
+    def _cache(self) -> CacheStore | None:
+        """The engine's result cache (SQLite or Redis, shared like it), or None when it is off."""
+        return self.client._get_cache()  # noqa: SLF001 - the gateway keeps its records where searches are
+
+    async def anilist_record(self, anilist_id: int) -> dict[str, Any] | None:
+        """The AniList record of an anime some search through this gateway answered, or None."""
+        record = self.anilist.get(anilist_id)
+        if record is None and (store := self._cache()) is not None:
+            kept = await store.get(_record_key(anilist_id))
+            if kept is not None and kept.hits:
+                record = self.anilist[anilist_id] = _tracemoe.anilist_record(kept.hits[0])
+        return record
 
     # ------------------------------------------------------------------ one search for a caller
 
@@ -161,7 +184,7 @@ class Gateway:
                 self.metrics.failures.inc()
                 return exc, used
             answered = True
-            self.remember(result)
+            await self.remember(result)
             self.metrics.answered(result)
             return result, used
         finally:
@@ -247,7 +270,7 @@ class Gateway:
             return _tracemoe.json_response(
                 {"data": None, "errors": [{"message": "Invalid query", "status": 400}]}, 400
             )
-        record = self.anilist.get(media_id)
+        record = await self.anilist_record(media_id)
         if record is None:
             return _tracemoe.json_response(
                 {"data": {"Media": None}, "errors": [{"message": "Not Found.", "status": 404}]}, 404
@@ -263,6 +286,11 @@ class Gateway:
         }
         media["coverImage"] = media.get("coverImage") or {"large": None}
         return _tracemoe.json_response({"data": {"Media": media}})
+
+
+def _record_key(anilist_id: int) -> str:
+    """Where an answered anime's record is kept in the result cache (search keys are digests: no clash)."""
+    return f"gateway-anilist:{anilist_id}"
 
 
 class _AccessLog:

@@ -123,3 +123,30 @@ def test_a_clients_own_quota_ends_in_tracemoes_402_body(gateway: GatewayFactory,
     }
     me = httpx.get(served.url + "/me", headers={"x-trace-key": TOKEN}).json()
     assert me == {"id": "bot", "priority": 0, "concurrency": 4, "quota": 1, "quotaUsed": 1}
+
+
+def test_anilist_answers_titles_a_sibling_worker_found(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    """Two workers (or replicas) sharing the result cache: a title lookup on one finds what a search on
+    the other answered, as PicImageSearch asks it (the second request may reach any worker)."""
+    shared = {"cache": str(tmp_path / "results.sqlite3")}
+    searching, looking_up = gateway(settings=shared), gateway(settings=shared)
+    image = (samples / "tinted-good.jpg").read_bytes()
+    found = httpx.post(
+        searching.url + "/search",
+        content=image,
+        headers={"x-trace-key": TOKEN, "Content-Type": "image/jpeg"},
+        timeout=60,
+    )
+    assert found.status_code == 200
+    query = {
+        "query": "query ($id: Int) { Media(id: $id) { id title { romaji } } }",
+        "variables": {"id": 11887},
+    }
+    media = httpx.post(looking_up.url + "/anilist", json=query, timeout=30)
+    assert media.status_code == 200, media.text
+    assert media.json()["data"]["Media"]["title"]["romaji"] == "Kokoro Connect"
+    unknown = httpx.post(looking_up.url + "/anilist", json={**query, "variables": {"id": 1}}, timeout=30)
+    assert unknown.status_code == 404  # only what the gateway answered: it is no AniList proxy
+    assert upstreams.trace_state.search_requests == 1
