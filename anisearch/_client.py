@@ -475,7 +475,7 @@ class AsyncClient(AccountFeatures):
                     lookup.read_find_prepare, source, max(wait, 0.0)
                 )
             if early is not None:
-                return self._cached(*early)
+                return self._cached(asked if strategy == "fanout" else [early[0]], early[1])
         if made is None:
             made = await _prepared(source, wanted, max(wait, 0.0))
         prepared = made.images[wanted[0]]
@@ -569,7 +569,8 @@ class AsyncClient(AccountFeatures):
         if found is None:
             return None
         await found_by_key()
-        return self._cached(routes[found[0]].provider, found[1])
+        merged = [route.provider for route in routes] if strategy == "fanout" else [routes[found[0]].provider]
+        return self._cached(merged, found[1])
 
     async def _answered(
         self, found_by_key: Callable[[], Awaitable[None]], route: Route
@@ -588,11 +589,17 @@ class AsyncClient(AccountFeatures):
             await found_by_key()
         return result
 
-    def _cached(self, provider: Provider, result: SearchResult) -> SearchResult:
-        attempt = Attempt(provider=provider.name, outcome="cached", reason="answered from the cache")
+    def _cached(self, providers: Sequence[Provider], result: SearchResult) -> SearchResult:
+        """``result`` from the cache, with a ``cached`` attempt for each provider whose answer it holds
+        (every provider of a fanout, whose answers it merges)."""
+        attempts = [
+            Attempt(provider=provider.name, outcome="cached", reason="answered from the cache")
+            for provider in providers
+        ]
         if self._on_attempt is not None:
-            self._on_attempt(attempt)
-        return result.model_copy(update={"cached": True, "attempts": [attempt]})
+            for attempt in attempts:
+                self._on_attempt(attempt)
+        return result.model_copy(update={"cached": True, "attempts": attempts})
 
     # ------------------------------------------------------------------ quota and providers
 

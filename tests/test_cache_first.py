@@ -228,6 +228,9 @@ async def test_a_repeated_search_is_answered_from_the_cache_as_it_was_answered_t
     for repeat in (again, as_bytes):
         assert repeat.best == first.best  # not whatanimeisthis's weaker answer, cached first in order
         assert [hit.provider for hit in repeat.hits] == [hit.provider for hit in first.hits]
+        # whose answers it holds: a fanout merges every provider's, a fallback gives one
+        asked = [a.provider for a in first.attempts] if strategy == "fanout" else [first.provider]
+        assert [(a.provider, a.outcome) for a in repeat.attempts] == [(name, "cached") for name in asked]
 
 
 class _TraceMoeDown(WeakerWhatAnimeIsThis):

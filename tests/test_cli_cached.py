@@ -366,3 +366,23 @@ def test_a_cache_file_that_is_not_sqlite_is_warned_about_once(
     )
     assert warnings == [said]
     assert notes.read_text() == "somebody's notes"
+
+
+def test_a_cached_fanout_says_every_provider_it_merges(
+    tracemoe: Any, emulated: Callable[[Any], Any], samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fanout from the cache holds every provider's answer, and its attempts say so, as the engine's do."""
+    from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
+
+    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", emulated(whatanimeisthis_app()).url)
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe,whatanimeisthis")
+    shot = str(samples / "tinted-good.jpg")
+    asked = cli("search", shot, "--strategy", "fanout", "--json")
+    assert asked.returncode == 0, asked.stderr
+    shortcut = cli("search", shot, "--strategy", "fanout", "--json")
+    monkeypatch.setattr(_cached, "cached_answer", lambda *_, **__: None)  # the engine answers from the cache
+    engine = cli("search", shot, "--strategy", "fanout", "--json")
+    for repeat in (shortcut, engine):
+        attempts = [(a["provider"], a["outcome"]) for a in json.loads(repeat.stdout)["attempts"]]
+        assert attempts == [("tracemoe", "cached"), ("whatanimeisthis", "cached")]
+    assert {hit["provider"] for hit in json.loads(shortcut.stdout)["hits"]} == {"tracemoe", "whatanimeisthis"}

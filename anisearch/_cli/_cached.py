@@ -69,10 +69,11 @@ def cached_answer(
         settings: The settings in force.
         source: What the user typed: a path (anything else gives None).
         options: The keyword arguments the command passes to ``AsyncClient.search``.
-        on_attempt: Called with the ``cached`` attempt, as the engine would.
+        on_attempt: Called with each ``cached`` attempt, as the engine would.
 
     Returns:
-        The cached result, marked ``cached`` with its one ``cached`` attempt; None when the engine must run
+        The cached result, marked ``cached`` with a ``cached`` attempt per provider whose answer it holds
+        (every provider, for a fanout); None when the engine must run
         (it then answers, or fails, as it always did).
     """
     if not _answerable(settings, options) or not Path(source).is_file():
@@ -185,15 +186,17 @@ def _lookup(
     if found is None:
         return None
     index, result = found
-    attempt = Attempt(provider=names[index], outcome="cached", reason="answered from the cache")
-    answer = result.model_copy(update={"cached": True, "attempts": [attempt]})
+    merged = names if options.get("strategy") == "fanout" else [names[index]]  # a fanout merges them all
+    attempts = [Attempt(provider=name, outcome="cached", reason="answered from the cache") for name in merged]
+    answer = result.model_copy(update={"cached": True, "attempts": attempts})
     if (enrich := _enrichment(settings, options)) is not None:
         enriched = _enriched(settings, answer, fill=enrich[0], include_adult=enrich[1])
         if enriched is None:
             return None
         answer = enriched
     if on_attempt is not None:
-        on_attempt(attempt)
+        for attempt in attempts:
+            on_attempt(attempt)
     return answer
 
 
