@@ -7,6 +7,7 @@ Each reader takes one upstream item (a dict) and looks under every alias the con
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from anisearch.provider import Episode, Title, as_bool, as_episode, as_int
@@ -26,7 +27,10 @@ __all__ = [
     "title_of",
 ]
 
-_MASK_MARKS = ("*", "•", "…", "...", "xxxx", "XXXX")
+_MASK_MARKS = ("*", "•", "…", "...")
+_X_RUN = re.compile(r"x{4,}|X{4,}")
+_MASKED_SHOWN = 16
+"""Most characters a masked key shows around its x's (a prefix and the last few)."""
 _TITLE_FIELDS = ("romaji", "english", "native", "chinese")
 
 
@@ -116,8 +120,15 @@ def episode_of(item: dict[str, Any]) -> Episode:
 
 
 def looks_masked(value: str) -> bool:
-    """Whether a key string is already masked (``sk-…abcd``, ``sk-****abcd``)."""
-    return any(mark in value for mark in _MASK_MARKS)
+    """Whether a key string is already masked (``sk-…abcd``, ``sk-****abcd``, ``sk-xxxxxxxxabcd``).
+
+    A run of x's masks a key's middle, leaving a short start and end; a whole key may hold four x's by
+    chance (about one in 60 000 of better-auth's 64 random letters), and stays long without them.
+    """
+    if any(mark in value for mark in _MASK_MARKS):
+        return True
+    shown = _X_RUN.sub("", value)
+    return shown != value and len(shown) <= _MASKED_SHOWN
 
 
 def mask(key: str) -> str:

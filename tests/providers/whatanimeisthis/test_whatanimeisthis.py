@@ -566,6 +566,18 @@ def test_a_created_key_shows_its_plaintext_once(
 
 
 @respx.mock
+def test_a_created_key_that_holds_four_xs_by_chance_is_still_its_plaintext(provider: WhatAnimeIsThis) -> None:
+    key = "AbCdEfGhIjKlMnOpQrStUvWxxxxYzAbCdEfGhIjKlMnOpQrStUvWyZaBcDeFgHiJ"  # 64 letters, as better-auth's
+    respx.post(f"{SITE}/api/apikeys").respond(json={"id": "k9", "title": "bot", "key": key})
+    created = provider.parse_created_api_key(send(provider, provider.create_api_key_request("bot")))
+    assert created.key.get_secret_value() == key
+    masked = {"id": "k9", "title": "bot", "key": "sk-xxxxxxxx6789"}  # and an x-masked key is still masked
+    respx.post(f"{SITE}/api/apikeys").respond(json=masked)
+    with pytest.raises(UpstreamResponseError, match="revoke it"):
+        provider.parse_created_api_key(send(provider, provider.create_api_key_request("bot")))
+
+
+@respx.mock
 def test_a_created_key_without_plaintext_is_an_error_that_says_what_to_do(provider: WhatAnimeIsThis) -> None:
     respx.post(f"{SITE}/api/apikeys").respond(json={"id": "k9", "title": "bot", "key": "sk-…6789"})
     with pytest.raises(UpstreamResponseError, match="revoke it") as caught:
