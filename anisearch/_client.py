@@ -409,7 +409,8 @@ class AsyncClient(AccountFeatures):
                 the ledger could not record it.
         """
         with self._work():
-            if deadline is not None and not (isinstance(deadline, int | float) and 0 < deadline < math.inf):
+            seconds = isinstance(deadline, int | float) and not isinstance(deadline, bool)  # True is not 1 s
+            if deadline is not None and not (seconds and 0 < deadline < math.inf):
                 raise ConfigurationError(f"deadline must be a positive number of seconds, got {deadline!r}")
             if mode not in ("image", "vector"):
                 raise ConfigurationError(f"unknown mode {mode!r}; use 'image' or 'vector'")

@@ -678,7 +678,7 @@ def test_unknown_names_and_bad_arguments_are_usage_errors(mock: respx.MockRouter
             ConfigurationError, match=r"providers takes a list of names, not a string: use \['tracemoe'\]"
         ):
             client.search(samples / "tinted-good.jpg", providers="tracemoe")
-        for deadline in (0, -1.0, float("nan"), float("inf"), "5"):
+        for deadline in (0, -1.0, float("nan"), float("inf"), "5", True):
             with pytest.raises(ConfigurationError, match="deadline must be a positive number of seconds"):
                 client.search(samples / "tinted-good.jpg", deadline=deadline)  # type: ignore[arg-type]
     assert mock.calls.call_count == 0
