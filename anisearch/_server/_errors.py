@@ -22,6 +22,8 @@ from anisearch._exceptions import (
 from anisearch._server import _tracemoe
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from starlette.responses import Response
 
 __all__ = ["BUSY_RETRY_SECONDS", "native_error", "retry_after_header", "tracemoe_error"]
@@ -32,20 +34,23 @@ BUSY_RETRY_SECONDS = 5
 trace.moe's own web app waits between retries of its 503."""
 
 
-def _retry_after(errors: list[Exception]) -> int | None:
+def _retry_after(errors: Sequence[Exception]) -> int | None:
     waits = [e.retry_after for e in errors if isinstance(e, ProviderError) and e.retry_after]
     return math.ceil(min(waits)) if waits else None
 
 
 def retry_after_header(exc: AnisearchError) -> dict[str, str]:
-    """The ``Retry-After`` header of a failed search: the shortest wait a provider gave, when every
-    provider is spent or busy; for busy ones always, :data:`BUSY_RETRY_SECONDS` when none gave a wait."""
+    """The ``Retry-After`` header of a search that failed because every provider is spent or busy.
+
+    Some busy (a 503): the shortest wait a busy one gave, else :data:`BUSY_RETRY_SECONDS` (a busy
+    provider frees in seconds; a spent one's reset, hours away, is not the time to come back). Every one
+    spent (a 402): the shortest wait until one resets, when known.
+    """
     errors: list[Exception] = list(exc.exceptions) if isinstance(exc, AllProvidersFailedError) else [exc]
     if not errors or not all(isinstance(e, (*_WAITABLE, QuotaExhaustedError)) for e in errors):
         return {}
-    wait = _retry_after(errors)
-    if wait is None and not all(isinstance(e, QuotaExhaustedError) for e in errors):
-        wait = BUSY_RETRY_SECONDS
+    busy = [e for e in errors if isinstance(e, _WAITABLE)]
+    wait = (_retry_after(busy) or BUSY_RETRY_SECONDS) if busy else _retry_after(errors)
     return {"Retry-After": str(wait)} if wait else {}
 
 

@@ -42,7 +42,12 @@ JSON_TYPE = "application/json; charset=utf-8"
 HTML_TYPE = "text/html; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
 _DECIMAL = re.compile(r"[0-9]{1,18}")  # ASCII digits only, as JavaScript's \d: "²" or "١١٨٨٧" is no number
+_DIGITS = re.compile(r"[0-9]+")
+_ID_DIGITS = 10
 _MAX_ANILIST_ID = 2**31 - 1
+NO_FILES: dict[str, Any] = {"frameCount": 0, "error": "", "result": []}
+"""trace.moe's answer for an ``anilistID`` with no indexed files (contract §2.3): given at once, and here
+without asking any provider or counting a search, for an ID no anime has (0, or past 2**31-1)."""
 
 
 def _decimal(text: str) -> int | None:
@@ -178,9 +183,9 @@ async def read_input(request: Request, limit: int) -> SearchInput | Response:
     body; else 405. Bodies over ``limit`` bytes get trace.moe's 413 (raw) or 500 (multipart) page."""
     query = request.query_params
     ids = query.getlist("anilistID")
-    # trace.moe uses it when it matches ^\d+$, else ignores it; no AniList ID is above 2**31-1
-    anilist_id = _decimal(ids[0]) if len(ids) == 1 else None
-    anilist_id = anilist_id if anilist_id is not None and 0 < anilist_id <= _MAX_ANILIST_ID else None
+    # trace.moe filters by it when it matches ^\d+$ (ASCII digits), else ignores it
+    wanted = ids[0] if len(ids) == 1 and _DIGITS.fullmatch(ids[0]) else None
+    anilist_id = int(wanted) if wanted is not None and len(wanted) <= _ID_DIGITS else None
     options = (anilist_id, "cutBorders" in query, "anilistInfo" in query)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     url = query.get("url", "")
@@ -194,6 +199,8 @@ async def read_input(request: Request, limit: int) -> SearchInput | Response:
         data = express_page(413, "Payload Too Large") if raw is None else (raw or None)
     if isinstance(data, Response):
         return data
+    if (url or data is not None) and wanted is not None and not 0 < (anilist_id or 0) <= _MAX_ANILIST_ID:
+        return json_response(NO_FILES)  # an anime AniList cannot have: what trace.moe says at once
     if url:
         return SearchInput(None, url, *options)
     if data is None:
@@ -213,9 +220,9 @@ def _duration(hit: Hit) -> float:
     gave it, else AniList's length of an episode, else the end of the scene (it lasts at least that)."""
     if hit.episode_duration_seconds is not None:
         return round(hit.episode_duration_seconds, 4)
-    if hit.episode_minutes:
-        return float(hit.episode_minutes * 60)
-    return float(_seconds(hit.end_seconds, hit.at_seconds))
+    end = float(_seconds(hit.end_seconds, hit.at_seconds))
+    # AniList's length is an average episode's: never shorter than where the scene ends
+    return max(float(hit.episode_minutes * 60), end) if hit.episode_minutes else end
 
 
 def anilist_record(hit: Hit) -> dict[str, Any]:

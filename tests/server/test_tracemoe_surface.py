@@ -105,12 +105,21 @@ def test_raw_body_and_options_reach_the_provider(
     assert answer.headers["X-Anisearch-Cached"] == "false"
 
 
-@pytest.mark.parametrize("value", ["\u00b2", "1" * 5000, "\u0661\u0661\u0668\u0668\u0667", "0", "2147483648"])
-def test_an_anilist_id_trace_moe_would_ignore_is_ignored(
-    gateway: GatewayFactory, samples: Path, value: str
+@pytest.mark.parametrize(
+    ("value", "filtered"),
+    [
+        ("\u00b2", False),  # digits to Python, not to JavaScript's \\d: ignored
+        ("\u0661\u0661\u0668\u0668\u0667", False),
+        ("0", True),  # ASCII digits: a filter, for an anime that has no files
+        ("2147483648", True),
+        ("1" * 5000, True),
+    ],
+)
+def test_an_anilist_id_is_read_as_trace_moe_reads_it(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams, value: str, *, filtered: bool
 ) -> None:
-    """trace.moe uses anilistID only when it matches ^\\d+$ (ASCII digits): anything else is ignored, never
-    an error page; nor is any ID outside AniList's range."""
+    """trace.moe filters by anilistID when it matches ^\\d+$ (ASCII digits) and ignores it otherwise, never
+    an error page; an ID no AniList anime can have gets its "no indexed files" answer at once."""
     served = gateway(settings={"providers": ["tracemoe"]})
     answer = httpx.post(
         served.url + "/search",
@@ -120,7 +129,11 @@ def test_an_anilist_id_trace_moe_would_ignore_is_ignored(
         timeout=60,
     )
     assert (answer.status_code, answer.headers["content-type"]) == (200, JSON)
-    assert len({item["anilist"] for item in answer.json()["result"]}) > 1  # not filtered
+    if filtered:
+        assert answer.json() == {"frameCount": 0, "error": "", "result": []}
+        assert upstreams.trace_state.search_requests == 0
+    else:
+        assert len({item["anilist"] for item in answer.json()["result"]}) > 1
 
 
 @pytest.mark.parametrize(
@@ -313,3 +326,29 @@ def test_a_busy_refusal_without_a_known_wait_still_says_when_to_retry() -> None:
     )
     assert tracemoe_error(spent, None).status_code == 402
     assert retry_after_header(spent) == {}  # nobody said when it frees: no guess
+    # one spent for hours, one busy for seconds: come back when the busy one may be free, not in hours
+    mixed = AllProvidersFailedError(
+        "no provider answered",
+        [
+            QuotaExhaustedError("spent", provider="tracemoe", retry_after=20_000),
+            ConcurrencyLimitError("no slot freed in time", provider="whatanimeisthis"),
+        ],
+    )
+    assert (tracemoe_error(mixed, None).status_code, retry_after_header(mixed)) == (
+        503,
+        {"Retry-After": str(BUSY_RETRY_SECONDS)},
+    )
+
+
+def test_a_duration_from_anilist_never_ends_before_the_scene() -> None:
+    """AniList's episode length is an average: a scene past it keeps trace.moe's duration >= to."""
+    from anisearch import Hit
+    from anisearch._server._tracemoe import item
+
+    late = Hit(
+        provider="whatanimeisthis", similarity=0.97, anilist_id=1, start_seconds=1490.0, end_seconds=1500.0
+    )
+    assert item(late.model_copy(update={"episode_minutes": 24}), anilist_info=False)["duration"] == 1500.0
+    early = late.model_copy(update={"episode_minutes": 24, "start_seconds": 60.0, "end_seconds": 62.0})
+    assert item(early, anilist_info=False)["duration"] == 1440.0
+    assert item(late, anilist_info=False)["duration"] == 1500.0  # nothing known: the scene's end
