@@ -204,16 +204,30 @@ class AsyncClient(AccountFeatures):
         if self._closed:
             return
         self._closed = True
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            # its connections belong to the loop it worked on (ended, or running elsewhere): what cannot be
+            # closed from here goes with that loop; the files (SQLite) close now
+            self._close_files()
+            for close in (self._transport.aclose, self._downloader.aclose, self._ledger.aclose):
+                with contextlib.suppress(
+                    RuntimeError
+                ):  # "Event loop is closed", "attached to a different loop"
+                    await close()
+            return
         await self._end_work()
         await self._transport.aclose()
         await self._downloader.aclose()
         if isinstance(self._cache, RedisResultCache):
             await self._cache.aclose()
-        elif self._cache is not None:
+        self._close_files()
+        await self._ledger.aclose()
+
+    def _close_files(self) -> None:
+        """Close the SQLite result cache and the metadata cache (files, not connections of a loop)."""
+        if self._cache is not None and not isinstance(self._cache, RedisResultCache):
             self._cache.close()
         if self._enricher is not None:
             self._enricher.close()
-        await self._ledger.aclose()
 
     @contextlib.contextmanager
     def _work(self) -> Iterator[None]:
@@ -225,21 +239,7 @@ class AsyncClient(AccountFeatures):
                 used on.
         """
         self._check_open()
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # trio (through anyio): the ledgers and the Redis client are asyncio's
-            raise ConfigurationError(
-                "AsyncClient runs on asyncio; under trio, call the sync anisearch.Client from "
-                "trio.to_thread.run_sync"
-            ) from None
-        if self._loop is None:
-            self._loop = loop
-        elif loop is not self._loop:  # its connections (HTTP, Redis) belong to the first loop: fail unsent
-            raise ConfigurationError(
-                "this AsyncClient was first used on another event loop (each asyncio.run() starts a new "
-                "one), and its connections belong to that loop; open one AsyncClient per event loop "
-                "('async with AsyncClient()' inside the coroutine you run), or use the sync anisearch.Client"
-            )
+        self._on_its_loop()
         with anyio.CancelScope() as scope:
             self._working[scope] = anyio.get_current_task().id
             try:
@@ -301,8 +301,32 @@ class AsyncClient(AccountFeatures):
         if self._closed:
             raise ClientClosedError(f"the client is closed; open a new {type(self).__name__}")
 
+    def _on_its_loop(self) -> None:
+        """Check that this runs on asyncio, on the event loop of the client's first work (its connections,
+        HTTP and Redis, belong to that loop), which the first call records.
+
+        Raises:
+            ConfigurationError: The event loop is not asyncio's (trio), or another one than the first.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio (through anyio): the ledgers and the Redis client are asyncio's
+            raise ConfigurationError(
+                "AsyncClient runs on asyncio; under trio, call the sync anisearch.Client from "
+                "trio.to_thread.run_sync"
+            ) from None
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:  # fail before anything is sent on a connection of the other loop
+            raise ConfigurationError(
+                "this AsyncClient was first used on another event loop (each asyncio.run() starts a new "
+                "one), and its connections belong to that loop; open one AsyncClient per event loop "
+                "('async with AsyncClient()' inside the coroutine you run), or use the sync anisearch.Client"
+            )
+
     async def _get_ledger(self) -> Ledger:
         self._check_open()
+        self._on_its_loop()
         return self._ledger
 
     def _get_cache(self) -> CacheStore | None:

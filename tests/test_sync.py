@@ -296,6 +296,37 @@ async def test_an_async_client_used_on_a_second_event_loop_fails_before_sending(
     error = await anyio.to_thread.run_sync(on_another_loop)
     assert isinstance(error, ConfigurationError)
     assert "another event loop" in str(error)
+
+    def quota_on_another_loop() -> BaseException | None:  # the quota calls are checked too
+        try:
+            asyncio.run(client.quota())
+        except BaseException as exc:  # noqa: BLE001 - what the call ended with is the test
+            return exc
+        return None
+
+    assert isinstance(await anyio.to_thread.run_sync(quota_on_another_loop), ConfigurationError)
     assert app.state.emulator.search_requests == 1
     assert (await client.search(image)).provider == "tracemoe"  # on its own loop it goes on working
     await client.aclose()
+
+
+def test_an_async_client_first_used_for_its_quota_is_bound_to_that_loop_and_closes_from_another(
+    live_server: Callable[[Any], LiveServer], samples: Path
+) -> None:
+    import asyncio
+
+    from anisearch_emulators.tracemoe import create_app
+
+    app = create_app()
+    server = live_server(app)
+    client = AsyncClient(
+        Settings.load(providers=["tracemoe"], provider_options={"tracemoe": {"url": server.url}}, **SETTINGS)
+    )
+    asyncio.run(client.quota())
+    with pytest.raises(ConfigurationError, match="another event loop"):
+        asyncio.run(client.search((samples / "tinted-good.jpg").read_bytes()))
+    asyncio.run(client.aclose())  # from a third loop: what belongs to the first goes with it
+    assert client._closed
+    with pytest.raises(ClientClosedError):
+        asyncio.run(client.quota())
+    assert app.state.emulator.search_requests == 0
