@@ -46,6 +46,8 @@ __all__ = ["Gateway", "create_app"]
 logger = logging.getLogger("anisearch.server")
 access = logging.getLogger("anisearch.server.access")
 _ANILIST_MEMORY = 4096
+_RECORD_REFRESH_SECONDS = 600.0
+"""How often an answered anime's record is written to the result cache again (see ``Gateway.remember``)."""
 """AniList records remembered from answers, for ``/anilist`` (PicImageSearch asks it for titles)."""
 
 
@@ -69,6 +71,7 @@ class Gateway:
         self._client: AsyncClient | None = None
         self._gate: Gate | None = None
         self.anilist: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._written: dict[int, float] = {}  # when each record was last written to the result cache
         self.recent: list[Attempt] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -121,21 +124,35 @@ class Gateway:
 
     async def remember(self, result: SearchResult) -> None:
         """Keep the AniList records of an answer's hits for ``/anilist``: in this process, and in the result
-        cache (every worker and replica sharing it finds them there), once per anime this process has not
-        kept yet."""
-        fresh: dict[int, Hit] = {}
+        cache, where every worker and replica sharing it finds them.
+
+        A record is written there when it is new or changed here, and again every
+        :data:`_RECORD_REFRESH_SECONDS` (at most half the cache's TTL), so one that expired or was cleared
+        comes back. A record without a title (no lookup asked, or it failed) is never written, and never
+        replaces one with a title here.
+        """
+        now = time.monotonic()
+        refresh = min(_RECORD_REFRESH_SECONDS, self.settings.cache_ttl / 2)
+        due: dict[int, Hit] = {}
         for hit in result.hits:
-            if hit.anilist_id:
-                if hit.anilist_id not in self.anilist:
-                    fresh.setdefault(hit.anilist_id, hit)
-                self.anilist[hit.anilist_id] = _tracemoe.anilist_record(hit)
-                self.anilist.move_to_end(hit.anilist_id)
+            if not hit.anilist_id:
+                continue
+            new = _tracemoe.anilist_record(hit)
+            old = self.anilist.get(hit.anilist_id)
+            if _titled(new) or old is None or not _titled(old):
+                self.anilist[hit.anilist_id] = new
+            self.anilist.move_to_end(hit.anilist_id)
+            written = self._written.get(hit.anilist_id)
+            if _titled(new) and (new != old or written is None or now - written >= refresh):
+                due.setdefault(hit.anilist_id, hit)
         while len(self.anilist) > _ANILIST_MEMORY:
-            self.anilist.popitem(last=False)
+            forgotten, _ = self.anilist.popitem(last=False)
+            self._written.pop(forgotten, None)
         store = self._cache()
         if store is not None:  # a disposable cache: it warns, never raises
-            for anilist_id, hit in fresh.items():
+            for anilist_id, hit in due.items():
                 await store.put(_record_key(anilist_id), SearchResult(hits=[hit], provider=hit.provider))
+                self._written[anilist_id] = now
 
     def _cache(self) -> CacheStore | None:
         """The engine's result cache (SQLite or Redis, shared like it), or None when it is off."""
@@ -286,6 +303,12 @@ class Gateway:
         }
         media["coverImage"] = media.get("coverImage") or {"large": None}
         return _tracemoe.json_response({"data": {"Media": media}})
+
+
+def _titled(record: dict[str, Any]) -> bool:
+    """Whether an AniList record names its anime (what ``/anilist`` is asked for)."""
+    title = record.get("title")
+    return isinstance(title, dict) and any(isinstance(name, str) and name for name in title.values())
 
 
 def _record_key(anilist_id: int) -> str:

@@ -6,6 +6,7 @@ front of the trace.moe and whatanimeisthis emulators on loopback.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,24 +130,39 @@ def test_anilist_answers_titles_a_sibling_worker_found(
     gateway: GatewayFactory, samples: Path, upstreams: Upstreams, tmp_path: Path
 ) -> None:
     """Two workers (or replicas) sharing the result cache: a title lookup on one finds what a search on
-    the other answered, as PicImageSearch asks it (the second request may reach any worker)."""
-    shared = {"cache": str(tmp_path / "results.sqlite3")}
+    the other answered, as PicImageSearch asks it (the second request may reach any worker); a record
+    without a title is never shared, and one that expired is written again by the next answer."""
+    shared = {"cache": str(tmp_path / "results.sqlite3"), "cache_ttl": 2}
     searching, looking_up = gateway(settings=shared), gateway(settings=shared)
     image = (samples / "tinted-good.jpg").read_bytes()
-    found = httpx.post(
-        searching.url + "/search",
-        content=image,
-        headers={"x-trace-key": TOKEN, "Content-Type": "image/jpeg"},
-        timeout=60,
-    )
-    assert found.status_code == 200
     query = {
         "query": "query ($id: Int) { Media(id: $id) { id title { romaji } } }",
         "variables": {"id": 11887},
     }
-    media = httpx.post(looking_up.url + "/anilist", json=query, timeout=30)
-    assert media.status_code == 200, media.text
-    assert media.json()["data"]["Media"]["title"]["romaji"] == "Kokoro Connect"
+
+    def search(path: str, headers: dict[str, str]) -> None:
+        answer = httpx.post(
+            searching.url + path, content=image, headers={**headers, "Content-Type": "image/jpeg"}, timeout=60
+        )
+        assert answer.status_code == 200, answer.text
+
+    def title() -> object:
+        media = httpx.post(looking_up.url + "/anilist", json=query, timeout=30)
+        return (
+            media.json()["data"]["Media"]["title"]["romaji"]
+            if media.status_code == 200
+            else media.status_code
+        )
+
+    search("/v1/search?cache=false", {"Authorization": f"Bearer {TOKEN}"})  # no titles asked for
+    assert title() == 404  # an untitled record is not shared
+    search("/search", {"x-trace-key": TOKEN})
+    assert title() == "Kokoro Connect"
     unknown = httpx.post(looking_up.url + "/anilist", json={**query, "variables": {"id": 1}}, timeout=30)
     assert unknown.status_code == 404  # only what the gateway answered: it is no AniList proxy
-    assert upstreams.trace_state.search_requests == 1
+
+    other = gateway(settings=shared)  # a worker started after the record expired
+    time.sleep(2.2)
+    search("/search", {"x-trace-key": TOKEN})  # answered again: the record is written again
+    looking_up = other
+    assert title() == "Kokoro Connect"
