@@ -30,6 +30,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import threading
 import time
 import weakref
@@ -130,6 +131,9 @@ that is down, and the first answer ends the mark."""
 _UNREACHED_SECONDS = 30.0
 _HOLD_MARGIN_SECONDS = 0.2
 """Beyond that, before a slot left by a search given up in flight goes to the next search."""
+_DEAD_SINCE: dict[str, float] = {}
+"""Per holder found dead on this host: when (``time.monotonic()``) it was first found dead (see
+``Router._freed_here``). A holder is a process that ended, so the few entries never change."""
 _UNSETTLED: weakref.WeakKeyDictionary[Ledger, dict[str, tuple[Ticket, Settlement]]] = (
     weakref.WeakKeyDictionary()
 )
@@ -587,14 +591,34 @@ class Router:
             blocks=settlement.blocks,
         )
 
-    async def _freed_here(self, refusal: Refusal, dead: frozenset[str]) -> frozenset[str] | None:
+    async def _freed_here(
+        self, route: Route, refusal: Refusal, dead: frozenset[str]
+    ) -> tuple[frozenset[str] | None, float]:
         """After a concurrency refusal: the holders known dead, grown by those of ``refusal`` that died on
-        this host, or the same set when a slot this process held for an answer given could be settled
-        now; None when nothing was freed here."""
+        this host long enough ago, or the same set when a slot this process held for an answer given could
+        be settled now; None when nothing was freed here. Then the seconds until the slot of a holder that
+        died too recently is freed (infinity when none did).
+
+        A holder killed while its request was at the upstream (``kill -9``, the OOM killer) left a search
+        the upstream runs to its end and counts against the caller's concurrency until then: its slot is
+        freed once that is likely over (the longest of this process's recent answer times, plus a margin,
+        from when it was found dead), not at once, so the next search does not meet "Concurrency limit
+        exceeded".
+        """
         newly_dead = frozenset(h for h in refusal.holders if holder_is_dead(h)) - dead
         if newly_dead:
-            return dead | newly_dead
-        return dead if await self._settle_left_over() else None
+            now = time.monotonic()
+            recent = _ANSWER_SECONDS.get(_upstream(route.provider))
+            hold = min(
+                (max(recent) if recent else _UNANSWERED_SECONDS) + _HOLD_MARGIN_SECONDS, self._lease_seconds
+            )
+            with _GATES_LOCK:
+                since = {h: _DEAD_SINCE.setdefault(h, now) for h in newly_dead}
+            done = frozenset(h for h, found in since.items() if now - found >= hold)
+            if done:
+                return dead | done, math.inf
+            return None, min(found + hold - now for found in since.values())
+        return (dead if await self._settle_left_over() else None), math.inf
 
     async def _settle_left_over(self) -> bool:
         """Settle the answered searches whose settle failed on this ledger (see :data:`_UNSETTLED`), when
@@ -686,7 +710,7 @@ class Router:
             left = give_up_at - anyio.current_time()
             wait = (from_us(result.until) - self._ledger.now()).total_seconds()
             if result.kind == "concurrency":
-                freed = await self._freed_here(result, dead)
+                freed, orphan = await self._freed_here(route, result, dead)
                 if freed is not None:  # ask again
                     dead = freed
                     continue
@@ -694,7 +718,8 @@ class Router:
                     return result
                 self._take_baton(self._gate_key(route), result)  # another process took the slot handed over
                 self._waiting(f"waiting for a {name} slot (held by {holders_text(result.holders)})")
-                handed = await nap(min(left, max(wait, 0.001)))
+                # a dead holder's search may still run upstream: ask again once it is likely over
+                handed = await nap(min(left, max(min(wait, orphan), 0.001)))
                 if handed is not None:  # the ledger reserved the freed slot for this search
                     return handed
                 continue

@@ -3,7 +3,7 @@
 - 200 concurrent searches in one process, or 8 processes x 25, against a quota of 40 send exactly 40
   requests: no 402, no 429, and the rest say when the first slot frees.
 - A search killed with ``kill -9`` mid-request does not keep its slot: the next search on the same ledger
-  answers within seconds.
+  answers within seconds, sent once the upstream is likely done with the killed one (no 402).
 """
 
 from __future__ import annotations
@@ -127,6 +127,8 @@ def test_a_search_killed_mid_request_frees_its_slot(
         result = client.search(samples / "tinted-good.jpg", cache=False)
     assert result.provider == "tracemoe"
     assert time.monotonic() - killed < 7
+    # the killed search ran on upstream to its end: the next one was sent after it, never into a 402
+    assert [row.code for row in trace.app.state.emulator.log] == [200, 200]
 
 
 class MovingClock:
