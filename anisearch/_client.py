@@ -204,9 +204,9 @@ class AsyncClient(AccountFeatures):
         if self._closed:
             return
         self._closed = True
-        if self._loop is not None and self._loop is not asyncio.get_running_loop():
-            # its connections belong to the loop it worked on (ended, or running elsewhere): what cannot be
-            # closed from here goes with that loop; the files (SQLite) close now
+        if self._loop is not None and self._loop.is_closed():
+            # its connections belong to the loop it worked on, which has ended (asyncio.run closes it): what
+            # cannot be closed from here went with that loop; the files (SQLite) close now
             self._close_files()
             for close in (self._transport.aclose, self._downloader.aclose, self._ledger.aclose):
                 with contextlib.suppress(

@@ -46,9 +46,9 @@ __all__ = ["Gateway", "create_app"]
 logger = logging.getLogger("anisearch.server")
 access = logging.getLogger("anisearch.server.access")
 _ANILIST_MEMORY = 4096
+"""AniList records remembered from answers, for ``/anilist`` (PicImageSearch asks it for titles)."""
 _RECORD_REFRESH_SECONDS = 600.0
 """How often an answered anime's record is written to the result cache again (see ``Gateway.remember``)."""
-"""AniList records remembered from answers, for ``/anilist`` (PicImageSearch asks it for titles)."""
 
 
 class Gateway:
@@ -161,8 +161,8 @@ class Gateway:
     async def anilist_record(self, anilist_id: int) -> dict[str, Any] | None:
         """The AniList record of an anime some search through this gateway answered, or None."""
         record = self.anilist.get(anilist_id)
-        if record is None and (store := self._cache()) is not None:
-            kept = await store.get(_record_key(anilist_id))
+        if (record is None or not _titled(record)) and (store := self._cache()) is not None:
+            kept = await store.get(_record_key(anilist_id))  # a sibling's, with a title
             if kept is not None and kept.hits:
                 record = self.anilist[anilist_id] = _tracemoe.anilist_record(kept.hits[0])
         return record
@@ -231,6 +231,8 @@ class Gateway:
             return parsed
 
         async def call(image: Any) -> SearchResult:
+            if parsed.no_files:  # an anime no AniList ID can name: nothing to ask
+                return SearchResult(frames_searched=0)
             return await self.client.search(
                 image,
                 anilist_id=parsed.anilist_id,
@@ -246,8 +248,12 @@ class Gateway:
             response = tracemoe_error(outcome, parsed.url)
             response.headers.update(_tracemoe.attempt_headers(None, list(getattr(outcome, "attempts", ()))))
             return response
-        body = _tracemoe.search_body(
-            outcome, anilist_info=parsed.anilist_info, quota=caller.quota, quota_used=used
+        body = (
+            _tracemoe.NO_FILES
+            if parsed.no_files
+            else _tracemoe.search_body(
+                outcome, anilist_info=parsed.anilist_info, quota=caller.quota, quota_used=used
+            )
         )
         return _tracemoe.json_response(body, headers=_tracemoe.attempt_headers(outcome, outcome.attempts))
 

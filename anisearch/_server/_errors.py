@@ -42,16 +42,20 @@ def _retry_after(errors: Sequence[Exception]) -> int | None:
 def retry_after_header(exc: AnisearchError) -> dict[str, str]:
     """The ``Retry-After`` header of a search that failed because every provider is spent or busy.
 
-    Some busy (a 503): the shortest wait a busy one gave, else :data:`BUSY_RETRY_SECONDS` (a busy
-    provider frees in seconds; a spent one's reset, hours away, is not the time to come back). Every one
-    spent (a 402): the shortest wait until one resets, when known.
+    Some busy (a 503): the first moment one of the busy ones may answer, each at the wait it gave, or in
+    :data:`BUSY_RETRY_SECONDS` when it gave none (a spent one's reset, hours away, is not the time to come
+    back). Every one spent (a 402): the shortest wait until one resets, when known.
     """
     errors: list[Exception] = list(exc.exceptions) if isinstance(exc, AllProvidersFailedError) else [exc]
     if not errors or not all(isinstance(e, (*_WAITABLE, QuotaExhaustedError)) for e in errors):
         return {}
     busy = [e for e in errors if isinstance(e, _WAITABLE)]
-    wait = (_retry_after(busy) or BUSY_RETRY_SECONDS) if busy else _retry_after(errors)
-    return {"Retry-After": str(wait)} if wait else {}
+    if not busy:
+        wait = _retry_after(errors)
+        return {"Retry-After": str(wait)} if wait else {}
+    # each busy one frees when it said, or in a few seconds when it did not say: the first of them
+    waits = [e.retry_after or BUSY_RETRY_SECONDS for e in busy if isinstance(e, ProviderError)]
+    return {"Retry-After": str(math.ceil(min(waits)))}
 
 
 def _summary(errors: list[Exception]) -> str:

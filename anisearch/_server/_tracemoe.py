@@ -46,8 +46,9 @@ _DIGITS = re.compile(r"[0-9]+")
 _ID_DIGITS = 10
 _MAX_ANILIST_ID = 2**31 - 1
 NO_FILES: dict[str, Any] = {"frameCount": 0, "error": "", "result": []}
-"""trace.moe's answer for an ``anilistID`` with no indexed files (contract §2.3): given at once, and here
-without asking any provider or counting a search, for an ID no anime has (0, or past 2**31-1)."""
+"""trace.moe's answer for an ``anilistID`` with no indexed files (contract §2.3), without quota members: for
+an ID no anime has (0, or past 2**31-1) the gateway gives it once the caller is admitted, asking no
+provider, and counts it as trace.moe does (a successful search)."""
 
 
 def _decimal(text: str) -> int | None:
@@ -118,6 +119,8 @@ class SearchInput:
     anilist_id: int | None
     cut_borders: bool
     anilist_info: bool
+    no_files: bool = False
+    """``anilistID`` names an anime no AniList ID can (0, or past 2**31-1): answered :data:`NO_FILES`."""
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:
@@ -184,9 +187,12 @@ async def read_input(request: Request, limit: int) -> SearchInput | Response:
     query = request.query_params
     ids = query.getlist("anilistID")
     # trace.moe filters by it when it matches ^\d+$ (ASCII digits), else ignores it
-    wanted = ids[0] if len(ids) == 1 and _DIGITS.fullmatch(ids[0]) else None
-    anilist_id = int(wanted) if wanted is not None and len(wanted) <= _ID_DIGITS else None
-    options = (anilist_id, "cutBorders" in query, "anilistInfo" in query)
+    wanted = (
+        ids[0].lstrip("0") if len(ids) == 1 and _DIGITS.fullmatch(ids[0]) else None
+    )  # as Number() reads it
+    anilist_id = int(wanted) if wanted and len(wanted) <= _ID_DIGITS else None
+    no_files = wanted is not None and not 0 < (anilist_id or 0) <= _MAX_ANILIST_ID  # 0, or past AniList's IDs
+    options = (anilist_id if not no_files else None, "cutBorders" in query, "anilistInfo" in query, no_files)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     url = query.get("url", "")
     data: bytes | Response | None = None
@@ -199,8 +205,6 @@ async def read_input(request: Request, limit: int) -> SearchInput | Response:
         data = express_page(413, "Payload Too Large") if raw is None else (raw or None)
     if isinstance(data, Response):
         return data
-    if (url or data is not None) and wanted is not None and not 0 < (anilist_id or 0) <= _MAX_ANILIST_ID:
-        return json_response(NO_FILES)  # an anime AniList cannot have: what trace.moe says at once
     if url:
         return SearchInput(None, url, *options)
     if data is None:

@@ -3,7 +3,8 @@
 - 200 concurrent searches in one process, or 8 processes x 25, against a quota of 40 send exactly 40
   requests: no 402, no 429, and the rest say when the first slot frees.
 - A search killed with ``kill -9`` mid-request does not keep its slot: the next search on the same ledger
-  answers within seconds, sent once the upstream is likely done with the killed one (no 402).
+  answers within seconds, sent once the upstream is likely done with the killed one (no 402) as far as the
+  waiting process's answer times tell.
 """
 
 from __future__ import annotations
@@ -102,33 +103,36 @@ def shared_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def test_a_search_killed_mid_request_frees_its_slot(
     live_server: Callable[[Any], Any], samples: Path, shared_ledger: str
 ) -> None:
-    trace = live_server(tracemoe_app(latency=2.0))
+    """The next search takes the slot once the upstream is likely done with the killed one: as long as
+    the waiting process's answers took (3 s here, past the 2 s it assumes before timing any)."""
+    trace = live_server(tracemoe_app(latency=3.0))
     env = {
         **os.environ,
         "ANISEARCH_TRACEMOE_URL": trace.url,
         "ANISEARCH_PROVIDERS": "tracemoe",
         "ANISEARCH_LEDGER": shared_ledger,
     }
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "anisearch", "search", str(samples / "tinted-good.jpg"), "--no-cache"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while not any(trace.app.state.emulator.concurrent.values()):  # the request is at the upstream
-        assert time.monotonic() < deadline, "the search never reached the emulator"
-        assert victim.poll() is None
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    killed = time.monotonic()
     with Client(settings(trace.url, env["ANISEARCH_LEDGER"])) as client:
+        client.search(samples / "border-bad.jpg", cache=False)  # this process times one answer
+        victim = subprocess.Popen(
+            [sys.executable, "-m", "anisearch", "search", str(samples / "tinted-good.jpg"), "--no-cache"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not any(trace.app.state.emulator.concurrent.values()):  # the request is at the upstream
+            assert time.monotonic() < deadline, "the search never reached the emulator"
+            assert victim.poll() is None
+            time.sleep(0.02)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        killed = time.monotonic()
         result = client.search(samples / "tinted-good.jpg", cache=False)
     assert result.provider == "tracemoe"
-    assert time.monotonic() - killed < 7
+    assert time.monotonic() - killed < 15  # within the lease the killed search held
     # the killed search ran on upstream to its end: the next one was sent after it, never into a 402
-    assert [row.code for row in trace.app.state.emulator.log] == [200, 200]
+    assert [row.code for row in trace.app.state.emulator.log] == [200, 200, 200]
 
 
 class MovingClock:

@@ -17,7 +17,7 @@ from aiotracemoeapi import TraceMoe
 from aiotracemoeapi.exceptions import SearchQuotaDepleted
 from PicImageSearch import Network
 from PicImageSearch.engines.tracemoe import TraceMoe as PicTraceMoe
-from tests.server.conftest import TOKEN, GatewayFactory, Upstreams
+from tests.server.conftest import TOKEN, GatewayFactory, Served, Upstreams
 
 pytestmark = pytest.mark.e2e
 
@@ -140,9 +140,10 @@ def test_anilist_answers_titles_a_sibling_worker_found(
         "variables": {"id": 11887},
     }
 
-    def search(path: str, headers: dict[str, str]) -> None:
+    def search(path: str, headers: dict[str, str], on: Served | None = None) -> None:
+        worker = on or searching
         answer = httpx.post(
-            searching.url + path, content=image, headers={**headers, "Content-Type": "image/jpeg"}, timeout=60
+            worker.url + path, content=image, headers={**headers, "Content-Type": "image/jpeg"}, timeout=60
         )
         assert answer.status_code == 200, answer.text
 
@@ -156,8 +157,9 @@ def test_anilist_answers_titles_a_sibling_worker_found(
 
     search("/v1/search?cache=false", {"Authorization": f"Bearer {TOKEN}"})  # no titles asked for
     assert title() == 404  # an untitled record is not shared
+    search("/v1/search?cache=false", {"Authorization": f"Bearer {TOKEN}"}, on=looking_up)  # untitled there
     search("/search", {"x-trace-key": TOKEN})
-    assert title() == "Kokoro Connect"
+    assert title() == "Kokoro Connect"  # its own untitled record does not hide the shared title
     unknown = httpx.post(looking_up.url + "/anilist", json={**query, "variables": {"id": 1}}, timeout=30)
     assert unknown.status_code == 404  # only what the gateway answered: it is no AniList proxy
 

@@ -106,21 +106,23 @@ def test_raw_body_and_options_reach_the_provider(
 
 
 @pytest.mark.parametrize(
-    ("value", "filtered"),
+    ("value", "read_as"),
     [
-        ("\u00b2", False),  # digits to Python, not to JavaScript's \\d: ignored
-        ("\u0661\u0661\u0668\u0668\u0667", False),
-        ("0", True),  # ASCII digits: a filter, for an anime that has no files
-        ("2147483648", True),
-        ("1" * 5000, True),
+        ("\u00b2", "ignored"),  # digits to Python, not to JavaScript's \\d
+        ("\u0661\u0661\u0668\u0668\u0667", "ignored"),
+        ("00000000011887", "11887"),  # Number() drops the zeros
+        ("0", "no files"),  # ASCII digits: a filter, for an anime that has no files
+        ("2147483648", "no files"),
+        ("1" * 5000, "no files"),
     ],
 )
 def test_an_anilist_id_is_read_as_trace_moe_reads_it(
-    gateway: GatewayFactory, samples: Path, upstreams: Upstreams, value: str, *, filtered: bool
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams, value: str, read_as: str
 ) -> None:
     """trace.moe filters by anilistID when it matches ^\\d+$ (ASCII digits) and ignores it otherwise, never
-    an error page; an ID no AniList anime can have gets its "no indexed files" answer at once."""
-    served = gateway(settings={"providers": ["tracemoe"]})
+    an error page; an ID no AniList anime can have gets its "no indexed files" answer, asking no provider
+    but counted against the caller like any search (a spent caller gets the 402 first)."""
+    served = gateway(settings={"providers": ["tracemoe"]}, client_quota=1)
     answer = httpx.post(
         served.url + "/search",
         params={"anilistID": value},
@@ -129,11 +131,22 @@ def test_an_anilist_id_is_read_as_trace_moe_reads_it(
         timeout=60,
     )
     assert (answer.status_code, answer.headers["content-type"]) == (200, JSON)
-    if filtered:
+    anime = {item["anilist"] for item in answer.json()["result"]}
+    if read_as == "no files":
         assert answer.json() == {"frameCount": 0, "error": "", "result": []}
         assert upstreams.trace_state.search_requests == 0
+        spent = httpx.post(
+            served.url + "/search",
+            params={"anilistID": value},
+            content=(samples / "tinted-good.jpg").read_bytes(),
+            headers={**AUTH, "Content-Type": "image/jpeg"},
+            timeout=60,
+        )
+        assert spent.status_code == 402  # the caller's one search was that one
+    elif read_as == "11887":
+        assert anime == {11887}
     else:
-        assert len({item["anilist"] for item in answer.json()["result"]}) > 1
+        assert len(anime) > 1  # not filtered
 
 
 @pytest.mark.parametrize(
@@ -312,7 +325,13 @@ def test_a_search_refused_for_a_busy_slot_says_when_to_retry(
 
 
 def test_a_busy_refusal_without_a_known_wait_still_says_when_to_retry() -> None:
-    from anisearch import AllProvidersFailedError, ConcurrencyLimitError, QuotaExhaustedError
+    from anisearch import (
+        AllProvidersFailedError,
+        ConcurrencyLimitError,
+        ProviderBusyError,
+        QuotaExhaustedError,
+        RateLimitedError,
+    )
     from anisearch._server._errors import BUSY_RETRY_SECONDS, retry_after_header, tracemoe_error
 
     busy = AllProvidersFailedError(
@@ -338,6 +357,15 @@ def test_a_busy_refusal_without_a_known_wait_still_says_when_to_retry() -> None:
         503,
         {"Retry-After": str(BUSY_RETRY_SECONDS)},
     )
+    # a rate window an hour long and a provider merely busy: the busy one may answer in seconds
+    windows = AllProvidersFailedError(
+        "no provider answered",
+        [
+            RateLimitedError("hourly limit", provider="whatanimeisthis", retry_after=3600),
+            ProviderBusyError("queue full", provider="tracemoe"),
+        ],
+    )
+    assert retry_after_header(windows) == {"Retry-After": str(BUSY_RETRY_SECONDS)}
 
 
 def test_a_duration_from_anilist_never_ends_before_the_scene() -> None:
