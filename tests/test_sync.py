@@ -330,3 +330,38 @@ def test_an_async_client_first_used_for_its_quota_is_bound_to_that_loop_and_clos
     with pytest.raises(ClientClosedError):
         asyncio.run(client.quota())
     assert app.state.emulator.search_requests == 0
+
+
+def test_closing_an_async_client_from_another_thread_ends_its_search_as_closed(
+    live_server: Callable[[Any], LiveServer], samples: Path
+) -> None:
+    """Its loop still runs a search in another thread: closing from here ends that search with
+    ClientClosedError, after it recorded what it sent, and closes nothing under it."""
+    import asyncio
+
+    from anisearch_emulators.tracemoe import create_app
+
+    app = create_app(latency=2.0)
+    server = live_server(app)
+    client = AsyncClient(
+        Settings.load(providers=["tracemoe"], provider_options={"tracemoe": {"url": server.url}}, **SETTINGS)
+    )
+    ended: list[BaseException | object] = []
+
+    def search() -> None:
+        async def run() -> None:
+            try:
+                ended.append(await client.search((samples / "tinted-good.jpg").read_bytes()))
+            except BaseException as exc:  # noqa: BLE001 - what the search ended with is the test
+                ended.append(exc)
+
+        asyncio.run(run())
+
+    searching = threading.Thread(target=search)
+    searching.start()
+    deadline = time.monotonic() + 10
+    while not any(app.state.emulator.concurrent.values()) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the request is at the upstream
+    asyncio.run(client.aclose())
+    searching.join(10)
+    assert [type(exc) for exc in ended] == [ClientClosedError]
