@@ -30,3 +30,27 @@ def run_in_process(
     if done.exception is not None and not isinstance(done.exception, SystemExit):
         raise done.exception
     return subprocess.CompletedProcess(["anisearch", *args], done.exit_code, done.stdout, done.stderr)
+
+
+def run_on_a_terminal(*args: str, typed: bytes = b"") -> subprocess.CompletedProcess[str]:
+    """Run ``python -m anisearch ARGS`` in a new process whose standard input is a terminal (a pty), with
+    ``typed`` typed ahead on it; stdout and stderr are captured (pipes, not the terminal)."""
+    import os
+    import pty
+    import sys
+
+    controller, terminal = pty.openpty()
+    try:
+        if typed:
+            os.write(controller, typed)
+        return subprocess.run(
+            [sys.executable, "-m", "anisearch", *args],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)

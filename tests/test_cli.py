@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageEnhance
 from tests.cli_runner import run_in_process as cli
+from tests.cli_runner import run_on_a_terminal
 from tests.conftest import WeakerWhatAnimeIsThis
 
 import anisearch
@@ -518,23 +519,7 @@ def test_arguments_that_cannot_work_are_usage_errors(args: list[str], says: str)
 
 
 def test_stdin_from_a_terminal_is_refused_instead_of_waited_for() -> None:
-    import os
-    import pty
-    import sys
-
-    controller, terminal = pty.openpty()
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "anisearch", "search", "-"],
-            stdin=terminal,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    finally:
-        os.close(terminal)
-        os.close(controller)
+    done = run_on_a_terminal("search", "-")
     assert done.returncode == 2
     assert "- reads the image from standard input, which is this terminal" in done.stderr
 

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli_runner import run_in_process
+from tests.cli_runner import run_in_process, run_on_a_terminal
 
 from anisearch_emulators.tracemoe import create_app as tracemoe_app
 
@@ -64,20 +60,7 @@ def test_the_reset_question_is_asked_on_stderr_and_a_no_forgets_nothing(
     """At a terminal, `quota --reset --json | jq .` asks on stderr, so stdout stays JSON; declining is no
     error and leaves the ledger as it was."""
     assert run_in_process("search", str(samples / "tinted-good.jpg"), "--no-cache").returncode == 0
-    controller, terminal = pty.openpty()
-    try:
-        os.write(controller, answer)  # typed ahead: the question reads it from the terminal
-        done = subprocess.run(
-            [sys.executable, "-m", "anisearch", "quota", "tracemoe", "--reset", "--json"],
-            stdin=terminal,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    finally:
-        os.close(terminal)
-        os.close(controller)
+    done = run_on_a_terminal("quota", "tracemoe", "--reset", "--json", typed=answer)  # the question reads it
     assert done.returncode == 0, done.stderr
     assert "Forget what sqlite:///" in done.stderr
     if forgets:

@@ -123,26 +123,23 @@ def test_an_anilist_id_is_read_as_trace_moe_reads_it(
     an error page; an ID no AniList anime can have gets its "no indexed files" answer, asking no provider
     but counted against the caller like any search (a spent caller gets the 402 first)."""
     served = gateway(settings={"providers": ["tracemoe"]}, client_quota=1)
-    answer = httpx.post(
-        served.url + "/search",
-        params={"anilistID": value},
-        content=(samples / "tinted-good.jpg").read_bytes(),
-        headers={**AUTH, "Content-Type": "image/jpeg"},
-        timeout=60,
-    )
-    assert (answer.status_code, answer.headers["content-type"]) == (200, JSON)
-    anime = {item["anilist"] for item in answer.json()["result"]}
-    if read_as == "no files":
-        assert answer.json() == {"frameCount": 0, "error": "", "result": []}
-        assert upstreams.trace_state.search_requests == 0
-        spent = httpx.post(
+
+    def search() -> httpx.Response:
+        return httpx.post(
             served.url + "/search",
             params={"anilistID": value},
             content=(samples / "tinted-good.jpg").read_bytes(),
             headers={**AUTH, "Content-Type": "image/jpeg"},
             timeout=60,
         )
-        assert spent.status_code == 402  # the caller's one search was that one
+
+    answer = search()
+    assert (answer.status_code, answer.headers["content-type"]) == (200, JSON)
+    anime = {item["anilist"] for item in answer.json()["result"]}
+    if read_as == "no files":
+        assert answer.json() == {"frameCount": 0, "error": "", "result": []}
+        assert upstreams.trace_state.search_requests == 0
+        assert search().status_code == 402  # the caller's one search was that one
     elif read_as == "11887":
         assert anime == {11887}
     else:
