@@ -209,9 +209,8 @@ class AsyncClient(AccountFeatures):
             # cannot be closed from here went with that loop; the files (SQLite) close now
             self._close_files()
             for close in (self._transport.aclose, self._downloader.aclose, self._ledger.aclose):
-                with contextlib.suppress(
-                    RuntimeError
-                ):  # "Event loop is closed", "attached to a different loop"
+                # "Event loop is closed", "attached to a different loop": that loop's, not this one's
+                with contextlib.suppress(RuntimeError):
                     await close()
             return
         await self._end_work()

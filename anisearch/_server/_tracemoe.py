@@ -186,10 +186,9 @@ async def read_input(request: Request, limit: int) -> SearchInput | Response:
     body; else 405. Bodies over ``limit`` bytes get trace.moe's 413 (raw) or 500 (multipart) page."""
     query = request.query_params
     ids = query.getlist("anilistID")
-    # trace.moe filters by it when it matches ^\d+$ (ASCII digits), else ignores it
-    wanted = (
-        ids[0].lstrip("0") if len(ids) == 1 and _DIGITS.fullmatch(ids[0]) else None
-    )  # as Number() reads it
+    # trace.moe filters by it when it matches ^\d+$ (ASCII digits), else ignores it; Number() drops the zeros
+    single = ids[0] if len(ids) == 1 else ""
+    wanted = single.lstrip("0") if _DIGITS.fullmatch(single) else None
     anilist_id = int(wanted) if wanted and len(wanted) <= _ID_DIGITS else None
     no_files = wanted is not None and not 0 < (anilist_id or 0) <= _MAX_ANILIST_ID  # 0, or past AniList's IDs
     options = (anilist_id if not no_files else None, "cutBorders" in query, "anilistInfo" in query, no_files)
