@@ -21,6 +21,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.routing import Route
 
+from anisearch import _image
 from anisearch._client import AsyncClient
 from anisearch._config import Settings
 from anisearch._download import is_url
@@ -32,6 +33,7 @@ from anisearch._server._callers import Caller, Denied, Gate, Refused, identify
 from anisearch._server._errors import tracemoe_error
 from anisearch._server._metrics import Metrics
 from anisearch._server._settings import ServerSettings
+from anisearch._worker import run_sync
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -231,7 +233,9 @@ class Gateway:
             return parsed
 
         async def call(image: Any) -> SearchResult:
-            if parsed.no_files:  # an anime no AniList ID can name: nothing to ask
+            if parsed.no_files:  # an anime no AniList ID can name: nothing to ask once the image reads
+                if isinstance(image, bytes):  # a bad one is trace.moe's 400 first
+                    await run_sync(_image.prepare, image)
                 return SearchResult(frames_searched=0)
             return await self.client.search(
                 image,

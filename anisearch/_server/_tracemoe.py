@@ -47,8 +47,9 @@ _ID_DIGITS = 10
 _MAX_ANILIST_ID = 2**31 - 1
 NO_FILES: dict[str, Any] = {"frameCount": 0, "error": "", "result": []}
 """trace.moe's answer for an ``anilistID`` with no indexed files (contract §2.3), without quota members: for
-an ID no anime has (0, or past 2**31-1) the gateway gives it once the caller is admitted, asking no
-provider, and counts it as trace.moe does (a successful search)."""
+an ID no anime has (0, or past 2**31-1) the gateway gives it once the caller is admitted and an uploaded
+image reads (a URL is not fetched), asking no provider, and counts it as trace.moe does (a successful
+search)."""
 
 
 def _decimal(text: str) -> int | None:

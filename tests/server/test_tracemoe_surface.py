@@ -140,6 +140,14 @@ def test_an_anilist_id_is_read_as_trace_moe_reads_it(
         assert answer.json() == {"frameCount": 0, "error": "", "result": []}
         assert upstreams.trace_state.search_requests == 0
         assert search().status_code == 402  # the caller's one search was that one
+        not_an_image = httpx.post(
+            gateway(settings={"providers": ["tracemoe"]}).url + "/search",
+            params={"anilistID": value},
+            content=b"not an image at all",
+            headers={**AUTH, "Content-Type": "image/jpeg"},
+            timeout=60,
+        )
+        assert (not_an_image.status_code, not_an_image.json()) == (400, {"error": "Failed to process image"})
     elif read_as == "11887":
         assert anime == {11887}
     else:
