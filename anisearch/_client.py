@@ -199,20 +199,28 @@ class AsyncClient(AccountFeatures):
 
         Searches and calls still running on the client end first, each with :class:`ClientClosedError`
         (what a search had already sent stays counted in the ledger, as the upstream counts it); closing
-        waits for them to record that, at most :data:`_CLOSE_WAIT_SECONDS`.
+        waits for them to record that, at most :data:`_CLOSE_WAIT_SECONDS`. Called on another event loop
+        than the client's, it closes on the client's loop when that runs in another thread, and closes
+        the files when that loop has ended (its connections went with it).
         """
         if self._closed:
             return
-        self._closed = True
-        if self._loop is not None and self._loop.is_closed():
-            # its connections belong to the loop it worked on, which has ended (asyncio.run closes it): what
-            # cannot be closed from here went with that loop; the files (SQLite) close now
-            self._close_files()
-            for close in (self._transport.aclose, self._downloader.aclose, self._ledger.aclose):
-                # "Event loop is closed", "attached to a different loop": that loop's, not this one's
-                with contextlib.suppress(RuntimeError):
-                    await close()
+        own = self._loop
+        if own is not None and own is not asyncio.get_running_loop() and own.is_running():
+            # its loop runs in another thread: the work to end and the connections to close are there
+            handed = asyncio.run_coroutine_threadsafe(self.aclose(), own)
+            try:
+                await asyncio.wrap_future(handed)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # this close was cancelled, not that loop ended
+                    raise
+                await self._close_left()  # that loop ended meanwhile (its asyncio.run returned)
             return
+        if own is not None and own.is_closed():
+            await self._close_left()
+            return
+        self._closed = True
         await self._end_work()
         await self._transport.aclose()
         await self._downloader.aclose()
@@ -220,6 +228,16 @@ class AsyncClient(AccountFeatures):
             await self._cache.aclose()
         self._close_files()
         await self._ledger.aclose()
+
+    async def _close_left(self) -> None:
+        """Close what is left after the loop the client worked on has ended (``asyncio.run`` closes it): the
+        files (SQLite) close now; its connections went with that loop and cannot be closed from here."""
+        self._closed = True
+        self._close_files()
+        for close in (self._transport.aclose, self._downloader.aclose, self._ledger.aclose):
+            # "Event loop is closed", "attached to a different loop": that loop's, not this one's
+            with contextlib.suppress(RuntimeError):
+                await close()
 
     def _close_files(self) -> None:
         """Close the SQLite result cache and the metadata cache (files, not connections of a loop)."""

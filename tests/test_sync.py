@@ -333,18 +333,24 @@ def test_an_async_client_first_used_for_its_quota_is_bound_to_that_loop_and_clos
 
 
 def test_closing_an_async_client_from_another_thread_ends_its_search_as_closed(
-    live_server: Callable[[Any], LiveServer], samples: Path
+    live_server: Callable[[Any], LiveServer], samples: Path, tmp_path: Path
 ) -> None:
-    """Its loop still runs a search in another thread: closing from here ends that search with
-    ClientClosedError, after it recorded what it sent, and closes nothing under it."""
+    """Its loop still runs a search in another thread: closing from here is done on that loop, so the
+    search ends with ClientClosedError at once (not when the slow upstream answers), and is counted."""
     import asyncio
 
     from anisearch_emulators.tracemoe import create_app
 
-    app = create_app(latency=2.0)
+    app = create_app(latency=10.0)
     server = live_server(app)
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     client = AsyncClient(
-        Settings.load(providers=["tracemoe"], provider_options={"tracemoe": {"url": server.url}}, **SETTINGS)
+        Settings.load(
+            providers=["tracemoe"],
+            provider_options={"tracemoe": {"url": server.url}},
+            cache="off",
+            ledger=ledger,
+        )
     )
     ended: list[BaseException | object] = []
 
@@ -362,6 +368,23 @@ def test_closing_an_async_client_from_another_thread_ends_its_search_as_closed(
     deadline = time.monotonic() + 10
     while not any(app.state.emulator.concurrent.values()) and time.monotonic() < deadline:
         time.sleep(0.01)  # the request is at the upstream
+    closing = time.monotonic()
     asyncio.run(client.aclose())
-    searching.join(10)
+    # at once: neither when the upstream answers (10 s) nor after the whole close wait (5 s)
+    assert time.monotonic() - closing < 3
+    searching.join(3)
+    assert not searching.is_alive()
     assert [type(exc) for exc in ended] == [ClientClosedError]
+
+    async def used() -> int | None:
+        settings = Settings.load(
+            providers=["tracemoe"],
+            provider_options={"tracemoe": {"url": server.url}},
+            cache="off",
+            ledger=ledger,
+        )
+        async with AsyncClient(settings) as other:
+            quotas = await other.quota("tracemoe")
+        return next(q.used for q in quotas if q.window == "rolling-24h")
+
+    assert asyncio.run(used()) == 1  # what it sent stays counted
