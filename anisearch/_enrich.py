@@ -105,6 +105,16 @@ def fill_hit(hit: Hit, anime: Anime) -> Hit:
     return hit.model_copy(update=update) if update else hit
 
 
+def _with(hit: Hit, anime: Anime, *, fill: bool) -> Hit:
+    """``hit`` filled from ``anime`` (:func:`fill_hit`); without ``fill`` (only the adult filter asked), only
+    its adult flag, so titles stay off when the caller turned them off."""
+    if fill:
+        return fill_hit(hit, anime)
+    if hit.is_adult is None and anime.is_adult is not None:
+        return hit.model_copy(update={"is_adult": anime.is_adult})
+    return hit
+
+
 def metadata_provider(settings: Settings, name: str) -> MetadataProvider:
     """The metadata provider registered as ``name``, configured from ``settings``.
 
@@ -212,7 +222,8 @@ class Enricher:
             return result
         known, attempt = await self.lookup(ids) if ids else ({}, None)
         hits = [
-            fill_hit(hit, known[hit.anilist_id]) if hit.anilist_id in known else hit for hit in result.hits
+            _with(hit, known[hit.anilist_id], fill=fill) if hit.anilist_id in known else hit
+            for hit in result.hits
         ]
         kept = hits if include_adult else [hit for hit in hits if hit.is_adult is not True]
         update: dict[str, Any] = {

@@ -200,6 +200,11 @@ def test_no_adult_drops_adult_hits_and_counts_them(
     assert everything.adult_hits_dropped == 0
     assert everything.best is not None
     assert everything.best.title is None  # anilist_info=False: the library asked nothing
+    # the adult filter looked each hit up, and filled only the adult flag: titles stay off
+    kokoro = [hit for hit in safe.hits if hit.anilist_id == 11887]
+    assert kokoro
+    assert all(hit.is_adult is False for hit in kokoro)
+    assert all(hit.title is None and hit.mal_id is None for hit in safe.hits)
 
 
 def test_a_bot_makes_no_adult_the_default_in_its_settings(

@@ -157,7 +157,9 @@ def test_impossible_or_absent_rate_limit_headers_say_nothing() -> None:
 def test_base_urls_are_http_without_query() -> None:
     assert http_base_url(" https://api.example/v1/ ", "X_URL") == "https://api.example/v1"
     assert http_base_url("", "X_URL", allow_empty=True) == ""
-    for bad in ("ftp://api.example", "https://api.example/?a=1", "not a url", ""):
+    assert http_base_url("http://127.0.0.1:65535", "X_URL") == "http://127.0.0.1:65535"
+    bad_urls = ("ftp://api.example", "https://api.example/?a=1", "not a url", "", "http://127.0.0.1:70000")
+    for bad in (*bad_urls, "http://127.0.0.1:0"):  # a port no socket connects to
         with pytest.raises(ConfigurationError, match="X_URL"):
             http_base_url(bad, "X_URL")
 

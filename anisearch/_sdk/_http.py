@@ -45,6 +45,7 @@ _RATE_HEADERS = (
 _EPOCH_SECONDS = 1_000_000_000
 _EPOCH_MILLISECONDS = 100_000_000_000
 _MAX_COUNT = 2**31 - 1
+_MAX_PORT = 65535
 
 
 def http_base_url(url: str, setting: str, *, allow_empty: bool = False) -> str:
@@ -68,6 +69,8 @@ def http_base_url(url: str, setting: str, *, allow_empty: bool = False) -> str:
         raise ConfigurationError(f"{setting} is not a URL: {url!r}") from exc
     if parsed.scheme not in {"http", "https"} or not parsed.host or parsed.query or parsed.fragment:
         raise ConfigurationError(f"{setting} must be an http(s) URL without query or fragment, got {url!r}")
+    if parsed.port is not None and not 0 < parsed.port <= _MAX_PORT:  # httpx takes 70000; a socket does not
+        raise ConfigurationError(f"{setting} has no port 1..{_MAX_PORT}: {url!r}")
     return str(parsed).rstrip("/")
 
 
