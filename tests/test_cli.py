@@ -492,6 +492,28 @@ def test_links_that_lead_nowhere_are_named_not_skipped_in_silence(
     )
 
 
+def test_a_folder_behind_a_link_and_a_name_too_long_are_said_never_a_traceback(
+    tracemoe: Any, samples: Path, tmp_path: Path
+) -> None:
+    shots, elsewhere = tmp_path / "shots", tmp_path / "disk2" / "season1"
+    (good,) = frames(shots, samples, 1)
+    frames(elsewhere, samples, 1)
+    (shots / "season1").symlink_to(elsewhere, target_is_directory=True)
+    done = cli("search", str(shots))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{good}: Kokoro Connect")
+    assert (
+        f"warning: skipped the linked folder {shots / 'season1'}: folders behind links are not followed; "
+        "name it to search it"
+    ) in done.stderr
+    too_long = "x" * 300 + ".jpg"  # Path.is_dir() raises for it (ENAMETOOLONG) where it returns False for a
+    mixed = cli("search", str(good), too_long)  # missing file
+    assert mixed.returncode == 3, mixed.stderr
+    assert "file name too long" in mixed.stderr
+    assert "Traceback" not in mixed.stderr
+    assert mixed.stdout.startswith(f"{good}: Kokoro Connect")
+
+
 def test_json_lines_account_for_every_input(tracemoe: Any, samples: Path, tmp_path: Path) -> None:
     gone = str(tmp_path / "gone.png")
     done = cli("search", str(samples / "tinted-good.jpg"), gone, "--json")

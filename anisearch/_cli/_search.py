@@ -130,7 +130,7 @@ def _walk(folder: Path, pattern: str | None) -> list[Path]:
     for path in sorted(folder.rglob("*")):
         if any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue
-        if not path.is_file():
+        if not _is(path, Path.is_file):
             _warn_unreadable(path)
             continue
         if pattern is not None:
@@ -141,24 +141,42 @@ def _walk(folder: Path, pattern: str | None) -> list[Path]:
     return found
 
 
-def _warn_unreadable(path: Path) -> None:
-    """A warning line for a folder entry that is not a file: a folder that cannot be listed, or a link to
-    nothing (or to itself); nothing for a folder that can be listed or anything else."""
+def _is(path: Path, kind: Callable[[Path], bool]) -> bool:
+    """``kind(path)`` (``Path.is_file``, ``Path.is_dir``), False when the path cannot even be looked at:
+    Python 3.11 raises for a permission denied or a name too long, where it returns False for a missing
+    one."""
     try:
-        if path.is_dir():
+        return kind(path)
+    except OSError:
+        return False
+
+
+def _warn_unreadable(path: Path) -> None:
+    """A warning line for a folder entry that is not a file: a folder that cannot be listed, a folder
+    behind a link (not followed: a library's links could loop), an entry that cannot be looked at, or a
+    link to nothing (or to itself); nothing for a folder that can be listed or anything else."""
+    what = "folder" if _is(path, Path.is_dir) else "link" if _is(path, Path.is_symlink) else "entry"
+    try:
+        if what == "folder":
+            if path.is_symlink():
+                _warn(path, "linked folder", "folders behind links are not followed; name it to search it")
+                return
             with os.scandir(path):
                 return
-        elif not path.is_symlink():
-            return
         path.stat()
+        if what == "entry":
+            return  # a socket, a device: nothing a tagger expects to be searched
     except OSError as exc:
-        what = "folder" if path.is_dir() else "link"
-        err().print(
-            f"warning: skipped the {what} {shown(str(path))}: {_why_missing(exc)}",
-            markup=False,
-            highlight=False,
-            style="yellow",
-        )
+        _warn(path, what, _why_missing(exc))
+
+
+def _warn(path: Path, what: str, why: str) -> None:
+    err().print(
+        f"warning: skipped the {what} {shown(str(path))}: {why}",
+        markup=False,
+        highlight=False,
+        style="yellow",
+    )
 
 
 def _why_missing(exc: OSError) -> str:
@@ -186,11 +204,11 @@ def collect(arguments: Sequence[str], pattern: str | None) -> tuple[list[Input],
             inputs.append(Input("-", sys.stdin.buffer))
         elif argument[:8].lower().startswith(("http://", "https://")):
             inputs.append(Input(argument, argument))
-        elif (path := Path(argument)).is_dir():
+        elif _is(path := Path(argument), Path.is_dir):
             inputs.extend(Input(str(found), str(found)) for found in _walk(path, pattern))
-        elif path.exists():
+        elif _is(path, Path.exists):
             inputs.append(Input(argument, argument))
-        else:
+        else:  # missing, or not to be looked at (permission denied, a name too long): said per input
             missing.append(argument)
     return inputs, missing
 
@@ -443,7 +461,7 @@ def _stop_early(
         )
     _report_missing(missing, as_json=as_json)
     if batch and not items:
-        folders = ", ".join(shown(i) for i in inputs if i != "-" and Path(i).is_dir())
+        folders = ", ".join(shown(i) for i in inputs if i != "-" and _is(Path(i), Path.is_dir))
         if glob is not None:
             fail(f"no file in {folders} matches --glob {glob!r}", EXIT_BAD_INPUT, "check the pattern")
         fail(
@@ -568,7 +586,7 @@ def search(
     threshold = DEFAULT_MIN_SIMILARITY if min_similarity is None else min_similarity
     _check_arguments(inputs, raw=raw, as_json=as_json)
     items, missing = collect(inputs, glob)
-    batch = len(inputs) > 1 or any(Path(i).is_dir() for i in inputs if i != "-")
+    batch = len(inputs) > 1 or any(_is(Path(i), Path.is_dir) for i in inputs if i != "-")
     _stop_early(inputs, glob, items, missing, batch=batch, as_json=as_json)
     from anisearch._config import Settings
 
