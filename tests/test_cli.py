@@ -880,3 +880,41 @@ def test_the_command_tells_retries_through_logging_even_with_structlog_installed
     cli("search", "-h")  # any command sets up its logging
     _retry.stamina()
     assert chosen == [[stamina.instrumentation.LoggingOnRetryHook]]
+
+
+def test_results_on_the_terminal_of_the_progress_bar_are_printed_above_it(
+    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stdout and stderr on one terminal (the everyday `anisearch search shots/`): each result line
+    starts a line of its own, never glued after the bar's text."""
+    import os
+    import pty
+    import sys
+
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", live_server(tracemoe_app(latency=0.2)).url)
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
+    frames(tmp_path / "shots", samples, 4)
+    controller, terminal = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "anisearch", "search", str(tmp_path / "shots"), "--no-cache", "-j", "1"],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )
+    os.close(terminal)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(controller)
+    assert child.wait(60) == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode("utf-8", "replace"))
+    results = [line for line in re.split(r"[\r\n]", text) if "frame0" in line]
+    assert len(results) == 4, text
+    assert all(line.startswith(str(tmp_path / "shots")) for line in results), results

@@ -48,6 +48,8 @@ from anisearch._cli._render import dump, headline, hits_table, no_match_text
 from anisearch._exceptions import AnisearchError, InvalidImageError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from anisearch._config import Settings
     from anisearch._models import SearchResult
     from anisearch._router import Strategy
@@ -337,8 +339,16 @@ def _report_single(
 
 
 def _batch_line(
-    outcome: Outcome, *, as_json: bool, raw: bool, threshold: float, urls: dict[str, str]
+    outcome: Outcome,
+    *,
+    as_json: bool,
+    raw: bool,
+    threshold: float,
+    urls: dict[str, str],
+    above: "Console | None" = None,
 ) -> None:
+    """One input's line on stdout; or, when ``above`` (the progress bar's console, which shares a terminal
+    with stdout), above the bar, which rich then draws again below it."""
     from rich.text import Text
 
     label = outcome.input.label
@@ -347,7 +357,10 @@ def _batch_line(
             payload: dict[str, Any] = {"input": label, **dump(outcome.result, raw)}
         else:
             payload = _error_payload(outcome, urls)
-        print_line(json_line(payload))
+        if above is not None:
+            above.print(json_line(payload), markup=False, highlight=False, soft_wrap=True)
+        else:
+            print_line(json_line(payload))
         return
     label = shown(label)
     if outcome.result is not None:
@@ -358,7 +371,7 @@ def _batch_line(
         message = with_host_port(shown(describe(outcome.error)), urls) if outcome.error else "failed"
         line = Text(f"{label}: error: {message}", style="red")
     with whole_lines():
-        out().print(line, soft_wrap=True)
+        (above or out()).print(line, soft_wrap=True)
 
 
 def _error_payload(outcome: Outcome, urls: dict[str, str]) -> dict[str, Any]:
@@ -698,9 +711,13 @@ def _runner(
         )
         with Progress(*columns, console=err(), transient=True) as progress:
             task = progress.add_task("searching", total=len(items))
+            # results on the same terminal as the bar go above it (rich writes past its own live display)
+            above = progress.console if out().is_terminal else None
 
             def advance(outcome: Outcome) -> None:
-                printed(outcome)
+                _batch_line(
+                    outcome, as_json=as_json, raw=raw, threshold=tally.threshold, urls=tally.urls, above=above
+                )
                 progress.update(task, advance=1, description="searching")
 
             def waiting(line: str) -> None:
