@@ -358,7 +358,7 @@ def _batch_line(
         else:
             payload = _error_payload(outcome, urls)
         if above is not None:
-            above.print(json_line(payload), markup=False, highlight=False, soft_wrap=True)
+            above.print(json_line(payload), markup=False, highlight=False, emoji=False, soft_wrap=True)
         else:
             print_line(json_line(payload))
         return
