@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from anisearch._address import cache_name
 from anisearch._cache import cache_key
 from anisearch._merge import merge_answers
+from anisearch._models import Attempt
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from anisearch._plan import Route
     from anisearch._provider import Provider, SearchOptions
 
-__all__ = ["choose", "confident", "find_by_digest", "find_by_source", "source_keys"]
+__all__ = ["cached_attempts", "choose", "confident", "find_by_digest", "find_by_source", "source_keys"]
 
 
 def _alias(provider: str, digest: str, box: tuple[int, int], options: SearchOptions) -> str:
@@ -175,3 +176,10 @@ def _fanout_choice(
     if not answered or len(answered) < len(results):
         return None, True
     return (0, merge_answers(answered)), True
+
+
+def cached_attempts(names: Sequence[str], index: int, strategy: str) -> list[Attempt]:
+    """The attempts of an answer :func:`choose` found in the cache: ``cached`` for the provider at ``index``
+    in the search's order, or for every provider of a fanout (whose answers it merges)."""
+    merged = names if strategy == "fanout" else [names[index]]
+    return [Attempt(provider=name, outcome="cached", reason="answered from the cache") for name in merged]

@@ -29,7 +29,7 @@ from anisearch import _image, _worker
 from anisearch._account import AccountFeatures, AsyncApiKeys
 from anisearch._address import cache_name
 from anisearch._cache import ResultCache, WouldBlock, cache_key
-from anisearch._cache_first import choose, confident, find_by_source, source_keys
+from anisearch._cache_first import cached_attempts, choose, confident, find_by_source, source_keys
 from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_cache
 from anisearch._config import Settings, setting_named
 from anisearch._download import Downloader
@@ -517,7 +517,8 @@ class AsyncClient(AccountFeatures):
                     lookup.read_find_prepare, source, max(wait, 0.0)
                 )
             if early is not None:
-                return self._cached(asked if strategy == "fanout" else [early[0]], early[1])
+                names = [provider.name for provider in asked]
+                return self._cached(cached_attempts(names, names.index(early[0].name), strategy), early[1])
         if made is None:
             made = await _prepared(source, wanted, max(wait, 0.0))
         prepared = made.images[wanted[0]]
@@ -611,8 +612,8 @@ class AsyncClient(AccountFeatures):
         if found is None:
             return None
         await found_by_key()
-        merged = [route.provider for route in routes] if strategy == "fanout" else [routes[found[0]].provider]
-        return self._cached(merged, found[1])
+        names = [route.provider.name for route in routes]
+        return self._cached(cached_attempts(names, found[0], strategy), found[1])
 
     async def _answered(
         self, found_by_key: Callable[[], Awaitable[None]], route: Route
@@ -631,13 +632,8 @@ class AsyncClient(AccountFeatures):
             await found_by_key()
         return result
 
-    def _cached(self, providers: Sequence[Provider], result: SearchResult) -> SearchResult:
-        """``result`` from the cache, with a ``cached`` attempt for each provider whose answer it holds
-        (every provider of a fanout, whose answers it merges)."""
-        attempts = [
-            Attempt(provider=provider.name, outcome="cached", reason="answered from the cache")
-            for provider in providers
-        ]
+    def _cached(self, attempts: list[Attempt], result: SearchResult) -> SearchResult:
+        """``result`` from the cache with its ``cached`` attempts (:func:`cached_attempts`)."""
         if self._on_attempt is not None:
             for attempt in attempts:
                 self._on_attempt(attempt)

@@ -138,9 +138,8 @@ def _lookup(
     on_attempt: Callable[[Attempt], None] | None,
 ) -> SearchResult | None:
     from anisearch._cache import ResultCache
-    from anisearch._cache_first import find_by_digest
+    from anisearch._cache_first import cached_attempts, find_by_digest
     from anisearch._limits import MAX_SOURCE_BYTES
-    from anisearch._models import Attempt
     from anisearch._provider import SearchOptions
     from anisearch._source import read_source
 
@@ -186,8 +185,7 @@ def _lookup(
     if found is None:
         return None
     index, result = found
-    merged = names if options.get("strategy") == "fanout" else [names[index]]  # a fanout merges them all
-    attempts = [Attempt(provider=name, outcome="cached", reason="answered from the cache") for name in merged]
+    attempts = cached_attempts(names, index, options.get("strategy") or "fallback")
     answer = result.model_copy(update={"cached": True, "attempts": attempts})
     if (enrich := _enrichment(settings, options)) is not None:
         enriched = _enriched(settings, answer, fill=enrich[0], include_adult=enrich[1])

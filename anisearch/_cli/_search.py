@@ -695,8 +695,10 @@ def _runner(
                     return go(lambda _: None, lambda line: status.update(f"{line}…"))
             return go(lambda _: None)
 
-        def printed(outcome: Outcome) -> None:
-            _batch_line(outcome, as_json=as_json, raw=raw, threshold=tally.threshold, urls=tally.urls)
+        def printed(outcome: Outcome, above: "Console | None" = None) -> None:
+            _batch_line(
+                outcome, as_json=as_json, raw=raw, threshold=tally.threshold, urls=tally.urls, above=above
+            )
 
         if not err().is_terminal:
             return go(printed)
@@ -715,9 +717,7 @@ def _runner(
             above = progress.console if out().is_terminal else None
 
             def advance(outcome: Outcome) -> None:
-                _batch_line(
-                    outcome, as_json=as_json, raw=raw, threshold=tally.threshold, urls=tally.urls, above=above
-                )
+                printed(outcome, above)
                 progress.update(task, advance=1, description="searching")
 
             def waiting(line: str) -> None:
