@@ -392,6 +392,18 @@ async def test_remaining_without_a_limit_blocks_at_zero(ledger: Ledger, clock: F
     assert from_us(refusal.until) == period_bounds("day", T0, ZoneInfo("UTC"))[1]
 
 
+async def test_a_spent_count_without_a_limit_is_not_shown_as_a_limit(ledger: Ledger) -> None:
+    """whatanime-ga's 429 says only that nothing is left of the day (other clients spent it): the one
+    search this ledger counted is no limit of 1, in the snapshot or in the refusal's reason."""
+    day = WindowSpec("day", calendar="day", limit=150)
+    told = [quota(window="day", remaining=0, observed_at=T0)]
+    await search(ledger, (day,), observations=told)
+    snapshot = [q for q in await ledger.snapshot(windows=lambda _: (day,)) if q.window == "day"]
+    assert [(q.limit, q.remaining) for q in snapshot] == [(None, 0)]
+    refusal = await refused(ledger, (day,))
+    assert (refusal.window, refusal.reason) == ("day", "none left by the upstream's count")
+
+
 async def test_purchased_credits_raise_the_enforced_limit(ledger: Ledger) -> None:
     windows = (WindowSpec("day", calendar="day", limit=10),)
     await ledger.observe("tracemoe", GUEST, windows, [quota(window="day", remaining=25, observed_at=T0)])

@@ -652,7 +652,8 @@ class Ledger(abc.ABC):
         for name, one in pairs:
             specs = list(windows(name)) if windows is not None else []
             view = await self._inspect(name, one, to_us(now), self._args(specs, now))
-            quotas.extend(_quotas(name, one, view, now))
+            defaults = {spec.name: spec.limit for spec in specs}
+            quotas.extend(_quotas(name, one, view, now, defaults))
         return quotas
 
     async def clear(self, provider: str | None = None) -> None:
@@ -667,7 +668,18 @@ class Ledger(abc.ABC):
         await self._clear(provider)
 
 
-def _quotas(provider: str, scope: str, view: ScopeView, now: datetime) -> list[Quota]:
+def _shown_limit(window: WindowView, default: int | None) -> int | None:
+    """The limit a window reports: the upstream's stated one, else the declared default in force; None
+    when the limit in force was only derived from a remaining count (the ledger's own count plus what the
+    upstream said is left), which other clients' searches make no limit at all."""
+    if window.declared is not None:
+        return window.declared
+    return window.limit if window.limit == default else None
+
+
+def _quotas(
+    provider: str, scope: str, view: ScopeView, now: datetime, defaults: dict[str, int | None]
+) -> list[Quota]:
     kind = scope.partition(":")[0]
     cooldown = from_us(view.cooldown_until) if view.cooldown_until > to_us(now) else None
     common: dict[str, Any] = {
@@ -689,7 +701,7 @@ def _quotas(provider: str, scope: str, view: ScopeView, now: datetime) -> list[Q
             Quota(
                 **common,
                 window=window.name,
-                limit=window.declared if window.declared is not None else window.limit,
+                limit=_shown_limit(window, defaults.get(window.name)),
                 used=window.used,
                 remaining=max(window.limit - window.used, 0) if window.limit is not None else None,
                 resets_at=from_us(until) if until else None,

@@ -136,7 +136,9 @@ local function reserve_now(now, token, holder, lease_until, slots, take_slot, tr
         if used + 1 > limit then
           local untill = kth(win.name, w, used - limit + 1)
           if not best or untill > best[3] then
-            best = {'refused', kind, untill, used .. ' of ' .. limit .. ' used', win.name, ''}
+            local reason = used .. ' of ' .. limit .. ' used'
+            if w.limit and not w.declared then reason = "none left by the upstream's count" end
+            best = {'refused', kind, untill, reason, win.name, ''}
           end
         elseif win.reported and not trust and w.freed > 0 and used + 1 + w.freed > limit then
           stale = win.name
