@@ -211,3 +211,33 @@ def test_a_search_stopped_by_sigterm_keeps_its_slot_while_the_upstream_runs_it(
     assert [row.code for row in emulator.log] == [200, 200, 200]  # the stopped one ran to its end; no 402
     told = " ".join(second.stderr.split())  # -v lines are wrapped to the terminal's width
     assert "(given up; the upstream still runs it)" in told  # what the second search waited for
+
+
+def test_sigterm_to_a_batch_with_sigint_ignored_ends_it_like_ctrl_c(
+    tmp_path: Path, live_server: Callable[[Any], Any]
+) -> None:
+    """A batch started in the background of a script (or by cron) has SIGINT ignored, so the event loop
+    installs no interrupt handler of its own; SIGTERM must still end it with its summary and 143, never
+    with the traceback of whichever search it interrupted (tried five times: the signal lands anywhere)."""
+    server = live_server(create_app(quota=10**6, rate_limit=10**6, concurrency=8, queue_size=8))
+    shots, env = tmp_path / "shots", searching_at(server.url)
+    shots.mkdir()
+    for n in range(60):
+        shutil.copy(DEMO, shots / f"shot-{n:02}.jpg")
+    ignoring = (  # what a shell does for a background job: SIGINT ignored, inherited through exec
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN);"
+        " os.execv(sys.executable, [sys.executable, '-m', 'anisearch', *sys.argv[1:]])"
+    )
+    command = [sys.executable, "-c", ignoring, "search", str(shots), "--no-cache", "--json", "-j", "8"]
+    for _ in range(5):
+        with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            assert process.stdout.readline()  # searching, the loop busy with the searches
+            process.send_signal(signal.SIGTERM)
+            process.stdout.read()
+            errors = process.stderr.read().decode()
+            code = process.wait(timeout=60)
+        assert code == 143, errors
+        assert "Traceback" not in errors
+        assert "interrupted after" in errors

@@ -42,6 +42,8 @@ from anisearch._exceptions import (
 )
 
 if TYPE_CHECKING:
+    import asyncio
+
     import httpx
     from rich.console import Console
 
@@ -420,6 +422,22 @@ def whole_lines() -> Iterator[None]:
             signal.raise_signal(came[0])
 
 
+def _raise_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any (asyncio is not imported for the question)."""
+    if "asyncio" not in sys.modules:
+        return None
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[list[int]]:
     """SIGTERM stops the command as Ctrl-C does (the searches end, what was done is summarised); the list
@@ -429,13 +447,23 @@ def terminate_as_interrupt() -> Iterator[list[int]]:
         yield _STOPPED_BY
         return
 
+    calls: list[int] = []
+
     def interrupt(signum: int, frame: Any) -> None:
         _STOPPED_BY.append(signum)
+        calls.append(signum)
         handler = signal.getsignal(signal.SIGINT)
         if callable(handler):  # Python's (raises KeyboardInterrupt) or the event loop's (cancels the run)
             handler(signal.SIGINT, frame)
-        else:
+            return
+        # SIGINT ignored (a background job of a script, cron): the event loop installed no handler of its
+        # own. Raised here, the interrupt would come out of whichever search's frame was running, through
+        # its task group, as a traceback; raised by the loop between two steps, it ends the run as
+        # Ctrl-C does, every search cancelled. A second signal, or no loop running, raises it here.
+        loop = _running_loop()
+        if loop is None or len(calls) > 1:
             raise KeyboardInterrupt
+        loop.call_soon_threadsafe(_raise_interrupt)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
