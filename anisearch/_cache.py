@@ -7,11 +7,13 @@ of those 33 numbers, so a re-encode or an upscale of the same frame hits the cac
 the source bytes otherwise. Failures are never cached. Preview URLs that have expired are dropped on read.
 
 The cache is disposable: a file that cannot be opened, is corrupt, was written with another schema or is
-read-only gives one logged warning, and searches go on without it (a corrupt SQLite file or one of another
-schema is deleted and rebuilt when its directory allows; a locked or read-only one is left alone, since
-another process may be using it, and so is a file that is not SQLite at all: somebody's file the setting
-points at by mistake). :meth:`ResultCache.clear` always succeeds, deleting the files if
-it must. The file is created 0600 and its directory 0700: search history is nobody else's business.
+read-only when it is opened gives one logged warning, and searches go on without it (a corrupt SQLite file
+or one of another schema is deleted and rebuilt when its directory allows; a locked or read-only one is
+left alone, since another process may be using it, and so is a file that is not SQLite at all: somebody's
+file the setting points at by mistake). A failure that says nothing of the file once it is open (locked
+too long, disk full, made read-only) skips that one step only. :meth:`ResultCache.clear` always succeeds,
+deleting the files if it must. Answers past their TTL are deleted as new ones are stored. The file is
+created 0600 and its directory 0700: search history is nobody else's business.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +57,24 @@ CREATE TABLE IF NOT EXISTS results (
 )
 """
 _BUSY_TIMEOUT_MS = 10_000
+_WRITE_WAIT_MS = 1_000
+"""The longest storing an answer waits for another process's write, milliseconds: the answer is in hand,
+and a store skipped costs only a later search."""
+_PRUNE_EVERY = 64
+"""Expired answers and aliases are deleted in one of this many stores (the first of a process included)."""
+_PASSING = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_READONLY,
+    }
+)
+"""Primary SQLite result codes of a failure that says nothing of the file (locked a while, disk full, an I/O
+error, made read-only): that lookup or store is skipped, and the next one tries again."""
+_SAID_EVERY_SECONDS = 60.0
+"""How often a cache that keeps skipping steps says so, at most, seconds."""
 _SOURCES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
     source TEXT PRIMARY KEY,
@@ -90,7 +112,7 @@ class CacheInfo:
     entries: int
     """Stored results that have not expired."""
     expired: int
-    """Stored results past their TTL (removed by the next ``clear`` or overwrite)."""
+    """Stored results past their TTL (deleted as new answers are stored, or by ``clear``)."""
     size_bytes: int
     """Size of the SQLite file, bytes."""
 
@@ -106,6 +128,8 @@ def _set_up(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA synchronous=NORMAL")  # a disposable cache: no sync on every commit (WAL stays intact)
     db.execute(_SCHEMA)
     db.execute(_SOURCES_SCHEMA)  # which raw source maps to which result key (added in place: no bump)
+    db.execute("CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at)")  # for pruning
+    db.execute("CREATE INDEX IF NOT EXISTS sources_expiry ON sources (expires_at)")
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     db.execute("SELECT COUNT(*) FROM results").fetchone()
 
@@ -131,6 +155,8 @@ class ResultCache:
         self._warned = False
         self.problem: str | None = None
         """Why the cache is unusable, in words (None while it works)."""
+        self._stores = 0
+        self._skipped_said = -math.inf
         self._db: sqlite3.Connection | None = None
         try:
             self._db = open_waiting(self._open, _BUSY_TIMEOUT_MS / 1000)
@@ -232,12 +258,17 @@ class ResultCache:
 
     # ------------------------------------------------------------ reading and writing
 
-    def _run(self, query: Callable[[sqlite3.Connection], T], *, block: bool) -> T | None:
+    def _run(
+        self, query: Callable[[sqlite3.Connection], T], *, block: bool, wait_ms: int = _BUSY_TIMEOUT_MS
+    ) -> T | None:
         """``query`` (reads, or one write transaction) on the open connection, under the lock; None when
-        unusable or when it fails (a failure disables the cache).
+        unusable or when it fails.
 
-        With ``block=False`` nothing waits: a lock held by another thread, or a file locked by another
-        process (SQLite's busy timeout is 0 for the read), raises :class:`WouldBlock` instead.
+        A failure that says nothing of the file (:data:`_PASSING`: locked past ``wait_ms`` milliseconds,
+        disk full, an I/O error) skips this one step, with a warning at most once a minute; any other
+        (a damaged file) disables the cache. With ``block=False`` nothing waits: a lock held by another
+        thread, or a file locked by another process (SQLite's busy timeout is 0 then), raises
+        :class:`WouldBlock` instead.
         """
         if not self._lock.acquire(blocking=block):
             raise WouldBlock
@@ -245,23 +276,36 @@ class ResultCache:
             db = self._db
             if db is None:
                 return None
+            wait = wait_ms if block else 0
             try:
-                if not block:
-                    db.execute("PRAGMA busy_timeout=0")
+                if wait != _BUSY_TIMEOUT_MS:
+                    db.execute(f"PRAGMA busy_timeout={wait}")
                 return query(db)
             except sqlite3.OperationalError as exc:
                 if not block and locked(exc):
                     raise WouldBlock from exc
-                self._disable(exc)
+                self._failed(exc)
             except sqlite3.Error as exc:
-                self._disable(exc)
+                self._failed(exc)
             finally:
-                if not block and self._db is not None:
+                if wait != _BUSY_TIMEOUT_MS and self._db is not None:
                     with contextlib.suppress(sqlite3.Error):
                         self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             return None
         finally:
             self._lock.release()
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None or code & 0xFF not in _PASSING:
+            self._disable(exc)
+            return
+        now = time.monotonic()
+        if now - self._skipped_said >= _SAID_EVERY_SECONDS:
+            self._skipped_said = now
+            logger.warning(
+                "the result cache %s could not be used this time (%s); searching on", self.path, exc
+            )
 
     def _get(self, key: str, now: float, *, block: bool = True) -> str | None:
         def query(db: sqlite3.Connection) -> str | None:
@@ -296,12 +340,17 @@ class ResultCache:
                     "INSERT OR REPLACE INTO sources (source, image_key, expires_at) VALUES (?, ?, ?)",
                     [(*source, now + self.ttl_seconds) for source in sources],
                 )
+                if prune:
+                    db.execute("DELETE FROM results WHERE expires_at <= ?", (now,))
+                    db.execute("DELETE FROM sources WHERE expires_at <= ?", (now,))
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
 
-        self._run(write, block=block)
+        prune = self._stores % _PRUNE_EVERY == 0
+        self._stores += 1
+        self._run(write, block=block, wait_ms=_WRITE_WAIT_MS)
 
     def find(self, sources: Sequence[str], *, block: bool = True) -> tuple[int, str] | None:
         """The first live answer for a raw source, found without decoding it.

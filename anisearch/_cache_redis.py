@@ -101,6 +101,7 @@ class RedisResultCache:
             url, decode_responses=True, socket_timeout=REDIS_SECONDS, socket_connect_timeout=REDIS_SECONDS
         )
         self._warned = False
+        self._refused = False
         self._down_until = -math.inf
         """Until when (``time.monotonic()``) searches go without the cache: it failed or was too slow."""
 
@@ -154,16 +155,26 @@ class RedisResultCache:
         return fresh_previews(result, datetime.now(UTC))
 
     async def put(self, key: str, result: SearchResult) -> None:
-        """Store a successful answer for ``ttl_seconds``."""
-        from redis.exceptions import RedisError
+        """Store a successful answer for ``ttl_seconds`` (kept until Redis evicts it when the TTL is
+        infinite, or longer than Redis can count).
+
+        A write Redis refuses while it answers (``OOM command not allowed``: a full Redis without an
+        eviction policy) is logged once and skipped: reads go on, since the answers stored still hold.
+        """
+        from redis.exceptions import RedisError, ResponseError
 
         if self.down:
             return
+        milliseconds = self.ttl_seconds * 1000
+        expiry = max(int(milliseconds), 1) if milliseconds < _LONGEST_EXPIRY_MS else None
         try:
             with anyio.move_on_after(WAIT_SECONDS) as waiting:  # the answer is in hand: never held up long
-                await self.redis.set(
-                    CACHE_PREFIX + key, result.model_dump_json(), px=int(self.ttl_seconds * 1000)
-                )
+                await self.redis.set(CACHE_PREFIX + key, result.model_dump_json(), px=expiry)
+        except ResponseError as exc:
+            if not self._refused:
+                self._refused = True
+                logger.warning("the result cache %s refused to store an answer (%s)", self.url, exc)
+            return
         except (RedisError, OSError) as exc:
             self._warn(exc)
             return
@@ -252,6 +263,8 @@ identical searches, seconds: a Redis that answers does so in milliseconds, and t
 save a search. Past it, the cache is a miss and is skipped for :data:`DOWN_SECONDS`."""
 DOWN_SECONDS = 30.0
 """How long searches go without a Redis result cache that failed or did not answer in time, seconds."""
+_LONGEST_EXPIRY_MS = 2**62
+"""Expiries at or past this many milliseconds (past what Redis counts) store the answer without one."""
 LET_GO_SECONDS = 0.25
 """The longest letting go of a flight's lease may take past the search's deadline, seconds: a Redis that
 answers does so in a millisecond, and a lease not let go lapses by itself (:data:`LEASE_SECONDS`)."""

@@ -23,6 +23,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import unquote
 
 import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_serializer, field_validator
@@ -191,7 +192,8 @@ class Settings(BaseSettings):
     """Ledger URL (``ANISEARCH_LEDGER``): ``memory://``, ``sqlite:///path`` (default, in the state dir) or
     ``redis://host:port/db``. A password in it (``redis://:pw@host``) is masked in repr, str and dumps."""
     cache: str | None = None
-    """Result cache (``ANISEARCH_CACHE``): ``off``, or a SQLite file path (default in the cache dir)."""
+    """Result cache (``ANISEARCH_CACHE``): ``off``, a SQLite file's path (default in the cache dir; a
+    ``sqlite:///path`` URL names it too) or ``redis://host:port/db``."""
     cache_ttl: float = Field(default=7 * 24 * 3600, gt=0)
     """How long a cached result is reused, seconds (``ANISEARCH_CACHE_TTL``)."""
     timeout: float = Field(default=30.0, gt=0)
@@ -282,6 +284,21 @@ class Settings(BaseSettings):
                 "sqlite:///path or redis://host:port/db"
             )
         return value
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_file(cls, value: str | None) -> str | None:
+        """A ``sqlite:///path`` URL (written as the ledger's) names its file; any other ``scheme://`` but
+        Redis is refused (it would have been a file of that name under the current directory)."""
+        if value is None or "://" not in value or is_redis_url(value):
+            return value
+        scheme, _, rest = value.partition("://")
+        if scheme.lower() == "sqlite" and (path := unquote(rest.removeprefix("/")).partition("?")[0]):
+            return path
+        raise ConfigurationError(
+            f"unsupported cache {redact(value)!r} ({setting_source('cache')}); use off, a SQLite file's "
+            "path (or sqlite:///path) or redis://host:port/db"
+        )
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -9,10 +9,12 @@ import sqlite3
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from tests.forked import Job, run_forked
@@ -188,21 +190,65 @@ async def test_a_cache_that_cannot_be_opened_warns_once_and_is_skipped(
     assert "searching without it" in warnings_of(caplog)[0]
 
 
-async def test_a_cache_that_turns_read_only_warns_once_and_stops(
+async def test_a_cache_that_turns_read_only_skips_stores_and_still_answers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Stores into a file that turned read-only are skipped (one warning); what it holds is still found."""
     path = tmp_path / "c.sqlite3"
     cache = ResultCache(path, ttl_seconds=60)
+    await cache.put("a", result(None))
     cache.close()
     cache._db = sqlite3.connect(
         f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
     )
-    await cache.put("a", result(None))
     await cache.put("b", result(None))
-    assert not cache.usable
-    assert await cache.get("a") is None
+    await cache.put("c", result(None))
+    assert cache.usable
+    assert await cache.get("a") is not None
+    assert await cache.get("b") is None
     assert len(warnings_of(caplog)) == 1
     assert "readonly" in warnings_of(caplog)[0]
+
+
+async def test_a_store_that_meets_a_passing_failure_leaves_the_cache_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another process holding the write lock past the store's wait (a backup, a ``sqlite3`` shell), or a
+    disk full for a moment, skips that store only: the answers stored before are found, and the next
+    store works (the first such failure turned the cache off until the process ended)."""
+    path = tmp_path / "c.sqlite3"
+    cache = ResultCache(path, ttl_seconds=60)
+    await cache.put("a", result(None))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process writing, for longer than a store waits
+    started = time.monotonic()
+    await cache.put("b", result(None))
+    waited = time.monotonic() - started
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert waited < 5  # not the 10 s a lookup may wait: the answer is in hand
+    assert cache.usable
+    assert await cache.get("a") is not None
+    await cache.put("c", result(None))
+    assert await cache.get("c") is not None
+    assert "locked" in warnings_of(caplog)[0]
+
+
+async def test_expired_answers_are_deleted_as_new_ones_are_stored(tmp_path: Path) -> None:
+    """The file does not grow with answers nobody can use: past their TTL they are deleted."""
+    path = tmp_path / "c.sqlite3"
+    old = ResultCache(path, ttl_seconds=0.01)
+    for n in range(5):
+        await old.put(f"old-{n}", result(None), sources=[(f"source-{n}", f"old-{n}")])
+    old.close()
+    await anyio.sleep(0.05)
+    cache = ResultCache(path, ttl_seconds=60)  # a new process: its first store prunes
+    assert cache.info().expired == 5
+    await cache.put("new", result(None))
+    shown = cache.info()
+    assert (shown.entries, shown.expired) == (1, 0)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM sources").fetchone()[0] == 0
 
 
 def test_clear_always_succeeds(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from tests.conftest import free_port
 
 from anisearch import AsyncClient, Settings
-from anisearch._cache_redis import FLIGHT_PREFIX, Flights, RedisResultCache, cache_ready
+from anisearch._cache_redis import CACHE_PREFIX, FLIGHT_PREFIX, Flights, RedisResultCache, cache_ready
 from anisearch._limits import search_deadline
 from anisearch._models import SearchResult
 from anisearch_emulators.tracemoe import create_app as tracemoe_app
@@ -79,6 +80,50 @@ def test_entries_expire_with_the_ttl(redis_url: str) -> None:
     assert first is not None
     assert first.provider == "tracemoe"
     assert later is None
+
+
+def test_an_infinite_ttl_keeps_answers_without_an_expiry(redis_url: str) -> None:
+    """``ANISEARCH_CACHE_TTL=inf`` works on Redis as on SQLite: stored, found, never expiring (it raised
+    OverflowError out of the search, after the upstream had been paid)."""
+
+    async def run() -> tuple[SearchResult | None, int]:
+        store = RedisResultCache(redis_url, ttl_seconds=math.inf)
+        try:
+            await store.put("k", SearchResult(hits=[], provider="tracemoe"))
+            return await store.get("k"), int(await store.redis.pttl(CACHE_PREFIX + "k"))
+        finally:
+            await store.aclose()
+
+    found, expiry = anyio.run(run)
+    assert found is not None
+    assert expiry == -1  # no expiry: kept until Redis evicts it
+
+
+def test_a_write_a_full_redis_refuses_leaves_reading_on(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis at ``maxmemory`` without an eviction policy refuses writes but still answers reads: the
+    answers stored go on being found (a refused write turned the cache off for 30 s)."""
+    from redis.exceptions import ResponseError
+
+    async def run() -> tuple[SearchResult | None, bool]:
+        store = RedisResultCache(redis_url, ttl_seconds=60)
+        try:
+            await store.put("stored", SearchResult(hits=[], provider="tracemoe"))
+
+            async def full(*_: object, **__: object) -> None:
+                raise ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+
+            monkeypatch.setattr(store.redis, "set", full)
+            await store.put("new", SearchResult(hits=[], provider="tracemoe"))
+            return await store.get("stored"), store.down
+        finally:
+            await store.aclose()
+
+    found, down = anyio.run(run)
+    assert found is not None
+    assert down is False
+    assert any("refused to store" in r.getMessage() for r in caplog.records)
 
 
 def test_a_search_waiting_for_another_process_stops_at_its_deadline(redis_url: str) -> None:

@@ -142,3 +142,17 @@ def test_a_ledger_password_is_masked_but_kept() -> None:
         assert "hunter2" not in shown
         assert "127.0.0.1:6379" in shown
     assert settings.ledger_url == "redis://:hunter2@127.0.0.1:6379/0"
+
+
+def test_the_cache_setting_takes_a_sqlite_url_and_refuses_other_schemes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``sqlite:////abs`` (the ledger's spelling) names that file; it was a file called
+    ``sqlite:/abs`` under whatever directory each process started in."""
+    assert Settings.load(cache="sqlite:////srv/anisearch/results.db").cache_path == Path(
+        "/srv/anisearch/results.db"
+    )
+    assert Settings.load(cache="sqlite:///cache/results.db").cache_path == Path("cache/results.db")
+    monkeypatch.setenv("ANISEARCH_CACHE", "file:///srv/results.db")
+    with pytest.raises(ConfigurationError, match="ANISEARCH_CACHE"):
+        Settings.load()
