@@ -301,7 +301,7 @@ class AsyncClient(AccountFeatures):
         candidates = (
             (name, bool(getattr(cls, "default_order", False)), cls.default_rank)
             for name in available_providers()
-            for cls in [load_provider(name)]
+            if (cls := _candidate(name)) is not None
         )
         seen = provider_order(
             providers,
@@ -739,6 +739,21 @@ class AsyncClient(AccountFeatures):
                 )
             )
         return infos + metadata_infos(self.settings)  # AniList: titles for every provider's hits
+
+
+_BROKEN_SAID: set[str] = set()
+
+
+def _candidate(name: str) -> type[Provider] | None:
+    """An installed provider for the default order, or None (with one warning per process) when it cannot
+    be loaded: somebody's broken package must not stop the searches that do not ask for it."""
+    try:
+        return load_provider(name)
+    except ConfigurationError as exc:
+        if name not in _BROKEN_SAID:
+            _BROKEN_SAID.add(name)
+            logger.warning("%s; it is left out of the default order", exc)
+        return None
 
 
 def _defaults(name: str, scope: str, windows: Sequence[WindowSpec], now: datetime) -> list[Quota]:

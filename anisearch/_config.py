@@ -419,8 +419,9 @@ class Settings(BaseSettings):
         table = _read_toml(config_path()).get(name, {})
         config: dict[str, Any] = dict(table) if isinstance(table, dict) else {}
         prefix = f"ANISEARCH_{name.upper().replace('-', '_')}_"
-        for variable, value in os.environ.items():
-            if variable.startswith(prefix) and value != "":
+        core = {f"ANISEARCH_{field.upper()}" for field in type(self).model_fields}  # a provider "cache"
+        for variable, value in os.environ.items():  # is not given ANISEARCH_CACHE_TTL as its "ttl"
+            if variable.startswith(prefix) and value != "" and variable not in core:
                 config[variable.removeprefix(prefix).lower()] = value
         config.update(self.provider_options.get(name, {}))
         revealed = {key: _reveal(value) for key, value in config.items()}

@@ -185,7 +185,7 @@ class ProviderContext:
     """What the engine hands a provider when it builds one.
 
     Attributes:
-        config: The provider's settings: its ``[providers.<name>]`` TOML table overlaid by the
+        config: The provider's settings: its ``[<name>]`` TOML table overlaid by the
             ``ANISEARCH_<NAME>_*`` environment variables, keys lower-cased (``url``, ``key``, ``token``...).
         state_dir: A directory the provider may keep state in (a session cookie jar), created on demand.
         timeout: The request timeout in seconds (``ANISEARCH_TIMEOUT``).
@@ -356,6 +356,16 @@ def _provider_entry_points() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=PROVIDER_GROUP)}
 
 
+@cache
+def _clashing_entry_points() -> dict[str, list[Any]]:
+    """The provider names that more than one entry point registers (different targets): which one Python
+    finds first depends on the order of ``sys.path``, so neither is taken."""
+    found: dict[str, dict[str, Any]] = {}
+    for ep in entry_points(group=PROVIDER_GROUP):
+        found.setdefault(ep.name, {}).setdefault(ep.value, ep)
+    return {name: list(targets.values()) for name, targets in found.items() if len(targets) > 1}
+
+
 def provider_order(
     requested: Sequence[str] | None,
     configured: Sequence[str] | None,
@@ -426,8 +436,9 @@ def check_provider(cls: Any, entry: Any) -> type[Provider]:
 
     Raises:
         ConfigurationError: It is not a class, its ``name`` is not a lower-case name (letters, digits,
-            dashes) equal to the entry point's, or it lacks members of the protocol (listed). The
-            message names the entry point and the distribution that registered it.
+            dashes) equal to the entry point's, it lacks members of the protocol (listed), or it derives
+            from ``BaseProvider`` without defining ``search_request`` and ``parse_search``. The message
+            names the entry point and the distribution that registered it.
     """
     if not isinstance(cls, type):
         raise ConfigurationError(f"{_origin(entry)} loads {type(cls).__name__} {cls!r}, not a provider class")
@@ -445,6 +456,18 @@ def check_provider(cls: Any, entry: Any) -> type[Provider]:
             f"{_origin(entry)}: {cls.__qualname__} is not a provider; it lacks {', '.join(missing)} "
             "(derive it from anisearch.provider.BaseProvider)"
         )
+    from anisearch._sdk._base import BaseProvider  # the SDK imports this module
+
+    stubs = [
+        member
+        for member in ("search_request", "parse_search")
+        if issubclass(cls, BaseProvider) and getattr(cls, member) is getattr(BaseProvider, member)
+    ]
+    if stubs:  # BaseProvider's own raise NotImplementedError: found only after a search was spent
+        raise ConfigurationError(
+            f"{_origin(entry)}: {cls.__qualname__} must define {' and '.join(stubs)} (see "
+            "docs/providers/writing.md)"
+        )
     provider: type[Provider] = cls
     return provider
 
@@ -454,8 +477,9 @@ def load_provider(name: str) -> type[Provider]:
 
     Raises:
         UnknownProviderError: No installed package registers ``name``; the message lists the known names.
-        ConfigurationError: The entry point exists but cannot be imported, or what it loads is not a
-            conforming provider class; the message names the entry point and its distribution.
+        ConfigurationError: The entry point exists but cannot be imported (any exception its import
+            raises), what it loads is not a conforming provider class, or another installed package
+            registers the same name; the message names the entry points and their distributions.
     """
     eps = _provider_entry_points()
     if name not in eps:
@@ -465,10 +489,19 @@ def load_provider(name: str) -> type[Provider]:
             else ""
         )
         raise UnknownProviderError(name, list(eps), note=note)
+    clashing = _clashing_entry_points().get(name)
+    if clashing:
+        raise ConfigurationError(
+            f"the provider name {name!r} is registered more than once: "
+            + "; ".join(_origin(ep) for ep in clashing)
+            + ". Uninstall one of them: neither is used (one would receive the other's credentials)"
+        )
     try:
         loaded = eps[name].load()
-    except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(f"{_origin(eps[name])} cannot be loaded: {exc}") from exc
+    except Exception as exc:  # an import-time error of somebody's package: a typed error, never a crash
+        raise ConfigurationError(
+            f"{_origin(eps[name])} cannot be loaded: {type(exc).__name__}: {exc}"
+        ) from exc
     provider = check_provider(loaded, eps[name])
     add_secret_headers(getattr(provider, "secret_headers", ()))
     return provider

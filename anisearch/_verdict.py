@@ -33,11 +33,12 @@ from anisearch._exceptions import (
 from anisearch._ledger import UPSTREAM_HOLDER, Refusal, WindowSpec, this_holder
 from anisearch._ledger._windows import STANDARD_WINDOWS, from_us
 from anisearch._models import Quota
+from anisearch._provider import ProviderAnswer
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
-    from anisearch._provider import Provider, ProviderAnswer
+    from anisearch._provider import Provider
 
 __all__ = [
     "DEFAULT_COOLDOWN_SECONDS",
@@ -131,7 +132,14 @@ def read(
         settlement.observations = checked(
             guarded(provider.name, lambda: provider.observe(response)), provider.name
         )
-        answer: ProviderAnswer = guarded(provider.name, lambda: provider.parse_search(response))
+        answer = guarded(provider.name, lambda: provider.parse_search(response))
+        if not isinstance(answer, ProviderAnswer):  # the provider's own defect: its attempt fails alone
+            raise UpstreamResponseError(
+                f"{type(provider).__qualname__}.parse_search returned {type(answer).__name__}, not a "
+                "ProviderAnswer (a defect of the provider)",
+                provider=provider.name,
+                status_code=response.status_code,
+            )
         if answer.quota is not None:
             settlement.observations.extend(checked([answer.quota], provider.name))
     except ProviderError as exc:
@@ -154,7 +162,9 @@ def _consequences(
         if window is not None and window not in told:
             spec = next((w for w in windows if w.name == window), STANDARD_WINDOWS.get(window))
             natural = spec.leave(now, tz) if spec else now + timedelta(days=1)
-            until = exc.resets_at or natural
+            until = exc.resets_at or natural  # the upstream's word (its reset, else its Retry-After)
+            if exc.resets_at is None and exc.retry_after is not None:
+                until = now + timedelta(seconds=max(exc.retry_after, 0.0))
             settlement.blocks.append((window, min(until, now + timedelta(seconds=MAX_COOLDOWN_SECONDS))))
     elif isinstance(exc, RateLimitedError):
         # The server's own wait (Retry-After, X-Retry-After) is the whole truth of a 429: a count of 0

@@ -1076,3 +1076,18 @@ def test_who_holds_a_slot_is_said_in_words() -> None:
         == "pid 4321 (given up; the upstream still runs it)"
     )
     assert holders_text([]) == "another search"
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"calendar": "week"}, "calendar must be 'day' or 'month', got 'week'"),
+        ({"span_seconds": 60, "kind": "ratelimit"}, "kind must be 'quota' or 'rate', got 'ratelimit'"),
+        ({"span_seconds": 60, "counts": "request"}, "counts must be 'searches' or 'requests', got 'request'"),
+    ],
+    ids=["calendar", "kind", "counts"],
+)
+def test_a_window_declared_with_a_misspelt_value_is_refused(fields: dict[str, Any], words: str) -> None:
+    """A ``calendar="week"`` was taken for a month, a ``kind="ratelimit"`` for a quota."""
+    with pytest.raises(ConfigurationError, match=words):
+        WindowSpec("w", **fields)

@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from anisearch import ConfigurationError, UnknownProviderError
+from anisearch import ConfigurationError, QuotaExhaustedError, UnknownProviderError, UpstreamResponseError
 from anisearch._provider import PROVIDER_GROUP, available_providers, check_provider, load_provider
-from anisearch.provider import BaseProvider, ProviderAnswer, SearchQuery
+from anisearch.provider import BaseProvider, ProviderAnswer, SearchQuery, WindowSpec
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -38,6 +38,15 @@ class Partial:
 
     def search_request(self, query: SearchQuery) -> httpx.Request:
         raise NotImplementedError
+
+
+class Unfinished(BaseProvider):
+    """Derived from BaseProvider, its parser forgotten: the stub would raise only once a search was spent."""
+
+    name: ClassVar[str] = "unfinished"
+
+    def search_request(self, query: SearchQuery) -> httpx.Request:
+        return self.request("POST", "/search", content=query.image.data)
 
 
 def a_function() -> None:
@@ -98,9 +107,11 @@ def test_a_metadata_provider_named_as_a_search_provider_is_told_apart() -> None:
         (a_function, "not a provider class"),
         (Nameless, "lower-case name"),
         (Partial, "lacks capabilities, limits"),
-        (ImportError("No module named 'acme_anisearch'"), "cannot be loaded: No module named"),
+        (ImportError("No module named 'acme_anisearch'"), "cannot be loaded: ImportError: No module named"),
+        (ValueError("could not convert string to float: 'thirty'"), "cannot be loaded: ValueError: could"),
+        (Unfinished, "Unfinished must define parse_search"),
     ],
-    ids=["function", "bad-name", "missing-members", "import-error"],
+    ids=["function", "bad-name", "missing-members", "import-error", "error-at-import", "stub-parser"],
 )
 def test_a_bad_entry_point_names_itself_and_its_distribution(
     registered: dict[str, Entry], target: Any, words: str
@@ -128,3 +139,93 @@ def test_every_provider_this_distribution_registers_conforms() -> None:
         module, _, attribute = value.partition(":")
         cls = getattr(importlib.import_module(module), attribute)
         assert check_provider(cls, Entry(name, cls, value=value)) is cls
+
+
+def test_a_name_two_packages_register_is_refused_naming_both(
+    registered: dict[str, Entry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which of two same-named entry points Python finds first depends on sys.path: the one found would
+    get the other's settings and credentials (ANISEARCH_TRACEMOE_KEY sent to somebody's server)."""
+    ours = Entry("good", Good, dist=Dist("anisearch-gateway"), value="anisearch_providers:Good")
+    theirs = Entry("good", Good, dist=Dist("acme-anisearch"), value="acme_anisearch:Good")
+    registered["good"] = theirs
+    monkeypatch.setattr("anisearch._provider._clashing_entry_points", lambda: {"good": [ours, theirs]})
+    with pytest.raises(ConfigurationError, match="registered more than once") as caught:
+        load_provider("good")
+    assert "distribution 'anisearch-gateway'" in str(caught.value)
+    assert "distribution 'acme-anisearch'" in str(caught.value)
+
+
+def test_a_broken_package_nobody_asks_for_leaves_the_default_order_working(
+    registered: dict[str, Entry], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One package whose import fails must not stop every search that does not name it."""
+    from anisearch import Client, Settings
+
+    registered["good"] = Entry("good", Good)
+    registered["acme"] = Entry("acme", ValueError("could not convert string to float: 'thirty'"))
+    with Client(Settings.load(ledger="memory://", cache="off")) as client:
+        listed = [info.name for info in client.providers()]
+    assert "good" in listed
+    assert "acme" not in listed
+    assert any("cannot be loaded: ValueError" in r.getMessage() for r in caplog.records)
+
+
+class Spent(Good):
+    """A service whose 402 says when the quota frees only by ``Retry-After``, as the guide's example does."""
+
+    name: ClassVar[str] = "spent"
+
+    def windows(self) -> list[WindowSpec]:
+        return [WindowSpec("day", calendar="day", limit=5)]
+
+    def parse_search(self, response: httpx.Response) -> ProviderAnswer:
+        raise QuotaExhaustedError("out of searches", provider=self.name, status_code=402, retry_after=3600)
+
+
+class ListReturning(Good):
+    name: ClassVar[str] = "listing"
+
+    def parse_search(self, response: httpx.Response) -> Any:
+        return []  # the hits, not a ProviderAnswer: the author's slip
+
+
+def test_a_parser_that_returns_no_answer_fails_its_attempt_with_a_typed_error() -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from anisearch._verdict import read
+
+    response = httpx.Response(200, json={"hits": []}, request=httpx.Request("POST", "https://x/search"))
+    _, answer, error = read(ListReturning(), (), response, datetime.now(UTC), ZoneInfo("UTC"))
+    assert answer is None
+    assert isinstance(error, UpstreamResponseError)  # a ProviderError: the next provider is asked
+    assert "ListReturning.parse_search returned list, not a ProviderAnswer" in error.message
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_spent_quota_with_only_retry_after_blocks_until_then_and_shows_none_left(
+    anyio_backend: str,
+) -> None:
+    """The window is blocked for the upstream's Retry-After (an hour), not until its natural end (the
+    next midnight), and ``quota()`` says none is left meanwhile (it said 5 of 5)."""
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from anisearch._ledger import Ticket, open_ledger
+    from anisearch._verdict import read
+
+    provider = Spent()
+    windows = tuple(provider.windows())
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    response = httpx.Response(402, request=httpx.Request("POST", "https://x/search"))
+    settlement, _, error = read(provider, windows, response, now, ZoneInfo("UTC"))
+    assert isinstance(error, QuotaExhaustedError)
+    assert settlement.blocks == [("day", now + timedelta(hours=1))]
+    ledger = open_ledger("memory://", clock=lambda: now)
+    ticket = await ledger.reserve("spent", "guest", windows, trust_estimate=True)
+    assert isinstance(ticket, Ticket)
+    await ledger.settle(ticket, "uncharged", blocks=settlement.blocks)
+    (day,) = await ledger.snapshot("spent", lambda _: windows)
+    assert (day.remaining, day.resets_at) == (0, now + timedelta(hours=1))

@@ -677,6 +677,13 @@ def _shown_limit(window: WindowView, default: int | None) -> int | None:
     return window.limit if window.limit == default else None
 
 
+def _remaining(window: WindowView, now: int) -> int | None:
+    """What is left of a window at ``now`` (microseconds): none while a spent answer blocks it."""
+    if window.blocked_until > now:
+        return 0
+    return max(window.limit - window.used, 0) if window.limit is not None else None
+
+
 def _quotas(
     provider: str, scope: str, view: ScopeView, now: datetime, defaults: dict[str, int | None]
 ) -> list[Quota]:
@@ -692,7 +699,8 @@ def _quotas(
     }
     quotas = []
     for window in view.windows:
-        if window.limit is None and window.truth_at is None and not window.used:
+        blocked = window.blocked_until > to_us(now)
+        if window.limit is None and window.truth_at is None and not window.used and not blocked:
             continue
         estimate = "default" if window.used == 0 else "ledger"
         source = estimate if window.truth_at is None else window.source
@@ -703,7 +711,7 @@ def _quotas(
                 window=window.name,
                 limit=_shown_limit(window, defaults.get(window.name)),
                 used=window.used,
-                remaining=max(window.limit - window.used, 0) if window.limit is not None else None,
+                remaining=_remaining(window, to_us(now)),
                 resets_at=from_us(until) if until else None,
                 source=source,
                 observed_at=from_us(window.truth_at) if window.truth_at is not None else now,

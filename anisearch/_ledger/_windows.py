@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from anisearch._exceptions import ConfigurationError
@@ -129,6 +129,14 @@ class WindowSpec:
     reported: bool = False
 
     def __post_init__(self) -> None:
+        for field, value, allowed in (
+            ("calendar", self.calendar, ("day", "month", None)),
+            ("counts", self.counts, get_args(Counts)),
+            ("kind", self.kind, get_args(WindowKind)),
+        ):
+            if value not in allowed:
+                known = " or ".join(repr(one) for one in allowed if one is not None)
+                raise ConfigurationError(f"window {self.name!r}: {field} must be {known}, got {value!r}")
         if (self.span_seconds is None) == (self.calendar is None):
             raise ConfigurationError(f"window {self.name!r} needs exactly one of span_seconds and calendar")
         if self.span_seconds is not None and not self.span_seconds > 0:
