@@ -16,6 +16,7 @@ from anisearch._provider import AccountProvider, Page, Provider, available_provi
 if TYPE_CHECKING:
     import httpx
 
+    from anisearch._config import Settings
     from anisearch._models import ApiKey, CreatedApiKey, Credits, RankingEntry, RecentSearch
 
 __all__ = ["AccountFeatures", "AsyncApiKeys"]
@@ -24,7 +25,9 @@ T = TypeVar("T")
 
 
 class AccountFeatures:
-    """The account half of ``AsyncClient`` (it supplies the three abstract members)."""
+    """The account half of ``AsyncClient`` (it supplies the three abstract members and ``settings``)."""
+
+    settings: Settings
 
     @abstractmethod
     def _provider(self, name: str) -> Provider: ...
@@ -45,12 +48,24 @@ class AccountFeatures:
         name: str = self._account_provider().name
         return name
 
+    def _usable(self, name: str) -> Any:
+        """Provider ``name``, or None when it cannot be made and nothing of it was configured (a provider
+        without a server of its own, a broken package nobody set up).
+
+        Raises:
+            ConfigurationError: It cannot be made from the settings it was given (a misspelt key of its
+                table, a bad URL): those are said, never passed over.
+        """
+        try:
+            return self._provider(name)
+        except ConfigurationError:
+            if self.settings.provider_config(name):
+                raise
+            return None
+
     def _account_provider(self) -> Any:
         for name in [*self._order(None), *available_providers()]:
-            try:
-                instance = self._provider(name)
-            except ConfigurationError:
-                continue
+            instance = self._usable(name)
             if isinstance(instance, AccountProvider):
                 return instance
         raise ConfigurationError("no installed provider has account features (rankings, credits, API keys)")

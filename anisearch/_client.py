@@ -725,9 +725,8 @@ class AsyncClient(AccountFeatures):
         order = self._order(None)
         infos = []
         for name in available_providers():
-            try:
-                instance = self._provider(name)
-            except ConfigurationError:
+            instance = self._usable(name)
+            if instance is None:
                 continue
             infos.append(
                 ProviderInfo(

@@ -172,7 +172,8 @@ class Settings(BaseSettings):
     """Where anisearch sends requests and keeps its state. Every field has an ``ANISEARCH_*`` variable.
 
     Raises:
-        ConfigurationError: A value does not parse (through :meth:`load`), or a keyword names no setting.
+        ConfigurationError: A value does not parse (the message names the variable, never the value), or
+            a keyword names no setting.
     """
 
     def __init__(self, **values: Any) -> None:
@@ -182,7 +183,15 @@ class Settings(BaseSettings):
         unknown = sorted(name for name in values if not name.startswith("_") and name not in known)
         if unknown:
             raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(known)}")
-        super().__init__(**values)
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # from None: pydantic's own message quotes the input, which may hold a credential
+            raise settings_error(exc, "ANISEARCH_", "invalid settings", setting_source) from None
+        except SettingsError as exc:  # a variable pydantic-settings reads as JSON does not parse
+            field = re.search(r'field "(\w+)"', str(exc))
+            name = f"ANISEARCH_{field.group(1).upper()}" if field else "a setting"
+            raise ConfigurationError(f"invalid settings: {name} is not valid JSON") from None
 
     model_config = SettingsConfigDict(env_prefix="ANISEARCH_", extra="ignore", frozen=True)
 
@@ -248,13 +257,14 @@ class Settings(BaseSettings):
             for provider, table in value.items()
         }
 
-    @field_serializer("ledger")
-    def _dump_ledger(self, value: str | None) -> str | None:
+    @field_serializer("ledger", "cache")
+    def _dump_url(self, value: str | None) -> str | None:
         return None if value is None else redact(value)
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
-            yield name, redact(value) if name == "ledger" and isinstance(value, str) else value
+            masked = name in ("ledger", "cache") and isinstance(value, str)
+            yield name, redact(value) if masked else value
 
     @field_validator("timezone")
     @classmethod
@@ -326,15 +336,7 @@ class Settings(BaseSettings):
         Raises:
             ConfigurationError: A value does not parse; the message names the variable.
         """
-        try:
-            settings = cls(**overrides)
-        except ValidationError as exc:
-            # from None: pydantic's own message quotes the input, which may hold a credential
-            raise settings_error(exc, "ANISEARCH_", "invalid settings", setting_source) from None
-        except SettingsError as exc:  # a variable pydantic-settings reads as JSON does not parse
-            field = re.search(r'field "(\w+)"', str(exc))
-            name = f"ANISEARCH_{field.group(1).upper()}" if field else "a setting"
-            raise ConfigurationError(f"invalid settings: {name} is not valid JSON") from None
+        settings = cls(**overrides)
         for variable, value in os.environ.items():
             provider, _, name = variable.removeprefix("ANISEARCH_").partition("_")
             if variable.startswith("ANISEARCH_") and name and is_secret_setting(name.lower()):

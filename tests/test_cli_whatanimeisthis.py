@@ -147,3 +147,26 @@ def test_a_spent_guest_day_shows_its_limit_after_the_ledger_was_reset(
     shown = cli("quota", "whatanimeisthis", "--json", env=env)
     (day,) = [q for q in json.loads(shown.stdout) if q["window"] == "day"]
     assert (day["limit"], day["used"], day["remaining"]) == (5, 5, 0)
+
+
+def test_an_argument_the_site_refuses_is_a_usage_error_and_a_full_page_says_more_may_follow(
+    cli: Cli, site: Any
+) -> None:
+    env = {"ANISEARCH_WHATANIMEISTHIS_URL": site.url, "ANISEARCH_PROVIDERS": "whatanimeisthis"}
+    refused = cli("recent", "--limit", "500", env=env)
+    assert refused.returncode == 2, refused.stderr  # the site's 400: not "every provider failed" (4)
+    assert "limit" in refused.stderr
+    signed_in = cli(
+        "login",
+        env={**env, "ANISEARCH_WHATANIMEISTHIS_EMAIL": EMAIL, "ANISEARCH_WHATANIMEISTHIS_PASSWORD": PASSWORD},
+    )
+    assert signed_in.returncode == 0, signed_in.stderr
+    for title in ("one", "two"):
+        assert cli("keys", "create", title, env=env).returncode == 0
+    full = cli("keys", "list", "--page-size", "2", env=env)
+    assert full.returncode == 0, full.stderr
+    assert "--page 2 shows the next" in full.stderr
+    past = cli("keys", "list", "--page", "3", "--page-size", "2", env=env)
+    assert past.returncode == 0, past.stderr
+    assert "no API keys on page 3" in past.stdout + past.stderr
+    assert "keys create" not in past.stdout + past.stderr  # the account has keys

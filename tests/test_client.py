@@ -1205,3 +1205,23 @@ def test_a_deadline_that_cut_the_retries_short_marks_no_provider_unreachable() -
     with Client(settings) as client, pytest.raises(AllProvidersFailedError):
         client.search(demo, deadline=0.15)
     assert ("tracemoe", down) not in _router._UNREACHED
+
+
+@pytest.mark.parametrize(
+    ("options", "ask"),
+    [
+        ({"whatanime-ga": {"ulr": "http://127.0.0.1:9"}}, "providers"),
+        ({"whatanimeisthis": {"pasword": "hunter2"}}, "account_provider"),
+    ],
+    ids=["providers", "account"],
+)
+def test_a_provider_configured_wrongly_is_said_even_outside_the_search_order(
+    options: dict[str, dict[str, str]], ask: str
+) -> None:
+    """Only trace.moe searches; a typo in another provider's settings still says so (``anisearch
+    providers`` hid that provider, ``anisearch credits`` said no provider had account features)."""
+    settings = Settings.load(
+        providers=["tracemoe"], provider_options=options, ledger="memory://", cache="off"
+    )
+    with Client(settings) as client, pytest.raises(ConfigurationError, match=r"unknown .* setting"):
+        getattr(client, ask)()

@@ -136,12 +136,16 @@ def test_private_urls_are_refused_unless_allowed(monkeypatch: pytest.MonkeyPatch
     assert Settings.load().allow_private_urls is True
 
 
-def test_a_ledger_password_is_masked_but_kept() -> None:
-    settings = Settings.load(ledger="redis://:hunter2@127.0.0.1:6379/0")
+def test_a_ledger_or_cache_password_is_masked_but_kept() -> None:
+    settings = Settings.load(
+        ledger="redis://:hunter2@127.0.0.1:6379/0", cache="redis://:swordfish@127.0.0.1:6379/1"
+    )
     for shown in (repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())):
         assert "hunter2" not in shown
+        assert "swordfish" not in shown
         assert "127.0.0.1:6379" in shown
     assert settings.ledger_url == "redis://:hunter2@127.0.0.1:6379/0"
+    assert settings.cache == "redis://:swordfish@127.0.0.1:6379/1"
 
 
 def test_the_cache_setting_takes_a_sqlite_url_and_refuses_other_schemes(
@@ -156,3 +160,14 @@ def test_the_cache_setting_takes_a_sqlite_url_and_refuses_other_schemes(
     monkeypatch.setenv("ANISEARCH_CACHE", "file:///srv/results.db")
     with pytest.raises(ConfigurationError, match="ANISEARCH_CACHE"):
         Settings.load()
+
+
+def test_settings_made_directly_raise_a_configuration_error_without_the_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``Settings(...)`` as well as ``Settings.load(...)``: pydantic's ValidationError quoted the input
+    (here a credential) and escaped ``except AnisearchError``."""
+    monkeypatch.setenv("ANISEARCH_PROVIDER_OPTIONS", '{"tracemoe": "key=MY-TRACE-KEY-123"}')
+    with pytest.raises(ConfigurationError, match="ANISEARCH_PROVIDER_OPTIONS") as caught:
+        Settings()
+    assert "MY-TRACE-KEY-123" not in str(caught.value)

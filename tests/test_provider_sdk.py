@@ -164,6 +164,22 @@ def test_base_urls_are_http_without_query() -> None:
             http_base_url(bad, "X_URL")
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.trace.moe/?key=SECRET-KEY-123",
+        "ftp://user:SECRET-KEY-123@example.com",
+        "http://u:SECRET-KEY-123@h:99999",
+    ],
+)
+def test_a_refused_base_url_never_shows_its_secret(url: str) -> None:
+    """trace.moe once took ``?key=``: a key put in the URL must not reach logs through the error."""
+    with pytest.raises(ConfigurationError) as caught:
+        http_base_url(url, "X_URL")
+    assert "SECRET-KEY-123" not in str(caught.value)
+    assert "***" in str(caught.value)
+
+
 def test_settings_refuse_unknown_keys_and_never_echo_a_value() -> None:
     assert (
         validate_settings("plain", sdk.ProviderSettings, {"url": "https://a.example", "key": None}).key

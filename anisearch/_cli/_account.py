@@ -316,7 +316,11 @@ def keys_list(
         }
         for k in items
     ]
-    records(rows, title="API keys", empty="no API keys yet: 'anisearch keys create TITLE' makes one")
+    first = "no API keys yet: 'anisearch keys create TITLE' makes one"
+    records(rows, title="API keys", empty=first if page == 1 else f"no API keys on page {page}")
+    if len(items) >= page_size:  # a full page: the next one may hold more
+        more = f"a full page of {page_size}: --page {page + 1} shows the next"
+        err().print(more, markup=False, highlight=False)
 
 
 @keys_app.command("create", cls=Command, epilog=examples("anisearch keys create 'my bot'"))

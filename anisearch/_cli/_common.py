@@ -29,6 +29,7 @@ from anisearch._exceptions import (
     AllProvidersFailedError,
     AnisearchError,
     AuthenticationError,
+    BadRequestError,
     ConcurrencyLimitError,
     ConfigurationError,
     ImageFetchError,
@@ -147,10 +148,13 @@ def _single_code(exc: BaseException) -> int:
 
 def exit_code(exc: AnisearchError) -> int:
     """The exit code of an error; a group whose every provider failed for the same cause keeps that cause's
-    code (a bad key everywhere is 5, as it is from ``quota``), otherwise 4."""
+    code (a bad key everywhere is 5, as it is from ``quota``), otherwise 4. A request a site refused on its
+    own (not a search's) is a usage error."""
     if isinstance(exc, AllProvidersFailedError):
         codes = {_single_code(leaf) for leaf in _leaves(exc)}
         return codes.pop() if len(codes) == 1 else EXIT_ALL_FAILED
+    if isinstance(exc, BadRequestError):  # a site refusing an account command's argument (recent -n 51)
+        return EXIT_USAGE
     return _single_code(exc)
 
 

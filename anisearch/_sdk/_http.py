@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 from anisearch._exceptions import ConfigurationError
 from anisearch._models import Quota, QuotaScope, QuotaWindow
 from anisearch._provider import Page
+from anisearch._redact import display_url
 from anisearch._sdk._common import as_float, as_int, capped_seconds, http_date, window_for
 from anisearch._transport import user_agent
 
@@ -66,12 +67,19 @@ def http_base_url(url: str, setting: str, *, allow_empty: bool = False) -> str:
     try:
         parsed = httpx.URL(text)
     except (httpx.InvalidURL, TypeError) as exc:
-        raise ConfigurationError(f"{setting} is not a URL: {url!r}") from exc
+        raise ConfigurationError(f"{setting} is not a URL: {_shown(url)}") from exc
     if parsed.scheme not in {"http", "https"} or not parsed.host or parsed.query or parsed.fragment:
-        raise ConfigurationError(f"{setting} must be an http(s) URL without query or fragment, got {url!r}")
+        raise ConfigurationError(
+            f"{setting} must be an http(s) URL without query or fragment, got {_shown(url)}"
+        )
     if parsed.port is not None and not 0 < parsed.port <= _MAX_PORT:  # httpx takes 70000; a socket does not
-        raise ConfigurationError(f"{setting} has no port 1..{_MAX_PORT}: {url!r}")
+        raise ConfigurationError(f"{setting} has no port 1..{_MAX_PORT}: {_shown(url)}")
     return str(parsed).rstrip("/")
+
+
+def _shown(url: object) -> str:
+    """A refused URL as its error shows it: a password or ``?key=`` in it masked."""
+    return repr(display_url(url)) if isinstance(url, str) else repr(url)
 
 
 class ProviderSettings(BaseModel):
