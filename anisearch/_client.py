@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import logging
 import math
 import numbers
@@ -63,7 +64,7 @@ from anisearch._provider import (
     load_provider,
     provider_order,
 )
-from anisearch._redact import redact
+from anisearch._redact import printable, redact
 from anisearch._router import AttemptCallback, Router, Strategy, WaitCallback
 from anisearch._transport import ProviderTransport
 from anisearch._verdict import provider_windows
@@ -421,7 +422,9 @@ class AsyncClient(AccountFeatures):
                 most ``ANISEARCH_TIMEOUT`` seconds as a whole (connect, send, read the entire answer), up to
                 four per provider, plus the waits between them. An attempt that would outlive the deadline
                 is cut short as a :class:`ProviderTimeoutError`, and with ``strategy="fanout"`` the
-                providers that answered in time are returned.
+                providers that answered in time are returned. A file object that has not been read by
+                then (or within ``ANISEARCH_TIMEOUT``: a socket's, an HTTP response's) is an
+                :class:`InvalidImageError`; the thread reading it is left to finish alone.
             mode: ``"image"`` uploads the image (fitted to each provider's limits); ``"vector"`` sends the
                 providers that can search by a descriptor computed here (trace.moe: its colour layout
                 vector, a 57-byte request) that descriptor instead, and uploads to the others. Borders are
@@ -513,7 +516,7 @@ class AsyncClient(AccountFeatures):
                 in_memory = None  # the search keeps the source only as long as it needs it
             else:  # a file, a stream, large bytes or a busy cache: a worker thread, which also prepares
                 # the image when there is no answer (one thread hop either way)
-                source, (early, looked_up), made = await _worker.run_sync(
+                source, (early, looked_up), made = await _read_in_time(
                     lookup.read_find_prepare, source, max(wait, 0.0)
                 )
             if early is not None:
@@ -905,10 +908,40 @@ async def _prepared(source: Any, boxes: Sequence[tuple[int, int]], wait_seconds:
     elif _image.quick(source):
         return _Made.of(source, boxes)
 
-    return await _worker.run_sync(_read_prepare, source, boxes, wait_seconds)
+    return await _read_in_time(partial(_read_prepare, boxes=boxes), source, wait_seconds)
 
 
-def _read_prepare(source: Any, boxes: Sequence[tuple[int, int]], wait_seconds: float) -> _Made:
+async def _read_in_time(read: Callable[[Any, float], T], source: Any, wait_seconds: float) -> T:
+    """``read(source, wait_seconds)`` in a worker thread. A caller's file object (a socket's, an HTTP
+    response's) is read with blocking calls nothing can interrupt: the search gives up on it when
+    ``wait_seconds`` have passed (the thread finishes alone), where a path or a pipe is read with that
+    bound already.
+
+    Raises:
+        InvalidImageError: The file object was not read in time.
+    """
+    if not _reads_blocking(source):
+        return await _worker.run_sync(read, source, wait_seconds)
+    try:
+        return await _worker.run_sync(read, source, wait_seconds, give_up_after=wait_seconds)
+    except TimeoutError:
+        name = getattr(source, "name", None)
+        where = f"{printable(name)}: " if isinstance(name, str) else ""
+        raise InvalidImageError(
+            f"{where}the input was not read within {wait_seconds:.1f} s (ANISEARCH_TIMEOUT, or the "
+            "search's deadline)"
+        ) from None
+
+
+def _reads_blocking(source: Any) -> bool:
+    """Whether ``source`` is a caller's file object (not a path, bytes, a pipe anisearch reads itself
+    with a bound, or a picture)."""
+    if isinstance(source, str | os.PathLike | bytes | bytearray | memoryview | io.BufferedReader | io.FileIO):
+        return False
+    return callable(getattr(source, "read", None)) and not _image.is_picture(source)
+
+
+def _read_prepare(source: Any, wait_seconds: float, *, boxes: Sequence[tuple[int, int]]) -> _Made:
     return _Made.of(_image.read(source, wait_seconds=wait_seconds), boxes)
 
 

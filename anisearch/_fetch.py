@@ -417,23 +417,28 @@ async def download(
         except httpx.HTTPError as exc:
             raise ImageFetchError(f"cannot download {shown}: {_why(exc)}") from exc
         try:
-            if response.is_redirect:
+            if response.has_redirect_location:
                 location = response.headers.get("location", "")
                 try:
                     url = parse_url(str(url.join(location)))
                 except (httpx.InvalidURL, ValueError) as exc:
                     raise ImageFetchError(f"{shown} redirects to an invalid URL") from exc
                 continue
-            if response.is_error:
+            if not response.is_success:  # an error, or a 3xx that leads nowhere (no Location, a 304)
+                missing = " without a Location" if response.is_redirect else ""
                 raise ImageFetchError(
-                    f"cannot download {shown}: HTTP {response.status_code}", status_code=response.status_code
+                    f"cannot download {shown}: HTTP {response.status_code}{missing}",
+                    status_code=response.status_code,
                 )
             try:
-                return await read_capped(response, limit)
+                body = await read_capped(response, limit)
             except BodyTooLargeError:
                 raise ImageTooLargeError(f"{shown} is larger than {limit} bytes", limit_bytes=limit) from None
             except httpx.HTTPError as exc:
                 raise ImageFetchError(f"cannot download {shown}: {_why(exc)}") from exc
+            if not body:
+                raise ImageFetchError(f"{shown} answered HTTP {response.status_code} with an empty body")
+            return body
         finally:
             await response.aclose()
     raise ImageFetchError(f"cannot download {display_url(text)}: more than {MAX_REDIRECTS} redirects")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import io
 import os
+import re
 import select
 import stat
 import sys
@@ -99,6 +100,26 @@ def _is_url(text: str) -> bool:
     return text.lower().startswith(("http:/", "https:/"))  # Path() folds "//" into "/"
 
 
+_OTHER_SCHEME = re.compile(r"(?i)(data|[a-z][a-z0-9+.-]+(?=:/)):")
+"""A URL of a scheme searches do not fetch (``file://``, ``ftp://``, ``data:``), as ``Path()`` leaves it."""
+
+
+def _missing_hint(text: str) -> str:
+    """Why a path that names no file may have been meant as something else, or ``""``."""
+    if _is_url(text):
+        return " (URLs are fetched by search(), not read as paths)"
+    if text != text.strip() and _is_url(text.strip()):
+        return " (a URL with spaces around it: remove them)"
+    scheme = _OTHER_SCHEME.match(text)
+    if scheme and scheme.group(1).lower() == "file":
+        from urllib.parse import unquote, urlsplit
+
+        return f" (a file: URL: give its path, {printable(unquote(urlsplit(text).path))})"
+    if scheme:
+        return f" (a {scheme.group(1).lower()}: URL; only http(s) URLs are fetched, other inputs are paths)"
+    return ""
+
+
 def _read_waiting(
     read_some: Callable[[int], bytes | None],
     descriptor: int,
@@ -120,6 +141,11 @@ def _read_waiting(
             left = None if ends is None else max(0.0, ends - time.monotonic())
             ready, _, _ = select.select([descriptor], [], [], left)
             if not ready:
+                if total:  # bytes came, but not all of them in time: a slow writer, not a missing one
+                    raise InvalidImageError(
+                        f"{where}only {total} bytes arrived within {wait_seconds:.1f} s: the input took "
+                        "longer than allowed (ANISEARCH_TIMEOUT, or the search's deadline)"
+                    )
                 raise InvalidImageError(
                     f"{where}nothing arrived within {wait_seconds:.1f} s (a pipe with no writer?)"
                 )
@@ -192,8 +218,7 @@ def _read_path(path: Path, limit: int, where: str, wait_seconds: float | None) -
     except InvalidImageError:
         raise
     except FileNotFoundError:
-        hint = " (URLs are fetched by search(), not read as paths)" if _is_url(str(path)) else ""
-        raise InvalidImageError(f"{where}no such file{hint}") from None
+        raise InvalidImageError(f"{where}no such file{_missing_hint(str(path))}") from None
     except OSError as exc:
         raise InvalidImageError(
             f"{where}cannot read the file ({exc.strerror or type(exc).__name__})"

@@ -154,6 +154,30 @@ def test_a_url_that_fails_to_download_is_an_image_fetch_error(
         client.search("https://img.test/gone.jpg")
 
 
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [(302, "HTTP 302 without a Location"), (304, "HTTP 304"), (300, "HTTP 300 without a Location")],
+)
+def test_a_3xx_that_leads_nowhere_is_asked_once(
+    mock: respx.MockRouter, public_dns: dict[str, list[str]], status: int, words: str
+) -> None:
+    """A redirect without a Location (or a 304) was asked again six times, then "more than 5 redirects"."""
+    route = mock.get("https://img.test/moved.jpg").respond(status)
+    with Client(settings(), transport(mock)) as client, pytest.raises(ImageFetchError, match=words):
+        client.search("https://img.test/moved.jpg")
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize("status", [200, 204])
+def test_an_empty_answer_names_the_url(
+    mock: respx.MockRouter, public_dns: dict[str, list[str]], status: int
+) -> None:
+    mock.get("https://img.test/empty.jpg").respond(status)
+    with Client(settings(), transport(mock)) as client, pytest.raises(ImageFetchError) as caught:
+        client.search("https://img.test/empty.jpg")
+    assert str(caught.value) == f"https://img.test/empty.jpg answered HTTP {status} with an empty body"
+
+
 @pytest.mark.parametrize("url", ["http://xn--/", "http://xn--a.test/a.jpg"])
 def test_a_url_with_a_malformed_host_is_an_image_fetch_error(mock: respx.MockRouter, url: str) -> None:
     with (

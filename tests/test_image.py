@@ -475,6 +475,12 @@ def test_an_error_names_the_file(tmp_path: Path) -> None:
         prepare(tmp_path)
     with pytest.raises(InvalidImageError, match=r"no such file \(URLs are fetched by search\(\)"):
         prepare("https://example.com/shot.jpg")
+    with pytest.raises(InvalidImageError, match=r"a file: URL: give its path, /tmp/my shot\.png\)$"):
+        prepare("file:///tmp/my%20shot.png")
+    with pytest.raises(InvalidImageError, match=r"a ftp: URL; only http\(s\) URLs are fetched"):
+        prepare("ftp://example.com/shot.png")
+    with pytest.raises(InvalidImageError, match=r"a URL with spaces around it"):
+        prepare(" https://example.com/shot.jpg")
     with pytest.raises(InvalidImageError, match=r"missing\.png: no such file$"):
         prepare(FsPath(str(tmp_path / "missing.png").encode()))  # type: ignore[arg-type]  # untyped callers
     (tmp_path / "empty.jpg").touch()

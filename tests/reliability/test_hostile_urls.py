@@ -276,6 +276,67 @@ async def test_a_fifo_without_a_writer_ends_at_the_deadline(tmp_path: Path, gaug
     assert site.requests == []
 
 
+async def test_a_callers_file_object_that_blocks_ends_at_the_deadline(gauge: Callable[[], Any]) -> None:
+    """A socket's file object (as ``urlopen()`` or ``requests``' ``raw`` give) is read with blocking calls:
+    the search gives up on it at its deadline, with a typed error, instead of reading for as long as the
+    other end trickles."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.05):
+            try:
+                theirs.send(b"\xff")
+            except OSError:
+                return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    site = Recorder(lambda request: httpx.Response(200))
+    reader = ours.makefile("rb", buffering=0)
+    try:
+        async with AsyncClient(offline_settings(timeout=30), site.transport()) as client:
+            with gauge() as used, pytest.raises(InvalidImageError, match=r"not read within 1\.0 s"):
+                await client.search(reader, deadline=1.0)
+    finally:
+        stop.set()
+        theirs.close()  # the read left running in its thread ends
+        await anyio.sleep(0.2)
+        reader.close()
+        ours.close()
+    assert used.elapsed < 1.0 + 1
+    assert site.requests == []
+
+
+async def test_a_fifo_that_delivers_too_slowly_is_told_apart_from_one_without_a_writer(
+    tmp_path: Path,
+) -> None:
+    """Bytes arrived, just not all in time: "a pipe with no writer?" sent the user looking for the wrong
+    fault (``curl -s URL | anisearch search -`` on a slow download)."""
+    fifo = tmp_path / "shot.jpg"
+    os.mkfifo(fifo)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        with fifo.open("wb", buffering=0) as writer:
+            while not stop.wait(0.05):
+                try:
+                    writer.write(b"\xff")
+                except BrokenPipeError:
+                    return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    site = Recorder(lambda request: httpx.Response(200))
+    try:
+        async with AsyncClient(offline_settings(timeout=30), site.transport()) as client:
+            with pytest.raises(InvalidImageError, match=r"only \d+ bytes arrived within 1\.0 s"):
+                await client.search(fifo, deadline=1.0)
+    finally:
+        stop.set()
+    assert site.requests == []
+
+
 @pytest.mark.parametrize(
     "url",
     [
