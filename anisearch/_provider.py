@@ -463,6 +463,12 @@ def check_provider(cls: Any, entry: Any) -> type[Provider]:
         for member in ("search_request", "parse_search")
         if issubclass(cls, BaseProvider) and getattr(cls, member) is getattr(BaseProvider, member)
     ]
+    declared = getattr(cls, "windows", None)
+    if declared is not None and not callable(declared):
+        raise ConfigurationError(
+            f"{_origin(entry)}: {cls.__qualname__}.windows must be a method returning WindowSpec values, "
+            f"not a {type(declared).__name__}"
+        )
     if stubs:  # BaseProvider's own raise NotImplementedError: found only after a search was spent
         raise ConfigurationError(
             f"{_origin(entry)}: {cls.__qualname__} must define {' and '.join(stubs)} (see "

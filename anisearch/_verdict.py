@@ -96,8 +96,16 @@ def provider_windows(provider: Provider) -> tuple[WindowSpec, ...]:
     """The provider's declared windows (``windows()``), or, for a provider that declares none, the
     standard windows its ``assumed_quotas()`` name, with their limits."""
     declare = getattr(provider, "windows", None)
+    if declare is not None and not callable(declare):
+        raise ConfigurationError(
+            f"{type(provider).__qualname__}.windows must be a method returning WindowSpec values, not a "
+            f"{type(declare).__name__} (provider {provider.name!r})"
+        )
     if callable(declare):
-        return tuple(declare())
+        try:
+            return tuple(declare())
+        except ConfigurationError as exc:  # a WindowSpec it builds refused a value: say whose
+            raise ConfigurationError(f"provider {provider.name!r}: {exc}") from exc
     specs: dict[str, WindowSpec] = {}
     for quota in provider.assumed_quotas():
         standard = STANDARD_WINDOWS.get(quota.window)

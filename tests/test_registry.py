@@ -49,6 +49,11 @@ class Unfinished(BaseProvider):
         return self.request("POST", "/search", content=query.image.data)
 
 
+class WindowsAsAList(Good):
+    name: ClassVar[str] = "listed"
+    windows = (WindowSpec("day", calendar="day", limit=5),)  # type: ignore[assignment]  # the slip tested
+
+
 def a_function() -> None:
     """Not a class."""
 
@@ -110,8 +115,17 @@ def test_a_metadata_provider_named_as_a_search_provider_is_told_apart() -> None:
         (ImportError("No module named 'acme_anisearch'"), "cannot be loaded: ImportError: No module named"),
         (ValueError("could not convert string to float: 'thirty'"), "cannot be loaded: ValueError: could"),
         (Unfinished, "Unfinished must define parse_search"),
+        (WindowsAsAList, "windows must be a method returning WindowSpec values, not a tuple"),
     ],
-    ids=["function", "bad-name", "missing-members", "import-error", "error-at-import", "stub-parser"],
+    ids=[
+        "function",
+        "bad-name",
+        "missing-members",
+        "import-error",
+        "error-at-import",
+        "stub-parser",
+        "windows",
+    ],
 )
 def test_a_bad_entry_point_names_itself_and_its_distribution(
     registered: dict[str, Entry], target: Any, words: str
