@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -62,6 +63,8 @@ _WRITE_WAIT_MS = 1_000
 and a store skipped costs only a later search."""
 _PRUNE_EVERY = 64
 """Expired answers and aliases are deleted in one of this many stores (the first of a process included)."""
+_PRUNE_ROWS = 500
+"""The most expired answers (and aliases) one store deletes."""
 _PASSING = frozenset(
     {
         sqlite3.SQLITE_BUSY,
@@ -323,6 +326,7 @@ class ResultCache:
         sources: Sequence[tuple[str, str]],
         *,
         block: bool = True,
+        prune: bool = False,
     ) -> None:
         """Store ``(key, provider, stored JSON)`` (None: only the aliases) and the ``sources`` aliases, in
         one transaction."""
@@ -340,16 +344,18 @@ class ResultCache:
                     "INSERT OR REPLACE INTO sources (source, image_key, expires_at) VALUES (?, ?, ?)",
                     [(*source, now + self.ttl_seconds) for source in sources],
                 )
-                if prune:
-                    db.execute("DELETE FROM results WHERE expires_at <= ?", (now,))
-                    db.execute("DELETE FROM sources WHERE expires_at <= ?", (now,))
+                if prune:  # at most _PRUNE_ROWS of each: a long-unused file is emptied over many stores
+                    for table in ("results", "sources"):
+                        db.execute(
+                            f"DELETE FROM {table} WHERE rowid IN "  # noqa: S608 - the two table names above
+                            f"(SELECT rowid FROM {table} WHERE expires_at <= ? LIMIT {_PRUNE_ROWS})",
+                            (now,),
+                        )
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
 
-        prune = self._stores % _PRUNE_EVERY == 0
-        self._stores += 1
         self._run(write, block=block, wait_ms=_WRITE_WAIT_MS)
 
     def find(self, sources: Sequence[str], *, block: bool = True) -> tuple[int, str] | None:
@@ -455,6 +461,11 @@ class ResultCache:
 
     async def _store(self, answer: tuple[str, str, str] | None, sources: Sequence[tuple[str, str]]) -> None:
         now = datetime.now(UTC).timestamp()
+        prune = self._stores % _PRUNE_EVERY == 0  # decided once per store, whichever way it is written
+        self._stores += 1
+        if prune:  # deleting expired answers is a worker thread's job: never a stall of the event loop
+            await _in_thread(partial(self._put, answer, now, sources, prune=True))
+            return
         try:  # on the event loop when nothing holds the cache (WAL, no sync on commit), else in a thread
             self._put(answer, now, sources, block=False)
         except WouldBlock:

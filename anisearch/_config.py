@@ -23,7 +23,6 @@ import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import unquote
 
 import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_serializer, field_validator
@@ -302,9 +301,10 @@ class Settings(BaseSettings):
         Redis is refused (it would have been a file of that name under the current directory)."""
         if value is None or "://" not in value or is_redis_url(value):
             return value
-        scheme, _, rest = value.partition("://")
-        if scheme.lower() == "sqlite" and (path := unquote(rest.removeprefix("/")).partition("?")[0]):
-            return path
+        if value.partition("://")[0].lower() == "sqlite":
+            from anisearch._sqlite_url import sqlite_url_path
+
+            return sqlite_url_path(value, f"the cache setting ({setting_source('cache')})")
         raise ConfigurationError(
             f"unsupported cache {redact(value)!r} ({setting_source('cache')}); use off, a SQLite file's "
             "path (or sqlite:///path) or redis://host:port/db"

@@ -417,6 +417,11 @@ _REQUIRED = (
 """What a provider class must have, besides its ``name`` (see :class:`Provider`)."""
 
 
+STUB_MARK = "__anisearch_stub__"
+"""Set on ``BaseProvider``'s own ``search_request`` and ``parse_search``, which only raise: a provider that
+inherits them defines no search."""
+
+
 def _origin(entry: Any) -> str:
     dist = getattr(entry, "dist", None)
     where = (
@@ -456,12 +461,10 @@ def check_provider(cls: Any, entry: Any) -> type[Provider]:
             f"{_origin(entry)}: {cls.__qualname__} is not a provider; it lacks {', '.join(missing)} "
             "(derive it from anisearch.provider.BaseProvider)"
         )
-    from anisearch._sdk._base import BaseProvider  # the SDK imports this module
-
     stubs = [
         member
         for member in ("search_request", "parse_search")
-        if issubclass(cls, BaseProvider) and getattr(cls, member) is getattr(BaseProvider, member)
+        if getattr(getattr(cls, member, None), STUB_MARK, False)
     ]
     declared = getattr(cls, "windows", None)
     if declared is not None and not callable(declared):

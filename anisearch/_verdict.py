@@ -171,8 +171,8 @@ def _consequences(
             spec = next((w for w in windows if w.name == window), STANDARD_WINDOWS.get(window))
             natural = spec.leave(now, tz) if spec else now + timedelta(days=1)
             until = exc.resets_at or natural  # the upstream's word (its reset, else its Retry-After)
-            if exc.resets_at is None and exc.retry_after is not None:
-                until = now + timedelta(seconds=max(exc.retry_after, 0.0))
+            if exc.resets_at is None and exc.retry_after:  # a wait of 0 says nothing of when it frees
+                until = now + timedelta(seconds=exc.retry_after)
             settlement.blocks.append((window, min(until, now + timedelta(seconds=MAX_COOLDOWN_SECONDS))))
     elif isinstance(exc, RateLimitedError):
         # The server's own wait (Retry-After, X-Retry-After) is the whole truth of a 429: a count of 0

@@ -337,3 +337,27 @@ def test_processes_opening_a_new_cache_at_once_never_delete_each_others(
     cache = ResultCache(path, ttl_seconds=60)
     assert cache.info().entries == 4
     assert warnings_of(caplog) == []
+
+
+async def test_a_due_prune_survives_a_busy_file_and_deletes_at_most_a_batch(tmp_path: Path) -> None:
+    """The first store of a process prunes even when another process holds the file for a moment (the
+    prune was dropped when the store fell back to its thread), and one prune deletes at most 500 answers
+    (a long-unused file is emptied over several stores, never in one long stall)."""
+    path = tmp_path / "c.sqlite3"
+    ResultCache(path, ttl_seconds=60).close()
+    with sqlite3.connect(path) as db:  # 600 answers that expired long ago
+        payload = result(None).model_dump_json()
+        db.executemany(
+            "INSERT INTO results (key, provider, stored_at, expires_at, result) VALUES (?, ?, 0, 1, ?)",
+            [(f"old-{n}", "tracemoe", payload) for n in range(600)],
+        )
+    cache = ResultCache(path, ttl_seconds=60)
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    releasing = threading.Timer(0.3, lambda: holder.execute("ROLLBACK"))
+    releasing.start()
+    await cache.put("new", result(None))
+    releasing.join()
+    holder.close()
+    shown = cache.info()
+    assert (shown.entries, shown.expired) == (1, 100)

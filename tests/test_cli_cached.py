@@ -386,3 +386,17 @@ def test_a_cached_fanout_says_every_provider_it_merges(
         attempts = [(a["provider"], a["outcome"]) for a in json.loads(repeat.stdout)["attempts"]]
         assert attempts == [("tracemoe", "cached"), ("whatanimeisthis", "cached")]
     assert {hit["provider"] for hit in json.loads(shortcut.stdout)["hits"]} == {"tracemoe", "whatanimeisthis"}
+
+
+def test_a_package_that_cannot_be_loaded_leaves_the_default_order_to_the_others() -> None:
+    """The engine leaves a broken package out of the default order; the command's cache shortcut, which
+    must ask the same providers, gave up instead (every default search then loaded the whole engine)."""
+    from anisearch import Settings
+    from anisearch._cli._cached import Fact, _order
+
+    facts = {
+        "tracemoe": Fact(default_order=True, default_rank=10, box=(320, 320), settings=("url", "key")),
+        "broken": None,
+    }
+    assert _order(Settings.load(ledger="memory://"), None, facts) == ["tracemoe"]
+    assert _order(Settings.load(ledger="memory://"), ["broken"], facts) is None  # asked for by name

@@ -149,7 +149,7 @@ def test_a_ledger_or_cache_password_is_masked_but_kept() -> None:
 
 
 def test_the_cache_setting_takes_a_sqlite_url_and_refuses_other_schemes(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """``sqlite:////abs`` (the ledger's spelling) names that file; it was a file called
     ``sqlite:/abs`` under whatever directory each process started in."""
@@ -157,6 +157,9 @@ def test_the_cache_setting_takes_a_sqlite_url_and_refuses_other_schemes(
         "/srv/anisearch/results.db"
     )
     assert Settings.load(cache="sqlite:///cache/results.db").cache_path == Path("cache/results.db")
+    monkeypatch.chdir(tmp_path)  # no ./tmp here, while /tmp exists
+    with pytest.raises(ConfigurationError, match=r"write sqlite:////tmp/results\.db"):
+        Settings.load(cache="sqlite:///tmp/results.db")  # meant /tmp, as the ledger's URL refuses it too
     monkeypatch.setenv("ANISEARCH_CACHE", "file:///srv/results.db")
     with pytest.raises(ConfigurationError, match="ANISEARCH_CACHE"):
         Settings.load()

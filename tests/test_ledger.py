@@ -401,7 +401,10 @@ async def test_a_spent_count_without_a_limit_is_not_shown_as_a_limit(ledger: Led
     snapshot = [q for q in await ledger.snapshot(windows=lambda _: (day,)) if q.window == "day"]
     assert [(q.limit, q.remaining) for q in snapshot] == [(None, 0)]
     refusal = await refused(ledger, (day,))
-    assert (refusal.window, refusal.reason) == ("day", "none left by the upstream's count")
+    assert (refusal.window, refusal.reason) == (
+        "day",
+        "none left by the upstream's count and the searches since",
+    )
 
 
 async def test_purchased_credits_raise_the_enforced_limit(ledger: Ledger) -> None:

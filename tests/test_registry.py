@@ -243,3 +243,22 @@ async def test_a_spent_quota_with_only_retry_after_blocks_until_then_and_shows_n
     await ledger.settle(ticket, "uncharged", blocks=settlement.blocks)
     (day,) = await ledger.snapshot("spent", lambda _: windows)
     assert (day.remaining, day.resets_at) == (0, now + timedelta(hours=1))
+
+
+def test_a_spent_quota_with_a_retry_after_of_zero_blocks_until_the_window_ends() -> None:
+    """``Retry-After: 0`` (or a date already past) says nothing of when the quota frees: the window stays
+    blocked to its end, as without one (it was not blocked at all)."""
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from anisearch._verdict import read
+
+    class NoWait(Spent):
+        def parse_search(self, response: httpx.Response) -> ProviderAnswer:
+            raise QuotaExhaustedError("out of searches", provider=self.name, status_code=402, retry_after=0)
+
+    provider = NoWait()
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    response = httpx.Response(402, request=httpx.Request("POST", "https://x/search"))
+    settlement, _, _ = read(provider, tuple(provider.windows()), response, now, ZoneInfo("UTC"))
+    assert settlement.blocks == [("day", now + timedelta(hours=12))]  # the next midnight

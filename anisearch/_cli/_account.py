@@ -46,7 +46,9 @@ def _number(value: int | None) -> str:
 
 
 def _allowance(q: "Quota") -> str:
-    if q.limit is None:
+    if q.limit is None:  # no limit known: what is left, when the upstream said
+        if q.remaining is not None:
+            return f"{q.remaining} left" + (f" ({q.used} used)" if q.used is not None else "")
         return f"{_number(q.used)} used" if q.used is not None else "-"
     left = q.remaining if q.remaining is not None else (q.limit - q.used if q.used is not None else None)
     return f"{_number(left)} of {q.limit} left"

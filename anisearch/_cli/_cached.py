@@ -219,12 +219,11 @@ def _settings_known(settings: Settings, names: Sequence[str], facts: dict[str, F
 def _order(
     settings: Settings, requested: Sequence[str] | None, facts: dict[str, Fact | None]
 ) -> list[str] | None:
-    """The providers the engine would ask, in order (as ``AsyncClient._order``); None when one of them is
-    unknown, cannot be loaded or has no class-level upload box."""
+    """The providers the engine would ask, in order (as ``AsyncClient._order``, which leaves a provider
+    that cannot be loaded out of the default order); None when one of them is unknown, cannot be loaded
+    or has no class-level upload box."""
     from anisearch._provider import provider_order
 
-    if not (requested or settings.providers) and any(fact is None for fact in facts.values()):
-        return None  # the default order needs every provider's facts
     candidates = ((name, fact.default_order, fact.default_rank) for name, fact in facts.items() if fact)
     seen = provider_order(
         requested,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
@@ -33,6 +33,7 @@ from anisearch._ledger._memory import MemoryLedger
 from anisearch._ledger._sqlite import SQLiteLedger
 from anisearch._ledger._windows import STANDARD_WINDOWS, WindowSpec, zone
 from anisearch._limits import REDIS_SECONDS
+from anisearch._sqlite_url import sqlite_url_path
 
 if TYPE_CHECKING:
     from anisearch._ledger._base import Clock
@@ -89,28 +90,6 @@ def _masked(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def _refuse_a_misread_path(url: str, path: str) -> None:
-    """Refuse ``sqlite:///tmp/ledger.db`` when it was surely meant as ``/tmp/ledger.db``: the relative path
-    would create a directory here (``./tmp``) while the absolute one's directory exists. Two processes
-    started in different directories would then keep two ledgers, and spend the quota twice.
-    ``sqlite:///./tmp/ledger.db`` says the relative path is meant.
-
-    Raises:
-        ConfigurationError: The path reads both ways, as described.
-    """
-    relative = Path(path)
-    if relative.is_absolute() or path.startswith(("./", "../")) or len(relative.parts) < 2:  # noqa: PLR2004
-        return
-    here = Path.cwd()
-    if (here / relative.parts[0]).exists() or not (Path("/") / relative).parent.is_dir():
-        return
-    raise ConfigurationError(
-        f"the ledger URL {url!r} names {path} relative to the current directory ({here}), where "
-        f"{relative.parts[0]} does not exist, while /{relative.parent} does: write sqlite:////{path} for "
-        f"/{path}, or sqlite:///./{path} for the relative path"
-    )
-
-
 def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) -> Ledger:
     """Open the ledger a URL names. Nothing is connected until first use.
 
@@ -134,7 +113,7 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
     tz = zone(timezone)
     if "://" not in url and Path(url).is_absolute():  # a bare absolute path: a SQLite file
         url = f"sqlite:///{url}"
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, _ = url.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in SCHEMES:
         raise ConfigurationError(
@@ -143,10 +122,7 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
     if scheme == "memory":
         return _shared_memory(timezone) if clock is None else MemoryLedger(timezone=tz, clock=clock)
     if scheme == "sqlite":
-        path = unquote(rest.removeprefix("/")).partition("?")[0]
-        if not path:
-            raise ConfigurationError(f"the ledger URL {url!r} names no file; use sqlite:///path/to/ledger.db")
-        _refuse_a_misread_path(url, path)
+        path = sqlite_url_path(url, "the ledger URL")
         return SQLiteLedger(Path(path), url=url, timezone=tz, clock=clock)
     try:
         from redis.asyncio import BlockingConnectionPool, Redis

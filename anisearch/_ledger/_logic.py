@@ -400,7 +400,11 @@ def _windows_refusal(state: ScopeState, units: Units, request: ReserveRequest) -
         if used + 1 > limit:
             until = _kth(units, window.name, ws, used - limit + 1)
             counted = ws.limit is not None and ws.declared is None  # a limit derived from what is left
-            reason = "none left by the upstream's count" if counted else f"{used} of {limit} used"
+            reason = (
+                "none left by the upstream's count and the searches since"
+                if counted
+                else f"{used} of {limit} used"
+            )
             blockers.append(Refusal(kind, until, reason, window.name))
         elif window.reported and not request.trust_estimate and ws.freed and used + 1 + ws.freed > limit:
             stale = window.name

@@ -137,7 +137,9 @@ local function reserve_now(now, token, holder, lease_until, slots, take_slot, tr
           local untill = kth(win.name, w, used - limit + 1)
           if not best or untill > best[3] then
             local reason = used .. ' of ' .. limit .. ' used'
-            if w.limit and not w.declared then reason = "none left by the upstream's count" end
+            if w.limit and not w.declared then
+              reason = "none left by the upstream's count and the searches since"
+            end
             best = {'refused', kind, untill, reason, win.name, ''}
           end
         elseif win.reported and not trust and w.freed > 0 and used + 1 + w.freed > limit then

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from anisearch._exceptions import ConfigurationError
 from anisearch._models import Quota, QuotaScope
 from anisearch._provider import (
+    STUB_MARK,
     Capabilities,
     Credential,
     ProviderAnswer,
@@ -214,6 +215,9 @@ class BaseProvider:
             NotImplementedError: Always, here.
         """
         raise NotImplementedError(f"{type(self).__name__} must define parse_search")
+
+    setattr(search_request, STUB_MARK, True)  # the registry refuses a provider that keeps these two
+    setattr(parse_search, STUB_MARK, True)
 
     def quota_request(self) -> httpx.Request | None:
         """None: no free quota endpoint."""

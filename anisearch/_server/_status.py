@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from starlette.requests import Request
 
-    from anisearch._models import SearchResult
+    from anisearch._models import Quota, SearchResult
     from anisearch._server._app import Gateway
 
 __all__ = ["page_endpoint"]
@@ -47,6 +47,15 @@ def _table(headers: list[str], rows: list[list[str]], table_id: str) -> str:
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _left(q: Quota) -> str:
+    """What is left of a window: "3 of 100 left", "0 left" (no limit known), "12 used"."""
+    if q.limit is not None and q.remaining is not None:
+        return f"{q.remaining} of {q.limit} left"
+    if q.remaining is not None:
+        return f"{q.remaining} left"
+    return f"{q.used} used" if q.used is not None else "unknown"
+
+
 async def _providers(gateway: Gateway) -> str:
     rows = []
     try:
@@ -57,7 +66,7 @@ async def _providers(gateway: Gateway) -> str:
     for info in infos:
         mine = [q for q in quotas if q.provider == info.name]
         windows = "<br>".join(
-            f"{_e(q.window)}: {_e(q.remaining)} of {_e(q.limit)} left"
+            f"{_e(q.window)}: {_e(_left(q))}"
             + (f", resets {_e(q.resets_at.isoformat(timespec='seconds'))}" if q.resets_at else "")
             for q in mine
             if q.window
