@@ -16,6 +16,7 @@ import logging
 import math
 import numbers
 import os
+import threading
 import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -724,7 +725,12 @@ class AsyncClient(AccountFeatures):
     async def providers(self) -> list[ProviderInfo]:
         """Every registered provider: where it points, whether it is in the order, its capabilities; then
         the metadata providers (capability ``metadata``; ``enabled`` when the ``metadata`` setting names
-        it)."""
+        it). A provider that cannot be set up with nothing of it configured is left out.
+
+        Raises:
+            ConfigurationError: The configured order names a provider that cannot be set up, or a
+                provider's own settings are wrong (a misspelt key of its table, a bad URL).
+        """
         order = self._order(None)
         infos = []
         for name in available_providers():
@@ -912,31 +918,72 @@ async def _prepared(source: Any, boxes: Sequence[tuple[int, int]], wait_seconds:
 
 
 async def _read_in_time(read: Callable[[Any, float], T], source: Any, wait_seconds: float) -> T:
-    """``read(source, wait_seconds)`` in a worker thread. A caller's file object (a socket's, an HTTP
-    response's) is read with blocking calls nothing can interrupt: the search gives up on it when
-    ``wait_seconds`` have passed (the thread finishes alone), where a path or a pipe is read with that
-    bound already.
+    """``read(source, wait_seconds)`` in a worker thread, a caller's blocking file object read first
+    (see :func:`_read_bytes_in_time`)."""
+    if _reads_blocking(source):
+        source = await _read_bytes_in_time(source, wait_seconds)
+    return await _worker.run_sync(read, source, wait_seconds)
+
+
+async def _read_bytes_in_time(source: Any, wait_seconds: float) -> Any:
+    """A caller's file object (a socket's, an HTTP response's) read into memory, giving up after
+    ``wait_seconds``: its blocking reads cannot be interrupted, so they run in a daemon thread of their
+    own, which finishes alone when the search gives up (and never keeps the interpreter from exiting).
 
     Raises:
-        InvalidImageError: The file object was not read in time.
+        InvalidImageError: Not read in time (or unreadable, as :func:`anisearch._image.read` says).
+        ImageTooLargeError: Over the input limit.
     """
-    if not _reads_blocking(source):
-        return await _worker.run_sync(read, source, wait_seconds)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if not done.done():
+            if error is None:
+                done.set_result(value)
+            else:
+                done.set_exception(error)
+
+    def work() -> None:
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = _image.read(source, wait_seconds=wait_seconds)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting search
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=work, name="anisearch-read", daemon=True).start()
     try:
-        return await _worker.run_sync(read, source, wait_seconds, give_up_after=wait_seconds)
+        with anyio.fail_after(max(wait_seconds, 0.0)):
+            return await done
     except TimeoutError:
         name = getattr(source, "name", None)
         where = f"{printable(name)}: " if isinstance(name, str) else ""
         raise InvalidImageError(
-            f"{where}the input was not read within {wait_seconds:.1f} s (ANISEARCH_TIMEOUT, or the "
+            f"{where}the input did not arrive within {wait_seconds:.1f} s (ANISEARCH_TIMEOUT, or the "
             "search's deadline)"
         ) from None
 
 
+_NEVER_BLOCKING = (
+    str,
+    os.PathLike,
+    bytes,
+    bytearray,
+    memoryview,
+    io.BytesIO,
+    io.BufferedReader,  # a file, or a pipe or socket anisearch reads itself with a bound
+    io.BufferedRandom,
+    io.FileIO,
+)
+
+
 def _reads_blocking(source: Any) -> bool:
-    """Whether ``source`` is a caller's file object (not a path, bytes, a pipe anisearch reads itself
-    with a bound, or a picture)."""
-    if isinstance(source, str | os.PathLike | bytes | bytearray | memoryview | io.BufferedReader | io.FileIO):
+    """Whether ``source`` is a caller's file object whose reads may block without a bound (not a path,
+    bytes, memory, a file anisearch reads itself, or a picture)."""
+    if isinstance(source, _NEVER_BLOCKING):
         return False
     return callable(getattr(source, "read", None)) and not _image.is_picture(source)
 

@@ -424,8 +424,12 @@ async def download(
                 except (httpx.InvalidURL, ValueError) as exc:
                     raise ImageFetchError(f"{shown} redirects to an invalid URL") from exc
                 continue
-            if not response.is_success:  # an error, or a 3xx that leads nowhere (no Location, a 304)
-                missing = " without a Location" if response.is_redirect else ""
+            if not response.is_success:  # an error, or a 3xx httpx would not follow either (no Location, 304)
+                missing = (
+                    " without a Location"
+                    if response.is_redirect and "location" not in response.headers
+                    else ""
+                )
                 raise ImageFetchError(
                     f"cannot download {shown}: HTTP {response.status_code}{missing}",
                     status_code=response.status_code,

@@ -370,10 +370,12 @@ class Client:
         """Every registered provider: where it points, whether it is in the order, its capabilities.
 
         Returns:
-            One ``ProviderInfo`` per installed provider that can be set up (base URLs without passwords).
+            One ``ProviderInfo`` per installed provider that can be set up (base URLs without passwords);
+            one that cannot, with nothing of it configured (no server of its own), is left out.
 
         Raises:
-            ConfigurationError: The configured order names a provider that cannot be set up.
+            ConfigurationError: The configured order names a provider that cannot be set up, or a
+                provider's own settings are wrong (a misspelt key of its table, a bad URL).
         """
         return self._run(self._async.providers)
 

@@ -21,19 +21,14 @@ __all__ = ["run_sync"]
 T = TypeVar("T")
 
 
-async def run_sync(function: Callable[..., T], *args: object, give_up_after: float | None = None) -> T:
+async def run_sync(function: Callable[..., T], *args: object) -> T:
     """``function(*args)`` in a worker thread, as ``anyio.to_thread.run_sync`` runs it.
-
-    With ``give_up_after`` (seconds), the caller stops waiting then (:class:`TimeoutError`) and the thread
-    is left to finish alone, its result dropped: for a blocking read no one can interrupt (a caller's
-    file object on a socket).
 
     The arguments go in, and the result (or the error) comes out, through lists emptied on the way. So pass
     large data as ``args``: a ``function`` that closes over it (a ``partial`` holding it, a closure) is
     kept with the job.
 
     Raises:
-        TimeoutError: ``give_up_after`` passed first.
         Whatever ``function`` raises.
     """
     handed: list[tuple[object, ...]] = [args]
@@ -48,11 +43,7 @@ async def run_sync(function: Callable[..., T], *args: object, give_up_after: flo
 
     job = getattr(function, "func", function)  # a partial's function
     work.__name__ = work.__qualname__ = getattr(job, "__name__", work.__name__)  # what a profile shows
-    if give_up_after is None:
-        await anyio.to_thread.run_sync(work)
-    else:
-        with anyio.fail_after(max(give_up_after, 0.0)):
-            await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    await anyio.to_thread.run_sync(work)
     if failed:
         raise failed.pop()
     return returned.pop()

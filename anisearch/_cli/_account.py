@@ -181,7 +181,7 @@ def rankings(
     verbose = configure_logging(verbose)
     if period not in PERIODS:
         fail(f"--period must be one of {', '.join(PERIODS)}, not {period!r}", EXIT_USAGE)
-    with open_client(verbose) as client:
+    with open_client(verbose, asks_the_site=True) as client:
         entries = waiting("asking…", lambda: client.rankings(period, limit, include_adult))
     if as_json:
         print_json([e.model_dump(mode="json", exclude={"raw"}) for e in entries])
@@ -211,7 +211,7 @@ def recent(
 ) -> None:
     """Recently confirmed public searches on whatanimeisthis.com."""
     verbose = configure_logging(verbose)
-    with open_client(verbose) as client:
+    with open_client(verbose, asks_the_site=True) as client:
         items = waiting("asking…", lambda: client.recent_searches(limit, offset))
     if as_json:
         print_json([i.model_dump(mode="json", exclude={"raw"}) for i in items])
@@ -303,7 +303,7 @@ def keys_list(
 ) -> None:
     """List the account's API keys (masked)."""
     verbose = configure_logging(verbose)
-    with open_client(verbose) as client:
+    with open_client(verbose, asks_the_site=True) as client:
         items = waiting("asking…", lambda: client.api_keys.list(page, page_size))
     if as_json:
         print_json([k.model_dump(mode="json", exclude={"raw"}) for k in items])
@@ -320,9 +320,6 @@ def keys_list(
     ]
     first = "no API keys yet: 'anisearch keys create TITLE' makes one"
     records(rows, title="API keys", empty=first if page == 1 else f"no API keys on page {page}")
-    if len(items) >= page_size:  # a full page: the next one may hold more
-        more = f"a full page of {page_size}: --page {page + 1} shows the next"
-        err().print(more, markup=False, highlight=False)
 
 
 @keys_app.command("create", cls=Command, epilog=examples("anisearch keys create 'my bot'"))
@@ -333,7 +330,7 @@ def keys_create(
 ) -> None:
     """Create an API key; the key is printed this one time only."""
     verbose = configure_logging(verbose)
-    with open_client(verbose) as client:
+    with open_client(verbose, asks_the_site=True) as client:
         created = waiting("creating…", lambda: client.api_keys.create(title))
         variable = f"ANISEARCH_{client.account_provider().upper().replace('-', '_')}_KEY"
     secret = created.key.get_secret_value()

@@ -148,13 +148,10 @@ def _single_code(exc: BaseException) -> int:
 
 def exit_code(exc: AnisearchError) -> int:
     """The exit code of an error; a group whose every provider failed for the same cause keeps that cause's
-    code (a bad key everywhere is 5, as it is from ``quota``), otherwise 4. A request a site refused on its
-    own (not a search's) is a usage error."""
+    code (a bad key everywhere is 5, as it is from ``quota``), otherwise 4."""
     if isinstance(exc, AllProvidersFailedError):
         codes = {_single_code(leaf) for leaf in _leaves(exc)}
         return codes.pop() if len(codes) == 1 else EXIT_ALL_FAILED
-    if isinstance(exc, BadRequestError):  # a site refusing an account command's argument (recent -n 51)
-        return EXIT_USAGE
     return _single_code(exc)
 
 
@@ -317,8 +314,12 @@ def with_host_port(message: str, urls: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def open_client(verbose: bool = False) -> Iterator[Client]:
-    """A sync client from the environment; anisearch errors become one line and the right exit code."""
+def open_client(verbose: bool = False, *, asks_the_site: bool = False) -> Iterator[Client]:
+    """A sync client from the environment; anisearch errors become one line and the right exit code.
+
+    ``asks_the_site``: the command sends the user's own arguments to a site (``recent -n 500``), so the
+    site refusing them (:class:`BadRequestError`) is a usage error (2), not a failed provider (4).
+    """
     from anisearch._config import Settings
     from anisearch._sync import Client
 
@@ -334,7 +335,8 @@ def open_client(verbose: bool = False) -> Iterator[Client]:
                 yield client
             except AnisearchError as exc:
                 urls = provider_urls(client)
-                fail(with_host_port(describe(exc), urls), exit_code(exc), hint_for(exc, urls))
+                code = EXIT_USAGE if asks_the_site and isinstance(exc, BadRequestError) else exit_code(exc)
+                fail(with_host_port(describe(exc), urls), code, hint_for(exc, urls))
     except AnisearchError as exc:  # closing: the ledger or the cache could not be written
         fail(describe(exc), exit_code(exc), hint_for(exc))
 

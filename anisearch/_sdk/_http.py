@@ -78,8 +78,18 @@ def http_base_url(url: str, setting: str, *, allow_empty: bool = False) -> str:
 
 
 def _shown(url: object) -> str:
-    """A refused URL as its error shows it: a password or ``?key=`` in it masked."""
-    return repr(display_url(url)) if isinstance(url, str) else repr(url)
+    """A refused URL as its error shows it: whatever comes before the last ``@`` of its host part (a user
+    and password, even one holding an ``@``, or with the scheme left off) and a ``?key=`` masked."""
+    if not isinstance(url, str):
+        return repr(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return repr(display_url(f"{scheme}{sep}{authority}{tail}"))
 
 
 class ProviderSettings(BaseModel):

@@ -229,7 +229,11 @@ class NativeApi:
         caller = self._caller(request)
         if isinstance(caller, Response):
             return caller
-        infos = await self.gateway.client.providers()
+        try:
+            infos = await self.gateway.client.providers()
+        except AnisearchError as exc:  # a provider's settings the gateway was started with are wrong
+            status, body = native_error(exc)
+            return JSONResponse(body, status)
         return JSONResponse([info.model_dump(mode="json") for info in infos])
 
     async def healthz(self, _request: Request) -> Response:

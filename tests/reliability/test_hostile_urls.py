@@ -7,6 +7,7 @@ but loopback fails the test, and ``connects`` lists every connection attempted.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 import threading
@@ -297,7 +298,7 @@ async def test_a_callers_file_object_that_blocks_ends_at_the_deadline(gauge: Cal
     reader = ours.makefile("rb", buffering=0)
     try:
         async with AsyncClient(offline_settings(timeout=30), site.transport()) as client:
-            with gauge() as used, pytest.raises(InvalidImageError, match=r"not read within 1\.0 s"):
+            with gauge() as used, pytest.raises(InvalidImageError, match=r"did not arrive within 1\.0 s"):
                 await client.search(reader, deadline=1.0)  # type: ignore[arg-type]  # a raw socket file
     finally:
         stop.set()
@@ -307,6 +308,61 @@ async def test_a_callers_file_object_that_blocks_ends_at_the_deadline(gauge: Cal
         ours.close()
     assert used.elapsed < 1.0 + 1
     assert site.requests == []
+
+
+def test_a_read_given_up_on_never_keeps_the_program_from_exiting() -> None:
+    """The reader left behind when a search gives up on a file object must not hold the interpreter at
+    exit (a worker thread of the event loop's pool did, for as long as the other end trickled)."""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    program = textwrap.dedent(
+        """
+        import asyncio, socket, threading, time
+        import anisearch
+        ours, theirs = socket.socketpair()
+        def trickle():
+            for _ in range(300):
+                theirs.send(b"\\xff")
+                time.sleep(0.05)
+        threading.Thread(target=trickle, daemon=True).start()
+        async def main():
+            settings = anisearch.Settings.load(
+                providers=["tracemoe"], cache="off", ledger="memory://",
+                provider_options={"tracemoe": {"url": "http://127.0.0.1:9"}},
+            )
+            async with anisearch.AsyncClient(settings) as client:
+                try:
+                    await client.search(ours.makefile("rb", buffering=0), deadline=0.5)
+                except anisearch.InvalidImageError as exc:
+                    print(exc)
+        asyncio.run(main())
+        """
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "did not arrive within 0.5 s" in done.stdout, done.stderr
+    assert time.monotonic() - started < 10  # the trickle lasts 15 s
+
+
+def test_memory_and_files_are_never_given_up_on_mid_decoding() -> None:
+    """Only a read that may block without a bound is timed: a BytesIO or a file opened "rb" holds a large
+    picture whose decoding may take longer than the timeout, and that is no reason to refuse it."""
+    import tempfile
+
+    from anisearch._client import _reads_blocking
+
+    with tempfile.TemporaryFile() as file, open(__file__, "rb") as opened:  # noqa: PTH123
+        assert not _reads_blocking(io.BytesIO(b"x"))
+        assert not _reads_blocking(opened)
+        assert not _reads_blocking(file.file if hasattr(file, "file") else file)
+    ours, theirs = socket.socketpair()
+    with ours, theirs, ours.makefile("rb", buffering=0) as raw:
+        assert _reads_blocking(raw)
 
 
 async def test_a_fifo_that_delivers_too_slowly_is_told_apart_from_one_without_a_writer(

@@ -98,3 +98,20 @@ def test_readyz_says_unready_when_the_ledger_is_gone(gateway: GatewayFactory) ->
     assert ready.status_code == 503
     assert ready.json()["status"] == "unready"
     assert ready.json()["ledger"] == "LedgerError"
+
+
+def test_providers_with_a_misspelt_setting_answer_a_json_error(
+    gateway: GatewayFactory, upstreams: Upstreams
+) -> None:
+    """A provider outside the order set up wrongly (``[whatanime-ga] ulr = ...``) is said, as the command
+    says it: a JSON error naming the setting, never a bare 500."""
+    options = {
+        "tracemoe": {"url": upstreams.tracemoe.url},
+        "whatanime-ga": {"ulr": "http://127.0.0.1:9"},
+    }
+    served = gateway(settings={"providers": ["tracemoe"], "provider_options": options})
+    answer = httpx.get(served.url + "/v1/providers", headers=BEARER)
+    assert answer.headers["content-type"].startswith("application/json")
+    error = answer.json()["error"]
+    assert error["type"] == "ConfigurationError"
+    assert "ulr" in error["message"]
