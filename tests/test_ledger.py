@@ -1094,3 +1094,17 @@ def test_a_window_declared_with_a_misspelt_value_is_refused(fields: dict[str, An
     """A ``calendar="week"`` was taken for a month, a ``kind="ratelimit"`` for a quota."""
     with pytest.raises(ConfigurationError, match=words):
         WindowSpec("w", **fields)
+
+
+async def test_a_count_from_a_clock_that_ran_ahead_does_not_hide_the_newer_ones(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """A machine 5 minutes ahead (or this one before its clock was stepped back) stored a count "from the
+    future": the counts that follow, which say the quota is spent, must still be taken (they were all
+    thrown away as older, and every search met trace.moe's 402)."""
+    clock.now = T0 + timedelta(minutes=5)  # the machine whose clock runs ahead
+    await search(ledger, observations=[quota(window="rolling-24h", limit=3, used=1, observed_at=clock.now)])
+    clock.now = T0 + timedelta(seconds=1)  # a correct clock, a moment later in truth
+    await search(ledger, observations=[quota(window="rolling-24h", limit=3, used=3, observed_at=clock.now)])
+    assert (await refused(ledger)).kind == "quota"
+    assert (await only(ledger, "rolling-24h")).remaining == 0

@@ -448,9 +448,12 @@ def free_slot(state: ScopeState, token: str) -> bool:
     return True
 
 
-def _reconcile(units: Units, ws: WindowState, fact: TruthFact, counted: bool) -> None:
-    if ws.truth_at is not None and fact.observed_at < ws.truth_at:
-        return  # an older count arriving late
+def _reconcile(units: Units, ws: WindowState, fact: TruthFact, counted: bool, now: int) -> None:
+    # An older count arriving late is ignored; a stored one "later" than now came from a clock that ran
+    # ahead (a machine sharing the ledger, or this one before its clock was stepped back): it orders
+    # nothing, and the newer count is taken (else every count is thrown away until that moment passes).
+    if ws.truth_at is not None and fact.observed_at < ws.truth_at <= now:
+        return
     units.purge(fact.window, fact.observed_at)
     settled = units.count_settled(fact.window)
     if fact.limit is not None:
@@ -509,7 +512,7 @@ def settle(state: ScopeState, units: Units, request: SettleRequest) -> bool:
     counted = {window.name for window in request.windows if _kept(request.outcome, window)}
     for fact in request.truths:
         ws = state.windows.setdefault(fact.window, WindowState())
-        _reconcile(units, ws, fact, fact.window in counted)
+        _reconcile(units, ws, fact, fact.window in counted, request.now)
     if request.concurrency is not None:
         state.concurrency = request.concurrency
     if request.priority is not None:

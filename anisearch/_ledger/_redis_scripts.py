@@ -303,7 +303,7 @@ for _ = 1, tonumber(ARGV[i]) do
   local since_leave = ARGV[i + 9]
   i = i + 9
   local w = load_window(name)
-  if not (w.truth_at and observed < w.truth_at) then
+  if not (w.truth_at and observed < w.truth_at and w.truth_at <= now) then
     purge_units(name, observed)
     local settled = redis.call('ZCARD', uk(name)) - redis.call('SCARD', pk(name))
     if limit then w.limit = limit; w.declared = limit end

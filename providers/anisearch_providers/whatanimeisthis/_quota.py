@@ -155,6 +155,7 @@ def _error_quota(
             limit=limit,
             remaining=0,
             window="day",
+            resets_at=until,  # the site's word on when its day ends, not ANISEARCH_TIMEZONE's midnight
             cooldown_until=until,
             source="upstream",
             observed_at=now,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
@@ -481,3 +481,17 @@ def test_no_bytes_make_a_parser_raise_anything_but_an_anisearch_error(
     assert isinstance(PROVIDER.observe(response), list)
     with contextlib.suppress(AnisearchError):
         parse(response)
+
+
+def test_a_spent_day_frees_when_the_site_says_not_at_the_ledgers_midnight() -> None:
+    """The site's day ends at its own midnight, which its 429 gives as Retry-After: that is the day's
+    reset the ledger is told (it used ANISEARCH_TIMEZONE's midnight, and skipped whatanimeisthis for hours
+    after the site had reset)."""
+    from anisearch_providers.whatanimeisthis._quota import observe
+
+    response = answer(
+        429, {"message": "Daily search limit reached"}, headers={"Retry-After": "30600"}, request=SEARCH
+    )
+    (day,) = [q for q in observe(response, "guest", now=NOW) if q.window == "day"]
+    assert day.remaining == 0
+    assert day.resets_at == NOW + timedelta(seconds=30600)
