@@ -139,3 +139,11 @@ def test_a_reset_starts_a_damaged_ledger_afresh(monkeypatch: pytest.MonkeyPatch,
     assert "hint:" not in broken.stderr  # the error names its own way out, and only that one
     assert run_in_process("quota", "--reset", "--yes").returncode == 0
     assert run_in_process("quota").returncode == 0
+
+
+def test_reset_without_a_terminal_to_ask_at_needs_yes(tmp_path: Path) -> None:
+    """``echo n | anisearch quota --reset`` forgot the ledger without asking: a script must say --yes."""
+    done = run_in_process("quota", "tracemoe", "--reset")
+    assert done.returncode == 2
+    assert "add --yes" in done.stderr
+    assert "forgot" not in done.stderr

@@ -7,6 +7,7 @@ traceback; exit codes are listed in :mod:`anisearch._cli._common`.
 # No `from __future__ import annotations`: typer reads every command's annotations when it builds the
 # command line (even for --help); evaluated once here they cost less than strings evaluated then.
 
+import contextlib
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
@@ -235,4 +236,16 @@ def __getattr__(name: str) -> Any:
 def main() -> None:
     """Entry point of the ``anisearch`` console script."""
     hide_unused_imports()
+    _never_unencodable()
     build_app(command_named(sys.argv[1:]))(prog_name="anisearch")
+
+
+def _never_unencodable() -> None:
+    """Text the terminal's encoding cannot show (a Japanese title, an en dash under ``LC_ALL=C``) is
+    written escaped (``\\u2013``), never a traceback in the middle of the output."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if reconfigure is not None and encoding != "utf8":
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                reconfigure(errors="backslashreplace")

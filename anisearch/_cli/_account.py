@@ -89,12 +89,14 @@ def quota(
                 except AnisearchError as exc:
                     fail(describe(exc), exit_code(exc), hint_for(exc))
             what = provider or "every provider"
+            if not yes and not sys.stdin.isatty():  # nobody to ask (a pipe, cron): never a silent reset
+                fail(
+                    f"--reset asks before the ledger forgets {what}, and there is no terminal to ask at",
+                    EXIT_USAGE,
+                    "add --yes to reset without asking",
+                )
             # asked on stderr: stdout carries only the answer (`quota --reset --json | jq .` at a terminal)
-            if (
-                sys.stdin.isatty()
-                and not yes
-                and not typer.confirm(f"Forget what {ledger} holds about {what}?", err=True)
-            ):
+            if not yes and not typer.confirm(f"Forget what {ledger} holds about {what}?", err=True):
                 err().print(f"anisearch: nothing forgotten ({ledger})", markup=False, highlight=False)
                 return  # declined: not an error
             client.reset_quota(provider)

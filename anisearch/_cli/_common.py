@@ -109,7 +109,17 @@ VerboseOption = Annotated[
 
 def examples(*lines: str) -> str:
     """An epilog of one-line examples for a command's ``--help``."""
-    return "Examples:\n\n" + "\n\n".join(f"  $ {line}" for line in lines)
+    # \b: click keeps the paragraph's lines as written (a wrapped comment would read as a second command);
+    # a comment too long for one 80-column line goes on its own line above the command
+    blocks = []
+    for line in lines:
+        command, mark, comment = line.partition("   # ")
+        long = mark and len(line) + 6 > _HELP_WIDTH
+        blocks.append(f"\b\n  # {comment}\n  $ {command}" if long else f"\b\n  $ {line}")
+    return "Examples:\n\n" + "\n\n".join(blocks)
+
+
+_HELP_WIDTH = 80
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -373,9 +383,9 @@ def waiting(message: str, func: Callable[[], T]) -> T:
 
 
 def print_json(payload: Any) -> None:
-    """Pretty JSON on stdout (ISO 8601 times, UTF-8; see :func:`json_line` for names that are not)."""
-    text = json.dumps(payload, ensure_ascii=False)
-    out().print_json(text, indent=2, ensure_ascii=not _utf8(text))
+    """Indented JSON on stdout, plain (no colours, whatever ``FORCE_COLOR`` says: it is for programs),
+    UTF-8 unless :func:`json_line` says otherwise."""
+    print_line(_json(payload, indent=2))
 
 
 _STOPPED_BY: list[int] = []
@@ -508,11 +518,22 @@ def print_line(text: str) -> None:
 
 def json_line(payload: Any) -> str:
     """``payload`` as one line of JSON: UTF-8 text, except where it holds a name that is not valid UTF-8
-    (a file name's raw bytes, which Python keeps as lone surrogates): the line is then written in ASCII
-    with ``\\u`` escapes, still valid JSON, from which ``json.loads`` and ``os.fsencode`` give the bytes
-    back."""
-    text = json.dumps(payload, ensure_ascii=False)
-    return text if _utf8(text) else json.dumps(payload)
+    (a file name's raw bytes, which Python keeps as lone surrogates) or stdout is not UTF-8: the line is
+    then written in ASCII with ``\\u`` escapes, still valid JSON, from which ``json.loads`` and
+    ``os.fsencode`` give the bytes back."""
+    return _json(payload)
+
+
+def _json(payload: Any, indent: int | None = None) -> str:
+    text = json.dumps(payload, ensure_ascii=False, indent=indent)
+    return text if _utf8(text) and _stdout_utf8() else json.dumps(payload, indent=indent)
+
+
+def _stdout_utf8() -> bool:
+    """Whether stdout's encoding is UTF-8: else JSON is written in ASCII (``\\u`` escapes), which every
+    reader takes and no terminal garbles (``LC_ALL=C``)."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "utf-8").lower().replace("-", "").replace("_", "")
+    return encoding == "utf8"
 
 
 def shown(name: str) -> str:

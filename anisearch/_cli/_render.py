@@ -68,6 +68,25 @@ def no_match_text(result: SearchResult, threshold: float) -> str:
     return f"no confident match (best {percent(best.similarity)}: {where} from {best.provider}; {needs})"
 
 
+def hit_rows(
+    result: SearchResult, *, threshold: float, limit: int, show_all: bool
+) -> tuple[list[dict[str, str]], list[str]]:
+    """The hits :func:`hits_table` shows, as rows of text (for one block per hit on a narrow terminal),
+    and each row's style."""
+    shown = [h for h in result.hits if show_all or h.similarity >= threshold][:limit]
+    rows = [
+        {
+            "title": title_of(hit),
+            "similar": percent(hit.similarity),
+            "ep": episode_of(hit),
+            "scene": span_of(hit),
+            "provider": hit.provider,
+        }
+        for hit in shown
+    ]
+    return rows, ["" if hit.similarity >= threshold else "dim" for hit in shown]
+
+
 def hits_table(result: SearchResult, *, threshold: float, limit: int, show_all: bool) -> tuple[Table, int]:
     """The best ``limit`` hits; weaker than ``threshold`` only with ``show_all`` (dimmed). And how many
     were left out."""
@@ -85,7 +104,7 @@ def hits_table(result: SearchResult, *, threshold: float, limit: int, show_all: 
         pad_edge=False,
     )
     table.add_column("similar", justify="right", no_wrap=True)
-    table.add_column("title", overflow="fold", ratio=1)
+    table.add_column("title", overflow="fold", ratio=1, min_width=12)  # folded, never squeezed out
     table.add_column("ep", no_wrap=True)
     table.add_column("scene", no_wrap=True)
     table.add_column("provider", no_wrap=True)

@@ -38,13 +38,14 @@ from anisearch._cli._common import (
     out,
     print_json,
     print_line,
+    records,
     say_error,
     shown,
     terminate_as_interrupt,
     whole_lines,
     with_host_port,
 )
-from anisearch._cli._render import dump, headline, hits_table, no_match_text
+from anisearch._cli._render import dump, headline, hit_rows, hits_table, no_match_text
 from anisearch._exceptions import AnisearchError, InvalidImageError
 
 if TYPE_CHECKING:
@@ -277,10 +278,19 @@ async def _search_all(
     return fatal[0] if fatal else None
 
 
+_NARROW = 60
+"""Terminals narrower than this many columns get one block per hit: the table would squeeze out titles."""
+
+
 def _print_result(result: "SearchResult", *, limit: int, show_all: bool, threshold: float) -> None:
     """The table of one search (stdout) and its notes (stderr)."""
     matched = result.match_at(threshold) is not None
-    if matched or (show_all and result.hits):
+    listing = matched or (show_all and result.hits)
+    if listing and out().width < _NARROW:
+        rows, styles = hit_rows(result, threshold=threshold, limit=limit, show_all=show_all)
+        match = result.match_at(threshold)
+        records(rows, title=headline(match) if match else "", empty="", key="title", styles=styles)
+    elif listing:
         table, _ = hits_table(result, threshold=threshold, limit=limit, show_all=show_all)
         out().print(table)
         listed = sum(1 for hit in result.hits if show_all or hit.similarity >= threshold)
@@ -369,6 +379,7 @@ def _batch_line(
         line = Text(f"{label}: ") + Text(text, style="" if match else "dim")
     else:
         message = with_host_port(shown(describe(outcome.error)), urls) if outcome.error else "failed"
+        message = message.removeprefix(f"{label}: ")  # the line names the input already
         line = Text(f"{label}: error: {message}", style="red")
     with whole_lines():
         (above or out()).print(line, soft_wrap=True)
@@ -446,11 +457,18 @@ def _check_arguments(inputs: Sequence[str], *, raw: bool, as_json: bool) -> None
 
 
 def _report_missing(missing: Sequence[str], *, as_json: bool) -> None:
-    """Each name that does not exist, on stderr; with --json also one line on stdout, as for any input."""
+    """Each name that does not exist, on stderr; and one line on stdout, as for any input that failed (a
+    script reading the results sees every input)."""
+    from rich.text import Text
+
     for name in missing:
-        say_error(f"{_missing_reason(name)}: {shown(name)}")
+        reason = _missing_reason(name)
+        say_error(f"{reason}: {shown(name)}")
         if as_json:
             print_line(json_line(_missing_line(name)))
+        else:
+            with whole_lines():
+                out().print(Text(f"{shown(name)}: error: {reason}", style="red"), soft_wrap=True)
 
 
 def _stop_early(
@@ -657,6 +675,15 @@ def search(
     raise typer.Exit(max(codes, default=EXIT_OK))
 
 
+def _same_terminal() -> bool:
+    """Whether stdout and stderr are one terminal, really (rich's ``is_terminal`` also says so under
+    ``FORCE_COLOR``, when the results go to a file)."""
+    try:
+        return os.isatty(1) and os.isatty(2) and os.path.samestat(os.fstat(1), os.fstat(2))
+    except OSError:
+        return False
+
+
 def _runner(
     items: list[Input],
     settings: "Settings",
@@ -714,7 +741,7 @@ def _runner(
         with Progress(*columns, console=err(), transient=True) as progress:
             task = progress.add_task("searching", total=len(items))
             # results on the same terminal as the bar go above it (rich writes past its own live display)
-            above = progress.console if out().is_terminal else None
+            above = progress.console if _same_terminal() else None
 
             def advance(outcome: Outcome) -> None:
                 printed(outcome, above)

@@ -24,15 +24,30 @@ SERVER_HINT = "pip install 'anisearch-gateway[server]'"
 def serve(
     host: Annotated[
         str | None,
-        typer.Option("--host", help="Address to listen on [default: 127.0.0.1, or [server] host]."),
+        typer.Option(
+            "--host", metavar="HOST", help="Address to listen on [default: 127.0.0.1, or [server] host]."
+        ),
     ] = None,
     port: Annotated[
-        int | None, typer.Option("--port", "-p", help="TCP port [default: 8080, or [server] port].", min=0)
+        int | None,
+        typer.Option(
+            "--port",
+            "-p",
+            metavar="N",
+            help="TCP port [default: 8080, or [server] port].",
+            min=1,
+            max=65535,
+        ),
     ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
-            "--workers", "-w", help="Worker processes (share a sqlite:// or redis:// ledger).", min=1
+            "--workers",
+            "-w",
+            metavar="N",
+            help="Worker processes (share a sqlite:// or redis:// ledger).",
+            min=1,
+            max=64,
         ),
     ] = None,
     open_gateway: Annotated[
