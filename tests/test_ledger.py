@@ -1108,3 +1108,18 @@ async def test_a_count_from_a_clock_that_ran_ahead_does_not_hide_the_newer_ones(
     await search(ledger, observations=[quota(window="rolling-24h", limit=3, used=3, observed_at=clock.now)])
     assert (await refused(ledger)).kind == "quota"
     assert (await only(ledger, "rolling-24h")).remaining == 0
+
+
+async def test_a_window_spent_on_an_old_count_is_asked_about_before_a_refusal(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """A paid tier raises the limit: spent on a count the upstream gave over ten minutes ago, the window
+    is stale (asked about for free) rather than refused for up to a day; on a fresh count it refuses."""
+    told = [quota(window="rolling-24h", limit=3, used=3, observed_at=T0)]
+    await search(ledger, observations=told)
+    assert isinstance(await refused(ledger), Refusal)  # a count of a moment ago: spent
+    clock.advance(minutes=11)
+    stale = await ledger.reserve("tracemoe", GUEST, TRACEMOE)
+    assert isinstance(stale, Stale)
+    assert stale.window == "rolling-24h"
+    assert isinstance(await refused(ledger, trust_estimate=True), Refusal)  # asking failed: refused

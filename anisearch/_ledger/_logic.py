@@ -382,6 +382,16 @@ def _purge(units: Units, window: str, ws: WindowState, now: int) -> None:
     ws.freed += gone
 
 
+RECOUNT_US = 600 * _SECOND
+"""A reported window found spent on a count the upstream gave longer ago than this (microseconds) is asked
+about again before a search is refused for it: a paid tier raises the limit, and the ledger would refuse
+for up to a day."""
+
+
+def _told_long_ago(ws: WindowState, now: int) -> bool:
+    return ws.truth_at is not None and now - ws.truth_at > RECOUNT_US
+
+
 def _windows_refusal(state: ScopeState, units: Units, request: ReserveRequest) -> Refusal | Stale | None:
     now = request.now
     blockers: list[Refusal] = []
@@ -398,6 +408,9 @@ def _windows_refusal(state: ScopeState, units: Units, request: ReserveRequest) -
             continue
         used = units.count(window.name) + ws.unknown
         if used + 1 > limit:
+            if window.reported and not request.trust_estimate and _told_long_ago(ws, now):
+                stale = window.name  # spent by a count older than RECOUNT: the limit may have been raised
+                continue
             until = _kth(units, window.name, ws, used - limit + 1)
             counted = ws.limit is not None and ws.declared is None  # a limit derived from what is left
             reason = (

@@ -16,9 +16,15 @@ that queued search, or '' to ask again), and ``scopes`` (set of every ``<ps>``).
 
 from __future__ import annotations
 
+from anisearch._ledger._logic import RECOUNT_US
+
 __all__ = ["FREE", "INSPECT", "RENEW", "RESERVE", "SETTLE", "WITHDRAW"]
 
-_COMMON = r"""
+_COMMON = (
+    r"""
+local RECOUNT_US = """
+    + str(RECOUNT_US)
+    + r"""
 local P = KEYS[1]
 local PS = ARGV[1]
 local SK, WK, HK = P .. 's:' .. PS, P .. 'w:' .. PS, P .. 'h:' .. PS
@@ -133,7 +139,10 @@ local function reserve_now(now, token, holder, lease_until, slots, take_slot, tr
       local limit = w.limit or win.limit
       if limit then
         local used = redis.call('ZCARD', uk(win.name)) + w.unknown
-        if used + 1 > limit then
+        local recount = win.reported and not trust and w.truth_at and now - w.truth_at > RECOUNT_US
+        if used + 1 > limit and recount then
+          stale = win.name  -- _logic: spent by a count older than RECOUNT_US; the limit may have been raised
+        elseif used + 1 > limit then
           local untill = kth(win.name, w, used - limit + 1)
           if not best or untill > best[3] then
             local reason = used .. ' of ' .. limit .. ' used'
@@ -218,6 +227,7 @@ local function grant_or_wake(now)
   if not grant_first(now) then wake_one() end
 end
 """
+)
 
 RESERVE = (
     _COMMON
