@@ -461,15 +461,30 @@ class ResultCache:
 
     async def _store(self, answer: tuple[str, str, str] | None, sources: Sequence[tuple[str, str]]) -> None:
         now = datetime.now(UTC).timestamp()
-        prune = self._stores % _PRUNE_EVERY == 0  # decided once per store, whichever way it is written
+        due = self._stores % _PRUNE_EVERY == 0  # decided once per store, whichever way it is written
         self._stores += 1
-        if prune:  # deleting expired answers is a worker thread's job: never a stall of the event loop
+        if due and self._anything_expired(now):  # deleting is a worker thread's job, never the loop's
             await _in_thread(partial(self._put, answer, now, sources, prune=True))
             return
         try:  # on the event loop when nothing holds the cache (WAL, no sync on commit), else in a thread
             self._put(answer, now, sources, block=False)
         except WouldBlock:
             await _in_thread(self._put, answer, now, sources)
+
+    def _anything_expired(self, now: float) -> bool:
+        """Whether an answer or an alias is past its TTL (two index lookups); True when the cache is busy,
+        so that the thread that stores deletes them too."""
+
+        def query(db: sqlite3.Connection) -> bool:
+            return any(
+                db.execute(f"SELECT 1 FROM {table} WHERE expires_at <= ? LIMIT 1", (now,)).fetchone()  # noqa: S608
+                for table in ("results", "sources")
+            )
+
+        try:
+            return bool(self._run(query, block=False))
+        except WouldBlock:
+            return True
 
     async def alias(self, sources: Sequence[tuple[str, str]]) -> None:
         """Remember ``(source alias, result key)`` pairs (see :meth:`put`) without storing an answer: for an
