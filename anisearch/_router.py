@@ -129,6 +129,11 @@ attempts. For :data:`_UNREACHED_SECONDS` after that, a search tries it once, wit
 bot does not pay every input's backoff (and, at concurrency 1, every input's wait behind it) for a server
 that is down, and the first answer ends the mark."""
 _UNREACHED_SECONDS = 30.0
+_QUOTA_CHECK_FAILED: dict[tuple[str, str, str], float] = {}
+"""Per provider, address and scope: when (``time.monotonic()``) asking its free quota endpoint last failed.
+For :data:`_QUOTA_CHECK_PAUSE_SECONDS` after that, a search the ledger would have it ask first is decided
+on the ledger's own count: a failing ``/me`` is not asked before every search."""
+_QUOTA_CHECK_PAUSE_SECONDS = 60.0
 _HOLD_MARGIN_SECONDS = 0.2
 """Beyond that, before a slot left by a search given up in flight goes to the next search."""
 _DEAD_SINCE: dict[str, float] = {}
@@ -704,7 +709,7 @@ class Router:
             if isinstance(result, Ticket):
                 return result
             if isinstance(result, Stale):
-                trust = asked or not await self._refresh_quota(route)
+                trust = asked or not await self._checked_quota(route)
                 asked = True
                 continue
             left = give_up_at - anyio.current_time()
@@ -729,6 +734,19 @@ class Router:
                     await anyio.sleep(wait)
                 continue
             return result
+
+    async def _checked_quota(self, route: Route) -> bool:
+        """:meth:`_refresh_quota`, unless asking failed in the last :data:`_QUOTA_CHECK_PAUSE_SECONDS`
+        (then False at once: the search is decided on the ledger's own count)."""
+        key = (*_upstream(route.provider), route.scope)
+        failed_at = _QUOTA_CHECK_FAILED.get(key)
+        if failed_at is not None and time.monotonic() - failed_at < _QUOTA_CHECK_PAUSE_SECONDS:
+            return False
+        if await self._refresh_quota(route):
+            _QUOTA_CHECK_FAILED.pop(key, None)
+            return True
+        _QUOTA_CHECK_FAILED[key] = time.monotonic()
+        return False
 
     async def _refresh_quota(self, route: Route) -> bool:
         """Ask the provider's free quota endpoint and record the answer; False when it has none or failed."""

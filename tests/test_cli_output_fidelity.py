@@ -85,3 +85,4 @@ def test_a_narrow_terminal_gets_a_block_per_hit_with_its_title(url: str) -> None
     lines = done.stdout.splitlines()
     assert lines[1] == "Kokoro Connect"  # the title heads the first hit's block: never squeezed out
     assert "  scene     19:29\u201319:34" in lines
+    assert "more hit(s) not shown (--limit N shows them)" in done.stderr  # the notes, as in the table

@@ -1123,3 +1123,16 @@ async def test_a_window_spent_on_an_old_count_is_asked_about_before_a_refusal(
     assert isinstance(stale, Stale)
     assert stale.window == "rolling-24h"
     assert isinstance(await refused(ledger, trust_estimate=True), Refusal)  # asking failed: refused
+
+
+async def test_an_older_count_from_a_clock_a_little_behind_is_still_older(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """Clocks of machines sharing a ledger differ by seconds: a count taken earlier, written later by a
+    machine 2 s behind, must not replace the newer one (only a clock far ahead is disregarded)."""
+    clock.now = T0 + timedelta(seconds=2)  # machine A
+    await search(ledger, observations=[quota(window="rolling-24h", limit=3, used=3, observed_at=clock.now)])
+    clock.now = T0  # machine B, 2 s behind, writing a count it took a second before A's
+    older = [quota(window="rolling-24h", limit=3, used=1, observed_at=T0 - timedelta(seconds=1))]
+    await ledger.observe("tracemoe", GUEST, TRACEMOE, older)
+    assert (await only(ledger, "rolling-24h")).remaining == 0

@@ -742,7 +742,8 @@ def records(
             )
         out().print(table)
         return
-    out().print(Text(title, style="bold"))
+    if title:
+        out().print(Text(title, style="bold"))
     head = key or columns[0]
     for index, row in enumerate(rows):
         style = styles[index] if index < len(styles) else ""

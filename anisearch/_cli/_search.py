@@ -282,25 +282,30 @@ _NARROW = 60
 """Terminals narrower than this many columns get one block per hit: the table would squeeze out titles."""
 
 
-def _print_result(result: "SearchResult", *, limit: int, show_all: bool, threshold: float) -> None:
-    """The table of one search (stdout) and its notes (stderr)."""
-    matched = result.match_at(threshold) is not None
-    listing = matched or (show_all and result.hits)
-    if listing and out().width < _NARROW:
+def _print_hits(result: "SearchResult", *, limit: int, show_all: bool, threshold: float) -> None:
+    """The hits shown (a table; one block per hit on a narrow terminal) and what was left out (stderr)."""
+    if out().width < _NARROW:
         rows, styles = hit_rows(result, threshold=threshold, limit=limit, show_all=show_all)
         match = result.match_at(threshold)
         records(rows, title=headline(match) if match else "", empty="", key="title", styles=styles)
-    elif listing:
+    else:
         table, _ = hits_table(result, threshold=threshold, limit=limit, show_all=show_all)
         out().print(table)
-        listed = sum(1 for hit in result.hits if show_all or hit.similarity >= threshold)
-        # Each note names what left its hits out: the limit, or the similarity threshold.
-        for count, what in (
-            (listed - limit, "more hit(s) not shown (--limit N shows them)"),
-            (len(result.hits) - listed, "weaker hit(s) hidden (--all shows them)"),
-        ):
-            if count > 0:
-                err().print(f"{count} {what}", style="dim", highlight=False)
+    listed = sum(1 for hit in result.hits if show_all or hit.similarity >= threshold)
+    # Each note names what left its hits out: the limit, or the similarity threshold.
+    for count, what in (
+        (listed - limit, "more hit(s) not shown (--limit N shows them)"),
+        (len(result.hits) - listed, "weaker hit(s) hidden (--all shows them)"),
+    ):
+        if count > 0:
+            err().print(f"{count} {what}", style="dim", highlight=False)
+
+
+def _print_result(result: "SearchResult", *, limit: int, show_all: bool, threshold: float) -> None:
+    """The table of one search (stdout) and its notes (stderr)."""
+    matched = result.match_at(threshold) is not None
+    if matched or (show_all and result.hits):
+        _print_hits(result, limit=limit, show_all=show_all, threshold=threshold)
     if not matched:
         out().print(no_match_text(result, threshold), markup=False, highlight=False)
         if result.hits and not show_all:

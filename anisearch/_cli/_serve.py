@@ -35,7 +35,7 @@ def serve(
             "-p",
             metavar="N",
             help="TCP port [default: 8080, or [server] port].",
-            min=1,
+            min=0,
             max=65535,
         ),
     ] = None,

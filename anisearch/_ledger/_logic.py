@@ -382,6 +382,9 @@ def _purge(units: Units, window: str, ws: WindowState, now: int) -> None:
     ws.freed += gone
 
 
+CLOCK_SKEW_US = 60 * _SECOND
+"""How far apart the clocks of processes sharing a ledger may be (microseconds) for their counts to be
+ordered by time; a count stored further "ahead" than that came from a clock that was wrong."""
 RECOUNT_US = 600 * _SECOND
 """A reported window found spent on a count the upstream gave longer ago than this (microseconds) is asked
 about again before a search is refused for it: a paid tier raises the limit, and the ledger would refuse
@@ -462,10 +465,11 @@ def free_slot(state: ScopeState, token: str) -> bool:
 
 
 def _reconcile(units: Units, ws: WindowState, fact: TruthFact, counted: bool, now: int) -> None:
-    # An older count arriving late is ignored; a stored one "later" than now came from a clock that ran
-    # ahead (a machine sharing the ledger, or this one before its clock was stepped back): it orders
-    # nothing, and the newer count is taken (else every count is thrown away until that moment passes).
-    if ws.truth_at is not None and fact.observed_at < ws.truth_at <= now:
+    # An older count arriving late is ignored; a stored one more than CLOCK_SKEW_US "later" than now came
+    # from a clock that ran ahead (a machine sharing the ledger, or this one before its clock was stepped
+    # back): it orders nothing, and the newer count is taken (else every count is thrown away until that
+    # moment passes). Within that, clocks of machines sharing a ledger may differ: the order stands.
+    if ws.truth_at is not None and fact.observed_at < ws.truth_at <= now + CLOCK_SKEW_US:
         return
     units.purge(fact.window, fact.observed_at)
     settled = units.count_settled(fact.window)

@@ -16,15 +16,15 @@ that queued search, or '' to ask again), and ``scopes`` (set of every ``<ps>``).
 
 from __future__ import annotations
 
-from anisearch._ledger._logic import RECOUNT_US
+from anisearch._ledger._logic import CLOCK_SKEW_US, RECOUNT_US
 
 __all__ = ["FREE", "INSPECT", "RENEW", "RESERVE", "SETTLE", "WITHDRAW"]
 
 _COMMON = (
     r"""
-local RECOUNT_US = """
-    + str(RECOUNT_US)
-    + r"""
+local RECOUNT_US, CLOCK_SKEW_US = """
+    f"{RECOUNT_US}, {CLOCK_SKEW_US}"
+    r"""
 local P = KEYS[1]
 local PS = ARGV[1]
 local SK, WK, HK = P .. 's:' .. PS, P .. 'w:' .. PS, P .. 'h:' .. PS
@@ -313,7 +313,7 @@ for _ = 1, tonumber(ARGV[i]) do
   local since_leave = ARGV[i + 9]
   i = i + 9
   local w = load_window(name)
-  if not (w.truth_at and observed < w.truth_at and w.truth_at <= now) then
+  if not (w.truth_at and observed < w.truth_at and w.truth_at <= now + CLOCK_SKEW_US) then
     purge_units(name, observed)
     local settled = redis.call('ZCARD', uk(name)) - redis.call('SCARD', pk(name))
     if limit then w.limit = limit; w.declared = limit end

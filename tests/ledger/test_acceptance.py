@@ -176,6 +176,39 @@ def test_a_rolling_window_frees_a_day_after_each_search_without_a_refresh(
     assert [row.code for row in trace.app.state.emulator.log] == [200, 200, 200, 200]
 
 
+def test_a_failing_quota_check_is_not_asked_before_every_search_of_a_spent_window(
+    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+) -> None:
+    """Quota 2, spent; a quarter of an hour later the count is old: the free /me is asked before the
+    provider is skipped, but while /me fails, not before every search (it was, ten times for ten)."""
+    clock = MovingClock()
+    trace = tracemoe_app(quota=2, clock=clock.epoch)
+    failing = {"on": False, "asked": 0}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/me":
+            failing["asked"] += 1
+            if failing["on"]:
+                headers = [(b"content-type", b"application/json")]
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+                await send({"type": "http.response.body", "body": b'{"error":"down"}'})
+                return
+        await trace(scope, receive, send)
+
+    server = live_server(app)
+    images = variants(samples, 14)
+    with Client(settings(server.url, f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), clock=clock) as client:
+        for index in range(2):
+            client.search(images[index], cache=False)
+        failing["on"] = True
+        clock.now += timedelta(minutes=15)
+        for index in range(10):
+            with pytest.raises(AllProvidersFailedError):
+                client.search(images[2 + index], cache=False)
+    assert failing["asked"] == 1  # once, then a minute's pause: the ledger's own count decides
+    assert trace.state.emulator.search_requests == 2  # and no search was wasted
+
+
 def test_a_queue_full_storm_is_one_backoff_for_every_search(
     live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
 ) -> None:
