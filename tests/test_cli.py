@@ -919,3 +919,26 @@ def test_results_on_the_terminal_of_the_progress_bar_are_printed_above_it(
     results = [line for line in re.split(r"[\r\n]", text) if "frame0" in line]
     assert len(results) == 4, text
     assert all(line.startswith(str(tmp_path / "shots")) for line in results), results
+
+
+def test_shell_completion_is_offered_and_completes_commands() -> None:
+    import os
+    import sys
+
+    shown = cli("--show-completion", "bash")
+    assert shown.returncode == 0, shown.stderr
+    assert "_anisearch_completion" in shown.stdout
+    environment = os.environ | {
+        "COMP_WORDS": "anisearch qu",
+        "COMP_CWORD": "1",
+        "_ANISEARCH_COMPLETE": "complete_bash",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "anisearch"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout.split() == ["quota"]

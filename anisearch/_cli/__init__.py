@@ -204,7 +204,7 @@ def build_app(command: str | None = None) -> typer.Typer:
             "anisearch emulate tracemoe --port 8000",
         ),
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,
         pretty_exceptions_enable=False,
         rich_markup_mode=None,  # plain help: readable at 80 columns and when piped
         context_settings={"help_option_names": ["-h", "--help"]},
