@@ -177,6 +177,7 @@ class AsyncClient(AccountFeatures):
         self._drained: anyio.Event | None = None  # set for aclose() each time some work has ended
         self._enricher: Enricher | None = None
         self._settle_first: set[str] = set()  # providers whose slot is handed over at settle (the router)
+        self._quota_check_failed: dict[tuple[str, str, str], float] = {}  # (the router's, too)
         self.api_keys = AsyncApiKeys(self._account_provider, self._call)
 
     def __del__(self) -> None:
@@ -561,6 +562,7 @@ class AsyncClient(AccountFeatures):
                 if store is not None
                 else None,
                 settle_first=self._settle_first,
+                quota_check_failed=self._quota_check_failed,
             )
             # a provider whose answer is cached is not asked again when another must be (the answer
             # was not confident and the next provider failed last time, or was added since)

@@ -52,13 +52,14 @@ from anisearch._exceptions import (
     LedgerError,
     ProviderBusyError,
     ProviderError,
+    ProviderTimeoutError,
     QuotaExhaustedError,
     UpstreamResponseError,
 )
 from anisearch._ledger import Refusal, Stale, Ticket, holder_is_dead
 from anisearch._ledger._base import Nap
 from anisearch._ledger._windows import from_us
-from anisearch._limits import remaining_seconds
+from anisearch._limits import remaining_seconds, search_deadline
 from anisearch._merge import merge_answers, merge_hits
 from anisearch._models import Attempt, QuotaScope, SearchResult
 from anisearch._plan import Route
@@ -129,11 +130,10 @@ attempts. For :data:`_UNREACHED_SECONDS` after that, a search tries it once, wit
 bot does not pay every input's backoff (and, at concurrency 1, every input's wait behind it) for a server
 that is down, and the first answer ends the mark."""
 _UNREACHED_SECONDS = 30.0
-_QUOTA_CHECK_FAILED: dict[tuple[str, str, str], float] = {}
-"""Per provider, address and scope: when (``time.monotonic()``) asking its free quota endpoint last failed.
-For :data:`_QUOTA_CHECK_PAUSE_SECONDS` after that, a search the ledger would have it ask first is decided
-on the ledger's own count: a failing ``/me`` is not asked before every search."""
 _QUOTA_CHECK_PAUSE_SECONDS = 60.0
+"""After asking a provider's free quota endpoint failed (an error answer, or no answer within the whole
+timeout: not a search's own deadline running out), how long a router decides on the ledger's own count
+instead of asking before every search, seconds."""
 _HOLD_MARGIN_SECONDS = 0.2
 """Beyond that, before a slot left by a search given up in flight goes to the next search."""
 _DEAD_SINCE: dict[str, float] = {}
@@ -251,6 +251,9 @@ class Router:
         remember: Stores a successful result under a route's cache key.
         settle_first: The providers whose slot is freed at settle only (see :meth:`_hand_over`), shared by
             the routers of one client; a router of its own when None.
+        quota_check_failed: When each provider's free quota endpoint last failed (see
+            :data:`_QUOTA_CHECK_PAUSE_SECONDS`), shared by the routers of one client; a router of its own
+            when None.
     """
 
     def __init__(
@@ -264,6 +267,7 @@ class Router:
         on_wait: WaitCallback | None = None,
         remember: Callable[[str, SearchResult], Awaitable[None]] | None = None,
         settle_first: set[str] | None = None,
+        quota_check_failed: dict[tuple[str, str, str], float] | None = None,
     ) -> None:
         self._ledger = ledger
         self._send = send
@@ -273,6 +277,9 @@ class Router:
         self._on_wait = on_wait
         self._contended: set[str] = set()
         """Tokens of this router's reservations that had to wait for their slot."""
+        self._quota_check_failed = quota_check_failed if quota_check_failed is not None else {}
+        """Per provider, address and scope: when (``time.monotonic()``) its free quota endpoint last failed
+        (see :data:`_QUOTA_CHECK_PAUSE_SECONDS`)."""
         self._batons: dict[str, _Baton] = {}
         """Per token of a reservation that took a slot handed over: its baton, until it is asked."""
         self._given: dict[str, _Baton] = {}
@@ -739,21 +746,24 @@ class Router:
         """:meth:`_refresh_quota`, unless asking failed in the last :data:`_QUOTA_CHECK_PAUSE_SECONDS`
         (then False at once: the search is decided on the ledger's own count)."""
         key = (*_upstream(route.provider), route.scope)
-        failed_at = _QUOTA_CHECK_FAILED.get(key)
-        if failed_at is not None and time.monotonic() - failed_at < _QUOTA_CHECK_PAUSE_SECONDS:
+        failed_at = self._quota_check_failed.get(key)
+        if failed_at is not None and 0 <= time.monotonic() - failed_at < _QUOTA_CHECK_PAUSE_SECONDS:
             return False
-        if await self._refresh_quota(route):
-            _QUOTA_CHECK_FAILED.pop(key, None)
-            return True
-        _QUOTA_CHECK_FAILED[key] = time.monotonic()
-        return False
+        answered = await self._refresh_quota(route)
+        if answered is True:
+            self._quota_check_failed.pop(key, None)
+        elif answered is False:  # the endpoint failed: not the search's deadline running out
+            self._quota_check_failed[key] = time.monotonic()
+        return answered is True
 
-    async def _refresh_quota(self, route: Route) -> bool:
-        """Ask the provider's free quota endpoint and record the answer; False when it has none or failed."""
+    async def _refresh_quota(self, route: Route) -> bool | None:
+        """Ask the provider's free quota endpoint and record the answer: True when it answered; False when
+        it failed (an error answer, no answer within the timeout); None when it has no such endpoint or the
+        search's own deadline ran out first."""
         provider = route.provider
         request = provider.quota_request()
         if request is None:
-            return False
+            return None
         try:
             sent_at = self._ledger.now()
             response = await self._send(provider, request)
@@ -765,7 +775,8 @@ class Router:
             )
         except ProviderError as exc:
             logger.info("%s quota check failed: %s", provider.name, exc)
-            return False
+            deadline_cut = isinstance(exc, ProviderTimeoutError) and search_deadline.get() is not None
+            return None if deadline_cut else False
         return True
 
     async def _attempt(self, route: Route) -> _Outcome:

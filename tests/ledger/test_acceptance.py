@@ -209,6 +209,45 @@ def test_a_failing_quota_check_is_not_asked_before_every_search_of_a_spent_windo
     assert trace.state.emulator.search_requests == 2  # and no search was wasted
 
 
+def test_a_quota_check_cut_short_by_a_searchs_deadline_pauses_nothing(
+    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+) -> None:
+    """A search whose own deadline ends before /me answers says nothing of /me: the next search, with time
+    to spare, asks it and learns the raised limit (it was refused for a minute on the ledger's count)."""
+    import asyncio
+    import dataclasses
+    import gc
+
+    clock = MovingClock()
+    trace = tracemoe_app(quota=2, clock=clock.epoch)
+    slow = {"on": False, "asked": 0}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/me":
+            slow["asked"] += 1
+            if slow["on"]:
+                await asyncio.sleep(1.0)
+        await trace(scope, receive, send)
+
+    server = live_server(app)
+    images = variants(samples, 4)
+    with Client(settings(server.url, f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), clock=clock) as client:
+        for index in range(2):
+            client.search(images[index], cache=False)
+        clock.now += timedelta(minutes=15)  # the count is old: a spent window asks /me first
+        (emulator,) = [
+            o for o in gc.get_objects() if type(o).__name__ == "_Emulator" and o.state is trace.state.emulator
+        ]
+        emulator.config = dataclasses.replace(emulator.config, quota=10)  # a paid tier
+        slow["on"] = True
+        with pytest.raises(AllProvidersFailedError):
+            client.search(images[2], cache=False, deadline=0.5)  # /me cannot answer within 0.5 s
+        slow["on"] = False
+        asked = slow["asked"]
+        assert client.search(images[3], cache=False).provider == "tracemoe"
+    assert slow["asked"] == asked + 1
+
+
 def test_a_queue_full_storm_is_one_backoff_for_every_search(
     live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
 ) -> None:
