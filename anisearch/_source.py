@@ -104,19 +104,20 @@ _OTHER_SCHEME = re.compile(r"(?i)(data|[a-z][a-z0-9+.-]+(?=:/)):")
 """A URL of a scheme searches do not fetch (``file://``, ``ftp://``, ``data:``), as ``Path()`` leaves it."""
 
 
-def _missing_hint(text: str) -> str:
-    """Why a path that names no file may have been meant as something else, or ``""``."""
+def missing_hint(text: str) -> str:
+    """Why a path that names no file may have been meant as something else (a URL of a scheme that is not
+    fetched, a URL with spaces around it), or ``""``."""
     if _is_url(text):
-        return " (URLs are fetched by search(), not read as paths)"
+        return "URLs are fetched by search(), not read as paths"
     if text != text.strip() and _is_url(text.strip()):
-        return " (a URL with spaces around it: remove them)"
+        return "a URL with spaces around it: remove them"
     scheme = _OTHER_SCHEME.match(text)
     if scheme and scheme.group(1).lower() == "file":
         from urllib.parse import unquote, urlsplit
 
-        return f" (a file: URL: give its path, {printable(unquote(urlsplit(text).path))})"
+        return f"a file: URL: give its path, {printable(unquote(urlsplit(text).path))}"
     if scheme:
-        return f" (a {scheme.group(1).lower()}: URL; only http(s) URLs are fetched, other inputs are paths)"
+        return f"a {scheme.group(1).lower()}: URL; only http(s) URLs are fetched, other inputs are paths"
     return ""
 
 
@@ -218,7 +219,8 @@ def _read_path(path: Path, limit: int, where: str, wait_seconds: float | None) -
     except InvalidImageError:
         raise
     except FileNotFoundError:
-        raise InvalidImageError(f"{where}no such file{_missing_hint(str(path))}") from None
+        hint = missing_hint(str(path))
+        raise InvalidImageError(f"{where}no such file" + (f" ({hint})" if hint else "")) from None
     except OSError as exc:
         raise InvalidImageError(
             f"{where}cannot read the file ({exc.strerror or type(exc).__name__})"

@@ -942,3 +942,9 @@ def test_shell_completion_is_offered_and_completes_commands() -> None:
         check=False,
     )
     assert done.stdout.split() == ["quota"]
+
+
+def test_a_url_of_another_scheme_given_as_a_path_says_what_to_give() -> None:
+    done = cli("search", "file:///srv/shots/my%20shot.png")
+    assert done.returncode == 3
+    assert "hint: a file: URL: give its path, /srv/shots/my shot.png" in done.stderr

@@ -466,9 +466,11 @@ def _report_missing(missing: Sequence[str], *, as_json: bool) -> None:
     script reading the results sees every input)."""
     from rich.text import Text
 
+    from anisearch._source import missing_hint
+
     for name in missing:
         reason = _missing_reason(name)
-        say_error(f"{reason}: {shown(name)}")
+        say_error(f"{reason}: {shown(name)}", missing_hint(name) or None)
         if as_json:
             print_line(json_line(_missing_line(name)))
         else:
@@ -490,10 +492,12 @@ def _stop_early(
     if missing and not batch:
         if as_json:  # a script reads why, as for any input
             print_line(json_line(_missing_line(missing[0])))
+        from anisearch._source import missing_hint
+
         fail(
             f"{_missing_reason(missing[0])}: {shown(missing[0])}",
             EXIT_BAD_INPUT,
-            "give an image, a folder, an http(s) URL or -",
+            missing_hint(missing[0]) or "give an image, a folder, an http(s) URL or -",
         )
     _report_missing(missing, as_json=as_json)
     if batch and not items:

@@ -101,18 +101,21 @@ def serve(
             "(set ANISEARCH_SERVER_CLIENTS or pass --open)",
             err=True,
         )
-    if server.port:  # a taken port or a host nobody listens on: one line, before claiming to serve
-        # (uvicorn binds again, with its workers: a port taken in between is then its error, not ours)
-        listening_socket(server.host, server.port).close()
+    # A taken port or a host nobody listens on: one line, before claiming to serve (uvicorn binds again,
+    # with its workers: a port taken in between is then its error, not ours). Port 0: the free port the
+    # system gives is the one served, and said.
+    probe = listening_socket(server.host, server.port)
+    port = int(probe.getsockname()[1])
+    probe.close()
     typer.echo(
-        f"anisearch gateway on http://{server.host}:{server.port} ({server.workers} worker(s)); Ctrl-C stops",
+        f"anisearch gateway on http://{server.host}:{port} ({server.workers} worker(s)); Ctrl-C stops",
         err=True,
     )
     uvicorn.run(
         "anisearch._server:create_app",
         factory=True,
         host=server.host,
-        port=server.port,
+        port=port,
         workers=server.workers,
         access_log=False,  # the gateway logs requests itself, without query strings or headers
         log_level="debug" if verbose else "warning",

@@ -124,3 +124,26 @@ def test_serve_refuses_a_taken_port_or_a_bad_host_before_claiming_to_serve() -> 
     assert bad_host.returncode == 2
     assert bad_host.stderr.startswith("anisearch: error: cannot listen on 999.1.1.1 port ")
     assert "Traceback" not in bad_host.stderr
+
+
+def test_port_0_serves_on_a_free_port_and_names_it(tmp_path: Path) -> None:
+    env = {**os.environ, "ANISEARCH_CACHE": "off", "ANISEARCH_LEDGER": "memory://"}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "anisearch", "serve", "--port", "0", "--open"],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "gateway on" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        line = next(line for line in log.read_text().splitlines() if "gateway on" in line)
+        url = line.split("gateway on ", 1)[1].split(" ", 1)[0]
+        assert not url.endswith(":0")
+        wait_until_healthy(url, proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -73,15 +73,16 @@ def assumed_quotas(scope: QuotaScope) -> list[Quota]:
 def windows(scope: QuotaScope) -> list[WindowSpec]:
     """The site's windows for ``scope`` (api-docs):
 
-    - ``day``: a calendar day (the ledger's zone: the site never says which midnight), a quota; 5 searches
+    - ``day``: a calendar day ending at midnight UTC (the site's ``resetsAt`` and its 429's ``Retry-After``
+      say so; ``ANISEARCH_TIMEZONE`` does not move it), a quota; 5 searches
       for a guest, 10 free credits for a signed-in user (purchased credits raise it: the remaining count
       the site reports wins). Signed in, the credits endpoint reports it.
     - ``hour``: 100 searches an hour when signed in, a rate limit (429 with ``Retry-After``).
     """
     if scope == "guest":
-        return [WindowSpec("day", calendar="day", limit=GUEST_DAILY_SEARCHES)]
+        return [WindowSpec("day", calendar="day", timezone="UTC", limit=GUEST_DAILY_SEARCHES)]
     return [
-        WindowSpec("day", calendar="day", limit=SIGNED_IN_DAILY_CREDITS, reported=True),
+        WindowSpec("day", calendar="day", timezone="UTC", limit=SIGNED_IN_DAILY_CREDITS, reported=True),
         WindowSpec("hour", span_seconds=_HOUR, kind="rate", limit=HOURLY_SEARCHES),
     ]
 

@@ -8,6 +8,7 @@ import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -495,3 +496,12 @@ def test_a_spent_day_frees_when_the_site_says_not_at_the_ledgers_midnight() -> N
     (day,) = [q for q in observe(response, "guest", now=NOW) if q.window == "day"]
     assert day.remaining == 0
     assert day.resets_at == NOW + timedelta(seconds=30600)
+
+
+def test_the_sites_day_ends_at_midnight_utc_whatever_the_ledgers_zone(tmp_path: Path) -> None:
+    from anisearch.provider import ProviderContext
+
+    keyed = WhatAnimeIsThis.from_context(ProviderContext(config={"key": "sk-abc"}, state_dir=tmp_path))
+    for provider in (WhatAnimeIsThis(), keyed):
+        (day,) = [w for w in provider.windows() if w.name == "day"]
+        assert day.timezone == "UTC"
