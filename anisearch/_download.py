@@ -69,9 +69,7 @@ class Downloader:
         does and named by the URL in messages about them; anything else is returned as it came."""
         if not is_url(image):
             return image
-        data = await self.download(image)
-        if not data:
-            return data  # preparing it says it is empty
+        data = await self.download(image)  # never empty: an empty body is an ImageFetchError naming the URL
         from anisearch import _image  # Pillow: only once there is an image to prepare
 
         small = len(data) <= HASH_IN_PLACE_BYTES
@@ -86,7 +84,8 @@ class Downloader:
             The body, at most :data:`~anisearch._limits.MAX_DOWNLOAD_BYTES` bytes.
 
         Raises:
-            ImageFetchError: Refused, unreachable, an HTTP error, too many redirects, or too slow.
+            ImageFetchError: Refused, unreachable, an HTTP error, too many redirects, an empty body, or too
+                slow.
             ImageTooLargeError: Over the input limit.
         """
         budget = remaining_seconds(self._timeout)

@@ -404,8 +404,9 @@ async def download(
         limit: Largest body accepted, bytes.
 
     Raises:
-        ImageFetchError: A refused or bad URL, a refused address, too many redirects, an HTTP error, or a
-            failed transfer (``provider`` is None: anisearch itself could not download it).
+        ImageFetchError: A refused or bad URL, a refused address, too many redirects, an HTTP error (a
+            3xx that leads nowhere too), an empty body, or a failed transfer (``provider`` is None:
+            anisearch itself could not download it).
         ImageTooLargeError: The body is over ``limit``.
     """
     url = parse_url(text)
