@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from anisearch._exceptions import ConfigurationError
-from anisearch._provider import AccountProvider, Page, Provider, available_providers
+from anisearch._provider import AccountProvider, Page, Provider, available_providers, load_provider
 
 if TYPE_CHECKING:
     import httpx
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from anisearch._models import ApiKey, CreatedApiKey, Credits, RankingEntry, RecentSearch
 
 __all__ = ["AccountFeatures", "AsyncApiKeys"]
+
+_ACCOUNT_MEMBERS = ("rankings_request", "credits_request", "api_keys_request", "sign_in_request")
+"""Methods a provider class with account features has (see :class:`AccountProvider`)."""
 
 T = TypeVar("T")
 
@@ -65,6 +68,12 @@ class AccountFeatures:
 
     def _account_provider(self) -> Any:
         for name in [*self._order(None), *available_providers()]:
+            try:
+                cls = load_provider(name)
+            except ConfigurationError:  # a broken package: its own search says so
+                continue
+            if not all(callable(getattr(cls, member, None)) for member in _ACCOUNT_MEMBERS):
+                continue  # no account features: its settings are not this command's business
             instance = self._usable(name)
             if isinstance(instance, AccountProvider):
                 return instance

@@ -442,7 +442,10 @@ async def download(
             except httpx.HTTPError as exc:
                 raise ImageFetchError(f"cannot download {shown}: {_why(exc)}") from exc
             if not body:
-                raise ImageFetchError(f"{shown} answered HTTP {response.status_code} with an empty body")
+                raise ImageFetchError(
+                    f"{shown} answered HTTP {response.status_code} with an empty body",
+                    status_code=response.status_code,
+                )
             return body
         finally:
             await response.aclose()

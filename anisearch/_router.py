@@ -59,7 +59,7 @@ from anisearch._exceptions import (
 from anisearch._ledger import Refusal, Stale, Ticket, holder_is_dead
 from anisearch._ledger._base import Nap
 from anisearch._ledger._windows import from_us
-from anisearch._limits import remaining_seconds, search_deadline
+from anisearch._limits import remaining_seconds
 from anisearch._merge import merge_answers, merge_hits
 from anisearch._models import Attempt, QuotaScope, SearchResult
 from anisearch._plan import Route
@@ -130,6 +130,8 @@ attempts. For :data:`_UNREACHED_SECONDS` after that, a search tries it once, wit
 bot does not pay every input's backoff (and, at concurrency 1, every input's wait behind it) for a server
 that is down, and the first answer ends the mark."""
 _UNREACHED_SECONDS = 30.0
+_DEADLINE_MARGIN = 0.5
+"""A request that timed out with this little of the search's deadline left (seconds) was cut short by it."""
 _QUOTA_CHECK_PAUSE_SECONDS = 60.0
 """After asking a provider's free quota endpoint failed (an error answer, or no answer within the whole
 timeout: not a search's own deadline running out), how long a router decides on the ledger's own count
@@ -775,7 +777,9 @@ class Router:
             )
         except ProviderError as exc:
             logger.info("%s quota check failed: %s", provider.name, exc)
-            deadline_cut = isinstance(exc, ProviderTimeoutError) and search_deadline.get() is not None
+            # a wait the search's own deadline ended says nothing of the endpoint (a far deadline, the
+            # gateway's 60 s, leaves the whole timeout: that one does)
+            deadline_cut = isinstance(exc, ProviderTimeoutError) and remaining_seconds() <= _DEADLINE_MARGIN
             return None if deadline_cut else False
         return True
 

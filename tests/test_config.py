@@ -174,3 +174,11 @@ def test_settings_made_directly_raise_a_configuration_error_without_the_value(
     with pytest.raises(ConfigurationError, match="ANISEARCH_PROVIDER_OPTIONS") as caught:
         Settings()
     assert "MY-TRACE-KEY-123" not in str(caught.value)
+
+
+def test_a_password_holding_an_at_sign_is_masked_whole() -> None:
+    settings = Settings.load(cache="redis://:hunter2@secret@cache.internal:6379/1")
+    for shown in (repr(settings), settings.model_dump_json()):
+        assert "hunter2" not in shown
+        assert "secret" not in shown
+        assert "cache.internal:6379" in shown

@@ -209,6 +209,40 @@ def test_a_failing_quota_check_is_not_asked_before_every_search_of_a_spent_windo
     assert trace.state.emulator.search_requests == 2  # and no search was wasted
 
 
+def test_a_quota_check_that_hangs_pauses_even_searches_with_a_far_deadline(
+    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+) -> None:
+    """The gateway gives every search a 60 s deadline: a /me that hangs for the whole timeout is a failed
+    check all the same, and is not waited for again before each search."""
+    import asyncio
+
+    clock = MovingClock()
+    trace = tracemoe_app(quota=2, clock=clock.epoch)
+    hanging = {"on": False, "asked": 0}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/me":
+            hanging["asked"] += 1
+            if hanging["on"]:
+                await asyncio.sleep(3.0)
+        await trace(scope, receive, send)
+
+    server = live_server(app)
+    images = variants(samples, 6)
+    config = settings(server.url, f"sqlite:///{tmp_path / 'ledger.sqlite3'}").model_copy(
+        update={"timeout": 1.0}
+    )
+    with Client(config, clock=clock) as client:
+        for index in range(2):
+            client.search(images[index], cache=False)
+        hanging["on"] = True
+        clock.now += timedelta(minutes=15)
+        for index in range(4):
+            with pytest.raises(AllProvidersFailedError):
+                client.search(images[2 + index], cache=False, deadline=60)
+    assert hanging["asked"] == 1
+
+
 def test_a_quota_check_cut_short_by_a_searchs_deadline_pauses_nothing(
     live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
 ) -> None:
