@@ -942,6 +942,20 @@ def test_shell_completion_is_offered_and_completes_commands() -> None:
         check=False,
     )
     assert done.stdout.split() == ["quota"]
+    typing = {
+        "COMP_WORDS": "anisearch search -p what",
+        "COMP_CWORD": "3",
+        "_ANISEARCH_COMPLETE": "complete_bash",
+    }
+    names = subprocess.run(
+        [sys.executable, "-m", "anisearch"],
+        env=os.environ | typing,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert names.stdout.split() == ["whatanime-ga", "whatanimeisthis"]  # the providers' names too
 
 
 def test_a_url_of_another_scheme_given_as_a_path_says_what_to_give() -> None:

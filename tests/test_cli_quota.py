@@ -135,7 +135,7 @@ def test_a_reset_starts_a_damaged_ledger_afresh(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
     broken = run_in_process("quota")
     assert broken.returncode == 6
-    assert "run 'anisearch quota --reset' to start it afresh" in broken.stderr
+    assert "run 'anisearch quota --reset --yes' to start it afresh" in broken.stderr
     assert "hint:" not in broken.stderr  # the error names its own way out, and only that one
     assert run_in_process("quota", "--reset", "--yes").returncode == 0
     assert run_in_process("quota").returncode == 0

@@ -846,7 +846,7 @@ async def test_a_damaged_sqlite_ledger_is_started_afresh_by_a_reset(tmp_path: Pa
     damaged = b"SQLite format 3\x00" + b"\xa5" * 8192  # a ledger of ours, its pages damaged
     path.write_bytes(damaged)
     ledger = open_ledger(f"sqlite:///{path}")
-    with pytest.raises(LedgerError, match=f"{path}.*run 'anisearch quota --reset' to start it afresh"):
+    with pytest.raises(LedgerError, match=f"{path}.*run 'anisearch quota --reset --yes' to start it afresh"):
         await ledger.reserve("tracemoe", GUEST, TRACEMOE)
     await ledger.clear("tracemoe")  # whichever provider is named: nothing in the file can be read
     assert isinstance(await ledger.reserve("tracemoe", GUEST, TRACEMOE), Ticket)
@@ -955,7 +955,7 @@ async def test_bad_values_stored_in_sqlite_are_a_ledger_error(tmp_path: Path, st
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO scopes VALUES ('tracemoe', 'guest', ?)", (state,))
     conn.close()
-    with pytest.raises(LedgerError, match="run 'anisearch quota --reset'"):
+    with pytest.raises(LedgerError, match="run 'anisearch quota --reset --yes'"):
         await ledger.reserve("tracemoe", GUEST, TRACEMOE)
     with pytest.raises(LedgerError):
         await ledger.snapshot()

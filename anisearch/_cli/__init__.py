@@ -241,8 +241,8 @@ def main() -> None:
 
 
 def _never_unencodable() -> None:
-    """Text the terminal's encoding cannot show (a Japanese title, an en dash under ``LC_ALL=C``) is
-    written escaped (``\\u2013``), never a traceback in the middle of the output."""
+    """Text the output's encoding cannot show (a Japanese title or an en dash, to an ASCII or Latin-1
+    stream) is written escaped (``\\u2013``), never a traceback in the middle of the output."""
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")

@@ -17,6 +17,7 @@ from anisearch._cli._common import (
     JsonOption,
     VerboseOption,
     clock,
+    complete_quota_providers,
     configure_logging,
     describe,
     err,
@@ -61,6 +62,7 @@ def quota(
             metavar="PROVIDER",
             help="tracemoe, whatanimeisthis, whatanime-ga, or anilist (the metadata provider); every "
             "configured search provider by default.",
+            autocompletion=complete_quota_providers,
         ),
     ] = None,
     refresh: Annotated[bool, typer.Option("--refresh", help="Ask the free quota endpoints first.")] = False,

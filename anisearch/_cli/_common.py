@@ -122,6 +122,28 @@ def examples(*lines: str) -> str:
 _HELP_WIDTH = 80
 
 
+def complete_providers(incomplete: str) -> list[str]:
+    """Shell completion of a search provider's name (the installed ones)."""
+    from anisearch._provider import available_providers
+
+    return [name for name in available_providers() if name.startswith(incomplete)]
+
+
+def complete_quota_providers(incomplete: str) -> list[str]:
+    """Shell completion of a name ``quota`` takes: a search provider's, or a metadata provider's."""
+    from anisearch._provider import available_metadata_providers
+
+    metadata = [name for name in available_metadata_providers() if name.startswith(incomplete)]
+    return complete_providers(incomplete) + metadata
+
+
+def complete_emulators(incomplete: str) -> list[str]:
+    """Shell completion of an emulator's name, or ``all``."""
+    from anisearch._provider import available_emulators
+
+    return [name for name in [*available_emulators(), "all"] if name.startswith(incomplete)]
+
+
 # ---------------------------------------------------------------------------------------------- errors
 
 
@@ -531,7 +553,7 @@ def _json(payload: Any, indent: int | None = None) -> str:
 
 def _stdout_utf8() -> bool:
     """Whether stdout's encoding is UTF-8: else JSON is written in ASCII (``\\u`` escapes), which every
-    reader takes and no terminal garbles (``LC_ALL=C``)."""
+    reader takes and no terminal garbles (an ASCII or Latin-1 stream)."""
     encoding = (getattr(sys.stdout, "encoding", None) or "utf-8").lower().replace("-", "").replace("_", "")
     return encoding == "utf8"
 
@@ -715,8 +737,10 @@ def records(
     empty: str,
     key: str | None = None,
     styles: Sequence[str] = (),
+    blocks: bool = False,
 ) -> None:
-    """Print rows as a table when it fits the terminal, else one block per row; never cut a value.
+    """Print rows as a table when it fits the terminal, else (or with ``blocks``) one block per row; never
+    cut a value.
 
     ``key`` names the column that heads each block in the vertical layout.
     """
@@ -732,7 +756,7 @@ def records(
     ]  # no empty column
     widths = [max(len(column), *(len(row[column]) for row in rows)) for column in columns]
     natural = sum(widths) + 3 * len(columns) + 1
-    if natural <= out().width:
+    if natural <= out().width and not blocks:
         table = Table(title=title, title_justify="left", expand=False)
         for column in columns:
             table.add_column(column, no_wrap=True, overflow="fold")

@@ -20,6 +20,7 @@ from anisearch._cli._common import (
     EXIT_USAGE,
     Command,
     JsonOption,
+    complete_emulators,
     err,
     examples,
     exit_code,
@@ -313,7 +314,11 @@ def _plan(names: list[str], knobs: dict[str, Any], port: int | None) -> list[tup
 def emulate(
     name: Annotated[
         str,
-        typer.Argument(metavar="NAME", help="tracemoe, whatanimeisthis, whatanime-ga, anilist, or all."),
+        typer.Argument(
+            metavar="NAME",
+            help="tracemoe, whatanimeisthis, whatanime-ga, anilist, or all.",
+            autocompletion=complete_emulators,
+        ),
     ] = "all",
     port: Annotated[
         int | None,

@@ -27,6 +27,7 @@ from anisearch._cli._common import (
     JsonOption,
     VerboseOption,
     _transport,
+    complete_providers,
     describe,
     err,
     examples,
@@ -50,6 +51,7 @@ from anisearch._exceptions import AnisearchError, InvalidImageError
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
     from anisearch._config import Settings
     from anisearch._models import SearchResult
@@ -278,19 +280,31 @@ async def _search_all(
     return fatal[0] if fatal else None
 
 
-_NARROW = 60
-"""Terminals narrower than this many columns get one block per hit: the table would squeeze out titles."""
+def _fits(table: "Table") -> bool:
+    """Whether ``table``'s rows print within the terminal's width (the console wraps softly: it would not
+    cut a line that does not; the title, a sentence, may wrap)."""
+    from rich.text import Text
+
+    title, table.title = table.title, None
+    try:
+        with out().capture() as captured:
+            out().print(table)
+    finally:
+        table.title = title
+    return all(Text.from_ansi(line).cell_len <= out().width for line in captured.get().splitlines())
 
 
 def _print_hits(result: "SearchResult", *, limit: int, show_all: bool, threshold: float) -> None:
-    """The hits shown (a table; one block per hit on a narrow terminal) and what was left out (stderr)."""
-    if out().width < _NARROW:
+    """The hits shown (a table; one block per hit where the table would squeeze its titles out) and what
+    was left out (stderr)."""
+    table, _ = hits_table(result, threshold=threshold, limit=limit, show_all=show_all)
+    if _fits(table):
+        out().print(table)
+    else:
         rows, styles = hit_rows(result, threshold=threshold, limit=limit, show_all=show_all)
         match = result.match_at(threshold)
-        records(rows, title=headline(match) if match else "", empty="", key="title", styles=styles)
-    else:
-        table, _ = hits_table(result, threshold=threshold, limit=limit, show_all=show_all)
-        out().print(table)
+        title = headline(match) if match else ""
+        records(rows, title=title, empty="", key="title", styles=styles, blocks=True)
     listed = sum(1 for hit in result.hits if show_all or hit.similarity >= threshold)
     # Each note names what left its hits out: the limit, or the similarity threshold.
     for count, what in (
@@ -538,6 +552,7 @@ def search(
             metavar="NAME",
             help="Provider to ask: tracemoe, whatanimeisthis, whatanime-ga (repeat for an order).",
             show_default=False,
+            autocompletion=complete_providers,
         ),
     ] = None,
     min_similarity: Annotated[

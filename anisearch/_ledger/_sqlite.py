@@ -242,7 +242,7 @@ class SQLiteLedger(Ledger):
     def _error(self, exc: BaseException) -> LedgerError:
         """What is wrong, and the way out: a damaged ledger, or values it cannot read, are for ``anisearch
         quota --reset``; somebody's file is never offered for it."""
-        reset = "run 'anisearch quota --reset' to start it afresh (it holds only what anisearch learned"
+        reset = "run 'anisearch quota --reset --yes' to start it afresh (it holds only what anisearch learned"
         if self._damaged(exc):
             advice = (
                 f"{reset} about quotas; the reset keeps the damaged file as {aside_name(self.path).name})"
