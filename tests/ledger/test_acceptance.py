@@ -176,6 +176,34 @@ def test_a_rolling_window_frees_a_day_after_each_search_without_a_refresh(
     assert [row.code for row in trace.app.state.emulator.log] == [200, 200, 200, 200]
 
 
+class CheckedQuota:
+    """trace.moe's emulator with its /me counted (``asked``) and, while ``failing``, failing: a 503, or
+    ``wait`` seconds before the answer."""
+
+    def __init__(self, trace: Any, *, wait: float = 0.0) -> None:
+        self.trace, self.wait = trace, wait
+        self.failing, self.asked = False, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/me":
+            self.asked += 1
+            if self.failing and not self.wait:
+                headers = [(b"content-type", b"application/json")]
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+                await send({"type": "http.response.body", "body": b'{"error":"down"}'})
+                return
+            if self.failing:
+                await anyio.sleep(self.wait)
+        await self.trace(scope, receive, send)
+
+
+def spent_quarter_hour_ago(client: Client, clock: MovingClock, images: list[bytes]) -> None:
+    """Spend the emulator's quota of 2, then move on a quarter of an hour: the count is old."""
+    for image in images[:2]:
+        client.search(image, cache=False)
+    clock.now += timedelta(minutes=15)
+
+
 def test_a_failing_quota_check_is_not_asked_before_every_search_of_a_spent_window(
     live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
 ) -> None:
@@ -183,29 +211,16 @@ def test_a_failing_quota_check_is_not_asked_before_every_search_of_a_spent_windo
     provider is skipped, but while /me fails, not before every search (it was, ten times for ten)."""
     clock = MovingClock()
     trace = tracemoe_app(quota=2, clock=clock.epoch)
-    failing = {"on": False, "asked": 0}
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/me":
-            failing["asked"] += 1
-            if failing["on"]:
-                headers = [(b"content-type", b"application/json")]
-                await send({"type": "http.response.start", "status": 503, "headers": headers})
-                await send({"type": "http.response.body", "body": b'{"error":"down"}'})
-                return
-        await trace(scope, receive, send)
-
-    server = live_server(app)
-    images = variants(samples, 14)
+    check = CheckedQuota(trace)
+    server = live_server(check)
+    images = variants(samples, 12)
     with Client(settings(server.url, f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), clock=clock) as client:
-        for index in range(2):
-            client.search(images[index], cache=False)
-        failing["on"] = True
-        clock.now += timedelta(minutes=15)
-        for index in range(10):
+        spent_quarter_hour_ago(client, clock, images)
+        check.failing = True
+        for image in images[2:]:
             with pytest.raises(AllProvidersFailedError):
-                client.search(images[2 + index], cache=False)
-    assert failing["asked"] == 1  # once, then a minute's pause: the ledger's own count decides
+                client.search(image, cache=False)
+    assert check.asked == 1  # once, then a minute's pause: the ledger's own count decides
     assert trace.state.emulator.search_requests == 2  # and no search was wasted
 
 
@@ -214,33 +229,20 @@ def test_a_quota_check_that_hangs_pauses_even_searches_with_a_far_deadline(
 ) -> None:
     """The gateway gives every search a 60 s deadline: a /me that hangs for the whole timeout is a failed
     check all the same, and is not waited for again before each search."""
-    import asyncio
-
     clock = MovingClock()
-    trace = tracemoe_app(quota=2, clock=clock.epoch)
-    hanging = {"on": False, "asked": 0}
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/me":
-            hanging["asked"] += 1
-            if hanging["on"]:
-                await asyncio.sleep(3.0)
-        await trace(scope, receive, send)
-
-    server = live_server(app)
+    check = CheckedQuota(tracemoe_app(quota=2, clock=clock.epoch), wait=3.0)
+    server = live_server(check)
     images = variants(samples, 6)
     config = settings(server.url, f"sqlite:///{tmp_path / 'ledger.sqlite3'}").model_copy(
         update={"timeout": 1.0}
     )
     with Client(config, clock=clock) as client:
-        for index in range(2):
-            client.search(images[index], cache=False)
-        hanging["on"] = True
-        clock.now += timedelta(minutes=15)
-        for index in range(4):
+        spent_quarter_hour_ago(client, clock, images)
+        check.failing = True
+        for image in images[2:]:
             with pytest.raises(AllProvidersFailedError):
-                client.search(images[2 + index], cache=False, deadline=60)
-    assert hanging["asked"] == 1
+                client.search(image, cache=False, deadline=60)
+    assert check.asked == 1
 
 
 def test_a_quota_check_cut_short_by_a_searchs_deadline_pauses_nothing(
@@ -248,38 +250,26 @@ def test_a_quota_check_cut_short_by_a_searchs_deadline_pauses_nothing(
 ) -> None:
     """A search whose own deadline ends before /me answers says nothing of /me: the next search, with time
     to spare, asks it and learns the raised limit (it was refused for a minute on the ledger's count)."""
-    import asyncio
     import dataclasses
     import gc
 
     clock = MovingClock()
     trace = tracemoe_app(quota=2, clock=clock.epoch)
-    slow = {"on": False, "asked": 0}
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/me":
-            slow["asked"] += 1
-            if slow["on"]:
-                await asyncio.sleep(1.0)
-        await trace(scope, receive, send)
-
-    server = live_server(app)
+    check = CheckedQuota(trace, wait=1.0)
+    server = live_server(check)
     images = variants(samples, 4)
     with Client(settings(server.url, f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), clock=clock) as client:
-        for index in range(2):
-            client.search(images[index], cache=False)
-        clock.now += timedelta(minutes=15)  # the count is old: a spent window asks /me first
-        (emulator,) = [
-            o for o in gc.get_objects() if type(o).__name__ == "_Emulator" and o.state is trace.state.emulator
-        ]
+        spent_quarter_hour_ago(client, clock, images)
+        state = trace.state.emulator
+        (emulator,) = [o for o in gc.get_objects() if type(o).__name__ == "_Emulator" and o.state is state]
         emulator.config = dataclasses.replace(emulator.config, quota=10)  # a paid tier
-        slow["on"] = True
+        check.failing = True
         with pytest.raises(AllProvidersFailedError):
             client.search(images[2], cache=False, deadline=0.5)  # /me cannot answer within 0.5 s
-        slow["on"] = False
-        asked = slow["asked"]
+        check.failing = False
+        asked = check.asked
         assert client.search(images[3], cache=False).provider == "tracemoe"
-    assert slow["asked"] == asked + 1
+    assert check.asked == asked + 1
 
 
 def test_a_queue_full_storm_is_one_backoff_for_every_search(

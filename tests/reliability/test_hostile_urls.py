@@ -277,6 +277,22 @@ async def test_a_fifo_without_a_writer_ends_at_the_deadline(tmp_path: Path, gaug
     assert site.requests == []
 
 
+def trickling(write: Callable[[bytes], object]) -> threading.Event:
+    """Write a byte every 50 ms with ``write`` in a thread of its own until the event returned is set (or
+    the other end is gone)."""
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.05):
+            try:
+                write(b"\xff")
+            except OSError:
+                return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    return stop
+
+
 async def test_a_callers_file_object_that_blocks_ends_at_the_deadline(gauge: Callable[[], Any]) -> None:
     """A socket's file object (as ``urlopen()`` or ``requests``' ``raw`` give) is read with blocking calls:
     the search gives up on it at its deadline, with a typed error, instead of reading for as long as the
@@ -284,16 +300,7 @@ async def test_a_callers_file_object_that_blocks_ends_at_the_deadline(gauge: Cal
     import socket
 
     ours, theirs = socket.socketpair()
-    stop = threading.Event()
-
-    def trickle() -> None:
-        while not stop.wait(0.05):
-            try:
-                theirs.send(b"\xff")
-            except OSError:
-                return
-
-    threading.Thread(target=trickle, daemon=True).start()
+    stop = trickling(theirs.send)
     site = Recorder(lambda request: httpx.Response(200))
     reader = ours.makefile("rb", buffering=0)
     try:
@@ -372,17 +379,14 @@ async def test_a_fifo_that_delivers_too_slowly_is_told_apart_from_one_without_a_
     fault (``curl -s URL | anisearch search -`` on a slow download)."""
     fifo = tmp_path / "shot.jpg"
     os.mkfifo(fifo)
-    stop = threading.Event()
+    writers: list[Any] = []
 
-    def trickle() -> None:
-        with fifo.open("wb", buffering=0) as writer:
-            while not stop.wait(0.05):
-                try:
-                    writer.write(b"\xff")
-                except BrokenPipeError:
-                    return
+    def write(data: bytes) -> None:
+        if not writers:  # opened in the trickle's thread: opening a FIFO waits for its reader
+            writers.append(fifo.open("wb", buffering=0))
+        writers[0].write(data)
 
-    threading.Thread(target=trickle, daemon=True).start()
+    stop = trickling(write)
     site = Recorder(lambda request: httpx.Response(200))
     try:
         async with AsyncClient(offline_settings(timeout=30), site.transport()) as client:
@@ -390,6 +394,10 @@ async def test_a_fifo_that_delivers_too_slowly_is_told_apart_from_one_without_a_
                 await client.search(fifo, deadline=1.0)
     finally:
         stop.set()
+        await anyio.sleep(0.1)
+        for writer in writers:
+            with contextlib.suppress(OSError):
+                writer.close()
     assert site.requests == []
 
 
