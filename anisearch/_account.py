@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 
 __all__ = ["AccountFeatures", "AsyncApiKeys"]
 
-_ACCOUNT_MEMBERS = ("rankings_request", "credits_request", "api_keys_request", "sign_in_request")
-"""Methods a provider class with account features has (see :class:`AccountProvider`)."""
+_ACCOUNT_MEMBERS = tuple(
+    name for name, member in vars(AccountProvider).items() if callable(member) and not name.startswith("_")
+)
+"""Every method of :class:`AccountProvider`: a provider class without one of them has no account features."""
 
 T = TypeVar("T")
 

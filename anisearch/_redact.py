@@ -36,8 +36,9 @@ _SECRET_NAMES = (
 )
 # Every repetition before a fixed anchor is bounded, so masking stays linear on a 100 KB hostile URL.
 _QUERY = re.compile(rf"(?i)([?&;](?:[\w.-]{{0,40}}[_.-])?{_SECRET_NAMES}=)[^&#\s\"'<>]+")
-# The userinfo runs to the authority's last "@" (a password may hold one); a path, query or fragment ends it.
-_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]{0,30}://)[^/?#\s\"'<>]*@")
+# The userinfo runs to the last "@" before the path (a password may hold "@", "?" or "#": better a host
+# masked with it than a password shown).
+_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]{0,30}://)[^/\s\"'<>]*@")
 _SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
 """Headers masked for everyone; a provider adds its own credential header (:func:`add_secret_headers`)."""
 

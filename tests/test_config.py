@@ -176,8 +176,9 @@ def test_settings_made_directly_raise_a_configuration_error_without_the_value(
     assert "MY-TRACE-KEY-123" not in str(caught.value)
 
 
-def test_a_password_holding_an_at_sign_is_masked_whole() -> None:
-    settings = Settings.load(cache="redis://:hunter2@secret@cache.internal:6379/1")
+@pytest.mark.parametrize("password", ["hunter2@secret", "hunter2#secret", "hunter2?secret"])
+def test_a_password_holding_an_at_sign_or_a_url_delimiter_is_masked_whole(password: str) -> None:
+    settings = Settings.load(cache=f"redis://:{password}@cache.internal:6379/1")
     for shown in (repr(settings), settings.model_dump_json()):
         assert "hunter2" not in shown
         assert "secret" not in shown

@@ -262,3 +262,40 @@ def test_a_spent_quota_with_a_retry_after_of_zero_blocks_until_the_window_ends()
     response = httpx.Response(402, request=httpx.Request("POST", "https://x/search"))
     settlement, _, _ = read(provider, tuple(provider.windows()), response, now, ZoneInfo("UTC"))
     assert settlement.blocks == [("day", now + timedelta(hours=12))]  # the next midnight
+
+
+class HalfAccount(Good):
+    """Some of the account requests, none of the parsers: no account features."""
+
+    name: ClassVar[str] = "half"
+
+    def rankings_request(self, period: str, limit: int, include_adult: bool) -> httpx.Request:
+        return self.request("GET", "/rankings")
+
+    def credits_request(self) -> httpx.Request:
+        return self.request("GET", "/credits")
+
+    def api_keys_request(self, page: int, page_size: int) -> httpx.Request:
+        return self.request("GET", "/keys")
+
+    def sign_in_request(self, email: str, password: str) -> httpx.Request:
+        return self.request("POST", "/sign-in")
+
+
+def test_account_commands_pass_over_a_misconfigured_provider_without_every_account_method(
+    registered: dict[str, Entry],
+) -> None:
+    from anisearch import Client, Settings
+    from anisearch_providers.whatanimeisthis import WhatAnimeIsThis
+
+    registered["good"] = Entry("good", Good)
+    registered["half"] = Entry("half", HalfAccount)  # looked at before whatanimeisthis
+    registered["whatanimeisthis"] = Entry("whatanimeisthis", WhatAnimeIsThis)
+    settings = Settings.load(
+        providers=["good"],
+        provider_options={"half": {"url": "http://127.0.0.1:99999"}},
+        ledger="memory://",
+        cache="off",
+    )
+    with Client(settings) as client:
+        assert client.account_provider() == "whatanimeisthis"
