@@ -1136,3 +1136,15 @@ async def test_an_older_count_from_a_clock_a_little_behind_is_still_older(
     older = [quota(window="rolling-24h", limit=3, used=1, observed_at=T0 - timedelta(seconds=1))]
     await ledger.observe("tracemoe", GUEST, TRACEMOE, older)
     assert (await only(ledger, "rolling-24h")).remaining == 0
+
+
+async def test_a_remaining_count_that_matches_the_documented_limit_keeps_the_plain_wording(
+    ledger: Ledger,
+) -> None:
+    """whatanimeisthis says only what is left; when that and the searches counted make its documented 5, the
+    refusal says "5 of 5 used", as the quota table does."""
+    day = WindowSpec("day", calendar="day", limit=5)
+    for left in (4, 3, 2, 1, 0):  # this ledger's searches were all of them
+        await search(ledger, (day,), observations=[quota(window="day", remaining=left, observed_at=T0)])
+    refusal = await refused(ledger, (day,))
+    assert refusal.reason.endswith("of 5 used")

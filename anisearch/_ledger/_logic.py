@@ -415,7 +415,8 @@ def _windows_refusal(state: ScopeState, units: Units, request: ReserveRequest) -
                 stale = window.name  # spent by a count older than RECOUNT: the limit may have been raised
                 continue
             until = _kth(units, window.name, ws, used - limit + 1)
-            counted = ws.limit is not None and ws.declared is None  # a limit derived from what is left
+            # a limit derived from what is left, not the one the provider documents
+            counted = ws.limit is not None and ws.declared is None and ws.limit != window.limit
             reason = (
                 "none left by the upstream's count and the searches since"
                 if counted

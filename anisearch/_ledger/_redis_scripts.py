@@ -146,7 +146,7 @@ local function reserve_now(now, token, holder, lease_until, slots, take_slot, tr
           local untill = kth(win.name, w, used - limit + 1)
           if not best or untill > best[3] then
             local reason = used .. ' of ' .. limit .. ' used'
-            if w.limit and not w.declared then
+            if w.limit and not w.declared and w.limit ~= win.limit then
               reason = "none left by the upstream's count and the searches since"
             end
             best = {'refused', kind, untill, reason, win.name, ''}
