@@ -105,6 +105,7 @@ def hits_table(result: SearchResult, *, threshold: float, limit: int, show_all: 
     )
     table.add_column("similar", justify="right", no_wrap=True)
     table.add_column("title", overflow="fold", ratio=1, min_width=12)  # folded, never squeezed out
+    # (the command prints one block per hit where these columns do not fit: _search._fits)
     table.add_column("ep", no_wrap=True)
     table.add_column("scene", no_wrap=True)
     table.add_column("provider", no_wrap=True)

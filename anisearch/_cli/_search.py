@@ -51,7 +51,6 @@ from anisearch._exceptions import AnisearchError, InvalidImageError
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.table import Table
 
     from anisearch._config import Settings
     from anisearch._models import SearchResult
@@ -280,28 +279,28 @@ async def _search_all(
     return fatal[0] if fatal else None
 
 
-def _fits(table: "Table") -> bool:
-    """Whether ``table``'s rows print within the terminal's width (the console wraps softly: it would not
-    cut a line that does not; the title, a sentence, may wrap)."""
-    from rich.text import Text
+def _fits(rows: list[dict[str, str]]) -> bool:
+    """Whether the hits table of ``rows`` fits the terminal with its title column at least 12 cells wide
+    (:func:`~anisearch._cli._render.hits_table`: no column but the title wraps; 3 cells between columns)."""
+    from rich.cells import cell_len
 
-    title, table.title = table.title, None
-    try:
-        with out().capture() as captured:
-            out().print(table)
-    finally:
-        table.title = title
-    return all(Text.from_ansi(line).cell_len <= out().width for line in captured.get().splitlines())
+    widths = {name: max([cell_len(name), *(cell_len(row[name]) for row in rows)]) for name in rows[0]}
+    widths["title"] = min(widths["title"], _TITLE_MIN)
+    return sum(widths.values()) + 3 * (len(widths) - 1) <= out().width
+
+
+_TITLE_MIN = 12
+"""The narrowest the title column gets before the hits are printed one block each (``hits_table``)."""
 
 
 def _print_hits(result: "SearchResult", *, limit: int, show_all: bool, threshold: float) -> None:
     """The hits shown (a table; one block per hit where the table would squeeze its titles out) and what
     was left out (stderr)."""
-    table, _ = hits_table(result, threshold=threshold, limit=limit, show_all=show_all)
-    if _fits(table):
+    rows, styles = hit_rows(result, threshold=threshold, limit=limit, show_all=show_all)
+    if _fits(rows):
+        table, _ = hits_table(result, threshold=threshold, limit=limit, show_all=show_all)
         out().print(table)
     else:
-        rows, styles = hit_rows(result, threshold=threshold, limit=limit, show_all=show_all)
         match = result.match_at(threshold)
         title = headline(match) if match else ""
         records(rows, title=title, empty="", key="title", styles=styles, blocks=True)
