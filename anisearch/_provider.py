@@ -461,17 +461,17 @@ def check_provider(cls: Any, entry: Any) -> type[Provider]:
             f"{_origin(entry)}: {cls.__qualname__} is not a provider; it lacks {', '.join(missing)} "
             "(derive it from anisearch.provider.BaseProvider)"
         )
-    stubs = [
-        member
-        for member in ("search_request", "parse_search")
-        if getattr(getattr(cls, member, None), STUB_MARK, False)
-    ]
     declared = getattr(cls, "windows", None)
     if declared is not None and not callable(declared):
         raise ConfigurationError(
             f"{_origin(entry)}: {cls.__qualname__}.windows must be a method returning WindowSpec values, "
             f"not a {type(declared).__name__}"
         )
+    stubs = [
+        member
+        for member in ("search_request", "parse_search")
+        if getattr(getattr(cls, member, None), STUB_MARK, False)
+    ]
     if stubs:  # BaseProvider's own raise NotImplementedError: found only after a search was spent
         raise ConfigurationError(
             f"{_origin(entry)}: {cls.__qualname__} must define {' and '.join(stubs)} (see "

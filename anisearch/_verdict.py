@@ -95,12 +95,7 @@ def reason(exc: ProviderError) -> str:
 def provider_windows(provider: Provider) -> tuple[WindowSpec, ...]:
     """The provider's declared windows (``windows()``), or, for a provider that declares none, the
     standard windows its ``assumed_quotas()`` name, with their limits."""
-    declare = getattr(provider, "windows", None)
-    if declare is not None and not callable(declare):
-        raise ConfigurationError(
-            f"{type(provider).__qualname__}.windows must be a method returning WindowSpec values, not a "
-            f"{type(declare).__name__} (provider {provider.name!r})"
-        )
+    declare = getattr(provider, "windows", None)  # not a method: refused when the provider was loaded
     if callable(declare):
         try:
             return tuple(declare())
@@ -169,10 +164,12 @@ def _consequences(
         window = getattr(exc, "window", None) or first_quota_window(windows)
         if window is not None and window not in told:
             spec = next((w for w in windows if w.name == window), STANDARD_WINDOWS.get(window))
-            natural = spec.leave(now, tz) if spec else now + timedelta(days=1)
-            until = exc.resets_at or natural  # the upstream's word (its reset, else its Retry-After)
-            if exc.resets_at is None and exc.retry_after:  # a wait of 0 says nothing of when it frees
+            if exc.resets_at is not None:  # the upstream's word: its reset, else its Retry-After
+                until = exc.resets_at
+            elif exc.retry_after:  # (a wait of 0 says nothing of when it frees)
                 until = now + timedelta(seconds=exc.retry_after)
+            else:
+                until = spec.leave(now, tz) if spec else now + timedelta(days=1)
             settlement.blocks.append((window, min(until, now + timedelta(seconds=MAX_COOLDOWN_SECONDS))))
     elif isinstance(exc, RateLimitedError):
         # The server's own wait (Retry-After, X-Retry-After) is the whole truth of a 429: a count of 0

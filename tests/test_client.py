@@ -1251,16 +1251,3 @@ def test_a_provider_configured_wrongly_is_said_even_outside_the_search_order(
     )
     with Client(settings) as client, pytest.raises(ConfigurationError, match=r"unknown .* setting"):
         getattr(client, ask)()
-
-
-def test_a_broken_setting_of_a_provider_without_account_features_leaves_the_account_commands_alone() -> None:
-    """A bad whatanime-ga URL is whatanime-ga's business: credits, keys and rankings still go to
-    whatanimeisthis.com (they failed on it)."""
-    settings = Settings.load(
-        providers=["tracemoe"],
-        provider_options={"whatanime-ga": {"url": "http://127.0.0.1:99999"}},
-        ledger="memory://",
-        cache="off",
-    )
-    with Client(settings) as client:
-        assert client.account_provider() == "whatanimeisthis"

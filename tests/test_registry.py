@@ -282,20 +282,32 @@ class HalfAccount(Good):
         return self.request("POST", "/sign-in")
 
 
+def account_provider_despite(order: str, misconfigured: str) -> str:
+    """The account provider of a client asking ``order``, with a bad URL set for ``misconfigured``."""
+    from anisearch import Client, Settings
+
+    settings = Settings.load(
+        providers=[order],
+        provider_options={misconfigured: {"url": "http://127.0.0.1:99999"}},
+        ledger="memory://",
+        cache="off",
+    )
+    with Client(settings) as client:
+        return client.account_provider()
+
+
 def test_account_commands_pass_over_a_misconfigured_provider_without_every_account_method(
     registered: dict[str, Entry],
 ) -> None:
-    from anisearch import Client, Settings
     from anisearch_providers.whatanimeisthis import WhatAnimeIsThis
 
     registered["good"] = Entry("good", Good)
     registered["half"] = Entry("half", HalfAccount)  # looked at before whatanimeisthis
     registered["whatanimeisthis"] = Entry("whatanimeisthis", WhatAnimeIsThis)
-    settings = Settings.load(
-        providers=["good"],
-        provider_options={"half": {"url": "http://127.0.0.1:99999"}},
-        ledger="memory://",
-        cache="off",
-    )
-    with Client(settings) as client:
-        assert client.account_provider() == "whatanimeisthis"
+    assert account_provider_despite("good", "half") == "whatanimeisthis"
+
+
+def test_a_broken_setting_of_a_provider_without_account_features_leaves_the_account_commands_alone() -> None:
+    """A bad whatanime-ga URL is whatanime-ga's business: credits, keys and rankings still go to
+    whatanimeisthis.com (they failed on it)."""
+    assert account_provider_despite("tracemoe", "whatanime-ga") == "whatanimeisthis"

@@ -30,6 +30,7 @@ from anisearch._cli._common import (
     exit_code,
     root_verbose,
     say_error,
+    writes_utf8,
 )
 from anisearch._cli._startup import hide_unused_imports
 from anisearch._exceptions import AnisearchError
@@ -245,7 +246,6 @@ def _never_unencodable() -> None:
     stream) is written escaped (``\\u2013``), never a traceback in the middle of the output."""
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
-        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
-        if reconfigure is not None and encoding != "utf8":
+        if reconfigure is not None and not writes_utf8(stream):
             with contextlib.suppress(AttributeError, OSError, ValueError):
                 reconfigure(errors="backslashreplace")

@@ -7,6 +7,7 @@ failed), 5 authentication, 6 local state unusable (the quota ledger), 130 interr
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import functools
@@ -548,14 +549,16 @@ def json_line(payload: Any) -> str:
 
 def _json(payload: Any, indent: int | None = None) -> str:
     text = json.dumps(payload, ensure_ascii=False, indent=indent)
-    return text if _utf8(text) and _stdout_utf8() else json.dumps(payload, indent=indent)
+    return text if _utf8(text) and writes_utf8(sys.stdout) else json.dumps(payload, indent=indent)
 
 
-def _stdout_utf8() -> bool:
-    """Whether stdout's encoding is UTF-8: else JSON is written in ASCII (``\\u`` escapes), which every
-    reader takes and no terminal garbles (an ASCII or Latin-1 stream)."""
-    encoding = (getattr(sys.stdout, "encoding", None) or "utf-8").lower().replace("-", "").replace("_", "")
-    return encoding == "utf8"
+def writes_utf8(stream: object) -> bool:
+    """Whether ``stream`` encodes UTF-8 (one that names no encoding is taken to): else JSON goes out in
+    ASCII (``\\u`` escapes) and text escaped, which no ASCII or Latin-1 reader garbles."""
+    try:
+        return codecs.lookup(getattr(stream, "encoding", None) or "utf-8").name == "utf-8"
+    except LookupError:
+        return False
 
 
 def shown(name: str) -> str:

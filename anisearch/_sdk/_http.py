@@ -78,18 +78,15 @@ def http_base_url(url: str, setting: str, *, allow_empty: bool = False) -> str:
 
 
 def _shown(url: object) -> str:
-    """A refused URL as its error shows it: whatever comes before the last ``@`` of its host part (a user
-    and password, even one holding an ``@``, or with the scheme left off) and a ``?key=`` masked."""
+    """A refused URL as its error shows it, a password and a ``?key=`` masked (:func:`display_url`), also
+    in a URL whose scheme was left off (``user:pw@host``), where ``display_url`` finds no userinfo."""
     if not isinstance(url, str):
         return repr(url)
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    authority, tail = rest[:cut], rest[cut:]
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    return repr(display_url(f"{scheme}{sep}{authority}{tail}"))
+    if "://" not in url:
+        head, slash, tail = url.partition("/")
+        if "@" in head:
+            url = f"***@{head.rpartition('@')[2]}{slash}{tail}"
+    return repr(display_url(url))
 
 
 class ProviderSettings(BaseModel):
