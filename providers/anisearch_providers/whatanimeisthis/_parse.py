@@ -45,6 +45,7 @@ from ._tolerant import (
     as_datetime,
     as_similarity,
     find_list,
+    in_percent,
     pick,
     pick_seconds,
     unwrap,
@@ -165,9 +166,18 @@ def remaining_credits(containers: list[dict[str, Any]]) -> int | None:
 # ---------------------------------------------------------------- search
 
 
-def _hit(response: httpx.Response, item: Any, index: int) -> Hit:
+_HIT_SIMILARITY = ("similarity", "score", "confidence", "matchScore", "match")
+_RECENT_SIMILARITY = ("similarity", "score", "confidence")
+
+
+def _percent(items: list[Any], names: tuple[str, ...]) -> bool:
+    """Whether this answer sends its similarities as percentages (:func:`in_percent` of all of them)."""
+    return in_percent(pick(item, *names) for item in items if isinstance(item, dict))
+
+
+def _hit(response: httpx.Response, item: Any, index: int, *, percent: bool) -> Hit:
     item = _object(response, item, index, "search result")
-    similarity = as_similarity(pick(item, "similarity", "score", "confidence", "matchScore", "match"))
+    similarity = as_similarity(pick(item, *_HIT_SIMILARITY), percent=percent)
     if similarity is None:
         raise uninterpretable(response, f"search result {index} has no similarity in 0..1 (or 0..100 %)")
     try:
@@ -208,7 +218,8 @@ def parse_hits(response: httpx.Response) -> tuple[list[Hit], Payload]:
     """
     payload = payload_of(response)
     items = _items(response, payload, "search results")
-    hits = [_hit(response, item, index) for index, item in enumerate(items)]
+    percent = _percent(items, _HIT_SIMILARITY)
+    hits = [_hit(response, item, index, percent=percent) for index, item in enumerate(items)]
     hits.sort(key=lambda hit: hit.similarity, reverse=True)
     return hits[:MAX_HITS], payload
 
@@ -257,7 +268,7 @@ def parse_rankings(response: httpx.Response, limit: int | None = None) -> list[R
     return entries[:limit] if limit else entries
 
 
-def _recent(response: httpx.Response, raw: Any, index: int) -> RecentSearch:
+def _recent(response: httpx.Response, raw: Any, index: int, *, percent: bool) -> RecentSearch:
     item = _object(response, raw, index, "recent search")
     searched_at = as_datetime(pick(item, "createdAt", "searchedAt", "created", "date", "updatedAt"))
     at_seconds = pick_seconds(item, "at", "timestamp", "time", "from")
@@ -272,7 +283,7 @@ def _recent(response: httpx.Response, raw: Any, index: int) -> RecentSearch:
             title=title_of(item),
             episode=episode_of(item),
             at_seconds=at_seconds,
-            similarity=as_similarity(pick(item, "similarity", "score", "confidence")),
+            similarity=as_similarity(pick(item, *_RECENT_SIMILARITY), percent=percent),
             image_url=text(
                 pick(item, "imageUrl", "image", "thumbnail", "thumbnailUrl", "screenshot", "screenshotUrl")
             ),
@@ -321,7 +332,9 @@ def parse_recent_searches(response: httpx.Response) -> Page[RecentSearch]:
         UpstreamResponseError: No list of searches, or an entry that is not an object.
     """
     payload = payload_of(response)
-    items = [_recent(response, raw, index) for index, raw in enumerate(_items(response, payload, "searches"))]
+    raws = _items(response, payload, "searches")
+    percent = _percent(raws, _RECENT_SIMILARITY)
+    items = [_recent(response, raw, index, percent=percent) for index, raw in enumerate(raws)]
     offset = query_int(response, "offset") or 0
     total, has_more = _page_meta(payload)
     return page_of(items, total=total, has_more=has_more, first=offset, size=query_int(response, "limit"))

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from anisearch.provider import as_float
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import httpx
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "as_seconds",
     "as_similarity",
     "find_list",
+    "in_percent",
     "pick",
     "pick_seconds",
     "read_body",
@@ -150,22 +153,41 @@ def pick_seconds(mapping: Any, *names: str) -> float | None:
     return None
 
 
-def as_similarity(value: Any) -> float | None:
-    """A similarity in 0..1: fractions as given, percentages in (1, 100] divided by 100 (``"93%"`` too).
+def in_percent(values: Iterable[Any]) -> bool:
+    """Whether an answer's similarities are percentages: any plain number among them is in (1, 100].
+
+    One answer uses one scale, so this is decided for all of its values together (contract §7.5): a
+    weak hit of 0.95 % beside a 12.5 % one is 0.0095, not 0.95.
+    """
+    for value in values:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            continue
+        number = as_float(value)
+        if number is not None and 1 < number <= 100:  # noqa: PLR2004
+            return True
+    return False
+
+
+def as_similarity(value: Any, *, percent: bool | None = None) -> float | None:
+    """A similarity in 0..1: fractions as given, percentages divided by 100 (``"93%"`` always).
+
+    Args:
+        value: The upstream's similarity field.
+        percent: Whether the answer's numbers are percentages (:func:`in_percent` of all of them); None
+            decides from this value alone: one in (1, 100] is a percentage.
 
     Returns None for anything else (negative, over 100, not a number).
     """
     if isinstance(value, str) and value.strip().endswith("%"):
-        number = as_float(value.strip()[:-1])
-        return number / 100 if number is not None and 0 <= number <= 100 else None  # noqa: PLR2004
+        value, percent = value.strip()[:-1], True
     number = as_float(value)
     if number is None or number < 0:
         return None
-    if number <= 1:
-        return number
-    if number <= 100:  # noqa: PLR2004 - a percentage
-        return number / 100
-    return None
+    if percent is None:
+        percent = number > 1
+    if percent:
+        return number / 100 if number <= 100 else None  # noqa: PLR2004
+    return number if number <= 1 else None
 
 
 def as_datetime(value: Any) -> datetime | None:

@@ -417,7 +417,7 @@ def test_recent_searches_in_every_envelope(provider: WhatAnimeIsThis, envelope: 
                 "anilistId": 11887,
                 "episode": 5,
                 "timestamp": 1172.05,
-                "similarity": 0.97,
+                "similarity": 97,  # an answer in percent, as the other entry's 91 says
                 "imageUrl": "https://c/1.jpg",
             },
             {"id": 2, "created_at": 1763719200000, "anilist_id": 21, "time": "00:11:56", "similarity": 91},

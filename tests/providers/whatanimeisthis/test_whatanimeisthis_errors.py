@@ -30,6 +30,7 @@ from anisearch._exceptions import (
     RateLimitedError,
 )
 from anisearch._image import PreparedImage
+from anisearch._models import SearchResult
 from anisearch._provider import SearchQuery
 from anisearch.provider import as_bool
 from anisearch_providers.whatanimeisthis import WhatAnimeIsThis
@@ -302,6 +303,25 @@ def test_retry_after_reads_every_source_in_order(
 )
 def test_similarity_fractions_and_percentages(value: Any, expected: float | None) -> None:
     assert as_similarity(value) == expected
+
+
+def test_an_answer_in_percent_reads_a_weak_hit_under_one_percent_as_weak() -> None:
+    """An answer sends one scale: beside 12.5 (%), a junk hit's 0.95 is 0.95 %, not a 95 % match."""
+    hits = [
+        {"anilist_id": 11887, "title_romaji": "Kokoro Connect", "from": 1169, "similarity": 12.5},
+        {"anilist_id": 21, "title_romaji": "ONE PIECE", "from": 714, "similarity": 0.95},
+    ]
+    found = PROVIDER.parse_search(answer(200, {"results": hits}, request=SEARCH))
+    assert [(hit.anilist_id, hit.similarity) for hit in found.hits] == [(11887, 0.125), (21, 0.0095)]
+    assert SearchResult(hits=found.hits).match is None
+    recent = PROVIDER.parse_recent_searches(
+        answer(200, {"searches": hits}, request=PROVIDER.recent_searches_request(20, 0))
+    )
+    assert [entry.similarity for entry in recent.items] == [0.125, 0.0095]
+    # fractions alone stay fractions
+    hits[0]["similarity"] = 0.97
+    found = PROVIDER.parse_search(answer(200, {"results": hits}, request=SEARCH))
+    assert [hit.similarity for hit in found.hits] == [0.97, 0.95]
 
 
 @pytest.mark.parametrize(
