@@ -171,12 +171,14 @@ class _Emulator(SearchRoutes):
     async def me(self, request: Request) -> Response:
         if request.method not in {"GET", "HEAD"}:
             return _not_found(request)
+        period = request.query_params.get("period", "") if self.era == "v3" else ""
+        if period and period not in PERIODS:  # checked before the key, as the server does
+            return _error(400, "Invalid period")
         key = self.api_key(request)
         caller = self.caller(request, key)
         if caller is None:
             return _error(403, "Invalid API key")
         now = self.state.clock()
-        period = request.query_params.get("period", "") if self.era == "v3" else ""
         if period:
             return self.usage(caller, period, now)
         used = self.quota_used(caller, now)
@@ -187,7 +189,9 @@ class _Emulator(SearchRoutes):
             "quota": caller.quota,
             "quotaUsed": used,
         }
-        recent = self.state.successes(caller.scope, now - self.config.quota_window)
+        recent = self.state.successes(
+            caller.scope, now - self.config.quota_window, self.guest_network(caller)
+        )
         if caller.user is None and self.era != "v1" and recent:
             body["id"] = self.network_text(caller.network)
         if caller.user is None and self.era == "v2" and not self.state.successes(caller.scope, 0):
@@ -199,14 +203,14 @@ class _Emulator(SearchRoutes):
     def usage(self, caller: _Caller, period: str, now: float) -> Response:
         """``/me?period=``: one entry per slot in which the caller searched, oldest first; quiet slots
         are left out. Keys in the server's order: the six logged statuses, ``time``, ``total``."""
-        if period not in PERIODS:
-            return _error(400, "Invalid period")
         size, count = PERIODS[period]
         first = (now // size - count + 1) * size
         buckets: dict[int, dict[str, Any]] = {}
+        network = self.guest_network(caller)  # a guest's rows are its network's, keyed ones too
         for row in self.state.log:
             index = int((row.time - first) // size)
-            if row.scope != caller.scope or not 0 <= index < count:
+            whose = row.scope == caller.scope if network is None else row.network == network
+            if not whose or not 0 <= index < count:
                 continue
             bucket = buckets.setdefault(index, {**dict.fromkeys(LOGGED_CODES, 0), "time": "", "total": 0})
             if str(row.code) in bucket:

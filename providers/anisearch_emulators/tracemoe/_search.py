@@ -184,6 +184,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class _FailedFetch(Response):
+    """A ``?url=`` image the host refused: answered with the host's status, logged as 400 (as upstream)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        answer = _error(status, message)
+        super().__init__(answer.body, status, headers=dict(answer.headers))
+
+
 class SearchRoutes(Server):
     """``/search``, in the upstream handler's order of checks."""
 
@@ -222,8 +230,9 @@ class SearchRoutes(Server):
         except BaseException:
             self.dequeue(caller)
             raise
+        code = HTTP_ERROR if isinstance(response, _FailedFetch) else response.status_code
         for _ in range(successes or 1):
-            state.log.append(LoggedSearch(state.clock(), caller.scope, response.status_code))
+            state.log.append(LoggedSearch(state.clock(), caller.scope, code, caller.network))
         # The server answers, then counts the search down once its log row is written
         # (`logAndDequeue` is not awaited before `res.json`): a moment after the answer left.
         response.background = BackgroundTask(self.dequeue_after_logging, caller)
@@ -373,7 +382,7 @@ class SearchRoutes(Server):
         failed = f"Failed to fetch image {url}"
         known = self.config.remote_images.get(url)
         if isinstance(known, int):
-            return _error(max(known, HTTP_ERROR), failed)
+            return _FailedFetch(max(known, HTTP_ERROR), failed)
         if known is not None:
             return known
         host = urlsplit(url).hostname or ""
@@ -385,7 +394,7 @@ class SearchRoutes(Server):
         except httpx.HTTPError:
             return _error(400, failed)
         if answer.status_code >= 400:  # noqa: PLR2004
-            return _error(answer.status_code, failed)
+            return _FailedFetch(answer.status_code, failed)
         return answer.content
 
     def rank(self, vector: Sequence[float], scenes: Sequence[IndexedScene], request: Request) -> list[Any]:
@@ -423,9 +432,10 @@ class SearchRoutes(Server):
             item["duration"] = scene.duration
         item["similarity"] = min(max(0.0, (255 - score) / 255), 1.0)
         if self.era == "v1":
-            token = self.sign(f"{scene.anilist_id}/{scene.filename}/{scene.at}/{int(now)}")
+            hour = int(now // 3600) * 3600 + 3600  # V1's `now`: the next full hour, good 300 s past it
+            token = self.sign(f"{scene.anilist_id}/{scene.filename}/{scene.at}/{hour}")
             name = quote(scene.filename)
-            query = f"?t={scene.at}&now={int(now)}&token={token}"
+            query = f"?t={scene.at}&now={hour}&token={token}"
             item["video"] = f"{base}/video/{scene.anilist_id}/{name}{query}"
             item["image"] = f"{base}/image/{scene.anilist_id}/{name}.jpg{query}"
         else:

@@ -97,11 +97,13 @@ class InjectedFailure:
 
 @dataclass(frozen=True, slots=True)
 class LoggedSearch:
-    """One row of the server's search log: when (epoch seconds), whose (scope) and the status."""
+    """One row of the server's search log: when (epoch seconds), whose (scope), the status it was logged
+    with (not always the one answered), and the caller's network."""
 
     time: float
     scope: str
     code: int
+    network: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +153,13 @@ class EmulatorState:
         """Make the next ``times`` ``/search`` requests answer ``status`` with ``body``."""
         self.failures.extend([InjectedFailure(status, body, content_type)] * times)
 
-    def successes(self, scope: str, since: float) -> int:
-        """Searches of ``scope`` that ended in 200 since ``since`` (epoch seconds)."""
+    def successes(self, scope: str, since: float, network: str | None = None) -> int:
+        """Searches of ``scope`` that ended in 200 since ``since`` (epoch seconds); with ``network``,
+        those of every caller from that network instead, keyed or not (the server's guest count)."""
+        if network is not None:
+            return sum(
+                1 for row in self.log if row.code == OK and row.network == network and row.time > since
+            )
         return sum(1 for row in self.log if row.code == OK and row.scope == scope and row.time > since)
 
     def housekeeping(self, now: float) -> None:
@@ -321,8 +328,13 @@ class Server:
         moment = datetime.fromtimestamp(now, UTC)
         return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp() - 1e-6
 
+    def guest_network(self, caller: _Caller) -> str | None:
+        """A guest's network, whose every search counts against its quota, keyed ones too (v3: the
+        server counts the log rows of the network without asking whose they are); else None."""
+        return caller.network if caller.user is None and self.era == "v3" else None
+
     def quota_used(self, caller: _Caller, now: float) -> int:
-        return self.state.successes(caller.scope, self.window_start(now))
+        return self.state.successes(caller.scope, self.window_start(now), self.guest_network(caller))
 
     def sign(self, text: str) -> str:
         digest = hmac.new(self.config.salt, text.encode(), hashlib.sha1).digest()

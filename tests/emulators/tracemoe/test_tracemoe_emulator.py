@@ -6,6 +6,7 @@ import base64
 import io
 import json
 from typing import TYPE_CHECKING, Any
+from unittest.mock import ANY
 
 import anyio
 import httpx
@@ -244,7 +245,8 @@ async def test_url_inputs(tinted: bytes) -> None:
         "https://img.example/a.jpg": tinted,
         "https://img.example/gone.jpg": 404,
     }
-    async with client_for(create_app(remote_images=images)) as client:
+    app = create_app(remote_images=images)
+    async with client_for(app) as client:
         invalid = await client.get("/search", params={"url": "not a url"})
         assert (invalid.status_code, error_of(invalid)) == (400, "Invalid image url not a url")
         unknown = await client.get("/search", params={"url": "https://elsewhere.example/x.png"})
@@ -259,6 +261,8 @@ async def test_url_inputs(tinted: bytes) -> None:
         )
         found = await client.get("/search", params={"url": "https://img.example/a.jpg"})
         assert found.json()["result"][0]["anilist"] == 11887
+    # the host's 404 is answered, but logged as 400 (search.ts: logAndDequeue(..., 400))
+    assert [row.code for row in app.state.emulator.log] == [400, 400, 400, 200]
 
 
 async def test_url_inputs_can_fetch_loopback_when_allowed(
@@ -337,9 +341,18 @@ async def test_keys(tinted: bytes) -> None:
         assert keyed.json()["quota"] == 5
         me = (await client.get("/me", headers={"x-trace-key": "good"})).json()
         assert me == {"id": "fan@example.com", "priority": 5, "concurrency": 2, "quota": 5, "quotaUsed": 1}
-        # ?key= is ignored at HEAD: the request runs as a guest, on the guest's separate pool
+        # ?key= is ignored at HEAD: the request runs as a guest; and a guest's count is every success
+        # of its network, the keyed search included (search.ts counts the address's log rows)
         guest = await client.post("/search?key=good", content=tinted, headers=JPEG)
-        assert (guest.status_code, guest.json()["quota"]) == (200, 1)
+        assert (guest.status_code, guest.json()) == (402, {"quota": 1, "quotaUsed": 1, "error": ANY})
+        assert (await client.get("/me")).json()["quotaUsed"] == 1
+        usage = (await client.get("/me?period=hour")).json()
+        assert [(row["200"], row["402"]) for row in usage] == [(1, 1)]
+        keyed_usage = (await client.get("/me?period=hour", headers={"x-trace-key": "good"})).json()
+        assert [(row["200"], row["402"]) for row in keyed_usage] == [(1, 0)]  # a key's are its own
+        # an unknown period is refused before the key is looked at, as the server does
+        period = await client.get("/me?period=week", headers={"x-trace-key": "nope"})
+        assert (period.status_code, error_of(period)) == (400, "Invalid period")
     assert len(app.state.emulator.log) == 2  # the 403 is answered before the search is logged
 
 
@@ -551,6 +564,18 @@ async def test_v1_quirks(tinted: bytes) -> None:
             "/search", content=json.dumps({"vector": [16] * 33}), headers={"content-type": "application/json"}
         )
         assert error_of(vector) == "Failed to process image"  # no vector search before 2026
+
+
+async def test_v1_previews_are_good_until_five_minutes_past_the_next_full_hour(tinted: bytes) -> None:
+    """V1's `now` was the next full hour (search.js), and video.js served until 300 s past it."""
+    clock = Clock(1_779_999_000.0)  # 20:10 UTC
+    async with client_for(create_app(era="v1", clock=clock)) as client:
+        best = (await client.post("/search", content=tinted, headers=JPEG)).json()["result"][0]
+        assert "now=1780002000&" in best["video"]  # 21:00
+        clock.now = 1_780_002_000.0 + 299  # 20:10 + 55 min: still served
+        assert (await client.get(best["video"])).status_code == 200
+        clock.now += 2
+        assert (await client.get(best["video"])).status_code == 410
 
 
 def test_an_unknown_era_is_refused() -> None:
