@@ -172,6 +172,7 @@ class AsyncClient(AccountFeatures):
         self._cache_opened = False
         self._flights = Flights()
         self._closed = False
+        self._pid = os.getpid()  # a forked child's copy is the parent's to close, and never warns
         self._loop: asyncio.AbstractEventLoop | None = None  # the event loop of its first work
         self._working: dict[anyio.CancelScope, int] = {}  # the searches and calls in flight: their task
         self._drained: anyio.Event | None = None  # set for aclose() each time some work has ended
@@ -181,7 +182,8 @@ class AsyncClient(AccountFeatures):
         self.api_keys = AsyncApiKeys(self._account_provider, self._call)
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True):  # as httpx warns: the pool and the ledger were never closed
+        if not getattr(self, "_closed", True) and self._pid == os.getpid():  # as httpx warns: the pool and
+            # the ledger were never closed
             warnings.warn(
                 f"unclosed {type(self).__name__}; close it with 'await client.aclose()' or use "
                 "'async with AsyncClient() as client:'",

@@ -78,9 +78,14 @@ class _Loop:
                 if not started.done():
                     started.set_exception(exc)
 
+        self._pid = os.getpid()  # a forked child inherits this object, but not the thread that runs it
         self._thread = threading.Thread(target=run, name="anisearch-client", daemon=True)
         self._thread.start()
         self.portal = started.result()
+
+    def forked(self) -> bool:
+        """Whether this is a forked child of the process that started the loop (which has no loop thread)."""
+        return os.getpid() != self._pid
 
     def call(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run ``func(*args, **kwargs)`` on the loop and wait for its result.
@@ -89,7 +94,19 @@ class _Loop:
         its thread) cancels the work on the loop too, as cancelling an ``await`` would: a search given up
         while it waits for a slot is never sent, and costs no quota.
         """
-        future = self.portal.start_task_soon(partial(func, *args, **kwargs))
+        if self.forked():
+            raise ClientClosedError(
+                "this client was opened before os.fork() and its loop runs in the parent only; open a new"
+                " Client in this process"
+            )
+        if self.on_loop_thread():
+            raise RuntimeError(
+                "a Client cannot be called from its own on_attempt or on_wait callback (they run on its loop)"
+            )
+        try:
+            future = self.portal.start_task_soon(partial(func, *args, **kwargs))
+        except RuntimeError as exc:  # the portal is not running: its loop ended (a callback's SystemExit)
+            raise ClientClosedError("the client's event loop has ended; open a new Client") from exc
         try:
             return future.result()
         except BaseException:
@@ -101,6 +118,8 @@ class _Loop:
 
     def stop(self) -> None:
         """End the loop (cancelling what still runs on it) and wait for its thread."""
+        if self.forked():  # the loop is the parent's: nothing of it runs here
+            return
         with contextlib.suppress(RuntimeError):  # already stopped
             self.portal.call(self.portal.stop, True)  # noqa: FBT003 - anyio's cancel_remaining flag
         if not self.on_loop_thread():
@@ -108,15 +127,23 @@ class _Loop:
 
 
 def _close(loop: _Loop, engine: AsyncClient) -> None:
-    """Close the engine on its loop, then stop the loop (also when closing fails)."""
+    """Close the engine on its loop, then stop the loop (also when closing fails); nothing in a forked
+    child (the parent closes what is its) or once the loop has ended."""
     try:
-        loop.call(engine.aclose)
+        if not loop.forked():
+            with contextlib.suppress(ClientClosedError):  # the loop ended: nothing left to close on it
+                loop.call(engine.aclose)
     finally:
         loop.stop()
 
 
 def _close_abandoned(loop: _Loop, engine: AsyncClient, shown: str) -> None:
-    """The finalizer of a client nobody closed: warn as httpx does, and close it within a bound."""
+    """The finalizer of a client nobody closed: warn as httpx does, and close it within a bound.
+
+    Nothing in a forked child: the client is the parent's, which closes it.
+    """
+    if loop.forked():
+        return
     warnings.warn(
         f"unclosed {shown}; close it with client.close() or use 'with Client() as client:'",
         ResourceWarning,
@@ -130,7 +157,8 @@ def _close_abandoned(loop: _Loop, engine: AsyncClient, shown: str) -> None:
             await engine.aclose()
 
     try:
-        loop.call(bounded)
+        with contextlib.suppress(ClientClosedError):  # its loop ended: nothing left to close on it
+            loop.call(bounded)
     finally:
         loop.stop()
 
@@ -181,7 +209,9 @@ class Client:
 
     Use it as ``with Client() as client: client.search("shot.jpg")``, or call :meth:`close` when done. A
     client that is never closed is closed when it is garbage collected or the interpreter exits, with a
-    :class:`ResourceWarning`.
+    :class:`ResourceWarning`. A client opened before ``os.fork()`` (gunicorn ``--preload``, a ``fork``
+    worker pool) belongs to the parent: in the child its methods raise :class:`ClientClosedError`; open a
+    new client there.
 
     Args:
         settings: Where to send requests and keep state; ``Settings.load()`` (environment + config file)
@@ -246,7 +276,13 @@ class Client:
 
         Raises:
             LedgerError: The ledger could not be closed cleanly (the loop thread is stopped anyway).
+            RuntimeError: Called from the client's own ``on_attempt``/``on_wait`` callback (the client is
+                left open).
         """
+        if self._loop.on_loop_thread():  # checked before anything changes: the client stays usable
+            raise RuntimeError(
+                "a Client cannot be closed from its own on_attempt or on_wait callback (they run on its loop)"
+            )
         if self._finalizer.detach() is not None:
             _close(self._loop, self._async)
 

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import gc
 import inspect
+import io
 import os
 import re
 import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 import httpx
 import pytest
+from PIL import Image
 
 import anisearch
 from anisearch import (
@@ -77,6 +80,81 @@ def test_a_dropped_client_is_closed_with_a_resource_warning() -> None:
         del client  # the last reference: the finalizer runs here
     assert engine._closed
     assert len(_loop_threads()) == before  # the loop thread is gone too
+
+
+FORKED = """
+import os, sys, signal
+import anisearch
+client = anisearch.Client()  # opened at import, as under gunicorn --preload
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)  # a hang ends the child with SIGALRM instead of the test's timeout
+    try:
+        client.quota("tracemoe")
+    except anisearch.ClientClosedError as exc:
+        print("child:", exc, flush=True)
+    with anisearch.Client() as own:  # a client of its own works
+        print("child: own client", own.quota("tracemoe")[0].provider, flush=True)
+    sys.exit(0)  # and the inherited client does not hold the exit
+_, status = os.waitpid(pid, 0)
+print("parent: child ended", os.waitstatus_to_exitcode(status), flush=True)
+print("parent: still works", client.quota("tracemoe")[0].provider, flush=True)
+client.close()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
+def test_a_client_opened_before_a_fork_is_refused_in_the_child_which_exits_cleanly() -> None:
+    done = _run(FORKED)
+    assert done.stdout.splitlines() == [
+        (
+            "child: this client was opened before os.fork() and its loop runs in the parent only; open a"
+            " new Client in this process"
+        ),
+        "child: own client tracemoe",
+        "parent: child ended 0",
+        "parent: still works tracemoe",
+    ], done.stderr
+    assert "unclosed" not in done.stderr  # the child does not warn of the parent's client
+
+
+def test_a_client_called_from_its_own_callback_refuses_and_stays_open() -> None:
+    failures: list[BaseException] = []
+    client: Client
+
+    def on_attempt(_: object) -> None:
+        for call in (client.close, partial(client.quota, "tracemoe")):
+            try:
+                call()
+            except RuntimeError as exc:
+                failures.append(exc)
+
+    answer = {"frameCount": 1, "error": "", "result": []}
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, json=answer))
+    client = Client(Settings.load(**SETTINGS), transport, on_attempt=on_attempt)
+    picture = io.BytesIO()
+    Image.effect_noise((64, 36), 60).convert("RGB").save(picture, "JPEG")
+    with client:
+        client.search(picture.getvalue(), providers=["tracemoe"])
+        assert not client.closed  # the refused close changed nothing
+        assert [str(exc) for exc in failures] == [
+            "a Client cannot be closed from its own on_attempt or on_wait callback (they run on its loop)",
+            "a Client cannot be called from its own on_attempt or on_wait callback (they run on its loop)",
+        ]
+        assert client.quota("tracemoe")[0].provider == "tracemoe"  # and it works after
+    assert client.closed
+
+
+def test_a_client_whose_loop_ended_says_it_is_closed() -> None:
+    client = Client(Settings.load(**SETTINGS))
+    client._loop.stop()  # as a callback's SystemExit ends it
+    with pytest.raises(ClientClosedError, match="event loop has ended"):
+        client.quota("tracemoe")
+    client.close()  # and closing it raises nothing
+    assert client.closed
+    del client
+    with pytest.warns(ResourceWarning, match="unclosed AsyncClient"):  # what its dead loop held stays so
+        gc.collect()
 
 
 def test_close_is_idempotent_and_a_closed_client_sends_nothing() -> None:
