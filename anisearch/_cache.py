@@ -33,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from anisearch._limits import remaining_seconds
 from anisearch._models import SearchResult, fresh_previews
 from anisearch._sqlite_busy import connect, foreign, locked, open_waiting, replaceable, resetting, set_aside
 
@@ -307,7 +308,7 @@ class ResultCache:
         if now - self._skipped_said >= _SAID_EVERY_SECONDS:
             self._skipped_said = now
             logger.warning(
-                "the result cache %s could not be used this time (%s); searching on", self.path, exc
+                "the result cache %s could not be used this time (%s); going on without it", self.path, exc
             )
 
     def _get(self, key: str, now: float, *, block: bool = True) -> str | None:
@@ -327,6 +328,7 @@ class ResultCache:
         *,
         block: bool = True,
         prune: bool = False,
+        wait_ms: int = _WRITE_WAIT_MS,
     ) -> None:
         """Store ``(key, provider, stored JSON)`` (None: only the aliases) and the ``sources`` aliases, in
         one transaction."""
@@ -356,7 +358,7 @@ class ResultCache:
                 raise
             db.execute("COMMIT")
 
-        self._run(write, block=block, wait_ms=_WRITE_WAIT_MS)
+        self._run(write, block=block, wait_ms=wait_ms)
 
     def find(self, sources: Sequence[str], *, block: bool = True) -> tuple[int, str] | None:
         """The first live answer for a raw source, found without decoding it.
@@ -463,13 +465,15 @@ class ResultCache:
         now = datetime.now(UTC).timestamp()
         due = self._stores % _PRUNE_EVERY == 0  # decided once per store, whichever way it is written
         self._stores += 1
+        # the answer is in hand: a wait for another process's lock ends by the search's deadline
+        wait_ms = max(0, round(remaining_seconds(_WRITE_WAIT_MS / 1000) * 1000))
         if due and self._anything_expired(now):  # deleting is a worker thread's job, never the loop's
-            await _in_thread(partial(self._put, answer, now, sources, prune=True))
+            await _in_thread(partial(self._put, answer, now, sources, prune=True, wait_ms=wait_ms))
             return
         try:  # on the event loop when nothing holds the cache (WAL, no sync on commit), else in a thread
             self._put(answer, now, sources, block=False)
         except WouldBlock:
-            await _in_thread(self._put, answer, now, sources)
+            await _in_thread(partial(self._put, answer, now, sources, wait_ms=wait_ms))
 
     def _anything_expired(self, now: float) -> bool:
         """Whether an answer or an alias is past its TTL (two index lookups); True when the cache is busy,

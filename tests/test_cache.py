@@ -21,6 +21,7 @@ from tests.forked import Job, run_forked
 
 from anisearch import Client, Hit, SearchResult, Settings
 from anisearch._cache import ResultCache, cache_key
+from anisearch._limits import search_deadline
 from anisearch._sqlite_busy import resetting, set_aside
 
 pytestmark = pytest.mark.anyio
@@ -232,6 +233,28 @@ async def test_a_store_that_meets_a_passing_failure_leaves_the_cache_on(
     await cache.put("c", result(None))
     assert await cache.get("c") is not None
     assert "locked" in warnings_of(caplog)[0]
+
+
+async def test_a_store_waits_for_a_lock_no_longer_than_the_search_deadline(tmp_path: Path) -> None:
+    """The answer is in hand: a store meeting another process's write lock gives up at the search's
+    deadline (0.1 s here), not after the store's own second."""
+    path = tmp_path / "c.sqlite3"
+    cache = ResultCache(path, ttl_seconds=60)
+    await cache.put("a", result(None))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    token = search_deadline.set(anyio.current_time() + 0.1)
+    try:
+        started = time.monotonic()
+        await cache.put("b", result(None))
+        waited = time.monotonic() - started
+    finally:
+        search_deadline.reset(token)
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert waited < 0.8  # the store alone would wait 1 s
+    assert await cache.get("b") is None  # skipped, and the cache is still on
+    assert cache.usable
 
 
 async def test_expired_answers_are_deleted_as_new_ones_are_stored(tmp_path: Path) -> None:
