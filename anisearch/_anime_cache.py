@@ -22,6 +22,7 @@ from pathlib import Path
 import anyio.to_thread
 from pydantic import ValidationError
 
+from anisearch._limits import remaining_seconds
 from anisearch._models import Anime
 from anisearch._sqlite_busy import connect, replaceable, resetting
 
@@ -40,6 +41,11 @@ CREATE TABLE IF NOT EXISTS anime (
 """
 _CHUNK = 500
 """IDs per ``IN (...)`` query (SQLite allows 999 parameters in old builds)."""
+_WAIT_MS = 1000
+"""How long a lookup's read or store waits for another process's lock (at most what is left of the
+search's deadline): the cache is disposable, and a search goes on without it rather than wait."""
+_OPEN_WAIT_MS = 10_000
+"""How long opening (creating the table, switching to WAL) waits: many processes may start at once."""
 
 
 class AnimeCache:
@@ -91,9 +97,9 @@ class AnimeCache:
         if not directory.exists():
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         # created with mode 0600, and kept open by this process while it is used (see _sqlite_busy.hold)
-        db = connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        db = connect(self.path, timeout=_OPEN_WAIT_MS / 1000, isolation_level=None, check_same_thread=False)
         try:
-            db.execute("PRAGMA busy_timeout=10000")
+            db.execute(f"PRAGMA busy_timeout={_OPEN_WAIT_MS}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
         except BaseException:
@@ -121,12 +127,13 @@ class AnimeCache:
                 with contextlib.suppress(sqlite3.Error):
                     db.close()
 
-    def _get(self, provider: str, ids: list[int], now: float) -> dict[int, Anime | None]:
+    def _get(self, provider: str, ids: list[int], now: float, wait_ms: int) -> dict[int, Anime | None]:
         found: dict[int, Anime | None] = {}
         with self._lock:
             if self._db is None:
                 return found
             try:
+                self._db.execute(f"PRAGMA busy_timeout={wait_ms}")
                 for start in range(0, len(ids), _CHUNK):
                     chunk = ids[start : start + _CHUNK]
                     marks = ",".join("?" * len(chunk))
@@ -144,7 +151,9 @@ class AnimeCache:
                 return {}
         return found
 
-    def _put(self, provider: str, answers: Mapping[int, Anime | None], expires_at: float) -> None:
+    def _put(
+        self, provider: str, answers: Mapping[int, Anime | None], expires_at: float, wait_ms: int
+    ) -> None:
         rows = [
             (provider, anilist_id, expires_at, None if anime is None else anime.model_dump_json())
             for anilist_id, anime in answers.items()
@@ -153,15 +162,38 @@ class AnimeCache:
             if self._db is None:
                 return
             try:
+                self._db.execute(f"PRAGMA busy_timeout={wait_ms}")
                 self._db.executemany("INSERT OR REPLACE INTO anime VALUES (?, ?, ?, ?)", rows)
             except sqlite3.Error as exc:
                 self._warn(exc)
 
     async def get(self, provider: str, anilist_ids: Iterable[int]) -> dict[int, Anime | None]:
         """The unexpired answers for ``anilist_ids``: an :class:`Anime`, or None for an ID the provider
-        does not know. IDs not in the result are not cached (or expired)."""
-        return await anyio.to_thread.run_sync(self._get, provider, list(anilist_ids), time.time())
+        does not know. IDs not in the result are not cached (or expired). Waits for another process's
+        lock no longer than the search's deadline allows (1 s at most), then answers nothing."""
+        wait_ms = _wait_ms()
+        return await anyio.to_thread.run_sync(self._get, provider, list(anilist_ids), time.time(), wait_ms)
 
     async def put(self, provider: str, answers: Mapping[int, Anime | None], *, ttl_seconds: float) -> None:
-        """Store ``answers`` (None: the provider does not know the ID) for ``ttl_seconds``."""
-        await anyio.to_thread.run_sync(self._put, provider, dict(answers), time.time() + ttl_seconds)
+        """Store ``answers`` (None: the provider does not know the ID) for ``ttl_seconds``; skipped (one
+        warning) when another process holds the file longer than :meth:`get` would wait."""
+        expires_at = time.time() + ttl_seconds
+        await anyio.to_thread.run_sync(self._put, provider, dict(answers), expires_at, _wait_ms())
+
+    def clear(self) -> int:
+        """Forget every answer (``anisearch cache clear``); how many were held (0 when unusable)."""
+        with self._lock:
+            if self._db is None:
+                return 0
+            try:
+                self._db.execute(f"PRAGMA busy_timeout={_OPEN_WAIT_MS}")  # a command: it may wait
+                return self._db.execute("DELETE FROM anime").rowcount
+            except sqlite3.Error as exc:
+                self._warn(exc)
+                return 0
+
+
+def _wait_ms() -> int:
+    """Milliseconds a read or store may wait for a lock: :data:`_WAIT_MS`, or less when the search's
+    deadline is nearer (called on the event loop)."""
+    return max(0, round(remaining_seconds(_WAIT_MS / 1000) * 1000))

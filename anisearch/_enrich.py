@@ -23,23 +23,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx
 
+from anisearch._address import cache_name
 from anisearch._anime_cache import AnimeCache
 from anisearch._config import is_redis_url
 from anisearch._exceptions import (
     AnisearchError,
     ConfigurationError,
     LedgerError,
+    ProviderConnectionError,
     ProviderError,
+    ProviderTimeoutError,
     RateLimitedError,
     UpstreamResponseError,
 )
 from anisearch._ledger import Refusal, Stale, Ticket, provider_scope
 from anisearch._ledger._windows import from_us
+from anisearch._limits import remaining_seconds
 from anisearch._models import Anime, Attempt, Hit, ProviderInfo, SearchResult, Title
 from anisearch._provider import ProviderContext, available_metadata_providers, load_metadata_provider
 from anisearch._redact import redact
@@ -54,6 +60,8 @@ from anisearch._verdict import (
 from anisearch._verdict import reason as one_line
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from anisearch._config import Settings
     from anisearch._ledger import Ledger
     from anisearch._provider import MetadataProvider
@@ -165,11 +173,37 @@ def open_enricher(
     """
     name = settings.metadata_provider
     provider = metadata_provider(settings, name) if name is not None else None
-    path = settings.cache_path
-    if is_redis_url(settings.cache):  # a shared (Redis) result cache: this one stays a local file
-        path = settings.cache_dir / "results.sqlite3"
-    cache = AnimeCache(path.with_name("anime.sqlite3")) if path is not None and provider is not None else None
+    path = metadata_cache_path(settings)
+    cache = AnimeCache(path) if path is not None and provider is not None else None
     return Enricher(provider, ledger, send, cache if cache is not None and cache.usable else None, on_attempt)
+
+
+def metadata_cache_path(settings: Settings) -> Path | None:
+    """The metadata cache's file: next to the result cache's, or in the cache dir when the result cache
+    is on Redis (this one stays a local file); None when the cache is ``off``."""
+    if is_redis_url(settings.cache):
+        return settings.cache_dir / "anime.sqlite3"
+    path = settings.cache_path
+    return None if path is None else path.with_name("anime.sqlite3")
+
+
+ANILIST_ID_MAX = 2**31 - 1
+"""The largest AniList ID: its GraphQL ``Int`` is 32-bit. A larger one (from a broken upstream) is never
+looked up: one would fail the whole request, and SQLite cannot even hold one past 2**63."""
+_UNREACHED_SECONDS = 30.0
+"""After a lookup got no answer at all (no connection, or none within the whole timeout: not a search's
+own deadline running out), lookups are skipped for this long, seconds: a search does not wait out the
+timeout again for its titles."""
+_DEADLINE_MARGIN = 0.5
+"""A request that timed out with this little of the search's deadline left (seconds) was cut short by it."""
+
+
+@dataclass(eq=False)
+class _Lookup:
+    """A lookup in flight: what it learnt of each ID (None: unknown to the provider), and when it ended."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    answers: dict[int, Anime | None] = field(default_factory=dict)
 
 
 class _RefusedError(Exception):
@@ -205,6 +239,15 @@ class Enricher:
         self._send = send
         self._cache = cache
         self._on_attempt = on_attempt
+        self._in_flight: dict[int, _Lookup] = {}  # AniList ID -> the lookup asking for it now
+        self._unreached: tuple[float, str] | None = None  # (time.monotonic(), why) of the last lookup
+        # that got no answer at all
+
+    @property
+    def _cache_name(self) -> str:
+        """What the cache keeps the answers under: the provider's name, and its address when that is
+        not its own (an emulator's or a mirror's answers are never taken for AniList's)."""
+        return cache_name(self.provider)
 
     async def __call__(self, result: SearchResult, *, fill: bool, include_adult: bool) -> SearchResult:
         """``result`` with its hits filled (``fill``) and adult-only hits dropped (not ``include_adult``).
@@ -215,7 +258,9 @@ class Enricher:
         wanted = [
             hit.anilist_id
             for hit in result.hits
-            if hit.anilist_id is not None and hit.anilist_id > 0 and (fill or hit.is_adult is None)
+            if hit.anilist_id is not None
+            and 0 < hit.anilist_id <= ANILIST_ID_MAX
+            and (fill or hit.is_adult is None)
         ]
         ids = list(dict.fromkeys(wanted))
         if not fill and include_adult:
@@ -236,40 +281,85 @@ class Enricher:
 
     async def lookup(self, anilist_ids: Sequence[int]) -> tuple[dict[int, Anime], Attempt | None]:
         """What the cache and the provider know of ``anilist_ids``, and the provider's attempt (None when
-        the cache knew everything, so nothing was asked)."""
+        nothing was asked: the cache, or a lookup in flight for another search, knew everything).
+
+        An ID another search of this client is asking for now is not asked twice: this search waits for
+        that answer (until its own deadline) and asks for what it did not bring.
+        """
         if self.provider is None:
             return {}, None
-        name = self.provider.name
-        cached = await self._cache.get(name, anilist_ids) if self._cache is not None else {}
+        cached = await self._cache.get(self._cache_name, anilist_ids) if self._cache is not None else {}
         known = {anilist_id: anime for anilist_id, anime in cached.items() if anime is not None}
         missing = [anilist_id for anilist_id in anilist_ids if anilist_id not in cached]
+        others = list(
+            {id(self._in_flight[i]): self._in_flight[i] for i in missing if i in self._in_flight}.values()
+        )
+        attempt = await self._ask_for([i for i in missing if i not in self._in_flight], known)
+        if others:
+            with anyio.move_on_after(max(remaining_seconds(), 0.0)):
+                for lookup in others:
+                    await lookup.done.wait()
+            brought: dict[int, Anime | None] = {}
+            for lookup in others:
+                brought.update(lookup.answers)
+            known.update({i: anime for i, anime in brought.items() if anime is not None})
+            left = [i for i in missing if i not in brought and i not in known and i not in self._in_flight]
+            attempt = await self._ask_for(left, known) or attempt
+        return known, attempt
+
+    async def _ask_for(self, missing: list[int], known: dict[int, Anime]) -> Attempt | None:
+        """Ask the provider for ``missing`` (``known`` takes what it finds), as a lookup other searches
+        may wait for; its attempt, or None when there was nothing to ask."""
         if not missing:
-            return known, None
+            return None
+        lookup = _Lookup()
+        for anilist_id in missing:
+            self._in_flight[anilist_id] = lookup
+        try:
+            return await self._asked(missing, known, lookup.answers)
+        finally:
+            for anilist_id in missing:
+                if self._in_flight.get(anilist_id) is lookup:
+                    del self._in_flight[anilist_id]
+            lookup.done.set()
+
+    async def _asked(
+        self, missing: list[int], known: dict[int, Anime], answers: dict[int, Anime | None]
+    ) -> Attempt:
+        """The requests of one lookup, 50 IDs (``max_batch``) each; ``answers`` gets each batch's answer
+        (None: the provider does not know the ID)."""
+        provider = self.provider
+        assert provider is not None  # noqa: S101 - lookup() returns before without one
+        name = provider.name
         started = time.monotonic()
         status: int | None = None
-        for start in range(0, len(missing), self.provider.max_batch):
-            batch = missing[start : start + self.provider.max_batch]
+        if (unreached := self._unreached) is not None:
+            if time.monotonic() - unreached[0] < _UNREACHED_SECONDS:
+                return self._failed(
+                    _RefusedError(ProviderConnectionError(unreached[1], provider=name)), started
+                )
+            self._unreached = None
+        for start in range(0, len(missing), provider.max_batch):
+            batch = missing[start : start + provider.max_batch]
             try:
                 answered, status = await self._ask(batch)
             except (ProviderError, LedgerError, _RefusedError) as failure:
-                exc = failure.error if isinstance(failure, _RefusedError) else failure
-                asked = "skipped" if isinstance(failure, _RefusedError) else "failed"
-                text = one_line(exc) if isinstance(exc, ProviderError) else f"{name}: {exc}"
-                attempt = Attempt(
-                    provider=name,
-                    outcome=asked,
-                    reason=f"{text}; hits left as their provider gave them",
-                    error=type(exc).__name__,
-                    status_code=exc.status_code if isinstance(exc, ProviderError) else None,
-                    elapsed_seconds=time.monotonic() - started,
-                )
-                logger.info("%s %s: %s", name, asked, attempt.reason)
-                return known, self._report(attempt)
+                if isinstance(failure, ProviderConnectionError | ProviderTimeoutError) and (
+                    remaining_seconds() > _DEADLINE_MARGIN  # not cut short by the search's own deadline
+                ):
+                    self._unreached = (
+                        time.monotonic(),
+                        f"{one_line(failure)}; not asked again for {_UNREACHED_SECONDS:g} s",
+                    )
+                return self._failed(failure, started)
             found = {anime.anilist_id: anime for anime in answered}
             known.update(found)
+            batch_answers: dict[int, Anime | None] = {
+                anilist_id: found.get(anilist_id) for anilist_id in batch
+            }
+            answers.update(batch_answers)
             if self._cache is not None:
-                answers: dict[int, Anime | None] = {anilist_id: found.get(anilist_id) for anilist_id in batch}
-                await self._cache.put(name, answers, ttl_seconds=self.provider.ttl_seconds)
+                await self._cache.put(self._cache_name, batch_answers, ttl_seconds=provider.ttl_seconds)
         attempt = Attempt(
             provider=name,
             outcome="ok",
@@ -277,7 +367,24 @@ class Enricher:
             elapsed_seconds=time.monotonic() - started,
             scope="guest",
         )
-        return known, self._report(attempt)
+        return self._report(attempt)
+
+    def _failed(self, failure: ProviderError | LedgerError | _RefusedError, started: float) -> Attempt:
+        """The attempt of a lookup that was refused (``skipped``: nothing sent) or failed."""
+        name = self.provider.name if self.provider is not None else "metadata"
+        exc = failure.error if isinstance(failure, _RefusedError) else failure
+        asked = "skipped" if isinstance(failure, _RefusedError) else "failed"
+        text = one_line(exc) if isinstance(exc, ProviderError) else f"{name}: {exc}"
+        attempt = Attempt(
+            provider=name,
+            outcome=asked,
+            reason=f"{text}; hits left as their provider gave them",
+            error=type(exc).__name__,
+            status_code=exc.status_code if isinstance(exc, ProviderError) else None,
+            elapsed_seconds=time.monotonic() - started,
+        )
+        logger.info("%s %s: %s", name, asked, attempt.reason)
+        return self._report(attempt)
 
     def close(self) -> None:
         """Close the metadata cache."""

@@ -92,3 +92,49 @@ def test_with_a_redis_result_cache_the_metadata_cache_stays_a_local_file(tmp_pat
     enricher.close()
     assert (tmp_path / "cache" / "anime.sqlite3").is_file()
     assert not Path("redis:").exists()
+
+
+def test_a_lookup_waits_for_another_process_no_longer_than_the_search_deadline(tmp_path: Path) -> None:
+    """The cache is disposable: while another process holds the file, a read or a store gives up by the
+    search's deadline (0.1 s here; 1 s at most), where it waited 10 s."""
+    import sqlite3
+    import time
+
+    from anisearch._limits import search_deadline
+
+    path = tmp_path / "anime.sqlite3"
+    cache = AnimeCache(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process's long write: not even a read gets in
+
+    async def scenario() -> tuple[dict[int, Any], float]:
+        token = search_deadline.set(anyio.current_time() + 0.1)
+        try:
+            started = time.monotonic()
+            await cache.put("anilist", {11887: KOKORO}, ttl_seconds=3600)
+            found = await cache.get("anilist", [11887])
+            return found, time.monotonic() - started
+        finally:
+            search_deadline.reset(token)
+
+    try:
+        found, waited = anyio.run(scenario)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert found == {}
+    assert waited < 2  # both steps: not the 10 s each waited
+    assert cache.usable
+    cache.close()
+
+
+def test_clear_forgets_every_answer(tmp_path: Path) -> None:
+    cache = AnimeCache(tmp_path / "anime.sqlite3")
+
+    async def scenario() -> dict[int, Any]:
+        await cache.put("anilist", {11887: KOKORO, 5: None}, ttl_seconds=3600)
+        assert cache.clear() == 2
+        return await cache.get("anilist", [11887, 5])
+
+    assert anyio.run(scenario) == {}
+    cache.close()

@@ -91,6 +91,16 @@ def test_kokoro_connect_is_titled_from_anilist_in_one_request_then_from_the_cach
     assert again["hits"][0]["title"]["romaji"] == "Kokoro Connect"
     assert len(state.requests) == 1  # every ID came from the metadata cache
 
+    # `cache clear` forgets the titles with the results: the next search asks AniList again
+    cleared = run_in_process("cache", "clear")
+    assert cleared.stdout.splitlines() == [
+        "removed 1 cached result(s)",
+        f"removed the cached titles of {len(distinct)} AniList ID(s)",
+    ]
+    code, third, stderr = search(run_in_process, server, anilist.url, samples / "tinted-good.jpg")
+    assert (code, third["hits"][0]["title"]["romaji"]) == (0, "Kokoro Connect"), stderr
+    assert len(state.requests) == 2
+
 
 def test_the_table_shows_the_title(tracemoe: tuple[Any, Recorder], anilist: Any, samples: Path) -> None:
     server, _ = tracemoe

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import respx
@@ -382,3 +383,114 @@ def test_only_positive_anilist_ids_are_asked(mock: respx.MockRouter) -> None:
     assert asked_ids(lookup) == [[11887]]
     assert result.hits[0].title is None
     assert result.hits[1].title is not None
+
+
+def tracemoe_answer(*anilist_ids: int) -> dict[str, Any]:
+    """trace.moe's answer with one hit per AniList ID, best first."""
+    hits = [
+        {"anilist": anilist_id, "filename": f"{n}.mp4", "episode": 1, "from": 1.0, "to": 2.0, "at": 1.5,
+         "duration": 1440.0, "similarity": 0.95 - n / 100, "video": "", "image": ""}
+        for n, anilist_id in enumerate(anilist_ids)
+    ]  # fmt: skip
+    return {"frameCount": 1, "error": "", "result": hits}
+
+
+def picture() -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.effect_noise((64, 36), 60).convert("RGB").save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_an_anilist_id_past_32_bits_is_left_untitled_and_the_search_answers_every_time(
+    mock: respx.MockRouter,
+) -> None:
+    """An upstream's ID past AniList's 32-bit range (past SQLite's 64 bits even) is never looked up: the
+    search answered with an OverflowError, and kept failing once the cache held the answer."""
+    mock.post(f"{TRACEMOE}/search").respond(200, json=tracemoe_answer(11887, 2**31, 2**63))
+    lookup = mock.post(ANILIST).respond(200, json=KNOWN)
+    image = picture()
+    with client(mock) as engine:
+        first = engine.search(image, anilist_info=True)
+        again = engine.search(image, anilist_info=True, include_adult=False)  # from the result cache
+    assert asked_ids(lookup) == [[11887]]
+    for result in (first, again):
+        assert [hit.anilist_id for hit in result.hits] == [11887, 2**31, 2**63]
+        assert [hit.title is not None for hit in result.hits] == [True, False, False]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def romaji(result: Any) -> str | None:
+    """The best hit's romaji title, or None when it has none."""
+    title = result.best.title if result.best is not None else None
+    return None if title is None else title.romaji
+
+
+@pytest.mark.anyio
+async def test_searches_at_once_share_one_lookup_of_the_same_ids() -> None:
+    """Ten searches of one picture at once (a bot's users pasting the same screenshot) ask AniList once."""
+    from anisearch import AsyncClient
+
+    lookups: list[list[int]] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "anilist.test":
+            lookups.append(json.loads(request.content)["variables"]["ids"])
+            await anyio.sleep(0.2)  # the others arrive while it is asked
+            return httpx.Response(200, json=KNOWN)
+        return httpx.Response(200, json=tracemoe_answer(11887, 21))
+
+    results: list[Any] = []
+    async with AsyncClient(settings(cache="off"), httpx.MockTransport(answer)) as engine:
+
+        async def search() -> None:
+            results.append(await engine.search(picture(), anilist_info=True))
+
+        async with anyio.create_task_group() as searches:
+            for _ in range(10):
+                searches.start_soon(search)
+    assert lookups == [[11887, 21]]
+    assert [romaji(result) for result in results] == ["Kokoro Connect"] * 10
+    assert sum(1 for result in results if result.attempts[-1].provider == "anilist") == 1
+
+
+def test_titles_from_another_anilist_address_are_cached_apart(mock: respx.MockRouter) -> None:
+    """An emulator's or a mirror's answers (an ID it does not know, remembered for a week) are never taken
+    for another address's."""
+    mock.post(f"{TRACEMOE}/search").respond(200, json=tracemoe_answer(11887))
+    emulator = mock.post("http://127.0.0.1:8003").respond(200, json=page())  # knows nothing
+    anilist = mock.post(ANILIST).respond(200, json=KNOWN)
+    options = {"tracemoe": {"url": TRACEMOE}, "anilist": {"url": "http://127.0.0.1:8003"}}
+    local = Settings.load(providers=["tracemoe"], provider_options=options, metadata="anilist")
+    with Client(local, httpx.MockTransport(mock.async_handler)) as engine:
+        assert romaji(engine.search(picture(), anilist_info=True, cache=False)) is None
+    with client(mock) as engine:
+        titled = engine.search(picture(), anilist_info=True, cache=False)
+    assert (emulator.call_count, anilist.call_count) == (1, 1)
+    assert romaji(titled) == "Kokoro Connect"
+
+
+def test_after_anilist_did_not_answer_it_is_not_asked_for_a_while(mock: respx.MockRouter) -> None:
+    """A lookup that got no answer at all is not tried again at every search (each would wait out the
+    timeout again for its titles): for 30 s the lookup is skipped, saying why."""
+    mock.post(f"{TRACEMOE}/search").respond(200, json=tracemoe_answer(11887))
+    lookup = mock.post(ANILIST).mock(side_effect=httpx.ConnectError("refused"))
+    with client(mock) as engine:
+        first = engine.search(picture(), anilist_info=True, cache=False)
+        second = engine.search(picture(), anilist_info=True, cache=False)
+    assert lookup.call_count == 1
+    assert [(a.provider, a.outcome) for a in first.attempts] == [("tracemoe", "ok"), ("anilist", "failed")]
+    skipped = second.attempts[-1]
+    assert (skipped.provider, skipped.outcome, skipped.error) == (
+        "anilist",
+        "skipped",
+        "ProviderConnectionError",
+    )
+    assert "not asked again for 30 s" in (skipped.reason or "")

@@ -488,7 +488,7 @@ def cache_info(as_json: JsonOption = False) -> None:
 
 @cache_app.command("clear", cls=Command, epilog=examples("anisearch cache clear"))
 def cache_clear() -> None:
-    """Delete every cached result (in a shared Redis cache, every process's)."""
+    """Delete every cached result (in a shared Redis cache, every process's), and the cached titles."""
     from anisearch._cache_redis import RedisResultCache
 
     store = _cache()
@@ -499,3 +499,23 @@ def cache_clear() -> None:
             removed = store.clear()
         _unusable(store)
     out().print(f"removed {removed} cached result(s)")
+    titles = _clear_titles()
+    if titles:
+        out().print(f"removed the cached titles of {titles} AniList ID(s)")
+
+
+def _clear_titles() -> int:
+    """Empty the metadata cache (titles per AniList ID), which sits next to the results; how many IDs."""
+    from anisearch._anime_cache import AnimeCache
+    from anisearch._config import Settings
+    from anisearch._enrich import metadata_cache_path
+
+    path = metadata_cache_path(Settings.load())
+    if path is None or not path.exists():
+        return 0
+    with own_warnings():
+        titles = AnimeCache(path)
+        try:
+            return titles.clear()
+        finally:
+            titles.close()

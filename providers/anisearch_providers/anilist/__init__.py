@@ -81,6 +81,8 @@ class AniList:
     """
 
     name: ClassVar[str] = "anilist"
+    default_url: ClassVar[str] = DEFAULT_URL
+    """Its own address: another one's answers (an emulator's, a mirror's) are cached and counted apart."""
     capabilities: Capabilities = Capabilities(upload=False, metadata=True)
     max_batch: int = MAX_BATCH
 
