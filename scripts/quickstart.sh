@@ -3,7 +3,8 @@
 #
 #   bash scripts/quickstart.sh [IMAGE]
 #
-# 1. installs anisearch with every extra and the test tools (pip, into the active Python environment);
+# 1. installs anisearch with every extra and the test tools (pip, into the active Python environment, or
+#    into a .venv made here when there is no `python` or it is the system's externally managed one);
 # 2. installs redis-server (the tests of the shared Redis ledger need it) when missing and allowed (root
 #    with apt-get), or says what to run;
 # 3. starts the trace.moe and AniList emulators on loopback and searches IMAGE (default: trace.moe's demo
@@ -14,9 +15,28 @@ cd "$(dirname "$0")/.."
 
 if [ -t 2 ]; then say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }; else say() { printf '==> %s\n' "$*" >&2; }; fi
 
+# The Python to install into: the active one, unless there is none called `python` or it is the system's
+# "externally managed" one (PEP 668: Debian, Ubuntu), which pip refuses; then a .venv made here.
+py=python
+if ! command -v python >/dev/null 2>&1 || python - <<'PY' 2>/dev/null
+import sys, sysconfig
+from pathlib import Path
+managed = Path(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED").exists()
+sys.exit(0 if sys.prefix == sys.base_prefix and managed else 1)
+PY
+then
+    system="$(command -v python3 || command -v python || true)"
+    if [ -z "$system" ]; then
+        echo "Python 3.11 or newer is needed (python3 was not found)" >&2
+        exit 2
+    fi
+    [ -x .venv/bin/python ] || { say "making a virtual environment in .venv ($system -m venv .venv)"; "$system" -m venv .venv; }
+    py=.venv/bin/python
+fi
+
 if [ -z "${ANISEARCH_QUICKSTART_NO_INSTALL:-}" ]; then  # set by the tests, which run in an installed checkout
     say "installing anisearch (pip install -e '.[dev]')"
-    python -m pip install -q --disable-pip-version-check -e ".[dev]"
+    "$py" -m pip install -q --disable-pip-version-check -e ".[dev]"
 fi
 
 if command -v redis-server >/dev/null 2>&1; then
@@ -32,7 +52,7 @@ else
 fi
 
 image="${1:-examples/tinted-good.jpg}"
-port="${ANISEARCH_QUICKSTART_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+port="${ANISEARCH_QUICKSTART_PORT:-$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 state="$(mktemp -d)"
 emulator=""
 titles=""
@@ -43,19 +63,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if ! python -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$port" 2>/dev/null; then
+if ! "$py" -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$port" 2>/dev/null; then
     echo "port $port is taken: set ANISEARCH_QUICKSTART_PORT to a free port" >&2  # search nothing else
     exit 2
 fi
-anilist_port="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+anilist_port="$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 say "starting the trace.moe emulator on 127.0.0.1:$port and the AniList emulator on 127.0.0.1:$anilist_port"
-anisearch emulate tracemoe --port "$port" >"$state/tracemoe.out" &
+"$py" -m anisearch emulate tracemoe --port "$port" >"$state/tracemoe.out" &
 emulator=$!
-anisearch emulate anilist --port "$anilist_port" >"$state/anilist.out" &
+"$py" -m anisearch emulate anilist --port "$anilist_port" >"$state/anilist.out" &
 titles=$!
 # Each emulator prints its URL once it holds its port: wait for that (another program that took the port
 # meanwhile would answer a connection too, but not print it), or stop if an emulator could not start.
-python - "$emulator" "$state/tracemoe.out" "$port" "$titles" "$state/anilist.out" "$anilist_port" <<'PY'
+"$py" - "$emulator" "$state/tracemoe.out" "$port" "$titles" "$state/anilist.out" "$anilist_port" <<'PY'
 import os, socket, sys, time
 from pathlib import Path
 
@@ -89,5 +109,9 @@ say "anisearch search $image -p tracemoe"
 export ANISEARCH_TRACEMOE_URL="http://127.0.0.1:$port" ANISEARCH_STATE_DIR="$state/state" \
     ANISEARCH_CACHE_DIR="$state/cache" ANISEARCH_ANILIST_URL="http://127.0.0.1:$anilist_port" \
     ANISEARCH_METADATA=anilist
-anisearch search "$image" -p tracemoe
-say "done: 'python -m pytest -n auto --cov' runs the tests; 'anisearch -h' lists the commands"
+"$py" -m anisearch search "$image" -p tracemoe
+if [ "$py" = python ]; then
+    say "done: 'python -m pytest -n auto --cov' runs the tests; 'anisearch -h' lists the commands"
+else
+    say "done: '. .venv/bin/activate', then 'python -m pytest -n auto --cov' runs the tests; 'anisearch -h' lists the commands"
+fi

@@ -131,7 +131,7 @@ def knobs_help() -> str:
             lines.append(f"  {name}: {listed}")
     ports = ", ".join(f"{name} {where}" for name, where in plan_ports(factories, None).items())
     return (
-        f"Default ports: {ports or 'none'}\n\n"
+        f"Default ports: {ports or f'none here: the emulators need the emulator extra ({EXTRA_HINT})'}\n\n"
         "Knobs (-o KEY=VALUE, VALUE as JSON; defaults shown):\n\n" + "\n\n".join(lines)
     )
 
