@@ -367,6 +367,9 @@ class Ledger(abc.ABC):
 
         yield Nap(provider, scope, nap)
 
+    async def _sync_clock(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
+        """Bring :meth:`now` in line with the store's own clock, when it has one (a shared Redis)."""
+
     async def aclose(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Release connections and files."""
 
@@ -473,6 +476,7 @@ class Ledger(abc.ABC):
             raise ConfigurationError(
                 f"reserve() needs slots >= 1 and lease_seconds > 0, got {slots}, {lease_seconds}"
             )
+        await self._sync_clock()
         now = self.now()
         queued = waiting if waiting is not None and self.hands_over and take_slot else None
         token = queued.token if queued is not None and queued.token else secrets.token_hex(12)
@@ -617,6 +621,7 @@ class Ledger(abc.ABC):
         """
         check_provider(provider)
         check_scope(scope)
+        await self._sync_clock()
         ticket = Ticket(provider, scope, "", self.now(), tuple(windows), reserved_at=sent_at)
         await self.settle(ticket, "unsent", observations=quotas)
 
@@ -643,6 +648,7 @@ class Ledger(abc.ABC):
             check_provider(provider)
         if scope is not None and provider is None:
             raise ConfigurationError("snapshot(scope=...) needs the provider too")
+        await self._sync_clock()
         now = self.now()
         quotas: list[Quota] = []
         if provider is not None and scope is not None:

@@ -8,7 +8,9 @@ list, where its nap blocks (``BLPOP``); the search then sends at once, without a
 reserve that finds slots freed without such a step (a lapsed lease, a dead holder) hands them to the queue
 first. A search not queued blocks on the scope's wake list instead. Keys live under ``anisearch:ledger:``.
 
-Times come from the workers' clocks (keep them in sync with NTP), so one injected clock drives a test.
+Times are the Redis server's (``TIME``, measured about once a minute): a worker whose own clock runs ahead
+(no NTP, a resumed VM) neither takes a live slot as lapsed nor ages the fleet's counted searches out of a
+window. A ledger given a clock (a test, a simulation) keeps that clock instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import time
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -110,6 +115,8 @@ class _QueuedNap(Nap):
         return self._ticket(int(reply[1])) if reply[1] else None
 
 
+CLOCK_CHECK_SECONDS = 60.0
+"""How often a worker measures its clock against the Redis server's, seconds."""
 GRACE_SECONDS = 1.0
 """The least a reservation is given to be answered, seconds, even when the search's deadline has passed or
 is about to: a Redis that answers does so in a millisecond, or a few hundred on a loaded machine whose event
@@ -139,11 +146,38 @@ class RedisLedger(Ledger):
             name: client.register_script(getattr(_redis_scripts, name))
             for name in ("RESERVE", "SETTLE", "FREE", "RENEW", "INSPECT", "WITHDRAW")
         }
+        self._follow_server_clock = clock is None  # a given clock (a test's) is kept as it is
+        self._skew = timedelta(0)  # the Redis server's clock minus this machine's
+        self._skew_at = -math.inf  # when (time.monotonic()) it was last measured
         self._listening: set[tuple[int, str, str]] = set()
         self._giving_up: set[asyncio.Task[None]] = set()
         """Tasks giving up reservations cut off at a deadline (see :meth:`_reserve_by_deadline`)."""
 
     hands_over = True
+
+    def now(self) -> datetime:
+        """The ledger's current instant: the Redis server's (this machine's clock, corrected by the
+        difference last measured), or the clock it was given."""
+        return super().now() + self._skew
+
+    async def _sync_clock(self) -> None:
+        """Measure this machine's clock against the Redis server's (``TIME``, taken at half the round trip),
+        at most once every :data:`CLOCK_CHECK_SECONDS`. A check that fails or takes longer than
+        :data:`GRACE_SECONDS` (or what is left of the search's deadline) keeps the last difference: the step
+        it comes before says what is wrong with Redis."""
+        if not self._follow_server_clock or time.monotonic() - self._skew_at < CLOCK_CHECK_SECONDS:
+            return
+        self._skew_at = time.monotonic()
+        with anyio.move_on_after(max(min(remaining_seconds(), GRACE_SECONDS), 0.0)):
+            try:
+                with self._unusable():
+                    before = super().now()
+                    seconds, micros = await self._redis.time()
+                    after = super().now()
+            except LedgerError:
+                return
+            server = datetime.fromtimestamp(int(seconds), UTC) + timedelta(microseconds=int(micros))
+            self._skew = server - (before + (after - before) / 2)
 
     async def _run(self, script: str, provider: str, scope: str, args: list[Any]) -> Any:
         with self._unusable():
