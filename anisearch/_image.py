@@ -96,8 +96,9 @@ _QUARTER_TURNS = {  # counter-clockwise quarter turns
     2: Image.Transpose.ROTATE_180,
     3: Image.Transpose.ROTATE_270,
 }
-# Formats with a real magic number (no TGA: random bytes pass its header check) and no external
-# programs (no EPS: Pillow hands it to Ghostscript).
+# Formats with a real magic number (no TGA: random bytes pass its header check), no external
+# programs (no EPS: Pillow hands it to Ghostscript), and nothing decoded before the size is known (no ICO:
+# Pillow decodes an icon's largest entry as it opens the file, whatever size the directory declares).
 _PLUGINS = {
     "JPEG": "JpegImagePlugin",
     "PNG": "PngImagePlugin",
@@ -107,7 +108,6 @@ _PLUGINS = {
     "BMP": "BmpImagePlugin",
     "TIFF": "TiffImagePlugin",
     "JPEG2000": "Jpeg2KImagePlugin",
-    "ICO": "IcoImagePlugin",
     "PPM": "PpmImagePlugin",
     "QOI": "QoiImagePlugin",
 }

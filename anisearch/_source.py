@@ -316,7 +316,7 @@ def _text_kind(head: bytes) -> str | None:
     return next((kind for prefixes, kind in _TEXT_KINDS if lowered.startswith(prefixes)), "text")
 
 
-def not_an_image(data: bytes, where: str) -> InvalidImageError:
+def not_an_image(data: bytes, where: str) -> InvalidImageError:  # noqa: PLR0911 - a return per kind
     """The error for bytes no decoder accepted, saying what they look like instead."""
     for magic, name in _IMAGE_SIGNATURES:
         if data.startswith(magic):
@@ -325,6 +325,8 @@ def not_an_image(data: bytes, where: str) -> InvalidImageError:
         return InvalidImageError(
             f"{where}HEIC/HEIF photos are not supported; convert it to JPEG or PNG first"
         )
+    if data.startswith(b"\x00\x00\x01\x00") and data[4:6] != b"\x00\x00":  # an icon directory, 1+ entries
+        return InvalidImageError(f"{where}ICO icons are not supported; convert it to PNG first")
     if data.startswith(b"RIFF") and data[8:12] == b"WAVE":
         return InvalidImageError(f"{where}this is a WAV audio file, not an image")
     for magic, name in _NOT_IMAGES:

@@ -31,6 +31,7 @@ from anisearch._image import (
     _rotate_for_display,
     fit,
     prepare,
+    prepare_quick,
 )
 from anisearch._provider import UploadLimits
 from anisearch_providers.tracemoe.descriptor import descriptor_distance, search_descriptor
@@ -64,18 +65,28 @@ def close_to(pixel: object, expected: tuple[int, int, int], tolerance: int = 12)
     return all(abs(int(a) - b) <= tolerance for a, b in zip(pixel, expected, strict=True))
 
 
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def png_header(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height (no pixel data needed to read the size)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0"))
-        + chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0"))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def grey_png(width: int, height: int) -> bytes:
+    """A whole, decodable mid-grey PNG of width x height (a few hundred KB even at 64 MP)."""
+    rows = zlib.compressobj(1)
+    pixels = b"".join(rows.compress(b"\0" + b"\x80" * width) for _ in range(height)) + rows.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b"")
     )
 
 
@@ -532,6 +543,21 @@ def test_a_decompression_bomb_is_refused_from_its_header() -> None:
         prepare(Image.new("RGB", (100, 100)), max_pixels=9999)
 
 
+def test_an_icon_is_refused_without_decoding_the_picture_inside() -> None:
+    """Pillow's ICO reader decodes the largest entry as it opens the file, before its size can be checked."""
+    bomb = grey_png(8000, 8000)  # 64 MP in 290 KB
+    entry = struct.pack("<4B2H2I", 16, 16, 0, 0, 1, 32, len(bomb), 22)  # which says 16x16
+    icon = struct.pack("<3H", 0, 1, 1) + entry + bomb
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as outside the tests: Pillow's warnings stop nothing
+        for data in (icon, encode(Image.new("RGB", (16, 16), RED), "ICO")):
+            with pytest.raises(InvalidImageError, match=r"^ICO icons are not supported; convert it to PNG"):
+                prepare(data)
+            assert prepare_quick(data) is None
+    with pytest.raises(InvalidImageError, match=r"8000x8000 \(64\.0 MP\)"):
+        prepare(bomb)  # the same picture on its own: refused from its header
+
+
 def test_an_image_without_pixels_is_refused() -> None:
     with pytest.raises(InvalidImageError, match=r"no pixels \(0x0\)"):
         prepare(Image.new("RGB", (0, 0)))
@@ -637,7 +663,7 @@ def seed_files() -> tuple[bytes, ...]:
     """Small valid files of every kind prepare() reads, for the mutation test."""
     picture = Image.new("RGB", (32, 16), RED)
     picture.paste(BLUE, (0, 0, 16, 16))
-    files = [encode(picture, fmt) for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "JPEG2000")]
+    files = [encode(picture, fmt) for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "JPEG2000")]
     files.append(encode(picture.convert("P"), "PNG", transparency=0))
     files.append(video("mp4", "libx264", [RED, BLUE], (32, 16)))
     return tuple(files)
