@@ -67,7 +67,8 @@ MAX_IMAGE_BYTES = MAX_SOURCE_BYTES
 """The same cap for images: an image over a provider's upload limit (trace.moe's 25 MiB) is decoded and
 scaled down, not refused; only :data:`MAX_PIXELS` limits what is decoded."""
 MAX_PIXELS = 50_000_000
-"""Default cap on the decoded size, pixels (50 MP): larger headers are refused as decompression bombs."""
+"""Default cap on the decoded size, pixels (50 MP): larger headers are refused as decompression bombs. A JPEG
+counts at the scale it is decoded at (a 108 MP photo at 1/8), within Pillow's own limit (179 MP)."""
 QUICK_PIXELS = 640 * 360
 """Largest still image, pixels (from its header), that :func:`quick` deems quick to prepare."""
 QUICK_BYTES = 1024 * 1024
@@ -158,6 +159,30 @@ def _formats() -> tuple[str, ...]:
 # ---------------------------------------------------------------- decoding
 
 
+def _open_header(data: bytes) -> Image.Image:
+    """``data`` opened by the plugin of its format: its header read, nothing decoded.
+
+    A JPEG is opened by its plugin directly. :func:`PIL.Image.open` would warn of a decompression bomb
+    from its header (over 89 MP), but a JPEG is decoded at up to 1/8 scale (:func:`_draft_request`) and
+    its pixel cap applies to that; Pillow's hard limit (179 MP, ``Image.MAX_IMAGE_PIXELS`` doubled) still
+    holds for its header.
+
+    Raises:
+        PIL.Image.DecompressionBombError: A header over Pillow's limit.
+        Exception: What :func:`PIL.Image.open` or the JPEG plugin raises for what they cannot read.
+    """
+    if not data.startswith(b"\xff\xd8\xff"):
+        return Image.open(io.BytesIO(data), formats=_formats())
+    from PIL import JpegImagePlugin  # a plugin of _PLUGINS, loaded for a JPEG only
+
+    image = JpegImagePlugin.jpeg_factory(io.BytesIO(data))
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and image.width * image.height > 2 * limit:
+        image.close()
+        raise Image.DecompressionBombError(f"{image.width}x{image.height} is over Pillow's limit")
+    return image
+
+
 def _check_pixels(size: tuple[int, int], max_pixels: int, where: str) -> None:
     width, height = size
     if width < 1 or height < 1:
@@ -210,7 +235,7 @@ def _decode_image(
     """:func:`_open_image`, the frame's size by its header, and the size a JPEG was asked to decode at
     (None: not a JPEG)."""
     try:
-        image = opened if opened is not None else Image.open(io.BytesIO(data), formats=_formats())
+        image = opened if opened is not None else _open_header(data)
     except UnidentifiedImageError:
         raise not_an_image(data, where) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -220,12 +245,12 @@ def _decode_image(
     except Exception as exc:
         raise not_an_image(data, where) from exc
     name = (image.format or "image").upper()
-    _check_pixels(image.size, max_pixels, where)
     header_size, draft = image.size, None
+    if image.format in {"JPEG", "MPO"} and min(image.size) > 0:  # decode at 1/2, 1/4 or 1/8 scale if enough
+        draft = _draft_request(image.size, box)
+        image.draft(None, draft)  # image.size is now the size decoded: what the pixel cap is about
+    _check_pixels(image.size, max_pixels, where)
     try:
-        if image.format in {"JPEG", "MPO"}:  # decode at 1/2, 1/4 or 1/8 scale when that is enough
-            draft = _draft_request(image.size, box)
-            image.draft(None, draft)
         image.load()
     except (EOFError, OSError) as exc:
         if isinstance(exc, EOFError) or "truncated" in str(exc):
@@ -381,19 +406,19 @@ def _encode(image: Image.Image, mime_type: str, quality: int = JPEG_QUALITY) -> 
     return out.getvalue()
 
 
-def _sent_as_is(image: Image.Image, data: bytes, box: tuple[int, int]) -> bool:
+def _sent_as_is(image: Image.Image, data: bytes, header_size: tuple[int, int], box: tuple[int, int]) -> bool:
     """Whether a decoded source can be uploaded byte for byte instead of re-encoded.
 
-    Only a plain baseline or progressive JPEG qualifies: RGB or grey, already inside ``box`` (its header
-    size, not a reduced draft), no EXIF (so no orientation and no location), no colour profile, XMP or
-    comment, and no heavier than :data:`_AS_IS_BITS_PER_PIXEL` (a quality-100 file is re-encoded smaller).
+    Only a plain baseline or progressive JPEG qualifies: RGB or grey, already inside ``box`` (its
+    ``header_size``, not a reduced draft), no EXIF (so no orientation and no location), no colour profile,
+    XMP or comment, and no heavier than :data:`_AS_IS_BITS_PER_PIXEL` (a quality-100 file is re-encoded
+    smaller).
     """
     if image.format != "JPEG" or image.mode not in {"RGB", "L"} or set(image.info) - _PLAIN_JPEG_INFO:
         return False
     if any(marker not in {"APP0", "APP14"} for marker, _ in getattr(image, "applist", ())):
         return False
-    with Image.open(io.BytesIO(data)) as header:  # the size before any draft reduction
-        width, height = header.size
+    width, height = header_size
     return (
         _fit_size((width, height), box) == (width, height)
         and len(data) * 8 <= width * height * _AS_IS_BITS_PER_PIXEL
@@ -534,7 +559,8 @@ def prepare(
             :data:`~anisearch._limits.MAX_SOURCE_BYTES` (100 MiB) for images and videos alike: an image
             larger than a provider's upload limit is scaled down, not refused.
         max_pixels: Largest decoded frame accepted, pixels; anything larger is refused as a possible
-            decompression bomb, from its header, before decoding.
+            decompression bomb, from its header, before decoding. A JPEG counts at the scale it is decoded
+            at (1/8 of each side when that is enough for the box).
         cut_borders: Trim black borders by trace.moe's ``cutBorders`` rule (see
             :func:`anisearch._borders.find_borders`) before scaling.
         wait_seconds: How long a named pipe may take to deliver the input, seconds (None: no bound).
@@ -585,7 +611,11 @@ def _finish(decoded: _Decoded, box: tuple[int, int], *, cut_borders: bool, keep:
     """The upload for ``box`` from a decoded frame; ``keep``: leave ``decoded.image`` as it was (it is the
     caller's, or serves another box)."""
     image = decoded.image
-    if decoded.still is not None and not cut_borders and _sent_as_is(image, decoded.still, box):
+    if (
+        decoded.still is not None
+        and not cut_borders
+        and _sent_as_is(image, decoded.still, decoded.header_size, box)
+    ):
         return PreparedImage(
             data=decoded.still,
             mime_type="image/jpeg",
@@ -712,7 +742,7 @@ def _quick_image(source: ImageSource | SourceBytes) -> Image.Image | None:
     if not 0 < len(data) <= QUICK_BYTES or video_kind(bytes(data[:512])) is not None:
         return None
     try:
-        image = Image.open(io.BytesIO(data), formats=_formats())
+        image = _open_header(bytes(data))
     except Exception:  # noqa: BLE001 - not an image Pillow opens: prepare() will say why, in a thread
         return None
     if image.width * image.height > QUICK_PIXELS:

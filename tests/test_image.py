@@ -31,6 +31,7 @@ from anisearch._image import (
     _rotate_for_display,
     fit,
     prepare,
+    prepare_boxes,
     prepare_quick,
 )
 from anisearch._provider import UploadLimits
@@ -214,6 +215,37 @@ def test_a_large_jpeg_is_scaled_down(samples: Path) -> None:
     prepared = prepare(photo)
     assert (prepared.width, prepared.height) == (640, 360)
     assert prepared.digest == hashlib.sha256(photo).hexdigest()
+
+
+@functools.cache
+def phone_photo() -> bytes:
+    """A 108 MP phone photo (12000x9000 JPEG), flat grey so that it is only 420 KB."""
+    return encode(Image.new("L", (12000, 9000), 90), "JPEG", quality=10, optimize=True)
+
+
+def test_a_108_mp_phone_photo_is_decoded_at_an_eighth_not_refused() -> None:
+    data = phone_photo()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepared = prepare(data, max_width=320, max_height=320)  # trace.moe's box
+        assert prepare_boxes(data, [(640, 360), (320, 320)])[1].data == prepared.data
+        assert prepare_quick(data, max_width=320, max_height=320) is None  # too many pixels to be quick
+    assert [str(warning.message) for warning in caught] == []  # nor a decompression bomb to Pillow
+    assert (prepared.width, prepared.height) == (320, 240)
+    assert close_to(decoded(prepared).getpixel((160, 120)), (90, 90, 90))
+    with pytest.raises(InvalidImageError, match=r"1500x1125 \(1\.7 MP\), over the 1\.0 MP limit"):
+        prepare(data, max_width=320, max_height=320, max_pixels=1_000_000)  # the cap is on what is decoded
+    with pytest.raises(InvalidImageError, match=r"12000x9000 \(108\.0 MP\), over the 50\.0 MP limit"):
+        prepare(data, max_width=12000, max_height=9000)  # a box it must be decoded whole for
+
+
+def test_a_jpeg_over_pillows_own_limit_is_refused_from_its_header() -> None:
+    small = phone_photo()
+    size = small.index(b"\xff\xc0") + 5  # the baseline frame header: length, precision, height, width
+    data = small[:size] + struct.pack(">HH", 15000, 15000) + small[size + 4 :]  # 225 MP
+    with pytest.raises(InvalidImageError, match="too many pixels to decode safely"):
+        prepare(data)
+    assert prepare_quick(data) is None
 
 
 def test_worker_threads_get_the_same_answers(samples: Path, screenshot: Image.Image) -> None:
