@@ -515,7 +515,7 @@ def _load(
         return _Decoded(image, "", digest, source_bytes, pil_format, None, image.size, None)
     raw = _read_bytes(source, max_source_bytes, wait_seconds)
     data, where = raw.data, raw.where
-    kind = video_kind(data[:512])
+    kind = video_kind(data[:512], len(data))
     if kind is not None:
         image = _open_video(data, kind, where, max_pixels)
         return _Decoded(image, where, raw.digest, len(data), kind, None, image.size, None)
@@ -739,7 +739,7 @@ def _quick_image(source: ImageSource | SourceBytes) -> Image.Image | None:
         data = source
     else:
         return None
-    if not 0 < len(data) <= QUICK_BYTES or video_kind(bytes(data[:512])) is not None:
+    if not 0 < len(data) <= QUICK_BYTES or video_kind(bytes(data[:512]), len(data)) is not None:
         return None
     try:
         image = _open_header(bytes(data))

@@ -35,6 +35,8 @@ _IMAGE_SIGNATURES = (
 )
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 _AVIF_BRANDS = {b"avif", b"avis"}
+_QUICKTIME_ATOMS = {b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
+"""What a QuickTime movie may start with instead of ``ftyp`` (files from before 2001, some cameras)."""
 _NOT_IMAGES = (
     (b"%PDF-", "a PDF document"),
     (b"PK\x03\x04", "a ZIP archive"),
@@ -271,8 +273,29 @@ def read_source(source: object, limit: int, wait_seconds: float | None = None) -
 # ---------------------------------------------------------------- sniffing
 
 
-def video_kind(head: bytes) -> str | None:  # noqa: PLR0911 - one return per container signature
-    """The video container the bytes start with, or None (images, AVIF and HEIF included, are None)."""
+def _quicktime_atom(head: bytes, total: int) -> bool:
+    """Whether the input starts with a QuickTime atom other than ``ftyp`` whose size fits in the input.
+
+    The size matters: a text with "free" as its fifth to eighth letters ("for free") reads as an atom of
+    hundreds of megabytes.
+    """
+    if head[4:8] not in _QUICKTIME_ATOMS:
+        return False
+    size, header = int.from_bytes(head[:4], "big"), 8
+    if size == 1:  # a 64-bit size follows the type
+        size, header = int.from_bytes(head[8:16], "big"), 16
+    return header <= size <= total
+
+
+def video_kind(head: bytes, total: int | None = None) -> str | None:  # noqa: PLR0911 - one return per container
+    """The video container the bytes start with, or None (images, AVIF and HEIF included, are None).
+
+    Args:
+        head: The input's first bytes (512 are enough).
+        total: The input's whole size, bytes (None: ``head`` is the whole input).
+    """
+    if _quicktime_atom(head, len(head) if total is None else total):
+        return "mov"
     if head[4:8] == b"ftyp":
         brand = head[8:12]
         if brand in _AVIF_BRANDS or brand in _HEIF_BRANDS:
@@ -290,8 +313,16 @@ def video_kind(head: bytes) -> str | None:  # noqa: PLR0911 - one return per con
         return "ogg"
     if head.startswith(b"\x00\x00\x01\xba"):
         return "mpeg"
-    if len(head) > 376 and head[0] == head[188] == head[376] == 0x47:  # noqa: PLR2004 - TS packets
-        return "mpeg-ts"
+    return _transport_stream(head)
+
+
+def _transport_stream(head: bytes) -> str | None:
+    """``"mpeg-ts"`` (188-byte packets) or ``"m2ts"`` (192: Blu-ray and AVCHD put a 4-byte arrival time
+    before each packet) when three packets in a row start with the sync byte, else None."""
+    for kind, start, step in (("mpeg-ts", 0, 188), ("m2ts", 4, 192)):
+        sync = head[start : start + 3 * step : step]
+        if sync == b"\x47\x47\x47":
+            return kind
     return None
 
 

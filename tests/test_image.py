@@ -92,11 +92,15 @@ def grey_png(width: int, height: int) -> bytes:
 
 
 def video(
-    fmt: str, codec: str, colours: list[tuple[int, int, int]], size: tuple[int, int] = (64, 48)
+    fmt: str,
+    codec: str,
+    colours: list[tuple[int, int, int]],
+    size: tuple[int, int] = (64, 48),
+    options: dict[str, str] | None = None,
 ) -> bytes:
-    """A tiny video whose frames are solid colours, in order."""
+    """A tiny video whose frames are solid colours, in order; ``options``: the muxer's."""
     out = io.BytesIO()
-    with av.open(out, "w", format=fmt) as container:
+    with av.open(out, "w", format=fmt, options=options or {}) as container:
         stream = container.add_stream(codec, rate=25)  # MPEG-1/2 allow only standard rates
         assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
@@ -454,6 +458,43 @@ def test_a_video_gives_its_first_frame(fmt: str, codec: str, kind: str) -> None:
     assert close_to(decoded(prepared).getpixel((32, 24)), RED, 40)
 
 
+def moov_first(movie: bytes) -> bytes:
+    """A one-track movie as PyAV writes it (ftyp, wide, mdat, moov) as moov then mdat, its chunk offsets
+    moved with the samples."""
+    atoms, at = {}, 0
+    while at < len(movie):
+        size, kind = struct.unpack_from(">I4s", movie, at)
+        atoms[kind], at = movie[at : at + size], at + size
+    moov, mdat = bytearray(atoms[b"moov"]), atoms[b"mdat"]
+    shift = len(moov) - movie.index(mdat)
+    table = moov.index(b"stco") + 8  # after the version, the flags: the count, then each chunk's offset
+    for entry in range(struct.unpack_from(">I", moov, table)[0]):
+        offset = table + 4 + 4 * entry
+        struct.pack_into(">I", moov, offset, struct.unpack_from(">I", moov, offset)[0] + shift)
+    return bytes(moov) + mdat
+
+
+@pytest.mark.parametrize("first", [b"moov", b"free", b"skip", b"wide"])
+def test_a_quicktime_movie_without_an_ftyp_atom_gives_its_first_frame(first: bytes) -> None:
+    """As QuickTime wrote movies before ftyp (2001), and some cameras still do."""
+    movie = video("mov", "mpeg4", [RED, GREEN, BLUE] * 4)
+    assert movie[4:8] == b"ftyp"
+    classic = moov_first(movie) if first == b"moov" else movie[:4] + first + movie[8:]  # ftyp as free space
+    assert classic[4:8] == first
+    prepared = prepare(classic)
+    assert (prepared.source_format, prepared.width, prepared.height) == ("mov", 64, 48)
+    assert close_to(decoded(prepared).getpixel((32, 24)), RED, 40)
+
+
+def test_a_blu_ray_transport_stream_gives_its_first_frame() -> None:
+    """A .m2ts (Blu-ray, AVCHD cameras): 192-byte packets, a 4-byte arrival time before each TS packet."""
+    data = video("mpegts", "mpeg2video", [RED, GREEN, BLUE] * 4, options={"mpegts_m2ts_mode": "1"})
+    assert data[4] == data[196] == data[388] == 0x47 != data[0]  # the TS sync byte
+    prepared = prepare(data)
+    assert (prepared.source_format, prepared.width, prepared.height) == ("m2ts", 64, 48)
+    assert close_to(decoded(prepared).getpixel((32, 24)), RED, 40)
+
+
 def test_a_video_without_pyav_asks_for_the_video_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     data = video("mp4", "libx264", [RED])
     monkeypatch.setitem(sys.modules, "av", None)
@@ -488,6 +529,7 @@ def test_a_video_over_the_pixel_cap_is_refused_before_decoding() -> None:
     [
         (b"", "the image is empty"),
         (b"my api key is hunter2, please search", "this is text, not an image"),
+        (b"for free, as in beer; " * 30, "this is text, not an image"),  # not a QuickTime "free" atom
         (b"  <!DOCTYPE html><html><body>Not Found</body></html>", "an HTML page, not an image"),
         (b'{"error": "Failed to fetch image"}', "this is JSON, not an image"),
         (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "SVG drawing"),
@@ -497,7 +539,7 @@ def test_a_video_over_the_pixel_cap_is_refused_before_decoding() -> None:
         (b"\x00\x01\x02\x03\xfe\xfd\xfc" * 50, "not an image or video format"),
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "the PNG image is corrupt"),
     ],
-    ids=["empty", "text", "html", "json", "svg", "pdf", "wav", "heic", "binary", "broken-png"],
+    ids=["empty", "text", "free-text", "html", "json", "svg", "pdf", "wav", "heic", "binary", "broken-png"],
 )
 def test_what_is_not_an_image_is_refused_with_a_clear_message(data: bytes, message: str) -> None:
     with pytest.raises(InvalidImageError, match=message) as caught:
