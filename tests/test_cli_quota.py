@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +147,41 @@ def test_reset_without_a_terminal_to_ask_at_needs_yes(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "add --yes" in done.stderr
     assert "forgot" not in done.stderr
+
+
+PASSWORD = "s3cret-pw"
+
+
+@pytest.fixture
+def redis_asking_a_password(redis_url: str) -> Iterator[str]:
+    """The session's redis-server asking for :data:`PASSWORD` while the test runs; its URL without it."""
+    import redis
+
+    with redis.Redis.from_url(redis_url) as client:
+        client.config_set("requirepass", PASSWORD)
+    yield redis_url
+    with redis.Redis.from_url(redis_url, password=PASSWORD) as client:
+        client.config_set("requirepass", "")
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("written", ["userinfo", "query"])
+def test_quota_never_shows_the_redis_password(
+    redis_asking_a_password: str, monkeypatch: pytest.MonkeyPatch, written: str
+) -> None:
+    """It printed the ledger URL as configured (``ledger: redis://:s3cret-pw@…``), while every error
+    masked it; redis-py also reads the password from ``?password=``."""
+    url = redis_asking_a_password
+    if written == "userinfo":
+        url = url.replace("redis://", f"redis://:{PASSWORD}@")
+    else:
+        url = f"{url}?password={PASSWORD}"
+    monkeypatch.setenv("ANISEARCH_LEDGER", url)
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
+    for args in (["quota"], ["quota", "--json"], ["quota", "--reset", "--yes"]):
+        done = run_in_process(*args)
+        assert done.returncode == 0, done.stderr
+        assert PASSWORD not in done.stdout + done.stderr
+        assert "ledger: redis://" in done.stderr
+        assert "127.0.0.1" in done.stderr
+    assert "the ledger forgot every provider (redis://" in done.stderr

@@ -1016,8 +1016,8 @@ def test_redis_needs_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_redis_url_password_is_masked() -> None:
     for url, shown in [
-        ("redis://:hunter2@127.0.0.1:6379/3", "redis://:***@127.0.0.1:6379/3"),
-        ("rediss://worker:hunter2@redis.internal/0", "rediss://worker:***@redis.internal/0"),
+        ("redis://:hunter2@127.0.0.1:6379/3", "redis://***@127.0.0.1:6379/3"),
+        ("rediss://worker:hunter2@redis.internal/0", "rediss://***@redis.internal/0"),  # as in every log
     ]:
         ledger = open_ledger(url)
         assert ledger.url == shown
@@ -1025,6 +1025,26 @@ async def test_redis_url_password_is_masked() -> None:
     with pytest.raises(ConfigurationError, match="invalid Redis ledger URL") as caught:
         open_ledger("redis://:hunter2@127.0.0.1:port/0")
     assert "hunter2" not in str(caught.value)
+
+
+async def test_a_redis_password_in_the_query_is_masked_too() -> None:
+    """redis-py reads the password from ``?password=`` as well: it was shown in the ledger's URL, in the
+    LedgerError's message and in its ``ledger``."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ledger = open_ledger(f"redis://127.0.0.1:{port}/0?password=hunter2")
+    try:
+        with pytest.raises(LedgerError) as caught:
+            await ledger.snapshot("tracemoe")
+    finally:
+        await ledger.aclose()
+    assert ledger.url == f"redis://127.0.0.1:{port}/0?password=***"
+    assert "hunter2" not in str(caught.value)
+    assert caught.value.ledger == ledger.url
+    with pytest.raises(ConfigurationError, match="invalid Redis ledger URL") as refused:
+        open_ledger("redis://127.0.0.1:port/0?password=hunter2")
+    assert "hunter2" not in str(refused.value)
 
 
 def test_a_holder_is_judged_dead_only_by_a_process_that_sees_its_pids() -> None:

@@ -34,6 +34,7 @@ from anisearch._cli._common import (
     when,
 )
 from anisearch._exceptions import AnisearchError, AuthenticationError, ConfigurationError, ProviderError
+from anisearch._redact import display_url
 
 if TYPE_CHECKING:
     from anisearch._models import Quota
@@ -81,7 +82,7 @@ def quota(
     """What each provider allows, what is used and when it frees."""
     verbose = configure_logging(verbose)
     with open_client(verbose) as client:
-        ledger = client.settings.ledger_url
+        ledger = display_url(client.settings.ledger_url)  # a Redis password masked, in the URL or its query
         if reset:
             if provider is not None:
                 from anisearch._provider import check_registered

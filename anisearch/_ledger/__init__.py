@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
@@ -33,6 +32,7 @@ from anisearch._ledger._memory import MemoryLedger
 from anisearch._ledger._sqlite import SQLiteLedger
 from anisearch._ledger._windows import STANDARD_WINDOWS, WindowSpec, zone
 from anisearch._limits import REDIS_SECONDS
+from anisearch._redact import redact
 from anisearch._sqlite_url import sqlite_url_path
 
 if TYPE_CHECKING:
@@ -80,16 +80,6 @@ def _shared_memory(timezone: str) -> MemoryLedger:
         return _SHARED_MEMORY[timezone]
 
 
-def _masked(url: str) -> str:
-    """``url`` with the password (if any) replaced by ``***``."""
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
 def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) -> Ledger:
     """Open the ledger a URL names. Nothing is connected until first use.
 
@@ -117,7 +107,7 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
     scheme = scheme.lower()
     if not sep or scheme not in SCHEMES:
         raise ConfigurationError(
-            f"unsupported ledger URL {_masked(url)!r}; use memory://, sqlite:///path or redis://host:port/db"
+            f"unsupported ledger URL {redact(url)!r}; use memory://, sqlite:///path or redis://host:port/db"
         )
     if scheme == "memory":
         return _shared_memory(timezone) if clock is None else MemoryLedger(timezone=tz, clock=clock)
@@ -144,5 +134,5 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
         )
         client = Redis.from_pool(pool)
     except ValueError as exc:
-        raise ConfigurationError(f"invalid Redis ledger URL {_masked(url)!r}: {exc}") from exc
-    return RedisLedger(client, url=_masked(url), timezone=tz, clock=clock)
+        raise ConfigurationError(f"invalid Redis ledger URL {redact(url)!r}: {exc}") from exc
+    return RedisLedger(client, url=redact(url), timezone=tz, clock=clock)
