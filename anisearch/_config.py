@@ -35,7 +35,7 @@ from pydantic_settings import (
 )
 
 from anisearch._exceptions import ConfigurationError
-from anisearch._redact import redact
+from anisearch._redact import MASK, redact
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -122,6 +122,25 @@ class _TomlSource(PydanticBaseSettingsSource):
 def is_redis_url(value: str | None) -> bool:
     """Whether a cache setting names Redis."""
     return value is not None and value.strip().lower().startswith(("redis://", "rediss://"))
+
+
+def _check_redis_url(value: str, field: str) -> None:
+    """Refuse a Redis URL redis-py cannot read (a port or a ``db`` that is not a number) as the setting
+    ``field``'s error, its password masked. Without the redis extra it is left to whoever opens Redis."""
+    try:
+        from redis.connection import parse_url
+    except ImportError:
+        return
+    try:
+        parse_url(value.strip())  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+    except ValueError as exc:
+        shown = redact(value)
+        # redis-py quotes the part it could not read: a password cut short by '#', '?' or '/' is read as the
+        # port, and is masked as the URL masks it.
+        problem = re.sub(r"'([^']*)'", lambda part: part[0] if part[1] in shown else f"'{MASK}'", str(exc))
+        raise ConfigurationError(
+            f"invalid Redis {field} URL {shown!r} ({setting_source(field)}): {problem}"
+        ) from None
 
 
 def settings_error(
@@ -292,14 +311,20 @@ class Settings(BaseSettings):
                 f"unsupported ledger URL {redact(value)!r} ({setting_source('ledger')}); use memory://, "
                 "sqlite:///path or redis://host:port/db"
             )
+        if is_redis_url(value):
+            _check_redis_url(value, "ledger")
         return value
 
     @field_validator("cache")
     @classmethod
     def _cache_file(cls, value: str | None) -> str | None:
         """A ``sqlite:///path`` URL (written as the ledger's) names its file; any other ``scheme://`` but
-        Redis is refused (it would have been a file of that name under the current directory)."""
-        if value is None or "://" not in value or is_redis_url(value):
+        Redis is refused (it would have been a file of that name under the current directory); a Redis URL
+        is checked as the ledger's."""
+        if value is None or "://" not in value:
+            return value
+        if is_redis_url(value):
+            _check_redis_url(value, "cache")
             return value
         if value.partition("://")[0].lower() == "sqlite":
             from anisearch._sqlite_url import sqlite_url_path

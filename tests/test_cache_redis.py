@@ -10,9 +10,10 @@ from typing import Any
 
 import anyio
 import pytest
+from tests.cli_runner import run_in_process
 from tests.conftest import free_port
 
-from anisearch import AsyncClient, Settings
+from anisearch import AsyncClient, ConfigurationError, Settings
 from anisearch._cache_redis import CACHE_PREFIX, FLIGHT_PREFIX, Flights, RedisResultCache, cache_ready
 from anisearch._limits import search_deadline
 from anisearch._models import SearchResult
@@ -25,6 +26,24 @@ def settings_for(url: str, cache: str) -> Settings:
     return Settings.load(
         providers=["tracemoe"], provider_options={"tracemoe": {"url": url}}, ledger="memory://", cache=cache
     )
+
+
+@pytest.mark.usefixtures("tracemoe")
+def test_a_redis_cache_url_redis_cannot_read_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, samples: Path
+) -> None:
+    """``:6379x``, a typo: the first search raised redis-py's own ValueError (at the command, a traceback
+    and exit 1), where the same typo in ANISEARCH_LEDGER is refused with the settings."""
+    monkeypatch.setenv("ANISEARCH_CACHE", "redis://:hunter2@127.0.0.1:6379x/1")
+    monkeypatch.setenv("ANISEARCH_LEDGER", "memory://")
+    with pytest.raises(ConfigurationError, match=r"invalid Redis cache URL .*\(ANISEARCH_CACHE\)") as caught:
+        AsyncClient()
+    assert "hunter2" not in str(caught.value)
+    done = run_in_process("search", str(samples / "tinted-good.jpg"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("anisearch: error: invalid Redis cache URL 'redis://***@127.0.0.1:6379x/1'")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "hunter2" not in done.stderr
 
 
 def test_two_clients_share_answers_through_redis(

@@ -176,10 +176,36 @@ def test_settings_made_directly_raise_a_configuration_error_without_the_value(
     assert "MY-TRACE-KEY-123" not in str(caught.value)
 
 
-@pytest.mark.parametrize("password", ["hunter2@secret", "hunter2#secret", "hunter2?secret"])
-def test_a_password_holding_an_at_sign_or_a_url_delimiter_is_masked_whole(password: str) -> None:
-    settings = Settings.load(cache=f"redis://:{password}@cache.internal:6379/1")
+def test_a_password_holding_an_at_sign_is_masked_whole() -> None:
+    settings = Settings.load(cache="redis://:hunter2@secret@cache.internal:6379/1")
     for shown in (repr(settings), settings.model_dump_json()):
         assert "hunter2" not in shown
         assert "secret" not in shown
         assert "cache.internal:6379" in shown
+
+
+@pytest.mark.parametrize("password", ["hunter2#secret", "hunter2?secret"])
+def test_a_password_cut_short_by_a_url_delimiter_is_refused_and_masked_whole(password: str) -> None:
+    """Unencoded, it ends the host part: redis-py could not use the URL, and names 'hunter2' as its port."""
+    with pytest.raises(ConfigurationError, match="Port could not be cast to integer value as") as caught:
+        Settings.load(cache=f"redis://:{password}@cache.internal:6379/1")
+    assert "hunter2" not in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("setting", ["cache", "ledger"])
+def test_a_redis_url_redis_cannot_read_is_refused_naming_its_setting(
+    monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    """A port that is not a number: the cache's raised redis-py's ValueError at the first search."""
+    monkeypatch.setenv(f"ANISEARCH_{setting.upper()}", "redis://:hunter2@127.0.0.1:6379x/1")
+    with pytest.raises(ConfigurationError, match=f"invalid Redis {setting} URL") as caught:
+        Settings.load()
+    assert f"(ANISEARCH_{setting.upper()}): Port could not be cast to integer value as '6379x'" in str(
+        caught.value
+    )
+    assert "hunter2" not in str(caught.value)
+    query = "redis://127.0.0.1:6379/1?password=hunter2&db=one"
+    with pytest.raises(ConfigurationError, match="Invalid value for 'db'") as caught:
+        Settings.load(**{setting: query})
+    assert "hunter2" not in str(caught.value)
