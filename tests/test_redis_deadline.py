@@ -1,8 +1,11 @@
 """A search's deadline bounds what it waits for from Redis (ledger and result cache), not only Redis's own
-5-second timeout per command: a paused Redis ends a ``deadline=1`` search in about a second."""
+5-second timeout per command: a paused Redis ends a ``deadline=1`` search in about a second. A reservation
+whose answer never came (cut off at the deadline, or its reply lost) is given up, not left holding a slot."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,9 +13,13 @@ from typing import Any
 
 import anyio
 import pytest
+from redis.asyncio import Redis
 from tests.conftest import RedisServer
+from tests.test_router import Connections
 
 from anisearch import AsyncClient, LedgerError, Settings
+from anisearch._ledger._redis import PREFIX
+from anisearch._ledger._redis_scripts import RESERVE
 from anisearch._limits import REDIS_SECONDS
 from anisearch_emulators.tracemoe import create_app as tracemoe_app
 
@@ -171,6 +178,84 @@ def test_a_reservation_cut_off_by_a_short_stall_is_given_up_when_redis_answers_a
     assert cut_off is not None
     assert next_took < 5.0
     assert trace.app.state.emulator.search_requests == 2  # the cut-off search sent nothing
+
+
+class ReplyLost:
+    """A TCP proxy to Redis that, when :attr:`armed`, forwards the next command holding ``marker`` and then
+    drops the client's connection: Redis runs the command, its reply never arrives."""
+
+    def __init__(self, port: int, marker: bytes) -> None:
+        self.port = port
+        self.marker = marker
+        self.armed = False
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        redis_reader, redis_writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def up() -> None:
+            while data := await reader.read(65536):
+                redis_writer.write(data)
+                if self.armed and self.marker in data:
+                    self.armed = False
+                    writer.transport.abort()  # before the reply can be read; Redis's side closes after it
+                    return
+            redis_writer.close()
+
+        async def down() -> None:
+            while (data := await redis_reader.read(65536)) and not writer.transport.is_closing():
+                writer.write(data)
+            redis_writer.close()
+
+        await asyncio.gather(up(), down())
+
+
+def test_a_reservation_whose_reply_was_lost_is_given_up(
+    live_server: Callable[[Any], Any], samples: Path, redis_server: RedisServer, redis_url: str
+) -> None:
+    """The connection drops after Redis ran the reserve script, before its reply arrives: the search fails
+    (nothing sent upstream), and the reservation is given up. It held its slot for its 15 s lease and
+    counted a search never sent against the quota (``used`` 2 after one search) for the whole window."""
+    trace = live_server(tracemoe_app())
+    lost = ReplyLost(
+        redis_server.port, hashlib.sha1(RESERVE.encode(), usedforsecurity=False).hexdigest().encode()
+    )
+
+    async def state(client: AsyncClient) -> tuple[int | None, int]:
+        """trace.moe's rolling-24h ``used``, and the reservations Redis holds."""
+        used = next(q.used for q in await client.quota("tracemoe") if q.window == "rolling-24h")
+        async with Redis.from_url(redis_url, decode_responses=True) as redis:
+            held = sum([await redis.hlen(key) async for key in redis.scan_iter(f"{PREFIX}h:*")])
+        return used, held
+
+    async def run() -> tuple[BaseException | None, tuple[int | None, int]]:
+        connections = Connections()
+        proxy = await asyncio.start_server(connections(lost), "127.0.0.1", 0)
+        port = proxy.sockets[0].getsockname()[1]
+        try:
+            async with AsyncClient(
+                settings(trace.url, ledger=f"redis://127.0.0.1:{port}/0", cache="off")
+            ) as client:
+                await client.search(samples / "tinted-good.jpg")  # the scripts loaded, one search counted
+                assert await state(client) == (1, 0)
+                lost.armed = True
+                failed: BaseException | None = None
+                try:
+                    await client.search(samples / "flipped-good.webp")
+                except LedgerError as exc:
+                    failed = exc
+                with anyio.move_on_after(3.0):  # given up at once, or by a task of its own
+                    while await state(client) != (1, 0):
+                        await anyio.sleep(0.1)
+                return failed, await state(client)
+        finally:
+            proxy.close()
+            await connections.closed()
+
+    failed, after = anyio.run(run)
+    assert isinstance(failed, LedgerError)
+    assert not lost.armed  # the reserve's reply was the one lost
+    assert trace.app.state.emulator.search_requests == 1  # the failed search sent nothing
+    assert after == (1, 0)
 
 
 def test_a_search_out_of_time_at_the_cache_does_not_turn_it_off(redis_url: str) -> None:

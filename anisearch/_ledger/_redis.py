@@ -151,7 +151,8 @@ class RedisLedger(Ledger):
         self._skew_at = -math.inf  # when (time.monotonic()) it was last measured
         self._listening: set[tuple[int, str, str]] = set()
         self._giving_up: set[asyncio.Task[None]] = set()
-        """Tasks giving up reservations cut off at a deadline (see :meth:`_reserve_by_deadline`)."""
+        """Tasks giving up reservations cut off at a deadline or whose reply was lost (see
+        :meth:`_reserve_by_deadline`)."""
 
     hands_over = True
 
@@ -191,19 +192,26 @@ class RedisLedger(Ledger):
         little is left, so that a Redis that answers is never cut off.
 
         The script was sent: Redis may run it when it answers again, reserving a slot nobody settles. It is
-        given up as soon as Redis answers (at once, or later by a task of its own, until its lease ends)."""
-        with anyio.move_on_after(max(remaining_seconds(), GRACE_SECONDS)):
-            return await self._run("RESERVE", provider, scope, args)
+        given up as soon as Redis answers (at once, or later by a task of its own, until its lease ends); so
+        is one whose reply was lost (:class:`LedgerError`: a connection reset after Redis ran the script, a
+        reply slower than the socket timeout), which may have reserved a slot and counted a search never
+        sent."""
+        try:
+            with anyio.move_on_after(max(remaining_seconds(), GRACE_SECONDS)):
+                return await self._run("RESERVE", provider, scope, args)
+            failure = self._past_deadline()
+        except LedgerError as exc:
+            failure = exc
         with anyio.CancelScope(shield=True), anyio.move_on_after(GIVE_UP_SECONDS):
             if await self._give_up(provider, scope, request.token):
-                raise self._past_deadline()
+                raise failure
         lease_left = (request.lease_until - to_us(self.now())) / 1_000_000
         task = asyncio.get_running_loop().create_task(
             self._give_up_later(provider, scope, request.token, lease_left)
         )
         self._giving_up.add(task)
         task.add_done_callback(self._giving_up.discard)
-        raise self._past_deadline()
+        raise failure
 
     def _past_deadline(self) -> LedgerError:
         return LedgerError(
