@@ -185,3 +185,16 @@ def test_quota_never_shows_the_redis_password(
         assert "ledger: redis://" in done.stderr
         assert "127.0.0.1" in done.stderr
     assert "the ledger forgot every provider (redis://" in done.stderr
+
+
+@pytest.mark.redis
+def test_a_wrong_redis_password_says_to_check_it(
+    redis_asking_a_password: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "check that Redis runs there": it runs, and refuses the password."""
+    monkeypatch.setenv("ANISEARCH_LEDGER", redis_asking_a_password.replace("redis://", "redis://:wrong@"))
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
+    done = run_in_process("quota")
+    assert done.returncode == 6, done.stderr
+    assert "check the user and password in ANISEARCH_LEDGER" in done.stderr
+    assert "wrong" not in done.stderr

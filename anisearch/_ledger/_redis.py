@@ -115,6 +115,23 @@ class _QueuedNap(Nap):
         return self._ticket(int(reply[1])) if reply[1] else None
 
 
+def _hint(exc: BaseException) -> str:
+    """What to do about a Redis failure, by its kind (redis-py's error classes, by name: older versions
+    lack some)."""
+    kinds = {kind.__name__ for kind in type(exc).__mro__}
+    if kinds & {"AuthenticationError", "AuthenticationWrongNumberOfArgsError"}:
+        return "check the user and password in ANISEARCH_LEDGER"
+    if kinds & {"AuthorizationError", "NoPermissionError"}:
+        return "the Redis user lacks a permission the ledger needs (scripts, TIME, anisearch:ledger: keys)"
+    if "ReadOnlyError" in kinds:
+        return "that Redis is a read-only replica: point ANISEARCH_LEDGER at its primary"
+    if "OutOfMemoryError" in kinds:
+        return (
+            "that Redis is out of memory (maxmemory): give the ledger an instance that never evicts its keys"
+        )
+    return "check that Redis runs there, or set ANISEARCH_LEDGER to another ledger"
+
+
 CLOCK_CHECK_SECONDS = 60.0
 """How often a worker measures its clock against the Redis server's, seconds."""
 GRACE_SECONDS = 1.0
@@ -252,8 +269,7 @@ class RedisLedger(Ledger):
             yield
         except (RedisError, OSError) as exc:
             raise LedgerError(
-                f"the quota ledger {self.url} cannot be used ({type(exc).__name__}: {exc}); check that Redis "
-                "runs there, or set ANISEARCH_LEDGER to another ledger",
+                f"the quota ledger {self.url} cannot be used ({type(exc).__name__}: {exc}); {_hint(exc)}",
                 ledger=self.url,
             ) from exc
 
