@@ -923,10 +923,11 @@ async def _prepared(source: Any, boxes: Sequence[tuple[int, int]], wait_seconds:
 
 async def _read_in_time(read: Callable[[Any, float], T], source: Any, wait_seconds: float) -> T:
     """``read(source, wait_seconds)`` in a worker thread, a caller's blocking file object read first
-    (see :func:`_read_bytes_in_time`)."""
+    (see :func:`_read_bytes_in_time`). ``read`` may decode the picture: it takes a turn among the event
+    loop's decodes (:func:`anisearch._worker.decodes`)."""
     if _reads_blocking(source):
         source = await _read_bytes_in_time(source, wait_seconds)
-    return await _worker.run_sync(read, source, wait_seconds)
+    return await _worker.run_sync(read, source, wait_seconds, limiter=_worker.decodes())
 
 
 async def _read_bytes_in_time(source: Any, wait_seconds: float) -> Any:

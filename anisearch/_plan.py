@@ -97,7 +97,11 @@ class SearchImages:
                 work = partial(_image.prepare_boxes, digest=self._digest)  # the source goes as an argument
                 try:
                     quick = _image.quick(source)
-                    images = work(source, missing) if quick else await _worker.run_sync(work, source, missing)
+                    images = (
+                        work(source, missing)
+                        if quick
+                        else await _worker.run_sync(work, source, missing, limiter=_worker.decodes())
+                    )
                 except InvalidImageError as exc:
                     self._failed[box] = exc
                     raise
@@ -120,7 +124,7 @@ class _Cropped:
             size = (prepared.width, prepared.height)
             if size not in self._images:
                 self._images[size] = await anyio.to_thread.run_sync(
-                    partial(_image.prepare, prepared.data, cut_borders=True)
+                    partial(_image.prepare, prepared.data, cut_borders=True), limiter=_worker.decodes()
                 )
             return self._images[size]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -154,3 +155,50 @@ def multipart_image(request: httpx.Request) -> bytes:
     start = content.index(b"\r\n\r\n", content.index(b'name="image"')) + 4
     boundary = request.headers["content-type"].split("boundary=")[1].encode()
     return content[start : content.index(b"\r\n--" + boundary, start)]
+
+
+def test_pictures_are_decoded_a_few_at_a_time_however_many_searches_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A decode holds up to 16 bytes a pixel: many searches at once (a gateway's guests) decode no more at
+    once than :data:`DECODES_AT_ONCE` (it was anyio's 40 threads: 2.9 GB for four 88 KB WebP uploads)."""
+    import threading
+    import time
+
+    from anisearch import AsyncClient, _worker
+
+    running, most = 0, 0
+    counting = threading.Lock()
+    real = _image.prepare_boxes
+
+    def decoding(*args: Any, **options: Any) -> Any:
+        nonlocal running, most
+        with counting:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.05)  # long enough for every search to be decoding at once, unbounded
+            return real(*args, **options)
+        finally:
+            with counting:
+                running -= 1
+
+    monkeypatch.setattr(_image, "prepare_boxes", decoding)
+    answer = {"frameCount": 1, "error": "", "result": []}
+    settings = Settings.load(
+        providers=["tracemoe"], provider_options={"tracemoe": {"url": BASE}}, cache="off", metadata="off"
+    )
+    pictures = []
+    for n in range(3 * _worker.DECODES_AT_ONCE):
+        out = io.BytesIO()
+        Image.effect_noise((1280, 720), 40 + n).convert("RGB").save(out, "PNG")  # not quick to prepare
+        pictures.append(out.getvalue())
+
+    async def main() -> None:
+        transport = httpx.MockTransport(lambda _: httpx.Response(200, json=answer))
+        async with AsyncClient(settings, transport) as engine, anyio.create_task_group() as searches:
+            for picture in pictures:
+                searches.start_soon(partial(engine.search, picture, cache=False))
+
+    anyio.run(main)
+    assert most == _worker.DECODES_AT_ONCE
