@@ -103,10 +103,11 @@ class _QueuedNap(Nap):
             return await super().__call__(seconds)
         ps = f"{self.provider}|{self.scope}"
         handed = f"{PREFIX}g:{ps}:{self.token}"
+        nap = min(max(seconds, 0.01), 1.0)
+        reply = None
         with self._ledger._unusable():  # noqa: SLF001 - the nap of this ledger
-            reply = await self._ledger._redis.blpop(  # noqa: SLF001 - at most a second, as RedisLedger.wait
-                [handed, f"{PREFIX}wake:{ps}"], timeout=min(max(seconds, 0.01), 1.0)
-            )
+            async with _waking_on_a_lost_connection(nap):
+                reply = await self._ledger._redis.blpop([handed, f"{PREFIX}wake:{ps}"], timeout=nap)  # noqa: SLF001 - at most a second, as RedisLedger.wait
         if reply is None:
             return None
         if reply[0] != handed:  # a slot freed for the searches not queued: they may go on too
@@ -130,6 +131,20 @@ def _hint(exc: BaseException) -> str:
             "that Redis is out of memory (maxmemory): give the ledger an instance that never evicts its keys"
         )
     return "check that Redis runs there, or set ANISEARCH_LEDGER to another ledger"
+
+
+@contextlib.asynccontextmanager
+async def _waking_on_a_lost_connection(nap: float) -> AsyncIterator[None]:
+    """A wait whose connection was lost (Redis restarting, a network blip) ends as if it timed out, after
+    ``nap`` seconds: the waiting search then asks the ledger again, which fails only if Redis is still
+    away (a waiting search has sent nothing), and not at the first blip."""
+    from redis.exceptions import ConnectionError as LostConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    try:
+        yield
+    except (LostConnectionError, RedisTimeoutError, OSError):
+        await anyio.sleep(nap)
 
 
 CLOCK_CHECK_SECONDS = 60.0
@@ -457,12 +472,12 @@ class RedisLedger(Ledger):
             await WAITERS.wait(key, seconds)
             return
         self._listening.add(key)
+        nap = min(max(seconds, 0.01), 1.0)
         try:
             # At most a second per call: redis-py gives up reading a socket after a few seconds, and an
             # early return only costs the waiter one more reserve.
-            await self._redis.blpop(
-                [f"{PREFIX}wake:{provider}|{scope}"], timeout=min(max(seconds, 0.01), 1.0)
-            )
+            async with _waking_on_a_lost_connection(nap):
+                await self._redis.blpop([f"{PREFIX}wake:{provider}|{scope}"], timeout=nap)
         except (RedisError, OSError) as exc:
             raise LedgerError(f"the quota ledger {self.url} cannot be used ({exc})", ledger=self.url) from exc
         finally:

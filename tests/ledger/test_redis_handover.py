@@ -382,3 +382,37 @@ async def test_a_search_whose_queueing_failed_has_nothing_to_withdraw(
     # may have run on Redis before the error, is given up as one whose reply was lost: its FREE failed too.
     assert calls[:2] == ["RESERVE", "FREE"]
     assert "stays queued" not in caplog.text
+
+
+async def test_a_wait_whose_connection_is_lost_ends_as_if_it_timed_out(
+    make: Callable[[], RedisLedger], redis_url: str
+) -> None:
+    """Redis restarting, or a network blip, while searches wait for a slot: each wait ends without an
+    error (a waiting search has sent nothing), and the search asks again; it failed at once."""
+    import redis.asyncio
+
+    first, second, third = make(), make(), make()
+    await held(first)
+    ended: list[object] = []
+
+    async def killer() -> None:
+        await anyio.sleep(0.2)
+        async with redis.asyncio.Redis.from_url(redis_url) as admin:
+            await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+
+    async with queued(second) as (nap,):
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                group.start_soon(killer)
+
+                async def queued_wait() -> None:
+                    ended.append(await nap(0.9))
+
+                async def plain_wait() -> None:
+                    await third.wait("tracemoe", "guest", 0.9)
+                    ended.append("woke")
+
+                group.start_soon(queued_wait)
+                group.start_soon(plain_wait)
+    assert sorted(map(str, ended)) == ["None", "woke"]
+    assert isinstance(await third.reserve("tracemoe", "guest", WINDOWS), Refusal)  # and Redis answers again
