@@ -208,7 +208,7 @@ class AsyncClient(AccountFeatures):
         than the client's, it closes on the client's loop when that runs in another thread, and closes
         the files when that loop has ended (its connections went with it).
         """
-        if self._closed:
+        if self._closed or self._pid != os.getpid():  # a forked child's copy: the parent closes it
             return
         own = self._loop
         if own is not None and own is not asyncio.get_running_loop() and own.is_running():
@@ -243,6 +243,12 @@ class AsyncClient(AccountFeatures):
             # "Event loop is closed", "attached to a different loop": that loop's, not this one's
             with contextlib.suppress(RuntimeError):
                 await close()
+
+    def _abandon(self) -> None:
+        """The event loop the client worked on has died (a callback's ``SystemExit``): close its files; its
+        connections went with that loop."""
+        self._closed = True
+        self._close_files()
 
     def _close_files(self) -> None:
         """Close the SQLite result cache and the metadata cache (files, not connections of a loop)."""
@@ -319,7 +325,13 @@ class AsyncClient(AccountFeatures):
         return seen
 
     def _check_open(self) -> None:
-        """Refuse to work once closed: a closed pool sends nothing, and a reopened ledger leaks."""
+        """Refuse to work once closed: a closed pool sends nothing, and a reopened ledger leaks; and in a
+        forked child, whose copy of the client's connections and event loop are the parent's."""
+        if self._pid != os.getpid():
+            raise ClientClosedError(
+                f"this {type(self).__name__} was opened before os.fork() and belongs to the parent process;"
+                f" open a new {type(self).__name__} in this process"
+            )
         if self._closed:
             raise ClientClosedError(f"the client is closed; open a new {type(self).__name__}")
 

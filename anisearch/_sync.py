@@ -12,6 +12,7 @@ or the interpreter exits.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import threading
@@ -109,6 +110,9 @@ class _Loop:
             raise ClientClosedError("the client's event loop has ended; open a new Client") from exc
         try:
             return future.result()
+        except concurrent.futures.CancelledError:  # cancelled on the loop: it is ending (a callback's
+            # SystemExit stopped it); a caller who stopped waiting gets its own exception, below
+            raise ClientClosedError("the client's event loop has ended; open a new Client") from None
         except BaseException:
             future.cancel()  # the task's cancel scope is cancelled on the loop (nothing if it has ended)
             raise
@@ -131,8 +135,10 @@ def _close(loop: _Loop, engine: AsyncClient) -> None:
     child (the parent closes what is its) or once the loop has ended."""
     try:
         if not loop.forked():
-            with contextlib.suppress(ClientClosedError):  # the loop ended: nothing left to close on it
+            try:
                 loop.call(engine.aclose)
+            except ClientClosedError:  # the loop ended: its files are closed here, its connections are gone
+                engine._abandon()
     finally:
         loop.stop()
 
@@ -157,8 +163,9 @@ def _close_abandoned(loop: _Loop, engine: AsyncClient, shown: str) -> None:
             await engine.aclose()
 
     try:
-        with contextlib.suppress(ClientClosedError):  # its loop ended: nothing left to close on it
-            loop.call(bounded)
+        loop.call(bounded)
+    except ClientClosedError:  # its loop ended: its files are closed here, its connections are gone
+        engine._abandon()
     finally:
         loop.stop()
 

@@ -118,6 +118,45 @@ def test_a_client_opened_before_a_fork_is_refused_in_the_child_which_exits_clean
     assert "unclosed" not in done.stderr  # the child does not warn of the parent's client
 
 
+ASYNC_FORKED = """
+import asyncio, os, signal
+import anisearch
+
+async def main():
+    async with anisearch.AsyncClient() as engine:
+        await engine.quota("tracemoe")
+        pid = os.fork()  # as multiprocessing's fork does, from inside the running loop
+        if pid == 0:
+            signal.alarm(20)
+            try:
+                await engine.quota("tracemoe")
+            except anisearch.ClientClosedError as exc:
+                print("child:", exc, flush=True)
+            await engine.aclose()  # the parent's to close: at once, and nothing of the parent's is touched
+            print("child: closed", flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("parent: child ended", os.waitstatus_to_exitcode(status), flush=True)
+        print("parent: still works", (await engine.quota("tracemoe"))[0].provider, flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
+def test_an_async_client_forked_with_its_loop_is_refused_in_the_child_and_closes_at_once() -> None:
+    done = _run(ASYNC_FORKED)
+    assert done.stdout.splitlines() == [
+        (
+            "child: this AsyncClient was opened before os.fork() and belongs to the parent process; open a"
+            " new AsyncClient in this process"
+        ),
+        "child: closed",
+        "parent: child ended 0",
+        "parent: still works tracemoe",
+    ], done.stderr
+
+
 def test_a_client_called_from_its_own_callback_refuses_and_stays_open() -> None:
     failures: list[BaseException] = []
     client: Client
@@ -145,16 +184,36 @@ def test_a_client_called_from_its_own_callback_refuses_and_stays_open() -> None:
     assert client.closed
 
 
+def test_a_client_whose_callback_ended_its_loop_says_it_is_closed_at_once() -> None:
+    """A callback's SystemExit may end the loop; a call made right after, while it ends, is refused as
+    closed (it raised a bare CancelledError, or anyio's RuntimeError)."""
+    answer = {"frameCount": 1, "error": "", "result": []}
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, json=answer))
+
+    def leave(_: object) -> None:
+        raise SystemExit(0)
+
+    picture = io.BytesIO()
+    Image.effect_noise((64, 36), 60).convert("RGB").save(picture, "JPEG")
+    for _ in range(5):  # the loop's end races the next call
+        client = Client(Settings.load(**SETTINGS), transport, on_attempt=leave)
+        with pytest.raises(SystemExit):
+            client.search(picture.getvalue(), providers=["tracemoe"])
+        with pytest.raises((SystemExit, ClientClosedError)):  # the loop survived it, or is ending
+            client.search(picture.getvalue(), providers=["tracemoe"])
+        client.close()
+        assert client.closed
+
+
 def test_a_client_whose_loop_ended_says_it_is_closed() -> None:
     client = Client(Settings.load(**SETTINGS))
     client._loop.stop()  # as a callback's SystemExit ends it
     with pytest.raises(ClientClosedError, match="event loop has ended"):
         client.quota("tracemoe")
-    client.close()  # and closing it raises nothing
+    engine = client._async
+    client.close()  # and closing it raises nothing, and closes its files
     assert client.closed
-    del client
-    with pytest.warns(ResourceWarning, match="unclosed AsyncClient"):  # what its dead loop held stays so
-        gc.collect()
+    assert engine._closed
 
 
 def test_close_is_idempotent_and_a_closed_client_sends_nothing() -> None:
