@@ -47,7 +47,12 @@ from anisearch._ledger import Refusal, Stale, Ticket, provider_scope
 from anisearch._ledger._windows import from_us
 from anisearch._limits import remaining_seconds
 from anisearch._models import Anime, Attempt, Hit, ProviderInfo, SearchResult, Title
-from anisearch._provider import ProviderContext, available_metadata_providers, load_metadata_provider
+from anisearch._provider import (
+    PartialLookup,
+    ProviderContext,
+    available_metadata_providers,
+    load_metadata_provider,
+)
 from anisearch._redact import redact
 from anisearch._verdict import (
     DEFAULT_COOLDOWN_SECONDS,
@@ -333,6 +338,7 @@ class Enricher:
         name = provider.name
         started = time.monotonic()
         status: int | None = None
+        partial: list[str] = []  # what the upstream said of the parts of its answers that failed
         if (unreached := self._unreached) is not None:
             if time.monotonic() - unreached[0] < _UNREACHED_SECONDS:
                 return self._failed(
@@ -354,8 +360,11 @@ class Enricher:
                 return self._failed(failure, started)
             found = {anime.anilist_id: anime for anime in answered}
             known.update(found)
+            complete = not isinstance(answered, PartialLookup)  # else an ID it lacks may have failed
+            if not complete:
+                partial.append(getattr(answered, "reason", "") or "part of the answer failed")
             batch_answers: dict[int, Anime | None] = {
-                anilist_id: found.get(anilist_id) for anilist_id in batch
+                anilist_id: found.get(anilist_id) for anilist_id in batch if anilist_id in found or complete
             }
             answers.update(batch_answers)
             if self._cache is not None:
@@ -363,6 +372,9 @@ class Enricher:
         attempt = Attempt(
             provider=name,
             outcome="ok",
+            reason=f"answered in part ({'; '.join(partial)}); the rest is asked again next time"
+            if partial
+            else None,
             status_code=status,
             elapsed_seconds=time.monotonic() - started,
             scope="guest",

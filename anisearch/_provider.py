@@ -43,6 +43,7 @@ __all__ = [
     "Credential",
     "MetadataProvider",
     "Page",
+    "PartialLookup",
     "Provider",
     "ProviderAnswer",
     "ProviderContext",
@@ -313,7 +314,8 @@ class MetadataProvider(Protocol):
         ...
 
     def parse_lookup(self, response: httpx.Response) -> list[Anime]:
-        """The anime the answer describes (IDs it does not know are absent), or the error it means."""
+        """The anime the answer describes (IDs it does not know are absent; a :class:`PartialLookup` when
+        part of it failed), or the error it means."""
         ...
 
     def auth(self) -> httpx.Auth | None:
@@ -323,6 +325,21 @@ class MetadataProvider(Protocol):
     def observe(self, response: httpx.Response) -> list[Quota]:
         """Quota facts any response carries (rate-limit headers, a 429), success or not."""
         ...
+
+
+class PartialLookup(list["Anime"]):
+    """What :meth:`MetadataProvider.parse_lookup` returns for an answer that says part of it failed
+    (AniList: GraphQL ``errors`` beside ``data``): the anime it holds are good, but an ID it lacks is not
+    known to be unknown, so it is asked again next time rather than remembered as unknown.
+
+    Args:
+        anime: The anime the answer describes.
+        reason: What the upstream said went wrong (one line).
+    """
+
+    def __init__(self, anime: Iterable[Anime] = (), reason: str = "") -> None:
+        super().__init__(anime)
+        self.reason = reason
 
 
 @runtime_checkable

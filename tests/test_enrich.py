@@ -494,3 +494,25 @@ def test_after_anilist_did_not_answer_it_is_not_asked_for_a_while(mock: respx.Mo
         "ProviderConnectionError",
     )
     assert "not asked again for 30 s" in (skipped.reason or "")
+
+
+def test_an_answer_failing_in_part_titles_what_it_holds_and_asks_again_for_the_rest(
+    mock: respx.MockRouter,
+) -> None:
+    """GraphQL errors beside some anime: those titles are used; a missing ID is not remembered as one
+    AniList does not know (it is asked again), and the attempt says the answer was partial."""
+    mock.post(f"{TRACEMOE}/search").respond(200, json=tracemoe_answer(11887, 21))
+    partial = {
+        **page(media(11887, "Kokoro Connect")),
+        "errors": [{"message": "Internal Error", "status": 500}],
+    }
+    lookup = mock.post(ANILIST).mock(
+        side_effect=[httpx.Response(200, json=partial), httpx.Response(200, json=KNOWN)]
+    )
+    with client(mock) as engine:
+        first = engine.search(picture(), anilist_info=True, cache=False)
+        second = engine.search(picture(), anilist_info=True, cache=False)
+    assert asked_ids(lookup) == [[11887, 21], [21]]
+    assert [hit.title is not None for hit in first.hits] == [True, False]
+    assert "answered in part (ProviderServerError: anilist: Internal Error" in (first.attempts[-1].reason or "")
+    assert [hit.title is not None for hit in second.hits] == [True, True]

@@ -204,6 +204,20 @@ def test_a_200_carrying_errors_is_read_by_the_errors_status() -> None:
         provider().parse_lookup(httpx.Response(200, json=body))
 
 
+def test_a_200_with_errors_beside_anime_gives_those_anime_as_a_partial_lookup() -> None:
+    from anisearch.provider import PartialLookup
+
+    good = {"id": 11887, "title": {"romaji": "Kokoro Connect"}, "isAdult": False}
+    body = {
+        "data": {"Page": {"media": [good, None]}},
+        "errors": [{"message": "Internal Error", "status": 500}],
+    }
+    found = provider().parse_lookup(httpx.Response(200, json=body))
+    assert isinstance(found, PartialLookup)
+    assert [anime.anilist_id for anime in found] == [11887]
+    assert found.reason == "ProviderServerError: anilist: Internal Error (HTTP 200)"
+
+
 def test_an_html_error_page_is_classified_by_its_status() -> None:
     with pytest.raises(ProviderServerError):
         provider().parse_lookup(httpx.Response(502, text="<html>Bad Gateway</html>"))

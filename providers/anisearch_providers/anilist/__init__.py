@@ -25,8 +25,10 @@ from anisearch.provider import (
     Capabilities,
     ConfigurationError,
     Credential,
+    PartialLookup,
     ProviderContext,
     Quota,
+    RateLimitedError,
     ShapeError,
     UpstreamResponseError,
     WindowSpec,
@@ -165,26 +167,36 @@ class AniList:
             BadRequestError: 400 (a query AniList refuses) or 404.
             AuthenticationError: 401/403.
             ProviderServerError: 5xx.
-            UpstreamResponseError: A 200 that is not JSON, carries ``errors``, or lacks
-                ``data.Page.media``.
+            UpstreamResponseError: A 200 that is not JSON, or lacks ``data.Page.media``.
+
+        A 200 with GraphQL ``errors`` beside anime in ``data.Page.media`` (not a rate limit) gives a
+        :class:`PartialLookup` of those anime.
         """
         body = json_or_none(response)
-        if response.status_code != httpx.codes.OK or graphql_errors(body):
-            raise error_for(response, provider=self.name, now=self._clock())
         page = (
             body.get("data", {}).get("Page")
             if isinstance(body, dict) and isinstance(body.get("data"), dict)
             else None
         )
         media = page.get("media") if isinstance(page, dict) else None
+        failed = error_for(response, provider=self.name, now=self._clock()) if graphql_errors(body) else None
+        if response.status_code != httpx.codes.OK or (
+            # a partial answer holds anime; a rate limit, even beside some, is the answer's meaning
+            failed is not None
+            and (not media or not isinstance(media, list) or isinstance(failed, RateLimitedError))
+        ):
+            raise failed or error_for(response, provider=self.name, now=self._clock())
         if not isinstance(media, list):
             raise UpstreamResponseError(
                 "the AniList answer has no 'data.Page.media' array", provider=self.name, status_code=200
             )
         try:
-            return [anime_from_media(item) for item in media if item is not None]
+            found = [anime_from_media(item) for item in media if item is not None]
         except ShapeError as exc:
             raise UpstreamResponseError(str(exc), provider=self.name, status_code=200) from exc
+        if failed is not None:  # GraphQL errors beside anime: those are good, a missing one may have failed
+            return PartialLookup(found, reason=f"{type(failed).__name__}: {failed}")
+        return found
 
     def observe(self, response: httpx.Response) -> list[Quota]:
         """The minute window as the answer's ``X-RateLimit-*`` headers (and a 429) report it; never raises."""
