@@ -245,8 +245,8 @@ class Enricher:
         self._cache = cache
         self._on_attempt = on_attempt
         self._in_flight: dict[int, _Lookup] = {}  # AniList ID -> the lookup asking for it now
-        self._unreached: tuple[float, str] | None = None  # (time.monotonic(), why) of the last lookup
-        # that got no answer at all
+        # (time.monotonic(), what failed) of the last lookup that got no answer at all
+        self._unreached: tuple[float, ProviderError] | None = None
 
     @property
     def _cache_name(self) -> str:
@@ -296,20 +296,27 @@ class Enricher:
         cached = await self._cache.get(self._cache_name, anilist_ids) if self._cache is not None else {}
         known = {anilist_id: anime for anilist_id, anime in cached.items() if anime is not None}
         missing = [anilist_id for anilist_id in anilist_ids if anilist_id not in cached]
-        others = list(
-            {id(self._in_flight[i]): self._in_flight[i] for i in missing if i in self._in_flight}.values()
-        )
+        pending = [i for i in missing if i in self._in_flight]
         attempt = await self._ask_for([i for i in missing if i not in self._in_flight], known)
-        if others:
-            with anyio.move_on_after(max(remaining_seconds(), 0.0)):
-                for lookup in others:
+        waiting_since = time.monotonic()
+        while pending:  # IDs other searches are asking for: their answers, else ask for what they lacked
+            lookups = {self._in_flight[i] for i in pending if i in self._in_flight}
+            with anyio.move_on_after(max(remaining_seconds(), 0.0)) as waited:
+                for lookup in lookups:
                     await lookup.done.wait()
-            brought: dict[int, Anime | None] = {}
-            for lookup in others:
-                brought.update(lookup.answers)
-            known.update({i: anime for i, anime in brought.items() if anime is not None})
-            left = [i for i in missing if i not in brought and i not in known and i not in self._in_flight]
-            attempt = await self._ask_for(left, known) or attempt
+            if waited.cancelled_caught:
+                late = ProviderTimeoutError(
+                    "no answer before the search's deadline (another search was looking the same anime up)",
+                    provider=self.provider.name,
+                )
+                return known, self._failed(late, waiting_since)
+            for lookup in lookups:
+                known.update({i: anime for i, anime in lookup.answers.items() if anime is not None})
+                pending = [i for i in pending if i not in lookup.answers]
+            free = [i for i in pending if i not in self._in_flight]  # their lookup failed: ask for them
+            if free:
+                attempt = await self._ask_for(free, known) or attempt
+                pending = [i for i in pending if i not in free]
         return known, attempt
 
     async def _ask_for(self, missing: list[int], known: dict[int, Anime]) -> Attempt | None:
@@ -341,22 +348,21 @@ class Enricher:
         partial: list[str] = []  # what the upstream said of the parts of its answers that failed
         if (unreached := self._unreached) is not None:
             if time.monotonic() - unreached[0] < _UNREACHED_SECONDS:
-                return self._failed(
-                    _RefusedError(ProviderConnectionError(unreached[1], provider=name)), started
-                )
+                last = unreached[1]
+                why = f"{one_line(last)}; not asked again for {_UNREACHED_SECONDS:g} s"
+                return self._failed(_RefusedError(type(last)(why, provider=name)), started)
             self._unreached = None
         for start in range(0, len(missing), provider.max_batch):
             batch = missing[start : start + provider.max_batch]
             try:
                 answered, status = await self._ask(batch)
             except (ProviderError, LedgerError, _RefusedError) as failure:
-                if isinstance(failure, ProviderConnectionError | ProviderTimeoutError) and (
-                    remaining_seconds() > _DEADLINE_MARGIN  # not cut short by the search's own deadline
+                if (
+                    isinstance(failure, ProviderConnectionError | ProviderTimeoutError)
+                    and failure.status_code is None  # no answer began (not a body cut short)
+                    and remaining_seconds() > _DEADLINE_MARGIN  # not cut short by the search's own deadline
                 ):
-                    self._unreached = (
-                        time.monotonic(),
-                        f"{one_line(failure)}; not asked again for {_UNREACHED_SECONDS:g} s",
-                    )
+                    self._unreached = (time.monotonic(), failure)
                 return self._failed(failure, started)
             found = {anime.anilist_id: anime for anime in answered}
             known.update(found)

@@ -514,5 +514,93 @@ def test_an_answer_failing_in_part_titles_what_it_holds_and_asks_again_for_the_r
         second = engine.search(picture(), anilist_info=True, cache=False)
     assert asked_ids(lookup) == [[11887, 21], [21]]
     assert [hit.title is not None for hit in first.hits] == [True, False]
-    assert "answered in part (ProviderServerError: anilist: Internal Error" in (first.attempts[-1].reason or "")
+    assert "answered in part (ProviderServerError: anilist: Internal Error" in (
+        first.attempts[-1].reason or ""
+    )
     assert [hit.title is not None for hit in second.hits] == [True, True]
+
+
+@pytest.mark.anyio
+async def test_a_search_waiting_for_anothers_lookup_says_so_when_its_deadline_passes() -> None:
+    """The shared lookup outlives a waiting search's deadline: that search's hits stay untitled, with an
+    `anilist` attempt saying why (it had none)."""
+    from anisearch import AsyncClient
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "anilist.test":
+            await anyio.sleep(1.0)
+            return httpx.Response(200, json=KNOWN)
+        return httpx.Response(200, json=tracemoe_answer(11887))
+
+    late: list[Any] = []
+    async with AsyncClient(settings(cache="off"), httpx.MockTransport(answer)) as engine:
+
+        async def patient() -> None:
+            await engine.search(picture(), anilist_info=True)
+
+        async def hurried() -> None:
+            await anyio.sleep(0.1)  # the other search's lookup is in flight
+            late.append(await engine.search(picture(), anilist_info=True, deadline=0.5))
+
+        async with anyio.create_task_group() as searches:
+            searches.start_soon(patient)
+            searches.start_soon(hurried)
+    (result,) = late
+    assert romaji(result) is None
+    failed = result.attempts[-1]
+    assert (failed.provider, failed.outcome, failed.error) == ("anilist", "failed", "ProviderTimeoutError")
+
+
+@pytest.mark.anyio
+async def test_searches_waiting_for_a_lookup_that_failed_ask_again_once_for_all() -> None:
+    """The shared lookup failed (a 500): of the searches waiting for it, one asks again and the others
+    wait for that one; every one of them is titled."""
+    from anisearch import AsyncClient
+
+    lookups = 0
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal lookups
+        if request.url.host == "anilist.test":
+            lookups += 1
+            await anyio.sleep(0.3)
+            return (
+                httpx.Response(500, json={"data": None, "errors": [{"message": "oops", "status": 500}]})
+                if (lookups == 1)
+                else httpx.Response(200, json=KNOWN)
+            )
+        return httpx.Response(200, json=tracemoe_answer(11887))
+
+    results: list[Any] = []
+    async with AsyncClient(settings(cache="off"), httpx.MockTransport(answer)) as engine:
+
+        async def search(after: float) -> None:
+            await anyio.sleep(after)
+            results.append(await engine.search(picture(), anilist_info=True))
+
+        async with anyio.create_task_group() as searches:
+            for after in (0.0, 0.05, 0.1):
+                searches.start_soon(search, after)
+    assert lookups == 2
+    assert sorted(str(romaji(result)) for result in results) == ["Kokoro Connect", "Kokoro Connect", "None"]
+
+
+def test_an_answer_cut_short_does_not_pause_the_lookups(mock: respx.MockRouter) -> None:
+    """AniList answered, and the connection broke while the body came: that is not "no answer at all",
+    so the next search asks again."""
+
+    class CutShort(httpx.AsyncByteStream):
+        async def __aiter__(self) -> Any:
+            yield b'{"data": {"Pa'
+            raise httpx.ReadError("connection reset")
+
+    mock.post(f"{TRACEMOE}/search").respond(200, json=tracemoe_answer(11887))
+    lookup = mock.post(ANILIST).mock(
+        side_effect=[httpx.Response(200, stream=CutShort()), httpx.Response(200, json=KNOWN)]
+    )
+    with client(mock) as engine:
+        first = engine.search(picture(), anilist_info=True, cache=False)
+        second = engine.search(picture(), anilist_info=True, cache=False)
+    assert lookup.call_count == 2
+    assert (first.attempts[-1].outcome, first.attempts[-1].status_code) == ("failed", 200)
+    assert romaji(second) == "Kokoro Connect"
