@@ -67,8 +67,11 @@ MAX_IMAGE_BYTES = MAX_SOURCE_BYTES
 """The same cap for images: an image over a provider's upload limit (trace.moe's 25 MiB) is decoded and
 scaled down, not refused; only :data:`MAX_PIXELS` limits what is decoded."""
 MAX_PIXELS = 50_000_000
-"""Default cap on the decoded size, pixels (50 MP): larger headers are refused as decompression bombs. A JPEG
-counts at the scale it is decoded at (a 108 MP photo at 1/8), within Pillow's own limit (179 MP)."""
+"""Default cap on the decoded size, pixels (50 MP): larger headers are refused as decompression bombs. A
+baseline JPEG counts at the scale it is decoded at (a 108 MP photo at 1/8), within Pillow's own limit (179
+MP); a progressive one at its full size, which decoding it costs at any scale."""
+_SNIFFED = 4096
+"""Bytes of the input :func:`~anisearch._source.video_kind` looks at (about 21 transport-stream packets)."""
 QUICK_PIXELS = 640 * 360
 """Largest still image, pixels (from its header), that :func:`quick` deems quick to prepare."""
 QUICK_BYTES = 1024 * 1024
@@ -248,8 +251,11 @@ def _decode_image(
     header_size, draft = image.size, None
     if image.format in {"JPEG", "MPO"} and min(image.size) > 0:  # decode at 1/2, 1/4 or 1/8 scale if enough
         draft = _draft_request(image.size, box)
-        image.draft(None, draft)  # image.size is now the size decoded: what the pixel cap is about
-    _check_pixels(image.size, max_pixels, where)
+        image.draft(None, draft)  # image.size is now the size decoded
+    # What a decode costs: a baseline JPEG's reduced size; a progressive one's full size all the same
+    # (libjpeg keeps every coefficient of the picture while its scans arrive: 1 GB for a 565-byte file
+    # claiming 13000x13000)
+    _check_pixels(header_size if image.info.get("progressive") else image.size, max_pixels, where)
     try:
         image.load()
     except (EOFError, OSError) as exc:
@@ -515,7 +521,7 @@ def _load(
         return _Decoded(image, "", digest, source_bytes, pil_format, None, image.size, None)
     raw = _read_bytes(source, max_source_bytes, wait_seconds)
     data, where = raw.data, raw.where
-    kind = video_kind(data[:512], len(data))
+    kind = video_kind(data[:_SNIFFED], len(data))
     if kind is not None:
         image = _open_video(data, kind, where, max_pixels)
         return _Decoded(image, where, raw.digest, len(data), kind, None, image.size, None)
@@ -559,8 +565,8 @@ def prepare(
             :data:`~anisearch._limits.MAX_SOURCE_BYTES` (100 MiB) for images and videos alike: an image
             larger than a provider's upload limit is scaled down, not refused.
         max_pixels: Largest decoded frame accepted, pixels; anything larger is refused as a possible
-            decompression bomb, from its header, before decoding. A JPEG counts at the scale it is decoded
-            at (1/8 of each side when that is enough for the box).
+            decompression bomb, from its header, before decoding. A baseline JPEG counts at the scale it
+            is decoded at (1/8 of each side when that is enough for the box); a progressive one whole.
         cut_borders: Trim black borders by trace.moe's ``cutBorders`` rule (see
             :func:`anisearch._borders.find_borders`) before scaling.
         wait_seconds: How long a named pipe may take to deliver the input, seconds (None: no bound).
@@ -739,7 +745,7 @@ def _quick_image(source: ImageSource | SourceBytes) -> Image.Image | None:
         data = source
     else:
         return None
-    if not 0 < len(data) <= QUICK_BYTES or video_kind(bytes(data[:512]), len(data)) is not None:
+    if not 0 < len(data) <= QUICK_BYTES or video_kind(bytes(data[:_SNIFFED]), len(data)) is not None:
         return None
     try:
         image = _open_header(bytes(data))

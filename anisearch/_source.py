@@ -35,6 +35,7 @@ _IMAGE_SIGNATURES = (
 )
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 _AVIF_BRANDS = {b"avif", b"avis"}
+_VIDEO_PREFIXES = ((b"FLV", "flv"), (b"OggS", "ogg"), (b"\x00\x00\x01\xba", "mpeg"))
 _QUICKTIME_ATOMS = {b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
 """What a QuickTime movie may start with instead of ``ftyp`` (files from before 2001, some cameras)."""
 _NOT_IMAGES = (
@@ -284,16 +285,21 @@ def _quicktime_atom(head: bytes, total: int) -> bool:
     size, header = int.from_bytes(head[:4], "big"), 8
     if size == 1:  # a 64-bit size follows the type
         size, header = int.from_bytes(head[8:16], "big"), 16
-    return header <= size <= total
+    if not header <= size <= total:
+        return False
+    following = head[size + 4 : size + 8]  # the next atom's type, when the head holds it
+    return len(following) < 4 or all(32 <= byte < 127 or byte == 0xA9 for byte in following)  # noqa: PLR2004
 
 
 def video_kind(head: bytes, total: int | None = None) -> str | None:  # noqa: PLR0911 - one return per container
     """The video container the bytes start with, or None (images, AVIF and HEIF included, are None).
 
     Args:
-        head: The input's first bytes (512 are enough).
+        head: The input's first bytes (4096 tell a transport stream best: every packet in them is checked).
         total: The input's whole size, bytes (None: ``head`` is the whole input).
     """
+    if any(head.startswith(magic) for magic, _ in _IMAGE_SIGNATURES):  # a BMP's size may put 0x47 at 4
+        return None
     if _quicktime_atom(head, len(head) if total is None else total):
         return "mov"
     if head[4:8] == b"ftyp":
@@ -307,21 +313,16 @@ def video_kind(head: bytes, total: int | None = None) -> str | None:  # noqa: PL
         return "webm" if b"webm" in head[:64] else "mkv"
     if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
         return "avi"
-    if head.startswith(b"FLV"):
-        return "flv"
-    if head.startswith(b"OggS"):
-        return "ogg"
-    if head.startswith(b"\x00\x00\x01\xba"):
-        return "mpeg"
-    return _transport_stream(head)
+    prefixed = (kind for prefix, kind in _VIDEO_PREFIXES if head.startswith(prefix))
+    return next(prefixed, None) or _transport_stream(head)
 
 
 def _transport_stream(head: bytes) -> str | None:
     """``"mpeg-ts"`` (188-byte packets) or ``"m2ts"`` (192: Blu-ray and AVCHD put a 4-byte arrival time
-    before each packet) when three packets in a row start with the sync byte, else None."""
+    before each packet) when every packet ``head`` holds, three at least, starts with the sync byte."""
     for kind, start, step in (("mpeg-ts", 0, 188), ("m2ts", 4, 192)):
-        sync = head[start : start + 3 * step : step]
-        if sync == b"\x47\x47\x47":
+        sync = head[start::step]
+        if len(sync) >= 3 and sync == b"\x47" * len(sync):  # noqa: PLR2004 - three packets at least
             return kind
     return None
 

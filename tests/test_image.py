@@ -243,6 +243,16 @@ def test_a_108_mp_phone_photo_is_decoded_at_an_eighth_not_refused() -> None:
         prepare(data, max_width=12000, max_height=9000)  # a box it must be decoded whole for
 
 
+def test_a_progressive_jpeg_counts_whole_whatever_scale_it_is_decoded_at() -> None:
+    """libjpeg keeps every coefficient of a progressive picture at any scale: a tiny file claiming
+    13000x13000 cost a gigabyte; it is refused from its header, as before."""
+    small = encode(Image.new("L", (64, 64), 90), "JPEG", progressive=True)
+    size = small.index(b"\xff\xc2") + 5  # the progressive frame header: length, precision, height, width
+    data = small[:size] + struct.pack(">HH", 13000, 13000) + small[size + 4 :]  # 169 MP, under Pillow's cap
+    with pytest.raises(InvalidImageError, match=r"13000x13000 \(169\.0 MP\), over the 50\.0 MP limit"):
+        prepare(data, max_width=320, max_height=320)
+
+
 def test_a_jpeg_over_pillows_own_limit_is_refused_from_its_header() -> None:
     small = phone_photo()
     size = small.index(b"\xff\xc0") + 5  # the baseline frame header: length, precision, height, width
@@ -524,6 +534,12 @@ def test_a_video_over_the_pixel_cap_is_refused_before_decoding() -> None:
 # ---------------------------------------------------------------- refusals
 
 
+TEXT_LIKE_M2TS = bytes(ord("G") if n in {4, 196, 388} else ord("y") for n in range(1000))
+"""Text with the transport stream's sync byte where a Blu-ray stream's first three packets start."""
+BINARY_LIKE_MOV = b"\x00\x00\x00\x10free\x01\x02\x03\x04\x05\x06\x07\x08\xfe\xfd\xfc\xfb" * 8
+"""A 16-byte "free" atom followed by bytes that are no atom."""
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -538,8 +554,24 @@ def test_a_video_over_the_pixel_cap_is_refused_before_decoding() -> None:
         (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "HEIC/HEIF photos are not supported"),
         (b"\x00\x01\x02\x03\xfe\xfd\xfc" * 50, "not an image or video format"),
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "the PNG image is corrupt"),
+        (TEXT_LIKE_M2TS, "this is text, not an image"),
+        (BINARY_LIKE_MOV, "not an image or video format"),
     ],
-    ids=["empty", "text", "free-text", "html", "json", "svg", "pdf", "wav", "heic", "binary", "broken-png"],
+    ids=[
+        "empty",
+        "text",
+        "free-text",
+        "html",
+        "json",
+        "svg",
+        "pdf",
+        "wav",
+        "heic",
+        "binary",
+        "broken-png",
+        "text-like-m2ts",
+        "binary-like-mov",
+    ],
 )
 def test_what_is_not_an_image_is_refused_with_a_clear_message(data: bytes, message: str) -> None:
     with pytest.raises(InvalidImageError, match=message) as caught:
@@ -547,6 +579,15 @@ def test_what_is_not_an_image_is_refused_with_a_clear_message(data: bytes, messa
     assert "hunter2" not in str(caught.value)
     assert "\\x" not in str(caught.value)
     assert not isinstance(caught.value, ImageTooLargeError)
+
+
+def test_a_bitmap_whose_size_reads_like_a_transport_stream_is_a_bitmap() -> None:
+    """A BMP's file size sits at bytes 2..6: a 1280x1212 one puts 0x47, the sync byte, at byte 4."""
+    picture = Image.new("RGB", (1280, 1212), (71, 71, 71))
+    data = encode(picture, "BMP")
+    assert data[4] == 0x47
+    prepared = prepare(data, max_width=320, max_height=320)
+    assert (prepared.source_format, prepared.width) == ("bmp", 320)
 
 
 def test_an_error_names_the_file(tmp_path: Path) -> None:
