@@ -16,22 +16,42 @@ cd "$(dirname "$0")/.."
 if [ -t 2 ]; then say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }; else say() { printf '==> %s\n' "$*" >&2; }; fi
 
 # The Python to install into: the active one, unless there is none called `python` or it is the system's
-# "externally managed" one (PEP 668: Debian, Ubuntu), which pip refuses; then a .venv made here.
+# "externally managed" one (PEP 668: Debian, Ubuntu), which pip refuses; then a .venv made here. The tests
+# (ANISEARCH_QUICKSTART_NO_INSTALL) run it in an environment that has everything already.
 py=python
-if ! command -v python >/dev/null 2>&1 || python - <<'PY' 2>/dev/null
+usable() {  # Python 3.11 or newer, with pip
+    "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && "$1" -m pip --version >/dev/null 2>&1
+}
+if [ -z "${ANISEARCH_QUICKSTART_NO_INSTALL:-}" ] && {
+    ! command -v python >/dev/null 2>&1 || python - <<'PY' 2>/dev/null
 import sys, sysconfig
 from pathlib import Path
 managed = Path(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED").exists()
 sys.exit(0 if sys.prefix == sys.base_prefix and managed else 1)
 PY
-then
+}; then
     system="$(command -v python3 || command -v python || true)"
-    if [ -z "$system" ]; then
-        echo "Python 3.11 or newer is needed (python3 was not found)" >&2
+    if [ -z "$system" ] || ! "$system" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        echo "anisearch needs Python 3.11 or newer: install it (python3 --version says which you have)" >&2
         exit 2
     fi
-    [ -x .venv/bin/python ] || { say "making a virtual environment in .venv ($system -m venv .venv)"; "$system" -m venv .venv; }
+    if [ -e .venv ] && ! usable .venv/bin/python; then
+        say "the .venv here has no Python 3.11+ with pip: making it again"
+        rm -rf .venv
+    fi
+    if [ ! -e .venv ]; then
+        say "making a virtual environment in .venv ($system -m venv .venv)"
+        if ! "$system" -m venv .venv || ! usable .venv/bin/python; then
+            rm -rf .venv
+            echo "could not make a virtual environment with pip: install python3-venv (Debian, Ubuntu), or" \
+                "activate one of your own and run this again" >&2
+            exit 2
+        fi
+    fi
     py=.venv/bin/python
+elif [ -z "${ANISEARCH_QUICKSTART_NO_INSTALL:-}" ] && ! python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "anisearch needs Python 3.11 or newer; this python is $(python -V 2>&1)" >&2
+    exit 2
 fi
 
 if [ -z "${ANISEARCH_QUICKSTART_NO_INSTALL:-}" ]; then  # set by the tests, which run in an installed checkout
