@@ -388,12 +388,13 @@ class AsyncClient(AccountFeatures):
     async def _call_open(
         self, provider: Any, request: httpx.Request, parse: Callable[[httpx.Response], T]
     ) -> T:
-        sent_at = (self._clock or system_clock)()  # the ledger's clock, without opening the ledger
+        sent_at = (self._clock or system_clock)()  # without opening the ledger: rebased on its clock after
         response = await self._transport.send(provider, request)
         observed = provider.observe(response)
         if observed:
             ledger = await self._get_ledger()
             windows = provider_windows(provider)
+            sent_at = ledger.rebased(sent_at)
             await ledger.observe(provider.name, provider_scope(provider), windows, observed, sent_at=sent_at)
         return parse(response)
 

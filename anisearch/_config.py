@@ -134,7 +134,10 @@ def _check_redis_url(value: str, field: str) -> None:
     try:
         parse_url(value.strip())  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
     except ValueError as exc:
-        shown = redact(value)
+        # a URL redis-py cannot read may hold a password with a raw '/', which the generic masking takes
+        # for the path's start: here everything up to the last '@' is masked
+        scheme, sep, rest = value.strip().partition("://")
+        shown = redact(f"{scheme}{sep}{MASK}@{rest.rpartition('@')[2]}" if sep and "@" in rest else value)
         # redis-py quotes the part it could not read: a password cut short by '#', '?' or '/' is read as the
         # port, and is masked as the URL masks it.
         problem = re.sub(r"'([^']*)'", lambda part: part[0] if part[1] in shown else f"'{MASK}'", str(exc))

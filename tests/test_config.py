@@ -184,7 +184,9 @@ def test_a_password_holding_an_at_sign_is_masked_whole() -> None:
         assert "cache.internal:6379" in shown
 
 
-@pytest.mark.parametrize("password", ["hunter2#secret", "hunter2?secret"])
+@pytest.mark.parametrize(
+    "password", ["hunter2#secret", "hunter2?secret", "hunter2/secret", "default:hunter2/secret"]
+)
 def test_a_password_cut_short_by_a_url_delimiter_is_refused_and_masked_whole(password: str) -> None:
     """Unencoded, it ends the host part: redis-py could not use the URL, and names 'hunter2' as its port."""
     with pytest.raises(ConfigurationError, match="Port could not be cast to integer value as") as caught:

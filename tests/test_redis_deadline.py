@@ -277,3 +277,27 @@ def test_a_search_out_of_time_at_the_cache_does_not_turn_it_off(redis_url: str) 
             await store.aclose()
 
     assert anyio.run(run) == (False, True)
+
+
+def test_a_reserve_that_never_reached_redis_leaves_nothing_to_give_up() -> None:
+    """Redis down (the connection refused): a search fails with LedgerError, and leaves no task behind
+    trying to give up a reservation that was never made (a bot's steady traffic left one per search)."""
+    import socket
+
+    from anisearch._ledger import WindowSpec, open_ledger
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def scenario() -> int:
+        ledger = open_ledger(f"redis://127.0.0.1:{port}/0")
+        try:
+            for _ in range(3):
+                with pytest.raises(LedgerError, match="cannot be used"):
+                    await ledger.reserve("tracemoe", "guest", [WindowSpec("day", calendar="day", limit=5)])
+            return len(ledger._giving_up)  # type: ignore[attr-defined]
+        finally:
+            await ledger.aclose()
+
+    assert anyio.run(scenario) == 0

@@ -370,6 +370,26 @@ class Ledger(abc.ABC):
     async def _sync_clock(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Bring :meth:`now` in line with the store's own clock, when it has one (a shared Redis)."""
 
+    def rebased(self, moment: datetime) -> datetime:
+        """An instant read on this machine's clock (an upstream's answer, stamped by its provider) on the
+        ledger's clock: the same, unless the store keeps its own (a shared Redis)."""
+        return moment
+
+    def _on_its_clock(self, quotas: Sequence[Quota]) -> Sequence[Quota]:
+        """``quotas``' instants (read on this machine's clock) on the ledger's clock."""
+        if type(self).rebased is Ledger.rebased:
+            return quotas
+        return [
+            quota.model_copy(
+                update={
+                    field: self.rebased(moment)
+                    for field in ("observed_at", "resets_at", "cooldown_until")
+                    if (moment := getattr(quota, field)) is not None
+                }
+            )
+            for quota in quotas
+        ]
+
     async def aclose(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Release connections and files."""
 
@@ -543,6 +563,7 @@ class Ledger(abc.ABC):
             LedgerError: The store cannot be used.
         """
         now = self.now()
+        observations = self._on_its_clock(observations)
         truths, concurrency, priority = self._facts(ticket.windows, observations, now, ticket.reserved_at)
         request = SettleRequest(
             now=to_us(now),

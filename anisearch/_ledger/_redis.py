@@ -133,6 +133,16 @@ def _hint(exc: BaseException) -> str:
     return "check that Redis runs there, or set ANISEARCH_LEDGER to another ledger"
 
 
+def _never_connected(exc: LedgerError) -> bool:
+    """Whether the step failed opening its connection (refused, unreachable, a name that does not resolve):
+    its command never reached Redis. redis-py says so only in its message ("Error 111 connecting to ...",
+    "Timeout connecting to server")."""
+    from redis.exceptions import ConnectionError as LostConnectionError
+
+    cause = exc.__cause__
+    return isinstance(cause, LostConnectionError) and "connecting to" in str(cause)
+
+
 @contextlib.asynccontextmanager
 async def _waking_on_a_lost_connection(nap: float) -> AsyncIterator[None]:
     """A wait whose connection was lost (Redis restarting, a network blip) ends as if it timed out, after
@@ -148,7 +158,11 @@ async def _waking_on_a_lost_connection(nap: float) -> AsyncIterator[None]:
 
 
 CLOCK_CHECK_SECONDS = 60.0
-"""How often a worker measures its clock against the Redis server's, seconds."""
+"""How often a worker reads the Redis server's clock, seconds."""
+CLOCK_RETRY_SECONDS = 1.0
+"""How soon it reads it again when a reading failed or was imprecise, seconds."""
+CLOCK_ROUND_TRIP_SECONDS = 0.05
+"""A reading whose round trip took longer than this (a busy event loop) is imprecise, seconds."""
 GRACE_SECONDS = 1.0
 """The least a reservation is given to be answered, seconds, even when the search's deadline has passed or
 is about to: a Redis that answers does so in a millisecond, or a few hundred on a loaded machine whose event
@@ -179,8 +193,10 @@ class RedisLedger(Ledger):
             for name in ("RESERVE", "SETTLE", "FREE", "RENEW", "INSPECT", "WITHDRAW")
         }
         self._follow_server_clock = clock is None  # a given clock (a test's) is kept as it is
-        self._skew = timedelta(0)  # the Redis server's clock minus this machine's
-        self._skew_at = -math.inf  # when (time.monotonic()) it was last measured
+        self._server_time: tuple[datetime, float] | None = None  # (the server's instant, time.monotonic())
+        self._next_check = -math.inf  # time.monotonic() when the server's clock is to be asked again
+        self._checking = asyncio.Lock()  # one check at a time: the others wait for its answer
+        self._time_refused = False  # a TIME refused (a proxy's) was said once
         self._listening: set[tuple[int, str, str]] = set()
         self._giving_up: set[asyncio.Task[None]] = set()
         """Tasks giving up reservations cut off at a deadline or whose reply was lost (see
@@ -189,28 +205,68 @@ class RedisLedger(Ledger):
     hands_over = True
 
     def now(self) -> datetime:
-        """The ledger's current instant: the Redis server's (this machine's clock, corrected by the
-        difference last measured), or the clock it was given."""
-        return super().now() + self._skew
+        """The ledger's current instant: the Redis server's (its ``TIME`` when last asked, plus this
+        machine's monotonic time since: a step of this machine's clock changes nothing), or the clock it
+        was given; this machine's clock until the server's was first read."""
+        if self._server_time is None:
+            return super().now()
+        instant, at = self._server_time
+        return instant + timedelta(seconds=time.monotonic() - at)
+
+    def rebased(self, moment: datetime) -> datetime:
+        """An instant read on this machine's clock (an upstream's answer, stamped by its provider) on the
+        ledger's clock."""
+        if self._server_time is None:
+            return moment
+        return moment + (self.now() - super().now())
 
     async def _sync_clock(self) -> None:
-        """Measure this machine's clock against the Redis server's (``TIME``, taken at half the round trip),
-        at most once every :data:`CLOCK_CHECK_SECONDS`. A check that fails or takes longer than
-        :data:`GRACE_SECONDS` (or what is left of the search's deadline) keeps the last difference: the step
-        it comes before says what is wrong with Redis."""
-        if not self._follow_server_clock or time.monotonic() - self._skew_at < CLOCK_CHECK_SECONDS:
+        """Read the Redis server's clock (``TIME``) every :data:`CLOCK_CHECK_SECONDS`, or again after a
+        second when the last reading failed or was imprecise (a round trip over
+        :data:`CLOCK_ROUND_TRIP_SECONDS`: a busy event loop). Searches arriving meanwhile wait for the
+        reading in progress. A reading takes at most :data:`GRACE_SECONDS` (a later one no more than what is
+        left of the search's deadline); one that fails keeps the last one (the step after says what is
+        wrong with Redis)."""
+        if not self._follow_server_clock or time.monotonic() < self._next_check:
             return
-        self._skew_at = time.monotonic()
-        with anyio.move_on_after(max(min(remaining_seconds(), GRACE_SECONDS), 0.0)):
-            try:
-                with self._unusable():
-                    before = super().now()
-                    seconds, micros = await self._redis.time()
-                    after = super().now()
-            except LedgerError:
+        async with self._checking:
+            if time.monotonic() < self._next_check:  # read while this search waited
                 return
-            server = datetime.fromtimestamp(int(seconds), UTC) + timedelta(microseconds=int(micros))
-            self._skew = server - (before + (after - before) / 2)
+            next_check = CLOCK_RETRY_SECONDS  # unless the reading below is good
+            # a first reading gets its second however late the search is: every step until it is read
+            # runs on this machine's clock; a later one no more than what is left of the deadline
+            bound = GRACE_SECONDS if self._server_time is None else min(remaining_seconds(), GRACE_SECONDS)
+            try:
+                with anyio.move_on_after(max(bound, 0.0)):
+                    with self._unusable():
+                        before = time.monotonic()
+                        seconds, micros = await self._redis.time()
+                        after = time.monotonic()
+                    instant = datetime.fromtimestamp(int(seconds), UTC) + timedelta(microseconds=int(micros))
+                    if after - before <= CLOCK_ROUND_TRIP_SECONDS or self._server_time is None:
+                        self._server_time = (instant, (before + after) / 2)
+                    if after - before <= CLOCK_ROUND_TRIP_SECONDS:
+                        next_check = CLOCK_CHECK_SECONDS
+            except LedgerError as exc:
+                self._said_time_refused(exc)
+            finally:
+                self._next_check = time.monotonic() + next_check
+
+    def _said_time_refused(self, exc: LedgerError) -> None:
+        """A Redis (or a proxy in front of it) that refuses ``TIME`` while it runs the ledger's scripts
+        leaves this machine's clock in use: say so once."""
+        from redis.exceptions import ConnectionError as LostConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        if self._time_refused or isinstance(exc.__cause__, LostConnectionError | RedisTimeoutError | OSError):
+            return
+        self._time_refused = True
+        logger.warning(
+            "the quota ledger %s cannot read the Redis server's clock (%s); this machine's clock is used, "
+            "so keep the clocks of the machines sharing it in step",
+            self.url,
+            exc.__cause__,
+        )
 
     async def _run(self, script: str, provider: str, scope: str, args: list[Any]) -> Any:
         with self._unusable():
@@ -233,6 +289,8 @@ class RedisLedger(Ledger):
                 return await self._run("RESERVE", provider, scope, args)
             failure = self._past_deadline()
         except LedgerError as exc:
+            if _never_connected(exc):  # the script never left: nothing to give up (Redis is down)
+                raise
             failure = exc
         with anyio.CancelScope(shield=True), anyio.move_on_after(GIVE_UP_SECONDS):
             if await self._give_up(provider, scope, request.token):

@@ -49,3 +49,75 @@ async def test_a_worker_whose_clock_runs_ahead_keeps_the_fleets_slot_and_counts(
     finally:
         for ledger in (worker, early, late):
             await ledger.aclose()
+
+
+async def test_a_burst_of_searches_at_a_workers_start_waits_for_the_servers_clock(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first searches of a worker whose clock runs a day ahead arrive at once: none runs on that
+    clock while the first reading of the server's is under way."""
+    import asyncio
+
+    worker = open_ledger(redis_url)
+    late = ahead(redis_url, monkeypatch, timedelta(hours=25))
+    try:
+        for _ in range(5):
+            ticket = await worker.reserve("tracemoe", "guest", DAY, slots=10)
+            assert isinstance(ticket, Ticket)
+            await worker.settle(ticket, "charged")
+        burst = await asyncio.gather(*(late.reserve("tracemoe", "guest", DAY, slots=10) for _ in range(4)))
+        assert [type(answer).__name__ for answer in burst] == ["Refusal"] * 4
+        (day,) = [quota for quota in await worker.snapshot("tracemoe") if quota.window == "rolling-24h"]
+        assert day.used == 5
+    finally:
+        for ledger in (worker, late):
+            await ledger.aclose()
+
+
+async def test_a_step_of_the_workers_clock_after_a_reading_changes_nothing(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read once, the server's time goes on by this machine's monotonic clock: a resumed VM or an NTP
+    step a day forward does not age the fleet's counts out."""
+    offset = timedelta(0)
+    with monkeypatch.context() as patched:
+        patched.setattr(ledger_base, "system_clock", lambda: datetime.now(UTC) + offset)
+        worker = open_ledger(redis_url)
+    try:
+        for _ in range(5):
+            ticket = await worker.reserve("tracemoe", "guest", DAY, slots=10)
+            assert isinstance(ticket, Ticket)
+            await worker.settle(ticket, "charged")
+        offset = timedelta(hours=25)  # the machine's clock steps a day ahead
+        assert isinstance(await worker.reserve("tracemoe", "guest", DAY, slots=10), Refusal)
+    finally:
+        await worker.aclose()
+
+
+async def test_a_redis_refusing_time_says_so_once(
+    redis_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy in front of Redis may refuse TIME: this machine's clock is used then, and one warning
+    says so."""
+    import logging
+
+    from redis.exceptions import ResponseError
+
+    ledger = open_ledger(redis_url)
+
+    async def refused() -> None:
+        raise ResponseError("unknown command 'TIME'")
+
+    monkeypatch.setattr(ledger._redis, "time", refused)  # type: ignore[attr-defined]
+    monkeypatch.setattr("anisearch._ledger._redis.CLOCK_RETRY_SECONDS", 0.0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="anisearch"):
+            for _ in range(3):
+                ticket = await ledger.reserve("tracemoe", "guest", DAY, slots=10)
+                assert isinstance(ticket, Ticket)
+                await ledger.settle(ticket, "charged")
+    finally:
+        await ledger.aclose()
+    said = [record.getMessage() for record in caplog.records if "clock" in record.getMessage()]
+    assert len(said) == 1
+    assert "cannot read the Redis server's clock (unknown command 'TIME')" in said[0]
