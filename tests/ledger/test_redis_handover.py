@@ -398,7 +398,7 @@ async def test_a_wait_whose_connection_is_lost_ends_as_if_it_timed_out(
     async def killer() -> None:
         await anyio.sleep(0.2)
         async with redis.asyncio.Redis.from_url(redis_url) as admin:
-            await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+            await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # type: ignore[no-untyped-call]
 
     async with queued(second) as (nap,):
         with anyio.fail_after(5):
