@@ -138,9 +138,10 @@ def _never_connected(exc: LedgerError) -> bool:
     its command never reached Redis. redis-py says so only in its message ("Error 111 connecting to ...",
     "Timeout connecting to server")."""
     from redis.exceptions import ConnectionError as LostConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     cause = exc.__cause__
-    return isinstance(cause, LostConnectionError) and "connecting to" in str(cause)
+    return isinstance(cause, LostConnectionError | RedisTimeoutError) and "connecting to" in str(cause)
 
 
 @contextlib.asynccontextmanager
@@ -161,6 +162,8 @@ CLOCK_CHECK_SECONDS = 60.0
 """How often a worker reads the Redis server's clock, seconds."""
 CLOCK_RETRY_SECONDS = 1.0
 """How soon it reads it again when a reading failed or was imprecise, seconds."""
+CLOCK_STEP_SECONDS = 1.0
+"""A step of this machine's wall clock against its monotonic one past which the server's is read again."""
 CLOCK_ROUND_TRIP_SECONDS = 0.05
 """A reading whose round trip took longer than this (a busy event loop) is imprecise, seconds."""
 GRACE_SECONDS = 1.0
@@ -195,6 +198,7 @@ class RedisLedger(Ledger):
         self._follow_server_clock = clock is None  # a given clock (a test's) is kept as it is
         self._server_time: tuple[datetime, float] | None = None  # (the server's instant, time.monotonic())
         self._next_check = -math.inf  # time.monotonic() when the server's clock is to be asked again
+        self._wall_at_reading: tuple[datetime, float] | None = None  # this machine's clock, and monotonic
         self._checking = asyncio.Lock()  # one check at a time: the others wait for its answer
         self._time_refused = False  # a TIME refused (a proxy's) was said once
         self._listening: set[tuple[int, str, str]] = set()
@@ -221,36 +225,52 @@ class RedisLedger(Ledger):
         return moment + (self.now() - super().now())
 
     async def _sync_clock(self) -> None:
-        """Read the Redis server's clock (``TIME``) every :data:`CLOCK_CHECK_SECONDS`, or again after a
-        second when the last reading failed or was imprecise (a round trip over
-        :data:`CLOCK_ROUND_TRIP_SECONDS`: a busy event loop). Searches arriving meanwhile wait for the
-        reading in progress. A reading takes at most :data:`GRACE_SECONDS` (a later one no more than what is
-        left of the search's deadline); one that fails keeps the last one (the step after says what is
-        wrong with Redis)."""
-        if not self._follow_server_clock or time.monotonic() < self._next_check:
+        """Read the Redis server's clock (``TIME``) every :data:`CLOCK_CHECK_SECONDS`, at once when this
+        machine's wall clock stepped against its monotonic one (an NTP step; a resumed VM, whose monotonic
+        clock stood still), or again after a second when the last reading failed or was imprecise (a round
+        trip over :data:`CLOCK_ROUND_TRIP_SECONDS`: a busy event loop). Searches arriving meanwhile wait
+        for the reading in progress; until a first one succeeds, each search tries. A reading takes at most
+        :data:`GRACE_SECONDS` (a later one no more than what is left of the search's deadline); one that
+        fails keeps the last one (the step after says what is wrong with Redis)."""
+        if not self._follow_server_clock or not self._clock_due():
             return
         async with self._checking:
-            if time.monotonic() < self._next_check:  # read while this search waited
+            if not self._clock_due():  # read while this search waited
                 return
-            next_check = CLOCK_RETRY_SECONDS  # unless the reading below is good
+            next_check: float | None = None  # when the reading below ends without an answer (cancelled,
+            # or past its bound) and there is none yet: the next search reads it
             # a first reading gets its second however late the search is: every step until it is read
             # runs on this machine's clock; a later one no more than what is left of the deadline
             bound = GRACE_SECONDS if self._server_time is None else min(remaining_seconds(), GRACE_SECONDS)
             try:
                 with anyio.move_on_after(max(bound, 0.0)):
                     with self._unusable():
-                        before = time.monotonic()
+                        wall, before = super().now(), time.monotonic()
                         seconds, micros = await self._redis.time()
                         after = time.monotonic()
                     instant = datetime.fromtimestamp(int(seconds), UTC) + timedelta(microseconds=int(micros))
-                    if after - before <= CLOCK_ROUND_TRIP_SECONDS or self._server_time is None:
+                    precise = after - before <= CLOCK_ROUND_TRIP_SECONDS
+                    if precise or self._server_time is None:
                         self._server_time = (instant, (before + after) / 2)
-                    if after - before <= CLOCK_ROUND_TRIP_SECONDS:
-                        next_check = CLOCK_CHECK_SECONDS
-            except LedgerError as exc:
+                        self._wall_at_reading = (wall, before)
+                    next_check = CLOCK_CHECK_SECONDS if precise else CLOCK_RETRY_SECONDS
+            except LedgerError as exc:  # refused (a proxy without TIME), or Redis away
                 self._said_time_refused(exc)
+                next_check = CLOCK_RETRY_SECONDS
             finally:
-                self._next_check = time.monotonic() + next_check
+                if next_check is not None or self._server_time is not None:
+                    self._next_check = time.monotonic() + (next_check or CLOCK_RETRY_SECONDS)
+
+    def _clock_due(self) -> bool:
+        """Whether the server's clock is to be read now: it is time, or this machine's wall clock moved
+        otherwise than its monotonic clock since the last reading."""
+        if time.monotonic() >= self._next_check:
+            return True
+        if self._wall_at_reading is None:
+            return False
+        wall, at = self._wall_at_reading
+        drift = (super().now() - wall).total_seconds() - (time.monotonic() - at)
+        return abs(drift) > CLOCK_STEP_SECONDS
 
     def _said_time_refused(self, exc: LedgerError) -> None:
         """A Redis (or a proxy in front of it) that refuses ``TIME`` while it runs the ledger's scripts

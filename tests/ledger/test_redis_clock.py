@@ -4,11 +4,15 @@ resumed VM) neither takes a live slot as lapsed nor ages the searches the others
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import pytest
 
 import anisearch._ledger._base as ledger_base
 from anisearch._ledger import Ledger, Refusal, Ticket, WindowSpec, open_ledger
+
+if TYPE_CHECKING:
+    from tests.conftest import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -121,3 +125,33 @@ async def test_a_redis_refusing_time_says_so_once(
     said = [record.getMessage() for record in caplog.records if "clock" in record.getMessage()]
     assert len(said) == 1
     assert "cannot read the Redis server's clock (unknown command 'TIME')" in said[0]
+
+
+async def test_searches_waiting_for_a_first_reading_that_was_cancelled_read_it_themselves(
+    redis_server: RedisServer, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search taking the first reading is given up by its caller while Redis is slow: the searches
+    that waited for that reading do not go on with this machine's (a day ahead) clock."""
+    import asyncio
+
+    worker = open_ledger(redis_url)
+    late = ahead(redis_url, monkeypatch, timedelta(hours=25))
+    try:
+        for _ in range(5):
+            ticket = await worker.reserve("tracemoe", "guest", DAY, slots=10)
+            assert isinstance(ticket, Ticket)
+            await worker.settle(ticket, "charged")
+        await late._redis.ping()  # type: ignore[attr-defined]  # its connection is open
+        with redis_server.paused():
+            first = asyncio.create_task(late.reserve("tracemoe", "guest", DAY, slots=10))
+            await asyncio.sleep(0.1)
+            burst = [asyncio.create_task(late.reserve("tracemoe", "guest", DAY, slots=10)) for _ in range(4)]
+            await asyncio.sleep(0.1)
+            first.cancel()
+        answers = await asyncio.gather(*burst)
+        assert [type(answer).__name__ for answer in answers] == ["Refusal"] * 4
+        (day,) = [quota for quota in await worker.snapshot("tracemoe") if quota.window == "rolling-24h"]
+        assert day.used == 5
+    finally:
+        for ledger in (worker, late):
+            await ledger.aclose()
