@@ -37,10 +37,12 @@ from anisearch._config import Settings, setting_named
 from anisearch._download import Downloader
 from anisearch._enrich import Enricher, metadata_infos, metadata_provider, open_enricher
 from anisearch._exceptions import (
+    AllProvidersFailedError,
     ClientClosedError,
     ConfigurationError,
     InvalidImageError,
     ProviderError,
+    ProviderTimeoutError,
     UnknownProviderError,
 )
 from anisearch._ledger import WindowSpec, open_ledger
@@ -533,14 +535,16 @@ class AsyncClient(AccountFeatures):
                 in_memory = None  # the search keeps the source only as long as it needs it
             else:  # a file, a stream, large bytes or a busy cache: a worker thread, which also prepares
                 # the image when there is no answer (one thread hop either way)
-                source, (early, looked_up), made = await _read_in_time(
-                    lookup.read_find_prepare, source, max(wait, 0.0)
-                )
+                with _out_of_time(asked):
+                    source, (early, looked_up), made = await _read_in_time(
+                        lookup.read_find_prepare, source, max(wait, 0.0)
+                    )
             if early is not None:
                 names = [provider.name for provider in asked]
                 return self._cached(cached_attempts(names, names.index(early[0].name), strategy), early[1])
         if made is None:
-            made = await _prepared(source, wanted, max(wait, 0.0))
+            with _out_of_time(asked):
+                made = await _prepared(source, wanted, max(wait, 0.0))
         prepared = made.images[wanted[0]]
         kept, digest = made.source, None
         if (
@@ -932,6 +936,18 @@ async def _prepared(source: Any, boxes: Sequence[tuple[int, int]], wait_seconds:
         return _Made.of(source, boxes)
 
     return await _read_in_time(partial(_read_prepare, boxes=boxes), source, wait_seconds)
+
+
+@contextlib.contextmanager
+def _out_of_time(asked: Sequence[Any]) -> Iterator[None]:
+    """The search's deadline passed while its picture waited its turn to be decoded, before any provider
+    was asked: each provider's timeout, as when none answers before the deadline."""
+    try:
+        yield
+    except ProviderTimeoutError as exc:
+        names = ", ".join(provider.name for provider in asked)
+        errors = [ProviderTimeoutError(str(exc), provider=provider.name) for provider in asked]
+        raise AllProvidersFailedError(f"no provider answered: {names}", errors) from None
 
 
 async def _read_in_time(read: Callable[[Any, float], T], source: Any, wait_seconds: float) -> T:

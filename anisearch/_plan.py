@@ -123,9 +123,8 @@ class _Cropped:
         async with self._lock:
             size = (prepared.width, prepared.height)
             if size not in self._images:
-                self._images[size] = await anyio.to_thread.run_sync(
-                    partial(_image.prepare, prepared.data, cut_borders=True), limiter=_worker.decodes()
-                )
+                crop = partial(_image.prepare, cut_borders=True)
+                self._images[size] = await _worker.run_sync(crop, prepared.data, limiter=_worker.decodes())
             return self._images[size]
 
 

@@ -16,6 +16,9 @@ import anyio
 import anyio.to_thread
 from anyio.lowlevel import RunVar
 
+from anisearch._exceptions import ProviderTimeoutError
+from anisearch._limits import remaining_seconds
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -50,9 +53,10 @@ async def run_sync(
     The arguments go in, and the result (or the error) comes out, through lists emptied on the way. So pass
     large data as ``args``: a ``function`` that closes over it (a ``partial`` holding it, a closure) is
     kept with the job. ``limiter`` bounds how many such jobs run at once (:func:`decodes`), besides anyio's
-    own limit of worker threads.
+    own limit of worker threads; a job waits for its turn no longer than the search's deadline.
 
     Raises:
+        ProviderTimeoutError: The search's deadline passed while the job waited for its turn.
         Whatever ``function`` raises.
     """
     handed: list[tuple[object, ...]] = [args]
@@ -67,7 +71,19 @@ async def run_sync(
 
     job = getattr(function, "func", function)  # a partial's function
     work.__name__ = work.__qualname__ = getattr(job, "__name__", work.__name__)  # what a profile shows
-    await anyio.to_thread.run_sync(work, limiter=limiter)
+    if limiter is None:
+        await anyio.to_thread.run_sync(work)
+    else:
+        with anyio.move_on_after(max(remaining_seconds(), 0.0)) as waited:  # the search's deadline holds
+            await limiter.acquire()
+        if waited.cancelled_caught:
+            raise ProviderTimeoutError(
+                "no complete answer before the search's deadline (the picture waited its turn to be decoded)"
+            )
+        try:
+            await anyio.to_thread.run_sync(work)
+        finally:
+            limiter.release()
     if failed:
         raise failed.pop()
     return returned.pop()

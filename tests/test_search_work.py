@@ -202,3 +202,42 @@ def test_pictures_are_decoded_a_few_at_a_time_however_many_searches_run(
 
     anyio.run(main)
     assert most == _worker.DECODES_AT_ONCE
+
+
+def test_a_search_waiting_its_turn_to_decode_ends_at_its_deadline(tmp_path: Path) -> None:
+    """Every decode turn is taken (other searches' large pictures): a search with a deadline does not wait
+    past it for a turn; it ends as when no provider answers in time."""
+    from anisearch import AllProvidersFailedError, AsyncClient, ProviderTimeoutError, _worker
+
+    picture = tmp_path / "shot.png"  # a file: read and decoded in a worker thread, on a turn
+    Image.effect_noise((1280, 720), 40).convert("RGB").save(picture, "PNG")
+    answer = {"frameCount": 1, "error": "", "result": []}
+    settings = Settings.load(
+        providers=["tracemoe"], provider_options={"tracemoe": {"url": BASE}}, cache="off", metadata="off"
+    )
+    ended: list[AllProvidersFailedError] = []
+
+    async def main() -> None:
+        transport = httpx.MockTransport(lambda _: httpx.Response(200, json=answer))
+        async with AsyncClient(settings, transport) as engine:
+            limiter = _worker.decodes()
+
+            async def decoding_elsewhere() -> None:
+                async with limiter:
+                    await anyio.sleep(30)
+
+            async with anyio.create_task_group() as others:
+                for _ in range(int(limiter.total_tokens)):
+                    others.start_soon(decoding_elsewhere)
+                await anyio.sleep(0.05)
+                with anyio.fail_after(10):  # it waited until a turn came: 30 s
+                    try:
+                        await engine.search(picture, deadline=0.3, cache=False)
+                    except AllProvidersFailedError as exc:
+                        ended.append(exc)
+                others.cancel_scope.cancel()
+
+    anyio.run(main)
+    (failed,) = ended
+    assert [type(error) for error in failed.exceptions] == [ProviderTimeoutError]
+    assert "waited its turn to be decoded" in str(failed.exceptions[0])
