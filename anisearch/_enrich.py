@@ -209,6 +209,16 @@ class _Lookup:
 
     done: anyio.Event = field(default_factory=anyio.Event)
     answers: dict[int, Anime | None] = field(default_factory=dict)
+    attempt: Attempt | None = None
+    """Its attempt, once it ended (None: cancelled)."""
+
+
+def _worse(first: Attempt | None, then: Attempt | None) -> Attempt | None:
+    """The attempt a result reports of two lookups: a failure (or a skip) rather than an answer, else
+    the later one."""
+    if first is None or then is None:
+        return then or first
+    return then if then.outcome != "ok" or first.outcome == "ok" else first
 
 
 class _RefusedError(Exception):
@@ -296,27 +306,32 @@ class Enricher:
         cached = await self._cache.get(self._cache_name, anilist_ids) if self._cache is not None else {}
         known = {anilist_id: anime for anilist_id, anime in cached.items() if anime is not None}
         missing = [anilist_id for anilist_id in anilist_ids if anilist_id not in cached]
-        pending = [i for i in missing if i in self._in_flight]
-        attempt = await self._ask_for([i for i in missing if i not in self._in_flight], known)
+        pending = {i: self._in_flight[i] for i in missing if i in self._in_flight}  # others ask for these
+        attempt = await self._ask_for([i for i in missing if i not in pending], known)
         waiting_since = time.monotonic()
-        while pending:  # IDs other searches are asking for: their answers, else ask for what they lacked
-            lookups = {self._in_flight[i] for i in pending if i in self._in_flight}
+        failed_once: set[int] = set()  # IDs a lookup this search waited for did not answer
+        while pending:  # their answers; what they lacked is asked again once, by one of the searches
             with anyio.move_on_after(max(remaining_seconds(), 0.0)) as waited:
-                for lookup in lookups:
+                for lookup in set(pending.values()):
                     await lookup.done.wait()
             if waited.cancelled_caught:
                 late = ProviderTimeoutError(
                     "no answer before the search's deadline (another search was looking the same anime up)",
                     provider=self.provider.name,
                 )
-                return known, self._failed(late, waiting_since)
-            for lookup in lookups:
-                known.update({i: anime for i, anime in lookup.answers.items() if anime is not None})
-                pending = [i for i in pending if i not in lookup.answers]
-            free = [i for i in pending if i not in self._in_flight]  # their lookup failed: ask for them
-            if free:
-                attempt = await self._ask_for(free, known) or attempt
-                pending = [i for i in pending if i not in free]
+                return known, _worse(attempt, self._failed(late, waiting_since))
+            left = []
+            for anilist_id, lookup in pending.items():
+                if anilist_id in lookup.answers:
+                    if (anime := lookup.answers[anilist_id]) is not None:
+                        known[anilist_id] = anime
+                elif anilist_id in failed_once:  # asked again, and failed again: say so, ask no more
+                    attempt = _worse(attempt, lookup.attempt)
+                else:
+                    failed_once.add(anilist_id)
+                    left.append(anilist_id)
+            pending = {i: self._in_flight[i] for i in left if i in self._in_flight}  # another asks again
+            attempt = _worse(attempt, await self._ask_for([i for i in left if i not in pending], known))
         return known, attempt
 
     async def _ask_for(self, missing: list[int], known: dict[int, Anime]) -> Attempt | None:
@@ -328,7 +343,8 @@ class Enricher:
         for anilist_id in missing:
             self._in_flight[anilist_id] = lookup
         try:
-            return await self._asked(missing, known, lookup.answers)
+            lookup.attempt = await self._asked(missing, known, lookup.answers)
+            return lookup.attempt
         finally:
             for anilist_id in missing:
                 if self._in_flight.get(anilist_id) is lookup:

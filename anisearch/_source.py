@@ -295,7 +295,7 @@ def video_kind(head: bytes, total: int | None = None) -> str | None:  # noqa: PL
     """The video container the bytes start with, or None (images, AVIF and HEIF included, are None).
 
     Args:
-        head: The input's first bytes (4096 tell a transport stream best: every packet in them is checked).
+        head: The input's first bytes (4096 tell a text from a transport stream best).
         total: The input's whole size, bytes (None: ``head`` is the whole input).
     """
     if any(head.startswith(magic) for magic, _ in _IMAGE_SIGNATURES):  # a BMP's size may put 0x47 at 4
@@ -319,11 +319,11 @@ def video_kind(head: bytes, total: int | None = None) -> str | None:  # noqa: PL
 
 def _transport_stream(head: bytes) -> str | None:
     """``"mpeg-ts"`` (188-byte packets) or ``"m2ts"`` (192: Blu-ray and AVCHD put a 4-byte arrival time
-    before each packet) when every packet ``head`` holds, three at least, starts with the sync byte."""
+    before each packet) when three packets in a row start with the sync byte and the bytes are not text
+    (which may hold a "G" at those places). A stream damaged further on is still one."""
     for kind, start, step in (("mpeg-ts", 0, 188), ("m2ts", 4, 192)):
-        sync = head[start::step]
-        if len(sync) >= 3 and sync == b"\x47" * len(sync):  # noqa: PLR2004 - three packets at least
-            return kind
+        if head[start : start + 3 * step : step] == b"\x47\x47\x47":
+            return None if _text_kind(head) is not None else kind
     return None
 
 

@@ -15,15 +15,17 @@ cd "$(dirname "$0")/.."
 
 if [ -t 2 ]; then say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }; else say() { printf '==> %s\n' "$*" >&2; }; fi
 
-# The Python to install into: the active one, unless there is none called `python` or it is the system's
-# "externally managed" one (PEP 668: Debian, Ubuntu), which pip refuses; then a .venv made here. The tests
-# (ANISEARCH_QUICKSTART_NO_INSTALL) run it in an environment that has everything already.
+# The Python to install into: the active one, unless there is none called `python`, it is older than 3.11,
+# or it is the system's "externally managed" one (PEP 668: Debian, Ubuntu), which pip refuses; then a .venv
+# made here with python3. The tests (ANISEARCH_QUICKSTART_NO_INSTALL) run it where everything is installed.
 py=python
 usable() {  # Python 3.11 or newer, with pip
     "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && "$1" -m pip --version >/dev/null 2>&1
 }
 if [ -z "${ANISEARCH_QUICKSTART_NO_INSTALL:-}" ] && {
-    ! command -v python >/dev/null 2>&1 || python - <<'PY' 2>/dev/null
+    ! command -v python >/dev/null 2>&1 \
+        || ! python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+        || python - <<'PY' 2>/dev/null
 import sys, sysconfig
 from pathlib import Path
 managed = Path(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED").exists()
@@ -49,9 +51,6 @@ PY
         fi
     fi
     py=.venv/bin/python
-elif [ -z "${ANISEARCH_QUICKSTART_NO_INSTALL:-}" ] && ! python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-    echo "anisearch needs Python 3.11 or newer; this python is $(python -V 2>&1)" >&2
-    exit 2
 fi
 
 if [ -z "${ANISEARCH_QUICKSTART_NO_INSTALL:-}" ]; then  # set by the tests, which run in an installed checkout

@@ -14,7 +14,7 @@ import respx
 
 from anisearch import Client, Settings
 from anisearch._enrich import fill_hit
-from anisearch._models import Anime, Hit, Title
+from anisearch._models import Anime, Hit, SearchResult, Title
 
 TRACEMOE = "http://tracemoe.test"
 ANILIST = "http://anilist.test"
@@ -604,3 +604,64 @@ def test_an_answer_cut_short_does_not_pause_the_lookups(mock: respx.MockRouter) 
     assert lookup.call_count == 2
     assert (first.attempts[-1].outcome, first.attempts[-1].status_code) == ("failed", 200)
     assert romaji(second) == "Kokoro Connect"
+
+
+@pytest.mark.anyio
+async def test_a_lookup_that_keeps_failing_is_asked_again_once_not_once_per_waiting_search() -> None:
+    """Six searches of the same anime while AniList answers 500: one lookup, one more for all the waiting
+    searches, and each of them says the lookup failed."""
+    from anisearch import AsyncClient
+
+    lookups = 0
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal lookups
+        if request.url.host == "anilist.test":
+            lookups += 1
+            await anyio.sleep(0.2)
+            return httpx.Response(500, json={"data": None, "errors": [{"message": "oops", "status": 500}]})
+        return httpx.Response(200, json=tracemoe_answer(11887))
+
+    results: list[Any] = []
+    async with AsyncClient(settings(cache="off"), httpx.MockTransport(answer)) as engine:
+
+        async def search(after: float) -> None:
+            await anyio.sleep(after)
+            results.append(await engine.search(picture(), anilist_info=True))
+
+        async with anyio.create_task_group() as searches:
+            for n in range(6):
+                searches.start_soon(search, n * 0.02)
+    assert lookups == 2
+    assert [(r.attempts[-1].provider, r.attempts[-1].outcome) for r in results] == [("anilist", "failed")] * 6
+
+
+@pytest.mark.anyio
+async def test_a_search_takes_the_answer_of_a_lookup_that_ended_while_it_asked_its_own() -> None:
+    """A search needs IDs 1 and 2 while another search asks for 1: it asks for 2 alone, and takes 1 from
+    the other's answer though that ended first (it asked for 1 again)."""
+    from anisearch import AsyncClient
+
+    asked: list[list[int]] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        ids = json.loads(request.content)["variables"]["ids"]
+        asked.append(ids)
+        await anyio.sleep(0.2 if ids == [11887] else 0.5)
+        return httpx.Response(200, json=KNOWN)
+
+    titled: dict[tuple[int, ...], list[bool]] = {}
+    async with AsyncClient(settings(cache="off"), httpx.MockTransport(answer)) as engine:
+        enrich = engine._enrichment(fill=True, include_adult=None)
+
+        async def search(ids: tuple[int, ...], after: float) -> None:
+            await anyio.sleep(after)
+            hits = [Hit(provider="x", anilist_id=anilist_id, similarity=0.9) for anilist_id in ids]
+            result = await enrich(SearchResult(hits=hits))
+            titled[ids] = [hit.title is not None for hit in result.hits]
+
+        async with anyio.create_task_group() as searches:
+            searches.start_soon(search, (11887,), 0.0)
+            searches.start_soon(search, (11887, 21), 0.05)
+    assert asked == [[11887], [21]]
+    assert titled == {(11887,): [True], (11887, 21): [True, True]}

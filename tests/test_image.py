@@ -505,6 +505,14 @@ def test_a_blu_ray_transport_stream_gives_its_first_frame() -> None:
     assert close_to(decoded(prepared).getpixel((32, 24)), RED, 40)
 
 
+def test_a_transport_stream_damaged_after_its_first_packets_is_still_one() -> None:
+    """100 bytes lost in the fourth packet (a recording's glitch): PyAV decodes the stream all the same."""
+    data = video("mpegts", "mpeg2video", [RED, GREEN, BLUE] * 4)
+    damaged = data[:700] + data[800:]
+    prepared = prepare(damaged)
+    assert (prepared.source_format, prepared.width) == ("mpeg-ts", 64)
+
+
 def test_a_video_without_pyav_asks_for_the_video_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     data = video("mp4", "libx264", [RED])
     monkeypatch.setitem(sys.modules, "av", None)
