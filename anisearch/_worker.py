@@ -74,12 +74,16 @@ async def run_sync(
     if limiter is None:
         await anyio.to_thread.run_sync(work)
     else:
-        with anyio.move_on_after(max(remaining_seconds(), 0.0)) as waited:  # the search's deadline holds
-            await limiter.acquire()
-        if waited.cancelled_caught:
-            raise ProviderTimeoutError(
-                "no complete answer before the search's deadline (the picture waited its turn to be decoded)"
-            )
+        try:
+            limiter.acquire_nowait()
+        except anyio.WouldBlock:  # every turn is taken: wait for one, no longer than the search's deadline
+            with anyio.move_on_after(max(remaining_seconds(), 0.0)) as waited:
+                await limiter.acquire()
+            if waited.cancelled_caught:
+                raise ProviderTimeoutError(
+                    "no complete answer before the search's deadline (the picture waited its turn to be"
+                    " decoded)"
+                ) from None
         try:
             await anyio.to_thread.run_sync(work)
         finally:
