@@ -4,6 +4,7 @@ one request, cached per AniList ID, never fatally; the adult filter; respx in fr
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -433,10 +434,29 @@ def romaji(result: Any) -> str | None:
     return None if title is None else title.romaji
 
 
+async def searches_at_once(
+    answer: Callable[[httpx.Request], Coroutine[None, None, httpx.Response]], starts: Sequence[float]
+) -> list[Any]:
+    """Searches of one picture with titles by one client, each started ``starts[n]`` seconds in; their
+    results, in the order they ended."""
+    from anisearch import AsyncClient
+
+    results: list[Any] = []
+    async with AsyncClient(settings(cache="off"), httpx.MockTransport(answer)) as engine:
+
+        async def search(after: float) -> None:
+            await anyio.sleep(after)
+            results.append(await engine.search(picture(), anilist_info=True))
+
+        async with anyio.create_task_group() as searches:
+            for after in starts:
+                searches.start_soon(search, after)
+    return results
+
+
 @pytest.mark.anyio
 async def test_searches_at_once_share_one_lookup_of_the_same_ids() -> None:
     """Ten searches of one picture at once (a bot's users pasting the same screenshot) ask AniList once."""
-    from anisearch import AsyncClient
 
     lookups: list[list[int]] = []
 
@@ -447,15 +467,7 @@ async def test_searches_at_once_share_one_lookup_of_the_same_ids() -> None:
             return httpx.Response(200, json=KNOWN)
         return httpx.Response(200, json=tracemoe_answer(11887, 21))
 
-    results: list[Any] = []
-    async with AsyncClient(settings(cache="off"), httpx.MockTransport(answer)) as engine:
-
-        async def search() -> None:
-            results.append(await engine.search(picture(), anilist_info=True))
-
-        async with anyio.create_task_group() as searches:
-            for _ in range(10):
-                searches.start_soon(search)
+    results = await searches_at_once(answer, [0.0] * 10)
     assert lookups == [[11887, 21]]
     assert [romaji(result) for result in results] == ["Kokoro Connect"] * 10
     assert sum(1 for result in results if result.attempts[-1].provider == "anilist") == 1
@@ -551,37 +563,30 @@ async def test_a_search_waiting_for_anothers_lookup_says_so_when_its_deadline_pa
     assert (failed.provider, failed.outcome, failed.error) == ("anilist", "failed", "ProviderTimeoutError")
 
 
+class FailingAniList:
+    """AniList answering 500 to its first ``failures`` lookups (every one: None), each after ``delay`` s;
+    trace.moe finds Kokoro Connect."""
+
+    def __init__(self, delay: float, failures: int | None = None) -> None:
+        self.delay, self.failures, self.lookups = delay, failures, 0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host != "anilist.test":
+            return httpx.Response(200, json=tracemoe_answer(11887))
+        self.lookups += 1
+        await anyio.sleep(self.delay)
+        if self.failures is None or self.lookups <= self.failures:
+            return httpx.Response(500, json={"data": None, "errors": [{"message": "oops", "status": 500}]})
+        return httpx.Response(200, json=KNOWN)
+
+
 @pytest.mark.anyio
 async def test_searches_waiting_for_a_lookup_that_failed_ask_again_once_for_all() -> None:
     """The shared lookup failed (a 500): of the searches waiting for it, one asks again and the others
-    wait for that one; every one of them is titled."""
-    from anisearch import AsyncClient
-
-    lookups = 0
-
-    async def answer(request: httpx.Request) -> httpx.Response:
-        nonlocal lookups
-        if request.url.host == "anilist.test":
-            lookups += 1
-            await anyio.sleep(0.3)
-            return (
-                httpx.Response(500, json={"data": None, "errors": [{"message": "oops", "status": 500}]})
-                if (lookups == 1)
-                else httpx.Response(200, json=KNOWN)
-            )
-        return httpx.Response(200, json=tracemoe_answer(11887))
-
-    results: list[Any] = []
-    async with AsyncClient(settings(cache="off"), httpx.MockTransport(answer)) as engine:
-
-        async def search(after: float) -> None:
-            await anyio.sleep(after)
-            results.append(await engine.search(picture(), anilist_info=True))
-
-        async with anyio.create_task_group() as searches:
-            for after in (0.0, 0.05, 0.1):
-                searches.start_soon(search, after)
-    assert lookups == 2
+    wait for that one: all but the first are titled."""
+    answer = FailingAniList(0.3, failures=1)
+    results = await searches_at_once(answer, [0.0, 0.05, 0.1])
+    assert answer.lookups == 2
     assert sorted(str(romaji(result)) for result in results) == ["Kokoro Connect", "Kokoro Connect", "None"]
 
 
@@ -610,29 +615,9 @@ def test_an_answer_cut_short_does_not_pause_the_lookups(mock: respx.MockRouter) 
 async def test_a_lookup_that_keeps_failing_is_asked_again_once_not_once_per_waiting_search() -> None:
     """Six searches of the same anime while AniList answers 500: one lookup, one more for all the waiting
     searches, and each of them says the lookup failed."""
-    from anisearch import AsyncClient
-
-    lookups = 0
-
-    async def answer(request: httpx.Request) -> httpx.Response:
-        nonlocal lookups
-        if request.url.host == "anilist.test":
-            lookups += 1
-            await anyio.sleep(0.2)
-            return httpx.Response(500, json={"data": None, "errors": [{"message": "oops", "status": 500}]})
-        return httpx.Response(200, json=tracemoe_answer(11887))
-
-    results: list[Any] = []
-    async with AsyncClient(settings(cache="off"), httpx.MockTransport(answer)) as engine:
-
-        async def search(after: float) -> None:
-            await anyio.sleep(after)
-            results.append(await engine.search(picture(), anilist_info=True))
-
-        async with anyio.create_task_group() as searches:
-            for n in range(6):
-                searches.start_soon(search, n * 0.02)
-    assert lookups == 2
+    answer = FailingAniList(0.2)
+    results = await searches_at_once(answer, [n * 0.02 for n in range(6)])
+    assert answer.lookups == 2
     assert [(r.attempts[-1].provider, r.attempts[-1].outcome) for r in results] == [("anilist", "failed")] * 6
 
 

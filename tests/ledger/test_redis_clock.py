@@ -31,6 +31,14 @@ def ahead(url: str, monkeypatch: pytest.MonkeyPatch, by: timedelta) -> Ledger:
         return open_ledger(url)
 
 
+async def spend_the_day(worker: Ledger) -> None:
+    """The fleet's five searches of the day, counted by ``worker``."""
+    for _ in range(5):
+        ticket = await worker.reserve("tracemoe", "guest", DAY, slots=10)
+        assert isinstance(ticket, Ticket)
+        await worker.settle(ticket, "charged")
+
+
 async def test_a_worker_whose_clock_runs_ahead_keeps_the_fleets_slot_and_counts(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -65,10 +73,7 @@ async def test_a_burst_of_searches_at_a_workers_start_waits_for_the_servers_cloc
     worker = open_ledger(redis_url)
     late = ahead(redis_url, monkeypatch, timedelta(hours=25))
     try:
-        for _ in range(5):
-            ticket = await worker.reserve("tracemoe", "guest", DAY, slots=10)
-            assert isinstance(ticket, Ticket)
-            await worker.settle(ticket, "charged")
+        await spend_the_day(worker)
         burst = await asyncio.gather(*(late.reserve("tracemoe", "guest", DAY, slots=10) for _ in range(4)))
         assert [type(answer).__name__ for answer in burst] == ["Refusal"] * 4
         (day,) = [quota for quota in await worker.snapshot("tracemoe") if quota.window == "rolling-24h"]
@@ -88,10 +93,7 @@ async def test_a_step_of_the_workers_clock_after_a_reading_changes_nothing(
         patched.setattr(ledger_base, "system_clock", lambda: datetime.now(UTC) + offset)
         worker = open_ledger(redis_url)
     try:
-        for _ in range(5):
-            ticket = await worker.reserve("tracemoe", "guest", DAY, slots=10)
-            assert isinstance(ticket, Ticket)
-            await worker.settle(ticket, "charged")
+        await spend_the_day(worker)
         offset = timedelta(hours=25)  # the machine's clock steps a day ahead
         assert isinstance(await worker.reserve("tracemoe", "guest", DAY, slots=10), Refusal)
     finally:
@@ -137,10 +139,7 @@ async def test_searches_waiting_for_a_first_reading_that_was_cancelled_read_it_t
     worker = open_ledger(redis_url)
     late = ahead(redis_url, monkeypatch, timedelta(hours=25))
     try:
-        for _ in range(5):
-            ticket = await worker.reserve("tracemoe", "guest", DAY, slots=10)
-            assert isinstance(ticket, Ticket)
-            await worker.settle(ticket, "charged")
+        await spend_the_day(worker)
         await late._redis.ping()  # type: ignore[attr-defined]  # its connection is open
         with redis_server.paused():
             first = asyncio.create_task(late.reserve("tracemoe", "guest", DAY, slots=10))
