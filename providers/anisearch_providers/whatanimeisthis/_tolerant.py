@@ -154,14 +154,15 @@ def pick_seconds(mapping: Any, *names: str) -> float | None:
 
 
 def in_percent(values: Iterable[Any]) -> bool:
-    """Whether an answer's similarities are percentages: any plain number among them is in (1, 100].
+    """Whether an answer's similarities are percentages: one of them is written with "%", or is a plain
+    number in (1, 100].
 
     One answer uses one scale, so this is decided for all of its values together (contract §7.5): a
     weak hit of 0.95 % beside a 12.5 % one is 0.0095, not 0.95.
     """
     for value in values:
         if isinstance(value, str) and value.strip().endswith("%"):
-            continue
+            return True  # "95%" says the answer's scale as plainly as 95 does
         number = as_float(value)
         if number is not None and 1 < number <= 100:  # noqa: PLR2004
             return True

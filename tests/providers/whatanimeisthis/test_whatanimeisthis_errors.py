@@ -318,6 +318,10 @@ def test_an_answer_in_percent_reads_a_weak_hit_under_one_percent_as_weak() -> No
         answer(200, {"searches": hits}, request=PROVIDER.recent_searches_request(20, 0))
     )
     assert [entry.similarity for entry in recent.items] == [0.125, 0.0095]
+    # a "%" among them says it as plainly
+    hits[0]["similarity"] = "95%"
+    found = PROVIDER.parse_search(answer(200, {"results": hits}, request=SEARCH))
+    assert [hit.similarity for hit in found.hits] == [0.95, 0.0095]
     # fractions alone stay fractions
     hits[0]["similarity"] = 0.97
     found = PROVIDER.parse_search(answer(200, {"results": hits}, request=SEARCH))
