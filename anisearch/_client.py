@@ -946,7 +946,7 @@ def _out_of_time(asked: Sequence[Any]) -> Iterator[None]:
         yield
     except ProviderTimeoutError as exc:
         names = ", ".join(provider.name for provider in asked)
-        errors = [ProviderTimeoutError(str(exc), provider=provider.name) for provider in asked]
+        errors = [ProviderTimeoutError(exc.message, provider=provider.name) for provider in asked]
         raise AllProvidersFailedError(f"no provider answered: {names}", errors) from None
 
 

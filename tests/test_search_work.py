@@ -240,4 +240,7 @@ def test_a_search_waiting_its_turn_to_decode_ends_at_its_deadline(tmp_path: Path
     anyio.run(main)
     (failed,) = ended
     assert [type(error) for error in failed.exceptions] == [ProviderTimeoutError]
-    assert "waited its turn to be decoded" in str(failed.exceptions[0])
+    assert str(failed.exceptions[0]) == (
+        "tracemoe: no complete answer before the search's deadline (the picture waited its turn to be"
+        " decoded)"
+    )
