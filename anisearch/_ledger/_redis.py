@@ -245,14 +245,14 @@ class RedisLedger(Ledger):
             try:
                 with anyio.move_on_after(max(bound, 0.0)):
                     with self._unusable():
-                        wall, before = super().now(), time.monotonic()
+                        before = time.monotonic()
                         seconds, micros = await self._redis.time()
                         after = time.monotonic()
                     instant = datetime.fromtimestamp(int(seconds), UTC) + timedelta(microseconds=int(micros))
-                    precise = after - before <= CLOCK_ROUND_TRIP_SECONDS
-                    if precise or self._server_time is None:
-                        self._server_time = (instant, (before + after) / 2)
-                        self._wall_at_reading = (wall, before)
+                    round_trip, middle = after - before, (before + after) / 2
+                    precise = round_trip <= CLOCK_ROUND_TRIP_SECONDS
+                    if precise or self._further_off_than(instant, middle, round_trip):
+                        self._server_time = (instant, middle)
                     next_check = CLOCK_CHECK_SECONDS if precise else CLOCK_RETRY_SECONDS
             except LedgerError as exc:  # refused (a proxy without TIME), or Redis away
                 self._said_time_refused(exc)
@@ -260,6 +260,16 @@ class RedisLedger(Ledger):
             finally:
                 if next_check is not None or self._server_time is not None:
                     self._next_check = time.monotonic() + (next_check or CLOCK_RETRY_SECONDS)
+                    self._wall_at_reading = (super().now(), time.monotonic())  # a step is acted on once
+
+    def _further_off_than(self, instant: datetime, at: float, error: float) -> bool:
+        """Whether the estimate of the server's time is further from ``instant`` (read at monotonic ``at``,
+        within ``error`` seconds) than that reading's own error: a slow reading beats a wrong estimate (a
+        resumed VM's, or none at all)."""
+        if self._server_time is None:
+            return True
+        estimate, since = self._server_time
+        return abs((estimate + timedelta(seconds=at - since) - instant).total_seconds()) > error
 
     def _clock_due(self) -> bool:
         """Whether the server's clock is to be read now: it is time, or this machine's wall clock moved
