@@ -4,8 +4,9 @@ resumed VM) neither takes a live slot as lapsed nor ages the searches the others
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 
 import anisearch._ledger._base as ledger_base
@@ -154,3 +155,35 @@ async def test_searches_waiting_for_a_first_reading_that_was_cancelled_read_it_t
     finally:
         for ledger in (worker, late):
             await ledger.aclose()
+
+
+async def test_after_a_resumed_vm_a_slow_reading_corrects_the_clock_once(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A VM suspended an hour: its monotonic clock stood still while the world's went on. The step is
+    seen, and the reading taken then corrects the hour even when it is slow (a busy loop); the next
+    searches read nothing more."""
+    ledger = open_ledger(redis_url)
+    try:
+        await spend_the_day(ledger)
+        instant, at = ledger._server_time  # type: ignore[attr-defined]
+        hour = timedelta(hours=1)
+        ledger._server_time = (instant - hour, at)  # type: ignore[attr-defined]  # the estimate an hour behind
+        wall, mono = ledger._wall_at_reading  # type: ignore[attr-defined]
+        ledger._wall_at_reading = (wall - hour, mono)  # type: ignore[attr-defined]  # the wall clock moved on
+        real_time = ledger._redis.time  # type: ignore[attr-defined]
+        readings = 0
+
+        async def slow_time() -> Any:
+            nonlocal readings
+            readings += 1
+            await anyio.sleep(0.1)  # over CLOCK_ROUND_TRIP_SECONDS
+            return await real_time()
+
+        monkeypatch.setattr(ledger._redis, "time", slow_time)  # type: ignore[attr-defined]
+        for _ in range(3):
+            assert isinstance(await ledger.reserve("tracemoe", "guest", DAY, slots=10), Refusal)
+        assert abs((ledger.now() - datetime.now(UTC)).total_seconds()) < 1
+        assert readings == 1
+    finally:
+        await ledger.aclose()
