@@ -17,6 +17,7 @@ import math
 import numbers
 import os
 import threading
+import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ from anisearch._provider import (
 from anisearch._redact import printable, redact
 from anisearch._router import AttemptCallback, Router, Strategy, WaitCallback
 from anisearch._transport import ProviderTransport
-from anisearch._verdict import provider_windows
+from anisearch._verdict import provider_windows, reason
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -535,7 +536,7 @@ class AsyncClient(AccountFeatures):
                 in_memory = None  # the search keeps the source only as long as it needs it
             else:  # a file, a stream, large bytes or a busy cache: a worker thread, which also prepares
                 # the image when there is no answer (one thread hop either way)
-                with _out_of_time(asked):
+                with _out_of_time(asked, self._on_attempt):
                     source, (early, looked_up), made = await _read_in_time(
                         lookup.read_find_prepare, source, max(wait, 0.0)
                     )
@@ -543,7 +544,7 @@ class AsyncClient(AccountFeatures):
                 names = [provider.name for provider in asked]
                 return self._cached(cached_attempts(names, names.index(early[0].name), strategy), early[1])
         if made is None:
-            with _out_of_time(asked):
+            with _out_of_time(asked, self._on_attempt):
                 made = await _prepared(source, wanted, max(wait, 0.0))
         prepared = made.images[wanted[0]]
         kept, digest = made.source, None
@@ -939,15 +940,32 @@ async def _prepared(source: Any, boxes: Sequence[tuple[int, int]], wait_seconds:
 
 
 @contextlib.contextmanager
-def _out_of_time(asked: Sequence[Any]) -> Iterator[None]:
+def _out_of_time(asked: Sequence[Any], on_attempt: AttemptCallback | None) -> Iterator[None]:
     """The search's deadline passed while its picture waited its turn to be decoded, before any provider
-    was asked: each provider's timeout, as when none answers before the deadline."""
+    was asked: each provider's timeout and ``failed`` attempt (reported), as when none answers before the
+    deadline."""
+    started = time.monotonic()
     try:
         yield
     except ProviderTimeoutError as exc:
-        names = ", ".join(provider.name for provider in asked)
         errors = [ProviderTimeoutError(exc.message, provider=provider.name) for provider in asked]
-        raise AllProvidersFailedError(f"no provider answered: {names}", errors) from None
+        attempts = [
+            Attempt(
+                provider=error.provider or "",
+                outcome="failed",
+                reason=reason(error),
+                error=type(error).__name__,
+                elapsed_seconds=time.monotonic() - started,
+            )
+            for error in errors
+        ]
+        if on_attempt is not None:
+            for attempt in attempts:
+                on_attempt(attempt)
+        names = ", ".join(f"{attempt.provider} (failed)" for attempt in attempts)
+        group = AllProvidersFailedError(f"no provider answered: {names}", errors)
+        group.attempts = attempts
+        raise group from None
 
 
 async def _read_in_time(read: Callable[[Any, float], T], source: Any, wait_seconds: float) -> T:

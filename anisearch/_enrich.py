@@ -211,6 +211,8 @@ class _Lookup:
     answers: dict[int, Anime | None] = field(default_factory=dict)
     attempt: Attempt | None = None
     """Its attempt, once it ended (None: cancelled)."""
+    cut_short: bool = False
+    """It ended by its own search's deadline, not by AniList's answer: another search asks again."""
 
 
 def _worse(first: Attempt | None, then: Attempt | None) -> Attempt | None:
@@ -325,6 +327,8 @@ class Enricher:
                 if anilist_id in lookup.answers:
                     if (anime := lookup.answers[anilist_id]) is not None:
                         known[anilist_id] = anime
+                elif lookup.attempt is None or lookup.cut_short:  # cancelled, or its search's deadline
+                    left.append(anilist_id)  # came first: that says nothing of AniList
                 elif anilist_id in failed_once:  # asked again, and failed again: say so, ask no more
                     attempt = _worse(attempt, lookup.attempt)
                 else:
@@ -344,6 +348,9 @@ class Enricher:
             self._in_flight[anilist_id] = lookup
         try:
             lookup.attempt = await self._asked(missing, known, lookup.answers)
+            lookup.cut_short = lookup.attempt.error == "ProviderTimeoutError" and (
+                remaining_seconds() <= _DEADLINE_MARGIN
+            )
             return lookup.attempt
         finally:
             for anilist_id in missing:

@@ -650,3 +650,24 @@ async def test_a_search_takes_the_answer_of_a_lookup_that_ended_while_it_asked_i
             searches.start_soon(search, (11887, 21), 0.05)
     assert asked == [[11887], [21]]
     assert titled == {(11887,): [True], (11887, 21): [True, True]}
+
+
+@pytest.mark.anyio
+async def test_a_lookup_cut_short_by_its_own_searchs_deadline_does_not_end_anothers_wait() -> None:
+    """A's lookup fails; B (deadline 0.5 s) asks again and its deadline cuts that short; C, with no
+    deadline, does not take B's timeout for AniList's answer: it asks itself, and is titled."""
+    from anisearch import AsyncClient
+
+    answer = FailingAniList(0.3, failures=1)
+    titles: dict[str, str | None] = {}
+    async with AsyncClient(settings(cache="off"), httpx.MockTransport(answer)) as engine:
+
+        async def search(name: str, after: float, deadline: float | None) -> None:
+            await anyio.sleep(after)
+            titles[name] = romaji(await engine.search(picture(), anilist_info=True, deadline=deadline))
+
+        async with anyio.create_task_group() as searches:
+            searches.start_soon(search, "A", 0.0, None)
+            searches.start_soon(search, "B", 0.05, 0.5)
+            searches.start_soon(search, "C", 0.1, None)
+    assert titles == {"A": None, "B": None, "C": "Kokoro Connect"}

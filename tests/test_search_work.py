@@ -239,6 +239,10 @@ def test_a_search_waiting_its_turn_to_decode_ends_at_its_deadline(tmp_path: Path
 
     anyio.run(main)
     (failed,) = ended
+    assert str(failed) == "no provider answered: tracemoe (failed) (1 sub-exception)"
+    assert [(attempt.provider, attempt.outcome, attempt.error) for attempt in failed.attempts] == [
+        ("tracemoe", "failed", "ProviderTimeoutError")
+    ]
     assert [type(error) for error in failed.exceptions] == [ProviderTimeoutError]
     assert str(failed.exceptions[0]) == (
         "tracemoe: no complete answer before the search's deadline (the picture waited its turn to be"
