@@ -237,10 +237,11 @@ class RedisLedger(Ledger):
         async with self._checking:
             if not self._clock_due():  # read while this search waited
                 return
-            next_check: float | None = None  # when the reading below ends without an answer (cancelled,
-            # or past its bound) and there is none yet: the next search reads it
-            # a first reading gets its second however late the search is: every step until it is read
-            # runs on this machine's clock; a later one no more than what is left of the deadline
+            # None while the reading below has no answer: cancelled, or past its bound, with no reading
+            # before it, the next search reads the clock itself
+            next_check: float | None = None
+            # a first reading gets its second however late the search is (every step until it is read runs
+            # on this machine's clock); a later one no more than what is left of the deadline
             bound = GRACE_SECONDS if self._server_time is None else min(remaining_seconds(), GRACE_SECONDS)
             try:
                 with anyio.move_on_after(max(bound, 0.0)):
