@@ -376,14 +376,22 @@ class Ledger(abc.ABC):
         return moment
 
     def _on_its_clock(self, quotas: Sequence[Quota]) -> Sequence[Quota]:
-        """``quotas`` with the instant each was observed (``observed_at``: read on this machine's clock)
-        on the ledger's. Their reset and cool-down instants are left as the upstream gave them: many are
-        the upstream's own (a ``resetsAt``, an ``X-RateLimit-Reset``), which moving would free a spent
-        quota early; one worked out here from a ``Retry-After`` is off by this machine's clock error, the
-        safe way when it runs ahead."""
+        """``quotas``' instants on the ledger's clock: each is taken as read on this machine's clock, as
+        most are (``observed_at``; a reset or a cool-down worked out from a ``Retry-After`` or a TTL), so
+        that one quota's instants stay on one clock. An upstream's own absolute instant (a ``resetsAt``)
+        moves by this machine's clock error too: early when it runs ahead."""
         if type(self).rebased is Ledger.rebased:
             return quotas
-        return [quota.model_copy(update={"observed_at": self.rebased(quota.observed_at)}) for quota in quotas]
+        return [
+            quota.model_copy(
+                update={
+                    field: self.rebased(moment)
+                    for field in ("observed_at", "resets_at", "cooldown_until")
+                    if (moment := getattr(quota, field)) is not None
+                }
+            )
+            for quota in quotas
+        ]
 
     async def aclose(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Release connections and files."""

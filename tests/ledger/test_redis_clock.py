@@ -187,3 +187,38 @@ async def test_after_a_resumed_vm_a_slow_reading_corrects_the_clock_once(
         assert readings == 1
     finally:
         await ledger.aclose()
+
+
+async def test_a_reset_a_worker_behind_works_out_from_its_own_clock_holds_for_the_fleet(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker 10 min behind the Redis server's clock is told the hour is spent for 120 s more (a TTL):
+    the reset it works out on its own clock is moved onto the ledger's with the rest of what it read, and
+    a worker with a correct clock is refused for those 120 s, not for the hour nor for nothing."""
+    from anisearch._ledger._windows import from_us
+    from anisearch._models import Quota
+
+    hour = [WindowSpec("hour", span_seconds=3600, limit=10)]
+    late = ahead(redis_url, monkeypatch, timedelta(minutes=-10))
+    good = open_ledger(redis_url)
+    try:
+        ticket = await late.reserve("whatanime-ga", "guest", hour, slots=10)
+        assert isinstance(ticket, Ticket)
+        local_now = datetime.now(UTC) - timedelta(minutes=10)  # what its provider stamps
+        spent = Quota(
+            provider="whatanime-ga",
+            window="hour",
+            limit=10,
+            used=10,
+            remaining=0,
+            resets_at=local_now + timedelta(seconds=120),
+            observed_at=local_now,
+            source="headers",
+        )
+        await late.settle(ticket, "charged", observations=[spent])
+        refusal = await good.reserve("whatanime-ga", "guest", hour, slots=10)
+        assert isinstance(refusal, Refusal)
+        assert 115 <= (from_us(refusal.until) - good.now()).total_seconds() <= 121
+    finally:
+        for ledger in (late, good):
+            await ledger.aclose()
