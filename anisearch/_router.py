@@ -861,7 +861,12 @@ class Router:
             settlement = answered(response)  # until its body is read
             await sending.answered()  # unless the transport reported the answer's headers already
             settlement, answer, error = read(
-                provider, route.windows, response, self._ledger.now(), self._ledger.timezone
+                provider,
+                route.windows,
+                response,
+                self._ledger.now(),
+                self._ledger.timezone,
+                rebased=self._ledger.rebased,
             )
         except ProviderError as exc:  # plain InvalidImageError is not one: bad input stops everything
             error = exc

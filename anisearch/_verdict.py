@@ -123,12 +123,19 @@ def answered(response: httpx.Response) -> Settlement:
 
 
 def read(
-    provider: Provider, windows: Sequence[WindowSpec], response: httpx.Response, now: datetime, tz: ZoneInfo
+    provider: Provider,
+    windows: Sequence[WindowSpec],
+    response: httpx.Response,
+    now: datetime,
+    tz: ZoneInfo,
+    *,
+    rebased: Callable[[datetime], datetime] = lambda moment: moment,
 ) -> tuple[Settlement, ProviderAnswer | None, ProviderError | None]:
     """One response, read once and classified once: what the ledger records, and the answer or the error.
 
     The upstream counts only answered searches: a success is ``charged``, an error answer ``uncharged``
-    (request-counting windows still count it).
+    (request-counting windows still count it). ``now`` is the ledger's; ``rebased`` moves an instant the
+    provider read on this machine's clock (an error's ``resets_at``) onto the ledger's.
     """
     settlement = answered(response)
     try:
@@ -146,13 +153,18 @@ def read(
         if answer.quota is not None:
             settlement.observations.extend(checked([answer.quota], provider.name))
     except ProviderError as exc:
-        _consequences(windows, exc, settlement, now, tz)
+        _consequences(windows, exc, settlement, now, tz, rebased)
         return settlement, None, exc
     return settlement, answer, None
 
 
-def _consequences(
-    windows: Sequence[WindowSpec], exc: ProviderError, settlement: Settlement, now: datetime, tz: ZoneInfo
+def _consequences(  # noqa: PLR0917 - read()'s, passed on
+    windows: Sequence[WindowSpec],
+    exc: ProviderError,
+    settlement: Settlement,
+    now: datetime,
+    tz: ZoneInfo,
+    rebased: Callable[[datetime], datetime],
 ) -> None:
     if isinstance(exc, QuotaExhaustedError):
         told = {
@@ -165,7 +177,7 @@ def _consequences(
         if window is not None and window not in told:
             spec = next((w for w in windows if w.name == window), STANDARD_WINDOWS.get(window))
             if exc.resets_at is not None:  # the upstream's word: its reset, else its Retry-After
-                until = exc.resets_at
+                until = rebased(exc.resets_at)
             elif exc.retry_after:  # (a wait of 0 says nothing of when it frees)
                 until = now + timedelta(seconds=exc.retry_after)
             else:

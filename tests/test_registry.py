@@ -311,3 +311,30 @@ def test_a_broken_setting_of_a_provider_without_account_features_leaves_the_acco
     """A bad whatanime-ga URL is whatanime-ga's business: credits, keys and rankings still go to
     whatanimeisthis.com (they failed on it)."""
     assert account_provider_despite("tracemoe", "whatanime-ga") == "whatanimeisthis"
+
+
+def test_a_reset_the_provider_read_on_this_machines_clock_is_moved_onto_the_ledgers() -> None:
+    """A Redis ledger keeps the server's time: a spent window's reset, read by the provider on this
+    machine's clock (3 h behind here), is blocked until that instant on the ledger's clock."""
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from anisearch._verdict import read
+
+    class SpentUntil(Spent):
+        def parse_search(self, response: httpx.Response) -> Any:
+            raise QuotaExhaustedError("day spent", provider=self.name, resets_at=local + timedelta(hours=1))
+
+    local = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
+    ledger_now = local + timedelta(hours=3)
+    provider = SpentUntil()
+    response = httpx.Response(402, request=httpx.Request("POST", "https://x/search"))
+    settlement, _, _ = read(
+        provider,
+        tuple(provider.windows()),
+        response,
+        ledger_now,
+        ZoneInfo("UTC"),
+        rebased=lambda moment: moment + timedelta(hours=3),
+    )
+    assert settlement.blocks == [("day", ledger_now + timedelta(hours=1))]
