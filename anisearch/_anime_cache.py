@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio.to_thread
 from pydantic import ValidationError
 
-from anisearch._limits import remaining_seconds
+from anisearch._limits import remaining_ms
 from anisearch._models import Anime
 from anisearch._sqlite_busy import connect, replaceable, resetting
 
@@ -171,14 +171,14 @@ class AnimeCache:
         """The unexpired answers for ``anilist_ids``: an :class:`Anime`, or None for an ID the provider
         does not know. IDs not in the result are not cached (or expired). Waits for another process's
         lock no longer than the search's deadline allows (1 s at most), then answers nothing."""
-        wait_ms = _wait_ms()
+        wait_ms = remaining_ms(_WAIT_MS)
         return await anyio.to_thread.run_sync(self._get, provider, list(anilist_ids), time.time(), wait_ms)
 
     async def put(self, provider: str, answers: Mapping[int, Anime | None], *, ttl_seconds: float) -> None:
         """Store ``answers`` (None: the provider does not know the ID) for ``ttl_seconds``; skipped (one
         warning) when another process holds the file longer than :meth:`get` would wait."""
         expires_at = time.time() + ttl_seconds
-        await anyio.to_thread.run_sync(self._put, provider, dict(answers), expires_at, _wait_ms())
+        await anyio.to_thread.run_sync(self._put, provider, dict(answers), expires_at, remaining_ms(_WAIT_MS))
 
     def clear(self) -> int:
         """Forget every answer (``anisearch cache clear``); how many were held (0 when unusable)."""
@@ -191,9 +191,3 @@ class AnimeCache:
             except sqlite3.Error as exc:
                 self._warn(exc)
                 return 0
-
-
-def _wait_ms() -> int:
-    """Milliseconds a read or store may wait for a lock: :data:`_WAIT_MS`, or less when the search's
-    deadline is nearer (called on the event loop)."""
-    return max(0, round(remaining_seconds(_WAIT_MS / 1000) * 1000))

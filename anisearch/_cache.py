@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from anisearch._limits import remaining_seconds
+from anisearch._limits import remaining_ms
 from anisearch._models import SearchResult, fresh_previews
 from anisearch._sqlite_busy import connect, foreign, locked, open_waiting, replaceable, resetting, set_aside
 
@@ -466,7 +466,7 @@ class ResultCache:
         due = self._stores % _PRUNE_EVERY == 0  # decided once per store, whichever way it is written
         self._stores += 1
         # the answer is in hand: a wait for another process's lock ends by the search's deadline
-        wait_ms = max(0, round(remaining_seconds(_WRITE_WAIT_MS / 1000) * 1000))
+        wait_ms = remaining_ms(_WRITE_WAIT_MS)
         if due and self._anything_expired(now):  # deleting is a worker thread's job, never the loop's
             await _in_thread(partial(self._put, answer, now, sources, prune=True, wait_ms=wait_ms))
             return

@@ -38,7 +38,6 @@ from anisearch._config import Settings, setting_named
 from anisearch._download import Downloader
 from anisearch._enrich import Enricher, metadata_infos, metadata_provider, open_enricher
 from anisearch._exceptions import (
-    AllProvidersFailedError,
     ClientClosedError,
     ConfigurationError,
     InvalidImageError,
@@ -69,7 +68,7 @@ from anisearch._provider import (
     provider_order,
 )
 from anisearch._redact import printable, redact
-from anisearch._router import AttemptCallback, Router, Strategy, WaitCallback
+from anisearch._router import AttemptCallback, Router, Strategy, WaitCallback, all_failed
 from anisearch._transport import ProviderTransport
 from anisearch._verdict import provider_windows, reason
 
@@ -962,10 +961,7 @@ def _out_of_time(asked: Sequence[Any], on_attempt: AttemptCallback | None) -> It
         if on_attempt is not None:
             for attempt in attempts:
                 on_attempt(attempt)
-        names = ", ".join(f"{attempt.provider} (failed)" for attempt in attempts)
-        group = AllProvidersFailedError(f"no provider answered: {names}", errors)
-        group.attempts = attempts
-        raise group from None
+        raise all_failed(attempts, errors) from None
 
 
 async def _read_in_time(read: Callable[[Any, float], T], source: Any, wait_seconds: float) -> T:
@@ -974,7 +970,7 @@ async def _read_in_time(read: Callable[[Any, float], T], source: Any, wait_secon
     loop's decodes (:func:`anisearch._worker.decodes`)."""
     if _reads_blocking(source):
         source = await _read_bytes_in_time(source, wait_seconds)
-    return await _worker.run_sync(read, source, wait_seconds, limiter=_worker.decodes())
+    return await _worker.run_sync(read, source, wait_seconds, decoding=True)
 
 
 async def _read_bytes_in_time(source: Any, wait_seconds: float) -> Any:

@@ -77,6 +77,13 @@ def remaining_seconds(cap: float = math.inf) -> float:
     return min(cap, deadline - anyio.current_time())
 
 
+def remaining_ms(cap_ms: int) -> int:
+    """Whole milliseconds left before the current search's deadline, at most ``cap_ms``, never below 0:
+    how long a SQLite step may wait for another process's lock (``busy_timeout``). Must be called inside
+    an event loop."""
+    return max(0, round(remaining_seconds(cap_ms / 1000) * 1000))
+
+
 def timed_out(budget: float, cap: float) -> str:
     """How a step that ran out of time says so: ``no complete answer within 30 s`` (``cap``, the
     timeout), or ``... before the search's deadline`` when the deadline left less (``budget``) than that:

@@ -100,7 +100,7 @@ class SearchImages:
                     images = (
                         work(source, missing)
                         if quick
-                        else await _worker.run_sync(work, source, missing, limiter=_worker.decodes())
+                        else await _worker.run_sync(work, source, missing, decoding=True)
                     )
                 except InvalidImageError as exc:
                     self._failed[box] = exc
@@ -124,7 +124,7 @@ class _Cropped:
             size = (prepared.width, prepared.height)
             if size not in self._images:
                 crop = partial(_image.prepare, cut_borders=True)
-                self._images[size] = await _worker.run_sync(crop, prepared.data, limiter=_worker.decodes())
+                self._images[size] = await _worker.run_sync(crop, prepared.data, decoding=True)
             return self._images[size]
 
 

@@ -86,6 +86,7 @@ __all__ = [
     "Router",
     "Strategy",
     "WaitCallback",
+    "all_failed",
     "merge_hits",
 ]
 
@@ -202,6 +203,17 @@ def _counted_down_later(provider: Provider, *, waited: bool, refused: bool, answ
 
 def _answered_in(upstream: tuple[str, str], seconds: float) -> None:
     _ANSWER_SECONDS.setdefault(upstream, collections.deque(maxlen=16)).append(seconds)
+
+
+def all_failed(attempts: Sequence[Attempt], errors: Sequence[ProviderError]) -> AllProvidersFailedError:
+    """The error of a search no provider answered: each provider's error, and every attempt."""
+    names = ", ".join(f"{attempt.provider} ({attempt.outcome})" for attempt in attempts) or "none"
+    group = AllProvidersFailedError(
+        f"no provider answered: {names}",
+        list(errors) or [ProviderError("no provider was configured for this search")],
+    )
+    group.attempts = list(attempts)
+    return group
 
 
 class _Baton:
@@ -389,13 +401,7 @@ class Router:
         return merge_answers(answered, [o.attempt for o in outcomes])
 
     def _all_failed(self, outcomes: list[_Outcome]) -> AllProvidersFailedError:
-        errors: list[ProviderError] = [o.error for o in outcomes if o.error is not None]
-        if not errors:
-            errors = [ProviderError("no provider was configured for this search")]
-        names = ", ".join(f"{o.attempt.provider} ({o.attempt.outcome})" for o in outcomes) or "none"
-        group = AllProvidersFailedError(f"no provider answered: {names}", errors)
-        group.attempts = [o.attempt for o in outcomes]
-        return group
+        return all_failed([o.attempt for o in outcomes], [o.error for o in outcomes if o.error is not None])
 
     def _report(self, attempt: Attempt) -> None:
         logger.info(

@@ -45,15 +45,13 @@ def decodes() -> anyio.CapacityLimiter:
         return limiter
 
 
-async def run_sync(
-    function: Callable[..., T], *args: object, limiter: anyio.CapacityLimiter | None = None
-) -> T:
+async def run_sync(function: Callable[..., T], *args: object, decoding: bool = False) -> T:
     """``function(*args)`` in a worker thread, as ``anyio.to_thread.run_sync`` runs it.
 
     The arguments go in, and the result (or the error) comes out, through lists emptied on the way. So pass
     large data as ``args``: a ``function`` that closes over it (a ``partial`` holding it, a closure) is
-    kept with the job. ``limiter`` bounds how many such jobs run at once (:func:`decodes`), besides anyio's
-    own limit of worker threads; a job waits for its turn no longer than the search's deadline.
+    kept with the job. A ``decoding`` job takes a turn among the event loop's decodes (:func:`decodes`),
+    besides anyio's own limit of worker threads, and waits for it no longer than the search's deadline.
 
     Raises:
         ProviderTimeoutError: The search's deadline passed while the job waited for its turn.
@@ -71,9 +69,10 @@ async def run_sync(
 
     job = getattr(function, "func", function)  # a partial's function
     work.__name__ = work.__qualname__ = getattr(job, "__name__", work.__name__)  # what a profile shows
-    if limiter is None:
+    if not decoding:
         await anyio.to_thread.run_sync(work)
     else:
+        limiter = decodes()
         try:
             limiter.acquire_nowait()
         except anyio.WouldBlock:  # every turn is taken: wait for one, no longer than the search's deadline
