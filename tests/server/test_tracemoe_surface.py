@@ -292,7 +292,7 @@ def test_a_ledger_that_cannot_be_reached_is_answered_in_each_apis_shape(
     assert upstreams.trace_state.search_requests == 0
 
 
-@pytest.mark.tracemoe_knobs(latency=2.0, concurrency=1)
+@pytest.mark.tracemoe_knobs(latency=3.0, concurrency=1)
 def test_a_search_refused_for_a_busy_slot_says_when_to_retry(
     gateway: GatewayFactory, samples: Path, upstreams: Upstreams
 ) -> None:
@@ -309,22 +309,22 @@ def test_a_search_refused_for_a_busy_slot_says_when_to_retry(
             served.url + "/search", content=first, headers={**AUTH, "Content-Type": "image/jpeg"}, timeout=60
         )
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    def refused(path: str, headers: dict[str, str]) -> httpx.Response:
+        return httpx.post(served.url + path, content=second, headers=headers, timeout=60)
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
         holding = pool.submit(holder)
         while upstreams.trace_state.search_requests < 1:
             time.sleep(0.01)  # the slot is taken
-        busy = httpx.post(
-            served.url + "/search", content=second, headers={**AUTH, "Content-Type": "image/jpeg"}, timeout=60
+        # Both at once, so their 1 s deadlines end well inside the holder's 3 s, however slow the machine.
+        busy_answer = pool.submit(refused, "/search", {**AUTH, "Content-Type": "image/jpeg"})
+        native_answer = pool.submit(
+            refused, "/v1/search", {"Authorization": f"Bearer {TOKEN}", "Content-Type": "image/jpeg"}
         )
-        native = httpx.post(
-            served.url + "/v1/search",
-            content=second,
-            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "image/jpeg"},
-            timeout=60,
-        )
+        busy, native = busy_answer.result(), native_answer.result()
         holding.result()
     assert (busy.status_code, busy.json()) == (503, {"error": "Error: Search queue is full"})
-    assert native.status_code == 503
+    assert native.status_code == 503, native.text
     for refused in (busy, native):  # the wait the slot's holder leaves, else a short one
         assert 1 <= int(refused.headers["Retry-After"]) <= 5
 
