@@ -309,7 +309,7 @@ def test_a_search_refused_for_a_busy_slot_says_when_to_retry(
             served.url + "/search", content=first, headers={**AUTH, "Content-Type": "image/jpeg"}, timeout=60
         )
 
-    def refused(path: str, headers: dict[str, str]) -> httpx.Response:
+    def search_second(path: str, headers: dict[str, str]) -> httpx.Response:
         return httpx.post(served.url + path, content=second, headers=headers, timeout=60)
 
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
@@ -317,9 +317,9 @@ def test_a_search_refused_for_a_busy_slot_says_when_to_retry(
         while upstreams.trace_state.search_requests < 1:
             time.sleep(0.01)  # the slot is taken
         # Both at once, so their 1 s deadlines end well inside the holder's 3 s, however slow the machine.
-        busy_answer = pool.submit(refused, "/search", {**AUTH, "Content-Type": "image/jpeg"})
+        busy_answer = pool.submit(search_second, "/search", {**AUTH, "Content-Type": "image/jpeg"})
         native_answer = pool.submit(
-            refused, "/v1/search", {"Authorization": f"Bearer {TOKEN}", "Content-Type": "image/jpeg"}
+            search_second, "/v1/search", {"Authorization": f"Bearer {TOKEN}", "Content-Type": "image/jpeg"}
         )
         busy, native = busy_answer.result(), native_answer.result()
         holding.result()
