@@ -1,8 +1,14 @@
 """The metadata cache: what a metadata provider said about each AniList ID, kept for a TTL.
 
 One SQLite file (``<cache dir>/anime.sqlite3``) holds one row per AniList ID: the :class:`Anime` as JSON,
-or nothing for an ID the provider does not know (so it is not asked again either), and when the row
-expires (7 days by default, the provider's ``ttl`` setting). An ID in the cache costs no request.
+or nothing for an ID the provider does not know (so it is not asked again either), and when it was stored.
+An ID in the cache costs no request while its row is younger than the TTL in force at the lookup (the
+provider's ``ttl`` setting, 7 days by default), whatever the TTL was when it was stored: lowering the TTL
+makes older rows stale at once, and raising it keeps rows that a shorter TTL had let go (they stay in the
+file until they are asked for again and replaced, or cleared).
+
+Files before schema version 1 kept an expiry instead of a time stored; their rows, of unknown age, are
+dropped when the file is opened, and those IDs are asked for again.
 
 Like the result cache it is disposable: a corrupt file is replaced by an empty one, and a file that cannot
 be opened or read gives one logged warning and lookups go on without it. The file is created 0600 in a
@@ -16,7 +22,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import anyio.to_thread
@@ -30,11 +36,16 @@ __all__ = ["AnimeCache"]
 
 logger = logging.getLogger("anisearch")
 
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` of a file this version writes; version 0 is migrated, any other rebuilt."""
+_COLUMNS = ["provider", "anilist_id", "stored_at", "anime"]
+_COLUMNS_0 = ["provider", "anilist_id", "expires_at", "anime"]
+"""Version 0's table: an expiry fixed by the TTL at the store, so a lowered TTL did not apply to it."""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS anime (
     provider TEXT NOT NULL,
     anilist_id INTEGER NOT NULL,
-    expires_at REAL NOT NULL,
+    stored_at REAL NOT NULL,  -- seconds since the epoch
     anime TEXT,
     PRIMARY KEY (provider, anilist_id)
 )
@@ -48,15 +59,42 @@ _OPEN_WAIT_MS = 10_000
 """How long opening (creating the table, switching to WAL) waits: many processes may start at once."""
 
 
+def _schema(db: sqlite3.Connection) -> tuple[int, list[str]]:
+    """The file's ``PRAGMA user_version`` and its table's columns (none before the table is created)."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    return version, [row[1] for row in db.execute("PRAGMA table_info(anime)")]
+
+
+def _set_up(db: sqlite3.Connection) -> None:
+    """Create the table, or bring a version 0 file's up to date (its rows dropped: their age is unknown).
+
+    Raises:
+        sqlite3.DatabaseError: The file holds another schema (it is rebuilt).
+    """
+    if _schema(db) == (SCHEMA_VERSION, _COLUMNS):
+        return  # the usual open: nothing to write
+    db.execute("BEGIN IMMEDIATE")  # one process creates or migrates; the others wait and find it done
+    version, columns = _schema(db)
+    if version == 0 and columns == _COLUMNS_0:
+        db.execute("DROP TABLE anime")
+    elif columns and (columns != _COLUMNS or version != SCHEMA_VERSION):
+        raise sqlite3.DatabaseError(f"another schema (version {version})")
+    db.execute(_SCHEMA)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    db.execute("COMMIT")
+
+
 class AnimeCache:
     """Per-AniList-ID answers of a metadata provider, with a TTL; never raises for a broken file.
 
     Args:
         path: The SQLite file.
+        clock: The current time, seconds since the epoch (default: :func:`time.time`); tests move it.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
+        self._clock = clock
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._warned = False
@@ -101,9 +139,9 @@ class AnimeCache:
         try:
             db.execute(f"PRAGMA busy_timeout={_OPEN_WAIT_MS}")
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
+            _set_up(db)
         except BaseException:
-            db.close()
+            db.close()  # rolls back a migration cut short
             raise
         return db
 
@@ -127,7 +165,9 @@ class AnimeCache:
                 with contextlib.suppress(sqlite3.Error):
                     db.close()
 
-    def _get(self, provider: str, ids: list[int], now: float, wait_ms: int) -> dict[int, Anime | None]:
+    def _get(
+        self, provider: str, ids: list[int], now: float, ttl_seconds: float, wait_ms: int
+    ) -> dict[int, Anime | None]:
         found: dict[int, Anime | None] = {}
         with self._lock:
             if self._db is None:
@@ -138,9 +178,9 @@ class AnimeCache:
                     chunk = ids[start : start + _CHUNK]
                     marks = ",".join("?" * len(chunk))
                     rows = self._db.execute(
-                        f"SELECT anilist_id, anime FROM anime WHERE provider = ? AND expires_at > ? "  # noqa: S608 - only '?' marks are interpolated
-                        f"AND anilist_id IN ({marks})",
-                        (provider, now, *chunk),
+                        f"SELECT anilist_id, anime FROM anime WHERE provider = ? AND stored_at > ? "  # noqa: S608 - only '?' marks are interpolated
+                        f"AND stored_at <= ? AND anilist_id IN ({marks})",
+                        (provider, now - ttl_seconds, now, *chunk),
                     ).fetchall()
                     for anilist_id, payload in rows:
                         found[int(anilist_id)] = (
@@ -152,10 +192,10 @@ class AnimeCache:
         return found
 
     def _put(
-        self, provider: str, answers: Mapping[int, Anime | None], expires_at: float, wait_ms: int
+        self, provider: str, answers: Mapping[int, Anime | None], stored_at: float, wait_ms: int
     ) -> None:
         rows = [
-            (provider, anilist_id, expires_at, None if anime is None else anime.model_dump_json())
+            (provider, anilist_id, stored_at, None if anime is None else anime.model_dump_json())
             for anilist_id, anime in answers.items()
         ]
         with self._lock:
@@ -167,18 +207,23 @@ class AnimeCache:
             except sqlite3.Error as exc:
                 self._warn(exc)
 
-    async def get(self, provider: str, anilist_ids: Iterable[int]) -> dict[int, Anime | None]:
-        """The unexpired answers for ``anilist_ids``: an :class:`Anime`, or None for an ID the provider
-        does not know. IDs not in the result are not cached (or expired). Waits for another process's
-        lock no longer than the search's deadline allows (1 s at most), then answers nothing."""
+    async def get(
+        self, provider: str, anilist_ids: Iterable[int], *, ttl_seconds: float
+    ) -> dict[int, Anime | None]:
+        """The answers for ``anilist_ids`` stored less than ``ttl_seconds`` ago: an :class:`Anime`, or None
+        for an ID the provider does not know. IDs not in the result are not cached, or stale under this
+        TTL (whichever TTL they were stored under), or stored after now by the clock (it was set back).
+        Waits for another process's lock no longer than the search's deadline allows (1 s at most), then
+        answers nothing."""
         wait_ms = remaining_ms(_WAIT_MS)
-        return await anyio.to_thread.run_sync(self._get, provider, list(anilist_ids), time.time(), wait_ms)
+        ids = list(anilist_ids)
+        return await anyio.to_thread.run_sync(self._get, provider, ids, self._clock(), ttl_seconds, wait_ms)
 
-    async def put(self, provider: str, answers: Mapping[int, Anime | None], *, ttl_seconds: float) -> None:
-        """Store ``answers`` (None: the provider does not know the ID) for ``ttl_seconds``; skipped (one
-        warning) when another process holds the file longer than :meth:`get` would wait."""
-        expires_at = time.time() + ttl_seconds
-        await anyio.to_thread.run_sync(self._put, provider, dict(answers), expires_at, remaining_ms(_WAIT_MS))
+    async def put(self, provider: str, answers: Mapping[int, Anime | None]) -> None:
+        """Store ``answers`` (None: the provider does not know the ID) as of now; skipped (one warning)
+        when another process holds the file longer than :meth:`get` would wait."""
+        stored_at = self._clock()
+        await anyio.to_thread.run_sync(self._put, provider, dict(answers), stored_at, remaining_ms(_WAIT_MS))
 
     def clear(self) -> int:
         """Forget every answer (``anisearch cache clear``); how many were held (0 when unusable)."""

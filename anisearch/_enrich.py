@@ -305,7 +305,11 @@ class Enricher:
         """
         if self.provider is None:
             return {}, None
-        cached = await self._cache.get(self._cache_name, anilist_ids) if self._cache is not None else {}
+        cached = (
+            await self._cache.get(self._cache_name, anilist_ids, ttl_seconds=self.provider.ttl_seconds)
+            if self._cache is not None
+            else {}
+        )
         known = {anilist_id: anime for anilist_id, anime in cached.items() if anime is not None}
         missing = [anilist_id for anilist_id in anilist_ids if anilist_id not in cached]
         pending = {i: self._in_flight[i] for i in missing if i in self._in_flight}  # others ask for these
@@ -397,7 +401,7 @@ class Enricher:
             }
             answers.update(batch_answers)
             if self._cache is not None:
-                await self._cache.put(self._cache_name, batch_answers, ttl_seconds=provider.ttl_seconds)
+                await self._cache.put(self._cache_name, batch_answers)
         attempt = Attempt(
             provider=name,
             outcome="ok",

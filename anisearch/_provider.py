@@ -284,7 +284,8 @@ class MetadataProvider(Protocol):
     max_batch: int
     """Most IDs one request may ask for."""
     ttl_seconds: float
-    """How long an answer stays good in the local metadata cache, seconds."""
+    """How old an answer in the local metadata cache may be, seconds; the value at each lookup applies, also
+    to answers stored under another."""
 
     @classmethod
     def from_context(cls, context: ProviderContext) -> Self:

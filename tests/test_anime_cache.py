@@ -1,8 +1,10 @@
-"""The metadata cache: per-AniList-ID answers with a TTL, unknown IDs remembered, disposable when broken."""
+"""The metadata cache: per-AniList-ID answers with a TTL (the one in force at the lookup), unknown IDs
+remembered, disposable when broken, older files migrated."""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import stat
 import threading
 from functools import partial
@@ -12,25 +14,125 @@ from typing import Any
 import anyio
 import pytest
 
-from anisearch._anime_cache import AnimeCache
+from anisearch._anime_cache import SCHEMA_VERSION, AnimeCache
 from anisearch._models import Anime, Title
 from anisearch._sqlite_busy import resetting
 
 KOKORO = Anime(anilist_id=11887, mal_id=11887, title=Title(romaji="Kokoro Connect"), is_adult=False)
+WEEK = 7 * 24 * 3600.0
+"""AniList's default TTL, seconds."""
+
+
+class Clock:
+    """A settable clock, seconds since the epoch."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_answers_and_unknown_ids_come_back_until_they_expire(tmp_path: Path) -> None:
-    cache = AnimeCache(tmp_path / "anime.sqlite3")
+    clock = Clock()
+    cache = AnimeCache(tmp_path / "anime.sqlite3", clock=clock)
 
     async def scenario() -> None:
-        await cache.put("anilist", {11887: KOKORO, 5: None}, ttl_seconds=3600)
-        await cache.put("anilist", {21: KOKORO.model_copy(update={"anilist_id": 21})}, ttl_seconds=-1)
-        assert await cache.get("anilist", [11887, 5, 21, 99]) == {11887: KOKORO, 5: None}
-        assert await cache.get("other", [11887]) == {}
+        await cache.put("anilist", {21: KOKORO.model_copy(update={"anilist_id": 21})})
+        clock.now += 3600
+        await cache.put("anilist", {11887: KOKORO, 5: None})
+        assert await cache.get("anilist", [11887, 5, 21, 99], ttl_seconds=3600) == {11887: KOKORO, 5: None}
+        assert await cache.get("other", [11887], ttl_seconds=3600) == {}
 
     anyio.run(scenario)
     cache.close()
     assert stat.S_IMODE((tmp_path / "anime.sqlite3").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("ttl_then", "ttl_now", "served"),
+    [
+        (WEEK, 60.0, False),  # lowered (titles changed upstream): a week's TTL does not stick to old answers
+        (WEEK, WEEK, True),
+        (60.0, WEEK, True),  # raised: answers a minute's TTL let go are good again
+        (60.0, 60.0, False),
+    ],
+)
+def test_the_ttl_in_force_at_the_lookup_applies_to_answers_already_cached(
+    tmp_path: Path, ttl_then: float, ttl_now: float, served: bool
+) -> None:
+    """An answer stored while the TTL was ``ttl_then`` and read 120 s later, the TTL set to ``ttl_now``."""
+    clock = Clock()
+    path = tmp_path / "anime.sqlite3"
+    cache = AnimeCache(path, clock=clock)
+
+    async def scenario() -> dict[int, Any]:
+        assert await cache.get("anilist", [11887], ttl_seconds=ttl_then) == {}
+        await cache.put("anilist", {11887: KOKORO, 5: None})
+        clock.now += 120
+        return await cache.get("anilist", [11887, 5], ttl_seconds=ttl_now)
+
+    assert anyio.run(scenario) == ({11887: KOKORO, 5: None} if served else {})
+    cache.close()
+
+
+def test_an_answer_is_stale_once_as_old_as_the_ttl_and_while_stored_after_now(tmp_path: Path) -> None:
+    clock = Clock()
+    cache = AnimeCache(tmp_path / "anime.sqlite3", clock=clock)
+    stored = clock.now
+    anyio.run(cache.put, "anilist", {11887: KOKORO})
+
+    def found_at(now: float) -> bool:
+        clock.now = now
+        return anyio.run(partial(cache.get, "anilist", [11887], ttl_seconds=60.0)) == {11887: KOKORO}
+
+    assert found_at(stored)
+    assert found_at(stored + 59.5)
+    assert not found_at(stored + 60)
+    assert not found_at(stored - 1)  # the clock was set back: its age is unknown
+    cache.close()
+
+
+def test_a_file_of_version_0_opens_and_its_answers_of_unknown_age_are_asked_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Version 0 kept an expiry fixed by the TTL at the store (a week, or more): not an age to check
+    against today's TTL. The file opens without a warning, empty, and caches again."""
+    path = tmp_path / "anime.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE anime (provider TEXT NOT NULL, anilist_id INTEGER NOT NULL, expires_at REAL NOT NULL, "
+        "anime TEXT, PRIMARY KEY (provider, anilist_id))"
+    )
+    old.execute("INSERT INTO anime VALUES ('anilist', 11887, 4e9, ?)", (KOKORO.model_dump_json(),))
+    old.commit()
+    old.close()
+    with caplog.at_level(logging.WARNING, logger="anisearch"):
+        cache = AnimeCache(path)
+        assert cache.usable
+        assert anyio.run(partial(cache.get, "anilist", [11887], ttl_seconds=60.0)) == {}
+        anyio.run(cache.put, "anilist", {11887: KOKORO})
+        assert anyio.run(partial(cache.get, "anilist", [11887], ttl_seconds=60.0)) == {11887: KOKORO}
+    cache.close()
+    assert caplog.text == ""
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert AnimeCache(path).clear() == 1  # opened again as it is
+
+
+def test_a_file_of_another_schema_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "anime.sqlite3"
+    with sqlite3.connect(path) as other:  # a later version's
+        other.execute("CREATE TABLE anime (provider TEXT, anilist_id INTEGER, fetched_at TEXT, anime TEXT)")
+        other.execute("PRAGMA user_version=7")
+    with caplog.at_level(logging.WARNING, logger="anisearch"):
+        cache = AnimeCache(path)
+    assert cache.usable
+    assert "another schema (version 7)" in caplog.text
+    assert "started an empty one" in caplog.text
+    anyio.run(cache.put, "anilist", {11887: KOKORO})
+    assert anyio.run(partial(cache.get, "anilist", [11887], ttl_seconds=60.0)) == {11887: KOKORO}
+    cache.close()
 
 
 def test_a_corrupt_file_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -40,8 +142,8 @@ def test_a_corrupt_file_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFix
         cache = AnimeCache(path)
     assert cache.usable
     assert "started an empty one" in caplog.text
-    anyio.run(partial(cache.put, "anilist", {11887: KOKORO}, ttl_seconds=60.0))
-    assert anyio.run(cache.get, "anilist", [11887]) == {11887: KOKORO}
+    anyio.run(cache.put, "anilist", {11887: KOKORO})
+    assert anyio.run(partial(cache.get, "anilist", [11887], ttl_seconds=60.0)) == {11887: KOKORO}
 
 
 def test_a_cache_another_process_started_afresh_meanwhile_is_kept(
@@ -50,7 +152,7 @@ def test_a_cache_another_process_started_afresh_meanwhile_is_kept(
     path = tmp_path / "anime.sqlite3"
     path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
     fresh = AnimeCache(tmp_path / "fresh.sqlite3")  # the other process's new cache, with an answer in it
-    anyio.run(partial(fresh.put, "anilist", {11887: KOKORO}, ttl_seconds=60.0))
+    anyio.run(fresh.put, "anilist", {11887: KOKORO})
     fresh.close()
     opened: list[AnimeCache] = []
     with resetting(path):  # the other process is starting it afresh
@@ -62,7 +164,7 @@ def test_a_cache_another_process_started_afresh_meanwhile_is_kept(
     opening.join(10)
     (cache,) = opened
     assert cache.usable
-    assert anyio.run(cache.get, "anilist", [11887]) == {11887: KOKORO}  # kept, not deleted again
+    assert anyio.run(partial(cache.get, "anilist", [11887], ttl_seconds=60.0)) == {11887: KOKORO}  # kept
     assert "started an empty one" not in caplog.text
     cache.close()
 
@@ -74,8 +176,8 @@ def test_an_unusable_place_warns_once_and_caches_nothing(
     blocker.write_text("a file where the directory should be")
     with caplog.at_level(logging.WARNING, logger="anisearch"):
         cache = AnimeCache(blocker / "anime.sqlite3")
-        anyio.run(partial(cache.put, "anilist", {11887: KOKORO}, ttl_seconds=60.0))
-        assert anyio.run(cache.get, "anilist", [11887]) == {}
+        anyio.run(cache.put, "anilist", {11887: KOKORO})
+        assert anyio.run(partial(cache.get, "anilist", [11887], ttl_seconds=60.0)) == {}
     assert not cache.usable
     assert caplog.text.count("metadata cache") == 1
 
@@ -111,8 +213,8 @@ def test_a_lookup_waits_for_another_process_no_longer_than_the_search_deadline(t
         token = search_deadline.set(anyio.current_time() + 0.1)
         try:
             started = time.monotonic()
-            await cache.put("anilist", {11887: KOKORO}, ttl_seconds=3600)
-            found = await cache.get("anilist", [11887])
+            await cache.put("anilist", {11887: KOKORO})
+            found = await cache.get("anilist", [11887], ttl_seconds=3600)
             return found, time.monotonic() - started
         finally:
             search_deadline.reset(token)
@@ -132,9 +234,9 @@ def test_clear_forgets_every_answer(tmp_path: Path) -> None:
     cache = AnimeCache(tmp_path / "anime.sqlite3")
 
     async def scenario() -> dict[int, Any]:
-        await cache.put("anilist", {11887: KOKORO, 5: None}, ttl_seconds=3600)
+        await cache.put("anilist", {11887: KOKORO, 5: None})
         assert cache.clear() == 2
-        return await cache.get("anilist", [11887, 5])
+        return await cache.get("anilist", [11887, 5], ttl_seconds=3600)
 
     assert anyio.run(scenario) == {}
     cache.close()

@@ -111,6 +111,39 @@ def test_an_expired_entry_is_asked_again(mock: respx.MockRouter, body: dict[str,
 
 
 @pytest.mark.parametrize(
+    ("ttl_then", "ttl_now", "lookups"),
+    [
+        (None, 0.001, 2),  # lowered from 7 days: titles cached under the old TTL are asked again
+        (0.001, None, 1),  # raised to 7 days: titles a shorter TTL let go are good again
+    ],
+)
+def test_the_ttl_in_force_at_the_search_applies_to_titles_already_cached(
+    mock: respx.MockRouter,
+    body: dict[str, Any],
+    samples: Path,
+    *,
+    ttl_then: float | None,
+    ttl_now: float | None,
+    lookups: int,
+) -> None:
+    """``ANISEARCH_ANILIST_TTL`` changed between two runs (None: the default, 7 days)."""
+    mock.post(f"{TRACEMOE}/search").respond(200, json=body)
+    lookup = mock.post(ANILIST).respond(200, json=KNOWN)
+    for ttl in (ttl_then, ttl_now):
+        anilist = {"url": ANILIST} if ttl is None else {"url": ANILIST, "ttl": ttl}
+        options = {"tracemoe": {"url": TRACEMOE}, "anilist": anilist}
+        with Client(
+            Settings.load(providers=["tracemoe"], provider_options=options, metadata="anilist"),
+            httpx.MockTransport(mock.async_handler),
+        ) as engine:
+            result = engine.search(samples / "tinted-good.jpg", anilist_info=True, cache=False)
+        assert result.best is not None
+        assert result.best.title is not None
+        assert result.best.title.romaji == "Kokoro Connect"
+    assert lookup.call_count == lookups
+
+
+@pytest.mark.parametrize(
     ("answer", "error"),
     [
         (

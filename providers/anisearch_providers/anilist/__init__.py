@@ -74,8 +74,8 @@ class AniList:
     Args:
         base_url: The GraphQL endpoint, ``https://graphql.anilist.co`` by default (setting ``url``,
             ``ANISEARCH_ANILIST_URL``); a trailing slash is dropped.
-        ttl_seconds: How long answers stay in the local metadata cache, seconds (setting ``ttl``,
-            ``ANISEARCH_ANILIST_TTL``; default 7 days).
+        ttl_seconds: How old answers in the local metadata cache may be, seconds (setting ``ttl``,
+            ``ANISEARCH_ANILIST_TTL``; default 7 days), checked at each lookup.
         clock: Returns the current aware time; for tests. Defaults to UTC now.
 
     Raises:
