@@ -7,16 +7,20 @@ import json
 import random
 import subprocess
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 from tests.cli_runner import run_in_process
 
-from anisearch import Client, Settings
+from anisearch import AllProvidersFailedError, Client, QuotaExhaustedError, Settings
 from anisearch._cli import _common
+from anisearch._sdk import _base as sdk_base
 from anisearch_emulators.tracemoe import create_app as tracemoe_app
+from anisearch_emulators.whatanime_ga import Allowance
 from anisearch_emulators.whatanime_ga import create_app as legacy_app
 
 pytestmark = pytest.mark.e2e
@@ -117,3 +121,91 @@ def test_a_rate_limited_legacy_server_falls_back_to_tracemoe(
     again = cli("search", image, "-p", "whatanime-ga", "-p", "tracemoe", "--json", "--no-cache", env=env)
     assert json.loads(again.stdout)["attempts"][0]["outcome"] == "skipped"
     assert legacy.app.state.emulator.search_requests == 1
+
+
+class MovingClock:
+    """One fake clock for the client's ledger, the provider (its resets are now + the server's TTL) and the
+    emulator (its counters' TTLs), moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def epoch(self) -> float:
+        return self.now.timestamp()
+
+
+def shades(samples: Path, count: int) -> list[bytes]:
+    """``count`` different small pictures (so no search is merged or cached)."""
+    base = Image.open(samples / "tinted-good.jpg").convert("RGB").resize((160, 90))
+    out = []
+    for shade in range(count):
+        buffer = io.BytesIO()
+        base.point([min(255, v + shade) for v in range(256)] * 3).save(buffer, "JPEG")
+        out.append(buffer.getvalue())
+    return out
+
+
+@pytest.fixture
+def day_of_three(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[MovingClock, Any, Client]:
+    """A legacy server allowing 3 searches a day, its client on a SQLite ledger in UTC, one moving clock."""
+    clock = MovingClock()
+    monkeypatch.setattr(sdk_base, "_utcnow", clock)
+    app = legacy_app(clock=clock.epoch, guest=Allowance(quota=3))
+    settings = Settings.load(
+        providers=["whatanime-ga"],
+        provider_options={"whatanime-ga": {"url": "http://legacy.test"}},
+        ledger=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+    )
+    return clock, app, Client(settings, httpx.ASGITransport(app=app), clock=clock)
+
+
+def test_a_spent_day_frees_when_the_servers_counter_expires_not_at_midnight(
+    day_of_three: tuple[MovingClock, Any, Client], samples: Path
+) -> None:
+    """The server's day is a counter with a 24 h TTL from its first search (10:00): at 00:01 it still
+    refuses, so the search is skipped without a request (it was sent into a 429 from midnight on), and
+    ``quota()`` says 3 of 3 used until 10:00 (it said limit None, 1 used); at 10:01 it is answered."""
+    clock, app, client = day_of_three
+    start = clock.now
+    images = shades(samples, 5)
+    with client:
+        for image in images[:3]:
+            assert client.search(image, cache=False).provider == "whatanime-ga"
+            clock.now += timedelta(minutes=1)
+        clock.now = start + timedelta(hours=14, minutes=1)  # 00:01 the next day
+        with pytest.raises(AllProvidersFailedError) as caught:
+            client.search(images[3], cache=False)
+        spent = caught.value.exceptions[0]
+        assert isinstance(spent, QuotaExhaustedError)
+        assert spent.resets_at == start + timedelta(hours=24)
+        assert caught.value.attempts[0].outcome == "skipped"
+        assert app.state.emulator.search_requests == 3  # not one 429
+        (day,) = [quota for quota in client.quota("whatanime-ga") if quota.window == "day"]
+        assert (day.limit, day.used, day.remaining) == (3, 3, 0)
+        assert day.resets_at == start + timedelta(hours=24)
+        clock.now = start + timedelta(hours=24, minutes=1)
+        assert client.search(images[4], cache=False).provider == "whatanime-ga"
+    assert app.state.emulator.search_requests == 4
+
+
+def test_searches_made_after_the_counters_first_free_with_it(
+    day_of_three: tuple[MovingClock, Any, Client], samples: Path
+) -> None:
+    """Searches at 10:00, 20:00 and 09:00 the next day spend the day the server counts from 10:00; at
+    10:01 its counter has expired, and the search is sent and answered (it was refused until midnight)."""
+    clock, app, client = day_of_three
+    start = clock.now
+    images = shades(samples, 4)
+    with client:
+        for hours, image in zip((0, 10, 23), images, strict=False):
+            clock.now = start + timedelta(hours=hours)
+            assert client.search(image, cache=False).provider == "whatanime-ga"
+        clock.now = start + timedelta(hours=24, minutes=1)
+        assert client.search(images[3], cache=False).provider == "whatanime-ga"
+        (day,) = [quota for quota in client.quota("whatanime-ga") if quota.window == "day"]
+        assert (day.limit, day.used, day.remaining) == (3, 1, 2)
+        assert day.resets_at == clock.now + timedelta(hours=24)  # the new counter's
+    assert app.state.emulator.search_requests == 4

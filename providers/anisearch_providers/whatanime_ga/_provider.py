@@ -76,6 +76,8 @@ _FORM_INFLATION: Final = 1.04
 """Form encoding turns each ``+`` of the base64 text (1 character in 64 on average) into ``%2B``:
 about 3 % more bytes. The image budget keeps 4 % for it, so an image fitted to ``limits.max_bytes``
 gives a body under ``max_body_bytes``."""
+_DAY_SECONDS: Final = 86400
+"""The TTL the server gives its day counter at the first search (``quota_ttl`` / ``user_quota_ttl``)."""
 _URL_SETTING: Final = "ANISEARCH_WHATANIME_GA_URL"
 _FORM_SAFE: Final = "/:;,="
 """Data URL characters a form value may carry unescaped (WHATWG and PHP split a pair at the first ``=``)."""
@@ -200,11 +202,20 @@ class WhatanimeGa(BaseProvider):
 
     def windows(self) -> list[WindowSpec]:
         """The legacy API's windows (contract §7 Limits): a rate limit of 10 search requests a minute, and
-        a daily quota of 150 searches (1000 with a token) that resets at the ledger's midnight."""
+        a daily quota of 150 searches (1000 with a token).
+
+        The server keeps each as a Redis counter whose TTL is set by the first search while none exists
+        (``quota_ttl``, 86400 seconds), not by the clock's midnight: the day ends 24 h after its first
+        search. Here both are rolling windows of that span: a counted search leaves 24 h after it was made,
+        never before the server's counter expires (a calendar day would free the quota at midnight, into
+        the server's 429). Every answer reports what is left with the counter's TTL (``quota_ttl``), so
+        searches counted elsewhere leave at the server's own reset; the day is ``reported``, so when the
+        ledger's estimate frees a search (the counter's first one aged out) it asks the free ``/api/me``
+        first, which says the counter expired and frees the searches counted after it too."""
         daily = 1000 if self.key else 150
         return [
             WindowSpec("minute", span_seconds=60, counts="requests", kind="rate", limit=10),
-            WindowSpec("day", calendar="day", limit=daily),
+            WindowSpec("day", span_seconds=_DAY_SECONDS, limit=daily, reported=True),
         ]
 
     # ------------------------------------------------------------ requests
