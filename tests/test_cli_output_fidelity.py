@@ -51,16 +51,76 @@ def url(live_server: Callable[[Any], Any]) -> str:
     return str(live_server(create_app(quota=10**6, rate_limit=10**6)).url)
 
 
-def test_an_ascii_locale_gets_escaped_text_and_ascii_json_never_a_traceback(url: str) -> None:
-    ascii_only = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
-    text = run(url, "search", str(DEMO), **ascii_only)
+ASCII_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+NOT_UTF8 = [
+    pytest.param(ASCII_LOCALE, id="C-locale"),
+    pytest.param({"PYTHONIOENCODING": "ascii"}, id="ascii"),
+    pytest.param({"PYTHONIOENCODING": "latin-1"}, id="latin-1"),
+]
+
+
+def test_an_ascii_locale_gets_plain_text_and_ascii_json_never_a_traceback(url: str) -> None:
+    text = run(url, "search", str(DEMO), **ASCII_LOCALE)
     assert text.returncode == 0, text.stderr
     assert "Traceback" not in text.stderr
-    assert "19:29\\u201319:34" in text.stdout  # the en dash, escaped
-    as_json = run(url, "search", str(DEMO), "--json", **ascii_only)
+    assert "19:29-19:34" in text.stdout  # the en dash, in ASCII
+    as_json = run(url, "search", str(DEMO), "--json", **ASCII_LOCALE)
     assert as_json.returncode == 0, as_json.stderr
     assert as_json.stdout.isascii()
     assert json.loads(as_json.stdout)["hits"][0]["anilist_id"] == 11887
+
+
+def columns_of(table: list[str]) -> set[tuple[int, ...]]:
+    """Where each line of an ASCII table (rich's box for an output that is not UTF-8) divides its columns
+    (``|``, or ``+`` on a rule)."""
+    return {tuple(at for at, char in enumerate(line) if char in "|+") for line in table}
+
+
+@pytest.mark.parametrize("encoding", NOT_UTF8)
+def test_a_table_stays_aligned_where_the_output_cannot_carry_the_en_dash(
+    url: str, encoding: dict[str, str]
+) -> None:
+    """rich measured the en dash as one cell, then ``\\u2013`` (six) was printed: each scene that spans
+    seconds pushed its row's last column five characters right."""
+    done = run(url, "search", str(DEMO), "--all", "-n", "5", COLUMNS="120", **encoding)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines()[1:] if "|" in line]
+    assert len(rows) == 6  # the head and 5 hits (its rule has no "|")
+    assert len(columns_of(rows)) == 1, done.stdout
+    assert " 19:29-19:34 " in done.stdout
+
+
+@pytest.mark.parametrize("encoding", NOT_UTF8)
+def test_a_japanese_title_is_escaped_before_the_table_is_laid_out(
+    url: str, live_server: Callable[[Any], Any], encoding: dict[str, str]
+) -> None:
+    """A title the output cannot carry is escaped (``\\u30b3``) before rich measures it, so its column is
+    as wide as what is printed (rich gave it 14 cells, two a character, and printed 42)."""
+    from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
+
+    native = "ココロコネクト"
+    history = [
+        {"anilist_id": 11887, "seconds_ago": 60, "title": {"native": native}},
+        {"anilist_id": 21703, "seconds_ago": 120, "title": {"romaji": "Fune wo Amu"}},
+    ]
+    site = str(live_server(whatanimeisthis_app(history=history)).url)
+    providers = {"ANISEARCH_PROVIDERS": "whatanimeisthis", "ANISEARCH_WHATANIMEISTHIS_URL": site}
+    done = run(url, "recent", COLUMNS="150", **providers, **encoding)
+    assert done.returncode == 0, done.stderr
+    table = [line for line in done.stdout.splitlines() if "|" in line]
+    assert len(table) == 4  # the head, its rule and 2 searches
+    assert len(columns_of(table)) == 1, done.stdout
+    assert f"| {native.encode('ascii', 'backslashreplace').decode()} |" in done.stdout
+
+
+def test_typographic_punctuation_is_written_in_ascii_and_what_the_encoding_has_is_kept() -> None:
+    from anisearch._cli._common import unencodable
+
+    text = "19:29\u201319:34 \u2014 \u201cKokoro\u201d\u2026 7000\u00d77000\u00a0\u00e9 \u30b3"
+    assert text.encode("ascii", unencodable()) == b'19:29-19:34 -- "Kokoro"... 7000x7000 \\xe9 \\u30b3'
+    assert text.encode("latin-1", unencodable()).decode("latin-1") == (
+        '19:29-19:34 -- "Kokoro"... 7000\u00d77000\u00a0\u00e9 \\u30b3'
+    )
 
 
 def test_force_color_never_reaches_json_nor_moves_results_off_stdout(url: str, tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from anisearch._cli._common import (
     exit_code,
     root_verbose,
     say_error,
+    unencodable,
     writes_utf8,
 )
 from anisearch._cli._startup import hide_unused_imports
@@ -243,9 +244,10 @@ def main() -> None:
 
 def _never_unencodable() -> None:
     """Text the output's encoding cannot show (a Japanese title or an en dash, to an ASCII or Latin-1
-    stream) is written escaped (``\\u2013``), never a traceback in the middle of the output."""
+    stream) is written plain or escaped (``-``, ``\\u30b3``: see :func:`unencodable`), never a traceback in
+    the middle of the output. Tables escape their cells before their layout (:func:`legible`)."""
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None and not writes_utf8(stream):
             with contextlib.suppress(AttributeError, OSError, ValueError):
-                reconfigure(errors="backslashreplace")
+                reconfigure(errors=unencodable())

@@ -561,6 +561,67 @@ def writes_utf8(stream: object) -> bool:
         return False
 
 
+_PLAIN: dict[str, str] = {
+    # Typographic punctuation, in ASCII where the output cannot carry it (as glibc's iconv //TRANSLIT
+    # writes it): a scene reads 19:29-19:34, not 19:29\u201319:34 (six characters for its en dash).
+    "\u00a0": " ",  # no-break space
+    "\u00ab": "<<",
+    "\u00b7": ".",  # middle dot
+    "\u00bb": ">>",
+    "\u00d7": "x",  # multiplication sign
+    "\u2009": " ",  # thin space
+    "\u2010": "-",  # hyphen
+    "\u2011": "-",  # non-breaking hyphen
+    "\u2012": "-",  # figure dash
+    "\u2013": "-",  # en dash
+    "\u2014": "--",  # em dash
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201a": ",",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u201e": ",,",
+    "\u2022": "o",  # bullet
+    "\u2026": "...",  # ellipsis
+    "\u202f": " ",  # narrow no-break space (some locales' times)
+    "\u2039": "<",
+    "\u203a": ">",
+    "\u2212": "-",  # minus sign
+}
+_UNENCODABLE = "anisearch.plain"
+"""The codec error handler (see :func:`unencodable`)."""
+
+
+def _plain_or_escaped(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    char = exc.object[exc.start]
+    return _PLAIN.get(char) or char.encode("ascii", "backslashreplace").decode("ascii"), exc.start + 1
+
+
+@functools.cache
+def unencodable() -> str:
+    """The name of a codec error handler (registered on first use) for text an output cannot carry: its
+    typographic punctuation in ASCII (an en dash as ``-``, an ellipsis as ``...``), anything else escaped
+    (``\\u30b3``) as ``backslashreplace`` escapes it."""
+    codecs.register_error(_UNENCODABLE, _plain_or_escaped)
+    return _UNENCODABLE
+
+
+def legible(text: str) -> str:
+    """``text`` as stdout's encoding carries it (see :func:`unencodable`): unchanged in UTF-8.
+
+    Tables and blocks are laid out on what this returns, so a column is as wide as what is printed in it:
+    rich measures an en dash or a Japanese title in cells, and the stream's own escaping, after the
+    layout, would make the row longer than the others.
+    """
+    encoding = getattr(out().file, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, unencodable()).decode(encoding)
+    except LookupError:  # an encoding Python does not know: what any can carry
+        return text.encode("ascii", unencodable()).decode("ascii")
+
+
 def shown(name: str) -> str:
     """A file name as text a terminal can show: bytes that are not valid UTF-8 as ``\\xNN``."""
     try:
@@ -745,11 +806,14 @@ def records(
     """Print rows as a table when it fits the terminal, else (or with ``blocks``) one block per row; never
     cut a value.
 
-    ``key`` names the column that heads each block in the vertical layout.
+    ``key`` names the column that heads each block in the vertical layout. The values and the title are
+    laid out as stdout's encoding carries them (:func:`legible`).
     """
     if not rows:
         err().print(empty, markup=False, highlight=False)
         return
+    rows = [{column: legible(value) for column, value in row.items()} for row in rows]
+    title = legible(title)
     from rich.padding import Padding
     from rich.table import Table
     from rich.text import Text

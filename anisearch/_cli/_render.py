@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from anisearch._cli._common import clock
+from anisearch._cli._common import clock, legible
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -72,14 +72,15 @@ def hit_rows(
     result: SearchResult, *, threshold: float, limit: int, show_all: bool
 ) -> tuple[list[dict[str, str]], list[str]]:
     """The hits :func:`hits_table` shows, as rows of text (for one block per hit on a narrow terminal),
-    and each row's style."""
+    and each row's style; as stdout's encoding carries them (:func:`~anisearch._cli._common.legible`), so
+    that they are measured as they are printed."""
     shown = [h for h in result.hits if show_all or h.similarity >= threshold][:limit]
     rows = [
         {
-            "title": title_of(hit),
+            "title": legible(title_of(hit)),
             "similar": percent(hit.similarity),
-            "ep": episode_of(hit),
-            "scene": span_of(hit),
+            "ep": legible(episode_of(hit)),
+            "scene": legible(span_of(hit)),
             "provider": hit.provider,
         }
         for hit in shown
@@ -89,13 +90,14 @@ def hit_rows(
 
 def hits_table(result: SearchResult, *, threshold: float, limit: int, show_all: bool) -> tuple[Table, int]:
     """The best ``limit`` hits; weaker than ``threshold`` only with ``show_all`` (dimmed). And how many
-    were left out."""
+    were left out. Its text is as stdout's encoding carries it (:func:`~anisearch._cli._common.legible`):
+    rich lays the columns out on what is printed."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
 
     table = Table(
-        title=headline(match) if (match := result.match_at(threshold)) is not None else None,
+        title=legible(headline(match)) if (match := result.match_at(threshold)) is not None else None,
         caption=None,
         title_justify="left",
         title_style="bold",
@@ -114,9 +116,9 @@ def hits_table(result: SearchResult, *, threshold: float, limit: int, show_all: 
         style = None if hit.similarity >= threshold else "dim"
         table.add_row(
             percent(hit.similarity),
-            Text(title_of(hit)),
-            episode_of(hit),
-            span_of(hit),
+            Text(legible(title_of(hit))),
+            legible(episode_of(hit)),
+            legible(span_of(hit)),
             hit.provider,
             style=style,
         )
