@@ -729,6 +729,11 @@ class AsyncClient(AccountFeatures):
             name, scope, windows, ledger.now()
         )
 
+    async def _ledger_now(self) -> datetime:
+        """The ledger's current instant: the clock :meth:`quota`'s instants are on (a shared Redis keeps its
+        server's, which this machine's may be off from), for a caller that says how far away they are."""
+        return (await self._get_ledger()).now()
+
     async def reset_quota(self, provider: str | None = None) -> None:
         """Forget what the ledger believes about every provider (or one): counts, cooldowns, slots.
 

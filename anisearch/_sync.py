@@ -394,6 +394,11 @@ class Client:
         """
         return self._run(self._async.quota, provider, refresh=refresh)
 
+    def _ledger_now(self) -> datetime:
+        """The ledger's current instant, on which :meth:`quota`'s instants are (see the engine's
+        ``_ledger_now``): ``anisearch quota`` says how far away they are from it."""
+        return self._run(self._async._ledger_now)
+
     def reset_quota(self, provider: str | None = None) -> None:
         """Forget what the ledger believes about every provider (or one): counts, cooldowns, slots.
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from tests.cli_runner import run_in_process, run_on_a_terminal
@@ -198,3 +200,39 @@ def test_a_wrong_redis_password_says_to_check_it(
     assert done.returncode == 6, done.stderr
     assert "check the user and password in ANISEARCH_LEDGER" in done.stderr
     assert "wrong" not in done.stderr
+
+
+AHEAD = timedelta(hours=2)
+"""How far ahead of the Redis server's the clock of the worker that runs ``quota`` below is."""
+
+
+class _Ahead(datetime):
+    """``datetime`` on a machine whose clock runs :data:`AHEAD`: the command's own reading of the time."""
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> Self:
+        return cls.fromtimestamp(time.time() + AHEAD.total_seconds(), tz)
+
+
+@pytest.mark.redis
+def test_a_worker_whose_clock_is_off_counts_how_far_away_on_the_redis_ledgers_clock(
+    redis_url: str, emulated: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instants are the ledger's, on the Redis server's clock; a worker whose clock ran 2 h ahead
+    counted from its own: the minute window that frees in a minute "freed 1 h 59 min ago", and what the
+    upstream confirmed a moment ago was "2 h ago"."""
+    import anisearch._ledger._base as ledger_base
+    from anisearch._cli import _common
+
+    trace = emulated(tracemoe_app())
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", trace.url)
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
+    monkeypatch.setenv("ANISEARCH_LEDGER", redis_url)
+    demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
+    assert run_in_process("search", str(demo), "--no-cache").returncode == 0  # a worker on the right time
+    monkeypatch.setattr(ledger_base, "system_clock", lambda: datetime.now(UTC) + AHEAD)
+    monkeypatch.setattr(_common, "datetime", _Ahead)
+    done = run_in_process("quota", "tracemoe")
+    assert done.returncode == 0, done.stderr
+    assert "(in 1 min)" in done.stdout  # the minute window
+    assert " ago)" not in done.stdout, done.stdout

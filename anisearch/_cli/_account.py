@@ -37,6 +37,8 @@ from anisearch._exceptions import AnisearchError, AuthenticationError, Configura
 from anisearch._redact import display_url
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from anisearch._models import Quota
     from anisearch._sync import Client
 
@@ -106,8 +108,11 @@ def quota(
             err().print(f"anisearch: the ledger forgot {what} ({ledger})", markup=False, highlight=False)
         failed = _refresh(client, provider) if refresh else 0
         quotas = client.quota(provider)
+        # "in 2 h" counted on the clock the instants are on: a Redis ledger's is its server's, and this
+        # machine's may be off from it
+        now = client._ledger_now()  # noqa: SLF001 - the command line reads the engine's clock
     err().print(f"ledger: {ledger}", markup=False, highlight=False)
-    _show_quotas(quotas, as_json=as_json)
+    _show_quotas(quotas, as_json=as_json, now=now)
     if failed:
         raise typer.Exit(failed)
 
@@ -129,7 +134,8 @@ def _refresh(client: "Client", provider: str | None) -> int:
     return failed
 
 
-def _show_quotas(quotas: "list[Quota]", *, as_json: bool) -> None:
+def _show_quotas(quotas: "list[Quota]", *, as_json: bool, now: "datetime") -> None:
+    """The quotas as JSON, or a table whose times say how far away they are from ``now``, the ledger's."""
     if as_json:
         print_json([q.model_dump(mode="json", exclude={"raw"}) for q in quotas])
         return
@@ -138,11 +144,11 @@ def _show_quotas(quotas: "list[Quota]", *, as_json: bool) -> None:
             "provider": q.provider,
             "window": q.window,
             "allowance": _allowance(q),
-            "frees": when(q.resets_at),
-            "cooldown until": when(q.cooldown_until) if q.cooldown_until else "-",
+            "frees": when(q.resets_at, now),
+            "cooldown until": when(q.cooldown_until, now) if q.cooldown_until else "-",
             "scope": q.scope,
             "source": q.source,
-            "confirmed": when(q.observed_at) if q.source in ("upstream", "headers") else "-",
+            "confirmed": when(q.observed_at, now) if q.source in ("upstream", "headers") else "-",
             "priority": "-" if q.priority is None else str(q.priority),
             "concurrency": "-" if q.concurrency is None else str(q.concurrency),
         }
