@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         ProviderTimeoutError,
         QuotaExhaustedError,
         RateLimitedError,
+        SignInRateLimitedError,
         UnknownProviderError,
         UpstreamResponseError,
     )
@@ -110,6 +111,7 @@ __all__ = [
     "SearchMode",
     "SearchResult",
     "Settings",
+    "SignInRateLimitedError",
     "Strategy",
     "Title",
     "UnknownProviderError",
@@ -140,6 +142,7 @@ _EXCEPTIONS = (
     "ProviderTimeoutError",
     "QuotaExhaustedError",
     "RateLimitedError",
+    "SignInRateLimitedError",
     "UnknownProviderError",
     "UpstreamResponseError",
 )

@@ -151,6 +151,7 @@ class AccountFeatures:
 
         Raises:
             AuthenticationError: Wrong email or password, or the site refused the Origin.
+            SignInRateLimitedError: Too many sign-ins; ``retry_after`` says when to sign in again (seconds).
         """
         provider = self._account_provider()
         await self._call(provider, provider.sign_in_request(email, password), provider.parse_sign_in)

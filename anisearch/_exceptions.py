@@ -17,6 +17,7 @@ keep working in code that knows nothing about anisearch::
     │   ├── QuotaExhaustedError                  the search quota or the credits are spent (no retry)
     │   ├── ConcurrencyLimitError                too many searches in flight (wait for a slot, retry)
     │   ├── RateLimitedError                     too many requests per minute/hour (wait retry_after)
+    │   │   └── SignInRateLimitedError           too many sign-ins (wait retry_after); searches go on
     │   ├── ProviderBusyError                    the upstream's queue is full (short backoff)
     │   ├── AuthenticationError                  bad API key, bad password, session expired
     │   ├── ImageFetchError                      the upstream could not download an image URL
@@ -56,6 +57,7 @@ __all__ = [
     "ProviderTimeoutError",
     "QuotaExhaustedError",
     "RateLimitedError",
+    "SignInRateLimitedError",
     "UnknownProviderError",
     "UpstreamResponseError",
 ]
@@ -237,6 +239,16 @@ class ConcurrencyLimitError(ProviderError):
 
 class RateLimitedError(ProviderError):
     """Too many requests in the provider's rate window; ``retry_after`` says how long to wait (seconds)."""
+
+
+class SignInRateLimitedError(RateLimitedError):
+    """Too many sign-ins: the upstream's limit on its sign-in route, not its search quota.
+
+    ``retry_after`` says when to sign in again (seconds). The search quota is neither spent nor held back:
+    the ledger records nothing, and searches that need no sign-in (an API key, a guest, a session already
+    held) go on. (whatanimeisthis.com: better-auth allows 3 sign-ins per 10 s per address, failed ones
+    included, and answers the 4th with 429 and ``X-Retry-After``.)
+    """
 
 
 class ProviderBusyError(ProviderError):

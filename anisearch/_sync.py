@@ -526,6 +526,7 @@ class Client:
 
         Raises:
             AuthenticationError: Wrong email or password, or the site refused the Origin.
+            SignInRateLimitedError: Too many sign-ins; ``retry_after`` says when to sign in again (seconds).
             ConfigurationError: No provider with account features.
             ProviderError: The upstream failed.
         """

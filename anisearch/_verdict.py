@@ -28,6 +28,7 @@ from anisearch._exceptions import (
     ProviderTimeoutError,
     QuotaExhaustedError,
     RateLimitedError,
+    SignInRateLimitedError,
     UpstreamResponseError,
 )
 from anisearch._ledger import UPSTREAM_HOLDER, Refusal, WindowSpec, this_holder
@@ -183,6 +184,11 @@ def _consequences(  # noqa: PLR0917 - read()'s, passed on
             else:
                 until = spec.leave(now, tz) if spec else now + timedelta(days=1)
             settlement.blocks.append((window, min(until, now + timedelta(seconds=MAX_COOLDOWN_SECONDS))))
+    elif isinstance(exc, SignInRateLimitedError):
+        # A limit on signing in (the search was never sent): it spends and holds back no search quota;
+        # the caller hears its wait in the error. A cooldown here would stop searches that need no sign-in.
+        settlement.outcome = "unsent"
+        settlement.observations = [q for q in settlement.observations if q.cooldown_until is None]
     elif isinstance(exc, RateLimitedError):
         # The server's own wait (Retry-After, X-Retry-After) is the whole truth of a 429: a count of 0
         # left in some window would only guess at when it frees.

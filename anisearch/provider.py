@@ -46,6 +46,7 @@ from anisearch._exceptions import (
     ProviderServerError,
     QuotaExhaustedError,
     RateLimitedError,
+    SignInRateLimitedError,
     UpstreamResponseError,
 )
 from anisearch._ledger._windows import WindowSpec
@@ -174,6 +175,7 @@ __all__ = [
     "SearchOptions",
     "SearchQuery",
     "ShapeError",
+    "SignInRateLimitedError",
     "Title",
     "UploadLimits",
     "UpstreamResponseError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 from collections.abc import Callable
@@ -118,6 +119,31 @@ def test_a_wrong_password_is_an_authentication_error(cli: Cli, site: Any) -> Non
     said = f"check the email and password ({setting}_EMAIL, {setting}_PASSWORD)"
     assert hint == f"hint: {said}"  # not 'anisearch login', the command just run
     assert "wrong" not in done.stderr
+
+
+def test_a_sign_in_429_says_when_to_sign_in_again_and_is_no_search_window(cli: Cli, site: Any) -> None:
+    """The site allows 3 sign-ins per 10 s per address (failed ones count): the 4th login is told when to
+    sign in again, and ``quota`` shows the search windows only, no cooldown (no "minute" window)."""
+    env = {
+        "ANISEARCH_WHATANIMEISTHIS_URL": site.url,
+        "ANISEARCH_PROVIDERS": "whatanimeisthis",
+        "ANISEARCH_WHATANIMEISTHIS_EMAIL": EMAIL,
+        "ANISEARCH_WHATANIMEISTHIS_PASSWORD": "wrong",
+    }
+    for _ in range(3):
+        assert cli("login", env=env).returncode == 5
+    refused = cli("login", env=env)
+    assert refused.returncode == 4, refused.stderr
+    error, hint = refused.stderr.strip().splitlines()
+    assert "too many sign-ins" in error
+    assert re.fullmatch(
+        r"hint: sign in again in (10|[1-9]) s \(whatanimeisthis limits sign-ins, not searches\)", hint
+    )
+    shown = cli("quota", "whatanimeisthis", "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    quotas = json.loads(shown.stdout)
+    assert sorted(q["window"] for q in quotas) == ["day", "hour"]
+    assert all(q["cooldown_until"] is None and q["used"] == 0 for q in quotas)
 
 
 def test_a_guests_sixth_search_of_the_day_is_not_sent(cli: Cli, site: Any, samples: Path) -> None:

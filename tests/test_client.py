@@ -867,6 +867,31 @@ def test_documented_limits_hold_when_the_upstream_reports_none(mock: respx.MockR
     assert (day.limit, day.used, day.remaining) == (5, 5, 0)
 
 
+def test_a_sign_in_refused_for_now_holds_back_no_search(mock: respx.MockRouter, samples: Path) -> None:
+    """A session search that must sign in first meets the sign-in limit (better-auth: 3 per 10 s per
+    address): its error says when to sign in again, and the search quota neither shows it nor waits for it
+    (a search by API key, or one in another process holding a session, has no sign-in to wait for)."""
+    limited = {"message": "Too many requests. Please try again later."}
+    sign_in = mock.post("https://site.test/api/auth/sign-in/email").respond(
+        429, json=limited, headers={"X-Retry-After": "8"}
+    )
+    search = mock.post("https://site.test/api/anime/search").respond(200, json={"results": []})
+    options = {"whatanimeisthis": {"url": "https://site.test", "email": "a@b.example", "password": "pw"}}
+    with Client(Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)) as c:
+        for _ in range(2):
+            with pytest.raises(AllProvidersFailedError) as caught:
+                c.search(samples / "tinted-good.jpg", cache=False)
+            (error,) = caught.value.exceptions
+            assert isinstance(error, anisearch.SignInRateLimitedError)
+            assert error.retry_after == 8
+            assert [a.outcome for a in caught.value.attempts] == ["failed"]  # asked, not skipped
+        quotas = c.quota("whatanimeisthis")
+    assert sign_in.call_count == 2
+    assert search.call_count == 0
+    assert sorted(q.window for q in quotas) == ["day", "hour"]
+    assert all(q.cooldown_until is None and q.used == 0 for q in quotas)
+
+
 def test_a_configured_legacy_api_joins_the_default_order() -> None:
     plain = Settings.load()
     configured = Settings.load(provider_options={"whatanime-ga": {"url": "http://127.0.0.1:9"}})

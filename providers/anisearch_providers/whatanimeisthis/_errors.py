@@ -32,6 +32,7 @@ from anisearch.provider import (
     ProviderServerError,
     QuotaExhaustedError,
     RateLimitedError,
+    SignInRateLimitedError,
     UpstreamResponseError,
     as_float,
     as_int,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ERROR_RULES",
     "PROVIDER",
+    "SIGN_IN_WAIT_SECONDS",
     "Problem",
     "check",
     "error_for",
@@ -89,6 +91,9 @@ KEY_NAME_LIMITS = "1 to 32"
 _UPPER_SNAKE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
 _MAX_MESSAGE = 200
 _NO_STATUS = 600  # envelope codes from 400 up to this are HTTP statuses
+_SIGN_IN_ROUTES = "/api/auth/sign-in/"
+SIGN_IN_WAIT_SECONDS = 10.0
+"""better-auth's sign-in window, seconds: the wait when its 429 names none (3 sign-ins per 10 s per IP)."""
 _SESSION_HINT = "sign in again (anisearch login, or set ANISEARCH_WHATANIMEISTHIS_EMAIL and _PASSWORD)"
 
 
@@ -296,6 +301,16 @@ def _too_large(problem: Problem) -> ProviderError:
     )
 
 
+def _sign_in_limited(problem: Problem) -> ProviderError:
+    wait = retry_after(problem.response, problem.body)
+    return SignInRateLimitedError(
+        f"too many sign-ins: {problem.message}",
+        provider=PROVIDER,
+        status_code=problem.http_status,
+        retry_after=wait if wait is not None else SIGN_IN_WAIT_SECONDS,
+    )
+
+
 def _key_name(problem: Problem) -> ProviderError:
     return BadRequestError(
         f"the API key name was refused: {problem.message} (names are {KEY_NAME_LIMITS} characters)",
@@ -320,6 +335,10 @@ def _too_large_status(p: Problem) -> bool:
     return p.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE or (
         p.status is None and p.matches(_TOO_LARGE_WORDS)
     )
+
+
+def _sign_in_refused_for_now(p: Problem) -> bool:
+    return p.http_status == HTTPStatus.TOO_MANY_REQUESTS and _SIGN_IN_ROUTES in (p.endpoint or "")
 
 
 def _spent(p: Problem) -> bool:
@@ -366,6 +385,8 @@ ERROR_RULES: tuple[ErrorRule[Problem], ...] = (
     ErrorRule(ImageTooLargeError, when=_too_large_status, build=_too_large),
     # better-auth's origin/CSRF check: retrying will not help until the Origin setting is fixed.
     ErrorRule(AuthenticationError, codes=ORIGIN_CODES, build=_origin_error),
+    # better-auth's own limiter on sign-in (3 per 10 s per address, X-Retry-After): not the search quota.
+    ErrorRule(SignInRateLimitedError, when=_sign_in_refused_for_now, build=_sign_in_limited),
     # Spent credits or the guest's daily searches: 402, USAGE_EXCEEDED, or (no code) a 403/429/HTTP-200
     # envelope whose message speaks of credits or a daily quota.
     ErrorRule(QuotaExhaustedError, when=_spent),

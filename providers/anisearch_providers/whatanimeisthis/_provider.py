@@ -425,7 +425,7 @@ class WhatAnimeIsThis(BaseProvider):
 
         Raises:
             AuthenticationError: Wrong email or password, unverified email, or the Origin was refused.
-            RateLimitedError: Too many sign-ins (3 per 10 s per IP); ``retry_after`` says how long.
+            SignInRateLimitedError: Too many sign-ins (3 per 10 s per IP); ``retry_after`` says how long.
             UpstreamResponseError: The site answered 200 but set no session cookie.
         """
         self.jar.absorb(response)

@@ -26,6 +26,7 @@ from anisearch.provider import (
     rate_limit_quota,
 )
 
+from ._auth import AUTH_PREFIX
 from ._errors import PROVIDER, error_for
 from ._parse import Payload, parse_credits, remaining_credits
 from ._tolerant import read_body, unwrap
@@ -51,7 +52,6 @@ SIGNED_IN_DAILY_CREDITS = 10
 HOURLY_SEARCHES = 100
 """Searches a signed-in user may run per hour (api-docs)."""
 
-_AUTH_COOLDOWN = 10.0  # seconds; better-auth's sign-in window when a 429 says nothing
 _SITE_COOLDOWN = 60.0  # seconds; a site 429 without a wait
 _HOUR = 3600
 _PER_DAY = re.compile(r"(\d{1,6}) searches per day")
@@ -141,9 +141,7 @@ def _success_quota(response: httpx.Response, scope: QuotaScope, now: datetime) -
     )
 
 
-def _error_quota(
-    response: httpx.Response, error: ProviderError, scope: QuotaScope, now: datetime
-) -> Quota | None:
+def _error_quota(error: ProviderError, scope: QuotaScope, now: datetime) -> Quota | None:
     if isinstance(error, QuotaExhaustedError):
         until = now + timedelta(seconds=error.retry_after) if error.retry_after else None
         named = _PER_DAY.search(error.message)
@@ -163,19 +161,12 @@ def _error_quota(
             raw={"message": error.message},
         )
     if isinstance(error, RateLimitedError):
-        auth_route = "/api/auth/" in response.request.url.path
-        wait = (
-            error.retry_after
-            if error.retry_after is not None
-            else _AUTH_COOLDOWN
-            if auth_route
-            else _SITE_COOLDOWN
-        )
+        wait = error.retry_after if error.retry_after is not None else _SITE_COOLDOWN
         return Quota(
             provider=PROVIDER,
             scope=scope,
             remaining=0,
-            window="minute" if auth_route else "hour",
+            window="hour",
             cooldown_until=now + timedelta(seconds=wait),
             source="headers",
             observed_at=now,
@@ -189,7 +180,13 @@ def observe(
 ) -> list[Quota]:
     """Quota facts in any response: credits and remaining-credits numbers in bodies, rate-limit
     headers, and cooldowns from 429s and spent credits. Never raises; an unreadable body says nothing.
+
+    better-auth's routes (``/api/auth/*``: sign-in, sign-out, get-session) say nothing about the search
+    quota: their 429 is better-auth's own limiter, per address and path (sign-in 3 per 10 s), which the
+    error (:class:`~anisearch.provider.SignInRateLimitedError` for a sign-in) reports instead.
     """
+    if AUTH_PREFIX in response.request.url.path:
+        return []
     now = now or datetime.now(UTC)
     scope = scope_of(response.request, default_scope)
     facts: list[Quota | None] = []
@@ -197,7 +194,7 @@ def observe(
         facts.append(_header_quota(response, scope, now))
         error = error_for(response)
         if error is not None:
-            facts.append(_error_quota(response, error, scope, now))
+            facts.append(_error_quota(error, scope, now))
         else:
             facts.append(_success_quota(response, scope, now))
     except (AnisearchError, ValidationError):

@@ -647,14 +647,21 @@ def test_observe_turns_429_and_spent_credits_into_cooldowns(provider: WhatAnimeI
     )
     (quota,) = provider.observe(spent)
     assert (quota.remaining, quota.window) == (0, "day")
-    sign_in = response_for(
+
+
+def test_observe_finds_no_search_quota_in_better_auths_answers(provider: WhatAnimeIsThis) -> None:
+    """better-auth's 429 (sign-in 3 per 10 s, other auth paths 100 per 10 s, per address and path) is its
+    own limiter, not the search quota: no window, no cooldown, whatever its headers (the sign-in's wait is
+    its error's ``retry_after``)."""
+    limited = {"message": "Too many requests. Please try again later."}
+    headers = {"X-Retry-After": "7", "RateLimit-Limit": "3", "RateLimit-Remaining": "0"}
+    for request in (
         provider.sign_in_request("a@b.example", "pw"),
-        429,
-        json_body={"message": "Too many requests. Please try again later."},
-    )
-    (quota,) = provider.observe(sign_in)
-    assert quota.cooldown_until is not None
-    assert (quota.cooldown_until - quota.observed_at).total_seconds() == pytest.approx(10, abs=1)
+        provider.session_request(),
+        provider.sign_out_request(),
+    ):
+        assert provider.observe(response_for(request, 429, json_body=limited)) == []
+        assert provider.observe(response_for(request, 429, json_body=limited, headers=headers)) == []
 
 
 def test_observe_never_raises_and_reports_nothing_for_plain_answers(provider: WhatAnimeIsThis) -> None:

@@ -28,6 +28,7 @@ from anisearch._exceptions import (
     ProviderServerError,
     QuotaExhaustedError,
     RateLimitedError,
+    SignInRateLimitedError,
 )
 from anisearch._image import PreparedImage
 from anisearch._models import SearchResult
@@ -120,8 +121,8 @@ TABLE: list[tuple[httpx.Response, type[ProviderError], str]] = [
             headers={"X-Retry-After": "7"},
             request=SIGN_IN,
         ),
-        RateLimitedError,
-        "Too many requests",
+        SignInRateLimitedError,
+        "too many sign-ins: Too many requests",
     ),
     (
         answer(
@@ -245,6 +246,22 @@ def test_successes_and_success_envelopes_are_not_errors() -> None:
     ]
     for body in bodies:
         assert error_for(answer(200, body)) is None
+
+
+def test_a_sign_in_429_says_when_to_sign_in_again_and_only_a_sign_in_429_is_one() -> None:
+    """§2.7: better-auth's sign-in limit (3 per 10 s per address) answers 429 with ``X-Retry-After``, or,
+    where a proxy dropped it, nothing: then its 10 s window is the wait. A 429 from anywhere else (the
+    site's hourly search cap, get-session) is a plain rate limit."""
+    body = {"message": "Too many requests. Please try again later."}
+    told = error_for(answer(429, body, headers={"X-Retry-After": "4"}, request=SIGN_IN))
+    assert isinstance(told, SignInRateLimitedError)
+    assert told.retry_after == 4
+    silent = error_for(answer(429, body, request=SIGN_IN))
+    assert isinstance(silent, SignInRateLimitedError)
+    assert silent.retry_after == 10
+    for request in (SEARCH, PROVIDER.session_request()):
+        other = error_for(answer(429, body, headers={"Retry-After": "30"}, request=request))
+        assert type(other) is RateLimitedError
 
 
 def test_rate_limit_and_quota_errors_carry_the_wait() -> None:
