@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from anisearch._exceptions import ConfigurationError
+from anisearch._models import PagedList
 from anisearch._provider import AccountProvider, Page, Provider, available_providers, load_provider
 
 if TYPE_CHECKING:
@@ -179,8 +180,9 @@ class AsyncApiKeys:
         self._find = find
         self._call = call
 
-    async def list(self, page: int = 1, page_size: int = 20) -> list[ApiKey]:
-        """One page of the account's keys (masked), 1-based ``page``.
+    async def list(self, page: int = 1, page_size: int = 20) -> PagedList[ApiKey]:
+        """One page of the account's keys (masked), 1-based ``page``: a ``list`` that also says how many keys
+        the account has (``total``, ``pages``) when the upstream reports it.
 
         Raises:
             AuthenticationError: Not signed in (``anisearch login``).
@@ -192,7 +194,9 @@ class AsyncApiKeys:
         result: Page[ApiKey] = await self._call(
             provider, provider.api_keys_request(page, page_size), provider.parse_api_keys
         )
-        return result.items
+        return PagedList(
+            result.items, total=result.total, page=page, page_size=page_size, has_more=result.has_more
+        )
 
     async def create(self, title: str) -> CreatedApiKey:
         """Create a key; the plaintext is in ``.key`` (a SecretStr) this one time only.

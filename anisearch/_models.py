@@ -8,9 +8,9 @@ Units: times are seconds (float) within the episode, similarity is 0..1, datetim
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -23,6 +23,7 @@ __all__ = [
     "Credits",
     "Episode",
     "Hit",
+    "PagedList",
     "ProviderInfo",
     "Quota",
     "QuotaScope",
@@ -382,6 +383,58 @@ class CreatedApiKey(ApiKey):
 
     key: SecretStr
     """The plaintext key; ``key.get_secret_value()`` reveals it. Never logged or cached."""
+
+
+T = TypeVar("T")
+
+
+class PagedList(list[T]):
+    r"""One page of an upstream list: a plain ``list`` of the page's items, plus what the upstream said
+    about the whole (``client.api_keys.list()``).
+
+    It iterates, indexes, slices, ``len()``\ s and compares as the list of its items, so code that takes a
+    list keeps working.
+
+    Attributes:
+        total: Items upstream across every page, when the upstream reported it (``total``), else None.
+        page: This page's number, from 1.
+        page_size: Items per page asked for.
+        has_more: Whether a later page holds more items: as reported, else worked out from ``total`` or a
+            short page; None when nothing says.
+    """
+
+    total: int | None
+    page: int
+    page_size: int
+    has_more: bool | None
+
+    def __init__(
+        self,
+        items: Iterable[T] = (),
+        *,
+        total: int | None = None,
+        page: int = 1,
+        page_size: int | None = None,
+        has_more: bool | None = None,
+    ) -> None:
+        super().__init__(items)
+        self.total = total
+        self.page = page
+        self.page_size = page_size if page_size is not None else max(len(self), 1)
+        self.has_more = has_more
+
+    @property
+    def pages(self) -> int | None:
+        """How many pages of ``page_size`` the ``total`` fills (at least 1), or None without a total."""
+        if self.total is None:
+            return None
+        return max(math.ceil(self.total / self.page_size), 1)
+
+    def __repr__(self) -> str:
+        return (
+            f"PagedList({list.__repr__(self)}, total={self.total!r}, page={self.page!r}, "
+            f"page_size={self.page_size!r}, has_more={self.has_more!r})"
+        )
 
 
 def fresh_previews(result: SearchResult, now: datetime) -> SearchResult:

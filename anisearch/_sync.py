@@ -35,6 +35,7 @@ from anisearch._models import (
     ApiKey,
     CreatedApiKey,
     Credits,
+    PagedList,
     ProviderInfo,
     Quota,
     RankingEntry,
@@ -177,7 +178,7 @@ class ApiKeys:
         self._loop = loop
         self._engine = engine
 
-    def list(self, page: int = 1, page_size: int = 20) -> list[ApiKey]:
+    def list(self, page: int = 1, page_size: int = 20) -> PagedList[ApiKey]:
         """One page of the account's keys (masked).
 
         Args:
@@ -185,7 +186,8 @@ class ApiKeys:
             page_size: Keys per page, at least 1.
 
         Returns:
-            The keys on that page; each shows only a masked form of its secret.
+            The keys on that page, as a ``list``; each shows only a masked form of its secret. Its ``total``
+            (and ``pages``) say how many keys the account has, when the upstream reports it (else None).
 
         Raises:
             AuthenticationError: Not signed in (``anisearch login``).

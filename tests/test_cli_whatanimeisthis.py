@@ -193,3 +193,25 @@ def test_an_argument_the_site_refuses_is_a_usage_error_and_a_page_past_the_end_s
     assert past.returncode == 0, past.stderr
     assert "no API keys on page 3" in past.stdout + past.stderr
     assert "keys create" not in past.stdout + past.stderr  # the account has keys
+
+
+def test_keys_list_says_how_many_keys_and_pages_there_are(cli: Cli, site: Any) -> None:
+    """The site's list carries ``total``: the table's title says "N keys, page p of q", and a page past the
+    end says how many there are. ``--json`` stays the list of keys."""
+    env = {"ANISEARCH_WHATANIMEISTHIS_URL": site.url, "ANISEARCH_PROVIDERS": "whatanimeisthis"}
+    signed_in = cli(
+        "login",
+        env={**env, "ANISEARCH_WHATANIMEISTHIS_EMAIL": EMAIL, "ANISEARCH_WHATANIMEISTHIS_PASSWORD": PASSWORD},
+    )
+    assert signed_in.returncode == 0, signed_in.stderr
+    for title in ("one", "two", "three"):
+        assert cli("keys", "create", title, env=env).returncode == 0
+    second = cli("keys", "list", "--page", "2", "--page-size", "2", env=env)
+    assert second.returncode == 0, second.stderr
+    assert "API keys (3 keys, page 2 of 2)" in second.stdout
+    past = cli("keys", "list", "--page", "3", "--page-size", "2", env=env)
+    assert past.returncode == 0, past.stderr
+    assert "no API keys on page 3: the account has 3 keys on 2 pages" in past.stdout + past.stderr
+    listed = cli("keys", "list", "--json", "--page-size", "1", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 1

@@ -892,6 +892,35 @@ def test_a_sign_in_refused_for_now_holds_back_no_search(mock: respx.MockRouter, 
     assert all(q.cooldown_until is None and q.used == 0 for q in quotas)
 
 
+@pytest.mark.parametrize(
+    ("body", "total", "pages", "has_more"),
+    [
+        ({"items": "KEYS", "total": 5, "page": 2, "pageSize": 2}, 5, 3, True),  # the api-docs' paging
+        ({"apiKeys": "KEYS", "total": 4, "limit": 2, "offset": 2}, 4, 2, False),  # better-auth 1.5+ plugin
+        ("KEYS", None, None, None),  # better-auth <= 1.4: a bare array says no total
+    ],
+)
+def test_api_keys_list_is_a_list_that_knows_the_total(
+    mock: respx.MockRouter, body: Any, total: int | None, pages: int | None, has_more: bool | None
+) -> None:
+    keys = [{"id": "k3", "title": "three", "key": "sk-…cccc"}, {"id": "k4", "title": "four"}]
+    payload = keys if body == "KEYS" else {**body, next(k for k, v in body.items() if v == "KEYS"): keys}
+    route = mock.get("https://site.test/api/apikeys").respond(200, json=payload)
+    options = {"whatanimeisthis": {"url": "https://site.test"}}
+    with Client(Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)) as c:
+        listed = c.api_keys.list(page=2, page_size=2)
+    assert dict(route.calls.last.request.url.params) == {"page": "2", "pageSize": "2"}
+    assert isinstance(listed, list)  # callers of list[ApiKey] keep working
+    assert isinstance(listed, anisearch.PagedList)
+    assert len(listed) == 2
+    assert listed[0].id == "k3"
+    assert [k.title for k in listed] == ["three", "four"]
+    assert listed == [listed[0], listed[1]]
+    assert (listed.total, listed.pages, listed.page, listed.page_size) == (total, pages, 2, 2)
+    assert listed.has_more is has_more
+    assert "total=" in repr(listed)
+
+
 def test_a_configured_legacy_api_joins_the_default_order() -> None:
     plain = Settings.load()
     configured = Settings.load(provider_options={"whatanime-ga": {"url": "http://127.0.0.1:9"}})

@@ -39,7 +39,7 @@ from anisearch._redact import display_url
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from anisearch._models import Quota
+    from anisearch._models import ApiKey, PagedList, Quota
     from anisearch._sync import Client
 
 PERIODS = ("daily", "weekly", "monthly", "yearly", "all")
@@ -329,8 +329,28 @@ def keys_list(
         }
         for k in items
     ]
-    first = "no API keys yet: 'anisearch keys create TITLE' makes one"
-    records(rows, title="API keys", empty=first if page == 1 else f"no API keys on page {page}")
+    records(rows, title=f"API keys{_keys_summary(items)}", empty=_no_keys(items))
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
+def _keys_summary(keys: "PagedList[ApiKey]") -> str:
+    """``" (3 keys, page 1 of 2)"`` when the upstream reported how many keys there are, else ''."""
+    if keys.total is None or keys.pages is None:
+        return ""
+    return f" ({_count(keys.total, 'key')}, page {keys.page} of {keys.pages})"
+
+
+def _no_keys(keys: "PagedList[ApiKey]") -> str:
+    """What an empty page says: how to make a first key, or that the page is past the end."""
+    if keys.total == 0 or (keys.page == 1 and keys.total is None):
+        return "no API keys yet: 'anisearch keys create TITLE' makes one"
+    if keys.total is None or keys.pages is None:
+        return f"no API keys on page {keys.page}"
+    where = f"{_count(keys.total, 'key')} on {_count(keys.pages, 'page')}"
+    return f"no API keys on page {keys.page}: the account has {where}"
 
 
 @keys_app.command("create", cls=Command, epilog=examples("anisearch keys create 'my bot'"))

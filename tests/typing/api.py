@@ -39,11 +39,15 @@ def sync_usage() -> None:
         recent: list[anisearch.RecentSearch] = client.recent_searches(limit=5, offset=0)
         balance: anisearch.Credits = client.credits()
         keys: list[anisearch.ApiKey] = client.api_keys.list(page=1, page_size=20)
+        paged: anisearch.PagedList[anisearch.ApiKey] = client.api_keys.list()
+        total: int | None = paged.total
+        pages: int | None = paged.pages
+        more: bool | None = paged.has_more
         created: anisearch.CreatedApiKey = client.api_keys.create("bot")
         secret: str = created.key.get_secret_value()
         client.sign_in("a@b.c", "pw")
         client.sign_out()
-        print(quotas, infos, ranks, recent, balance, keys, secret)
+        print(quotas, infos, ranks, recent, balance, keys, secret, total, pages, more)
 
 
 def callbacks_and_lifecycle() -> None:
