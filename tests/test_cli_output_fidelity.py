@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -111,6 +112,97 @@ def test_a_japanese_title_is_escaped_before_the_table_is_laid_out(
     assert len(table) == 4  # the head, its rule and 2 searches
     assert len(columns_of(table)) == 1, done.stdout
     assert f"| {native.encode('ascii', 'backslashreplace').decode()} |" in done.stdout
+
+
+def on_a_terminal(url: str, *args: str, **env: str) -> str:
+    """``python -m anisearch ARGS`` with stdout and stderr on one terminal (a pty, so the progress bar
+    runs), as :func:`run` sets it up; everything written there, decoded leniently."""
+    import pty
+    import select
+
+    controller, terminal = pty.openpty()
+    environment = os.environ | {
+        "ANISEARCH_TRACEMOE_URL": url,
+        "ANISEARCH_PROVIDERS": "tracemoe",
+        "ANISEARCH_METADATA": "off",
+        "ANISEARCH_LEDGER": "memory://",
+        "ANISEARCH_CACHE": "off",
+        **env,
+    }
+    command = [sys.executable, "-m", "anisearch", *args]
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, env=environment
+    )
+    os.close(terminal)
+    written = bytearray()
+    try:
+        while select.select([controller], [], [], 60)[0]:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the command ended and closed the terminal
+                break
+            if not chunk:
+                break
+            written += chunk
+    finally:
+        process.wait(timeout=60)
+        os.close(controller)
+    return written.decode("utf-8", "replace")
+
+
+NAMES = ["say \u201chi\u201d.jpg", "a\u2013b.jpg", "a-b.jpg"]
+"""Screenshots whose names hold characters an ASCII output cannot carry, one a look-alike of another's."""
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for name in NAMES:
+        shutil.copy(DEMO, folder / name)
+    return folder
+
+
+def test_a_folders_json_lines_above_the_progress_bar_stay_json_naming_each_file(
+    url: str, shots: Path
+) -> None:
+    """With the progress bar on a terminal, rich stands a proxy in for stdout: the lines were taken as
+    UTF-8, and the ASCII output wrote \u201c as a bare quote (invalid JSON) and \u2013 as "-" (another
+    file's name)."""
+    import re
+
+    written = on_a_terminal(url, "search", str(shots), "--json", PYTHONIOENCODING="ascii")
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", written).replace("\r", "\n")
+    lines = [line[line.index('{"input"') :] for line in plain.splitlines() if '{"input"' in line]
+    assert sorted(json.loads(line)["input"] for line in lines) == sorted(str(shots / n) for n in NAMES), (
+        written
+    )
+
+
+def test_file_names_are_escaped_never_written_as_a_look_alike(url: str, shots: Path) -> None:
+    done = run(url, "search", str(shots), PYTHONIOENCODING="ascii")
+    assert done.returncode == 0, done.stderr
+    labels = sorted(
+        line.split(": ", 1)[0] for line in done.stdout.splitlines() if line.startswith(str(shots))
+    )
+    assert labels == sorted(str(shots / n).encode("ascii", "backslashreplace").decode() for n in NAMES)
+
+
+def test_a_title_holding_brackets_is_shown_as_it_is_not_read_as_markup() -> None:
+    """``[/Michi]`` in a title raised rich's MarkupError (exit 1, "no match"); ``[bold]`` was applied."""
+    from rich.console import Console
+
+    from anisearch._cli._render import hits_table
+    from anisearch._models import Hit, SearchResult, Title
+
+    for title in ("Kokoro Connect [/Michi]", "[bold]Kokoro[/bold] Connect"):
+        hit = Hit(provider="tracemoe", anilist_id=11887, similarity=0.97, title=Title(romaji=title))
+        table, _ = hits_table(
+            SearchResult(hits=[hit], provider="tracemoe"), threshold=0.9, limit=5, show_all=False
+        )
+        console = Console(width=200, record=True, file=io.StringIO())
+        console.print(table)
+        assert console.export_text().startswith(f"{title}, - (97.0 %, tracemoe)")
 
 
 def test_typographic_punctuation_is_written_in_ascii_and_what_the_encoding_has_is_kept() -> None:

@@ -558,7 +558,9 @@ def _json(payload: Any, indent: int | None = None) -> str:
 
 def writes_utf8(stream: object) -> bool:
     """Whether ``stream`` encodes UTF-8 (one that names no encoding is taken to): else JSON goes out in
-    ASCII (``\\u`` escapes) and text escaped, which no ASCII or Latin-1 reader garbles."""
+    ASCII (``\\u`` escapes) and text escaped, which no ASCII or Latin-1 reader garbles. While a progress
+    bar runs, rich stands a proxy in for stdout: the stream asked about is the one under it."""
+    stream = getattr(stream, "rich_proxied_file", stream)
     try:
         return codecs.lookup(getattr(stream, "encoding", None) or "utf-8").name == "utf-8"
     except LookupError:
@@ -627,11 +629,19 @@ def legible(text: str) -> str:
 
 
 def shown(name: str) -> str:
-    """A file name as text a terminal can show: bytes that are not valid UTF-8 as ``\\xNN``."""
+    """A file name as text a terminal can show: bytes that are not valid UTF-8 as ``\\xNN``, and
+    characters stdout's encoding cannot carry as ``\\u2013`` (never as a look-alike, such as ``-`` for an
+    en dash, which could name another file)."""
     try:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
-        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+        text = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    stdout = getattr(sys.stdout, "rich_proxied_file", sys.stdout)
+    encoding = getattr(stdout, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # an encoding Python does not know: what any can carry
+        return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _utf8(text: str) -> bool:

@@ -97,7 +97,10 @@ def hits_table(result: SearchResult, *, threshold: float, limit: int, show_all: 
     from rich.text import Text
 
     table = Table(
-        title=legible(headline(match)) if (match := result.match_at(threshold)) is not None else None,
+        # Text, not a string: a title holding "[/...]" is no rich markup (it raised MarkupError)
+        title=Text(legible(headline(match)), style="bold")
+        if (match := result.match_at(threshold)) is not None
+        else None,
         caption=None,
         title_justify="left",
         title_style="bold",
