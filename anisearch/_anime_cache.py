@@ -7,8 +7,10 @@ provider's ``ttl`` setting, 7 days by default), whatever the TTL was when it was
 makes older rows stale at once, and raising it keeps rows that a shorter TTL had let go (they stay in the
 file until they are asked for again and replaced, or cleared).
 
-Files before schema version 1 kept an expiry instead of a time stored; their rows, of unknown age, are
-dropped when the file is opened, and those IDs are asked for again.
+Files before schema version 1 kept an expiry instead of a time stored, in a table named ``anime``; their
+rows, of unknown age, are dropped when the file is opened, and those IDs are asked for again. The table is
+now named ``titles``: a process of an older version still running writes expiries to ``anime``, never
+into ``titles`` as times stored (they would look fresh for up to twice the TTL).
 
 Like the result cache it is disposable: a corrupt file is replaced by an empty one, and a file that cannot
 be opened or read gives one logged warning and lookups go on without it. The file is created 0600 in a
@@ -39,10 +41,8 @@ logger = logging.getLogger("anisearch")
 SCHEMA_VERSION = 1
 """``PRAGMA user_version`` of a file this version writes; version 0 is migrated, any other rebuilt."""
 _COLUMNS = ["provider", "anilist_id", "stored_at", "anime"]
-_COLUMNS_0 = ["provider", "anilist_id", "expires_at", "anime"]
-"""Version 0's table: an expiry fixed by the TTL at the store, so a lowered TTL did not apply to it."""
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS anime (
+CREATE TABLE IF NOT EXISTS titles (
     provider TEXT NOT NULL,
     anilist_id INTEGER NOT NULL,
     stored_at REAL NOT NULL,  -- seconds since the epoch
@@ -56,29 +56,32 @@ _WAIT_MS = 1000
 """How long a lookup's read or store waits for another process's lock (at most what is left of the
 search's deadline): the cache is disposable, and a search goes on without it rather than wait."""
 _OPEN_WAIT_MS = 10_000
-"""How long opening (creating the table, switching to WAL) waits: many processes may start at once."""
+"""How long opening (creating the table, switching to WAL) waits: many processes may start at once. Inside
+a search, creating or migrating the table waits no longer than its deadline."""
 
 
 def _schema(db: sqlite3.Connection) -> tuple[int, list[str]]:
     """The file's ``PRAGMA user_version`` and its table's columns (none before the table is created)."""
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    return version, [row[1] for row in db.execute("PRAGMA table_info(anime)")]
+    return version, [row[1] for row in db.execute("PRAGMA table_info(titles)")]
 
 
-def _set_up(db: sqlite3.Connection) -> None:
-    """Create the table, or bring a version 0 file's up to date (its rows dropped: their age is unknown).
+def _set_up(db: sqlite3.Connection, wait_ms: int) -> None:
+    """Create the table, or bring a version 0 file up to date (its table ``anime`` dropped: the age of its
+    rows is unknown), waiting ``wait_ms`` at most for another process's lock.
 
     Raises:
+        sqlite3.OperationalError: Another process held the file longer than ``wait_ms``.
         sqlite3.DatabaseError: The file holds another schema (it is rebuilt).
     """
     if _schema(db) == (SCHEMA_VERSION, _COLUMNS):
         return  # the usual open: nothing to write
+    db.execute(f"PRAGMA busy_timeout={wait_ms}")
     db.execute("BEGIN IMMEDIATE")  # one process creates or migrates; the others wait and find it done
     version, columns = _schema(db)
-    if version == 0 and columns == _COLUMNS_0:
-        db.execute("DROP TABLE anime")
-    elif columns and (columns != _COLUMNS or version != SCHEMA_VERSION):
+    if version not in (0, SCHEMA_VERSION) or (columns and columns != _COLUMNS):
         raise sqlite3.DatabaseError(f"another schema (version {version})")
+    db.execute("DROP TABLE IF EXISTS anime")  # version 0's, of expiries
     db.execute(_SCHEMA)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     db.execute("COMMIT")
@@ -90,11 +93,15 @@ class AnimeCache:
     Args:
         path: The SQLite file.
         clock: The current time, seconds since the epoch (default: :func:`time.time`); tests move it.
+
+    Opened inside a search, creating or migrating the table waits for another process's lock no longer
+    than the search's deadline (else 10 s); then the cache is unusable (one warning).
     """
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._clock = clock
+        self._open_wait_ms = remaining_ms(_OPEN_WAIT_MS)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._warned = False
@@ -139,7 +146,7 @@ class AnimeCache:
         try:
             db.execute(f"PRAGMA busy_timeout={_OPEN_WAIT_MS}")
             db.execute("PRAGMA journal_mode=WAL")
-            _set_up(db)
+            _set_up(db, self._open_wait_ms)
         except BaseException:
             db.close()  # rolls back a migration cut short
             raise
@@ -178,7 +185,7 @@ class AnimeCache:
                     chunk = ids[start : start + _CHUNK]
                     marks = ",".join("?" * len(chunk))
                     rows = self._db.execute(
-                        f"SELECT anilist_id, anime FROM anime WHERE provider = ? AND stored_at > ? "  # noqa: S608 - only '?' marks are interpolated
+                        f"SELECT anilist_id, anime FROM titles WHERE provider = ? AND stored_at > ? "  # noqa: S608 - only '?' marks are interpolated
                         f"AND stored_at <= ? AND anilist_id IN ({marks})",
                         (provider, now - ttl_seconds, now, *chunk),
                     ).fetchall()
@@ -203,7 +210,7 @@ class AnimeCache:
                 return
             try:
                 self._db.execute(f"PRAGMA busy_timeout={wait_ms}")
-                self._db.executemany("INSERT OR REPLACE INTO anime VALUES (?, ?, ?, ?)", rows)
+                self._db.executemany("INSERT OR REPLACE INTO titles VALUES (?, ?, ?, ?)", rows)
             except sqlite3.Error as exc:
                 self._warn(exc)
 
@@ -232,7 +239,7 @@ class AnimeCache:
                 return 0
             try:
                 self._db.execute(f"PRAGMA busy_timeout={_OPEN_WAIT_MS}")  # a command: it may wait
-                return self._db.execute("DELETE FROM anime").rowcount
+                return self._db.execute("DELETE FROM titles").rowcount
             except sqlite3.Error as exc:
                 self._warn(exc)
                 return 0

@@ -120,6 +120,62 @@ def test_a_file_of_version_0_opens_and_its_answers_of_unknown_age_are_asked_agai
     assert AnimeCache(path).clear() == 1  # opened again as it is
 
 
+def version_0(path: Path) -> sqlite3.Connection:
+    """A metadata cache file as version 0 left it (WAL, one answer expiring in 2096), its connection open."""
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute(
+        "CREATE TABLE IF NOT EXISTS anime (provider TEXT NOT NULL, anilist_id INTEGER NOT NULL, "
+        "expires_at REAL NOT NULL, anime TEXT, PRIMARY KEY (provider, anilist_id))"
+    )
+    old.execute("INSERT OR REPLACE INTO anime VALUES ('anilist', 11887, 4e9, ?)", (KOKORO.model_dump_json(),))
+    return old
+
+
+def test_a_version_0_process_still_running_never_writes_expiries_as_times_stored(tmp_path: Path) -> None:
+    """An older anisearch, started after the upgrade, writes its expiries (a week ahead) where it always
+    did; they were read as times stored, served as fresh for up to twice the TTL."""
+    clock = Clock()
+    path = tmp_path / "anime.sqlite3"
+    version_0(path).close()
+    cache = AnimeCache(path, clock=clock)  # migrated
+    older = version_0(path)  # an older version's process opens the file and stores an answer
+    older.execute(
+        "INSERT OR REPLACE INTO anime VALUES ('anilist', 21, ?, ?)",
+        (clock.now + WEEK, KOKORO.model_copy(update={"anilist_id": 21}).model_dump_json()),
+    )
+    older.close()
+    for later in (0.0, WEEK + 3600, 2 * WEEK - 3600):
+        clock.now += later
+        assert anyio.run(partial(cache.get, "anilist", [21, 11887], ttl_seconds=WEEK)) == {}
+    cache.close()
+
+
+def test_a_migration_waits_for_another_process_no_longer_than_the_searchs_deadline(tmp_path: Path) -> None:
+    """A version 0 file another process is writing: opening it inside a search with 0.3 s left gave up
+    after 10 s. The search goes on without the cache (it is asked again next time)."""
+    from anisearch._limits import search_deadline
+
+    path = tmp_path / "anime.sqlite3"
+    writer = version_0(path)
+    writer.execute("BEGIN IMMEDIATE")
+
+    async def open_in_a_search() -> tuple[AnimeCache, float]:
+        search_deadline.set(anyio.current_time() + 0.3)
+        started = anyio.current_time()
+        cache = AnimeCache(path)
+        return cache, anyio.current_time() - started
+
+    try:
+        cache, waited = anyio.run(open_in_a_search)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert not cache.usable
+    assert waited < 3  # 0.3 s and the open's own steps; 10 s before
+    assert AnimeCache(path).usable  # the next open migrates it
+
+
 def test_a_file_of_another_schema_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "anime.sqlite3"
     with sqlite3.connect(path) as other:  # a later version's
