@@ -59,7 +59,7 @@ from anisearch._exceptions import (
 from anisearch._ledger import Refusal, Stale, Ticket, holder_is_dead
 from anisearch._ledger._base import Nap
 from anisearch._ledger._windows import from_us
-from anisearch._limits import remaining_seconds
+from anisearch._limits import remaining_seconds, search_deadline
 from anisearch._merge import merge_answers, merge_hits
 from anisearch._models import Attempt, QuotaScope, SearchResult
 from anisearch._plan import Route
@@ -137,6 +137,10 @@ _QUOTA_CHECK_PAUSE_SECONDS = 60.0
 """After asking a provider's free quota endpoint failed (an error answer, or no answer within the whole
 timeout: not a search's own deadline running out), how long a router decides on the ledger's own count
 instead of asking before every search, seconds."""
+_QUOTA_CHECK_SECONDS = 5.0
+"""The longest a search waits for a provider's free quota endpoint (within its deadline), seconds: it answers
+a small GET at once when it is up, and a hanging one would hold every search of a spent window for the
+whole timeout (30 s) in each new process, as the pause after a failure is kept in memory."""
 _HOLD_MARGIN_SECONDS = 0.2
 """Beyond that, before a slot left by a search given up in flight goes to the next search."""
 _DEAD_SINCE: dict[str, float] = {}
@@ -772,9 +776,15 @@ class Router:
         request = provider.quota_request()
         if request is None:
             return None
+        cap = anyio.current_time() + _QUOTA_CHECK_SECONDS
+        outer = search_deadline.get()
+        token = search_deadline.set(cap if outer is None else min(outer, cap))
         try:
             sent_at = self._ledger.now()
-            response = await self._send(provider, request)
+            try:
+                response = await self._send(provider, request)
+            finally:
+                search_deadline.reset(token)
             quotas = guarded(
                 provider.name, lambda: [*provider.observe(response), *provider.parse_quota(response)]
             )

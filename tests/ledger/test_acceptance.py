@@ -245,6 +245,27 @@ def test_a_quota_check_that_hangs_pauses_even_searches_with_a_far_deadline(
     assert check.asked == 1
 
 
+def test_a_quota_check_that_hangs_is_given_up_long_before_the_timeout(
+    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+) -> None:
+    """A /me that hangs held a search of a spent window for the whole 30 s timeout before it was skipped,
+    in every new process (the pause after a failure is kept in memory): the free check gets 5 s."""
+    clock = MovingClock()
+    check = CheckedQuota(tracemoe_app(quota=2, clock=clock.epoch), wait=11.0)
+    server = live_server(check)
+    images = variants(samples, 3)
+    with Client(settings(server.url, f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), clock=clock) as client:
+        spent_quarter_hour_ago(client, clock, images)
+        check.failing = True
+        started = time.monotonic()
+        with pytest.raises(AllProvidersFailedError) as caught:
+            client.search(images[2], cache=False)
+        waited = time.monotonic() - started
+    assert isinstance(caught.value.exceptions[0], QuotaExhaustedError)  # skipped on the ledger's count
+    assert check.asked == 1
+    assert waited < 9  # 5 s and the search's own steps; 11 s (the hang) before
+
+
 def test_a_quota_check_cut_short_by_a_searchs_deadline_pauses_nothing(
     live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
 ) -> None:
