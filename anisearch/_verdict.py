@@ -242,9 +242,11 @@ def maybe_sent(exc: ProviderError) -> bool:
         return exc.__cause__ is not None and not isinstance(exc.__cause__, _NOT_SENT)
     if isinstance(exc, ProviderTimeoutError) and exc.__cause__ is None:  # the deadline passed before it
         return False
-    # An image refused locally (a size guard while the request was built) never left; an upstream's
-    # 413 carries its status.
-    return exc.status_code is None and not isinstance(exc, ConfigurationError | InvalidImageError)
+    # An image refused locally (a size guard while the request was built) never left, nor did a search
+    # held back by a sign-in limit (no sign-in is sent while its wait runs); an upstream's 413 carries its
+    # status.
+    local = ConfigurationError | InvalidImageError | SignInRateLimitedError
+    return exc.status_code is None and not isinstance(exc, local)
 
 
 def failure_outcome(exc: ProviderError) -> Literal["charged", "uncharged", "unsent"]:

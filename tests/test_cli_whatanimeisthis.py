@@ -137,7 +137,7 @@ def test_a_sign_in_429_says_when_to_sign_in_again_and_is_no_search_window(cli: C
     error, hint = refused.stderr.strip().splitlines()
     assert "too many sign-ins" in error
     assert re.fullmatch(
-        r"hint: sign in again in (10|[1-9]) s \(whatanimeisthis limits sign-ins, not searches\)", hint
+        r"hint: try again in (10|[1-9]) s \(whatanimeisthis limits sign-ins, not searches\)", hint
     )
     shown = cli("quota", "whatanimeisthis", "--json", env=env)
     assert shown.returncode == 0, shown.stderr

@@ -878,18 +878,44 @@ def test_a_sign_in_refused_for_now_holds_back_no_search(mock: respx.MockRouter, 
     search = mock.post("https://site.test/api/anime/search").respond(200, json={"results": []})
     options = {"whatanimeisthis": {"url": "https://site.test", "email": "a@b.example", "password": "pw"}}
     with Client(Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)) as c:
+        waits = []
         for _ in range(2):
             with pytest.raises(AllProvidersFailedError) as caught:
                 c.search(samples / "tinted-good.jpg", cache=False)
             (error,) = caught.value.exceptions
             assert isinstance(error, anisearch.SignInRateLimitedError)
-            assert error.retry_after == 8
+            assert error.retry_after is not None
+            waits.append(error.retry_after)
             assert [a.outcome for a in caught.value.attempts] == ["failed"]  # asked, not skipped
         quotas = c.quota("whatanimeisthis")
-    assert sign_in.call_count == 2
+    assert waits[0] == 8
+    assert 0 < waits[1] <= 8  # what is left of it
+    assert sign_in.call_count == 1  # no sign-in sent while the site's wait runs (contract 2.7)
     assert search.call_count == 0
     assert sorted(q.window for q in quotas) == ["day", "hour"]
-    assert all(q.cooldown_until is None and q.used == 0 for q in quotas)
+    assert all(q.cooldown_until is None and q.used == 0 for q in quotas), quotas
+
+
+def test_sign_ins_wait_out_the_wait_a_refused_one_was_given(mock: respx.MockRouter, samples: Path) -> None:
+    """Every search sent a sign-in into the site's limit while it ran (each refused, none waited for); a
+    sign-in is sent again once the wait named is over."""
+    import time
+
+    limited = {"message": "Too many requests. Please try again later."}
+    sign_in = mock.post("https://site.test/api/auth/sign-in/email").respond(
+        429, json=limited, headers={"X-Retry-After": "1"}
+    )
+    mock.post("https://site.test/api/anime/search").respond(200, json={"results": []})
+    options = {"whatanimeisthis": {"url": "https://site.test", "email": "a@b.example", "password": "pw"}}
+    with Client(Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)) as c:
+        for _ in range(3):
+            with pytest.raises(AllProvidersFailedError):
+                c.search(samples / "tinted-good.jpg", cache=False)
+        assert sign_in.call_count == 1
+        time.sleep(1.05)
+        with pytest.raises(AllProvidersFailedError):
+            c.search(samples / "tinted-good.jpg", cache=False)
+    assert sign_in.call_count == 2
 
 
 @pytest.mark.parametrize(

@@ -298,9 +298,10 @@ def _signs_in(provider: str) -> bool:
 def _wait_hint(leaves: Sequence[BaseException]) -> str | None:
     """What to do about a provider that is spent, rate limited, or whose one slot another search holds."""
     for leaf in leaves:
-        if isinstance(leaf, SignInRateLimitedError) and leaf.retry_after:
+        if isinstance(leaf, SignInRateLimitedError):
             who = leaf.provider or "the provider"
-            return f"sign in again in {math.ceil(leaf.retry_after)} s ({who} limits sign-ins, not searches)"
+            wait = f"in {math.ceil(leaf.retry_after)} s" if leaf.retry_after else "in a few seconds"
+            return f"try again {wait} ({who} limits sign-ins, not searches)"
         if isinstance(leaf, RateLimitedError) and leaf.retry_after:
             return f"try again in {math.ceil(leaf.retry_after)} s ({leaf.provider or 'the provider'} said so)"
         if isinstance(leaf, QuotaExhaustedError | RateLimitedError):

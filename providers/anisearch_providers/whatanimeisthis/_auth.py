@@ -19,7 +19,10 @@ One generator serves the sync and the async client. For every request to the sit
    and the request needs one (a search without a key, credits, API keys, get-session);
 6. reads every response's ``Set-Cookie`` into the jar;
 7. when such a request comes back "signed out" (401, or an HTTP-200 envelope saying Unauthorized),
-   forgets the session, signs in again **once** (only with configured credentials) and retries.
+   forgets the session, signs in again **once** (only with configured credentials) and retries;
+8. after a sign-in refused for now (429: better-auth allows 3 per 10 s per address), signs in no more
+   until the wait it named (``X-Retry-After``, else 10 s) is over: a request that would need one raises
+   :class:`~anisearch.provider.SignInRateLimitedError` unsent (contract §2.7: sleep, do not retry).
 
 Without credentials a dead session is not replaced: the request goes without it, so a search runs (and
 is reported) as a guest's, and an account route answers 401 (:class:`~anisearch.AuthenticationError`).
@@ -30,12 +33,16 @@ limited, Origin refused). Credentials the site refused (401) are not tried again
 from __future__ import annotations
 
 import logging
+import math
+import time
 from typing import TYPE_CHECKING, Literal
 
 import httpx
 
+from anisearch.provider import SignInRateLimitedError
+
 from ._cookies import is_session_cookie
-from ._errors import PROVIDER, means_signed_out, no_session_to_end, uninterpretable
+from ._errors import PROVIDER, means_signed_out, no_session_to_end, sign_in_wait, uninterpretable
 from ._tolerant import read_body
 
 if TYPE_CHECKING:
@@ -111,6 +118,8 @@ class SessionAuth(httpx.Auth):
         self._refused = refused
         self._session_request = session_request
         self._sign_out_request = sign_out_request
+        self._no_sign_in_until = 0.0
+        """``time.monotonic()`` before which no sign-in is sent (step 8)."""
 
     def __repr__(self) -> str:
         return f"SessionAuth(origin={self.origin!r}, signed_in={self.jar.has_session()})"
@@ -125,12 +134,30 @@ class SessionAuth(httpx.Auth):
             request.headers["Origin"] = self.origin
 
     def _sign_in(self, credentials: Credentials) -> httpx.Request:
+        """The sign-in request to send before a request that needs a session.
+
+        Raises:
+            SignInRateLimitedError: The site refused a sign-in for a wait not over yet (nothing is sent).
+        """
+        left = self._no_sign_in_until - time.monotonic()
+        if left > 0:
+            raise SignInRateLimitedError(
+                f"too many sign-ins: the site refused the last one; not signing in for {math.ceil(left)} s",
+                provider=PROVIDER,
+                retry_after=left,
+            )
         request = self._sign_in_request(*credentials)
         self._attach(request)
         return request
 
+    def _held_back(self, response: httpx.Response) -> None:
+        """After a sign-in answer: no sign-in until its wait is over when it was refused for now (429)."""
+        if response.status_code == httpx.codes.TOO_MANY_REQUESTS:
+            self._no_sign_in_until = time.monotonic() + sign_in_wait(response)
+
     def _signed_in(self, response: httpx.Response, credentials: Credentials) -> bool:
         self.jar.absorb(response)
+        self._held_back(response)
         if response.status_code == httpx.codes.UNAUTHORIZED:
             self._refused()
         if not response.is_success:
@@ -150,6 +177,7 @@ class SessionAuth(httpx.Auth):
         sign_in.headers = httpx.Headers([(k, v) for k, v in sign_in.headers.raw if k.lower() != b"cookie"])
         sign_in.headers["Origin"] = self.origin
         response = yield sign_in
+        self._held_back(response)
         if not response.is_success or self._sign_out_request is None or self._session_request is None:
             return  # a refusal says why, and the old session is kept
         before = self._session()

@@ -301,13 +301,19 @@ def _too_large(problem: Problem) -> ProviderError:
     )
 
 
+def sign_in_wait(response: httpx.Response, body: Body | None = None) -> float:
+    """Seconds before signing in again after ``response``, a sign-in refused with 429: what it says
+    (:func:`retry_after`), else (nothing, or a wait already over) better-auth's window,
+    :data:`SIGN_IN_WAIT_SECONDS`."""
+    return retry_after(response, body) or SIGN_IN_WAIT_SECONDS
+
+
 def _sign_in_limited(problem: Problem) -> ProviderError:
-    wait = retry_after(problem.response, problem.body)
     return SignInRateLimitedError(
         f"too many sign-ins: {problem.message}",
         provider=PROVIDER,
         status_code=problem.http_status,
-        retry_after=wait if wait is not None else SIGN_IN_WAIT_SECONDS,
+        retry_after=sign_in_wait(problem.response, problem.body),
     )
 
 
