@@ -137,10 +137,11 @@ _QUOTA_CHECK_PAUSE_SECONDS = 60.0
 """After asking a provider's free quota endpoint failed (an error answer, or no answer within the whole
 timeout: not a search's own deadline running out), how long a router decides on the ledger's own count
 instead of asking before every search, seconds."""
-_QUOTA_CHECK_SECONDS = 5.0
-"""The longest a search waits for a provider's free quota endpoint (within its deadline), seconds: it answers
-a small GET at once when it is up, and a hanging one would hold every search of a spent window for the
-whole timeout (30 s) in each new process, as the pause after a failure is kept in memory."""
+_QUOTA_CHECK_SECONDS = 10.0
+"""The longest a search waits for a provider's free quota endpoint (within its deadline), seconds, as the
+gateway's checks at start-up: it answers a small GET at once when it is up, even slowly under load, and a
+hanging one would hold every search of a spent window for the whole timeout (30 s) in each new process,
+as the pause after a failure is kept in memory."""
 _HOLD_MARGIN_SECONDS = 0.2
 """Beyond that, before a slot left by a search given up in flight goes to the next search."""
 _DEAD_SINCE: dict[str, float] = {}
@@ -778,6 +779,7 @@ class Router:
             return None
         cap = anyio.current_time() + _QUOTA_CHECK_SECONDS
         outer = search_deadline.get()
+        cut_by_the_search = outer is not None and outer <= cap + _DEADLINE_MARGIN
         token = search_deadline.set(cap if outer is None else min(outer, cap))
         try:
             sent_at = self._ledger.now()
@@ -792,10 +794,14 @@ class Router:
                 provider.name, route.scope, route.windows, checked(quotas, provider.name), sent_at=sent_at
             )
         except ProviderError as exc:
-            logger.info("%s quota check failed: %s", provider.name, exc)
+            timed_out = isinstance(exc, ProviderTimeoutError)
+            if timed_out and not cut_by_the_search:
+                logger.info("%s quota check failed: no answer in %g s", provider.name, _QUOTA_CHECK_SECONDS)
+            else:
+                logger.info("%s quota check failed: %s", provider.name, exc)
             # a wait the search's own deadline ended says nothing of the endpoint (a far deadline, the
-            # gateway's 60 s, leaves the whole timeout: that one does)
-            deadline_cut = isinstance(exc, ProviderTimeoutError) and remaining_seconds() <= _DEADLINE_MARGIN
+            # gateway's 60 s, leaves the whole 10 s: that one does)
+            deadline_cut = timed_out and cut_by_the_search and remaining_seconds() <= _DEADLINE_MARGIN
             return None if deadline_cut else False
         return True
 
