@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from anisearch._limits import remaining_ms
 from anisearch._models import Anime
-from anisearch._sqlite_busy import connect, replaceable, resetting
+from anisearch._sqlite_busy import connect, locked, replaceable, resetting
 
 __all__ = ["AnimeCache"]
 
@@ -56,8 +56,12 @@ _WAIT_MS = 1000
 """How long a lookup's read or store waits for another process's lock (at most what is left of the
 search's deadline): the cache is disposable, and a search goes on without it rather than wait."""
 _OPEN_WAIT_MS = 10_000
-"""How long opening (creating the table, switching to WAL) waits: many processes may start at once. Inside
-a search, creating or migrating the table waits no longer than its deadline."""
+"""How long opening (creating the table, switching to WAL) waits for another process's lock, outside a
+search (``anisearch cache clear``)."""
+SEARCH_OPEN_WAIT_MS = 100
+"""How long a search's first open waits (on its event loop): creating or migrating the table takes another
+process milliseconds. When another holds the file longer (an older version writing to it while this one
+migrates it), each lookup tries again, within its own wait."""
 
 
 def _schema(db: sqlite3.Connection) -> tuple[int, list[str]]:
@@ -94,21 +98,27 @@ class AnimeCache:
         path: The SQLite file.
         clock: The current time, seconds since the epoch (default: :func:`time.time`); tests move it.
 
-    Opened inside a search, creating or migrating the table waits for another process's lock no longer
-    than the search's deadline (else 10 s); then the cache is unusable (one warning).
+        open_wait_ms: How long opening waits for another process's lock, milliseconds (see
+            :data:`SEARCH_OPEN_WAIT_MS`). A file still locked then is opened again at each lookup.
     """
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: Path, *, clock: Callable[[], float] = time.time, open_wait_ms: int = _OPEN_WAIT_MS
+    ) -> None:
         self.path = path
         self._clock = clock
-        self._open_wait_ms = remaining_ms(_OPEN_WAIT_MS)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._warned = False
+        self._locked = False
+        """The first open found another process holding the file: each lookup opens it again."""
         try:
-            self._db = self._open()
+            self._db = self._open(open_wait_ms)
         except sqlite3.OperationalError as exc:  # locked, read-only: another process may be using it
-            self._warn(exc)
+            if locked(exc):
+                self._locked = True
+            else:
+                self._warn(exc)
         except sqlite3.DatabaseError as exc:  # corrupt or another schema: ours to replace
             if replaceable(path):
                 self._db = self._rebuild(exc)
@@ -123,30 +133,30 @@ class AnimeCache:
         try:
             with resetting(self.path, timeout=10):
                 try:
-                    return self._open()
+                    return self._open(_OPEN_WAIT_MS)
                 except sqlite3.OperationalError:
                     raise  # locked or unreadable: nothing to delete
                 except sqlite3.DatabaseError:
                     pass
                 for tail in ("", "-wal", "-shm", "-journal"):
                     self.path.with_name(self.path.name + tail).unlink(missing_ok=True)
-                db = self._open()
+                db = self._open(_OPEN_WAIT_MS)
         except (OSError, sqlite3.Error) as exc:  # TimeoutError (the reset lock) is an OSError
             self._warn(f"{problem}; rebuilding it failed too: {exc}")
             return None
         logger.warning("the metadata cache %s was unusable (%s); started an empty one", self.path, problem)
         return db
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, wait_ms: int) -> sqlite3.Connection:
         directory = self.path.parent
         if not directory.exists():
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         # created with mode 0600, and kept open by this process while it is used (see _sqlite_busy.hold)
-        db = connect(self.path, timeout=_OPEN_WAIT_MS / 1000, isolation_level=None, check_same_thread=False)
+        db = connect(self.path, timeout=wait_ms / 1000, isolation_level=None, check_same_thread=False)
         try:
-            db.execute(f"PRAGMA busy_timeout={_OPEN_WAIT_MS}")
+            db.execute(f"PRAGMA busy_timeout={wait_ms}")
             db.execute("PRAGMA journal_mode=WAL")
-            _set_up(db, self._open_wait_ms)
+            _set_up(db, wait_ms)
         except BaseException:
             db.close()  # rolls back a migration cut short
             raise
@@ -161,8 +171,25 @@ class AnimeCache:
 
     @property
     def usable(self) -> bool:
-        """Whether the file is open."""
-        return self._db is not None
+        """Whether the file is open, or another process held it at the first open (tried again later)."""
+        return self._db is not None or self._locked
+
+    def _opened(self, wait_ms: int) -> sqlite3.Connection | None:
+        """The open file (under ``self._lock``): opened again when the first open found it locked, waiting
+        ``wait_ms`` at most; None while it stays locked, or when it cannot be used (one warning)."""
+        if self._db is None and self._locked:
+            try:
+                self._db = self._open(wait_ms)
+            except sqlite3.OperationalError as exc:
+                if not locked(exc):
+                    self._locked = False
+                    self._warn(exc)
+            except (sqlite3.DatabaseError, OSError) as exc:
+                self._locked = False
+                self._warn(exc)
+            else:
+                self._locked = False
+        return self._db
 
     def close(self) -> None:
         """Close the file (the cache is unusable afterwards)."""
@@ -177,14 +204,15 @@ class AnimeCache:
     ) -> dict[int, Anime | None]:
         found: dict[int, Anime | None] = {}
         with self._lock:
-            if self._db is None:
+            db = self._opened(wait_ms)
+            if db is None:
                 return found
             try:
-                self._db.execute(f"PRAGMA busy_timeout={wait_ms}")
+                db.execute(f"PRAGMA busy_timeout={wait_ms}")
                 for start in range(0, len(ids), _CHUNK):
                     chunk = ids[start : start + _CHUNK]
                     marks = ",".join("?" * len(chunk))
-                    rows = self._db.execute(
+                    rows = db.execute(
                         f"SELECT anilist_id, anime FROM titles WHERE provider = ? AND stored_at > ? "  # noqa: S608 - only '?' marks are interpolated
                         f"AND stored_at <= ? AND anilist_id IN ({marks})",
                         (provider, now - ttl_seconds, now, *chunk),
@@ -206,11 +234,12 @@ class AnimeCache:
             for anilist_id, anime in answers.items()
         ]
         with self._lock:
-            if self._db is None:
+            db = self._opened(wait_ms)
+            if db is None:
                 return
             try:
-                self._db.execute(f"PRAGMA busy_timeout={wait_ms}")
-                self._db.executemany("INSERT OR REPLACE INTO titles VALUES (?, ?, ?, ?)", rows)
+                db.execute(f"PRAGMA busy_timeout={wait_ms}")
+                db.executemany("INSERT OR REPLACE INTO titles VALUES (?, ?, ?, ?)", rows)
             except sqlite3.Error as exc:
                 self._warn(exc)
 
@@ -235,11 +264,12 @@ class AnimeCache:
     def clear(self) -> int:
         """Forget every answer (``anisearch cache clear``); how many were held (0 when unusable)."""
         with self._lock:
-            if self._db is None:
+            db = self._opened(_OPEN_WAIT_MS)
+            if db is None:
                 return 0
             try:
-                self._db.execute(f"PRAGMA busy_timeout={_OPEN_WAIT_MS}")  # a command: it may wait
-                return self._db.execute("DELETE FROM titles").rowcount
+                db.execute(f"PRAGMA busy_timeout={_OPEN_WAIT_MS}")  # a command: it may wait
+                return db.execute("DELETE FROM titles").rowcount
             except sqlite3.Error as exc:
                 self._warn(exc)
                 return 0

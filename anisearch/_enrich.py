@@ -31,7 +31,7 @@ import anyio
 import httpx
 
 from anisearch._address import cache_name
-from anisearch._anime_cache import AnimeCache
+from anisearch._anime_cache import SEARCH_OPEN_WAIT_MS, AnimeCache
 from anisearch._config import is_redis_url
 from anisearch._exceptions import (
     AnisearchError,
@@ -179,7 +179,11 @@ def open_enricher(
     name = settings.metadata_provider
     provider = metadata_provider(settings, name) if name is not None else None
     path = metadata_cache_path(settings)
-    cache = AnimeCache(path) if path is not None and provider is not None else None
+    cache = (
+        AnimeCache(path, open_wait_ms=SEARCH_OPEN_WAIT_MS)
+        if path is not None and provider is not None
+        else None
+    )
     return Enricher(provider, ledger, send, cache if cache is not None and cache.usable else None, on_attempt)
 
 

@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import stat
 import threading
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -151,29 +152,28 @@ def test_a_version_0_process_still_running_never_writes_expiries_as_times_stored
     cache.close()
 
 
-def test_a_migration_waits_for_another_process_no_longer_than_the_searchs_deadline(tmp_path: Path) -> None:
-    """A version 0 file another process is writing: opening it inside a search with 0.3 s left gave up
-    after 10 s. The search goes on without the cache (it is asked again next time)."""
-    from anisearch._limits import search_deadline
+def test_a_file_another_process_holds_at_the_first_open_is_opened_at_a_later_lookup(tmp_path: Path) -> None:
+    """A version 0 file another process is writing: a search's first open gave up after 10 s, on its
+    event loop. It waits 100 ms; the lookups meanwhile answer nothing, and the first lookup after the
+    other process is done migrates the file and uses it."""
+    from anisearch._anime_cache import SEARCH_OPEN_WAIT_MS
 
     path = tmp_path / "anime.sqlite3"
     writer = version_0(path)
     writer.execute("BEGIN IMMEDIATE")
-
-    async def open_in_a_search() -> tuple[AnimeCache, float]:
-        search_deadline.set(anyio.current_time() + 0.3)
-        started = anyio.current_time()
-        cache = AnimeCache(path)
-        return cache, anyio.current_time() - started
-
     try:
-        cache, waited = anyio.run(open_in_a_search)
+        started = time.monotonic()
+        cache = AnimeCache(path, open_wait_ms=SEARCH_OPEN_WAIT_MS)
+        waited = time.monotonic() - started
+        assert cache.usable  # to be opened again
+        assert anyio.run(partial(cache.get, "anilist", [11887], ttl_seconds=WEEK)) == {}
     finally:
         writer.execute("ROLLBACK")
         writer.close()
-    assert not cache.usable
-    assert waited < 3  # 0.3 s and the open's own steps; 10 s before
-    assert AnimeCache(path).usable  # the next open migrates it
+    assert waited < 3  # 0.1 s and the open's own steps; 10 s before
+    anyio.run(cache.put, "anilist", {11887: KOKORO})
+    assert anyio.run(partial(cache.get, "anilist", [11887], ttl_seconds=WEEK)) == {11887: KOKORO}
+    cache.close()
 
 
 def test_a_file_of_another_schema_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -143,6 +143,39 @@ def test_the_ttl_in_force_at_the_search_applies_to_titles_already_cached(
     assert lookup.call_count == lookups
 
 
+def test_a_metadata_cache_another_process_holds_waits_no_longer_than_the_searchs_deadline(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    """The first search opens the metadata cache; an older version's file, another process writing to
+    it, held a search with a 1 s deadline for 10 s, and the search then failed with no time left."""
+    import sqlite3
+    import time
+
+    from anisearch._enrich import metadata_cache_path
+
+    mock.post(f"{TRACEMOE}/search").respond(200, json=body)
+    mock.post(ANILIST).respond(200, json=KNOWN)
+    options = {"tracemoe": {"url": TRACEMOE}, "anilist": {"url": ANILIST}}
+    settings = Settings.load(providers=["tracemoe"], provider_options=options, metadata="anilist")
+    path = metadata_cache_path(settings)
+    assert path is not None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE anime (provider, anilist_id, expires_at, anime)")  # version 0's
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        with Client(settings, httpx.MockTransport(mock.async_handler)) as engine:
+            started = time.monotonic()
+            result = engine.search(samples / "tinted-good.jpg", anilist_info=True, cache=False, deadline=1.0)
+            waited = time.monotonic() - started
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert waited < 5  # at most its 1 s; 10 s before, and then no time was left for trace.moe
+    assert result.best is not None
+
+
 @pytest.mark.parametrize(
     ("answer", "error"),
     [
