@@ -188,6 +188,37 @@ def test_file_names_are_escaped_never_written_as_a_look_alike(url: str, shots: P
     assert labels == sorted(str(shots / n).encode("ascii", "backslashreplace").decode() for n in NAMES)
 
 
+def test_names_of_two_files_never_look_alike_where_their_difference_cannot_be_shown(
+    url: str, tmp_path: Path
+) -> None:
+    """``café.jpg`` and a name holding the byte 0xe9 (not UTF-8) both came out as ``caf\\xe9.jpg``."""
+    folder = tmp_path / "names"
+    folder.mkdir()
+    shutil.copy(DEMO, folder / "caf\u00e9.jpg")
+    shutil.copy(DEMO, os.fsdecode(bytes(folder) + b"/caf\xe9.jpg"))
+    done = run(url, "search", str(folder), PYTHONIOENCODING="ascii")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith(str(folder))]
+    labels = sorted(line.split(": ", 1)[0] for line in lines)
+    assert labels == [f"{folder}/caf\\u00e9.jpg", f"{folder}/caf\\xe9.jpg"]
+
+
+def test_an_upstreams_error_in_a_folders_lines_is_prose_in_ascii(
+    live_server: Callable[[Any], Any], shots: Path
+) -> None:
+    """Written where the output cannot carry them, an upstream's dashes and quotes in an error are plain
+    ASCII (as in a one-file search), not escapes: only names are escaped."""
+    from anisearch_emulators.tracemoe import InjectedFailure
+
+    refusal = InjectedFailure(400, {"error": "Failed to process image \u2013 it\u2019s not a picture\u2026"})
+    failing = str(live_server(create_app(quota=10**6, rate_limit=10**6, failures=[refusal] * 10)).url)
+    done = run(failing, "search", str(shots), PYTHONIOENCODING="ascii")
+    errors = [line for line in done.stdout.splitlines() if ": error: " in line]
+    assert errors, done.stdout + done.stderr
+    for line in errors:
+        assert "Failed to process image - it's not a picture..." in line, line
+
+
 def test_a_title_holding_brackets_is_shown_as_it_is_not_read_as_markup() -> None:
     """``[/Michi]`` in a title raised rich's MarkupError (exit 1, "no match"); ``[bold]`` was applied."""
     from rich.console import Console

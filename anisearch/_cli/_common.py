@@ -629,20 +629,45 @@ def legible(text: str) -> str:
         return text.encode("ascii", unencodable()).decode("ascii")
 
 
+def with_bytes_shown(text: str) -> str:
+    """``text`` with the bytes of a name that are not valid UTF-8 (kept by Python as lone surrogates) as
+    ``\\xNN``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_ASTRAL = 0x10000
+"""The first code point past the Basic Multilingual Plane: written ``\\U0001f600``, not ``\\u``."""
+
+
+def _code_point(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    point = ord(exc.object[exc.start])
+    return (f"\\u{point:04x}" if point < _ASTRAL else f"\\U{point:08x}"), exc.start + 1
+
+
+@functools.cache
+def _code_points() -> str:
+    """A codec error handler writing a character as ``\\u00e9``: never as ``\\xe9``, which
+    :func:`with_bytes_shown` writes for a byte."""
+    codecs.register_error("anisearch.code-points", _code_point)
+    return "anisearch.code-points"
+
+
 def shown(name: str) -> str:
     """A file name as text a terminal can show: bytes that are not valid UTF-8 as ``\\xNN``, and
-    characters stdout's encoding cannot carry as ``\\u2013`` (never as a look-alike, such as ``-`` for an
-    en dash, which could name another file)."""
-    try:
-        text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
-        text = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    characters stdout's encoding cannot carry as ``\\u2013`` (``\\u00e9`` for é, never as a look-alike:
+    ``-`` for an en dash, or ``\\xe9`` for é, would name another file)."""
+    text = with_bytes_shown(name)
     stdout = getattr(sys.stdout, "rich_proxied_file", sys.stdout)
     encoding = getattr(stdout, "encoding", None) or "utf-8"
     try:
-        return text.encode(encoding, "backslashreplace").decode(encoding)
+        return text.encode(encoding, _code_points()).decode(encoding)
     except LookupError:  # an encoding Python does not know: what any can carry
-        return text.encode("ascii", "backslashreplace").decode("ascii")
+        return text.encode("ascii", _code_points()).decode("ascii")
 
 
 def _utf8(text: str) -> bool:

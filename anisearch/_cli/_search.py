@@ -35,6 +35,7 @@ from anisearch._cli._common import (
     fail,
     hint_for,
     json_line,
+    legible,
     log_attempt,
     out,
     print_json,
@@ -44,6 +45,7 @@ from anisearch._cli._common import (
     shown,
     terminate_as_interrupt,
     whole_lines,
+    with_bytes_shown,
     with_host_port,
 )
 from anisearch._cli._render import dump, headline, hit_rows, hits_table, no_match_text
@@ -396,8 +398,9 @@ def _batch_line(
         text = headline(match) if match is not None else no_match_text(outcome.result, threshold)
         line = Text(f"{label}: ") + Text(text, style="" if match else "dim")
     else:
-        message = with_host_port(shown(describe(outcome.error)), urls) if outcome.error else "failed"
-        message = message.removeprefix(f"{label}: ")  # the line names the input already
+        # the line names the input already; the message's own text is prose (legible), not a name
+        said = describe(outcome.error).removeprefix(f"{outcome.input.label}: ") if outcome.error else "failed"
+        message = with_host_port(legible(with_bytes_shown(said)), urls)
         line = Text(f"{label}: error: {message}", style="red")
     with whole_lines():
         (above or out()).print(line, soft_wrap=True)
