@@ -195,7 +195,11 @@ class AsyncApiKeys:
             provider, provider.api_keys_request(page, page_size), provider.parse_api_keys
         )
         return PagedList(
-            result.items, total=result.total, page=page, page_size=page_size, has_more=result.has_more
+            result.items,
+            total=result.total,
+            page=page,
+            page_size=result.page_size or page_size,  # a server may cap the size asked for
+            has_more=result.has_more,
         )
 
     async def create(self, title: str) -> CreatedApiKey:

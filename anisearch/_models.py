@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, SecretStr
+from pydantic_core import CoreSchema
 
 __all__ = [
     "DEFAULT_MIN_SIMILARITY",
@@ -398,7 +399,8 @@ class PagedList(list[T]):
     Attributes:
         total: Items upstream across every page, when the upstream reported it (``total``), else None.
         page: This page's number, from 1.
-        page_size: Items per page asked for.
+        page_size: Items per page: what the upstream used when it said (it may cap the size asked for),
+            else the size asked for.
         has_more: Whether a later page holds more items: as reported, else worked out from ``total`` or a
             short page; None when nothing says.
     """
@@ -434,6 +436,28 @@ class PagedList(list[T]):
         return (
             f"PagedList({list.__repr__(self)}, total={self.total!r}, page={self.page!r}, "
             f"page_size={self.page_size!r}, has_more={self.has_more!r})"
+        )
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        """As a pydantic field (``keys: PagedList[ApiKey]``): validated as a list of its items, serialised as
+        that list. A ``PagedList`` keeps what the upstream said of the whole; a plain list gets nothing."""
+        from types import GenericAlias
+
+        from pydantic_core import core_schema
+
+        (item,) = get_args(source) or (Any,)
+
+        def keep_paging(value: Any, validate: core_schema.ValidatorFunctionWrapHandler) -> PagedList[Any]:
+            items = validate(value)
+            if not isinstance(value, PagedList):
+                return cls(items)
+            return cls(
+                items, total=value.total, page=value.page, page_size=value.page_size, has_more=value.has_more
+            )
+
+        return core_schema.no_info_wrap_validator_function(
+            keep_paging, handler.generate_schema(GenericAlias(list, (item,)))
         )
 
 

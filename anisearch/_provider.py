@@ -171,6 +171,9 @@ class Page(Generic[T]):
     """Total items upstream, when reported."""
     has_more: bool | None = None
     """Whether another page exists, when reported."""
+    page_size: int | None = None
+    """Items per page the upstream used (it may cap the size asked for), else the size asked for; None
+    when neither is known."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -919,15 +919,23 @@ def test_sign_ins_wait_out_the_wait_a_refused_one_was_given(mock: respx.MockRout
 
 
 @pytest.mark.parametrize(
-    ("body", "total", "pages", "has_more"),
+    ("body", "total", "pages", "has_more", "page_size"),
     [
-        ({"items": "KEYS", "total": 5, "page": 2, "pageSize": 2}, 5, 3, True),  # the api-docs' paging
-        ({"apiKeys": "KEYS", "total": 4, "limit": 2, "offset": 2}, 4, 2, False),  # better-auth 1.5+ plugin
-        ("KEYS", None, None, None),  # better-auth <= 1.4: a bare array says no total
+        ({"items": "KEYS", "total": 5, "page": 2, "pageSize": 2}, 5, 3, True, 2),  # the api-docs' paging
+        ({"apiKeys": "KEYS", "total": 4, "limit": 2, "offset": 2}, 4, 2, False, 2),  # better-auth 1.5+
+        ("KEYS", None, None, None, 2),  # better-auth <= 1.4: a bare array says no total
+        # a server that caps the size asked for says so: 45 keys are 3 pages of 20 (it said 1 page of 50)
+        ({"items": "KEYS", "total": 45, "page": 2, "pageSize": 20}, 45, 3, True, 20),
     ],
 )
 def test_api_keys_list_is_a_list_that_knows_the_total(
-    mock: respx.MockRouter, body: Any, total: int | None, pages: int | None, has_more: bool | None
+    mock: respx.MockRouter,
+    body: Any,
+    *,
+    total: int | None,
+    pages: int | None,
+    has_more: bool | None,
+    page_size: int,
 ) -> None:
     keys = [{"id": "k3", "title": "three", "key": "sk-…cccc"}, {"id": "k4", "title": "four"}]
     payload = keys if body == "KEYS" else {**body, next(k for k, v in body.items() if v == "KEYS"): keys}
@@ -942,9 +950,29 @@ def test_api_keys_list_is_a_list_that_knows_the_total(
     assert listed[0].id == "k3"
     assert [k.title for k in listed] == ["three", "four"]
     assert listed == [listed[0], listed[1]]
-    assert (listed.total, listed.pages, listed.page, listed.page_size) == (total, pages, 2, 2)
+    assert (listed.total, listed.pages, listed.page, listed.page_size) == (total, pages, 2, page_size)
     assert listed.has_more is has_more
     assert "total=" in repr(listed)
+
+
+def test_a_paged_list_is_a_pydantic_field_type() -> None:
+    """``PagedList[ApiKey]``, the type ``api_keys.list()`` returns, raised PydanticSchemaGenerationError as
+    a model field or a TypeAdapter: a bot's own models hold what it lists."""
+    from pydantic import BaseModel, TypeAdapter
+
+    class Listing(BaseModel):
+        keys: anisearch.PagedList[anisearch.ApiKey]
+
+    listed = anisearch.PagedList([anisearch.ApiKey(id="k1")], total=5, page=1, page_size=1)
+    kept = Listing(keys=listed).keys
+    assert isinstance(kept, anisearch.PagedList)
+    assert (kept.total, kept.pages, [k.id for k in kept]) == (5, 5, ["k1"])
+    again = Listing.model_validate_json(Listing(keys=listed).model_dump_json())  # serialised as its list
+    assert [k.id for k in again.keys] == ["k1"]
+    assert again.keys.total is None
+    assert TypeAdapter(anisearch.PagedList[anisearch.ApiKey]).json_schema()["type"] == "array"
+    with pytest.raises(ValueError, match="id"):
+        Listing.model_validate({"keys": [{"title": "no id"}]})
 
 
 def test_a_configured_legacy_api_joins_the_default_order() -> None:

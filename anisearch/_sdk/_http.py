@@ -227,10 +227,10 @@ def page_of(
         total: Items upstream, when reported.
         has_more: Whether another page exists, when reported.
         first: The 0-based index of the page's first item.
-        size: The page size asked for, when known.
+        size: The page size the upstream used when it said so, else the one asked for, when known.
     """
     if has_more is None and total is not None:
         has_more = first + len(items) < total
     if has_more is None and (not items or (size is not None and len(items) < size)):
         has_more = False
-    return Page(items=items, total=total, has_more=has_more)
+    return Page(items=items, total=total, has_more=has_more, page_size=size)

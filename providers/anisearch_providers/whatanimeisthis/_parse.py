@@ -462,11 +462,23 @@ def parse_api_keys(response: httpx.Response) -> Page[ApiKey]:
         _api_key(response, raw, index)
         for index, raw in enumerate(_items(response, payload, "API keys", _KEY_LIST))
     ]
-    page = query_int(response, "page") or 1
-    size = query_int(response, "pageSize")
-    first = (page - 1) * size if size else 0
+    # the paging the answer reports (a server may cap the size asked for), else the request's
+    size = _reported(payload, "pageSize", "limit", "perPage") or query_int(response, "pageSize")
+    page = _reported(payload, "page") or query_int(response, "page") or 1
+    offset = _reported(payload, "offset")
+    first = offset if offset is not None else (page - 1) * size if size else 0
     total, has_more = _page_meta(payload)
     return page_of(items, total=total, has_more=has_more, first=first, size=size)
+
+
+def _reported(payload: Payload, *names: str) -> int | None:
+    """A paging number the answer reports (at its top, or under ``pagination``/``meta``), else None."""
+    for container in payload.containers:
+        for nested in (container, pick(container, "pagination"), pick(container, "meta")):
+            value = as_int(pick(nested, *names))
+            if value is not None and value >= 0:
+                return value
+    return None
 
 
 def parse_created_api_key(response: httpx.Response) -> CreatedApiKey:
