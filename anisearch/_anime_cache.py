@@ -24,7 +24,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import anyio.to_thread
@@ -55,6 +55,8 @@ _CHUNK = 500
 _WAIT_MS = 1000
 """How long a lookup's read or store waits for another process's lock (at most what is left of the
 search's deadline): the cache is disposable, and a search goes on without it rather than wait."""
+_REOPEN_SECONDS = 5.0
+"""After an open found the file locked, how long lookups go without it before one tries again."""
 _OPEN_WAIT_MS = 10_000
 """How long opening (creating the table, switching to WAL) waits for another process's lock, outside a
 search (``anisearch cache clear``)."""
@@ -91,6 +93,18 @@ def _set_up(db: sqlite3.Connection, wait_ms: int) -> None:
     db.execute("COMMIT")
 
 
+@contextlib.contextmanager
+def _held(lock: threading.Lock, wait_ms: int) -> Iterator[bool]:
+    """``lock`` taken for the block, waiting ``wait_ms`` at most (lookups of other searches in this
+    process may hold it, each up to its own wait); yields whether it was taken."""
+    taken = lock.acquire(timeout=wait_ms / 1000)
+    try:
+        yield taken
+    finally:
+        if taken:
+            lock.release()
+
+
 class AnimeCache:
     """Per-AniList-ID answers of a metadata provider, with a TTL; never raises for a broken file.
 
@@ -111,12 +125,16 @@ class AnimeCache:
         self._db: sqlite3.Connection | None = None
         self._warned = False
         self._locked = False
-        """The first open found another process holding the file: each lookup opens it again."""
+        """The first open found another process holding the file: a lookup opens it again (see
+        :meth:`_opened`)."""
+        self._reopen_at = 0.0
+        """``time.monotonic()`` before which no lookup tries to open a file found locked."""
         try:
             self._db = self._open(open_wait_ms)
         except sqlite3.OperationalError as exc:  # locked, read-only: another process may be using it
             if locked(exc):
                 self._locked = True
+                self._reopen_at = time.monotonic() + _REOPEN_SECONDS
             else:
                 self._warn(exc)
         except sqlite3.DatabaseError as exc:  # corrupt or another schema: ours to replace
@@ -177,11 +195,13 @@ class AnimeCache:
     def _opened(self, wait_ms: int) -> sqlite3.Connection | None:
         """The open file (under ``self._lock``): opened again when the first open found it locked, waiting
         ``wait_ms`` at most; None while it stays locked, or when it cannot be used (one warning)."""
-        if self._db is None and self._locked:
+        if self._db is None and self._locked and time.monotonic() >= self._reopen_at:
             try:
                 self._db = self._open(wait_ms)
             except sqlite3.OperationalError as exc:
-                if not locked(exc):
+                if locked(exc):
+                    self._reopen_at = time.monotonic() + _REOPEN_SECONDS  # one try in a while, not each
+                else:
                     self._locked = False
                     self._warn(exc)
             except (sqlite3.DatabaseError, OSError) as exc:
@@ -203,8 +223,8 @@ class AnimeCache:
         self, provider: str, ids: list[int], now: float, ttl_seconds: float, wait_ms: int
     ) -> dict[int, Anime | None]:
         found: dict[int, Anime | None] = {}
-        with self._lock:
-            db = self._opened(wait_ms)
+        with _held(self._lock, wait_ms) as held:
+            db = self._opened(wait_ms) if held else None
             if db is None:
                 return found
             try:
@@ -233,8 +253,8 @@ class AnimeCache:
             (provider, anilist_id, stored_at, None if anime is None else anime.model_dump_json())
             for anilist_id, anime in answers.items()
         ]
-        with self._lock:
-            db = self._opened(wait_ms)
+        with _held(self._lock, wait_ms) as held:
+            db = self._opened(wait_ms) if held else None
             if db is None:
                 return
             try:
@@ -266,6 +286,8 @@ class AnimeCache:
         with self._lock:
             db = self._opened(_OPEN_WAIT_MS)
             if db is None:
+                if self._locked:  # still held by another process: say so, nothing was cleared
+                    self._warn("another process holds it; its titles were not cleared")
                 return 0
             try:
                 db.execute(f"PRAGMA busy_timeout={_OPEN_WAIT_MS}")  # a command: it may wait

@@ -779,7 +779,7 @@ class Router:
             return None
         cap = anyio.current_time() + _QUOTA_CHECK_SECONDS
         outer = search_deadline.get()
-        cut_by_the_search = outer is not None and outer <= cap + _DEADLINE_MARGIN
+        cut_by_the_search = outer is not None and outer < cap  # else the 10 s ran out first
         token = search_deadline.set(cap if outer is None else min(outer, cap))
         try:
             sent_at = self._ledger.now()
@@ -796,7 +796,8 @@ class Router:
         except ProviderError as exc:
             timed_out = isinstance(exc, ProviderTimeoutError)
             if timed_out and not cut_by_the_search:
-                logger.info("%s quota check failed: no answer in %g s", provider.name, _QUOTA_CHECK_SECONDS)
+                waited = _QUOTA_CHECK_SECONDS - (cap - anyio.current_time())
+                logger.info("%s quota check failed: no answer in %.0f s", provider.name, waited)
             else:
                 logger.info("%s quota check failed: %s", provider.name, exc)
             # a wait the search's own deadline ended says nothing of the endpoint (a far deadline, the

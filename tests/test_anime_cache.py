@@ -152,11 +152,16 @@ def test_a_version_0_process_still_running_never_writes_expiries_as_times_stored
     cache.close()
 
 
-def test_a_file_another_process_holds_at_the_first_open_is_opened_at_a_later_lookup(tmp_path: Path) -> None:
+def test_a_file_another_process_holds_at_the_first_open_is_opened_at_a_later_lookup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A version 0 file another process is writing: a search's first open gave up after 10 s, on its
-    event loop. It waits 100 ms; the lookups meanwhile answer nothing, and the first lookup after the
-    other process is done migrates the file and uses it."""
+    event loop. It waits 100 ms; the lookups meanwhile answer nothing, and a lookup after the other
+    process is done (once the few seconds between tries have passed) migrates the file and uses it."""
+    from anisearch import _anime_cache
     from anisearch._anime_cache import SEARCH_OPEN_WAIT_MS
+
+    monkeypatch.setattr(_anime_cache, "_REOPEN_SECONDS", 0.0)
 
     path = tmp_path / "anime.sqlite3"
     writer = version_0(path)
@@ -174,6 +179,50 @@ def test_a_file_another_process_holds_at_the_first_open_is_opened_at_a_later_loo
     anyio.run(cache.put, "anilist", {11887: KOKORO})
     assert anyio.run(partial(cache.get, "anilist", [11887], ttl_seconds=WEEK)) == {11887: KOKORO}
     cache.close()
+
+
+def test_lookups_while_another_process_holds_the_file_do_not_queue_behind_each_other(tmp_path: Path) -> None:
+    """Eight lookups at once, the file held by another process: each retried the open for 1 s, one after
+    another (the eighth answered after 8 s). One retries in a while; the others go on without the cache."""
+    path = tmp_path / "anime.sqlite3"
+    writer = version_0(path)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        cache = AnimeCache(path, open_wait_ms=100)
+
+        async def lookups() -> float:
+            started = anyio.current_time()
+            async with anyio.create_task_group() as group:
+                for _ in range(8):
+                    group.start_soon(partial(cache.get, "anilist", [11887], ttl_seconds=WEEK))
+            return anyio.current_time() - started
+
+        took = anyio.run(lookups)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert took < 3  # 8 s before
+    cache.close()
+
+
+def test_clearing_a_file_another_process_holds_says_it_was_not_cleared(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``anisearch cache clear`` waited twice (20 s), then said nothing, the titles left in place."""
+    path = tmp_path / "anime.sqlite3"
+    writer = version_0(path)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        with caplog.at_level(logging.WARNING, logger="anisearch"):
+            cache = AnimeCache(path, open_wait_ms=100)
+            started = time.monotonic()
+            assert cache.clear() == 0
+            took = time.monotonic() - started
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert took < 3  # 10 s more before
+    assert "its titles were not cleared" in caplog.text
 
 
 def test_a_file_of_another_schema_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

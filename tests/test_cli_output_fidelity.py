@@ -219,6 +219,18 @@ def test_an_upstreams_error_in_a_folders_lines_is_prose_in_ascii(
         assert "Failed to process image - it's not a picture..." in line, line
 
 
+def test_a_folders_error_line_names_its_file_once(url: str, tmp_path: Path) -> None:
+    """A name the error message spells escaped (a tab as ``\\t``) was not taken off the message: the line
+    named the file twice, two ways."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "tab\there.jpg").write_text("this is text, not a picture")
+    shutil.copy(DEMO, folder / "good.jpg")
+    done = run(url, "search", str(folder))
+    (line,) = [line for line in done.stdout.splitlines() if ": error: " in line]
+    assert line.count("here.jpg") == 1, line
+
+
 def test_a_title_holding_brackets_is_shown_as_it_is_not_read_as_markup() -> None:
     """``[/Michi]`` in a title raised rich's MarkupError (exit 1, "no match"); ``[bold]`` was applied."""
     from rich.console import Console

@@ -7,7 +7,7 @@ import json
 import random
 import subprocess
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 from tests.cli_runner import run_in_process
+from tests.ledger.test_acceptance import MovingClock
 
 from anisearch import AllProvidersFailedError, Client, QuotaExhaustedError, Settings
 from anisearch._cli import _common
@@ -123,20 +124,6 @@ def test_a_rate_limited_legacy_server_falls_back_to_tracemoe(
     assert legacy.app.state.emulator.search_requests == 1
 
 
-class MovingClock:
-    """One fake clock for the client's ledger, the provider (its resets are now + the server's TTL) and the
-    emulator (its counters' TTLs), moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def epoch(self) -> float:
-        return self.now.timestamp()
-
-
 def shades(samples: Path, count: int) -> list[bytes]:
     """``count`` different small pictures (so no search is merged or cached)."""
     base = Image.open(samples / "tinted-good.jpg").convert("RGB").resize((160, 90))
@@ -151,7 +138,7 @@ def shades(samples: Path, count: int) -> list[bytes]:
 @pytest.fixture
 def day_of_three(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[MovingClock, Any, Client]:
     """A legacy server allowing 3 searches a day, its client on a SQLite ledger in UTC, one moving clock."""
-    clock = MovingClock()
+    clock = MovingClock(hour=10)
     monkeypatch.setattr(sdk_base, "_utcnow", clock)
     app = legacy_app(clock=clock.epoch, guest=Allowance(quota=3))
     settings = Settings.load(

@@ -918,6 +918,25 @@ def test_sign_ins_wait_out_the_wait_a_refused_one_was_given(mock: respx.MockRout
     assert sign_in.call_count == 2
 
 
+def test_an_explicit_sign_in_waits_out_a_refused_ones_wait_and_starts_one(mock: respx.MockRouter) -> None:
+    """``anisearch login`` went into the site's limit whatever it had said, and its own 429 held back no
+    later sign-in."""
+    limited = {"message": "Too many requests. Please try again later."}
+    sign_in = mock.post("https://site.test/api/auth/sign-in/email").respond(
+        429, json=limited, headers={"X-Retry-After": "30"}
+    )
+    options = {"whatanimeisthis": {"url": "https://site.test", "email": "a@b.example", "password": "pw"}}
+    with Client(Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)) as c:
+        for _ in range(3):
+            with pytest.raises(anisearch.SignInRateLimitedError) as caught:
+                c.sign_in("a@b.example", "pw")
+            assert caught.value.retry_after is not None
+            assert 0 < caught.value.retry_after <= 30
+        with pytest.raises(anisearch.SignInRateLimitedError):
+            c.credits()  # needs a session: no sign-in is sent for it either
+    assert sign_in.call_count == 1
+
+
 @pytest.mark.parametrize(
     ("body", "total", "pages", "has_more", "page_size"),
     [

@@ -50,6 +50,7 @@ from anisearch._cli._common import (
 )
 from anisearch._cli._render import dump, headline, hit_rows, hits_table, no_match_text
 from anisearch._exceptions import AnisearchError, InvalidImageError
+from anisearch._redact import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -399,7 +400,9 @@ def _batch_line(
         line = Text(f"{label}: ") + Text(text, style="" if match else "dim")
     else:
         # the line names the input already; the message's own text is prose (legible), not a name
-        said = describe(outcome.error).removeprefix(f"{outcome.input.label}: ") if outcome.error else "failed"
+        said = describe(outcome.error) if outcome.error else "failed"
+        for spelling in (outcome.input.label, printable(outcome.input.label)):  # as the message names it
+            said = said.removeprefix(f"{spelling}: ")
         message = with_host_port(legible(with_bytes_shown(said)), urls)
         line = Text(f"{label}: error: {message}", style="red")
     with whole_lines():

@@ -136,10 +136,11 @@ def test_a_search_killed_mid_request_frees_its_slot(
 
 
 class MovingClock:
-    """One fake clock for the client's ledger and the emulator, moved by hand."""
+    """One fake clock for the client's ledger, the provider and the emulator, moved by hand; it starts at
+    ``hour`` o'clock UTC on 2026-11-21."""
 
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+    def __init__(self, hour: int = 9) -> None:
+        self.now = datetime(2026, 11, 21, hour, 0, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -195,6 +196,16 @@ class CheckedQuota:
             if self.failing:
                 await anyio.sleep(self.wait)
         await self.trace(scope, receive, send)
+
+
+def raise_the_limit(trace: Any, quota: int) -> None:
+    """Give the running trace.moe emulator app ``trace`` a new quota: a paid tier."""
+    import dataclasses
+    import gc
+
+    state = trace.state.emulator
+    (emulator,) = [o for o in gc.get_objects() if type(o).__name__ == "_Emulator" and o.state is state]
+    emulator.config = dataclasses.replace(emulator.config, quota=quota)
 
 
 def spent_quarter_hour_ago(client: Client, clock: MovingClock, images: list[bytes]) -> None:
@@ -266,14 +277,29 @@ def test_a_quota_check_that_hangs_is_given_up_long_before_the_timeout(
     assert waited < 14  # 10 s and the search's own steps; 16 s (the hang) before
 
 
+def test_a_check_its_own_10_s_ended_pauses_though_the_search_had_a_moment_more(
+    live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
+) -> None:
+    """Searches with a 10.2 s deadline and a /me that hangs: the check's 10 s ran out first, a failed check,
+    not one the search's deadline cut short; the next search does not wait for it again."""
+    clock = MovingClock()
+    check = CheckedQuota(tracemoe_app(quota=2, clock=clock.epoch), wait=12.0)
+    server = live_server(check)
+    images = variants(samples, 4)
+    with Client(settings(server.url, f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), clock=clock) as client:
+        spent_quarter_hour_ago(client, clock, images)
+        check.failing = True
+        for image in images[2:]:
+            with pytest.raises(AllProvidersFailedError):
+                client.search(image, cache=False, deadline=10.2)
+    assert check.asked == 1
+
+
 def test_a_slow_quota_check_still_learns_a_raised_limit(
     live_server: Callable[[Any], Any], samples: Path, tmp_path: Path
 ) -> None:
     """A spent window, then a paid tier (limit 10) and a /me that answers in 6 s: the check waits for it,
     and the search is sent (a 5 s cap skipped it on the old count in every new process)."""
-    import dataclasses
-    import gc
-
     clock = MovingClock()
     trace = tracemoe_app(quota=2, clock=clock.epoch)
     check = CheckedQuota(trace, wait=6.0)
@@ -281,9 +307,7 @@ def test_a_slow_quota_check_still_learns_a_raised_limit(
     images = variants(samples, 3)
     with Client(settings(server.url, f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), clock=clock) as client:
         spent_quarter_hour_ago(client, clock, images)
-        state = trace.state.emulator
-        (emulator,) = [o for o in gc.get_objects() if type(o).__name__ == "_Emulator" and o.state is state]
-        emulator.config = dataclasses.replace(emulator.config, quota=10)
+        raise_the_limit(trace, 10)
         check.failing = True
         assert client.search(images[2], cache=False).provider == "tracemoe"
     assert check.asked == 1
@@ -294,9 +318,6 @@ def test_a_quota_check_cut_short_by_a_searchs_deadline_pauses_nothing(
 ) -> None:
     """A search whose own deadline ends before /me answers says nothing of /me: the next search, with time
     to spare, asks it and learns the raised limit (it was refused for a minute on the ledger's count)."""
-    import dataclasses
-    import gc
-
     clock = MovingClock()
     trace = tracemoe_app(quota=2, clock=clock.epoch)
     check = CheckedQuota(trace, wait=1.0)
@@ -304,9 +325,7 @@ def test_a_quota_check_cut_short_by_a_searchs_deadline_pauses_nothing(
     images = variants(samples, 4)
     with Client(settings(server.url, f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), clock=clock) as client:
         spent_quarter_hour_ago(client, clock, images)
-        state = trace.state.emulator
-        (emulator,) = [o for o in gc.get_objects() if type(o).__name__ == "_Emulator" and o.state is state]
-        emulator.config = dataclasses.replace(emulator.config, quota=10)  # a paid tier
+        raise_the_limit(trace, 10)
         check.failing = True
         with pytest.raises(AllProvidersFailedError):
             client.search(images[2], cache=False, deadline=0.5)  # /me cannot answer within 0.5 s

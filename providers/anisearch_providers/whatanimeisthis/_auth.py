@@ -133,12 +133,8 @@ class SessionAuth(httpx.Auth):
         if "origin" not in request.headers:
             request.headers["Origin"] = self.origin
 
-    def _sign_in(self, credentials: Credentials) -> httpx.Request:
-        """The sign-in request to send before a request that needs a session.
-
-        Raises:
-            SignInRateLimitedError: The site refused a sign-in for a wait not over yet (nothing is sent).
-        """
+    def _hold(self) -> None:
+        """Raises SignInRateLimitedError while the site's wait for a refused sign-in runs (nothing sent)."""
         left = self._no_sign_in_until - time.monotonic()
         if left > 0:
             raise SignInRateLimitedError(
@@ -146,6 +142,14 @@ class SessionAuth(httpx.Auth):
                 provider=PROVIDER,
                 retry_after=left,
             )
+
+    def _sign_in(self, credentials: Credentials) -> httpx.Request:
+        """The sign-in request to send before a request that needs a session.
+
+        Raises:
+            SignInRateLimitedError: The site refused a sign-in for a wait not over yet (nothing is sent).
+        """
+        self._hold()
         request = self._sign_in_request(*credentials)
         self._attach(request)
         return request
@@ -213,14 +217,26 @@ class SessionAuth(httpx.Auth):
         else:  # alive; or the site failed to say, and asking again on every request would not help
             self.jar.mark_checked()
 
+    def _explicit_sign_in(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """A sign-in the caller asked for (``anisearch login``): held back like the others while the site's
+        wait runs (step 8), and its own 429 starts one; with a session held, step 3."""
+        self._hold()
+        if self.jar.has_session():
+            yield from self._replace(request)
+            return
+        self._attach(request)
+        response = yield request
+        self.jar.absorb(response)
+        self._held_back(response)
+
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Send ``request`` with the session; see the module docstring for the steps."""
         if request.url.host != self.host:
             yield request
             return
         path = request.url.path
-        if path.endswith(SIGN_IN_PATH) and self.jar.has_session():
-            yield from self._replace(request)
+        if path.endswith(SIGN_IN_PATH):
+            yield from self._explicit_sign_in(request)
             return
         wants_session = not _uses_api_key(request) and path.endswith(SESSION_PATHS)
         if wants_session and not path.endswith(GET_SESSION_PATH) and self.jar.refresh_due():

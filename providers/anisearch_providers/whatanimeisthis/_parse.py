@@ -463,9 +463,11 @@ def parse_api_keys(response: httpx.Response) -> Page[ApiKey]:
         for index, raw in enumerate(_items(response, payload, "API keys", _KEY_LIST))
     ]
     # the paging the answer reports (a server may cap the size asked for), else the request's
-    size = _reported(payload, "pageSize", "limit", "perPage") or query_int(response, "pageSize")
-    page = _reported(payload, "page") or query_int(response, "page") or 1
     offset = _reported(payload, "offset")
+    # "limit" is a page size only beside an offset (better-auth's paging): alone it may be another limit
+    limit = _reported(payload, "limit") if offset is not None else None
+    size = _reported(payload, "pageSize", "perPage") or limit or query_int(response, "pageSize")
+    page = _reported(payload, "page") or query_int(response, "page") or 1
     first = offset if offset is not None else (page - 1) * size if size else 0
     total, has_more = _page_meta(payload)
     return page_of(items, total=total, has_more=has_more, first=first, size=size)
