@@ -63,7 +63,7 @@ search (``anisearch cache clear``)."""
 SEARCH_OPEN_WAIT_MS = 100
 """How long a search's first open waits (on its event loop): creating or migrating the table takes another
 process milliseconds. When another holds the file longer (an older version writing to it while this one
-migrates it), each lookup tries again, within its own wait."""
+migrates it), the first lookup tries again within its own wait, then one every few seconds."""
 
 
 def _schema(db: sqlite3.Connection) -> tuple[int, list[str]]:
@@ -113,7 +113,8 @@ class AnimeCache:
         clock: The current time, seconds since the epoch (default: :func:`time.time`); tests move it.
 
         open_wait_ms: How long opening waits for another process's lock, milliseconds (see
-            :data:`SEARCH_OPEN_WAIT_MS`). A file still locked then is opened again at each lookup.
+            :data:`SEARCH_OPEN_WAIT_MS`). A file still locked then is opened again by the first lookup,
+            then by one every :data:`_REOPEN_SECONDS`.
     """
 
     def __init__(
@@ -124,6 +125,8 @@ class AnimeCache:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._warned = False
+        self.problem: str | None = None
+        """Why the file could not be used, when it could not."""
         self._locked = False
         """The first open found another process holding the file: a lookup opens it again (see
         :meth:`_opened`)."""
@@ -133,8 +136,7 @@ class AnimeCache:
             self._db = self._open(open_wait_ms)
         except sqlite3.OperationalError as exc:  # locked, read-only: another process may be using it
             if locked(exc):
-                self._locked = True
-                self._reopen_at = time.monotonic() + _REOPEN_SECONDS
+                self._locked = True  # the first lookup tries again; then one in a while
             else:
                 self._warn(exc)
         except sqlite3.DatabaseError as exc:  # corrupt or another schema: ours to replace
@@ -181,6 +183,7 @@ class AnimeCache:
         return db
 
     def _warn(self, problem: object) -> None:
+        self.problem = str(problem)
         if not self._warned:
             self._warned = True
             logger.warning(
@@ -281,17 +284,18 @@ class AnimeCache:
         stored_at = self._clock()
         await anyio.to_thread.run_sync(self._put, provider, dict(answers), stored_at, remaining_ms(_WAIT_MS))
 
-    def clear(self) -> int:
-        """Forget every answer (``anisearch cache clear``); how many were held (0 when unusable)."""
+    def clear(self) -> int | None:
+        """Forget every answer (``anisearch cache clear``): how many were held; None when they could not be
+        forgotten, :attr:`problem` saying why (another process holds the file, or it cannot be used)."""
         with self._lock:
-            db = self._opened(_OPEN_WAIT_MS)
+            db = self._opened(0)  # opening waited already, when another process held the file
             if db is None:
-                if self._locked:  # still held by another process: say so, nothing was cleared
-                    self._warn("another process holds it; its titles were not cleared")
-                return 0
+                if self._locked:
+                    self.problem = "another process holds it"
+                return None
             try:
                 db.execute(f"PRAGMA busy_timeout={_OPEN_WAIT_MS}")  # a command: it may wait
                 return db.execute("DELETE FROM titles").rowcount
             except sqlite3.Error as exc:
-                self._warn(exc)
-                return 0
+                self.problem = "another process holds it" if locked(exc) else str(exc)
+                return None

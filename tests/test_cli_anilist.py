@@ -102,6 +102,30 @@ def test_kokoro_connect_is_titled_from_anilist_in_one_request_then_from_the_cach
     assert len(state.requests) == 2
 
 
+def test_cache_clear_says_when_another_process_holds_the_titles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another anisearch holding the titles file: ``cache clear`` printed nothing about them and exited 0,
+    the titles left in place."""
+    import sqlite3
+
+    from anisearch import _anime_cache
+    from anisearch._config import Settings
+    from anisearch._enrich import metadata_cache_path
+
+    monkeypatch.setattr(_anime_cache, "_OPEN_WAIT_MS", 200)  # the command's wait, shortened
+    path = metadata_cache_path(Settings.load())
+    assert path is not None
+    _anime_cache.AnimeCache(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        cleared = run_in_process("cache", "clear")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert cleared.returncode == 6, cleared.stdout + cleared.stderr
+    assert f"the cached titles in {path} were not cleared (another process holds it)" in cleared.stderr
+
+
 def test_the_table_shows_the_title(tracemoe: tuple[Any, Recorder], anilist: Any, samples: Path) -> None:
     server, _ = tracemoe
     env = {

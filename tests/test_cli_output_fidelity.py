@@ -231,6 +231,28 @@ def test_a_folders_error_line_names_its_file_once(url: str, tmp_path: Path) -> N
     assert line.count("here.jpg") == 1, line
 
 
+def test_stdins_error_line_names_it_once(url: str) -> None:
+    """``-`` read from a pipe is ``<stdin>`` in its error: the line said ``-: error: <stdin>: ...``."""
+    environment = os.environ | {
+        "ANISEARCH_TRACEMOE_URL": url,
+        "ANISEARCH_PROVIDERS": "tracemoe",
+        "ANISEARCH_METADATA": "off",
+        "ANISEARCH_LEDGER": "memory://",
+        "ANISEARCH_CACHE": "off",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "anisearch", "search", "-", str(DEMO)],
+        input=b"this is text, not a picture",
+        env=environment,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    (line,) = [line for line in done.stdout.decode().splitlines() if ": error: " in line]
+    assert line.startswith("-: error: ")
+    assert "<stdin>" not in line, line
+
+
 def test_a_title_holding_brackets_is_shown_as_it_is_not_read_as_markup() -> None:
     """``[/Michi]`` in a title raised rich's MarkupError (exit 1, "no match"); ``[bold]`` was applied."""
     from rich.console import Console

@@ -17,6 +17,7 @@ import typer._click.core
 import typer._click.formatting
 
 from anisearch._cli._common import (
+    EXIT_STATE,
     EXIT_USAGE,
     Command,
     JsonOption,
@@ -516,6 +517,11 @@ def _clear_titles() -> int:
     with own_warnings():
         titles = AnimeCache(path)
         try:
-            return titles.clear()
+            cleared = titles.clear()
         finally:
             titles.close()
+    if cleared is None:
+        held = "holds" in (titles.problem or "")
+        hint = "try again once the other anisearch process is done" if held else None
+        fail(f"the cached titles in {path} were not cleared ({titles.problem})", EXIT_STATE, hint)
+    return cleared

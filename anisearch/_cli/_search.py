@@ -401,7 +401,10 @@ def _batch_line(
     else:
         # the line names the input already; the message's own text is prose (legible), not a name
         said = describe(outcome.error) if outcome.error else "failed"
-        for spelling in (outcome.input.label, printable(outcome.input.label)):  # as the message names it
+        label_as_said = [outcome.input.label, printable(outcome.input.label)]  # as the message names it
+        if outcome.input.label == "-":
+            label_as_said.append("<stdin>")
+        for spelling in label_as_said:
             said = said.removeprefix(f"{spelling}: ")
         message = with_host_port(legible(with_bytes_shown(said)), urls)
         line = Text(f"{label}: error: {message}", style="red")

@@ -93,6 +93,8 @@ class SessionAuth(httpx.Auth):
         refused: Called when the site refuses the credentials (401), so they are not tried again.
         session_request: Builds the ``get-session`` request (to confirm and slide the session).
         sign_out_request: Builds the sign-out request (for the session a new sign-in replaced).
+        clock: Seconds since the epoch (the provider's, as its cookie jar's): when a sign-in may be sent
+            again after a refused one (step 8).
     """
 
     requires_request_body = True  # the request may be sent twice (after a sign-in)
@@ -109,6 +111,7 @@ class SessionAuth(httpx.Auth):
         refused: Callable[[], None],
         session_request: Callable[[], httpx.Request] | None = None,
         sign_out_request: Callable[[], httpx.Request] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.jar = jar
         self.origin = origin
@@ -118,8 +121,9 @@ class SessionAuth(httpx.Auth):
         self._refused = refused
         self._session_request = session_request
         self._sign_out_request = sign_out_request
+        self._clock = clock
         self._no_sign_in_until = 0.0
-        """``time.monotonic()`` before which no sign-in is sent (step 8)."""
+        """When (``clock()``) a sign-in may be sent again (step 8)."""
 
     def __repr__(self) -> str:
         return f"SessionAuth(origin={self.origin!r}, signed_in={self.jar.has_session()})"
@@ -135,7 +139,7 @@ class SessionAuth(httpx.Auth):
 
     def _hold(self) -> None:
         """Raises SignInRateLimitedError while the site's wait for a refused sign-in runs (nothing sent)."""
-        left = self._no_sign_in_until - time.monotonic()
+        left = self._no_sign_in_until - self._clock()
         if left > 0:
             raise SignInRateLimitedError(
                 f"too many sign-ins: the site refused the last one; not signing in for {math.ceil(left)} s",
@@ -157,7 +161,7 @@ class SessionAuth(httpx.Auth):
     def _held_back(self, response: httpx.Response) -> None:
         """After a sign-in answer: no sign-in until its wait is over when it was refused for now (429)."""
         if response.status_code == httpx.codes.TOO_MANY_REQUESTS:
-            self._no_sign_in_until = time.monotonic() + sign_in_wait(response)
+            self._no_sign_in_until = self._clock() + sign_in_wait(response)
 
     def _signed_in(self, response: httpx.Response, credentials: Credentials) -> bool:
         self.jar.absorb(response)

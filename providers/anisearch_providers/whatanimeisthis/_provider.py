@@ -165,6 +165,7 @@ class WhatAnimeIsThis(BaseProvider):
             refused=self._forget_password,
             session_request=self.session_request,
             sign_out_request=self.sign_out_request,
+            clock=clock,
         )
 
     @classmethod
