@@ -17,7 +17,6 @@ import typer._click.core
 import typer._click.formatting
 
 from anisearch._cli._common import (
-    EXIT_STATE,
     EXIT_USAGE,
     Command,
     JsonOption,
@@ -523,5 +522,5 @@ def _clear_titles() -> int:
     if cleared is None:
         held = "holds" in (titles.problem or "")
         hint = "try again once the other anisearch process is done" if held else None
-        fail(f"the cached titles in {path} were not cleared ({titles.problem})", EXIT_STATE, hint)
+        fail(f"the cached titles in {path} were not cleared ({titles.problem})", EXIT_USAGE, hint)
     return cleared
