@@ -111,7 +111,6 @@ class AnimeCache:
     Args:
         path: The SQLite file.
         clock: The current time, seconds since the epoch (default: :func:`time.time`); tests move it.
-
         open_wait_ms: How long opening waits for another process's lock, milliseconds (see
             :data:`SEARCH_OPEN_WAIT_MS`). A file still locked then is opened again by the first lookup,
             then by one every :data:`_REOPEN_SECONDS`.
