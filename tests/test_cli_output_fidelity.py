@@ -21,10 +21,9 @@ pytestmark = pytest.mark.e2e
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
 
 
-def run(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``python -m anisearch ARGS`` against the trace.moe emulator at ``url``, output as bytes decoded
-    leniently (what a reader of the pipe gets)."""
-    environment = os.environ | {
+def environment(url: str, **env: str) -> dict[str, str]:
+    """The command's environment: the trace.moe emulator at ``url`` alone, nothing kept between runs."""
+    return os.environ | {
         "ANISEARCH_TRACEMOE_URL": url,
         "ANISEARCH_PROVIDERS": "tracemoe",
         "ANISEARCH_METADATA": "off",
@@ -32,9 +31,14 @@ def run(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         "ANISEARCH_CACHE": "off",
         **env,
     }
+
+
+def run(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m anisearch ARGS`` against the trace.moe emulator at ``url``, output as bytes decoded
+    leniently (what a reader of the pipe gets)."""
     done = subprocess.run(
         [sys.executable, "-m", "anisearch", *args],
-        env=environment,
+        env=environment(url, **env),
         capture_output=True,
         timeout=120,
         check=False,
@@ -121,17 +125,9 @@ def on_a_terminal(url: str, *args: str, **env: str) -> str:
     import select
 
     controller, terminal = pty.openpty()
-    environment = os.environ | {
-        "ANISEARCH_TRACEMOE_URL": url,
-        "ANISEARCH_PROVIDERS": "tracemoe",
-        "ANISEARCH_METADATA": "off",
-        "ANISEARCH_LEDGER": "memory://",
-        "ANISEARCH_CACHE": "off",
-        **env,
-    }
     command = [sys.executable, "-m", "anisearch", *args]
     process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, env=environment
+        command, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, env=environment(url, **env)
     )
     os.close(terminal)
     written = bytearray()
@@ -233,17 +229,10 @@ def test_a_folders_error_line_names_its_file_once(url: str, tmp_path: Path) -> N
 
 def test_stdins_error_line_names_it_once(url: str) -> None:
     """``-`` read from a pipe is ``<stdin>`` in its error: the line said ``-: error: <stdin>: ...``."""
-    environment = os.environ | {
-        "ANISEARCH_TRACEMOE_URL": url,
-        "ANISEARCH_PROVIDERS": "tracemoe",
-        "ANISEARCH_METADATA": "off",
-        "ANISEARCH_LEDGER": "memory://",
-        "ANISEARCH_CACHE": "off",
-    }
     done = subprocess.run(
         [sys.executable, "-m", "anisearch", "search", "-", str(DEMO)],
         input=b"this is text, not a picture",
-        env=environment,
+        env=environment(url),
         capture_output=True,
         timeout=120,
         check=False,

@@ -162,12 +162,7 @@ def test_a_rolling_window_frees_a_day_after_each_search_without_a_refresh(
             clock.now = start + timedelta(hours=index)
             assert client.search(images[index], cache=False).provider == "tracemoe"
         clock.now = start + timedelta(hours=23)
-        with pytest.raises(AllProvidersFailedError) as caught:
-            client.search(images[3], cache=False)
-        spent = caught.value.exceptions[0]
-        assert isinstance(spent, QuotaExhaustedError)
-        assert spent.resets_at == start + timedelta(hours=24)
-        assert caught.value.attempts[0].outcome == "skipped"
+        skipped_until(client, images[3], start + timedelta(hours=24))
         assert trace.app.state.emulator.search_requests == 3  # skipped without a request
         clock.now = start + timedelta(hours=24, minutes=1)
         assert client.search(images[4], cache=False).provider == "tracemoe"
@@ -175,6 +170,16 @@ def test_a_rolling_window_frees_a_day_after_each_search_without_a_refresh(
     # at T+24h01, the freed slot confirmed before the search
     assert trace.app.state.emulator.requests["/me"] == 2
     assert [row.code for row in trace.app.state.emulator.log] == [200, 200, 200, 200]
+
+
+def skipped_until(client: Client, image: bytes, resets_at: datetime) -> None:
+    """Search ``image``: its only provider is skipped, unasked, as spent until ``resets_at``."""
+    with pytest.raises(AllProvidersFailedError) as caught:
+        client.search(image, cache=False)
+    spent = caught.value.exceptions[0]
+    assert isinstance(spent, QuotaExhaustedError)
+    assert spent.resets_at == resets_at
+    assert caught.value.attempts[0].outcome == "skipped"
 
 
 class CheckedQuota:
