@@ -199,6 +199,20 @@ def test_names_of_two_files_never_look_alike_where_their_difference_cannot_be_sh
     assert labels == [f"{folder}/caf\\u00e9.jpg", f"{folder}/caf\\xe9.jpg"]
 
 
+def test_a_backslash_or_an_invisible_character_in_a_name_is_escaped(url: str, tmp_path: Path) -> None:
+    """A name holding a backslash printed like another name's escaped byte (``lit\\xe9.jpg``), and a
+    zero-width space printed as nothing, in UTF-8 too."""
+    folder = tmp_path / "names"
+    folder.mkdir()
+    for name in (b"lit\\xe9.jpg", b"lit\xe9.jpg", "zw\u200bsp.jpg".encode(), b"zwsp.jpg"):
+        shutil.copy(DEMO, os.fsdecode(bytes(folder) + b"/" + name))
+    done = run(url, "search", str(folder), PYTHONIOENCODING="utf-8")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith(str(folder))]
+    labels = sorted(line.split(": ", 1)[0].removeprefix(f"{folder}/") for line in lines)
+    assert labels == sorted(["lit\\\\xe9.jpg", "lit\\xe9.jpg", "zw\\u200bsp.jpg", "zwsp.jpg"])
+
+
 def test_an_upstreams_error_in_a_folders_lines_is_prose_in_ascii(
     live_server: Callable[[Any], Any], shots: Path
 ) -> None:

@@ -657,11 +657,25 @@ def _code_points() -> str:
     return "anisearch.code-points"
 
 
+def _unmistakable(char: str) -> str:
+    """``char`` of a name as :func:`shown` writes it before the bytes and the encoding are seen to."""
+    if char == "\\":
+        return "\\\\"  # so that a name's own "\\xe9" is not read as the escape of a byte
+    point = ord(char)
+    if char.isprintable() or _SURROGATES[0] <= point <= _SURROGATES[1]:  # a byte: with_bytes_shown's
+        return char
+    return f"\\u{point:04x}" if point < _ASTRAL else f"\\U{point:08x}"  # a tab, a zero-width space
+
+
+_SURROGATES = (0xD800, 0xDFFF)
+
+
 def shown(name: str) -> str:
-    """A file name as text a terminal can show: bytes that are not valid UTF-8 as ``\\xNN``, and
-    characters stdout's encoding cannot carry as ``\\u2013`` (``\\u00e9`` for é, never as a look-alike:
-    ``-`` for an en dash, or ``\\xe9`` for é, would name another file)."""
-    text = with_bytes_shown(name)
+    """A file name as text a terminal can show, never as a look-alike of another file's name: bytes that
+    are not valid UTF-8 as ``\\xNN``; characters stdout's encoding cannot carry, and invisible ones (a tab,
+    a zero-width space), as ``\\u2013`` (``\\u00e9`` for é: ``-`` for an en dash, or ``\\xe9``, would name
+    another file); and a backslash as ``\\\\``."""
+    text = with_bytes_shown("".join(_unmistakable(char) for char in name))
     stdout = getattr(sys.stdout, "rich_proxied_file", sys.stdout)
     encoding = getattr(stdout, "encoding", None) or "utf-8"
     try:
