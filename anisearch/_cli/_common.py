@@ -622,11 +622,17 @@ def legible(text: str) -> str:
     rich measures an en dash or a Japanese title in cells, and the stream's own escaping, after the
     layout, would make the row longer than the others.
     """
-    encoding = getattr(out().file, "encoding", None) or "utf-8"
+    return _carried(text, out().file, unencodable())
+
+
+def _carried(text: str, stream: object, errors: str) -> str:
+    """``text`` as ``stream``'s encoding (UTF-8 when it names none) carries it, what it cannot carry
+    written by the codec error handler ``errors``."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
     try:
-        return text.encode(encoding, unencodable()).decode(encoding)
+        return text.encode(encoding, errors).decode(encoding)
     except LookupError:  # an encoding Python does not know: what any can carry
-        return text.encode("ascii", unencodable()).decode("ascii")
+        return text.encode("ascii", errors).decode("ascii")
 
 
 def with_bytes_shown(text: str) -> str:
@@ -676,12 +682,7 @@ def shown(name: str) -> str:
     a zero-width space), as ``\\u2013`` (``\\u00e9`` for é: ``-`` for an en dash, or ``\\xe9``, would name
     another file); and a backslash as ``\\\\``."""
     text = with_bytes_shown("".join(_unmistakable(char) for char in name))
-    stdout = getattr(sys.stdout, "rich_proxied_file", sys.stdout)
-    encoding = getattr(stdout, "encoding", None) or "utf-8"
-    try:
-        return text.encode(encoding, _code_points()).decode(encoding)
-    except LookupError:  # an encoding Python does not know: what any can carry
-        return text.encode("ascii", _code_points()).decode("ascii")
+    return _carried(text, getattr(sys.stdout, "rich_proxied_file", sys.stdout), _code_points())
 
 
 def _utf8(text: str) -> bool:

@@ -52,6 +52,8 @@ from ._tolerant import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import httpx
 
 __all__ = [
@@ -299,16 +301,15 @@ def _page_meta(payload: Payload) -> tuple[int | None, bool | None]:
     """(total, has_more) as §7.4 reads them, None where the answer does not say."""
     total: int | None = None
     has_more: bool | None = None
-    for container in payload.containers:
-        for nested in (container, pick(container, "pagination"), pick(container, "meta")):
-            if total is None:
-                total = as_int(pick(nested, "total", "totalCount", "count", "allCount", "totalItems"))
-            if has_more is None:
-                has_more = as_bool(pick(nested, "hasMore", "hasNextPage", "hasNext", "more"), loose=True)
-            if has_more is None and isinstance(nested, dict):
-                for key in ("nextOffset", "nextCursor", "nextPage"):
-                    if any(spelling in nested for spelling in (key, _snake(key))):
-                        has_more = pick(nested, key) is not None
+    for nested in _paging_places(payload):
+        if total is None:
+            total = as_int(pick(nested, "total", "totalCount", "count", "allCount", "totalItems"))
+        if has_more is None:
+            has_more = as_bool(pick(nested, "hasMore", "hasNextPage", "hasNext", "more"), loose=True)
+        if has_more is None and isinstance(nested, dict):
+            for key in ("nextOffset", "nextCursor", "nextPage"):
+                if any(spelling in nested for spelling in (key, _snake(key))):
+                    has_more = pick(nested, key) is not None
     return total, has_more
 
 
@@ -475,12 +476,17 @@ def parse_api_keys(response: httpx.Response) -> Page[ApiKey]:
 
 def _reported(payload: Payload, *names: str) -> int | None:
     """A paging number the answer reports (at its top, or under ``pagination``/``meta``), else None."""
-    for container in payload.containers:
-        for nested in (container, pick(container, "pagination"), pick(container, "meta")):
-            value = as_int(pick(nested, *names))
-            if value is not None and value >= 0:
-                return value
+    for nested in _paging_places(payload):
+        value = as_int(pick(nested, *names))
+        if value is not None and value >= 0:
+            return value
     return None
+
+
+def _paging_places(payload: Payload) -> Iterator[Any]:
+    """Where an answer may say how it pages (§7.4): each container, and its ``pagination`` and ``meta``."""
+    for container in payload.containers:
+        yield from (container, pick(container, "pagination"), pick(container, "meta"))
 
 
 def parse_created_api_key(response: httpx.Response) -> CreatedApiKey:
