@@ -174,3 +174,41 @@ def _free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _published_description(tmp_path: Path) -> str:
+    """The description PyPI shows: what the build backend writes into the wheel's METADATA."""
+    from email import message_from_string
+
+    from hatchling.build import prepare_metadata_for_build_wheel
+
+    previous = Path.cwd()
+    os.chdir(REPO)  # the backend reads pyproject.toml from the working directory, as pip runs it
+    try:
+        folder = prepare_metadata_for_build_wheel(str(tmp_path))
+    finally:
+        os.chdir(previous)
+    metadata = message_from_string((tmp_path / folder / "METADATA").read_text(encoding="utf-8"))
+    assert metadata["Description-Content-Type"] == "text/markdown"
+    return str(metadata.get_payload())
+
+
+def test_the_readme_on_pypi_links_to_pages_that_exist(tmp_path: Path) -> None:
+    """PyPI shows the README away from the repository: a relative link there would lead nowhere. Each is
+    published pointing at the documentation site (a page of docs/) or the repository, at a page or file
+    this checkout has; the text is otherwise the README's."""
+    urls = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]
+    site, files = urls["Documentation"], urls["Source"] + "/blob/main/"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    published = _published_description(tmp_path)
+    targets = re.findall(r"\]\(([^)\s]+)\)", published)
+    assert len(targets) == len(re.findall(r"\]\(([^)\s]+)\)", readme)) >= 5
+    for target in targets:
+        assert target.startswith(("https://", "http://")), target
+        if target.startswith(site):
+            page = target.removeprefix(site).partition("#")[0].rstrip("/") or "index"
+            assert (REPO / "docs" / f"{page}.md").is_file(), target
+        elif target.startswith(files):
+            assert (REPO / target.removeprefix(files)).exists(), target
+    linked_back = re.sub(re.escape(site) + r"([^)#]*?)/?(?=[)#])", r"docs/\1.md", published)
+    assert linked_back.replace(files, "").replace("docs/.md", "docs/index.md") == readme.rstrip("\n") + "\n"
