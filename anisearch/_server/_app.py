@@ -18,6 +18,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -171,6 +172,13 @@ class Gateway:
 
     # ------------------------------------------------------------------ one search for a caller
 
+    def deadline_left(self, request: Request) -> float:
+        """Seconds left of ``deadline`` since ``request`` arrived (reading its body took the rest), at
+        least a millisecond: what the search it asks for may take."""
+        arrived = request.scope.get(ARRIVED_KEY)
+        spent = 0.0 if arrived is None else time.monotonic() - arrived
+        return max(self.server.deadline - spent, 0.001)
+
     async def run_search(
         self,
         caller: Caller,
@@ -231,6 +239,7 @@ class Gateway:
             return _tracemoe.error(408, "Request Timeout")
         if isinstance(parsed, Response):
             return parsed
+        deadline = self.deadline_left(request)
 
         async def call(image: Any) -> SearchResult:
             if parsed.no_files:  # an anime no AniList ID can name: nothing to ask once the image reads
@@ -242,7 +251,7 @@ class Gateway:
                 anilist_id=parsed.anilist_id,
                 cut_borders=parsed.cut_borders,
                 anilist_info=True,  # free upstream; keeps /anilist able to answer, and the cache key one
-                deadline=self.server.deadline,
+                deadline=deadline,
             )
 
         outcome, used = await self.run_search(caller, parsed.url or parsed.data, call)
@@ -293,7 +302,7 @@ class Gateway:
         try:
             document = await _tracemoe.read_json(request, 64 * 1024)
             media_id = int(document["variables"]["id"])
-        except (ValueError, KeyError, TypeError, TimeoutError):
+        except (ValueError, KeyError, TypeError, OverflowError, TimeoutError):  # int(inf): OverflowError
             return _tracemoe.json_response(
                 {"data": None, "errors": [{"message": "Invalid query", "status": 400}]}, 400
             )
@@ -326,6 +335,10 @@ def _record_key(anilist_id: int) -> str:
     return f"gateway-anilist:{anilist_id}"
 
 
+ARRIVED_KEY = "anisearch.arrived"
+"""Where a request's scope keeps when it arrived (``time.monotonic()``), for :meth:`Gateway.deadline_left`."""
+
+
 class _AccessLog:
     """One log line per request: peer, method, path (never the query string or a header), status, time."""
 
@@ -336,7 +349,7 @@ class _AccessLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.monotonic()
+        started = scope[ARRIVED_KEY] = time.monotonic()
         status = [0]
 
         async def sending(message: Any) -> None:
@@ -367,7 +380,8 @@ def _not_found(request: Request) -> Response:
 
 
 class _AnyMethod:
-    """An endpoint that answers every method (trace.moe's ``app.all``)."""
+    """An endpoint that answers every method (trace.moe's ``app.all``); ``OPTIONS`` with 204, as trace.moe's
+    CORS middleware answers it before any route, preflight or not."""
 
     def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
         self.handler = handler
@@ -375,8 +389,48 @@ class _AnyMethod:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         from starlette.requests import Request
 
-        response = await self.handler(Request(scope, receive))
+        if scope["method"] == "OPTIONS":
+            response = Response(status_code=204)
+        else:
+            response = await self.handler(Request(scope, receive))
         await response(scope, receive, send)
+
+
+class _CountedBodies:
+    """Each request's body counted in the worker's :class:`~anisearch._server._tracemoe.BodyBudget` from its
+    first byte read until its response is sent."""
+
+    def __init__(self, app: Any, budget: _tracemoe.BodyBudget) -> None:
+        self.app = app
+        self.budget = budget
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[_tracemoe.BUDGET_KEY] = self.budget
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.budget.release(scope)
+
+
+async def _bodies_busy(request: Request, _exc: Exception) -> Response:
+    """The worker holds as many request bodies as it may: trace.moe's full search queue (503), which its
+    clients retry after a short wait; the native API's problem, and a line on the status page."""
+    headers = {"Retry-After": "1"}
+    message = "the gateway is receiving as many uploads as it can hold; try again in a moment"
+    if request.url.path.startswith("/v1/"):
+        return _native.problem(503, "ServiceUnavailable", message, headers)
+    if request.url.path == "/":
+        return Response(f"<p>{message.capitalize()}.</p>", 503, headers, media_type="text/html")
+    return _tracemoe.error(503, "Error: Search queue is full", headers)
+
+
+async def _caller_gone(_request: Request, _exc: Exception) -> Response:
+    """The caller went away before sending its whole body: nothing to answer (logged as 499, nginx's
+    "client closed request"), and no traceback."""
+    return Response(status_code=499)
 
 
 def create_app(
@@ -393,7 +447,8 @@ def create_app(
         transport: An httpx transport for every upstream request (tests, proxies).
 
     Returns:
-        The Starlette app; ``app.state.gateway`` is its :class:`Gateway`.
+        The Starlette app; ``app.state.gateway`` is its :class:`Gateway`, ``app.state.bodies`` the
+        :class:`~anisearch._server._tracemoe.BodyBudget` of its request bodies.
 
     Raises:
         ConfigurationError: The settings do not parse.
@@ -413,18 +468,27 @@ def create_app(
         Route("/metrics", gateway.metrics.endpoint, methods=["GET"]),
         Route("/{path:path}", _AnyMethod(_not_found_endpoint)),
     ]
+    bodies = _tracemoe.BodyBudget(gateway.server.max_bodies_bytes)
     middleware = [
         Middleware(_AccessLog),
-        Middleware(
+        Middleware(_CountedBodies, budget=bodies),
+        Middleware(  # as trace.moe's (contract §5): any origin reflected, with credentials; any header
             CORSMiddleware,
-            allow_origins=["*"],
-            allow_methods=["GET", "HEAD", "POST", "PUT", "OPTIONS"],
-            allow_headers=["content-type", "x-trace-key", "authorization"],
+            allow_origin_regex=".*",
+            allow_credentials=True,
+            allow_methods=["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE"],
+            allow_headers=["*"],
             expose_headers=["X-Anisearch-Provider", "X-Anisearch-Cached", "X-Anisearch-Attempts"],
         ),
     ]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=gateway.lifespan)
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=gateway.lifespan,
+        exception_handlers={_tracemoe.BodiesBusy: _bodies_busy, ClientDisconnect: _caller_gone},
+    )
     app.state.gateway = gateway
+    app.state.bodies = bodies
     return app
 
 

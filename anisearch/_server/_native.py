@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from anisearch._server._app import Gateway
 
-__all__ = ["NativeApi", "SearchParams", "openapi_document"]
+__all__ = ["NativeApi", "SearchParams", "openapi_document", "problem"]
 
 
 class SearchParams(BaseModel):
@@ -67,7 +67,7 @@ async def _form_image(request: Request, raw: bytes) -> bytes | str | Response:
     """The multipart ``image`` file (or a ``url`` field) of ``raw``, the body."""
     form = await _tracemoe.parse_form(request, raw, max_files=1, max_fields=16)
     if isinstance(form, str):
-        return _problem(400, "InvalidImageError", f"the multipart body does not parse: {form}")
+        return problem(400, "InvalidImageError", f"the multipart body does not parse: {form}")
     upload, url = form.get("image"), form.get("url")
     data = await upload.read() if isinstance(upload, UploadFile) else None
     await form.close()
@@ -75,7 +75,7 @@ async def _form_image(request: Request, raw: bytes) -> bytes | str | Response:
         return data
     if isinstance(url, str) and url:
         return url
-    return _problem(400, "InvalidImageError", "send the image as the multipart field 'image'")
+    return problem(400, "InvalidImageError", "send the image as the multipart field 'image'")
 
 
 def _json_url(raw: bytes) -> str | Response:
@@ -83,10 +83,10 @@ def _json_url(raw: bytes) -> str | Response:
     try:
         document = json.loads(raw)
     except ValueError:
-        return _problem(400, "InvalidImageError", "the JSON body does not parse")
+        return problem(400, "InvalidImageError", "the JSON body does not parse")
     if isinstance(document, dict) and isinstance(document.get("url"), str):
         return str(document["url"])
-    return _problem(400, "InvalidImageError", 'a JSON body is {"url": "https://..."}')
+    return problem(400, "InvalidImageError", 'a JSON body is {"url": "https://..."}')
 
 
 def _params(request: Request) -> SearchParams | Response:
@@ -99,23 +99,24 @@ def _params(request: Request) -> SearchParams | Response:
         return SearchParams.model_validate(options)
     except ValidationError as exc:
         details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-        return _problem(422, "ConfigurationError", "invalid search options", details=details)
+        return problem(422, "ConfigurationError", "invalid search options", details=details)
 
 
 def _refused(outcome: Refused, caller: Caller, now: datetime) -> Response:
     """The native answer for a caller's own allowance: 429 (slots) or 402 (quota) with Retry-After."""
     if outcome.kind == "concurrency":
-        return _problem(429, "ConcurrencyLimitError", f"more than {caller.concurrency} searches in flight")
+        return problem(429, "ConcurrencyLimitError", f"more than {caller.concurrency} searches in flight")
     headers = {}
     if outcome.until is not None:
         headers["Retry-After"] = str(max(int((outcome.until - now).total_seconds()), 1))
     message = f"this client's quota is spent ({outcome.used} of {outcome.quota} searches in 24 h)"
-    return _problem(402, "QuotaExhaustedError", message, headers=headers)
+    return problem(402, "QuotaExhaustedError", message, headers=headers)
 
 
-def _problem(
+def problem(
     status: int, kind: str, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
+    """The native API's error: ``{"error": {"type": kind, "message": message, ...extra}}`` with ``status``."""
     return JSONResponse({"error": {"type": kind, "message": message, **extra}}, status, headers)
 
 
@@ -141,7 +142,7 @@ class NativeApi:
         if isinstance(caller, Denied):
             challenge = {"WWW-Authenticate": 'Bearer realm="anisearch"'}
             headers = challenge if caller.status == int(HTTPStatus.UNAUTHORIZED) else None
-            return _problem(caller.status, "AuthenticationError", caller.message, headers)
+            return problem(caller.status, "AuthenticationError", caller.message, headers)
         return caller
 
     async def _image(self, request: Request) -> bytes | str | Response:
@@ -151,15 +152,15 @@ class NativeApi:
             with anyio.fail_after(self.gateway.server.deadline):
                 raw = await _read_body(request, limit + 64 * 1024)
         except TimeoutError:
-            return _problem(408, "TimeoutError", "the request body did not arrive in time")
+            return problem(408, "TimeoutError", "the request body did not arrive in time")
         if raw is None:
-            return _problem(413, "ImageTooLargeError", f"the body is larger than {limit} bytes")
+            return problem(413, "ImageTooLargeError", f"the body is larger than {limit} bytes")
         if media == "multipart/form-data":
             return await _form_image(request, raw)
         if media == "application/json":
             return _json_url(raw)
         if not raw:
-            return _problem(400, "InvalidImageError", "no image: send a file, the raw bytes or a URL")
+            return problem(400, "InvalidImageError", "no image: send a file, the raw bytes or a URL")
         return raw
 
     async def search(self, request: Request) -> Response:
@@ -173,7 +174,8 @@ class NativeApi:
         image = await self._image(request)
         if isinstance(image, Response):
             return image
-        deadline = min(params.deadline or self.gateway.server.deadline, self.gateway.server.deadline)
+        left = self.gateway.deadline_left(request)
+        deadline = min(params.deadline or left, left)
 
         async def call(source: Any) -> SearchResult:
             return await self.gateway.client.search(

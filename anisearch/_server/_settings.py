@@ -175,6 +175,10 @@ class ServerSettings(BaseSettings):
     """Addresses or networks (CIDR) of reverse proxies whose ``X-Forwarded-For`` is believed."""
     max_body_bytes: int = Field(default=25 * MIB, ge=1024)
     """Largest upload or request body, bytes (trace.moe's own limit: 25 MiB)."""
+    max_bodies_bytes: int = Field(default=256 * MIB, ge=1024)
+    """Bytes of request bodies one worker holds at once, across all its callers, from a body's first byte
+    until its answer is sent; a request past it gets trace.moe's 503 ``Error: Search queue is full`` (its
+    clients retry). A request alone is never refused."""
     deadline: float = Field(default=60.0, gt=0)
     """Seconds for one search as a whole: reading the input, downloading a URL, every provider."""
     slot_wait: float = Field(default=30.0, ge=0)

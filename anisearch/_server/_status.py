@@ -152,9 +152,10 @@ async def _search(gateway: Gateway, request: Request) -> str:
         return f'<p class="bad" id="outcome">{_e(caller.message)}</p>'
     if not data:
         return '<p class="bad" id="outcome">Choose or drop a screenshot first.</p>'
+    deadline = gateway.deadline_left(request)
 
     async def call(image: Any) -> SearchResult:
-        return await gateway.client.search(image, anilist_info=True, deadline=gateway.server.deadline)
+        return await gateway.client.search(image, anilist_info=True, deadline=deadline)
 
     outcome, _ = await gateway.run_search(caller, data, call)
     if isinstance(outcome, Refused):

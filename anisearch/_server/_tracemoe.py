@@ -23,12 +23,16 @@ from starlette.formparsers import MultiPartException
 from starlette.responses import Response
 
 if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
     from starlette.requests import Request
 
     from anisearch._models import Attempt, Hit, SearchResult
 
 __all__ = [
     "JSON_TYPE",
+    "BodiesBusy",
+    "BodyBudget",
     "SearchInput",
     "anilist_record",
     "error",
@@ -123,16 +127,64 @@ class SearchInput:
     """``anilistID`` names an anime no AniList ID can (0, or past 2**31-1): answered :data:`NO_FILES`."""
 
 
+class BodiesBusy(Exception):  # noqa: N818 - a condition the app answers, as Starlette's HTTPException
+    """The worker holds as many bytes of request bodies as :class:`BodyBudget` allows."""
+
+
+class BodyBudget:
+    """Bytes of request bodies one worker holds at once, across all its requests: each request's body is
+    counted from its first byte (all of it at once when its ``Content-Length`` announces it) until its
+    response is sent, so connections sending bodies at once cannot hold more memory than ``limit`` bytes,
+    whoever sends them (a closed gateway reads the status page's form before it knows the token inside).
+
+    The request ``take`` cannot count raises :class:`BodiesBusy`, which the app answers as trace.moe
+    answers a full search queue (503; its clients retry after a short wait). A request alone is never
+    refused, so a ``limit`` below the largest body accepted still lets one upload in at a time.
+    """
+
+    SCOPE_KEY = "anisearch.body_bytes"
+    """Where a request's scope keeps the bytes it counts."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, scope: MutableMapping[str, Any], size: int) -> None:
+        """Count ``size`` more bytes of the request of ``scope``; raises BodiesBusy when over ``limit``."""
+        if size and self.held + size > self.limit and self.held > scope.get(self.SCOPE_KEY, 0):
+            raise BodiesBusy
+        self.held += size
+        scope[self.SCOPE_KEY] = scope.get(self.SCOPE_KEY, 0) + size
+
+    def release(self, scope: MutableMapping[str, Any]) -> None:
+        """Stop counting the request of ``scope`` (its response is sent)."""
+        self.held -= scope.pop(self.SCOPE_KEY, 0)
+
+
+BUDGET_KEY = "anisearch.body_budget"
+"""Where a request's scope names the :class:`BodyBudget` of its worker (none outside the gateway's app)."""
+
+
 async def read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None when it is over ``limit`` bytes (announced or streamed)."""
+    """The body, or None when it is over ``limit`` bytes (announced or streamed).
+
+    Raises:
+        BodiesBusy: The worker's :class:`BodyBudget` cannot count this body now.
+        starlette.requests.ClientDisconnect: The caller went away before sending all of it.
+    """
     declared = _decimal(request.headers.get("content-length", ""))
     if declared is not None and declared > limit:
         return None
+    budget: BodyBudget | None = request.scope.get(BUDGET_KEY)
+    if budget is not None and declared is not None:
+        budget.take(request.scope, declared)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             return None
+        if budget is not None and declared is None:
+            budget.take(request.scope, len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 

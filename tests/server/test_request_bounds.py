@@ -1,0 +1,173 @@
+"""What one worker holds for its callers: request bodies within a budget, a deadline from a request's arrival,
+callers that go away, and the edges of its trace.moe surface (CORS, ``/anilist``)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.server.conftest import TOKEN, GatewayFactory, Served, Upstreams
+
+pytestmark = pytest.mark.e2e
+
+AUTH = {"x-trace-key": TOKEN}
+BODY = 600_000
+"""Bytes each held upload announces: two of them are over the test gateway's 1 MB budget."""
+
+
+def _open_upload(served: Served, path: str, headers: str = f"x-trace-key: {TOKEN}\r\n") -> socket.socket:
+    """A connection that announces a ``BODY``-byte JPEG and sends a tenth of it, then nothing more."""
+    connection = socket.create_connection(("127.0.0.1", served.port), timeout=30)
+    connection.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: gateway\r\n{headers}Content-Type: image/jpeg\r\n"
+        f"Content-Length: {BODY}\r\n\r\n".encode()
+        + b"\xff" * (BODY // 10)
+    )
+    return connection
+
+
+def _held(served: Served) -> int:
+    return int(served.app.state.bodies.held)
+
+
+def _until(condition: object, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not callable(condition) or not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("the gateway never got there")
+        time.sleep(0.02)
+
+
+def test_bodies_past_the_workers_budget_get_a_full_queue_and_the_budget_comes_back(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Uploads half sent hold their announced size: past ``max_bodies_bytes`` a caller gets trace.moe's 503
+    (the native API's problem, the status page's line) before any of its body is kept, and nothing is
+    asked upstream. Callers that go away free what they held, without a traceback in the log."""
+    served = gateway(settings={"providers": ["tracemoe"]}, max_bodies_bytes=1_000_000)
+    caplog.set_level(logging.INFO)
+    holding = _open_upload(served, "/search")
+    try:
+        _until(lambda: _held(served) == BODY)
+        over = {"Content-Type": "image/jpeg", "Content-Length": str(BODY)}
+        body = b"\xff" * BODY
+        busy = httpx.post(served.url + "/search", content=body, headers={**AUTH, **over}, timeout=30)
+        assert (busy.status_code, busy.json()) == (503, {"error": "Error: Search queue is full"})
+        assert busy.headers["Retry-After"] == "1"
+        native = httpx.post(
+            served.url + "/v1/search",
+            content=body,
+            headers={"Authorization": f"Bearer {TOKEN}", **over},
+            timeout=30,
+        )
+        assert native.status_code == 503
+        assert native.json()["error"]["type"] == "ServiceUnavailable"
+        page = httpx.post(
+            served.url + "/",
+            files={"image": ("shot.jpg", body, "image/jpeg")},
+            data={"token": TOKEN},
+            timeout=30,
+        )
+        assert page.status_code == 503
+        assert "try again in a moment" in page.text
+        assert _held(served) == BODY  # the refused ones hold nothing
+    finally:
+        holding.close()
+    _until(lambda: _held(served) == 0)  # the caller went away: its bytes are free
+    image = (samples / "tinted-good.jpg").read_bytes()
+    answer = httpx.post(
+        served.url + "/search", content=image, headers={**AUTH, "Content-Type": "image/jpeg"}, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    assert upstreams.trace_state.search_requests == 1  # only the search that was let in
+    _until(lambda: _held(served) == 0)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [
+        r.getMessage() for r in caplog.records
+    ]
+    assert any(" 499 " in record.getMessage() for record in caplog.records if record.name.endswith("access"))
+
+
+def test_a_lone_upload_larger_than_the_budget_is_still_taken(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams
+) -> None:
+    served = gateway(settings={"providers": ["tracemoe"]}, max_bodies_bytes=1024)
+    image = (samples / "tinted-good.jpg").read_bytes()
+    assert len(image) > 1024
+    answer = httpx.post(
+        served.url + "/search", content=image, headers={**AUTH, "Content-Type": "image/jpeg"}, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    _until(lambda: _held(served) == 0)  # given back once the answer is sent
+
+
+@pytest.mark.tracemoe_knobs(latency=6.0)
+def test_the_deadline_counts_from_the_requests_arrival(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams
+) -> None:
+    """A body that takes most of ``deadline`` to arrive leaves its search only the rest: the caller is
+    answered about ``deadline`` after it began, not ``deadline`` after its last byte."""
+    served = gateway(settings={"providers": ["tracemoe"]}, deadline=2.5)
+    image = (samples / "tinted-good.jpg").read_bytes()
+    connection = socket.create_connection(("127.0.0.1", served.port), timeout=30)
+    try:
+        started = time.monotonic()
+        connection.sendall(
+            f"POST /search HTTP/1.1\r\nHost: gateway\r\nx-trace-key: {TOKEN}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(image)}\r\nConnection: close\r\n\r\n".encode()
+            + image[:100]
+        )
+        time.sleep(1.5)  # most of the deadline
+        connection.sendall(image[100:])
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        elapsed = time.monotonic() - started
+    finally:
+        connection.close()
+    assert answer.startswith(b"HTTP/1.1 502"), answer[:200]
+    assert b"deadline" in answer
+    assert elapsed < 2.5 + 1.2, elapsed  # not 1.5 s of reading + a whole 2.5 s more
+
+
+def test_cross_origin_callers_are_answered_as_trace_moe_answers_them(gateway: GatewayFactory) -> None:
+    """trace.moe reflects the origin with credentials and the headers a preflight asks for, and answers any
+    ``OPTIONS`` with 204 (contract §5): a browser's ``fetch`` with credentials or its own header works."""
+    served = gateway(open=True)
+    origin = "https://bot-dashboard.example"
+    preflight = httpx.options(
+        served.url + "/search",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-trace-key, x-requested-with",
+        },
+    )
+    assert preflight.status_code == 200, preflight.text
+    assert preflight.headers["access-control-allow-origin"] == origin
+    assert preflight.headers["access-control-allow-credentials"] == "true"
+    assert set(preflight.headers["access-control-allow-headers"].lower().replace(" ", "").split(",")) >= {
+        "x-trace-key",
+        "x-requested-with",
+    }
+    simple = httpx.get(served.url + "/me", headers={"Origin": origin})
+    assert simple.status_code == 200
+    assert simple.headers["access-control-allow-origin"] == origin
+    assert simple.headers["access-control-allow-credentials"] == "true"
+    for path in ("/me", "/search"):
+        assert httpx.options(served.url + path).status_code == 204
+
+
+@pytest.mark.parametrize("raw_id", ["Infinity", "-Infinity", "1e400", "NaN", '"x"', "[1]"])
+def test_an_anilist_query_with_an_id_no_number_can_be_is_a_400(gateway: GatewayFactory, raw_id: str) -> None:
+    served = gateway()
+    answer = httpx.post(
+        served.url + "/anilist",
+        content=f'{{"query": "q", "variables": {{"id": {raw_id}}}}}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["errors"][0]["message"] == "Invalid query"
