@@ -69,7 +69,11 @@ scaled down, not refused; only :data:`MAX_PIXELS` limits what is decoded."""
 MAX_PIXELS = 50_000_000
 """Default cap on the decoded size, pixels (50 MP): larger headers are refused as decompression bombs. A
 baseline JPEG counts at the scale it is decoded at (a 108 MP photo at 1/8), within Pillow's own limit (179
-MP); a progressive one at its full size, which decoding it costs at any scale."""
+MP); one in several scans (progressive, or a scan per component) at its full size, which decoding it costs
+at any scale."""
+MAX_JPEG_SCANS = 100
+"""Most scans a JPEG may have (a progressive photo has about 10): each scan is a pass over the whole
+picture, so a small file of thousands of empty scans would take minutes of CPU to decode."""
 _SNIFFED = 4096
 """Bytes of the input :func:`~anisearch._source.video_kind` looks at (about 21 transport-stream packets)."""
 QUICK_PIXELS = 640 * 360
@@ -186,6 +190,44 @@ def _open_header(data: bytes) -> Image.Image:
     return image
 
 
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RST0-7: no length follows
+
+
+def jpeg_scans(data: bytes) -> tuple[int, bool]:
+    """``(scans, whole)`` of the JPEG in ``data``: how many scans its picture has (from the first to the
+    end of the picture, ``EOI``; an MPO's later pictures or data appended after it are not counted), and
+    whether libjpeg keeps the whole picture's coefficients to decode it (several scans, or a first scan
+    with fewer components than the frame), which no reduced scale spares. ``(0, False)`` when the
+    markers before the first scan do not read (the decoder then says what is wrong).
+
+    The markers before the first scan are walked by their lengths (an EXIF thumbnail's own scans are
+    inside its segment); after it, a scan's marker ``FF DA`` cannot occur in entropy-coded data.
+    """
+    position, size, components = 2, len(data), 0
+    while position + 4 <= size:
+        if data[position] != 0xFF:  # noqa: PLR2004 - a marker's first byte
+            return 0, False
+        marker = data[position + 1]
+        if marker == 0xFF:  # noqa: PLR2004 - fill bytes before a marker
+            position += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker in _SOF_MARKERS and position + 9 < size:
+            components = data[position + 9]
+        if marker == 0xDA:  # noqa: PLR2004 - SOS, the first scan
+            first = data[position + 4] if position + 4 < size else 0
+            start = position + 2 + length
+            end = data.find(b"\xff\xd9", start)
+            scans = 1 + data.count(b"\xff\xda", start, size if end < 0 else end)
+            return scans, scans > 1 or first < components
+        position += 2 + length
+    return 0, False
+
+
 def _check_pixels(size: tuple[int, int], max_pixels: int, where: str) -> None:
     width, height = size
     if width < 1 or height < 1:
@@ -248,14 +290,20 @@ def _decode_image(
     except Exception as exc:
         raise not_an_image(data, where) from exc
     name = (image.format or "image").upper()
-    header_size, draft = image.size, None
+    header_size, draft, whole = image.size, None, False
     if image.format in {"JPEG", "MPO"} and min(image.size) > 0:  # decode at 1/2, 1/4 or 1/8 scale if enough
+        scans, whole = jpeg_scans(data)
+        if scans > MAX_JPEG_SCANS:
+            raise InvalidImageError(
+                f"{where}the JPEG has {scans} scans, over the {MAX_JPEG_SCANS} a picture needs; refusing a "
+                "file made to take minutes to decode"
+            )
         draft = _draft_request(image.size, box)
         image.draft(None, draft)  # image.size is now the size decoded
-    # What a decode costs: a baseline JPEG's reduced size; a progressive one's full size all the same
+    # What a decode costs: a baseline JPEG's reduced size; one in several scans its full size all the same
     # (libjpeg keeps every coefficient of the picture while its scans arrive: 1 GB for a 565-byte file
-    # claiming 13000x13000)
-    _check_pixels(header_size if image.info.get("progressive") else image.size, max_pixels, where)
+    # claiming 13000x13000, progressive or a scan per component)
+    _check_pixels(header_size if whole or image.info.get("progressive") else image.size, max_pixels, where)
     try:
         image.load()
     except (EOFError, OSError) as exc:

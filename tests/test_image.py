@@ -30,6 +30,7 @@ from anisearch._image import (
     PreparedImage,
     _rotate_for_display,
     fit,
+    jpeg_scans,
     prepare,
     prepare_boxes,
     prepare_quick,
@@ -251,6 +252,65 @@ def test_a_progressive_jpeg_counts_whole_whatever_scale_it_is_decoded_at() -> No
     data = small[:size] + struct.pack(">HH", 13000, 13000) + small[size + 4 :]  # 169 MP, under Pillow's cap
     with pytest.raises(InvalidImageError, match=r"13000x13000 \(169\.0 MP\), over the 50\.0 MP limit"):
         prepare(data, max_width=320, max_height=320)
+
+
+def _scan_per_component(width: int, height: int, mode: str) -> bytes:
+    """A baseline JPEG claiming ``width`` x ``height`` whose first scan holds one of its components."""
+    small = encode(Image.new(mode, (8, 8), (120, 130, 140, 10)[: len(mode)]), "JPEG", subsampling=0)
+    frame = small.index(b"\xff\xc0") + 5  # length, precision; then height, width
+    small = small[:frame] + struct.pack(">HH", height, width) + small[frame + 4 :]
+    scan = small.index(b"\xff\xda")
+    (length,) = struct.unpack(">H", small[scan + 2 : scan + 4])
+    header = small[scan + 4 : scan + 2 + length]
+    one = bytes([1]) + header[1:3] + header[1 + 2 * header[0] :]  # the first component's selector only
+    return small[:scan] + b"\xff\xda" + struct.pack(">H", len(one) + 2) + one + bytes(16) + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("mode", ["RGB", "CMYK"])
+def test_a_baseline_jpeg_in_a_scan_per_component_counts_whole(mode: str) -> None:
+    """libjpeg keeps every coefficient of a picture whose first scan holds fewer components than its frame,
+    as of a progressive one: a 400-byte baseline file claiming 13000x13000 cost 1 to 1.3 GB. It is refused
+    from its header, where it was counted at 1/8 and decoded."""
+    data = _scan_per_component(13000, 13000, mode)
+    assert len(data) < 1000
+    with pytest.raises(InvalidImageError, match=r"13000x13000 \(169\.0 MP\), over the 50\.0 MP limit"):
+        prepare(data, max_width=320, max_height=320)
+
+
+def _with_empty_scans(scans: int) -> bytes:
+    """A 640x360 progressive JPEG with ``scans`` more scans that hold nothing (14 bytes each)."""
+    data = encode(Image.new("RGB", (640, 360), (90, 100, 110)), "JPEG", progressive=True, quality=50)
+    start = data.index(b"\xff\xda")
+    (length,) = struct.unpack(">H", data[start + 2 : start + 4])
+    return data[:start] + data[start : start + 2 + length] * scans + data[start:]
+
+
+def test_a_jpeg_of_more_scans_than_a_picture_needs_is_refused_before_decoding() -> None:
+    """Each scan is a pass over the whole picture: 70 000 empty ones made a 1 MB 640x360 file take seconds
+    on the event loop, and larger pictures minutes, past any deadline."""
+    assert jpeg_scans(_with_empty_scans(0))[0] > 1  # Pillow's progressive JPEG: a few scans, decoded
+    assert prepare(_with_empty_scans(0)).width == 640
+    with pytest.raises(InvalidImageError, match=r"the JPEG has 5\d\d scans, over the 100 a picture needs"):
+        prepare(_with_empty_scans(500))
+
+
+def test_the_scans_of_a_jpeg_are_its_pictures_own() -> None:
+    """An EXIF thumbnail's scans, an MPO's later pictures and bytes appended after the picture (a motion
+    photo's video) are not the picture's: a camera's baseline photo stays decoded at a reduced scale."""
+    thumbnail = encode(Image.new("RGB", (160, 120), 60), "JPEG", progressive=True)
+    exif = Image.Exif()
+    exif[0x010F] = "camera"
+    photo = encode(Image.new("RGB", (640, 480), 60), "JPEG", exif=exif.tobytes())
+    app1 = photo.index(b"\xff\xe1")
+    (length,) = struct.unpack(">H", photo[app1 + 2 : app1 + 4])
+    payload = photo[app1 + 4 : app1 + 2 + length] + thumbnail
+    with_thumbnail = photo[:app1] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    with_thumbnail += photo[app1 + 2 + length :]
+    assert jpeg_scans(photo) == (1, False)
+    assert jpeg_scans(with_thumbnail) == (1, False)
+    assert jpeg_scans(photo + thumbnail + b"\xff\xda" * 200) == (1, False)
+    prepared = prepare(with_thumbnail + b"\xff\xda" * 200)
+    assert (prepared.width, prepared.height) == (480, 360)
 
 
 def test_a_jpeg_over_pillows_own_limit_is_refused_from_its_header() -> None:
