@@ -298,17 +298,27 @@ def anilist_record(hit: Hit) -> dict[str, Any]:
             "english": title.english if title else None,
         },
         "synonyms": list(hit.synonyms),
-        "isAdult": bool(hit.is_adult),
+        "isAdult": hit.is_adult,  # null when unknown (AniList's own type): never "not adult" for unknown
     }
     if title is not None and title.chinese:
         record["title"]["chinese"] = title.chinese
     return record
 
 
+def _record_known(hit: Hit) -> bool:
+    """Whether ``hit`` carries its anime's AniList record: trace.moe's own object, or the facts a lookup
+    filled in (the adult flag among them)."""
+    raw = hit.raw.get("anilist") if isinstance(hit.raw, dict) else None
+    return (isinstance(raw, dict) and raw.get("id") is not None) or hit.is_adult is not None
+
+
 def item(hit: Hit, *, anilist_info: bool) -> dict[str, Any]:
-    """One hit as a trace.moe result item (HEAD's key order)."""
+    """One hit as a trace.moe result item (HEAD's key order). With ``anilist_info``, ``anilist`` is the
+    anime's record, or its bare ID when none is known (the title lookup failed), as trace.moe answers an
+    ID its own table lacks (contract §3.1): never a record that would call an unknown anime not adult."""
+    known = anilist_info and _record_known(hit)
     body: dict[str, Any] = {
-        "anilist": anilist_record(hit) if anilist_info else (hit.anilist_id or 0),
+        "anilist": anilist_record(hit) if known else (hit.anilist_id or 0),
         "filename": hit.filename or "",
         "episode": hit.episode,
         "episode_start": hit.episode_start,

@@ -6,11 +6,16 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from tests.conftest import LiveServer, free_port
 from tests.server.conftest import TOKEN, GatewayFactory, Served, Upstreams
+
+from anisearch_emulators.anilist import create_app as anilist_app
 
 pytestmark = pytest.mark.e2e
 
@@ -171,3 +176,38 @@ def test_an_anilist_query_with_an_id_no_number_can_be_is_a_400(gateway: GatewayF
     )
     assert answer.status_code == 400, answer.text
     assert answer.json()["errors"][0]["message"] == "Invalid query"
+
+
+def test_a_hit_whose_titles_could_not_be_looked_up_keeps_its_bare_anilist_id(
+    gateway: GatewayFactory,
+    samples: Path,
+    upstreams: Upstreams,
+    live_server: Callable[[Any], LiveServer],
+) -> None:
+    """With ``anilistInfo``, a hit whose AniList lookup failed is answered with its bare ID, as trace.moe
+    answers an ID its table lacks: a record made up of nulls and ``isAdult: false`` would let a bot's
+    adult filter pass an anime nobody looked up. Once the lookup works, the record is whole."""
+    image = (samples / "tinted-good.jpg").read_bytes()
+    options = {"tracemoe": {"url": upstreams.tracemoe.url}}
+
+    def top_anilist(anilist_url: str) -> object:
+        served = gateway(
+            settings={
+                "providers": ["tracemoe"],
+                "metadata": "anilist",
+                "provider_options": {**options, "anilist": {"url": anilist_url}},
+            }
+        )
+        answer = httpx.post(
+            served.url + "/search?anilistInfo",
+            content=image,
+            headers={**AUTH, "Content-Type": "image/jpeg"},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()["result"][0]["anilist"]
+
+    assert top_anilist(f"http://127.0.0.1:{free_port()}") == 11887  # nothing listens there
+    record = top_anilist(live_server(anilist_app()).url)
+    assert isinstance(record, dict)
+    assert (record["id"], record["isAdult"], record["title"]["romaji"]) == (11887, False, "Kokoro Connect")
