@@ -850,6 +850,7 @@ class Router:
             query = await route.ready()  # the image work is done before a slot is held
         except ProviderError as exc:  # too large for this provider's limits alone: the next may take it
             return self._failed(name, exc, None, started)
+        answered: _Outcome | None = None  # the upstream's last "busy" answer to this search
         while True:
             try:  # and the request is built before it too: a handed-over slot waits for nothing else
                 request = route.provider.search_request(query)
@@ -857,8 +858,10 @@ class Router:
                 return self._failed(name, exc, None, started)
             admitted = await self._admit(route, give_up_at)
             if isinstance(admitted, ProviderError):  # refused by the ledger: no request was made
+                if answered is not None:  # but one was, and failed on what the upstream said: that
+                    return answered
                 return self._failed(name, admitted, None, started, outcome="skipped")
-            outcome = await self._ask(route, admitted, query, request, started)
+            outcome = answered = await self._ask(route, admitted, query, request, started)
             shared_backoff = isinstance(outcome.error, (ConcurrencyLimitError, ProviderBusyError))
             if not shared_backoff or busy_left == 0 or anyio.current_time() >= give_up_at:
                 return outcome

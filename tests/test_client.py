@@ -1378,3 +1378,32 @@ def test_a_provider_configured_wrongly_is_said_even_outside_the_search_order(
     )
     with Client(settings) as client, pytest.raises(ConfigurationError, match=r"unknown .* setting"):
         getattr(client, ask)()
+
+
+def test_a_search_that_met_a_held_slot_upstream_reports_that_answer_not_a_skip() -> None:
+    """Another machine holds trace.moe's one slot: the search is answered 402 "Concurrency limit exceeded",
+    waits the backoff, is answered 402 again, and then its deadline leaves no time for another try. It
+    failed on the upstream's answer: a ``ConcurrencyLimitError`` with the 402, attempted "failed", not
+    "skipped" (never asked) as a ``ProviderBusyError``."""
+    from tests.conftest import HostRouter
+
+    from anisearch_emulators.tracemoe import create_app as tracemoe_app
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
+    emulator = tracemoe_app(concurrency=0)  # every search finds the caller's one slot taken
+    settings = Settings.load(
+        providers=["tracemoe"],
+        provider_options={"tracemoe": {"url": "http://trace.test"}},
+        ledger="memory://",
+        cache="off",
+        metadata="off",
+    )
+    with (
+        Client(settings, HostRouter({"trace.test": emulator})) as client,
+        pytest.raises(AllProvidersFailedError) as caught,
+    ):
+        client.search(demo, deadline=0.8)
+    assert emulator.state.emulator.search_requests >= 1
+    (attempt,) = caught.value.attempts
+    assert (attempt.outcome, attempt.status_code, attempt.error) == ("failed", 402, "ConcurrencyLimitError")
+    assert caught.group_contains(ConcurrencyLimitError, match="Concurrency limit exceeded")
