@@ -215,3 +215,30 @@ def test_keys_list_says_how_many_keys_and_pages_there_are(cli: Cli, site: Any) -
     listed = cli("keys", "list", "--json", "--page-size", "1", env=env)
     assert listed.returncode == 0, listed.stderr
     assert len(json.loads(listed.stdout)) == 1
+
+
+def test_a_session_revoked_on_the_site_is_signed_in_again_after_one_guest_search(
+    cli: Cli, site: Any, samples: Path
+) -> None:
+    """Signed out on the site (another device, "log out everywhere"), the session cookie still held here:
+    the site answers the next search as a guest's. The session is then checked before the next search,
+    found gone and, with credentials configured, signed in again: one guest search, not all five of the
+    guest's day spent before "Sign in to get free credits" while the account has credits."""
+    env = {
+        "ANISEARCH_WHATANIMEISTHIS_URL": site.url,
+        "ANISEARCH_PROVIDERS": "whatanimeisthis",
+        "ANISEARCH_WHATANIMEISTHIS_EMAIL": EMAIL,
+        "ANISEARCH_WHATANIMEISTHIS_PASSWORD": PASSWORD,
+    }
+    image = str(samples / "tinted-good.jpg")
+    assert credits_json(cli, env)  # signed in
+    site.app.state.emulator.sessions.clear()  # revoked on the site
+
+    def scope_of_a_search() -> str:
+        done = cli("search", image, "--json", "--no-cache", env=env)
+        assert done.returncode == 0, done.stderr
+        return str(json.loads(done.stdout)["quota"]["scope"])
+
+    assert scope_of_a_search() == "guest"  # sent with the dead session: the site served a guest
+    assert scope_of_a_search() == "session"  # checked, found gone, signed in again
+    assert scope_of_a_search() == "session"

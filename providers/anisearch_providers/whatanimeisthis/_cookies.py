@@ -119,6 +119,8 @@ class CookieJar:
         self._cookies: dict[str, tuple[str, float | None]] = {}
         self._set_at: dict[str, float] = {}
         self._checked_at: float | None = None
+        self._doubted = False
+        """The site answered a search sent with the session as a guest's: confirm it before the next."""
         self._email: str | None = None
         self._stamp: tuple[int, int, int] | None = None  # the file's identity as last read or written
         self._loaded = False
@@ -138,6 +140,7 @@ class CookieJar:
         self._loaded = True
         self._stamp = stamp
         self._cookies, self._email, self._set_at, self._checked_at = {}, None, {}, None
+        self._doubted = False
         if stamp is None:
             return
         try:
@@ -150,6 +153,7 @@ class CookieJar:
         self._email = email if isinstance(email, str) else None
         checked = data.get("checked_at")
         self._checked_at = float(checked) if isinstance(checked, int | float) else None
+        self._doubted = data.get("doubted") is True
         for entry in data.get("cookies") or []:
             if (
                 isinstance(entry, dict)
@@ -213,10 +217,13 @@ class CookieJar:
         True when the session cookie has an expiry and neither a ``Set-Cookie`` nor a confirmation came
         for a quarter of its lifetime (at most a day): enough to catch better-auth's sliding refresh
         (``updateAge``, 1 day of 7 by default) long before the cookie runs out, and rare enough to cost
-        nothing. A browser-session cookie (``rememberMe: false``) never slides, so it is never due.
+        nothing. A browser-session cookie (``rememberMe: false``) never slides, so it is never due. Any
+        session is due once the site answered a search sent with it as a guest's (:meth:`doubt`).
         """
         with self._lock:
             self._refresh()
+            if self._doubted and self.has_session():
+                return True
             now = self._clock()
             for name, value in self._live().items():
                 expires = self._cookies[name][1]
@@ -232,7 +239,18 @@ class CookieJar:
         with self._lock:
             self._refresh()
             self._checked_at = self._clock()
+            self._doubted = False
             self._save()
+
+    def doubt(self) -> None:
+        """Record that the site answered a search sent with the session as a guest's (signed out elsewhere,
+        or the session revoked): :meth:`refresh_due` then asks ``get-session`` before the session is used
+        again, in this process or the next, which forgets it when the site says it is gone."""
+        with self._lock:
+            self._refresh()
+            if not self._doubted and self.has_session():
+                self._doubted = True
+                self._save()
 
     # ------------------------------------------------------------ writing
 
@@ -277,16 +295,18 @@ class CookieJar:
         with self._lock:
             self._refresh()
             kept = {name: entry for name, entry in self._cookies.items() if not _session_family(name)}
-            if kept != self._cookies:
+            if kept != self._cookies or self._doubted:
                 self._cookies = kept
                 self._set_at = {name: when for name, when in self._set_at.items() if name in kept}
                 self._checked_at = None
+                self._doubted = False
                 self._save()
 
     def clear(self) -> None:
         """Forget everything and delete the jar file."""
         with self._lock:
             self._cookies, self._email, self._set_at, self._checked_at = {}, None, {}, None
+            self._doubted = False
             self._loaded = True
             self._stamp = None
             if self.path is not None:
@@ -304,6 +324,7 @@ class CookieJar:
             "origin": self.origin,
             "email": self._email,
             "checked_at": self._checked_at,
+            "doubted": self._doubted,
             "cookies": [
                 {"name": name, "value": value, "expires": expires, "set_at": self._set_at.get(name)}
                 for name, (value, expires) in self._cookies.items()

@@ -13,6 +13,7 @@ key; nothing (a guest: 5 searches a day per IP).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -66,6 +67,8 @@ PERIODS = ("daily", "weekly", "monthly", "yearly", "all")
 JAR_NAME = "whatanimeisthis-cookies.json"
 """The session cookie jar of the site at its own address; another address (an emulator, a mirror) gets a
 jar of its own (:func:`jar_name`)."""
+
+logger = logging.getLogger("anisearch")
 
 
 def jar_name(site_origin: str) -> str:
@@ -283,7 +286,9 @@ class WhatAnimeIsThis(BaseProvider):
         """Up to 5 hits, similarity descending, and the remaining credits when the answer says.
 
         The quota's ``scope`` is who the site served: ``api-key`` or ``session`` as sent, except that a
-        session search answered with a guest's allowance (remaining searches, no credits) is ``guest``.
+        session search answered with a guest's allowance (remaining searches, no credits) is ``guest``;
+        the session is then confirmed with the site before the next search (and signed in again, with
+        credentials configured, when the site says it is gone).
 
         Raises:
             ProviderError: The subclass the status and message mean (see ``_errors.ERROR_RULES``).
@@ -296,6 +301,12 @@ class WhatAnimeIsThis(BaseProvider):
             scope = _quota.scope_of(response.request, self.credential.scope)
             if scope == "session" and _parse.guest_answer(payload.containers):
                 scope = "guest"  # the session died on the way: the site served a guest's search
+                self.jar.doubt()  # asked about before the next search, which signs in again if it is gone
+                logger.warning(
+                    "%s answered a search sent signed in as a guest's (signed out elsewhere?); the session "
+                    "is checked before the next search",
+                    PROVIDER,
+                )
             quota = Quota(provider=PROVIDER, scope=scope, remaining=remaining, window="day")
         return ProviderAnswer(hits=hits, frames_searched=_parse.frames_searched(payload), quota=quota)
 
