@@ -6,6 +6,7 @@ They are served by whichever configured provider implements :class:`~anisearch._
 
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,6 +29,8 @@ _ACCOUNT_MEMBERS = tuple(
 """Every method of :class:`AccountProvider`: a provider class without one of them has no account features."""
 
 T = TypeVar("T")
+
+logger = logging.getLogger("anisearch")
 
 
 class AccountFeatures:
@@ -119,14 +122,19 @@ class AccountFeatures:
     async def iter_recent_searches(
         self, page_size: int = 20, max_items: int | None = None
     ) -> AsyncIterator[RecentSearch]:
-        """Every recent public search, page by page; stops on a short page or the reported total.
+        """Every recent public search, page by page; stops on a short page or the reported total, or when a
+        page repeats the one before (a site that ignores ``offset`` would otherwise be asked forever).
 
         Raises:
             ProviderError: The upstream failed mid-way.
         """
         offset = 0
+        before: list[RecentSearch] | None = None
         while max_items is None or offset < max_items:
             page = await self._recent_page(page_size, offset)
+            if repeats(page, before, offset):
+                return
+            before = page.items
             for item in page.items:
                 if max_items is not None and offset >= max_items:
                     return
@@ -216,6 +224,20 @@ class AsyncApiKeys:
             provider, provider.create_api_key_request(title), provider.parse_created_api_key
         )
         return created
+
+
+def repeats(page: Page[Any], before: list[Any] | None, offset: int) -> bool:
+    """Whether ``page`` (asked at ``offset``) holds the very items of the page before it: a site that
+    ignores the offset, which a paginator must stop at (logged as a warning) or ask forever."""
+    if not page.items or page.items != before:
+        return False
+    logger.warning(
+        "the items at offset %d are those at offset %d again: stopping there (the site does not seem to "
+        "page by offset)",
+        offset,
+        offset - len(page.items),
+    )
+    return True
 
 
 def _last_page(page: Page[Any], page_size: int, seen: int) -> bool:

@@ -27,7 +27,7 @@ import anyio
 import anyio.from_thread
 import httpx
 
-from anisearch._account import _last_page
+from anisearch._account import _last_page, repeats
 from anisearch._client import AsyncClient
 from anisearch._config import Settings
 from anisearch._exceptions import ClientClosedError
@@ -469,7 +469,8 @@ class Client:
     ) -> Iterator[RecentSearch]:
         """Every recent public search, fetched page by page as you iterate.
 
-        Stops on a short page, an explicit "no more", the reported total, or ``max_items``.
+        Stops on a short page, an explicit "no more", the reported total, ``max_items``, or a page that
+        repeats the one before (a site that ignores the offset).
 
         Args:
             page_size: Searches asked per request, at least 1.
@@ -483,8 +484,12 @@ class Client:
             ProviderError: The upstream failed mid-way (the searches already yielded stay yours).
         """
         offset = 0
+        before: list[RecentSearch] | None = None
         while max_items is None or offset < max_items:
             page = self._run(self._async._recent_page, page_size, offset)
+            if repeats(page, before, offset):
+                return
+            before = page.items
             for item in page.items:
                 if max_items is not None and offset >= max_items:
                     return

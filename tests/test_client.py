@@ -846,6 +846,25 @@ def test_recent_searches_paginate_until_the_end(
     assert route.call_count == expected_calls + 1
 
 
+def test_recent_searches_stop_where_a_site_that_ignores_the_offset_repeats_a_page(
+    mock: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A site answering every offset with its first page, with no total and no "has more", was asked
+    forever (``list(iter_recent_searches())`` never returned, its memory growing): it stops at the repeat."""
+    items = [{"id": str(n), "anilistId": 100 + n, "similarity": 0.9} for n in (1, 2)]
+    route = mock.get("https://site.test/api/anime/recent-searches").mock(
+        return_value=httpx.Response(200, json={"items": items})
+    )
+    options = {"whatanimeisthis": {"url": "https://site.test"}}
+    with Client(
+        Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)
+    ) as client:
+        seen = [item.anilist_id for item in client.iter_recent_searches(page_size=2, max_items=10)]
+    assert seen == [101, 102]  # not the same two again and again (up to the 10 this test allows)
+    assert route.call_count == 2
+    assert "does not seem to page by offset" in caplog.text
+
+
 def test_documented_limits_hold_when_the_upstream_reports_none(mock: respx.MockRouter, samples: Path) -> None:
     # A site that never says how much is left: anisearch still stops at the documented 5 guest searches a day.
     route = mock.post("https://site.test/api/anime/search").respond(
