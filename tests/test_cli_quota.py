@@ -119,6 +119,29 @@ def test_a_refresh_says_which_providers_could_not_be_asked_and_shows_all(
     assert {q["provider"] for q in json.loads(done.stdout)} == {"tracemoe", "whatanime-ga"}
 
 
+def test_a_refresh_says_which_providers_had_nothing_to_ask(
+    emulated: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """trace.moe's ``/me`` answers; whatanimeisthis has no quota endpoint for a guest: its line says the
+    figures shown are the ledger's, where it showed its documented default as if refreshed."""
+    from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
+
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe,whatanimeisthis")
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", emulated(tracemoe_app()).url)
+    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", emulated(whatanimeisthis_app()).url)
+    monkeypatch.setenv("ANISEARCH_LEDGER", f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    done = run_in_process("quota", "--refresh", "--json")
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if "no quota endpoint" in line]
+    expected = (
+        "anisearch: whatanimeisthis has no quota endpoint to ask (for this caller): its figures are the"
+    )
+    assert notes == [f"{expected} ledger's"]
+    assert {q["provider"] for q in json.loads(done.stdout)} == {"tracemoe", "whatanimeisthis"}
+    plain = run_in_process("quota", "--json")  # nothing asked, nothing to say
+    assert "no quota endpoint" not in plain.stderr
+
+
 def test_a_reset_of_an_unknown_provider_forgets_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANISEARCH_PROVIDERS", "tracemoe")
     done = run_in_process("quota", "nope", "--reset", "--yes")

@@ -106,32 +106,49 @@ def quota(
                 return  # declined: not an error
             client.reset_quota(provider)
             err().print(f"anisearch: the ledger forgot {what} ({ledger})", markup=False, highlight=False)
-        failed = _refresh(client, provider) if refresh else 0
-        quotas = client.quota(provider)
         # "in 2 h" counted on the clock the instants are on: a Redis ledger's is its server's, and this
         # machine's may be off from it
-        now = client._ledger_now()  # noqa: SLF001 - the command line reads the engine's clock
+        asked_at = client._ledger_now()  # noqa: SLF001 - the command line reads the engine's clock
+        failed, asked = _refresh(client, provider) if refresh else (0, [])
+        quotas = client.quota(provider)
+        now = client._ledger_now()  # noqa: SLF001
     err().print(f"ledger: {ledger}", markup=False, highlight=False)
+    for name in _not_confirmed(asked, quotas, asked_at):
+        err().print(
+            f"anisearch: {name} has no quota endpoint to ask (for this caller): its figures are the ledger's",
+            markup=False,
+            highlight=False,
+        )
     _show_quotas(quotas, as_json=as_json, now=now)
     if failed:
         raise typer.Exit(failed)
 
 
-def _refresh(client: "Client", provider: str | None) -> int:
+def _refresh(client: "Client", provider: str | None) -> tuple[int, list[str]]:
     """Ask each provider's free quota endpoint (or ``provider``'s); one error line per provider that could
-    not be asked, and the exit code of the first (0 when none failed). What the ledger knows still shows."""
+    not be asked. Returns the exit code of the first failure (0 when none failed) and the providers that
+    did not fail. What the ledger knows still shows."""
     if provider is None:
         names = [i.name for i in client.providers() if i.enabled and "metadata" not in i.capabilities]
     else:
         names = [provider]
-    failed = 0
+    failed, asked = 0, []
     for name in names:
         try:
             waiting(f"asking {name}…", partial(client.quota, name, refresh=True))
         except (ProviderError, ConfigurationError) as exc:
             say_error(f"could not refresh: {describe(exc)}", hint_for(exc))
             failed = failed or exit_code(exc)
-    return failed
+        else:
+            asked.append(name)
+    return failed, asked
+
+
+def _not_confirmed(asked: "list[str]", quotas: "list[Quota]", since: "datetime") -> list[str]:
+    """The providers of ``asked`` that no upstream figure confirmed ``since``: they had nothing to ask
+    (whatanimeisthis for a guest, AniList), so ``--refresh`` changed nothing of theirs."""
+    confirmed = {q.provider for q in quotas if q.source in {"upstream", "headers"} and q.observed_at >= since}
+    return [name for name in asked if name not in confirmed]
 
 
 def _show_quotas(quotas: "list[Quota]", *, as_json: bool, now: "datetime") -> None:
