@@ -362,6 +362,22 @@ def test_a_folder_gives_one_json_line_per_image_with_its_path(
     assert tracemoe.app.state.emulator.search_requests == 6
 
 
+def test_a_folder_picks_up_every_kind_of_file_anisearch_reads(
+    tracemoe: Any, samples: Path, tmp_path: Path
+) -> None:
+    """A phone's .3gp, a recorder's .ts or .m2ts, an animated .apng, a .jpg_large saved from a social site:
+    each searched alone, and each picked up in a folder, where they were left out without a word."""
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    picture = (samples / "tinted-good.jpg").read_bytes()  # the content is what counts; the name picks it
+    names = ["clip.3gp", "capture.ts", "capture.m2ts", "loop.apng", "saved.jpg_large", "old.mpg"]
+    for name in names:
+        (shots / name).write_bytes(picture)
+    done = cli("search", str(shots), "--json")
+    assert done.returncode == 0, done.stderr
+    assert sorted(Path(json.loads(line)["input"]).name for line in done.stdout.splitlines()) == sorted(names)
+
+
 def test_many_inputs_mix_files_globs_and_failures(tracemoe: Any, samples: Path, tmp_path: Path) -> None:
     frames(tmp_path / "shots", samples, 4)
     bad = tmp_path / "bad.jpg"

@@ -76,15 +76,33 @@ MEDIA_SUFFIXES = frozenset(
         ".tiff",
         ".avif",
         ".heic",
+        ".apng",
+        ".jpg_large",  # a picture saved from a social site
+        ".jp2",
+        ".j2k",
+        ".qoi",
+        ".ppm",
+        ".pgm",
+        ".pnm",
         ".mp4",
         ".mkv",
         ".webm",
         ".mov",
         ".avi",
         ".m4v",
+        ".3gp",
+        ".3g2",
+        ".ts",
+        ".m2ts",
+        ".mts",
+        ".flv",
+        ".ogv",
+        ".mpg",
+        ".mpeg",
     ]
 )
-"""What a folder search picks up when no ``--glob`` is given (the content is sniffed before upload)."""
+"""What a folder search picks up when no ``--glob`` is given: the suffixes of every picture and video
+anisearch reads (the content is sniffed before upload)."""
 
 EPILOG = examples(
     "anisearch search shot.jpg",
