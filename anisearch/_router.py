@@ -118,7 +118,8 @@ _ANSWER_SECONDS: dict[tuple[str, str], collections.deque[float]] = {}
 _COUNTDOWN_SECONDS: dict[tuple[str, str], float] = {}
 """Per provider and address: how long a search that waited for its slot waits before sending, learnt from
 the concurrency refusals such searches met. An upstream may count a search down a moment after answering
-it (trace.moe: after an awaited database insert); a search sent sooner meets "Concurrency limit exceeded"."""
+it (trace.moe before 2026-02-26: after an awaited database insert); a search sent sooner meets
+"Concurrency limit exceeded"."""
 _COUNTDOWN_FIRST_SECONDS = 0.05
 _COUNTDOWN_MAX_SECONDS = 1.0
 _COUNTDOWN_FLOOR_SECONDS = 0.01

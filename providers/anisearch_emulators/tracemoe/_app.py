@@ -325,8 +325,9 @@ def create_app(
             encoding the answer included (the rest is a wait), to provoke concurrency collisions and to
             model an upstream's answer time.
         log_seconds: Seconds the server takes to log a search after it answered; only then does the
-            search stop counting against the caller's concurrency (as upstream, where the count goes
-            down after an awaited database insert that runs once the answer is sent).
+            search stop counting against the caller's concurrency, as on servers before 2026-02-26
+            (trace.moe-api ``be269f4``), where the count went down after an awaited database insert that
+            ran once the answer was sent. Today's server counts down before it logs: 0.
         failures: Canned answers for the first ``/search`` requests (see :meth:`EmulatorState.fail_next`).
         max_upload_bytes: Raw and multipart upload limit, bytes (25 MiB upstream).
         max_json_bytes: JSON body limit, bytes (100 kB upstream).
