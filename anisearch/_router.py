@@ -120,6 +120,10 @@ _COUNTDOWN_SECONDS: dict[tuple[str, str], float] = {}
 the concurrency refusals such searches met. An upstream may count a search down a moment after answering
 it (trace.moe before 2026-02-26: after an awaited database insert); a search sent sooner meets
 "Concurrency limit exceeded"."""
+_CONCURRENCY_ASKED: set[tuple[str, str, str]] = set()
+"""Per provider, address and scope of an account (a key, a session): whether this process asked its free
+quota endpoint for the concurrency it allows, the first time two of its searches met at one slot. A paid
+key may allow several at once where a guest has one: without asking, they would run one after another."""
 _COUNTDOWN_FIRST_SECONDS = 0.05
 _COUNTDOWN_MAX_SECONDS = 1.0
 _COUNTDOWN_FLOOR_SECONDS = 0.01
@@ -630,7 +634,12 @@ class Router:
         freed once that is likely over (the longest of this process's recent answer times, plus a margin,
         from when it was found dead), not at once, so the next search does not meet "Concurrency limit
         exceeded".
+
+        The first such refusal of an account's scope in this process asks how many slots it has
+        (:meth:`_learnt_concurrency`): when that answers, the same set, to ask again.
         """
+        if await self._learnt_concurrency(route):  # an account may allow more than the one slot
+            return dead, math.inf
         newly_dead = frozenset(h for h in refusal.holders if holder_is_dead(h)) - dead
         if newly_dead:
             now = time.monotonic()
@@ -755,6 +764,17 @@ class Router:
                     await anyio.sleep(wait)
                 continue
             return result
+
+    async def _learnt_concurrency(self, route: Route) -> bool:
+        """Whether the free quota endpoint was just asked, and answered, for the concurrency an account's
+        scope allows: once per process for each (see :data:`_CONCURRENCY_ASKED`); never for a guest."""
+        if _scope_kind(route.scope) == "guest" or not route.provider.capabilities.quota:
+            return False
+        key = (*_upstream(route.provider), route.scope)
+        if key in _CONCURRENCY_ASKED:
+            return False
+        _CONCURRENCY_ASKED.add(key)
+        return await self._checked_quota(route)
 
     async def _checked_quota(self, route: Route) -> bool:
         """:meth:`_refresh_quota`, unless asking failed in the last :data:`_QUOTA_CHECK_PAUSE_SECONDS`

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+import time
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1426,3 +1427,37 @@ def test_a_search_that_met_a_held_slot_upstream_reports_that_answer_not_a_skip()
     (attempt,) = caught.value.attempts
     assert (attempt.outcome, attempt.status_code, attempt.error) == ("failed", 402, "ConcurrencyLimitError")
     assert caught.group_contains(ConcurrencyLimitError, match="Concurrency limit exceeded")
+
+
+def test_a_paid_keys_concurrency_is_learnt_before_its_searches_queue_for_one_slot() -> None:
+    """A trace.moe key of a tier allowing 4 searches at once: four searches started together ran one after
+    another (the guest's one slot assumed) until ``quota(refresh=True)`` was called. The first time they
+    contend, the free ``/me`` is asked once, and they run side by side."""
+    from tests.conftest import HostRouter
+
+    from anisearch_emulators.tracemoe import create_app as tracemoe_app
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
+    emulator = tracemoe_app(keys={"paid-key": 4}, latency=1.0)
+    settings = Settings.load(
+        providers=["tracemoe"],
+        provider_options={"tracemoe": {"url": "http://paid.test", "key": "paid-key"}},
+        ledger="memory://",
+        cache="off",
+        metadata="off",
+    )
+    images = [demo.read_bytes() + bytes([n]) for n in range(4)]  # four different inputs: four searches
+
+    async def main() -> float:
+        async with AsyncClient(settings, HostRouter({"paid.test": emulator})) as client:
+            started = time.monotonic()
+            async with anyio.create_task_group() as group:
+                for image in images:
+                    group.start_soon(partial(client.search, image))
+            return time.monotonic() - started
+
+    took = anyio.run(main)
+    state = emulator.state.emulator
+    assert state.search_requests == 4
+    assert state.requests["/me"] == 1, state.requests  # asked once
+    assert took < 3.5, took  # one at a time takes 4 s at the least
