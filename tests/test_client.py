@@ -1430,9 +1430,9 @@ def test_a_search_that_met_a_held_slot_upstream_reports_that_answer_not_a_skip()
 
 
 def test_a_paid_keys_concurrency_is_learnt_before_its_searches_queue_for_one_slot() -> None:
-    """A trace.moe key of a tier allowing 4 searches at once: four searches started together ran one after
-    another (the guest's one slot assumed) until ``quota(refresh=True)`` was called. The first time they
-    contend, the free ``/me`` is asked once, and they run side by side."""
+    """A trace.moe key of the $20 tier allows 2 searches at once: four searches started together ran one
+    after another (the guest's one slot assumed) until ``quota(refresh=True)`` was called. The first time
+    they contend, the free ``/me`` is asked once, and they run two by two."""
     from tests.conftest import HostRouter
 
     from anisearch_emulators.tracemoe import create_app as tracemoe_app
@@ -1460,4 +1460,4 @@ def test_a_paid_keys_concurrency_is_learnt_before_its_searches_queue_for_one_slo
     state = emulator.state.emulator
     assert state.search_requests == 4
     assert state.requests["/me"] == 1, state.requests  # asked once
-    assert took < 3.5, took  # one at a time takes 4 s at the least
+    assert took < 3.5, took  # one at a time takes 4 s at the least; two by two, 2 s
