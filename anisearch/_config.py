@@ -40,7 +40,7 @@ from anisearch._redact import MASK, redact
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Settings", "config_path", "setting_named", "setting_source"]
+__all__ = ["Settings", "config_path", "provider_variable", "setting_named", "setting_source"]
 
 APP = "anisearch"
 
@@ -60,9 +60,14 @@ def is_secret_setting(name: str) -> bool:
     return bool(_SECRET_KEY.search(name))
 
 
+def provider_variable(provider: str, name: str) -> str:
+    """The environment variable of setting ``name`` of ``provider`` (``ANISEARCH_WHATANIME_GA_TOKEN``)."""
+    return f"ANISEARCH_{provider.upper().replace('-', '_')}_{name.upper()}"
+
+
 def _check_secret(provider: str, name: str, value: str) -> None:
     """Refuse a credential that cannot be sent as is, without echoing it."""
-    where = f"ANISEARCH_{provider.upper().replace('-', '_')}_{name.upper()}"
+    where = provider_variable(provider, name)
     if _HEADER_SECRET.search(name):
         bad = any(not 0x20 < ord(char) < 0x7F for char in value.strip())  # noqa: PLR2004 - printable ASCII
         what = "control, space or non-ASCII characters"
@@ -204,11 +209,15 @@ class Settings(BaseSettings):
         unknown = sorted(name for name in values if not name.startswith("_") and name not in known)
         if unknown:
             raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(known)}")
+
+        def named(field: str) -> str:  # a value given in code wins over the variable and the file
+            return f"{field} (given in code)" if field in values else setting_source(field)
+
         try:
             super().__init__(**values)
         except ValidationError as exc:
             # from None: pydantic's own message quotes the input, which may hold a credential
-            raise settings_error(exc, "ANISEARCH_", "invalid settings", setting_source) from None
+            raise settings_error(exc, "ANISEARCH_", "invalid settings", named) from None
         except SettingsError as exc:  # a variable pydantic-settings reads as JSON does not parse
             field = re.search(r'field "(\w+)"', str(exc))
             name = f"ANISEARCH_{field.group(1).upper()}" if field else "a setting"
@@ -224,9 +233,9 @@ class Settings(BaseSettings):
     cache: str | None = None
     """Result cache (``ANISEARCH_CACHE``): ``off``, a SQLite file's path (default in the cache dir; a
     ``sqlite:///path`` URL names it too) or ``redis://host:port/db``."""
-    cache_ttl: float = Field(default=7 * 24 * 3600, gt=0)
+    cache_ttl: float = Field(default=7 * 24 * 3600, gt=0, allow_inf_nan=False)
     """How long a cached result is reused, seconds (``ANISEARCH_CACHE_TTL``)."""
-    timeout: float = Field(default=30.0, gt=0)
+    timeout: float = Field(default=30.0, gt=0, allow_inf_nan=False)  # inf: a stalled upstream hangs
     """How long one attempt may take as a whole, seconds (``ANISEARCH_TIMEOUT``): connecting, sending, any
     sign-in, and reading the entire answer; the same bound applies to downloading an image URL and to
     waiting for a pipe to deliver the input. ``search(deadline=...)`` bounds a whole search."""

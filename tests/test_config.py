@@ -211,3 +211,36 @@ def test_a_redis_url_redis_cannot_read_is_refused_naming_its_setting(
     with pytest.raises(ConfigurationError, match="Invalid value for 'db'") as caught:
         Settings.load(**{setting: query})
     assert "hunter2" not in str(caught.value)
+
+
+def test_a_bad_value_given_in_code_is_named_as_given_in_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variable is set and valid; the keyword given in code wins and is wrong: the message blames the
+    keyword, where it named the variable."""
+    monkeypatch.setenv("ANISEARCH_TIMEOUT", "30")
+    with pytest.raises(ConfigurationError, match=r"^invalid settings: timeout \(given in code\): "):
+        Settings.load(timeout=-1)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_a_timeout_or_ttl_must_be_a_finite_number(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """An infinite timeout would let a stalled upstream hang a search without a deadline for ever."""
+    for variable in ("ANISEARCH_TIMEOUT", "ANISEARCH_CACHE_TTL"):
+        monkeypatch.setenv(variable, value)
+        with pytest.raises(ConfigurationError, match=rf"{variable}: Input should be a finite number"):
+            Settings.load()
+        monkeypatch.delenv(variable)
+
+
+def test_a_providers_bad_setting_names_where_it_is_set() -> None:
+    """A provider's setting names its variable and its place in the config file, as a core setting does."""
+    from pydantic import BaseModel
+
+    from anisearch._sdk._http import validate_settings
+
+    class Options(BaseModel):
+        ttl: float = 1.0
+
+    with pytest.raises(ConfigurationError) as caught:
+        validate_settings("whatanime-ga", Options, {"ttl": "x"})
+    where = "ANISEARCH_WHATANIME_GA_TTL or [whatanime-ga] ttl in the config file"
+    assert str(caught.value).startswith(f"invalid whatanime-ga setting(s): ttl ({where}): ")
