@@ -88,6 +88,21 @@ class UnknownProviderError(ConfigurationError, LookupError):
     def __str__(self) -> str:  # LookupError would repr() the message otherwise
         return str(self.args[0])
 
+    def __reduce__(self) -> tuple[object, ...]:
+        state = (type(self), str(self), self.name, self.known, self.__dict__)
+        return (_rebuild_unknown_provider_error, state)
+
+
+def _rebuild_unknown_provider_error(
+    cls: type[UnknownProviderError], message: str, name: str, known: list[str], state: dict[str, object]
+) -> UnknownProviderError:
+    exc = cls.__new__(cls)
+    ConfigurationError.__init__(exc, message)
+    exc.name = name
+    exc.known = known
+    exc.__dict__.update(state)
+    return exc
+
 
 class ClientClosedError(AnisearchError, RuntimeError):
     """The client was closed (``aclose()``, ``close()`` or its ``with`` block ended): open a new one.

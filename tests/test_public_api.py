@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
 import pytest
@@ -137,6 +138,140 @@ def test_provider_errors_say_who_and_survive_pickling() -> None:
         100,
         100,
     )
+
+
+_RESET = datetime(2026, 11, 22, 9, 14, tzinfo=UTC)
+
+
+def _all_failed() -> AllProvidersFailedError:
+    group = AllProvidersFailedError(
+        "no provider answered",
+        [
+            QuotaExhaustedError("spent", provider="tracemoe", status_code=402),
+            ProviderTimeoutError("slow", provider="whatanimeisthis"),
+        ],
+    )
+    group.attempts = [
+        anisearch.Attempt(
+            provider="tracemoe", outcome="failed", error="QuotaExhaustedError", status_code=402
+        ),
+        anisearch.Attempt(provider="whatanimeisthis", outcome="failed", error="ProviderTimeoutError"),
+    ]
+    return group
+
+
+ERRORS_AS_RAISED: list[tuple[BaseException, dict[str, object]]] = [
+    # one of each class anisearch exports, as anisearch raises it, with the attributes a caller reads
+    (AnisearchError("something went wrong"), {}),
+    (ConfigurationError("ANISEARCH_TIMEOUT must be a positive number of seconds, got '-1'"), {}),
+    (
+        UnknownProviderError("tracemo", ["whatanimeisthis", "tracemoe"], note="from ANISEARCH_PROVIDERS"),
+        {"name": "tracemo", "known": ["tracemoe", "whatanimeisthis"]},
+    ),
+    (anisearch.ClientClosedError("the client is closed; open a new one"), {}),
+    (InvalidImageError("shot.jpg: the image is corrupt or truncated and cannot be decoded"), {}),
+    (
+        ImageTooLargeError(
+            "the image is 30000000 bytes; the limit is 26214400",
+            size_bytes=30_000_000,
+            limit_bytes=26_214_400,
+        ),
+        {"provider": None, "size_bytes": 30_000_000, "limit_bytes": 26_214_400},
+    ),
+    (
+        anisearch.LedgerError("the quota ledger is unreachable", ledger="redis://:***@cache:6379/0"),
+        {"ledger": "redis://:***@cache:6379/0"},
+    ),
+    (
+        ProviderError("unexpected answer", provider="tracemoe", status_code=418, retry_after=2.5),
+        {"provider": "tracemoe", "status_code": 418, "retry_after": 2.5},
+    ),
+    (
+        QuotaExhaustedError(
+            "Search quota depleted",
+            provider="tracemoe",
+            status_code=402,
+            limit=100,
+            used=100,
+            resets_at=_RESET,
+            window="rolling-24h",
+        ),
+        {"limit": 100, "used": 100, "resets_at": _RESET, "window": "rolling-24h"},
+    ),
+    (
+        anisearch.ConcurrencyLimitError("Concurrency limit exceeded", provider="tracemoe", status_code=402),
+        {"provider": "tracemoe", "status_code": 402},
+    ),
+    (
+        anisearch.RateLimitedError(
+            "Too Many Requests", provider="whatanime-ga", status_code=429, retry_after=30
+        ),
+        {"retry_after": 30},
+    ),
+    (
+        anisearch.SignInRateLimitedError(
+            "too many sign-ins", provider="whatanimeisthis", status_code=429, retry_after=10
+        ),
+        {"provider": "whatanimeisthis", "retry_after": 10},
+    ),
+    (
+        anisearch.ProviderBusyError("Error: Search queue is full", provider="tracemoe", status_code=503),
+        {"status_code": 503},
+    ),
+    (
+        anisearch.AuthenticationError("Invalid API key", provider="tracemoe", status_code=403),
+        {"status_code": 403},
+    ),
+    (
+        anisearch.ImageFetchError("cannot download https://example.com/shot.jpg: HTTP 404"),
+        {"provider": None},
+    ),
+    (
+        anisearch.BadRequestError("Method Not Allowed", provider="tracemoe", status_code=405),
+        {"status_code": 405},
+    ),
+    (
+        anisearch.UpstreamResponseError(
+            "the answer is not JSON",
+            provider="whatanimeisthis",
+            status_code=200,
+            endpoint="/api/anime/search",
+        ),
+        {"endpoint": "/api/anime/search"},
+    ),
+    (
+        anisearch.ProviderServerError("Internal Server Error", provider="tracemoe", status_code=500),
+        {"status_code": 500},
+    ),
+    (
+        anisearch.ProviderConnectionError("the connection was refused", provider="tracemoe"),
+        {"provider": "tracemoe", "status_code": None},
+    ),
+    (ProviderTimeoutError("no answer in 30 seconds", provider="tracemoe"), {"provider": "tracemoe"}),
+    (_all_failed(), {}),
+]
+
+
+def test_every_exported_error_survives_pickling() -> None:
+    # a ProcessPoolExecutor worker's error comes back pickled: one that cannot be rebuilt breaks the pool
+    exported = {
+        value
+        for value in (getattr(anisearch, name) for name in anisearch.__all__)
+        if isinstance(value, type) and issubclass(value, BaseException)
+    }
+    assert {type(exc) for exc, _ in ERRORS_AS_RAISED} == exported
+    for exc, attributes in ERRORS_AS_RAISED:
+        clone = pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own object
+        assert type(clone) is type(exc)
+        assert str(clone) == str(exc)
+        for name, value in attributes.items():
+            assert getattr(clone, name) == value, (type(exc).__name__, name)
+        if isinstance(exc, AllProvidersFailedError):
+            assert isinstance(clone, AllProvidersFailedError)
+            assert [(type(e), str(e)) for e in clone.errors] == [(type(e), str(e)) for e in exc.errors]
+            assert clone.attempts == exc.attempts
+        else:
+            assert vars(clone) == vars(exc)
 
 
 def test_a_local_size_refusal_names_no_provider() -> None:
