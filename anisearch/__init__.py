@@ -223,6 +223,7 @@ def search(
 
     Raises:
         InvalidImageError: Bad input (before any request).
+        ConfigurationError: A bad argument (an empty ``providers`` ...), before any request.
         AllProvidersFailedError: No provider answered.
         LedgerError: The quota ledger cannot be used (no search is sent without it).
     """
@@ -264,6 +265,7 @@ async def asearch(
 
     Raises:
         InvalidImageError: Bad input (before any request).
+        ConfigurationError: A bad argument (an empty ``providers`` ...), before any request.
         AllProvidersFailedError: No provider answered.
         LedgerError: The quota ledger cannot be used (no search is sent without it).
     """

@@ -424,7 +424,8 @@ class AsyncClient(AccountFeatures):
                 (downloaded once by anisearch and uploaded, which is more reliable than letting each
                 upstream fetch it).
             providers: Provider names in the order to ask; None means the configured order
-                (``ANISEARCH_PROVIDERS``) or the default ``tracemoe``, then ``whatanimeisthis``.
+                (``ANISEARCH_PROVIDERS``) or the default ``tracemoe``, then ``whatanimeisthis``; an
+                empty list is refused (:class:`ConfigurationError`), as it would ask nobody.
             strategy: ``"fallback"`` asks one provider at a time until one answers; ``"fanout"`` asks every
                 eligible provider at once and merges their hits.
             anilist_id: Only hits of this AniList ID.
@@ -462,9 +463,10 @@ class AsyncClient(AccountFeatures):
                 for one provider's upload limit alone is that provider's failed attempt: the next is asked.
             ImageFetchError: ``image`` is a URL that could not be downloaded.
             UnknownProviderError: A name in ``providers`` (or the ``metadata`` setting) is not registered.
-            ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy or
-                mode, a ``deadline`` that is not a positive number of seconds), or CA certificates that
-                ``SSL_CERT_FILE``/``SSL_CERT_DIR`` name and that cannot be read (at the first HTTPS request).
+            ConfigurationError: A bad argument (an empty ``providers``, ``min_similarity`` outside 0..1, an
+                unknown strategy or mode, a ``deadline`` that is not a positive number of seconds), or CA
+                certificates that ``SSL_CERT_FILE``/``SSL_CERT_DIR`` name and that cannot be read (at the
+                first HTTPS request).
             AllProvidersFailedError: No provider answered; it holds each provider's error.
             ClientClosedError: The client was closed, before or during the search.
             LedgerError: The quota ledger cannot be used (Redis unreachable, a SQLite file unwritable or

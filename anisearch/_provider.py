@@ -396,7 +396,7 @@ def provider_order(
     """The providers a search asks, in order, each once.
 
     Args:
-        requested: The search's own ``providers``, first if given.
+        requested: The search's own ``providers``, first if given (None: not given).
         configured: ``Settings.providers`` (``ANISEARCH_PROVIDERS``), next.
         candidates: Else every installed provider as ``(name, default_order, default_rank)``: those in the
             default order, and those left out of it (the legacy whatanime.ga API) whose base URL is
@@ -405,8 +405,16 @@ def provider_order(
 
     Returns:
         Provider names, duplicates dropped.
+
+    Raises:
+        ConfigurationError: ``requested`` is empty: asking nobody is refused rather than read as "the
+            default providers" (an allow-list filtered down to nothing must not spend their quota).
     """
-    names = list(requested) if requested else list(configured or ())
+    if requested is not None and not requested:
+        raise ConfigurationError(
+            "providers is empty: name at least one provider, or pass None for the configured order"
+        )
+    names = list(requested) if requested is not None else list(configured or ())
     if not names:
         ranked = sorted((rank, name) for name, default, rank in candidates if default or has_url(name))
         names = [name for _, name in ranked]

@@ -317,7 +317,8 @@ class Client:
                 (downloaded once by anisearch and uploaded, which is more reliable than letting each
                 upstream fetch it).
             providers: Provider names in the order to ask; None means the configured order
-                (``ANISEARCH_PROVIDERS``) or the default ``tracemoe``, then ``whatanimeisthis``.
+                (``ANISEARCH_PROVIDERS``) or the default ``tracemoe``, then ``whatanimeisthis``; an
+                empty list is refused (:class:`ConfigurationError`), as it would ask nobody.
             strategy: ``"fallback"`` asks one provider at a time until one answers; ``"fanout"`` asks every
                 eligible provider at once and merges their hits.
             anilist_id: Only hits of this AniList ID.
@@ -349,9 +350,10 @@ class Client:
             ImageTooLargeError: The input is over the size limit (before any request).
             ImageFetchError: ``image`` is a URL that could not be downloaded.
             UnknownProviderError: A name in ``providers`` is not registered.
-            ConfigurationError: A bad argument (``min_similarity`` outside 0..1, an unknown strategy or
-                mode, a ``deadline`` that is not a positive number of seconds), or CA certificates that
-                ``SSL_CERT_FILE``/``SSL_CERT_DIR`` name and that cannot be read (at the first HTTPS request).
+            ConfigurationError: A bad argument (an empty ``providers``, ``min_similarity`` outside 0..1, an
+                unknown strategy or mode, a ``deadline`` that is not a positive number of seconds), or CA
+                certificates that ``SSL_CERT_FILE``/``SSL_CERT_DIR`` name and that cannot be read (at the
+                first HTTPS request).
             AllProvidersFailedError: No provider answered; it holds each provider's error.
             ClientClosedError: The client was closed.
             LedgerError: The quota ledger cannot be used (Redis unreachable, a SQLite file unwritable or

@@ -711,6 +711,43 @@ def test_unknown_names_and_bad_arguments_are_usage_errors(mock: respx.MockRouter
     assert mock.calls.call_count == 0
 
 
+EMPTY_PROVIDERS = "providers is empty: name at least one provider"
+
+
+def _configured_and_default() -> list[Settings]:
+    return [settings(cache="off"), Settings.load(cache="off")]
+
+
+async def test_an_empty_providers_list_asks_nobody(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    # an allow-list filtered down to nothing: not "the default providers", whose quota it would spend
+    anywhere = mock.route().respond(200, json=body)
+    image = (samples / "tinted-good.jpg").read_bytes()
+    for configured in _configured_and_default():
+        async with AsyncClient(configured, transport(mock)) as client:
+            with pytest.raises(ConfigurationError, match=EMPTY_PROVIDERS):
+                await client.search(image, providers=[])
+            with pytest.raises(ConfigurationError, match=EMPTY_PROVIDERS):
+                await client.search(image, providers=(), strategy="fanout")
+    assert anywhere.call_count == 0
+
+
+def test_an_empty_providers_list_asks_nobody_sync(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    anywhere = mock.route().respond(200, json=body)
+    for configured in _configured_and_default():
+        with (
+            Client(configured, transport(mock)) as client,
+            pytest.raises(ConfigurationError, match=EMPTY_PROVIDERS),
+        ):
+            client.search(samples / "tinted-good.jpg", providers=[])
+        with pytest.raises(ConfigurationError, match=EMPTY_PROVIDERS):
+            anisearch.search(samples / "tinted-good.jpg", providers=[], settings=configured)
+    assert anywhere.call_count == 0
+
+
 def test_a_search_that_outlives_its_deadline_fails_without_asking(
     mock: respx.MockRouter, body: dict[str, Any], samples: Path
 ) -> None:
