@@ -464,7 +464,8 @@ class AsyncClient(AccountFeatures):
             ImageFetchError: ``image`` is a URL that could not be downloaded.
             UnknownProviderError: A name in ``providers`` (or the ``metadata`` setting) is not registered.
             ConfigurationError: A bad argument (an empty ``providers``, ``min_similarity`` outside 0..1, an
-                unknown strategy or mode, a ``deadline`` that is not a positive number of seconds), or CA
+                unknown strategy or mode, a ``deadline`` that is not a positive number of seconds, a flag
+                that is not a ``bool``: ``include_adult="false"`` is refused, not read as true), or CA
                 certificates that ``SSL_CERT_FILE``/``SSL_CERT_DIR`` name and that cannot be read (at the
                 first HTTPS request).
             AllProvidersFailedError: No provider answered; it holds each provider's error.
@@ -479,6 +480,8 @@ class AsyncClient(AccountFeatures):
                 raise ConfigurationError(f"deadline must be a positive number of seconds, got {deadline!r}")
             if mode not in ("image", "vector"):
                 raise ConfigurationError(f"unknown mode {mode!r}; use 'image' or 'vector'")
+            _check_flags(cut_borders=cut_borders, anilist_info=anilist_info, cache=cache)
+            _check_flags(include_adult=include_adult, none_allowed=True)
             # bad settings fail first
             enrich = self._enrichment(fill=anilist_info, include_adult=include_adult)
             # Titles come from the metadata provider for every provider alike; trace.moe's own anilistInfo
@@ -810,6 +813,20 @@ def _defaults(name: str, scope: str, windows: Sequence[WindowSpec], now: datetim
         for spec in windows
         if spec.limit is not None
     ]
+
+
+def _check_flags(*, none_allowed: bool = False, **flags: object) -> None:
+    """Refuse a flag that is not a ``bool`` (or None, where ``none_allowed``): a string such as
+    ``"false"`` from a bot's configuration would otherwise be read as true.
+
+    Raises:
+        ConfigurationError: A flag is of another type; the message names it and its type.
+    """
+    for name, value in flags.items():
+        if isinstance(value, bool) or (none_allowed and value is None):
+            continue
+        allowed = "True, False or None" if none_allowed else "True or False"
+        raise ConfigurationError(f"{name} must be {allowed}, got {value!r} (type {type(value).__name__})")
 
 
 def _checked(min_similarity: object, options: SearchOptions) -> tuple[float | None, SearchOptions]:

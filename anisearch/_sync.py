@@ -351,7 +351,8 @@ class Client:
             ImageFetchError: ``image`` is a URL that could not be downloaded.
             UnknownProviderError: A name in ``providers`` is not registered.
             ConfigurationError: A bad argument (an empty ``providers``, ``min_similarity`` outside 0..1, an
-                unknown strategy or mode, a ``deadline`` that is not a positive number of seconds), or CA
+                unknown strategy or mode, a ``deadline`` that is not a positive number of seconds, a flag
+                that is not a ``bool``: ``include_adult="false"`` is refused, not read as true), or CA
                 certificates that ``SSL_CERT_FILE``/``SSL_CERT_DIR`` name and that cannot be read (at the
                 first HTTPS request).
             AllProvidersFailedError: No provider answered; it holds each provider's error.

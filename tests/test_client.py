@@ -615,6 +615,28 @@ async def test_an_argument_of_the_wrong_type_is_a_configuration_error(
 
 
 @pytest.mark.parametrize(
+    ("argument", "value", "says"),
+    [
+        ("include_adult", "false", "include_adult must be True, False or None, got 'false' (type str)"),
+        ("include_adult", 0, "include_adult must be True, False or None, got 0 (type int)"),
+        ("cache", "no", "cache must be True or False, got 'no' (type str)"),
+        ("cache", None, "cache must be True or False, got None (type NoneType)"),
+        ("cut_borders", "yes", "cut_borders must be True or False, got 'yes' (type str)"),
+        ("anilist_info", 1, "anilist_info must be True or False, got 1 (type int)"),
+    ],
+)
+async def test_a_flag_that_is_not_a_bool_is_refused_not_read_as_true(
+    mock: respx.MockRouter, samples: Path, argument: str, value: Any, says: str
+) -> None:
+    # include_adult="false" from a bot's configuration would otherwise keep the adult hits
+    anywhere = mock.route()
+    async with AsyncClient(settings(cache="off"), transport(mock)) as client:
+        with pytest.raises(ConfigurationError, match=re.escape(says)):
+            await client.search((samples / "tinted-good.jpg").read_bytes(), **{argument: value})
+    assert anywhere.call_count == 0
+
+
+@pytest.mark.parametrize(
     ("timeout", "deadline", "says"),
     [
         (0.3, None, "no complete answer within 0.3 s"),
