@@ -73,26 +73,30 @@ def too_large(where: str, size: int | None, limit: int) -> ImageTooLargeError:
     )
 
 
+def _text_mode(where: str) -> InvalidImageError:
+    return InvalidImageError(f"{where}the file object returned text; open the file in binary mode ('rb')")
+
+
 def read_bounded(reader: BinaryReader, limit: int, where: str) -> bytes:
     """Read to the end, but never more than ``limit`` + 1 bytes.
 
     Raises:
         ImageTooLargeError: There is more than ``limit`` bytes (the rest is not read).
-        InvalidImageError: The reader gives text, or fails.
+        InvalidImageError: The reader gives text, or fails to decode the bytes as text, or fails.
     """
     buffer = io.BytesIO()  # grows in place; getvalue() hands its bytes over without a second copy
     total = 0
     while total <= limit:
         try:
             chunk: object = reader.read(min(limit + 1 - total, _MIB))
+        except UnicodeDecodeError as exc:  # a text reader, decoding an image's bytes
+            raise _text_mode(where) from exc
         except (OSError, ValueError) as exc:  # a closed file, an I/O error, a non-blocking empty pipe
             raise InvalidImageError(f"{where}cannot read the input ({type(exc).__name__})") from exc
         if not chunk:
             break
         if not isinstance(chunk, bytes | bytearray | memoryview):
-            raise InvalidImageError(
-                f"{where}the file object returned text; open the file in binary mode ('rb')"
-            )
+            raise _text_mode(where)
         total += buffer.write(chunk)
     if total > limit:
         raise too_large(where, None, limit)
@@ -243,8 +247,8 @@ def read_source(source: object, limit: int, wait_seconds: float | None = None) -
 
     Raises:
         ImageTooLargeError: Over ``limit``.
-        InvalidImageError: Missing, unreadable, a directory, a pipe with no writer, text mode, a bad or
-            empty name.
+        InvalidImageError: Missing, unreadable, a directory, a pipe with no writer, a file object in text
+            mode (whatever its encoding), a bad or empty name.
     """
     if isinstance(source, str | os.PathLike):
         path = os.fsdecode(source)
@@ -261,6 +265,8 @@ def read_source(source: object, limit: int, wait_seconds: float | None = None) -
     if callable(read):
         name = getattr(source, "name", None)
         where = f"{printable(name)}: " if isinstance(name, str) else ""
+        if isinstance(source, io.TextIOBase):  # open(path), sys.stdin: refused before a byte is decoded
+            raise _text_mode(where)
         descriptor = _pipe_descriptor(source)
         if descriptor is not None and isinstance(source, io.BufferedReader | io.FileIO):
             return _read_stream(source, descriptor, limit, where, wait_seconds), where

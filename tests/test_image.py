@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import functools
@@ -806,6 +807,25 @@ def test_misuse_is_refused_clearly() -> None:
         prepare(Image.new("RGB", (8, 8)), max_width=0)
     with pytest.raises(ConfigurationError, match="max_source_bytes"):
         prepare(b"x", max_source_bytes=0)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1", "cp1252"])
+def test_a_picture_opened_in_text_mode_says_to_open_it_in_binary_mode(samples: Path, encoding: str) -> None:
+    # open("shot.jpg"): whether the JPEG's bytes happen to decode in the encoding does not matter
+    with (
+        (samples / "tinted-good.jpg").open(encoding=encoding) as handle,
+        pytest.raises(InvalidImageError) as caught,
+    ):
+        prepare(handle)  # type: ignore[arg-type]
+    assert str(caught.value).endswith(
+        "tinted-good.jpg: the file object returned text; open the file in binary mode ('rb')"
+    )
+    # a text reader that is not an io.TextIOBase fails while decoding: the same advice
+    with (
+        (samples / "tinted-good.jpg").open("rb") as raw,
+        pytest.raises(InvalidImageError, match=r"open the file in binary mode \('rb'\)"),
+    ):
+        prepare(codecs.getreader("utf-8")(raw))
 
 
 MAGIC_PREFIXES = [
