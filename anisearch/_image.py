@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from anisearch._exceptions import ConfigurationError, ImageTooLargeError, InvalidImageError
 from anisearch._limits import MAX_SOURCE_BYTES
@@ -427,8 +427,24 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) else 1
 
 
+def _closed(image: Image.Image, exc: BaseException | None = None) -> bool:
+    """Whether the caller closed ``image`` before it was searched: its file was closed (the ``with``
+    block of ``Image.open`` left) while pixels were still to be read from it, or ``close()`` freed its
+    pixels (Pillow then raises ``ValueError("Operation on closed image")`` on any use)."""
+    if isinstance(image, ImageFile.ImageFile) and image.fp is None and image.tile:
+        return True
+    return isinstance(exc, ValueError) and str(exc) == "Operation on closed image"
+
+
 def _first_frame(image: Image.Image, where: str) -> Image.Image:
-    """A caller's PIL image at frame 0, loaded, without moving the caller's frame pointer."""
+    """A caller's PIL image at frame 0, loaded, without moving the caller's frame pointer.
+
+    Raises:
+        InvalidImageError: The image was closed before the search, or its pixels cannot be decoded.
+    """
+    closed = f"{where}the PIL image was closed before the search; search it before closing it"
+    if _closed(image):
+        raise InvalidImageError(closed)
     try:
         if getattr(image, "n_frames", 1) > 1 and image.tell() != 0:
             position = image.tell()
@@ -438,6 +454,8 @@ def _first_frame(image: Image.Image, where: str) -> Image.Image:
             return frame
         image.load()
     except Exception as exc:
+        if _closed(image, exc):
+            raise InvalidImageError(closed) from exc
         raise InvalidImageError(f"{where}the image is corrupt or truncated and cannot be decoded") from exc
     return image
 

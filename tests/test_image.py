@@ -828,6 +828,23 @@ def test_a_picture_opened_in_text_mode_says_to_open_it_in_binary_mode(samples: P
         prepare(codecs.getreader("utf-8")(raw))
 
 
+def test_a_pil_image_closed_before_the_search_is_named_as_closed_not_corrupt(samples: Path) -> None:
+    closed = "the PIL image was closed before the search; search it before closing it"
+    with Image.open(samples / "tinted-good.jpg") as left_early:  # the with block ended before search()
+        pass
+    freed = Image.open(samples / "tinted-good.jpg")
+    freed.load()
+    freed.close()
+    made = Image.new("RGB", (64, 36))
+    made.close()
+    for image in (left_early, freed, made):
+        with pytest.raises(InvalidImageError) as caught:
+            prepare(image)
+        assert str(caught.value) == closed
+    with Image.open(samples / "tinted-good.jpg") as still_open:  # searched inside the block: fine
+        assert prepare(still_open).width > 0
+
+
 MAGIC_PREFIXES = [
     b"\xff\xd8\xff\xe0",
     b"\x89PNG\r\n\x1a\n",
