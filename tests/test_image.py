@@ -1074,3 +1074,38 @@ def test_a_plain_picture_loads_no_border_cutting_or_colour_management() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == [320, [], True]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the peak from /proc/self/status")
+def test_an_rgba_picture_decodes_within_16_bytes_a_pixel(tmp_path: Path) -> None:
+    """docs/gateway.md: a decode holds up to 16 bytes a pixel. A lossless RGBA WebP (a few hundred bytes for
+    9 MP) was copied whole before its flattening on black, with its alpha band beside it: 21 bytes a pixel."""
+    import subprocess
+
+    side = 3000
+    picture = tmp_path / "rgba.webp"
+    Image.new("RGBA", (side, side), (10, 20, 30, 200)).save(picture, lossless=True)
+    script = """
+import io, re, sys
+from PIL import Image
+from anisearch._image import prepare
+
+def kib(field):
+    with open("/proc/self/status") as status:
+        return int(re.search(field + r":\\s+(\\d+) kB", status.read()).group(1))
+
+warm = io.BytesIO()
+Image.new("RGBA", (64, 64)).save(warm, "WEBP", lossless=True)
+prepare(warm.getvalue())  # the plugins loaded
+data = open(sys.argv[1], "rb").read()
+with open("/proc/self/clear_refs", "w") as peak:
+    peak.write("5")  # the peak starts again from here
+before = kib("VmRSS")
+prepare(data)
+print((kib("VmHWM") - before) * 1024)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(picture)], capture_output=True, text=True, check=True
+    )
+    grew = int(done.stdout)
+    assert grew <= 16.5 * side * side, f"{grew / side / side:.1f} bytes a pixel"
