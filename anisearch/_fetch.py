@@ -11,7 +11,8 @@ not become a proxy into its own network. :func:`download`:
 3. connects to the address it checked (the URL's host goes in ``Host`` and in TLS SNI, and the
    certificate is verified against it), so a second DNS answer cannot move the connection elsewhere;
 4. follows at most :data:`~anisearch._limits.MAX_REDIRECTS` redirects itself, checking each as in 1-3;
-5. reads at most :data:`~anisearch._limits.MAX_SOURCE_BYTES`.
+5. reads at most the limit it is given (:data:`~anisearch._limits.MAX_SOURCE_BYTES` by default), and
+   refuses a body whose ``Content-Length`` announces more before reading any of it.
 
 Its client has no cookie jar and no provider credential. ``allow_private`` (``ANISEARCH_ALLOW_PRIVATE_URLS``)
 skips steps 2 and 3 for self-hosted setups and tests, except that cloud metadata addresses and names are
@@ -32,6 +33,7 @@ import httpx
 from anisearch._exceptions import ImageFetchError, ImageTooLargeError
 from anisearch._limits import MAX_REDIRECTS, MAX_SOURCE_BYTES, MAX_URL_LENGTH
 from anisearch._redact import display_url
+from anisearch._source import human_size
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
@@ -386,6 +388,24 @@ def _why(exc: httpx.HTTPError) -> str:
     return next((why for kind, why in _WHY if isinstance(exc, kind)), type(exc).__name__)
 
 
+def _announced_size(response: httpx.Response) -> int | None:
+    """The body's size in bytes as its ``Content-Length`` announces it, when that is the size it will have
+    once read: None without one (or an unreadable one), or when a content encoding (gzip ...) makes the
+    decoded body another size."""
+    if response.headers.get("content-encoding", "identity").strip().lower() not in {"", "identity"}:
+        return None
+    try:
+        size = int(response.headers.get("content-length", ""))
+    except ValueError:
+        return None
+    return size if size >= 0 else None
+
+
+def _in_words(size: int) -> str:
+    """``"50.0 MiB (52428800 bytes)"``: readable, and exact."""
+    return f"{human_size(size)} ({size} bytes)" if size >= 1024 else human_size(size)  # noqa: PLR2004
+
+
 async def download(
     client: httpx.AsyncClient,
     text: str,
@@ -407,7 +427,9 @@ async def download(
         ImageFetchError: A refused or bad URL, a refused address, too many redirects, an HTTP error (a
             3xx that leads nowhere too), an empty body, or a failed transfer (``provider`` is None:
             anisearch itself could not download it).
-        ImageTooLargeError: The body is over ``limit``.
+        ImageTooLargeError: The body is over ``limit``: refused from its ``Content-Length`` before it is read
+            when that announces more (``size_bytes`` is then the size announced), else once ``limit`` bytes
+            were read.
     """
     url = parse_url(text)
     for _ in range(MAX_REDIRECTS + 1):
@@ -435,10 +457,20 @@ async def download(
                     f"cannot download {shown}: HTTP {response.status_code}{missing}",
                     status_code=response.status_code,
                 )
+            announced = _announced_size(response)
+            if announced is not None and announced > limit:  # refused before a byte of the body is read
+                raise ImageTooLargeError(
+                    f"{shown} is {_in_words(announced)} by its Content-Length, over the "
+                    f"{_in_words(limit)} download limit",
+                    size_bytes=announced,
+                    limit_bytes=limit,
+                )
             try:
                 body = await read_capped(response, limit)
             except BodyTooLargeError:
-                raise ImageTooLargeError(f"{shown} is larger than {limit} bytes", limit_bytes=limit) from None
+                raise ImageTooLargeError(
+                    f"{shown} is larger than the {_in_words(limit)} download limit", limit_bytes=limit
+                ) from None
             except httpx.HTTPError as exc:
                 raise ImageFetchError(f"cannot download {shown}: {_why(exc)}") from exc
             if not body:

@@ -22,7 +22,7 @@ from typing import Protocol
 from anisearch._exceptions import ImageTooLargeError, InvalidImageError
 from anisearch._redact import printable
 
-__all__ = ["BinaryReader", "not_an_image", "read_source", "too_large", "video_kind"]
+__all__ = ["BinaryReader", "human_size", "not_an_image", "read_source", "too_large", "video_kind"]
 
 _MIB = 1024 * 1024
 _IMAGE_SIGNATURES = (
@@ -57,7 +57,8 @@ class BinaryReader(Protocol):
 # ---------------------------------------------------------------- reading the source
 
 
-def _human(size: int) -> str:
+def human_size(size: int) -> str:
+    """``size`` bytes in words: ``"50.0 MiB"``, ``"48.3 KiB"``, ``"1000 bytes"``."""
     if size >= _MIB:
         return f"{size / _MIB:.1f} MiB"
     return f"{size / 1024:.1f} KiB" if size >= 1024 else f"{size} bytes"  # noqa: PLR2004 - one KiB
@@ -65,9 +66,9 @@ def _human(size: int) -> str:
 
 def too_large(where: str, size: int | None, limit: int) -> ImageTooLargeError:
     """The error for a source over ``limit`` bytes (``size`` None when only "more than" is known)."""
-    what = f"is {_human(size)}" if size is not None else f"is larger than {_human(limit)}"
+    what = f"is {human_size(size)}" if size is not None else f"is larger than {human_size(limit)}"
     return ImageTooLargeError(
-        f"{where}the input {what}, over the {_human(limit)} limit",
+        f"{where}the input {what}, over the {human_size(limit)} limit",
         size_bytes=size,
         limit_bytes=limit,
     )

@@ -252,9 +252,40 @@ async def test_an_endless_url_is_cut_at_the_download_limit(
 
     server = fault_server(endless)
     async with AsyncClient(offline_settings(allow_private_urls=True, timeout=20)) as client:
-        with gauge() as used, pytest.raises(ImageTooLargeError, match="larger than 52428800 bytes"):
+        with (
+            gauge() as used,
+            pytest.raises(
+                ImageTooLargeError, match=r"is larger than the 50\.0 MiB \(52428800 bytes\) download limit"
+            ),
+        ):
             await client.search(f"{server.url}/a.jpg")
     assert used.peak_bytes < 200 * 1024 * 1024
+
+
+@pytest.mark.parametrize("encoding", ["", "Content-Encoding: identity\r\n"])
+async def test_a_url_announcing_more_than_the_download_limit_is_refused_before_its_body(
+    fault_server: Callable[..., Any], encoding: str
+) -> None:
+    sent: list[int] = []
+
+    def announced(connection: socket.socket, server: Any) -> None:  # 200 MiB announced, sent slowly
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n{encoding}Content-Length: {200 << 20}\r\n\r\n"
+        connection.sendall(head.encode())
+        with contextlib.suppress(OSError):
+            while server.sleep(0.1):
+                connection.sendall(bytes(1 << 17))
+                sent.append(1 << 17)
+
+    server = fault_server(announced)
+    async with AsyncClient(offline_settings(allow_private_urls=True, timeout=20)) as client:
+        with pytest.raises(ImageTooLargeError) as caught, anyio.fail_after(10):
+            await client.search(f"{server.url}/huge.jpg")
+    assert str(caught.value) == (
+        f"{server.url}/huge.jpg is 200.0 MiB (209715200 bytes) by its Content-Length, "
+        "over the 50.0 MiB (52428800 bytes) download limit"
+    )
+    assert (caught.value.size_bytes, caught.value.limit_bytes) == (200 << 20, 50 << 20)
+    assert sum(sent) < 1 << 20  # not read up to the limit first
 
 
 async def test_a_fifo_without_a_writer_ends_at_the_deadline(tmp_path: Path, gauge: Callable[[], Any]) -> None:
