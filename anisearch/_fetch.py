@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import zlib
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING
@@ -385,7 +386,28 @@ _WHY = (
 
 def _why(exc: httpx.HTTPError) -> str:
     """A transfer failure in words (the exception's own text may hold a URL's secrets or say nothing)."""
+    tls = _tls_failure(exc)
+    if isinstance(tls, ssl.SSLCertVerificationError):  # the host answered: its certificate is the problem
+        reason = (tls.verify_message or tls.reason or "").rstrip(".") or type(tls).__name__
+        return (
+            f"the server's HTTPS certificate did not verify ({reason}); image downloads trust certifi's CA "
+            "bundle"
+        )
+    if tls is not None:  # an HTTPS handshake that failed otherwise (a plain-HTTP port, no common protocol)
+        return f"the HTTPS handshake failed ({tls.reason or type(tls).__name__})"
     return next((why for kind, why in _WHY if isinstance(exc, kind)), type(exc).__name__)
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The :class:`ssl.SSLError` behind a transfer failure (httpx chains httpcore's, which chains it)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _announced_size(response: httpx.Response) -> int | None:

@@ -1140,6 +1140,40 @@ def _tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
         tls_context.cache_clear()  # the next test's is made from the usual certificates
 
 
+def test_a_url_whose_certificate_does_not_verify_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host answered and its certificate is the problem; downloads trust certifi's bundle (not the
+    SSL_CERT_FILE that trusts this server for the providers), which the message says."""
+    with (
+        _tls_server(tmp_path, monkeypatch) as url,
+        Client(settings(allow_private_urls=True, cache="off")) as client,
+        pytest.raises(ImageFetchError) as caught,
+    ):
+        client.search(f"{url}/shot.jpg")
+    assert str(caught.value) == (
+        f"cannot download {url}/shot.jpg: the server's HTTPS certificate did not verify (unable to get local "
+        "issuer certificate); image downloads trust certifi's CA bundle"
+    )
+
+
+def test_an_https_url_to_a_plain_http_port_says_the_handshake_failed(
+    live_server: Callable[[Any], LiveServer],
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # never reached: no TLS is spoken here
+        raise AssertionError(scope)
+
+    server = live_server(app)
+    url = server.url.replace("http://", "https://") + "/shot.jpg"
+    with (
+        Client(settings(allow_private_urls=True, cache="off")) as client,
+        pytest.raises(ImageFetchError) as caught,
+    ):
+        client.search(url)
+    assert str(caught.value).startswith(f"cannot download {url}: the HTTPS handshake failed (")
+    assert "certificate" not in str(caught.value)
+
+
 def _count_ca_loads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     import ssl
 
