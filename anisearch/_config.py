@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import platformdirs
-from pydantic import Field, SecretStr, ValidationError, field_serializer, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -85,9 +92,10 @@ def _reveal(value: Any) -> Any:
 
 
 def config_path() -> Path:
-    """The TOML config file: ``ANISEARCH_CONFIG`` or the platform's user config dir + ``config.toml``."""
+    """The TOML config file: ``ANISEARCH_CONFIG`` (a leading ``~`` expanded) or the platform's user config
+    dir + ``config.toml``."""
     override = os.environ.get("ANISEARCH_CONFIG")
-    return Path(override) if override else platformdirs.user_config_path(APP) / "config.toml"
+    return Path(override).expanduser() if override else platformdirs.user_config_path(APP) / "config.toml"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -194,6 +202,20 @@ def setting_source(field: str, *, table: str | None = None) -> str:
     return variable
 
 
+def _home(path: str, field: str) -> str:
+    """``path`` with a leading ``~`` or ``~user`` expanded (:func:`~anisearch._sqlite_url.expand_home`):
+    a .env file, a systemd unit or a compose file hands ``~/...`` over as written.
+
+    Raises:
+        ConfigurationError: No home directory to put in its place; the message names the setting.
+    """
+    if not path.startswith("~"):
+        return path  # the config file is read (to name the setting) only when there is something to say
+    from anisearch._sqlite_url import expand_home
+
+    return expand_home(path, setting_source(field))
+
+
 class Settings(BaseSettings):
     """Where anisearch sends requests and keeps its state. Every field has an ``ANISEARCH_*`` variable.
 
@@ -242,7 +264,8 @@ class Settings(BaseSettings):
     timezone: str = "UTC"
     """Time zone of calendar-day quotas (``ANISEARCH_TIMEZONE``), an IANA name."""
     state_dir: Path = Field(default_factory=lambda: platformdirs.user_state_path(APP))
-    """Where the ledger and sessions live (``ANISEARCH_STATE_DIR``; default the platform's state dir)."""
+    """Where the ledger and sessions live (``ANISEARCH_STATE_DIR``; default the platform's state dir). A
+    leading ``~`` is expanded, as in every path setting."""
     cache_dir: Path = Field(default_factory=lambda: platformdirs.user_cache_path(APP))
     """Where the result cache lives (``ANISEARCH_CACHE_DIR``; default the platform's cache dir)."""
     provider_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -296,6 +319,12 @@ class Settings(BaseSettings):
             masked = name in ("ledger", "cache") and isinstance(value, str)
             yield name, redact(value) if masked else value
 
+    @field_validator("state_dir", "cache_dir")
+    @classmethod
+    def _home_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        """A leading ``~`` is the home directory (:func:`_home`)."""
+        return Path(_home(str(value), str(info.field_name)))
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -315,7 +344,11 @@ class Settings(BaseSettings):
     def _known_scheme(cls, value: str | None) -> str | None:
         """Checked here so that every command refuses it, also one the cache answers without the ledger
         (``open_ledger`` checks the rest when the ledger is opened)."""
-        if value is None or ("://" not in value and Path(value).is_absolute()):
+        if value is None:
+            return value
+        if "://" not in value:
+            value = _home(value, "ledger")
+        if "://" not in value and Path(value).is_absolute():
             return value
         scheme = value.partition("://")[0].lower() if "://" in value else ""
         if scheme not in _LEDGER_SCHEMES:
@@ -325,6 +358,10 @@ class Settings(BaseSettings):
             )
         if is_redis_url(value):
             _check_redis_url(value, "ledger")
+        if scheme == "sqlite" and "~" in value:
+            from anisearch._sqlite_url import sqlite_url_home
+
+            return sqlite_url_home(value, setting_source("ledger"))
         return value
 
     @field_validator("cache")
@@ -332,9 +369,11 @@ class Settings(BaseSettings):
     def _cache_file(cls, value: str | None) -> str | None:
         """A ``sqlite:///path`` URL (written as the ledger's) names its file; any other ``scheme://`` but
         Redis is refused (it would have been a file of that name under the current directory); a Redis URL
-        is checked as the ledger's."""
-        if value is None or "://" not in value:
+        is checked as the ledger's. A path's leading ``~`` is the home directory (:func:`_home`)."""
+        if value is None:
             return value
+        if "://" not in value:
+            return _home(value, "cache")
         if is_redis_url(value):
             _check_redis_url(value, "cache")
             return value

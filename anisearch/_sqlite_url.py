@@ -1,17 +1,45 @@
-"""``sqlite:///path`` URLs, as the ledger and the result cache settings take them."""
+"""File paths as settings name them: a leading ``~``, and ``sqlite:///path`` URLs (the ledger and the result
+cache settings take them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from anisearch._exceptions import ConfigurationError
 
-__all__ = ["sqlite_url_path"]
+__all__ = ["expand_home", "sqlite_url_home", "sqlite_url_path"]
+
+
+def expand_home(path: str, setting: str) -> str:
+    """``path`` with a leading ``~`` or ``~user`` replaced by that home directory; any other path as is.
+
+    A .env file, a systemd unit or a compose file hands ``~/...`` over as written: taken as is, it would be
+    a folder named ``~`` in each working directory, so that processes started in two directories keep two
+    ledgers and two caches.
+
+    Args:
+        path: The path as written.
+        setting: What the user set, for messages (``"ANISEARCH_STATE_DIR"``).
+
+    Raises:
+        ConfigurationError: The home directory cannot be found (``~user`` names no user, or ``~`` with no
+            ``HOME`` and no entry in the password database).
+    """
+    if not path.startswith("~"):
+        return path
+    try:
+        return str(Path(path).expanduser())
+    except RuntimeError:
+        user = path.partition("/")[0]
+        raise ConfigurationError(
+            f"{setting}: {user} names no home directory (no such user, or no HOME); write the full path"
+        ) from None
 
 
 def sqlite_url_path(url: str, setting: str) -> str:
-    """The file a ``sqlite:///relative`` or ``sqlite:////absolute`` URL names (a query is ignored).
+    """The file a ``sqlite:///relative`` or ``sqlite:////absolute`` URL names (a query is ignored);
+    ``sqlite:///~/file.db`` names ``file.db`` in the home directory.
 
     Args:
         url: The URL, scheme ``sqlite`` in any case.
@@ -24,8 +52,26 @@ def sqlite_url_path(url: str, setting: str) -> str:
     path = unquote(url.partition("://")[2].removeprefix("/")).partition("?")[0]
     if not path:
         raise ConfigurationError(f"{setting} {url!r} names no file; use sqlite:///path/to/file.db")
+    path = expand_home(path, setting)
     _refuse_a_misread_path(url, path, setting)
     return path
+
+
+def sqlite_url_home(url: str, setting: str) -> str:
+    """``url`` with a leading ``~`` (or ``~user``) of its path spelt out: ``sqlite:///~/ledger.db`` becomes
+    ``sqlite:////home/<user>/ledger.db``, so that it names the same file from every working directory and
+    says which. Any other URL is returned as is.
+
+    Raises:
+        ConfigurationError: As :func:`expand_home`.
+    """
+    scheme, _, rest = url.partition("://")
+    raw = rest.removeprefix("/")
+    if not raw.startswith("~"):
+        return url
+    user, slash, tail = raw.partition("/")
+    home = expand_home(unquote(user), setting)
+    return f"{scheme}:///{quote(home)}{slash}{tail}"
 
 
 def _refuse_a_misread_path(url: str, path: str, setting: str) -> None:

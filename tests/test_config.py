@@ -244,3 +244,43 @@ def test_a_providers_bad_setting_names_where_it_is_set() -> None:
         validate_settings("whatanime-ga", Options, {"ttl": "x"})
     where = "ANISEARCH_WHATANIME_GA_TTL or [whatanime-ga] ttl in the config file"
     assert str(caught.value).startswith(f"invalid whatanime-ga setting(s): ttl ({where}): ")
+
+
+def test_a_leading_tilde_is_the_home_directory_in_every_path_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A .env file, a systemd unit or a compose file hands ``~`` over as written: it made a folder named
+    ``~`` in each working directory, so each directory had its own ledger and cache."""
+    from anisearch._ledger import open_ledger
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    (home / "anisearch.toml").write_text('state_dir = "~/state"\ncache_dir = "~/cache"\n')
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("ANISEARCH_CONFIG", "~/anisearch.toml")
+    settings = Settings.load()
+    assert settings.state_dir == home / "state"
+    assert settings.cache_dir == home / "cache"
+    assert settings.ledger_url == f"sqlite:///{home}/state/ledger.sqlite3"
+    assert settings.cache_path == home / "cache" / "results.sqlite3"
+    monkeypatch.setenv("ANISEARCH_STATE_DIR", "~/elsewhere")
+    monkeypatch.setenv("ANISEARCH_CACHE_DIR", "~/elsewhere")
+    assert Settings.load().state_dir == Settings.load().cache_dir == home / "elsewhere"
+    monkeypatch.setenv("ANISEARCH_LEDGER", "sqlite:///~/ledger.sqlite3")
+    monkeypatch.setenv("ANISEARCH_CACHE", "~/results.sqlite3")
+    settings = Settings.load()
+    assert settings.ledger_url == f"sqlite:///{home}/ledger.sqlite3"  # shown as the file it is
+    assert open_ledger(settings.ledger_url).path == home / "ledger.sqlite3"  # type: ignore[attr-defined]
+    assert settings.cache_path == home / "results.sqlite3"
+    assert Settings.load(cache="sqlite:///~/c.sqlite3").cache_path == home / "c.sqlite3"
+    assert Settings.load(ledger="~/bare.sqlite3").ledger_url == str(home / "bare.sqlite3")
+    assert open_ledger("sqlite:///~/direct.sqlite3").path == home / "direct.sqlite3"  # type: ignore[attr-defined]
+    assert not (work / "~").exists()
+
+
+def test_a_tilde_that_names_no_home_is_refused_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANISEARCH_STATE_DIR", "~no-such-user-here/state")
+    with pytest.raises(ConfigurationError, match="ANISEARCH_STATE_DIR: ~no-such-user-here names no home"):
+        Settings.load()

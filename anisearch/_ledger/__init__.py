@@ -33,7 +33,7 @@ from anisearch._ledger._sqlite import SQLiteLedger
 from anisearch._ledger._windows import STANDARD_WINDOWS, WindowSpec, zone
 from anisearch._limits import REDIS_SECONDS
 from anisearch._redact import redact
-from anisearch._sqlite_url import sqlite_url_path
+from anisearch._sqlite_url import expand_home, sqlite_url_path
 
 if TYPE_CHECKING:
     from anisearch._ledger._base import Clock
@@ -85,7 +85,7 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
 
     Args:
         url: ``memory://``, ``sqlite:///path`` (relative) or ``sqlite:////path`` (absolute) or a bare
-            absolute path, or ``redis://host:port/db``.
+            absolute path, or ``redis://host:port/db``. A path's leading ``~`` is the home directory.
         timezone: IANA zone whose midnight ends the calendar ``day`` and ``month`` windows that do not
             name their own zone (whatanimeisthis.com's daily credits).
         clock: Returns the current aware datetime; the system clock by default (tests inject one). A
@@ -101,6 +101,8 @@ def open_ledger(url: str, *, timezone: str = "UTC", clock: Clock | None = None) 
             ``redis`` extra installed.
     """
     tz = zone(timezone)
+    if "://" not in url:
+        url = expand_home(url, "the ledger URL")
     if "://" not in url and Path(url).is_absolute():  # a bare absolute path: a SQLite file
         url = f"sqlite:///{url}"
     scheme, sep, _ = url.partition("://")

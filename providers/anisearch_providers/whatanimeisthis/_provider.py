@@ -121,7 +121,7 @@ class WhatAnimeIsThis(BaseProvider):
         password: Its password (setting ``password``); held in memory only, never written anywhere.
         origin: The ``Origin`` header (setting ``origin``); default the base URL's origin.
         state_dir: Where the session cookie jar is kept (``whatanimeisthis-cookies.json``, or one per
-            other site address: :func:`jar_name`; mode 0600);
+            other site address: :func:`jar_name`; mode 0600); a leading ``~`` is the home directory.
             None keeps the session in memory.
         clock: Seconds since the epoch, for cookie expiry and session refresh (``time.time``); for tests.
 
@@ -157,7 +157,7 @@ class WhatAnimeIsThis(BaseProvider):
         self._password = password or None
         self._signed_out = False
         self._pending_email: str | None = None
-        jar_path = Path(state_dir) / jar_name(site_origin) if state_dir is not None else None
+        jar_path = Path(state_dir).expanduser() / jar_name(site_origin) if state_dir is not None else None
         self.jar = CookieJar(jar_path, site_origin, clock)
         self._auth = SessionAuth(
             self.jar,
