@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,3 +68,29 @@ async def test_the_example_provider_searches_until_its_credits_run_out(
         with pytest.raises(AllProvidersFailedError) as caught:
             await client.search(DEMO)  # the cache is off: asked again, and refused
     assert caught.group_contains(QuotaExhaustedError)
+
+
+def test_the_command_shows_the_frame_time_of_a_hit_without_a_scene(
+    live_server: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The example sends only the best frame's time (``at``), no scene's start and end: the headline and
+    the table showed the scene as ``-``."""
+    from tests.cli_runner import run_in_process as cli
+
+    monkeypatch.setattr("anisearch._provider._provider_entry_points", lambda: {"scenedb": Entry()})
+    server = live_server(create_app(allowance=10))
+    env = {
+        "ANISEARCH_SCENEDB_URL": str(server.url),
+        "ANISEARCH_SCENEDB_KEY": KEY,
+        "ANISEARCH_LEDGER": "memory://",
+        "ANISEARCH_CACHE": "off",
+        "ANISEARCH_METADATA": "off",
+        "ANISEARCH_STATE_DIR": str(tmp_path),
+    }
+    done = cli("search", str(DEMO), "-p", "scenedb", env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "AniList 11887, episode 5, 19:29 (97.0 %, scenedb)"
+    assert any(line.split()[-2:] == ["19:29", "scenedb"] for line in lines[1:]), done.stdout
+    shown = json.loads(cli("search", str(DEMO), "-p", "scenedb", "--json", env=env).stdout)
+    assert shown["hits"][0]["at_seconds"] == 1169.5

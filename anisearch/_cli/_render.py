@@ -38,7 +38,10 @@ def episode_of(hit: Hit) -> str:
 
 
 def span_of(hit: Hit) -> str:
-    """``mm:ss`` to ``mm:ss`` (en dash) of the matched scene; one time when both ends are the same second."""
+    """``mm:ss`` to ``mm:ss`` (en dash) of the matched scene; one time when both ends are the same second,
+    and the best-matching frame's time (``at_seconds``) when the provider sent no scene."""
+    if hit.start_seconds is None and hit.end_seconds is None:
+        return clock(hit.at_seconds)
     start, end = clock(hit.start_seconds), clock(hit.end_seconds)
     return start if end in {start, "-"} else f"{start}\u2013{end}"
 
