@@ -62,6 +62,21 @@ def test_the_configuration_reference_lists_every_setting() -> None:
             assert f"| `{name}` | `ANISEARCH_{name.upper()}` |" in reference, name
 
 
+def test_the_examples_readme_says_which_tests_read_the_demo_frame() -> None:
+    """``examples/README.md`` said that the test suite does not read its copy of trace.moe's demo frame,
+    while the end-to-end tests search it (someone trusting that could replace or drop the file)."""
+    readers = [
+        path
+        for path in (REPO / "tests").rglob("test_*.py")
+        if re.search(r'"examples" / "tinted-good\.jpg"|examples/tinted-good\.jpg', path.read_text("utf-8"))
+    ]
+    assert readers
+    readme = " ".join((REPO / "examples" / "README.md").read_text(encoding="utf-8").split())
+    assert "does not read this copy" not in readme
+    assert "`bash scripts/quickstart.sh` and some tests read this copy" in readme
+    assert "the replay tests read the recordings and screenshots in the shared samples directory" in readme
+
+
 PYTHON = [b for b in ALL if b.lang == "python"]
 
 
