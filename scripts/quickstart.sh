@@ -11,6 +11,14 @@
 #    frame in examples/), printing Kokoro Connect, episode 5, 19:29 (the title from the AniList emulator).
 #    Nothing leaves this machine.
 set -euo pipefail
+# IMAGE is the caller's: a relative path is resolved against the directory the script was run from, before
+# the script moves to the repository (an absolute path, an http(s) URL and - for standard input stay as is).
+if [ -n "${1:-}" ]; then
+    case "$1" in
+        /* | - | [Hh][Tt][Tt][Pp]://* | [Hh][Tt][Tt][Pp][Ss]://*) ;;
+        *) set -- "$PWD/$1" "${@:2}" ;;
+    esac
+fi
 cd "$(dirname "$0")/.."
 
 if [ -t 2 ]; then say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }; else say() { printf '==> %s\n' "$*" >&2; }; fi

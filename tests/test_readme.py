@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -110,6 +111,24 @@ def test_the_first_command_identifies_the_demo_frame() -> None:
     headline = done.stdout.splitlines()[0]
     assert headline.startswith("Kokoro Connect, episode 5, 19:29")
     assert "tracemoe" in headline
+
+
+def test_the_quickstart_finds_an_image_named_relative_to_where_it_is_run(tmp_path: Path) -> None:
+    """``bash path/to/scripts/quickstart.sh shot.jpg`` from the folder holding ``shot.jpg``: the script
+    looked for it in the repository (it moves there first) and said there is no such file."""
+    shutil.copyfile(REPO / "examples" / "tinted-good.jpg", tmp_path / "shot.jpg")
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "quickstart.sh"), "shot.jpg"],
+        cwd=tmp_path,
+        env=_environment(ANISEARCH_QUICKSTART_NO_INSTALL="1", ANISEARCH_QUICKSTART_PORT=str(_quiet_ports(1))),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("Kokoro Connect, episode 5, 19:29")
+    assert f"anisearch search {tmp_path / 'shot.jpg'} -p tracemoe" in done.stderr
 
 
 def test_the_second_command_is_what_ci_runs() -> None:
