@@ -18,7 +18,8 @@ Providers import only ``anisearch`` and this module (never ``anisearch._*``). It
   :class:`Page`, the models it builds (:class:`Hit`, :class:`Quota`, :class:`Title`...) and the
   exceptions it raises;
 - the shared helpers: one error-rule engine (:class:`ErrorRule`, :func:`classify_error`,
-  :func:`first_rule`, :func:`statuses`), one ``Retry-After`` reader (:func:`retry_after_seconds`),
+  :func:`first_rule`, :func:`statuses`) and the CDN challenge page it recognises for every provider
+  (:func:`cdn_challenge`, :data:`CDN_BLOCKED`), one ``Retry-After`` reader (:func:`retry_after_seconds`),
   rate-limit headers as a quota (:func:`rate_limit_quota`), coercions of loose upstream JSON
   (:func:`as_int`, :func:`as_float`, :func:`as_episode`...), an AniList ``Media`` object as hit fields
   (:func:`anilist_media_fields`), base-URL and settings validation that
@@ -114,7 +115,15 @@ from anisearch._sdk._common import (
     window_for,
     without,
 )
-from anisearch._sdk._errors import ErrorAnswer, ErrorRule, classify_error, first_rule, statuses
+from anisearch._sdk._errors import (
+    CDN_BLOCKED,
+    ErrorAnswer,
+    ErrorRule,
+    cdn_challenge,
+    classify_error,
+    first_rule,
+    statuses,
+)
 from anisearch._sdk._http import (
     ProviderSettings,
     http_base_url,
@@ -129,6 +138,7 @@ if TYPE_CHECKING:
     from anisearch._image import PreparedImage
 
 __all__ = [
+    "CDN_BLOCKED",
     "MAX_COUNT",
     "MAX_JSON_DEPTH",
     "MAX_RETRY_AFTER_SECONDS",
@@ -189,6 +199,7 @@ __all__ = [
     "as_str",
     "body_text",
     "capped_seconds",
+    "cdn_challenge",
     "clamp_similarity",
     "classify_error",
     "cut_borders",

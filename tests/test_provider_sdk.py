@@ -228,6 +228,21 @@ def test_error_rules_match_prefix_code_status_and_more() -> None:
 # ---------------------------------------------------------------- BaseProvider
 
 
+def test_a_cdn_challenge_is_an_html_403_with_cf_ray_and_never_the_sites_own_answer() -> None:
+    """One test for every provider behind Cloudflare (trace.moe, whatanimeisthis.com)."""
+    page = "<!DOCTYPE html><title>Just a moment...</title>"
+
+    def answer(status: int, text: str, **headers: str) -> httpx.Response:
+        return httpx.Response(status, text=text, headers=headers)
+
+    assert sdk.cdn_challenge(answer(403, page, **{"cf-ray": "8f0a-NRT"}))
+    assert not sdk.cdn_challenge(answer(403, '{"error": "Invalid API key"}', **{"cf-ray": "8f0a-NRT"}))
+    assert not sdk.cdn_challenge(answer(403, "", **{"cf-ray": "8f0a-NRT"}))
+    assert not sdk.cdn_challenge(answer(403, page))  # a 403 page of the site itself, not its CDN's
+    assert not sdk.cdn_challenge(answer(503, page, **{"cf-ray": "8f0a-NRT"}))
+    assert "CDN" in sdk.CDN_BLOCKED
+
+
 def test_base_provider_defaults() -> None:
     provider = Plain.from_context(ProviderContext(config={"key": " sk-1 "}))
     assert provider.base_url == "https://plain.example"

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from anisearch._sdk._common import body_text, error_message, is_multipart_request, request_bytes
+from anisearch._sdk._common import body_text, error_message, is_multipart_request, loads, request_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -30,7 +30,20 @@ if TYPE_CHECKING:
 
     from anisearch._exceptions import ProviderError
 
-__all__ = ["ErrorAnswer", "ErrorRule", "classify_error", "first_rule", "statuses"]
+__all__ = [
+    "CDN_BLOCKED",
+    "ErrorAnswer",
+    "ErrorRule",
+    "cdn_challenge",
+    "classify_error",
+    "first_rule",
+    "statuses",
+]
+
+CDN_BLOCKED = (
+    "blocked by the site's CDN (an anti-bot challenge page); try again later or from another network"
+)
+"""The message of a :class:`~anisearch.ProviderServerError` for an answer :func:`cdn_challenge` recognises."""
 
 S = TypeVar("S")
 
@@ -153,6 +166,27 @@ def classify_error(
     answer = ErrorAnswer.of(response, message)
     rule = first_rule(rules, answer, status=answer.status, message=answer.message, body=answer.body)
     return rule, answer
+
+
+def cdn_challenge(response: httpx.Response) -> bool:
+    """Whether an error answer is the CDN's rather than the site's: an HTTP 403 carrying Cloudflare's
+    ``cf-ray`` header whose body is not JSON (an anti-bot challenge such as "Just a moment...", or a block
+    page). api.trace.moe and whatanimeisthis.com both sit behind Cloudflare; their own 403s are JSON.
+
+    Such a page says nothing about the request, the image or the key: a provider's table maps it to
+    :class:`~anisearch.ProviderServerError` with the message :data:`CDN_BLOCKED`, ahead of its 4xx rows, so
+    that the router tries the next provider.
+    """
+    if response.status_code != 403 or "cf-ray" not in response.headers:  # noqa: PLR2004 - Forbidden
+        return False
+    text = body_text(response).strip()
+    if not text:
+        return False  # an empty body reads as JSON null: the site's own answer
+    try:
+        loads(text)
+    except ValueError:
+        return True
+    return False
 
 
 def statuses(*codes: int | range) -> frozenset[int]:

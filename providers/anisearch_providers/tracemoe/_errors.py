@@ -27,6 +27,7 @@ import re
 from typing import TYPE_CHECKING, Literal
 
 from anisearch.provider import (
+    CDN_BLOCKED,
     AuthenticationError,
     BadRequestError,
     ConcurrencyLimitError,
@@ -42,6 +43,7 @@ from anisearch.provider import (
     ShapeError,
     UpstreamResponseError,
     as_count,
+    cdn_challenge,
     classify_error,
     json_body,
     retry_after_seconds,
@@ -79,6 +81,11 @@ _TOO_LARGE_MARKERS = (
 _HTML_MARKERS = ("<!DOCTYPE html", "<html", "<pre>")
 
 
+def _cdn_page(answer: ErrorAnswer) -> bool:
+    """Cloudflare's page, not trace.moe's own answer (:func:`~anisearch.provider.cdn_challenge`)."""
+    return cdn_challenge(answer.response)
+
+
 def _near_the_limit(answer: ErrorAnswer) -> bool:
     """Whether what was sent was a multipart upload of at least :data:`NEAR_LIMIT_BYTES`."""
     return answer.upload_bytes is not None and answer.upload_bytes >= NEAR_LIMIT_BYTES
@@ -113,6 +120,9 @@ ERROR_RULES: tuple[ErrorRule[ErrorAnswer], ...] = (
     ErrorRule(BadRequestError, statuses(400), prefix="Invalid period"),  # /me?period=
     ErrorRule(BadRequestError, statuses(405)),  # "Method Not Allowed": no usable input
     ErrorRule(BadRequestError, statuses(404), prefix="Cannot "),  # Express: unknown route, wrong base URL
+    # api.trace.moe is behind Cloudflare: its challenge or block page (an HTML 403 with cf-ray) is not
+    # trace.moe refusing this request, whose own 403s are JSON.
+    ErrorRule(ProviderServerError, statuses(403), when=_cdn_page),
     # Whatever else: by status class. 1xx, 3xx and odd 2xx fall through to UpstreamResponseError.
     ErrorRule(AuthenticationError, statuses(401)),
     ErrorRule(BadRequestError, statuses(range(400, 500))),
@@ -196,6 +206,8 @@ def error_for(
             "Internal Server Error (an uncaught failure on trace.moe; it may hold this caller's search "
             f"slot for up to {LEAK_HOUSEKEEPING_SECONDS // 60} minutes)"
         )
+    if rule is not None and rule.when is _cdn_page:
+        message = CDN_BLOCKED
     if error is BadRequestError and message.startswith("Cannot "):
         message = f"{message} (is ANISEARCH_TRACEMOE_URL the trace.moe API?)"
     return error(message, provider=provider, status_code=status, retry_after=retry_after)

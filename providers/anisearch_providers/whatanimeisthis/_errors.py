@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from anisearch.provider import (
+    CDN_BLOCKED,
     AuthenticationError,
     BadRequestError,
     ErrorRule,
@@ -37,6 +38,7 @@ from anisearch.provider import (
     as_float,
     as_int,
     capped_seconds,
+    cdn_challenge,
     first_rule,
     request_of,
     retry_after_seconds,
@@ -326,15 +328,11 @@ def _key_name(problem: Problem) -> ProviderError:
 
 
 def _cdn_blocked(problem: Problem) -> ProviderError:
-    return ProviderServerError(
-        "blocked by the site's CDN (an anti-bot challenge page); try again later or from another network",
-        provider=PROVIDER,
-        status_code=problem.http_status,
-    )
+    return ProviderServerError(CDN_BLOCKED, provider=PROVIDER, status_code=problem.http_status)
 
 
 def _cdn_page(p: Problem) -> bool:
-    return p.http_status == HTTPStatus.FORBIDDEN and not p.body.is_json and "cf-ray" in p.response.headers
+    return cdn_challenge(p.response)
 
 
 def _too_large_status(p: Problem) -> bool:

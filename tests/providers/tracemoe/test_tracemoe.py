@@ -100,6 +100,13 @@ def item(**fields: Any) -> dict[str, Any]:
     return base | fields
 
 
+CF_RAY = {"cf-ray": "8f0a1b2c3d4e5f60-NRT", "server": "cloudflare"}
+CLOUDFLARE_PAGE = (
+    '<!DOCTYPE html><html lang="en-US"><head><title>Just a moment...</title></head>'
+    "<body><div>Enable JavaScript and cookies to continue</div></body></html>"
+)
+
+
 def search_body(*items: dict[str, Any], **top: Any) -> dict[str, Any]:
     return {"frameCount": 1520187104, "error": "", "result": list(items)} | top
 
@@ -634,6 +641,13 @@ ERROR_ROWS: list[tuple[str, httpx.Response, type[ProviderError]]] = [
     ("no-route", answer(404, text=express_page("Cannot POST /search")), BadRequestError),
     ("gateway", answer(502, text="<html>Bad gateway</html>"), ProviderServerError),
     ("unauthorized", answer(401, {"error": "Unauthorized"}), AuthenticationError),
+    ("cloudflare-challenge", answer(403, text=CLOUDFLARE_PAGE, headers=CF_RAY), ProviderServerError),
+    (
+        "bad-key-through-cloudflare",
+        answer(403, {"error": "Invalid API key"}, headers=CF_RAY),
+        AuthenticationError,
+    ),
+    ("forbidden-page-without-cf-ray", answer(403, text=CLOUDFLARE_PAGE), BadRequestError),
 ]
 
 
@@ -647,6 +661,18 @@ def test_error_table(response: httpx.Response, expected: type[ProviderError]) ->
     assert caught.value.provider == "tracemoe"
     assert caught.value.status_code == response.status_code
     assert "<" not in caught.value.message  # HTML pages are reduced to their text
+
+
+def test_a_cloudflare_challenge_is_the_sites_cdn_not_a_bad_request() -> None:
+    """api.trace.moe is behind Cloudflare: its "Just a moment..." page (HTML 403, cf-ray) was a
+    BadRequestError quoting the page, as though this request were wrong; the router now tries the next
+    provider, and the message says what happened, as whatanimeisthis's does."""
+    with pytest.raises(ProviderServerError) as caught:
+        tracemoe().parse_search(answer(403, text=CLOUDFLARE_PAGE, headers=CF_RAY))
+    assert caught.value.message == (
+        "blocked by the site's CDN (an anti-bot challenge page); try again later or from another network"
+    )
+    assert caught.value.status_code == 403
 
 
 def test_quota_depleted_carries_the_numbers() -> None:
