@@ -9,6 +9,8 @@ import socket
 import tomllib
 from typing import Any
 
+import anyio
+import httpx
 import pytest
 import uvicorn
 from tests.cli_runner import run_in_process as cli
@@ -74,7 +76,8 @@ def test_help_lists_every_emulators_knobs_and_default_port(shipped: dict[str, An
     assert "guest_daily_limit=5" in flat
     assert "trusted_origins=[]" in flat  # a list JSON can give is a knob too
     assert "takes knobs its factory does not list" not in flat
-    assert "guest=null" not in flat  # an Allowance only code can give is not offered as a knob
+    assert "fetch_transport" not in flat  # a transport only code can give is not offered as a knob
+    assert "clock=" not in flat  # nor a callable
     assert "secret" not in flat  # nor bytes made fresh per app
 
 
@@ -88,6 +91,53 @@ def test_a_whatanimeisthis_knob_reaches_the_app_and_an_unknown_one_names_the_kno
     error, hint = done.stderr.strip().splitlines()
     assert error == "anisearch: error: the whatanimeisthis emulator has no knob colour"
     assert "guest_daily_limit" in hint
+
+
+def test_the_knobs_given_as_json_objects_are_listed_and_reach_the_app(shipped: dict[str, Any]) -> None:
+    """trace.moe's ``keys`` and whatanime.ga's ``tokens`` were missing from ``emulate -h`` and from the
+    hint that lists the knobs, since code may give objects there too; from the command line they are JSON."""
+    flat = " ".join(cli("emulate", "-h").stdout.split())
+    assert "keys=null" in flat
+    assert "tokens=null" in flat
+    assert "guest=null" in flat
+    done = cli("emulate", "tracemoe", "-o", "colour=1")
+    assert done.returncode == 2
+    assert "keys" in done.stderr.strip().splitlines()[1].removeprefix("hint: its knobs: ").split(", ")
+    app = _emulate._build("tracemoe", {"keys": {"MYKEY": 4}}, strict=True)
+    assert _get(app, "/me", **{"x-trace-key": "MYKEY"})["quota"] == 20000  # tier 4
+    app = _emulate._build("whatanime-ga", {"tokens": {"T": {"limit": 5}}, "guest": {"quota": 3}}, strict=True)
+    token, guest = _get(app, "/api/me?token=T"), _get(app, "/api/me")
+    assert (token["user_limit"], token["user_quota"], guest["user_quota"]) == (5, 150, 3)
+
+
+def _get(app: Any, path: str, **headers: str) -> Any:
+    """The JSON an emulator app answers ``GET path`` with (in process)."""
+
+    async def get() -> Any:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://emulator") as client:
+            return (await client.get(path, headers=headers)).json()
+
+    return anyio.run(get)
+
+
+@pytest.mark.parametrize(
+    ("emulator", "option", "said"),
+    [
+        ("tracemoe", 'keys={"MYKEY": 7}', "keys: 'MYKEY' maps to 7, not a tier (0, 1, 2, 3, 4, 5, 6, 9)"),
+        ("tracemoe", "keys=[4]", 'keys takes an object of API key -> tier, such as {"MYKEY": 4}, not [4]'),
+        ("whatanime-ga", 'tokens={"T": {"limits": 5}}', "tokens has no field limits"),
+        ("whatanime-ga", 'tokens={"T": 5}', "tokens takes an object of limit, limit_ttl, quota, quota_ttl"),
+    ],
+)
+@pytest.mark.usefixtures("shipped", "any_port")
+def test_an_object_knob_the_emulator_refuses_is_one_line(
+    served: list[uvicorn.Config], emulator: str, option: str, said: str
+) -> None:
+    done = cli("emulate", emulator, "-o", option)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"anisearch: error: the {emulator} emulator refused its knobs: {said}")
+    assert served == []
 
 
 def test_a_knob_value_the_emulator_refuses_is_one_line(shipped: dict[str, Any]) -> None:

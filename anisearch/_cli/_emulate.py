@@ -34,10 +34,10 @@ from anisearch._exceptions import AnisearchError
 
 T = TypeVar("T")
 
-_JSON_NAMES = frozenset(
-    {"bool", "int", "float", "str", "None", "NoneType", "Any", "Mapping", "Sequence", "dict", "list", "tuple"}
-)
-"""Names an annotation may use for its knob to be given as JSON on the command line."""
+_JSON_NAMES = frozenset({"bool", "int", "float", "str", "Any"})
+"""Types JSON gives a value of on the command line (``None`` aside: a knob that takes only None is none)."""
+_JSON_CONTAINERS = frozenset({"Mapping", "Sequence", "dict", "list", "tuple"})
+"""Generic types JSON gives (as an object or an array) when it can give what they hold."""
 EXTRA_HINT = "pip install 'anisearch-gateway[emulator]'"
 MAX_PORT = 65535
 FIRST_PORT = 8000
@@ -72,13 +72,39 @@ def _takes_json(annotation: Any) -> bool:
     """Whether JSON can give a knob of this annotation (``int | None``, ``Literal["a", "b"]``,
     ``Mapping[str, str]``...), not an object only code makes (a callable, a transport, a dataclass).
 
-    Annotations come as strings (``from __future__ import annotations``) or as types.
+    A union takes JSON when one of its members does, so ``Mapping[str, EmulatedUser | int] | None`` (a JSON
+    object of tiers) is a knob while ``Callable[[], float]`` and ``httpx.AsyncBaseTransport | None`` are
+    not. Annotations come as strings (``from __future__ import annotations``) or as types.
     """
     if annotation is inspect.Parameter.empty:
         return True
     text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
-    text = re.sub(r"(typing\.)?Literal\[[^\]]*\]", "str", text)
-    return all(name in _JSON_NAMES for name in re.findall(r"[A-Za-z_][\w.]*", text.replace("typing.", "")))
+    return _json_gives(text.replace("typing.", "").replace("collections.abc.", ""))
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """``text`` cut at each ``separator`` outside brackets, each part stripped."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        depth += (char == "[") - (char == "]")
+        if char == separator and depth == 0:
+            parts.append(text[start:index].strip())
+            start = index + 1
+    return [*parts, text[start:].strip()]
+
+
+def _json_gives(text: str) -> bool:
+    """Whether a value JSON can express, other than null, fits the annotation ``text``."""
+    for member in _split(text, "|"):
+        head, bracket, inner = member.partition("[")
+        arguments = _split(inner.removesuffix("]"), ",") if bracket else []
+        if (head in _JSON_NAMES and not bracket) or head == "Literal":
+            return True
+        if head in {"Optional", "Union"} and any(_json_gives(argument) for argument in arguments):
+            return True
+        if head in _JSON_CONTAINERS and all(a == "..." or _json_gives(a) for a in arguments):
+            return True
+    return False
 
 
 def _json_default(value: Any) -> bool:
@@ -92,7 +118,8 @@ def _json_default(value: Any) -> bool:
 def knobs_of(factory: Any) -> dict[str, Any] | None:
     """The knobs an emulator factory takes that can be given on the command line, with their defaults.
 
-    Only knobs JSON can give are listed (numbers, strings, flags, lists and mappings of them); one only
+    Only knobs JSON can give are listed (numbers, strings, flags, lists and mappings of them, also where
+    code may give an object instead: ``keys`` of trace.moe's emulator takes ``{"MYKEY": 4}``); one only
     code can give (a callable, an object, bytes) is not, even with a None default. None when the
     factory takes arbitrary keywords (``**knobs``) without declaring them.
     """

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hmac
 import io
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +66,7 @@ from ._state import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -285,6 +286,29 @@ def _placeholder_jpeg() -> bytes:
     return buffer.getvalue()
 
 
+def _accounts(keys: object) -> dict[str, EmulatedUser]:
+    """The ``keys`` knob as accounts: an int is a tier of :data:`TIERS` (``-o 'keys={"MYKEY": 4}'``).
+
+    Raises:
+        ValueError: Not a mapping, or a value that is neither an account nor a known tier.
+    """
+    if keys is None:
+        return {}
+    if not isinstance(keys, Mapping):
+        message = f'keys takes an object of API key -> tier, such as {{"MYKEY": 4}}, not {keys!r}'
+        raise ValueError(message)  # noqa: TRY004 - a bad knob value, reported as such by `emulate`
+    accounts = {}
+    for key, user in keys.items():
+        if isinstance(user, EmulatedUser):
+            accounts[key] = user
+        elif isinstance(user, int) and not isinstance(user, bool) and user in TIERS:
+            accounts[key] = EmulatedUser.from_tier(user, f"tier{user}@example.com")
+        else:
+            tiers = ", ".join(str(tier) for tier in TIERS)
+            raise ValueError(f"keys: {key!r} maps to {user!r}, not a tier ({tiers})")
+    return accounts
+
+
 def create_app(
     *,
     era: Era = "v3",
@@ -342,19 +366,14 @@ def create_app(
         The Starlette app; its state is ``app.state.emulator`` (:class:`EmulatorState`).
 
     Raises:
-        KeyError: A key maps to an unknown tier.
-        ValueError: ``era`` is not one of ``"v1"``, ``"v2"``, ``"v3"``, or ``quota_window`` is not positive.
+        ValueError: ``era`` is not one of ``"v1"``, ``"v2"``, ``"v3"``, ``quota_window`` is not positive, or
+            ``keys`` is not a mapping of keys to accounts or tiers (an unknown tier included).
     """
     if era not in {"v1", "v2", "v3"}:
         raise ValueError(f"unknown era {era!r}; expected 'v1', 'v2' or 'v3'")
     if isinstance(quota_window, bool) or not isinstance(quota_window, int | float) or not quota_window > 0:
         raise ValueError(f"quota_window must be a positive number of seconds, not {quota_window!r}")
-    accounts = {
-        key: user
-        if isinstance(user, EmulatedUser)
-        else EmulatedUser.from_tier(user, f"tier{user}@example.com")
-        for key, user in (keys or {}).items()
-    }
+    accounts = _accounts(keys)
     config = _Config(
         era=era,
         quota=quota if quota is not None else (100 if era == "v3" else 1000),

@@ -384,8 +384,8 @@ async def _thumbnail_route(request: Request) -> Response:
 def create_app(
     *,
     max_body_bytes: int = BODY_LIMIT_2017,
-    tokens: Mapping[str, Allowance] | None = None,
-    guest: Allowance | None = None,
+    tokens: Mapping[str, Allowance | Mapping[str, int]] | None = None,
+    guest: Allowance | Mapping[str, int] | None = None,
     require_token: bool = False,
     error_format: Literal["json", "text"] = "json",
     quote_bug: bool = False,
@@ -404,8 +404,9 @@ def create_app(
     Args:
         max_body_bytes: Request bodies over this many bytes get the HTML 413 (``BODY_LIMIT_2017`` =
             1 MiB, or ``BODY_LIMIT_2019`` = 10 MiB).
-        tokens: API token -> its allowance. Unknown tokens get 403 ``Invalid API token``.
-        guest: The allowance of callers without a token (default 10/min, 150/day).
+        tokens: API token -> its allowance. Unknown tokens get 403 ``Invalid API token``. An allowance
+            may be given as a JSON object of its fields (``{"T": {"limit": 5, "quota": 100}}``).
+        guest: The allowance of callers without a token (default 10/min, 150/day), also as an object.
         require_token: The 2017-2018 server: no token gives 401 ``Missing API token``.
         error_format: ``"json"`` (JSON-encoded strings, 2019-02 on) or ``"text"`` (plain, before).
         quote_bug: Send the 2019-02 429 literal ``"Search limit exceeded. Please wait ".$limit_ttl."
@@ -423,15 +424,15 @@ def create_app(
             to loopback hosts only.
 
     Raises:
-        ValueError: ``max_body_bytes`` is not positive.
+        ValueError: ``max_body_bytes`` is not positive, or an allowance given as an object is not one.
     """
     if max_body_bytes <= 0:
         raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
     index = tuple(frames) if frames is not None else default_frames()
     knobs = _Knobs(
         max_body_bytes=max_body_bytes,
-        tokens=dict(tokens or {}),
-        guest=guest or Allowance(),
+        tokens={token: Allowance.of(allowance, "tokens") for token, allowance in (tokens or {}).items()},
+        guest=Allowance.of(guest, "guest") if guest is not None else Allowance(),
         require_token=require_token,
         error_format=error_format,
         quote_bug=quote_bug,

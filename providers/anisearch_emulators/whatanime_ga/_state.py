@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,29 @@ class Allowance:
     limit_ttl: int = 60
     quota: int = 150
     quota_ttl: int = 86400
+
+    @classmethod
+    def of(cls, value: object, name: str) -> Allowance:
+        """``value``, or the allowance a JSON object of its fields describes (``{"limit": 5, "quota": 100}``,
+        the others at their defaults), as ``anisearch emulate -o`` gives it; ``name`` is the knob.
+
+        Raises:
+            ValueError: Not an object, a field an allowance does not have, or one that is not a whole
+                number (0 or more).
+        """
+        if isinstance(value, Allowance):
+            return value
+        fields = ("limit", "limit_ttl", "quota", "quota_ttl")
+        if not isinstance(value, Mapping):
+            message = f"{name} takes an object of {', '.join(fields)}, not {value!r}"
+            raise ValueError(message)  # noqa: TRY004 - a bad knob value, reported as such by `emulate`
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise ValueError(f"{name} has no field {', '.join(unknown)}; its fields: {', '.join(fields)}")
+        for field_name, number in value.items():
+            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+                raise ValueError(f"{name}: {field_name} takes a whole number (0 or more), not {number!r}")
+        return cls(**value)
 
 
 @dataclass(slots=True)
