@@ -59,10 +59,11 @@ def retry_after_header(exc: AnisearchError) -> dict[str, str]:
 
 
 def _summary(errors: list[Exception]) -> str:
+    """Each failure once, after its provider's name (a provider's own message often starts with it)."""
     parts = []
     for exc in errors:
-        provider = getattr(exc, "provider", None)
-        parts.append(f"{provider}: {exc}" if provider else str(exc))
+        provider, text = getattr(exc, "provider", None), str(exc)
+        parts.append(f"{provider}: {text}" if provider and not text.startswith(f"{provider}: ") else text)
     return "; ".join(parts)[:500]
 
 

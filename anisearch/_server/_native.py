@@ -46,7 +46,7 @@ class SearchParams(BaseModel):
 
     providers: list[str] | None = None
     strategy: Literal["fallback", "fanout"] = "fallback"
-    anilist_id: int | None = Field(default=None, gt=0)
+    anilist_id: int | None = Field(default=None, gt=0, le=2**31 - 1)  # AniList's IDs: never sent past them
     cut_borders: bool = False
     anilist_info: bool = False
     min_similarity: float | None = Field(default=None, ge=0, le=1)

@@ -211,3 +211,20 @@ def test_a_hit_whose_titles_could_not_be_looked_up_keeps_its_bare_anilist_id(
     record = top_anilist(live_server(anilist_app()).url)
     assert isinstance(record, dict)
     assert (record["id"], record["isAdult"], record["title"]["romaji"]) == (11887, False, "Kokoro Connect")
+
+
+def test_a_native_search_for_an_anilist_id_no_anime_can_have_asks_nobody(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams
+) -> None:
+    """AniList's IDs end at 2**31-1: the native API refuses one past them (422) without sending anything,
+    as the trace.moe route answers it without asking, where it was sent upstream and charged."""
+    served = gateway(settings={"providers": ["tracemoe"]})
+    image = (samples / "tinted-good.jpg").read_bytes()
+    answer = httpx.post(
+        served.url + "/v1/search?anilist_id=99999999999999999999",
+        content=image,
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "image/jpeg"},
+        timeout=60,
+    )
+    assert answer.status_code in {400, 422}, answer.text
+    assert upstreams.trace_state.search_requests == 0

@@ -176,6 +176,7 @@ def test_an_upstream_failure_is_answered_in_each_apis_shape(
     assert trace.status_code == trace_status
     assert trace.headers["content-type"] == JSON
     assert trace.json()["error"].startswith(trace_error)
+    assert "tracemoe: tracemoe:" not in trace.json()["error"]  # each failure names its provider once
     native = httpx.post(
         served.url + "/v1/search",
         files={"image": image},
