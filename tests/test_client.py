@@ -975,6 +975,26 @@ def test_a_sign_in_refused_for_now_holds_back_no_search(mock: respx.MockRouter, 
     assert all(q.cooldown_until is None and q.used == 0 for q in quotas), quotas
 
 
+def test_the_sign_in_wait_holds_in_the_next_process_too(mock: respx.MockRouter, samples: Path) -> None:
+    """Each new ``anisearch`` command sent one sign-in into the limit an earlier one had met: the site's
+    wait is kept beside the session, and a client opened afterwards waits it out without sending."""
+    limited = {"message": "Too many requests. Please try again later."}
+    sign_in = mock.post("https://site.test/api/auth/sign-in/email").respond(
+        429, json=limited, headers={"X-Retry-After": "30"}
+    )
+    mock.post("https://site.test/api/anime/search").respond(200, json={"results": []})
+    options = {"whatanimeisthis": {"url": "https://site.test", "email": "a@b.example", "password": "pw"}}
+    settings = Settings.load(providers=["whatanimeisthis"], provider_options=options)
+    for _ in range(3):  # three commands, one after the other
+        with Client(settings, transport(mock)) as client, pytest.raises(AllProvidersFailedError) as caught:
+            client.search(samples / "tinted-good.jpg", cache=False)
+        (error,) = caught.value.exceptions
+        assert isinstance(error, anisearch.SignInRateLimitedError)
+        assert error.retry_after is not None
+        assert 0 < error.retry_after <= 30
+    assert sign_in.call_count == 1
+
+
 def test_sign_ins_wait_out_the_wait_a_refused_one_was_given(mock: respx.MockRouter, samples: Path) -> None:
     """Every search sent a sign-in into the site's limit while it ran (each refused, none waited for); a
     sign-in is sent again once the wait named is over."""

@@ -122,8 +122,6 @@ class SessionAuth(httpx.Auth):
         self._session_request = session_request
         self._sign_out_request = sign_out_request
         self._clock = clock
-        self._no_sign_in_until = 0.0
-        """When (``clock()``) a sign-in may be sent again (step 8)."""
 
     def __repr__(self) -> str:
         return f"SessionAuth(origin={self.origin!r}, signed_in={self.jar.has_session()})"
@@ -139,7 +137,7 @@ class SessionAuth(httpx.Auth):
 
     def _hold(self) -> None:
         """Raises SignInRateLimitedError while the site's wait for a refused sign-in runs (nothing sent)."""
-        left = self._no_sign_in_until - self._clock()
+        left = self.jar.sign_ins_held_until() - self._clock()  # the jar's: every process waits it out
         if left > 0:
             raise SignInRateLimitedError(
                 f"too many sign-ins: the site refused the last one; not signing in for {math.ceil(left)} s",
@@ -161,7 +159,7 @@ class SessionAuth(httpx.Auth):
     def _held_back(self, response: httpx.Response) -> None:
         """After a sign-in answer: no sign-in until its wait is over when it was refused for now (429)."""
         if response.status_code == httpx.codes.TOO_MANY_REQUESTS:
-            self._no_sign_in_until = self._clock() + sign_in_wait(response)
+            self.jar.hold_sign_ins(self._clock() + sign_in_wait(response))
 
     def _signed_in(self, response: httpx.Response, credentials: Credentials) -> bool:
         self.jar.absorb(response)

@@ -121,6 +121,8 @@ class CookieJar:
         self._checked_at: float | None = None
         self._doubted = False
         """The site answered a search sent with the session as a guest's: confirm it before the next."""
+        self._no_sign_in_until = 0.0
+        """When (``clock()``) the site's wait after a refused sign-in is over: no sign-in before."""
         self._email: str | None = None
         self._stamp: tuple[int, int, int] | None = None  # the file's identity as last read or written
         self._loaded = False
@@ -140,7 +142,7 @@ class CookieJar:
         self._loaded = True
         self._stamp = stamp
         self._cookies, self._email, self._set_at, self._checked_at = {}, None, {}, None
-        self._doubted = False
+        self._doubted, self._no_sign_in_until = False, 0.0
         if stamp is None:
             return
         try:
@@ -154,6 +156,8 @@ class CookieJar:
         checked = data.get("checked_at")
         self._checked_at = float(checked) if isinstance(checked, int | float) else None
         self._doubted = data.get("doubted") is True
+        held = data.get("no_sign_in_until")
+        self._no_sign_in_until = float(held) if isinstance(held, int | float) else 0.0
         for entry in data.get("cookies") or []:
             if (
                 isinstance(entry, dict)
@@ -252,6 +256,21 @@ class CookieJar:
                 self._doubted = True
                 self._save()
 
+    def sign_ins_held_until(self) -> float:
+        """When (``clock()``) a sign-in may be sent again after the site refused one for now (0: at once);
+        kept in the file, so every process waits the site's wait out, not only the one refused."""
+        with self._lock:
+            self._refresh()
+            return self._no_sign_in_until
+
+    def hold_sign_ins(self, until: float) -> None:
+        """Record that no sign-in may be sent before ``until`` (``clock()``): the site's wait."""
+        with self._lock:
+            self._refresh()
+            if until > self._no_sign_in_until:
+                self._no_sign_in_until = until
+                self._save()
+
     # ------------------------------------------------------------ writing
 
     def absorb(self, response: httpx.Response) -> bool:
@@ -306,7 +325,7 @@ class CookieJar:
         """Forget everything and delete the jar file."""
         with self._lock:
             self._cookies, self._email, self._set_at, self._checked_at = {}, None, {}, None
-            self._doubted = False
+            self._doubted, self._no_sign_in_until = False, 0.0
             self._loaded = True
             self._stamp = None
             if self.path is not None:
@@ -316,7 +335,7 @@ class CookieJar:
     def _save(self) -> None:
         if self.path is None:
             return
-        if not self._cookies and self._email is None:
+        if not self._cookies and self._email is None and self._no_sign_in_until <= self._clock():
             self.clear()
             return
         data = {
@@ -325,6 +344,7 @@ class CookieJar:
             "email": self._email,
             "checked_at": self._checked_at,
             "doubted": self._doubted,
+            "no_sign_in_until": self._no_sign_in_until or None,
             "cookies": [
                 {"name": name, "value": value, "expires": expires, "set_at": self._set_at.get(name)}
                 for name, (value, expires) in self._cookies.items()
