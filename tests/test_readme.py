@@ -95,18 +95,22 @@ def _environment(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "PATH": f"{scripts}{os.pathsep}{os.environ['PATH']}", **extra}
 
 
-def test_the_first_command_identifies_the_demo_frame() -> None:
-    """``bash scripts/quickstart.sh`` (minus the pip install, which the test run already has)."""
-    first = BASH[0].code.splitlines()[0].split("#")[0].split()
-    done = subprocess.run(
-        first,
-        cwd=REPO,
+def _quickstart(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The quickstart script run as ``command`` from ``cwd``, minus the pip install the test run has."""
+    return subprocess.run(
+        command,
+        cwd=cwd,
         env=_environment(ANISEARCH_QUICKSTART_NO_INSTALL="1", ANISEARCH_QUICKSTART_PORT=str(_quiet_ports(1))),
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_the_first_command_identifies_the_demo_frame() -> None:
+    """``bash scripts/quickstart.sh`` (minus the pip install, which the test run already has)."""
+    done = _quickstart(BASH[0].code.splitlines()[0].split("#")[0].split(), REPO)
     assert done.returncode == 0, done.stderr
     headline = done.stdout.splitlines()[0]
     assert headline.startswith("Kokoro Connect, episode 5, 19:29")
@@ -117,15 +121,7 @@ def test_the_quickstart_finds_an_image_named_relative_to_where_it_is_run(tmp_pat
     """``bash path/to/scripts/quickstart.sh shot.jpg`` from the folder holding ``shot.jpg``: the script
     looked for it in the repository (it moves there first) and said there is no such file."""
     shutil.copyfile(REPO / "examples" / "tinted-good.jpg", tmp_path / "shot.jpg")
-    done = subprocess.run(
-        ["bash", str(REPO / "scripts" / "quickstart.sh"), "shot.jpg"],
-        cwd=tmp_path,
-        env=_environment(ANISEARCH_QUICKSTART_NO_INSTALL="1", ANISEARCH_QUICKSTART_PORT=str(_quiet_ports(1))),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _quickstart(["bash", str(REPO / "scripts" / "quickstart.sh"), "shot.jpg"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith("Kokoro Connect, episode 5, 19:29")
     assert f"anisearch search {tmp_path / 'shot.jpg'} -p tracemoe" in done.stderr
