@@ -17,6 +17,7 @@ import hashlib
 import importlib
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
@@ -191,41 +192,42 @@ def _open_header(data: bytes) -> Image.Image:
 
 
 _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
-_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RST0-7: no length follows
+_STANDALONE_MARKERS = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})  # TEM, SOI and RST0-7: no length follows
+_MARKER = re.compile(rb"\xff([\x01-\xcf\xd8-\xfe])")
+"""The next marker as libjpeg finds it: any bytes (entropy-coded data, junk, fill ``FF``s) up to an ``FF``
+followed by a byte that is not ``00`` (a stuffed ``FF`` of the data), a restart marker ``D0``-``D7`` (inside
+the data; no length follows) nor ``FF``. A class after a literal: searched at C speed (10 ms for 25 MB)."""
 
 
 def jpeg_scans(data: bytes) -> tuple[int, bool]:
-    """``(scans, whole)`` of the JPEG in ``data``: how many scans its picture has (from the first to the
-    end of the picture, ``EOI``; an MPO's later pictures or data appended after it are not counted), and
-    whether libjpeg keeps the whole picture's coefficients to decode it (several scans, or a first scan
-    with fewer components than the frame), which no reduced scale spares. ``(0, False)`` when the
-    markers before the first scan do not read (the decoder then says what is wrong).
+    """``(scans, whole)`` of the JPEG in ``data``: how many scans its picture has (up to one more than
+    :data:`MAX_JPEG_SCANS`, where counting stops), and whether libjpeg keeps the whole picture's
+    coefficients to decode it (several scans, or a first scan with fewer components than the frame), which
+    no reduced scale spares. ``(0, False)`` when no scan is found (the decoder then says what is wrong).
 
-    The markers before the first scan are walked by their lengths (an EXIF thumbnail's own scans are
-    inside its segment); after it, a scan's marker ``FF DA`` cannot occur in entropy-coded data.
+    The markers are read as libjpeg reads them: each segment skipped by its length (an EXIF thumbnail's
+    scans, a comment's bytes are inside theirs), anything else passed over up to the next marker (junk
+    bytes, entropy-coded data), to the end of the picture (``EOI``: an MPO's later pictures or a video
+    appended after it are not counted).
     """
-    position, size, components = 2, len(data), 0
-    while position + 4 <= size:
-        if data[position] != 0xFF:  # noqa: PLR2004 - a marker's first byte
-            return 0, False
-        marker = data[position + 1]
-        if marker == 0xFF:  # noqa: PLR2004 - fill bytes before a marker
-            position += 1
-            continue
+    scans, first, components, position, size = 0, 0, 0, 2, len(data)
+    while scans <= MAX_JPEG_SCANS:
+        found = _MARKER.search(data, position)
+        if found is None:
+            break
+        marker, position = found[1][0], found.end()
         if marker in _STANDALONE_MARKERS:
-            position += 2
             continue
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
-        if marker in _SOF_MARKERS and position + 9 < size:
-            components = data[position + 9]
-        if marker == 0xDA:  # noqa: PLR2004 - SOS, the first scan
-            first = data[position + 4] if position + 4 < size else 0
-            start = position + 2 + length
-            end = data.find(b"\xff\xd9", start)
-            scans = 1 + data.count(b"\xff\xda", start, size if end < 0 else end)
-            return scans, scans > 1 or first < components
-        position += 2 + length
-    return 0, False
+        if marker == 0xD9 or position + 2 > size:  # noqa: PLR2004 - EOI, the end of the picture
+            break
+        if marker in _SOF_MARKERS and position + 7 < size:
+            components = data[position + 7]  # after the length, the precision, the height and the width
+        elif marker == 0xDA:  # noqa: PLR2004 - SOS: a scan
+            scans += 1
+            if scans == 1 and position + 2 < size:
+                first = data[position + 2]  # its number of components
+        position += max(int.from_bytes(data[position : position + 2], "big"), 2)
+    return scans, scans > 1 or (scans == 1 and first < components)
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int, where: str) -> None:
@@ -295,8 +297,8 @@ def _decode_image(
         scans, whole = jpeg_scans(data)
         if scans > MAX_JPEG_SCANS:
             raise InvalidImageError(
-                f"{where}the JPEG has {scans} scans, over the {MAX_JPEG_SCANS} a picture needs; refusing a "
-                "file made to take minutes to decode"
+                f"{where}the JPEG has more than {MAX_JPEG_SCANS} scans, more than a picture needs; refusing "
+                "a file made to take minutes to decode"
             )
         draft = _draft_request(image.size, box)
         image.draft(None, draft)  # image.size is now the size decoded

@@ -291,8 +291,23 @@ def test_a_jpeg_of_more_scans_than_a_picture_needs_is_refused_before_decoding() 
     on the event loop, and larger pictures minutes, past any deadline."""
     assert jpeg_scans(_with_empty_scans(0))[0] > 1  # Pillow's progressive JPEG: a few scans, decoded
     assert prepare(_with_empty_scans(0)).width == 640
-    with pytest.raises(InvalidImageError, match=r"the JPEG has 5\d\d scans, over the 100 a picture needs"):
+    with pytest.raises(InvalidImageError, match=r"the JPEG has more than 100 scans"):
         prepare(_with_empty_scans(500))
+
+
+def test_the_bomb_guards_read_the_markers_as_libjpeg_reads_them() -> None:
+    """libjpeg passes over junk bytes before a marker and skips a comment by its length: a byte of junk, or
+    a comment holding ``FF D9`` between the scans, made both guards give up and the file decode."""
+    bomb = _scan_per_component(13000, 13000, "RGB")
+    tables = bomb.index(b"\xff\xdb")
+    with pytest.raises(InvalidImageError, match=r"13000x13000 \(169\.0 MP\)"):
+        prepare(bomb[:tables] + b"\x00" + bomb[tables:], max_width=320, max_height=320)
+    padded = _with_empty_scans(500)
+    second = padded.index(b"\xff\xda", padded.index(b"\xff\xda") + 2)
+    comment = b"\xff\xfe\x00\x06\xff\xd9ok"  # a comment segment holding the end-of-picture bytes
+    for crafted in (padded[:second] + comment + padded[second:], padded[:second] + b"\x00" + padded[second:]):
+        with pytest.raises(InvalidImageError, match=r"the JPEG has more than 100 scans"):
+            prepare(crafted)
 
 
 def test_the_scans_of_a_jpeg_are_its_pictures_own() -> None:
