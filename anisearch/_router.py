@@ -121,9 +121,10 @@ the concurrency refusals such searches met. An upstream may count a search down 
 it (trace.moe before 2026-02-26: after an awaited database insert); a search sent sooner meets
 "Concurrency limit exceeded"."""
 _CONCURRENCY_ASKED: set[tuple[str, str, str]] = set()
-"""Per provider, address and scope of an account (a key, a session): whether this process asked its free
-quota endpoint for the concurrency it allows, the first time two of its searches met at one slot. A paid
-key may allow several at once where a guest has one: without asking, they would run one after another."""
+"""Per provider, address and scope of an account (a key, a session): whether this process learnt from its
+free quota endpoint the concurrency it allows, the first time two of its searches met at one slot (asked
+again at the next such meeting when that failed, a minute after at the soonest). A paid key may allow
+several at once where a guest has one: without asking, they would run one after another."""
 _COUNTDOWN_FIRST_SECONDS = 0.05
 _COUNTDOWN_MAX_SECONDS = 1.0
 _COUNTDOWN_FLOOR_SECONDS = 0.01
@@ -773,8 +774,10 @@ class Router:
         key = (*_upstream(route.provider), route.scope)
         if key in _CONCURRENCY_ASKED:
             return False
-        _CONCURRENCY_ASKED.add(key)
-        return await self._checked_quota(route)
+        answered = await self._checked_quota(route)  # a failure pauses the asking for a minute
+        if answered:
+            _CONCURRENCY_ASKED.add(key)
+        return answered
 
     async def _checked_quota(self, route: Route) -> bool:
         """:meth:`_refresh_quota`, unless asking failed in the last :data:`_QUOTA_CHECK_PAUSE_SECONDS`
@@ -879,8 +882,8 @@ class Router:
                 return self._failed(name, exc, None, started)
             admitted = await self._admit(route, give_up_at)
             if isinstance(admitted, ProviderError):  # refused by the ledger: no request was made
-                if answered is not None:  # but one was, and failed on what the upstream said: that
-                    return answered
+                if answered is not None and isinstance(admitted, ConcurrencyLimitError | ProviderBusyError):
+                    return answered  # but one was, and the upstream's "busy" is why: that answer
                 return self._failed(name, admitted, None, started, outcome="skipped")
             outcome = answered = await self._ask(route, admitted, query, request, started)
             shared_backoff = isinstance(outcome.error, (ConcurrencyLimitError, ProviderBusyError))

@@ -1574,3 +1574,47 @@ def test_a_paid_keys_concurrency_is_learnt_before_its_searches_queue_for_one_slo
     assert state.search_requests == 4
     assert state.requests["/me"] == 1, state.requests  # asked once
     assert took < 3.5, took  # one at a time takes 4 s at the least; two by two, 2 s
+
+
+def test_a_paid_keys_concurrency_is_asked_again_after_a_failed_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``/me`` that failed once (a CDN's 502) left the key at one search at a time for the rest of the
+    process: the next time its searches meet at one slot (its pause over), it is asked again."""
+    from tests.conftest import HostRouter
+
+    from anisearch import _router
+    from anisearch_emulators.tracemoe import create_app as tracemoe_app
+
+    monkeypatch.setattr(_router, "_QUOTA_CHECK_PAUSE_SECONDS", 0.0)  # else a minute later
+    demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
+    emulator = tracemoe_app(keys={"paid-key": 4}, latency=0.5)
+    me_answers: list[int] = []
+
+    class FirstMeFails(HostRouter):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/me":
+                me_answers.append(502 if not me_answers else 200)
+                if me_answers == [502]:
+                    return httpx.Response(502, text="<html>Bad gateway</html>")
+            return await super().handle_async_request(request)
+
+    settings = Settings.load(
+        providers=["tracemoe"],
+        provider_options={"tracemoe": {"url": "http://retry.test", "key": "paid-key"}},
+        ledger="memory://",
+        cache="off",
+        metadata="off",
+    )
+
+    async def main() -> float:
+        async with AsyncClient(settings, FirstMeFails({"retry.test": emulator})) as client:
+            started = time.monotonic()
+            async with anyio.create_task_group() as group:
+                for n in range(4):
+                    group.start_soon(partial(client.search, demo.read_bytes() + bytes([n])))
+            return time.monotonic() - started
+
+    took = anyio.run(main)
+    assert me_answers == [502, 200]
+    assert took < 1.8, took  # two by two once /me said so; one at a time takes 2 s

@@ -173,11 +173,19 @@ class Gateway:
     # ------------------------------------------------------------------ one search for a caller
 
     def deadline_left(self, request: Request) -> float:
-        """Seconds left of ``deadline`` since ``request`` arrived (reading its body took the rest), at
-        least a millisecond: what the search it asks for may take."""
+        """Seconds left of ``deadline`` since ``request`` arrived (reading its body took the rest): what
+        the search it asks for may take.
+
+        Raises:
+            BodyTookTheDeadline: Under a second is left (or a quarter of a shorter deadline): too little
+                for any provider to answer, so none is asked (and charged) for nothing; the caller gets the
+                408 of a body that did not arrive in time.
+        """
         arrived = request.scope.get(ARRIVED_KEY)
-        spent = 0.0 if arrived is None else time.monotonic() - arrived
-        return max(self.server.deadline - spent, 0.001)
+        left = self.server.deadline - (0.0 if arrived is None else time.monotonic() - arrived)
+        if left < min(1.0, self.server.deadline / 4):
+            raise _tracemoe.BodyTookTheDeadline
+        return left
 
     async def run_search(
         self,
@@ -396,6 +404,39 @@ class _AnyMethod:
         await response(scope, receive, send)
 
 
+_EXPOSED = ["X-Anisearch-Provider", "X-Anisearch-Cached", "X-Anisearch-Attempts"]
+_TRACE_MOE_ROUTES = frozenset({"/search", "/search/", "/me", "/me/"})
+
+
+class _Cors:
+    """Cross-origin callers: trace.moe's API (``/search``, ``/me``) answered as trace.moe answers them
+    (contract §5: the origin reflected, with credentials; any header a preflight asks for); every other
+    route (the status page, ``/metrics``, the native API) to any origin without credentials, so a page
+    elsewhere cannot read them with what a browser sends on its own (a proxy's Basic auth or SSO cookie)."""
+
+    def __init__(self, app: Any) -> None:
+        methods = ["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE"]
+        self.trace_moe = CORSMiddleware(
+            app,
+            allow_origin_regex=".*",
+            allow_credentials=True,
+            allow_methods=methods,
+            allow_headers=["*"],
+            expose_headers=_EXPOSED,
+        )
+        self.others = CORSMiddleware(
+            app,
+            allow_origins=["*"],
+            allow_methods=methods,
+            allow_headers=["content-type", "x-trace-key", "authorization"],
+            expose_headers=_EXPOSED,
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        trace_moe = scope["type"] == "http" and scope["path"] in _TRACE_MOE_ROUTES
+        await (self.trace_moe if trace_moe else self.others)(scope, receive, send)
+
+
 class _CountedBodies:
     """Each request's body counted in the worker's :class:`~anisearch._server._tracemoe.BodyBudget` from its
     first byte read until its response is sent."""
@@ -425,6 +466,15 @@ async def _bodies_busy(request: Request, _exc: Exception) -> Response:
     if request.url.path == "/":
         return Response(f"<p>{message.capitalize()}.</p>", 503, headers, media_type="text/html")
     return _tracemoe.error(503, "Error: Search queue is full", headers)
+
+
+async def _too_late(request: Request, _exc: Exception) -> Response:
+    """A body that took the search's deadline to arrive: the 408 of one that did not arrive in time."""
+    if request.url.path.startswith("/v1/"):
+        return _native.problem(408, "TimeoutError", "the request body took the search's deadline to arrive")
+    if request.url.path == "/":
+        return Response("<p>The upload did not arrive in time.</p>", 408, media_type="text/html")
+    return _tracemoe.error(408, "Request Timeout")
 
 
 async def _caller_gone(_request: Request, _exc: Exception) -> Response:
@@ -472,20 +522,17 @@ def create_app(
     middleware = [
         Middleware(_AccessLog),
         Middleware(_CountedBodies, budget=bodies),
-        Middleware(  # as trace.moe's (contract §5): any origin reflected, with credentials; any header
-            CORSMiddleware,
-            allow_origin_regex=".*",
-            allow_credentials=True,
-            allow_methods=["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE"],
-            allow_headers=["*"],
-            expose_headers=["X-Anisearch-Provider", "X-Anisearch-Cached", "X-Anisearch-Attempts"],
-        ),
+        Middleware(_Cors),
     ]
     app = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=gateway.lifespan,
-        exception_handlers={_tracemoe.BodiesBusy: _bodies_busy, ClientDisconnect: _caller_gone},
+        exception_handlers={
+            _tracemoe.BodiesBusy: _bodies_busy,
+            _tracemoe.BodyTookTheDeadline: _too_late,
+            ClientDisconnect: _caller_gone,
+        },
     )
     app.state.gateway = gateway
     app.state.bodies = bodies

@@ -33,6 +33,7 @@ __all__ = [
     "JSON_TYPE",
     "BodiesBusy",
     "BodyBudget",
+    "BodyTookTheDeadline",
     "SearchInput",
     "anilist_record",
     "error",
@@ -131,10 +132,14 @@ class BodiesBusy(Exception):  # noqa: N818 - a condition the app answers, as Sta
     """The worker holds as many bytes of request bodies as :class:`BodyBudget` allows."""
 
 
+class BodyTookTheDeadline(Exception):  # noqa: N818 - a condition the app answers, as BodiesBusy
+    """A request's body arrived with too little of the search's deadline left for any provider to answer."""
+
+
 class BodyBudget:
     """Bytes of request bodies one worker holds at once, across all its requests: each request's body is
-    counted from its first byte (all of it at once when its ``Content-Length`` announces it) until its
-    response is sent, so connections sending bodies at once cannot hold more memory than ``limit`` bytes,
+    counted as its bytes arrive (never what a ``Content-Length`` only announces) until its response is
+    sent, so connections sending bodies at once cannot make it hold more than ``limit`` bytes of them,
     whoever sends them (a closed gateway reads the status page's form before it knows the token inside).
 
     The request ``take`` cannot count raises :class:`BodiesBusy`, which the app answers as trace.moe
@@ -176,14 +181,12 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     if declared is not None and declared > limit:
         return None
     budget: BodyBudget | None = request.scope.get(BUDGET_KEY)
-    if budget is not None and declared is not None:
-        budget.take(request.scope, declared)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             return None
-        if budget is not None and declared is None:
+        if budget is not None:  # as the bytes arrive: an announcement alone holds nothing
             budget.take(request.scope, len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
@@ -199,6 +202,8 @@ async def parse_form(request: Request, raw: bytes, *, max_files: int, max_fields
         return str(exc.detail)
     except (MultiPartException, ValueError, KeyError, AssertionError) as exc:
         return str(exc) or type(exc).__name__
+    finally:
+        request._body = b""  # noqa: SLF001 - parsed (or not): the request holds the body no longer
 
 
 async def _multipart_file(request: Request, limit: int) -> bytes | Response | None:
@@ -207,6 +212,7 @@ async def _multipart_file(request: Request, limit: int) -> bytes | Response | No
     if raw is None:
         return express_page(500, "Internal Server Error")
     form = await parse_form(request, raw, max_files=8, max_fields=64)
+    del raw  # the file is read out of the form: the body is not held beside it for the search
     if isinstance(form, str):
         return express_page(500, "Internal Server Error")
     files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]

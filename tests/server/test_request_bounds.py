@@ -21,16 +21,18 @@ pytestmark = pytest.mark.e2e
 
 AUTH = {"x-trace-key": TOKEN}
 BODY = 600_000
-"""Bytes each held upload announces: two of them are over the test gateway's 1 MB budget."""
+"""Bytes of each upload: two of them are over the test gateway's 1 MB budget."""
 
 
-def _open_upload(served: Served, path: str, headers: str = f"x-trace-key: {TOKEN}\r\n") -> socket.socket:
-    """A connection that announces a ``BODY``-byte JPEG and sends a tenth of it, then nothing more."""
+def _open_upload(
+    served: Served, path: str, sent: int, headers: str = f"x-trace-key: {TOKEN}\r\n"
+) -> socket.socket:
+    """A connection that announces a ``BODY``-byte JPEG and sends ``sent`` bytes of it, then nothing more."""
     connection = socket.create_connection(("127.0.0.1", served.port), timeout=30)
     connection.sendall(
         f"POST {path} HTTP/1.1\r\nHost: gateway\r\n{headers}Content-Type: image/jpeg\r\n"
         f"Content-Length: {BODY}\r\n\r\n".encode()
-        + b"\xff" * (BODY // 10)
+        + b"\xff" * sent
     )
     return connection
 
@@ -50,14 +52,16 @@ def _until(condition: object, seconds: float = 10.0) -> None:
 def test_bodies_past_the_workers_budget_get_a_full_queue_and_the_budget_comes_back(
     gateway: GatewayFactory, samples: Path, upstreams: Upstreams, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Uploads half sent hold their announced size: past ``max_bodies_bytes`` a caller gets trace.moe's 503
-    (the native API's problem, the status page's line) before any of its body is kept, and nothing is
-    asked upstream. Callers that go away free what they held, without a traceback in the log."""
+    """An upload most of the way in holds what arrived: past ``max_bodies_bytes`` another caller gets
+    trace.moe's 503 (the native API's problem, the status page's line), and nothing is asked upstream. A
+    connection that only announces a body holds nothing. Callers that go away free what they held, without
+    a traceback in the log."""
     served = gateway(settings={"providers": ["tracemoe"]}, max_bodies_bytes=1_000_000)
     caplog.set_level(logging.INFO)
-    holding = _open_upload(served, "/search")
+    announcing = [_open_upload(served, "/", 0, headers="") for _ in range(3)]  # no token, no byte sent
+    holding = _open_upload(served, "/search", BODY - 100_000)
     try:
-        _until(lambda: _held(served) == BODY)
+        _until(lambda: _held(served) == BODY - 100_000)
         over = {"Content-Type": "image/jpeg", "Content-Length": str(BODY)}
         body = b"\xff" * BODY
         busy = httpx.post(served.url + "/search", content=body, headers={**AUTH, **over}, timeout=30)
@@ -79,9 +83,11 @@ def test_bodies_past_the_workers_budget_get_a_full_queue_and_the_budget_comes_ba
         )
         assert page.status_code == 503
         assert "try again in a moment" in page.text
-        assert _held(served) == BODY  # the refused ones hold nothing
+        _until(lambda: _held(served) == BODY - 100_000)  # the refused ones let go, announcements hold none
     finally:
         holding.close()
+        for connection in announcing:
+            connection.close()
     _until(lambda: _held(served) == 0)  # the caller went away: its bytes are free
     image = (samples / "tinted-good.jpg").read_bytes()
     answer = httpx.post(
@@ -138,6 +144,33 @@ def test_the_deadline_counts_from_the_requests_arrival(
     assert elapsed < 2.5 + 1.2, elapsed  # not 1.5 s of reading + a whole 2.5 s more
 
 
+def test_a_body_that_took_the_deadline_is_a_408_and_asks_no_provider(
+    gateway: GatewayFactory, samples: Path, upstreams: Upstreams
+) -> None:
+    """With less than a quarter of a 2 s deadline left once the body is in, no provider could answer: the
+    search was sent all the same, charged, and the caller got a 502 (which trace.moe's clients retry,
+    uploading and spending again). It is the 408 of a body that did not arrive in time."""
+    served = gateway(settings={"providers": ["tracemoe"]}, deadline=2.0)
+    image = (samples / "tinted-good.jpg").read_bytes()
+    connection = socket.create_connection(("127.0.0.1", served.port), timeout=30)
+    try:
+        connection.sendall(
+            f"POST /search HTTP/1.1\r\nHost: gateway\r\nx-trace-key: {TOKEN}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(image)}\r\nConnection: close\r\n\r\n".encode()
+            + image[:100]
+        )
+        time.sleep(1.7)
+        connection.sendall(image[100:])
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    finally:
+        connection.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert answer.endswith(b'{"error":"Request Timeout"}')
+    assert upstreams.trace_state.search_requests == 0
+
+
 def test_cross_origin_callers_are_answered_as_trace_moe_answers_them(gateway: GatewayFactory) -> None:
     """trace.moe reflects the origin with credentials and the headers a preflight asks for, and answers any
     ``OPTIONS`` with 204 (contract §5): a browser's ``fetch`` with credentials or its own header works."""
@@ -164,6 +197,10 @@ def test_cross_origin_callers_are_answered_as_trace_moe_answers_them(gateway: Ga
     assert simple.headers["access-control-allow-credentials"] == "true"
     for path in ("/me", "/search"):
         assert httpx.options(served.url + path).status_code == 204
+    for path in ("/", "/metrics", "/v1/quota"):  # the gateway's own: any origin, never with credentials
+        other = httpx.get(served.url + path, headers={"Origin": origin})
+        assert other.headers["access-control-allow-origin"] == "*", path
+        assert "access-control-allow-credentials" not in other.headers, path
 
 
 @pytest.mark.parametrize("raw_id", ["Infinity", "-Infinity", "1e400", "NaN", '"x"', "[1]"])
