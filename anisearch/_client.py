@@ -482,6 +482,9 @@ class AsyncClient(AccountFeatures):
                 raise ConfigurationError(f"unknown mode {mode!r}; use 'image' or 'vector'")
             _check_flags(cut_borders=cut_borders, anilist_info=anilist_info, cache=cache)
             _check_flags(include_adult=include_adult, none_allowed=True)
+            # numpy's bool scalars pass the check: from here on the flags are plain bools
+            cut_borders, anilist_info, cache = bool(cut_borders), bool(anilist_info), bool(cache)
+            include_adult = None if include_adult is None else bool(include_adult)
             # bad settings fail first
             enrich = self._enrichment(fill=anilist_info, include_adult=include_adult)
             # Titles come from the metadata provider for every provider alike; trace.moe's own anilistInfo
@@ -817,16 +820,31 @@ def _defaults(name: str, scope: str, windows: Sequence[WindowSpec], now: datetim
 
 def _check_flags(*, none_allowed: bool = False, **flags: object) -> None:
     """Refuse a flag that is not a ``bool`` (or None, where ``none_allowed``): a string such as
-    ``"false"`` from a bot's configuration would otherwise be read as true.
+    ``"false"`` from a bot's configuration would otherwise be read as true. numpy's bool scalars
+    (``numpy.bool_``, what ``array.any()`` returns) are bools too.
 
     Raises:
-        ConfigurationError: A flag is of another type; the message names it and its type.
+        ConfigurationError: A flag is of another type; the message names it and its type
+            (module-qualified: ``numpy.int64``, ``str``).
     """
     for name, value in flags.items():
-        if isinstance(value, bool) or (none_allowed and value is None):
+        if isinstance(value, bool) or _numpy_bool(value) or (none_allowed and value is None):
             continue
         allowed = "True, False or None" if none_allowed else "True or False"
-        raise ConfigurationError(f"{name} must be {allowed}, got {value!r} (type {type(value).__name__})")
+        raise ConfigurationError(f"{name} must be {allowed}, got {value!r} (type {_type_name(value)})")
+
+
+def _numpy_bool(value: object) -> bool:
+    """Whether ``value`` is numpy's bool scalar (``numpy.bool_``; ``numpy.bool`` in numpy 2), told by its
+    type's module and name so that numpy is not imported when it is not installed."""
+    kind = type(value)
+    return kind.__module__ == "numpy" and kind.__name__ in {"bool_", "bool"}
+
+
+def _type_name(value: object) -> str:
+    """``value``'s type, module-qualified unless it is a builtin: ``numpy.int64``, ``str``."""
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _checked(min_similarity: object, options: SearchOptions) -> tuple[float | None, SearchOptions]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
+import numpy as np
 import pytest
 import respx
 from PIL import Image
@@ -623,6 +624,7 @@ async def test_an_argument_of_the_wrong_type_is_a_configuration_error(
         ("cache", None, "cache must be True or False, got None (type NoneType)"),
         ("cut_borders", "yes", "cut_borders must be True or False, got 'yes' (type str)"),
         ("anilist_info", 1, "anilist_info must be True or False, got 1 (type int)"),
+        ("cache", np.int64(0), "(type numpy.int64)"),  # its repr depends on the numpy version
     ],
 )
 async def test_a_flag_that_is_not_a_bool_is_refused_not_read_as_true(
@@ -634,6 +636,25 @@ async def test_a_flag_that_is_not_a_bool_is_refused_not_read_as_true(
         with pytest.raises(ConfigurationError, match=re.escape(says)):
             await client.search((samples / "tinted-good.jpg").read_bytes(), **{argument: value})
     assert anywhere.call_count == 0
+
+
+async def test_numpy_bools_are_flags_like_bools(
+    mock: respx.MockRouter, body: dict[str, Any], samples: Path
+) -> None:
+    # what df["adult"].any() or array.all() gives
+    route = mock.post(f"{BASE}/search").respond(200, json=body)
+    flags: dict[str, Any] = {
+        "cache": np.False_,
+        "cut_borders": np.True_,
+        "anilist_info": np.False_,
+        "include_adult": np.True_,
+    }
+    async with AsyncClient(settings(), transport(mock)) as client:
+        result = await client.search((samples / "tinted-good.jpg").read_bytes(), **flags)
+    assert result.best is not None
+    assert route.call_count == 1
+    assert "cutBorders" in route.calls.last.request.url.params
+    assert "anilistInfo" not in route.calls.last.request.url.params
 
 
 @pytest.mark.parametrize(
