@@ -384,8 +384,9 @@ _WHY = (
 )
 
 
-def _why(exc: httpx.HTTPError) -> str:
-    """A transfer failure in words (the exception's own text may hold a URL's secrets or say nothing)."""
+def _why(exc: Exception, *, reading: bool = False) -> str:
+    """A transfer failure in words (the exception's own text may hold a URL's secrets or say nothing);
+    ``reading``: it broke the body off, after the handshake."""
     tls = _tls_failure(exc)
     if isinstance(tls, ssl.SSLCertVerificationError):  # the host answered: its certificate is the problem
         reason = (tls.verify_message or tls.reason or "").rstrip(".") or type(tls).__name__
@@ -393,9 +394,13 @@ def _why(exc: httpx.HTTPError) -> str:
             f"the server's HTTPS certificate did not verify ({reason}); image downloads trust certifi's CA "
             "bundle"
         )
-    if tls is not None:  # an HTTPS handshake that failed otherwise (a plain-HTTP port, no common protocol)
-        return f"the HTTPS handshake failed ({tls.reason or type(tls).__name__})"
-    return next((why for kind, why in _WHY if isinstance(exc, kind)), type(exc).__name__)
+    if tls is None:
+        return next((why for kind, why in _WHY if isinstance(exc, kind)), type(exc).__name__)
+    reason = getattr(tls, "reason", None) or type(tls).__name__  # OpenSSL's code; not set on every SSLError
+    if reading:  # a broken TLS record mid-body
+        return f"the HTTPS connection failed while reading ({reason})"
+    # an HTTPS handshake that failed otherwise (a plain-HTTP port, no common protocol)
+    return f"the HTTPS handshake failed ({reason})"
 
 
 def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
@@ -493,8 +498,8 @@ async def download(
                 raise ImageTooLargeError(
                     f"{shown} is larger than the {_in_words(limit)} download limit", limit_bytes=limit
                 ) from None
-            except httpx.HTTPError as exc:
-                raise ImageFetchError(f"cannot download {shown}: {_why(exc)}") from exc
+            except (httpx.HTTPError, ssl.SSLError) as exc:  # httpx lets a TLS error mid-body through as is
+                raise ImageFetchError(f"cannot download {shown}: {_why(exc, reading=True)}") from exc
             if not body:
                 raise ImageFetchError(
                     f"{shown} answered HTTP {response.status_code} with an empty body",

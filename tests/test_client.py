@@ -41,7 +41,7 @@ from anisearch._limits import MAX_HITS
 from anisearch._provider import load_provider
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
     from tests.conftest import LiveServer
 
@@ -1213,6 +1213,30 @@ def test_an_https_url_to_a_plain_http_port_says_the_handshake_failed(
         client.search(url)
     assert str(caught.value).startswith(f"cannot download {url}: the HTTPS handshake failed (")
     assert "certificate" not in str(caught.value)
+
+
+async def test_a_tls_error_in_the_middle_of_a_download_is_an_image_fetch_error() -> None:
+    """A broken TLS record after the handshake (httpx lets the ssl error through as is) is the download's
+    typed error, which says it came while reading, not that the handshake failed."""
+    import ssl
+
+    from anisearch import _fetch
+
+    class Broken(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"\xff\xd8" + b"x" * 1000
+            raise ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] decryption failed")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": "image/jpeg"}, stream=Broken())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        with pytest.raises(ImageFetchError) as caught:
+            await _fetch.download(client, "https://127.0.0.1/shot.jpg", allow_private=True, pin=False)
+    assert str(caught.value).startswith(
+        "cannot download https://127.0.0.1/shot.jpg: the HTTPS connection failed while reading ("
+    )
+    assert isinstance(caught.value.__cause__, ssl.SSLError)
 
 
 def _count_ca_loads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
