@@ -92,10 +92,18 @@ def _reveal(value: Any) -> Any:
 
 
 def config_path() -> Path:
-    """The TOML config file: ``ANISEARCH_CONFIG`` (a leading ``~`` expanded) or the platform's user config
-    dir + ``config.toml``."""
+    """The TOML config file: ``ANISEARCH_CONFIG`` (a leading ``~`` or ``~user`` expanded) or the platform's
+    user config dir + ``config.toml``.
+
+    Raises:
+        ConfigurationError: ``ANISEARCH_CONFIG`` starts with a ``~user`` that names no home directory.
+    """
     override = os.environ.get("ANISEARCH_CONFIG")
-    return Path(override).expanduser() if override else platformdirs.user_config_path(APP) / "config.toml"
+    if override:
+        from anisearch._sqlite_url import expand_home
+
+        return Path(expand_home(override, "ANISEARCH_CONFIG"))
+    return platformdirs.user_config_path(APP) / "config.toml"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

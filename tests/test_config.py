@@ -100,6 +100,14 @@ def test_a_config_file_named_but_missing_is_a_configuration_error(
         Settings.load()
 
 
+def test_a_config_file_under_a_home_that_does_not_exist_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ANISEARCH_CONFIG", "~nosuchuser-anisearch/config.toml")
+    with pytest.raises(ConfigurationError, match=r"^ANISEARCH_CONFIG: ~nosuchuser-anisearch names no home"):
+        Settings.load()
+
+
 def test_the_tables_of_the_config_file_are_not_taken_for_unknown_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
