@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -198,10 +199,19 @@ def setting_named(field: str, item: str) -> str | None:
     return None
 
 
+_GIVEN_IN_CODE: ContextVar[frozenset[str]] = ContextVar(
+    "anisearch_settings_given_in_code", default=frozenset()
+)
+"""The core settings given as keywords to the :class:`Settings` being made (its validators run meanwhile)."""
+
+
 def setting_source(field: str, *, table: str | None = None) -> str:
-    """Where the value of setting ``field`` came from: its variable when set, else the config file's key
-    (else the variable: a value given in code names it too). ``table``: a setting of that table of the file
-    (``server``: ``ANISEARCH_SERVER_<FIELD>`` or ``[server]``'s key)."""
+    """Where the value of setting ``field`` came from: ``"<field> (given in code)"`` while the
+    :class:`Settings` being made was given it as a keyword, else its variable when set, else the config
+    file's key (else the variable). ``table``: a setting of that table of the file (``server``:
+    ``ANISEARCH_SERVER_<FIELD>`` or ``[server]``'s key)."""
+    if table is None and field in _GIVEN_IN_CODE.get():
+        return f"{field} (given in code)"
     variable = f"ANISEARCH_{f'{table}_' if table else ''}{field}".upper()
     written = _read_toml(config_path())
     section = written.get(table, {}) if table else written
@@ -240,18 +250,19 @@ class Settings(BaseSettings):
         if unknown:
             raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(known)}")
 
-        def named(field: str) -> str:  # a value given in code wins over the variable and the file
-            return f"{field} (given in code)" if field in values else setting_source(field)
-
+        # a value given in code wins over the variable and the file: the validators' messages name it so
+        given = _GIVEN_IN_CODE.set(frozenset(values))
         try:
             super().__init__(**values)
         except ValidationError as exc:
             # from None: pydantic's own message quotes the input, which may hold a credential
-            raise settings_error(exc, "ANISEARCH_", "invalid settings", named) from None
+            raise settings_error(exc, "ANISEARCH_", "invalid settings", setting_source) from None
         except SettingsError as exc:  # a variable pydantic-settings reads as JSON does not parse
             field = re.search(r'field "(\w+)"', str(exc))
             name = f"ANISEARCH_{field.group(1).upper()}" if field else "a setting"
             raise ConfigurationError(f"invalid settings: {name} is not valid JSON") from None
+        finally:
+            _GIVEN_IN_CODE.reset(given)
 
     model_config = SettingsConfigDict(env_prefix="ANISEARCH_", extra="ignore", frozen=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -227,6 +228,37 @@ def test_a_bad_value_given_in_code_is_named_as_given_in_code(monkeypatch: pytest
     monkeypatch.setenv("ANISEARCH_TIMEOUT", "30")
     with pytest.raises(ConfigurationError, match=r"^invalid settings: timeout \(given in code\): "):
         Settings.load(timeout=-1)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "valid", "says"),
+    [
+        ("ledger", "ftp://x", "memory://", "unsupported ledger URL 'ftp://x' (ledger (given in code))"),
+        (
+            "ledger",
+            "~nosuchuser-anisearch/x.db",
+            "memory://",
+            "ledger (given in code): ~nosuchuser-anisearch",
+        ),
+        ("cache", "ftp://x", "off", "unsupported cache 'ftp://x' (cache (given in code))"),
+        (
+            "state_dir",
+            "~nosuchuser-anisearch/x",
+            "/srv/anisearch",
+            "state_dir (given in code): ~nosuchuser-anisearch",
+        ),
+        ("timezone", "Mars/Base", "Asia/Tokyo", "unknown time zone 'Mars/Base' (timezone (given in code))"),
+    ],
+)
+def test_a_value_a_check_refuses_is_named_as_given_in_code(
+    monkeypatch: pytest.MonkeyPatch, keyword: str, value: str, valid: str, says: str
+) -> None:
+    """The checks of anisearch's own (schemes, homes, zones) blame the keyword too, not its valid variable."""
+    monkeypatch.setenv(f"ANISEARCH_{keyword.upper()}", valid)
+    with pytest.raises(ConfigurationError, match=re.escape(says)) as caught:
+        Settings.load(**{keyword: value})
+    assert f"ANISEARCH_{keyword.upper()}" not in str(caught.value)
+    assert Settings.load().model_dump()[keyword] is not None  # the variable alone is still fine
 
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
