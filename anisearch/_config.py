@@ -267,7 +267,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ANISEARCH_", extra="ignore", frozen=True)
 
     providers: Annotated[list[str] | None, NoDecode] = None
-    """Provider order (``ANISEARCH_PROVIDERS``, a comma list). None means the default order."""
+    """Provider order (``ANISEARCH_PROVIDERS``, a comma list). None means the default order; an empty list
+    is refused (an empty ``ANISEARCH_PROVIDERS`` is the variable unset)."""
     ledger: str | None = None
     """Ledger URL (``ANISEARCH_LEDGER``): ``memory://``, ``sqlite:///path`` (default, in the state dir) or
     ``redis://host:port/db``. A password in it (``redis://:pw@host``) is masked in repr, str and dumps."""
@@ -411,6 +412,19 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             names = [part.strip() for part in value.split(",") if part.strip()]
             return names or None
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _someone(cls, value: list[str] | None) -> list[str] | None:
+        """An empty list is refused rather than read as "the default providers", as ``search(providers=[])``
+        is (an allow-list filtered down to nothing must not spend their quota). ``ANISEARCH_PROVIDERS=""``
+        is the variable left unset."""
+        if value is not None and not value:
+            raise ConfigurationError(
+                f"{setting_source('providers')} is empty: name at least one provider, or leave it unset for "
+                "the default order"
+            )
         return value
 
     @classmethod

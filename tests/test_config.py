@@ -57,6 +57,23 @@ def test_the_toml_file_is_overridden_by_the_environment(
     assert in_code.provider_config("tracemoe")["url"] == "http://code"
 
 
+def test_an_empty_providers_setting_is_refused_not_read_as_the_default_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asking nobody would otherwise mean asking the default providers and spending their quota."""
+    with pytest.raises(ConfigurationError, match=r"^providers \(given in code\) is empty: name at least one"):
+        Settings.load(providers=[])
+    config = tmp_path / "config.toml"
+    config.write_text("providers = []\n")
+    monkeypatch.setenv("ANISEARCH_CONFIG", str(config))
+    with pytest.raises(
+        ConfigurationError, match=rf"^providers in the config file {re.escape(str(config))} is empty"
+    ):
+        Settings.load()
+    monkeypatch.setenv("ANISEARCH_PROVIDERS", "")  # set but empty: no order, as when unset
+    assert Settings.load().providers is None
+
+
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANISEARCH_TIMEOUT", "soon")
     with pytest.raises(ConfigurationError, match="ANISEARCH_TIMEOUT"):
