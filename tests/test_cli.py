@@ -365,17 +365,36 @@ def test_a_folder_gives_one_json_line_per_image_with_its_path(
 def test_a_folder_picks_up_every_kind_of_file_anisearch_reads(
     tracemoe: Any, samples: Path, tmp_path: Path
 ) -> None:
-    """A phone's .3gp, a recorder's .ts or .m2ts, an animated .apng, a .jpg_large saved from a social site:
-    each searched alone, and each picked up in a folder, where they were left out without a word."""
+    """A phone's .3gp, a recorder's .m2ts, an animated .apng, a .jpg_large saved from a social site: each
+    searched alone, and each picked up in a folder, where they were left out without a word."""
     shots = tmp_path / "shots"
     shots.mkdir()
     picture = (samples / "tinted-good.jpg").read_bytes()  # the content is what counts; the name picks it
-    names = ["clip.3gp", "capture.ts", "capture.m2ts", "loop.apng", "saved.jpg_large", "old.mpg"]
+    names = ["clip.3gp", "capture.m2ts", "loop.apng", "saved.jpg_large", "old.mpg"]
     for name in names:
         (shots / name).write_bytes(picture)
     done = cli("search", str(shots), "--json")
     assert done.returncode == 0, done.stderr
     assert sorted(Path(json.loads(line)["input"]).name for line in done.stdout.splitlines()) == sorted(names)
+
+
+def test_a_folder_picks_up_a_ts_file_only_when_it_is_a_transport_stream(
+    tracemoe: Any, samples: Path, tmp_path: Path
+) -> None:
+    """``.ts`` names TypeScript sources too: a folder of code beside a screenshot is searched as the
+    screenshot alone (exit 0), where each source was a failed input (exit 3)."""
+    from anisearch._cli._search import _walk
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    (shots / "shot.jpg").write_bytes((samples / "tinted-good.jpg").read_bytes())
+    (shots / "index.ts").write_text("export const x: number = 1;\n")
+    (shots / "recording.ts").write_bytes((b"\x47" + bytes(187)) * 8)  # 188-byte packets
+    assert [path.name for path in _walk(shots, None)] == ["recording.ts", "shot.jpg"]
+    (shots / "recording.ts").unlink()  # not a video that decodes: only its first bytes are one
+    done = cli("search", str(shots), "--json")
+    assert done.returncode == 0, done.stderr
+    assert [Path(json.loads(line)["input"]).name for line in done.stdout.splitlines()] == ["shot.jpg"]
 
 
 def test_many_inputs_mix_files_globs_and_failures(tracemoe: Any, samples: Path, tmp_path: Path) -> None:

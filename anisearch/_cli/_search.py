@@ -104,6 +104,10 @@ MEDIA_SUFFIXES = frozenset(
 """What a folder search picks up when no ``--glob`` is given: the suffixes of every picture and video
 anisearch reads (the content is sniffed before upload)."""
 
+TRANSPORT_STREAM_SUFFIX = ".ts"
+"""A suffix that TypeScript sources share with transport streams: a folder search picks up such a file only
+when its first bytes are a transport stream (``--glob`` picks any)."""
+
 EPILOG = examples(
     "anisearch search shot.jpg",
     "anisearch search shot.jpg -p tracemoe --min-similarity 0.85",
@@ -161,9 +165,26 @@ def _walk(folder: Path, pattern: str | None) -> list[Path]:
         if pattern is not None:
             if fnmatch.fnmatch(path.name, pattern) or fnmatch.fnmatch(str(path.relative_to(folder)), pattern):
                 found.append(path)
-        elif path.suffix.lower() in MEDIA_SUFFIXES:
+        elif _media(path):
             found.append(path)
     return found
+
+
+def _media(path: Path) -> bool:
+    """Whether a folder search picks ``path`` up: by its suffix, and for ``.ts`` by its first 4 KiB being a
+    transport stream (a TypeScript source is left out without a word). A file that cannot be read is
+    picked up: its search says what is wrong."""
+    suffix = path.suffix.lower()
+    if suffix != TRANSPORT_STREAM_SUFFIX:
+        return suffix in MEDIA_SUFFIXES
+    try:
+        with path.open("rb") as file:
+            head, size = file.read(4096), os.fstat(file.fileno()).st_size
+    except OSError:
+        return True
+    from anisearch._source import video_kind  # only for a .ts file: a folder of pictures never loads it
+
+    return video_kind(head, size) in {"mpeg-ts", "m2ts"}
 
 
 def _is(path: Path, kind: Callable[[Path], bool]) -> bool:
