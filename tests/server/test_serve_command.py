@@ -110,6 +110,17 @@ def test_serve_refuses_bad_settings_with_one_line(tmp_path: Path) -> None:
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("variable", ["ANISEARCH_SERVER_DEADLINE", "ANISEARCH_SERVER_SLOT_WAIT"])
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_serve_refuses_a_deadline_or_slot_wait_that_is_not_finite(variable: str, value: str) -> None:
+    done = run_in_process("serve", env={"ANISEARCH_SERVER_CLIENTS": f"bot={TOKEN}", variable: value})
+    assert done.returncode == 2
+    assert variable in done.stderr
+    assert "finite number" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
 def test_serve_refuses_a_taken_port_or_a_bad_host_before_claiming_to_serve() -> None:
     clients = {"ANISEARCH_SERVER_CLIENTS": f"bot={TOKEN}"}
     with socket.socket() as taken:
