@@ -121,6 +121,11 @@ class CookieJar:
         self._checked_at: float | None = None
         self._doubted = False
         """The site answered a search sent with the session as a guest's: confirm it before the next."""
+        self._doubted_session: float | None = None
+        """The session doubted, told by when its cookie was set (its value may slide; this does not)."""
+        self._alive_session: float | None = None
+        """The session (when its cookie was set) the site confirmed alive after it was doubted: its searches
+        are answered as a guest's for another reason (its credits spent), so they raise no doubt again."""
         self._no_sign_in_until = 0.0
         """When (``clock()``) the site's wait after a refused sign-in is over: no sign-in before."""
         self._email: str | None = None
@@ -143,6 +148,7 @@ class CookieJar:
         self._stamp = stamp
         self._cookies, self._email, self._set_at, self._checked_at = {}, None, {}, None
         self._doubted, self._no_sign_in_until = False, 0.0
+        self._doubted_session = self._alive_session = None
         if stamp is None:
             return
         try:
@@ -156,6 +162,9 @@ class CookieJar:
         checked = data.get("checked_at")
         self._checked_at = float(checked) if isinstance(checked, int | float) else None
         self._doubted = data.get("doubted") is True
+        doubted, alive = data.get("doubted_session"), data.get("alive_session")
+        self._doubted_session = float(doubted) if isinstance(doubted, int | float) else None
+        self._alive_session = float(alive) if isinstance(alive, int | float) else None
         held = data.get("no_sign_in_until")
         self._no_sign_in_until = float(held) if isinstance(held, int | float) else 0.0
         for entry in data.get("cookies") or []:
@@ -238,23 +247,45 @@ class CookieJar:
                 return now - last >= min((expires - set_at) / 4, REFRESH_EVERY_SECONDS)
             return False
 
+    def _session_set_at(self) -> float | None:
+        """When the live session cookie was set (``clock()``), or None (no session, or a jar file that did
+        not say)."""
+        live = self._live()
+        return next((self._set_at.get(name) for name in live if is_session_cookie(name) and live[name]), None)
+
     def mark_checked(self) -> None:
-        """Record that the site just confirmed the session (``get-session`` answered a user)."""
+        """Record that the site just confirmed the session (``get-session`` answered a user). A session
+        doubted and now confirmed is remembered as alive: :meth:`doubt` then leaves it be."""
         with self._lock:
             self._refresh()
             self._checked_at = self._clock()
-            self._doubted = False
+            session = self._session_set_at()
+            if self._doubted and session is not None and session == self._doubted_session:
+                self._alive_session = session
+            self._doubted, self._doubted_session = False, None
             self._save()
 
-    def doubt(self) -> None:
+    def doubt(self) -> bool:
         """Record that the site answered a search sent with the session as a guest's (signed out elsewhere,
         or the session revoked): :meth:`refresh_due` then asks ``get-session`` before the session is used
-        again, in this process or the next, which forgets it when the site says it is gone."""
+        again, in this process or the next, which forgets it when the site says it is gone.
+
+        A session the site confirmed alive after it was doubted is not doubted again (the site answers
+        its searches as a guest's for another reason) until its cookie is set anew.
+
+        Returns:
+            Whether the session is newly doubted (False: already doubted, confirmed alive, or none held).
+        """
         with self._lock:
             self._refresh()
-            if not self._doubted and self.has_session():
-                self._doubted = True
-                self._save()
+            if self._doubted or not self.has_session():
+                return False
+            session = self._session_set_at()
+            if session is not None and session == self._alive_session:
+                return False
+            self._doubted, self._doubted_session = True, session
+            self._save()
+            return True
 
     def sign_ins_held_until(self) -> float:
         """When (``clock()``) a sign-in may be sent again after the site refused one for now (0: at once);
@@ -319,6 +350,7 @@ class CookieJar:
                 self._set_at = {name: when for name, when in self._set_at.items() if name in kept}
                 self._checked_at = None
                 self._doubted = False
+                self._doubted_session = self._alive_session = None
                 self._save()
 
     def clear(self) -> None:
@@ -326,6 +358,7 @@ class CookieJar:
         with self._lock:
             self._cookies, self._email, self._set_at, self._checked_at = {}, None, {}, None
             self._doubted, self._no_sign_in_until = False, 0.0
+            self._doubted_session = self._alive_session = None
             self._loaded = True
             self._stamp = None
             if self.path is not None:
@@ -344,6 +377,8 @@ class CookieJar:
             "email": self._email,
             "checked_at": self._checked_at,
             "doubted": self._doubted,
+            "doubted_session": self._doubted_session,
+            "alive_session": self._alive_session,
             "no_sign_in_until": self._no_sign_in_until or None,
             "cookies": [
                 {"name": name, "value": value, "expires": expires, "set_at": self._set_at.get(name)}

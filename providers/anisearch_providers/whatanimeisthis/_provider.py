@@ -288,7 +288,8 @@ class WhatAnimeIsThis(BaseProvider):
         The quota's ``scope`` is who the site served: ``api-key`` or ``session`` as sent, except that a
         session search answered with a guest's allowance (remaining searches, no credits) is ``guest``;
         the session is then confirmed with the site before the next search (and signed in again, with
-        credentials configured, when the site says it is gone).
+        credentials configured, when the site says it is gone). A session the site confirmed alive so is
+        not doubted again (its searches answered as a guest's for another reason) until its cookie changes.
 
         Raises:
             ProviderError: The subclass the status and message mean (see ``_errors.ERROR_RULES``).
@@ -301,12 +302,14 @@ class WhatAnimeIsThis(BaseProvider):
             scope = _quota.scope_of(response.request, self.credential.scope)
             if scope == "session" and _parse.guest_answer(payload.containers):
                 scope = "guest"  # the session died on the way: the site served a guest's search
-                self.jar.doubt()  # asked about before the next search, which signs in again if it is gone
-                logger.warning(
-                    "%s answered a search sent signed in as a guest's (signed out elsewhere?); the session "
-                    "is checked before the next search",
-                    PROVIDER,
-                )
+                # asked about before the next search, which signs in again if it is gone; a session the
+                # site confirmed alive after that is not asked about (nor warned of) again
+                if self.jar.doubt():
+                    logger.warning(
+                        "%s answered a search sent signed in as a guest's (signed out elsewhere?); the "
+                        "session is checked before the next search",
+                        PROVIDER,
+                    )
             quota = Quota(provider=PROVIDER, scope=scope, remaining=remaining, window="day")
         return ProviderAnswer(hits=hits, frames_searched=_parse.frames_searched(payload), quota=quota)
 

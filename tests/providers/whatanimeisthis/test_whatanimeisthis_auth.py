@@ -629,3 +629,36 @@ def test_jar_names_tell_addresses_apart_and_hold_no_password() -> None:
     assert jar_name(SITE) == "whatanimeisthis-cookies.json"
     assert jar_name("http://host:8080") != jar_name("https://host:8080")
     assert "secret" not in jar_name("https://user:secret@host:8080")
+
+
+@respx.mock
+def test_a_session_confirmed_alive_is_not_doubted_again_until_its_cookie_changes(
+    state: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A live session whose searches are answered as a guest's (its credits spent, say) is checked once,
+    not before every search with a "signed out elsewhere?" warning each time; in the next process too."""
+    respx.post(f"{SITE}/api/auth/sign-in/email").mock(side_effect=[signed_in(), signed_in(FRESH)])
+    alive = respx.get(f"{SITE}/api/auth/get-session").respond(200, json=GET_SESSION_ANSWER)
+    respx.post(f"{SITE}/api/auth/sign-out").respond(200, json={"success": True})
+    respx.post(url__startswith=f"{SITE}/api/anime/search").respond(
+        200, json={"results": [], "remainingSearches": 3}
+    )
+    provider = configured(state)
+    sign_in(provider)
+
+    def search(provider: WhatAnimeIsThis) -> str | None:
+        answer = provider.parse_search(send(provider, provider.search_request(SearchQuery(image=JPEG))))
+        return None if answer.quota is None else answer.quota.scope
+
+    with caplog.at_level("WARNING", logger="anisearch"):
+        assert [search(provider) for _ in range(3)] == ["guest"] * 3
+        assert search(configured(state)) == "guest"  # the next process remembers it
+    assert alive.call_count == 1
+    assert caplog.text.count("signed out elsewhere?") == 1
+    sign_in(provider)  # a new session: doubted again when answered as a guest's
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="anisearch"):
+        search(provider)
+        search(provider)
+    assert caplog.text.count("signed out elsewhere?") == 1
+    assert alive.call_count == 3  # the sign-in's own confirmation, and the check of the doubted session
