@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from anisearch._exceptions import ConfigurationError
 from anisearch._models import PagedList
@@ -122,26 +122,18 @@ class AccountFeatures:
     async def iter_recent_searches(
         self, page_size: int = 20, max_items: int | None = None
     ) -> AsyncIterator[RecentSearch]:
-        """Every recent public search, page by page; stops on a short page or the reported total, or when a
-        page repeats the one before (a site that ignores ``offset`` would otherwise be asked forever).
+        """Every recent public search, page by page; stops on a short page, an explicit "no more", the
+        reported total, ``max_items``, or a second page in a row that repeats the one before (a site that
+        ignores ``offset`` would otherwise be asked forever); a single repeated page (new searches arrived
+        meanwhile) is skipped.
 
         Raises:
             ProviderError: The upstream failed mid-way.
         """
-        offset = 0
-        before: list[RecentSearch] | None = None
-        while max_items is None or offset < max_items:
-            page = await self._recent_page(page_size, offset)
-            if repeats(page, before, offset):
-                return
-            before = page.items
-            for item in page.items:
-                if max_items is not None and offset >= max_items:
-                    return
-                offset += 1
+        pager: RecentPager[RecentSearch] = RecentPager(page_size, max_items)
+        while pager.wanted():
+            for item in pager.take(await self._recent_page(page_size, pager.offset)):
                 yield item
-            if _last_page(page, page_size, offset):
-                return
 
     async def credits(self) -> Credits:
         """The signed-in account's search credits (also recorded in the ledger).
@@ -226,18 +218,61 @@ class AsyncApiKeys:
         return created
 
 
-def repeats(page: Page[Any], before: list[Any] | None, offset: int) -> bool:
-    """Whether ``page`` (asked at ``offset``) holds the very items of the page before it: a site that
-    ignores the offset, which a paginator must stop at (logged as a warning) or ask forever."""
-    if not page.items or page.items != before:
-        return False
-    logger.warning(
-        "the items at offset %d are those at offset %d again: stopping there (the site does not seem to "
-        "page by offset)",
-        offset,
-        offset - len(page.items),
-    )
-    return True
+class RecentPager(Generic[T]):
+    """The paging of ``iter_recent_searches``, one for the async and the sync iterator: which offset to
+    ask next, and which of a page's items to yield.
+
+    It stops on a short page, an explicit "no more", the reported total, or ``max_items`` yielded. A page
+    that holds the very items of the page before it is skipped, not yielded again: on a live feed,
+    ``page_size`` new searches arrived between the two requests and pushed the old page one page down.
+    A second such page in a row is a site that ignores the offset, which would otherwise be asked
+    forever: paging stops there (logged as a warning).
+
+    Args:
+        page_size: Items asked per request.
+        max_items: Stop after yielding this many; None for all.
+    """
+
+    def __init__(self, page_size: int, max_items: int | None) -> None:
+        self.page_size = page_size
+        self.max_items = max_items
+        self.offset = 0
+        """Where the next request asks: every item received so far, repeated pages included."""
+        self.yielded = 0
+        """Items yielded so far (what ``max_items`` counts)."""
+        self._before: list[T] | None = None
+        self._repeats = 0
+        self._done = False
+
+    def wanted(self) -> bool:
+        """Whether to ask for another page (at :attr:`offset`)."""
+        return not self._done and (self.max_items is None or self.yielded < self.max_items)
+
+    def take(self, page: Page[T]) -> list[T]:
+        """The items of ``page`` (asked at :attr:`offset`) to yield; moves on to the next offset."""
+        asked_at = self.offset
+        self.offset += len(page.items)
+        if page.items and page.items == self._before:
+            self._repeats += 1
+            if self._repeats > 1:
+                logger.warning(
+                    "the items at offsets %d and %d are those at offset %d again: stopping there (the site "
+                    "does not seem to page by offset)",
+                    asked_at - len(page.items),
+                    asked_at,
+                    asked_at - 2 * len(page.items),
+                )
+                self._done = True
+            else:
+                logger.debug("the items at offset %d repeat the page before: skipped", asked_at)
+                self._done = _last_page(page, self.page_size, self.offset)
+            return []
+        self._repeats = 0
+        self._before = page.items
+        items = page.items if self.max_items is None else page.items[: self.max_items - self.yielded]
+        self.yielded += len(items)
+        self._done = _last_page(page, self.page_size, self.offset)
+        return items
 
 
 def _last_page(page: Page[Any], page_size: int, seen: int) -> bool:

@@ -27,7 +27,7 @@ import anyio
 import anyio.from_thread
 import httpx
 
-from anisearch._account import _last_page, repeats
+from anisearch._account import RecentPager
 from anisearch._client import AsyncClient
 from anisearch._config import Settings
 from anisearch._exceptions import ClientClosedError
@@ -472,8 +472,9 @@ class Client:
     ) -> Iterator[RecentSearch]:
         """Every recent public search, fetched page by page as you iterate.
 
-        Stops on a short page, an explicit "no more", the reported total, ``max_items``, or a page that
-        repeats the one before (a site that ignores the offset).
+        Stops on a short page, an explicit "no more", the reported total, ``max_items``, or a second page in
+        a row that repeats the one before (a site that ignores the offset); a single repeated page (new
+        searches arrived meanwhile) is skipped.
 
         Args:
             page_size: Searches asked per request, at least 1.
@@ -486,20 +487,9 @@ class Client:
             ConfigurationError: ``page_size`` below 1, or no provider with account features.
             ProviderError: The upstream failed mid-way (the searches already yielded stay yours).
         """
-        offset = 0
-        before: list[RecentSearch] | None = None
-        while max_items is None or offset < max_items:
-            page = self._run(self._async._recent_page, page_size, offset)
-            if repeats(page, before, offset):
-                return
-            before = page.items
-            for item in page.items:
-                if max_items is not None and offset >= max_items:
-                    return
-                offset += 1
-                yield item
-            if _last_page(page, page_size, offset):
-                return
+        pager: RecentPager[RecentSearch] = RecentPager(page_size, max_items)
+        while pager.wanted():
+            yield from pager.take(self._run(self._async._recent_page, page_size, pager.offset))
 
     def account_provider(self) -> str:
         """The name of the provider that serves the account features (rankings, credits, API keys).

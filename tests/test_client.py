@@ -942,8 +942,45 @@ def test_recent_searches_stop_where_a_site_that_ignores_the_offset_repeats_a_pag
     ) as client:
         seen = [item.anilist_id for item in client.iter_recent_searches(page_size=2, max_items=10)]
     assert seen == [101, 102]  # not the same two again and again (up to the 10 this test allows)
-    assert route.call_count == 2
+    assert route.call_count == 3  # one repeated page is a live feed's; two in a row, a site ignoring it
     assert "does not seem to page by offset" in caplog.text
+
+
+_LIVE_FEED = {0: [1, 2], 2: [1, 2], 4: [3, 4], 6: [5]}
+"""Offset -> items: two new searches arrived after the first request, pushing its page to offset 2."""
+
+
+def _live_feed(request: httpx.Request) -> httpx.Response:
+    numbers = _LIVE_FEED[int(request.url.params["offset"])]
+    return httpx.Response(200, json={"items": [{"id": str(n), "anilistId": 100 + n} for n in numbers]})
+
+
+def test_recent_searches_skip_one_repeated_page_of_a_live_feed_and_go_on(
+    mock: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A repeated page is what a live feed gives when a page's worth of searches arrives between two
+    requests: it is skipped, and the older searches after it are still listed."""
+    route = mock.get("https://site.test/api/anime/recent-searches").mock(side_effect=_live_feed)
+    options = {"whatanimeisthis": {"url": "https://site.test"}}
+    with Client(
+        Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)
+    ) as client:
+        seen = [item.anilist_id for item in client.iter_recent_searches(page_size=2)]
+        capped = [item.anilist_id for item in client.iter_recent_searches(page_size=2, max_items=3)]
+    assert seen == [101, 102, 103, 104, 105]
+    assert capped == [101, 102, 103]  # max_items counts what was yielded, not the offsets asked
+    assert route.call_count == 4 + 3
+    assert "does not seem to page by offset" not in caplog.text
+
+
+async def test_recent_searches_skip_one_repeated_page_of_a_live_feed_async(mock: respx.MockRouter) -> None:
+    mock.get("https://site.test/api/anime/recent-searches").mock(side_effect=_live_feed)
+    options = {"whatanimeisthis": {"url": "https://site.test"}}
+    async with AsyncClient(
+        Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)
+    ) as client:
+        seen = [item.anilist_id async for item in client.iter_recent_searches(page_size=2)]
+    assert seen == [101, 102, 103, 104, 105]
 
 
 def test_documented_limits_hold_when_the_upstream_reports_none(mock: respx.MockRouter, samples: Path) -> None:
