@@ -128,6 +128,11 @@ def _get(app: Any, path: str, **headers: str) -> Any:
         ("tracemoe", "keys=[4]", 'keys takes an object of API key -> tier, such as {"MYKEY": 4}, not [4]'),
         ("whatanime-ga", 'tokens={"T": {"limits": 5}}', "tokens has no field limits"),
         ("whatanime-ga", 'tokens={"T": 5}', "tokens takes an object of limit, limit_ttl, quota, quota_ttl"),
+        (
+            "whatanime-ga",
+            'tokens=["MYTOKEN"]',
+            "tokens takes an object of API token -> allowance, such as {\"MYTOKEN\": {}}, not ['MYTOKEN']",
+        ),
     ],
 )
 @pytest.mark.usefixtures("shipped", "any_port")

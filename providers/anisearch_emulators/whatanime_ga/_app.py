@@ -31,6 +31,7 @@ import io
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -48,7 +49,7 @@ from ._input import SearchInput, anilist_filter, parse_input, read_body
 from ._state import Allowance, LegacyEmulatorState
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Sequence
 
     from starlette.requests import Request
 
@@ -381,6 +382,21 @@ async def _thumbnail_route(request: Request) -> Response:
     return Response(buffer.getvalue(), media_type="image/jpeg")
 
 
+def _token_allowances(tokens: object) -> dict[str, Allowance]:
+    """The ``tokens`` knob (None: no tokens) as token -> allowance.
+
+    Raises:
+        ValueError: Not an object (a mapping) of token -> allowance, or an allowance that is not one.
+    """
+    if tokens is None:
+        return {}
+    if not isinstance(tokens, Mapping):
+        example = '{"MYTOKEN": {}}'
+        message = f"tokens takes an object of API token -> allowance, such as {example}, not {tokens!r}"
+        raise ValueError(message)  # noqa: TRY004 - a bad knob value, reported as such by `emulate`
+    return {str(token): Allowance.of(allowance, "tokens") for token, allowance in tokens.items()}
+
+
 def create_app(
     *,
     max_body_bytes: int = BODY_LIMIT_2017,
@@ -424,14 +440,15 @@ def create_app(
             to loopback hosts only.
 
     Raises:
-        ValueError: ``max_body_bytes`` is not positive, or an allowance given as an object is not one.
+        ValueError: ``max_body_bytes`` is not positive, ``tokens`` is not an object (a mapping), or an
+            allowance given as an object is not one.
     """
     if max_body_bytes <= 0:
         raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
     index = tuple(frames) if frames is not None else default_frames()
     knobs = _Knobs(
         max_body_bytes=max_body_bytes,
-        tokens={token: Allowance.of(allowance, "tokens") for token, allowance in (tokens or {}).items()},
+        tokens=_token_allowances(tokens),
         guest=Allowance.of(guest, "guest") if guest is not None else Allowance(),
         require_token=require_token,
         error_format=error_format,
