@@ -192,16 +192,21 @@ def _open_header(data: bytes) -> Image.Image:
 
 
 _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
-_STANDALONE_MARKERS = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})  # TEM, SOI and RST0-7: no length follows
-_MARKER = re.compile(rb"\xff([\x01-\xcf\xd8-\xfe])")
-"""The next marker as libjpeg finds it: any bytes (entropy-coded data, junk, fill ``FF``s) up to an ``FF``
-followed by a byte that is not ``00`` (a stuffed ``FF`` of the data), a restart marker ``D0``-``D7`` (inside
-the data; no length follows) nor ``FF``. A class after a literal: searched at C speed (10 ms for 25 MB)."""
+_MARKER = re.compile(rb"\xff([\xc0-\xcf\xd9-\xfe])")
+"""The next marker that counts, as libjpeg finds it: any bytes (entropy-coded data, junk, fill ``FF``s) up to
+an ``FF`` followed by a frame, table, scan, application or comment marker, or the end of the picture. The
+others have no length and are passed over: ``00`` (a stuffed ``FF`` of the data), TEM and the reserved
+``02``-``BF`` (libjpeg passes over them as junk when it resynchronises, or fails on them), restart markers
+and SOI. A class after a literal: searched at C speed (10 ms for 25 MB)."""
+_MAX_JPEG_MARKERS = 10_000
+"""Most markers walked in a JPEG (a photo has a few dozen; restart markers are not walked): a file of more
+is counted as over :data:`MAX_JPEG_SCANS` (walking 25 MB of empty comments would take seconds)."""
 
 
 def jpeg_scans(data: bytes) -> tuple[int, bool]:
     """``(scans, whole)`` of the JPEG in ``data``: how many scans its picture has (up to one more than
-    :data:`MAX_JPEG_SCANS`, where counting stops), and whether libjpeg keeps the whole picture's
+    :data:`MAX_JPEG_SCANS`, where counting stops; that too past :data:`_MAX_JPEG_MARKERS` markers), and
+    whether libjpeg keeps the whole picture's
     coefficients to decode it (several scans, or a first scan with fewer components than the frame), which
     no reduced scale spares. ``(0, False)`` when no scan is found (the decoder then says what is wrong).
 
@@ -211,13 +216,11 @@ def jpeg_scans(data: bytes) -> tuple[int, bool]:
     appended after it are not counted).
     """
     scans, first, components, position, size = 0, 0, 0, 2, len(data)
-    while scans <= MAX_JPEG_SCANS:
+    for _ in range(_MAX_JPEG_MARKERS):
         found = _MARKER.search(data, position)
-        if found is None:
+        if found is None or scans > MAX_JPEG_SCANS:
             break
         marker, position = found[1][0], found.end()
-        if marker in _STANDALONE_MARKERS:
-            continue
         if marker == 0xD9 or position + 2 > size:  # noqa: PLR2004 - EOI, the end of the picture
             break
         if marker in _SOF_MARKERS and position + 7 < size:
@@ -227,6 +230,8 @@ def jpeg_scans(data: bytes) -> tuple[int, bool]:
             if scans == 1 and position + 2 < size:
                 first = data[position + 2]  # its number of components
         position += max(int.from_bytes(data[position : position + 2], "big"), 2)
+    else:  # more markers than any picture has
+        return MAX_JPEG_SCANS + 1, True
     return scans, scans > 1 or (scans == 1 and first < components)
 
 
@@ -297,8 +302,8 @@ def _decode_image(
         scans, whole = jpeg_scans(data)
         if scans > MAX_JPEG_SCANS:
             raise InvalidImageError(
-                f"{where}the JPEG has more than {MAX_JPEG_SCANS} scans, more than a picture needs; refusing "
-                "a file made to take minutes to decode"
+                f"{where}the JPEG has more than {MAX_JPEG_SCANS} scans (or {_MAX_JPEG_MARKERS} markers), "
+                "more than a picture needs; refusing a file made to take minutes to decode"
             )
         draft = _draft_request(image.size, box)
         image.draft(None, draft)  # image.size is now the size decoded

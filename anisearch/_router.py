@@ -120,6 +120,9 @@ _COUNTDOWN_SECONDS: dict[tuple[str, str], float] = {}
 the concurrency refusals such searches met. An upstream may count a search down a moment after answering
 it (trace.moe before 2026-02-26: after an awaited database insert); a search sent sooner meets
 "Concurrency limit exceeded"."""
+_CONCURRENCY_CHECK_SECONDS = 2.0
+"""Longest wait for the free quota endpoint when it is asked for an account's concurrency (the searches go
+on waiting for their slot without it)."""
 _CONCURRENCY_ASKED: set[tuple[str, str, str]] = set()
 """Per provider, address and scope of an account (a key, a session): whether this process learnt from its
 free quota endpoint the concurrency it allows, the first time two of its searches met at one slot (asked
@@ -774,10 +777,17 @@ class Router:
         key = (*_upstream(route.provider), route.scope)
         if key in _CONCURRENCY_ASKED:
             return False
-        answered = await self._checked_quota(route)  # a failure pauses the asking for a minute
-        if answered:
+        failed_at = self._quota_check_failed.get(key)
+        if failed_at is not None and 0 <= time.monotonic() - failed_at < _QUOTA_CHECK_PAUSE_SECONDS:
+            return False
+        if await self._refresh_quota(route, seconds=_CONCURRENCY_CHECK_SECONDS) is True:
             _CONCURRENCY_ASKED.add(key)
-        return answered
+            self._quota_check_failed.pop(key, None)
+            return True
+        # failed, or cut short (a hanging endpoint, the search's deadline): not asked again for a minute, so
+        # it costs a search at most those seconds once, and the searches meanwhile wait for the slot
+        self._quota_check_failed[key] = time.monotonic()
+        return False
 
     async def _checked_quota(self, route: Route) -> bool:
         """:meth:`_refresh_quota`, unless asking failed in the last :data:`_QUOTA_CHECK_PAUSE_SECONDS`
@@ -793,15 +803,15 @@ class Router:
             self._quota_check_failed[key] = time.monotonic()
         return answered is True
 
-    async def _refresh_quota(self, route: Route) -> bool | None:
-        """Ask the provider's free quota endpoint and record the answer: True when it answered; False when
-        it failed (an error answer, no answer within the timeout); None when it has no such endpoint or the
-        search's own deadline ran out first."""
+    async def _refresh_quota(self, route: Route, *, seconds: float = _QUOTA_CHECK_SECONDS) -> bool | None:
+        """Ask the provider's free quota endpoint, waiting at most ``seconds``, and record the answer: True
+        when it answered; False when it failed (an error answer, no answer in time); None when it has no
+        such endpoint or the search's own deadline ran out first."""
         provider = route.provider
         request = provider.quota_request()
         if request is None:
             return None
-        cap = anyio.current_time() + _QUOTA_CHECK_SECONDS
+        cap = anyio.current_time() + seconds
         outer = search_deadline.get()
         cut_by_the_search = outer is not None and outer < cap  # else the 10 s ran out first
         token = search_deadline.set(cap if outer is None else min(outer, cap))
@@ -820,7 +830,7 @@ class Router:
         except ProviderError as exc:
             timed_out = isinstance(exc, ProviderTimeoutError)
             if timed_out and not cut_by_the_search:
-                waited = _QUOTA_CHECK_SECONDS - (cap - anyio.current_time())
+                waited = seconds - (cap - anyio.current_time())
                 logger.info("%s quota check failed: no answer in %.0f s", provider.name, waited)
             else:
                 logger.info("%s quota check failed: %s", provider.name, exc)

@@ -1700,3 +1700,50 @@ def test_a_paid_keys_concurrency_is_asked_again_after_a_failed_answer(
     took = anyio.run(main)
     assert me_answers == [502, 200]
     assert took < 1.8, took  # two by two once /me said so; one at a time takes 2 s
+
+
+def test_a_hanging_quota_endpoint_is_asked_once_and_costs_one_search_two_seconds() -> None:
+    """A key's ``/me`` that never answers: asked at every meeting at the slot, it made each contended search
+    with a deadline under 10 s wait its whole deadline for it and fail. It is given 2 s, once a minute."""
+    from tests.conftest import HostRouter
+
+    from anisearch_emulators.tracemoe import create_app as tracemoe_app
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
+    emulator = tracemoe_app(keys={"hung-key": 1}, latency=0.5)
+    asked: list[float] = []
+
+    class MeHangs(HostRouter):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/me":
+                asked.append(time.monotonic())
+                await anyio.sleep(30)
+            return await super().handle_async_request(request)
+
+    settings = Settings.load(
+        providers=["tracemoe"],
+        provider_options={"tracemoe": {"url": "http://hung.test", "key": "hung-key"}},
+        ledger="memory://",
+        cache="off",
+        metadata="off",
+    )
+
+    async def main() -> list[str]:
+        outcomes: list[str] = []
+
+        async def one(client: AsyncClient, n: int) -> None:
+            try:
+                await client.search(demo.read_bytes() + bytes([n]), deadline=3.0)
+                outcomes.append("ok")
+            except anisearch.AnisearchError as exc:
+                outcomes.append(type(exc).__name__)
+
+        async with AsyncClient(settings, MeHangs({"hung.test": emulator})) as client:
+            for round_ in range(3):
+                async with anyio.create_task_group() as group:
+                    for k in range(2):
+                        group.start_soon(one, client, round_ * 2 + k)
+        return outcomes
+
+    assert anyio.run(main) == ["ok"] * 6
+    assert len(asked) == 1

@@ -405,14 +405,15 @@ class _AnyMethod:
 
 
 _EXPOSED = ["X-Anisearch-Provider", "X-Anisearch-Cached", "X-Anisearch-Attempts"]
-_TRACE_MOE_ROUTES = frozenset({"/search", "/search/", "/me", "/me/"})
+_TRACE_MOE_ROUTES = frozenset({"/search", "/search/", "/me", "/me/", "/anilist"})
 
 
 class _Cors:
-    """Cross-origin callers: trace.moe's API (``/search``, ``/me``) answered as trace.moe answers them
-    (contract §5: the origin reflected, with credentials; any header a preflight asks for); every other
-    route (the status page, ``/metrics``, the native API) to any origin without credentials, so a page
-    elsewhere cannot read them with what a browser sends on its own (a proxy's Basic auth or SSO cookie)."""
+    """Cross-origin callers: trace.moe's routes (``/search``, ``/me``, the web app's ``/anilist``) answered
+    as trace.moe answers them (contract §5: the origin reflected, with credentials); every other route (the
+    status page, ``/metrics``, the native API) to any origin without credentials, so a page elsewhere cannot
+    read them with what a browser sends on its own (a proxy's Basic auth or SSO cookie). Any header a
+    preflight asks for is allowed on both."""
 
     def __init__(self, app: Any) -> None:
         methods = ["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE"]
@@ -428,7 +429,7 @@ class _Cors:
             app,
             allow_origins=["*"],
             allow_methods=methods,
-            allow_headers=["content-type", "x-trace-key", "authorization"],
+            allow_headers=["*"],
             expose_headers=_EXPOSED,
         )
 

@@ -354,14 +354,18 @@ class CookieJar:
                 self._save()
 
     def clear(self) -> None:
-        """Forget everything and delete the jar file."""
+        """Forget everything and delete the jar file; all but the site's wait after a refused sign-in, which
+        holds for this address whoever signs in next (the file then keeps it alone until it is over)."""
         with self._lock:
             self._cookies, self._email, self._set_at, self._checked_at = {}, None, {}, None
-            self._doubted, self._no_sign_in_until = False, 0.0
+            self._doubted = False
             self._doubted_session = self._alive_session = None
             self._loaded = True
             self._stamp = None
-            if self.path is not None:
+            if self._no_sign_in_until > self._clock():
+                self._save()
+            elif self.path is not None:
+                self._no_sign_in_until = 0.0
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
 
