@@ -1053,6 +1053,25 @@ def test_the_sign_in_wait_holds_in_the_next_process_too(mock: respx.MockRouter, 
     assert sign_in.call_count == 1
 
 
+def test_a_sign_out_keeps_the_sites_wait_for_the_next_sign_in(mock: respx.MockRouter) -> None:
+    """The site's wait is for this address, whoever signs in: signing out (which forgets the session and
+    its file) kept no trace of it, and the next sign-in went into the limit."""
+    limited = {"message": "Too many requests. Please try again later."}
+    sign_in = mock.post("https://site.test/api/auth/sign-in/email").respond(
+        429, json=limited, headers={"X-Retry-After": "30"}
+    )
+    mock.post("https://site.test/api/auth/sign-out").respond(200, json={"success": True})
+    options = {"whatanimeisthis": {"url": "https://site.test", "email": "a@b.example", "password": "pw"}}
+    settings = Settings.load(providers=["whatanimeisthis"], provider_options=options)
+    with Client(settings, transport(mock)) as client:
+        with pytest.raises(anisearch.SignInRateLimitedError):
+            client.sign_in("a@b.example", "pw")
+        client.sign_out()
+    with Client(settings, transport(mock)) as client, pytest.raises(anisearch.SignInRateLimitedError):
+        client.sign_in("a@b.example", "pw")
+    assert sign_in.call_count == 1
+
+
 def test_sign_ins_wait_out_the_wait_a_refused_one_was_given(mock: respx.MockRouter, samples: Path) -> None:
     """Every search sent a sign-in into the site's limit while it ran (each refused, none waited for); a
     sign-in is sent again once the wait named is over."""
