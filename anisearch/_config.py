@@ -409,9 +409,11 @@ class Settings(BaseSettings):
     @field_validator("providers", mode="before")
     @classmethod
     def _split_providers(cls, value: Any) -> Any:
+        """A comma list. Blank is the variable left unset (``ANISEARCH_PROVIDERS=``); given in code or in
+        the config file, it is an empty list (refused below)."""
         if isinstance(value, str):
             names = [part.strip() for part in value.split(",") if part.strip()]
-            return names or None
+            return names or (None if setting_source("providers").startswith("ANISEARCH_") else [])
         return value
 
     @field_validator("providers")

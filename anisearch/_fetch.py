@@ -464,8 +464,9 @@ async def download(
         request = await _request(url, client, allow_private=allow_private, pin=pin)
         try:
             response = await client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise ImageFetchError(f"cannot download {shown}: {_why(exc)}") from exc
+        except (httpx.HTTPError, ssl.SSLError) as exc:  # httpx lets a TLS error after the handshake through
+            after = isinstance(exc, ssl.SSLError)  # a handshake's own failure comes wrapped (ConnectError)
+            raise ImageFetchError(f"cannot download {shown}: {_why(exc, reading=after)}") from exc
         try:
             if response.has_redirect_location:
                 location = response.headers.get("location", "")

@@ -223,7 +223,7 @@ def jpeg_scans(data: bytes) -> tuple[int, bool]:
         marker, position = found[1][0], found.end()
         if marker == 0xD9 or position + 2 > size:  # noqa: PLR2004 - EOI, the end of the picture
             break
-        if marker in _SOF_MARKERS and position + 7 < size:
+        if marker in _SOF_MARKERS and scans == 0 and position + 7 < size:  # the frame of the first scan
             components = data[position + 7]  # after the length, the precision, the height and the width
         elif marker == 0xDA:  # noqa: PLR2004 - SOS: a scan
             scans += 1

@@ -124,6 +124,11 @@ _CONCURRENCY_CHECK_SECONDS = 2.0
 """Longest wait for the free quota endpoint when it is asked for an account's concurrency (the searches go
 on waiting for their slot without it)."""
 _CONCURRENCY_ASKED: set[tuple[str, str, str]] = set()
+_CONCURRENCY_PROBING: set[tuple[str, str, str]] = set()
+"""The scopes whose concurrency is being asked now: the other searches meeting at the slot do not ask too."""
+_CONCURRENCY_PAUSED: dict[tuple[str, str, str], float] = {}
+"""When (``time.monotonic()``) asking a scope's concurrency last failed or was cut short: not asked again for
+:data:`_QUOTA_CHECK_PAUSE_SECONDS`. Its own: the regular quota checks are not paused by it."""
 """Per provider, address and scope of an account (a key, a session): whether this process learnt from its
 free quota endpoint the concurrency it allows, the first time two of its searches met at one slot (asked
 again at the next such meeting when that failed, a minute after at the soonest). A paid key may allow
@@ -775,18 +780,23 @@ class Router:
         if _scope_kind(route.scope) == "guest" or not route.provider.capabilities.quota:
             return False
         key = (*_upstream(route.provider), route.scope)
-        if key in _CONCURRENCY_ASKED:
+        if key in _CONCURRENCY_ASKED or key in _CONCURRENCY_PROBING:
             return False
-        failed_at = self._quota_check_failed.get(key)
+        failed_at = _CONCURRENCY_PAUSED.get(key)
         if failed_at is not None and 0 <= time.monotonic() - failed_at < _QUOTA_CHECK_PAUSE_SECONDS:
             return False
-        if await self._refresh_quota(route, seconds=_CONCURRENCY_CHECK_SECONDS) is True:
+        _CONCURRENCY_PROBING.add(key)  # one search asks; the others wait for the slot meanwhile
+        try:
+            answered = await self._refresh_quota(route, seconds=_CONCURRENCY_CHECK_SECONDS)
+        finally:
+            _CONCURRENCY_PROBING.discard(key)
+        if answered is True:
             _CONCURRENCY_ASKED.add(key)
-            self._quota_check_failed.pop(key, None)
+            _CONCURRENCY_PAUSED.pop(key, None)
             return True
         # failed, or cut short (a hanging endpoint, the search's deadline): not asked again for a minute, so
-        # it costs a search at most those seconds once, and the searches meanwhile wait for the slot
-        self._quota_check_failed[key] = time.monotonic()
+        # it costs one search at most those seconds, and the searches meanwhile wait for the slot
+        _CONCURRENCY_PAUSED[key] = time.monotonic()
         return False
 
     async def _checked_quota(self, route: Route) -> bool:

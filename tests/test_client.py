@@ -1295,6 +1295,22 @@ async def test_a_tls_error_in_the_middle_of_a_download_is_an_image_fetch_error()
     assert isinstance(caught.value.__cause__, ssl.SSLError)
 
 
+async def test_a_tls_error_before_the_answers_headers_is_an_image_fetch_error() -> None:
+    """The same broken record one step earlier, while the answer's headers are read: it escaped as a raw
+    ``ssl.SSLError`` from ``search(url)``."""
+    import ssl
+
+    from anisearch import _fetch
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] decryption failed")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        with pytest.raises(ImageFetchError) as caught:
+            await _fetch.download(client, "https://127.0.0.1/shot.jpg", allow_private=True, pin=False)
+    assert "the HTTPS connection failed while reading (" in str(caught.value)
+
+
 def _count_ca_loads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     import ssl
 
@@ -1723,7 +1739,8 @@ def test_a_paid_keys_concurrency_is_asked_again_after_a_failed_answer(
 
 def test_a_hanging_quota_endpoint_is_asked_once_and_costs_one_search_two_seconds() -> None:
     """A key's ``/me`` that never answers: asked at every meeting at the slot, it made each contended search
-    with a deadline under 10 s wait its whole deadline for it and fail. It is given 2 s, once a minute."""
+    with a deadline under 10 s wait its whole deadline for it and fail. It is given 2 s, once a minute, by
+    one search while the others wait for the slot."""
     from tests.conftest import HostRouter
 
     from anisearch_emulators.tracemoe import create_app as tracemoe_app
@@ -1747,7 +1764,7 @@ def test_a_hanging_quota_endpoint_is_asked_once_and_costs_one_search_two_seconds
         metadata="off",
     )
 
-    async def main() -> list[str]:
+    async def main() -> tuple[list[str], int]:
         outcomes: list[str] = []
 
         async def one(client: AsyncClient, n: int) -> None:
@@ -1760,9 +1777,12 @@ def test_a_hanging_quota_endpoint_is_asked_once_and_costs_one_search_two_seconds
         async with AsyncClient(settings, MeHangs({"hung.test": emulator})) as client:
             for round_ in range(3):
                 async with anyio.create_task_group() as group:
-                    for k in range(2):
-                        group.start_soon(one, client, round_ * 2 + k)
-        return outcomes
+                    for k in range(3):  # two meet the one holding the slot: one of them asks
+                        group.start_soon(one, client, round_ * 3 + k)
+            paused = len(client._quota_check_failed)  # what the quota checks would skip
+        return outcomes, paused
 
-    assert anyio.run(main) == ["ok"] * 6
+    outcomes, paused = anyio.run(main)
+    assert outcomes == ["ok"] * 9
     assert len(asked) == 1
+    assert paused == 0  # the probe's own pause: a check of a stale quota still asks /me (10 s for it)

@@ -61,15 +61,17 @@ def test_an_empty_providers_setting_is_refused_not_read_as_the_default_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Asking nobody would otherwise mean asking the default providers and spending their quota."""
-    with pytest.raises(ConfigurationError, match=r"^providers \(given in code\) is empty: name at least one"):
-        Settings.load(providers=[])
+    for empty in ([], "", " , "):  # a bot's ",".join(allowed) of an allow-list filtered to nothing
+        with pytest.raises(ConfigurationError, match=r"^providers \(given in code\) is empty: name at least"):
+            Settings.load(providers=empty)
     config = tmp_path / "config.toml"
-    config.write_text("providers = []\n")
     monkeypatch.setenv("ANISEARCH_CONFIG", str(config))
-    with pytest.raises(
-        ConfigurationError, match=rf"^providers in the config file {re.escape(str(config))} is empty"
-    ):
-        Settings.load()
+    for written in ("[]", '""', '","'):
+        config.write_text(f"providers = {written}\n")
+        with pytest.raises(
+            ConfigurationError, match=rf"^providers in the config file {re.escape(str(config))} is empty"
+        ):
+            Settings.load()
     monkeypatch.setenv("ANISEARCH_PROVIDERS", "")  # set but empty: no order, as when unset
     assert Settings.load().providers is None
 

@@ -330,6 +330,21 @@ def test_scans_behind_a_reserved_marker_are_counted_as_libjpeg_decodes_them() ->
         prepare(comments)
 
 
+def test_a_second_frame_header_does_not_hide_a_scan_per_component() -> None:
+    """The frame that counts is the first scan's: a frame header written after it, claiming fewer
+    components, made the file look interleaved, and libjpeg still held every coefficient (1 GB for 376
+    bytes) before it failed on the second header."""
+    bomb = _scan_per_component(13000, 13000, "RGB")
+    frame = bomb.index(b"\xff\xc0")
+    header = bomb[frame : frame + 2 + int.from_bytes(bomb[frame + 2 : frame + 4], "big")]
+    one = header[:9] + b"\x01" + header[10:13]  # the same frame, with its first component only
+    one = one[:2] + len(one[2:]).to_bytes(2, "big") + one[4:]
+    crafted = bomb[:-2] + one + b"\xff\xd9"
+    assert jpeg_scans(crafted) == (1, True)
+    with pytest.raises(InvalidImageError, match=r"13000x13000 \(169\.0 MP\)"):
+        prepare(crafted, max_width=320, max_height=320)
+
+
 def test_the_scans_of_a_jpeg_are_its_pictures_own() -> None:
     """An EXIF thumbnail's scans, an MPO's later pictures and bytes appended after the picture (a motion
     photo's video) are not the picture's: a camera's baseline photo stays decoded at a reduced scale."""

@@ -179,11 +179,12 @@ class ServerSettings(BaseSettings):
     """Bytes of request bodies one worker holds at once, across all its callers, from a body's first byte
     until its answer is sent; a request past it gets trace.moe's 503 ``Error: Search queue is full`` (its
     clients retry). A request alone is never refused."""
-    deadline: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    deadline: float = Field(default=60.0, gt=0, le=86_400, allow_inf_nan=False)
     """Seconds for one search as a whole: reading the input, downloading a URL, every provider (a finite
-    number)."""
-    slot_wait: float = Field(default=30.0, ge=0, allow_inf_nan=False)
-    """Seconds a search waits for one of its client's concurrency slots before a 402 (a finite number)."""
+    number, at most a day)."""
+    slot_wait: float = Field(default=30.0, ge=0, le=86_400, allow_inf_nan=False)
+    """Seconds a search waits for one of its client's concurrency slots before a 402 (a finite number, at
+    most a day)."""
 
     @field_validator("clients", mode="before")
     @classmethod

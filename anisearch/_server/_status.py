@@ -12,7 +12,7 @@ from starlette.responses import HTMLResponse, Response
 
 from anisearch._exceptions import AnisearchError
 from anisearch._server._callers import Denied, Refused, identify
-from anisearch._server._tracemoe import parse_form, read_body
+from anisearch._server._tracemoe import BodyTookTheDeadline, parse_form, read_body
 from anisearch._version import __version__
 
 if TYPE_CHECKING:
@@ -129,6 +129,10 @@ async def _form(gateway: Gateway, request: Request) -> FormData | str:
         return '<p class="bad" id="outcome">The upload did not arrive in time.</p>'
     if raw is None:
         return f'<p class="bad" id="outcome">The upload is larger than {limit} bytes.</p>'
+    try:
+        gateway.deadline_left(request)
+    except BodyTookTheDeadline:  # too little of the deadline is left for a search
+        return '<p class="bad" id="outcome">The upload did not arrive in time.</p>'
     form = await parse_form(request, raw, max_files=1, max_fields=8)
     if isinstance(form, str):
         return f'<p class="bad" id="outcome">The form could not be read: {_e(form)}</p>'

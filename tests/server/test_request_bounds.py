@@ -144,30 +144,46 @@ def test_the_deadline_counts_from_the_requests_arrival(
     assert elapsed < 2.5 + 1.2, elapsed  # not 1.5 s of reading + a whole 2.5 s more
 
 
+def _slow_post(served: Served, path: str, content_type: str, body: bytes, pause: float) -> bytes:
+    """The whole answer to a POST whose body's first 100 bytes come at once and the rest ``pause`` s later."""
+    connection = socket.create_connection(("127.0.0.1", served.port), timeout=30)
+    try:
+        connection.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: gateway\r\nx-trace-key: {TOKEN}\r\nContent-Type: {content_type}"
+            f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body[:100]
+        )
+        time.sleep(pause)
+        connection.sendall(body[100:])
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        return answer
+    finally:
+        connection.close()
+
+
 def test_a_body_that_took_the_deadline_is_a_408_and_asks_no_provider(
     gateway: GatewayFactory, samples: Path, upstreams: Upstreams
 ) -> None:
     """With less than a quarter of a 2 s deadline left once the body is in, no provider could answer: the
     search was sent all the same, charged, and the caller got a 502 (which trace.moe's clients retry,
-    uploading and spending again). It is the 408 of a body that did not arrive in time."""
+    uploading and spending again). It is the 408 of a body that did not arrive in time; the status page
+    says so on the page."""
     served = gateway(settings={"providers": ["tracemoe"]}, deadline=2.0)
     image = (samples / "tinted-good.jpg").read_bytes()
-    connection = socket.create_connection(("127.0.0.1", served.port), timeout=30)
-    try:
-        connection.sendall(
-            f"POST /search HTTP/1.1\r\nHost: gateway\r\nx-trace-key: {TOKEN}\r\nContent-Type: image/jpeg\r\n"
-            f"Content-Length: {len(image)}\r\nConnection: close\r\n\r\n".encode()
-            + image[:100]
-        )
-        time.sleep(1.7)
-        connection.sendall(image[100:])
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-    finally:
-        connection.close()
+    answer = _slow_post(served, "/search", "image/jpeg", image, 1.7)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert answer.endswith(b'{"error":"Request Timeout"}')
+    form = (
+        b'--b\r\nContent-Disposition: form-data; name="token"\r\n\r\n' + TOKEN.encode() + b"\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="image"; filename="shot.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + image + b"\r\n--b--\r\n"
+    )
+    page = _slow_post(served, "/", "multipart/form-data; boundary=b", form, 1.7)
+    assert page.startswith(b"HTTP/1.1 200"), page[:200]
+    assert b'id="outcome">The upload did not arrive in time.' in page
+    assert b"<form" in page  # the whole page, to try again
     assert upstreams.trace_state.search_requests == 0
 
 

@@ -18,6 +18,7 @@ when another process (``anisearch login``) changed it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -121,10 +122,10 @@ class CookieJar:
         self._checked_at: float | None = None
         self._doubted = False
         """The site answered a search sent with the session as a guest's: confirm it before the next."""
-        self._doubted_session: float | None = None
-        """The session doubted, told by when its cookie was set (its value may slide; this does not)."""
-        self._alive_session: float | None = None
-        """The session (when its cookie was set) the site confirmed alive after it was doubted: its searches
+        self._doubted_session: str | None = None
+        """The session doubted, told by its token's digest (:meth:`_session_id`: the cookie may slide)."""
+        self._alive_session: str | None = None
+        """The session (its token's digest) the site confirmed alive after it was doubted: its searches
         are answered as a guest's for another reason (its credits spent), so they raise no doubt again."""
         self._no_sign_in_until = 0.0
         """When (``clock()``) the site's wait after a refused sign-in is over: no sign-in before."""
@@ -163,8 +164,8 @@ class CookieJar:
         self._checked_at = float(checked) if isinstance(checked, int | float) else None
         self._doubted = data.get("doubted") is True
         doubted, alive = data.get("doubted_session"), data.get("alive_session")
-        self._doubted_session = float(doubted) if isinstance(doubted, int | float) else None
-        self._alive_session = float(alive) if isinstance(alive, int | float) else None
+        self._doubted_session = doubted if isinstance(doubted, str) else None
+        self._alive_session = alive if isinstance(alive, str) else None
         held = data.get("no_sign_in_until")
         self._no_sign_in_until = float(held) if isinstance(held, int | float) else 0.0
         for entry in data.get("cookies") or []:
@@ -247,11 +248,14 @@ class CookieJar:
                 return now - last >= min((expires - set_at) / 4, REFRESH_EVERY_SECONDS)
             return False
 
-    def _session_set_at(self) -> float | None:
-        """When the live session cookie was set (``clock()``), or None (no session, or a jar file that did
-        not say)."""
+    def _session_id(self) -> str | None:
+        """Which session the live session cookie names: a digest of its token (the part before the
+        signature, which the site keeps when it slides the cookie's expiry), or None (no session)."""
         live = self._live()
-        return next((self._set_at.get(name) for name in live if is_session_cookie(name) and live[name]), None)
+        value = next((live[name] for name in live if is_session_cookie(name) and live[name]), None)
+        if value is None:
+            return None
+        return hashlib.sha256(value.partition(".")[0].encode()).hexdigest()[:16]
 
     def mark_checked(self) -> None:
         """Record that the site just confirmed the session (``get-session`` answered a user). A session
@@ -259,7 +263,7 @@ class CookieJar:
         with self._lock:
             self._refresh()
             self._checked_at = self._clock()
-            session = self._session_set_at()
+            session = self._session_id()
             if self._doubted and session is not None and session == self._doubted_session:
                 self._alive_session = session
             self._doubted, self._doubted_session = False, None
@@ -271,7 +275,7 @@ class CookieJar:
         again, in this process or the next, which forgets it when the site says it is gone.
 
         A session the site confirmed alive after it was doubted is not doubted again (the site answers
-        its searches as a guest's for another reason) until its cookie is set anew.
+        its searches as a guest's for another reason) until another session is signed in.
 
         Returns:
             Whether the session is newly doubted (False: already doubted, confirmed alive, or none held).
@@ -280,7 +284,7 @@ class CookieJar:
             self._refresh()
             if self._doubted or not self.has_session():
                 return False
-            session = self._session_set_at()
+            session = self._session_id()
             if session is not None and session == self._alive_session:
                 return False
             self._doubted, self._doubted_session = True, session

@@ -662,3 +662,17 @@ def test_a_session_confirmed_alive_is_not_doubted_again_until_its_cookie_changes
         search(provider)
     assert caplog.text.count("signed out elsewhere?") == 1
     assert alive.call_count == 3  # the sign-in's own confirmation, and the check of the doubted session
+
+
+def test_a_session_confirmed_alive_stays_so_when_the_site_slides_its_cookie(state: Path) -> None:
+    """better-auth re-issues the session cookie past ``updateAge`` (same token, a new signature and expiry):
+    still the session confirmed alive, so no new doubt, no new check and no new warning."""
+    provider = configured(state)
+    provider.jar.absorb(signed_in())
+    assert provider.jar.doubt()
+    provider.jar.mark_checked()  # get-session said: alive
+    token = SIGNED.split(".", maxsplit=1)[0]
+    provider.jar.absorb(signed_in(f"{token}.Zm9yZ2VkX3NpZ25hdHVyZV9vZl90aGVfc2FtZV9zZXNzaW9u%3D"))
+    assert provider.jar.doubt() is False
+    provider.jar.absorb(signed_in(FRESH))  # another session: doubted when answered as a guest's
+    assert provider.jar.doubt() is True
