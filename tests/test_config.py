@@ -61,7 +61,8 @@ def test_an_empty_providers_setting_is_refused_not_read_as_the_default_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Asking nobody would otherwise mean asking the default providers and spending their quota."""
-    for empty in ([], "", " , "):  # a bot's ",".join(allowed) of an allow-list filtered to nothing
+    empties: list[list[str] | str] = [[], "", " , "]  # a bot's ",".join() of an allow-list gone empty
+    for empty in empties:
         with pytest.raises(ConfigurationError, match=r"^providers \(given in code\) is empty: name at least"):
             Settings.load(providers=empty)
     config = tmp_path / "config.toml"
