@@ -48,7 +48,14 @@ from anisearch._redact import MASK, redact
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Settings", "config_path", "provider_variable", "setting_named", "setting_source"]
+__all__ = [
+    "Settings",
+    "config_path",
+    "provider_setting_source",
+    "provider_variable",
+    "setting_named",
+    "setting_source",
+]
 
 APP = "anisearch"
 
@@ -71,6 +78,19 @@ def is_secret_setting(name: str) -> bool:
 def provider_variable(provider: str, name: str) -> str:
     """The environment variable of setting ``name`` of ``provider`` (``ANISEARCH_WHATANIME_GA_TOKEN``)."""
     return f"ANISEARCH_{provider.upper().replace('-', '_')}_{name.upper()}"
+
+
+def provider_setting_source(provider: str, name: str) -> str:
+    """Where setting ``name`` of ``provider`` was most likely written (:meth:`Settings.provider_config`
+    merges the config file's table, then ``ANISEARCH_<PROVIDER>_<NAME>``, then ``provider_options``): its
+    variable when set, else the config file's key when written, else ``provider_options``."""
+    variable = provider_variable(provider, name)
+    if os.environ.get(variable, "") != "":
+        return variable
+    table = _read_toml(config_path()).get(provider)
+    if isinstance(table, dict) and name in table:
+        return f"[{provider}] {name} in the config file {config_path()}"
+    return "provider_options (ANISEARCH_PROVIDER_OPTIONS, or given in code)"
 
 
 def _check_secret(provider: str, name: str, value: str) -> None:

@@ -124,15 +124,15 @@ _CONCURRENCY_CHECK_SECONDS = 2.0
 """Longest wait for the free quota endpoint when it is asked for an account's concurrency (the searches go
 on waiting for their slot without it)."""
 _CONCURRENCY_ASKED: set[tuple[str, str, str]] = set()
+"""Per provider, address and scope of an account (a key, a session): whether this process learnt from its
+free quota endpoint the concurrency it allows, the first time two of its searches met at one slot (asked
+again at the next such meeting when that failed, a minute after at the soonest). A paid key may allow
+several at once where a guest has one: without asking, they would run one after another."""
 _CONCURRENCY_PROBING: set[tuple[str, str, str]] = set()
 """The scopes whose concurrency is being asked now: the other searches meeting at the slot do not ask too."""
 _CONCURRENCY_PAUSED: dict[tuple[str, str, str], float] = {}
 """When (``time.monotonic()``) asking a scope's concurrency last failed or was cut short: not asked again for
 :data:`_QUOTA_CHECK_PAUSE_SECONDS`. Its own: the regular quota checks are not paused by it."""
-"""Per provider, address and scope of an account (a key, a session): whether this process learnt from its
-free quota endpoint the concurrency it allows, the first time two of its searches met at one slot (asked
-again at the next such meeting when that failed, a minute after at the soonest). A paid key may allow
-several at once where a guest has one: without asking, they would run one after another."""
 _COUNTDOWN_FIRST_SECONDS = 0.05
 _COUNTDOWN_MAX_SECONDS = 1.0
 _COUNTDOWN_FLOOR_SECONDS = 0.01

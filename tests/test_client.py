@@ -931,7 +931,8 @@ def test_recent_searches_stop_where_a_site_that_ignores_the_offset_repeats_a_pag
     mock: respx.MockRouter, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A site answering every offset with its first page, with no total and no "has more", was asked
-    forever (``list(iter_recent_searches())`` never returned, its memory growing): it stops at the repeat."""
+    forever (``list(iter_recent_searches())`` never returned, its memory growing): it stops at the second
+    repeated page in a row."""
     items = [{"id": str(n), "anilistId": 100 + n, "similarity": 0.9} for n in (1, 2)]
     route = mock.get("https://site.test/api/anime/recent-searches").mock(
         return_value=httpx.Response(200, json={"items": items})

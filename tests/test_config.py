@@ -291,7 +291,9 @@ def test_a_timeout_or_ttl_must_be_a_finite_number(monkeypatch: pytest.MonkeyPatc
         monkeypatch.delenv(variable)
 
 
-def test_a_providers_bad_setting_names_where_it_is_set() -> None:
+def test_a_providers_bad_setting_names_where_it_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A provider's setting names its variable and its place in the config file, as a core setting does."""
     from pydantic import BaseModel
 
@@ -302,8 +304,19 @@ def test_a_providers_bad_setting_names_where_it_is_set() -> None:
 
     with pytest.raises(ConfigurationError) as caught:
         validate_settings("whatanime-ga", Options, {"ttl": "x"})
-    where = "ANISEARCH_WHATANIME_GA_TTL or [whatanime-ga] ttl in the config file"
+    where = "provider_options (ANISEARCH_PROVIDER_OPTIONS, or given in code)"
     assert str(caught.value).startswith(f"invalid whatanime-ga setting(s): ttl ({where}): ")
+    monkeypatch.setenv("ANISEARCH_WHATANIME_GA_TTL", "x")
+    with pytest.raises(
+        ConfigurationError, match=r"^invalid whatanime-ga setting\(s\): ttl \(ANISEARCH_WHATANIME_GA_TTL\): "
+    ):
+        validate_settings("whatanime-ga", Options, {"ttl": "x"})
+    config = tmp_path / "config.toml"
+    config.write_text('[whatanime-ga]\nttl = "x"\n')
+    monkeypatch.setenv("ANISEARCH_CONFIG", str(config))
+    monkeypatch.delenv("ANISEARCH_WHATANIME_GA_TTL")
+    with pytest.raises(ConfigurationError, match=r"ttl \(\[whatanime-ga\] ttl in the config file "):
+        validate_settings("whatanime-ga", Options, {"ttl": "x"})
 
 
 def test_a_leading_tilde_is_the_home_directory_in_every_path_setting(

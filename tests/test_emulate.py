@@ -126,8 +126,8 @@ def _get(app: Any, path: str, **headers: str) -> Any:
     [
         ("tracemoe", 'keys={"MYKEY": 7}', "keys: 'MYKEY' maps to 7, not a tier (0, 1, 2, 3, 4, 5, 6, 9)"),
         ("tracemoe", "keys=[4]", 'keys takes an object of API key -> tier, such as {"MYKEY": 4}, not [4]'),
-        ("whatanime-ga", 'tokens={"T": {"limits": 5}}', "tokens has no field limits"),
-        ("whatanime-ga", 'tokens={"T": 5}', "tokens takes an object of limit, limit_ttl, quota, quota_ttl"),
+        ("whatanime-ga", 'tokens={"T": {"limits": 5}}', "tokens['T'] has no field limits"),
+        ("whatanime-ga", 'tokens={"T": 5}', "tokens['T'] takes an object of limit, limit_ttl, quota"),
         (
             "whatanime-ga",
             'tokens=["MYTOKEN"]',

@@ -131,11 +131,10 @@ def validate_settings(provider: str, model: type[M], config: Mapping[str, Any]) 
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        from anisearch._config import provider_variable
+        from anisearch._config import provider_setting_source
 
-        def named(loc: tuple[int | str, ...]) -> str:  # where a user sets it: the variable or the file
-            key, first = ".".join(str(part) for part in loc), str(loc[0])
-            return f"{key} ({provider_variable(provider, first)} or [{provider}] {first} in the config file)"
+        def named(loc: tuple[int | str, ...]) -> str:  # where the user wrote it
+            return f"{'.'.join(str(part) for part in loc)} ({provider_setting_source(provider, str(loc[0]))})"
 
         problems = "; ".join(f"{named(error['loc'])}: {error['msg']}" for error in exc.errors())
         raise ConfigurationError(f"invalid {provider} setting(s): {problems}") from None

@@ -130,7 +130,7 @@ async def _form(gateway: Gateway, request: Request) -> FormData | str:
     if raw is None:
         return f'<p class="bad" id="outcome">The upload is larger than {limit} bytes.</p>'
     try:
-        gateway.deadline_left(request)
+        request.state.deadline = gateway.deadline_left(request)  # what the search may take, counted now
     except BodyTookTheDeadline:  # too little of the deadline is left for a search
         return '<p class="bad" id="outcome">The upload did not arrive in time.</p>'
     form = await parse_form(request, raw, max_files=1, max_fields=8)
@@ -156,7 +156,7 @@ async def _search(gateway: Gateway, request: Request) -> str:
         return f'<p class="bad" id="outcome">{_e(caller.message)}</p>'
     if not data:
         return '<p class="bad" id="outcome">Choose or drop a screenshot first.</p>'
-    deadline = gateway.deadline_left(request)
+    deadline: float = request.state.deadline
 
     async def call(image: Any) -> SearchResult:
         return await gateway.client.search(image, anilist_info=True, deadline=deadline)

@@ -114,7 +114,7 @@ def test_serve_refuses_bad_settings_with_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "says"), [("inf", "finite number"), ("nan", "finite number"), ("1e300", "86400")]
 )
-def test_serve_refuses_a_deadline_or_slot_wait_that_is_not_finite(
+def test_serve_refuses_a_deadline_or_slot_wait_not_finite_or_past_a_day(
     variable: str, value: str, says: str
 ) -> None:
     """``inf`` crashed ``serve``; ``1e300`` (meant as "no deadline") started it, then searches were 500s."""

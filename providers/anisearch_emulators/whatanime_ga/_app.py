@@ -394,7 +394,9 @@ def _token_allowances(tokens: object) -> dict[str, Allowance]:
         example = '{"MYTOKEN": {}}'
         message = f"tokens takes an object of API token -> allowance, such as {example}, not {tokens!r}"
         raise ValueError(message)  # noqa: TRY004 - a bad knob value, reported as such by `emulate`
-    return {str(token): Allowance.of(allowance, "tokens") for token, allowance in tokens.items()}
+    return {
+        str(token): Allowance.of(allowance, f"tokens[{str(token)!r}]") for token, allowance in tokens.items()
+    }
 
 
 def create_app(

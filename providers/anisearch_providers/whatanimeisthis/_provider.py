@@ -289,7 +289,8 @@ class WhatAnimeIsThis(BaseProvider):
         session search answered with a guest's allowance (remaining searches, no credits) is ``guest``;
         the session is then confirmed with the site before the next search (and signed in again, with
         credentials configured, when the site says it is gone). A session the site confirmed alive so is
-        not doubted again (its searches answered as a guest's for another reason) until its cookie changes.
+        not doubted again (its searches answered as a guest's for another reason) until another session is
+        signed in.
 
         Raises:
             ProviderError: The subclass the status and message mean (see ``_errors.ERROR_RULES``).

@@ -632,7 +632,7 @@ def test_jar_names_tell_addresses_apart_and_hold_no_password() -> None:
 
 
 @respx.mock
-def test_a_session_confirmed_alive_is_not_doubted_again_until_its_cookie_changes(
+def test_a_session_confirmed_alive_is_not_doubted_again_until_another_session_is_signed_in(
     state: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A live session whose searches are answered as a guest's (its credits spent, say) is checked once,
