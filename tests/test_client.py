@@ -1631,6 +1631,18 @@ def test_a_provider_configured_wrongly_is_said_even_outside_the_search_order(
         getattr(client, ask)()
 
 
+def _tracemoe_at(host: str, **options: str) -> Settings:
+    """Settings asking the trace.moe at ``http://<host>`` alone (with ``options``: a key), on a memory
+    ledger, with no cache and no titles."""
+    return Settings.load(
+        providers=["tracemoe"],
+        provider_options={"tracemoe": {"url": f"http://{host}", **options}},
+        ledger="memory://",
+        cache="off",
+        metadata="off",
+    )
+
+
 def test_a_search_that_met_a_held_slot_upstream_reports_that_answer_not_a_skip() -> None:
     """Another machine holds trace.moe's one slot: the search is answered 402 "Concurrency limit exceeded",
     waits the backoff, is answered 402 again, and then its deadline leaves no time for another try. It
@@ -1642,13 +1654,7 @@ def test_a_search_that_met_a_held_slot_upstream_reports_that_answer_not_a_skip()
 
     demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
     emulator = tracemoe_app(concurrency=0)  # every search finds the caller's one slot taken
-    settings = Settings.load(
-        providers=["tracemoe"],
-        provider_options={"tracemoe": {"url": "http://trace.test"}},
-        ledger="memory://",
-        cache="off",
-        metadata="off",
-    )
+    settings = _tracemoe_at("trace.test")
     with (
         Client(settings, HostRouter({"trace.test": emulator})) as client,
         pytest.raises(AllProvidersFailedError) as caught,
@@ -1670,13 +1676,7 @@ def test_a_paid_keys_concurrency_is_learnt_before_its_searches_queue_for_one_slo
 
     demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
     emulator = tracemoe_app(keys={"paid-key": 4}, latency=1.0)
-    settings = Settings.load(
-        providers=["tracemoe"],
-        provider_options={"tracemoe": {"url": "http://paid.test", "key": "paid-key"}},
-        ledger="memory://",
-        cache="off",
-        metadata="off",
-    )
+    settings = _tracemoe_at("paid.test", key="paid-key")
     images = [demo.read_bytes() + bytes([n]) for n in range(4)]  # four different inputs: four searches
 
     async def main() -> float:
@@ -1717,13 +1717,7 @@ def test_a_paid_keys_concurrency_is_asked_again_after_a_failed_answer(
                     return httpx.Response(502, text="<html>Bad gateway</html>")
             return await super().handle_async_request(request)
 
-    settings = Settings.load(
-        providers=["tracemoe"],
-        provider_options={"tracemoe": {"url": "http://retry.test", "key": "paid-key"}},
-        ledger="memory://",
-        cache="off",
-        metadata="off",
-    )
+    settings = _tracemoe_at("retry.test", key="paid-key")
 
     async def main() -> float:
         async with AsyncClient(settings, FirstMeFails({"retry.test": emulator})) as client:
@@ -1757,13 +1751,7 @@ def test_a_hanging_quota_endpoint_is_asked_once_and_costs_one_search_two_seconds
                 await anyio.sleep(30)
             return await super().handle_async_request(request)
 
-    settings = Settings.load(
-        providers=["tracemoe"],
-        provider_options={"tracemoe": {"url": "http://hung.test", "key": "hung-key"}},
-        ledger="memory://",
-        cache="off",
-        metadata="off",
-    )
+    settings = _tracemoe_at("hung.test", key="hung-key")
 
     async def main() -> tuple[list[str], int]:
         outcomes: list[str] = []

@@ -192,14 +192,16 @@ def test_cross_origin_callers_are_answered_as_trace_moe_answers_them(gateway: Ga
     ``OPTIONS`` with 204 (contract §5): a browser's ``fetch`` with credentials or its own header works."""
     served = gateway(open=True)
     origin = "https://bot-dashboard.example"
-    preflight = httpx.options(
-        served.url + "/search",
-        headers={
+
+    def preflight_of(path: str, headers: str) -> httpx.Response:
+        asks = {
             "Origin": origin,
             "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "x-trace-key, x-requested-with",
-        },
-    )
+            "Access-Control-Request-Headers": headers,
+        }
+        return httpx.options(served.url + path, headers=asks)
+
+    preflight = preflight_of("/search", "x-trace-key, x-requested-with")
     assert preflight.status_code == 200, preflight.text
     assert preflight.headers["access-control-allow-origin"] == origin
     assert preflight.headers["access-control-allow-credentials"] == "true"
@@ -217,14 +219,7 @@ def test_cross_origin_callers_are_answered_as_trace_moe_answers_them(gateway: Ga
         other = httpx.get(served.url + path, headers={"Origin": origin})
         assert other.headers["access-control-allow-origin"] == "*", path
         assert "access-control-allow-credentials" not in other.headers, path
-    native = httpx.options(  # a browser client of the native API sending a header of its own
-        served.url + "/v1/search",
-        headers={
-            "Origin": origin,
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type, x-request-id",
-        },
-    )
+    native = preflight_of("/v1/search", "content-type, x-request-id")  # a native client's own header
     assert native.status_code == 200, native.text
     assert "access-control-allow-credentials" not in native.headers
 
