@@ -80,22 +80,31 @@ def provider_variable(provider: str, name: str) -> str:
     return f"ANISEARCH_{provider.upper().replace('-', '_')}_{name.upper()}"
 
 
+_PROVIDER_SETTING_ORIGINS: dict[tuple[str, str], str] = {}
+"""Where each provider setting handed over last came from (:meth:`Settings.provider_config` records it)."""
+
+
+def _provider_options_source() -> str:
+    """Where ``provider_options`` came from: its variable when set, else the config file when it has it,
+    else code."""
+    if os.environ.get("ANISEARCH_PROVIDER_OPTIONS", "") != "":
+        return "ANISEARCH_PROVIDER_OPTIONS"
+    if "provider_options" in _read_toml(config_path()):
+        return f"provider_options in the config file {config_path()}"
+    return "provider_options (given in code)"
+
+
 def provider_setting_source(provider: str, name: str) -> str:
-    """Where setting ``name`` of ``provider`` was most likely written (:meth:`Settings.provider_config`
-    merges the config file's table, then ``ANISEARCH_<PROVIDER>_<NAME>``, then ``provider_options``): its
-    variable when set, else the config file's key when written, else ``provider_options``."""
-    variable = provider_variable(provider, name)
-    if os.environ.get(variable, "") != "":
-        return variable
-    table = _read_toml(config_path()).get(provider)
-    if isinstance(table, dict) and name in table:
-        return f"[{provider}] {name} in the config file {config_path()}"
-    return "provider_options (ANISEARCH_PROVIDER_OPTIONS, or given in code)"
+    """Where setting ``name`` of ``provider`` was written: as :meth:`Settings.provider_config` last merged
+    it (the config file's table, then ``ANISEARCH_<PROVIDER>_<NAME>``, then ``provider_options``: the last
+    wins), else its variable."""
+    return _PROVIDER_SETTING_ORIGINS.get((provider, name), provider_variable(provider, name))
 
 
-def _check_secret(provider: str, name: str, value: str) -> None:
-    """Refuse a credential that cannot be sent as is, without echoing it."""
-    where = provider_variable(provider, name)
+def _check_secret(provider: str, name: str, value: str, where: str | None = None) -> None:
+    """Refuse a credential that cannot be sent as is, without echoing it; ``where`` names where it was
+    written (its variable by default)."""
+    where = where or provider_variable(provider, name)
     if _HEADER_SECRET.search(name):
         bad = any(not 0x20 < ord(char) < 0x7F for char in value.strip())  # noqa: PLR2004 - printable ASCII
         what = "control, space or non-ASCII characters"
@@ -335,7 +344,12 @@ class Settings(BaseSettings):
             hidden[provider] = {}
             for name, setting in table.items():
                 if is_secret_setting(name) and isinstance(setting, str):
-                    _check_secret(provider, name, setting)
+                    _check_secret(
+                        provider,
+                        name,
+                        setting,
+                        f"{name} of {provider} in {setting_source('provider_options')}",
+                    )
                     hidden[provider][name] = SecretStr(setting)
                 elif isinstance(setting, str) and _USERINFO.search(setting):  # a URL with a password
                     hidden[provider][name] = SecretStr(setting)
@@ -551,14 +565,21 @@ class Settings(BaseSettings):
         """
         table = _read_toml(config_path()).get(name, {})
         config: dict[str, Any] = dict(table) if isinstance(table, dict) else {}
+        origins = {key: f"[{name}] {key} in the config file {config_path()}" for key in config}
         prefix = f"ANISEARCH_{name.upper().replace('-', '_')}_"
         core = {f"ANISEARCH_{field.upper()}" for field in type(self).model_fields}  # a provider "cache"
         for variable, value in os.environ.items():  # is not given ANISEARCH_CACHE_TTL as its "ttl"
             if variable.startswith(prefix) and value != "" and variable not in core:
                 config[variable.removeprefix(prefix).lower()] = value
-        config.update(self.provider_options.get(name, {}))
+                origins[variable.removeprefix(prefix).lower()] = variable
+        options = self.provider_options.get(name, {})
+        config.update(options)
+        if options:
+            origins.update(dict.fromkeys(options, _provider_options_source()))
+        for key, origin in origins.items():  # what a provider's own checks of them name
+            _PROVIDER_SETTING_ORIGINS[(name, key)] = origin
         revealed = {key: _reveal(value) for key, value in config.items()}
         for key, value in revealed.items():
             if is_secret_setting(key) and isinstance(value, str):
-                _check_secret(name, key, value)
+                _check_secret(name, key, value, origins.get(key))
         return revealed

@@ -397,7 +397,7 @@ def _why(exc: Exception, *, reading: bool = False) -> str:
     if tls is None:
         return next((why for kind, why in _WHY if isinstance(exc, kind)), type(exc).__name__)
     reason = getattr(tls, "reason", None) or type(tls).__name__  # OpenSSL's code; not set on every SSLError
-    if reading:  # a broken TLS record mid-body
+    if reading or isinstance(exc, httpx.ReadError | httpx.WriteError):  # a broken record, after the handshake
         return f"the HTTPS connection failed while reading ({reason})"
     # an HTTPS handshake that failed otherwise (a plain-HTTP port, no common protocol)
     return f"the HTTPS handshake failed ({reason})"

@@ -128,8 +128,9 @@ _CONCURRENCY_ASKED: set[tuple[str, str, str]] = set()
 free quota endpoint the concurrency it allows, the first time two of its searches met at one slot (asked
 again at the next such meeting when that failed, a minute after at the soonest). A paid key may allow
 several at once where a guest has one: without asking, they would run one after another."""
-_CONCURRENCY_PROBING: set[tuple[str, str, str]] = set()
-"""The scopes whose concurrency is being asked now: the other searches meeting at the slot do not ask too."""
+_CONCURRENCY_PROBES: set[tuple[str, str, str]] = set()
+"""The scopes whose concurrency is being asked now: the other searches meeting at the slot do not ask too;
+they wait for the slot, and the search asking wakes them when the answer allows more."""
 _CONCURRENCY_PAUSED: dict[tuple[str, str, str], float] = {}
 """When (``time.monotonic()``) asking a scope's concurrency last failed or was cut short: not asked again for
 :data:`_QUOTA_CHECK_PAUSE_SECONDS`. Its own: the regular quota checks are not paused by it."""
@@ -780,19 +781,20 @@ class Router:
         if _scope_kind(route.scope) == "guest" or not route.provider.capabilities.quota:
             return False
         key = (*_upstream(route.provider), route.scope)
-        if key in _CONCURRENCY_ASKED or key in _CONCURRENCY_PROBING:
-            return False
+        if key in _CONCURRENCY_ASKED or key in _CONCURRENCY_PROBES:  # known, or another search asks now
+            return False  # (that one wakes the searches waiting for the slot when it learns more slots)
         failed_at = _CONCURRENCY_PAUSED.get(key)
         if failed_at is not None and 0 <= time.monotonic() - failed_at < _QUOTA_CHECK_PAUSE_SECONDS:
             return False
-        _CONCURRENCY_PROBING.add(key)  # one search asks; the others wait for the slot meanwhile
+        _CONCURRENCY_PROBES.add(key)  # one search asks
         try:
             answered = await self._refresh_quota(route, seconds=_CONCURRENCY_CHECK_SECONDS)
         finally:
-            _CONCURRENCY_PROBING.discard(key)
+            _CONCURRENCY_PROBES.discard(key)
         if answered is True:
             _CONCURRENCY_ASKED.add(key)
             _CONCURRENCY_PAUSED.pop(key, None)
+            await self._ledger.wake(route.provider.name, route.scope)  # the others: more slots, maybe
             return True
         # failed, or cut short (a hanging endpoint, the search's deadline): not asked again for a minute, so
         # it costs one search at most those seconds, and the searches meanwhile wait for the slot

@@ -1311,6 +1311,13 @@ async def test_a_tls_error_before_the_answers_headers_is_an_image_fetch_error() 
             await _fetch.download(client, "https://127.0.0.1/shot.jpg", allow_private=True, pin=False)
     assert "the HTTPS connection failed while reading (" in str(caught.value)
 
+    def wrapped(request: httpx.Request) -> httpx.Response:  # as httpx wraps an unexpected EOF
+        raise httpx.ReadError("EOF") from ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(wrapped)) as client:
+        with pytest.raises(ImageFetchError, match=r"the HTTPS connection failed while reading \("):
+            await _fetch.download(client, "https://127.0.0.1/shot.jpg", allow_private=True, pin=False)
+
 
 def _count_ca_loads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     import ssl
@@ -1775,3 +1782,36 @@ def test_a_hanging_quota_endpoint_is_asked_once_and_costs_one_search_two_seconds
     assert outcomes == ["ok"] * 9
     assert len(asked) == 1
     assert paused == 0  # the probe's own pause: a check of a stale quota still asks /me (10 s for it)
+
+
+def test_the_searches_waiting_while_a_keys_concurrency_is_asked_take_the_slots_it_learns() -> None:
+    """One search asks a key's ``/me`` (half a second here) while the others wait for the slot: when it
+    says the key allows 4 at once, they are woken and sent, not left waiting for the first to end."""
+    from tests.conftest import HostRouter
+
+    from anisearch_emulators.tracemoe import create_app as tracemoe_app
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
+    emulator = tracemoe_app(keys={"wide-key": 6}, latency=1.0)  # the $100 tier: 4 at once
+    asked: list[float] = []
+
+    class SlowMe(HostRouter):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/me":
+                asked.append(time.monotonic())
+                await anyio.sleep(0.5)
+            return await super().handle_async_request(request)
+
+    async def main() -> float:
+        async with AsyncClient(
+            _tracemoe_at("wide.test", key="wide-key"), SlowMe({"wide.test": emulator})
+        ) as c:
+            started = time.monotonic()
+            async with anyio.create_task_group() as group:
+                for n in range(4):
+                    group.start_soon(partial(c.search, demo.read_bytes() + bytes([n])))
+            return time.monotonic() - started
+
+    took = anyio.run(main)
+    assert len(asked) == 1
+    assert took < 1.8, took  # 1 s, then the other three at once after the half-second /me; not 2 s

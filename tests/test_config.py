@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import Field
 
 from anisearch import ConfigurationError, Settings
 
@@ -294,29 +295,38 @@ def test_a_timeout_or_ttl_must_be_a_finite_number(monkeypatch: pytest.MonkeyPatc
 def test_a_providers_bad_setting_names_where_it_is_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A provider's setting names its variable and its place in the config file, as a core setting does."""
+    """A provider's setting names where the value it refuses was written: the config file's table, its
+    variable, or ``provider_options`` (which wins over both: a valid variable is then not blamed)."""
     from pydantic import BaseModel
 
     from anisearch._sdk._http import validate_settings
 
     class Options(BaseModel):
-        ttl: float = 1.0
+        ttl: float = Field(default=1.0, gt=0)
 
-    with pytest.raises(ConfigurationError) as caught:
-        validate_settings("whatanime-ga", Options, {"ttl": "x"})
-    where = "provider_options (ANISEARCH_PROVIDER_OPTIONS, or given in code)"
-    assert str(caught.value).startswith(f"invalid whatanime-ga setting(s): ttl ({where}): ")
-    monkeypatch.setenv("ANISEARCH_WHATANIME_GA_TTL", "x")
-    with pytest.raises(
-        ConfigurationError, match=r"^invalid whatanime-ga setting\(s\): ttl \(ANISEARCH_WHATANIME_GA_TTL\): "
-    ):
-        validate_settings("whatanime-ga", Options, {"ttl": "x"})
+    def refusal(settings: Settings) -> str:
+        with pytest.raises(ConfigurationError) as caught:
+            validate_settings("whatanime-ga", Options, settings.provider_config("whatanime-ga"))
+        return str(caught.value)
+
     config = tmp_path / "config.toml"
-    config.write_text('[whatanime-ga]\nttl = "x"\n')
+    config.write_text("[whatanime-ga]\nttl = -1\n")
     monkeypatch.setenv("ANISEARCH_CONFIG", str(config))
+    assert f"ttl ([whatanime-ga] ttl in the config file {config}): " in refusal(Settings.load())
+    monkeypatch.setenv("ANISEARCH_WHATANIME_GA_TTL", "-2")
+    assert "ttl (ANISEARCH_WHATANIME_GA_TTL): " in refusal(Settings.load())
+    monkeypatch.setenv("ANISEARCH_WHATANIME_GA_TTL", "5")  # valid, and overridden in code
+    assert "ttl (provider_options (given in code)): " in refusal(
+        Settings.load(provider_options={"whatanime-ga": {"ttl": -3}})
+    )
+    with pytest.raises(ConfigurationError, match=r"^key of tracemoe in provider_options \(given in code\)"):
+        Settings.load(provider_options={"tracemoe": {"key": "a key"}})
     monkeypatch.delenv("ANISEARCH_WHATANIME_GA_TTL")
-    with pytest.raises(ConfigurationError, match=r"ttl \(\[whatanime-ga\] ttl in the config file "):
-        validate_settings("whatanime-ga", Options, {"ttl": "x"})
+    config.write_text('[tracemoe]\nkey = "a key"\n')
+    with pytest.raises(
+        ConfigurationError, match=r"^\[tracemoe\] key in the config file .* contains control, space"
+    ):
+        Settings.load().provider_config("tracemoe")
 
 
 def test_a_leading_tilde_is_the_home_directory_in_every_path_setting(

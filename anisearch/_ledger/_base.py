@@ -617,6 +617,15 @@ class Ledger(abc.ABC):
     async def _wake(self, provider: str, scope: str) -> None:  # noqa: B027 - a hook, not abstract
         """Wake a search waiting for a slot of the scope, to look again (a lease was cut short)."""
 
+    async def wake(self, provider: str, scope: str) -> None:
+        """Wake the searches waiting for a slot of the scope, to look again: its slots grew (the upstream
+        said the account allows more at once than was assumed).
+
+        Raises:
+            LedgerError: The store cannot be used.
+        """
+        await self._wake(provider, scope)
+
     async def renew(self, ticket: Ticket, lease_seconds: float) -> bool:
         """Keep a running search's slot for ``lease_seconds`` more; False when its lease had lapsed.
 
