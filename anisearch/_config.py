@@ -84,12 +84,12 @@ _PROVIDER_SETTING_ORIGINS: dict[tuple[str, str], str] = {}
 """Where each provider setting handed over last came from (:meth:`Settings.provider_config` records it)."""
 
 
-def _provider_options_source() -> str:
-    """Where ``provider_options`` came from: its variable when set, else the config file when it has it,
-    else code."""
+def _provider_options_source(written: dict[str, Any]) -> str:
+    """Where ``provider_options`` came from: its variable when set, else the config file (``written``)
+    when it has it, else code."""
     if os.environ.get("ANISEARCH_PROVIDER_OPTIONS", "") != "":
         return "ANISEARCH_PROVIDER_OPTIONS"
-    if "provider_options" in _read_toml(config_path()):
+    if "provider_options" in written:
         return f"provider_options in the config file {config_path()}"
     return "provider_options (given in code)"
 
@@ -563,7 +563,8 @@ class Settings(BaseSettings):
                 for keys and tokens, which travel in headers, also spaces and non-ASCII). The message
                 names the setting, never the value.
         """
-        table = _read_toml(config_path()).get(name, {})
+        written = _read_toml(config_path())
+        table = written.get(name, {})
         config: dict[str, Any] = dict(table) if isinstance(table, dict) else {}
         origins = {key: f"[{name}] {key} in the config file {config_path()}" for key in config}
         prefix = f"ANISEARCH_{name.upper().replace('-', '_')}_"
@@ -575,7 +576,7 @@ class Settings(BaseSettings):
         options = self.provider_options.get(name, {})
         config.update(options)
         if options:
-            origins.update(dict.fromkeys(options, _provider_options_source()))
+            origins.update(dict.fromkeys(options, _provider_options_source(written)))
         for key, origin in origins.items():  # what a provider's own checks of them name
             _PROVIDER_SETTING_ORIGINS[(name, key)] = origin
         revealed = {key: _reveal(value) for key, value in config.items()}

@@ -1650,6 +1650,21 @@ def _tracemoe_at(host: str, **options: str) -> Settings:
     )
 
 
+def _me_after(seconds: float, apps: dict[str, Any], asked: list[float]) -> httpx.AsyncBaseTransport:
+    """A transport to the emulators ``apps`` whose ``/me`` answers ``seconds`` late, each time noted in
+    ``asked``."""
+    from tests.conftest import HostRouter
+
+    class SlowMe(HostRouter):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/me":
+                asked.append(time.monotonic())
+                await anyio.sleep(seconds)
+            return await super().handle_async_request(request)
+
+    return SlowMe(apps)
+
+
 def test_a_search_that_met_a_held_slot_upstream_reports_that_answer_not_a_skip() -> None:
     """Another machine holds trace.moe's one slot: the search is answered 402 "Concurrency limit exceeded",
     waits the backoff, is answered 402 again, and then its deadline leaves no time for another try. It
@@ -1743,21 +1758,12 @@ def test_a_hanging_quota_endpoint_is_asked_once_and_costs_one_search_two_seconds
     """A key's ``/me`` that never answers: asked at every meeting at the slot, it made each contended search
     with a deadline under 10 s wait its whole deadline for it and fail. It is given 2 s, once a minute, by
     one search while the others wait for the slot."""
-    from tests.conftest import HostRouter
 
     from anisearch_emulators.tracemoe import create_app as tracemoe_app
 
     demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
     emulator = tracemoe_app(keys={"hung-key": 1}, latency=0.5)
     asked: list[float] = []
-
-    class MeHangs(HostRouter):
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            if request.url.path == "/me":
-                asked.append(time.monotonic())
-                await anyio.sleep(30)
-            return await super().handle_async_request(request)
-
     settings = _tracemoe_at("hung.test", key="hung-key")
 
     async def main() -> tuple[list[str], int]:
@@ -1770,7 +1776,7 @@ def test_a_hanging_quota_endpoint_is_asked_once_and_costs_one_search_two_seconds
             except anisearch.AnisearchError as exc:
                 outcomes.append(type(exc).__name__)
 
-        async with AsyncClient(settings, MeHangs({"hung.test": emulator})) as client:
+        async with AsyncClient(settings, _me_after(30.0, {"hung.test": emulator}, asked)) as client:
             for round_ in range(3):
                 async with anyio.create_task_group() as group:
                     for k in range(3):  # two meet the one holding the slot: one of them asks
@@ -1787,7 +1793,6 @@ def test_a_hanging_quota_endpoint_is_asked_once_and_costs_one_search_two_seconds
 def test_the_searches_waiting_while_a_keys_concurrency_is_asked_take_the_slots_it_learns() -> None:
     """One search asks a key's ``/me`` (half a second here) while the others wait for the slot: when it
     says the key allows 4 at once, they are woken and sent, not left waiting for the first to end."""
-    from tests.conftest import HostRouter
 
     from anisearch_emulators.tracemoe import create_app as tracemoe_app
 
@@ -1795,16 +1800,9 @@ def test_the_searches_waiting_while_a_keys_concurrency_is_asked_take_the_slots_i
     emulator = tracemoe_app(keys={"wide-key": 6}, latency=1.0)  # the $100 tier: 4 at once
     asked: list[float] = []
 
-    class SlowMe(HostRouter):
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            if request.url.path == "/me":
-                asked.append(time.monotonic())
-                await anyio.sleep(0.5)
-            return await super().handle_async_request(request)
-
     async def main() -> float:
         async with AsyncClient(
-            _tracemoe_at("wide.test", key="wide-key"), SlowMe({"wide.test": emulator})
+            _tracemoe_at("wide.test", key="wide-key"), _me_after(0.5, {"wide.test": emulator}, asked)
         ) as c:
             started = time.monotonic()
             async with anyio.create_task_group() as group:

@@ -457,25 +457,41 @@ class _CountedBodies:
             self.budget.release(scope)
 
 
+def _refusal(
+    request: Request,
+    status: int,
+    *,
+    native: tuple[str, str],
+    page: str,
+    trace_moe: str,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """One refusal in the shape of the route asked: the native API's problem (``native``: its type and
+    message), a line for the status page, or trace.moe's ``{"error": ...}``."""
+    if request.url.path.startswith("/v1/"):
+        return _native.problem(status, *native, headers)
+    if request.url.path == "/":
+        return Response(f"<p>{page}</p>", status, headers, media_type="text/html")
+    return _tracemoe.error(status, trace_moe, headers)
+
+
 async def _bodies_busy(request: Request, _exc: Exception) -> Response:
     """The worker holds as many request bodies as it may: trace.moe's full search queue (503), which its
     clients retry after a short wait; the native API's problem, and a line on the status page."""
-    headers = {"Retry-After": "1"}
     message = "the gateway is receiving as many uploads as it can hold; try again in a moment"
-    if request.url.path.startswith("/v1/"):
-        return _native.problem(503, "ServiceUnavailable", message, headers)
-    if request.url.path == "/":
-        return Response(f"<p>{message.capitalize()}.</p>", 503, headers, media_type="text/html")
-    return _tracemoe.error(503, "Error: Search queue is full", headers)
+    native = ("ServiceUnavailable", message)
+    page = f"{message.capitalize()}."
+    headers = {"Retry-After": "1"}
+    return _refusal(
+        request, 503, native=native, page=page, trace_moe="Error: Search queue is full", headers=headers
+    )
 
 
 async def _too_late(request: Request, _exc: Exception) -> Response:
     """A body that took the search's deadline to arrive: the 408 of one that did not arrive in time."""
-    if request.url.path.startswith("/v1/"):
-        return _native.problem(408, "TimeoutError", "the request body took the search's deadline to arrive")
-    if request.url.path == "/":
-        return Response("<p>The upload did not arrive in time.</p>", 408, media_type="text/html")
-    return _tracemoe.error(408, "Request Timeout")
+    native = ("TimeoutError", "the request body took the search's deadline to arrive")
+    page = "The upload did not arrive in time."
+    return _refusal(request, 408, native=native, page=page, trace_moe="Request Timeout")
 
 
 async def _caller_gone(_request: Request, _exc: Exception) -> Response:
