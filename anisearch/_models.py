@@ -2,7 +2,8 @@
 
 Units: times are seconds (float) within the episode, similarity is 0..1, datetimes are timezone-aware
 (UTC unless an upstream said otherwise). Every model keeps the upstream item it was built from in
-``raw`` (left out of ``repr`` and, in the CLI, out of JSON unless ``--raw``).
+``raw`` (left out of ``repr`` and, in the CLI, out of JSON unless ``--raw``). Models are immutable and
+hashable: equal hits (or results, quotas) collapse in a set.
 """
 
 from __future__ import annotations
@@ -86,10 +87,27 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _hashable(value: Any) -> Any:
+    """``value`` with its dicts, lists, tuples and sets turned into frozensets and tuples, recursively: values
+    that compare equal give equal results (a dict's key order aside), which hash alike."""
+    if isinstance(value, dict):
+        return frozenset((key, _hashable(item)) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(item) for item in value)
+    if isinstance(value, set | frozenset):
+        return frozenset(_hashable(item) for item in value)
+    return value
+
+
 class _Model(BaseModel):
     # Each model's validator is built when first used: a search never uses the account models, and
     # building them at import cost every command-line search about a hundredth of its instructions.
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants", defer_build=True)
+
+    def __hash__(self) -> int:
+        """Models that compare equal hash alike, list and dict fields (``hits``, ``synonyms``, ``raw``)
+        included: a frozen model goes into a set or is a dict key (pydantic's own hash refuses a list)."""
+        return hash((type(self), _hashable(self.__dict__)))
 
 
 class Title(_Model):

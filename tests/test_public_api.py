@@ -296,3 +296,26 @@ def test_except_star_picks_out_one_kind() -> None:
     except* ProviderTimeoutError:
         pass
     assert [type(e) for e in caught] == [QuotaExhaustedError]
+
+
+def test_equal_results_hits_and_quotas_collapse_in_a_set() -> None:
+    """A bot collecting the hits of several searches dedups them with a set or keys a dict by them: the
+    frozen models hash, list and dict fields included; equal ones (a dict's key order aside) hash alike."""
+    first = anisearch.Hit(
+        provider="tracemoe", anilist_id=1, similarity=0.9, synonyms=["a"], raw={"a": 1, "b": [2]}
+    )
+    again = anisearch.Hit(
+        provider="tracemoe", anilist_id=1, similarity=0.9, synonyms=["a"], raw={"b": [2], "a": 1}
+    )
+    other = anisearch.Hit(provider="tracemoe", anilist_id=2, similarity=0.9)
+    assert first == again
+    assert len({first, again, other}) == 2
+    results = {
+        anisearch.SearchResult(provider="tracemoe", hits=[first, other]): "one",
+        anisearch.SearchResult(provider="tracemoe", hits=[again, other]): "same",
+    }
+    assert list(results.values()) == ["same"]
+    quota = anisearch.Quota(provider="tracemoe", limit=100, used=3, window="rolling-24h")
+    assert {quota, quota.model_copy()} == {quota}
+    created = anisearch.CreatedApiKey(id="k1", key="sk-secret")  # a SecretStr field hashes too
+    assert hash(created) == hash(anisearch.CreatedApiKey(id="k1", key="sk-secret"))
