@@ -67,6 +67,16 @@ def _summary(errors: list[Exception]) -> str:
     return "; ".join(parts)[:500]
 
 
+def _fetch_status(exc: ImageFetchError) -> int:
+    """The status of a ``?url=`` that could not be downloaded: the image host's own when it answered 400 or
+    more (a 404 there is a 404 here), else 400 (refused, unreachable, too many redirects), as trace.moe
+    answers (contract §4)."""
+    status = exc.status_code if exc.provider is None else None  # None: anisearch's own download
+    if status is not None and 400 <= status < 600:  # noqa: PLR2004 - HTTP's error statuses
+        return status
+    return 400
+
+
 def tracemoe_error(exc: AnisearchError, url: str | None) -> Response:  # noqa: PLR0911 - one answer per class
     """trace.moe's answer for what went wrong (contract §4)."""
     if isinstance(exc, ImageTooLargeError):
@@ -74,7 +84,7 @@ def tracemoe_error(exc: AnisearchError, url: str | None) -> Response:  # noqa: P
     if isinstance(exc, InvalidImageError):
         return _tracemoe.error(400, "Failed to process image")
     if isinstance(exc, ImageFetchError) and url is not None:
-        return _tracemoe.error(400, f"Failed to fetch image {url}")
+        return _tracemoe.error(_fetch_status(exc), f"Failed to fetch image {url}")
     if isinstance(exc, LedgerError):
         return _tracemoe.error(500, "Search failed. Database temporarily unavailable.")
     if isinstance(exc, ConfigurationError):

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from tests.conftest import LiveServer, free_port
@@ -96,12 +97,20 @@ def upstreams(live_server: Callable[[Any], LiveServer], request: pytest.FixtureR
 
 @pytest.fixture
 def gateway(upstreams: Upstreams) -> Iterator[GatewayFactory]:
-    """Start gateways in front of ``upstreams``: ``gateway(open=True, settings={...})``."""
+    """Start gateways in front of ``upstreams``: ``gateway(open=True, settings={...})``; ``transport=`` sends
+    every upstream request (and download) through it."""
     started: list[Served] = []
 
-    def start(settings: dict[str, Any] | None = None, **server: Any) -> Served:
+    def start(
+        settings: dict[str, Any] | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        **server: Any,
+    ) -> Served:
         server.setdefault("clients", f"bot={TOKEN}")
-        app = create_app(upstreams.settings(**(settings or {})), ServerSettings.load(**server))
+        app = create_app(
+            upstreams.settings(**(settings or {})), ServerSettings.load(**server), transport=transport
+        )
         served = Served(app).start()
         started.append(served)
         return served

@@ -10,6 +10,8 @@ import httpx
 import pytest
 from tests.server.conftest import TOKEN, GatewayFactory, Upstreams
 
+from anisearch import _fetch
+
 pytestmark = pytest.mark.e2e
 
 AUTH = {"x-trace-key": TOKEN}
@@ -203,6 +205,55 @@ def test_urls_that_point_inside_the_network_are_refused_without_a_request(
         assert answer.status_code == 400, target
         assert answer.json() == {"error": f"Failed to fetch image {target}"}
     assert upstreams.tracemoe.app.state.emulator.requests["/image/x"] == 0
+    assert upstreams.trace_state.search_requests == 0
+
+
+class ImageHost(httpx.AsyncBaseTransport):
+    """``img.test`` answers the status its path names (``/404.jpg``); the emulators are reached as usual."""
+
+    def __init__(self) -> None:
+        self.onward = httpx.AsyncHTTPTransport()
+        self.asked: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host != "img.test":
+            return await self.onward.handle_async_request(request)
+        self.asked.append(request.url.path)
+        return httpx.Response(int(request.url.path.strip("/").removesuffix(".jpg")), text="<h1>no</h1>")
+
+    async def aclose(self) -> None:
+        await self.onward.aclose()
+
+
+def test_an_image_hosts_error_status_is_passed_through_and_a_failed_fetch_is_400(
+    gateway: GatewayFactory, upstreams: Upstreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As trace.moe answers: the image host's 404 is a 404 (its 403 a 403, its 503 a 503), with the same body
+    as a download that could not happen at all (a name that does not resolve), which is a 400."""
+
+    async def resolve(host: str, port: int) -> list[str]:
+        if host != "img.test":
+            raise OSError(f"{host} is not in the test's DNS table")
+        return ["93.184.215.14"]
+
+    monkeypatch.setattr(_fetch, "resolve", resolve)
+    host = ImageHost()
+    served = gateway(transport=host)
+    for status in (404, 403, 503):
+        target = f"http://img.test/{status}.jpg"
+        for method in ("GET", "POST"):
+            answer = httpx.request(
+                method, served.url + "/search", params={"url": target}, headers=AUTH, timeout=30
+            )
+            assert (answer.status_code, answer.json()) == (
+                status,
+                {"error": f"Failed to fetch image {target}"},
+            )
+            assert answer.headers["content-type"] == JSON
+    assert host.asked == ["/404.jpg", "/404.jpg", "/403.jpg", "/403.jpg", "/503.jpg", "/503.jpg"]
+    target = "http://nowhere.test/a.jpg"
+    unresolved = httpx.get(served.url + "/search", params={"url": target}, headers=AUTH, timeout=30)
+    assert (unresolved.status_code, unresolved.json()) == (400, {"error": f"Failed to fetch image {target}"})
     assert upstreams.trace_state.search_requests == 0
 
 
