@@ -11,6 +11,7 @@ from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from anisearch._arguments import check_flags, check_secret, check_text, whole_number
 from anisearch._exceptions import ConfigurationError
 from anisearch._models import PagedList
 from anisearch._provider import AccountProvider, Page, Provider, available_providers, load_provider
@@ -91,11 +92,14 @@ class AccountFeatures:
         """The most-searched anime of ``period`` (``daily``, ``weekly``, ``monthly``, ``yearly``, ``all``).
 
         Raises:
-            ConfigurationError: An unknown period or a limit below 1.
+            ConfigurationError: An unknown period, a limit that is not a whole number of at least 1, or an
+                ``include_adult`` that is not a ``bool``.
             ProviderError: The upstream failed.
         """
-        if limit < 1:
-            raise ConfigurationError("limit must be at least 1")
+        check_text("period", period, what="a period name (a str such as 'weekly')")
+        limit = whole_number("limit", limit, minimum=1)
+        check_flags(include_adult=include_adult)
+        include_adult = bool(include_adult)  # numpy's bool too
         provider = self._account_provider()
         request = provider.rankings_request(period, limit, include_adult)
         entries: list[RankingEntry] = await self._call(provider, request, provider.parse_rankings)
@@ -105,15 +109,16 @@ class AccountFeatures:
         """One page of recently confirmed public searches (newest first).
 
         Raises:
-            ConfigurationError: A negative offset or a limit below 1.
+            ConfigurationError: A limit that is not a whole number of at least 1, or an offset that is not
+                one of at least 0.
             ProviderError: The upstream failed.
         """
         page = await self._recent_page(limit, offset)
         return page.items
 
     async def _recent_page(self, limit: int, offset: int) -> Page[RecentSearch]:
-        if limit < 1 or offset < 0:
-            raise ConfigurationError("limit must be at least 1 and offset at least 0")
+        limit = whole_number("limit", limit, minimum=1)
+        offset = whole_number("offset", offset, minimum=0)
         provider = self._account_provider()
         request = provider.recent_searches_request(limit, offset)
         page: Page[RecentSearch] = await self._call(provider, request, provider.parse_recent_searches)
@@ -128,6 +133,8 @@ class AccountFeatures:
         meanwhile) is skipped.
 
         Raises:
+            ConfigurationError: ``page_size`` is not a whole number of at least 1, or ``max_items`` not one
+                of at least 0 nor None (when iteration starts).
             ProviderError: The upstream failed mid-way.
         """
         pager: RecentPager[RecentSearch] = RecentPager(page_size, max_items)
@@ -153,7 +160,10 @@ class AccountFeatures:
         Raises:
             AuthenticationError: Wrong email or password, or the site refused the Origin.
             SignInRateLimitedError: Too many sign-ins; ``retry_after`` says when to sign in again (seconds).
+            ConfigurationError: ``email`` or ``password`` is not a ``str``.
         """
+        check_text("email", email, what="an email address (a str)")
+        check_secret("password", password)
         provider = self._account_provider()
         await self._call(provider, provider.sign_in_request(email, password), provider.parse_sign_in)
 
@@ -186,10 +196,11 @@ class AsyncApiKeys:
 
         Raises:
             AuthenticationError: Not signed in (``anisearch login``).
-            ConfigurationError: No configured provider has API keys.
+            ConfigurationError: ``page`` or ``page_size`` is not a whole number of at least 1, or no
+                configured provider has API keys.
         """
-        if page < 1 or page_size < 1:
-            raise ConfigurationError("page and page_size must be at least 1")
+        page = whole_number("page", page, minimum=1)
+        page_size = whole_number("page_size", page_size, minimum=1)
         provider = self._find()
         result: Page[ApiKey] = await self._call(
             provider, provider.api_keys_request(page, page_size), provider.parse_api_keys
@@ -207,8 +218,9 @@ class AsyncApiKeys:
 
         Raises:
             AuthenticationError: Not signed in.
-            ConfigurationError: An empty title, or no provider with API keys.
+            ConfigurationError: A title that is not a ``str`` or is empty, or no provider with API keys.
         """
+        check_text("title", title)
         if not title.strip():
             raise ConfigurationError("an API key needs a non-empty title")
         provider = self._find()
@@ -229,13 +241,16 @@ class RecentPager(Generic[T]):
     forever: paging stops there (logged as a warning).
 
     Args:
-        page_size: Items asked per request.
-        max_items: Stop after yielding this many; None for all.
+        page_size: Items asked per request, at least 1.
+        max_items: Stop after yielding this many (at least 0); None for all.
+
+    Raises:
+        ConfigurationError: ``page_size`` or ``max_items`` is not a whole number, or below its minimum.
     """
 
     def __init__(self, page_size: int, max_items: int | None) -> None:
-        self.page_size = page_size
-        self.max_items = max_items
+        self.page_size = whole_number("page_size", page_size, minimum=1)
+        self.max_items = None if max_items is None else whole_number("max_items", max_items, minimum=0)
         self.offset = 0
         """Where the next request asks: every item received so far, repeated pages included."""
         self.yielded = 0

@@ -31,6 +31,7 @@ import httpx
 from anisearch import _image, _worker
 from anisearch._account import AccountFeatures, AsyncApiKeys
 from anisearch._address import cache_name
+from anisearch._arguments import check_flags, check_names, check_text, whole_number
 from anisearch._cache import ResultCache, WouldBlock, cache_key
 from anisearch._cache_first import cached_attempts, choose, confident, find_by_source, source_keys
 from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_cache
@@ -309,8 +310,7 @@ class AsyncClient(AccountFeatures):
         return self._providers[name]
 
     def _order(self, providers: Sequence[str] | None) -> list[str]:
-        if isinstance(providers, str):  # a str is a Sequence[str] too: each letter would be a name
-            raise ConfigurationError(f"providers takes a list of names, not a string: use [{providers!r}]")
+        providers = check_names("providers", providers)  # a str is a Sequence[str] too: refused
         candidates = (
             (name, bool(getattr(cls, "default_order", False)), cls.default_rank)
             for name in available_providers()
@@ -463,7 +463,8 @@ class AsyncClient(AccountFeatures):
                 for one provider's upload limit alone is that provider's failed attempt: the next is asked.
             ImageFetchError: ``image`` is a URL that could not be downloaded.
             UnknownProviderError: A name in ``providers`` (or the ``metadata`` setting) is not registered.
-            ConfigurationError: A bad argument (an empty ``providers``, ``min_similarity`` outside 0..1, an
+            ConfigurationError: A bad argument (an empty ``providers``, or one that is not a list of names,
+                ``min_similarity`` outside 0..1, an
                 unknown strategy or mode, a ``deadline`` that is not a positive number of seconds, a flag
                 that is not a ``bool``: ``include_adult="false"`` is refused, not read as true), or CA
                 certificates that ``SSL_CERT_FILE``/``SSL_CERT_DIR`` name and that cannot be read (at the
@@ -480,8 +481,8 @@ class AsyncClient(AccountFeatures):
                 raise ConfigurationError(f"deadline must be a positive number of seconds, got {deadline!r}")
             if mode not in ("image", "vector"):
                 raise ConfigurationError(f"unknown mode {mode!r}; use 'image' or 'vector'")
-            _check_flags(cut_borders=cut_borders, anilist_info=anilist_info, cache=cache)
-            _check_flags(include_adult=include_adult, none_allowed=True)
+            check_flags(cut_borders=cut_borders, anilist_info=anilist_info, cache=cache)
+            check_flags(include_adult=include_adult, none_allowed=True)
             # numpy's bool scalars pass the check: from here on the flags are plain bools
             cut_borders, anilist_info, cache = bool(cut_borders), bool(anilist_info), bool(cache)
             include_adult = None if include_adult is None else bool(include_adult)
@@ -687,12 +688,15 @@ class AsyncClient(AccountFeatures):
 
         Raises:
             UnknownProviderError: ``provider`` is not registered.
+            ConfigurationError: ``provider`` is neither a ``str`` nor None, or ``refresh`` not a ``bool``.
             ProviderError: ``refresh`` and an upstream failed to answer; or ConfigurationError: its quota
                 request cannot be made (no URL). The first such failure, raised once every other provider
                 was asked (what they said is in the ledger: call again without ``refresh`` to read it; each
                 failure is logged, logger ``anisearch``).
             LedgerError: The ledger cannot be used.
         """
+        check_text("provider", provider, what=_ONE_PROVIDER, none_allowed=True)
+        check_flags(refresh=refresh)
         if provider is not None and provider not in available_providers():
             check_registered(provider)
             return await self._metadata_quota(provider)
@@ -750,8 +754,10 @@ class AsyncClient(AccountFeatures):
         Raises:
             UnknownProviderError: ``provider`` is neither a provider nor a metadata provider (checked
                 before anything is forgotten).
+            ConfigurationError: ``provider`` is neither a ``str`` nor None.
             LedgerError: The ledger cannot be used.
         """
+        check_text("provider", provider, what=_ONE_PROVIDER, none_allowed=True)
         if provider is not None:
             check_registered(provider)
         await (await self._get_ledger()).clear(provider)
@@ -782,6 +788,8 @@ class AsyncClient(AccountFeatures):
             )
         return infos + metadata_infos(self.settings)  # AniList: titles for every provider's hits
 
+
+_ONE_PROVIDER = "one provider name (a str such as 'tracemoe') or None for every provider"
 
 _BROKEN_SAID: set[str] = set()
 
@@ -818,35 +826,6 @@ def _defaults(name: str, scope: str, windows: Sequence[WindowSpec], now: datetim
     ]
 
 
-def _check_flags(*, none_allowed: bool = False, **flags: object) -> None:
-    """Refuse a flag that is not a ``bool`` (or None, where ``none_allowed``): a string such as
-    ``"false"`` from a bot's configuration would otherwise be read as true. numpy's bool scalars
-    (``numpy.bool_``, what ``array.any()`` returns) are bools too.
-
-    Raises:
-        ConfigurationError: A flag is of another type; the message names it and its type
-            (module-qualified: ``numpy.int64``, ``str``).
-    """
-    for name, value in flags.items():
-        if isinstance(value, bool) or _numpy_bool(value) or (none_allowed and value is None):
-            continue
-        allowed = "True, False or None" if none_allowed else "True or False"
-        raise ConfigurationError(f"{name} must be {allowed}, got {value!r} (type {_type_name(value)})")
-
-
-def _numpy_bool(value: object) -> bool:
-    """Whether ``value`` is numpy's bool scalar (``numpy.bool_``; ``numpy.bool`` in numpy 2), told by its
-    type's module and name so that numpy is not imported when it is not installed."""
-    kind = type(value)
-    return kind.__module__ == "numpy" and kind.__name__ in {"bool_", "bool"}
-
-
-def _type_name(value: object) -> str:
-    """``value``'s type, module-qualified unless it is a builtin: ``numpy.int64``, ``str``."""
-    kind = type(value)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-
-
 def _checked(min_similarity: object, options: SearchOptions) -> tuple[float | None, SearchOptions]:
     """``min_similarity`` and ``options.anilist_id`` as plain numbers (a numpy scalar is one too).
 
@@ -861,11 +840,9 @@ def _checked(min_similarity: object, options: SearchOptions) -> tuple[float | No
         similarity = float(min_similarity)
         if not 0.0 <= similarity <= 1.0:
             raise ConfigurationError(f"min_similarity must be within 0..1, got {similarity}")
-    anilist_id: object = options.anilist_id
-    if anilist_id is not None:
-        if isinstance(anilist_id, bool) or not isinstance(anilist_id, numbers.Integral) or anilist_id <= 0:
-            raise ConfigurationError(f"anilist_id must be a positive AniList ID, got {anilist_id!r}")
-        options = dataclasses.replace(options, anilist_id=int(anilist_id))
+    if options.anilist_id is not None:
+        anilist_id = whole_number("anilist_id", options.anilist_id, minimum=1, what="a positive AniList ID")
+        options = dataclasses.replace(options, anilist_id=anilist_id)
     return similarity, options
 
 

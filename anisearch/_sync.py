@@ -191,7 +191,8 @@ class ApiKeys:
 
         Raises:
             AuthenticationError: Not signed in (``anisearch login``).
-            ConfigurationError: ``page`` or ``page_size`` below 1, or no configured provider has API keys.
+            ConfigurationError: ``page`` or ``page_size`` is not a whole number of at least 1 (a numpy
+                integer is one; a bool or a string is not), or no configured provider has API keys.
             ProviderError: The upstream failed.
         """
         return self._loop.call(self._engine.api_keys.list, page, page_size)
@@ -207,7 +208,7 @@ class ApiKeys:
 
         Raises:
             AuthenticationError: Not signed in.
-            ConfigurationError: An empty title, or no provider with API keys.
+            ConfigurationError: A title that is not a ``str`` or is empty, or no provider with API keys.
             ProviderError: The upstream failed.
         """
         return self._loop.call(self._engine.api_keys.create, title)
@@ -350,7 +351,8 @@ class Client:
             ImageTooLargeError: The input is over the size limit (before any request).
             ImageFetchError: ``image`` is a URL that could not be downloaded.
             UnknownProviderError: A name in ``providers`` is not registered.
-            ConfigurationError: A bad argument (an empty ``providers``, ``min_similarity`` outside 0..1, an
+            ConfigurationError: A bad argument (an empty ``providers``, or one that is not a list of names,
+                ``min_similarity`` outside 0..1, an
                 unknown strategy or mode, a ``deadline`` that is not a positive number of seconds, a flag
                 that is not a ``bool``: ``include_adult="false"`` is refused, not read as true), or CA
                 certificates that ``SSL_CERT_FILE``/``SSL_CERT_DIR`` name and that cannot be read (at the
@@ -392,6 +394,7 @@ class Client:
 
         Raises:
             UnknownProviderError: ``provider`` is not registered.
+            ConfigurationError: ``provider`` is neither a ``str`` nor None, or ``refresh`` not a ``bool``.
             ProviderError: ``refresh`` and an upstream failed to answer; or ConfigurationError: its quota
                 request cannot be made (no URL). The first such failure, raised once every other provider
                 was asked (what they said is in the ledger: call again without ``refresh`` to read it).
@@ -415,6 +418,7 @@ class Client:
         Raises:
             UnknownProviderError: ``provider`` is neither a provider nor a metadata provider (checked
                 before anything is forgotten).
+            ConfigurationError: ``provider`` is neither a ``str`` nor None.
             LedgerError: The ledger cannot be used.
         """
         self._run(self._async.reset_quota, provider)
@@ -446,7 +450,9 @@ class Client:
             The entries, most searched first.
 
         Raises:
-            ConfigurationError: An unknown period, a limit below 1, or no provider with account features.
+            ConfigurationError: An unknown period, a limit that is not a whole number of at least 1 (a
+                numpy integer is one; a bool or a string is not), an ``include_adult`` that is not a
+                ``bool``, or no provider with account features.
             ProviderError: The upstream failed.
         """
         return self._run(self._async.rankings, period, limit, include_adult)
@@ -462,7 +468,9 @@ class Client:
             At most ``limit`` searches.
 
         Raises:
-            ConfigurationError: A negative offset, a limit below 1, or no provider with account features.
+            ConfigurationError: A limit that is not a whole number of at least 1, an offset that is not one
+                of at least 0 (a numpy integer is one; a bool or a string is not), or no provider with
+                account features.
             ProviderError: The upstream failed.
         """
         return self._run(self._async.recent_searches, limit, offset)
@@ -484,7 +492,8 @@ class Client:
             An iterator of searches, newest first.
 
         Raises:
-            ConfigurationError: ``page_size`` below 1, or no provider with account features.
+            ConfigurationError: ``page_size`` is not a whole number of at least 1, ``max_items`` not one of
+                at least 0 nor None, or no provider with account features (when iteration starts).
             ProviderError: The upstream failed mid-way (the searches already yielded stay yours).
         """
         pager: RecentPager[RecentSearch] = RecentPager(page_size, max_items)
@@ -527,7 +536,8 @@ class Client:
         Raises:
             AuthenticationError: Wrong email or password, or the site refused the Origin.
             SignInRateLimitedError: Too many sign-ins; ``retry_after`` says when to sign in again (seconds).
-            ConfigurationError: No provider with account features.
+            ConfigurationError: ``email`` or ``password`` is not a ``str``, or no provider with account
+                features.
             ProviderError: The upstream failed.
         """
         self._run(self._async.sign_in, email, password)

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import logging
+import operator
 import re
 import time
 from functools import partial
@@ -748,10 +749,105 @@ def test_unknown_names_and_bad_arguments_are_usage_errors(mock: respx.MockRouter
             ConfigurationError, match=r"providers takes a list of names, not a string: use \['tracemoe'\]"
         ):
             client.search(samples / "tinted-good.jpg", providers="tracemoe")
+        with pytest.raises(ConfigurationError, match=r"providers must be a list of provider names, got 5"):
+            client.search(samples / "tinted-good.jpg", providers=5)  # type: ignore[arg-type]
+        with pytest.raises(
+            ConfigurationError, match=r"each name in providers must be a str, got \['tracemoe'\]"
+        ):
+            client.search(samples / "tinted-good.jpg", providers=[["tracemoe"]])  # type: ignore[list-item]
         for deadline in (0, -1.0, float("nan"), float("inf"), "5", True):
             with pytest.raises(ConfigurationError, match="deadline must be a positive number of seconds"):
                 client.search(samples / "tinted-good.jpg", deadline=deadline)  # type: ignore[arg-type]
     assert mock.calls.call_count == 0
+
+
+_NOT_A_PROVIDER_NAME = (
+    "provider must be one provider name (a str such as 'tracemoe') or None for every provider"
+)
+
+WRONG_TYPES: list[tuple[str, dict[str, Any], str]] = [
+    ("rankings", {"limit": "5"}, "limit must be a whole number of at least 1, got '5' (type str)"),
+    ("rankings", {"limit": True}, "limit must be a whole number of at least 1, got True (type bool)"),
+    ("rankings", {"period": 7}, "period must be a period name (a str such as 'weekly'), got 7 (type int)"),
+    ("rankings", {"include_adult": "false"}, "include_adult must be True or False, got 'false' (type str)"),
+    ("recent_searches", {"limit": "x"}, "limit must be a whole number of at least 1, got 'x' (type str)"),
+    ("recent_searches", {"offset": None}, "offset must be a whole number of at least 0, got None"),
+    ("iter_recent_searches", {"page_size": "x"}, "page_size must be a whole number of at least 1, got 'x'"),
+    ("iter_recent_searches", {"max_items": 2.5}, "max_items must be a whole number of at least 0, got 2.5"),
+    ("quota", {"provider": ["tracemoe"]}, f"{_NOT_A_PROVIDER_NAME}, got ['tracemoe'] (type list)"),
+    ("quota", {"refresh": "no"}, "refresh must be True or False, got 'no' (type str)"),
+    ("reset_quota", {"provider": ["tracemoe"]}, f"{_NOT_A_PROVIDER_NAME}, got ['tracemoe'] (type list)"),
+    ("sign_in", {"email": 5, "password": "pw"}, "email must be an email address (a str), got 5 (type int)"),
+    (
+        "sign_in",
+        {"email": "a@site.test", "password": 1234},
+        "password must be a str, got a value of type int",
+    ),
+    ("api_keys.list", {"page": "1"}, "page must be a whole number of at least 1, got '1' (type str)"),
+    (
+        "api_keys.list",
+        {"page_size": 2.0},
+        "page_size must be a whole number of at least 1, got 2.0 (type float)",
+    ),
+    ("api_keys.create", {"title": 5}, "title must be a str, got 5 (type int)"),
+]
+"""Wrong types given to the clients' other methods, and the refusal each gets (a TypeError from deep
+inside, an AttributeError, or ``"false"`` read as true, before)."""
+
+_SITE = {"tracemoe": {"url": BASE}, "whatanimeisthis": {"url": "https://site.test"}}
+
+
+def _call(client: Client, method: str, arguments: dict[str, Any]) -> object:
+    answer = operator.attrgetter(method)(client)(**arguments)
+    return list(answer) if method.startswith("iter_") else answer  # a generator checks when iterated
+
+
+async def _acall(client: AsyncClient, method: str, arguments: dict[str, Any]) -> object:
+    answer = operator.attrgetter(method)(client)(**arguments)
+    return [item async for item in answer] if method.startswith("iter_") else await answer
+
+
+@pytest.mark.parametrize(("method", "arguments", "says"), WRONG_TYPES)
+def test_a_wrong_type_given_to_an_extra_is_refused_by_name(
+    mock: respx.MockRouter, method: str, arguments: dict[str, Any], says: str
+) -> None:
+    settings = Settings.load(providers=["tracemoe", "whatanimeisthis"], provider_options=_SITE)
+    with Client(settings, transport(mock)) as client, pytest.raises(ConfigurationError) as caught:
+        _call(client, method, arguments)
+    assert str(caught.value).startswith(says)
+    assert "1234" not in str(caught.value)  # a password is never shown
+    assert mock.calls.call_count == 0
+
+
+@pytest.mark.parametrize(("method", "arguments", "says"), WRONG_TYPES)
+async def test_a_wrong_type_given_to_an_extra_is_refused_by_name_async(
+    mock: respx.MockRouter, method: str, arguments: dict[str, Any], says: str
+) -> None:
+    settings = Settings.load(providers=["tracemoe", "whatanimeisthis"], provider_options=_SITE)
+    async with AsyncClient(settings, transport(mock)) as client:
+        with pytest.raises(ConfigurationError) as caught:
+            await _acall(client, method, arguments)
+    assert str(caught.value).startswith(says)
+    assert mock.calls.call_count == 0
+
+
+def test_numpy_integers_are_whole_numbers_for_the_extras(mock: respx.MockRouter) -> None:
+    # what df["n"].max() or len(array) arithmetic gives; the site is sent plain numbers
+    rankings = mock.get("https://site.test/api/anime/rankings").respond(200, json=[])
+    recent = mock.get("https://site.test/api/anime/recent-searches").respond(200, json={"items": []})
+    keys = mock.get("https://site.test/api/apikeys").respond(200, json=[])
+    ranked: dict[str, Any] = {"limit": np.int64(5), "include_adult": np.False_}
+    paged: dict[str, Any] = {"limit": np.int32(3), "offset": np.int64(6)}
+    iterated: dict[str, Any] = {"page_size": np.int64(2), "max_items": np.int64(4)}
+    listed: dict[str, Any] = {"page": np.int64(2), "page_size": np.int64(10)}
+    with Client(Settings.load(providers=["whatanimeisthis"], provider_options=_SITE), transport(mock)) as c:
+        assert c.rankings(**ranked) == []
+        assert c.recent_searches(**paged) == []
+        assert list(c.iter_recent_searches(**iterated)) == []
+        assert c.api_keys.list(**listed) == []
+    assert dict(rankings.calls.last.request.url.params) == {"period": "all", "limit": "5"}
+    assert dict(recent.calls[0].request.url.params) == {"limit": "3", "offset": "6"}
+    assert dict(keys.calls.last.request.url.params) == {"page": "2", "pageSize": "10"}
 
 
 EMPTY_PROVIDERS = "providers is empty: name at least one provider"
