@@ -8,6 +8,7 @@ of the contract's §4 table, each translated once to its own exception class.
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -30,6 +31,7 @@ from anisearch.provider import (
     WindowSpec,
     as_int,
     loads,
+    redact,
     request_of,
     response_date,
 )
@@ -41,6 +43,7 @@ from ._parse import (
     hits_from_items,
     me_quota,
     observed_quotas,
+    percent_similarity,
     usage_buckets,
 )
 from ._requests import MAX_BATCH, Params, image_url, search_params, vector_text
@@ -61,6 +64,11 @@ RATE_PER_MINUTE = 100
 """Requests per 60 s per client address, with or without a key (express-rate-limit)."""
 _USAGE_PERIODS = frozenset({"minute", "hour", "day"})
 _IMAGE_FILENAMES = {"image/png": "image.png", "image/webp": "image.webp", "image/gif": "image.gif"}
+
+logger = logging.getLogger("anisearch")
+
+_PERCENT_SAID: set[tuple[str, str]] = set()
+"""(provider, base URL) already warned of answering similarities in percent: once per process each."""
 
 
 class TraceMoe(BaseProvider):
@@ -297,7 +305,11 @@ class TraceMoe(BaseProvider):
         self, body: dict[str, Any], items: list[Any], response: httpx.Response, *, searches: int
     ) -> ProviderAnswer:
         with self._shape(response, "/search"):
-            hits = hits_from_items(items, provider=self.name, date=response_date(response))
+            highest = percent_similarity(items)
+            if highest is not None:
+                self._said_percent(highest)
+            percent = highest is not None
+            hits = hits_from_items(items, provider=self.name, date=response_date(response), percent=percent)
             quota = answer_quota(
                 body, provider=self.name, scope=self.scope, searches=searches, now=self.now()
             )
@@ -305,8 +317,25 @@ class TraceMoe(BaseProvider):
         frames = frames if frames is not None and frames >= 0 else None
         return ProviderAnswer(hits=hits, frames_searched=frames, quota=quota)
 
+    def _said_percent(self, highest: float) -> None:
+        """Warn, once per process for this provider and address, that its answers are in percent."""
+        said = (self.name, self.base_url)
+        if said not in _PERCENT_SAID:
+            _PERCENT_SAID.add(said)
+            logger.warning(
+                "%s at %s answered a similarity of %s, above 1: its similarities are read as percentages "
+                "(divided by 100)",
+                self.name,
+                redact(self.base_url),
+                highest,
+            )
+
     def parse_search(self, response: httpx.Response) -> ProviderAnswer:
         """Hits (similarity descending), ``frameCount`` and the reported quota of a ``/search`` answer.
+
+        Similarities are 0..1. An answer with a similarity above 1 (beyond rounding) comes from a server
+        that answers in percent (a self-hosted one): each of its similarities is divided by 100, and a
+        warning (logger ``anisearch``, once per process for each address) names the address and the value.
 
         Preview URLs get ``preview_expires_at`` (the next full hour after the response ``Date`` plus 300 s
         for opaque URLs, ``now`` + 300 s for 2022-2025 URLs). ``quota.used`` counts this search.

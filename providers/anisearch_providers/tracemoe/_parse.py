@@ -49,12 +49,15 @@ __all__ = [
     "hits_from_items",
     "me_quota",
     "observed_quotas",
+    "percent_similarity",
     "preview_expiry",
     "usage_buckets",
 ]
 
 RATE_LIMIT_FALLBACK_SECONDS = 60.0
 """How long a 429 without any timing header keeps the provider cooling down: one rate window."""
+PERCENT_ABOVE = 1.000001
+"""A similarity above this is no rounding stray past 1: the answer is in percent (0..100)."""
 PREVIEW_GRACE_SECONDS = 300
 """Preview URLs are honoured until this many seconds after the hour they embed (server ``video.ts``)."""
 
@@ -114,27 +117,43 @@ class _PreviewClock:
         return self._opaque_expiry(date)
 
 
-def hit_from_item(item: Any, *, provider: str, date: datetime | None) -> Hit:
+def hit_from_item(item: Any, *, provider: str, date: datetime | None, percent: bool = False) -> Hit:
     """One ``result[]`` item as a :class:`~anisearch.Hit`.
 
     ``anilist`` may be an int, an object (``anilistInfo``: AniList's ``Media`` record, whole since V2, read by
     :func:`~anisearch.provider.anilist_media_fields`) or absent (V1, when AniList lacked the ID). ``from``,
-    ``to``, ``at`` and ``duration`` are seconds; ``similarity`` is clamped to 0..1.
+    ``to``, ``at`` and ``duration`` are seconds; ``similarity`` is clamped to 0..1, after dividing it by 100
+    when ``percent`` (an answer in percent: :func:`percent_similarity`).
 
     Raises:
         ShapeError: The item is not an object or has no numeric ``similarity``.
     """
-    return _hit(item, provider, _PreviewClock(date))
+    return _hit(item, provider, _PreviewClock(date), 100.0 if percent else 1.0)
 
 
-def _hit(item: Any, provider: str, previews: _PreviewClock) -> Hit:
-    """:func:`hit_from_item`, with the preview clock of the whole answer.
+def percent_similarity(items: list[Any]) -> float | None:
+    """The highest similarity of a ``result`` array given in percent (0..100), or None when it is in 0..1.
+
+    trace.moe reports ``(255 - distance) / 255`` clamped to 0..1 itself, so a similarity above 1 (by more
+    than rounding: :data:`PERCENT_ABOVE`) is a server that answers in percent (a self-hosted or modified
+    one): ``96.9`` means 0.969, not a perfect match. Items that are not hits are left to the parser.
+    """
+    numbers = (as_float(item.get("similarity")) for item in items if isinstance(item, dict))
+    highest = max((number for number in numbers if number is not None), default=None)
+    return highest if highest is not None and highest > PERCENT_ABOVE else None
+
+
+def _hit(item: Any, provider: str, previews: _PreviewClock, scale: float) -> Hit:
+    """:func:`hit_from_item`, with the preview clock of the whole answer and its similarity scale (1 or 100).
 
     Only the fields the item has are passed (a model validates each one it is given, None included).
     """
     if not isinstance(item, dict):
         raise ShapeError(f"a result item is {type(item).__name__}, not an object")
-    similarity = clamp_similarity(item.get("similarity"))
+    number = as_float(item.get("similarity"))
+    if number is not None and scale != 1.0:
+        number = round(number / scale, 12)  # 96.9 is 0.969, not 0.9690000000000001
+    similarity = clamp_similarity(number)
     if similarity is None:
         raise ShapeError(f"a result item has no numeric similarity: {item.get('similarity')!r}")
     anilist = item.get("anilist")
@@ -175,14 +194,20 @@ def _anilist_fields(info: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def hits_from_items(items: list[Any], *, provider: str, date: datetime | None) -> list[Hit]:
+def hits_from_items(
+    items: list[Any], *, provider: str, date: datetime | None, percent: bool = False
+) -> list[Hit]:
     """A ``result`` array as hits, most similar first (a stable sort keeps upstream order on ties).
+
+    With ``percent`` (an answer in percent: :func:`percent_similarity`) every similarity is divided by 100
+    before it is clamped to 0..1.
 
     Raises:
         ShapeError: An item is not a hit.
     """
     previews = _PreviewClock(date)
-    hits = [_hit(item, provider, previews) for item in items]
+    scale = 100.0 if percent else 1.0
+    hits = [_hit(item, provider, previews, scale) for item in items]
     return sorted(hits, key=lambda hit: hit.similarity, reverse=True)
 
 

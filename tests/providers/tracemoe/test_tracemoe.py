@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import email.policy
 import json
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.properties import examples
 
+import anisearch_providers.tracemoe as tracemoe_module
 from anisearch._exceptions import (
     AuthenticationError,
     BadRequestError,
@@ -508,6 +510,36 @@ def test_similarity_is_clamped_and_hits_sorted() -> None:
     )
     hits = tracemoe().parse_search(answer(200, body)).hits
     assert [hit.similarity for hit in hits] == [1.0, 0.5, 0.2, 0.0]
+
+
+def test_a_server_answering_in_percent_is_read_as_percent_and_said_once_per_address(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A self-hosted server answering ``"similarity": 96.9`` made every hit a 100 % match, silently."""
+    monkeypatch.setattr(tracemoe_module, "_PERCENT_SAID", set())
+    body = search_body(item(similarity=40.1), item(similarity=96.9), item(similarity=0.5))
+    selfhosted = tracemoe(base_url="https://user:secret@trace.home.test")
+    with caplog.at_level(logging.WARNING, logger="anisearch"):
+        first = selfhosted.parse_search(answer(200, body)).hits
+        again = selfhosted.parse_search(answer(200, body)).hits
+        other = tracemoe(base_url="https://other.test").parse_search(
+            answer(200, search_body(item(similarity=88)))
+        )
+        plain = tracemoe(base_url="https://plain.test").parse_search(
+            answer(200, search_body(item(similarity=1.0000001), item(similarity=0.9)))
+        )
+    assert [hit.similarity for hit in first] == [0.969, 0.401, 0.005]
+    assert [hit.similarity for hit in again] == [0.969, 0.401, 0.005]
+    assert first[0].raw["similarity"] == 96.9  # as the server sent it
+    assert [hit.similarity for hit in other.hits] == [0.88]
+    assert [hit.similarity for hit in plain.hits] == [1.0, 0.9]  # a rounding stray is no percentage
+    said = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    read = "above 1: its similarities are read as percentages (divided by 100)"
+    assert said == [
+        f"tracemoe at https://***@trace.home.test answered a similarity of 96.9, {read}",
+        f"tracemoe at https://other.test answered a similarity of 88.0, {read}",
+    ]
+    assert "secret" not in caplog.text
 
 
 @pytest.mark.parametrize(
