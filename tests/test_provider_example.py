@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
+import respx
 
 import anisearch
+import anisearch._provider as anisearch_provider
 from anisearch import AllProvidersFailedError, QuotaExhaustedError, Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -36,6 +39,46 @@ class Entry:
 
     def load(self) -> type[SceneDB]:
         return SceneDB
+
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "providers" / "writing.md"
+
+
+@pytest.mark.parametrize(
+    ("env", "named", "asked"),
+    [
+        ({"ANISEARCH_SCENEDB_KEY": KEY}, None, ["tracemoe", "whatanimeisthis"]),  # its key alone: not asked
+        ({"ANISEARCH_SCENEDB_URL": "https://scenedb.test"}, None, ["tracemoe", "whatanimeisthis", "scenedb"]),
+        ({"ANISEARCH_PROVIDERS": "scenedb,tracemoe"}, None, ["scenedb", "tracemoe"]),
+        ({"ANISEARCH_PROVIDERS": "tracemoe"}, ["scenedb"], ["scenedb"]),  # a search's own list wins
+    ],
+    ids=["key-only", "url", "configured", "named"],
+)
+async def test_an_installed_provider_is_asked_when_the_guide_says(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: list[str] | None, asked: list[str]
+) -> None:
+    """The guide did not say when an installed provider is asked: SceneDB installed with its key set was
+    never asked, and nothing told why. Its "When it is asked" section gives the rule this checks."""
+    installed = {**anisearch_provider._provider_entry_points(), "scenedb": Entry()}
+    monkeypatch.setattr("anisearch._provider._provider_entry_points", lambda: installed)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    guide = GUIDE.read_text(encoding="utf-8")
+    assert "## When it is asked" in guide
+    for rule in (
+        "`anisearch search shot.jpg -p scenedb -p tracemoe`",
+        "`ANISEARCH_PROVIDERS=scenedb,tracemoe`",
+        "`default_order = True`",
+    ):
+        assert rule in guide, rule
+    assert "`ANISEARCH_SCENEDB_URL=https://...`" in guide
+    with respx.mock(assert_all_mocked=True) as mock:
+        mock.route().respond(500)  # every provider fails: the group says who was asked, in order
+        settings = Settings.load(ledger="memory://", cache="off")
+        async with anisearch.AsyncClient(settings, httpx.MockTransport(mock.async_handler)) as client:
+            with pytest.raises(AllProvidersFailedError) as caught:
+                await client.search(DEMO, providers=named)
+    assert [error.provider for error in caught.value.errors] == asked
 
 
 def test_the_example_is_under_100_lines_and_the_guide_shows_it_as_it_is() -> None:
