@@ -10,7 +10,8 @@ file until they are asked for again and replaced, or cleared).
 Files before schema version 1 kept an expiry instead of a time stored, in a table named ``anime``; their
 rows, of unknown age, are dropped when the file is opened, and those IDs are asked for again. The table is
 now named ``titles``: a process of an older version still running writes expiries to ``anime``, never
-into ``titles`` as times stored (they would look fresh for up to twice the TTL).
+into ``titles`` as times stored (they would look fresh for up to twice the TTL). ``anisearch cache clear``
+counts both: the answers the migration dropped and those written to ``anime`` since (emptied, never read).
 
 Like the result cache it is disposable: a corrupt file is replaced by an empty one, and a file that cannot
 be opened or read gives one logged warning and lookups go on without it. The file is created 0600 in a
@@ -72,25 +73,50 @@ def _schema(db: sqlite3.Connection) -> tuple[int, list[str]]:
     return version, [row[1] for row in db.execute("PRAGMA table_info(titles)")]
 
 
-def _set_up(db: sqlite3.Connection, wait_ms: int) -> None:
+def _has_old_table(db: sqlite3.Connection) -> bool:
+    """Whether the file has version 0's table ``anime`` (before its migration, or written again since by
+    an older version's process still running)."""
+    found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'anime'").fetchone()
+    return found is not None
+
+
+def _old_answers(db: sqlite3.Connection) -> int:
+    """How many answers the version 0 table ``anime`` holds (0 when there is none)."""
+    return int(db.execute("SELECT COUNT(*) FROM anime").fetchone()[0]) if _has_old_table(db) else 0
+
+
+def _answers_held(db: sqlite3.Connection, *, old: bool) -> int:
+    """How many (provider, AniList ID) answers the file holds: in ``titles``, and in ``anime`` when ``old``
+    (an ID in both is one answer)."""
+    union = " UNION SELECT provider, anilist_id FROM anime" if old else ""
+    query = f"SELECT COUNT(*) FROM (SELECT provider, anilist_id FROM titles{union})"  # noqa: S608 - no input in it
+    return int(db.execute(query).fetchone()[0])
+
+
+def _set_up(db: sqlite3.Connection, wait_ms: int) -> int:
     """Create the table, or bring a version 0 file up to date (its table ``anime`` dropped: the age of its
     rows is unknown), waiting ``wait_ms`` at most for another process's lock.
+
+    Returns:
+        How many answers of the version 0 table were dropped (0 when nothing was migrated).
 
     Raises:
         sqlite3.OperationalError: Another process held the file longer than ``wait_ms``.
         sqlite3.DatabaseError: The file holds another schema (it is rebuilt).
     """
     if _schema(db) == (SCHEMA_VERSION, _COLUMNS):
-        return  # the usual open: nothing to write
+        return 0  # the usual open: nothing to write
     db.execute(f"PRAGMA busy_timeout={wait_ms}")
     db.execute("BEGIN IMMEDIATE")  # one process creates or migrates; the others wait and find it done
     version, columns = _schema(db)
     if version not in (0, SCHEMA_VERSION) or (columns and columns != _COLUMNS):
         raise sqlite3.DatabaseError(f"another schema (version {version})")
+    dropped = _old_answers(db)
     db.execute("DROP TABLE IF EXISTS anime")  # version 0's, of expiries
     db.execute(_SCHEMA)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     db.execute("COMMIT")
+    return dropped
 
 
 @contextlib.contextmanager
@@ -131,6 +157,8 @@ class AnimeCache:
         :meth:`_opened`)."""
         self._reopen_at = 0.0
         """``time.monotonic()`` before which no lookup tries to open a file found locked."""
+        self._migrated_away = 0
+        """Answers of a version 0 file that opening it dropped, not yet counted by :meth:`clear`."""
         try:
             self._db = self._open(open_wait_ms)
         except sqlite3.OperationalError as exc:  # locked, read-only: another process may be using it
@@ -175,7 +203,7 @@ class AnimeCache:
         try:
             db.execute(f"PRAGMA busy_timeout={wait_ms}")
             db.execute("PRAGMA journal_mode=WAL")
-            _set_up(db, wait_ms)
+            self._migrated_away += _set_up(db, wait_ms)
         except BaseException:
             db.close()  # rolls back a migration cut short
             raise
@@ -285,7 +313,12 @@ class AnimeCache:
 
     def clear(self) -> int | None:
         """Forget every answer (``anisearch cache clear``): how many were held; None when they could not be
-        forgotten, :attr:`problem` saying why (another process holds the file, or it cannot be used)."""
+        forgotten, :attr:`problem` saying why (another process holds the file, or it cannot be used).
+
+        A file of version 0 counts its answers too: those that opening it dropped (the migration), and
+        those an older version's process still running has written to its table ``anime`` since (deleted
+        here; this version never reads them).
+        """
         with self._lock:
             db = self._opened(0)  # opening waited already, when another process held the file
             if db is None:
@@ -294,7 +327,20 @@ class AnimeCache:
                 return None
             try:
                 db.execute(f"PRAGMA busy_timeout={_OPEN_WAIT_MS}")  # a command: it may wait
-                return db.execute("DELETE FROM titles").rowcount
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    old = _has_old_table(db)
+                    held = _answers_held(db, old=old)
+                    db.execute("DELETE FROM titles")
+                    if old:
+                        db.execute("DELETE FROM anime")  # kept, emptied: the older process writes to it
+                    db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
             except sqlite3.Error as exc:
                 self.problem = "another process holds it" if locked(exc) else str(exc)
                 return None
+            migrated, self._migrated_away = self._migrated_away, 0
+            return held + migrated

@@ -8,6 +8,7 @@ an attempt saying AniList failed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from collections.abc import Callable, MutableMapping
@@ -124,6 +125,52 @@ def test_cache_clear_says_when_another_process_holds_the_titles(monkeypatch: pyt
         holder.close()
     assert cleared.returncode == 2, cleared.stdout + cleared.stderr  # as for a result cache it cannot use
     assert f"the cached titles in {path} were not cleared (another process holds it)" in cleared.stderr
+
+
+_VERSION_0_TABLE = (
+    "CREATE TABLE IF NOT EXISTS anime (provider TEXT NOT NULL, anilist_id INTEGER NOT NULL, "
+    "expires_at REAL NOT NULL, anime TEXT, PRIMARY KEY (provider, anilist_id))"
+)
+"""The titles table of a version 0 metadata cache file: an expiry per answer."""
+
+
+def _older_version_writes(path: Path, *anilist_ids: int) -> None:
+    """What an older anisearch does to the titles file: its own table, answers expiring in 2096."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as older, older:
+        older.execute(_VERSION_0_TABLE)
+        older.executemany(
+            "INSERT OR REPLACE INTO anime VALUES ('anilist', ?, 4e9, NULL)", [(n,) for n in anilist_ids]
+        )
+
+
+def test_cache_clear_counts_the_titles_of_an_older_version(tmp_path: Path) -> None:
+    """A titles file an older anisearch wrote (version 0): ``cache clear`` said nothing of the titles it
+    removed (opening the file migrated them away), and left what an older process still running wrote
+    since in place, unsaid too."""
+    import sqlite3
+
+    from anisearch._config import Settings
+    from anisearch._enrich import metadata_cache_path
+
+    path = metadata_cache_path(Settings.load())
+    assert path is not None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _older_version_writes(path, 1, 2, 3)
+    first = run_in_process("cache", "clear")
+    assert first.returncode == 0, first.stderr
+    assert "removed the cached titles of 3 AniList ID(s)" in first.stdout.splitlines()
+
+    _older_version_writes(path, 4, 5)  # an older process still running, after the file was migrated
+    second = run_in_process("cache", "clear")
+    assert second.returncode == 0, second.stderr
+    assert "removed the cached titles of 2 AniList ID(s)" in second.stdout.splitlines()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT COUNT(*) FROM anime").fetchone() == (0,)
+
+    third = run_in_process("cache", "clear")
+    assert not any("cached titles" in line for line in third.stdout.splitlines())  # nothing left to say
 
 
 def test_the_table_shows_the_title(tracemoe: tuple[Any, Recorder], anilist: Any, samples: Path) -> None:
