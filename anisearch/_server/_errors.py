@@ -67,14 +67,17 @@ def _summary(errors: list[Exception]) -> str:
     return "; ".join(parts)[:500]
 
 
-def _fetch_status(exc: ImageFetchError) -> int:
-    """The status of a ``?url=`` that could not be downloaded: the image host's own when it answered 400 or
-    more (a 404 there is a 404 here), else 400 (refused, unreachable, too many redirects), as trace.moe
-    answers (contract §4)."""
+def _fetch_failed(exc: ImageFetchError, url: str) -> Response:
+    """trace.moe's answer to a ``?url=`` that could not be downloaded (contract §4): the image host's own
+    status when it answered 400 or more (a 404 there is a 404 here), else 400 (refused, unreachable, too
+    many redirects), with ``Failed to fetch image <url>``; a host's success with an empty body is what an
+    empty upload is, ``Failed to process file``."""
     status = exc.status_code if exc.provider is None else None  # None: anisearch's own download
-    if status is not None and 400 <= status < 600:  # noqa: PLR2004 - HTTP's error statuses
-        return status
-    return 400
+    if status is not None and 200 <= status < 300:  # noqa: PLR2004 - HTTP's successes
+        return _tracemoe.error(400, "Failed to process file")
+    if status is None or not 400 <= status < 600:  # noqa: PLR2004 - HTTP's error statuses
+        status = 400
+    return _tracemoe.error(status, f"Failed to fetch image {url}")
 
 
 def tracemoe_error(exc: AnisearchError, url: str | None) -> Response:  # noqa: PLR0911 - one answer per class
@@ -84,7 +87,7 @@ def tracemoe_error(exc: AnisearchError, url: str | None) -> Response:  # noqa: P
     if isinstance(exc, InvalidImageError):
         return _tracemoe.error(400, "Failed to process image")
     if isinstance(exc, ImageFetchError) and url is not None:
-        return _tracemoe.error(_fetch_status(exc), f"Failed to fetch image {url}")
+        return _fetch_failed(exc, url)
     if isinstance(exc, LedgerError):
         return _tracemoe.error(500, "Search failed. Database temporarily unavailable.")
     if isinstance(exc, ConfigurationError):

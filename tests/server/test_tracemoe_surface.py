@@ -209,7 +209,8 @@ def test_urls_that_point_inside_the_network_are_refused_without_a_request(
 
 
 class ImageHost(httpx.AsyncBaseTransport):
-    """``img.test`` answers the status its path names (``/404.jpg``); the emulators are reached as usual."""
+    """``img.test`` answers the status its path names (``/404.jpg``; ``/200.jpg`` with an empty body); the
+    emulators are reached as usual."""
 
     def __init__(self) -> None:
         self.onward = httpx.AsyncHTTPTransport()
@@ -219,7 +220,8 @@ class ImageHost(httpx.AsyncBaseTransport):
         if request.url.host != "img.test":
             return await self.onward.handle_async_request(request)
         self.asked.append(request.url.path)
-        return httpx.Response(int(request.url.path.strip("/").removesuffix(".jpg")), text="<h1>no</h1>")
+        status = int(request.url.path.strip("/").removesuffix(".jpg"))
+        return httpx.Response(status, text="" if status == 200 else "<h1>no</h1>")
 
     async def aclose(self) -> None:
         await self.onward.aclose()
@@ -229,7 +231,8 @@ def test_an_image_hosts_error_status_is_passed_through_and_a_failed_fetch_is_400
     gateway: GatewayFactory, upstreams: Upstreams, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As trace.moe answers: the image host's 404 is a 404 (its 403 a 403, its 503 a 503), with the same body
-    as a download that could not happen at all (a name that does not resolve), which is a 400."""
+    as a download that could not happen at all (a name that does not resolve), which is a 400; an empty
+    answer is what trace.moe calls an empty upload."""
 
     async def resolve(host: str, port: int) -> list[str]:
         if host != "img.test":
@@ -254,6 +257,13 @@ def test_an_image_hosts_error_status_is_passed_through_and_a_failed_fetch_is_400
     target = "http://nowhere.test/a.jpg"
     unresolved = httpx.get(served.url + "/search", params={"url": target}, headers=AUTH, timeout=30)
     assert (unresolved.status_code, unresolved.json()) == (400, {"error": f"Failed to fetch image {target}"})
+    empty = httpx.get(
+        served.url + "/search", params={"url": "http://img.test/200.jpg"}, headers=AUTH, timeout=30
+    )
+    assert (empty.status_code, empty.json()) == (
+        400,
+        {"error": "Failed to process file"},
+    )  # as an empty upload
     assert upstreams.trace_state.search_requests == 0
 
 
