@@ -235,6 +235,40 @@ def jpeg_scans(data: bytes) -> tuple[int, bool]:
     return scans, scans > 1 or (scans == 1 and first < components)
 
 
+_FILLS = (bytes(8), b"\xff\x00" * 8)
+"""What :func:`_ended_scan` puts after a scan: 64 zero bits, then 64 one bits (``FF 00`` is a data byte
+``FF``); more than libjpeg reads ahead of the code it decodes (57 bits with a 64-bit bit buffer)."""
+_EOI = b"\xff\xd9"
+
+
+def _ended_scan(data: bytes, draft: tuple[int, int] | None) -> Image.Image | None:
+    """The picture of a one-scan (baseline) JPEG whose scan is whole but whose end-of-image marker
+    (``FF D9``) is missing, decoded at the ``draft`` request; None when the scan itself is cut.
+
+    libjpeg reads ahead of the code it decodes; at the end of a scan the missing marker leaves it waiting
+    for bytes, and Pillow reports the file truncated. The scan is decoded twice more, followed by each of
+    :data:`_FILLS` and no marker: when its data is whole neither fill is decoded, both decodes finish and
+    give the same picture; when it is cut, the decoder runs out of bytes again (Pillow reports it
+    truncated) or decodes the two fills into two different pictures (only a cut within the last code or
+    two, whose bits both fills happen to decode alike, can pass: the same picture either way). A
+    progressive JPEG is not read so: libjpeg finishes one only at its end marker, and a cut refinement
+    scan then decodes quietly.
+    """
+    pictures: list[Image.Image] = []
+    try:
+        for fill in _FILLS:
+            picture = _open_header(data + fill)
+            pictures.append(picture)
+            picture.draft(None, draft)  # as the file was
+            picture.load()
+        whole = pictures[0].tobytes() == pictures[1].tobytes()
+    except Exception:  # noqa: BLE001 - the scan is cut (or the file is corrupt): refused as truncated
+        whole = False
+    for picture in pictures[1:] if whole else pictures:
+        picture.close()
+    return pictures[0] if whole else None
+
+
 def _check_pixels(size: tuple[int, int], max_pixels: int, where: str) -> None:
     width, height = size
     if width < 1 or height < 1:
@@ -283,9 +317,10 @@ def _open_image(
 
 def _decode_image(
     data: bytes, where: str, max_pixels: int, box: tuple[int, int], opened: Image.Image | None = None
-) -> tuple[Image.Image, tuple[int, int], tuple[int, int] | None]:
-    """:func:`_open_image`, the frame's size by its header, and the size a JPEG was asked to decode at
-    (None: not a JPEG)."""
+) -> tuple[Image.Image, tuple[int, int], tuple[int, int] | None, bytes]:
+    """:func:`_open_image`, the frame's size by its header, the size a JPEG was asked to decode at (None:
+    not a JPEG), and the file decoded: ``data``, or a baseline JPEG's ``data`` with the end-of-image
+    marker it was missing (its scan whole, see :func:`_ended_scan`)."""
     try:
         image = opened if opened is not None else _open_header(data)
     except UnidentifiedImageError:
@@ -297,7 +332,7 @@ def _decode_image(
     except Exception as exc:
         raise not_an_image(data, where) from exc
     name = (image.format or "image").upper()
-    header_size, draft, whole = image.size, None, False
+    header_size, draft, scans, whole = image.size, None, 0, False
     if image.format in {"JPEG", "MPO"} and min(image.size) > 0:  # decode at 1/2, 1/4 or 1/8 scale if enough
         scans, whole = jpeg_scans(data)
         if scans > MAX_JPEG_SCANS:
@@ -314,14 +349,18 @@ def _decode_image(
     try:
         image.load()
     except (EOFError, OSError) as exc:
-        if isinstance(exc, EOFError) or "truncated" in str(exc):
-            raise InvalidImageError(
-                f"{where}the {name} image is truncated (the file ends too early)"
-            ) from exc
-        raise InvalidImageError(f"{where}the {name} image is corrupt and cannot be decoded") from exc
+        if not isinstance(exc, EOFError) and "truncated" not in str(exc):
+            raise InvalidImageError(f"{where}the {name} image is corrupt and cannot be decoded") from exc
+        # only the end-of-image marker missing (a screenshot tool's, a download cut at its last bytes)
+        ended = _ended_scan(data, draft) if scans == 1 and not whole else None
+        if ended is None:
+            message = f"{where}the {name} image is truncated (the file ends too early)"
+            raise InvalidImageError(message) from exc
+        image.close()
+        return ended, header_size, draft, data + _EOI
     except Exception as exc:
         raise InvalidImageError(f"{where}the {name} image is corrupt and cannot be decoded") from exc
-    return image, header_size, draft
+    return image, header_size, draft, data
 
 
 def _rotate_for_display(image: Image.Image, degrees: float) -> Image.Image:
@@ -603,9 +642,9 @@ def _load(
     if kind is not None:
         image = _open_video(data, kind, where, max_pixels)
         return _Decoded(image, where, raw.digest, len(data), kind, None, image.size, None)
-    image, header_size, draft = _decode_image(data, where, max_pixels, box, opened)
+    image, header_size, draft, decoded = _decode_image(data, where, max_pixels, box, opened)
     kind = (image.format or "image").lower()
-    return _Decoded(image, where, raw.digest, len(data), kind, data, header_size, draft)
+    return _Decoded(image, where, raw.digest, len(data), kind, decoded, header_size, draft)
 
 
 # ---------------------------------------------------------------- public
@@ -630,7 +669,9 @@ def prepare(
     become 8-bit RGB, and an embedded RGB colour profile is converted to sRGB. The picture is scaled
     down (never up) to fit ``max_width`` x ``max_height`` and encoded as JPEG quality 85 with no
     metadata (no EXIF, no location). A plain JPEG that already fits (no metadata, no colour profile,
-    at most 2 bits per pixel) is uploaded as it is, not decoded and re-encoded again.
+    at most 2 bits per pixel) is uploaded as it is, not decoded and re-encoded again. A baseline JPEG
+    missing only its end-of-image marker (``FF D9``; its scan whole) is read as the whole file it is,
+    and uploaded with the marker.
 
     Args:
         source: A path (``str`` or ``os.PathLike``), ``bytes``/``bytearray``/``memoryview``, a binary

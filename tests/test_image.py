@@ -762,6 +762,23 @@ def test_a_truncated_pil_image_is_refused_when_it_is_decoded(samples: Path) -> N
         prepare(lazy)
 
 
+def test_a_jpeg_missing_only_its_end_of_image_marker_is_searched_whole(samples: Path) -> None:
+    """Screenshot tools and downloads cut at the last bytes leave a baseline JPEG without its end-of-image
+    marker (``FF D9``), which browsers, libjpeg and trace.moe decode: so does prepare(), to the same
+    picture, and a JPEG uploaded as it is gets its marker back. Cut inside its scan, it is still refused."""
+    screenshot = (samples / "tinted-good.jpg").read_bytes()  # decoded and encoded again
+    with Image.open(io.BytesIO(screenshot)) as image:
+        plain = encode(image, "JPEG", quality=50)  # uploaded as it is
+    for data in (screenshot, plain):
+        assert data.endswith(b"\xff\xd9")
+        assert prepare(data[:-2]).data == prepare(data).data
+        for cut in (3, 40, len(data) // 2):  # the scan's last code, a few blocks, half the picture
+            with pytest.raises(InvalidImageError, match=r"^the JPEG image is truncated \(the file ends too"):
+                prepare(data[:-cut])
+    assert prepare(plain[:-2]).data == plain
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
 def test_a_decompression_bomb_is_refused_from_its_header() -> None:
     with pytest.raises(InvalidImageError, match="decompression bomb"):
         prepare(png_header(100_000, 100_000))  # Pillow's own DecompressionBombError
