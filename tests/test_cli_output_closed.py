@@ -110,7 +110,8 @@ def test_a_second_signal_stops_a_batch_whose_reader_never_reads(
     code: int,
 ) -> None:
     """The first signal waits for the line in the pipe; a reader that never reads again must not keep the
-    command alive: the second ends it, with its summary and the exit code of the first, and no traceback."""
+    command alive: the second ends it, with its summary and the exit code of the first, and no traceback;
+    stderr says the last line of the JSON Lines is cut short."""
     import fcntl
     import time
 
@@ -136,6 +137,7 @@ def test_a_second_signal_stops_a_batch_whose_reader_never_reads(
             os.close(reading)
     assert returned == code
     assert "interrupted after" in errors
+    assert "the last line of output is cut short" in errors
     assert "Traceback" not in errors
 
 

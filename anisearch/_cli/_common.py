@@ -430,8 +430,9 @@ def whole_lines() -> Iterator[None]:
     fills the pipe, and the write waits) takes effect once the line is out, not halfway through it.
 
     A second one stops the write at once (a reader that never reads again must not keep the command
-    alive): the rest of the output goes to ``/dev/null``, and the first signal takes effect as it would
-    have. A signal that is ignored, or handled outside Python, is left as it is.
+    alive): the rest of the output goes to ``/dev/null``, stderr says that the last line written is cut
+    short (unless it is the same file as stdout), and the first signal takes effect as it would have. A
+    signal that is ignored, or handled outside Python, is left as it is.
     """
     numbers = [
         number
@@ -455,8 +456,11 @@ def whole_lines() -> Iterator[None]:
         yield
     except _Insisted:
         with contextlib.suppress(AttributeError, OSError, ValueError):  # nothing more blocks on the reader
+            out = sys.stdout.fileno()
+            if not os.path.samestat(os.fstat(out), os.fstat(2)):  # a reader of a line cut short is told so
+                os.write(2, b"anisearch: stopped while writing: the last line of output is cut short\n")
             devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            os.dup2(devnull, out)
             os.close(devnull)
     finally:
         for number, handler in previous.items():
