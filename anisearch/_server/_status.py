@@ -1,18 +1,10 @@
 """The status page at ``/``: server-rendered HTML (no front-end build, no script), with each provider's
-windows and cooldowns, the recent attempts, and a form to search a dropped screenshot.
-
-The form's ``POST /`` spends a search of the caller's allowance and of the upstreams' quotas, and a page on
-another site can make a visitor's browser send it (a form post needs no CORS preflight): on an open
-gateway it would search as that visitor's address. So a post that a browser says comes from another
-origin is refused with a 403 before its body is read (:func:`_cross_origin`); curl, scripts and the page's
-own form are served as before.
-"""
+windows and cooldowns, the recent attempts, and a form to search a dropped screenshot."""
 
 from __future__ import annotations
 
 from html import escape
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import anyio
 from starlette.datastructures import FormData, UploadFile
@@ -24,7 +16,7 @@ from anisearch._server._tracemoe import BodyTookTheDeadline, parse_form, read_bo
 from anisearch._version import __version__
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable
 
     from starlette.requests import Request
 
@@ -125,42 +117,6 @@ def _result(result: SearchResult) -> str:
     return answered + _table(["title", "AniList", "episode", "at", "similarity"], rows, "hits")
 
 
-def _cross_origin(headers: Mapping[str, str]) -> str | None:
-    """Why a ``POST /`` comes from a page of another origin, as the browser that sent it says, or None.
-
-    ``Sec-Fetch-Site`` (every current browser sends it) must be ``same-origin`` (the page's own form) or
-    ``none`` (the user's own doing); without it, an ``Origin`` must name the ``Host`` the request was sent
-    to (``Origin: null``, from a sandboxed or privacy-hidden page, never does). A request with neither
-    header comes from no browser (curl, a script) and is not one a page could have forged.
-
-    Args:
-        headers: The request headers (a case-insensitive mapping, lower-case names).
-
-    Returns:
-        The header that gives the post away (``"Sec-Fetch-Site: cross-site"``), or None to serve it.
-    """
-    site = headers.get("sec-fetch-site")
-    if site is not None:
-        return None if site.strip().lower() in {"same-origin", "none"} else f"Sec-Fetch-Site: {site}"
-    origin = headers.get("origin")
-    if origin is None:
-        return None
-    try:
-        netloc = urlsplit(origin.strip()).netloc.lower()
-    except ValueError:
-        netloc = ""
-    return None if netloc and netloc == headers.get("host", "").lower() else f"Origin: {origin}"
-
-
-def _refused_cross_origin(why: str) -> Response:
-    """The 403 of a post from another origin's page: what gave it away, and where to search instead."""
-    message = (
-        "Refused: this search was posted from a page that is not the gateway's own "
-        f'({_e(why)}). Open <a href="/">the gateway\'s status page</a> and search from there.'
-    )
-    return HTMLResponse(f'<p class="bad" id="outcome">{message}</p>', status_code=403)
-
-
 async def _form(gateway: Gateway, request: Request) -> FormData | str:
     """The form of the screenshot dropped on the page, or the outcome to show when it cannot be read. Its
     body is bounded (``max_body_bytes``, the deadline) as every search's is: a closed gateway learns the
@@ -216,15 +172,11 @@ async def _search(gateway: Gateway, request: Request) -> str:
 
 
 def page_endpoint(gateway: Gateway) -> Callable[[Request], Awaitable[Response]]:
-    """``GET /`` (the page) and ``POST /`` (the page with the dropped screenshot's answer; a 403 when another
-    origin's page posted it, see :func:`_cross_origin`)."""
+    """``GET /`` (the page) and ``POST /`` (the page with the dropped screenshot's answer)."""
 
     async def page(request: Request) -> Response:
         outcome = ""
         if request.method == "POST":
-            why = _cross_origin(request.headers)
-            if why is not None:  # another site's page: refused before the body is read, nothing is spent
-                return _refused_cross_origin(why)
             outcome = await _search(gateway, request)
         token_field = (
             ""
