@@ -67,8 +67,9 @@ _IMAGE_FILENAMES = {"image/png": "image.png", "image/webp": "image.webp", "image
 
 logger = logging.getLogger("anisearch")
 
-_PERCENT_SAID: set[tuple[str, str]] = set()
-"""(provider, base URL) already warned of answering similarities in percent: once per process each."""
+_IN_PERCENT: set[tuple[str, str]] = set()
+"""(provider, base URL) of the servers that answered similarities in percent: their answers are read so from
+then on in this process (one in 0..1 cannot tell its scale), and each was warned of once."""
 
 
 class TraceMoe(BaseProvider):
@@ -302,13 +303,17 @@ class TraceMoe(BaseProvider):
         return body, body["result"]
 
     def _answer(
-        self, body: dict[str, Any], items: list[Any], response: httpx.Response, *, searches: int
+        self,
+        body: dict[str, Any],
+        items: list[Any],
+        response: httpx.Response,
+        *,
+        searches: int,
+        percent: bool | None = None,
     ) -> ProviderAnswer:
         with self._shape(response, "/search"):
-            highest = percent_similarity(items)
-            if highest is not None:
-                self._said_percent(highest)
-            percent = highest is not None
+            if percent is None:
+                percent = self._in_percent(items)
             hits = hits_from_items(items, provider=self.name, date=response_date(response), percent=percent)
             quota = answer_quota(
                 body, provider=self.name, scope=self.scope, searches=searches, now=self.now()
@@ -317,11 +322,16 @@ class TraceMoe(BaseProvider):
         frames = frames if frames is not None and frames >= 0 else None
         return ProviderAnswer(hits=hits, frames_searched=frames, quota=quota)
 
-    def _said_percent(self, highest: float) -> None:
-        """Warn, once per process for this provider and address, that its answers are in percent."""
-        said = (self.name, self.base_url)
-        if said not in _PERCENT_SAID:
-            _PERCENT_SAID.add(said)
+    def _in_percent(self, *answers: list[Any]) -> bool:
+        """Whether this server's similarities are in percent: one of ``answers`` (``result`` arrays: one, or
+        a vector batch's) holds one above 1, or an earlier answer of this server did. The first time, a
+        warning names the server and the value."""
+        server = (self.name, self.base_url)
+        highest = max(
+            (high for items in answers if (high := percent_similarity(items)) is not None), default=None
+        )
+        if highest is not None and server not in _IN_PERCENT:
+            _IN_PERCENT.add(server)
             logger.warning(
                 "%s at %s answered a similarity of %s, above 1: its similarities are read as percentages "
                 "(divided by 100)",
@@ -329,13 +339,15 @@ class TraceMoe(BaseProvider):
                 redact(self.base_url),
                 highest,
             )
+        return server in _IN_PERCENT
 
     def parse_search(self, response: httpx.Response) -> ProviderAnswer:
         """Hits (similarity descending), ``frameCount`` and the reported quota of a ``/search`` answer.
 
         Similarities are 0..1. An answer with a similarity above 1 (beyond rounding) comes from a server
-        that answers in percent (a self-hosted one): each of its similarities is divided by 100, and a
-        warning (logger ``anisearch``, once per process for each address) names the address and the value.
+        that answers in percent (a self-hosted one): each of its similarities is divided by 100, and so are
+        those of its later answers in this process; a warning (logger ``anisearch``, once per process for
+        each address) names the address and the value.
 
         Preview URLs get ``preview_expires_at`` (the next full hour after the response ``Date`` plus 300 s
         for opaque URLs, ``now`` + 300 s for 2022-2025 URLs). ``quota.used`` counts this search.
@@ -379,7 +391,8 @@ class TraceMoe(BaseProvider):
                 status_code=response.status_code,
                 endpoint="/search",
             )
-        return [self._answer(body, item, response, searches=len(items)) for item in items]
+        percent = self._in_percent(*items)  # one scale for the whole answer
+        return [self._answer(body, item, response, searches=len(items), percent=percent) for item in items]
 
     def parse_quota(self, response: httpx.Response) -> list[Quota]:
         """The ``/me`` answer as one rolling-24h quota (limit, used, remaining, concurrency, priority).

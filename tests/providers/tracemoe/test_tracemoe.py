@@ -515,13 +515,22 @@ def test_similarity_is_clamped_and_hits_sorted() -> None:
 def test_a_server_answering_in_percent_is_read_as_percent_and_said_once_per_address(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A self-hosted server answering ``"similarity": 96.9`` made every hit a 100 % match, silently."""
-    monkeypatch.setattr(tracemoe_module, "_PERCENT_SAID", set())
+    """A self-hosted server answering ``"similarity": 96.9`` made every hit a 100 % match, silently. Once it
+    answered above 1, its answers all within 0..1 (a poor match: 0.9 %) are read in percent too, and a
+    vector batch is read on one scale."""
+    monkeypatch.setattr(tracemoe_module, "_IN_PERCENT", set())
     body = search_body(item(similarity=40.1), item(similarity=96.9), item(similarity=0.5))
     selfhosted = tracemoe(base_url="https://user:secret@trace.home.test")
     with caplog.at_level(logging.WARNING, logger="anisearch"):
         first = selfhosted.parse_search(answer(200, body)).hits
         again = selfhosted.parse_search(answer(200, body)).hits
+        poor = selfhosted.parse_search(answer(200, search_body(item(similarity=0.9)))).hits
+        batch = tracemoe(base_url="https://batch.test").parse_search_batch(
+            answer(
+                200,
+                {"frameCount": 1, "error": "", "result": [[item(similarity=92.5)], [item(similarity=0.95)]]},
+            )
+        )
         other = tracemoe(base_url="https://other.test").parse_search(
             answer(200, search_body(item(similarity=88)))
         )
@@ -530,6 +539,8 @@ def test_a_server_answering_in_percent_is_read_as_percent_and_said_once_per_addr
         )
     assert [hit.similarity for hit in first] == [0.969, 0.401, 0.005]
     assert [hit.similarity for hit in again] == [0.969, 0.401, 0.005]
+    assert [hit.similarity for hit in poor] == [0.009]
+    assert [[hit.similarity for hit in one.hits] for one in batch] == [[0.925], [0.0095]]
     assert first[0].raw["similarity"] == 96.9  # as the server sent it
     assert [hit.similarity for hit in other.hits] == [0.88]
     assert [hit.similarity for hit in plain.hits] == [1.0, 0.9]  # a rounding stray is no percentage
@@ -537,6 +548,7 @@ def test_a_server_answering_in_percent_is_read_as_percent_and_said_once_per_addr
     read = "above 1: its similarities are read as percentages (divided by 100)"
     assert said == [
         f"tracemoe at https://***@trace.home.test answered a similarity of 96.9, {read}",
+        f"tracemoe at https://batch.test answered a similarity of 92.5, {read}",
         f"tracemoe at https://other.test answered a similarity of 88.0, {read}",
     ]
     assert "secret" not in caplog.text
