@@ -84,13 +84,17 @@ def check_names(name: str, value: object) -> list[str] | None:
     """A list of provider names (``providers=``) as a ``list``, or None when None was given.
 
     Raises:
-        ConfigurationError: ``value`` is a single string (each letter would be a name), not a collection,
-            or holds something other than a ``str``.
+        ConfigurationError: ``value`` is a single string or bytes (each letter would be a name), not a
+            collection, or holds something other than a ``str``.
     """
     if value is None:
         return None
     if isinstance(value, str):
         raise ConfigurationError(f"{name} takes a list of names, not a string: use [{value!r}]")
+    if isinstance(value, bytes | bytearray | memoryview):  # iterated, each byte would be a number
+        raise ConfigurationError(
+            f"{name} takes a list of names (str), not bytes: use [{bytes(value).decode(errors='replace')!r}]"
+        )
     if not isinstance(value, Iterable):
         raise ConfigurationError(
             f"{name} must be a list of provider names, got {value!r} (type {type_name(value)})"

@@ -31,7 +31,7 @@ import httpx
 from anisearch import _image, _worker
 from anisearch._account import AccountFeatures, AsyncApiKeys
 from anisearch._address import cache_name
-from anisearch._arguments import check_flags, check_names, check_text, whole_number
+from anisearch._arguments import check_flags, check_names, check_text, type_name, whole_number
 from anisearch._cache import ResultCache, WouldBlock, cache_key
 from anisearch._cache_first import cached_attempts, choose, confident, find_by_source, source_keys
 from anisearch._cache_redis import CacheStore, Flights, RedisResultCache, open_cache
@@ -144,6 +144,7 @@ class AsyncClient(AccountFeatures):
         on_wait: WaitCallback | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
+        _check_made_with(settings, transport, on_attempt=on_attempt, on_wait=on_wait, clock=clock)
         self.settings = settings if settings is not None else Settings.load()
         # Bad settings fail here, where a bot starts, not at its first search; nothing is connected yet.
         try:
@@ -476,9 +477,18 @@ class AsyncClient(AccountFeatures):
                 the ledger could not record it.
         """
         with self._work():
-            seconds = isinstance(deadline, int | float) and not isinstance(deadline, bool)  # True is not 1 s
-            if deadline is not None and not (seconds and 0 < deadline < math.inf):
-                raise ConfigurationError(f"deadline must be a positive number of seconds, got {deadline!r}")
+            if deadline is not None:  # any real number (a numpy scalar too), but True is not 1 s
+                given: object = deadline
+                if (
+                    isinstance(given, bool)
+                    or not isinstance(given, numbers.Real)
+                    or not 0 < float(given) < math.inf
+                ):
+                    kind = type_name(given)
+                    raise ConfigurationError(
+                        f"deadline must be a positive number of seconds, got {given!r} (type {kind})"
+                    )
+                deadline = float(given)
             if mode not in ("image", "vector"):
                 raise ConfigurationError(f"unknown mode {mode!r}; use 'image' or 'vector'")
             check_flags(cut_borders=cut_borders, anilist_info=anilist_info, cache=cache)
@@ -824,6 +834,31 @@ def _defaults(name: str, scope: str, windows: Sequence[WindowSpec], now: datetim
         for spec in windows
         if spec.limit is not None
     ]
+
+
+def _check_made_with(settings: object, transport: object, **callbacks: object) -> None:
+    """Refuse what a client cannot be made with, by name, before anything is opened.
+
+    Raises:
+        ConfigurationError: ``settings`` is not an :class:`anisearch.Settings` (a URL or a dict: use
+            ``Settings.load(...)``), ``transport`` not an ``httpx.AsyncBaseTransport`` (nothing with its
+            ``handle_async_request``), or a callback
+            (``on_attempt``, ``on_wait``, ``clock``) not callable.
+    """
+    if settings is not None and not isinstance(settings, Settings):
+        raise ConfigurationError(
+            f"settings must be an anisearch.Settings (Settings.load(...)), got {settings!r} (type "
+            f"{type_name(settings)})"
+        )
+    if transport is not None and not callable(getattr(transport, "handle_async_request", None)):
+        raise ConfigurationError(
+            f"transport must be an httpx.AsyncBaseTransport, got a value of type {type_name(transport)}"
+        )
+    for name, value in callbacks.items():
+        if value is not None and not callable(value):
+            raise ConfigurationError(
+                f"{name} must be callable or None, got {value!r} (type {type_name(value)})"
+            )
 
 
 def _checked(min_similarity: object, options: SearchOptions) -> tuple[float | None, SearchOptions]:

@@ -2,8 +2,9 @@
 
 Units: times are seconds (float) within the episode, similarity is 0..1, datetimes are timezone-aware
 (UTC unless an upstream said otherwise). Every model keeps the upstream item it was built from in
-``raw`` (left out of ``repr`` and, in the CLI, out of JSON unless ``--raw``). Models are immutable and
-hashable: equal hits (or results, quotas) collapse in a set.
+``raw`` (left out of ``repr`` and, in the CLI, out of JSON unless ``--raw``). Models are frozen (a field is
+never reassigned) and hashable: equal hits (or results, quotas) collapse in a set. The lists and dicts they
+hold are plain ones: changing one inside a model kept in a set changes its hash.
 """
 
 from __future__ import annotations

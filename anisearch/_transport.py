@@ -175,12 +175,12 @@ class ProviderTransport:
         request.extensions.setdefault("timeout", httpx.Timeout(self._timeout).as_dict())
         if "user-agent" not in request.headers:
             request.headers["User-Agent"] = user_agent()
-        _in_one_piece(request)
         limit = getattr(provider, "max_response_bytes", None) or MAX_RESPONSE_BYTES
         auth = provider.auth()
         status: int | None = None
         try:
             with anyio.fail_after(budget):
+                _in_one_piece(request)  # a provider's file that cannot be read fails as a transfer does
                 if auth is None:
                     response = await self._http.send(request, stream=True)
                 else:
@@ -210,7 +210,7 @@ def _in_one_piece(request: httpx.Request) -> None:
     httpx writes a multipart upload as it renders it: the boundary, the part's headers, the picture and
     the closing boundary, each a write to the socket of its own, and a server reading it wakes for each.
     Joined, the body follows the request's headers in one write (a search against trace.moe's emulator on
-    loopback, answering at once: 0.4 ms less of 3.2). A body httpx cannot read without an event loop (an
+    loopback, answering at once: 0.35 ms less of 3.2). A body httpx cannot read without an event loop (an
     async stream) or of unknown length is sent as it is.
     """
     length = request.headers.get("Content-Length", "")

@@ -597,9 +597,11 @@ async def test_numbers_from_numpy_are_numbers(
     async with AsyncClient(settings(cache="off"), transport(mock)) as client:
         image = (samples / "tinted-good.jpg").read_bytes()
         result = await client.search(image, min_similarity=similarity, anilist_id=anilist_id)
+        assert route.calls.last.request.url.params["anilistID"] == "11887"
+        for deadline in (np.float32(30), np.int64(30)):  # seconds computed with numpy
+            assert (await client.search(image, deadline=deadline)).best is not None  # type: ignore[arg-type]
     assert result.best is not None
     assert result.best.anilist_id == 11887
-    assert route.calls.last.request.url.params["anilistID"] == "11887"
 
 
 @pytest.mark.parametrize(
@@ -751,6 +753,8 @@ def test_unknown_names_and_bad_arguments_are_usage_errors(mock: respx.MockRouter
             client.search(samples / "tinted-good.jpg", providers="tracemoe")
         with pytest.raises(ConfigurationError, match=r"providers must be a list of provider names, got 5"):
             client.search(samples / "tinted-good.jpg", providers=5)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match=r"not bytes: use \['tracemoe'\]"):
+            client.search(samples / "tinted-good.jpg", providers=b"tracemoe")  # type: ignore[arg-type]
         with pytest.raises(
             ConfigurationError, match=r"each name in providers must be a str, got \['tracemoe'\]"
         ):
@@ -829,6 +833,32 @@ async def test_a_wrong_type_given_to_an_extra_is_refused_by_name_async(
             await _acall(client, method, arguments)
     assert str(caught.value).startswith(says)
     assert mock.calls.call_count == 0
+
+
+@pytest.mark.parametrize(
+    ("made_with", "message"),
+    [
+        ({"settings": "https://api.trace.moe"}, r"settings must be an anisearch.Settings .*got 'https://api"),
+        (
+            {"settings": {"providers": ["tracemoe"]}},
+            r"settings must be an anisearch.Settings .*\(type dict\)",
+        ),
+        (
+            {"transport": "http://proxy:3128"},
+            r"transport must be an httpx.AsyncBaseTransport, got a value of type str",
+        ),
+        ({"on_attempt": 5}, r"on_attempt must be callable or None, got 5 \(type int\)"),
+        ({"on_wait": "print"}, r"on_wait must be callable or None"),
+    ],
+)
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
+def test_a_client_made_with_the_wrong_thing_says_which(
+    kind: type[Client | AsyncClient], made_with: dict[str, Any], message: str
+) -> None:
+    """``Client("https://…")`` failed with a bare ``AttributeError``, and ``on_attempt=5`` at the first
+    attempt; both are refused by name where the client is made."""
+    with pytest.raises(ConfigurationError, match=message):
+        kind(**made_with)
 
 
 def test_numpy_integers_are_whole_numbers_for_the_extras(mock: respx.MockRouter) -> None:
