@@ -592,14 +592,12 @@ class Router:
         """Settle (shielded from cancellation); then a search this one handed its slot to may go on.
 
         A search given up while the upstream still works on it (``upstream_busy``: for about that many
-        seconds) keeps its slot until then instead (:meth:`Ledger.hold`). The settle waits for a busy
-        ledger no longer than the search's deadline: one kept out past it is kept in :data:`_UNSETTLED`,
-        and the search goes on (its reservation counted it already, as spent until then).
+        seconds) keeps its slot until then instead (:meth:`Ledger.hold`).
 
         Raises:
-            LedgerError: The ledger could not record it, unless the search was ``answered`` or its deadline
-                ran out meanwhile: an answer paid for is never lost to the ledger (the failure is logged,
-                and the settle is kept in :data:`_UNSETTLED` for a later search refused its slot).
+            LedgerError: The ledger could not record it, unless the search was ``answered``: an answer paid
+                for is never lost to the ledger (the failure is logged, and the settle is kept in
+                :data:`_UNSETTLED` for a later search refused its slot).
         """
         try:
             with anyio.CancelScope(shield=True):
@@ -610,17 +608,9 @@ class Router:
                 ):
                     await self._record(ticket, settlement)
         except LedgerError as exc:
-            past_deadline = search_deadline.get() is not None and remaining_seconds() <= _DEADLINE_MARGIN
-            if past_deadline:  # the search is not held past its deadline for the ledger
-                logger.info(
-                    "%s: the ledger was busy past the search's deadline: kept to record later (%s)",
-                    ticket.provider,
-                    exc,
-                )
-            elif not answered:
+            if not answered:
                 raise
-            else:
-                logger.warning("%s: answered, but the ledger could not record it: %s", ticket.provider, exc)
+            logger.warning("%s: answered, but the ledger could not record it: %s", ticket.provider, exc)
             _UNSETTLED.setdefault(self._ledger, {})[ticket.token] = (ticket, settlement)
         else:
             if handed_too_early:

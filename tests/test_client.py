@@ -1655,61 +1655,6 @@ def test_a_locked_sqlite_ledger_fails_a_search_by_its_deadline(tmp_path: Path) -
     assert took < 5
 
 
-def test_an_answer_is_returned_by_its_deadline_while_another_process_locks_the_ledger(tmp_path: Path) -> None:
-    """Another process takes the ledger file's lock while trace.moe works on a search: the answer comes back
-    by the search's deadline, not after the 15-second busy timeout. The search stays counted meanwhile, as
-    its reservation counted it, and is recorded once the lock is gone."""
-    import sqlite3
-    import time
-
-    from tests.conftest import HostRouter
-
-    from anisearch_emulators.tracemoe import create_app as tracemoe_app
-
-    demo = Path(__file__).resolve().parents[1] / "examples" / "tinted-good.jpg"
-    path = tmp_path / "ledger.sqlite3"
-    settings = Settings.load(
-        providers=["tracemoe"],
-        provider_options={"tracemoe": {"url": "http://trace.test"}},
-        ledger=f"sqlite:///{path}",
-        cache="off",
-        metadata="off",
-    )
-    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-
-    class LockedWhileSearching(HostRouter):
-        lock = False
-
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            if self.lock and request.url.path.endswith("/search"):
-                holder.execute("BEGIN EXCLUSIVE")  # after the reservation, before the settle
-            return await super().handle_async_request(request)
-
-    def counted() -> list[tuple[int, int]]:
-        """(searches counted in the 24-hour window, of them still pending) in the ledger file."""
-        return holder.execute(
-            "SELECT count(*), coalesce(sum(pending), 0) FROM units WHERE window_name = 'rolling-24h'"
-        ).fetchall()
-
-    router = LockedWhileSearching({"trace.test": tracemoe_app(latency=0.5)})
-    with Client(settings, router) as client:
-        client.search(demo)  # the ledger file exists
-        router.lock = True
-        try:
-            started = time.monotonic()
-            answered = client.search(demo, deadline=2.0)
-            took = time.monotonic() - started
-        finally:
-            holder.execute("ROLLBACK")
-        router.lock = False
-        assert answered.provider == "tracemoe"
-        assert took < 4
-        assert counted() == [(2, 1)]  # counted as spent, not yet settled
-        assert client.search(demo, deadline=10.0).provider == "tracemoe"
-        assert counted() == [(3, 0)]  # the left-over settle recorded by the next search
-    holder.close()
-
-
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_a_reserve_waits_behind_another_step_of_its_process_no_longer_than_its_deadline(

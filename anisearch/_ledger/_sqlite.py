@@ -396,8 +396,8 @@ class SQLiteLedger(Ledger):
     async def _write(self, body: Callable[[sqlite3.Connection], _T], *, by_deadline: bool = False) -> _T:
         """Run ``body`` in one transaction: on the event loop when the lock is free, else in a worker thread
         waiting for it up to the busy timeout, or (``by_deadline``) no longer than the search's deadline:
-        a search that asks for a slot, or records what it was told, then fails with a LedgerError in time,
-        not late. Outside a search (no deadline) a step waits the whole timeout."""
+        a search that asks for a slot then fails with a LedgerError in time, not late. What records an
+        answer already given always waits the whole timeout."""
         inline = self._try_inline(body)
         if inline is not _BUSY:
             return inline  # type: ignore[return-value]  # not _BUSY, so the body's own result
@@ -483,11 +483,8 @@ class SQLiteLedger(Ledger):
         )
 
     async def _settle(self, provider: str, scope: str, request: SettleRequest) -> None:
-        # Within a search's deadline: the reservation counted the search already, and a settle the file's
-        # lock kept out is kept by the router for later (the count stays as reserved meanwhile).
         freed = await self._write(
-            self._step(provider, scope, lambda state, units: _logic.settle(state, units, request)),
-            by_deadline=True,
+            self._step(provider, scope, lambda state, units: _logic.settle(state, units, request))
         )
         if freed:
             WAITERS.notify((self.path, provider, scope))
