@@ -254,6 +254,8 @@ def _ended_scan(data: bytes, draft: tuple[int, int] | None) -> Image.Image | Non
     progressive JPEG is not read so: libjpeg finishes one only at its end marker, and a cut refinement
     scan then decodes quietly.
     """
+    from PIL import ImageChops
+
     pictures: list[Image.Image] = []
     try:
         for fill in _FILLS:
@@ -261,7 +263,8 @@ def _ended_scan(data: bytes, draft: tuple[int, int] | None) -> Image.Image | Non
             pictures.append(picture)
             picture.draft(None, draft)  # as the file was
             picture.load()
-        whole = pictures[0].tobytes() == pictures[1].tobytes()
+        with ImageChops.difference(*pictures) as difference:  # one picture's worth more, not two copies
+            whole = difference.getbbox() is None
     except Exception:  # noqa: BLE001 - the scan is cut (or the file is corrupt): refused as truncated
         whole = False
     for picture in pictures[1:] if whole else pictures:
@@ -352,11 +355,12 @@ def _decode_image(
         if not isinstance(exc, EOFError) and "truncated" not in str(exc):
             raise InvalidImageError(f"{where}the {name} image is corrupt and cannot be decoded") from exc
         # only the end-of-image marker missing (a screenshot tool's, a download cut at its last bytes)
-        ended = _ended_scan(data, draft) if scans == 1 and not whole else None
+        baseline = scans == 1 and not whole and not image.info.get("progressive")
+        image.close()  # its memory is given back before the scan is decoded again
+        ended = _ended_scan(data, draft) if baseline else None
         if ended is None:
             message = f"{where}the {name} image is truncated (the file ends too early)"
             raise InvalidImageError(message) from exc
-        image.close()
         return ended, header_size, draft, data + _EOI
     except Exception as exc:
         raise InvalidImageError(f"{where}the {name} image is corrupt and cannot be decoded") from exc
@@ -671,7 +675,7 @@ def prepare(
     metadata (no EXIF, no location). A plain JPEG that already fits (no metadata, no colour profile,
     at most 2 bits per pixel) is uploaded as it is, not decoded and re-encoded again. A baseline JPEG
     missing only its end-of-image marker (``FF D9``; its scan whole) is read as the whole file it is,
-    and uploaded with the marker.
+    and uploaded with the marker (a PIL image the caller opened is decoded as Pillow decodes it).
 
     Args:
         source: A path (``str`` or ``os.PathLike``), ``bytes``/``bytearray``/``memoryview``, a binary

@@ -779,6 +779,33 @@ def test_a_jpeg_missing_only_its_end_of_image_marker_is_searched_whole(samples: 
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
+def test_a_progressive_jpeg_missing_its_end_is_refused_without_decoding_it_again(
+    samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a baseline JPEG's scan can be told whole without its end marker; a progressive one missing it
+    is refused as truncated at the cost of one decode, not three."""
+    from anisearch import _image
+
+    with Image.open(samples / "tinted-good.jpg") as image:
+        progressive = encode(image, "JPEG", quality=85, progressive=True)
+    again: list[bytes] = []
+    ended_scan = _image._ended_scan
+
+    def counted(data: bytes, draft: tuple[int, int] | None) -> Image.Image | None:
+        again.append(data)
+        return ended_scan(data, draft)
+
+    monkeypatch.setattr(_image, "_ended_scan", counted)
+    first_scan = progressive[: progressive.index(b"\xff\xda", progressive.index(b"\xff\xda") + 2)]
+    for data in (progressive[:-2], first_scan):
+        with pytest.raises(InvalidImageError, match=r"^the JPEG image is truncated"):
+            prepare(data)
+    assert again == []
+    baseline = (samples / "tinted-good.jpg").read_bytes()[:-2]
+    prepare(baseline)
+    assert again == [baseline]
+
+
 def test_a_decompression_bomb_is_refused_from_its_header() -> None:
     with pytest.raises(InvalidImageError, match="decompression bomb"):
         prepare(png_header(100_000, 100_000))  # Pillow's own DecompressionBombError
