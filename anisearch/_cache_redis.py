@@ -356,13 +356,18 @@ class Flights:
         if waiting.cancelled_caught:  # the deadline came first: the search says so on its own
             await _let_go(redis, lease, channel, token)  # a lease taken as the deadline came
             return await search()
+        failure: Exception | None = None
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._renew, redis, lease, token)
                 try:
                     answer = await search()
+                except Exception as exc:  # noqa: BLE001 - raised as it is below, not in the group's ExceptionGroup
+                    failure = exc
                 finally:
                     tasks.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
             return answer
         finally:
             with anyio.CancelScope(shield=True):

@@ -13,7 +13,7 @@ import pytest
 from tests.cli_runner import run_in_process
 from tests.conftest import free_port
 
-from anisearch import AsyncClient, ConfigurationError, Settings
+from anisearch import AllProvidersFailedError, AsyncClient, ConfigurationError, QuotaExhaustedError, Settings
 from anisearch._cache_redis import CACHE_PREFIX, FLIGHT_PREFIX, Flights, RedisResultCache, cache_ready
 from anisearch._limits import search_deadline
 from anisearch._models import SearchResult
@@ -65,6 +65,36 @@ def test_two_clients_share_answers_through_redis(
     assert free.best.anilist_id == 11887
     assert trace.app.state.emulator.search_requests == 1
     assert anyio.run(cache_ready, settings_for(trace.url, redis_url)) is True
+
+
+def test_a_failed_search_raises_its_own_error_through_a_redis_cache(
+    live_server: Callable[[Any], Any], samples: Path, redis_url: str
+) -> None:
+    """A spent quota is an ``AllProvidersFailedError`` with a Redis cache as without one (it came wrapped in
+    an ``ExceptionGroup``: the bot's ``except`` missed it, the command printed a traceback and exit 1), and
+    the command says it in one line with its exit code."""
+    trace = live_server(tracemoe_app(quota=0))
+    image = samples / "tinted-good.jpg"
+
+    async def run() -> None:
+        async with AsyncClient(settings_for(trace.url, redis_url)) as client:
+            await client.search(image)
+
+    with pytest.raises(AllProvidersFailedError) as caught:
+        anyio.run(run)
+    assert isinstance(caught.value.exceptions[0], QuotaExhaustedError)
+    done = run_in_process(
+        "search",
+        str(image),
+        env={
+            "ANISEARCH_CACHE": redis_url,
+            "ANISEARCH_LEDGER": "memory://",
+            "ANISEARCH_TRACEMOE_URL": trace.url,
+        },
+    )
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("anisearch: error: every provider failed")
 
 
 def test_a_redis_outage_is_a_miss_never_an_error(
