@@ -171,15 +171,30 @@ class RedisResultCache:
             with anyio.move_on_after(WAIT_SECONDS) as waiting:  # the answer is in hand: never held up long
                 await self.redis.set(CACHE_PREFIX + key, result.model_dump_json(), px=expiry)
         except ResponseError as exc:
-            if not self._refused:
-                self._refused = True
-                logger.warning("the result cache %s refused to store an answer (%s)", self.url, exc)
+            self._refused_write(exc)
             return
         except (RedisError, OSError) as exc:
             self._warn(exc)
             return
         if waiting.cancelled_caught:
             self._warn(TimeoutError(f"no answer within {WAIT_SECONDS:g} s"))
+
+    def _refused_write(self, exc: BaseException) -> None:
+        """A write Redis refused while answering (full, or not allowed): logged once; reads go on."""
+        if not self._refused:
+            self._refused = True
+            logger.warning("the result cache %s refused to store an answer (%s)", self.url, exc)
+
+    def _lease_failed(self, exc: BaseException) -> None:
+        """A search's lease (:class:`Flights`) could not be taken: a lease Redis refused while answering
+        (``OOM``: full) leaves the cache read, as a refused answer does; Redis failing or too slow puts the
+        cache :attr:`down`."""
+        from redis.exceptions import ResponseError
+
+        if isinstance(exc, ResponseError):
+            self._refused_write(exc)
+        else:
+            self._warn(exc)
 
     async def ping(self) -> bool:
         """Whether Redis answers."""
@@ -351,7 +366,7 @@ class Flights:
                             _MERGED[0] += 1
                             return result
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
-            store._warn(exc)  # noqa: SLF001 - the cache and its flights are one Redis
+            store._lease_failed(exc)  # noqa: SLF001 - the cache and its flights are one Redis
             return await search()
         if waiting.cancelled_caught:  # the deadline came first: the search says so on its own
             await _let_go(redis, lease, channel, token)  # a lease taken as the deadline came

@@ -175,6 +175,33 @@ def test_a_write_a_full_redis_refuses_leaves_reading_on(
     assert any("refused to store" in r.getMessage() for r in caplog.records)
 
 
+def test_a_full_redis_goes_on_answering_from_the_cache_after_a_new_search(
+    live_server: Callable[[Any], Any], samples: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full Redis (``maxmemory``, no eviction) refuses the lease of a new search as it refuses its answer:
+    the search goes on alone and the answers stored are still found (the refused lease turned the cache
+    off for 30 s, and the next repeated search was bought again)."""
+    from redis.asyncio import Redis
+    from redis.exceptions import ResponseError
+
+    trace = live_server(tracemoe_app())
+    stored, new = samples / "tinted-good.jpg", samples / "border-bad.jpg"
+
+    async def full(*_: object, **__: object) -> None:
+        raise ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+
+    async def run() -> list[bool]:
+        async with AsyncClient(settings_for(trace.url, redis_url)) as client:
+            cached = [(await client.search(stored)).cached]
+            monkeypatch.setattr(Redis, "set", full)  # full from here on: every write refused
+            cached.append((await client.search(new)).cached)
+            cached.append((await client.search(stored)).cached)
+            return cached
+
+    assert anyio.run(run) == [False, False, True]
+    assert trace.app.state.emulator.search_requests == 2
+
+
 def test_a_search_waiting_for_another_process_stops_at_its_deadline(redis_url: str) -> None:
     """An identical search in flight in another process (its lease in Redis) is waited for only until this
     search's deadline; then this one runs on its own, and the other's lease stays as it was."""
