@@ -24,6 +24,7 @@ import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import (
@@ -182,19 +183,25 @@ def _check_redis_url(value: str, field: str) -> None:
         from redis.connection import parse_url
     except ImportError:
         return
+    # a URL redis-py cannot read may hold a password with a raw '/', which the generic masking takes for
+    # the path's start: here everything up to the last '@' is masked
+    scheme, sep, rest = value.strip().partition("://")
+    shown = redact(f"{scheme}{sep}{MASK}@{rest.rpartition('@')[2]}" if sep and "@" in rest else value)
     try:
         parse_url(value.strip())  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
     except ValueError as exc:
-        # a URL redis-py cannot read may hold a password with a raw '/', which the generic masking takes
-        # for the path's start: here everything up to the last '@' is masked
-        scheme, sep, rest = value.strip().partition("://")
-        shown = redact(f"{scheme}{sep}{MASK}@{rest.rpartition('@')[2]}" if sep and "@" in rest else value)
         # redis-py quotes the part it could not read: a password cut short by '#', '?' or '/' is read as the
         # port, and is masked as the URL masks it.
         problem = re.sub(r"'([^']*)'", lambda part: part[0] if part[1] in shown else f"'{MASK}'", str(exc))
         raise ConfigurationError(
             f"invalid Redis {field} URL {shown!r} ({setting_source(field)}): {problem}"
         ) from None
+    database = urlsplit(value.strip()).path.strip("/")
+    if database and not database.isdigit():  # redis-py reads '/l' (for '/1') as database 0, silently
+        raise ConfigurationError(
+            f"invalid Redis {field} URL {shown!r} ({setting_source(field)}): the database (the path after "
+            "the port) must be a number, as in redis://host:6379/1"
+        )
 
 
 def settings_error(

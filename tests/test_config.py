@@ -243,6 +243,24 @@ def test_a_redis_url_redis_cannot_read_is_refused_naming_its_setting(
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.parametrize("setting", ["cache", "ledger"])
+def test_a_redis_database_that_is_not_a_number_is_refused(
+    monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    """``/l`` typed for ``/1``: redis-py reads it as database 0, which something else may use, silently."""
+    monkeypatch.setenv(f"ANISEARCH_{setting.upper()}", "redis://:hunter2@127.0.0.1:6379/l")
+    with pytest.raises(
+        ConfigurationError, match=r"the database \(the path after the port\) must be a number"
+    ) as caught:
+        Settings.load()
+    assert f"invalid Redis {setting} URL 'redis://***@127.0.0.1:6379/l' (ANISEARCH_{setting.upper()})" in str(
+        caught.value
+    )
+    assert "hunter2" not in str(caught.value)
+    for fine in ("redis://127.0.0.1:6379/1", "redis://127.0.0.1:6379", "redis://127.0.0.1:6379/?db=2"):
+        Settings.load(**{setting: fine})
+
+
 def test_a_bad_value_given_in_code_is_named_as_given_in_code(monkeypatch: pytest.MonkeyPatch) -> None:
     """The variable is set and valid; the keyword given in code wins and is wrong: the message blames the
     keyword, where it named the variable."""
