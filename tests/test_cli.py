@@ -161,6 +161,34 @@ def test_a_bad_key_is_exit_5_in_search_as_in_quota(
         assert "anisearch login" not in done.stderr  # trace.moe has no sign-in
 
 
+def test_a_bad_key_stops_a_batch_at_its_first_refusal(
+    emulated: Callable[[Any], Any], samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong key is wrong for every input: a folder search stops at the first refusal (exit 5) instead of
+    sending one doomed request per file; a key refused where another provider answers stops nothing."""
+    frames(tmp_path / "shots", samples, 12)
+    trace, fallback = emulated(tracemoe_app()), emulated(whatanimeisthis_app())
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", trace.url)
+    monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", fallback.url)
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_KEY", "not-a-key")
+    shots = str(tmp_path / "shots")
+    refused = cli("search", shots, "-p", "tracemoe", "--jobs", "2", "--no-cache", "--json")
+    assert refused.returncode == 5, refused.stderr
+    assert trace.app.state.emulator.search_requests <= 2  # the searches in flight when the first was refused
+    assert refused.stdout == ""
+    assert refused.stderr.startswith(
+        "anisearch: error: every provider failed: tracemoe failed: Invalid API key"
+    )
+    assert "hint: check the credentials for tracemoe: its API key or token\n" in refused.stderr
+    few = str(tmp_path / "few")  # within whatanimeisthis's 5 guest searches a day
+    frames(tmp_path / "few", samples, 3)
+    answered = cli("search", few, "-p", "tracemoe", "-p", "whatanimeisthis", "--no-cache", "--json")
+    lines = [json.loads(line) for line in answered.stdout.splitlines()]
+    assert answered.returncode in {0, 1}, answered.stderr
+    assert [line.get("provider") for line in lines] == ["whatanimeisthis"] * 3
+    assert "3 input(s) in" in answered.stderr
+
+
 def test_retry_chatter_only_with_verbose(
     emulated: Callable[[Any], Any],
     samples: Path,

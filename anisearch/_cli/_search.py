@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 import typer
 
 from anisearch._cli._common import (
+    EXIT_AUTH,
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
     EXIT_NO_MATCH,
@@ -273,7 +274,9 @@ async def _search_all(
     on_done: Callable[[Outcome], None],
     on_wait: Callable[[str], None] | None = None,
 ) -> AnisearchError | None:
-    """Search every input through one ``AsyncClient``; return an error that stops the whole batch.
+    """Search every input through one ``AsyncClient``; return an error that stops the whole batch: a usage
+    error (exit 2), an unusable ledger (6) or, among many inputs, an input whose every provider refused the
+    credentials (5); the searches in flight are cancelled and no other input is sent.
 
     ``on_wait`` gets the engine's one-line notices ("waiting for a tracemoe slot ...").
     """
@@ -282,6 +285,9 @@ async def _search_all(
     from anisearch._client import AsyncClient
 
     fatal: list[AnisearchError] = []
+    # What is the same for every input stops the batch at once: a usage error, an unusable ledger, and
+    # credentials every provider asked refused (a wrong key would be sent, and refused, once per input).
+    stops = {EXIT_USAGE, EXIT_STATE} | ({EXIT_AUTH} if len(inputs) > 1 else set())
     async with AsyncClient(
         settings, _transport(), on_attempt=log_attempt if verbose else None, on_wait=on_wait
     ) as client:
@@ -303,8 +309,8 @@ async def _search_all(
                     result = await client.search(item.source, **options)
                 except AnisearchError as exc:
                     code = exit_code(exc)
-                    if code in (EXIT_USAGE, EXIT_STATE) and not isinstance(exc, InvalidImageError):
-                        fatal.append(exc)  # the same for every input: stop at once
+                    if code in stops and not isinstance(exc, InvalidImageError):
+                        fatal.append(exc)
                         group.cancel_scope.cancel()
                         return
                     await read_urls()
