@@ -6,6 +6,7 @@ In process (typer's CliRunner, see ``cli_runner``) against the emulators, reache
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
@@ -616,10 +617,8 @@ def test_ctrl_c_finishes_with_a_summary(
     frames(tmp_path / "shots", samples, 3)
     real = _search._search_all
 
-    async def interrupted(*args: Any, **kwargs: Any) -> Any:
-        tally: _search.Tally = kwargs["tally"]
-        await real(*args, **kwargs)
-        del tally.done[1:]  # as if Ctrl-C came after the first answer
+    async def interrupted(inputs: list[_search.Input], *args: Any, **kwargs: Any) -> Any:
+        await real(inputs[:1], *args, **kwargs)  # as if Ctrl-C came after the first answer
         raise KeyboardInterrupt
 
     monkeypatch.setattr(_search, "_search_all", interrupted)
@@ -627,6 +626,34 @@ def test_ctrl_c_finishes_with_a_summary(
     assert done.returncode == 130
     assert "interrupted after 1 of 3 in" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _results_alive() -> int:
+    gc.collect()
+    return sum(1 for thing in gc.get_objects() if isinstance(thing, anisearch.SearchResult))
+
+
+def test_a_batch_lets_each_result_go_once_its_line_is_printed(
+    tracemoe: Any, samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder search held every input's result (about 40 KB each) until its summary, only to count them:
+    10 000 files took half a gigabyte. By the summary no result of the batch is left, only its counts."""
+    frames(tmp_path / "shots", samples, 6)
+    before = _results_alive()
+    real = _search._summary
+    alive: list[int] = []
+
+    def summary(*args: Any, **kwargs: Any) -> None:
+        alive.append(_results_alive())
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(_search, "_summary", summary)
+    done = cli("search", str(tmp_path / "shots"), "--json", "--no-cache")
+    assert done.returncode in {0, 1}, done.stderr
+    assert len(done.stdout.splitlines()) == 6
+    assert "6 input(s) in" in done.stderr
+    assert len(alive) == 1
+    assert alive[0] <= before
 
 
 def test_twenty_images_in_one_process_and_one_client(tracemoe: Any, samples: Path, tmp_path: Path) -> None:

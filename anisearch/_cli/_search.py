@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,16 +138,41 @@ class Outcome:
 
 @dataclass
 class Tally:
-    """Outcomes as they arrive, so Ctrl-C can still summarise what was done."""
+    """What the summary counts, as outcomes arrive, so Ctrl-C can still summarise what was done.
+
+    Only the counts are kept: an outcome and its result are let go once its line is printed, so a batch
+    holds no more memory at its 100 000th input than at its first. One input (``keep``) keeps its outcome,
+    whose table is printed when the search is over.
+    """
 
     total: int
     threshold: float
-    done: list[Outcome] = field(default_factory=list)
+    keep: bool = False
+    """Whether to keep the last outcome in ``kept`` (one input: its table is printed at the end)."""
+    codes: Counter[int] = field(default_factory=Counter)
+    """How many inputs ended with each exit code."""
+    cached: int = 0
+    """How many inputs were answered from the cache."""
+    kept: Outcome | None = None
     urls: dict[str, str] = field(default_factory=dict)
     """Each provider's base URL, read when something failed (messages name host:port)."""
 
+    def add(self, outcome: Outcome) -> None:
+        """Count ``outcome`` (and keep it when ``keep``)."""
+        self.codes[outcome.code] += 1
+        if outcome.result is not None and outcome.result.cached:
+            self.cached += 1
+        if self.keep:
+            self.kept = outcome
+
+    @property
+    def finished(self) -> int:
+        """How many inputs have an outcome."""
+        return sum(self.codes.values())
+
     def count(self, code: int) -> int:
-        return sum(1 for o in self.done if o.code == code)
+        """How many inputs ended with exit code ``code``."""
+        return self.codes[code]
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -318,8 +344,8 @@ async def _search_all(
                 else:
                     matched = result.match_at(tally.threshold) is not None
                     outcome = Outcome(item, result=result, code=EXIT_OK if matched else EXIT_NO_MATCH)
-                tally.done.append(outcome)
-                on_done(outcome)
+                tally.add(outcome)
+                on_done(outcome)  # then let go: only its counts stay
 
         async with anyio.create_task_group() as group:
             for item in inputs:
@@ -391,7 +417,7 @@ def _from_cache(
         return None
     matched = result.match_at(tally.threshold) is not None
     outcome = Outcome(item, result=result, code=EXIT_OK if matched else EXIT_NO_MATCH)
-    tally.done.append(outcome)
+    tally.add(outcome)
     return outcome
 
 
@@ -498,10 +524,10 @@ def _provider_errors(error: AnisearchError | None, urls: dict[str, str]) -> dict
 def _summary(tally: Tally, seconds: float, *, interrupted: bool) -> None:
     matched = tally.count(EXIT_OK)
     weak = tally.count(EXIT_NO_MATCH)
-    failed = len(tally.done) - matched - weak
-    cached = sum(1 for o in tally.done if o.result is not None and o.result.cached)
+    failed = tally.finished - matched - weak
+    cached = tally.cached
     head = (
-        f"interrupted after {len(tally.done)} of {tally.total}" if interrupted else f"{tally.total} input(s)"
+        f"interrupted after {tally.finished} of {tally.total}" if interrupted else f"{tally.total} input(s)"
     )
     err().print(
         f"{head} in {seconds:.1f} s: {matched} matched, {weak} no confident match, {failed} failed"
@@ -713,9 +739,9 @@ def search(
         "cache": not no_cache,
         "deadline": deadline,
     }
-    tally = Tally(total=len(items) + len(missing), threshold=threshold)
+    tally = Tally(total=len(items) + len(missing), threshold=threshold, keep=not batch)
     for name in missing:
-        tally.done.append(Outcome(Input(name, name), code=EXIT_BAD_INPUT))
+        tally.add(Outcome(Input(name, name), code=EXIT_BAD_INPUT))
     if not batch and (cached := _from_cache(items[0], settings, options, tally, verbose=verbose)):
         _report_single(cached, tally, as_json=as_json, raw=raw, limit=limit, show_all=show_all)
         return
@@ -742,14 +768,13 @@ def search(
         fatal = exc
     if fatal is not None:
         fail(describe(fatal), exit_code(fatal), hint_for(fatal))
-    if not batch and not interrupted:
-        _report_single(tally.done[0], tally, as_json=as_json, raw=raw, limit=limit, show_all=show_all)
+    if not batch and not interrupted and tally.kept is not None:
+        _report_single(tally.kept, tally, as_json=as_json, raw=raw, limit=limit, show_all=show_all)
         return
     _summary(tally, time.monotonic() - started, interrupted=interrupted)
     if interrupted:
         raise typer.Exit(EXIT_TERMINATED if signal.SIGTERM in terminated else EXIT_INTERRUPTED)
-    codes = {o.code for o in tally.done} - {EXIT_OK}
-    raise typer.Exit(max(codes, default=EXIT_OK))
+    raise typer.Exit(max(tally.codes, default=EXIT_OK))
 
 
 def _same_terminal() -> bool:
