@@ -521,6 +521,31 @@ def test_one_input_that_failed_gives_its_error_as_json_on_stdout(
     }
 
 
+def test_glob_takes_the_files_at_the_top_too_and_ignores_case(
+    tracemoe: Any, samples: Path, tmp_path: Path
+) -> None:
+    """``--glob '**/*.jpg'`` skipped the files at the folder's top (a flat folder was "no file matches"),
+    and ``--glob '*.jpg'`` left out ``EP1.JPG``, which a folder search without ``--glob`` takes."""
+    lib = tmp_path / "lib"
+    (lib / "season1").mkdir(parents=True)
+    shutil.copy(samples / "tinted-good.jpg", lib / "top.jpg")
+    shutil.copy(samples / "tinted-good.jpg", lib / "season1" / "EP1.JPG")
+    (lib / "season1" / "notes.txt").write_text("not a picture")
+
+    def searched(folder: Path, pattern: str) -> list[str]:
+        done = cli("search", str(folder), "--glob", pattern, "--json")
+        assert done.returncode == 0, done.stderr
+        found = (Path(json.loads(line)["input"]) for line in done.stdout.splitlines())
+        return sorted(path.relative_to(lib).as_posix() for path in found)
+
+    both = ["season1/EP1.JPG", "top.jpg"]
+    assert searched(lib, "**/*.jpg") == both
+    assert searched(lib, "*.jpg") == both
+    assert searched(lib / "season1", "**/*.jpg") == ["season1/EP1.JPG"]
+    assert searched(lib, "season1/**/*.jpg") == ["season1/EP1.JPG"]
+    assert searched(lib, "**/season1/**/*.jpg") == ["season1/EP1.JPG"]
+
+
 def test_a_folder_with_nothing_to_search_names_the_folder_and_the_pattern(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

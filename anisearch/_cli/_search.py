@@ -6,6 +6,7 @@
 import contextlib
 import fnmatch
 import os
+import re
 import signal
 import sys
 import time
@@ -180,21 +181,39 @@ class Tally:
 
 def _walk(folder: Path, pattern: str | None) -> list[Path]:
     """The media files under ``folder`` (hidden ones left out; ``pattern`` filters by name or relative
-    path). A folder that cannot be read and a link that leads nowhere are skipped with a warning line
-    each, so a tagger learns which files it did not see."""
+    path, see :func:`glob_matcher`). A folder that cannot be read and a link that leads nowhere are skipped
+    with a warning line each, so a tagger learns which files it did not see."""
     found = []
+    matches = glob_matcher(pattern) if pattern is not None else None
     for path in sorted(folder.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
             continue
         if not _is(path, Path.is_file):
             _warn_unreadable(path)
             continue
-        if pattern is not None:
-            if fnmatch.fnmatch(path.name, pattern) or fnmatch.fnmatch(str(path.relative_to(folder)), pattern):
+        if matches is not None:
+            if matches(path.name) or matches(relative.as_posix()):
                 found.append(path)
         elif _media(path):
             found.append(path)
     return found
+
+
+_ANY_FOLDERS = "\ue000"
+"""What a ``**/`` of a ``--glob`` pattern stands for while :mod:`fnmatch` translates the rest (a character
+of Unicode's private use area, which no pattern has and ``fnmatch`` leaves as it is)."""
+
+
+def glob_matcher(pattern: str) -> Callable[[str], bool]:
+    """Whether a file's name, or its path inside the folder searched (``/`` between folders), matches the
+    ``--glob`` ``pattern``: :mod:`fnmatch`'s ``*``, ``?`` and ``[...]`` (a ``*`` also spans folders), with
+    upper and lower case alike (as the suffixes of a folder search are), and a ``**/`` at the start or
+    after a ``/`` matching any number of folders, none included (``**/*.jpg`` takes ``top.jpg`` too)."""
+    marked = re.sub(r"(?:^|(?<=/))\*\*/", _ANY_FOLDERS, pattern)
+    regex = fnmatch.translate(marked).replace(_ANY_FOLDERS, "(?:.*/)?")
+    compiled = re.compile(regex, re.IGNORECASE)
+    return lambda name: compiled.match(name) is not None
 
 
 def _media(path: Path) -> bool:
@@ -683,7 +702,10 @@ def search(
     glob: Annotated[
         str | None,
         typer.Option(
-            metavar="PATTERN", help="In folders, only files matching this (e.g. '*.png').", show_default=False
+            metavar="PATTERN",
+            help="In folders, only files whose name or path in the folder matches this, in either case "
+            "('*.png', 'season1/*'); **/ matches any folders, none included.",
+            show_default=False,
         ),
     ] = None,
     jobs: Annotated[
