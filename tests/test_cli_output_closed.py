@@ -243,3 +243,65 @@ def test_sigterm_to_a_batch_with_sigint_ignored_ends_it_like_ctrl_c(
         assert code == 143, errors
         assert "Traceback" not in errors
         assert "interrupted after" in errors
+
+
+MISSING = (  # the command with some standard streams closed (a shell's `<&-`, `2>&-`), or open on a file
+    # it cannot write (what a wrapper script, such as a pyenv shim, leaves on a descriptor it found free)
+    "import os, sys\n"
+    "for fd in map(int, sys.argv[2].split(',')):\n"
+    "    if sys.argv[1] == 'closed':\n"
+    "        os.close(fd)\n"
+    "    else:\n"
+    "        os.dup2(os.open(os.devnull, os.O_RDONLY), fd)\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'anisearch', *sys.argv[3:]])\n"
+)
+
+
+def run_without(
+    how: str, streams: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``anisearch ARGS`` started with the standard streams ``streams`` (``"0"``, ``"2"``, ``"0,2"``)
+    ``closed`` or ``read-only``; what it writes to the others is captured."""
+    return subprocess.run(
+        [sys.executable, "-c", MISSING, how, streams, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_search_of_stdin_when_there_is_none_is_a_usage_error() -> None:
+    """``anisearch search - <&-`` was a Python traceback ('NoneType' object has no attribute 'isatty')."""
+    done = run_without("closed", "0", "search", "-")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(
+        "anisearch: error: - reads the image from standard input, and there is no standard input (it is "
+        "closed)\nhint: pipe an image in: anisearch search - < shot.jpg\n"
+    )
+
+
+@pytest.mark.parametrize("how", ["closed", "read-only"])
+def test_without_stderr_the_results_and_exit_codes_stay_true(
+    tmp_path: Path, live_server: Callable[[Any], Any], how: str
+) -> None:
+    """With stderr closed (``2>&-``) a batch printed no result and exited 1 ("no confident match"), and a
+    matched search printed its table and exited 1: every note to stderr failed. What goes to stderr is now
+    lost, and nothing else."""
+    server = live_server(create_app(quota=10**6, rate_limit=10**6))
+    env = searching_at(server.url)
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(DEMO, shots / name)
+    batch = run_without(how, "0,2", "search", str(shots), "--no-cache", env=env)
+    assert batch.returncode == 0
+    assert sorted(line.split(": ", 1)[0] for line in batch.stdout.splitlines()) == [
+        str(shots / "a.jpg"),
+        str(shots / "b.jpg"),
+    ]
+    assert all("Kokoro Connect" in line for line in batch.stdout.splitlines())
+    one = run_without(how, "2", "search", str(DEMO), "--no-cache", env=env)
+    assert one.returncode == 0
+    assert one.stdout.startswith("Kokoro Connect")

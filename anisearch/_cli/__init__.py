@@ -34,6 +34,7 @@ from anisearch._cli._common import (
     writes_utf8,
 )
 from anisearch._cli._startup import hide_unused_imports
+from anisearch._cli._streams import open_std_streams
 from anisearch._exceptions import AnisearchError
 
 __all__ = ["COMMANDS", "app", "build_app", "command_named", "main"]
@@ -237,6 +238,7 @@ def __getattr__(name: str) -> Any:
 
 def main() -> None:
     """Entry point of the ``anisearch`` console script."""
+    open_std_streams()
     hide_unused_imports()
     _never_unencodable()
     build_app(command_named(sys.argv[1:]))(prog_name="anisearch")

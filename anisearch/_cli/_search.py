@@ -52,6 +52,7 @@ from anisearch._cli._common import (
     with_host_port,
 )
 from anisearch._cli._render import dump, headline, hit_rows, hits_table, no_match_text
+from anisearch._cli._streams import stdin_closed
 from anisearch._exceptions import AnisearchError, InvalidImageError
 from anisearch._redact import printable
 
@@ -556,7 +557,8 @@ def _summary(tally: Tally, seconds: float, *, interrupted: bool) -> None:
 
 
 def _check_arguments(inputs: Sequence[str], *, raw: bool, as_json: bool) -> None:
-    """Refuse what cannot work, before anything is read: --raw alone, stdin twice or from a terminal."""
+    """Refuse what cannot work, before anything is read: --raw alone, stdin twice, closed or from a
+    terminal."""
     if raw and not as_json:
         fail("--raw adds the upstream items to --json output", EXIT_USAGE, "add --json, or drop --raw")
     if inputs.count("-") > 1:
@@ -564,6 +566,12 @@ def _check_arguments(inputs: Sequence[str], *, raw: bool, as_json: bool) -> None
             "- (standard input) can be searched once",
             EXIT_USAGE,
             "save the input to a file to search it again",
+        )
+    if "-" in inputs and stdin_closed():
+        fail(
+            "- reads the image from standard input, and there is no standard input (it is closed)",
+            EXIT_USAGE,
+            "pipe an image in: anisearch search - < shot.jpg",
         )
     if "-" in inputs and sys.stdin.isatty():
         fail(
