@@ -11,6 +11,7 @@ import contextlib
 import io
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,20 +68,34 @@ def run_python(block: Block) -> str:
     return printed.getvalue()
 
 
-def run_console(block: Block) -> list[int]:
-    """Run each ``$ anisearch ...`` of a ``console`` block in process; check the output under it."""
-    codes = []
-    commands: list[tuple[str, list[str]]] = []
+def commands(block: Block) -> list[tuple[str, list[str]]]:
+    """Each ``$ ...`` line of a ``console`` block (without the ``$ ``), and the output lines under it."""
+    found: list[tuple[str, list[str]]] = []
     for line in block.code.splitlines():
         if line.startswith("$ "):
-            commands.append((line[2:], []))
-        elif commands:
-            commands[-1][1].append(line)
-    for command, expected in commands:
+            found.append((line[2:], []))
+        elif found:
+            found[-1][1].append(line)
+    return found
+
+
+def shown(output: str, shown_as: Mapping[str, str] | None) -> str:
+    """``output`` with each key of ``shown_as`` (an emulator's URL on a free port) written as the page
+    writes it (the emulator's documented port); the longest first, so no URL is half replaced."""
+    for actual in sorted(shown_as or {}, key=len, reverse=True):
+        output = output.replace(actual, (shown_as or {})[actual])
+    return output
+
+
+def run_console(block: Block, shown_as: Mapping[str, str] | None = None) -> list[int]:
+    """Run each ``$ anisearch ...`` of a ``console`` block in process; check the output under it (with
+    ``shown_as`` applied to the output, see :func:`shown`)."""
+    codes = []
+    for command, expected in commands(block):
         argv = shlex.split(command)
         assert argv[0] == "anisearch", f"{block.where}: only anisearch commands run here: {command}"
         done = run_in_process(*argv[1:])
         assert done.returncode in {0, 1}, f"{block.where}: {command} exited {done.returncode}: {done.stderr}"
-        assert_lines("\n".join(expected), done.stdout, f"{block.where} ({command})")
+        assert_lines("\n".join(expected), shown(done.stdout, shown_as), f"{block.where} ({command})")
         codes.append(done.returncode)
     return codes

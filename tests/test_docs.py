@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -17,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.cli_runner import run_in_process
 from tests.conftest import REPO
-from tests.snippets import Block, blocks, run_console, run_python
+from tests.snippets import Block, blocks, commands, run_console, run_python, shown
 
 import anisearch
+from anisearch._limits import MAX_DOWNLOAD_BYTES, MAX_SOURCE_BYTES
+from anisearch._source import too_large
 from anisearch_emulators.anilist import create_app as anilist_app
 from anisearch_emulators.tracemoe import create_app as tracemoe_app
 from anisearch_emulators.whatanimeisthis import create_app as whatanimeisthis_app
@@ -34,10 +38,23 @@ RUNNABLE = {"python", "console", "bash", "toml", "mermaid", "text"}
 CONFIG_FILE = re.compile(r"ANISEARCH_[A-Z_]+")
 
 
+EMULATOR_PORTS = {
+    "ANISEARCH_TRACEMOE_URL": 8000,
+    "ANISEARCH_WHATANIMEISTHIS_URL": 8002,
+    "ANISEARCH_ANILIST_URL": 8003,
+}
+"""The port ``anisearch emulate all`` serves each emulator of the docs' world on, by its variable."""
+
+
+def as_documented() -> dict[str, str]:
+    """Each emulator's URL in the docs' world (a free port), and the URL an example shows for it."""
+    return {os.environ[name]: f"http://127.0.0.1:{port}" for name, port in EMULATOR_PORTS.items()}
+
+
 @pytest.fixture
 def emulated(live_server: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The docs' world: the repository as working directory, the upstreams on loopback; port 8000 in an
-    example means the local trace.moe."""
+    """The docs' world: the repository as working directory, the upstreams on loopback; an emulator's
+    default port in an example (8000 trace.moe, 8002 whatanimeisthis, 8003 AniList) means the local one."""
     tracemoe = live_server(tracemoe_app())
     monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", tracemoe.url)
     monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", live_server(whatanimeisthis_app()).url)
@@ -95,7 +112,36 @@ CONSOLE = [b for b in ALL if b.lang == "console"]
 
 @pytest.mark.parametrize("block", CONSOLE, ids=[b.where for b in CONSOLE])
 def test_console_example(block: Block, emulated: Any) -> None:
-    run_console(block)
+    run_console(block, shown_as=as_documented())
+
+
+WHOLE = ("anisearch quota tracemoe", "anisearch providers --json")
+"""The examples of ``docs/cli.md`` that show a command's whole output."""
+
+
+def test_the_quota_and_providers_examples_show_the_whole_output(emulated: Any) -> None:
+    """An example's lines need only start lines of the output, in order: ``docs/cli.md`` passed while it
+    showed ``anisearch quota tracemoe`` as its title alone and ``anisearch providers --json`` as ``[``."""
+    shown_on_the_page = {
+        command: expected
+        for block in CONSOLE
+        if block.where.startswith("cli.md:")
+        for command, expected in commands(block)
+    }
+    for command in WHOLE:
+        done = run_in_process(*shlex.split(command)[1:])
+        assert done.returncode == 0, done.stderr
+        printed = shown(done.stdout, as_documented()).splitlines()
+        assert [line.rstrip() for line in shown_on_the_page[command]] == [line.rstrip() for line in printed]
+
+
+def test_the_cli_page_gives_the_input_size_limits_in_the_words_of_the_error() -> None:
+    """``docs/cli.md`` listed every video suffix a folder search takes without saying that an input over
+    100 MiB (most episode files) is refused."""
+    page = " ".join((DOCS / "cli.md").read_text(encoding="utf-8").split())
+    assert f"An input is read up to {MAX_SOURCE_BYTES // 2**20} MiB" in page
+    assert str(too_large("ep05.mkv: ", 150 * 2**20, MAX_SOURCE_BYTES)) in page
+    assert f"A URL is downloaded up to {MAX_DOWNLOAD_BYTES // 2**20} MiB" in page
 
 
 TOML = [b for b in ALL if b.lang == "toml"]
