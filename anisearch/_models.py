@@ -291,7 +291,9 @@ class SearchResult(_Model):
     frames_searched: int | None = None
     """Frames the upstream compared (trace.moe ``frameCount``; legacy ``RawDocsCount``)."""
     cached: bool = False
-    """True when the answer came from the local cache and cost no quota."""
+    """True when no provider was sent a request for this search: its answer came from the local result
+    cache (or an identical search in flight) and cost no quota. False once any provider was asked, even
+    when the answer kept is one from the cache (a weak cached answer asks the next provider)."""
     attempts: list[Attempt] = Field(default_factory=list)
     """Every provider considered, in order, with what happened."""
     quota: Quota | None = None

@@ -376,7 +376,7 @@ class Router:
                 break
         attempts = [o.attempt for o in outcomes]
         if best is not None:
-            return best.model_copy(update={"attempts": attempts})
+            return best.model_copy(update={"attempts": attempts, "cached": _asked_nobody(attempts)})
         raise self._all_failed(outcomes)
 
     async def _next(self, route: Route, answered: Answered | None, *, first: bool) -> _Outcome:
@@ -418,7 +418,8 @@ class Router:
         answered = [o.result for o in outcomes if o.result is not None]
         if not answered:
             raise self._all_failed(outcomes)
-        return merge_answers(answered, [o.attempt for o in outcomes])
+        attempts = [o.attempt for o in outcomes]
+        return merge_answers(answered, attempts).model_copy(update={"cached": _asked_nobody(attempts)})
 
     def _all_failed(self, outcomes: list[_Outcome]) -> AllProvidersFailedError:
         return all_failed([o.attempt for o in outcomes], [o.error for o in outcomes if o.error is not None])
@@ -1197,6 +1198,13 @@ class _Sending:
             self.headers_in = True  # the upstream is done with it
             if self.early:
                 await self.answered()
+
+
+def _asked_nobody(attempts: Sequence[Attempt]) -> bool:
+    """Whether a search with these ``attempts`` sent no provider a request: every answer it kept came
+    from the result cache (or an identical search in flight), and the others were skipped unasked. One
+    provider asked, even one that failed, may have spent quota: the answer is then not ``cached``."""
+    return all(attempt.outcome in {"cached", "skipped"} for attempt in attempts)
 
 
 def _first_typed(group: BaseExceptionGroup[BaseException]) -> AnisearchError | None:

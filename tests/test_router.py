@@ -42,6 +42,7 @@ from anisearch import (
     RateLimitedError,
     SearchOptions,
     SearchQuery,
+    SearchResult,
     UploadLimits,
     _router,
 )
@@ -260,6 +261,48 @@ async def test_weak_answer_asks_for_a_second_opinion_and_keeps_the_strongest(led
     assert [a.provider for a in result.attempts] == ["one", "two"]
     assert result.attempts[0].reason is not None
     assert "0.700 < 0.9" in result.attempts[0].reason
+
+
+def cached_weak(name: str, similarity: float) -> Callable[[Route], Awaitable[Any]]:
+    """An ``answered`` callback: provider ``name``'s answer is in the result cache, with one weak hit."""
+
+    async def answered(route: Route) -> Any:
+        if route.provider.name != name:
+            return None
+        hit = Hit(provider=name, anilist_id=1, episode=1, similarity=similarity)
+        return SearchResult(hits=[hit], provider=name, cached=True)
+
+    return answered
+
+
+async def test_a_weak_cached_answer_that_asks_the_next_provider_is_not_cached(ledger: Ledger) -> None:
+    first = Scripted("one")
+    second = Scripted("two", answer("two", 0.20))
+    for strategy in ("fallback", "fanout"):
+        result = await router(ledger).search(
+            routes(first, second), strategy=strategy, min_similarity=0.9, answered=cached_weak("one", 0.5)
+        )
+        assert result.best is not None
+        assert (result.best.provider, result.best.similarity) == ("one", 0.5)  # the strongest is cached
+        assert [a.outcome for a in result.attempts] == ["cached", "ok"]
+        assert result.cached is False  # yet "two" was sent a request: quota was spent
+        second.steps.append(answer("two", 0.20))
+    assert (first.requests, second.requests) == (0, 2)
+
+
+async def test_a_weak_cached_answer_whose_next_provider_is_skipped_is_cached(ledger: Ledger) -> None:
+    ticket = await ledger.reserve("two", "guest", WINDOWS)
+    assert isinstance(ticket, Ticket)
+    await ledger.settle(
+        ticket, "uncharged", cooldown=(datetime.now(UTC) + timedelta(hours=5), "spent", "quota")
+    )
+    first, second = Scripted("one"), Scripted("two")
+    result = await router(ledger).search(
+        routes(first, second), min_similarity=0.9, answered=cached_weak("one", 0.5)
+    )
+    assert [a.outcome for a in result.attempts] == ["cached", "skipped"]
+    assert result.cached is True  # nobody was sent a request
+    assert (first.requests, second.requests) == (0, 0)
 
 
 async def test_body_quota_is_the_truth_and_local_successes_are_counted(ledger: Ledger) -> None:
