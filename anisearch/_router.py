@@ -355,7 +355,7 @@ class Router:
             return self._merge_fanout(outcomes)
         outcomes = []
         best: SearchResult | None = None
-        for route in routes:
+        for index, route in enumerate(routes):
             outcome = await self._next(route, answered, first=not outcomes)
             weak = False
             if outcome.result is not None:
@@ -366,7 +366,8 @@ class Router:
                     best = outcome.result
                 if weak:
                     top = outcome.result.best.similarity if outcome.result.best else 0.0
-                    said = f"best similarity {top:.3f} < {min_similarity:g}: asked the next"
+                    then = "asked the next" if index < len(routes) - 1 else "no other provider to ask"
+                    said = f"best similarity {top:.3f} < {min_similarity:g}: {then}"
                     if outcome.attempt.outcome == "cached":
                         said = f"{outcome.attempt.reason}; {said}"
                     outcome.attempt = outcome.attempt.model_copy(update={"reason": said})

@@ -305,6 +305,23 @@ async def test_a_weak_cached_answer_whose_next_provider_is_skipped_is_cached(led
     assert (first.requests, second.requests) == (0, 0)
 
 
+async def test_a_weak_answer_says_it_asked_the_next_only_when_there_is_a_next(ledger: Ledger) -> None:
+    first, second = Scripted("one", answer("one", 0.70)), Scripted("two", answer("two", 0.60))
+    result = await router(ledger).search(routes(first, second), min_similarity=0.9)
+    assert [a.reason for a in result.attempts] == [
+        "best similarity 0.700 < 0.9: asked the next",
+        "best similarity 0.600 < 0.9: no other provider to ask",
+    ]
+    alone = await router(ledger).search(routes(Scripted("one", answer("one", 0.0))), min_similarity=0.9)
+    assert [a.reason for a in alone.attempts] == ["best similarity 0.000 < 0.9: no other provider to ask"]
+    cached = await router(ledger).search(
+        routes(Scripted("one")), min_similarity=0.9, answered=cached_weak("one", 0.5)
+    )
+    assert [a.reason for a in cached.attempts] == [
+        "answered from the cache; best similarity 0.500 < 0.9: no other provider to ask"
+    ]
+
+
 async def test_body_quota_is_the_truth_and_local_successes_are_counted(ledger: Ledger) -> None:
     told = Quota(provider="one", limit=3, used=2, remaining=1, window="rolling-24h")
     first = Scripted("one", answer("one", 0.95, quota=told), answer("one", 0.95))
