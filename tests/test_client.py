@@ -1980,3 +1980,46 @@ def test_the_searches_waiting_while_a_keys_concurrency_is_asked_take_the_slots_i
     took = anyio.run(main)
     assert len(asked) == 1
     assert took < 1.8, took  # 1 s, then the other three at once after the half-second /me; not 2 s
+
+
+@pytest.mark.parametrize("deadline", [None, 0.3])
+async def test_a_search_refused_by_the_minute_window_waits_for_it_within_its_deadline(
+    mock: respx.MockRouter,
+    body: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    deadline: float | None,
+) -> None:
+    """trace.moe's minute window, spent by a search made 59.4 s ago (one request a minute here): the next
+    search waits the 0.6 s left and is answered, or, with a shorter deadline, fails at once as before."""
+    from datetime import UTC, datetime, timedelta
+
+    from anisearch_providers import tracemoe
+
+    monkeypatch.setattr(tracemoe, "RATE_PER_MINUTE", 1)
+    route = mock.post(f"{BASE}/search").respond(200, json=body)
+    chosen = settings(ledger=f"sqlite:///{tmp_path / 'ledger.sqlite3'}", cache="off")
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 36), (200, 120, 40)).save(picture, "JPEG")
+    data = picture.getvalue()
+    earlier = AsyncClient(chosen, transport(mock), clock=lambda: datetime.now(UTC) - timedelta(seconds=59.4))
+    async with earlier:
+        await earlier.search(data, anilist_info=False)
+    waits: list[str] = []
+    async with AsyncClient(chosen, transport(mock), on_wait=waits.append) as client:
+        started = time.monotonic()
+        if deadline is None:
+            result = await client.search(data, anilist_info=False)
+            assert result.provider == "tracemoe"
+            assert [a.outcome for a in result.attempts] == ["ok"]
+            assert 0.4 < time.monotonic() - started < 5
+            assert len(waits) == 1
+            assert waits[0].startswith("waiting 0.")
+            assert " s for tracemoe: rate limited until " in waits[0]
+            assert route.call_count == 2
+        else:
+            with pytest.raises(AllProvidersFailedError) as caught:
+                await client.search(data, anilist_info=False, deadline=deadline)
+            assert time.monotonic() - started < 0.25
+            assert [type(e).__name__ for e in caught.value.exceptions] == ["RateLimitedError"]
+            assert (route.call_count, waits) == (1, [])

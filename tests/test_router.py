@@ -10,7 +10,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import anyio
 import anyio.lowlevel
@@ -439,6 +439,195 @@ async def test_every_window_counts_a_search_whatever_window_the_answer_reported(
     assert first.requests == 100  # the 101st was not sent
     assert isinstance(caught.value.exceptions[0], RateLimitedError)
     assert caught.value.attempts[0].outcome == "skipped"
+
+
+PER_SECOND = (
+    WindowSpec("day", calendar="day", limit=10),
+    WindowSpec("second", span_seconds=1, counts="requests", kind="rate", limit=1),
+)
+"""A daily quota and a rate window that reopens a second after each request."""
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def any_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
+    if request.param == "memory":
+        return open_ledger("memory://", clock=lambda: datetime.now(UTC))
+    return open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+
+
+def timed(sent: list[float]) -> Callable[[Any, httpx.Request], Awaitable[httpx.Response]]:
+    async def send_timed(provider: Any, request: httpx.Request) -> httpx.Response:
+        sent.append(anyio.current_time())
+        return httpx.Response(200, request=request)
+
+    return send_timed
+
+
+@pytest.mark.parametrize("deadline", [None, 5.0])
+async def test_a_rate_window_that_reopens_in_time_is_waited_for_when_no_provider_can_be_asked(
+    any_ledger: Ledger, deadline: float | None
+) -> None:
+    sent: list[float] = []
+    waits: list[str] = []
+    seen: list[Attempt] = []
+    # the per-provider slot wait (1 s) does not bound it: without a deadline, a rate window a minute long
+    the_router = Router(
+        any_ledger,
+        timed(sent),
+        wait_seconds=0.2,
+        lease_seconds=5,
+        on_attempt=seen.append,
+        on_wait=waits.append,
+    )
+    first = Scripted("one", answer("one", 0.9), answer("one", 0.9))
+    assert (await the_router.search(windowed(first, windows=PER_SECOND))).provider == "one"
+    token = search_deadline.set(anyio.current_time() + deadline) if deadline is not None else None
+    try:
+        result = await the_router.search(windowed(first, windows=PER_SECOND))
+    finally:
+        if token is not None:
+            search_deadline.reset(token)
+    assert result.provider == "one"
+    assert [(a.provider, a.outcome) for a in result.attempts] == [("one", "ok")]
+    assert [a.outcome for a in seen] == ["ok", "ok"]  # the refusal waited out is not reported
+    assert first.requests == 2
+    assert sent[1] - sent[0] >= 0.95  # sent once the window reopened, not into it
+    assert len(waits) == 1
+    assert waits[0].startswith("waiting ")
+    assert " s for one: rate limited until " in waits[0]
+
+
+async def test_the_short_wait_a_429_asked_for_is_waited_out_when_no_provider_can_be_asked(
+    ledger: Ledger,
+) -> None:
+    ticket = await ledger.reserve("one", "guest", WINDOWS)
+    assert isinstance(ticket, Ticket)
+    await ledger.settle(
+        ticket, "uncharged", cooldown=(datetime.now(UTC) + timedelta(seconds=0.5), "HTTP 429", "rate")
+    )
+    waits: list[str] = []
+    first = Scripted("one", answer("one", 0.9))
+    the_router = Router(ledger, send, wait_seconds=5, lease_seconds=5, on_wait=waits.append)
+    result = await the_router.search(routes(first))
+    assert [(a.provider, a.outcome) for a in result.attempts] == [("one", "ok")]
+    assert first.requests == 1
+    assert len(waits) == 1
+
+
+@pytest.mark.parametrize("bound", [60.0, 1.5])
+async def test_a_rate_window_another_process_fills_again_meanwhile_is_waited_for_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: float
+) -> None:
+    """While a search waits for the window, another process (its clock a second ahead) takes the unit that
+    frees: the search, refused again when its wait is over, waits for the next one and sends only then;
+    unless that ends past the bound on its waits (60 s in all without a deadline): it fails then."""
+    monkeypatch.setattr(_router, "_RATE_WAIT_SECONDS", bound)
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ledger = open_ledger(url)
+    ahead = open_ledger(url, clock=lambda: datetime.now(UTC) + timedelta(seconds=1))
+    sent: list[float] = []
+    waits: list[str] = []
+    seen: list[Attempt] = []
+    the_router = Router(
+        ledger, timed(sent), wait_seconds=5, lease_seconds=5, on_attempt=seen.append, on_wait=waits.append
+    )
+    first = Scripted("one", answer("one", 0.9), answer("one", 0.9))
+    await the_router.search(windowed(first, windows=PER_SECOND))
+
+    async def take_the_next_unit() -> None:
+        while not waits:
+            await anyio.sleep(0.01)
+        taken = await ahead.reserve("one", "guest", PER_SECOND)
+        assert isinstance(taken, Ticket)
+        await ahead.settle(taken, "charged")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(take_the_next_unit)
+        if bound > 2:
+            result = await the_router.search(windowed(first, windows=PER_SECOND))
+            assert [(a.provider, a.outcome) for a in result.attempts] == [("one", "ok")]
+            assert len(waits) == 2
+            assert sent[1] - sent[0] >= 1.95  # not sent into the window the other process filled
+        else:
+            with pytest.raises(AllProvidersFailedError) as caught:
+                await the_router.search(windowed(first, windows=PER_SECOND))
+            assert [type(e) for e in caught.value.exceptions] == [RateLimitedError]
+            assert (len(waits), len(sent)) == (1, 1)
+            assert [a.outcome for a in seen] == ["ok", "skipped"]  # the last refusal, reported once
+
+
+async def test_a_rate_window_that_reopens_after_the_deadline_fails_at_once(any_ledger: Ledger) -> None:
+    waits: list[str] = []
+    the_router = Router(any_ledger, send, wait_seconds=5, lease_seconds=5, on_wait=waits.append)
+    first = Scripted("one", answer("one", 0.9))
+    await the_router.search(windowed(first, windows=PER_SECOND))
+    started = anyio.current_time()
+    token = search_deadline.set(started + 0.5)
+    try:
+        with pytest.raises(AllProvidersFailedError) as caught:
+            await the_router.search(windowed(first, windows=PER_SECOND))
+    finally:
+        search_deadline.reset(token)
+    assert anyio.current_time() - started < 0.3  # not after a useless wait
+    assert [type(e) for e in caught.value.exceptions] == [RateLimitedError]
+    assert [(a.outcome, a.error) for a in caught.value.attempts] == [("skipped", "RateLimitedError")]
+    assert (caught.value.attempts[0].reason or "").startswith("rate limited until ")
+    assert (first.requests, waits) == (1, [])
+
+
+@pytest.mark.parametrize("rate_spent", [False, True])
+async def test_a_spent_daily_quota_fails_at_once_even_beside_a_rate_window(
+    any_ledger: Ledger, rate_spent: bool
+) -> None:
+    windows = (
+        WindowSpec("day", calendar="day", limit=1),
+        WindowSpec("second", span_seconds=1, counts="requests", kind="rate", limit=1 if rate_spent else 10),
+    )
+    waits: list[str] = []
+    the_router = Router(any_ledger, send, wait_seconds=5, lease_seconds=5, on_wait=waits.append)
+    first = Scripted("one", answer("one", 0.9))
+    await the_router.search(windowed(first, windows=windows))
+    started = anyio.current_time()
+    with pytest.raises(AllProvidersFailedError) as caught:
+        await the_router.search(windowed(first, windows=windows))
+    assert anyio.current_time() - started < 0.3
+    assert [type(e) for e in caught.value.exceptions] == [QuotaExhaustedError]
+    assert (first.requests, waits) == (1, [])
+
+
+async def test_a_rate_limited_provider_is_not_waited_for_while_the_next_can_answer(ledger: Ledger) -> None:
+    waits: list[str] = []
+    seen: list[Attempt] = []
+    the_router = Router(
+        ledger, send, wait_seconds=5, lease_seconds=5, on_attempt=seen.append, on_wait=waits.append
+    )
+    first = Scripted("one", answer("one", 0.9))
+    second = Scripted("two", answer("two", 0.9))
+    await the_router.search(windowed(first, windows=PER_SECOND))
+    started = anyio.current_time()
+    result = await the_router.search(windowed(first, second, windows=PER_SECOND))
+    assert anyio.current_time() - started < 0.3
+    assert [(a.provider, a.outcome) for a in result.attempts] == [("one", "skipped"), ("two", "ok")]
+    assert [(a.provider, a.outcome) for a in seen[1:]] == [("two", "ok"), ("one", "skipped")]
+    assert (first.requests, second.requests, waits) == (1, 1, [])
+
+
+@pytest.mark.parametrize("strategy", ["fallback", "fanout"])
+async def test_when_the_others_fail_a_rate_limited_provider_is_waited_for(
+    ledger: Ledger, strategy: Literal["fallback", "fanout"]
+) -> None:
+    sent: list[float] = []
+    waits: list[str] = []
+    the_router = Router(ledger, timed(sent), wait_seconds=5, lease_seconds=5, on_wait=waits.append)
+    first = Scripted("one", answer("one", 0.9), answer("one", 0.8))
+    second = Scripted("two", ProviderServerError("down", provider="two", status_code=503))
+    await the_router.search(windowed(first, windows=PER_SECOND))
+    result = await the_router.search(windowed(first, second, windows=PER_SECOND), strategy=strategy)
+    assert result.best is not None
+    assert result.best.similarity == 0.8
+    assert [(a.provider, a.outcome) for a in result.attempts] == [("one", "ok"), ("two", "failed")]
+    assert (first.requests, second.requests, len(waits)) == (2, 1, 1)
+    assert sent[-1] - sent[0] >= 0.95
 
 
 async def test_retry_after_sets_the_cooldown_exactly(ledger: Ledger) -> None:
