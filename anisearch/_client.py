@@ -119,11 +119,10 @@ class AsyncClient(AccountFeatures):
         transport: An httpx async transport to send every request through (``respx``, a proxy, an ASGI
             app), instead of the network.
         on_attempt: Called with each :class:`Attempt` as it completes (metrics, logging).
-        on_wait: Called with one line whenever a search starts waiting (for a slot, out a provider's
-            short backoff, or for a rate limit to end when no provider could answer), e.g. ``"waiting
-            for a tracemoe slot (held by pid 1234)"``. An exception either callback raises is logged
-            (logger ``anisearch``, with its traceback) and the search goes on: an answer already paid
-            for is never lost to it.
+        on_wait: Called with one line whenever a search starts waiting (for a slot, or out a provider's
+            short backoff), e.g. ``"waiting for a tracemoe slot (held by pid 1234)"``. An exception
+            either callback raises is logged (logger ``anisearch``, with its traceback) and the search
+            goes on: an answer already paid for is never lost to it.
         clock: The current instant for the ledger (an aware datetime); tests and simulations move it.
 
     Raises:
@@ -442,14 +441,11 @@ class AsyncClient(AccountFeatures):
             deadline: Seconds for the whole search (reading the input, downloading a URL, every attempt
                 and every wait), or None. Without it a search is bounded by its attempts: each takes at
                 most ``ANISEARCH_TIMEOUT`` seconds as a whole (connect, send, read the entire answer), up to
-                four per provider, plus the waits between them, and up to 60 s for a rate limit to end when
-                no provider could answer (one that ends later fails the search at once; with a deadline,
-                a rate limit is waited for only when it ends a second before it). An attempt that would
-                outlive the deadline is cut short as a :class:`ProviderTimeoutError`, and with
-                ``strategy="fanout"`` the providers that answered in time are returned. A file object
-                that has not been read by then (or within ``ANISEARCH_TIMEOUT``: a socket's, an HTTP
-                response's) is an :class:`InvalidImageError`; the thread reading it is left to finish
-                alone.
+                four per provider, plus the waits between them. An attempt that would outlive the deadline
+                is cut short as a :class:`ProviderTimeoutError`, and with ``strategy="fanout"`` the
+                providers that answered in time are returned. A file object that has not been read by
+                then (or within ``ANISEARCH_TIMEOUT``: a socket's, an HTTP response's) is an
+                :class:`InvalidImageError`; the thread reading it is left to finish alone.
             mode: ``"image"`` uploads the image (fitted to each provider's limits); ``"vector"`` sends the
                 providers that can search by a descriptor computed here (trace.moe: its colour layout
                 vector, a 57-byte request) that descriptor instead, and uploads to the others. Borders are

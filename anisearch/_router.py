@@ -8,9 +8,7 @@ Per search, for each provider in order (``fallback``) or all at once (``fanout``
    (:class:`QuotaExhaustedError` with ``resets_at``, :class:`RateLimitedError` with ``retry_after``,
    :class:`ProviderBusyError`); a taken slot is waited for (woken when one frees; a holder known dead
    frees at once). When the ledger's estimate that a unit freed was never confirmed upstream, the
-   provider's free quota endpoint (trace.moe ``/me``) is asked first. When no provider of the search
-   answered and a rate limit refused one (a rate window, or the wait a 429 asked for), the search waits
-   for it to end, within its deadline (at most a minute without one), and asks that provider then.
+   provider's free quota endpoint (trace.moe ``/me``) is asked first.
 2. **Send**, retrying on the same provider only when the request never left (a refused connection).
    A long search renews its slot's lease. When other searches wait for the slot, it is handed to the
    next one as soon as the answer has arrived, before the answer is parsed and settled. (trace.moe counts
@@ -56,7 +54,6 @@ from anisearch._exceptions import (
     ProviderError,
     ProviderTimeoutError,
     QuotaExhaustedError,
-    RateLimitedError,
     UpstreamResponseError,
 )
 from anisearch._ledger import Refusal, Stale, Ticket, holder_is_dead
@@ -160,15 +157,6 @@ _QUOTA_CHECK_SECONDS = 10.0
 gateway's checks at start-up: it answers a small GET at once when it is up, even slowly under load, and a
 hanging one would hold every search of a spent window for the whole timeout (30 s) in each new process,
 as the pause after a failure is kept in memory."""
-_RATE_WAIT_SECONDS = 60.0
-"""The longest a search without a deadline waits for a rate limit to end when no provider can be asked now,
-seconds: a minute window's span, so a per-minute limit is always waited out, an hourly one only when it
-is about to end."""
-_RATE_SEND_SECONDS = 1.0
-"""A search with a deadline waits for a rate limit only when it ends this long before the deadline,
-seconds: a request sent later would rarely be answered in time, and would be spent all the same."""
-_RATE_RECHECK_SECONDS = 0.01
-"""The least a search waits before asking the ledger again after a rate limit, seconds."""
 _HOLD_MARGIN_SECONDS = 0.2
 """Beyond that, before a slot left by a search given up in flight goes to the next search."""
 _DEAD_SINCE: dict[str, float] = {}
@@ -362,91 +350,35 @@ class Router:
             LedgerError: The ledger cannot be used.
             AllProvidersFailedError: No provider answered; holds each provider's error in order.
         """
-        deferred: dict[int, float] = {}  # refused by a rate limit: when it ends (see _rate_limit_ends)
         if strategy == "fanout":
-            outcomes = await self._fanout(routes, answered, deferred)
-            if not any(o.result is not None for o in outcomes):
-                await self._after_rate_limits(routes, outcomes, deferred, answered, fanout=True)
-            self._report_left(outcomes, deferred)
+            outcomes = await self._fanout(routes, answered)
             return self._merge_fanout(outcomes)
         outcomes = []
         best: SearchResult | None = None
         for index, route in enumerate(routes):
             outcome = await self._next(route, answered, first=not outcomes)
-            then = "asked the next" if index < len(routes) - 1 else "no other provider to ask"
-            weak = _judged(outcome, min_similarity, then)
-            if outcome.result is not None and (best is None or _strength(outcome.result) > _strength(best)):
-                best = outcome.result
+            weak = False
+            if outcome.result is not None:
+                weak = min_similarity is not None and (
+                    outcome.result.best is None or outcome.result.best.similarity < min_similarity
+                )
+                if best is None or _strength(outcome.result) > _strength(best):
+                    best = outcome.result
+                if weak:
+                    top = outcome.result.best.similarity if outcome.result.best else 0.0
+                    then = "asked the next" if index < len(routes) - 1 else "no other provider to ask"
+                    said = f"best similarity {top:.3f} < {min_similarity:g}: {then}"
+                    if outcome.attempt.outcome == "cached":
+                        said = f"{outcome.attempt.reason}; {said}"
+                    outcome.attempt = outcome.attempt.model_copy(update={"reason": said})
             outcomes.append(outcome)
-            self._report_or_defer(index, outcome, deferred)
+            self._report(outcome.attempt)
             if outcome.result is not None and not weak:
                 break
-        if best is None:
-            best = await self._after_rate_limits(
-                routes, outcomes, deferred, answered, min_similarity=min_similarity
-            )
-        self._report_left(outcomes, deferred)
         attempts = [o.attempt for o in outcomes]
         if best is not None:
             return best.model_copy(update={"attempts": attempts, "cached": _asked_nobody(attempts)})
         raise self._all_failed(outcomes)
-
-    def _report_or_defer(self, index: int, outcome: _Outcome, deferred: dict[int, float]) -> None:
-        """Report ``outcome``; or, when a rate limit that ends soon enough refused it, keep it in
-        ``deferred`` until the search knows whether it waits for that limit."""
-        ends = _rate_limit_ends(outcome)
-        if ends is None:
-            self._report(outcome.attempt)
-        else:
-            deferred[index] = ends
-
-    def _report_left(self, outcomes: list[_Outcome], deferred: dict[int, float]) -> None:
-        """Report the refusals the search did not wait out."""
-        for index in sorted(deferred):
-            self._report(outcomes[index].attempt)
-
-    async def _after_rate_limits(
-        self,
-        routes: Sequence[Route],
-        outcomes: list[_Outcome],
-        deferred: dict[int, float],
-        answered: Answered | None,
-        *,
-        min_similarity: float | None = None,
-        fanout: bool = False,
-    ) -> SearchResult | None:
-        """A search no provider answered, some only because a rate limit refused them (``deferred``: their
-        index in ``outcomes``, and when the limit ends): wait for the soonest to end, when it ends within
-        what the search may still wait (:func:`_rate_wait_seconds`), and ask that provider then; and so on
-        while none answers. Its new outcome replaces the refusal in ``outcomes``; ``deferred`` keeps the
-        refusals not waited out. The answer, or None.
-
-        The ledger decides again when the wait is over: a unit another search took meanwhile is a new
-        refusal (waited for in turn within the same bound), never a request sent into a closed window.
-        """
-        give_up_at = anyio.current_time() + _rate_wait_seconds()
-        while deferred:
-            index = min(deferred, key=deferred.__getitem__)
-            if deferred[index] > give_up_at:
-                return None
-            route = routes[index]
-            wait = deferred.pop(index) - anyio.current_time()
-            self._waiting(
-                f"waiting {max(wait, 0.0):.1f} s for {route.provider.name}: {outcomes[index].attempt.reason}"
-            )
-            await anyio.sleep(max(wait, _RATE_RECHECK_SECONDS))
-            outcome = outcomes[index] = await self._next(route, answered, first=fanout)
-            if outcome.result is None:
-                self._report_or_defer(index, outcome, deferred)
-                continue
-            _judged(
-                outcome,
-                min_similarity,
-                "no other provider to ask now" if deferred else "no other provider to ask",
-            )
-            self._report(outcome.attempt)
-            return outcome.result
-        return None
 
     async def _next(self, route: Route, answered: Answered | None, *, first: bool) -> _Outcome:
         """The outcome of the next route of a fallback search. Its upload is made when it is asked: when
@@ -464,15 +396,13 @@ class Router:
             failure.__cause__ = exc
             return self._failed(route.provider.name, failure, None, time.monotonic())
 
-    async def _fanout(
-        self, routes: Sequence[Route], answered: Answered | None, deferred: dict[int, float]
-    ) -> list[_Outcome]:
+    async def _fanout(self, routes: Sequence[Route], answered: Answered | None) -> list[_Outcome]:
         outcomes: list[_Outcome | None] = [None] * len(routes)
 
         async def run(index: int, route: Route) -> None:
             outcome = await _from_cache(route, answered) or await self._attempt(route)
             outcomes[index] = outcome
-            self._report_or_defer(index, outcome, deferred)
+            self._report(outcome.attempt)
 
         try:
             async with anyio.create_task_group() as group:
@@ -1269,41 +1199,6 @@ class _Sending:
             self.headers_in = True  # the upstream is done with it
             if self.early:
                 await self.answered()
-
-
-def _judged(outcome: _Outcome, min_similarity: float | None, then: str) -> bool:
-    """Whether ``outcome`` is an answer below ``min_similarity``; its attempt then says so, and ``then``
-    (what the search does about it)."""
-    result = outcome.result
-    if result is None or min_similarity is None:
-        return False
-    top = result.best.similarity if result.best is not None else None
-    if top is not None and top >= min_similarity:
-        return False
-    said = f"best similarity {top or 0.0:.3f} < {min_similarity:g}: {then}"
-    if outcome.attempt.outcome == "cached":
-        said = f"{outcome.attempt.reason}; {said}"
-    outcome.attempt = outcome.attempt.model_copy(update={"reason": said})
-    return True
-
-
-def _rate_wait_seconds() -> float:
-    """How long a search may still wait for a rate limit to end, seconds: until :data:`_RATE_SEND_SECONDS`
-    before its deadline, or :data:`_RATE_WAIT_SECONDS` without one."""
-    if search_deadline.get() is None:
-        return _RATE_WAIT_SECONDS
-    return remaining_seconds() - _RATE_SEND_SECONDS
-
-
-def _rate_limit_ends(outcome: _Outcome) -> float | None:
-    """When (``anyio.current_time()``) the rate limit that refused ``outcome`` ends, when the ledger refused
-    it for that alone and the search may wait that long (:func:`_rate_wait_seconds`); else None. A spent
-    quota (:class:`QuotaExhaustedError`), a busy upstream or anything that was sent is never waited out."""
-    error = outcome.error
-    if outcome.attempt.outcome != "skipped" or not isinstance(error, RateLimitedError):
-        return None
-    wait = error.retry_after
-    return None if wait is None or wait > _rate_wait_seconds() else anyio.current_time() + wait
 
 
 def _asked_nobody(attempts: Sequence[Attempt]) -> bool:
