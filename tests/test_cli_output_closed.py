@@ -277,8 +277,8 @@ def test_search_of_stdin_when_there_is_none_is_a_usage_error() -> None:
     done = run_without("closed", "0", "search", "-")
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(
-        "anisearch: error: - reads the image from standard input, and there is no standard input (it is "
-        "closed)\nhint: pipe an image in: anisearch search - < shot.jpg\n"
+        "anisearch: error: - reads the image from standard input, and there is none to read (closed, or not "
+        "open for reading)\nhint: pipe an image in: anisearch search - < shot.jpg\n"
     )
 
 

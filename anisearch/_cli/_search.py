@@ -569,7 +569,8 @@ def _check_arguments(inputs: Sequence[str], *, raw: bool, as_json: bool) -> None
         )
     if "-" in inputs and stdin_closed():
         fail(
-            "- reads the image from standard input, and there is no standard input (it is closed)",
+            "- reads the image from standard input, and there is none to read (closed, or not open for "
+            "reading)",
             EXIT_USAGE,
             "pipe an image in: anisearch search - < shot.jpg",
         )
