@@ -132,7 +132,10 @@ class AsyncClient(AccountFeatures):
             ``provider_options``) name a provider that is not installed; the ledger URL has an unknown
             scheme or names Redis without the ``redis`` extra; or the time zone is unknown. Nothing is
             connected yet: an unreachable ledger is a :class:`LedgerError` at first use, and a result
-            cache that cannot be used is warned about (logger ``anisearch``), never raised.
+            cache that cannot be used is warned about (logger ``anisearch``), never raised. Also when
+            ``settings`` is not an :class:`anisearch.Settings` (a URL or a dict: use ``Settings.load(...)``),
+            ``transport`` is not an ``httpx.AsyncBaseTransport``, or ``on_attempt``, ``on_wait`` or
+            ``clock`` is neither callable nor None.
     """
 
     def __init__(

@@ -236,7 +236,10 @@ class Client:
         clock: The current instant for the ledger (an aware datetime); tests and simulations move it.
 
     Raises:
-        ConfigurationError: The settings name an unknown provider or an unusable ledger/cache.
+        ConfigurationError: The settings name an unknown provider or an unusable ledger/cache; or
+            ``settings`` is not an :class:`anisearch.Settings` (a URL or a dict: use ``Settings.load(...)``),
+            ``transport`` is not an ``httpx.AsyncBaseTransport``, or ``on_attempt``, ``on_wait`` or
+            ``clock`` is neither callable nor None.
     """
 
     def __init__(

@@ -1496,8 +1496,8 @@ class _Pieces(httpx.AsyncBaseTransport):
 
 async def test_an_upload_is_written_in_one_piece() -> None:
     """An upload reaches the connection as one body, whole, where httpx renders a multipart form in four
-    pieces (each a write to the socket, and a wake-up of the server reading it: 0.4 ms of a 3 ms search on
-    loopback); a body over 1 MiB is sent as httpx renders it, not copied."""
+    pieces (each a write to the socket, and a wake-up of the server reading it); a body over 1 MiB is sent
+    as httpx renders it, not copied."""
     from anisearch._transport import ProviderTransport
 
     pieces = _Pieces()

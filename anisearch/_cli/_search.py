@@ -203,7 +203,8 @@ def _walk(folder: Path, pattern: str | None) -> list[Path]:
 
 _ANY_FOLDERS = "\ue000"
 """What a ``**/`` of a ``--glob`` pattern stands for while :mod:`fnmatch` translates the rest (a character
-of Unicode's private use area, which no pattern has and ``fnmatch`` leaves as it is)."""
+of Unicode's private use area, which a file-name pattern does not normally hold and ``fnmatch`` leaves as
+it is)."""
 
 
 def glob_matcher(pattern: str) -> Callable[[str], bool]:

@@ -190,8 +190,7 @@ def clamp_similarity(value: Any) -> float | None:
     """A similarity clamped to 0..1 (upstream scores can stray outside), or None if it is not a number.
 
     A score on another scale is clamped too (a percentage such as ``96.9`` becomes 1.0): a provider whose
-    server may answer in percent divides by 100 first, as the ``tracemoe`` provider does for an answer
-    with a similarity above 1, and says so once in a warning.
+    server may answer in percent divides by 100 first (and says so once in a warning).
     """
     number = as_float(value)
     if number is None:

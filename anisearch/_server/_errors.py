@@ -72,7 +72,8 @@ def _fetch_failed(exc: ImageFetchError, url: str) -> Response:
     status when it answered 400 or more (a 404 there is a 404 here), else 400 (refused, unreachable, too
     many redirects), with ``Failed to fetch image <url>``; a host's success with an empty body is what an
     empty upload is, ``Failed to process file``."""
-    status = exc.status_code if exc.provider is None else None  # None: anisearch's own download
+    # the image host's status only when anisearch downloaded it (provider None), not a provider's
+    status = exc.status_code if exc.provider is None else None
     if status is not None and 200 <= status < 300:  # noqa: PLR2004 - HTTP's successes
         return _tracemoe.error(400, "Failed to process file")
     if status is None or not 400 <= status < 600:  # noqa: PLR2004 - HTTP's error statuses
