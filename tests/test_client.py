@@ -801,6 +801,13 @@ inside, an AttributeError, or ``"false"`` read as true, before)."""
 _SITE = {"tracemoe": {"url": BASE}, "whatanimeisthis": {"url": "https://site.test"}}
 
 
+def _site_client(mock: respx.MockRouter, **site: str) -> Client:
+    """A client asking whatanimeisthis alone, at ``https://site.test`` (with ``site``'s settings: an email,
+    a password)."""
+    options = {"whatanimeisthis": {"url": "https://site.test", **site}}
+    return Client(Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock))
+
+
 def _call(client: Client, method: str, arguments: dict[str, Any]) -> object:
     answer = operator.attrgetter(method)(client)(**arguments)
     return list(answer) if method.startswith("iter_") else answer  # a generator checks when iterated
@@ -1041,10 +1048,7 @@ def test_recent_searches_paginate_until_the_end(
         return httpx.Response(200, json={**body, "items": items})
 
     route = mock.get("https://site.test/api/anime/recent-searches").mock(side_effect=page)
-    options = {"whatanimeisthis": {"url": "https://site.test"}}
-    with Client(
-        Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)
-    ) as client:
+    with _site_client(mock) as client:
         seen = [item.anilist_id for item in client.iter_recent_searches(page_size=2)]
         capped = [item.anilist_id for item in client.iter_recent_searches(page_size=2, max_items=1)]
     expected = [100 + n for body in pages for n in body["items"]]
@@ -1063,10 +1067,7 @@ def test_recent_searches_stop_where_a_site_that_ignores_the_offset_repeats_a_pag
     route = mock.get("https://site.test/api/anime/recent-searches").mock(
         return_value=httpx.Response(200, json={"items": items})
     )
-    options = {"whatanimeisthis": {"url": "https://site.test"}}
-    with Client(
-        Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)
-    ) as client:
+    with _site_client(mock) as client:
         seen = [item.anilist_id for item in client.iter_recent_searches(page_size=2, max_items=10)]
     assert seen == [101, 102]  # not the same two again and again (up to the 10 this test allows)
     assert route.call_count == 3  # one repeated page is a live feed's; two in a row, a site ignoring it
@@ -1088,10 +1089,7 @@ def test_recent_searches_skip_one_repeated_page_of_a_live_feed_and_go_on(
     """A repeated page is what a live feed gives when a page's worth of searches arrives between two
     requests: it is skipped, and the older searches after it are still listed."""
     route = mock.get("https://site.test/api/anime/recent-searches").mock(side_effect=_live_feed)
-    options = {"whatanimeisthis": {"url": "https://site.test"}}
-    with Client(
-        Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)
-    ) as client:
+    with _site_client(mock) as client:
         seen = [item.anilist_id for item in client.iter_recent_searches(page_size=2)]
         capped = [item.anilist_id for item in client.iter_recent_searches(page_size=2, max_items=3)]
     assert seen == [101, 102, 103, 104, 105]
@@ -1140,8 +1138,7 @@ def test_a_sign_in_refused_for_now_holds_back_no_search(mock: respx.MockRouter, 
         429, json=limited, headers={"X-Retry-After": "8"}
     )
     search = mock.post("https://site.test/api/anime/search").respond(200, json={"results": []})
-    options = {"whatanimeisthis": {"url": "https://site.test", "email": "a@b.example", "password": "pw"}}
-    with Client(Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)) as c:
+    with _site_client(mock, email="a@b.example", password="pw") as c:
         waits = []
         for _ in range(2):
             with pytest.raises(AllProvidersFailedError) as caught:
@@ -1209,8 +1206,7 @@ def test_sign_ins_wait_out_the_wait_a_refused_one_was_given(mock: respx.MockRout
         429, json=limited, headers={"X-Retry-After": "1"}
     )
     mock.post("https://site.test/api/anime/search").respond(200, json={"results": []})
-    options = {"whatanimeisthis": {"url": "https://site.test", "email": "a@b.example", "password": "pw"}}
-    with Client(Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)) as c:
+    with _site_client(mock, email="a@b.example", password="pw") as c:
         for _ in range(3):
             with pytest.raises(AllProvidersFailedError):
                 c.search(samples / "tinted-good.jpg", cache=False)
@@ -1228,8 +1224,7 @@ def test_an_explicit_sign_in_waits_out_a_refused_ones_wait_and_starts_one(mock: 
     sign_in = mock.post("https://site.test/api/auth/sign-in/email").respond(
         429, json=limited, headers={"X-Retry-After": "30"}
     )
-    options = {"whatanimeisthis": {"url": "https://site.test", "email": "a@b.example", "password": "pw"}}
-    with Client(Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)) as c:
+    with _site_client(mock, email="a@b.example", password="pw") as c:
         for _ in range(3):
             with pytest.raises(anisearch.SignInRateLimitedError) as caught:
                 c.sign_in("a@b.example", "pw")
@@ -1262,8 +1257,7 @@ def test_api_keys_list_is_a_list_that_knows_the_total(
     keys = [{"id": "k3", "title": "three", "key": "sk-…cccc"}, {"id": "k4", "title": "four"}]
     payload = keys if body == "KEYS" else {**body, next(k for k, v in body.items() if v == "KEYS"): keys}
     route = mock.get("https://site.test/api/apikeys").respond(200, json=payload)
-    options = {"whatanimeisthis": {"url": "https://site.test"}}
-    with Client(Settings.load(providers=["whatanimeisthis"], provider_options=options), transport(mock)) as c:
+    with _site_client(mock) as c:
         listed = c.api_keys.list(page=2, page_size=2)
     assert dict(route.calls.last.request.url.params) == {"page": "2", "pageSize": "2"}
     assert isinstance(listed, list)  # callers of list[ApiKey] keep working
