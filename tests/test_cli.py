@@ -222,6 +222,37 @@ def test_retry_chatter_only_with_verbose(
     logging.getLogger("stamina").handlers.clear()
 
 
+def test_a_batch_names_its_input_on_every_verbose_line(
+    emulated: Callable[[Any], Any], samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With -j 2 the searches' -v lines interleave: each line of a batch names the input it is about, so a
+    retry or a weak answer can be told apart; a single input's lines stay as they were."""
+    from anisearch_emulators.tracemoe import InjectedFailure
+
+    server = emulated(tracemoe_app(failures=[InjectedFailure(503, {"error": "Error: Search queue is full"})]))
+    monkeypatch.setenv("ANISEARCH_TRACEMOE_URL", server.url)
+    frames(tmp_path / "shots", samples, 3)
+    names = sorted(str(path) for path in (tmp_path / "shots").iterdir())
+    done = cli("search", str(tmp_path / "shots"), "-p", "tracemoe", "--no-cache", "-v", "-j", "2")
+    assert done.returncode in {0, 1}, done.stderr
+    lines = done.stderr.splitlines()
+    attempts = [line for line in lines if re.search(r"tracemoe \w+ in \d+\.\d\d s", line)]
+    requests = [line for line in lines if "HTTP Request: POST" in line]
+    assert len(attempts) >= 3
+    assert len(requests) >= 3
+    assert sorted({line.split(": tracemoe ")[0] for line in attempts}) == names  # every one, by name
+    for line in requests:  # the log record's input after its time and level
+        assert re.match(r"^[\d:.]+ INFO +(.+?): HTTP Request: POST ", line), line
+        assert re.match(r"^[\d:.]+ INFO +(.+?): HTTP Request", line)[1] in names  # type: ignore[index]
+    waited = [line for line in lines if "waiting" in line and "Search queue is full" in line]
+    assert waited, done.stderr
+    assert all(any(f" {name}: waiting" in line for name in names) for line in waited)
+
+    alone = cli("search", names[0], "-p", "tracemoe", "--no-cache", "-v")
+    assert re.search(r"^tracemoe ok in \d+\.\d\d s", alone.stderr, re.MULTILINE), alone.stderr
+    assert names[0] + ":" not in alone.stderr
+
+
 # ---------------------------------------------------------------------------------------------- answers
 
 

@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -702,6 +703,27 @@ def _utf8(text: str) -> bool:
 _LOGGERS = ("anisearch", "anisearch_providers", "stamina", "httpx", "py.warnings")
 """Library warnings (Pillow's, among others) are logged through ``py.warnings``: shown with ``-v`` only."""
 
+searching: ContextVar[str | None] = ContextVar("anisearch_cli_searching", default=None)
+"""The input a batch's search is for, as the batch's result line shows it: its ``-v`` lines (attempts,
+requests, retries) start with it, since searches in flight at once (``-j``) interleave. Warnings without
+``-v`` do not: they are about what every search shares (the cache, the ledger)."""
+
+
+def for_input(line: str) -> str:
+    """``line``, named after the input being searched when a batch searches several (:data:`searching`)."""
+    label = searching.get()
+    return line if label is None else f"{label}: {line}"
+
+
+class _NamesInput(logging.Filter):
+    """Gives each record the input it came from (``anisearch_input``: ``"shot.jpg: "``, or nothing), which
+    the ``-v`` formats put before the message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        label = searching.get()
+        record.anisearch_input = "" if label is None else f"{label}: "
+        return True
+
 
 class _AttemptsApart(logging.Filter):
     """An attempt's record is left out: :func:`log_attempt` prints each attempt once, with its time."""
@@ -755,9 +777,17 @@ def _verbose_handler() -> logging.Handler:
     if console.is_terminal:
         from rich.logging import RichHandler
 
-        return RichHandler(console=console, show_path=False, log_time_format="%H:%M:%S.%f")
+        rich = RichHandler(console=console, show_path=False, log_time_format="%H:%M:%S.%f")
+        rich.addFilter(_NamesInput())
+        rich.setFormatter(logging.Formatter("%(anisearch_input)s%(message)s"))
+        return rich
     handler = logging.StreamHandler(console.file)
-    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s", "%H:%M:%S"))
+    handler.addFilter(_NamesInput())
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s.%(msecs)03d %(levelname)-7s %(anisearch_input)s%(message)s", "%H:%M:%S"
+        )
+    )
     return handler
 
 
@@ -791,10 +821,11 @@ def configure_logging(verbose: bool) -> bool:
 
 
 def log_attempt(attempt: Any) -> None:
-    """``-v``: one stderr line per provider attempt with its outcome and time."""
+    """``-v``: one stderr line per provider attempt with its outcome and time (in a batch, after its
+    input's name)."""
     reason = f": {attempt.reason}" if attempt.reason else ""
     err().print(
-        f"{attempt.provider} {attempt.outcome} in {attempt.elapsed_seconds:.2f} s{reason}",
+        for_input(f"{attempt.provider} {attempt.outcome} in {attempt.elapsed_seconds:.2f} s{reason}"),
         markup=False,
         highlight=False,
         style="dim",

@@ -45,6 +45,7 @@ from anisearch._cli._common import (
     print_line,
     records,
     say_error,
+    searching,
     shown,
     terminate_as_interrupt,
     whole_lines,
@@ -351,6 +352,8 @@ async def _search_all(
                     tally.urls = {info.name: info.base_url for info in await client.providers()}
 
         async def one(item: Input, group: anyio.abc.TaskGroup) -> None:
+            if len(inputs) > 1:  # this task's own context: its search's lines name its input
+                searching.set(shown(item.label))
             async with limiter:
                 try:
                     result = await client.search(item.source, **options)
