@@ -273,6 +273,32 @@ def test_a_title_holding_brackets_is_shown_as_it_is_not_read_as_markup() -> None
         assert console.export_text().startswith(f"{title}, - (97.0 %, tracemoe)")
 
 
+def test_a_title_holding_an_escape_sequence_is_shown_escaped_in_every_line_of_a_search() -> None:
+    """An upstream's title (or release file name) reached the terminal as sent: ESC sequences could clear
+    the screen or retitle the window, a line break forge a line. The table, the headline and the no-match
+    line show it escaped."""
+    from rich.console import Console
+
+    from anisearch._cli._render import headline, hits_table, no_match_text
+    from anisearch._models import Hit, SearchResult, Title
+
+    sent = "Evil\x1b[2J\x1b]0;pwned\x07\r\nforged"
+    for hit in (
+        Hit(provider="tracemoe", anilist_id=11887, similarity=0.97, title=Title(romaji=sent)),
+        Hit(provider="tracemoe", similarity=0.97, filename=sent + ".mp4"),
+    ):
+        result = SearchResult(hits=[hit], provider="tracemoe")
+        table, _ = hits_table(result, threshold=0.9, limit=5, show_all=False)
+        console = Console(width=200, record=True, file=io.StringIO())
+        console.print(table)
+        lines = [headline(hit), no_match_text(result, threshold=0.99), *console.export_text().splitlines()]
+        assert not [line for line in lines if {"\x1b", "\x07", "\r", "\n"} & set(line)]
+        assert lines[0].startswith("Evil\\x1b")
+        assert not [line for line in lines if line.lstrip().startswith("forged")]
+    titled = Hit(provider="tracemoe", anilist_id=1, similarity=0.97, title=Title(romaji=sent))
+    assert headline(titled).startswith("Evil\\x1b[2J\\x1b]0;pwned\\x07\\r\\nforged, ")
+
+
 def test_typographic_punctuation_is_written_in_ascii_and_what_the_encoding_has_is_kept() -> None:
     from anisearch._cli._common import unencodable
 

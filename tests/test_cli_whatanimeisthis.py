@@ -242,3 +242,23 @@ def test_a_session_revoked_on_the_site_is_signed_in_again_after_one_guest_search
     assert scope_of_a_search() == "guest"  # sent with the dead session: the site served a guest
     assert scope_of_a_search() == "session"  # checked, found gone, signed in again
     assert scope_of_a_search() == "session"
+
+
+def test_a_title_the_site_lists_cannot_drive_the_terminal(cli: Cli, emulated: Callable[[Any], Any]) -> None:
+    """Rankings and recent searches are public lists the site fills: a title holding an escape sequence
+    (clear the screen, retitle the window) or a line break (forge a line of output) is printed escaped."""
+    title = "Evil\x1b[2J\x1b]0;pwned\x07Title\r\nanisearch: signed in as admin@example.com\u202e"
+    seen = [{"anilist_id": 5, "seconds_ago": 10, "title": {"romaji": title}, "episode": 1, "at": 5.0}]
+    server = emulated(create_app(history=seen))
+    for command in ("rankings", "recent"):
+        done = cli(command, env={"ANISEARCH_WHATANIMEISTHIS_URL": server.url})
+        assert done.returncode == 0, done.stderr
+        assert "\x1b" not in done.stdout
+        assert "\x07" not in done.stdout
+        assert "\r" not in done.stdout
+        assert "\u202e" not in done.stdout
+        assert "Evil\\x1b[2J\\x1b]0;pwned\\x07Title\\r\\nanisearch: signed in as" in done.stdout
+        assert not any(line.startswith("anisearch: signed in") for line in done.stdout.splitlines())
+        as_json = cli(command, "--json", env={"ANISEARCH_WHATANIMEISTHIS_URL": server.url})
+        assert "\x1b" not in as_json.stdout  # JSON escapes it; a program reading it gets the title as sent
+        assert json.loads(as_json.stdout)[0]["title"]["romaji"] == title

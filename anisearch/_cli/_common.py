@@ -152,7 +152,7 @@ def complete_emulators(incomplete: str) -> list[str]:
 
 def say_error(message: str, hint: str | None = None) -> None:
     """Print ``anisearch: error: MESSAGE`` (one line) and an optional ``hint:`` line on stderr."""
-    err().print(f"anisearch: error: {' '.join(message.split())}", markup=False, highlight=False)
+    err().print(f"anisearch: error: {inert(' '.join(message.split()))}", markup=False, highlight=False)
     if hint:
         err().print(f"hint: {hint}", markup=False, highlight=False, style="dim")
 
@@ -621,13 +621,30 @@ def unencodable() -> str:
 
 
 def legible(text: str) -> str:
-    """``text`` as stdout's encoding carries it (see :func:`unencodable`): unchanged in UTF-8.
+    """``text`` as stdout's encoding carries it (see :func:`unencodable`), and :func:`inert`: otherwise
+    unchanged in UTF-8.
 
     Tables and blocks are laid out on what this returns, so a column is as wide as what is printed in it:
     rich measures an en dash or a Japanese title in cells, and the stream's own escaping, after the
     layout, would make the row longer than the others.
     """
-    return _carried(text, out().file, unencodable())
+    return _carried(inert(text), out().file, unencodable())
+
+
+def inert(text: str) -> str:
+    """``text`` as a terminal shows it rather than acts on it: control and format characters (an escape
+    sequence's ESC, a carriage return or line break, a bidirectional override) written as escapes
+    (``\\x1b``, ``\\n``, ``\\u202e``). Titles, file names and messages an upstream sends reach the terminal
+    through this: a title could otherwise clear the screen, retitle the window or forge a line of output.
+    The bytes of a file name that are not UTF-8 are left for :func:`with_bytes_shown`."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char
+        if char.isprintable() or _SURROGATES[0] <= ord(char) <= _SURROGATES[1]
+        else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
 
 
 def _carried(text: str, stream: object, errors: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from anisearch._cli._common import clock, legible
+from anisearch._cli._common import clock, inert, legible
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -16,14 +16,15 @@ _RELEASE_TAGS = re.compile(r"\[[^\]]*\]|\([^)]*\)|\.(mp4|mkv|webm|avi|m4v|mov)$"
 
 
 def title_of(hit: Hit) -> str:
-    """Romaji/English title when known, then the AniList ID, the release file name only as a last resort."""
+    """Romaji/English title when known, then the AniList ID, the release file name only as a last resort;
+    as the terminal shows it (:func:`~anisearch._cli._common.inert`: the upstream wrote it)."""
     title = hit.title.preferred(("romaji", "english", "native", "chinese")) if hit.title else None
     if title:
-        return title
+        return inert(title)
     if hit.filename:
         cleaned = " ".join(_RELEASE_TAGS.sub(" ", hit.filename).replace("_", " ").split())
         if cleaned:
-            return cleaned
+            return inert(cleaned)
     return f"AniList {hit.anilist_id}" if hit.anilist_id else "-"
 
 
