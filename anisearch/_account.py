@@ -179,7 +179,10 @@ class AccountFeatures:
                 stored (the message says where).
         """
         provider = self._account_provider()
-        ended: bool | None = await self._call(provider, provider.sign_out_request(), provider.parse_sign_out)
+        request = provider.sign_out_request()
+        if request is None:  # no session stored: none to end, and the site is not asked
+            return False
+        ended: bool | None = await self._call(provider, request, provider.parse_sign_out)
         return ended is not False  # a provider that says nothing (None) signed a session out
 
 

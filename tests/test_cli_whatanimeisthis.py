@@ -103,6 +103,19 @@ def test_logout_when_not_signed_in_says_so(cli: Cli, site: Any) -> None:
     assert done.stdout.strip() == "not signed in: there was no session to end"
 
 
+def test_logout_when_not_signed_in_asks_nothing_of_a_site_that_is_down(cli: Cli) -> None:
+    """Never signed in, with the site down (or no network): there is no session to end, so it is not an
+    error (it was exit 4, "the session is still signed in there and is kept", of a session never made)."""
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    done = cli("logout", env={"ANISEARCH_WHATANIMEISTHIS_URL": down})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "not signed in: there was no session to end"
+
+
 def test_a_wrong_password_is_an_authentication_error(cli: Cli, site: Any) -> None:
     done = cli(
         "login",

@@ -167,7 +167,7 @@ class WhatAnimeIsThis(BaseProvider):
             sign_in_request=self.sign_in_request,
             refused=self._forget_password,
             session_request=self.session_request,
-            sign_out_request=self.sign_out_request,
+            sign_out_request=self._sign_out_post,
             clock=clock,
         )
 
@@ -463,8 +463,19 @@ class WhatAnimeIsThis(BaseProvider):
         self.jar.remember_email(email if isinstance(email, str) else self._pending_email)
         self._signed_out = False
 
-    def sign_out_request(self) -> httpx.Request:
-        """better-auth ``POST /api/auth/sign-out`` with ``{}``; :meth:`auth` adds the cookie and Origin."""
+    def sign_out_request(self) -> httpx.Request | None:
+        """better-auth ``POST /api/auth/sign-out`` with ``{}``; :meth:`auth` adds the cookie and Origin.
+
+        None when the jar holds no session: there is none to end, so the site is not asked (an outage or
+        no network then fails nothing), and configured credentials are not used to sign in first.
+        """
+        if not self.jar.has_session():
+            self.jar.clear()
+            self._signed_out = True
+            return None
+        return self._sign_out_post()
+
+    def _sign_out_post(self) -> httpx.Request:
         return self._json_request("/api/auth/sign-out", {})
 
     def parse_sign_out(self, response: httpx.Response) -> bool:
@@ -486,7 +497,7 @@ class WhatAnimeIsThis(BaseProvider):
         self.jar.absorb(response)
         error = error_for(response)
         gone = error is not None and no_session_to_end(error.status_code, response.text)
-        if error is None or gone:
+        if error is None or gone or not carries_session(response.request):  # none sent: none kept there
             self.jar.clear()
             self._signed_out = True
             return error is None and carries_session(response.request)

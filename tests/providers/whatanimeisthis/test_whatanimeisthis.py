@@ -135,7 +135,7 @@ def test_every_request_sends_origin_accept_and_a_user_agent(provider: WhatAnimeI
         provider.api_keys_request(1, 20),
         provider.create_api_key_request("bot"),
         provider.sign_in_request("a@b.example", "pw"),
-        provider.sign_out_request(),
+        provider._sign_out_post(),  # with no session stored, sign_out_request() is None
         provider.session_request(),
     ]
     for request in requests:
@@ -232,7 +232,7 @@ def test_json_posts_carry_exactly_the_documented_bodies(provider: WhatAnimeIsThi
     sign_in = provider.sign_in_request(" a@b.example ", "pw")
     assert sign_in.headers["content-type"] == "application/json"
     assert json.loads(sign_in.read()) == {"email": "a@b.example", "password": "pw"}  # no callbackURL
-    assert json.loads(provider.sign_out_request().read()) == {}
+    assert json.loads(provider._sign_out_post().read()) == {}  # sign_out_request() when signed in
     assert json.loads(provider.create_api_key_request(" my bot ").read()) == {"title": "my bot"}
 
 
@@ -658,7 +658,7 @@ def test_observe_finds_no_search_quota_in_better_auths_answers(provider: WhatAni
     for request in (
         provider.sign_in_request("a@b.example", "pw"),
         provider.session_request(),
-        provider.sign_out_request(),
+        provider._sign_out_post(),
     ):
         assert provider.observe(response_for(request, 429, json_body=limited)) == []
         assert provider.observe(response_for(request, 429, json_body=limited, headers=headers)) == []

@@ -386,17 +386,45 @@ def test_sign_out_posts_with_the_cookie_and_deletes_the_jar(state: Path) -> None
 
 @respx.mock
 def test_sign_out_without_a_session_is_fine_but_a_server_failure_is_reported(state: Path) -> None:
+    respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
     route = respx.post(f"{SITE}/api/auth/sign-out")
-    provider = configured(state)
-    route.respond(400, json={"code": "FAILED_TO_GET_SESSION", "message": "Failed to get session"})
-    assert provider.parse_sign_out(send(provider, provider.sign_out_request())) is False
-    route.respond(401, json={"message": "Unauthorized"})
-    assert provider.parse_sign_out(send(provider, provider.sign_out_request())) is False
-    route.respond(json={"success": True})  # better-auth 1.4 and later, with or without a session
-    assert provider.parse_sign_out(send(provider, provider.sign_out_request())) is False
+    provider = configured(state, email="a@b.example", password=PASSWORD)
+    for answer in (
+        httpx.Response(400, json={"code": "FAILED_TO_GET_SESSION", "message": "Failed to get session"}),
+        httpx.Response(401, json={"message": "Unauthorized"}),
+    ):  # a stored session the site no longer knows: ended all the same
+        sign_in(provider)
+        route.mock(return_value=answer)
+        assert provider.parse_sign_out(send(provider, provider.sign_out_request())) is False
+        assert not jar_file(state).exists()
+    sign_in(provider)
     route.respond(500)
-    with pytest.raises(Exception, match="Internal Server Error"):
+    with pytest.raises(Exception, match="Internal Server Error"):  # the session stays, and is kept
         provider.parse_sign_out(send(provider, provider.sign_out_request()))
+    assert jar_file(state).exists()
+
+
+@respx.mock
+def test_sign_out_with_no_session_stored_asks_nothing(state: Path) -> None:
+    """Never signed in (or signed out already): nothing to end, so the site is not asked, and an outage
+    or no network cannot make the sign-out fail; configured credentials do not sign in first."""
+    route = respx.post(f"{SITE}/api/auth/sign-out").respond(500)
+    sign_in_route = respx.post(f"{SITE}/api/auth/sign-in/email").mock(return_value=signed_in())
+    provider = configured(state, email="a@b.example", password=PASSWORD)
+    assert provider.sign_out_request() is None
+    assert not route.called
+    assert not sign_in_route.called
+    assert provider.credential.scope == "guest"  # and configured credentials are not used after it
+
+
+def test_a_failed_sign_out_of_a_request_that_carried_no_session_keeps_nothing(state: Path) -> None:
+    """A sign-out sent without a session cookie (the jar lost it meanwhile) cannot leave one of ours signed
+    in on the site: whatever the site answers, nothing is kept and it is not an error."""
+    provider = configured(state)
+    sent = httpx.Request("POST", f"{SITE}/api/auth/sign-out", json={})
+    assert (
+        provider.parse_sign_out(httpx.Response(502, text="<html>Bad gateway</html>", request=sent)) is False
+    )
 
 
 @respx.mock

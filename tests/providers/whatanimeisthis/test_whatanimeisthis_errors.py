@@ -485,7 +485,7 @@ _REQUESTS = [
     (PROVIDER.create_api_key_request("bot"), PROVIDER.parse_created_api_key),
     (PROVIDER.session_request(), PROVIDER.parse_session),
     (PROVIDER.sign_in_request("a@b.example", "pw"), PROVIDER.parse_sign_in),
-    (PROVIDER.sign_out_request(), PROVIDER.parse_sign_out),
+    (PROVIDER._sign_out_post(), PROVIDER.parse_sign_out),  # the request sent when a session is stored
 ]
 
 
