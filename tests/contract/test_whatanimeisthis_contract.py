@@ -397,14 +397,18 @@ async def test_logout_refused_keeps_the_session_and_says_so(site: Site) -> None:
     accepts clears it."""
     await site.login()
     refused_by = site.provider(origin="https://elsewhere.example")
-    answer = await site.send(refused_by.sign_out_request(), refused_by)
+    refused_out = refused_by.sign_out_request()  # the session signed in above
+    assert refused_out is not None
+    answer = await site.send(refused_out, refused_by)
     assert (answer.status_code, body_of(answer)["code"]) == (403, "INVALID_ORIGIN")
     with pytest.raises(AuthenticationError, match="still signed in"):
         refused_by.parse_sign_out(answer)
     assert refused_by.jar.has_session()
     assert len(site.state.sessions) == 1
     provider = site.provider()
-    accepted = await site.send(provider.sign_out_request(), provider)
+    signing_out = provider.sign_out_request()
+    assert signing_out is not None
+    accepted = await site.send(signing_out, provider)
     assert body_of(accepted) == {"success": True}
     provider.parse_sign_out(accepted)
     assert not provider.jar.has_session()

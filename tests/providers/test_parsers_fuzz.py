@@ -197,7 +197,7 @@ def test_whatanimeisthis_readers_raise_only_anisearch_errors(
         (provider.create_api_key_request("bot"), provider.parse_created_api_key),
         (provider.sign_in_request("user@example.com", "pw"), provider.parse_sign_in),
         (provider.session_request(), provider.parse_session),
-        (provider.sign_out_request(), provider.parse_sign_out),
+        (provider._sign_out_post(), provider.parse_sign_out),  # sign_out_request() when a session is stored
     ]
     for request, parse in calls:
         answer = _answer(request, status, header_list, body)

@@ -197,7 +197,9 @@ async def test_sign_in_key_search_recent_rankings_sign_out(
     )
     assert [entry.anilist_id for entry in weekly] == [21, 11887]
 
-    await site.call(provider.sign_out_request(), provider.parse_sign_out)
+    signing_out = provider.sign_out_request()  # a session is stored
+    assert signing_out is not None
+    await site.call(signing_out, provider.parse_sign_out)
     assert provider.jar.path is not None
     assert provider.jar.path.parent == tmp_path / "state"
     assert not provider.jar.path.exists()
@@ -441,8 +443,10 @@ async def test_cookie_bearing_posts_need_a_trusted_origin(
     assert (mirror.status_code, mirror.json()) == (200, {"success": True})
     await site.sign_in()
     wrong = WhatAnimeIsThis(base_url=BASE, origin="https://evil.example", state_dir=tmp_path / "state")
+    signing_out = wrong.sign_out_request()  # the session signed in above
+    assert signing_out is not None
     with pytest.raises(AuthenticationError, match="ANISEARCH_WHATANIMEISTHIS_ORIGIN"):
-        await site.call(wrong.sign_out_request(), wrong.parse_sign_out, wrong)
+        await site.call(signing_out, wrong.parse_sign_out, wrong)
 
 
 # ---------------------------------------------------------------- search input and styles
@@ -556,4 +560,6 @@ def test_under_uvicorn_with_the_sync_client(live_server: Any, tinted: PreparedIm
         answer = call(provider.search_request(SearchQuery(image=tinted)), provider.parse_search)
         assert answer.hits[0].anilist_id == 11887
         assert call(provider.credits_request(), provider.parse_credits).remaining == 9
-        call(provider.sign_out_request(), provider.parse_sign_out)
+        signing_out = provider.sign_out_request()
+        assert signing_out is not None
+        call(signing_out, provider.parse_sign_out)

@@ -47,7 +47,8 @@ def signed_in(value: str = SIGNED, *extra: str) -> httpx.Response:
     )
 
 
-def send(provider: WhatAnimeIsThis, request: httpx.Request) -> httpx.Response:
+def send(provider: WhatAnimeIsThis, request: httpx.Request | None) -> httpx.Response:
+    assert request is not None, "nothing to send (a sign-out with no session stored)"
     return _HTTP.send(request, auth=provider.auth())
 
 
