@@ -127,10 +127,10 @@ class AccountFeatures:
     async def iter_recent_searches(
         self, page_size: int = 20, max_items: int | None = None
     ) -> AsyncIterator[RecentSearch]:
-        """Every recent public search, page by page; stops on a short page, an explicit "no more", the
-        reported total, ``max_items``, or a second page in a row that repeats the one before (a site that
-        ignores ``offset`` would otherwise be asked forever); a single repeated page (new searches arrived
-        meanwhile) is skipped.
+        """Every recent public search, page by page, each once; stops on an explicit "no more", the
+        reported total, ``max_items``, a page shorter than the site's page size when it says neither, or a
+        second page in a row of searches already yielded (a site that ignores ``offset`` would otherwise be
+        asked forever). Searches that new ones pushed down from the page before are not yielded again.
 
         Raises:
             ConfigurationError: ``page_size`` is not a whole number of at least 1, or ``max_items`` not one
@@ -237,10 +237,11 @@ class RecentPager(Generic[T]):
     """The paging of ``iter_recent_searches``, one for the async and the sync iterator: which offset to
     ask next, and which of a page's items to yield.
 
-    It stops on a short page, an explicit "no more", the reported total, or ``max_items`` yielded. A page
-    that holds the very items of the page before it is skipped, not yielded again: on a live feed,
-    ``page_size`` new searches arrived between the two requests and pushed the old page one page down.
-    A second such page in a row is a site that ignores the offset, which would otherwise be asked
+    It stops on an explicit "no more", the reported total, or ``max_items`` yielded; on a page shorter
+    than the site's page size only when the site says neither (a site may cap the size asked for, and
+    says so). An item already yielded is not yielded again: on a live feed, searches that arrived between
+    two requests push the items of one page down into the next. A page holding only such items is
+    skipped; a second one in a row is a site that ignores the offset, which would otherwise be asked
     forever: paging stops there (logged as a warning).
 
     Args:
@@ -258,7 +259,9 @@ class RecentPager(Generic[T]):
         """Where the next request asks: every item received so far, repeated pages included."""
         self.yielded = 0
         """Items yielded so far (what ``max_items`` counts)."""
-        self._before: list[T] | None = None
+        self._seen: dict[object, None] = {}
+        """The items of the last pages yielded (:func:`_identity`), oldest first (a live feed moves them a
+        page at most)."""
         self._repeats = 0
         self._done = False
 
@@ -270,30 +273,44 @@ class RecentPager(Generic[T]):
         """The items of ``page`` (asked at :attr:`offset`) to yield; moves on to the next offset."""
         asked_at = self.offset
         self.offset += len(page.items)
-        if page.items and page.items == self._before:
+        fresh = [item for item in page.items if _identity(item) not in self._seen]
+        if page.items and not fresh:
             self._repeats += 1
             if self._repeats > 1:
                 logger.warning(
-                    "the items at offsets %d and %d are those at offset %d again: stopping there (the site "
-                    "does not seem to page by offset)",
+                    "the items at offsets %d and %d were all yielded before: stopping there (the site does "
+                    "not seem to page by offset)",
                     asked_at - len(page.items),
                     asked_at,
-                    asked_at - 2 * len(page.items),
                 )
                 self._done = True
             else:
-                logger.debug("the items at offset %d repeat the page before: skipped", asked_at)
+                logger.debug("the items at offset %d were all yielded before: skipped", asked_at)
                 self._done = _last_page(page, self.page_size, self.offset)
             return []
         self._repeats = 0
-        self._before = page.items
-        items = page.items if self.max_items is None else page.items[: self.max_items - self.yielded]
+        items = fresh if self.max_items is None else fresh[: self.max_items - self.yielded]
         self.yielded += len(items)
+        self._seen.update(dict.fromkeys(map(_identity, items)))
+        for stale in list(self._seen)[: max(len(self._seen) - 4 * max(len(page.items), self.page_size), 0)]:
+            del self._seen[stale]
         self._done = _last_page(page, self.page_size, self.offset)
         return items
 
 
+def _identity(item: object) -> object:
+    """What tells an item of a list apart: its ``id`` when the upstream gave one (the rest, a time said
+    relative to now among it, may change between two requests), else the whole item."""
+    given = getattr(item, "id", None)
+    return item if given is None else ("id", given)
+
+
 def _last_page(page: Page[Any], page_size: int, seen: int) -> bool:
-    """A paginator stops on a short page, an explicit "no more", or once it has seen the reported total."""
-    short = len(page.items) < page_size
-    return short or page.has_more is False or (page.total is not None and seen >= page.total)
+    """A paginator stops on an empty page, an explicit "no more", or once it has seen the reported total;
+    on a page shorter than the page size the site used (else ``page_size``) only when the site says
+    neither whether there are more nor how many."""
+    if not page.items or page.has_more is False or (page.total is not None and seen >= page.total):
+        return True
+    if page.has_more or page.total is not None:
+        return False
+    return len(page.items) < (page.page_size or page_size)

@@ -483,9 +483,10 @@ class Client:
     ) -> Iterator[RecentSearch]:
         """Every recent public search, fetched page by page as you iterate.
 
-        Stops on a short page, an explicit "no more", the reported total, ``max_items``, or a second page in
-        a row that repeats the one before (a site that ignores the offset); a single repeated page (new
-        searches arrived meanwhile) is skipped.
+        Each search is yielded once. Stops on an explicit "no more", the reported total, ``max_items``, a page
+        shorter than the site's page size when it says neither, or a second page in a row of searches
+        already yielded (a site that ignores the offset). Searches that new ones pushed down from the page
+        before are not yielded again.
 
         Args:
             page_size: Searches asked per request, at least 1.

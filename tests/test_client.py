@@ -1098,6 +1098,40 @@ def test_recent_searches_skip_one_repeated_page_of_a_live_feed_and_go_on(
     assert "does not seem to page by offset" not in caplog.text
 
 
+def test_recent_searches_go_on_past_a_page_the_site_capped(mock: respx.MockRouter) -> None:
+    """Asked for 100 a page, a site that sends 50 (its cap, which it reports as ``limit``) and says there
+    are more: every search is listed. Paging stopped at the short first page, 50 of 130."""
+
+    def capped(request: httpx.Request) -> httpx.Response:
+        offset = int(request.url.params["offset"])
+        numbers = range(offset, min(offset + 50, 130))
+        items = [{"id": str(n), "anilistId": 1000 + n} for n in numbers]
+        return httpx.Response(200, json={"items": items, "limit": 50, "offset": offset, "total": 130})
+
+    route = mock.get("https://site.test/api/anime/recent-searches").mock(side_effect=capped)
+    with _site_client(mock) as client:
+        seen = [item.anilist_id for item in client.iter_recent_searches(page_size=100)]
+    assert seen == [1000 + n for n in range(130)]
+    assert route.call_count == 3
+
+
+def test_recent_searches_yield_each_search_once_when_fewer_than_a_page_arrive_meanwhile(
+    mock: respx.MockRouter,
+) -> None:
+    """One new search between two requests pushes one item of the first page into the second: it was
+    listed twice (the pager skipped only a page that repeated the one before it whole)."""
+    feed = {0: [1, 2, 3], 3: [3, 4, 5], 6: [6]}  # search 0 arrived after the first request
+
+    def live(request: httpx.Request) -> httpx.Response:
+        numbers = feed[int(request.url.params["offset"])]
+        return httpx.Response(200, json={"items": [{"id": str(n), "anilistId": 100 + n} for n in numbers]})
+
+    mock.get("https://site.test/api/anime/recent-searches").mock(side_effect=live)
+    with _site_client(mock) as client:
+        seen = [item.anilist_id for item in client.iter_recent_searches(page_size=3)]
+    assert seen == [101, 102, 103, 104, 105, 106]
+
+
 async def test_recent_searches_skip_one_repeated_page_of_a_live_feed_async(mock: respx.MockRouter) -> None:
     mock.get("https://site.test/api/anime/recent-searches").mock(side_effect=_live_feed)
     options = {"whatanimeisthis": {"url": "https://site.test"}}

@@ -338,7 +338,8 @@ def parse_recent_searches(response: httpx.Response) -> Page[RecentSearch]:
     items = [_recent(response, raw, index, percent=percent) for index, raw in enumerate(raws)]
     offset = query_int(response, "offset") or 0
     total, has_more = _page_meta(payload)
-    return page_of(items, total=total, has_more=has_more, first=offset, size=query_int(response, "limit"))
+    size = _reported(payload, "limit", "pageSize", "perPage") or query_int(response, "limit")  # a cap, if any
+    return page_of(items, total=total, has_more=has_more, first=offset, size=size)
 
 
 # ---------------------------------------------------------------- credits
