@@ -61,6 +61,7 @@ _NUMBER_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")  # l
 _TRUE = frozenset({"true", "1", "yes", "on", "y", "t"})
 _FALSE = frozenset({"false", "0", "no", "off", "n", "f"})
 _HTML_PRE = re.compile(r"<pre>(.*?)</pre>", re.DOTALL | re.IGNORECASE)
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.DOTALL | re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^>]+>")
 _MAX_MESSAGE = 300
 _HOUR = 3600
@@ -347,8 +348,9 @@ def error_message(response: httpx.Response) -> str:
     """The upstream's error message, one line, at most 300 characters.
 
     Understood shapes: a JSON object's ``error`` member (``{"error":"Invalid API key"}``), a JSON string
-    (the legacy API's ``"Image is empty"``), an Express HTML error page (the text of its ``<pre>``), and
-    plain text. An empty body gives the HTTP reason phrase.
+    (the legacy API's ``"Image is empty"``), an Express HTML error page (the text of its ``<pre>``), any
+    other HTML page (its ``<title>``: a proxy's ``504 Gateway Time-out``, a framework's ``500: Internal
+    Server Error``, never the page's scripts), and plain text. An empty body gives the HTTP reason phrase.
     """
     text = body_text(response).strip()
     message = ""
@@ -364,8 +366,8 @@ def error_message(response: httpx.Response) -> str:
     if not message and text:
         import html  # an error page: only a failed request pays for the import
 
-        pre = _HTML_PRE.search(text)
-        fragment = pre.group(1) if pre else text
+        shown = _HTML_PRE.search(text) or _HTML_TITLE.search(text)
+        fragment = shown.group(1) if shown else text
         fragment = fragment.replace("<br>", "\n")
         message = html.unescape(_HTML_TAG.sub(" ", fragment)).strip()
     if not message:

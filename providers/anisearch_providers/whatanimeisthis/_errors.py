@@ -39,6 +39,7 @@ from anisearch.provider import (
     as_int,
     capped_seconds,
     cdn_challenge,
+    error_message,
     first_rule,
     request_of,
     retry_after_seconds,
@@ -199,8 +200,8 @@ def _message(body: Body, response: httpx.Response) -> str:
         ]
     elif isinstance(value, str):
         candidates = [value]
-    if not body.is_json:
-        candidates.append(body.text)
+    if not body.is_json:  # plain text, or an HTML error page (a proxy's, the framework's): its title
+        candidates.append(error_message(response))
     for candidate in candidates:
         if isinstance(candidate, str) and candidate.strip():
             return " ".join(candidate.split())[:_MAX_MESSAGE]

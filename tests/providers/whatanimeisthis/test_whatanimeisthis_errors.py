@@ -218,6 +218,34 @@ def test_error_table(response: httpx.Response, expected: type[ProviderError], wo
     assert error.status_code == response.status_code
 
 
+_NGINX_504 = (
+    "<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n<center><h1>504 Gateway"
+    " Time-out</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+_NEXT_500 = (
+    '<!DOCTYPE html><html><head><meta charSet="utf-8"/><title>500: Internal Server Error</title>'
+    '<script src="/_next/static/chunks/main.js"></script></head><body><div id="__next"><h1>500</h1>'
+    '<h2>Internal Server Error.</h2></div><script id="__NEXT_DATA__" type="application/json">'
+    '{"props":{"pageProps":{"statusCode":500}},"page":"/_error"}</script></body></html>'
+)
+
+
+@pytest.mark.parametrize(
+    ("page", "said"),
+    [
+        (_NEXT_500, "whatanimeisthis: 500: Internal Server Error (HTTP 500)"),
+        (_NGINX_504, "whatanimeisthis: 504 Gateway Time-out (HTTP 504)"),
+    ],
+)
+def test_an_html_error_page_says_its_title_not_its_markup(page: str, said: str) -> None:
+    """The site's own error page (Next.js) or a proxy's, in an outage: the message was the page's first
+    200 characters of markup (``<!DOCTYPE html><html><head><meta charSet=...``)."""
+    status = int(said.rsplit("HTTP ", 1)[1].rstrip(")"))
+    error = error_for(answer(status, text=page, headers={"content-type": "text/html; charset=utf-8"}))
+    assert isinstance(error, ProviderServerError)
+    assert str(error) == said
+
+
 def test_errors_raise_from_every_parser() -> None:
     parsers = [
         PROVIDER.parse_search,
