@@ -234,12 +234,15 @@ class AsyncClient(AccountFeatures):
             return
         self._closed = True
         await self._end_work()
-        await self._transport.aclose()
-        await self._downloader.aclose()
-        if isinstance(self._cache, RedisResultCache):
-            await self._cache.aclose()
-        self._close_files()
-        await self._ledger.aclose()
+        # Shielded: an aclose() in a cancelled scope (async with under move_on_after) still closes the
+        # ledger's connection, which it left open, with no way to close it again: the client said closed.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WAIT_SECONDS):
+            await self._transport.aclose()
+            await self._downloader.aclose()
+            if isinstance(self._cache, RedisResultCache):
+                await self._cache.aclose()
+            self._close_files()
+            await self._ledger.aclose()
 
     async def _close_left(self) -> None:
         """Close what is left after the loop the client worked on has ended (``asyncio.run`` closes it): the

@@ -439,6 +439,37 @@ async def test_a_closed_client_sends_and_records_nothing(
     assert window.used == 0  # nothing was charged for the searches never sent
 
 
+def _open_files_under(folder: Path) -> int:
+    """This process's open descriptors of files in ``folder`` (Linux's ``/proc/self/fd``)."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if str(fd.resolve(strict=False)).startswith(str(folder)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors through /proc")
+async def test_a_client_closed_in_a_cancelled_scope_still_closes_its_ledger(
+    samples: Path, tmp_path: Path
+) -> None:
+    """``async with AsyncClient()`` under ``anyio.move_on_after`` (a web request cancelled by its caller's
+    disconnect): the timeout cancelled aclose() at its first await, leaving the SQLite ledger open with
+    the client already marked closed (a second aclose() closed nothing): a descriptor or more per client."""
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(5)
+        return httpx.Response(200, json={"result": []})
+
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    data = (samples / "tinted-good.jpg").read_bytes()
+    for _ in range(3):
+        client = AsyncClient(
+            settings(ledger=f"sqlite:///{ledger / 'ledger.sqlite3'}", cache="off"), httpx.MockTransport(slow)
+        )
+        with anyio.move_on_after(0.3):
+            async with client:
+                await client.search(data)
+    assert _open_files_under(ledger) == 0
+
+
 @pytest.mark.parametrize(
     ("setting", "says"),
     [
