@@ -990,6 +990,42 @@ def test_a_forked_child_holds_slots_as_itself() -> None:
     assert child != parent
 
 
+_FORK_WITH_A_SLOT_HELD = """
+import os
+import anyio
+from anisearch._ledger import Ticket, open_ledger
+from anisearch_providers.tracemoe import TraceMoe
+
+windows = TraceMoe().windows()
+
+
+async def reserve():
+    return await open_ledger("memory://").reserve("tracemoe", "guest", windows, trust_estimate=True)
+
+
+assert isinstance(anyio.run(reserve), Ticket)  # a search of this process is in flight: its slot is held
+print("parent:", type(anyio.run(reserve)).__name__)
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if isinstance(anyio.run(reserve), Ticket) else 3)
+print("child:", "Ticket" if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 else "Refusal")
+"""
+
+
+def test_a_forked_child_starts_its_memory_ledger_empty() -> None:
+    """``memory://`` is a process's own: a child forked while the parent held trace.moe's one slot inherited
+    that slot, which the parent freed in its own copy only, and waited out its 15 s lease."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_WITH_A_SLOT_HELD],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["parent: Refusal", "child: Ticket"]
+
+
 def _closed_port() -> int:
     import socket
 

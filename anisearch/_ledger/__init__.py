@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,6 +71,18 @@ def default_ledger_url(state_dir: Path | None = None) -> str:
 
 _SHARED_MEMORY: dict[str, MemoryLedger] = {}
 _SHARED_LOCK = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child is a process of its own: its ``memory://`` ledger starts empty, as any new process's.
+    It inherited the parent's, slots the parent held included, which the parent frees in its own copy
+    only: the child waited out their leases (15 s) for an upstream long free."""
+    global _SHARED_LOCK  # noqa: PLW0603 - the lock another thread may have held at the fork
+    _SHARED_MEMORY.clear()
+    _SHARED_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _shared_memory(timezone: str) -> MemoryLedger:
