@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from anisearch._limits import remaining_ms
 from anisearch._models import Anime
-from anisearch._sqlite_busy import connect, locked, replaceable, resetting
+from anisearch._sqlite_busy import connect, locked, quiet_at_fork, replaceable, resetting
 
 __all__ = ["AnimeCache"]
 
@@ -148,6 +148,7 @@ class AnimeCache:
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
+        quiet_at_fork(self)  # a fork waits for a step in flight: a child inherits no SQLite lock of it
         self._db: sqlite3.Connection | None = None
         self._warned = False
         self.problem: str | None = None

@@ -35,7 +35,16 @@ from typing import TYPE_CHECKING, TypeVar
 
 from anisearch._limits import remaining_ms
 from anisearch._models import SearchResult, fresh_previews
-from anisearch._sqlite_busy import connect, foreign, locked, open_waiting, replaceable, resetting, set_aside
+from anisearch._sqlite_busy import (
+    connect,
+    foreign,
+    locked,
+    open_waiting,
+    quiet_at_fork,
+    replaceable,
+    resetting,
+    set_aside,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -156,6 +165,7 @@ class ResultCache:
         self.path = path
         self.ttl_seconds = ttl_seconds
         self._lock = threading.Lock()
+        quiet_at_fork(self)  # a fork waits for a step in flight: a child inherits no SQLite lock of it
         self._warned = False
         self.problem: str | None = None
         """Why the cache is unusable, in words (None while it works)."""

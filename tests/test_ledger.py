@@ -1026,6 +1026,65 @@ def test_a_forked_child_starts_its_memory_ledger_empty() -> None:
     assert done.stdout.split("\n")[:2] == ["parent: Refusal", "child: Ticket"]
 
 
+_FORK_MID_TRANSACTION = """
+import os, sys, threading, time
+import anyio
+from anisearch._ledger import Ticket, _logic, open_ledger, scope_id
+from anisearch_providers.tracemoe import TraceMoe
+
+url, windows, parent = f"sqlite:///{sys.argv[1]}", TraceMoe().windows(), os.getpid()
+real, inside = _logic.settle, threading.Event()
+
+
+def slow_settle(*args, **kwargs):  # the parent's settle holds its transaction a second
+    if os.getpid() == parent and not inside.is_set():
+        inside.set()
+        time.sleep(1.0)
+    return real(*args, **kwargs)
+
+
+_logic.settle = slow_settle
+
+
+async def search(scope):
+    ledger = open_ledger(url)
+    try:
+        ticket = await ledger.reserve("tracemoe", scope, windows, trust_estimate=True)
+        assert isinstance(ticket, Ticket), ticket
+        await ledger.settle(ticket, "charged")
+    finally:
+        await ledger.aclose()
+
+
+threading.Thread(target=anyio.run, args=(search, "guest")).start()
+inside.wait()
+time.sleep(0.2)  # another thread of this process is inside a ledger transaction: fork now
+pid = os.fork()
+if pid == 0:
+    anyio.run(search, scope_id("api-key", "the child's"))  # a new ledger in the child, as the docs say
+    os._exit(0)
+for _ in range(200):  # 20 s: the child's busy timeout is 30 s
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("child", "ok" if os.waitstatus_to_exitcode(status) == 0 else "failed")
+        break
+    time.sleep(0.1)
+else:
+    os.kill(pid, 9)
+    print("child stuck")
+"""
+
+
+def test_a_child_forked_while_another_thread_is_in_a_transaction_can_use_the_ledger(tmp_path: Path) -> None:
+    """A child forked while another thread of the parent was inside a SQLite ledger transaction inherited
+    SQLite's note of that lock, held by no one in the child: its own new ledger waited for it, then failed
+    "database is locked" after 30 s (or hung on SQLite's mutex). The fork now waits for the step."""
+    command = [sys.executable, "-c", _FORK_MID_TRANSACTION, str(tmp_path / "ledger.sqlite3")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "child ok"
+
+
 def _closed_port() -> int:
     import socket
 

@@ -33,7 +33,16 @@ from anisearch._ledger._base import Ledger, Nap
 from anisearch._ledger._doorbell import Doorbell
 from anisearch._ledger._units import WAITERS
 from anisearch._limits import remaining_seconds
-from anisearch._sqlite_busy import aside_name, connect, foreign, locked, open_waiting, resetting, set_aside
+from anisearch._sqlite_busy import (
+    aside_name,
+    connect,
+    foreign,
+    locked,
+    open_waiting,
+    quiet_at_fork,
+    resetting,
+    set_aside,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -236,6 +245,12 @@ class SQLiteLedger(Ledger):
         self._inode = 0
         """The open file's inode: another number at the path means the ledger was started afresh."""
         self._bell = Doorbell(path)
+        quiet_at_fork(self)
+
+    def release_for_fork(self) -> None:
+        """Before this process forks, holding the lock: the connection is closed, so a child inherits no
+        SQLite state of this file (SQLite's advice); this process opens it again at its next step."""
+        self._drop()
 
     # ------------------------------------------------------------------ plumbing
 
