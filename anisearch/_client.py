@@ -16,6 +16,7 @@ import logging
 import math
 import numbers
 import os
+import stat
 import threading
 import time
 import warnings
@@ -1075,24 +1076,25 @@ async def _read_bytes_in_time(source: Any, wait_seconds: float) -> Any:
         ) from None
 
 
-_NEVER_BLOCKING = (
-    str,
-    os.PathLike,
-    bytes,
-    bytearray,
-    memoryview,
-    io.BytesIO,
-    io.BufferedReader,  # a file, or a pipe or socket anisearch reads itself with a bound
-    io.BufferedRandom,
-    io.FileIO,
-)
+_NEVER_BLOCKING = (str, os.PathLike, bytes, bytearray, memoryview, io.BytesIO)
+_DESCRIPTORS = (io.BufferedReader, io.BufferedRandom, io.FileIO)
 
 
 def _reads_blocking(source: Any) -> bool:
-    """Whether ``source`` is a caller's file object whose reads may block without a bound (not a path,
-    bytes, memory, a file anisearch reads itself, or a picture)."""
+    """Whether ``source`` is a caller's file object whose reads may block (not a path, bytes, memory, a
+    regular file, or a picture).
+
+    A pipe or socket (``sys.stdin.buffer`` in a pipeline, ``sock.makefile("rb")``) is read within a bound,
+    but in a thread of its own all the same: a worker thread cannot be cancelled, so a search given up
+    (a caller's timeout, Ctrl-C) waited out the whole bound, ``ANISEARCH_TIMEOUT``.
+    """
     if isinstance(source, _NEVER_BLOCKING):
         return False
+    if isinstance(source, _DESCRIPTORS):
+        try:
+            return not stat.S_ISREG(os.fstat(source.fileno()).st_mode)
+        except (OSError, ValueError):  # no descriptor, or closed: read as a file (which says what is wrong)
+            return False
     return callable(getattr(source, "read", None)) and not _image.is_picture(source)
 
 

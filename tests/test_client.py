@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import operator
+import os
 import re
 import time
 from functools import partial
@@ -437,6 +438,35 @@ async def test_a_closed_client_sends_and_records_nothing(
     async with AsyncClient(settings(ledger=ledger, cache="off"), transport(mock)) as fresh:
         (window,) = [q for q in await fresh.quota("tracemoe") if q.window == "rolling-24h"]
     assert window.used == 0  # nothing was charged for the searches never sent
+
+
+async def test_a_search_waiting_for_a_pipe_or_socket_is_given_up_when_its_caller_gives_up(
+    mock: respx.MockRouter, body: dict[str, Any]
+) -> None:
+    """``sys.stdin.buffer`` in a pipeline or ``sock.makefile("rb")`` with nothing written yet: the read ran
+    in a worker thread, which cannot be cancelled, so a caller's timeout took effect only after
+    ``ANISEARCH_TIMEOUT`` (10 s here), as an InvalidImageError instead of a cancellation."""
+    import socket
+
+    route = mock.post(f"{BASE}/search").respond(json=body)
+    reader_fd, writer_fd = os.pipe()
+    quiet_peer, ours = socket.socketpair()
+    sources: list[io.BufferedReader] = [open(reader_fd, "rb"), ours.makefile("rb")]  # noqa: SIM115, PTH123
+    try:
+        async with AsyncClient(settings(timeout=10.0, cache="off"), transport(mock)) as client:
+            for source in sources:
+                started = time.monotonic()
+                with anyio.move_on_after(0.3) as scope:
+                    await client.search(source)
+                assert scope.cancelled_caught
+                assert time.monotonic() - started < 3
+    finally:
+        for source in sources:
+            source.close()
+        quiet_peer.close()
+        ours.close()
+        os.close(writer_fd)
+    assert route.call_count == 0
 
 
 def _open_files_under(folder: Path) -> int:
