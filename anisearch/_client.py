@@ -123,7 +123,10 @@ class AsyncClient(AccountFeatures):
         on_wait: Called with one line whenever a search starts waiting (for a slot, or out a provider's
             short backoff), e.g. ``"waiting for a tracemoe slot (held by pid 1234)"``. An exception
             either callback raises is logged (logger ``anisearch``, with its traceback) and the search
-            goes on: an answer already paid for is never lost to it.
+            goes on: an answer already paid for is never lost to it. Both run on the event loop, so they
+            must return at once: one that blocks (a synchronous write to a slow metrics server) holds
+            up every search of the loop meanwhile, past their deadlines; hand slow work to a thread or
+            a queue.
         clock: The current instant for the ledger (an aware datetime); tests and simulations move it.
 
     Raises:

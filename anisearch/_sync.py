@@ -232,7 +232,10 @@ class Client:
             client's loop thread.
         on_wait: Called with one line whenever a search starts waiting (for a slot, or out a provider's
             short backoff), e.g. ``"waiting for a tracemoe slot (held by pid 1234)"``. An exception
-            either callback raises is logged (logger ``anisearch``) and the search goes on.
+            either callback raises is logged (logger ``anisearch``) and the search goes on. Both run on
+            the one loop thread every search of this client shares, so they must return at once: one
+            that blocks (a synchronous write to a slow metrics server) holds up the searches of every
+            thread meanwhile, past their deadlines; hand slow work to a thread or a queue.
         clock: The current instant for the ledger (an aware datetime); tests and simulations move it.
 
     Raises:
