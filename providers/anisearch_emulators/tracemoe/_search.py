@@ -26,6 +26,7 @@ from PIL import Image
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from anisearch_providers.tracemoe.descriptor import DESCRIPTOR_LENGTH, color_layout, prepare_search_image
@@ -207,11 +208,14 @@ class SearchRoutes(Server):
             answer.headers["content-type"] = failure.content_type
         return answer
 
-    async def search(self, request: Request) -> Response:
+    async def search(self, request: Request) -> Response:  # noqa: PLR0911 - one exit per check, in upstream order
         if self.state.failures:
             return self.injected()
         arrived = anyio.current_time()  # `latency` is the whole answer time, from the request's arrival
-        parsed = await self.read_body(request)
+        try:
+            parsed = await self.read_body(request)
+        except ClientDisconnect:  # the caller went away mid-upload: Express drops it, counting nothing
+            return Response(status_code=400)  # to nobody: the connection is gone
         if isinstance(parsed, Response):
             return parsed
         if self.state.outage == "postgres":  # the first query throws, before any counter moves

@@ -240,6 +240,32 @@ async def test_body_size_limits_answer_express_html_pages(tinted: bytes) -> None
     assert app.state.emulator.log == []  # the body parsers answer before the search handler logs anything
 
 
+def test_an_upload_its_caller_abandons_is_dropped_quietly(
+    live_server: Callable[[Any], LiveServer], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A search process killed mid-upload: the emulator answered a 500 to nobody and logged a traceback
+    (starlette's ClientDisconnect); trace.moe (Express) drops the request, counting nothing."""
+    import socket
+    import time
+
+    app = create_app()
+    server = live_server(app)
+    head = (
+        b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=xx\r\n"
+        b"Content-Length: 100000\r\n\r\n--xx\r\n"
+        b'Content-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head + b"\xff" * 1000)
+        time.sleep(0.3)
+    time.sleep(0.5)
+    assert httpx.get(f"{server.url}/me").json()["quotaUsed"] == 0
+    assert app.state.emulator.log == []
+    printed = capfd.readouterr().err  # the server's own log (uvicorn's, on stderr)
+    assert "ClientDisconnect" not in printed
+    assert "Exception in ASGI application" not in printed
+
+
 async def test_url_inputs(tinted: bytes) -> None:
     images: dict[str, bytes | int] = {
         "https://img.example/a.jpg": tinted,
