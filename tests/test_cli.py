@@ -359,6 +359,16 @@ def test_quota_and_providers_never_cut_a_value_at_80_columns(tracemoe: Any, samp
     assert re.search(r"\d\d:\d\d \w+ \(in (\d+ h( \d+ min)?|1 d)\)", quota.stdout)  # rolling 24 h
 
 
+def test_providers_says_credentials_are_set_not_that_they_signed_in() -> None:
+    """A key set but never used (or wrong) was shown "signed in: yes"; what the command knows is that it is
+    set."""
+    done = cli("providers", env={"ANISEARCH_WHATANIMEISTHIS_KEY": "never-checked", "COLUMNS": "60"})
+    assert done.returncode == 0, done.stderr
+    assert "signed in" not in done.stdout
+    assert re.search(r"^whatanimeisthis\n(  .*\n)*?  credentials +set$", done.stdout, re.MULTILINE)
+    assert re.search(r"^tracemoe\n(  .*\n)*?  credentials +none$", done.stdout, re.MULTILINE)
+
+
 def test_empty_lists_say_so(emulated: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANISEARCH_WHATANIMEISTHIS_URL", emulated(whatanimeisthis_app()).url)
     done = cli("recent")

@@ -177,7 +177,8 @@ def _show_quotas(quotas: "list[Quota]", *, as_json: bool, now: "datetime") -> No
 def providers(as_json: JsonOption = False, verbose: VerboseOption = False) -> None:
     """Where each provider points and whether it is used.
 
-    Also whether you are signed in to it and what it can do.
+    Also whether credentials are set for it (an API key, a token, a password or a session: set, not
+    checked) and what it can do.
     """
     verbose = configure_logging(verbose)
     with open_client(verbose) as client:
@@ -189,7 +190,7 @@ def providers(as_json: JsonOption = False, verbose: VerboseOption = False) -> No
         {
             "name": info.name,
             "enabled": "yes" if info.enabled else "no",
-            "signed in": "yes" if info.authenticated else "no",
+            "credentials": "set" if info.authenticated else "none",
             "url": info.base_url or "(not configured)",
             "capabilities": ", ".join(info.capabilities),
         }
