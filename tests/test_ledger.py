@@ -1048,13 +1048,8 @@ print("child:", "Ticket" if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 
 def test_a_forked_child_starts_its_memory_ledger_empty() -> None:
     """``memory://`` is a process's own: a child forked while the parent held trace.moe's one slot inherited
     that slot, which the parent freed in its own copy only, and waited out its 15 s lease."""
-    done = subprocess.run(
-        [sys.executable, "-c", _FORK_WITH_A_SLOT_HELD],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    command = [sys.executable, "-c", _FORK_WITH_A_SLOT_HELD]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["parent: Refusal", "child: Ticket"]
 
