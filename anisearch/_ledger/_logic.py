@@ -366,12 +366,10 @@ def _expire(
 
 
 def _from_ahead(held: Held, now: int) -> bool:
-    """Whether ``held`` was reserved by a clock more than :data:`CLOCK_SKEW_US` ahead of this one: its
-    lease's end means nothing here. The processes of a SQLite ledger read one clock, their machine's (a
-    fleet of machines shares a Redis ledger, which keeps the server's time), so such a record was written
-    before that clock was stepped back, or on another machine in a copied file. Kept, it locked every
-    process out of its slot for as long as that clock had been ahead, not for a lease, when its holder was
-    killed where it is not seen dead (another PID namespace)."""
+    """Whether ``held`` was reserved by a clock more than :data:`CLOCK_SKEW_US` ahead of this one (a clock
+    stepped back since, a ledger file from another machine, a container's): its lease's end means nothing
+    here. Kept, a holder killed meanwhile (in another PID namespace, so not seen dead) locked every other
+    process out of its slot for as long as that clock was ahead, not for a lease."""
     return held.at > now + CLOCK_SKEW_US
 
 
