@@ -990,39 +990,6 @@ def test_a_forked_child_holds_slots_as_itself() -> None:
     assert child != parent
 
 
-async def test_a_slot_or_backoff_written_by_a_clock_ahead_does_not_lock_the_others_out(
-    tmp_path: Path,
-) -> None:
-    """Processes sharing a SQLite ledger, one of them with its clock 10 minutes ahead (stepped back since, a
-    file from another machine, a container): its held slot (its process killed where it is not seen
-    dead) and its busy backoff locked every other process out for the 10 minutes, not 15 s or 30 s. A
-    busy backoff set on this clock still holds."""
-    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
-    here, ahead = FakeClock(), FakeClock(T0 + timedelta(minutes=10))
-    fast, true = open_ledger(url, clock=ahead), open_ledger(url, clock=here)
-    try:
-        assert isinstance(await fast.reserve("tracemoe", GUEST, TRACEMOE), Ticket)  # and never settled
-        ticket = await true.reserve("tracemoe", GUEST, TRACEMOE)
-        assert isinstance(ticket, Ticket)  # the slot of a lease 10 min 15 s "from now" is free
-        await true.settle(ticket, "uncharged")
-        busy = await fast.reserve("tracemoe", GUEST, TRACEMOE)
-        assert isinstance(busy, Ticket)
-        await fast.settle(busy, "uncharged", busy="Concurrency limit exceeded")
-        ticket = await true.reserve("tracemoe", GUEST, TRACEMOE)
-        assert isinstance(ticket, Ticket)  # not "busy until" 10 minutes from now
-        (snapshot,) = [
-            q for q in await true.snapshot(windows=lambda _: TRACEMOE) if q.window == "rolling-24h"
-        ]
-        assert snapshot.cooldown_until is None
-        await true.settle(ticket, "uncharged", busy="Concurrency limit exceeded")  # on this clock: it holds
-        refusal = await refused(true)
-        assert refusal.kind == "busy"
-        assert from_us(refusal.until) - here.now <= timedelta(seconds=30)
-    finally:
-        await fast.aclose()
-        await true.aclose()
-
-
 _FORK_WITH_A_SLOT_HELD = """
 import os
 import anyio

@@ -334,10 +334,10 @@ def inspect(state: ScopeState, units: Units, now: int, windows: tuple[WindowArgs
                 blocked_until=ws.blocked_until,
             )
         )
-    held = sum(1 for item in state.held.values() if item.lease_until > now and not _from_ahead(item, now))
+    held = sum(1 for item in state.held.values() if item.lease_until > now)
     return ScopeView(
         windows=tuple(views),
-        cooldown_until=_cooldown(state, now),
+        cooldown_until=state.cooldown_until,
         cooldown_reason=state.cooldown_reason,
         concurrency=state.concurrency,
         priority=state.priority,
@@ -354,33 +354,12 @@ def _expire(
     dead_holders: frozenset[str] = frozenset(),
     but: str = "",
 ) -> None:
-    """End the reservations (other than ``but``) whose lease lapsed or whose holder is dead, and those made
-    by a clock more than :data:`CLOCK_SKEW_US` ahead of this one (:func:`_from_ahead`)."""
+    """End the reservations (other than ``but``) whose lease lapsed or whose holder is dead."""
     for token, held in list(state.held.items()):
-        if token != but and (
-            held.lease_until <= now or held.holder in dead_holders or _from_ahead(held, now)
-        ):
+        if token != but and (held.lease_until <= now or held.holder in dead_holders):
             del state.held[token]
             for window in windows:  # possibly charged: it stays counted from when it was sent
                 units.settle(window.name, token, None)
-
-
-def _from_ahead(held: Held, now: int) -> bool:
-    """Whether ``held`` was reserved by a clock more than :data:`CLOCK_SKEW_US` ahead of this one (a clock
-    stepped back since, a ledger file from another machine, a container's): its lease's end means nothing
-    here. Kept, a holder killed meanwhile (in another PID namespace, so not seen dead) locked every other
-    process out of its slot for as long as that clock was ahead, not for a lease."""
-    return held.at > now + CLOCK_SKEW_US
-
-
-def _cooldown(state: ScopeState, now: int) -> int:
-    """When the scope's cooldown ends, as this clock reads it: a busy backoff (at most
-    :data:`BUSY_BACKOFF_CAP_SECONDS`) that ends further ahead than that and :data:`CLOCK_SKEW_US` was set by a
-    clock that was ahead, and is over (0)."""
-    longest = int(BUSY_BACKOFF_CAP_SECONDS * _SECOND) + CLOCK_SKEW_US
-    if state.cooldown_kind == "busy" and state.cooldown_until > now + longest:
-        return 0
-    return state.cooldown_until
 
 
 def _kth(units: Units, window: str, ws: WindowState, k: int) -> int:
@@ -456,12 +435,12 @@ def reserve(state: ScopeState, units: Units, request: ReserveRequest) -> Reserva
     now = request.now
     _expire(state, units, request.windows, now, dead_holders=request.dead_holders)
     refusal = _windows_refusal(state, units, request)
-    if (cooldown := _cooldown(state, now)) > now:  # unless a spent window frees later: the longer wait
+    if state.cooldown_until > now:  # unless a spent window frees later: that is the longer wait
         kind: RefusalKind = (
             "busy" if state.cooldown_kind == "busy" else "quota" if state.cooldown_kind == "quota" else "rate"
         )
-        if not (isinstance(refusal, Refusal) and refusal.until > cooldown):
-            return Refusal(kind, cooldown, state.cooldown_reason)
+        if not (isinstance(refusal, Refusal) and refusal.until > state.cooldown_until):
+            return Refusal(kind, state.cooldown_until, state.cooldown_reason)
     if refusal is not None:
         return refusal
     if request.take_slot:
@@ -561,15 +540,15 @@ def settle(state: ScopeState, units: Units, request: SettleRequest) -> bool:
     if request.busy is not None:
         state.busy_streak += 1
         seconds = busy_backoff_seconds(state.busy_streak, request.busy_jitter)
-        _cool(state, request.now, request.now + int(seconds * _SECOND), request.busy, "busy")
+        _cool(state, request.now + int(seconds * _SECOND), request.busy, "busy")
     if request.cooldown is not None:
-        _cool(state, request.now, *request.cooldown)
+        _cool(state, *request.cooldown)
     for name, until in request.blocks:
         ws = state.windows.setdefault(name, WindowState())
         ws.blocked_until = max(ws.blocked_until, until)
     return freed
 
 
-def _cool(state: ScopeState, now: int, until: int, reason: str, kind: str) -> None:
-    if until > _cooldown(state, now):
+def _cool(state: ScopeState, until: int, reason: str, kind: str) -> None:
+    if until > state.cooldown_until:
         state.cooldown_until, state.cooldown_reason, state.cooldown_kind = until, reason, kind
