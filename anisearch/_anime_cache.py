@@ -160,20 +160,21 @@ class AnimeCache:
         """``time.monotonic()`` before which no lookup tries to open a file found locked."""
         self._migrated_away = 0
         """Answers of a version 0 file that opening it dropped, not yet counted by :meth:`clear`."""
-        try:
-            self._db = self._open(open_wait_ms)
-        except sqlite3.OperationalError as exc:  # locked, read-only: another process may be using it
-            if locked(exc):
-                self._locked = True  # the first lookup tries again; then one in a while
-            else:
+        with self._lock:  # opening is a step too: a fork waits for it (quiet_at_fork)
+            try:
+                self._db = self._open(open_wait_ms)
+            except sqlite3.OperationalError as exc:  # locked, read-only: another process may be using it
+                if locked(exc):
+                    self._locked = True  # the first lookup tries again; then one in a while
+                else:
+                    self._warn(exc)
+            except sqlite3.DatabaseError as exc:  # corrupt or another schema: ours to replace
+                if replaceable(path):
+                    self._db = self._rebuild(exc)
+                else:
+                    self._warn(f"{exc}; it is not a SQLite file, so it is left as it is")
+            except OSError as exc:
                 self._warn(exc)
-        except sqlite3.DatabaseError as exc:  # corrupt or another schema: ours to replace
-            if replaceable(path):
-                self._db = self._rebuild(exc)
-            else:
-                self._warn(f"{exc}; it is not a SQLite file, so it is left as it is")
-        except OSError as exc:
-            self._warn(exc)
 
     def _rebuild(self, problem: BaseException) -> sqlite3.Connection | None:
         """Delete a broken metadata cache and start an empty one, under the reset lock: another process may

@@ -172,20 +172,21 @@ class ResultCache:
         self._stores = 0
         self._skipped_said = -math.inf
         self._db: sqlite3.Connection | None = None
-        try:
-            self._db = open_waiting(self._open, _BUSY_TIMEOUT_MS / 1000)
-        except sqlite3.OperationalError as exc:  # locked, read-only, cannot open: another process may use it
-            self._warn(exc)
-        except sqlite3.DatabaseError as exc:  # corrupt or another schema: ours to replace
-            if replaceable(path):
-                self._db = self._rebuild(exc)
-            else:
-                self._warn(
-                    f"{exc}; it is not a SQLite file, so it is left as it is: "
-                    "point ANISEARCH_CACHE elsewhere, or delete it"
-                )
-        except OSError as exc:
-            self._warn(exc)
+        with self._lock:  # opening is a step too: a fork waits for it (quiet_at_fork)
+            try:
+                self._db = open_waiting(self._open, _BUSY_TIMEOUT_MS / 1000)
+            except sqlite3.OperationalError as exc:  # locked, read-only, cannot open: another process's?
+                self._warn(exc)
+            except sqlite3.DatabaseError as exc:  # corrupt or another schema: ours to replace
+                if replaceable(path):
+                    self._db = self._rebuild(exc)
+                else:
+                    self._warn(
+                        f"{exc}; it is not a SQLite file, so it is left as it is: "
+                        "point ANISEARCH_CACHE elsewhere, or delete it"
+                    )
+            except OSError as exc:
+                self._warn(exc)
 
     # ------------------------------------------------------------ opening
 

@@ -97,6 +97,10 @@ _QUIET_AT_FORK: weakref.WeakSet[Any] = weakref.WeakSet()
 """What uses a SQLite connection only under its own ``_lock`` (the ledger, the caches): see
 :func:`_before_fork`."""
 _HELD_AT_FORK: list[Any] = []
+"""The locks the fork in progress took (one fork at a time: :data:`_FORKING`)."""
+_FORKING = threading.Lock()
+"""Taken first before a fork and let go last after it: two threads forking at once would otherwise each
+let go of the locks the other took."""
 _FORK_WAIT_SECONDS = 30.0
 """How long a fork waits for a step in flight in another thread (a step waiting for another process's lock
 may take the busy timeout); past it the fork goes on without that step's lock."""
@@ -105,9 +109,9 @@ may take the busy timeout); past it the fork goes on without that step's lock.""
 def quiet_at_fork(owner: Any) -> None:
     """Have a fork of this process wait until no thread is in a step of ``owner``'s SQLite connection.
 
-    ``owner`` uses its connection only holding ``owner._lock``. Before the fork its ``release_for_fork()``,
-    when it has one, runs holding that lock: what a child must not inherit is let go (the ledger closes its
-    connection, opened again by its next step). ``owner`` is held weakly.
+    ``owner`` uses its connection only holding ``owner._lock`` (opening it included). Before the fork its
+    ``release_for_fork()``, when it has one, runs holding that lock: what a child must not inherit is let
+    go (the ledger closes its connection, opened again by its next step). ``owner`` is held weakly.
     """
     _QUIET_AT_FORK.add(owner)
 
@@ -117,22 +121,28 @@ def _before_fork() -> None:
     as they stand. A step in flight in another thread left the child's new connections waiting for a lock
     nobody holds ("database is locked" after the busy timeout) or hung for good on a mutex nobody releases.
     So the fork waits for each owner's lock, then the file lock, in the order the steps take them."""
+    _FORKING.acquire()
     for owner in list(_QUIET_AT_FORK):
         lock = owner._lock  # noqa: SLF001 - the lock quiet_at_fork() names
         if lock.acquire(timeout=_FORK_WAIT_SECONDS):
             _HELD_AT_FORK.append(lock)
             release = getattr(owner, "release_for_fork", None)
             if release is not None:
-                release()
+                with contextlib.suppress(Exception):  # the fork goes on; the next step opens it again
+                    release()
     if _KEPT_LOCK.acquire(timeout=_FORK_WAIT_SECONDS):
         _HELD_AT_FORK.append(_KEPT_LOCK)
 
 
 def _after_fork() -> None:
     """In the parent and in the child: the locks taken for the fork are let go (the child's thread is the
-    one that took them)."""
-    while _HELD_AT_FORK:
-        _HELD_AT_FORK.pop().release()
+    one that took them), every one of them, then the next fork may begin."""
+    try:
+        while _HELD_AT_FORK:
+            with contextlib.suppress(RuntimeError):
+                _HELD_AT_FORK.pop().release()
+    finally:
+        _FORKING.release()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
