@@ -297,6 +297,14 @@ def test_a_title_holding_an_escape_sequence_is_shown_escaped_in_every_line_of_a_
         assert not [line for line in lines if line.lstrip().startswith("forged")]
     titled = Hit(provider="tracemoe", anilist_id=1, similarity=0.97, title=Title(romaji=sent))
     assert headline(titled).startswith("Evil\\x1b[2J\\x1b]0;pwned\\x07\\r\\nforged, ")
+    for kept in (  # what a title may hold and a terminal shows: an ideographic or no-break space, a ZWJ
+        "\u30bd\u30fc\u30c9\u30a2\u30fc\u30c8\u30fb\u30aa\u30f3\u30e9\u30a4\u30f3\u3000\u30a2\u30ea\u30b7\u30bc\u30fc\u30b7\u30e7\u30f3",
+        "Re:Zero\u00a0kara Hajimeru",
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467 family",
+        "\u05e9\u05dc\u05d5\u05dd\u200f (2020)",
+    ):
+        shown = headline(Hit(provider="tracemoe", anilist_id=1, similarity=0.97, title=Title(romaji=kept)))
+        assert shown.startswith(f"{kept}, "), shown
 
 
 def test_typographic_punctuation_is_written_in_ascii_and_what_the_encoding_has_is_kept() -> None:

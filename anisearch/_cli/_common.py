@@ -632,19 +632,17 @@ def legible(text: str) -> str:
 
 
 def inert(text: str) -> str:
-    """``text`` as a terminal shows it rather than acts on it: control and format characters (an escape
-    sequence's ESC, a carriage return or line break, a bidirectional override) written as escapes
-    (``\\x1b``, ``\\n``, ``\\u202e``). Titles, file names and messages an upstream sends reach the terminal
-    through this: a title could otherwise clear the screen, retitle the window or forge a line of output.
-    The bytes of a file name that are not UTF-8 are left for :func:`with_bytes_shown`."""
-    if text.isprintable():
-        return text
-    return "".join(
-        char
-        if char.isprintable() or _SURROGATES[0] <= ord(char) <= _SURROGATES[1]
-        else char.encode("unicode_escape").decode("ascii")
-        for char in text
-    )
+    """``text`` as a terminal shows it rather than acts on it: control characters (an escape sequence's ESC,
+    a carriage return or line break, C1 controls), the line and paragraph separators, and the bidirectional
+    embeddings, overrides and isolates, written as escapes (``\\x1b``, ``\\n``, ``\\u202e``). Titles, file
+    names and messages an upstream sends reach the terminal through this: a title could otherwise clear the
+    screen, retitle the window, forge a line of output or show its text reordered. Every other character is
+    kept: an ideographic or no-break space, an emoji's zero-width joiner, a right-to-left mark."""
+    return _ACTING.sub(lambda found: found[0].encode("unicode_escape").decode("ascii"), text)
+
+
+_ACTING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""What a terminal acts on (see :func:`inert`)."""
 
 
 def _carried(text: str, stream: object, errors: str) -> str:
