@@ -175,7 +175,7 @@ class ResultCache:
         with self._lock:  # opening is a step too: a fork waits for it (quiet_at_fork)
             try:
                 self._db = open_waiting(self._open, _BUSY_TIMEOUT_MS / 1000)
-            except sqlite3.OperationalError as exc:  # locked, read-only, cannot open: another process's?
+            except sqlite3.OperationalError as exc:  # locked, read-only, unopenable: another process's use
                 self._warn(exc)
             except sqlite3.DatabaseError as exc:  # corrupt or another schema: ours to replace
                 if replaceable(path):
