@@ -1033,14 +1033,16 @@ async def _read_in_time(read: Callable[[Any, float], T], source: Any, wait_secon
     (see :func:`_read_bytes_in_time`). ``read`` may decode the picture: it takes a turn among the event
     loop's decodes (:func:`anisearch._worker.decodes`)."""
     if _reads_blocking(source):
-        source = await _read_bytes_in_time(source, wait_seconds)
+        source = await _read_bytes_in_time(source, wait_seconds, bounded=isinstance(source, _DESCRIPTORS))
     return await _worker.run_sync(read, source, wait_seconds, decoding=True)
 
 
-async def _read_bytes_in_time(source: Any, wait_seconds: float) -> Any:
+async def _read_bytes_in_time(source: Any, wait_seconds: float, *, bounded: bool = False) -> Any:
     """A caller's file object (a socket's, an HTTP response's) read into memory, giving up after
     ``wait_seconds``: its blocking reads cannot be interrupted, so they run in a daemon thread of their
     own, which finishes alone when the search gives up (and never keeps the interpreter from exiting).
+    ``bounded``: the reads wait ``wait_seconds`` at most themselves (a pipe's or socket's descriptor), and
+    say what they saw ("nothing arrived"); this bound is then the backstop, a moment later.
 
     Raises:
         InvalidImageError: Not read in time (or unreadable, as :func:`anisearch._image.read` says).
@@ -1068,7 +1070,7 @@ async def _read_bytes_in_time(source: Any, wait_seconds: float) -> Any:
 
     threading.Thread(target=work, name="anisearch-read", daemon=True).start()
     try:
-        with anyio.fail_after(max(wait_seconds, 0.0)):
+        with anyio.fail_after(max(wait_seconds, 0.0) + (_BACKSTOP_SECONDS if bounded else 0.0)):
             return await done
     except TimeoutError:
         name = getattr(source, "name", None)
@@ -1079,6 +1081,8 @@ async def _read_bytes_in_time(source: Any, wait_seconds: float) -> Any:
         ) from None
 
 
+_BACKSTOP_SECONDS = 1.0
+"""How long after its own bound a read that bounds itself is given up all the same (a loaded machine)."""
 _NEVER_BLOCKING = (str, os.PathLike, bytes, bytearray, memoryview, io.BytesIO)
 _DESCRIPTORS = (io.BufferedReader, io.BufferedRandom, io.FileIO)
 
